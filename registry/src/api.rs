@@ -1,0 +1,548 @@
+//! The registry's REST API (axum). This is the public contract; see
+//! `docs/api.md`.
+//!
+//! Every error leaves through [`ApiError`], which renders
+//! `{"error": "...", "code": "...", "field": "..."}` with the right status, so
+//! the HTTP mapping of failures lives in exactly one place.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::catalog::{Catalog, CatalogError, Feed, ServiceSummary};
+use crate::lease::Preservation;
+use crate::model::{
+    InstanceSpec, Invalid, Revision, Status, WatchEvent, validate_instance_id,
+    validate_service_name,
+};
+use crate::store::StoreError;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Header carrying the revision a read reflects.
+pub const INDEX_HEADER: &str = "x-portico-index";
+/// Default `wait` of a blocking query.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Longest `wait` of a blocking query.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// How often an idle watch stream says it is alive.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A failure rendered as a JSON error body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        // Unparseable or unknown input is a 400; well-formed but impossible values are a 422.
+        let status = match e.code {
+            "malformed_body" | "unknown_field" | "unknown_parameter" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError {
+            status,
+            code: e.code,
+            message: e.reason,
+            field: e.field,
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            CatalogError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store operation failed");
+        match e {
+            StoreError::Unavailable(_) | StoreError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            ),
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_failure",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&ErrorBody {
+            error: &self.message,
+            code: self.code,
+            field: self.field.as_deref(),
+        })
+        .expect("error body serialises");
+        (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    catalog: Arc<Catalog>,
+    /// Flips to `true` at shutdown so long-lived watch streams end and the
+    /// server can drain.
+    closing: watch::Receiver<bool>,
+}
+
+/// Builds the API router over `catalog`. `closing` ends watch streams when it
+/// turns `true`.
+pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
+    Router::new()
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{service}/instances", get(list_instances))
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            put(register).delete(deregister),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(heartbeat),
+        )
+        .route("/v1/watch", get(watch_changes))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(AppState { catalog, closing })
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then ends watch
+/// streams and lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    catalog: Arc<Catalog>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let app = router(catalog, closing_rx);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        })
+        .await
+}
+
+fn json<T: Serialize>(revision: Revision, value: &T) -> Response {
+    let body = serde_json::to_vec(value).expect("API responses serialise");
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::HeaderName::from_static(INDEX_HEADER),
+                HeaderValue::from(revision),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn check_names(service: &str, id: Option<&str>) -> Result<(), ApiError> {
+    validate_service_name(service)?;
+    if let Some(id) = id {
+        validate_instance_id(id)?;
+    }
+    Ok(())
+}
+
+/// Reads a JSON body: `application/json` only (415), at most [`MAX_BODY`] (413).
+async fn read_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request body must be JSON with Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_failed",
+            format!("could not read request body: {e}"),
+        )),
+    }
+}
+
+async fn register(
+    State(app): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_names(&service, Some(&id))?;
+    let body = read_json_body(&headers, body).await?;
+    let spec = InstanceSpec::from_json(&body)?;
+    let answer = app.catalog.register(&service, &id, spec).await?;
+    Ok(json(answer.revision, &answer))
+}
+
+async fn heartbeat(
+    State(app): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_names(&service, Some(&id))?;
+    let answer = app.catalog.heartbeat(&service, &id).await?;
+    Ok(json(answer.revision, &answer))
+}
+
+async fn deregister(
+    State(app): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_names(&service, Some(&id))?;
+    let answer = app.catalog.deregister(&service, &id).await?;
+    Ok(json(answer.revision, &answer))
+}
+
+#[derive(Serialize)]
+struct ServicesBody {
+    revision: Revision,
+    self_preservation: Preservation,
+    services: Vec<ServiceSummary>,
+}
+
+async fn list_services(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let (services, revision) = app.catalog.services().await?;
+    Ok(json(
+        revision,
+        &ServicesBody {
+            revision,
+            self_preservation: app.catalog.preservation().get(),
+            services,
+        },
+    ))
+}
+
+/// Parses a query string into pairs, refusing names not in `known`.
+fn query_pairs(raw: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded_pairs(raw.unwrap_or("")).map_err(|reason| {
+            ApiError::from(Invalid::malformed(format!("bad query string: {reason}")))
+        })?;
+    if let Some((name, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(Invalid {
+            field: Some(name.clone()),
+            reason: format!("unknown query parameter {name:?}"),
+            code: "unknown_parameter",
+        }
+        .into());
+    }
+    Ok(pairs)
+}
+
+/// Minimal `application/x-www-form-urlencoded` decoding via axum's own decoder.
+fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, String> {
+    let uri: axum::http::Uri = format!("/?{raw}")
+        .parse()
+        .map_err(|e: axum::http::uri::InvalidUri| e.to_string())?;
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .map_err(|e| e.body_text())
+}
+
+fn parse_revision(field: &str, value: &str) -> Result<Revision, ApiError> {
+    value
+        .parse::<Revision>()
+        .map_err(|_| Invalid::field(field, "must be a non-negative integer revision").into())
+}
+
+fn parse_wait(value: &str) -> Result<Duration, ApiError> {
+    let wait = humantime::parse_duration(value)
+        .map_err(|e| Invalid::field("wait", format!("{e}: expected a duration such as \"30s\"")))?;
+    if wait > MAX_WAIT {
+        return Err(Invalid::field("wait", "must be at most 10m").into());
+    }
+    Ok(wait)
+}
+
+async fn list_instances(
+    State(app): State<AppState>,
+    Path(service): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    check_names(&service, None)?;
+    let mut status = None;
+    let mut index = None;
+    let mut wait = DEFAULT_WAIT;
+    for (k, v) in query_pairs(raw.as_deref(), &["status", "index", "wait"])? {
+        match k.as_str() {
+            "status" => {
+                status = Some(Status::parse(&v).ok_or_else(|| {
+                    Invalid::field(
+                        "status",
+                        "must be one of passing, warning, critical, draining",
+                    )
+                })?);
+            }
+            "index" => index = Some(parse_revision("index", &v)?),
+            "wait" => wait = parse_wait(&v)?,
+            _ => unreachable!("query_pairs refused unknown names"),
+        }
+    }
+    let list = match index {
+        Some(index) => {
+            app.catalog
+                .list_after(&service, status, index, wait)
+                .await?
+        }
+        None => app.catalog.list(&service, status).await?,
+    };
+    Ok(json(list.revision, &list))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Ndjson,
+    Sse,
+}
+
+impl Format {
+    fn render(self, event: &WatchEvent) -> Bytes {
+        let json = serde_json::to_string(event).expect("watch events serialise");
+        Bytes::from(match self {
+            Format::Ndjson => format!("{json}\n"),
+            Format::Sse => {
+                let kind = match event {
+                    WatchEvent::Snapshot { .. } => "snapshot",
+                    WatchEvent::Put { .. } => "put",
+                    WatchEvent::Delete { .. } => "delete",
+                    WatchEvent::Progress { .. } => "progress",
+                };
+                format!("id: {}\nevent: {kind}\ndata: {json}\n\n", event.revision())
+            }
+        })
+    }
+}
+
+struct WatchStreamState {
+    app: AppState,
+    feed: Feed,
+    format: Format,
+    progress: tokio::time::Interval,
+}
+
+async fn watch_changes(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut index = 0;
+    let mut format = if headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+    {
+        Format::Sse
+    } else {
+        Format::Ndjson
+    };
+    // SSE clients resume with Last-Event-ID, which carries the revision.
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        index = parse_revision("Last-Event-ID", last)?;
+    }
+    for (k, v) in query_pairs(raw.as_deref(), &["index", "format"])? {
+        match k.as_str() {
+            "index" => index = parse_revision("index", &v)?,
+            "format" => {
+                format = match v.as_str() {
+                    "ndjson" => Format::Ndjson,
+                    "sse" => Format::Sse,
+                    _ => return Err(Invalid::field("format", "must be ndjson or sse").into()),
+                }
+            }
+            _ => unreachable!("query_pairs refused unknown names"),
+        }
+    }
+    let mut feed = app.catalog.feed(index).await?;
+    let start = match &feed.snapshot {
+        Some(s) => s.revision(),
+        None => index,
+    };
+    let first = feed.snapshot.take().map(|s| format.render(&s));
+    let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+    progress.reset();
+    let state = WatchStreamState {
+        app,
+        feed,
+        format,
+        progress,
+    };
+    let rest = stream::unfold(state, |mut st| async move {
+        let mut closing = st.app.closing.clone();
+        if *closing.borrow() {
+            return None;
+        }
+        let event = tokio::select! {
+            next = st.feed.next() => match next {
+                Ok(event) => event,
+                Err(StoreError::Compacted { .. }) => {
+                    // Fell behind the retained history: start over with a snapshot, in-stream.
+                    let mut feed = st.app.catalog.feed(0).await.ok()?;
+                    let snapshot = feed.snapshot.take()?;
+                    st.feed = feed;
+                    snapshot
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch stream ended by store error");
+                    return None;
+                }
+            },
+            _ = st.progress.tick() => WatchEvent::Progress {
+                revision: st.app.catalog.store().revision().await.ok()?,
+            },
+            _ = closing.changed() => return None,
+        };
+        st.progress.reset();
+        let bytes = st.format.render(&event);
+        Some((Ok::<_, Infallible>(bytes), st))
+    });
+    let body = match first {
+        Some(first) => Body::from_stream(stream::iter([Ok::<_, Infallible>(first)]).chain(rest)),
+        None => Body::from_stream(rest),
+    };
+    let content_type = match format {
+        Format::Ndjson => "application/x-ndjson",
+        Format::Sse => "text/event-stream",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::HeaderName::from_static(INDEX_HEADER),
+                HeaderValue::from(start),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn healthz() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        r#"{"status":"ok"}"#,
+    )
+        .into_response()
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let preservation = app.catalog.preservation().get();
+    match app.catalog.store().revision().await {
+        Ok(revision) => json(
+            revision,
+            &serde_json::json!({
+                "status": "ready",
+                "revision": revision,
+                "self_preservation": preservation,
+            }),
+        ),
+        Err(e) => {
+            let mut resp = json(
+                0,
+                &serde_json::json!({
+                    "status": "unavailable",
+                    "error": e.to_string(),
+                    "self_preservation": preservation,
+                }),
+            );
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            resp
+        }
+    }
+}

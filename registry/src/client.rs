@@ -1,0 +1,493 @@
+//! The client SDK: self-registration with background heartbeats, and the
+//! watch client gateways follow.
+//!
+//! Built on hyper-util's pooled client (no heavier HTTP stack) so the gateway
+//! can depend on it without pulling a second HTTP implementation. Every call
+//! tries the configured registry URLs in turn, starting from the last one that
+//! answered, so a client given several replicas fails over by itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::model::{InstanceList, InstanceSpec, RegisterResponse, Revision, WatchEvent};
+
+/// Time allowed for a unary registry call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A watch stream silent for this long is presumed dead (the registry sends
+/// progress every 5 s).
+const WATCH_IDLE: Duration = Duration::from_secs(20);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest line accepted from a watch stream (a snapshot of a large registry
+/// is one line).
+const MAX_LINE: usize = 256 * 1024 * 1024;
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A registry URL could not be parsed.
+    #[error("invalid registry URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No registry URL answered.
+    #[error("registry unreachable: {0}")]
+    Unreachable(String),
+    /// The registry answered with an error.
+    #[error("registry answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: StatusCode,
+        /// The JSON error body, as text.
+        body: String,
+    },
+    /// The registry's answer could not be decoded.
+    #[error("undecodable registry answer: {0}")]
+    Decode(String),
+}
+
+/// A handle on one or more registry replicas.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bases: Vec<Uri>,
+    /// Index of the replica that last answered; calls start there.
+    preferred: AtomicUsize,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl RegistryClient {
+    /// A client for the given base URLs (`http://127.0.0.1:9080`, ...).
+    pub fn new<S: AsRef<str>>(urls: &[S]) -> Result<RegistryClient, ClientError> {
+        if urls.is_empty() {
+            return Err(ClientError::BadUrl {
+                url: String::new(),
+                reason: "at least one registry URL is required".into(),
+            });
+        }
+        let mut bases = Vec::with_capacity(urls.len());
+        for url in urls {
+            let url = url.as_ref().trim_end_matches('/');
+            let uri: Uri = url
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ClientError::BadUrl {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(ClientError::BadUrl {
+                    url: url.to_string(),
+                    reason: "expected http://host:port".into(),
+                });
+            }
+            bases.push(uri);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                bases,
+                preferred: AtomicUsize::new(0),
+                http,
+            }),
+        })
+    }
+
+    fn uri(&self, base: usize, path_and_query: &str) -> Uri {
+        let base = &self.inner.bases[base];
+        Uri::builder()
+            .scheme("http")
+            .authority(base.authority().expect("validated in new").clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("registry paths are valid URIs")
+    }
+
+    /// Sends one request, trying each replica in turn from the preferred one.
+    /// Returns the first HTTP answer (of any status).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let n = self.inner.bases.len();
+        let start = self.inner.preferred.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for step in 0..n {
+            let i = (start + step) % n;
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(self.uri(i, path));
+            if body.is_some() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(Full::new(body.clone().unwrap_or_default()))
+                .expect("request parts are valid");
+            let fut = self.inner.http.request(req);
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        last_error = format!("{}: timed out", self.inner.bases[i]);
+                        continue;
+                    }
+                },
+                None => fut.await,
+            };
+            match result {
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && step + 1 < n => {
+                    last_error = format!("{}: 503", self.inner.bases[i]);
+                }
+                Ok(resp) => {
+                    self.inner.preferred.store(i, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) => last_error = format!("{}: {e}", self.inner.bases[i]),
+            }
+        }
+        Err(ClientError::Unreachable(last_error))
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let resp = self.send(method, path, body, Some(CALL_TIMEOUT)).await?;
+        let status = resp.status();
+        let body = tokio::time::timeout(CALL_TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| ClientError::Unreachable("timed out reading answer".into()))?
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    fn expect_ok<T: serde::de::DeserializeOwned>(
+        status: StatusCode,
+        body: &Bytes,
+    ) -> Result<T, ClientError> {
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(body).into_owned(),
+            });
+        }
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Registers (or updates) an instance once, with no background heartbeat.
+    pub async fn register_once(
+        &self,
+        service: &str,
+        id: &str,
+        spec: &InstanceSpec,
+    ) -> Result<RegisterResponse, ClientError> {
+        let body = Bytes::from(serde_json::to_vec(spec).expect("specs serialise"));
+        let (status, body) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/services/{service}/instances/{id}"),
+                Some(body),
+            )
+            .await?;
+        Self::expect_ok(status, &body)
+    }
+
+    /// Renews a lease once. `Ok(false)` when the registry no longer knows the
+    /// instance (it must register again).
+    pub async fn heartbeat(&self, service: &str, id: &str) -> Result<bool, ClientError> {
+        let (status, body) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/services/{service}/instances/{id}/heartbeat"),
+                None,
+            )
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() => Ok(true),
+            s => Err(ClientError::Status {
+                status: s,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }),
+        }
+    }
+
+    /// Removes an instance. Succeeds when it was already gone.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
+        let (status, body) = self
+            .call(
+                Method::DELETE,
+                &format!("/v1/services/{service}/instances/{id}"),
+                None,
+            )
+            .await?;
+        Self::expect_ok::<serde_json::Value>(status, &body).map(|_| ())
+    }
+
+    /// Lists one service's instances.
+    pub async fn instances(&self, service: &str) -> Result<InstanceList, ClientError> {
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/v1/services/{service}/instances"),
+                None,
+            )
+            .await?;
+        Self::expect_ok(status, &body)
+    }
+
+    /// Registers an instance and keeps its lease alive in the background until
+    /// [`Registration::shutdown`].
+    ///
+    /// Heartbeats go out about every TTL/3, jittered by ±10% so a fleet
+    /// started together does not beat in lockstep. A 404 (the lease expired,
+    /// or the registry lost it) triggers a fresh registration.
+    pub async fn register(
+        &self,
+        service: &str,
+        id: &str,
+        spec: InstanceSpec,
+    ) -> Result<Registration, ClientError> {
+        let first = self.register_once(service, id, &spec).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(heartbeat_loop(
+            self.clone(),
+            service.to_string(),
+            id.to_string(),
+            spec,
+            stop_rx,
+        ));
+        Ok(Registration {
+            client: self.clone(),
+            service: service.to_string(),
+            id: id.to_string(),
+            revision: first.revision,
+            stop: stop_tx,
+            task,
+        })
+    }
+
+    /// Follows every registry change from `after` (0 for a snapshot first).
+    pub fn watch(&self, after: Revision) -> Watcher {
+        Watcher {
+            client: self.clone(),
+            revision: after,
+            body: None,
+            buf: BytesMut::new(),
+            backoff: Duration::from_millis(50),
+            connected: false,
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    client: RegistryClient,
+    service: String,
+    id: String,
+    spec: InstanceSpec,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = spec.ttl / 3;
+    loop {
+        let jitter = 0.9 + fastrand::f64() * 0.2;
+        let wait = period.mul_f64(jitter);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        match client.heartbeat(&service, &id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(%service, %id, "registry no longer knows this instance; registering again");
+                if let Err(e) = client.register_once(&service, &id, &spec).await {
+                    tracing::warn!(%service, %id, error = %e, "re-registration failed; will retry");
+                }
+            }
+            Err(e) => tracing::warn!(%service, %id, error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+/// A live registration; dropping it stops heartbeats without deregistering
+/// (the lease then expires on its own).
+#[derive(Debug)]
+pub struct Registration {
+    client: RegistryClient,
+    service: String,
+    id: String,
+    revision: Revision,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Registration {
+    /// Revision of the initial registration.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Stops heartbeating and deregisters.
+    pub async fn shutdown(mut self) -> Result<(), ClientError> {
+        let _ = self.stop.send(true);
+        // Wait for an in-flight heartbeat so it cannot re-register after we deregister.
+        let _ = (&mut self.task).await;
+        self.client.deregister(&self.service, &self.id).await
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Follows `/v1/watch`, reconnecting (with jittered backoff, across replicas)
+/// and resuming from the last revision it saw. Never gives up.
+#[derive(Debug)]
+pub struct Watcher {
+    client: RegistryClient,
+    revision: Revision,
+    body: Option<Incoming>,
+    buf: BytesMut,
+    backoff: Duration,
+    connected: bool,
+}
+
+impl Watcher {
+    /// Revision of the last event returned.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Whether a stream is currently open.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// An event already received and buffered, without waiting; lets a
+    /// consumer apply a burst of changes before rebuilding anything.
+    pub fn next_buffered(&mut self) -> Option<WatchEvent> {
+        while let Some(line) = take_line(&mut self.buf) {
+            if let Some(event) = self.decode(&line) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    fn decode(&mut self, line: &[u8]) -> Option<WatchEvent> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        match serde_json::from_slice::<WatchEvent>(line) {
+            Ok(event) => {
+                self.revision = event.revision();
+                Some(event)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping undecodable watch line");
+                None
+            }
+        }
+    }
+
+    fn disconnect(&mut self, why: &str) {
+        if self.connected {
+            tracing::warn!(
+                reason = why,
+                revision = self.revision,
+                "registry watch disconnected; reconnecting"
+            );
+        }
+        self.connected = false;
+        self.body = None;
+        self.buf.clear();
+    }
+
+    /// The next event, reconnecting as often as needed.
+    pub async fn next(&mut self) -> WatchEvent {
+        loop {
+            if let Some(event) = self.next_buffered() {
+                return event;
+            }
+            let Some(body) = self.body.as_mut() else {
+                let path = format!("/v1/watch?index={}", self.revision);
+                match self
+                    .client
+                    .send(Method::GET, &path, None, Some(CALL_TIMEOUT))
+                    .await
+                {
+                    Ok(resp) if resp.status().is_success() => {
+                        tracing::debug!(revision = self.revision, "registry watch connected");
+                        self.body = Some(resp.into_body());
+                        self.connected = true;
+                        self.backoff = Duration::from_millis(50);
+                    }
+                    Ok(resp) => {
+                        tracing::warn!(status = %resp.status(), "registry refused watch");
+                        self.pause().await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "registry watch connect failed");
+                        self.pause().await;
+                    }
+                }
+                continue;
+            };
+            match tokio::time::timeout(WATCH_IDLE, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                        if self.buf.len() > MAX_LINE {
+                            self.disconnect("line too long");
+                        }
+                    }
+                }
+                Ok(Some(Err(e))) => self.disconnect(&e.to_string()),
+                Ok(None) => self.disconnect("stream ended"),
+                Err(_) => self.disconnect("no data within the idle limit"),
+            }
+        }
+    }
+
+    async fn pause(&mut self) {
+        let jitter = 0.5 + fastrand::f64() * 0.5;
+        tokio::time::sleep(self.backoff.mul_f64(jitter)).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn take_line(buf: &mut BytesMut) -> Option<Bytes> {
+    let pos = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf.split_to(pos).freeze();
+    buf.advance(1);
+    Some(line)
+}

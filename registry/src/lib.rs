@@ -1,0 +1,37 @@
+//! Portico's service registry: where backend instances register with a lease,
+//! and where gateways learn of every change.
+//!
+//! # Module map
+//!
+//! - [`model`]: instances, statuses, validation, watch events. Always built;
+//!   shared with the SDK and the gateway.
+//! - [`store`] (`server`): the storage contract (ordered keys, one revision,
+//!   leases, watch from a revision) and the embedded redb backend.
+//! - [`catalog`] (`server`): instance operations written once over any store.
+//! - [`lease`] (`server`): the sweeper that expires lapsed leases, with
+//!   self-preservation.
+//! - [`api`] (`server`): the REST API, the one place errors become HTTP.
+//! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
+//!   watch client gateways follow.
+//!
+//! # How a change flows
+//!
+//! `PUT /v1/services/web/instances/web-1` → [`api`] validates the body
+//! ([`model::InstanceSpec::from_json`]) → [`catalog::Catalog::register`] →
+//! [`store::Store::put`] (durable before it returns, new revision) → the
+//! store's watch → every `/v1/watch` stream → each gateway's
+//! [`client::Watcher`] → the gateway rebuilds its routing table.
+
+pub mod model;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod catalog;
+#[cfg(feature = "server")]
+pub mod lease;
+#[cfg(feature = "server")]
+pub mod store;
+
+#[cfg(feature = "client")]
+pub mod client;

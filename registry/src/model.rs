@@ -1,0 +1,652 @@
+//! The registry's data model: what an instance is, how it is validated, and the
+//! events a watcher receives.
+//!
+//! This module is shared by the server, the SDK and the gateway, so it depends
+//! on nothing but serde. Validation lives here too: the server refuses bad input
+//! with the same rules a client can check before sending.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A position in the registry's single, monotonic history. Every change bumps it.
+pub type Revision = u64;
+
+/// Default lease length when a registration names none.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Shortest lease a registration may ask for.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest lease a registration may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// Weight when a registration names none.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest accepted weight; the smallest is 1.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Most tags one instance may carry (keeps watch snapshots bounded).
+pub const MAX_TAGS: usize = 64;
+/// Most metadata entries one instance may carry.
+pub const MAX_META: usize = 64;
+/// Longest tag, metadata key or value, or zone.
+pub const MAX_LABEL_LEN: usize = 512;
+
+/// How the gateway talks to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// HTTP/1.1 over cleartext TCP.
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+}
+
+impl Scheme {
+    /// The name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::H2c => "h2c",
+        }
+    }
+}
+
+/// The health of an instance as the registry sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Lease current: eligible for traffic.
+    #[default]
+    Passing,
+    /// Degraded but still eligible (set by health checks in a later release).
+    Warning,
+    /// Lease lapsed (or a check failed): receives no traffic, removed after a grace period.
+    Critical,
+    /// Shutting down: receives no new requests.
+    Draining,
+}
+
+impl Status {
+    /// The name used on the wire and in `?status=` filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passing => "passing",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+            Status::Draining => "draining",
+        }
+    }
+
+    /// Parses a `?status=` filter value.
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "passing" => Some(Status::Passing),
+            "warning" => Some(Status::Warning),
+            "critical" => Some(Status::Critical),
+            "draining" => Some(Status::Draining),
+            _ => None,
+        }
+    }
+
+    /// Whether a gateway may send new requests to an instance in this state.
+    pub fn routable(self) -> bool {
+        matches!(self, Status::Passing | Status::Warning)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a service sends to register itself: the body of
+/// `PUT /v1/services/{service}/instances/{id}`.
+///
+/// Deserialising this type alone does not validate it; use
+/// [`InstanceSpec::from_json`], which names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// IP address or DNS hostname the gateway connects to.
+    pub address: String,
+    /// TCP port, 1..=65535.
+    pub port: u16,
+    /// Protocol spoken by the instance.
+    #[serde(default)]
+    pub scheme: Scheme,
+    /// Relative share of traffic, 1..=1000.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failure domain, for zone-aware balancing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Free-form string metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// Lease length: the instance must heartbeat within this or expire.
+    #[serde(with = "duration_str", default = "default_ttl")]
+    pub ttl: Duration,
+}
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+fn default_ttl() -> Duration {
+    DEFAULT_TTL
+}
+
+impl InstanceSpec {
+    /// A spec with defaults for everything but the address and port.
+    pub fn new(address: impl Into<String>, port: u16) -> Self {
+        InstanceSpec {
+            address: address.into(),
+            port,
+            scheme: Scheme::Http,
+            weight: DEFAULT_WEIGHT,
+            zone: None,
+            tags: Vec::new(),
+            meta: BTreeMap::new(),
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    /// Parses and validates a registration body.
+    ///
+    /// Done field by field rather than through `#[derive(Deserialize)]` so that
+    /// every refusal names the field and the reason, which serde's messages do
+    /// not do reliably for unknown fields and nested type errors.
+    pub fn from_json(body: &[u8]) -> Result<InstanceSpec, Invalid> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| Invalid::malformed(format!("body is not valid JSON: {e}")))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(Invalid::malformed("body must be a JSON object"));
+        };
+        const KNOWN: [&str; 8] = [
+            "address", "port", "scheme", "weight", "zone", "tags", "meta", "ttl",
+        ];
+        if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(Invalid::unknown_field(unknown));
+        }
+
+        let address = match map.get("address") {
+            None | Some(serde_json::Value::Null) => {
+                return Err(Invalid::field("address", "is required"));
+            }
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => return Err(Invalid::field("address", "must be a string")),
+        };
+        validate_address(&address)?;
+
+        let port = match map.get("port") {
+            None | Some(serde_json::Value::Null) => {
+                return Err(Invalid::field("port", "is required"));
+            }
+            Some(v) => match v.as_u64() {
+                Some(p) if (1..=65535).contains(&p) => p as u16,
+                _ => return Err(Invalid::field("port", "must be an integer in 1..=65535")),
+            },
+        };
+
+        let scheme = match map.get("scheme") {
+            None | Some(serde_json::Value::Null) => Scheme::Http,
+            Some(serde_json::Value::String(s)) => match s.as_str() {
+                "http" => Scheme::Http,
+                "https" => Scheme::Https,
+                "h2c" => Scheme::H2c,
+                _ => {
+                    return Err(Invalid::field(
+                        "scheme",
+                        "must be one of \"http\", \"https\", \"h2c\"",
+                    ));
+                }
+            },
+            Some(_) => return Err(Invalid::field("scheme", "must be a string")),
+        };
+
+        let weight = match map.get("weight") {
+            None | Some(serde_json::Value::Null) => DEFAULT_WEIGHT,
+            Some(v) => match v.as_u64() {
+                Some(w) if (1..=u64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+                _ => {
+                    return Err(Invalid::field(
+                        "weight",
+                        format!("must be an integer in 1..={MAX_WEIGHT}"),
+                    ));
+                }
+            },
+        };
+
+        let zone = match map.get("zone") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => {
+                validate_label("zone", s)?;
+                Some(s.clone())
+            }
+            Some(_) => return Err(Invalid::field("zone", "must be a string")),
+        };
+
+        let tags = match map.get("tags") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => {
+                if items.len() > MAX_TAGS {
+                    return Err(Invalid::field(
+                        "tags",
+                        format!("at most {MAX_TAGS} tags are allowed"),
+                    ));
+                }
+                let mut tags = Vec::with_capacity(items.len());
+                for item in items {
+                    let serde_json::Value::String(s) = item else {
+                        return Err(Invalid::field("tags", "must be a list of strings"));
+                    };
+                    validate_label("tags", s)?;
+                    tags.push(s.clone());
+                }
+                tags
+            }
+            Some(_) => return Err(Invalid::field("tags", "must be a list of strings")),
+        };
+
+        let meta = match map.get("meta") {
+            None | Some(serde_json::Value::Null) => BTreeMap::new(),
+            Some(serde_json::Value::Object(entries)) => {
+                if entries.len() > MAX_META {
+                    return Err(Invalid::field(
+                        "meta",
+                        format!("at most {MAX_META} entries are allowed"),
+                    ));
+                }
+                let mut meta = BTreeMap::new();
+                for (k, v) in entries {
+                    let serde_json::Value::String(v) = v else {
+                        return Err(Invalid::field(
+                            "meta",
+                            format!("value of {k:?} must be a string"),
+                        ));
+                    };
+                    if k.is_empty() {
+                        return Err(Invalid::field("meta", "keys must not be empty"));
+                    }
+                    validate_label("meta", k)?;
+                    validate_label("meta", v)?;
+                    meta.insert(k.clone(), v.clone());
+                }
+                meta
+            }
+            Some(_) => return Err(Invalid::field("meta", "must be an object of strings")),
+        };
+
+        let ttl = match map.get("ttl") {
+            None | Some(serde_json::Value::Null) => DEFAULT_TTL,
+            Some(serde_json::Value::String(s)) => parse_ttl(s)?,
+            Some(_) => {
+                return Err(Invalid::field(
+                    "ttl",
+                    "must be a duration string such as \"10s\"",
+                ));
+            }
+        };
+
+        Ok(InstanceSpec {
+            address,
+            port,
+            scheme,
+            weight,
+            zone,
+            tags,
+            meta,
+            ttl,
+        })
+    }
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, Invalid> {
+    let ttl = humantime::parse_duration(s).map_err(|e| {
+        Invalid::field(
+            "ttl",
+            format!("{e}: expected a duration string such as \"10s\""),
+        )
+    })?;
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(Invalid::field("ttl", "must be between 1s and 1h"));
+    }
+    Ok(ttl)
+}
+
+/// One registered instance of a service, as stored and as served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Service this instance belongs to.
+    pub service: String,
+    /// Unique within the service.
+    pub id: String,
+    /// What the instance registered.
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+    /// Current health.
+    pub status: Status,
+    /// Unix milliseconds of the first registration of this id.
+    pub registered_at_ms: u64,
+    /// Unix milliseconds of the last status change (used to time removal of
+    /// critical instances).
+    pub status_since_ms: u64,
+    /// Revision at which this instance was last written.
+    #[serde(default)]
+    pub revision: Revision,
+}
+
+impl Instance {
+    /// `address:port`, bracketing IPv6 literals, as used in URIs and `Host`.
+    pub fn authority(&self) -> String {
+        authority(&self.spec.address, self.spec.port)
+    }
+}
+
+/// Formats `host:port`, bracketing IPv6 literals.
+pub fn authority(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+/// One line of the `/v1/watch` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// The whole state at `revision`: sent first when the watcher starts from 0
+    /// or from a revision older than the registry's retained history.
+    Snapshot {
+        /// Revision the snapshot reflects.
+        revision: Revision,
+        /// Every instance, in key order.
+        instances: Vec<Instance>,
+    },
+    /// An instance was registered or changed.
+    Put {
+        /// Revision of the change.
+        revision: Revision,
+        /// The instance as it now is.
+        instance: Instance,
+    },
+    /// An instance was removed (deregistered or expired).
+    Delete {
+        /// Revision of the change.
+        revision: Revision,
+        /// Service of the removed instance.
+        service: String,
+        /// Id of the removed instance.
+        id: String,
+    },
+    /// Nothing changed: the stream is alive and current at `revision`.
+    Progress {
+        /// The registry's revision when this was sent.
+        revision: Revision,
+    },
+}
+
+impl WatchEvent {
+    /// Revision this event brings a watcher to.
+    pub fn revision(&self) -> Revision {
+        match self {
+            WatchEvent::Snapshot { revision, .. }
+            | WatchEvent::Put { revision, .. }
+            | WatchEvent::Delete { revision, .. }
+            | WatchEvent::Progress { revision } => *revision,
+        }
+    }
+}
+
+/// Answer to a registration: the stored instance and the revision it was written at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The instance as stored.
+    pub instance: Instance,
+    /// Revision of the write.
+    pub revision: Revision,
+}
+
+/// Answer to `GET /v1/services/{service}/instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceList {
+    /// Service asked for.
+    pub service: String,
+    /// Registry revision the list reflects.
+    pub revision: Revision,
+    /// Matching instances, ordered by id.
+    pub instances: Vec<Instance>,
+}
+
+/// Counts of one service's instances by status, in `GET /v1/services`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    /// Instances with a current lease.
+    pub passing: usize,
+    /// Degraded instances.
+    pub warning: usize,
+    /// Expired or failing instances.
+    pub critical: usize,
+    /// Instances shutting down.
+    pub draining: usize,
+}
+
+/// Why input was refused. The API turns this into a 400 or 422 with a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Invalid {
+    /// The offending field, when there is one.
+    pub field: Option<String>,
+    /// What is wrong, for a human.
+    pub reason: String,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+}
+
+impl Invalid {
+    /// A field holds a value the registry cannot accept.
+    pub fn field(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Invalid {
+            field: Some(field.to_string()),
+            reason: format!("{field}: {reason}"),
+            code: "invalid_value",
+        }
+    }
+
+    /// The body names a field the registry does not know.
+    pub fn unknown_field(field: &str) -> Self {
+        Invalid {
+            field: Some(field.to_string()),
+            reason: format!("unknown field {field:?}"),
+            code: "unknown_field",
+        }
+    }
+
+    /// The body is not parseable at all.
+    pub fn malformed(reason: impl Into<String>) -> Self {
+        Invalid {
+            field: None,
+            reason: reason.into(),
+            code: "malformed_body",
+        }
+    }
+}
+
+/// Checks a service name: a DNS label, `[a-z0-9-]`, 1..=63, no leading or trailing `-`.
+pub fn validate_service_name(name: &str) -> Result<(), Invalid> {
+    validate_name("service", name, false)
+}
+
+/// Checks an instance id: like a service name, but `.` and `_` are allowed too.
+pub fn validate_instance_id(id: &str) -> Result<(), Invalid> {
+    validate_name("id", id, true)
+}
+
+fn validate_name(field: &str, name: &str, id_chars: bool) -> Result<(), Invalid> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(Invalid::field(field, "must be 1 to 63 characters"));
+    }
+    let ok = name.bytes().all(|b| {
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || b == b'-'
+            || (id_chars && (b == b'.' || b == b'_'))
+    });
+    if !ok {
+        let allowed = if id_chars { "[a-z0-9-._]" } else { "[a-z0-9-]" };
+        return Err(Invalid::field(field, format!("may only contain {allowed}")));
+    }
+    if !id_chars && (name.starts_with('-') || name.ends_with('-')) {
+        return Err(Invalid::field(field, "must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+/// Checks that an address is an IP literal or a syntactically valid hostname.
+pub fn validate_address(address: &str) -> Result<(), Invalid> {
+    if address.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || {
+        Invalid::field(
+            "address",
+            "must be an IP address or a hostname (labels of [A-Za-z0-9-], at most 253 characters)",
+        )
+    };
+    if address.is_empty() || address.len() > 253 {
+        return Err(bad());
+    }
+    let host = address.strip_suffix('.').unwrap_or(address);
+    for label in host.split('.') {
+        if label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad());
+        }
+    }
+    // A dotted all-numeric name that did not parse as an IP is a typo, not a host.
+    if host
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn validate_label(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_LABEL_LEN {
+        return Err(Invalid::field(
+            field,
+            format!("values must be at most {MAX_LABEL_LEN} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Invalid::field(
+            field,
+            "values must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Serde adapter for durations written as strings such as `"10s"` or `"1m 30s"`.
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes a duration in humantime's format.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    /// Reads a duration string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let spec = InstanceSpec::from_json(br#"{"address":"10.0.0.1","port":8080}"#).unwrap();
+        assert_eq!(spec.weight, DEFAULT_WEIGHT);
+        assert_eq!(spec.ttl, DEFAULT_TTL);
+        assert_eq!(spec.scheme, Scheme::Http);
+    }
+
+    #[test]
+    fn every_field_is_checked_and_named() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"port":1}"#, "address"),
+            (r#"{"address":"a..b","port":1}"#, "address"),
+            (r#"{"address":"300.1.1.1","port":1}"#, "address"),
+            (r#"{"address":"h","port":0}"#, "port"),
+            (r#"{"address":"h","port":65536}"#, "port"),
+            (r#"{"address":"h","port":"80"}"#, "port"),
+            (r#"{"address":"h","port":1,"weight":0}"#, "weight"),
+            (r#"{"address":"h","port":1,"weight":1001}"#, "weight"),
+            (r#"{"address":"h","port":1,"scheme":"ftp"}"#, "scheme"),
+            (r#"{"address":"h","port":1,"ttl":"0s"}"#, "ttl"),
+            (r#"{"address":"h","port":1,"ttl":"2h"}"#, "ttl"),
+            (r#"{"address":"h","port":1,"ttl":"soon"}"#, "ttl"),
+            (r#"{"address":"h","port":1,"ttl":10}"#, "ttl"),
+            (r#"{"address":"h","port":1,"tags":[1]}"#, "tags"),
+            (r#"{"address":"h","port":1,"meta":{"a":1}}"#, "meta"),
+            (r#"{"address":"h","port":1,"colour":"red"}"#, "colour"),
+        ];
+        for (body, field) in cases {
+            let err = InstanceSpec::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(*field), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn names_follow_dns_label_rules() {
+        assert!(validate_service_name("web-1").is_ok());
+        assert!(validate_service_name("Web").is_err());
+        assert!(validate_service_name("-web").is_err());
+        assert!(validate_service_name(&"a".repeat(64)).is_err());
+        assert!(validate_service_name("a.b").is_err());
+        assert!(validate_instance_id("web_1.a").is_ok());
+        assert!(validate_instance_id("").is_err());
+    }
+
+    #[test]
+    fn instance_round_trips_through_json() {
+        let inst = Instance {
+            service: "web".into(),
+            id: "a".into(),
+            spec: InstanceSpec::new("::1", 80),
+            status: Status::Passing,
+            registered_at_ms: 1,
+            status_since_ms: 2,
+            revision: 3,
+        };
+        let json = serde_json::to_string(&inst).unwrap();
+        assert!(json.contains("\"ttl\":\"30s\""), "{json}");
+        let back: Instance = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, inst);
+        assert_eq!(inst.authority(), "[::1]:80");
+    }
+}

@@ -1,0 +1,738 @@
+//! The embedded store: the whole working set in memory, every acknowledged
+//! write durable in a local redb file.
+//!
+//! Writes go through one writer thread that batches whatever is queued into a
+//! single redb transaction (group commit): one fsync covers many registrations,
+//! so throughput does not collapse to one fsync per request. A change becomes
+//! visible to readers and watchers only after its transaction committed, so a
+//! watcher can never see a revision that a crash would take back.
+//!
+//! Lease deadlines live only in memory: a heartbeat costs no disk write. After
+//! a restart every persisted lease starts one full TTL from the moment of
+//! opening, so instances get time to heartbeat again before anything expires.
+//!
+//! Watch history is a bounded in-memory ring; a watcher resuming from before it
+//! (or from before the process started) gets [`StoreError::Compacted`] and
+//! re-lists, exactly as an etcd client does after compaction.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Change, KeyValue, LeaseReport, Range, Store, StoreError, Watch};
+use crate::model::Revision;
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+/// File name inside `--data-dir`.
+pub const DB_FILE: &str = "portico.redb";
+/// Changes kept for watchers to resume from, by default.
+pub const DEFAULT_HISTORY: usize = 10_000;
+/// Most operations folded into one transaction.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Bytes,
+    mod_revision: Revision,
+    lease: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    kvs: BTreeMap<String, Entry>,
+    revision: Revision,
+    history: VecDeque<Change>,
+    /// Every change at or below this revision has left `history`.
+    compacted: Revision,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// std lock: held only for in-memory reads and the publish step, never across `.await`.
+    state: RwLock<State>,
+    leases: DashMap<String, Lease>,
+    changes: broadcast::Sender<Arc<Change>>,
+    history_limit: usize,
+}
+
+enum Op {
+    Put {
+        key: String,
+        value: Bytes,
+        lease: Option<Duration>,
+    },
+    PutIf {
+        key: String,
+        value: Bytes,
+        expected: Revision,
+    },
+    Delete {
+        key: String,
+    },
+    DeleteIf {
+        key: String,
+        expected: Revision,
+    },
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. }
+            | Op::PutIf { key, .. }
+            | Op::Delete { key }
+            | Op::DeleteIf { key, .. } => key,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Option<Revision>, StoreError>>;
+
+/// The embedded store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<(Op, Reply)>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`, loading every key into memory.
+    ///
+    /// Fails if another process holds the file (redb locks it).
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with_history(dir, DEFAULT_HISTORY)
+    }
+
+    /// Like [`EmbeddedStore::open`], keeping `history` changes for watchers.
+    pub fn open_with_history(dir: &Path, history: usize) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Failed(format!("create {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Failed(format!("open {}: {e}", path.display())))?;
+        let (kvs, revision) = load(&db)?;
+        let now = Instant::now();
+        let leases = DashMap::new();
+        for (key, entry) in &kvs {
+            if let Some(ttl) = entry.lease {
+                // Grace after a restart: a full TTL from now, whatever was left before.
+                leases.insert(
+                    key.clone(),
+                    Lease {
+                        ttl,
+                        deadline: now + ttl,
+                    },
+                );
+            }
+        }
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                kvs,
+                revision,
+                history: VecDeque::new(),
+                compacted: revision,
+            }),
+            leases,
+            changes,
+            history_limit: history.max(1),
+        });
+        let (tx, rx) = mpsc::channel(8192);
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("portico-store-writer".into())
+            .spawn(move || writer_loop(&db, &writer_shared, rx))
+            .map_err(|e| StoreError::Failed(format!("spawn writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            shared,
+            writer: tx,
+            path,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn submit(&self, op: Op) -> Result<Option<Revision>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send((op, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.shared
+            .state
+            .read()
+            .expect("store state lock poisoned: a writer panicked mid-publish")
+    }
+}
+
+fn load(db: &Database) -> Result<(BTreeMap<String, Entry>, Revision), StoreError> {
+    let fail = |e: &dyn std::fmt::Display| StoreError::Failed(format!("load: {e}"));
+    // Create the tables on first open so read transactions find them.
+    let txn = db.begin_write().map_err(|e| fail(&e))?;
+    {
+        txn.open_table(KV).map_err(|e| fail(&e))?;
+        txn.open_table(META).map_err(|e| fail(&e))?;
+    }
+    txn.commit().map_err(|e| fail(&e))?;
+
+    let txn = db.begin_read().map_err(|e| fail(&e))?;
+    let meta = txn.open_table(META).map_err(|e| fail(&e))?;
+    let revision = meta
+        .get(META_REVISION)
+        .map_err(|e| fail(&e))?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let table = txn.open_table(KV).map_err(|e| fail(&e))?;
+    let mut kvs = BTreeMap::new();
+    for row in table.iter().map_err(|e| fail(&e))? {
+        let (k, v) = row.map_err(|e| fail(&e))?;
+        let entry = decode(v.value()).ok_or_else(|| {
+            StoreError::Failed(format!("load: corrupt record for key {:?}", k.value()))
+        })?;
+        kvs.insert(k.value().to_string(), entry);
+    }
+    Ok((kvs, revision))
+}
+
+/// Record layout: mod_revision (u64 LE), lease in ms (u64 LE, 0 = none), value.
+fn encode(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + entry.value.len());
+    out.extend_from_slice(&entry.mod_revision.to_le_bytes());
+    let lease_ms = entry.lease.map_or(0, |d| d.as_millis() as u64);
+    out.extend_from_slice(&lease_ms.to_le_bytes());
+    out.extend_from_slice(&entry.value);
+    out
+}
+
+fn decode(raw: &[u8]) -> Option<Entry> {
+    let rev = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
+    let lease_ms = u64::from_le_bytes(raw.get(8..16)?.try_into().ok()?);
+    Some(Entry {
+        value: Bytes::copy_from_slice(&raw[16..]),
+        mod_revision: rev,
+        lease: (lease_ms > 0).then(|| Duration::from_millis(lease_ms)),
+    })
+}
+
+/// What a committed operation does to the in-memory lease table.
+enum LeaseAction {
+    Start(String, Duration),
+    Drop(String),
+    Keep,
+}
+
+fn writer_loop(db: &Database, shared: &Shared, mut rx: mpsc::Receiver<(Op, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        apply_batch(db, shared, &mut batch);
+    }
+}
+
+fn apply_batch(db: &Database, shared: &Shared, batch: &mut Vec<(Op, Reply)>) {
+    // 1. Decide every operation against committed state plus this batch's own
+    //    earlier operations. Only this thread mutates `state`, so the read view
+    //    cannot change under us.
+    let mut pending: HashMap<String, Option<Entry>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut changes = Vec::new();
+    let mut lease_actions = Vec::new();
+    let mut rev;
+    {
+        let state = shared.state.read().expect("store state lock poisoned");
+        rev = state.revision;
+        for (op, _) in batch.iter() {
+            let key = op.key();
+            let current = match pending.get(key) {
+                Some(e) => e.clone(),
+                None => state.kvs.get(key).cloned(),
+            };
+            let current_rev = current.as_ref().map(|e| e.mod_revision);
+            let (entry, action) = match op {
+                Op::Put { value, lease, .. } => {
+                    let action = match lease {
+                        Some(ttl) => LeaseAction::Start(key.to_string(), *ttl),
+                        None => LeaseAction::Drop(key.to_string()),
+                    };
+                    (Some((value.clone(), *lease)), action)
+                }
+                Op::PutIf {
+                    value, expected, ..
+                } if current_rev == Some(*expected) => {
+                    let lease = current.as_ref().and_then(|e| e.lease);
+                    (Some((value.clone(), lease)), LeaseAction::Keep)
+                }
+                Op::Delete { .. } if current.is_some() => {
+                    (None, LeaseAction::Drop(key.to_string()))
+                }
+                Op::DeleteIf { expected, .. } if current_rev == Some(*expected) => {
+                    (None, LeaseAction::Drop(key.to_string()))
+                }
+                _ => {
+                    // Condition failed or nothing to delete: no change, no revision.
+                    outcomes.push(None);
+                    continue;
+                }
+            };
+            rev += 1;
+            match entry {
+                Some((value, lease)) => {
+                    let e = Entry {
+                        value: value.clone(),
+                        mod_revision: rev,
+                        lease,
+                    };
+                    pending.insert(key.to_string(), Some(e));
+                    changes.push(Change::Put(KeyValue {
+                        key: key.to_string(),
+                        value,
+                        mod_revision: rev,
+                    }));
+                }
+                None => {
+                    pending.insert(key.to_string(), None);
+                    changes.push(Change::Delete {
+                        key: key.to_string(),
+                        revision: rev,
+                    });
+                }
+            }
+            lease_actions.push(action);
+            outcomes.push(Some(rev));
+        }
+    }
+
+    // 2. Make it durable.
+    if !changes.is_empty() {
+        if let Err(e) = persist(db, &pending, rev) {
+            tracing::error!(error = %e, "store commit failed; {} operations refused", batch.len());
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        // 3. Publish: memory, leases, history, watchers, in that order, then ack.
+        {
+            let mut state = shared.state.write().expect("store state lock poisoned");
+            for (key, entry) in pending {
+                match entry {
+                    Some(e) => {
+                        state.kvs.insert(key, e);
+                    }
+                    None => {
+                        state.kvs.remove(&key);
+                    }
+                }
+            }
+            state.revision = rev;
+            for change in &changes {
+                state.history.push_back(change.clone());
+            }
+            while state.history.len() > shared.history_limit {
+                if let Some(old) = state.history.pop_front() {
+                    state.compacted = old.revision();
+                }
+            }
+        }
+        let now = Instant::now();
+        for action in lease_actions {
+            match action {
+                LeaseAction::Start(key, ttl) => {
+                    shared.leases.insert(
+                        key,
+                        Lease {
+                            ttl,
+                            deadline: now + ttl,
+                        },
+                    );
+                }
+                LeaseAction::Drop(key) => {
+                    shared.leases.remove(&key);
+                }
+                LeaseAction::Keep => {}
+            }
+        }
+        for change in changes {
+            // No receivers is fine: nobody is watching.
+            let _ = shared.changes.send(Arc::new(change));
+        }
+    }
+    for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+        let _ = reply.send(Ok(outcome));
+    }
+}
+
+fn persist(
+    db: &Database,
+    pending: &HashMap<String, Option<Entry>>,
+    rev: Revision,
+) -> Result<(), StoreError> {
+    let fail = |e: &dyn std::fmt::Display| StoreError::Failed(format!("commit: {e}"));
+    let txn = db.begin_write().map_err(|e| fail(&e))?;
+    {
+        let mut kv = txn.open_table(KV).map_err(|e| fail(&e))?;
+        for (key, entry) in pending {
+            match entry {
+                Some(e) => {
+                    kv.insert(key.as_str(), encode(e).as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+                None => {
+                    kv.remove(key.as_str()).map_err(|e| fail(&e))?;
+                }
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
+        meta.insert(META_REVISION, rev).map_err(|e| fail(&e))?;
+    }
+    txn.commit().map_err(|e| fail(&e))
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<Duration>,
+    ) -> Result<Revision, StoreError> {
+        let op = Op::Put {
+            key: key.to_string(),
+            value,
+            lease,
+        };
+        self.submit(op)
+            .await?
+            .ok_or_else(|| StoreError::Failed("unconditional put made no change".into()))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.submit(Op::PutIf {
+            key: key.to_string(),
+            value,
+            expected,
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
+        self.submit(Op::Delete {
+            key: key.to_string(),
+        })
+        .await
+    }
+
+    async fn delete_if(
+        &self,
+        key: &str,
+        expected: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.submit(Op::DeleteIf {
+            key: key.to_string(),
+            expected,
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.read().kvs.get(key).map(|e| KeyValue {
+            key: key.to_string(),
+            value: e.value.clone(),
+            mod_revision: e.mod_revision,
+        }))
+    }
+
+    async fn range(&self, prefix: &str) -> Result<Range, StoreError> {
+        let state = self.read();
+        let kvs = state
+            .kvs
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| KeyValue {
+                key: k.clone(),
+                value: e.value.clone(),
+                mod_revision: e.mod_revision,
+            })
+            .collect();
+        Ok(Range {
+            kvs,
+            revision: state.revision,
+        })
+    }
+
+    async fn keep_alive(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(match self.shared.leases.get_mut(key) {
+            Some(mut lease) => {
+                lease.deadline = Instant::now() + lease.ttl;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn lapsed(&self, prefix: &str) -> Result<LeaseReport, StoreError> {
+        let now = Instant::now();
+        let mut leased = 0;
+        let mut lapsed_keys = Vec::new();
+        for lease in self.shared.leases.iter() {
+            if !lease.key().starts_with(prefix) {
+                continue;
+            }
+            leased += 1;
+            if lease.deadline <= now {
+                lapsed_keys.push(lease.key().clone());
+            }
+        }
+        let state = self.read();
+        let lapsed = lapsed_keys
+            .into_iter()
+            .filter_map(|k| {
+                state.kvs.get(&k).map(|e| KeyValue {
+                    key: k,
+                    value: e.value.clone(),
+                    mod_revision: e.mod_revision,
+                })
+            })
+            .collect();
+        Ok(LeaseReport { lapsed, leased })
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>, StoreError> {
+        // Subscribe before reading history so nothing falls between the two.
+        let rx = self.shared.changes.subscribe();
+        let state = self.read();
+        if after < state.compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted: state.compacted,
+            });
+        }
+        let backlog = state
+            .history
+            .iter()
+            .filter(|c| c.revision() > after && c.key().starts_with(prefix))
+            .cloned()
+            .collect();
+        let covered = after.max(state.revision);
+        drop(state);
+        Ok(Box::new(EmbeddedWatch {
+            shared: self.shared.clone(),
+            prefix: prefix.to_string(),
+            backlog,
+            rx,
+            covered,
+        }))
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.read().revision)
+    }
+}
+
+struct EmbeddedWatch {
+    shared: Arc<Shared>,
+    prefix: String,
+    backlog: VecDeque<Change>,
+    rx: broadcast::Receiver<Arc<Change>>,
+    /// Changes at or below this revision were already queued in `backlog` (or
+    /// predate the watch) and must be skipped when they arrive live.
+    covered: Revision,
+}
+
+#[async_trait]
+impl Watch for EmbeddedWatch {
+    async fn next(&mut self) -> Result<Change, StoreError> {
+        loop {
+            if let Some(change) = self.backlog.pop_front() {
+                return Ok(change);
+            }
+            match self.rx.recv().await {
+                Ok(change) => {
+                    if change.revision() <= self.covered {
+                        continue;
+                    }
+                    self.covered = change.revision();
+                    if change.key().starts_with(&self.prefix) {
+                        return Ok((*change).clone());
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // We missed live changes; recover them from history if it still has them.
+                    let state = self.shared.state.read().expect("store state lock poisoned");
+                    if self.covered < state.compacted {
+                        return Err(StoreError::Compacted {
+                            requested: self.covered,
+                            compacted: state.compacted,
+                        });
+                    }
+                    let covered = self.covered;
+                    self.backlog.extend(
+                        state
+                            .history
+                            .iter()
+                            .filter(|c| c.revision() > covered && c.key().starts_with(&self.prefix))
+                            .cloned(),
+                    );
+                    self.covered = state.revision;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn revisions_move_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.put("a/1", b("x"), None).await.unwrap(), 1);
+        assert_eq!(store.delete("a/2").await.unwrap(), None);
+        assert_eq!(store.put_if("a/1", b("y"), 7).await.unwrap(), None);
+        assert_eq!(store.revision().await.unwrap(), 1);
+        assert_eq!(store.put_if("a/1", b("y"), 1).await.unwrap(), Some(2));
+        assert_eq!(store.delete_if("a/1", 1).await.unwrap(), None);
+        assert_eq!(store.delete_if("a/1", 2).await.unwrap(), Some(3));
+        assert_eq!(store.revision().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn data_and_revision_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store
+                .put("a/1", b("x"), Some(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            store.put("b/1", b("y"), None).await.unwrap();
+            drop(store);
+        }
+        // The writer thread owns the database; wait for it to release the file lock.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match EmbeddedStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        assert_eq!(store.revision().await.unwrap(), 2);
+        let range = store.range("a/").await.unwrap();
+        assert_eq!(range.kvs.len(), 1);
+        assert_eq!(range.kvs[0].value, b("x"));
+        assert!(store.keep_alive("a/1").await.unwrap());
+        assert!(!store.keep_alive("b/1").await.unwrap());
+        // History does not survive: resuming from before the restart must re-list.
+        assert!(matches!(
+            store.watch("", 1).await.err(),
+            Some(StoreError::Compacted { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn watch_replays_then_follows_with_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.put("a/1", b("1"), None).await.unwrap();
+        store.put("b/1", b("2"), None).await.unwrap();
+        let mut w = store.watch("a/", 0).await.unwrap();
+        assert_eq!(w.next().await.unwrap().revision(), 1);
+        store.put("b/2", b("3"), None).await.unwrap();
+        store.delete("a/1").await.unwrap();
+        let c = w.next().await.unwrap();
+        assert_eq!(
+            c,
+            Change::Delete {
+                key: "a/1".into(),
+                revision: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_from_compacted_revision_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with_history(dir.path(), 2).unwrap();
+        for i in 0..5 {
+            store.put(&format!("k/{i}"), b("v"), None).await.unwrap();
+        }
+        assert!(matches!(
+            store.watch("", 1).await.err(),
+            Some(StoreError::Compacted { compacted: 3, .. })
+        ));
+        assert!(store.watch("", 3).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_lapse_and_renew() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .put("i/a", b("a"), Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        store
+            .put("i/b", b("b"), Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(store.keep_alive("i/a").await.unwrap());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let report = store.lapsed("i/").await.unwrap();
+        assert_eq!(report.leased, 2);
+        assert_eq!(report.lapsed.len(), 1);
+        assert_eq!(report.lapsed[0].key, "i/b");
+        // A conditional update keeps the (lapsed) lease rather than restarting it.
+        let rev = report.lapsed[0].mod_revision;
+        store.put_if("i/b", b("b2"), rev).await.unwrap().unwrap();
+        assert_eq!(store.lapsed("i/").await.unwrap().lapsed.len(), 1);
+    }
+}

@@ -1,0 +1,168 @@
+//! The storage contract the registry is written against, and its backends.
+//!
+//! The trait has the shape both real backends share (etcd's MVCC and our
+//! embedded redb store): ordered string keys, one monotonic revision bumped by
+//! every change, per-key leases with keep-alive, compare-and-swap on a key's
+//! revision, and a watch that replays every change after a given revision or
+//! says that revision is compacted (the watcher then re-lists).
+//!
+//! Leases are deliberately *not* expired by the store. The store only reports
+//! which leases have lapsed ([`Store::lapsed`]); the registry's sweeper
+//! (`crate::lease`) decides what to do about them, because self-preservation
+//! (pausing expiry when too many lapse at once) is a registry policy, and an
+//! etcd backend must be able to apply the very same policy.
+//!
+//! - [`embedded`]: working set in memory, durably persisted to a local redb file.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::model::Revision;
+
+/// One key and its current value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key, e.g. `instances/web/web-1`.
+    pub key: String,
+    /// The opaque value (JSON for everything the registry stores).
+    pub value: Bytes,
+    /// Revision of the last write to this key: the token for compare-and-swap.
+    pub mod_revision: Revision,
+}
+
+/// One change in the store's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key was created or overwritten.
+    Put(KeyValue),
+    /// A key was removed.
+    Delete {
+        /// The removed key.
+        key: String,
+        /// Revision of the removal.
+        revision: Revision,
+    },
+}
+
+impl Change {
+    /// Revision at which the change happened.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Change::Put(kv) => kv.mod_revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+
+    /// The key that changed.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put(kv) => &kv.key,
+            Change::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A consistent read of a key range: every key under a prefix as of `revision`.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    /// Keys in order.
+    pub kvs: Vec<KeyValue>,
+    /// Store revision the read reflects.
+    pub revision: Revision,
+}
+
+/// Which leases under a prefix have lapsed, and how many are held in all.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseReport {
+    /// Keys whose lease deadline has passed, with their current values.
+    pub lapsed: Vec<KeyValue>,
+    /// Number of keys under the prefix that hold a lease (lapsed or not).
+    pub leased: usize,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The watch start revision is older than the retained history.
+    #[error("revision {requested} is compacted (oldest retained change is after {compacted})")]
+    Compacted {
+        /// Revision the watcher asked to resume after.
+        requested: Revision,
+        /// Every change up to and including this revision is gone from history.
+        compacted: Revision,
+    },
+    /// The backend cannot be reached or refused the operation; retrying may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed in a way retrying will not fix (corrupt file, full disk).
+    #[error("store failure: {0}")]
+    Failed(String),
+    /// The store has shut down.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// A stream of changes, in revision order, with no gaps.
+#[async_trait]
+pub trait Watch: Send {
+    /// The next change. `Compacted` means the watcher fell too far behind and
+    /// must re-list; `Closed` means the store is gone.
+    async fn next(&mut self) -> Result<Change, StoreError>;
+}
+
+/// The storage contract; see the module docs.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes `key`. With `lease`, attaches a lease of that length whose
+    /// deadline starts now (replacing any previous lease); without, removes any
+    /// lease. Always bumps the revision; returns it once the write is durable.
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        lease: Option<Duration>,
+    ) -> Result<Revision, StoreError>;
+
+    /// Writes `key` only if its current `mod_revision` is `expected`, keeping
+    /// its lease as it is. `None` when the key changed or vanished meanwhile.
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Option<Revision>, StoreError>;
+
+    /// Removes `key` and its lease. `None` (and no new revision) when absent.
+    async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;
+
+    /// Removes `key` only if its `mod_revision` is still `expected`.
+    async fn delete_if(
+        &self,
+        key: &str,
+        expected: Revision,
+    ) -> Result<Option<Revision>, StoreError>;
+
+    /// The current value of `key`.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Every key under `prefix`, in order, with the revision of the read.
+    async fn range(&self, prefix: &str) -> Result<Range, StoreError>;
+
+    /// Pushes the lease deadline of `key` one full lease length into the
+    /// future. `false` when the key does not exist or holds no lease.
+    async fn keep_alive(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Leased keys under `prefix` whose deadline has passed.
+    async fn lapsed(&self, prefix: &str) -> Result<LeaseReport, StoreError>;
+
+    /// Every change under `prefix` with a revision greater than `after`, then
+    /// live changes as they happen.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>, StoreError>;
+
+    /// The latest revision.
+    async fn revision(&self) -> Result<Revision, StoreError>;
+}
