@@ -1,1 +1,249 @@
-fn main() {}
+//! The `portico` command line: subcommands only; the work is in `lib.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use portico::{RegistryOptions, run_gateway, run_registry, run_up};
+use portico_gateway::GatewayOptions;
+use portico_gateway::config::Config;
+use portico_gateway::proxy::ProxySettings;
+use portico_gateway::server::ServerSettings;
+use portico_registry::lease::LeasePolicy;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portico",
+    version,
+    about = "API gateway and service-discovery control plane"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Registry and gateway in one process, on the embedded store.
+    Up {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// The control plane only.
+    Registry {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// The data plane only.
+    Gateway {
+        /// Registry URLs to follow, comma-separated (none: static routes only).
+        #[arg(long, value_delimiter = ',')]
+        registry: Vec<String>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Args, Debug)]
+struct RegistryArgs {
+    /// Registry API address.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    control: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "portico-data")]
+    data_dir: PathBuf,
+    /// Time between lease sweeps.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    sweep_interval: Duration,
+    /// How long an expired (critical) instance stays listed before removal.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    critical_grace: Duration,
+    /// Share of live leases lapsing in one sweep that pauses expiry.
+    #[arg(long, default_value_t = 0.5)]
+    preservation_threshold: f64,
+    /// Fewest lapsed leases that can pause expiry.
+    #[arg(long, default_value_t = 3)]
+    preservation_min: usize,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> anyhow::Result<RegistryOptions> {
+        if !(0.0..=1.0).contains(&self.preservation_threshold) {
+            anyhow::bail!("--preservation-threshold must be between 0 and 1");
+        }
+        if self.sweep_interval.is_zero() {
+            anyhow::bail!("--sweep-interval must be more than 0");
+        }
+        Ok(RegistryOptions {
+            data_dir: self.data_dir.clone(),
+            lease: LeasePolicy {
+                sweep_interval: self.sweep_interval,
+                critical_grace: self.critical_grace,
+                preservation_threshold: self.preservation_threshold,
+                preservation_min: self.preservation_min,
+            },
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct GatewayArgs {
+    /// Gateway (public traffic) address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Route file (TOML, `[[route]]` tables).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Give each discovered service an implicit `/{service}` route (prefix
+    /// stripped). Default: on for `up` without --config, off otherwise.
+    #[arg(long)]
+    auto_routes: Option<bool>,
+    /// Turn off the per-request access log.
+    #[arg(long)]
+    no_access_log: bool,
+    /// Time allowed for a client to send a complete request head.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// Largest request head in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_size: usize,
+    /// Close downstream connections idle for this long.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// Upstream connect timeout.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    connect_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+}
+
+impl GatewayArgs {
+    fn options(&self, registry: Vec<String>, auto_default: bool) -> anyhow::Result<GatewayOptions> {
+        let config = match &self.config {
+            Some(path) => {
+                Config::load(path).with_context(|| format!("route file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        for (flag, d) in [
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--connect-timeout", self.connect_timeout),
+        ] {
+            if d.is_zero() {
+                anyhow::bail!("{flag} must be more than 0");
+            }
+        }
+        Ok(GatewayOptions {
+            config,
+            registry,
+            auto_routes: self
+                .auto_routes
+                .unwrap_or(auto_default && self.config.is_none()),
+            server: ServerSettings {
+                header_read_timeout: self.header_read_timeout,
+                max_header_size: self.max_header_size,
+                idle_timeout: self.idle_timeout,
+                drain_timeout: self.drain_timeout,
+                ..ServerSettings::default()
+            },
+            proxy: ProxySettings {
+                access_log: !self.no_access_log,
+                connect_timeout: self.connect_timeout,
+                ..ProxySettings::default()
+            },
+        })
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Up { registry, gateway } => {
+            let reg = registry.options()?;
+            let gw = gateway.options(Vec::new(), true)?;
+            let control = bind(registry.control, "control").await?;
+            let listen = bind(gateway.listen, "gateway").await?;
+            println!(
+                "portico up: gateway http://{} , registry http://{}",
+                listen.local_addr()?,
+                control.local_addr()?
+            );
+            run_up(control, listen, reg, gw, shutdown_signal()).await
+        }
+        Command::Registry { registry } => {
+            let reg = registry.options()?;
+            let control = bind(registry.control, "control").await?;
+            println!("portico registry: http://{}", control.local_addr()?);
+            run_registry(control, reg, shutdown_signal()).await
+        }
+        Command::Gateway { registry, gateway } => {
+            let gw = gateway.options(registry, false)?;
+            let listen = bind(gateway.listen, "gateway").await?;
+            println!("portico gateway: http://{}", listen.local_addr()?);
+            run_gateway(listen, gw, shutdown_signal()).await
+        }
+    }
+}

@@ -1,1 +1,121 @@
-//! x
+//! Portico's data plane: an HTTP/1.1 and h2c gateway that routes by host,
+//! path and method to discovered or static upstreams.
+//!
+//! # Module map
+//!
+//! - [`config`]: the TOML route file, validated into typed [`config::Route`]s.
+//! - [`router`]: the immutable [`router::RouteTable`] and its match index.
+//! - [`balance`]: endpoint sets and lock-free smooth weighted round robin.
+//! - [`discovery`]: registry watch → instance map → new table, swapped in
+//!   atomically.
+//! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
+//! - [`server`]: the listener, connection limits and graceful drain.
+//! - [`error`]: the gateway's own errors and their single HTTP mapping.
+//!
+//! # The request path
+//!
+//! accept ([`server`]) → hyper h1/h2 connection → [`proxy::Proxy::handle`] →
+//! load the current [`router::RouteTable`] once → host → path → method →
+//! route → [`balance::EndpointSet::pick`] → pooled upstream client → stream
+//! the response back; failures become JSON errors in [`error`].
+
+pub mod balance;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod proxy;
+pub mod router;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::discovery::{DiscoveryStatus, TableBuilder};
+use crate::proxy::{Proxy, ProxySettings};
+use crate::router::RouteTable;
+use crate::server::ServerSettings;
+
+/// Everything a gateway needs to run.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOptions {
+    /// Routes from the route file.
+    pub config: Config,
+    /// Registry base URLs to follow; none for a static-only gateway.
+    pub registry: Vec<String>,
+    /// Give each discovered service an implicit `/{service}` route.
+    pub auto_routes: bool,
+    /// Listener limits.
+    pub server: ServerSettings,
+    /// Upstream and logging settings.
+    pub proxy: ProxySettings,
+}
+
+/// A configured gateway, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    table: Arc<ArcSwap<RouteTable>>,
+    proxy: Arc<Proxy>,
+    status: Arc<DiscoveryStatus>,
+    options: GatewayOptions,
+}
+
+impl Gateway {
+    /// Builds the initial table from the configured routes.
+    pub fn new(options: GatewayOptions) -> Result<Gateway, portico_registry::client::ClientError> {
+        if !options.registry.is_empty() {
+            // Validate the URLs now so a typo fails at startup, not in a background task.
+            portico_registry::client::RegistryClient::new(&options.registry)?;
+        }
+        let mut builder = TableBuilder::new(options.config.routes.clone(), options.auto_routes);
+        let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
+        let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
+        Ok(Gateway {
+            table,
+            proxy,
+            status: Arc::new(DiscoveryStatus::default()),
+            options,
+        })
+    }
+
+    /// The live table handle (for inspection).
+    pub fn table(&self) -> &Arc<ArcSwap<RouteTable>> {
+        &self.table
+    }
+
+    /// Discovery progress.
+    pub fn status(&self) -> &Arc<DiscoveryStatus> {
+        &self.status
+    }
+
+    /// Serves on `listener` until `shutdown`, following the registry if one
+    /// is configured; then drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let follower = if self.options.registry.is_empty() {
+            None
+        } else {
+            let client = portico_registry::client::RegistryClient::new(&self.options.registry)
+                .expect("registry URLs were validated in Gateway::new");
+            let builder =
+                TableBuilder::new(self.options.config.routes.clone(), self.options.auto_routes);
+            Some(tokio::spawn(discovery::follow(
+                client,
+                builder,
+                self.table.clone(),
+                self.status.clone(),
+            )))
+        };
+        let result = server::serve(listener, self.proxy, self.options.server, shutdown).await;
+        if let Some(f) = follower {
+            f.abort();
+        }
+        result
+    }
+}

@@ -1,0 +1,438 @@
+//! The route file: TOML with one `[[route]]` table per route, parsed into
+//! file structs with `deny_unknown_fields`, then validated into typed
+//! [`Route`]s. Every refusal names the key (`route[2].path_prefix`) and why.
+//!
+//! ```toml
+//! [[route]]
+//! name = "echo"
+//! hosts = ["api.example.com", "*.example.com"]   # optional: any host
+//! path_prefix = "/echo"                          # or: path = "/exact"
+//! methods = ["GET", "POST"]                      # optional: any method
+//! service = "echo"                               # or: upstreams = ["127.0.0.1:9001"]
+//! strip_prefix = true                            # optional, default false
+//! timeout = "30s"                                # optional, default 30s
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use http::uri::Authority;
+use serde::Deserialize;
+
+/// Default time allowed for an upstream to answer with response headers.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest accepted route timeout.
+pub const MAX_ROUTE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A route file refused, naming the key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The TOML does not parse, or names an unknown key, or has a wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A key holds a value that cannot work.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `route[0].path_prefix`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: String, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    path_prefix: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    service: Option<String>,
+    upstreams: Option<Vec<String>>,
+    #[serde(default)]
+    strip_prefix: bool,
+    timeout: Option<String>,
+}
+
+/// The validated gateway configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Routes in file order.
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// How a route matches the request host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// One exact host name (lowercase, no port).
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`: any subdomain at
+    /// any depth, not the apex.
+    Wildcard(String),
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// The whole path, exactly.
+    Exact(String),
+    /// A prefix on segment boundaries: `/api` matches `/api` and `/api/x`,
+    /// never `/apix`; `/api/` matches `/api/x` but not `/api`.
+    Prefix(String),
+}
+
+/// Where a route sends traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Instances of a discovered service.
+    Service(String),
+    /// A fixed list of `host:port` upstreams.
+    Static(Vec<Authority>),
+}
+
+/// One validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Unique name, used in logs and errors.
+    pub name: Arc<str>,
+    /// Hosts it answers for; empty means any host.
+    pub hosts: Vec<HostMatch>,
+    /// Path it answers for.
+    pub path: PathMatch,
+    /// Methods it answers for; empty means any method.
+    pub methods: Vec<Method>,
+    /// Where it sends traffic.
+    pub target: Target,
+    /// Remove the matched prefix from the path before forwarding.
+    pub strip_prefix: bool,
+    /// Time allowed for the upstream to answer with headers.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates a route file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates route-file text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut routes = Vec::with_capacity(file.route.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut matches: HashMap<(Vec<HostMatch>, PathMatch, Vec<Method>), usize> = HashMap::new();
+        for (i, raw) in file.route.into_iter().enumerate() {
+            let route = validate_route(i, raw)?;
+            if let Some(first) = names.insert(route.name.to_string(), i) {
+                return Err(invalid(
+                    format!("route[{i}].name"),
+                    format!("{:?} is already used by route[{first}]", route.name),
+                ));
+            }
+            let mut hosts = route.hosts.clone();
+            hosts.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            let mut methods = route.methods.clone();
+            methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            if let Some(first) = matches.insert((hosts, route.path.clone(), methods), i) {
+                return Err(invalid(
+                    format!("route[{i}]"),
+                    format!("matches exactly the same requests as route[{first}]"),
+                ));
+            }
+            routes.push(Arc::new(route));
+        }
+        Ok(Config { routes })
+    }
+}
+
+fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
+    let key = |field: &str| format!("route[{i}].{field}");
+    if raw.name.is_empty()
+        || raw.name.len() > 128
+        || !raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(invalid(
+            key("name"),
+            "must be 1 to 128 characters of [A-Za-z0-9-_.:]",
+        ));
+    }
+
+    let mut hosts = Vec::with_capacity(raw.hosts.len());
+    for (j, host) in raw.hosts.iter().enumerate() {
+        hosts.push(
+            parse_host(host).map_err(|reason| invalid(format!("{}[{j}]", key("hosts")), reason))?,
+        );
+    }
+
+    let path = match (raw.path_prefix, raw.path) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key("path"),
+                "give either path (exact) or path_prefix, not both",
+            ));
+        }
+        (Some(p), None) => {
+            PathMatch::Prefix(check_path(&p).map_err(|r| invalid(key("path_prefix"), r))?)
+        }
+        (None, Some(p)) => PathMatch::Exact(check_path(&p).map_err(|r| invalid(key("path"), r))?),
+        (None, None) => PathMatch::Prefix("/".to_string()),
+    };
+    if raw.strip_prefix && !matches!(path, PathMatch::Prefix(_)) {
+        return Err(invalid(
+            key("strip_prefix"),
+            "only applies to a path_prefix route",
+        ));
+    }
+
+    let mut methods = Vec::with_capacity(raw.methods.len());
+    for (j, m) in raw.methods.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+            invalid(
+                format!("{}[{j}]", key("methods")),
+                format!("{m:?} is not an HTTP method"),
+            )
+        })?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+
+    let target = match (raw.service, raw.upstreams) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key("service"),
+                "give either service or upstreams, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                key("service"),
+                "a route needs a target: service = \"name\" or upstreams = [\"host:port\"]",
+            ));
+        }
+        (Some(s), None) => {
+            portico_registry::model::validate_service_name(&s)
+                .map_err(|e| invalid(key("service"), e.reason))?;
+            Target::Service(s)
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(invalid(
+                    key("upstreams"),
+                    "must list at least one host:port",
+                ));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (j, u) in list.iter().enumerate() {
+                out.push(
+                    parse_upstream(u)
+                        .map_err(|r| invalid(format!("{}[{j}]", key("upstreams")), r))?,
+                );
+            }
+            Target::Static(out)
+        }
+    };
+
+    let timeout = match raw.timeout {
+        None => DEFAULT_ROUTE_TIMEOUT,
+        Some(t) => {
+            let d = humantime::parse_duration(&t).map_err(|e| {
+                invalid(
+                    key("timeout"),
+                    format!("{e}: expected a duration such as \"30s\""),
+                )
+            })?;
+            if d.is_zero() || d > MAX_ROUTE_TIMEOUT {
+                return Err(invalid(
+                    key("timeout"),
+                    "must be more than 0 and at most 1h",
+                ));
+            }
+            d
+        }
+    };
+
+    Ok(Route {
+        name: raw.name.into(),
+        hosts,
+        path,
+        methods,
+        target,
+        strip_prefix: raw.strip_prefix,
+        timeout,
+    })
+}
+
+fn check_path(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with '/'"));
+    }
+    if p.bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
+    {
+        return Err(format!("{p:?} must not contain spaces, '?' or '#'"));
+    }
+    Ok(p.to_string())
+}
+
+fn parse_host(host: &str) -> Result<HostMatch, String> {
+    let lower = host.to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    if name.contains('*') {
+        return Err(format!("{host:?}: '*' is only allowed as a leading \"*.\""));
+    }
+    if name.contains(':') {
+        return Err(format!("{host:?}: give the host without a port"));
+    }
+    portico_registry::model::validate_address(name)
+        .map_err(|_| format!("{host:?} is not a valid host name"))?;
+    Ok(if wild {
+        HostMatch::Wildcard(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+fn parse_upstream(u: &str) -> Result<Authority, String> {
+    let authority: Authority = u.parse().map_err(|_| format!("{u:?} is not host:port"))?;
+    if authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(format!("{u:?} needs a port in 1..=65535"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    portico_registry::model::validate_address(host).map_err(|_| format!("{u:?}: bad host"))?;
+    Ok(authority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_route_parses() {
+        let c = Config::parse(
+            r#"
+            [[route]]
+            name = "a"
+            hosts = ["Example.com", "*.example.com"]
+            path_prefix = "/api"
+            methods = ["get", "POST"]
+            service = "web"
+            strip_prefix = true
+            timeout = "5s"
+            "#,
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.hosts[0], HostMatch::Exact("example.com".into()));
+        assert_eq!(r.hosts[1], HostMatch::Wildcard(".example.com".into()));
+        assert_eq!(r.methods, vec![Method::GET, Method::POST]);
+        assert_eq!(r.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let cases = [
+            (
+                "[[route]]\nname=\"a\"\npathprefix=\"/x\"\nservice=\"s\"",
+                "pathprefix",
+            ),
+            (
+                "[[route]]\nname=\"a\"\npath_prefix=\"x\"\nservice=\"s\"",
+                "route[0].path_prefix",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\nupstreams=[\"h:1\"]",
+                "route[0].service",
+            ),
+            ("[[route]]\nname=\"a\"", "route[0].service"),
+            (
+                "[[route]]\nname=\"a\"\nupstreams=[\"nohost\"]",
+                "route[0].upstreams[0]",
+            ),
+            ("[[route]]\nname=\"a\"\nservice=\"S_\"", "route[0].service"),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\nmethods=[\"G T\"]",
+                "route[0].methods[0]",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\nhosts=[\"a.*.com\"]",
+                "route[0].hosts[0]",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\ntimeout=\"0s\"",
+                "route[0].timeout",
+            ),
+            (
+                "[[route]]\nname=\"a\"\npath=\"/x\"\nstrip_prefix=true\nservice=\"s\"",
+                "route[0].strip_prefix",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\n[[route]]\nname=\"a\"\npath=\"/b\"\nservice=\"s\"",
+                "route[1].name",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\n[[route]]\nname=\"b\"\nservice=\"t\"",
+                "route[1]",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\ncolour=\"red\"",
+                "colour",
+            ),
+            ("[[rout]]\nname=\"a\"", "rout"),
+        ];
+        for (text, key) in cases {
+            let msg = err(text);
+            assert!(
+                msg.contains(key),
+                "{text:?} gave {msg:?}, expected it to name {key:?}"
+            );
+        }
+    }
+}

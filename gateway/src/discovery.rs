@@ -1,0 +1,206 @@
+//! From registry changes to routing tables.
+//!
+//! [`TableBuilder`] turns routes plus known instances into an immutable
+//! [`RouteTable`]. [`follow`] runs the registry watch: it applies each burst of
+//! events to its instance map, rebuilds the endpoint sets of the services that
+//! changed (and only those), and swaps the new table in with one atomic store.
+//! Requests in flight keep the table they loaded. When the registry is
+//! unreachable nothing is swapped, so the gateway keeps serving its last table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use portico_registry::model::{Instance, WatchEvent};
+
+use crate::balance::{Endpoint, EndpointSet};
+use crate::config::{PathMatch, Route, Target};
+use crate::router::{RouteEntry, RouteTable, Router};
+
+/// Builds routing tables from routes and discovered instances.
+#[derive(Debug)]
+pub struct TableBuilder {
+    routes: Vec<Arc<Route>>,
+    /// Give every discovered service an implicit `/{service}` route.
+    auto_routes: bool,
+    /// Routes of the last build, to know when the router must be rebuilt.
+    last_routes: Vec<Arc<Route>>,
+    router: Arc<Router>,
+    static_sets: HashMap<String, Arc<EndpointSet>>,
+    service_sets: HashMap<String, Arc<EndpointSet>>,
+    empty: Arc<EndpointSet>,
+}
+
+impl TableBuilder {
+    /// A builder over configured `routes`; with `auto_routes`, each
+    /// discovered service `s` also gets a route `path_prefix = "/s"` with the
+    /// prefix stripped, ranked below any configured route of the same path.
+    pub fn new(routes: Vec<Arc<Route>>, auto_routes: bool) -> TableBuilder {
+        let static_sets = routes
+            .iter()
+            .filter_map(|r| match &r.target {
+                Target::Static(list) => Some((
+                    r.name.to_string(),
+                    Arc::new(EndpointSet::new(
+                        list.iter().cloned().map(Endpoint::from_static).collect(),
+                    )),
+                )),
+                Target::Service(_) => None,
+            })
+            .collect();
+        TableBuilder {
+            routes,
+            auto_routes,
+            last_routes: Vec::new(),
+            router: Arc::new(Router::default()),
+            static_sets,
+            service_sets: HashMap::new(),
+            empty: Arc::new(EndpointSet::default()),
+        }
+    }
+
+    /// Replaces one service's routable endpoints (rebuilt from its instances).
+    pub fn set_service(&mut self, service: &str, instances: &BTreeMap<String, Instance>) {
+        if instances.is_empty() {
+            self.service_sets.remove(service);
+            return;
+        }
+        let endpoints = instances
+            .values()
+            .filter(|i| i.status.routable())
+            .filter_map(Endpoint::from_instance)
+            .collect();
+        self.service_sets
+            .insert(service.to_string(), Arc::new(EndpointSet::new(endpoints)));
+    }
+
+    /// The full route list: configured routes, then implicit ones.
+    fn effective_routes(&self) -> Vec<Arc<Route>> {
+        let mut routes = self.routes.clone();
+        if self.auto_routes {
+            let taken: HashSet<&PathMatch> = self
+                .routes
+                .iter()
+                .filter(|r| r.hosts.is_empty() && r.methods.is_empty())
+                .map(|r| &r.path)
+                .collect();
+            let mut names: Vec<&String> = self.service_sets.keys().collect();
+            names.sort();
+            for name in names {
+                let path = PathMatch::Prefix(format!("/{name}"));
+                if taken.contains(&path) {
+                    continue;
+                }
+                routes.push(Arc::new(Route {
+                    name: format!("auto:{name}").into(),
+                    hosts: Vec::new(),
+                    path,
+                    methods: Vec::new(),
+                    target: Target::Service(name.clone()),
+                    strip_prefix: true,
+                    timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
+                }));
+            }
+        }
+        routes
+    }
+
+    /// A new table reflecting the current routes and instances.
+    pub fn build(&mut self, revision: u64) -> RouteTable {
+        let routes = self.effective_routes();
+        if routes != self.last_routes {
+            self.router = Arc::new(Router::new(&routes));
+            self.last_routes = routes.clone();
+        }
+        let entries = routes
+            .into_iter()
+            .map(|route| {
+                let endpoints = match &route.target {
+                    Target::Static(_) => self.static_sets.get(route.name.as_ref()),
+                    Target::Service(s) => self.service_sets.get(s),
+                }
+                .cloned()
+                .unwrap_or_else(|| self.empty.clone());
+                RouteEntry { route, endpoints }
+            })
+            .collect();
+        RouteTable::new(self.router.clone(), entries, revision)
+    }
+}
+
+/// What a gateway knows about its registry feed, for operators and tests.
+#[derive(Debug, Default)]
+pub struct DiscoveryStatus {
+    /// Registry revision of the table being served.
+    pub applied_revision: AtomicU64,
+    /// Number of tables built from the feed.
+    pub rebuilds: AtomicU64,
+}
+
+/// Follows the registry forever, swapping a new table into `table` after each
+/// burst of changes.
+pub async fn follow(
+    client: portico_registry::client::RegistryClient,
+    mut builder: TableBuilder,
+    table: Arc<ArcSwap<RouteTable>>,
+    status: Arc<DiscoveryStatus>,
+) {
+    let mut watcher = client.watch(0);
+    let mut services: HashMap<String, BTreeMap<String, Instance>> = HashMap::new();
+    loop {
+        let first = watcher.next().await;
+        let mut changed: HashSet<String> = HashSet::new();
+        let mut event = Some(first);
+        let mut progressed = false;
+        // Apply everything already received before building anything.
+        while let Some(e) = event {
+            match e {
+                WatchEvent::Snapshot { instances, .. } => {
+                    changed.extend(services.keys().cloned());
+                    services.clear();
+                    for i in instances {
+                        changed.insert(i.service.clone());
+                        services
+                            .entry(i.service.clone())
+                            .or_default()
+                            .insert(i.id.clone(), i);
+                    }
+                }
+                WatchEvent::Put { instance, .. } => {
+                    changed.insert(instance.service.clone());
+                    services
+                        .entry(instance.service.clone())
+                        .or_default()
+                        .insert(instance.id.clone(), instance);
+                }
+                WatchEvent::Delete { service, id, .. } => {
+                    if let Some(s) = services.get_mut(&service) {
+                        s.remove(&id);
+                        if s.is_empty() {
+                            services.remove(&service);
+                        }
+                    }
+                    changed.insert(service);
+                }
+                WatchEvent::Progress { .. } => progressed = true,
+            }
+            event = watcher.next_buffered();
+        }
+        let revision = watcher.revision();
+        if changed.is_empty() {
+            if progressed {
+                status.applied_revision.store(revision, Ordering::Relaxed);
+            }
+            continue;
+        }
+        let empty = BTreeMap::new();
+        for service in &changed {
+            builder.set_service(service, services.get(service).unwrap_or(&empty));
+        }
+        table.store(Arc::new(builder.build(revision)));
+        status.applied_revision.store(revision, Ordering::Relaxed);
+        status.rebuilds.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(revision, services = changed.len(), "routing table rebuilt");
+    }
+}

@@ -1,0 +1,96 @@
+//! Errors the gateway itself answers with, and the one place they become
+//! HTTP: a status, a JSON body `{"error": "...", "code": "..."}` and the
+//! header `x-portico-error` carrying the code.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// Header naming the error code on every response the gateway makes itself.
+pub const ERROR_HEADER: &str = "x-portico-error";
+
+/// A request the gateway could not proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// The route matched but has no endpoint to send to.
+    #[error("route {route:?} has no healthy upstream")]
+    NoHealthyUpstream {
+        /// The matched route.
+        route: String,
+    },
+    /// The upstream could not be connected to.
+    #[error("could not connect to upstream {endpoint}")]
+    UpstreamConnect {
+        /// The endpoint tried.
+        endpoint: String,
+    },
+    /// The upstream broke the protocol or the connection.
+    #[error("upstream {endpoint} failed: {reason}")]
+    UpstreamProtocol {
+        /// The endpoint tried.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream {endpoint} did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        /// The endpoint tried.
+        endpoint: String,
+        /// The route's timeout.
+        timeout: std::time::Duration,
+    },
+    /// The upstream speaks a protocol this build cannot reach.
+    #[error("upstream {endpoint} uses scheme {scheme}, which this gateway cannot reach yet")]
+    UnsupportedScheme {
+        /// The endpoint.
+        endpoint: String,
+        /// Its scheme.
+        scheme: &'static str,
+    },
+    /// The request is malformed in a way hyper let through.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::UpstreamConnect { .. } => "upstream_connect",
+            ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UnsupportedScheme { .. } => "upstream_scheme_unsupported",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UnsupportedScheme { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The response sent downstream.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
+        Response::builder()
+            .status(self.status())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(ERROR_HEADER, HeaderValue::from_static(self.code()))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("error responses are well-formed")
+    }
+}

@@ -1,0 +1,489 @@
+//! The request path: match a route, pick an endpoint, rewrite headers the
+//! way a proxy must, stream the request upstream and the response back.
+//!
+//! Bodies are never buffered: the downstream [`Incoming`] body becomes the
+//! upstream request body as is, and the upstream response body is handed back
+//! the same way, so memory per request stays flat whatever the body size.
+//! HTTP/1.1 upgrades (WebSocket and others) become a byte tunnel once the
+//! upstream answers `101`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme as UriScheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portico_registry::model::Scheme;
+use tokio::time::Instant;
+
+use crate::error::ProxyError;
+use crate::router::RouteTable;
+
+/// Body of every response the gateway sends: an upstream's streamed body, or
+/// a small body the gateway made itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle pooled upstream connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Proxy tuning.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Emit one access-log line per request (target `portico::access`).
+    pub access_log: bool,
+    /// Time allowed to establish an upstream TCP connection.
+    pub connect_timeout: Duration,
+    /// How long idle upstream connections stay pooled.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            access_log: true,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The proxy: a table to read and pooled clients to send with.
+#[derive(Debug)]
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    http1: Client<HttpConnector, Incoming>,
+    h2c: Client<HttpConnector, Incoming>,
+    access_log: bool,
+}
+
+/// What the access log needs about a finished request.
+struct Outcome {
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+}
+
+impl Proxy {
+    /// A proxy reading routes from `table`.
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: &ProxySettings) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout);
+        let http1 = builder.build(connector.clone());
+        let h2c = builder.http2_only(true).build(connector);
+        Proxy {
+            table,
+            http1,
+            h2c,
+            access_log: settings.access_log,
+        }
+    }
+
+    /// Handles one downstream request; never fails (errors become responses).
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) => v.clone(),
+            None => new_request_id(),
+        };
+        let logged = self
+            .access_log
+            .then(|| (req.method().clone(), req.uri().clone()));
+        let mut outcome = Outcome {
+            route: None,
+            upstream: None,
+        };
+        let mut resp = match self.forward(req, peer, &request_id, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, "request failed at the gateway");
+                e.to_response().map(Either::Right)
+            }
+        };
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some((method, uri)) = logged {
+            tracing::info!(
+                target: "portico::access",
+                method = %method,
+                path = %uri.path(),
+                status = resp.status().as_u16(),
+                route = outcome.route.as_deref().unwrap_or("-"),
+                upstream = outcome.upstream.as_deref().unwrap_or("-"),
+                duration_us = start.elapsed().as_micros() as u64,
+                request_id = request_id.to_str().unwrap_or("-"),
+            );
+        }
+        resp
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let table = self.table.load_full();
+        let host = request_host(&req);
+        let matched = table
+            .lookup(host.as_deref(), req.uri().path(), req.method())
+            .ok_or(ProxyError::NoRoute)?;
+        let route = matched.entry.route.clone();
+        outcome.route = Some(route.name.clone());
+        let endpoint = matched
+            .entry
+            .endpoints
+            .pick()
+            .ok_or_else(|| ProxyError::NoHealthyUpstream {
+                route: route.name.to_string(),
+            })?
+            .clone();
+        outcome.upstream = Some(endpoint.id.clone());
+        let (client, version) = match endpoint.scheme {
+            Scheme::Http => (&self.http1, Version::HTTP_11),
+            Scheme::H2c => (&self.h2c, Version::HTTP_2),
+            Scheme::Https => {
+                return Err(ProxyError::UnsupportedScheme {
+                    endpoint: endpoint.id.to_string(),
+                    scheme: "https",
+                });
+            }
+        };
+
+        // Upstream URI: absolute form, so the pooled client knows where to connect.
+        let path_and_query = if route.strip_prefix {
+            stripped_path(req.uri(), matched.prefix_len)?
+        } else {
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(UriScheme::HTTP);
+        parts.authority = Some(endpoint.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        let upstream_uri = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
+
+        let upgrade = is_upgrade(&req);
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let original_host = host_header_value(&req);
+        let had_te = req.headers().contains_key(header::TRANSFER_ENCODING);
+        *req.uri_mut() = upstream_uri;
+        *req.version_mut() = version;
+        let headers = req.headers_mut();
+        if had_te {
+            // Never let a request reach a backend carrying both framings.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let upgrade_proto = if upgrade {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(headers);
+        if let Some(proto) = upgrade_proto {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto);
+        }
+        append_forwarded_for(headers, peer);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        if let Some(h) = &original_host {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            if !headers.contains_key(header::HOST) {
+                // HTTP/2 downstream carries the host in :authority; HTTP/1.1 upstreams need Host.
+                headers.insert(header::HOST, h.clone());
+            }
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+        let endpoint_name = || endpoint.id.to_string();
+        let mut resp = match tokio::time::timeout(route.timeout, client.request(req)).await {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    endpoint: endpoint_name(),
+                    timeout: route.timeout,
+                });
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(ProxyError::UpstreamConnect {
+                    endpoint: endpoint_name(),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::UpstreamProtocol {
+                    endpoint: endpoint_name(),
+                    reason: error_chain(&e),
+                });
+            }
+            Ok(Ok(resp)) => resp,
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(downstream) = downstream_upgrade {
+                let upstream = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(downstream, upstream));
+                let headers = resp.headers_mut();
+                let proto = headers.get(header::UPGRADE).cloned();
+                strip_hop_by_hop(headers);
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(proto) = proto {
+                    headers.insert(header::UPGRADE, proto);
+                }
+                return Ok(resp.map(Either::Left));
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(Either::Left))
+    }
+}
+
+/// Copies bytes both ways between an upgraded downstream and upstream.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols.
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"))
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names,
+/// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        // Several Connection lines are allowed; gather them all.
+        let more: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .skip(1)
+            .flat_map(|v| {
+                v.to_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for name in named.iter().chain(more.iter()) {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(&name);
+        }
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if prior.peek().is_none() {
+        HeaderValue::from_str(&ip)
+    } else {
+        let mut joined = String::new();
+        for v in prior {
+            if let Ok(s) = v.to_str() {
+                joined.push_str(s);
+                joined.push_str(", ");
+            }
+        }
+        joined.push_str(&ip);
+        HeaderValue::from_str(&joined)
+    };
+    if let Ok(v) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// The request's host, lowercase and without a port: `:authority` for
+/// HTTP/2, the `Host` header for HTTP/1.1.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().host() {
+        Some(h) => h,
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            strip_port(h)
+        }
+    };
+    let raw = raw.trim_end_matches('.');
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(raw.to_ascii_lowercase())
+    } else {
+        Some(raw.to_string())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn host_header_value<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    let authority = req.uri().authority()?;
+    HeaderValue::from_str(authority.as_str()).ok()
+}
+
+fn stripped_path(uri: &Uri, prefix_len: usize) -> Result<PathAndQuery, ProxyError> {
+    let path = uri.path();
+    let rest = path.get(prefix_len..).unwrap_or("");
+    let mut out = String::with_capacity(rest.len() + 1 + uri.query().map_or(0, |q| q.len() + 1));
+    if !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    PathAndQuery::from_maybe_shared(out).map_err(|_| ProxyError::BadRequest("path"))
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).expect("hex is a valid header value")
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_tokens_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-whatever", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        append_forwarded_for(&mut h, "127.0.0.1:5".parse().unwrap());
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).unwrap(),
+            "1.1.1.1, 2.2.2.2, 127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash_and_query() {
+        let uri: Uri = "/echo/a/b?x=1".parse().unwrap();
+        assert_eq!(stripped_path(&uri, 5).unwrap().as_str(), "/a/b?x=1");
+        let uri: Uri = "/echo?x=1".parse().unwrap();
+        assert_eq!(stripped_path(&uri, 5).unwrap().as_str(), "/?x=1");
+        let uri: Uri = "/echo/".parse().unwrap();
+        assert_eq!(stripped_path(&uri, 6).unwrap().as_str(), "/");
+    }
+
+    #[test]
+    fn host_ports_are_stripped() {
+        assert_eq!(strip_port("Example.com:8080"), "Example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+}

@@ -1,0 +1,244 @@
+//! The downstream listener: accepts connections, serves HTTP/1.1 and h2c
+//! (prior knowledge) on the same port, enforces connection limits, and drains
+//! gracefully on shutdown.
+//!
+//! Limits and why they are where they are:
+//! - header read timeout: hyper's own, which only works with a timer set on
+//!   the builder (set here). For HTTP/1.1 hyper starts that clock whenever the
+//!   connection waits for a request head, so it also bounds how long an idle
+//!   keep-alive connection waits for its next request.
+//! - maximum head size: hyper's read buffer limit for HTTP/1.1 (a head that
+//!   does not fit is refused with 431), `max_header_list_size` for HTTP/2.
+//! - idle timeout: no bytes in either direction for this long closes the
+//!   connection gracefully (in-flight requests still finish). Tracked by a
+//!   flag the I/O wrapper sets, checked by a coarse per-connection tick, so
+//!   the hot path pays one relaxed store per read or write.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::proxy::Proxy;
+
+/// Default time allowed for a client to send a complete request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest request head (request line and headers).
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// Default time a connection may carry no bytes before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time in-flight requests get to finish at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Listener limits.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Time allowed to receive a full request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes.
+    pub max_header_size: usize,
+    /// Close connections that carry no bytes for this long.
+    pub idle_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Serves `proxy` on `listener` until `shutdown` completes, then stops
+/// accepting, asks every connection to finish its in-flight requests, and
+/// waits for them up to the drain timeout.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_size.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_size as u32)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+
+    let (closing_tx, closing_rx) = watch::channel(false);
+    // Every connection task holds a clone; when all are dropped, draining is done.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: log, back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            proxy.clone(),
+            builder.clone(),
+            settings.idle_timeout,
+            closing_rx.clone(),
+            alive_tx.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    drop(alive_tx);
+    if tokio::time::timeout(settings.drain_timeout, alive_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached with connections still open; closing them");
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    let active = Arc::new(AtomicBool::new(true));
+    let io = TokioIo::new(ActivityIo {
+        inner: stream,
+        active: active.clone(),
+    });
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut tick = tokio::time::interval(idle_timeout / 2);
+    tick.reset();
+    let mut quiet_ticks = 0;
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = closing.changed(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !shutting_down => {
+                if active.swap(false, Ordering::Relaxed) {
+                    quiet_ticks = 0;
+                } else {
+                    quiet_ticks += 1;
+                    if quiet_ticks >= 2 {
+                        tracing::debug!(%peer, "closing idle connection");
+                        shutting_down = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Marks the connection active on every read or write that moves bytes.
+struct ActivityIo {
+    inner: TcpStream,
+    active: Arc<AtomicBool>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

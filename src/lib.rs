@@ -1,0 +1,103 @@
+//! The `portico` program: wires the registry and the gateway into the three
+//! process modes. `src/main.rs` only parses the command line and calls these.
+//!
+//! - [`run_registry`]: control plane only (`portico registry`).
+//! - [`run_gateway`]: data plane only (`portico gateway`).
+//! - [`run_up`]: both in one process (`portico up`); the gateway follows the
+//!   in-process registry over its public watch API, the same path a separate
+//!   gateway takes, so there is one propagation code path to trust.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use portico_gateway::{Gateway, GatewayOptions};
+use portico_registry::catalog::Catalog;
+use portico_registry::lease::{LeasePolicy, spawn_sweeper};
+use portico_registry::store::embedded::EmbeddedStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Registry settings.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Lease expiry policy.
+    pub lease: LeasePolicy,
+}
+
+/// Runs the registry API on `listener` until `shutdown`.
+pub async fn run_registry(
+    listener: TcpListener,
+    options: RegistryOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = EmbeddedStore::open(&options.data_dir)
+        .with_context(|| format!("opening the store in {}", options.data_dir.display()))?;
+    tracing::info!(path = %store.path().display(), "embedded store open");
+    let catalog = Arc::new(Catalog::new(Arc::new(store), options.lease));
+    let sweeper = spawn_sweeper(catalog.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "registry API listening");
+    let result = portico_registry::api::serve(listener, catalog, shutdown).await;
+    sweeper.abort();
+    result.context("registry API server")
+}
+
+/// Runs a gateway on `listener` until `shutdown`.
+pub async fn run_gateway(
+    listener: TcpListener,
+    options: GatewayOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gateway = Gateway::new(options).context("gateway options")?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    gateway
+        .serve(listener, shutdown)
+        .await
+        .context("gateway server")?;
+    tracing::info!("gateway drained");
+    Ok(())
+}
+
+/// Runs registry and gateway together until `shutdown`. The gateway's
+/// `registry` option is replaced by the in-process registry's address.
+pub async fn run_up(
+    control: TcpListener,
+    gateway: TcpListener,
+    registry_options: RegistryOptions,
+    mut gateway_options: GatewayOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let control_addr: SocketAddr = control.local_addr()?;
+    gateway_options.registry = vec![format!("http://{control_addr}")];
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let registry = tokio::spawn(run_registry(
+        control,
+        registry_options,
+        stopped(stop_rx.clone()),
+    ));
+    let gateway = run_gateway(gateway, gateway_options, stopped(stop_rx));
+    tokio::pin!(gateway);
+    tokio::pin!(shutdown);
+    let gateway_result = tokio::select! {
+        r = &mut gateway => {
+            // The gateway stopped on its own: bring the registry down too.
+            let _ = stop_tx.send(true);
+            r
+        }
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            gateway.await
+        }
+    };
+    let registry_result = registry.await.context("registry task")?;
+    gateway_result.and(registry_result)
+}
