@@ -530,6 +530,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
                 "status": "ready",
                 "revision": revision,
                 "self_preservation": preservation,
+                "lease_sweeps": app.catalog.sweeps(),
             }),
         ),
         Err(e) => {

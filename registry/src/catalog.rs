@@ -73,6 +73,7 @@ pub struct Catalog {
     store: Arc<dyn Store>,
     policy: LeasePolicy,
     preservation: PreservationState,
+    sweeps: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -120,6 +121,7 @@ impl Catalog {
             store,
             policy,
             preservation: PreservationState::default(),
+            sweeps: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -131,6 +133,16 @@ impl Catalog {
     /// The lease policy.
     pub fn policy(&self) -> &LeasePolicy {
         &self.policy
+    }
+
+    /// Lease sweeps completed since start (shows the sweeper is alive).
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_sweep(&self) {
+        self.sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Self-preservation state.

@@ -4,16 +4,24 @@
 //! lapsed. Normally each lapsed instance is marked `critical` (gateways stop
 //! routing to it at once) and removed `critical_grace` later.
 //!
-//! **Self-preservation.** When, in one sweep, more than `threshold` of the live
-//! leases have lapsed *and* at least `min_lapsed` of them, it is far likelier
-//! that the registry lost its network (or was paused) than that most services
-//! died together. Expiring them all would empty every gateway's table, so the
-//! sweeper instead pauses expiry, says so (log line, `/v1/services`, `/readyz`),
-//! and keeps sweeping. As soon as renewals bring the lapsed share back under the
-//! threshold, expiry resumes and whatever is still lapsed expires then. A single
-//! dead instance among healthy ones is below both bounds and always expires on
-//! time. The decision is recomputed every sweep from the store's report, so the
-//! same rule works unchanged over a shared store such as etcd.
+//! **Self-preservation.** A lease is *at risk* when it has lapsed or is late
+//! (less than a third of its length left: clients renew every third, so at
+//! least one renewal is missing). When more than `threshold` of the live
+//! leases are at risk *and* at least `preservation_min` of them, it is far
+//! likelier that the registry lost its network (or was paused) than that most
+//! services died together. Expiring them would empty every gateway's table, so
+//! the sweeper instead pauses expiry, says so (log line, `/v1/services`,
+//! `/readyz`), and keeps sweeping. As soon as renewals bring the share back
+//! under the threshold, expiry resumes and whatever is still lapsed expires
+//! then.
+//!
+//! Counting late leases, not only lapsed ones, is what makes the pause happen
+//! *before* the first casualty: heartbeats are jittered, so in a partition the
+//! leases lapse one by one over a third of a TTL, and a rule that only counted
+//! lapsed leases would expire the first few before seeing the pattern. A
+//! single dead instance among healthy ones is below both bounds and always
+//! expires on time. The decision is recomputed every sweep from the store's
+//! report, so the same rule works unchanged over a shared store such as etcd.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,6 +75,8 @@ pub struct Preservation {
     pub since_ms: Option<u64>,
     /// Lapsed (not yet critical) leases at the last sweep.
     pub lapsed: usize,
+    /// Late leases (a renewal missing, not yet lapsed) at the last sweep.
+    pub late: usize,
     /// Live (not critical) leases at the last sweep.
     pub live: usize,
 }
@@ -99,6 +109,12 @@ pub struct SweepOutcome {
 
 /// Runs one sweep: expire, remove, or pause. See the module docs.
 pub async fn sweep_once(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
+    let outcome = sweep(catalog).await;
+    catalog.count_sweep();
+    outcome
+}
+
+async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
     let policy = catalog.policy();
     let report = catalog.store().lapsed(crate::catalog::INSTANCES).await?;
     let now_ms = unix_ms();
@@ -133,23 +149,25 @@ pub async fn sweep_once(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
     }
 
     let live = report.leased.saturating_sub(critical.len());
-    let engaged = fresh.len() >= policy.preservation_min
-        && (fresh.len() as f64) > policy.preservation_threshold * live as f64;
+    let at_risk = fresh.len() + report.late;
+    let engaged = !fresh.is_empty()
+        && at_risk >= policy.preservation_min
+        && (at_risk as f64) > policy.preservation_threshold * live as f64;
     let previous = catalog.preservation().get();
     if engaged {
         if !previous.active {
             tracing::warn!(
                 lapsed = fresh.len(),
+                late = report.late,
                 live,
-                "self-preservation engaged: {} of {} leases lapsed in one sweep; expiry paused until renewals recover",
-                fresh.len(),
-                live
+                "self-preservation engaged: {at_risk} of {live} leases lapsed or late; expiry paused until renewals recover",
             );
         }
         catalog.preservation().set(Preservation {
             active: true,
             since_ms: previous.since_ms.or(Some(now_ms)),
             lapsed: fresh.len(),
+            late: report.late,
             live,
         });
         outcome.paused = true;
@@ -166,6 +184,7 @@ pub async fn sweep_once(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
         active: false,
         since_ms: None,
         lapsed: fresh.len(),
+        late: report.late,
         live,
     });
     for (kv, mut instance) in fresh {

@@ -511,6 +511,7 @@ impl Store for EmbeddedStore {
     async fn lapsed(&self, prefix: &str) -> Result<LeaseReport, StoreError> {
         let now = Instant::now();
         let mut leased = 0;
+        let mut late = 0;
         let mut lapsed_keys = Vec::new();
         for lease in self.shared.leases.iter() {
             if !lease.key().starts_with(prefix) {
@@ -519,6 +520,8 @@ impl Store for EmbeddedStore {
             leased += 1;
             if lease.deadline <= now {
                 lapsed_keys.push(lease.key().clone());
+            } else if lease.deadline - now < lease.ttl / 3 {
+                late += 1;
             }
         }
         let state = self.read();
@@ -532,7 +535,11 @@ impl Store for EmbeddedStore {
                 })
             })
             .collect();
-        Ok(LeaseReport { lapsed, leased })
+        Ok(LeaseReport {
+            lapsed,
+            late,
+            leased,
+        })
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>, StoreError> {

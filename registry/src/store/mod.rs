@@ -80,6 +80,10 @@ pub struct Range {
 pub struct LeaseReport {
     /// Keys whose lease deadline has passed, with their current values.
     pub lapsed: Vec<KeyValue>,
+    /// Leases not yet lapsed but late: less than a third of their length
+    /// left, so at least one expected renewal (clients renew every third of
+    /// the lease) is missing. Self-preservation counts these as at risk.
+    pub late: usize,
     /// Number of keys under the prefix that hold a lease (lapsed or not).
     pub leased: usize,
 }

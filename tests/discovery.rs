@@ -1,0 +1,249 @@
+//! Registration → gateway: balancing over discovered instances, expiry of an
+//! instance that stops heartbeating, deregistration, self-preservation.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use portico_registry::lease::LeasePolicy;
+use support::*;
+
+async fn count_instances(url: &str, n: usize) -> HashMap<String, usize> {
+    let http = http();
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let r = send(&http, Method::GET, url, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        *counts.entry(r.instance()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_self_registered_instances_share_traffic() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gateway = TestGateway::following(&registry.url).await;
+    let client = registry.client();
+    let mut echoes = Vec::new();
+    let mut regs = Vec::new();
+    let mut last = 0;
+    for n in 1..=3 {
+        let echo = TestEcho::start(&format!("echo-{n}")).await;
+        let reg = client
+            .register("echo", &echo.id, echo.spec())
+            .await
+            .unwrap();
+        last = reg.revision();
+        regs.push(reg);
+        echoes.push(echo);
+    }
+    gateway.wait_revision(last).await;
+
+    let counts = count_instances(&format!("{}/echo/hi", gateway.url), 300).await;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (id, n) in &counts {
+        assert!((80..=120).contains(n), "{id} got {n} of 300: {counts:?}");
+    }
+    for r in regs {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stops_heartbeating_stops_receiving_traffic() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gateway = TestGateway::following(&registry.url).await;
+    let client = registry.client();
+    let live = TestEcho::start("live").await;
+    let dead = TestEcho::start("dead").await;
+    let mut live_spec = live.spec();
+    live_spec.ttl = Duration::from_secs(2);
+    let _live = client.register("svc", "live", live_spec).await.unwrap();
+    // Registered once, never renewed: its lease lapses after 1s.
+    let mut dead_spec = dead.spec();
+    dead_spec.ttl = Duration::from_secs(1);
+    let r = client
+        .register_once("svc", "dead", &dead_spec)
+        .await
+        .unwrap();
+    gateway.wait_revision(r.revision).await;
+    let url = format!("{}/svc/", gateway.url);
+    let counts = count_instances(&url, 10).await;
+    assert_eq!(
+        counts.get("dead"),
+        Some(&5),
+        "both serve at first: {counts:?}"
+    );
+
+    // After the TTL and one sweep the registry marks it critical and the gateway drops it.
+    eventually("the dead instance to be marked critical", || async {
+        let list = client.instances("svc").await.unwrap();
+        list.instances
+            .iter()
+            .any(|i| i.id == "dead" && i.status == portico_registry::model::Status::Critical)
+    })
+    .await;
+    let rev = client.instances("svc").await.unwrap().revision;
+    gateway.wait_revision(rev).await;
+    let counts = count_instances(&url, 50).await;
+    assert_eq!(counts.get("dead"), None, "{counts:?}");
+    assert_eq!(counts.get("live"), Some(&50));
+
+    // A heartbeat for an expired instance is refused: it must register again.
+    assert!(!client.heartbeat("svc", "dead").await.unwrap());
+    // And after the grace period it is removed altogether.
+    eventually("the expired instance to be removed", || async {
+        client
+            .instances("svc")
+            .await
+            .unwrap()
+            .instances
+            .iter()
+            .all(|i| i.id != "dead")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistered_instance_gets_no_new_requests() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gateway = TestGateway::following(&registry.url).await;
+    let client = registry.client();
+    let a = TestEcho::start("a").await;
+    let b = TestEcho::start("b").await;
+    client.register_once("svc", "a", &a.spec()).await.unwrap();
+    let r = client.register_once("svc", "b", &b.spec()).await.unwrap();
+    gateway.wait_revision(r.revision).await;
+    let url = format!("{}/svc/", gateway.url);
+    assert_eq!(count_instances(&url, 4).await.len(), 2);
+
+    let reply = send(
+        &http(),
+        Method::DELETE,
+        &format!("{}/v1/services/svc/instances/b", registry.url),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let rev = reply.json()["revision"].as_u64().unwrap();
+    gateway.wait_revision(rev).await;
+    let counts = count_instances(&url, 100).await;
+    assert_eq!(counts.get("b"), None, "{counts:?}");
+    assert_eq!(counts.get("a"), Some(&100));
+
+    // Deleting again is fine and changes nothing.
+    let again = send(
+        &http(),
+        Method::DELETE,
+        &format!("{}/v1/services/svc/instances/b", registry.url),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["removed"], false);
+    assert_eq!(again.json()["revision"].as_u64().unwrap(), rev);
+}
+
+async fn readyz(url: &str) -> serde_json::Value {
+    get(&format!("{url}/readyz")).await.json()
+}
+
+async fn wait_sweeps(url: &str, more: u64) {
+    let start = readyz(url).await["lease_sweeps"].as_u64().unwrap();
+    eventually(&format!("{more} more lease sweeps"), || async {
+        readyz(url).await["lease_sweeps"].as_u64().unwrap() >= start + more
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_preservation_pauses_mass_expiry_but_not_a_lone_death() {
+    let registry = TestRegistry::start(LeasePolicy {
+        sweep_interval: Duration::from_millis(100),
+        critical_grace: Duration::from_secs(60),
+        ..LeasePolicy::default()
+    })
+    .await;
+    let client = registry.client();
+    let instance = |n: u16| {
+        let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", 10_000 + n);
+        spec.ttl = Duration::from_secs(1);
+        spec
+    };
+    // Ten instances, kept alive by SDK heartbeats (every ~333 ms).
+    let mut regs = Vec::new();
+    for n in 0..10 {
+        regs.push(
+            client
+                .register("fleet", &format!("i{n}"), instance(n))
+                .await
+                .unwrap(),
+        );
+    }
+
+    // One dies alone: 1 of 10 is far below the threshold, so it expires on time.
+    let lone = regs.pop().unwrap();
+    drop(lone); // stops heartbeats without deregistering
+    eventually("the lone dead instance to expire", || async {
+        let list = client.instances("fleet").await.unwrap();
+        list.instances
+            .iter()
+            .any(|i| i.id == "i9" && i.status == portico_registry::model::Status::Critical)
+    })
+    .await;
+
+    // Now eight of the nine live ones go silent at once: that looks like a
+    // partition, not mass death. Expiry pauses.
+    let keep: Vec<_> = regs.drain(..1).collect();
+    drop(regs);
+    eventually("self-preservation to engage", || async {
+        let v = get(&format!("{}/v1/services", registry.url)).await.json();
+        v["self_preservation"]["active"] == true
+    })
+    .await;
+    assert_eq!(
+        readyz(&registry.url).await["self_preservation"]["active"],
+        true
+    );
+    wait_sweeps(&registry.url, 5).await;
+    let list = client.instances("fleet").await.unwrap();
+    let passing = list
+        .instances
+        .iter()
+        .filter(|i| i.status == portico_registry::model::Status::Passing)
+        .count();
+    assert_eq!(passing, 9, "expiry must pause: {:?}", list.instances);
+
+    // Renewals recover (the instances come back and heartbeat again): expiry
+    // resumes and the flag clears.
+    let mut back = Vec::new();
+    for n in 1..9 {
+        back.push(
+            client
+                .register("fleet", &format!("i{n}"), instance(n))
+                .await
+                .unwrap(),
+        );
+    }
+    eventually("self-preservation to release", || async {
+        let v = get(&format!("{}/v1/services", registry.url)).await.json();
+        v["self_preservation"]["active"] == false
+    })
+    .await;
+    drop(keep);
+    drop(back);
+}

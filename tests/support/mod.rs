@@ -1,0 +1,379 @@
+//! Shared harness for the end-to-end tests: real registry, real gateway and
+//! real echo backends on `127.0.0.1:0`, a plain HTTP client, and `eventually`
+//! for waiting on a condition with a deadline instead of sleeping.
+
+#![allow(dead_code)]
+
+#[path = "../../examples/echo/service.rs"]
+pub mod echo;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portico::RegistryOptions;
+use portico_gateway::discovery::DiscoveryStatus;
+use portico_gateway::{Gateway, GatewayOptions};
+use portico_registry::lease::LeasePolicy;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Longest any test waits for a condition.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after `DEADLINE`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A lease policy fast enough for tests.
+pub fn fast_leases() -> LeasePolicy {
+    LeasePolicy {
+        sweep_interval: Duration::from_millis(100),
+        critical_grace: Duration::from_millis(500),
+        ..LeasePolicy::default()
+    }
+}
+
+/// A registry running in this process.
+pub struct TestRegistry {
+    pub addr: SocketAddr,
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestRegistry {
+    pub async fn start(lease: LeasePolicy) -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Self::start_in(dir.path(), lease).await;
+        r._dir = Some(dir);
+        r
+    }
+
+    pub async fn start_in(data_dir: &Path, lease: LeasePolicy) -> TestRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(portico::run_registry(
+            listener,
+            RegistryOptions {
+                data_dir: data_dir.to_path_buf(),
+                lease,
+            },
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let r = TestRegistry {
+            addr,
+            url: format!("http://{addr}"),
+            stop: Some(tx),
+            task: Some(task),
+            _dir: None,
+        };
+        wait_healthy(&r.url).await;
+        r
+    }
+
+    pub fn client(&self) -> portico_registry::client::RegistryClient {
+        portico_registry::client::RegistryClient::new(&[self.url.as_str()]).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Waits for `GET {url}/healthz` to answer 200.
+pub async fn wait_healthy(url: &str) {
+    let http = http();
+    let url = format!("{url}/healthz");
+    eventually(&format!("{url} to answer"), || {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            send(&http, Method::GET, &url, &[], Bytes::new())
+                .await
+                .is_ok_and(|r| r.status == StatusCode::OK)
+        }
+    })
+    .await;
+}
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub status: Arc<DiscoveryStatus>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    pub async fn start(options: GatewayOptions) -> TestGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = Gateway::new(options).unwrap();
+        let status = gateway.status().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(gateway.serve(listener, async {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            url: format!("http://{addr}"),
+            status,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A gateway following `registry` with auto routes (`/{service}`), no access log.
+    pub async fn following(registry_url: &str) -> TestGateway {
+        Self::start(GatewayOptions {
+            registry: vec![registry_url.to_string()],
+            auto_routes: true,
+            proxy: portico_gateway::proxy::ProxySettings {
+                access_log: false,
+                ..Default::default()
+            },
+            ..GatewayOptions::default()
+        })
+        .await
+    }
+
+    pub fn applied_revision(&self) -> u64 {
+        self.status.applied_revision.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the gateway has applied registry revision `rev` or later.
+    pub async fn wait_revision(&self, rev: u64) {
+        eventually(&format!("gateway to apply revision {rev}"), || async {
+            self.applied_revision() >= rev
+        })
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// An echo backend.
+pub struct TestEcho {
+    pub addr: SocketAddr,
+    pub id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestEcho {
+    pub async fn start(id: &str) -> TestEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(echo::serve(listener, id.to_string(), async {
+            let _ = rx.await;
+        }));
+        TestEcho {
+            addr,
+            id: id.to_string(),
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub fn spec(&self) -> portico_registry::model::InstanceSpec {
+        portico_registry::model::InstanceSpec::new("127.0.0.1", self.addr.port())
+    }
+
+    /// Stops accepting (existing connections may linger until closed).
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain HTTP/1.1 client with pooling.
+pub fn http() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The echo instance that answered.
+    pub fn instance(&self) -> String {
+        self.json()["instance"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+pub async fn send(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body)).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), http.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub async fn get(url: &str) -> Reply {
+    send(&http(), Method::GET, url, &[], Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub async fn put_json(url: &str, body: serde_json::Value) -> Reply {
+    send(
+        &http(),
+        Method::PUT,
+        url,
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("PUT {url}: {e}"))
+}
+
+/// The `portico` binary as a child process, killed on drop.
+pub struct ChildProcess {
+    pub child: Child,
+}
+
+impl ChildProcess {
+    pub fn spawn(args: &[&str]) -> ChildProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn portico");
+        ChildProcess { child }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
