@@ -1,7 +1,7 @@
 //! The echo service: answers every request with JSON naming this instance,
 //! the method, path, query and headers it received, and the length and FNV-1a
 //! hash of the body (read as a stream, never buffered whole). `GET /ws` with a
-//! WebSocket upgrade echoes every message back.
+//! WebSocket upgrade echoes every message back; `?delay_ms=N` answers late.
 //!
 //! Shared by `examples/echo` (the runnable service), `examples/quickstart`
 //! and the end-to-end tests, which use it as a real backend.
@@ -50,6 +50,15 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path().ends_with("/ws") && req.headers().contains_key(header::UPGRADE) {
         return Ok(websocket(req));
+    }
+    // `?delay_ms=N` answers after N ms: a slow backend for timeout and drain tests.
+    if let Some(ms) = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
     }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();

@@ -1,0 +1,546 @@
+//! The registry's REST contract: every validation rule (status, field, and the
+//! revision left unchanged), heartbeats, blocking queries and the watch stream.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::json;
+use support::*;
+
+async fn revision(url: &str) -> u64 {
+    get(&format!("{url}/readyz")).await.json()["revision"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_answers_with_the_stored_instance_and_revision() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let url = format!("{}/v1/services/web/instances/web-1", registry.url);
+    let r = put_json(
+        &url,
+        json!({"address": "10.0.0.1", "port": 8080, "scheme": "h2c", "weight": 5,
+               "zone": "a", "tags": ["x"], "meta": {"v": "1"}, "ttl": "10s"}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let v = r.json();
+    assert_eq!(v["revision"], 1);
+    assert_eq!(r.headers["x-portico-index"], "1");
+    assert_eq!(v["instance"]["address"], "10.0.0.1");
+    assert_eq!(v["instance"]["scheme"], "h2c");
+    assert_eq!(v["instance"]["weight"], 5);
+    assert_eq!(v["instance"]["ttl"], "10s");
+    assert_eq!(v["instance"]["status"], "passing");
+
+    let list = get(&format!("{}/v1/services/web/instances", registry.url)).await;
+    assert_eq!(list.json()["instances"].as_array().unwrap().len(), 1);
+    let services = get(&format!("{}/v1/services", registry.url)).await.json();
+    assert_eq!(services["services"][0]["name"], "web");
+    assert_eq!(services["services"][0]["instances"]["passing"], 1);
+
+    // Heartbeat: 200 for a known instance, 404 for an unknown one.
+    let hb = send(
+        &http(),
+        Method::PUT,
+        &format!("{url}/heartbeat"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hb.status, StatusCode::OK);
+    let hb = send(
+        &http(),
+        Method::PUT,
+        &format!("{}/v1/services/web/instances/nope/heartbeat", registry.url),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hb.status, StatusCode::NOT_FOUND);
+    assert_eq!(hb.json()["code"], "not_found");
+    // A heartbeat does not move the revision.
+    assert_eq!(revision(&registry.url).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_validation_rule_refuses_and_changes_nothing() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let base = format!("{}/v1/services", registry.url);
+    // One good registration so there is a revision to protect.
+    let ok = put_json(
+        &format!("{base}/web/instances/a"),
+        json!({"address": "h", "port": 1}),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let before = revision(&registry.url).await;
+
+    let good = json!({"address": "127.0.0.1", "port": 80});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b
+    };
+    let without = |k: &str| {
+        let mut b = good.clone();
+        b.as_object_mut().unwrap().remove(k);
+        b
+    };
+    let long = "a".repeat(64);
+    // (path service, path id, body, status, code, field)
+    let cases: Vec<(&str, &str, serde_json::Value, u16, &str, Option<&str>)> = vec![
+        (
+            "Web",
+            "a",
+            good.clone(),
+            422,
+            "invalid_value",
+            Some("service"),
+        ),
+        (
+            "-web",
+            "a",
+            good.clone(),
+            422,
+            "invalid_value",
+            Some("service"),
+        ),
+        (
+            &long,
+            "a",
+            good.clone(),
+            422,
+            "invalid_value",
+            Some("service"),
+        ),
+        ("web", "A", good.clone(), 422, "invalid_value", Some("id")),
+        (
+            "web",
+            "a%2Fb",
+            good.clone(),
+            422,
+            "invalid_value",
+            Some("id"),
+        ),
+        ("web", &long, good.clone(), 422, "invalid_value", Some("id")),
+        (
+            "web",
+            "a",
+            without("address"),
+            422,
+            "invalid_value",
+            Some("address"),
+        ),
+        (
+            "web",
+            "a",
+            with("address", json!("bad host!")),
+            422,
+            "invalid_value",
+            Some("address"),
+        ),
+        (
+            "web",
+            "a",
+            with("address", json!(7)),
+            422,
+            "invalid_value",
+            Some("address"),
+        ),
+        (
+            "web",
+            "a",
+            without("port"),
+            422,
+            "invalid_value",
+            Some("port"),
+        ),
+        (
+            "web",
+            "a",
+            with("port", json!(0)),
+            422,
+            "invalid_value",
+            Some("port"),
+        ),
+        (
+            "web",
+            "a",
+            with("port", json!(65536)),
+            422,
+            "invalid_value",
+            Some("port"),
+        ),
+        (
+            "web",
+            "a",
+            with("port", json!("80")),
+            422,
+            "invalid_value",
+            Some("port"),
+        ),
+        (
+            "web",
+            "a",
+            with("scheme", json!("ftp")),
+            422,
+            "invalid_value",
+            Some("scheme"),
+        ),
+        (
+            "web",
+            "a",
+            with("weight", json!(0)),
+            422,
+            "invalid_value",
+            Some("weight"),
+        ),
+        (
+            "web",
+            "a",
+            with("weight", json!(1001)),
+            422,
+            "invalid_value",
+            Some("weight"),
+        ),
+        (
+            "web",
+            "a",
+            with("ttl", json!("500ms")),
+            422,
+            "invalid_value",
+            Some("ttl"),
+        ),
+        (
+            "web",
+            "a",
+            with("ttl", json!("2h")),
+            422,
+            "invalid_value",
+            Some("ttl"),
+        ),
+        (
+            "web",
+            "a",
+            with("ttl", json!("often")),
+            422,
+            "invalid_value",
+            Some("ttl"),
+        ),
+        (
+            "web",
+            "a",
+            with("tags", json!("x")),
+            422,
+            "invalid_value",
+            Some("tags"),
+        ),
+        (
+            "web",
+            "a",
+            with("meta", json!({"k": 1})),
+            422,
+            "invalid_value",
+            Some("meta"),
+        ),
+        (
+            "web",
+            "a",
+            with("zone", json!(["a"])),
+            422,
+            "invalid_value",
+            Some("zone"),
+        ),
+        (
+            "web",
+            "a",
+            with("colour", json!("red")),
+            400,
+            "unknown_field",
+            Some("colour"),
+        ),
+        ("web", "a", json!([1, 2]), 400, "malformed_body", None),
+    ];
+    for (service, id, body, status, code, field) in cases {
+        let r = put_json(&format!("{base}/{service}/instances/{id}"), body.clone()).await;
+        assert_eq!(
+            r.status.as_u16(),
+            status,
+            "{service}/{id} {body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        assert_eq!(v["code"], code, "{body}: {v}");
+        assert_eq!(v["field"].as_str(), field, "{body}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert_eq!(
+            revision(&registry.url).await,
+            before,
+            "{body} moved the revision"
+        );
+    }
+
+    let http = http();
+    let url = format!("{base}/web/instances/a");
+    // Not JSON at all.
+    let r = send(
+        &http,
+        Method::PUT,
+        &url,
+        &[("content-type", "application/json")],
+        Bytes::from_static(b"{nope"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["code"], "malformed_body");
+    // Wrong or missing content type.
+    for headers in [&[("content-type", "text/plain")][..], &[][..]] {
+        let r = send(
+            &http,
+            Method::PUT,
+            &url,
+            headers,
+            Bytes::from(good.to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(r.json()["code"], "unsupported_media_type");
+    }
+    // Over 64 KiB, declared and streamed.
+    let big = json!({"address": "h", "port": 1, "meta": {"k": "x".repeat(70 * 1024)}});
+    let r = put_json(&url, big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["code"], "body_too_large");
+    // Unknown query parameters and bad values on reads.
+    let r = get(&format!("{base}/web/instances?colour=red")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["field"], "colour");
+    let r = get(&format!("{base}/web/instances?status=sleepy")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json()["field"], "status");
+    let r = get(&format!("{base}/web/instances?index=-1")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = get(&format!("{base}/web/instances?index=1&wait=1h")).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json()["field"], "wait");
+    // Unknown endpoint and wrong method: JSON errors too.
+    let r = get(&format!("{}/v2/nothing", registry.url)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["code"], "not_found");
+    let r = send(&http, Method::POST, &format!("{base}"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json()["code"], "method_not_allowed");
+
+    assert_eq!(revision(&registry.url).await, before);
+    let list = get(&format!("{base}/web/instances")).await.json();
+    assert_eq!(list["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(list["instances"][0]["address"], "h");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_filter_and_blocking_query() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let base = format!("{}/v1/services", registry.url);
+    put_json(
+        &format!("{base}/web/instances/a"),
+        json!({"address": "h", "port": 1, "ttl": "1s"}),
+    )
+    .await;
+    let r = put_json(
+        &format!("{base}/web/instances/b"),
+        json!({"address": "h", "port": 2, "ttl": "1h"}),
+    )
+    .await;
+    let index = r.json()["revision"].as_u64().unwrap();
+
+    // "a" is never renewed: it goes critical; the filter sees that.
+    eventually("a to go critical", || async {
+        let v = get(&format!("{base}/web/instances?status=critical"))
+            .await
+            .json();
+        v["instances"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let passing = get(&format!("{base}/web/instances?status=passing"))
+        .await
+        .json();
+    assert_eq!(passing["instances"][0]["id"], "b");
+
+    // A blocking query on an index already passed answers at once.
+    let r = get(&format!("{base}/web/instances?index={index}&wait=10s")).await;
+    assert!(
+        r.headers["x-portico-index"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > index
+    );
+
+    // A blocking query at the current index waits for a change to *this* service.
+    let now = r.headers["x-portico-index"]
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    let base2 = base.clone();
+    let waiter =
+        tokio::spawn(
+            async move { get(&format!("{base2}/web/instances?index={now}&wait=20s")).await },
+        );
+    // A change to another service must not wake it...
+    put_json(
+        &format!("{base}/other/instances/x"),
+        json!({"address": "h", "port": 3, "ttl": "1h"}),
+    )
+    .await;
+    // ...a change to this one must.
+    let c = put_json(
+        &format!("{base}/web/instances/c"),
+        json!({"address": "h", "port": 4, "ttl": "1h"}),
+    )
+    .await;
+    let crev = c.json()["revision"].as_u64().unwrap();
+    let answered = waiter.await.unwrap();
+    let ids: Vec<String> = answered.json()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&"c".to_string()), "{ids:?}");
+    assert!(
+        answered.headers["x-portico-index"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= crev
+    );
+
+    // With nothing changing, it answers at the wait with the same index.
+    let cur = revision(&registry.url).await;
+    let start = tokio::time::Instant::now();
+    let r = get(&format!("{base}/web/instances?index={cur}&wait=300ms")).await;
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+async fn read_lines(
+    body: &mut hyper::body::Incoming,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            out.push(serde_json::from_slice(&line[..line.len() - 1]).unwrap());
+            continue;
+        }
+        let frame = tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .expect("watch stream stalled")
+            .expect("watch stream ended")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_a_snapshot_then_deltas_and_resumes() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let base = format!("{}/v1/services", registry.url);
+    put_json(
+        &format!("{base}/web/instances/a"),
+        json!({"address": "h", "port": 1, "ttl": "1h"}),
+    )
+    .await;
+
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = http::Request::get(format!("{}/v1/watch?index=0", registry.url))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = http.request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let first = read_lines(&mut body, &mut buf, 1).await;
+    assert_eq!(first[0]["type"], "snapshot");
+    assert_eq!(first[0]["revision"], 1);
+    assert_eq!(first[0]["instances"][0]["id"], "a");
+
+    put_json(
+        &format!("{base}/web/instances/b"),
+        json!({"address": "h", "port": 2, "ttl": "1h"}),
+    )
+    .await;
+    send(
+        &http_client(),
+        Method::DELETE,
+        &format!("{base}/web/instances/a"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let next = read_lines(&mut body, &mut buf, 2).await;
+    assert_eq!(next[0]["type"], "put");
+    assert_eq!(next[0]["revision"], 2);
+    assert_eq!(next[0]["instance"]["id"], "b");
+    assert_eq!(next[1]["type"], "delete");
+    assert_eq!(next[1]["revision"], 3);
+    assert_eq!(next[1]["id"], "a");
+    drop(body);
+
+    // Resuming from revision 1 replays exactly what came after it, no snapshot.
+    let req = http::Request::get(format!("{}/v1/watch?index=1", registry.url))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = http.request(req).await.unwrap().into_body();
+    let mut buf = Vec::new();
+    let replay = read_lines(&mut body, &mut buf, 2).await;
+    assert_eq!(replay[0]["type"], "put");
+    assert_eq!(replay[1]["type"], "delete");
+
+    // SSE on request.
+    let req = http::Request::get(format!("{}/v1/watch?index=0&format=sse", registry.url))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = http.request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let text = String::from_utf8_lossy(&frame);
+    assert!(
+        text.starts_with("id: 3\nevent: snapshot\ndata: {"),
+        "{text}"
+    );
+}
+
+fn http_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+> {
+    http()
+}
