@@ -1,0 +1,238 @@
+//! The `portico` binary as users run it: the registry survives `kill -9` with
+//! every acknowledged registration while a gateway keeps serving; `portico
+//! up` works with defaults; a bad route file is refused naming the key.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_kill9_restart_keeps_registrations_and_gateway_serves_throughout() {
+    let (_dir, data) = data_dir();
+    let port = free_port();
+    let control = format!("127.0.0.1:{port}");
+    let url = format!("http://{control}");
+    let args = [
+        "registry",
+        "--control",
+        &control,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--sweep-interval",
+        "100ms",
+    ];
+    let mut registry = ChildProcess::spawn(&args);
+    wait_healthy(&url).await;
+
+    let echo = TestEcho::start("e0").await;
+    let gateway = TestGateway::following(&url).await;
+    // Twenty acknowledged registrations, the last one answered just before the kill.
+    let mut last = 0;
+    for n in 0..20 {
+        let r = put_json(
+            &format!("{url}/v1/services/svc/instances/i{n}"),
+            json!({"address": "127.0.0.1", "port": echo.addr.port(), "ttl": "30s"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        last = r.json()["revision"].as_u64().unwrap();
+    }
+    gateway.wait_revision(last).await;
+    registry.kill9();
+
+    // The registry is gone; the gateway keeps serving its last table.
+    let http = http();
+    for _ in 0..20 {
+        let r = send(
+            &http,
+            Method::GET,
+            &format!("{}/svc/x", gateway.url),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "gateway stopped serving without its registry"
+        );
+    }
+    assert!(
+        send(
+            &http,
+            Method::GET,
+            &format!("{url}/healthz"),
+            &[],
+            Bytes::new()
+        )
+        .await
+        .is_err(),
+        "registry should be down"
+    );
+
+    // Restart on the same data dir and port.
+    let _registry = ChildProcess::spawn(&args);
+    wait_healthy(&url).await;
+    let list = get(&format!("{url}/v1/services/svc/instances"))
+        .await
+        .json();
+    assert_eq!(list["instances"].as_array().unwrap().len(), 20, "{list}");
+    assert_eq!(list["revision"].as_u64().unwrap(), last);
+    // Every lease got a fresh TTL of grace: all still passing.
+    assert!(
+        list["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "passing")
+    );
+
+    // The gateway reconnects and catches up with changes made after the restart.
+    let other = TestEcho::start("after-restart").await;
+    let r = put_json(
+        &format!("{url}/v1/services/fresh/instances/f1"),
+        json!({"address": "127.0.0.1", "port": other.addr.port()}),
+    )
+    .await;
+    let rev = r.json()["revision"].as_u64().unwrap();
+    assert!(rev > last, "revisions continue after a restart");
+    gateway.wait_revision(rev).await;
+    let r = get(&format!("{}/fresh/", gateway.url)).await;
+    assert_eq!(r.instance(), "after-restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portico_up_routes_to_a_service_registered_by_hand() {
+    let (_dir, data) = data_dir();
+    let (gw_port, reg_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{gw_port}");
+    let control = format!("127.0.0.1:{reg_port}");
+    let _up = ChildProcess::spawn(&[
+        "up",
+        "--listen",
+        &listen,
+        "--control",
+        &control,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-access-log",
+    ]);
+    let reg = format!("http://{control}");
+    wait_healthy(&reg).await;
+    let echo = TestEcho::start("by-hand").await;
+    let r = put_json(
+        &format!("{reg}/v1/services/hello/instances/h1"),
+        json!({"address": "127.0.0.1", "port": echo.addr.port(), "ttl": "10s"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let gw = format!("http://{listen}");
+    eventually("portico up to route /hello to the new instance", || async {
+        send(
+            &http(),
+            Method::GET,
+            &format!("{gw}/hello/there"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .is_ok_and(|r| r.status == StatusCode::OK && r.instance() == "by-hand")
+    })
+    .await;
+    let r = get(&format!("{gw}/hello/there")).await;
+    assert_eq!(r.json()["path"], "/there");
+}
+
+#[test]
+fn a_bad_route_file_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[[route]]\nname = \"a\"\npath_prefx = \"/a\"\nservice = \"s\"\n",
+            "path_prefx",
+        ),
+        (
+            "[[route]]\nname = \"a\"\npath_prefix = \"a\"\nservice = \"s\"\n",
+            "route[0].path_prefix",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nupstreams = [\"127.0.0.1\"]\n",
+            "route[0].upstreams[0]",
+        ),
+    ];
+    for (text, key) in cases {
+        let file = dir.path().join("routes.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(key),
+            "{text:?}: stderr does not name {key:?}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let echo = TestEcho::start("e").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        format!("[[route]]\nname = \"e\"\nupstreams = [\"{}\"]\n", echo.addr),
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut gw = ChildProcess::spawn(&[
+        "gateway",
+        "--listen",
+        &listen,
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    let url = format!("http://{listen}");
+    eventually("gateway to serve", || async {
+        send(&http(), Method::GET, &url, &[], Bytes::new())
+            .await
+            .is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    let pid = gw.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
