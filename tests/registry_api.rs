@@ -100,7 +100,15 @@ async fn every_validation_rule_refuses_and_changes_nothing() {
     };
     let long = "a".repeat(64);
     // (path service, path id, body, status, code, field)
-    let cases: Vec<(&str, &str, serde_json::Value, u16, &str, Option<&str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        serde_json::Value,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "Web",
             "a",
@@ -341,7 +349,7 @@ async fn every_validation_rule_refuses_and_changes_nothing() {
     let r = get(&format!("{}/v2/nothing", registry.url)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.json()["code"], "not_found");
-    let r = send(&http, Method::POST, &format!("{base}"), &[], Bytes::new())
+    let r = send(&http, Method::POST, &base, &[], Bytes::new())
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);

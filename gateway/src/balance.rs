@@ -182,8 +182,7 @@ mod tests {
         assert_eq!(set.sequence.len(), 7);
         assert_eq!(counts(&set, 700), vec![500, 100, 100]);
         // Smooth: "a" never runs more than three times in a row in the cycle.
-        let seq: Vec<u32> = set.sequence.clone();
-        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(set.sequence, vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]

@@ -214,8 +214,8 @@ mod tests {
         RouteTable::new(router, entries, 0)
     }
 
-    fn name(t: &RouteTable, host: Option<&str>, path: &str, method: Method) -> Option<String> {
-        t.lookup(host, path, &method)
+    fn name(t: &RouteTable, host: Option<&str>, path: &str, method: &Method) -> Option<String> {
+        t.lookup(host, path, method)
             .map(|m| m.entry.route.name.to_string())
     }
 
@@ -255,43 +255,40 @@ mod tests {
     fn most_specific_match_wins() {
         let t = table(ROUTES);
         let g = Method::GET;
-        assert_eq!(name(&t, None, "/", g.clone()).as_deref(), Some("root"));
-        assert_eq!(name(&t, None, "/apix", g.clone()).as_deref(), Some("root"));
-        assert_eq!(name(&t, None, "/api", g.clone()).as_deref(), Some("api"));
-        assert_eq!(name(&t, None, "/api/x", g.clone()).as_deref(), Some("api"));
-        assert_eq!(name(&t, None, "/api/v1", g.clone()).as_deref(), Some("api"));
+        assert_eq!(name(&t, None, "/", &g).as_deref(), Some("root"));
+        assert_eq!(name(&t, None, "/apix", &g).as_deref(), Some("root"));
+        assert_eq!(name(&t, None, "/api", &g).as_deref(), Some("api"));
+        assert_eq!(name(&t, None, "/api/x", &g).as_deref(), Some("api"));
+        assert_eq!(name(&t, None, "/api/v1", &g).as_deref(), Some("api"));
+        assert_eq!(name(&t, None, "/api/v1/x", &g).as_deref(), Some("api-v1"));
         assert_eq!(
-            name(&t, None, "/api/v1/x", g.clone()).as_deref(),
-            Some("api-v1")
-        );
-        assert_eq!(
-            name(&t, None, "/api/v1/status", g.clone()).as_deref(),
+            name(&t, None, "/api/v1/status", &g).as_deref(),
             Some("api-exact")
         );
         assert_eq!(
-            name(&t, None, "/api/x", Method::POST).as_deref(),
+            name(&t, None, "/api/x", &Method::POST).as_deref(),
             Some("api-post")
         );
         // Host: exact beats wildcard beats none, even with a shorter path.
         assert_eq!(
-            name(&t, Some("a.example.com"), "/api/x", g.clone()).as_deref(),
+            name(&t, Some("a.example.com"), "/api/x", &g).as_deref(),
             Some("exact-host")
         );
         assert_eq!(
-            name(&t, Some("b.example.com"), "/api/x", g.clone()).as_deref(),
+            name(&t, Some("b.example.com"), "/api/x", &g).as_deref(),
             Some("wild")
         );
         assert_eq!(
-            name(&t, Some("c.b.example.com"), "/api", g.clone()).as_deref(),
+            name(&t, Some("c.b.example.com"), "/api", &g).as_deref(),
             Some("wild")
         );
         // Wildcard does not match the apex; falls through to host-less routes.
         assert_eq!(
-            name(&t, Some("example.com"), "/api", g.clone()).as_deref(),
+            name(&t, Some("example.com"), "/api", &g).as_deref(),
             Some("api")
         );
         assert_eq!(
-            name(&t, Some("b.example.com"), "/other", g).as_deref(),
+            name(&t, Some("b.example.com"), "/other", &g).as_deref(),
             Some("root")
         );
     }
