@@ -19,14 +19,26 @@ use crate::config::{PathMatch, Route, Target};
 use crate::router::{RouteEntry, RouteTable, Router};
 
 /// Builds routing tables from routes and discovered instances.
+///
+/// Keeps everything a rebuild needs between builds: the endpoint set of every
+/// service, the implicit route of every service, and the match index, which
+/// is rebuilt only when the set of routes changes (a service appearing or
+/// disappearing with auto routes on). An instance change therefore costs one
+/// endpoint-set build for its service plus one pass over the route list.
 #[derive(Debug)]
 pub struct TableBuilder {
     routes: Vec<Arc<Route>>,
     /// Give every discovered service an implicit `/{service}` route.
     auto_routes: bool,
-    /// Routes of the last build, to know when the router must be rebuilt.
-    last_routes: Vec<Arc<Route>>,
+    /// Implicit route per discovered service, when `auto_routes`.
+    auto: BTreeMap<String, Arc<Route>>,
+    /// Paths that configured routes already claim without host or method
+    /// restrictions; an implicit route never shadows them.
+    claimed: HashSet<PathMatch>,
+    /// Configured routes then implicit ones, as indexed by `router`.
+    effective: Vec<Arc<Route>>,
     router: Arc<Router>,
+    routes_changed: bool,
     static_sets: HashMap<String, Arc<EndpointSet>>,
     service_sets: HashMap<String, Arc<EndpointSet>>,
     empty: Arc<EndpointSet>,
@@ -35,7 +47,7 @@ pub struct TableBuilder {
 impl TableBuilder {
     /// A builder over configured `routes`; with `auto_routes`, each
     /// discovered service `s` also gets a route `path_prefix = "/s"` with the
-    /// prefix stripped, ranked below any configured route of the same path.
+    /// prefix stripped, unless a configured route claims that path.
     pub fn new(routes: Vec<Arc<Route>>, auto_routes: bool) -> TableBuilder {
         let static_sets = routes
             .iter()
@@ -49,11 +61,19 @@ impl TableBuilder {
                 Target::Service(_) => None,
             })
             .collect();
+        let claimed = routes
+            .iter()
+            .filter(|r| r.hosts.is_empty() && r.methods.is_empty())
+            .map(|r| r.path.clone())
+            .collect();
         TableBuilder {
             routes,
             auto_routes,
-            last_routes: Vec::new(),
+            auto: BTreeMap::new(),
+            claimed,
+            effective: Vec::new(),
             router: Arc::new(Router::default()),
+            routes_changed: true,
             static_sets,
             service_sets: HashMap::new(),
             empty: Arc::new(EndpointSet::default()),
@@ -64,6 +84,9 @@ impl TableBuilder {
     pub fn set_service(&mut self, service: &str, instances: &BTreeMap<String, Instance>) {
         if instances.is_empty() {
             self.service_sets.remove(service);
+            if self.auto.remove(service).is_some() {
+                self.routes_changed = true;
+            }
             return;
         }
         let endpoints = instances
@@ -73,48 +96,41 @@ impl TableBuilder {
             .collect();
         self.service_sets
             .insert(service.to_string(), Arc::new(EndpointSet::new(endpoints)));
-    }
-
-    /// The full route list: configured routes, then implicit ones.
-    fn effective_routes(&self) -> Vec<Arc<Route>> {
-        let mut routes = self.routes.clone();
-        if self.auto_routes {
-            let taken: HashSet<&PathMatch> = self
-                .routes
-                .iter()
-                .filter(|r| r.hosts.is_empty() && r.methods.is_empty())
-                .map(|r| &r.path)
-                .collect();
-            let mut names: Vec<&String> = self.service_sets.keys().collect();
-            names.sort();
-            for name in names {
-                let path = PathMatch::Prefix(format!("/{name}"));
-                if taken.contains(&path) {
-                    continue;
-                }
-                routes.push(Arc::new(Route {
-                    name: format!("auto:{name}").into(),
-                    hosts: Vec::new(),
-                    path,
-                    methods: Vec::new(),
-                    target: Target::Service(name.clone()),
-                    strip_prefix: true,
-                    timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
-                }));
+        if self.auto_routes && !self.auto.contains_key(service) {
+            let path = PathMatch::Prefix(format!("/{service}"));
+            if !self.claimed.contains(&path) {
+                self.auto.insert(
+                    service.to_string(),
+                    Arc::new(Route {
+                        name: format!("auto:{service}").into(),
+                        hosts: Vec::new(),
+                        path,
+                        methods: Vec::new(),
+                        target: Target::Service(service.to_string()),
+                        strip_prefix: true,
+                        timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
+                    }),
+                );
+                self.routes_changed = true;
             }
         }
-        routes
     }
 
     /// A new table reflecting the current routes and instances.
     pub fn build(&mut self, revision: u64) -> RouteTable {
-        let routes = self.effective_routes();
-        if routes != self.last_routes {
-            self.router = Arc::new(Router::new(&routes));
-            self.last_routes = routes.clone();
+        if self.routes_changed {
+            self.effective = self
+                .routes
+                .iter()
+                .chain(self.auto.values())
+                .cloned()
+                .collect();
+            self.router = Arc::new(Router::new(&self.effective));
+            self.routes_changed = false;
         }
-        let entries = routes
-            .into_iter()
+        let entries = self
+            .effective
+            .iter()
             .map(|route| {
                 let endpoints = match &route.target {
                     Target::Static(_) => self.static_sets.get(route.name.as_ref()),
@@ -122,7 +138,10 @@ impl TableBuilder {
                 }
                 .cloned()
                 .unwrap_or_else(|| self.empty.clone());
-                RouteEntry { route, endpoints }
+                RouteEntry {
+                    route: route.clone(),
+                    endpoints,
+                }
             })
             .collect();
         RouteTable::new(self.router.clone(), entries, revision)
