@@ -223,3 +223,57 @@ pub async fn follow(
         tracing::debug!(revision, services = changed.len(), "routing table rebuilt");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use portico_registry::model::{InstanceSpec, Status};
+
+    use super::*;
+    use crate::config::Config;
+
+    fn instances(ids: &[(&str, Status)]) -> BTreeMap<String, Instance> {
+        ids.iter()
+            .map(|(id, status)| {
+                let i = Instance {
+                    service: "svc".into(),
+                    id: (*id).into(),
+                    spec: InstanceSpec::new("127.0.0.1", 9000),
+                    status: *status,
+                    registered_at_ms: 0,
+                    status_since_ms: 0,
+                    revision: 1,
+                };
+                ((*id).to_string(), i)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_routes_follow_services_and_yield_to_configured_paths() {
+        let config = Config::parse(
+            "[[route]]\nname = \"claimed\"\npath_prefix = \"/taken\"\nupstreams = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let mut b = TableBuilder::new(config.routes, true);
+        b.set_service(
+            "svc",
+            &instances(&[("a", Status::Passing), ("b", Status::Critical)]),
+        );
+        b.set_service("taken", &instances(&[("t", Status::Passing)]));
+        let t = b.build(1);
+        let m = t.lookup(None, "/svc/x", &http::Method::GET).unwrap();
+        assert_eq!(&*m.entry.route.name, "auto:svc");
+        assert_eq!(
+            m.entry.endpoints.len(),
+            1,
+            "critical instances are not routable"
+        );
+        let m = t.lookup(None, "/taken", &http::Method::GET).unwrap();
+        assert_eq!(&*m.entry.route.name, "claimed");
+
+        b.set_service("svc", &BTreeMap::new());
+        let t = b.build(2);
+        assert!(t.lookup(None, "/svc/x", &http::Method::GET).is_none());
+        assert_eq!(t.revision, 2);
+    }
+}

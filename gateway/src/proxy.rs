@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portico_registry::model::Scheme;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::ProxyError;
 use crate::router::RouteTable;
@@ -114,7 +115,18 @@ impl Proxy {
             route: None,
             upstream: None,
         };
-        let mut resp = match self.forward(req, peer, &request_id, &mut outcome).await {
+        // A span per request: free unless debug logging is on for this target.
+        let span = tracing::debug_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = request_id.to_str().unwrap_or("-"),
+        );
+        let forwarded = self
+            .forward(req, peer, &request_id, &mut outcome)
+            .instrument(span)
+            .await;
+        let mut resp = match forwarded {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed at the gateway");
