@@ -1,0 +1,686 @@
+#!/usr/bin/env python3
+"""Portico side by side with nginx and HAProxy, in one run on one machine.
+
+Topology (2 cores): the proxy under test alone on core 0; the load generator
+and the origins (two nginx, one worker each) on core 1. Every proxy runs one
+worker / one thread, round robin over the same two origins with upstream
+keep-alive. Repetitions are interleaved (A B C A B C ...); each proxy's CPU
+time is read from /proc/PID/stat around every run to give CPU microseconds
+per request, the figure a saturated load generator cannot hide.
+
+Run with bench/run.sh (it installs what is missing and builds Portico).
+Every run is bounded in time; all traffic stays on 127.0.0.1.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+ORIGIN_PORTS = [19101, 19102]
+PORTS = {
+    "nginx": {"h1": 19201, "h2c": 19202},
+    "haproxy": {"h1": 19301, "h2c": 19302},
+    "portico": {"h1": 19401, "h2c": 19401},
+    "portico-discovered": {"h1": 19402, "h2c": 19402},
+    "portico-10k-routes": {"h1": 19403, "h2c": 19403},
+}
+REGISTRY_PORT = 19490
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Proc:
+    def __init__(self, name, argv, core, cwd=None, env=None):
+        self.name = name
+        self.log = open(os.path.join(WORK, f"{name}.log"), "w")
+        full = ["taskset", "-c", core] + argv
+        self.p = subprocess.Popen(
+            full, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
+            env=env, preexec_fn=raise_nofile, start_new_session=True,
+        )
+
+    def pids(self):
+        """The process and its children (nginx workers)."""
+        out = [self.p.pid]
+        try:
+            kids = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout
+            out += [int(x) for x in kids.split()]
+        except Exception:
+            pass
+        return out
+
+    def cpu_ticks(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+            except FileNotFoundError:
+                pass
+        return total
+
+    def mem_kb(self, key):
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith(key + ":"):
+                            total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total
+
+    def stop(self):
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def http(method, url, body=None):
+    req = urllib.request.Request(url, method=method, data=body.encode() if body else None)
+    if body:
+        req.add_header("content-type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status, r.read()
+
+
+# ---------------------------------------------------------------- configs
+
+
+def origin_conf(port):
+    return f"""
+worker_processes 1;
+daemon off;
+pid {WORK}/origin-{port}.pid;
+error_log {WORK}/origin-{port}.err warn;
+events {{ worker_connections 8000; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {WORK}/body-{port};
+  proxy_temp_path {WORK}/proxy-{port};
+  fastcgi_temp_path {WORK}/fcgi-{port};
+  uwsgi_temp_path {WORK}/uwsgi-{port};
+  scgi_temp_path {WORK}/scgi-{port};
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{ return 200 "ok\\n"; }}
+    location = /16k {{ root {WORK}/www; try_files /16k =404; }}
+    location = /upload {{ client_max_body_size 4m; client_body_buffer_size 2m; return 200 "stored\\n"; }}
+  }}
+}}
+"""
+
+
+def nginx_proxy_conf():
+    ups = "\n".join(f"    server 127.0.0.1:{p};" for p in ORIGIN_PORTS)
+    p = PORTS["nginx"]
+    return f"""
+worker_processes 1;
+daemon off;
+pid {WORK}/nginx-proxy.pid;
+error_log {WORK}/nginx-proxy.err warn;
+events {{ worker_connections 8000; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {WORK}/pbody;
+  proxy_temp_path {WORK}/ptemp;
+  fastcgi_temp_path {WORK}/pfcgi;
+  uwsgi_temp_path {WORK}/puwsgi;
+  scgi_temp_path {WORK}/pscgi;
+  upstream origins {{
+{ups}
+    keepalive 128;
+    keepalive_requests 10000000;
+  }}
+  server {{
+    listen 127.0.0.1:{p['h1']} backlog=4096;
+    listen 127.0.0.1:{p['h2c']} http2 backlog=4096;
+    http2_max_concurrent_streams 256;
+    client_max_body_size 4m;
+    proxy_request_buffering off;
+    proxy_buffering on;
+    location / {{
+      proxy_pass http://origins;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf():
+    p = PORTS["haproxy"]
+    servers = "\n".join(f"  server o{i} 127.0.0.1:{port}" for i, port in enumerate(ORIGIN_PORTS))
+    return f"""
+global
+  nbthread 1
+  maxconn 8000
+  log stderr format raw local0 err
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{p['h1']}
+  bind 127.0.0.1:{p['h2c']} proto h2
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+{servers}
+"""
+
+
+def portico_routes(n_routes):
+    ups = ", ".join(f'"127.0.0.1:{p}"' for p in ORIGIN_PORTS)
+    lines = []
+    # n_routes - 1 decoys with distinct hosts and prefixes, then the catch-all the load hits.
+    for i in range(n_routes - 1):
+        lines.append(f'[[route]]\nname = "r{i}"\nhosts = ["h{i}.example.test"]\npath_prefix = "/p{i}"\nupstreams = [{ups}]\n')
+    lines.append(f'[[route]]\nname = "main"\nupstreams = [{ups}]\n')
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- load
+
+
+def wrk(url, conns, seconds, script=None, headers=()):
+    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    for h in headers:
+        argv += ["-H", h]
+    if script:
+        argv += ["-s", script]
+    argv.append(url)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    res = {"requests": 0, "rps": 0.0, "p50_us": None, "p99_us": None, "errors": 0, "non2xx": 0}
+    for line in out.splitlines():
+        s = line.strip()
+        if " requests in " in s:
+            res["requests"] = int(s.split()[0])
+        elif s.startswith("Requests/sec:"):
+            res["rps"] = float(s.split()[1])
+        elif s.startswith("50%"):
+            res["p50_us"] = parse_wrk_time(s.split()[1])
+        elif s.startswith("99%"):
+            res["p99_us"] = parse_wrk_time(s.split()[1])
+        elif s.startswith("Non-2xx"):
+            res["non2xx"] = int(s.split()[-1])
+        elif s.startswith("Socket errors:"):
+            res["errors"] = sum(int(x.strip(",")) for x in s.split()[3::2])
+    return res
+
+
+def parse_wrk_time(t):
+    for unit, mult in (("us", 1), ("ms", 1000), ("s", 1_000_000)):
+        if t.endswith(unit):
+            return float(t[: -len(unit)]) * mult
+    return float(t)
+
+
+def h2load(url, clients, streams, seconds, h1=False, rps=None):
+    logf = os.path.join(WORK, "h2load.log")
+    argv = ["taskset", "-c", LOAD_CORE, "h2load", "-c", str(clients), "-m", str(streams), "-D", str(seconds),
+            "-t", "1", "--log-file", logf]
+    if h1:
+        argv.append("--h1")
+    if rps:
+        argv += ["--rps", str(rps)]
+    argv.append(url)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    res = {"requests": 0, "rps": 0.0, "p50_us": None, "p99_us": None, "errors": 0, "non2xx": 0}
+    for line in out.splitlines():
+        s = line.strip()
+        if s.startswith("finished in"):
+            res["rps"] = float(s.split(",")[1].split()[0])
+        elif s.startswith("requests:"):
+            parts = s.replace(",", "").split()
+            res["requests"] = int(parts[7])  # succeeded
+            res["errors"] = int(parts[9]) + int(parts[11])  # failed + errored
+        elif s.startswith("status codes:"):
+            parts = s.replace(",", "").split()
+            res["non2xx"] = int(parts[4]) + int(parts[6]) + int(parts[8])
+    lat = []
+    try:
+        with open(logf) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3:
+                    lat.append(int(fields[2]))
+    except FileNotFoundError:
+        pass
+    if lat:
+        lat.sort()
+        res["p50_us"] = lat[len(lat) // 2]
+        res["p99_us"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return res
+
+
+def measure(proc, fn):
+    before = proc.cpu_ticks()
+    res = fn()
+    after = proc.cpu_ticks()
+    cpu_us = (after - before) * 1_000_000 / CLK_TCK
+    res["cpu_us_per_req"] = cpu_us / res["requests"] if res["requests"] else None
+    res["rss_kb"] = proc.mem_kb("VmRSS")
+    return res
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def scenarios(args):
+    d = args.seconds
+    upload = os.path.join(WORK, "upload.lua")
+    with open(upload, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\nwrk.headers["Content-Type"] = "application/octet-stream"\n')
+    return {
+        "1-small-get": ("small GET, keep-alive, 64 conns",
+                        lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/", 64, d)),
+        "1b-fixed-rate": (f"small GET paced at {args.rate} req/s (h2load --h1, 40 conns)",
+                          lambda port: lambda: h2load(f"http://127.0.0.1:{port['h1']}/", 40, 1, d, h1=True, rps=args.rate // 40)),
+        "2-16k": ("16 KiB response, keep-alive, 64 conns",
+                  lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/16k", 64, d)),
+        "3-upload-1m": ("1 MiB request body upstream, 8 conns",
+                        lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/upload", 8, d, script=upload)),
+        "4-new-conn": ("new TCP connection per request, 32 conns",
+                       lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/", 32, d, headers=["Connection: close"])),
+        "5-h2c": ("h2c downstream, 16 conns x 32 streams, HTTP/1.1 upstream",
+                  lambda port: lambda: h2load(f"http://127.0.0.1:{port['h2c']}/", 16, 32, d)),
+    }
+
+
+def churn(stop, interval, registry_url):
+    """Registers and deregisters an extra instance every `interval` seconds."""
+    n = 0
+    while not stop.is_set():
+        port = ORIGIN_PORTS[n % 2]
+        try:
+            http("PUT", f"{registry_url}/v1/services/origin/instances/churn-{n}",
+                 json.dumps({"address": "127.0.0.1", "port": port, "ttl": "1h"}))
+            if n > 0:
+                http("DELETE", f"{registry_url}/v1/services/origin/instances/churn-{n - 1}")
+        except Exception as e:  # a refused call is a benchmark failure, reported below
+            log("churn call failed:", e)
+        n += 1
+        stop.wait(interval)
+    return n
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs):
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return 0.0
+    m = statistics.median(xs)
+    return (max(xs) - min(xs)) / m * 100 if m else 0.0
+
+
+def fmt(x, nd=1):
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=5, help="duration of each run")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions per scenario")
+    ap.add_argument("--rate", type=int, default=40000, help="fixed-rate pass, requests/s")
+    ap.add_argument("--only", default="", help="comma-separated scenario ids to run (default: all)")
+    ap.add_argument("--skip-registry", action="store_true", help="skip the registry benchmarks")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="where to write results.json and table.md")
+    args = ap.parse_args()
+    raise_nofile()
+
+    global WORK
+    WORK = tempfile.mkdtemp(prefix="portico-bench-")
+    # nginx workers run unprivileged: they must be able to read the document root.
+    os.chmod(WORK, 0o755)
+    os.makedirs(os.path.join(WORK, "www"), mode=0o755)
+    with open(os.path.join(WORK, "www", "16k"), "wb") as f:
+        f.write(b"x" * 16384)
+    procs = []
+    results = {}
+    extra = {}
+    try:
+        for port in ORIGIN_PORTS:
+            conf = os.path.join(WORK, f"origin-{port}.conf")
+            with open(conf, "w") as f:
+                f.write(origin_conf(port))
+            procs.append(Proc(f"origin-{port}", ["nginx", "-c", conf, "-p", WORK], LOAD_CORE))
+        conf = os.path.join(WORK, "nginx-proxy.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_proxy_conf())
+        nginx = Proc("nginx", ["nginx", "-c", conf, "-p", WORK], PROXY_CORE)
+        conf = os.path.join(WORK, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write(haproxy_conf())
+        haproxy = Proc("haproxy", ["haproxy", "-f", conf], PROXY_CORE)
+        routes = os.path.join(WORK, "routes.toml")
+        with open(routes, "w") as f:
+            f.write(portico_routes(10))
+        portico_bin = os.path.join(RELEASE, "portico")
+        portico = Proc("portico", [portico_bin, "--threads", "1", "gateway", "--listen",
+                                   f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log"],
+                       PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+        procs += [nginx, haproxy, portico]
+        for port in ORIGIN_PORTS + [PORTS["nginx"]["h1"], PORTS["haproxy"]["h1"], PORTS["portico"]["h1"]]:
+            wait_port(port)
+        time.sleep(0.5)
+        extra["portico_idle_rss_kb"] = portico.mem_kb("VmRSS")
+
+        # Discovered-service Portico: a registry on the load core, a gateway following it.
+        registry_dir = os.path.join(WORK, "registry-data")
+        registry = Proc("registry", [portico_bin, "--threads", "1", "registry", "--control",
+                                     f"127.0.0.1:{REGISTRY_PORT}", "--data-dir", registry_dir],
+                        LOAD_CORE, env=dict(os.environ, RUST_LOG="warn"))
+        procs.append(registry)
+        wait_port(REGISTRY_PORT)
+        registry_url = f"http://127.0.0.1:{REGISTRY_PORT}"
+        for i, port in enumerate(ORIGIN_PORTS):
+            http("PUT", f"{registry_url}/v1/services/origin/instances/o{i}",
+                 json.dumps({"address": "127.0.0.1", "port": port, "ttl": "1h"}))
+        disc_routes = os.path.join(WORK, "disc-routes.toml")
+        with open(disc_routes, "w") as f:
+            f.write('[[route]]\nname = "origin"\nservice = "origin"\n')
+        discovered = Proc("portico-discovered", [portico_bin, "--threads", "1", "gateway", "--listen",
+                                                 f"127.0.0.1:{PORTS['portico-discovered']['h1']}", "--config", disc_routes,
+                                                 "--registry", registry_url, "--no-access-log"],
+                          PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+        procs.append(discovered)
+        big_routes = os.path.join(WORK, "routes-10k.toml")
+        with open(big_routes, "w") as f:
+            f.write(portico_routes(10_000))
+        big = Proc("portico-10k-routes", [portico_bin, "--threads", "1", "gateway", "--listen",
+                                          f"127.0.0.1:{PORTS['portico-10k-routes']['h1']}", "--config", big_routes,
+                                          "--no-access-log"], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+        procs.append(big)
+        for p in (PORTS["portico-discovered"]["h1"], PORTS["portico-10k-routes"]["h1"]):
+            wait_port(p)
+        # The discovered gateway must have the instances before it is measured.
+        deadline = time.time() + 20
+        while True:
+            try:
+                if http("GET", f"http://127.0.0.1:{PORTS['portico-discovered']['h1']}/")[0] == 200:
+                    break
+            except Exception:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("discovered gateway never routed")
+            time.sleep(0.05)
+
+        peers = {"nginx": nginx, "haproxy": haproxy, "portico": portico}
+        only = set(filter(None, args.only.split(",")))
+        for sid, (title, make) in scenarios(args).items():
+            if only and sid not in only:
+                continue
+            log(f"== {sid}: {title}")
+            runs = {name: [] for name in peers}
+            for rep in range(args.reps):
+                for name, proc in peers.items():
+                    r = measure(proc, make(PORTS[name]))
+                    runs[name].append(r)
+                    log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req"
+                        f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
+            results[sid] = {"title": title, "runs": runs}
+
+        # Portico-only scenarios: the route table's size, and instance churn.
+        if not only or "6-routes" in only:
+            log("== 6-routes: 10 routes vs 10,000 routes (Portico)")
+            runs = {"portico": [], "portico-10k-routes": []}
+            for rep in range(args.reps):
+                for name, proc in (("portico", portico), ("portico-10k-routes", big)):
+                    r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[name]['h1']}/", 64, args.seconds))
+                    runs[name].append(r)
+                    log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req")
+            results["6-routes"] = {"title": "10 routes vs 10,000 routes", "runs": runs}
+        if not only or "7-churn" in only:
+            log("== 7-churn: discovered service, steady vs an instance registered/deregistered every 100 ms")
+            runs = {"steady": [], "churn": []}
+            url = f"http://127.0.0.1:{PORTS['portico-discovered']['h1']}/"
+            for rep in range(args.reps):
+                runs["steady"].append(measure(discovered, lambda: wrk(url, 64, args.seconds)))
+                stop = threading.Event()
+                t = threading.Thread(target=churn, args=(stop, 0.1, registry_url))
+                t.start()
+                try:
+                    runs["churn"].append(measure(discovered, lambda: wrk(url, 64, args.seconds)))
+                finally:
+                    stop.set()
+                    t.join()
+                for name in ("steady", "churn"):
+                    r = runs[name][-1]
+                    log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req"
+                        f"  non2xx {r['non2xx']}  errors {r['errors']}")
+            results["7-churn"] = {"title": "instance churn every 100 ms", "runs": runs}
+
+        if not only or "8-idle-conns" in only:
+            log("== 8-idle-conns: 10,000 idle keep-alive connections to Portico")
+            before = portico.mem_kb("VmRSS")
+            socks = []
+            for _ in range(10_000):
+                s = socket.create_connection(("127.0.0.1", PORTS["portico"]["h1"]))
+                s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+                socks.append(s)
+            for s in socks:
+                s.recv(4096)
+            time.sleep(1)
+            after = portico.mem_kb("VmRSS")
+            for s in socks:
+                s.close()
+            extra["idle_10k_conns_added_kb"] = after - before
+            log(f"   RSS {before} kB -> {after} kB with 10,000 idle connections")
+
+        for name, proc in list(peers.items()) + [("portico-discovered", discovered), ("portico-10k-routes", big)]:
+            extra[f"{name}_peak_rss_kb"] = proc.mem_kb("VmHWM")
+
+        if not args.skip_registry:
+            extra.update(registry_benchmarks(args))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(WORK, ignore_errors=True)
+
+    machine = {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "nginx": version(["nginx", "-v"]),
+        "haproxy": version(["haproxy", "-v"]).splitlines()[0],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["bench/run.sh"] + sys.argv[1:]),
+        "seconds": args.seconds,
+        "reps": args.reps,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"machine": machine, "results": results, "extra": extra}, f, indent=1)
+    table = render(machine, results, extra)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+def registry_benchmarks(args):
+    """Registrations/s, heartbeats/s and memory, registry alone on the proxy core."""
+    out = {}
+    tool = os.path.join(RELEASE, "registry_load")
+    data = os.path.join(WORK, "reg-bench")
+    reg = Proc("registry-bench", [os.path.join(RELEASE, "portico"), "--threads", "1", "registry", "--control",
+                                  "127.0.0.1:19491", "--data-dir", data], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+    try:
+        wait_port(19491)
+        url = "http://127.0.0.1:19491"
+        log("== registry: 10,000 registrations, then heartbeats")
+        r = subprocess.run(["taskset", "-c", LOAD_CORE, tool, "--registry", url, "--instances", "10000",
+                            "--seconds", str(args.seconds)], capture_output=True, text=True, timeout=300)
+        log("  ", r.stdout.strip().replace("\n", "\n   "))
+        for line in r.stdout.splitlines():
+            if line.startswith("registrations:"):
+                out["registrations_per_s"] = float(line.split("=")[1].split("/")[0])
+            if line.startswith("heartbeats:"):
+                out["heartbeats_per_s"] = float(line.split("=")[1].split("/")[0])
+        out["registry_rss_10k_kb"] = reg.mem_kb("VmRSS")
+        log("== registry: up to 100,000 instances")
+        subprocess.run(["taskset", "-c", LOAD_CORE, tool, "--registry", url, "--instances", "100000",
+                        "--services", "1000", "--no-heartbeats"], capture_output=True, text=True, timeout=600)
+        out["registry_rss_100k_kb"] = reg.mem_kb("VmRSS")
+        log(f"   RSS 10k: {out['registry_rss_10k_kb']} kB, 100k: {out['registry_rss_100k_kb']} kB")
+    finally:
+        reg.stop()
+
+    # Registration-to-routable, with 1,000 services and 10,000 instances present.
+    data = os.path.join(WORK, "up-bench")
+    up = Proc("up-bench", [os.path.join(RELEASE, "portico"), "up", "--listen", "127.0.0.1:19492", "--control",
+                           "127.0.0.1:19493", "--data-dir", data, "--no-access-log"], PROXY_CORE,
+              env=dict(os.environ, RUST_LOG="warn"))
+    try:
+        wait_port(19493)
+        wait_port(19492)
+        log("== registration-to-routable with 1,000 services / 10,000 instances")
+        r = subprocess.run(["taskset", "-c", LOAD_CORE, os.path.join(RELEASE, "propagation"), "--registry",
+                            "http://127.0.0.1:19493", "--gateway", "http://127.0.0.1:19492", "--trials", "300",
+                            "--preload-services", "1000", "--preload-instances", "10000"],
+                           capture_output=True, text=True, timeout=600)
+        log("  ", r.stdout.strip().replace("\n", "\n   "))
+        for line in r.stdout.splitlines():
+            if line.startswith("registration-to-routable"):
+                parts = line.split()
+                out["propagation"] = line.split(": ", 1)[1]
+                out["propagation_p50"] = parts[parts.index("p50") + 1]
+                out["propagation_p99"] = parts[parts.index("p99") + 1]
+    finally:
+        up.stop()
+    return out
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def version(argv):
+    r = subprocess.run(argv, capture_output=True, text=True)
+    return (r.stdout + r.stderr).strip()
+
+
+def render(machine, results, extra):
+    out = []
+    out.append(f"Machine: {machine['nproc']} cores, {machine['cpu']}, kernel {machine['kernel']}; "
+               f"{machine['nginx']}; {machine['haproxy']}")
+    out.append(f"Date: {machine['date']}. Command: `{machine['command']}` "
+               f"({machine['reps']} interleaved repetitions of {machine['seconds']} s; medians, spread = (max-min)/median).")
+    out.append("")
+    out.append("| scenario | proxy | req/s | spread | CPU-us/req | spread | p50 us | p99 us | errors+non2xx |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    ratios = []
+    for sid, res in results.items():
+        meds = {}
+        for name, runs in res["runs"].items():
+            rps = [r["rps"] for r in runs]
+            cpu = [r["cpu_us_per_req"] for r in runs]
+            meds[name] = (median(rps), median(cpu))
+            bad = sum(r["errors"] + r["non2xx"] for r in runs)
+            out.append(f"| {sid} | {name} | {fmt(median(rps), 0)} | {spread(rps):.0f}% | {fmt(median(cpu), 2)} | "
+                       f"{spread(cpu):.0f}% | {fmt(median([r['p50_us'] for r in runs]), 0)} | "
+                       f"{fmt(median([r['p99_us'] for r in runs]), 0)} | {bad} |")
+        runs = res["runs"]
+        if "nginx" in runs and "portico" in runs:
+            for peer in ("nginx", "haproxy"):
+                # Paired run by run: requests per core = 1e6 / CPU-us per request.
+                pairs = [p[peer]["cpu_us_per_req"] / p["portico"]["cpu_us_per_req"]
+                         for p in ({"portico": a, peer: b} for a, b in zip(runs["portico"], runs[peer]))
+                         if p["portico"]["cpu_us_per_req"] and p[peer]["cpu_us_per_req"]]
+                rps_pairs = [a["rps"] / b["rps"] for a, b in zip(runs["portico"], runs[peer]) if b["rps"]]
+                ratios.append(f"| {sid} | Portico / {peer} | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+        elif "portico-10k-routes" in runs:
+            pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-10k-routes"])]
+            rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-10k-routes"])]
+            ratios.append(f"| {sid} | 10,000 routes / 10 routes | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+        elif "churn" in runs:
+            pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["steady"], runs["churn"])]
+            rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["steady"], runs["churn"])]
+            ratios.append(f"| {sid} | churn / steady | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+    out.append("")
+    out.append("Ratios (median of run-by-run pairs; above 1 means Portico is ahead):")
+    out.append("")
+    out.append("| scenario | ratio | req/s | requests per core (1/CPU-us) |")
+    out.append("|---|---|---:|---:|")
+    out += ratios
+    out.append("")
+    out.append("Other figures:")
+    out.append("")
+    for k, v in extra.items():
+        out.append(f"- {k}: {fmt(v) if not isinstance(v, str) else v}")
+    out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
