@@ -7,6 +7,7 @@
 //! HTTP/1.1 upgrades (WebSocket and others) become a byte tunnel once the
 //! upstream answers `101`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +42,6 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Proxy tuning.
 #[derive(Debug, Clone)]
@@ -74,6 +73,25 @@ pub struct Proxy {
     access_log: bool,
 }
 
+/// The downstream peer of a connection, prepared once per connection so
+/// requests do not format the address again.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Peer IP as a header value, for `X-Forwarded-For`.
+    ip: HeaderValue,
+}
+
+impl Peer {
+    /// Describes the peer `addr`.
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Peer { addr, ip }
+    }
+}
+
 /// What the access log needs about a finished request.
 struct Outcome {
     route: Option<Arc<str>>,
@@ -102,15 +120,14 @@ impl Proxy {
     }
 
     /// Handles one downstream request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let start = Instant::now();
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) => v.clone(),
             None => new_request_id(),
         };
         let logged = self
             .access_log
-            .then(|| (req.method().clone(), req.uri().clone()));
+            .then(|| (Instant::now(), req.method().clone(), req.uri().clone()));
         let mut outcome = Outcome {
             route: None,
             upstream: None,
@@ -135,7 +152,7 @@ impl Proxy {
         };
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some((method, uri)) = logged {
+        if let Some((start, method, uri)) = logged {
             tracing::info!(
                 target: "portico::access",
                 method = %method,
@@ -153,7 +170,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         request_id: &HeaderValue,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -220,7 +237,7 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto);
         }
-        append_forwarded_for(headers, peer);
+        append_forwarded_for(headers, &peer.ip);
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         if let Some(h) = &original_host {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -308,76 +325,77 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 
 /// Removes hop-by-hop headers: `Connection` and every header it names,
 /// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`.
+///
+/// One pass over the names first: most messages carry none of these, and
+/// then nothing is hashed or removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        // Several Connection lines are allowed; gather them all.
-        let more: Vec<HeaderName> = headers
+    let mut found = false;
+    let mut connection = false;
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n == "connection" {
+            connection = true;
+            found = true;
+        } else if matches!(
+            n,
+            "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        ) || n.starts_with("proxy-")
+        {
+            found = true;
+        }
+    }
+    if !found {
+        return;
+    }
+    if connection {
+        let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .skip(1)
-            .flat_map(|v| {
-                v.to_str()
-                    .unwrap_or("")
-                    .split(',')
-                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
-        for name in named.iter().chain(more.iter()) {
+        for name in &named {
             headers.remove(name);
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(&name);
-        }
+    let rest: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str();
+            matches!(
+                n,
+                "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+            ) || n.starts_with("proxy-")
+        })
+        .cloned()
+        .collect();
+    for name in rest {
+        headers.remove(&name);
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let value = if prior.peek().is_none() {
-        HeaderValue::from_str(&ip)
-    } else {
-        let mut joined = String::new();
-        for v in prior {
-            if let Ok(s) = v.to_str() {
-                joined.push_str(s);
-                joined.push_str(", ");
-            }
-        }
-        joined.push_str(&ip);
-        HeaderValue::from_str(&joined)
-    };
-    if let Ok(v) = value {
+    if prior.peek().is_none() {
+        // The common case: no proxy before us; the prepared value is shared, not rebuilt.
+        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for v in prior {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
 
 /// The request's host, lowercase and without a port: `:authority` for
 /// HTTP/2, the `Host` header for HTTP/1.1.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().host() {
         Some(h) => h,
         None => {
@@ -387,9 +405,9 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     };
     let raw = raw.trim_end_matches('.');
     if raw.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(raw.to_ascii_lowercase())
+        Some(Cow::Owned(raw.to_ascii_lowercase()))
     } else {
-        Some(raw.to_string())
+        Some(Cow::Borrowed(raw))
     }
 }
 
@@ -428,8 +446,14 @@ fn stripped_path(uri: &Uri, prefix_len: usize) -> Result<PathAndQuery, ProxyErro
 }
 
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -475,7 +499,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        append_forwarded_for(&mut h, "127.0.0.1:5".parse().unwrap());
+        append_forwarded_for(&mut h, &Peer::new("127.0.0.1:5".parse().unwrap()).ip);
         assert_eq!(
             h.get(&X_FORWARDED_FOR).unwrap(),
             "1.1.1.1, 2.2.2.2, 127.0.0.1"

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 
 /// Default time allowed for a client to send a complete request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -146,9 +146,11 @@ async fn serve_connection(
         inner: stream,
         active: active.clone(),
     });
+    let downstream = Arc::new(Peer::new(peer));
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+        let downstream = downstream.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -158,6 +160,7 @@ async fn serve_connection(
     let mut shutting_down = false;
     loop {
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -55,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
                 if i >= total {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let url = format!("{registry}/v1/services/load-{}/instances/i{i}", i % services);
+                let url = format!(
+                    "{registry}/v1/services/load-{}/instances/i{i}",
+                    i % services
+                );
                 let body = format!(
                     r#"{{"address":"10.{}.{}.{}","port":8080,"ttl":"1h"}}"#,
                     (i >> 16) & 255,
