@@ -7,6 +7,7 @@
 //! time into a sequence, and a request only does one atomic increment to take
 //! the next slot.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,6 +25,8 @@ pub struct Endpoint {
     pub id: Arc<str>,
     /// Where to connect.
     pub authority: Authority,
+    /// The socket address, when the host is an IP literal (no resolution needed).
+    pub addr: Option<SocketAddr>,
     /// Protocol to speak.
     pub scheme: Scheme,
     /// Relative share of traffic.
@@ -37,6 +40,7 @@ impl Endpoint {
         let authority: Authority = instance.authority().parse().ok()?;
         Some(Endpoint {
             id: instance.id.as_str().into(),
+            addr: socket_addr(&authority),
             authority,
             scheme: instance.spec.scheme,
             weight: instance.spec.weight.max(1),
@@ -47,11 +51,21 @@ impl Endpoint {
     pub fn from_static(authority: Authority) -> Endpoint {
         Endpoint {
             id: authority.as_str().into(),
+            addr: socket_addr(&authority),
             authority,
             scheme: Scheme::Http,
             weight: 1,
         }
     }
+}
+
+fn socket_addr(authority: &Authority) -> Option<SocketAddr> {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let ip: IpAddr = host.parse().ok()?;
+    Some(SocketAddr::new(ip, authority.port_u16()?))
 }
 
 /// An immutable set of endpoints with its round-robin order.
@@ -156,6 +170,7 @@ mod tests {
         Endpoint {
             id: id.into(),
             authority: "127.0.0.1:1".parse().unwrap(),
+            addr: None,
             scheme: Scheme::Http,
             weight,
         }

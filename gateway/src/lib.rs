@@ -9,6 +9,7 @@
 //! - [`discovery`]: registry watch → instance map → new table, swapped in
 //!   atomically.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
+//! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`server`]: the listener, connection limits and graceful drain.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
 //!
@@ -16,13 +17,14 @@
 //!
 //! accept ([`server`]) → hyper h1/h2 connection → [`proxy::Proxy::handle`] →
 //! load the current [`router::RouteTable`] once → host → path → method →
-//! route → [`balance::EndpointSet::pick`] → pooled upstream client → stream
+//! route → [`balance::EndpointSet::pick`] → [`pool::Pool`] → stream
 //! the response back; failures become JSON errors in [`error`].
 
 pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -15,23 +15,22 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme as UriScheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use portico_registry::model::Scheme;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::ProxyError;
+use crate::pool::{Pool, PooledBody, UpstreamError};
 use crate::router::RouteTable;
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
 /// a small body the gateway made itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Either<Incoming, Full<Bytes>>>;
 
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,8 +67,7 @@ impl Default for ProxySettings {
 #[derive(Debug)]
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
-    http1: Client<HttpConnector, Incoming>,
-    h2c: Client<HttpConnector, Incoming>,
+    pool: Arc<Pool>,
     access_log: bool,
 }
 
@@ -101,20 +99,9 @@ struct Outcome {
 impl Proxy {
     /// A proxy reading routes from `table`.
     pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: &ProxySettings) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout);
-        let http1 = builder.build(connector.clone());
-        let h2c = builder.http2_only(true).build(connector);
         Proxy {
             table,
-            http1,
-            h2c,
+            pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
             access_log: settings.access_log,
         }
     }
@@ -147,7 +134,7 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed at the gateway");
-                e.to_response().map(Either::Right)
+                e.to_response().map(|b| Either::Right(Either::Right(b)))
             }
         };
         resp.headers_mut()
@@ -190,9 +177,9 @@ impl Proxy {
             })?
             .clone();
         outcome.upstream = Some(endpoint.id.clone());
-        let (client, version) = match endpoint.scheme {
-            Scheme::Http => (&self.http1, Version::HTTP_11),
-            Scheme::H2c => (&self.h2c, Version::HTTP_2),
+        let h2c = match endpoint.scheme {
+            Scheme::Http => false,
+            Scheme::H2c => true,
             Scheme::Https => {
                 return Err(ProxyError::UnsupportedScheme {
                     endpoint: endpoint.id.to_string(),
@@ -201,7 +188,6 @@ impl Proxy {
             }
         };
 
-        // Upstream URI: absolute form, so the pooled client knows where to connect.
         let path_and_query = if route.strip_prefix {
             stripped_path(req.uri(), matched.prefix_len)?
         } else {
@@ -210,15 +196,26 @@ impl Proxy {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"))
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(UriScheme::HTTP);
-        parts.authority = Some(endpoint.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        let upstream_uri = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
-
         let upgrade = is_upgrade(&req);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let original_host = host_header_value(&req);
+        let (upstream_uri, version) = if h2c {
+            // HTTP/2 carries the host in :authority: keep the client's when it has one.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(UriScheme::HTTP);
+            parts.authority = Some(
+                original_host
+                    .as_ref()
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| endpoint.authority.clone()),
+            );
+            parts.path_and_query = Some(path_and_query);
+            let uri = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
+            (uri, Version::HTTP_2)
+        } else {
+            // HTTP/1.1 upstreams get the origin form: just the path and query.
+            (Uri::from(path_and_query), Version::HTTP_11)
+        };
         let had_te = req.headers().contains_key(header::TRANSFER_ENCODING);
         *req.uri_mut() = upstream_uri;
         *req.version_mut() = version;
@@ -241,30 +238,51 @@ impl Proxy {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         if let Some(h) = &original_host {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            if !headers.contains_key(header::HOST) {
+            if h2c {
+                headers.remove(header::HOST);
+            } else if !headers.contains_key(header::HOST) {
                 // HTTP/2 downstream carries the host in :authority; HTTP/1.1 upstreams need Host.
                 headers.insert(header::HOST, h.clone());
             }
+        } else if !h2c {
+            headers.insert(
+                header::HOST,
+                HeaderValue::from_str(endpoint.authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("host"))?,
+            );
         }
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 
         let endpoint_name = || endpoint.id.to_string();
-        let mut resp = match tokio::time::timeout(route.timeout, client.request(req)).await {
+        let exchange = async {
+            if h2c {
+                Box::pin(self.pool.send_h2c(&endpoint, req))
+                    .await
+                    .map(|r| r.map(|b| Either::Right(Either::Left(b))))
+            } else {
+                self.pool
+                    .send_http1(&endpoint, req)
+                    .await
+                    .map(|r| r.map(Either::Left))
+            }
+        };
+        let mut resp = match tokio::time::timeout(route.timeout, exchange).await {
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout {
                     endpoint: endpoint_name(),
                     timeout: route.timeout,
                 });
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(UpstreamError::Connect(reason))) => {
+                tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
                 return Err(ProxyError::UpstreamConnect {
                     endpoint: endpoint_name(),
                 });
             }
-            Ok(Err(e)) => {
+            Ok(Err(UpstreamError::Protocol(reason))) => {
                 return Err(ProxyError::UpstreamProtocol {
                     endpoint: endpoint_name(),
-                    reason: error_chain(&e),
+                    reason,
                 });
             }
             Ok(Ok(resp)) => resp,
@@ -281,11 +299,11 @@ impl Proxy {
                 if let Some(proto) = proto {
                     headers.insert(header::UPGRADE, proto);
                 }
-                return Ok(resp.map(Either::Left));
+                return Ok(resp);
             }
         }
         strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(Either::Left))
+        Ok(resp)
     }
 }
 
@@ -326,52 +344,79 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// Removes hop-by-hop headers: `Connection` and every header it names,
 /// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`.
 ///
-/// One pass over the names first: most messages carry none of these, and
-/// then nothing is hashed or removed.
+/// One pass over the names finds what is there; most messages carry at most
+/// `Connection: keep-alive`, which then costs two removals and no parsing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut found = false;
-    let mut connection = false;
+    let (mut connection, mut keep_alive, mut te, mut trailer, mut encoding, mut upgrade) =
+        (false, false, false, false, false, false);
+    let mut proxy_named = false;
     for name in headers.keys() {
-        let n = name.as_str();
-        if n == "connection" {
+        if name == header::CONNECTION {
             connection = true;
-            found = true;
-        } else if matches!(
-            n,
-            "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-        ) || n.starts_with("proxy-")
-        {
-            found = true;
+        } else if name == header::TE {
+            te = true;
+        } else if name == header::TRAILER {
+            trailer = true;
+        } else if name == header::TRANSFER_ENCODING {
+            encoding = true;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        } else {
+            let n = name.as_str();
+            if n == "keep-alive" {
+                keep_alive = true;
+            } else if n.starts_with("proxy-") {
+                proxy_named = true;
+            }
         }
     }
-    if !found {
-        return;
-    }
     if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("").split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
+        // Tokens other than the usual ones name extra headers to drop.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"upgrade")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
+            }
+        }
         for name in &named {
             headers.remove(name);
         }
         headers.remove(header::CONNECTION);
     }
-    let rest: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            let n = k.as_str();
-            matches!(
-                n,
-                "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-            ) || n.starts_with("proxy-")
-        })
-        .cloned()
-        .collect();
-    for name in rest {
-        headers.remove(&name);
+    if keep_alive {
+        headers.remove("keep-alive");
+    }
+    if te {
+        headers.remove(header::TE);
+    }
+    if trailer {
+        headers.remove(header::TRAILER);
+    }
+    if encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    if proxy_named {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(&name);
+        }
     }
 }
 
@@ -454,17 +499,6 @@ fn new_request_id() -> HeaderValue {
         n >>= 4;
     }
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -150,7 +150,12 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let downstream = downstream.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) }
+        // Boxed once, small at creation: the request's (large) state machine is
+        // then built in place on the heap instead of being copied each time
+        // hyper moves the service future.
+        Box::pin(
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) },
+        )
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
