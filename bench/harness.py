@@ -152,6 +152,7 @@ http {{
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location / {{ return 200 "ok\\n"; }}
+    location = /origin_status {{ stub_status; }}
     location = /16k {{ root {WORK}/www; try_files /16k =404; }}
     location = /upload {{ client_max_body_size 4m; client_body_buffer_size 2m; return 200 "stored\\n"; }}
   }}
@@ -309,13 +310,33 @@ def h2load(url, clients, streams, seconds, h1=False, rps=None):
     return res
 
 
+def origin_accepts():
+    """Connections the origins have accepted so far (nginx stub_status)."""
+    total = 0
+    for port in ORIGIN_PORTS:
+        try:
+            body = http("GET", f"http://127.0.0.1:{port}/origin_status")[1].decode()
+            total += int(body.splitlines()[2].split()[0])
+        except Exception:
+            return None
+    return total
+
+
 def measure(proc, fn):
+    accepts = origin_accepts()
     before = proc.cpu_ticks()
     res = fn()
     after = proc.cpu_ticks()
     cpu_us = (after - before) * 1_000_000 / CLK_TCK
     res["cpu_us_per_req"] = cpu_us / res["requests"] if res["requests"] else None
     res["rss_kb"] = proc.mem_kb("VmRSS")
+    after_accepts = origin_accepts()
+    if accepts is not None and after_accepts is not None and res["requests"]:
+        # Each status read is itself one accepted connection.
+        new_conns = max(0, after_accepts - accepts - len(ORIGIN_PORTS))
+        res["upstream_reuse_pct"] = 100.0 * (1 - new_conns / res["requests"])
+    else:
+        res["upstream_reuse_pct"] = None
     return res
 
 
@@ -637,8 +658,8 @@ def render(machine, results, extra):
     out.append(f"Date: {machine['date']}. Command: `{machine['command']}` "
                f"({machine['reps']} interleaved repetitions of {machine['seconds']} s; medians, spread = (max-min)/median).")
     out.append("")
-    out.append("| scenario | proxy | req/s | spread | CPU-us/req | spread | p50 us | p99 us | errors+non2xx |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| scenario | proxy | req/s | spread | CPU-us/req | spread | p50 us | p99 us | errors+non2xx | upstream reuse | RSS after |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = []
     for sid, res in results.items():
         meds = {}
@@ -649,7 +670,9 @@ def render(machine, results, extra):
             bad = sum(r["errors"] + r["non2xx"] for r in runs)
             out.append(f"| {sid} | {name} | {fmt(median(rps), 0)} | {spread(rps):.0f}% | {fmt(median(cpu), 2)} | "
                        f"{spread(cpu):.0f}% | {fmt(median([r['p50_us'] for r in runs]), 0)} | "
-                       f"{fmt(median([r['p99_us'] for r in runs]), 0)} | {bad} |")
+                       f"{fmt(median([r['p99_us'] for r in runs]), 0)} | {bad} | "
+                       f"{fmt(median([r.get('upstream_reuse_pct') for r in runs]), 2)}% | "
+                       f"{fmt(max(r['rss_kb'] for r in runs) // 1024)} MB |")
         runs = res["runs"]
         if "nginx" in runs and "portico" in runs:
             for peer in ("nginx", "haproxy"):

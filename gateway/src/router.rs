@@ -11,6 +11,10 @@
 //! host label and per path segment, whatever the number of routes.
 
 use std::collections::HashMap;
+
+/// Route maps hash request input on every lookup: a fast hash with a
+/// per-process random seed (foldhash) instead of SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use http::Method;
@@ -29,8 +33,8 @@ pub struct RouteEntry {
 
 #[derive(Debug, Default)]
 struct PathTable {
-    exact: HashMap<String, Vec<usize>>,
-    prefix: HashMap<String, Vec<usize>>,
+    exact: FastMap<String, Vec<usize>>,
+    prefix: FastMap<String, Vec<usize>>,
 }
 
 impl PathTable {
@@ -85,9 +89,9 @@ impl PathTable {
 /// The match index over a set of routes; rebuilt only when routes change.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact_hosts: HashMap<String, PathTable>,
+    exact_hosts: FastMap<String, PathTable>,
     /// Keyed by suffix such as `.example.com`.
-    wildcard_hosts: HashMap<String, PathTable>,
+    wildcard_hosts: FastMap<String, PathTable>,
     any_host: PathTable,
 }
 
