@@ -302,6 +302,7 @@ impl RegistryClient {
             revision: after,
             body: None,
             buf: BytesMut::new(),
+            scanned: 0,
             backoff: Duration::from_millis(50),
             connected: false,
         }
@@ -377,6 +378,10 @@ pub struct Watcher {
     revision: Revision,
     body: Option<Incoming>,
     buf: BytesMut,
+    /// Bytes of `buf` already known to hold no newline: a snapshot of a large
+    /// registry is one long line arriving in many frames, and rescanning it
+    /// from the start for every frame would be quadratic.
+    scanned: usize,
     backoff: Duration,
     connected: bool,
 }
@@ -395,12 +400,18 @@ impl Watcher {
     /// An event already received and buffered, without waiting; lets a
     /// consumer apply a burst of changes before rebuilding anything.
     pub fn next_buffered(&mut self) -> Option<WatchEvent> {
-        while let Some(line) = take_line(&mut self.buf) {
+        loop {
+            let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+                self.scanned = self.buf.len();
+                return None;
+            };
+            let line = self.buf.split_to(self.scanned + pos).freeze();
+            self.buf.advance(1);
+            self.scanned = 0;
             if let Some(event) = self.decode(&line) {
                 return Some(event);
             }
         }
-        None
     }
 
     fn decode(&mut self, line: &[u8]) -> Option<WatchEvent> {
@@ -430,6 +441,7 @@ impl Watcher {
         self.connected = false;
         self.body = None;
         self.buf.clear();
+        self.scanned = 0;
     }
 
     /// The next event, reconnecting as often as needed.
@@ -483,11 +495,4 @@ impl Watcher {
         tokio::time::sleep(self.backoff.mul_f64(jitter)).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-fn take_line(buf: &mut BytesMut) -> Option<Bytes> {
-    let pos = buf.iter().position(|&b| b == b'\n')?;
-    let line = buf.split_to(pos).freeze();
-    buf.advance(1);
-    Some(line)
 }
