@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use portico::{RegistryOptions, run_gateway, run_registry, run_up};
 use portico_gateway::GatewayOptions;
 use portico_gateway::config::Config;
+use portico_gateway::health::OutlierPolicy;
 use portico_gateway::proxy::ProxySettings;
 use portico_gateway::server::ServerSettings;
 use portico_registry::lease::LeasePolicy;
@@ -137,6 +138,16 @@ struct GatewayArgs {
     /// Time in-flight requests get to finish at shutdown.
     #[arg(long, default_value = "30s", value_parser = duration)]
     drain_timeout: Duration,
+    /// Consecutive failures (connect errors, timeouts, 5xx) that eject an
+    /// endpoint; 0 turns outlier detection off.
+    #[arg(long, default_value_t = 5)]
+    outlier_failures: u32,
+    /// First ejection length (multiplied by the times ejected, capped at 10x).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    outlier_ejection: Duration,
+    /// Largest share of a service's endpoints ejected at once, in percent.
+    #[arg(long, default_value_t = 50)]
+    outlier_max_ejected_percent: u32,
 }
 
 impl GatewayArgs {
@@ -172,6 +183,12 @@ impl GatewayArgs {
             proxy: ProxySettings {
                 access_log: !self.no_access_log,
                 connect_timeout: self.connect_timeout,
+                outlier: OutlierPolicy {
+                    consecutive_failures: self.outlier_failures,
+                    base_ejection: self.outlier_ejection,
+                    max_ejection: self.outlier_ejection * 10,
+                    max_ejected_percent: self.outlier_max_ejected_percent.min(100),
+                },
                 ..ProxySettings::default()
             },
         })

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::uri::Authority;
 use portico_registry::model::{Instance, Scheme};
 
+use crate::health::{EndpointHealth, HealthRegistry, OutlierPolicy, now_ms};
+
 /// Longest precomputed sequence. Sets whose reduced weights sum past this are
 /// scaled down proportionally (ratios stay within a fraction of a percent).
 const MAX_SEQUENCE: u64 = 1 << 16;
@@ -31,16 +33,19 @@ pub struct Endpoint {
     pub scheme: Scheme,
     /// Relative share of traffic.
     pub weight: u32,
+    /// Passive health, shared with every other table holding this endpoint.
+    pub health: Arc<EndpointHealth>,
 }
 
 impl Endpoint {
     /// An endpoint for a registered instance, or `None` if its address cannot
     /// form a URI authority.
-    pub fn from_instance(instance: &Instance) -> Option<Endpoint> {
+    pub fn from_instance(instance: &Instance, health: &HealthRegistry) -> Option<Endpoint> {
         let authority: Authority = instance.authority().parse().ok()?;
         Some(Endpoint {
             id: instance.id.as_str().into(),
             addr: socket_addr(&authority),
+            health: health.get(authority.as_str()),
             authority,
             scheme: instance.spec.scheme,
             weight: instance.spec.weight.max(1),
@@ -48,10 +53,11 @@ impl Endpoint {
     }
 
     /// A static upstream from the route file.
-    pub fn from_static(authority: Authority) -> Endpoint {
+    pub fn from_static(authority: Authority, health: &HealthRegistry) -> Endpoint {
         Endpoint {
             id: authority.as_str().into(),
             addr: socket_addr(&authority),
+            health: health.get(authority.as_str()),
             authority,
             scheme: Scheme::Http,
             weight: 1,
@@ -111,13 +117,78 @@ impl EndpointSet {
         &self.endpoints
     }
 
-    /// The next endpoint in smooth weighted round-robin order.
-    pub fn pick(&self) -> Option<&Endpoint> {
+    /// The next endpoint in smooth weighted round-robin order, skipping
+    /// ejected endpoints and those in `avoid` (indices already tried by this
+    /// request). When every endpoint not avoided is ejected, ejection is
+    /// ignored (panic mode). `None` when nothing is left.
+    pub fn pick(&self, avoid: &[usize]) -> Option<(usize, &Endpoint)> {
         if self.sequence.is_empty() {
             return None;
         }
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
-        self.endpoints.get(self.sequence[slot] as usize)
+        let first = self.sequence[slot] as usize;
+        let endpoint = &self.endpoints[first];
+        if !avoid.contains(&first) && !endpoint.health.is_ejected_now() {
+            return Some((first, endpoint));
+        }
+        // Slow path: take further turns of the sequence, so the skipped
+        // endpoint's share spreads over the others by weight.
+        let n = self.endpoints.len();
+        let now = now_ms();
+        for _ in 0..(2 * n).min(self.sequence.len()) {
+            let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
+            let i = self.sequence[slot] as usize;
+            if !avoid.contains(&i) && !self.endpoints[i].health.is_ejected(now) {
+                return Some((i, &self.endpoints[i]));
+            }
+        }
+        // Still nothing: any endpoint not ejected, else any not avoided (panic mode).
+        let candidates = || {
+            (0..n)
+                .map(|j| (first + j) % n)
+                .filter(|i| !avoid.contains(i))
+        };
+        let i = candidates()
+            .find(|&i| !self.endpoints[i].health.is_ejected(now))
+            .or_else(|| candidates().next())?;
+        Some((i, &self.endpoints[i]))
+    }
+
+    /// Records the outcome of an exchange with endpoint `index`, ejecting it
+    /// when it has failed too often in a row and the set's cap allows.
+    pub fn record(&self, index: usize, failed: bool, policy: &OutlierPolicy) {
+        let Some(endpoint) = self.endpoints.get(index) else {
+            return;
+        };
+        if !failed {
+            endpoint.health.record_success();
+            return;
+        }
+        let count = endpoint.health.record_failure();
+        if policy.consecutive_failures == 0 || count < policy.consecutive_failures {
+            return;
+        }
+        let now = now_ms();
+        if endpoint.health.is_ejected(now) {
+            return;
+        }
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.health.is_ejected(now))
+            .count();
+        let allowed = ejected == 0
+            || (ejected + 1) * 100 <= policy.max_ejected_percent as usize * self.endpoints.len();
+        if allowed {
+            let length = endpoint.health.eject(now, policy);
+            tracing::warn!(
+                endpoint = %endpoint.id,
+                address = %endpoint.authority,
+                failures = count,
+                ejected_for = ?length,
+                "endpoint ejected after consecutive failures"
+            );
+        }
     }
 }
 
@@ -173,13 +244,14 @@ mod tests {
             addr: None,
             scheme: Scheme::Http,
             weight,
+            health: Arc::default(),
         }
     }
 
     fn counts(set: &EndpointSet, n: usize) -> Vec<usize> {
         let mut c = vec![0; set.len()];
         for _ in 0..n {
-            let e = set.pick().unwrap();
+            let (_, e) = set.pick(&[]).unwrap();
             c[set.endpoints().iter().position(|x| x.id == e.id).unwrap()] += 1;
         }
         c
@@ -212,6 +284,62 @@ mod tests {
 
     #[test]
     fn empty_set_picks_nothing() {
-        assert!(EndpointSet::new(vec![]).pick().is_none());
+        assert!(EndpointSet::new(vec![]).pick(&[]).is_none());
+    }
+
+    fn policy() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: 3,
+            ..OutlierPolicy::default()
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_picking_skips_the_ejected() {
+        let set = EndpointSet::new(vec![ep("a", 1), ep("b", 1), ep("c", 1)]);
+        set.record(0, true, &policy());
+        set.record(0, true, &policy());
+        set.record(0, false, &policy()); // a success resets the count
+        set.record(0, true, &policy());
+        set.record(0, true, &policy());
+        assert!(!set.endpoints[0].health.is_ejected_now());
+        set.record(0, true, &policy());
+        assert!(set.endpoints[0].health.is_ejected_now());
+        assert_eq!(counts(&set, 300), vec![0, 150, 150]);
+    }
+
+    #[test]
+    fn the_ejection_cap_holds_and_panic_mode_sends_to_all() {
+        let set = EndpointSet::new(vec![ep("a", 1), ep("b", 1), ep("c", 1), ep("d", 1)]);
+        for i in 0..4 {
+            for _ in 0..3 {
+                set.record(i, true, &policy());
+            }
+        }
+        // At most half of four may be ejected.
+        let ejected = set
+            .endpoints
+            .iter()
+            .filter(|e| e.health.is_ejected_now())
+            .count();
+        assert_eq!(ejected, 2);
+        let single = EndpointSet::new(vec![ep("x", 1)]);
+        for _ in 0..3 {
+            single.record(0, true, &policy());
+        }
+        assert!(single.endpoints[0].health.is_ejected_now());
+        // Every endpoint ejected: traffic still flows (panic mode).
+        assert!(single.pick(&[]).is_some());
+    }
+
+    #[test]
+    fn avoided_endpoints_are_not_picked_again() {
+        let set = EndpointSet::new(vec![ep("a", 1), ep("b", 1)]);
+        for _ in 0..10 {
+            let (i, _) = set.pick(&[]).unwrap();
+            let (j, _) = set.pick(&[i]).unwrap();
+            assert_ne!(i, j);
+            assert!(set.pick(&[0, 1]).is_none());
+        }
     }
 }

@@ -16,6 +16,7 @@ use portico_registry::model::{Instance, WatchEvent};
 
 use crate::balance::{Endpoint, EndpointSet};
 use crate::config::{PathMatch, Route, Target};
+use crate::health::HealthRegistry;
 use crate::router::{RouteEntry, RouteTable, Router};
 
 /// Builds routing tables from routes and discovered instances.
@@ -42,20 +43,31 @@ pub struct TableBuilder {
     static_sets: HashMap<String, Arc<EndpointSet>>,
     service_sets: HashMap<String, Arc<EndpointSet>>,
     empty: Arc<EndpointSet>,
+    health: Arc<HealthRegistry>,
 }
 
 impl TableBuilder {
     /// A builder over configured `routes`; with `auto_routes`, each
     /// discovered service `s` also gets a route `path_prefix = "/s"` with the
     /// prefix stripped, unless a configured route claims that path.
-    pub fn new(routes: Vec<Arc<Route>>, auto_routes: bool) -> TableBuilder {
+    ///
+    /// `health` is shared with every other builder of the same gateway, so
+    /// passive-health state follows an endpoint from table to table.
+    pub fn new(
+        routes: Vec<Arc<Route>>,
+        auto_routes: bool,
+        health: Arc<HealthRegistry>,
+    ) -> TableBuilder {
         let static_sets = routes
             .iter()
             .filter_map(|r| match &r.target {
                 Target::Static(list) => Some((
                     r.name.to_string(),
                     Arc::new(EndpointSet::new(
-                        list.iter().cloned().map(Endpoint::from_static).collect(),
+                        list.iter()
+                            .cloned()
+                            .map(|a| Endpoint::from_static(a, &health))
+                            .collect(),
                     )),
                 )),
                 Target::Service(_) => None,
@@ -77,6 +89,7 @@ impl TableBuilder {
             static_sets,
             service_sets: HashMap::new(),
             empty: Arc::new(EndpointSet::default()),
+            health,
         }
     }
 
@@ -92,10 +105,11 @@ impl TableBuilder {
         let endpoints = instances
             .values()
             .filter(|i| i.status.routable())
-            .filter_map(Endpoint::from_instance)
+            .filter_map(|i| Endpoint::from_instance(i, &self.health))
             .collect();
         self.service_sets
             .insert(service.to_string(), Arc::new(EndpointSet::new(endpoints)));
+        self.health.prune();
         if self.auto_routes && !self.auto.contains_key(service) {
             let path = PathMatch::Prefix(format!("/{service}"));
             if !self.claimed.contains(&path) {
@@ -254,7 +268,7 @@ mod tests {
             "[[route]]\nname = \"claimed\"\npath_prefix = \"/taken\"\nupstreams = [\"127.0.0.1:1\"]\n",
         )
         .unwrap();
-        let mut b = TableBuilder::new(config.routes, true);
+        let mut b = TableBuilder::new(config.routes, true, Arc::default());
         b.set_service(
             "svc",
             &instances(&[("a", Status::Passing), ("b", Status::Critical)]),

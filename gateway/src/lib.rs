@@ -6,6 +6,7 @@
 //! - [`config`]: the TOML route file, validated into typed [`config::Route`]s.
 //! - [`router`]: the immutable [`router::RouteTable`] and its match index.
 //! - [`balance`]: endpoint sets and lock-free smooth weighted round robin.
+//! - [`health`]: passive outlier detection (ejection, cap, panic mode).
 //! - [`discovery`]: registry watch → instance map → new table, swapped in
 //!   atomically.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
@@ -24,6 +25,7 @@ pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod router;
@@ -37,6 +39,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::discovery::{DiscoveryStatus, TableBuilder};
+use crate::health::HealthRegistry;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::router::RouteTable;
 use crate::server::ServerSettings;
@@ -62,6 +65,7 @@ pub struct Gateway {
     table: Arc<ArcSwap<RouteTable>>,
     proxy: Arc<Proxy>,
     status: Arc<DiscoveryStatus>,
+    health: Arc<HealthRegistry>,
     options: GatewayOptions,
 }
 
@@ -72,13 +76,19 @@ impl Gateway {
             // Validate the URLs now so a typo fails at startup, not in a background task.
             portico_registry::client::RegistryClient::new(&options.registry)?;
         }
-        let mut builder = TableBuilder::new(options.config.routes.clone(), options.auto_routes);
+        let health = Arc::new(HealthRegistry::default());
+        let mut builder = TableBuilder::new(
+            options.config.routes.clone(),
+            options.auto_routes,
+            health.clone(),
+        );
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
         let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
         Ok(Gateway {
             table,
             proxy,
             status: Arc::new(DiscoveryStatus::default()),
+            health,
             options,
         })
     }
@@ -105,8 +115,11 @@ impl Gateway {
         } else {
             let client = portico_registry::client::RegistryClient::new(&self.options.registry)
                 .expect("registry URLs were validated in Gateway::new");
-            let builder =
-                TableBuilder::new(self.options.config.routes.clone(), self.options.auto_routes);
+            let builder = TableBuilder::new(
+                self.options.config.routes.clone(),
+                self.options.auto_routes,
+                self.health.clone(),
+            );
             Some(tokio::spawn(discovery::follow(
                 client,
                 builder,

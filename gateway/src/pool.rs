@@ -54,6 +54,25 @@ pub enum UpstreamError {
     Protocol(String),
 }
 
+/// A failed exchange, with the request handed back when nothing of it was
+/// sent (so the caller may try another endpoint).
+#[derive(Debug)]
+pub struct SendError {
+    /// What went wrong.
+    pub error: UpstreamError,
+    /// The untouched request, when the failure came before sending.
+    pub request: Option<Request<Incoming>>,
+}
+
+impl SendError {
+    fn sent(error: UpstreamError) -> SendError {
+        SendError {
+            error,
+            request: None,
+        }
+    }
+}
+
 type Key = Box<str>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -110,14 +129,22 @@ impl Pool {
         self: &Arc<Self>,
         endpoint: &Endpoint,
         mut req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
+    ) -> Result<Response<PooledBody>, SendError> {
         let key = endpoint.authority.as_str();
         let mut reused = true;
         let mut sender = match self.checkout_http1(key) {
             Some(s) => s,
             None => {
                 reused = false;
-                Box::pin(self.connect_http1(endpoint)).await?
+                match Box::pin(self.connect_http1(endpoint)).await {
+                    Ok(s) => s,
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            request: Some(req),
+                        });
+                    }
+                }
             }
         };
         loop {
@@ -134,11 +161,23 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never started: the idle connection had closed. Once more, fresh.
                     Some(back) if reused => {
-                        req = back;
                         reused = false;
-                        sender = Box::pin(self.connect_http1(endpoint)).await?;
+                        match Box::pin(self.connect_http1(endpoint)).await {
+                            Ok(s) => sender = s,
+                            Err(error) => {
+                                return Err(SendError {
+                                    error,
+                                    request: Some(back),
+                                });
+                            }
+                        }
+                        req = back;
                     }
-                    _ => return Err(UpstreamError::Protocol(error_chain(e.error()))),
+                    _ => {
+                        return Err(SendError::sent(UpstreamError::Protocol(error_chain(
+                            e.error(),
+                        ))));
+                    }
                 },
             }
         }
@@ -149,7 +188,7 @@ impl Pool {
         self: &Arc<Self>,
         endpoint: &Endpoint,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Incoming>, SendError> {
         let key = endpoint.authority.as_str();
         let shared = {
             let conns = self.lock();
@@ -158,18 +197,38 @@ impl Pool {
         let mut reused = shared.is_some();
         let mut sender = match shared {
             Some(s) => s,
-            None => Box::pin(self.connect_h2c(endpoint)).await?,
+            None => match Box::pin(self.connect_h2c(endpoint)).await {
+                Ok(s) => s,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        request: Some(req),
+                    });
+                }
+            },
         };
         loop {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => {
-                        req = back;
                         reused = false;
-                        sender = Box::pin(self.connect_h2c(endpoint)).await?;
+                        match Box::pin(self.connect_h2c(endpoint)).await {
+                            Ok(s) => sender = s,
+                            Err(error) => {
+                                return Err(SendError {
+                                    error,
+                                    request: Some(back),
+                                });
+                            }
+                        }
+                        req = back;
                     }
-                    _ => return Err(UpstreamError::Protocol(error_chain(e.error()))),
+                    _ => {
+                        return Err(SendError::sent(UpstreamError::Protocol(error_chain(
+                            e.error(),
+                        ))));
+                    }
                 },
             }
         }

@@ -24,8 +24,10 @@ use portico_registry::model::Scheme;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::balance::Endpoint;
 use crate::error::ProxyError;
-use crate::pool::{Pool, PooledBody, UpstreamError};
+use crate::health::OutlierPolicy;
+use crate::pool::{Pool, PooledBody, SendError, UpstreamError};
 use crate::router::RouteTable;
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
@@ -51,6 +53,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// How long idle upstream connections stay pooled.
     pub pool_idle_timeout: Duration,
+    /// Passive outlier detection.
+    pub outlier: OutlierPolicy,
 }
 
 impl Default for ProxySettings {
@@ -59,6 +63,7 @@ impl Default for ProxySettings {
             access_log: true,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            outlier: OutlierPolicy::default(),
         }
     }
 }
@@ -68,6 +73,7 @@ impl Default for ProxySettings {
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
     pool: Arc<Pool>,
+    outlier: OutlierPolicy,
     access_log: bool,
 }
 
@@ -102,6 +108,7 @@ impl Proxy {
         Proxy {
             table,
             pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
+            outlier: settings.outlier.clone(),
             access_log: settings.access_log,
         }
     }
@@ -166,28 +173,11 @@ impl Proxy {
         let matched = table
             .lookup(host.as_deref(), req.uri().path(), req.method())
             .ok_or(ProxyError::NoRoute)?;
-        let route = matched.entry.route.clone();
+        let route = &matched.entry.route;
+        let set = &matched.entry.endpoints;
         outcome.route = Some(route.name.clone());
-        let endpoint = matched
-            .entry
-            .endpoints
-            .pick()
-            .ok_or_else(|| ProxyError::NoHealthyUpstream {
-                route: route.name.to_string(),
-            })?
-            .clone();
-        outcome.upstream = Some(endpoint.id.clone());
-        let h2c = match endpoint.scheme {
-            Scheme::Http => false,
-            Scheme::H2c => true,
-            Scheme::Https => {
-                return Err(ProxyError::UnsupportedScheme {
-                    endpoint: endpoint.id.to_string(),
-                    scheme: "https",
-                });
-            }
-        };
 
+        // Everything that does not depend on which endpoint is picked.
         let path_and_query = if route.strip_prefix {
             stripped_path(req.uri(), matched.prefix_len)?
         } else {
@@ -197,28 +187,9 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"))
         };
         let upgrade = is_upgrade(&req);
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let mut downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let original_host = host_header_value(&req);
-        let (upstream_uri, version) = if h2c {
-            // HTTP/2 carries the host in :authority: keep the client's when it has one.
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(UriScheme::HTTP);
-            parts.authority = Some(
-                original_host
-                    .as_ref()
-                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                    .unwrap_or_else(|| endpoint.authority.clone()),
-            );
-            parts.path_and_query = Some(path_and_query);
-            let uri = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
-            (uri, Version::HTTP_2)
-        } else {
-            // HTTP/1.1 upstreams get the origin form: just the path and query.
-            (Uri::from(path_and_query), Version::HTTP_11)
-        };
         let had_te = req.headers().contains_key(header::TRANSFER_ENCODING);
-        *req.uri_mut() = upstream_uri;
-        *req.version_mut() = version;
         let headers = req.headers_mut();
         if had_te {
             // Never let a request reach a backend carrying both framings.
@@ -238,58 +209,91 @@ impl Proxy {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         if let Some(h) = &original_host {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            if h2c {
-                headers.remove(header::HOST);
-            } else if !headers.contains_key(header::HOST) {
-                // HTTP/2 downstream carries the host in :authority; HTTP/1.1 upstreams need Host.
-                headers.insert(header::HOST, h.clone());
-            }
-        } else if !h2c {
-            headers.insert(
-                header::HOST,
-                HeaderValue::from_str(endpoint.authority.as_str())
-                    .map_err(|_| ProxyError::BadRequest("host"))?,
-            );
         }
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 
-        let endpoint_name = || endpoint.id.to_string();
-        let exchange = async {
-            if h2c {
-                Box::pin(self.pool.send_h2c(&endpoint, req))
-                    .await
-                    .map(|r| r.map(|b| Either::Right(Either::Left(b))))
-            } else {
-                self.pool
-                    .send_http1(&endpoint, req)
-                    .await
-                    .map(|r| r.map(Either::Left))
+        // Pick, send; a connect failure (nothing was sent) moves on to
+        // another endpoint, whatever the method. The route timeout covers
+        // every attempt up to the response head.
+        let attempts = async {
+            let mut tried: [usize; MAX_CONNECT_ATTEMPTS] = [usize::MAX; MAX_CONNECT_ATTEMPTS];
+            let mut n = 0;
+            loop {
+                let Some((index, endpoint)) = set.pick(&tried[..n]) else {
+                    return Err(match n {
+                        0 => ProxyError::NoHealthyUpstream {
+                            route: route.name.to_string(),
+                        },
+                        _ => ProxyError::UpstreamConnect {
+                            endpoint: outcome.upstream.as_deref().unwrap_or("-").to_string(),
+                        },
+                    });
+                };
+                outcome.upstream = Some(endpoint.id.clone());
+                target(&mut req, endpoint, &path_and_query, original_host.as_ref())?;
+                let result = if endpoint.scheme == Scheme::H2c {
+                    Box::pin(self.pool.send_h2c(endpoint, req))
+                        .await
+                        .map(|r| r.map(|b| Either::Right(Either::Left(b))))
+                } else {
+                    self.pool
+                        .send_http1(endpoint, req)
+                        .await
+                        .map(|r| r.map(Either::Left))
+                };
+                match result {
+                    Ok(resp) => {
+                        set.record(index, resp.status().is_server_error(), &self.outlier);
+                        return Ok(resp);
+                    }
+                    Err(SendError {
+                        error: UpstreamError::Connect(reason),
+                        request,
+                    }) => {
+                        set.record(index, true, &self.outlier);
+                        tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
+                        tried[n] = index;
+                        n += 1;
+                        match request {
+                            Some(back) if n < MAX_CONNECT_ATTEMPTS => req = back,
+                            _ => {
+                                return Err(ProxyError::UpstreamConnect {
+                                    endpoint: endpoint.id.to_string(),
+                                });
+                            }
+                        }
+                    }
+                    Err(SendError {
+                        error: UpstreamError::Protocol(reason),
+                        ..
+                    }) => {
+                        set.record(index, true, &self.outlier);
+                        return Err(ProxyError::UpstreamProtocol {
+                            endpoint: endpoint.id.to_string(),
+                            reason,
+                        });
+                    }
+                }
             }
         };
-        let mut resp = match tokio::time::timeout(route.timeout, exchange).await {
+        let mut resp = match tokio::time::timeout(route.timeout, attempts).await {
+            Ok(result) => result?,
             Err(_) => {
+                // The attempt in flight is abandoned: count it against its endpoint.
+                if let Some(id) = &outcome.upstream {
+                    if let Some(i) = set.endpoints().iter().position(|e| &e.id == id) {
+                        set.record(i, true, &self.outlier);
+                    }
+                }
                 return Err(ProxyError::UpstreamTimeout {
-                    endpoint: endpoint_name(),
+                    endpoint: outcome.upstream.as_deref().unwrap_or("-").to_string(),
                     timeout: route.timeout,
                 });
             }
-            Ok(Err(UpstreamError::Connect(reason))) => {
-                tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
-                return Err(ProxyError::UpstreamConnect {
-                    endpoint: endpoint_name(),
-                });
-            }
-            Ok(Err(UpstreamError::Protocol(reason))) => {
-                return Err(ProxyError::UpstreamProtocol {
-                    endpoint: endpoint_name(),
-                    reason,
-                });
-            }
-            Ok(Ok(resp)) => resp,
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(downstream) = downstream_upgrade {
+            if let Some(downstream) = downstream_upgrade.take() {
                 let upstream = hyper::upgrade::on(&mut resp);
                 tokio::spawn(tunnel(downstream, upstream));
                 let headers = resp.headers_mut();
@@ -305,6 +309,56 @@ impl Proxy {
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
+}
+
+/// Most endpoints one request tries when connections are refused.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Points the request at `endpoint`: URI form, version and `Host` depend on
+/// the protocol the endpoint speaks.
+fn target(
+    req: &mut Request<Incoming>,
+    endpoint: &Endpoint,
+    path_and_query: &PathAndQuery,
+    original_host: Option<&HeaderValue>,
+) -> Result<(), ProxyError> {
+    match endpoint.scheme {
+        Scheme::Http => {
+            // HTTP/1.1 upstreams get the origin form: just the path and query.
+            *req.uri_mut() = Uri::from(path_and_query.clone());
+            *req.version_mut() = Version::HTTP_11;
+            if !req.headers().contains_key(header::HOST) {
+                // HTTP/2 downstream carries the host in :authority; HTTP/1.1 needs Host.
+                let host = match original_host {
+                    Some(h) => h.clone(),
+                    None => HeaderValue::from_str(endpoint.authority.as_str())
+                        .map_err(|_| ProxyError::BadRequest("host"))?,
+                };
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        Scheme::H2c => {
+            // HTTP/2 carries the host in :authority: keep the client's when it has one.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(UriScheme::HTTP);
+            parts.authority = Some(
+                original_host
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| endpoint.authority.clone()),
+            );
+            parts.path_and_query = Some(path_and_query.clone());
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+        }
+        Scheme::Https => {
+            return Err(ProxyError::UnsupportedScheme {
+                endpoint: endpoint.id.to_string(),
+                scheme: "https",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Copies bytes both ways between an upgraded downstream and upstream.

@@ -145,6 +145,7 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub url: String,
     pub status: Arc<DiscoveryStatus>,
+    pub table: Arc<arc_swap::ArcSwap<portico_gateway::router::RouteTable>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -155,6 +156,7 @@ impl TestGateway {
         let addr = listener.local_addr().unwrap();
         let gateway = Gateway::new(options).unwrap();
         let status = gateway.status().clone();
+        let table = gateway.table().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway.serve(listener, async {
             let _ = rx.await;
@@ -163,6 +165,7 @@ impl TestGateway {
             addr,
             url: format!("http://{addr}"),
             status,
+            table,
             stop: Some(tx),
             task: Some(task),
         }
@@ -376,4 +379,92 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     (dir, path)
+}
+
+/// A backend whose behaviour a test controls: answer 200 with its name, or
+/// 503; count what it receives; die (refuse new connections and reset the
+/// open ones) on demand.
+pub struct FaultyBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl FaultyBackend {
+    pub async fn start(name: &str) -> FaultyBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (f, r, n) = (
+            failing.clone(),
+            received.clone(),
+            Bytes::from(name.to_string()),
+        );
+        let task = tokio::spawn(async move {
+            // Connections live in this set, so aborting the task kills them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (f, r, n) = (f.clone(), r.clone(), n.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let status = if f.load(Ordering::SeqCst) {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::OK
+                        };
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .header("x-backend", n.as_ref())
+                            .body(Full::new(n.clone()))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        FaultyBackend {
+            addr,
+            name: name.to_string(),
+            failing,
+            received,
+            task: Some(task),
+        }
+    }
+
+    /// Answer 503 (true) or 200 (false) from now on.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Requests received so far.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every open connection.
+    pub async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for FaultyBackend {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }

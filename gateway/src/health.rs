@@ -1,0 +1,181 @@
+//! Passive health: outlier detection from live traffic.
+//!
+//! Every exchange with an endpoint is an outcome: a connect failure, a
+//! timeout, a broken exchange or a 5xx answer is a failure; anything else is
+//! a success and resets the count. After `consecutive_failures` failures in a
+//! row the endpoint is ejected (receives no traffic) for `base_ejection` times
+//! the number of times it has been ejected, capped at `max_ejection`. At most
+//! `max_ejected_percent` of a set's endpoints are ejected at once (always at
+//! least one may be); when every endpoint of a set is ejected anyway, picking
+//! ignores ejection ("panic mode": traffic to all rather than to none).
+//!
+//! State lives in [`EndpointHealth`], shared by every table that contains the
+//! endpoint (the [`HealthRegistry`] hands out one per `host:port`), so an
+//! ejection survives the routing-table rebuilds that discovery triggers. On
+//! the request path a healthy endpoint costs one relaxed atomic load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Default consecutive failures that eject an endpoint.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// Default length of a first ejection.
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+/// Default longest ejection.
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Default largest share of a set that may be ejected at once.
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+
+/// How outliers are detected and ejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Failures in a row that eject an endpoint; 0 turns detection off.
+    pub consecutive_failures: u32,
+    /// Ejection length, multiplied by the number of times ejected.
+    pub base_ejection: Duration,
+    /// Cap on one ejection's length.
+    pub max_ejection: Duration,
+    /// Largest share (percent) of a set's endpoints ejected at once; one
+    /// endpoint may always be ejected.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        OutlierPolicy {
+            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+        }
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock (never 0).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
+
+/// Outcome counters and ejection state of one endpoint.
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    failures: AtomicU32,
+    /// `now_ms()` until which the endpoint is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+}
+
+impl EndpointHealth {
+    /// Whether the endpoint is ejected at `now` (a `now_ms()` reading).
+    pub fn is_ejected(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > now
+    }
+
+    /// Whether the endpoint is ejected now; one atomic load when it is not.
+    pub fn is_ejected_now(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
+    }
+
+    /// Times this endpoint has been ejected.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive failures so far.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_success(&self) {
+        // Read first: on the hot path the count is already 0 and the cache
+        // line stays shared instead of being written by every request.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure; returns the new consecutive count.
+    pub(crate) fn record_failure(&self) -> u32 {
+        self.failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ejects for base × times ejected (capped); returns the length.
+    pub(crate) fn eject(&self, now: u64, policy: &OutlierPolicy) -> Duration {
+        let times = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let length = policy
+            .base_ejection
+            .saturating_mul(times)
+            .min(policy.max_ejection);
+        self.ejected_until
+            .store(now + length.as_millis() as u64, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        length
+    }
+}
+
+/// Hands out one [`EndpointHealth`] per `host:port`, so state survives table
+/// rebuilds. Entries no table uses any more are pruned at each rebuild.
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    states: Mutex<HashMap<String, Arc<EndpointHealth>>>,
+}
+
+impl HealthRegistry {
+    /// The state for `authority`, created on first use.
+    pub fn get(&self, authority: &str) -> Arc<EndpointHealth> {
+        let mut states = self.states.lock().expect("health registry lock poisoned");
+        states.entry(authority.to_string()).or_default().clone()
+    }
+
+    /// Forgets endpoints that no table references.
+    pub fn prune(&self) {
+        let mut states = self.states.lock().expect("health registry lock poisoned");
+        states.retain(|_, s| Arc::strong_count(s) > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejection_grows_with_each_ejection_and_is_capped() {
+        let policy = OutlierPolicy {
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            ..OutlierPolicy::default()
+        };
+        let h = EndpointHealth::default();
+        assert_eq!(h.eject(1000, &policy), Duration::from_secs(10));
+        assert!(h.is_ejected(1000 + 9_999));
+        assert!(!h.is_ejected(1000 + 10_000));
+        assert_eq!(h.eject(1000, &policy), Duration::from_secs(20));
+        assert_eq!(h.eject(1000, &policy), Duration::from_secs(25));
+        assert_eq!(h.ejections(), 3);
+    }
+
+    #[test]
+    fn success_resets_the_count() {
+        let h = EndpointHealth::default();
+        assert_eq!(h.record_failure(), 1);
+        assert_eq!(h.record_failure(), 2);
+        h.record_success();
+        assert_eq!(h.record_failure(), 1);
+    }
+
+    #[test]
+    fn registry_shares_state_and_prunes_unused() {
+        let r = HealthRegistry::default();
+        let a = r.get("127.0.0.1:1");
+        assert!(Arc::ptr_eq(&a, &r.get("127.0.0.1:1")));
+        r.get("127.0.0.1:2");
+        r.prune();
+        assert_eq!(r.states.lock().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,152 @@
+//! Safe defaults with no policy written: a refused connection is retried on
+//! another endpoint, and passive outlier detection ejects an endpoint that
+//! fails in a row, with a cap and panic mode.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use portico_gateway::GatewayOptions;
+use portico_gateway::config::Config;
+use portico_gateway::health::OutlierPolicy;
+use portico_gateway::proxy::ProxySettings;
+use support::*;
+
+fn options(backends: &[&FaultyBackend], outlier: OutlierPolicy) -> GatewayOptions {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    GatewayOptions {
+        config: Config::parse(&format!(
+            "[[route]]\nname = \"svc\"\nupstreams = [{}]\n",
+            list.join(", ")
+        ))
+        .unwrap(),
+        proxy: ProxySettings {
+            access_log: false,
+            outlier,
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    }
+}
+
+fn is_ejected(gw: &TestGateway, addr: std::net::SocketAddr) -> bool {
+    let table = gw.table.load();
+    table.entries()[0]
+        .endpoints
+        .endpoints()
+        .iter()
+        .find(|e| e.addr == Some(addr))
+        .is_some_and(|e| e.health.is_ejected_now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_costs_no_errors_and_is_ejected() {
+    let a = FaultyBackend::start("a").await;
+    let b = FaultyBackend::start("b").await;
+    let mut dead = FaultyBackend::start("dead").await;
+    let gw = TestGateway::start(options(&[&a, &b, &dead], OutlierPolicy::default())).await;
+    let http = http();
+    let url = format!("{}/x", gw.url);
+    for _ in 0..30 {
+        let r = send(&http, Method::GET, &url, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert!(dead.received() > 0, "the third backend served before dying");
+
+    // It dies: new connections are refused and the pooled ones reset.
+    dead.kill().await;
+    let mut errors = 0;
+    let mut ejected_after = None;
+    for i in 0..2000 {
+        let r = send(&http, Method::GET, &url, &[], Bytes::new())
+            .await
+            .unwrap();
+        if r.status != StatusCode::OK {
+            errors += 1;
+        }
+        if ejected_after.is_none() && is_ejected(&gw, dead.addr) {
+            ejected_after = Some(i);
+        }
+    }
+    // Refused connections are retried on another endpoint; only a request
+    // already written to a connection the kill reset can fail (at most 0.1%).
+    assert!(errors <= 2, "{errors} errors of 2000");
+    let after = ejected_after.expect("the dead backend was never ejected");
+    assert!(after < 100, "ejected only after {after} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_5xx_eject_until_the_ejection_ends() {
+    let sick = FaultyBackend::start("sick").await;
+    let well = FaultyBackend::start("well").await;
+    let policy = OutlierPolicy {
+        consecutive_failures: 3,
+        base_ejection: Duration::from_millis(400),
+        ..OutlierPolicy::default()
+    };
+    let gw = TestGateway::start(options(&[&sick, &well], policy)).await;
+    sick.set_failing(true);
+    let http = http();
+    let url = format!("{}/x", gw.url);
+    let mut failures = 0;
+    for _ in 0..40 {
+        let r = send(&http, Method::GET, &url, &[], Bytes::new())
+            .await
+            .unwrap();
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            // The backend's own 503, passed through (not one made by the gateway).
+            assert!(!r.headers.contains_key("x-portico-error"));
+            failures += 1;
+        }
+    }
+    assert_eq!(
+        failures, 3,
+        "exactly the three failures that eject it reach the client"
+    );
+    assert!(is_ejected(&gw, sick.addr));
+    assert_eq!(sick.received(), 3);
+
+    // Healthy again: once the ejection ends it gets traffic back.
+    sick.set_failing(false);
+    eventually("the ejected backend to receive traffic again", || async {
+        send(&http, Method::GET, &url, &[], Bytes::new())
+            .await
+            .unwrap();
+        sick.received() > 3
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_and_panic_mode_keep_traffic_flowing() {
+    let one = FaultyBackend::start("one").await;
+    let two = FaultyBackend::start("two").await;
+    let policy = OutlierPolicy {
+        consecutive_failures: 2,
+        ..OutlierPolicy::default()
+    };
+    let gw = TestGateway::start(options(&[&one, &two], policy)).await;
+    one.set_failing(true);
+    two.set_failing(true);
+    let http = http();
+    let url = format!("{}/x", gw.url);
+    for _ in 0..20 {
+        let r = send(&http, Method::GET, &url, &[], Bytes::new())
+            .await
+            .unwrap();
+        // Backends' 503s, never the gateway's no_healthy_upstream.
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!r.headers.contains_key("x-portico-error"));
+    }
+    // At most half of two endpoints may be ejected: one stays in.
+    let ejected = [one.addr, two.addr]
+        .iter()
+        .filter(|a| is_ejected(&gw, **a))
+        .count();
+    assert_eq!(ejected, 1);
+    assert_eq!(one.received() + two.received(), 20);
+}
