@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --example echo -- --service echo --id echo-1 --port 0
 //! ```
-//! It heartbeats in the background through the SDK and deregisters on Ctrl-C.
+//! It heartbeats in the background through the SDK; on Ctrl-C it drains
+//! (gateways stop sending, in-flight requests finish) and deregisters.
 
 mod service;
 
@@ -49,11 +50,22 @@ async fn main() -> anyhow::Result<()> {
         "echo {}/{} listening on http://{addr}",
         args.service, args.id
     );
-    service::serve(listener, args.id.clone(), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service::serve_counted(
+        listener,
+        args.id.clone(),
+        registration.in_flight(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tokio::signal::ctrl_c().await?;
+    // Drain while still serving: gateways stop sending, in-flight requests
+    // finish, then the instance deregisters and the server stops.
+    println!("echo {}/{} draining", args.service, args.id);
     registration.shutdown().await?;
+    let _ = stop_tx.send(());
+    let _ = server.await;
     println!("echo {}/{} deregistered", args.service, args.id);
     Ok(())
 }

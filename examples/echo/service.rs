@@ -18,13 +18,21 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use portico_registry::client::InFlight;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-/// Serves the echo service on `listener` as instance `id` until `shutdown`.
-pub async fn serve(listener: TcpListener, id: String, shutdown: impl Future<Output = ()>) {
+/// Serves the echo service on `listener` as instance `id` until `shutdown`,
+/// counting each request in `in_flight` while it runs (the SDK's graceful
+/// shutdown waits on that count).
+pub async fn serve_counted(
+    listener: TcpListener,
+    id: String,
+    in_flight: InFlight,
+    shutdown: impl Future<Output = ()>,
+) {
     let id: Arc<str> = id.into();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
@@ -35,8 +43,17 @@ pub async fn serve(listener: TcpListener, id: String, shutdown: impl Future<Outp
         };
         let id = id.clone();
         let builder = builder.clone();
+        let in_flight = in_flight.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(id.clone(), req));
+            let svc = service_fn(move |req| {
+                let guard = in_flight.enter();
+                let id = id.clone();
+                async move {
+                    let resp = handle(id, req).await;
+                    drop(guard);
+                    resp
+                }
+            });
             let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;

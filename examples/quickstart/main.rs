@@ -62,15 +62,11 @@ async fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let id = format!("echo-{n}");
-        servers.push(tokio::spawn(service::serve(
-            listener,
-            id.clone(),
-            stopped(stop_rx.clone()),
-        )));
         let mut spec = InstanceSpec::new(addr.ip().to_string(), addr.port());
         spec.ttl = Duration::from_secs(10);
         spec.zone = Some("local".into());
-        // The registry may still be binding; retry briefly.
+        // The registry may still be binding; retry briefly. The listener is
+        // already bound, so connections queue until the server below runs.
         let mut attempt = 0;
         let registration = loop {
             match client.register("echo", &id, spec.clone()).await {
@@ -83,6 +79,12 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         };
+        servers.push(tokio::spawn(service::serve_counted(
+            listener,
+            id,
+            registration.in_flight(),
+            stopped(stop_rx.clone()),
+        )));
         registrations.push(registration);
     }
 
@@ -100,10 +102,12 @@ async fn main() -> anyhow::Result<()> {
     println!("Ctrl-C to stop.");
 
     tokio::signal::ctrl_c().await?;
-    println!("stopping: deregistering instances");
+    println!("stopping: draining and deregistering the instances");
+    let mut drains = tokio::task::JoinSet::new();
     for r in registrations {
-        let _ = r.shutdown().await;
+        drains.spawn(r.shutdown());
     }
+    while drains.join_next().await.is_some() {}
     let _ = stop_tx.send(true);
     for s in servers {
         let _ = s.await;

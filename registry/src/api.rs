@@ -159,6 +159,10 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(heartbeat),
         )
+        .route(
+            "/v1/services/{service}/instances/{id}/drain",
+            axum::routing::post(drain),
+        )
         .route("/v1/watch", get(watch_changes))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -274,6 +278,15 @@ async fn heartbeat(
 ) -> Result<Response, ApiError> {
     check_names(&service, Some(&id))?;
     let answer = app.catalog.heartbeat(&service, &id).await?;
+    Ok(json(answer.revision, &answer))
+}
+
+async fn drain(
+    State(app): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_names(&service, Some(&id))?;
+    let answer = app.catalog.drain(&service, &id).await?;
     Ok(json(answer.revision, &answer))
 }
 

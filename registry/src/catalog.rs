@@ -215,6 +215,44 @@ impl Catalog {
         })
     }
 
+    /// Marks an instance `draining`: gateways stop sending it new requests
+    /// and let in-flight ones finish; its lease keeps running. Idempotent: an
+    /// instance already draining is answered as it is, without a new revision.
+    pub async fn drain(&self, service: &str, id: &str) -> Result<RegisterResponse, CatalogError> {
+        let key = instance_key(service, id);
+        let not_found = || CatalogError::NotFound {
+            kind: "instance",
+            id: format!("{service}/{id}"),
+        };
+        // A concurrent write (heartbeat-driven expiry, re-registration) makes
+        // the conditional write fail; read again and retry a few times.
+        for _ in 0..8 {
+            let kv = self.store.get(&key).await?.ok_or_else(not_found)?;
+            let mut instance = decode_instance(&kv).ok_or_else(not_found)?;
+            match instance.status {
+                Status::Critical => return Err(not_found()),
+                Status::Draining => {
+                    let revision = instance.revision;
+                    return Ok(RegisterResponse { instance, revision });
+                }
+                Status::Passing | Status::Warning => {}
+            }
+            instance.status = Status::Draining;
+            instance.status_since_ms = unix_ms();
+            if let Some(revision) = self
+                .store
+                .put_if(&key, encode_instance(&instance), kv.mod_revision)
+                .await?
+            {
+                instance.revision = revision;
+                return Ok(RegisterResponse { instance, revision });
+            }
+        }
+        Err(CatalogError::Store(StoreError::Unavailable(
+            "instance kept changing while being drained".into(),
+        )))
+    }
+
     /// Removes an instance. Idempotent.
     pub async fn deregister(
         &self,

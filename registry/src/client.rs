@@ -264,6 +264,18 @@ impl RegistryClient {
         Self::expect_ok(status, &body)
     }
 
+    /// Marks an instance draining: gateways stop sending it new requests.
+    pub async fn drain(&self, service: &str, id: &str) -> Result<RegisterResponse, ClientError> {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/v1/services/{service}/instances/{id}/drain"),
+                None,
+            )
+            .await?;
+        Self::expect_ok(status, &body)
+    }
+
     /// Registers an instance and keeps its lease alive in the background until
     /// [`Registration::shutdown`].
     ///
@@ -292,6 +304,8 @@ impl RegistryClient {
             revision: first.revision,
             stop: stop_tx,
             task,
+            in_flight: InFlight::default(),
+            drain: DrainOptions::default(),
         })
     }
 
@@ -337,6 +351,73 @@ async fn heartbeat_loop(
     }
 }
 
+/// Counts the requests an instance is serving, so that shutdown can wait for
+/// them. Clone it into the request handler and hold an [`InFlight::enter`]
+/// guard for each request.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<InFlightInner>);
+
+#[derive(Debug, Default)]
+struct InFlightInner {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Counts one request until the guard is dropped.
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn count(&self) -> usize {
+        self.0.count.load(Ordering::SeqCst)
+    }
+
+    /// Completes when no request is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One request in flight; see [`InFlight::enter`].
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<InFlightInner>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// How [`Registration::shutdown`] drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOptions {
+    /// Time after marking the instance draining before in-flight requests
+    /// are counted, so every gateway has seen the change and stopped sending.
+    pub settle: Duration,
+    /// Longest wait for in-flight requests to finish before deregistering anyway.
+    pub timeout: Duration,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        DrainOptions {
+            settle: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A live registration; dropping it stops heartbeats without deregistering
 /// (the lease then expires on its own).
 #[derive(Debug)]
@@ -347,6 +428,8 @@ pub struct Registration {
     revision: Revision,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    in_flight: InFlight,
+    drain: DrainOptions,
 }
 
 impl Registration {
@@ -355,8 +438,41 @@ impl Registration {
         self.revision
     }
 
-    /// Stops heartbeating and deregisters.
+    /// The in-flight counter [`Registration::shutdown`] waits on; hold an
+    /// [`InFlight::enter`] guard per request.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    /// Changes how [`Registration::shutdown`] drains.
+    pub fn with_drain(mut self, drain: DrainOptions) -> Registration {
+        self.drain = drain;
+        self
+    }
+
+    /// Graceful shutdown: marks the instance draining (gateways stop sending
+    /// new requests), waits `settle`, waits for in-flight requests to finish
+    /// (at most `timeout`), then stops heartbeating and deregisters. Keep
+    /// serving until this returns.
     pub async fn shutdown(mut self) -> Result<(), ClientError> {
+        match self.client.drain(&self.service, &self.id).await {
+            Ok(_) => {
+                tokio::time::sleep(self.drain.settle).await;
+                if tokio::time::timeout(self.drain.timeout, self.in_flight.idle())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        service = %self.service,
+                        id = %self.id,
+                        in_flight = self.in_flight.count(),
+                        "drain timeout reached with requests in flight; deregistering anyway"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(service = %self.service, id = %self.id, error = %e,
+                "could not mark the instance draining; deregistering"),
+        }
         let _ = self.stop.send(true);
         // Wait for an in-flight heartbeat so it cannot re-register after we deregister.
         let _ = (&mut self.task).await;

@@ -228,9 +228,14 @@ impl TestEcho {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(echo::serve(listener, id.to_string(), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(echo::serve_counted(
+            listener,
+            id.to_string(),
+            portico_registry::client::InFlight::default(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         TestEcho {
             addr,
             id: id.to_string(),
