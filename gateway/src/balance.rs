@@ -8,12 +8,13 @@
 //! the next slot.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use http::uri::Authority;
 use portico_registry::model::{Instance, Scheme};
 
+use crate::config::Balance;
 use crate::health::{EndpointHealth, HealthRegistry, OutlierPolicy, now_ms};
 
 /// Longest precomputed sequence. Sets whose reduced weights sum past this are
@@ -80,7 +81,13 @@ pub struct EndpointSet {
     endpoints: Vec<Endpoint>,
     sequence: Vec<u32>,
     next: AtomicUsize,
+    /// Hash ring for `consistent_hash` routes, built on first use.
+    ring: OnceLock<Vec<(u64, u32)>>,
 }
+
+/// Virtual nodes per endpoint of average weight on the hash ring: enough
+/// that adding one endpoint to ten moves close to the ideal 1/11 of keys.
+const RING_POINTS: u64 = 160;
 
 impl EndpointSet {
     /// Builds the set; endpoints are ordered by id so every gateway computes
@@ -99,6 +106,7 @@ impl EndpointSet {
             endpoints,
             sequence,
             next: AtomicUsize::new(start),
+            ring: OnceLock::new(),
         }
     }
 
@@ -154,6 +162,78 @@ impl EndpointSet {
         Some((i, &self.endpoints[i]))
     }
 
+    /// Picks with the route's algorithm. `key` is the request's hash key for
+    /// `consistent_hash` (without one, round robin).
+    pub fn pick_with(
+        &self,
+        lb: &Balance,
+        key: Option<u64>,
+        avoid: &[usize],
+    ) -> Option<(usize, &Endpoint)> {
+        match lb {
+            Balance::RoundRobin => self.pick(avoid),
+            Balance::Random => {
+                let i = self.random_index()?;
+                self.usable(i, avoid).or_else(|| self.pick(avoid))
+            }
+            Balance::LeastRequest | Balance::PeakEwma => {
+                let a = self.random_index()?;
+                let mut b = self.random_index()?;
+                if b == a && self.endpoints.len() > 1 {
+                    b = (a + 1 + fastrand::usize(..self.endpoints.len() - 1))
+                        % self.endpoints.len();
+                }
+                let cost = |i: usize| {
+                    let e = &self.endpoints[i];
+                    let load = f64::from(e.health.in_flight()) + 1.0;
+                    let cost = match lb {
+                        Balance::PeakEwma => e.health.ewma_us().max(1.0) * load,
+                        _ => load,
+                    };
+                    cost / f64::from(e.weight)
+                };
+                let best = if cost(b) < cost(a) { b } else { a };
+                let other = if best == a { b } else { a };
+                self.usable(best, avoid)
+                    .or_else(|| self.usable(other, avoid))
+                    .or_else(|| self.pick(avoid))
+            }
+            Balance::ConsistentHash(_) => match key {
+                Some(key) => self.ring_pick(key, avoid),
+                None => self.pick(avoid),
+            },
+        }
+    }
+
+    /// A weight-proportional random index.
+    fn random_index(&self) -> Option<usize> {
+        if self.sequence.is_empty() {
+            return None;
+        }
+        Some(self.sequence[fastrand::usize(..self.sequence.len())] as usize)
+    }
+
+    fn usable(&self, i: usize, avoid: &[usize]) -> Option<(usize, &Endpoint)> {
+        let e = self.endpoints.get(i)?;
+        (!avoid.contains(&i) && !e.health.is_ejected_now()).then_some((i, e))
+    }
+
+    fn ring_pick(&self, key: u64, avoid: &[usize]) -> Option<(usize, &Endpoint)> {
+        let ring = self.ring.get_or_init(|| build_ring(&self.endpoints));
+        if ring.is_empty() {
+            return None;
+        }
+        let start = ring.partition_point(|&(h, _)| h < key);
+        // Walk clockwise past ejected or already-tried endpoints.
+        for step in 0..ring.len() {
+            let (_, i) = ring[(start + step) % ring.len()];
+            if let Some(found) = self.usable(i as usize, avoid) {
+                return Some(found);
+            }
+        }
+        self.pick(avoid)
+    }
+
     /// Records the outcome of an exchange with endpoint `index`, ejecting it
     /// when it has failed too often in a row and the set's cap allows.
     pub fn record(&self, index: usize, failed: bool, policy: &OutlierPolicy) {
@@ -190,6 +270,42 @@ impl EndpointSet {
             );
         }
     }
+}
+
+/// Stable 64-bit hash (FNV-1a, then a splitmix finaliser for spread): the
+/// same on every gateway and across restarts, which a ring needs.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn build_ring(endpoints: &[Endpoint]) -> Vec<(u64, u32)> {
+    if endpoints.is_empty() {
+        return Vec::new();
+    }
+    let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+    let mut ring = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        // Points in proportion to weight, around RING_POINTS for an average one.
+        let points = (RING_POINTS * u64::from(e.weight) * endpoints.len() as u64 / total)
+            .clamp(1, 4 * RING_POINTS);
+        for p in 0..points {
+            let mut label = Vec::with_capacity(e.id.len() + 8);
+            label.extend_from_slice(e.id.as_bytes());
+            label.extend_from_slice(&p.to_le_bytes());
+            ring.push((stable_hash(&label), i as u32));
+        }
+    }
+    ring.sort_unstable();
+    ring
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -330,6 +446,58 @@ mod tests {
         assert!(single.endpoints[0].health.is_ejected_now());
         // Every endpoint ejected: traffic still flows (panic mode).
         assert!(single.pick(&[]).is_some());
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_and_moves_few_keys_when_one_joins() {
+        let lb = Balance::ConsistentHash(crate::config::HashOn::Path);
+        let ten: Vec<Endpoint> = (0..10).map(|i| ep(&format!("i{i}"), 100)).collect();
+        let mut eleven = ten.clone();
+        eleven.push(ep("i10", 100));
+        let (a, b) = (EndpointSet::new(ten), EndpointSet::new(eleven));
+        let mut moved = 0;
+        let mut per_endpoint = [0usize; 10];
+        for k in 0..10_000u32 {
+            let key = stable_hash(&k.to_le_bytes());
+            let (i, e) = a.pick_with(&lb, Some(key), &[]).unwrap();
+            assert_eq!(
+                a.pick_with(&lb, Some(key), &[]).unwrap().0,
+                i,
+                "one key, one endpoint"
+            );
+            per_endpoint[i] += 1;
+            if b.pick_with(&lb, Some(key), &[]).unwrap().1.id != e.id {
+                moved += 1;
+            }
+        }
+        assert!(moved <= 1_500, "{moved} of 10,000 keys moved");
+        assert!(per_endpoint.iter().all(|&n| n > 500), "{per_endpoint:?}");
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded() {
+        let set = EndpointSet::new(vec![ep("busy", 1), ep("idle", 1)]);
+        let _held: Vec<_> = (0..10).map(|_| set.endpoints[0].health.begin()).collect();
+        for _ in 0..100 {
+            let (_, e) = set.pick_with(&Balance::LeastRequest, None, &[]).unwrap();
+            assert_eq!(&*e.id, "idle");
+        }
+    }
+
+    #[test]
+    fn peak_ewma_avoids_the_slow() {
+        let set = EndpointSet::new(vec![ep("fast", 1), ep("slow", 1)]);
+        set.endpoints[0]
+            .health
+            .observe_latency(std::time::Duration::from_millis(1));
+        set.endpoints[1]
+            .health
+            .observe_latency(std::time::Duration::from_millis(100));
+        let slow = (0..1000)
+            .filter(|_| &*set.pick_with(&Balance::PeakEwma, None, &[]).unwrap().1.id == "slow")
+            .count();
+        // Two choices: the slow one wins only when it is drawn twice (~1/4).
+        assert!(slow < 350, "{slow}");
     }
 
     #[test]

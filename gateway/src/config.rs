@@ -11,6 +11,8 @@
 //! service = "echo"                               # or: upstreams = ["127.0.0.1:9001"]
 //! strip_prefix = true                            # optional, default false
 //! timeout = "30s"                                # optional, default 30s
+//! lb = "least_request"                           # optional, default round_robin
+//! # hash_on = "header:x-user"                    # with lb = "consistent_hash"
 //! ```
 
 use std::collections::HashMap;
@@ -80,6 +82,8 @@ struct RouteFile {
     #[serde(default)]
     strip_prefix: bool,
     timeout: Option<String>,
+    lb: Option<String>,
+    hash_on: Option<String>,
 }
 
 /// The validated gateway configuration.
@@ -135,6 +139,37 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Time allowed for the upstream to answer with headers.
     pub timeout: Duration,
+    /// How an endpoint is chosen.
+    pub lb: Balance,
+}
+
+/// A route's load-balancing algorithm (`lb = "..."`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round robin (the default).
+    #[default]
+    RoundRobin,
+    /// Power of two choices over in-flight requests, weighted.
+    LeastRequest,
+    /// Power of two choices over latency EWMA x (in-flight + 1), weighted.
+    PeakEwma,
+    /// Weighted random.
+    Random,
+    /// A hash ring: one key always reaches the same endpoint while it is in.
+    ConsistentHash(HashOn),
+}
+
+/// What `consistent_hash` hashes (`hash_on = "..."`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value (`header:NAME`).
+    Header(http::HeaderName),
+    /// A cookie's value (`cookie:NAME`).
+    Cookie(String),
+    /// The client's IP address (`client_ip`).
+    ClientIp,
+    /// The request path (`path`).
+    Path,
 }
 
 impl Config {
@@ -289,6 +324,56 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         }
     };
 
+    let hash_on = match raw.hash_on.as_deref() {
+        None => None,
+        Some("client_ip") => Some(HashOn::ClientIp),
+        Some("path") => Some(HashOn::Path),
+        Some(other) => {
+            let parsed = if let Some(name) = other.strip_prefix("header:") {
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .ok()
+                    .map(HashOn::Header)
+            } else if let Some(name) = other.strip_prefix("cookie:") {
+                (!name.is_empty() && !name.contains([';', '=', ' ']))
+                    .then(|| HashOn::Cookie(name.to_string()))
+            } else {
+                None
+            };
+            Some(parsed.ok_or_else(|| {
+                invalid(
+                    key("hash_on"),
+                    format!("{other:?}: expected \"header:NAME\", \"cookie:NAME\", \"client_ip\" or \"path\""),
+                )
+            })?)
+        }
+    };
+    let lb = match raw.lb.as_deref() {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_request") => Balance::LeastRequest,
+        Some("peak_ewma") => Balance::PeakEwma,
+        Some("random") => Balance::Random,
+        Some("consistent_hash") => Balance::ConsistentHash(hash_on.clone().ok_or_else(|| {
+            invalid(
+                key("hash_on"),
+                "consistent_hash needs hash_on (header:NAME, cookie:NAME, client_ip or path)",
+            )
+        })?),
+        Some(other) => {
+            return Err(invalid(
+                key("lb"),
+                format!(
+                    "{other:?}: expected round_robin, least_request, peak_ewma, random or consistent_hash"
+                ),
+            ));
+        }
+    };
+    if hash_on.is_some() && !matches!(lb, Balance::ConsistentHash(_)) {
+        return Err(invalid(
+            key("hash_on"),
+            "only applies with lb = \"consistent_hash\"",
+        ));
+    }
+
     Ok(Route {
         name: raw.name.into(),
         hosts,
@@ -297,6 +382,7 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         target,
         strip_prefix: raw.strip_prefix,
         timeout,
+        lb,
     })
 }
 
@@ -426,6 +512,22 @@ mod tests {
                 "colour",
             ),
             ("[[rout]]\nname=\"a\"", "rout"),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\nlb=\"fastest\"",
+                "route[0].lb",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\nlb=\"consistent_hash\"",
+                "route[0].hash_on",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\nlb=\"consistent_hash\"\nhash_on=\"body\"",
+                "route[0].hash_on",
+            ),
+            (
+                "[[route]]\nname=\"a\"\nservice=\"s\"\nhash_on=\"path\"",
+                "route[0].hash_on",
+            ),
         ];
         for (text, key) in cases {
             let msg = err(text);

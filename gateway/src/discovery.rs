@@ -123,6 +123,7 @@ impl TableBuilder {
                         target: Target::Service(service.to_string()),
                         strip_prefix: true,
                         timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
+                        lb: crate::config::Balance::default(),
                     }),
                 );
                 self.routes_changed = true;

@@ -67,7 +67,20 @@ pub struct EndpointHealth {
     /// `now_ms()` until which the endpoint is ejected; 0 when it is not.
     ejected_until: AtomicU64,
     ejections: AtomicU32,
+    /// Requests sent and not yet answered (tracked for `least_request` and
+    /// `peak_ewma` routes only).
+    in_flight: AtomicU32,
+    /// Latency EWMA to the response head, microseconds as `f64` bits; 0 until
+    /// the first sample.
+    ewma_us: AtomicU64,
+    /// `now_ms()` of the last sample.
+    ewma_at: AtomicU64,
 }
+
+/// How fast an unobserved latency estimate fades (time constant): an
+/// endpoint avoided for being slow is tried again after a while instead of
+/// being judged forever on an old sample.
+const EWMA_DECAY_MS: f64 = 10_000.0;
 
 impl EndpointHealth {
     /// Whether the endpoint is ejected at `now` (a `now_ms()` reading).
@@ -90,6 +103,44 @@ impl EndpointHealth {
     /// Consecutive failures so far.
     pub fn consecutive_failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to this endpoint (load-aware routes only).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Latency EWMA in microseconds (0 before the first sample), faded by
+    /// the time since the last sample.
+    pub fn ewma_us(&self) -> f64 {
+        let raw = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
+        if raw == 0.0 {
+            return 0.0;
+        }
+        let age = now_ms().saturating_sub(self.ewma_at.load(Ordering::Relaxed)) as f64;
+        raw * (-age / EWMA_DECAY_MS).exp()
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn begin(&self) -> InFlightGuard<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard { health: self }
+    }
+
+    /// Folds a latency sample into the EWMA. Peak-sensitive: a sample above
+    /// the average replaces it at once (a slowing endpoint is noticed on its
+    /// first slow answer); lower samples pull it down gradually.
+    pub fn observe_latency(&self, latency: Duration) {
+        const ALPHA: f64 = 0.3;
+        let sample = latency.as_secs_f64() * 1e6;
+        let old = self.ewma_us();
+        let new = if old == 0.0 || sample > old {
+            sample
+        } else {
+            old + ALPHA * (sample - old)
+        };
+        self.ewma_us.store(new.to_bits(), Ordering::Relaxed);
+        self.ewma_at.store(now_ms(), Ordering::Relaxed);
     }
 
     pub(crate) fn record_success(&self) {
@@ -116,6 +167,18 @@ impl EndpointHealth {
             .store(now + length.as_millis() as u64, Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         length
+    }
+}
+
+/// One request counted in flight; see [`EndpointHealth::begin`].
+#[derive(Debug)]
+pub struct InFlightGuard<'a> {
+    health: &'a EndpointHealth,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

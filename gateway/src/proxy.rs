@@ -24,7 +24,8 @@ use portico_registry::model::Scheme;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::balance::Endpoint;
+use crate::balance::{Endpoint, stable_hash};
+use crate::config::{Balance, HashOn};
 use crate::error::ProxyError;
 use crate::health::OutlierPolicy;
 use crate::pool::{Pool, PooledBody, SendError, UpstreamError};
@@ -177,6 +178,12 @@ impl Proxy {
         let set = &matched.entry.endpoints;
         outcome.route = Some(route.name.clone());
 
+        let hash_key = match &route.lb {
+            Balance::ConsistentHash(on) => hash_key(&req, on, peer),
+            _ => None,
+        };
+        let load_aware = matches!(route.lb, Balance::LeastRequest | Balance::PeakEwma);
+
         // Everything that does not depend on which endpoint is picked.
         let path_and_query = if route.strip_prefix {
             stripped_path(req.uri(), matched.prefix_len)?
@@ -219,7 +226,8 @@ impl Proxy {
             let mut tried: [usize; MAX_CONNECT_ATTEMPTS] = [usize::MAX; MAX_CONNECT_ATTEMPTS];
             let mut n = 0;
             loop {
-                let Some((index, endpoint)) = set.pick(&tried[..n]) else {
+                let Some((index, endpoint)) = set.pick_with(&route.lb, hash_key, &tried[..n])
+                else {
                     return Err(match n {
                         0 => ProxyError::NoHealthyUpstream {
                             route: route.name.to_string(),
@@ -231,6 +239,10 @@ impl Proxy {
                 };
                 outcome.upstream = Some(endpoint.id.clone());
                 target(&mut req, endpoint, &path_and_query, original_host.as_ref())?;
+                // Load-aware balancing needs in-flight counts and latency;
+                // round robin and friends skip the bookkeeping.
+                let _in_flight = load_aware.then(|| endpoint.health.begin());
+                let sent_at = load_aware.then(Instant::now);
                 let result = if endpoint.scheme == Scheme::H2c {
                     Box::pin(self.pool.send_h2c(endpoint, req))
                         .await
@@ -243,6 +255,9 @@ impl Proxy {
                 };
                 match result {
                     Ok(resp) => {
+                        if let Some(at) = sent_at {
+                            endpoint.health.observe_latency(at.elapsed());
+                        }
                         set.record(index, resp.status().is_server_error(), &self.outlier);
                         return Ok(resp);
                     }
@@ -309,6 +324,26 @@ impl Proxy {
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
+}
+
+/// The `consistent_hash` key of a request, if it carries one.
+fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
+    let bytes: &[u8] = match on {
+        HashOn::Header(name) => req.headers().get(name)?.as_bytes(),
+        HashOn::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let rest = pair.strip_prefix(name.as_bytes())?;
+                rest.strip_prefix(b"=")
+            })?,
+        HashOn::ClientIp => peer.ip.as_bytes(),
+        HashOn::Path => req.uri().path().as_bytes(),
+    };
+    Some(stable_hash(bytes))
 }
 
 /// Most endpoints one request tries when connections are refused.

@@ -392,6 +392,7 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
 pub struct FaultyBackend {
     pub addr: SocketAddr,
     pub name: String,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     failing: Arc<std::sync::atomic::AtomicBool>,
     received: Arc<std::sync::atomic::AtomicUsize>,
     task: Option<JoinHandle<()>>,
@@ -403,11 +404,13 @@ impl FaultyBackend {
         let addr = listener.local_addr().unwrap();
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (f, r, n) = (
             failing.clone(),
             received.clone(),
             Bytes::from(name.to_string()),
         );
+        let d = delay_ms.clone();
         let task = tokio::spawn(async move {
             // Connections live in this set, so aborting the task kills them all.
             let mut conns = tokio::task::JoinSet::new();
@@ -415,10 +418,11 @@ impl FaultyBackend {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
-                let (f, r, n) = (f.clone(), r.clone(), n.clone());
+                let (f, r, n, d) = (f.clone(), r.clone(), n.clone(), d.clone());
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |_req| {
                         r.fetch_add(1, Ordering::SeqCst);
+                        let delay = Duration::from_millis(d.load(Ordering::SeqCst));
                         let status = if f.load(Ordering::SeqCst) {
                             StatusCode::SERVICE_UNAVAILABLE
                         } else {
@@ -429,7 +433,12 @@ impl FaultyBackend {
                             .header("x-backend", n.as_ref())
                             .body(Full::new(n.clone()))
                             .unwrap();
-                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
@@ -441,6 +450,7 @@ impl FaultyBackend {
         FaultyBackend {
             addr,
             name: name.to_string(),
+            delay_ms,
             failing,
             received,
             task: Some(task),
@@ -450,6 +460,12 @@ impl FaultyBackend {
     /// Answer 503 (true) or 200 (false) from now on.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Answer every request after `delay` from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Requests received so far.

@@ -1,0 +1,121 @@
+//! Per-route load balancing through a real gateway: load-aware algorithms
+//! steer away from a slow backend; consistent hashing keeps a key on one
+//! backend.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use portico_gateway::GatewayOptions;
+use portico_gateway::config::Config;
+use portico_gateway::proxy::ProxySettings;
+use support::*;
+
+fn gateway_options(lb: &str, backends: &[&FaultyBackend]) -> GatewayOptions {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    GatewayOptions {
+        config: Config::parse(&format!(
+            "[[route]]\nname = \"svc\"\nupstreams = [{}]\n{lb}\n",
+            list.join(", ")
+        ))
+        .unwrap(),
+        proxy: ProxySettings {
+            access_log: false,
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    }
+}
+
+/// Eight concurrent clients, `per_client` requests each.
+async fn load(url: &str, per_client: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = url.to_string();
+        tasks.spawn(async move {
+            let http = http();
+            for _ in 0..per_client {
+                let r = send(&http, Method::GET, &url, &[], Bytes::new())
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::OK);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+async fn slow_backend_share(lb: &str) -> (usize, usize) {
+    let fast1 = FaultyBackend::start("fast1").await;
+    let fast2 = FaultyBackend::start("fast2").await;
+    let slow = FaultyBackend::start("slow").await;
+    fast1.set_delay(Duration::from_millis(1));
+    fast2.set_delay(Duration::from_millis(1));
+    slow.set_delay(Duration::from_millis(100));
+    let gw = TestGateway::start(gateway_options(lb, &[&fast1, &fast2, &slow])).await;
+    load(&format!("{}/x", gw.url), 40).await;
+    (slow.received(), fast1.received() + fast2.received())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_less_to_a_slow_backend() {
+    let (slow, fast) = slow_backend_share("lb = \"least_request\"").await;
+    assert!(slow * 3 < fast, "slow got {slow}, the two fast ones {fast}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_less_to_a_slow_backend() {
+    let (slow, fast) = slow_backend_share("lb = \"peak_ewma\"").await;
+    assert!(slow * 3 < fast, "slow got {slow}, the two fast ones {fast}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_does_not_look_at_latency() {
+    // The control: without a load-aware algorithm the slow backend gets its third.
+    let (slow, fast) = slow_backend_share("").await;
+    assert!(
+        slow * 3 >= fast - 8,
+        "slow got {slow}, the two fast ones {fast}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_each_key_on_one_backend() {
+    let backends = [
+        FaultyBackend::start("a").await,
+        FaultyBackend::start("b").await,
+        FaultyBackend::start("c").await,
+    ];
+    let refs: Vec<&FaultyBackend> = backends.iter().collect();
+    let gw = TestGateway::start(gateway_options(
+        "lb = \"consistent_hash\"\nhash_on = \"header:x-user\"",
+        &refs,
+    ))
+    .await;
+    let http = http();
+    let url = format!("{}/x", gw.url);
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let first = send(&http, Method::GET, &url, &[("x-user", &user)], Bytes::new())
+            .await
+            .unwrap();
+        let backend = first.headers["x-backend"].clone();
+        seen.insert(backend.clone());
+        for _ in 0..5 {
+            let again = send(&http, Method::GET, &url, &[("x-user", &user)], Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(again.headers["x-backend"], backend, "{user} moved");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "30 users should spread over all three backends"
+    );
+}
