@@ -13,6 +13,15 @@
 //! timeout = "30s"                                # optional, default 30s
 //! lb = "least_request"                           # optional, default round_robin
 //! # hash_on = "header:x-user"                    # with lb = "consistent_hash"
+//!
+//! [route.retry]                                  # optional
+//! attempts = 3                                   # tries in all, 2..=5
+//! on = ["reset", "502", "503", "504", "timeout"]
+//! per_try_timeout = "1s"                         # needed by "timeout"
+//! backoff = "25ms"                               # base of the jittered exponential backoff
+//! budget_percent = 20                            # retries at most 20% of requests ...
+//! budget_min_per_second = 10                     # ... plus 10 a second
+//! non_idempotent = false                         # also retry POST and PATCH
 //! ```
 
 use std::collections::HashMap;
@@ -23,6 +32,8 @@ use std::time::Duration;
 use http::Method;
 use http::uri::Authority;
 use serde::Deserialize;
+
+use crate::retry::{RetryOn, RetryPolicy};
 
 /// Default time allowed for an upstream to answer with response headers.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,6 +95,21 @@ struct RouteFile {
     timeout: Option<String>,
     lb: Option<String>,
     hash_on: Option<String>,
+    retry: Option<RetryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    attempts: u32,
+    #[serde(default)]
+    on: Vec<String>,
+    per_try_timeout: Option<String>,
+    backoff: Option<String>,
+    budget_percent: Option<u32>,
+    budget_min_per_second: Option<u32>,
+    #[serde(default)]
+    non_idempotent: bool,
 }
 
 /// The validated gateway configuration.
@@ -141,6 +167,8 @@ pub struct Route {
     pub timeout: Duration,
     /// How an endpoint is chosen.
     pub lb: Balance,
+    /// Retries beyond the connect-failure default, if any.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A route's load-balancing algorithm (`lb = "..."`).
@@ -374,6 +402,11 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         ));
     }
 
+    let retry = raw
+        .retry
+        .map(|r| validate_retry(&r, &|field| key(&format!("retry.{field}"))))
+        .transpose()?;
+
     Ok(Route {
         name: raw.name.into(),
         hosts,
@@ -383,6 +416,80 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         strip_prefix: raw.strip_prefix,
         timeout,
         lb,
+        retry,
+    })
+}
+
+fn validate_retry(
+    raw: &RetryFile,
+    key: &dyn Fn(&str) -> String,
+) -> Result<RetryPolicy, ConfigError> {
+    if !(2..=5).contains(&raw.attempts) {
+        return Err(invalid(
+            key("attempts"),
+            "must be 2 to 5 (tries in all, the first included)",
+        ));
+    }
+    let mut on = RetryOn::default();
+    if raw.on.is_empty() {
+        return Err(invalid(
+            key("on"),
+            "name at least one condition: reset, 502, 503, 504, timeout",
+        ));
+    }
+    for (j, c) in raw.on.iter().enumerate() {
+        match c.as_str() {
+            "reset" => on.reset = true,
+            "502" => on.status_502 = true,
+            "503" => on.status_503 = true,
+            "504" => on.status_504 = true,
+            "timeout" => on.timeout = true,
+            other => {
+                return Err(invalid(
+                    format!("{}[{j}]", key("on")),
+                    format!("{other:?}: expected reset, 502, 503, 504 or timeout"),
+                ));
+            }
+        }
+    }
+    let duration = |field: &str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            invalid(
+                key(field),
+                format!("{e}: expected a duration such as \"1s\""),
+            )
+        })
+    };
+    let per_try_timeout = raw
+        .per_try_timeout
+        .as_deref()
+        .map(|v| duration("per_try_timeout", v))
+        .transpose()?;
+    if per_try_timeout.is_some_and(|d| d.is_zero()) {
+        return Err(invalid(key("per_try_timeout"), "must be more than 0"));
+    }
+    if on.timeout && per_try_timeout.is_none() {
+        return Err(invalid(
+            key("per_try_timeout"),
+            "the timeout condition needs a per_try_timeout",
+        ));
+    }
+    let backoff = match raw.backoff.as_deref() {
+        Some(v) => duration("backoff", v)?,
+        None => crate::retry::DEFAULT_BACKOFF,
+    };
+    let budget_percent = raw.budget_percent.unwrap_or(20);
+    if budget_percent > 100 {
+        return Err(invalid(key("budget_percent"), "must be 0 to 100"));
+    }
+    Ok(RetryPolicy {
+        attempts: raw.attempts,
+        on,
+        per_try_timeout,
+        backoff,
+        budget_percent,
+        budget_min_per_second: raw.budget_min_per_second.unwrap_or(10),
+        non_idempotent: raw.non_idempotent,
     })
 }
 

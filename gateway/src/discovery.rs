@@ -17,6 +17,7 @@ use portico_registry::model::{Instance, WatchEvent};
 use crate::balance::{Endpoint, EndpointSet};
 use crate::config::{PathMatch, Route, Target};
 use crate::health::HealthRegistry;
+use crate::retry::RetryBudget;
 use crate::router::{RouteEntry, RouteTable, Router};
 
 /// Builds routing tables from routes and discovered instances.
@@ -44,6 +45,8 @@ pub struct TableBuilder {
     service_sets: HashMap<String, Arc<EndpointSet>>,
     empty: Arc<EndpointSet>,
     health: Arc<HealthRegistry>,
+    /// Retry budget per route name, so a rebuild does not refill it.
+    budgets: HashMap<Arc<str>, Arc<RetryBudget>>,
 }
 
 impl TableBuilder {
@@ -90,6 +93,7 @@ impl TableBuilder {
             service_sets: HashMap::new(),
             empty: Arc::new(EndpointSet::default()),
             health,
+            budgets: HashMap::new(),
         }
     }
 
@@ -124,6 +128,7 @@ impl TableBuilder {
                         strip_prefix: true,
                         timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
                         lb: crate::config::Balance::default(),
+                        retry: None,
                     }),
                 );
                 self.routes_changed = true;
@@ -142,20 +147,30 @@ impl TableBuilder {
                 .collect();
             self.router = Arc::new(Router::new(&self.effective));
             self.routes_changed = false;
+            let names: HashSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
+            self.budgets.retain(|name, _| names.contains(name));
         }
+        let (static_sets, service_sets, empty, budgets) = (
+            &self.static_sets,
+            &self.service_sets,
+            &self.empty,
+            &mut self.budgets,
+        );
         let entries = self
             .effective
             .iter()
             .map(|route| {
                 let endpoints = match &route.target {
-                    Target::Static(_) => self.static_sets.get(route.name.as_ref()),
-                    Target::Service(s) => self.service_sets.get(s),
+                    Target::Static(_) => static_sets.get(route.name.as_ref()),
+                    Target::Service(s) => service_sets.get(s),
                 }
                 .cloned()
-                .unwrap_or_else(|| self.empty.clone());
+                .unwrap_or_else(|| empty.clone());
+                let budget = budgets.entry(route.name.clone()).or_default().clone();
                 RouteEntry {
                     route: route.clone(),
                     endpoints,
+                    budget,
                 }
             })
             .collect();

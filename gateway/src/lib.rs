@@ -11,6 +11,7 @@
 //!   atomically.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
+//! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
 //!
@@ -28,6 +29,7 @@ pub mod error;
 pub mod health;
 pub mod pool;
 pub mod proxy;
+pub mod retry;
 pub mod router;
 pub mod server;
 

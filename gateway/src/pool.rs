@@ -61,7 +61,7 @@ pub struct SendError {
     /// What went wrong.
     pub error: UpstreamError,
     /// The untouched request, when the failure came before sending.
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<Request<UpstreamBody>>,
 }
 
 impl SendError {
@@ -73,18 +73,22 @@ impl SendError {
     }
 }
 
+/// What the gateway sends upstream: the client's body streamed as it
+/// arrives, or a small body it kept in memory so the request can be retried.
+pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+
 type Key = Box<str>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
 }
 
 #[derive(Default)]
 struct Conns {
     http1: FastMap<Key, Vec<Idle>>,
-    h2c: FastMap<Key, http2::SendRequest<Incoming>>,
+    h2c: FastMap<Key, http2::SendRequest<UpstreamBody>>,
 }
 
 /// The pool; cheap to share behind an `Arc`.
@@ -128,7 +132,7 @@ impl Pool {
     pub async fn send_http1(
         self: &Arc<Self>,
         endpoint: &Endpoint,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let key = endpoint.authority.as_str();
         let mut reused = true;
@@ -187,7 +191,7 @@ impl Pool {
     pub async fn send_h2c(
         self: &Arc<Self>,
         endpoint: &Endpoint,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let key = endpoint.authority.as_str();
         let shared = {
@@ -234,7 +238,7 @@ impl Pool {
         }
     }
 
-    fn checkout_http1(&self, key: &str) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout_http1(&self, key: &str) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut conns = self.lock();
         let stack = conns.http1.get_mut(key)?;
         let now = Instant::now();
@@ -254,7 +258,7 @@ impl Pool {
         None
     }
 
-    fn give_back(&self, key: Box<str>, sender: http1::SendRequest<Incoming>) {
+    fn give_back(&self, key: Box<str>, sender: http1::SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }
@@ -301,7 +305,7 @@ impl Pool {
     async fn connect_http1(
         &self,
         endpoint: &Endpoint,
-    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
         let stream = self.connect(endpoint).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -318,7 +322,7 @@ impl Pool {
     async fn connect_h2c(
         &self,
         endpoint: &Endpoint,
-    ) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
         let stream = self.connect(endpoint).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -377,7 +381,7 @@ async fn prune_loop(pool: Weak<Pool>) {
 pub struct PooledBody {
     inner: Incoming,
     done: bool,
-    give_back: Option<(Weak<Pool>, Box<str>, http1::SendRequest<Incoming>)>,
+    give_back: Option<(Weak<Pool>, Box<str>, http1::SendRequest<UpstreamBody>)>,
 }
 
 impl std::fmt::Debug for PooledBody {

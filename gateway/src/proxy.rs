@@ -28,7 +28,7 @@ use crate::balance::{Endpoint, stable_hash};
 use crate::config::{Balance, HashOn};
 use crate::error::ProxyError;
 use crate::health::OutlierPolicy;
-use crate::pool::{Pool, PooledBody, SendError, UpstreamError};
+use crate::pool::{Pool, PooledBody, SendError, UpstreamBody, UpstreamError};
 use crate::router::RouteTable;
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
@@ -219,15 +219,39 @@ impl Proxy {
         }
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 
+        // Retries beyond the connect-failure default need the body kept, so
+        // that each try sends exactly what the first did.
+        let budget = &matched.entry.budget;
+        let retry = route.retry.as_ref();
+        if let Some(policy) = retry {
+            budget.deposit(policy);
+        }
+        let retry =
+            retry.filter(|p| !upgrade && (p.non_idempotent || req.method().is_idempotent()));
+        let (template, mut req) = match retry {
+            Some(_) => keep_for_retry(req).await?,
+            None => (None, req.map(Either::Left)),
+        };
+
         // Pick, send; a connect failure (nothing was sent) moves on to
         // another endpoint, whatever the method. The route timeout covers
-        // every attempt up to the response head.
+        // every try up to the response head.
         let attempts = async {
-            let mut tried: [usize; MAX_CONNECT_ATTEMPTS] = [usize::MAX; MAX_CONNECT_ATTEMPTS];
+            let mut tried = [usize::MAX; MAX_TRIES];
             let mut n = 0;
+            let mut retries = 0u32;
+            let mut connect_failures = 0;
+            let mut last_was_connect = false;
             loop {
-                let Some((index, endpoint)) = set.pick_with(&route.lb, hash_key, &tried[..n])
-                else {
+                // Each try prefers an endpoint not tried yet; a policy retry
+                // with none left goes back to one already tried (a refused
+                // connection never does: that endpoint is down).
+                let picked = set.pick_with(&route.lb, hash_key, &tried[..n]).or_else(|| {
+                    (retries > 0 && !last_was_connect)
+                        .then(|| set.pick_with(&route.lb, hash_key, &[]))
+                        .flatten()
+                });
+                let Some((index, endpoint)) = picked else {
                     return Err(match n {
                         0 => ProxyError::NoHealthyUpstream {
                             route: route.name.to_string(),
@@ -238,39 +262,68 @@ impl Proxy {
                     });
                 };
                 outcome.upstream = Some(endpoint.id.clone());
+                if n < MAX_TRIES {
+                    tried[n] = index;
+                    n += 1;
+                }
                 target(&mut req, endpoint, &path_and_query, original_host.as_ref())?;
                 // Load-aware balancing needs in-flight counts and latency;
                 // round robin and friends skip the bookkeeping.
                 let _in_flight = load_aware.then(|| endpoint.health.begin());
                 let sent_at = load_aware.then(Instant::now);
-                let result = if endpoint.scheme == Scheme::H2c {
-                    Box::pin(self.pool.send_h2c(endpoint, req))
-                        .await
-                        .map(|r| r.map(|b| Either::Right(Either::Left(b))))
-                } else {
-                    self.pool
-                        .send_http1(endpoint, req)
-                        .await
-                        .map(|r| r.map(Either::Left))
+                let send = async {
+                    if endpoint.scheme == Scheme::H2c {
+                        Box::pin(self.pool.send_h2c(endpoint, req))
+                            .await
+                            .map(|r| r.map(|b| Either::Right(Either::Left(b))))
+                    } else {
+                        self.pool
+                            .send_http1(endpoint, req)
+                            .await
+                            .map(|r| r.map(Either::Left))
+                    }
+                };
+                let per_try = retry.and_then(|p| p.per_try_timeout);
+                let result = match per_try {
+                    Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+                    None => Some(send.await),
+                };
+                // May this failure be retried (policy, body kept, attempts, budget)?
+                let again = |allowed: fn(&crate::retry::RetryPolicy) -> bool| {
+                    let Some(p) = retry else { return false };
+                    allowed(p)
+                        && template.is_some()
+                        && retries + 1 < p.attempts
+                        && n < MAX_TRIES
+                        && budget.withdraw(p)
                 };
                 match result {
-                    Ok(resp) => {
+                    Some(Ok(resp)) => {
                         if let Some(at) = sent_at {
                             endpoint.health.observe_latency(at.elapsed());
                         }
+                        let status = resp.status().as_u16();
                         set.record(index, resp.status().is_server_error(), &self.outlier);
-                        return Ok(resp);
+                        let retry_status = retry.is_some_and(|p| p.retries_status(status));
+                        if !(retry_status && again(|_| true)) {
+                            return Ok(resp);
+                        }
+                        tracing::debug!(endpoint = %endpoint.id, status, "retrying on another endpoint");
                     }
-                    Err(SendError {
+                    Some(Err(SendError {
                         error: UpstreamError::Connect(reason),
                         request,
-                    }) => {
+                    })) => {
                         set.record(index, true, &self.outlier);
                         tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
-                        tried[n] = index;
-                        n += 1;
+                        connect_failures += 1;
+                        last_was_connect = true;
                         match request {
-                            Some(back) if n < MAX_CONNECT_ATTEMPTS => req = back,
+                            // Nothing was sent: the same request, untouched, goes elsewhere.
+                            Some(back) if connect_failures < MAX_CONNECT_ATTEMPTS => {
+                                req = back;
+                                continue;
+                            }
                             _ => {
                                 return Err(ProxyError::UpstreamConnect {
                                     endpoint: endpoint.id.to_string(),
@@ -278,17 +331,40 @@ impl Proxy {
                             }
                         }
                     }
-                    Err(SendError {
+                    Some(Err(SendError {
                         error: UpstreamError::Protocol(reason),
                         ..
-                    }) => {
+                    })) => {
                         set.record(index, true, &self.outlier);
-                        return Err(ProxyError::UpstreamProtocol {
-                            endpoint: endpoint.id.to_string(),
-                            reason,
-                        });
+                        if !again(|p| p.on.reset) {
+                            return Err(ProxyError::UpstreamProtocol {
+                                endpoint: endpoint.id.to_string(),
+                                reason,
+                            });
+                        }
+                        tracing::debug!(endpoint = %endpoint.id, %reason, "retrying after a broken exchange");
+                    }
+                    None => {
+                        set.record(index, true, &self.outlier);
+                        if !again(|p| p.on.timeout) {
+                            return Err(ProxyError::UpstreamTimeout {
+                                endpoint: endpoint.id.to_string(),
+                                timeout: per_try.unwrap_or(route.timeout),
+                            });
+                        }
+                        tracing::debug!(endpoint = %endpoint.id, "retrying after a per-try timeout");
                     }
                 }
+                // A retry: back off, then rebuild the request from what was kept.
+                retries += 1;
+                last_was_connect = false;
+                if let Some(p) = retry {
+                    tokio::time::sleep(p.backoff_for(retries)).await;
+                }
+                req = template
+                    .as_ref()
+                    .expect("a retry is only allowed with a kept request")
+                    .rebuild();
             }
         };
         let mut resp = match tokio::time::timeout(route.timeout, attempts).await {
@@ -348,11 +424,62 @@ fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
 
 /// Most endpoints one request tries when connections are refused.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
+/// Most tries of one request, whatever the reasons.
+const MAX_TRIES: usize = 8;
+
+/// What is kept of a request so it can be sent again.
+struct Kept {
+    method: http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Kept {
+    fn rebuild(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+        *req.method_mut() = self.method.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Reads a small body into memory so the request can be retried; a body too
+/// large (or of unknown length beyond the limit) is streamed and not retried.
+async fn keep_for_retry(
+    req: Request<Incoming>,
+) -> Result<(Option<Kept>, Request<UpstreamBody>), ProxyError> {
+    use http_body::Body as _;
+    let fits = req
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= crate::retry::MAX_RETRY_BODY);
+    if !fits {
+        return Ok((None, req.map(Either::Left)));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        body,
+        crate::retry::MAX_RETRY_BODY as usize,
+    ))
+    .await
+    .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
+    .to_bytes();
+    let kept = Kept {
+        method: parts.method.clone(),
+        headers: parts.headers.clone(),
+        body: bytes.clone(),
+    };
+    Ok((
+        Some(kept),
+        Request::from_parts(parts, Either::Right(Full::new(bytes))),
+    ))
+}
 
 /// Points the request at `endpoint`: URI form, version and `Host` depend on
 /// the protocol the endpoint speaks.
 fn target(
-    req: &mut Request<Incoming>,
+    req: &mut Request<UpstreamBody>,
     endpoint: &Endpoint,
     path_and_query: &PathAndQuery,
     original_host: Option<&HeaderValue>,

@@ -1,0 +1,175 @@
+//! Per-route retries: conditions, idempotency, per-try timeouts and the
+//! retry budget, against real failing backends.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use portico_gateway::GatewayOptions;
+use portico_gateway::config::Config;
+use portico_gateway::health::OutlierPolicy;
+use portico_gateway::proxy::ProxySettings;
+use support::*;
+
+/// A gateway over `backends` with `retry` as the route's `[route.retry]`
+/// table; outlier detection off so retries are seen alone.
+async fn gateway(backends: &[&FaultyBackend], retry: &str) -> TestGateway {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    TestGateway::start(GatewayOptions {
+        config: Config::parse(&format!(
+            "[[route]]\nname = \"svc\"\nupstreams = [{}]\n[route.retry]\n{retry}\n",
+            list.join(", ")
+        ))
+        .unwrap(),
+        proxy: ProxySettings {
+            access_log: false,
+            outlier: OutlierPolicy {
+                consecutive_failures: 0,
+                ..OutlierPolicy::default()
+            },
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_on_another_endpoint() {
+    let sick = FaultyBackend::start("sick").await;
+    let well = FaultyBackend::start("well").await;
+    sick.set_failing(true);
+    let gw = gateway(
+        &[&sick, &well],
+        "attempts = 2\non = [\"503\"]\nbudget_percent = 100",
+    )
+    .await;
+    let http = http();
+    for _ in 0..40 {
+        let r = send(
+            &http,
+            Method::GET,
+            &format!("{}/x", gw.url),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["x-backend"], "well");
+    }
+    assert!(
+        sick.received() > 0,
+        "round robin sent some first tries to the sick one"
+    );
+
+    // A body that fits is kept and sent again whole.
+    let r = send(
+        &http,
+        Method::PUT,
+        &format!("{}/x", gw.url),
+        &[],
+        Bytes::from_static(b"payload"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_not_retried_unless_the_route_says_so() {
+    let only = FaultyBackend::start("only").await;
+    only.set_failing(true);
+    let gw = gateway(
+        &[&only],
+        "attempts = 3\non = [\"503\"]\nbudget_min_per_second = 100",
+    )
+    .await;
+    let r = send(
+        &http(),
+        Method::POST,
+        &format!("{}/x", gw.url),
+        &[],
+        Bytes::from_static(b"order"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(only.received(), 1, "the backend saw the POST once");
+
+    let gw = gateway(
+        &[&only],
+        "attempts = 3\non = [\"503\"]\nbudget_min_per_second = 100\nnon_idempotent = true",
+    )
+    .await;
+    let before = only.received();
+    send(
+        &http(),
+        Method::POST,
+        &format!("{}/x", gw.url),
+        &[],
+        Bytes::from_static(b"order"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(only.received() - before, 3, "allowed: three tries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_retries_when_everything_fails() {
+    let a = FaultyBackend::start("a").await;
+    let b = FaultyBackend::start("b").await;
+    a.set_failing(true);
+    b.set_failing(true);
+    let gw = gateway(
+        &[&a, &b],
+        "attempts = 3\non = [\"503\"]\nbudget_percent = 20\nbudget_min_per_second = 0",
+    )
+    .await;
+    let http = http();
+    for _ in 0..200 {
+        let r = send(
+            &http,
+            Method::GET,
+            &format!("{}/x", gw.url),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let seen = a.received() + b.received();
+    // 200 first tries plus at most 20% of them as retries (not 2 x 200).
+    assert!((200..=240).contains(&seen), "backends saw {seen} requests");
+    assert!(seen > 200, "the budget allows some retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_try_is_abandoned_for_another_endpoint() {
+    let slow = FaultyBackend::start("slow").await;
+    let fast = FaultyBackend::start("fast").await;
+    slow.set_delay(Duration::from_secs(5));
+    let gw = gateway(
+        &[&slow, &fast],
+        "attempts = 2\non = [\"timeout\"]\nper_try_timeout = \"100ms\"\nbudget_min_per_second = 100",
+    )
+    .await;
+    let http = http();
+    for _ in 0..6 {
+        let r = send(
+            &http,
+            Method::GET,
+            &format!("{}/x", gw.url),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["x-backend"], "fast");
+    }
+    assert!(slow.received() > 0);
+}
