@@ -150,3 +150,42 @@ async fn the_cap_and_panic_mode_keep_traffic_flowing() {
     assert_eq!(ejected, 1);
     assert_eq!(one.received() + two.received(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_concurrency_limit_requests_get_an_immediate_503() {
+    let slow = FaultyBackend::start("slow").await;
+    slow.set_delay(Duration::from_millis(800));
+    let mut opts = options(&[&slow], OutlierPolicy::default());
+    opts.config = Config::parse(&format!(
+        "[[route]]\nname = \"svc\"\nupstreams = [\"{}\"]\n[route.limits]\nmax_requests = 3\n",
+        slow.addr
+    ))
+    .unwrap();
+    let gw = TestGateway::start(opts).await;
+    let url = format!("{}/x", gw.url);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let url = url.clone();
+        held.push(tokio::spawn(async move { get(&url).await }));
+    }
+    eventually("three requests in flight at the backend", || async {
+        slow.received() == 3
+    })
+    .await;
+    // max_requests + 2: exactly two fast refusals.
+    for _ in 0..2 {
+        let r = get(&url).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers["x-portico-error"], "overloaded");
+    }
+    assert_eq!(
+        slow.received(),
+        3,
+        "refused requests never reached the backend"
+    );
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    // Slots are returned: the route serves again.
+    assert_eq!(get(&url).await.status, StatusCode::OK);
+}

@@ -22,6 +22,10 @@
 //! budget_percent = 20                            # retries at most 20% of requests ...
 //! budget_min_per_second = 10                     # ... plus 10 a second
 //! non_idempotent = false                         # also retry POST and PATCH
+//!
+//! [route.limits]                                 # optional
+//! max_requests = 1000                            # in flight at once, else 503 overloaded
+//! max_retries = 50                               # retries in flight at once
 //! ```
 
 use std::collections::HashMap;
@@ -33,6 +37,7 @@ use http::Method;
 use http::uri::Authority;
 use serde::Deserialize;
 
+use crate::breaker::Limits;
 use crate::retry::{RetryOn, RetryPolicy};
 
 /// Default time allowed for an upstream to answer with response headers.
@@ -96,6 +101,14 @@ struct RouteFile {
     lb: Option<String>,
     hash_on: Option<String>,
     retry: Option<RetryFile>,
+    limits: Option<LimitsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_requests: Option<u32>,
+    max_retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +182,8 @@ pub struct Route {
     pub lb: Balance,
     /// Retries beyond the connect-failure default, if any.
     pub retry: Option<RetryPolicy>,
+    /// Overload limits.
+    pub limits: Limits,
 }
 
 /// A route's load-balancing algorithm (`lb = "..."`).
@@ -407,6 +422,19 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         .map(|r| validate_retry(&r, &|field| key(&format!("retry.{field}"))))
         .transpose()?;
 
+    let limits = match raw.limits {
+        None => Limits::default(),
+        Some(l) => {
+            if l.max_requests == Some(0) {
+                return Err(invalid(key("limits.max_requests"), "must be at least 1"));
+            }
+            Limits {
+                max_requests: l.max_requests,
+                max_retries: l.max_retries,
+            }
+        }
+    };
+
     Ok(Route {
         name: raw.name.into(),
         hosts,
@@ -417,6 +445,7 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         timeout,
         lb,
         retry,
+        limits,
     })
 }
 

@@ -15,9 +15,9 @@ use arc_swap::ArcSwap;
 use portico_registry::model::{Instance, WatchEvent};
 
 use crate::balance::{Endpoint, EndpointSet};
+use crate::breaker::RouteState;
 use crate::config::{PathMatch, Route, Target};
 use crate::health::HealthRegistry;
-use crate::retry::RetryBudget;
 use crate::router::{RouteEntry, RouteTable, Router};
 
 /// Builds routing tables from routes and discovered instances.
@@ -45,8 +45,9 @@ pub struct TableBuilder {
     service_sets: HashMap<String, Arc<EndpointSet>>,
     empty: Arc<EndpointSet>,
     health: Arc<HealthRegistry>,
-    /// Retry budget per route name, so a rebuild does not refill it.
-    budgets: HashMap<Arc<str>, Arc<RetryBudget>>,
+    /// Retry budget and limit counters per route name, so a rebuild neither
+    /// refills the budget nor forgets requests in flight.
+    states: HashMap<Arc<str>, Arc<RouteState>>,
 }
 
 impl TableBuilder {
@@ -93,7 +94,7 @@ impl TableBuilder {
             service_sets: HashMap::new(),
             empty: Arc::new(EndpointSet::default()),
             health,
-            budgets: HashMap::new(),
+            states: HashMap::new(),
         }
     }
 
@@ -129,6 +130,7 @@ impl TableBuilder {
                         timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
                         lb: crate::config::Balance::default(),
                         retry: None,
+                        limits: crate::breaker::Limits::default(),
                     }),
                 );
                 self.routes_changed = true;
@@ -148,13 +150,13 @@ impl TableBuilder {
             self.router = Arc::new(Router::new(&self.effective));
             self.routes_changed = false;
             let names: HashSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
-            self.budgets.retain(|name, _| names.contains(name));
+            self.states.retain(|name, _| names.contains(name));
         }
-        let (static_sets, service_sets, empty, budgets) = (
+        let (static_sets, service_sets, empty, states) = (
             &self.static_sets,
             &self.service_sets,
             &self.empty,
-            &mut self.budgets,
+            &mut self.states,
         );
         let entries = self
             .effective
@@ -166,11 +168,11 @@ impl TableBuilder {
                 }
                 .cloned()
                 .unwrap_or_else(|| empty.clone());
-                let budget = budgets.entry(route.name.clone()).or_default().clone();
+                let state = states.entry(route.name.clone()).or_default().clone();
                 RouteEntry {
                     route: route.clone(),
                     endpoints,
-                    budget,
+                    state,
                 }
             })
             .collect();

@@ -51,6 +51,14 @@ pub enum ProxyError {
         /// Its scheme.
         scheme: &'static str,
     },
+    /// The route is at one of its overload limits.
+    #[error("route {route:?} is at an overload limit ({limit} in flight)")]
+    Overloaded {
+        /// The route.
+        route: String,
+        /// The limit reached.
+        limit: u32,
+    },
     /// The request is malformed in a way hyper let through.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -67,6 +75,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UnsupportedScheme { .. } => "upstream_scheme_unsupported",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -74,7 +83,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream { .. } | ProxyError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UnsupportedScheme { .. } => StatusCode::BAD_GATEWAY,

@@ -7,6 +7,7 @@
 //! - [`router`]: the immutable [`router::RouteTable`] and its match index.
 //! - [`balance`]: endpoint sets and lock-free smooth weighted round robin.
 //! - [`health`]: passive outlier detection (ejection, cap, panic mode).
+//! - [`breaker`]: per-route overload limits (concurrent requests, retries).
 //! - [`discovery`]: registry watch → instance map → new table, swapped in
 //!   atomically.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
@@ -23,6 +24,7 @@
 //! the response back; failures become JSON errors in [`error`].
 
 pub mod balance;
+pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod error;

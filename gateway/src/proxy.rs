@@ -221,7 +221,15 @@ impl Proxy {
 
         // Retries beyond the connect-failure default need the body kept, so
         // that each try sends exactly what the first did.
-        let budget = &matched.entry.budget;
+        let state = &matched.entry.state;
+        let _slot = match route.limits.max_requests {
+            Some(max) => Some(state.enter(max).ok_or_else(|| ProxyError::Overloaded {
+                route: route.name.to_string(),
+                limit: max,
+            })?),
+            None => None,
+        };
+        let budget = &state.budget;
         let retry = route.retry.as_ref();
         if let Some(policy) = retry {
             budget.deposit(policy);
@@ -242,6 +250,7 @@ impl Proxy {
             let mut retries = 0u32;
             let mut connect_failures = 0;
             let mut last_was_connect = false;
+            let mut retry_slot = None;
             loop {
                 // Each try prefers an endpoint not tried yet; a policy retry
                 // with none left goes back to one already tried (a refused
@@ -355,7 +364,21 @@ impl Proxy {
                         tracing::debug!(endpoint = %endpoint.id, "retrying after a per-try timeout");
                     }
                 }
-                // A retry: back off, then rebuild the request from what was kept.
+                // A retry: it needs a retry slot (max_retries), then backs off
+                // and rebuilds the request from what was kept.
+                if retry_slot.is_none() {
+                    if let Some(max) = route.limits.max_retries {
+                        match state.retry(max) {
+                            Some(slot) => retry_slot = Some(slot),
+                            None => {
+                                return Err(ProxyError::Overloaded {
+                                    route: route.name.to_string(),
+                                    limit: max,
+                                });
+                            }
+                        }
+                    }
+                }
                 retries += 1;
                 last_was_connect = false;
                 if let Some(p) = retry {

@@ -29,8 +29,8 @@ pub struct RouteEntry {
     pub route: Arc<Route>,
     /// Its endpoints as of this table.
     pub endpoints: Arc<EndpointSet>,
-    /// Its retry budget, kept across tables.
-    pub budget: Arc<crate::retry::RetryBudget>,
+    /// Its retry budget and limit counters, kept across tables.
+    pub state: Arc<crate::breaker::RouteState>,
 }
 
 #[derive(Debug, Default)]
@@ -215,7 +215,7 @@ mod tests {
             .map(|r| RouteEntry {
                 route: r.clone(),
                 endpoints: Arc::new(EndpointSet::default()),
-                budget: Arc::default(),
+                state: Arc::default(),
             })
             .collect();
         RouteTable::new(router, entries, 0)
