@@ -189,3 +189,47 @@ async fn over_the_concurrency_limit_requests_get_an_immediate_503() {
     // Slots are returned: the route serves again.
     assert_eq!(get(&url).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_opens_probes_and_closes() {
+    let only = FaultyBackend::start("only").await;
+    let mut opts = options(
+        &[&only],
+        OutlierPolicy {
+            consecutive_failures: 0,
+            ..OutlierPolicy::default()
+        },
+    );
+    opts.config = Config::parse(&format!(
+        "[[route]]\nname = \"svc\"\nupstreams = [\"{}\"]\n[route.breaker]\nconsecutive_failures = 3\nopen_for = \"300ms\"\n",
+        only.addr
+    ))
+    .unwrap();
+    let gw = TestGateway::start(opts).await;
+    let url = format!("{}/x", gw.url);
+    only.set_failing(true);
+    for _ in 0..3 {
+        let r = get(&url).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !r.headers.contains_key("x-portico-error"),
+            "the backend's own 503"
+        );
+    }
+    // Open: answered at once by the gateway, the backend is spared.
+    for _ in 0..5 {
+        let r = get(&url).await;
+        assert_eq!(r.headers["x-portico-error"], "circuit_open");
+    }
+    assert_eq!(only.received(), 3);
+
+    // Recovered: after the open period a probe goes through and closes it.
+    only.set_failing(false);
+    eventually("the circuit to close again", || async {
+        get(&url).await.status == StatusCode::OK
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(&url).await.status, StatusCode::OK);
+    }
+}

@@ -26,6 +26,15 @@
 //! [route.limits]                                 # optional
 //! max_requests = 1000                            # in flight at once, else 503 overloaded
 //! max_retries = 50                               # retries in flight at once
+//!
+//! [route.breaker]                                # optional, per endpoint
+//! consecutive_failures = 5
+//! failure_rate_percent = 50                      # optional, over `window`
+//! window = "10s"
+//! min_requests = 20
+//! open_for = "5s"                                # doubled per reopening, jittered
+//! max_open = "60s"
+//! half_open_probes = 1
 //! ```
 
 use std::collections::HashMap;
@@ -37,7 +46,7 @@ use http::Method;
 use http::uri::Authority;
 use serde::Deserialize;
 
-use crate::breaker::Limits;
+use crate::breaker::{BreakerPolicy, Limits};
 use crate::retry::{RetryOn, RetryPolicy};
 
 /// Default time allowed for an upstream to answer with response headers.
@@ -102,6 +111,19 @@ struct RouteFile {
     hash_on: Option<String>,
     retry: Option<RetryFile>,
     limits: Option<LimitsFile>,
+    breaker: Option<BreakerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerFile {
+    consecutive_failures: Option<u32>,
+    failure_rate_percent: Option<u32>,
+    window: Option<String>,
+    min_requests: Option<u32>,
+    open_for: Option<String>,
+    max_open: Option<String>,
+    half_open_probes: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +206,8 @@ pub struct Route {
     pub retry: Option<RetryPolicy>,
     /// Overload limits.
     pub limits: Limits,
+    /// Per-endpoint circuit breaker, if any.
+    pub breaker: Option<BreakerPolicy>,
 }
 
 /// A route's load-balancing algorithm (`lb = "..."`).
@@ -435,6 +459,11 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         }
     };
 
+    let breaker = raw
+        .breaker
+        .map(|b| validate_breaker(&b, &|field| key(&format!("breaker.{field}"))))
+        .transpose()?;
+
     Ok(Route {
         name: raw.name.into(),
         hosts,
@@ -446,6 +475,7 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         lb,
         retry,
         limits,
+        breaker,
     })
 }
 
@@ -520,6 +550,52 @@ fn validate_retry(
         budget_min_per_second: raw.budget_min_per_second.unwrap_or(10),
         non_idempotent: raw.non_idempotent,
     })
+}
+
+fn validate_breaker(
+    raw: &BreakerFile,
+    key: &dyn Fn(&str) -> String,
+) -> Result<BreakerPolicy, ConfigError> {
+    let d = BreakerPolicy::default();
+    let duration = |field: &str, v: &Option<String>, default: std::time::Duration| match v {
+        None => Ok(default),
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(x) if !x.is_zero() => Ok(x),
+            Ok(_) => Err(invalid(key(field), "must be more than 0")),
+            Err(e) => Err(invalid(
+                key(field),
+                format!("{e}: expected a duration such as \"5s\""),
+            )),
+        },
+    };
+    let policy = BreakerPolicy {
+        consecutive_failures: raw.consecutive_failures.unwrap_or(d.consecutive_failures),
+        failure_rate_percent: raw.failure_rate_percent,
+        window: duration("window", &raw.window, d.window)?,
+        min_requests: raw.min_requests.unwrap_or(d.min_requests).max(1),
+        open_for: duration("open_for", &raw.open_for, d.open_for)?,
+        max_open: duration("max_open", &raw.max_open, d.max_open)?,
+        half_open_probes: raw.half_open_probes.unwrap_or(d.half_open_probes),
+    };
+    if policy
+        .failure_rate_percent
+        .is_some_and(|p| p == 0 || p > 100)
+    {
+        return Err(invalid(key("failure_rate_percent"), "must be 1 to 100"));
+    }
+    if policy.consecutive_failures == 0 && policy.failure_rate_percent.is_none() {
+        return Err(invalid(
+            key("consecutive_failures"),
+            "0 needs failure_rate_percent, or the breaker could never open",
+        ));
+    }
+    if policy.half_open_probes == 0 {
+        return Err(invalid(key("half_open_probes"), "must be at least 1"));
+    }
+    if policy.max_open < policy.open_for {
+        return Err(invalid(key("max_open"), "must be at least open_for"));
+    }
+    Ok(policy)
 }
 
 fn check_path(p: &str) -> Result<String, String> {

@@ -131,6 +131,7 @@ impl TableBuilder {
                         lb: crate::config::Balance::default(),
                         retry: None,
                         limits: crate::breaker::Limits::default(),
+                        breaker: None,
                     }),
                 );
                 self.routes_changed = true;

@@ -59,6 +59,12 @@ pub enum ProxyError {
         /// The limit reached.
         limit: u32,
     },
+    /// Every endpoint's circuit is open.
+    #[error("every endpoint of route {route:?} has an open circuit")]
+    CircuitOpen {
+        /// The route.
+        route: String,
+    },
     /// The request is malformed in a way hyper let through.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -76,6 +82,7 @@ impl ProxyError {
             ProxyError::UnsupportedScheme { .. } => "upstream_scheme_unsupported",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
         }
     }
 
@@ -83,9 +90,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyUpstream { .. } | ProxyError::Overloaded { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UnsupportedScheme { .. } => StatusCode::BAD_GATEWAY,

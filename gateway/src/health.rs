@@ -75,6 +75,8 @@ pub struct EndpointHealth {
     ewma_us: AtomicU64,
     /// `now_ms()` of the last sample.
     ewma_at: AtomicU64,
+    /// The circuit, for routes with a breaker.
+    pub breaker: crate::breaker::Breaker,
 }
 
 /// How fast an unobserved latency estimate fades (time constant): an

@@ -24,10 +24,13 @@ use portico_registry::model::Scheme;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::balance::{Endpoint, stable_hash};
+use crate::balance::{Endpoint, EndpointSet, stable_hash};
+use crate::breaker::Admission;
+use crate::config::Route;
 use crate::config::{Balance, HashOn};
 use crate::error::ProxyError;
 use crate::health::OutlierPolicy;
+use crate::health::now_ms;
 use crate::pool::{Pool, PooledBody, SendError, UpstreamBody, UpstreamError};
 use crate::router::RouteTable;
 
@@ -162,6 +165,17 @@ impl Proxy {
         resp
     }
 
+    /// Feeds an outcome to outlier detection and, when the route has one, to
+    /// the endpoint's circuit breaker.
+    fn record(&self, set: &EndpointSet, route: &Route, index: usize, failed: bool) {
+        set.record(index, failed, &self.outlier);
+        if let (Some(policy), Some(endpoint)) = (&route.breaker, set.endpoints().get(index)) {
+            if endpoint.health.breaker.record(now_ms(), policy, failed) {
+                tracing::warn!(endpoint = %endpoint.id, route = %route.name, "circuit opened");
+            }
+        }
+    }
+
     async fn forward(
         &self,
         mut req: Request<Incoming>,
@@ -255,11 +269,17 @@ impl Proxy {
                 // Each try prefers an endpoint not tried yet; a policy retry
                 // with none left goes back to one already tried (a refused
                 // connection never does: that endpoint is down).
-                let picked = set.pick_with(&route.lb, hash_key, &tried[..n]).or_else(|| {
-                    (retries > 0 && !last_was_connect)
-                        .then(|| set.pick_with(&route.lb, hash_key, &[]))
-                        .flatten()
-                });
+                let picked = match &route.breaker {
+                    None => set.pick_with(&route.lb, hash_key, &tried[..n]).or_else(|| {
+                        (retries > 0 && !last_was_connect)
+                            .then(|| set.pick_with(&route.lb, hash_key, &[]))
+                            .flatten()
+                    }),
+                    Some(breaker) => pick_admitted(set, &route.lb, hash_key, &tried[..n], breaker)
+                        .ok_or_else(|| ProxyError::CircuitOpen {
+                            route: route.name.to_string(),
+                        })?,
+                };
                 let Some((index, endpoint)) = picked else {
                     return Err(match n {
                         0 => ProxyError::NoHealthyUpstream {
@@ -312,7 +332,7 @@ impl Proxy {
                             endpoint.health.observe_latency(at.elapsed());
                         }
                         let status = resp.status().as_u16();
-                        set.record(index, resp.status().is_server_error(), &self.outlier);
+                        self.record(set, route, index, resp.status().is_server_error());
                         let retry_status = retry.is_some_and(|p| p.retries_status(status));
                         if !(retry_status && again(|_| true)) {
                             return Ok(resp);
@@ -323,7 +343,7 @@ impl Proxy {
                         error: UpstreamError::Connect(reason),
                         request,
                     })) => {
-                        set.record(index, true, &self.outlier);
+                        self.record(set, route, index, true);
                         tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
                         connect_failures += 1;
                         last_was_connect = true;
@@ -344,7 +364,7 @@ impl Proxy {
                         error: UpstreamError::Protocol(reason),
                         ..
                     })) => {
-                        set.record(index, true, &self.outlier);
+                        self.record(set, route, index, true);
                         if !again(|p| p.on.reset) {
                             return Err(ProxyError::UpstreamProtocol {
                                 endpoint: endpoint.id.to_string(),
@@ -354,7 +374,7 @@ impl Proxy {
                         tracing::debug!(endpoint = %endpoint.id, %reason, "retrying after a broken exchange");
                     }
                     None => {
-                        set.record(index, true, &self.outlier);
+                        self.record(set, route, index, true);
                         if !again(|p| p.on.timeout) {
                             return Err(ProxyError::UpstreamTimeout {
                                 endpoint: endpoint.id.to_string(),
@@ -396,7 +416,7 @@ impl Proxy {
                 // The attempt in flight is abandoned: count it against its endpoint.
                 if let Some(id) = &outcome.upstream {
                     if let Some(i) = set.endpoints().iter().position(|e| &e.id == id) {
-                        set.record(i, true, &self.outlier);
+                        self.record(set, route, i, true);
                     }
                 }
                 return Err(ProxyError::UpstreamTimeout {
@@ -443,6 +463,39 @@ fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
         HashOn::Path => req.uri().path().as_bytes(),
     };
     Some(stable_hash(bytes))
+}
+
+/// Picks an endpoint whose circuit admits the request, skipping open ones.
+/// `Some(None)`: nothing left to pick (the caller reports why); `None`:
+/// endpoints remained but every circuit was open.
+fn pick_admitted<'a>(
+    set: &'a EndpointSet,
+    lb: &Balance,
+    key: Option<u64>,
+    tried: &[usize],
+    policy: &crate::breaker::BreakerPolicy,
+) -> Option<Option<(usize, &'a Endpoint)>> {
+    let mut skip = [usize::MAX; 32];
+    let mut m = tried.len().min(skip.len());
+    skip[..m].copy_from_slice(&tried[..m]);
+    let now = now_ms();
+    let mut any_open = false;
+    loop {
+        let Some((i, e)) = set.pick_with(lb, key, &skip[..m]) else {
+            return if any_open { None } else { Some(None) };
+        };
+        match e.health.breaker.admit(now, policy) {
+            Admission::Yes | Admission::Probe => return Some(Some((i, e))),
+            Admission::No => {
+                any_open = true;
+                if m == skip.len() {
+                    return None;
+                }
+                skip[m] = i;
+                m += 1;
+            }
+        }
+    }
 }
 
 /// Most endpoints one request tries when connections are refused.
