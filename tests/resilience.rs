@@ -233,3 +233,51 @@ async fn a_breaker_opens_probes_and_closes() {
         assert_eq!(get(&url).await.status, StatusCode::OK);
     }
 }
+
+fn is_checked_down(gw: &TestGateway, addr: std::net::SocketAddr) -> bool {
+    let table = gw.table.load();
+    table.entries()[0]
+        .endpoints
+        .endpoints()
+        .iter()
+        .find(|e| e.addr == Some(addr))
+        .is_some_and(|e| e.health.is_checked_down())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_an_endpoint_out_and_back() {
+    let flaky = FaultyBackend::start("flaky").await;
+    let steady = FaultyBackend::start("steady").await;
+    let mut opts = options(&[&flaky, &steady], OutlierPolicy::default());
+    opts.config = Config::parse(&format!(
+        "[[route]]\nname = \"svc\"\nupstreams = [\"{}\", \"{}\"]\n[route.health_check]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"40ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
+        flaky.addr, steady.addr
+    ))
+    .unwrap();
+    let gw = TestGateway::start(opts).await;
+    let url = format!("{}/x", gw.url);
+
+    // Its checks start failing: it goes out without any client traffic failing.
+    flaky.set_failing(true);
+    eventually("the failing endpoint to be checked down", || async {
+        is_checked_down(&gw, flaky.addr)
+    })
+    .await;
+    for _ in 0..30 {
+        let r = get(&url).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["x-backend"], "steady");
+    }
+
+    // Passing again: back in rotation after the healthy threshold.
+    flaky.set_failing(false);
+    eventually("the endpoint to come back", || async {
+        !is_checked_down(&gw, flaky.addr)
+    })
+    .await;
+    let mut seen_flaky = false;
+    for _ in 0..10 {
+        seen_flaky |= get(&url).await.headers["x-backend"] == "flaky";
+    }
+    assert!(seen_flaky);
+}

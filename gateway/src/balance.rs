@@ -126,9 +126,10 @@ impl EndpointSet {
     }
 
     /// The next endpoint in smooth weighted round-robin order, skipping
-    /// ejected endpoints and those in `avoid` (indices already tried by this
-    /// request). When every endpoint not avoided is ejected, ejection is
-    /// ignored (panic mode). `None` when nothing is left.
+    /// endpoints that are out (ejected, or failed by an active health check)
+    /// and those in `avoid` (indices already tried by this request). When
+    /// every endpoint not avoided is out, that is ignored (panic mode: traffic
+    /// to all rather than to none). `None` when nothing is left.
     pub fn pick(&self, avoid: &[usize]) -> Option<(usize, &Endpoint)> {
         if self.sequence.is_empty() {
             return None;
@@ -136,7 +137,7 @@ impl EndpointSet {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
         let first = self.sequence[slot] as usize;
         let endpoint = &self.endpoints[first];
-        if !avoid.contains(&first) && !endpoint.health.is_ejected_now() {
+        if !avoid.contains(&first) && !endpoint.health.is_out_now() {
             return Some((first, endpoint));
         }
         // Slow path: take further turns of the sequence, so the skipped
@@ -146,7 +147,7 @@ impl EndpointSet {
         for _ in 0..(2 * n).min(self.sequence.len()) {
             let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
             let i = self.sequence[slot] as usize;
-            if !avoid.contains(&i) && !self.endpoints[i].health.is_ejected(now) {
+            if !avoid.contains(&i) && !self.endpoints[i].health.is_out(now) {
                 return Some((i, &self.endpoints[i]));
             }
         }
@@ -157,7 +158,7 @@ impl EndpointSet {
                 .filter(|i| !avoid.contains(i))
         };
         let i = candidates()
-            .find(|&i| !self.endpoints[i].health.is_ejected(now))
+            .find(|&i| !self.endpoints[i].health.is_out(now))
             .or_else(|| candidates().next())?;
         Some((i, &self.endpoints[i]))
     }
@@ -215,7 +216,7 @@ impl EndpointSet {
 
     fn usable(&self, i: usize, avoid: &[usize]) -> Option<(usize, &Endpoint)> {
         let e = self.endpoints.get(i)?;
-        (!avoid.contains(&i) && !e.health.is_ejected_now()).then_some((i, e))
+        (!avoid.contains(&i) && !e.health.is_out_now()).then_some((i, e))
     }
 
     fn ring_pick(&self, key: u64, avoid: &[usize]) -> Option<(usize, &Endpoint)> {

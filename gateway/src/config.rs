@@ -35,6 +35,14 @@
 //! open_for = "5s"                                # doubled per reopening, jittered
 //! max_open = "60s"
 //! half_open_probes = 1
+//!
+//! [route.health_check]                           # optional, active checks
+//! path = "/healthz"
+//! interval = "5s"
+//! timeout = "1s"
+//! healthy_threshold = 2
+//! unhealthy_threshold = 3
+//! expected_statuses = [200]                      # default: any 2xx
 //! ```
 
 use std::collections::HashMap;
@@ -47,6 +55,7 @@ use http::uri::Authority;
 use serde::Deserialize;
 
 use crate::breaker::{BreakerPolicy, Limits};
+use crate::check::HealthCheck;
 use crate::retry::{RetryOn, RetryPolicy};
 
 /// Default time allowed for an upstream to answer with response headers.
@@ -112,6 +121,19 @@ struct RouteFile {
     retry: Option<RetryFile>,
     limits: Option<LimitsFile>,
     breaker: Option<BreakerFile>,
+    health_check: Option<HealthCheckFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckFile {
+    path: String,
+    interval: Option<String>,
+    timeout: Option<String>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+    #[serde(default)]
+    expected_statuses: Vec<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +230,8 @@ pub struct Route {
     pub limits: Limits,
     /// Per-endpoint circuit breaker, if any.
     pub breaker: Option<BreakerPolicy>,
+    /// Active health check of the route's endpoints, if any.
+    pub health_check: Option<Arc<HealthCheck>>,
 }
 
 /// A route's load-balancing algorithm (`lb = "..."`).
@@ -464,6 +488,52 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         .map(|b| validate_breaker(&b, &|field| key(&format!("breaker.{field}"))))
         .transpose()?;
 
+    let health_check = match raw.health_check {
+        None => None,
+        Some(h) => {
+            let k = |field: &str| key(&format!("health_check.{field}"));
+            let path = check_path(&h.path).map_err(|r| invalid(k("path"), r))?;
+            let duration = |field: &str, v: &Option<String>, default: Duration| match v {
+                None => Ok(default),
+                Some(v) => match humantime::parse_duration(v) {
+                    Ok(x) if !x.is_zero() => Ok(x),
+                    Ok(_) => Err(invalid(k(field), "must be more than 0")),
+                    Err(e) => Err(invalid(
+                        k(field),
+                        format!("{e}: expected a duration such as \"5s\""),
+                    )),
+                },
+            };
+            let interval = duration("interval", &h.interval, Duration::from_secs(5))?;
+            let timeout = duration("timeout", &h.timeout, Duration::from_secs(1))?;
+            if timeout > interval {
+                return Err(invalid(k("timeout"), "must not exceed interval"));
+            }
+            if let Some(bad) = h
+                .expected_statuses
+                .iter()
+                .find(|s| !(100..=599).contains(*s))
+            {
+                return Err(invalid(
+                    k("expected_statuses"),
+                    format!("{bad} is not an HTTP status"),
+                ));
+            }
+            let threshold = |field: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
+                0 => Err(invalid(k(field), "must be at least 1")),
+                n => Ok(n),
+            };
+            Some(Arc::new(HealthCheck {
+                path,
+                interval,
+                timeout,
+                healthy_threshold: threshold("healthy_threshold", h.healthy_threshold, 2)?,
+                unhealthy_threshold: threshold("unhealthy_threshold", h.unhealthy_threshold, 3)?,
+                expected_statuses: h.expected_statuses,
+            }))
+        }
+    };
+
     Ok(Route {
         name: raw.name.into(),
         hosts,
@@ -476,6 +546,7 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         retry,
         limits,
         breaker,
+        health_check,
     })
 }
 

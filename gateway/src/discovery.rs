@@ -16,6 +16,7 @@ use portico_registry::model::{Instance, WatchEvent};
 
 use crate::balance::{Endpoint, EndpointSet};
 use crate::breaker::RouteState;
+use crate::check::Checkers;
 use crate::config::{PathMatch, Route, Target};
 use crate::health::HealthRegistry;
 use crate::router::{RouteEntry, RouteTable, Router};
@@ -48,6 +49,8 @@ pub struct TableBuilder {
     /// Retry budget and limit counters per route name, so a rebuild neither
     /// refills the budget nor forgets requests in flight.
     states: HashMap<Arc<str>, Arc<RouteState>>,
+    /// Active health-check tasks, matched to the endpoints at each build.
+    checkers: Checkers,
 }
 
 impl TableBuilder {
@@ -95,6 +98,7 @@ impl TableBuilder {
             empty: Arc::new(EndpointSet::default()),
             health,
             states: HashMap::new(),
+            checkers: Checkers::default(),
         }
     }
 
@@ -132,6 +136,7 @@ impl TableBuilder {
                         retry: None,
                         limits: crate::breaker::Limits::default(),
                         breaker: None,
+                        health_check: None,
                     }),
                 );
                 self.routes_changed = true;
@@ -177,7 +182,20 @@ impl TableBuilder {
                 }
             })
             .collect();
-        RouteTable::new(self.router.clone(), entries, revision)
+        let table = RouteTable::new(self.router.clone(), entries, revision);
+        let wanted = table
+            .entries()
+            .iter()
+            .filter_map(|e| e.route.health_check.as_ref().map(|c| (e, c)))
+            .flat_map(|(e, c)| {
+                e.endpoints
+                    .endpoints()
+                    .iter()
+                    .map(move |ep| (ep, c.clone()))
+            })
+            .collect();
+        self.checkers.reconcile(wanted);
+        table
     }
 }
 

@@ -77,6 +77,8 @@ pub struct EndpointHealth {
     ewma_at: AtomicU64,
     /// The circuit, for routes with a breaker.
     pub breaker: crate::breaker::Breaker,
+    /// Set by an active health check that failed its threshold.
+    checked_down: std::sync::atomic::AtomicBool,
 }
 
 /// How fast an unobserved latency estimate fades (time constant): an
@@ -95,6 +97,26 @@ impl EndpointHealth {
     pub fn is_ejected_now(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && until > now_ms()
+    }
+
+    /// Whether picking should skip the endpoint at `now`: ejected by outlier
+    /// detection or failed by an active health check.
+    pub fn is_out(&self, now: u64) -> bool {
+        self.checked_down.load(Ordering::Relaxed) || self.is_ejected(now)
+    }
+
+    /// [`EndpointHealth::is_out`] now; two atomic loads when it is in.
+    pub fn is_out_now(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed) || self.is_ejected_now()
+    }
+
+    /// Whether the last active health check verdict was "down".
+    pub fn is_checked_down(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_checked_down(&self, down: bool) {
+        self.checked_down.store(down, Ordering::Relaxed);
     }
 
     /// Times this endpoint has been ejected.

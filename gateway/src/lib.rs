@@ -7,7 +7,8 @@
 //! - [`router`]: the immutable [`router::RouteTable`] and its match index.
 //! - [`balance`]: endpoint sets and lock-free smooth weighted round robin.
 //! - [`health`]: passive outlier detection (ejection, cap, panic mode).
-//! - [`breaker`]: per-route overload limits (concurrent requests, retries).
+//! - [`breaker`]: per-route overload limits and per-endpoint circuit breakers.
+//! - [`check`]: active health checks of endpoints.
 //! - [`discovery`]: registry watch → instance map → new table, swapped in
 //!   atomically.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
@@ -25,6 +26,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod check;
 pub mod config;
 pub mod discovery;
 pub mod error;
@@ -69,7 +71,10 @@ pub struct Gateway {
     table: Arc<ArcSwap<RouteTable>>,
     proxy: Arc<Proxy>,
     status: Arc<DiscoveryStatus>,
-    health: Arc<HealthRegistry>,
+    /// Builds every table; owns the active health-check tasks, so it lives
+    /// as long as the gateway serves (in the discovery task when following
+    /// a registry).
+    builder: TableBuilder,
     options: GatewayOptions,
 }
 
@@ -80,11 +85,10 @@ impl Gateway {
             // Validate the URLs now so a typo fails at startup, not in a background task.
             portico_registry::client::RegistryClient::new(&options.registry)?;
         }
-        let health = Arc::new(HealthRegistry::default());
         let mut builder = TableBuilder::new(
             options.config.routes.clone(),
             options.auto_routes,
-            health.clone(),
+            Arc::new(HealthRegistry::default()),
         );
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
         let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
@@ -92,7 +96,7 @@ impl Gateway {
             table,
             proxy,
             status: Arc::new(DiscoveryStatus::default()),
-            health,
+            builder,
             options,
         })
     }
@@ -114,19 +118,16 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let mut static_builder = None;
         let follower = if self.options.registry.is_empty() {
+            static_builder = Some(self.builder);
             None
         } else {
             let client = portico_registry::client::RegistryClient::new(&self.options.registry)
                 .expect("registry URLs were validated in Gateway::new");
-            let builder = TableBuilder::new(
-                self.options.config.routes.clone(),
-                self.options.auto_routes,
-                self.health.clone(),
-            );
             Some(tokio::spawn(discovery::follow(
                 client,
-                builder,
+                self.builder,
                 self.table.clone(),
                 self.status.clone(),
             )))
@@ -135,6 +136,7 @@ impl Gateway {
         if let Some(f) = follower {
             f.abort();
         }
+        drop(static_builder);
         result
     }
 }
