@@ -148,6 +148,10 @@ struct GatewayArgs {
     /// Largest share of a service's endpoints ejected at once, in percent.
     #[arg(long, default_value_t = 50)]
     outlier_max_ejected_percent: u32,
+    /// This gateway's zone: instances registered in it are preferred while
+    /// at least half of them are in rotation.
+    #[arg(long)]
+    zone: Option<String>,
 }
 
 impl GatewayArgs {
@@ -173,6 +177,7 @@ impl GatewayArgs {
             auto_routes: self
                 .auto_routes
                 .unwrap_or(auto_default && self.config.is_none()),
+            zone: self.zone.clone(),
             server: ServerSettings {
                 header_read_timeout: self.header_read_timeout,
                 max_header_size: self.max_header_size,

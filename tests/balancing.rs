@@ -119,3 +119,38 @@ async fn consistent_hash_keeps_each_key_on_one_backend() {
         "30 users should spread over all three backends"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_prefers_its_own_zone_and_spills_over() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gw = TestGateway::start(GatewayOptions {
+        registry: vec![registry.url.clone()],
+        auto_routes: true,
+        zone: Some("zone-a".into()),
+        proxy: ProxySettings {
+            access_log: false,
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    })
+    .await;
+    let client = registry.client();
+    let near = TestEcho::start("near").await;
+    let far = TestEcho::start("far").await;
+    let mut spec = near.spec();
+    spec.zone = Some("zone-a".into());
+    client.register_once("svc", "near", &spec).await.unwrap();
+    let mut spec = far.spec();
+    spec.zone = Some("zone-b".into());
+    let r = client.register_once("svc", "far", &spec).await.unwrap();
+    gw.wait_revision(r.revision).await;
+    for _ in 0..20 {
+        assert_eq!(get(&format!("{}/svc/", gw.url)).await.instance(), "near");
+    }
+    // The only instance in its zone drains: traffic spills to the other zone.
+    let d = client.drain("svc", "near").await.unwrap();
+    gw.wait_revision(d.revision).await;
+    for _ in 0..20 {
+        assert_eq!(get(&format!("{}/svc/", gw.url)).await.instance(), "far");
+    }
+}

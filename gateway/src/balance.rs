@@ -36,6 +36,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Passive health, shared with every other table holding this endpoint.
     pub health: Arc<EndpointHealth>,
+    /// Failure domain, from the instance's registration.
+    pub zone: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -50,6 +52,7 @@ impl Endpoint {
             authority,
             scheme: instance.spec.scheme,
             weight: instance.spec.weight.max(1),
+            zone: instance.spec.zone.as_deref().map(Arc::from),
         })
     }
 
@@ -62,6 +65,7 @@ impl Endpoint {
             authority,
             scheme: Scheme::Http,
             weight: 1,
+            zone: None,
         }
     }
 }
@@ -83,6 +87,15 @@ pub struct EndpointSet {
     next: AtomicUsize,
     /// Hash ring for `consistent_hash` routes, built on first use.
     ring: OnceLock<Vec<(u64, u32)>>,
+    /// The endpoints in the gateway's own zone, when some are and some are not.
+    local: Option<Box<LocalZone>>,
+}
+
+/// The same-zone subset of a set, with each member's index in the whole set.
+#[derive(Debug)]
+struct LocalZone {
+    set: EndpointSet,
+    to_global: Vec<usize>,
 }
 
 /// Virtual nodes per endpoint of average weight on the hash ring: enough
@@ -107,7 +120,31 @@ impl EndpointSet {
             sequence,
             next: AtomicUsize::new(start),
             ring: OnceLock::new(),
+            local: None,
         }
+    }
+
+    /// A set that prefers endpoints in `zone` (the gateway's own) while at
+    /// least half of them, and at least one, are in rotation; it spills
+    /// over to every zone otherwise. Without a zone, or when every endpoint
+    /// is in it or none is, this is [`EndpointSet::new`].
+    pub fn with_zone(endpoints: Vec<Endpoint>, zone: Option<&str>) -> EndpointSet {
+        let mut set = EndpointSet::new(endpoints);
+        let Some(zone) = zone else { return set };
+        let to_global: Vec<usize> = (0..set.endpoints.len())
+            .filter(|&i| set.endpoints[i].zone.as_deref() == Some(zone))
+            .collect();
+        if !to_global.is_empty() && to_global.len() < set.endpoints.len() {
+            let members = to_global
+                .iter()
+                .map(|&i| set.endpoints[i].clone())
+                .collect();
+            set.local = Some(Box::new(LocalZone {
+                set: EndpointSet::new(members),
+                to_global,
+            }));
+        }
+        set
     }
 
     /// Whether there is nothing to pick.
@@ -166,6 +203,36 @@ impl EndpointSet {
     /// Picks with the route's algorithm. `key` is the request's hash key for
     /// `consistent_hash` (without one, round robin).
     pub fn pick_with(
+        &self,
+        lb: &Balance,
+        key: Option<u64>,
+        avoid: &[usize],
+    ) -> Option<(usize, &Endpoint)> {
+        if let Some(local) = &self.local {
+            let now = now_ms();
+            let members = &local.set.endpoints;
+            let in_rotation = members.iter().filter(|e| !e.health.is_out(now)).count();
+            if in_rotation > 0 && in_rotation * 2 >= members.len() {
+                // Indices this request already tried, in the local numbering.
+                let mut local_avoid = [usize::MAX; 16];
+                let mut m = 0;
+                for (j, g) in local.to_global.iter().enumerate() {
+                    if avoid.contains(g) && m < local_avoid.len() {
+                        local_avoid[m] = j;
+                        m += 1;
+                    }
+                }
+                if let Some((j, e)) = local.set.pick_any(lb, key, &local_avoid[..m]) {
+                    if !e.health.is_out(now) {
+                        return Some((local.to_global[j], e));
+                    }
+                }
+            }
+        }
+        self.pick_any(lb, key, avoid)
+    }
+
+    fn pick_any(
         &self,
         lb: &Balance,
         key: Option<u64>,
@@ -362,6 +429,7 @@ mod tests {
             scheme: Scheme::Http,
             weight,
             health: Arc::default(),
+            zone: None,
         }
     }
 
@@ -499,6 +567,48 @@ mod tests {
             .count();
         // Two choices: the slow one wins only when it is drawn twice (~1/4).
         assert!(slow < 350, "{slow}");
+    }
+
+    #[test]
+    fn the_own_zone_is_preferred_until_too_few_are_left() {
+        let zoned = |id: &str, zone: &str| Endpoint {
+            zone: Some(zone.into()),
+            ..ep(id, 1)
+        };
+        let set = EndpointSet::with_zone(
+            vec![
+                zoned("a1", "a"),
+                zoned("a2", "a"),
+                zoned("b1", "b"),
+                zoned("b2", "b"),
+            ],
+            Some("a"),
+        );
+        let local = |set: &EndpointSet| {
+            (0..100)
+                .filter(|_| {
+                    set.pick_with(&Balance::RoundRobin, None, &[])
+                        .unwrap()
+                        .1
+                        .zone
+                        .as_deref()
+                        == Some("a")
+                })
+                .count()
+        };
+        assert_eq!(local(&set), 100);
+        // One of two local endpoints out: half are still in, keep local.
+        set.endpoints[0].health.set_checked_down(true);
+        assert_eq!(local(&set), 100);
+        // Both out: spill over to zone b.
+        set.endpoints[1].health.set_checked_down(true);
+        assert_eq!(local(&set), 0);
+        // A retry avoids the local endpoint it tried: it spills rather than repeat.
+        set.endpoints[0].health.set_checked_down(false);
+        set.endpoints[1].health.set_checked_down(false);
+        let (i, _) = set.pick_with(&Balance::RoundRobin, None, &[]).unwrap();
+        let (j, _) = set.pick_with(&Balance::RoundRobin, None, &[i]).unwrap();
+        assert_ne!(i, j);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct TableBuilder {
     states: HashMap<Arc<str>, Arc<RouteState>>,
     /// Active health-check tasks, matched to the endpoints at each build.
     checkers: Checkers,
+    /// The gateway's zone: discovered instances there are preferred.
+    zone: Option<String>,
 }
 
 impl TableBuilder {
@@ -99,7 +101,14 @@ impl TableBuilder {
             health,
             states: HashMap::new(),
             checkers: Checkers::default(),
+            zone: None,
         }
+    }
+
+    /// Prefers instances registered in `zone` (the gateway's own).
+    pub fn with_zone(mut self, zone: Option<String>) -> TableBuilder {
+        self.zone = zone;
+        self
     }
 
     /// Replaces one service's routable endpoints (rebuilt from its instances).
@@ -116,8 +125,10 @@ impl TableBuilder {
             .filter(|i| i.status.routable())
             .filter_map(|i| Endpoint::from_instance(i, &self.health))
             .collect();
-        self.service_sets
-            .insert(service.to_string(), Arc::new(EndpointSet::new(endpoints)));
+        self.service_sets.insert(
+            service.to_string(),
+            Arc::new(EndpointSet::with_zone(endpoints, self.zone.as_deref())),
+        );
         self.health.prune();
         if self.auto_routes && !self.auto.contains_key(service) {
             let path = PathMatch::Prefix(format!("/{service}"));

@@ -59,6 +59,9 @@ pub struct GatewayOptions {
     pub registry: Vec<String>,
     /// Give each discovered service an implicit `/{service}` route.
     pub auto_routes: bool,
+    /// This gateway's zone: instances registered there are preferred while
+    /// at least half of them are in rotation.
+    pub zone: Option<String>,
     /// Listener limits.
     pub server: ServerSettings,
     /// Upstream and logging settings.
@@ -89,7 +92,8 @@ impl Gateway {
             options.config.routes.clone(),
             options.auto_routes,
             Arc::new(HealthRegistry::default()),
-        );
+        )
+        .with_zone(options.zone.clone());
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
         let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
         Ok(Gateway {
