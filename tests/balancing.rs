@@ -154,3 +154,80 @@ async fn a_gateway_prefers_its_own_zone_and_spills_over() {
         assert_eq!(get(&format!("{}/svc/", gw.url)).await.instance(), "far");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_a_new_instance_up() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gw = TestGateway::start(GatewayOptions {
+        config: Config::parse(
+            "[[route]]\nname = \"svc\"\npath_prefix = \"/svc\"\nservice = \"svc\"\nslow_start = \"1s\"\n",
+        )
+        .unwrap(),
+        registry: vec![registry.url.clone()],
+        proxy: ProxySettings {
+            access_log: false,
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    })
+    .await;
+    let client = registry.client();
+    let old = TestEcho::start("old").await;
+    let new = TestEcho::start("new").await;
+    let r = client
+        .register_once("svc", "old", &old.spec())
+        .await
+        .unwrap();
+    gw.wait_revision(r.revision).await;
+    let age = |gw: &TestGateway, id: &str| {
+        let table = gw.table.load();
+        let now = portico_gateway::health::now_ms();
+        table.entries()[0]
+            .endpoints
+            .endpoints()
+            .iter()
+            .find(|e| &*e.id == id)
+            .map(|e| now - e.health.in_rotation_since(now))
+    };
+    eventually("the old instance to be past its slow start", || async {
+        age(&gw, "old").is_some_and(|a| a > 1_000)
+    })
+    .await;
+
+    let r = client
+        .register_once("svc", "new", &new.spec())
+        .await
+        .unwrap();
+    gw.wait_revision(r.revision).await;
+    let share = |gw_url: String| async move {
+        let http = http();
+        let mut new = 0;
+        for _ in 0..100 {
+            let r = send(
+                &http,
+                Method::GET,
+                &format!("{gw_url}/svc/"),
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+            if r.instance() == "new" {
+                new += 1;
+            }
+        }
+        new
+    };
+    let early = share(gw.url.clone()).await;
+    let early_age = age(&gw, "new").unwrap();
+    eprintln!("slow start: new got {early} of 100 in its first {early_age} ms");
+    if early_age < 500 {
+        // Still in the first half of its window: well under its equal share.
+        assert!(early < 35, "new got {early} of 100 at age {early_age} ms");
+    }
+    eventually("the new instance to reach its equal share", || {
+        let url = gw.url.clone();
+        async move { share(url).await >= 40 }
+    })
+    .await;
+}

@@ -12,6 +12,7 @@
 //! strip_prefix = true                            # optional, default false
 //! timeout = "30s"                                # optional, default 30s
 //! lb = "least_request"                           # optional, default round_robin
+//! slow_start = "30s"                             # optional: ramp new endpoints up
 //! # hash_on = "header:x-user"                    # with lb = "consistent_hash"
 //!
 //! [route.retry]                                  # optional
@@ -122,6 +123,7 @@ struct RouteFile {
     limits: Option<LimitsFile>,
     breaker: Option<BreakerFile>,
     health_check: Option<HealthCheckFile>,
+    slow_start: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +234,8 @@ pub struct Route {
     pub breaker: Option<BreakerPolicy>,
     /// Active health check of the route's endpoints, if any.
     pub health_check: Option<Arc<HealthCheck>>,
+    /// Ramp a new or recovered endpoint's share up over this window.
+    pub slow_start: Option<Duration>,
 }
 
 /// A route's load-balancing algorithm (`lb = "..."`).
@@ -534,6 +538,21 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         }
     };
 
+    let slow_start = match raw.slow_start.as_deref() {
+        None => None,
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) if d <= Duration::from_secs(3600) => Some(d),
+            Ok(_) => return Err(invalid(key("slow_start"), "must be at most 1h")),
+            Err(e) => {
+                return Err(invalid(
+                    key("slow_start"),
+                    format!("{e}: expected a duration such as \"30s\""),
+                ));
+            }
+        },
+    };
+
     Ok(Route {
         name: raw.name.into(),
         hosts,
@@ -547,6 +566,7 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
         limits,
         breaker,
         health_check,
+        slow_start,
     })
 }
 

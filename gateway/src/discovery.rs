@@ -148,6 +148,7 @@ impl TableBuilder {
                         limits: crate::breaker::Limits::default(),
                         breaker: None,
                         health_check: None,
+                        slow_start: None,
                     }),
                 );
                 self.routes_changed = true;

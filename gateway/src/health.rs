@@ -79,6 +79,9 @@ pub struct EndpointHealth {
     pub breaker: crate::breaker::Breaker,
     /// Set by an active health check that failed its threshold.
     checked_down: std::sync::atomic::AtomicBool,
+    /// `now_ms()` when the endpoint was first seen or last came back from
+    /// an active-check failure (0: long ago). Slow start ramps from here.
+    since: AtomicU64,
 }
 
 /// How fast an unobserved latency estimate fades (time constant): an
@@ -87,6 +90,38 @@ pub struct EndpointHealth {
 const EWMA_DECAY_MS: f64 = 10_000.0;
 
 impl EndpointHealth {
+    /// State for an endpoint seen for the first time now.
+    pub fn new() -> EndpointHealth {
+        let h = EndpointHealth::default();
+        h.since.store(now_ms(), Ordering::Relaxed);
+        h
+    }
+
+    /// When the endpoint (re)entered rotation: first seen, back from an
+    /// active-check failure, or the end of its last ejection.
+    pub fn in_rotation_since(&self, now: u64) -> u64 {
+        let since = self.since.load(Ordering::Relaxed);
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until != 0 && until <= now {
+            since.max(until)
+        } else {
+            since
+        }
+    }
+
+    /// Slow start: whether to send this request to the endpoint, which within
+    /// `window` of entering rotation takes a share growing linearly from 10%
+    /// to all of its weight.
+    pub fn warm_enough(&self, now: u64, window: Duration) -> bool {
+        let age = now.saturating_sub(self.in_rotation_since(now));
+        let window_ms = window.as_millis() as u64;
+        if age >= window_ms {
+            return true;
+        }
+        let share = (age as f64 / window_ms as f64).max(0.1);
+        fastrand::f64() < share
+    }
+
     /// Whether the endpoint is ejected at `now` (a `now_ms()` reading).
     pub fn is_ejected(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
@@ -116,7 +151,10 @@ impl EndpointHealth {
     }
 
     pub(crate) fn set_checked_down(&self, down: bool) {
-        self.checked_down.store(down, Ordering::Relaxed);
+        let was = self.checked_down.swap(down, Ordering::Relaxed);
+        if was && !down {
+            self.since.store(now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Times this endpoint has been ejected.
@@ -217,7 +255,10 @@ impl HealthRegistry {
     /// The state for `authority`, created on first use.
     pub fn get(&self, authority: &str) -> Arc<EndpointHealth> {
         let mut states = self.states.lock().expect("health registry lock poisoned");
-        states.entry(authority.to_string()).or_default().clone()
+        states
+            .entry(authority.to_string())
+            .or_insert_with(|| Arc::new(EndpointHealth::new()))
+            .clone()
     }
 
     /// Forgets endpoints that no table references.
@@ -245,6 +286,19 @@ mod tests {
         assert_eq!(h.eject(1000, &policy), Duration::from_secs(20));
         assert_eq!(h.eject(1000, &policy), Duration::from_secs(25));
         assert_eq!(h.ejections(), 3);
+    }
+
+    #[test]
+    fn slow_start_share_grows_over_the_window() {
+        let h = EndpointHealth::new();
+        let start = h.in_rotation_since(now_ms());
+        let window = Duration::from_secs(10);
+        let share = |at: u64| (0..10_000).filter(|_| h.warm_enough(at, window)).count();
+        let first = share(start);
+        assert!((700..=1300).contains(&first), "10% at the start: {first}");
+        let half = share(start + 5_000);
+        assert!((4500..=5500).contains(&half), "50% halfway: {half}");
+        assert_eq!(share(start + 10_000), 10_000);
     }
 
     #[test]

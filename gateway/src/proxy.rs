@@ -269,16 +269,18 @@ impl Proxy {
                 // Each try prefers an endpoint not tried yet; a policy retry
                 // with none left goes back to one already tried (a refused
                 // connection never does: that endpoint is down).
-                let picked = match &route.breaker {
-                    None => set.pick_with(&route.lb, hash_key, &tried[..n]).or_else(|| {
+                let picked = if route.breaker.is_none() && route.slow_start.is_none() {
+                    set.pick_with(&route.lb, hash_key, &tried[..n]).or_else(|| {
                         (retries > 0 && !last_was_connect)
                             .then(|| set.pick_with(&route.lb, hash_key, &[]))
                             .flatten()
-                    }),
-                    Some(breaker) => pick_admitted(set, &route.lb, hash_key, &tried[..n], breaker)
-                        .ok_or_else(|| ProxyError::CircuitOpen {
+                    })
+                } else {
+                    pick_admitted(set, route, hash_key, &tried[..n]).ok_or_else(|| {
+                        ProxyError::CircuitOpen {
                             route: route.name.to_string(),
-                        })?,
+                        }
+                    })?
                 };
                 let Some((index, endpoint)) = picked else {
                     return Err(match n {
@@ -465,36 +467,54 @@ fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
     Some(stable_hash(bytes))
 }
 
-/// Picks an endpoint whose circuit admits the request, skipping open ones.
-/// `Some(None)`: nothing left to pick (the caller reports why); `None`:
-/// endpoints remained but every circuit was open.
+/// Picks for a route with a breaker or slow start: skips endpoints whose
+/// circuit is open, and lets a warming endpoint decline its turn by chance
+/// (its share grows over the slow-start window). `Some(None)`: nothing left
+/// to pick (the caller reports why); `None`: every circuit left was open.
 fn pick_admitted<'a>(
     set: &'a EndpointSet,
-    lb: &Balance,
+    route: &Route,
     key: Option<u64>,
     tried: &[usize],
-    policy: &crate::breaker::BreakerPolicy,
 ) -> Option<Option<(usize, &'a Endpoint)>> {
     let mut skip = [usize::MAX; 32];
     let mut m = tried.len().min(skip.len());
     skip[..m].copy_from_slice(&tried[..m]);
     let now = now_ms();
     let mut any_open = false;
+    // A warming endpoint that declined: used if nothing else will take it.
+    let mut declined = None;
     loop {
-        let Some((i, e)) = set.pick_with(lb, key, &skip[..m]) else {
-            return if any_open { None } else { Some(None) };
+        let Some((i, e)) = set.pick_with(&route.lb, key, &skip[..m]) else {
+            return match declined {
+                Some(found) => Some(Some(found)),
+                None if any_open => None,
+                None => Some(None),
+            };
         };
-        match e.health.breaker.admit(now, policy) {
-            Admission::Yes | Admission::Probe => return Some(Some((i, e))),
-            Admission::No => {
-                any_open = true;
-                if m == skip.len() {
-                    return None;
-                }
-                skip[m] = i;
-                m += 1;
+        let mut pass = true;
+        if let Some(window) = route.slow_start {
+            if !e.health.warm_enough(now, window) {
+                declined.get_or_insert((i, e));
+                pass = false;
             }
         }
+        if pass {
+            if let Some(policy) = &route.breaker {
+                if e.health.breaker.admit(now, policy) == Admission::No {
+                    any_open = true;
+                    pass = false;
+                }
+            }
+        }
+        if pass {
+            return Some(Some((i, e)));
+        }
+        if m == skip.len() {
+            return declined.map(Some);
+        }
+        skip[m] = i;
+        m += 1;
     }
 }
 
