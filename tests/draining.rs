@@ -136,3 +136,104 @@ async fn sdk_shutdown_drains_in_flight_requests_then_deregisters() {
     let _ = stop_tx.send(());
     server.await.unwrap();
 }
+
+/// One instance of the rolling-restart test: an echo server counting its
+/// in-flight requests, registered through the SDK.
+async fn start_instance(
+    client: &portico_registry::client::RegistryClient,
+    id: &str,
+) -> (
+    portico_registry::client::Registration,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reg = client
+        .register(
+            "svc",
+            id,
+            portico_registry::model::InstanceSpec::new("127.0.0.1", port),
+        )
+        .await
+        .unwrap()
+        .with_drain(DrainOptions {
+            settle: Duration::from_millis(100),
+            timeout: Duration::from_secs(10),
+        });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(echo::serve_counted(
+        listener,
+        id.into(),
+        reg.in_flight(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    (reg, tx, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_no_request() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gateway = TestGateway::following(&registry.url).await;
+    let client = registry.client();
+    let mut instances = Vec::new();
+    for n in 0..3 {
+        instances.push(start_instance(&client, &format!("v1-{n}")).await);
+    }
+    let list = client.instances("svc").await.unwrap();
+    gateway.wait_revision(list.revision).await;
+
+    // Steady load from four clients until the restart is over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (stop, url) = (stop.clone(), format!("{}/svc/x?delay_ms=5", gateway.url));
+        load.spawn(async move {
+            let http = http();
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && ok < 20_000 {
+                match send(&http, Method::GET, &url, &[], Bytes::new()).await {
+                    Ok(r) if r.status == StatusCode::OK => ok += 1,
+                    Ok(r) => {
+                        failed.push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body)))
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        });
+    }
+
+    // Replace each v1 instance with a v2 one: start the new, then drain the old.
+    for n in 0..3 {
+        let (reg, _tx, _server) = start_instance(&client, &format!("v2-{n}")).await;
+        gateway.wait_revision(reg.revision()).await;
+        let (old, old_stop, old_server) = instances.remove(0);
+        old.shutdown().await.unwrap();
+        let _ = old_stop.send(());
+        old_server.await.unwrap();
+        instances.push((reg, _tx, _server));
+    }
+    let list = client.instances("svc").await.unwrap();
+    gateway.wait_revision(list.revision).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(r) = load.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 40, "the load ran through the restart ({ok} requests)");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let ids: Vec<String> = list.instances.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(ids, vec!["v2-0", "v2-1", "v2-2"]);
+}
