@@ -40,10 +40,12 @@ pub async fn run_registry(
     tracing::info!(path = %store.path().display(), "embedded store open");
     let catalog = Arc::new(Catalog::new(Arc::new(store), options.lease));
     let sweeper = spawn_sweeper(catalog.clone());
+    let checker = portico_registry::check::spawn_checker(catalog.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "registry API listening");
     let result = portico_registry::api::serve(listener, catalog, shutdown).await;
     sweeper.abort();
+    checker.abort();
     result.context("registry API server")
 }
 

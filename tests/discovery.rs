@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use portico_registry::lease::LeasePolicy;
+use portico_registry::model::Status;
 use support::*;
 
 async fn count_instances(url: &str, n: usize) -> HashMap<String, usize> {
@@ -246,4 +247,68 @@ async fn self_preservation_pauses_mass_expiry_but_not_a_lone_death() {
     .await;
     drop(keep);
     drop(back);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_checks_instances_registered_with_a_check() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gateway = TestGateway::following(&registry.url).await;
+    let client = registry.client();
+    let checked = FaultyBackend::start("checked").await;
+    let other = TestEcho::start("other").await;
+    let body = serde_json::json!({
+        "address": "127.0.0.1", "port": checked.addr.port(), "ttl": "30s",
+        "check": {"path": "/healthz", "interval": "100ms", "timeout": "100ms", "failures": 2, "successes": 1}
+    });
+    let r = put_json(
+        &format!("{}/v1/services/svc/instances/checked", registry.url),
+        body,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["instance"]["check"]["interval"], "100ms");
+    client
+        .register_once("svc", "other", &other.spec())
+        .await
+        .unwrap();
+
+    let status = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            let list = client.instances("svc").await.unwrap();
+            (
+                list.instances
+                    .iter()
+                    .find(|i| i.id == id)
+                    .map(|i| (i.status, i.check_failing)),
+                list.revision,
+            )
+        }
+    };
+    checked.set_failing(true);
+    eventually(
+        "the failing check to make the instance critical",
+        || async { status("checked").await.0 == Some((Status::Critical, true)) },
+    )
+    .await;
+    // Its lease still runs: a heartbeat is accepted, and it is not removed.
+    assert!(client.heartbeat("svc", "checked").await.unwrap());
+    gateway.wait_revision(status("checked").await.1).await;
+    for _ in 0..10 {
+        assert_eq!(
+            get(&format!("{}/svc/", gateway.url)).await.instance(),
+            "other"
+        );
+    }
+
+    checked.set_failing(false);
+    eventually("a passing check to bring it back", || async {
+        status("checked").await.0 == Some((Status::Passing, false))
+    })
+    .await;
 }

@@ -305,6 +305,7 @@ mod tests {
                     registered_at_ms: 0,
                     status_since_ms: 0,
                     revision: 1,
+                    check_failing: false,
                 };
                 ((*id).to_string(), i)
             })

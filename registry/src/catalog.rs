@@ -178,6 +178,7 @@ impl Catalog {
             registered_at_ms,
             status_since_ms,
             revision: 0,
+            check_failing: false,
         };
         let revision = self
             .store
@@ -205,7 +206,10 @@ impl Catalog {
             .await?
             .and_then(|kv| decode_instance(&kv))
             .ok_or_else(not_found)?;
-        if instance.status == Status::Critical || !self.store.keep_alive(&key).await? {
+        // Critical because the lease lapsed: gone, register again. Critical
+        // because the registry's own check fails: the lease still runs.
+        let expired = instance.status == Status::Critical && !instance.check_failing;
+        if expired || !self.store.keep_alive(&key).await? {
             return Err(not_found());
         }
         Ok(HeartbeatResponse {
@@ -230,14 +234,15 @@ impl Catalog {
             let kv = self.store.get(&key).await?.ok_or_else(not_found)?;
             let mut instance = decode_instance(&kv).ok_or_else(not_found)?;
             match instance.status {
-                Status::Critical => return Err(not_found()),
+                Status::Critical if !instance.check_failing => return Err(not_found()),
                 Status::Draining => {
                     let revision = instance.revision;
                     return Ok(RegisterResponse { instance, revision });
                 }
-                Status::Passing | Status::Warning => {}
+                Status::Passing | Status::Warning | Status::Critical => {}
             }
             instance.status = Status::Draining;
+            instance.check_failing = false;
             instance.status_since_ms = unix_ms();
             if let Some(revision) = self
                 .store

@@ -10,6 +10,8 @@
 //! - [`catalog`] (`server`): instance operations written once over any store.
 //! - [`lease`] (`server`): the sweeper that expires lapsed leases, with
 //!   self-preservation.
+//! - [`check`] (`server`): HTTP checks the registry runs for instances
+//!   registered with one.
 //! - [`api`] (`server`): the REST API, the one place errors become HTTP.
 //! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
 //!   watch client gateways follow.
@@ -28,6 +30,8 @@ pub mod model;
 pub mod api;
 #[cfg(feature = "server")]
 pub mod catalog;
+#[cfg(feature = "server")]
+pub mod check;
 #[cfg(feature = "server")]
 pub mod lease;
 #[cfg(feature = "server")]

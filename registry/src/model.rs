@@ -134,6 +134,104 @@ pub struct InstanceSpec {
     /// Lease length: the instance must heartbeat within this or expire.
     #[serde(with = "duration_str", default = "default_ttl")]
     pub ttl: Duration,
+    /// An HTTP check the registry runs itself, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Box<HttpCheck>>,
+}
+
+/// An HTTP health check run by the registry (`"check"` at registration):
+/// `GET path` every `interval`; `failures` failures in a row make the
+/// instance `critical`, `successes` passes in a row make it `passing` again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpCheck {
+    /// Path requested on the instance, e.g. `/healthz`.
+    pub path: String,
+    /// Time between checks.
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+    /// Time allowed for connecting and the response head.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Passes in a row that make a failing instance passing.
+    pub successes: u32,
+    /// Failures in a row that make a passing instance critical.
+    pub failures: u32,
+}
+
+impl HttpCheck {
+    fn from_json(value: &serde_json::Value) -> Result<HttpCheck, Invalid> {
+        let serde_json::Value::Object(map) = value else {
+            return Err(Invalid::field("check", "must be an object"));
+        };
+        const KNOWN: [&str; 5] = ["path", "interval", "timeout", "successes", "failures"];
+        if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(Invalid::unknown_field(&format!("check.{unknown}")));
+        }
+        let path = match map.get("path") {
+            Some(serde_json::Value::String(p))
+                if p.starts_with('/') && !p.chars().any(char::is_whitespace) =>
+            {
+                p.clone()
+            }
+            _ => {
+                return Err(Invalid::field(
+                    "check.path",
+                    "must be a path starting with '/'",
+                ));
+            }
+        };
+        let duration = |name: &str, default: Duration| -> Result<Duration, Invalid> {
+            match map.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(serde_json::Value::String(s)) => {
+                    let d = humantime::parse_duration(s).map_err(|e| {
+                        Invalid::field(
+                            &format!("check.{name}"),
+                            format!("{e}: expected a duration such as \"10s\""),
+                        )
+                    })?;
+                    if !(Duration::from_millis(100)..=MAX_TTL).contains(&d) {
+                        return Err(Invalid::field(
+                            &format!("check.{name}"),
+                            "must be between 100ms and 1h",
+                        ));
+                    }
+                    Ok(d)
+                }
+                Some(_) => Err(Invalid::field(
+                    &format!("check.{name}"),
+                    "must be a duration string",
+                )),
+            }
+        };
+        let interval = duration("interval", Duration::from_secs(10))?;
+        let timeout = duration("timeout", Duration::from_secs(2))?;
+        if timeout > interval {
+            return Err(Invalid::field(
+                "check.timeout",
+                "must not exceed the interval",
+            ));
+        }
+        let count = |name: &str, default: u32| -> Result<u32, Invalid> {
+            match map.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(v) => match v.as_u64() {
+                    Some(n) if (1..=10).contains(&n) => Ok(n as u32),
+                    _ => Err(Invalid::field(
+                        &format!("check.{name}"),
+                        "must be an integer in 1..=10",
+                    )),
+                },
+            }
+        };
+        Ok(HttpCheck {
+            path,
+            interval,
+            timeout,
+            successes: count("successes", 1)?,
+            failures: count("failures", 3)?,
+        })
+    }
 }
 
 fn default_weight() -> u32 {
@@ -156,6 +254,7 @@ impl InstanceSpec {
             tags: Vec::new(),
             meta: BTreeMap::new(),
             ttl: DEFAULT_TTL,
+            check: None,
         }
     }
 
@@ -170,8 +269,8 @@ impl InstanceSpec {
         let serde_json::Value::Object(map) = value else {
             return Err(Invalid::malformed("body must be a JSON object"));
         };
-        const KNOWN: [&str; 8] = [
-            "address", "port", "scheme", "weight", "zone", "tags", "meta", "ttl",
+        const KNOWN: [&str; 9] = [
+            "address", "port", "scheme", "weight", "zone", "tags", "meta", "ttl", "check",
         ];
         if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(Invalid::unknown_field(unknown));
@@ -296,6 +395,11 @@ impl InstanceSpec {
             }
         };
 
+        let check = match map.get("check") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(Box::new(HttpCheck::from_json(v)?)),
+        };
+
         Ok(InstanceSpec {
             address,
             port,
@@ -305,6 +409,7 @@ impl InstanceSpec {
             tags,
             meta,
             ttl,
+            check,
         })
     }
 }
@@ -342,6 +447,10 @@ pub struct Instance {
     /// Revision at which this instance was last written.
     #[serde(default)]
     pub revision: Revision,
+    /// Set when the status is `critical` because the registry's HTTP check
+    /// failed (not because the lease lapsed): heartbeats are still accepted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check_failing: bool,
 }
 
 impl Instance {
@@ -614,6 +723,22 @@ mod tests {
             (r#"{"address":"h","port":1,"tags":[1]}"#, "tags"),
             (r#"{"address":"h","port":1,"meta":{"a":1}}"#, "meta"),
             (r#"{"address":"h","port":1,"colour":"red"}"#, "colour"),
+            (
+                r#"{"address":"h","port":1,"check":{"path":"x"}}"#,
+                "check.path",
+            ),
+            (
+                r#"{"address":"h","port":1,"check":{"path":"/h","failures":0}}"#,
+                "check.failures",
+            ),
+            (
+                r#"{"address":"h","port":1,"check":{"path":"/h","interval":"1s","timeout":"5s"}}"#,
+                "check.timeout",
+            ),
+            (
+                r#"{"address":"h","port":1,"check":{"path":"/h","method":"HEAD"}}"#,
+                "check.method",
+            ),
         ];
         for (body, field) in cases {
             let err = InstanceSpec::from_json(body.as_bytes()).unwrap_err();
@@ -642,6 +767,7 @@ mod tests {
             registered_at_ms: 1,
             status_since_ms: 2,
             revision: 3,
+            check_failing: false,
         };
         let json = serde_json::to_string(&inst).unwrap();
         assert!(json.contains("\"ttl\":\"30s\""), "{json}");
