@@ -49,19 +49,29 @@ pub async fn run_registry(
     result.context("registry API server")
 }
 
-/// Runs a gateway on `listener` until `shutdown`.
+/// Runs a gateway on `listener` until `shutdown`, with its admin API on
+/// `admin` when given.
 pub async fn run_gateway(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     options: GatewayOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let gateway = Gateway::new(options).context("gateway options")?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
-    gateway
-        .serve(listener, shutdown)
-        .await
-        .context("gateway server")?;
+    let admin = match admin {
+        Some(l) => {
+            tracing::info!(addr = %l.local_addr()?, "gateway admin listening");
+            Some(gateway.serve_admin(l))
+        }
+        None => None,
+    };
+    let served = gateway.serve(listener, shutdown).await;
+    if let Some(a) = admin {
+        a.abort();
+    }
+    served.context("gateway server")?;
     tracing::info!("gateway drained");
     Ok(())
 }
@@ -71,6 +81,7 @@ pub async fn run_gateway(
 pub async fn run_up(
     control: TcpListener,
     gateway: TcpListener,
+    admin: Option<TcpListener>,
     registry_options: RegistryOptions,
     mut gateway_options: GatewayOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -86,7 +97,7 @@ pub async fn run_up(
         registry_options,
         stopped(stop_rx.clone()),
     ));
-    let gateway = run_gateway(gateway, gateway_options, stopped(stop_rx));
+    let gateway = run_gateway(gateway, admin, gateway_options, stopped(stop_rx));
     tokio::pin!(gateway);
     tokio::pin!(shutdown);
     let gateway_result = tokio::select! {

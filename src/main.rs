@@ -113,6 +113,12 @@ struct GatewayArgs {
     /// Gateway (public traffic) address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Gateway admin address (`/endpoints`, `/healthz`); never the public one.
+    #[arg(long, default_value = "127.0.0.1:9180")]
+    admin: SocketAddr,
+    /// Do not open the admin listener.
+    #[arg(long)]
+    no_admin: bool,
     /// Route file (TOML, `[[route]]` tables).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -155,6 +161,17 @@ struct GatewayArgs {
 }
 
 impl GatewayArgs {
+    async fn admin_listener(&self) -> anyhow::Result<Option<TcpListener>> {
+        if self.no_admin {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.admin != self.listen,
+            "--admin must differ from --listen: the admin API is never served on the public listener"
+        );
+        Ok(Some(bind(self.admin, "admin").await?))
+    }
+
     fn options(&self, registry: Vec<String>, auto_default: bool) -> anyhow::Result<GatewayOptions> {
         let config = match &self.config {
             Some(path) => {
@@ -270,12 +287,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let gw = gateway.options(Vec::new(), true)?;
             let control = bind(registry.control, "control").await?;
             let listen = bind(gateway.listen, "gateway").await?;
+            let admin = gateway.admin_listener().await?;
             println!(
                 "portico up: gateway http://{} , registry http://{}",
                 listen.local_addr()?,
                 control.local_addr()?
             );
-            run_up(control, listen, reg, gw, shutdown_signal()).await
+            run_up(control, listen, admin, reg, gw, shutdown_signal()).await
         }
         Command::Registry { registry } => {
             let reg = registry.options()?;
@@ -287,7 +305,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let gw = gateway.options(registry, false)?;
             let listen = bind(gateway.listen, "gateway").await?;
             println!("portico gateway: http://{}", listen.local_addr()?);
-            run_gateway(listen, gw, shutdown_signal()).await
+            let admin = gateway.admin_listener().await?;
+            run_gateway(listen, admin, gw, shutdown_signal()).await
         }
     }
 }

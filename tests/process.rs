@@ -123,6 +123,8 @@ async fn portico_up_routes_to_a_service_registered_by_hand() {
         "--data-dir",
         data.to_str().unwrap(),
         "--no-access-log",
+        "--admin",
+        "127.0.0.1:0",
     ]);
     let reg = format!("http://{control}");
     wait_healthy(&reg).await;

@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let portico = tokio::spawn(portico::run_up(
         control,
         gateway,
+        None,
         RegistryOptions {
             data_dir: data_dir.clone(),
             lease: LeasePolicy::default(),

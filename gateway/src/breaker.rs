@@ -71,6 +71,11 @@ impl RouteState {
         acquire(&self.retrying, max)
     }
 
+    /// Retries in flight counted against `max_retries`.
+    pub fn retrying(&self) -> u32 {
+        self.retrying.load(Ordering::Relaxed)
+    }
+
     /// Requests in flight counted against `max_requests`.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
@@ -225,6 +230,16 @@ impl Breaker {
     pub fn is_open(&self, now: u64) -> bool {
         let c = self.lock();
         c.state == State::Open && now < c.open_until
+    }
+
+    /// `closed`, `open` or `half_open` at `now`, for operators.
+    pub fn state_name(&self, now: u64) -> &'static str {
+        let c = self.lock();
+        match c.state {
+            State::Closed => "closed",
+            State::Open if now < c.open_until => "open",
+            State::Open | State::HalfOpen => "half_open",
+        }
     }
 }
 

@@ -157,6 +157,13 @@ impl EndpointHealth {
         }
     }
 
+    /// Milliseconds of ejection left at `now` (0 when not ejected).
+    pub fn ejected_for_ms(&self, now: u64) -> u64 {
+        self.ejected_until
+            .load(Ordering::Relaxed)
+            .saturating_sub(now)
+    }
+
     /// Times this endpoint has been ejected.
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)

@@ -16,6 +16,8 @@
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
+//! - [`admin`]: the separate admin listener (`/endpoints`: why each endpoint
+//!   is in or out of rotation).
 //!
 //! # The request path
 //!
@@ -24,6 +26,7 @@
 //! route → [`balance::EndpointSet::pick`] → [`pool::Pool`] → stream
 //! the response back; failures become JSON errors in [`error`].
 
+pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod check;
@@ -113,6 +116,12 @@ impl Gateway {
     /// Discovery progress.
     pub fn status(&self) -> &Arc<DiscoveryStatus> {
         &self.status
+    }
+
+    /// Serves the admin API on `listener` (a separate address from the
+    /// public one) until the returned task is aborted.
+    pub fn serve_admin(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        admin::spawn(listener, self.table.clone())
     }
 
     /// Serves on `listener` until `shutdown`, following the registry if one

@@ -143,6 +143,11 @@ impl RetryBudget {
         self.with_bucket(policy, |b| b.tokens += share);
     }
 
+    /// Retries the budget would allow right now.
+    pub fn available(&self, policy: &RetryPolicy) -> f64 {
+        self.with_bucket(policy, |b| b.tokens as f64 / UNIT as f64)
+    }
+
     /// Takes a token for one retry; `false` when the budget is spent.
     pub fn withdraw(&self, policy: &RetryPolicy) -> bool {
         self.with_bucket(policy, |b| {

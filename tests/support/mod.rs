@@ -144,6 +144,8 @@ pub async fn wait_healthy(url: &str) {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub url: String,
+    /// The admin API (a separate listener).
+    pub admin_url: String,
     pub status: Arc<DiscoveryStatus>,
     pub table: Arc<arc_swap::ArcSwap<portico_gateway::router::RouteTable>>,
     stop: Option<oneshot::Sender<()>>,
@@ -155,15 +157,25 @@ impl TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let gateway = Gateway::new(options).unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        let admin_task = gateway.serve_admin(admin);
         let status = gateway.status().clone();
         let table = gateway.table().clone();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(gateway.serve(listener, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(async move {
+            let served = gateway
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await;
+            admin_task.abort();
+            served
+        });
         TestGateway {
             addr,
             url: format!("http://{addr}"),
+            admin_url,
             status,
             table,
             stop: Some(tx),
