@@ -173,3 +173,79 @@ async fn a_slow_try_is_abandoned_for_another_endpoint() {
     }
     assert!(slow.received() > 0);
 }
+
+/// An HTTP/2 backend that refuses every stream (RST_STREAM REFUSED_STREAM).
+async fn refusing_h2_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_http2_stream_is_retried_elsewhere() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let (refusing, refused) = refusing_h2_backend().await;
+    let echo = TestEcho::start("echo").await;
+    let gw = TestGateway::start(GatewayOptions {
+        config: Config::parse(
+            "[[route]]\nname = \"svc\"\npath_prefix = \"/svc\"\nservice = \"svc\"\n[route.retry]\nattempts = 2\non = [\"refused_stream\"]\nbudget_min_per_second = 100\n",
+        )
+        .unwrap(),
+        registry: vec![registry.url.clone()],
+        proxy: ProxySettings {
+            access_log: false,
+            outlier: OutlierPolicy {
+                consecutive_failures: 0,
+                ..OutlierPolicy::default()
+            },
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    })
+    .await;
+    let client = registry.client();
+    let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", refusing.port());
+    spec.scheme = portico_registry::model::Scheme::H2c;
+    client
+        .register_once("svc", "refusing", &spec)
+        .await
+        .unwrap();
+    let r = client
+        .register_once("svc", "echo", &echo.spec())
+        .await
+        .unwrap();
+    gw.wait_revision(r.revision).await;
+    for _ in 0..10 {
+        let r = get(&format!("{}/svc/x", gw.url)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.instance(), "echo");
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "some first tries went to the refusing backend"
+    );
+}

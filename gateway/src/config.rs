@@ -584,7 +584,7 @@ fn validate_retry(
     if raw.on.is_empty() {
         return Err(invalid(
             key("on"),
-            "name at least one condition: reset, 502, 503, 504, timeout",
+            "name at least one condition: reset, refused_stream, 502, 503, 504, timeout",
         ));
     }
     for (j, c) in raw.on.iter().enumerate() {
@@ -594,10 +594,11 @@ fn validate_retry(
             "503" => on.status_503 = true,
             "504" => on.status_504 = true,
             "timeout" => on.timeout = true,
+            "refused_stream" => on.refused_stream = true,
             other => {
                 return Err(invalid(
                     format!("{}[{j}]", key("on")),
-                    format!("{other:?}: expected reset, 502, 503, 504 or timeout"),
+                    format!("{other:?}: expected reset, refused_stream, 502, 503, 504 or timeout"),
                 ));
             }
         }

@@ -52,6 +52,22 @@ pub enum UpstreamError {
     /// The exchange failed after connecting.
     #[error("{0}")]
     Protocol(String),
+    /// An HTTP/2 upstream refused the stream (REFUSED_STREAM): it did not
+    /// process the request, so retrying it elsewhere is safe.
+    #[error("stream refused: {0}")]
+    Refused(String),
+}
+
+/// Whether an error is (or wraps) HTTP/2 REFUSED_STREAM.
+fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// A failed exchange, with the request handed back when nothing of it was
@@ -229,9 +245,12 @@ impl Pool {
                         req = back;
                     }
                     _ => {
-                        return Err(SendError::sent(UpstreamError::Protocol(error_chain(
-                            e.error(),
-                        ))));
+                        let error = if is_refused_stream(e.error()) {
+                            UpstreamError::Refused(error_chain(e.error()))
+                        } else {
+                            UpstreamError::Protocol(error_chain(e.error()))
+                        };
+                        return Err(SendError::sent(error));
                     }
                 },
             }

@@ -363,6 +363,19 @@ impl Proxy {
                         }
                     }
                     Some(Err(SendError {
+                        error: UpstreamError::Refused(reason),
+                        ..
+                    })) => {
+                        self.record(set, route, index, true);
+                        if !again(|p| p.on.refused_stream) {
+                            return Err(ProxyError::UpstreamProtocol {
+                                endpoint: endpoint.id.to_string(),
+                                reason,
+                            });
+                        }
+                        tracing::debug!(endpoint = %endpoint.id, "retrying a refused stream");
+                    }
+                    Some(Err(SendError {
                         error: UpstreamError::Protocol(reason),
                         ..
                     })) => {

@@ -40,6 +40,8 @@ pub struct RetryOn {
     pub status_504: bool,
     /// The try exceeded the per-try timeout.
     pub timeout: bool,
+    /// An HTTP/2 upstream refused the stream (it did not process it).
+    pub refused_stream: bool,
 }
 
 /// A route's retry policy (`[route.retry]`).
