@@ -42,6 +42,7 @@ PORTS = {
     "portico": {"h1": 19401, "h2c": 19401},
     "portico-discovered": {"h1": 19402, "h2c": 19402},
     "portico-10k-routes": {"h1": 19403, "h2c": 19403},
+    "portico-features": {"h1": 19404, "h2c": 19404},
 }
 REGISTRY_PORT = 19490
 
@@ -442,7 +443,7 @@ def main():
             f.write(portico_routes(10))
         portico_bin = os.path.join(RELEASE, "portico")
         portico = Proc("portico", [portico_bin, "--threads", "1", "gateway", "--listen",
-                                   f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log"],
+                                   f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log", "--no-admin"],
                        PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs += [nginx, haproxy, portico]
         for port in ORIGIN_PORTS + [PORTS["nginx"]["h1"], PORTS["haproxy"]["h1"], PORTS["portico"]["h1"]]:
@@ -466,7 +467,7 @@ def main():
             f.write('[[route]]\nname = "origin"\nservice = "origin"\n')
         discovered = Proc("portico-discovered", [portico_bin, "--threads", "1", "gateway", "--listen",
                                                  f"127.0.0.1:{PORTS['portico-discovered']['h1']}", "--config", disc_routes,
-                                                 "--registry", registry_url, "--no-access-log"],
+                                                 "--registry", registry_url, "--no-access-log", "--no-admin"],
                           PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs.append(discovered)
         big_routes = os.path.join(WORK, "routes-10k.toml")
@@ -474,9 +475,32 @@ def main():
             f.write(portico_routes(10_000))
         big = Proc("portico-10k-routes", [portico_bin, "--threads", "1", "gateway", "--listen",
                                           f"127.0.0.1:{PORTS['portico-10k-routes']['h1']}", "--config", big_routes,
-                                          "--no-access-log"], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+                                          "--no-access-log", "--no-admin"], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs.append(big)
-        for p in (PORTS["portico-discovered"]["h1"], PORTS["portico-10k-routes"]["h1"]):
+        feature_routes = os.path.join(WORK, "routes-features.toml")
+        ups = ", ".join(f'"127.0.0.1:{p}"' for p in ORIGIN_PORTS)
+        with open(feature_routes, "w") as f:
+            f.write(f'''[[route]]
+name = "main"
+upstreams = [{ups}]
+lb = "least_request"
+[route.retry]
+attempts = 2
+on = ["reset", "502", "503", "504"]
+[route.limits]
+max_requests = 10000
+max_retries = 100
+[route.breaker]
+consecutive_failures = 5
+[route.health_check]
+path = "/"
+interval = "1s"
+''')
+        features = Proc("portico-features", [portico_bin, "--threads", "1", "gateway", "--listen",
+                                             f"127.0.0.1:{PORTS['portico-features']['h1']}", "--config", feature_routes,
+                                             "--no-access-log", "--no-admin"], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+        procs.append(features)
+        for p in (PORTS["portico-discovered"]["h1"], PORTS["portico-10k-routes"]["h1"], PORTS["portico-features"]["h1"]):
             wait_port(p)
         # The discovered gateway must have the instances before it is measured.
         deadline = time.time() + 20
@@ -515,6 +539,15 @@ def main():
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req")
             results["6-routes"] = {"title": "10 routes vs 10,000 routes", "runs": runs}
+        if not only or "9-features" in only:
+            log("== 9-features: default route vs least_request + retry policy + limits + breaker + health check")
+            runs = {"portico": [], "portico-features": []}
+            for rep in range(args.reps):
+                for name, proc in (("portico", portico), ("portico-features", features)):
+                    r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[name]['h1']}/", 64, args.seconds))
+                    runs[name].append(r)
+                    log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req")
+            results["9-features"] = {"title": "resilience features on vs off", "runs": runs}
         if not only or "7-churn" in only:
             log("== 7-churn: discovered service, steady vs an instance registered/deregistered every 100 ms")
             runs = {"steady": [], "churn": []}
@@ -615,7 +648,7 @@ def registry_benchmarks(args):
     # Registration-to-routable, with 1,000 services and 10,000 instances present.
     data = os.path.join(WORK, "up-bench")
     up = Proc("up-bench", [os.path.join(RELEASE, "portico"), "up", "--listen", "127.0.0.1:19492", "--control",
-                           "127.0.0.1:19493", "--data-dir", data, "--no-access-log"], PROXY_CORE,
+                           "127.0.0.1:19493", "--data-dir", data, "--no-access-log", "--no-admin"], PROXY_CORE,
               env=dict(os.environ, RUST_LOG="warn"))
     try:
         wait_port(19493)
@@ -688,6 +721,10 @@ def render(machine, results, extra):
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-10k-routes"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-10k-routes"])]
             ratios.append(f"| {sid} | 10,000 routes / 10 routes | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+        elif "portico-features" in runs:
+            pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-features"])]
+            rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-features"])]
+            ratios.append(f"| {sid} | features on / off | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
         elif "churn" in runs:
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["steady"], runs["churn"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["steady"], runs["churn"])]
