@@ -281,3 +281,54 @@ async fn active_health_checks_take_an_endpoint_out_and_back() {
     }
     assert!(seen_flaky);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_pending_requests_waiting_for_a_connection_get_503() {
+    // A listener that never accepts, with a backlog of one: once the queue is
+    // full, new connections hang in the handshake.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let stuck = socket.listen(1).unwrap();
+    let addr = stuck.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let gw = TestGateway::start(GatewayOptions {
+        config: Config::parse(&format!(
+            "[[route]]\nname = \"svc\"\nupstreams = [\"{addr}\"]\n[route.limits]\nmax_pending = 2\n"
+        ))
+        .unwrap(),
+        proxy: ProxySettings {
+            access_log: false,
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    })
+    .await;
+    let url = format!("{}/x", gw.url);
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let url = url.clone();
+        waiting.push(tokio::spawn(async move { get(&url).await }));
+    }
+    eventually("two requests waiting for a connection", || async {
+        get(&format!("{}/endpoints", gw.admin_url)).await.json()["routes"][0]["requests_pending"]
+            == 2
+    })
+    .await;
+    let r = get(&url).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["x-portico-error"], "overloaded");
+    for w in waiting {
+        w.abort();
+    }
+    drop(fillers);
+}

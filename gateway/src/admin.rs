@@ -107,6 +107,9 @@ fn endpoints(table: &RouteTable) -> Value {
                             json!("passing")
                         },
                     });
+                    if h.ejected_for_ms(now) > 0 {
+                        v["ejection_reason"] = json!("consecutive_failures");
+                    }
                     if route.breaker.is_some() {
                         v["breaker"] = json!(h.breaker.state_name(now));
                     }
@@ -118,6 +121,7 @@ fn endpoints(table: &RouteTable) -> Value {
                 "lb": lb_name(&route.lb),
                 "requests_in_flight": entry.state.active(),
                 "retries_in_flight": entry.state.retrying(),
+                "requests_pending": entry.state.pending(),
                 "endpoints": endpoints,
             });
             if let Some(policy) = &route.retry {

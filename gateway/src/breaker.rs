@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_requests: Option<u32>,
     /// Most retries in flight on the route at once.
     pub max_retries: Option<u32>,
+    /// Most requests waiting for a new upstream connection at once.
+    pub max_pending: Option<u32>,
 }
 
 /// Mutable per-route state kept across table rebuilds.
@@ -30,6 +32,7 @@ pub struct RouteState {
     pub budget: RetryBudget,
     active: AtomicU32,
     retrying: AtomicU32,
+    pending: AtomicU32,
 }
 
 /// A slot held for as long as a request (or retry) is in flight.
@@ -42,7 +45,8 @@ impl Drop for Slot<'_> {
     }
 }
 
-fn acquire(counter: &AtomicU32, max: u32) -> Option<Slot<'_>> {
+/// Takes one of `max` slots counted in `counter`.
+pub fn acquire(counter: &AtomicU32, max: u32) -> Option<Slot<'_>> {
     let mut current = counter.load(Ordering::Acquire);
     loop {
         if current >= max {
@@ -69,6 +73,17 @@ impl RouteState {
     /// A retry slot; `None` when the route is at `max_retries`.
     pub fn retry(&self, max: u32) -> Option<Slot<'_>> {
         acquire(&self.retrying, max)
+    }
+
+    /// The counter of requests waiting for a new connection, with its limit,
+    /// for the pool (`None` when the route sets no `max_pending`).
+    pub fn pending_limit(&self, limits: &Limits) -> Option<(&AtomicU32, u32)> {
+        limits.max_pending.map(|max| (&self.pending, max))
+    }
+
+    /// Requests waiting for a new connection, counted against `max_pending`.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Retries in flight counted against `max_retries`.

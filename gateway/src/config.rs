@@ -27,6 +27,7 @@
 //! [route.limits]                                 # optional
 //! max_requests = 1000                            # in flight at once, else 503 overloaded
 //! max_retries = 50                               # retries in flight at once
+//! max_pending = 100                              # waiting for a new upstream connection
 //!
 //! [route.breaker]                                # optional, per endpoint
 //! consecutive_failures = 5
@@ -155,6 +156,7 @@ struct BreakerFile {
 struct LimitsFile {
     max_requests: Option<u32>,
     max_retries: Option<u32>,
+    max_pending: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -483,6 +485,7 @@ fn validate_route(i: usize, raw: RouteFile) -> Result<Route, ConfigError> {
             Limits {
                 max_requests: l.max_requests,
                 max_retries: l.max_retries,
+                max_pending: l.max_pending,
             }
         }
     };

@@ -52,6 +52,9 @@ pub enum UpstreamError {
     /// The exchange failed after connecting.
     #[error("{0}")]
     Protocol(String),
+    /// Too many requests already wait for a new connection (`max_pending`).
+    #[error("too many requests waiting for a connection")]
+    Overloaded,
     /// An HTTP/2 upstream refused the stream (REFUSED_STREAM): it did not
     /// process the request, so retrying it elsewhere is safe.
     #[error("stream refused: {0}")]
@@ -145,10 +148,15 @@ impl Pool {
 
     /// Sends `req` to `endpoint` over HTTP/1.1 and returns the response with
     /// a body that hands the connection back when read to the end.
+    ///
+    /// `pending`: a counter and limit of requests allowed to wait for a new
+    /// connection at once; over it, the request comes back unsent with
+    /// [`UpstreamError::Overloaded`].
     pub async fn send_http1(
         self: &Arc<Self>,
         endpoint: &Endpoint,
         mut req: Request<UpstreamBody>,
+        pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
     ) -> Result<Response<PooledBody>, SendError> {
         let key = endpoint.authority.as_str();
         let mut reused = true;
@@ -156,6 +164,18 @@ impl Pool {
             Some(s) => s,
             None => {
                 reused = false;
+                let _waiting = match pending {
+                    None => None,
+                    Some((counter, max)) => match crate::breaker::acquire(counter, max) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            return Err(SendError {
+                                error: UpstreamError::Overloaded,
+                                request: Some(req),
+                            });
+                        }
+                    },
+                };
                 match Box::pin(self.connect_http1(endpoint)).await {
                     Ok(s) => s,
                     Err(error) => {

@@ -309,7 +309,7 @@ impl Proxy {
                             .map(|r| r.map(|b| Either::Right(Either::Left(b))))
                     } else {
                         self.pool
-                            .send_http1(endpoint, req)
+                            .send_http1(endpoint, req, state.pending_limit(&route.limits))
                             .await
                             .map(|r| r.map(Either::Left))
                     }
@@ -361,6 +361,15 @@ impl Proxy {
                                 });
                             }
                         }
+                    }
+                    Some(Err(SendError {
+                        error: UpstreamError::Overloaded,
+                        ..
+                    })) => {
+                        return Err(ProxyError::Overloaded {
+                            route: route.name.to_string(),
+                            limit: route.limits.max_pending.unwrap_or(0),
+                        });
                     }
                     Some(Err(SendError {
                         error: UpstreamError::Refused(reason),
