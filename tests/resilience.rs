@@ -31,14 +31,22 @@ fn options(backends: &[&FaultyBackend], outlier: OutlierPolicy) -> GatewayOption
     }
 }
 
-fn is_ejected(gw: &TestGateway, addr: std::net::SocketAddr) -> bool {
+/// The health state the gateway keeps for the endpoint at `addr`.
+fn health_of(
+    gw: &TestGateway,
+    addr: std::net::SocketAddr,
+) -> Option<std::sync::Arc<portico_gateway::health::EndpointHealth>> {
     let table = gw.table.load();
     table.entries()[0]
         .endpoints
         .endpoints()
         .iter()
         .find(|e| e.addr == Some(addr))
-        .is_some_and(|e| e.health.is_ejected_now())
+        .map(|e| e.health.clone())
+}
+
+fn is_ejected(gw: &TestGateway, addr: std::net::SocketAddr) -> bool {
+    health_of(gw, addr).is_some_and(|h| h.is_ejected_now())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,13 +243,7 @@ async fn a_breaker_opens_probes_and_closes() {
 }
 
 fn is_checked_down(gw: &TestGateway, addr: std::net::SocketAddr) -> bool {
-    let table = gw.table.load();
-    table.entries()[0]
-        .endpoints
-        .endpoints()
-        .iter()
-        .find(|e| e.addr == Some(addr))
-        .is_some_and(|e| e.health.is_checked_down())
+    health_of(gw, addr).is_some_and(|h| h.is_checked_down())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
