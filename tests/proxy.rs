@@ -470,3 +470,32 @@ async fn shutdown_finishes_in_flight_requests() {
     // After the drain the listener is gone.
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstream_still_answers_the_client_in_http11() {
+    // A backend that answers in HTTP/1.0 and closes, like a minimal server.
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    .await;
+            });
+        }
+    });
+    let gw = TestGateway::start(options(&format!(
+        "[[route]]\nname = \"old\"\nupstreams = [\"{addr}\"]\n"
+    )))
+    .await;
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello"), "{answer}");
+}

@@ -119,6 +119,13 @@ impl Proxy {
 
     /// Handles one downstream request; never fails (errors become responses).
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        // Answer in the client's protocol, whatever the upstream spoke (an
+        // HTTP/1.0 upstream must not turn the client's response into 1.0).
+        let version = if req.version() == Version::HTTP_2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) => v.clone(),
             None => new_request_id(),
@@ -148,6 +155,7 @@ impl Proxy {
                 e.to_response().map(|b| Either::Right(Either::Right(b)))
             }
         };
+        *resp.version_mut() = version;
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         if let Some((start, method, uri)) = logged {
