@@ -90,6 +90,14 @@ impl SendError {
             request: None,
         }
     }
+
+    /// Nothing was sent: the request comes back for another endpoint.
+    fn unsent(error: UpstreamError, request: Request<UpstreamBody>) -> SendError {
+        SendError {
+            error,
+            request: Some(request),
+        }
+    }
 }
 
 /// What the gateway sends upstream: the client's body streamed as it
@@ -169,20 +177,14 @@ impl Pool {
                     Some((counter, max)) => match crate::breaker::acquire(counter, max) {
                         Some(slot) => Some(slot),
                         None => {
-                            return Err(SendError {
-                                error: UpstreamError::Overloaded,
-                                request: Some(req),
-                            });
+                            return Err(SendError::unsent(UpstreamError::Overloaded, req));
                         }
                     },
                 };
                 match Box::pin(self.connect_http1(endpoint)).await {
                     Ok(s) => s,
                     Err(error) => {
-                        return Err(SendError {
-                            error,
-                            request: Some(req),
-                        });
+                        return Err(SendError::unsent(error, req));
                     }
                 }
             }
@@ -205,10 +207,7 @@ impl Pool {
                         match Box::pin(self.connect_http1(endpoint)).await {
                             Ok(s) => sender = s,
                             Err(error) => {
-                                return Err(SendError {
-                                    error,
-                                    request: Some(back),
-                                });
+                                return Err(SendError::unsent(error, back));
                             }
                         }
                         req = back;
@@ -240,10 +239,7 @@ impl Pool {
             None => match Box::pin(self.connect_h2c(endpoint)).await {
                 Ok(s) => s,
                 Err(error) => {
-                    return Err(SendError {
-                        error,
-                        request: Some(req),
-                    });
+                    return Err(SendError::unsent(error, req));
                 }
             },
         };
@@ -256,10 +252,7 @@ impl Pool {
                         match Box::pin(self.connect_h2c(endpoint)).await {
                             Ok(s) => sender = s,
                             Err(error) => {
-                                return Err(SendError {
-                                    error,
-                                    request: Some(back),
-                                });
+                                return Err(SendError::unsent(error, back));
                             }
                         }
                         req = back;
