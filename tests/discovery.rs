@@ -128,15 +128,11 @@ async fn deregistered_instance_gets_no_new_requests() {
     let url = format!("{}/svc/", gateway.url);
     assert_eq!(count_instances(&url, 4).await.len(), 2);
 
-    let reply = send(
-        &http(),
+    let reply = call(
         Method::DELETE,
         &format!("{}/v1/services/svc/instances/b", registry.url),
-        &[],
-        Bytes::new(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let rev = reply.json()["revision"].as_u64().unwrap();
     gateway.wait_revision(rev).await;
@@ -145,15 +141,11 @@ async fn deregistered_instance_gets_no_new_requests() {
     assert_eq!(counts.get("a"), Some(&100));
 
     // Deleting again is fine and changes nothing.
-    let again = send(
-        &http(),
+    let again = call(
         Method::DELETE,
         &format!("{}/v1/services/svc/instances/b", registry.url),
-        &[],
-        Bytes::new(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json()["removed"], false);
     assert_eq!(again.json()["revision"].as_u64().unwrap(), rev);

@@ -23,11 +23,7 @@ async fn the_drain_endpoint_marks_the_instance_and_is_idempotent() {
     .await;
     let drain = |id: &str| {
         let url = format!("{base}/{id}/drain");
-        async move {
-            send(&http(), Method::POST, &url, &[], Bytes::new())
-                .await
-                .unwrap()
-        }
+        async move { call(Method::POST, &url).await }
     };
     let r = drain("a").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -42,15 +38,7 @@ async fn the_drain_endpoint_marks_the_instance_and_is_idempotent() {
     );
     assert_eq!(drain("nobody").await.status, StatusCode::NOT_FOUND);
     // A draining instance still heartbeats (its lease keeps running).
-    let hb = send(
-        &http(),
-        Method::PUT,
-        &format!("{base}/a/heartbeat"),
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
+    let hb = call(Method::PUT, &format!("{base}/a/heartbeat")).await;
     assert_eq!(hb.status, StatusCode::OK);
 }
 

@@ -49,25 +49,13 @@ async fn register_answers_with_the_stored_instance_and_revision() {
     assert_eq!(services["services"][0]["instances"]["passing"], 1);
 
     // Heartbeat: 200 for a known instance, 404 for an unknown one.
-    let hb = send(
-        &http(),
-        Method::PUT,
-        &format!("{url}/heartbeat"),
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
+    let hb = call(Method::PUT, &format!("{url}/heartbeat")).await;
     assert_eq!(hb.status, StatusCode::OK);
-    let hb = send(
-        &http(),
+    let hb = call(
         Method::PUT,
         &format!("{}/v1/services/web/instances/nope/heartbeat", registry.url),
-        &[],
-        Bytes::new(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(hb.status, StatusCode::NOT_FOUND);
     assert_eq!(hb.json()["code"], "not_found");
     // A heartbeat does not move the revision.

@@ -339,6 +339,13 @@ pub async fn get(url: &str) -> Reply {
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
+/// A body-less request (DELETE, a heartbeat PUT, a drain POST), read whole.
+pub async fn call(method: Method, url: &str) -> Reply {
+    send(&http(), method.clone(), url, &[], Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
 pub async fn put_json(url: &str, body: serde_json::Value) -> Reply {
     send(
         &http(),
