@@ -119,7 +119,8 @@ struct GatewayArgs {
     /// Do not open the admin listener.
     #[arg(long)]
     no_admin: bool,
-    /// Route file (TOML, `[[route]]` tables).
+    /// Route file (TOML, `[[route]]` tables); re-read when it changes and on
+    /// SIGHUP (an invalid file is refused and the previous routes kept).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Give each discovered service an implicit `/{service}` route (prefix
@@ -190,6 +191,7 @@ impl GatewayArgs {
         }
         Ok(GatewayOptions {
             config,
+            config_path: self.config.clone(),
             registry,
             auto_routes: self
                 .auto_routes

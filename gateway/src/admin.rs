@@ -1,13 +1,23 @@
 //! The gateway's admin listener: a separate address (never the public one)
-//! that shows why each endpoint is in or out of rotation.
+//! that shows why traffic goes where it goes.
 //!
 //! - `GET /healthz`: 200 while the gateway runs.
+//! - `GET /status`: the registry revision the served table reflects, the
+//!   newest revision heard of, whether the watch is connected, rebuild and
+//!   route-file reload counts. Comparing `applied_revision` across gateways
+//!   shows a lagging one.
 //! - `GET /endpoints`: per route, its policy in brief, the retry budget and
 //!   requests in flight, and per endpoint its weight, zone, in-flight count,
 //!   latency EWMA, consecutive failures, ejection (times, time left), active
 //!   health-check verdict and breaker state.
+//! - `GET /explain?method=&host=&path=&header=name:value&client_ip=`: which
+//!   route a request would take and why (every candidate the router tried,
+//!   with the reason each was passed over), the route's endpoints with their
+//!   state, which one would be picked, and a one-line verdict that names the
+//!   answer the client would get (`404 no_route`, `503 no_healthy_upstream`,
+//!   ...). Built for debugging a 404 or a 503 without reading logs.
 //!
-//! Plain hyper: two read-only JSON documents do not need a framework.
+//! Plain hyper: a few read-only JSON documents do not need a framework.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,20 +34,31 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::Balance;
+use std::sync::atomic::Ordering;
+
+use http::HeaderMap;
+use portico_registry::route::percent_decode;
+
+use crate::balance::Endpoint;
+use crate::config::{Balance, HostMatch, PathMatch, Route, Target};
+use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
-use crate::router::RouteTable;
+use crate::router::{Considered, Level, Mismatch, RequestView, RouteEntry, RouteTable};
 
 /// Serves the admin API on `listener` until the task is aborted.
-pub fn spawn(listener: TcpListener, table: Arc<ArcSwap<RouteTable>>) -> JoinHandle<()> {
+pub fn spawn(
+    listener: TcpListener,
+    table: Arc<ArcSwap<RouteTable>>,
+    status: Arc<DiscoveryStatus>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         while let Ok((stream, _)) = listener.accept().await {
-            let (table, builder) = (table.clone(), builder.clone());
+            let (table, status, builder) = (table.clone(), status.clone(), builder.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let table = table.clone();
-                    async move { Ok::<_, Infallible>(handle(&req, &table)) }
+                    let (table, status) = (table.clone(), status.clone());
+                    async move { Ok::<_, Infallible>(handle(&req, &table, &status)) }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -45,11 +66,23 @@ pub fn spawn(listener: TcpListener, table: Arc<ArcSwap<RouteTable>>) -> JoinHand
     })
 }
 
-fn handle(req: &Request<Incoming>, table: &ArcSwap<RouteTable>) -> Response<Full<Bytes>> {
+fn handle(
+    req: &Request<Incoming>,
+    table: &ArcSwap<RouteTable>,
+    discovery: &DiscoveryStatus,
+) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/endpoints") => (StatusCode::OK, endpoints(&table.load())),
-        (_, "/healthz" | "/endpoints") => (
+        (&Method::GET, "/status") => (StatusCode::OK, status_json(&table.load(), discovery)),
+        (&Method::GET, "/explain") => match explain(&table.load(), req.uri().query()) {
+            Ok(v) => (StatusCode::OK, v),
+            Err((field, reason)) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("{field}: {reason}"), "code": "invalid_value", "field": field}),
+            ),
+        },
+        (_, "/healthz" | "/endpoints" | "/status" | "/explain") => (
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method not allowed", "code": "method_not_allowed"}),
         ),
@@ -66,13 +99,53 @@ fn handle(req: &Request<Incoming>, table: &ArcSwap<RouteTable>) -> Response<Full
 }
 
 fn lb_name(lb: &Balance) -> &'static str {
-    match lb {
-        Balance::RoundRobin => "round_robin",
-        Balance::LeastRequest => "least_request",
-        Balance::PeakEwma => "peak_ewma",
-        Balance::Random => "random",
-        Balance::ConsistentHash(_) => "consistent_hash",
+    lb.name()
+}
+
+fn status_json(table: &RouteTable, s: &DiscoveryStatus) -> Value {
+    json!({
+        "applied_revision": s.applied_revision.load(Ordering::Relaxed),
+        "table_revision": table.revision,
+        "seen_revision": s.seen_revision.load(Ordering::Relaxed),
+        "registry_connected": s.connected.load(Ordering::Relaxed),
+        "rebuilds": s.rebuilds.load(Ordering::Relaxed),
+        "applied_at_unix_ms": s.applied_at_ms.load(Ordering::Relaxed),
+        "last_build_us": s.last_build_us.load(Ordering::Relaxed),
+        "route_file_reloads": s.reloads.load(Ordering::Relaxed),
+        "route_file_reload_failures": s.reload_failures.load(Ordering::Relaxed),
+        "routes": table.entries().len(),
+    })
+}
+
+/// One endpoint's state, as `/endpoints` and `/explain` show it.
+fn endpoint_json(route: &Route, e: &Endpoint, now: u64) -> Value {
+    let h = &e.health;
+    let mut v = json!({
+        "id": &*e.id,
+        "address": e.authority.as_str(),
+        "weight": e.weight,
+        "zone": e.zone.as_deref(),
+        "in_rotation": !h.is_out(now),
+        "in_flight": h.in_flight(),
+        "latency_ewma_ms": h.ewma_us() / 1000.0,
+        "consecutive_failures": h.consecutive_failures(),
+        "ejections": h.ejections(),
+        "ejected_for_ms": h.ejected_for_ms(now),
+        "health_check": if route.health_check.is_none() {
+            Value::Null
+        } else if h.is_checked_down() {
+            json!("failing")
+        } else {
+            json!("passing")
+        },
+    });
+    if h.ejected_for_ms(now) > 0 {
+        v["ejection_reason"] = json!("consecutive_failures");
     }
+    if route.breaker.is_some() {
+        v["breaker"] = json!(h.breaker.state_name(now));
+    }
+    v
 }
 
 fn endpoints(table: &RouteTable) -> Value {
@@ -86,35 +159,7 @@ fn endpoints(table: &RouteTable) -> Value {
                 .endpoints
                 .endpoints()
                 .iter()
-                .map(|e| {
-                    let h = &e.health;
-                    let mut v = json!({
-                        "id": &*e.id,
-                        "address": e.authority.as_str(),
-                        "weight": e.weight,
-                        "zone": e.zone.as_deref(),
-                        "in_rotation": !h.is_out(now),
-                        "in_flight": h.in_flight(),
-                        "latency_ewma_ms": h.ewma_us() / 1000.0,
-                        "consecutive_failures": h.consecutive_failures(),
-                        "ejections": h.ejections(),
-                        "ejected_for_ms": h.ejected_for_ms(now),
-                        "health_check": if route.health_check.is_none() {
-                            Value::Null
-                        } else if h.is_checked_down() {
-                            json!("failing")
-                        } else {
-                            json!("passing")
-                        },
-                    });
-                    if h.ejected_for_ms(now) > 0 {
-                        v["ejection_reason"] = json!("consecutive_failures");
-                    }
-                    if route.breaker.is_some() {
-                        v["breaker"] = json!(h.breaker.state_name(now));
-                    }
-                    v
-                })
+                .map(|e| endpoint_json(route, e, now))
                 .collect();
             let mut r = json!({
                 "name": &*route.name,
@@ -131,4 +176,292 @@ fn endpoints(table: &RouteTable) -> Value {
         })
         .collect();
     json!({ "revision": table.revision, "routes": routes })
+}
+
+/// The inputs of `/explain`, from its query string.
+struct ExplainQuery {
+    method: Method,
+    host: Option<String>,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    client_ip: std::net::IpAddr,
+}
+
+fn parse_explain(raw: Option<&str>) -> Result<ExplainQuery, (&'static str, String)> {
+    let mut q = ExplainQuery {
+        method: Method::GET,
+        host: None,
+        path: "/".to_string(),
+        query: None,
+        headers: HeaderMap::new(),
+        client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match name {
+            "method" => {
+                q.method = Method::from_bytes(value.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| ("method", format!("{value:?} is not an HTTP method")))?;
+            }
+            "host" => {
+                let host = value.trim_end_matches('.').to_ascii_lowercase();
+                let host = match host.rsplit_once(':') {
+                    Some((h, port))
+                        if port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') =>
+                    {
+                        h.to_string()
+                    }
+                    _ => host,
+                };
+                q.host = (!host.is_empty()).then_some(host);
+            }
+            "path" => {
+                if !value.starts_with('/') {
+                    return Err(("path", format!("{value:?} must start with '/'")));
+                }
+                match value.split_once('?') {
+                    Some((p, query)) => {
+                        q.path = p.to_string();
+                        q.query = Some(query.to_string());
+                    }
+                    None => q.path = value,
+                }
+            }
+            "header" => {
+                let (n, v) = value
+                    .split_once(':')
+                    .ok_or(("header", format!("{value:?}: expected name:value")))?;
+                let n = http::HeaderName::from_bytes(n.trim().as_bytes())
+                    .map_err(|_| ("header", format!("{n:?} is not a header name")))?;
+                let v = http::HeaderValue::from_str(v.trim())
+                    .map_err(|_| ("header", format!("{v:?} is not a header value")))?;
+                q.headers.append(n, v);
+            }
+            "client_ip" => {
+                q.client_ip = value
+                    .parse()
+                    .map_err(|_| ("client_ip", format!("{value:?} is not an IP address")))?;
+            }
+            other => {
+                return Err((
+                    "query",
+                    format!(
+                        "unknown parameter {other:?}: expected method, host, path, header or client_ip"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn level_name(level: &Level<'_>) -> String {
+    match level {
+        Level::ExactHost(h) => format!("host {h}"),
+        Level::WildcardHost(s) => format!("host *{s}"),
+        Level::AnyHost => "any host".to_string(),
+    }
+}
+
+fn describe_match(route: &Route) -> Value {
+    let hosts: Vec<String> = route
+        .hosts
+        .iter()
+        .map(|h| match h {
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Wildcard(s) => format!("*{s}"),
+        })
+        .collect();
+    let path = match &route.path {
+        PathMatch::Exact(p) => json!({"exact": p}),
+        PathMatch::Prefix(p) => json!({"prefix": p}),
+        PathMatch::Regex(p) => json!({"regex": p.source(), "indexed_under": p.literal_prefix()}),
+    };
+    json!({
+        "hosts": hosts,
+        "path": path,
+        "methods": route.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
+        "headers": route.headers.iter().map(|h| format!("{} {}", h.name, h.rule.describe())).collect::<Vec<_>>(),
+        "query": route.query.iter().map(|q| format!("{} {}", q.name, q.rule.describe())).collect::<Vec<_>>(),
+        "priority": route.priority,
+    })
+}
+
+fn mismatch_reason(route: &Route, m: Mismatch, q: &ExplainQuery) -> String {
+    match m {
+        Mismatch::Method => format!(
+            "method {} is not among {:?}",
+            q.method,
+            route.methods.iter().map(Method::as_str).collect::<Vec<_>>()
+        ),
+        Mismatch::PathRegex => match &route.path {
+            PathMatch::Regex(p) => {
+                format!("path {:?} does not match regex {:?}", q.path, p.source())
+            }
+            _ => "path does not match".to_string(),
+        },
+        Mismatch::Header(n) => {
+            let h = &route.headers[n];
+            format!("header {} must be {}", h.name, h.rule.describe())
+        }
+        Mismatch::Query(n) => {
+            let p = &route.query[n];
+            format!("query parameter {} must be {}", p.name, p.rule.describe())
+        }
+    }
+}
+
+/// Answers `/explain`: the route, the candidates, the endpoints, the pick.
+fn explain(table: &RouteTable, raw: Option<&str>) -> Result<Value, (&'static str, String)> {
+    let q = parse_explain(raw)?;
+    let req = RequestView {
+        host: q.host.as_deref(),
+        path: &q.path,
+        query: q.query.as_deref(),
+        method: &q.method,
+        headers: &q.headers,
+    };
+    let mut considered: Vec<(usize, String, String, Result<(), Mismatch>)> = Vec::new();
+    let matched = table.lookup_observed(&req, &mut |c: Considered<'_>| {
+        considered.push((
+            c.index,
+            level_name(&c.level),
+            c.path_key.to_string(),
+            c.outcome,
+        ));
+    });
+    let winner = matched.as_ref().map(|m| &*m.entry.route.name);
+    let considered_json: Vec<Value> = considered
+        .iter()
+        .map(|(index, level, key, outcome)| {
+            let route = &table.entries()[*index].route;
+            let result = match outcome {
+                Ok(()) if Some(&*route.name) == winner => "matched".to_string(),
+                Ok(()) => "matched, but a route with a higher priority also matched".to_string(),
+                Err(m) => mismatch_reason(route, *m, &q),
+            };
+            json!({
+                "route": &*route.name,
+                "at": level,
+                "path_key": key,
+                "priority": route.priority,
+                "result": result,
+            })
+        })
+        .collect();
+    let request = json!({
+        "method": q.method.as_str(),
+        "host": q.host,
+        "path": q.path,
+        "query": q.query,
+        "headers": q.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("<binary>"))).collect::<Vec<_>>(),
+    });
+    let Some(m) = matched else {
+        let verdict = if table.entries().is_empty() {
+            "404 no_route: the gateway has no routes at all".to_string()
+        } else if considered.is_empty() {
+            "404 no_route: no route's host and path cover this request".to_string()
+        } else {
+            format!(
+                "404 no_route: {} route(s) cover this host and path, but none of their conditions hold (see considered)",
+                considered.len()
+            )
+        };
+        return Ok(json!({
+            "table_revision": table.revision,
+            "request": request,
+            "route": null,
+            "considered": considered_json,
+            "verdict": verdict,
+        }));
+    };
+    let entry: &RouteEntry = m.entry;
+    let route = &entry.route;
+    let now = now_ms();
+    let endpoints: Vec<Value> = entry
+        .endpoints
+        .endpoints()
+        .iter()
+        .map(|e| endpoint_json(route, e, now))
+        .collect();
+    let all = entry.endpoints.endpoints();
+    let out = all.iter().filter(|e| e.health.is_out(now)).count();
+    let open = all
+        .iter()
+        .filter(|e| route.breaker.is_some() && e.health.breaker.is_open(now))
+        .count();
+    // One turn of the balancer, as a request would take (skipping open
+    // breakers, as the proxy does), without admitting through a breaker.
+    let avoid: Vec<usize> = (0..all.len())
+        .filter(|&i| route.breaker.is_some() && all[i].health.breaker.is_open(now))
+        .collect();
+    let hash = match &route.lb {
+        Balance::ConsistentHash(on) => {
+            let mut r = Request::builder()
+                .uri(q.path.as_str())
+                .body(())
+                .expect("a path is a valid URI");
+            *r.headers_mut() = q.headers.clone();
+            crate::proxy::hash_key(
+                &r,
+                on,
+                &crate::proxy::Peer::new(std::net::SocketAddr::new(q.client_ip, 0)),
+            )
+        }
+        _ => None,
+    };
+    let pick = if avoid.len() == all.len() {
+        None
+    } else {
+        entry.endpoints.pick_with(&route.lb, hash, &avoid)
+    };
+    let target = match &route.target {
+        Target::Service(s) => json!({"service": s}),
+        Target::Static(list) => {
+            json!({"upstreams": list.iter().map(|a| a.as_str()).collect::<Vec<_>>()})
+        }
+    };
+    let verdict = match (&route.target, all.len(), pick) {
+        (Target::Service(s), 0, _) => format!(
+            "503 no_healthy_upstream: route {:?} targets service {s:?}, which has no passing instance in the registry",
+            &*route.name
+        ),
+        (_, n, None) if open == n => {
+            format!("503 circuit_open: the circuit breaker is open on all {n} endpoint(s)")
+        }
+        (_, n, Some((_, e))) if out == n => format!(
+            "proxied to {} in panic mode: all {n} endpoint(s) are out of rotation ({} ejected, {} failing health checks), so the gateway spreads traffic over all of them",
+            e.authority,
+            all.iter()
+                .filter(|e| e.health.ejected_for_ms(now) > 0)
+                .count(),
+            all.iter().filter(|e| e.health.is_checked_down()).count(),
+        ),
+        (_, _, Some((_, e))) => format!(
+            "proxied to {} ({}) by {}",
+            e.authority,
+            e.id,
+            route.lb.name()
+        ),
+        (_, n, None) => {
+            format!("503 no_healthy_upstream: none of the {n} endpoint(s) can be picked")
+        }
+    };
+    Ok(json!({
+        "table_revision": table.revision,
+        "request": request,
+        "route": {
+            "name": &*route.name,
+            "match": describe_match(route),
+            "target": target,
+            "lb": route.lb.name(),
+            "strip_prefix": route.strip_prefix,
+        },
+        "considered": considered_json,
+        "endpoints": endpoints,
+        "would_pick": pick.map(|(_, e)| json!({"id": &*e.id, "address": e.authority.as_str()})),
+        "verdict": verdict,
+    }))
 }

@@ -10,20 +10,10 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use crate::retry::RetryBudget;
 
-/// A route's limits (`[route.limits]`); `None` means unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Limits {
-    /// Most requests in flight on the route at once.
-    pub max_requests: Option<u32>,
-    /// Most retries in flight on the route at once.
-    pub max_retries: Option<u32>,
-    /// Most requests waiting for a new upstream connection at once.
-    pub max_pending: Option<u32>,
-}
+pub use portico_registry::route::{BreakerPolicy, Limits};
 
 /// Mutable per-route state kept across table rebuilds.
 #[derive(Debug, Default)]
@@ -94,39 +84,6 @@ impl RouteState {
     /// Requests in flight counted against `max_requests`.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
-    }
-}
-
-/// A route's per-endpoint circuit breaker (`[route.breaker]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerPolicy {
-    /// Failures in a row that open the circuit.
-    pub consecutive_failures: u32,
-    /// Failure share (percent) over `window` that opens it, if set.
-    pub failure_rate_percent: Option<u32>,
-    /// The window of the failure rate.
-    pub window: Duration,
-    /// Fewest requests in the window before the rate counts.
-    pub min_requests: u32,
-    /// First open period; doubled each time it opens again, jittered, capped.
-    pub open_for: Duration,
-    /// Longest open period.
-    pub max_open: Duration,
-    /// Probe requests let through while half-open.
-    pub half_open_probes: u32,
-}
-
-impl Default for BreakerPolicy {
-    fn default() -> Self {
-        BreakerPolicy {
-            consecutive_failures: 5,
-            failure_rate_percent: None,
-            window: Duration::from_secs(10),
-            min_requests: 20,
-            open_for: Duration::from_secs(5),
-            max_open: Duration::from_secs(60),
-            half_open_probes: 1,
-        }
     }
 }
 
@@ -279,6 +236,7 @@ fn open(c: &mut Circuit, now: u64, policy: &BreakerPolicy) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn policy() -> BreakerPolicy {
         BreakerPolicy {

@@ -15,11 +15,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
+use http::Request;
 use http::uri::Authority;
-use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -28,32 +27,7 @@ use tokio::task::JoinHandle;
 use crate::balance::Endpoint;
 use crate::health::EndpointHealth;
 
-/// A route's active health check.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HealthCheck {
-    /// Path requested, e.g. `/healthz`.
-    pub path: String,
-    /// Time between checks of one endpoint.
-    pub interval: Duration,
-    /// Time allowed for connecting and the response head.
-    pub timeout: Duration,
-    /// Consecutive successes that bring a down endpoint back.
-    pub healthy_threshold: u32,
-    /// Consecutive failures that take an endpoint down.
-    pub unhealthy_threshold: u32,
-    /// Statuses that count as healthy; empty means any 2xx.
-    pub expected_statuses: Vec<u16>,
-}
-
-impl HealthCheck {
-    fn healthy(&self, status: StatusCode) -> bool {
-        if self.expected_statuses.is_empty() {
-            status.is_success()
-        } else {
-            self.expected_statuses.contains(&status.as_u16())
-        }
-    }
-}
+pub use portico_registry::route::HealthCheck;
 
 /// The running checker tasks, keyed by endpoint and check.
 #[derive(Debug, Default)]
@@ -141,7 +115,7 @@ async fn probe(authority: &Authority, check: &HealthCheck) -> bool {
         .body(Empty::<Bytes>::new());
     let healthy = match req {
         Ok(req) => match sender.send_request(req).await {
-            Ok(resp) => check.healthy(resp.status()),
+            Ok(resp) => check.healthy(resp.status().as_u16()),
             Err(_) => false,
         },
         Err(_) => false,

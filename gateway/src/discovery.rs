@@ -1,48 +1,58 @@
-//! From registry changes to routing tables.
+//! From registry changes and route files to routing tables.
 //!
 //! [`TableBuilder`] turns routes plus known instances into an immutable
-//! [`RouteTable`]. [`follow`] runs the registry watch: it applies each burst of
-//! events to its instance map, rebuilds the endpoint sets of the services that
-//! changed (and only those), and swaps the new table in with one atomic store.
-//! Requests in flight keep the table they loaded. When the registry is
-//! unreachable nothing is swapped, so the gateway keeps serving its last table.
+//! [`RouteTable`]. Routes come from three places, in this order: the route
+//! file (static, reloaded on change), the registry's `/v1/routes`, and, with
+//! auto routes on, one implicit `/{service}` route per discovered service.
+//!
+//! [`run`] is the one task that owns the builder. It follows the registry
+//! watch (when there is a registry) and the route file (when there is one):
+//! it applies each burst of events, rebuilds what changed (endpoint sets of
+//! changed services only; the match index only when routes changed), and
+//! swaps the new table in with one atomic store. Requests in flight keep the
+//! table they loaded. When the registry is unreachable nothing is swapped, so
+//! the gateway keeps serving its last table.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use portico_registry::model::{Instance, WatchEvent};
+use portico_registry::route::RouteSpec;
+use tokio::sync::watch;
 
 use crate::balance::{Endpoint, EndpointSet};
 use crate::breaker::RouteState;
 use crate::check::Checkers;
-use crate::config::{PathMatch, Route, Target};
+use crate::config::{Config, PathMatch, Route, Target};
 use crate::health::HealthRegistry;
 use crate::router::{RouteEntry, RouteTable, Router};
 
 /// Builds routing tables from routes and discovered instances.
 ///
 /// Keeps everything a rebuild needs between builds: the endpoint set of every
-/// service, the implicit route of every service, and the match index, which
-/// is rebuilt only when the set of routes changes (a service appearing or
-/// disappearing with auto routes on). An instance change therefore costs one
-/// endpoint-set build for its service plus one pass over the route list.
+/// service and the match index, which is rebuilt only when the set of routes
+/// changes (a route written or deleted, a file reloaded, or a service
+/// appearing or disappearing with auto routes on). An instance change
+/// therefore costs one endpoint-set build for its service plus one pass over
+/// the route list.
 #[derive(Debug)]
 pub struct TableBuilder {
-    routes: Vec<Arc<Route>>,
+    /// Routes from the route file.
+    file_routes: Vec<Arc<Route>>,
+    /// Routes from the registry, by name.
+    api_routes: BTreeMap<String, Arc<Route>>,
     /// Give every discovered service an implicit `/{service}` route.
     auto_routes: bool,
-    /// Implicit route per discovered service, when `auto_routes`.
-    auto: BTreeMap<String, Arc<Route>>,
-    /// Paths that configured routes already claim without host or method
-    /// restrictions; an implicit route never shadows them.
-    claimed: HashSet<PathMatch>,
-    /// Configured routes then implicit ones, as indexed by `router`.
+    /// File routes, then registry routes, then implicit ones, as indexed by
+    /// `router`.
     effective: Vec<Arc<Route>>,
     router: Arc<Router>,
     routes_changed: bool,
-    static_sets: HashMap<String, Arc<EndpointSet>>,
+    /// Endpoint sets of static routes, by route name, with the upstream
+    /// list they were built from (reused while it is unchanged).
+    static_sets: HashMap<Arc<str>, (Target, Arc<EndpointSet>)>,
     service_sets: HashMap<String, Arc<EndpointSet>>,
     empty: Arc<EndpointSet>,
     health: Arc<HealthRegistry>,
@@ -56,9 +66,9 @@ pub struct TableBuilder {
 }
 
 impl TableBuilder {
-    /// A builder over configured `routes`; with `auto_routes`, each
-    /// discovered service `s` also gets a route `path_prefix = "/s"` with the
-    /// prefix stripped, unless a configured route claims that path.
+    /// A builder over file `routes`; with `auto_routes`, each discovered
+    /// service `s` also gets a route `path_prefix = "/s"` with the prefix
+    /// stripped, unless another route claims that path.
     ///
     /// `health` is shared with every other builder of the same gateway, so
     /// passive-health state follows an endpoint from table to table.
@@ -67,35 +77,14 @@ impl TableBuilder {
         auto_routes: bool,
         health: Arc<HealthRegistry>,
     ) -> TableBuilder {
-        let static_sets = routes
-            .iter()
-            .filter_map(|r| match &r.target {
-                Target::Static(list) => Some((
-                    r.name.to_string(),
-                    Arc::new(EndpointSet::new(
-                        list.iter()
-                            .cloned()
-                            .map(|a| Endpoint::from_static(a, &health))
-                            .collect(),
-                    )),
-                )),
-                Target::Service(_) => None,
-            })
-            .collect();
-        let claimed = routes
-            .iter()
-            .filter(|r| r.hosts.is_empty() && r.methods.is_empty())
-            .map(|r| r.path.clone())
-            .collect();
         TableBuilder {
-            routes,
+            file_routes: routes,
+            api_routes: BTreeMap::new(),
             auto_routes,
-            auto: BTreeMap::new(),
-            claimed,
             effective: Vec::new(),
             router: Arc::new(Router::default()),
             routes_changed: true,
-            static_sets,
+            static_sets: HashMap::new(),
             service_sets: HashMap::new(),
             empty: Arc::new(EndpointSet::default()),
             health,
@@ -111,11 +100,54 @@ impl TableBuilder {
         self
     }
 
+    /// Replaces the route file's routes (a reload).
+    pub fn set_file_routes(&mut self, routes: Vec<Arc<Route>>) {
+        if routes != self.file_routes {
+            self.file_routes = routes;
+            self.routes_changed = true;
+        }
+    }
+
+    /// Applies a route written in the registry. A route the registry
+    /// accepted always compiles here too (the same code validates both), so
+    /// a failure means a registry of another version: it is logged and the
+    /// previous version of the route, if any, is dropped rather than served
+    /// stale.
+    pub fn put_api_route(&mut self, spec: &RouteSpec) {
+        match portico_registry::route::compile(spec, "") {
+            Ok(route) => {
+                let route = Arc::new(route);
+                if self.api_routes.get(&spec.name) != Some(&route) {
+                    self.api_routes.insert(spec.name.clone(), route);
+                    self.routes_changed = true;
+                }
+            }
+            Err(e) => {
+                tracing::error!(route = %spec.name, error = %e.reason, "registry route refused");
+                self.delete_api_route(&spec.name);
+            }
+        }
+    }
+
+    /// Removes a registry route.
+    pub fn delete_api_route(&mut self, name: &str) {
+        if self.api_routes.remove(name).is_some() {
+            self.routes_changed = true;
+        }
+    }
+
+    /// Forgets every registry route (before a snapshot re-lists them).
+    pub fn clear_api_routes(&mut self) {
+        if !self.api_routes.is_empty() {
+            self.api_routes.clear();
+            self.routes_changed = true;
+        }
+    }
+
     /// Replaces one service's routable endpoints (rebuilt from its instances).
     pub fn set_service(&mut self, service: &str, instances: &BTreeMap<String, Instance>) {
         if instances.is_empty() {
-            self.service_sets.remove(service);
-            if self.auto.remove(service).is_some() {
+            if self.service_sets.remove(service).is_some() && self.auto_routes {
                 self.routes_changed = true;
             }
             return;
@@ -125,50 +157,86 @@ impl TableBuilder {
             .filter(|i| i.status.routable())
             .filter_map(|i| Endpoint::from_instance(i, &self.health))
             .collect();
-        self.service_sets.insert(
-            service.to_string(),
-            Arc::new(EndpointSet::with_zone(endpoints, self.zone.as_deref())),
-        );
+        let fresh = self
+            .service_sets
+            .insert(
+                service.to_string(),
+                Arc::new(EndpointSet::with_zone(endpoints, self.zone.as_deref())),
+            )
+            .is_none();
         self.health.prune();
-        if self.auto_routes && !self.auto.contains_key(service) {
-            let path = PathMatch::Prefix(format!("/{service}"));
-            if !self.claimed.contains(&path) {
-                self.auto.insert(
-                    service.to_string(),
-                    Arc::new(Route {
-                        name: format!("auto:{service}").into(),
-                        hosts: Vec::new(),
-                        path,
-                        methods: Vec::new(),
-                        target: Target::Service(service.to_string()),
-                        strip_prefix: true,
-                        timeout: crate::config::DEFAULT_ROUTE_TIMEOUT,
-                        lb: crate::config::Balance::default(),
-                        retry: None,
-                        limits: crate::breaker::Limits::default(),
-                        breaker: None,
-                        health_check: None,
-                        slow_start: None,
-                    }),
-                );
-                self.routes_changed = true;
+        if fresh && self.auto_routes {
+            self.routes_changed = true;
+        }
+    }
+
+    /// The effective route list: file routes, registry routes whose name no
+    /// file route uses, then implicit routes for paths nobody claims.
+    fn effective_routes(&self) -> Vec<Arc<Route>> {
+        let mut names: HashSet<&str> = self.file_routes.iter().map(|r| &*r.name).collect();
+        let mut out: Vec<Arc<Route>> = self.file_routes.clone();
+        for (name, route) in &self.api_routes {
+            if names.insert(name) {
+                out.push(route.clone());
+            } else {
+                tracing::warn!(route = %name, "registry route ignored: the route file has one of that name");
             }
         }
+        if self.auto_routes {
+            // Paths claimed for every request (no host, method, header or
+            // query condition): an implicit route never shadows them.
+            let claimed: HashSet<&str> = out
+                .iter()
+                .filter(|r| r.hosts.is_empty() && r.conditions() == 0)
+                .filter_map(|r| match &r.path {
+                    PathMatch::Prefix(p) => Some(p.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let mut services: Vec<&String> = self.service_sets.keys().collect();
+            services.sort();
+            let auto: Vec<Arc<Route>> = services
+                .into_iter()
+                .filter(|s| !claimed.contains(format!("/{s}").as_str()))
+                .map(|s| {
+                    let mut r = Route::to_service(
+                        &format!("auto:{s}"),
+                        PathMatch::Prefix(format!("/{s}")),
+                        s,
+                    );
+                    r.strip_prefix = true;
+                    Arc::new(r)
+                })
+                .collect();
+            out.extend(auto);
+        }
+        out
     }
 
     /// A new table reflecting the current routes and instances.
     pub fn build(&mut self, revision: u64) -> RouteTable {
         if self.routes_changed {
-            self.effective = self
-                .routes
-                .iter()
-                .chain(self.auto.values())
-                .cloned()
-                .collect();
+            self.effective = self.effective_routes();
             self.router = Arc::new(Router::new(&self.effective));
             self.routes_changed = false;
             let names: HashSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
             self.states.retain(|name, _| names.contains(name));
+            let mut sets = HashMap::new();
+            for r in &self.effective {
+                if let Target::Static(list) = &r.target {
+                    let set = match self.static_sets.remove(&r.name) {
+                        Some((target, set)) if target == r.target => set,
+                        _ => Arc::new(EndpointSet::new(
+                            list.iter()
+                                .cloned()
+                                .map(|a| Endpoint::from_static(a, &self.health))
+                                .collect(),
+                        )),
+                    };
+                    sets.insert(r.name.clone(), (r.target.clone(), set));
+                }
+            }
+            self.static_sets = sets;
         }
         let (static_sets, service_sets, empty, states) = (
             &self.static_sets,
@@ -181,7 +249,7 @@ impl TableBuilder {
             .iter()
             .map(|route| {
                 let endpoints = match &route.target {
-                    Target::Static(_) => static_sets.get(route.name.as_ref()),
+                    Target::Static(_) => static_sets.get(&route.name).map(|(_, set)| set),
                     Target::Service(s) => service_sets.get(s),
                 }
                 .cloned()
@@ -211,34 +279,80 @@ impl TableBuilder {
     }
 }
 
-/// What a gateway knows about its registry feed, for operators and tests.
+/// What a gateway knows about its registry feed and route file, for
+/// operators (`/status` on the admin listener) and tests.
 #[derive(Debug, Default)]
 pub struct DiscoveryStatus {
     /// Registry revision of the table being served.
     pub applied_revision: AtomicU64,
-    /// Number of tables built from the feed.
+    /// Highest registry revision heard of (a progress line may announce
+    /// one before the table catches up).
+    pub seen_revision: AtomicU64,
+    /// Number of tables built.
     pub rebuilds: AtomicU64,
+    /// Unix ms when the last table was swapped in.
+    pub applied_at_ms: AtomicU64,
+    /// Microseconds the last rebuild took, from the event burst's arrival to
+    /// the swap.
+    pub last_build_us: AtomicU64,
+    /// Whether the registry watch is connected.
+    pub connected: AtomicBool,
+    /// Route file reloads applied, and refused.
+    pub reloads: AtomicU64,
+    /// Route file reloads refused (the previous routes kept serving).
+    pub reload_failures: AtomicU64,
 }
 
-/// Follows the registry forever, swapping a new table into `table` after each
-/// burst of changes.
-pub async fn follow(
-    client: portico_registry::client::RegistryClient,
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The task that owns `builder`: follows the registry (when `client` is
+/// given) and route-file reloads (`config`), swapping a new table into
+/// `table` after each burst of changes. Runs until aborted.
+pub async fn run(
+    client: Option<portico_registry::client::RegistryClient>,
     mut builder: TableBuilder,
+    mut config: watch::Receiver<Config>,
     table: Arc<ArcSwap<RouteTable>>,
     status: Arc<DiscoveryStatus>,
 ) {
-    let mut watcher = client.watch(0);
+    let mut watcher = client.map(|c| c.watch(0));
     let mut services: HashMap<String, BTreeMap<String, Instance>> = HashMap::new();
+    let mut config_open = true;
     loop {
-        let first = watcher.next().await;
+        let first = tokio::select! {
+            event = async {
+                match watcher.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => Some(event),
+            changed = config.changed(), if config_open => {
+                if changed.is_err() {
+                    config_open = false;
+                    continue;
+                }
+                None
+            }
+        };
+        let started = std::time::Instant::now();
         let mut changed: HashSet<String> = HashSet::new();
-        let mut event = Some(first);
+        let mut routes_touched = false;
         let mut progressed = false;
+        if first.is_none() {
+            builder.set_file_routes(config.borrow_and_update().routes.clone());
+            routes_touched = true;
+        }
+        let mut event = first;
         // Apply everything already received before building anything.
         while let Some(e) = event {
             match e {
-                WatchEvent::Snapshot { instances, .. } => {
+                WatchEvent::Snapshot {
+                    instances, routes, ..
+                } => {
                     changed.extend(services.keys().cloned());
                     services.clear();
                     for i in instances {
@@ -248,6 +362,11 @@ pub async fn follow(
                             .or_default()
                             .insert(i.id.clone(), i);
                     }
+                    builder.clear_api_routes();
+                    for r in &routes {
+                        builder.put_api_route(r);
+                    }
+                    routes_touched = true;
                 }
                 WatchEvent::Put { instance, .. } => {
                     changed.insert(instance.service.clone());
@@ -265,12 +384,27 @@ pub async fn follow(
                     }
                     changed.insert(service);
                 }
+                WatchEvent::RoutePut { route, .. } => {
+                    builder.put_api_route(&route);
+                    routes_touched = true;
+                }
+                WatchEvent::RouteDelete { name, .. } => {
+                    builder.delete_api_route(&name);
+                    routes_touched = true;
+                }
                 WatchEvent::Progress { .. } => progressed = true,
             }
-            event = watcher.next_buffered();
+            event = watcher.as_mut().and_then(|w| w.next_buffered());
         }
-        let revision = watcher.revision();
-        if changed.is_empty() {
+        let revision = match &watcher {
+            Some(w) => {
+                status.connected.store(w.is_connected(), Ordering::Relaxed);
+                w.revision()
+            }
+            None => 0,
+        };
+        status.seen_revision.fetch_max(revision, Ordering::Relaxed);
+        if changed.is_empty() && !routes_touched {
             if progressed {
                 status.applied_revision.store(revision, Ordering::Relaxed);
             }
@@ -281,9 +415,18 @@ pub async fn follow(
             builder.set_service(service, services.get(service).unwrap_or(&empty));
         }
         table.store(Arc::new(builder.build(revision)));
+        status
+            .last_build_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         status.applied_revision.store(revision, Ordering::Relaxed);
+        status.applied_at_ms.store(unix_ms(), Ordering::Relaxed);
         status.rebuilds.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(revision, services = changed.len(), "routing table rebuilt");
+        tracing::debug!(
+            revision,
+            services = changed.len(),
+            routes = routes_touched,
+            "routing table rebuilt"
+        );
     }
 }
 
@@ -312,6 +455,28 @@ mod tests {
             .collect()
     }
 
+    fn find<'t>(t: &'t RouteTable, path: &str) -> Option<crate::router::Matched<'t>> {
+        let headers = http::HeaderMap::new();
+        let req = crate::router::RequestView {
+            host: None,
+            path,
+            query: None,
+            method: &http::Method::GET,
+            headers: &headers,
+        };
+        // The match borrows the table only; re-find to detach it from `req`.
+        let index = t
+            .lookup(&req)
+            .map(|m| (m.entry.route.name.clone(), m.prefix_len))?;
+        t.entries()
+            .iter()
+            .find(|e| e.route.name == index.0)
+            .map(|entry| crate::router::Matched {
+                entry,
+                prefix_len: index.1,
+            })
+    }
+
     #[test]
     fn auto_routes_follow_services_and_yield_to_configured_paths() {
         let config = Config::parse(
@@ -325,19 +490,19 @@ mod tests {
         );
         b.set_service("taken", &instances(&[("t", Status::Passing)]));
         let t = b.build(1);
-        let m = t.lookup(None, "/svc/x", &http::Method::GET).unwrap();
+        let m = find(&t, "/svc/x").unwrap();
         assert_eq!(&*m.entry.route.name, "auto:svc");
         assert_eq!(
             m.entry.endpoints.len(),
             1,
             "critical instances are not routable"
         );
-        let m = t.lookup(None, "/taken", &http::Method::GET).unwrap();
+        let m = find(&t, "/taken").unwrap();
         assert_eq!(&*m.entry.route.name, "claimed");
 
         b.set_service("svc", &BTreeMap::new());
         let t = b.build(2);
-        assert!(t.lookup(None, "/svc/x", &http::Method::GET).is_none());
+        assert!(find(&t, "/svc/x").is_none());
         assert_eq!(t.revision, 2);
     }
 }

@@ -9,15 +9,17 @@
 //! - [`health`]: passive outlier detection (ejection, cap, panic mode).
 //! - [`breaker`]: per-route overload limits and per-endpoint circuit breakers.
 //! - [`check`]: active health checks of endpoints.
-//! - [`discovery`]: registry watch → instance map → new table, swapped in
-//!   atomically.
+//! - [`discovery`]: registry watch (instances and routes) and route-file
+//!   reloads → new table, swapped in atomically.
+//! - [`reload`]: re-reads the route file on change and on SIGHUP.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
 //! - [`admin`]: the separate admin listener (`/endpoints`: why each endpoint
-//!   is in or out of rotation).
+//!   is in or out of rotation; `/explain`: why a request goes where it goes;
+//!   `/status`: the applied revision).
 //!
 //! # The request path
 //!
@@ -36,11 +38,13 @@ pub mod error;
 pub mod health;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod server;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -58,6 +62,9 @@ use crate::server::ServerSettings;
 pub struct GatewayOptions {
     /// Routes from the route file.
     pub config: Config,
+    /// The route file, re-read on change and on SIGHUP; none: routes are
+    /// fixed at `config`.
+    pub config_path: Option<PathBuf>,
     /// Registry base URLs to follow; none for a static-only gateway.
     pub registry: Vec<String>,
     /// Give each discovered service an implicit `/{service}` route.
@@ -82,6 +89,7 @@ pub struct Gateway {
     /// a registry).
     builder: TableBuilder,
     options: GatewayOptions,
+    config: tokio::sync::watch::Sender<Config>,
 }
 
 impl Gateway {
@@ -99,12 +107,14 @@ impl Gateway {
         .with_zone(options.zone.clone());
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
         let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
+        let config = tokio::sync::watch::Sender::new(options.config.clone());
         Ok(Gateway {
             table,
             proxy,
             status: Arc::new(DiscoveryStatus::default()),
             builder,
             options,
+            config,
         })
     }
 
@@ -121,7 +131,7 @@ impl Gateway {
     /// Serves the admin API on `listener` (a separate address from the
     /// public one) until the returned task is aborted.
     pub fn serve_admin(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
-        admin::spawn(listener, self.table.clone())
+        admin::spawn(listener, self.table.clone(), self.status.clone())
     }
 
     /// Serves on `listener` until `shutdown`, following the registry if one
@@ -131,25 +141,31 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let mut static_builder = None;
-        let follower = if self.options.registry.is_empty() {
-            static_builder = Some(self.builder);
-            None
-        } else {
-            let client = portico_registry::client::RegistryClient::new(&self.options.registry)
-                .expect("registry URLs were validated in Gateway::new");
-            Some(tokio::spawn(discovery::follow(
-                client,
-                self.builder,
-                self.table.clone(),
+        let client = (!self.options.registry.is_empty()).then(|| {
+            portico_registry::client::RegistryClient::new(&self.options.registry)
+                .expect("registry URLs were validated in Gateway::new")
+        });
+        let reloader = self.options.config_path.clone().map(|path| {
+            reload::spawn(
+                path,
+                self.config.clone(),
                 self.status.clone(),
-            )))
-        };
+                reload::POLL_INTERVAL,
+            )
+        });
+        // Owns the builder (and with it the health-check tasks) while serving.
+        let follower = tokio::spawn(discovery::run(
+            client,
+            self.builder,
+            self.config.subscribe(),
+            self.table.clone(),
+            self.status.clone(),
+        ));
         let result = server::serve(listener, self.proxy, self.options.server, shutdown).await;
-        if let Some(f) = follower {
-            f.abort();
+        follower.abort();
+        if let Some(r) = reloader {
+            r.abort();
         }
-        drop(static_builder);
         result
     }
 }

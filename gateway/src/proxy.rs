@@ -32,7 +32,7 @@ use crate::error::ProxyError;
 use crate::health::OutlierPolicy;
 use crate::health::now_ms;
 use crate::pool::{Pool, PooledBody, SendError, UpstreamBody, UpstreamError};
-use crate::router::RouteTable;
+use crate::router::{RequestView, RouteTable};
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
 /// a small body the gateway made itself.
@@ -193,9 +193,14 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let table = self.table.load_full();
         let host = request_host(&req);
-        let matched = table
-            .lookup(host.as_deref(), req.uri().path(), req.method())
-            .ok_or(ProxyError::NoRoute)?;
+        let view = RequestView {
+            host: host.as_deref(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        let matched = table.lookup(&view).ok_or(ProxyError::NoRoute)?;
         let route = &matched.entry.route;
         let set = &matched.entry.endpoints;
         outcome.route = Some(route.name.clone());
@@ -434,7 +439,7 @@ impl Proxy {
                 retries += 1;
                 last_was_connect = false;
                 if let Some(p) = retry {
-                    tokio::time::sleep(p.backoff_for(retries)).await;
+                    tokio::time::sleep(crate::retry::backoff_for(p, retries)).await;
                 }
                 req = template
                     .as_ref()
@@ -478,7 +483,7 @@ impl Proxy {
 }
 
 /// The `consistent_hash` key of a request, if it carries one.
-fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
+pub(crate) fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
     let bytes: &[u8] = match on {
         HashOn::Header(name) => req.headers().get(name)?.as_bytes(),
         HashOn::Cookie(name) => req

@@ -22,66 +22,19 @@ use std::time::{Duration, Instant};
 
 /// Largest request body kept in memory so the request can be retried.
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
-/// Default base backoff between tries.
-pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+pub use portico_registry::route::{DEFAULT_BACKOFF, RetryOn, RetryPolicy};
+
 /// Longest backoff between tries.
 pub const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
-/// What makes a failed try worth another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryOn {
-    /// The connection failed or was reset after the request was sent.
-    pub reset: bool,
-    /// The upstream answered 502.
-    pub status_502: bool,
-    /// The upstream answered 503.
-    pub status_503: bool,
-    /// The upstream answered 504.
-    pub status_504: bool,
-    /// The try exceeded the per-try timeout.
-    pub timeout: bool,
-    /// An HTTP/2 upstream refused the stream (it did not process it).
-    pub refused_stream: bool,
-}
-
-/// A route's retry policy (`[route.retry]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Total tries, the first included (2..=5).
-    pub attempts: u32,
-    /// Conditions.
-    pub on: RetryOn,
-    /// Time allowed for one try, up to the response head.
-    pub per_try_timeout: Option<Duration>,
-    /// Base backoff; try `n` waits a random time up to base x 2^(n-1), capped.
-    pub backoff: Duration,
-    /// Retries allowed as a percentage of requests.
-    pub budget_percent: u32,
-    /// Retries always allowed per second, whatever the traffic.
-    pub budget_min_per_second: u32,
-    /// Also retry methods that are not idempotent (POST, PATCH).
-    pub non_idempotent: bool,
-}
-
-impl RetryPolicy {
-    /// Whether an upstream status is a retry condition.
-    pub fn retries_status(&self, status: u16) -> bool {
-        match status {
-            502 => self.on.status_502,
-            503 => self.on.status_503,
-            504 => self.on.status_504,
-            _ => false,
-        }
-    }
-
-    /// The wait before retry number `retry` (1 for the first retry).
-    pub fn backoff_for(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .backoff
-            .saturating_mul(1 << retry.saturating_sub(1).min(10))
-            .min(MAX_BACKOFF);
-        ceiling.mul_f64(fastrand::f64())
-    }
+/// The wait before retry number `retry` (1 for the first retry): a random
+/// time up to base x 2^(retry-1), capped (full jitter).
+pub fn backoff_for(policy: &RetryPolicy, retry: u32) -> Duration {
+    let ceiling = policy
+        .backoff
+        .saturating_mul(1 << retry.saturating_sub(1).min(10))
+        .min(MAX_BACKOFF);
+    ceiling.mul_f64(fastrand::f64())
 }
 
 /// Scale of a token: deposits are fractions of one.
@@ -200,7 +153,7 @@ mod tests {
     fn backoff_is_jittered_and_capped() {
         let p = policy();
         for retry in 1..12 {
-            let d = p.backoff_for(retry);
+            let d = backoff_for(&p, retry);
             assert!(d <= MAX_BACKOFF);
             assert!(d <= DEFAULT_BACKOFF * (1 << (retry - 1).min(10)));
         }

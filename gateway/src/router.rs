@@ -1,26 +1,38 @@
 //! The routing table: an immutable snapshot matching a request to a route and
 //! that route's endpoints.
 //!
-//! Precedence (most specific wins): exact host, then wildcard host (longest
-//! suffix first), then routes with no host; within a host, exact path, then
-//! longer prefix before shorter; within one host and path, a route that names
-//! methods before one that accepts any, then file order. A route whose methods
-//! do not match lets the search fall through to the next candidate.
+//! Precedence, documented for operators in `docs/configuration.md`:
+//!
+//! 1. Host: exact host, then wildcard host (longest suffix first), then routes
+//!    with no host. A level is only left when none of its routes match.
+//! 2. Within a host level, the highest `priority` among matching routes wins
+//!    (default 0).
+//! 3. At equal priority the most specific route wins: exact path, then the
+//!    longest prefix (a `path_regex` route counts as a prefix route of its
+//!    literal prefix, ahead of a plain prefix of that length), then the route
+//!    with more conditions (methods, headers, query), then the earlier route.
+//!
+//! A route whose methods, headers, query or regex do not hold lets the search
+//! fall through to the next candidate.
 //!
 //! Lookup cost depends on the request, not on the table: a hash lookup per
-//! host label and per path segment, whatever the number of routes.
+//! host label and per path segment, whatever the number of routes. A regex is
+//! only tried for requests whose host and path already reach its literal
+//! prefix, and with every priority at its default the first matching
+//! candidate ends the search.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+
+use crate::balance::EndpointSet;
+use crate::config::{HostMatch, PathMatch, Route};
 
 /// Route maps hash request input on every lookup: a fast hash with a
 /// per-process random seed (foldhash) instead of SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use std::sync::Arc;
-
-use http::Method;
-
-use crate::balance::EndpointSet;
-use crate::config::{HostMatch, PathMatch, Route};
 
 /// A route with the endpoints it currently resolves to.
 #[derive(Debug, Clone)]
@@ -33,58 +45,189 @@ pub struct RouteEntry {
     pub state: Arc<crate::breaker::RouteState>,
 }
 
+/// What the router looks at in a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Host, lowercase without a port.
+    pub host: Option<&'a str>,
+    /// Path, without the query.
+    pub path: &'a str,
+    /// Raw query string.
+    pub query: Option<&'a str>,
+    /// Method.
+    pub method: &'a Method,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// Why a candidate route did not match a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The method is not among the route's methods.
+    Method,
+    /// The path does not match the route's `path_regex`.
+    PathRegex,
+    /// Header condition number `n` does not hold.
+    Header(usize),
+    /// Query condition number `n` does not hold.
+    Query(usize),
+}
+
+/// Checks everything but host and path position (which the index decides).
+pub fn check(route: &Route, req: &RequestView<'_>) -> Result<(), Mismatch> {
+    if !route.methods.is_empty() && !route.methods.contains(req.method) {
+        return Err(Mismatch::Method);
+    }
+    if let PathMatch::Regex(p) = &route.path {
+        if !p.is_match(req.path) {
+            return Err(Mismatch::PathRegex);
+        }
+    }
+    if let Some(n) = route.headers.iter().position(|h| !h.matches(req.headers)) {
+        return Err(Mismatch::Header(n));
+    }
+    if let Some(n) = route.query.iter().position(|q| !q.matches(req.query)) {
+        return Err(Mismatch::Query(n));
+    }
+    Ok(())
+}
+
+/// Which host level a candidate was considered at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level<'a> {
+    /// Routes naming this exact host.
+    ExactHost(&'a str),
+    /// Routes naming `*` + this suffix.
+    WildcardHost(&'a str),
+    /// Routes naming no host.
+    AnyHost,
+}
+
+/// One candidate the search looked at, for `/explain`.
+#[derive(Debug, Clone, Copy)]
+pub struct Considered<'a> {
+    /// Index of the route in [`RouteTable::entries`].
+    pub index: usize,
+    /// Host level.
+    pub level: Level<'a>,
+    /// The path key that led to it: the exact path or a prefix.
+    pub path_key: &'a str,
+    /// Whether it matched, or why not.
+    pub outcome: Result<(), Mismatch>,
+}
+
 #[derive(Debug, Default)]
 struct PathTable {
     exact: FastMap<String, Vec<usize>>,
+    /// Prefix routes by prefix, and regex routes by their literal prefix.
     prefix: FastMap<String, Vec<usize>>,
+    /// Highest priority of any route here: a match at this priority ends
+    /// the search at once.
+    max_priority: i32,
 }
 
 impl PathTable {
     fn insert(&mut self, path: &PathMatch, idx: usize) {
         let (map, key) = match path {
-            PathMatch::Exact(p) => (&mut self.exact, p),
-            PathMatch::Prefix(p) => (&mut self.prefix, p),
+            PathMatch::Exact(p) => (&mut self.exact, p.as_str()),
+            PathMatch::Prefix(p) => (&mut self.prefix, p.as_str()),
+            PathMatch::Regex(p) => (&mut self.prefix, p.literal_prefix()),
         };
-        map.entry(key.clone()).or_default().push(idx);
+        map.entry(key.to_string()).or_default().push(idx);
     }
 
-    fn lookup<'a>(
-        &self,
-        path: &str,
-        method: &Method,
-        entries: &'a [RouteEntry],
-    ) -> Option<(&'a RouteEntry, usize)> {
-        let pick = |ids: Option<&Vec<usize>>| {
-            ids?.iter()
-                .map(|&i| &entries[i])
-                .find(|e| e.route.methods.is_empty() || e.route.methods.contains(method))
+    /// Orders each candidate list (priority, then regex before plain
+    /// prefix, then more conditions, then route order).
+    fn finish(&mut self, routes: &[Arc<Route>]) {
+        let mut max = i32::MIN;
+        for list in self.exact.values_mut().chain(self.prefix.values_mut()) {
+            list.sort_by_key(|&i| {
+                let r = &routes[i];
+                (
+                    Reverse(r.priority),
+                    !matches!(r.path, PathMatch::Regex(_)),
+                    Reverse(r.conditions()),
+                    i,
+                )
+            });
+            max = max.max(
+                list.iter()
+                    .map(|&i| routes[i].priority)
+                    .max()
+                    .unwrap_or(max),
+            );
+        }
+        self.max_priority = max;
+    }
+
+    fn lookup<'t, F>(
+        &'t self,
+        req: &RequestView<'_>,
+        level: Level<'t>,
+        entries: &'t [RouteEntry],
+        observe: &mut F,
+    ) -> Option<(&'t RouteEntry, usize)>
+    where
+        F: FnMut(Considered<'t>),
+    {
+        let mut best: Option<(&'t RouteEntry, usize)> = None;
+        // Visits one candidate list; true when the search can stop.
+        let mut visit = |ids: &[usize], path_key: &'t str, prefix_len: usize| -> bool {
+            for &index in ids {
+                let entry = &entries[index];
+                let outcome = check(&entry.route, req);
+                observe(Considered {
+                    index,
+                    level,
+                    path_key,
+                    outcome,
+                });
+                if outcome.is_ok() {
+                    let p = entry.route.priority;
+                    if best.is_none_or(|(b, _)| p > b.route.priority) {
+                        best = Some((entry, prefix_len));
+                    }
+                    // Lists are in priority order: the first match is the list's best.
+                    return p >= self.max_priority;
+                }
+            }
+            false
         };
-        if let Some(e) = pick(self.exact.get(path)) {
-            return Some((e, 0));
+        let path = req.path;
+        if let Some((key, ids)) = self.exact.get_key_value(path) {
+            if visit(ids, key, 0) {
+                return best;
+            }
         }
         if self.prefix.is_empty() {
-            return None;
+            return best;
         }
-        if let Some(e) = pick(self.prefix.get(path)) {
-            return Some((e, path.len()));
+        if let Some((key, ids)) = self.prefix.get_key_value(path) {
+            if visit(ids, key, path.len()) {
+                return best;
+            }
         }
         // Walk segment boundaries from the longest: for "/a/b" try "/a/", "/a", "/".
         let bytes = path.as_bytes();
         let mut end = path.len();
         while let Some(slash) = bytes[..end].iter().rposition(|&b| b == b'/') {
             if slash + 1 < path.len() {
-                if let Some(e) = pick(self.prefix.get(&path[..=slash])) {
-                    return Some((e, slash + 1));
+                if let Some((key, ids)) = self.prefix.get_key_value(&path[..=slash]) {
+                    if visit(ids, key, slash + 1) {
+                        return best;
+                    }
                 }
             }
             if slash > 0 {
-                if let Some(e) = pick(self.prefix.get(&path[..slash])) {
-                    return Some((e, slash));
+                if let Some((key, ids)) = self.prefix.get_key_value(&path[..slash]) {
+                    if visit(ids, key, slash) {
+                        return best;
+                    }
                 }
             }
             end = slash;
         }
-        None
+        best
     }
 }
 
@@ -100,12 +243,8 @@ pub struct Router {
 impl Router {
     /// Indexes `routes` (positions are the indices returned by lookups).
     pub fn new(routes: &[Arc<Route>]) -> Router {
-        let mut order: Vec<usize> = (0..routes.len()).collect();
-        // Routes naming methods go first within a bucket; stable, so file order breaks ties.
-        order.sort_by_key(|&i| routes[i].methods.is_empty());
         let mut router = Router::default();
-        for i in order {
-            let route = &routes[i];
+        for (i, route) in routes.iter().enumerate() {
             if route.hosts.is_empty() {
                 router.any_host.insert(&route.path, i);
             }
@@ -117,6 +256,14 @@ impl Router {
                 table.insert(&route.path, i);
             }
         }
+        for table in router
+            .exact_hosts
+            .values_mut()
+            .chain(router.wildcard_hosts.values_mut())
+        {
+            table.finish(routes);
+        }
+        router.any_host.finish(routes);
         router
     }
 }
@@ -160,44 +307,51 @@ impl RouteTable {
         &self.entries
     }
 
-    /// Finds the route for a request. `host` is lowercase without a port.
-    pub fn lookup(&self, host: Option<&str>, path: &str, method: &Method) -> Option<Matched<'_>> {
-        let found = self.lookup_host(host, path, method);
-        found.map(|(entry, prefix_len)| Matched { entry, prefix_len })
+    /// Finds the route for a request.
+    pub fn lookup(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
+        self.lookup_observed(req, &mut |_| {})
     }
 
-    fn lookup_host(
-        &self,
-        host: Option<&str>,
-        path: &str,
-        method: &Method,
-    ) -> Option<(&RouteEntry, usize)> {
+    /// [`RouteTable::lookup`], reporting every candidate considered to
+    /// `observe` (for `/explain`; the request path passes a no-op that the
+    /// compiler removes).
+    pub fn lookup_observed<'t, F>(
+        &'t self,
+        req: &RequestView<'_>,
+        observe: &mut F,
+    ) -> Option<Matched<'t>>
+    where
+        F: FnMut(Considered<'t>),
+    {
         let r = &self.router;
-        if let Some(host) = host {
-            if let Some(found) = r
-                .exact_hosts
-                .get(host)
-                .and_then(|t| t.lookup(path, method, &self.entries))
-            {
-                return Some(found);
-            }
-            if !r.wildcard_hosts.is_empty() {
-                // ".b.example.com" before ".example.com" before ".com".
-                let mut rest = host;
-                while let Some(dot) = rest.find('.') {
-                    let suffix = &rest[dot..];
-                    if let Some(found) = r
-                        .wildcard_hosts
-                        .get(suffix)
-                        .and_then(|t| t.lookup(path, method, &self.entries))
+        let found = 'found: {
+            if let Some(host) = req.host {
+                if let Some((key, t)) = r.exact_hosts.get_key_value(host) {
+                    if let Some(found) =
+                        t.lookup(req, Level::ExactHost(key), &self.entries, observe)
                     {
-                        return Some(found);
+                        break 'found Some(found);
                     }
-                    rest = &rest[dot + 1..];
+                }
+                if !r.wildcard_hosts.is_empty() {
+                    // ".b.example.com" before ".example.com" before ".com".
+                    let mut rest = host;
+                    while let Some(dot) = rest.find('.') {
+                        if let Some((key, t)) = r.wildcard_hosts.get_key_value(&rest[dot..]) {
+                            if let Some(found) =
+                                t.lookup(req, Level::WildcardHost(key), &self.entries, observe)
+                            {
+                                break 'found Some(found);
+                            }
+                        }
+                        rest = &rest[dot + 1..];
+                    }
                 }
             }
-        }
-        r.any_host.lookup(path, method, &self.entries)
+            r.any_host
+                .lookup(req, Level::AnyHost, &self.entries, observe)
+        };
+        found.map(|(entry, prefix_len)| Matched { entry, prefix_len })
     }
 }
 
@@ -221,9 +375,38 @@ mod tests {
         RouteTable::new(router, entries, 0)
     }
 
+    /// The matched route's name and the prefix length.
+    fn find(
+        t: &RouteTable,
+        host: Option<&str>,
+        target: &str,
+        method: &Method,
+        headers: &[(&str, &str)],
+    ) -> Option<(String, usize)> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let req = RequestView {
+            host,
+            path,
+            query,
+            method,
+            headers: &map,
+        };
+        t.lookup(&req)
+            .map(|m| (m.entry.route.name.to_string(), m.prefix_len))
+    }
+
     fn name(t: &RouteTable, host: Option<&str>, path: &str, method: &Method) -> Option<String> {
-        t.lookup(host, path, method)
-            .map(|m| m.entry.route.name.to_string())
+        find(t, host, path, method, &[]).map(|(n, _)| n)
     }
 
     const ROUTES: &str = r#"
@@ -303,10 +486,10 @@ mod tests {
     #[test]
     fn prefix_length_is_reported_for_stripping() {
         let t = table(ROUTES);
-        let m = t.lookup(None, "/api/v1/x/y", &Method::GET).unwrap();
-        assert_eq!(m.prefix_len, "/api/v1/".len());
-        let m = t.lookup(None, "/api/x", &Method::GET).unwrap();
-        assert_eq!(m.prefix_len, "/api".len());
+        let m = find(&t, None, "/api/v1/x/y", &Method::GET, &[]).unwrap();
+        assert_eq!(m.1, "/api/v1/".len());
+        let m = find(&t, None, "/api/x", &Method::GET, &[]).unwrap();
+        assert_eq!(m.1, "/api".len());
     }
 
     #[test]
@@ -314,7 +497,110 @@ mod tests {
         let t = table(
             "[[route]]\nname=\"a\"\npath_prefix=\"/a\"\nmethods=[\"GET\"]\nupstreams=[\"127.0.0.1:1\"]",
         );
-        assert!(t.lookup(None, "/b", &Method::GET).is_none());
-        assert!(t.lookup(None, "/a", &Method::DELETE).is_none());
+        assert!(name(&t, None, "/b", &Method::GET).is_none());
+        assert!(name(&t, None, "/a", &Method::DELETE).is_none());
+    }
+
+    const RICH: &str = r#"
+        [[route]]
+        name = "users-prefix"
+        path_prefix = "/users/"
+        upstreams = ["127.0.0.1:1"]
+        [[route]]
+        name = "users-id"
+        path_regex = "/users/[0-9]+"
+        upstreams = ["127.0.0.1:1"]
+        [[route]]
+        name = "users-admin"
+        path_prefix = "/users/admin/"
+        upstreams = ["127.0.0.1:1"]
+        [[route]]
+        name = "canary"
+        path_prefix = "/users/"
+        headers = [{ name = "x-canary", exact = "1" }]
+        upstreams = ["127.0.0.1:1"]
+        [[route]]
+        name = "v2"
+        path_prefix = "/users/"
+        query = [{ name = "v", regex = "2|3" }]
+        upstreams = ["127.0.0.1:1"]
+        [[route]]
+        name = "no-debug"
+        path_prefix = "/p"
+        headers = [{ name = "x-debug", present = false }]
+        upstreams = ["127.0.0.1:1"]
+        [[route]]
+        name = "root-urgent"
+        path_prefix = "/"
+        headers = [{ name = "x-urgent", present = true }]
+        priority = 10
+        upstreams = ["127.0.0.1:1"]
+    "#;
+
+    #[test]
+    fn regex_headers_query_and_priority() {
+        let t = table(RICH);
+        let g = &Method::GET;
+        let n =
+            |path: &str, headers: &[(&str, &str)]| find(&t, None, path, g, headers).map(|m| m.0);
+        assert_eq!(n("/users/42", &[]).as_deref(), Some("users-id"));
+        assert_eq!(n("/users/abc", &[]).as_deref(), Some("users-prefix"));
+        // A longer literal prefix beats a regex on a shorter one.
+        assert_eq!(n("/users/admin/1", &[]).as_deref(), Some("users-admin"));
+        // Conditions rank ahead of a bare prefix on the same path; the regex still first.
+        assert_eq!(
+            n("/users/abc", &[("x-canary", "1")]).as_deref(),
+            Some("canary")
+        );
+        assert_eq!(
+            n("/users/abc", &[("x-canary", "2")]).as_deref(),
+            Some("users-prefix")
+        );
+        assert_eq!(
+            n("/users/42", &[("x-canary", "1")]).as_deref(),
+            Some("users-id")
+        );
+        assert_eq!(n("/users/abc?v=3", &[]).as_deref(), Some("v2"));
+        assert_eq!(n("/users/abc?v=4", &[]).as_deref(), Some("users-prefix"));
+        assert_eq!(n("/p/x", &[]).as_deref(), Some("no-debug"));
+        assert_eq!(n("/p/x", &[("x-debug", "")]), None);
+        // Priority beats specificity within the host level.
+        assert_eq!(
+            n("/users/42", &[("x-urgent", "y")]).as_deref(),
+            Some("root-urgent")
+        );
+    }
+
+    #[test]
+    fn explain_sees_every_candidate_tried() {
+        let t = table(RICH);
+        let mut seen = Vec::new();
+        let mut map = HeaderMap::new();
+        map.insert("x-canary", "2".parse().unwrap());
+        let req = RequestView {
+            host: None,
+            path: "/users/abc",
+            query: None,
+            method: &Method::GET,
+            headers: &map,
+        };
+        let m = t.lookup_observed(&req, &mut |c: Considered<'_>| {
+            seen.push((t.entries()[c.index].route.name.to_string(), c.outcome));
+        });
+        assert_eq!(&*m.unwrap().entry.route.name, "users-prefix");
+        // The priority-10 route is in this level, so the search runs on past
+        // the first match to make sure nothing outranks it.
+        assert!(
+            seen.contains(&("canary".to_string(), Err(Mismatch::Header(0)))),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&("users-id".to_string(), Err(Mismatch::PathRegex))),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&("root-urgent".to_string(), Err(Mismatch::Header(0)))),
+            "{seen:?}"
+        );
     }
 }

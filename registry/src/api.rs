@@ -94,6 +94,13 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         match e {
             CatalogError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            CatalogError::Invalid(invalid) if invalid.code == "route_conflict" => ApiError {
+                status: StatusCode::CONFLICT,
+                code: invalid.code,
+                message: invalid.reason,
+                field: invalid.field,
+            },
+            CatalogError::Invalid(invalid) => invalid.into(),
             CatalogError::Store(s) => s.into(),
         }
     }
@@ -162,6 +169,11 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
         .route(
             "/v1/services/{service}/instances/{id}/drain",
             axum::routing::post(drain),
+        )
+        .route("/v1/routes", get(list_routes))
+        .route(
+            "/v1/routes/{name}",
+            get(get_route).put(put_route).delete(delete_route),
         )
         .route("/v1/watch", get(watch_changes))
         .route("/healthz", get(healthz))
@@ -299,6 +311,82 @@ async fn deregister(
     Ok(json(answer.revision, &answer))
 }
 
+fn check_route_name(name: &str) -> Result<(), ApiError> {
+    crate::route::validate_route_name(name).map_err(|reason| Invalid::field("name", reason).into())
+}
+
+/// `?dry_run=true|false`, the only parameter route writes take.
+fn dry_run(raw: Option<&str>) -> Result<bool, ApiError> {
+    let mut dry = false;
+    for (_, value) in query_pairs(raw, &["dry_run"])? {
+        dry = match value.as_str() {
+            "true" | "1" | "" => true,
+            "false" | "0" => false,
+            _ => return Err(Invalid::field("dry_run", "must be true or false").into()),
+        };
+    }
+    Ok(dry)
+}
+
+async fn list_routes(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    query_pairs(raw.as_deref(), &[])?;
+    let list = app.catalog.routes().await?;
+    Ok(json(list.revision, &list))
+}
+
+async fn get_route(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    check_route_name(&name)?;
+    let (route, revision) = app.catalog.route(&name).await?;
+    Ok(json(revision, &route))
+}
+
+/// Creates or replaces a route. The body is the route without its name (or
+/// with the same name as the URL); 201 when created, 200 otherwise.
+async fn put_route(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_route_name(&name)?;
+    let dry = dry_run(raw.as_deref())?;
+    let body = read_json_body(&headers, body).await?;
+    let mut spec = crate::route::RouteSpec::from_json(&body)?;
+    if spec.name.is_empty() {
+        spec.name = name;
+    } else if spec.name != name {
+        return Err(Invalid::field(
+            "name",
+            format!("{:?} differs from the URL's {name:?}", spec.name),
+        )
+        .into());
+    }
+    let answer = app.catalog.put_route(spec, dry).await?;
+    let mut response = json(answer.revision, &answer);
+    if answer.change == crate::catalog::RouteChange::Created && !dry {
+        *response.status_mut() = StatusCode::CREATED;
+    }
+    Ok(response)
+}
+
+async fn delete_route(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    check_route_name(&name)?;
+    let dry = dry_run(raw.as_deref())?;
+    let answer = app.catalog.delete_route(&name, dry).await?;
+    Ok(json(answer.revision, &answer))
+}
+
 #[derive(Serialize)]
 struct ServicesBody {
     revision: Revision,
@@ -411,6 +499,8 @@ impl Format {
                     WatchEvent::Snapshot { .. } => "snapshot",
                     WatchEvent::Put { .. } => "put",
                     WatchEvent::Delete { .. } => "delete",
+                    WatchEvent::RoutePut { .. } => "route_put",
+                    WatchEvent::RouteDelete { .. } => "route_delete",
                     WatchEvent::Progress { .. } => "progress",
                 };
                 format!("id: {}\nevent: {kind}\ndata: {json}\n\n", event.revision())

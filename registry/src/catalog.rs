@@ -4,6 +4,8 @@
 //! Keys are `instances/{service}/{id}`; values are the [`Instance`] as JSON.
 //! The key order makes one service's instances a contiguous range, which is
 //! what blocking queries and `GET /v1/services/{service}/instances` read.
+//! Routes live at `routes/{name}` as the [`RouteSpec`] that was written, with
+//! no lease: they stay until deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,10 +18,13 @@ use crate::model::{
     Instance, InstanceList, InstanceSpec, RegisterResponse, Revision, Status, StatusCounts,
     WatchEvent,
 };
+use crate::route::{RouteSpec, compile, match_field, match_key};
 use crate::store::{Change, KeyValue, Store, StoreError, Watch};
 
 /// Key prefix of every instance.
 pub const INSTANCES: &str = "instances/";
+/// Key prefix of every route.
+pub const ROUTES: &str = "routes/";
 
 /// Why a catalog operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +37,53 @@ pub enum CatalogError {
         /// Its name.
         id: String,
     },
+    /// The write is invalid (a route rule, or a conflict with another route).
+    #[error("{}", .0.reason)]
+    Invalid(crate::model::Invalid),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a route write did (or, on a dry run, would do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteChange {
+    /// A new route.
+    Created,
+    /// An existing route replaced by a different one.
+    Updated,
+    /// The same route written again: nothing changed, no new revision.
+    Unchanged,
+    /// The route was removed.
+    Deleted,
+}
+
+/// Answer to a route write.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RouteWrite {
+    /// What happened, or would on a dry run.
+    pub change: RouteChange,
+    /// True when nothing was written.
+    pub dry_run: bool,
+    /// The route as now stored (absent after a delete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteSpec>,
+    /// The route it replaced or removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<RouteSpec>,
+    /// Registry revision after the write (the current one on a dry run or
+    /// when unchanged).
+    pub revision: Revision,
+}
+
+/// Every route, in name order.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RouteList {
+    /// The routes as written.
+    pub routes: Vec<RouteSpec>,
+    /// Revision the list reflects.
+    pub revision: Revision,
 }
 
 /// Answer to a heartbeat.
@@ -74,6 +123,9 @@ pub struct Catalog {
     policy: LeasePolicy,
     preservation: PreservationState,
     sweeps: std::sync::atomic::AtomicU64,
+    /// Serialises route writes on this replica, so two concurrent writes
+    /// cannot both pass the conflict check against the same route set.
+    route_writes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -110,6 +162,22 @@ pub fn encode_instance(instance: &Instance) -> Bytes {
     Bytes::from(serde_json::to_vec(instance).expect("an Instance always serialises"))
 }
 
+/// `routes/{name}`.
+pub fn route_key(name: &str) -> String {
+    format!("{ROUTES}{name}")
+}
+
+/// Reads a route record.
+pub fn decode_route(kv: &KeyValue) -> Option<RouteSpec> {
+    match serde_json::from_slice::<RouteSpec>(&kv.value) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            tracing::error!(key = %kv.key, error = %e, "skipping undecodable route record");
+            None
+        }
+    }
+}
+
 fn split_key(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix(INSTANCES)?.split_once('/')
 }
@@ -122,6 +190,7 @@ impl Catalog {
             policy,
             preservation: PreservationState::default(),
             sweeps: std::sync::atomic::AtomicU64::new(0),
+            route_writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -343,11 +412,120 @@ impl Catalog {
         Ok((services, range.revision))
     }
 
+    /// Every route, in name order.
+    pub async fn routes(&self) -> Result<RouteList, CatalogError> {
+        let range = self.store.range(ROUTES).await?;
+        Ok(RouteList {
+            routes: range.kvs.iter().filter_map(decode_route).collect(),
+            revision: range.revision,
+        })
+    }
+
+    /// One route and the revision of the read.
+    pub async fn route(&self, name: &str) -> Result<(RouteSpec, Revision), CatalogError> {
+        let not_found = || CatalogError::NotFound {
+            kind: "route",
+            id: name.to_string(),
+        };
+        let range = self.store.range(&route_key(name)).await?;
+        let kv = range
+            .kvs
+            .iter()
+            .find(|kv| kv.key == route_key(name))
+            .ok_or_else(not_found)?;
+        Ok((decode_route(kv).ok_or_else(not_found)?, range.revision))
+    }
+
+    /// Creates or replaces a route after validating it and checking it
+    /// against every other route (no two may match the same requests).
+    /// Writing the same route again changes nothing and keeps the revision.
+    pub async fn put_route(
+        &self,
+        spec: RouteSpec,
+        dry_run: bool,
+    ) -> Result<RouteWrite, CatalogError> {
+        let route = compile(&spec, "").map_err(CatalogError::Invalid)?;
+        let key = match_key(&route);
+        let _writing = self.route_writes.lock().await;
+        let range = self.store.range(ROUTES).await?;
+        let mut previous = None;
+        for other in range.kvs.iter().filter_map(decode_route) {
+            if other.name == spec.name {
+                previous = Some(other);
+                continue;
+            }
+            // Stored routes were valid when written; one that no longer
+            // compiles cannot conflict with anything the gateway serves.
+            if compile(&other, "").is_ok_and(|o| match_key(&o) == key) {
+                return Err(CatalogError::Invalid(crate::model::Invalid {
+                    code: "route_conflict",
+                    ..crate::model::Invalid::field(
+                        match_field(&spec),
+                        format!(
+                            "matches exactly the same requests as route {:?}",
+                            other.name
+                        ),
+                    )
+                }));
+            }
+        }
+        let change = match &previous {
+            None => RouteChange::Created,
+            Some(p) if *p == spec => RouteChange::Unchanged,
+            Some(_) => RouteChange::Updated,
+        };
+        let revision = if dry_run || change == RouteChange::Unchanged {
+            range.revision
+        } else {
+            let value = Bytes::from(serde_json::to_vec(&spec).expect("a RouteSpec serialises"));
+            self.store.put(&route_key(&spec.name), value, None).await?
+        };
+        Ok(RouteWrite {
+            change,
+            dry_run,
+            route: Some(spec),
+            previous,
+            revision,
+        })
+    }
+
+    /// Deletes a route; `NotFound` when there is none of that name.
+    pub async fn delete_route(
+        &self,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<RouteWrite, CatalogError> {
+        let _writing = self.route_writes.lock().await;
+        let (previous, current) = self.route(name).await?;
+        let revision = if dry_run {
+            current
+        } else {
+            match self.store.delete(&route_key(name)).await? {
+                Some(r) => r,
+                None => {
+                    return Err(CatalogError::NotFound {
+                        kind: "route",
+                        id: name.to_string(),
+                    });
+                }
+            }
+        };
+        Ok(RouteWrite {
+            change: RouteChange::Deleted,
+            dry_run,
+            route: None,
+            previous: Some(previous),
+            revision,
+        })
+    }
+
     /// Starts a gateway feed after `after`: a snapshot first when `after` is 0
     /// or compacted, then every change.
     pub async fn feed(&self, after: Revision) -> Result<Feed, CatalogError> {
+        // One watch over the whole keyspace: instances and routes share one
+        // revision order, so a gateway applies them in the order they happened.
         if after > 0 {
-            match self.store.watch(INSTANCES, after).await {
+            match self.store.watch("", after).await {
                 Ok(watch) => {
                     return Ok(Feed {
                         snapshot: None,
@@ -358,11 +536,22 @@ impl Catalog {
                 Err(e) => return Err(e.into()),
             }
         }
-        let range = self.store.range(INSTANCES).await?;
-        let watch = self.store.watch(INSTANCES, range.revision).await?;
+        let range = self.store.range("").await?;
+        let watch = self.store.watch("", range.revision).await?;
         let snapshot = WatchEvent::Snapshot {
             revision: range.revision,
-            instances: range.kvs.iter().filter_map(decode_instance).collect(),
+            instances: range
+                .kvs
+                .iter()
+                .filter(|kv| kv.key.starts_with(INSTANCES))
+                .filter_map(decode_instance)
+                .collect(),
+            routes: range
+                .kvs
+                .iter()
+                .filter(|kv| kv.key.starts_with(ROUTES))
+                .filter_map(decode_route)
+                .collect(),
         };
         Ok(Feed {
             snapshot: Some(snapshot),
@@ -395,11 +584,29 @@ impl Feed {
             let revision = change.revision();
             match change {
                 Change::Put(kv) => {
-                    if let Some(instance) = decode_instance(&kv) {
+                    if kv.key.starts_with(ROUTES) {
+                        if let Some(route) = decode_route(&kv) {
+                            return Ok(WatchEvent::RoutePut {
+                                revision,
+                                route: Box::new(route),
+                            });
+                        }
+                    } else if let Some(instance) = kv
+                        .key
+                        .starts_with(INSTANCES)
+                        .then(|| decode_instance(&kv))
+                        .flatten()
+                    {
                         return Ok(WatchEvent::Put { revision, instance });
                     }
                 }
                 Change::Delete { key, .. } => {
+                    if let Some(name) = key.strip_prefix(ROUTES) {
+                        return Ok(WatchEvent::RouteDelete {
+                            revision,
+                            name: name.to_string(),
+                        });
+                    }
                     if let Some((service, id)) = split_key(&key) {
                         return Ok(WatchEvent::Delete {
                             revision,

@@ -5,6 +5,8 @@
 //!
 //! - [`model`]: instances, statuses, validation, watch events. Always built;
 //!   shared with the SDK and the gateway.
+//! - [`route`]: the route model (written form, validation, compiled form)
+//!   shared by route files, the `/v1/routes` API and the gateway. Always built.
 //! - [`store`] (`server`): the storage contract (ordered keys, one revision,
 //!   leases, watch from a revision) and the embedded redb backend.
 //! - [`catalog`] (`server`): instance operations written once over any store.
@@ -25,6 +27,7 @@
 //! [`client::Watcher`] → the gateway rebuilds its routing table.
 
 pub mod model;
+pub mod route;
 
 #[cfg(feature = "server")]
 pub mod api;

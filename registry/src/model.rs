@@ -480,6 +480,9 @@ pub enum WatchEvent {
         revision: Revision,
         /// Every instance, in key order.
         instances: Vec<Instance>,
+        /// Every route kept in the registry, by name.
+        #[serde(default)]
+        routes: Vec<crate::route::RouteSpec>,
     },
     /// An instance was registered or changed.
     Put {
@@ -497,6 +500,20 @@ pub enum WatchEvent {
         /// Id of the removed instance.
         id: String,
     },
+    /// A route was created or replaced.
+    RoutePut {
+        /// Revision of the change.
+        revision: Revision,
+        /// The route as written (validated).
+        route: Box<crate::route::RouteSpec>,
+    },
+    /// A route was deleted.
+    RouteDelete {
+        /// Revision of the change.
+        revision: Revision,
+        /// Name of the deleted route.
+        name: String,
+    },
     /// Nothing changed: the stream is alive and current at `revision`.
     Progress {
         /// The registry's revision when this was sent.
@@ -511,6 +528,8 @@ impl WatchEvent {
             WatchEvent::Snapshot { revision, .. }
             | WatchEvent::Put { revision, .. }
             | WatchEvent::Delete { revision, .. }
+            | WatchEvent::RoutePut { revision, .. }
+            | WatchEvent::RouteDelete { revision, .. }
             | WatchEvent::Progress { revision } => *revision,
         }
     }

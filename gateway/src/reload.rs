@@ -1,0 +1,86 @@
+//! Route-file reloads: the file given with `--config` is re-read when it
+//! changes and on SIGHUP.
+//!
+//! Change detection polls the file's contents every [`POLL_INTERVAL`] rather
+//! than relying on inotify: it sees edits in place, editors' write-and-rename
+//! and the symlink swaps of mounted config maps alike, on every platform, at
+//! the cost of reading a small file once a second. A file that does not
+//! parse or validate is refused whole: the previous routes keep serving, and
+//! the log says which key is wrong. The next change is tried again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::discovery::DiscoveryStatus;
+
+/// How often the route file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches `path`, sending each new valid config on `tx`. `tx` holds the
+/// config the gateway started with.
+pub fn spawn(
+    path: PathBuf,
+    tx: watch::Sender<Config>,
+    status: Arc<DiscoveryStatus>,
+    interval: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<String> = None;
+        loop {
+            #[cfg(unix)]
+            let signalled = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            #[cfg(not(unix))]
+            let signalled = {
+                tick.tick().await;
+                false
+            };
+            let text = match tokio::fs::read_to_string(&path).await {
+                Ok(t) => t,
+                Err(e) => {
+                    if signalled || last.is_some() {
+                        tracing::error!(path = %path.display(), error = %e, "route file unreadable; keeping the previous routes");
+                    }
+                    continue;
+                }
+            };
+            if !signalled && last.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            let first = last.is_none();
+            last = Some(text.clone());
+            match Config::parse(&text) {
+                Ok(config) => {
+                    if config.routes == tx.borrow().routes {
+                        continue;
+                    }
+                    tracing::info!(path = %path.display(), routes = config.routes.len(), "route file reloaded");
+                    status.reloads.fetch_add(1, Ordering::Relaxed);
+                    tx.send_replace(config);
+                }
+                Err(e) => {
+                    status.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(path = %path.display(), error = %e, first_check = first, "route file refused; keeping the previous routes");
+                }
+            }
+        }
+    })
+}
