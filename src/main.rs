@@ -123,6 +123,9 @@ struct GatewayArgs {
     /// SIGHUP (an invalid file is refused and the previous routes kept).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How often the route file is checked for changes; 0s: only on SIGHUP.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    config_poll_interval: Duration,
     /// Give each discovered service an implicit `/{service}` route (prefix
     /// stripped). Default: on for `up` without --config, off otherwise.
     #[arg(long)]
@@ -192,6 +195,7 @@ impl GatewayArgs {
         Ok(GatewayOptions {
             config,
             config_path: self.config.clone(),
+            config_poll: Some(self.config_poll_interval),
             registry,
             auto_routes: self
                 .auto_routes

@@ -324,7 +324,7 @@ fn explain(table: &RouteTable, raw: Option<&str>) -> Result<Value, (&'static str
         headers: &q.headers,
     };
     let mut considered: Vec<(usize, String, String, Result<(), Mismatch>)> = Vec::new();
-    let matched = table.lookup_observed(&req, &mut |c: Considered<'_>| {
+    let matched = table.lookup_observed(&req, true, &mut |c: Considered<'_>| {
         considered.push((
             c.index,
             level_name(&c.level),
@@ -332,15 +332,23 @@ fn explain(table: &RouteTable, raw: Option<&str>) -> Result<Value, (&'static str
             c.outcome,
         ));
     });
-    let winner = matched.as_ref().map(|m| &*m.entry.route.name);
+    let winner = matched.as_ref().map(|m| &m.entry.route);
     let considered_json: Vec<Value> = considered
         .iter()
         .map(|(index, level, key, outcome)| {
             let route = &table.entries()[*index].route;
-            let result = match outcome {
-                Ok(()) if Some(&*route.name) == winner => "matched".to_string(),
-                Ok(()) => "matched, but a route with a higher priority also matched".to_string(),
-                Err(m) => mismatch_reason(route, *m, &q),
+            let result = match (outcome, winner) {
+                (Ok(()), Some(w)) if w.name == route.name => "matched: chosen".to_string(),
+                (Ok(()), Some(w)) if w.priority > route.priority => format!(
+                    "matches too, but {:?} has a higher priority ({} > {})",
+                    &*w.name, w.priority, route.priority
+                ),
+                (Ok(()), Some(w)) => format!(
+                    "matches too, but {:?} comes first (a more specific host or path, more conditions, or earlier)",
+                    &*w.name
+                ),
+                (Ok(()), None) => "matched".to_string(),
+                (Err(m), _) => mismatch_reason(route, *m, &q),
             };
             json!({
                 "route": &*route.name,

@@ -65,6 +65,9 @@ pub struct GatewayOptions {
     /// The route file, re-read on change and on SIGHUP; none: routes are
     /// fixed at `config`.
     pub config_path: Option<PathBuf>,
+    /// How often the route file is checked for changes; `None` for the
+    /// default ([`reload::POLL_INTERVAL`]), zero for SIGHUP only.
+    pub config_poll: Option<std::time::Duration>,
     /// Registry base URLs to follow; none for a static-only gateway.
     pub registry: Vec<String>,
     /// Give each discovered service an implicit `/{service}` route.
@@ -150,7 +153,7 @@ impl Gateway {
                 path,
                 self.config.clone(),
                 self.status.clone(),
-                reload::POLL_INTERVAL,
+                self.options.config_poll.unwrap_or(reload::POLL_INTERVAL),
             )
         });
         // Owns the builder (and with it the health-check tasks) while serving.

@@ -23,7 +23,8 @@ use crate::discovery::DiscoveryStatus;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watches `path`, sending each new valid config on `tx`. `tx` holds the
-/// config the gateway started with.
+/// config the gateway started with. A zero `interval` turns polling off
+/// (SIGHUP only).
 pub fn spawn(
     path: PathBuf,
     tx: watch::Sender<Config>,
@@ -34,13 +35,14 @@ pub fn spawn(
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let polling = !interval.is_zero();
         let mut last: Option<String> = None;
         loop {
             #[cfg(unix)]
             let signalled = tokio::select! {
-                _ = tick.tick() => false,
+                _ = tick.tick(), if polling || last.is_none() => false,
                 Some(()) = async {
                     match hangup.as_mut() {
                         Some(h) => h.recv().await,
@@ -50,6 +52,9 @@ pub fn spawn(
             };
             #[cfg(not(unix))]
             let signalled = {
+                if !polling && last.is_some() {
+                    std::future::pending::<()>().await;
+                }
                 tick.tick().await;
                 false
             };

@@ -165,6 +165,7 @@ impl PathTable {
         req: &RequestView<'_>,
         level: Level<'t>,
         entries: &'t [RouteEntry],
+        exhaustive: bool,
         observe: &mut F,
     ) -> Option<(&'t RouteEntry, usize)>
     where
@@ -188,7 +189,9 @@ impl PathTable {
                         best = Some((entry, prefix_len));
                     }
                     // Lists are in priority order: the first match is the list's best.
-                    return p >= self.max_priority;
+                    if !exhaustive {
+                        return p >= self.max_priority;
+                    }
                 }
             }
             false
@@ -309,28 +312,39 @@ impl RouteTable {
 
     /// Finds the route for a request.
     pub fn lookup(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
-        self.lookup_observed(req, &mut |_| {})
+        self.lookup_observed(req, false, &mut |_| {})
     }
 
     /// [`RouteTable::lookup`], reporting every candidate considered to
     /// `observe` (for `/explain`; the request path passes a no-op that the
-    /// compiler removes).
+    /// compiler removes). With `exhaustive`, the search goes on past the
+    /// match to report every route covering the request's host and path
+    /// (the answer is the same).
     pub fn lookup_observed<'t, F>(
         &'t self,
         req: &RequestView<'_>,
+        exhaustive: bool,
         observe: &mut F,
     ) -> Option<Matched<'t>>
     where
         F: FnMut(Considered<'t>),
     {
         let r = &self.router;
-        let found = 'found: {
+        let entries = &self.entries[..];
+        let mut found = None;
+        // Keeps the first level's match; goes on only when exhaustive.
+        let mut take = |hit: Option<(&'t RouteEntry, usize)>| {
+            if found.is_none() {
+                found = hit;
+            }
+            found.is_some() && !exhaustive
+        };
+        'search: {
             if let Some(host) = req.host {
                 if let Some((key, t)) = r.exact_hosts.get_key_value(host) {
-                    if let Some(found) =
-                        t.lookup(req, Level::ExactHost(key), &self.entries, observe)
-                    {
-                        break 'found Some(found);
+                    let hit = t.lookup(req, Level::ExactHost(key), entries, exhaustive, observe);
+                    if take(hit) {
+                        break 'search;
                     }
                 }
                 if !r.wildcard_hosts.is_empty() {
@@ -338,19 +352,20 @@ impl RouteTable {
                     let mut rest = host;
                     while let Some(dot) = rest.find('.') {
                         if let Some((key, t)) = r.wildcard_hosts.get_key_value(&rest[dot..]) {
-                            if let Some(found) =
-                                t.lookup(req, Level::WildcardHost(key), &self.entries, observe)
-                            {
-                                break 'found Some(found);
+                            let level = Level::WildcardHost(key);
+                            if take(t.lookup(req, level, entries, exhaustive, observe)) {
+                                break 'search;
                             }
                         }
                         rest = &rest[dot + 1..];
                     }
                 }
             }
-            r.any_host
-                .lookup(req, Level::AnyHost, &self.entries, observe)
-        };
+            take(
+                r.any_host
+                    .lookup(req, Level::AnyHost, entries, exhaustive, observe),
+            );
+        }
         found.map(|(entry, prefix_len)| Matched { entry, prefix_len })
     }
 }
@@ -584,7 +599,7 @@ mod tests {
             method: &Method::GET,
             headers: &map,
         };
-        let m = t.lookup_observed(&req, &mut |c: Considered<'_>| {
+        let m = t.lookup_observed(&req, false, &mut |c: Considered<'_>| {
             seen.push((t.entries()[c.index].route.name.to_string(), c.outcome));
         });
         assert_eq!(&*m.unwrap().entry.route.name, "users-prefix");
@@ -602,5 +617,25 @@ mod tests {
             seen.contains(&("root-urgent".to_string(), Err(Mismatch::Header(0)))),
             "{seen:?}"
         );
+
+        // Exhaustive search reports more but never changes the answer.
+        for (host, path) in [
+            (None, "/users/abc"),
+            (None, "/users/42"),
+            (Some("x.com"), "/p/q"),
+        ] {
+            let req = RequestView {
+                host,
+                path,
+                query: None,
+                method: &Method::GET,
+                headers: &map,
+            };
+            let fast = t.lookup(&req).map(|m| m.entry.route.name.clone());
+            let full = t
+                .lookup_observed(&req, true, &mut |_| {})
+                .map(|m| m.entry.route.name.clone());
+            assert_eq!(fast, full, "{path}");
+        }
     }
 }
