@@ -32,8 +32,7 @@ async fn registry_kill9_restart_keeps_registrations_and_gateway_serves_throughou
 
     let echo = TestEcho::start("e0").await;
     let gateway = TestGateway::following(&url).await;
-    // Twenty acknowledged registrations, the last one answered just before the kill.
-    let mut last = 0;
+    // Twenty acknowledged registrations and a route, the last answered just before the kill.
     for n in 0..20 {
         let r = put_json(
             &format!("{url}/v1/services/svc/instances/i{n}"),
@@ -41,8 +40,15 @@ async fn registry_kill9_restart_keeps_registrations_and_gateway_serves_throughou
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
-        last = r.json()["revision"].as_u64().unwrap();
     }
+    // A route is acknowledged data too.
+    let route = put_json(
+        &format!("{url}/v1/routes/kept"),
+        json!({"path": "/kept", "service": "svc"}),
+    )
+    .await;
+    assert_eq!(route.status, StatusCode::CREATED);
+    let last = route.json()["revision"].as_u64().unwrap();
     gateway.wait_revision(last).await;
     registry.kill9();
 
@@ -85,6 +91,9 @@ async fn registry_kill9_restart_keeps_registrations_and_gateway_serves_throughou
         .json();
     assert_eq!(list["instances"].as_array().unwrap().len(), 20, "{list}");
     assert_eq!(list["revision"].as_u64().unwrap(), last);
+    let kept = get(&format!("{url}/v1/routes/kept")).await;
+    assert_eq!(kept.status, StatusCode::OK);
+    assert_eq!(kept.json()["path"], "/kept");
     // Every lease got a fresh TTL of grace: all still passing.
     assert!(
         list["instances"]
@@ -237,4 +246,77 @@ async fn sigterm_drains_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_route_file_and_a_bad_file_keeps_the_old_routes() {
+    let echo = TestEcho::start("e").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    let routes = |prefix: &str| {
+        format!(
+            "[[route]]\nname = \"e\"\npath_prefix = \"{prefix}\"\nupstreams = [\"{}\"]\n",
+            echo.addr
+        )
+    };
+    std::fs::write(&file, routes("/one")).unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{admin_port}");
+    // Polling off: only SIGHUP reloads.
+    let gw = ChildProcess::spawn(&[
+        "gateway",
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--config",
+        file.to_str().unwrap(),
+        "--config-poll-interval",
+        "0s",
+    ]);
+    let url = format!("http://{listen}");
+    let status = || async { get(&format!("http://{admin}/status")).await.json() };
+    eventually("gateway to serve", || async {
+        send(
+            &http(),
+            Method::GET,
+            &format!("{url}/one"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    let hangup = || {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &gw.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    std::fs::write(&file, routes("/two")).unwrap();
+    assert_eq!(status().await["route_file_reloads"], 0);
+    hangup();
+    eventually("SIGHUP to apply the new file", || async {
+        status().await["route_file_reloads"] == 1
+    })
+    .await;
+    assert_eq!(get(&format!("{url}/two")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&format!("{url}/one")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    std::fs::write(&file, "[[route]]\nname = \"e\"\npath_prefix = \"nope\"\n").unwrap();
+    hangup();
+    eventually("SIGHUP to refuse the bad file", || async {
+        status().await["route_file_reload_failures"] == 1
+    })
+    .await;
+    assert_eq!(get(&format!("{url}/two")).await.status, StatusCode::OK);
 }
