@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use portico_gateway::{Gateway, GatewayOptions};
+use portico_registry::auth::Tokens;
 use portico_registry::catalog::Catalog;
 use portico_registry::lease::{LeasePolicy, spawn_sweeper};
 use portico_registry::store::embedded::EmbeddedStore;
@@ -27,6 +28,8 @@ pub struct RegistryOptions {
     pub data_dir: PathBuf,
     /// Lease expiry policy.
     pub lease: LeasePolicy,
+    /// Tokens the API accepts; none leaves it open.
+    pub tokens: Tokens,
 }
 
 /// Runs the registry API on `listener` until `shutdown`.
@@ -43,7 +46,7 @@ pub async fn run_registry(
     let checker = portico_registry::check::spawn_checker(catalog.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "registry API listening");
-    let result = portico_registry::api::serve(listener, catalog, shutdown).await;
+    let result = portico_registry::api::serve(listener, catalog, options.tokens, shutdown).await;
     sweeper.abort();
     checker.abort();
     result.context("registry API server")

@@ -12,6 +12,7 @@ use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
 use portico_gateway::proxy::ProxySettings;
 use portico_gateway::server::ServerSettings;
+use portico_registry::auth::{Tokens, check_exposure};
 use portico_registry::lease::LeasePolicy;
 use tokio::net::TcpListener;
 
@@ -86,6 +87,17 @@ struct RegistryArgs {
     /// Fewest lapsed leases that can pause expiry.
     #[arg(long, default_value_t = 3)]
     preservation_min: usize,
+    /// An API token, `ROLE:SECRET` (admin, register, read) or
+    /// `register[SERVICE,...]:SECRET`; repeatable. Prefer --tokens-file: flags
+    /// show in the process list.
+    #[arg(long = "token", value_name = "ROLE:SECRET")]
+    tokens: Vec<String>,
+    /// API tokens from a TOML file of `[[token]]` tables (secret, role, services).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    /// Allow a control address that is not loopback to run without tokens.
+    #[arg(long)]
+    insecure: bool,
 }
 
 impl RegistryArgs {
@@ -96,6 +108,17 @@ impl RegistryArgs {
         if self.sweep_interval.is_zero() {
             anyhow::bail!("--sweep-interval must be more than 0");
         }
+        let mut tokens = match &self.tokens_file {
+            Some(path) => {
+                Tokens::load(path).with_context(|| format!("tokens file {}", path.display()))?
+            }
+            None => Tokens::default(),
+        };
+        for (i, spec) in self.tokens.iter().enumerate() {
+            tokens.add_flag(&format!("--token #{}", i + 1), spec)?;
+        }
+        // Before any socket is bound: a refused start leaves nothing behind.
+        check_exposure(self.control, &tokens, self.insecure)?;
         Ok(RegistryOptions {
             data_dir: self.data_dir.clone(),
             lease: LeasePolicy {
@@ -104,6 +127,7 @@ impl RegistryArgs {
                 preservation_threshold: self.preservation_threshold,
                 preservation_min: self.preservation_min,
             },
+            tokens,
         })
     }
 }

@@ -86,6 +86,7 @@ impl TestRegistry {
             RegistryOptions {
                 data_dir: data_dir.to_path_buf(),
                 lease,
+                tokens: Default::default(),
             },
             async {
                 let _ = rx.await;
