@@ -58,6 +58,9 @@ enum Command {
         /// Registry URLs to follow, comma-separated (none: static routes only).
         #[arg(long, value_delimiter = ',')]
         registry: Vec<String>,
+        /// Bearer token for a registry that requires one (a read token is enough).
+        #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
+        registry_token: Option<String>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -196,7 +199,12 @@ impl GatewayArgs {
         Ok(Some(bind(self.admin, "admin").await?))
     }
 
-    fn options(&self, registry: Vec<String>, auto_default: bool) -> anyhow::Result<GatewayOptions> {
+    fn options(
+        &self,
+        registry: Vec<String>,
+        registry_token: Option<String>,
+        auto_default: bool,
+    ) -> anyhow::Result<GatewayOptions> {
         let config = match &self.config {
             Some(path) => {
                 Config::load(path).with_context(|| format!("route file {}", path.display()))?
@@ -215,6 +223,7 @@ impl GatewayArgs {
         Ok(GatewayOptions {
             config,
             registry,
+            registry_token,
             auto_routes: self
                 .auto_routes
                 .unwrap_or(auto_default && self.config.is_none()),
@@ -308,7 +317,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up { registry, gateway } => {
             let reg = registry.options()?;
-            let gw = gateway.options(Vec::new(), true)?;
+            let gw = gateway.options(Vec::new(), None, true)?;
             let control = bind(registry.control, "control").await?;
             let listen = bind(gateway.listen, "gateway").await?;
             let admin = gateway.admin_listener().await?;
@@ -325,8 +334,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("portico registry: http://{}", control.local_addr()?);
             run_registry(control, reg, shutdown_signal()).await
         }
-        Command::Gateway { registry, gateway } => {
-            let gw = gateway.options(registry, false)?;
+        Command::Gateway {
+            registry,
+            registry_token,
+            gateway,
+        } => {
+            let gw = gateway.options(registry, registry_token, false)?;
             let listen = bind(gateway.listen, "gateway").await?;
             println!("portico gateway: http://{}", listen.local_addr()?);
             let admin = gateway.admin_listener().await?;

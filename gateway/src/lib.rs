@@ -60,6 +60,9 @@ pub struct GatewayOptions {
     pub config: Config,
     /// Registry base URLs to follow; none for a static-only gateway.
     pub registry: Vec<String>,
+    /// Bearer token for a registry that requires one (a `read` token is
+    /// enough to follow it).
+    pub registry_token: Option<String>,
     /// Give each discovered service an implicit `/{service}` route.
     pub auto_routes: bool,
     /// This gateway's zone: instances registered there are preferred while
@@ -88,8 +91,8 @@ impl Gateway {
     /// Builds the initial table from the configured routes.
     pub fn new(options: GatewayOptions) -> Result<Gateway, portico_registry::client::ClientError> {
         if !options.registry.is_empty() {
-            // Validate the URLs now so a typo fails at startup, not in a background task.
-            portico_registry::client::RegistryClient::new(&options.registry)?;
+            // Validate the URLs and token now so a typo fails at startup, not in a background task.
+            registry_client(&options)?;
         }
         let mut builder = TableBuilder::new(
             options.config.routes.clone(),
@@ -136,8 +139,8 @@ impl Gateway {
             static_builder = Some(self.builder);
             None
         } else {
-            let client = portico_registry::client::RegistryClient::new(&self.options.registry)
-                .expect("registry URLs were validated in Gateway::new");
+            let client = registry_client(&self.options)
+                .expect("registry URLs and token were validated in Gateway::new");
             Some(tokio::spawn(discovery::follow(
                 client,
                 self.builder,
@@ -151,5 +154,15 @@ impl Gateway {
         }
         drop(static_builder);
         result
+    }
+}
+
+fn registry_client(
+    options: &GatewayOptions,
+) -> Result<portico_registry::client::RegistryClient, portico_registry::client::ClientError> {
+    let client = portico_registry::client::RegistryClient::new(&options.registry)?;
+    match &options.registry_token {
+        Some(token) => client.with_token(token),
+        None => Ok(client),
     }
 }
