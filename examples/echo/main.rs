@@ -3,9 +3,10 @@
 //! ```text
 //! cargo run --example echo -- --service echo --id echo-1 --port 0
 //! ```
-//! Against a registry that requires tokens, set `PORTICO_TOKEN` (or
-//! `--token`) to a `register` token. It heartbeats in the background through the SDK; on Ctrl-C it drains
+//! It heartbeats in the background through the SDK; on Ctrl-C it drains
 //! (gateways stop sending, in-flight requests finish) and deregisters.
+//! Against a registry that requires tokens, set `PORTICO_TOKEN` (or
+//! `--token`) to a `register` token.
 
 mod service;
 
