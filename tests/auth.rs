@@ -1,9 +1,10 @@
 //! Tokens with roles on the registry's API: every write refused without a
 //! token (401), with an unknown one (401) and with a weaker role (403), each
 //! refusal leaving the revision where it was; reads and the watch with a read
-//! token; gateways (separate and in-process) following a secured registry; the
-//! binary refusing an open control plane off loopback; and the gateway's admin
-//! API never reachable through its public port.
+//! token; gateways (in-process, the binary with `PORTICO_TOKEN`, and the one
+//! inside `up`) following a secured registry; the binary refusing an open
+//! control plane off loopback; and the gateway's admin API never reachable
+//! through its public port.
 
 mod support;
 
@@ -541,4 +542,48 @@ async fn the_binary_refuses_an_open_control_plane_off_loopback() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_binary_follows_a_secured_registry_with_portico_token() {
+    let registry = TestRegistry::start_secured(tokens()).await;
+    let echo = TestEcho::start("e1").await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args([
+            "gateway",
+            "--registry",
+            &registry.url,
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+            "--auto-routes",
+            "true",
+            "--no-access-log",
+        ])
+        .env("PORTICO_TOKEN", READ)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn portico gateway");
+    let _gateway = ChildProcess { child };
+    registry
+        .client()
+        .with_token(REGISTER_A)
+        .unwrap()
+        .register_once("svc-a", "e1", &echo.spec())
+        .await
+        .unwrap();
+    let url = format!("http://{listen}/svc-a/hello");
+    let http = http();
+    eventually("the gateway binary to route to svc-a", || async {
+        send(&http, Method::GET, &url, &[], Bytes::new())
+            .await
+            .is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
 }
