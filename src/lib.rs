@@ -93,8 +93,8 @@ pub async fn run_up(
 ) -> anyhow::Result<()> {
     let control_addr: SocketAddr = control.local_addr()?;
     gateway_options.registry = vec![format!("http://{control_addr}")];
-    gateway_options.registry_token =
-        (!registry_options.tokens.is_empty()).then(|| registry_options.tokens.mint(Role::Read));
+    gateway_options.registry_token = (!registry_options.tokens.is_empty())
+        .then(|| registry_options.tokens.mint(Role::Read).into());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

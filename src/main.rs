@@ -223,7 +223,7 @@ impl GatewayArgs {
         Ok(GatewayOptions {
             config,
             registry,
-            registry_token,
+            registry_token: registry_token.map(Into::into),
             auto_routes: self
                 .auto_routes
                 .unwrap_or(auto_default && self.config.is_none()),

@@ -305,7 +305,7 @@ async fn a_read_token_lists_and_watches_and_probes_stay_open() {
 fn gateway_options(registry_url: &str, token: Option<&str>) -> GatewayOptions {
     GatewayOptions {
         registry: vec![registry_url.to_string()],
-        registry_token: token.map(str::to_string),
+        registry_token: token.map(|t| t.to_string().into()),
         auto_routes: true,
         proxy: ProxySettings {
             access_log: false,
@@ -321,7 +321,13 @@ async fn a_gateway_with_a_registry_token_follows_a_secured_registry() {
     let echo = TestEcho::start("e1").await;
     // Started first, so it has had every chance to follow if it could.
     let tokenless = TestGateway::start(gateway_options(&registry.url, None)).await;
-    let gateway = TestGateway::start(gateway_options(&registry.url, Some(READ))).await;
+    let options = gateway_options(&registry.url, Some(READ));
+    let shown = format!("{options:?}");
+    assert!(
+        !shown.contains(READ),
+        "options' Debug shows the token: {shown}"
+    );
+    let gateway = TestGateway::start(options).await;
 
     let client = registry.client().with_token(REGISTER_A).unwrap();
     let rev = client

@@ -62,7 +62,7 @@ pub struct GatewayOptions {
     pub registry: Vec<String>,
     /// Bearer token for a registry that requires one (a `read` token is
     /// enough to follow it).
-    pub registry_token: Option<String>,
+    pub registry_token: Option<portico_registry::client::BearerToken>,
     /// Give each discovered service an implicit `/{service}` route.
     pub auto_routes: bool,
     /// This gateway's zone: instances registered there are preferred while
@@ -162,7 +162,7 @@ fn registry_client(
 ) -> Result<portico_registry::client::RegistryClient, portico_registry::client::ClientError> {
     let client = portico_registry::client::RegistryClient::new(&options.registry)?;
     match &options.registry_token {
-        Some(token) => client.with_token(token),
+        Some(token) => client.with_token(token.secret()),
         None => Ok(client),
     }
 }

@@ -63,6 +63,30 @@ pub enum ClientError {
     BadToken,
 }
 
+/// A registry bearer token held in options. Its `Debug` shows no secret, so
+/// structs that carry it (gateway options) can be debug-printed safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// The secret, to send.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for BearerToken {
+    fn from(secret: String) -> Self {
+        BearerToken(secret)
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
 /// A handle on one or more registry replicas.
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
