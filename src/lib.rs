@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use portico_gateway::{Gateway, GatewayOptions};
+use portico_registry::auth::{Role, Tokens};
 use portico_registry::catalog::Catalog;
 use portico_registry::lease::{LeasePolicy, spawn_sweeper};
 use portico_registry::store::embedded::EmbeddedStore;
@@ -27,6 +28,8 @@ pub struct RegistryOptions {
     pub data_dir: PathBuf,
     /// Lease expiry policy.
     pub lease: LeasePolicy,
+    /// Tokens the API accepts; none leaves it open.
+    pub tokens: Tokens,
 }
 
 /// Runs the registry API on `listener` until `shutdown`.
@@ -43,7 +46,7 @@ pub async fn run_registry(
     let checker = portico_registry::check::spawn_checker(catalog.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "registry API listening");
-    let result = portico_registry::api::serve(listener, catalog, shutdown).await;
+    let result = portico_registry::api::serve(listener, catalog, options.tokens, shutdown).await;
     sweeper.abort();
     checker.abort();
     result.context("registry API server")
@@ -77,17 +80,21 @@ pub async fn run_gateway(
 }
 
 /// Runs registry and gateway together until `shutdown`. The gateway's
-/// `registry` option is replaced by the in-process registry's address.
+/// `registry` option is replaced by the in-process registry's address, and,
+/// when the registry requires tokens, its token by a read token minted for
+/// this run and never shown.
 pub async fn run_up(
     control: TcpListener,
     gateway: TcpListener,
     admin: Option<TcpListener>,
-    registry_options: RegistryOptions,
+    mut registry_options: RegistryOptions,
     mut gateway_options: GatewayOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let control_addr: SocketAddr = control.local_addr()?;
     gateway_options.registry = vec![format!("http://{control_addr}")];
+    gateway_options.registry_token = (!registry_options.tokens.is_empty())
+        .then(|| registry_options.tokens.mint(Role::Read).into());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -12,6 +12,7 @@ use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
 use portico_gateway::proxy::ProxySettings;
 use portico_gateway::server::ServerSettings;
+use portico_registry::auth::{Tokens, check_exposure};
 use portico_registry::lease::LeasePolicy;
 use tokio::net::TcpListener;
 
@@ -57,6 +58,9 @@ enum Command {
         /// Registry URLs to follow, comma-separated (none: static routes only).
         #[arg(long, value_delimiter = ',')]
         registry: Vec<String>,
+        /// Bearer token for a registry that requires one (a read token is enough).
+        #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
+        registry_token: Option<String>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -86,6 +90,17 @@ struct RegistryArgs {
     /// Fewest lapsed leases that can pause expiry.
     #[arg(long, default_value_t = 3)]
     preservation_min: usize,
+    /// An API token, `ROLE:SECRET` (admin, register, read) or
+    /// `register[SERVICE,...]:SECRET`; repeatable. Prefer --tokens-file: flags
+    /// show in the process list.
+    #[arg(long = "token", value_name = "ROLE:SECRET")]
+    tokens: Vec<String>,
+    /// API tokens from a TOML file of `[[token]]` tables (secret, role, services).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    /// Allow a control address that is not loopback to run without tokens.
+    #[arg(long)]
+    insecure: bool,
 }
 
 impl RegistryArgs {
@@ -96,6 +111,17 @@ impl RegistryArgs {
         if self.sweep_interval.is_zero() {
             anyhow::bail!("--sweep-interval must be more than 0");
         }
+        let mut tokens = match &self.tokens_file {
+            Some(path) => {
+                Tokens::load(path).with_context(|| format!("tokens file {}", path.display()))?
+            }
+            None => Tokens::default(),
+        };
+        for (i, spec) in self.tokens.iter().enumerate() {
+            tokens.add_flag(&format!("--token #{}", i + 1), spec)?;
+        }
+        // Before any socket is bound: a refused start leaves nothing behind.
+        check_exposure(self.control, &tokens, self.insecure)?;
         Ok(RegistryOptions {
             data_dir: self.data_dir.clone(),
             lease: LeasePolicy {
@@ -104,6 +130,7 @@ impl RegistryArgs {
                 preservation_threshold: self.preservation_threshold,
                 preservation_min: self.preservation_min,
             },
+            tokens,
         })
     }
 }
@@ -176,7 +203,12 @@ impl GatewayArgs {
         Ok(Some(bind(self.admin, "admin").await?))
     }
 
-    fn options(&self, registry: Vec<String>, auto_default: bool) -> anyhow::Result<GatewayOptions> {
+    fn options(
+        &self,
+        registry: Vec<String>,
+        registry_token: Option<String>,
+        auto_default: bool,
+    ) -> anyhow::Result<GatewayOptions> {
         let config = match &self.config {
             Some(path) => {
                 Config::load(path).with_context(|| format!("route file {}", path.display()))?
@@ -197,6 +229,7 @@ impl GatewayArgs {
             config_path: self.config.clone(),
             config_poll: Some(self.config_poll_interval),
             registry,
+            registry_token: registry_token.map(Into::into),
             auto_routes: self
                 .auto_routes
                 .unwrap_or(auto_default && self.config.is_none()),
@@ -290,7 +323,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up { registry, gateway } => {
             let reg = registry.options()?;
-            let gw = gateway.options(Vec::new(), true)?;
+            let gw = gateway.options(Vec::new(), None, true)?;
             let control = bind(registry.control, "control").await?;
             let listen = bind(gateway.listen, "gateway").await?;
             let admin = gateway.admin_listener().await?;
@@ -307,8 +340,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("portico registry: http://{}", control.local_addr()?);
             run_registry(control, reg, shutdown_signal()).await
         }
-        Command::Gateway { registry, gateway } => {
-            let gw = gateway.options(registry, false)?;
+        Command::Gateway {
+            registry,
+            registry_token,
+            gateway,
+        } => {
+            let gw = gateway.options(registry, registry_token, false)?;
             let listen = bind(gateway.listen, "gateway").await?;
             println!("portico gateway: http://{}", listen.local_addr()?);
             let admin = gateway.admin_listener().await?;

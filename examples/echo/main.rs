@@ -5,6 +5,8 @@
 //! ```
 //! It heartbeats in the background through the SDK; on Ctrl-C it drains
 //! (gateways stop sending, in-flight requests finish) and deregisters.
+//! Against a registry that requires tokens, set `PORTICO_TOKEN` (or
+//! `--token`) to a `register` token.
 
 mod service;
 
@@ -29,6 +31,9 @@ struct Args {
     /// Lease TTL.
     #[arg(long, default_value = "10s")]
     ttl: String,
+    /// Bearer token for a registry that requires one (a register token).
+    #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -42,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     let addr = listener.local_addr()?;
-    let client = RegistryClient::new(&[args.registry.as_str()])?;
+    let mut client = RegistryClient::new(&[args.registry.as_str()])?;
+    if let Some(token) = &args.token {
+        client = client.with_token(token)?;
+    }
     let mut spec = InstanceSpec::new(addr.ip().to_string(), addr.port());
     spec.ttl = humantime::parse_duration(&args.ttl)?;
     let registration = client.register(&args.service, &args.id, spec).await?;

@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         RegistryOptions {
             data_dir: data_dir.clone(),
             lease: LeasePolicy::default(),
+            tokens: Default::default(),
         },
         GatewayOptions {
             auto_routes: true,

@@ -70,6 +70,9 @@ pub struct GatewayOptions {
     pub config_poll: Option<std::time::Duration>,
     /// Registry base URLs to follow; none for a static-only gateway.
     pub registry: Vec<String>,
+    /// Bearer token for a registry that requires one (a `read` token is
+    /// enough to follow it).
+    pub registry_token: Option<portico_registry::client::BearerToken>,
     /// Give each discovered service an implicit `/{service}` route.
     pub auto_routes: bool,
     /// This gateway's zone: instances registered there are preferred while
@@ -99,8 +102,8 @@ impl Gateway {
     /// Builds the initial table from the configured routes.
     pub fn new(options: GatewayOptions) -> Result<Gateway, portico_registry::client::ClientError> {
         if !options.registry.is_empty() {
-            // Validate the URLs now so a typo fails at startup, not in a background task.
-            portico_registry::client::RegistryClient::new(&options.registry)?;
+            // Validate the URLs and token now so a typo fails at startup, not in a background task.
+            registry_client(&options)?;
         }
         let mut builder = TableBuilder::new(
             options.config.routes.clone(),
@@ -145,8 +148,8 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let client = (!self.options.registry.is_empty()).then(|| {
-            portico_registry::client::RegistryClient::new(&self.options.registry)
-                .expect("registry URLs were validated in Gateway::new")
+            registry_client(&self.options)
+                .expect("registry URLs and token were validated in Gateway::new")
         });
         let reloader = self.options.config_path.clone().map(|path| {
             reload::spawn(
@@ -170,5 +173,15 @@ impl Gateway {
             r.abort();
         }
         result
+    }
+}
+
+fn registry_client(
+    options: &GatewayOptions,
+) -> Result<portico_registry::client::RegistryClient, portico_registry::client::ClientError> {
+    let client = portico_registry::client::RegistryClient::new(&options.registry)?;
+    match &options.registry_token {
+        Some(token) => client.with_token(token.secret()),
+        None => Ok(client),
     }
 }

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Tokens;
 use crate::catalog::{Catalog, CatalogError, Feed, ServiceSummary};
 use crate::lease::Preservation;
 use crate::model::{
@@ -60,7 +61,7 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -190,14 +191,16 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then ends watch
-/// streams and lets in-flight requests finish.
+/// streams and lets in-flight requests finish. Every request is checked
+/// against `tokens` first (none: open).
 pub async fn serve(
     listener: TcpListener,
     catalog: Arc<Catalog>,
+    tokens: Tokens,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (closing_tx, closing_rx) = watch::channel(false);
-    let app = router(catalog, closing_rx);
+    let app = crate::auth::protect(router(catalog, closing_rx), tokens);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

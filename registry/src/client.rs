@@ -58,6 +58,33 @@ pub enum ClientError {
     /// The registry's answer could not be decoded.
     #[error("undecodable registry answer: {0}")]
     Decode(String),
+    /// A bearer token that cannot be sent in a header.
+    #[error("invalid registry token: must be visible ASCII without spaces")]
+    BadToken,
+}
+
+/// A registry bearer token held in options. Its `Debug` shows no secret, so
+/// structs that carry it (gateway options) can be debug-printed safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// The secret, to send.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for BearerToken {
+    fn from(secret: String) -> Self {
+        BearerToken(secret)
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
 }
 
 /// A handle on one or more registry replicas.
@@ -72,6 +99,9 @@ struct Inner {
     /// Index of the replica that last answered; calls start there.
     preferred: AtomicUsize,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// `Bearer <token>` for a secured registry, sent on every call (the
+    /// watch included). Marked sensitive so it never shows in `Debug`.
+    authorization: Option<http::HeaderValue>,
 }
 
 impl RegistryClient {
@@ -111,6 +141,26 @@ impl RegistryClient {
                 bases,
                 preferred: AtomicUsize::new(0),
                 http,
+                authorization: None,
+            }),
+        })
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` on every
+    /// call, for a registry that requires tokens.
+    pub fn with_token(self, token: &str) -> Result<RegistryClient, ClientError> {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::BadToken);
+        }
+        let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| ClientError::BadToken)?;
+        value.set_sensitive(true);
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                bases: self.inner.bases.clone(),
+                preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
+                http: self.inner.http.clone(),
+                authorization: Some(value),
             }),
         })
     }
@@ -144,6 +194,9 @@ impl RegistryClient {
                 .uri(self.uri(i, path));
             if body.is_some() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(auth) = &self.inner.authorization {
+                req = req.header(http::header::AUTHORIZATION, auth.clone());
             }
             let req = req
                 .body(Full::new(body.clone().unwrap_or_default()))

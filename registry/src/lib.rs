@@ -15,6 +15,8 @@
 //! - [`check`] (`server`): HTTP checks the registry runs for instances
 //!   registered with one.
 //! - [`api`] (`server`): the REST API, the one place errors become HTTP.
+//! - [`auth`] (`server`): bearer tokens with roles (`admin`, `register`,
+//!   `read`) and the middleware that checks them before any handler runs.
 //! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
 //!   watch client gateways follow.
 //!
@@ -31,6 +33,8 @@ pub mod route;
 
 #[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
+pub mod auth;
 #[cfg(feature = "server")]
 pub mod catalog;
 #[cfg(feature = "server")]

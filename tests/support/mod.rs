@@ -24,6 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use portico::RegistryOptions;
 use portico_gateway::discovery::DiscoveryStatus;
 use portico_gateway::{Gateway, GatewayOptions};
+use portico_registry::auth::Tokens;
 use portico_registry::lease::LeasePolicy;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -78,19 +79,34 @@ impl TestRegistry {
     }
 
     pub async fn start_in(data_dir: &Path, lease: LeasePolicy) -> TestRegistry {
+        Self::launch(RegistryOptions {
+            data_dir: data_dir.to_path_buf(),
+            lease,
+            tokens: Default::default(),
+        })
+        .await
+    }
+
+    /// A registry that requires `tokens` (its health probes stay open).
+    pub async fn start_secured(tokens: Tokens) -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Self::launch(RegistryOptions {
+            data_dir: dir.path().to_path_buf(),
+            lease: fast_leases(),
+            tokens,
+        })
+        .await;
+        r._dir = Some(dir);
+        r
+    }
+
+    async fn launch(options: RegistryOptions) -> TestRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(portico::run_registry(
-            listener,
-            RegistryOptions {
-                data_dir: data_dir.to_path_buf(),
-                lease,
-            },
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(portico::run_registry(listener, options, async {
+            let _ = rx.await;
+        }));
         let r = TestRegistry {
             addr,
             url: format!("http://{addr}"),

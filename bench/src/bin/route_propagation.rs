@@ -84,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
     };
     line("route-change-to-routable, per gateway", &each);
     line(
-        &format!("route-change-to-routable, all {} gateways", args.gateways.len()),
+        &format!(
+            "route-change-to-routable, all {} gateways",
+            args.gateways.len()
+        ),
         &fleet,
     );
     Ok(())
