@@ -6,8 +6,9 @@
 //!   requests in flight, and per endpoint its weight, zone, in-flight count,
 //!   latency EWMA, consecutive failures, ejection (times, time left), active
 //!   health-check verdict and breaker state.
+//! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
 //!
-//! Plain hyper: two read-only JSON documents do not need a framework.
+//! Plain hyper: three read-only documents do not need a framework.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,24 +21,32 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::Balance;
 use crate::health::now_ms;
+use crate::metrics::GatewayMetrics;
 use crate::router::RouteTable;
 
-/// Serves the admin API on `listener` until the task is aborted.
-pub fn spawn(listener: TcpListener, table: Arc<ArcSwap<RouteTable>>) -> JoinHandle<()> {
+/// Serves the admin API on `listener` until the task is aborted; `metrics`
+/// are the gateway's request metrics, scraped with the table's state.
+pub fn spawn(
+    listener: TcpListener,
+    table: Arc<ArcSwap<RouteTable>>,
+    metrics: Arc<GatewayMetrics>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let registry = Arc::new(crate::metrics::registry(table.clone(), metrics));
         while let Ok((stream, _)) = listener.accept().await {
-            let (table, builder) = (table.clone(), builder.clone());
+            let (table, builder, registry) = (table.clone(), builder.clone(), registry.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let table = table.clone();
-                    async move { Ok::<_, Infallible>(handle(&req, &table)) }
+                    let (table, registry) = (table.clone(), registry.clone());
+                    async move { Ok::<_, Infallible>(handle(&req, &table, &registry)) }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -45,11 +54,21 @@ pub fn spawn(listener: TcpListener, table: Arc<ArcSwap<RouteTable>>) -> JoinHand
     })
 }
 
-fn handle(req: &Request<Incoming>, table: &ArcSwap<RouteTable>) -> Response<Full<Bytes>> {
+fn handle(
+    req: &Request<Incoming>,
+    table: &ArcSwap<RouteTable>,
+    registry: &Registry,
+) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/endpoints") => (StatusCode::OK, endpoints(&table.load())),
-        (_, "/healthz" | "/endpoints") => (
+        (&Method::GET, "/metrics") => {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(crate::metrics::render(registry))))
+                .expect("admin responses are well-formed");
+        }
+        (_, "/healthz" | "/endpoints" | "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method not allowed", "code": "method_not_allowed"}),
         ),

@@ -16,8 +16,10 @@
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
+//! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
+//!   state, everything else read from the table at scrape time.
 //! - [`admin`]: the separate admin listener (`/endpoints`: why each endpoint
-//!   is in or out of rotation).
+//!   is in or out of rotation; `/metrics`: Prometheus text).
 //!
 //! # The request path
 //!
@@ -34,6 +36,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod retry;
@@ -121,7 +124,7 @@ impl Gateway {
     /// Serves the admin API on `listener` (a separate address from the
     /// public one) until the returned task is aborted.
     pub fn serve_admin(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
-        admin::spawn(listener, self.table.clone())
+        admin::spawn(listener, self.table.clone(), self.proxy.metrics().clone())
     }
 
     /// Serves on `listener` until `shutdown`, following the registry if one

@@ -31,8 +31,9 @@ use crate::config::{Balance, HashOn};
 use crate::error::ProxyError;
 use crate::health::OutlierPolicy;
 use crate::health::now_ms;
+use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody, SendError, UpstreamBody, UpstreamError};
-use crate::router::RouteTable;
+use crate::router::{RouteEntry, RouteTable};
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
 /// a small body the gateway made itself.
@@ -79,6 +80,7 @@ pub struct Proxy {
     pool: Arc<Pool>,
     outlier: OutlierPolicy,
     access_log: bool,
+    metrics: Arc<GatewayMetrics>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -100,9 +102,10 @@ impl Peer {
     }
 }
 
-/// What the access log needs about a finished request.
-struct Outcome {
-    route: Option<Arc<str>>,
+/// What the access log and the metrics need about a finished request.
+struct Outcome<'t> {
+    /// The matched route (`None`: no route matched).
+    entry: Option<&'t RouteEntry>,
     upstream: Option<Arc<str>>,
 }
 
@@ -114,11 +117,18 @@ impl Proxy {
             pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
             outlier: settings.outlier.clone(),
             access_log: settings.access_log,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The request metrics this proxy records into.
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
     }
 
     /// Handles one downstream request; never fails (errors become responses).
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let start = Instant::now();
         // Answer in the client's protocol, whatever the upstream spoke (an
         // HTTP/1.0 upstream must not turn the client's response into 1.0).
         let version = if req.version() == Version::HTTP_2 {
@@ -132,9 +142,12 @@ impl Proxy {
         };
         let logged = self
             .access_log
-            .then(|| (Instant::now(), req.method().clone(), req.uri().clone()));
+            .then(|| (req.method().clone(), req.uri().clone()));
+        // Loaded here, not in `forward`, so the outcome can borrow the
+        // matched route's state for the metrics without another refcount.
+        let table = self.table.load_full();
         let mut outcome = Outcome {
-            route: None,
+            entry: None,
             upstream: None,
         };
         // A span per request: free unless debug logging is on for this target.
@@ -145,7 +158,7 @@ impl Proxy {
             request_id = request_id.to_str().unwrap_or("-"),
         );
         let forwarded = self
-            .forward(req, peer, &request_id, &mut outcome)
+            .forward(&table, req, peer, &request_id, &mut outcome)
             .instrument(span)
             .await;
         let mut resp = match forwarded {
@@ -158,15 +171,20 @@ impl Proxy {
         *resp.version_mut() = version;
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some((start, method, uri)) = logged {
+        let elapsed = start.elapsed();
+        match outcome.entry {
+            Some(entry) => entry.state.metrics.record(resp.status(), elapsed),
+            None => self.metrics.no_route().record(resp.status(), elapsed),
+        }
+        if let Some((method, uri)) = logged {
             tracing::info!(
                 target: "portico::access",
                 method = %method,
                 path = %uri.path(),
                 status = resp.status().as_u16(),
-                route = outcome.route.as_deref().unwrap_or("-"),
+                route = outcome.entry.map_or("-", |e| &*e.route.name),
                 upstream = outcome.upstream.as_deref().unwrap_or("-"),
-                duration_us = start.elapsed().as_micros() as u64,
+                duration_us = elapsed.as_micros() as u64,
                 request_id = request_id.to_str().unwrap_or("-"),
             );
         }
@@ -184,21 +202,21 @@ impl Proxy {
         }
     }
 
-    async fn forward(
+    async fn forward<'t>(
         &self,
+        table: &'t RouteTable,
         mut req: Request<Incoming>,
         peer: &Peer,
         request_id: &HeaderValue,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let table = self.table.load_full();
         let host = request_host(&req);
         let matched = table
             .lookup(host.as_deref(), req.uri().path(), req.method())
             .ok_or(ProxyError::NoRoute)?;
         let route = &matched.entry.route;
         let set = &matched.entry.endpoints;
-        outcome.route = Some(route.name.clone());
+        outcome.entry = Some(matched.entry);
 
         let hash_key = match &route.lb {
             Balance::ConsistentHash(on) => hash_key(&req, on, peer),
@@ -309,7 +327,7 @@ impl Proxy {
                 // Load-aware balancing needs in-flight counts and latency;
                 // round robin and friends skip the bookkeeping.
                 let _in_flight = load_aware.then(|| endpoint.health.begin());
-                let sent_at = load_aware.then(Instant::now);
+                let sent_at = Instant::now();
                 let send = async {
                     if endpoint.scheme == Scheme::H2c {
                         Box::pin(self.pool.send_h2c(endpoint, req))
@@ -338,9 +356,11 @@ impl Proxy {
                 };
                 match result {
                     Some(Ok(resp)) => {
-                        if let Some(at) = sent_at {
-                            endpoint.health.observe_latency(at.elapsed());
+                        let took = sent_at.elapsed();
+                        if load_aware {
+                            endpoint.health.observe_latency(took);
                         }
+                        state.metrics.observe_upstream(set, index, took);
                         let status = resp.status().as_u16();
                         self.record(set, route, index, resp.status().is_server_error());
                         let retry_status = retry.is_some_and(|p| p.retries_status(status));
@@ -432,6 +452,7 @@ impl Proxy {
                     }
                 }
                 retries += 1;
+                state.metrics.count_retry();
                 last_was_connect = false;
                 if let Some(p) = retry {
                     tokio::time::sleep(p.backoff_for(retries)).await;
