@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::lease::{LeasePolicy, PreservationState, unix_ms};
+use crate::metrics::RegistryMetrics;
 use crate::model::{
     Instance, InstanceList, InstanceSpec, RegisterResponse, Revision, Status, StatusCounts,
     WatchEvent,
@@ -74,6 +75,7 @@ pub struct Catalog {
     policy: LeasePolicy,
     preservation: PreservationState,
     sweeps: std::sync::atomic::AtomicU64,
+    metrics: RegistryMetrics,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -122,6 +124,7 @@ impl Catalog {
             policy,
             preservation: PreservationState::default(),
             sweeps: std::sync::atomic::AtomicU64::new(0),
+            metrics: RegistryMetrics::default(),
         }
     }
 
@@ -148,6 +151,11 @@ impl Catalog {
     /// Self-preservation state.
     pub fn preservation(&self) -> &PreservationState {
         &self.preservation
+    }
+
+    /// Event counters for `GET /metrics`.
+    pub fn metrics(&self) -> &RegistryMetrics {
+        &self.metrics
     }
 
     /// Registers or updates an instance and (re)starts its lease.

@@ -12,6 +12,8 @@
 //!   self-preservation.
 //! - [`check`] (`server`): HTTP checks the registry runs for instances
 //!   registered with one.
+//! - [`metrics`] (`server`): Prometheus metrics (`GET /metrics`): event
+//!   counters kept in the catalog, state read from the store at scrape time.
 //! - [`api`] (`server`): the REST API, the one place errors become HTTP.
 //! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
 //!   watch client gateways follow.
@@ -34,6 +36,8 @@ pub mod catalog;
 pub mod check;
 #[cfg(feature = "server")]
 pub mod lease;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod store;
 
