@@ -85,21 +85,21 @@ impl LatencyHistogram {
     }
 
     fn encode(&self, encoder: &mut MetricEncoder<'_>) -> fmt::Result {
-        let mut cumulative = 0;
+        // Per-bucket counts, as kept: the encoder makes them cumulative.
         let buckets: Vec<(f64, u64)> = self
             .buckets
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                cumulative += b.load(Ordering::Relaxed);
                 let bound = BOUNDS_US
                     .get(i)
                     .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
-                (bound, cumulative)
+                (bound, b.load(Ordering::Relaxed))
             })
             .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
@@ -412,7 +412,10 @@ impl Collector for GatewayCollector {
             for ep in entry.endpoints.endpoints() {
                 let labels: Pair = [("route", &*entry.route.name), ("endpoint", &*ep.id)];
                 e.encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&u64::from(ep.health.ejections()), None)?;
+                    .encode_counter::<NoLabelSet, _, u64>(
+                        &u64::from(ep.health.ejections()),
+                        None,
+                    )?;
             }
         }
 
@@ -470,9 +473,46 @@ mod tests {
         h.observe(Duration::from_secs(60));
         assert_eq!(h.buckets[0].load(Ordering::Relaxed), 1, "le=100us");
         assert_eq!(h.buckets[1].load(Ordering::Relaxed), 1, "le=250us");
-        assert_eq!(h.buckets[BOUNDS_US.len()].load(Ordering::Relaxed), 1, "+Inf");
+        assert_eq!(
+            h.buckets[BOUNDS_US.len()].load(Ordering::Relaxed),
+            1,
+            "+Inf"
+        );
         assert_eq!(h.count(), 3);
         assert_eq!(h.sum_us.load(Ordering::Relaxed), 60_000_201);
+    }
+
+    #[test]
+    fn a_scrape_shows_cumulative_buckets_and_matching_counts() {
+        let config = crate::config::Config::parse(
+            "[[route]]\nname = \"r\"\nupstreams = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let table =
+            crate::discovery::TableBuilder::new(config.routes, false, Arc::default()).build(4);
+        let m = &table.entries()[0].state.metrics;
+        m.record(StatusCode::OK, Duration::from_micros(50));
+        m.record(StatusCode::OK, Duration::from_millis(2));
+        m.record(StatusCode::BAD_GATEWAY, Duration::from_secs(1));
+        let table = Arc::new(ArcSwap::from_pointee(table));
+        let text = render(&registry(table, Arc::default()));
+        for line in [
+            "portico_requests_total{route=\"r\",class=\"2xx\"} 2",
+            "portico_requests_total{route=\"r\",class=\"5xx\"} 1",
+            "portico_requests_total{route=\"<none>\",class=\"4xx\"} 0",
+            "portico_request_duration_seconds_bucket{route=\"r\",le=\"0.0001\"} 1",
+            "portico_request_duration_seconds_bucket{route=\"r\",le=\"0.0025\"} 2",
+            "portico_request_duration_seconds_bucket{route=\"r\",le=\"+Inf\"} 3",
+            "portico_request_duration_seconds_count{route=\"r\"} 3",
+            "portico_endpoint_in_rotation{route=\"r\",endpoint=\"127.0.0.1:1\"} 1",
+            "portico_routing_table_revision 4",
+            "portico_downstream_connections 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
     }
 
     #[test]
@@ -481,10 +521,7 @@ mod tests {
         m.record(StatusCode::SWITCHING_PROTOCOLS, Duration::ZERO);
         m.record(StatusCode::OK, Duration::ZERO);
         m.record(StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO);
-        assert_eq!(
-            (m.responses(1), m.responses(2), m.responses(5)),
-            (1, 1, 1)
-        );
+        assert_eq!((m.responses(1), m.responses(2), m.responses(5)), (1, 1, 1));
         assert_eq!(m.latency().count(), 3);
     }
 
