@@ -15,6 +15,7 @@
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
+//! - [`trace`]: W3C `traceparent` checks and, when asked, generation.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
 //! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
 //!   state, everything else read from the table at scrape time.
@@ -42,6 +43,7 @@ pub mod proxy;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -34,6 +34,7 @@ use crate::health::now_ms;
 use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody, SendError, UpstreamBody, UpstreamError};
 use crate::router::{RouteEntry, RouteTable};
+use crate::trace;
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
 /// a small body the gateway made itself.
@@ -60,6 +61,10 @@ pub struct ProxySettings {
     pub pool_idle_timeout: Duration,
     /// Passive outlier detection.
     pub outlier: OutlierPolicy,
+    /// Give requests without a valid W3C `traceparent` a new one, so the
+    /// upstream and the access log share a trace id. Off: the header is
+    /// passed through (or not) exactly as received.
+    pub generate_traceparent: bool,
 }
 
 impl Default for ProxySettings {
@@ -69,6 +74,7 @@ impl Default for ProxySettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             outlier: OutlierPolicy::default(),
+            generate_traceparent: false,
         }
     }
 }
@@ -80,6 +86,7 @@ pub struct Proxy {
     pool: Arc<Pool>,
     outlier: OutlierPolicy,
     access_log: bool,
+    generate_traceparent: bool,
     metrics: Arc<GatewayMetrics>,
 }
 
@@ -117,6 +124,7 @@ impl Proxy {
             pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
             outlier: settings.outlier.clone(),
             access_log: settings.access_log,
+            generate_traceparent: settings.generate_traceparent,
             metrics: Arc::default(),
         }
     }
@@ -127,7 +135,7 @@ impl Proxy {
     }
 
     /// Handles one downstream request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         // Answer in the client's protocol, whatever the upstream spoke (an
         // HTTP/1.0 upstream must not turn the client's response into 1.0).
@@ -139,6 +147,14 @@ impl Proxy {
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) => v.clone(),
             None => new_request_id(),
+        };
+        // The trace id is looked at only when generating or logging it.
+        let trace_id = if self.generate_traceparent {
+            Some(trace::ensure_traceparent(req.headers_mut()))
+        } else if self.access_log {
+            trace::trace_id(req.headers())
+        } else {
+            None
         };
         let logged = self
             .access_log
@@ -186,6 +202,10 @@ impl Proxy {
                 upstream = outcome.upstream.as_deref().unwrap_or("-"),
                 duration_us = elapsed.as_micros() as u64,
                 request_id = request_id.to_str().unwrap_or("-"),
+                trace_id = trace_id
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .unwrap_or("-"),
             );
         }
         resp

@@ -204,7 +204,10 @@ mod tests {
             "portico_registry_lease_expiries_total 3",
             "portico_registry_watch_subscribers 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
         }
     }
 
