@@ -114,6 +114,9 @@ struct Outcome<'t> {
     /// The matched route (`None`: no route matched).
     entry: Option<&'t RouteEntry>,
     upstream: Option<Arc<str>>,
+    /// When the last try's response head arrived (`None` when it did not):
+    /// the end of the request's latency too, which saves a clock read.
+    answered_at: Option<Instant>,
 }
 
 impl Proxy {
@@ -165,6 +168,7 @@ impl Proxy {
         let mut outcome = Outcome {
             entry: None,
             upstream: None,
+            answered_at: None,
         };
         // A span per request: free unless debug logging is on for this target.
         let span = tracing::debug_span!(
@@ -187,7 +191,10 @@ impl Proxy {
         *resp.version_mut() = version;
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        let elapsed = start.elapsed();
+        let elapsed = outcome
+            .answered_at
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(start);
         match outcome.entry {
             Some(entry) => entry.state.metrics.record(resp.status(), elapsed),
             None => self.metrics.no_route().record(resp.status(), elapsed),
@@ -347,6 +354,7 @@ impl Proxy {
                 // Load-aware balancing needs in-flight counts and latency;
                 // round robin and friends skip the bookkeeping.
                 let _in_flight = load_aware.then(|| endpoint.health.begin());
+                outcome.answered_at = None;
                 let sent_at = Instant::now();
                 let send = async {
                     if endpoint.scheme == Scheme::H2c {
@@ -376,7 +384,9 @@ impl Proxy {
                 };
                 match result {
                     Some(Ok(resp)) => {
-                        let took = sent_at.elapsed();
+                        let answered_at = Instant::now();
+                        outcome.answered_at = Some(answered_at);
+                        let took = answered_at.saturating_duration_since(sent_at);
                         if load_aware {
                             endpoint.health.observe_latency(took);
                         }
