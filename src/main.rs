@@ -160,6 +160,10 @@ struct GatewayArgs {
     /// Turn off the per-request access log.
     #[arg(long)]
     no_access_log: bool,
+    /// Give requests without a valid W3C `traceparent` header a new one, so
+    /// the upstream and the access log share a trace id.
+    #[arg(long)]
+    generate_traceparent: bool,
     /// Time allowed for a client to send a complete request head.
     #[arg(long, default_value = "30s", value_parser = duration)]
     header_read_timeout: Duration,
@@ -243,6 +247,7 @@ impl GatewayArgs {
             },
             proxy: ProxySettings {
                 access_log: !self.no_access_log,
+                generate_traceparent: self.generate_traceparent,
                 connect_timeout: self.connect_timeout,
                 outlier: OutlierPolicy {
                     consecutive_failures: self.outlier_failures,

@@ -16,8 +16,9 @@
 //!   state, which one would be picked, and a one-line verdict that names the
 //!   answer the client would get (`404 no_route`, `503 no_healthy_upstream`,
 //!   ...). Built for debugging a 404 or a 503 without reading logs.
+//! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
 //!
-//! Plain hyper: a few read-only JSON documents do not need a framework.
+//! Plain hyper: a few read-only documents do not need a framework.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -43,22 +45,32 @@ use crate::balance::Endpoint;
 use crate::config::{Balance, HostMatch, PathMatch, Route, Target};
 use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
+use crate::metrics::GatewayMetrics;
 use crate::router::{Considered, Level, Mismatch, RequestView, RouteEntry, RouteTable};
 
-/// Serves the admin API on `listener` until the task is aborted.
+/// Serves the admin API on `listener` until the task is aborted; `metrics`
+/// are the gateway's request metrics, scraped with the table's state.
 pub fn spawn(
     listener: TcpListener,
     table: Arc<ArcSwap<RouteTable>>,
     status: Arc<DiscoveryStatus>,
+    metrics: Arc<GatewayMetrics>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let registry = Arc::new(crate::metrics::registry(table.clone(), metrics));
         while let Ok((stream, _)) = listener.accept().await {
-            let (table, status, builder) = (table.clone(), status.clone(), builder.clone());
+            let (table, status, builder, registry) = (
+                table.clone(),
+                status.clone(),
+                builder.clone(),
+                registry.clone(),
+            );
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let (table, status) = (table.clone(), status.clone());
-                    async move { Ok::<_, Infallible>(handle(&req, &table, &status)) }
+                    let (table, status, registry) =
+                        (table.clone(), status.clone(), registry.clone());
+                    async move { Ok::<_, Infallible>(handle(&req, &table, &status, &registry)) }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -70,6 +82,7 @@ fn handle(
     req: &Request<Incoming>,
     table: &ArcSwap<RouteTable>,
     discovery: &DiscoveryStatus,
+    registry: &Registry,
 ) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
@@ -82,7 +95,13 @@ fn handle(
                 json!({"error": format!("{field}: {reason}"), "code": "invalid_value", "field": field}),
             ),
         },
-        (_, "/healthz" | "/endpoints" | "/status" | "/explain") => (
+        (&Method::GET, "/metrics") => {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(crate::metrics::render(registry))))
+                .expect("admin responses are well-formed");
+        }
+        (_, "/healthz" | "/endpoints" | "/status" | "/explain" | "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method not allowed", "code": "method_not_allowed"}),
         ),

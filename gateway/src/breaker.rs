@@ -20,6 +20,9 @@ pub use portico_registry::route::{BreakerPolicy, Limits};
 pub struct RouteState {
     /// The route's retry budget.
     pub budget: RetryBudget,
+    /// The route's request counters and latency histograms, kept here so a
+    /// request reaches them without a lookup and a rebuild does not reset them.
+    pub metrics: crate::metrics::RouteMetrics,
     active: AtomicU32,
     retrying: AtomicU32,
     pending: AtomicU32,

@@ -16,10 +16,13 @@
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
+//! - [`trace`]: W3C `traceparent` checks and, when asked, generation.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
+//! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
+//!   state, everything else read from the table at scrape time.
 //! - [`admin`]: the separate admin listener (`/endpoints`: why each endpoint
 //!   is in or out of rotation; `/explain`: why a request goes where it goes;
-//!   `/status`: the applied revision).
+//!   `/status`: the applied revision; `/metrics`: Prometheus text).
 //!
 //! # The request path
 //!
@@ -36,12 +39,14 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod trace;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -137,7 +142,12 @@ impl Gateway {
     /// Serves the admin API on `listener` (a separate address from the
     /// public one) until the returned task is aborted.
     pub fn serve_admin(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
-        admin::spawn(listener, self.table.clone(), self.status.clone())
+        admin::spawn(
+            listener,
+            self.table.clone(),
+            self.status.clone(),
+            self.proxy.metrics().clone(),
+        )
     }
 
     /// Serves on `listener` until `shutdown`, following the registry if one

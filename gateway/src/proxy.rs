@@ -31,8 +31,10 @@ use crate::config::{Balance, HashOn};
 use crate::error::ProxyError;
 use crate::health::OutlierPolicy;
 use crate::health::now_ms;
+use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody, SendError, UpstreamBody, UpstreamError};
-use crate::router::{RequestView, RouteTable};
+use crate::router::{RequestView, RouteEntry, RouteTable};
+use crate::trace;
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
 /// a small body the gateway made itself.
@@ -59,6 +61,10 @@ pub struct ProxySettings {
     pub pool_idle_timeout: Duration,
     /// Passive outlier detection.
     pub outlier: OutlierPolicy,
+    /// Give requests without a valid W3C `traceparent` a new one, so the
+    /// upstream and the access log share a trace id. Off: the header is
+    /// passed through (or not) exactly as received.
+    pub generate_traceparent: bool,
 }
 
 impl Default for ProxySettings {
@@ -68,6 +74,7 @@ impl Default for ProxySettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             outlier: OutlierPolicy::default(),
+            generate_traceparent: false,
         }
     }
 }
@@ -79,6 +86,8 @@ pub struct Proxy {
     pool: Arc<Pool>,
     outlier: OutlierPolicy,
     access_log: bool,
+    generate_traceparent: bool,
+    metrics: Arc<GatewayMetrics>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -100,10 +109,14 @@ impl Peer {
     }
 }
 
-/// What the access log needs about a finished request.
-struct Outcome {
-    route: Option<Arc<str>>,
+/// What the access log and the metrics need about a finished request.
+struct Outcome<'t> {
+    /// The matched route (`None`: no route matched).
+    entry: Option<&'t RouteEntry>,
     upstream: Option<Arc<str>>,
+    /// When the last try's response head arrived (`None` when it did not):
+    /// the end of the request's latency too, which saves a clock read.
+    answered_at: Option<Instant>,
 }
 
 impl Proxy {
@@ -114,11 +127,19 @@ impl Proxy {
             pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
             outlier: settings.outlier.clone(),
             access_log: settings.access_log,
+            generate_traceparent: settings.generate_traceparent,
+            metrics: Arc::default(),
         }
     }
 
+    /// The request metrics this proxy records into.
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
+    }
+
     /// Handles one downstream request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let start = Instant::now();
         // Answer in the client's protocol, whatever the upstream spoke (an
         // HTTP/1.0 upstream must not turn the client's response into 1.0).
         let version = if req.version() == Version::HTTP_2 {
@@ -130,12 +151,24 @@ impl Proxy {
             Some(v) => v.clone(),
             None => new_request_id(),
         };
+        // The trace id is looked at only when generating or logging it.
+        let trace_id = if self.generate_traceparent {
+            Some(trace::ensure_traceparent(req.headers_mut()))
+        } else if self.access_log {
+            trace::trace_id(req.headers())
+        } else {
+            None
+        };
         let logged = self
             .access_log
-            .then(|| (Instant::now(), req.method().clone(), req.uri().clone()));
+            .then(|| (req.method().clone(), req.uri().clone()));
+        // Loaded here, not in `forward`, so the outcome can borrow the
+        // matched route's state for the metrics without another refcount.
+        let table = self.table.load_full();
         let mut outcome = Outcome {
-            route: None,
+            entry: None,
             upstream: None,
+            answered_at: None,
         };
         // A span per request: free unless debug logging is on for this target.
         let span = tracing::debug_span!(
@@ -145,7 +178,7 @@ impl Proxy {
             request_id = request_id.to_str().unwrap_or("-"),
         );
         let forwarded = self
-            .forward(req, peer, &request_id, &mut outcome)
+            .forward(&table, req, peer, &request_id, &mut outcome)
             .instrument(span)
             .await;
         let mut resp = match forwarded {
@@ -158,16 +191,28 @@ impl Proxy {
         *resp.version_mut() = version;
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some((start, method, uri)) = logged {
+        let elapsed = outcome
+            .answered_at
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(start);
+        match outcome.entry {
+            Some(entry) => entry.state.metrics.record(resp.status(), elapsed),
+            None => self.metrics.no_route().record(resp.status(), elapsed),
+        }
+        if let Some((method, uri)) = logged {
             tracing::info!(
                 target: "portico::access",
                 method = %method,
                 path = %uri.path(),
                 status = resp.status().as_u16(),
-                route = outcome.route.as_deref().unwrap_or("-"),
+                route = outcome.entry.map_or("-", |e| &*e.route.name),
                 upstream = outcome.upstream.as_deref().unwrap_or("-"),
-                duration_us = start.elapsed().as_micros() as u64,
+                duration_us = elapsed.as_micros() as u64,
                 request_id = request_id.to_str().unwrap_or("-"),
+                trace_id = trace_id
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .unwrap_or("-"),
             );
         }
         resp
@@ -184,14 +229,14 @@ impl Proxy {
         }
     }
 
-    async fn forward(
+    async fn forward<'t>(
         &self,
+        table: &'t RouteTable,
         mut req: Request<Incoming>,
         peer: &Peer,
         request_id: &HeaderValue,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let table = self.table.load_full();
         let host = request_host(&req);
         let view = RequestView {
             host: host.as_deref(),
@@ -203,7 +248,7 @@ impl Proxy {
         let matched = table.lookup(&view).ok_or(ProxyError::NoRoute)?;
         let route = &matched.entry.route;
         let set = &matched.entry.endpoints;
-        outcome.route = Some(route.name.clone());
+        outcome.entry = Some(matched.entry);
 
         let hash_key = match &route.lb {
             Balance::ConsistentHash(on) => hash_key(&req, on, peer),
@@ -314,7 +359,8 @@ impl Proxy {
                 // Load-aware balancing needs in-flight counts and latency;
                 // round robin and friends skip the bookkeeping.
                 let _in_flight = load_aware.then(|| endpoint.health.begin());
-                let sent_at = load_aware.then(Instant::now);
+                outcome.answered_at = None;
+                let sent_at = Instant::now();
                 let send = async {
                     if endpoint.scheme == Scheme::H2c {
                         Box::pin(self.pool.send_h2c(endpoint, req))
@@ -343,9 +389,13 @@ impl Proxy {
                 };
                 match result {
                     Some(Ok(resp)) => {
-                        if let Some(at) = sent_at {
-                            endpoint.health.observe_latency(at.elapsed());
+                        let answered_at = Instant::now();
+                        outcome.answered_at = Some(answered_at);
+                        let took = answered_at.saturating_duration_since(sent_at);
+                        if load_aware {
+                            endpoint.health.observe_latency(took);
                         }
+                        state.metrics.observe_upstream(set, index, took);
                         let status = resp.status().as_u16();
                         self.record(set, route, index, resp.status().is_server_error());
                         let retry_status = retry.is_some_and(|p| p.retries_status(status));
@@ -437,6 +487,7 @@ impl Proxy {
                     }
                 }
                 retries += 1;
+                state.metrics.count_retry();
                 last_was_connect = false;
                 if let Some(p) = retry {
                     tokio::time::sleep(crate::retry::backoff_for(p, retries)).await;

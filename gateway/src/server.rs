@@ -141,6 +141,8 @@ async fn serve_connection(
     mut closing: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
+    // Counted open for as long as this task runs.
+    let _open = proxy.metrics().open_connection();
     let active = Arc::new(AtomicBool::new(true));
     let io = TokioIo::new(ActivityIo {
         inner: stream,

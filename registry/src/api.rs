@@ -179,6 +179,7 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
         .route("/v1/watch", get(watch_changes))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -517,6 +518,8 @@ struct WatchStreamState {
     feed: Feed,
     format: Format,
     progress: tokio::time::Interval,
+    /// Counts the stream as open until it ends or its client goes away.
+    _subscriber: crate::metrics::WatchSubscriber,
 }
 
 async fn watch_changes(
@@ -560,6 +563,7 @@ async fn watch_changes(
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.reset();
     let state = WatchStreamState {
+        _subscriber: app.catalog.metrics().watch_subscriber(),
         app,
         feed,
         format,
@@ -625,6 +629,18 @@ async fn healthz() -> Response {
         r#"{"status":"ok"}"#,
     )
         .into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let body = crate::metrics::render(&app.catalog).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {

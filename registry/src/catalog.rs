@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::lease::{LeasePolicy, PreservationState, unix_ms};
+use crate::metrics::RegistryMetrics;
 use crate::model::{
     Instance, InstanceList, InstanceSpec, RegisterResponse, Revision, Status, StatusCounts,
     WatchEvent,
@@ -126,6 +127,7 @@ pub struct Catalog {
     /// Serialises route writes on this replica, so two concurrent writes
     /// cannot both pass the conflict check against the same route set.
     route_writes: tokio::sync::Mutex<()>,
+    metrics: RegistryMetrics,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -191,6 +193,7 @@ impl Catalog {
             preservation: PreservationState::default(),
             sweeps: std::sync::atomic::AtomicU64::new(0),
             route_writes: tokio::sync::Mutex::new(()),
+            metrics: RegistryMetrics::default(),
         }
     }
 
@@ -217,6 +220,11 @@ impl Catalog {
     /// Self-preservation state.
     pub fn preservation(&self) -> &PreservationState {
         &self.preservation
+    }
+
+    /// Event counters for `GET /metrics`.
+    pub fn metrics(&self) -> &RegistryMetrics {
+        &self.metrics
     }
 
     /// Registers or updates an instance and (re)starts its lease.

@@ -199,6 +199,7 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
             .is_some()
         {
             outcome.expired += 1;
+            catalog.metrics().count_expiry();
             tracing::info!(service = %instance.service, id = %instance.id, "lease expired; instance is critical");
         }
     }

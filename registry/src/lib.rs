@@ -14,6 +14,8 @@
 //!   self-preservation.
 //! - [`check`] (`server`): HTTP checks the registry runs for instances
 //!   registered with one.
+//! - [`metrics`] (`server`): Prometheus metrics (`GET /metrics`): event
+//!   counters kept in the catalog, state read from the store at scrape time.
 //! - [`api`] (`server`): the REST API, the one place errors become HTTP.
 //! - [`auth`] (`server`): bearer tokens with roles (`admin`, `register`,
 //!   `read`) and the middleware that checks them before any handler runs.
@@ -41,6 +43,8 @@ pub mod catalog;
 pub mod check;
 #[cfg(feature = "server")]
 pub mod lease;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod store;
 

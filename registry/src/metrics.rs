@@ -1,0 +1,223 @@
+//! Prometheus metrics of the control plane, served as `GET /metrics` on the
+//! registry API (see `docs/api.md` for the list).
+//!
+//! Events are counted as they happen, in [`RegistryMetrics`] (lease expiries,
+//! open watch streams): both are rare next to a store write, so an atomic is
+//! all they cost. State is read at scrape time instead (instances by status,
+//! self-preservation, store revision): one range read of the store per
+//! scrape, which keeps the write path free of bookkeeping and the figures
+//! exactly what the store holds. The scrape reads the store asynchronously
+//! first, then hands a [`Snapshot`] to `prometheus_client`'s synchronous
+//! [`Collector`] interface to encode.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::model::{Revision, StatusCounts};
+
+/// `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Event counters of one registry, kept in its [`Catalog`].
+#[derive(Debug, Default)]
+pub struct RegistryMetrics {
+    lease_expiries: AtomicU64,
+    watch_subscribers: Arc<AtomicI64>,
+}
+
+impl RegistryMetrics {
+    /// Counts one instance whose lease expired (marked `critical`).
+    pub fn count_expiry(&self) {
+        self.lease_expiries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leases expired since start.
+    pub fn lease_expiries(&self) -> u64 {
+        self.lease_expiries.load(Ordering::Relaxed)
+    }
+
+    /// Counts an open `/v1/watch` stream until the guard drops (when the
+    /// stream ends or its client goes away).
+    pub fn watch_subscriber(&self) -> WatchSubscriber {
+        self.watch_subscribers.fetch_add(1, Ordering::Relaxed);
+        WatchSubscriber(self.watch_subscribers.clone())
+    }
+
+    /// `/v1/watch` streams open now.
+    pub fn watch_subscribers(&self) -> i64 {
+        self.watch_subscribers.load(Ordering::Relaxed)
+    }
+}
+
+/// One open watch stream; see [`RegistryMetrics::watch_subscriber`].
+#[derive(Debug)]
+pub struct WatchSubscriber(Arc<AtomicI64>);
+
+impl Drop for WatchSubscriber {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything one scrape reports, read before encoding.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Instances by status, over every service.
+    pub instances: StatusCounts,
+    /// Services with at least one instance.
+    pub services: usize,
+    /// Store revision the counts were read at.
+    pub revision: Revision,
+    /// Whether self-preservation has lease expiry paused.
+    pub self_preservation: bool,
+    /// Leases expired since start.
+    pub lease_expiries: u64,
+    /// Watch streams open now.
+    pub watch_subscribers: i64,
+}
+
+impl Snapshot {
+    /// Reads the catalog's current state and counters.
+    pub async fn read(catalog: &Catalog) -> Result<Snapshot, CatalogError> {
+        let (services, revision) = catalog.services().await?;
+        let mut instances = StatusCounts::default();
+        for s in &services {
+            instances.passing += s.instances.passing;
+            instances.warning += s.instances.warning;
+            instances.critical += s.instances.critical;
+            instances.draining += s.instances.draining;
+        }
+        Ok(Snapshot {
+            instances,
+            services: services.len(),
+            revision,
+            self_preservation: catalog.preservation().get().active,
+            lease_expiries: catalog.metrics().lease_expiries(),
+            watch_subscribers: catalog.metrics().watch_subscribers(),
+        })
+    }
+
+    /// The Prometheus text of this snapshot.
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::with_capacity(2048);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Reads and renders the registry's metrics for `GET /metrics`.
+pub async fn render(catalog: &Catalog) -> Result<String, CatalogError> {
+    Ok(Snapshot::read(catalog).await?.render())
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut e = encoder.encode_descriptor(
+            "portico_registry_instances",
+            "Registered instances by status.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let c = &self.instances;
+        for (status, n) in [
+            ("passing", c.passing),
+            ("warning", c.warning),
+            ("critical", c.critical),
+            ("draining", c.draining),
+        ] {
+            e.encode_family(&[("status", status)])?.encode_gauge(&n)?;
+        }
+        let gauges: [(&str, &str, i64); 4] = [
+            (
+                "portico_registry_services",
+                "Services with at least one registered instance.",
+                i64::try_from(self.services).unwrap_or(i64::MAX),
+            ),
+            (
+                "portico_registry_self_preservation",
+                "1 while self-preservation has lease expiry paused.",
+                i64::from(self.self_preservation),
+            ),
+            (
+                "portico_registry_watch_subscribers",
+                "Open /v1/watch streams (gateways and other followers).",
+                self.watch_subscribers,
+            ),
+            (
+                "portico_registry_revision",
+                "Current store revision.",
+                i64::try_from(self.revision).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&value)?;
+        }
+        encoder
+            .encode_descriptor(
+                "portico_registry_lease_expiries",
+                "Instances whose lease expired (marked critical) since start.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&self.lease_expiries, None)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_renders_every_metric_once() {
+        let text = Snapshot {
+            instances: StatusCounts {
+                passing: 2,
+                warning: 0,
+                critical: 1,
+                draining: 0,
+            },
+            services: 1,
+            revision: 7,
+            self_preservation: true,
+            lease_expiries: 3,
+            watch_subscribers: 1,
+        }
+        .render();
+        for line in [
+            "portico_registry_instances{status=\"passing\"} 2",
+            "portico_registry_instances{status=\"critical\"} 1",
+            "portico_registry_self_preservation 1",
+            "portico_registry_revision 7",
+            "portico_registry_lease_expiries_total 3",
+            "portico_registry_watch_subscribers 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_watch_subscriber_counts_while_it_lives() {
+        let m = RegistryMetrics::default();
+        let a = m.watch_subscriber();
+        let _b = m.watch_subscriber();
+        assert_eq!(m.watch_subscribers(), 2);
+        drop(a);
+        assert_eq!(m.watch_subscribers(), 1);
+    }
+}
