@@ -511,6 +511,15 @@ async fn route_counters_survive_a_table_rebuild() {
         s.must("portico_routing_table_revision", &[]),
         gw.applied_revision() as f64
     );
+    // Propagation state: connected, current, and the rebuilds counted.
+    assert_eq!(s.must("portico_gateway_registry_connected", &[]), 1.0);
+    assert!(s.must("portico_gateway_seen_revision", &[]) >= second.revision as f64);
+    assert!(s.must("portico_gateway_table_rebuilds_total", &[]) >= 2.0);
+    assert!(s.must("portico_gateway_table_age_seconds", &[]) >= 0.0);
+    assert_eq!(
+        s.must("portico_route_file_reloads_total", &[("result", "refused")]),
+        0.0
+    );
     assert_eq!(
         s.must(
             "portico_requests_total",

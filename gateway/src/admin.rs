@@ -58,7 +58,11 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-        let registry = Arc::new(crate::metrics::registry(table.clone(), metrics));
+        let registry = Arc::new(crate::metrics::registry(
+            table.clone(),
+            metrics,
+            status.clone(),
+        ));
         while let Ok((stream, _)) = listener.accept().await {
             let (table, status, builder, registry) = (
                 table.clone(),

@@ -31,6 +31,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::balance::{Endpoint, EndpointSet};
+use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
 use crate::router::{RouteEntry, RouteTable};
 
@@ -266,9 +267,17 @@ impl Drop for ConnectionGuard {
 
 /// A registry holding the [`GatewayCollector`], built once per admin
 /// listener.
-pub fn registry(table: Arc<ArcSwap<RouteTable>>, metrics: Arc<GatewayMetrics>) -> Registry {
+pub fn registry(
+    table: Arc<ArcSwap<RouteTable>>,
+    metrics: Arc<GatewayMetrics>,
+    status: Arc<DiscoveryStatus>,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(GatewayCollector { table, metrics }));
+    registry.register_collector(Box::new(GatewayCollector {
+        table,
+        metrics,
+        status,
+    }));
     registry
 }
 
@@ -286,6 +295,7 @@ pub fn render(registry: &Registry) -> String {
 pub struct GatewayCollector {
     table: Arc<ArcSwap<RouteTable>>,
     metrics: Arc<GatewayMetrics>,
+    status: Arc<DiscoveryStatus>,
 }
 
 type Pair<'a> = [(&'static str, &'a str); 2];
@@ -457,6 +467,73 @@ impl Collector for GatewayCollector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&table.revision)?;
+
+        // Propagation: how far behind the registry this gateway is.
+        let st = &self.status;
+        let seen = st.seen_revision.load(Ordering::Relaxed);
+        let applied = st.applied_revision.load(Ordering::Relaxed);
+        let gauges: [(&str, &str, i64); 3] = [
+            (
+                "portico_gateway_seen_revision",
+                "Newest registry revision this gateway has heard of.",
+                seen as i64,
+            ),
+            (
+                "portico_gateway_revision_lag",
+                "Registry revisions heard of but not yet in the served table (0 when current).",
+                seen.saturating_sub(applied) as i64,
+            ),
+            (
+                "portico_gateway_registry_connected",
+                "1 while the registry watch is connected.",
+                i64::from(st.connected.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&value)?;
+        }
+        let applied_at = st.applied_at_ms.load(Ordering::Relaxed);
+        if applied_at > 0 {
+            let now_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            encoder
+                .encode_descriptor(
+                    "portico_gateway_table_age_seconds",
+                    "Time since the served table was last rebuilt: grows while the registry is quiet or unreachable.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&(now_unix.saturating_sub(applied_at) as f64 / 1000.0))?;
+        }
+        encoder
+            .encode_descriptor(
+                "portico_gateway_table_build_seconds",
+                "Time the last rebuild took, from the burst of changes arriving to the new table being swapped in.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(st.last_build_us.load(Ordering::Relaxed) as f64 / 1e6))?;
+        encoder
+            .encode_descriptor(
+                "portico_gateway_table_rebuilds",
+                "Routing tables built from registry changes and route-file reloads.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&st.rebuilds.load(Ordering::Relaxed), None)?;
+        let mut e = encoder.encode_descriptor(
+            "portico_route_file_reloads",
+            "Route-file reloads, by result (applied, or refused and the previous routes kept).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, count) in [("applied", &st.reloads), ("refused", &st.reload_failures)] {
+            e.encode_family(&[("result", result)])?
+                .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
+        }
         Ok(())
     }
 }
@@ -495,7 +572,7 @@ mod tests {
         m.record(StatusCode::OK, Duration::from_millis(2));
         m.record(StatusCode::BAD_GATEWAY, Duration::from_secs(1));
         let table = Arc::new(ArcSwap::from_pointee(table));
-        let text = render(&registry(table, Arc::default()));
+        let text = render(&registry(table, Arc::default(), Arc::default()));
         for line in [
             "portico_requests_total{route=\"r\",class=\"2xx\"} 2",
             "portico_requests_total{route=\"r\",class=\"5xx\"} 1",
