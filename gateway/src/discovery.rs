@@ -29,6 +29,11 @@ use crate::config::{Config, PathMatch, Route, Target};
 use crate::health::HealthRegistry;
 use crate::router::{RouteEntry, RouteTable, Router};
 
+/// Builder maps are rebuilt or walked on every table build: a fast hash
+/// (foldhash) instead of SipHash keeps a change cheap with many routes.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// Builds routing tables from routes and discovered instances.
 ///
 /// Keeps everything a rebuild needs between builds: the endpoint set of every
@@ -52,13 +57,13 @@ pub struct TableBuilder {
     routes_changed: bool,
     /// Endpoint sets of static routes, by route name, with the upstream
     /// list they were built from (reused while it is unchanged).
-    static_sets: HashMap<Arc<str>, (Target, Arc<EndpointSet>)>,
-    service_sets: HashMap<String, Arc<EndpointSet>>,
+    static_sets: FastMap<Arc<str>, (Arc<Route>, Arc<EndpointSet>)>,
+    service_sets: FastMap<String, Arc<EndpointSet>>,
     empty: Arc<EndpointSet>,
     health: Arc<HealthRegistry>,
     /// Retry budget and limit counters per route name, so a rebuild neither
     /// refills the budget nor forgets requests in flight.
-    states: HashMap<Arc<str>, Arc<RouteState>>,
+    states: FastMap<Arc<str>, Arc<RouteState>>,
     /// Active health-check tasks, matched to the endpoints at each build.
     checkers: Checkers,
     /// The gateway's zone: discovered instances there are preferred.
@@ -84,11 +89,11 @@ impl TableBuilder {
             effective: Vec::new(),
             router: Arc::new(Router::default()),
             routes_changed: true,
-            static_sets: HashMap::new(),
-            service_sets: HashMap::new(),
+            static_sets: FastMap::default(),
+            service_sets: FastMap::default(),
             empty: Arc::new(EndpointSet::default()),
             health,
-            states: HashMap::new(),
+            states: FastMap::default(),
             checkers: Checkers::default(),
             zone: None,
         }
@@ -173,10 +178,12 @@ impl TableBuilder {
     /// The effective route list: file routes, registry routes whose name no
     /// file route uses, then implicit routes for paths nobody claims.
     fn effective_routes(&self) -> Vec<Arc<Route>> {
-        let mut names: HashSet<&str> = self.file_routes.iter().map(|r| &*r.name).collect();
-        let mut out: Vec<Arc<Route>> = self.file_routes.clone();
+        let names: FastSet<&str> = self.file_routes.iter().map(|r| &*r.name).collect();
+        let mut out: Vec<Arc<Route>> =
+            Vec::with_capacity(self.file_routes.len() + self.api_routes.len());
+        out.extend(self.file_routes.iter().cloned());
         for (name, route) in &self.api_routes {
-            if names.insert(name) {
+            if !names.contains(name.as_str()) {
                 out.push(route.clone());
             } else {
                 tracing::warn!(route = %name, "registry route ignored: the route file has one of that name");
@@ -219,13 +226,18 @@ impl TableBuilder {
             self.effective = self.effective_routes();
             self.router = Arc::new(Router::new(&self.effective));
             self.routes_changed = false;
-            let names: HashSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
-            self.states.retain(|name, _| names.contains(name));
-            let mut sets = HashMap::new();
+            // Every effective route has a state, so more states than routes
+            // means some belong to routes that are gone.
+            if self.states.len() > self.effective.len() {
+                let names: FastSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
+                self.states.retain(|name, _| names.contains(name));
+            }
+            let mut sets = FastMap::default();
             for r in &self.effective {
                 if let Target::Static(list) = &r.target {
+                    // Reused while the route is the same one (or has the same upstreams).
                     let set = match self.static_sets.remove(&r.name) {
-                        Some((target, set)) if target == r.target => set,
+                        Some((old, set)) if Arc::ptr_eq(&old, r) || old.target == r.target => set,
                         _ => Arc::new(EndpointSet::new(
                             list.iter()
                                 .cloned()
@@ -233,7 +245,7 @@ impl TableBuilder {
                                 .collect(),
                         )),
                     };
-                    sets.insert(r.name.clone(), (r.target.clone(), set));
+                    sets.insert(r.name.clone(), (r.clone(), set));
                 }
             }
             self.static_sets = sets;

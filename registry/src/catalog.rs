@@ -7,7 +7,7 @@
 //! Routes live at `routes/{name}` as the [`RouteSpec`] that was written, with
 //! no lease: they stay until deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,7 +126,10 @@ pub struct Catalog {
     sweeps: std::sync::atomic::AtomicU64,
     /// Serialises route writes on this replica, so two concurrent writes
     /// cannot both pass the conflict check against the same route set.
-    route_writes: tokio::sync::Mutex<()>,
+    /// Held while a route write runs; maps each stored route key to the
+    /// revision it was read at and its match key, so a write compiles only
+    /// routes that changed since the last write instead of all of them.
+    route_writes: tokio::sync::Mutex<HashMap<String, (Revision, String)>>,
     metrics: RegistryMetrics,
 }
 
@@ -192,7 +195,7 @@ impl Catalog {
             policy,
             preservation: PreservationState::default(),
             sweeps: std::sync::atomic::AtomicU64::new(0),
-            route_writes: tokio::sync::Mutex::new(()),
+            route_writes: tokio::sync::Mutex::new(HashMap::new()),
             metrics: RegistryMetrics::default(),
         }
     }
@@ -454,28 +457,43 @@ impl Catalog {
     ) -> Result<RouteWrite, CatalogError> {
         let route = compile(&spec, "").map_err(CatalogError::Invalid)?;
         let key = match_key(&route);
-        let _writing = self.route_writes.lock().await;
+        let mut cache = self.route_writes.lock().await;
         let range = self.store.range(ROUTES).await?;
+        // Rebuilt on every write from the previous one: deleted routes drop out.
+        let mut match_keys = HashMap::with_capacity(range.kvs.len());
+        let own = route_key(&spec.name);
         let mut previous = None;
-        for other in range.kvs.iter().filter_map(decode_route) {
-            if other.name == spec.name {
-                previous = Some(other);
+        let mut conflict = None;
+        for kv in &range.kvs {
+            if kv.key == own {
+                previous = decode_route(kv);
                 continue;
             }
-            // Stored routes were valid when written; one that no longer
-            // compiles cannot conflict with anything the gateway serves.
-            if compile(&other, "").is_ok_and(|o| match_key(&o) == key) {
-                return Err(CatalogError::Invalid(crate::model::Invalid {
-                    code: "route_conflict",
-                    ..crate::model::Invalid::field(
-                        match_field(&spec),
-                        format!(
-                            "matches exactly the same requests as route {:?}",
-                            other.name
-                        ),
-                    )
-                }));
+            let other_key = match cache.remove(&kv.key) {
+                Some((rev, k)) if rev == kv.mod_revision => k,
+                _ => {
+                    // Stored routes were valid when written; one that no
+                    // longer compiles conflicts with nothing the gateway serves.
+                    decode_route(kv)
+                        .and_then(|o| compile(&o, "").ok())
+                        .map(|o| match_key(&o))
+                        .unwrap_or_default()
+                }
+            };
+            if other_key == key && conflict.is_none() {
+                conflict = Some(kv.key.strip_prefix(ROUTES).unwrap_or(&kv.key).to_string());
             }
+            match_keys.insert(kv.key.clone(), (kv.mod_revision, other_key));
+        }
+        *cache = match_keys;
+        if let Some(other) = conflict {
+            return Err(CatalogError::Invalid(crate::model::Invalid {
+                code: "route_conflict",
+                ..crate::model::Invalid::field(
+                    match_field(&spec),
+                    format!("matches exactly the same requests as route {other:?}"),
+                )
+            }));
         }
         let change = match &previous {
             None => RouteChange::Created,

@@ -25,6 +25,10 @@ struct Args {
     /// Measured route changes.
     #[arg(long, default_value_t = 200)]
     trials: usize,
+    /// Routes to write before measuring (exact paths `/pre/N` to the same
+    /// upstream), so the registry and every gateway carry a realistic table.
+    #[arg(long, default_value_t = 0)]
+    preload_routes: usize,
     /// Give up on one trial after this long.
     #[arg(long, default_value = "10")]
     timeout_secs: u64,
@@ -35,6 +39,32 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let http = client();
     let upstream = name_server("rp".to_string()).await?;
+    if args.preload_routes > 0 {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let per_task = args.preload_routes.div_ceil(16);
+        for t in 0..16 {
+            let (http, registry, total) =
+                (http.clone(), args.registry.clone(), args.preload_routes);
+            tasks.spawn(async move {
+                for i in (t * per_task)..((t + 1) * per_task).min(total) {
+                    let url = format!("{registry}/v1/routes/pre-{i}");
+                    let body = format!(r#"{{"path":"/pre/{i}","upstreams":["{upstream}"]}}"#);
+                    let (status, _) = call(&http, Method::PUT, &url, Some(body)).await?;
+                    anyhow::ensure!(status.is_success(), "preload answered {status}");
+                }
+                Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        println!(
+            "preloaded {} routes in {:.1?}",
+            args.preload_routes,
+            started.elapsed()
+        );
+    }
     let route = format!("{}/v1/routes/route-propagation", args.registry);
     let mut each = Vec::with_capacity(args.trials * args.gateways.len());
     let mut fleet = Vec::with_capacity(args.trials);
