@@ -197,9 +197,13 @@ impl PathTable {
             false
         };
         let path = req.path;
-        if let Some((key, ids)) = self.exact.get_key_value(path) {
-            if visit(ids, key, 0) {
-                return best;
+        // Empty maps are skipped before hashing: most tables have no exact
+        // paths, and most requests no host routes.
+        if !self.exact.is_empty() {
+            if let Some((key, ids)) = self.exact.get_key_value(path) {
+                if visit(ids, key, 0) {
+                    return best;
+                }
             }
         }
         if self.prefix.is_empty() {
@@ -341,7 +345,10 @@ impl RouteTable {
         };
         'search: {
             if let Some(host) = req.host {
-                if let Some((key, t)) = r.exact_hosts.get_key_value(host) {
+                if let Some((key, t)) = (!r.exact_hosts.is_empty())
+                    .then(|| r.exact_hosts.get_key_value(host))
+                    .flatten()
+                {
                     let hit = t.lookup(req, Level::ExactHost(key), entries, exhaustive, observe);
                     if take(hit) {
                         break 'search;
