@@ -667,6 +667,34 @@ def registry_benchmarks(args):
                 out["propagation_p99"] = parts[parts.index("p99") + 1]
     finally:
         up.stop()
+
+    # Route-change-to-routable across three gateways following one registry,
+    # with 1,000 routes present (registry and gateways share the proxy core).
+    data = os.path.join(WORK, "routes-bench")
+    env = dict(os.environ, RUST_LOG="warn")
+    reg = Proc("routes-registry", [os.path.join(RELEASE, "portico"), "registry", "--control", "127.0.0.1:19494",
+                                   "--data-dir", data], PROXY_CORE, env=env)
+    gateways = [Proc(f"routes-gateway-{i}", [os.path.join(RELEASE, "portico"), "gateway", "--registry",
+                                             "http://127.0.0.1:19494", "--listen", f"127.0.0.1:{19495 + i}",
+                                             "--no-admin", "--no-access-log"], PROXY_CORE, env=env)
+                for i in range(3)]
+    try:
+        for port in (19494, 19495, 19496, 19497):
+            wait_port(port)
+        log("== route-change-to-routable, three gateways, 1,000 routes")
+        r = subprocess.run(["taskset", "-c", LOAD_CORE, os.path.join(RELEASE, "route_propagation"), "--registry",
+                            "http://127.0.0.1:19494", "--gateways",
+                            "http://127.0.0.1:19495,http://127.0.0.1:19496,http://127.0.0.1:19497",
+                            "--trials", "300", "--preload-routes", "1000"],
+                           capture_output=True, text=True, timeout=900)
+        log("  ", r.stdout.strip().replace("\n", "\n   "))
+        for line in r.stdout.splitlines():
+            if line.startswith("route-change-to-routable, all"):
+                out["route_change_to_routable_3_gateways"] = line.split(": ", 1)[1]
+    finally:
+        for g in gateways:
+            g.stop()
+        reg.stop()
     return out
 
 

@@ -108,6 +108,17 @@ struct FileConfig {
 pub struct Config {
     /// Routes in file order.
     pub routes: Vec<Arc<Route>>,
+    /// Digest of the text the routes came from ([`digest`]), so a reload
+    /// can tell an unchanged file without parsing it again.
+    pub digest: u64,
+}
+
+/// A digest of route-file text: equal texts, equal digests.
+pub fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 impl Config {
@@ -140,6 +151,7 @@ impl Config {
         )?;
         Ok(Config {
             routes: routes.into_iter().map(Arc::new).collect(),
+            digest: digest(text),
         })
     }
 }

@@ -38,7 +38,10 @@ pub fn spawn(
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let polling = !interval.is_zero();
-        let mut last: Option<String> = None;
+        // Digest of the text last seen: the startup file's at first, so an
+        // unchanged file is never parsed again.
+        let mut last: Option<u64> = None;
+        let startup = tx.borrow().digest;
         loop {
             #[cfg(unix)]
             let signalled = tokio::select! {
@@ -67,11 +70,13 @@ pub fn spawn(
                     continue;
                 }
             };
-            if !signalled && last.as_deref() == Some(text.as_str()) {
+            let seen = crate::config::digest(&text);
+            if !signalled && last.unwrap_or(startup) == seen {
+                last = Some(seen);
                 continue;
             }
             let first = last.is_none();
-            last = Some(text.clone());
+            last = Some(seen);
             match Config::parse(&text) {
                 Ok(config) => {
                     if config.routes == tx.borrow().routes {
