@@ -140,6 +140,16 @@ fn status_json(table: &RouteTable, s: &DiscoveryStatus) -> Value {
     })
 }
 
+/// Every endpoint of a route entry, as `/endpoints` and `/explain` show them.
+fn endpoints_json(entry: &RouteEntry, now: u64) -> Vec<Value> {
+    entry
+        .endpoints
+        .endpoints()
+        .iter()
+        .map(|e| endpoint_json(&entry.route, e, now))
+        .collect()
+}
+
 /// One endpoint's state, as `/endpoints` and `/explain` show it.
 fn endpoint_json(route: &Route, e: &Endpoint, now: u64) -> Value {
     let h = &e.health;
@@ -178,12 +188,7 @@ fn endpoints(table: &RouteTable) -> Value {
         .iter()
         .map(|entry| {
             let route = &entry.route;
-            let endpoints: Vec<Value> = entry
-                .endpoints
-                .endpoints()
-                .iter()
-                .map(|e| endpoint_json(route, e, now))
-                .collect();
+            let endpoints = endpoints_json(entry, now);
             let mut r = json!({
                 "name": &*route.name,
                 "lb": lb_name(&route.lb),
@@ -289,14 +294,7 @@ fn level_name(level: &Level<'_>) -> String {
 }
 
 fn describe_match(route: &Route) -> Value {
-    let hosts: Vec<String> = route
-        .hosts
-        .iter()
-        .map(|h| match h {
-            HostMatch::Exact(h) => h.clone(),
-            HostMatch::Wildcard(s) => format!("*{s}"),
-        })
-        .collect();
+    let hosts: Vec<String> = route.hosts.iter().map(HostMatch::to_string).collect();
     let path = match &route.path {
         PathMatch::Exact(p) => json!({"exact": p}),
         PathMatch::Prefix(p) => json!({"prefix": p}),
@@ -411,12 +409,7 @@ fn explain(table: &RouteTable, raw: Option<&str>) -> Result<Value, (&'static str
     let entry: &RouteEntry = m.entry;
     let route = &entry.route;
     let now = now_ms();
-    let endpoints: Vec<Value> = entry
-        .endpoints
-        .endpoints()
-        .iter()
-        .map(|e| endpoint_json(route, e, now))
-        .collect();
+    let endpoints = endpoints_json(entry, now);
     let all = entry.endpoints.endpoints();
     let out = all.iter().filter(|e| e.health.is_out(now)).count();
     let open = all

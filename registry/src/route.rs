@@ -276,6 +276,16 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
+impl fmt::Display for HostMatch {
+    /// As written: `api.example.com` or `*.example.com`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
 /// How a route matches the request path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PathMatch {
@@ -990,14 +1000,7 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
 /// (hosts, path, methods, headers and query, in any order; priority aside,
 /// since of two such routes one would never be reached).
 pub fn match_key(route: &Route) -> String {
-    let mut hosts: Vec<String> = route
-        .hosts
-        .iter()
-        .map(|h| match h {
-            HostMatch::Exact(h) => h.clone(),
-            HostMatch::Wildcard(s) => format!("*{s}"),
-        })
-        .collect();
+    let mut hosts: Vec<String> = route.hosts.iter().map(HostMatch::to_string).collect();
     hosts.sort();
     let path = match &route.path {
         PathMatch::Exact(p) => format!("={p}"),
