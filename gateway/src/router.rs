@@ -644,5 +644,19 @@ mod tests {
                 .map(|m| m.entry.route.name.clone());
             assert_eq!(fast, full, "{path}");
         }
+
+        // A regex is never run for a request outside its literal prefix.
+        let req = RequestView {
+            host: None,
+            path: "/p/users/42",
+            query: None,
+            method: &Method::GET,
+            headers: &map,
+        };
+        let mut tried = Vec::new();
+        t.lookup_observed(&req, true, &mut |c: Considered<'_>| {
+            tried.push(t.entries()[c.index].route.name.to_string());
+        });
+        assert!(!tried.iter().any(|n| n == "users-id"), "{tried:?}");
     }
 }
