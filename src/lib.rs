@@ -17,15 +17,29 @@ use portico_gateway::{Gateway, GatewayOptions};
 use portico_registry::auth::{Role, Tokens};
 use portico_registry::catalog::Catalog;
 use portico_registry::lease::{LeasePolicy, spawn_sweeper};
+use portico_registry::store::Store;
 use portico_registry::store::embedded::EmbeddedStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// An etcd cluster to keep the registry's state in, instead of the
+/// embedded store.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// Client URLs of the members (`http://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Key prefix for everything the registry writes.
+    pub prefix: String,
+}
+
 /// Registry settings.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
-    /// Directory of the embedded store.
+    /// Directory of the embedded store (unused with `etcd`).
     pub data_dir: PathBuf,
+    /// Keep state in etcd (needs the `etcd` feature); `None`: the embedded
+    /// store under `data_dir`.
+    pub etcd: Option<EtcdOptions>,
     /// Lease expiry policy.
     pub lease: LeasePolicy,
     /// Tokens the API accepts; none leaves it open.
@@ -38,10 +52,8 @@ pub async fn run_registry(
     options: RegistryOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = EmbeddedStore::open(&options.data_dir)
-        .with_context(|| format!("opening the store in {}", options.data_dir.display()))?;
-    tracing::info!(path = %store.path().display(), "embedded store open");
-    let catalog = Arc::new(Catalog::new(Arc::new(store), options.lease));
+    let store = open_store(&options).await?;
+    let catalog = Arc::new(Catalog::new(store, options.lease));
     let sweeper = spawn_sweeper(catalog.clone());
     let checker = portico_registry::check::spawn_checker(catalog.clone());
     let addr = listener.local_addr()?;
@@ -50,6 +62,39 @@ pub async fn run_registry(
     sweeper.abort();
     checker.abort();
     result.context("registry API server")
+}
+
+async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>> {
+    match &options.etcd {
+        None => {
+            let store = EmbeddedStore::open(&options.data_dir)
+                .with_context(|| format!("opening the store in {}", options.data_dir.display()))?;
+            tracing::info!(path = %store.path().display(), "embedded store open");
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "etcd")]
+        Some(etcd) => {
+            let store = portico_registry::store::etcd::EtcdStore::new(
+                etcd.endpoints.clone(),
+                &etcd.prefix,
+            )?;
+            // Starting against an unreachable cluster is allowed (the API
+            // answers 503 until it is back), but say so now.
+            match store.check().await {
+                Ok(revision) => {
+                    tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, revision, "etcd store connected")
+                }
+                Err(e) => {
+                    tracing::warn!(endpoints = ?etcd.endpoints, error = %e, "etcd store not reachable yet")
+                }
+            }
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "etcd"))]
+        Some(_) => anyhow::bail!(
+            "this portico was built without etcd support: build with `cargo build --release --features etcd`"
+        ),
+    }
 }
 
 /// Runs a gateway on `listener` until `shutdown`, with its admin API on

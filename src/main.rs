@@ -78,6 +78,13 @@ struct RegistryArgs {
     /// Directory of the embedded store.
     #[arg(long, default_value = "portico-data")]
     data_dir: PathBuf,
+    /// Where state lives: `embedded` (under --data-dir) or
+    /// `etcd:http://h1:2379,http://h2:2379,...` (a build with the `etcd` feature).
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// Key prefix in etcd (with --store etcd:...).
+    #[arg(long, default_value = "/portico/")]
+    etcd_prefix: String,
     /// Time between lease sweeps.
     #[arg(long, default_value = "1s", value_parser = duration)]
     sweep_interval: Duration,
@@ -104,6 +111,44 @@ struct RegistryArgs {
 }
 
 impl RegistryArgs {
+    fn etcd(&self) -> anyhow::Result<Option<portico::EtcdOptions>> {
+        if self.store == "embedded" {
+            return Ok(None);
+        }
+        let Some(urls) = self.store.strip_prefix("etcd:") else {
+            anyhow::bail!(
+                "--store {:?}: expected `embedded` or `etcd:http://host:2379[,...]`",
+                self.store
+            );
+        };
+        let endpoints: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            anyhow::bail!("--store etcd: needs at least one member URL");
+        }
+        for url in &endpoints {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("--store: {url:?} is not a URL"))?;
+            if uri.scheme_str() != Some("http") || uri.port_u16().is_none() {
+                anyhow::bail!(
+                    "--store: {url:?}: expected http://host:port (TLS to etcd is not supported yet)"
+                );
+            }
+        }
+        if !self.etcd_prefix.starts_with('/') {
+            anyhow::bail!("--etcd-prefix must start with '/'");
+        }
+        Ok(Some(portico::EtcdOptions {
+            endpoints,
+            prefix: self.etcd_prefix.clone(),
+        }))
+    }
+
     fn options(&self) -> anyhow::Result<RegistryOptions> {
         if !(0.0..=1.0).contains(&self.preservation_threshold) {
             anyhow::bail!("--preservation-threshold must be between 0 and 1");
@@ -124,6 +169,7 @@ impl RegistryArgs {
         check_exposure(self.control, &tokens, self.insecure)?;
         Ok(RegistryOptions {
             data_dir: self.data_dir.clone(),
+            etcd: self.etcd()?,
             lease: LeasePolicy {
                 sweep_interval: self.sweep_interval,
                 critical_grace: self.critical_grace,

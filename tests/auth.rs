@@ -363,6 +363,7 @@ async fn up_with_tokens_keeps_its_own_gateway_following() {
         None,
         RegistryOptions {
             data_dir: data,
+            etcd: None,
             lease: fast_leases(),
             tokens: tokens(),
         },

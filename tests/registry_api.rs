@@ -20,6 +20,8 @@ async fn revision(url: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_answers_with_the_stored_instance_and_revision() {
     let registry = TestRegistry::start(fast_leases()).await;
+    // etcd starts at revision 1, the embedded store at 0: count from here.
+    let r0 = revision(&registry.url).await;
     let url = format!("{}/v1/services/web/instances/web-1", registry.url);
     let r = put_json(
         &url,
@@ -34,8 +36,8 @@ async fn register_answers_with_the_stored_instance_and_revision() {
         String::from_utf8_lossy(&r.body)
     );
     let v = r.json();
-    assert_eq!(v["revision"], 1);
-    assert_eq!(r.headers["x-portico-index"], "1");
+    assert_eq!(v["revision"], r0 + 1);
+    assert_eq!(r.headers["x-portico-index"], (r0 + 1).to_string().as_str());
     assert_eq!(v["instance"]["address"], "10.0.0.1");
     assert_eq!(v["instance"]["scheme"], "h2c");
     assert_eq!(v["instance"]["weight"], 5);
@@ -59,7 +61,7 @@ async fn register_answers_with_the_stored_instance_and_revision() {
     assert_eq!(hb.status, StatusCode::NOT_FOUND);
     assert_eq!(hb.json()["code"], "not_found");
     // A heartbeat does not move the revision.
-    assert_eq!(revision(&registry.url).await, 1);
+    assert_eq!(revision(&registry.url).await, r0 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,6 +467,7 @@ async fn read_lines(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_a_snapshot_then_deltas_and_resumes() {
     let registry = TestRegistry::start(fast_leases()).await;
+    let r0 = revision(&registry.url).await;
     let base = format!("{}/v1/services", registry.url);
     put_json(
         &format!("{base}/web/instances/a"),
@@ -483,7 +486,7 @@ async fn watch_streams_a_snapshot_then_deltas_and_resumes() {
     let mut buf = Vec::new();
     let first = read_lines(&mut body, &mut buf, 1).await;
     assert_eq!(first[0]["type"], "snapshot");
-    assert_eq!(first[0]["revision"], 1);
+    assert_eq!(first[0]["revision"], r0 + 1);
     assert_eq!(first[0]["instances"][0]["id"], "a");
 
     put_json(
@@ -502,15 +505,15 @@ async fn watch_streams_a_snapshot_then_deltas_and_resumes() {
     .unwrap();
     let next = read_lines(&mut body, &mut buf, 2).await;
     assert_eq!(next[0]["type"], "put");
-    assert_eq!(next[0]["revision"], 2);
+    assert_eq!(next[0]["revision"], r0 + 2);
     assert_eq!(next[0]["instance"]["id"], "b");
     assert_eq!(next[1]["type"], "delete");
-    assert_eq!(next[1]["revision"], 3);
+    assert_eq!(next[1]["revision"], r0 + 3);
     assert_eq!(next[1]["id"], "a");
     drop(body);
 
-    // Resuming from revision 1 replays exactly what came after it, no snapshot.
-    let req = http::Request::get(format!("{}/v1/watch?index=1", registry.url))
+    // Resuming from the first write replays exactly what came after it, no snapshot.
+    let req = http::Request::get(format!("{}/v1/watch?index={}", registry.url, r0 + 1))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
     let mut body = http.request(req).await.unwrap().into_body();
@@ -529,7 +532,7 @@ async fn watch_streams_a_snapshot_then_deltas_and_resumes() {
     let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
     let text = String::from_utf8_lossy(&frame);
     assert!(
-        text.starts_with("id: 3\nevent: snapshot\ndata: {"),
+        text.starts_with(&format!("id: {}\nevent: snapshot\ndata: {{", r0 + 3)),
         "{text}"
     );
 }

@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         None,
         RegistryOptions {
             data_dir: data_dir.clone(),
+            etcd: None,
             lease: LeasePolicy::default(),
             tokens: Default::default(),
         },

@@ -6,6 +6,8 @@
 
 #[path = "../../examples/echo/service.rs"]
 pub mod echo;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -68,12 +70,53 @@ pub struct TestRegistry {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
+    /// An etcd cluster this registry alone uses, stopped with it.
+    _etcd: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// Which store `TestRegistry::start` uses: `PORTICO_TEST_STORE=etcd` (with
+/// `--features etcd`) runs the same registry tests against a real etcd.
+pub fn store_under_test() -> &'static str {
+    match std::env::var("PORTICO_TEST_STORE").as_deref() {
+        Ok("etcd") if cfg!(feature = "etcd") => "etcd",
+        Ok("etcd") => panic!("PORTICO_TEST_STORE=etcd needs `--features etcd`"),
+        _ => "embedded",
+    }
 }
 
 impl TestRegistry {
+    /// A registry on the store under test (see [`store_under_test`]).
     pub async fn start(lease: LeasePolicy) -> TestRegistry {
+        #[cfg(feature = "etcd")]
+        if store_under_test() == "etcd" {
+            let cluster = etcd::EtcdCluster::start(1).await;
+            let mut r = Self::start_on_etcd(cluster.endpoints(), "/portico/", lease).await;
+            r._etcd = Some(Box::new(cluster));
+            return r;
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut r = Self::start_in(dir.path(), lease).await;
+        r._dir = Some(dir);
+        r
+    }
+
+    /// A registry replica over an etcd cluster someone else owns.
+    pub async fn start_on_etcd(
+        endpoints: Vec<String>,
+        prefix: &str,
+        lease: LeasePolicy,
+    ) -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Self::launch(RegistryOptions {
+            data_dir: dir.path().to_path_buf(),
+            etcd: Some(portico::EtcdOptions {
+                endpoints,
+                prefix: prefix.to_string(),
+            }),
+            lease,
+            tokens: Default::default(),
+        })
+        .await;
         r._dir = Some(dir);
         r
     }
@@ -81,6 +124,7 @@ impl TestRegistry {
     pub async fn start_in(data_dir: &Path, lease: LeasePolicy) -> TestRegistry {
         Self::launch(RegistryOptions {
             data_dir: data_dir.to_path_buf(),
+            etcd: None,
             lease,
             tokens: Default::default(),
         })
@@ -92,6 +136,7 @@ impl TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Self::launch(RegistryOptions {
             data_dir: dir.path().to_path_buf(),
+            etcd: None,
             lease: fast_leases(),
             tokens,
         })
@@ -113,6 +158,7 @@ impl TestRegistry {
             stop: Some(tx),
             task: Some(task),
             _dir: None,
+            _etcd: None,
         };
         wait_healthy(&r.url).await;
         r

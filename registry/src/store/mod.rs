@@ -13,8 +13,11 @@
 //! etcd backend must be able to apply the very same policy.
 //!
 //! - [`embedded`]: working set in memory, durably persisted to a local redb file.
+//! - `etcd` (feature `etcd`): an etcd v3 cluster shared by registry replicas.
 
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 use std::time::Duration;
 
