@@ -106,16 +106,31 @@ impl TestRegistry {
         prefix: &str,
         lease: LeasePolicy,
     ) -> TestRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on_etcd_with(listener, endpoints, prefix, lease).await
+    }
+
+    /// [`TestRegistry::start_on_etcd`] on a given listener (to come back on
+    /// the address a gateway already follows).
+    pub async fn start_on_etcd_with(
+        listener: TcpListener,
+        endpoints: Vec<String>,
+        prefix: &str,
+        lease: LeasePolicy,
+    ) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Self::launch(RegistryOptions {
-            data_dir: dir.path().to_path_buf(),
-            etcd: Some(portico::EtcdOptions {
-                endpoints,
-                prefix: prefix.to_string(),
-            }),
-            lease,
-            tokens: Default::default(),
-        })
+        let mut r = Self::launch_on(
+            listener,
+            RegistryOptions {
+                data_dir: dir.path().to_path_buf(),
+                etcd: Some(portico::EtcdOptions {
+                    endpoints,
+                    prefix: prefix.to_string(),
+                }),
+                lease,
+                tokens: Default::default(),
+            },
+        )
         .await;
         r._dir = Some(dir);
         r
@@ -147,6 +162,10 @@ impl TestRegistry {
 
     async fn launch(options: RegistryOptions) -> TestRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::launch_on(listener, options).await
+    }
+
+    async fn launch_on(listener: TcpListener, options: RegistryOptions) -> TestRegistry {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(portico::run_registry(listener, options, async {

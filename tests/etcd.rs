@@ -1,0 +1,286 @@
+//! Registry replicas over a real 3-member etcd cluster, with faults: replicas
+//! and gateways failing over, the etcd leader killed under writes, compaction
+//! while a gateway is behind, and leases across a replica restart.
+//!
+//! The registry API, routes and discovery suites also run on etcd with
+//! `PORTICO_TEST_STORE=etcd cargo test --features etcd --test registry_api
+//! --test routes --test discovery` (as `.ci/run` does).
+
+#![cfg(feature = "etcd")]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use portico_gateway::GatewayOptions;
+use portico_registry::model::InstanceSpec;
+use serde_json::json;
+use support::etcd::EtcdCluster;
+use support::*;
+
+const PREFIX: &str = "/portico/";
+
+async fn replica(cluster: &EtcdCluster) -> TestRegistry {
+    TestRegistry::start_on_etcd(cluster.all_endpoints(), PREFIX, fast_leases()).await
+}
+
+fn gateway_options(registries: &[&str]) -> GatewayOptions {
+    let mut options = GatewayOptions {
+        registry: registries.iter().map(|r| r.to_string()).collect(),
+        auto_routes: true,
+        ..GatewayOptions::default()
+    };
+    options.proxy.access_log = false;
+    options
+}
+
+/// Ids of the instances the gateway routes `svc` to.
+fn gateway_ids(gw: &TestGateway, route: &str) -> BTreeSet<String> {
+    gw.table
+        .load()
+        .entries()
+        .iter()
+        .filter(|e| &*e.route.name == route)
+        .flat_map(|e| e.endpoints.endpoints().iter().map(|ep| ep.id.to_string()))
+        .collect()
+}
+
+async fn registry_ids(registry: &str, service: &str) -> BTreeSet<String> {
+    get(&format!("{registry}/v1/services/{service}/instances"))
+        .await
+        .json()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_history_and_a_gateway_fails_over() {
+    let cluster = EtcdCluster::start(3).await;
+    let (r1, r2) = (replica(&cluster).await, replica(&cluster).await);
+    let (a, b) = (TestEcho::start("a").await, TestEcho::start("b").await);
+
+    // Register on one replica, heartbeat on the other, watch on a third view.
+    let first = r1
+        .client()
+        .register_once("svc", "a", &a.spec())
+        .await
+        .unwrap();
+    let hb = call(
+        Method::PUT,
+        &format!("{}/v1/services/svc/instances/a/heartbeat", r2.url),
+    )
+    .await;
+    assert_eq!(hb.status, StatusCode::OK);
+    assert_eq!(registry_ids(&r2.url, "svc").await, ["a".to_string()].into());
+    // Both replicas report the same (etcd) revision.
+    let rev = |url: String| async move {
+        get(&format!("{url}/readyz")).await.json()["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(rev(r1.url.clone()).await, rev(r2.url.clone()).await);
+
+    // A gateway following r2 first, r1 second.
+    let gw = TestGateway::start(gateway_options(&[&r2.url, &r1.url])).await;
+    gw.wait_revision(first.revision).await;
+    assert_eq!(get(&format!("{}/svc/x", gw.url)).await.instance(), "a");
+
+    // r2 goes away: the gateway keeps serving and follows r1 instead.
+    r2.stop().await;
+    assert_eq!(get(&format!("{}/svc/x", gw.url)).await.instance(), "a");
+    let second = r1
+        .client()
+        .register_once("svc", "b", &b.spec())
+        .await
+        .unwrap();
+    gw.wait_revision(second.revision).await;
+    assert_eq!(
+        gateway_ids(&gw, "auto:svc"),
+        ["a".to_string(), "b".to_string()].into()
+    );
+    let h = http();
+    eventually("the gateway to route to b", || {
+        let (h, url) = (h.clone(), format!("{}/svc/x", gw.url));
+        async move {
+            send(&h, Method::GET, &url, &[], Bytes::new())
+                .await
+                .is_ok_and(|r| r.instance() == "b")
+        }
+    })
+    .await;
+}
+
+/// Kill -9 the etcd leader ten times while registrations run: every
+/// acknowledged registration is there afterwards, and writes resume after
+/// each election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill9_under_registrations_loses_no_acknowledged_write() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let registry = replica(&cluster).await;
+    let url = registry.url.clone();
+    let mut acknowledged: BTreeSet<String> = BTreeSet::new();
+    let mut n = 0u32;
+    let h = http();
+    let register = |n: u32| {
+        let (h, url) = (h.clone(), format!("{url}/v1/services/svc/instances/i{n}"));
+        async move {
+            let body = json!({"address": "127.0.0.1", "port": 9, "ttl": "1h"}).to_string();
+            let r = send(
+                &h,
+                Method::PUT,
+                &url,
+                &[("content-type", "application/json")],
+                Bytes::from(body),
+            )
+            .await;
+            match r {
+                Ok(r) if r.status == StatusCode::OK => true,
+                // Refused during the election: a clear 503, never a wrong answer.
+                Ok(r) => {
+                    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+                    assert_eq!(r.json()["code"], "store_unavailable");
+                    false
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    for cycle in 0..10 {
+        // A few writes before the kill.
+        for _ in 0..5 {
+            n += 1;
+            if register(n).await {
+                acknowledged.insert(format!("i{n}"));
+            }
+        }
+        let leader = cluster.leader().await;
+        cluster.kill9(leader);
+        // Keep writing until one is acknowledged after the election.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            n += 1;
+            if register(n).await {
+                acknowledged.insert(format!("i{n}"));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: writes did not resume after the leader was killed"
+            );
+        }
+        cluster.restart(leader).await;
+    }
+    let present = registry_ids(&url, "svc").await;
+    let lost: Vec<&String> = acknowledged.difference(&present).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert!(
+        acknowledged.len() >= 60,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+}
+
+/// A gateway that was away while etcd compacted past its revision gets a
+/// fresh snapshot and ends with exactly the registry's state: no missed
+/// deregistration, no phantom instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_while_a_gateway_is_behind_ends_in_the_exact_state() {
+    let cluster = EtcdCluster::start(3).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r1 =
+        TestRegistry::start_on_etcd_with(listener, cluster.all_endpoints(), PREFIX, fast_leases())
+            .await;
+    let writer = replica(&cluster).await;
+    let spec = |port| InstanceSpec {
+        ttl: Duration::from_secs(3600),
+        ..InstanceSpec::new("127.0.0.1", port)
+    };
+    let c = writer.client();
+    c.register_once("svc", "a", &spec(1)).await.unwrap();
+    let b = c.register_once("svc", "b", &spec(2)).await.unwrap();
+    let gw = TestGateway::start(gateway_options(&[&r1.url])).await;
+    gw.wait_revision(b.revision).await;
+    assert_eq!(
+        gateway_ids(&gw, "auto:svc"),
+        ["a".to_string(), "b".to_string()].into()
+    );
+
+    // The gateway's registry goes away; meanwhile a leaves, c and d come,
+    // and etcd compacts everything up to now.
+    r1.stop().await;
+    c.deregister("svc", "a").await.unwrap();
+    c.register_once("svc", "c", &spec(3)).await.unwrap();
+    c.register_once("svc", "d", &spec(4)).await.unwrap();
+    c.deregister("svc", "d").await.unwrap();
+    let now = cluster.current_revision().await;
+    cluster.compact(now).await.unwrap();
+
+    // The registry comes back on the same address; the gateway resumes from
+    // a compacted revision and must re-list.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let _r1 =
+        TestRegistry::start_on_etcd_with(listener, cluster.all_endpoints(), PREFIX, fast_leases())
+            .await;
+    gw.wait_revision(now as u64).await;
+    let want = registry_ids(&writer.url, "svc").await;
+    assert_eq!(want, ["b".to_string(), "c".to_string()].into());
+    eventually(
+        "the gateway to hold exactly the registry's instances",
+        || async { gateway_ids(&gw, "auto:svc") == want },
+    )
+    .await;
+}
+
+/// Leases live in etcd: a replica restart neither drops them early (the
+/// SDK renews through the other replica) nor keeps them forever (with no
+/// renewals the instance expires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_replica_restart_and_still_expire() {
+    let cluster = EtcdCluster::start(3).await;
+    let (r1, r2) = (replica(&cluster).await, replica(&cluster).await);
+    let client =
+        portico_registry::client::RegistryClient::new(&[r1.url.as_str(), r2.url.as_str()]).unwrap();
+    let spec = InstanceSpec {
+        ttl: Duration::from_secs(3),
+        ..InstanceSpec::new("127.0.0.1", 9)
+    };
+    let registration = client.register("svc", "a", spec).await.unwrap();
+    let status = |url: String| async move {
+        get(&format!("{url}/v1/services/svc/instances"))
+            .await
+            .json()["instances"][0]["status"]
+            .as_str()
+            .unwrap_or("gone")
+            .to_string()
+    };
+
+    // r1, where heartbeats went, restarts; for two lease lengths the
+    // instance must stay passing (renewed through r2, then r1 again).
+    r1.stop().await;
+    let r1 = replica(&cluster).await;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(status(r2.url.clone()).await, "passing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // No more renewals: it expires within its lease and a sweep or two.
+    drop(registration);
+    let stopped = Instant::now();
+    eventually("the instance to expire", || async {
+        status(r1.url.clone()).await == "critical"
+    })
+    .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(1),
+        "expired {:?} after the last renewal: too early",
+        stopped.elapsed()
+    );
+}
