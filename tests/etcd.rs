@@ -284,3 +284,58 @@ async fn leases_survive_a_replica_restart_and_still_expire() {
         stopped.elapsed()
     );
 }
+
+/// Without quorum: writes answer 503 `store_unavailable`, instance lists are
+/// served from a surviving member and say how stale they may be, and a
+/// gateway keeps serving its last table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_writes_fail_clearly_reads_say_how_stale_gateways_serve() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let registry = replica(&cluster).await;
+    let echo = TestEcho::start("e").await;
+    let first = registry
+        .client()
+        .register_once("svc", "e", &echo.spec())
+        .await
+        .unwrap();
+    let gw = TestGateway::start(gateway_options(&[&registry.url])).await;
+    gw.wait_revision(first.revision).await;
+    let fresh = get(&format!("{}/v1/services/svc/instances", registry.url)).await;
+    assert!(!fresh.headers.contains_key("x-portico-stale-ms"));
+
+    let leader = cluster.leader().await;
+    cluster.kill9(leader);
+    cluster.kill9((leader + 1) % 3);
+
+    let write = put_json(
+        &format!("{}/v1/services/svc/instances/f", registry.url),
+        json!({"address": "127.0.0.1", "port": 9}),
+    )
+    .await;
+    assert_eq!(write.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(write.json()["code"], "store_unavailable");
+
+    let stale = get(&format!("{}/v1/services/svc/instances", registry.url)).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert!(
+        stale.headers.contains_key("x-portico-stale-ms"),
+        "{:?}",
+        stale.headers
+    );
+    assert!(stale.json()["stale_ms"].as_u64().is_some());
+    assert_eq!(stale.json()["instances"][0]["id"], "e");
+
+    for _ in 0..20 {
+        assert_eq!(get(&format!("{}/svc/x", gw.url)).await.instance(), "e");
+    }
+    // The failed write changed nothing once the cluster is whole again.
+    cluster.restart(leader).await;
+    cluster.restart((leader + 1) % 3).await;
+    eventually("writes to work again", || async {
+        get(&format!("{}/readyz", registry.url)).await.status == StatusCode::OK
+    })
+    .await;
+    let list = get(&format!("{}/v1/services/svc/instances", registry.url)).await;
+    assert!(!list.headers.contains_key("x-portico-stale-ms"));
+    assert_eq!(list.json()["instances"].as_array().unwrap().len(), 1);
+}

@@ -36,6 +36,9 @@ use crate::store::StoreError;
 pub const MAX_BODY: usize = 64 * 1024;
 /// Header carrying the revision a read reflects.
 pub const INDEX_HEADER: &str = "x-portico-index";
+/// Header on a read the store could only answer from possibly stale data
+/// (etcd without quorum): milliseconds since its last current read.
+pub const STALE_HEADER: &str = "x-portico-stale-ms";
 /// Default `wait` of a blocking query.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Longest `wait` of a blocking query.
@@ -484,7 +487,14 @@ async fn list_instances(
         }
         None => app.catalog.list(&service, status).await?,
     };
-    Ok(json(list.revision, &list))
+    let mut response = json(list.revision, &list);
+    if let Some(ms) = list.stale_ms {
+        // The store could only answer from a member without quorum.
+        response
+            .headers_mut()
+            .insert(STALE_HEADER, HeaderValue::from(ms));
+    }
+    Ok(response)
 }
 
 #[derive(Clone, Copy, PartialEq)]

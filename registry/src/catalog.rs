@@ -374,6 +374,7 @@ impl Catalog {
             service: service.to_string(),
             revision: range.revision,
             instances,
+            stale_ms: range.stale_ms,
         })
     }
 

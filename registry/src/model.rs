@@ -553,6 +553,11 @@ pub struct InstanceList {
     pub revision: Revision,
     /// Matching instances, ordered by id.
     pub instances: Vec<Instance>,
+    /// Present when the store could not give a current read (etcd without
+    /// quorum) and this list may be stale: milliseconds since the last
+    /// current read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_ms: Option<u64>,
 }
 
 /// Counts of one service's instances by status, in `GET /v1/services`.

@@ -495,6 +495,7 @@ impl Store for EmbeddedStore {
         Ok(Range {
             kvs,
             revision: state.revision,
+            stale_ms: None,
         })
     }
 

@@ -81,6 +81,10 @@ struct Inner {
     endpoints: Vec<String>,
     clients: Vec<tokio::sync::OnceCell<Client>>,
     current: AtomicUsize,
+    /// Clients that do not require a leader, for reads when there is none.
+    stale_clients: Vec<tokio::sync::OnceCell<Client>>,
+    /// Unix ms of the last operation a quorum answered.
+    last_ok_ms: std::sync::atomic::AtomicU64,
     prefix: String,
     /// Lease ids by key, so a heartbeat need not read the record.
     leases: DashMap<String, LeaseRecord>,
@@ -117,6 +121,12 @@ fn failed(e: &etcd_client::Error) -> StoreError {
     StoreError::Failed(e.to_string())
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     header.map_or(0, |h| h.revision().max(0) as Revision)
 }
@@ -138,8 +148,13 @@ impl EtcdStore {
                 .iter()
                 .map(|_| tokio::sync::OnceCell::new())
                 .collect(),
+            stale_clients: endpoints
+                .iter()
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
             endpoints,
             current: AtomicUsize::new(0),
+            last_ok_ms: std::sync::atomic::AtomicU64::new(0),
             prefix,
             leases: DashMap::new(),
         })))
@@ -195,6 +210,7 @@ impl EtcdStore {
             };
             match result {
                 Ok(v) => {
+                    self.0.last_ok_ms.store(unix_ms(), Ordering::Relaxed);
                     if i != start {
                         self.0.current.store(i, Ordering::Relaxed);
                         tracing::info!(endpoint = %self.0.endpoints[i], "etcd: using another member");
@@ -347,6 +363,35 @@ impl EtcdStore {
         })
     }
 
+    /// Without quorum no current read exists; a member that is still up can
+    /// answer from its own copy (a serializable read). The answer says how
+    /// long it has been since the last current one.
+    async fn stale_range(&self, prefix: &str) -> Option<Range> {
+        for (i, endpoint) in self.0.endpoints.iter().enumerate() {
+            let client = self.0.stale_clients[i]
+                .get_or_try_init(|| async {
+                    let options = ConnectOptions::new()
+                        .with_connect_timeout(Duration::from_secs(1))
+                        .with_timeout(Duration::from_secs(1));
+                    Client::connect([endpoint.clone()], Some(options)).await
+                })
+                .await;
+            let Ok(mut client) = client.cloned() else {
+                continue;
+            };
+            let options = GetOptions::new().with_prefix().with_serializable();
+            if let Ok(resp) = client.get(self.data(prefix), Some(options)).await {
+                let last = self.0.last_ok_ms.load(Ordering::Relaxed);
+                return Some(Range {
+                    kvs: resp.kvs().iter().filter_map(|kv| self.to_kv(kv)).collect(),
+                    revision: revision_of(resp.header()),
+                    stale_ms: Some(unix_ms().saturating_sub(last)),
+                });
+            }
+        }
+        None
+    }
+
     async fn range_at(
         &self,
         prefix: String,
@@ -488,10 +533,20 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<Range, StoreError> {
-        let resp = self.range_at(self.data(prefix), None, false).await?;
+        let resp = match self.range_at(self.data(prefix), None, false).await {
+            Ok(resp) => resp,
+            Err(StoreError::Unavailable(reason)) => {
+                return self
+                    .stale_range(prefix)
+                    .await
+                    .ok_or(StoreError::Unavailable(reason));
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Range {
             kvs: resp.kvs().iter().filter_map(|kv| self.to_kv(kv)).collect(),
             revision: revision_of(resp.header()),
+            stale_ms: None,
         })
     }
 

@@ -76,6 +76,9 @@ pub struct Range {
     pub kvs: Vec<KeyValue>,
     /// Store revision the read reflects.
     pub revision: Revision,
+    /// Set when the backend could only give a possibly stale read (an etcd
+    /// member without quorum): how long since it last had a current one.
+    pub stale_ms: Option<u64>,
 }
 
 /// Which leases under a prefix have lapsed, and how many are held in all.
