@@ -8,7 +8,8 @@
 //! - [`route`]: the route model (written form, validation, compiled form)
 //!   shared by route files, the `/v1/routes` API and the gateway. Always built.
 //! - [`store`] (`server`): the storage contract (ordered keys, one revision,
-//!   leases, watch from a revision) and the embedded redb backend.
+//!   leases, watch from a revision), the embedded redb backend and, with the
+//!   `etcd` feature, the etcd backend for registry replicas.
 //! - [`catalog`] (`server`): instance operations written once over any store.
 //! - [`lease`] (`server`): the sweeper that expires lapsed leases, with
 //!   self-preservation.
