@@ -88,7 +88,12 @@ struct Inner {
     prefix: String,
     /// Lease ids by key, so a heartbeat need not read the record.
     leases: DashMap<String, LeaseRecord>,
+    /// An open keep-alive stream per lease: a heartbeat is one message on
+    /// it instead of a new gRPC stream.
+    keepers: DashMap<i64, Arc<tokio::sync::Mutex<Option<Keeper>>>>,
 }
+
+type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,6 +162,7 @@ impl EtcdStore {
             last_ok_ms: std::sync::atomic::AtomicU64::new(0),
             prefix,
             leases: DashMap::new(),
+            keepers: DashMap::new(),
         })))
     }
 
@@ -249,6 +255,9 @@ impl EtcdStore {
 
     fn revoke_later(&self, record: LeaseRecord) {
         let store = self.clone();
+        for id in [record.alive, record.fresh] {
+            self.0.keepers.remove(&id);
+        }
         tokio::spawn(async move {
             for id in [record.alive, record.fresh] {
                 // Best effort: an unrevoked lease only expires on its own.
@@ -260,16 +269,39 @@ impl EtcdStore {
     }
 
     /// One keep-alive round trip; the lease's remaining TTL (0: expired).
+    /// Reuses the lease's open keep-alive stream; a broken one (its member
+    /// died) is reopened through [`EtcdStore::run`], on a live member.
     async fn renew(&self, id: i64) -> Result<i64, StoreError> {
-        self.run(|mut c| async move {
-            let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            match stream.message().await? {
-                Some(r) => Ok(r.ttl()),
-                None => Ok(0),
+        let slot = self.0.keepers.entry(id).or_default().clone();
+        let mut keeper = slot.lock().await;
+        if let Some((k, stream)) = keeper.as_mut() {
+            let answer = async {
+                k.keep_alive().await?;
+                stream.message().await
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+                Ok(Ok(Some(r))) => return Ok(self.settle(id, r.ttl())),
+                _ => *keeper = None,
             }
-        })
-        .await
+        }
+        let (k, stream, ttl) = self
+            .run(|mut c| async move {
+                let (mut k, mut stream) = c.lease_keep_alive(id).await?;
+                k.keep_alive().await?;
+                let ttl = stream.message().await?.map_or(0, |r| r.ttl());
+                Ok((k, stream, ttl))
+            })
+            .await?;
+        *keeper = Some((k, stream));
+        Ok(self.settle(id, ttl))
+    }
+
+    /// Forgets the stream of a lease etcd no longer has.
+    fn settle(&self, id: i64, ttl: i64) -> i64 {
+        if ttl <= 0 {
+            self.0.keepers.remove(&id);
+        }
+        ttl
     }
 
     async fn read_record(&self, key: &str) -> Result<Option<LeaseRecord>, StoreError> {
