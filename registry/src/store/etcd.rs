@@ -108,16 +108,28 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug, Clone)]
 pub struct EtcdStore(Arc<Inner>);
 
+/// Whether another member might succeed: everything but the errors a
+/// request earns by itself (bad argument, missing permission, ...). A
+/// connection cut by a dying member surfaces as `Unknown` or `Internal`, an
+/// election as `Unavailable` ("leader changed", "no leader", "request timed
+/// out"), an overloaded member as `ResourceExhausted`.
 fn retriable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => {
-            matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) || s.message().contains("leader")
-        }
-        etcd_client::Error::LeaseKeepAliveError(_) | etcd_client::Error::WatchError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => !matches!(
+            s.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::AlreadyExists
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::OutOfRange
+                | tonic::Code::Unimplemented
+        ),
+        etcd_client::Error::TransportError(_)
+        | etcd_client::Error::IoError(_)
+        | etcd_client::Error::LeaseKeepAliveError(_)
+        | etcd_client::Error::WatchError(_) => true,
         _ => false,
     }
 }
