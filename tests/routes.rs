@@ -423,6 +423,17 @@ async fn gateways_apply_route_changes_live() {
     let status = get(&format!("{}/status", late.admin_url)).await.json();
     assert_eq!(status["applied_revision"], revision(&reg.url).await);
     assert_eq!(status["registry_connected"], true);
+
+    // The registry goes away: the gateway says so, and keeps serving.
+    reg.stop().await;
+    eventually("the gateway to report the registry gone", || async {
+        get(&format!("{}/status", late.admin_url)).await.json()["registry_connected"] == false
+    })
+    .await;
+    assert_eq!(
+        get(&format!("{}/items/7", late.url)).await.instance(),
+        "canary"
+    );
 }
 
 /// A response streamed from a backend keeps flowing, chunk by chunk, while

@@ -334,6 +334,8 @@ pub async fn run(
     let mut watcher = client.map(|c| c.watch(0));
     let mut services: HashMap<String, BTreeMap<String, Instance>> = HashMap::new();
     let mut config_open = true;
+    let mut liveness = tokio::time::interval(std::time::Duration::from_secs(1));
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             event = async {
@@ -348,6 +350,14 @@ pub async fn run(
                     continue;
                 }
                 None
+            }
+            // While no event comes, still report whether the watch is up
+            // (`Watcher::next` is cancel-safe: it resumes where it was).
+            _ = liveness.tick() => {
+                if let Some(w) = &watcher {
+                    status.connected.store(w.is_connected(), Ordering::Relaxed);
+                }
+                continue;
             }
         };
         let started = std::time::Instant::now();
