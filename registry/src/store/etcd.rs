@@ -598,8 +598,9 @@ impl Store for EtcdStore {
         let Some(record) = self.read_record(key).await? else {
             return Ok(false);
         };
-        let alive = self.renew(record.alive).await?;
-        if alive <= 0 {
+        // Both leases at once: one round trip of latency, not two.
+        let (alive, fresh) = tokio::join!(self.renew(record.alive), self.renew(record.fresh));
+        if alive? <= 0 {
             // etcd expired the lease (a long silence): grant it again.
             self.0.leases.remove(key);
             let fresh = self.grant(Duration::from_millis(record.ttl_ms)).await?;
@@ -607,7 +608,7 @@ impl Store for EtcdStore {
             self.revoke_later(record);
             return Ok(attached);
         }
-        if self.renew(record.fresh).await? <= 0 {
+        if fresh? <= 0 {
             // Late but not lapsed: only the two-thirds lease is gone.
             let two_thirds = (record.ttl_ms as f64 / 1000.0 * 2.0 / 3.0).ceil().max(1.0) as i64;
             let id = self
