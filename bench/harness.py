@@ -668,6 +668,13 @@ def registry_benchmarks(args):
     finally:
         up.stop()
 
+    out.update(route_propagation_benchmark())
+    return out
+
+
+def route_propagation_benchmark():
+    """Route-change-to-routable across three gateways, with 1,000 routes present."""
+    out = {}
     # Route-change-to-routable across three gateways following one registry,
     # with 1,000 routes present (registry and gateways share the proxy core).
     data = os.path.join(WORK, "routes-bench")
