@@ -344,6 +344,44 @@ async fn every_validation_rule_refuses_and_changes_nothing() {
         .unwrap();
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.json()["code"], "method_not_allowed");
+    // Every endpoint refuses a query parameter it does not know, even those
+    // that take none (an `index` on /v1/services would otherwise look like
+    // a blocking query and silently not be one).
+    for (method, path) in [
+        (Method::GET, "/v1/services?index=1".to_string()),
+        (Method::GET, "/v1/services/web/instances?foo=1".to_string()),
+        (
+            Method::PUT,
+            "/v1/services/web/instances/a?foo=1".to_string(),
+        ),
+        (
+            Method::PUT,
+            "/v1/services/web/instances/a/heartbeat?foo=1".to_string(),
+        ),
+        (
+            Method::POST,
+            "/v1/services/web/instances/a/drain?foo=1".to_string(),
+        ),
+        (
+            Method::DELETE,
+            "/v1/services/web/instances/a?foo=1".to_string(),
+        ),
+        (Method::GET, "/v1/routes/r?foo=1".to_string()),
+        (Method::GET, "/v1/routes?foo=1".to_string()),
+        (Method::GET, "/v1/watch?index=0&foo=1".to_string()),
+    ] {
+        let r = send(
+            &http,
+            method.clone(),
+            &format!("{}{path}", registry.url),
+            &[("content-type", "application/json")],
+            Bytes::from(good.to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path}");
+        assert_eq!(r.json()["code"], "unknown_parameter", "{method} {path}");
+    }
 
     assert_eq!(revision(&registry.url).await, before);
     let list = get(&format!("{base}/web/instances")).await.json();

@@ -281,10 +281,12 @@ async fn read_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiErr
 async fn register(
     State(app): State<AppState>,
     Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     check_names(&service, Some(&id))?;
+    query_pairs(raw.as_deref(), &[])?;
     let body = read_json_body(&headers, body).await?;
     let spec = InstanceSpec::from_json(&body)?;
     let answer = app.catalog.register(&service, &id, spec).await?;
@@ -294,8 +296,10 @@ async fn register(
 async fn heartbeat(
     State(app): State<AppState>,
     Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     check_names(&service, Some(&id))?;
+    query_pairs(raw.as_deref(), &[])?;
     let answer = app.catalog.heartbeat(&service, &id).await?;
     Ok(json(answer.revision, &answer))
 }
@@ -303,8 +307,10 @@ async fn heartbeat(
 async fn drain(
     State(app): State<AppState>,
     Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     check_names(&service, Some(&id))?;
+    query_pairs(raw.as_deref(), &[])?;
     let answer = app.catalog.drain(&service, &id).await?;
     Ok(json(answer.revision, &answer))
 }
@@ -312,8 +318,10 @@ async fn drain(
 async fn deregister(
     State(app): State<AppState>,
     Path((service, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     check_names(&service, Some(&id))?;
+    query_pairs(raw.as_deref(), &[])?;
     let answer = app.catalog.deregister(&service, &id).await?;
     Ok(json(answer.revision, &answer))
 }
@@ -347,8 +355,10 @@ async fn list_routes(
 async fn get_route(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     check_route_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
     let (route, revision) = app.catalog.route(&name).await?;
     Ok(json(revision, &route))
 }
@@ -401,7 +411,12 @@ struct ServicesBody {
     services: Vec<ServiceSummary>,
 }
 
-async fn list_services(State(app): State<AppState>) -> Result<Response, ApiError> {
+async fn list_services(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    // No blocking query here: an `index` would be silently ignored, so refuse it.
+    query_pairs(raw.as_deref(), &[])?;
     let (services, revision) = app.catalog.services().await?;
     Ok(json(
         revision,
