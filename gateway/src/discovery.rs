@@ -182,11 +182,24 @@ impl TableBuilder {
         let mut out: Vec<Arc<Route>> =
             Vec::with_capacity(self.file_routes.len() + self.api_routes.len());
         out.extend(self.file_routes.iter().cloned());
+        // The registry refuses two of its routes with the same match, but it
+        // cannot see this gateway's file: a registry route that duplicates a
+        // file route's match could never be reached, so it is left out, loudly.
+        let file_matches: FastSet<String> = if self.api_routes.is_empty() {
+            FastSet::default()
+        } else {
+            self.file_routes
+                .iter()
+                .map(|r| portico_registry::route::match_key(r))
+                .collect()
+        };
         for (name, route) in &self.api_routes {
-            if !names.contains(name.as_str()) {
-                out.push(route.clone());
-            } else {
+            if names.contains(name.as_str()) {
                 tracing::warn!(route = %name, "registry route ignored: the route file has one of that name");
+            } else if file_matches.contains(&portico_registry::route::match_key(route)) {
+                tracing::warn!(route = %name, "registry route ignored: a route in the route file matches exactly the same requests");
+            } else {
+                out.push(route.clone());
             }
         }
         if self.auto_routes {
@@ -526,5 +539,27 @@ mod tests {
         let t = b.build(2);
         assert!(find(&t, "/svc/x").is_none());
         assert_eq!(t.revision, 2);
+    }
+
+    #[test]
+    fn registry_routes_yield_to_file_routes_by_name_and_by_match() {
+        let config = Config::parse(
+            "[[route]]\nname = \"file\"\npath_prefix = \"/taken\"\nupstreams = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let mut b = TableBuilder::new(config.routes, false, Arc::default());
+        let spec = |name: &str, path: &str| RouteSpec {
+            name: name.into(),
+            path_prefix: Some(path.into()),
+            upstreams: Some(vec!["127.0.0.1:2".into()]),
+            ..RouteSpec::default()
+        };
+        b.put_api_route(&spec("same-match", "/taken"));
+        b.put_api_route(&spec("file", "/elsewhere"));
+        b.put_api_route(&spec("fine", "/free"));
+        let t = b.build(1);
+        let names: Vec<&str> = t.entries().iter().map(|e| &*e.route.name).collect();
+        assert_eq!(names, ["file", "fine"]);
+        assert_eq!(&*find(&t, "/taken/x").unwrap().entry.route.name, "file");
     }
 }
