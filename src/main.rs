@@ -115,6 +115,11 @@ impl RegistryArgs {
         if self.store == "embedded" {
             return Ok(None);
         }
+        if self.store.starts_with("etcd:") && !cfg!(feature = "etcd") {
+            anyhow::bail!(
+                "--store etcd:...: this portico was built without etcd support; build it with `cargo build --release --features etcd`"
+            );
+        }
         let Some(urls) = self.store.strip_prefix("etcd:") else {
             anyhow::bail!(
                 "--store {:?}: expected `embedded` or `etcd:http://host:2379[,...]`",
@@ -186,7 +191,8 @@ struct GatewayArgs {
     /// Gateway (public traffic) address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Gateway admin address (`/endpoints`, `/healthz`); never the public one.
+    /// Gateway admin address (`/explain`, `/status`, `/endpoints`, `/metrics`,
+    /// `/healthz`); never the public one.
     #[arg(long, default_value = "127.0.0.1:9180")]
     admin: SocketAddr,
     /// Do not open the admin listener.

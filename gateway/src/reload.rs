@@ -80,6 +80,9 @@ pub fn spawn(
             match Config::parse(&text) {
                 Ok(config) => {
                     if config.routes == tx.borrow().routes {
+                        // Say so: after a refused file is fixed back, this is
+                        // the only sign the fix was seen.
+                        tracing::info!(path = %path.display(), "route file read: the routes being served are unchanged");
                         continue;
                     }
                     tracing::info!(path = %path.display(), routes = config.routes.len(), "route file reloaded");

@@ -633,7 +633,12 @@ impl Watcher {
                         self.backoff = Duration::from_millis(50);
                     }
                     Ok(resp) => {
-                        tracing::warn!(status = %resp.status(), "registry refused watch");
+                        let hint = match resp.status().as_u16() {
+                            401 => "the registry requires a token: pass --registry-token or PORTICO_TOKEN",
+                            403 => "the token is not allowed to read",
+                            _ => "",
+                        };
+                        tracing::warn!(status = %resp.status(), hint, "registry refused watch");
                         self.pause().await;
                     }
                     Err(e) => {

@@ -243,7 +243,7 @@ impl EtcdStore {
             }
         }
         Err(StoreError::Unavailable(format!(
-            "no etcd member answered (last: {last})"
+            "etcd unavailable: no member could serve the request, or the cluster has no quorum (last error: {last})"
         )))
     }
 
