@@ -634,7 +634,9 @@ impl Watcher {
                     }
                     Ok(resp) => {
                         let hint = match resp.status().as_u16() {
-                            401 => "the registry requires a token: pass --registry-token or PORTICO_TOKEN",
+                            401 => {
+                                "the registry requires a token: pass --registry-token or PORTICO_TOKEN"
+                            }
                             403 => "the token is not allowed to read",
                             _ => "",
                         };
