@@ -285,8 +285,7 @@ async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_names(&service, Some(&id))?;
-    query_pairs(raw.as_deref(), &[])?;
+    check_instance_call(&service, &id, raw.as_deref())?;
     let body = read_json_body(&headers, body).await?;
     let spec = InstanceSpec::from_json(&body)?;
     let answer = app.catalog.register(&service, &id, spec).await?;
@@ -298,8 +297,7 @@ async fn heartbeat(
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    check_names(&service, Some(&id))?;
-    query_pairs(raw.as_deref(), &[])?;
+    check_instance_call(&service, &id, raw.as_deref())?;
     let answer = app.catalog.heartbeat(&service, &id).await?;
     Ok(json(answer.revision, &answer))
 }
@@ -309,8 +307,7 @@ async fn drain(
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    check_names(&service, Some(&id))?;
-    query_pairs(raw.as_deref(), &[])?;
+    check_instance_call(&service, &id, raw.as_deref())?;
     let answer = app.catalog.drain(&service, &id).await?;
     Ok(json(answer.revision, &answer))
 }
@@ -320,10 +317,17 @@ async fn deregister(
     Path((service, id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    check_names(&service, Some(&id))?;
-    query_pairs(raw.as_deref(), &[])?;
+    check_instance_call(&service, &id, raw.as_deref())?;
     let answer = app.catalog.deregister(&service, &id).await?;
     Ok(json(answer.revision, &answer))
+}
+
+/// The checks every call on one instance makes: valid names, and no query
+/// parameters (none of these calls takes one).
+fn check_instance_call(service: &str, id: &str, raw: Option<&str>) -> Result<(), ApiError> {
+    check_names(service, Some(id))?;
+    query_pairs(raw, &[])?;
+    Ok(())
 }
 
 fn check_route_name(name: &str) -> Result<(), ApiError> {

@@ -138,6 +138,12 @@ fn failed(e: &etcd_client::Error) -> StoreError {
     StoreError::Failed(e.to_string())
 }
 
+/// The lease record in the first of `kvs`, if any.
+fn decode_record(kvs: &[etcd_client::KeyValue]) -> Option<LeaseRecord> {
+    kvs.first()
+        .and_then(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok())
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -247,6 +253,25 @@ impl EtcdStore {
         )))
     }
 
+    /// Runs a transaction on a live member.
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.run(|mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })
+        .await
+    }
+
+    /// Revokes the lease record a transaction's first operation (a get of
+    /// `lease/{key}`) found: the write it belonged to replaced or removed it.
+    fn revoke_replaced(&self, resp: &etcd_client::TxnResponse) {
+        if let Some(TxnOpResponse::Get(get)) = resp.op_responses().first() {
+            if let Some(record) = decode_record(get.kvs()) {
+                self.revoke_later(record);
+            }
+        }
+    }
+
     async fn grant(&self, ttl: Duration) -> Result<LeaseRecord, StoreError> {
         let full = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let two_thirds = (ttl.as_secs_f64() * 2.0 / 3.0).ceil().max(1.0) as i64;
@@ -327,10 +352,7 @@ impl EtcdStore {
                 async move { c.get(k, None).await }
             })
             .await?;
-        let record = resp
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok());
+        let record = decode_record(resp.kvs());
         if let Some(r) = record {
             self.0.leases.insert(key.to_string(), r);
         }
@@ -353,12 +375,7 @@ impl EtcdStore {
                 TxnOp::put(alive, "", Some(PutOptions::new().with_lease(record.alive))),
                 TxnOp::put(fresh, "", Some(PutOptions::new().with_lease(record.fresh))),
             ]);
-        let resp = self
-            .run(|mut c| {
-                let t = txn.clone();
-                async move { c.txn(t).await }
-            })
-            .await?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             self.0.leases.insert(key.to_string(), record);
         }
@@ -375,25 +392,12 @@ impl EtcdStore {
             TxnOp::delete(self.marker("fresh", key), None),
         ];
         let txn = Txn::new().when([guard]).and_then(ops);
-        let resp = self
-            .run(|mut c| {
-                let t = txn.clone();
-                async move { c.txn(t).await }
-            })
-            .await?;
+        let resp = self.txn(txn).await?;
         if !resp.succeeded() {
             return Ok(None);
         }
         self.0.leases.remove(key);
-        if let Some(TxnOpResponse::Get(get)) = resp.op_responses().first() {
-            if let Some(record) = get
-                .kvs()
-                .first()
-                .and_then(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok())
-            {
-                self.revoke_later(record);
-            }
-        }
+        self.revoke_replaced(&resp);
         Ok(Some(revision_of(resp.header())))
     }
 
@@ -498,22 +502,9 @@ impl Store for EtcdStore {
             ]),
         }
         let txn = Txn::new().and_then(ops);
-        let resp = self
-            .run(|mut c| {
-                let t = txn.clone();
-                async move { c.txn(t).await }
-            })
-            .await?;
+        let resp = self.txn(txn).await?;
         // The lease this write replaced, if any, is no longer referenced.
-        if let Some(TxnOpResponse::Get(get)) = resp.op_responses().first() {
-            if let Some(old) = get
-                .kvs()
-                .first()
-                .and_then(|kv| serde_json::from_slice::<LeaseRecord>(kv.value()).ok())
-            {
-                self.revoke_later(old);
-            }
-        }
+        self.revoke_replaced(&resp);
         match record {
             Some(r) => {
                 self.0.leases.insert(key.to_string(), r);
@@ -539,12 +530,7 @@ impl Store for EtcdStore {
                 expected as i64,
             )])
             .and_then([TxnOp::put(data, value.to_vec(), None)]);
-        let resp = self
-            .run(|mut c| {
-                let t = txn.clone();
-                async move { c.txn(t).await }
-            })
-            .await?;
+        let resp = self.txn(txn).await?;
         Ok(resp.succeeded().then(|| revision_of(resp.header())))
     }
 
