@@ -68,6 +68,42 @@ pub enum ProxyError {
     /// The request is malformed in a way hyper let through.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request's Host (or `:authority`) is missing, repeated or invalid.
+    #[error("{0}")]
+    BadHost(#[from] crate::host::HostError),
+    /// The request path cannot be normalised safely.
+    #[error("{0}")]
+    BadPath(#[from] crate::path::PathError),
+    /// The request target is longer than the gateway accepts.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// A header name the gateway refuses (an underscore, by policy).
+    #[error("header name {name:?} is refused: it contains an underscore")]
+    HeaderName {
+        /// The name.
+        name: String,
+    },
+    /// A method a gateway does not proxy (`CONNECT`).
+    #[error("method {0} is not allowed through this gateway")]
+    MethodNotAllowed(http::Method),
+    /// The request body is (or declares to be) larger than the route allows.
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The client's body framing was broken, or it went away mid-body.
+    #[error("the request body could not be read: {0}")]
+    BadBody(&'static str),
+    /// The client stopped sending its body for longer than allowed.
+    #[error("the client sent no request body bytes for {timeout:?}")]
+    BodyTimeout {
+        /// The body read timeout.
+        timeout: std::time::Duration,
+    },
 }
 
 impl ProxyError {
@@ -83,6 +119,14 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::BadHost(_) => "bad_host",
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::HeaderName { .. } => "bad_header_name",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BadBody(_) => "bad_request_body",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
         }
     }
 
@@ -97,7 +141,15 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UnsupportedScheme { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::BadHost(_)
+            | ProxyError::BadPath(_)
+            | ProxyError::HeaderName { .. }
+            | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

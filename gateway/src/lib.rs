@@ -33,13 +33,16 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod breaker;
 pub mod check;
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod host;
 pub mod metrics;
+pub mod path;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

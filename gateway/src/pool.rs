@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::balance::Endpoint;
+use crate::body::ClientBody;
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -101,8 +102,16 @@ impl SendError {
 }
 
 /// What the gateway sends upstream: the client's body streamed as it
-/// arrives, or a small body it kept in memory so the request can be retried.
-pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+/// arrives (with its limits), or a body it holds in memory (empty, or kept
+/// so the request can be retried).
+pub type UpstreamBody = http_body_util::Either<ClientBody, http_body_util::Full<Bytes>>;
+
+/// Largest upstream HTTP/1.1 read buffer, and HTTP/2 stream window: how much
+/// of a response the gateway takes from an upstream ahead of a client that
+/// reads slowly. hyper's defaults (about 400 KiB and 2 MiB) let each slow
+/// client pin that much memory; past this, back-pressure reaches the
+/// upstream instead.
+pub const UPSTREAM_BUFFER: usize = 64 * 1024;
 
 type Key = Box<str>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -340,6 +349,7 @@ impl Pool {
     ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
         let stream = self.connect(endpoint).await?;
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
@@ -359,6 +369,8 @@ impl Pool {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(UPSTREAM_BUFFER as u32)
+            .initial_connection_window_size(16 * UPSTREAM_BUFFER as u32)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;

@@ -7,6 +7,11 @@
 //! the cost of reading a small file once a second. A file that does not
 //! parse or validate is refused whole: the previous routes keep serving, and
 //! the log says which key is wrong. The next change is tried again.
+//!
+//! A polled change is applied once two reads in a row agree: a file being
+//! written in place can be read half-written (an empty file is a valid file
+//! with no routes), and serving that for a moment would drop every route.
+//! SIGHUP applies at once: the operator says the file is ready.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +46,8 @@ pub fn spawn(
         // Digest of the text last seen: the startup file's at first, so an
         // unchanged file is never parsed again.
         let mut last: Option<u64> = None;
+        // A changed text seen once, applied when the next read agrees.
+        let mut settling: Option<u64> = None;
         let startup = tx.borrow().digest;
         loop {
             #[cfg(unix)]
@@ -73,8 +80,14 @@ pub fn spawn(
             let seen = crate::config::digest(&text);
             if !signalled && last.unwrap_or(startup) == seen {
                 last = Some(seen);
+                settling = None;
                 continue;
             }
+            if !signalled && last.is_some() && settling != Some(seen) {
+                settling = Some(seen);
+                continue;
+            }
+            settling = None;
             let first = last.is_none();
             last = Some(seen);
             match Config::parse(&text) {

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::Proxy;
 
 /// Default time allowed for a client to send a complete request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,7 +148,7 @@ async fn serve_connection(
         inner: stream,
         active: active.clone(),
     });
-    let downstream = Arc::new(Peer::new(peer));
+    let downstream = Arc::new(proxy.peer(peer));
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let downstream = downstream.clone();

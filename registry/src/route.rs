@@ -32,6 +32,9 @@ use crate::model::{Invalid, validate_address, validate_service_name};
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest accepted route timeout.
 pub const MAX_ROUTE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default longest wait for an upstream's next response body bytes (nginx's
+/// `proxy_read_timeout`).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default base backoff between retries.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 /// Largest compiled size of one pattern: bounds what a route can cost the
@@ -107,6 +110,23 @@ pub struct RouteSpec {
     /// Active health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
+    /// Largest request body: a number of bytes, a size (`"10MiB"`, `"512k"`)
+    /// or `"unlimited"`; absent: the gateway's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<SizeSpec>,
+    /// Longest wait for the upstream's next response body bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<String>,
+}
+
+/// A size as written: a number of bytes or a string with a unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSpec {
+    /// Bytes.
+    Bytes(u64),
+    /// `"10MiB"`, `"512k"`, `"unlimited"`.
+    Text(String),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -708,6 +728,22 @@ pub struct Route {
     pub health_check: Option<Arc<HealthCheck>>,
     /// Ramp a new or recovered endpoint's share up over this window.
     pub slow_start: Option<Duration>,
+    /// Largest request body.
+    pub max_request_body: BodyLimit,
+    /// Longest wait for the upstream's next response body bytes.
+    pub read_timeout: Duration,
+}
+
+/// A route's request body limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyLimit {
+    /// The gateway's default (`--max-request-body`).
+    #[default]
+    Default,
+    /// At most this many bytes.
+    Bytes(u64),
+    /// No limit.
+    Unlimited,
 }
 
 impl Route {
@@ -730,6 +766,8 @@ impl Route {
             breaker: None,
             health_check: None,
             slow_start: None,
+            max_request_body: BodyLimit::Default,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 
@@ -976,6 +1014,24 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
         },
     };
 
+    let max_request_body = match &spec.max_request_body {
+        None => BodyLimit::Default,
+        Some(SizeSpec::Text(t)) if t == "unlimited" => BodyLimit::Unlimited,
+        Some(SizeSpec::Bytes(n)) => {
+            BodyLimit::Bytes(positive_size(*n).map_err(|r| bad("max_request_body", r))?)
+        }
+        Some(SizeSpec::Text(t)) => BodyLimit::Bytes(
+            parse_size(t)
+                .and_then(positive_size)
+                .map_err(|r| bad("max_request_body", r))?,
+        ),
+    };
+    let read_timeout = positive_duration("read_timeout", &spec.read_timeout, DEFAULT_READ_TIMEOUT)
+        .map_err(|(f, r)| bad(f, r))?;
+    if read_timeout > MAX_ROUTE_TIMEOUT {
+        return Err(bad("read_timeout", "must be at most 1h".into()));
+    }
+
     Ok(Route {
         name: spec.name.as_str().into(),
         hosts,
@@ -993,7 +1049,44 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
         breaker,
         health_check,
         slow_start,
+        max_request_body,
+        read_timeout,
     })
+}
+
+fn positive_size(n: u64) -> Result<u64, String> {
+    if n == 0 {
+        return Err("must be more than 0 (or \"unlimited\")".into());
+    }
+    Ok(n)
+}
+
+/// Parses a size: a number with an optional unit. `k`, `m`, `g` (as nginx
+/// writes them) and `KiB`, `MiB`, `GiB` are powers of 1024; `kB`, `KB`,
+/// `MB`, `GB` powers of 1000; `B` or none, bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (like 1048576, \"512k\" or \"10MiB\")"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "b" | "B" => 1,
+        "k" | "K" | "KiB" | "kib" => 1 << 10,
+        "m" | "M" | "MiB" | "mib" => 1 << 20,
+        "g" | "G" | "GiB" | "gib" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use k, m, g, KiB, MiB, GiB, kB, MB or GB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// A key equal for two routes exactly when they match the same requests

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied small GET, under callgrind: repeatable
+# whatever else the machine does (instructions, not seconds).
+#
+#   bench/callgrind.sh [ROUTE_TOML_EXTRA]
+#
+# Runs `portico gateway --threads 1 --no-access-log` under valgrind twice
+# (LOW and HIGH keep-alive requests from one client to one Python origin)
+# and prints (instructions(HIGH) - instructions(LOW)) / (HIGH - LOW), so
+# startup and shutdown cancel out. Extra TOML lines (e.g. a `[route.retry]`
+# table) are appended to the one catch-all route.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOW=${LOW:-2000}
+HIGH=${HIGH:-12000}
+BIN=${BIN:-target/release/portico}
+[ -x "$BIN" ] || cargo build --release --bin portico
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+origin_port=$(port)
+python3 - "$origin_port" <<'PY' &
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+cat > "$work/routes.toml" <<TOML
+[[route]]
+name = "all"
+path_prefix = "/"
+upstreams = ["127.0.0.1:$origin_port"]
+${1:-}
+TOML
+
+run() {
+  local n=$1 gw_port
+  gw_port=$(port)
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
+    --no-access-log --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
+    --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
+  local pid=$!
+  python3 - "$gw_port" "$n" <<'PY'
+import http.client, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.time() + 120
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30); c.connect(); break
+    except OSError:
+        if time.time() > deadline: raise
+        time.sleep(0.2)
+for i in range(n):
+    c.request("GET", "/small", headers={"user-agent": "bench"})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  kill -INT $pid; wait $pid || true
+  callgrind_annotate "$work/cg.$n" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
+}
+low=$(run "$LOW")
+high=$(run "$HIGH")
+echo "instructions per request: $(( (high - low) / (HIGH - LOW) ))  (totals $low at $LOW, $high at $HIGH)"

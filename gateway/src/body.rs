@@ -1,0 +1,320 @@
+//! Bodies on their way through the gateway, with the limits that keep a
+//! slow or broken peer from holding the other side hostage.
+//!
+//! - [`ClientBody`]: a client's request body as it streams upstream. It
+//!   enforces the body size limit (413) and the body read timeout (408:
+//!   the time the gateway waits for the client's next bytes), and records in
+//!   a shared [`BodyWatch`] what happened, so that when the upstream exchange
+//!   fails the request task can tell a client's fault (a malformed chunk, a
+//!   client gone, a stall, a body too large) from an upstream's, and never
+//!   blame a healthy upstream for a client.
+//! - [`TimedBody`]: an upstream's response body, ended with an error when
+//!   no bytes arrive for the read timeout (a stalled upstream must not hold a
+//!   client forever).
+//!
+//! Both arm their timer only when the peer makes them wait: a body that is
+//! already buffered (most small ones) costs no timer at all.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// What became of a client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// It crossed the size limit.
+    TooLarge,
+    /// Its framing was broken (a bad chunk, for example).
+    Malformed,
+    /// The client sent nothing for the body read timeout.
+    TimedOut,
+    /// The client went away before the end of the body.
+    ClientGone,
+}
+
+/// Why a [`ClientBody`] stopped: the upstream exchange fails with this.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {fault:?}")]
+pub struct ClientBodyError {
+    /// What went wrong.
+    pub fault: BodyFault,
+}
+
+const STREAMING: u8 = 0;
+const ENDED: u8 = 1;
+const FAULT_BASE: u8 = 2;
+
+/// What the request task can see of a body streaming upstream.
+#[derive(Debug)]
+pub struct BodyWatch {
+    state: AtomicU8,
+    /// Whether the body is waiting for the client's bytes (as opposed to
+    /// waiting for the upstream to take what it has).
+    waiting_on_client: AtomicBool,
+    base: Instant,
+    /// Nanoseconds after `base` of the body's last progress.
+    moved_ns: AtomicU64,
+}
+
+impl Default for BodyWatch {
+    fn default() -> Self {
+        BodyWatch {
+            state: AtomicU8::new(STREAMING),
+            waiting_on_client: AtomicBool::new(false),
+            base: Instant::now(),
+            moved_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BodyWatch {
+    /// The client's fault, if its body failed.
+    pub fn fault(&self) -> Option<BodyFault> {
+        match self.state.load(Ordering::Acquire) {
+            STREAMING | ENDED => None,
+            n => Some(FAULTS[usize::from(n - FAULT_BASE)]),
+        }
+    }
+
+    /// Whether the whole body was read from the client.
+    pub fn ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ENDED
+    }
+
+    /// When an upstream deadline counted from the body's last progress
+    /// falls: `None` while the gateway is waiting for the client (its own
+    /// read timeout decides then, not the upstream's deadline).
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.waiting_on_client.load(Ordering::Acquire) && !self.ended() {
+            return None;
+        }
+        Some(self.base + Duration::from_nanos(self.moved_ns.load(Ordering::Acquire)) + timeout)
+    }
+
+    fn moved(&self) {
+        let ns = self.base.elapsed().as_nanos() as u64;
+        self.moved_ns.store(ns, Ordering::Release);
+    }
+
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+    }
+}
+
+const FAULTS: [BodyFault; 4] = [
+    BodyFault::TooLarge,
+    BodyFault::Malformed,
+    BodyFault::TimedOut,
+    BodyFault::ClientGone,
+];
+
+fn fault_code(f: BodyFault) -> u8 {
+    FAULT_BASE
+        + FAULTS
+            .iter()
+            .position(|x| *x == f)
+            .expect("every fault is listed") as u8
+}
+
+/// A client's request body with its size limit and read timeout.
+pub struct ClientBody {
+    inner: Incoming,
+    watch: Arc<BodyWatch>,
+    limit: u64,
+    received: u64,
+    read_timeout: Duration,
+    /// Armed when the client makes the body wait; reset at each new wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl std::fmt::Debug for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBody")
+            .field("received", &self.received)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBody {
+    /// Wraps `inner`; `limit` in bytes (`u64::MAX`: none).
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        read_timeout: Duration,
+    ) -> (ClientBody, Arc<BodyWatch>) {
+        let watch = Arc::new(BodyWatch::default());
+        let body = ClientBody {
+            inner,
+            watch: watch.clone(),
+            limit,
+            received: 0,
+            read_timeout,
+            timer: None,
+            waiting: false,
+        };
+        (body, watch)
+    }
+
+    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        self.watch.set(fault_code(fault));
+        self.timer = None;
+        Poll::Ready(Some(Err(ClientBodyError { fault })))
+    }
+
+    /// The client made the body wait: start (or restart) the read timeout,
+    /// and say whether it has run out.
+    fn wait(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            self.watch.waiting_on_client.store(true, Ordering::Release);
+            self.watch.moved();
+            let at = Instant::now() + self.read_timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let timer = self.timer.as_mut().expect("armed above");
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn progressed(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.watch.waiting_on_client.store(false, Ordering::Release);
+        }
+        self.watch.moved();
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                    if this.received > this.limit {
+                        return this.fail(BodyFault::TooLarge);
+                    }
+                }
+                this.progressed();
+                // A sender that knows the length stops polling at the last
+                // byte instead of waiting for the end: note it here.
+                if this.inner.is_end_stream() {
+                    this.watch.set(ENDED);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let fault = if e.is_incomplete_message() || e.is_canceled() {
+                    BodyFault::ClientGone
+                } else {
+                    BodyFault::Malformed
+                };
+                this.fail(fault)
+            }
+            Poll::Ready(None) => {
+                this.progressed();
+                this.watch.set(ENDED);
+                this.timer = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.wait(cx) {
+                    return this.fail(BodyFault::TimedOut);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream response body stopped for sending nothing for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response bytes for {0:?}")]
+pub struct ReadTimeout(pub Duration);
+
+/// An upstream response body that ends with [`ReadTimeout`] when no frame
+/// arrives for `timeout` (nginx's `proxy_read_timeout`).
+#[derive(Debug)]
+pub struct TimedBody<B> {
+    inner: B,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<B> TimedBody<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, timeout: Duration) -> TimedBody<B> {
+        TimedBody {
+            inner,
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if !this.armed {
+            this.armed = true;
+            let at = Instant::now() + this.timeout;
+            match &mut this.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let timer = this.timer.as_mut().expect("armed above");
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Some(Err(Box::new(ReadTimeout(this.timeout)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,706 @@
+//! Phase 4: pick an endpoint, send, judge the outcome, and try again
+//! elsewhere when that is safe and allowed, all within the route's timeout.
+//!
+//! When a failed try is tried again (each rule checked in this order):
+//!
+//! - **Nothing was sent** (the connection could not be made): the same
+//!   request, untouched, goes to another endpoint, whatever the method, up
+//!   to [`MAX_CONNECT_ATTEMPTS`] endpoints. No budget: nothing reached an
+//!   upstream.
+//! - **The client's fault** (its body was too large, malformed, stalled or
+//!   cut off): never tried again and never counted against the endpoint,
+//!   whose outlier detection, breaker and latency are left alone.
+//! - **The route's retry policy** (`[route.retry]`): the failure is one of
+//!   its conditions, the method qualifies, the body was kept, attempts are
+//!   left and the retry budget has a token.
+//! - **A reset before any answer**, by default: an idempotent request
+//!   without a body whose upstream connection broke before a response head
+//!   arrived goes once to another endpoint (what nginx's default
+//!   `proxy_next_upstream error` does). A backend dying with requests in
+//!   flight then costs no errors when others can take them.
+//!
+//! When every endpoint has been tried, the client gets the last answer an
+//! upstream gave (a 5xx the policy wanted to retry) or the last error, never
+//! an error naming the wrong cause.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use portico_registry::model::Scheme;
+use tokio::time::Instant;
+
+use super::outgoing::{Outgoing, target};
+use super::{BodyState, Peer, Proxy, RequestCtx, UpstreamResponseBody};
+use crate::balance::{Endpoint, EndpointSet, stable_hash};
+use crate::body::{BodyFault, BodyWatch, ClientBodyError};
+use crate::breaker::{Admission, Slot};
+use crate::config::{Balance, HashOn, Route};
+use crate::error::ProxyError;
+use crate::health::now_ms;
+use crate::pool::{SendError, UpstreamBody, UpstreamError};
+use crate::retry::{MAX_RETRY_BODY, RetryPolicy, backoff_for};
+use crate::router::RouteEntry;
+
+/// Most endpoints one request tries when connections are refused.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+/// Most tries of one request, whatever the reasons.
+const MAX_TRIES: usize = 8;
+
+/// What the balancer offers for the next try.
+enum Pick<'a> {
+    /// This endpoint (its index in the set).
+    Endpoint(usize, &'a Endpoint),
+    /// Nothing left that this request may try.
+    Exhausted,
+    /// Endpoints are left, but every one's circuit is open.
+    AllOpen,
+}
+
+/// What to do after a try.
+enum Next {
+    /// Give the client this answer.
+    Done(Response<UpstreamResponseBody>),
+    /// Give the client this error.
+    Fail(ProxyError),
+    /// Try again: with this request (it was never sent), or rebuilt from
+    /// what was kept.
+    Again(Option<Request<UpstreamBody>>),
+}
+
+/// What is kept of a request so it can be sent again.
+struct Kept {
+    method: http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Kept {
+    fn rebuild(&self) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+        *req.method_mut() = self.method.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Where every try sends the request, whichever endpoint it picks.
+#[derive(Clone, Copy)]
+struct Destination<'a> {
+    path_and_query: &'a PathAndQuery,
+    host: Option<&'a HeaderValue>,
+    /// The client asked for an upgrade (a 101 is then expected).
+    upgrade: bool,
+}
+
+/// One request's tries: what was tried, what is left, what to answer.
+struct Tries<'a> {
+    entry: &'a RouteEntry,
+    hash_key: Option<u64>,
+    load_aware: bool,
+    /// The route's policy, when it applies to this request.
+    retry: Option<&'a RetryPolicy>,
+    kept: Option<Kept>,
+    tried: [usize; MAX_TRIES],
+    n: usize,
+    retries: u32,
+    connect_failures: usize,
+    /// The default once-only retry after a reset has been used.
+    reset_retried: bool,
+    /// The next try may go back to an endpoint already tried (a policy
+    /// retry with none new left; never after a refused connection).
+    anywhere: bool,
+    retry_slot: Option<Slot<'a>>,
+    /// An upstream's answer that the policy wanted to retry, served if no
+    /// other try can be made.
+    last_answer: Option<Response<UpstreamResponseBody>>,
+    /// The error of a failed try that is being tried again.
+    last_error: Option<ProxyError>,
+    /// The client's body, when it streams: its faults are the client's.
+    watch: Option<Arc<BodyWatch>>,
+}
+
+impl Proxy {
+    /// Phase 4: sends `out` to the route's endpoints until one answers or
+    /// nothing more may be tried, within the route's timeout.
+    pub(super) async fn send<'t>(
+        &self,
+        entry: &'t RouteEntry,
+        out: Outgoing,
+        peer: &Peer,
+        ctx: &mut RequestCtx<'t>,
+    ) -> Result<
+        (
+            Response<UpstreamResponseBody>,
+            Option<hyper::upgrade::OnUpgrade>,
+        ),
+        ProxyError,
+    > {
+        let route = &entry.route;
+        let state = &entry.state;
+        if let Some(policy) = &route.retry {
+            state.budget.deposit(policy);
+        }
+        let upgrade = out.upgrade.is_some();
+        let method = out.req.method();
+        let retry = route
+            .retry
+            .as_ref()
+            .filter(|p| !upgrade && (p.non_idempotent || method.is_idempotent()));
+        // The body is read (when kept for a retry) before the route slot is
+        // taken: a slow client must not hold a slot meant for upstream work.
+        let (kept, req) = match retry {
+            Some(_) => self.keep_for_retry(out.req, ctx).await?,
+            None => (keep_for_reset(&out.req, entry, upgrade), out.req),
+        };
+        let _slot = match route.limits.max_requests {
+            Some(max) => Some(state.enter(max).ok_or_else(|| ProxyError::Overloaded {
+                route: route.name.to_string(),
+                limit: max,
+            })?),
+            None => None,
+        };
+        let watch = match &ctx.body {
+            BodyState::Streaming(w) => Some(w.clone()),
+            _ => None,
+        };
+        let mut tries = Tries {
+            entry,
+            hash_key: match &route.lb {
+                Balance::ConsistentHash(on) => hash_key(&req, on, peer),
+                _ => None,
+            },
+            load_aware: matches!(route.lb, Balance::LeastRequest | Balance::PeakEwma),
+            retry,
+            kept,
+            tried: [usize::MAX; MAX_TRIES],
+            n: 0,
+            retries: 0,
+            connect_failures: 0,
+            reset_retried: false,
+            anywhere: false,
+            retry_slot: None,
+            last_answer: None,
+            last_error: None,
+            watch: watch.clone(),
+        };
+        let Outgoing {
+            path_and_query,
+            host,
+            upgrade: downstream_upgrade,
+            ..
+        } = out;
+        let to = Destination {
+            path_and_query: &path_and_query,
+            host: host.as_ref(),
+            upgrade,
+        };
+        let run = tries.run(self, req, to, ctx);
+        match within(run, route.timeout, watch.as_deref()).await {
+            Some(Ok(resp)) => Ok((resp, downstream_upgrade)),
+            Some(Err(e)) => Err(e),
+            None => Err(self.timed_out(entry, ctx)),
+        }
+    }
+
+    /// The route timeout ran out: the try in flight is abandoned and counted
+    /// against its endpoint.
+    fn timed_out(&self, entry: &RouteEntry, ctx: &RequestCtx<'_>) -> ProxyError {
+        let set = &entry.endpoints;
+        if let Some(id) = &ctx.upstream {
+            if let Some(i) = set.endpoints().iter().position(|e| &e.id == id) {
+                self.record(set, &entry.route, i, true);
+            }
+        }
+        ProxyError::UpstreamTimeout {
+            endpoint: ctx.upstream.as_deref().unwrap_or("-").to_string(),
+            timeout: entry.route.timeout,
+        }
+    }
+
+    /// Feeds an outcome to outlier detection and, when the route has one, to
+    /// the endpoint's circuit breaker.
+    fn record(&self, set: &EndpointSet, route: &Route, index: usize, failed: bool) {
+        set.record(index, failed, &self.outlier);
+        if let (Some(policy), Some(endpoint)) = (&route.breaker, set.endpoints().get(index)) {
+            if endpoint.health.breaker.record(now_ms(), policy, failed) {
+                tracing::warn!(endpoint = %endpoint.id, route = %route.name, "circuit opened");
+            }
+        }
+    }
+
+    /// Reads a small body into memory so the request can be retried; a body
+    /// too large (or of unknown length) is streamed and not retried. The
+    /// client body's own limits and read timeout apply while reading.
+    async fn keep_for_retry(
+        &self,
+        req: Request<UpstreamBody>,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<(Option<Kept>, Request<UpstreamBody>), ProxyError> {
+        use http_body::Body as _;
+        let fits = req
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= MAX_RETRY_BODY);
+        if !fits {
+            return Ok((None, req));
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = Limited::new(body, MAX_RETRY_BODY as usize)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast_ref::<ClientBodyError>() {
+                Some(c) => self.fault_error(c.fault),
+                None => ProxyError::BadBody("longer than its declared length"),
+            })?
+            .to_bytes();
+        ctx.body = BodyState::Done;
+        let kept = Kept {
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+            body: bytes.clone(),
+        };
+        Ok((
+            Some(kept),
+            Request::from_parts(parts, Either::Right(Full::new(bytes))),
+        ))
+    }
+
+    /// The answer for a client's body fault.
+    fn fault_error(&self, fault: BodyFault) -> ProxyError {
+        match fault {
+            BodyFault::TooLarge => ProxyError::BodyTooLarge {
+                limit: self.edge.max_body.unwrap_or(u64::MAX),
+            },
+            BodyFault::Malformed => ProxyError::BadBody("its framing is broken"),
+            BodyFault::ClientGone => ProxyError::BadBody("the client closed it early"),
+            BodyFault::TimedOut => ProxyError::BodyTimeout {
+                timeout: self.edge.body_read_timeout,
+            },
+        }
+    }
+}
+
+/// What the default reset retry needs kept: an idempotent request with no
+/// body, on a route with another endpoint to go to. Costs one header map
+/// clone per such request.
+fn keep_for_reset(req: &Request<UpstreamBody>, entry: &RouteEntry, upgrade: bool) -> Option<Kept> {
+    use http_body::Body as _;
+    let eligible = !upgrade
+        && entry.endpoints.len() > 1
+        && req.method().is_idempotent()
+        && req.body().is_end_stream();
+    eligible.then(|| Kept {
+        method: req.method().clone(),
+        headers: req.headers().clone(),
+        body: Bytes::new(),
+    })
+}
+
+/// Awaits `fut` for `timeout`, counted from the later of now and the client
+/// body's last progress, and never running out while the gateway waits for
+/// the client's bytes (the body's read timeout governs then): a slow client
+/// is not an upstream timing out. `None` when it ran out.
+async fn within<F: Future>(
+    fut: F,
+    timeout: Duration,
+    watch: Option<&BodyWatch>,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    let mut deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(out) = tokio::time::timeout_at(deadline, fut.as_mut()).await {
+            return Some(out);
+        }
+        let now = Instant::now();
+        deadline = match watch.map(|w| w.deadline(timeout)) {
+            None => return None,
+            Some(None) => now + timeout,
+            Some(Some(d)) if d > now => d,
+            Some(Some(_)) => return None,
+        };
+    }
+}
+
+impl<'a> Tries<'a> {
+    async fn run(
+        &mut self,
+        proxy: &Proxy,
+        mut req: Request<UpstreamBody>,
+        to: Destination<'_>,
+        ctx: &mut RequestCtx<'a>,
+    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+        loop {
+            let (index, endpoint) = match self.pick() {
+                Pick::Endpoint(i, e) => (i, e),
+                Pick::Exhausted => return self.exhausted(ctx),
+                Pick::AllOpen => {
+                    return match self.last_answer.take() {
+                        Some(resp) => Ok(resp),
+                        None => Err(ProxyError::CircuitOpen {
+                            route: self.entry.route.name.to_string(),
+                        }),
+                    };
+                }
+            };
+            ctx.upstream = Some(endpoint.id.clone());
+            if self.n < MAX_TRIES {
+                self.tried[self.n] = index;
+                self.n += 1;
+            }
+            target(&mut req, endpoint, to.path_and_query, to.host)?;
+            // Load-aware balancing needs in-flight counts and latency;
+            // round robin and friends skip the bookkeeping.
+            let _in_flight = self.load_aware.then(|| endpoint.health.begin());
+            ctx.answered_at = None;
+            let sent_at = Instant::now();
+            let result = self.send_once(proxy, endpoint, req).await;
+            let next = match result {
+                Some(Ok(resp)) => self.judge_answer(proxy, resp, index, to.upgrade, sent_at, ctx),
+                Some(Err(failed)) => self.judge_failure(proxy, failed, index, endpoint),
+                None => self.judge_timeout(proxy, index, endpoint),
+            };
+            req = match next {
+                Next::Done(resp) => return Ok(resp),
+                Next::Fail(e) => return Err(e),
+                Next::Again(Some(unsent)) => unsent,
+                Next::Again(None) => self.before_retry().await?,
+            };
+        }
+    }
+
+    /// One try, bounded by the policy's per-try timeout (`None`: it ran out).
+    async fn send_once(
+        &self,
+        proxy: &Proxy,
+        endpoint: &Endpoint,
+        req: Request<UpstreamBody>,
+    ) -> Option<Result<Response<UpstreamResponseBody>, SendError>> {
+        let state = &self.entry.state;
+        let send = async {
+            if endpoint.scheme == Scheme::H2c {
+                Box::pin(proxy.pool.send_h2c(endpoint, req))
+                    .await
+                    .map(|r| r.map(Either::Right))
+            } else {
+                proxy
+                    .pool
+                    .send_http1(endpoint, req, state.pending_limit(&self.entry.route.limits))
+                    .await
+                    .map(|r| r.map(Either::Left))
+            }
+        };
+        match self.retry.and_then(|p| p.per_try_timeout) {
+            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            None => Some(send.await),
+        }
+    }
+
+    /// The next endpoint: a new one if any; with a policy retry and none
+    /// new left, one already tried.
+    fn pick(&self) -> Pick<'a> {
+        let entry: &'a RouteEntry = self.entry;
+        let (route, set) = (&entry.route, &entry.endpoints);
+        let tried = &self.tried[..self.n];
+        let picked = if route.breaker.is_none() && route.slow_start.is_none() {
+            set.pick_with(&route.lb, self.hash_key, tried).or_else(|| {
+                self.anywhere
+                    .then(|| set.pick_with(&route.lb, self.hash_key, &[]))
+                    .flatten()
+            })
+        } else {
+            match pick_admitted(set, route, self.hash_key, tried) {
+                Some(found) => found,
+                None => return Pick::AllOpen,
+            }
+        };
+        match picked {
+            Some((i, e)) => Pick::Endpoint(i, e),
+            None => Pick::Exhausted,
+        }
+    }
+
+    /// Nothing more can be tried: the last answer, else the last error.
+    fn exhausted(
+        &mut self,
+        ctx: &RequestCtx<'_>,
+    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+        if let Some(resp) = self.last_answer.take() {
+            return Ok(resp);
+        }
+        if let Some(e) = self.last_error.take() {
+            return Err(e);
+        }
+        Err(match self.n {
+            0 => ProxyError::NoHealthyUpstream {
+                route: self.entry.route.name.to_string(),
+            },
+            _ => ProxyError::UpstreamConnect {
+                endpoint: ctx.upstream.as_deref().unwrap_or("-").to_string(),
+            },
+        })
+    }
+
+    fn judge_answer(
+        &mut self,
+        proxy: &Proxy,
+        resp: Response<UpstreamResponseBody>,
+        index: usize,
+        upgrade: bool,
+        sent_at: Instant,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Next {
+        let entry: &'a RouteEntry = self.entry;
+        let (route, set) = (&entry.route, &entry.endpoints);
+        let endpoint = &set.endpoints()[index];
+        let answered_at = Instant::now();
+        ctx.answered_at = Some(answered_at);
+        let took = answered_at.saturating_duration_since(sent_at);
+        if self.load_aware {
+            endpoint.health.observe_latency(took);
+        }
+        if let Err(reason) = check_head(&resp, upgrade) {
+            proxy.record(set, route, index, true);
+            return Next::Fail(ProxyError::UpstreamProtocol {
+                endpoint: endpoint.id.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        entry.state.metrics.observe_upstream(set, index, took);
+        let status = resp.status().as_u16();
+        proxy.record(set, route, index, resp.status().is_server_error());
+        let wanted = self.retry.is_some_and(|p| p.retries_status(status));
+        if wanted && self.may_retry(|_| true) {
+            tracing::debug!(endpoint = %endpoint.id, status, "retrying on another endpoint");
+            self.last_error = None;
+            self.last_answer = Some(resp);
+            self.anywhere = true;
+            return Next::Again(None);
+        }
+        Next::Done(resp)
+    }
+
+    fn judge_failure(
+        &mut self,
+        proxy: &Proxy,
+        failed: SendError,
+        index: usize,
+        endpoint: &Endpoint,
+    ) -> Next {
+        let entry: &'a RouteEntry = self.entry;
+        let (route, set) = (&entry.route, &entry.endpoints);
+        let id = endpoint.id.to_string();
+        let (reason, covered): (String, fn(&RetryPolicy) -> bool) = match failed.error {
+            UpstreamError::Connect(reason) => {
+                proxy.record(set, route, index, true);
+                tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
+                self.connect_failures += 1;
+                self.anywhere = false;
+                return match failed.request {
+                    // Nothing was sent: the same request, untouched, goes elsewhere.
+                    Some(back) if self.connect_failures < MAX_CONNECT_ATTEMPTS => {
+                        self.last_error = Some(ProxyError::UpstreamConnect { endpoint: id });
+                        Next::Again(Some(back))
+                    }
+                    _ => Next::Fail(ProxyError::UpstreamConnect { endpoint: id }),
+                };
+            }
+            UpstreamError::Overloaded => {
+                return Next::Fail(ProxyError::Overloaded {
+                    route: route.name.to_string(),
+                    limit: route.limits.max_pending.unwrap_or(0),
+                });
+            }
+            UpstreamError::Refused(reason) => (reason, |p| p.on.refused_stream),
+            UpstreamError::Protocol(reason) => (reason, |p| p.on.reset),
+        };
+        // The exchange broke because the client's body did: not the
+        // endpoint's doing.
+        if let Some(fault) = self.watch.as_ref().and_then(|w| w.fault()) {
+            return Next::Fail(proxy.fault_error(fault));
+        }
+        proxy.record(set, route, index, true);
+        let error = ProxyError::UpstreamProtocol {
+            endpoint: id,
+            reason,
+        };
+        if self.retry.is_some_and(covered) {
+            // The route's policy governs this failure (attempts, budget).
+            if !self.may_retry(covered) {
+                return Next::Fail(error);
+            }
+            tracing::debug!(endpoint = %endpoint.id, "retrying after a broken exchange");
+            self.anywhere = true;
+        } else if self.may_retry_reset() {
+            tracing::debug!(endpoint = %endpoint.id, "reset before an answer: once more elsewhere");
+            self.reset_retried = true;
+            self.anywhere = false;
+        } else {
+            return Next::Fail(error);
+        }
+        self.last_answer = None;
+        self.last_error = Some(error);
+        Next::Again(None)
+    }
+
+    /// The default after a reset before any answer: once, elsewhere, for an
+    /// idempotent request whose body was kept (or that has none).
+    fn may_retry_reset(&self) -> bool {
+        !self.reset_retried
+            && self.n < MAX_TRIES
+            && self.kept.as_ref().is_some_and(|k| k.method.is_idempotent())
+    }
+
+    fn judge_timeout(&mut self, proxy: &Proxy, index: usize, endpoint: &Endpoint) -> Next {
+        let entry: &'a RouteEntry = self.entry;
+        proxy.record(&entry.endpoints, &entry.route, index, true);
+        let per_try = self.retry.and_then(|p| p.per_try_timeout);
+        let error = ProxyError::UpstreamTimeout {
+            endpoint: endpoint.id.to_string(),
+            timeout: per_try.unwrap_or(self.entry.route.timeout),
+        };
+        if !self.may_retry(|p| p.on.timeout) {
+            return Next::Fail(error);
+        }
+        tracing::debug!(endpoint = %endpoint.id, "retrying after a per-try timeout");
+        self.anywhere = true;
+        self.last_answer = None;
+        self.last_error = Some(error);
+        Next::Again(None)
+    }
+
+    /// May a failure the policy names (`allowed`) be retried: the body was
+    /// kept, attempts are left, and the budget has a token (taken here).
+    fn may_retry(&self, allowed: fn(&RetryPolicy) -> bool) -> bool {
+        let Some(p) = self.retry else { return false };
+        allowed(p)
+            && self.kept.is_some()
+            && self.retries + 1 < p.attempts
+            && self.n < MAX_TRIES
+            && self.entry.state.budget.withdraw(p)
+    }
+
+    /// A retry: it needs a retry slot (`max_retries`), then backs off and
+    /// rebuilds the request from what was kept.
+    async fn before_retry(&mut self) -> Result<Request<UpstreamBody>, ProxyError> {
+        let route = &self.entry.route;
+        if self.retry_slot.is_none() {
+            if let Some(max) = route.limits.max_retries {
+                match self.entry.state.retry(max) {
+                    Some(slot) => self.retry_slot = Some(slot),
+                    None => {
+                        return Err(ProxyError::Overloaded {
+                            route: route.name.to_string(),
+                            limit: max,
+                        });
+                    }
+                }
+            }
+        }
+        self.retries += 1;
+        self.entry.state.metrics.count_retry();
+        if let Some(p) = self.retry {
+            tokio::time::sleep(backoff_for(p, self.retries)).await;
+        }
+        Ok(self
+            .kept
+            .as_ref()
+            .expect("a retry is only decided with a kept request")
+            .rebuild())
+    }
+}
+
+/// Checks a response head before it is passed on: an upgrade the client did
+/// not ask for, or both framings at once, is an upstream breaking HTTP.
+fn check_head(
+    resp: &Response<UpstreamResponseBody>,
+    upgrade_asked: bool,
+) -> Result<(), &'static str> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !upgrade_asked {
+        return Err("101 Switching Protocols to a request that asked for no upgrade");
+    }
+    let headers = resp.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err("response with both Content-Length and Transfer-Encoding");
+    }
+    Ok(())
+}
+
+/// The `consistent_hash` key of a request, if it carries one.
+pub fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
+    let bytes: &[u8] = match on {
+        HashOn::Header(name) => req.headers().get(name)?.as_bytes(),
+        HashOn::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let rest = pair.strip_prefix(name.as_bytes())?;
+                rest.strip_prefix(b"=")
+            })?,
+        HashOn::ClientIp => peer.ip.as_bytes(),
+        HashOn::Path => req.uri().path().as_bytes(),
+    };
+    Some(stable_hash(bytes))
+}
+
+/// Picks for a route with a breaker or slow start: skips endpoints whose
+/// circuit is open, and lets a warming endpoint decline its turn by chance
+/// (its share grows over the slow-start window). `Some(None)`: nothing left
+/// to pick; `None`: every circuit left was open.
+fn pick_admitted<'a>(
+    set: &'a EndpointSet,
+    route: &Route,
+    key: Option<u64>,
+    tried: &[usize],
+) -> Option<Option<(usize, &'a Endpoint)>> {
+    let mut skip = [usize::MAX; 32];
+    let mut m = tried.len().min(skip.len());
+    skip[..m].copy_from_slice(&tried[..m]);
+    let now = now_ms();
+    let mut any_open = false;
+    // A warming endpoint that declined: used if nothing else will take it.
+    let mut declined = None;
+    loop {
+        let Some((i, e)) = set.pick_with(&route.lb, key, &skip[..m]) else {
+            return match declined {
+                Some(found) => Some(Some(found)),
+                None if any_open => None,
+                None => Some(None),
+            };
+        };
+        let mut pass = true;
+        if let Some(window) = route.slow_start {
+            if !e.health.warm_enough(now, window) {
+                declined.get_or_insert((i, e));
+                pass = false;
+            }
+        }
+        if pass {
+            if let Some(policy) = &route.breaker {
+                if e.health.breaker.admit(now, policy) == Admission::No {
+                    any_open = true;
+                    pass = false;
+                }
+            }
+        }
+        if pass {
+            return Some(Some((i, e)));
+        }
+        if m == skip.len() {
+            return declined.map(Some);
+        }
+        skip[m] = i;
+        m += 1;
+    }
+}

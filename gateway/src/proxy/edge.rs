@@ -1,0 +1,243 @@
+//! Phase 1, the request filter at the edge: refuse what is malformed or over
+//! a limit before routing, and settle the host and the normalised path that
+//! the router and the upstream will both see.
+//!
+//! The policies, their defaults and why (documented for operators in
+//! docs/configuration.md):
+//!
+//! - Host: [`crate::host`] (400 for missing, repeated or invalid).
+//! - Path: [`crate::path`] (400 for what cannot be normalised safely).
+//! - Request target longer than [`DEFAULT_MAX_URI`] (8 KiB, nginx's
+//!   default buffer for a request line): 414.
+//! - Header names with an underscore: dropped by default, as nginx does
+//!   (`underscores_in_headers off`). A CGI-style backend maps `X_Forwarded_For`
+//!   and `X-Forwarded-For` to the same variable, so a client could otherwise
+//!   pass a header the gateway is meant to set. `reject` answers 400 (Envoy's
+//!   edge setting); `allow` passes them.
+//! - Request bodies over [`DEFAULT_MAX_BODY`] (32 MiB; a route may set its
+//!   own): 413, before reading when `Content-Length` says so, and as soon as
+//!   a body without one crosses it. Bodies stream, so the gateway's memory
+//!   does not grow with the limit; the limit protects upstreams.
+//! - The client's body: at most [`DEFAULT_BODY_READ_TIMEOUT`] (60 s,
+//!   nginx's `client_body_timeout`) without a byte, then 408.
+//! - `CONNECT`: 405 (a reverse proxy is not a tunnel service).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::{Method, Request};
+
+use crate::error::ProxyError;
+use crate::host::{RequestHost, request_host};
+use crate::path::{PathPolicy, normalize};
+use crate::router::RequestView;
+
+/// Default longest request target (path and query, or absolute URI).
+pub const DEFAULT_MAX_URI: usize = 8 * 1024;
+/// Default largest request body.
+pub const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+/// Default longest wait for the client's next body bytes.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What to do with request header names that contain `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnderscorePolicy {
+    /// Remove them before forwarding (the default, like nginx).
+    #[default]
+    Drop,
+    /// Refuse the request with 400.
+    Reject,
+    /// Pass them on.
+    Allow,
+}
+
+impl UnderscorePolicy {
+    /// Parses a flag value (`drop`, `reject`, `allow`).
+    pub fn parse(s: &str) -> Result<UnderscorePolicy, String> {
+        match s {
+            "drop" => Ok(UnderscorePolicy::Drop),
+            "reject" => Ok(UnderscorePolicy::Reject),
+            "allow" => Ok(UnderscorePolicy::Allow),
+            other => Err(format!("{other:?}: expected drop, reject or allow")),
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a plain address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/LEN` or `ADDR`.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?}: not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match len {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u128::from(u32::from(net)), self.prefix, 32)
+                    == masked(u128::from(u32::from(ip)), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), self.prefix, 128)
+                    == masked(u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn masked(bits: u128, prefix: u8, width: u32) -> u128 {
+    let host_bits = width - u32::from(prefix);
+    if host_bits >= 128 {
+        0
+    } else {
+        bits >> host_bits
+    }
+}
+
+/// What the gateway accepts at its edge.
+#[derive(Debug, Clone)]
+pub struct EdgePolicy {
+    /// Path normalisation.
+    pub path: PathPolicy,
+    /// Longest request target in bytes.
+    pub max_uri: usize,
+    /// Header names with underscores.
+    pub underscores: UnderscorePolicy,
+    /// Peers whose forwarding headers are kept (appended to): load
+    /// balancers or proxies in front of the gateway. Everyone else's are
+    /// replaced.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Largest request body for routes that set none (`None`: unlimited).
+    pub max_body: Option<u64>,
+    /// Longest wait for the client's next request body bytes.
+    pub body_read_timeout: Duration,
+}
+
+impl Default for EdgePolicy {
+    fn default() -> Self {
+        EdgePolicy {
+            path: PathPolicy::default(),
+            max_uri: DEFAULT_MAX_URI,
+            underscores: UnderscorePolicy::default(),
+            trusted_proxies: Vec::new(),
+            max_body: Some(DEFAULT_MAX_BODY),
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+        }
+    }
+}
+
+impl EdgePolicy {
+    /// Whether `ip` is a trusted hop.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// What the request filter settled: the host and path routed on and sent.
+#[derive(Debug)]
+pub(crate) struct Front {
+    /// The request's host, if it names one.
+    pub host: Option<RequestHost>,
+    /// The normalised path, when it differs from the request's.
+    pub path: Option<String>,
+}
+
+impl Front {
+    /// The path to route on and send: normalised.
+    pub fn path<'a, B>(&'a self, req: &'a Request<B>) -> &'a str {
+        self.path.as_deref().unwrap_or_else(|| req.uri().path())
+    }
+
+    /// What the router looks at.
+    pub fn view<'a, B>(&'a self, req: &'a Request<B>) -> RequestView<'a> {
+        RequestView {
+            host: self.host.as_ref().map(RequestHost::name),
+            path: self.path(req),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        }
+    }
+}
+
+/// Phase 1: refuses what the edge does not accept; settles host and path.
+pub(crate) fn check<B>(req: &Request<B>, policy: &EdgePolicy) -> Result<Front, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
+    }
+    let uri = req.uri();
+    let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target_len > policy.max_uri {
+        return Err(ProxyError::UriTooLong {
+            limit: policy.max_uri,
+        });
+    }
+    let host = request_host(req)?;
+    let path = normalize(uri.path(), &policy.path)?;
+    if policy.underscores == UnderscorePolicy::Reject {
+        if let Some(name) = req.headers().keys().find(|k| k.as_str().contains('_')) {
+            return Err(ProxyError::HeaderName {
+                name: name.as_str().to_string(),
+            });
+        }
+    }
+    Ok(Front {
+        host,
+        path: match path {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(p) => Some(p),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+    }
+}

@@ -1,0 +1,394 @@
+//! The request path, as phases over one per-request context.
+//!
+//! [`Proxy::handle`] runs, in order, each phase a short function of its own:
+//!
+//! 1. **Request filter** ([`edge`]): refuse at the edge what is malformed or
+//!    over a limit (Host, path, URI length, header names, a declared body
+//!    too large), and settle the host and normalised path that both the
+//!    router and the upstream will see. May answer by itself.
+//! 2. **Route**: the current [`RouteTable`] is loaded once and the request
+//!    matched; the route's state (metrics, budget, limits) travels in the
+//!    context to the end.
+//! 3. **Upstream request** ([`outgoing`]): hop-by-hop headers out,
+//!    forwarding headers in, the path rewritten, the body wrapped in its
+//!    limits ([`crate::body::ClientBody`]).
+//! 4. **Send** ([`attempt`]): pick an endpoint, send, classify the outcome,
+//!    and retry elsewhere when the policy (or, for connection failures and
+//!    resets before any answer, the defaults) allows, within the route's
+//!    timeout.
+//! 5. **Response filter** ([`Proxy::respond`]): upgrades become tunnels,
+//!    hop-by-hop headers go, the body gets its read timeout.
+//! 6. **Log**: metrics and the access log, once per request.
+//!
+//! Errors in any phase are typed ([`ProxyError`]) and become responses in
+//! one place ([`ProxyError::to_response`]). Bodies are never buffered unless
+//! a retry needs them: memory per request stays flat whatever the body size.
+
+mod attempt;
+pub mod edge;
+mod outgoing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::body::{BodyWatch, TimedBody};
+use crate::error::ProxyError;
+use crate::health::OutlierPolicy;
+use crate::metrics::GatewayMetrics;
+use crate::pool::{Pool, PooledBody};
+use crate::router::{RouteEntry, RouteTable};
+use crate::trace;
+
+pub use attempt::hash_key;
+pub use edge::{Cidr, EdgePolicy, UnderscorePolicy};
+pub use outgoing::strip_hop_by_hop;
+
+/// An upstream's response body: HTTP/1.1 from the pool, or an h2c stream.
+pub type UpstreamResponseBody = Either<PooledBody, Incoming>;
+
+/// Body of every response the gateway sends: an upstream's streamed body
+/// (with its read timeout), or a small body the gateway made itself.
+pub type ProxyBody = Either<TimedBody<UpstreamResponseBody>, Full<Bytes>>;
+
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle pooled upstream connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Proxy tuning.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Emit one access-log line per request (target `portico::access`).
+    pub access_log: bool,
+    /// Time allowed to establish an upstream TCP connection.
+    pub connect_timeout: Duration,
+    /// How long idle upstream connections stay pooled.
+    pub pool_idle_timeout: Duration,
+    /// Passive outlier detection.
+    pub outlier: OutlierPolicy,
+    /// Give requests without a valid W3C `traceparent` a new one, so the
+    /// upstream and the access log share a trace id. Off: the header is
+    /// passed through (or not) exactly as received.
+    pub generate_traceparent: bool,
+    /// What the edge accepts: hosts, paths, sizes, header names, trusted
+    /// hops, body limits and timeouts.
+    pub edge: EdgePolicy,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            access_log: true,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            outlier: OutlierPolicy::default(),
+            generate_traceparent: false,
+            edge: EdgePolicy::default(),
+        }
+    }
+}
+
+/// The proxy: a table to read and pooled clients to send with.
+#[derive(Debug)]
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    pool: Arc<Pool>,
+    outlier: OutlierPolicy,
+    access_log: bool,
+    generate_traceparent: bool,
+    edge: EdgePolicy,
+    metrics: Arc<GatewayMetrics>,
+}
+
+/// The downstream peer of a connection, prepared once per connection so
+/// requests do not format the address again.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Peer IP as a header value, for `X-Forwarded-For`.
+    ip: HeaderValue,
+    /// `for=IP;proto=http`, for `Forwarded`.
+    forwarded: HeaderValue,
+    /// Whether the peer is a trusted hop (its forwarding headers are kept
+    /// and appended to, not replaced).
+    trusted: bool,
+}
+
+impl Peer {
+    /// Describes the peer `addr`, untrusted.
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = addr.ip();
+        let forwarded = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        Peer {
+            addr,
+            ip: HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value"),
+            forwarded: HeaderValue::from_str(&forwarded)
+                .expect("an IP address is a valid header value"),
+            trusted: false,
+        }
+    }
+}
+
+/// What one request carries through the phases, and what the last phase
+/// (metrics and the access log) needs to know of the others.
+struct RequestCtx<'t> {
+    started: Instant,
+    /// The client's protocol: responses are answered in it whatever the
+    /// upstream spoke (an HTTP/1.0 upstream must not turn them into 1.0).
+    version: Version,
+    request_id: HeaderValue,
+    trace_id: Option<[u8; 32]>,
+    /// Method and URI as received, when the access log is on.
+    logged: Option<(Method, Uri)>,
+    /// The matched route (`None`: no route matched).
+    entry: Option<&'t RouteEntry>,
+    upstream: Option<Arc<str>>,
+    /// When the last try's response head arrived: the end of the request's
+    /// latency too, which saves a clock read.
+    answered_at: Option<Instant>,
+    body: BodyState,
+}
+
+/// What is known of the client's request body.
+enum BodyState {
+    /// None was sent (or it was read whole before sending).
+    Done,
+    /// One was sent and nothing has read it: the connection cannot carry
+    /// another request after the response.
+    Unread,
+    /// It is streaming upstream.
+    Streaming(Arc<BodyWatch>),
+}
+
+impl BodyState {
+    /// Whether the client must be told `connection: close`: its body was not
+    /// read to the end, so the connection is not at a request boundary.
+    fn unfinished(&self) -> bool {
+        match self {
+            BodyState::Done => false,
+            BodyState::Unread => true,
+            BodyState::Streaming(w) => !w.ended(),
+        }
+    }
+}
+
+impl Proxy {
+    /// A proxy reading routes from `table`.
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: &ProxySettings) -> Proxy {
+        Proxy {
+            table,
+            pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
+            outlier: settings.outlier.clone(),
+            access_log: settings.access_log,
+            generate_traceparent: settings.generate_traceparent,
+            edge: settings.edge.clone(),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The request metrics this proxy records into.
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
+    }
+
+    /// Describes a downstream peer, trusted when it is one of the configured
+    /// trusted hops.
+    pub fn peer(&self, addr: SocketAddr) -> Peer {
+        let mut peer = Peer::new(addr);
+        peer.trusted = self.edge.is_trusted(addr.ip());
+        peer
+    }
+
+    /// Handles one downstream request; never fails (errors become responses).
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let mut ctx = self.begin(&mut req);
+        // Loaded here, not in `proxy`, so the context can borrow the matched
+        // route's state for the metrics without another refcount.
+        let table = self.table.load_full();
+        // A span per request: free unless debug logging is on for this target.
+        let span = tracing::debug_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = ctx.request_id.to_str().unwrap_or("-"),
+        );
+        let resp = match self
+            .proxy(&table, req, peer, &mut ctx)
+            .instrument(span)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, "request failed at the gateway");
+                e.to_response().map(Either::Right)
+            }
+        };
+        self.finish(resp, &ctx)
+    }
+
+    /// Before the phases: request id, trace id, what the log will need.
+    fn begin(&self, req: &mut Request<Incoming>) -> RequestCtx<'static> {
+        use http_body::Body as _;
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) => v.clone(),
+            None => new_request_id(),
+        };
+        // The trace id is looked at only when generating or logging it.
+        let trace_id = if self.generate_traceparent {
+            Some(trace::ensure_traceparent(req.headers_mut()))
+        } else if self.access_log {
+            trace::trace_id(req.headers())
+        } else {
+            None
+        };
+        RequestCtx {
+            started: Instant::now(),
+            version: if req.version() == Version::HTTP_2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            },
+            request_id,
+            trace_id,
+            logged: self
+                .access_log
+                .then(|| (req.method().clone(), req.uri().clone())),
+            entry: None,
+            upstream: None,
+            answered_at: None,
+            body: if req.body().is_end_stream() {
+                BodyState::Done
+            } else {
+                BodyState::Unread
+            },
+        }
+    }
+
+    /// Phases 1 to 5.
+    async fn proxy<'t>(
+        &self,
+        table: &'t RouteTable,
+        req: Request<Incoming>,
+        peer: &Peer,
+        ctx: &mut RequestCtx<'t>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let front = edge::check(&req, &self.edge)?;
+        let matched = table.lookup(&front.view(&req)).ok_or(ProxyError::NoRoute)?;
+        ctx.entry = Some(matched.entry);
+        let out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
+        let route = &matched.entry.route;
+        let (resp, upgrade) = self.send(matched.entry, out, peer, ctx).await?;
+        Ok(self.respond(resp, upgrade, route.read_timeout))
+    }
+
+    /// Phase 5: the response on its way back.
+    fn respond(
+        &self,
+        mut resp: Response<UpstreamResponseBody>,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        read_timeout: Duration,
+    ) -> Response<ProxyBody> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(downstream) = downstream_upgrade {
+                // Checked when the head arrived: a 101 only comes this far
+                // when the client asked for it.
+                let upstream = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(downstream, upstream));
+                let headers = resp.headers_mut();
+                let proto = headers.get(header::UPGRADE).cloned();
+                strip_hop_by_hop(headers);
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(proto) = proto {
+                    headers.insert(header::UPGRADE, proto);
+                }
+                return resp.map(|b| Either::Left(TimedBody::new(b, read_timeout)));
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        resp.map(|b| Either::Left(TimedBody::new(b, read_timeout)))
+    }
+
+    /// Phase 6: the headers every response carries, metrics, access log.
+    fn finish(&self, mut resp: Response<ProxyBody>, ctx: &RequestCtx<'_>) -> Response<ProxyBody> {
+        *resp.version_mut() = ctx.version;
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        if ctx.version != Version::HTTP_2 && ctx.body.unfinished() {
+            // The client's body was not read to its end, so this connection
+            // is not at a request boundary and hyper will close it: say so,
+            // or a keep-alive client loses its next request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let elapsed = ctx
+            .answered_at
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(ctx.started);
+        match ctx.entry {
+            Some(entry) => entry.state.metrics.record(resp.status(), elapsed),
+            None => self.metrics.no_route().record(resp.status(), elapsed),
+        }
+        if let Some((method, uri)) = &ctx.logged {
+            tracing::info!(
+                target: "portico::access",
+                method = %method,
+                path = %uri.path(),
+                status = resp.status().as_u16(),
+                route = ctx.entry.map_or("-", |e| &*e.route.name),
+                upstream = ctx.upstream.as_deref().unwrap_or("-"),
+                duration_us = elapsed.as_micros() as u64,
+                request_id = ctx.request_id.to_str().unwrap_or("-"),
+                trace_id = ctx
+                    .trace_id
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .unwrap_or("-"),
+            );
+        }
+        resp
+    }
+}
+
+/// Copies bytes both ways between an upgraded downstream and upstream.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+}

@@ -1,0 +1,407 @@
+//! Phase 3, the upstream request filter: the request as the upstream will
+//! receive it. Hop-by-hop headers go, forwarding headers are set (replaced,
+//! unless the peer is a trusted hop, then appended to), the path is the
+//! normalised one (with the route's prefix stripped when it says so), and
+//! the body gets its size limit and read timeout.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
+use http::{Request, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use portico_registry::model::Scheme;
+use portico_registry::route::BodyLimit;
+
+use super::edge::{EdgePolicy, Front, UnderscorePolicy};
+use super::{BodyState, Peer, RequestCtx, X_REQUEST_ID};
+use crate::balance::Endpoint;
+use crate::body::ClientBody;
+use crate::error::ProxyError;
+use crate::pool::UpstreamBody;
+use crate::router::Matched;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// A request ready to be pointed at an endpoint.
+pub(super) struct Outgoing {
+    /// Method, headers and body (URI and version are set per endpoint).
+    pub req: Request<UpstreamBody>,
+    /// What the upstream receives as path and query.
+    pub path_and_query: PathAndQuery,
+    /// The host routed on, sent as `Host` or `:authority`.
+    pub host: Option<HeaderValue>,
+    /// The client's side of an upgrade it asked for.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Phase 3: builds the upstream request from the client's.
+pub(super) fn prepare(
+    mut req: Request<Incoming>,
+    front: &Front,
+    matched: &Matched<'_>,
+    peer: &Peer,
+    edge: &EdgePolicy,
+    ctx: &mut RequestCtx<'_>,
+) -> Result<Outgoing, ProxyError> {
+    use http_body::Body as _;
+    let route = &matched.entry.route;
+    let limit = match route.max_request_body {
+        BodyLimit::Default => edge.max_body,
+        BodyLimit::Bytes(n) => Some(n),
+        BodyLimit::Unlimited => None,
+    };
+    if let Some(limit) = limit {
+        // A declared length over the limit: refused before reading a byte.
+        if req.body().size_hint().lower() > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+    }
+    let strip = route.strip_prefix.then_some(matched.prefix_len);
+    let path_and_query = upstream_path(req.uri(), front.path(&req), strip)?;
+    let host = front.host.as_ref().map(|h| h.value.clone());
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    prepare_headers(
+        req.headers_mut(),
+        upgrade.is_some(),
+        edge.underscores,
+        peer,
+        host.as_ref(),
+    );
+    req.headers_mut()
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let (parts, body) = req.into_parts();
+    let body = if body.is_end_stream() {
+        Either::Right(Full::new(Bytes::new()))
+    } else {
+        let (body, watch) =
+            ClientBody::new(body, limit.unwrap_or(u64::MAX), edge.body_read_timeout);
+        ctx.body = BodyState::Streaming(watch);
+        Either::Left(body)
+    };
+    Ok(Outgoing {
+        req: Request::from_parts(parts, body),
+        path_and_query,
+        host,
+        upgrade,
+    })
+}
+
+/// The request's headers as the upstream gets them.
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    underscores: UnderscorePolicy,
+    peer: &Peer,
+    host: Option<&HeaderValue>,
+) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Never let a request reach a backend carrying both framings.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let proto = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_headers(headers, underscores == UnderscorePolicy::Drop);
+    if let Some(proto) = proto {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    set_forwarded(headers, peer, host);
+}
+
+/// Sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. From an untrusted peer, whatever the client sent in
+/// them is replaced: an upstream must be able to believe them. From a trusted
+/// hop, its values are kept and this hop is appended.
+fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
+    if peer.trusted {
+        append(headers, &X_FORWARDED_FOR, &peer.ip);
+        append(headers, &header::FORWARDED, &peer.forwarded);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+        if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        return;
+    }
+    headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+    headers.insert(header::FORWARDED, peer.forwarded.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Appends `value` to the list in `name` (all its lines joined by `, `).
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let mut prior = headers.get_all(name).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(name.clone(), value.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for v in prior {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// The path and query the upstream receives: the normalised path, with
+/// `strip` bytes of matched prefix removed, and the query as received.
+fn upstream_path(uri: &Uri, path: &str, strip: Option<usize>) -> Result<PathAndQuery, ProxyError> {
+    if strip.is_none() && path == uri.path() {
+        if let Some(pq) = uri.path_and_query() {
+            return Ok(pq.clone());
+        }
+    }
+    let rest = match strip {
+        Some(n) => path.get(n..).unwrap_or(""),
+        None => path,
+    };
+    let mut out = String::with_capacity(rest.len() + 1 + uri.query().map_or(0, |q| q.len() + 1));
+    if !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    PathAndQuery::from_maybe_shared(out).map_err(|_| ProxyError::BadRequest("path"))
+}
+
+/// An HTTP/1.1 request asking to switch protocols.
+pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"))
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// Points the request at `endpoint`: URI form, version and host depend on
+/// the protocol the endpoint speaks.
+pub(super) fn target(
+    req: &mut Request<UpstreamBody>,
+    endpoint: &Endpoint,
+    path_and_query: &PathAndQuery,
+    host: Option<&HeaderValue>,
+) -> Result<(), ProxyError> {
+    match endpoint.scheme {
+        Scheme::Http => {
+            // HTTP/1.1 upstreams get the origin form and one Host: the one
+            // routed on, or the endpoint's own when the client named none.
+            *req.uri_mut() = Uri::from(path_and_query.clone());
+            *req.version_mut() = Version::HTTP_11;
+            let value = match host {
+                Some(h) => h.clone(),
+                None => HeaderValue::from_str(endpoint.authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("host"))?,
+            };
+            req.headers_mut().insert(header::HOST, value);
+        }
+        Scheme::H2c => {
+            // HTTP/2 carries the host in :authority and no Host header.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(UriScheme::HTTP);
+            parts.authority = Some(
+                host.and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| endpoint.authority.clone()),
+            );
+            parts.path_and_query = Some(path_and_query.clone());
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(header::HOST);
+        }
+        Scheme::Https => {
+            return Err(ProxyError::UnsupportedScheme {
+                endpoint: endpoint.id.to_string(),
+                scheme: "https",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names,
+/// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`.
+///
+/// One pass over the names finds what is there; most messages carry at most
+/// `Connection: keep-alive`, which then costs two removals and no parsing.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_headers(headers, false);
+}
+
+/// [`strip_hop_by_hop`], and with `underscores` every name containing `_`.
+fn strip_headers(headers: &mut HeaderMap, underscores: bool) {
+    let (mut connection, mut keep_alive, mut te, mut trailer, mut encoding, mut upgrade) =
+        (false, false, false, false, false, false);
+    let mut scan = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            te = true;
+        } else if name == header::TRAILER {
+            trailer = true;
+        } else if name == header::TRANSFER_ENCODING {
+            encoding = true;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        } else {
+            let n = name.as_str();
+            if n == "keep-alive" {
+                keep_alive = true;
+            } else if n.starts_with("proxy-") || (underscores && n.contains('_')) {
+                scan = true;
+            }
+        }
+    }
+    if connection {
+        // Tokens other than the usual ones name extra headers to drop.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"upgrade")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
+            }
+        }
+        for name in &named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for (present, name) in [
+        (keep_alive, HeaderName::from_static("keep-alive")),
+        (te, header::TE),
+        (trailer, header::TRAILER),
+        (encoding, header::TRANSFER_ENCODING),
+        (upgrade, header::UPGRADE),
+    ] {
+        if present {
+            headers.remove(name);
+        }
+    }
+    if scan {
+        let gone: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                let n = k.as_str();
+                n.starts_with("proxy-") || (underscores && n.contains('_'))
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            headers.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_tokens_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-whatever", HeaderValue::from_static("1"));
+        h.insert("x_under", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let mut with_underscores = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-keep") && h.contains_key("x_under"));
+        strip_headers(&mut with_underscores, true);
+        assert_eq!(with_underscores.len(), 1, "{with_underscores:?}");
+    }
+
+    fn peer(trusted: bool) -> Peer {
+        let mut p = Peer::new("127.0.0.1:5".parse().unwrap());
+        p.trusted = trusted;
+        p
+    }
+
+    #[test]
+    fn forwarding_headers_are_replaced_unless_the_peer_is_trusted() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let mut trusted = h.clone();
+        let host = HeaderValue::from_static("a.example");
+        set_forwarded(&mut h, &peer(false), Some(&host));
+        assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(h[header::FORWARDED], "for=127.0.0.1;proto=http");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "a.example");
+        set_forwarded(&mut trusted, &peer(true), Some(&host));
+        assert_eq!(trusted[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        assert_eq!(
+            trusted[header::FORWARDED],
+            "for=1.1.1.1, for=127.0.0.1;proto=http"
+        );
+        assert_eq!(trusted[&X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash_and_query() {
+        let uri: Uri = "/echo/a/b?x=1".parse().unwrap();
+        assert_eq!(
+            upstream_path(&uri, "/echo/a/b", Some(5)).unwrap(),
+            "/a/b?x=1"
+        );
+        let uri: Uri = "/echo?x=1".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/echo", Some(5)).unwrap(), "/?x=1");
+        let uri: Uri = "/echo/".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/echo/", Some(6)).unwrap(), "/");
+        let uri: Uri = "/a/../b?q".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/b", None).unwrap(), "/b?q");
+    }
+}
