@@ -234,6 +234,14 @@ fn parse_explain(raw: Option<&str>) -> Result<ExplainQuery, (&'static str, Strin
                     .map_err(|_| ("method", format!("{value:?} is not an HTTP method")))?;
             }
             "host" => {
+                // What a client could send as Host: a URI authority (no
+                // path, no spaces, no userinfo), as the router would see it.
+                let valid = value.is_empty()
+                    || http::uri::Authority::try_from(value.as_str())
+                        .is_ok_and(|a| !a.as_str().contains('@'));
+                if !valid {
+                    return Err(("host", format!("{value:?} is not a valid host[:port]")));
+                }
                 let host = value.trim_end_matches('.').to_ascii_lowercase();
                 let host = match host.rsplit_once(':') {
                     Some((h, port))
@@ -248,6 +256,14 @@ fn parse_explain(raw: Option<&str>) -> Result<ExplainQuery, (&'static str, Strin
             "path" => {
                 if !value.starts_with('/') {
                     return Err(("path", format!("{value:?} must start with '/'")));
+                }
+                // Only what can stand in a request line: `/a b` (from
+                // `path=/a%20b`) cannot, its encoded form `/a%20b` can.
+                if http::uri::PathAndQuery::try_from(value.as_str()).is_err() {
+                    return Err((
+                        "path",
+                        format!("{value:?} is not a valid request path (percent-encode it)"),
+                    ));
                 }
                 match value.split_once('?') {
                     Some((p, query)) => {
@@ -416,30 +432,24 @@ fn explain(table: &RouteTable, raw: Option<&str>) -> Result<Value, (&'static str
         .iter()
         .filter(|e| route.breaker.is_some() && e.health.breaker.is_open(now))
         .count();
-    // One turn of the balancer, as a request would take (skipping open
-    // breakers, as the proxy does), without admitting through a breaker.
+    // What the balancer would pick for the next request (skipping open
+    // breakers, as the proxy does), without taking its turn or admitting
+    // through a breaker.
     let avoid: Vec<usize> = (0..all.len())
         .filter(|&i| route.breaker.is_some() && all[i].health.breaker.is_open(now))
         .collect();
     let hash = match &route.lb {
         Balance::ConsistentHash(on) => {
-            let mut r = Request::builder()
-                .uri(q.path.as_str())
-                .body(())
-                .expect("a path is a valid URI");
-            *r.headers_mut() = q.headers.clone();
-            crate::proxy::hash_key(
-                &r,
-                on,
-                &crate::proxy::Peer::new(std::net::SocketAddr::new(q.client_ip, 0)),
-            )
+            let ip = q.client_ip.to_string();
+            crate::balance::hash_key(on, &q.path, &q.headers, ip.as_bytes())
         }
         _ => None,
     };
+    // A peek: explaining must not take a live request's turn.
     let pick = if avoid.len() == all.len() {
         None
     } else {
-        entry.endpoints.pick_with(&route.lb, hash, &avoid)
+        entry.endpoints.peek_with(&route.lb, hash, &avoid)
     };
     let target = match &route.target {
         Target::Service(s) => json!({"service": s}),

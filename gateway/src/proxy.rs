@@ -24,7 +24,7 @@ use portico_registry::model::Scheme;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::balance::{Endpoint, EndpointSet, stable_hash};
+use crate::balance::{Endpoint, EndpointSet};
 use crate::breaker::Admission;
 use crate::config::Route;
 use crate::config::{Balance, HashOn};
@@ -535,22 +535,7 @@ impl Proxy {
 
 /// The `consistent_hash` key of a request, if it carries one.
 pub(crate) fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
-    let bytes: &[u8] = match on {
-        HashOn::Header(name) => req.headers().get(name)?.as_bytes(),
-        HashOn::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let rest = pair.strip_prefix(name.as_bytes())?;
-                rest.strip_prefix(b"=")
-            })?,
-        HashOn::ClientIp => peer.ip.as_bytes(),
-        HashOn::Path => req.uri().path().as_bytes(),
-    };
-    Some(stable_hash(bytes))
+    crate::balance::hash_key(on, req.uri().path(), req.headers(), peer.ip.as_bytes())
 }
 
 /// Picks for a route with a breaker or slow start: skips endpoints whose
