@@ -334,3 +334,54 @@ async fn over_max_pending_requests_waiting_for_a_connection_get_503() {
     }
     drop(fillers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_health_check_puts_the_endpoint_it_failed_back_in_rotation() {
+    let flaky = FaultyBackend::start("flaky").await;
+    let steady = FaultyBackend::start("steady").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let route = format!(
+        "[[route]]\nname = \"svc\"\nupstreams = [\"{}\", \"{}\"]\n",
+        flaky.addr, steady.addr
+    );
+    let check = "[route.health_check]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"40ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n";
+    std::fs::write(&path, format!("{route}{check}")).unwrap();
+    let mut opts = options(&[&flaky, &steady], OutlierPolicy::default());
+    opts.config = Config::load(&path).unwrap();
+    opts.config_path = Some(path.clone());
+    opts.config_poll = Some(Duration::from_millis(20));
+    let gw = TestGateway::start(opts).await;
+    let url = format!("{}/x", gw.url);
+
+    flaky.set_failing(true);
+    eventually("the failing endpoint to be checked down", || async {
+        is_checked_down(&gw, flaky.addr)
+    })
+    .await;
+
+    // The check goes away with a route-file reload; nothing checks the
+    // endpoint any more, so nothing may keep it out.
+    std::fs::write(&path, &route).unwrap();
+    eventually("the route file without the check to apply", || async {
+        gw.table.load().entries()[0].route.health_check.is_none()
+    })
+    .await;
+    // Only now does the backend recover, so no checker could have seen it.
+    flaky.set_failing(false);
+    eventually("the endpoint to be back in rotation", || async {
+        !is_checked_down(&gw, flaky.addr)
+    })
+    .await;
+    let mut seen_flaky = false;
+    for _ in 0..10 {
+        let r = get(&url).await;
+        assert_eq!(r.status, StatusCode::OK);
+        seen_flaky |= r.headers["x-backend"] == "flaky";
+    }
+    assert!(seen_flaky, "the endpoint got no traffic");
+    let endpoints = get(&format!("{}/endpoints", gw.admin_url)).await.json();
+    for e in endpoints["routes"][0]["endpoints"].as_array().unwrap() {
+        assert_eq!(e["in_rotation"], true, "{e}");
+    }
+}

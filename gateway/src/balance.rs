@@ -694,14 +694,14 @@ mod tests {
         };
         assert_eq!(local(&set), 100);
         // One of two local endpoints out: half are still in, keep local.
-        set.endpoints[0].health.set_checked_down(true);
+        set.endpoints[0].health.add_check_down();
         assert_eq!(local(&set), 100);
         // Both out: spill over to zone b.
-        set.endpoints[1].health.set_checked_down(true);
+        set.endpoints[1].health.add_check_down();
         assert_eq!(local(&set), 0);
         // A retry avoids the local endpoint it tried: it spills rather than repeat.
-        set.endpoints[0].health.set_checked_down(false);
-        set.endpoints[1].health.set_checked_down(false);
+        set.endpoints[0].health.remove_check_down();
+        set.endpoints[1].health.remove_check_down();
         let (i, _) = set.pick_with(&Balance::RoundRobin, None, &[]).unwrap();
         let (j, _) = set.pick_with(&Balance::RoundRobin, None, &[i]).unwrap();
         assert_ne!(i, j);
@@ -710,7 +710,7 @@ mod tests {
     #[test]
     fn a_peek_predicts_the_next_pick_and_moves_nothing() {
         let set = EndpointSet::new(vec![ep("a", 2), ep("b", 1), ep("c", 1)]);
-        set.endpoints[1].health.set_checked_down(true);
+        set.endpoints[1].health.add_check_down();
         for lb in [
             Balance::RoundRobin,
             Balance::ConsistentHash(crate::config::HashOn::Path),
