@@ -177,6 +177,7 @@ fn endpoint_json(route: &Route, e: &Endpoint, now: u64) -> Value {
     }
     if route.breaker.is_some() {
         v["breaker"] = json!(h.breaker.state_name(now));
+        v["breaker_open_for_ms"] = json!(h.breaker.open_for_ms(now));
     }
     v
 }

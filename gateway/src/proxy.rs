@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::balance::{Endpoint, EndpointSet};
-use crate::breaker::Admission;
+use crate::breaker::Ticket;
 use crate::config::Route;
 use crate::config::{Balance, HashOn};
 use crate::error::ProxyError;
@@ -220,10 +220,23 @@ impl Proxy {
 
     /// Feeds an outcome to outlier detection and, when the route has one, to
     /// the endpoint's circuit breaker.
-    fn record(&self, set: &EndpointSet, route: &Route, index: usize, failed: bool) {
+    fn record(
+        &self,
+        set: &EndpointSet,
+        route: &Route,
+        index: usize,
+        ticket: Option<Ticket>,
+        failed: bool,
+    ) {
         set.record(index, failed, &self.outlier);
-        if let (Some(policy), Some(endpoint)) = (&route.breaker, set.endpoints().get(index)) {
-            if endpoint.health.breaker.record(now_ms(), policy, failed) {
+        if let (Some(policy), Some(endpoint), Some(ticket)) =
+            (&route.breaker, set.endpoints().get(index), ticket)
+        {
+            if endpoint
+                .health
+                .breaker
+                .record(now_ms(), policy, ticket, failed)
+            {
                 tracing::warn!(endpoint = %endpoint.id, route = %route.name, "circuit opened");
             }
         }
@@ -316,6 +329,8 @@ impl Proxy {
         // Pick, send; a connect failure (nothing was sent) moves on to
         // another endpoint, whatever the method. The route timeout covers
         // every try up to the response head.
+        // The breaker's admission of the try in flight, handed back with its outcome.
+        let mut ticket = None;
         let attempts = async {
             let mut tried = [usize::MAX; MAX_TRIES];
             let mut n = 0;
@@ -334,11 +349,11 @@ impl Proxy {
                             .flatten()
                     })
                 } else {
-                    pick_admitted(set, route, hash_key, &tried[..n]).ok_or_else(|| {
-                        ProxyError::CircuitOpen {
+                    pick_admitted(set, route, hash_key, &tried[..n], &mut ticket).ok_or_else(
+                        || ProxyError::CircuitOpen {
                             route: route.name.to_string(),
-                        }
-                    })?
+                        },
+                    )?
                 };
                 let Some((index, endpoint)) = picked else {
                     return Err(match n {
@@ -397,7 +412,7 @@ impl Proxy {
                         }
                         state.metrics.observe_upstream(set, index, took);
                         let status = resp.status().as_u16();
-                        self.record(set, route, index, resp.status().is_server_error());
+                        self.record(set, route, index, ticket, resp.status().is_server_error());
                         let retry_status = retry.is_some_and(|p| p.retries_status(status));
                         if !(retry_status && again(|_| true)) {
                             return Ok(resp);
@@ -408,7 +423,7 @@ impl Proxy {
                         error: UpstreamError::Connect(reason),
                         request,
                     })) => {
-                        self.record(set, route, index, true);
+                        self.record(set, route, index, ticket, true);
                         tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
                         connect_failures += 1;
                         last_was_connect = true;
@@ -438,7 +453,7 @@ impl Proxy {
                         error: UpstreamError::Refused(reason),
                         ..
                     })) => {
-                        self.record(set, route, index, true);
+                        self.record(set, route, index, ticket, true);
                         if !again(|p| p.on.refused_stream) {
                             return Err(ProxyError::UpstreamProtocol {
                                 endpoint: endpoint.id.to_string(),
@@ -451,7 +466,7 @@ impl Proxy {
                         error: UpstreamError::Protocol(reason),
                         ..
                     })) => {
-                        self.record(set, route, index, true);
+                        self.record(set, route, index, ticket, true);
                         if !again(|p| p.on.reset) {
                             return Err(ProxyError::UpstreamProtocol {
                                 endpoint: endpoint.id.to_string(),
@@ -461,7 +476,7 @@ impl Proxy {
                         tracing::debug!(endpoint = %endpoint.id, %reason, "retrying after a broken exchange");
                     }
                     None => {
-                        self.record(set, route, index, true);
+                        self.record(set, route, index, ticket, true);
                         if !again(|p| p.on.timeout) {
                             return Err(ProxyError::UpstreamTimeout {
                                 endpoint: endpoint.id.to_string(),
@@ -504,7 +519,7 @@ impl Proxy {
                 // The attempt in flight is abandoned: count it against its endpoint.
                 if let Some(id) = &outcome.upstream {
                     if let Some(i) = set.endpoints().iter().position(|e| &e.id == id) {
-                        self.record(set, route, i, true);
+                        self.record(set, route, i, ticket, true);
                     }
                 }
                 return Err(ProxyError::UpstreamTimeout {
@@ -542,47 +557,51 @@ pub(crate) fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<
 /// circuit is open, and lets a warming endpoint decline its turn by chance
 /// (its share grows over the slow-start window). `Some(None)`: nothing left
 /// to pick (the caller reports why); `None`: every circuit left was open.
+/// `ticket` gets the breaker's admission of the endpoint picked, to hand
+/// back with its outcome.
 fn pick_admitted<'a>(
     set: &'a EndpointSet,
     route: &Route,
     key: Option<u64>,
     tried: &[usize],
+    ticket: &mut Option<Ticket>,
 ) -> Option<Option<(usize, &'a Endpoint)>> {
     let mut skip = [usize::MAX; 32];
     let mut m = tried.len().min(skip.len());
     skip[..m].copy_from_slice(&tried[..m]);
     let now = now_ms();
     let mut any_open = false;
-    // A warming endpoint that declined: used if nothing else will take it.
-    let mut declined = None;
+    // Admits through the endpoint's circuit (always, without a breaker).
+    let mut admit = |e: &Endpoint, ticket: &mut Option<Ticket>| match &route.breaker {
+        None => true,
+        Some(policy) => {
+            *ticket = e.health.breaker.admit(now, policy);
+            any_open |= ticket.is_none();
+            ticket.is_some()
+        }
+    };
+    *ticket = None;
+    // A warming endpoint that declined: used if nothing else will take it
+    // (and its circuit admits it).
+    let mut declined: Option<(usize, &'a Endpoint)> = None;
     loop {
-        let Some((i, e)) = set.pick_with(&route.lb, key, &skip[..m]) else {
+        let picked = (m < skip.len())
+            .then(|| set.pick_with(&route.lb, key, &skip[..m]))
+            .flatten();
+        let Some((i, e)) = picked else {
             return match declined {
-                Some(found) => Some(Some(found)),
-                None if any_open => None,
-                None => Some(None),
+                Some(found) if admit(found.1, ticket) => Some(Some(found)),
+                _ if any_open => None,
+                _ => Some(None),
             };
         };
-        let mut pass = true;
-        if let Some(window) = route.slow_start {
-            if !e.health.warm_enough(now, window) {
-                declined.get_or_insert((i, e));
-                pass = false;
-            }
-        }
-        if pass {
-            if let Some(policy) = &route.breaker {
-                if e.health.breaker.admit(now, policy) == Admission::No {
-                    any_open = true;
-                    pass = false;
-                }
-            }
-        }
-        if pass {
+        let warming = route
+            .slow_start
+            .is_some_and(|window| !e.health.warm_enough(now, window));
+        if warming {
+            declined.get_or_insert((i, e));
+        } else if admit(e, ticket) {
             return Some(Some((i, e)));
-        }
-        if m == skip.len() {
-            return declined.map(Some);
         }
         skip[m] = i;
         m += 1;
