@@ -228,9 +228,13 @@ struct GatewayArgs {
     /// Upstream connect timeout.
     #[arg(long, default_value = "5s", value_parser = duration)]
     connect_timeout: Duration,
-    /// Time in-flight requests get to finish at shutdown.
+    /// Time in-flight requests and open tunnels get to finish at shutdown.
     #[arg(long, default_value = "30s", value_parser = duration)]
     drain_timeout: Duration,
+    /// Close a WebSocket (upgraded) tunnel that carried no bytes either way
+    /// for this long, both sides.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    tunnel_idle_timeout: Duration,
     /// Consecutive failures (connect errors, timeouts, 5xx) that eject an
     /// endpoint; 0 turns outlier detection off.
     #[arg(long, default_value_t = 5)]
@@ -275,6 +279,7 @@ impl GatewayArgs {
             ("--header-read-timeout", self.header_read_timeout),
             ("--idle-timeout", self.idle_timeout),
             ("--connect-timeout", self.connect_timeout),
+            ("--tunnel-idle-timeout", self.tunnel_idle_timeout),
         ] {
             if d.is_zero() {
                 anyhow::bail!("{flag} must be more than 0");
@@ -301,6 +306,7 @@ impl GatewayArgs {
                 access_log: !self.no_access_log,
                 generate_traceparent: self.generate_traceparent,
                 connect_timeout: self.connect_timeout,
+                tunnel_idle_timeout: self.tunnel_idle_timeout,
                 outlier: OutlierPolicy {
                     consecutive_failures: self.outlier_failures,
                     base_ejection: self.outlier_ejection,

@@ -4,7 +4,7 @@
 //! - `GET /healthz`: 200 while the gateway runs.
 //! - `GET /status`: the registry revision the served table reflects, the
 //!   newest revision heard of, whether the watch is connected, rebuild and
-//!   route-file reload counts. Comparing `applied_revision` across gateways
+//!   route-file reload counts, downstream connections and tunnels open. Comparing `applied_revision` across gateways
 //!   shows a lagging one.
 //! - `GET /endpoints`: per route, its policy in brief, the retry budget and
 //!   requests in flight, and per endpoint its weight, zone, in-flight count,
@@ -60,21 +60,28 @@ pub fn spawn(
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let registry = Arc::new(crate::metrics::registry(
             table.clone(),
-            metrics,
+            metrics.clone(),
             status.clone(),
         ));
         while let Ok((stream, _)) = listener.accept().await {
-            let (table, status, builder, registry) = (
+            let (table, status, builder, registry, metrics) = (
                 table.clone(),
                 status.clone(),
                 builder.clone(),
                 registry.clone(),
+                metrics.clone(),
             );
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let (table, status, registry) =
-                        (table.clone(), status.clone(), registry.clone());
-                    async move { Ok::<_, Infallible>(handle(&req, &table, &status, &registry)) }
+                    let (table, status, registry, metrics) = (
+                        table.clone(),
+                        status.clone(),
+                        registry.clone(),
+                        metrics.clone(),
+                    );
+                    async move {
+                        Ok::<_, Infallible>(handle(&req, &table, &status, &registry, &metrics))
+                    }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -87,11 +94,15 @@ fn handle(
     table: &ArcSwap<RouteTable>,
     discovery: &DiscoveryStatus,
     registry: &Registry,
+    metrics: &GatewayMetrics,
 ) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/endpoints") => (StatusCode::OK, endpoints(&table.load())),
-        (&Method::GET, "/status") => (StatusCode::OK, status_json(&table.load(), discovery)),
+        (&Method::GET, "/status") => (
+            StatusCode::OK,
+            status_json(&table.load(), discovery, metrics),
+        ),
         (&Method::GET, "/explain") => match explain(&table.load(), req.uri().query()) {
             Ok(v) => (StatusCode::OK, v),
             Err((field, reason)) => (
@@ -125,8 +136,10 @@ fn lb_name(lb: &Balance) -> &'static str {
     lb.name()
 }
 
-fn status_json(table: &RouteTable, s: &DiscoveryStatus) -> Value {
+fn status_json(table: &RouteTable, s: &DiscoveryStatus, metrics: &GatewayMetrics) -> Value {
     json!({
+        "downstream_connections": metrics.connections(),
+        "tunnels_open": metrics.tunnels().open(),
         "applied_revision": s.applied_revision.load(Ordering::Relaxed),
         "table_revision": table.revision,
         "seen_revision": s.seen_revision.load(Ordering::Relaxed),

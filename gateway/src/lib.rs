@@ -16,6 +16,10 @@
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
+//! - [`idle`]: "no bytes either way for the idle timeout", for connections
+//!   and tunnels.
+//! - [`tunnel`]: upgraded connections (WebSocket): counted, closed when
+//!   idle, drained at shutdown.
 //! - [`trace`]: W3C `traceparent` checks and, when asked, generation.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
 //! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
@@ -39,6 +43,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod idle;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -47,6 +52,7 @@ pub mod retry;
 pub mod router;
 pub mod server;
 pub mod trace;
+pub mod tunnel;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -34,6 +34,7 @@ use crate::balance::{Endpoint, EndpointSet};
 use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
 use crate::router::{RouteEntry, RouteTable};
+use crate::tunnel::{Closed, TunnelStats};
 
 /// `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4, which
 /// every scraper reads.
@@ -235,6 +236,8 @@ pub struct GatewayMetrics {
     no_route: RouteMetrics,
     /// Downstream connections open now.
     connections: AtomicI64,
+    /// Upgraded connections (tunnels), counted by [`crate::tunnel::Tunnels`].
+    tunnels: Arc<TunnelStats>,
 }
 
 impl GatewayMetrics {
@@ -252,6 +255,11 @@ impl GatewayMetrics {
     /// Downstream connections open now.
     pub fn connections(&self) -> i64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The tunnel counters, for the gateway's [`crate::tunnel::Tunnels`].
+    pub fn tunnels(&self) -> &Arc<TunnelStats> {
+        &self.tunnels
     }
 }
 
@@ -458,6 +466,25 @@ impl Collector for GatewayCollector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&self.metrics.connections())?;
+        let tunnels = &self.metrics.tunnels;
+        encoder
+            .encode_descriptor(
+                "portico_gateway_tunnels_open",
+                "Upgraded connections (WebSocket tunnels) open now.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(tunnels.open() as i64))?;
+        let mut e = encoder.encode_descriptor(
+            "portico_gateway_tunnels_closed",
+            "Tunnels closed, by why: ended (a side closed), idle (no bytes for the tunnel idle timeout), shutdown (open when the drain ran out).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (why, label) in Closed::ALL {
+            e.encode_family(&[("reason", label)])?
+                .encode_counter::<NoLabelSet, _, u64>(&tunnels.closed(why), None)?;
+        }
 
         encoder
             .encode_descriptor(

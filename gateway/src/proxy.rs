@@ -5,7 +5,7 @@
 //! upstream request body as is, and the upstream response body is handed back
 //! the same way, so memory per request stays flat whatever the body size.
 //! HTTP/1.1 upgrades (WebSocket and others) become a byte tunnel once the
-//! upstream answers `101`.
+//! upstream answers `101` (see [`crate::tunnel`]).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -19,7 +19,6 @@ use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use portico_registry::model::Scheme;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -35,6 +34,7 @@ use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody, SendError, UpstreamBody, UpstreamError};
 use crate::router::{RequestView, RouteEntry, RouteTable};
 use crate::trace;
+use crate::tunnel::Tunnels;
 
 /// Body of every response the gateway sends: an upstream's streamed body, or
 /// a small body the gateway made itself.
@@ -65,6 +65,8 @@ pub struct ProxySettings {
     /// upstream and the access log share a trace id. Off: the header is
     /// passed through (or not) exactly as received.
     pub generate_traceparent: bool,
+    /// Close a tunnel (WebSocket) that carried no bytes for this long.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -75,6 +77,7 @@ impl Default for ProxySettings {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             outlier: OutlierPolicy::default(),
             generate_traceparent: false,
+            tunnel_idle_timeout: crate::tunnel::DEFAULT_TUNNEL_IDLE_TIMEOUT,
         }
     }
 }
@@ -88,6 +91,7 @@ pub struct Proxy {
     access_log: bool,
     generate_traceparent: bool,
     metrics: Arc<GatewayMetrics>,
+    tunnels: Arc<Tunnels>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -122,14 +126,22 @@ struct Outcome<'t> {
 impl Proxy {
     /// A proxy reading routes from `table`.
     pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: &ProxySettings) -> Proxy {
+        let metrics = Arc::<GatewayMetrics>::default();
+        let tunnels = Tunnels::new(settings.tunnel_idle_timeout, metrics.tunnels().clone());
         Proxy {
             table,
             pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
             outlier: settings.outlier.clone(),
             access_log: settings.access_log,
             generate_traceparent: settings.generate_traceparent,
-            metrics: Arc::default(),
+            metrics,
+            tunnels,
         }
+    }
+
+    /// The tunnels (upgraded connections) this proxy opened.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// The request metrics this proxy records into.
@@ -532,7 +544,7 @@ impl Proxy {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(downstream) = downstream_upgrade.take() {
                 let upstream = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(downstream, upstream));
+                self.tunnels.spawn(downstream, upstream);
                 let headers = resp.headers_mut();
                 let proto = headers.get(header::UPGRADE).cloned();
                 strip_hop_by_hop(headers);
@@ -707,22 +719,6 @@ fn target(
         }
     }
     Ok(())
-}
-
-/// Copies bytes both ways between an upgraded downstream and upstream.
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (down, up) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
-    }
 }
 
 /// An HTTP/1.1 request asking to switch protocols.
