@@ -63,7 +63,20 @@ pub fn spawn(
             metrics.clone(),
             status.clone(),
         ));
-        while let Ok((stream, _)) = listener.accept().await {
+        // Out of descriptors, accepting fails: back off and keep serving,
+        // rather than end the admin listener.
+        let mut errors = crate::caps::AcceptErrors::new("admin", None);
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    errors.succeeded();
+                    stream
+                }
+                Err(e) => {
+                    tokio::time::sleep(errors.failed(&e)).await;
+                    continue;
+                }
+            };
             let (table, status, builder, registry, metrics) = (
                 table.clone(),
                 status.clone(),

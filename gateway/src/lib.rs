@@ -16,6 +16,8 @@
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
+//! - [`caps`]: downstream connection caps (gateway-wide, per client IP)
+//!   and the backoff on accept errors at the descriptor limit.
 //! - [`idle`]: "no bytes either way for the idle timeout", for connections
 //!   and tunnels.
 //! - [`tunnel`]: upgraded connections (WebSocket): counted, closed when
@@ -38,6 +40,7 @@
 pub mod admin;
 pub mod balance;
 pub mod breaker;
+pub mod caps;
 pub mod check;
 pub mod config;
 pub mod discovery;

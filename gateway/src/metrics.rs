@@ -31,6 +31,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::balance::{Endpoint, EndpointSet};
+use crate::caps::{CapStats, Refusal};
 use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
 use crate::router::{RouteEntry, RouteTable};
@@ -238,6 +239,8 @@ pub struct GatewayMetrics {
     connections: AtomicI64,
     /// Upgraded connections (tunnels), counted by [`crate::tunnel::Tunnels`].
     tunnels: Arc<TunnelStats>,
+    /// Refused connections and accept errors, counted by the listener.
+    caps: Arc<CapStats>,
 }
 
 impl GatewayMetrics {
@@ -255,6 +258,11 @@ impl GatewayMetrics {
     /// Downstream connections open now.
     pub fn connections(&self) -> i64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The connection-cap counters, for the listener.
+    pub fn caps(&self) -> &Arc<CapStats> {
+        &self.caps
     }
 
     /// The tunnel counters, for the gateway's [`crate::tunnel::Tunnels`].
@@ -466,6 +474,33 @@ impl Collector for GatewayCollector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&self.metrics.connections())?;
+        let caps = &self.metrics.caps;
+        encoder
+            .encode_descriptor(
+                "portico_downstream_connections_max",
+                "The gateway-wide cap on client connections (--max-connections, or derived from the descriptor limit).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(caps.max() as i64))?;
+        let mut e = encoder.encode_descriptor(
+            "portico_downstream_connections_refused",
+            "Client connections refused at accept, by cap: gateway_limit (503) or client_ip_limit (429).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (why, label) in Refusal::ALL {
+            e.encode_family(&[("reason", label)])?
+                .encode_counter::<NoLabelSet, _, u64>(&caps.refused(why), None)?;
+        }
+        encoder
+            .encode_descriptor(
+                "portico_accept_errors",
+                "Failed accepts on the public listener (out of file descriptors and the like), each followed by a pause.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&caps.accept_errors(), None)?;
         let tunnels = &self.metrics.tunnels;
         encoder
             .encode_descriptor(

@@ -12,6 +12,8 @@
 //! - idle timeout: no bytes in either direction for this long closes the
 //!   connection gracefully (in-flight requests still finish); see
 //!   [`crate::idle`]: the hot path pays one relaxed store per read or write.
+//! - connection caps, gateway-wide and per client IP, and the backoff on
+//!   accept errors: see [`crate::caps`].
 //! - drain: at shutdown, connections and tunnels ([`crate::tunnel`]) get
 //!   the drain timeout to finish; tunnels still open then are closed.
 
@@ -28,6 +30,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
 use crate::idle::{ActivityIo, IdleClock};
 use crate::proxy::{Peer, Proxy};
 
@@ -53,6 +56,13 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Most client connections open at once (tunnels included); past it a
+    /// new one is answered `503 too_many_connections` and closed. `None`:
+    /// derived from `RLIMIT_NOFILE` ([`crate::caps::derived_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Most client connections from one IP address; past it `429
+    /// too_many_client_connections`. `None`: no per-IP cap.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for ServerSettings {
@@ -63,6 +73,8 @@ impl Default for ServerSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_concurrent_streams: 256,
+            max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -91,6 +103,17 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
 
+    let max = settings
+        .max_connections
+        .unwrap_or_else(crate::caps::derived_max_connections);
+    let stats = proxy.metrics().caps().clone();
+    let caps = ConnectionCaps::new(max, settings.max_connections_per_ip, stats.clone());
+    tracing::info!(
+        max_connections = max,
+        max_connections_per_ip = settings.max_connections_per_ip,
+        "connection caps"
+    );
+    let mut errors = AcceptErrors::new("gateway", Some(stats));
     let (closing_tx, closing_rx) = watch::channel(false);
     // Every connection task holds a clone; when all are dropped, draining is done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -100,17 +123,28 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: log, back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // Out of file descriptors and the like: back off, keep serving.
+                    let wait = errors.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
         };
+        errors.succeeded();
+        let permit = match caps.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                caps.refuse(stream, why);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             stream,
+            permit,
             peer,
             proxy.clone(),
             builder.clone(),
@@ -155,6 +189,7 @@ async fn drain(alive: &mut mpsc::Receiver<()>, proxy: &Proxy, timeout: Duration)
 
 async fn serve_connection(
     stream: TcpStream,
+    permit: Permit,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -162,10 +197,12 @@ async fn serve_connection(
     mut closing: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
-    // Counted open for as long as this task runs.
-    let _open = proxy.metrics().open_connection();
+    // Counted open, and holding its place under the caps, for as long as
+    // the socket is open: the guards live in the I/O, which an upgrade
+    // hands on to a tunnel.
+    let guards = (proxy.metrics().open_connection(), permit);
     let active = Arc::new(AtomicBool::new(true));
-    let io = TokioIo::new(ActivityIo::new(stream, active.clone()));
+    let io = TokioIo::new(ActivityIo::with_guard(stream, active.clone(), guards));
     let downstream = Arc::new(Peer::new(peer));
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
