@@ -69,13 +69,10 @@ async fn echo_once(ws: &mut Ws, text: &str) {
 
 /// Waits for the client side of a tunnel to be closed by the gateway.
 async fn closed_by_gateway(ws: &mut Ws) {
-    loop {
-        match tokio::time::timeout(DEADLINE, ws.next()).await {
-            Err(_) => panic!("the tunnel is still open after {DEADLINE:?}"),
-            Ok(None | Some(Err(_))) => return,
-            Ok(Some(Ok(Message::Close(_)))) => return,
-            Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
-        }
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Err(_) => panic!("the tunnel is still open after {DEADLINE:?}"),
+        Ok(None | Some(Err(_) | Ok(Message::Close(_)))) => {}
+        Ok(Some(Ok(other))) => panic!("unexpected message {other:?}"),
     }
 }
 

@@ -45,8 +45,11 @@ pub use portico_registry::route::HealthCheck;
 /// vote it casts.
 #[derive(Debug, Default)]
 pub struct Checkers {
-    running: HashMap<(String, Arc<HealthCheck>), (JoinHandle<()>, Arc<Vote>)>,
+    running: HashMap<CheckKey, (JoinHandle<()>, Arc<Vote>)>,
 }
+
+/// A checker's identity: the endpoint's `host:port` and the check.
+type CheckKey = (String, Arc<HealthCheck>);
 
 /// One check's verdict on one endpoint, counted in the endpoint's health
 /// while it says "down". Withdrawn for good when its checker stops: a task

@@ -149,8 +149,10 @@ pub async fn serve(
             proxy.clone(),
             builder.clone(),
             settings.idle_timeout,
-            closing_rx.clone(),
-            alive_tx.clone(),
+            Draining {
+                closing: closing_rx.clone(),
+                _alive: alive_tx.clone(),
+            },
         ));
     }
     drop(listener);
@@ -187,6 +189,13 @@ async fn drain(alive: &mut mpsc::Receiver<()>, proxy: &Proxy, timeout: Duration)
     }
 }
 
+/// A connection task's part in the drain: told when to close, and counted
+/// alive (the sender) for as long as the task runs.
+struct Draining {
+    closing: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+}
+
 async fn serve_connection(
     stream: TcpStream,
     permit: Permit,
@@ -194,8 +203,7 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
-    mut closing: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
+    mut draining: Draining,
 ) {
     // Counted open, and holding its place under the caps, for as long as
     // the socket is open: the guards live in the I/O, which an upgrade
@@ -227,7 +235,7 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = closing.changed(), if !shutting_down => {
+            _ = draining.closing.changed(), if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
