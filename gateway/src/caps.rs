@@ -223,8 +223,8 @@ impl ConnectionCaps {
             open: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
             lingering: AtomicUsize::new(0),
-            // A share of the reserve the derived cap keeps back.
-            max_lingering: (max / 16).clamp(1, 1024),
+            // Within the reserve the derived cap keeps back.
+            max_lingering: (max / 16).clamp(16, 1024),
             stats,
         })
     }
@@ -260,7 +260,14 @@ impl ConnectionCaps {
         let lingering = self.lingering.fetch_add(1, Ordering::AcqRel) < self.max_lingering;
         if !lingering {
             self.lingering.fetch_sub(1, Ordering::AcqRel);
-            // Too many refusals in progress: best effort, no descriptor held.
+            // Too many refusals in progress: best effort, no descriptor
+            // held. Reading what has arrived first makes a reset less likely.
+            let mut buf = [0u8; 4096];
+            for _ in 0..LINGER_BYTES / buf.len() {
+                if !matches!(stream.try_read(&mut buf), Ok(n) if n > 0) {
+                    break;
+                }
+            }
             let _ = stream.try_write(why.answer());
             return;
         }
