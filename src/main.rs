@@ -228,9 +228,23 @@ struct GatewayArgs {
     /// Upstream connect timeout.
     #[arg(long, default_value = "5s", value_parser = duration)]
     connect_timeout: Duration,
-    /// Time in-flight requests get to finish at shutdown.
+    /// Time in-flight requests and open tunnels get to finish at shutdown.
     #[arg(long, default_value = "30s", value_parser = duration)]
     drain_timeout: Duration,
+    /// Most client connections open at once (tunnels included); past it a
+    /// new connection is answered 503 too_many_connections and closed.
+    /// Default: derived from the file-descriptor limit (two per proxied
+    /// connection, after a reserve of a tenth of the limit, at least 32).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most client connections from one IP address; past it 429
+    /// too_many_client_connections. Default: no per-IP cap.
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// Close a WebSocket (upgraded) tunnel that carried no bytes either way
+    /// for this long, both sides.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    tunnel_idle_timeout: Duration,
     /// Consecutive failures (connect errors, timeouts, 5xx) that eject an
     /// endpoint; 0 turns outlier detection off.
     #[arg(long, default_value_t = 5)]
@@ -275,9 +289,18 @@ impl GatewayArgs {
             ("--header-read-timeout", self.header_read_timeout),
             ("--idle-timeout", self.idle_timeout),
             ("--connect-timeout", self.connect_timeout),
+            ("--tunnel-idle-timeout", self.tunnel_idle_timeout),
         ] {
             if d.is_zero() {
                 anyhow::bail!("{flag} must be more than 0");
+            }
+        }
+        for (flag, n) in [
+            ("--max-connections", self.max_connections),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
+        ] {
+            if n == Some(0) {
+                anyhow::bail!("{flag} must be at least 1");
             }
         }
         Ok(GatewayOptions {
@@ -295,12 +318,15 @@ impl GatewayArgs {
                 max_header_size: self.max_header_size,
                 idle_timeout: self.idle_timeout,
                 drain_timeout: self.drain_timeout,
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
                 ..ServerSettings::default()
             },
             proxy: ProxySettings {
                 access_log: !self.no_access_log,
                 generate_traceparent: self.generate_traceparent,
                 connect_timeout: self.connect_timeout,
+                tunnel_idle_timeout: self.tunnel_idle_timeout,
                 outlier: OutlierPolicy {
                     consecutive_failures: self.outlier_failures,
                     base_ejection: self.outlier_ejection,
@@ -357,6 +383,10 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Before any socket: the default connection cap is derived from it.
+    if let Some((soft, hard)) = portico_gateway::caps::raise_fd_limit() {
+        tracing::debug!(?soft, ?hard, "file-descriptor limit");
+    }
     // One thread: the current-thread scheduler, which skips the work-stealing
     // machinery a single worker cannot use.
     let mut runtime = match cli.threads {

@@ -334,3 +334,227 @@ async fn over_max_pending_requests_waiting_for_a_connection_get_503() {
     }
     drop(fillers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_health_check_puts_the_endpoint_it_failed_back_in_rotation() {
+    let flaky = FaultyBackend::start("flaky").await;
+    let steady = FaultyBackend::start("steady").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let route = format!(
+        "[[route]]\nname = \"svc\"\nupstreams = [\"{}\", \"{}\"]\n",
+        flaky.addr, steady.addr
+    );
+    let check = "[route.health_check]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"40ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n";
+    std::fs::write(&path, format!("{route}{check}")).unwrap();
+    let mut opts = options(&[&flaky, &steady], OutlierPolicy::default());
+    opts.config = Config::load(&path).unwrap();
+    opts.config_path = Some(path.clone());
+    opts.config_poll = Some(Duration::from_millis(20));
+    let gw = TestGateway::start(opts).await;
+    let url = format!("{}/x", gw.url);
+
+    flaky.set_failing(true);
+    eventually("the failing endpoint to be checked down", || async {
+        is_checked_down(&gw, flaky.addr)
+    })
+    .await;
+
+    // The check goes away with a route-file reload; nothing checks the
+    // endpoint any more, so nothing may keep it out.
+    std::fs::write(&path, &route).unwrap();
+    eventually("the route file without the check to apply", || async {
+        gw.table.load().entries()[0].route.health_check.is_none()
+    })
+    .await;
+    // Only now does the backend recover, so no checker could have seen it.
+    flaky.set_failing(false);
+    eventually("the endpoint to be back in rotation", || async {
+        !is_checked_down(&gw, flaky.addr)
+    })
+    .await;
+    let mut seen_flaky = false;
+    for _ in 0..10 {
+        let r = get(&url).await;
+        assert_eq!(r.status, StatusCode::OK);
+        seen_flaky |= r.headers["x-backend"] == "flaky";
+    }
+    assert!(seen_flaky, "the endpoint got no traffic");
+    let endpoints = get(&format!("{}/endpoints", gw.admin_url)).await.json();
+    for e in endpoints["routes"][0]["endpoints"].as_array().unwrap() {
+        assert_eq!(e["in_rotation"], true, "{e}");
+    }
+}
+
+/// A backend whose `/slow` requests wait until the test releases each one
+/// with the status it should answer; any other path answers 503 while
+/// `failing`, else 200.
+struct GatedBackend {
+    addr: std::net::SocketAddr,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waiting: std::sync::Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<StatusCode>>>>,
+    received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GatedBackend {
+    async fn start() -> GatedBackend {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = GatedBackend {
+            addr: listener.local_addr().unwrap(),
+            failing: Default::default(),
+            waiting: Default::default(),
+            received: Default::default(),
+        };
+        let (failing, waiting, received) = (
+            backend.failing.clone(),
+            backend.waiting.clone(),
+            backend.received.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (failing, waiting, received) =
+                    (failing.clone(), waiting.clone(), received.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        received.fetch_add(1, Ordering::SeqCst);
+                        let gate = (req.uri().path() == "/slow").then(|| {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            waiting.lock().unwrap().push(tx);
+                            rx
+                        });
+                        let failing = failing.load(Ordering::SeqCst);
+                        async move {
+                            let status = match gate {
+                                Some(rx) => rx.await.unwrap_or(StatusCode::OK),
+                                None if failing => StatusCode::SERVICE_UNAVAILABLE,
+                                None => StatusCode::OK,
+                            };
+                            let resp = http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(Bytes::new()))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        backend
+    }
+
+    /// Lets one waiting `/slow` request go with `status`.
+    fn release(&self, status: StatusCode) {
+        let tx = self
+            .waiting
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("a waiting request");
+        tx.send(status).unwrap();
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_admitted_before_the_circuit_opened_do_not_move_it() {
+    use std::sync::atomic::Ordering;
+    let backend = GatedBackend::start().await;
+    // A long open period: nothing but the stragglers could end it in this test.
+    let config = Config::parse(&format!(
+        "[[route]]\nname = \"svc\"\nupstreams = [\"{}\"]\ntimeout = \"60s\"\n[route.breaker]\nconsecutive_failures = 3\nopen_for = \"60s\"\nmax_open = \"600s\"\n",
+        backend.addr
+    ))
+    .unwrap();
+    let gw = TestGateway::start(GatewayOptions {
+        config,
+        proxy: ProxySettings {
+            access_log: false,
+            outlier: OutlierPolicy {
+                consecutive_failures: 0,
+                ..OutlierPolicy::default()
+            },
+            ..ProxySettings::default()
+        },
+        ..GatewayOptions::default()
+    })
+    .await;
+    let slow_url = format!("{}/slow", gw.url);
+
+    // Four slow requests are admitted while the circuit is closed.
+    let stragglers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = slow_url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    eventually("four slow requests to reach the backend", || async {
+        backend.waiting() == 4
+    })
+    .await;
+
+    // Three quick failures open it.
+    backend.failing.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let r = get(&format!("{}/x", gw.url)).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!r.headers.contains_key("x-portico-error"));
+    }
+    let r = get(&format!("{}/x", gw.url)).await;
+    assert_eq!(r.headers["x-portico-error"], "circuit_open");
+    let open_for = || async {
+        let e = get(&format!("{}/endpoints", gw.admin_url)).await.json();
+        let ep = e["routes"][0]["endpoints"][0].clone();
+        (
+            ep["breaker"].as_str().unwrap().to_string(),
+            ep["breaker_open_for_ms"].as_u64().unwrap(),
+        )
+    };
+    let (state, first) = open_for().await;
+    assert_eq!(state, "open");
+    assert!(first <= 72_000, "first opening is 60 s +-20%: {first} ms");
+
+    // Two stragglers fail late: no reopening, no doubled period.
+    for _ in 0..2 {
+        backend.release(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    eventually("the two failed stragglers to be answered", || async {
+        stragglers.iter().filter(|s| s.is_finished()).count() == 2
+    })
+    .await;
+    let (state, after_failures) = open_for().await;
+    assert_eq!(state, "open");
+    assert!(
+        after_failures <= first,
+        "a late failure reopened it for longer: {first} ms, then {after_failures} ms"
+    );
+    // Two succeed late: the circuit stays open.
+    for _ in 0..2 {
+        backend.release(StatusCode::OK);
+    }
+    let mut statuses: Vec<u16> = Vec::new();
+    for s in stragglers {
+        statuses.push(s.await.unwrap().status.as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503, 503]);
+    let (state, after) = open_for().await;
+    assert_eq!(
+        state, "open",
+        "a request admitted before the opening closed it"
+    );
+    assert!(
+        after <= first,
+        "a late failure reopened it for longer: {first} ms, then {after} ms"
+    );
+    let before = backend.received.load(Ordering::SeqCst);
+    let r = get(&format!("{}/x", gw.url)).await;
+    assert_eq!(r.headers["x-portico-error"], "circuit_open");
+    assert_eq!(backend.received.load(Ordering::SeqCst), before);
+}

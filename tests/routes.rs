@@ -755,3 +755,229 @@ async fn explain_says_why_for_matched_unmatched_and_all_down() {
     let r = get(&format!("{}/explain?colour=red", gw.admin_url)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+/// `GET {admin}/explain?{query}` with the query sent exactly as given.
+async fn explain_raw(gw: &TestGateway, query: &str) -> Reply {
+    send(
+        &http(),
+        Method::GET,
+        &format!("{}/explain?{query}", gw.admin_url),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("/explain?{query}: {e}"))
+}
+
+/// Every byte but unreserved ones percent-encoded, for a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_never_panics_and_refuses_bad_input_by_name() {
+    let echo = TestEcho::start("e").await;
+    let gw = TestGateway::start(quiet(GatewayOptions {
+        config: Config::parse(&format!(
+            "[[route]]\nname = \"by-path\"\nupstreams = [\"{0}\"]\nlb = \"consistent_hash\"\nhash_on = \"path\"\n\
+             [[route]]\nname = \"by-cookie\"\npath_prefix = \"/c\"\nupstreams = [\"{0}\"]\nlb = \"consistent_hash\"\nhash_on = \"cookie:sid\"\n\
+             [[route]]\nname = \"by-ip\"\npath_prefix = \"/ip\"\nupstreams = [\"{0}\"]\nlb = \"consistent_hash\"\nhash_on = \"client_ip\"\n",
+            echo.addr
+        ))
+        .unwrap(),
+        ..GatewayOptions::default()
+    }))
+    .await;
+
+    // The reported input: a decoded path with a space is not a request path.
+    let r = explain_raw(&gw, "path=/a%20b").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.json()["field"], "path");
+    assert_eq!(r.headers["content-type"], "application/json");
+    // Its encoded form is a valid path, hashed like the request would be.
+    let r = explain_raw(&gw, "path=/a%2520b").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["route"]["name"], "by-path");
+
+    let odd = [
+        "",
+        " ",
+        "%",
+        "%%",
+        "%zz",
+        "%ff",
+        "%00",
+        "\u{0}",
+        "\r\n",
+        "a b",
+        "/a b",
+        "/\t",
+        "/é",
+        "/\u{1F600}",
+        "//",
+        "/../..",
+        "/?",
+        "/??",
+        "/a?b?c",
+        "/a#b",
+        "*",
+        "http://x/y",
+        "[::1]",
+        "[",
+        "]:80",
+        ":",
+        "x:",
+        ":x",
+        "a:b:c",
+        "\u{7f}",
+        "/%C3%28",
+        "GET ",
+        "\"",
+        "{}",
+        "\\",
+        "/\\",
+        "::",
+        "999.1.1.1",
+        "1.2.3.4:5",
+    ];
+    let long = format!("/{}", "x".repeat(20_000));
+    let fields = ["method", "host", "path", "header", "client_ip"];
+    let mut seen = std::collections::BTreeSet::new();
+    for value in odd.iter().copied().chain([long.as_str()]) {
+        for field in fields {
+            for path in ["/", "/c", "/ip"] {
+                let query = match field {
+                    "path" => format!("path={}", encode(value)),
+                    "header" => format!(
+                        "path={path}&header={}&header=cookie:sid%3D{}",
+                        encode(value),
+                        encode(value)
+                    ),
+                    _ => format!("path={path}&{field}={}", encode(value)),
+                };
+                let r = explain_raw(&gw, &query).await;
+                assert!(
+                    r.status == StatusCode::OK || r.status == StatusCode::BAD_REQUEST,
+                    "/explain?{query}: {} {:?}",
+                    r.status,
+                    r.body
+                );
+                if r.status == StatusCode::BAD_REQUEST {
+                    let field = r.json()["field"].as_str().unwrap_or_default().to_string();
+                    assert!(!field.is_empty(), "/explain?{query}: {:?}", r.body);
+                    seen.insert(field);
+                }
+            }
+        }
+    }
+    // Malformed encodings sent raw (valid URI characters, broken escapes).
+    for raw in [
+        "path=%",
+        "path=/%",
+        "path=/%z",
+        "path=/%e2%82",
+        "host=%ff%fe",
+        "=",
+        "&&",
+        "path",
+        "path==",
+        "===",
+        "&path=/&",
+        "header=%3A",
+        "header=x%3A%00",
+    ] {
+        let r = explain_raw(&gw, raw).await;
+        assert!(
+            r.status == StatusCode::OK || r.status == StatusCode::BAD_REQUEST,
+            "/explain?{raw}: {} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    assert!(seen.contains("path") && seen.contains("host"), "{seen:?}");
+    // The admin listener is still there.
+    assert_eq!(
+        get(&format!("{}/healthz", gw.admin_url)).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_does_not_move_the_round_robin_cursor() {
+    let echoes = [
+        TestEcho::start("a").await,
+        TestEcho::start("b").await,
+        TestEcho::start("c").await,
+    ];
+    let list: Vec<String> = echoes.iter().map(|e| format!("\"{}\"", e.addr)).collect();
+    let gw = TestGateway::start(quiet(GatewayOptions {
+        config: Config::parse(&format!(
+            "[[route]]\nname = \"rr\"\nupstreams = [{}]\n",
+            list.join(", ")
+        ))
+        .unwrap(),
+        ..GatewayOptions::default()
+    }))
+    .await;
+    // Static endpoints are ordered by id (`host:port`); round robin takes them
+    // in that order, one step per request.
+    let mut order: Vec<String> = echoes.iter().map(|e| e.addr.to_string()).collect();
+    order.sort();
+    let name_of = |addr: &str| {
+        echoes
+            .iter()
+            .find(|e| e.addr.to_string() == addr)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let http = http();
+    let mut previous: Option<String> = None;
+    for i in 0..30 {
+        // Explain calls between requests: each predicts the next pick and
+        // must not take a turn of the balancer itself.
+        let mut predicted = None;
+        for _ in 0..=(i % 3) {
+            let e = explain_raw(&gw, "path=/x").await;
+            assert_eq!(e.status, StatusCode::OK);
+            predicted = Some(
+                e.json()["would_pick"]["address"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let r = send(
+            &http,
+            Method::GET,
+            &format!("{}/x", gw.url),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        let got = r.instance();
+        assert_eq!(
+            Some(name_of(predicted.as_deref().unwrap())),
+            Some(got.clone()),
+            "request {i}: explain predicted another endpoint"
+        );
+        if let Some(prev) = &previous {
+            let at = order.iter().position(|a| name_of(a) == *prev).unwrap();
+            let expected = name_of(&order[(at + 1) % order.len()]);
+            assert_eq!(
+                got, expected,
+                "request {i}: the round-robin order was disturbed"
+            );
+        }
+        previous = Some(got);
+    }
+}

@@ -4,7 +4,7 @@
 //! - `GET /healthz`: 200 while the gateway runs.
 //! - `GET /status`: the registry revision the served table reflects, the
 //!   newest revision heard of, whether the watch is connected, rebuild and
-//!   route-file reload counts. Comparing `applied_revision` across gateways
+//!   route-file reload counts, downstream connections and tunnels open. Comparing `applied_revision` across gateways
 //!   shows a lagging one.
 //! - `GET /endpoints`: per route, its policy in brief, the retry budget and
 //!   requests in flight, and per endpoint its weight, zone, in-flight count,
@@ -60,21 +60,41 @@ pub fn spawn(
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let registry = Arc::new(crate::metrics::registry(
             table.clone(),
-            metrics,
+            metrics.clone(),
             status.clone(),
         ));
-        while let Ok((stream, _)) = listener.accept().await {
-            let (table, status, builder, registry) = (
+        // Out of descriptors, accepting fails: back off and keep serving,
+        // rather than end the admin listener.
+        let mut errors = crate::caps::AcceptErrors::new("admin", None);
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    errors.succeeded();
+                    stream
+                }
+                Err(e) => {
+                    tokio::time::sleep(errors.failed(&e)).await;
+                    continue;
+                }
+            };
+            let (table, status, builder, registry, metrics) = (
                 table.clone(),
                 status.clone(),
                 builder.clone(),
                 registry.clone(),
+                metrics.clone(),
             );
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let (table, status, registry) =
-                        (table.clone(), status.clone(), registry.clone());
-                    async move { Ok::<_, Infallible>(handle(&req, &table, &status, &registry)) }
+                    let (table, status, registry, metrics) = (
+                        table.clone(),
+                        status.clone(),
+                        registry.clone(),
+                        metrics.clone(),
+                    );
+                    async move {
+                        Ok::<_, Infallible>(handle(&req, &table, &status, &registry, &metrics))
+                    }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -87,11 +107,15 @@ fn handle(
     table: &ArcSwap<RouteTable>,
     discovery: &DiscoveryStatus,
     registry: &Registry,
+    metrics: &GatewayMetrics,
 ) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/endpoints") => (StatusCode::OK, endpoints(&table.load())),
-        (&Method::GET, "/status") => (StatusCode::OK, status_json(&table.load(), discovery)),
+        (&Method::GET, "/status") => (
+            StatusCode::OK,
+            status_json(&table.load(), discovery, metrics),
+        ),
         (&Method::GET, "/explain") => match explain(&table.load(), req.uri().query()) {
             Ok(v) => (StatusCode::OK, v),
             Err((field, reason)) => (
@@ -125,8 +149,10 @@ fn lb_name(lb: &Balance) -> &'static str {
     lb.name()
 }
 
-fn status_json(table: &RouteTable, s: &DiscoveryStatus) -> Value {
+fn status_json(table: &RouteTable, s: &DiscoveryStatus, metrics: &GatewayMetrics) -> Value {
     json!({
+        "downstream_connections": metrics.connections(),
+        "tunnels_open": metrics.tunnels().open(),
         "applied_revision": s.applied_revision.load(Ordering::Relaxed),
         "table_revision": table.revision,
         "seen_revision": s.seen_revision.load(Ordering::Relaxed),
@@ -177,6 +203,7 @@ fn endpoint_json(route: &Route, e: &Endpoint, now: u64) -> Value {
     }
     if route.breaker.is_some() {
         v["breaker"] = json!(h.breaker.state_name(now));
+        v["breaker_open_for_ms"] = json!(h.breaker.open_for_ms(now));
     }
     v
 }
@@ -234,6 +261,14 @@ fn parse_explain(raw: Option<&str>) -> Result<ExplainQuery, (&'static str, Strin
                     .map_err(|_| ("method", format!("{value:?} is not an HTTP method")))?;
             }
             "host" => {
+                // What a client could send as Host: a URI authority (no
+                // path, no spaces, no userinfo), as the router would see it.
+                let valid = value.is_empty()
+                    || http::uri::Authority::try_from(value.as_str())
+                        .is_ok_and(|a| !a.as_str().contains('@'));
+                if !valid {
+                    return Err(("host", format!("{value:?} is not a valid host[:port]")));
+                }
                 let host = value.trim_end_matches('.').to_ascii_lowercase();
                 let host = match host.rsplit_once(':') {
                     Some((h, port))
@@ -248,6 +283,14 @@ fn parse_explain(raw: Option<&str>) -> Result<ExplainQuery, (&'static str, Strin
             "path" => {
                 if !value.starts_with('/') {
                     return Err(("path", format!("{value:?} must start with '/'")));
+                }
+                // Only what can stand in a request line: `/a b` (from
+                // `path=/a%20b`) cannot, its encoded form `/a%20b` can.
+                if http::uri::PathAndQuery::try_from(value.as_str()).is_err() {
+                    return Err((
+                        "path",
+                        format!("{value:?} is not a valid request path (percent-encode it)"),
+                    ));
                 }
                 match value.split_once('?') {
                     Some((p, query)) => {
@@ -416,30 +459,24 @@ fn explain(table: &RouteTable, raw: Option<&str>) -> Result<Value, (&'static str
         .iter()
         .filter(|e| route.breaker.is_some() && e.health.breaker.is_open(now))
         .count();
-    // One turn of the balancer, as a request would take (skipping open
-    // breakers, as the proxy does), without admitting through a breaker.
+    // What the balancer would pick for the next request (skipping open
+    // breakers, as the proxy does), without taking its turn or admitting
+    // through a breaker.
     let avoid: Vec<usize> = (0..all.len())
         .filter(|&i| route.breaker.is_some() && all[i].health.breaker.is_open(now))
         .collect();
     let hash = match &route.lb {
         Balance::ConsistentHash(on) => {
-            let mut r = Request::builder()
-                .uri(q.path.as_str())
-                .body(())
-                .expect("a path is a valid URI");
-            *r.headers_mut() = q.headers.clone();
-            crate::proxy::hash_key(
-                &r,
-                on,
-                &crate::proxy::Peer::new(std::net::SocketAddr::new(q.client_ip, 0)),
-            )
+            let ip = q.client_ip.to_string();
+            crate::balance::hash_key(on, &q.path, &q.headers, ip.as_bytes())
         }
         _ => None,
     };
+    // A peek: explaining must not take a live request's turn.
     let pick = if avoid.len() == all.len() {
         None
     } else {
-        entry.endpoints.pick_with(&route.lb, hash, &avoid)
+        entry.endpoints.peek_with(&route.lb, hash, &avoid)
     };
     let target = match &route.target {
         Target::Service(s) => json!({"service": s}),

@@ -11,10 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use http::header::{self, HeaderMap};
 use http::uri::Authority;
 use portico_registry::model::{Instance, Scheme};
 
-use crate::config::Balance;
+use crate::config::{Balance, HashOn};
 use crate::health::{EndpointHealth, HealthRegistry, OutlierPolicy, now_ms};
 
 /// Longest precomputed sequence. Sets whose reduced weights sum past this are
@@ -98,6 +99,35 @@ struct LocalZone {
     to_global: Vec<usize>,
 }
 
+/// Whether a pick takes a turn of the round-robin cursor (a request) or
+/// only looks (`/explain`).
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Take,
+    Peek,
+}
+
+/// The round-robin slots one pick goes through: taken from the shared
+/// cursor (each `next` is one `fetch_add`), or counted on a private copy
+/// of it so the shared cursor does not move.
+enum Turns<'a> {
+    Take(&'a AtomicUsize),
+    Peek(usize),
+}
+
+impl Turns<'_> {
+    fn next(&mut self) -> usize {
+        match self {
+            Turns::Take(cursor) => cursor.fetch_add(1, Ordering::Relaxed),
+            Turns::Peek(at) => {
+                let slot = *at;
+                *at = at.wrapping_add(1);
+                slot
+            }
+        }
+    }
+}
+
 /// Virtual nodes per endpoint of average weight on the hash ring: enough
 /// that adding one endpoint to ten moves close to the ideal 1/11 of keys.
 const RING_POINTS: u64 = 160;
@@ -168,10 +198,21 @@ impl EndpointSet {
     /// every endpoint not avoided is out, that is ignored (panic mode: traffic
     /// to all rather than to none). `None` when nothing is left.
     pub fn pick(&self, avoid: &[usize]) -> Option<(usize, &Endpoint)> {
+        self.round_robin(avoid, &mut self.turns(Mode::Take))
+    }
+
+    fn turns(&self, mode: Mode) -> Turns<'_> {
+        match mode {
+            Mode::Take => Turns::Take(&self.next),
+            Mode::Peek => Turns::Peek(self.next.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn round_robin(&self, avoid: &[usize], turns: &mut Turns<'_>) -> Option<(usize, &Endpoint)> {
         if self.sequence.is_empty() {
             return None;
         }
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
+        let slot = turns.next() % self.sequence.len();
         let first = self.sequence[slot] as usize;
         let endpoint = &self.endpoints[first];
         if !avoid.contains(&first) && !endpoint.health.is_out_now() {
@@ -182,7 +223,7 @@ impl EndpointSet {
         let n = self.endpoints.len();
         let now = now_ms();
         for _ in 0..(2 * n).min(self.sequence.len()) {
-            let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
+            let slot = turns.next() % self.sequence.len();
             let i = self.sequence[slot] as usize;
             if !avoid.contains(&i) && !self.endpoints[i].health.is_out(now) {
                 return Some((i, &self.endpoints[i]));
@@ -208,6 +249,31 @@ impl EndpointSet {
         key: Option<u64>,
         avoid: &[usize],
     ) -> Option<(usize, &Endpoint)> {
+        self.select(lb, key, avoid, Mode::Take)
+    }
+
+    /// What [`EndpointSet::pick_with`] would pick now, without taking a turn:
+    /// the round-robin cursor stays where it is, so the next request still
+    /// gets exactly this pick (barring concurrent traffic). For `/explain`,
+    /// which must observe the balancer without steering live traffic.
+    /// Random and two-choice algorithms draw as a request would; their
+    /// draws move no shared state.
+    pub fn peek_with(
+        &self,
+        lb: &Balance,
+        key: Option<u64>,
+        avoid: &[usize],
+    ) -> Option<(usize, &Endpoint)> {
+        self.select(lb, key, avoid, Mode::Peek)
+    }
+
+    fn select(
+        &self,
+        lb: &Balance,
+        key: Option<u64>,
+        avoid: &[usize],
+        mode: Mode,
+    ) -> Option<(usize, &Endpoint)> {
         if let Some(local) = &self.local {
             let now = now_ms();
             let members = &local.set.endpoints;
@@ -222,14 +288,15 @@ impl EndpointSet {
                         m += 1;
                     }
                 }
-                if let Some((j, e)) = local.set.pick_any(lb, key, &local_avoid[..m]) {
+                let mut turns = local.set.turns(mode);
+                if let Some((j, e)) = local.set.pick_any(lb, key, &local_avoid[..m], &mut turns) {
                     if !e.health.is_out(now) {
                         return Some((local.to_global[j], e));
                     }
                 }
             }
         }
-        self.pick_any(lb, key, avoid)
+        self.pick_any(lb, key, avoid, &mut self.turns(mode))
     }
 
     fn pick_any(
@@ -237,12 +304,14 @@ impl EndpointSet {
         lb: &Balance,
         key: Option<u64>,
         avoid: &[usize],
+        turns: &mut Turns<'_>,
     ) -> Option<(usize, &Endpoint)> {
         match lb {
-            Balance::RoundRobin => self.pick(avoid),
+            Balance::RoundRobin => self.round_robin(avoid, turns),
             Balance::Random => {
                 let i = self.random_index()?;
-                self.usable(i, avoid).or_else(|| self.pick(avoid))
+                self.usable(i, avoid)
+                    .or_else(|| self.round_robin(avoid, turns))
             }
             Balance::LeastRequest | Balance::PeakEwma => {
                 let a = self.random_index()?;
@@ -264,11 +333,11 @@ impl EndpointSet {
                 let other = if best == a { b } else { a };
                 self.usable(best, avoid)
                     .or_else(|| self.usable(other, avoid))
-                    .or_else(|| self.pick(avoid))
+                    .or_else(|| self.round_robin(avoid, turns))
             }
             Balance::ConsistentHash(_) => match key {
-                Some(key) => self.ring_pick(key, avoid),
-                None => self.pick(avoid),
+                Some(key) => self.ring_pick(key, avoid, turns),
+                None => self.round_robin(avoid, turns),
             },
         }
     }
@@ -286,7 +355,12 @@ impl EndpointSet {
         (!avoid.contains(&i) && !e.health.is_out_now()).then_some((i, e))
     }
 
-    fn ring_pick(&self, key: u64, avoid: &[usize]) -> Option<(usize, &Endpoint)> {
+    fn ring_pick(
+        &self,
+        key: u64,
+        avoid: &[usize],
+        turns: &mut Turns<'_>,
+    ) -> Option<(usize, &Endpoint)> {
         let ring = self.ring.get_or_init(|| build_ring(&self.endpoints));
         if ring.is_empty() {
             return None;
@@ -299,7 +373,7 @@ impl EndpointSet {
                 return Some(found);
             }
         }
-        self.pick(avoid)
+        self.round_robin(avoid, turns)
     }
 
     /// Records the outcome of an exchange with endpoint `index`, ejecting it
@@ -338,6 +412,28 @@ impl EndpointSet {
             );
         }
     }
+}
+
+/// The `consistent_hash` key of a request with this path, these headers and
+/// this client IP (as text), if it carries one. Takes the parts rather than
+/// a request so `/explain` hashes exactly as the proxy does from inputs that
+/// need not form a valid request.
+pub fn hash_key(on: &HashOn, path: &str, headers: &HeaderMap, client_ip: &[u8]) -> Option<u64> {
+    let bytes: &[u8] = match on {
+        HashOn::Header(name) => headers.get(name)?.as_bytes(),
+        HashOn::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let rest = pair.strip_prefix(name.as_bytes())?;
+                rest.strip_prefix(b"=")
+            })?,
+        HashOn::ClientIp => client_ip,
+        HashOn::Path => path.as_bytes(),
+    };
+    Some(stable_hash(bytes))
 }
 
 /// Stable 64-bit hash (FNV-1a, then a splitmix finaliser for spread): the
@@ -598,17 +694,35 @@ mod tests {
         };
         assert_eq!(local(&set), 100);
         // One of two local endpoints out: half are still in, keep local.
-        set.endpoints[0].health.set_checked_down(true);
+        set.endpoints[0].health.add_check_down();
         assert_eq!(local(&set), 100);
         // Both out: spill over to zone b.
-        set.endpoints[1].health.set_checked_down(true);
+        set.endpoints[1].health.add_check_down();
         assert_eq!(local(&set), 0);
         // A retry avoids the local endpoint it tried: it spills rather than repeat.
-        set.endpoints[0].health.set_checked_down(false);
-        set.endpoints[1].health.set_checked_down(false);
+        set.endpoints[0].health.remove_check_down();
+        set.endpoints[1].health.remove_check_down();
         let (i, _) = set.pick_with(&Balance::RoundRobin, None, &[]).unwrap();
         let (j, _) = set.pick_with(&Balance::RoundRobin, None, &[i]).unwrap();
         assert_ne!(i, j);
+    }
+
+    #[test]
+    fn a_peek_predicts_the_next_pick_and_moves_nothing() {
+        let set = EndpointSet::new(vec![ep("a", 2), ep("b", 1), ep("c", 1)]);
+        set.endpoints[1].health.add_check_down();
+        for lb in [
+            Balance::RoundRobin,
+            Balance::ConsistentHash(crate::config::HashOn::Path),
+        ] {
+            for _ in 0..20 {
+                let cursor = set.next.load(Ordering::Relaxed);
+                let peeked = set.peek_with(&lb, None, &[]).unwrap().0;
+                assert_eq!(set.peek_with(&lb, None, &[2]).map(|p| p.0), Some(0));
+                assert_eq!(set.next.load(Ordering::Relaxed), cursor, "a peek moved it");
+                assert_eq!(set.pick_with(&lb, None, &[]).unwrap().0, peeked);
+            }
+        }
     }
 
     #[test]

@@ -90,15 +90,21 @@ impl RouteState {
     }
 }
 
-/// Whether a request may go to an endpoint.
+/// A request's admission through a circuit: which epoch of the circuit let
+/// it through and whether as a half-open probe. Handed back with the
+/// request's outcome, so the circuit can tell an outcome about its current
+/// state from a straggler's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Closed: go.
-    Yes,
-    /// Half-open: go, as a probe whose outcome decides the state.
-    Probe,
-    /// Open: pick another endpoint.
-    No,
+pub struct Ticket {
+    epoch: u64,
+    probe: bool,
+}
+
+impl Ticket {
+    /// Whether the request is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +118,12 @@ enum State {
 #[derive(Debug, Default)]
 struct Circuit {
     state: State,
+    /// Moves on every opening and every closing. Only outcomes of requests
+    /// admitted in the current epoch count: a request admitted while closed
+    /// that ends after the circuit opened says nothing about the endpoint
+    /// now (its success must not close the circuit, its failure must not
+    /// reopen it for longer), nor does one from before a recovery.
+    epoch: u64,
     consecutive: u32,
     window_start: u64,
     window_total: u32,
@@ -133,16 +145,17 @@ impl Breaker {
         self.0.lock().expect("breaker lock poisoned")
     }
 
-    /// May a request go now?
-    pub fn admit(&self, now: u64, policy: &BreakerPolicy) -> Admission {
+    /// May a request go now? `None`: the circuit is open, pick another
+    /// endpoint. Otherwise the ticket to hand back to [`Breaker::record`].
+    pub fn admit(&self, now: u64, policy: &BreakerPolicy) -> Option<Ticket> {
         let mut c = self.lock();
-        match c.state {
-            State::Closed => Admission::Yes,
-            State::Open if now < c.open_until => Admission::No,
+        let probe = match c.state {
+            State::Closed => false,
+            State::Open if now < c.open_until => return None,
             State::Open => {
                 c.state = State::HalfOpen;
                 c.probes = 1;
-                Admission::Probe
+                true
             }
             // A probe whose verdict never came (its client went away) must not
             // wedge the circuit: after another open period, probe again.
@@ -152,22 +165,37 @@ impl Breaker {
             {
                 c.probes += 1;
                 c.open_until = c.open_until.max(now);
-                Admission::Probe
+                true
             }
-            State::HalfOpen => Admission::No,
-        }
+            State::HalfOpen => return None,
+        };
+        Some(Ticket {
+            epoch: c.epoch,
+            probe,
+        })
     }
 
-    /// Records an outcome; returns true when this outcome opened the circuit.
-    pub fn record(&self, now: u64, policy: &BreakerPolicy, failed: bool) -> bool {
+    /// Records the outcome of a request admitted with `ticket`; returns true
+    /// when this outcome opened the circuit. Outcomes of requests admitted
+    /// in an earlier epoch are ignored (see `Circuit::epoch`): only a probe
+    /// moves an open or half-open circuit, and only requests admitted since
+    /// the last closing count towards opening it.
+    pub fn record(&self, now: u64, policy: &BreakerPolicy, ticket: Ticket, failed: bool) -> bool {
         let mut c = self.lock();
+        if ticket.epoch != c.epoch {
+            return false;
+        }
         match c.state {
             State::HalfOpen | State::Open => {
+                if !ticket.probe {
+                    return false;
+                }
                 if failed {
                     open(&mut c, now, policy);
                     return true;
                 }
                 *c = Circuit {
+                    epoch: c.epoch + 1,
                     window_start: now,
                     ..Circuit::default()
                 };
@@ -207,6 +235,15 @@ impl Breaker {
         c.state == State::Open && now < c.open_until
     }
 
+    /// Milliseconds the circuit stays open from `now` (0 unless open).
+    pub fn open_for_ms(&self, now: u64) -> u64 {
+        let c = self.lock();
+        match c.state {
+            State::Open => c.open_until.saturating_sub(now),
+            State::Closed | State::HalfOpen => 0,
+        }
+    }
+
     /// `closed`, `open` or `half_open` at `now`, for operators.
     pub fn state_name(&self, now: u64) -> &'static str {
         let c = self.lock();
@@ -229,6 +266,7 @@ fn open(c: &mut Circuit, now: u64, policy: &BreakerPolicy) {
         .mul_f64(0.8 + fastrand::f64() * 0.4)
         .min(policy.max_open);
     c.state = State::Open;
+    c.epoch += 1;
     c.open_until = now + length.as_millis() as u64;
     c.consecutive = 0;
     c.window_total = 0;
@@ -250,23 +288,27 @@ mod tests {
         }
     }
 
+    /// Admits a request at `now` and records its outcome at once.
+    fn exchange(b: &Breaker, p: &BreakerPolicy, now: u64, failed: bool) -> bool {
+        let ticket = b.admit(now, p).expect("admitted");
+        b.record(now, p, ticket, failed)
+    }
+
     #[test]
     fn opens_after_consecutive_failures_probes_then_closes() {
         let p = policy();
         let b = Breaker::default();
-        assert!(!b.record(0, &p, true));
-        assert!(!b.record(1, &p, true));
-        assert!(b.record(2, &p, true), "third failure opens");
-        assert_eq!(b.admit(3, &p), Admission::No);
+        assert!(!exchange(&b, &p, 0, true));
+        assert!(!exchange(&b, &p, 1, true));
+        assert!(exchange(&b, &p, 2, true), "third failure opens");
+        assert_eq!(b.admit(3, &p), None);
         // After the (jittered) open period: one probe, then no more until it reports.
-        assert_eq!(b.admit(2 + 1300, &p), Admission::Probe);
-        assert_eq!(b.admit(2 + 1301, &p), Admission::No);
-        assert!(!b.record(2 + 1302, &p, false));
-        assert_eq!(
-            b.admit(2 + 1303, &p),
-            Admission::Yes,
-            "a good probe closes it"
-        );
+        let probe = b.admit(2 + 1300, &p).unwrap();
+        assert!(probe.is_probe());
+        assert_eq!(b.admit(2 + 1301, &p), None);
+        assert!(!b.record(2 + 1302, &p, probe, false));
+        let next = b.admit(2 + 1303, &p).expect("a good probe closes it");
+        assert!(!next.is_probe());
     }
 
     #[test]
@@ -274,13 +316,84 @@ mod tests {
         let p = policy();
         let b = Breaker::default();
         for t in 0..3 {
-            b.record(t, &p, true);
+            exchange(&b, &p, t, true);
         }
-        assert_eq!(b.admit(1300, &p), Admission::Probe);
-        assert!(b.record(1301, &p, true));
+        let probe = b.admit(1300, &p).unwrap();
+        assert!(b.record(1301, &p, probe, true));
         // Second opening: 2 s +-20%, so still open 1.5 s later.
-        assert_eq!(b.admit(1301 + 1500, &p), Admission::No);
-        assert_eq!(b.admit(1301 + 2500, &p), Admission::Probe);
+        assert_eq!(b.admit(1301 + 1500, &p), None);
+        assert!(b.admit(1301 + 2500, &p).unwrap().is_probe());
+    }
+
+    #[test]
+    fn a_straggler_success_does_not_close_an_open_circuit() {
+        let p = policy();
+        let b = Breaker::default();
+        // Admitted while closed, still in flight when the circuit opens.
+        let straggler = b.admit(0, &p).unwrap();
+        for t in 1..=3 {
+            exchange(&b, &p, t, true);
+        }
+        assert_eq!(b.state_name(4), "open");
+        assert!(!b.record(5, &p, straggler, false));
+        assert_eq!(b.state_name(6), "open");
+        assert_eq!(b.admit(6, &p), None);
+        // Nor a half-open one: only the probe decides.
+        let probe = b.admit(3 + 1300, &p).unwrap();
+        assert!(!b.record(3 + 1301, &p, straggler, false));
+        assert_eq!(
+            b.admit(3 + 1302, &p),
+            None,
+            "still half-open, probe pending"
+        );
+        assert!(!b.record(3 + 1303, &p, probe, false));
+        assert!(
+            !b.admit(3 + 1304, &p).unwrap().is_probe(),
+            "the probe closed it"
+        );
+    }
+
+    #[test]
+    fn a_straggler_failure_does_not_reopen_for_longer() {
+        let p = policy();
+        let b = Breaker::default();
+        let stragglers: Vec<Ticket> = (0..5).map(|_| b.admit(0, &p).unwrap()).collect();
+        for t in 1..=3 {
+            exchange(&b, &p, t, true);
+        }
+        let open_for = b.open_for_ms(3);
+        assert!((800..=1200).contains(&open_for), "{open_for}");
+        for (i, s) in stragglers.iter().enumerate() {
+            assert!(
+                !b.record(10 + i as u64, &p, *s, true),
+                "a late failure reopened it"
+            );
+        }
+        assert_eq!(b.open_for_ms(3), open_for, "the open period did not move");
+        // The first probe after the period is still a first reopening's
+        // business: a failure there doubles once (2 s +-20%), not 2^6 times.
+        let probe = b.admit(3 + open_for, &p).unwrap();
+        assert!(b.record(3 + open_for, &p, probe, true));
+        let second = b.open_for_ms(3 + open_for);
+        assert!((1600..=2400).contains(&second), "{second}");
+    }
+
+    #[test]
+    fn outcomes_from_before_a_recovery_do_not_count_after_it() {
+        let p = policy();
+        let b = Breaker::default();
+        let old: Vec<Ticket> = (0..3).map(|_| b.admit(0, &p).unwrap()).collect();
+        for t in 1..=3 {
+            exchange(&b, &p, t, true);
+        }
+        let probe = b.admit(3 + 1300, &p).unwrap();
+        b.record(3 + 1300, &p, probe, false);
+        // Closed again. Three failures admitted before the opening arrive now:
+        // they say nothing about the recovered endpoint.
+        for s in old {
+            assert!(!b.record(3 + 1301, &p, s, true));
+        }
+        assert_eq!(b.state_name(3 + 1302), "closed");
     }
 
     #[test]
@@ -295,7 +408,7 @@ mod tests {
         // Alternate: 50% failures, never 3 in a row.
         let mut opened = false;
         for t in 0..10u64 {
-            opened |= b.record(t, &p, t % 2 == 1);
+            opened |= exchange(&b, &p, t, t % 2 == 1);
             if t < 9 {
                 assert!(!opened, "opened before the minimum at {t}");
             }

@@ -12,9 +12,21 @@
 //! [`Checkers`] reconciles the running tasks with the tables discovery
 //! builds: a task starts when an endpoint appears under a route with a check
 //! and stops when no route checks it any more.
+//!
+//! A verdict lives only as long as its checker. Each task holds a [`Vote`]
+//! on the endpoint's shared health: "down" counts once while the check
+//! fails and is withdrawn when the task stops, so removing a route's
+//! `health_check` (or the route) puts back an endpoint that only that check
+//! kept out. Health is kept per address, shared by every route holding it,
+//! so when two routes check one address with different checks, the
+//! endpoint is out of rotation for all of them while *any* of its checks
+//! fails (one process behind one address: a failing check is taken as the
+//! process being unwell), and back once none does. Each check keeps its own
+//! thresholds; one check passing never overrides another failing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use http::Request;
@@ -29,10 +41,66 @@ use crate::health::EndpointHealth;
 
 pub use portico_registry::route::HealthCheck;
 
-/// The running checker tasks, keyed by endpoint and check.
+/// The running checker tasks, keyed by endpoint and check, each with the
+/// vote it casts.
 #[derive(Debug, Default)]
 pub struct Checkers {
-    running: HashMap<(String, Arc<HealthCheck>), JoinHandle<()>>,
+    running: HashMap<CheckKey, (JoinHandle<()>, Arc<Vote>)>,
+}
+
+/// A checker's identity: the endpoint's `host:port` and the check.
+type CheckKey = (String, Arc<HealthCheck>);
+
+/// One check's verdict on one endpoint, counted in the endpoint's health
+/// while it says "down". Withdrawn for good when its checker stops: a task
+/// being aborted may still finish a step, and a withdrawn vote ignores it.
+#[derive(Debug)]
+pub struct Vote {
+    health: Arc<EndpointHealth>,
+    state: AtomicU8,
+}
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Vote {
+    /// A vote for "up" (new endpoints start in rotation).
+    pub fn new(health: Arc<EndpointHealth>) -> Vote {
+        Vote {
+            health,
+            state: AtomicU8::new(UP),
+        }
+    }
+
+    /// Whether this check says "down".
+    pub fn is_down(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DOWN
+    }
+
+    /// Sets this check's verdict; true when it changed.
+    pub fn set_down(&self, down: bool) -> bool {
+        let (from, to) = if down { (UP, DOWN) } else { (DOWN, UP) };
+        let changed = self
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if changed {
+            if down {
+                self.health.add_check_down();
+            } else {
+                self.health.remove_check_down();
+            }
+        }
+        changed
+    }
+
+    /// Takes the verdict back for good (the check stopped).
+    pub fn withdraw(&self) {
+        if self.state.swap(WITHDRAWN, Ordering::AcqRel) == DOWN {
+            self.health.remove_check_down();
+        }
+    }
 }
 
 impl Checkers {
@@ -48,32 +116,38 @@ impl Checkers {
             if keep.contains_key(&key) {
                 continue;
             }
-            let task = match self.running.remove(&key) {
-                Some(task) => task,
-                None => tokio::spawn(run(
-                    endpoint.authority.clone(),
-                    endpoint.health.clone(),
-                    check,
-                )),
+            let running = match self.running.remove(&key) {
+                Some(running) => running,
+                None => {
+                    let vote = Arc::new(Vote::new(endpoint.health.clone()));
+                    let task = tokio::spawn(run(endpoint.authority.clone(), vote.clone(), check));
+                    (task, vote)
+                }
             };
-            keep.insert(key, task);
+            keep.insert(key, running);
         }
-        for (_, task) in self.running.drain() {
-            task.abort();
+        for (_, (task, vote)) in self.running.drain() {
+            stop(&task, &vote);
         }
         self.running = keep;
     }
 }
 
+/// Stops a checker and takes its verdict back: no check, no verdict.
+fn stop(task: &JoinHandle<()>, vote: &Vote) {
+    task.abort();
+    vote.withdraw();
+}
+
 impl Drop for Checkers {
     fn drop(&mut self) {
-        for task in self.running.values() {
-            task.abort();
+        for (task, vote) in self.running.values() {
+            stop(task, vote);
         }
     }
 }
 
-async fn run(authority: Authority, health: Arc<EndpointHealth>, check: Arc<HealthCheck>) {
+async fn run(authority: Authority, vote: Arc<Vote>, check: Arc<HealthCheck>) {
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         let wait = check.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
@@ -84,15 +158,13 @@ async fn run(authority: Authority, health: Arc<EndpointHealth>, check: Arc<Healt
         if ok {
             successes += 1;
             failures = 0;
-            if health.is_checked_down() && successes >= check.healthy_threshold {
-                health.set_checked_down(false);
-                tracing::info!(endpoint = %authority, "active health check passing: endpoint back in rotation");
+            if successes >= check.healthy_threshold && vote.set_down(false) {
+                tracing::info!(endpoint = %authority, path = %check.path, "active health check passing again");
             }
         } else {
             failures += 1;
             successes = 0;
-            if !health.is_checked_down() && failures >= check.unhealthy_threshold {
-                health.set_checked_down(true);
+            if failures >= check.unhealthy_threshold && vote.set_down(true) {
                 tracing::warn!(endpoint = %authority, path = %check.path, "active health check failing: endpoint out of rotation");
             }
         }
@@ -123,4 +195,54 @@ async fn probe(authority: &Authority, check: &HealthCheck) -> bool {
     drop(sender);
     conn.abort();
     healthy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_out_while_any_vote_says_down_and_a_withdrawn_vote_is_gone() {
+        let health = Arc::new(EndpointHealth::new());
+        let (a, b) = (Vote::new(health.clone()), Vote::new(health.clone()));
+        assert!(a.set_down(true));
+        assert!(!a.set_down(true), "one check counts once");
+        assert!(b.set_down(true));
+        assert!(b.set_down(false));
+        assert!(
+            health.is_checked_down(),
+            "one passing check does not override another"
+        );
+        a.withdraw();
+        assert!(!health.is_checked_down());
+        // A step finishing after the withdrawal changes nothing.
+        assert!(!a.set_down(true));
+        assert!(!health.is_checked_down());
+        b.withdraw();
+        assert!(!health.is_checked_down());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_checker_takes_its_verdict_with_it() {
+        let health = crate::health::HealthRegistry::default();
+        // Nothing listens on port 1 of the loopback: every probe fails.
+        let endpoint = Endpoint::from_static("127.0.0.1:1".parse().unwrap(), &health);
+        let check = Arc::new(HealthCheck {
+            path: "/healthz".into(),
+            interval: std::time::Duration::from_millis(5),
+            timeout: std::time::Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            expected_statuses: Vec::new(),
+        });
+        let mut checkers = Checkers::default();
+        checkers.reconcile(vec![(&endpoint, check)]);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !endpoint.health.is_checked_down() {
+            assert!(tokio::time::Instant::now() < deadline, "never checked down");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        checkers.reconcile(Vec::new());
+        assert!(!endpoint.health.is_checked_down());
+    }
 }

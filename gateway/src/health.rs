@@ -77,8 +77,10 @@ pub struct EndpointHealth {
     ewma_at: AtomicU64,
     /// The circuit, for routes with a breaker.
     pub breaker: crate::breaker::Breaker,
-    /// Set by an active health check that failed its threshold.
-    checked_down: std::sync::atomic::AtomicBool,
+    /// Active health checks whose verdict is "down" now: each check task
+    /// covering the endpoint holds one vote (see `check::Vote`), withdrawn
+    /// when the check stops, so a verdict cannot outlive its checker.
+    checks_down: AtomicU32,
     /// `now_ms()` when the endpoint was first seen or last came back from
     /// an active-check failure (0: long ago). Slow start ramps from here.
     since: AtomicU64,
@@ -137,22 +139,29 @@ impl EndpointHealth {
     /// Whether picking should skip the endpoint at `now`: ejected by outlier
     /// detection or failed by an active health check.
     pub fn is_out(&self, now: u64) -> bool {
-        self.checked_down.load(Ordering::Relaxed) || self.is_ejected(now)
+        self.is_checked_down() || self.is_ejected(now)
     }
 
     /// [`EndpointHealth::is_out`] now; two atomic loads when it is in.
     pub fn is_out_now(&self) -> bool {
-        self.checked_down.load(Ordering::Relaxed) || self.is_ejected_now()
+        self.is_checked_down() || self.is_ejected_now()
     }
 
-    /// Whether the last active health check verdict was "down".
+    /// Whether any active health check covering the endpoint says "down".
     pub fn is_checked_down(&self) -> bool {
-        self.checked_down.load(Ordering::Relaxed)
+        self.checks_down.load(Ordering::Relaxed) > 0
     }
 
-    pub(crate) fn set_checked_down(&self, down: bool) {
-        let was = self.checked_down.swap(down, Ordering::Relaxed);
-        if was && !down {
+    /// One more check says "down".
+    pub(crate) fn add_check_down(&self) {
+        self.checks_down.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One check that said "down" no longer does (it passes again, or it
+    /// stopped); the last one puts the endpoint back, and slow start ramps
+    /// from here.
+    pub(crate) fn remove_check_down(&self) {
+        if self.checks_down.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.since.store(now_ms(), Ordering::Relaxed);
         }
     }

@@ -16,6 +16,12 @@
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listener, connection limits and graceful drain.
+//! - [`caps`]: downstream connection caps (gateway-wide, per client IP)
+//!   and the backoff on accept errors at the descriptor limit.
+//! - [`idle`]: "no bytes either way for the idle timeout", for connections
+//!   and tunnels.
+//! - [`tunnel`]: upgraded connections (WebSocket): counted, closed when
+//!   idle, drained at shutdown.
 //! - [`trace`]: W3C `traceparent` checks and, when asked, generation.
 //! - [`error`]: the gateway's own errors and their single HTTP mapping.
 //! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
@@ -35,12 +41,14 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod breaker;
+pub mod caps;
 pub mod check;
 pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod host;
+pub mod idle;
 pub mod metrics;
 pub mod path;
 pub mod pool;
@@ -50,6 +58,7 @@ pub mod retry;
 pub mod router;
 pub mod server;
 pub mod trace;
+pub mod tunnel;
 
 use std::future::Future;
 use std::path::PathBuf;

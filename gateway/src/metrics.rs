@@ -31,9 +31,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::balance::{Endpoint, EndpointSet};
+use crate::caps::{CapStats, Refusal};
 use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
 use crate::router::{RouteEntry, RouteTable};
+use crate::tunnel::{Closed, TunnelStats};
 
 /// `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4, which
 /// every scraper reads.
@@ -235,6 +237,10 @@ pub struct GatewayMetrics {
     no_route: RouteMetrics,
     /// Downstream connections open now.
     connections: AtomicI64,
+    /// Upgraded connections (tunnels), counted by [`crate::tunnel::Tunnels`].
+    tunnels: Arc<TunnelStats>,
+    /// Refused connections and accept errors, counted by the listener.
+    caps: Arc<CapStats>,
 }
 
 impl GatewayMetrics {
@@ -252,6 +258,16 @@ impl GatewayMetrics {
     /// Downstream connections open now.
     pub fn connections(&self) -> i64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The connection-cap counters, for the listener.
+    pub fn caps(&self) -> &Arc<CapStats> {
+        &self.caps
+    }
+
+    /// The tunnel counters, for the gateway's [`crate::tunnel::Tunnels`].
+    pub fn tunnels(&self) -> &Arc<TunnelStats> {
+        &self.tunnels
     }
 }
 
@@ -458,6 +474,52 @@ impl Collector for GatewayCollector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&self.metrics.connections())?;
+        let caps = &self.metrics.caps;
+        encoder
+            .encode_descriptor(
+                "portico_downstream_connections_max",
+                "The gateway-wide cap on client connections (--max-connections, or derived from the descriptor limit).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(caps.max() as i64))?;
+        let mut e = encoder.encode_descriptor(
+            "portico_downstream_connections_refused",
+            "Client connections refused at accept, by cap: gateway_limit (503) or client_ip_limit (429).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (why, label) in Refusal::ALL {
+            e.encode_family(&[("reason", label)])?
+                .encode_counter::<NoLabelSet, _, u64>(&caps.refused(why), None)?;
+        }
+        encoder
+            .encode_descriptor(
+                "portico_accept_errors",
+                "Failed accepts on the public listener (out of file descriptors and the like), each followed by a pause.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&caps.accept_errors(), None)?;
+        let tunnels = &self.metrics.tunnels;
+        encoder
+            .encode_descriptor(
+                "portico_gateway_tunnels_open",
+                "Upgraded connections (WebSocket tunnels) open now.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(tunnels.open() as i64))?;
+        let mut e = encoder.encode_descriptor(
+            "portico_gateway_tunnels_closed",
+            "Tunnels closed, by why: ended (a side closed), idle (no bytes for the tunnel idle timeout), shutdown (open when the drain ran out).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (why, label) in Closed::ALL {
+            e.encode_family(&[("reason", label)])?
+                .encode_counter::<NoLabelSet, _, u64>(&tunnels.closed(why), None)?;
+        }
 
         encoder
             .encode_descriptor(

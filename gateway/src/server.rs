@@ -10,26 +10,28 @@
 //! - maximum head size: hyper's read buffer limit for HTTP/1.1 (a head that
 //!   does not fit is refused with 431), `max_header_list_size` for HTTP/2.
 //! - idle timeout: no bytes in either direction for this long closes the
-//!   connection gracefully (in-flight requests still finish). Tracked by a
-//!   flag the I/O wrapper sets, checked by a coarse per-connection tick, so
-//!   the hot path pays one relaxed store per read or write.
+//!   connection gracefully (in-flight requests still finish); see
+//!   [`crate::idle`]: the hot path pays one relaxed store per read or write.
+//! - connection caps, gateway-wide and per client IP, and the backoff on
+//!   accept errors: see [`crate::caps`].
+//! - drain: at shutdown, connections and tunnels ([`crate::tunnel`]) get
+//!   the drain timeout to finish; tunnels still open then are closed.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
+use crate::idle::{ActivityIo, IdleClock};
 use crate::proxy::Proxy;
 
 /// Default time allowed for a client to send a complete request head.
@@ -54,6 +56,13 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Most client connections open at once (tunnels included); past it a
+    /// new one is answered `503 too_many_connections` and closed. `None`:
+    /// derived from `RLIMIT_NOFILE` ([`crate::caps::derived_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Most client connections from one IP address; past it `429
+    /// too_many_client_connections`. `None`: no per-IP cap.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +73,8 @@ impl Default for ServerSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_concurrent_streams: 256,
+            max_connections: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -92,6 +103,17 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
 
+    let max = settings
+        .max_connections
+        .unwrap_or_else(crate::caps::derived_max_connections);
+    let stats = proxy.metrics().caps().clone();
+    let caps = ConnectionCaps::new(max, settings.max_connections_per_ip, stats.clone());
+    tracing::info!(
+        max_connections = max,
+        max_connections_per_ip = settings.max_connections_per_ip,
+        "connection caps"
+    );
+    let mut errors = AcceptErrors::new("gateway", Some(stats));
     let (closing_tx, closing_rx) = watch::channel(false);
     // Every connection task holds a clone; when all are dropped, draining is done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -101,53 +123,94 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: log, back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // Out of file descriptors and the like: back off, keep serving.
+                    let wait = errors.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
         };
+        errors.succeeded();
+        let permit = match caps.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                caps.refuse(stream, why);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             stream,
+            permit,
             peer,
             proxy.clone(),
             builder.clone(),
             settings.idle_timeout,
-            closing_rx.clone(),
-            alive_tx.clone(),
+            Draining {
+                closing: closing_rx.clone(),
+                _alive: alive_tx.clone(),
+            },
         ));
     }
     drop(listener);
     let _ = closing_tx.send(true);
     drop(alive_tx);
-    if tokio::time::timeout(settings.drain_timeout, alive_rx.recv())
+    drain(&mut alive_rx, &proxy, settings.drain_timeout).await;
+    Ok(())
+}
+
+/// Waits for connections and tunnels to finish, both within one drain
+/// timeout, then closes the tunnels still open. (Connections still open
+/// are closed by the caller dropping the runtime's tasks; a tunnel has no
+/// graceful end of its own, so it is closed here, both sides.)
+async fn drain(alive: &mut mpsc::Receiver<()>, proxy: &Proxy, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    if tokio::time::timeout_at(deadline, alive.recv())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout reached with connections still open; closing them");
     }
-    Ok(())
+    let tunnels = proxy.tunnels();
+    if tokio::time::timeout_at(deadline, tunnels.wait_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tunnels.open(),
+            "drain timeout reached with tunnels still open; closing them"
+        );
+        tunnels.close_all();
+        // Closing is dropping two sockets per tunnel: quick, but bounded anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(1), tunnels.wait_closed()).await;
+    }
+}
+
+/// A connection task's part in the drain: told when to close, and counted
+/// alive (the sender) for as long as the task runs.
+struct Draining {
+    closing: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
 }
 
 async fn serve_connection(
     stream: TcpStream,
+    permit: Permit,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
-    mut closing: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
+    mut draining: Draining,
 ) {
-    // Counted open for as long as this task runs.
-    let _open = proxy.metrics().open_connection();
+    // Counted open, and holding its place under the caps, for as long as
+    // the socket is open: the guards live in the I/O, which an upgrade
+    // hands on to a tunnel.
+    let guards = (proxy.metrics().open_connection(), permit);
     let active = Arc::new(AtomicBool::new(true));
-    let io = TokioIo::new(ActivityIo {
-        inner: stream,
-        active: active.clone(),
-    });
+    let io = TokioIo::new(ActivityIo::with_guard(stream, active.clone(), guards));
     let downstream = Arc::new(proxy.peer(peer));
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
@@ -161,9 +224,7 @@ async fn serve_connection(
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let mut tick = tokio::time::interval(idle_timeout / 2);
-    tick.reset();
-    let mut quiet_ticks = 0;
+    let mut idle = IdleClock::new(idle_timeout, active);
     let mut shutting_down = false;
     loop {
         tokio::select! {
@@ -174,81 +235,15 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = closing.changed(), if !shutting_down => {
+            _ = draining.closing.changed(), if !shutting_down => {
                 shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !shutting_down => {
-                if active.swap(false, Ordering::Relaxed) {
-                    quiet_ticks = 0;
-                } else {
-                    quiet_ticks += 1;
-                    if quiet_ticks >= 2 {
-                        tracing::debug!(%peer, "closing idle connection");
-                        shutting_down = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
+            () = idle.expired(), if !shutting_down => {
+                tracing::debug!(%peer, "closing idle connection");
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-/// Marks the connection active on every read or write that moves bytes.
-struct ActivityIo {
-    inner: TcpStream,
-    active: Arc<AtomicBool>,
-}
-
-impl AsyncRead for ActivityIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        res
-    }
-}
-
-impl AsyncWrite for ActivityIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

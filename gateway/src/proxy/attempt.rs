@@ -36,11 +36,11 @@ use portico_registry::model::Scheme;
 use tokio::time::Instant;
 
 use super::outgoing::{Outgoing, target};
-use super::{BodyState, Peer, Proxy, RequestCtx, UpstreamResponseBody};
-use crate::balance::{Endpoint, EndpointSet, stable_hash};
+use super::{BodyState, Proxy, RequestCtx, UpstreamResponseBody};
+use crate::balance::{Endpoint, EndpointSet};
 use crate::body::{BodyFault, BodyWatch, ClientBodyError};
-use crate::breaker::{Admission, Slot};
-use crate::config::{Balance, HashOn, Route};
+use crate::breaker::{Slot, Ticket};
+use crate::config::{Balance, Route};
 use crate::error::ProxyError;
 use crate::health::now_ms;
 use crate::pool::{SendError, UpstreamBody, UpstreamError};
@@ -60,6 +60,15 @@ enum Pick<'a> {
     Exhausted,
     /// Endpoints are left, but every one's circuit is open.
     AllOpen,
+}
+
+impl Pick<'_> {
+    fn endpoint(&self) -> Option<usize> {
+        match self {
+            Pick::Endpoint(i, _) => Some(*i),
+            _ => None,
+        }
+    }
 }
 
 /// What to do after a try.
@@ -123,6 +132,9 @@ struct Tries<'a> {
     last_error: Option<ProxyError>,
     /// The client's body, when it streams: its faults are the client's.
     watch: Option<Arc<BodyWatch>>,
+    /// The endpoint of the try in flight, with the breaker's admission to
+    /// hand back with its outcome.
+    in_flight: Option<(usize, Option<Ticket>)>,
 }
 
 impl Proxy {
@@ -132,7 +144,6 @@ impl Proxy {
         &self,
         entry: &'t RouteEntry,
         out: Outgoing,
-        peer: &Peer,
         ctx: &mut RequestCtx<'t>,
     ) -> Result<
         (
@@ -171,10 +182,7 @@ impl Proxy {
         };
         let mut tries = Tries {
             entry,
-            hash_key: match &route.lb {
-                Balance::ConsistentHash(on) => hash_key(&req, on, peer),
-                _ => None,
-            },
+            hash_key: out.hash_key,
             load_aware: matches!(route.lb, Balance::LeastRequest | Balance::PeakEwma),
             retry,
             kept,
@@ -188,6 +196,7 @@ impl Proxy {
             last_answer: None,
             last_error: None,
             watch: watch.clone(),
+            in_flight: None,
         };
         let Outgoing {
             path_and_query,
@@ -201,21 +210,24 @@ impl Proxy {
             upgrade,
         };
         let run = tries.run(self, req, to, ctx);
-        match within(run, route.timeout, watch.as_deref()).await {
+        let result = within(run, route.timeout, watch.as_deref()).await;
+        match result {
             Some(Ok(resp)) => Ok((resp, downstream_upgrade)),
             Some(Err(e)) => Err(e),
-            None => Err(self.timed_out(entry, ctx)),
+            None => Err(self.timed_out(entry, tries.in_flight, ctx)),
         }
     }
 
     /// The route timeout ran out: the try in flight is abandoned and counted
     /// against its endpoint.
-    fn timed_out(&self, entry: &RouteEntry, ctx: &RequestCtx<'_>) -> ProxyError {
-        let set = &entry.endpoints;
-        if let Some(id) = &ctx.upstream {
-            if let Some(i) = set.endpoints().iter().position(|e| &e.id == id) {
-                self.record(set, &entry.route, i, true);
-            }
+    fn timed_out(
+        &self,
+        entry: &RouteEntry,
+        in_flight: Option<(usize, Option<Ticket>)>,
+        ctx: &RequestCtx<'_>,
+    ) -> ProxyError {
+        if let Some((index, ticket)) = in_flight {
+            self.record(&entry.endpoints, &entry.route, index, ticket, true);
         }
         ProxyError::UpstreamTimeout {
             endpoint: ctx.upstream.as_deref().unwrap_or("-").to_string(),
@@ -225,10 +237,23 @@ impl Proxy {
 
     /// Feeds an outcome to outlier detection and, when the route has one, to
     /// the endpoint's circuit breaker.
-    fn record(&self, set: &EndpointSet, route: &Route, index: usize, failed: bool) {
+    fn record(
+        &self,
+        set: &EndpointSet,
+        route: &Route,
+        index: usize,
+        ticket: Option<Ticket>,
+        failed: bool,
+    ) {
         set.record(index, failed, &self.outlier);
-        if let (Some(policy), Some(endpoint)) = (&route.breaker, set.endpoints().get(index)) {
-            if endpoint.health.breaker.record(now_ms(), policy, failed) {
+        if let (Some(policy), Some(endpoint), Some(ticket)) =
+            (&route.breaker, set.endpoints().get(index), ticket)
+        {
+            if endpoint
+                .health
+                .breaker
+                .record(now_ms(), policy, ticket, failed)
+            {
                 tracing::warn!(endpoint = %endpoint.id, route = %route.name, "circuit opened");
             }
         }
@@ -404,10 +429,11 @@ impl<'a> Tries<'a> {
 
     /// The next endpoint: a new one if any; with a policy retry and none
     /// new left, one already tried.
-    fn pick(&self) -> Pick<'a> {
+    fn pick(&mut self) -> Pick<'a> {
         let entry: &'a RouteEntry = self.entry;
         let (route, set) = (&entry.route, &entry.endpoints);
         let tried = &self.tried[..self.n];
+        let mut ticket = None;
         let picked = if route.breaker.is_none() && route.slow_start.is_none() {
             set.pick_with(&route.lb, self.hash_key, tried).or_else(|| {
                 self.anywhere
@@ -415,15 +441,32 @@ impl<'a> Tries<'a> {
                     .flatten()
             })
         } else {
-            match pick_admitted(set, route, self.hash_key, tried) {
+            match pick_admitted(set, route, self.hash_key, tried, &mut ticket) {
                 Some(found) => found,
                 None => return Pick::AllOpen,
             }
         };
-        match picked {
+        let pick = match picked {
             Some((i, e)) => Pick::Endpoint(i, e),
             None => Pick::Exhausted,
-        }
+        };
+        self.in_flight = pick.endpoint().map(|i| (i, ticket));
+        pick
+    }
+
+    /// Records the outcome of the try in flight (with its breaker ticket).
+    fn record(&self, proxy: &Proxy, index: usize, failed: bool) {
+        let ticket = self
+            .in_flight
+            .and_then(|(i, t)| (i == index).then_some(t))
+            .flatten();
+        proxy.record(
+            &self.entry.endpoints,
+            &self.entry.route,
+            index,
+            ticket,
+            failed,
+        );
     }
 
     /// Nothing more can be tried: the last answer, else the last error.
@@ -457,7 +500,7 @@ impl<'a> Tries<'a> {
         ctx: &mut RequestCtx<'_>,
     ) -> Next {
         let entry: &'a RouteEntry = self.entry;
-        let (route, set) = (&entry.route, &entry.endpoints);
+        let set = &entry.endpoints;
         let endpoint = &set.endpoints()[index];
         let answered_at = Instant::now();
         ctx.answered_at = Some(answered_at);
@@ -466,7 +509,7 @@ impl<'a> Tries<'a> {
             endpoint.health.observe_latency(took);
         }
         if let Err(reason) = check_head(&resp, upgrade) {
-            proxy.record(set, route, index, true);
+            self.record(proxy, index, true);
             return Next::Fail(ProxyError::UpstreamProtocol {
                 endpoint: endpoint.id.to_string(),
                 reason: reason.to_string(),
@@ -474,7 +517,7 @@ impl<'a> Tries<'a> {
         }
         entry.state.metrics.observe_upstream(set, index, took);
         let status = resp.status().as_u16();
-        proxy.record(set, route, index, resp.status().is_server_error());
+        self.record(proxy, index, resp.status().is_server_error());
         let wanted = self.retry.is_some_and(|p| p.retries_status(status));
         if wanted && self.may_retry(|_| true) {
             tracing::debug!(endpoint = %endpoint.id, status, "retrying on another endpoint");
@@ -493,12 +536,11 @@ impl<'a> Tries<'a> {
         index: usize,
         endpoint: &Endpoint,
     ) -> Next {
-        let entry: &'a RouteEntry = self.entry;
-        let (route, set) = (&entry.route, &entry.endpoints);
+        let route = &self.entry.route;
         let id = endpoint.id.to_string();
         let (reason, covered): (String, fn(&RetryPolicy) -> bool) = match failed.error {
             UpstreamError::Connect(reason) => {
-                proxy.record(set, route, index, true);
+                self.record(proxy, index, true);
                 tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
                 self.connect_failures += 1;
                 self.anywhere = false;
@@ -525,7 +567,7 @@ impl<'a> Tries<'a> {
         if let Some(fault) = self.watch.as_ref().and_then(|w| w.fault()) {
             return Next::Fail(proxy.fault_error(fault));
         }
-        proxy.record(set, route, index, true);
+        self.record(proxy, index, true);
         let error = ProxyError::UpstreamProtocol {
             endpoint: id,
             reason,
@@ -558,8 +600,7 @@ impl<'a> Tries<'a> {
     }
 
     fn judge_timeout(&mut self, proxy: &Proxy, index: usize, endpoint: &Endpoint) -> Next {
-        let entry: &'a RouteEntry = self.entry;
-        proxy.record(&entry.endpoints, &entry.route, index, true);
+        self.record(proxy, index, true);
         let per_try = self.retry.and_then(|p| p.per_try_timeout);
         let error = ProxyError::UpstreamTimeout {
             endpoint: endpoint.id.to_string(),
@@ -634,71 +675,54 @@ fn check_head(
     Ok(())
 }
 
-/// The `consistent_hash` key of a request, if it carries one.
-pub fn hash_key<B>(req: &Request<B>, on: &HashOn, peer: &Peer) -> Option<u64> {
-    let bytes: &[u8] = match on {
-        HashOn::Header(name) => req.headers().get(name)?.as_bytes(),
-        HashOn::Cookie(name) => req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let rest = pair.strip_prefix(name.as_bytes())?;
-                rest.strip_prefix(b"=")
-            })?,
-        HashOn::ClientIp => peer.ip.as_bytes(),
-        HashOn::Path => req.uri().path().as_bytes(),
-    };
-    Some(stable_hash(bytes))
-}
-
 /// Picks for a route with a breaker or slow start: skips endpoints whose
 /// circuit is open, and lets a warming endpoint decline its turn by chance
 /// (its share grows over the slow-start window). `Some(None)`: nothing left
-/// to pick; `None`: every circuit left was open.
+/// to pick; `None`: every circuit left was open. `ticket` gets the breaker's
+/// admission of the endpoint picked, to hand back with its outcome.
 fn pick_admitted<'a>(
     set: &'a EndpointSet,
     route: &Route,
     key: Option<u64>,
     tried: &[usize],
+    ticket: &mut Option<Ticket>,
 ) -> Option<Option<(usize, &'a Endpoint)>> {
     let mut skip = [usize::MAX; 32];
     let mut m = tried.len().min(skip.len());
     skip[..m].copy_from_slice(&tried[..m]);
     let now = now_ms();
     let mut any_open = false;
-    // A warming endpoint that declined: used if nothing else will take it.
-    let mut declined = None;
+    // Admits through the endpoint's circuit (always, without a breaker).
+    let mut admit = |e: &Endpoint, ticket: &mut Option<Ticket>| match &route.breaker {
+        None => true,
+        Some(policy) => {
+            *ticket = e.health.breaker.admit(now, policy);
+            any_open |= ticket.is_none();
+            ticket.is_some()
+        }
+    };
+    *ticket = None;
+    // A warming endpoint that declined: used if nothing else will take it
+    // (and its circuit admits it).
+    let mut declined: Option<(usize, &'a Endpoint)> = None;
     loop {
-        let Some((i, e)) = set.pick_with(&route.lb, key, &skip[..m]) else {
+        let picked = (m < skip.len())
+            .then(|| set.pick_with(&route.lb, key, &skip[..m]))
+            .flatten();
+        let Some((i, e)) = picked else {
             return match declined {
-                Some(found) => Some(Some(found)),
-                None if any_open => None,
-                None => Some(None),
+                Some(found) if admit(found.1, ticket) => Some(Some(found)),
+                _ if any_open => None,
+                _ => Some(None),
             };
         };
-        let mut pass = true;
-        if let Some(window) = route.slow_start {
-            if !e.health.warm_enough(now, window) {
-                declined.get_or_insert((i, e));
-                pass = false;
-            }
-        }
-        if pass {
-            if let Some(policy) = &route.breaker {
-                if e.health.breaker.admit(now, policy) == Admission::No {
-                    any_open = true;
-                    pass = false;
-                }
-            }
-        }
-        if pass {
+        let warming = route
+            .slow_start
+            .is_some_and(|window| !e.health.warm_enough(now, window));
+        if warming {
+            declined.get_or_insert((i, e));
+        } else if admit(e, ticket) {
             return Some(Some((i, e)));
-        }
-        if m == skip.len() {
-            return declined.map(Some);
         }
         skip[m] = i;
         m += 1;

@@ -16,7 +16,8 @@
 //!    and retry elsewhere when the policy (or, for connection failures and
 //!    resets before any answer, the defaults) allows, within the route's
 //!    timeout.
-//! 5. **Response filter** ([`Proxy::respond`]): upgrades become tunnels,
+//! 5. **Response filter** ([`Proxy::respond`]): upgrades become tunnels
+//!    ([`crate::tunnel`]),
 //!    hop-by-hop headers go, the body gets its read timeout.
 //! 6. **Log**: metrics and the access log, once per request.
 //!
@@ -48,8 +49,8 @@ use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody};
 use crate::router::{RouteEntry, RouteTable};
 use crate::trace;
+use crate::tunnel::Tunnels;
 
-pub use attempt::hash_key;
 pub use edge::{Cidr, EdgePolicy, UnderscorePolicy};
 pub use outgoing::strip_hop_by_hop;
 
@@ -85,6 +86,8 @@ pub struct ProxySettings {
     /// What the edge accepts: hosts, paths, sizes, header names, trusted
     /// hops, body limits and timeouts.
     pub edge: EdgePolicy,
+    /// Close a tunnel (WebSocket) that carried no bytes for this long.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -96,6 +99,7 @@ impl Default for ProxySettings {
             outlier: OutlierPolicy::default(),
             generate_traceparent: false,
             edge: EdgePolicy::default(),
+            tunnel_idle_timeout: crate::tunnel::DEFAULT_TUNNEL_IDLE_TIMEOUT,
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct Proxy {
     generate_traceparent: bool,
     edge: EdgePolicy,
     metrics: Arc<GatewayMetrics>,
+    tunnels: Arc<Tunnels>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -192,6 +197,8 @@ impl BodyState {
 impl Proxy {
     /// A proxy reading routes from `table`.
     pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: &ProxySettings) -> Proxy {
+        let metrics = Arc::<GatewayMetrics>::default();
+        let tunnels = Tunnels::new(settings.tunnel_idle_timeout, metrics.tunnels().clone());
         Proxy {
             table,
             pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
@@ -199,8 +206,14 @@ impl Proxy {
             access_log: settings.access_log,
             generate_traceparent: settings.generate_traceparent,
             edge: settings.edge.clone(),
-            metrics: Arc::default(),
+            metrics,
+            tunnels,
         }
+    }
+
+    /// The tunnels (upgraded connections) this proxy opened.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// The request metrics this proxy records into.
@@ -294,7 +307,7 @@ impl Proxy {
         ctx.entry = Some(matched.entry);
         let out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
         let route = &matched.entry.route;
-        let (resp, upgrade) = self.send(matched.entry, out, peer, ctx).await?;
+        let (resp, upgrade) = self.send(matched.entry, out, ctx).await?;
         Ok(self.respond(resp, upgrade, route.read_timeout))
     }
 
@@ -310,7 +323,7 @@ impl Proxy {
                 // Checked when the head arrived: a 101 only comes this far
                 // when the client asked for it.
                 let upstream = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(downstream, upstream));
+                self.tunnels.spawn(downstream, upstream);
                 let headers = resp.headers_mut();
                 let proto = headers.get(header::UPGRADE).cloned();
                 strip_hop_by_hop(headers);
@@ -363,22 +376,6 @@ impl Proxy {
             );
         }
         resp
-    }
-}
-
-/// Copies bytes both ways between an upgraded downstream and upstream.
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (down, up) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut down = hyper_util::rt::TokioIo::new(down);
-    let mut up = hyper_util::rt::TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
 }
 

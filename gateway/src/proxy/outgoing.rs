@@ -17,6 +17,7 @@ use super::edge::{EdgePolicy, Front, UnderscorePolicy};
 use super::{BodyState, Peer, RequestCtx, X_REQUEST_ID};
 use crate::balance::Endpoint;
 use crate::body::ClientBody;
+use crate::config::Balance;
 use crate::error::ProxyError;
 use crate::pool::UpstreamBody;
 use crate::router::Matched;
@@ -35,6 +36,8 @@ pub(super) struct Outgoing {
     pub host: Option<HeaderValue>,
     /// The client's side of an upgrade it asked for.
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The request's `consistent_hash` key, on routes that balance by one.
+    pub hash_key: Option<u64>,
 }
 
 /// Phase 3: builds the upstream request from the client's.
@@ -59,6 +62,13 @@ pub(super) fn prepare(
             return Err(ProxyError::BodyTooLarge { limit });
         }
     }
+    let hash_key = match &route.lb {
+        Balance::ConsistentHash(on) => {
+            let path = front.path(&req);
+            crate::balance::hash_key(on, path, req.headers(), peer.ip.as_bytes())
+        }
+        _ => None,
+    };
     let strip = route.strip_prefix.then_some(matched.prefix_len);
     let path_and_query = upstream_path(req.uri(), front.path(&req), strip)?;
     let host = front.host.as_ref().map(|h| h.value.clone());
@@ -86,6 +96,7 @@ pub(super) fn prepare(
         path_and_query,
         host,
         upgrade,
+        hash_key,
     })
 }
 

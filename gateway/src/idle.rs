@@ -1,0 +1,166 @@
+//! Idle detection for downstream connections and tunnels: "no bytes in
+//! either direction for the idle timeout" without a timer reset per read.
+//!
+//! [`ActivityIo`] wraps the I/O and sets a flag whenever bytes move (one
+//! relaxed store per read or write); [`IdleClock`] checks and clears the
+//! flag every half timeout, and calls the I/O idle after two quiet checks
+//! in a row. So a silence is noticed between one and one and a half idle
+//! timeouts after it began, at the cost of one tick per connection instead
+//! of one timer reset per read.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Interval, MissedTickBehavior};
+
+/// I/O that marks `active` whenever it moves bytes. `guard` lives exactly as
+/// long as the I/O does: a connection's slot held in it stays held while the
+/// socket is open, through an upgrade into a tunnel too.
+#[derive(Debug)]
+pub struct ActivityIo<T, G = ()> {
+    inner: T,
+    active: Arc<AtomicBool>,
+    _guard: G,
+}
+
+impl<T> ActivityIo<T> {
+    /// Wraps `inner`, marking `active`.
+    pub fn new(inner: T, active: Arc<AtomicBool>) -> ActivityIo<T> {
+        ActivityIo::with_guard(inner, active, ())
+    }
+}
+
+impl<T, G> ActivityIo<T, G> {
+    /// Wraps `inner`, marking `active`, and keeps `guard` until dropped.
+    pub fn with_guard(inner: T, active: Arc<AtomicBool>, guard: G) -> ActivityIo<T, G> {
+        ActivityIo {
+            inner,
+            active,
+            _guard: guard,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin, G: Unpin> AsyncRead for ActivityIo<T, G> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for ActivityIo<T, G> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Says when the I/O marking `active` has been quiet for the idle timeout.
+#[derive(Debug)]
+pub struct IdleClock {
+    active: Arc<AtomicBool>,
+    tick: Interval,
+    quiet_ticks: u32,
+}
+
+impl IdleClock {
+    /// A clock for `timeout`, starting now with the I/O counted active.
+    pub fn new(timeout: Duration, active: Arc<AtomicBool>) -> IdleClock {
+        let half = (timeout / 2).max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        IdleClock {
+            active,
+            tick,
+            quiet_ticks: 0,
+        }
+    }
+
+    /// Completes once two checks in a row found no bytes moved. Cancel-safe
+    /// (for `select!`): the count survives a dropped call.
+    pub async fn expired(&mut self) {
+        loop {
+            self.tick.tick().await;
+            if self.active.swap(false, Ordering::Relaxed) {
+                self.quiet_ticks = 0;
+            } else {
+                self.quiet_ticks += 1;
+                if self.quiet_ticks >= 2 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_keeps_it_alive_and_silence_expires_it() {
+        let active = Arc::new(AtomicBool::new(true));
+        let mut clock = IdleClock::new(Duration::from_secs(10), active.clone());
+        let start = tokio::time::Instant::now();
+        // Bytes every 4 s for a minute: never idle.
+        for _ in 0..15 {
+            tokio::select! {
+                () = clock.expired() => panic!("expired while active"),
+                () = tokio::time::sleep(Duration::from_secs(4)) => active.store(true, Ordering::Relaxed),
+            }
+        }
+        // Then silence: expired between 10 and 15 s later.
+        let quiet_from = tokio::time::Instant::now();
+        clock.expired().await;
+        let quiet = quiet_from.elapsed();
+        assert!(
+            quiet >= Duration::from_secs(10) && quiet <= Duration::from_secs(15),
+            "{quiet:?}"
+        );
+        assert!(start.elapsed() >= Duration::from_secs(60));
+    }
+}
