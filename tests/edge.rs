@@ -730,3 +730,155 @@ async fn when_every_endpoint_answered_5xx_the_client_gets_the_answer() {
     );
     assert!(r.headers.contains_key("x-backend"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_versions_other_than_1_0_and_1_1_get_505() {
+    let echo = TestEcho::start("e").await;
+    let gw = gateway(&echo_route("all", "/", &echo)).await;
+    for version in ["HTTP/1.2", "HTTP/2.0", "HTTP/0.9", "HTTP/3"] {
+        let a = raw(
+            gw.addr,
+            format!("GET / {version}\r\nHost: a\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(a.status(), 505, "{version}: {a:?}");
+        assert_eq!(
+            a.header("x-portico-error").as_deref(),
+            Some("http_version_not_supported")
+        );
+        assert_eq!(a.json()["code"], "http_version_not_supported");
+    }
+    let a = raw(gw.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(a.status(), 200, "{a:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Item 8: clients that stop reading their responses.
+
+/// A backend answering every request with `size` bytes.
+async fn big_backend(size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from(vec![b'z'; size]);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(body),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Resident memory of `pid` in KiB: (now, peak).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn gauge(admin: &str, name: &str) -> f64 {
+    let text = get(&format!("{admin}/metrics")).await.body;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name} "))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_are_cut_off_and_their_memory_returned() {
+    const CLIENTS: usize = 200;
+    let backend = big_backend(4 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!("[[route]]\nname = \"big\"\nupstreams = [\"{backend}\"]\n"),
+    )
+    .unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{admin_port}");
+    let gw = ChildProcess::spawn(&[
+        "gateway",
+        "--config",
+        routes.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--idle-timeout",
+        "2s",
+        "--no-access-log",
+        "--threads",
+        "2",
+    ]);
+    let pid = gw.child.id();
+    let admin_url = format!("http://{admin}");
+    wait_healthy(&admin_url).await;
+    // Warm up: a few whole responses, so the baseline has the pools and
+    // buffers a working gateway has.
+    for _ in 0..4 {
+        let r = get(&format!("http://{listen}/")).await;
+        assert_eq!(r.body.len(), 4 << 20);
+    }
+    let (baseline, _) = rss_kib(pid);
+
+    let mut stalled = Vec::new();
+    for _ in 0..CLIENTS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(listen.parse().unwrap()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(s); // never read
+    }
+    eventually("every stalled client to be counted open", || async {
+        gauge(&admin_url, "portico_downstream_connections").await >= CLIENTS as f64
+    })
+    .await;
+    // Past the idle (send) timeout, the gateway closes them by itself.
+    eventually(
+        "the gateway to close every client that stopped reading",
+        || async { gauge(&admin_url, "portico_downstream_connections").await == 0.0 },
+    )
+    .await;
+    let (after, peak) = rss_kib(pid);
+    let per_client = (peak.saturating_sub(baseline)) / CLIENTS as u64;
+    eprintln!(
+        "RSS baseline {baseline} KiB, peak {peak} KiB ({per_client} KiB per stalled client), after {after} KiB"
+    );
+    assert!(
+        per_client <= 256,
+        "{per_client} KiB buffered per client that stopped reading"
+    );
+    assert!(
+        after <= baseline + 16 * 1024,
+        "memory not returned: {baseline} KiB before, {after} KiB after the clients were cut off"
+    );
+    drop(stalled);
+}

@@ -7,6 +7,12 @@
 //! in a row. So a silence is noticed between one and one and a half idle
 //! timeouts after it began, at the cost of one tick per connection instead
 //! of one timer reset per read.
+//!
+//! It also notes when a write could not proceed (the peer stopped reading
+//! and its socket buffer is full): an idle connection in that state is a
+//! client that stopped reading its response, and is closed at once rather
+//! than asked to finish (which it never would). That makes the idle timeout
+//! the send timeout too, as nginx's `send_timeout` (60 s) is.
 
 use std::io;
 use std::pin::Pin;
@@ -18,30 +24,78 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Interval, MissedTickBehavior};
 
+/// What an [`ActivityIo`] reports to its clock.
+#[derive(Debug)]
+pub struct Activity {
+    moved: AtomicBool,
+    write_blocked: AtomicBool,
+}
+
+impl Activity {
+    /// Counted active from the start.
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            moved: AtomicBool::new(true),
+            write_blocked: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks bytes moved (for tests and wrappers of other I/O).
+    pub fn touch(&self) {
+        self.moved.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the last write could not proceed: the peer is not reading.
+    pub fn write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
+    }
+}
+
 /// I/O that marks `active` whenever it moves bytes. `guard` lives exactly as
 /// long as the I/O does: a connection's slot held in it stays held while the
 /// socket is open, through an upgrade into a tunnel too.
 #[derive(Debug)]
 pub struct ActivityIo<T, G = ()> {
     inner: T,
-    active: Arc<AtomicBool>,
+    active: Arc<Activity>,
+    /// Whether the last write returned `Pending` (mirrored in `active`,
+    /// written there only when it changes).
+    blocked: bool,
     _guard: G,
 }
 
 impl<T> ActivityIo<T> {
     /// Wraps `inner`, marking `active`.
-    pub fn new(inner: T, active: Arc<AtomicBool>) -> ActivityIo<T> {
+    pub fn new(inner: T, active: Arc<Activity>) -> ActivityIo<T> {
         ActivityIo::with_guard(inner, active, ())
     }
 }
 
 impl<T, G> ActivityIo<T, G> {
     /// Wraps `inner`, marking `active`, and keeps `guard` until dropped.
-    pub fn with_guard(inner: T, active: Arc<AtomicBool>, guard: G) -> ActivityIo<T, G> {
+    pub fn with_guard(inner: T, active: Arc<Activity>, guard: G) -> ActivityIo<T, G> {
         ActivityIo {
             inner,
             active,
+            blocked: false,
             _guard: guard,
+        }
+    }
+
+    fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
+        match res {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.active.moved.store(true, Ordering::Relaxed);
+                if self.blocked {
+                    self.blocked = false;
+                    self.active.write_blocked.store(false, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending if !self.blocked => {
+                self.blocked = true;
+                self.active.write_blocked.store(true, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 }
@@ -55,7 +109,7 @@ impl<T: AsyncRead + Unpin, G: Unpin> AsyncRead for ActivityIo<T, G> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.active.store(true, Ordering::Relaxed);
+            self.active.moved.store(true, Ordering::Relaxed);
         }
         res
     }
@@ -68,9 +122,7 @@ impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for ActivityIo<T, G> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.active.store(true, Ordering::Relaxed);
-        }
+        self.wrote(&res);
         res
     }
 
@@ -80,9 +132,7 @@ impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for ActivityIo<T, G> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.active.store(true, Ordering::Relaxed);
-        }
+        self.wrote(&res);
         res
     }
 
@@ -102,14 +152,14 @@ impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for ActivityIo<T, G> {
 /// Says when the I/O marking `active` has been quiet for the idle timeout.
 #[derive(Debug)]
 pub struct IdleClock {
-    active: Arc<AtomicBool>,
+    active: Arc<Activity>,
     tick: Interval,
     quiet_ticks: u32,
 }
 
 impl IdleClock {
     /// A clock for `timeout`, starting now with the I/O counted active.
-    pub fn new(timeout: Duration, active: Arc<AtomicBool>) -> IdleClock {
+    pub fn new(timeout: Duration, active: Arc<Activity>) -> IdleClock {
         let half = (timeout / 2).max(Duration::from_millis(1));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -125,7 +175,7 @@ impl IdleClock {
     pub async fn expired(&mut self) {
         loop {
             self.tick.tick().await;
-            if self.active.swap(false, Ordering::Relaxed) {
+            if self.active.moved.swap(false, Ordering::Relaxed) {
                 self.quiet_ticks = 0;
             } else {
                 self.quiet_ticks += 1;
@@ -143,14 +193,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn activity_keeps_it_alive_and_silence_expires_it() {
-        let active = Arc::new(AtomicBool::new(true));
+        let active = Activity::new();
         let mut clock = IdleClock::new(Duration::from_secs(10), active.clone());
         let start = tokio::time::Instant::now();
         // Bytes every 4 s for a minute: never idle.
         for _ in 0..15 {
             tokio::select! {
                 () = clock.expired() => panic!("expired while active"),
-                () = tokio::time::sleep(Duration::from_secs(4)) => active.store(true, Ordering::Relaxed),
+                () = tokio::time::sleep(Duration::from_secs(4)) => active.touch(),
             }
         }
         // Then silence: expired between 10 and 15 s later.

@@ -52,6 +52,7 @@ pub mod idle;
 pub mod metrics;
 pub mod path;
 pub mod pool;
+pub mod protocol;
 pub mod proxy;
 pub mod reload;
 pub mod retry;

@@ -106,12 +106,15 @@ impl SendError {
 /// so the request can be retried).
 pub type UpstreamBody = http_body_util::Either<ClientBody, http_body_util::Full<Bytes>>;
 
-/// Largest upstream HTTP/1.1 read buffer, and HTTP/2 stream window: how much
-/// of a response the gateway takes from an upstream ahead of a client that
-/// reads slowly. hyper's defaults (about 400 KiB and 2 MiB) let each slow
-/// client pin that much memory; past this, back-pressure reaches the
-/// upstream instead.
-pub const UPSTREAM_BUFFER: usize = 64 * 1024;
+/// Largest upstream HTTP/1.1 read buffer: how much of a response the
+/// gateway reads from an upstream at once. hyper's default (about 400 KiB)
+/// let each client that reads slowly pin that much, twice over (the buffer
+/// and the chunk queued for the client); nginx reads in 4-8 KiB buffers.
+/// Past what is buffered, back-pressure reaches the upstream.
+pub const UPSTREAM_BUFFER: usize = 16 * 1024;
+/// HTTP/2 stream window towards upstreams: the same bound for h2c (hyper's
+/// default is 2 MiB a stream); 64 KiB is HTTP/2's own default.
+pub const UPSTREAM_H2_WINDOW: u32 = 64 * 1024;
 
 type Key = Box<str>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -369,8 +372,8 @@ impl Pool {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
-            .initial_stream_window_size(UPSTREAM_BUFFER as u32)
-            .initial_connection_window_size(16 * UPSTREAM_BUFFER as u32)
+            .initial_stream_window_size(UPSTREAM_H2_WINDOW)
+            .initial_connection_window_size(16 * UPSTREAM_H2_WINDOW)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;

@@ -2,6 +2,10 @@
 //! (prior knowledge) on the same port, enforces connection limits, and drains
 //! gracefully on shutdown.
 //!
+//! A connection's first bytes tell HTTP/1.1 from h2c and refuse other HTTP
+//! versions with 505 ([`crate::protocol`]); hyper's HTTP/1 or HTTP/2 server
+//! then serves it.
+//!
 //! Limits and why they are where they are:
 //! - header read timeout: hyper's own, which only works with a timer set on
 //!   the builder (set here). For HTTP/1.1 hyper starts that clock whenever the
@@ -12,6 +16,14 @@
 //! - idle timeout: no bytes in either direction for this long closes the
 //!   connection gracefully (in-flight requests still finish); see
 //!   [`crate::idle`]: the hot path pays one relaxed store per read or write.
+//!   A connection idle because its client stopped reading (the last write
+//!   could not proceed) is closed at once: it would never finish. So the
+//!   idle timeout is also the send timeout. A connection still open one
+//!   idle period after a graceful close was asked is closed.
+//! - buffering per connection: hyper's HTTP/1 buffers are bounded by the
+//!   head size limit (64 KiB) and its HTTP/2 send buffer per stream by
+//!   [`MAX_SEND_BUFFER`]; past them, back-pressure reaches the upstream
+//!   (whose own buffer is bounded: [`crate::pool::UPSTREAM_BUFFER`]).
 //! - connection caps, gateway-wide and per client IP, and the backoff on
 //!   accept errors: see [`crate::caps`].
 //! - drain: at shutdown, connections and tunnels ([`crate::tunnel`]) get
@@ -20,18 +32,20 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
-use crate::idle::{ActivityIo, IdleClock};
+use crate::idle::{Activity, ActivityIo, IdleClock};
+use crate::protocol::{Protocol, Rewind};
 use crate::proxy::Proxy;
 
 /// Default time allowed for a client to send a complete request head.
@@ -42,6 +56,39 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time in-flight requests get to finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most response bytes buffered per HTTP/2 stream for a client that has
+/// not taken them yet (hyper's default is 400 KiB).
+pub const MAX_SEND_BUFFER: usize = 64 * 1024;
+
+/// The two HTTP servers a connection may get, configured once.
+#[derive(Debug)]
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// Bounds the first read too (before hyper's own clock starts).
+    header_read_timeout: Duration,
+}
+
+impl Protocols {
+    fn new(settings: &ServerSettings) -> Protocols {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_size.max(8192))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(settings.max_header_size as u32)
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .max_send_buf_size(MAX_SEND_BUFFER)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Protocols {
+            http1: h1,
+            http2: h2,
+            header_read_timeout: settings.header_read_timeout,
+        }
+    }
+}
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -88,20 +135,7 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_size.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_size as u32)
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let protocols = Arc::new(Protocols::new(&settings));
 
     let max = settings
         .max_connections
@@ -147,7 +181,7 @@ pub async fn serve(
             permit,
             peer,
             proxy.clone(),
-            builder.clone(),
+            protocols.clone(),
             settings.idle_timeout,
             Draining {
                 closing: closing_rx.clone(),
@@ -201,7 +235,7 @@ async fn serve_connection(
     permit: Permit,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     idle_timeout: Duration,
     mut draining: Draining,
 ) {
@@ -209,8 +243,29 @@ async fn serve_connection(
     // the socket is open: the guards live in the I/O, which an upgrade
     // hands on to a tunnel.
     let guards = (proxy.metrics().open_connection(), permit);
-    let active = Arc::new(AtomicBool::new(true));
-    let io = TokioIo::new(ActivityIo::with_guard(stream, active.clone(), guards));
+    let active = Activity::new();
+    let mut io = ActivityIo::with_guard(stream, active.clone(), guards);
+    let first = tokio::time::timeout(
+        protocols.header_read_timeout,
+        crate::protocol::detect(&mut io),
+    );
+    let detected = tokio::select! {
+        detected = first => detected,
+        // Shutting down before the first request arrived: nothing to finish.
+        _ = draining.closing.changed() => return,
+    };
+    let (protocol, prefix) = match detected {
+        Ok(Ok(Some(found))) => found,
+        // Closed, failed, or silent for the header timeout: nothing to answer.
+        _ => return,
+    };
+    let mut io = Rewind::new(prefix, io);
+    if protocol == Protocol::Unsupported {
+        let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
+        let _ = io.shutdown().await;
+        return;
+    }
+    let io = TokioIo::new(io);
     let downstream = Arc::new(proxy.peer(peer));
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
@@ -222,9 +277,32 @@ async fn serve_connection(
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) },
         )
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let idle = IdleClock::new(idle_timeout, active.clone());
+    let watch = (idle, active, draining, peer);
+    if protocol == Protocol::H2c {
+        let conn = protocols.http2.serve_connection(io, service);
+        drive(conn, |c| c.graceful_shutdown(), watch).await;
+    } else {
+        let conn = protocols
+            .http1
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(conn, |c| c.graceful_shutdown(), watch).await;
+    }
+}
+
+/// Runs a connection to its end: asks it to finish gracefully at shutdown
+/// or when idle, and drops it (closing the socket) when it is idle because
+/// its client stopped reading, or still open an idle period after a
+/// graceful close was asked.
+async fn drive<C>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    (mut idle, active, mut draining, peer): (IdleClock, Arc<Activity>, Draining, SocketAddr),
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     tokio::pin!(conn);
-    let mut idle = IdleClock::new(idle_timeout, active);
     let mut shutting_down = false;
     loop {
         tokio::select! {
@@ -237,12 +315,20 @@ async fn serve_connection(
             }
             _ = draining.closing.changed(), if !shutting_down => {
                 shutting_down = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
-            () = idle.expired(), if !shutting_down => {
+            () = idle.expired() => {
+                if active.write_blocked() {
+                    tracing::debug!(%peer, "closing a connection whose client stopped reading");
+                    return;
+                }
+                if shutting_down {
+                    tracing::debug!(%peer, "closing a connection that did not finish after an idle period");
+                    return;
+                }
                 tracing::debug!(%peer, "closing idle connection");
                 shutting_down = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
         }
     }

@@ -15,7 +15,7 @@
 //! tunnel keeps holding it until the tunnel ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
@@ -152,7 +152,7 @@ impl Tunnels {
         };
         // Every byte either way passes through the client side: marking it
         // is enough to see activity in both directions.
-        let active = Arc::new(AtomicBool::new(true));
+        let active = crate::idle::Activity::new();
         let mut down = ActivityIo::new(TokioIo::new(down), active.clone());
         let mut up = TokioIo::new(up);
         let mut idle = IdleClock::new(self.idle_timeout, active);
