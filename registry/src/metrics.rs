@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub revision: Revision,
     /// Whether self-preservation has lease expiry paused.
     pub self_preservation: bool,
+    /// Lapsed leases the expiry cap held back at the last sweep.
+    pub expiry_held_back: usize,
     /// Leases expired since start.
     pub lease_expiries: u64,
     /// Watch streams open now.
@@ -94,11 +96,13 @@ impl Snapshot {
             instances.critical += s.instances.critical;
             instances.draining += s.instances.draining;
         }
+        let preservation = catalog.preservation().get();
         Ok(Snapshot {
             instances,
             services: services.len(),
             revision,
-            self_preservation: catalog.preservation().get().active,
+            self_preservation: preservation.active,
+            expiry_held_back: preservation.held_back,
             lease_expiries: catalog.metrics().lease_expiries(),
             watch_subscribers: catalog.metrics().watch_subscribers(),
         })
@@ -137,7 +141,7 @@ impl Collector for Snapshot {
         ] {
             e.encode_family(&[("status", status)])?.encode_gauge(&n)?;
         }
-        let gauges: [(&str, &str, i64); 4] = [
+        let gauges: [(&str, &str, i64); 5] = [
             (
                 "portico_registry_services",
                 "Services with at least one registered instance.",
@@ -147,6 +151,11 @@ impl Collector for Snapshot {
                 "portico_registry_self_preservation",
                 "1 while self-preservation has lease expiry paused.",
                 i64::from(self.self_preservation),
+            ),
+            (
+                "portico_registry_expiry_held_back",
+                "Lapsed leases the expiry cap kept from expiring at the last sweep.",
+                i64::try_from(self.expiry_held_back).unwrap_or(i64::MAX),
             ),
             (
                 "portico_registry_watch_subscribers",
@@ -192,6 +201,7 @@ mod tests {
             services: 1,
             revision: 7,
             self_preservation: true,
+            expiry_held_back: 2,
             lease_expiries: 3,
             watch_subscribers: 1,
         }
@@ -200,6 +210,7 @@ mod tests {
             "portico_registry_instances{status=\"passing\"} 2",
             "portico_registry_instances{status=\"critical\"} 1",
             "portico_registry_self_preservation 1",
+            "portico_registry_expiry_held_back 2",
             "portico_registry_revision 7",
             "portico_registry_lease_expiries_total 3",
             "portico_registry_watch_subscribers 1",
