@@ -685,25 +685,43 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// Ready when the store answers and takes writes. Not ready (503) while it
+/// cannot be read, or refuses writes (a full disk): `error` says why.
 async fn readyz(State(app): State<AppState>) -> Response {
     let preservation = app.catalog.preservation().get();
-    match app.catalog.store().revision().await {
-        Ok(revision) => json(
+    let health = app.catalog.store().write_health();
+    let store = serde_json::json!({
+        "writable": health.refusing.is_none(),
+        "refusing_since_ms": health.since_ms,
+        "write_failures": health.failures,
+        "recoveries": health.recoveries,
+    });
+    let revision = app.catalog.store().revision().await;
+    let error = match (&revision, &health.refusing) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(_), Some(reason)) => Some(format!("the store refuses writes: {reason}")),
+        (Ok(_), None) => None,
+    };
+    let revision = revision.unwrap_or(0);
+    match error {
+        None => json(
             revision,
             &serde_json::json!({
                 "status": "ready",
                 "revision": revision,
                 "self_preservation": preservation,
                 "lease_sweeps": app.catalog.sweeps(),
+                "store": store,
             }),
         ),
-        Err(e) => {
+        Some(error) => {
             let mut resp = json(
-                0,
+                revision,
                 &serde_json::json!({
                     "status": "unavailable",
-                    "error": e.to_string(),
+                    "error": error,
                     "self_preservation": preservation,
+                    "store": store,
                 }),
             );
             *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

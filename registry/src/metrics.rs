@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::model::{Revision, StatusCounts};
+use crate::store::WriteHealth;
 
 /// `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -83,6 +84,8 @@ pub struct Snapshot {
     pub lease_expiries: u64,
     /// Watch streams open now.
     pub watch_subscribers: i64,
+    /// Whether the store takes writes, and its failure counters.
+    pub store: WriteHealth,
 }
 
 impl Snapshot {
@@ -105,6 +108,7 @@ impl Snapshot {
             expiry_held_back: preservation.held_back,
             lease_expiries: catalog.metrics().lease_expiries(),
             watch_subscribers: catalog.metrics().watch_subscribers(),
+            store: catalog.store().write_health(),
         })
     }
 
@@ -141,7 +145,12 @@ impl Collector for Snapshot {
         ] {
             e.encode_family(&[("status", status)])?.encode_gauge(&n)?;
         }
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "portico_registry_store_writable",
+                "1 while the store takes writes; 0 while it refuses them (a full disk) and recovers.",
+                i64::from(self.store.refusing.is_none()),
+            ),
             (
                 "portico_registry_services",
                 "Services with at least one registered instance.",
@@ -181,6 +190,23 @@ impl Collector for Snapshot {
                 MetricType::Counter,
             )?
             .encode_counter::<NoLabelSet, _, u64>(&self.lease_expiries, None)?;
+        let counters = [
+            (
+                "portico_registry_store_write_failures",
+                "Store commits that failed (writes refused with 503 store_unavailable) since start.",
+                self.store.failures,
+            ),
+            (
+                "portico_registry_store_recoveries",
+                "Times the store took writes again by itself after a failed commit.",
+                self.store.recoveries,
+            ),
+        ];
+        for (name, help, value) in counters {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
         Ok(())
     }
 }
@@ -204,6 +230,12 @@ mod tests {
             expiry_held_back: 2,
             lease_expiries: 3,
             watch_subscribers: 1,
+            store: WriteHealth {
+                refusing: Some("disk full".into()),
+                since_ms: Some(1),
+                failures: 2,
+                recoveries: 1,
+            },
         }
         .render();
         for line in [
@@ -214,6 +246,9 @@ mod tests {
             "portico_registry_revision 7",
             "portico_registry_lease_expiries_total 3",
             "portico_registry_watch_subscribers 1",
+            "portico_registry_store_writable 0",
+            "portico_registry_store_write_failures_total 2",
+            "portico_registry_store_recoveries_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
