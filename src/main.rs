@@ -61,6 +61,15 @@ enum Command {
         /// Bearer token for a registry that requires one (a read token is enough).
         #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
         registry_token: Option<String>,
+        /// Directory of the registry-state cache: the registry state this
+        /// gateway applied last, served when it starts while no registry
+        /// answers.
+        #[arg(long, default_value = "portico-cache")]
+        cache_dir: PathBuf,
+        /// Keep no registry-state cache (a gateway started while no registry
+        /// answers then has no registry routes until one does).
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -300,6 +309,7 @@ impl GatewayArgs {
             config_path: self.config.clone(),
             config_poll: Some(self.config_poll_interval),
             registry,
+            cache_dir: None,
             registry_token: registry_token.map(Into::into),
             auto_routes: self
                 .auto_routes
@@ -415,9 +425,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gateway {
             registry,
             registry_token,
+            cache_dir,
+            no_cache,
             gateway,
         } => {
-            let gw = gateway.options(registry, registry_token, false)?;
+            let mut gw = gateway.options(registry, registry_token, false)?;
+            gw.cache_dir = (!no_cache).then_some(cache_dir);
             let listen = bind(gateway.listen, "gateway").await?;
             println!("portico gateway: http://{}", listen.local_addr()?);
             let admin = gateway.admin_listener().await?;
