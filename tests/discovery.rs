@@ -256,7 +256,7 @@ fn drive_heartbeats(
                     let _ = client.heartbeat("fleet", id).await;
                 }
             }
-            // The renewal period (a tenth of the lease), not a wait for anything.
+            // The renewal period (well under a third of the lease), not a wait for anything.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
@@ -293,7 +293,9 @@ async fn half_the_fleet_silent_pauses_expiry_and_less_is_expired_at_a_capped_rat
     let ids: Vec<String> = (0..20).map(|n| format!("i{n}")).collect();
     for (n, id) in ids.iter().enumerate() {
         let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", 10_000 + n as u16);
-        spec.ttl = Duration::from_secs(2);
+        // Long enough that on etcd (whole-second leases) the "late" marker
+        // (two thirds of the lease) lapses well before the lease itself.
+        spec.ttl = Duration::from_secs(6);
         client.register_once("fleet", id, &spec).await.unwrap();
     }
     let alive = std::sync::Arc::new(tokio::sync::Mutex::new(ids.clone()));

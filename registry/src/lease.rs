@@ -42,6 +42,15 @@
 //! (`held_back` in `/v1/services`, `portico_registry_expiry_held_back`).
 //! Which lapsed leases go first is random, so no service's instances are
 //! always the ones kept waiting.
+//!
+//! **After a pause.** When renewals recover, they do not all come back in
+//! the same sweep: clients renew on their own jittered schedules (and on
+//! etcd a lease that expired meanwhile is granted again, one write each).
+//! The moment the share at risk drops under the threshold, the stragglers
+//! would be expired (up to the cap) although they are alive. So after a
+//! release, a lapsed lease gets one more lease length to renew before it
+//! can expire: a live client renews within a third of it. Those are
+//! reported as held back too.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -135,28 +144,49 @@ impl PreservationState {
     }
 }
 
-/// The expiries this replica made within the cap's window, oldest first.
+/// The expiries this replica made within the cap's window, oldest first,
+/// and when self-preservation last released.
 #[derive(Debug, Default)]
-pub struct ExpiryLog(Mutex<VecDeque<tokio::time::Instant>>);
+pub struct ExpiryLog(Mutex<ExpiryLogInner>);
+
+#[derive(Debug, Default)]
+struct ExpiryLogInner {
+    recent: VecDeque<tokio::time::Instant>,
+    released_at: Option<tokio::time::Instant>,
+}
 
 impl ExpiryLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExpiryLogInner> {
+        self.0.lock().expect("expiry log lock poisoned")
+    }
+
     /// Expiries since `now - window`; older ones are forgotten.
     fn recent(&self, now: tokio::time::Instant, window: Duration) -> usize {
-        let mut log = self.0.lock().expect("expiry log lock poisoned");
+        let mut log = self.lock();
         while log
+            .recent
             .front()
             .is_some_and(|t| now.duration_since(*t) >= window)
         {
-            log.pop_front();
+            log.recent.pop_front();
         }
-        log.len()
+        log.recent.len()
     }
 
     fn record(&self, at: tokio::time::Instant) {
-        self.0
-            .lock()
-            .expect("expiry log lock poisoned")
-            .push_back(at);
+        self.lock().recent.push_back(at);
+    }
+
+    fn released(&self, at: tokio::time::Instant) {
+        self.lock().released_at = Some(at);
+    }
+
+    /// Whether a lease of `ttl` is still in its grace after the last
+    /// release of self-preservation.
+    fn in_release_grace(&self, now: tokio::time::Instant, ttl: Duration) -> bool {
+        self.lock()
+            .released_at
+            .is_some_and(|t| now.duration_since(t) < ttl)
     }
 }
 
@@ -268,6 +298,7 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
             live,
             "self-preservation released: renewals recovered; expiry resumes"
         );
+        catalog.expiry_log().released(tokio::time::Instant::now());
     }
     let (expired, held_back) = expire_capped(catalog, fresh, live, now_ms).await?;
     if held_back > 0 && previous.held_back == 0 {
@@ -287,7 +318,8 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
 }
 
 /// Marks lapsed instances `critical`, as many as the expiry cap allows now,
-/// in random order. Answers how many expired and how many were held back.
+/// in random order, except those still in their release grace. Answers how
+/// many expired and how many were held back.
 async fn expire_capped(
     catalog: &Catalog,
     mut fresh: Vec<(KeyValue, crate::model::Instance)>,
@@ -297,14 +329,16 @@ async fn expire_capped(
     let policy = catalog.policy();
     let now = tokio::time::Instant::now();
     let log = catalog.expiry_log();
+    let lapsed = fresh.len();
+    fresh.retain(|(_, i)| !log.in_release_grace(now, i.spec.ttl));
     let allowed = expiry_allowance(
         policy.expiry_cap,
         live,
         log.recent(now, policy.expiry_window),
     );
     fastrand::shuffle(&mut fresh);
-    let held_back = fresh.len().saturating_sub(allowed);
     fresh.truncate(allowed);
+    let held_back = lapsed - fresh.len();
     let mut expired = 0;
     for (kv, mut instance) in fresh {
         instance.status = Status::Critical;
@@ -446,6 +480,36 @@ mod tests {
         let later = sweep_once(&catalog).await.unwrap();
         assert_eq!((later.expired, later.held_back), (3, 0));
         assert_eq!(catalog.preservation().get().held_back, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_stragglers_get_one_lease_length_to_come_back() {
+        let (catalog, _dir) = fleet(20).await;
+        go_silent(&catalog, 10).await;
+        assert!(sweep_once(&catalog).await.unwrap().paused);
+        // Renewals recover, but two instances are slower than the rest.
+        for i in 0..18 {
+            catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+        }
+        let released = sweep_once(&catalog).await.unwrap();
+        assert_eq!(
+            (released.paused, released.expired, released.held_back),
+            (false, 0, 2)
+        );
+        // Within their lease length one comes back; nothing expired.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for i in 0..19 {
+            catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+        }
+        let later = sweep_once(&catalog).await.unwrap();
+        assert_eq!((later.expired, later.held_back), (0, 1));
+        // One lease length after the release, the one still silent expires.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        for i in 0..19 {
+            catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+        }
+        let last = sweep_once(&catalog).await.unwrap();
+        assert_eq!((last.expired, last.held_back), (1, 0));
     }
 
     #[tokio::test(start_paused = true)]
