@@ -61,6 +61,15 @@ enum Command {
         /// Bearer token for a registry that requires one (a read token is enough).
         #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
         registry_token: Option<String>,
+        /// Directory of the registry-state cache: the registry state this
+        /// gateway applied last, served when it starts while no registry
+        /// answers.
+        #[arg(long, default_value = "portico-cache")]
+        cache_dir: PathBuf,
+        /// Keep no registry-state cache (a gateway started while no registry
+        /// answers then has no registry routes until one does).
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -91,12 +100,19 @@ struct RegistryArgs {
     /// How long an expired (critical) instance stays listed before removal.
     #[arg(long, default_value = "60s", value_parser = duration)]
     critical_grace: Duration,
-    /// Share of live leases lapsing in one sweep that pauses expiry.
+    /// Share of live leases lapsed or late at or above which expiry pauses.
     #[arg(long, default_value_t = 0.5)]
     preservation_threshold: f64,
     /// Fewest lapsed leases that can pause expiry.
     #[arg(long, default_value_t = 3)]
     preservation_min: usize,
+    /// Share of live leases that may expire within --expiry-cap-window
+    /// (rounded up, at least one); 1 turns the cap off.
+    #[arg(long, default_value_t = 0.15)]
+    expiry_cap: f64,
+    /// The sliding window of --expiry-cap.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    expiry_cap_window: Duration,
     /// An API token, `ROLE:SECRET` (admin, register, read) or
     /// `register[SERVICE,...]:SECRET`; repeatable. Prefer --tokens-file: flags
     /// show in the process list.
@@ -161,6 +177,12 @@ impl RegistryArgs {
         if self.sweep_interval.is_zero() {
             anyhow::bail!("--sweep-interval must be more than 0");
         }
+        if !(self.expiry_cap > 0.0 && self.expiry_cap <= 1.0) {
+            anyhow::bail!("--expiry-cap must be more than 0 and at most 1");
+        }
+        if self.expiry_cap_window.is_zero() {
+            anyhow::bail!("--expiry-cap-window must be more than 0");
+        }
         let mut tokens = match &self.tokens_file {
             Some(path) => {
                 Tokens::load(path).with_context(|| format!("tokens file {}", path.display()))?
@@ -180,6 +202,8 @@ impl RegistryArgs {
                 critical_grace: self.critical_grace,
                 preservation_threshold: self.preservation_threshold,
                 preservation_min: self.preservation_min,
+                expiry_cap: self.expiry_cap,
+                expiry_window: self.expiry_cap_window,
             },
             tokens,
         })
@@ -308,6 +332,7 @@ impl GatewayArgs {
             config_path: self.config.clone(),
             config_poll: Some(self.config_poll_interval),
             registry,
+            cache_dir: None,
             registry_token: registry_token.map(Into::into),
             auto_routes: self
                 .auto_routes
@@ -430,9 +455,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gateway {
             registry,
             registry_token,
+            cache_dir,
+            no_cache,
             gateway,
         } => {
-            let gw = gateway.options(registry, registry_token, false)?;
+            let mut gw = gateway.options(registry, registry_token, false)?;
+            gw.cache_dir = (!no_cache).then_some(cache_dir);
             let listen = bind(gateway.listen, "gateway").await?;
             println!("portico gateway: http://{}", listen.local_addr()?);
             let admin = gateway.admin_listener().await?;

@@ -241,6 +241,114 @@ async fn self_preservation_pauses_mass_expiry_but_not_a_lone_death() {
     drop(back);
 }
 
+/// Renews every instance named in `alive` every 200 ms, all in one pass
+/// while holding the list, so instances taken out of it between passes
+/// stop renewing together (as in a partition) rather than one by one.
+fn drive_heartbeats(
+    client: portico_registry::client::RegistryClient,
+    alive: std::sync::Arc<tokio::sync::Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            {
+                let ids = alive.lock().await;
+                for id in ids.iter() {
+                    let _ = client.heartbeat("fleet", id).await;
+                }
+            }
+            // The renewal period (well under a third of the lease), not a wait for anything.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+async fn fleet_by_status(client: &portico_registry::client::RegistryClient) -> (usize, usize) {
+    let list = client.instances("fleet").await.unwrap();
+    let critical = list
+        .instances
+        .iter()
+        .filter(|i| i.status == Status::Critical)
+        .count();
+    (list.instances.len() - critical, critical)
+}
+
+async fn preservation(url: &str) -> serde_json::Value {
+    get(&format!("{url}/v1/services", url = url)).await.json()["self_preservation"].clone()
+}
+
+/// Item 11: exactly half of 20 leases lapsing together pauses expiry (the
+/// threshold is "at or above"); below the threshold a cap spreads expiry
+/// out (15% of the live leases per window), and what it holds back shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_the_fleet_silent_pauses_expiry_and_less_is_expired_at_a_capped_rate() {
+    let registry = TestRegistry::start(LeasePolicy {
+        sweep_interval: Duration::from_millis(100),
+        critical_grace: Duration::from_secs(3600),
+        // Nothing leaves the cap's window while the test runs.
+        expiry_window: Duration::from_secs(3600),
+        ..LeasePolicy::default()
+    })
+    .await;
+    let client = registry.client();
+    let ids: Vec<String> = (0..20).map(|n| format!("i{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", 10_000 + n as u16);
+        // Long enough that on etcd (whole-second leases) the "late" marker
+        // (two thirds of the lease) lapses well before the lease itself.
+        spec.ttl = Duration::from_secs(6);
+        client.register_once("fleet", id, &spec).await.unwrap();
+    }
+    let alive = std::sync::Arc::new(tokio::sync::Mutex::new(ids.clone()));
+    let driver = drive_heartbeats(client.clone(), alive.clone());
+
+    // Exactly ten of twenty go silent at once.
+    alive.lock().await.truncate(10);
+    eventually("expiry to pause or an instance to expire", || async {
+        preservation(&registry.url).await["active"] == true || fleet_by_status(&client).await.1 > 0
+    })
+    .await;
+    assert_eq!(
+        fleet_by_status(&client).await,
+        (20, 0),
+        "half the fleet silent must pause expiry, not expire it"
+    );
+    wait_sweeps(&registry.url, 5).await;
+    assert_eq!(fleet_by_status(&client).await, (20, 0));
+    assert_eq!(preservation(&registry.url).await["active"], true);
+
+    // They come back: renewals recover and expiry resumes.
+    *alive.lock().await = ids.clone();
+    eventually("self-preservation to release", || async {
+        preservation(&registry.url).await["active"] == false
+    })
+    .await;
+
+    // Six of twenty (30%, under the threshold) go silent: the cap lets 15%
+    // of the live leases (3) expire, holds the other 3 back, and says so.
+    alive.lock().await.truncate(14);
+    eventually("three expiries and three held back", || async {
+        fleet_by_status(&client).await.1 >= 3 && preservation(&registry.url).await["held_back"] == 3
+    })
+    .await;
+    wait_sweeps(&registry.url, 5).await;
+    assert_eq!(fleet_by_status(&client).await, (17, 3));
+    let p = preservation(&registry.url).await;
+    assert_eq!(
+        (p["active"].clone(), p["held_back"].clone()),
+        (false.into(), 3.into()),
+        "{p}"
+    );
+    let metrics = get(&format!("{}/metrics", registry.url)).await;
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .any(|l| l == "portico_registry_expiry_held_back 3"),
+        "{}",
+        String::from_utf8_lossy(&metrics.body)
+    );
+    driver.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_checks_instances_registered_with_a_check() {
     let registry = TestRegistry::start(fast_leases()).await;

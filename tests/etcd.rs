@@ -285,6 +285,50 @@ async fn leases_survive_a_replica_restart_and_still_expire() {
     );
 }
 
+/// A lease etcd expired while self-preservation held its instance is granted
+/// again by the instance's next heartbeat. (etcd-client reports a keep-alive
+/// of an expired lease as an error, which was taken for a failing member:
+/// the heartbeat answered 503 for as long as the instance lived, so a
+/// partition that healed could never end the pause.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_revives_a_lease_etcd_expired_during_a_pause() {
+    let cluster = EtcdCluster::start(1).await;
+    let registry = replica(&cluster).await;
+    let client = registry.client();
+    let spec = InstanceSpec {
+        // Whole seconds on etcd: the late marker (2 s) lapses before the lease.
+        ttl: Duration::from_secs(3),
+        ..InstanceSpec::new("127.0.0.1", 9)
+    };
+    for id in ["a", "b", "c", "d"] {
+        client.register_once("svc", id, &spec).await.unwrap();
+    }
+    let services = format!("{}/v1/services", registry.url);
+    eventually("expiry to pause with every lease lapsed", || async {
+        let p = get(&services).await.json()["self_preservation"].clone();
+        p["active"] == true && p["lapsed"] == 4
+    })
+    .await;
+    for id in ["a", "b", "c", "d"] {
+        assert!(
+            client.heartbeat("svc", id).await.unwrap(),
+            "heartbeat of {id}"
+        );
+    }
+    eventually("renewals to end the pause", || async {
+        get(&services).await.json()["self_preservation"]["active"] == false
+    })
+    .await;
+    let list = client.instances("svc").await.unwrap();
+    assert!(
+        list.instances
+            .iter()
+            .all(|i| i.status == portico_registry::model::Status::Passing),
+        "{:?}",
+        list.instances
+    );
+}
+
 /// Without quorum: writes answer 503 `store_unavailable`, instance lists are
 /// served from a surviving member and say how stale they may be, and a
 /// gateway keeps serving its last table.

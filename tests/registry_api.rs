@@ -389,6 +389,81 @@ async fn every_validation_rule_refuses_and_changes_nothing() {
     assert_eq!(list["instances"][0]["address"], "h");
 }
 
+/// Item 13: names a client that normalises paths would rewrite (`.`, `..`,
+/// in any spelling) are refused, and so is a body naming a key twice, at
+/// any depth, with 400 naming the key. Nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_and_duplicate_keys_are_refused() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let base = format!("{}/v1/services", registry.url);
+    let before = revision(&registry.url).await;
+    let good = json!({"address": "127.0.0.1", "port": 80});
+    for id in [".", "..", "%2e", "%2E%2e", ".%2e"] {
+        let r = put_json(&format!("{base}/web/instances/{id}"), good.clone()).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "id {id:?}");
+        assert_eq!(r.json()["field"], "id", "id {id:?}");
+    }
+    for name in [".", "..", "%2e%2e"] {
+        let r = put_json(
+            &format!("{}/v1/routes/{name}", registry.url),
+            json!({"path_prefix": "/x", "service": "web"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "route {name:?}");
+        assert_eq!(r.json()["field"], "name", "route {name:?}");
+    }
+    // Ids that merely contain dots stay valid.
+    let r = put_json(&format!("{base}/web/instances/a..b"), good.clone()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let before_dupes = revision(&registry.url).await;
+    assert!(before_dupes > before);
+
+    let http = http();
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "/v1/services/web/instances/d",
+            r#"{"address":"h","port":80,"port":81}"#,
+            "port",
+        ),
+        (
+            "/v1/services/web/instances/d",
+            r#"{"address":"h","port":80,"meta":{"a":"1","b":"2","a":"3"}}"#,
+            "meta.a",
+        ),
+        (
+            "/v1/services/web/instances/d",
+            r#"{"address":"h","port":80,"check":{"path":"/h","path":"/i"}}"#,
+            "check.path",
+        ),
+        (
+            "/v1/routes/r",
+            r#"{"path":"/x","service":"web","path":"/y"}"#,
+            "path",
+        ),
+        (
+            "/v1/routes/r",
+            r#"{"path":"/x","service":"web","headers":[{"name":"a","name":"b","exact":"1"}]}"#,
+            "headers[0].name",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let r = send(
+            &http,
+            Method::PUT,
+            &format!("{}{path}", registry.url),
+            &[("content-type", "application/json")],
+            Bytes::from_static(body.as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
+        let v = r.json();
+        assert_eq!(v["code"], "duplicate_field", "{body}: {v}");
+        assert_eq!(v["field"], field, "{body}: {v}");
+    }
+    assert_eq!(revision(&registry.url).await, before_dupes);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_filter_and_blocking_query() {
     let registry = TestRegistry::start(fast_leases()).await;

@@ -163,6 +163,7 @@ fn status_json(table: &RouteTable, s: &DiscoveryStatus, metrics: &GatewayMetrics
         "route_file_reloads": s.reloads.load(Ordering::Relaxed),
         "route_file_reload_failures": s.reload_failures.load(Ordering::Relaxed),
         "routes": table.entries().len(),
+        "cache": s.cache_json(),
     })
 }
 

@@ -5,29 +5,34 @@
 //! file (static, reloaded on change), the registry's `/v1/routes`, and, with
 //! auto routes on, one implicit `/{service}` route per discovered service.
 //!
-//! [`run`] is the one task that owns the builder. It follows the registry
-//! watch (when there is a registry) and the route file (when there is one):
-//! it applies each burst of events, rebuilds what changed (endpoint sets of
-//! changed services only; the match index only when routes changed), and
-//! swaps the new table in with one atomic store. Requests in flight keep the
-//! table they loaded. When the registry is unreachable nothing is swapped, so
-//! the gateway keeps serving its last table.
+//! [`run`] (in `follow`) is the one task that owns the builder. It follows
+//! the registry watch (when there is a registry; the watch itself runs on a
+//! task of its own) and the route file (when there is one): it applies each
+//! burst of events, rebuilds what changed (endpoint sets of changed services
+//! only; the match index only when routes changed), and swaps the new table
+//! in with one atomic store. Requests in flight keep the table they loaded.
+//! When the registry is unreachable nothing is swapped, so the gateway keeps
+//! serving its last table; with a cache directory, the registry state it
+//! applied last is kept on disk and served by a gateway started while no
+//! registry answers ([`crate::cache`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
-use portico_registry::model::{Instance, WatchEvent};
+use portico_registry::model::Instance;
 use portico_registry::route::RouteSpec;
-use tokio::sync::watch;
 
 use crate::balance::{Endpoint, EndpointSet};
 use crate::breaker::RouteState;
 use crate::check::Checkers;
-use crate::config::{Config, PathMatch, Route, Target};
+use crate::config::{PathMatch, Route, Target};
 use crate::health::HealthRegistry;
 use crate::router::{RouteEntry, RouteTable, Router};
+
+mod follow;
+
+pub use follow::{CACHE_DEBOUNCE, run};
 
 /// Builder maps are rebuilt or walked on every table build: a fast hash
 /// (foldhash) instead of SipHash keeps a change cheap with many routes.
@@ -326,142 +331,41 @@ pub struct DiscoveryStatus {
     pub reloads: AtomicU64,
     /// Route file reloads refused (the previous routes kept serving).
     pub reload_failures: AtomicU64,
+    /// Times the registry watch re-listed (a snapshot) after a line it could
+    /// not decode.
+    pub resyncs: AtomicU64,
+    /// Whether the table is built from the registry-state cache: no
+    /// registry has answered since start.
+    pub serving_cache: AtomicBool,
+    /// Unix ms when the cache being served was written (0: none served).
+    pub cache_saved_at_ms: AtomicU64,
+    /// Registry revision of the cache being served.
+    pub cache_revision: AtomicU64,
+    /// Unix ms of the last cache write (0: none yet).
+    pub cache_written_at_ms: AtomicU64,
+    /// Cache writes that failed.
+    pub cache_write_failures: AtomicU64,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+impl DiscoveryStatus {
+    /// Age of the cached registry state being served, while one is.
+    pub fn cache_age_ms(&self) -> Option<u64> {
+        self.serving_cache.load(Ordering::Relaxed).then(|| {
+            crate::cache::unix_ms().saturating_sub(self.cache_saved_at_ms.load(Ordering::Relaxed))
+        })
+    }
 
-/// The task that owns `builder`: follows the registry (when `client` is
-/// given) and route-file reloads (`config`), swapping a new table into
-/// `table` after each burst of changes. Runs until aborted.
-pub async fn run(
-    client: Option<portico_registry::client::RegistryClient>,
-    mut builder: TableBuilder,
-    mut config: watch::Receiver<Config>,
-    table: Arc<ArcSwap<RouteTable>>,
-    status: Arc<DiscoveryStatus>,
-) {
-    let mut watcher = client.map(|c| c.watch(0));
-    let mut services: HashMap<String, BTreeMap<String, Instance>> = HashMap::new();
-    let mut config_open = true;
-    let mut liveness = tokio::time::interval(std::time::Duration::from_secs(1));
-    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let first = tokio::select! {
-            event = async {
-                match watcher.as_mut() {
-                    Some(w) => w.next().await,
-                    None => std::future::pending().await,
-                }
-            } => Some(event),
-            changed = config.changed(), if config_open => {
-                if changed.is_err() {
-                    config_open = false;
-                    continue;
-                }
-                None
-            }
-            // While no event comes, still report whether the watch is up
-            // (`Watcher::next` is cancel-safe: it resumes where it was).
-            _ = liveness.tick() => {
-                if let Some(w) = &watcher {
-                    status.connected.store(w.is_connected(), Ordering::Relaxed);
-                }
-                continue;
-            }
-        };
-        let started = std::time::Instant::now();
-        let mut changed: HashSet<String> = HashSet::new();
-        let mut routes_touched = false;
-        let mut progressed = false;
-        if first.is_none() {
-            builder.set_file_routes(config.borrow_and_update().routes.clone());
-            routes_touched = true;
-        }
-        let mut event = first;
-        // Apply everything already received before building anything.
-        while let Some(e) = event {
-            match e {
-                WatchEvent::Snapshot {
-                    instances, routes, ..
-                } => {
-                    changed.extend(services.keys().cloned());
-                    services.clear();
-                    for i in instances {
-                        changed.insert(i.service.clone());
-                        services
-                            .entry(i.service.clone())
-                            .or_default()
-                            .insert(i.id.clone(), i);
-                    }
-                    builder.clear_api_routes();
-                    for r in &routes {
-                        builder.put_api_route(r);
-                    }
-                    routes_touched = true;
-                }
-                WatchEvent::Put { instance, .. } => {
-                    changed.insert(instance.service.clone());
-                    services
-                        .entry(instance.service.clone())
-                        .or_default()
-                        .insert(instance.id.clone(), instance);
-                }
-                WatchEvent::Delete { service, id, .. } => {
-                    if let Some(s) = services.get_mut(&service) {
-                        s.remove(&id);
-                        if s.is_empty() {
-                            services.remove(&service);
-                        }
-                    }
-                    changed.insert(service);
-                }
-                WatchEvent::RoutePut { route, .. } => {
-                    builder.put_api_route(&route);
-                    routes_touched = true;
-                }
-                WatchEvent::RouteDelete { name, .. } => {
-                    builder.delete_api_route(&name);
-                    routes_touched = true;
-                }
-                WatchEvent::Progress { .. } => progressed = true,
-            }
-            event = watcher.as_mut().and_then(|w| w.next_buffered());
-        }
-        let revision = match &watcher {
-            Some(w) => {
-                status.connected.store(w.is_connected(), Ordering::Relaxed);
-                w.revision()
-            }
-            None => 0,
-        };
-        status.seen_revision.fetch_max(revision, Ordering::Relaxed);
-        if changed.is_empty() && !routes_touched {
-            if progressed {
-                status.applied_revision.store(revision, Ordering::Relaxed);
-            }
-            continue;
-        }
-        let empty = BTreeMap::new();
-        for service in &changed {
-            builder.set_service(service, services.get(service).unwrap_or(&empty));
-        }
-        table.store(Arc::new(builder.build(revision)));
-        status
-            .last_build_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        status.applied_revision.store(revision, Ordering::Relaxed);
-        status.applied_at_ms.store(unix_ms(), Ordering::Relaxed);
-        status.rebuilds.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            revision,
-            services = changed.len(),
-            routes = routes_touched,
-            "routing table rebuilt"
-        );
+    /// The `cache` object of the admin `/status`.
+    pub fn cache_json(&self) -> serde_json::Value {
+        let written = self.cache_written_at_ms.load(Ordering::Relaxed);
+        serde_json::json!({
+            "serving_cached_state": self.serving_cache.load(Ordering::Relaxed),
+            "revision": self.serving_cache.load(Ordering::Relaxed)
+                .then(|| self.cache_revision.load(Ordering::Relaxed)),
+            "age_ms": self.cache_age_ms(),
+            "last_written_unix_ms": (written > 0).then_some(written),
+            "write_failures": self.cache_write_failures.load(Ordering::Relaxed),
+        })
     }
 }
 

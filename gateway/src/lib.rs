@@ -11,6 +11,8 @@
 //! - [`check`]: active health checks of endpoints.
 //! - [`discovery`]: registry watch (instances and routes) and route-file
 //!   reloads → new table, swapped in atomically.
+//! - [`cache`]: the last applied registry state on disk, served by a
+//!   gateway started while no registry answers.
 //! - [`reload`]: re-reads the route file on change and on SIGHUP.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
@@ -41,6 +43,7 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod breaker;
+pub mod cache;
 pub mod caps;
 pub mod check;
 pub mod config;
@@ -88,6 +91,9 @@ pub struct GatewayOptions {
     pub config_poll: Option<std::time::Duration>,
     /// Registry base URLs to follow; none for a static-only gateway.
     pub registry: Vec<String>,
+    /// Directory of the registry-state cache: the last applied registry
+    /// state, served at startup when no registry answers. `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
     /// Bearer token for a registry that requires one (a `read` token is
     /// enough to follow it).
     pub registry_token: Option<portico_registry::client::BearerToken>,
@@ -183,8 +189,15 @@ impl Gateway {
             )
         });
         // Owns the builder (and with it the health-check tasks) while serving.
+        let cache = self
+            .options
+            .cache_dir
+            .clone()
+            .filter(|_| client.is_some())
+            .map(|dir| cache::StateCache::new(dir, self.options.registry.clone()));
         let follower = tokio::spawn(discovery::run(
             client,
+            cache,
             self.builder,
             self.config.subscribe(),
             self.table.clone(),

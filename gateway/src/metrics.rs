@@ -556,6 +556,32 @@ impl Collector for GatewayCollector {
                 .encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&value)?;
         }
+        encoder
+            .encode_descriptor(
+                "portico_gateway_serving_cached_state",
+                "1 while the table is built from the registry-state cache (no registry has answered since start).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&i64::from(st.serving_cache.load(Ordering::Relaxed)))?;
+        if let Some(age_ms) = st.cache_age_ms() {
+            encoder
+                .encode_descriptor(
+                    "portico_gateway_cache_age_seconds",
+                    "Age of the cached registry state being served.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&(age_ms as f64 / 1000.0))?;
+        }
+        encoder
+            .encode_descriptor(
+                "portico_gateway_registry_resyncs",
+                "Times the registry watch re-listed after a line it could not decode.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&st.resyncs.load(Ordering::Relaxed), None)?;
         let applied_at = st.applied_at_ms.load(Ordering::Relaxed);
         if applied_at > 0 {
             let now_unix = std::time::SystemTime::now()

@@ -82,7 +82,9 @@ impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         // Unparseable or unknown input is a 400; well-formed but impossible values are a 422.
         let status = match e.code {
-            "malformed_body" | "unknown_field" | "unknown_parameter" => StatusCode::BAD_REQUEST,
+            "malformed_body" | "unknown_field" | "unknown_parameter" | "duplicate_field" => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError {
@@ -334,6 +336,17 @@ fn check_route_name(name: &str) -> Result<(), ApiError> {
     crate::route::validate_route_name(name).map_err(|reason| Invalid::field("name", reason).into())
 }
 
+/// A route name a write may create: also not `.` or `..`, which clients
+/// that normalise paths could not address. Reads and deletes accept them,
+/// so a route stored before this rule can still be seen and removed.
+fn check_new_route_name(name: &str) -> Result<(), ApiError> {
+    check_route_name(name)?;
+    if crate::model::is_dot_segment(name) {
+        return Err(Invalid::field("name", crate::model::DOT_SEGMENT_REASON).into());
+    }
+    Ok(())
+}
+
 /// `?dry_run=true|false`, the only parameter route writes take.
 fn dry_run(raw: Option<&str>) -> Result<bool, ApiError> {
     let mut dry = false;
@@ -376,7 +389,7 @@ async fn put_route(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_route_name(&name)?;
+    check_new_route_name(&name)?;
     let dry = dry_run(raw.as_deref())?;
     let body = read_json_body(&headers, body).await?;
     let mut spec = crate::route::RouteSpec::from_json(&body)?;
@@ -672,25 +685,43 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// Ready when the store answers and takes writes. Not ready (503) while it
+/// cannot be read, or refuses writes (a full disk): `error` says why.
 async fn readyz(State(app): State<AppState>) -> Response {
     let preservation = app.catalog.preservation().get();
-    match app.catalog.store().revision().await {
-        Ok(revision) => json(
+    let health = app.catalog.store().write_health();
+    let store = serde_json::json!({
+        "writable": health.refusing.is_none(),
+        "refusing_since_ms": health.since_ms,
+        "write_failures": health.failures,
+        "recoveries": health.recoveries,
+    });
+    let revision = app.catalog.store().revision().await;
+    let error = match (&revision, &health.refusing) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(_), Some(reason)) => Some(format!("the store refuses writes: {reason}")),
+        (Ok(_), None) => None,
+    };
+    let revision = revision.unwrap_or(0);
+    match error {
+        None => json(
             revision,
             &serde_json::json!({
                 "status": "ready",
                 "revision": revision,
                 "self_preservation": preservation,
                 "lease_sweeps": app.catalog.sweeps(),
+                "store": store,
             }),
         ),
-        Err(e) => {
+        Some(error) => {
             let mut resp = json(
-                0,
+                revision,
                 &serde_json::json!({
                     "status": "unavailable",
-                    "error": e.to_string(),
+                    "error": error,
                     "self_preservation": preservation,
+                    "store": store,
                 }),
             );
             *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::lease::{LeasePolicy, PreservationState, unix_ms};
+use crate::lease::{ExpiryLog, LeasePolicy, PreservationState, unix_ms};
 use crate::metrics::RegistryMetrics;
 use crate::model::{
     Instance, InstanceList, InstanceSpec, RegisterResponse, Revision, Status, StatusCounts,
@@ -123,6 +123,8 @@ pub struct Catalog {
     store: Arc<dyn Store>,
     policy: LeasePolicy,
     preservation: PreservationState,
+    /// Expiries within the cap's window (per replica: each one sweeps).
+    expiry_log: ExpiryLog,
     sweeps: std::sync::atomic::AtomicU64,
     /// Serialises route writes on this replica, so two concurrent writes
     /// cannot both pass the conflict check against the same route set.
@@ -194,6 +196,7 @@ impl Catalog {
             store,
             policy,
             preservation: PreservationState::default(),
+            expiry_log: ExpiryLog::default(),
             sweeps: std::sync::atomic::AtomicU64::new(0),
             route_writes: tokio::sync::Mutex::new(HashMap::new()),
             metrics: RegistryMetrics::default(),
@@ -223,6 +226,11 @@ impl Catalog {
     /// Self-preservation state.
     pub fn preservation(&self) -> &PreservationState {
         &self.preservation
+    }
+
+    /// Expiries the sweeper made within the expiry cap's window.
+    pub fn expiry_log(&self) -> &ExpiryLog {
+        &self.expiry_log
     }
 
     /// Event counters for `GET /metrics`.

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::model::{InstanceList, InstanceSpec, RegisterResponse, Revision, WatchEvent};
@@ -371,7 +371,7 @@ impl RegistryClient {
             buf: BytesMut::new(),
             scanned: 0,
             backoff: Duration::from_millis(50),
-            connected: false,
+            state: watch::Sender::new(WatchState::default()),
         }
     }
 }
@@ -539,8 +539,30 @@ impl Drop for Registration {
     }
 }
 
+/// Where a [`Watcher`] stands, published on a `watch` channel
+/// ([`Watcher::state`], [`WatchFeed::state`]) so a consumer can report it
+/// without polling the stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchState {
+    /// Whether a stream is open now.
+    pub connected: bool,
+    /// Whether a stream was ever opened.
+    pub ever_connected: bool,
+    /// Connection attempts (each over every registry URL) that failed since
+    /// the last stream opened.
+    pub failed_attempts: u64,
+    /// Why the last attempt failed or the last stream ended.
+    pub last_error: Option<String>,
+    /// Times the watcher re-listed (a snapshot) because a line did not decode.
+    pub resyncs: u64,
+}
+
 /// Follows `/v1/watch`, reconnecting (with jittered backoff, across replicas)
 /// and resuming from the last revision it saw. Never gives up.
+///
+/// A line that does not decode means a change may have been missed, so the
+/// watcher does not go on after it: it drops the stream and re-lists from a
+/// snapshot (`index=0`), logs it and counts it ([`WatchState::resyncs`]).
 #[derive(Debug)]
 pub struct Watcher {
     client: RegistryClient,
@@ -552,7 +574,7 @@ pub struct Watcher {
     /// from the start for every frame would be quadratic.
     scanned: usize,
     backoff: Duration,
-    connected: bool,
+    state: watch::Sender<WatchState>,
 }
 
 impl Watcher {
@@ -563,7 +585,12 @@ impl Watcher {
 
     /// Whether a stream is currently open.
     pub fn is_connected(&self) -> bool {
-        self.connected
+        self.state.borrow().connected
+    }
+
+    /// The watcher's state, updated as it connects, fails and re-lists.
+    pub fn state(&self) -> watch::Receiver<WatchState> {
+        self.state.subscribe()
     }
 
     /// An event already received and buffered, without waiting; lets a
@@ -577,77 +604,69 @@ impl Watcher {
             let line = self.buf.split_to(self.scanned + pos).freeze();
             self.buf.advance(1);
             self.scanned = 0;
-            if let Some(event) = self.decode(&line) {
-                return Some(event);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<WatchEvent>(&line) {
+                Ok(event) => {
+                    self.revision = event.revision();
+                    return Some(event);
+                }
+                Err(e) => {
+                    self.resync(&e);
+                    return None;
+                }
             }
         }
     }
 
-    fn decode(&mut self, line: &[u8]) -> Option<WatchEvent> {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
-        match serde_json::from_slice::<WatchEvent>(line) {
-            Ok(event) => {
-                self.revision = event.revision();
-                Some(event)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping undecodable watch line");
-                None
-            }
-        }
+    /// Drops the stream after an undecodable line and starts over from a
+    /// snapshot: the line may have been a change, and every line after it
+    /// would apply on top of a state that is missing it.
+    fn resync(&mut self, error: &serde_json::Error) {
+        tracing::warn!(error = %error, revision = self.revision,
+            "undecodable registry watch line: re-listing from a snapshot");
+        self.state.send_modify(|s| s.resyncs += 1);
+        self.disconnect("undecodable line");
+        self.revision = 0;
     }
 
     fn disconnect(&mut self, why: &str) {
-        if self.connected {
+        if self.is_connected() {
             tracing::warn!(
                 reason = why,
                 revision = self.revision,
                 "registry watch disconnected; reconnecting"
             );
         }
-        self.connected = false;
+        self.state.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(why.to_string());
+        });
         self.body = None;
         self.buf.clear();
         self.scanned = 0;
     }
 
+    fn connect_failed(&mut self, why: String) {
+        self.state.send_modify(|s| {
+            s.failed_attempts += 1;
+            s.last_error = Some(why);
+        });
+    }
+
     /// The next event, reconnecting as often as needed.
+    ///
+    /// Not cancel-safe while connecting: dropping the future mid-connect
+    /// starts the connection over (and costs the registry another snapshot).
+    /// Poll it to completion, or run it with [`Watcher::spawn`].
     pub async fn next(&mut self) -> WatchEvent {
         loop {
             if let Some(event) = self.next_buffered() {
                 return event;
             }
             let Some(body) = self.body.as_mut() else {
-                let path = format!("/v1/watch?index={}", self.revision);
-                match self
-                    .client
-                    .send(Method::GET, &path, None, Some(CALL_TIMEOUT))
-                    .await
-                {
-                    Ok(resp) if resp.status().is_success() => {
-                        tracing::debug!(revision = self.revision, "registry watch connected");
-                        self.body = Some(resp.into_body());
-                        self.connected = true;
-                        self.backoff = Duration::from_millis(50);
-                    }
-                    Ok(resp) => {
-                        let hint = match resp.status().as_u16() {
-                            401 => {
-                                "the registry requires a token: pass --registry-token or PORTICO_TOKEN"
-                            }
-                            403 => "the token is not allowed to read",
-                            _ => "",
-                        };
-                        tracing::warn!(status = %resp.status(), hint, "registry refused watch");
-                        self.pause().await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "registry watch connect failed");
-                        self.pause().await;
-                    }
-                }
+                self.connect().await;
                 continue;
             };
             match tokio::time::timeout(WATCH_IDLE, body.frame()).await {
@@ -666,9 +685,102 @@ impl Watcher {
         }
     }
 
+    /// One attempt to open the stream (over every registry URL), pausing
+    /// after a failure.
+    async fn connect(&mut self) {
+        let path = format!("/v1/watch?index={}", self.revision);
+        match self
+            .client
+            .send(Method::GET, &path, None, Some(CALL_TIMEOUT))
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => {
+                tracing::debug!(revision = self.revision, "registry watch connected");
+                self.body = Some(resp.into_body());
+                self.backoff = Duration::from_millis(50);
+                self.state.send_modify(|s| {
+                    s.connected = true;
+                    s.ever_connected = true;
+                    s.failed_attempts = 0;
+                });
+            }
+            Ok(resp) => {
+                let hint = match resp.status().as_u16() {
+                    401 => "the registry requires a token: pass --registry-token or PORTICO_TOKEN",
+                    403 => "the token is not allowed to read",
+                    _ => "",
+                };
+                tracing::warn!(status = %resp.status(), hint, "registry refused watch");
+                self.connect_failed(format!("registry answered {}", resp.status()));
+                self.pause().await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "registry watch connect failed");
+                self.connect_failed(e.to_string());
+                self.pause().await;
+            }
+        }
+    }
+
     async fn pause(&mut self) {
         let jitter = 0.5 + fastrand::f64() * 0.5;
         tokio::time::sleep(self.backoff.mul_f64(jitter)).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Runs the watcher on its own task, so that nothing the consumer does
+    /// (a timer, a `select!` on other work) can cancel a connection in
+    /// progress: a first answer that takes long (a big snapshot) is waited
+    /// for, not retried. Events arrive on a channel of `buffer` (the task
+    /// stops reading the stream while it is full), the state on a `watch`
+    /// channel. The task ends when the [`WatchFeed`] is dropped.
+    pub fn spawn(mut self, buffer: usize) -> WatchFeed {
+        let (tx, events) = mpsc::channel(buffer.max(1));
+        let state = self.state();
+        let task = tokio::spawn(async move {
+            loop {
+                let event = self.next().await;
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        WatchFeed {
+            events,
+            state,
+            task,
+        }
+    }
+}
+
+/// A [`Watcher`] running on its own task; see [`Watcher::spawn`].
+#[derive(Debug)]
+pub struct WatchFeed {
+    events: mpsc::Receiver<WatchEvent>,
+    state: watch::Receiver<WatchState>,
+    task: JoinHandle<()>,
+}
+
+impl WatchFeed {
+    /// The next event, in order.
+    pub async fn recv(&mut self) -> Option<WatchEvent> {
+        self.events.recv().await
+    }
+
+    /// An event already received, without waiting: lets a consumer apply a
+    /// burst before rebuilding anything.
+    pub fn try_recv(&mut self) -> Option<WatchEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// The watcher's connection state.
+    pub fn state(&self) -> watch::Receiver<WatchState> {
+        self.state.clone()
+    }
+}
+
+impl Drop for WatchFeed {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

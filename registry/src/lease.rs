@@ -6,7 +6,7 @@
 //!
 //! **Self-preservation.** A lease is *at risk* when it has lapsed or is late
 //! (less than a third of its length left: clients renew every third, so at
-//! least one renewal is missing). When more than `threshold` of the live
+//! least one renewal is missing). When `threshold` or more of the live
 //! leases are at risk *and* at least `preservation_min` of them, it is far
 //! likelier that the registry lost its network (or was paused) than that most
 //! services died together. Expiring them would empty every gateway's table, so
@@ -22,7 +22,37 @@
 //! single dead instance among healthy ones is below both bounds and always
 //! expires on time. The decision is recomputed every sweep from the store's
 //! report, so the same rule works unchanged over a shared store such as etcd.
+//!
+//! The threshold is inclusive ("at or above"): with the default 0.5, exactly
+//! half of the fleet going silent pauses expiry. Half is already the point
+//! where a partition between two equal halves looks exactly like this, and
+//! a rule that needed "more than half" expired all of them.
+//!
+//! **The expiry cap.** Below the threshold, expiry is rate-limited: at most
+//! `expiry_cap` of the live leases (rounded up, and never less than one) may
+//! expire within any `expiry_window`, like Eureka's 15% per eviction run.
+//! Without it anything just under the threshold (say 45% of the fleet) is
+//! expired in one sweep; with it, a larger wave is spread over time, and if
+//! it grows, self-preservation sees it before it has emptied the tables.
+//! The window is a sliding one over the expiries this replica made (not a
+//! per-sweep quota: sweeps run every second, so a per-sweep cap of 15%
+//! would let the whole fleet go in seven seconds). A lone death in a quiet
+//! registry always finds the window with room for at least one, so it
+//! expires on time; only deaths beyond the cap wait, and they are reported
+//! (`held_back` in `/v1/services`, `portico_registry_expiry_held_back`).
+//! Which lapsed leases go first is random, so no service's instances are
+//! always the ones kept waiting.
+//!
+//! **After a pause.** When renewals recover, they do not all come back in
+//! the same sweep: clients renew on their own jittered schedules (and on
+//! etcd a lease that expired meanwhile is granted again, one write each).
+//! The moment the share at risk drops under the threshold, the stragglers
+//! would be expired (up to the cap) although they are alive. So after a
+//! release, a lapsed lease gets one more lease length to renew before it
+//! can expire: a live client renews within a third of it. Those are
+//! reported as held back too.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,16 +60,24 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, decode_instance};
 use crate::model::Status;
-use crate::store::StoreError;
+use crate::store::{KeyValue, StoreError};
 
 /// Default time between sweeps.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time a `critical` (expired) instance stays listed before removal.
 pub const DEFAULT_CRITICAL_GRACE: Duration = Duration::from_secs(60);
-/// Default share of live leases that must lapse in one sweep to pause expiry.
+/// Default share of live leases at risk (lapsed or late) at or above which
+/// expiry pauses.
 pub const DEFAULT_PRESERVATION_THRESHOLD: f64 = 0.5;
 /// Default smallest number of lapsed leases that can pause expiry.
 pub const DEFAULT_PRESERVATION_MIN: usize = 3;
+/// Default share of live leases that may expire within one
+/// [`DEFAULT_EXPIRY_WINDOW`] (Eureka's 15%).
+pub const DEFAULT_EXPIRY_CAP: f64 = 0.15;
+/// Default window of the expiry cap: a minute, twice the default lease
+/// (30 s), so self-preservation has seen a whole wave of lapses by the time
+/// the cap lets more than 15% go; and Eureka's eviction period.
+pub const DEFAULT_EXPIRY_WINDOW: Duration = Duration::from_secs(60);
 
 /// How leases are expired.
 #[derive(Debug, Clone)]
@@ -48,10 +86,15 @@ pub struct LeasePolicy {
     pub sweep_interval: Duration,
     /// How long an expired instance stays listed as `critical` before removal.
     pub critical_grace: Duration,
-    /// Lapsed share of live leases above which expiry pauses (0.0..=1.0).
+    /// Share of live leases at risk at or above which expiry pauses (0.0..=1.0).
     pub preservation_threshold: f64,
     /// Fewest lapsed leases that can pause expiry.
     pub preservation_min: usize,
+    /// Share of live leases that may expire within `expiry_window` (rounded
+    /// up, at least one); 1.0 turns the cap off.
+    pub expiry_cap: f64,
+    /// The sliding window of the expiry cap.
+    pub expiry_window: Duration,
 }
 
 impl Default for LeasePolicy {
@@ -61,6 +104,8 @@ impl Default for LeasePolicy {
             critical_grace: DEFAULT_CRITICAL_GRACE,
             preservation_threshold: DEFAULT_PRESERVATION_THRESHOLD,
             preservation_min: DEFAULT_PRESERVATION_MIN,
+            expiry_cap: DEFAULT_EXPIRY_CAP,
+            expiry_window: DEFAULT_EXPIRY_WINDOW,
         }
     }
 }
@@ -79,6 +124,9 @@ pub struct Preservation {
     pub late: usize,
     /// Live (not critical) leases at the last sweep.
     pub live: usize,
+    /// Lapsed leases the expiry cap kept from expiring at the last sweep
+    /// (they expire as the window makes room, unless renewed first).
+    pub held_back: usize,
 }
 
 /// Shared, reportable self-preservation state.
@@ -96,6 +144,74 @@ impl PreservationState {
     }
 }
 
+/// The expiries this replica made within the cap's window, oldest first,
+/// and when self-preservation last released.
+#[derive(Debug, Default)]
+pub struct ExpiryLog(Mutex<ExpiryLogInner>);
+
+#[derive(Debug, Default)]
+struct ExpiryLogInner {
+    recent: VecDeque<tokio::time::Instant>,
+    released_at: Option<tokio::time::Instant>,
+}
+
+impl ExpiryLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExpiryLogInner> {
+        self.0.lock().expect("expiry log lock poisoned")
+    }
+
+    /// Expiries since `now - window`; older ones are forgotten.
+    fn recent(&self, now: tokio::time::Instant, window: Duration) -> usize {
+        let mut log = self.lock();
+        while log
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            log.recent.pop_front();
+        }
+        log.recent.len()
+    }
+
+    fn record(&self, at: tokio::time::Instant) {
+        self.lock().recent.push_back(at);
+    }
+
+    fn released(&self, at: tokio::time::Instant) {
+        self.lock().released_at = Some(at);
+    }
+
+    /// Whether a lease of `ttl` is still in its grace after the last
+    /// release of self-preservation.
+    fn in_release_grace(&self, now: tokio::time::Instant, ttl: Duration) -> bool {
+        self.lock()
+            .released_at
+            .is_some_and(|t| now.duration_since(t) < ttl)
+    }
+}
+
+/// Whether self-preservation pauses expiry: `at_risk` leases (lapsed or
+/// late, `lapsed` of them lapsed) out of `live` reach the policy's share and
+/// minimum. Inclusive: exactly the threshold pauses.
+pub fn preservation_engaged(
+    policy: &LeasePolicy,
+    lapsed: usize,
+    at_risk: usize,
+    live: usize,
+) -> bool {
+    lapsed > 0
+        && at_risk >= policy.preservation_min
+        && at_risk as f64 >= policy.preservation_threshold * live as f64
+}
+
+/// How many leases the expiry cap lets expire now: `cap` of `live`, rounded
+/// up and at least one, less the `recent` expiries still in the window.
+pub fn expiry_allowance(cap: f64, live: usize, recent: usize) -> usize {
+    // The tolerance keeps 0.15 x 100 at 15: in binary it is a hair over.
+    let limit = ((cap * live as f64 - 1e-9).ceil().max(0.0) as usize).max(1);
+    limit.saturating_sub(recent)
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepOutcome {
@@ -105,6 +221,8 @@ pub struct SweepOutcome {
     pub removed: usize,
     /// Whether expiry was paused by self-preservation.
     pub paused: bool,
+    /// Lapsed leases the expiry cap kept from expiring.
+    pub held_back: usize,
 }
 
 /// Runs one sweep: expire, remove, or pause. See the module docs.
@@ -150,11 +268,16 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
 
     let live = report.leased.saturating_sub(critical.len());
     let at_risk = fresh.len() + report.late;
-    let engaged = !fresh.is_empty()
-        && at_risk >= policy.preservation_min
-        && (at_risk as f64) > policy.preservation_threshold * live as f64;
     let previous = catalog.preservation().get();
-    if engaged {
+    let mut state = Preservation {
+        active: false,
+        since_ms: None,
+        lapsed: fresh.len(),
+        late: report.late,
+        live,
+        held_back: 0,
+    };
+    if preservation_engaged(policy, fresh.len(), at_risk, live) {
         if !previous.active {
             tracing::warn!(
                 lapsed = fresh.len(),
@@ -163,13 +286,9 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
                 "self-preservation engaged: {at_risk} of {live} leases lapsed or late; expiry paused until renewals recover",
             );
         }
-        catalog.preservation().set(Preservation {
-            active: true,
-            since_ms: previous.since_ms.or(Some(now_ms)),
-            lapsed: fresh.len(),
-            late: report.late,
-            live,
-        });
+        state.active = true;
+        state.since_ms = previous.since_ms.or(Some(now_ms));
+        catalog.preservation().set(state);
         outcome.paused = true;
         return Ok(outcome);
     }
@@ -179,14 +298,48 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
             live,
             "self-preservation released: renewals recovered; expiry resumes"
         );
+        catalog.expiry_log().released(tokio::time::Instant::now());
     }
-    catalog.preservation().set(Preservation {
-        active: false,
-        since_ms: None,
-        lapsed: fresh.len(),
-        late: report.late,
+    let (expired, held_back) = expire_capped(catalog, fresh, live, now_ms).await?;
+    if held_back > 0 && previous.held_back == 0 {
+        tracing::warn!(
+            held_back,
+            live,
+            cap = policy.expiry_cap,
+            window = ?policy.expiry_window,
+            "expiry cap reached: lapsed leases wait for room in the window",
+        );
+    }
+    state.held_back = held_back;
+    catalog.preservation().set(state);
+    outcome.expired = expired;
+    outcome.held_back = held_back;
+    Ok(outcome)
+}
+
+/// Marks lapsed instances `critical`, as many as the expiry cap allows now,
+/// in random order, except those still in their release grace. Answers how
+/// many expired and how many were held back.
+async fn expire_capped(
+    catalog: &Catalog,
+    mut fresh: Vec<(KeyValue, crate::model::Instance)>,
+    live: usize,
+    now_ms: u64,
+) -> Result<(usize, usize), StoreError> {
+    let policy = catalog.policy();
+    let now = tokio::time::Instant::now();
+    let log = catalog.expiry_log();
+    let lapsed = fresh.len();
+    fresh.retain(|(_, i)| !log.in_release_grace(now, i.spec.ttl));
+    let allowed = expiry_allowance(
+        policy.expiry_cap,
         live,
-    });
+        log.recent(now, policy.expiry_window),
+    );
+    fastrand::shuffle(&mut fresh);
+    fresh.truncate(allowed);
+    let held_back = lapsed - fresh.len();
+    let mut expired = 0;
     for (kv, mut instance) in fresh {
         instance.status = Status::Critical;
         instance.status_since_ms = now_ms;
@@ -198,12 +351,13 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
             .await?
             .is_some()
         {
-            outcome.expired += 1;
+            expired += 1;
+            log.record(now);
             catalog.metrics().count_expiry();
             tracing::info!(service = %instance.service, id = %instance.id, "lease expired; instance is critical");
         }
     }
-    Ok(outcome)
+    Ok((expired, held_back))
 }
 
 /// Sweeps forever at the policy's interval. Abort the handle to stop.
@@ -225,4 +379,147 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceSpec;
+    use crate::store::embedded::EmbeddedStore;
+
+    #[test]
+    fn exactly_the_threshold_pauses_expiry() {
+        let p = LeasePolicy::default();
+        assert!(preservation_engaged(&p, 10, 10, 20), "half of 20");
+        assert!(preservation_engaged(&p, 4, 10, 20), "lapsed plus late");
+        assert!(!preservation_engaged(&p, 9, 9, 20));
+        assert!(!preservation_engaged(&p, 0, 10, 20), "nothing lapsed yet");
+        assert!(!preservation_engaged(&p, 2, 2, 3), "under the minimum");
+        assert!(preservation_engaged(&p, 3, 3, 6));
+    }
+
+    #[test]
+    fn the_cap_is_a_share_rounded_up_and_never_zero() {
+        for (cap, live, recent, allowed) in [
+            (0.15, 20, 0, 3),
+            (0.15, 100, 0, 15),
+            (0.15, 3, 0, 1),
+            (0.15, 1, 0, 1),
+            (0.15, 0, 0, 1),
+            (0.15, 20, 2, 1),
+            (0.15, 20, 3, 0),
+            (0.15, 20, 9, 0),
+            (1.0, 10, 0, 10),
+        ] {
+            assert_eq!(
+                expiry_allowance(cap, live, recent),
+                allowed,
+                "{cap} of {live} with {recent} recent"
+            );
+        }
+    }
+
+    async fn fleet(n: usize) -> (Catalog, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let catalog = Catalog::new(Arc::new(store), LeasePolicy::default());
+        for i in 0..n {
+            let mut spec = InstanceSpec::new("127.0.0.1", 1000 + i as u16);
+            spec.ttl = Duration::from_secs(10);
+            catalog
+                .register("fleet", &format!("i{i}"), spec)
+                .await
+                .unwrap();
+        }
+        (catalog, dir)
+    }
+
+    /// Lets the leases of instances `silent..` lapse while `..silent` renew:
+    /// 11 s pass, with one renewal of the others at 6 s (they are then
+    /// neither lapsed nor late).
+    async fn go_silent(catalog: &Catalog, silent: usize) {
+        tokio::time::advance(Duration::from_secs(6)).await;
+        for i in 0..silent {
+            catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_of_twenty_lapsing_pauses_and_none_expires() {
+        let (catalog, _dir) = fleet(20).await;
+        go_silent(&catalog, 10).await;
+        let outcome = sweep_once(&catalog).await.unwrap();
+        assert!(outcome.paused, "{outcome:?}");
+        assert_eq!(outcome.expired, 0);
+        let p = catalog.preservation().get();
+        assert!(p.active);
+        assert_eq!((p.lapsed, p.live), (10, 20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn below_the_threshold_the_cap_spreads_expiry_over_the_window() {
+        let (catalog, _dir) = fleet(20).await;
+        go_silent(&catalog, 14).await;
+        let first = sweep_once(&catalog).await.unwrap();
+        assert_eq!(
+            (first.paused, first.expired, first.held_back),
+            (false, 3, 3)
+        );
+        // The window is full: later sweeps hold the rest back.
+        let second = sweep_once(&catalog).await.unwrap();
+        assert_eq!((second.expired, second.held_back), (0, 3));
+        assert_eq!(catalog.preservation().get().held_back, 3);
+        // Keep the others renewing while the window moves on.
+        for _ in 0..7 {
+            tokio::time::advance(Duration::from_secs(9)).await;
+            for i in 0..14 {
+                catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+            }
+        }
+        let later = sweep_once(&catalog).await.unwrap();
+        assert_eq!((later.expired, later.held_back), (3, 0));
+        assert_eq!(catalog.preservation().get().held_back, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_stragglers_get_one_lease_length_to_come_back() {
+        let (catalog, _dir) = fleet(20).await;
+        go_silent(&catalog, 10).await;
+        assert!(sweep_once(&catalog).await.unwrap().paused);
+        // Renewals recover, but two instances are slower than the rest.
+        for i in 0..18 {
+            catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+        }
+        let released = sweep_once(&catalog).await.unwrap();
+        assert_eq!(
+            (released.paused, released.expired, released.held_back),
+            (false, 0, 2)
+        );
+        // Within their lease length one comes back; nothing expired.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for i in 0..19 {
+            catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+        }
+        let later = sweep_once(&catalog).await.unwrap();
+        assert_eq!((later.expired, later.held_back), (0, 1));
+        // One lease length after the release, the one still silent expires.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        for i in 0..19 {
+            catalog.heartbeat("fleet", &format!("i{i}")).await.unwrap();
+        }
+        let last = sweep_once(&catalog).await.unwrap();
+        assert_eq!((last.expired, last.held_back), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_death_expires_at_the_first_sweep() {
+        let (catalog, _dir) = fleet(3).await;
+        go_silent(&catalog, 2).await;
+        let outcome = sweep_once(&catalog).await.unwrap();
+        assert_eq!(
+            (outcome.paused, outcome.expired, outcome.held_back),
+            (false, 1, 0)
+        );
+    }
 }

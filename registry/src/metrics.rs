@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::model::{Revision, StatusCounts};
+use crate::store::WriteHealth;
 
 /// `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -77,10 +78,14 @@ pub struct Snapshot {
     pub revision: Revision,
     /// Whether self-preservation has lease expiry paused.
     pub self_preservation: bool,
+    /// Lapsed leases the expiry cap held back at the last sweep.
+    pub expiry_held_back: usize,
     /// Leases expired since start.
     pub lease_expiries: u64,
     /// Watch streams open now.
     pub watch_subscribers: i64,
+    /// Whether the store takes writes, and its failure counters.
+    pub store: WriteHealth,
 }
 
 impl Snapshot {
@@ -94,13 +99,16 @@ impl Snapshot {
             instances.critical += s.instances.critical;
             instances.draining += s.instances.draining;
         }
+        let preservation = catalog.preservation().get();
         Ok(Snapshot {
             instances,
             services: services.len(),
             revision,
-            self_preservation: catalog.preservation().get().active,
+            self_preservation: preservation.active,
+            expiry_held_back: preservation.held_back,
             lease_expiries: catalog.metrics().lease_expiries(),
             watch_subscribers: catalog.metrics().watch_subscribers(),
+            store: catalog.store().write_health(),
         })
     }
 
@@ -137,7 +145,12 @@ impl Collector for Snapshot {
         ] {
             e.encode_family(&[("status", status)])?.encode_gauge(&n)?;
         }
-        let gauges: [(&str, &str, i64); 4] = [
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "portico_registry_store_writable",
+                "1 while the store takes writes; 0 while it refuses them (a full disk) and recovers.",
+                i64::from(self.store.refusing.is_none()),
+            ),
             (
                 "portico_registry_services",
                 "Services with at least one registered instance.",
@@ -147,6 +160,11 @@ impl Collector for Snapshot {
                 "portico_registry_self_preservation",
                 "1 while self-preservation has lease expiry paused.",
                 i64::from(self.self_preservation),
+            ),
+            (
+                "portico_registry_expiry_held_back",
+                "Lapsed leases the expiry cap kept from expiring at the last sweep.",
+                i64::try_from(self.expiry_held_back).unwrap_or(i64::MAX),
             ),
             (
                 "portico_registry_watch_subscribers",
@@ -172,6 +190,23 @@ impl Collector for Snapshot {
                 MetricType::Counter,
             )?
             .encode_counter::<NoLabelSet, _, u64>(&self.lease_expiries, None)?;
+        let counters = [
+            (
+                "portico_registry_store_write_failures",
+                "Store commits that failed (writes refused with 503 store_unavailable) since start.",
+                self.store.failures,
+            ),
+            (
+                "portico_registry_store_recoveries",
+                "Times the store took writes again by itself after a failed commit.",
+                self.store.recoveries,
+            ),
+        ];
+        for (name, help, value) in counters {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
         Ok(())
     }
 }
@@ -192,17 +227,28 @@ mod tests {
             services: 1,
             revision: 7,
             self_preservation: true,
+            expiry_held_back: 2,
             lease_expiries: 3,
             watch_subscribers: 1,
+            store: WriteHealth {
+                refusing: Some("disk full".into()),
+                since_ms: Some(1),
+                failures: 2,
+                recoveries: 1,
+            },
         }
         .render();
         for line in [
             "portico_registry_instances{status=\"passing\"} 2",
             "portico_registry_instances{status=\"critical\"} 1",
             "portico_registry_self_preservation 1",
+            "portico_registry_expiry_held_back 2",
             "portico_registry_revision 7",
             "portico_registry_lease_expiries_total 3",
             "portico_registry_watch_subscribers 1",
+            "portico_registry_store_writable 0",
+            "portico_registry_store_write_failures_total 2",
+            "portico_registry_store_recoveries_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

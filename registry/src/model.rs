@@ -266,6 +266,7 @@ impl InstanceSpec {
     pub fn from_json(body: &[u8]) -> Result<InstanceSpec, Invalid> {
         let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| Invalid::malformed(format!("body is not valid JSON: {e}")))?;
+        reject_duplicate_keys(body)?;
         let serde_json::Value::Object(map) = value else {
             return Err(Invalid::malformed("body must be a JSON object"));
         };
@@ -605,6 +606,15 @@ impl Invalid {
         }
     }
 
+    /// The body names the same key twice in one object (`path` is where).
+    pub fn duplicate_field(path: &str) -> Self {
+        Invalid {
+            field: Some(path.to_string()),
+            reason: format!("duplicate field {path:?}: a key may appear only once in an object"),
+            code: "duplicate_field",
+        }
+    }
+
     /// The body is not parseable at all.
     pub fn malformed(reason: impl Into<String>) -> Self {
         Invalid {
@@ -620,9 +630,27 @@ pub fn validate_service_name(name: &str) -> Result<(), Invalid> {
     validate_name("service", name, false)
 }
 
-/// Checks an instance id: like a service name, but `.` and `_` are allowed too.
+/// Checks an instance id: like a service name, but `.` and `_` are allowed
+/// too, except for the ids `.` and `..` (see [`is_dot_segment`]).
 pub fn validate_instance_id(id: &str) -> Result<(), Invalid> {
-    validate_name("id", id, true)
+    validate_name("id", id, true)?;
+    if is_dot_segment(id) {
+        return Err(Invalid::field("id", DOT_SEGMENT_REASON));
+    }
+    Ok(())
+}
+
+/// Why a `.` or `..` name is refused.
+pub const DOT_SEGMENT_REASON: &str =
+    "must not be \".\" or \"..\": clients that normalise URL paths could not address it";
+
+/// Whether a name is a dot segment (`.` or `..`). A name that travels as a
+/// URL path segment must not be one: RFC 3986 clients (browsers, curl,
+/// most HTTP libraries, proxies that normalise) remove or resolve it before
+/// sending, so an instance called `..` could be registered by one client and
+/// then never heartbeated or deleted by another.
+pub fn is_dot_segment(name: &str) -> bool {
+    name == "." || name == ".."
 }
 
 fn validate_name(field: &str, name: &str, id_chars: bool) -> Result<(), Invalid> {
@@ -696,6 +724,116 @@ fn validate_label(field: &str, value: &str) -> Result<(), Invalid> {
         ));
     }
     Ok(())
+}
+
+/// Refuses a JSON body that names a key twice in one object, at any depth.
+///
+/// serde keeps one of the two values without a word, so
+/// `{"port":80,"port":81}` or a `meta` object with a repeated key would be
+/// stored as whichever the parser saw last, and two readers of the same body
+/// (a proxy, an audit log, the registry) could disagree on what it says. The
+/// error names the key by its path (`port`, `meta.a`, `headers[0].name`). A
+/// body that is not JSON at all passes: the real parser then says what is
+/// wrong with it.
+pub fn reject_duplicate_keys(body: &[u8]) -> Result<(), Invalid> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match (UniqueKeys { path: "" }).deserialize(&mut de) {
+        Ok(Some(path)) => Err(Invalid::duplicate_field(&path)),
+        _ => Ok(()),
+    }
+}
+
+/// Walks one JSON value, answering the path of the first key repeated in an
+/// object (`None`: every object's keys are distinct).
+struct UniqueKeys<'p> {
+    path: &'p str,
+}
+
+impl UniqueKeys<'_> {
+    fn child(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        let mut i = 0;
+        loop {
+            let path = format!("{}[{i}]", self.path);
+            let next = if found.is_some() {
+                seq.next_element::<serde::de::IgnoredAny>()?.map(|_| None)
+            } else {
+                seq.next_element_seed(UniqueKeys { path: &path })?
+            };
+            match next {
+                Some(dup) => found = found.or(dup),
+                None => return Ok(found),
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut found = None;
+        // `String` keys: escapes are decoded, so `"a"` and `"\u0061"` are the same key.
+        while let Some(key) = map.next_key::<String>()? {
+            let path = self.child(&key);
+            if found.is_some() {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else if !seen.insert(key) {
+                found = Some(path);
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else {
+                found = map.next_value_seed(UniqueKeys { path: &path })?;
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// Serde adapter for durations written as strings such as `"10s"` or `"1m 30s"`.
@@ -779,6 +917,37 @@ mod tests {
         assert!(validate_service_name("a.b").is_err());
         assert!(validate_instance_id("web_1.a").is_ok());
         assert!(validate_instance_id("").is_err());
+        assert!(validate_instance_id("...").is_ok());
+        for dots in [".", ".."] {
+            let err = validate_instance_id(dots).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("id"), "{dots}");
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_named_by_its_path() {
+        for (body, path) in [
+            (r#"{"port":80,"port":81}"#, Some("port")),
+            (r#"{"a":{"b":1,"c":{"d":1,"d":2}}}"#, Some("a.c.d")),
+            (r#"{"h":[{"n":1},{"n":1,"n":2}]}"#, Some("h[1].n")),
+            (r#"{"a":1,"\u0061":2}"#, Some("a")),
+            (r#"{"a":{"x":1},"b":{"x":1}}"#, None),
+            (r#"[{"x":1},{"x":2}]"#, None),
+            (r#"{"a":1,"a""#, None),
+        ] {
+            let got = reject_duplicate_keys(body.as_bytes()).err();
+            assert_eq!(
+                got.as_ref().and_then(|e| e.field.as_deref()),
+                path,
+                "{body}"
+            );
+            if let Some(e) = got {
+                assert_eq!(e.code, "duplicate_field");
+            }
+        }
+        let err = InstanceSpec::from_json(br#"{"address":"h","port":1,"meta":{"k":"a","k":"b"}}"#)
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("meta.k"));
     }
 
     #[test]

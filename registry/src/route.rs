@@ -249,6 +249,7 @@ impl RouteSpec {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(Invalid::malformed("body must be a JSON object"));
         }
+        crate::model::reject_duplicate_keys(body)?;
         let de = &mut serde_json::Deserializer::from_slice(body);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();

@@ -146,6 +146,25 @@ impl TestRegistry {
         .await
     }
 
+    /// [`TestRegistry::start_in`] on a given listener (to come back on the
+    /// address a gateway already follows).
+    pub async fn start_in_on(
+        listener: TcpListener,
+        data_dir: &Path,
+        lease: LeasePolicy,
+    ) -> TestRegistry {
+        Self::launch_on(
+            listener,
+            RegistryOptions {
+                data_dir: data_dir.to_path_buf(),
+                etcd: None,
+                lease,
+                tokens: Default::default(),
+            },
+        )
+        .await
+    }
+
     /// A registry that requires `tokens` (its health probes stay open).
     pub async fn start_secured(tokens: Tokens) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();

@@ -14,8 +14,12 @@
 //! Watch history is a bounded in-memory ring; a watcher resuming from before it
 //! (or from before the process started) gets [`StoreError::Compacted`] and
 //! re-lists, exactly as an etcd client does after compaction.
+//!
+//! A commit that fails (a full disk) does not take the store down until a
+//! restart: writes are refused meanwhile, reads go on, and the writer
+//! reopens the file and takes writes again once it can (see `writer`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -27,7 +31,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Change, KeyValue, LeaseReport, Range, Store, StoreError, Watch};
+use super::{Change, KeyValue, LeaseReport, Range, Store, StoreError, Watch, WriteHealth};
 use crate::model::Revision;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -37,10 +41,12 @@ const META_REVISION: &str = "revision";
 pub const DB_FILE: &str = "portico.redb";
 /// Changes kept for watchers to resume from, by default.
 pub const DEFAULT_HISTORY: usize = 10_000;
-/// Most operations folded into one transaction.
-const MAX_BATCH: usize = 1024;
 
-#[derive(Debug, Clone)]
+mod writer;
+
+pub use writer::RECOVERY_INTERVAL;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     value: Bytes,
     mod_revision: Revision,
@@ -69,6 +75,8 @@ struct Shared {
     leases: DashMap<String, Lease>,
     changes: broadcast::Sender<Arc<Change>>,
     history_limit: usize,
+    /// Whether the writer takes writes; see `writer`.
+    faults: writer::WriteFaults,
 }
 
 enum Op {
@@ -153,12 +161,18 @@ impl EmbeddedStore {
             leases,
             changes,
             history_limit: history.max(1),
+            faults: writer::WriteFaults::default(),
         });
         let (tx, rx) = mpsc::channel(8192);
-        let writer_shared = shared.clone();
+        // The writer's own clock, to wait with a timeout while it recovers.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StoreError::Failed(format!("writer runtime: {e}")))?;
+        let writer = writer::Writer::new(path.clone(), db, shared.clone());
         std::thread::Builder::new()
             .name("portico-store-writer".into())
-            .spawn(move || writer_loop(&db, &writer_shared, rx))
+            .spawn(move || writer.run(&rt, rx))
             .map_err(|e| StoreError::Failed(format!("spawn writer thread: {e}")))?;
         Ok(EmbeddedStore {
             shared,
@@ -236,186 +250,6 @@ fn decode(raw: &[u8]) -> Option<Entry> {
         mod_revision: rev,
         lease: (lease_ms > 0).then(|| Duration::from_millis(lease_ms)),
     })
-}
-
-/// What a committed operation does to the in-memory lease table.
-enum LeaseAction {
-    Start(String, Duration),
-    Drop(String),
-    Keep,
-}
-
-fn writer_loop(db: &Database, shared: &Shared, mut rx: mpsc::Receiver<(Op, Reply)>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        apply_batch(db, shared, &mut batch);
-    }
-}
-
-fn apply_batch(db: &Database, shared: &Shared, batch: &mut Vec<(Op, Reply)>) {
-    // 1. Decide every operation against committed state plus this batch's own
-    //    earlier operations. Only this thread mutates `state`, so the read view
-    //    cannot change under us.
-    let mut pending: HashMap<String, Option<Entry>> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut changes = Vec::new();
-    let mut lease_actions = Vec::new();
-    let mut rev;
-    {
-        let state = shared.state.read().expect("store state lock poisoned");
-        rev = state.revision;
-        for (op, _) in batch.iter() {
-            let key = op.key();
-            let current = match pending.get(key) {
-                Some(e) => e.clone(),
-                None => state.kvs.get(key).cloned(),
-            };
-            let current_rev = current.as_ref().map(|e| e.mod_revision);
-            let (entry, action) = match op {
-                Op::Put { value, lease, .. } => {
-                    let action = match lease {
-                        Some(ttl) => LeaseAction::Start(key.to_string(), *ttl),
-                        None => LeaseAction::Drop(key.to_string()),
-                    };
-                    (Some((value.clone(), *lease)), action)
-                }
-                Op::PutIf {
-                    value, expected, ..
-                } if current_rev == Some(*expected) => {
-                    let lease = current.as_ref().and_then(|e| e.lease);
-                    (Some((value.clone(), lease)), LeaseAction::Keep)
-                }
-                Op::Delete { .. } if current.is_some() => {
-                    (None, LeaseAction::Drop(key.to_string()))
-                }
-                Op::DeleteIf { expected, .. } if current_rev == Some(*expected) => {
-                    (None, LeaseAction::Drop(key.to_string()))
-                }
-                _ => {
-                    // Condition failed or nothing to delete: no change, no revision.
-                    outcomes.push(None);
-                    continue;
-                }
-            };
-            rev += 1;
-            match entry {
-                Some((value, lease)) => {
-                    let e = Entry {
-                        value: value.clone(),
-                        mod_revision: rev,
-                        lease,
-                    };
-                    pending.insert(key.to_string(), Some(e));
-                    changes.push(Change::Put(KeyValue {
-                        key: key.to_string(),
-                        value,
-                        mod_revision: rev,
-                    }));
-                }
-                None => {
-                    pending.insert(key.to_string(), None);
-                    changes.push(Change::Delete {
-                        key: key.to_string(),
-                        revision: rev,
-                    });
-                }
-            }
-            lease_actions.push(action);
-            outcomes.push(Some(rev));
-        }
-    }
-
-    // 2. Make it durable.
-    if !changes.is_empty() {
-        if let Err(e) = persist(db, &pending, rev) {
-            tracing::error!(error = %e, "store commit failed; {} operations refused", batch.len());
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(e.clone()));
-            }
-            return;
-        }
-        // 3. Publish: memory, leases, history, watchers, in that order, then ack.
-        {
-            let mut state = shared.state.write().expect("store state lock poisoned");
-            for (key, entry) in pending {
-                match entry {
-                    Some(e) => {
-                        state.kvs.insert(key, e);
-                    }
-                    None => {
-                        state.kvs.remove(&key);
-                    }
-                }
-            }
-            state.revision = rev;
-            for change in &changes {
-                state.history.push_back(change.clone());
-            }
-            while state.history.len() > shared.history_limit {
-                if let Some(old) = state.history.pop_front() {
-                    state.compacted = old.revision();
-                }
-            }
-        }
-        let now = Instant::now();
-        for action in lease_actions {
-            match action {
-                LeaseAction::Start(key, ttl) => {
-                    shared.leases.insert(
-                        key,
-                        Lease {
-                            ttl,
-                            deadline: now + ttl,
-                        },
-                    );
-                }
-                LeaseAction::Drop(key) => {
-                    shared.leases.remove(&key);
-                }
-                LeaseAction::Keep => {}
-            }
-        }
-        for change in changes {
-            // No receivers is fine: nobody is watching.
-            let _ = shared.changes.send(Arc::new(change));
-        }
-    }
-    for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-        let _ = reply.send(Ok(outcome));
-    }
-}
-
-fn persist(
-    db: &Database,
-    pending: &HashMap<String, Option<Entry>>,
-    rev: Revision,
-) -> Result<(), StoreError> {
-    let fail = |e: &dyn std::fmt::Display| StoreError::Failed(format!("commit: {e}"));
-    let txn = db.begin_write().map_err(|e| fail(&e))?;
-    {
-        let mut kv = txn.open_table(KV).map_err(|e| fail(&e))?;
-        for (key, entry) in pending {
-            match entry {
-                Some(e) => {
-                    kv.insert(key.as_str(), encode(e).as_slice())
-                        .map_err(|e| fail(&e))?;
-                }
-                None => {
-                    kv.remove(key.as_str()).map_err(|e| fail(&e))?;
-                }
-            }
-        }
-        let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
-        meta.insert(META_REVISION, rev).map_err(|e| fail(&e))?;
-    }
-    txn.commit().map_err(|e| fail(&e))
 }
 
 #[async_trait]
@@ -572,6 +406,10 @@ impl Store for EmbeddedStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         Ok(self.read().revision)
+    }
+
+    fn write_health(&self) -> WriteHealth {
+        self.shared.faults.health()
     }
 }
 

@@ -321,14 +321,26 @@ impl EtcdStore {
                 _ => *keeper = None,
             }
         }
-        let (k, stream, ttl) = self
+        let opened = self
             .run(|mut c| async move {
-                let (mut k, mut stream) = c.lease_keep_alive(id).await?;
+                let (mut k, mut stream) = match c.lease_keep_alive(id).await {
+                    Ok(opened) => opened,
+                    // etcd-client's own check of the first answer (TTL 0):
+                    // the lease expired, which is an answer, not a failure
+                    // to try on another member.
+                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                };
                 k.keep_alive().await?;
                 let ttl = stream.message().await?.map_or(0, |r| r.ttl());
-                Ok((k, stream, ttl))
+                Ok(Some((k, stream, ttl)))
             })
             .await?;
+        let Some((k, stream, ttl)) = opened else {
+            return Ok(self.settle(id, 0));
+        };
         *keeper = Some((k, stream));
         Ok(self.settle(id, ttl))
     }

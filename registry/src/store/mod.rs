@@ -116,6 +116,20 @@ pub enum StoreError {
     Closed,
 }
 
+/// Whether a store takes writes now, for readiness and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteHealth {
+    /// Why writes are refused now (a full disk, say); `None` while they
+    /// are taken.
+    pub refusing: Option<String>,
+    /// Unix milliseconds since when writes are refused.
+    pub since_ms: Option<u64>,
+    /// Commits that failed since start.
+    pub failures: u64,
+    /// Times the store recovered from a failed commit by itself.
+    pub recoveries: u64,
+}
+
 /// A stream of changes, in revision order, with no gaps.
 #[async_trait]
 pub trait Watch: Send {
@@ -175,4 +189,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest revision.
     async fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// Whether the store takes writes now. The default says it always does:
+    /// a backend that cannot write (etcd without quorum) already fails
+    /// [`Store::revision`], which readiness asks too.
+    fn write_health(&self) -> WriteHealth {
+        WriteHealth::default()
+    }
 }
