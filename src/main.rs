@@ -10,7 +10,8 @@ use portico::{RegistryOptions, run_gateway, run_registry, run_up};
 use portico_gateway::GatewayOptions;
 use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
-use portico_gateway::proxy::ProxySettings;
+use portico_gateway::path::{PathPolicy, SlashPolicy};
+use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
 use portico_gateway::server::ServerSettings;
 use portico_registry::auth::{Tokens, check_exposure};
 use portico_registry::lease::LeasePolicy;
@@ -283,9 +284,63 @@ struct GatewayArgs {
     /// at least half of them are in rotation.
     #[arg(long)]
     zone: Option<String>,
+    /// Largest request body for routes that set no `max_request_body`
+    /// (`32MiB`, `512k`, bytes, or `unlimited`); over it, 413.
+    #[arg(long, default_value = "32MiB", value_parser = body_limit)]
+    max_request_body: BodyLimitArg,
+    /// Longest wait for a client's next request body bytes; then 408.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    body_read_timeout: Duration,
+    /// Longest request target (path and query) in bytes; over it, 414.
+    #[arg(long, default_value_t = portico_gateway::proxy::edge::DEFAULT_MAX_URI)]
+    max_uri_size: usize,
+    /// Request header names with `_`: `drop` them (as nginx does), `reject`
+    /// the request (400), or `allow` them through.
+    #[arg(long, default_value = "drop", value_parser = UnderscorePolicy::parse)]
+    underscore_headers: UnderscorePolicy,
+    /// Peers (CIDR or address, comma-separated) trusted to set forwarding
+    /// headers: theirs are kept and appended to. Everyone else's
+    /// X-Forwarded-* and Forwarded are replaced.
+    #[arg(long, value_delimiter = ',', value_parser = Cidr::parse)]
+    trusted_proxies: Vec<Cidr>,
+    /// `%2F` and `%5C` in request paths: `reject` (400) or `keep` them
+    /// encoded as data (never a path separator).
+    #[arg(long, default_value = "reject", value_parser = SlashPolicy::parse)]
+    encoded_slashes: SlashPolicy,
+    /// Do not merge runs of `/` in request paths before routing.
+    #[arg(long)]
+    no_merge_slashes: bool,
+}
+
+/// `--max-request-body`: a size, or no limit.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimitArg(Option<u64>);
+
+fn body_limit(s: &str) -> Result<BodyLimitArg, String> {
+    if s == "unlimited" {
+        return Ok(BodyLimitArg(None));
+    }
+    match portico_registry::route::parse_size(s)? {
+        0 => Err("must be more than 0 (or `unlimited`)".into()),
+        n => Ok(BodyLimitArg(Some(n))),
+    }
 }
 
 impl GatewayArgs {
+    fn edge(&self) -> EdgePolicy {
+        EdgePolicy {
+            path: PathPolicy {
+                encoded_slashes: self.encoded_slashes,
+                merge_slashes: !self.no_merge_slashes,
+            },
+            max_uri: self.max_uri_size,
+            underscores: self.underscore_headers,
+            trusted_proxies: self.trusted_proxies.clone(),
+            max_body: self.max_request_body.0,
+            body_read_timeout: self.body_read_timeout,
+        }
+    }
+
     async fn admin_listener(&self) -> anyhow::Result<Option<TcpListener>> {
         if self.no_admin {
             return Ok(None);
@@ -313,6 +368,7 @@ impl GatewayArgs {
             ("--header-read-timeout", self.header_read_timeout),
             ("--idle-timeout", self.idle_timeout),
             ("--connect-timeout", self.connect_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
             ("--tunnel-idle-timeout", self.tunnel_idle_timeout),
         ] {
             if d.is_zero() {
@@ -352,6 +408,7 @@ impl GatewayArgs {
                 generate_traceparent: self.generate_traceparent,
                 connect_timeout: self.connect_timeout,
                 tunnel_idle_timeout: self.tunnel_idle_timeout,
+                edge: self.edge(),
                 outlier: OutlierPolicy {
                     consecutive_failures: self.outlier_failures,
                     base_ejection: self.outlier_ejection,

@@ -46,23 +46,37 @@ use crate::config::{Balance, HostMatch, PathMatch, Route, Target};
 use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
 use crate::metrics::GatewayMetrics;
+use crate::path::PathPolicy;
 use crate::router::{Considered, Level, Mismatch, RequestView, RouteEntry, RouteTable};
 
-/// Serves the admin API on `listener` until the task is aborted; `metrics`
-/// are the gateway's request metrics, scraped with the table's state.
+/// What the admin listener reads: the live table, discovery progress, the
+/// request metrics (scraped with the table's state), and the gateway's path
+/// policy (so `/explain` sees the path the router would).
+struct Admin {
+    table: Arc<ArcSwap<RouteTable>>,
+    status: Arc<DiscoveryStatus>,
+    metrics: Arc<GatewayMetrics>,
+    registry: Registry,
+    paths: PathPolicy,
+}
+
+/// Serves the admin API on `listener` until the task is aborted.
 pub fn spawn(
     listener: TcpListener,
     table: Arc<ArcSwap<RouteTable>>,
     status: Arc<DiscoveryStatus>,
     metrics: Arc<GatewayMetrics>,
+    paths: PathPolicy,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-        let registry = Arc::new(crate::metrics::registry(
-            table.clone(),
-            metrics.clone(),
-            status.clone(),
-        ));
+        let admin = Arc::new(Admin {
+            registry: crate::metrics::registry(table.clone(), metrics.clone(), status.clone()),
+            table,
+            status,
+            metrics,
+            paths,
+        });
         // Out of descriptors, accepting fails: back off and keep serving,
         // rather than end the admin listener.
         let mut errors = crate::caps::AcceptErrors::new("admin", None);
@@ -77,24 +91,11 @@ pub fn spawn(
                     continue;
                 }
             };
-            let (table, status, builder, registry, metrics) = (
-                table.clone(),
-                status.clone(),
-                builder.clone(),
-                registry.clone(),
-                metrics.clone(),
-            );
+            let (admin, builder) = (admin.clone(), builder.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let (table, status, registry, metrics) = (
-                        table.clone(),
-                        status.clone(),
-                        registry.clone(),
-                        metrics.clone(),
-                    );
-                    async move {
-                        Ok::<_, Infallible>(handle(&req, &table, &status, &registry, &metrics))
-                    }
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(&req)) }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -102,47 +103,48 @@ pub fn spawn(
     })
 }
 
-fn handle(
-    req: &Request<Incoming>,
-    table: &ArcSwap<RouteTable>,
-    discovery: &DiscoveryStatus,
-    registry: &Registry,
-    metrics: &GatewayMetrics,
-) -> Response<Full<Bytes>> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET, "/endpoints") => (StatusCode::OK, endpoints(&table.load())),
-        (&Method::GET, "/status") => (
-            StatusCode::OK,
-            status_json(&table.load(), discovery, metrics),
-        ),
-        (&Method::GET, "/explain") => match explain(&table.load(), req.uri().query()) {
-            Ok(v) => (StatusCode::OK, v),
-            Err((field, reason)) => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("{field}: {reason}"), "code": "invalid_value", "field": field}),
+impl Admin {
+    /// Answers one admin request.
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let (table, discovery, registry, metrics) =
+            (&self.table, &*self.status, &self.registry, &*self.metrics);
+        let (status, body) = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
+            (&Method::GET, "/endpoints") => (StatusCode::OK, endpoints(&table.load())),
+            (&Method::GET, "/status") => (
+                StatusCode::OK,
+                status_json(&table.load(), discovery, metrics),
             ),
-        },
-        (&Method::GET, "/metrics") => {
-            return Response::builder()
-                .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
-                .body(Full::new(Bytes::from(crate::metrics::render(registry))))
-                .expect("admin responses are well-formed");
-        }
-        (_, "/healthz" | "/endpoints" | "/status" | "/explain" | "/metrics") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"error": "method not allowed", "code": "method_not_allowed"}),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            json!({"error": "no such admin endpoint", "code": "not_found"}),
-        ),
-    };
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("admin responses are well-formed")
+            (&Method::GET, "/explain") => {
+                match explain(&table.load(), req.uri().query(), &self.paths) {
+                    Ok(v) => (StatusCode::OK, v),
+                    Err((field, reason)) => (
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("{field}: {reason}"), "code": "invalid_value", "field": field}),
+                    ),
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                return Response::builder()
+                    .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                    .body(Full::new(Bytes::from(crate::metrics::render(registry))))
+                    .expect("admin responses are well-formed");
+            }
+            (_, "/healthz" | "/endpoints" | "/status" | "/explain" | "/metrics") => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method not allowed", "code": "method_not_allowed"}),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "no such admin endpoint", "code": "not_found"}),
+            ),
+        };
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("admin responses are well-formed")
+    }
 }
 
 fn lb_name(lb: &Balance) -> &'static str {
@@ -379,8 +381,24 @@ fn mismatch_reason(route: &Route, m: Mismatch, q: &ExplainQuery) -> String {
 }
 
 /// Answers `/explain`: the route, the candidates, the endpoints, the pick.
-fn explain(table: &RouteTable, raw: Option<&str>) -> Result<Value, (&'static str, String)> {
-    let q = parse_explain(raw)?;
+fn explain(
+    table: &RouteTable,
+    raw: Option<&str>,
+    paths: &PathPolicy,
+) -> Result<Value, (&'static str, String)> {
+    let mut q = parse_explain(raw)?;
+    // The router sees the normalised path; so does the explanation.
+    match crate::path::normalize(&q.path, paths) {
+        Ok(p) => q.path = p.into_owned(),
+        Err(e) => {
+            return Ok(json!({
+                "table_revision": table.revision,
+                "request": {"method": q.method.as_str(), "host": q.host, "path": q.path},
+                "route": null,
+                "verdict": format!("400 bad_path: {e}"),
+            }));
+        }
+    }
     let req = RequestView {
         host: q.host.as_deref(),
         path: &q.path,

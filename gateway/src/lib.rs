@@ -166,6 +166,7 @@ impl Gateway {
             self.table.clone(),
             self.status.clone(),
             self.proxy.metrics().clone(),
+            self.options.proxy.edge.path,
         )
     }
 
