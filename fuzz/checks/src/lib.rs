@@ -1,0 +1,35 @@
+//! The checks behind Portico's fuzz targets.
+//!
+//! Each target is a module with `check(data: &[u8])`, which panics when an
+//! oracle does not hold. Two callers share it:
+//!
+//! - the cargo-fuzz crate around this one (`fuzz/fuzz_targets/*.rs`, nightly
+//!   only), one line per target;
+//! - `tests/replay.rs` (stable, part of `cargo test --workspace`), which runs
+//!   every file under `fuzz/regressions/<target>/` and `fuzz/corpus/<target>/`.
+//!
+//! # Module map
+//!
+//! - [`registry_json`]: bytes into the registry's JSON decoders; accepted
+//!   bodies must survive a round trip.
+
+pub mod registry_json;
+
+/// A fuzz target: its name (the folder under `fuzz/corpus/` and
+/// `fuzz/regressions/`, and the cargo-fuzz binary) and its check.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// Name, as in `cargo fuzz run NAME`.
+    pub name: &'static str,
+    /// Panics when an oracle does not hold.
+    pub check: fn(&[u8]),
+}
+
+/// Every target; a new one is one line here (plus its file in
+/// `fuzz/fuzz_targets/` and its `[[bin]]` in `fuzz/Cargo.toml`).
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "registry_json",
+        check: registry_json::check,
+    },
+];
