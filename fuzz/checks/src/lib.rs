@@ -10,10 +10,13 @@
 //!
 //! # Module map
 //!
+//! - [`route_match`]: generated route sets and requests into the router,
+//!   against a brute-force reading of the documented precedence.
 //! - [`registry_json`]: bytes into the registry's JSON decoders; accepted
 //!   bodies must survive a round trip.
 
 pub mod registry_json;
+pub mod route_match;
 
 /// A fuzz target: its name (the folder under `fuzz/corpus/` and
 /// `fuzz/regressions/`, and the cargo-fuzz binary) and its check.
@@ -28,6 +31,10 @@ pub struct Target {
 /// Every target; a new one is one line here (plus its file in
 /// `fuzz/fuzz_targets/` and its `[[bin]]` in `fuzz/Cargo.toml`).
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "route_match",
+        check: route_match::check,
+    },
     Target {
         name: "registry_json",
         check: registry_json::check,
