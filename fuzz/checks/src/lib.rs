@@ -10,11 +10,17 @@
 //!
 //! # Module map
 //!
+//! - [`http1_raw`]: raw HTTP/1.1 bytes into a real gateway over TCP, with a
+//!   strict backend behind it (smuggling, Host, framing, lost responses).
 //! - [`route_match`]: generated route sets and requests into the router,
 //!   against a brute-force reading of the documented precedence.
 //! - [`registry_json`]: bytes into the registry's JSON decoders; accepted
 //!   bodies must survive a round trip.
+//! - `panics`: counts panics in every thread, so a panic that a tokio task
+//!   swallowed still fails a check under `cargo test`.
 
+pub mod http1_raw;
+mod panics;
 pub mod registry_json;
 pub mod route_match;
 
@@ -31,6 +37,10 @@ pub struct Target {
 /// Every target; a new one is one line here (plus its file in
 /// `fuzz/fuzz_targets/` and its `[[bin]]` in `fuzz/Cargo.toml`).
 pub const TARGETS: &[Target] = &[
+    Target {
+        name: "http1_raw",
+        check: http1_raw::check,
+    },
     Target {
         name: "route_match",
         check: route_match::check,

@@ -59,3 +59,22 @@ fn seed_corpus_passes() {
         assert!(n > 0, "{} has no seed corpus", target.name);
     }
 }
+
+#[test]
+fn known_open_defects_still_reproduce() {
+    use portico_fuzz::http1_raw::{KNOWN_OPEN, violations};
+    for known in KNOWN_OPEN {
+        let file = fuzz_dir().join("regressions/http1_raw").join(known.input);
+        let data = std::fs::read(&file).expect("the input of a known defect");
+        let found = violations(&data);
+        assert!(
+            found.iter().any(|v| v.kind == known.kind),
+            "{:?} ({}) no longer reproduces with {}: if it is fixed, delete its entry \
+             from KNOWN_OPEN in fuzz/checks/src/http1_raw/mod.rs to arm the oracle. \
+             Found instead: {found:?}",
+            known.kind,
+            known.issue,
+            file.display()
+        );
+    }
+}
