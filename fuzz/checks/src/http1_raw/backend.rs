@@ -199,8 +199,13 @@ impl Connection<'_> {
                 .collect::<Vec<_>>()
         );
         self.buf.drain(..head_len);
-        head.check(self.rule)
-            .map_err(|(kind, why)| (kind, format!("{why}: {summary}")))?;
+        head.check_form()
+            .map_err(|why| (Kind::Malformed, format!("{why}: {summary}")))?;
+        // Wrong fields are recorded and the exchange goes on, so that the
+        // oracles after this one still see inputs that trip a parked one.
+        for (kind, why) in head.check_fields(self.rule) {
+            self.log.violation(kind, format!("{why}: {summary}"));
+        }
         let body = head
             .body
             .clone()
@@ -317,60 +322,60 @@ impl Head {
             .collect()
     }
 
-    /// Everything but the body: version, target form, Host, hop-by-hop.
-    fn check(&self, rule: HostRule) -> Result<(), (Kind, String)> {
-        let malformed = |why: &str| Err((Kind::Malformed, why.to_string()));
+    /// The request line: HTTP/1.1, origin form (or `OPTIONS *`).
+    fn check_form(&self) -> Result<(), &'static str> {
         if self.version != 1 {
-            return malformed("not HTTP/1.1");
+            return Err("not HTTP/1.1");
         }
         let origin_form = self.target.starts_with('/');
         let asterisk = self.target == "*" && self.method == "OPTIONS";
         if !origin_form && !asterisk {
-            return malformed("request target not in origin form");
+            return Err("request target not in origin form");
         }
         if self.method == "CONNECT" {
-            return malformed("CONNECT with an origin-form target");
+            return Err("CONNECT with an origin-form target");
         }
-        let hosts = self.hosts();
-        match hosts.as_slice() {
-            [] => return Err((Kind::MissingHost, "no Host".to_string())),
-            [one] => {
-                let host = normalise_host(one).ok_or((
-                    Kind::InvalidHost,
-                    "a Host that is not uri-host[:port]".into(),
-                ))?;
-                if !rule.admits(&host) {
-                    return Err((
-                        Kind::HostMismatch,
-                        format!("routed as {rule:?} but forwarded with Host {host:?}"),
-                    ));
-                }
-            }
-            _ => return Err((Kind::DuplicateHost, "more than one Host".to_string())),
-        }
-        self.hop_by_hop()
+        Ok(())
     }
 
-    fn hop_by_hop(&self) -> Result<(), (Kind, String)> {
+    /// Host and hop-by-hop headers: every way they are wrong.
+    fn check_fields(&self, rule: HostRule) -> Vec<(Kind, String)> {
+        let mut wrong = Vec::new();
+        match self.hosts().as_slice() {
+            [] => wrong.push((Kind::MissingHost, "no Host".to_string())),
+            [one] => match normalise_host(one) {
+                None => wrong.push((Kind::InvalidHost, "a Host not uri-host[:port]".into())),
+                Some(host) if !rule.admits(&host) => wrong.push((
+                    Kind::HostMismatch,
+                    format!("routed as {rule:?} but forwarded with Host {host:?}"),
+                )),
+                Some(_) => {}
+            },
+            _ => wrong.push((Kind::DuplicateHost, "more than one Host".to_string())),
+        }
+        wrong.extend(self.hop_by_hop());
+        wrong
+    }
+
+    fn hop_by_hop(&self) -> Option<(Kind, String)> {
         let mut upgrade_named = false;
         for (name, value) in &self.headers {
             if name == "connection" {
                 if !value.eq_ignore_ascii_case(b"upgrade") {
-                    return Err((Kind::HopByHop, format!("Connection: {value:?}")));
+                    return Some((Kind::HopByHop, format!("Connection: {value:?}")));
                 }
                 upgrade_named = true;
             } else if HOP_BY_HOP.contains(&name.as_str()) || name.starts_with("proxy-") {
-                return Err((Kind::HopByHop, format!("{name} forwarded")));
+                return Some((Kind::HopByHop, format!("{name} forwarded")));
             }
         }
         let has_upgrade = self.headers.iter().any(|(n, _)| n == "upgrade");
-        if has_upgrade != upgrade_named {
-            return Err((
+        (has_upgrade != upgrade_named).then(|| {
+            (
                 Kind::HopByHop,
                 "Upgrade and Connection: upgrade not together".to_string(),
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 }
 

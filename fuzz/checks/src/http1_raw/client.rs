@@ -62,15 +62,25 @@ pub async fn exchange(gateway: SocketAddr, data: &[u8], deadline: Duration) -> R
 /// HTTP/2 frames, which this reader does not decode.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads `bytes` as consecutive responses; returns the backend sequence
-/// numbers they carry. `methods` gives the method of each backend request
-/// by sequence number (a `HEAD` response has no body).
+/// What the client read, response by response.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// Backend sequence numbers, in order.
+    pub seqs: Vec<u64>,
+    /// 502, 503 and 504 answers the gateway made itself: each may stand
+    /// for a backend exchange it gave up on (a route timeout that fired as
+    /// the backend answered, on a stalled machine).
+    pub gateway_errors: usize,
+}
+
+/// Reads `bytes` as consecutive responses. `methods` gives the method of
+/// each backend request by sequence number (a `HEAD` response has no body).
 pub fn responses(
     bytes: &[u8],
     token: &str,
     methods: &HashMap<u64, String>,
-) -> Result<Vec<u64>, String> {
-    let mut seqs = Vec::new();
+) -> Result<Answer, String> {
+    let mut answer = Answer::default();
     let mut pos = 0;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
@@ -83,8 +93,10 @@ pub fn responses(
         };
         let status = resp.code.unwrap_or_default();
         let seq = backend_seq(resp.headers, token)?;
-        if let Some(seq) = seq {
-            seqs.push(seq);
+        match seq {
+            Some(seq) => answer.seqs.push(seq),
+            None if (502..=504).contains(&status) => answer.gateway_errors += 1,
+            None => {}
         }
         let declared =
             framing::declared(resp.headers).map_err(|why| format!("{why}: {}", show(rest)))?;
@@ -111,7 +123,7 @@ pub fn responses(
         };
         pos += head_len + body_len;
     }
-    Ok(seqs)
+    Ok(answer)
 }
 
 /// How long a response body is (RFC 9112 §6.3). The request method is only
