@@ -338,7 +338,7 @@ impl Head {
         Ok(())
     }
 
-    /// Host and hop-by-hop headers: every way they are wrong.
+    /// Host, path segments and hop-by-hop headers: every way they are wrong.
     fn check_fields(&self, rule: HostRule) -> Vec<(Kind, String)> {
         let mut wrong = Vec::new();
         match self.hosts().as_slice() {
@@ -352,6 +352,9 @@ impl Head {
                 Some(_) => {}
             },
             _ => wrong.push((Kind::DuplicateHost, "more than one Host".to_string())),
+        }
+        if has_dot_segment(&self.target) {
+            wrong.push((Kind::DotSegment, "a `.` or `..` path segment".to_string()));
         }
         wrong.extend(self.hop_by_hop());
         wrong
@@ -377,6 +380,16 @@ impl Head {
             )
         })
     }
+}
+
+/// Whether the path (before any query) has a segment that is `.` or `..`,
+/// written plainly or percent-encoded (RFC 3986 §5.2.4, §2.3).
+fn has_dot_segment(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or_default();
+    path.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// `uri-host [":" port]` (RFC 9110 §7.2) as the router reads it: lowercase,

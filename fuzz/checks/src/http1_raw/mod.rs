@@ -17,7 +17,7 @@
 //! - every request the backend receives parses strictly, is HTTP/1.1 in
 //!   origin form, frames its body one way only and validly, carries no
 //!   hop-by-hop header, and carries exactly one valid Host, the one its
-//!   route was chosen on;
+//!   route was chosen on, and a path without `.` or `..` segments;
 //! - no bytes follow a whole request before its response (the gateway does
 //!   not pipeline upstream, so such bytes mean the two sides disagree on
 //!   where a message ends: smuggling);
@@ -72,6 +72,10 @@ pub enum Kind {
     DuplicateHost,
     /// A forwarded Host that is not `uri-host[:port]`.
     InvalidHost,
+    /// A forwarded path with a `.` or `..` segment (also as `%2e`): a
+    /// backend that normalises would serve another path than the one
+    /// routed.
+    DotSegment,
     /// A request routed on one host and forwarded with another.
     HostMismatch,
     /// A forwarded body framed two ways, or framed wrong.
@@ -132,6 +136,11 @@ pub const KNOWN_OPEN: &[Known] = &[
         issue: "issue 10 item 1 (`Host: a b`, `Host: a.test/x` served)",
         input: "host-with-space",
     },
+    Known {
+        kind: Kind::DotSegment,
+        issue: "issue 10 item 2 (no path normalisation before routing)",
+        input: "path-dot-segments",
+    },
 ];
 
 /// Runs one input; panics with every violation that is not [`KNOWN_OPEN`].
@@ -142,7 +151,7 @@ pub fn check(data: &[u8]) {
         .collect();
     assert!(
         found.is_empty(),
-        "http1_raw: {} for input {:?}:\n{}",
+        "http1_raw: {} violation(s) for input {:?}:\n{}",
         found.len(),
         String::from_utf8_lossy(data),
         found
