@@ -10,11 +10,13 @@
 //! comes.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
 
 use super::backend::SEQ_HEADER;
 use super::framing::{self, Body};
@@ -27,17 +29,65 @@ const H2_WINDOW: Duration = Duration::from_millis(300);
 
 /// Sends `data`, returns everything read until the gateway closed the
 /// connection; `Err` when it did not within `deadline`.
-pub async fn exchange(gateway: SocketAddr, data: &[u8], deadline: Duration) -> Result<Vec<u8>, ()> {
-    let h2 = data.starts_with(H2_PREFACE);
-    let Ok(mut stream) = TcpStream::connect(gateway).await else {
+///
+/// The connection is opened and as much of the input as the socket takes is
+/// written before `rt` runs again: the gateway, frozen meanwhile, finds the
+/// bytes there on its first read, so its short header-read timeout can never
+/// fire between the connect and the write, however loaded the machine.
+pub fn exchange(
+    rt: &Runtime,
+    gateway: SocketAddr,
+    data: &[u8],
+    deadline: Duration,
+) -> Result<Vec<u8>, ()> {
+    let Ok(stream) = std::net::TcpStream::connect(gateway) else {
         return Ok(Vec::new());
     };
+    let sent = write_now(&stream, data);
+    rt.block_on(async {
+        let Ok(mut stream) = TcpStream::from_std(stream) else {
+            return Ok(Vec::new());
+        };
+        finish(
+            &mut stream,
+            &data[sent..],
+            data.starts_with(H2_PREFACE),
+            deadline,
+        )
+        .await
+    })
+}
+
+/// Writes what fits without blocking (the gateway is not reading yet);
+/// returns how much.
+fn write_now(stream: &std::net::TcpStream, data: &[u8]) -> usize {
     let _ = stream.set_nodelay(true);
+    if stream.set_nonblocking(true).is_err() {
+        return 0;
+    }
+    let mut sent = 0;
+    while sent < data.len() {
+        match (&*stream).write(&data[sent..]) {
+            Ok(n) if n > 0 => sent += n,
+            // Full (WouldBlock), closed or failed: the async half goes on.
+            _ => break,
+        }
+    }
+    sent
+}
+
+/// Writes the rest and reads until the gateway closes.
+async fn finish(
+    stream: &mut TcpStream,
+    rest: &[u8],
+    h2: bool,
+    deadline: Duration,
+) -> Result<Vec<u8>, ()> {
     // Borrowed halves: dropping the write half must not half-close.
     let (mut reader, mut writer) = stream.split();
     let write = async {
         // The gateway may answer and close before reading it all: fine.
-        let _ = writer.write_all(data).await;
+        let _ = writer.write_all(rest).await;
     };
     let read = async {
         let mut out = Vec::new();

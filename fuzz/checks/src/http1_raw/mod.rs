@@ -49,8 +49,9 @@ use self::backend::{HostRule, Log};
 
 /// Time a gateway may wait for a request head: ends idle keep-alive
 /// connections quickly, so most inputs cost milliseconds. Safe that short
-/// because the client writes the whole input at once: the clock only runs
-/// out on a head that is really incomplete (or after the last request).
+/// because the input is in the gateway's socket before the gateway first
+/// reads it (see [`client::exchange`]): the clock only runs out on a head
+/// that is really incomplete (or after the last request).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_millis(5);
 /// Route timeout: ends a request whose body never comes. One that fires
 /// while the backend answers (a stalled machine) costs a gateway 504, which
@@ -206,9 +207,7 @@ impl Harness {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let panics = crate::panics::count();
-        let answer = self
-            .rt
-            .block_on(client::exchange(self.gateway, data, DEADLINE));
+        let answer = client::exchange(&self.rt, self.gateway, data, DEADLINE);
         let quiet = self.rt.block_on(self.backend_quiet());
         let (completed, mut found) = self.log.take();
         match answer {
