@@ -156,6 +156,34 @@ impl EtcdStore {
         self.0.batcher.submit(op).await
     }
 
+    /// Brings the mirror up to every write acknowledged before this call,
+    /// on any replica: `Some(false)` when it is current, `Some(true)` when
+    /// etcd has no quorum (the mirror is then the freshest copy there is,
+    /// served as stale), `None` when there is no mirror yet or it did not
+    /// catch up in time (read etcd directly).
+    async fn synced(&self) -> Result<Option<bool>, StoreError> {
+        if !self.0.mirror.loaded() {
+            return Ok(None);
+        }
+        // Every write of every replica moved a slot key: the newest one is
+        // the revision the mirror must have seen.
+        match self.0.members.last_write(&self.0.keys.writers()).await {
+            Ok(current) => {
+                if self.0.mirror.sync(current, SYNC_TIMEOUT).await {
+                    return Ok(Some(false));
+                }
+                tracing::warn!(
+                    current,
+                    mirror = self.0.mirror.revision(),
+                    "etcd mirror behind; reading etcd directly"
+                );
+                Ok(None)
+            }
+            Err(StoreError::Unavailable(_)) => Ok(Some(true)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A read of `prefix` straight from etcd (paged), or from a member
     /// without quorum (stale).
     async fn direct_range(&self, prefix: &str) -> Result<Range, StoreError> {
@@ -237,6 +265,14 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
+        // Deleting what is not there writes nothing (every batch moves its
+        // slot key, hence the revision): "changes nothing" holds on etcd
+        // as on the embedded store. The mirror is current as of now, so a
+        // write acknowledged before this call is seen.
+        if self.synced().await? == Some(false) && self.0.mirror.get(key).is_none() {
+            self.0.leases.forget(key);
+            return Ok(None);
+        }
         let done = applied(
             self.write(WriteOp::Delete {
                 key: key.to_string(),
@@ -280,26 +316,10 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<Range, StoreError> {
-        if self.0.mirror.loaded() {
-            // Every write of every replica moved a slot key: the newest one
-            // is the revision the mirror must have seen.
-            match self.0.members.last_write(&self.0.keys.writers()).await {
-                Ok(current) => {
-                    if self.0.mirror.sync(current, SYNC_TIMEOUT).await {
-                        return Ok(self.0.mirror.range(prefix, false));
-                    }
-                    tracing::warn!(
-                        current,
-                        mirror = self.0.mirror.revision(),
-                        "etcd mirror behind; reading etcd directly"
-                    );
-                }
-                // No quorum: the mirror is the freshest copy there is.
-                Err(StoreError::Unavailable(_)) => return Ok(self.0.mirror.range(prefix, true)),
-                Err(e) => return Err(e),
-            }
+        match self.synced().await? {
+            Some(stale) => Ok(self.0.mirror.range(prefix, stale)),
+            None => self.direct_range(prefix).await,
         }
-        self.direct_range(prefix).await
     }
 
     async fn keep_alive(&self, key: &str) -> Result<Option<Revision>, StoreError> {
