@@ -219,8 +219,8 @@ fn to_kv(data_prefix: &str, kv: etcd_client::KeyValue) -> Option<KeyValue> {
     })
 }
 
-fn applied(outcome: Outcome) -> Option<Revision> {
-    match outcome {
+fn applied(outcome: &Outcome) -> Option<Revision> {
+    match *outcome {
         Outcome::Applied(revision) => Some(revision),
         _ => None,
     }
@@ -240,7 +240,7 @@ impl Store for EtcdStore {
             value,
             record,
         };
-        let revision = applied(self.write(op).await?).ok_or_else(|| {
+        let revision = applied(&self.write(op).await?).ok_or_else(|| {
             StoreError::Failed("etcd did not apply an unconditional write".into())
         })?;
         match record {
@@ -261,7 +261,7 @@ impl Store for EtcdStore {
             value,
             expected,
         };
-        Ok(applied(self.write(op).await?))
+        Ok(applied(&self.write(op).await?))
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
@@ -274,10 +274,11 @@ impl Store for EtcdStore {
             return Ok(None);
         }
         let done = applied(
-            self.write(WriteOp::Delete {
-                key: key.to_string(),
-            })
-            .await?,
+            &self
+                .write(WriteOp::Delete {
+                    key: key.to_string(),
+                })
+                .await?,
         );
         self.0.leases.forget(key);
         Ok(done)
@@ -292,7 +293,7 @@ impl Store for EtcdStore {
             key: key.to_string(),
             expected,
         };
-        let done = applied(self.write(op).await?);
+        let done = applied(&self.write(op).await?);
         if done.is_some() {
             self.0.leases.forget(key);
         }
@@ -347,7 +348,7 @@ impl Store for EtcdStore {
             claim,
             session,
         };
-        Ok(applied(self.write(op).await?))
+        Ok(applied(&self.write(op).await?))
     }
 
     async fn delete_if_lapsed(
@@ -364,7 +365,7 @@ impl Store for EtcdStore {
             claim,
             session,
         };
-        let done = applied(self.write(op).await?);
+        let done = applied(&self.write(op).await?);
         if done.is_some() {
             self.0.leases.forget(key);
         }
@@ -411,7 +412,7 @@ impl Store for EtcdStore {
             key: key.to_string(),
             unique: unique.map(str::to_string),
         };
-        Ok(applied(self.write(op).await?))
+        Ok(applied(&self.write(op).await?))
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>, StoreError> {

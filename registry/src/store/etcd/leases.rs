@@ -42,6 +42,8 @@ use crate::store::{LeaseCounts, LeaseReport, StoreError};
 const TICK: Duration = Duration::from_millis(100);
 /// A tick this late means the replica was not running meanwhile.
 const FROZEN: Duration = Duration::from_secs(1);
+/// Tries of a heartbeat to take a lease whose record keeps moving.
+const CLAIM_ATTEMPTS: usize = 3;
 /// Claims of one adoption pass in flight at once.
 const ADOPTING: usize = 256;
 
@@ -86,6 +88,12 @@ pub(super) struct Leases {
     orphaned: Mutex<HashMap<String, Instant>>,
     /// The counts last published (None: never, or the write failed).
     published: Mutex<Option<LeaseCounts>>,
+    /// Until when this replica takes no lease from a live replica: set for
+    /// one session TTL when it opens a session after losing one (it was
+    /// stopped or cut off). Heartbeats that queued up in its sockets while
+    /// it was away, whose clients gave up and moved on long ago, must not
+    /// take the leases back from the replica those clients now use.
+    returning_until: Mutex<Option<Instant>>,
     pub(super) stats: LeaseStats,
 }
 
@@ -115,6 +123,7 @@ impl Leases {
             held: DashMap::new(),
             orphaned: Mutex::new(HashMap::new()),
             published: Mutex::new(None),
+            returning_until: Mutex::new(None),
             stats: LeaseStats::default(),
         }
     }
@@ -180,19 +189,50 @@ impl Leases {
             held.deadline = Instant::now() + held.ttl;
             return Ok(true);
         }
-        let found = match self.mirror.record(key) {
-            Some(found) => Some(found),
-            // Not in the mirror yet: registered a moment ago elsewhere.
-            None => self.read_record(key).await?,
-        };
-        let Some((record, revision)) = found else {
-            return Ok(false);
-        };
-        let claimed = self.claim(key, record, revision, me).await?;
-        if claimed == Some(true) {
-            self.stats.claims.fetch_add(1, Ordering::Relaxed);
+        // The mirror's record first; after a lost claim, etcd's own: a
+        // claim lost against a record the mirror had not seen yet says
+        // nothing about who holds the lease now, and answering 200 then
+        // would let the lease lapse at a holder no heartbeat reaches.
+        for attempt in 0..CLAIM_ATTEMPTS {
+            let found = match self.mirror.record(key) {
+                Some(found) if attempt == 0 => Some(found),
+                _ => self.read_record(key).await?,
+            };
+            let Some((record, revision)) = found else {
+                return Ok(false);
+            };
+            if record.owner == me {
+                // Ours already (a claim whose change the mirror has not
+                // delivered yet): hold it from now.
+                self.hold(key, record.ttl(), revision, me);
+                return Ok(true);
+            }
+            if self.returning() && self.mirror.sessions().contains_key(&record.owner) {
+                return Err(StoreError::Unavailable(
+                    "this replica is back from losing its etcd session; another live replica holds this lease: use it".into(),
+                ));
+            }
+            match self.claim(key, record, revision, me).await? {
+                Some(true) => {
+                    self.stats.claims.fetch_add(1, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                Some(false) => continue,
+                None => return Ok(false),
+            }
         }
-        Ok(claimed.is_some())
+        Err(StoreError::Unavailable(
+            "the lease moved between replicas on every try: heartbeats for this instance reach several replicas at once".into(),
+        ))
+    }
+
+    /// Whether this replica came back from losing its session a moment ago.
+    fn returning(&self) -> bool {
+        let until = *self
+            .returning_until
+            .lock()
+            .expect("returning lock poisoned");
+        until.is_some_and(|t| Instant::now() < t)
     }
 
     /// Rewrites `key`'s record to name session `me`, if it is still at
@@ -322,6 +362,7 @@ impl Leases {
     /// it is gone. Runs forever; on its own task.
     pub(super) async fn run_session(self: Arc<Self>) {
         let ttl = self.session_ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let mut lost_one = false;
         loop {
             let granted = self
                 .members
@@ -342,6 +383,12 @@ impl Leases {
                 continue;
             }
             self.vouch(id, sent, granted_ttl);
+            if lost_one {
+                *self
+                    .returning_until
+                    .lock()
+                    .expect("returning lock poisoned") = Some(Instant::now() + self.session_ttl);
+            }
             tracing::info!(session = id, ttl = granted_ttl, "etcd session open");
             self.keep(id).await;
             tracing::warn!(
@@ -350,6 +397,7 @@ impl Leases {
                 "etcd session ended: the leases it held go to other replicas"
             );
             self.held.clear();
+            lost_one = true;
             *self.session.write().expect("session lock poisoned") = Session::default();
             *self.published.lock().expect("publish lock poisoned") = None;
         }
