@@ -684,7 +684,7 @@ async fn self_preservation_counts_the_leases_other_replicas_hold() {
         .collect();
     let fleet = Fleet::start(
         &replicas,
-        alive,
+        &alive,
         "3s",
         Duration::from_millis(900),
         2,

@@ -894,7 +894,7 @@ impl Fleet {
     /// `replicas`, each every `period`.
     pub fn start(
         replicas: &[String],
-        members: Vec<FleetMember>,
+        members: &[FleetMember],
         ttl: &str,
         period: Duration,
         workers: usize,
@@ -942,61 +942,89 @@ struct Worker {
     call_timeout: Duration,
 }
 
+/// The status one call of a member got: `None` when it got none (an
+/// error, or not in time).
+type Answer = Option<StatusCode>;
+
 impl Worker {
+    /// Each member's turn comes every `period`; calls overlap, so a replica
+    /// that holds calls until they time out (a SIGSTOP) delays no other
+    /// member's turn, as with independent SDK clients.
     async fn run(mut self, period: Duration, mut stopped: tokio::sync::watch::Receiver<bool>) {
         // Spread the members over the period, starting at a random offset.
         let gap = period / self.members.len().max(1) as u32;
         let mut next = tokio::time::Instant::now() + period.mul_f64(fastrand_unit());
+        let mut calls: tokio::task::JoinSet<(usize, bool, Answer)> = tokio::task::JoinSet::new();
+        let mut busy = vec![false; self.members.len()];
+        let mut i = 0;
         loop {
-            for i in 0..self.members.len() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = stopped.changed() => return,
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {
+                    let lag = tokio::time::Instant::now().saturating_duration_since(next);
+                    self.stats
+                        .max_lag_ms
+                        .fetch_max(lag.as_millis() as u64, Ordering::Relaxed);
+                    next += gap;
+                    if !busy[i] && tokio::time::Instant::now() >= self.quiet_until[i] {
+                        busy[i] = true;
+                        calls.spawn(self.call(i));
+                    }
+                    i = (i + 1) % self.members.len();
                 }
-                let lag = tokio::time::Instant::now().saturating_duration_since(next);
-                self.stats
-                    .max_lag_ms
-                    .fetch_max(lag.as_millis() as u64, Ordering::Relaxed);
-                next += gap;
-                if tokio::time::Instant::now() >= self.quiet_until[i] {
-                    self.beat(i).await;
+                Some(done) = calls.join_next(), if !calls.is_empty() => {
+                    let (j, registering, answer) = done.expect("a heartbeat call never panics");
+                    busy[j] = false;
+                    self.answered(j, registering, answer);
                 }
+                _ = stopped.changed() => return,
             }
         }
     }
 
-    async fn beat(&mut self, i: usize) {
+    /// Member `i`'s call (a registration until one succeeded, then a
+    /// heartbeat), bounded by the per-call timeout.
+    fn call(&self, i: usize) -> impl std::future::Future<Output = (usize, bool, Answer)> + use<> {
         let m = &self.members[i];
         let base = format!(
             "{}/v1/services/{}/instances/{}",
             self.replicas[self.at[i]], m.service, m.id
         );
-        let heartbeat = format!("{base}/heartbeat");
-        let call = if self.registered[i] {
-            send(&self.h, Method::PUT, &heartbeat, &[], Bytes::new())
-        } else {
-            let body = serde_json::json!({"address": "127.0.0.1", "port": 9, "ttl": self.ttl});
-            send(
-                &self.h,
-                Method::PUT,
-                &base,
-                &[("content-type", "application/json")],
-                Bytes::from(body.to_string()),
-            )
-        };
-        let answer = tokio::time::timeout(self.call_timeout, call).await;
-        if !self.registered[i] && matches!(&answer, Ok(Ok(r)) if r.status == StatusCode::OK) {
+        let registering = !self.registered[i];
+        let body = serde_json::json!({"address": "127.0.0.1", "port": 9, "ttl": self.ttl});
+        let (h, timeout) = (self.h.clone(), self.call_timeout);
+        async move {
+            let call = async {
+                if registering {
+                    let json = [("content-type", "application/json")];
+                    send(&h, Method::PUT, &base, &json, Bytes::from(body.to_string())).await
+                } else {
+                    let heartbeat = format!("{base}/heartbeat");
+                    send(&h, Method::PUT, &heartbeat, &[], Bytes::new()).await
+                }
+            };
+            let answer = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(r)) => Some(r.status),
+                Ok(Err(_)) | Err(_) => None,
+            };
+            (i, registering, answer)
+        }
+    }
+
+    /// Counts member `i`'s answer; moves it to the next replica after an
+    /// error, a 5xx or a timeout (after its `failover_after` of silence).
+    fn answered(&mut self, i: usize, registering: bool, status: Answer) {
+        if registering && status == Some(StatusCode::OK) {
             self.registered[i] = true;
             self.stats.registered.fetch_add(1, Ordering::Relaxed);
         }
-        let counter = match &answer {
-            Ok(Ok(r)) if r.status == StatusCode::OK => &self.stats.ok,
-            Ok(Ok(r)) if r.status == StatusCode::NOT_FOUND => &self.stats.not_found,
-            Ok(Ok(_)) => &self.stats.refused,
-            Ok(Err(_)) | Err(_) => &self.stats.failed,
+        let counter = match status {
+            Some(StatusCode::OK) => &self.stats.ok,
+            Some(StatusCode::NOT_FOUND) => &self.stats.not_found,
+            Some(_) => &self.stats.refused,
+            None => &self.stats.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let answered = matches!(&answer, Ok(Ok(r)) if r.status.is_success() || r.status == StatusCode::NOT_FOUND);
+        let answered = status.is_some_and(|s| s.is_success() || s == StatusCode::NOT_FOUND);
         if !answered {
             self.at[i] = (self.at[i] + 1) % self.replicas.len();
             self.quiet_until[i] = tokio::time::Instant::now() + self.members[i].failover_after;
