@@ -596,8 +596,10 @@ async fn a_write_whose_answer_was_lost_is_applied_once() {
 async fn a_failing_sweep_is_an_alarm() {
     let cluster = EtcdCluster::start_with_quota(1, 4 << 20).await;
     let registry = replica(&cluster).await;
+    // The lease must lapse only once etcd refuses writes, or the sweep
+    // would mark it critical before (and removing it needs no room).
     let spec = InstanceSpec {
-        ttl: Duration::from_secs(1),
+        ttl: Duration::from_secs(5),
         ..InstanceSpec::new("127.0.0.1", 9)
     };
     registry
@@ -618,6 +620,12 @@ async fn a_failing_sweep_is_an_alarm() {
         assert!(i < 64, "etcd never refused a write");
     }
     assert_eq!(cluster.alarms().await, ["NOSPACE"]);
+    let list = format!("{}/v1/services/svc/instances", registry.url);
+    assert_eq!(
+        get(&list).await.json()["instances"][0]["status"],
+        "passing",
+        "the machine was too slow: the lease lapsed before etcd was full"
+    );
 
     let readyz = format!("{}/readyz", registry.url);
     eventually("readiness to report the failing sweep", || async {
@@ -646,7 +654,6 @@ async fn a_failing_sweep_is_an_alarm() {
         get(&readyz).await.status == StatusCode::OK
     })
     .await;
-    let list = format!("{}/v1/services/svc/instances", registry.url);
     eventually("the lapsed instance to expire", || async {
         get(&list).await.json()["instances"][0]["status"] == "critical"
     })
