@@ -30,6 +30,9 @@ pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// Key prefix for everything the registry writes.
     pub prefix: String,
+    /// This replica's session TTL (`--etcd-session-ttl`): how long after
+    /// it dies the others adopt its leases.
+    pub session_ttl: std::time::Duration,
 }
 
 /// Registry settings.
@@ -74,9 +77,10 @@ async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>>
         }
         #[cfg(feature = "etcd")]
         Some(etcd) => {
-            let store = portico_registry::store::etcd::EtcdStore::new(
+            let store = portico_registry::store::etcd::EtcdStore::with_session_ttl(
                 etcd.endpoints.clone(),
                 &etcd.prefix,
+                etcd.session_ttl,
             )?;
             // Starting against an unreachable cluster is allowed (the API
             // answers 503 until it is back), but say so now.

@@ -95,6 +95,11 @@ struct RegistryArgs {
     /// Key prefix in etcd (with --store etcd:...).
     #[arg(long, default_value = "/portico/")]
     etcd_prefix: String,
+    /// How long this replica's etcd session outlives it: after a replica
+    /// dies, the others adopt the leases it held this much later (with
+    /// --store etcd:...).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    etcd_session_ttl: Duration,
     /// Time between lease sweeps.
     #[arg(long, default_value = "1s", value_parser = duration)]
     sweep_interval: Duration,
@@ -165,9 +170,15 @@ impl RegistryArgs {
         if !self.etcd_prefix.starts_with('/') {
             anyhow::bail!("--etcd-prefix must start with '/'");
         }
+        if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&self.etcd_session_ttl) {
+            anyhow::bail!(
+                "--etcd-session-ttl must be between 2s (etcd's shortest lease with its default timing) and 5m"
+            );
+        }
         Ok(Some(portico::EtcdOptions {
             endpoints,
             prefix: self.etcd_prefix.clone(),
+            session_ttl: self.etcd_session_ttl,
         }))
     }
 

@@ -367,7 +367,7 @@ async fn without_quorum_writes_fail_clearly_reads_say_how_stale_gateways_serve()
         stale.headers
     );
     assert!(stale.json()["stale_ms"].as_u64().is_some());
-    assert_eq!(stale.json()["instances"][0]["id"], "e");
+    assert_eq!(stale.json()["instances"][0]["id"], "e", "{}", stale.json());
 
     for _ in 0..20 {
         assert_eq!(get(&format!("{}/svc/x", gw.url)).await.instance(), "e");
@@ -382,4 +382,339 @@ async fn without_quorum_writes_fail_clearly_reads_say_how_stale_gateways_serve()
     let list = get(&format!("{}/v1/services/svc/instances", registry.url)).await;
     assert!(!list.headers.contains_key("x-portico-stale-ms"));
     assert_eq!(list.json()["instances"].as_array().unwrap().len(), 1);
+}
+
+/// Registers `n` instances of `service` through `registry`, `width` at a time.
+async fn register_many(registry: &str, service: &str, n: usize, body: serde_json::Value) {
+    let h = http();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let (h, body) = (h.clone(), body.to_string());
+        let base = format!("{registry}/v1/services/{service}/instances");
+        tasks.spawn(async move {
+            for i in (t..n).step_by(16) {
+                let url = format!("{base}/i{i}");
+                let r = send(
+                    &h,
+                    Method::PUT,
+                    &url,
+                    &[("content-type", "application/json")],
+                    Bytes::from(body.clone()),
+                )
+                .await
+                .unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{url}: {:?}", r.body);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// More instance data than one gRPC message holds (etcd-client's limit is
+/// 4 MiB; here about 5 MB): the registry still lists it, gateways still get
+/// their snapshot, and leases still expire. (Reading it as one etcd range
+/// made `GET /v1/services` answer 500 and every lease sweep fail, so nothing
+/// expired any more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyspace_larger_than_one_grpc_message_is_read_in_pages() {
+    let cluster = EtcdCluster::start(1).await;
+    let registry = replica(&cluster).await;
+    // 16 metadata values of 500 bytes: about 8.5 KB per instance.
+    let meta: serde_json::Map<String, serde_json::Value> = (0..16)
+        .map(|k| (format!("k{k}"), json!("x".repeat(500))))
+        .collect();
+    let big = json!({"address": "127.0.0.1", "port": 9, "ttl": "1h", "meta": meta});
+    register_many(&registry.url, "big", 600, big).await;
+    let dying = InstanceSpec {
+        ttl: Duration::from_secs(1),
+        ..InstanceSpec::new("127.0.0.1", 9)
+    };
+    let last = registry
+        .client()
+        .register_once("dies", "d", &dying)
+        .await
+        .unwrap();
+
+    let services = get(&format!("{}/v1/services", registry.url)).await;
+    assert_eq!(services.status, StatusCode::OK, "{:?}", services.body);
+    assert_eq!(services.json()["services"][0]["name"], "big");
+    assert_eq!(services.json()["services"][0]["instances"]["passing"], 600);
+    let gw = TestGateway::start(gateway_options(&[&registry.url])).await;
+    gw.wait_revision(last.revision).await;
+    assert_eq!(gateway_ids(&gw, "auto:big").len(), 600);
+
+    // Nobody renews "d": the sweeps, which read every lease, expire it.
+    let status = format!("{}/v1/services/dies/instances", registry.url);
+    eventually("the unrenewed instance to expire", || async {
+        get(&status).await.json()["instances"][0]["status"] == "critical"
+    })
+    .await;
+}
+
+/// Sums the requests etcd's members received that cost etcd work per
+/// heartbeat under the old design: reads, writes and lease keep-alives.
+async fn etcd_requests(cluster: &EtcdCluster) -> u64 {
+    let by_method = cluster.grpc_messages().await;
+    [
+        "Range",
+        "Txn",
+        "Put",
+        "DeleteRange",
+        "LeaseGrant",
+        "LeaseKeepAlive",
+        "LeaseRevoke",
+    ]
+    .iter()
+    .map(|m| by_method.get(*m).copied().unwrap_or(0))
+    .sum()
+}
+
+/// A heartbeat costs etcd nothing: a thousand of them send etcd no request
+/// at all (what etcd receives meanwhile is the replica's own session
+/// keep-alive, a few messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_send_etcd_nothing() {
+    let cluster = EtcdCluster::start(1).await;
+    let registry = replica(&cluster).await;
+    register_many(
+        &registry.url,
+        "svc",
+        50,
+        json!({"address": "127.0.0.1", "port": 9, "ttl": "1h"}),
+    )
+    .await;
+    let before = etcd_requests(&cluster).await;
+    let h = http();
+    for round in 0..20 {
+        for i in 0..50 {
+            let url = format!("{}/v1/services/svc/instances/i{i}/heartbeat", registry.url);
+            let r = send(&h, Method::PUT, &url, &[], Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "round {round}, i{i}: {:?}",
+                r.body
+            );
+        }
+    }
+    let sent = etcd_requests(&cluster).await - before;
+    assert!(
+        sent <= 20,
+        "1,000 heartbeats sent etcd {sent} requests ({:?})",
+        cluster.grpc_messages().await
+    );
+}
+
+/// Two replicas asked at the same instant for two routes with one match:
+/// exactly one is accepted, every time. (The check read the routes, then
+/// wrote, under a lock each replica held only for itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_both_accept_one_match() {
+    let cluster = EtcdCluster::start(1).await;
+    let (r1, r2) = (replica(&cluster).await, replica(&cluster).await);
+    for round in 0..40 {
+        let body = json!({"path_prefix": format!("/race{round}"), "upstreams": ["127.0.0.1:9"]});
+        let (url_a, url_b) = (
+            format!("{}/v1/routes/a{round}", r1.url),
+            format!("{}/v1/routes/b{round}", r2.url),
+        );
+        let (a, b) = tokio::join!(put_json(&url_a, body.clone()), put_json(&url_b, body));
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "round {round}: {:?} / {:?}",
+            a.body,
+            b.body
+        );
+    }
+    let routes = get(&format!("{}/v1/routes", r1.url)).await.json();
+    assert_eq!(routes["routes"].as_array().unwrap().len(), 40);
+}
+
+/// A write whose answer is lost (the member committed it, then went
+/// silent) is tried again on the next member and applied exactly once: the
+/// key's version says how many times it was written, and the answer is the
+/// revision of that one write. A conditional write in the same situation
+/// reports that it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_is_applied_once() {
+    use portico_registry::store::Store;
+    use portico_registry::store::etcd::EtcdStore;
+    use support::etcd::HoldingProxy;
+
+    let cluster = EtcdCluster::start(3).await;
+    let key = "routes/once";
+    let etcd_key = b"/once/kv/routes/once";
+    let mut last = None;
+    for phase in ["put", "put_if"] {
+        // A store whose first member is reached through a proxy we can silence.
+        let proxy = HoldingProxy::start(&cluster.endpoint(0)).await;
+        let endpoints = vec![proxy.url.clone(), cluster.endpoint(1), cluster.endpoint(2)];
+        let store = EtcdStore::new(endpoints, "/once/").unwrap();
+        store.check().await.unwrap();
+        proxy.hold();
+        let started = Instant::now();
+        let value = Bytes::from(format!("{{\"phase\":\"{phase}\"}}"));
+        let revision = match last {
+            None => store.put(key, value, None).await.unwrap(),
+            Some(expected) => store
+                .put_if(key, value, expected)
+                .await
+                .unwrap()
+                .expect("the conditional write applied and says so"),
+        };
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{phase}: the write did not go through the silenced member first"
+        );
+        let stored = cluster.range(etcd_key).await;
+        assert_eq!(stored.len(), 1);
+        let expected_version = if last.is_none() { 1 } else { 2 };
+        assert_eq!(
+            stored[0].version,
+            expected_version,
+            "{phase}: applied {} times",
+            stored[0].version - expected_version + 1
+        );
+        assert_eq!(stored[0].mod_revision as u64, revision, "{phase}");
+        last = Some(revision);
+    }
+}
+
+/// A sweep that fails is an alarm: logged, counted, and after a few in a
+/// row `/readyz` answers 503 naming it, until sweeps work again. Here etcd
+/// is full (its NOSPACE alarm refuses writes, reads go on), so marking a
+/// lapsed instance critical fails. (It used to fail every second, silently,
+/// while the registry reported ready.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sweep_is_an_alarm() {
+    let cluster = EtcdCluster::start_with_quota(1, 4 << 20).await;
+    let registry = replica(&cluster).await;
+    // The lease must lapse only once etcd refuses writes, or the sweep
+    // would mark it critical before (and removing it needs no room).
+    let spec = InstanceSpec {
+        ttl: Duration::from_secs(5),
+        ..InstanceSpec::new("127.0.0.1", 9)
+    };
+    registry
+        .client()
+        .register_once("svc", "a", &spec)
+        .await
+        .unwrap();
+    // Fill etcd past its quota.
+    let junk = vec![b'x'; 512 * 1024];
+    for i in 0.. {
+        if cluster
+            .put_on(0, format!("/junk/{i}").as_bytes(), &junk)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        assert!(i < 64, "etcd never refused a write");
+    }
+    assert_eq!(cluster.alarms().await, ["NOSPACE"]);
+    let list = format!("{}/v1/services/svc/instances", registry.url);
+    assert_eq!(
+        get(&list).await.json()["instances"][0]["status"],
+        "passing",
+        "the machine was too slow: the lease lapsed before etcd was full"
+    );
+
+    let readyz = format!("{}/readyz", registry.url);
+    eventually("readiness to report the failing sweep", || async {
+        let r = get(&readyz).await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE
+            && r.json()["error"].as_str().unwrap_or("").contains("sweep")
+    })
+    .await;
+    let metrics = get(&format!("{}/metrics", registry.url)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines()
+            .any(|l| l == "portico_registry_sweep_failing 1"),
+        "{text}"
+    );
+    let failures = text
+        .lines()
+        .find_map(|l| l.strip_prefix("portico_registry_sweep_failures_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failures >= 3, "{text}");
+
+    // The operator makes room: sweeps work again, the instance expires.
+    cluster.free_space(b"/junk/").await;
+    eventually("readiness to recover", || async {
+        get(&readyz).await.status == StatusCode::OK
+    })
+    .await;
+    eventually("the lapsed instance to expire", || async {
+        get(&list).await.json()["instances"][0]["status"] == "critical"
+    })
+    .await;
+}
+
+/// Self-preservation sees the whole fleet whichever replica holds which
+/// lease: 6 silent instances held by one replica and 4 held by the other
+/// are half of 20, so both pause and nothing expires (each replica alone
+/// sees less than the threshold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_preservation_counts_the_leases_other_replicas_hold() {
+    use support::etcd::{Fleet, FleetMember, register_fleet};
+
+    let cluster = EtcdCluster::start(1).await;
+    let (r1, r2) = (replica(&cluster).await, replica(&cluster).await);
+    let replicas = [r1.url.clone(), r2.url.clone()];
+    let members: Vec<FleetMember> = (0..20)
+        .map(|i| FleetMember {
+            service: "svc".into(),
+            id: format!("i{i}"),
+            home: i / 10,
+            failover_after: Duration::ZERO,
+        })
+        .collect();
+    register_fleet(&replicas, &members, "3s").await;
+    // Silent: i0..i5 (held by r1) and i10..i13 (held by r2).
+    let alive: Vec<FleetMember> = members
+        .iter()
+        .filter(|m| {
+            let i: usize = m.id[1..].parse().unwrap();
+            !(i < 6 || (10..14).contains(&i))
+        })
+        .cloned()
+        .collect();
+    let fleet = Fleet::start(
+        &replicas,
+        &alive,
+        "3s",
+        Duration::from_millis(900),
+        2,
+        Duration::from_secs(2),
+    );
+    for r in &replicas {
+        let services = format!("{r}/v1/services");
+        eventually("expiry to pause with ten leases lapsed", || async {
+            let p = get(&services).await.json()["self_preservation"].clone();
+            p["active"] == true && p["lapsed"] == 10
+        })
+        .await;
+    }
+    for r in &replicas {
+        let list = get(&format!("{r}/v1/services/svc/instances")).await.json();
+        let critical = list["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["status"] == "critical")
+            .count();
+        assert_eq!(critical, 0, "{list}");
+    }
+    assert_eq!(fleet.stats.not_found(), 0);
+    fleet.stop().await;
 }

@@ -549,7 +549,15 @@ impl Format {
                     WatchEvent::RouteDelete { .. } => "route_delete",
                     WatchEvent::Progress { .. } => "progress",
                 };
-                format!("id: {}\nevent: {kind}\ndata: {json}\n\n", event.revision())
+                // The id is where to resume. Several changes can share a
+                // revision (one etcd transaction), so a change's id is the
+                // revision before it: a stream cut inside a revision
+                // resumes with that whole revision again.
+                let id = match event {
+                    WatchEvent::Snapshot { .. } | WatchEvent::Progress { .. } => event.revision(),
+                    _ => event.revision().saturating_sub(1),
+                };
+                format!("id: {id}\nevent: {kind}\ndata: {json}\n\n")
             }
         })
     }
@@ -685,22 +693,32 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// Ready when the store answers and takes writes. Not ready (503) while it
-/// cannot be read, or refuses writes (a full disk): `error` says why.
+/// Ready when the store answers and takes writes and leases expire. Not
+/// ready (503) while it cannot be read, refuses writes (a full disk, no
+/// etcd session), or lease sweeps keep failing: `error` says why.
 async fn readyz(State(app): State<AppState>) -> Response {
     let preservation = app.catalog.preservation().get();
     let health = app.catalog.store().write_health();
-    let store = serde_json::json!({
+    let mut store = serde_json::json!({
         "writable": health.refusing.is_none(),
         "refusing_since_ms": health.since_ms,
         "write_failures": health.failures,
         "recoveries": health.recoveries,
     });
+    if let Some(h) = app.catalog.store().holding() {
+        // The etcd session as a string: ids use all 64 bits.
+        store["session"] = h.session.map(|s| s.to_string()).into();
+        store["leases_held"] = h.held.into();
+    }
+    let sweeps = app.catalog.sweep_health().get();
     let revision = app.catalog.store().revision().await;
-    let error = match (&revision, &health.refusing) {
-        (Err(e), _) => Some(e.to_string()),
-        (Ok(_), Some(reason)) => Some(format!("the store refuses writes: {reason}")),
-        (Ok(_), None) => None,
+    let error = match (&revision, &health.refusing, &sweeps.failing) {
+        (Err(e), _, _) => Some(e.to_string()),
+        (Ok(_), Some(reason), _) => Some(format!("the store refuses writes: {reason}")),
+        (Ok(_), None, Some(reason)) => Some(format!(
+            "lease sweeps are failing (nothing expires): {reason}"
+        )),
+        (Ok(_), None, None) => None,
     };
     let revision = revision.unwrap_or(0);
     match error {
@@ -711,6 +729,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
                 "revision": revision,
                 "self_preservation": preservation,
                 "lease_sweeps": app.catalog.sweeps(),
+                "lease_sweep_failures": sweeps.total,
                 "store": store,
             }),
         ),

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::lease::{ExpiryLog, LeasePolicy, PreservationState, unix_ms};
+use crate::lease::{ExpiryLog, LeasePolicy, PreservationState, SweepHealth, unix_ms};
 use crate::metrics::RegistryMetrics;
 use crate::model::{
     Instance, InstanceList, InstanceSpec, RegisterResponse, Revision, Status, StatusCounts,
     WatchEvent,
 };
 use crate::route::{RouteSpec, compile, match_field, match_key};
-use crate::store::{Change, KeyValue, Store, StoreError, Watch};
+use crate::store::{Change, KeyValue, Store, StoreError, UniquePut, Watch};
 
 /// Key prefix of every instance.
 pub const INSTANCES: &str = "instances/";
@@ -126,6 +126,8 @@ pub struct Catalog {
     /// Expiries within the cap's window (per replica: each one sweeps).
     expiry_log: ExpiryLog,
     sweeps: std::sync::atomic::AtomicU64,
+    /// Whether sweeps fail (the alarm).
+    sweep_health: SweepHealth,
     /// Serialises route writes on this replica, so two concurrent writes
     /// cannot both pass the conflict check against the same route set.
     /// Held while a route write runs; maps each stored route key to the
@@ -185,6 +187,17 @@ pub fn decode_route(kv: &KeyValue) -> Option<RouteSpec> {
     }
 }
 
+/// The 409 for a route whose match another route already has.
+fn route_conflict(spec: &RouteSpec, other: &str) -> CatalogError {
+    CatalogError::Invalid(crate::model::Invalid {
+        code: "route_conflict",
+        ..crate::model::Invalid::field(
+            match_field(spec),
+            format!("matches exactly the same requests as route {other:?}"),
+        )
+    })
+}
+
 fn split_key(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix(INSTANCES)?.split_once('/')
 }
@@ -198,6 +211,7 @@ impl Catalog {
             preservation: PreservationState::default(),
             expiry_log: ExpiryLog::default(),
             sweeps: std::sync::atomic::AtomicU64::new(0),
+            sweep_health: SweepHealth::default(),
             route_writes: tokio::sync::Mutex::new(HashMap::new()),
             metrics: RegistryMetrics::default(),
         }
@@ -221,6 +235,11 @@ impl Catalog {
     pub(crate) fn count_sweep(&self) {
         self.sweeps
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether lease sweeps fail.
+    pub fn sweep_health(&self) -> &SweepHealth {
+        &self.sweep_health
     }
 
     /// Self-preservation state.
@@ -247,11 +266,14 @@ impl Catalog {
     ) -> Result<RegisterResponse, CatalogError> {
         let key = instance_key(service, id);
         let now = unix_ms();
-        let previous = self
-            .store
-            .get(&key)
-            .await?
-            .and_then(|kv| decode_instance(&kv));
+        // The previous record only carries timestamps forward: the copy in
+        // memory is good enough (on etcd it may miss another replica's
+        // registration of a moment ago: that registration's time is lost).
+        let previous = match self.store.peek(&key) {
+            Some(kv) => kv,
+            None => self.store.get(&key).await?,
+        }
+        .and_then(|kv| decode_instance(&kv));
         let (registered_at_ms, status_since_ms) = match &previous {
             Some(p) if p.status == Status::Passing => (p.registered_at_ms, p.status_since_ms),
             Some(p) => (p.registered_at_ms, now),
@@ -288,22 +310,24 @@ impl Catalog {
             kind: "instance",
             id: format!("{service}/{id}"),
         };
+        // The local view: a heartbeat must cost the store nothing. A status
+        // a moment old is what a heartbeat racing a sweep sees anyway.
         let instance = self
             .store
-            .get(&key)
+            .get_cached(&key)
             .await?
             .and_then(|kv| decode_instance(&kv))
             .ok_or_else(not_found)?;
         // Critical because the lease lapsed: gone, register again. Critical
         // because the registry's own check fails: the lease still runs.
-        let expired = instance.status == Status::Critical && !instance.check_failing;
-        if expired || !self.store.keep_alive(&key).await? {
+        if instance.status == Status::Critical && !instance.check_failing {
             return Err(not_found());
         }
+        let revision = self.store.keep_alive(&key).await?.ok_or_else(not_found)?;
         Ok(HeartbeatResponse {
             status: instance.status,
             ttl: instance.spec.ttl,
-            revision: self.store.revision().await?,
+            revision,
         })
     }
 
@@ -496,13 +520,7 @@ impl Catalog {
         }
         *cache = match_keys;
         if let Some(other) = conflict {
-            return Err(CatalogError::Invalid(crate::model::Invalid {
-                code: "route_conflict",
-                ..crate::model::Invalid::field(
-                    match_field(&spec),
-                    format!("matches exactly the same requests as route {other:?}"),
-                )
-            }));
+            return Err(route_conflict(&spec, &other));
         }
         let change = match &previous {
             None => RouteChange::Created,
@@ -512,8 +530,7 @@ impl Catalog {
         let revision = if dry_run || change == RouteChange::Unchanged {
             range.revision
         } else {
-            let value = Bytes::from(serde_json::to_vec(&spec).expect("a RouteSpec serialises"));
-            self.store.put(&route_key(&spec.name), value, None).await?
+            self.write_route(&spec, &key, previous.as_ref()).await?
         };
         Ok(RouteWrite {
             change,
@@ -522,6 +539,61 @@ impl Catalog {
             previous,
             revision,
         })
+    }
+
+    /// Writes a route that passed the conflict check, with its entry in the
+    /// store's unique index of matches: on a store several replicas share,
+    /// the check above ran under this replica's lock only, and the index
+    /// entry is what stops two replicas accepting one match at once. An
+    /// entry naming a route that no longer has this match is stale (the
+    /// route changed without releasing it) and is taken over.
+    async fn write_route(
+        &self,
+        spec: &RouteSpec,
+        key: &str,
+        previous: Option<&RouteSpec>,
+    ) -> Result<Revision, CatalogError> {
+        let own = route_key(&spec.name);
+        let value = Bytes::from(serde_json::to_vec(spec).expect("a RouteSpec serialises"));
+        let release = previous
+            .and_then(|p| compile(p, "").ok())
+            .map(|p| match_key(&p))
+            .filter(|k| k != key);
+        let mut holder: Option<String> = None;
+        for _ in 0..4 {
+            let answer = self
+                .store
+                .put_unique(
+                    &own,
+                    value.clone(),
+                    key,
+                    release.as_deref(),
+                    holder.as_deref(),
+                )
+                .await?;
+            let by = match answer {
+                UniquePut::Written(revision) => return Ok(revision),
+                UniquePut::Held { by } => by,
+            };
+            if by.is_empty() || by == own {
+                holder = (!by.is_empty()).then_some(by);
+                continue;
+            }
+            let same = self
+                .store
+                .get(&by)
+                .await?
+                .and_then(|kv| decode_route(&kv))
+                .and_then(|o| compile(&o, "").ok())
+                .is_some_and(|o| match_key(&o) == key);
+            if same {
+                return Err(route_conflict(spec, by.strip_prefix(ROUTES).unwrap_or(&by)));
+            }
+            holder = Some(by);
+        }
+        Err(CatalogError::Store(StoreError::Unavailable(
+            "the route match index kept changing while writing; try again".into(),
+        )))
     }
 
     /// Deletes a route; `NotFound` when there is none of that name.
@@ -535,7 +607,12 @@ impl Catalog {
         let revision = if dry_run {
             current
         } else {
-            match self.store.delete(&route_key(name)).await? {
+            let unique = compile(&previous, "").ok().map(|r| match_key(&r));
+            match self
+                .store
+                .delete_unique(&route_key(name), unique.as_deref())
+                .await?
+            {
                 Some(r) => r,
                 None => {
                     return Err(CatalogError::NotFound {

@@ -367,6 +367,7 @@ impl RegistryClient {
         Watcher {
             client: self.clone(),
             revision: after,
+            complete: after,
             body: None,
             buf: BytesMut::new(),
             scanned: 0,
@@ -558,7 +559,12 @@ pub struct WatchState {
 }
 
 /// Follows `/v1/watch`, reconnecting (with jittered backoff, across replicas)
-/// and resuming from the last revision it saw. Never gives up.
+/// and resuming from the last revision it saw whole. Never gives up.
+///
+/// Several changes can share one revision (the etcd store commits writes in
+/// batches), so a stream that breaks after some of a revision's changes is
+/// resumed from the revision before it, and that revision's changes come
+/// again (applying a put or a delete twice changes nothing).
 ///
 /// A line that does not decode means a change may have been missed, so the
 /// watcher does not go on after it: it drops the stream and re-lists from a
@@ -567,6 +573,8 @@ pub struct WatchState {
 pub struct Watcher {
     client: RegistryClient,
     revision: Revision,
+    /// Every change up to this revision has been returned: where to resume.
+    complete: Revision,
     body: Option<Incoming>,
     buf: BytesMut,
     /// Bytes of `buf` already known to hold no newline: a snapshot of a large
@@ -609,7 +617,7 @@ impl Watcher {
             }
             match serde_json::from_slice::<WatchEvent>(&line) {
                 Ok(event) => {
-                    self.revision = event.revision();
+                    self.note(&event);
                     return Some(event);
                 }
                 Err(e) => {
@@ -618,6 +626,18 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// Moves the resume point: a snapshot or a progress line covers its
+    /// revision whole; a change at a new revision completes the previous one.
+    fn note(&mut self, event: &WatchEvent) {
+        let revision = event.revision();
+        match event {
+            WatchEvent::Snapshot { .. } | WatchEvent::Progress { .. } => self.complete = revision,
+            _ if revision > self.revision => self.complete = self.revision,
+            _ => {}
+        }
+        self.revision = revision;
     }
 
     /// Drops the stream after an undecodable line and starts over from a
@@ -629,6 +649,7 @@ impl Watcher {
         self.state.send_modify(|s| s.resyncs += 1);
         self.disconnect("undecodable line");
         self.revision = 0;
+        self.complete = 0;
     }
 
     fn disconnect(&mut self, why: &str) {
@@ -688,7 +709,7 @@ impl Watcher {
     /// One attempt to open the stream (over every registry URL), pausing
     /// after a failure.
     async fn connect(&mut self) {
-        let path = format!("/v1/watch?index={}", self.revision);
+        let path = format!("/v1/watch?index={}", self.complete);
         match self
             .client
             .send(Method::GET, &path, None, Some(CALL_TIMEOUT))

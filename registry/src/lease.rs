@@ -43,6 +43,20 @@
 //! Which lapsed leases go first is random, so no service's instances are
 //! always the ones kept waiting.
 //!
+//! **Several replicas on etcd.** Each replica holds the leases whose
+//! heartbeats reach it (`store::etcd`), so the store reports this
+//! replica's lapsed and late leases, and the counts the other replicas
+//! published ([`LeaseReport::elsewhere`]); the sweeper adds them up, so the
+//! threshold and the minimum see the whole fleet, and it publishes its own
+//! counts after each sweep. Only the holder expires a lease, with a write
+//! fenced on still holding it.
+//!
+//! **A failing sweep is an alarm.** Expiry must never stop silently: every
+//! failure is counted, the first (and one a minute after) is logged with
+//! its error, and after [`FAILING_AFTER`] in a row the registry reports
+//! `portico_registry_sweep_failing 1` and `/readyz` answers 503 naming the
+//! error, until a sweep succeeds.
+//!
 //! **After a pause.** When renewals recover, they do not all come back in
 //! the same sweep: clients renew on their own jittered schedules (and on
 //! etcd a lease that expired meanwhile is granted again, one write each).
@@ -58,9 +72,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use futures_util::StreamExt;
+
 use crate::catalog::{Catalog, decode_instance};
 use crate::model::Status;
-use crate::store::{KeyValue, StoreError};
+use crate::store::{KeyValue, LeaseCounts, LeaseReport, StoreError};
 
 /// Default time between sweeps.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -78,6 +94,14 @@ pub const DEFAULT_EXPIRY_CAP: f64 = 0.15;
 /// (30 s), so self-preservation has seen a whole wave of lapses by the time
 /// the cap lets more than 15% go; and Eureka's eviction period.
 pub const DEFAULT_EXPIRY_WINDOW: Duration = Duration::from_secs(60);
+
+/// Failed sweeps in a row after which the registry reports them as failing
+/// (metric, readiness): three, so one slow store answer is not an alarm,
+/// and a real fault shows within a few seconds.
+pub const FAILING_AFTER: u64 = 3;
+/// Lapsed leases expired (or removed) concurrently, so a wave of them goes
+/// to the store in a few batched transactions rather than one at a time.
+const EXPIRING: usize = 64;
 
 /// How leases are expired.
 #[derive(Debug, Clone)]
@@ -225,20 +249,90 @@ pub struct SweepOutcome {
     pub held_back: usize,
 }
 
-/// Runs one sweep: expire, remove, or pause. See the module docs.
+/// Whether sweeps fail, for the alarm: counted in the catalog.
+#[derive(Debug, Default)]
+pub struct SweepHealth(Mutex<SweepHealthInner>);
+
+#[derive(Debug, Default, Clone)]
+struct SweepHealthInner {
+    failures: u64,
+    in_a_row: u64,
+    since_ms: Option<u64>,
+    error: Option<String>,
+}
+
+/// Sweep failures as reported by [`SweepHealth::get`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepFailures {
+    /// Sweeps that failed since start.
+    pub total: u64,
+    /// Why sweeps are failing now, once [`FAILING_AFTER`] failed in a row.
+    pub failing: Option<String>,
+    /// Unix ms of the first failure of the current run of failures.
+    pub since_ms: Option<u64>,
+}
+
+impl SweepHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SweepHealthInner> {
+        self.0.lock().expect("sweep health lock poisoned")
+    }
+
+    /// Notes a sweep's result, logging the first failure of a run, one a
+    /// minute (at the default interval) while it lasts, and the recovery.
+    pub fn record(&self, result: Result<(), &StoreError>) {
+        let mut h = self.lock();
+        match result {
+            Ok(()) => {
+                if h.in_a_row >= FAILING_AFTER {
+                    tracing::info!(
+                        failed = h.in_a_row,
+                        "lease sweeps work again; expiry resumes"
+                    );
+                }
+                h.in_a_row = 0;
+                h.since_ms = None;
+                h.error = None;
+            }
+            Err(e) => {
+                h.failures += 1;
+                h.in_a_row += 1;
+                h.since_ms.get_or_insert_with(unix_ms);
+                h.error = Some(e.to_string());
+                if h.in_a_row == 1 || h.in_a_row % 60 == 0 {
+                    tracing::warn!(error = %e, in_a_row = h.in_a_row, "lease sweep failed: nothing expires while sweeps fail; retrying");
+                }
+            }
+        }
+    }
+
+    /// The current state.
+    pub fn get(&self) -> SweepFailures {
+        let h = self.lock().clone();
+        let failing = h.in_a_row >= FAILING_AFTER;
+        SweepFailures {
+            total: h.failures,
+            failing: if failing { h.error } else { None },
+            since_ms: if failing { h.since_ms } else { None },
+        }
+    }
+}
+
+/// Runs one sweep: expire, remove, or pause. See the module docs. The
+/// result is also recorded for the alarm.
 pub async fn sweep_once(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
     let outcome = sweep(catalog).await;
     catalog.count_sweep();
+    catalog.sweep_health().record(outcome.as_ref().map(|_| ()));
     outcome
 }
 
-async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
-    let policy = catalog.policy();
-    let report = catalog.store().lapsed(crate::catalog::INSTANCES).await?;
-    let now_ms = unix_ms();
+/// This replica's lapsed (not yet critical) and already-critical leases.
+type Lapsed = Vec<(KeyValue, crate::model::Instance)>;
+
+fn split_lapsed(report: &mut LeaseReport) -> (Lapsed, Lapsed) {
     let mut fresh = Vec::new();
     let mut critical = Vec::new();
-    for kv in report.lapsed {
+    for kv in std::mem::take(&mut report.lapsed) {
         let Some(instance) = decode_instance(&kv) else {
             continue;
         };
@@ -248,40 +342,46 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
             fresh.push((kv, instance));
         }
     }
-    let mut outcome = SweepOutcome::default();
+    (fresh, critical)
+}
 
+async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
+    let policy = catalog.policy();
+    let mut report = catalog.store().lapsed(crate::catalog::INSTANCES).await?;
+    let now_ms = unix_ms();
+    let (fresh, critical) = split_lapsed(&mut report);
+    catalog.store().publish_lease_counts(LeaseCounts {
+        lapsed: fresh.len(),
+        late: report.late,
+        critical: critical.len(),
+    });
+    let mut outcome = SweepOutcome::default();
     // Already out of rotation: removing them never empties a table, so this
     // runs whatever self-preservation says.
-    let grace_ms = policy.critical_grace.as_millis() as u64;
-    for (kv, instance) in &critical {
-        if now_ms.saturating_sub(instance.status_since_ms) >= grace_ms
-            && catalog
-                .store()
-                .delete_if(&kv.key, kv.mod_revision)
-                .await?
-                .is_some()
-        {
-            outcome.removed += 1;
-            tracing::info!(service = %instance.service, id = %instance.id, "removed expired instance");
-        }
-    }
+    let removal = remove_expired(catalog, &critical, now_ms).await;
+    outcome.removed = removal.0;
 
-    let live = report.leased.saturating_sub(critical.len());
-    let at_risk = fresh.len() + report.late;
+    let elsewhere = report.elsewhere;
+    let live = report
+        .leased
+        .saturating_sub(critical.len() + elsewhere.critical);
+    let lapsed = fresh.len() + elsewhere.lapsed;
+    let late = report.late + elsewhere.late;
+    let at_risk = lapsed + late;
     let previous = catalog.preservation().get();
     let mut state = Preservation {
         active: false,
         since_ms: None,
-        lapsed: fresh.len(),
-        late: report.late,
+        lapsed,
+        late,
         live,
         held_back: 0,
     };
-    if preservation_engaged(policy, fresh.len(), at_risk, live) {
+    if preservation_engaged(policy, lapsed, at_risk, live) {
         if !previous.active {
             tracing::warn!(
-                lapsed = fresh.len(),
-                late = report.late,
+                lapsed,
+                late,
                 live,
                 "self-preservation engaged: {at_risk} of {live} leases lapsed or late; expiry paused until renewals recover",
             );
@@ -290,17 +390,17 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
         state.since_ms = previous.since_ms.or(Some(now_ms));
         catalog.preservation().set(state);
         outcome.paused = true;
-        return Ok(outcome);
+        return removal.1.map(|()| outcome);
     }
     if previous.active {
         tracing::info!(
-            lapsed = fresh.len(),
+            lapsed,
             live,
             "self-preservation released: renewals recovered; expiry resumes"
         );
         catalog.expiry_log().released(tokio::time::Instant::now());
     }
-    let (expired, held_back) = expire_capped(catalog, fresh, live, now_ms).await?;
+    let (expired, held_back, expiry) = expire_capped(catalog, fresh, live, now_ms).await;
     if held_back > 0 && previous.held_back == 0 {
         tracing::warn!(
             held_back,
@@ -314,18 +414,74 @@ async fn sweep(catalog: &Catalog) -> Result<SweepOutcome, StoreError> {
     catalog.preservation().set(state);
     outcome.expired = expired;
     outcome.held_back = held_back;
-    Ok(outcome)
+    removal.1.and(expiry).map(|()| outcome)
+}
+
+/// Removes critical instances past their grace; answers how many, and the
+/// first store error (the others are still tried).
+async fn remove_expired(
+    catalog: &Catalog,
+    critical: &[(KeyValue, crate::model::Instance)],
+    now_ms: u64,
+) -> (usize, Result<(), StoreError>) {
+    let grace_ms = catalog.policy().critical_grace.as_millis() as u64;
+    let due: Vec<(KeyValue, crate::model::Instance)> = critical
+        .iter()
+        .filter(|(_, i)| now_ms.saturating_sub(i.status_since_ms) >= grace_ms)
+        .cloned()
+        .collect();
+    let results: Vec<Result<bool, StoreError>> =
+        futures_util::stream::iter(due.into_iter().map(|(kv, i)| remove_one(catalog, kv, i)))
+            .buffer_unordered(EXPIRING)
+            .collect()
+            .await;
+    tally(results)
+}
+
+async fn remove_one(
+    catalog: &Catalog,
+    kv: KeyValue,
+    instance: crate::model::Instance,
+) -> Result<bool, StoreError> {
+    let removed = catalog
+        .store()
+        .delete_if_lapsed(&kv.key, kv.mod_revision)
+        .await?
+        .is_some();
+    if removed {
+        tracing::info!(service = %instance.service, id = %instance.id, "removed expired instance");
+    }
+    Ok(removed)
+}
+
+/// How many of `results` are `Ok(true)`, and the first error.
+fn tally(results: Vec<Result<bool, StoreError>>) -> (usize, Result<(), StoreError>) {
+    let mut done = 0;
+    let mut first = Ok(());
+    for r in results {
+        match r {
+            Ok(true) => done += 1,
+            Ok(false) => {}
+            Err(e) => {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+    }
+    (done, first)
 }
 
 /// Marks lapsed instances `critical`, as many as the expiry cap allows now,
 /// in random order, except those still in their release grace. Answers how
-/// many expired and how many were held back.
+/// many expired, how many were held back, and the first store error (the
+/// others are still tried).
 async fn expire_capped(
     catalog: &Catalog,
     mut fresh: Vec<(KeyValue, crate::model::Instance)>,
     live: usize,
     now_ms: u64,
-) -> Result<(usize, usize), StoreError> {
+) -> (usize, usize, Result<(), StoreError>) {
     let policy = catalog.policy();
     let now = tokio::time::Instant::now();
     let log = catalog.expiry_log();
@@ -339,25 +495,40 @@ async fn expire_capped(
     fastrand::shuffle(&mut fresh);
     fresh.truncate(allowed);
     let held_back = lapsed - fresh.len();
-    let mut expired = 0;
-    for (kv, mut instance) in fresh {
-        instance.status = Status::Critical;
-        instance.status_since_ms = now_ms;
-        let value = crate::catalog::encode_instance(&instance);
-        // Conditional: a re-registration that raced this sweep wins.
-        if catalog
-            .store()
-            .put_if(&kv.key, value, kv.mod_revision)
-            .await?
-            .is_some()
-        {
-            expired += 1;
-            log.record(now);
-            catalog.metrics().count_expiry();
-            tracing::info!(service = %instance.service, id = %instance.id, "lease expired; instance is critical");
-        }
+    let results: Vec<Result<bool, StoreError>> = futures_util::stream::iter(
+        fresh
+            .into_iter()
+            .map(|(kv, i)| expire_one(catalog, kv, i, now_ms)),
+    )
+    .buffer_unordered(EXPIRING)
+    .collect()
+    .await;
+    let (expired, result) = tally(results);
+    (expired, held_back, result)
+}
+
+async fn expire_one(
+    catalog: &Catalog,
+    kv: KeyValue,
+    mut instance: crate::model::Instance,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    instance.status = Status::Critical;
+    instance.status_since_ms = now_ms;
+    let value = crate::catalog::encode_instance(&instance);
+    // Conditional, and fenced on still holding the lapsed lease: a
+    // re-registration, or a heartbeat elsewhere, that raced this sweep wins.
+    let expired = catalog
+        .store()
+        .put_if_lapsed(&kv.key, value, kv.mod_revision)
+        .await?
+        .is_some();
+    if expired {
+        catalog.expiry_log().record(tokio::time::Instant::now());
+        catalog.metrics().count_expiry();
+        tracing::info!(service = %instance.service, id = %instance.id, "lease expired; instance is critical");
     }
-    Ok((expired, held_back))
+    Ok(expired)
 }
 
 /// Sweeps forever at the policy's interval. Abort the handle to stop.
@@ -367,9 +538,8 @@ pub fn spawn_sweeper(catalog: Arc<Catalog>) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = sweep_once(&catalog).await {
-                tracing::warn!(error = %e, "lease sweep failed; will retry");
-            }
+            // Failures are logged, counted and reported by `sweep_once`.
+            let _ = sweep_once(&catalog).await;
         }
     })
 }

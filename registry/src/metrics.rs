@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::model::{Revision, StatusCounts};
-use crate::store::WriteHealth;
+use crate::store::{Holding, WriteHealth};
 
 /// `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -86,6 +86,12 @@ pub struct Snapshot {
     pub watch_subscribers: i64,
     /// Whether the store takes writes, and its failure counters.
     pub store: WriteHealth,
+    /// Lease sweeps that failed since start.
+    pub sweep_failures: u64,
+    /// Whether sweeps are failing now (several in a row).
+    pub sweep_failing: bool,
+    /// How a shared store (etcd) holds leases; None otherwise.
+    pub holding: Option<Holding>,
 }
 
 impl Snapshot {
@@ -100,6 +106,7 @@ impl Snapshot {
             instances.draining += s.instances.draining;
         }
         let preservation = catalog.preservation().get();
+        let sweeps = catalog.sweep_health().get();
         Ok(Snapshot {
             instances,
             services: services.len(),
@@ -109,6 +116,9 @@ impl Snapshot {
             lease_expiries: catalog.metrics().lease_expiries(),
             watch_subscribers: catalog.metrics().watch_subscribers(),
             store: catalog.store().write_health(),
+            sweep_failures: sweeps.total,
+            sweep_failing: sweeps.failing.is_some(),
+            holding: catalog.store().holding(),
         })
     }
 
@@ -145,7 +155,12 @@ impl Collector for Snapshot {
         ] {
             e.encode_family(&[("status", status)])?.encode_gauge(&n)?;
         }
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 7] = [
+            (
+                "portico_registry_sweep_failing",
+                "1 while lease sweeps keep failing (nothing expires; /readyz says why).",
+                i64::from(self.sweep_failing),
+            ),
             (
                 "portico_registry_store_writable",
                 "1 while the store takes writes; 0 while it refuses them (a full disk) and recovers.",
@@ -192,6 +207,11 @@ impl Collector for Snapshot {
             .encode_counter::<NoLabelSet, _, u64>(&self.lease_expiries, None)?;
         let counters = [
             (
+                "portico_registry_sweep_failures",
+                "Lease sweeps that failed since start.",
+                self.sweep_failures,
+            ),
+            (
                 "portico_registry_store_write_failures",
                 "Store commits that failed (writes refused with 503 store_unavailable) since start.",
                 self.store.failures,
@@ -200,6 +220,60 @@ impl Collector for Snapshot {
                 "portico_registry_store_recoveries",
                 "Times the store took writes again by itself after a failed commit.",
                 self.store.recoveries,
+            ),
+        ];
+        for (name, help, value) in counters {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        if let Some(h) = &self.holding {
+            self.encode_holding(h, &mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    /// The metrics of a shared store's lease holding (etcd).
+    fn encode_holding(&self, h: &Holding, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let gauges = [
+            (
+                "portico_registry_etcd_session",
+                "1 while this replica has an etcd session it can vouch for (it takes heartbeats).",
+                i64::from(h.session.is_some()),
+            ),
+            (
+                "portico_registry_leases_held",
+                "Leases this replica holds (their deadlines are in its memory).",
+                i64::try_from(h.held).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&value)?;
+        }
+        let counters = [
+            (
+                "portico_registry_lease_claims",
+                "Leases this replica took over because a heartbeat for them came here.",
+                h.claims,
+            ),
+            (
+                "portico_registry_lease_adoptions",
+                "Leases this replica adopted because their holder's session ended.",
+                h.adopted,
+            ),
+            (
+                "portico_registry_store_txns",
+                "Write transactions this replica sent to etcd.",
+                h.txns,
+            ),
+            (
+                "portico_registry_store_txn_ops",
+                "Operations in those transactions (at most 128 each).",
+                h.txn_ops,
             ),
         ];
         for (name, help, value) in counters {
@@ -236,6 +310,16 @@ mod tests {
                 failures: 2,
                 recoveries: 1,
             },
+            sweep_failures: 4,
+            sweep_failing: true,
+            holding: Some(Holding {
+                session: Some(7),
+                held: 5,
+                claims: 1,
+                adopted: 2,
+                txns: 3,
+                txn_ops: 9,
+            }),
         }
         .render();
         for line in [
@@ -249,6 +333,14 @@ mod tests {
             "portico_registry_store_writable 0",
             "portico_registry_store_write_failures_total 2",
             "portico_registry_store_recoveries_total 1",
+            "portico_registry_sweep_failing 1",
+            "portico_registry_sweep_failures_total 4",
+            "portico_registry_etcd_session 1",
+            "portico_registry_leases_held 5",
+            "portico_registry_lease_claims_total 1",
+            "portico_registry_lease_adoptions_total 2",
+            "portico_registry_store_txns_total 3",
+            "portico_registry_store_txn_ops_total 9",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

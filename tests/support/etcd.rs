@@ -73,6 +73,16 @@ pub struct MemberStatus {
     pub raft_term: u64,
 }
 
+/// One key as etcd's range answers it.
+#[derive(Debug, Clone)]
+pub struct RawKv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Writes to the key since it was created (1 after the first).
+    pub version: i64,
+    pub mod_revision: i64,
+}
+
 /// An etcd cluster of real `etcd` processes on 127.0.0.1.
 #[derive(Debug)]
 pub struct EtcdCluster {
@@ -80,12 +90,20 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// `--quota-backend-bytes` of every member.
+    quota: u64,
 }
 
 impl EtcdCluster {
     /// Starts `n` members (`m0..m{n-1}`) and waits until every one answers
     /// and they agree on a leader.
     pub async fn start(n: usize) -> EtcdCluster {
+        Self::start_with_quota(n, 256 << 20).await
+    }
+
+    /// [`EtcdCluster::start`] with a backend quota of `quota` bytes: etcd
+    /// raises its NOSPACE alarm (and refuses writes) beyond it.
+    pub async fn start_with_quota(n: usize, quota: u64) -> EtcdCluster {
         assert!(n > 0, "an etcd cluster needs at least one member");
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -125,6 +143,7 @@ impl EtcdCluster {
             initial_cluster,
             token,
             http: http(),
+            quota,
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -172,7 +191,7 @@ impl EtcdCluster {
             .args(["--heartbeat-interval", "100"])
             .args(["--election-timeout", "1000"])
             .args(["--snapshot-count", "10000"])
-            .args(["--quota-backend-bytes", &(256u64 << 20).to_string()])
+            .args(["--quota-backend-bytes", &self.quota.to_string()])
             .arg("--enable-v2=false")
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
@@ -318,6 +337,102 @@ impl EtcdCluster {
     /// election) until one accepts; the revision of the write.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> i64 {
         self.retry("a put", |i| self.put_on(i, key, value)).await
+    }
+
+    /// Every key under `prefix` with its value, version and mod revision,
+    /// read (linearizably) through any running member.
+    pub async fn range(&self, prefix: &[u8]) -> Vec<RawKv> {
+        let mut end = prefix.to_vec();
+        *end.last_mut().expect("a non-empty prefix") += 1;
+        let body = serde_json::json!({ "key": b64(prefix), "range_end": b64(&end) }).to_string();
+        let v = self
+            .retry("a range", |i| self.post(i, "/v3/kv/range", &body))
+            .await;
+        v["kvs"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|kv| RawKv {
+                key: unb64(kv["key"].as_str().unwrap_or_default()).unwrap(),
+                value: unb64(kv["value"].as_str().unwrap_or_default()).unwrap(),
+                version: json_i64(&kv["version"]),
+                mod_revision: json_i64(&kv["mod_revision"]),
+            })
+            .collect()
+    }
+
+    /// Requests etcd's own gRPC servers received, summed over the running
+    /// members, by method (`Range`, `Txn`, `LeaseKeepAlive`, ...), from each
+    /// member's Prometheus metrics. A stream counts each message.
+    pub async fn grpc_messages(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for i in self.running() {
+            let url = format!("{}/metrics", self.members[i].client_url());
+            let reply = send(&self.http, Method::GET, &url, &[], Bytes::new())
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let text = String::from_utf8_lossy(&reply.body);
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+                    continue;
+                };
+                let method = rest
+                    .split("grpc_method=\"")
+                    .nth(1)
+                    .and_then(|m| m.split('"').next())
+                    .unwrap_or_default()
+                    .to_string();
+                let n: f64 = line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0.0);
+                *out.entry(method).or_insert(0) += n as u64;
+            }
+        }
+        out
+    }
+
+    /// The alarms raised in the cluster (`NOSPACE`, `CORRUPT`), as etcd names them.
+    pub async fn alarms(&self) -> Vec<String> {
+        let body = r#"{"action":"GET"}"#;
+        let v = self
+            .retry("the alarm list", |i| {
+                self.post(i, "/v3/maintenance/alarm", body)
+            })
+            .await;
+        v["alarms"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a["alarm"].as_str().unwrap_or("NONE").to_string())
+            .collect()
+    }
+
+    /// Deletes every key under `prefix`, compacts, defragments every member
+    /// and disarms every alarm: what an operator does after NOSPACE.
+    pub async fn free_space(&self, prefix: &[u8]) {
+        let mut end = prefix.to_vec();
+        *end.last_mut().expect("a non-empty prefix") += 1;
+        let body = serde_json::json!({ "key": b64(prefix), "range_end": b64(&end) }).to_string();
+        self.retry("a delete", |i| self.post(i, "/v3/kv/deleterange", &body))
+            .await;
+        let now = self.current_revision().await;
+        let _ = self.compact(now).await;
+        for i in self.running() {
+            self.post(i, "/v3/maintenance/defragment", "{}")
+                .await
+                .unwrap_or_else(|e| panic!("defragment m{i}: {e}"));
+        }
+        for i in self.running() {
+            let id = self.members[i].id.clone().unwrap_or_default();
+            let body = format!(r#"{{"action":"DEACTIVATE","memberID":"{id}","alarm":"NOSPACE"}}"#);
+            self.post(i, "/v3/maintenance/alarm", &body)
+                .await
+                .unwrap_or_else(|e| panic!("disarm m{i}: {e}"));
+        }
     }
 
     /// Indices of the running members.
@@ -527,4 +642,401 @@ pub fn unb64(text: &str) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
+}
+
+/// A TCP proxy on 127.0.0.1 in front of one etcd member whose answers can
+/// be held back: requests still reach the member (a write is applied), but
+/// nothing it answers reaches the client any more. That is what a client
+/// sees when a member commits a write and then stops answering: the
+/// request times out although it took effect.
+pub struct HoldingProxy {
+    /// `http://127.0.0.1:PORT`, to give a client instead of the member's URL.
+    pub url: String,
+    held: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HoldingProxy {
+    /// Starts forwarding to `target` (`http://127.0.0.1:PORT`).
+    pub async fn start(target: &str) -> HoldingProxy {
+        let target = target
+            .strip_prefix("http://")
+            .expect("an http:// member URL")
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (held, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                conns.spawn(forward(client, server, watch.clone()));
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        HoldingProxy { url, held, task }
+    }
+
+    /// From now on nothing the member answers is passed on.
+    pub fn hold(&self) {
+        let _ = self.held.send(true);
+    }
+}
+
+impl Drop for HoldingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies both ways; answers stop at the first chunk read after `held`.
+async fn forward(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    };
+    let answers = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if *held.borrow_and_update() {
+                // Held for good: keep the connection open and silent.
+                let _ = held.wait_for(|h| !*h).await;
+                return;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(requests, answers);
+}
+
+/// `portico registry --store etcd:...` as a child process: the real binary,
+/// so a test can `kill -9` it, or stop and continue it (SIGSTOP / SIGCONT).
+pub struct RegistryProcess {
+    pub url: String,
+    child: super::ChildProcess,
+}
+
+impl RegistryProcess {
+    /// Starts a replica over `endpoints` with fast sweeps and the given
+    /// etcd session TTL, and waits until it answers `/readyz` 200.
+    pub async fn start(endpoints: &[String], session_ttl: &str) -> RegistryProcess {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let store = format!("etcd:{}", endpoints.join(","));
+        let control = format!("127.0.0.1:{port}");
+        let child = super::ChildProcess::spawn(&[
+            "registry",
+            "--control",
+            &control,
+            "--store",
+            &store,
+            "--etcd-session-ttl",
+            session_ttl,
+            "--sweep-interval",
+            "100ms",
+            "--critical-grace",
+            "60s",
+        ]);
+        let r = RegistryProcess { url, child };
+        let readyz = format!("{}/readyz", r.url);
+        let h = http();
+        super::eventually(&format!("{readyz} to answer 200"), || {
+            let (h, readyz) = (h.clone(), readyz.clone());
+            async move {
+                send(&h, Method::GET, &readyz, &[], Bytes::new())
+                    .await
+                    .is_ok_and(|r| r.status == StatusCode::OK)
+            }
+        })
+        .await;
+        r
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.child.id()
+    }
+
+    /// SIGKILL: nothing is flushed, nothing is handed over.
+    pub fn kill9(&mut self) {
+        self.child.kill9();
+    }
+
+    /// SIGSTOP: the process stops where it is, sockets open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RegistryProcess::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {}", self.pid());
+    }
+}
+
+/// What a [`Fleet`]'s heartbeats were answered.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    /// Members registered (each once).
+    pub registered: AtomicU64,
+    pub ok: AtomicU64,
+    /// 404: the registry no longer knows the instance (it expired).
+    pub not_found: AtomicU64,
+    /// Any other status (503 during a fault, ...).
+    pub refused: AtomicU64,
+    /// No answer: connection refused, reset, or the per-call timeout.
+    pub failed: AtomicU64,
+    /// The longest a member's turn came after its slot (ms): when the
+    /// clients themselves fall a lease behind, expiries prove nothing.
+    pub max_lag_ms: AtomicU64,
+}
+
+impl FleetStats {
+    pub fn registered(&self) -> u64 {
+        self.registered.load(Ordering::Relaxed)
+    }
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+    pub fn not_found(&self) -> u64 {
+        self.not_found.load(Ordering::Relaxed)
+    }
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    pub fn max_lag(&self) -> Duration {
+        Duration::from_millis(self.max_lag_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// One instance of a [`Fleet`].
+#[derive(Debug, Clone)]
+pub struct FleetMember {
+    pub service: String,
+    pub id: String,
+    /// Index of the replica it registers with and heartbeats first.
+    pub home: usize,
+    /// How long it waits after a failed heartbeat before it tries the next
+    /// replica (the SDK: at once).
+    pub failover_after: Duration,
+}
+
+/// Instances heartbeating like the SDK: each registers with its home
+/// replica at its first turn, then renews every `period`, sticking to the
+/// replica that last answered and moving to the next one after an error, a
+/// 5xx or the per-call timeout. Registering at the first turn, not all up
+/// front, keeps the first leases from lapsing before their first renewal
+/// on a slow machine. Bounded: `workers` tasks, until dropped or stopped.
+pub struct Fleet {
+    pub stats: std::sync::Arc<FleetStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+/// Registers every member with its home replica (`ttl`), 32 at a time.
+pub async fn register_fleet(replicas: &[String], members: &[FleetMember], ttl: &str) {
+    let h = http();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in members.chunks(members.len().div_ceil(32).max(1)) {
+        let (h, chunk, replicas) = (h.clone(), chunk.to_vec(), replicas.to_vec());
+        let ttl = ttl.to_string();
+        tasks.spawn(async move {
+            for m in chunk {
+                let url = format!(
+                    "{}/v1/services/{}/instances/{}",
+                    replicas[m.home], m.service, m.id
+                );
+                let body = serde_json::json!({"address": "127.0.0.1", "port": 9, "ttl": ttl});
+                let reply = send(
+                    &h,
+                    Method::PUT,
+                    &url,
+                    &[("content-type", "application/json")],
+                    Bytes::from(body.to_string()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+                assert_eq!(reply.status, StatusCode::OK, "PUT {url}: {:?}", reply.body);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+impl Fleet {
+    /// Starts registering (lease `ttl`) and renewing `members` over
+    /// `replicas`, each every `period`.
+    pub fn start(
+        replicas: &[String],
+        members: &[FleetMember],
+        ttl: &str,
+        period: Duration,
+        workers: usize,
+        call_timeout: Duration,
+    ) -> Fleet {
+        let stats = std::sync::Arc::new(FleetStats::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let per = members.len().div_ceil(workers.max(1)).max(1);
+        for chunk in members.chunks(per) {
+            let worker = Worker {
+                h: http(),
+                replicas: replicas.to_vec(),
+                at: chunk.iter().map(|m| m.home).collect(),
+                quiet_until: vec![tokio::time::Instant::now(); chunk.len()],
+                registered: vec![false; chunk.len()],
+                ttl: ttl.to_string(),
+                members: chunk.to_vec(),
+                stats: stats.clone(),
+                call_timeout,
+            };
+            tasks.spawn(worker.run(period, stopped.clone()));
+        }
+        Fleet { stats, stop, tasks }
+    }
+
+    /// Stops every heartbeat and waits for the workers.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct Worker {
+    h: Client<HttpConnector, Full<Bytes>>,
+    replicas: Vec<String>,
+    members: Vec<FleetMember>,
+    /// The replica each member uses now.
+    at: Vec<usize>,
+    /// A slow member stays silent until then after a failed heartbeat.
+    quiet_until: Vec<tokio::time::Instant>,
+    registered: Vec<bool>,
+    ttl: String,
+    stats: std::sync::Arc<FleetStats>,
+    call_timeout: Duration,
+}
+
+/// The status one call of a member got: `None` when it got none (an
+/// error, or not in time).
+type Answer = Option<StatusCode>;
+
+impl Worker {
+    /// Each member's turn comes every `period`; calls overlap, so a replica
+    /// that holds calls until they time out (a SIGSTOP) delays no other
+    /// member's turn, as with independent SDK clients.
+    async fn run(mut self, period: Duration, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        // Spread the members over the period, starting at a random offset.
+        let gap = period / self.members.len().max(1) as u32;
+        let mut next = tokio::time::Instant::now() + period.mul_f64(fastrand_unit());
+        let mut calls: tokio::task::JoinSet<(usize, bool, Answer)> = tokio::task::JoinSet::new();
+        let mut busy = vec![false; self.members.len()];
+        let mut i = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {
+                    let lag = tokio::time::Instant::now().saturating_duration_since(next);
+                    self.stats
+                        .max_lag_ms
+                        .fetch_max(lag.as_millis() as u64, Ordering::Relaxed);
+                    next += gap;
+                    if !busy[i] && tokio::time::Instant::now() >= self.quiet_until[i] {
+                        busy[i] = true;
+                        calls.spawn(self.call(i));
+                    }
+                    i = (i + 1) % self.members.len();
+                }
+                Some(done) = calls.join_next(), if !calls.is_empty() => {
+                    let (j, registering, answer) = done.expect("a heartbeat call never panics");
+                    busy[j] = false;
+                    self.answered(j, registering, answer);
+                }
+                _ = stopped.changed() => return,
+            }
+        }
+    }
+
+    /// Member `i`'s call (a registration until one succeeded, then a
+    /// heartbeat), bounded by the per-call timeout.
+    fn call(&self, i: usize) -> impl std::future::Future<Output = (usize, bool, Answer)> + use<> {
+        let m = &self.members[i];
+        let base = format!(
+            "{}/v1/services/{}/instances/{}",
+            self.replicas[self.at[i]], m.service, m.id
+        );
+        let registering = !self.registered[i];
+        let body = serde_json::json!({"address": "127.0.0.1", "port": 9, "ttl": self.ttl});
+        let (h, timeout) = (self.h.clone(), self.call_timeout);
+        async move {
+            let call = async {
+                if registering {
+                    let json = [("content-type", "application/json")];
+                    send(&h, Method::PUT, &base, &json, Bytes::from(body.to_string())).await
+                } else {
+                    let heartbeat = format!("{base}/heartbeat");
+                    send(&h, Method::PUT, &heartbeat, &[], Bytes::new()).await
+                }
+            };
+            let answer = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(r)) => Some(r.status),
+                Ok(Err(_)) | Err(_) => None,
+            };
+            (i, registering, answer)
+        }
+    }
+
+    /// Counts member `i`'s answer; moves it to the next replica after an
+    /// error, a 5xx or a timeout (after its `failover_after` of silence).
+    fn answered(&mut self, i: usize, registering: bool, status: Answer) {
+        if registering && status == Some(StatusCode::OK) {
+            self.registered[i] = true;
+            self.stats.registered.fetch_add(1, Ordering::Relaxed);
+        }
+        let counter = match status {
+            Some(StatusCode::OK) => &self.stats.ok,
+            Some(StatusCode::NOT_FOUND) => &self.stats.not_found,
+            Some(_) => &self.stats.refused,
+            None => &self.stats.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let answered = status.is_some_and(|s| s.is_success() || s == StatusCode::NOT_FOUND);
+        if !answered {
+            self.at[i] = (self.at[i] + 1) % self.replicas.len();
+            self.quiet_until[i] = tokio::time::Instant::now() + self.members[i].failover_after;
+        }
+    }
+}
+
+/// A uniform number in [0, 1) without a dependency: the clock's low bits.
+fn fastrand_unit() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    f64::from(nanos % 1000) / 1000.0
 }

@@ -126,6 +126,7 @@ impl TestRegistry {
                 etcd: Some(portico::EtcdOptions {
                     endpoints,
                     prefix: prefix.to_string(),
+                    session_ttl: std::time::Duration::from_secs(10),
                 }),
                 lease,
                 tokens: Default::default(),

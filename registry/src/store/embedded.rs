@@ -311,6 +311,15 @@ impl Store for EmbeddedStore {
         }))
     }
 
+    fn peek(&self, key: &str) -> Option<Option<KeyValue>> {
+        // Memory is the whole store here: the exact answer.
+        Some(self.read().kvs.get(key).map(|e| KeyValue {
+            key: key.to_string(),
+            value: e.value.clone(),
+            mod_revision: e.mod_revision,
+        }))
+    }
+
     async fn range(&self, prefix: &str) -> Result<Range, StoreError> {
         let state = self.read();
         let kvs = state
@@ -333,14 +342,17 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn keep_alive(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(match self.shared.leases.get_mut(key) {
+    async fn keep_alive(&self, key: &str) -> Result<Option<Revision>, StoreError> {
+        let renewed = match self.shared.leases.get_mut(key) {
             Some(mut lease) => {
                 lease.deadline = Instant::now() + lease.ttl;
                 true
             }
             None => false,
-        })
+        };
+        // Read after the lease's guard is gone: the writer takes the state
+        // lock first, then lease entries.
+        Ok(renewed.then(|| self.read().revision))
     }
 
     async fn lapsed(&self, prefix: &str) -> Result<LeaseReport, StoreError> {
@@ -374,6 +386,7 @@ impl Store for EmbeddedStore {
             lapsed,
             late,
             leased,
+            elsewhere: Default::default(),
         })
     }
 
@@ -514,8 +527,8 @@ mod tests {
         let range = store.range("a/").await.unwrap();
         assert_eq!(range.kvs.len(), 1);
         assert_eq!(range.kvs[0].value, b("x"));
-        assert!(store.keep_alive("a/1").await.unwrap());
-        assert!(!store.keep_alive("b/1").await.unwrap());
+        assert_eq!(store.keep_alive("a/1").await.unwrap(), Some(2));
+        assert_eq!(store.keep_alive("b/1").await.unwrap(), None);
         // History does not survive: resuming from before the restart must re-list.
         assert!(matches!(
             store.watch("", 1).await.err(),
@@ -570,7 +583,7 @@ mod tests {
             .await
             .unwrap();
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert!(store.keep_alive("i/a").await.unwrap());
+        assert!(store.keep_alive("i/a").await.unwrap().is_some());
         tokio::time::advance(Duration::from_secs(6)).await;
         let report = store.lapsed("i/").await.unwrap();
         assert_eq!(report.leased, 2);

@@ -81,6 +81,19 @@ pub struct Range {
     pub stale_ms: Option<u64>,
 }
 
+/// At-risk counts of the leases one process holds: what a replica on a
+/// shared store publishes so that the others' self-preservation sees the
+/// whole fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseCounts {
+    /// Lapsed leases whose instance is not critical yet.
+    pub lapsed: usize,
+    /// Late leases (a renewal missing, not lapsed yet).
+    pub late: usize,
+    /// Lapsed leases whose instance is already critical (out of rotation).
+    pub critical: usize,
+}
+
 /// Which leases under a prefix have lapsed, and how many are held in all.
 #[derive(Debug, Clone, Default)]
 pub struct LeaseReport {
@@ -90,8 +103,46 @@ pub struct LeaseReport {
     /// left, so at least one expected renewal (clients renew every third of
     /// the lease) is missing. Self-preservation counts these as at risk.
     pub late: usize,
-    /// Number of keys under the prefix that hold a lease (lapsed or not).
+    /// Number of keys under the prefix that hold a lease (lapsed or not),
+    /// in the whole store (every replica's, on a shared store).
     pub leased: usize,
+    /// On a store shared by several processes, where each holds some of the
+    /// leases (etcd): the at-risk counts the other processes published.
+    /// `lapsed` and `late` above are then this process's own. Zero on a
+    /// store with one process.
+    pub elsewhere: LeaseCounts,
+}
+
+/// Answer to [`Store::put_unique`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UniquePut {
+    /// Written, at this revision.
+    Written(Revision),
+    /// Not written: the unique entry names this other key (empty: the
+    /// entry is gone, try again).
+    Held {
+        /// The key the entry names.
+        by: String,
+    },
+}
+
+/// How a store shared by several processes holds leases (etcd), for
+/// readiness and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holding {
+    /// This process's session (etcd lease id); None while it has none it
+    /// can vouch for.
+    pub session: Option<i64>,
+    /// Leases this process holds.
+    pub held: usize,
+    /// Leases it took over from another replica because a heartbeat came here.
+    pub claims: u64,
+    /// Leases it took over because their holder's session ended.
+    pub adopted: u64,
+    /// Write transactions sent to the store.
+    pub txns: u64,
+    /// Operations in those transactions.
+    pub txn_ops: u64,
 }
 
 /// Why a store operation failed.
@@ -177,8 +228,77 @@ pub trait Store: Send + Sync + 'static {
     async fn range(&self, prefix: &str) -> Result<Range, StoreError>;
 
     /// Pushes the lease deadline of `key` one full lease length into the
-    /// future. `false` when the key does not exist or holds no lease.
-    async fn keep_alive(&self, key: &str) -> Result<bool, StoreError>;
+    /// future. `None` when the key does not exist or holds no lease; else
+    /// the store's revision as this process knows it (no extra read).
+    async fn keep_alive(&self, key: &str) -> Result<Option<Revision>, StoreError>;
+
+    /// The value of `key` as this process last saw it: on a store shared by
+    /// several processes possibly a moment behind the others' writes (never
+    /// missing a key: a key it has not seen yet is read from the store).
+    /// Good for what a conditional write would catch anyway.
+    async fn get_cached(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.get(key).await
+    }
+
+    /// The value of `key` as this process holds it in memory, without
+    /// asking anyone: `Some(None)` when it holds no such key, which on a
+    /// shared store may also mean another process wrote it a moment ago.
+    /// `None` when this store keeps no copy in memory. For what only needs
+    /// a hint (the timestamps a re-registration carries forward).
+    fn peek(&self, _key: &str) -> Option<Option<KeyValue>> {
+        None
+    }
+
+    /// A lease transition (the sweeper marking an expired instance): like
+    /// [`Store::put_if`], and on a shared store only while this process
+    /// still holds the lapsed lease (no other replica took it over meanwhile).
+    async fn put_if_lapsed(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.put_if(key, value, expected).await
+    }
+
+    /// Removing an expired key: like [`Store::delete_if`], with the fences
+    /// of [`Store::put_if_lapsed`].
+    async fn delete_if_lapsed(
+        &self,
+        key: &str,
+        expected: Revision,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.delete_if(key, expected).await
+    }
+
+    /// Tells the other processes of a shared store this one's at-risk
+    /// counts (after each sweep). Nothing to do with one process.
+    fn publish_lease_counts(&self, _counts: LeaseCounts) {}
+
+    /// Writes `key` (no lease) while taking the unique entry `unique` for
+    /// it, and gives up `release` (the entry `key` held before) if it still
+    /// names `key`. Taken only if the entry is absent, or names `holder`.
+    /// A store with one writer process needs no entry: the caller's lock
+    /// already serialises these writes, so the default just writes.
+    async fn put_unique(
+        &self,
+        key: &str,
+        value: Bytes,
+        _unique: &str,
+        _release: Option<&str>,
+        _holder: Option<&str>,
+    ) -> Result<UniquePut, StoreError> {
+        Ok(UniquePut::Written(self.put(key, value, None).await?))
+    }
+
+    /// Removes `key` and gives up its unique entry (see [`Store::put_unique`]).
+    async fn delete_unique(
+        &self,
+        key: &str,
+        _unique: Option<&str>,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.delete(key).await
+    }
 
     /// Leased keys under `prefix` whose deadline has passed.
     async fn lapsed(&self, prefix: &str) -> Result<LeaseReport, StoreError>;
@@ -195,5 +315,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::revision`], which readiness asks too.
     fn write_health(&self) -> WriteHealth {
         WriteHealth::default()
+    }
+
+    /// How a shared store holds leases; None on a store with one process.
+    fn holding(&self) -> Option<Holding> {
+        None
     }
 }
