@@ -50,7 +50,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::access::AccessLine;
+use crate::access::{AccessLine, LineRef};
 use crate::body::{BodyWatch, TimedBody};
 use crate::error::ProxyError;
 use crate::grpc::body::{GrpcBody, Outcome};
@@ -380,38 +380,60 @@ impl Proxy {
             None => self.metrics.no_route(),
         };
         metrics.record(resp.status(), elapsed);
-        let line = ctx.logged.map(|(method, uri)| AccessLine {
-            method,
-            uri,
-            status: resp.status().as_u16(),
-            route: ctx.entry.map(|e| e.route.name.clone()),
-            upstream: ctx.upstream,
-            duration: elapsed,
-            request_id: ctx.request_id,
-            trace_id: ctx.trace_id,
-        });
         if ctx.grpc.is_none() {
-            if let Some(line) = line {
-                line.emit(None);
+            if let Some((method, uri)) = &ctx.logged {
+                crate::access::emit(
+                    &LineRef {
+                        method,
+                        path: uri.path(),
+                        status: resp.status().as_u16(),
+                        route: ctx.entry.map(|e| &*e.route.name),
+                        upstream: ctx.upstream.as_deref(),
+                        duration: elapsed,
+                        request_id: &ctx.request_id,
+                        trace_id: ctx.trace_id.as_ref(),
+                    },
+                    None,
+                );
             }
             return resp;
         }
-        // A gRPC call: its status is known at the end of its body, or now
-        // for an answer without one (trailers-only, or the gateway's own).
-        if let Either::Right(Either::Right(body)) = resp.body_mut() {
-            body.set_outcome(Outcome {
-                state: ctx.entry.map(|e| e.state.clone()),
-                log: line,
-            });
-            return resp;
-        }
-        let code = Code::in_headers(resp.headers()).map(|c| c.0);
-        metrics.record_grpc(code);
-        if let Some(line) = line {
-            line.emit(Some(code));
-        }
-        resp
+        finish_grpc(resp, ctx, metrics, elapsed)
     }
+}
+
+/// Phase 6 for a gRPC call: its status is known at the end of its body
+/// (the body then counts it and writes the log line), or now for an
+/// answer without one (trailers-only, or the gateway's own).
+fn finish_grpc(
+    mut resp: Response<ProxyBody>,
+    ctx: RequestCtx<'_>,
+    metrics: &crate::metrics::RouteMetrics,
+    elapsed: Duration,
+) -> Response<ProxyBody> {
+    let line = ctx.logged.map(|(method, uri)| AccessLine {
+        method,
+        uri,
+        status: resp.status().as_u16(),
+        route: ctx.entry.map(|e| e.route.name.clone()),
+        upstream: ctx.upstream,
+        duration: elapsed,
+        request_id: ctx.request_id,
+        trace_id: ctx.trace_id,
+    });
+    if let Either::Right(Either::Right(body)) = resp.body_mut() {
+        body.set_outcome(Outcome {
+            state: ctx.entry.map(|e| e.state.clone()),
+            log: line,
+        });
+        return resp;
+    }
+    let code = Code::in_headers(resp.headers()).map(|c| c.0);
+    metrics.record_grpc(code);
+    if let Some(line) = line {
+        line.emit(Some(code));
+    }
+    resp
 }
 
 /// Phase 5 for a gRPC call: hop-by-hop headers go, and the body is wrapped
