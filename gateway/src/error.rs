@@ -243,3 +243,99 @@ impl ProxyError {
             .expect("error responses are well-formed")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::GrpcKind;
+    use std::time::Duration;
+
+    #[test]
+    fn every_error_has_its_grpc_status() {
+        let endpoint = || "e".to_string();
+        let route = || "r".to_string();
+        let cases: Vec<(ProxyError, Code)> = vec![
+            (ProxyError::NoRoute, Code::UNIMPLEMENTED),
+            (
+                ProxyError::NoHealthyUpstream { route: route() },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::CircuitOpen { route: route() },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::Overloaded {
+                    route: route(),
+                    limit: 1,
+                },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::UpstreamConnect {
+                    endpoint: endpoint(),
+                },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::UpstreamProtocol {
+                    endpoint: endpoint(),
+                    reason: "reset".into(),
+                },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    endpoint: endpoint(),
+                    timeout: Duration::from_secs(1),
+                },
+                Code::DEADLINE_EXCEEDED,
+            ),
+            (
+                ProxyError::DeadlineExceeded {
+                    endpoint: endpoint(),
+                    timeout: Duration::from_secs(1),
+                },
+                Code::DEADLINE_EXCEEDED,
+            ),
+            (
+                ProxyError::BodyTooLarge { limit: 1 },
+                Code::RESOURCE_EXHAUSTED,
+            ),
+            (ProxyError::BadRequest("path"), Code::INTERNAL),
+            (ProxyError::BadBody("cut off"), Code::INTERNAL),
+            (
+                ProxyError::BodyTimeout {
+                    timeout: Duration::from_secs(1),
+                },
+                Code::INTERNAL,
+            ),
+            (
+                ProxyError::UnsupportedScheme {
+                    endpoint: endpoint(),
+                    scheme: "https",
+                },
+                Code::INTERNAL,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.grpc_code(), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_grpc_client_gets_a_trailers_only_answer() {
+        use http_body::Body as _;
+        let r = ProxyError::NoRoute.respond(Some(GrpcKind::Native));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "12");
+        assert_eq!(r.headers()["grpc-message"], "no route matches this request");
+        assert_eq!(r.headers()[ERROR_HEADER], "no_route");
+        assert!(r.body().is_end_stream(), "no body: trailers-only");
+        let web = ProxyError::NoRoute.respond(Some(GrpcKind::WebText));
+        assert_eq!(web.headers()["content-type"], "application/grpc-web-text");
+        let plain = ProxyError::NoRoute.respond(None);
+        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+    }
+}

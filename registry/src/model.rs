@@ -901,6 +901,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_grpc_check_names_its_service_and_round_trips() {
+        let spec = InstanceSpec::from_json(
+            br#"{"address":"127.0.0.1","port":9000,"scheme":"h2c","check":{"grpc_service":"pkg.Svc"}}"#,
+        )
+        .unwrap();
+        let check = spec.check.as_ref().unwrap();
+        assert_eq!(check.grpc_service.as_deref(), Some("pkg.Svc"));
+        assert_eq!(check.path, crate::route::GRPC_HEALTH_PATH);
+        // What the registry stores and serves is accepted back.
+        let again = InstanceSpec::from_json(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(again, spec);
+        for (body, field) in [
+            (
+                r#"{"address":"a","port":1,"check":{"path":"/h","grpc_service":"x"}}"#,
+                "check.path",
+            ),
+            (
+                r#"{"address":"a","port":1,"check":{"grpc_service":7}}"#,
+                "check.grpc_service",
+            ),
+        ] {
+            let e = InstanceSpec::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{body}");
+        }
+    }
+
+    #[test]
     fn minimal_spec_gets_defaults() {
         let spec = InstanceSpec::from_json(br#"{"address":"10.0.0.1","port":8080}"#).unwrap();
         assert_eq!(spec.weight, DEFAULT_WEIGHT);

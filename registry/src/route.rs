@@ -1620,6 +1620,51 @@ mod tests {
     }
 
     #[test]
+    fn grpc_options_compile_and_refusals_name_the_field() {
+        let r = compile(
+            &spec(
+                r#"{"name":"g","service":"s","grpc_web":true,
+                    "retry":{"attempts":2,"on":["unavailable","resource_exhausted","cancelled","deadline_exceeded"]},
+                    "health_check":{"grpc_service":"pkg.Svc"}}"#,
+            ),
+            "",
+        )
+        .unwrap();
+        assert!(r.grpc_web);
+        let on = r.retry.unwrap().on;
+        assert!(on.any_grpc() && !on.status_503);
+        assert!(on.retries_grpc(14) && on.retries_grpc(8) && on.retries_grpc(1));
+        assert!(on.retries_grpc(4) && !on.retries_grpc(13));
+        let check = r.health_check.unwrap();
+        assert_eq!(check.path, GRPC_HEALTH_PATH);
+        assert_eq!(check.grpc_service.as_deref(), Some("pkg.Svc"));
+        for (body, field) in [
+            (
+                r#"{"name":"g","service":"s","health_check":{"path":"/h","grpc_service":"x"}}"#,
+                "health_check.path",
+            ),
+            (
+                r#"{"name":"g","service":"s","health_check":{}}"#,
+                "health_check.path",
+            ),
+            (
+                r#"{"name":"g","service":"s","health_check":{"grpc_service":"a b"}}"#,
+                "health_check.grpc_service",
+            ),
+            (
+                r#"{"name":"g","service":"s","health_check":{"grpc_service":"x","expected_statuses":[200]}}"#,
+                "health_check.expected_statuses",
+            ),
+            (
+                r#"{"name":"g","service":"s","retry":{"attempts":2,"on":["unavailabel"]}}"#,
+                "retry.on",
+            ),
+        ] {
+            assert_eq!(refusal(body).field.as_deref(), Some(field), "{body}");
+        }
+    }
+
+    #[test]
     fn specs_round_trip_through_json() {
         let s = spec(
             r#"{"name":"a","hosts":["x.com"],"path_regex":"/u/[0-9]+","priority":5,
