@@ -694,3 +694,87 @@ async fn explain_says_what_a_grpc_call_gets() {
     let bad = get(&format!("{}/explain?content_type=%01", gateway.admin_url)).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
+
+/// An h2c upstream that answers with the request trailer `x-req-trailer`
+/// it received (in the header `x-got`) and a response trailer of its own.
+async fn trailer_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let te = req
+                            .headers()
+                            .get("te")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let body = req.into_body().collect().await.unwrap();
+                        let got = body
+                            .trailers()
+                            .and_then(|t| t.get("x-req-trailer"))
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_else(|| "none".into());
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("x-resp-trailer", "from-upstream".parse().unwrap());
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                body.to_bytes(),
+                            )),
+                            Ok(hyper::body::Frame::trailers(trailers)),
+                        ];
+                        let resp = http::Response::builder()
+                            .header("x-got", got)
+                            .header("x-te", te.unwrap_or_else(|| "none".into()))
+                            .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+                                frames,
+                            )))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_chunked_trailers_and_an_h2_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (registry, gateway) = setup(json!({})).await;
+    let (addr, upstream) = trailer_upstream().await;
+    let mut spec = InstanceSpec::new("127.0.0.1", addr.port());
+    spec.scheme = Scheme::H2c;
+    register(&registry, &gateway, "t", &spec).await;
+    let mut s = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    s.write_all(
+        b"POST /test.Echo/Unary HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\
+          te: trailers\r\ntrailer: x-req-trailer\r\nconnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-req-trailer: from-client\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    // The client's chunked trailers reach the HTTP/2 upstream, with te: trailers.
+    assert!(text.contains("x-got: from-client"), "{text}");
+    assert!(text.contains("x-te: trailers"), "{text}");
+    // The upstream's trailers reach an HTTP/1.1 client only when the
+    // response declared them in `Trailer` (this one did not).
+    assert!(!text.contains("x-resp-trailer"), "{text}");
+    upstream.abort();
+}
