@@ -67,7 +67,8 @@ fn shape(path: &str, normal: &str, policy: &PathPolicy) {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3).expect("a complete escape");
             assert!(
-                hex.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)),
+                hex.iter()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)),
                 "{path:?} -> {normal:?}: escape not in upper-case hex"
             );
             let byte = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
