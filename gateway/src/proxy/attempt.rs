@@ -37,6 +37,7 @@
 //! `grpc-timeout`, so the server stops when the client stops waiting.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -260,8 +261,11 @@ impl Proxy {
             // the route's timeout.
             deadline: grpc_timeout.map(|d| ctx.started + d.min(route.timeout)),
         };
-        let run = tries.run(self, req, to, ctx);
-        let result = within(run, route.timeout, watch.as_deref(), deadline).await;
+        let result = {
+            let run = tries.run(self, req, to, ctx);
+            tokio::pin!(run);
+            within(run, route.timeout, watch.as_deref(), deadline).await
+        };
         match result {
             Some(Ok(resp)) => Ok((resp, downstream_upgrade)),
             Some(Err(e)) => Err(e),
@@ -400,12 +404,11 @@ fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method,
 /// is not an upstream timing out. A `hard` deadline (a gRPC call's own)
 /// ends it whatever the client body does. `None` when it ran out.
 async fn within<F: Future>(
-    fut: F,
+    mut fut: Pin<&mut F>,
     timeout: Duration,
     watch: Option<&BodyWatch>,
     hard: Option<Instant>,
 ) -> Option<F::Output> {
-    tokio::pin!(fut);
     let cap = |d: Instant| hard.map_or(d, |h| d.min(h));
     let mut deadline = cap(Instant::now() + timeout);
     loop {
@@ -526,6 +529,9 @@ impl<'a> Tries<'a> {
                     .map(|r| r.map(Either::Left))
             }
         };
+        // Pinned here, so the timeout borrows it rather than holding a
+        // second copy of it in this future's state.
+        tokio::pin!(send);
         match self.retry.and_then(|p| p.per_try_timeout) {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
             None => Some(send.await),
