@@ -392,16 +392,44 @@ def scenarios(args):
     }
 
 
-def grpc_unary(port, seconds):
-    """Unary gRPC calls: h2load POSTs one framed message with the gRPC
-    headers, 16 connections x 32 streams, to h2c gRPC origins."""
+GRPC_HEADERS = ["content-type: application/grpc", "te: trailers", "grpc-timeout: 10S"]
+
+
+def grpc_call_file():
+    """The request body of every unary call: one framed 64-byte message."""
     body = os.path.join(WORK, "grpc-call.bin")
     if not os.path.exists(body):
         with open(body, "wb") as f:
             msg = b"x" * 64
             f.write(b"\0" + len(msg).to_bytes(4, "big") + msg)
-    return h2load(f"http://127.0.0.1:{port['grpc']}/bench.Echo/Unary", 16, 32, seconds, data=body,
-                  headers=["content-type: application/grpc", "te: trailers", "grpc-timeout: 10S"])
+    return body
+
+
+def grpc_check(name, port):
+    """One call with nghttp before measuring: h2load counts an HTTP 200 as a
+    success, and a gateway's gRPC error is an HTTP 200 too, so the call must
+    be seen to end with grpc-status 0 (a real answer from the origin).
+    Tried for up to 10 s: a discovering gateway may not have its instances
+    yet."""
+    argv = ["nghttp", "-v", "-d", grpc_call_file()]
+    for h in GRPC_HEADERS:
+        argv += ["-H", h]
+    argv.append(f"http://127.0.0.1:{port['grpc']}/bench.Echo/Unary")
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+        if "grpc-status: 0" in out:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: a unary gRPC call did not end with grpc-status 0:\n{out}")
+        time.sleep(0.2)
+
+
+def grpc_unary(port, seconds):
+    """Unary gRPC calls: h2load POSTs one framed message with the gRPC
+    headers, 16 connections x 32 streams, to h2c gRPC origins."""
+    return h2load(f"http://127.0.0.1:{port['grpc']}/bench.Echo/Unary", 16, 32, seconds,
+                  data=grpc_call_file(), headers=GRPC_HEADERS)
 
 
 def churn(stop, interval, registry_url):
@@ -583,6 +611,8 @@ interval = "1s"
             runs = {"nginx": [], "haproxy": [], "portico": []}
             grpc_peers = (("nginx", nginx, PORTS["nginx"]), ("haproxy", haproxy, PORTS["haproxy"]),
                           ("portico", discovered, PORTS["portico-discovered"]))
+            for name, _, port in grpc_peers:
+                grpc_check(name, port)
             for rep in range(args.reps):
                 for name, proc, port in grpc_peers:
                     r = measure(proc, lambda: grpc_unary(port, args.seconds))
