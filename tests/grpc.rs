@@ -696,7 +696,8 @@ async fn explain_says_what_a_grpc_call_gets() {
 }
 
 /// An h2c upstream that answers with the request trailer `x-req-trailer`
-/// it received (in the header `x-got`) and a response trailer of its own.
+/// it received (in the header `x-got`) and response trailers of its own
+/// (`grpc-status`, `grpc-message` and `x-resp-trailer`).
 async fn trailer_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -720,6 +721,8 @@ async fn trailer_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()
                             .map(|v| v.to_str().unwrap().to_string())
                             .unwrap_or_else(|| "none".into());
                         let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        trailers.insert("grpc-message", "fine".parse().unwrap());
                         trailers.insert("x-resp-trailer", "from-upstream".parse().unwrap());
                         let frames = vec![
                             Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
@@ -728,6 +731,7 @@ async fn trailer_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()
                             Ok(hyper::body::Frame::trailers(trailers)),
                         ];
                         let resp = http::Response::builder()
+                            .header("content-type", "application/grpc")
                             .header("x-got", got)
                             .header("x-te", te.unwrap_or_else(|| "none".into()))
                             .body(http_body_util::StreamBody::new(futures_util::stream::iter(
@@ -758,6 +762,7 @@ async fn http1_chunked_trailers_and_an_h2_upstream() {
     let mut s = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     s.write_all(
         b"POST /test.Echo/Unary HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\
+          content-type: application/grpc\r\n\
           te: trailers\r\ntrailer: x-req-trailer\r\nconnection: close\r\n\r\n\
           5\r\nhello\r\n0\r\nx-req-trailer: from-client\r\n\r\n",
     )
@@ -773,8 +778,19 @@ async fn http1_chunked_trailers_and_an_h2_upstream() {
     // The client's chunked trailers reach the HTTP/2 upstream, with te: trailers.
     assert!(text.contains("x-got: from-client"), "{text}");
     assert!(text.contains("x-te: trailers"), "{text}");
-    // The upstream's trailers reach an HTTP/1.1 client only when the
-    // response declared them in `Trailer` (this one did not).
+    // The call's status reaches an HTTP/1.1 client that said
+    // `te: trailers`, in the chunked trailer section: the gateway declares
+    // the gRPC status fields in `Trailer`, which hyper's HTTP/1.1 encoder
+    // requires. Other trailing metadata cannot be declared before it is
+    // seen, and is left out.
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains("trailer: grpc-status, grpc-message, grpc-status-details-bin"),
+        "{text}"
+    );
+    let (_, trailer_section) = rest.rsplit_once("\r\n0\r\n").unwrap();
+    assert!(trailer_section.contains("grpc-status: 0\r\n"), "{text}");
+    assert!(trailer_section.contains("grpc-message: fine\r\n"), "{text}");
     assert!(!text.contains("x-resp-trailer"), "{text}");
     upstream.abort();
 }

@@ -327,7 +327,7 @@ impl Proxy {
         let route = &matched.entry.route;
         let (resp, upgrade) = self.send(matched.entry, out, ctx).await?;
         if let Some(kind) = ctx.grpc {
-            return Ok(respond_grpc(resp, kind, route));
+            return Ok(respond_grpc(resp, kind, route, ctx.version));
         }
         Ok(self.respond(resp, upgrade, route.read_timeout))
     }
@@ -443,11 +443,20 @@ fn respond_grpc(
     mut resp: Response<UpstreamResponseBody>,
     kind: GrpcKind,
     route: &crate::config::Route,
+    version: Version,
 ) -> Response<ProxyBody> {
     strip_hop_by_hop(resp.headers_mut());
     let translate = route.grpc_web && kind.is_web();
     if translate {
         crate::grpc::web::response_headers(resp.headers_mut(), kind);
+    } else if kind == GrpcKind::Native && version != Version::HTTP_2 {
+        // hyper's HTTP/1.1 encoder writes only the trailer fields the head
+        // declared (and only to a client that sent `te: trailers`): the
+        // status fields are the ones a gRPC client needs.
+        resp.headers_mut().insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
     }
     let status = Code::in_headers(resp.headers());
     let mode = if translate { kind } else { GrpcKind::Native };
