@@ -36,11 +36,13 @@ LOAD_CORE = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 ORIGIN_PORTS = [19101, 19102]
+# h2c gRPC origins (target/release/grpc_origin) for 10-grpc-unary.
+GRPC_ORIGIN_PORTS = [19111, 19112]
 PORTS = {
-    "nginx": {"h1": 19201, "h2c": 19202},
-    "haproxy": {"h1": 19301, "h2c": 19302},
+    "nginx": {"h1": 19201, "h2c": 19202, "grpc": 19203},
+    "haproxy": {"h1": 19301, "h2c": 19302, "grpc": 19303},
     "portico": {"h1": 19401, "h2c": 19401},
-    "portico-discovered": {"h1": 19402, "h2c": 19402},
+    "portico-discovered": {"h1": 19402, "h2c": 19402, "grpc": 19402},
     "portico-10k-routes": {"h1": 19403, "h2c": 19403},
     "portico-features": {"h1": 19404, "h2c": 19404},
 }
@@ -163,6 +165,7 @@ http {{
 
 def nginx_proxy_conf():
     ups = "\n".join(f"    server 127.0.0.1:{p};" for p in ORIGIN_PORTS)
+    grpc_ups = "\n".join(f"    server 127.0.0.1:{p};" for p in GRPC_ORIGIN_PORTS)
     p = PORTS["nginx"]
     return f"""
 worker_processes 1;
@@ -184,6 +187,18 @@ http {{
     keepalive 128;
     keepalive_requests 10000000;
   }}
+  upstream grpc_origins {{
+{grpc_ups}
+    keepalive 128;
+    keepalive_requests 10000000;
+  }}
+  server {{
+    listen 127.0.0.1:{p['grpc']} http2 backlog=4096;
+    http2_max_concurrent_streams 256;
+    location / {{
+      grpc_pass grpc://grpc_origins;
+    }}
+  }}
   server {{
     listen 127.0.0.1:{p['h1']} backlog=4096;
     listen 127.0.0.1:{p['h2c']} http2 backlog=4096;
@@ -204,6 +219,7 @@ http {{
 def haproxy_conf():
     p = PORTS["haproxy"]
     servers = "\n".join(f"  server o{i} 127.0.0.1:{port}" for i, port in enumerate(ORIGIN_PORTS))
+    grpc_servers = "\n".join(f"  server g{i} 127.0.0.1:{port} proto h2" for i, port in enumerate(GRPC_ORIGIN_PORTS))
     return f"""
 global
   nbthread 1
@@ -224,6 +240,13 @@ backend be
   balance roundrobin
   http-reuse always
 {servers}
+frontend fe_grpc
+  bind 127.0.0.1:{p['grpc']} proto h2
+  default_backend be_grpc
+backend be_grpc
+  balance roundrobin
+  http-reuse always
+{grpc_servers}
 """
 
 
@@ -273,7 +296,7 @@ def parse_wrk_time(t):
     return float(t)
 
 
-def h2load(url, clients, streams, seconds, h1=False, rps=None):
+def h2load(url, clients, streams, seconds, h1=False, rps=None, data=None, headers=()):
     logf = os.path.join(WORK, "h2load.log")
     argv = ["taskset", "-c", LOAD_CORE, "h2load", "-c", str(clients), "-m", str(streams), "-D", str(seconds),
             "-t", "1", "--log-file", logf]
@@ -281,6 +304,10 @@ def h2load(url, clients, streams, seconds, h1=False, rps=None):
         argv.append("--h1")
     if rps:
         argv += ["--rps", str(rps)]
+    if data:
+        argv += ["-d", data]  # POST with this body
+    for h in headers:
+        argv += ["-H", h]
     argv.append(url)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
     res = {"requests": 0, "rps": 0.0, "p50_us": None, "p99_us": None, "errors": 0, "non2xx": 0}
@@ -363,6 +390,46 @@ def scenarios(args):
         "5-h2c": ("h2c downstream, 16 conns x 32 streams, HTTP/1.1 upstream",
                   lambda port: lambda: h2load(f"http://127.0.0.1:{port['h2c']}/", 16, 32, d)),
     }
+
+
+GRPC_HEADERS = ["content-type: application/grpc", "te: trailers", "grpc-timeout: 10S"]
+
+
+def grpc_call_file():
+    """The request body of every unary call: one framed 64-byte message."""
+    body = os.path.join(WORK, "grpc-call.bin")
+    if not os.path.exists(body):
+        with open(body, "wb") as f:
+            msg = b"x" * 64
+            f.write(b"\0" + len(msg).to_bytes(4, "big") + msg)
+    return body
+
+
+def grpc_check(name, port):
+    """One call with nghttp before measuring: h2load counts an HTTP 200 as a
+    success, and a gateway's gRPC error is an HTTP 200 too, so the call must
+    be seen to end with grpc-status 0 (a real answer from the origin).
+    Tried for up to 10 s: a discovering gateway may not have its instances
+    yet."""
+    argv = ["nghttp", "-v", "-d", grpc_call_file()]
+    for h in GRPC_HEADERS:
+        argv += ["-H", h]
+    argv.append(f"http://127.0.0.1:{port['grpc']}/bench.Echo/Unary")
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+        if "grpc-status: 0" in out:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: a unary gRPC call did not end with grpc-status 0:\n{out}")
+        time.sleep(0.2)
+
+
+def grpc_unary(port, seconds):
+    """Unary gRPC calls: h2load POSTs one framed message with the gRPC
+    headers, 16 connections x 32 streams, to h2c gRPC origins."""
+    return h2load(f"http://127.0.0.1:{port['grpc']}/bench.Echo/Unary", 16, 32, seconds,
+                  data=grpc_call_file(), headers=GRPC_HEADERS)
 
 
 def churn(stop, interval, registry_url):
@@ -462,9 +529,15 @@ def main():
         for i, port in enumerate(ORIGIN_PORTS):
             http("PUT", f"{registry_url}/v1/services/origin/instances/o{i}",
                  json.dumps({"address": "127.0.0.1", "port": port, "ttl": "1h"}))
+        for i, port in enumerate(GRPC_ORIGIN_PORTS):
+            procs.append(Proc(f"grpc-origin-{port}", [os.path.join(RELEASE, "grpc_origin"), "--listen",
+                                                      f"127.0.0.1:{port}"], LOAD_CORE))
+            http("PUT", f"{registry_url}/v1/services/grpc/instances/g{i}",
+                 json.dumps({"address": "127.0.0.1", "port": port, "ttl": "1h", "scheme": "h2c"}))
         disc_routes = os.path.join(WORK, "disc-routes.toml")
         with open(disc_routes, "w") as f:
-            f.write('[[route]]\nname = "origin"\nservice = "origin"\n')
+            f.write('[[route]]\nname = "origin"\nservice = "origin"\n\n'
+                    '[[route]]\nname = "grpc"\npath_prefix = "/bench.Echo"\nservice = "grpc"\n')
         discovered = Proc("portico-discovered", [portico_bin, "--threads", "1", "gateway", "--listen",
                                                  f"127.0.0.1:{PORTS['portico-discovered']['h1']}", "--config", disc_routes,
                                                  "--registry", registry_url, "--no-access-log", "--no-admin"],
@@ -528,6 +601,25 @@ interval = "1s"
                     log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req"
                         f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
             results[sid] = {"title": title, "runs": runs}
+
+        if not only or "10-grpc-unary" in only:
+            # Portico's gRPC origins are discovered (h2c instances in the
+            # registry); nginx (grpc_pass) and HAProxy (proto h2) list them.
+            log("== 10-grpc-unary: unary gRPC calls, h2c both sides, 16 conns x 32 streams")
+            for port in GRPC_ORIGIN_PORTS + [PORTS["nginx"]["grpc"], PORTS["haproxy"]["grpc"]]:
+                wait_port(port)
+            runs = {"nginx": [], "haproxy": [], "portico": []}
+            grpc_peers = (("nginx", nginx, PORTS["nginx"]), ("haproxy", haproxy, PORTS["haproxy"]),
+                          ("portico", discovered, PORTS["portico-discovered"]))
+            for name, _, port in grpc_peers:
+                grpc_check(name, port)
+            for rep in range(args.reps):
+                for name, proc, port in grpc_peers:
+                    r = measure(proc, lambda: grpc_unary(port, args.seconds))
+                    runs[name].append(r)
+                    log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req"
+                        f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
+            results["10-grpc-unary"] = {"title": "unary gRPC calls (h2load, 16 x 32 streams)", "runs": runs}
 
         # Portico-only scenarios: the route table's size, and instance churn.
         if not only or "6-routes" in only:

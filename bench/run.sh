@@ -29,5 +29,5 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 
 cargo build --release -p portico --bin portico >&2
-cargo build --release -p portico-bench >&2
+cargo build --release -p portico-bench >&2  # includes grpc_origin (10-grpc-unary)
 exec python3 bench/harness.py "$@"

@@ -245,6 +245,11 @@ struct GatewayArgs {
     /// stripped). Default: on for `up` without --config, off otherwise.
     #[arg(long)]
     auto_routes: Option<bool>,
+    /// How long an implicit `/{service}` route outlives the service's last
+    /// instance, answering 503 no_healthy_upstream (gRPC: UNAVAILABLE) so a
+    /// restart is not a 404 (UNIMPLEMENTED); 0s: it goes with the instance.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    auto_route_grace: Duration,
     /// Turn off the per-request access log.
     #[arg(long)]
     no_access_log: bool,
@@ -404,6 +409,7 @@ impl GatewayArgs {
             auto_routes: self
                 .auto_routes
                 .unwrap_or(auto_default && self.config.is_none()),
+            auto_route_grace: Some(self.auto_route_grace),
             zone: self.zone.clone(),
             server: ServerSettings {
                 header_read_timeout: self.header_read_timeout,

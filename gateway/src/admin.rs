@@ -10,12 +10,14 @@
 //!   requests in flight, and per endpoint its weight, zone, in-flight count,
 //!   latency EWMA, consecutive failures, ejection (times, time left), active
 //!   health-check verdict and breaker state.
-//! - `GET /explain?method=&host=&path=&header=name:value&client_ip=`: which
+//! - `GET /explain?method=&host=&path=&header=name:value&content_type=&client_ip=`: which
 //!   route a request would take and why (every candidate the router tried,
 //!   with the reason each was passed over), the route's endpoints with their
 //!   state, which one would be picked, and a one-line verdict that names the
 //!   answer the client would get (`404 no_route`, `503 no_healthy_upstream`,
-//!   ...). Built for debugging a 404 or a 503 without reading logs.
+//!   ...). Built for debugging a 404 or a 503 without reading logs. With a
+//!   gRPC `content_type` (`application/grpc`, `-web`, `-web-text`) it also
+//!   says the gRPC status the call would get (`UNIMPLEMENTED`, ...).
 //! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
 //!
 //! Plain hyper: a few read-only documents do not need a framework.
@@ -44,6 +46,7 @@ use portico_registry::route::percent_decode;
 use crate::balance::Endpoint;
 use crate::config::{Balance, HostMatch, PathMatch, Route, Target};
 use crate::discovery::DiscoveryStatus;
+use crate::error::ProxyError;
 use crate::health::now_ms;
 use crate::metrics::GatewayMetrics;
 use crate::path::PathPolicy;
@@ -117,7 +120,7 @@ impl Admin {
             ),
             (&Method::GET, "/explain") => {
                 match explain(&table.load(), req.uri().query(), &self.paths) {
-                    Ok(v) => (StatusCode::OK, v),
+                    Ok(v) => (StatusCode::OK, with_grpc(v)),
                     Err((field, reason)) => (
                         StatusCode::BAD_REQUEST,
                         json!({"error": format!("{field}: {reason}"), "code": "invalid_value", "field": field}),
@@ -313,6 +316,11 @@ fn parse_explain(raw: Option<&str>) -> Result<ExplainQuery, (&'static str, Strin
                     .map_err(|_| ("header", format!("{v:?} is not a header value")))?;
                 q.headers.append(n, v);
             }
+            "content_type" => {
+                let v = http::HeaderValue::from_str(value.trim())
+                    .map_err(|_| ("content_type", format!("{value:?} is not a header value")))?;
+                q.headers.insert(header::CONTENT_TYPE, v);
+            }
             "client_ip" => {
                 q.client_ip = value
                     .parse()
@@ -322,7 +330,7 @@ fn parse_explain(raw: Option<&str>) -> Result<ExplainQuery, (&'static str, Strin
                 return Err((
                     "query",
                     format!(
-                        "unknown parameter {other:?}: expected method, host, path, header or client_ip"
+                        "unknown parameter {other:?}: expected method, host, path, header, content_type or client_ip"
                     ),
                 ));
             }
@@ -380,6 +388,47 @@ fn mismatch_reason(route: &Route, m: Mismatch, q: &ExplainQuery) -> String {
     }
 }
 
+/// Adds what a gRPC call gets to an explanation whose request is gRPC: the
+/// kind, and the gRPC status of the gateway's own answer (from the same
+/// mapping the proxy uses), or that the upstream answers.
+fn with_grpc(mut v: Value) -> Value {
+    let ct = v["request"]["content_type"].as_str().unwrap_or_default();
+    let Some(kind) = crate::grpc::GrpcKind::of_content_type(ct.as_bytes()) else {
+        return v;
+    };
+    let verdict = v["verdict"].as_str().unwrap_or_default();
+    let code = verdict
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .trim_end_matches(':');
+    let error = match code {
+        "no_route" => Some(ProxyError::NoRoute),
+        "no_healthy_upstream" => Some(ProxyError::NoHealthyUpstream {
+            route: String::new(),
+        }),
+        "circuit_open" => Some(ProxyError::CircuitOpen {
+            route: String::new(),
+        }),
+        "bad_path" => Some(ProxyError::BadRequest("path")),
+        _ => None,
+    };
+    let answer = match error {
+        Some(e) => {
+            let status = e.grpc_code();
+            format!(
+                "trailers-only: grpc-status {} {} ({})",
+                status.0,
+                status.name(),
+                e.code()
+            )
+        }
+        None => "the upstream's answer, its grpc-status passed through".to_string(),
+    };
+    v["grpc"] = json!({"kind": format!("{kind:?}"), "answer": answer});
+    v
+}
+
 /// Answers `/explain`: the route, the candidates, the endpoints, the pick.
 fn explain(
     table: &RouteTable,
@@ -393,7 +442,10 @@ fn explain(
         Err(e) => {
             return Ok(json!({
                 "table_revision": table.revision,
-                "request": {"method": q.method.as_str(), "host": q.host, "path": q.path},
+                "request": {
+                    "method": q.method.as_str(), "host": q.host, "path": q.path,
+                    "content_type": q.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                },
                 "route": null,
                 "verdict": format!("400 bad_path: {e}"),
             }));
@@ -448,6 +500,7 @@ fn explain(
         "path": q.path,
         "query": q.query,
         "headers": q.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("<binary>"))).collect::<Vec<_>>(),
+        "content_type": q.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
     });
     let Some(m) = matched else {
         let verdict = if table.entries().is_empty() {

@@ -14,10 +14,15 @@
 //!
 //! Both arm their timer only when the peer makes them wait: a body that is
 //! already buffered (most small ones) costs no timer at all.
+//!
+//! For gRPC, a [`ClientBody`] may also keep a copy of what it streams (a
+//! [`Tee`], so a unary call can be sent again after a trailers-only
+//! UNAVAILABLE without holding the call back until its body is read), and
+//! decode a `grpc-web-text` body from base64 as it streams.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +30,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use crate::grpc::web::TextDecoder;
 
 /// What became of a client's request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +140,39 @@ pub struct ClientBody {
     /// Armed when the client makes the body wait; reset at each new wait.
     timer: Option<Pin<Box<Sleep>>>,
     waiting: bool,
+    /// A copy of what has been sent, for a retry (gRPC calls on routes that
+    /// retry on gRPC statuses).
+    tee: Option<Arc<Tee>>,
+    /// Decodes a `grpc-web-text` body (base64) as it streams.
+    text: Option<Box<TextDecoder>>,
+}
+
+/// A copy of a request body as it streams upstream, up to a limit: past
+/// it the copy is dropped and the request cannot be sent again.
+#[derive(Debug)]
+pub struct Tee {
+    limit: usize,
+    /// `None` once the body outgrew the limit.
+    copy: Mutex<Option<bytes::BytesMut>>,
+}
+
+impl Tee {
+    fn push(&self, data: &[u8]) {
+        let mut copy = self.copy.lock().expect("tee lock poisoned");
+        if let Some(buf) = copy.as_mut() {
+            if buf.len() + data.len() > self.limit {
+                *copy = None;
+            } else {
+                buf.extend_from_slice(data);
+            }
+        }
+    }
+
+    /// The whole body, if it fitted (call once the body has ended).
+    pub fn bytes(&self) -> Option<Bytes> {
+        let copy = self.copy.lock().expect("tee lock poisoned");
+        copy.as_ref().map(|b| Bytes::copy_from_slice(b))
+    }
 }
 
 impl std::fmt::Debug for ClientBody {
@@ -160,8 +200,26 @@ impl ClientBody {
             read_timeout,
             timer: None,
             waiting: false,
+            tee: None,
+            text: None,
         };
         (body, watch)
+    }
+
+    /// Keeps a copy of the body as it streams, up to `limit` bytes.
+    pub fn keep_copy(&mut self, limit: usize) -> Arc<Tee> {
+        let tee = Arc::new(Tee {
+            limit,
+            copy: Mutex::new(Some(bytes::BytesMut::new())),
+        });
+        self.tee = Some(tee.clone());
+        tee
+    }
+
+    /// Decodes the body from base64 (`grpc-web-text`) as it streams; a
+    /// body that is not base64 fails as malformed.
+    pub fn decode_web_text(&mut self) {
+        self.text = Some(Box::default());
     }
 
     fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
@@ -196,6 +254,23 @@ impl ClientBody {
     }
 }
 
+impl ClientBody {
+    /// The gRPC work on a frame: base64 decoding, the copy for a retry.
+    fn transform(&mut self, frame: Frame<Bytes>) -> Result<Frame<Bytes>, BodyFault> {
+        let Some(data) = frame.data_ref() else {
+            return Ok(frame);
+        };
+        let data = match &mut self.text {
+            Some(text) => text.decode(data).map_err(|_| BodyFault::Malformed)?,
+            None => data.clone(),
+        };
+        if let Some(tee) = &self.tee {
+            tee.push(&data);
+        }
+        Ok(Frame::data(data))
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = ClientBodyError;
@@ -206,7 +281,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                     if this.received > this.limit {
@@ -214,9 +289,18 @@ impl Body for ClientBody {
                     }
                 }
                 this.progressed();
+                if this.text.is_some() || this.tee.is_some() {
+                    frame = match this.transform(frame) {
+                        Ok(f) => f,
+                        Err(fault) => return this.fail(fault),
+                    };
+                }
                 // A sender that knows the length stops polling at the last
                 // byte instead of waiting for the end: note it here.
                 if this.inner.is_end_stream() {
+                    if this.text.as_ref().is_some_and(|t| t.finish().is_err()) {
+                        return this.fail(BodyFault::Malformed);
+                    }
                     this.watch.set(ENDED);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -230,6 +314,9 @@ impl Body for ClientBody {
                 this.fail(fault)
             }
             Poll::Ready(None) => {
+                if this.text.as_ref().is_some_and(|t| t.finish().is_err()) {
+                    return this.fail(BodyFault::Malformed);
+                }
                 this.progressed();
                 this.watch.set(ENDED);
                 this.timer = None;
@@ -249,6 +336,10 @@ impl Body for ClientBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.text.is_some() {
+            // Decoded, the body is shorter than the client's text.
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }

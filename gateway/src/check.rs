@@ -1,6 +1,8 @@
 //! Active health checks run by the gateway (`[route.health_check]`).
 //!
-//! One task per (endpoint, check) sends `GET path` every `interval` (jittered
+//! One task per (endpoint, check) sends `GET path` (or, for a check with a
+//! `grpc_service`, a gRPC `grpc.health.v1.Health/Check` over h2c) every
+//! `interval` (jittered
 //! by +-10% so checks of many endpoints spread out) on a fresh connection,
 //! so a check also proves the endpoint accepts connections. The endpoint is
 //! marked down after `unhealthy_threshold` consecutive failures and up again
@@ -171,8 +173,19 @@ async fn run(authority: Authority, vote: Arc<Vote>, check: Arc<HealthCheck>) {
     }
 }
 
-/// One check: connect, `GET path`, judge the status.
+/// One check on a fresh connection: a gRPC health check
+/// ([`portico_registry::grpc_health`], over h2c) when the route's check
+/// names a `grpc_service`, else `GET path` and the status judged.
 async fn probe(authority: &Authority, check: &HealthCheck) -> bool {
+    if let Some(service) = &check.grpc_service {
+        return portico_registry::grpc_health::probe(
+            authority.as_str(),
+            service,
+            "portico-health-check",
+        )
+        .await
+        .is_ok();
+    }
     let Ok(stream) = TcpStream::connect(authority.as_str()).await else {
         return false;
     };
@@ -229,6 +242,7 @@ mod tests {
         let endpoint = Endpoint::from_static("127.0.0.1:1".parse().unwrap(), &health);
         let check = Arc::new(HealthCheck {
             path: "/healthz".into(),
+            grpc_service: None,
             interval: std::time::Duration::from_millis(5),
             timeout: std::time::Duration::from_secs(1),
             healthy_threshold: 1,

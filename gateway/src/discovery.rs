@@ -5,6 +5,15 @@
 //! file (static, reloaded on change), the registry's `/v1/routes`, and, with
 //! auto routes on, one implicit `/{service}` route per discovered service.
 //!
+//! An implicit route outlives its service's last instance by
+//! [`DEFAULT_AUTO_ROUTE_GRACE`] (`--auto-route-grace`): a service whose only
+//! instance restarts (deregisters, then registers again) answers 503
+//! `no_healthy_upstream` meanwhile, which clients retry (gRPC's
+//! UNAVAILABLE), rather than 404 `no_route` (gRPC's UNIMPLEMENTED, which no
+//! client retries). If no instance comes back within the grace, the route
+//! goes. The grace lives in this gateway's memory: a gateway started while
+//! the service has no instance does not know it.
+//!
 //! [`run`] (in `follow`) is the one task that owns the builder. It follows
 //! the registry watch (when there is a registry; the watch itself runs on a
 //! task of its own) and the route file (when there is one): it applies each
@@ -19,6 +28,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use portico_registry::model::Instance;
 use portico_registry::route::RouteSpec;
@@ -33,6 +45,12 @@ use crate::router::{RouteEntry, RouteTable, Router};
 mod follow;
 
 pub use follow::{CACHE_DEBOUNCE, run};
+
+/// How long an implicit `/{service}` route stays after the service's last
+/// instance is gone: long enough for a restart or a redeploy of a lone
+/// instance, short enough that a service taken away for good stops
+/// answering 503 within minutes.
+pub const DEFAULT_AUTO_ROUTE_GRACE: Duration = Duration::from_secs(300);
 
 /// Builder maps are rebuilt or walked on every table build: a fast hash
 /// (foldhash) instead of SipHash keeps a change cheap with many routes.
@@ -58,6 +76,8 @@ pub struct TableBuilder {
     /// File routes, then registry routes, then implicit ones, as indexed by
     /// `router`.
     effective: Vec<Arc<Route>>,
+    /// Where the implicit routes start in `effective` (they come last).
+    implicit_from: usize,
     router: Arc<Router>,
     routes_changed: bool,
     /// Endpoint sets of static routes, by route name, with the upstream
@@ -73,6 +93,11 @@ pub struct TableBuilder {
     checkers: Checkers,
     /// The gateway's zone: discovered instances there are preferred.
     zone: Option<String>,
+    /// How long an implicit route outlives its service's last instance.
+    auto_route_grace: Duration,
+    /// Services without instances whose implicit route is kept, with when
+    /// it goes.
+    vanished: FastMap<String, Instant>,
 }
 
 impl TableBuilder {
@@ -92,6 +117,7 @@ impl TableBuilder {
             api_routes: BTreeMap::new(),
             auto_routes,
             effective: Vec::new(),
+            implicit_from: 0,
             router: Arc::new(Router::default()),
             routes_changed: true,
             static_sets: FastMap::default(),
@@ -101,7 +127,40 @@ impl TableBuilder {
             states: FastMap::default(),
             checkers: Checkers::default(),
             zone: None,
+            auto_route_grace: DEFAULT_AUTO_ROUTE_GRACE,
+            vanished: FastMap::default(),
         }
+    }
+
+    /// Keeps an implicit route for `grace` after its service's last
+    /// instance is gone (zero: it goes with the instance).
+    pub fn with_auto_route_grace(mut self, grace: Duration) -> TableBuilder {
+        self.auto_route_grace = grace;
+        self
+    }
+
+    /// When the next kept implicit route is due to go.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.vanished.values().min().copied()
+    }
+
+    /// Drops the implicit routes whose grace is over at `now`; true when
+    /// any went (the table must be rebuilt).
+    pub fn expire_vanished(&mut self, now: Instant) -> bool {
+        let due: Vec<String> = self
+            .vanished
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for service in &due {
+            self.vanished.remove(service);
+            self.service_sets.remove(service);
+        }
+        if !due.is_empty() {
+            self.routes_changed = true;
+        }
+        !due.is_empty()
     }
 
     /// Prefers instances registered in `zone` (the gateway's own).
@@ -157,11 +216,22 @@ impl TableBuilder {
     /// Replaces one service's routable endpoints (rebuilt from its instances).
     pub fn set_service(&mut self, service: &str, instances: &BTreeMap<String, Instance>) {
         if instances.is_empty() {
+            let known = self.service_sets.contains_key(service);
+            if known && self.auto_routes && !self.auto_route_grace.is_zero() {
+                // Its implicit route stays (answering 503) for the grace.
+                self.service_sets
+                    .insert(service.to_string(), self.empty.clone());
+                self.vanished
+                    .entry(service.to_string())
+                    .or_insert_with(|| Instant::now() + self.auto_route_grace);
+                return;
+            }
             if self.service_sets.remove(service).is_some() && self.auto_routes {
                 self.routes_changed = true;
             }
             return;
         }
+        self.vanished.remove(service);
         let endpoints = instances
             .values()
             .filter(|i| i.status.routable())
@@ -181,8 +251,9 @@ impl TableBuilder {
     }
 
     /// The effective route list: file routes, registry routes whose name no
-    /// file route uses, then implicit routes for paths nobody claims.
-    fn effective_routes(&self) -> Vec<Arc<Route>> {
+    /// file route uses, then implicit routes for paths nobody claims; and
+    /// where the implicit ones start.
+    fn effective_routes(&self) -> (Vec<Arc<Route>>, usize) {
         let names: FastSet<&str> = self.file_routes.iter().map(|r| &*r.name).collect();
         let mut out: Vec<Arc<Route>> =
             Vec::with_capacity(self.file_routes.len() + self.api_routes.len());
@@ -233,15 +304,18 @@ impl TableBuilder {
                     Arc::new(r)
                 })
                 .collect();
+            let from = out.len();
             out.extend(auto);
+            return (out, from);
         }
-        out
+        let from = out.len();
+        (out, from)
     }
 
     /// A new table reflecting the current routes and instances.
     pub fn build(&mut self, revision: u64) -> RouteTable {
         if self.routes_changed {
-            self.effective = self.effective_routes();
+            (self.effective, self.implicit_from) = self.effective_routes();
             self.router = Arc::new(Router::new(&self.effective));
             self.routes_changed = false;
             // Every effective route has a state, so more states than routes
@@ -274,10 +348,12 @@ impl TableBuilder {
             &self.empty,
             &mut self.states,
         );
+        let implicit_from = self.implicit_from;
         let entries = self
             .effective
             .iter()
-            .map(|route| {
+            .enumerate()
+            .map(|(i, route)| {
                 let endpoints = match &route.target {
                     Target::Static(_) => static_sets.get(&route.name).map(|(_, set)| set),
                     Target::Service(s) => service_sets.get(s),
@@ -289,6 +365,7 @@ impl TableBuilder {
                     route: route.clone(),
                     endpoints,
                     state,
+                    implicit: i >= implicit_from,
                 }
             })
             .collect();
@@ -441,8 +518,28 @@ mod tests {
 
         b.set_service("svc", &BTreeMap::new());
         let t = b.build(2);
-        assert!(find(&t, "/svc/x").is_none());
+        let m = find(&t, "/svc/x").expect("the implicit route outlives the last instance");
+        assert_eq!(m.entry.endpoints.len(), 0, "and answers 503");
         assert_eq!(t.revision, 2);
+        let due = b.next_expiry().expect("its grace is running");
+        assert!(!b.expire_vanished(due - Duration::from_millis(1)));
+        b.set_service("svc", &instances(&[("c", Status::Passing)]));
+        assert_eq!(b.next_expiry(), None, "an instance back ends the grace");
+        b.set_service("svc", &BTreeMap::new());
+        let due = b.next_expiry().unwrap();
+        assert!(b.expire_vanished(due));
+        let t = b.build(3);
+        assert!(find(&t, "/svc/x").is_none(), "gone once the grace is over");
+    }
+
+    #[test]
+    fn without_a_grace_the_implicit_route_goes_with_the_last_instance() {
+        let mut b = TableBuilder::new(Vec::new(), true, Arc::default())
+            .with_auto_route_grace(Duration::ZERO);
+        b.set_service("svc", &instances(&[("a", Status::Passing)]));
+        assert!(find(&b.build(1), "/svc/x").is_some());
+        b.set_service("svc", &BTreeMap::new());
+        assert!(find(&b.build(2), "/svc/x").is_none());
     }
 
     #[test]

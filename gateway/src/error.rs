@@ -1,10 +1,13 @@
 //! Errors the gateway itself answers with, and the one place they become
 //! HTTP: a status, a JSON body `{"error": "...", "code": "..."}` and the
-//! header `x-portico-error` carrying the code.
+//! header `x-portico-error` carrying the code. To a gRPC client the same
+//! error is a trailers-only gRPC response instead ([`ProxyError::to_grpc_response`]).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+
+use crate::grpc::{Code, GRPC_MESSAGE, GRPC_STATUS, encode_message};
 
 /// Header naming the error code on every response the gateway makes itself.
 pub const ERROR_HEADER: &str = "x-portico-error";
@@ -104,6 +107,20 @@ pub enum ProxyError {
         /// The body read timeout.
         timeout: std::time::Duration,
     },
+    /// A gRPC call's `grpc-timeout` header is malformed.
+    #[error("{0}")]
+    BadGrpcTimeout(#[from] crate::grpc::BadTimeout),
+    /// A gRPC call's deadline (`grpc-timeout`) passed before an upstream
+    /// answered.
+    #[error(
+        "the call's deadline ({timeout:?}, from grpc-timeout) passed before upstream {endpoint} answered"
+    )]
+    DeadlineExceeded {
+        /// The endpoint of the last try.
+        endpoint: String,
+        /// The deadline the client gave.
+        timeout: std::time::Duration,
+    },
 }
 
 impl ProxyError {
@@ -127,6 +144,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadBody(_) => "bad_request_body",
             ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::BadGrpcTimeout(_) => "bad_grpc_timeout",
+            ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
         }
     }
 
@@ -140,8 +159,11 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UnsupportedScheme { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::BadRequest(_)
+            | ProxyError::BadGrpcTimeout(_)
             | ProxyError::BadHost(_)
             | ProxyError::BadPath(_)
             | ProxyError::HeaderName { .. }
@@ -153,6 +175,63 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC client gets for this error, as Envoy maps
+    /// them: a request that may succeed elsewhere or later is UNAVAILABLE
+    /// (gRPC clients retry it when told to), time is DEADLINE_EXCEEDED, a
+    /// limit is RESOURCE_EXHAUSTED, no route is UNIMPLEMENTED, and what is
+    /// left follows gRPC's own mapping of HTTP statuses (401, 403, 429) or is
+    /// INTERNAL.
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            ProxyError::NoRoute => Code::UNIMPLEMENTED,
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::UpstreamConnect { .. }
+            // A reset or broken exchange: what a gRPC client reports when
+            // its own connection breaks.
+            | ProxyError::UpstreamProtocol { .. } => Code::UNAVAILABLE,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
+                Code::DEADLINE_EXCEEDED
+            }
+            ProxyError::BodyTooLarge { .. } => Code::RESOURCE_EXHAUSTED,
+            other => match other.status() {
+                StatusCode::UNAUTHORIZED => Code::UNAUTHENTICATED,
+                StatusCode::FORBIDDEN => Code::PERMISSION_DENIED,
+                StatusCode::TOO_MANY_REQUESTS => Code::RESOURCE_EXHAUSTED,
+                _ => Code::INTERNAL,
+            },
+        }
+    }
+
+    /// The response sent downstream: a gRPC client (`grpc`) gets
+    /// [`ProxyError::to_grpc_response`], everyone else the JSON error.
+    pub fn respond(&self, grpc: Option<crate::grpc::GrpcKind>) -> Response<Full<Bytes>> {
+        match grpc {
+            Some(kind) => self.to_grpc_response(kind),
+            None => self.to_response(),
+        }
+    }
+
+    /// A trailers-only gRPC response: HTTP 200 with `grpc-status`,
+    /// `grpc-message` and `x-portico-error` in the head and no body, which
+    /// every gRPC client reads as the call's status (gRPC-Web clients too).
+    pub fn to_grpc_response(&self, kind: crate::grpc::GrpcKind) -> Response<Full<Bytes>> {
+        let content_type = match kind {
+            crate::grpc::GrpcKind::Native => "application/grpc",
+            crate::grpc::GrpcKind::Web => "application/grpc-web",
+            crate::grpc::GrpcKind::WebText => "application/grpc-web-text",
+        };
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(&GRPC_STATUS, self.grpc_code().header_value())
+            .header(&GRPC_MESSAGE, encode_message(&self.to_string()))
+            .header(ERROR_HEADER, HeaderValue::from_static(self.code()))
+            .body(Full::new(Bytes::new()))
+            .expect("error responses are well-formed")
+    }
+
     /// The response sent downstream.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
@@ -162,5 +241,101 @@ impl ProxyError {
             .header(ERROR_HEADER, HeaderValue::from_static(self.code()))
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("error responses are well-formed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::GrpcKind;
+    use std::time::Duration;
+
+    #[test]
+    fn every_error_has_its_grpc_status() {
+        let endpoint = || "e".to_string();
+        let route = || "r".to_string();
+        let cases: Vec<(ProxyError, Code)> = vec![
+            (ProxyError::NoRoute, Code::UNIMPLEMENTED),
+            (
+                ProxyError::NoHealthyUpstream { route: route() },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::CircuitOpen { route: route() },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::Overloaded {
+                    route: route(),
+                    limit: 1,
+                },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::UpstreamConnect {
+                    endpoint: endpoint(),
+                },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::UpstreamProtocol {
+                    endpoint: endpoint(),
+                    reason: "reset".into(),
+                },
+                Code::UNAVAILABLE,
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    endpoint: endpoint(),
+                    timeout: Duration::from_secs(1),
+                },
+                Code::DEADLINE_EXCEEDED,
+            ),
+            (
+                ProxyError::DeadlineExceeded {
+                    endpoint: endpoint(),
+                    timeout: Duration::from_secs(1),
+                },
+                Code::DEADLINE_EXCEEDED,
+            ),
+            (
+                ProxyError::BodyTooLarge { limit: 1 },
+                Code::RESOURCE_EXHAUSTED,
+            ),
+            (ProxyError::BadRequest("path"), Code::INTERNAL),
+            (ProxyError::BadBody("cut off"), Code::INTERNAL),
+            (
+                ProxyError::BodyTimeout {
+                    timeout: Duration::from_secs(1),
+                },
+                Code::INTERNAL,
+            ),
+            (
+                ProxyError::UnsupportedScheme {
+                    endpoint: endpoint(),
+                    scheme: "https",
+                },
+                Code::INTERNAL,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.grpc_code(), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_grpc_client_gets_a_trailers_only_answer() {
+        use http_body::Body as _;
+        let r = ProxyError::NoRoute.respond(Some(GrpcKind::Native));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "12");
+        assert_eq!(r.headers()["grpc-message"], "no route matches this request");
+        assert_eq!(r.headers()[ERROR_HEADER], "no_route");
+        assert!(r.body().is_end_stream(), "no body: trailers-only");
+        let web = ProxyError::NoRoute.respond(Some(GrpcKind::WebText));
+        assert_eq!(web.headers()["content-type"], "application/grpc-web-text");
+        let plain = ProxyError::NoRoute.respond(None);
+        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
     }
 }

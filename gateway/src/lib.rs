@@ -25,7 +25,12 @@
 //! - [`tunnel`]: upgraded connections (WebSocket): counted, closed when
 //!   idle, drained at shutdown.
 //! - [`trace`]: W3C `traceparent` checks and, when asked, generation.
-//! - [`error`]: the gateway's own errors and their single HTTP mapping.
+//! - [`error`]: the gateway's own errors and their single HTTP mapping
+//!   (JSON, or trailers-only gRPC for gRPC calls).
+//! - [`grpc`]: what makes a request gRPC, its status codes and deadline,
+//!   gRPC-Web translation, and the response body that notes each call's
+//!   `grpc-status`.
+//! - [`access`]: the access-log line.
 //! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
 //!   state, everything else read from the table at scrape time.
 //! - [`admin`]: the separate admin listener (`/endpoints`: why each endpoint
@@ -39,6 +44,7 @@
 //! route → [`balance::EndpointSet::pick`] → [`pool::Pool`] → stream
 //! the response back; failures become JSON errors in [`error`].
 
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod body;
@@ -49,6 +55,7 @@ pub mod check;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod grpc;
 pub mod health;
 pub mod host;
 pub mod idle;
@@ -99,6 +106,9 @@ pub struct GatewayOptions {
     pub registry_token: Option<portico_registry::client::BearerToken>,
     /// Give each discovered service an implicit `/{service}` route.
     pub auto_routes: bool,
+    /// How long an implicit route outlives its service's last instance
+    /// (`None`: [`discovery::DEFAULT_AUTO_ROUTE_GRACE`]).
+    pub auto_route_grace: Option<std::time::Duration>,
     /// This gateway's zone: instances registered there are preferred while
     /// at least half of them are in rotation.
     pub zone: Option<String>,
@@ -134,7 +144,12 @@ impl Gateway {
             options.auto_routes,
             Arc::new(HealthRegistry::default()),
         )
-        .with_zone(options.zone.clone());
+        .with_zone(options.zone.clone())
+        .with_auto_route_grace(
+            options
+                .auto_route_grace
+                .unwrap_or(discovery::DEFAULT_AUTO_ROUTE_GRACE),
+        );
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
         let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
         let config = tokio::sync::watch::Sender::new(options.config.clone());

@@ -116,7 +116,18 @@ pub struct RouteMetrics {
     /// Tries after the first.
     retries: AtomicU64,
     upstreams: UpstreamLatencies,
+    /// gRPC calls by the `grpc-status` they ended with (0 to 16), and in
+    /// the last slot the calls that ended without one (cut off).
+    grpc: [AtomicU64; GRPC_CODES + 1],
 }
+
+/// gRPC status codes 0 to 16.
+const GRPC_CODES: usize = 17;
+/// Label values of the gRPC counters: the codes, then "none".
+const GRPC_LABELS: [&str; GRPC_CODES + 1] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "none",
+];
 
 impl RouteMetrics {
     /// Counts a finished request: its status class and its latency (arrival
@@ -125,6 +136,19 @@ impl RouteMetrics {
         let class = usize::from(status.as_u16() / 100).clamp(1, CLASSES.len()) - 1;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
         self.latency.observe(latency);
+    }
+
+    /// Counts a gRPC call that ended with `code` (`None`: without a
+    /// `grpc-status`, e.g. cut off).
+    pub fn record_grpc(&self, code: Option<u8>) {
+        let i = code.map_or(GRPC_CODES, |c| usize::from(c).min(GRPC_CODES));
+        self.grpc[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// gRPC calls that ended with `code` (`None`: without a status).
+    pub fn grpc_calls(&self, code: Option<u8>) -> u64 {
+        let i = code.map_or(GRPC_CODES, |c| usize::from(c).min(GRPC_CODES));
+        self.grpc[i].load(Ordering::Relaxed)
     }
 
     /// Counts one retry.
@@ -337,6 +361,23 @@ impl Collector for GatewayCollector {
                 let labels: Pair = [("route", route), ("class", class)];
                 e.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&count.load(Ordering::Relaxed), None)?;
+            }
+        }
+
+        let mut e = encoder.encode_descriptor(
+            "portico_grpc_calls",
+            "gRPC calls by route and the grpc-status they ended with (\"none\": cut off without one); only codes seen are listed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (route, m) in routes.clone() {
+            for (code, count) in GRPC_LABELS.iter().zip(&m.grpc) {
+                let n = count.load(Ordering::Relaxed);
+                if n > 0 {
+                    let labels: Pair = [("route", route), ("grpc_status", code)];
+                    e.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
             }
         }
 

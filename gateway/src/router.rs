@@ -43,6 +43,10 @@ pub struct RouteEntry {
     pub endpoints: Arc<EndpointSet>,
     /// Its retry budget and limit counters, kept across tables.
     pub state: Arc<crate::breaker::RouteState>,
+    /// An implicit `/{service}` route (auto routes), not one written by
+    /// anyone: it strips its prefix from HTTP requests but never from a
+    /// gRPC call, whose server routes on the full `/{service}/{method}`.
+    pub implicit: bool,
 }
 
 /// What the router looks at in a request.
@@ -392,6 +396,7 @@ mod tests {
                 route: r.clone(),
                 endpoints: Arc::new(EndpointSet::default()),
                 state: Arc::default(),
+                implicit: false,
             })
             .collect();
         RouteTable::new(router, entries, 0)

@@ -1,5 +1,6 @@
-//! HTTP checks the registry runs itself, for instances registered with a
-//! `"check"`.
+//! Checks the registry runs itself, for instances registered with a
+//! `"check"`: HTTP (`GET path`) or gRPC (`grpc.health.v1.Health/Check`
+//! with `grpc_service`, see [`crate::grpc_health`]).
 //!
 //! One task per checked instance, reconciled with the registry's own change
 //! feed (the same one gateways follow): a registration with a check starts
@@ -122,7 +123,7 @@ async fn run(catalog: Arc<Catalog>, key: String, authority: String, check: HttpC
     loop {
         let wait = check.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         tokio::time::sleep(wait).await;
-        let ok = tokio::time::timeout(check.timeout, probe(&authority, &check.path))
+        let ok = tokio::time::timeout(check.timeout, probe(&authority, &check))
             .await
             .unwrap_or(false);
         if ok {
@@ -169,7 +170,18 @@ async fn run(catalog: Arc<Catalog>, key: String, authority: String, check: HttpC
     }
 }
 
-async fn probe(authority: &str, path: &str) -> bool {
+/// One check: an HTTP `GET path` or, with a `grpc_service`, a gRPC health
+/// check over h2c.
+async fn probe(authority: &str, check: &HttpCheck) -> bool {
+    match &check.grpc_service {
+        Some(service) => crate::grpc_health::probe(authority, service, "portico-registry-check")
+            .await
+            .is_ok(),
+        None => probe_http(authority, &check.path).await,
+    }
+}
+
+async fn probe_http(authority: &str, path: &str) -> bool {
     let Ok(stream) = TcpStream::connect(authority).await else {
         return false;
     };

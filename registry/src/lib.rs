@@ -7,6 +7,9 @@
 //!   shared with the SDK and the gateway.
 //! - [`route`]: the route model (written form, validation, compiled form)
 //!   shared by route files, the `/v1/routes` API and the gateway. Always built.
+//! - [`grpc_health`] (`client` or `server`): the gRPC health-check call
+//!   (`grpc.health.v1.Health/Check`) both the gateway's and the registry's
+//!   checks make, with its two messages encoded by hand.
 //! - [`store`] (`server`): the storage contract (ordered keys, one revision,
 //!   leases, watch from a revision), the embedded redb backend and, with the
 //!   `etcd` feature, the etcd backend for registry replicas.
@@ -33,6 +36,9 @@
 
 pub mod model;
 pub mod route;
+
+#[cfg(any(feature = "client", feature = "server"))]
+pub mod grpc_health;
 
 #[cfg(feature = "server")]
 pub mod api;

@@ -139,13 +139,19 @@ pub struct InstanceSpec {
     pub check: Option<Box<HttpCheck>>,
 }
 
-/// An HTTP health check run by the registry (`"check"` at registration):
-/// `GET path` every `interval`; `failures` failures in a row make the
-/// instance `critical`, `successes` passes in a row make it `passing` again.
+/// A health check run by the registry (`"check"` at registration): `GET
+/// path` every `interval`, or with `grpc_service` a gRPC
+/// `grpc.health.v1.Health/Check` about that service; `failures` failures in
+/// a row make the instance `critical`, `successes` passes in a row make it
+/// `passing` again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpCheck {
-    /// Path requested on the instance, e.g. `/healthz`.
+    /// Path requested on the instance, e.g. `/healthz` (a gRPC check:
+    /// `/grpc.health.v1.Health/Check`).
     pub path: String,
+    /// A gRPC check: the service name asked about (`""`: the whole server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
     /// Time between checks.
     #[serde(with = "duration_str")]
     pub interval: Duration,
@@ -163,12 +169,47 @@ impl HttpCheck {
         let serde_json::Value::Object(map) = value else {
             return Err(Invalid::field("check", "must be an object"));
         };
-        const KNOWN: [&str; 5] = ["path", "interval", "timeout", "successes", "failures"];
+        const KNOWN: [&str; 6] = [
+            "path",
+            "grpc_service",
+            "interval",
+            "timeout",
+            "successes",
+            "failures",
+        ];
         if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(Invalid::unknown_field(&format!("check.{unknown}")));
         }
-        let path = match map.get("path") {
-            Some(serde_json::Value::String(p))
+        let grpc_service = match map.get("grpc_service") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(
+                crate::route::check_grpc_service(s)
+                    .map_err(|r| Invalid::field("check.grpc_service", r))?,
+            ),
+            Some(_) => {
+                return Err(Invalid::field(
+                    "check.grpc_service",
+                    "must be a string (a gRPC service name, or \"\" for the whole server)",
+                ));
+            }
+        };
+        let path = match (map.get("path"), &grpc_service) {
+            (None | Some(serde_json::Value::Null), Some(_)) => {
+                crate::route::GRPC_HEALTH_PATH.to_string()
+            }
+            // As the check is written back (the method a gRPC check calls).
+            (Some(serde_json::Value::String(p)), Some(_))
+                if p == crate::route::GRPC_HEALTH_PATH =>
+            {
+                p.clone()
+            }
+            (Some(_), Some(_)) => {
+                return Err(Invalid::field(
+                    "check.path",
+                    "give path (an HTTP check) or grpc_service (a gRPC check), not both",
+                ));
+            }
+            (Some(serde_json::Value::String(p)), None)
                 if p.starts_with('/') && !p.chars().any(char::is_whitespace) =>
             {
                 p.clone()
@@ -176,7 +217,7 @@ impl HttpCheck {
             _ => {
                 return Err(Invalid::field(
                     "check.path",
-                    "must be a path starting with '/'",
+                    "must be a path starting with '/' (or give grpc_service for a gRPC check)",
                 ));
             }
         };
@@ -226,6 +267,7 @@ impl HttpCheck {
         };
         Ok(HttpCheck {
             path,
+            grpc_service,
             interval,
             timeout,
             successes: count("successes", 1)?,
@@ -857,6 +899,33 @@ pub mod duration_str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_check_names_its_service_and_round_trips() {
+        let spec = InstanceSpec::from_json(
+            br#"{"address":"127.0.0.1","port":9000,"scheme":"h2c","check":{"grpc_service":"pkg.Svc"}}"#,
+        )
+        .unwrap();
+        let check = spec.check.as_ref().unwrap();
+        assert_eq!(check.grpc_service.as_deref(), Some("pkg.Svc"));
+        assert_eq!(check.path, crate::route::GRPC_HEALTH_PATH);
+        // What the registry stores and serves is accepted back.
+        let again = InstanceSpec::from_json(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(again, spec);
+        for (body, field) in [
+            (
+                r#"{"address":"a","port":1,"check":{"path":"/h","grpc_service":"x"}}"#,
+                "check.path",
+            ),
+            (
+                r#"{"address":"a","port":1,"check":{"grpc_service":7}}"#,
+                "check.grpc_service",
+            ),
+        ] {
+            let e = InstanceSpec::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{body}");
+        }
+    }
 
     #[test]
     fn minimal_spec_gets_defaults() {

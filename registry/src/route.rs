@@ -117,6 +117,10 @@ pub struct RouteSpec {
     /// Longest wait for the upstream's next response body bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_timeout: Option<String>,
+    /// Translate gRPC-Web (`application/grpc-web`, `-web-text`) from
+    /// browsers to gRPC for the upstream, and back.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub grpc_web: bool,
 }
 
 /// A size as written: a number of bytes or a string with a unit.
@@ -219,12 +223,18 @@ pub struct BreakerSpec {
     pub half_open_probes: Option<u32>,
 }
 
-/// `[route.health_check]` as written.
+/// `[route.health_check]` as written: an HTTP check (`path`) or a gRPC
+/// one (`grpc_service`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
-    /// Path requested.
-    pub path: String,
+    /// Path requested (HTTP checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Service name asked about with `grpc.health.v1.Health/Check` (gRPC
+    /// checks; `""` asks about the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
     /// Time between checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
@@ -589,6 +599,61 @@ pub struct RetryOn {
     pub timeout: bool,
     /// An HTTP/2 upstream refused the stream (it did not process it).
     pub refused_stream: bool,
+    /// A gRPC upstream answered trailers-only with `grpc-status` CANCELLED (1).
+    pub grpc_cancelled: bool,
+    /// ... with DEADLINE_EXCEEDED (4).
+    pub grpc_deadline_exceeded: bool,
+    /// ... with RESOURCE_EXHAUSTED (8).
+    pub grpc_resource_exhausted: bool,
+    /// ... with UNAVAILABLE (14).
+    pub grpc_unavailable: bool,
+}
+
+impl RetryOn {
+    /// Whether an upstream HTTP status is a condition.
+    pub fn retries_status(&self, status: u16) -> bool {
+        match status {
+            502 => self.status_502,
+            503 => self.status_503,
+            504 => self.status_504,
+            _ => false,
+        }
+    }
+
+    /// Whether any gRPC status is a condition.
+    pub fn any_grpc(&self) -> bool {
+        self.grpc_cancelled
+            || self.grpc_deadline_exceeded
+            || self.grpc_resource_exhausted
+            || self.grpc_unavailable
+    }
+
+    /// Whether a gRPC status (`grpc-status` of a trailers-only answer) is a
+    /// condition.
+    pub fn retries_grpc(&self, code: u8) -> bool {
+        match code {
+            1 => self.grpc_cancelled,
+            4 => self.grpc_deadline_exceeded,
+            8 => self.grpc_resource_exhausted,
+            14 => self.grpc_unavailable,
+            _ => false,
+        }
+    }
+
+    /// Only the conditions that are safe for any request: the gRPC
+    /// statuses (the route named them for its gRPC calls) and a refused
+    /// stream (never processed). What a gRPC call without
+    /// `non_idempotent` may be retried on.
+    pub fn grpc_safe(&self) -> RetryOn {
+        RetryOn {
+            refused_stream: self.refused_stream,
+            grpc_cancelled: self.grpc_cancelled,
+            grpc_deadline_exceeded: self.grpc_deadline_exceeded,
+            grpc_resource_exhausted: self.grpc_resource_exhausted,
+            grpc_unavailable: self.grpc_unavailable,
+            ..RetryOn::default()
+        }
+    }
 }
 
 /// A route's retry policy (`[route.retry]`).
@@ -613,12 +678,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Whether an upstream status is a retry condition.
     pub fn retries_status(&self, status: u16) -> bool {
-        match status {
-            502 => self.on.status_502,
-            503 => self.on.status_503,
-            504 => self.on.status_504,
-            _ => false,
-        }
+        self.on.retries_status(status)
     }
 }
 
@@ -669,8 +729,11 @@ impl Default for BreakerPolicy {
 /// A route's active health check.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
-    /// Path requested, e.g. `/healthz`.
+    /// Path requested, e.g. `/healthz` (for a gRPC check,
+    /// `/grpc.health.v1.Health/Check`).
     pub path: String,
+    /// A gRPC check: the service name sent in the `HealthCheckRequest`.
+    pub grpc_service: Option<String>,
     /// Time between checks of one endpoint.
     pub interval: Duration,
     /// Time allowed for connecting and the response head.
@@ -733,6 +796,8 @@ pub struct Route {
     pub max_request_body: BodyLimit,
     /// Longest wait for the upstream's next response body bytes.
     pub read_timeout: Duration,
+    /// Translate gRPC-Web to gRPC and back.
+    pub grpc_web: bool,
 }
 
 /// A route's request body limit.
@@ -769,6 +834,7 @@ impl Route {
             slow_start: None,
             max_request_body: BodyLimit::Default,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            grpc_web: false,
         }
     }
 
@@ -1052,6 +1118,7 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
         slow_start,
         max_request_body,
         read_timeout,
+        grpc_web: spec.grpc_web,
     })
 }
 
@@ -1175,6 +1242,10 @@ fn value_rule(spec: &ValueMatchSpec) -> Result<ValueRule, (&'static str, String)
     }
 }
 
+/// The retry conditions, as `[route.retry] on` names them.
+const RETRY_CONDITIONS: &str = "reset, refused_stream, 502, 503, 504, timeout, \
+     and for gRPC calls unavailable, resource_exhausted, cancelled, deadline_exceeded";
+
 fn compile_retry(raw: &RetrySpec) -> Result<RetryPolicy, (&'static str, String)> {
     if !(2..=5).contains(&raw.attempts) {
         return Err((
@@ -1186,7 +1257,7 @@ fn compile_retry(raw: &RetrySpec) -> Result<RetryPolicy, (&'static str, String)>
     if raw.on.is_empty() {
         return Err((
             "on",
-            "name at least one condition: reset, refused_stream, 502, 503, 504, timeout".into(),
+            format!("name at least one condition: {RETRY_CONDITIONS}"),
         ));
     }
     for c in &raw.on {
@@ -1197,10 +1268,14 @@ fn compile_retry(raw: &RetrySpec) -> Result<RetryPolicy, (&'static str, String)>
             "504" => on.status_504 = true,
             "timeout" => on.timeout = true,
             "refused_stream" => on.refused_stream = true,
+            "cancelled" => on.grpc_cancelled = true,
+            "deadline_exceeded" => on.grpc_deadline_exceeded = true,
+            "resource_exhausted" => on.grpc_resource_exhausted = true,
+            "unavailable" => on.grpc_unavailable = true,
             other => {
                 return Err((
                     "on",
-                    format!("{other:?}: expected reset, refused_stream, 502, 503, 504 or timeout"),
+                    format!("{other:?}: expected one of {RETRY_CONDITIONS}"),
                 ));
             }
         }
@@ -1286,7 +1361,33 @@ fn compile_breaker(raw: &BreakerSpec) -> Result<BreakerPolicy, (&'static str, St
 }
 
 fn compile_health_check(h: &HealthCheckSpec) -> Result<HealthCheck, (&'static str, String)> {
-    let path = check_path(&h.path).map_err(|r| ("path", r))?;
+    let (path, grpc_service) = match (&h.path, &h.grpc_service) {
+        (Some(p), None) => (check_path(p).map_err(|r| ("path", r))?, None),
+        (None, Some(service)) => {
+            if !h.expected_statuses.is_empty() {
+                return Err((
+                    "expected_statuses",
+                    "a gRPC check is healthy when the service answers SERVING".into(),
+                ));
+            }
+            (
+                GRPC_HEALTH_PATH.to_string(),
+                Some(check_grpc_service(service).map_err(|r| ("grpc_service", r))?),
+            )
+        }
+        (Some(_), Some(_)) => {
+            return Err((
+                "path",
+                "give path (an HTTP check) or grpc_service (a gRPC check), not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err((
+                "path",
+                "give path (an HTTP check) or grpc_service (a gRPC check)".into(),
+            ));
+        }
+    };
     let interval = positive_duration("interval", &h.interval, Duration::from_secs(5))?;
     let timeout = positive_duration("timeout", &h.timeout, Duration::from_secs(1))?;
     if timeout > interval {
@@ -1305,12 +1406,28 @@ fn compile_health_check(h: &HealthCheckSpec) -> Result<HealthCheck, (&'static st
     };
     Ok(HealthCheck {
         path,
+        grpc_service,
         interval,
         timeout,
         healthy_threshold: threshold("healthy_threshold", h.healthy_threshold, 2)?,
         unhealthy_threshold: threshold("unhealthy_threshold", h.unhealthy_threshold, 3)?,
         expected_statuses: h.expected_statuses.clone(),
     })
+}
+
+/// The method a gRPC health check calls.
+pub const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
+
+/// A gRPC service name as a health check asks about it: empty (the server
+/// as a whole) or up to 200 printable ASCII characters, as protobuf full
+/// names (`package.Service`) are.
+pub fn check_grpc_service(service: &str) -> Result<String, String> {
+    if service.len() > 200 || !service.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{service:?} must be empty or up to 200 printable ASCII characters (a name like \"pkg.Service\")"
+        ));
+    }
+    Ok(service.to_string())
 }
 
 /// A route name: 1 to 128 of `[A-Za-z0-9-_.:]`.
@@ -1500,6 +1617,51 @@ mod tests {
         }
         assert_eq!(refusal("{").code, "malformed_body");
         assert_eq!(refusal("[1]").code, "malformed_body");
+    }
+
+    #[test]
+    fn grpc_options_compile_and_refusals_name_the_field() {
+        let r = compile(
+            &spec(
+                r#"{"name":"g","service":"s","grpc_web":true,
+                    "retry":{"attempts":2,"on":["unavailable","resource_exhausted","cancelled","deadline_exceeded"]},
+                    "health_check":{"grpc_service":"pkg.Svc"}}"#,
+            ),
+            "",
+        )
+        .unwrap();
+        assert!(r.grpc_web);
+        let on = r.retry.unwrap().on;
+        assert!(on.any_grpc() && !on.status_503);
+        assert!(on.retries_grpc(14) && on.retries_grpc(8) && on.retries_grpc(1));
+        assert!(on.retries_grpc(4) && !on.retries_grpc(13));
+        let check = r.health_check.unwrap();
+        assert_eq!(check.path, GRPC_HEALTH_PATH);
+        assert_eq!(check.grpc_service.as_deref(), Some("pkg.Svc"));
+        for (body, field) in [
+            (
+                r#"{"name":"g","service":"s","health_check":{"path":"/h","grpc_service":"x"}}"#,
+                "health_check.path",
+            ),
+            (
+                r#"{"name":"g","service":"s","health_check":{}}"#,
+                "health_check.path",
+            ),
+            (
+                r#"{"name":"g","service":"s","health_check":{"grpc_service":"a b"}}"#,
+                "health_check.grpc_service",
+            ),
+            (
+                r#"{"name":"g","service":"s","health_check":{"grpc_service":"x","expected_statuses":[200]}}"#,
+                "health_check.expected_statuses",
+            ),
+            (
+                r#"{"name":"g","service":"s","retry":{"attempts":2,"on":["unavailabel"]}}"#,
+                "retry.on",
+            ),
+        ] {
+            assert_eq!(refusal(body).field.as_deref(), Some(field), "{body}");
+        }
     }
 
     #[test]

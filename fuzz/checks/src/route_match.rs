@@ -116,6 +116,7 @@ impl Case {
                 route: route.clone(),
                 endpoints: Arc::new(EndpointSet::default()),
                 state: Arc::default(),
+                implicit: false,
             })
             .collect();
         RouteTable::new(router, entries, 0)

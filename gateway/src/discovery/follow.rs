@@ -77,6 +77,7 @@ pub async fn run(
                 follower.file_routes(routes);
             }
             () = follower.cache_due() => follower.save_cache(),
+            () = follower.grace_due() => follower.expire_vanished(),
         }
     }
 }
@@ -336,6 +337,25 @@ impl Follower {
             routes = burst.routes,
             "routing table rebuilt"
         );
+    }
+
+    /// Completes when a kept implicit route's grace is over.
+    async fn grace_due(&self) {
+        match self.builder.next_expiry() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Drops the implicit routes whose grace is over, and rebuilds.
+    fn expire_vanished(&mut self) {
+        if self.builder.expire_vanished(Instant::now()) {
+            let burst = Burst {
+                routes: true,
+                ..Burst::default()
+            };
+            self.finish(&burst, std::time::Instant::now());
+        }
     }
 
     /// Completes when the cache should be written; never without a cache

@@ -12,7 +12,15 @@
 //!   whose outlier detection, breaker and latency are left alone.
 //! - **The route's retry policy** (`[route.retry]`): the failure is one of
 //!   its conditions, the method qualifies, the body was kept, attempts are
-//!   left and the retry budget has a token.
+//!   left and the retry budget has a token. A gRPC call (always a POST)
+//!   qualifies for the gRPC status conditions (and `refused_stream`) when
+//!   the route names any: naming them says the route's calls may be sent
+//!   again on those statuses, as gRPC's own retry policy does; the other
+//!   conditions need `non_idempotent`. A gRPC status is only retried from
+//!   a trailers-only answer (nothing reached the client yet) to a unary
+//!   call whose whole request (at most [`MAX_RETRY_BODY`]) was copied as
+//!   it streamed: the call is never held back to read its body first, so a
+//!   streaming call works as before and is simply not retried.
 //! - **A reset before any answer**, by default: an idempotent request
 //!   without a body whose upstream connection broke before a response head
 //!   arrived goes once to another endpoint (what nginx's default
@@ -22,6 +30,11 @@
 //! When every endpoint has been tried, the client gets the last answer an
 //! upstream gave (a 5xx the policy wanted to retry) or the last error, never
 //! an error naming the wrong cause.
+//!
+//! A gRPC call's `grpc-timeout` shortens the route timeout (never lengthens
+//! it) and is a hard deadline from the call's arrival; each try sends what
+//! is left of it (or of the per-try timeout, if shorter) upstream as
+//! `grpc-timeout`, so the server stops when the client stops waiting.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,13 +52,14 @@ use tokio::time::Instant;
 use super::outgoing::{Outgoing, target};
 use super::{BodyState, Proxy, RequestCtx, UpstreamResponseBody};
 use crate::balance::{Endpoint, EndpointSet};
-use crate::body::{BodyFault, BodyWatch, ClientBodyError};
+use crate::body::{BodyFault, BodyWatch, ClientBodyError, Tee};
 use crate::breaker::{Slot, Ticket};
 use crate::config::{Balance, Route};
 use crate::error::ProxyError;
+use crate::grpc::{Code, GRPC_TIMEOUT, encode_timeout};
 use crate::health::now_ms;
 use crate::pool::{SendError, UpstreamBody, UpstreamError};
-use crate::retry::{MAX_RETRY_BODY, RetryPolicy, backoff_for};
+use crate::retry::{MAX_RETRY_BODY, RetryOn, RetryPolicy, backoff_for};
 use crate::router::RouteEntry;
 
 /// Most endpoints one request tries when connections are refused.
@@ -106,6 +120,10 @@ struct Destination<'a> {
     host: Option<&'a HeaderValue>,
     /// The client asked for an upgrade (a 101 is then expected).
     upgrade: bool,
+    /// Send `te: trailers` to HTTP/2 endpoints.
+    te_trailers: bool,
+    /// A gRPC call's deadline: each try tells the upstream what is left.
+    deadline: Option<Instant>,
 }
 
 /// One request's tries: what was tried, what is left, what to answer.
@@ -115,7 +133,13 @@ struct Tries<'a> {
     load_aware: bool,
     /// The route's policy, when it applies to this request.
     retry: Option<&'a RetryPolicy>,
+    /// The policy's conditions that apply to this request (a gRPC call
+    /// without `non_idempotent` gets only the gRPC-safe ones).
+    on: RetryOn,
     kept: Option<Kept>,
+    /// A gRPC call's body copied as it streams, and its head: what a retry
+    /// on a gRPC status sends again.
+    tee: Option<(Arc<Tee>, http::Method, HeaderMap)>,
     tried: [usize; MAX_TRIES],
     n: usize,
     retries: u32,
@@ -160,15 +184,30 @@ impl Proxy {
         }
         let upgrade = out.upgrade.is_some();
         let method = out.req.method();
-        let retry = route
-            .retry
-            .as_ref()
-            .filter(|p| !upgrade && (p.non_idempotent || method.is_idempotent()));
+        let grpc = ctx.grpc.is_some();
+        let retry = route.retry.as_ref().filter(|p| {
+            !upgrade && (p.non_idempotent || method.is_idempotent() || (grpc && p.on.any_grpc()))
+        });
+        let on = match retry {
+            Some(p) if grpc && !p.non_idempotent => p.on.grpc_safe(),
+            Some(p) => p.on,
+            None => RetryOn::default(),
+        };
         // The body is read (when kept for a retry) before the route slot is
         // taken: a slow client must not hold a slot meant for upstream work.
-        let (kept, req) = match retry {
-            Some(_) => self.keep_for_retry(out.req, ctx).await?,
-            None => (keep_for_reset(&out.req, entry, upgrade), out.req),
+        let mut req = out.req;
+        let mut tee = None;
+        let kept = match retry {
+            Some(_) if grpc && on.any_grpc() => {
+                tee = keep_copy(&mut req);
+                None
+            }
+            Some(_) => {
+                let (kept, r) = self.keep_for_retry(req, ctx).await?;
+                req = r;
+                kept
+            }
+            None => keep_for_reset(&req, entry, upgrade),
         };
         let _slot = match route.limits.max_requests {
             Some(max) => Some(state.enter(max).ok_or_else(|| ProxyError::Overloaded {
@@ -186,7 +225,9 @@ impl Proxy {
             hash_key: out.hash_key,
             load_aware: matches!(route.lb, Balance::LeastRequest | Balance::PeakEwma),
             retry,
+            on,
             kept,
+            tee,
             tried: [usize::MAX; MAX_TRIES],
             n: 0,
             retries: 0,
@@ -203,39 +244,54 @@ impl Proxy {
             path_and_query,
             host,
             upgrade: downstream_upgrade,
+            te_trailers,
+            grpc_timeout,
             ..
         } = out;
+        // The client's deadline binds when it is shorter than the route's.
+        let deadline = grpc_timeout
+            .filter(|d| *d < route.timeout)
+            .map(|d| ctx.started + d);
         let to = Destination {
             path_and_query: &path_and_query,
             host: host.as_ref(),
             upgrade,
+            te_trailers,
+            // What the upstream is told it has: the call's deadline, at most
+            // the route's timeout.
+            deadline: grpc_timeout.map(|d| ctx.started + d.min(route.timeout)),
         };
         let result = {
             let run = tries.run(self, req, to, ctx);
             tokio::pin!(run);
-            within(run, route.timeout, watch.as_deref()).await
+            within(run, route.timeout, watch.as_deref(), deadline).await
         };
         match result {
             Some(Ok(resp)) => Ok((resp, downstream_upgrade)),
             Some(Err(e)) => Err(e),
-            None => Err(self.timed_out(entry, tries.in_flight, ctx)),
+            None => Err(self.timed_out(entry, tries.in_flight, grpc_timeout, ctx)),
         }
     }
 
-    /// The route timeout ran out: the try in flight is abandoned and counted
-    /// against its endpoint.
+    /// The route timeout (or a gRPC call's shorter deadline) ran out: the
+    /// try in flight is abandoned and counted against its endpoint.
     fn timed_out(
         &self,
         entry: &RouteEntry,
         in_flight: Option<(usize, Option<Ticket>)>,
+        grpc_timeout: Option<Duration>,
         ctx: &RequestCtx<'_>,
     ) -> ProxyError {
         if let Some((index, ticket)) = in_flight {
             self.record(&entry.endpoints, &entry.route, index, ticket, true);
         }
-        ProxyError::UpstreamTimeout {
-            endpoint: ctx.upstream.as_deref().unwrap_or("-").to_string(),
-            timeout: entry.route.timeout,
+        let endpoint = ctx.upstream.as_deref().unwrap_or("-").to_string();
+        match grpc_timeout.filter(|d| *d < entry.route.timeout) {
+            Some(timeout) => ProxyError::DeadlineExceeded { endpoint, timeout },
+            None => ProxyError::UpstreamTimeout {
+                endpoint,
+                timeout: entry.route.timeout,
+            },
         }
     }
 
@@ -332,27 +388,43 @@ fn keep_for_reset(req: &Request<UpstreamBody>, entry: &RouteEntry, upgrade: bool
     })
 }
 
+/// A gRPC call's body copied as it streams (see [`Tee`]), with the head a
+/// retry sends again; `None` when the call has no body to stream.
+fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method, HeaderMap)> {
+    let Either::Left(body) = req.body_mut() else {
+        return None;
+    };
+    let tee = body.keep_copy(MAX_RETRY_BODY as usize);
+    Some((tee, req.method().clone(), req.headers().clone()))
+}
+
 /// Awaits `fut` for `timeout`, counted from the later of now and the client
 /// body's last progress, and never running out while the gateway waits for
 /// the client's bytes (the body's read timeout governs then): a slow client
-/// is not an upstream timing out. `None` when it ran out.
+/// is not an upstream timing out. A `hard` deadline (a gRPC call's own)
+/// ends it whatever the client body does. `None` when it ran out.
 async fn within<F: Future>(
     mut fut: Pin<&mut F>,
     timeout: Duration,
     watch: Option<&BodyWatch>,
+    hard: Option<Instant>,
 ) -> Option<F::Output> {
-    let mut deadline = Instant::now() + timeout;
+    let cap = |d: Instant| hard.map_or(d, |h| d.min(h));
+    let mut deadline = cap(Instant::now() + timeout);
     loop {
         if let Ok(out) = tokio::time::timeout_at(deadline, fut.as_mut()).await {
             return Some(out);
         }
         let now = Instant::now();
-        deadline = match watch.map(|w| w.deadline(timeout)) {
+        if hard.is_some_and(|h| h <= now) {
+            return None;
+        }
+        deadline = cap(match watch.map(|w| w.deadline(timeout)) {
             None => return None,
             Some(None) => now + timeout,
             Some(Some(d)) if d > now => d,
             Some(Some(_)) => return None,
-        };
+        });
     }
 }
 
@@ -382,7 +454,16 @@ impl<'a> Tries<'a> {
                 self.tried[self.n] = index;
                 self.n += 1;
             }
-            target(&mut req, endpoint, to.path_and_query, to.host)?;
+            target(
+                &mut req,
+                endpoint,
+                to.path_and_query,
+                to.host,
+                to.te_trailers,
+            )?;
+            if let Some(deadline) = to.deadline {
+                self.pass_deadline(&mut req, deadline, endpoint)?;
+            }
             // Load-aware balancing needs in-flight counts and latency;
             // round robin and friends skip the bookkeeping.
             let _in_flight = self.load_aware.then(|| endpoint.health.begin());
@@ -401,6 +482,30 @@ impl<'a> Tries<'a> {
                 Next::Again(None) => self.before_retry().await?,
             };
         }
+    }
+
+    /// Tells the upstream how long it has (`grpc-timeout`): what is left of
+    /// the call's deadline, or the per-try timeout if that is shorter.
+    fn pass_deadline(
+        &self,
+        req: &mut Request<UpstreamBody>,
+        deadline: Instant,
+        endpoint: &Endpoint,
+    ) -> Result<(), ProxyError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProxyError::DeadlineExceeded {
+                endpoint: endpoint.id.to_string(),
+                timeout: self.entry.route.timeout,
+            });
+        }
+        let left = match self.retry.and_then(|p| p.per_try_timeout) {
+            Some(per_try) => left.min(per_try),
+            None => left,
+        };
+        req.headers_mut()
+            .insert(GRPC_TIMEOUT.clone(), encode_timeout(left));
+        Ok(())
     }
 
     /// One try, bounded by the policy's per-try timeout (`None`: it ran out).
@@ -523,8 +628,13 @@ impl<'a> Tries<'a> {
         }
         entry.state.metrics.observe_upstream(set, index, took);
         let status = resp.status().as_u16();
-        self.record(proxy, index, resp.status().is_server_error());
-        let wanted = self.retry.is_some_and(|p| p.retries_status(status));
+        // A trailers-only UNAVAILABLE is an endpoint saying it cannot serve:
+        // a failure for its health, like a 5xx.
+        let grpc = ctx.grpc.and_then(|_| Code::in_headers(resp.headers()));
+        let failed = resp.status().is_server_error() || grpc == Some(Code::UNAVAILABLE);
+        self.record(proxy, index, failed);
+        let wanted = self.retry.is_some() && self.on.retries_status(status)
+            || grpc.is_some_and(|c| self.on.retries_grpc(c.0) && self.keep_unary());
         if wanted && self.may_retry(|_| true) {
             tracing::debug!(endpoint = %endpoint.id, status, "retrying on another endpoint");
             self.last_error = None;
@@ -544,7 +654,7 @@ impl<'a> Tries<'a> {
     ) -> Next {
         let route = &self.entry.route;
         let id = endpoint.id.to_string();
-        let (reason, covered): (String, fn(&RetryPolicy) -> bool) = match failed.error {
+        let (reason, covered): (String, fn(&RetryOn) -> bool) = match failed.error {
             UpstreamError::Connect(reason) => {
                 self.record(proxy, index, true);
                 tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
@@ -565,8 +675,8 @@ impl<'a> Tries<'a> {
                     limit: route.limits.max_pending.unwrap_or(0),
                 });
             }
-            UpstreamError::Refused(reason) => (reason, |p| p.on.refused_stream),
-            UpstreamError::Protocol(reason) => (reason, |p| p.on.reset),
+            UpstreamError::Refused(reason) => (reason, |on| on.refused_stream),
+            UpstreamError::Protocol(reason) => (reason, |on| on.reset),
         };
         // The exchange broke because the client's body did: not the
         // endpoint's doing.
@@ -578,7 +688,7 @@ impl<'a> Tries<'a> {
             endpoint: id,
             reason,
         };
-        if self.retry.is_some_and(covered) {
+        if self.retry.is_some() && covered(&self.on) {
             // The route's policy governs this failure (attempts, budget).
             if !self.may_retry(covered) {
                 return Next::Fail(error);
@@ -612,7 +722,7 @@ impl<'a> Tries<'a> {
             endpoint: endpoint.id.to_string(),
             timeout: per_try.unwrap_or(self.entry.route.timeout),
         };
-        if !self.may_retry(|p| p.on.timeout) {
+        if !self.may_retry(|on| on.timeout) {
             return Next::Fail(error);
         }
         tracing::debug!(endpoint = %endpoint.id, "retrying after a per-try timeout");
@@ -622,11 +732,39 @@ impl<'a> Tries<'a> {
         Next::Again(None)
     }
 
+    /// A gRPC call answered trailers-only: keeps its request for a retry
+    /// if the copy holds the whole of a unary call (one message, the body
+    /// ended). True when a request is kept.
+    fn keep_unary(&mut self) -> bool {
+        if self.kept.is_some() {
+            return true;
+        }
+        let Some((tee, method, headers)) = &self.tee else {
+            return false;
+        };
+        if !self.watch.as_ref().is_some_and(|w| w.ended()) {
+            return false;
+        }
+        let Some(body) = tee.bytes() else {
+            return false;
+        };
+        let unary = body.len() >= 5
+            && body.len() - 5 == u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        if unary {
+            self.kept = Some(Kept {
+                method: method.clone(),
+                headers: headers.clone(),
+                body,
+            });
+        }
+        unary
+    }
+
     /// May a failure the policy names (`allowed`) be retried: the body was
     /// kept, attempts are left, and the budget has a token (taken here).
-    fn may_retry(&self, allowed: fn(&RetryPolicy) -> bool) -> bool {
+    fn may_retry(&self, allowed: fn(&RetryOn) -> bool) -> bool {
         let Some(p) = self.retry else { return false };
-        allowed(p)
+        allowed(&self.on)
             && self.kept.is_some()
             && self.retries + 1 < p.attempts
             && self.n < MAX_TRIES

@@ -19,10 +19,18 @@
 //! 5. **Response filter** ([`Proxy::respond`]): upgrades become tunnels
 //!    ([`crate::tunnel`]),
 //!    hop-by-hop headers go, the body gets its read timeout.
-//! 6. **Log**: metrics and the access log, once per request.
+//! 6. **Log**: metrics and the access log, once per request (for a gRPC
+//!    call, when its body ends with its `grpc-status`: [`crate::grpc::body`]).
+//!
+//! gRPC calls ([`crate::grpc`]) take the same phases: the context notes
+//! the call's kind once (from `content-type`), and each phase consults it
+//! where gRPC differs: `te: trailers` and `grpc-timeout` in the upstream
+//! request, the deadline and retries on gRPC statuses in the send phase,
+//! gRPC-Web translation and status accounting in the response filter.
 //!
 //! Errors in any phase are typed ([`ProxyError`]) and become responses in
-//! one place ([`ProxyError::to_response`]). Bodies are never buffered unless
+//! one place ([`ProxyError::respond`]: JSON, or trailers-only gRPC for a
+//! gRPC call). Bodies are never buffered unless
 //! a retry needs them: memory per request stays flat whatever the body size.
 
 mod attempt;
@@ -42,8 +50,11 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::access::{AccessLine, LineRef};
 use crate::body::{BodyWatch, TimedBody};
 use crate::error::ProxyError;
+use crate::grpc::body::{GrpcBody, Outcome};
+use crate::grpc::{Code, GrpcKind};
 use crate::health::OutlierPolicy;
 use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody};
@@ -58,8 +69,12 @@ pub use outgoing::strip_hop_by_hop;
 pub type UpstreamResponseBody = Either<PooledBody, Incoming>;
 
 /// Body of every response the gateway sends: an upstream's streamed body
-/// (with its read timeout), or a small body the gateway made itself.
-pub type ProxyBody = Either<TimedBody<UpstreamResponseBody>, Full<Bytes>>;
+/// (with its read timeout), or a small body the gateway made itself, or a
+/// gRPC call's body (watched for its status, translated for gRPC-Web).
+pub type ProxyBody = Either<
+    TimedBody<UpstreamResponseBody>,
+    Either<Full<Bytes>, GrpcBody<TimedBody<UpstreamResponseBody>>>,
+>;
 
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,6 +184,8 @@ struct RequestCtx<'t> {
     /// latency too, which saves a clock read.
     answered_at: Option<Instant>,
     body: BodyState,
+    /// A gRPC call, and which kind (`content-type` read once, in `begin`).
+    grpc: Option<GrpcKind>,
 }
 
 /// What is known of the client's request body.
@@ -250,10 +267,10 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "request failed at the gateway");
-                e.to_response().map(Either::Right)
+                e.respond(ctx.grpc).map(|b| Either::Right(Either::Left(b)))
             }
         };
-        self.finish(resp, &ctx)
+        self.finish(resp, ctx)
     }
 
     /// Before the phases: request id, trace id, what the log will need.
@@ -291,6 +308,7 @@ impl Proxy {
             } else {
                 BodyState::Unread
             },
+            grpc: GrpcKind::of(req.headers()),
         }
     }
 
@@ -311,6 +329,9 @@ impl Proxy {
         // is moved (copied whole) each time it is wrapped or awaited; on the
         // heap it is written once.
         let (resp, upgrade) = Box::pin(self.send(matched.entry, out, ctx)).await?;
+        if let Some(kind) = ctx.grpc {
+            return Ok(respond_grpc(resp, kind, route, ctx.version));
+        }
         Ok(self.respond(resp, upgrade, route.read_timeout))
     }
 
@@ -342,7 +363,7 @@ impl Proxy {
     }
 
     /// Phase 6: the headers every response carries, metrics, access log.
-    fn finish(&self, mut resp: Response<ProxyBody>, ctx: &RequestCtx<'_>) -> Response<ProxyBody> {
+    fn finish(&self, mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
         *resp.version_mut() = ctx.version;
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -357,29 +378,99 @@ impl Proxy {
             .answered_at
             .unwrap_or_else(Instant::now)
             .saturating_duration_since(ctx.started);
-        match ctx.entry {
-            Some(entry) => entry.state.metrics.record(resp.status(), elapsed),
-            None => self.metrics.no_route().record(resp.status(), elapsed),
+        let metrics = match ctx.entry {
+            Some(entry) => &entry.state.metrics,
+            None => self.metrics.no_route(),
+        };
+        metrics.record(resp.status(), elapsed);
+        if ctx.grpc.is_none() {
+            if let Some((method, uri)) = &ctx.logged {
+                crate::access::emit(
+                    &LineRef {
+                        method,
+                        path: uri.path(),
+                        status: resp.status().as_u16(),
+                        route: ctx.entry.map(|e| &*e.route.name),
+                        upstream: ctx.upstream.as_deref(),
+                        duration: elapsed,
+                        request_id: &ctx.request_id,
+                        trace_id: ctx.trace_id.as_ref(),
+                    },
+                    None,
+                );
+            }
+            return resp;
         }
-        if let Some((method, uri)) = &ctx.logged {
-            tracing::info!(
-                target: "portico::access",
-                method = %method,
-                path = %uri.path(),
-                status = resp.status().as_u16(),
-                route = ctx.entry.map_or("-", |e| &*e.route.name),
-                upstream = ctx.upstream.as_deref().unwrap_or("-"),
-                duration_us = elapsed.as_micros() as u64,
-                request_id = ctx.request_id.to_str().unwrap_or("-"),
-                trace_id = ctx
-                    .trace_id
-                    .as_ref()
-                    .and_then(|t| std::str::from_utf8(t).ok())
-                    .unwrap_or("-"),
-            );
-        }
-        resp
+        finish_grpc(resp, ctx, metrics, elapsed)
     }
+}
+
+/// Phase 6 for a gRPC call: its status is known at the end of its body
+/// (the body then counts it and writes the log line), or now for an
+/// answer without one (trailers-only, or the gateway's own).
+fn finish_grpc(
+    mut resp: Response<ProxyBody>,
+    ctx: RequestCtx<'_>,
+    metrics: &crate::metrics::RouteMetrics,
+    elapsed: Duration,
+) -> Response<ProxyBody> {
+    let line = ctx.logged.map(|(method, uri)| AccessLine {
+        method,
+        uri,
+        status: resp.status().as_u16(),
+        route: ctx.entry.map(|e| e.route.name.clone()),
+        upstream: ctx.upstream,
+        duration: elapsed,
+        request_id: ctx.request_id,
+        trace_id: ctx.trace_id,
+    });
+    if let Either::Right(Either::Right(body)) = resp.body_mut() {
+        body.set_outcome(Outcome {
+            state: ctx.entry.map(|e| e.state.clone()),
+            log: line,
+        });
+        return resp;
+    }
+    let code = Code::in_headers(resp.headers()).map(|c| c.0);
+    metrics.record_grpc(code);
+    if let Some(line) = line {
+        line.emit(Some(code));
+    }
+    resp
+}
+
+/// Phase 5 for a gRPC call: hop-by-hop headers go, and the body is wrapped
+/// to note the call's status (and, on a `grpc_web` route, to translate for
+/// a gRPC-Web client).
+fn respond_grpc(
+    mut resp: Response<UpstreamResponseBody>,
+    kind: GrpcKind,
+    route: &crate::config::Route,
+    version: Version,
+) -> Response<ProxyBody> {
+    strip_hop_by_hop(resp.headers_mut());
+    let translate = route.grpc_web && kind.is_web();
+    if translate {
+        crate::grpc::web::response_headers(resp.headers_mut(), kind);
+    } else if kind == GrpcKind::Native && version != Version::HTTP_2 {
+        // hyper's HTTP/1.1 encoder writes only the trailer fields the head
+        // declared (and only to a client that sent `te: trailers`): the
+        // status fields are the ones a gRPC client needs.
+        resp.headers_mut().insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
+    let status = Code::in_headers(resp.headers());
+    let mode = if translate { kind } else { GrpcKind::Native };
+    let read_timeout = route.read_timeout;
+    resp.map(|b| {
+        Either::Right(Either::Right(GrpcBody::new(
+            TimedBody::new(b, read_timeout),
+            mode,
+            status,
+        )))
+    })
 }
 
 fn new_request_id() -> HeaderValue {

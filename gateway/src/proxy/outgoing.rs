@@ -3,6 +3,15 @@
 //! unless the peer is a trusted hop, then appended to), the path is the
 //! normalised one (with the route's prefix stripped when it says so), and
 //! the body gets its size limit and read timeout.
+//!
+//! `TE` is hop-by-hop and goes like the others, with one exception: HTTP/2
+//! allows exactly `te: trailers` (RFC 9113 §8.2.2), and gRPC servers built
+//! on gRPC's C core refuse a call without it, so a request that carried it
+//! gets it again when (and only when) it is sent to an HTTP/2 upstream
+//! ([`target`]). A gRPC-Web call translated here gets it too: its client
+//! spoke HTTP/1.1 and could not send it.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,6 +28,7 @@ use crate::balance::Endpoint;
 use crate::body::ClientBody;
 use crate::config::Balance;
 use crate::error::ProxyError;
+use crate::grpc::{GRPC_TIMEOUT, GrpcKind, parse_timeout};
 use crate::pool::UpstreamBody;
 use crate::router::Matched;
 
@@ -38,6 +48,11 @@ pub(super) struct Outgoing {
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The request's `consistent_hash` key, on routes that balance by one.
     pub hash_key: Option<u64>,
+    /// Send `te: trailers` to HTTP/2 upstreams (the client sent it, or the
+    /// call is gRPC-Web translated here).
+    pub te_trailers: bool,
+    /// A gRPC call's `grpc-timeout`: its deadline, counted from arrival.
+    pub grpc_timeout: Option<Duration>,
 }
 
 /// Phase 3: builds the upstream request from the client's.
@@ -69,25 +84,43 @@ pub(super) fn prepare(
         }
         _ => None,
     };
-    let strip = route.strip_prefix.then_some(matched.prefix_len);
+    // An implicit route never strips a gRPC call's path: its server routes
+    // on the whole `/{service}/{method}`.
+    let keep_path = matched.entry.implicit && ctx.grpc.is_some();
+    let strip = (route.strip_prefix && !keep_path).then_some(matched.prefix_len);
     let path_and_query = upstream_path(req.uri(), front.path(&req), strip)?;
     let host = front.host.as_ref().map(|h| h.value.clone());
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    prepare_headers(
+    let grpc_timeout = match ctx.grpc {
+        Some(_) => req
+            .headers()
+            .get(&GRPC_TIMEOUT)
+            .map(parse_timeout)
+            .transpose()?,
+        None => None,
+    };
+    let web = ctx.grpc.filter(|k| k.is_web() && route.grpc_web);
+    if let Some(kind) = web {
+        crate::grpc::web::request_headers(req.headers_mut(), kind);
+    }
+    let te_trailers = prepare_headers(
         req.headers_mut(),
         upgrade.is_some(),
         edge.underscores,
         peer,
         host.as_ref(),
-    );
+    ) || web.is_some();
     req.headers_mut()
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     let (parts, body) = req.into_parts();
     let body = if body.is_end_stream() {
         Either::Right(Full::new(Bytes::new()))
     } else {
-        let (body, watch) =
+        let (mut body, watch) =
             ClientBody::new(body, limit.unwrap_or(u64::MAX), edge.body_read_timeout);
+        if web == Some(GrpcKind::WebText) {
+            body.decode_web_text();
+        }
         ctx.body = BodyState::Streaming(watch);
         Either::Left(body)
     };
@@ -97,17 +130,20 @@ pub(super) fn prepare(
         host,
         upgrade,
         hash_key,
+        te_trailers,
+        grpc_timeout,
     })
 }
 
-/// The request's headers as the upstream gets them.
+/// The request's headers as the upstream gets them; true when the client
+/// sent `te: trailers`.
 fn prepare_headers(
     headers: &mut HeaderMap,
     upgrade: bool,
     underscores: UnderscorePolicy,
     peer: &Peer,
     host: Option<&HeaderValue>,
-) {
+) -> bool {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // Never let a request reach a backend carrying both framings.
         headers.remove(header::CONTENT_LENGTH);
@@ -121,12 +157,13 @@ fn prepare_headers(
         underscores: underscores == UnderscorePolicy::Drop,
         forwarded: !peer.trusted,
     };
-    strip_headers(headers, drop);
+    let te_trailers = strip_headers(headers, drop);
     if let Some(proto) = proto {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
     set_forwarded(headers, peer, host);
+    te_trailers
 }
 
 /// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`. From
@@ -220,14 +257,25 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Points the request at `endpoint`: URI form, version and host depend on
-/// the protocol the endpoint speaks.
+/// Points the request at `endpoint`: URI form, version, host and `te`
+/// depend on the protocol the endpoint speaks.
 pub(super) fn target(
     req: &mut Request<UpstreamBody>,
     endpoint: &Endpoint,
     path_and_query: &PathAndQuery,
     host: Option<&HeaderValue>,
+    te_trailers: bool,
 ) -> Result<(), ProxyError> {
+    if te_trailers {
+        // The same request may go to an HTTP/1.1 endpoint after an HTTP/2
+        // one refused its connection.
+        if endpoint.scheme == Scheme::H2c {
+            req.headers_mut()
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            req.headers_mut().remove(header::TE);
+        }
+    }
     match endpoint.scheme {
         Scheme::Http => {
             // HTTP/1.1 upstreams get the origin form and one Host: the one
@@ -276,7 +324,7 @@ pub(super) fn target(
 /// One pass over the names finds what is there; most messages carry at most
 /// `Connection: keep-alive`, which then costs two removals and no parsing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_headers(headers, Drop::default());
+    let _ = strip_headers(headers, Drop::default());
 }
 
 /// What a request also loses on its way upstream, besides hop-by-hop
@@ -291,8 +339,10 @@ struct Drop {
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// [`strip_hop_by_hop`], and what `drop` names.
-fn strip_headers(headers: &mut HeaderMap, drop: Drop) {
+/// [`strip_hop_by_hop`], and what `drop` names. True when `TE` (now gone)
+/// named `trailers`: looked at only when there is a `TE`, so other requests
+/// pay nothing for it.
+fn strip_headers(headers: &mut HeaderMap, drop: Drop) -> bool {
     let (mut connection, mut keep_alive, mut te, mut trailer, mut encoding, mut upgrade) =
         (false, false, false, false, false, false);
     let (mut forwarded, mut scan) = (false, false);
@@ -341,6 +391,11 @@ fn strip_headers(headers: &mut HeaderMap, drop: Drop) {
         }
         headers.remove(header::CONNECTION);
     }
+    let te_trailers = te
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| has_token(v, "trailers"));
     if keep_alive {
         headers.remove(&KEEP_ALIVE);
     }
@@ -372,6 +427,7 @@ fn strip_headers(headers: &mut HeaderMap, drop: Drop) {
             headers.remove(&name);
         }
     }
+    te_trailers
 }
 
 #[cfg(test)]
@@ -401,12 +457,15 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-keep") && h.contains_key("x_under"));
-        strip_headers(
-            &mut with_underscores,
-            Drop {
-                underscores: true,
-                forwarded: true,
-            },
+        assert!(
+            strip_headers(
+                &mut with_underscores,
+                Drop {
+                    underscores: true,
+                    forwarded: true,
+                },
+            ),
+            "te: trailers seen"
         );
         assert_eq!(with_underscores.len(), 1, "{with_underscores:?}");
     }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the gRPC test peers (tests/grpc/peer.py, peer.js) need, when
+# missing: Python grpcio and grpcio-health-checking in a venv under
+# target/grpc-venv, Node @grpc/grpc-js under target/grpc-node. Idempotent
+# and quiet; .ci/run calls it before the tests, and so can a developer.
+# Nothing is fetched at test time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+venv=target/grpc-venv
+if ! "$venv/bin/python3" -c 'import grpc, grpc_health.v1.health' >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+        grpcio==1.85.1 grpcio-health-checking==1.85.1
+fi
+
+node_dir=target/grpc-node
+if [ ! -f "$node_dir/node_modules/@grpc/grpc-js/package.json" ]; then
+    mkdir -p "$node_dir"
+    cp tests/grpc/package.json "$node_dir/package.json"
+    (cd "$node_dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi
