@@ -88,6 +88,11 @@ pub struct ProxySettings {
     pub edge: EdgePolicy,
     /// Close a tunnel (WebSocket) that carried no bytes for this long.
     pub tunnel_idle_timeout: Duration,
+    /// Answer every cleartext request with a 308 to HTTPS
+    /// (`--https-redirect`); routes can ask for it one by one too.
+    pub https_redirect: bool,
+    /// The HTTPS port redirects name (`None` or 443: none in the URL).
+    pub https_port: Option<u16>,
 }
 
 impl Default for ProxySettings {
@@ -100,6 +105,8 @@ impl Default for ProxySettings {
             generate_traceparent: false,
             edge: EdgePolicy::default(),
             tunnel_idle_timeout: crate::tunnel::DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            https_redirect: false,
+            https_port: None,
         }
     }
 }
@@ -115,6 +122,8 @@ pub struct Proxy {
     edge: EdgePolicy,
     metrics: Arc<GatewayMetrics>,
     tunnels: Arc<Tunnels>,
+    https_redirect: bool,
+    https_port: Option<u16>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -125,20 +134,26 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Peer IP as a header value, for `X-Forwarded-For`.
     ip: HeaderValue,
-    /// `for=IP;proto=http`, for `Forwarded`.
+    /// `for=IP;proto=http` (or `https`), for `Forwarded`.
     forwarded: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    proto: HeaderValue,
+    /// Whether the connection came over TLS.
+    pub secure: bool,
     /// Whether the peer is a trusted hop (its forwarding headers are kept
     /// and appended to, not replaced).
     trusted: bool,
 }
 
 impl Peer {
-    /// Describes the peer `addr`, untrusted.
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// Describes the peer `addr`, untrusted, on a TLS connection when
+    /// `secure`.
+    pub fn new(addr: SocketAddr, secure: bool) -> Peer {
         let ip = addr.ip();
+        let proto = if secure { "https" } else { "http" };
         let forwarded = match ip {
-            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
         Peer {
             addr,
@@ -146,6 +161,8 @@ impl Peer {
                 .expect("an IP address is a valid header value"),
             forwarded: HeaderValue::from_str(&forwarded)
                 .expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(proto),
+            secure,
             trusted: false,
         }
     }
@@ -208,6 +225,8 @@ impl Proxy {
             edge: settings.edge.clone(),
             metrics,
             tunnels,
+            https_redirect: settings.https_redirect,
+            https_port: settings.https_port,
         }
     }
 
@@ -221,10 +240,10 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Describes a downstream peer, trusted when it is one of the configured
-    /// trusted hops.
-    pub fn peer(&self, addr: SocketAddr) -> Peer {
-        let mut peer = Peer::new(addr);
+    /// Describes a downstream peer (on a TLS connection when `secure`),
+    /// trusted when it is one of the configured trusted hops.
+    pub fn peer(&self, addr: SocketAddr, secure: bool) -> Peer {
+        let mut peer = Peer::new(addr, secure);
         peer.trusted = self.edge.is_trusted(addr.ip());
         peer
     }
@@ -303,12 +322,34 @@ impl Proxy {
         ctx: &mut RequestCtx<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let front = edge::check(&req, &self.edge)?;
+        if self.https_redirect && !peer.secure {
+            return self.redirect(&front, &req);
+        }
         let matched = table.lookup(&front.view(&req)).ok_or(ProxyError::NoRoute)?;
         ctx.entry = Some(matched.entry);
+        if matched.entry.route.https_redirect && !peer.secure {
+            return self.redirect(&front, &req);
+        }
         let out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
         let route = &matched.entry.route;
         let (resp, upgrade) = self.send(matched.entry, out, ctx).await?;
         Ok(self.respond(resp, upgrade, route.read_timeout))
+    }
+
+    /// A 308 to the same URL over HTTPS: 308 rather than 301 so a client
+    /// repeats the method and body (RFC 9110 §15.4.9).
+    fn redirect(
+        &self,
+        front: &edge::Front,
+        req: &Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let location = edge::https_location(front, req, self.https_port)?;
+        Ok(Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header(header::LOCATION, location)
+            .header(header::CONTENT_LENGTH, 0)
+            .body(Either::Right(Full::new(Bytes::new())))
+            .expect("a redirect is well-formed"))
     }
 
     /// Phase 5: the response on its way back.

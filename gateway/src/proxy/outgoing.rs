@@ -134,7 +134,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue
         append(headers, &X_FORWARDED_FOR, &peer.ip);
         append(headers, &header::FORWARDED, &peer.forwarded);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO.clone(), peer.proto.clone());
         }
         if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -143,7 +143,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue
     }
     headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
     headers.insert(header::FORWARDED, peer.forwarded.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), peer.proto.clone());
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -373,7 +373,7 @@ mod tests {
     }
 
     fn peer(trusted: bool) -> Peer {
-        let mut p = Peer::new("127.0.0.1:5".parse().unwrap());
+        let mut p = Peer::new("127.0.0.1:5".parse().unwrap(), false);
         p.trusted = trusted;
         p
     }
@@ -399,6 +399,15 @@ mod tests {
             "for=1.1.1.1, for=127.0.0.1;proto=http"
         );
         assert_eq!(trusted[&X_FORWARDED_PROTO], "https");
+        let mut secure = HeaderMap::new();
+        let mut p = peer(false);
+        p = Peer {
+            secure: true,
+            ..Peer::new(p.addr, true)
+        };
+        set_forwarded(&mut secure, &p, None);
+        assert_eq!(secure[&X_FORWARDED_PROTO], "https");
+        assert_eq!(secure[header::FORWARDED], "for=127.0.0.1;proto=https");
     }
 
     #[test]

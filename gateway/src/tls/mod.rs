@@ -1,0 +1,205 @@
+//! TLS on the gateway's listeners (downstream) and towards upstreams.
+//!
+//! - [`cert`]: one certificate (PEM chain and key) loaded and checked, with
+//!   the names, expiry and fingerprint operators see.
+//! - [`store`]: the certificates a listener serves, picked per handshake by
+//!   SNI (exact over wildcard, the first as default), swapped whole.
+//! - [`reload`]: re-reads the certificate files when they change and on
+//!   SIGHUP; a bad new file is refused whole and the old one kept.
+//! - [`upstream`]: client TLS for `scheme = "https"` instances.
+//!
+//! Settings and why (documented for operators in docs/configuration.md):
+//! TLS 1.2 and 1.3 only, rustls' default cipher suites (AEAD only, forward
+//! secret only); ALPN offers `h2` then `http/1.1`; resumption by stateless
+//! tickets (rotating keys, as nginx's `ssl_session_tickets on`) and a
+//! session cache for TLS 1.2 clients without tickets; no 0-RTT (replayable).
+//!
+//! The crypto provider is aws-lc-rs (rustls' default): on the benchmark
+//! machine it did full ECDSA P-256 handshakes faster than ring (figures in
+//! docs/configuration.md), and it builds here without cmake.
+
+pub mod cert;
+pub mod reload;
+pub mod store;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::ServerSessionMemoryCache;
+use tokio_rustls::TlsAcceptor;
+
+use self::cert::CertFiles;
+use self::store::{CertStore, StoreResolver};
+
+/// TLS 1.2 sessions remembered for resumption by clients that do not take
+/// tickets (about 100 bytes each).
+pub const SESSION_CACHE: usize = 10_000;
+
+/// The crypto provider every TLS config is built with: the process default
+/// when `main` installed one, else aws-lc-rs.
+pub fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+/// Installs aws-lc-rs as the process's crypto provider; call once, before
+/// any TLS config is built. A second call changes nothing.
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Why a TLS listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A certificate was refused.
+    #[error(transparent)]
+    Cert(#[from] cert::CertError),
+    /// `--tls-listen` without any certificate.
+    #[error("--tls-listen needs at least one --tls-cert CERT.pem:KEY.pem")]
+    NoCertificate,
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// What an HTTPS listener serves.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// Certificate files, the first being the default.
+    pub certs: Vec<CertFiles>,
+    /// `Strict-Transport-Security` value added to responses on the TLS
+    /// listener (`None`: not sent).
+    pub hsts: Option<http::HeaderValue>,
+}
+
+/// Handshake outcomes, by what a metric label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Completed, the client chose HTTP/2.
+    H2 = 0,
+    /// Completed, HTTP/1.1 (by ALPN or without it).
+    Http1 = 1,
+    /// Failed: a protocol version, cipher or certificate the client and the
+    /// gateway do not share, or a client that is not speaking TLS.
+    Failed = 2,
+    /// The client did not finish within the header read timeout.
+    Timeout = 3,
+}
+
+impl Handshake {
+    /// Every outcome with its `result` and `protocol` labels.
+    pub const ALL: [(Handshake, &'static str, &'static str); 4] = [
+        (Handshake::H2, "ok", "h2"),
+        (Handshake::Http1, "ok", "http/1.1"),
+        (Handshake::Failed, "failed", "none"),
+        (Handshake::Timeout, "timeout", "none"),
+    ];
+}
+
+/// TLS counters of the gateway, read by the metrics collector and
+/// `/status`; the certificates are read from `store` when scraped.
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    handshakes: [AtomicU64; 4],
+    resumed: AtomicU64,
+    store: Arc<CertStore>,
+}
+
+impl TlsStats {
+    /// Counts a handshake outcome.
+    pub fn count(&self, outcome: Handshake, resumed: bool) {
+        self.handshakes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if resumed {
+            self.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Handshakes with this outcome so far.
+    pub fn handshakes(&self, outcome: Handshake) -> u64 {
+        self.handshakes[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Completed handshakes that resumed a session.
+    pub fn resumed(&self) -> u64 {
+        self.resumed.load(Ordering::Relaxed)
+    }
+
+    /// The certificates served.
+    pub fn store(&self) -> &Arc<CertStore> {
+        &self.store
+    }
+}
+
+/// An HTTPS listener's TLS side: the acceptor (its certificate resolver
+/// reads the store) and what the connections report to.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Performs handshakes.
+    pub acceptor: TlsAcceptor,
+    /// Counters.
+    pub stats: Arc<TlsStats>,
+    /// The HSTS header value, if sent.
+    pub hsts: Option<http::HeaderValue>,
+    /// The certificate files and the bytes being served came from, for
+    /// the reload watcher.
+    files: Arc<(Vec<CertFiles>, reload::Contents)>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("hsts", &self.hsts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads `settings.certs` into `stats`' store and builds the acceptor.
+    /// Refuses a certificate that does not load, naming its file.
+    pub fn new(settings: &TlsSettings, stats: Arc<TlsStats>) -> Result<ServerTls, TlsSetupError> {
+        if settings.certs.is_empty() {
+            return Err(TlsSetupError::NoCertificate);
+        }
+        let (loaded, contents) = reload::load_all(&settings.certs)?;
+        stats.store.set_files(loaded);
+        let config = server_config(stats.store.clone())?;
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            stats,
+            hsts: settings.hsts.clone(),
+            files: Arc::new((settings.certs.clone(), contents)),
+        })
+    }
+
+    /// Starts re-reading the certificate files on change and SIGHUP
+    /// ([`reload`]); the task runs until aborted.
+    pub fn watch_files(&self) -> tokio::task::JoinHandle<()> {
+        let (files, served) = &*self.files;
+        reload::spawn(
+            files.clone(),
+            served.clone(),
+            self.stats.store.clone(),
+            reload::POLL_INTERVAL,
+        )
+    }
+}
+
+/// The server config: TLS 1.3 and 1.2, ALPN h2 and http/1.1, resumption
+/// by tickets and a session cache, certificates from `store` per handshake.
+fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, TlsSetupError> {
+    let provider = provider();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(StoreResolver(store)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+    Ok(config)
+}

@@ -1,0 +1,1 @@
+//! Client TLS towards `scheme = "https"` upstreams.
