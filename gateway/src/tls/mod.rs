@@ -4,7 +4,7 @@
 //!   the names, expiry and fingerprint operators see.
 //! - [`store`]: the certificates a listener serves, picked per handshake by
 //!   SNI (exact over wildcard, the first as default), swapped whole.
-//! - [`reload`]: re-reads the certificate files when they change and on
+//! - [`watch`]: re-reads the certificate files when they change and on
 //!   SIGHUP; a bad new file is refused whole and the old one kept.
 //! - [`upstream`]: client TLS for `scheme = "https"` instances.
 //!
@@ -19,9 +19,9 @@
 //! docs/configuration.md), and it builds here without cmake.
 
 pub mod cert;
-pub mod reload;
 pub mod store;
 pub mod upstream;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,7 +146,7 @@ pub struct ServerTls {
     pub hsts: Option<http::HeaderValue>,
     /// The certificate files and the bytes being served came from, for
     /// the reload watcher.
-    files: Arc<(Vec<CertFiles>, reload::Contents)>,
+    files: Arc<(Vec<CertFiles>, watch::Contents)>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -164,7 +164,7 @@ impl ServerTls {
         if settings.certs.is_empty() {
             return Err(TlsSetupError::NoCertificate);
         }
-        let (loaded, contents) = reload::load_all(&settings.certs)?;
+        let (loaded, contents) = watch::load_all(&settings.certs)?;
         stats.store.set_files(loaded);
         let config = server_config(stats.store.clone())?;
         Ok(ServerTls {
@@ -176,14 +176,14 @@ impl ServerTls {
     }
 
     /// Starts re-reading the certificate files on change and SIGHUP
-    /// ([`reload`]); the task runs until aborted.
+    /// ([`watch`]); the task runs until aborted.
     pub fn watch_files(&self) -> tokio::task::JoinHandle<()> {
         let (files, served) = &*self.files;
-        reload::spawn(
+        watch::spawn(
             files.clone(),
             served.clone(),
             self.stats.store.clone(),
-            reload::POLL_INTERVAL,
+            watch::POLL_INTERVAL,
         )
     }
 }

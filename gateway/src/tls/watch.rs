@@ -1,7 +1,7 @@
 //! Certificate-file reloads: the files given with `--tls-cert` are re-read
 //! when they change and on SIGHUP.
 //!
-//! As for the route file ([`crate::reload`]), change detection polls the
+//! As for the route file (the gateway's `reload` module), change detection polls the
 //! files' contents every [`POLL_INTERVAL`]: it sees writes in place,
 //! write-and-rename, and the symlink swaps Kubernetes does for mounted
 //! secrets alike. A polled change is applied once two reads in a row agree,
