@@ -3,6 +3,7 @@
 # whatever else the machine does (instructions, not seconds).
 #
 #   bench/callgrind.sh [ROUTE_TOML_EXTRA]
+#   ORIGINS=2 bench/callgrind.sh     # round robin over two origins
 #
 # Runs `portico gateway --threads 1 --no-access-log` under valgrind twice
 # (LOW and HIGH keep-alive requests from one client to one Python origin)
@@ -16,10 +17,14 @@ HIGH=${HIGH:-12000}
 BIN=${BIN:-target/release/portico}
 [ -x "$BIN" ] || cargo build --release --bin portico
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$work"/cg.* "$KEEP"/ ; rm -rf "$work"' EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ORIGINS=${ORIGINS:-1}
+upstreams=""
+for _ in $(seq "$ORIGINS"); do
 origin_port=$(port)
+upstreams="$upstreams\"127.0.0.1:$origin_port\", "
 python3 - "$origin_port" <<'PY' &
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,11 +39,12 @@ class H(BaseHTTPRequestHandler):
         pass
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
+done
 cat > "$work/routes.toml" <<TOML
 [[route]]
 name = "all"
 path_prefix = "/"
-upstreams = ["127.0.0.1:$origin_port"]
+upstreams = [${upstreams%, }]
 ${1:-}
 TOML
 

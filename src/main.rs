@@ -302,7 +302,7 @@ struct GatewayArgs {
     underscore_headers: UnderscorePolicy,
     /// Peers (CIDR or address, comma-separated) trusted to set forwarding
     /// headers: theirs are kept and appended to. Everyone else's
-    /// X-Forwarded-* and Forwarded are replaced.
+    /// X-Forwarded-* are replaced and Forwarded dropped.
     #[arg(long, value_delimiter = ',', value_parser = Cidr::parse)]
     trusted_proxies: Vec<Cidr>,
     /// `%2F` and `%5C` in request paths: `reject` (400) or `keep` them

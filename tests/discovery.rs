@@ -172,73 +172,59 @@ async fn self_preservation_pauses_mass_expiry_but_not_a_lone_death() {
     })
     .await;
     let client = registry.client();
-    let instance = |n: u16| {
-        let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", 10_000 + n);
-        spec.ttl = Duration::from_secs(1);
-        spec
-    };
-    // Ten instances, kept alive by SDK heartbeats (every ~333 ms).
-    let mut regs = Vec::new();
-    for n in 0..10 {
-        regs.push(
-            client
-                .register("fleet", &format!("i{n}"), instance(n))
-                .await
-                .unwrap(),
-        );
+    let ids: Vec<String> = (0..10).map(|n| format!("i{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", 10_000 + n as u16);
+        spec.ttl = Duration::from_secs(3);
+        client.register_once("fleet", id, &spec).await.unwrap();
     }
+    // Heartbeats for every live instance in one pass, so the ones taken out
+    // of the list together stop together (as in a partition).
+    let alive = std::sync::Arc::new(tokio::sync::Mutex::new(ids.clone()));
+    let driver = drive_heartbeats(client.clone(), alive.clone());
 
     // One dies alone: 1 of 10 is far below the threshold, so it expires on time.
-    let lone = regs.pop().unwrap();
-    drop(lone); // stops heartbeats without deregistering
+    alive.lock().await.retain(|id| id != "i9");
     eventually("the lone dead instance to expire", || async {
         let list = client.instances("fleet").await.unwrap();
         list.instances
             .iter()
-            .any(|i| i.id == "i9" && i.status == portico_registry::model::Status::Critical)
+            .any(|i| i.id == "i9" && i.status == Status::Critical)
     })
     .await;
+    assert_eq!(fleet_by_status(&client).await, (9, 1));
 
     // Now eight of the nine live ones go silent at once: that looks like a
     // partition, not mass death. Expiry pauses.
-    let keep: Vec<_> = regs.drain(..1).collect();
-    drop(regs);
-    eventually("self-preservation to engage", || async {
-        let v = get(&format!("{}/v1/services", registry.url)).await.json();
-        v["self_preservation"]["active"] == true
+    alive.lock().await.truncate(1);
+    eventually("expiry to pause or another instance to expire", || async {
+        preservation(&registry.url).await["active"] == true || fleet_by_status(&client).await.1 > 1
     })
     .await;
+    assert_eq!(
+        fleet_by_status(&client).await,
+        (9, 1),
+        "expiry must pause, not expire the silent eight"
+    );
     assert_eq!(
         readyz(&registry.url).await["self_preservation"]["active"],
         true
     );
     wait_sweeps(&registry.url, 5).await;
-    let list = client.instances("fleet").await.unwrap();
-    let passing = list
-        .instances
-        .iter()
-        .filter(|i| i.status == portico_registry::model::Status::Passing)
-        .count();
-    assert_eq!(passing, 9, "expiry must pause: {:?}", list.instances);
+    assert_eq!(
+        fleet_by_status(&client).await,
+        (9, 1),
+        "expiry must stay paused"
+    );
 
-    // Renewals recover (the instances come back and heartbeat again): expiry
-    // resumes and the flag clears.
-    let mut back = Vec::new();
-    for n in 1..9 {
-        back.push(
-            client
-                .register("fleet", &format!("i{n}"), instance(n))
-                .await
-                .unwrap(),
-        );
-    }
+    // They come back and heartbeat again: renewals recover, the flag clears.
+    *alive.lock().await = ids[..9].to_vec();
     eventually("self-preservation to release", || async {
-        let v = get(&format!("{}/v1/services", registry.url)).await.json();
-        v["self_preservation"]["active"] == false
+        preservation(&registry.url).await["active"] == false
     })
     .await;
-    drop(keep);
-    drop(back);
+    assert_eq!(fleet_by_status(&client).await, (9, 1));
+    driver.abort();
 }
 
 /// Renews every instance named in `alive` every 200 ms, all in one pass

@@ -87,7 +87,7 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
     assert_eq!(h["x-end-to-end"], "kept");
     // The client is not a trusted hop: what it claims is replaced.
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
-    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http");
+    assert!(h.get("forwarded").is_none(), "{h}");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], gw.addr.to_string());
     // Host is kept as the client sent it.

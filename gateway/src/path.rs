@@ -18,7 +18,8 @@
 //!    is told to, and even then refused when decoding them would form a dot
 //!    segment (`..%2F`). A raw backslash is not a URI character: refused.
 //! 4. A segment that is a dot segment followed by parameters (`..;x`, `.;`),
-//!    which servlet containers resolve as `..`, is refused.
+//!    which servlet containers resolve as `..`, is refused, also with the
+//!    `;` encoded (`..%3Bx`).
 //! 5. Optionally (on by default, like nginx's `merge_slashes`), runs of `/`
 //!    merged into one, so `//admin` cannot pass for something other than
 //!    `/admin`.
@@ -166,9 +167,13 @@ fn rebuild(path: &str, policy: &PathPolicy) -> Result<String, PathError> {
     Ok(out)
 }
 
-/// `.;x` or `..;x`.
+/// `.;x` or `..;x`, also with the `;` encoded (`..%3Bx`): a backend that
+/// decodes before it strips parameters sees the same dot segment.
 fn is_dot_with_parameters(segment: &str) -> bool {
-    segment.starts_with(".;") || segment.starts_with("..;")
+    let rest = segment
+        .strip_prefix("..")
+        .or_else(|| segment.strip_prefix('.'));
+    rest.is_some_and(|r| r.starts_with(';') || r.starts_with("%3B"))
 }
 
 /// Decodes unreserved escapes of one segment and upper-cases the others.
@@ -270,6 +275,8 @@ mod tests {
             ("/pub/..%5cadmin/x", Err(PathError::EncodedSlash)),
             ("/pub/..\\admin/x", Err(PathError::Backslash)),
             ("/pub/..;/admin/x", Err(PathError::DotParameter)),
+            ("/pub/..%3bx/admin/x", Err(PathError::DotParameter)),
+            ("/pub/.%3B/x", Err(PathError::DotParameter)),
             ("/pub/.;x/admin", Err(PathError::DotParameter)),
             ("/pub/%zz", Err(PathError::BadEscape)),
             ("/pub/%2", Err(PathError::BadEscape)),

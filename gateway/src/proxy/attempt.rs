@@ -24,6 +24,7 @@
 //! an error naming the wrong cause.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,8 +210,11 @@ impl Proxy {
             host: host.as_ref(),
             upgrade,
         };
-        let run = tries.run(self, req, to, ctx);
-        let result = within(run, route.timeout, watch.as_deref()).await;
+        let result = {
+            let run = tries.run(self, req, to, ctx);
+            tokio::pin!(run);
+            within(run, route.timeout, watch.as_deref()).await
+        };
         match result {
             Some(Ok(resp)) => Ok((resp, downstream_upgrade)),
             Some(Err(e)) => Err(e),
@@ -333,11 +337,10 @@ fn keep_for_reset(req: &Request<UpstreamBody>, entry: &RouteEntry, upgrade: bool
 /// the client's bytes (the body's read timeout governs then): a slow client
 /// is not an upstream timing out. `None` when it ran out.
 async fn within<F: Future>(
-    fut: F,
+    mut fut: Pin<&mut F>,
     timeout: Duration,
     watch: Option<&BodyWatch>,
 ) -> Option<F::Output> {
-    tokio::pin!(fut);
     let mut deadline = Instant::now() + timeout;
     loop {
         if let Ok(out) = tokio::time::timeout_at(deadline, fut.as_mut()).await {
@@ -421,6 +424,9 @@ impl<'a> Tries<'a> {
                     .map(|r| r.map(Either::Left))
             }
         };
+        // Pinned here, so the timeout borrows it rather than holding a
+        // second copy of it in this future's state.
+        tokio::pin!(send);
         match self.retry.and_then(|p| p.per_try_timeout) {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
             None => Some(send.await),

@@ -332,7 +332,10 @@ impl Proxy {
         }
         let out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
         let route = &matched.entry.route;
-        let (resp, upgrade) = self.send(matched.entry, out, ctx).await?;
+        // Boxed: the send phase is most of a request's state, and a future
+        // is moved (copied whole) each time it is wrapped or awaited; on the
+        // heap it is written once.
+        let (resp, upgrade) = Box::pin(self.send(matched.entry, out, ctx)).await?;
         Ok(self.respond(resp, upgrade, route.read_timeout))
     }
 

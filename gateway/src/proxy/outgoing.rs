@@ -117,7 +117,11 @@ fn prepare_headers(
     } else {
         None
     };
-    strip_headers(headers, underscores == UnderscorePolicy::Drop);
+    let drop = Drop {
+        underscores: underscores == UnderscorePolicy::Drop,
+        forwarded: !peer.trusted,
+    };
+    strip_headers(headers, drop);
     if let Some(proto) = proto {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
@@ -125,14 +129,17 @@ fn prepare_headers(
     set_forwarded(headers, peer, host);
 }
 
-/// Sets `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`. From an untrusted peer, whatever the client sent in
-/// them is replaced: an upstream must be able to believe them. From a trusted
-/// hop, its values are kept and this hop is appended.
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`. From
+/// an untrusted peer, whatever the client sent in them is replaced (and its
+/// `Forwarded` was dropped with the hop-by-hop headers): an upstream must be
+/// able to believe them. From a trusted hop, its values are kept and this hop
+/// is appended to `X-Forwarded-For` and, when the hop uses it, `Forwarded`.
 fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
     if peer.trusted {
         append(headers, &X_FORWARDED_FOR, &peer.ip);
-        append(headers, &header::FORWARDED, &peer.forwarded);
+        if headers.contains_key(header::FORWARDED) {
+            append(headers, &header::FORWARDED, &peer.forwarded);
+        }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO.clone(), peer.proto.clone());
         }
@@ -142,7 +149,6 @@ fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue
         return;
     }
     headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
-    headers.insert(header::FORWARDED, peer.forwarded.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), peer.proto.clone());
     match host {
         Some(h) => {
@@ -228,12 +234,18 @@ pub(super) fn target(
             // routed on, or the endpoint's own when the client named none.
             *req.uri_mut() = Uri::from(path_and_query.clone());
             *req.version_mut() = Version::HTTP_11;
-            let value = match host {
-                Some(h) => h.clone(),
-                None => HeaderValue::from_str(endpoint.authority.as_str())
-                    .map_err(|_| ProxyError::BadRequest("host"))?,
-            };
-            req.headers_mut().insert(header::HOST, value);
+            match host {
+                // The common case: the client's own Host, already in place.
+                Some(h) if req.headers().get(header::HOST) == Some(h) => {}
+                Some(h) => {
+                    req.headers_mut().insert(header::HOST, h.clone());
+                }
+                None => {
+                    let value = HeaderValue::from_str(endpoint.authority.as_str())
+                        .map_err(|_| ProxyError::BadRequest("host"))?;
+                    req.headers_mut().insert(header::HOST, value);
+                }
+            }
         }
         Scheme::H2c => {
             // HTTP/2 carries the host in :authority and no Host header.
@@ -264,14 +276,26 @@ pub(super) fn target(
 /// One pass over the names finds what is there; most messages carry at most
 /// `Connection: keep-alive`, which then costs two removals and no parsing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip_headers(headers, false);
+    strip_headers(headers, Drop::default());
 }
 
-/// [`strip_hop_by_hop`], and with `underscores` every name containing `_`.
-fn strip_headers(headers: &mut HeaderMap, underscores: bool) {
+/// What a request also loses on its way upstream, besides hop-by-hop
+/// headers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Drop {
+    /// Names containing `_`.
+    underscores: bool,
+    /// `Forwarded` (sent by an untrusted peer).
+    forwarded: bool,
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// [`strip_hop_by_hop`], and what `drop` names.
+fn strip_headers(headers: &mut HeaderMap, drop: Drop) {
     let (mut connection, mut keep_alive, mut te, mut trailer, mut encoding, mut upgrade) =
         (false, false, false, false, false, false);
-    let mut scan = false;
+    let (mut forwarded, mut scan) = (false, false);
     for name in headers.keys() {
         if name == header::CONNECTION {
             connection = true;
@@ -283,11 +307,13 @@ fn strip_headers(headers: &mut HeaderMap, underscores: bool) {
             encoding = true;
         } else if name == header::UPGRADE {
             upgrade = true;
+        } else if name == header::FORWARDED {
+            forwarded = drop.forwarded;
         } else {
-            let n = name.as_str();
-            if n == "keep-alive" {
+            let n = name.as_str().as_bytes();
+            if n == b"keep-alive" {
                 keep_alive = true;
-            } else if n.starts_with("proxy-") || (underscores && n.contains('_')) {
+            } else if n.starts_with(b"proxy-") || (drop.underscores && n.contains(&b'_')) {
                 scan = true;
             }
         }
@@ -315,23 +341,30 @@ fn strip_headers(headers: &mut HeaderMap, underscores: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    for (present, name) in [
-        (keep_alive, HeaderName::from_static("keep-alive")),
-        (te, header::TE),
-        (trailer, header::TRAILER),
-        (encoding, header::TRANSFER_ENCODING),
-        (upgrade, header::UPGRADE),
-    ] {
-        if present {
-            headers.remove(name);
-        }
+    if keep_alive {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if te {
+        headers.remove(header::TE);
+    }
+    if trailer {
+        headers.remove(header::TRAILER);
+    }
+    if encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    if forwarded {
+        headers.remove(header::FORWARDED);
     }
     if scan {
         let gone: Vec<HeaderName> = headers
             .keys()
             .filter(|k| {
-                let n = k.as_str();
-                n.starts_with("proxy-") || (underscores && n.contains('_'))
+                let n = k.as_str().as_bytes();
+                n.starts_with(b"proxy-") || (drop.underscores && n.contains(&b'_'))
             })
             .cloned()
             .collect();
@@ -368,7 +401,13 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-keep") && h.contains_key("x_under"));
-        strip_headers(&mut with_underscores, true);
+        strip_headers(
+            &mut with_underscores,
+            Drop {
+                underscores: true,
+                forwarded: true,
+            },
+        );
         assert_eq!(with_underscores.len(), 1, "{with_underscores:?}");
     }
 
@@ -389,7 +428,6 @@ mod tests {
         let host = HeaderValue::from_static("a.example");
         set_forwarded(&mut h, &peer(false), Some(&host));
         assert_eq!(h[&X_FORWARDED_FOR], "127.0.0.1");
-        assert_eq!(h[header::FORWARDED], "for=127.0.0.1;proto=http");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "a.example");
         set_forwarded(&mut trusted, &peer(true), Some(&host));
@@ -399,15 +437,26 @@ mod tests {
             "for=1.1.1.1, for=127.0.0.1;proto=http"
         );
         assert_eq!(trusted[&X_FORWARDED_PROTO], "https");
+        // On the TLS listener: https, and a trusted hop's Forwarded is
+        // appended to with proto=https; an untrusted peer gets none.
         let mut secure = HeaderMap::new();
-        let mut p = peer(false);
-        p = Peer {
-            secure: true,
-            ..Peer::new(p.addr, true)
-        };
-        set_forwarded(&mut secure, &p, None);
+        set_forwarded(
+            &mut secure,
+            &Peer::new("127.0.0.1:5".parse().unwrap(), true),
+            None,
+        );
         assert_eq!(secure[&X_FORWARDED_PROTO], "https");
-        assert_eq!(secure[header::FORWARDED], "for=127.0.0.1;proto=https");
+        assert!(!secure.contains_key(header::FORWARDED));
+        let mut hop = HeaderMap::new();
+        hop.insert(header::FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        let mut p = Peer::new("127.0.0.1:5".parse().unwrap(), true);
+        p.trusted = true;
+        set_forwarded(&mut hop, &p, None);
+        assert_eq!(
+            hop[header::FORWARDED],
+            "for=1.1.1.1, for=127.0.0.1;proto=https"
+        );
+        assert_eq!(hop[&X_FORWARDED_PROTO], "https");
     }
 
     #[test]

@@ -1,0 +1,59 @@
+//! The checks behind Portico's fuzz targets.
+//!
+//! Each target is a module with `check(data: &[u8])`, which panics when an
+//! oracle does not hold. Two callers share it:
+//!
+//! - the cargo-fuzz crate around this one (`fuzz/fuzz_targets/*.rs`, nightly
+//!   only), one line per target;
+//! - `tests/replay.rs` (stable, part of `cargo test --workspace`), which runs
+//!   every file under `fuzz/regressions/<target>/` and `fuzz/corpus/<target>/`.
+//!
+//! # Module map
+//!
+//! - [`http1_raw`]: raw HTTP/1.1 bytes into a real gateway over TCP, with a
+//!   strict backend behind it (smuggling, Host, framing, lost responses).
+//! - [`route_match`]: generated route sets and requests into the router,
+//!   against a brute-force reading of the documented precedence.
+//! - [`path_normalize`]: paths into the gateway's normaliser: idempotent,
+//!   and nothing a lenient backend would resolve as a dot segment survives.
+//! - [`registry_json`]: bytes into the registry's JSON decoders; accepted
+//!   bodies must survive a round trip.
+//! - `panics`: counts panics in every thread, so a panic that a tokio task
+//!   swallowed still fails a check under `cargo test`.
+
+pub mod http1_raw;
+mod panics;
+pub mod path_normalize;
+pub mod registry_json;
+pub mod route_match;
+
+/// A fuzz target: its name (the folder under `fuzz/corpus/` and
+/// `fuzz/regressions/`, and the cargo-fuzz binary) and its check.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// Name, as in `cargo fuzz run NAME`.
+    pub name: &'static str,
+    /// Panics when an oracle does not hold.
+    pub check: fn(&[u8]),
+}
+
+/// Every target; a new one is one line here (plus its file in
+/// `fuzz/fuzz_targets/` and its `[[bin]]` in `fuzz/Cargo.toml`).
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "http1_raw",
+        check: http1_raw::check,
+    },
+    Target {
+        name: "route_match",
+        check: route_match::check,
+    },
+    Target {
+        name: "path_normalize",
+        check: path_normalize::check,
+    },
+    Target {
+        name: "registry_json",
+        check: registry_json::check,
+    },
+];
