@@ -334,6 +334,11 @@ struct GatewayArgs {
     /// listener, e.g. `max-age=31536000; includeSubDomains`. Default: not sent.
     #[arg(long, value_parser = hsts)]
     hsts: Option<http::HeaderValue>,
+    /// A PEM bundle of CAs trusted for `https` upstreams, beside the web
+    /// PKI roots; repeatable. Routes can add their own
+    /// (`[route.upstream_tls] ca`).
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
 }
 
 /// `--hsts`: a header value that starts with `max-age=`.
@@ -496,6 +501,7 @@ impl GatewayArgs {
                 tunnel_idle_timeout: self.tunnel_idle_timeout,
                 edge: self.edge(),
                 https_redirect: self.https_redirect,
+                upstream_ca: self.upstream_ca.clone(),
                 outlier: OutlierPolicy {
                     consecutive_failures: self.outlier_failures,
                     base_ejection: self.outlier_ejection,

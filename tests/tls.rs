@@ -469,3 +469,143 @@ async fn bad_certificates_are_refused_at_startup_naming_the_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&garbage.display().to_string()), "{stderr}");
 }
+
+/// An HTTPS upstream: a second gateway's TLS listener (certificate for
+/// `api.example.com` from `ca`) in front of an echo, registered in
+/// `registry` as service `svc` with `scheme = "https"`. Returns it and the
+/// registry revision of the registration.
+async fn https_upstream(
+    ca: &TestCa,
+    echo: &TestEcho,
+    registry: &TestRegistry,
+) -> (TestGateway, u64) {
+    let upstream = TestGateway::start_tls(options(
+        &echo_route(echo),
+        vec![ca.write("upstream", &["api.example.com"])],
+    ))
+    .await;
+    let mut spec =
+        portico_registry::model::InstanceSpec::new("127.0.0.1", upstream.tls_addr.unwrap().port());
+    spec.scheme = portico_registry::model::Scheme::Https;
+    spec.meta
+        .insert("tls_server_name".into(), "api.example.com".into());
+    let r = registry
+        .client()
+        .register_once("svc", "tls-1", &spec)
+        .await
+        .unwrap();
+    (upstream, r.revision)
+}
+
+fn following(
+    registry: &TestRegistry,
+    routes: &str,
+    upstream_ca: Vec<std::path::PathBuf>,
+) -> GatewayOptions {
+    GatewayOptions {
+        registry: vec![registry.url.clone()],
+        auto_routes: true,
+        config: Config::parse(routes).unwrap(),
+        proxy: ProxySettings {
+            access_log: false,
+            upstream_ca,
+            ..Default::default()
+        },
+        ..GatewayOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_verified_and_a_tls_failure_is_a_502_of_its_own() {
+    let ca = TestCa::new();
+    let echo = TestEcho::start("e").await;
+    let registry = TestRegistry::start(fast_leases()).await;
+    let (upstream, rev) = https_upstream(&ca, &echo, &registry).await;
+    let ca_path = ca.path.display().to_string();
+    let routes = format!(
+        r#"
+[[route]]
+name = "own-ca"
+path_prefix = "/own-ca"
+service = "svc"
+[route.upstream_tls]
+ca = "{ca_path}"
+
+[[route]]
+name = "wrong-name"
+path_prefix = "/wrong-name"
+service = "svc"
+[route.upstream_tls]
+ca = "{ca_path}"
+server_name = "other.example.com"
+
+[[route]]
+name = "insecure"
+path_prefix = "/insecure"
+service = "svc"
+[route.upstream_tls]
+insecure_skip_verify = true
+"#
+    );
+    // Only the web PKI roots by default: the test CA is not among them.
+    let gw = TestGateway::start(following(&registry, &routes, Vec::new())).await;
+    gw.wait_revision(rev).await;
+    let refused = get(&format!("{}/svc/x", gw.url)).await;
+    assert_eq!(refused.status, 502);
+    assert_eq!(refused.headers["x-portico-error"], "upstream_tls");
+    let wrong = get(&format!("{}/wrong-name/x", gw.url)).await;
+    assert_eq!(wrong.status, 502);
+    assert_eq!(wrong.headers["x-portico-error"], "upstream_tls");
+    for path in ["/own-ca/x", "/insecure/x"] {
+        let ok = get(&format!("{}{path}", gw.url)).await;
+        assert_eq!(ok.status, 200, "{path}: {:?}", ok.body);
+        // The upstream gateway saw it arrive over TLS.
+        assert_eq!(ok.json()["headers"]["x-forwarded-proto"], "https");
+    }
+    // --upstream-ca: every route trusts the bundle.
+    let trusting = TestGateway::start(following(&registry, "", vec![ca.path.clone()])).await;
+    trusting.wait_revision(rev).await;
+    let ok = get(&format!("{}/svc/x", trusting.url)).await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    // ALPN chose HTTP/2 towards the upstream; the refusals were failed
+    // handshakes there.
+    let status = admin_json(&upstream, "/status").await;
+    assert!(
+        status["tls"]["handshakes"]["h2"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert!(
+        status["tls"]["handshakes"]["failed"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_reach_an_https_upstream_over_h2() {
+    // What gRPC over TLS needs: an HTTP/2 request with trailers allowed,
+    // carried over an h2 connection chosen by ALPN.
+    let ca = TestCa::new();
+    let echo = TestEcho::start("e").await;
+    let registry = TestRegistry::start(fast_leases()).await;
+    let (upstream, rev) = https_upstream(&ca, &echo, &registry).await;
+    let gw = TestGateway::start(following(&registry, "", vec![ca.path.clone()])).await;
+    gw.wait_revision(rev).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for _ in 0..3 {
+        let req = http::Request::post(format!("{}/svc/pkg.Service/Method", gw.url))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let status = admin_json(&upstream, "/status").await;
+    // One shared HTTP/2 connection carried all three.
+    assert_eq!(status["tls"]["handshakes"]["h2"], 1, "{status}");
+    assert_eq!(status["tls"]["handshakes"]["http/1.1"], 0, "{status}");
+}

@@ -43,13 +43,14 @@ pub enum ProxyError {
         /// The route's timeout.
         timeout: std::time::Duration,
     },
-    /// The upstream speaks a protocol this build cannot reach.
-    #[error("upstream {endpoint} uses scheme {scheme}, which this gateway cannot reach yet")]
-    UnsupportedScheme {
-        /// The endpoint.
+    /// The TLS handshake with an `https` upstream failed (or its TLS
+    /// setting could not be loaded).
+    #[error("upstream {endpoint}: TLS failed: {reason}")]
+    UpstreamTls {
+        /// The endpoint tried.
         endpoint: String,
-        /// Its scheme.
-        scheme: &'static str,
+        /// What the handshake or the setting refused.
+        reason: String,
     },
     /// The route is at one of its overload limits.
     #[error("route {route:?} is at an overload limit ({limit} in flight)")]
@@ -115,7 +116,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream_connect",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
-            ProxyError::UnsupportedScheme { .. } => "upstream_scheme_unsupported",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::CircuitOpen { .. } => "circuit_open",
@@ -139,7 +140,7 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamProtocol { .. }
-            | ProxyError::UnsupportedScheme { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_)
             | ProxyError::BadHost(_)

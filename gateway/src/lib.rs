@@ -81,6 +81,7 @@ use crate::health::HealthRegistry;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::router::RouteTable;
 use crate::server::ServerSettings;
+use crate::tls::upstream::UpstreamTlsConfigs;
 use crate::tls::{ServerTls, TlsSettings, TlsSetupError};
 
 /// Everything a gateway needs to run.
@@ -157,7 +158,13 @@ impl Gateway {
         )
         .with_zone(options.zone.clone());
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
-        let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
+        let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
+        // Routes from the file: their TLS files are checked (and an
+        // insecure one logged) now, not at their first request.
+        for route in &options.config.routes {
+            upstream_tls.for_route(route.upstream_tls.as_deref())?;
+        }
+        let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy, upstream_tls));
         let tls = match &options.tls {
             Some(settings) => Some(ServerTls::new(settings, proxy.metrics().tls().clone())?),
             None => None,

@@ -767,7 +767,7 @@ pub struct Route {
 }
 
 /// A route's upstream TLS settings, checked (the gateway loads the files).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
     /// Extra CA bundle file.
     pub ca: Option<std::path::PathBuf>,

@@ -48,6 +48,7 @@ use crate::health::OutlierPolicy;
 use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody};
 use crate::router::{RouteEntry, RouteTable};
+use crate::tls::upstream::UpstreamTlsConfigs;
 use crate::trace;
 use crate::tunnel::Tunnels;
 
@@ -93,6 +94,9 @@ pub struct ProxySettings {
     pub https_redirect: bool,
     /// The HTTPS port redirects name (`None` or 443: none in the URL).
     pub https_port: Option<u16>,
+    /// CA bundles trusted for `https` upstreams beside the web PKI roots
+    /// (`--upstream-ca`).
+    pub upstream_ca: Vec<std::path::PathBuf>,
 }
 
 impl Default for ProxySettings {
@@ -107,6 +111,7 @@ impl Default for ProxySettings {
             tunnel_idle_timeout: crate::tunnel::DEFAULT_TUNNEL_IDLE_TIMEOUT,
             https_redirect: false,
             https_port: None,
+            upstream_ca: Vec::new(),
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct Proxy {
     tunnels: Arc<Tunnels>,
     https_redirect: bool,
     https_port: Option<u16>,
+    /// Client TLS settings for `https` upstreams.
+    upstream_tls: Arc<UpstreamTlsConfigs>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -212,8 +219,13 @@ impl BodyState {
 }
 
 impl Proxy {
-    /// A proxy reading routes from `table`.
-    pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: &ProxySettings) -> Proxy {
+    /// A proxy reading routes from `table`, reaching `https` upstreams with
+    /// `upstream_tls`.
+    pub fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        settings: &ProxySettings,
+        upstream_tls: Arc<UpstreamTlsConfigs>,
+    ) -> Proxy {
         let metrics = Arc::<GatewayMetrics>::default();
         let tunnels = Tunnels::new(settings.tunnel_idle_timeout, metrics.tunnels().clone());
         Proxy {
@@ -227,6 +239,7 @@ impl Proxy {
             tunnels,
             https_redirect: settings.https_redirect,
             https_port: settings.https_port,
+            upstream_tls,
         }
     }
 

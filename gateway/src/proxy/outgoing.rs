@@ -229,7 +229,9 @@ pub(super) fn target(
     host: Option<&HeaderValue>,
 ) -> Result<(), ProxyError> {
     match endpoint.scheme {
-        Scheme::Http => {
+        // `https` too: the pool turns the request into HTTP/2 form if the
+        // handshake's ALPN chose h2.
+        Scheme::Http | Scheme::Https => {
             // HTTP/1.1 upstreams get the origin form and one Host: the one
             // routed on, or the endpoint's own when the client named none.
             *req.uri_mut() = Uri::from(path_and_query.clone());
@@ -259,12 +261,6 @@ pub(super) fn target(
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(header::HOST);
-        }
-        Scheme::Https => {
-            return Err(ProxyError::UnsupportedScheme {
-                endpoint: endpoint.id.to_string(),
-                scheme: "https",
-            });
         }
     }
     Ok(())
