@@ -609,3 +609,42 @@ async fn http2_requests_reach_an_https_upstream_over_h2() {
     assert_eq!(status["tls"]["handshakes"]["h2"], 1, "{status}");
     assert_eq!(status["tls"]["handshakes"]["http/1.1"], 0, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_presents_its_client_certificate_to_an_mtls_upstream() {
+    let ca = TestCa::new();
+    let upstream = support::tls::MtlsServer::start(&ca, "mtls.example.com").await;
+    let registry = TestRegistry::start(fast_leases()).await;
+    let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", upstream.addr.port());
+    spec.scheme = portico_registry::model::Scheme::Https;
+    spec.meta
+        .insert("tls_server_name".into(), "mtls.example.com".into());
+    let rev = registry
+        .client()
+        .register_once("svc", "mtls-1", &spec)
+        .await
+        .unwrap()
+        .revision;
+    let client = ca.write_client("gateway");
+    let routes = format!(
+        r#"
+[[route]]
+name = "with-cert"
+path_prefix = "/with-cert"
+service = "svc"
+[route.upstream_tls]
+client_cert = "{}:{}"
+"#,
+        client.cert.display(),
+        client.key.display()
+    );
+    let gw = TestGateway::start(following(&registry, &routes, vec![ca.path.clone()])).await;
+    gw.wait_revision(rev).await;
+    let ok = get(&format!("{}/with-cert/x", gw.url)).await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    assert_eq!(&ok.body[..], b"client certificate verified");
+    // Without a client certificate the upstream refuses the connection.
+    let refused = get(&format!("{}/svc/x", gw.url)).await;
+    assert_eq!(refused.status, 502, "{:?}", refused.body);
+    assert_eq!(refused.headers["x-portico-error"], "upstream_tls");
+}

@@ -80,6 +80,28 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether an error is (or wraps) a TLS alert or error: with TLS 1.3 an
+/// upstream refuses a client certificate after the client's handshake is
+/// done, so the refusal arrives with the first response read.
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if inner.downcast_ref::<rustls::Error>().is_some() {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
 /// A failed exchange, with the request handed back when nothing of it was
 /// sent (so the caller may try another endpoint).
 #[derive(Debug)]
@@ -350,6 +372,8 @@ impl Pool {
                 _ => {
                     let error = if is_refused_stream(failed.error()) {
                         UpstreamError::Refused(error_chain(failed.error()))
+                    } else if is_tls_error(failed.error()) {
+                        UpstreamError::Tls(error_chain(failed.error()))
                     } else {
                         UpstreamError::Protocol(error_chain(failed.error()))
                     };

@@ -223,3 +223,89 @@ pub async fn run(program: &str, args: &[&str], timeout: Duration) -> (bool, Stri
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+impl TestCa {
+    /// A client certificate (extended key usage clientAuth) whose subject
+    /// CN is `cn`, written as `{cn}.pem` and `{cn}-key.pem`.
+    pub fn write_client(&self, cn: &str) -> CertFiles {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![format!("{cn}.test")]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let files = CertFiles {
+            cert: self.dir.join(format!("{cn}.pem")),
+            key: self.dir.join(format!("{cn}-key.pem")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+}
+
+/// An HTTPS server (HTTP/1.1) that requires a client certificate issued by
+/// `ca` and answers every request `200 client certificate verified`: an
+/// upstream for mTLS from the gateway.
+pub struct MtlsServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MtlsServer {
+    pub async fn start(ca: &TestCa, name: &str) -> MtlsServer {
+        let issued = ca.issue("mtls-upstream", &[name]);
+        let chain = CertificateDer::pem_slice_iter(issued.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"client certificate verified"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        MtlsServer { addr, task }
+    }
+}
+
+impl Drop for MtlsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
