@@ -13,8 +13,8 @@ use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
 use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
 use portico_gateway::server::ServerSettings;
-use portico_gateway::tls::TlsSettings;
 use portico_gateway::tls::cert::CertFiles;
+use portico_gateway::tls::{ClientAuth, TlsSettings};
 use portico_registry::auth::{Tokens, check_exposure};
 use portico_registry::lease::LeasePolicy;
 use tokio::net::TcpListener;
@@ -339,6 +339,26 @@ struct GatewayArgs {
     /// (`[route.upstream_tls] ca`).
     #[arg(long = "upstream-ca", value_name = "FILE")]
     upstream_ca: Vec<PathBuf>,
+    /// Ask HTTPS clients for a certificate chaining to a CA in this PEM
+    /// bundle (mTLS on the listener); see --tls-client-auth.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: `required` refuses a handshake without a
+    /// valid client certificate; `optional` lets a client send none.
+    #[arg(long, value_enum, default_value = "required")]
+    tls_client_auth: ClientAuthMode,
+    /// Request header that carries the verified client certificate's
+    /// subject upstream (e.g. `x-client-subject`); a client's own is always
+    /// removed. Default: not sent.
+    #[arg(long, value_name = "NAME")]
+    tls_client_subject_header: Option<http::HeaderName>,
+}
+
+/// `--tls-client-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientAuthMode {
+    Required,
+    Optional,
 }
 
 /// `--hsts`: a header value that starts with `max-age=`.
@@ -386,6 +406,10 @@ impl GatewayArgs {
                     "--hsts needs --tls-listen: the header is only sent over HTTPS"
                 );
                 anyhow::ensure!(!self.no_cleartext, "--no-cleartext needs --tls-listen");
+                anyhow::ensure!(
+                    self.tls_client_ca.is_none(),
+                    "--tls-client-ca needs --tls-listen"
+                );
                 Ok(None)
             }
             (None, false) => anyhow::bail!("--tls-cert needs --tls-listen"),
@@ -393,6 +417,10 @@ impl GatewayArgs {
             (Some(_), false) => Ok(Some(TlsSettings {
                 certs: self.tls_certs.clone(),
                 hsts: self.hsts.clone(),
+                client_auth: self.tls_client_ca.clone().map(|ca| ClientAuth {
+                    ca,
+                    required: self.tls_client_auth == ClientAuthMode::Required,
+                }),
             })),
         }
     }
@@ -502,6 +530,7 @@ impl GatewayArgs {
                 edge: self.edge(),
                 https_redirect: self.https_redirect,
                 upstream_ca: self.upstream_ca.clone(),
+                client_subject_header: self.tls_client_subject_header.clone(),
                 outlier: OutlierPolicy {
                     consecutive_failures: self.outlier_failures,
                     base_ejection: self.outlier_ejection,

@@ -24,6 +24,7 @@ fn options(routes: &str, certs: Vec<CertFiles>) -> GatewayOptions {
         tls: Some(TlsSettings {
             certs,
             hsts: Some(http::HeaderValue::from_static("max-age=600")),
+            client_auth: None,
         }),
         proxy: ProxySettings {
             access_log: false,
@@ -647,4 +648,71 @@ client_cert = "{}:{}"
     let refused = get(&format!("{}/svc/x", gw.url)).await;
     assert_eq!(refused.status, 502, "{:?}", refused.body);
     assert_eq!(refused.headers["x-portico-error"], "upstream_tls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_required_or_optional_and_the_subject_passed_upstream() {
+    let ca = TestCa::new();
+    let echo = TestEcho::start("e").await;
+    let client = ca.write_client("alice");
+    // A certificate from another CA is refused in both modes.
+    let stranger = TestCa::new().write_client("mallory");
+    let port_of = |gw: &TestGateway| gw.tls_addr.unwrap().port();
+    let curl = |port: u16, cert: Option<&CertFiles>| {
+        let resolve = format!("api.example.com:{port}:127.0.0.1");
+        let url = format!("https://api.example.com:{port}/who");
+        let ca_path = ca.path.display().to_string();
+        let cert = cert.map(|c| (c.cert.display().to_string(), c.key.display().to_string()));
+        async move {
+            let mut args = vec![
+                "-sS".to_string(),
+                "--cacert".into(),
+                ca_path,
+                "--resolve".into(),
+                resolve,
+                "-H".into(),
+                "x-client-subject: CN=forged".into(),
+            ];
+            if let Some((c, k)) = cert {
+                args.extend(["--cert".into(), c, "--key".into(), k]);
+            }
+            args.push(url);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("curl", &args, CMD_TIMEOUT).await
+        }
+    };
+    for required in [true, false] {
+        let mut opts = options(&echo_route(&echo), three_certs(&ca));
+        opts.tls.as_mut().unwrap().client_auth = Some(portico_gateway::tls::ClientAuth {
+            ca: ca.path.clone(),
+            required,
+        });
+        opts.proxy.client_subject_header = Some(http::HeaderName::from_static("x-client-subject"));
+        let gw = TestGateway::start_tls(opts).await;
+        let (ok, out, err) = curl(port_of(&gw), Some(&client)).await;
+        assert!(ok, "required={required}: {err}");
+        let echoed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            echoed["headers"]["x-client-subject"], "CN=alice",
+            "{echoed}"
+        );
+        let (ok, _, err) = curl(port_of(&gw), Some(&stranger)).await;
+        assert!(
+            !ok,
+            "required={required}: a stranger's certificate was accepted"
+        );
+        assert!(err.contains("alert") || err.contains("SSL"), "{err}");
+        let (ok, out, err) = curl(port_of(&gw), None).await;
+        if required {
+            assert!(!ok, "no client certificate was accepted: {out}");
+        } else {
+            assert!(ok, "{err}");
+            let echoed: serde_json::Value = serde_json::from_str(&out).unwrap();
+            // No certificate: no subject, and the client's forgery removed.
+            assert!(
+                echoed["headers"].get("x-client-subject").is_none(),
+                "{echoed}"
+            );
+        }
+    }
 }

@@ -352,8 +352,10 @@ async fn serve_connection(
     let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
     tls.stats.count(outcome, resumed);
+    let mut downstream = shared.proxy.peer(peer, true);
+    downstream.client_subject = crate::tls::client_subject(session);
     let conn = Conn {
-        peer: Arc::new(shared.proxy.peer(peer, true)),
+        peer: Arc::new(downstream),
         hsts: tls.hsts.clone(),
         active,
         draining,

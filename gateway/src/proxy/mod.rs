@@ -97,6 +97,10 @@ pub struct ProxySettings {
     /// CA bundles trusted for `https` upstreams beside the web PKI roots
     /// (`--upstream-ca`).
     pub upstream_ca: Vec<std::path::PathBuf>,
+    /// The request header carrying the verified client certificate's
+    /// subject upstream (`--tls-client-subject-header`); whatever a client
+    /// sends in it is always removed.
+    pub client_subject_header: Option<http::HeaderName>,
 }
 
 impl Default for ProxySettings {
@@ -112,6 +116,7 @@ impl Default for ProxySettings {
             https_redirect: false,
             https_port: None,
             upstream_ca: Vec::new(),
+            client_subject_header: None,
         }
     }
 }
@@ -131,6 +136,7 @@ pub struct Proxy {
     https_port: Option<u16>,
     /// Client TLS settings for `https` upstreams.
     upstream_tls: Arc<UpstreamTlsConfigs>,
+    client_subject_header: Option<http::HeaderName>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -150,6 +156,9 @@ pub struct Peer {
     /// Whether the peer is a trusted hop (its forwarding headers are kept
     /// and appended to, not replaced).
     trusted: bool,
+    /// The subject of the client certificate verified on this connection
+    /// (mTLS on the HTTPS listener), for `--tls-client-subject-header`.
+    pub client_subject: Option<HeaderValue>,
 }
 
 impl Peer {
@@ -171,6 +180,7 @@ impl Peer {
             proto: HeaderValue::from_static(proto),
             secure,
             trusted: false,
+            client_subject: None,
         }
     }
 }
@@ -240,6 +250,7 @@ impl Proxy {
             https_redirect: settings.https_redirect,
             https_port: settings.https_port,
             upstream_tls,
+            client_subject_header: settings.client_subject_header.clone(),
         }
     }
 
@@ -330,11 +341,19 @@ impl Proxy {
     async fn proxy<'t>(
         &self,
         table: &'t RouteTable,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: &Peer,
         ctx: &mut RequestCtx<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let front = edge::check(&req, &self.edge)?;
+        if let Some(name) = &self.client_subject_header {
+            // Only the gateway says who the client certificate named.
+            let headers = req.headers_mut();
+            headers.remove(name);
+            if let Some(subject) = &peer.client_subject {
+                headers.insert(name.clone(), subject.clone());
+            }
+        }
         if self.https_redirect && !peer.secure {
             return self.redirect(&front, &req);
         }

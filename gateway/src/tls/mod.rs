@@ -74,6 +74,19 @@ pub struct TlsSettings {
     /// `Strict-Transport-Security` value added to responses on the TLS
     /// listener (`None`: not sent).
     pub hsts: Option<http::HeaderValue>,
+    /// Client certificates asked for (mTLS), when set.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client-certificate verification on the HTTPS listener
+/// (`--tls-client-ca`).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// Refuse a handshake without a valid client certificate; `false`: a
+    /// client may send none (a certificate sent must still verify).
+    pub required: bool,
 }
 
 /// Handshake outcomes, by what a metric label says.
@@ -166,7 +179,7 @@ impl ServerTls {
         }
         let (loaded, contents) = watch::load_all(&settings.certs)?;
         stats.store.set_files(loaded);
-        let config = server_config(stats.store.clone())?;
+        let config = server_config(stats.store.clone(), settings.client_auth.as_ref())?;
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             stats,
@@ -190,16 +203,68 @@ impl ServerTls {
 
 /// The server config: TLS 1.3 and 1.2, ALPN h2 and http/1.1, resumption
 /// by tickets and a session cache, certificates from `store` per handshake.
-fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, TlsSetupError> {
+fn server_config(
+    store: Arc<CertStore>,
+    client_auth: Option<&ClientAuth>,
+) -> Result<ServerConfig, TlsSetupError> {
     let provider = provider();
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(StoreResolver(store)));
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(StoreResolver(store)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
         .map_err(|e| TlsSetupError::Config(e.to_string()))?;
     Ok(config)
+}
+
+/// Verifies client certificates against `auth.ca` (refused at startup,
+/// naming the file, when it holds no CA certificate).
+fn client_verifier(
+    auth: &ClientAuth,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsSetupError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let what = auth.ca.display().to_string();
+    let pem = std::fs::read(&auth.ca).map_err(|e| cert::CertError::Read {
+        path: what.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert::CertError::NoCertificate {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+    if roots.add_parsable_certificates(certs).0 == 0 {
+        return Err(cert::CertError::NoCertificate {
+            what,
+            reason: "no CA certificate in the file".into(),
+        }
+        .into());
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match auth.required {
+        true => builder,
+        false => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map_err(|e| TlsSetupError::Config(format!("{what}: {e}")))
+}
+
+/// The subject of the verified client certificate on `session`, as a
+/// header value (RFC 4514 style, e.g. `CN=alice, O=Example`).
+pub fn client_subject(session: &rustls::ServerConnection) -> Option<http::HeaderValue> {
+    let leaf = session.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    http::HeaderValue::from_str(&cert.subject().to_string()).ok()
 }
