@@ -716,3 +716,50 @@ async fn client_certificates_required_or_optional_and_the_subject_passed_upstrea
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_files() {
+    let ca = TestCa::new();
+    let files = ca.write("only", &["api.example.com"]);
+    let (tls_port, admin_port) = (free_port(), free_port());
+    let spec = format!("{}:{}", files.cert.display(), files.key.display());
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let admin = format!("127.0.0.1:{admin_port}");
+    let child = ChildProcess::spawn(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        &admin,
+        "--no-cache",
+        "--tls-listen",
+        &tls_listen,
+        "--tls-cert",
+        &spec,
+    ]);
+    let addr: std::net::SocketAddr = tls_listen.parse().unwrap();
+    let client = ca.client_full(&[b"http/1.1"]);
+    // Serving (so the certificate watcher, and its SIGHUP handler, run).
+    eventually("the HTTPS listener to answer", || async {
+        get_tls(&client, addr, "api.example.com", "/").await.is_ok()
+    })
+    .await;
+    let reloads = || async {
+        get(&format!("http://{admin}/status")).await.json()["tls"]["reloads_applied"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(reloads().await, 0);
+    // The files are unchanged: only the signal makes this reload.
+    let pid = child.child.id().to_string();
+    let (ok, _, err) = run("kill", &["-HUP", &pid], CMD_TIMEOUT).await;
+    assert!(ok, "{err}");
+    eventually("SIGHUP to reload the certificates", || async {
+        reloads().await == 1
+    })
+    .await;
+    let r = get_tls(&client, addr, "api.example.com", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.cn, "only");
+}

@@ -70,10 +70,12 @@ pub fn spawn(
     store: Arc<CertStore>,
     interval: Duration,
 ) -> JoinHandle<()> {
+    // Registered before the task starts: a SIGHUP sent once the listener
+    // answers finds the handler in place (the default action ends the
+    // process).
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut served = served;
