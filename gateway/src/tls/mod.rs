@@ -14,9 +14,9 @@
 //! tickets (rotating keys, as nginx's `ssl_session_tickets on`) and a
 //! session cache for TLS 1.2 clients without tickets; no 0-RTT (replayable).
 //!
-//! The crypto provider is aws-lc-rs (rustls' default): on the benchmark
-//! machine it did full ECDSA P-256 handshakes faster than ring (figures in
-//! docs/configuration.md), and it builds here without cmake.
+//! The crypto provider is aws-lc-rs, rustls' default (why, in
+//! docs/configuration.md, "Crypto provider"; not measured against ring
+//! here).
 
 pub mod cert;
 pub mod store;
