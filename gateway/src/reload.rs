@@ -8,9 +8,11 @@
 //! parse or validate is refused whole: the previous routes keep serving, and
 //! the log says which key is wrong. The next change is tried again.
 //!
-//! A polled change is applied once two reads in a row agree: a file being
-//! written in place can be read half-written (an empty file is a valid file
-//! with no routes), and serving that for a moment would drop every route.
+//! A polled change is applied once two reads in a row agree, at least
+//! [`SETTLE`] apart: a file being written in place can be read half-written
+//! (an empty file is a valid file with no routes), and serving that for a
+//! moment would drop every route. (Two reads one short poll apart could both
+//! fall between the truncation and the write when the writer is descheduled.)
 //! SIGHUP applies at once: the operator says the file is ready.
 
 use std::path::PathBuf;
@@ -26,6 +28,9 @@ use crate::discovery::DiscoveryStatus;
 
 /// How often the route file is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The least time between the two agreeing reads that apply a polled change.
+pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// Watches `path`, sending each new valid config on `tx`. `tx` holds the
 /// config the gateway started with. A zero `interval` turns polling off
@@ -46,8 +51,9 @@ pub fn spawn(
         // Digest of the text last seen: the startup file's at first, so an
         // unchanged file is never parsed again.
         let mut last: Option<u64> = None;
-        // A changed text seen once, applied when the next read agrees.
-        let mut settling: Option<u64> = None;
+        // A changed text seen first at this instant, applied when a read
+        // at least SETTLE later agrees.
+        let mut settling: Option<(u64, tokio::time::Instant)> = None;
         let startup = tx.borrow().digest;
         loop {
             #[cfg(unix)]
@@ -83,9 +89,18 @@ pub fn spawn(
                 settling = None;
                 continue;
             }
-            if !signalled && last.is_some() && settling != Some(seen) {
-                settling = Some(seen);
-                continue;
+            if !signalled && last.is_some() {
+                match settling {
+                    Some((digest, since)) if digest == seen => {
+                        if since.elapsed() < SETTLE {
+                            continue;
+                        }
+                    }
+                    _ => {
+                        settling = Some((seen, tokio::time::Instant::now()));
+                        continue;
+                    }
+                }
             }
             settling = None;
             let first = last.is_none();
