@@ -101,25 +101,55 @@ async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>>
     }
 }
 
-/// Runs a gateway on `listener` until `shutdown`, with its admin API on
-/// `admin` when given.
+/// The sockets a gateway serves: the public cleartext one (`--listen`,
+/// unless turned off), the HTTPS one (`--tls-listen`), the admin one.
+#[derive(Debug, Default)]
+pub struct GatewayListeners {
+    /// Cleartext HTTP/1.1 and h2c.
+    pub plain: Option<TcpListener>,
+    /// HTTPS (needs `GatewayOptions::tls`).
+    pub tls: Option<TcpListener>,
+    /// The admin API.
+    pub admin: Option<TcpListener>,
+}
+
+impl GatewayListeners {
+    /// A cleartext public listener and, when given, an admin one.
+    pub fn plain(listener: TcpListener, admin: Option<TcpListener>) -> GatewayListeners {
+        GatewayListeners {
+            plain: Some(listener),
+            tls: None,
+            admin,
+        }
+    }
+}
+
+/// Runs a gateway on `listeners` until `shutdown`, with its admin API when
+/// an admin listener is given.
 pub async fn run_gateway(
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: GatewayListeners,
     options: GatewayOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let gateway = Gateway::new(options).context("gateway options")?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "gateway listening");
-    let admin = match admin {
+    for (what, l) in [
+        ("gateway", &listeners.plain),
+        ("gateway HTTPS", &listeners.tls),
+    ] {
+        if let Some(l) = l {
+            tracing::info!(addr = %l.local_addr()?, "{what} listening");
+        }
+    }
+    let admin = match listeners.admin {
         Some(l) => {
             tracing::info!(addr = %l.local_addr()?, "gateway admin listening");
             Some(gateway.serve_admin(l))
         }
         None => None,
     };
-    let served = gateway.serve(listener, shutdown).await;
+    let served = gateway
+        .serve_on(listeners.plain, listeners.tls, shutdown)
+        .await;
     if let Some(a) = admin {
         a.abort();
     }
@@ -134,8 +164,7 @@ pub async fn run_gateway(
 /// this run and never shown.
 pub async fn run_up(
     control: TcpListener,
-    gateway: TcpListener,
-    admin: Option<TcpListener>,
+    gateway: GatewayListeners,
     mut registry_options: RegistryOptions,
     mut gateway_options: GatewayOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -153,7 +182,7 @@ pub async fn run_up(
         registry_options,
         stopped(stop_rx.clone()),
     ));
-    let gateway = run_gateway(gateway, admin, gateway_options, stopped(stop_rx));
+    let gateway = run_gateway(gateway, gateway_options, stopped(stop_rx));
     tokio::pin!(gateway);
     tokio::pin!(shutdown);
     let gateway_result = tokio::select! {

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use portico::{RegistryOptions, run_gateway, run_registry, run_up};
+use portico::{GatewayListeners, RegistryOptions, run_gateway, run_registry, run_up};
 use portico_gateway::GatewayOptions;
 use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
 use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
 use portico_gateway::server::ServerSettings;
+use portico_gateway::tls::cert::CertFiles;
+use portico_gateway::tls::{ClientAuth, TlsSettings};
 use portico_registry::auth::{Tokens, check_exposure};
 use portico_registry::lease::LeasePolicy;
 use tokio::net::TcpListener;
@@ -326,6 +328,61 @@ struct GatewayArgs {
     /// Do not merge runs of `/` in request paths before routing.
     #[arg(long)]
     no_merge_slashes: bool,
+    /// HTTPS listener address (beside the cleartext --listen); needs
+    /// --tls-cert. ALPN offers h2 and http/1.1.
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    /// A certificate for the HTTPS listener: `CERT.pem:KEY.pem` (PEM chain,
+    /// leaf first, and its key); repeatable. The handshake picks by SNI,
+    /// exact name over wildcard; the first answers everything else. Re-read
+    /// when the files change and on SIGHUP.
+    #[arg(long = "tls-cert", value_name = "CERT.pem:KEY.pem", value_parser = CertFiles::parse)]
+    tls_certs: Vec<CertFiles>,
+    /// Do not open the cleartext listener (--listen): HTTPS only.
+    #[arg(long)]
+    no_cleartext: bool,
+    /// Answer every request on the cleartext listener with a 308 to the
+    /// same URL over HTTPS (routes can ask for it one by one with
+    /// `https_redirect = true`).
+    #[arg(long)]
+    https_redirect: bool,
+    /// `Strict-Transport-Security` value for responses on the HTTPS
+    /// listener, e.g. `max-age=31536000; includeSubDomains`. Default: not sent.
+    #[arg(long, value_parser = hsts)]
+    hsts: Option<http::HeaderValue>,
+    /// A PEM bundle of CAs trusted for `https` upstreams, beside the web
+    /// PKI roots; repeatable. Routes can add their own
+    /// (`[route.upstream_tls] ca`).
+    #[arg(long = "upstream-ca", value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+    /// Ask HTTPS clients for a certificate chaining to a CA in this PEM
+    /// bundle (mTLS on the listener); see --tls-client-auth.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: `required` refuses a handshake without a
+    /// valid client certificate; `optional` lets a client send none.
+    #[arg(long, value_enum, default_value = "required")]
+    tls_client_auth: ClientAuthMode,
+    /// Request header that carries the verified client certificate's
+    /// subject upstream (e.g. `x-client-subject`); a client's own is always
+    /// removed. Default: not sent.
+    #[arg(long, value_name = "NAME")]
+    tls_client_subject_header: Option<http::HeaderName>,
+}
+
+/// `--tls-client-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientAuthMode {
+    Required,
+    Optional,
+}
+
+/// `--hsts`: a header value that starts with `max-age=`.
+fn hsts(s: &str) -> Result<http::HeaderValue, String> {
+    if !s.trim_start().to_ascii_lowercase().starts_with("max-age=") {
+        return Err("expected a Strict-Transport-Security value starting with max-age=".into());
+    }
+    http::HeaderValue::from_str(s).map_err(|e| e.to_string())
 }
 
 /// `--max-request-body`: a size, or no limit.
@@ -355,6 +412,67 @@ impl GatewayArgs {
             max_body: self.max_request_body.0,
             body_read_timeout: self.body_read_timeout,
         }
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<TlsSettings>> {
+        match (self.tls_listen, self.tls_certs.is_empty()) {
+            (None, true) => {
+                anyhow::ensure!(
+                    self.hsts.is_none(),
+                    "--hsts needs --tls-listen: the header is only sent over HTTPS"
+                );
+                anyhow::ensure!(!self.no_cleartext, "--no-cleartext needs --tls-listen");
+                anyhow::ensure!(
+                    self.tls_client_ca.is_none(),
+                    "--tls-client-ca needs --tls-listen"
+                );
+                Ok(None)
+            }
+            (None, false) => anyhow::bail!("--tls-cert needs --tls-listen"),
+            (Some(_), true) => anyhow::bail!("--tls-listen needs at least one --tls-cert"),
+            (Some(_), false) => Ok(Some(TlsSettings {
+                certs: self.tls_certs.clone(),
+                hsts: self.hsts.clone(),
+                client_auth: self.tls_client_ca.clone().map(|ca| ClientAuth {
+                    ca,
+                    required: self.tls_client_auth == ClientAuthMode::Required,
+                }),
+            })),
+        }
+    }
+
+    /// Binds the public listeners (cleartext unless turned off, HTTPS when
+    /// asked) and the admin one; sets the HTTPS port redirects name.
+    async fn listeners(&self, options: &mut GatewayOptions) -> anyhow::Result<GatewayListeners> {
+        let plain = match self.no_cleartext {
+            true => None,
+            false => Some(bind(self.listen, "gateway").await?),
+        };
+        let tls = match self.tls_listen {
+            Some(addr) => {
+                let l = bind(addr, "gateway HTTPS").await?;
+                options.proxy.https_port = Some(l.local_addr()?.port());
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(GatewayListeners {
+            plain,
+            tls,
+            admin: self.admin_listener().await?,
+        })
+    }
+
+    /// What the gateway serves, for the start-up line.
+    fn announce(listeners: &GatewayListeners) -> String {
+        let mut out = Vec::new();
+        if let Some(Ok(a)) = listeners.plain.as_ref().map(TcpListener::local_addr) {
+            out.push(format!("http://{a}"));
+        }
+        if let Some(Ok(a)) = listeners.tls.as_ref().map(TcpListener::local_addr) {
+            out.push(format!("https://{a}"));
+        }
+        out.join(" ")
     }
 
     async fn admin_listener(&self) -> anyhow::Result<Option<TcpListener>> {
@@ -400,6 +518,7 @@ impl GatewayArgs {
             }
         }
         Ok(GatewayOptions {
+            tls: self.tls()?,
             config,
             config_path: self.config.clone(),
             config_poll: Some(self.config_poll_interval),
@@ -426,6 +545,9 @@ impl GatewayArgs {
                 connect_timeout: self.connect_timeout,
                 tunnel_idle_timeout: self.tunnel_idle_timeout,
                 edge: self.edge(),
+                https_redirect: self.https_redirect,
+                upstream_ca: self.upstream_ca.clone(),
+                client_subject_header: self.tls_client_subject_header.clone(),
                 outlier: OutlierPolicy {
                     consecutive_failures: self.outlier_failures,
                     base_ejection: self.outlier_ejection,
@@ -482,6 +604,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Once, before any TLS configuration is built.
+    portico_gateway::tls::install_provider();
     // Before any socket: the default connection cap is derived from it.
     if let Some((soft, hard)) = portico_gateway::caps::raise_fd_limit() {
         tracing::debug!(?soft, ?hard, "file-descriptor limit");
@@ -509,16 +633,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up { registry, gateway } => {
             let reg = registry.options()?;
-            let gw = gateway.options(Vec::new(), None, true)?;
+            let mut gw = gateway.options(Vec::new(), None, true)?;
             let control = bind(registry.control, "control").await?;
-            let listen = bind(gateway.listen, "gateway").await?;
-            let admin = gateway.admin_listener().await?;
+            let listeners = gateway.listeners(&mut gw).await?;
             println!(
-                "portico up: gateway http://{} , registry http://{}",
-                listen.local_addr()?,
+                "portico up: gateway {} , registry http://{}",
+                GatewayArgs::announce(&listeners),
                 control.local_addr()?
             );
-            run_up(control, listen, admin, reg, gw, shutdown_signal()).await
+            run_up(control, listeners, reg, gw, shutdown_signal()).await
         }
         Command::Registry { registry } => {
             let reg = registry.options()?;
@@ -535,10 +658,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let mut gw = gateway.options(registry, registry_token, false)?;
             gw.cache_dir = (!no_cache).then_some(cache_dir);
-            let listen = bind(gateway.listen, "gateway").await?;
-            println!("portico gateway: http://{}", listen.local_addr()?);
-            let admin = gateway.admin_listener().await?;
-            run_gateway(listen, admin, gw, shutdown_signal()).await
+            let listeners = gateway.listeners(&mut gw).await?;
+            println!("portico gateway: {}", GatewayArgs::announce(&listeners));
+            run_gateway(listeners, gw, shutdown_signal()).await
         }
     }
 }

@@ -359,8 +359,7 @@ async fn up_with_tokens_keeps_its_own_gateway_following() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let up = tokio::spawn(portico::run_up(
         control,
-        public,
-        None,
+        portico::GatewayListeners::plain(public, None),
         RegistryOptions {
             data_dir: data,
             etcd: None,

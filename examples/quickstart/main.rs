@@ -42,8 +42,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let portico = tokio::spawn(portico::run_up(
         control,
-        gateway,
-        None,
+        portico::GatewayListeners::plain(gateway, None),
         RegistryOptions {
             data_dir: data_dir.clone(),
             etcd: None,

@@ -169,6 +169,41 @@ fn status_json(table: &RouteTable, s: &DiscoveryStatus, metrics: &GatewayMetrics
         "route_file_reload_failures": s.reload_failures.load(Ordering::Relaxed),
         "routes": table.entries().len(),
         "cache": s.cache_json(),
+        "tls": tls_json(metrics.tls()),
+    })
+}
+
+/// The certificates served (names, expiry, fingerprint, never a key),
+/// handshakes by outcome and certificate reloads.
+fn tls_json(tls: &crate::tls::TlsStats) -> Value {
+    let now = crate::tls::cert::unix_now();
+    let certificates: Vec<Value> = tls
+        .store()
+        .current()
+        .certs()
+        .iter()
+        .map(|c| {
+            json!({
+                "source": c.source,
+                "names": c.names,
+                "not_after_unix": c.not_after,
+                "expires_in_seconds": c.expires_in(now),
+                "fingerprint_sha256": c.fingerprint,
+            })
+        })
+        .collect();
+    let mut handshakes = serde_json::Map::new();
+    for (outcome, result, protocol) in crate::tls::Handshake::ALL {
+        let key = if result == "ok" { protocol } else { result };
+        handshakes.insert(key.to_string(), json!(tls.handshakes(outcome)));
+    }
+    handshakes.insert("resumed".into(), json!(tls.resumed()));
+    let (applied, refused) = tls.store().reloads();
+    json!({
+        "certificates": certificates,
+        "handshakes": handshakes,
+        "reloads_applied": applied,
+        "reloads_refused": refused,
     })
 }
 

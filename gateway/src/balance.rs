@@ -39,6 +39,9 @@ pub struct Endpoint {
     pub health: Arc<EndpointHealth>,
     /// Failure domain, from the instance's registration.
     pub zone: Option<Arc<str>>,
+    /// The TLS server name of an `https` instance, from its
+    /// `tls_server_name` metadata (`None`: the host of its address).
+    pub tls_name: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -54,6 +57,11 @@ impl Endpoint {
             scheme: instance.spec.scheme,
             weight: instance.spec.weight.max(1),
             zone: instance.spec.zone.as_deref().map(Arc::from),
+            tls_name: instance
+                .spec
+                .meta
+                .get(crate::tls::upstream::SERVER_NAME_META)
+                .map(|n| Arc::from(n.as_str())),
         })
     }
 
@@ -67,6 +75,7 @@ impl Endpoint {
             scheme: Scheme::Http,
             weight: 1,
             zone: None,
+            tls_name: None,
         }
     }
 }
@@ -526,6 +535,7 @@ mod tests {
             weight,
             health: Arc::default(),
             zone: None,
+            tls_name: None,
         }
     }
 

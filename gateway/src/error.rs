@@ -46,13 +46,14 @@ pub enum ProxyError {
         /// The route's timeout.
         timeout: std::time::Duration,
     },
-    /// The upstream speaks a protocol this build cannot reach.
-    #[error("upstream {endpoint} uses scheme {scheme}, which this gateway cannot reach yet")]
-    UnsupportedScheme {
-        /// The endpoint.
+    /// The TLS handshake with an `https` upstream failed (or its TLS
+    /// setting could not be loaded).
+    #[error("upstream {endpoint}: TLS failed: {reason}")]
+    UpstreamTls {
+        /// The endpoint tried.
         endpoint: String,
-        /// Its scheme.
-        scheme: &'static str,
+        /// What the handshake or the setting refused.
+        reason: String,
     },
     /// The route is at one of its overload limits.
     #[error("route {route:?} is at an overload limit ({limit} in flight)")]
@@ -132,7 +133,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream_connect",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
-            ProxyError::UnsupportedScheme { .. } => "upstream_scheme_unsupported",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::CircuitOpen { .. } => "circuit_open",
@@ -158,7 +159,7 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamProtocol { .. }
-            | ProxyError::UnsupportedScheme { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -188,6 +189,8 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Overloaded { .. }
             | ProxyError::UpstreamConnect { .. }
+            // A failed handshake is a failed connect (Envoy says the same).
+            | ProxyError::UpstreamTls { .. }
             // A reset or broken exchange: what a gRPC client reports when
             // its own connection breaks.
             | ProxyError::UpstreamProtocol { .. } => Code::UNAVAILABLE,
@@ -311,11 +314,11 @@ mod tests {
                 Code::INTERNAL,
             ),
             (
-                ProxyError::UnsupportedScheme {
+                ProxyError::UpstreamTls {
                     endpoint: endpoint(),
-                    scheme: "https",
+                    reason: "unknown issuer".into(),
                 },
-                Code::INTERNAL,
+                Code::UNAVAILABLE,
             ),
         ];
         for (error, code) in cases {

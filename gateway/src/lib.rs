@@ -17,7 +17,10 @@
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
-//! - [`server`]: the listener, connection limits and graceful drain.
+//! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
+//!   graceful drain.
+//! - [`tls`]: certificates (files and registry, picked by SNI, reloaded),
+//!   the HTTPS listener's settings, and client TLS to upstreams.
 //! - [`caps`]: downstream connection caps (gateway-wide, per client IP)
 //!   and the backoff on accept errors at the descriptor limit.
 //! - [`idle`]: "no bytes either way for the idle timeout", for connections
@@ -68,6 +71,7 @@ pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod trace;
 pub mod tunnel;
 
@@ -84,6 +88,8 @@ use crate::health::HealthRegistry;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::router::RouteTable;
 use crate::server::ServerSettings;
+use crate::tls::upstream::UpstreamTlsConfigs;
+use crate::tls::{ServerTls, TlsSettings, TlsSetupError};
 
 /// Everything a gateway needs to run.
 #[derive(Debug, Clone, Default)]
@@ -114,6 +120,8 @@ pub struct GatewayOptions {
     pub zone: Option<String>,
     /// Listener limits.
     pub server: ServerSettings,
+    /// The HTTPS listener's certificates and HSTS; `None`: no HTTPS.
+    pub tls: Option<TlsSettings>,
     /// Upstream and logging settings.
     pub proxy: ProxySettings,
 }
@@ -130,11 +138,25 @@ pub struct Gateway {
     builder: TableBuilder,
     options: GatewayOptions,
     config: tokio::sync::watch::Sender<Config>,
+    /// The HTTPS listener's TLS side, when configured.
+    tls: Option<ServerTls>,
+}
+
+/// Why a gateway could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A registry URL or token is unusable.
+    #[error(transparent)]
+    Registry(#[from] portico_registry::client::ClientError),
+    /// A certificate or the TLS configuration was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
 
 impl Gateway {
-    /// Builds the initial table from the configured routes.
-    pub fn new(options: GatewayOptions) -> Result<Gateway, portico_registry::client::ClientError> {
+    /// Builds the initial table from the configured routes, and loads the
+    /// certificates (refusing one that does not load, naming its file).
+    pub fn new(options: GatewayOptions) -> Result<Gateway, GatewayError> {
         if !options.registry.is_empty() {
             // Validate the URLs and token now so a typo fails at startup, not in a background task.
             registry_client(&options)?;
@@ -151,7 +173,17 @@ impl Gateway {
                 .unwrap_or(discovery::DEFAULT_AUTO_ROUTE_GRACE),
         );
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
-        let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy));
+        let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
+        // Routes from the file: their TLS files are checked (and an
+        // insecure one logged) now, not at their first request.
+        for route in &options.config.routes {
+            upstream_tls.for_route(route.upstream_tls.as_deref())?;
+        }
+        let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy, upstream_tls));
+        let tls = match &options.tls {
+            Some(settings) => Some(ServerTls::new(settings, proxy.metrics().tls().clone())?),
+            None => None,
+        };
         let config = tokio::sync::watch::Sender::new(options.config.clone());
         Ok(Gateway {
             table,
@@ -160,6 +192,7 @@ impl Gateway {
             builder,
             options,
             config,
+            tls,
         })
     }
 
@@ -185,13 +218,35 @@ impl Gateway {
         )
     }
 
-    /// Serves on `listener` until `shutdown`, following the registry if one
-    /// is configured; then drains.
+    /// Serves on one cleartext `listener` until `shutdown`; see
+    /// [`Gateway::serve_on`].
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.serve_on(Some(listener), None, shutdown).await
+    }
+
+    /// Serves cleartext on `plain` and HTTPS on `tls` (which needs
+    /// [`GatewayOptions::tls`]) until `shutdown`, following the registry if
+    /// one is configured and reloading certificate files; then drains.
+    pub async fn serve_on(
+        self,
+        plain: Option<TcpListener>,
+        tls: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let tls = match (tls, &self.tls) {
+            (Some(l), Some(t)) => Some((l, t.clone())),
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(std::io::Error::other(
+                    "an HTTPS listener needs TLS settings (--tls-cert)",
+                ));
+            }
+        };
+        let cert_reloader = tls.as_ref().map(|(_, t)| t.watch_files());
         let client = (!self.options.registry.is_empty()).then(|| {
             registry_client(&self.options)
                 .expect("registry URLs and token were validated in Gateway::new")
@@ -219,8 +274,12 @@ impl Gateway {
             self.table.clone(),
             self.status.clone(),
         ));
-        let result = server::serve(listener, self.proxy, self.options.server, shutdown).await;
+        let listeners = server::Listeners { plain, tls };
+        let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;
         follower.abort();
+        if let Some(r) = cert_reloader {
+            r.abort();
+        }
         if let Some(r) = reloader {
             r.abort();
         }

@@ -35,6 +35,7 @@ use crate::caps::{CapStats, Refusal};
 use crate::discovery::DiscoveryStatus;
 use crate::health::now_ms;
 use crate::router::{RouteEntry, RouteTable};
+use crate::tls::{Handshake, TlsStats};
 use crate::tunnel::{Closed, TunnelStats};
 
 /// `Content-Type` of `GET /metrics`: the Prometheus text format 0.0.4, which
@@ -265,6 +266,8 @@ pub struct GatewayMetrics {
     tunnels: Arc<TunnelStats>,
     /// Refused connections and accept errors, counted by the listener.
     caps: Arc<CapStats>,
+    /// TLS handshakes, certificate reloads and the certificates served.
+    tls: Arc<TlsStats>,
 }
 
 impl GatewayMetrics {
@@ -292,6 +295,11 @@ impl GatewayMetrics {
     /// The tunnel counters, for the gateway's [`crate::tunnel::Tunnels`].
     pub fn tunnels(&self) -> &Arc<TunnelStats> {
         &self.tunnels
+    }
+
+    /// The TLS counters and certificates, for the TLS listener.
+    pub fn tls(&self) -> &Arc<TlsStats> {
+        &self.tls
     }
 }
 
@@ -562,6 +570,8 @@ impl Collector for GatewayCollector {
                 .encode_counter::<NoLabelSet, _, u64>(&tunnels.closed(why), None)?;
         }
 
+        encode_tls(&mut encoder, &self.metrics.tls)?;
+
         encoder
             .encode_descriptor(
                 "portico_routing_table_revision",
@@ -665,6 +675,54 @@ impl Collector for GatewayCollector {
         }
         Ok(())
     }
+}
+
+/// TLS handshakes by outcome, certificate reloads, and each certificate's
+/// time to expiry (read from the certificates served when scraped).
+fn encode_tls(encoder: &mut DescriptorEncoder, tls: &TlsStats) -> fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "portico_gateway_tls_handshakes",
+        "TLS handshakes on the HTTPS listener, by result (ok, failed, timeout) and the protocol ALPN chose.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (outcome, result, protocol) in Handshake::ALL {
+        e.encode_family(&[("result", result), ("protocol", protocol)])?
+            .encode_counter::<NoLabelSet, _, u64>(&tls.handshakes(outcome), None)?;
+    }
+    encoder
+        .encode_descriptor(
+            "portico_gateway_tls_resumed_handshakes",
+            "Completed TLS handshakes that resumed a session (ticket or session id).",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&tls.resumed(), None)?;
+    let (applied, refused) = tls.store().reloads();
+    let mut e = encoder.encode_descriptor(
+        "portico_gateway_tls_reloads",
+        "Certificate file reloads, applied or refused (a bad file: the previous certificates kept serving).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("applied", applied), ("refused", refused)] {
+        e.encode_family(&[("result", result)])?
+            .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+    }
+    let now = crate::tls::cert::unix_now();
+    let mut e = encoder.encode_descriptor(
+        "portico_certificate_expiry_seconds",
+        "Seconds until each served certificate expires (negative once it has), by source and names.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for cert in tls.store().current().certs() {
+        let names = cert.names.join(",");
+        let labels: [(&str, &str); 2] = [("source", &cert.source), ("names", &names)];
+        e.encode_family(&labels)?
+            .encode_gauge(&cert.expires_in(now))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

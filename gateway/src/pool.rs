@@ -32,6 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -40,6 +41,7 @@ use tokio::time::Instant;
 
 use crate::balance::Endpoint;
 use crate::body::ClientBody;
+use crate::tls::upstream::TlsDial;
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -50,6 +52,10 @@ pub enum UpstreamError {
     /// No TCP connection could be made (nothing was sent).
     #[error("connect: {0}")]
     Connect(String),
+    /// The TLS handshake with an `https` upstream failed (nothing was
+    /// sent): an untrusted or mismatched certificate, no shared protocol.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The exchange failed after connecting.
     #[error("{0}")]
     Protocol(String),
@@ -68,6 +74,28 @@ fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(err) = current {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// Whether an error is (or wraps) a TLS alert or error: with TLS 1.3 an
+/// upstream refuses a client certificate after the client's handshake is
+/// done, so the refusal arrives with the first response read.
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if inner.downcast_ref::<rustls::Error>().is_some() {
+                return true;
+            }
         }
         current = err.source();
     }
@@ -282,6 +310,79 @@ impl Pool {
         }
     }
 
+    /// Sends `req` (in HTTP/1.1 form) to an `https` endpoint, over the
+    /// protocol its ALPN chose: HTTP/2 connections are shared per key,
+    /// HTTP/1.1 ones pooled like cleartext ones. A reused connection that
+    /// closed before the request started is replaced once, as for h2c.
+    pub async fn send_tls(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        dial: &TlsDial,
+        mut req: Request<UpstreamBody>,
+        pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
+    ) -> Result<Response<Either<PooledBody, Incoming>>, SendError> {
+        let key = &*dial.key;
+        let shared = self.lock().h2c.get(key).filter(|s| !s.is_closed()).cloned();
+        let mut conn = match shared {
+            Some(s) => Some(TlsConn::H2(s)),
+            None => self.checkout_http1(key).map(TlsConn::H1),
+        };
+        let mut reused = conn.is_some();
+        loop {
+            let sender = match conn.take() {
+                Some(c) => c,
+                None => {
+                    let _waiting = match pending.map(|(c, max)| crate::breaker::acquire(c, max)) {
+                        Some(None) => {
+                            return Err(SendError::unsent(UpstreamError::Overloaded, req));
+                        }
+                        other => other.flatten(),
+                    };
+                    match Box::pin(self.connect_tls(endpoint, dial)).await {
+                        Ok(c) => c,
+                        Err(error) => return Err(SendError::unsent(error, req)),
+                    }
+                }
+            };
+            let mut failed = match sender {
+                TlsConn::H1(mut s) => match s.try_send_request(http1_form(req)).await {
+                    Ok(resp) => {
+                        let give_back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
+                            .then(|| (Arc::downgrade(self), dial.key.clone(), s));
+                        return Ok(resp.map(|inner| {
+                            Either::Left(PooledBody {
+                                inner,
+                                done: false,
+                                give_back,
+                            })
+                        }));
+                    }
+                    Err(e) => e,
+                },
+                TlsConn::H2(mut s) => match s.try_send_request(http2_form(req)).await {
+                    Ok(resp) => return Ok(resp.map(Either::Right)),
+                    Err(e) => e,
+                },
+            };
+            match failed.take_message() {
+                Some(back) if reused => {
+                    reused = false;
+                    req = back;
+                }
+                _ => {
+                    let error = if is_refused_stream(failed.error()) {
+                        UpstreamError::Refused(error_chain(failed.error()))
+                    } else if is_tls_error(failed.error()) {
+                        UpstreamError::Tls(error_chain(failed.error()))
+                    } else {
+                        UpstreamError::Protocol(error_chain(failed.error()))
+                    };
+                    return Err(SendError::sent(error));
+                }
+            }
+        }
+    }
+
     fn checkout_http1(&self, key: &str) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut conns = self.lock();
         let stack = conns.http1.get_mut(key)?;
@@ -369,23 +470,51 @@ impl Pool {
         endpoint: &Endpoint,
     ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
         let stream = self.connect(endpoint).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .initial_stream_window_size(UPSTREAM_H2_WINDOW)
-            .initial_connection_window_size(16 * UPSTREAM_H2_WINDOW)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream h2c connection ended with an error");
-            }
-        });
+        let sender = h2_handshake(stream).await?;
         self.lock()
             .h2c
             .insert(endpoint.authority.as_str().into(), sender.clone());
         Ok(sender)
+    }
+
+    /// A new TLS connection to `endpoint`: TCP within the connect timeout,
+    /// then the handshake within it again; ALPN decides HTTP/2 (the
+    /// connection then shared under the dial's key) or HTTP/1.1.
+    async fn connect_tls(
+        &self,
+        endpoint: &Endpoint,
+        dial: &TlsDial,
+    ) -> Result<TlsConn, UpstreamError> {
+        let stream = self.connect(endpoint).await?;
+        let connector = tokio_rustls::TlsConnector::from(dial.config.clone());
+        let tls = tokio::time::timeout(
+            self.connect_timeout,
+            connector.connect(dial.name.clone(), stream),
+        )
+        .await
+        .map_err(|_| {
+            UpstreamError::Tls(format!(
+                "handshake timed out after {:?}",
+                self.connect_timeout
+            ))
+        })?
+        .map_err(|e| UpstreamError::Tls(error_chain(&e)))?;
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+            let sender = h2_handshake(tls).await?;
+            self.lock().h2c.insert(dial.key.clone(), sender.clone());
+            return Ok(TlsConn::H2(sender));
+        }
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_BUFFER)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream TLS connection ended with an error");
+            }
+        });
+        Ok(TlsConn::H1(sender))
     }
 
     /// Drops idle connections that are closed or past the idle timeout.
@@ -405,6 +534,66 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         self.lock().http1.values().map(Vec::len).sum()
     }
+}
+
+/// An upstream connection made over TLS: ALPN chose its protocol.
+enum TlsConn {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+/// An HTTP/2 client connection on `io` (h2c or TLS), its task spawned.
+async fn h2_handshake<I>(io: I) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .initial_stream_window_size(UPSTREAM_H2_WINDOW)
+        .initial_connection_window_size(16 * UPSTREAM_H2_WINDOW)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// `req` as HTTP/1.1 wants it: origin form, the authority in `Host`
+/// (the proxy prepares requests for `https` endpoints this way).
+fn http1_form(mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
+    if req.version() == http::Version::HTTP_2 {
+        if let Some(authority) = req.uri().authority() {
+            if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        let path = req.uri().path_and_query().cloned();
+        *req.uri_mut() = path.map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+        *req.version_mut() = http::Version::HTTP_11;
+    }
+    req
+}
+
+/// `req` as HTTP/2 over TLS wants it: `https` and the `Host` as the
+/// `:authority`.
+fn http2_form(mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
+    if req.version() != http::Version::HTTP_2 {
+        let host = req.headers_mut().remove(http::header::HOST);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = host.and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+    }
+    req
 }
 
 async fn prune_loop(pool: Weak<Pool>) {

@@ -1,10 +1,16 @@
-//! The downstream listener: accepts connections, serves HTTP/1.1 and h2c
-//! (prior knowledge) on the same port, enforces connection limits, and drains
-//! gracefully on shutdown.
+//! The downstream listeners: accept connections, serve HTTP/1.1 and h2c
+//! (prior knowledge) on the cleartext port and HTTPS on the TLS port,
+//! enforce connection limits, and drain gracefully on shutdown.
 //!
-//! A connection's first bytes tell HTTP/1.1 from h2c and refuse other HTTP
-//! versions with 505 ([`crate::protocol`]); hyper's HTTP/1 or HTTP/2 server
-//! then serves it.
+//! A cleartext connection's first bytes tell HTTP/1.1 from h2c and refuse
+//! other HTTP versions with 505 ([`crate::protocol`]); hyper's HTTP/1 or
+//! HTTP/2 server then serves it. On the TLS listener the handshake comes
+//! first (within the header read timeout, counted by outcome in
+//! [`crate::tls::TlsStats`]); ALPN `h2` goes straight to HTTP/2, anything
+//! else through the same first-bytes check. Both listeners share the
+//! connection caps, the idle and send timeouts, and the drain; requests on
+//! the TLS one carry `X-Forwarded-Proto: https` and, when configured,
+//! `Strict-Transport-Security` on their responses.
 //!
 //! Limits and why they are where they are:
 //! - header read timeout: hyper's own, which only works with a timer set on
@@ -36,17 +42,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
 use crate::idle::{Activity, ActivityIo, IdleClock};
 use crate::protocol::{Protocol, Rewind};
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
+use crate::tls::{Handshake, ServerTls};
 
 /// Default time allowed for a client to send a complete request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,52 +134,123 @@ impl Default for ServerSettings {
     }
 }
 
-/// Serves `proxy` on `listener` until `shutdown` completes, then stops
+/// The listeners a gateway serves, sharing one set of connection caps and
+/// one drain.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Cleartext HTTP/1.1 and h2c (`--listen`); `None` when turned off.
+    pub plain: Option<TcpListener>,
+    /// HTTPS (`--tls-listen`): ALPN chooses HTTP/2 or HTTP/1.1.
+    pub tls: Option<(TcpListener, ServerTls)>,
+}
+
+impl Listeners {
+    /// One cleartext listener.
+    pub fn plain(listener: TcpListener) -> Listeners {
+        Listeners {
+            plain: Some(listener),
+            tls: None,
+        }
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    proxy: Arc<Proxy>,
+    protocols: Protocols,
+    caps: Arc<ConnectionCaps>,
+    idle_timeout: Duration,
+}
+
+/// Serves `proxy` on `listeners` until `shutdown` completes, then stops
 /// accepting, asks every connection to finish its in-flight requests, and
 /// waits for them up to the drain timeout.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let protocols = Arc::new(Protocols::new(&settings));
-
     let max = settings
         .max_connections
         .unwrap_or_else(crate::caps::derived_max_connections);
     let stats = proxy.metrics().caps().clone();
-    let caps = ConnectionCaps::new(max, settings.max_connections_per_ip, stats.clone());
+    let caps = ConnectionCaps::new(max, settings.max_connections_per_ip, stats);
     tracing::info!(
         max_connections = max,
         max_connections_per_ip = settings.max_connections_per_ip,
         "connection caps"
     );
-    let mut errors = AcceptErrors::new("gateway", Some(stats));
+    let shared = Arc::new(Shared {
+        proxy: proxy.clone(),
+        protocols: Protocols::new(&settings),
+        caps,
+        idle_timeout: settings.idle_timeout,
+    });
     let (closing_tx, closing_rx) = watch::channel(false);
     // Every connection task holds a clone; when all are dropped, draining is done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = Draining {
+        closing: closing_rx,
+        _alive: alive_tx,
+    };
+    let (tls_listener, tls) = match listeners.tls {
+        Some((l, t)) => (Some(l), Some(t)),
+        None => (None, None),
+    };
+    tokio::join!(
+        async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        },
+        accept_loop(listeners.plain, None, &shared, &draining, stop_rx.clone()),
+        accept_loop(tls_listener, tls, &shared, &draining, stop_rx),
+    );
+    let _ = closing_tx.send(true);
+    drop(draining);
+    drain(&mut alive_rx, &proxy, settings.drain_timeout).await;
+    Ok(())
+}
+
+/// Accepts on `listener` (none: returns at once) until `stop`, admitting
+/// each connection under the caps and serving it on a task of its own.
+async fn accept_loop(
+    listener: Option<TcpListener>,
+    tls: Option<ServerTls>,
+    shared: &Arc<Shared>,
+    draining: &Draining,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(listener) = listener else { return };
+    let name = if tls.is_some() {
+        "gateway-tls"
+    } else {
+        "gateway"
+    };
+    let mut errors = AcceptErrors::new(name, Some(shared.proxy.metrics().caps().clone()));
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    let wait = errors.failed(&e);
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => continue,
-                        () = &mut shutdown => break,
-                    }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                let wait = errors.failed(&e);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    _ = stop.wait_for(|s| *s) => return,
                 }
-            },
-            () = &mut shutdown => break,
+            }
         };
         errors.succeeded();
-        let permit = match caps.admit(peer.ip()) {
+        let permit = match shared.caps.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(why) => {
-                caps.refuse(stream, why);
+                shared.caps.refuse(stream, why);
                 continue;
             }
         };
@@ -180,20 +259,11 @@ pub async fn serve(
             stream,
             permit,
             peer,
-            proxy.clone(),
-            protocols.clone(),
-            settings.idle_timeout,
-            Draining {
-                closing: closing_rx.clone(),
-                _alive: alive_tx.clone(),
-            },
+            shared.clone(),
+            tls.clone(),
+            draining.clone(),
         ));
     }
-    drop(listener);
-    let _ = closing_tx.send(true);
-    drop(alive_tx);
-    drain(&mut alive_rx, &proxy, settings.drain_timeout).await;
-    Ok(())
 }
 
 /// Waits for connections and tunnels to finish, both within one drain
@@ -225,6 +295,7 @@ async fn drain(alive: &mut mpsc::Receiver<()>, proxy: &Proxy, timeout: Duration)
 
 /// A connection task's part in the drain: told when to close, and counted
 /// alive (the sender) for as long as the task runs.
+#[derive(Debug, Clone)]
 struct Draining {
     closing: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
@@ -234,25 +305,92 @@ async fn serve_connection(
     stream: TcpStream,
     permit: Permit,
     peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    protocols: Arc<Protocols>,
-    idle_timeout: Duration,
+    shared: Arc<Shared>,
+    tls: Option<ServerTls>,
     mut draining: Draining,
 ) {
     // Counted open, and holding its place under the caps, for as long as
     // the socket is open: the guards live in the I/O, which an upgrade
-    // hands on to a tunnel.
-    let guards = (proxy.metrics().open_connection(), permit);
+    // hands on to a tunnel. Under TLS the I/O watched for activity is the
+    // socket's, so the idle and send timeouts see every byte.
+    let guards = (shared.proxy.metrics().open_connection(), permit);
     let active = Activity::new();
-    let mut io = ActivityIo::with_guard(stream, active.clone(), guards);
+    let io = ActivityIo::with_guard(stream, active.clone(), guards);
+    let Some(tls) = tls else {
+        let conn = Conn {
+            peer: Arc::new(shared.proxy.peer(peer, false)),
+            hsts: None,
+            active,
+            draining,
+        };
+        return serve_detected(io, &shared, conn).await;
+    };
+    let handshake = tokio::time::timeout(
+        shared.protocols.header_read_timeout,
+        tls.acceptor.accept(io),
+    );
+    let accepted = tokio::select! {
+        accepted = handshake => accepted,
+        // Shutting down before the handshake finished: nothing to finish.
+        _ = draining.closing.changed() => return,
+    };
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tls.stats.count(Handshake::Failed, false);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tls.stats.count(Handshake::Timeout, false);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let session = stream.get_ref().1;
+    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
+    tls.stats.count(outcome, resumed);
+    let mut downstream = shared.proxy.peer(peer, true);
+    downstream.client_subject = crate::tls::client_subject(session);
+    let conn = Conn {
+        peer: Arc::new(downstream),
+        hsts: tls.hsts.clone(),
+        active,
+        draining,
+    };
+    if h2 {
+        // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
+        serve_http(stream, Protocol::H2c, &shared, conn).await;
+    } else {
+        serve_detected(stream, &shared, conn).await;
+    }
+}
+
+/// One connection's own state, handed from phase to phase.
+struct Conn {
+    peer: Arc<Peer>,
+    /// `Strict-Transport-Security` to add to responses (TLS only).
+    hsts: Option<HeaderValue>,
+    active: Arc<Activity>,
+    draining: Draining,
+}
+
+/// Reads the first bytes to tell HTTP/1 from h2c (505 for other versions),
+/// then serves.
+async fn serve_detected<I>(mut io: I, shared: &Shared, mut conn: Conn)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let first = tokio::time::timeout(
-        protocols.header_read_timeout,
+        shared.protocols.header_read_timeout,
         crate::protocol::detect(&mut io),
     );
     let detected = tokio::select! {
         detected = first => detected,
         // Shutting down before the first request arrived: nothing to finish.
-        _ = draining.closing.changed() => return,
+        _ = conn.draining.closing.changed() => return,
     };
     let (protocol, prefix) = match detected {
         Ok(Ok(Some(found))) => found,
@@ -265,25 +403,49 @@ async fn serve_connection(
         let _ = io.shutdown().await;
         return;
     }
+    serve_http(io, protocol, shared, conn).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends.
+async fn serve_http<I>(io: I, protocol: Protocol, shared: &Shared, conn: Conn)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(io);
-    let downstream = Arc::new(proxy.peer(peer));
+    let Conn {
+        peer: downstream,
+        hsts,
+        active,
+        draining,
+    } = conn;
+    let addr = downstream.addr;
+    let proxy = shared.proxy.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let downstream = downstream.clone();
+        let hsts = hsts.clone();
         // Boxed once, small at creation: the request's (large) state machine is
         // then built in place on the heap instead of being copied each time
         // hyper moves the service future.
-        Box::pin(
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &downstream).await) },
-        )
+        Box::pin(async move {
+            let mut resp = proxy.handle(req, &downstream).await;
+            if let Some(hsts) = hsts {
+                // An upstream that sets its own policy keeps it.
+                resp.headers_mut()
+                    .entry(header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert(hsts);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        })
     });
-    let idle = IdleClock::new(idle_timeout, active.clone());
-    let watch = (idle, active, draining, peer);
+    let idle = IdleClock::new(shared.idle_timeout, active.clone());
+    let watch = (idle, active, draining, addr);
     if protocol == Protocol::H2c {
-        let conn = protocols.http2.serve_connection(io, service);
+        let conn = shared.protocols.http2.serve_connection(io, service);
         drive(conn, |c| c.graceful_shutdown(), watch).await;
     } else {
-        let conn = protocols
+        let conn = shared
+            .protocols
             .http1
             .serve_connection(io, service)
             .with_upgrades();

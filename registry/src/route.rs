@@ -121,6 +121,33 @@ pub struct RouteSpec {
     /// browsers to gRPC for the upstream, and back.
     #[serde(default, skip_serializing_if = "is_false")]
     pub grpc_web: bool,
+    /// Answer cleartext requests with a 308 to the same URL over HTTPS.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub https_redirect: bool,
+    /// TLS towards the route's `https` upstreams, beyond the gateway's
+    /// defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTlsSpec>,
+}
+
+/// `[route.upstream_tls]` as written: TLS towards the route's upstreams.
+/// File paths are read on each gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// PEM bundle of CAs trusted for this route's upstreams, in addition to
+    /// the web PKI roots and `--upstream-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Client certificate for mTLS to upstreams: `CERT.pem:KEY.pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The name to verify (and send as SNI) instead of each instance's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Skip verifying the upstream's certificate. Explicit and logged.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure_skip_verify: bool,
 }
 
 /// A size as written: a number of bytes or a string with a unit.
@@ -798,6 +825,23 @@ pub struct Route {
     pub read_timeout: Duration,
     /// Translate gRPC-Web to gRPC and back.
     pub grpc_web: bool,
+    /// Answer cleartext requests with a 308 to HTTPS.
+    pub https_redirect: bool,
+    /// TLS towards `https` upstreams beyond the gateway's defaults.
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
+}
+
+/// A route's upstream TLS settings, checked (the gateway loads the files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// Extra CA bundle file.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key files.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Name verified and sent as SNI instead of the instance's.
+    pub server_name: Option<String>,
+    /// Verification off (explicitly asked for).
+    pub insecure_skip_verify: bool,
 }
 
 /// A route's request body limit.
@@ -835,6 +879,8 @@ impl Route {
             max_request_body: BodyLimit::Default,
             read_timeout: DEFAULT_READ_TIMEOUT,
             grpc_web: false,
+            https_redirect: false,
+            upstream_tls: None,
         }
     }
 
@@ -1119,6 +1165,48 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
         max_request_body,
         read_timeout,
         grpc_web: spec.grpc_web,
+        https_redirect: spec.https_redirect,
+        upstream_tls: match &spec.upstream_tls {
+            Some(t) => Some(Arc::new(
+                compile_upstream_tls(t).map_err(|(f, r)| bad(f, r))?,
+            )),
+            None => None,
+        },
+    })
+}
+
+/// Checks `[route.upstream_tls]`: paths given are not empty, a client
+/// certificate is `CERT:KEY`, a server name is a DNS name or an IP.
+fn compile_upstream_tls(spec: &UpstreamTlsSpec) -> Result<UpstreamTls, (&'static str, String)> {
+    let ca = match spec.ca.as_deref() {
+        Some("") => return Err(("upstream_tls.ca", "must be a file path".into())),
+        other => other.map(std::path::PathBuf::from),
+    };
+    let client_cert = match spec.client_cert.as_deref() {
+        None => None,
+        Some(pair) => match pair.split_once(':') {
+            Some((c, k)) if !c.is_empty() && !k.is_empty() => Some((c.into(), k.into())),
+            _ => {
+                return Err((
+                    "upstream_tls.client_cert",
+                    "expected CERT.pem:KEY.pem".into(),
+                ));
+            }
+        },
+    };
+    if let Some(name) = &spec.server_name {
+        if crate::model::validate_address(name).is_err() {
+            return Err((
+                "upstream_tls.server_name",
+                "must be a DNS name or an IP address".into(),
+            ));
+        }
+    }
+    Ok(UpstreamTls {
+        ca,
+        client_cert,
+        server_name: spec.server_name.clone(),
+        insecure_skip_verify: spec.insecure_skip_verify,
     })
 }
 

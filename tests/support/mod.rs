@@ -8,6 +8,7 @@
 pub mod echo;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -249,14 +250,32 @@ pub struct TestGateway {
     pub admin_url: String,
     pub status: Arc<DiscoveryStatus>,
     pub table: Arc<arc_swap::ArcSwap<portico_gateway::router::RouteTable>>,
+    /// The HTTPS listener, when started with one.
+    pub tls_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestGateway {
     pub async fn start(options: GatewayOptions) -> TestGateway {
+        Self::launch(options, false).await
+    }
+
+    /// A gateway with an HTTPS listener beside the cleartext one
+    /// (`options.tls` must be set); redirects name its port.
+    pub async fn start_tls(options: GatewayOptions) -> TestGateway {
+        Self::launch(options, true).await
+    }
+
+    async fn launch(mut options: GatewayOptions, with_tls: bool) -> TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let tls = match with_tls {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let tls_addr = tls.as_ref().map(|l| l.local_addr().unwrap());
+        options.proxy.https_port = tls_addr.map(|a| a.port());
         let gateway = Gateway::new(options).unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
@@ -266,7 +285,7 @@ impl TestGateway {
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             let served = gateway
-                .serve(listener, async {
+                .serve_on(Some(listener), tls, async {
                     let _ = rx.await;
                 })
                 .await;
@@ -279,6 +298,7 @@ impl TestGateway {
             admin_url,
             status,
             table,
+            tls_addr,
             stop: Some(tx),
             task: Some(task),
         }

@@ -61,6 +61,7 @@ use crate::health::now_ms;
 use crate::pool::{SendError, UpstreamBody, UpstreamError};
 use crate::retry::{MAX_RETRY_BODY, RetryOn, RetryPolicy, backoff_for};
 use crate::router::RouteEntry;
+use crate::tls::upstream::TlsDial;
 
 /// Most endpoints one request tries when connections are refused.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -469,7 +470,7 @@ impl<'a> Tries<'a> {
             let _in_flight = self.load_aware.then(|| endpoint.health.begin());
             ctx.answered_at = None;
             let sent_at = Instant::now();
-            let result = self.send_once(proxy, endpoint, req).await;
+            let result = self.send_once(proxy, endpoint, req, to.upgrade).await;
             let next = match result {
                 Some(Ok(resp)) => self.judge_answer(proxy, resp, index, to.upgrade, sent_at, ctx),
                 Some(Err(failed)) => self.judge_failure(proxy, failed, index, endpoint),
@@ -514,28 +515,48 @@ impl<'a> Tries<'a> {
         proxy: &Proxy,
         endpoint: &Endpoint,
         req: Request<UpstreamBody>,
+        upgrade: bool,
     ) -> Option<Result<Response<UpstreamResponseBody>, SendError>> {
         let state = &self.entry.state;
+        let pending = state.pending_limit(&self.entry.route.limits);
         let send = async {
-            if endpoint.scheme == Scheme::H2c {
-                Box::pin(proxy.pool.send_h2c(endpoint, req))
+            match endpoint.scheme {
+                Scheme::H2c => Box::pin(proxy.pool.send_h2c(endpoint, req))
                     .await
-                    .map(|r| r.map(Either::Right))
-            } else {
-                proxy
+                    .map(|r| r.map(Either::Right)),
+                Scheme::Https => match self.dial(proxy, endpoint, upgrade) {
+                    Ok(dial) => Box::pin(proxy.pool.send_tls(endpoint, &dial, req, pending)).await,
+                    Err(reason) => Err(SendError {
+                        error: UpstreamError::Tls(reason),
+                        request: Some(req),
+                    }),
+                },
+                Scheme::Http => proxy
                     .pool
-                    .send_http1(endpoint, req, state.pending_limit(&self.entry.route.limits))
+                    .send_http1(endpoint, req, pending)
                     .await
-                    .map(|r| r.map(Either::Left))
+                    .map(|r| r.map(Either::Left)),
             }
         };
-        // Pinned here, so the timeout borrows it rather than holding a
-        // second copy of it in this future's state.
-        tokio::pin!(send);
         match self.retry.and_then(|p| p.per_try_timeout) {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
             None => Some(send.await),
         }
+    }
+
+    /// How to reach an `https` endpoint with the route's TLS setting (an
+    /// unloadable CA or client certificate is a TLS failure, named).
+    fn dial(&self, proxy: &Proxy, endpoint: &Endpoint, upgrade: bool) -> Result<TlsDial, String> {
+        let route = &self.entry.route;
+        let client = proxy
+            .upstream_tls
+            .for_route(route.upstream_tls.as_deref())
+            .map_err(|e| e.to_string())?;
+        client.dial(
+            endpoint.authority.as_str(),
+            endpoint.tls_name.as_deref(),
+            upgrade,
+        )
     }
 
     /// The next endpoint: a new one if any; with a policy retry and none
@@ -655,18 +676,27 @@ impl<'a> Tries<'a> {
         let route = &self.entry.route;
         let id = endpoint.id.to_string();
         let (reason, covered): (String, fn(&RetryOn) -> bool) = match failed.error {
-            UpstreamError::Connect(reason) => {
+            // A failed TLS handshake is a failed connect: counted against
+            // the endpoint, retried elsewhere, with its own error code.
+            UpstreamError::Connect(ref reason) | UpstreamError::Tls(ref reason) => {
                 self.record(proxy, index, true);
                 tracing::debug!(endpoint = %endpoint.id, %reason, "upstream connect failed");
                 self.connect_failures += 1;
                 self.anywhere = false;
+                let error = match failed.error {
+                    UpstreamError::Tls(reason) => ProxyError::UpstreamTls {
+                        endpoint: id,
+                        reason,
+                    },
+                    _ => ProxyError::UpstreamConnect { endpoint: id },
+                };
                 return match failed.request {
                     // Nothing was sent: the same request, untouched, goes elsewhere.
                     Some(back) if self.connect_failures < MAX_CONNECT_ATTEMPTS => {
-                        self.last_error = Some(ProxyError::UpstreamConnect { endpoint: id });
+                        self.last_error = Some(error);
                         Next::Again(Some(back))
                     }
-                    _ => Next::Fail(ProxyError::UpstreamConnect { endpoint: id }),
+                    _ => Next::Fail(error),
                 };
             }
             UpstreamError::Overloaded => {

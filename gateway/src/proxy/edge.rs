@@ -188,6 +188,36 @@ impl Front {
     }
 }
 
+/// Where a cleartext request is sent to be made again over HTTPS: the same
+/// host, path and query, on `port` (left out when it is 443, or `None`).
+pub(crate) fn https_location<B>(
+    front: &Front,
+    req: &Request<B>,
+    port: Option<u16>,
+) -> Result<http::HeaderValue, ProxyError> {
+    let host = front
+        .host
+        .as_ref()
+        .map(RequestHost::name)
+        .ok_or(ProxyError::BadRequest("a redirect to HTTPS needs a Host"))?;
+    let mut url = String::with_capacity(16 + host.len() + req.uri().path().len());
+    url.push_str("https://");
+    if host.contains(':') && !host.starts_with('[') {
+        url.push('[');
+        url.push_str(host);
+        url.push(']');
+    } else {
+        url.push_str(host);
+    }
+    if let Some(port) = port.filter(|p| *p != 443) {
+        url.push(':');
+        url.push_str(&port.to_string());
+    }
+    // As received: the client asks again for exactly what it asked.
+    url.push_str(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    http::HeaderValue::try_from(url).map_err(|_| ProxyError::BadRequest("path"))
+}
+
 /// Phase 1: refuses what the edge does not accept; settles host and path.
 pub(crate) fn check<B>(req: &Request<B>, policy: &EdgePolicy) -> Result<Front, ProxyError> {
     if req.method() == Method::CONNECT {

@@ -59,6 +59,7 @@ use crate::health::OutlierPolicy;
 use crate::metrics::GatewayMetrics;
 use crate::pool::{Pool, PooledBody};
 use crate::router::{RouteEntry, RouteTable};
+use crate::tls::upstream::UpstreamTlsConfigs;
 use crate::trace;
 use crate::tunnel::Tunnels;
 
@@ -103,6 +104,18 @@ pub struct ProxySettings {
     pub edge: EdgePolicy,
     /// Close a tunnel (WebSocket) that carried no bytes for this long.
     pub tunnel_idle_timeout: Duration,
+    /// Answer every cleartext request with a 308 to HTTPS
+    /// (`--https-redirect`); routes can ask for it one by one too.
+    pub https_redirect: bool,
+    /// The HTTPS port redirects name (`None` or 443: none in the URL).
+    pub https_port: Option<u16>,
+    /// CA bundles trusted for `https` upstreams beside the web PKI roots
+    /// (`--upstream-ca`).
+    pub upstream_ca: Vec<std::path::PathBuf>,
+    /// The request header carrying the verified client certificate's
+    /// subject upstream (`--tls-client-subject-header`); whatever a client
+    /// sends in it is always removed.
+    pub client_subject_header: Option<http::HeaderName>,
 }
 
 impl Default for ProxySettings {
@@ -115,6 +128,10 @@ impl Default for ProxySettings {
             generate_traceparent: false,
             edge: EdgePolicy::default(),
             tunnel_idle_timeout: crate::tunnel::DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            https_redirect: false,
+            https_port: None,
+            upstream_ca: Vec::new(),
+            client_subject_header: None,
         }
     }
 }
@@ -130,6 +147,11 @@ pub struct Proxy {
     edge: EdgePolicy,
     metrics: Arc<GatewayMetrics>,
     tunnels: Arc<Tunnels>,
+    https_redirect: bool,
+    https_port: Option<u16>,
+    /// Client TLS settings for `https` upstreams.
+    upstream_tls: Arc<UpstreamTlsConfigs>,
+    client_subject_header: Option<http::HeaderName>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -140,20 +162,29 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Peer IP as a header value, for `X-Forwarded-For`.
     ip: HeaderValue,
-    /// `for=IP;proto=http`, for `Forwarded`.
+    /// `for=IP;proto=http` (or `https`), for `Forwarded`.
     forwarded: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    proto: HeaderValue,
+    /// Whether the connection came over TLS.
+    pub secure: bool,
     /// Whether the peer is a trusted hop (its forwarding headers are kept
     /// and appended to, not replaced).
     trusted: bool,
+    /// The subject of the client certificate verified on this connection
+    /// (mTLS on the HTTPS listener), for `--tls-client-subject-header`.
+    pub client_subject: Option<HeaderValue>,
 }
 
 impl Peer {
-    /// Describes the peer `addr`, untrusted.
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// Describes the peer `addr`, untrusted, on a TLS connection when
+    /// `secure`.
+    pub fn new(addr: SocketAddr, secure: bool) -> Peer {
         let ip = addr.ip();
+        let proto = if secure { "https" } else { "http" };
         let forwarded = match ip {
-            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
         Peer {
             addr,
@@ -161,7 +192,10 @@ impl Peer {
                 .expect("an IP address is a valid header value"),
             forwarded: HeaderValue::from_str(&forwarded)
                 .expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(proto),
+            secure,
             trusted: false,
+            client_subject: None,
         }
     }
 }
@@ -212,8 +246,13 @@ impl BodyState {
 }
 
 impl Proxy {
-    /// A proxy reading routes from `table`.
-    pub fn new(table: Arc<ArcSwap<RouteTable>>, settings: &ProxySettings) -> Proxy {
+    /// A proxy reading routes from `table`, reaching `https` upstreams with
+    /// `upstream_tls`.
+    pub fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        settings: &ProxySettings,
+        upstream_tls: Arc<UpstreamTlsConfigs>,
+    ) -> Proxy {
         let metrics = Arc::<GatewayMetrics>::default();
         let tunnels = Tunnels::new(settings.tunnel_idle_timeout, metrics.tunnels().clone());
         Proxy {
@@ -225,6 +264,10 @@ impl Proxy {
             edge: settings.edge.clone(),
             metrics,
             tunnels,
+            https_redirect: settings.https_redirect,
+            https_port: settings.https_port,
+            upstream_tls,
+            client_subject_header: settings.client_subject_header.clone(),
         }
     }
 
@@ -238,10 +281,10 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Describes a downstream peer, trusted when it is one of the configured
-    /// trusted hops.
-    pub fn peer(&self, addr: SocketAddr) -> Peer {
-        let mut peer = Peer::new(addr);
+    /// Describes a downstream peer (on a TLS connection when `secure`),
+    /// trusted when it is one of the configured trusted hops.
+    pub fn peer(&self, addr: SocketAddr, secure: bool) -> Peer {
+        let mut peer = Peer::new(addr, secure);
         peer.trusted = self.edge.is_trusted(addr.ip());
         peer
     }
@@ -316,13 +359,27 @@ impl Proxy {
     async fn proxy<'t>(
         &self,
         table: &'t RouteTable,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: &Peer,
         ctx: &mut RequestCtx<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let front = edge::check(&req, &self.edge)?;
+        if let Some(name) = &self.client_subject_header {
+            // Only the gateway says who the client certificate named.
+            let headers = req.headers_mut();
+            headers.remove(name);
+            if let Some(subject) = &peer.client_subject {
+                headers.insert(name.clone(), subject.clone());
+            }
+        }
+        if self.https_redirect && !peer.secure {
+            return self.redirect(&front, &req);
+        }
         let matched = table.lookup(&front.view(&req)).ok_or(ProxyError::NoRoute)?;
         ctx.entry = Some(matched.entry);
+        if matched.entry.route.https_redirect && !peer.secure {
+            return self.redirect(&front, &req);
+        }
         let out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
         let route = &matched.entry.route;
         // Boxed: the send phase is most of a request's state, and a future
@@ -333,6 +390,22 @@ impl Proxy {
             return Ok(respond_grpc(resp, kind, route, ctx.version));
         }
         Ok(self.respond(resp, upgrade, route.read_timeout))
+    }
+
+    /// A 308 to the same URL over HTTPS: 308 rather than 301 so a client
+    /// repeats the method and body (RFC 9110 §15.4.9).
+    fn redirect(
+        &self,
+        front: &edge::Front,
+        req: &Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let location = edge::https_location(front, req, self.https_port)?;
+        Ok(Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header(header::LOCATION, location)
+            .header(header::CONTENT_LENGTH, 0)
+            .body(Either::Right(Either::Left(Full::new(Bytes::new()))))
+            .expect("a redirect is well-formed"))
     }
 
     /// Phase 5: the response on its way back.

@@ -178,7 +178,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue
             append(headers, &header::FORWARDED, &peer.forwarded);
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO.clone(), peer.proto.clone());
         }
         if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -186,7 +186,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue
         return;
     }
     headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), peer.proto.clone());
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -277,7 +277,9 @@ pub(super) fn target(
         }
     }
     match endpoint.scheme {
-        Scheme::Http => {
+        // `https` too: the pool turns the request into HTTP/2 form if the
+        // handshake's ALPN chose h2.
+        Scheme::Http | Scheme::Https => {
             // HTTP/1.1 upstreams get the origin form and one Host: the one
             // routed on, or the endpoint's own when the client named none.
             *req.uri_mut() = Uri::from(path_and_query.clone());
@@ -307,12 +309,6 @@ pub(super) fn target(
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(header::HOST);
-        }
-        Scheme::Https => {
-            return Err(ProxyError::UnsupportedScheme {
-                endpoint: endpoint.id.to_string(),
-                scheme: "https",
-            });
         }
     }
     Ok(())
@@ -471,7 +467,7 @@ mod tests {
     }
 
     fn peer(trusted: bool) -> Peer {
-        let mut p = Peer::new("127.0.0.1:5".parse().unwrap());
+        let mut p = Peer::new("127.0.0.1:5".parse().unwrap(), false);
         p.trusted = trusted;
         p
     }
@@ -496,6 +492,26 @@ mod tests {
             "for=1.1.1.1, for=127.0.0.1;proto=http"
         );
         assert_eq!(trusted[&X_FORWARDED_PROTO], "https");
+        // On the TLS listener: https, and a trusted hop's Forwarded is
+        // appended to with proto=https; an untrusted peer gets none.
+        let mut secure = HeaderMap::new();
+        set_forwarded(
+            &mut secure,
+            &Peer::new("127.0.0.1:5".parse().unwrap(), true),
+            None,
+        );
+        assert_eq!(secure[&X_FORWARDED_PROTO], "https");
+        assert!(!secure.contains_key(header::FORWARDED));
+        let mut hop = HeaderMap::new();
+        hop.insert(header::FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        let mut p = Peer::new("127.0.0.1:5".parse().unwrap(), true);
+        p.trusted = true;
+        set_forwarded(&mut hop, &p, None);
+        assert_eq!(
+            hop[header::FORWARDED],
+            "for=1.1.1.1, for=127.0.0.1;proto=https"
+        );
+        assert_eq!(hop[&X_FORWARDED_PROTO], "https");
     }
 
     #[test]
