@@ -39,9 +39,9 @@ ORIGIN_PORTS = [19101, 19102]
 # h2c gRPC origins (target/release/grpc_origin) for 10-grpc-unary.
 GRPC_ORIGIN_PORTS = [19111, 19112]
 PORTS = {
-    "nginx": {"h1": 19201, "h2c": 19202, "grpc": 19203},
-    "haproxy": {"h1": 19301, "h2c": 19302, "grpc": 19303},
-    "portico": {"h1": 19401, "h2c": 19401},
+    "nginx": {"h1": 19201, "h2c": 19202, "grpc": 19203, "tls": 19204},
+    "haproxy": {"h1": 19301, "h2c": 19302, "grpc": 19303, "tls": 19304},
+    "portico": {"h1": 19401, "h2c": 19401, "tls": 19405},
     "portico-discovered": {"h1": 19402, "h2c": 19402, "grpc": 19402},
     "portico-10k-routes": {"h1": 19403, "h2c": 19403},
     "portico-features": {"h1": 19404, "h2c": 19404},
@@ -112,6 +112,21 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.p.pid, signal.SIGKILL)
                 self.p.wait()
+
+
+def ports_free():
+    """Refuses to start over a previous run that is still listening: its
+    processes would answer, and the new ones' figures would read as zero."""
+    ports = ORIGIN_PORTS + GRPC_ORIGIN_PORTS + [REGISTRY_PORT]
+    ports += [p for proxy in PORTS.values() for p in proxy.values()]
+    for port in sorted(set(ports)):
+        with socket.socket() as s:
+            # As the servers do: connections in TIME_WAIT do not count.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                raise SystemExit(f"port {port} is in use: is an earlier benchmark still running?")
 
 
 def wait_port(port, timeout=20):
@@ -199,6 +214,21 @@ http {{
       grpc_pass grpc://grpc_origins;
     }}
   }}
+  # HTTPS: one ECDSA P-256 certificate for all three proxies; TLS 1.2 and
+  # 1.3; resumption by tickets (nginx's default) and a session cache.
+  server {{
+    listen 127.0.0.1:{p['tls']} ssl http2 backlog=4096;
+    ssl_certificate {WORK}/tls/cert.pem;
+    ssl_certificate_key {WORK}/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 1h;
+    location / {{
+      proxy_pass http://origins;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
   server {{
     listen 127.0.0.1:{p['h1']} backlog=4096;
     listen 127.0.0.1:{p['h2c']} http2 backlog=4096;
@@ -240,6 +270,9 @@ backend be
   balance roundrobin
   http-reuse always
 {servers}
+frontend fe_tls
+  bind 127.0.0.1:{p['tls']} ssl crt {WORK}/tls/combined.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
+  default_backend be
 frontend fe_grpc
   bind 127.0.0.1:{p['grpc']} proto h2
   default_backend be_grpc
@@ -389,7 +422,80 @@ def scenarios(args):
                        lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/", 32, d, headers=["Connection: close"])),
         "5-h2c": ("h2c downstream, 16 conns x 32 streams, HTTP/1.1 upstream",
                   lambda port: lambda: h2load(f"http://127.0.0.1:{port['h2c']}/", 16, 32, d)),
+        "11-tls-small-get": ("HTTPS small GET, keep-alive, 64 conns (ECDSA P-256)",
+                             lambda port: lambda: wrk(f"https://127.0.0.1:{port['tls']}/", 64, d)),
+        "12-tls-16k": ("HTTPS 16 KiB response, keep-alive, 64 conns",
+                       lambda port: lambda: wrk(f"https://127.0.0.1:{port['tls']}/16k", 64, d)),
+        "13-tls-handshake": ("a full TLS handshake per request, no resumption (openssl s_time -new, 4 clients)",
+                             lambda port: lambda: s_time(port["tls"], d, resume=False)),
+        "14-tls-resumed": ("a resumed TLS handshake per request (openssl s_time -reuse, 4 clients)",
+                           lambda port: lambda: s_time(port["tls"], d, resume=True)),
     }
+
+
+def make_tls_cert():
+    """One self-signed ECDSA P-256 certificate (key and chain; HAProxy wants
+    both in one file) shared by the three proxies."""
+    d = os.path.join(WORK, "tls")
+    os.makedirs(d, mode=0o755)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1",
+                    "-keyout", os.path.join(d, "key.pem"), "-out", os.path.join(d, "cert.pem")],
+                   check=True, capture_output=True)
+    with open(os.path.join(d, "combined.pem"), "w") as out:
+        for name in ("cert.pem", "key.pem"):
+            with open(os.path.join(d, name)) as f:
+                out.write(f.read())
+    for name in os.listdir(d):
+        os.chmod(os.path.join(d, name), 0o644)  # nginx workers run unprivileged
+
+
+S_TIME_CLIENTS = 4
+
+
+def s_time(port, seconds, resume):
+    """Handshakes per request: `openssl s_time` connects, fetches / over
+    HTTP/1.0 and closes, again and again; -new never resumes, -reuse resumes
+    every connection after the first. Several clients run at once so the
+    proxy is not waiting on one client's round trips."""
+    argv = ["taskset", "-c", LOAD_CORE, "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+            "-www", "/", "-time", str(seconds), "-reuse" if resume else "-new"]
+    clients = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(S_TIME_CLIENTS)]
+    res = {"requests": 0, "rps": 0.0, "p50_us": None, "p99_us": None, "errors": 0, "non2xx": 0}
+    for c in clients:
+        out, _ = c.communicate(timeout=seconds + 60)
+        # "1234 connections in 6 real seconds, 120 bytes read per connection"
+        lines = [line for line in out.splitlines() if "real seconds" in line]
+        if not lines:
+            res["errors"] += 1
+            continue
+        parts = lines[-1].replace(",", "").split()
+        n, secs, per_conn = int(parts[0]), float(parts[3]), int(parts[6])
+        res["requests"] += n
+        res["rps"] += n / secs if secs else 0.0
+        if per_conn == 0:
+            res["non2xx"] += n  # handshakes without an HTTP answer
+    return res
+
+
+def idle_conns(port, tls, n=10_000):
+    """Opens n connections that each carry one request and then stay idle;
+    returns the sockets (the caller measures memory, then closes them)."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        if tls:
+            s = ctx.wrap_socket(s, server_hostname="bench.test")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+        s.recv(4096)
+        socks.append(s)
+    return socks
 
 
 GRPC_HEADERS = ["content-type: application/grpc", "te: trailers", "grpc-timeout: 10S"]
@@ -480,6 +586,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="where to write results.json and table.md")
     args = ap.parse_args()
     raise_nofile()
+    ports_free()
 
     global WORK
     WORK = tempfile.mkdtemp(prefix="portico-bench-")
@@ -488,6 +595,7 @@ def main():
     os.makedirs(os.path.join(WORK, "www"), mode=0o755)
     with open(os.path.join(WORK, "www", "16k"), "wb") as f:
         f.write(b"x" * 16384)
+    make_tls_cert()
     procs = []
     results = {}
     extra = {}
@@ -510,7 +618,9 @@ def main():
             f.write(portico_routes(10))
         portico_bin = os.path.join(RELEASE, "portico")
         portico = Proc("portico", [portico_bin, "--threads", "1", "gateway", "--listen",
-                                   f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log", "--no-admin"],
+                                   f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log", "--no-admin",
+                                   "--tls-listen", f"127.0.0.1:{PORTS['portico']['tls']}",
+                                   "--tls-cert", f"{WORK}/tls/cert.pem:{WORK}/tls/key.pem"],
                        PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs += [nginx, haproxy, portico]
         for port in ORIGIN_PORTS + [PORTS["nginx"]["h1"], PORTS["haproxy"]["h1"], PORTS["portico"]["h1"]]:
@@ -660,24 +770,25 @@ interval = "1s"
                         f"  non2xx {r['non2xx']}  errors {r['errors']}")
             results["7-churn"] = {"title": "instance churn every 100 ms", "runs": runs}
 
-        if not only or "8-idle-conns" in only:
-            log("== 8-idle-conns: 10,000 idle keep-alive connections to Portico")
-            before = portico.mem_kb("VmRSS")
-            socks = []
-            # One request each, one at a time: every connection has served a
-            # request (so it sits in keep-alive), and the upstream side needs
-            # only one pooled connection, so the figure is the downstream cost.
-            for _ in range(10_000):
-                s = socket.create_connection(("127.0.0.1", PORTS["portico"]["h1"]))
-                s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
-                s.recv(4096)
-                socks.append(s)
-            time.sleep(1)
-            after = portico.mem_kb("VmRSS")
-            for s in socks:
-                s.close()
-            extra["idle_10k_conns_added_kb"] = after - before
-            log(f"   RSS {before} kB -> {after} kB with 10,000 idle connections")
+        # Idle connections: each has carried one request (so it sits in
+        # keep-alive; the upstream side needs only one pooled connection, so
+        # the figure is the downstream cost), then the proxy's RSS is read.
+        for sid, tls in (("8-idle-conns", False), ("15-idle-tls", True)):
+            if only and sid not in only:
+                continue
+            kind = "TLS" if tls else "cleartext"
+            log(f"== {sid}: 10,000 idle {kind} keep-alive connections, each proxy in turn")
+            for name, proc in peers.items():
+                before = proc.mem_kb("VmRSS")
+                socks = idle_conns(PORTS[name]["tls" if tls else "h1"], tls)
+                time.sleep(1)
+                after = proc.mem_kb("VmRSS")
+                for s in socks:
+                    s.close()
+                suffix = "_tls" if tls else ""
+                extra[f"{name}_idle_10k{suffix}_added_kb"] = after - before
+                log(f"   {name:8} RSS {before} kB -> {after} kB ({(after - before) / 10_000:.1f} kB per connection)")
+                time.sleep(1)  # let the proxy close its side before the next one
 
         for name, proc in list(peers.items()) + [("portico-discovered", discovered), ("portico-10k-routes", big)]:
             extra[f"{name}_peak_rss_kb"] = proc.mem_kb("VmHWM")
