@@ -161,11 +161,13 @@ impl Gateway {
             // Validate the URLs and token now so a typo fails at startup, not in a background task.
             registry_client(&options)?;
         }
+        let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
         let mut builder = TableBuilder::new(
             options.config.routes.clone(),
             options.auto_routes,
             Arc::new(HealthRegistry::default()),
         )
+        .with_upstream_tls(upstream_tls.clone())
         .with_zone(options.zone.clone())
         .with_auto_route_grace(
             options
@@ -173,7 +175,6 @@ impl Gateway {
                 .unwrap_or(discovery::DEFAULT_AUTO_ROUTE_GRACE),
         );
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
-        let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
         // Routes from the file: their TLS files are checked (and an
         // insecure one logged) now, not at their first request.
         for route in &options.config.routes {
@@ -273,6 +274,8 @@ impl Gateway {
             self.config.subscribe(),
             self.table.clone(),
             self.status.clone(),
+            tls.as_ref()
+                .map(|(_, t)| tls::registry::RegistryCerts::new(t.stats.store().clone())),
         ));
         let listeners = server::Listeners { plain, tls };
         let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;
