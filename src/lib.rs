@@ -160,8 +160,9 @@ pub async fn run_gateway(
 
 /// Runs registry and gateway together until `shutdown`. The gateway's
 /// `registry` option is replaced by the in-process registry's address, and,
-/// when the registry requires tokens, its token by a read token minted for
-/// this run and never shown.
+/// when the registry requires tokens, its token by a `gateway` token (reads,
+/// and the keys of registry certificates) minted for this run and never
+/// shown.
 pub async fn run_up(
     control: TcpListener,
     gateway: GatewayListeners,
@@ -172,7 +173,7 @@ pub async fn run_up(
     let control_addr: SocketAddr = control.local_addr()?;
     gateway_options.registry = vec![format!("http://{control_addr}")];
     gateway_options.registry_token = (!registry_options.tokens.is_empty())
-        .then(|| registry_options.tokens.mint(Role::Read).into());
+        .then(|| registry_options.tokens.mint(Role::Gateway).into());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

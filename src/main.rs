@@ -62,7 +62,9 @@ enum Command {
         /// Registry URLs to follow, comma-separated (none: static routes only).
         #[arg(long, value_delimiter = ',')]
         registry: Vec<String>,
-        /// Bearer token for a registry that requires one (a read token is enough).
+        /// Bearer token for a registry that requires one: a `gateway` token
+        /// (a `read` token follows routes and instances but receives no
+        /// certificate keys, so registry certificates are not served).
         #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
         registry_token: Option<String>,
         /// Directory of the registry-state cache: the registry state this
@@ -122,7 +124,7 @@ struct RegistryArgs {
     /// The sliding window of --expiry-cap.
     #[arg(long, default_value = "60s", value_parser = duration)]
     expiry_cap_window: Duration,
-    /// An API token, `ROLE:SECRET` (admin, register, read) or
+    /// An API token, `ROLE:SECRET` (admin, register, gateway, read) or
     /// `register[SERVICE,...]:SECRET`; repeatable. Prefer --tokens-file: flags
     /// show in the process list.
     #[arg(long = "token", value_name = "ROLE:SECRET")]

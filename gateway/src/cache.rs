@@ -48,6 +48,10 @@ impl CachedState {
             revision: self.revision,
             instances: self.instances,
             routes: self.routes,
+            // Not cached: the cache file would hold private keys. A gateway
+            // serving its cache serves its certificate files until a
+            // registry answers.
+            certificates: Vec::new(),
         }
     }
 }

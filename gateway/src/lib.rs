@@ -303,6 +303,8 @@ impl Gateway {
             self.config.subscribe(),
             self.table.clone(),
             self.status.clone(),
+            tls.as_ref()
+                .map(|(_, t)| tls::registry::RegistryCerts::new(t.stats.store().clone())),
         ));
         let listeners = server::Listeners { plain, tls };
         let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;

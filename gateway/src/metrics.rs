@@ -712,7 +712,7 @@ fn encode_tls(encoder: &mut DescriptorEncoder, tls: &TlsStats) -> fmt::Result {
     let (applied, refused) = tls.store().reloads();
     let mut e = encoder.encode_descriptor(
         "portico_gateway_tls_reloads",
-        "Certificate file reloads, applied or refused (a bad file: the previous certificates kept serving).",
+        "Certificates loaded from files or the registry, applied or refused (refused: the previous certificate kept serving).",
         None,
         MetricType::Counter,
     )?;
@@ -723,13 +723,17 @@ fn encode_tls(encoder: &mut DescriptorEncoder, tls: &TlsStats) -> fmt::Result {
     let now = crate::tls::cert::unix_now();
     let mut e = encoder.encode_descriptor(
         "portico_certificate_expiry_seconds",
-        "Seconds until each served certificate expires (negative once it has), by source and names.",
+        "Seconds until each served certificate expires (negative once it has), by source (file or registry), name (the file, or the registry name) and names.",
         None,
         MetricType::Gauge,
     )?;
     for cert in tls.store().current().certs() {
         let names = cert.names.join(",");
-        let labels: [(&str, &str); 2] = [("source", &cert.source), ("names", &names)];
+        let (source, name) = match cert.registry_name() {
+            Some(name) => ("registry", name),
+            None => ("file", cert.source.as_str()),
+        };
+        let labels: [(&str, &str); 3] = [("source", source), ("name", name), ("names", &names)];
         e.encode_family(&labels)?
             .encode_gauge(&cert.expires_in(now))?;
     }

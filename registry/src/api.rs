@@ -82,9 +82,11 @@ impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         // Unparseable or unknown input is a 400; well-formed but impossible values are a 422.
         let status = match e.code {
-            "malformed_body" | "unknown_field" | "unknown_parameter" | "duplicate_field" => {
-                StatusCode::BAD_REQUEST
-            }
+            "malformed_body"
+            | "unknown_field"
+            | "unknown_parameter"
+            | "duplicate_field"
+            | crate::certificate::INVALID_CERTIFICATE => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError {
@@ -180,6 +182,13 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
         .route(
             "/v1/routes/{name}",
             get(get_route).put(put_route).delete(delete_route),
+        )
+        .route("/v1/certificates", get(list_certificates))
+        .route(
+            "/v1/certificates/{name}",
+            get(get_certificate)
+                .put(put_certificate)
+                .delete(delete_certificate),
         )
         .route("/v1/watch", get(watch_changes))
         .route("/healthz", get(healthz))
@@ -421,6 +430,58 @@ async fn delete_route(
     Ok(json(answer.revision, &answer))
 }
 
+async fn list_certificates(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    query_pairs(raw.as_deref(), &[])?;
+    let list = app.catalog.certificates().await?;
+    Ok(json(list.revision, &list))
+}
+
+async fn get_certificate(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::certificate::validate_certificate_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let (summary, revision) = app.catalog.certificate(&name).await?;
+    Ok(json(revision, &summary))
+}
+
+/// Stores a certificate after the checks the gateway makes of its files;
+/// answers its summary (never the key).
+async fn put_certificate(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    crate::certificate::validate_certificate_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let body = read_json_body(&headers, body).await?;
+    let spec = crate::certificate::CertificateSpec::from_json(&body)?;
+    let now = crate::certificate::load::unix_now();
+    let summary = app.catalog.put_certificate(&name, spec, now).await?;
+    Ok(json(summary.revision, &summary))
+}
+
+async fn delete_certificate(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::certificate::validate_certificate_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let revision = app.catalog.delete_certificate(&name).await?;
+    Ok(json(
+        revision,
+        &serde_json::json!({"deleted": name, "revision": revision}),
+    ))
+}
+
 #[derive(Serialize)]
 struct ServicesBody {
     revision: Revision,
@@ -547,6 +608,8 @@ impl Format {
                     WatchEvent::Delete { .. } => "delete",
                     WatchEvent::RoutePut { .. } => "route_put",
                     WatchEvent::RouteDelete { .. } => "route_delete",
+                    WatchEvent::CertificatePut { .. } => "certificate_put",
+                    WatchEvent::CertificateDelete { .. } => "certificate_delete",
                     WatchEvent::Progress { .. } => "progress",
                 };
                 // The id is where to resume. Several changes can share a
@@ -567,16 +630,30 @@ struct WatchStreamState {
     app: AppState,
     feed: Feed,
     format: Format,
+    /// The caller may receive certificate keys (see [`crate::auth::KeyAccess`]).
+    keys: bool,
     progress: tokio::time::Interval,
     /// Counts the stream as open until it ends or its client goes away.
     _subscriber: crate::metrics::WatchSubscriber,
 }
 
+/// Renders one watch event for this caller: certificates reduced to their
+/// summaries unless its token may hold keys.
+fn render_for(format: Format, keys: bool, event: WatchEvent) -> Bytes {
+    match keys {
+        true => format.render(&event),
+        false => format.render(&event.without_keys()),
+    }
+}
+
 async fn watch_changes(
     State(app): State<AppState>,
+    key_access: Option<axum::Extension<crate::auth::KeyAccess>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    // No extension: no tokens configured, the API is open (keys included).
+    let keys = key_access.is_none_or(|k| k.0.0);
     let mut index = 0;
     let mut format = if headers
         .get(header::ACCEPT)
@@ -609,7 +686,7 @@ async fn watch_changes(
         Some(s) => s.revision(),
         None => index,
     };
-    let first = feed.snapshot.take().map(|s| format.render(&s));
+    let first = feed.snapshot.take().map(|s| render_for(format, keys, s));
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.reset();
     let state = WatchStreamState {
@@ -617,6 +694,7 @@ async fn watch_changes(
         app,
         feed,
         format,
+        keys,
         progress,
     };
     let rest = stream::unfold(state, |mut st| async move {
@@ -645,7 +723,7 @@ async fn watch_changes(
             _ = closing.changed() => return None,
         };
         st.progress.reset();
-        let bytes = st.format.render(&event);
+        let bytes = render_for(st.format, st.keys, event);
         Some((Ok::<_, Infallible>(bytes), st))
     });
     let body = match first {

@@ -38,11 +38,15 @@ pub const CHALLENGE: &str = r#"Bearer realm="portico""#;
 /// Random bytes in a minted secret (hex-encoded, so twice as many characters).
 const MINTED_BYTES: usize = 32;
 
-/// What a token may do. Ordered from weakest to strongest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Every read: lists, blocking queries, the watch stream.
+    /// Every read: lists, blocking queries, the watch stream (with
+    /// certificates reduced to their summaries: no key material).
     Read,
+    /// What a gateway needs: every read, and the watch stream with the
+    /// certificates' PEM chains and keys, which gateways serve. No write.
+    Gateway,
     /// Reads, plus register, heartbeat, drain and deregister instances
     /// (of the grant's services only, when it names some).
     Register,
@@ -55,6 +59,7 @@ impl Role {
     pub fn parse(name: &str) -> Option<Role> {
         match name {
             "read" => Some(Role::Read),
+            "gateway" => Some(Role::Gateway),
             "register" => Some(Role::Register),
             "admin" => Some(Role::Admin),
             _ => None,
@@ -65,6 +70,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Read => "read",
+            Role::Gateway => "gateway",
             Role::Register => "register",
             Role::Admin => "admin",
         }
@@ -97,10 +103,17 @@ impl Grant {
                 Role::Register => {
                     self.services.is_empty() || self.services.iter().any(|s| s == service)
                 }
-                Role::Read => false,
+                Role::Read | Role::Gateway => false,
             },
             Need::Admin => self.role == Role::Admin,
         }
+    }
+
+    /// Whether the watch stream may carry certificate keys to this token:
+    /// gateways serve them, admins wrote them; `read` and `register`
+    /// tokens (dashboards, services) never see one.
+    pub fn may_hold_keys(&self) -> bool {
+        matches!(self.role, Role::Gateway | Role::Admin)
     }
 }
 
@@ -202,7 +215,7 @@ impl Tokens {
     /// ```toml
     /// [[token]]
     /// secret = "..."
-    /// role = "register"      # admin | register | read
+    /// role = "register"      # admin | register | gateway | read
     /// services = ["web"]     # optional, register only
     /// ```
     ///
@@ -221,7 +234,7 @@ impl Tokens {
                 invalid(
                     field("role"),
                     format!(
-                        "unknown role {:?}: expected admin, register or read",
+                        "unknown role {:?}: expected admin, register, gateway or read",
                         entry.role
                     ),
                 )
@@ -273,7 +286,7 @@ impl Tokens {
         let role = Role::parse(name).ok_or_else(|| {
             invalid(
                 field,
-                format!("unknown role {name:?}: expected admin, register or read"),
+                format!("unknown role {name:?}: expected admin, register, gateway or read"),
             )
         })?;
         self.insert(field, secret.to_string(), Grant { role, services })
@@ -452,6 +465,7 @@ async fn authorize(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) 
         tracing::debug!(method = %req.method(), path = req.uri().path(), "refused: unknown token");
         return unauthorized("unknown token");
     };
+    let keys = KeyAccess(grant.may_hold_keys());
     if !grant.allows(&need) {
         // A known client doing what it may not is worth an operator's eye,
         // unlike the unauthenticated noise above.
@@ -472,8 +486,16 @@ async fn authorize(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) 
         )
         .into_response();
     }
+    let mut req = req;
+    req.extensions_mut().insert(keys);
     next.run(req).await
 }
+
+/// Whether the caller's token may receive certificate keys, put in the
+/// request's extensions once it is authorised. Absent when the API runs
+/// without tokens: it is then open, to keys as to writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyAccess(pub bool);
 
 fn unauthorized(message: &'static str) -> Response {
     let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();

@@ -5,7 +5,8 @@
 //! The key order makes one service's instances a contiguous range, which is
 //! what blocking queries and `GET /v1/services/{service}/instances` read.
 //! Routes live at `routes/{name}` as the [`RouteSpec`] that was written, with
-//! no lease: they stay until deleted.
+//! no lease: they stay until deleted. Certificates live at
+//! `certificates/{name}` (see [`certificates`]), also without a lease.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,6 +22,10 @@ use crate::model::{
 };
 use crate::route::{RouteSpec, compile, match_field, match_key};
 use crate::store::{Change, KeyValue, Store, StoreError, UniquePut, Watch};
+
+mod certificates;
+
+pub use certificates::{CERTIFICATES, CertificateList, certificate_key, decode_certificate};
 
 /// Key prefix of every instance.
 pub const INSTANCES: &str = "instances/";
@@ -664,6 +669,12 @@ impl Catalog {
                 .filter(|kv| kv.key.starts_with(ROUTES))
                 .filter_map(decode_route)
                 .collect(),
+            certificates: range
+                .kvs
+                .iter()
+                .filter(|kv| kv.key.starts_with(CERTIFICATES))
+                .filter_map(decode_certificate)
+                .collect(),
         };
         Ok(Feed {
             snapshot: Some(snapshot),
@@ -696,7 +707,14 @@ impl Feed {
             let revision = change.revision();
             match change {
                 Change::Put(kv) => {
-                    if kv.key.starts_with(ROUTES) {
+                    if kv.key.starts_with(CERTIFICATES) {
+                        if let Some(certificate) = decode_certificate(&kv) {
+                            return Ok(WatchEvent::CertificatePut {
+                                revision,
+                                certificate: Box::new(certificate),
+                            });
+                        }
+                    } else if kv.key.starts_with(ROUTES) {
                         if let Some(route) = decode_route(&kv) {
                             return Ok(WatchEvent::RoutePut {
                                 revision,
@@ -713,6 +731,12 @@ impl Feed {
                     }
                 }
                 Change::Delete { key, .. } => {
+                    if let Some(name) = key.strip_prefix(CERTIFICATES) {
+                        return Ok(WatchEvent::CertificateDelete {
+                            revision,
+                            name: name.to_string(),
+                        });
+                    }
                     if let Some(name) = key.strip_prefix(ROUTES) {
                         return Ok(WatchEvent::RouteDelete {
                             revision,

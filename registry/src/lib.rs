@@ -7,6 +7,10 @@
 //!   shared with the SDK and the gateway.
 //! - [`route`]: the route model (written form, validation, compiled form)
 //!   shared by route files, the `/v1/routes` API and the gateway. Always built.
+//! - [`certificate`]: certificates kept in the registry (what is written,
+//!   stored and read; the key never read back). Always built; its `load`
+//!   (feature `tls`, part of `server`) checks a PEM chain and key, for the
+//!   registry's API and the gateway's certificate files alike.
 //! - [`grpc_health`] (`client` or `server`): the gRPC health-check call
 //!   (`grpc.health.v1.Health/Check`) both the gateway's and the registry's
 //!   checks make, with its two messages encoded by hand.
@@ -34,6 +38,7 @@
 //! store's watch → every `/v1/watch` stream → each gateway's
 //! [`client::Watcher`] → the gateway rebuilds its routing table.
 
+pub mod certificate;
 pub mod model;
 pub mod route;
 

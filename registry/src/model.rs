@@ -526,6 +526,10 @@ pub enum WatchEvent {
         /// Every route kept in the registry, by name.
         #[serde(default)]
         routes: Vec<crate::route::RouteSpec>,
+        /// Every certificate kept in the registry, by name (key material
+        /// only for a watcher allowed to hold it).
+        #[serde(default)]
+        certificates: Vec<crate::certificate::Certificate>,
     },
     /// An instance was registered or changed.
     Put {
@@ -557,6 +561,21 @@ pub enum WatchEvent {
         /// Name of the deleted route.
         name: String,
     },
+    /// A certificate was stored or replaced.
+    CertificatePut {
+        /// Revision of the change.
+        revision: Revision,
+        /// The certificate (key material only for a watcher allowed to
+        /// hold it).
+        certificate: Box<crate::certificate::Certificate>,
+    },
+    /// A certificate was deleted.
+    CertificateDelete {
+        /// Revision of the change.
+        revision: Revision,
+        /// Name of the deleted certificate.
+        name: String,
+    },
     /// Nothing changed: the stream is alive and current at `revision`.
     Progress {
         /// The registry's revision when this was sent.
@@ -573,7 +592,38 @@ impl WatchEvent {
             | WatchEvent::Delete { revision, .. }
             | WatchEvent::RoutePut { revision, .. }
             | WatchEvent::RouteDelete { revision, .. }
+            | WatchEvent::CertificatePut { revision, .. }
+            | WatchEvent::CertificateDelete { revision, .. }
             | WatchEvent::Progress { revision } => *revision,
+        }
+    }
+
+    /// The event as a watcher that may not hold keys receives it: every
+    /// certificate reduced to its summary. Everything else as it is.
+    pub fn without_keys(self) -> WatchEvent {
+        match self {
+            WatchEvent::Snapshot {
+                revision,
+                instances,
+                routes,
+                certificates,
+            } => WatchEvent::Snapshot {
+                revision,
+                instances,
+                routes,
+                certificates: certificates
+                    .into_iter()
+                    .map(crate::certificate::Certificate::without_pem)
+                    .collect(),
+            },
+            WatchEvent::CertificatePut {
+                revision,
+                certificate,
+            } => WatchEvent::CertificatePut {
+                revision,
+                certificate: Box::new(certificate.without_pem()),
+            },
+            other => other,
         }
     }
 }

@@ -104,7 +104,8 @@ async fn attempt(
     }
     let acct = account.as_ref().expect("just set");
     let issued = order::issue(acct, settings, responders).await?;
-    let current = load(&issued, "ACME order")?;
+    // Named by the file it is saved to, as the saved one is after a restart.
+    let current = load(&issued, &state.cert_path().display().to_string())?;
     state.save_certificate(&issued)?;
     Ok(current)
 }

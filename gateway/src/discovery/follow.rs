@@ -33,6 +33,7 @@ use super::{DiscoveryStatus, TableBuilder};
 use crate::cache::{CachedState, StateCache, StateRef, unix_ms};
 use crate::config::Config;
 use crate::router::RouteTable;
+use crate::tls::registry::RegistryCerts;
 
 /// Events the watch task may read ahead of this one.
 const WATCH_BUFFER: usize = 1024;
@@ -42,7 +43,8 @@ pub const CACHE_DEBOUNCE: Duration = Duration::from_secs(1);
 /// The task that owns `builder`: follows the registry (when `client` is
 /// given) and route-file reloads (`config`), swapping a new table into
 /// `table` after each burst of changes, and keeps `cache` (when given).
-/// Runs until aborted.
+/// Registry certificates go to `certs` (an HTTPS listener's store; none:
+/// ignored). Runs until aborted.
 pub async fn run(
     client: Option<RegistryClient>,
     cache: Option<StateCache>,
@@ -50,10 +52,12 @@ pub async fn run(
     mut config: watch::Receiver<Config>,
     table: Arc<ArcSwap<RouteTable>>,
     status: Arc<DiscoveryStatus>,
+    certs: Option<RegistryCerts>,
 ) {
     let mut feed = client.map(|c| c.watch(0).spawn(WATCH_BUFFER));
     let mut state = feed.as_ref().map(WatchFeed::state);
     let mut follower = Follower::new(builder, table, status, cache).await;
+    follower.applied.certs = certs;
     let mut config_open = true;
     loop {
         tokio::select! {
@@ -106,6 +110,8 @@ struct Applied {
     services: HashMap<String, BTreeMap<String, Instance>>,
     routes: BTreeMap<String, RouteSpec>,
     revision: u64,
+    /// Where registry certificates go (not cached: see `cache`).
+    certs: Option<RegistryCerts>,
 }
 
 /// What one burst of inputs changed.
@@ -126,8 +132,14 @@ impl Applied {
         burst.registry |= !matches!(event, WatchEvent::Progress { .. });
         match event {
             WatchEvent::Snapshot {
-                instances, routes, ..
+                instances,
+                routes,
+                certificates,
+                ..
             } => {
+                if let Some(c) = &self.certs {
+                    c.set(certificates);
+                }
                 burst.services.extend(self.services.keys().cloned());
                 self.services.clear();
                 for i in instances {
@@ -165,6 +177,16 @@ impl Applied {
                 builder.delete_api_route(&name);
                 self.routes.remove(&name);
                 burst.routes = true;
+            }
+            WatchEvent::CertificatePut { certificate, .. } => {
+                if let Some(c) = &self.certs {
+                    c.put(&certificate);
+                }
+            }
+            WatchEvent::CertificateDelete { name, .. } => {
+                if let Some(c) = &self.certs {
+                    c.remove(&name);
+                }
             }
             WatchEvent::Progress { .. } => burst.progressed = true,
         }

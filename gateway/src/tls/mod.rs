@@ -6,6 +6,8 @@
 //!   SNI (exact over wildcard, the first as default), swapped whole.
 //! - [`watch`]: re-reads the certificate files when they change and on
 //!   SIGHUP; a bad new file is refused whole and the old one kept.
+//! - [`registry`]: certificates from the registry's watch, loaded into
+//!   the store (a refused one logged and counted, the rest serving).
 //! - [`upstream`]: client TLS for `scheme = "https"` instances.
 //!
 //! Settings and why (documented for operators in docs/configuration.md):
@@ -19,6 +21,7 @@
 //! here).
 
 pub mod cert;
+pub mod registry;
 pub mod store;
 pub mod upstream;
 pub mod watch;
@@ -39,12 +42,9 @@ use self::store::{CertStore, StoreResolver};
 pub const SESSION_CACHE: usize = 10_000;
 
 /// The crypto provider every TLS config is built with: the process default
-/// when `main` installed one, else aws-lc-rs.
-pub fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-}
+/// when `main` installed one, else aws-lc-rs (the one certificates are
+/// checked with, in the registry crate).
+pub use portico_registry::certificate::load::provider;
 
 /// Installs aws-lc-rs as the process's crypto provider; call once, before
 /// any TLS config is built. A second call changes nothing.

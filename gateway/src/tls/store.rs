@@ -162,6 +162,15 @@ impl CertStore {
         });
     }
 
+    /// The registry certificates served now, by name.
+    pub fn registry_certs(&self) -> BTreeMap<String, Arc<LoadedCert>> {
+        self.sources
+            .lock()
+            .expect("certificate sources poisoned")
+            .registry
+            .clone()
+    }
+
     /// Replaces every registry certificate (a registry snapshot).
     pub fn set_registry(&self, certs: BTreeMap<String, Arc<LoadedCert>>) {
         self.update(|s| s.registry = certs);
@@ -180,12 +189,13 @@ impl CertStore {
         self.set.store(Arc::new(CertSet::new(all)));
     }
 
-    /// Counts a reload of the certificate files that was applied.
+    /// Counts a certificate (re)loaded from its files or the registry.
     pub fn count_applied(&self) {
         self.reloads_applied.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a reload that was refused (the previous certificates kept).
+    /// Counts a certificate refused, from its files or the registry (the
+    /// previous one kept).
     pub fn count_refused(&self) {
         self.reloads_refused.fetch_add(1, Ordering::Relaxed);
     }
