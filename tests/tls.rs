@@ -764,3 +764,94 @@ async fn sighup_reloads_the_certificate_files() {
         .unwrap();
     assert_eq!(r.cn, "only");
 }
+
+/// Whether the endpoint at `port` of route `route` is out by its active
+/// check.
+fn checked_down(gw: &TestGateway, route: &str, port: u16) -> Option<bool> {
+    let table = gw.table.load();
+    let entry = table.entries().iter().find(|e| &*e.route.name == route)?;
+    let endpoint = entry
+        .endpoints
+        .endpoints()
+        .iter()
+        .find(|e| e.authority.port_u16() == Some(port))?;
+    Some(endpoint.health.is_checked_down())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_reach_https_instances_over_tls_as_requests_do() {
+    let ca = TestCa::new();
+    let stranger = TestCa::new();
+    let echo = TestEcho::start("e").await;
+    let registry = TestRegistry::start(fast_leases()).await;
+    // Two https instances of one service: one with a certificate from the
+    // CA the route trusts, one from a CA it does not know.
+    let (good, _) = https_upstream(&ca, &echo, &registry).await;
+    let wrong = TestGateway::start_tls(options(
+        &echo_route(&echo),
+        vec![stranger.write("wrong", &["api.example.com"])],
+    ))
+    .await;
+    let mut spec =
+        portico_registry::model::InstanceSpec::new("127.0.0.1", wrong.tls_addr.unwrap().port());
+    spec.scheme = portico_registry::model::Scheme::Https;
+    spec.meta
+        .insert("tls_server_name".into(), "api.example.com".into());
+    let rev = registry
+        .client()
+        .register_once("svc", "tls-2", &spec)
+        .await
+        .unwrap()
+        .revision;
+    let routes = format!(
+        r#"
+[[route]]
+name = "checked"
+path_prefix = "/checked"
+service = "svc"
+[route.upstream_tls]
+ca = "{}"
+[route.health_check]
+path = "/healthz"
+interval = "300ms"
+timeout = "300ms"
+unhealthy_threshold = 2
+healthy_threshold = 2
+"#,
+        ca.path.display()
+    );
+    let gw = TestGateway::start(following(&registry, &routes, Vec::new())).await;
+    gw.wait_revision(rev).await;
+    let (good_port, wrong_port) = (
+        good.tls_addr.unwrap().port(),
+        wrong.tls_addr.unwrap().port(),
+    );
+
+    // The unknown CA fails the handshake: a failed check, out of rotation.
+    eventually(
+        "the instance with the wrong certificate to fail its check",
+        || async { checked_down(&gw, "checked", wrong_port) == Some(true) },
+    )
+    .await;
+    // The other passes, over TLS: its listener completed the checks'
+    // handshakes (HTTP/1.1, the only protocol a check offers).
+    eventually(
+        "checks to complete TLS handshakes with the good instance",
+        || async {
+            admin_json(&good, "/status").await["tls"]["handshakes"]["http/1.1"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 3
+        },
+    )
+    .await;
+    assert_eq!(checked_down(&gw, "checked", good_port), Some(false));
+    for _ in 0..10 {
+        let r = get(&format!("{}/checked/x", gw.url)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let failed = admin_json(&wrong, "/status").await["tls"]["handshakes"]["failed"]
+        .as_u64()
+        .unwrap();
+    assert!(failed >= 2, "{failed}");
+}

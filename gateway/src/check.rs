@@ -35,23 +35,62 @@ use http::Request;
 use http::uri::Authority;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use portico_registry::model::Scheme;
+use portico_registry::route::UpstreamTls;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::balance::Endpoint;
 use crate::health::EndpointHealth;
+use crate::tls::upstream::{TlsDial, UpstreamTlsConfigs};
 
 pub use portico_registry::route::HealthCheck;
+
+/// What checks send as `User-Agent`.
+const USER_AGENT: &str = "portico-health-check";
 
 /// The running checker tasks, keyed by endpoint and check, each with the
 /// vote it casts.
 #[derive(Debug, Default)]
 pub struct Checkers {
     running: HashMap<CheckKey, (JoinHandle<()>, Arc<Vote>)>,
+    /// The data path's upstream TLS settings, which checks of `https`
+    /// endpoints use too (none: such checks fail, saying why).
+    upstream_tls: Option<Arc<UpstreamTlsConfigs>>,
 }
 
-/// A checker's identity: the endpoint's `host:port` and the check.
-type CheckKey = (String, Arc<HealthCheck>);
+/// A checker's identity: the endpoint's `host:port`, the check, and how
+/// the endpoint is reached (a change of scheme or TLS setting is a new
+/// checker).
+type CheckKey = (String, Arc<HealthCheck>, Transport);
+
+/// How a check reaches its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Cleartext (`http`, `h2c`).
+    Plain,
+    /// TLS (`https`), with the route's setting (`None`: the gateway's
+    /// default) and the instance's own server name.
+    Tls {
+        /// The route's `upstream_tls`.
+        setting: Option<Arc<UpstreamTls>>,
+        /// The instance's `tls_server_name`.
+        name: Option<Arc<str>>,
+    },
+}
+
+impl Transport {
+    /// How the data path reaches `endpoint` under a route with `setting`.
+    pub fn of(endpoint: &Endpoint, setting: Option<&Arc<UpstreamTls>>) -> Transport {
+        match endpoint.scheme {
+            Scheme::Https => Transport::Tls {
+                setting: setting.cloned(),
+                name: endpoint.tls_name.clone(),
+            },
+            Scheme::Http | Scheme::H2c => Transport::Plain,
+        }
+    }
+}
 
 /// One check's verdict on one endpoint, counted in the endpoint's health
 /// while it says "down". Withdrawn for good when its checker stops: a task
@@ -106,15 +145,28 @@ impl Vote {
 }
 
 impl Checkers {
-    /// Makes the running tasks match `wanted`: starts the missing ones,
-    /// stops the ones no longer wanted. Does nothing outside a runtime.
-    pub fn reconcile(&mut self, wanted: Vec<(&Endpoint, Arc<HealthCheck>)>) {
+    /// Checks of `https` endpoints connect with `configs`, the data path's.
+    pub fn with_upstream_tls(configs: Arc<UpstreamTlsConfigs>) -> Checkers {
+        Checkers {
+            running: HashMap::new(),
+            upstream_tls: Some(configs),
+        }
+    }
+
+    /// Makes the running tasks match `wanted` (each endpoint with a check
+    /// and how it is reached): starts the missing ones, stops the ones no
+    /// longer wanted. Does nothing outside a runtime.
+    pub fn reconcile(&mut self, wanted: Vec<(&Endpoint, Arc<HealthCheck>, Transport)>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         let mut keep = HashMap::new();
-        for (endpoint, check) in wanted {
-            let key = (endpoint.authority.as_str().to_string(), check.clone());
+        for (endpoint, check, transport) in wanted {
+            let key = (
+                endpoint.authority.as_str().to_string(),
+                check.clone(),
+                transport,
+            );
             if keep.contains_key(&key) {
                 continue;
             }
@@ -122,7 +174,12 @@ impl Checkers {
                 Some(running) => running,
                 None => {
                     let vote = Arc::new(Vote::new(endpoint.health.clone()));
-                    let task = tokio::spawn(run(endpoint.authority.clone(), vote.clone(), check));
+                    let dial = self.dial(&endpoint.authority, &check, &key.2);
+                    let target = Target {
+                        authority: endpoint.authority.clone(),
+                        dial,
+                    };
+                    let task = tokio::spawn(run(target, vote.clone(), check));
                     (task, vote)
                 }
             };
@@ -133,6 +190,45 @@ impl Checkers {
         }
         self.running = keep;
     }
+}
+
+impl Checkers {
+    /// How a checker of `transport` connects: `None` in cleartext; for TLS
+    /// the data path's configuration, or why there is none (every check
+    /// then fails).
+    fn dial(
+        &self,
+        authority: &Authority,
+        check: &HealthCheck,
+        transport: &Transport,
+    ) -> Option<Result<TlsDial, String>> {
+        let Transport::Tls { setting, name } = transport else {
+            return None;
+        };
+        let Some(configs) = &self.upstream_tls else {
+            return Some(Err("no upstream TLS settings".into()));
+        };
+        let dial = configs
+            .for_route(setting.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|client| {
+                // An HTTP check speaks HTTP/1.1 only: offer only that.
+                let http1_only = check.grpc_service.is_none();
+                client.dial(authority.as_str(), name.as_deref(), http1_only)
+            });
+        if let Err(reason) = &dial {
+            tracing::warn!(endpoint = %authority, %reason, "active health check cannot reach an https endpoint: every check fails");
+        }
+        Some(dial)
+    }
+}
+
+/// Where one checker connects.
+#[derive(Debug)]
+struct Target {
+    authority: Authority,
+    /// TLS, as the data path connects (`None`: cleartext).
+    dial: Option<Result<TlsDial, String>>,
 }
 
 /// Stops a checker and takes its verdict back: no check, no verdict.
@@ -149,12 +245,13 @@ impl Drop for Checkers {
     }
 }
 
-async fn run(authority: Authority, vote: Arc<Vote>, check: Arc<HealthCheck>) {
+async fn run(target: Target, vote: Arc<Vote>, check: Arc<HealthCheck>) {
+    let authority = &target.authority;
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         let wait = check.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         tokio::time::sleep(wait).await;
-        let ok = tokio::time::timeout(check.timeout, probe(&authority, &check))
+        let ok = tokio::time::timeout(check.timeout, probe(&target, &check))
             .await
             .unwrap_or(false);
         if ok {
@@ -173,30 +270,54 @@ async fn run(authority: Authority, vote: Arc<Vote>, check: Arc<HealthCheck>) {
     }
 }
 
-/// One check on a fresh connection: a gRPC health check
-/// ([`portico_registry::grpc_health`], over h2c) when the route's check
-/// names a `grpc_service`, else `GET path` and the status judged.
-async fn probe(authority: &Authority, check: &HealthCheck) -> bool {
+/// One check on a fresh connection, in cleartext or over TLS as
+/// `target` says: a gRPC health check ([`portico_registry::grpc_health`])
+/// when the route's check names a `grpc_service`, else `GET path` and the
+/// status judged.
+async fn probe(target: &Target, check: &HealthCheck) -> bool {
+    let authority = &target.authority;
+    let Ok(stream) = TcpStream::connect(authority.as_str()).await else {
+        return false;
+    };
+    match &target.dial {
+        None => speak(TokioIo::new(stream), "http", authority, check).await,
+        Some(Err(_)) => false,
+        Some(Ok(dial)) => {
+            let connector = tokio_rustls::TlsConnector::from(dial.config.clone());
+            match connector.connect(dial.name.clone(), stream).await {
+                Ok(tls) => speak(TokioIo::new(tls), "https", authority, check).await,
+                Err(e) => {
+                    tracing::debug!(endpoint = %authority, error = %e, "active health check: TLS handshake failed");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// The check itself, over a connection made.
+async fn speak<T>(io: T, scheme: &str, authority: &Authority, check: &HealthCheck) -> bool
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     if let Some(service) = &check.grpc_service {
-        return portico_registry::grpc_health::probe(
+        return portico_registry::grpc_health::probe_on(
+            io,
+            scheme,
             authority.as_str(),
             service,
-            "portico-health-check",
+            USER_AGENT,
         )
         .await
         .is_ok();
     }
-    let Ok(stream) = TcpStream::connect(authority.as_str()).await else {
-        return false;
-    };
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
         return false;
     };
     let conn = tokio::spawn(conn);
     let req = Request::get(check.path.as_str())
         .header(http::header::HOST, authority.as_str())
-        .header(http::header::USER_AGENT, "portico-health-check")
+        .header(http::header::USER_AGENT, USER_AGENT)
         .body(Empty::<Bytes>::new());
     let healthy = match req {
         Ok(req) => match sender.send_request(req).await {
@@ -250,7 +371,7 @@ mod tests {
             expected_statuses: Vec::new(),
         });
         let mut checkers = Checkers::default();
-        checkers.reconcile(vec![(&endpoint, check)]);
+        checkers.reconcile(vec![(&endpoint, check, Transport::Plain)]);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         while !endpoint.health.is_checked_down() {
             assert!(tokio::time::Instant::now() < deadline, "never checked down");

@@ -37,10 +37,11 @@ use portico_registry::route::RouteSpec;
 
 use crate::balance::{Endpoint, EndpointSet};
 use crate::breaker::RouteState;
-use crate::check::Checkers;
+use crate::check::{Checkers, Transport};
 use crate::config::{PathMatch, Route, Target};
 use crate::health::HealthRegistry;
 use crate::router::{RouteEntry, RouteTable, Router};
+use crate::tls::upstream::UpstreamTlsConfigs;
 
 mod follow;
 
@@ -161,6 +162,13 @@ impl TableBuilder {
             self.routes_changed = true;
         }
         !due.is_empty()
+    }
+
+    /// Active checks of `https` endpoints connect as the data path does,
+    /// with `configs` (without: such checks fail).
+    pub fn with_upstream_tls(mut self, configs: Arc<UpstreamTlsConfigs>) -> TableBuilder {
+        self.checkers = Checkers::with_upstream_tls(configs);
+        self
     }
 
     /// Prefers instances registered in `zone` (the gateway's own).
@@ -375,10 +383,11 @@ impl TableBuilder {
             .iter()
             .filter_map(|e| e.route.health_check.as_ref().map(|c| (e, c)))
             .flat_map(|(e, c)| {
+                let tls = e.route.upstream_tls.as_ref();
                 e.endpoints
                     .endpoints()
                     .iter()
-                    .map(move |ep| (ep, c.clone()))
+                    .map(move |ep| (ep, c.clone(), Transport::of(ep, tls)))
             })
             .collect();
         self.checkers.reconcile(wanted);

@@ -173,11 +173,13 @@ impl Gateway {
             // Validate the URLs and token now so a typo fails at startup, not in a background task.
             registry_client(&options)?;
         }
+        let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
         let mut builder = TableBuilder::new(
             options.config.routes.clone(),
             options.auto_routes,
             Arc::new(HealthRegistry::default()),
         )
+        .with_upstream_tls(upstream_tls.clone())
         .with_zone(options.zone.clone())
         .with_auto_route_grace(
             options
@@ -185,7 +187,6 @@ impl Gateway {
                 .unwrap_or(discovery::DEFAULT_AUTO_ROUTE_GRACE),
         );
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
-        let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
         // Routes from the file: their TLS files are checked (and an
         // insecure one logged) now, not at their first request.
         for route in &options.config.routes {

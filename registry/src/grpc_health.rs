@@ -127,12 +127,28 @@ pub async fn probe(authority: &str, service: &str, user_agent: &str) -> Result<(
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("h2 handshake: {e}"))?;
+    probe_on(TokioIo::new(stream), "http", authority, service, user_agent).await
+}
+
+/// The check of [`probe`] over a connection the caller opened: `io` is a
+/// TLS stream that negotiated `h2` (then `scheme` is `https`) or a
+/// cleartext one (`http`, h2c).
+pub async fn probe_on<T>(
+    io: T,
+    scheme: &str,
+    authority: &str,
+    service: &str,
+    user_agent: &str,
+) -> Result<(), String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
     let conn = tokio::spawn(conn);
-    let result = call(&mut sender, authority, service, user_agent).await;
+    let uri = format!("{scheme}://{authority}{GRPC_HEALTH_PATH}");
+    let result = call(&mut sender, &uri, service, user_agent).await;
     drop(sender);
     conn.abort();
     result
@@ -140,11 +156,11 @@ pub async fn probe(authority: &str, service: &str, user_agent: &str) -> Result<(
 
 async fn call(
     sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    authority: &str,
+    uri: &str,
     service: &str,
     user_agent: &str,
 ) -> Result<(), String> {
-    let req = Request::post(format!("http://{authority}{GRPC_HEALTH_PATH}"))
+    let req = Request::post(uri)
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers")
         .header(header::USER_AGENT, user_agent)

@@ -512,6 +512,65 @@ pub fn authority(address: &str, port: u16) -> String {
     }
 }
 
+/// What anyone with a read token may see of a certificate. Never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateSummary {
+    /// The certificate's name in the registry (its URL segment).
+    pub name: String,
+    /// The DNS subjectAltNames of the leaf (lowercase; `*.example.com` for a
+    /// wildcard): the names it serves.
+    pub names: Vec<String>,
+    /// The leaf's notAfter, RFC 3339 (UTC).
+    pub not_after: String,
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after_unix: i64,
+    /// SHA-256 of the leaf certificate (DER), lowercase hex.
+    pub fingerprint_sha256: String,
+    /// Revision at which it was last written (stamped when read).
+    #[serde(default)]
+    pub revision: Revision,
+}
+
+/// A certificate kept in the registry (`/v1/certificates`; see
+/// the `certificate` module) as stored, and as the watch stream carries it: the
+/// summary, plus the PEM chain and key for watchers allowed to hold keys
+/// (both absent for the others).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// What anyone may see.
+    #[serde(flatten)]
+    pub summary: CertificateSummary,
+    /// The PEM chain, leaf first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    /// The PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+}
+
+impl std::fmt::Debug for Certificate {
+    /// Never the key: a `Debug` of an event or a record may end up in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("summary", &self.summary)
+            .field("cert_pem", &self.cert_pem.as_ref().map(|_| "<pem>"))
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Certificate {
+    /// The summary only: what a watcher without access to keys receives.
+    /// The chain goes too, as the summary says all a reader needs of it.
+    pub fn without_pem(self) -> Certificate {
+        Certificate {
+            cert_pem: None,
+            key_pem: None,
+            ..self
+        }
+    }
+}
+
 /// One line of the `/v1/watch` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -529,7 +588,7 @@ pub enum WatchEvent {
         /// Every certificate kept in the registry, by name (key material
         /// only for a watcher allowed to hold it).
         #[serde(default)]
-        certificates: Vec<crate::certificate::Certificate>,
+        certificates: Vec<Certificate>,
     },
     /// An instance was registered or changed.
     Put {
@@ -567,7 +626,7 @@ pub enum WatchEvent {
         revision: Revision,
         /// The certificate (key material only for a watcher allowed to
         /// hold it).
-        certificate: Box<crate::certificate::Certificate>,
+        certificate: Box<Certificate>,
     },
     /// A certificate was deleted.
     CertificateDelete {
@@ -613,7 +672,7 @@ impl WatchEvent {
                 routes,
                 certificates: certificates
                     .into_iter()
-                    .map(crate::certificate::Certificate::without_pem)
+                    .map(Certificate::without_pem)
                     .collect(),
             },
             WatchEvent::CertificatePut {

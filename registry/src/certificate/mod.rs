@@ -15,67 +15,11 @@
 #[cfg(feature = "tls")]
 pub mod load;
 
-use serde::{Deserialize, Serialize};
+use crate::model::Invalid;
 
-use crate::model::{Invalid, Revision};
-
-/// What anyone with a read token may see of a certificate. Never the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertificateSummary {
-    /// The certificate's name in the registry (its URL segment).
-    pub name: String,
-    /// The DNS subjectAltNames of the leaf (lowercase; `*.example.com` for a
-    /// wildcard): the names it serves.
-    pub names: Vec<String>,
-    /// The leaf's notAfter, RFC 3339 (UTC).
-    pub not_after: String,
-    /// The leaf's notAfter, Unix seconds.
-    pub not_after_unix: i64,
-    /// SHA-256 of the leaf certificate (DER), lowercase hex.
-    pub fingerprint_sha256: String,
-    /// Revision at which it was last written (stamped when read).
-    #[serde(default)]
-    pub revision: Revision,
-}
-
-/// A certificate as stored, and as the watch stream carries it: the
-/// summary, plus the PEM chain and key for watchers allowed to hold keys
-/// (both absent for the others).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Certificate {
-    /// What anyone may see.
-    #[serde(flatten)]
-    pub summary: CertificateSummary,
-    /// The PEM chain, leaf first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_pem: Option<String>,
-    /// The PEM private key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_pem: Option<String>,
-}
-
-impl std::fmt::Debug for Certificate {
-    /// Never the key: a `Debug` of an event or a record may end up in a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Certificate")
-            .field("summary", &self.summary)
-            .field("cert_pem", &self.cert_pem.as_ref().map(|_| "<pem>"))
-            .field("key_pem", &self.key_pem.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl Certificate {
-    /// The summary only: what a watcher without access to keys receives.
-    /// The chain goes too, as the summary says all a reader needs of it.
-    pub fn without_pem(self) -> Certificate {
-        Certificate {
-            cert_pem: None,
-            key_pem: None,
-            ..self
-        }
-    }
-}
+// The stored and watched forms live in `model`, beside the watch events
+// that carry them.
+pub use crate::model::{Certificate, CertificateSummary};
 
 /// The body of `PUT /v1/certificates/{name}`.
 #[derive(Clone, PartialEq, Eq)]
