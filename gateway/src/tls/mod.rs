@@ -76,7 +76,7 @@ pub struct TlsSettings {
     pub hsts: Option<http::HeaderValue>,
     /// Client certificates asked for (mTLS), when set.
     pub client_auth: Option<ClientAuth>,
-    /// ACME supplies a certificate ([`crate::acme`]), so the listener may
+    /// ACME supplies a certificate (the `acme` module), so the listener may
     /// start with no file (handshakes fail until the first is issued).
     pub acme: bool,
 }
