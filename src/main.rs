@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use portico::{GatewayListeners, RegistryOptions, run_gateway, run_registry, run_up};
 use portico_gateway::GatewayOptions;
+use portico_gateway::acme::{AcmeSettings, ChallengeKind};
 use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
@@ -370,6 +371,50 @@ struct GatewayArgs {
     /// removed. Default: not sent.
     #[arg(long, value_name = "NAME")]
     tls_client_subject_header: Option<http::HeaderName>,
+    /// ACME directory URL to order the HTTPS listener's certificate from
+    /// (e.g. Let's Encrypt's); needs --tls-listen, --acme-domain and
+    /// --acme-dir. Renewed at two thirds of its lifetime.
+    #[arg(long, value_name = "URL")]
+    acme_directory: Option<String>,
+    /// Contact address for the ACME account.
+    #[arg(long, value_name = "ADDRESS")]
+    acme_email: Option<String>,
+    /// A DNS name the ACME certificate covers; repeatable (one certificate
+    /// for all of them).
+    #[arg(long = "acme-domain", value_name = "NAME", value_parser = acme_domain)]
+    acme_domains: Vec<String>,
+    /// PEM root the ACME server's own HTTPS certificate chains to (a test
+    /// CA such as pebble); default: the system's roots.
+    #[arg(long, value_name = "FILE")]
+    acme_ca: Option<PathBuf>,
+    /// Directory for the ACME account key and the issued certificate, so a
+    /// restart neither re-registers nor re-orders.
+    #[arg(long, value_name = "DIR")]
+    acme_dir: Option<PathBuf>,
+    /// The ACME challenge answered: `http-01` (on the cleartext listener,
+    /// the default when it is open) or `tls-alpn-01` (on the HTTPS one).
+    #[arg(long, value_name = "KIND", value_parser = ChallengeKind::parse)]
+    acme_challenge: Option<ChallengeKind>,
+}
+
+/// `--acme-domain`: a DNS name (no wildcard: HTTP-01 and TLS-ALPN-01
+/// cannot validate one).
+fn acme_domain(s: &str) -> Result<String, String> {
+    let name = s.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.starts_with("*.") {
+        return Err("wildcard names need DNS-01, which is not supported".into());
+    }
+    if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) {
+        return Err(format!("{s:?} is not a DNS name with at least two labels"));
+    }
+    Ok(name)
 }
 
 /// `--tls-client-auth`.
@@ -416,8 +461,60 @@ impl GatewayArgs {
         }
     }
 
+    fn acme(&self) -> anyhow::Result<Option<AcmeSettings>> {
+        let Some(directory) = self.acme_directory.clone() else {
+            anyhow::ensure!(
+                self.acme_domains.is_empty()
+                    && self.acme_dir.is_none()
+                    && self.acme_email.is_none()
+                    && self.acme_ca.is_none()
+                    && self.acme_challenge.is_none(),
+                "--acme-domain, --acme-dir, --acme-email, --acme-ca and --acme-challenge need --acme-directory"
+            );
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            self.tls_listen.is_some(),
+            "--acme-directory needs --tls-listen (the certificate is served there)"
+        );
+        anyhow::ensure!(
+            !self.acme_domains.is_empty(),
+            "--acme-directory needs at least one --acme-domain"
+        );
+        let dir = self.acme_dir.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--acme-directory needs --acme-dir (where the account key and certificate are kept)"
+            )
+        })?;
+        let challenge = match (self.acme_challenge, self.no_cleartext) {
+            (Some(ChallengeKind::Http01), true) => {
+                anyhow::bail!(
+                    "--acme-challenge http-01 needs the cleartext listener (not --no-cleartext)"
+                )
+            }
+            (Some(kind), _) => kind,
+            (None, false) => ChallengeKind::Http01,
+            (None, true) => ChallengeKind::TlsAlpn01,
+        };
+        Ok(Some(AcmeSettings {
+            directory,
+            email: self.acme_email.clone(),
+            domains: self.acme_domains.clone(),
+            ca: self.acme_ca.clone(),
+            dir,
+            challenge,
+            retry_first: portico_gateway::acme::DEFAULT_RETRY_FIRST,
+            retry_max: portico_gateway::acme::DEFAULT_RETRY_MAX,
+        }))
+    }
+
     fn tls(&self) -> anyhow::Result<Option<TlsSettings>> {
-        match (self.tls_listen, self.tls_certs.is_empty()) {
+        let acme = self.acme_directory.is_some();
+        anyhow::ensure!(
+            !acme || self.tls_listen.is_some(),
+            "--acme-directory needs --tls-listen (the certificate is served there)"
+        );
+        match (self.tls_listen, self.tls_certs.is_empty() && !acme) {
             (None, true) => {
                 anyhow::ensure!(
                     self.hsts.is_none(),
@@ -431,8 +528,11 @@ impl GatewayArgs {
                 Ok(None)
             }
             (None, false) => anyhow::bail!("--tls-cert needs --tls-listen"),
-            (Some(_), true) => anyhow::bail!("--tls-listen needs at least one --tls-cert"),
+            (Some(_), true) => {
+                anyhow::bail!("--tls-listen needs at least one --tls-cert (or --acme-directory)")
+            }
             (Some(_), false) => Ok(Some(TlsSettings {
+                acme,
                 certs: self.tls_certs.clone(),
                 hsts: self.hsts.clone(),
                 client_auth: self.tls_client_ca.clone().map(|ca| ClientAuth {
@@ -521,6 +621,7 @@ impl GatewayArgs {
         }
         Ok(GatewayOptions {
             tls: self.tls()?,
+            acme: self.acme()?,
             config,
             config_path: self.config.clone(),
             config_poll: Some(self.config_poll_interval),

@@ -40,6 +40,7 @@ async fn tls_gateway(ca: &TestCa, registry: &str, token: Option<&str>) -> TestGa
             certs: vec![ca.write("default", &["default.test", "*.example.com"])],
             hsts: None,
             client_auth: None,
+            acme: false,
         }),
         proxy: ProxySettings {
             access_log: false,

@@ -25,6 +25,7 @@ fn options(routes: &str, certs: Vec<CertFiles>) -> GatewayOptions {
             certs,
             hsts: Some(http::HeaderValue::from_static("max-age=600")),
             client_auth: None,
+            acme: false,
         }),
         proxy: ProxySettings {
             access_log: false,

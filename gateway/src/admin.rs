@@ -170,6 +170,23 @@ fn status_json(table: &RouteTable, s: &DiscoveryStatus, metrics: &GatewayMetrics
         "routes": table.entries().len(),
         "cache": s.cache_json(),
         "tls": tls_json(metrics.tls()),
+        "acme": acme_json(metrics.acme()),
+    })
+}
+
+/// The ACME client's line: what it orders for, orders by result, the next
+/// order and the last failure (`null` when ACME is off).
+fn acme_json(acme: &crate::acme::AcmeStats) -> Value {
+    if !acme.enabled() {
+        return Value::Null;
+    }
+    let (ok, failed) = acme.orders();
+    json!({
+        "domains": acme.domains(),
+        "orders_ok": ok,
+        "orders_failed": failed,
+        "next_renewal_unix": acme.next_renewal(),
+        "last_error": acme.last_error(),
     })
 }
 

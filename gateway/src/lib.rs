@@ -21,6 +21,8 @@
 //!   graceful drain.
 //! - [`tls`]: certificates (files and registry, picked by SNI, reloaded),
 //!   the HTTPS listener's settings, and client TLS to upstreams.
+//! - [`acme`]: certificates ordered and renewed from an ACME CA, with the
+//!   HTTP-01 and TLS-ALPN-01 answers.
 //! - [`caps`]: downstream connection caps (gateway-wide, per client IP)
 //!   and the backoff on accept errors at the descriptor limit.
 //! - [`idle`]: "no bytes either way for the idle timeout", for connections
@@ -48,6 +50,7 @@
 //! the response back; failures become JSON errors in [`error`].
 
 pub mod access;
+pub mod acme;
 pub mod admin;
 pub mod balance;
 pub mod body;
@@ -122,6 +125,9 @@ pub struct GatewayOptions {
     pub server: ServerSettings,
     /// The HTTPS listener's certificates and HSTS; `None`: no HTTPS.
     pub tls: Option<TlsSettings>,
+    /// Certificates ordered from an ACME CA for the HTTPS listener (which
+    /// it needs); `None`: no ACME.
+    pub acme: Option<acme::AcmeSettings>,
     /// Upstream and logging settings.
     pub proxy: ProxySettings,
 }
@@ -140,6 +146,8 @@ pub struct Gateway {
     config: tokio::sync::watch::Sender<Config>,
     /// The HTTPS listener's TLS side, when configured.
     tls: Option<ServerTls>,
+    /// The ACME client, when configured.
+    acme: Option<acme::Acme>,
 }
 
 /// Why a gateway could not be set up.
@@ -151,12 +159,16 @@ pub enum GatewayError {
     /// A certificate or the TLS configuration was refused.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// ACME was asked for without an HTTPS listener, or its state
+    /// directory is unusable.
+    #[error(transparent)]
+    Acme(#[from] acme::AcmeError),
 }
 
 impl Gateway {
     /// Builds the initial table from the configured routes, and loads the
     /// certificates (refusing one that does not load, naming its file).
-    pub fn new(options: GatewayOptions) -> Result<Gateway, GatewayError> {
+    pub fn new(mut options: GatewayOptions) -> Result<Gateway, GatewayError> {
         if !options.registry.is_empty() {
             // Validate the URLs and token now so a typo fails at startup, not in a background task.
             registry_client(&options)?;
@@ -180,10 +192,26 @@ impl Gateway {
         for route in &options.config.routes {
             upstream_tls.for_route(route.upstream_tls.as_deref())?;
         }
+        let http01 = Arc::new(acme::challenge::Http01Answers::default());
+        if options.acme.is_some() {
+            options.proxy.acme_http01 = Some(http01.clone());
+        }
         let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy, upstream_tls));
         let tls = match &options.tls {
             Some(settings) => Some(ServerTls::new(settings, proxy.metrics().tls().clone())?),
             None => None,
+        };
+        let acme = match (&options.acme, &tls) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(acme::AcmeError::Order("ACME needs an HTTPS listener".into()).into());
+            }
+            (Some(settings), Some(tls)) => Some(acme::Acme::new(
+                settings.clone(),
+                http01,
+                tls.stats.store().clone(),
+                proxy.metrics().acme().clone(),
+            )?),
         };
         let config = tokio::sync::watch::Sender::new(options.config.clone());
         Ok(Gateway {
@@ -194,6 +222,7 @@ impl Gateway {
             options,
             config,
             tls,
+            acme,
         })
     }
 
@@ -248,6 +277,7 @@ impl Gateway {
             }
         };
         let cert_reloader = tls.as_ref().map(|(_, t)| t.watch_files());
+        let acme = self.acme.as_ref().map(acme::Acme::spawn);
         let client = (!self.options.registry.is_empty()).then(|| {
             registry_client(&self.options)
                 .expect("registry URLs and token were validated in Gateway::new")
@@ -282,6 +312,9 @@ impl Gateway {
         follower.abort();
         if let Some(r) = cert_reloader {
             r.abort();
+        }
+        if let Some(a) = acme {
+            a.abort();
         }
         if let Some(r) = reloader {
             r.abort();

@@ -30,6 +30,7 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::acme::AcmeStats;
 use crate::balance::{Endpoint, EndpointSet};
 use crate::caps::{CapStats, Refusal};
 use crate::discovery::DiscoveryStatus;
@@ -268,6 +269,8 @@ pub struct GatewayMetrics {
     caps: Arc<CapStats>,
     /// TLS handshakes, certificate reloads and the certificates served.
     tls: Arc<TlsStats>,
+    /// ACME orders and the next renewal.
+    acme: Arc<AcmeStats>,
 }
 
 impl GatewayMetrics {
@@ -300,6 +303,11 @@ impl GatewayMetrics {
     /// The TLS counters and certificates, for the TLS listener.
     pub fn tls(&self) -> &Arc<TlsStats> {
         &self.tls
+    }
+
+    /// The ACME counters, for the ACME client.
+    pub fn acme(&self) -> &Arc<AcmeStats> {
+        &self.acme
     }
 }
 
@@ -571,6 +579,9 @@ impl Collector for GatewayCollector {
         }
 
         encode_tls(&mut encoder, &self.metrics.tls)?;
+        if self.metrics.acme.enabled() {
+            encode_acme(&mut encoder, &self.metrics.acme)?;
+        }
 
         encoder
             .encode_descriptor(
@@ -727,6 +738,28 @@ fn encode_tls(encoder: &mut DescriptorEncoder, tls: &TlsStats) -> fmt::Result {
             .encode_gauge(&cert.expires_in(now))?;
     }
     Ok(())
+}
+
+fn encode_acme(encoder: &mut DescriptorEncoder, acme: &AcmeStats) -> fmt::Result {
+    let (ok, failed) = acme.orders();
+    let mut e = encoder.encode_descriptor(
+        "portico_acme_orders",
+        "ACME orders by result (a failed one is retried with backoff; the certificate served is kept).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, n) in [("ok", ok), ("failed", failed)] {
+        e.encode_family(&[("result", result)])?
+            .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+    }
+    encoder
+        .encode_descriptor(
+            "portico_acme_next_renewal_timestamp_seconds",
+            "Unix time of the next ACME order (renewal at two thirds of the lifetime, or a retry).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&acme.next_renewal())
 }
 
 #[cfg(test)]

@@ -348,6 +348,11 @@ async fn serve_connection(
         }
     };
     let session = stream.get_ref().1;
+    if session.alpn_protocol() == Some(crate::tls::store::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the answer, and no
+        // HTTP is spoken on such a connection (RFC 8737 §3).
+        return;
+    }
     let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
     let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };

@@ -51,6 +51,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::access::{AccessLine, LineRef};
+use crate::acme::challenge::Http01Answers;
 use crate::body::{BodyWatch, TimedBody};
 use crate::error::ProxyError;
 use crate::grpc::body::{GrpcBody, Outcome};
@@ -116,6 +117,9 @@ pub struct ProxySettings {
     /// subject upstream (`--tls-client-subject-header`); whatever a client
     /// sends in it is always removed.
     pub client_subject_header: Option<http::HeaderName>,
+    /// HTTP-01 answers of the ACME client, served on the cleartext
+    /// listener before routing; `None`: no ACME, the path is routed.
+    pub acme_http01: Option<Arc<Http01Answers>>,
 }
 
 impl Default for ProxySettings {
@@ -132,6 +136,7 @@ impl Default for ProxySettings {
             https_port: None,
             upstream_ca: Vec::new(),
             client_subject_header: None,
+            acme_http01: None,
         }
     }
 }
@@ -152,6 +157,7 @@ pub struct Proxy {
     /// Client TLS settings for `https` upstreams.
     upstream_tls: Arc<UpstreamTlsConfigs>,
     client_subject_header: Option<http::HeaderName>,
+    acme_http01: Option<Arc<Http01Answers>>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -268,6 +274,7 @@ impl Proxy {
             https_port: settings.https_port,
             upstream_tls,
             client_subject_header: settings.client_subject_header.clone(),
+            acme_http01: settings.acme_http01.clone(),
         }
     }
 
@@ -372,6 +379,9 @@ impl Proxy {
                 headers.insert(name.clone(), subject.clone());
             }
         }
+        if let Some(answer) = self.acme_answer(&req, peer) {
+            return answer;
+        }
         if self.https_redirect && !peer.secure {
             return self.redirect(&front, &req);
         }
@@ -390,6 +400,30 @@ impl Proxy {
             return Ok(respond_grpc(resp, kind, route, ctx.version));
         }
         Ok(self.respond(resp, upgrade, route.read_timeout))
+    }
+
+    /// An ACME HTTP-01 validation request on the cleartext listener:
+    /// answered here, before the HTTPS redirect and routing, so neither a
+    /// route nor `--https-redirect` can hide it (RFC 8555 §8.3). `None`:
+    /// not one (or no ACME); a token not published is a 404.
+    fn acme_answer(
+        &self,
+        req: &Request<Incoming>,
+        peer: &Peer,
+    ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+        let answers = self.acme_http01.as_ref()?;
+        if peer.secure || !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return None;
+        }
+        let Some(key_authorization) = answers.answer(req.uri().path())? else {
+            return Some(Err(ProxyError::NoRoute));
+        };
+        let body = Bytes::copy_from_slice(key_authorization.as_bytes());
+        Some(Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Either::Right(Either::Left(Full::new(body))))
+            .expect("a challenge answer is well-formed")))
     }
 
     /// A 308 to the same URL over HTTPS: 308 rather than 301 so a client

@@ -76,6 +76,9 @@ pub struct TlsSettings {
     pub hsts: Option<http::HeaderValue>,
     /// Client certificates asked for (mTLS), when set.
     pub client_auth: Option<ClientAuth>,
+    /// ACME supplies a certificate (the `acme` module), so the listener may
+    /// start with no file (handshakes fail until the first is issued).
+    pub acme: bool,
 }
 
 /// Client-certificate verification on the HTTPS listener
@@ -174,7 +177,7 @@ impl ServerTls {
     /// Loads `settings.certs` into `stats`' store and builds the acceptor.
     /// Refuses a certificate that does not load, naming its file.
     pub fn new(settings: &TlsSettings, stats: Arc<TlsStats>) -> Result<ServerTls, TlsSetupError> {
-        if settings.certs.is_empty() {
+        if settings.certs.is_empty() && !settings.acme {
             return Err(TlsSetupError::NoCertificate);
         }
         let (loaded, contents) = watch::load_all(&settings.certs)?;
@@ -216,7 +219,13 @@ fn server_config(
         Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
     };
     let mut config = builder.with_cert_resolver(Arc::new(StoreResolver(store)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: rustls picks by the server's order, and only an
+    // ACME validation offers it (then alone); see [`store`].
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        store::ACME_TLS_ALPN.to_vec(),
+    ];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
         .map_err(|e| TlsSetupError::Config(e.to_string()))?;

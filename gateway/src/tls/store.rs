@@ -13,7 +13,12 @@
 //! `a.b.example.com`, as RFC 6125 says); else the default, the first
 //! certificate, which also answers clients that send no SNI. When two
 //! certificates claim one name, the first claims it: files in flag order,
-//! then registry certificates by name.
+//! then the ACME certificate, then registry certificates by name.
+//!
+//! A client that offers only the ALPN protocol `acme-tls/1` is an ACME
+//! server validating a TLS-ALPN-01 challenge (RFC 8737): it gets the
+//! challenge certificate published for its SNI name, or no certificate at
+//! all (the handshake fails), never a served one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,13 +92,22 @@ pub struct CertStore {
     sources: Mutex<Sources>,
     reloads_applied: AtomicU64,
     reloads_refused: AtomicU64,
+    /// TLS-ALPN-01 challenge certificates by lowercase DNS name. A std
+    /// mutex: held only to clone an `Arc` out, never across `.await`, and
+    /// only by `acme-tls/1` handshakes (a few per order), not by clients.
+    alpn_challenges: Mutex<FastMap<String, Arc<CertifiedKey>>>,
 }
 
 #[derive(Debug, Default)]
 struct Sources {
     files: Vec<Arc<LoadedCert>>,
+    /// The certificate the ACME client obtained, when it has one.
+    acme: Option<Arc<LoadedCert>>,
     registry: BTreeMap<String, Arc<LoadedCert>>,
 }
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl CertStore {
     /// The set handshakes read now.
@@ -104,6 +118,34 @@ impl CertStore {
     /// Replaces the certificates loaded from files.
     pub fn set_files(&self, files: Vec<Arc<LoadedCert>>) {
         self.update(|s| s.files = files);
+    }
+
+    /// Serves `cert` as the ACME certificate (replacing the previous one).
+    pub fn set_acme(&self, cert: Arc<LoadedCert>) {
+        self.update(|s| s.acme = Some(cert));
+    }
+
+    /// Publishes (`Some`) or withdraws (`None`) the TLS-ALPN-01 challenge
+    /// certificate for `name`.
+    pub fn set_alpn_challenge(&self, name: &str, cert: Option<Arc<CertifiedKey>>) {
+        let mut map = self
+            .alpn_challenges
+            .lock()
+            .expect("challenge certificates poisoned");
+        let name = name.to_ascii_lowercase();
+        match cert {
+            Some(cert) => map.insert(name, cert),
+            None => map.remove(&name),
+        };
+    }
+
+    fn alpn_challenge(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = sni?.trim_end_matches('.').to_ascii_lowercase();
+        self.alpn_challenges
+            .lock()
+            .expect("challenge certificates poisoned")
+            .get(&name)
+            .cloned()
     }
 
     /// Adds or replaces a certificate kept in the registry.
@@ -140,6 +182,7 @@ impl CertStore {
         let all = sources
             .files
             .iter()
+            .chain(sources.acme.iter())
             .chain(sources.registry.values())
             .cloned()
             .collect();
@@ -173,6 +216,12 @@ pub struct StoreResolver(pub Arc<CertStore>);
 
 impl ResolvesServerCert for StoreResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(mut alpn) = hello.alpn() {
+            // RFC 8737 §3: the validation offers `acme-tls/1` alone.
+            if alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none() {
+                return self.0.alpn_challenge(hello.server_name());
+            }
+        }
         self.0
             .set
             .load()

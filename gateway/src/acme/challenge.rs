@@ -1,0 +1,133 @@
+//! The answers an ACME server checks while it validates an order.
+//!
+//! HTTP-01 (RFC 8555 §8.3): `GET /.well-known/acme-challenge/{token}` on
+//! port 80 (the cleartext listener) must return the key authorization.
+//! The proxy asks [`Http01Answers`] before routing, so no route can shadow
+//! the path, and a request for a token not published is a 404 from the
+//! gateway, never proxied.
+//!
+//! TLS-ALPN-01 (RFC 8737): a handshake on port 443 (the TLS listener)
+//! offering only ALPN `acme-tls/1` must get a self-signed certificate for
+//! the name, with the critical acmeIdentifier extension holding the
+//! SHA-256 of the key authorization. [`alpn_certificate`] makes it; the
+//! certificate store serves it ([`crate::tls::store`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// The path prefix HTTP-01 validation requests use.
+pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// HTTP-01 key authorizations by token, published while an order is being
+/// validated. A std mutex: a few entries, held only to look one up or
+/// change one, never across `.await`; only challenge requests take it.
+#[derive(Debug, Default)]
+pub struct Http01Answers {
+    tokens: Mutex<HashMap<String, Arc<str>>>,
+}
+
+impl Http01Answers {
+    /// Publishes the key authorization for `token`.
+    pub fn publish(&self, token: &str, key_authorization: &str) {
+        self.lock()
+            .insert(token.to_string(), Arc::from(key_authorization));
+    }
+
+    /// Withdraws `token` (its validation is over).
+    pub fn withdraw(&self, token: &str) {
+        self.lock().remove(token);
+    }
+
+    /// The answer for a request to `path`: `None` when it is not a
+    /// challenge path, `Some(None)` for a token not published.
+    pub fn answer(&self, path: &str) -> Option<Option<Arc<str>>> {
+        let token = path.strip_prefix(HTTP01_PREFIX)?;
+        Some(self.lock().get(token).cloned())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<str>>> {
+        self.tokens.lock().expect("HTTP-01 answers poisoned")
+    }
+}
+
+/// Why a TLS-ALPN-01 certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS-ALPN-01 certificate for {name}: {reason}")]
+pub struct AlpnCertError {
+    /// The DNS name validated.
+    pub name: String,
+    /// What failed.
+    pub reason: String,
+}
+
+/// The TLS-ALPN-01 certificate for `name`: self-signed, one DNS
+/// subjectAltName, and the acmeIdentifier extension carrying
+/// `key_authorization_sha256` (RFC 8737 §3). A fresh key each time: it
+/// proves nothing but control of the listener, and lives for one order.
+pub fn alpn_certificate(
+    name: &str,
+    key_authorization_sha256: &[u8],
+) -> Result<Arc<CertifiedKey>, AlpnCertError> {
+    let fail = |reason: String| AlpnCertError {
+        name: name.to_string(),
+        reason,
+    };
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| fail(e.to_string()))?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+        key_authorization_sha256,
+    )];
+    let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = crate::tls::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_published_tokens_are_answered() {
+        let answers = Http01Answers::default();
+        answers.publish("tok", "tok.thumb");
+        let hit = answers.answer("/.well-known/acme-challenge/tok").unwrap();
+        assert_eq!(hit.as_deref(), Some("tok.thumb"));
+        assert_eq!(
+            answers.answer("/.well-known/acme-challenge/other"),
+            Some(None)
+        );
+        assert_eq!(answers.answer("/api/tok"), None);
+        answers.withdraw("tok");
+        assert_eq!(
+            answers.answer("/.well-known/acme-challenge/tok"),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn the_alpn_certificate_carries_the_critical_acme_identifier() {
+        let digest = [7u8; 32];
+        let key = alpn_certificate("a.example", &digest).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&key.cert[0]).unwrap();
+        // id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier extension");
+        assert!(ext.critical);
+        // An OCTET STRING of the 32-byte digest.
+        assert_eq!(&ext.value[2..], &digest);
+    }
+}

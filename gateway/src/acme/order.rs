@@ -1,0 +1,151 @@
+//! One ACME order, from account to certificate (RFC 8555 §7), with
+//! instant-acme.
+//!
+//! The account is created once and kept in the state directory. An order
+//! covers every configured name; each pending authorization is answered
+//! with the configured challenge kind, published before the server is told
+//! it is ready and withdrawn when the order ends, whatever its outcome.
+//! The key is a fresh ECDSA P-256 key per order (instant-acme builds the
+//! CSR with rcgen), so a renewal never reuses a key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+
+use super::challenge::{Http01Answers, alpn_certificate};
+use super::state::{IssuedPem, StateDir};
+use super::{AcmeError, AcmeSettings, ChallengeKind};
+use crate::tls::store::CertStore;
+
+/// How long an order may wait for validation, then for the certificate,
+/// before it counts as failed (retried with backoff).
+const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Where challenge answers are published.
+#[derive(Debug, Clone)]
+pub struct Responders {
+    /// HTTP-01, read by the proxy on the cleartext listener.
+    pub http01: Arc<Http01Answers>,
+    /// TLS-ALPN-01 certificates, served by the TLS listener.
+    pub store: Arc<CertStore>,
+}
+
+/// The account: the saved one for this directory, else a new one (saved).
+pub async fn account(settings: &AcmeSettings, state: &StateDir) -> Result<Account, AcmeError> {
+    let builder = match &settings.ca {
+        Some(ca) => Account::builder_with_root(ca),
+        None => Account::builder(),
+    }
+    .map_err(AcmeError::from_acme("HTTP client"))?;
+    if let Some(credentials) = state.account(&settings.directory)? {
+        return builder
+            .from_credentials(credentials)
+            .await
+            .map_err(AcmeError::from_acme("account"));
+    }
+    let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, credentials) = builder
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            settings.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(AcmeError::from_acme("new account"))?;
+    state.save_account(&settings.directory, credentials)?;
+    tracing::info!(directory = %settings.directory, "ACME account created");
+    Ok(account)
+}
+
+/// Orders a certificate for `settings.domains` and returns it with its
+/// key. Challenge answers are withdrawn before returning.
+pub async fn issue(
+    account: &Account,
+    settings: &AcmeSettings,
+    responders: &Responders,
+) -> Result<IssuedPem, AcmeError> {
+    let mut published = Vec::new();
+    let result = run_order(account, settings, responders, &mut published).await;
+    for (name, token) in published {
+        responders.http01.withdraw(&token);
+        responders.store.set_alpn_challenge(&name, None);
+    }
+    result
+}
+
+async fn run_order(
+    account: &Account,
+    settings: &AcmeSettings,
+    responders: &Responders,
+    published: &mut Vec<(String, String)>,
+) -> Result<IssuedPem, AcmeError> {
+    let identifiers: Vec<Identifier> = settings
+        .domains
+        .iter()
+        .map(|d| Identifier::Dns(d.clone()))
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(AcmeError::from_acme("new order"))?;
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(AcmeError::from_acme("authorization"))?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => return Err(AcmeError::Order(format!("authorization is {other:?}"))),
+        }
+        let kind = match settings.challenge {
+            ChallengeKind::Http01 => ChallengeType::Http01,
+            ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
+        let mut challenge = authz
+            .challenge(kind.clone())
+            .ok_or_else(|| AcmeError::Order(format!("the server offers no {kind:?} challenge")))?;
+        let name = challenge.identifier().to_string();
+        let key_auth = challenge.key_authorization();
+        published.push((name.clone(), challenge.token.clone()));
+        match settings.challenge {
+            ChallengeKind::Http01 => responders
+                .http01
+                .publish(&challenge.token, key_auth.as_str()),
+            ChallengeKind::TlsAlpn01 => {
+                let cert = alpn_certificate(&name, key_auth.digest().as_ref())
+                    .map_err(|e| AcmeError::Order(e.to_string()))?;
+                responders.store.set_alpn_challenge(&name, Some(cert));
+            }
+        }
+        challenge
+            .set_ready()
+            .await
+            .map_err(AcmeError::from_acme("challenge ready"))?;
+    }
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(ORDER_TIMEOUT);
+    match order.poll_ready(&retry).await {
+        Ok(OrderStatus::Ready) => {}
+        Ok(status) => return Err(AcmeError::Order(format!("order is {status:?}"))),
+        Err(e) => return Err(AcmeError::from_acme("validation")(e)),
+    }
+    let key = order
+        .finalize()
+        .await
+        .map_err(AcmeError::from_acme("finalize"))?;
+    let cert = order
+        .poll_certificate(&retry)
+        .await
+        .map_err(AcmeError::from_acme("certificate"))?;
+    Ok(IssuedPem { cert, key })
+}
