@@ -74,7 +74,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let admin = Arc::new(Admin {
-            registry: crate::metrics::registry(table.clone(), metrics.clone(), status.clone()),
+            registry: crate::collector::registry(table.clone(), metrics.clone(), status.clone()),
             table,
             status,
             metrics,
@@ -130,7 +130,7 @@ impl Admin {
             (&Method::GET, "/metrics") => {
                 return Response::builder()
                     .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
-                    .body(Full::new(Bytes::from(crate::metrics::render(registry))))
+                    .body(Full::new(Bytes::from(crate::collector::render(registry))))
                     .expect("admin responses are well-formed");
             }
             (_, "/healthz" | "/endpoints" | "/status" | "/explain" | "/metrics") => (

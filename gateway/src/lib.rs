@@ -34,8 +34,10 @@
 //!   gRPC-Web translation, and the response body that notes each call's
 //!   `grpc-status`.
 //! - [`access`]: the access-log line.
-//! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
-//!   state, everything else read from the table at scrape time.
+//! - [`metrics`]: the request-side counters (per-route atomics kept in the
+//!   route state, latency histograms): a leaf, importing no routing module.
+//! - [`collector`]: the scrape-time Prometheus collector, above everything:
+//!   reads the counters, the current table and the discovery status.
 //! - [`admin`]: the separate admin listener (`/endpoints`: why each endpoint
 //!   is in or out of rotation; `/explain`: why a request goes where it goes;
 //!   `/status`: the applied revision; `/metrics`: Prometheus text).
@@ -55,6 +57,7 @@ pub mod breaker;
 pub mod cache;
 pub mod caps;
 pub mod check;
+pub mod collector;
 pub mod config;
 pub mod discovery;
 pub mod error;
