@@ -36,6 +36,7 @@
 mod attempt;
 pub mod edge;
 mod outgoing;
+pub mod pick;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
