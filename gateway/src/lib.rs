@@ -33,6 +33,8 @@
 //! - [`grpc`]: what makes a request gRPC, its status codes and deadline,
 //!   gRPC-Web translation, and the response body that notes each call's
 //!   `grpc-status`.
+//! - [`filter`]: per-route filter chains (rate limits, header edits), built
+//!   once per route and run in the request path's phases.
 //! - [`access`]: the access-log line.
 //! - [`metrics`]: the request-side counters (per-route atomics kept in the
 //!   route state, latency histograms): a leaf, importing no routing module.
@@ -61,6 +63,7 @@ pub mod collector;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod filter;
 pub mod grpc;
 pub mod health;
 pub mod host;
