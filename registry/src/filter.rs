@@ -18,8 +18,6 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Invalid;
-
 /// Most filters on one route.
 pub const MAX_FILTERS: usize = 16;
 /// Most header edits (set + add + remove) in one header filter.
@@ -146,21 +144,32 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-/// Checks a route's filters. `prefix` is the route's field prefix
-/// (`route[2].` in a file, nothing in the API).
-pub fn compile_filters(specs: &[FilterSpec], prefix: &str) -> Result<Vec<Filter>, Invalid> {
+/// A refused filter: the field (`filters[0].rate`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError {
+    /// The field, from `filters`.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Checks a route's filters. The route module turns a refusal into its
+/// `Invalid` with the route's prefix (this module stays below the model).
+pub fn compile_filters(specs: &[FilterSpec]) -> Result<Vec<Filter>, FilterError> {
     if specs.len() > MAX_FILTERS {
-        return Err(Invalid::field(
-            &format!("{prefix}filters"),
-            format!("at most {MAX_FILTERS} filters per route"),
-        ));
+        return Err(FilterError {
+            field: "filters".into(),
+            reason: format!("at most {MAX_FILTERS} filters per route"),
+        });
     }
     specs
         .iter()
         .enumerate()
         .map(|(i, spec)| {
-            let at = format!("{prefix}filters[{i}]");
-            compile_one(spec).map_err(|(f, r)| Invalid::field(&format!("{at}.{f}"), r))
+            compile_one(spec).map_err(|(f, reason)| FilterError {
+                field: format!("filters[{i}].{f}"),
+                reason,
+            })
         })
         .collect()
 }
@@ -329,15 +338,13 @@ mod tests {
     }
 
     fn refusal(json: &str) -> String {
-        compile_filters(&[spec(json)], "route[2].")
-            .unwrap_err()
-            .field
-            .unwrap()
+        let field = compile_filters(&[spec(json)]).unwrap_err().field;
+        format!("route[2].{field}")
     }
 
     #[test]
     fn a_rate_limit_takes_its_defaults() {
-        let f = compile_filters(&[spec(r#"{"type":"rate_limit","rate":10}"#)], "").unwrap();
+        let f = compile_filters(&[spec(r#"{"type":"rate_limit","rate":10}"#)]).unwrap();
         assert_eq!(
             f,
             [Filter::RateLimit(RateLimit {

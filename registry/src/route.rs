@@ -1180,7 +1180,7 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
             )),
             None => None,
         },
-        filters: compile_filters(&spec.filters, prefix)?,
+        filters: compile_filters(&spec.filters).map_err(|e| bad(&e.field, e.reason))?,
     })
 }
 

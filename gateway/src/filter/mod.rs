@@ -9,7 +9,7 @@
 //! one branch for the feature, nothing more.
 //!
 //! Each filter runs in the phase of the request path it belongs to
-//! ([`crate::proxy`]), in the order the route lists them within a phase:
+//! (see the `proxy` module), in the order the route lists them within a phase:
 //!
 //! 1. **request filter** (may answer by itself, before anything is sent):
 //!    authentication when it comes, then [`rate_limit`]: a refusal is a

@@ -1,5 +1,5 @@
 //! Which endpoint a try goes to: the one pick both the request path
-//! ([`super::attempt`]) and `/explain` ([`crate::admin`]) call, so what
+//! ([`super::attempt`]) and `/explain` (the `admin` module) call, so what
 //! `/explain` shows is what a request does, not a copy that may drift.
 //!
 //! A request *takes* its pick (the balancer's turn moves, a breaker admits
