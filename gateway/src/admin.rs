@@ -50,6 +50,7 @@ use crate::error::ProxyError;
 use crate::health::now_ms;
 use crate::metrics::GatewayMetrics;
 use crate::path::PathPolicy;
+use crate::proxy::pick::{self, Pick, Turn};
 use crate::router::{Considered, Level, Mismatch, RequestView, RouteEntry, RouteTable};
 
 /// What the admin listener reads: the live table, discovery progress, the
@@ -74,7 +75,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let admin = Arc::new(Admin {
-            registry: crate::metrics::registry(table.clone(), metrics.clone(), status.clone()),
+            registry: crate::collector::registry(table.clone(), metrics.clone(), status.clone()),
             table,
             status,
             metrics,
@@ -130,7 +131,7 @@ impl Admin {
             (&Method::GET, "/metrics") => {
                 return Response::builder()
                     .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
-                    .body(Full::new(Bytes::from(crate::metrics::render(registry))))
+                    .body(Full::new(Bytes::from(crate::collector::render(registry))))
                     .expect("admin responses are well-formed");
             }
             (_, "/healthz" | "/endpoints" | "/status" | "/explain" | "/metrics") => (
@@ -583,24 +584,14 @@ fn explain(
         .iter()
         .filter(|e| route.breaker.is_some() && e.health.breaker.is_open(now))
         .count();
-    // What the balancer would pick for the next request (skipping open
-    // breakers, as the proxy does), without taking its turn or admitting
-    // through a breaker.
-    let avoid: Vec<usize> = (0..all.len())
-        .filter(|&i| route.breaker.is_some() && all[i].health.breaker.is_open(now))
-        .collect();
-    let hash = match &route.lb {
-        Balance::ConsistentHash(on) => {
-            let ip = q.client_ip.to_string();
-            crate::balance::hash_key(on, &q.path, &q.headers, ip.as_bytes())
-        }
-        _ => None,
-    };
-    // A peek: explaining must not take a live request's turn.
-    let pick = if avoid.len() == all.len() {
-        None
-    } else {
-        entry.endpoints.peek_with(&route.lb, hash, &avoid)
+    // What the balancer would pick for the next request: the request
+    // path's own pick, as a peek (explaining must not take a live
+    // request's turn, nor a breaker's admission).
+    let ip = q.client_ip.to_string();
+    let hash = pick::hash_key(route, &q.path, &q.headers, ip.as_bytes());
+    let pick = match pick::pick(entry, hash, &[], false, Turn::Peek, &mut None) {
+        Pick::Endpoint(i, e) => Some((i, e)),
+        Pick::Exhausted | Pick::AllOpen => None,
     };
     let target = match &route.target {
         Target::Service(s) => json!({"service": s}),

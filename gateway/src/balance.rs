@@ -141,6 +141,14 @@ impl Turns<'_> {
 /// that adding one endpoint to ten moves close to the ideal 1/11 of keys.
 const RING_POINTS: u64 = 160;
 
+/// Lets the per-endpoint latency histograms ([`crate::metrics`]) follow a
+/// set's endpoints by id without that leaf module importing this one.
+impl crate::metrics::EndpointIds for EndpointSet {
+    fn ids(&self) -> Box<dyn Iterator<Item = &Arc<str>> + '_> {
+        Box::new(self.endpoints().iter().map(|e| &e.id))
+    }
+}
+
 impl EndpointSet {
     /// Builds the set; endpoints are ordered by id so every gateway computes
     /// the same sequence.

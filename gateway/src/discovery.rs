@@ -39,6 +39,7 @@ use crate::balance::{Endpoint, EndpointSet};
 use crate::breaker::RouteState;
 use crate::check::{Checkers, Transport};
 use crate::config::{PathMatch, Route, Target};
+use crate::filter::FilterChain;
 use crate::health::HealthRegistry;
 use crate::router::{RouteEntry, RouteTable, Router};
 use crate::tls::upstream::UpstreamTlsConfigs;
@@ -90,6 +91,9 @@ pub struct TableBuilder {
     /// Retry budget and limit counters per route name, so a rebuild neither
     /// refills the budget nor forgets requests in flight.
     states: FastMap<Arc<str>, Arc<RouteState>>,
+    /// Filter chains by route name, reused while a route's filters are
+    /// unchanged so rate-limit counters survive rebuilds.
+    chains: FastMap<Arc<str>, Arc<FilterChain>>,
     /// Active health-check tasks, matched to the endpoints at each build.
     checkers: Checkers,
     /// The gateway's zone: discovered instances there are preferred.
@@ -126,6 +130,7 @@ impl TableBuilder {
             empty: Arc::new(EndpointSet::default()),
             health,
             states: FastMap::default(),
+            chains: FastMap::default(),
             checkers: Checkers::default(),
             zone: None,
             auto_route_grace: DEFAULT_AUTO_ROUTE_GRACE,
@@ -332,6 +337,7 @@ impl TableBuilder {
                 let names: FastSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
                 self.states.retain(|name, _| names.contains(name));
             }
+            self.chains = filter_chains(&self.effective, std::mem::take(&mut self.chains));
             let mut sets = FastMap::default();
             for r in &self.effective {
                 if let Target::Static(list) = &r.target {
@@ -350,11 +356,12 @@ impl TableBuilder {
             }
             self.static_sets = sets;
         }
-        let (static_sets, service_sets, empty, states) = (
+        let (static_sets, service_sets, empty, states, chains) = (
             &self.static_sets,
             &self.service_sets,
             &self.empty,
             &mut self.states,
+            &self.chains,
         );
         let implicit_from = self.implicit_from;
         let entries = self
@@ -374,6 +381,7 @@ impl TableBuilder {
                     endpoints,
                     state,
                     implicit: i >= implicit_from,
+                    filters: chains.get(&route.name).cloned(),
                 }
             })
             .collect();
@@ -393,6 +401,26 @@ impl TableBuilder {
         self.checkers.reconcile(wanted);
         table
     }
+}
+
+/// The filter chains of `routes` (only those with filters), reusing from
+/// `old` each chain whose route's filters did not change.
+fn filter_chains(
+    routes: &[Arc<Route>],
+    mut old: FastMap<Arc<str>, Arc<FilterChain>>,
+) -> FastMap<Arc<str>, Arc<FilterChain>> {
+    let mut chains = FastMap::default();
+    for r in routes.iter().filter(|r| !r.filters.is_empty()) {
+        let chain = match old.remove(&r.name) {
+            Some(c) if c.built_from(&r.filters) => c,
+            _ => match FilterChain::build(&r.filters) {
+                Some(c) => Arc::new(c),
+                None => continue,
+            },
+        };
+        chains.insert(r.name.clone(), chain);
+    }
+    chains
 }
 
 /// What a gateway knows about its registry feed and route file, for

@@ -63,6 +63,14 @@ pub enum ProxyError {
         /// The limit reached.
         limit: u32,
     },
+    /// A `rate_limit` filter refused the request.
+    #[error("route {route:?}: rate limit exceeded, retry in {}s", limited.retry_after)]
+    RateLimited {
+        /// The route.
+        route: String,
+        /// What the 429 tells the client.
+        limited: crate::filter::Limited,
+    },
     /// Every endpoint's circuit is open.
     #[error("every endpoint of route {route:?} has an open circuit")]
     CircuitOpen {
@@ -137,6 +145,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::BadHost(_) => "bad_host",
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::UriTooLong { .. } => "uri_too_long",
@@ -173,6 +182,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -232,18 +242,34 @@ impl ProxyError {
             .header(&GRPC_MESSAGE, encode_message(&self.to_string()))
             .header(ERROR_HEADER, HeaderValue::from_static(self.code()))
             .body(Full::new(Bytes::new()))
+            .map(|mut resp| {
+                self.add_headers(resp.headers_mut());
+                resp
+            })
             .expect("error responses are well-formed")
     }
 
     /// The response sent downstream.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({ "error": self.to_string(), "code": self.code() });
-        Response::builder()
+        let mut resp = Response::builder()
             .status(self.status())
             .header(header::CONTENT_TYPE, "application/json")
             .header(ERROR_HEADER, HeaderValue::from_static(self.code()))
             .body(Full::new(Bytes::from(body.to_string())))
-            .expect("error responses are well-formed")
+            .expect("error responses are well-formed");
+        self.add_headers(resp.headers_mut());
+        resp
+    }
+
+    /// Headers an error carries beyond the code: a 429's `Retry-After` and
+    /// `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09).
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        if let ProxyError::RateLimited { limited, .. } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
+            headers.insert("ratelimit-policy", limited.policy.clone());
+            headers.insert("ratelimit", limited.state.clone());
+        }
     }
 }
 

@@ -35,9 +35,13 @@
 //! - [`grpc`]: what makes a request gRPC, its status codes and deadline,
 //!   gRPC-Web translation, and the response body that notes each call's
 //!   `grpc-status`.
+//! - [`filter`]: per-route filter chains (rate limits, header edits), built
+//!   once per route and run in the request path's phases.
 //! - [`access`]: the access-log line.
-//! - [`metrics`]: Prometheus metrics: per-route atomics kept in the route
-//!   state, everything else read from the table at scrape time.
+//! - [`metrics`]: the request-side counters (per-route atomics kept in the
+//!   route state, latency histograms): a leaf, importing no routing module.
+//! - [`collector`]: the scrape-time Prometheus collector, above everything:
+//!   reads the counters, the current table and the discovery status.
 //! - [`admin`]: the separate admin listener (`/endpoints`: why each endpoint
 //!   is in or out of rotation; `/explain`: why a request goes where it goes;
 //!   `/status`: the applied revision; `/metrics`: Prometheus text).
@@ -58,9 +62,11 @@ pub mod breaker;
 pub mod cache;
 pub mod caps;
 pub mod check;
+pub mod collector;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod filter;
 pub mod grpc;
 pub mod health;
 pub mod host;

@@ -47,6 +47,9 @@ pub struct RouteEntry {
     /// anyone: it strips its prefix from HTTP requests but never from a
     /// gRPC call, whose server routes on the full `/{service}/{method}`.
     pub implicit: bool,
+    /// The route's filter chain, kept across tables while its filters stay
+    /// the same; `None` (no filters, the common case) costs one branch.
+    pub filters: Option<Arc<crate::filter::FilterChain>>,
 }
 
 /// What the router looks at in a request.
@@ -397,6 +400,7 @@ mod tests {
                 endpoints: Arc::new(EndpointSet::default()),
                 state: Arc::default(),
                 implicit: false,
+                filters: None,
             })
             .collect();
         RouteTable::new(router, entries, 0)

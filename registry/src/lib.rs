@@ -5,6 +5,8 @@
 //!
 //! - [`model`]: instances, statuses, validation, watch events. Always built;
 //!   shared with the SDK and the gateway.
+//! - [`filter`]: per-route filters, written and checked (rate limits, header
+//!   edits); part of the route model, always built.
 //! - [`route`]: the route model (written form, validation, compiled form)
 //!   shared by route files, the `/v1/routes` API and the gateway. Always built.
 //! - [`certificate`]: certificates kept in the registry (what is written,
@@ -39,6 +41,7 @@
 //! [`client::Watcher`] → the gateway rebuilds its routing table.
 
 pub mod certificate;
+pub mod filter;
 pub mod model;
 pub mod route;
 

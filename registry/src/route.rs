@@ -26,6 +26,7 @@ use http::uri::Authority;
 use http::{HeaderMap, HeaderName, Method};
 use serde::{Deserialize, Serialize};
 
+use crate::filter::{Filter, FilterSpec, compile_filters};
 use crate::model::{Invalid, validate_address, validate_service_name};
 
 /// Default time allowed for an upstream to answer with response headers.
@@ -128,6 +129,10 @@ pub struct RouteSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTlsSpec>,
+    /// Per-route filters (rate limits, header edits), run in the phases of
+    /// the request path; see [`crate::filter`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterSpec>,
 }
 
 /// `[route.upstream_tls]` as written: TLS towards the route's upstreams.
@@ -829,6 +834,8 @@ pub struct Route {
     pub https_redirect: bool,
     /// TLS towards `https` upstreams beyond the gateway's defaults.
     pub upstream_tls: Option<Arc<UpstreamTls>>,
+    /// Checked filters, in the order written; empty for most routes.
+    pub filters: Vec<Filter>,
 }
 
 /// A route's upstream TLS settings, checked (the gateway loads the files).
@@ -881,6 +888,7 @@ impl Route {
             grpc_web: false,
             https_redirect: false,
             upstream_tls: None,
+            filters: Vec::new(),
         }
     }
 
@@ -1172,6 +1180,7 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
             )),
             None => None,
         },
+        filters: compile_filters(&spec.filters).map_err(|e| bad(&e.field, e.reason))?,
     })
 }
 

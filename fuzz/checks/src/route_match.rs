@@ -117,6 +117,7 @@ impl Case {
                 endpoints: Arc::new(EndpointSet::default()),
                 state: Arc::default(),
                 implicit: false,
+                filters: None,
             })
             .collect();
         RouteTable::new(router, entries, 0)

@@ -50,6 +50,7 @@ use portico_registry::model::Scheme;
 use tokio::time::Instant;
 
 use super::outgoing::{Outgoing, target};
+use super::pick::{Pick, Turn, pick};
 use super::{BodyState, Proxy, RequestCtx, UpstreamResponseBody};
 use crate::balance::{Endpoint, EndpointSet};
 use crate::body::{BodyFault, BodyWatch, ClientBodyError, Tee};
@@ -67,25 +68,6 @@ use crate::tls::upstream::TlsDial;
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// Most tries of one request, whatever the reasons.
 const MAX_TRIES: usize = 8;
-
-/// What the balancer offers for the next try.
-enum Pick<'a> {
-    /// This endpoint (its index in the set).
-    Endpoint(usize, &'a Endpoint),
-    /// Nothing left that this request may try.
-    Exhausted,
-    /// Endpoints are left, but every one's circuit is open.
-    AllOpen,
-}
-
-impl Pick<'_> {
-    fn endpoint(&self) -> Option<usize> {
-        match self {
-            Pick::Endpoint(i, _) => Some(*i),
-            _ => None,
-        }
-    }
-}
 
 /// What to do after a try.
 enum Next {
@@ -562,26 +544,16 @@ impl<'a> Tries<'a> {
     /// The next endpoint: a new one if any; with a policy retry and none
     /// new left, one already tried.
     fn pick(&mut self) -> Pick<'a> {
-        let entry: &'a RouteEntry = self.entry;
-        let (route, set) = (&entry.route, &entry.endpoints);
-        let tried = &self.tried[..self.n];
         let mut ticket = None;
-        let picked = if route.breaker.is_none() && route.slow_start.is_none() {
-            set.pick_with(&route.lb, self.hash_key, tried).or_else(|| {
-                self.anywhere
-                    .then(|| set.pick_with(&route.lb, self.hash_key, &[]))
-                    .flatten()
-            })
-        } else {
-            match pick_admitted(set, route, self.hash_key, tried, &mut ticket) {
-                Some(found) => found,
-                None => return Pick::AllOpen,
-            }
-        };
-        let pick = match picked {
-            Some((i, e)) => Pick::Endpoint(i, e),
-            None => Pick::Exhausted,
-        };
+        let tried = &self.tried[..self.n];
+        let pick = pick(
+            self.entry,
+            self.hash_key,
+            tried,
+            self.anywhere,
+            Turn::Take,
+            &mut ticket,
+        );
         self.in_flight = pick.endpoint().map(|i| (i, ticket));
         pick
     }
@@ -847,58 +819,4 @@ fn check_head(
         return Err("response with both Content-Length and Transfer-Encoding");
     }
     Ok(())
-}
-
-/// Picks for a route with a breaker or slow start: skips endpoints whose
-/// circuit is open, and lets a warming endpoint decline its turn by chance
-/// (its share grows over the slow-start window). `Some(None)`: nothing left
-/// to pick; `None`: every circuit left was open. `ticket` gets the breaker's
-/// admission of the endpoint picked, to hand back with its outcome.
-fn pick_admitted<'a>(
-    set: &'a EndpointSet,
-    route: &Route,
-    key: Option<u64>,
-    tried: &[usize],
-    ticket: &mut Option<Ticket>,
-) -> Option<Option<(usize, &'a Endpoint)>> {
-    let mut skip = [usize::MAX; 32];
-    let mut m = tried.len().min(skip.len());
-    skip[..m].copy_from_slice(&tried[..m]);
-    let now = now_ms();
-    let mut any_open = false;
-    // Admits through the endpoint's circuit (always, without a breaker).
-    let mut admit = |e: &Endpoint, ticket: &mut Option<Ticket>| match &route.breaker {
-        None => true,
-        Some(policy) => {
-            *ticket = e.health.breaker.admit(now, policy);
-            any_open |= ticket.is_none();
-            ticket.is_some()
-        }
-    };
-    *ticket = None;
-    // A warming endpoint that declined: used if nothing else will take it
-    // (and its circuit admits it).
-    let mut declined: Option<(usize, &'a Endpoint)> = None;
-    loop {
-        let picked = (m < skip.len())
-            .then(|| set.pick_with(&route.lb, key, &skip[..m]))
-            .flatten();
-        let Some((i, e)) = picked else {
-            return match declined {
-                Some(found) if admit(found.1, ticket) => Some(Some(found)),
-                _ if any_open => None,
-                _ => Some(None),
-            };
-        };
-        let warming = route
-            .slow_start
-            .is_some_and(|window| !e.health.warm_enough(now, window));
-        if warming {
-            declined.get_or_insert((i, e));
-        } else if admit(e, ticket) {
-            return Some(Some((i, e)));
-        }
-        skip[m] = i;
-        m += 1;
-    }
 }

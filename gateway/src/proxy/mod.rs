@@ -36,6 +36,7 @@
 mod attempt;
 pub mod edge;
 mod outgoing;
+pub mod pick;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -390,16 +391,36 @@ impl Proxy {
         if matched.entry.route.https_redirect && !peer.secure {
             return self.redirect(&front, &req);
         }
-        let out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
-        let route = &matched.entry.route;
+        let entry = matched.entry;
+        route_filter(entry, &req, peer)?;
+        let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
+        if let Some(chain) = &entry.filters {
+            chain.on_upstream_request(out.req.headers_mut());
+        }
         // Boxed: the send phase is most of a request's state, and a future
         // is moved (copied whole) each time it is wrapped or awaited; on the
         // heap it is written once.
-        let (resp, upgrade) = Box::pin(self.send(matched.entry, out, ctx)).await?;
-        if let Some(kind) = ctx.grpc {
-            return Ok(respond_grpc(resp, kind, route, ctx.version));
+        let (resp, upgrade) = Box::pin(self.send(entry, out, ctx)).await?;
+        Ok(self.response_filter(resp, upgrade, entry, ctx))
+    }
+
+    /// Phase 5, whichever the protocol: the route's response filters, then
+    /// the gRPC or plain HTTP handling of the response.
+    fn response_filter(
+        &self,
+        mut resp: Response<UpstreamResponseBody>,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        entry: &RouteEntry,
+        ctx: &RequestCtx<'_>,
+    ) -> Response<ProxyBody> {
+        if let Some(chain) = &entry.filters {
+            chain.on_response(resp.headers_mut());
         }
-        Ok(self.respond(resp, upgrade, route.read_timeout))
+        let route = &entry.route;
+        match ctx.grpc {
+            Some(kind) => respond_grpc(resp, kind, route, ctx.version),
+            None => self.respond(resp, upgrade, route.read_timeout),
+        }
     }
 
     /// An ACME HTTP-01 validation request on the cleartext listener:
@@ -510,6 +531,24 @@ impl Proxy {
         }
         finish_grpc(resp, ctx, metrics, elapsed)
     }
+}
+
+/// Phase 2 (after the route is known): the route's request filters, which
+/// may refuse the request before anything is read or sent.
+fn route_filter(
+    entry: &RouteEntry,
+    req: &Request<Incoming>,
+    peer: &Peer,
+) -> Result<(), ProxyError> {
+    let Some(chain) = &entry.filters else {
+        return Ok(());
+    };
+    chain
+        .on_request(peer.addr.ip(), req.headers())
+        .map_err(|limited| ProxyError::RateLimited {
+            route: entry.route.name.to_string(),
+            limited,
+        })
 }
 
 /// Phase 6 for a gRPC call: its status is known at the end of its body

@@ -26,7 +26,6 @@ use super::edge::{EdgePolicy, Front, UnderscorePolicy};
 use super::{BodyState, Peer, RequestCtx, X_REQUEST_ID};
 use crate::balance::Endpoint;
 use crate::body::ClientBody;
-use crate::config::Balance;
 use crate::error::ProxyError;
 use crate::grpc::{GRPC_TIMEOUT, GrpcKind, parse_timeout};
 use crate::pool::UpstreamBody;
@@ -77,13 +76,8 @@ pub(super) fn prepare(
             return Err(ProxyError::BodyTooLarge { limit });
         }
     }
-    let hash_key = match &route.lb {
-        Balance::ConsistentHash(on) => {
-            let path = front.path(&req);
-            crate::balance::hash_key(on, path, req.headers(), peer.ip.as_bytes())
-        }
-        _ => None,
-    };
+    let hash_key =
+        super::pick::hash_key(route, front.path(&req), req.headers(), peer.ip.as_bytes());
     // An implicit route never strips a gRPC call's path: its server routes
     // on the whole `/{service}/{method}`.
     let keep_path = matched.entry.implicit && ctx.grpc.is_some();
