@@ -117,7 +117,7 @@ async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>>
                 etcd.endpoints.clone(),
                 &etcd.prefix,
                 etcd.session_ttl,
-                tls,
+                tls.clone(),
             )?;
             // Starting against an unreachable cluster is allowed (the API
             // answers 503 until it is back), but say so now.
@@ -128,10 +128,10 @@ async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>>
                 // A handshake etcd refuses (no client certificate, a CA that
                 // does not match) is a configuration error, not an outage:
                 // waiting will not fix it.
-                Err(e) if etcd.tls.is_some() && is_tls_refusal(&e.to_string()) => {
-                    anyhow::bail!("etcd refused this registry's TLS connection: {e}")
-                }
                 Err(e) => {
+                    if let Some(tls) = &tls {
+                        etcd_tls_probe::refused(&etcd.endpoints, tls).await?;
+                    }
                     tracing::warn!(endpoints = ?etcd.endpoints, error = %e, "etcd store not reachable yet")
                 }
             }
@@ -178,15 +178,8 @@ fn etcd_tls(files: &EtcdTlsFiles) -> anyhow::Result<portico_registry::store::etc
     Ok(portico_registry::store::etcd::EtcdTls { ca_pem, identity })
 }
 
-/// Whether an etcd error says the TLS handshake was refused (by either
-/// side), as opposed to a member that is down.
 #[cfg(feature = "etcd")]
-fn is_tls_refusal(error: &str) -> bool {
-    let error = error.to_ascii_lowercase();
-    ["certificate", "handshake", "tls", "alert"]
-        .iter()
-        .any(|word| error.contains(word))
-}
+mod etcd_tls_probe;
 
 /// The sockets a gateway serves: the public cleartext one (`--listen`,
 /// unless turned off), the HTTPS one (`--tls-listen`), the admin one.

@@ -14,7 +14,7 @@ use support::tls::{TestCa, run};
 use support::*;
 
 /// `portico registry` on `--store etcd:{endpoint}` with these extra flags.
-fn registry_args<'a>(endpoint: &'a str, control: &'a str, extra: &[&'a str]) -> Vec<String> {
+fn registry_args(endpoint: &str, control: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "registry".to_string(),
         "--control".into(),

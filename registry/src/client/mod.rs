@@ -602,7 +602,8 @@ impl RegistryClientBuilder {
         let bases = self
             .urls
             .iter()
-            .map(|u| base_url(u))
+            .map(String::as_str)
+            .map(base_url)
             .collect::<Result<Vec<_>, _>>()?;
         let tls = match self.tls {
             Some(config) => config,
