@@ -115,7 +115,8 @@ async fn registry_over_https_serves_the_sdk_and_a_gateway_and_refuses_strangers(
     assert!(sdk.heartbeat("echo", "e1").await.unwrap());
 
     // A gateway trusting the CA follows the registry and routes.
-    let registry_tls = portico_registry::client::tls::client_config(&[ca.path.clone()]).unwrap();
+    let registry_tls =
+        portico_registry::client::tls::client_config(std::slice::from_ref(&ca.path)).unwrap();
     let gateway = TestGateway::start(quiet(GatewayOptions {
         registry: vec![registry.url.clone()],
         registry_tls: Some(registry_tls),
