@@ -617,11 +617,11 @@ def main():
         with open(routes, "w") as f:
             f.write(portico_routes(10))
         portico_bin = os.path.join(RELEASE, "portico")
-        portico = Proc("portico", [portico_bin, "--threads", "1", "gateway", "--listen",
-                                   f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log", "--no-admin",
-                                   "--tls-listen", f"127.0.0.1:{PORTS['portico']['tls']}",
-                                   "--tls-cert", f"{WORK}/tls/cert.pem:{WORK}/tls/key.pem"],
-                       PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+        portico_argv = [portico_bin, "--threads", "1", "gateway", "--listen",
+                        f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log", "--no-admin",
+                        "--tls-listen", f"127.0.0.1:{PORTS['portico']['tls']}",
+                        "--tls-cert", f"{WORK}/tls/cert.pem:{WORK}/tls/key.pem"]
+        portico = Proc("portico", portico_argv, PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs += [nginx, haproxy, portico]
         for port in ORIGIN_PORTS + [PORTS["nginx"]["h1"], PORTS["haproxy"]["h1"], PORTS["portico"]["h1"]]:
             wait_port(port)
@@ -770,6 +770,10 @@ interval = "1s"
                         f"  non2xx {r['non2xx']}  errors {r['errors']}")
             results["7-churn"] = {"title": "instance churn every 100 ms", "runs": runs}
 
+        # Peaks before the idle-connection step, which restarts Portico.
+        for name, proc in list(peers.items()) + [("portico-discovered", discovered), ("portico-10k-routes", big)]:
+            extra[f"{name}_peak_rss_kb"] = proc.mem_kb("VmHWM")
+
         # Idle connections: each has carried one request (so it sits in
         # keep-alive; the upstream side needs only one pooled connection, so
         # the figure is the downstream cost), then the proxy's RSS is read.
@@ -779,6 +783,14 @@ interval = "1s"
             kind = "TLS" if tls else "cleartext"
             log(f"== {sid}: 10,000 idle {kind} keep-alive connections, each proxy in turn")
             for name, proc in peers.items():
+                fresh = None
+                if name == "portico":
+                    # A fresh process: memory freed by an earlier scenario's
+                    # connections stays in the allocator and would be reused,
+                    # hiding what the connections cost.
+                    portico.stop()
+                    fresh = proc = Proc(f"portico-{sid}", portico_argv, PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+                    wait_port(PORTS["portico"]["tls"])
                 before = proc.mem_kb("VmRSS")
                 socks = idle_conns(PORTS[name]["tls" if tls else "h1"], tls)
                 time.sleep(1)
@@ -788,10 +800,9 @@ interval = "1s"
                 suffix = "_tls" if tls else ""
                 extra[f"{name}_idle_10k{suffix}_added_kb"] = after - before
                 log(f"   {name:8} RSS {before} kB -> {after} kB ({(after - before) / 10_000:.1f} kB per connection)")
+                if fresh:
+                    fresh.stop()
                 time.sleep(1)  # let the proxy close its side before the next one
-
-        for name, proc in list(peers.items()) + [("portico-discovered", discovered), ("portico-10k-routes", big)]:
-            extra[f"{name}_peak_rss_kb"] = proc.mem_kb("VmHWM")
 
         if not args.skip_registry:
             extra.update(registry_benchmarks(args))

@@ -6,6 +6,11 @@
 //! - [`run_up`]: both in one process (`portico up`); the gateway follows the
 //!   in-process registry over its public watch API, the same path a separate
 //!   gateway takes, so there is one propagation code path to trust.
+//!
+//! With `--control-tls-cert`, the registry API speaks HTTPS only: the
+//! certificate is loaded and re-read on change by the gateway's TLS module
+//! (`portico_gateway::tls`), the handshakes run in the registry's
+//! [`portico_registry::https`] listener.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,9 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use portico_gateway::tls::ServerTls;
 use portico_gateway::{Gateway, GatewayOptions};
 use portico_registry::auth::{Role, Tokens};
 use portico_registry::catalog::Catalog;
+use portico_registry::https::TlsListener;
 use portico_registry::lease::{LeasePolicy, spawn_sweeper};
 use portico_registry::store::Store;
 use portico_registry::store::embedded::EmbeddedStore;
@@ -33,6 +40,18 @@ pub struct EtcdOptions {
     /// This replica's session TTL (`--etcd-session-ttl`): how long after
     /// it dies the others adopt its leases.
     pub session_ttl: std::time::Duration,
+    /// TLS to the members (`https://` endpoints): the CA and, for a cluster
+    /// with `--client-cert-auth`, a client certificate.
+    pub tls: Option<EtcdTlsFiles>,
+}
+
+/// The files of TLS to etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// PEM bundle of the CAs the members' certificates chain to.
+    pub ca: PathBuf,
+    /// This replica's client certificate (PEM chain) and key.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Registry settings.
@@ -47,6 +66,9 @@ pub struct RegistryOptions {
     pub lease: LeasePolicy,
     /// Tokens the API accepts; none leaves it open.
     pub tokens: Tokens,
+    /// Serve the API over HTTPS only, with this certificate
+    /// (`--control-tls-cert`, `--control-tls-key`); `None`: cleartext.
+    pub tls: Option<ServerTls>,
 }
 
 /// Runs the registry API on `listener` until `shutdown`.
@@ -60,8 +82,21 @@ pub async fn run_registry(
     let sweeper = spawn_sweeper(catalog.clone());
     let checker = portico_registry::check::spawn_checker(catalog.clone());
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "registry API listening");
-    let result = portico_registry::api::serve(listener, catalog, options.tokens, shutdown).await;
+    let result = match &options.tls {
+        None => {
+            tracing::info!(%addr, "registry API listening");
+            portico_registry::api::serve(listener, catalog, options.tokens, shutdown).await
+        }
+        Some(tls) => {
+            tracing::info!(%addr, "registry API listening (HTTPS only)");
+            let reloads = tls.watch_files();
+            let listener = TlsListener::new(listener, tls.acceptor.clone())?;
+            let served =
+                portico_registry::api::serve(listener, catalog, options.tokens, shutdown).await;
+            reloads.abort();
+            served
+        }
+    };
     sweeper.abort();
     checker.abort();
     result.context("registry API server")
@@ -77,10 +112,12 @@ async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>>
         }
         #[cfg(feature = "etcd")]
         Some(etcd) => {
-            let store = portico_registry::store::etcd::EtcdStore::with_session_ttl(
+            let tls = etcd.tls.as_ref().map(etcd_tls).transpose()?;
+            let store = portico_registry::store::etcd::EtcdStore::with_tls(
                 etcd.endpoints.clone(),
                 &etcd.prefix,
                 etcd.session_ttl,
+                tls.clone(),
             )?;
             // Starting against an unreachable cluster is allowed (the API
             // answers 503 until it is back), but say so now.
@@ -88,7 +125,13 @@ async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>>
                 Ok(revision) => {
                     tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, revision, "etcd store connected")
                 }
+                // A handshake etcd refuses (no client certificate, a CA that
+                // does not match) is a configuration error, not an outage:
+                // waiting will not fix it.
                 Err(e) => {
+                    if let Some(tls) = &tls {
+                        etcd_tls_probe::refused(&etcd.endpoints, tls).await?;
+                    }
                     tracing::warn!(endpoints = ?etcd.endpoints, error = %e, "etcd store not reachable yet")
                 }
             }
@@ -100,6 +143,43 @@ async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>>
         ),
     }
 }
+
+/// Reads the TLS files for etcd, refusing (naming the file) one that cannot
+/// be read or holds no PEM certificate or key.
+#[cfg(feature = "etcd")]
+fn etcd_tls(files: &EtcdTlsFiles) -> anyhow::Result<portico_registry::store::etcd::EtcdTls> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &PathBuf, what: &str| -> anyhow::Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("{what} {}: cannot read", path.display()))
+    };
+    let certs = |pem: &[u8], path: &PathBuf, what: &str| -> anyhow::Result<()> {
+        let n = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("{what} {}: not PEM: {e}", path.display()))?
+            .len();
+        anyhow::ensure!(n > 0, "{what} {}: no PEM certificate", path.display());
+        Ok(())
+    };
+    let ca_pem = read(&files.ca, "--etcd-ca")?;
+    certs(&ca_pem, &files.ca, "--etcd-ca")?;
+    let identity = match &files.client {
+        Some((cert, key)) => {
+            let cert_pem = read(cert, "--etcd-cert")?;
+            certs(&cert_pem, cert, "--etcd-cert")?;
+            let key_pem = read(key, "--etcd-key")?;
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                anyhow::anyhow!("--etcd-key {}: no PEM private key: {e}", key.display())
+            })?;
+            Some((cert_pem, key_pem))
+        }
+        None => None,
+    };
+    Ok(portico_registry::store::etcd::EtcdTls { ca_pem, identity })
+}
+
+#[cfg(feature = "etcd")]
+mod etcd_tls_probe;
 
 /// The sockets a gateway serves: the public cleartext one (`--listen`,
 /// unless turned off), the HTTPS one (`--tls-listen`), the admin one.
@@ -171,7 +251,17 @@ pub async fn run_up(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let control_addr: SocketAddr = control.local_addr()?;
-    gateway_options.registry = vec![format!("http://{control_addr}")];
+    // Over HTTPS, the gateway trusts exactly the certificate the control
+    // listener serves (whatever names it carries): see
+    // `portico_gateway::tls::pinned`.
+    let scheme = match &registry_options.tls {
+        Some(tls) => {
+            gateway_options.registry_tls = Some(tls.pinned_client_config());
+            "https"
+        }
+        None => "http",
+    };
+    gateway_options.registry = vec![format!("{scheme}://{control_addr}")];
     gateway_options.registry_token = (!registry_options.tokens.is_empty())
         .then(|| registry_options.tokens.mint(Role::Gateway).into());
     let (stop_tx, stop_rx) = watch::channel(false);

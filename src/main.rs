@@ -43,6 +43,9 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at startup and moved into `run`: the size difference between
+// the variants (the TLS paths made `Up` the largest) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Registry and gateway in one process, on the embedded store.
@@ -67,6 +70,10 @@ enum Command {
         /// certificate keys, so registry certificates are not served).
         #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
         registry_token: Option<String>,
+        /// A PEM bundle of CAs trusted for `https://` registry URLs, beside
+        /// the web PKI roots; repeatable.
+        #[arg(long = "registry-ca", value_name = "FILE")]
+        registry_ca: Vec<PathBuf>,
         /// Directory of the registry-state cache: the registry state this
         /// gateway applied last, served when it starts while no registry
         /// answers.
@@ -135,23 +142,45 @@ struct RegistryArgs {
     /// Allow a control address that is not loopback to run without tokens.
     #[arg(long)]
     insecure: bool,
+    /// Serve the control port (registry API) over HTTPS only, with this PEM
+    /// certificate chain (leaf first); needs --control-tls-key. Re-read when
+    /// the files change and on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "control_tls_key")]
+    control_tls_cert: Option<PathBuf>,
+    /// The private key of --control-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "control_tls_cert")]
+    control_tls_key: Option<PathBuf>,
+    /// PEM bundle of the CAs etcd's certificates chain to (with
+    /// `--store etcd:https://...`).
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM chain) for an etcd cluster that requires
+    /// one (`--client-cert-auth`); needs --etcd-key and --etcd-ca.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
 impl RegistryArgs {
     fn etcd(&self) -> anyhow::Result<Option<portico::EtcdOptions>> {
-        if self.store == "embedded" {
-            return Ok(None);
-        }
         if self.store.starts_with("etcd:") && !cfg!(feature = "etcd") {
             anyhow::bail!(
                 "--store etcd:...: this portico was built without etcd support; build it with `cargo build --release --features etcd`"
             );
         }
         let Some(urls) = self.store.strip_prefix("etcd:") else {
-            anyhow::bail!(
+            anyhow::ensure!(
+                self.etcd_ca.is_none() && self.etcd_cert.is_none(),
+                "--etcd-ca and --etcd-cert need --store etcd:https://..."
+            );
+            anyhow::ensure!(
+                self.store == "embedded",
                 "--store {:?}: expected `embedded` or `etcd:http://host:2379[,...]`",
                 self.store
             );
+            return Ok(None);
         };
         let endpoints: Vec<String> = urls
             .split(',')
@@ -162,16 +191,7 @@ impl RegistryArgs {
         if endpoints.is_empty() {
             anyhow::bail!("--store etcd: needs at least one member URL");
         }
-        for url in &endpoints {
-            let uri: http::Uri = url
-                .parse()
-                .with_context(|| format!("--store: {url:?} is not a URL"))?;
-            if uri.scheme_str() != Some("http") || uri.port_u16().is_none() {
-                anyhow::bail!(
-                    "--store: {url:?}: expected http://host:port (TLS to etcd is not supported yet)"
-                );
-            }
-        }
+        let tls = self.etcd_tls(&endpoints)?;
         if !self.etcd_prefix.starts_with('/') {
             anyhow::bail!("--etcd-prefix must start with '/'");
         }
@@ -184,7 +204,65 @@ impl RegistryArgs {
             endpoints,
             prefix: self.etcd_prefix.clone(),
             session_ttl: self.etcd_session_ttl,
+            tls,
         }))
+    }
+
+    /// TLS to etcd: every member URL `https://` with --etcd-ca, or every one
+    /// `http://` without it; never a mix.
+    fn etcd_tls(&self, endpoints: &[String]) -> anyhow::Result<Option<portico::EtcdTlsFiles>> {
+        let mut schemes = Vec::new();
+        for url in endpoints {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("--store: {url:?} is not a URL"))?;
+            match (uri.scheme_str(), uri.port_u16()) {
+                (Some(s @ ("http" | "https")), Some(_)) => schemes.push(s == "https"),
+                _ => anyhow::bail!(
+                    "--store: {url:?}: expected http://host:port or https://host:port"
+                ),
+            }
+        }
+        let tls = schemes.iter().all(|&https| https);
+        anyhow::ensure!(
+            tls || schemes.iter().all(|&https| !https),
+            "--store: every etcd URL must have the same scheme (all http:// or all https://)"
+        );
+        match (tls, &self.etcd_ca) {
+            (false, None) => {
+                anyhow::ensure!(
+                    self.etcd_cert.is_none(),
+                    "--etcd-cert needs https:// etcd URLs and --etcd-ca"
+                );
+                Ok(None)
+            }
+            (false, Some(_)) => anyhow::bail!("--etcd-ca needs https:// etcd URLs in --store"),
+            (true, None) => anyhow::bail!(
+                "--store etcd:https://...: give the CA of etcd's certificates with --etcd-ca FILE"
+            ),
+            (true, Some(ca)) => Ok(Some(portico::EtcdTlsFiles {
+                ca: ca.clone(),
+                client: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+            })),
+        }
+    }
+
+    /// The control port's certificate, loaded now so a bad file stops the
+    /// start (naming it) before any socket is bound.
+    fn control_tls(&self) -> anyhow::Result<Option<portico_gateway::tls::ServerTls>> {
+        let (Some(cert), Some(key)) = (&self.control_tls_cert, &self.control_tls_key) else {
+            return Ok(None);
+        };
+        let settings = TlsSettings {
+            certs: vec![CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }],
+            ..TlsSettings::default()
+        };
+        let tls = portico_gateway::tls::ServerTls::new(&settings, Default::default())
+            .context("--control-tls-cert/--control-tls-key")?;
+        Ok(Some(tls))
     }
 
     fn options(&self) -> anyhow::Result<RegistryOptions> {
@@ -223,7 +301,16 @@ impl RegistryArgs {
                 expiry_window: self.expiry_cap_window,
             },
             tokens,
+            tls: self.control_tls()?,
         })
+    }
+
+    /// `http` or `https`, for the start-up line.
+    fn control_scheme(&self) -> &'static str {
+        match self.control_tls_cert {
+            Some(_) => "https",
+            None => "http",
+        }
     }
 }
 
@@ -628,6 +715,7 @@ impl GatewayArgs {
             registry,
             cache_dir: None,
             registry_token: registry_token.map(Into::into),
+            registry_tls: None,
             auto_routes: self
                 .auto_routes
                 .unwrap_or(auto_default && self.config.is_none()),
@@ -740,8 +828,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let control = bind(registry.control, "control").await?;
             let listeners = gateway.listeners(&mut gw).await?;
             println!(
-                "portico up: gateway {} , registry http://{}",
+                "portico up: gateway {} , registry {}://{}",
                 GatewayArgs::announce(&listeners),
+                registry.control_scheme(),
                 control.local_addr()?
             );
             run_up(control, listeners, reg, gw, shutdown_signal()).await
@@ -749,17 +838,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Registry { registry } => {
             let reg = registry.options()?;
             let control = bind(registry.control, "control").await?;
-            println!("portico registry: http://{}", control.local_addr()?);
+            println!(
+                "portico registry: {}://{}",
+                registry.control_scheme(),
+                control.local_addr()?
+            );
             run_registry(control, reg, shutdown_signal()).await
         }
         Command::Gateway {
             registry,
             registry_token,
+            registry_ca,
             cache_dir,
             no_cache,
             gateway,
         } => {
             let mut gw = gateway.options(registry, registry_token, false)?;
+            if !registry_ca.is_empty() {
+                let tls = portico_registry::client::tls::client_config(&registry_ca)
+                    .context("--registry-ca")?;
+                gw.registry_tls = Some(tls);
+            }
             gw.cache_dir = (!no_cache).then_some(cache_dir);
             let listeners = gateway.listeners(&mut gw).await?;
             println!("portico gateway: {}", GatewayArgs::announce(&listeners));

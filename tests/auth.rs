@@ -365,6 +365,7 @@ async fn up_with_tokens_keeps_its_own_gateway_following() {
             etcd: None,
             lease: fast_leases(),
             tokens: tokens(),
+            tls: None,
         },
         gateway_options("http://unused.invalid:1", None),
         async {

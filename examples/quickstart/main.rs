@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             etcd: None,
             lease: LeasePolicy::default(),
             tokens: Default::default(),
+            tls: None,
         },
         GatewayOptions {
             auto_routes: true,

@@ -119,6 +119,9 @@ pub struct GatewayOptions {
     /// Bearer token for a registry that requires one (a `read` token is
     /// enough to follow it).
     pub registry_token: Option<portico_registry::client::BearerToken>,
+    /// How `https` registries are verified (`--registry-ca`); `None`: the
+    /// web PKI roots.
+    pub registry_tls: Option<Arc<rustls::ClientConfig>>,
     /// Give each discovered service an implicit `/{service}` route.
     pub auto_routes: bool,
     /// How long an implicit route outlives its service's last instance
@@ -332,9 +335,12 @@ impl Gateway {
 fn registry_client(
     options: &GatewayOptions,
 ) -> Result<portico_registry::client::RegistryClient, portico_registry::client::ClientError> {
-    let client = portico_registry::client::RegistryClient::new(&options.registry)?;
-    match &options.registry_token {
-        Some(token) => client.with_token(token.secret()),
-        None => Ok(client),
+    let mut client = portico_registry::client::RegistryClient::builder(&options.registry);
+    if let Some(token) = &options.registry_token {
+        client = client.token(token.secret());
     }
+    if let Some(tls) = &options.registry_tls {
+        client = client.tls_config(tls.clone());
+    }
+    client.build()
 }

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::Tokens;
@@ -208,12 +207,16 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
 /// Serves the API on `listener` until `shutdown` completes, then ends watch
 /// streams and lets in-flight requests finish. Every request is checked
 /// against `tokens` first (none: open).
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     catalog: Arc<Catalog>,
     tokens: Tokens,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (closing_tx, closing_rx) = watch::channel(false);
     let app = crate::auth::protect(router(catalog, closing_rx), tokens);
     axum::serve(listener, app)

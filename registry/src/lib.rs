@@ -27,6 +27,8 @@
 //! - [`metrics`] (`server`): Prometheus metrics (`GET /metrics`): event
 //!   counters kept in the catalog, state read from the store at scrape time.
 //! - [`api`] (`server`): the REST API, the one place errors become HTTP.
+//! - [`https`] (`server`): the API served over TLS (handshakes off the
+//!   accept loop, then the same axum service).
 //! - [`auth`] (`server`): bearer tokens with roles (`admin`, `register`,
 //!   `read`) and the middleware that checks them before any handler runs.
 //! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
@@ -56,6 +58,8 @@ pub mod auth;
 pub mod catalog;
 #[cfg(feature = "server")]
 pub mod check;
+#[cfg(feature = "server")]
+pub mod https;
 #[cfg(feature = "server")]
 pub mod lease;
 #[cfg(feature = "server")]

@@ -92,6 +92,21 @@ pub struct EtcdCluster {
     http: Client<HttpConnector, Full<Bytes>>,
     /// `--quota-backend-bytes` of every member.
     quota: u64,
+    /// A TLS client listener beside the cleartext one (one member only).
+    tls: Option<EtcdTls>,
+}
+
+/// An etcd member's TLS client listener (`--cert-file --key-file
+/// --trusted-ca-file --client-cert-auth`): an `https://` client URL on its own
+/// port, beside the cleartext one the harness itself uses to watch the
+/// member (so the harness needs no certificate, and the TLS port is the
+/// only one the registry under test is given).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub port: u16,
 }
 
 impl EtcdCluster {
@@ -104,6 +119,10 @@ impl EtcdCluster {
     /// [`EtcdCluster::start`] with a backend quota of `quota` bytes: etcd
     /// raises its NOSPACE alarm (and refuses writes) beyond it.
     pub async fn start_with_quota(n: usize, quota: u64) -> EtcdCluster {
+        Self::launch(n, quota, None).await
+    }
+
+    async fn launch(n: usize, quota: u64, tls: Option<(&Path, &Path, &Path)>) -> EtcdCluster {
         assert!(n > 0, "an etcd cluster needs at least one member");
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -115,9 +134,10 @@ impl EtcdCluster {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        // Two ports per member, all distinct (free_port may hand one out twice).
-        let mut ports = Vec::with_capacity(2 * n);
-        while ports.len() < 2 * n {
+        // Two ports per member and the TLS one, all distinct (free_port may
+        // hand one out twice).
+        let mut ports = Vec::with_capacity(2 * n + 1);
+        while ports.len() < 2 * n + 1 {
             let p = free_port();
             if !ports.contains(&p) {
                 ports.push(p);
@@ -144,12 +164,31 @@ impl EtcdCluster {
             token,
             http: http(),
             quota,
+            tls: tls.map(|(cert, key, ca)| EtcdTls {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                ca: ca.to_path_buf(),
+                port: ports[2 * n],
+            }),
         };
         for i in 0..n {
             cluster.spawn(i, "new");
         }
         cluster.wait_healthy("the cluster to start").await;
         cluster
+    }
+
+    /// One member that also serves `https://127.0.0.1:{port}` with the
+    /// certificate and key given and requires a client certificate
+    /// chaining to its CA there.
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path) -> EtcdCluster {
+        Self::launch(1, 256 << 20, Some((cert, key, ca))).await
+    }
+
+    /// The member's `https://` client URL (after [`EtcdCluster::start_tls`]).
+    pub fn tls_endpoint(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        format!("https://127.0.0.1:{}", tls.port)
     }
 
     /// Launches member `i` (its ports, name and data dir are fixed).
@@ -170,12 +209,23 @@ impl EtcdCluster {
         if let Some(arch) = unsupported_arch() {
             cmd.env("ETCD_UNSUPPORTED_ARCH", arch);
         }
+        let mut client_urls = m.client_url();
+        if let Some(tls) = &self.tls {
+            client_urls.push_str(&format!(",https://127.0.0.1:{}", tls.port));
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(m.data_dir())
             .arg("--listen-client-urls")
-            .arg(m.client_url())
+            .arg(client_urls)
             .arg("--advertise-client-urls")
             .arg(m.client_url())
             .arg("--listen-peer-urls")

@@ -128,9 +128,11 @@ impl TestRegistry {
                     endpoints,
                     prefix: prefix.to_string(),
                     session_ttl: std::time::Duration::from_secs(10),
+                    tls: None,
                 }),
                 lease,
                 tokens: Default::default(),
+                tls: None,
             },
         )
         .await;
@@ -144,6 +146,7 @@ impl TestRegistry {
             etcd: None,
             lease,
             tokens: Default::default(),
+            tls: None,
         })
         .await
     }
@@ -162,6 +165,7 @@ impl TestRegistry {
                 etcd: None,
                 lease,
                 tokens: Default::default(),
+                tls: None,
             },
         )
         .await
@@ -175,6 +179,7 @@ impl TestRegistry {
             etcd: None,
             lease: fast_leases(),
             tokens,
+            tls: None,
         })
         .await;
         r._dir = Some(dir);

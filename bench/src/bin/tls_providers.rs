@@ -40,10 +40,17 @@ fn identity() -> Identity {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
     let params = rcgen::CertificateParams::new(vec!["bench.test".to_string()]).expect("params");
     let cert = params.self_signed(&key).expect("self-signed");
-    Identity { cert: cert.der().clone(), key: key.serialize_der() }
+    Identity {
+        cert: cert.der().clone(),
+        key: key.serialize_der(),
+    }
 }
 
-fn configs(provider: &Arc<CryptoProvider>, id: &Identity, resume: bool) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+fn configs(
+    provider: &Arc<CryptoProvider>,
+    id: &Identity,
+    resume: bool,
+) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone()));
     let server = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -112,7 +119,10 @@ fn handshakes(provider: &Arc<CryptoProvider>, id: &Identity, n: u32, resume: boo
         let mut server = ServerConnection::new(server_cfg.clone()).expect("server");
         let mut spent = Duration::ZERO;
         pump(&mut client, &mut server, &mut spent);
-        assert!(!client.is_handshaking() && !server.is_handshaking(), "handshake did not finish");
+        assert!(
+            !client.is_handshaking() && !server.is_handshaking(),
+            "handshake did not finish"
+        );
         // Connection 0 only primes the client's session cache.
         if i > 0 {
             server_time += spent;
@@ -121,7 +131,11 @@ fn handshakes(provider: &Arc<CryptoProvider>, id: &Identity, n: u32, resume: boo
             }
         }
     }
-    assert_eq!(resumed, if resume { n } else { 0 }, "unexpected resumption count");
+    assert_eq!(
+        resumed,
+        if resume { n } else { 0 },
+        "unexpected resumption count"
+    );
     server_time.as_secs_f64() * 1e6 / f64::from(n)
 }
 
@@ -154,11 +168,16 @@ fn main() {
     let args = Args::parse();
     let id = identity();
     let providers = [
-        ("aws-lc-rs", Arc::new(rustls::crypto::aws_lc_rs::default_provider())),
+        (
+            "aws-lc-rs",
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        ),
         ("ring", Arc::new(rustls::crypto::ring::default_provider())),
     ];
     println!("server side only; ECDSA P-256 certificate; TLS 1.3 (rustls' defaults)");
-    println!("| provider | full handshake us | handshakes/s per core | resumed handshake us | resumed/s per core | decrypt MiB/s | suite |");
+    println!(
+        "| provider | full handshake us | handshakes/s per core | resumed handshake us | resumed/s per core | decrypt MiB/s | suite |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---|");
     for (label, provider) in &providers {
         let full = handshakes(provider, &id, args.handshakes, false);

@@ -9,6 +9,8 @@
 //! - [`registry`]: certificates from the registry's watch, loaded into
 //!   the store (a refused one logged and counted, the rest serving).
 //! - [`upstream`]: client TLS for `scheme = "https"` instances.
+//! - [`pinned`]: a client that trusts exactly what a listener of this
+//!   process serves (`portico up`'s gateway following its own registry).
 //!
 //! Settings and why (documented for operators in docs/configuration.md):
 //! TLS 1.2 and 1.3 only, rustls' default cipher suites (AEAD only, forward
@@ -21,6 +23,7 @@
 //! here).
 
 pub mod cert;
+pub mod pinned;
 pub mod registry;
 pub mod store;
 pub mod upstream;
@@ -189,6 +192,12 @@ impl ServerTls {
             hsts: settings.hsts.clone(),
             files: Arc::new((settings.certs.clone(), contents)),
         })
+    }
+
+    /// A client configuration trusting exactly the certificates this
+    /// listener serves ([`pinned`]).
+    pub fn pinned_client_config(&self) -> Arc<rustls::ClientConfig> {
+        pinned::ServedCertVerifier::client_config(self.stats.store.clone())
     }
 
     /// Starts re-reading the certificate files on change and SIGHUP

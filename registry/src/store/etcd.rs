@@ -80,6 +80,37 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// TLS to the etcd members: the CA their certificates chain to and, for a
+/// cluster started with `--client-cert-auth`, this replica's client
+/// certificate. PEM, as read from the files the operator named; the name
+/// verified is each endpoint's host (an IP against IP subjectAltNames).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// PEM bundle of the CAs trusted for the members' certificates.
+    pub ca_pem: Vec<u8>,
+    /// The client certificate (PEM chain) and its key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    fn options(&self) -> etcd_client::TlsOptions {
+        let options = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => options.identity(etcd_client::Identity::from_pem(cert, key)),
+            None => options,
+        }
+    }
+}
+
 /// The etcd store; cheap to clone. Its tasks (mirror, session, adoption,
 /// batcher) stop when the last clone is dropped.
 #[derive(Debug, Clone)]
@@ -101,11 +132,22 @@ impl EtcdStore {
         prefix: &str,
         session_ttl: Duration,
     ) -> Result<EtcdStore, StoreError> {
+        Self::with_tls(endpoints, prefix, session_ttl, None)
+    }
+
+    /// [`EtcdStore::with_session_ttl`] over TLS (`https://` endpoints)
+    /// when `tls` is given.
+    pub fn with_tls(
+        endpoints: Vec<String>,
+        prefix: &str,
+        session_ttl: Duration,
+        tls: Option<EtcdTls>,
+    ) -> Result<EtcdStore, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::Failed("no etcd endpoints given".into()));
         }
         let keys = Keys::new(prefix);
-        let members = Arc::new(Members::new(endpoints));
+        let members = Arc::new(Members::new(endpoints, tls.map(|t| t.options())));
         let mirror = Arc::new(Mirror::new(keys.clone()));
         let writer = fastrand::u64(1..);
         let (batcher, batching) = Batcher::start(members.clone(), keys.clone(), writer);

@@ -38,6 +38,8 @@ pub(super) struct Members {
     stale_clients: Vec<tokio::sync::OnceCell<Client>>,
     /// Unix ms of the last operation a quorum answered.
     last_ok_ms: AtomicU64,
+    /// TLS to the members, when their URLs are `https://`.
+    tls: Option<etcd_client::TlsOptions>,
 }
 
 /// Whether another member might succeed: everything but the errors a
@@ -64,6 +66,22 @@ fn retriable(e: &etcd_client::Error) -> bool {
         | etcd_client::Error::WatchError(_) => true,
         _ => false,
     }
+}
+
+/// An error with its causes: tonic's transport error says only "transport
+/// error"; a refused certificate is in its sources.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
 }
 
 /// Milliseconds since the Unix epoch.
@@ -99,13 +117,21 @@ impl std::fmt::Debug for Members {
 }
 
 impl Members {
-    pub(super) fn new(endpoints: Vec<String>) -> Members {
+    pub(super) fn new(endpoints: Vec<String>, tls: Option<etcd_client::TlsOptions>) -> Members {
         Members {
             clients: endpoints.iter().map(|_| Default::default()).collect(),
             stale_clients: endpoints.iter().map(|_| Default::default()).collect(),
             endpoints,
             current: AtomicUsize::new(0),
             last_ok_ms: AtomicU64::new(0),
+            tls,
+        }
+    }
+
+    fn with_tls(&self, options: ConnectOptions) -> ConnectOptions {
+        match &self.tls {
+            Some(tls) => options.with_tls(tls.clone()),
+            None => options,
         }
     }
 
@@ -127,7 +153,7 @@ impl Members {
                     .with_timeout(REQUEST_TIMEOUT)
                     .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
                     .with_require_leader(true);
-                Client::connect([endpoint], Some(options)).await
+                Client::connect([endpoint], Some(self.with_tls(options))).await
             })
             .await
             .cloned()
@@ -163,7 +189,7 @@ impl Members {
                 }
                 Err(e) if retriable(&e) => {
                     tracing::debug!(endpoint = %self.endpoints[i], error = %e, "etcd member failed; trying the next");
-                    last = format!("{}: {e}", self.endpoints[i]);
+                    last = format!("{}: {}", self.endpoints[i], causes(&e));
                 }
                 Err(e) => return Err(StoreError::Failed(e.to_string())),
             }
@@ -264,7 +290,7 @@ impl Members {
                     let options = ConnectOptions::new()
                         .with_connect_timeout(Duration::from_secs(1))
                         .with_timeout(Duration::from_secs(1));
-                    Client::connect([endpoint.clone()], Some(options)).await
+                    Client::connect([endpoint.clone()], Some(self.with_tls(options))).await
                 })
                 .await;
             let Ok(client) = client.cloned() else {

@@ -5,7 +5,13 @@
 //! can depend on it without pulling a second HTTP implementation. Every call
 //! tries the configured registry URLs in turn, starting from the last one that
 //! answered, so a client given several replicas fails over by itself.
+//!
+//! Registry URLs may be `https://`: [`tls`] says how the registry is
+//! verified (web PKI roots plus CA bundles given to the builder).
 
+pub mod tls;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,7 +21,6 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -61,6 +66,10 @@ pub enum ClientError {
     /// A bearer token that cannot be sent in a header.
     #[error("invalid registry token: must be visible ASCII without spaces")]
     BadToken,
+    /// The TLS settings could not be built (a CA bundle that does not load,
+    /// named in the message).
+    #[error("registry TLS: {0}")]
+    Tls(String),
 }
 
 /// A registry bearer token held in options. Its `Debug` shows no secret, so
@@ -98,52 +107,27 @@ struct Inner {
     bases: Vec<Uri>,
     /// Index of the replica that last answered; calls start there.
     preferred: AtomicUsize,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<tls::Connector, Full<Bytes>>,
     /// `Bearer <token>` for a secured registry, sent on every call (the
     /// watch included). Marked sensitive so it never shows in `Debug`.
     authorization: Option<http::HeaderValue>,
 }
 
 impl RegistryClient {
-    /// A client for the given base URLs (`http://127.0.0.1:9080`, ...).
+    /// A client for the given base URLs (`http://127.0.0.1:9080`,
+    /// `https://registry.example:9080`, ...), with the default TLS settings.
     pub fn new<S: AsRef<str>>(urls: &[S]) -> Result<RegistryClient, ClientError> {
-        if urls.is_empty() {
-            return Err(ClientError::BadUrl {
-                url: String::new(),
-                reason: "at least one registry URL is required".into(),
-            });
+        RegistryClient::builder(urls).build()
+    }
+
+    /// A builder, for a token or TLS settings.
+    pub fn builder<S: AsRef<str>>(urls: &[S]) -> RegistryClientBuilder {
+        RegistryClientBuilder {
+            urls: urls.iter().map(|u| u.as_ref().to_string()).collect(),
+            token: None,
+            ca_files: Vec::new(),
+            tls: None,
         }
-        let mut bases = Vec::with_capacity(urls.len());
-        for url in urls {
-            let url = url.as_ref().trim_end_matches('/');
-            let uri: Uri = url
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| ClientError::BadUrl {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                return Err(ClientError::BadUrl {
-                    url: url.to_string(),
-                    reason: "expected http://host:port".into(),
-                });
-            }
-            bases.push(uri);
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Ok(RegistryClient {
-            inner: Arc::new(Inner {
-                bases,
-                preferred: AtomicUsize::new(0),
-                http,
-                authorization: None,
-            }),
-        })
     }
 
     /// The same client, sending `Authorization: Bearer <token>` on every
@@ -168,7 +152,7 @@ impl RegistryClient {
     fn uri(&self, base: usize, path_and_query: &str) -> Uri {
         let base = &self.inner.bases[base];
         Uri::builder()
-            .scheme("http")
+            .scheme(base.scheme_str().expect("validated in build"))
             .authority(base.authority().expect("validated in new").clone())
             .path_and_query(path_and_query)
             .build()
@@ -220,7 +204,7 @@ impl RegistryClient {
                     self.inner.preferred.store(i, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) => last_error = format!("{}: {e}", self.inner.bases[i]),
+                Err(e) => last_error = format!("{}: {}", self.inner.bases[i], causes(&e)),
             }
         }
         Err(ClientError::Unreachable(last_error))
@@ -556,6 +540,109 @@ pub struct WatchState {
     pub last_error: Option<String>,
     /// Times the watcher re-listed (a snapshot) because a line did not decode.
     pub resyncs: u64,
+}
+
+/// An error with its causes, `outer: inner: ...`: hyper's own message
+/// ("client error (Connect)") says nothing of a refused certificate; its
+/// sources do.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
+}
+
+/// Builds a [`RegistryClient`]: registry URLs, a bearer token, TLS trust.
+#[derive(Debug, Clone)]
+pub struct RegistryClientBuilder {
+    urls: Vec<String>,
+    token: Option<String>,
+    ca_files: Vec<PathBuf>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl RegistryClientBuilder {
+    /// Sends `Authorization: Bearer <token>` on every call.
+    pub fn token(mut self, token: &str) -> RegistryClientBuilder {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// Trusts the CAs in this PEM bundle for `https` registries, beside the
+    /// web PKI roots (a registry with a private CA); repeatable.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> RegistryClientBuilder {
+        self.ca_files.push(path.into());
+        self
+    }
+
+    /// Connects to `https` registries with this configuration instead
+    /// (its ALPN is replaced by `http/1.1`); [`RegistryClientBuilder::ca_file`]
+    /// is then ignored.
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> RegistryClientBuilder {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The client; refuses a URL that is not `http(s)://host[:port]`, a
+    /// token that cannot be sent, or a CA bundle that does not load.
+    pub fn build(self) -> Result<RegistryClient, ClientError> {
+        if self.urls.is_empty() {
+            return Err(ClientError::BadUrl {
+                url: String::new(),
+                reason: "at least one registry URL is required".into(),
+            });
+        }
+        let bases = self
+            .urls
+            .iter()
+            .map(String::as_str)
+            .map(base_url)
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = match self.tls {
+            Some(config) => config,
+            None => tls::client_config(&self.ca_files)?,
+        };
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(tls::connector(tls));
+        let client = RegistryClient {
+            inner: Arc::new(Inner {
+                bases,
+                preferred: AtomicUsize::new(0),
+                http,
+                authorization: None,
+            }),
+        };
+        match &self.token {
+            Some(token) => client.with_token(token),
+            None => Ok(client),
+        }
+    }
+}
+
+/// Parses one registry base URL: `http://` or `https://` with a host.
+fn base_url(url: &str) -> Result<Uri, ClientError> {
+    let url = url.trim_end_matches('/');
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(ClientError::BadUrl {
+            url: url.to_string(),
+            reason: "expected http://host:port or https://host:port".into(),
+        });
+    }
+    Ok(uri)
 }
 
 /// Follows `/v1/watch`, reconnecting (with jittered backoff, across replicas)
