@@ -187,7 +187,7 @@ worker_processes 1;
 daemon off;
 pid {WORK}/nginx-proxy.pid;
 error_log {WORK}/nginx-proxy.err warn;
-events {{ worker_connections 8000; }}
+events {{ worker_connections 20000; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
@@ -253,7 +253,7 @@ def haproxy_conf():
     return f"""
 global
   nbthread 1
-  maxconn 8000
+  maxconn 20000
   log stderr format raw local0 err
 defaults
   mode http
