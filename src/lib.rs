@@ -97,15 +97,21 @@ pub async fn run_registry(
             served
         }
     };
+    // Wait for both to be gone, so the store is released (its file unlocked)
+    // soon after this returns and the registry can start again in place.
     sweeper.abort();
     checker.abort();
+    let _ = sweeper.await;
+    let _ = checker.await;
     result.context("registry API server")
 }
 
 async fn open_store(options: &RegistryOptions) -> anyhow::Result<Arc<dyn Store>> {
     match &options.etcd {
         None => {
-            let store = EmbeddedStore::open(&options.data_dir)
+            let dir = options.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                .await?
                 .with_context(|| format!("opening the store in {}", options.data_dir.display()))?;
             tracing::info!(path = %store.path().display(), "embedded store open");
             Ok(Arc::new(store))

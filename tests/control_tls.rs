@@ -52,6 +52,7 @@ impl TlsRegistry {
         };
         let client = r.client(ca);
         eventually("the HTTPS registry to answer", || async {
+            assert!(!r.task.is_finished(), "the registry stopped at startup");
             client.instances("probe").await.is_ok()
         })
         .await;

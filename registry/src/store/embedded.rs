@@ -46,6 +46,31 @@ mod writer;
 
 pub use writer::RECOVERY_INTERVAL;
 
+/// How long opening waits for a previous owner to let go of the file.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens (or creates) the database at `path`. A store that was just shut
+/// down in this process (a registry restarted in place) lets go of the file
+/// only once its writer thread has finished its last commit, so "already
+/// open" is waited out for [`RELEASE_WAIT`] before it is an error. Blocks:
+/// call it from a blocking context.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(StoreError::Failed(format!("open {}: {e}", path.display())));
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     value: Bytes,
@@ -133,8 +158,7 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Failed(format!("create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Failed(format!("open {}: {e}", path.display())))?;
+        let db = open_database(&path)?;
         let (kvs, revision) = load(&db)?;
         let now = Instant::now();
         let leases = DashMap::new();
@@ -512,17 +536,9 @@ mod tests {
             store.put("b/1", b("y"), None).await.unwrap();
             drop(store);
         }
-        // The writer thread owns the database; wait for it to release the file lock.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let store = loop {
-            match EmbeddedStore::open(dir.path()) {
-                Ok(s) => break s,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        // The writer thread owns the database and lets go of it a moment
+        // after the drop: opening again waits for that by itself.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.revision().await.unwrap(), 2);
         let range = store.range("a/").await.unwrap();
         assert_eq!(range.kvs.len(), 1);
