@@ -22,6 +22,7 @@ use portico_gateway::tls::ServerTls;
 use portico_gateway::{Gateway, GatewayOptions};
 use portico_registry::auth::{Role, Tokens};
 use portico_registry::catalog::Catalog;
+use portico_registry::check::CheckTls;
 use portico_registry::https::TlsListener;
 use portico_registry::lease::{LeasePolicy, spawn_sweeper};
 use portico_registry::store::Store;
@@ -69,6 +70,9 @@ pub struct RegistryOptions {
     /// Serve the API over HTTPS only, with this certificate
     /// (`--control-tls-cert`, `--control-tls-key`); `None`: cleartext.
     pub tls: Option<ServerTls>,
+    /// CA bundles the registry's own checks of `https` instances trust,
+    /// beside the web PKI roots (`--check-ca`).
+    pub check_ca: Vec<PathBuf>,
 }
 
 /// Runs the registry API on `listener` until `shutdown`.
@@ -77,10 +81,11 @@ pub async fn run_registry(
     options: RegistryOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let check_tls = CheckTls::new(&options.check_ca).context("--check-ca")?;
     let store = open_store(&options).await?;
     let catalog = Arc::new(Catalog::new(store, options.lease));
     let sweeper = spawn_sweeper(catalog.clone());
-    let checker = portico_registry::check::spawn_checker(catalog.clone());
+    let checker = portico_registry::check::spawn_checker(catalog.clone(), check_tls);
     let addr = listener.local_addr()?;
     let result = match &options.tls {
         None => {

@@ -150,6 +150,10 @@ struct RegistryArgs {
     /// The private key of --control-tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "control_tls_cert")]
     control_tls_key: Option<PathBuf>,
+    /// PEM bundle of CAs the registry's own checks of `https` instances
+    /// trust, beside the web PKI roots; repeatable.
+    #[arg(long, value_name = "FILE")]
+    check_ca: Vec<PathBuf>,
     /// PEM bundle of the CAs etcd's certificates chain to (with
     /// `--store etcd:https://...`).
     #[arg(long, value_name = "FILE")]
@@ -289,6 +293,7 @@ impl RegistryArgs {
         }
         // Before any socket is bound: a refused start leaves nothing behind.
         check_exposure(self.control, &tokens, self.insecure)?;
+        portico_registry::check::CheckTls::new(&self.check_ca).context("--check-ca")?;
         Ok(RegistryOptions {
             data_dir: self.data_dir.clone(),
             etcd: self.etcd()?,
@@ -302,6 +307,7 @@ impl RegistryArgs {
             },
             tokens,
             tls: self.control_tls()?,
+            check_ca: self.check_ca.clone(),
         })
     }
 

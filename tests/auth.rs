@@ -366,6 +366,7 @@ async fn up_with_tokens_keeps_its_own_gateway_following() {
             lease: fast_leases(),
             tokens: tokens(),
             tls: None,
+            check_ca: Vec::new(),
         },
         gateway_options("http://unused.invalid:1", None),
         async {

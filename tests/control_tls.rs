@@ -41,6 +41,7 @@ impl TlsRegistry {
             lease: fast_leases(),
             tokens: Default::default(),
             tls: Some(control_tls(files)),
+            check_ca: Vec::new(),
         };
         let task = tokio::spawn(portico::run_registry(listener, options, async {
             let _ = rx.await;
@@ -226,6 +227,7 @@ async fn up_over_https_follows_its_own_registry() {
             lease: fast_leases(),
             tokens: Default::default(),
             tls: Some(control_tls(&files)),
+            check_ca: Vec::new(),
         },
         quiet(GatewayOptions::default()),
         async {

@@ -855,3 +855,83 @@ healthy_threshold = 2
         .unwrap();
     assert!(failed >= 2, "{failed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_checks_https_instances_over_tls() {
+    let ca = TestCa::new();
+    let stranger = TestCa::new();
+    let echo = TestEcho::start("e").await;
+    let registry = TestRegistry::start_checking(vec![ca.path.clone()]).await;
+    let trusted = TestGateway::start_tls(options(
+        &echo_route(&echo),
+        vec![ca.write("trusted", &["api.example.com"])],
+    ))
+    .await;
+    let unknown = TestGateway::start_tls(options(
+        &echo_route(&echo),
+        vec![stranger.write("unknown", &["api.example.com"])],
+    ))
+    .await;
+    // One failure makes an instance critical, and coming back takes ten
+    // passes: a check that failed even once would show.
+    let register = |id: &'static str, port: u16, skip_verify: bool| {
+        let url = format!("{}/v1/services/svc/instances/{id}", registry.url);
+        let body = serde_json::json!({
+            "address": "127.0.0.1", "port": port, "scheme": "https", "ttl": "30s",
+            "meta": {"tls_server_name": "api.example.com"},
+            "check": {"path": "/healthz", "interval": "100ms", "timeout": "100ms",
+                      "failures": 1, "successes": 10, "tls_skip_verify": skip_verify}
+        });
+        async move {
+            let r = put_json(&url, body).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    };
+    register("trusted", trusted.tls_addr.unwrap().port(), false).await;
+    register("unknown", unknown.tls_addr.unwrap().port(), false).await;
+    let client = registry.client();
+    let status = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            let list = client.instances("svc").await.unwrap();
+            list.instances.iter().find(|i| i.id == id).map(|i| i.status)
+        }
+    };
+    eventually(
+        "the instance with a certificate the registry does not trust to turn critical",
+        || async { status("unknown").await == Some(portico_registry::model::Status::Critical) },
+    )
+    .await;
+    // The trusted one passes over TLS: its listener completed the checks'
+    // handshakes, on HTTP/1.1 (what an HTTP check offers).
+    eventually(
+        "checks to complete handshakes with the trusted instance",
+        || async { http1_handshakes(&trusted).await >= 3 },
+    )
+    .await;
+    assert_eq!(
+        status("trusted").await,
+        Some(portico_registry::model::Status::Passing)
+    );
+
+    // tls_skip_verify: the same untrusted listener, checked without
+    // verification, passes.
+    register("unknown", unknown.tls_addr.unwrap().port(), true).await;
+    let before = http1_handshakes(&unknown).await;
+    eventually(
+        "checks without verification to complete handshakes",
+        || async { http1_handshakes(&unknown).await >= before + 12 },
+    )
+    .await;
+    assert_eq!(
+        status("unknown").await,
+        Some(portico_registry::model::Status::Passing)
+    );
+}
+
+/// TLS handshakes completed on HTTP/1.1 by `gw`'s HTTPS listener.
+async fn http1_handshakes(gw: &TestGateway) -> u64 {
+    admin_json(gw, "/status").await["tls"]["handshakes"]["http/1.1"]
+        .as_u64()
+        .unwrap_or(0)
+}

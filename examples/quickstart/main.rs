@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             lease: LeasePolicy::default(),
             tokens: Default::default(),
             tls: None,
+            check_ca: Vec::new(),
         },
         GatewayOptions {
             auto_routes: true,

@@ -12,25 +12,110 @@
 //! `passing` again. Status changes are conditional writes, so a
 //! re-registration or drain racing a check wins.
 //!
-//! With several registry replicas (a later store), each would run the same
-//! checks; the conditional writes keep that correct, at the cost of
-//! duplicated probes.
+//! An instance registered with `scheme = "https"` is checked over TLS, as
+//! gateways reach it: verified against the web PKI roots plus the
+//! registry's `--check-ca` bundles, the name being the instance's
+//! `tls_server_name` metadata or else the host of its address; a check with
+//! `tls_skip_verify` accepts any certificate. ALPN offers `http/1.1` to an
+//! HTTP check and `h2` to a gRPC one. A failed handshake is a failed check.
+//!
+//! With several registry replicas, each runs the same checks; the
+//! conditional writes keep that correct, at the cost of duplicated probes.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 
 use crate::catalog::{Catalog, decode_instance, encode_instance, instance_key};
+use crate::certificate::load::{CertError, provider};
+use crate::certificate::trust::{self, AnyServerCert};
 use crate::lease::unix_ms;
-use crate::model::{HttpCheck, Instance, Status, WatchEvent};
+use crate::model::{HttpCheck, Instance, Scheme, Status, WatchEvent};
 
-/// Runs checks until aborted.
-pub fn spawn_checker(catalog: Arc<Catalog>) -> JoinHandle<()> {
+/// Instance metadata naming the TLS server name to verify and send as SNI
+/// (the same key gateways read).
+pub const SERVER_NAME_META: &str = "tls_server_name";
+
+/// The client configurations checks of `https` instances connect with:
+/// verified or not, offering `http/1.1` or `h2`. Built once.
+#[derive(Debug, Clone)]
+pub struct CheckTls {
+    /// Indexed by `[verify][h2]`.
+    configs: [[Arc<ClientConfig>; 2]; 2],
+}
+
+impl CheckTls {
+    /// Trusting the web PKI roots plus every CA in `ca_files` (refused,
+    /// naming the file, when one holds no certificate).
+    pub fn new(ca_files: &[PathBuf]) -> Result<CheckTls, CertError> {
+        let roots = Arc::new(trust::roots_with(ca_files)?);
+        let config = |verify: bool, alpn: &[u8]| {
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("the default provider supports the default versions");
+            let mut config = match verify {
+                true => builder.with_root_certificates(roots.clone()),
+                false => builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider()))),
+            }
+            .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(config)
+        };
+        Ok(CheckTls {
+            configs: [
+                [config(false, b"http/1.1"), config(false, b"h2")],
+                [config(true, b"http/1.1"), config(true, b"h2")],
+            ],
+        })
+    }
+
+    fn config(&self, check: &HttpCheck) -> Arc<ClientConfig> {
+        self.configs[usize::from(!check.tls_skip_verify)][usize::from(check.grpc_service.is_some())]
+            .clone()
+    }
+}
+
+/// Where a check connects: the instance's address, and for an `https`
+/// instance the name its certificate is verified against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    authority: String,
+    tls: Option<ServerName<'static>>,
+}
+
+impl Target {
+    /// `None`: an `https` instance whose server name is not a valid name
+    /// (its check then always fails, as a gateway's connection would).
+    fn of(instance: &Instance) -> Option<Target> {
+        let authority = instance.authority();
+        let tls = match instance.spec.scheme {
+            Scheme::Https => {
+                let name = instance
+                    .spec
+                    .meta
+                    .get(SERVER_NAME_META)
+                    .map_or(instance.spec.address.as_str(), String::as_str);
+                Some(ServerName::try_from(name.to_string()).ok()?)
+            }
+            Scheme::Http | Scheme::H2c => None,
+        };
+        Some(Target { authority, tls })
+    }
+}
+
+/// Runs checks until aborted; `https` instances are reached with `tls`.
+pub fn spawn_checker(catalog: Arc<Catalog>, tls: CheckTls) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tasks = Tasks::default();
         let tasks = &mut tasks.0;
@@ -48,7 +133,7 @@ pub fn spawn_checker(catalog: Arc<Catalog>) -> JoinHandle<()> {
                     .iter()
                     .map(|i| instance_key(&i.service, &i.id))
                     .collect();
-                tasks.retain(|k, (_, task)| {
+                tasks.retain(|k, (_, _, task)| {
                     let keep = present.contains(k);
                     if !keep {
                         task.abort();
@@ -56,14 +141,16 @@ pub fn spawn_checker(catalog: Arc<Catalog>) -> JoinHandle<()> {
                     keep
                 });
                 for instance in instances {
-                    reconcile(&catalog, tasks, &instance);
+                    reconcile(&catalog, &tls, tasks, &instance);
                 }
             }
             loop {
                 match feed.next().await {
-                    Ok(WatchEvent::Put { instance, .. }) => reconcile(&catalog, tasks, &instance),
+                    Ok(WatchEvent::Put { instance, .. }) => {
+                        reconcile(&catalog, &tls, tasks, &instance)
+                    }
                     Ok(WatchEvent::Delete { service, id, .. }) => {
-                        if let Some((_, task)) = tasks.remove(&instance_key(&service, &id)) {
+                        if let Some((_, _, task)) = tasks.remove(&instance_key(&service, &id)) {
                             task.abort();
                         }
                     }
@@ -76,13 +163,16 @@ pub fn spawn_checker(catalog: Arc<Catalog>) -> JoinHandle<()> {
     })
 }
 
+/// A running check: what it checks, where, and its task.
+type Running = (HttpCheck, Option<Target>, JoinHandle<()>);
+
 /// The check tasks; aborted with the checker, so none outlives it.
 #[derive(Default)]
-struct Tasks(HashMap<String, (HttpCheck, JoinHandle<()>)>);
+struct Tasks(HashMap<String, Running>);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for (_, task) in self.0.values() {
+        for (_, _, task) in self.0.values() {
             task.abort();
         }
     }
@@ -90,42 +180,55 @@ impl Drop for Tasks {
 
 fn reconcile(
     catalog: &Arc<Catalog>,
-    tasks: &mut HashMap<String, (HttpCheck, JoinHandle<()>)>,
+    tls: &CheckTls,
+    tasks: &mut HashMap<String, Running>,
     instance: &Instance,
 ) {
     let key = instance_key(&instance.service, &instance.id);
-    match &instance.spec.check {
-        None => {
-            if let Some((_, task)) = tasks.remove(&key) {
-                task.abort();
-            }
+    let Some(check) = &instance.spec.check else {
+        if let Some((_, _, task)) = tasks.remove(&key) {
+            task.abort();
         }
-        Some(check) => {
-            if tasks.get(&key).is_some_and(|(c, _)| c == check.as_ref()) {
-                return;
-            }
-            if let Some((_, task)) = tasks.remove(&key) {
-                task.abort();
-            }
-            let task = tokio::spawn(run(
-                catalog.clone(),
-                key.clone(),
-                instance.authority(),
-                check.as_ref().clone(),
-            ));
-            tasks.insert(key, (check.as_ref().clone(), task));
-        }
+        return;
+    };
+    let target = Target::of(instance);
+    if tasks
+        .get(&key)
+        .is_some_and(|(c, t, _)| c == check.as_ref() && *t == target)
+    {
+        return;
     }
+    if let Some((_, _, task)) = tasks.remove(&key) {
+        task.abort();
+    }
+    let check = check.as_ref().clone();
+    let task = tokio::spawn(run(
+        catalog.clone(),
+        key.clone(),
+        target.clone(),
+        tls.config(&check),
+        check.clone(),
+    ));
+    tasks.insert(key, (check, target, task));
 }
 
-async fn run(catalog: Arc<Catalog>, key: String, authority: String, check: HttpCheck) {
+async fn run(
+    catalog: Arc<Catalog>,
+    key: String,
+    target: Option<Target>,
+    tls: Arc<ClientConfig>,
+    check: HttpCheck,
+) {
     let (mut passes, mut fails) = (0u32, 0u32);
     loop {
         let wait = check.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         tokio::time::sleep(wait).await;
-        let ok = tokio::time::timeout(check.timeout, probe(&authority, &check))
-            .await
-            .unwrap_or(false);
+        let ok = match &target {
+            Some(target) => tokio::time::timeout(check.timeout, probe(target, &tls, &check))
+                .await
+                .unwrap_or(false),
+            None => false,
+        };
         if ok {
             passes += 1;
             fails = 0;
@@ -170,23 +273,48 @@ async fn run(catalog: Arc<Catalog>, key: String, authority: String, check: HttpC
     }
 }
 
-/// One check: an HTTP `GET path` or, with a `grpc_service`, a gRPC health
-/// check over h2c.
-async fn probe(authority: &str, check: &HttpCheck) -> bool {
-    match &check.grpc_service {
-        Some(service) => crate::grpc_health::probe(authority, service, "portico-registry-check")
-            .await
-            .is_ok(),
-        None => probe_http(authority, &check.path).await,
+/// One check on a fresh connection: an HTTP `GET path` or, with a
+/// `grpc_service`, a gRPC health check (h2c, or h2 over TLS).
+async fn probe(target: &Target, tls: &Arc<ClientConfig>, check: &HttpCheck) -> bool {
+    let Ok(tcp) = TcpStream::connect(&target.authority).await else {
+        return false;
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(name) = &target.tls else {
+        return speak(TokioIo::new(tcp), "http", &target.authority, check).await;
+    };
+    match TlsConnector::from(tls.clone())
+        .connect(name.clone(), tcp)
+        .await
+    {
+        Ok(stream) => speak(TokioIo::new(stream), "https", &target.authority, check).await,
+        Err(e) => {
+            tracing::debug!(authority = %target.authority, error = %e, "registry check: TLS handshake failed");
+            false
+        }
     }
 }
 
-async fn probe_http(authority: &str, path: &str) -> bool {
-    let Ok(stream) = TcpStream::connect(authority).await else {
-        return false;
-    };
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
+/// The check's request over an open connection.
+async fn speak<T>(io: T, scheme: &str, authority: &str, check: &HttpCheck) -> bool
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    match &check.grpc_service {
+        Some(service) => {
+            crate::grpc_health::probe_on(io, scheme, authority, service, "portico-registry-check")
+                .await
+                .is_ok()
+        }
+        None => probe_http(io, authority, &check.path).await,
+    }
+}
+
+async fn probe_http<T>(io: T, authority: &str, path: &str) -> bool
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
         return false;
     };
     let conn = tokio::spawn(conn);

@@ -17,8 +17,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Request, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioExecutor;
 
 use crate::route::GRPC_HEALTH_PATH;
 
@@ -120,19 +119,10 @@ pub fn parse_response(body: &[u8]) -> Result<ServingStatus, String> {
     Ok(status)
 }
 
-/// One gRPC health check of `authority` (h2c, prior knowledge) about
-/// `service`, on a fresh connection: `Ok(())` when it answers SERVING, the
-/// reason otherwise. The caller bounds it with its timeout.
-pub async fn probe(authority: &str, service: &str, user_agent: &str) -> Result<(), String> {
-    let stream = TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    probe_on(TokioIo::new(stream), "http", authority, service, user_agent).await
-}
-
-/// The check of [`probe`] over a connection the caller opened: `io` is a
-/// TLS stream that negotiated `h2` (then `scheme` is `https`) or a
-/// cleartext one (`http`, h2c).
+/// One gRPC health check about `service` over a connection the caller
+/// opened: `io` is a TLS stream that negotiated `h2` (then `scheme` is
+/// `https`) or a cleartext one (`http`, h2c). `Ok(())` when it answers
+/// SERVING, the reason otherwise. The caller bounds it with its timeout.
 pub async fn probe_on<T>(
     io: T,
     scheme: &str,

@@ -162,6 +162,11 @@ pub struct HttpCheck {
     pub successes: u32,
     /// Failures in a row that make a passing instance critical.
     pub failures: u32,
+    /// An `https` instance's certificate is not verified (Consul's
+    /// `TLSSkipVerify`): for instances with self-signed certificates the
+    /// registry has no CA for. Off unless set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_skip_verify: bool,
 }
 
 impl HttpCheck {
@@ -169,13 +174,14 @@ impl HttpCheck {
         let serde_json::Value::Object(map) = value else {
             return Err(Invalid::field("check", "must be an object"));
         };
-        const KNOWN: [&str; 6] = [
+        const KNOWN: [&str; 7] = [
             "path",
             "grpc_service",
             "interval",
             "timeout",
             "successes",
             "failures",
+            "tls_skip_verify",
         ];
         if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(Invalid::unknown_field(&format!("check.{unknown}")));
@@ -272,6 +278,16 @@ impl HttpCheck {
             timeout,
             successes: count("successes", 1)?,
             failures: count("failures", 3)?,
+            tls_skip_verify: match map.get("tls_skip_verify") {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(Invalid::field(
+                        "check.tls_skip_verify",
+                        "must be true or false",
+                    ));
+                }
+            },
         })
     }
 }
@@ -1066,6 +1082,10 @@ mod tests {
             (
                 r#"{"address":"h","port":1,"check":{"path":"x"}}"#,
                 "check.path",
+            ),
+            (
+                r#"{"address":"h","port":1,"check":{"path":"/h","tls_skip_verify":"yes"}}"#,
+                "check.tls_skip_verify",
             ),
             (
                 r#"{"address":"h","port":1,"check":{"path":"/h","failures":0}}"#,

@@ -133,6 +133,7 @@ impl TestRegistry {
                 lease,
                 tokens: Default::default(),
                 tls: None,
+                check_ca: Vec::new(),
             },
         )
         .await;
@@ -147,6 +148,7 @@ impl TestRegistry {
             lease,
             tokens: Default::default(),
             tls: None,
+            check_ca: Vec::new(),
         })
         .await
     }
@@ -166,9 +168,27 @@ impl TestRegistry {
                 lease,
                 tokens: Default::default(),
                 tls: None,
+                check_ca: Vec::new(),
             },
         )
         .await
+    }
+
+    /// A registry whose own checks of `https` instances also trust the CAs
+    /// in `check_ca` (`--check-ca`).
+    pub async fn start_checking(check_ca: Vec<PathBuf>) -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Self::launch(RegistryOptions {
+            data_dir: dir.path().to_path_buf(),
+            etcd: None,
+            lease: fast_leases(),
+            tokens: Default::default(),
+            tls: None,
+            check_ca,
+        })
+        .await;
+        r._dir = Some(dir);
+        r
     }
 
     /// A registry that requires `tokens` (its health probes stay open).
@@ -180,6 +200,7 @@ impl TestRegistry {
             lease: fast_leases(),
             tokens,
             tls: None,
+            check_ca: Vec::new(),
         })
         .await;
         r._dir = Some(dir);

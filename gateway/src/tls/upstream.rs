@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use portico_registry::certificate::trust::{self, AnyServerCert};
 use portico_registry::route::UpstreamTls;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::TlsSetupError;
 use super::cert::CertError;
@@ -112,13 +112,7 @@ impl UpstreamTlsConfigs {
     /// The web PKI roots plus the bundles in `extra_ca` (refused, naming
     /// the file, when one holds no certificate).
     pub fn new(extra_ca: &[PathBuf]) -> Result<UpstreamTlsConfigs, TlsSetupError> {
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        for path in extra_ca {
-            add_bundle(&mut roots, path)?;
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(trust::roots_with(extra_ca)?);
         let default = build(0, &roots, &UpstreamTls::default())?;
         Ok(UpstreamTlsConfigs {
             roots,
@@ -151,29 +145,6 @@ impl UpstreamTlsConfigs {
     }
 }
 
-fn add_bundle(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsSetupError> {
-    let what = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|e| CertError::Read {
-        path: what.clone(),
-        reason: e.to_string(),
-    })?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::NoCertificate {
-            what: what.clone(),
-            reason: e.to_string(),
-        })?;
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(CertError::NoCertificate {
-            what,
-            reason: "no CA certificate in the file".into(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
 /// Both configurations of one setting.
 fn build(
     id: u64,
@@ -184,7 +155,7 @@ fn build(
         None => roots.clone(),
         Some(path) => {
             let mut own = (**roots).clone();
-            add_bundle(&mut own, path)?;
+            trust::add_bundle(&mut own, path)?;
             Arc::new(own)
         }
     };
@@ -196,7 +167,7 @@ fn build(
         false => builder.with_root_certificates(roots),
         true => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider))),
     };
     let mut config = match &tls.client_cert {
         None => builder.with_no_client_auth(),
@@ -242,57 +213,6 @@ fn client_cert(cert: &Path, key: &Path) -> Result<(Chain, PrivateKeyDer<'static>
         reason: e.to_string(),
     })?;
     Ok((chain, key_der))
-}
-
-/// Accepts any server certificate (a route's explicit
-/// `insecure_skip_verify`); handshake signatures are still checked, so the
-/// connection is at least to whoever holds the key it showed.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

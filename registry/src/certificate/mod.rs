@@ -14,6 +14,8 @@
 
 #[cfg(feature = "tls")]
 pub mod load;
+#[cfg(feature = "tls")]
+pub mod trust;
 
 use crate::model::Invalid;
 
