@@ -79,7 +79,8 @@ pub enum CertError {
         /// Seconds since it expired.
         expired_s: i64,
     },
-    /// The leaf names no DNS subjectAltName.
+    /// The leaf names no subjectAltName it could serve: no DNS name, and
+    /// (where an IP address would do) no IP address either.
     #[error("{what}: the certificate names no DNS subjectAltName, so it would serve no name")]
     NoNames {
         /// The file or registry entry.
@@ -119,6 +120,19 @@ impl Certificate {
             reason: e.to_string(),
             code: INVALID_CERTIFICATE,
         })?;
+        // Gateways pick a registry certificate by SNI name only (the
+        // default is always a file's), so one without a DNS name would
+        // never be served.
+        if loaded.names.is_empty() {
+            return Err(Invalid {
+                field: Some("cert_pem".into()),
+                reason: CertError::NoNames {
+                    what: "cert_pem".into(),
+                }
+                .to_string(),
+                code: INVALID_CERTIFICATE,
+            });
+        }
         Ok(Certificate {
             summary: CertificateSummary {
                 name: name.to_string(),
@@ -199,14 +213,17 @@ impl LoadedCert {
                 reason: "the file holds no CERTIFICATE block".into(),
             });
         };
-        let (names, not_after) = describe(leaf, cert_what)?;
+        let (names, ips, not_after) = describe(leaf, cert_what)?;
         if not_after <= now_s {
             return Err(CertError::Expired {
                 what: cert_what.into(),
                 expired_s: now_s - not_after,
             });
         }
-        if names.is_empty() {
+        // Clients that dial an IP send no SNI and verify the IP's SAN: such
+        // a certificate (a control port reached by address) is served as
+        // the default, so it needs no DNS name.
+        if names.is_empty() && ips == 0 {
             return Err(CertError::NoNames {
                 what: cert_what.into(),
             });
@@ -241,28 +258,34 @@ impl LoadedCert {
     }
 }
 
-/// The leaf's DNS subjectAltNames (lowercase, deduplicated) and notAfter.
-fn describe(leaf: &CertificateDer<'_>, what: &str) -> Result<(Vec<String>, i64), CertError> {
+/// The leaf's DNS subjectAltNames (lowercase, deduplicated), how many IP
+/// subjectAltNames it has, and its notAfter.
+fn describe(leaf: &CertificateDer<'_>, what: &str) -> Result<(Vec<String>, usize, i64), CertError> {
     let bad = |reason: String| CertError::BadCertificate {
         what: what.into(),
         reason,
     };
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| bad(e.to_string()))?;
     let mut names = Vec::new();
+    let mut ips = 0;
     if let Some(san) = cert
         .subject_alternative_name()
         .map_err(|e| bad(e.to_string()))?
     {
         for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                let dns = dns.trim_end_matches('.').to_ascii_lowercase();
-                if !dns.is_empty() && !names.contains(&dns) {
-                    names.push(dns);
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    let dns = dns.trim_end_matches('.').to_ascii_lowercase();
+                    if !dns.is_empty() && !names.contains(&dns) {
+                        names.push(dns);
+                    }
                 }
+                x509_parser::extensions::GeneralName::IPAddress(_) => ips += 1,
+                _ => {}
             }
         }
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    Ok((names, ips, cert.validity().not_after.timestamp()))
 }
 
 /// SHA-256 in lowercase hex.
@@ -305,6 +328,20 @@ mod tests {
         assert_eq!(c.names, ["a.example.com", "*.example.org"]);
         assert_eq!(c.fingerprint.len(), 64);
         assert!(c.expires_in(unix_now()) > 0);
+    }
+
+    #[test]
+    fn an_ip_only_certificate_loads_from_a_file_but_not_into_the_registry() {
+        let (cert, key) = make(&["127.0.0.1"]);
+        let c =
+            LoadedCert::from_pem(cert.as_bytes(), key.as_bytes(), "c", "k", unix_now()).unwrap();
+        assert!(c.names.is_empty());
+        let spec = CertificateSpec {
+            cert_pem: cert,
+            key_pem: key,
+        };
+        let err = Certificate::check("ip", spec, unix_now()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("cert_pem"), "{err:?}");
     }
 
     #[test]
