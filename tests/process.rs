@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -212,13 +212,19 @@ async fn sigterm_drains_and_exits_zero() {
     .unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut gw = ChildProcess::spawn(&[
-        "gateway",
-        "--listen",
-        &listen,
-        "--config",
-        file.to_str().unwrap(),
-    ]);
+    // Its log goes to a pipe, as in `portico gateway > portico.log`.
+    let mut gw = ChildProcess {
+        child: Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(["gateway", "--listen", &listen, "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portico"),
+    };
     let url = format!("http://{listen}");
     eventually("gateway to serve", || async {
         send(&http(), Method::GET, &url, &[], Bytes::new())
@@ -246,6 +252,13 @@ async fn sigterm_drains_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "exit status {status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(gw.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a log written to a pipe: {log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
