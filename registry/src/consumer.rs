@@ -271,6 +271,31 @@ mod tests {
     }
 
     #[test]
+    fn watchers_without_key_access_get_no_hashes() {
+        use crate::model::WatchEvent;
+        let spec = ConsumerSpec::from_json(br#"{"api_keys": ["key-0123456789abcdef"]}"#).unwrap();
+        let consumer = Consumer::from_spec("alice", spec);
+        let put = WatchEvent::ConsumerPut {
+            revision: 3,
+            consumer: Box::new(consumer.clone()),
+        };
+        let snapshot = WatchEvent::Snapshot {
+            revision: 3,
+            instances: vec![],
+            routes: vec![],
+            certificates: vec![],
+            consumers: vec![consumer],
+        };
+        for event in [put, snapshot] {
+            let full = serde_json::to_string(&event).unwrap();
+            assert!(full.contains("api_key_sha256"), "{full}");
+            let stripped = serde_json::to_string(&event.without_keys()).unwrap();
+            assert!(!stripped.contains("api_key_sha256"), "{stripped}");
+            assert!(stripped.contains("alice"), "{stripped}");
+        }
+    }
+
+    #[test]
     fn only_hashes_are_stored() {
         let spec = ConsumerSpec::from_json(br#"{"api_keys": ["key-0123456789abcdef"]}"#).unwrap();
         assert!(!format!("{spec:?}").contains("key-0123"));
