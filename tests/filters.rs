@@ -302,3 +302,546 @@ async fn rate_limit_admits_rate_times_time_plus_burst_at_twice_the_rate() {
         error * 100.0
     );
 }
+
+const ALICE_KEY: &str = "alice-key-0123456789";
+const BOB_KEY: &str = "bob-key-0123456789ab";
+
+/// A gateway following `registry`, with no auto routes.
+async fn following(registry: &TestRegistry) -> TestGateway {
+    let mut options = quiet(Config::default());
+    options.registry = vec![registry.url.clone()];
+    TestGateway::start(options).await
+}
+
+/// `PUT /v1/consumers/{name}`: refusals name the field and store nothing,
+/// keys are never read back, and one key belongs to one consumer.
+async fn put_consumers(registry: &TestRegistry) {
+    let url = |name: &str| format!("{}/v1/consumers/{name}", registry.url);
+    let index = |r: &Reply| r.headers["x-portico-index"].to_str().unwrap().to_string();
+    let before = get(&format!("{}/v1/consumers", registry.url)).await;
+    for (body, field) in [
+        (json!({"api_keys": ["short-key"]}), "api_keys[0]"),
+        (
+            json!({"api_keys": [ALICE_KEY, "has a space in it!!"]}),
+            "api_keys[1]",
+        ),
+        (json!({"api_keys": [ALICE_KEY], "keys": []}), "keys"),
+        (json!({"metadata": {"tier": 3}}), "metadata.tier"),
+    ] {
+        let r = put_json(&url("alice"), body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.json()["field"], field, "{}", r.json());
+        assert!(!String::from_utf8_lossy(&r.body).contains("short-key"));
+    }
+    let bad_name = put_json(&url("a%20b"), json!({})).await;
+    assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
+    let after = get(&format!("{}/v1/consumers", registry.url)).await;
+    assert_eq!(
+        index(&before),
+        index(&after),
+        "a refusal moved the revision"
+    );
+
+    let alice = put_json(
+        &url("alice"),
+        json!({"api_keys": [ALICE_KEY], "metadata": {"tier": "gold"}}),
+    )
+    .await;
+    assert_eq!(alice.status, StatusCode::OK, "{}", alice.json());
+    assert_eq!(
+        put_json(&url("bob"), json!({"api_keys": [BOB_KEY]}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let shared = put_json(&url("carol"), json!({"api_keys": [ALICE_KEY]})).await;
+    assert_eq!(shared.status, StatusCode::CONFLICT);
+    assert_eq!(shared.json()["field"], "api_keys[0]");
+    let read = get(&url("alice")).await;
+    assert_eq!(read.json()["api_keys"], 1, "{}", read.json());
+    assert_eq!(read.json()["metadata"]["tier"], "gold");
+    let listed = get(&format!("{}/v1/consumers", registry.url)).await;
+    for r in [&alice, &read, &listed] {
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(
+            !text.contains(ALICE_KEY) && !text.contains("sha256"),
+            "{text}"
+        );
+    }
+}
+
+/// `api_key` through the registry, a gateway and an echo backend: a key
+/// by header or by query, removed before the upstream; the consumer named
+/// upstream and a client's own copy of that header dropped; unknown key
+/// 401, known consumer not allowed 403; a deleted consumer refused once
+/// the watch delivers it; a rate limit keyed by consumer (listed before the
+/// authentication, which still runs first).
+#[tokio::test]
+async fn api_key_identifies_consumers_from_the_registry() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let echo = TestEcho::start("e").await;
+    let gw = following(&registry).await;
+    put_consumers(&registry).await;
+    let up = echo.addr.to_string();
+    let route = |name: &str, body: serde_json::Value| {
+        let url = format!("{}/v1/routes/{name}", registry.url);
+        async move { put_json(&url, body).await }
+    };
+    let keyed = route(
+        "keyed",
+        json!({"path_prefix": "/k", "upstreams": [up],
+               "filters": [{"type": "rate_limit", "key": "consumer", "rate": 1, "per": "1h", "burst": 2},
+                           {"type": "api_key", "query": "key", "header": "x-api-key"}]}),
+    )
+    .await;
+    assert_eq!(keyed.status, StatusCode::CREATED, "{}", keyed.json());
+    let only = route(
+        "only-alice",
+        json!({"path_prefix": "/o", "upstreams": [up],
+               "filters": [{"type": "api_key", "consumers": ["alice"], "consumer_header": "x-who"}]}),
+    )
+    .await;
+    assert_eq!(only.status, StatusCode::CREATED, "{}", only.json());
+    let k = format!("{}/k/x", gw.url);
+    eventually("the routes to apply", || async {
+        get(&format!("{}/o", gw.url)).await.status == StatusCode::UNAUTHORIZED
+            && get(&k).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+
+    let none = get(&k).await;
+    assert_eq!(none.headers["x-portico-error"], "unauthorized");
+    assert_eq!(
+        none.headers["www-authenticate"],
+        "ApiKey realm=\"portico\", header=\"x-api-key\", query=\"key\""
+    );
+    let unknown = get_with(&k, &[("x-api-key", "nobody-0123456789abc")]).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.json()["code"], "unauthorized");
+
+    let by_header = get_with(&k, &[("x-api-key", ALICE_KEY), ("x-consumer", "root")]).await;
+    assert_eq!(by_header.status, StatusCode::OK);
+    let seen = &by_header.json()["headers"];
+    assert_eq!(seen["x-consumer"], "alice", "{seen}");
+    assert!(
+        seen.get("x-api-key").is_none(),
+        "the key went upstream: {seen}"
+    );
+    let by_query = get(&format!("{k}?a=1&key={ALICE_KEY}&b=2")).await;
+    assert_eq!(by_query.status, StatusCode::OK);
+    assert_eq!(by_query.json()["query"], "a=1&b=2", "{}", by_query.json());
+    assert_eq!(by_query.json()["headers"]["x-consumer"], "alice");
+
+    // Alice's burst of 2 is spent; Bob counts apart; refused keys spend nothing.
+    let third = get_with(&k, &[("x-api-key", ALICE_KEY)]).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        get_with(&k, &[("x-api-key", BOB_KEY)]).await.status,
+        StatusCode::OK
+    );
+
+    let o = format!("{}/o", gw.url);
+    let bob = get_with(&o, &[("x-api-key", BOB_KEY)]).await;
+    assert_eq!(bob.status, StatusCode::FORBIDDEN);
+    assert_eq!(bob.json()["code"], "forbidden");
+    let alice = get_with(&o, &[("x-api-key", ALICE_KEY), ("x-who", "bob")]).await;
+    assert_eq!(alice.status, StatusCode::OK);
+    assert_eq!(alice.json()["headers"]["x-who"], "alice");
+
+    let deleted = call(
+        Method::DELETE,
+        &format!("{}/v1/consumers/alice", registry.url),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    eventually("alice's key to be refused", || async {
+        get_with(&o, &[("x-api-key", ALICE_KEY)]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+}
+
+/// Authentication mistakes on `/v1/routes`, each naming its field, none
+/// stored.
+#[tokio::test]
+async fn authentication_mistakes_are_refused_by_field() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let url = format!("{}/v1/routes/r", registry.url);
+    for (filters, field) in [
+        (
+            json!([{"type": "rate_limit", "key": "consumer", "rate": 1}]),
+            "filters[0].key",
+        ),
+        (
+            json!([{"type": "api_key", "header": "bad name"}]),
+            "filters[0].header",
+        ),
+        (
+            json!([{"type": "api_key", "query": "a=b"}]),
+            "filters[0].query",
+        ),
+        (
+            json!([{"type": "api_key", "consumer_header": "x-api-key"}]),
+            "filters[0].consumer_header",
+        ),
+        (
+            json!([{"type": "api_key", "consumers": []}]),
+            "filters[0].consumers",
+        ),
+        (json!([{"type": "api_key", "rate": 3}]), "filters[0].rate"),
+    ] {
+        let r = put_json(
+            &url,
+            json!({"upstreams": ["127.0.0.1:1"], "filters": filters.clone()}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{filters}");
+        assert_eq!(r.json()["field"], field, "{}", r.json());
+    }
+    assert_eq!(get(&url).await.status, StatusCode::NOT_FOUND);
+}
+
+const JWT_SECRET: &str = "a-secret-of-at-least-32-bytes-long!";
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims valid now for `iss` "https://id.example" and `aud` "api",
+/// with `over` applied.
+fn claims(over: &serde_json::Value) -> serde_json::Value {
+    let now = unix_now();
+    let mut c = json!({"sub": "alice", "tier": "gold", "iss": "https://id.example",
+                       "aud": "api", "exp": now + 600, "nbf": now - 10});
+    for (k, v) in over.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn hs_token(alg: jsonwebtoken::Algorithm, secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `jwt` with an HMAC secret (HS256): a valid token by header or cookie
+/// passes with its claims copied (the client's copies and the token
+/// removed); missing, expired, not yet valid, wrong issuer, wrong
+/// audience, bad signature and unlisted algorithm are 401 with an RFC 6750
+/// challenge; a repeated token is served from the cache.
+#[tokio::test]
+async fn jwt_with_a_secret_checks_claims_and_copies_them() {
+    use jsonwebtoken::Algorithm::{HS256, HS384};
+    let echo = TestEcho::start("e").await;
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "j"
+upstreams = ["{}"]
+
+[[route.filters]]
+type = "jwt"
+algorithms = ["HS256"]
+secret = "{JWT_SECRET}"
+issuer = "https://id.example"
+audience = ["api", "other"]
+leeway = "5s"
+cookie = "session"
+claims_to_headers = {{ sub = "x-user", tier = "x-tier" }}
+"#,
+        echo.addr
+    ))
+    .await;
+    let url = format!("{}/p", gw.url);
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let none = get(&url).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers["www-authenticate"], "Bearer realm=\"portico\"");
+
+    let good = hs_token(HS256, JWT_SECRET, &claims(&json!({})));
+    for _ in 0..3 {
+        let r = get_with(
+            &url,
+            &[("authorization", &bearer(&good)), ("x-user", "root")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let seen = &r.json()["headers"];
+        assert_eq!(seen["x-user"], "alice", "{seen}");
+        assert_eq!(seen["x-tier"], "gold");
+        assert!(
+            seen.get("authorization").is_none(),
+            "token went upstream: {seen}"
+        );
+    }
+    let cookie = format!("theme=dark; session={good}");
+    assert_eq!(
+        get_with(&url, &[("cookie", &cookie)]).await.status,
+        StatusCode::OK
+    );
+    let table = gw.table.load_full();
+    let chain = table.entries()[0].filters.as_ref().unwrap();
+    assert_eq!(
+        chain.jwt_filters().next().unwrap().cached(),
+        1,
+        "one token, verified once"
+    );
+
+    let now = unix_now();
+    for (token, why) in [
+        (
+            hs_token(HS256, JWT_SECRET, &claims(&json!({"exp": now - 60}))),
+            "token expired",
+        ),
+        (
+            hs_token(HS256, JWT_SECRET, &claims(&json!({"nbf": now + 60}))),
+            "token not yet valid",
+        ),
+        (
+            hs_token(HS256, JWT_SECRET, &claims(&json!({"iss": "https://evil"}))),
+            "issuer not accepted",
+        ),
+        (
+            hs_token(HS256, JWT_SECRET, &claims(&json!({"aud": "nope"}))),
+            "audience not accepted",
+        ),
+        (
+            hs_token(
+                HS256,
+                "another-secret-of-at-least-32-bytes",
+                &claims(&json!({})),
+            ),
+            "bad signature",
+        ),
+        (
+            hs_token(HS384, JWT_SECRET, &claims(&json!({}))),
+            "algorithm not accepted",
+        ),
+    ] {
+        let r = get_with(&url, &[("authorization", &bearer(&token))]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{why}");
+        assert_eq!(r.json()["code"], "unauthorized");
+        assert_eq!(
+            r.headers["www-authenticate"].to_str().unwrap(),
+            format!(
+                "Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"{why}\""
+            )
+        );
+    }
+    // Within the leeway: still accepted.
+    let late = hs_token(HS256, JWT_SECRET, &claims(&json!({"exp": now - 2})));
+    assert_eq!(
+        get_with(&url, &[("authorization", &bearer(&late))])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+/// A JWKS server on loopback: serves `keys` at `/jwks` and counts fetches.
+struct JwksServer {
+    url: String,
+    keys: Arc<std::sync::Mutex<String>>,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(keys: String) -> JwksServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let keys = Arc::new(std::sync::Mutex::new(keys));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (k, h) = (keys.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (k, h) = (k.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let body = k.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from(body)),
+                            ))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            url,
+            keys,
+            hits,
+            task,
+        }
+    }
+
+    fn serve(&self, keys: String) {
+        *self.keys.lock().unwrap() = keys;
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A P-256 key: the signing key, and its public half as a JWK and as PEM.
+struct EcKey {
+    encoding: jsonwebtoken::EncodingKey,
+    public_pem: String,
+    raw: Vec<u8>,
+}
+
+impl EcKey {
+    fn new() -> EcKey {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        EcKey {
+            encoding: jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())
+                .unwrap(),
+            public_pem: pair.public_key_pem(),
+            raw: pair.public_key_raw().to_vec(),
+        }
+    }
+
+    fn jwk(&self, kid: &str) -> serde_json::Value {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+               "x": b64(&self.raw[1..33]), "y": b64(&self.raw[33..65])})
+    }
+
+    fn token(&self, kid: &str) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&header, &claims(&json!({})), &self.encoding).unwrap()
+    }
+}
+
+fn jwks(keys: &[serde_json::Value]) -> String {
+    json!({ "keys": keys }).to_string()
+}
+
+/// `jwt` with ES256: an inline PEM key, and a JWKS served on loopback with
+/// a key rotation: the new `kid` is accepted after the refetch its first
+/// token triggers, the old one (even a cached token) refused once it left
+/// the set, and a second unknown `kid` within 30 s fetches nothing.
+#[tokio::test]
+async fn jwt_with_es256_follows_a_rotating_jwks() {
+    let echo = TestEcho::start("e").await;
+    let (one, two, three) = (EcKey::new(), EcKey::new(), EcKey::new());
+    let server = JwksServer::start(jwks(&[one.jwk("k1")])).await;
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "pem"
+path_prefix = "/pem"
+upstreams = ["{up}"]
+
+[[route.filters]]
+type = "jwt"
+algorithms = ["ES256"]
+public_key_pem = '''
+{pem}'''
+
+[[route]]
+name = "jwks"
+path_prefix = "/jwks"
+upstreams = ["{up}"]
+
+[[route.filters]]
+type = "jwt"
+algorithms = ["ES256", "RS256"]
+jwks_url = "{jwks}"
+jwks_refresh = "1h"
+claims_to_headers = {{ sub = "x-user" }}
+"#,
+        up = echo.addr,
+        pem = one.public_pem,
+        jwks = server.url,
+    ))
+    .await;
+    let auth = |t: String| format!("Bearer {t}");
+    let pem = format!("{}/pem", gw.url);
+    let by_jwks = format!("{}/jwks", gw.url);
+    let call = |url: &str, token: String| {
+        let url = url.to_string();
+        async move {
+            get_with(&url, &[("authorization", &auth(token))])
+                .await
+                .status
+        }
+    };
+    assert_eq!(call(&pem, one.token("any")).await, StatusCode::OK);
+    assert_eq!(call(&pem, two.token("any")).await, StatusCode::UNAUTHORIZED);
+
+    let old = one.token("k1");
+    let r = get_with(&by_jwks, &[("authorization", &auth(old.clone()))]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["headers"]["x-user"], "alice");
+    let fetched = server.hits.load(Ordering::SeqCst);
+
+    // Rotation: k2 in, k1 out. k2's first token fetches the set again.
+    server.serve(jwks(&[two.jwk("k2")]));
+    assert_eq!(call(&by_jwks, two.token("k2")).await, StatusCode::OK);
+    assert_eq!(server.hits.load(Ordering::SeqCst), fetched + 1);
+    assert_eq!(
+        call(&by_jwks, old).await,
+        StatusCode::UNAUTHORIZED,
+        "a cached token of a removed key still passed"
+    );
+
+    // Another unknown kid within 30 s: refused without a fetch.
+    server.serve(jwks(&[two.jwk("k2"), three.jwk("k3")]));
+    assert_eq!(
+        call(&by_jwks, three.token("k3")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), fetched + 1);
+}
+
+/// JWT mistakes in a route file, each naming its field.
+#[tokio::test]
+async fn jwt_mistakes_in_a_route_file_name_the_field() {
+    for (filter, key) in [
+        ("secret = \"x\"", "route[1].filters[0].algorithms"),
+        (
+            "algorithms = [\"HS256\"]\nsecret = \"short\"",
+            "route[1].filters[0].secret",
+        ),
+        (
+            "algorithms = [\"RS256\"]\nsecret = \"0123456789abcdef0123456789abcdef\"",
+            "route[1].filters[0].algorithms",
+        ),
+        (
+            "algorithms = [\"ES256\"]\njwks_url = \"not a url\"",
+            "route[1].filters[0].jwks_url",
+        ),
+        (
+            "algorithms = [\"ES256\"]\njwks_url = \"http://k/j\"\nleeway = \"2h\"",
+            "route[1].filters[0].leeway",
+        ),
+    ] {
+        let text = format!(
+            "[[route]]\nname = \"a\"\npath_prefix = \"/a\"\nupstreams = [\"127.0.0.1:1\"]\n\
+             [[route]]\nname = \"b\"\nupstreams = [\"127.0.0.1:1\"]\n[[route.filters]]\ntype = \"jwt\"\n{filter}\n"
+        );
+        match Config::parse(&text) {
+            Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{filter}"),
+            other => panic!("{filter}: {other:?}"),
+        }
+    }
+}

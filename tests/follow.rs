@@ -154,6 +154,7 @@ fn snapshot(revision: u64, ids: &[&str]) -> WatchEvent {
             .collect(),
         routes: Vec::new(),
         certificates: Vec::new(),
+        consumers: Vec::new(),
     }
 }
 

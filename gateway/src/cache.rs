@@ -52,6 +52,10 @@ impl CachedState {
             // serving its cache serves its certificate files until a
             // registry answers.
             certificates: Vec::new(),
+            // Not cached either: key hashes stay off the disk. A gateway
+            // serving its cache refuses API keys (401) until a registry
+            // answers.
+            consumers: Vec::new(),
         }
     }
 }

@@ -46,7 +46,7 @@ use crate::tls::upstream::UpstreamTlsConfigs;
 
 mod follow;
 
-pub use follow::{CACHE_DEBOUNCE, run};
+pub use follow::{CACHE_DEBOUNCE, RegistryObjects, run};
 
 /// How long an implicit `/{service}` route stays after the service's last
 /// instance is gone: long enough for a restart or a redeploy of a lone

@@ -71,6 +71,24 @@ pub enum ProxyError {
         /// What the 429 tells the client.
         limited: crate::filter::Limited,
     },
+    /// An authentication filter found no valid credential (401).
+    #[error("route {route:?}: authentication required: {reason}")]
+    Unauthorized {
+        /// The route.
+        route: String,
+        /// What was wrong (never the credential).
+        reason: &'static str,
+        /// The `WWW-Authenticate` challenge.
+        challenge: HeaderValue,
+    },
+    /// A known consumer the route does not allow (403).
+    #[error("route {route:?}: consumer {consumer:?} is not allowed")]
+    Forbidden {
+        /// The route.
+        route: String,
+        /// The consumer.
+        consumer: std::sync::Arc<str>,
+    },
     /// Every endpoint's circuit is open.
     #[error("every endpoint of route {route:?} has an open circuit")]
     CircuitOpen {
@@ -146,6 +164,8 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Unauthorized { .. } => "unauthorized",
+            ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::BadHost(_) => "bad_host",
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::UriTooLong { .. } => "uri_too_long",
@@ -183,6 +203,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -263,12 +285,19 @@ impl ProxyError {
     }
 
     /// Headers an error carries beyond the code: a 429's `Retry-After` and
-    /// `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09).
+    /// `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09),
+    /// a 401's `WWW-Authenticate` (RFC 9110 §11.6.1: a 401 must carry one).
     fn add_headers(&self, headers: &mut http::HeaderMap) {
-        if let ProxyError::RateLimited { limited, .. } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
-            headers.insert("ratelimit-policy", limited.policy.clone());
-            headers.insert("ratelimit", limited.state.clone());
+        match self {
+            ProxyError::RateLimited { limited, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
+                headers.insert("ratelimit-policy", limited.policy.clone());
+                headers.insert("ratelimit", limited.state.clone());
+            }
+            ProxyError::Unauthorized { challenge, .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            _ => {}
         }
     }
 }
@@ -346,6 +375,21 @@ mod tests {
                 },
                 Code::UNAVAILABLE,
             ),
+            (
+                ProxyError::Unauthorized {
+                    route: route(),
+                    reason: "no API key",
+                    challenge: HeaderValue::from_static("ApiKey"),
+                },
+                Code::UNAUTHENTICATED,
+            ),
+            (
+                ProxyError::Forbidden {
+                    route: route(),
+                    consumer: "c".into(),
+                },
+                Code::PERMISSION_DENIED,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(error.grpc_code(), code, "{error}");
@@ -366,5 +410,15 @@ mod tests {
         assert_eq!(web.headers()["content-type"], "application/grpc-web-text");
         let plain = ProxyError::NoRoute.respond(None);
         assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+        // A 401 carries its challenge to gRPC clients too.
+        let unauth = ProxyError::Unauthorized {
+            route: "r".into(),
+            reason: "no API key",
+            challenge: HeaderValue::from_static("ApiKey realm=\"portico\""),
+        };
+        let r = unauth.respond(Some(GrpcKind::Native));
+        assert_eq!(r.headers()["grpc-status"], "16");
+        assert_eq!(r.headers()["www-authenticate"], "ApiKey realm=\"portico\"");
+        assert_eq!(unauth.respond(None).status(), StatusCode::UNAUTHORIZED);
     }
 }

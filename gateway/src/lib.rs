@@ -313,8 +313,12 @@ impl Gateway {
             self.config.subscribe(),
             self.table.clone(),
             self.status.clone(),
-            tls.as_ref()
-                .map(|(_, t)| tls::registry::RegistryCerts::new(t.stats.store().clone())),
+            discovery::RegistryObjects {
+                certs: tls
+                    .as_ref()
+                    .map(|(_, t)| tls::registry::RegistryCerts::new(t.stats.store().clone())),
+                consumers: self.proxy.consumers().clone(),
+            },
         ));
         let listeners = server::Listeners { plain, tls };
         let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;

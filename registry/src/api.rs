@@ -85,7 +85,8 @@ impl From<Invalid> for ApiError {
             | "unknown_field"
             | "unknown_parameter"
             | "duplicate_field"
-            | crate::certificate::INVALID_CERTIFICATE => StatusCode::BAD_REQUEST,
+            | crate::certificate::INVALID_CERTIFICATE
+            | crate::consumer::INVALID_CONSUMER => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError {
@@ -101,12 +102,17 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         match e {
             CatalogError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            CatalogError::Invalid(invalid) if invalid.code == "route_conflict" => ApiError {
-                status: StatusCode::CONFLICT,
-                code: invalid.code,
-                message: invalid.reason,
-                field: invalid.field,
-            },
+            CatalogError::Invalid(invalid)
+                if invalid.code == "route_conflict"
+                    || invalid.code == crate::consumer::CONSUMER_CONFLICT =>
+            {
+                ApiError {
+                    status: StatusCode::CONFLICT,
+                    code: invalid.code,
+                    message: invalid.reason,
+                    field: invalid.field,
+                }
+            }
             CatalogError::Invalid(invalid) => invalid.into(),
             CatalogError::Store(s) => s.into(),
         }
@@ -188,6 +194,11 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
             get(get_certificate)
                 .put(put_certificate)
                 .delete(delete_certificate),
+        )
+        .route("/v1/consumers", get(list_consumers))
+        .route(
+            "/v1/consumers/{name}",
+            get(get_consumer).put(put_consumer).delete(delete_consumer),
         )
         .route("/v1/watch", get(watch_changes))
         .route("/healthz", get(healthz))
@@ -485,6 +496,57 @@ async fn delete_certificate(
     ))
 }
 
+async fn list_consumers(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    query_pairs(raw.as_deref(), &[])?;
+    let list = app.catalog.consumers().await?;
+    Ok(json(list.revision, &list))
+}
+
+async fn get_consumer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::consumer::validate_consumer_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let (summary, revision) = app.catalog.consumer(&name).await?;
+    Ok(json(revision, &summary))
+}
+
+/// Stores a consumer, its API keys hashed; answers its summary (the
+/// number of keys, never a key nor a hash).
+async fn put_consumer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    crate::consumer::validate_consumer_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let body = read_json_body(&headers, body).await?;
+    let spec = crate::consumer::ConsumerSpec::from_json(&body)?;
+    let summary = app.catalog.put_consumer(&name, spec).await?;
+    Ok(json(summary.revision, &summary))
+}
+
+async fn delete_consumer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::consumer::validate_consumer_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let revision = app.catalog.delete_consumer(&name).await?;
+    Ok(json(
+        revision,
+        &serde_json::json!({"deleted": name, "revision": revision}),
+    ))
+}
+
 #[derive(Serialize)]
 struct ServicesBody {
     revision: Revision,
@@ -613,6 +675,8 @@ impl Format {
                     WatchEvent::RouteDelete { .. } => "route_delete",
                     WatchEvent::CertificatePut { .. } => "certificate_put",
                     WatchEvent::CertificateDelete { .. } => "certificate_delete",
+                    WatchEvent::ConsumerPut { .. } => "consumer_put",
+                    WatchEvent::ConsumerDelete { .. } => "consumer_delete",
                     WatchEvent::Progress { .. } => "progress",
                 };
                 // The id is where to resume. Several changes can share a

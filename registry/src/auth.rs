@@ -392,6 +392,8 @@ pub enum Need<'a> {
 /// into a class without being named here.
 ///
 /// - `GET`/`HEAD` on `/healthz` or `/readyz`: [`Need::Nothing`].
+/// - `GET`/`HEAD` on `/v1/consumers` or below: [`Need::Admin`] (who may
+///   call which routes, and their metadata, is an operator's business).
 /// - any other `GET`/`HEAD` (lists, blocking queries, `/v1/watch`): [`Need::Read`].
 /// - any other method on `/v1/services/{service}/instances/{id}` or below it:
 ///   [`Need::Instance`].
@@ -404,6 +406,7 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Need<'a> {
     if *method == Method::GET || *method == Method::HEAD {
         return match path {
             "/healthz" | "/readyz" => Need::Nothing,
+            p if p == "/v1/consumers" || p.starts_with("/v1/consumers/") => Need::Admin,
             _ => Need::Read,
         };
     }
@@ -684,6 +687,8 @@ mod tests {
         assert_eq!(c(Method::GET, "/v1/services"), Need::Read);
         assert_eq!(c(Method::GET, "/v1/watch"), Need::Read);
         assert_eq!(c(Method::GET, "/v1/routes/x"), Need::Read);
+        assert_eq!(c(Method::GET, "/v1/consumers/x"), Need::Admin);
+        assert_eq!(c(Method::GET, "/v1/consumers"), Need::Admin);
         assert_eq!(c(Method::GET, "/v1/services/web/instances/a"), Need::Read);
         let web = Need::Instance { service: "web" };
         assert_eq!(c(Method::PUT, "/v1/services/web/instances/a"), web);

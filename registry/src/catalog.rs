@@ -24,8 +24,10 @@ use crate::route::{RouteSpec, compile, match_field, match_key};
 use crate::store::{Change, KeyValue, Store, StoreError, UniquePut, Watch};
 
 mod certificates;
+mod consumers;
 
 pub use certificates::{CERTIFICATES, CertificateList, certificate_key, decode_certificate};
+pub use consumers::{CONSUMERS, ConsumerList, consumer_key, decode_consumer};
 
 /// Key prefix of every instance.
 pub const INSTANCES: &str = "instances/";
@@ -675,6 +677,12 @@ impl Catalog {
                 .filter(|kv| kv.key.starts_with(CERTIFICATES))
                 .filter_map(decode_certificate)
                 .collect(),
+            consumers: range
+                .kvs
+                .iter()
+                .filter(|kv| kv.key.starts_with(CONSUMERS))
+                .filter_map(decode_consumer)
+                .collect(),
         };
         Ok(Feed {
             snapshot: Some(snapshot),
@@ -707,7 +715,14 @@ impl Feed {
             let revision = change.revision();
             match change {
                 Change::Put(kv) => {
-                    if kv.key.starts_with(CERTIFICATES) {
+                    if kv.key.starts_with(CONSUMERS) {
+                        if let Some(consumer) = decode_consumer(&kv) {
+                            return Ok(WatchEvent::ConsumerPut {
+                                revision,
+                                consumer: Box::new(consumer),
+                            });
+                        }
+                    } else if kv.key.starts_with(CERTIFICATES) {
                         if let Some(certificate) = decode_certificate(&kv) {
                             return Ok(WatchEvent::CertificatePut {
                                 revision,
@@ -731,6 +746,12 @@ impl Feed {
                     }
                 }
                 Change::Delete { key, .. } => {
+                    if let Some(name) = key.strip_prefix(CONSUMERS) {
+                        return Ok(WatchEvent::ConsumerDelete {
+                            revision,
+                            name: name.to_string(),
+                        });
+                    }
                     if let Some(name) = key.strip_prefix(CERTIFICATES) {
                         return Ok(WatchEvent::CertificateDelete {
                             revision,

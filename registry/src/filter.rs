@@ -29,6 +29,23 @@ pub const MAX_RATE: u64 = 1_000_000;
 pub const DEFAULT_MAX_KEYS: u64 = 100_000;
 /// Largest `max_keys`.
 pub const MAX_MAX_KEYS: u64 = 10_000_000;
+/// Default header of an `api_key` filter.
+pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
+/// Default header naming the consumer upstream.
+pub const DEFAULT_CONSUMER_HEADER: &str = "x-consumer";
+/// Default `leeway` of a `jwt` filter.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Largest `leeway`.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(600);
+/// Default `jwks_refresh`.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// Shortest HMAC secret: 32 bytes, the size of an HS256 output (RFC 7518
+/// §3.2 requires a key at least as long as the hash).
+pub const MIN_JWT_SECRET: usize = 32;
+/// The algorithms a `jwt` filter may accept.
+pub const JWT_ALGORITHMS: [&str; 6] = ["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"];
+/// Most names in an `api_key` filter's `consumers`.
+pub const MAX_ALLOWED_CONSUMERS: usize = 1024;
 /// Default `per` of a rate limit.
 pub const DEFAULT_PER: Duration = Duration::from_secs(1);
 /// Longest `per`.
@@ -69,6 +86,51 @@ pub struct FilterSpec {
     /// Header filters: headers removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remove: Option<Vec<String>>,
+    /// api_key: the request header carrying the key (default `x-api-key`
+    /// when `query` is not given either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// api_key: the query parameter carrying the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Authentication filters: the header naming the consumer upstream
+    /// (default `x-consumer`); a client's own copy is always removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_header: Option<String>,
+    /// api_key: the consumers allowed (default: every known consumer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Vec<String>>,
+    /// jwt: the algorithms accepted (required): HS256, HS384, HS512,
+    /// RS256, ES256, EdDSA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// jwt: the HMAC secret (HS* algorithms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// jwt: a PEM public key (RS256, ES256 or EdDSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+    /// jwt: a JWKS URL, fetched in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// jwt: how often the JWKS is fetched again (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh: Option<String>,
+    /// jwt: the `iss` required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// jwt: the `aud` values accepted (one is enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
+    /// jwt: clock skew allowed on `exp` and `nbf` (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<String>,
+    /// jwt: claims copied into request headers (`{sub = "x-user"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims_to_headers: Option<BTreeMap<String, String>>,
+    /// jwt: a cookie holding the token when there is no `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
 }
 
 /// One checked filter.
@@ -80,6 +142,75 @@ pub enum Filter {
     RequestHeaders(HeaderEdits),
     /// Edit the response's headers before it goes to the client.
     ResponseHeaders(HeaderEdits),
+    /// Answer 401 without a known consumer's API key (403 for a consumer
+    /// not allowed).
+    ApiKey(ApiKey),
+    /// Answer 401 without a valid JSON Web Token.
+    Jwt(Jwt),
+}
+
+/// A checked `jwt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jwt {
+    /// Algorithms accepted, as named in a token's `alg`.
+    pub algorithms: Vec<String>,
+    /// Where the verification keys come from.
+    pub keys: JwtKeys,
+    /// The `iss` required, if any.
+    pub issuer: Option<String>,
+    /// The `aud` values accepted, if any.
+    pub audience: Option<Vec<String>>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Claims copied into request headers.
+    pub claims_to_headers: Vec<(String, HeaderName)>,
+    /// A cookie holding the token, if any.
+    pub cookie: Option<String>,
+}
+
+/// Where a `jwt` filter's keys come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKeys {
+    /// An HMAC secret.
+    Secret(String),
+    /// A PEM public key.
+    PublicKeyPem(String),
+    /// A JWKS URL, fetched every `refresh`.
+    Jwks {
+        /// The URL (`http` or `https`).
+        url: String,
+        /// Time between fetches.
+        refresh: Duration,
+    },
+}
+
+impl std::fmt::Debug for JwtKeys {
+    /// Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtKeys::Secret(_) => f.write_str("Secret(<redacted>)"),
+            JwtKeys::PublicKeyPem(_) => f.write_str("PublicKeyPem(..)"),
+            JwtKeys::Jwks { url, refresh } => f
+                .debug_struct("Jwks")
+                .field("url", url)
+                .field("refresh", refresh)
+                .finish(),
+        }
+    }
+}
+
+/// A checked `api_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The header carrying the key, if any.
+    pub header: Option<HeaderName>,
+    /// The query parameter carrying the key, if any (looked at when the
+    /// header is absent).
+    pub query: Option<String>,
+    /// The header naming the consumer upstream.
+    pub consumer_header: HeaderName,
+    /// The consumers allowed; `None`: every known consumer.
+    pub consumers: Option<Vec<String>>,
 }
 
 /// A checked `rate_limit`.
@@ -106,6 +237,9 @@ pub enum LimitKey {
     Header(HeaderName),
     /// The whole route: one bucket.
     Route,
+    /// The consumer an authentication filter of the route identified
+    /// (authentication runs first, whatever the list order).
+    Consumer,
 }
 
 /// Checked header edits, applied remove, then set, then add.
@@ -140,6 +274,19 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
         "rate_limit" => Some(&["scope", "key", "rate", "per", "burst", "max_keys"]),
         "request_headers" | "response_headers" => Some(&["set", "add", "remove"]),
+        "api_key" => Some(&["header", "query", "consumer_header", "consumers"]),
+        "jwt" => Some(&[
+            "algorithms",
+            "secret",
+            "public_key_pem",
+            "jwks_url",
+            "jwks_refresh",
+            "issuer",
+            "audience",
+            "leeway",
+            "claims_to_headers",
+            "cookie",
+        ]),
         _ => None,
     }
 }
@@ -162,7 +309,7 @@ pub fn compile_filters(specs: &[FilterSpec]) -> Result<Vec<Filter>, FilterError>
             reason: format!("at most {MAX_FILTERS} filters per route"),
         });
     }
-    specs
+    let filters = specs
         .iter()
         .enumerate()
         .map(|(i, spec)| {
@@ -171,7 +318,33 @@ pub fn compile_filters(specs: &[FilterSpec]) -> Result<Vec<Filter>, FilterError>
                 reason,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    check_consumer_keys(&filters)?;
+    Ok(filters)
+}
+
+/// Whether `filter` identifies a consumer.
+fn authenticates(filter: &Filter) -> bool {
+    matches!(filter, Filter::ApiKey(_) | Filter::Jwt(_))
+}
+
+/// A rate limit keyed by `consumer` needs an authentication filter on the
+/// same route, or every request would share one bucket unnoticed.
+fn check_consumer_keys(filters: &[Filter]) -> Result<(), FilterError> {
+    if filters.iter().any(authenticates) {
+        return Ok(());
+    }
+    match filters
+        .iter()
+        .position(|f| matches!(f, Filter::RateLimit(r) if r.key == LimitKey::Consumer))
+    {
+        Some(i) => Err(FilterError {
+            field: format!("filters[{i}].key"),
+            reason: "\"consumer\" needs an authentication filter (api_key, jwt) on the route"
+                .into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 type Refusal = (&'static str, String);
@@ -181,7 +354,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt)",
                 spec.kind
             ),
         ));
@@ -194,11 +367,13 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     match spec.kind.as_str() {
         "rate_limit" => compile_rate_limit(spec).map(Filter::RateLimit),
         "request_headers" => compile_edits(spec).map(Filter::RequestHeaders),
+        "api_key" => compile_api_key(spec).map(Filter::ApiKey),
+        "jwt" => compile_jwt(spec).map(Filter::Jwt),
         _ => compile_edits(spec).map(Filter::ResponseHeaders),
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 9] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 23] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -209,6 +384,20 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 9] {
         ("set", s.set.is_some()),
         ("add", s.add.is_some()),
         ("remove", s.remove.is_some()),
+        ("header", s.header.is_some()),
+        ("query", s.query.is_some()),
+        ("consumer_header", s.consumer_header.is_some()),
+        ("consumers", s.consumers.is_some()),
+        ("algorithms", s.algorithms.is_some()),
+        ("secret", s.secret.is_some()),
+        ("public_key_pem", s.public_key_pem.is_some()),
+        ("jwks_url", s.jwks_url.is_some()),
+        ("jwks_refresh", s.jwks_refresh.is_some()),
+        ("issuer", s.issuer.is_some()),
+        ("audience", s.audience.is_some()),
+        ("leeway", s.leeway.is_some()),
+        ("claims_to_headers", s.claims_to_headers.is_some()),
+        ("cookie", s.cookie.is_some()),
     ]
 }
 
@@ -226,6 +415,7 @@ fn compile_rate_limit(spec: &FilterSpec) -> Result<RateLimit, Refusal> {
     let key = match spec.key.as_deref() {
         None | Some("client_ip") => LimitKey::ClientIp,
         Some("route") => LimitKey::Route,
+        Some("consumer") => LimitKey::Consumer,
         Some(k) => match k.strip_prefix("header:") {
             Some(name) => LimitKey::Header(
                 HeaderName::from_bytes(name.as_bytes())
@@ -234,7 +424,7 @@ fn compile_rate_limit(spec: &FilterSpec) -> Result<RateLimit, Refusal> {
             None => {
                 return Err((
                     "key",
-                    format!("{k:?} is not a key (client_ip, header:NAME, route)"),
+                    format!("{k:?} is not a key (client_ip, header:NAME, route, consumer)"),
                 ));
             }
         },
@@ -318,6 +508,215 @@ fn compile_edits(spec: &FilterSpec) -> Result<HeaderEdits, Refusal> {
     Ok(edits)
 }
 
+fn compile_api_key(spec: &FilterSpec) -> Result<ApiKey, Refusal> {
+    let header = match (&spec.header, &spec.query) {
+        (Some(h), _) => Some(header_name(h).map_err(|r| ("header", r))?),
+        (None, Some(_)) => None,
+        (None, None) => Some(HeaderName::from_static(DEFAULT_API_KEY_HEADER)),
+    };
+    if let Some(q) = &spec.query {
+        if q.is_empty()
+            || !q
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        {
+            return Err((
+                "query",
+                format!("{q:?} is not a parameter name (letters, digits, -_.~)"),
+            ));
+        }
+    }
+    let consumer_header = compile_consumer_header(spec)?;
+    if header.as_ref() == Some(&consumer_header) {
+        return Err((
+            "consumer_header",
+            "must differ from the header carrying the key".into(),
+        ));
+    }
+    let consumers = match &spec.consumers {
+        None => None,
+        Some(list) => Some(compile_consumer_list(list)?),
+    };
+    Ok(ApiKey {
+        header,
+        query: spec.query.clone(),
+        consumer_header,
+        consumers,
+    })
+}
+
+fn compile_jwt(spec: &FilterSpec) -> Result<Jwt, Refusal> {
+    let algorithms = compile_algorithms(spec.algorithms.as_deref())?;
+    let keys = compile_jwt_keys(spec, &algorithms)?;
+    let leeway = match &spec.leeway {
+        None => DEFAULT_LEEWAY,
+        Some(text) => {
+            let d = humantime::parse_duration(text).map_err(|e| {
+                (
+                    "leeway",
+                    format!("{e}: expected a duration such as \"30s\""),
+                )
+            })?;
+            if d > MAX_LEEWAY {
+                return Err(("leeway", format!("{text:?} is over 10m")));
+            }
+            d
+        }
+    };
+    if let Some(aud) = &spec.audience {
+        if aud.is_empty() || aud.iter().any(String::is_empty) {
+            return Err(("audience", "give one or more non-empty values".into()));
+        }
+    }
+    if spec.issuer.as_deref() == Some("") {
+        return Err(("issuer", "is empty".into()));
+    }
+    let mut claims_to_headers = Vec::new();
+    for (claim, header) in spec.claims_to_headers.iter().flatten() {
+        if claim.is_empty() {
+            return Err(("claims_to_headers", "a claim name is empty".into()));
+        }
+        let name = header_name(header).map_err(|r| ("claims_to_headers", r))?;
+        claims_to_headers.push((claim.clone(), name));
+    }
+    if let Some(c) = &spec.cookie {
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(("cookie", format!("{c:?} is not a cookie name")));
+        }
+    }
+    Ok(Jwt {
+        algorithms,
+        keys,
+        issuer: spec.issuer.clone(),
+        audience: spec.audience.clone(),
+        leeway,
+        claims_to_headers,
+        cookie: spec.cookie.clone(),
+    })
+}
+
+fn compile_algorithms(list: Option<&[String]>) -> Result<Vec<String>, Refusal> {
+    let list = list.ok_or(("algorithms", "is required".to_string()))?;
+    if list.is_empty() {
+        return Err(("algorithms", "name at least one algorithm".into()));
+    }
+    for a in list {
+        if !JWT_ALGORITHMS.contains(&a.as_str()) {
+            return Err((
+                "algorithms",
+                format!("{a:?} is not one of {}", JWT_ALGORITHMS.join(", ")),
+            ));
+        }
+    }
+    Ok(list.to_vec())
+}
+
+fn compile_jwt_keys(spec: &FilterSpec, algorithms: &[String]) -> Result<JwtKeys, Refusal> {
+    let hmac = algorithms.iter().filter(|a| a.starts_with("HS")).count();
+    let given = [
+        spec.secret.is_some(),
+        spec.public_key_pem.is_some(),
+        spec.jwks_url.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err((
+            "secret",
+            "give exactly one of secret, public_key_pem, jwks_url".into(),
+        ));
+    }
+    if spec.jwks_refresh.is_some() && spec.jwks_url.is_none() {
+        return Err(("jwks_refresh", "is only for jwks_url".into()));
+    }
+    if let Some(secret) = &spec.secret {
+        if hmac != algorithms.len() {
+            return Err(("algorithms", "a secret verifies HS256/384/512 only".into()));
+        }
+        if secret.len() < MIN_JWT_SECRET {
+            return Err(("secret", format!("must be at least {MIN_JWT_SECRET} bytes")));
+        }
+        return Ok(JwtKeys::Secret(secret.clone()));
+    }
+    if hmac > 0 {
+        return Err((
+            "algorithms",
+            "HS256/384/512 need a secret (a public key cannot verify them)".into(),
+        ));
+    }
+    if let Some(pem) = &spec.public_key_pem {
+        if algorithms.len() != 1 {
+            return Err((
+                "algorithms",
+                "a public_key_pem verifies one algorithm: name exactly one".into(),
+            ));
+        }
+        if !pem.contains("-----BEGIN PUBLIC KEY-----")
+            && !pem.contains("-----BEGIN RSA PUBLIC KEY-----")
+        {
+            return Err(("public_key_pem", "holds no PEM public key".into()));
+        }
+        return Ok(JwtKeys::PublicKeyPem(pem.clone()));
+    }
+    let url = spec.jwks_url.clone().unwrap_or_default();
+    let parsed: http::Uri = url
+        .parse()
+        .map_err(|_| ("jwks_url", format!("{url:?} is not a URL")))?;
+    if !matches!(parsed.scheme_str(), Some("http") | Some("https")) || parsed.host().is_none() {
+        return Err(("jwks_url", format!("{url:?} is not an http(s) URL")));
+    }
+    let refresh = match &spec.jwks_refresh {
+        None => DEFAULT_JWKS_REFRESH,
+        Some(text) => {
+            let d = humantime::parse_duration(text).map_err(|e| {
+                (
+                    "jwks_refresh",
+                    format!("{e}: expected a duration such as \"5m\""),
+                )
+            })?;
+            if d < Duration::from_secs(1) || d > MAX_PER {
+                return Err(("jwks_refresh", format!("{text:?} is not within 1s..=24h")));
+            }
+            d
+        }
+    };
+    Ok(JwtKeys::Jwks { url, refresh })
+}
+
+fn compile_consumer_header(spec: &FilterSpec) -> Result<HeaderName, Refusal> {
+    let name = spec
+        .consumer_header
+        .as_deref()
+        .unwrap_or(DEFAULT_CONSUMER_HEADER);
+    header_name(name).map_err(|r| ("consumer_header", r))
+}
+
+fn compile_consumer_list(list: &[String]) -> Result<Vec<String>, Refusal> {
+    if list.is_empty() || list.len() > MAX_ALLOWED_CONSUMERS {
+        return Err((
+            "consumers",
+            format!("give 1 to {MAX_ALLOWED_CONSUMERS} consumer names (omit it to allow all)"),
+        ));
+    }
+    // The consumer name rule (the route name rule), checked here so this
+    // module stays below `route`.
+    for (j, name) in list.iter().enumerate() {
+        let valid = (1..=128).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !valid {
+            return Err((
+                "consumers",
+                format!("[{j}] {name:?} is not a consumer name (1 to 128 of [A-Za-z0-9-_.:])"),
+            ));
+        }
+    }
+    Ok(list.to_vec())
+}
+
 fn header_name(name: &str) -> Result<HeaderName, String> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{name:?} is not a header name"))?;
@@ -355,6 +754,26 @@ mod tests {
                 max_keys: DEFAULT_MAX_KEYS as usize,
             })]
         );
+    }
+
+    #[test]
+    fn an_api_key_takes_its_defaults_and_counts_consumers() {
+        let f = compile_filters(&[
+            spec(r#"{"type":"rate_limit","rate":1,"key":"consumer"}"#),
+            spec(r#"{"type":"api_key"}"#),
+        ])
+        .unwrap();
+        assert_eq!(
+            f[1],
+            Filter::ApiKey(ApiKey {
+                header: Some(HeaderName::from_static("x-api-key")),
+                query: None,
+                consumer_header: HeaderName::from_static("x-consumer"),
+                consumers: None,
+            })
+        );
+        let f = compile_filters(&[spec(r#"{"type":"api_key","query":"key"}"#)]).unwrap();
+        assert!(matches!(&f[0], Filter::ApiKey(a) if a.header.is_none()));
     }
 
     #[test]
@@ -402,6 +821,91 @@ mod tests {
             (
                 r#"{"type":"response_headers","add":{"x":"1"},"rate":3}"#,
                 "route[2].filters[0].rate",
+            ),
+            (
+                r#"{"type":"api_key","header":"bad name"}"#,
+                "route[2].filters[0].header",
+            ),
+            (
+                r#"{"type":"api_key","query":"a&b"}"#,
+                "route[2].filters[0].query",
+            ),
+            (
+                r#"{"type":"api_key","consumer_header":"x-api-key"}"#,
+                "route[2].filters[0].consumer_header",
+            ),
+            (
+                r#"{"type":"api_key","consumer_header":"host"}"#,
+                "route[2].filters[0].consumer_header",
+            ),
+            (
+                r#"{"type":"api_key","consumers":[]}"#,
+                "route[2].filters[0].consumers",
+            ),
+            (
+                r#"{"type":"api_key","consumers":["a b"]}"#,
+                "route[2].filters[0].consumers",
+            ),
+            (r#"{"type":"api_key","rate":1}"#, "route[2].filters[0].rate"),
+            (
+                r#"{"type":"rate_limit","rate":1,"key":"consumer"}"#,
+                "route[2].filters[0].key",
+            ),
+            (
+                r#"{"type":"jwt","secret":"0123456789abcdef0123456789abcdef"}"#,
+                "route[2].filters[0].algorithms",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["none"],"secret":"0123456789abcdef0123456789abcdef"}"#,
+                "route[2].filters[0].algorithms",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["HS256"],"secret":"short"}"#,
+                "route[2].filters[0].secret",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["HS256"]}"#,
+                "route[2].filters[0].secret",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"secret":"0123456789abcdef0123456789abcdef"}"#,
+                "route[2].filters[0].algorithms",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["HS256"],"public_key_pem":"-----BEGIN PUBLIC KEY-----"}"#,
+                "route[2].filters[0].algorithms",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"public_key_pem":"nope"}"#,
+                "route[2].filters[0].public_key_pem",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"ftp://x/k"}"#,
+                "route[2].filters[0].jwks_url",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","jwks_refresh":"0s"}"#,
+                "route[2].filters[0].jwks_refresh",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","leeway":"1h"}"#,
+                "route[2].filters[0].leeway",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","audience":[]}"#,
+                "route[2].filters[0].audience",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","claims_to_headers":{"sub":"host"}}"#,
+                "route[2].filters[0].claims_to_headers",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","cookie":"a b"}"#,
+                "route[2].filters[0].cookie",
+            ),
+            (
+                r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","header":"x"}"#,
+                "route[2].filters[0].header",
             ),
         ] {
             assert_eq!(refusal(json), field, "{json}");

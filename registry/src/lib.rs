@@ -13,6 +13,9 @@
 //!   stored and read; the key never read back). Always built; its `load`
 //!   (feature `tls`, part of `server`) checks a PEM chain and key, for the
 //!   registry's API and the gateway's certificate files alike.
+//! - [`consumer`]: consumers kept in the registry (who may call routes that
+//!   ask for an API key; keys stored as SHA-256 hashes, never read back).
+//!   Always built; the hashing needs feature `tls`.
 //! - [`grpc_health`] (`client` or `server`): the gRPC health-check call
 //!   (`grpc.health.v1.Health/Check`) both the gateway's and the registry's
 //!   checks make, with its two messages encoded by hand.
@@ -43,6 +46,7 @@
 //! [`client::Watcher`] → the gateway rebuilds its routing table.
 
 pub mod certificate;
+pub mod consumer;
 pub mod filter;
 pub mod model;
 pub mod route;

@@ -587,6 +587,59 @@ impl Certificate {
     }
 }
 
+/// A consumer kept in the registry (`/v1/consumers`; see the `consumer`
+/// module) as stored, and as the watch stream carries it to gateways: the
+/// SHA-256 of each API key, never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consumer {
+    /// The consumer's name (its URL segment, and what routes pass upstream).
+    pub name: String,
+    /// SHA-256 of each API key, lowercase hex (empty for a watcher not
+    /// allowed to hold key material).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_key_sha256: Vec<String>,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Revision at which it was last written (stamped when read).
+    #[serde(default)]
+    pub revision: Revision,
+}
+
+/// What `GET /v1/consumers/{name}` answers: no key, no hash, only how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerSummary {
+    /// The consumer's name.
+    pub name: String,
+    /// How many API keys it has.
+    pub api_keys: usize,
+    /// Free-form metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Revision at which it was last written.
+    pub revision: Revision,
+}
+
+impl Consumer {
+    /// What readers see of it.
+    pub fn summary(&self) -> ConsumerSummary {
+        ConsumerSummary {
+            name: self.name.clone(),
+            api_keys: self.api_key_sha256.len(),
+            metadata: self.metadata.clone(),
+            revision: self.revision,
+        }
+    }
+
+    /// Without its key hashes: what a watcher without access to key
+    /// material receives.
+    pub fn without_hashes(self) -> Consumer {
+        Consumer {
+            api_key_sha256: Vec::new(),
+            ..self
+        }
+    }
+}
+
 /// One line of the `/v1/watch` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -605,6 +658,10 @@ pub enum WatchEvent {
         /// only for a watcher allowed to hold it).
         #[serde(default)]
         certificates: Vec<Certificate>,
+        /// Every consumer kept in the registry, by name (key hashes only
+        /// for a watcher allowed to hold key material).
+        #[serde(default)]
+        consumers: Vec<Consumer>,
     },
     /// An instance was registered or changed.
     Put {
@@ -651,6 +708,21 @@ pub enum WatchEvent {
         /// Name of the deleted certificate.
         name: String,
     },
+    /// A consumer was stored or replaced.
+    ConsumerPut {
+        /// Revision of the change.
+        revision: Revision,
+        /// The consumer (key hashes only for a watcher allowed to hold
+        /// key material).
+        consumer: Box<Consumer>,
+    },
+    /// A consumer was deleted.
+    ConsumerDelete {
+        /// Revision of the change.
+        revision: Revision,
+        /// Name of the deleted consumer.
+        name: String,
+    },
     /// Nothing changed: the stream is alive and current at `revision`.
     Progress {
         /// The registry's revision when this was sent.
@@ -669,12 +741,15 @@ impl WatchEvent {
             | WatchEvent::RouteDelete { revision, .. }
             | WatchEvent::CertificatePut { revision, .. }
             | WatchEvent::CertificateDelete { revision, .. }
+            | WatchEvent::ConsumerPut { revision, .. }
+            | WatchEvent::ConsumerDelete { revision, .. }
             | WatchEvent::Progress { revision } => *revision,
         }
     }
 
     /// The event as a watcher that may not hold keys receives it: every
-    /// certificate reduced to its summary. Everything else as it is.
+    /// certificate reduced to its summary, every consumer without its key
+    /// hashes. Everything else as it is.
     pub fn without_keys(self) -> WatchEvent {
         match self {
             WatchEvent::Snapshot {
@@ -682,6 +757,7 @@ impl WatchEvent {
                 instances,
                 routes,
                 certificates,
+                consumers,
             } => WatchEvent::Snapshot {
                 revision,
                 instances,
@@ -690,6 +766,14 @@ impl WatchEvent {
                     .into_iter()
                     .map(Certificate::without_pem)
                     .collect(),
+                consumers: consumers
+                    .into_iter()
+                    .map(Consumer::without_hashes)
+                    .collect(),
+            },
+            WatchEvent::ConsumerPut { revision, consumer } => WatchEvent::ConsumerPut {
+                revision,
+                consumer: Box::new(consumer.without_hashes()),
             },
             WatchEvent::CertificatePut {
                 revision,

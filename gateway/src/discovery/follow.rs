@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use super::{DiscoveryStatus, TableBuilder};
 use crate::cache::{CachedState, StateCache, StateRef, unix_ms};
 use crate::config::Config;
+use crate::filter::ConsumerStore;
 use crate::router::RouteTable;
 use crate::tls::registry::RegistryCerts;
 
@@ -40,11 +41,19 @@ const WATCH_BUFFER: usize = 1024;
 /// Least time between two cache writes.
 pub const CACHE_DEBOUNCE: Duration = Duration::from_secs(1);
 
+/// Where the registry's objects other than instances and routes go.
+#[derive(Debug, Default)]
+pub struct RegistryObjects {
+    /// Certificates: an HTTPS listener's store (none: ignored).
+    pub certs: Option<RegistryCerts>,
+    /// Consumers: the proxy's, for `api_key` filters.
+    pub consumers: Arc<ConsumerStore>,
+}
+
 /// The task that owns `builder`: follows the registry (when `client` is
 /// given) and route-file reloads (`config`), swapping a new table into
 /// `table` after each burst of changes, and keeps `cache` (when given).
-/// Registry certificates go to `certs` (an HTTPS listener's store; none:
-/// ignored). Runs until aborted.
+/// Registry certificates and consumers go to `objects`. Runs until aborted.
 pub async fn run(
     client: Option<RegistryClient>,
     cache: Option<StateCache>,
@@ -52,12 +61,13 @@ pub async fn run(
     mut config: watch::Receiver<Config>,
     table: Arc<ArcSwap<RouteTable>>,
     status: Arc<DiscoveryStatus>,
-    certs: Option<RegistryCerts>,
+    objects: RegistryObjects,
 ) {
     let mut feed = client.map(|c| c.watch(0).spawn(WATCH_BUFFER));
     let mut state = feed.as_ref().map(WatchFeed::state);
     let mut follower = Follower::new(builder, table, status, cache).await;
-    follower.applied.certs = certs;
+    follower.applied.certs = objects.certs;
+    follower.applied.consumers = objects.consumers;
     let mut config_open = true;
     loop {
         tokio::select! {
@@ -112,6 +122,8 @@ struct Applied {
     revision: u64,
     /// Where registry certificates go (not cached: see `cache`).
     certs: Option<RegistryCerts>,
+    /// Where registry consumers go (not cached either).
+    consumers: Arc<ConsumerStore>,
 }
 
 /// What one burst of inputs changed.
@@ -135,11 +147,13 @@ impl Applied {
                 instances,
                 routes,
                 certificates,
+                consumers,
                 ..
             } => {
                 if let Some(c) = &self.certs {
                     c.set(certificates);
                 }
+                self.consumers.set(consumers);
                 burst.services.extend(self.services.keys().cloned());
                 self.services.clear();
                 for i in instances {
@@ -188,6 +202,8 @@ impl Applied {
                     c.remove(&name);
                 }
             }
+            WatchEvent::ConsumerPut { consumer, .. } => self.consumers.put(&consumer),
+            WatchEvent::ConsumerDelete { name, .. } => self.consumers.remove(&name),
             WatchEvent::Progress { .. } => burst.progressed = true,
         }
     }

@@ -91,8 +91,14 @@ impl RateLimiter {
         }
     }
 
-    /// Admits or refuses a request from `client` with `headers`.
-    pub fn check(&self, client: IpAddr, headers: &HeaderMap) -> Result<(), Limited> {
+    /// Admits or refuses a request from `client` with `headers`, sent by
+    /// `consumer` when the route's authentication identified one.
+    pub fn check(
+        &self,
+        client: IpAddr,
+        headers: &HeaderMap,
+        consumer: Option<&str>,
+    ) -> Result<(), Limited> {
         let now = self.now();
         let verdict = match &self.key {
             LimitKey::Route => self.check_single(now),
@@ -101,6 +107,11 @@ impl RateLimiter {
                 // Requests without the header share the bucket of "".
                 let value = headers.get(name).map_or(&[][..], |v| v.as_bytes());
                 self.check_keyed(self.hasher.hash_one(value), now)
+            }
+            // Checked when the route was written: a route counting by
+            // consumer authenticates, so `None` is not reached in practice.
+            LimitKey::Consumer => {
+                self.check_keyed(self.hasher.hash_one(consumer.unwrap_or("")), now)
             }
         };
         verdict.map_err(|wait| self.limited(wait))

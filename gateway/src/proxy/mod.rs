@@ -55,6 +55,7 @@ use crate::access::{AccessLine, LineRef};
 use crate::acme::challenge::Http01Answers;
 use crate::body::{BodyWatch, TimedBody};
 use crate::error::ProxyError;
+use crate::filter::ConsumerStore;
 use crate::grpc::body::{GrpcBody, Outcome};
 use crate::grpc::{Code, GrpcKind};
 use crate::health::OutlierPolicy;
@@ -159,6 +160,9 @@ pub struct Proxy {
     upstream_tls: Arc<UpstreamTlsConfigs>,
     client_subject_header: Option<http::HeaderName>,
     acme_http01: Option<Arc<Http01Answers>>,
+    /// The consumers `api_key` filters look keys up in, kept by the
+    /// discovery task from the registry's watch.
+    consumers: Arc<ConsumerStore>,
 }
 
 /// The downstream peer of a connection, prepared once per connection so
@@ -276,7 +280,14 @@ impl Proxy {
             upstream_tls,
             client_subject_header: settings.client_subject_header.clone(),
             acme_http01: settings.acme_http01.clone(),
+            consumers: Arc::default(),
         }
+    }
+
+    /// The consumers this proxy's `api_key` filters know (filled from the
+    /// registry by the discovery task).
+    pub fn consumers(&self) -> &Arc<ConsumerStore> {
+        &self.consumers
     }
 
     /// The tunnels (upgraded connections) this proxy opened.
@@ -392,7 +403,9 @@ impl Proxy {
             return self.redirect(&front, &req);
         }
         let entry = matched.entry;
-        route_filter(entry, &req, peer)?;
+        if let Some(chain) = &entry.filters {
+            self.route_filter(entry, chain, &mut req, peer).await?;
+        }
         let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
         if let Some(chain) = &entry.filters {
             chain.on_upstream_request(out.req.headers_mut());
@@ -402,6 +415,41 @@ impl Proxy {
         // heap it is written once.
         let (resp, upgrade) = Box::pin(self.send(entry, out, ctx)).await?;
         Ok(self.response_filter(resp, upgrade, entry, ctx))
+    }
+
+    /// Phase 2 (after the route is known, for a route with filters): the
+    /// route's request filters, which may refuse the request before
+    /// anything is read or sent, and may edit it (credentials out, the
+    /// consumer's name in). Authentication runs before rate limits.
+    ///
+    /// A chain that cannot wait (no key set to fetch) runs in place: its
+    /// future completes on the first poll. One that may wait is boxed, so
+    /// its state does not grow the future of every request.
+    async fn route_filter(
+        &self,
+        entry: &RouteEntry,
+        chain: &crate::filter::FilterChain,
+        req: &mut Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<(), ProxyError> {
+        use futures_util::FutureExt as _;
+        // Taken out and put back so headers and URI can be lent together.
+        let mut uri = std::mem::take(req.uri_mut());
+        let head = crate::filter::RequestHead {
+            client: peer.addr.ip(),
+            headers: req.headers_mut(),
+            uri: &mut uri,
+        };
+        let verdict = if chain.may_wait() {
+            Box::pin(chain.on_request(head, &self.consumers)).await
+        } else {
+            chain
+                .on_request(head, &self.consumers)
+                .now_or_never()
+                .expect("a chain that may not wait completes at once")
+        };
+        *req.uri_mut() = uri;
+        verdict.map(drop).map_err(|refusal| refused(entry, refusal))
     }
 
     /// Phase 5, whichever the protocol: the route's response filters, then
@@ -533,22 +581,23 @@ impl Proxy {
     }
 }
 
-/// Phase 2 (after the route is known): the route's request filters, which
-/// may refuse the request before anything is read or sent.
-fn route_filter(
-    entry: &RouteEntry,
-    req: &Request<Incoming>,
-    peer: &Peer,
-) -> Result<(), ProxyError> {
-    let Some(chain) = &entry.filters else {
-        return Ok(());
-    };
-    chain
-        .on_request(peer.addr.ip(), req.headers())
-        .map_err(|limited| ProxyError::RateLimited {
-            route: entry.route.name.to_string(),
-            limited,
-        })
+/// The error answering a refusal of the request filter phase.
+fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
+    use crate::filter::{AuthRefusal, Refusal};
+    let route = entry.route.name.to_string();
+    match refusal {
+        Refusal::Limited(limited) => ProxyError::RateLimited { route, limited },
+        Refusal::Auth(AuthRefusal::Unauthorized { reason, challenge }) => {
+            ProxyError::Unauthorized {
+                route,
+                reason,
+                challenge,
+            }
+        }
+        Refusal::Auth(AuthRefusal::Forbidden { consumer }) => {
+            ProxyError::Forbidden { route, consumer }
+        }
+    }
 }
 
 /// Phase 6 for a gRPC call: its status is known at the end of its body
