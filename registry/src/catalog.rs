@@ -24,8 +24,10 @@ use crate::route::{RouteSpec, compile, match_field, match_key};
 use crate::store::{Change, KeyValue, Store, StoreError, UniquePut, Watch};
 
 mod certificates;
+mod locks;
 
 pub use certificates::{CERTIFICATES, CertificateList, certificate_key, decode_certificate};
+pub use locks::{CHALLENGES, LOCKS};
 
 /// Key prefix of every instance.
 pub const INSTANCES: &str = "instances/";
@@ -49,6 +51,9 @@ pub enum CatalogError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The lock is held by another holder and has not lapsed.
+    #[error("lock {:?} is held by {:?}", .0.name, .0.holder)]
+    LockHeld(Box<crate::lock::Lock>),
 }
 
 /// What a route write did (or, on a dry run, would do).

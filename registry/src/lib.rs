@@ -13,6 +13,9 @@
 //!   stored and read; the key never read back). Always built; its `load`
 //!   (feature `tls`, part of `server`) checks a PEM chain and key, for the
 //!   registry's API and the gateway's certificate files alike.
+//! - [`lock`]: locks and ACME challenge answers kept in the registry (so
+//!   one of several gateways orders a certificate, and any answers the CA).
+//!   Always built: the SDK sends them.
 //! - [`grpc_health`] (`client` or `server`): the gRPC health-check call
 //!   (`grpc.health.v1.Health/Check`) both the gateway's and the registry's
 //!   checks make, with its two messages encoded by hand.
@@ -44,6 +47,7 @@
 
 pub mod certificate;
 pub mod filter;
+pub mod lock;
 pub mod model;
 pub mod route;
 
