@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api::ApiError;
+use crate::lock::ACME_CERTIFICATE_PREFIX;
 use crate::model::validate_service_name;
 
 /// The `WWW-Authenticate` challenge sent with every 401.
@@ -442,10 +443,6 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Need<'a> {
         _ => Need::Admin,
     }
 }
-
-/// Registry certificates a `gateway` token may write: the ones gateways
-/// order from an ACME CA for the fleet.
-pub const ACME_CERTIFICATE_PREFIX: &str = "acme-";
 
 /// The secret of an `Authorization: Bearer <secret>` header.
 fn bearer(headers: &HeaderMap) -> Option<&[u8]> {

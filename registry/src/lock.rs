@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Invalid;
 
+/// Registry certificates a `gateway` token may write: the ones gateways
+/// order from an ACME CA for the fleet (`acme-<first domain>`).
+pub const ACME_CERTIFICATE_PREFIX: &str = "acme-";
 /// The code of every refusal of a lock or challenge body or name (answered 400).
 pub const INVALID_LOCK: &str = "invalid_lock";
 /// Shortest lock or challenge TTL.
@@ -48,7 +51,7 @@ fn refuse(field: &str, reason: impl std::fmt::Display) -> Invalid {
 /// The body of `PUT /v1/locks/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockSpec {
-    /// Who takes it: any stable id of the taker, 1 to 128 visible ASCII.
+    /// Who takes it: any stable id of the taker (see [`validate_holder`]).
     pub holder: String,
     /// How long it is held unless renewed (`"30s"`), 1s to 1h.
     pub ttl: Duration,
@@ -193,15 +196,14 @@ pub fn validate_lock_name(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A holder: 1 to 128 visible ASCII characters.
+/// A holder: 1 to 128 of `[A-Za-z0-9._:@-]`, so it goes in a query string
+/// (`DELETE ...?holder=`) as it is.
 pub fn validate_holder(holder: &str) -> Result<(), Invalid> {
-    if holder.is_empty()
-        || holder.len() > MAX_HOLDER
-        || !holder.bytes().all(|b| b.is_ascii_graphic())
-    {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"._:@-".contains(&b);
+    if holder.is_empty() || holder.len() > MAX_HOLDER || !holder.bytes().all(ok) {
         return Err(refuse(
             "holder",
-            format!("must be 1 to {MAX_HOLDER} visible ASCII characters"),
+            format!("must be 1 to {MAX_HOLDER} of A-Z a-z 0-9 . _ : @ -"),
         ));
     }
     Ok(())
