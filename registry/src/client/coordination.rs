@@ -32,7 +32,7 @@ struct HeldBody {
     expires_unix_ms: u64,
 }
 
-fn body(value: serde_json::Value) -> Option<Bytes> {
+fn body(value: &serde_json::Value) -> Option<Bytes> {
     Some(Bytes::from(value.to_string()))
 }
 
@@ -49,7 +49,7 @@ impl RegistryClient {
         holder: &str,
         ttl_: Duration,
     ) -> Result<LockAnswer, ClientError> {
-        let req = body(serde_json::json!({"holder": holder, "ttl": ttl(ttl_)}));
+        let req = body(&serde_json::json!({"holder": holder, "ttl": ttl(ttl_)}));
         let (status, answer) = self
             .call(Method::PUT, &format!("/v1/locks/{name}"), req)
             .await?;
@@ -81,7 +81,7 @@ impl RegistryClient {
         key_authorization: &str,
         ttl_: Duration,
     ) -> Result<(), ClientError> {
-        let req = body(serde_json::json!({
+        let req = body(&serde_json::json!({
             "key_authorization": key_authorization,
             "ttl": ttl(ttl_),
         }));
@@ -122,7 +122,7 @@ impl RegistryClient {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<CertificateSummary, ClientError> {
-        let req = body(serde_json::json!({"cert_pem": cert_pem, "key_pem": key_pem}));
+        let req = body(&serde_json::json!({"cert_pem": cert_pem, "key_pem": key_pem}));
         let (status, answer) = self
             .call(Method::PUT, &format!("/v1/certificates/{name}"), req)
             .await?;
