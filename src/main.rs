@@ -488,6 +488,22 @@ struct GatewayArgs {
     /// the default when it is open) or `tls-alpn-01` (on the HTTPS one).
     #[arg(long, value_name = "KIND", value_parser = ChallengeKind::parse)]
     acme_challenge: Option<ChallengeKind>,
+    /// With --registry: TTL of the registry lock a gateway takes before
+    /// ordering (renewed every third of it), so one gateway orders at a
+    /// time; a gateway that dies holding it delays the next order by at
+    /// most this. 1s to 1h.
+    #[arg(long, value_name = "DURATION", value_parser = acme_lock_ttl, default_value = "30s")]
+    acme_lock_ttl: std::time::Duration,
+}
+
+/// `--acme-lock-ttl`: what the registry's locks take (1s to 1h).
+fn acme_lock_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let range = portico_registry::lock::MIN_TTL..=portico_registry::lock::MAX_TTL;
+    if !range.contains(&ttl) {
+        return Err("must be between 1s and 1h".into());
+    }
+    Ok(ttl)
 }
 
 /// `--acme-domain`: a DNS name (no wildcard: HTTP-01 and TLS-ALPN-01
@@ -598,6 +614,7 @@ impl GatewayArgs {
             challenge,
             retry_first: portico_gateway::acme::DEFAULT_RETRY_FIRST,
             retry_max: portico_gateway::acme::DEFAULT_RETRY_MAX,
+            lock_ttl: self.acme_lock_ttl,
         }))
     }
 

@@ -222,6 +222,17 @@ impl AcmeGateway {
         echo: &TestEcho,
         acme: AcmeSettings,
     ) -> AcmeGateway {
+        Self::start_following(plain, tls, echo, acme, None).await
+    }
+
+    /// The same, following `registry` (ACME then ordered for the fleet).
+    async fn start_following(
+        plain: Option<TcpListener>,
+        tls: TcpListener,
+        echo: &TestEcho,
+        acme: AcmeSettings,
+        registry: Option<&str>,
+    ) -> AcmeGateway {
         let tls_addr = tls.local_addr().unwrap();
         let routes = format!(
             "[[route]]\nname = \"echo\"\npath_prefix = \"/\"\nupstreams = [\"{}\"]\n",
@@ -234,6 +245,7 @@ impl AcmeGateway {
                 ..TlsSettings::default()
             }),
             acme: Some(acme),
+            registry: registry.map(String::from).into_iter().collect(),
             proxy: ProxySettings {
                 access_log: false,
                 ..Default::default()
@@ -307,6 +319,7 @@ fn settings(pebble: &Pebble, dir: &Path, challenge: ChallengeKind) -> AcmeSettin
         challenge,
         retry_first: Duration::from_millis(500),
         retry_max: Duration::from_secs(2),
+        lock_ttl: portico_gateway::acme::fleet::DEFAULT_LOCK_TTL,
     }
 }
 
@@ -491,6 +504,7 @@ async fn a_failing_ca_keeps_the_old_certificate_and_backs_off() {
         challenge: ChallengeKind::TlsAlpn01,
         retry_first: Duration::from_millis(200),
         retry_max: Duration::from_secs(1),
+        lock_ttl: portico_gateway::acme::fleet::DEFAULT_LOCK_TTL,
     };
     let gw = AcmeGateway::start(None, tls, &echo, settings).await;
     eventually("two failed orders", || async {
@@ -515,4 +529,135 @@ async fn a_failing_ca_keeps_the_old_certificate_and_backs_off() {
         "{text}"
     );
     gw.stop().await;
+}
+
+/// The registry lock the gateways take for NAME, as the API shows it.
+async fn lock_state(registry: &TestRegistry) -> Reply {
+    get(&format!("{}/v1/locks/acme:{NAME}", registry.url)).await
+}
+
+/// Several gateways following one registry: the one holding the lock
+/// orders, pebble validates HTTP-01 against the OTHER one (which answers
+/// from the registry), exactly one order is made, both serve the
+/// certificate over SNI; then a gateway killed while holding the lock
+/// delays the next order only until the lock's TTL has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_following_a_registry_order_once_and_any_answers_the_ca() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let echo = TestEcho::start("e1").await;
+    let (plain_a, tls_a, plain_b, tls_b) = (bind().await, bind().await, bind().await, bind().await);
+    let b_port = plain_b.local_addr().unwrap().port();
+    // pebble validates HTTP-01 on B's cleartext port only.
+    let pebble = Pebble::start(b_port, tls_b.local_addr().unwrap().port(), 3600).await;
+    let fleet_settings = |dir: &Path| AcmeSettings {
+        lock_ttl: Duration::from_secs(2),
+        ..settings(&pebble, dir, ChallengeKind::Http01)
+    };
+    let ((_sa, dir_a), (_sb, dir_b)) = (data_dir(), data_dir());
+    // A starts alone, so A takes the lock and orders; B's listener is
+    // bound, so pebble's validation request waits for B to serve it.
+    let a = AcmeGateway::start_following(
+        Some(plain_a),
+        tls_a,
+        &echo,
+        fleet_settings(&dir_a),
+        Some(&registry.url),
+    )
+    .await;
+    eventually("gateway A to hold the ACME lock", || async {
+        lock_state(&registry).await.status == 200
+    })
+    .await;
+    let b = AcmeGateway::start_following(
+        Some(plain_b),
+        tls_b,
+        &echo,
+        fleet_settings(&dir_b),
+        Some(&registry.url),
+    )
+    .await;
+    a.wait_orders(1, &pebble).await;
+    let client = trusting(&pebble.root().await);
+    let mut leaves = Vec::new();
+    for gw in [&a, &b] {
+        eventually("both gateways to serve the certificate", || async {
+            https_get(&client, gw.tls_addr, NAME, "/").await.is_ok()
+        })
+        .await;
+        leaves.push(https_get(&client, gw.tls_addr, NAME, "/").await.unwrap().0);
+    }
+    assert_eq!(leaves[0], leaves[1], "one certificate, served by both");
+    let status_b = b.acme_status().await;
+    assert_eq!(status_b["orders_ok"], 0, "B did not order: {status_b}");
+    assert_eq!(status_b["orders_failed"], 0, "{status_b}");
+    // B plans the renewal from the stored certificate (not "now").
+    eventually(
+        "B to plan the renewal from the registry certificate",
+        || async { b.acme_status().await["next_renewal_unix"].as_i64() > Some(unix_s() + 60) },
+    )
+    .await;
+    assert_eq!(a.acme_status().await["orders_ok"], 1, "exactly one order");
+    a.stop().await;
+    b.stop().await;
+
+    // A gateway holding the lock dies mid-order: its CA never answers
+    // (a listener that never accepts), then it is stopped with no release.
+    let deleted = call(
+        http::Method::DELETE,
+        &format!("{}/v1/certificates/acme-{NAME}", registry.url),
+    )
+    .await;
+    assert_eq!(deleted.status, 200);
+    let black_hole = bind().await;
+    let (_sh, dir_h) = data_dir();
+    let hung = AcmeGateway::start_following(
+        Some(bind().await),
+        bind().await,
+        &echo,
+        AcmeSettings {
+            directory: format!("https://{}/dir", black_hole.local_addr().unwrap()),
+            ..fleet_settings(&dir_h)
+        },
+        Some(&registry.url),
+    )
+    .await;
+    eventually("the hung gateway to hold the ACME lock", || async {
+        lock_state(&registry).await.status == 200
+    })
+    .await;
+    hung.stop().await;
+    let expires = lock_state(&registry).await.json()["expires_unix_ms"]
+        .as_u64()
+        .unwrap();
+    // B again, on the port pebble validates.
+    let plain_b = TcpListener::bind(("127.0.0.1", b_port)).await.unwrap();
+    let b = AcmeGateway::start_following(
+        Some(plain_b),
+        bind().await,
+        &echo,
+        fleet_settings(&dir_b),
+        Some(&registry.url),
+    )
+    .await;
+    b.wait_orders(1, &pebble).await;
+    assert!(
+        unix_ms() >= expires,
+        "B ordered only once the dead holder's lock had lapsed"
+    );
+    https_get(&client, b.tls_addr, NAME, "/")
+        .await
+        .expect("the certificate B ordered after taking over");
+    b.stop().await;
+    drop(black_hole);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn unix_s() -> i64 {
+    (unix_ms() / 1000) as i64
 }

@@ -387,3 +387,170 @@ async fn a_read_token_never_receives_key_material() {
         "default"
     );
 }
+
+/// A JSON request with an optional bearer token.
+async fn json_call(method: Method, url: &str, body: Option<Value>, token: Option<&str>) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    send(&http(), method, url, &headers, body).await.unwrap()
+}
+
+async fn take(url: &str, name: &str, holder: &str, ttl: &str) -> Reply {
+    json_call(
+        Method::PUT,
+        &format!("{url}/v1/locks/{name}"),
+        Some(json!({"holder": holder, "ttl": ttl})),
+        None,
+    )
+    .await
+}
+
+/// Locks (`/v1/locks/{name}`) on the store under test (etcd in `.ci/run`):
+/// held by one, renewed by it, refused to others with who holds it until
+/// when, released only by its holder, lapsed by time; of eight takers
+/// racing for an absent lock exactly one wins (create-if-absent is exact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_has_one_holder_at_a_time_and_lapses_by_itself() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let url = registry.url.as_str();
+    let a = take(url, "acme:a.example", "gw-a", "30s").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", text(&a));
+    let first = a.json();
+    assert_eq!(first["holder"], "gw-a");
+    let b = take(url, "acme:a.example", "gw-b", "30s").await;
+    assert_eq!(b.status, StatusCode::CONFLICT, "{}", text(&b));
+    assert_eq!(b.json()["code"], "lock_held");
+    assert_eq!(b.json()["holder"], "gw-a");
+    assert_eq!(b.json()["expires_unix_ms"], first["expires_unix_ms"]);
+    let renewed = take(url, "acme:a.example", "gw-a", "60s").await;
+    assert_eq!(renewed.status, StatusCode::OK);
+    assert!(renewed.json()["expires_unix_ms"].as_u64() > first["expires_unix_ms"].as_u64());
+    let lock_url = format!("{url}/v1/locks/acme:a.example");
+    let other = call(Method::DELETE, &format!("{lock_url}?holder=gw-b")).await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{}", text(&other));
+    assert_eq!(get(&lock_url).await.json()["held"], true);
+    let mine = call(Method::DELETE, &format!("{lock_url}?holder=gw-a")).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", text(&mine));
+    assert_eq!(get(&lock_url).await.status, StatusCode::NOT_FOUND);
+    let b = take(url, "acme:a.example", "gw-b", "30s").await;
+    assert_eq!(b.status, StatusCode::OK, "{}", text(&b));
+
+    // A holder that never renews lets go when its TTL passes.
+    let short = take(url, "short", "dead", "1s").await;
+    assert_eq!(short.status, StatusCode::OK);
+    assert_eq!(
+        take(url, "short", "heir", "30s").await.status,
+        StatusCode::CONFLICT
+    );
+    eventually("the lapsed lock to be taken by another", || async {
+        take(url, "short", "heir", "30s").await.status == StatusCode::OK
+    })
+    .await;
+
+    // Racing takers of an absent lock: exactly one 200.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.to_string();
+            tokio::spawn(async move { take(&url, "race", &format!("r{i}"), "30s").await.status })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            StatusCode::OK => won += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("a racer got {other}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one racer holds the lock");
+}
+
+/// Bad lock and challenge input: 400 naming the field, nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lock_and_challenge_input_is_refused_naming_the_field() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let url = registry.url.as_str();
+    for (name, body, field) in [
+        ("l", json!({"ttl": "3s"}), "holder"),
+        ("l", json!({"holder": "a b", "ttl": "3s"}), "holder"),
+        ("l", json!({"holder": "a", "ttl": "0s"}), "ttl"),
+        ("l", json!({"holder": "a", "ttl": "soon"}), "ttl"),
+        ("l", json!({"holder": "a", "ttl": "3s", "x": 1}), "x"),
+        ("a%2Fb", json!({"holder": "a", "ttl": "3s"}), "name"),
+    ] {
+        let r = json_call(
+            Method::PUT,
+            &format!("{url}/v1/locks/{name}"),
+            Some(body),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", text(&r));
+        assert_eq!(r.json()["field"], field, "{}", text(&r));
+    }
+    assert_eq!(
+        get(&format!("{url}/v1/locks/l")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = call(Method::DELETE, &format!("{url}/v1/locks/l")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["field"], "holder");
+
+    let challenge = format!("{url}/v1/challenges/tok_1");
+    let bad = json!({"key_authorization": "other.thumb", "ttl": "1m"});
+    let r = json_call(Method::PUT, &challenge, Some(bad), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", text(&r));
+    assert_eq!(r.json()["field"], "key_authorization");
+    assert_eq!(get(&challenge).await.status, StatusCode::NOT_FOUND);
+    let good = json!({"key_authorization": "tok_1.thumb", "ttl": "1m"});
+    let r = json_call(Method::PUT, &challenge, Some(good), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    assert_eq!(
+        get(&challenge).await.json()["key_authorization"],
+        "tok_1.thumb"
+    );
+    assert_eq!(
+        call(Method::DELETE, &challenge).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(get(&challenge).await.status, StatusCode::NOT_FOUND);
+}
+
+/// A gateway token may take locks, publish challenge answers and write
+/// `acme-*` certificates (what ordering for the fleet needs), and nothing
+/// else; a read token none of these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_token_may_coordinate_acme_and_write_only_acme_certificates() {
+    let ca = TestCa::new();
+    let registry = TestRegistry::start_secured(tokens()).await;
+    let url = registry.url.as_str();
+    let lock = format!("{url}/v1/locks/acme:x.example");
+    let lock_body = json!({"holder": "gw", "ttl": "30s"});
+    let r = json_call(Method::PUT, &lock, Some(lock_body.clone()), Some(READ)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = json_call(Method::PUT, &lock, Some(lock_body), Some(GATEWAY)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    let issued = ca.issue("acme", &["x.example"]);
+    let r = put_cert(
+        url,
+        "acme-x.example",
+        body(&issued.cert, &issued.key),
+        Some(GATEWAY),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    let r = put_cert(url, "web", body(&issued.cert, &issued.key), Some(GATEWAY)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    let challenge = format!("{url}/v1/challenges/t");
+    let answer = json!({"key_authorization": "t.k", "ttl": "1m"});
+    let r = json_call(Method::PUT, &challenge, Some(answer.clone()), Some(READ)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = json_call(Method::PUT, &challenge, Some(answer), Some(GATEWAY)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    let r = json_call(Method::GET, &challenge, None, Some(READ)).await;
+    assert_eq!(r.json()["key_authorization"], "t.k");
+}

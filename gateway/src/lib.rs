@@ -215,12 +215,24 @@ impl Gateway {
             (Some(_), None) => {
                 return Err(acme::AcmeError::Order("ACME needs an HTTPS listener".into()).into());
             }
-            (Some(settings), Some(tls)) => Some(acme::Acme::new(
-                settings.clone(),
-                http01,
-                tls.stats.store().clone(),
-                proxy.metrics().acme().clone(),
-            )?),
+            (Some(settings), Some(tls)) => {
+                // Following a registry: order for the fleet through it.
+                let fleet = match options.registry.is_empty() {
+                    true => None,
+                    false => {
+                        let client = registry_client(&options)?;
+                        http01.look_up_in(client.clone());
+                        Some(acme::fleet::Fleet::new(client, settings.lock_ttl))
+                    }
+                };
+                Some(acme::Acme::new(
+                    settings.clone(),
+                    http01,
+                    tls.stats.store().clone(),
+                    proxy.metrics().acme().clone(),
+                    fleet,
+                )?)
+            }
         };
         let config = tokio::sync::watch::Sender::new(options.config.clone());
         Ok(Gateway {

@@ -52,6 +52,15 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// For `lock_held`: who holds the lock, and until when.
+    held: Option<Box<LockHeldBy>>,
+}
+
+/// Who holds a lock, added to a `lock_held` error body.
+#[derive(Debug, Serialize)]
+struct LockHeldBy {
+    holder: String,
+    expires_unix_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -60,6 +69,8 @@ struct ErrorBody<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    held: Option<&'a LockHeldBy>,
 }
 
 impl ApiError {
@@ -69,6 +80,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            held: None,
         }
     }
 
@@ -86,7 +98,8 @@ impl From<Invalid> for ApiError {
             | "unknown_parameter"
             | "duplicate_field"
             | crate::certificate::INVALID_CERTIFICATE
-            | crate::consumer::INVALID_CONSUMER => StatusCode::BAD_REQUEST,
+            | crate::consumer::INVALID_CONSUMER
+            | crate::lock::INVALID_LOCK => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError {
@@ -94,6 +107,7 @@ impl From<Invalid> for ApiError {
             code: e.code,
             message: e.reason,
             field: e.field,
+            held: None,
         }
     }
 }
@@ -111,10 +125,12 @@ impl From<CatalogError> for ApiError {
                     code: invalid.code,
                     message: invalid.reason,
                     field: invalid.field,
+                    held: None,
                 }
             }
             CatalogError::Invalid(invalid) => invalid.into(),
             CatalogError::Store(s) => s.into(),
+            CatalogError::LockHeld(lock) => lock_held(&lock),
         }
     }
 }
@@ -137,12 +153,31 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// 409 for a lock another holder has: who, and until when, so the caller
+/// knows when to try again.
+fn lock_held(lock: &crate::lock::Lock) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code: "lock_held",
+        message: format!(
+            "lock {:?} is held by {:?} until unix ms {}",
+            lock.name, lock.holder, lock.expires_unix_ms
+        ),
+        field: None,
+        held: Some(Box::new(LockHeldBy {
+            holder: lock.holder.clone(),
+            expires_unix_ms: lock.expires_unix_ms,
+        })),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&ErrorBody {
             error: &self.message,
             code: self.code,
             field: self.field.as_deref(),
+            held: self.held.as_deref(),
         })
         .expect("error body serialises");
         (
@@ -199,6 +234,16 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
         .route(
             "/v1/consumers/{name}",
             get(get_consumer).put(put_consumer).delete(delete_consumer),
+        )
+        .route(
+            "/v1/locks/{name}",
+            get(get_lock).put(take_lock).delete(release_lock),
+        )
+        .route(
+            "/v1/challenges/{token}",
+            get(get_challenge)
+                .put(put_challenge)
+                .delete(delete_challenge),
         )
         .route("/v1/watch", get(watch_changes))
         .route("/healthz", get(healthz))
@@ -544,6 +589,110 @@ async fn delete_consumer(
     Ok(json(
         revision,
         &serde_json::json!({"deleted": name, "revision": revision}),
+    ))
+}
+
+/// Takes or renews a lock: 200 with the lock when this holder has it now,
+/// 409 `lock_held` (holder, expires_unix_ms) when another one does.
+async fn take_lock(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    crate::lock::validate_lock_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let body = read_json_body(&headers, body).await?;
+    let spec = crate::lock::LockSpec::from_json(&body)?;
+    let lock = app
+        .catalog
+        .take_lock(&name, &spec, crate::lease::unix_ms())
+        .await?;
+    Ok(json(lock.revision, &lock))
+}
+
+/// Releases a lock, `?holder=` naming who releases: only its holder may.
+async fn release_lock(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::lock::validate_lock_name(&name)?;
+    let pairs = query_pairs(raw.as_deref(), &["holder"])?;
+    let holder = pairs
+        .into_iter()
+        .find_map(|(k, v)| (k == "holder").then_some(v))
+        .ok_or_else(|| Invalid {
+            field: Some("holder".into()),
+            reason: "holder: the query parameter is missing".into(),
+            code: crate::lock::INVALID_LOCK,
+        })?;
+    crate::lock::validate_holder(&holder)?;
+    let revision = app.catalog.release_lock(&name, &holder).await?;
+    Ok(json(
+        revision,
+        &serde_json::json!({"released": name, "revision": revision}),
+    ))
+}
+
+async fn get_lock(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::lock::validate_lock_name(&name)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let lock = app.catalog.lock(&name).await?;
+    let held = lock.held_at(crate::lease::unix_ms());
+    let mut body = serde_json::to_value(&lock).expect("a Lock serialises");
+    body["held"] = held.into();
+    Ok(json(lock.revision, &body))
+}
+
+async fn put_challenge(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    crate::lock::validate_token(&token)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let body = read_json_body(&headers, body).await?;
+    let spec = crate::lock::ChallengeSpec::from_json(&token, &body)?;
+    let (challenge, revision) = app
+        .catalog
+        .put_challenge(&token, spec, crate::lease::unix_ms())
+        .await?;
+    Ok(json(revision, &challenge))
+}
+
+async fn get_challenge(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::lock::validate_token(&token)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let challenge = app
+        .catalog
+        .challenge(&token, crate::lease::unix_ms())
+        .await?;
+    Ok(json(0, &challenge))
+}
+
+async fn delete_challenge(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::lock::validate_token(&token)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let revision = app.catalog.delete_challenge(&token).await?;
+    Ok(json(
+        revision,
+        &serde_json::json!({"deleted": token, "revision": revision}),
     ))
 }
 

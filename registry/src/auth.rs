@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api::ApiError;
+use crate::lock::ACME_CERTIFICATE_PREFIX;
 use crate::model::validate_service_name;
 
 /// The `WWW-Authenticate` challenge sent with every 401.
@@ -45,7 +46,8 @@ pub enum Role {
     /// certificates reduced to their summaries: no key material).
     Read,
     /// What a gateway needs: every read, and the watch stream with the
-    /// certificates' PEM chains and keys, which gateways serve. No write.
+    /// certificates' PEM chains and keys, which gateways serve; the only
+    /// writes are ACME coordination ([`Need::Coordination`]).
     Gateway,
     /// Reads, plus register, heartbeat, drain and deregister instances
     /// (of the grant's services only, when it names some).
@@ -105,6 +107,7 @@ impl Grant {
                 }
                 Role::Read | Role::Gateway => false,
             },
+            Need::Coordination => matches!(self.role, Role::Gateway | Role::Admin),
             Need::Admin => self.role == Role::Admin,
         }
     }
@@ -384,6 +387,9 @@ pub enum Need<'a> {
         /// The service segment of the path, exactly as sent.
         service: &'a str,
     },
+    /// What gateways do to coordinate ACME (locks, challenge answers, and
+    /// writing the `acme-*` certificates they order): `gateway` or `admin`.
+    Coordination,
     /// `admin` only.
     Admin,
 }
@@ -397,6 +403,11 @@ pub enum Need<'a> {
 /// - any other `GET`/`HEAD` (lists, blocking queries, `/v1/watch`): [`Need::Read`].
 /// - any other method on `/v1/services/{service}/instances/{id}` or below it:
 ///   [`Need::Instance`].
+/// - any other method on `/v1/locks/{name}`, `/v1/challenges/{token}` or
+///   `/v1/certificates/acme-{name}`: [`Need::Coordination`] (a gateway
+///   ordering an ACME certificate for the fleet writes these, and only
+///   these: the `acme-` prefix keeps operators' certificates out of its
+///   reach).
 /// - any other method anywhere else: [`Need::Admin`].
 ///
 /// The service is taken from the raw path. A percent-encoded name never
@@ -422,6 +433,15 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Need<'a> {
             if !service.is_empty() && !id.is_empty() =>
         {
             Need::Instance { service }
+        }
+        (Some("v1"), Some("locks" | "challenges"), Some(name), None, _) if !name.is_empty() => {
+            Need::Coordination
+        }
+        (Some("v1"), Some("certificates"), Some(name), None, _)
+            if name.len() > ACME_CERTIFICATE_PREFIX.len()
+                && name.starts_with(ACME_CERTIFICATE_PREFIX) =>
+        {
+            Need::Coordination
         }
         _ => Need::Admin,
     }
@@ -477,6 +497,7 @@ async fn authorize(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) 
             Need::Instance { service } => {
                 format!("a register token for service {service:?} or an admin token")
             }
+            Need::Coordination => "a gateway or an admin token".to_string(),
             _ => "an admin token".to_string(),
         };
         return ApiError::new(
@@ -710,6 +731,15 @@ mod tests {
         assert_eq!(c(Method::PUT, "/v1/services//instances/a"), Need::Admin);
         assert_eq!(c(Method::PUT, "/v2/services/web/instances/a"), Need::Admin);
         assert_eq!(c(Method::OPTIONS, "/"), Need::Admin);
+        let co = Need::Coordination;
+        assert_eq!(c(Method::PUT, "/v1/locks/acme:a.example"), co);
+        assert_eq!(c(Method::DELETE, "/v1/locks/acme:a.example"), co);
+        assert_eq!(c(Method::PUT, "/v1/challenges/tok"), co);
+        assert_eq!(c(Method::PUT, "/v1/certificates/acme-a.example"), co);
+        assert_eq!(c(Method::PUT, "/v1/certificates/acme-"), Need::Admin);
+        assert_eq!(c(Method::PUT, "/v1/certificates/web"), Need::Admin);
+        assert_eq!(c(Method::PUT, "/v1/locks/a/b"), Need::Admin);
+        assert_eq!(c(Method::GET, "/v1/locks/a"), Need::Read);
     }
 
     #[test]
@@ -735,6 +765,11 @@ mod tests {
         assert!(!g(Role::Register, &[]).allows(&Need::Admin));
         assert!(g(Role::Admin, &[]).allows(&api));
         assert!(g(Role::Admin, &[]).allows(&Need::Admin));
+        assert!(g(Role::Gateway, &[]).allows(&Need::Coordination));
+        assert!(g(Role::Admin, &[]).allows(&Need::Coordination));
+        assert!(!g(Role::Register, &[]).allows(&Need::Coordination));
+        assert!(!g(Role::Read, &[]).allows(&Need::Coordination));
+        assert!(!g(Role::Gateway, &[]).allows(&Need::Admin));
     }
 
     #[test]

@@ -25,9 +25,11 @@ use crate::store::{Change, KeyValue, Store, StoreError, UniquePut, Watch};
 
 mod certificates;
 mod consumers;
+mod locks;
 
 pub use certificates::{CERTIFICATES, CertificateList, certificate_key, decode_certificate};
 pub use consumers::{CONSUMERS, ConsumerList, consumer_key, decode_consumer};
+pub use locks::{CHALLENGES, LOCKS};
 
 /// Key prefix of every instance.
 pub const INSTANCES: &str = "instances/";
@@ -51,6 +53,9 @@ pub enum CatalogError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The lock is held by another holder and has not lapsed.
+    #[error("lock {:?} is held by {:?}", .0.name, .0.holder)]
+    LockHeld(Box<crate::lock::Lock>),
 }
 
 /// What a route write did (or, on a dry run, would do).

@@ -16,6 +16,9 @@
 //! - [`consumer`]: consumers kept in the registry (who may call routes that
 //!   ask for an API key; keys stored as SHA-256 hashes, never read back).
 //!   Always built; the hashing needs feature `tls`.
+//! - [`lock`]: locks and ACME challenge answers kept in the registry (so
+//!   one of several gateways orders a certificate, and any answers the CA).
+//!   Always built: the SDK sends them.
 //! - [`grpc_health`] (`client` or `server`): the gRPC health-check call
 //!   (`grpc.health.v1.Health/Check`) both the gateway's and the registry's
 //!   checks make, with its two messages encoded by hand.
@@ -48,6 +51,7 @@
 pub mod certificate;
 pub mod consumer;
 pub mod filter;
+pub mod lock;
 pub mod model;
 pub mod route;
 

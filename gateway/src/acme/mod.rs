@@ -17,11 +17,13 @@
 //! connections keep the one they shook hands with). Counters are in
 //! [`AcmeStats`], shown by `/status` and `/metrics`.
 //!
-//! One gateway orders by itself: several gateways with one state directory
-//! each would each order (see docs/configuration.md, "ACME", for what is
-//! planned for several).
+//! A gateway following a registry orders for the fleet instead
+//! ([`fleet`]): one at a time under a registry lock, the certificate
+//! stored in the registry and served by every gateway from there, HTTP-01
+//! answered by any gateway.
 
 pub mod challenge;
+pub mod fleet;
 pub mod order;
 pub mod renew;
 pub mod state;
@@ -90,6 +92,9 @@ pub struct AcmeSettings {
     pub retry_first: Duration,
     /// Longest wait between retries.
     pub retry_max: Duration,
+    /// TTL of the registry lock taken before ordering (`--acme-lock-ttl`),
+    /// when the gateway follows a registry.
+    pub lock_ttl: Duration,
 }
 
 /// Why ACME could not start or an order failed.
@@ -189,12 +194,14 @@ pub struct Acme {
 impl Acme {
     /// Opens the state directory (refused at startup if it cannot be made)
     /// and wires the answers: HTTP-01 through `http01`, TLS-ALPN-01 and the
-    /// certificate through `store`.
+    /// certificate through `store`; with `fleet`, ordering is coordinated
+    /// through the registry.
     pub fn new(
         settings: AcmeSettings,
         http01: Arc<Http01Answers>,
         store: Arc<CertStore>,
         stats: Arc<AcmeStats>,
+        fleet: Option<fleet::Fleet>,
     ) -> Result<Acme, AcmeError> {
         let state = StateDir::open(&settings.dir)?;
         stats.enabled.store(true, Ordering::Relaxed);
@@ -202,18 +209,22 @@ impl Acme {
         Ok(Acme {
             settings,
             state,
-            responders: Responders { http01, store },
+            responders: Responders {
+                http01,
+                store,
+                fleet,
+            },
             stats,
         })
     }
 
     /// Starts the renewal task; it runs until aborted.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(renew::run(
-            self.settings.clone(),
-            self.state.clone(),
-            self.responders.clone(),
-            self.stats.clone(),
-        ))
+        let (settings, state) = (self.settings.clone(), self.state.clone());
+        let (responders, stats) = (self.responders.clone(), self.stats.clone());
+        match responders.fleet {
+            Some(_) => tokio::spawn(fleet::run(settings, state, responders, stats)),
+            None => tokio::spawn(renew::run(settings, state, responders, stats)),
+        }
     }
 }

@@ -5,6 +5,8 @@
 //! covers every configured name; each pending authorization is answered
 //! with the configured challenge kind, published before the server is told
 //! it is ready and withdrawn when the order ends, whatever its outcome.
+//! With a registry ([`Fleet`]), HTTP-01 answers are published there too,
+//! so any gateway the CA reaches answers, and withdrawn there as well.
 //! The key is a fresh ECDSA P-256 key per order (instant-acme builds the
 //! CSR with rcgen), so a renewal never reuses a key.
 
@@ -17,6 +19,7 @@ use instant_acme::{
 };
 
 use super::challenge::{Http01Answers, alpn_certificate};
+use super::fleet::{CHALLENGE_TTL, Fleet};
 use super::state::{IssuedPem, StateDir};
 use super::{AcmeError, AcmeSettings, ChallengeKind};
 use crate::tls::store::CertStore;
@@ -32,6 +35,26 @@ pub struct Responders {
     pub http01: Arc<Http01Answers>,
     /// TLS-ALPN-01 certificates, served by the TLS listener.
     pub store: Arc<CertStore>,
+    /// With a registry: HTTP-01 answers published there for every gateway.
+    pub fleet: Option<Fleet>,
+}
+
+/// The answers one order published, withdrawn when it is dropped: when
+/// the order ends, fails, or is abandoned mid-way (its lock lost), so no
+/// answer outlives it here. Registry copies are withdrawn by [`issue`]
+/// and lapse by themselves if it never gets to.
+struct Published<'a> {
+    responders: &'a Responders,
+    answers: Vec<(String, String)>,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        for (name, token) in &self.answers {
+            self.responders.http01.withdraw(token);
+            self.responders.store.set_alpn_challenge(name, None);
+        }
+    }
 }
 
 /// The account: the saved one for this directory, else a new one (saved).
@@ -73,11 +96,17 @@ pub async fn issue(
     settings: &AcmeSettings,
     responders: &Responders,
 ) -> Result<IssuedPem, AcmeError> {
-    let mut published = Vec::new();
-    let result = run_order(account, settings, responders, &mut published).await;
-    for (name, token) in published {
-        responders.http01.withdraw(&token);
-        responders.store.set_alpn_challenge(&name, None);
+    let mut published = Published {
+        responders,
+        answers: Vec::new(),
+    };
+    let result = run_order(account, settings, responders, &mut published.answers).await;
+    if let (Some(fleet), ChallengeKind::Http01) = (&responders.fleet, settings.challenge) {
+        for (_, token) in &published.answers {
+            if let Err(e) = fleet.client.delete_challenge(token).await {
+                tracing::warn!(token, error = %e, "HTTP-01 answer not withdrawn from the registry; it lapses by itself");
+            }
+        }
     }
     result
 }
@@ -116,9 +145,20 @@ async fn run_order(
         let key_auth = challenge.key_authorization();
         published.push((name.clone(), challenge.token.clone()));
         match settings.challenge {
-            ChallengeKind::Http01 => responders
-                .http01
-                .publish(&challenge.token, key_auth.as_str()),
+            ChallengeKind::Http01 => {
+                responders
+                    .http01
+                    .publish(&challenge.token, key_auth.as_str());
+                if let Some(fleet) = &responders.fleet {
+                    fleet
+                        .client
+                        .put_challenge(&challenge.token, key_auth.as_str(), CHALLENGE_TTL)
+                        .await
+                        .map_err(|e| {
+                            AcmeError::Order(format!("HTTP-01 answer to the registry: {e}"))
+                        })?;
+                }
+            }
             ChallengeKind::TlsAlpn01 => {
                 let cert = alpn_certificate(&name, key_auth.digest().as_ref())
                     .map_err(|e| AcmeError::Order(e.to_string()))?;

@@ -155,7 +155,15 @@ fn load(issued: &IssuedPem, what: &str) -> Result<Current, AcmeError> {
     })
 }
 
-fn covers(cert: &LoadedCert, domains: &[String]) -> bool {
+/// Its leaf's notBefore, Unix seconds (0 if it cannot be read: due at once).
+pub fn not_before(cert: &LoadedCert) -> i64 {
+    x509_parser::parse_x509_certificate(&cert.key.cert[0])
+        .map(|(_, c)| c.validity().not_before.timestamp())
+        .unwrap_or(0)
+}
+
+/// Whether `cert` names every one of `domains`.
+pub fn covers(cert: &LoadedCert, domains: &[String]) -> bool {
     domains
         .iter()
         .all(|d| cert.names.iter().any(|n| n.eq_ignore_ascii_case(d)))

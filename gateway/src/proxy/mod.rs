@@ -391,7 +391,7 @@ impl Proxy {
                 headers.insert(name.clone(), subject.clone());
             }
         }
-        if let Some(answer) = self.acme_answer(&req, peer) {
+        if let Some(answer) = self.acme_answer(&req, peer).await {
             return answer;
         }
         if self.https_redirect && !peer.secure {
@@ -475,7 +475,7 @@ impl Proxy {
     /// answered here, before the HTTPS redirect and routing, so neither a
     /// route nor `--https-redirect` can hide it (RFC 8555 §8.3). `None`:
     /// not one (or no ACME); a token not published is a 404.
-    fn acme_answer(
+    async fn acme_answer(
         &self,
         req: &Request<Incoming>,
         peer: &Peer,
@@ -484,7 +484,7 @@ impl Proxy {
         if peer.secure || !matches!(*req.method(), Method::GET | Method::HEAD) {
             return None;
         }
-        let Some(key_authorization) = answers.answer(req.uri().path())? else {
+        let Some(key_authorization) = answers.answer(req.uri().path()).await? else {
             return Some(Err(ProxyError::NoRoute));
         };
         let body = Bytes::copy_from_slice(key_authorization.as_bytes());

@@ -6,9 +6,13 @@
 //! tries the configured registry URLs in turn, starting from the last one that
 //! answered, so a client given several replicas fails over by itself.
 //!
+//! [`coordination`]: the calls gateways make to order ACME certificates
+//! for the fleet (locks, challenge answers, the certificate stored).
+//!
 //! Registry URLs may be `https://`: [`tls`] says how the registry is
 //! verified (web PKI roots plus CA bundles given to the builder).
 
+pub mod coordination;
 pub mod tls;
 
 use std::path::PathBuf;

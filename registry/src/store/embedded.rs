@@ -525,6 +525,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn put_if_revision_zero_creates_only_an_absent_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.put_if("l/a", b("x"), 0).await.unwrap(), Some(1));
+        assert_eq!(store.put_if("l/a", b("y"), 0).await.unwrap(), None);
+        assert_eq!(store.get("l/a").await.unwrap().unwrap().value, b("x"));
+        assert_eq!(store.put_if("l/a", b("z"), 1).await.unwrap(), Some(2));
+        assert_eq!(store.delete_if("l/a", 2).await.unwrap(), Some(3));
+        assert_eq!(store.put_if("l/a", b("w"), 0).await.unwrap(), Some(4));
+        assert_eq!(store.revision().await.unwrap(), 4);
+    }
+
+    #[tokio::test]
     async fn data_and_revision_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -204,6 +204,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes `key` only if its current `mod_revision` is `expected`, keeping
     /// its lease as it is. `None` when the key changed or vanished meanwhile.
+    /// `expected` 0 (no key ever has it) means "only if absent": the key is
+    /// created if no key of that name exists, on every store (etcd compares
+    /// a missing key's mod_revision as 0; the embedded store does the same).
     async fn put_if(
         &self,
         key: &str,

@@ -413,9 +413,11 @@ fn effect(
             };
             Some((Some((value.clone(), *lease)), action))
         }
+        // Revision 0 (no key has it): create only if absent, as etcd's
+        // compare on a missing key's mod_revision (0) does.
         Op::PutIf {
             value, expected, ..
-        } if current_rev == Some(*expected) => {
+        } if current_rev == Some(*expected) || (*expected == 0 && current.is_none()) => {
             let lease = current.and_then(|e| e.lease);
             Some((Some((value.clone(), lease)), LeaseAction::Keep))
         }
