@@ -595,3 +595,39 @@ async fn the_gateway_binary_follows_a_secured_registry_with_portico_token() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_secret_is_read_only_by_tokens_that_may_hold_keys() {
+    let registry = TestRegistry::start_secured(tokens()).await;
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-hmac";
+    let route = json!({
+        "path_prefix": "/api", "service": "svc-a",
+        "filters": [{"type": "jwt", "algorithms": ["HS256"], "secret": SECRET}]
+    });
+    let url = format!("{}/v1/routes/api", registry.url);
+    let r = authed(Method::PUT, &url, Some(ADMIN), Some(&route)).await;
+    assert!(
+        r.status.is_success(),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let list = format!("{}/v1/routes", registry.url);
+    for (token, sees) in [(ADMIN, true), (READ, false), (REGISTER, false)] {
+        for url in [&url, &list] {
+            let r = authed(Method::GET, url, Some(token), None).await;
+            assert_eq!(r.status, StatusCode::OK, "{url} with {token}");
+            let body = String::from_utf8_lossy(&r.body);
+            assert_eq!(body.contains(SECRET), sees, "{url} with {token}: {body}");
+            assert!(body.contains("HS256"), "{body}");
+        }
+    }
+    // The watch: the snapshot's copy of the route carries no secret either.
+    let mut watcher = registry.client().with_token(READ).unwrap().watch(0);
+    match tokio::time::timeout(DEADLINE, watcher.next()).await {
+        Ok(WatchEvent::Snapshot { routes, .. }) => {
+            assert_eq!(routes.len(), 1);
+            assert_eq!(routes[0].filters[0].secret, None);
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+}

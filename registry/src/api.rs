@@ -428,24 +428,43 @@ fn dry_run(raw: Option<&str>) -> Result<bool, ApiError> {
     Ok(dry)
 }
 
+/// Routes are read by anyone with a token; their JWT secrets only by
+/// callers that may hold key material (as certificate keys).
 async fn list_routes(
     State(app): State<AppState>,
+    key_access: Option<axum::Extension<crate::auth::KeyAccess>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     query_pairs(raw.as_deref(), &[])?;
-    let list = app.catalog.routes().await?;
+    let mut list = app.catalog.routes().await?;
+    if !may_hold_keys(key_access) {
+        list.routes = list
+            .routes
+            .into_iter()
+            .map(crate::route::RouteSpec::without_secrets)
+            .collect();
+    }
     Ok(json(list.revision, &list))
 }
 
 async fn get_route(
     State(app): State<AppState>,
+    key_access: Option<axum::Extension<crate::auth::KeyAccess>>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     check_route_name(&name)?;
     query_pairs(raw.as_deref(), &[])?;
-    let (route, revision) = app.catalog.route(&name).await?;
+    let (mut route, revision) = app.catalog.route(&name).await?;
+    if !may_hold_keys(key_access) {
+        route = route.without_secrets();
+    }
     Ok(json(revision, &route))
+}
+
+/// No extension: no tokens configured, the API is open (keys included).
+fn may_hold_keys(key_access: Option<axum::Extension<crate::auth::KeyAccess>>) -> bool {
+    key_access.is_none_or(|k| k.0.0)
 }
 
 /// Creates or replaces a route. The body is the route without its name (or
@@ -868,8 +887,7 @@ async fn watch_changes(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    // No extension: no tokens configured, the API is open (keys included).
-    let keys = key_access.is_none_or(|k| k.0.0);
+    let keys = may_hold_keys(key_access);
     let mut index = 0;
     let mut format = if headers
         .get(header::ACCEPT)

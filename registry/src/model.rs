@@ -749,7 +749,7 @@ impl WatchEvent {
 
     /// The event as a watcher that may not hold keys receives it: every
     /// certificate reduced to its summary, every consumer without its key
-    /// hashes. Everything else as it is.
+    /// hashes, every route without its JWT secrets. Everything else as it is.
     pub fn without_keys(self) -> WatchEvent {
         match self {
             WatchEvent::Snapshot {
@@ -761,7 +761,10 @@ impl WatchEvent {
             } => WatchEvent::Snapshot {
                 revision,
                 instances,
-                routes,
+                routes: routes
+                    .into_iter()
+                    .map(crate::route::RouteSpec::without_secrets)
+                    .collect(),
                 certificates: certificates
                     .into_iter()
                     .map(Certificate::without_pem)
@@ -770,6 +773,10 @@ impl WatchEvent {
                     .into_iter()
                     .map(Consumer::without_hashes)
                     .collect(),
+            },
+            WatchEvent::RoutePut { revision, route } => WatchEvent::RoutePut {
+                revision,
+                route: Box::new(route.without_secrets()),
             },
             WatchEvent::ConsumerPut { revision, consumer } => WatchEvent::ConsumerPut {
                 revision,

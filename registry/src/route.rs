@@ -285,6 +285,17 @@ pub struct HealthCheckSpec {
 }
 
 impl RouteSpec {
+    /// The route as a reader without access to key material sees it: a
+    /// `jwt` filter's HMAC `secret` left out. A gateway given that copy
+    /// cannot build the filter (no key), so the route fails closed rather
+    /// than verifying with a wrong key.
+    pub fn without_secrets(mut self) -> RouteSpec {
+        for filter in &mut self.filters {
+            filter.secret = None;
+        }
+        self
+    }
+
     /// Parses a JSON route body, naming the field of any refusal (serde's own
     /// messages do not say where in a nested body the problem is).
     pub fn from_json(body: &[u8]) -> Result<RouteSpec, Invalid> {
