@@ -28,11 +28,13 @@
 
 pub mod headers;
 pub mod rate_limit;
+pub mod redirect;
+pub mod rewrite;
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use portico_registry::filter::{Filter, HeaderEdits};
+use portico_registry::filter::{Filter, HeaderEdits, Redirect, Rewrite};
 
 pub use rate_limit::{Limited, RateLimiter};
 
@@ -44,6 +46,12 @@ pub struct FilterChain {
     limits: Vec<RateLimiter>,
     request_headers: Vec<HeaderEdits>,
     response_headers: Vec<HeaderEdits>,
+    /// Phase 3: the path and host the upstream gets.
+    rewrite: Option<Rewrite>,
+    /// Phase 2: answer with a redirect instead of going upstream.
+    redirect: Option<Redirect>,
+    /// Phase 3: the body limit, when below the route's own.
+    body_limit: Option<u64>,
 }
 
 impl FilterChain {
@@ -57,12 +65,18 @@ impl FilterChain {
             limits: Vec::new(),
             request_headers: Vec::new(),
             response_headers: Vec::new(),
+            rewrite: None,
+            redirect: None,
+            body_limit: None,
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
                 Filter::RateLimit(c) => chain.limits.push(RateLimiter::new(c, i)),
                 Filter::RequestHeaders(e) => chain.request_headers.push(e.clone()),
                 Filter::ResponseHeaders(e) => chain.response_headers.push(e.clone()),
+                Filter::Rewrite(r) => chain.rewrite = Some(r.clone()),
+                Filter::Redirect(r) => chain.redirect = Some(r.clone()),
+                Filter::BodyLimit(max) => chain.body_limit = Some(*max),
             }
         }
         Some(chain)
@@ -92,6 +106,21 @@ impl FilterChain {
         for edits in &self.response_headers {
             headers::apply(edits, headers);
         }
+    }
+
+    /// Phase 2: the redirect the route answers with, if it has one.
+    pub fn redirect(&self) -> Option<&Redirect> {
+        self.redirect.as_ref()
+    }
+
+    /// Phase 3: the route's rewrite, if it has one.
+    pub fn rewrite(&self) -> Option<&Rewrite> {
+        self.rewrite.as_ref()
+    }
+
+    /// Phase 3: the `body_limit` filter's maximum, if it has one.
+    pub fn body_limit(&self) -> Option<u64> {
+        self.body_limit
     }
 
     /// The rate limiters, in route order (for tests and operators).
