@@ -499,6 +499,10 @@ max = 1000
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
+    assert!(
+        answer.contains("larger than 1000 bytes"),
+        "the answer names the limit that applied: {answer}"
+    );
     // The upstream side is clean: the next request through it works.
     let r = post("/s", 900).await;
     assert_eq!(r.status, StatusCode::OK);
