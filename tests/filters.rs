@@ -845,3 +845,332 @@ async fn jwt_mistakes_in_a_route_file_name_the_field() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Transforms: rewrite, redirect, body_limit.
+
+#[tokio::test]
+async fn rewrite_replaces_the_prefix_or_a_regex_match_and_the_host_keeping_the_query() {
+    let echo = TestEcho::start("e1").await;
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "prefix"
+path_prefix = "/old"
+upstreams = ["{0}"]
+[[route.filters]]
+type = "rewrite"
+path_prefix = "/new/"
+host = "internal.example:8080"
+
+[[route]]
+name = "regex"
+path_prefix = "/u"
+upstreams = ["{0}"]
+[[route.filters]]
+type = "rewrite"
+path_regex = "^/u/([0-9]+)/(?P<rest>.*)$"
+replacement = "/users/$1/${{rest}}"
+
+[[route]]
+name = "climbing"
+path_prefix = "/d"
+upstreams = ["{0}"]
+[[route.filters]]
+type = "rewrite"
+path_regex = "^/d/(.*)$"
+replacement = "/..$1"
+"#,
+        echo.addr
+    ))
+    .await;
+    let r = get_with(
+        &format!("{}/old/a/b?x=1&y", gw.url),
+        &[("host", "api.test")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = r.json();
+    assert_eq!(seen["path"], "/new/a/b", "{seen}");
+    assert_eq!(seen["query"], "x=1&y", "{seen}");
+    assert_eq!(seen["headers"]["host"], "internal.example:8080", "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "api.test", "{seen}");
+    let seen = get(&format!("{}/old", gw.url)).await.json();
+    assert_eq!(seen["path"], "/new/", "{seen}");
+
+    let seen = get(&format!("{}/u/42/p/q?z=%20", gw.url)).await.json();
+    assert_eq!(seen["path"], "/users/42/p/q", "{seen}");
+    assert_eq!(seen["query"], "z=%20", "{seen}");
+    // No match: the path goes as it came.
+    let seen = get(&format!("{}/u/abc", gw.url)).await.json();
+    assert_eq!(seen["path"], "/u/abc", "{seen}");
+
+    // A capture that makes the result climb above the root: refused, as
+    // the edge would refuse such a path.
+    let r = get(&format!("{}/d/", gw.url)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    let seen = get(&format!("{}/d/x", gw.url)).await.json();
+    assert_eq!(seen["path"], "/..x", "{seen}");
+}
+
+#[tokio::test]
+async fn redirects_answer_without_the_upstream_and_keep_the_query() {
+    let backend = FaultyBackend::start("b").await;
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "moved"
+path_prefix = "/old"
+upstreams = ["{0}"]
+[[route.filters]]
+type = "redirect"
+status = 308
+path_prefix = "/new"
+
+[[route]]
+name = "secure"
+path_prefix = "/s"
+upstreams = ["{0}"]
+[[route.filters]]
+type = "redirect"
+scheme = "https"
+
+[[route]]
+name = "away"
+path = "/away"
+upstreams = ["{0}"]
+[[route.filters]]
+type = "redirect"
+status = 302
+host = "example.com:8443"
+path = "/landing"
+"#,
+        backend.addr
+    ))
+    .await;
+    let host = gw.addr.to_string();
+    let r = get(&format!("{}/old/a?x=1", gw.url)).await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.headers["location"],
+        format!("http://{host}/new/a?x=1").as_str()
+    );
+    let r = get(&format!("{}/s/p?q", gw.url)).await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY, "the default");
+    assert_eq!(r.headers["location"], "https://127.0.0.1/s/p?q");
+    let r = get(&format!("{}/away?k=v", gw.url)).await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.headers["location"], "http://example.com:8443/landing?k=v");
+    assert_eq!(backend.received(), 0, "a redirect reached the upstream");
+}
+
+/// Writes a chunked body to `path` until the gateway answers (at most
+/// `chunks` chunks of 512 bytes), and returns the answer's head.
+async fn chunked_until_answered(addr: std::net::SocketAddr, path: &str, chunks: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("200\r\n{}\r\n", "x".repeat(0x200));
+    for _ in 0..chunks {
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+        let mut peek = [0u8; 1];
+        let answered = tokio::time::timeout(Duration::from_millis(50), s.peek(&mut peek)).await;
+        if matches!(answered, Ok(Ok(n)) if n > 0) {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn body_limit_answers_413_declared_or_crossed_while_streaming() {
+    let counting = FaultyBackend::start("b").await;
+    let echo = TestEcho::start("e").await;
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "declared"
+path_prefix = "/d"
+upstreams = ["{}"]
+[[route.filters]]
+type = "body_limit"
+max = 1000
+
+[[route]]
+name = "streamed"
+path_prefix = "/s"
+max_request_body = "1MiB"
+upstreams = ["{}"]
+[[route.filters]]
+type = "body_limit"
+max = 1000
+"#,
+        counting.addr, echo.addr
+    ))
+    .await;
+    let post = |path: &str, len: usize| {
+        let url = format!("{}{path}", gw.url);
+        async move {
+            send(
+                &http(),
+                Method::POST,
+                &url,
+                &[],
+                Bytes::from(vec![b'y'; len]),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = post("/d", 1001).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["code"], "body_too_large");
+    assert_eq!(counting.received(), 0, "refused before the upstream");
+    assert_eq!(post("/d", 1000).await.status, StatusCode::OK);
+
+    // Chunked, crossing the limit part way (the upstream already has the
+    // head and the first chunk): 413 all the same, and the connection closed.
+    let answer = chunked_until_answered(gw.addr, "/s", 8).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("larger than 1000 bytes"),
+        "the answer names the limit that applied: {answer}"
+    );
+    // The upstream side is clean: the next request through it works.
+    let r = post("/s", 900).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["body_len"], 900);
+}
+
+#[tokio::test]
+async fn transform_mistakes_are_refused_naming_the_field() {
+    let route = |extra: &str, filter: &str| {
+        format!(
+            "[[route]]\nname = \"b\"\n{extra}upstreams = [\"127.0.0.1:1\"]\n[[route.filters]]\n{filter}\n"
+        )
+    };
+    for (text, key) in [
+        (
+            route("", "type = \"rewrite\""),
+            "route[0].filters[0].path_prefix",
+        ),
+        (
+            route("", "type = \"rewrite\"\npath_prefix = \"x\""),
+            "route[0].filters[0].path_prefix",
+        ),
+        (
+            route("", "type = \"rewrite\"\npath_prefix = \"/a/../b\""),
+            "route[0].filters[0].path_prefix",
+        ),
+        (
+            route(
+                "",
+                "type = \"rewrite\"\npath_regex = \"^/(a\"\nreplacement = \"/\"",
+            ),
+            "route[0].filters[0].path_regex",
+        ),
+        (
+            route(
+                "",
+                "type = \"rewrite\"\npath_regex = \"^/(a)$\"\nreplacement = \"/$2\"",
+            ),
+            "route[0].filters[0].replacement",
+        ),
+        (
+            route("", "type = \"rewrite\"\npath_regex = \"^/(a)$\""),
+            "route[0].filters[0].replacement",
+        ),
+        (
+            route("", "type = \"rewrite\"\nhost = \"a b\""),
+            "route[0].filters[0].host",
+        ),
+        (
+            route(
+                "path = \"/x\"\n",
+                "type = \"rewrite\"\npath_prefix = \"/y\"",
+            ),
+            "route[0].filters[0].path_prefix",
+        ),
+        (
+            route(
+                "path_prefix = \"/x\"\nstrip_prefix = true\n",
+                "type = \"rewrite\"\npath_prefix = \"/y\"",
+            ),
+            "route[0].filters[0].path_prefix",
+        ),
+        (
+            route("", "type = \"redirect\"\nstatus = 200\nscheme = \"https\""),
+            "route[0].filters[0].status",
+        ),
+        (
+            route("", "type = \"redirect\"\nscheme = \"ftp\""),
+            "route[0].filters[0].scheme",
+        ),
+        (route("", "type = \"redirect\""), "route[0].filters[0].path"),
+        (
+            route(
+                "",
+                "type = \"redirect\"\npath = \"/a\"\npath_prefix = \"/b\"",
+            ),
+            "route[0].filters[0].path_prefix",
+        ),
+        (
+            route("", "type = \"redirect\"\npath = \"/a\"\nmax = 3"),
+            "route[0].filters[0].max",
+        ),
+        (
+            route("", "type = \"body_limit\""),
+            "route[0].filters[0].max",
+        ),
+        (
+            route("", "type = \"body_limit\"\nmax = 0"),
+            "route[0].filters[0].max",
+        ),
+        (
+            route(
+                "",
+                "type = \"body_limit\"\nmax = 5\n[[route.filters]]\ntype = \"body_limit\"\nmax = 6",
+            ),
+            "route[0].filters[1].type",
+        ),
+    ] {
+        match Config::parse(&text) {
+            Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    // The same checks on /v1/routes, and nothing stored.
+    let registry = TestRegistry::start(fast_leases()).await;
+    let url = format!("{}/v1/routes/r", registry.url);
+    for (filter, field) in [
+        (
+            json!({"type": "redirect", "status": 300, "path": "/a"}),
+            "filters[0].status",
+        ),
+        (
+            json!({"type": "rewrite", "path_regex": "^/$", "replacement": "/a b"}),
+            "filters[0].replacement",
+        ),
+        (json!({"type": "body_limit", "max": -1}), "filters[0].max"),
+    ] {
+        let bad = put_json(
+            &url,
+            json!({"upstreams": ["127.0.0.1:1"], "filters": [filter]}),
+        )
+        .await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(bad.json()["field"], field, "{}", bad.json());
+    }
+    assert_eq!(get(&url).await.status, StatusCode::NOT_FOUND);
+}

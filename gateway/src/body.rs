@@ -68,6 +68,8 @@ pub struct BodyWatch {
     base: Instant,
     /// Nanoseconds after `base` of the body's last progress.
     moved_ns: AtomicU64,
+    /// The size limit the body was given, for the 413 to name.
+    limit: u64,
 }
 
 impl Default for BodyWatch {
@@ -77,6 +79,7 @@ impl Default for BodyWatch {
             waiting_on_client: AtomicBool::new(false),
             base: Instant::now(),
             moved_ns: AtomicU64::new(0),
+            limit: u64::MAX,
         }
     }
 }
@@ -88,6 +91,11 @@ impl BodyWatch {
             STREAMING | ENDED => None,
             n => Some(FAULTS[usize::from(n - FAULT_BASE)]),
         }
+    }
+
+    /// The size limit the body was given (`u64::MAX`: none).
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// Whether the whole body was read from the client.
@@ -191,7 +199,10 @@ impl ClientBody {
         limit: u64,
         read_timeout: Duration,
     ) -> (ClientBody, Arc<BodyWatch>) {
-        let watch = Arc::new(BodyWatch::default());
+        let watch = Arc::new(BodyWatch {
+            limit,
+            ..BodyWatch::default()
+        });
         let body = ClientBody {
             inner,
             watch: watch.clone(),

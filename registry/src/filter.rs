@@ -12,6 +12,8 @@
 //! of ten filters is wrong. [`compile_filters`] then refuses any setting the
 //! type does not take, so the flat form is as strict as an enum.
 
+mod transform;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -131,6 +133,33 @@ pub struct FilterSpec {
     /// jwt: a cookie holding the token when there is no `Authorization`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    /// rewrite, redirect: what replaces the route's matched prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// rewrite: a regular expression searched in the path (its first match
+    /// is replaced by `replacement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// rewrite: what replaces `path_regex`'s match; `$1`, `${name}` insert
+    /// captures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+    /// rewrite: the upstream's `Host` / `:authority`; redirect: the
+    /// `Location`'s host (`name` or `name:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// redirect: 301 (default), 302, 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// redirect: `http` or `https` (default: the request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// redirect: the whole new path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// body_limit: largest request body, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
 }
 
 /// One checked filter.
@@ -147,6 +176,12 @@ pub enum Filter {
     ApiKey(ApiKey),
     /// Answer 401 without a valid JSON Web Token.
     Jwt(Jwt),
+    /// Rewrite the path and/or host the upstream receives.
+    Rewrite(Rewrite),
+    /// Answer with a redirect instead of going upstream.
+    Redirect(Redirect),
+    /// Refuse request bodies over this many bytes (413).
+    BodyLimit(u64),
 }
 
 /// A checked `jwt`.
@@ -212,6 +247,84 @@ pub struct ApiKey {
     /// The consumers allowed; `None`: every known consumer.
     pub consumers: Option<Vec<String>>,
 }
+
+/// A checked `rewrite`: applied to the request as it leaves, after
+/// `strip_prefix` would have been (the two never combine on a prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The new path, if it changes.
+    pub path: Option<PathRewrite>,
+    /// The new `Host` / `:authority`, if it changes.
+    pub host: Option<HeaderValue>,
+}
+
+/// How a path is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// The route's matched prefix replaced by this.
+    Prefix(String),
+    /// The first match of the pattern replaced (captures expanded).
+    Regex {
+        /// Searched in the path.
+        pattern: RewritePattern,
+        /// `$1` and `${name}` expanded.
+        replacement: String,
+    },
+}
+
+/// A rewrite's compiled regular expression: compiled once, when the route
+/// is; equal when written the same.
+#[derive(Debug, Clone)]
+pub struct RewritePattern(pub regex::Regex);
+
+impl PartialEq for RewritePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for RewritePattern {}
+
+impl RewritePattern {
+    /// Compiles `source` (unanchored: it is searched in the path), within
+    /// [`MAX_REWRITE_PATTERN_SIZE`].
+    pub fn new(source: &str) -> Result<RewritePattern, String> {
+        regex::RegexBuilder::new(source)
+            .size_limit(MAX_REWRITE_PATTERN_SIZE)
+            .build()
+            .map(RewritePattern)
+            .map_err(|e| format!("{source:?} is not a valid regular expression: {e}"))
+    }
+}
+
+/// A checked `redirect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// `http` or `https`; `None`: the request's.
+    pub scheme: Option<&'static str>,
+    /// `name` or `name:port`; `None`: the request's.
+    pub host: Option<String>,
+    /// The new path; `None`: the request's.
+    pub path: Option<RedirectPath>,
+}
+
+/// A redirect's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectPath {
+    /// This path, whatever the request's.
+    Whole(String),
+    /// The route's matched prefix replaced by this.
+    Prefix(String),
+}
+
+/// Default `status` of a redirect: 301, as Envoy's route redirects.
+pub const DEFAULT_REDIRECT_STATUS: u16 = 301;
+/// Statuses a redirect may answer with.
+pub const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+/// Largest compiled size of a rewrite's `path_regex`.
+pub const MAX_REWRITE_PATTERN_SIZE: usize = 256 * 1024;
 
 /// A checked `rate_limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +400,9 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
             "claims_to_headers",
             "cookie",
         ]),
+        "rewrite" => Some(&["path_prefix", "path_regex", "replacement", "host"]),
+        "redirect" => Some(&["status", "scheme", "host", "path", "path_prefix"]),
+        "body_limit" => Some(&["max"]),
         _ => None,
     }
 }
@@ -318,7 +434,8 @@ pub fn compile_filters(specs: &[FilterSpec]) -> Result<Vec<Filter>, FilterError>
                 reason,
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<Filter>, FilterError>>()?;
+    check_single(specs)?;
     check_consumer_keys(&filters)?;
     Ok(filters)
 }
@@ -347,14 +464,69 @@ fn check_consumer_keys(filters: &[Filter]) -> Result<(), FilterError> {
     }
 }
 
+/// Filter types a route may list once: two rewrites of one path, two
+/// redirects or two body limits would only leave a reader guessing which wins.
+fn check_single(specs: &[FilterSpec]) -> Result<(), FilterError> {
+    for (i, spec) in specs.iter().enumerate() {
+        let single = matches!(spec.kind.as_str(), "rewrite" | "redirect" | "body_limit");
+        if single && specs[..i].iter().any(|s| s.kind == spec.kind) {
+            return Err(FilterError {
+                field: format!("filters[{i}].type"),
+                reason: format!("a route takes one {} filter", spec.kind),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the filters against their route: a prefix replacement needs a
+/// `path_prefix` route (the only kind with a matched prefix), and a
+/// rewrite's `path_prefix` does not combine with `strip_prefix` (which is
+/// the same thing as `path_prefix = "/"`).
+pub fn check_against_route(
+    filters: &[Filter],
+    prefix_route: bool,
+    strip_prefix: bool,
+) -> Result<(), FilterError> {
+    for (i, f) in filters.iter().enumerate() {
+        let prefix = matches!(
+            f,
+            Filter::Rewrite(Rewrite {
+                path: Some(PathRewrite::Prefix(_)),
+                ..
+            }) | Filter::Redirect(Redirect {
+                path: Some(RedirectPath::Prefix(_)),
+                ..
+            })
+        );
+        let refuse = |reason: &str| FilterError {
+            field: format!("filters[{i}].path_prefix"),
+            reason: reason.to_string(),
+        };
+        if prefix && !prefix_route {
+            return Err(refuse(
+                "replaces the matched prefix: only on a path_prefix route",
+            ));
+        }
+        if prefix && strip_prefix && matches!(f, Filter::Rewrite(_)) {
+            return Err(refuse(
+                "does not combine with strip_prefix (which is path_prefix = \"/\")",
+            ));
+        }
+    }
+    Ok(())
+}
+
 type Refusal = (&'static str, String);
+
+use transform::{compile_redirect, compile_rewrite};
 
 fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     let Some(allowed) = takes(&spec.kind) else {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit)",
                 spec.kind
             ),
         ));
@@ -369,11 +541,18 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "request_headers" => compile_edits(spec).map(Filter::RequestHeaders),
         "api_key" => compile_api_key(spec).map(Filter::ApiKey),
         "jwt" => compile_jwt(spec).map(Filter::Jwt),
-        _ => compile_edits(spec).map(Filter::ResponseHeaders),
+        "response_headers" => compile_edits(spec).map(Filter::ResponseHeaders),
+        "rewrite" => compile_rewrite(spec).map(Filter::Rewrite),
+        "redirect" => compile_redirect(spec).map(Filter::Redirect),
+        _ => match spec.max {
+            Some(0) => Err(("max", "must be at least 1 byte".into())),
+            Some(n) => Ok(Filter::BodyLimit(n)),
+            None => Err(("max", "is required (bytes)".into())),
+        },
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 23] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 31] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -398,6 +577,14 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 23] {
         ("leeway", s.leeway.is_some()),
         ("claims_to_headers", s.claims_to_headers.is_some()),
         ("cookie", s.cookie.is_some()),
+        ("path_prefix", s.path_prefix.is_some()),
+        ("path_regex", s.path_regex.is_some()),
+        ("replacement", s.replacement.is_some()),
+        ("host", s.host.is_some()),
+        ("status", s.status.is_some()),
+        ("scheme", s.scheme.is_some()),
+        ("path", s.path.is_some()),
+        ("max", s.max.is_some()),
     ]
 }
 

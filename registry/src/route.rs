@@ -26,7 +26,7 @@ use http::uri::Authority;
 use http::{HeaderMap, HeaderName, Method};
 use serde::{Deserialize, Serialize};
 
-use crate::filter::{Filter, FilterSpec, compile_filters};
+use crate::filter::{Filter, FilterSpec, check_against_route, compile_filters};
 use crate::model::{Invalid, validate_address, validate_service_name};
 
 /// Default time allowed for an upstream to answer with response headers.
@@ -1164,6 +1164,12 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
         return Err(bad("read_timeout", "must be at most 1h".into()));
     }
 
+    let filters = compile_filters(&spec.filters)
+        .and_then(|f| {
+            let prefix_route = matches!(path, PathMatch::Prefix(_));
+            check_against_route(&f, prefix_route, spec.strip_prefix).map(|()| f)
+        })
+        .map_err(|e| bad(&e.field, e.reason))?;
     Ok(Route {
         name: spec.name.as_str().into(),
         hosts,
@@ -1191,7 +1197,7 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
             )),
             None => None,
         },
-        filters: compile_filters(&spec.filters).map_err(|e| bad(&e.field, e.reason))?,
+        filters,
     })
 }
 

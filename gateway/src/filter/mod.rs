@@ -36,12 +36,14 @@ pub mod consumers;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
+pub mod redirect;
+pub mod rewrite;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Uri};
-use portico_registry::filter::{ApiKey, Filter, HeaderEdits};
+use portico_registry::filter::{ApiKey, Filter, HeaderEdits, Redirect, Rewrite};
 
 pub use consumers::ConsumerStore;
 pub use rate_limit::{Limited, RateLimiter};
@@ -101,6 +103,12 @@ pub struct FilterChain {
     limits: Vec<RateLimiter>,
     request_headers: Vec<HeaderEdits>,
     response_headers: Vec<HeaderEdits>,
+    /// Phase 3: the path and host the upstream gets.
+    rewrite: Option<Rewrite>,
+    /// Phase 2: answer with a redirect instead of going upstream.
+    redirect: Option<Redirect>,
+    /// Phase 3: the body limit, when below the route's own.
+    body_limit: Option<u64>,
 }
 
 impl FilterChain {
@@ -115,6 +123,9 @@ impl FilterChain {
             limits: Vec::new(),
             request_headers: Vec::new(),
             response_headers: Vec::new(),
+            rewrite: None,
+            redirect: None,
+            body_limit: None,
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
@@ -123,6 +134,9 @@ impl FilterChain {
                 Filter::ResponseHeaders(e) => chain.response_headers.push(e.clone()),
                 Filter::ApiKey(a) => chain.auth.push(Authenticator::ApiKey(a.clone())),
                 Filter::Jwt(j) => chain.auth.push(Authenticator::Jwt(jwt::JwtFilter::new(j))),
+                Filter::Rewrite(r) => chain.rewrite = Some(r.clone()),
+                Filter::Redirect(r) => chain.redirect = Some(r.clone()),
+                Filter::BodyLimit(max) => chain.body_limit = Some(*max),
             }
         }
         Some(chain)
@@ -187,6 +201,21 @@ impl FilterChain {
             Authenticator::Jwt(j) => Some(j),
             Authenticator::ApiKey(_) => None,
         })
+    }
+
+    /// Phase 2: the redirect the route answers with, if it has one.
+    pub fn redirect(&self) -> Option<&Redirect> {
+        self.redirect.as_ref()
+    }
+
+    /// Phase 3: the route's rewrite, if it has one.
+    pub fn rewrite(&self) -> Option<&Rewrite> {
+        self.rewrite.as_ref()
+    }
+
+    /// Phase 3: the `body_limit` filter's maximum, if it has one.
+    pub fn body_limit(&self) -> Option<u64> {
+        self.body_limit
     }
 
     /// The rate limiters, in route order (for tests and operators).

@@ -319,12 +319,16 @@ impl Proxy {
         if !fits {
             return Ok((None, req));
         }
+        let limit = match &ctx.body {
+            BodyState::Streaming(watch) => watch.limit(),
+            _ => u64::MAX,
+        };
         let (parts, body) = req.into_parts();
         let bytes = Limited::new(body, MAX_RETRY_BODY as usize)
             .collect()
             .await
             .map_err(|e| match e.downcast_ref::<ClientBodyError>() {
-                Some(c) => self.fault_error(c.fault),
+                Some(c) => self.fault_error(c.fault, limit),
                 None => ProxyError::BadBody("longer than its declared length"),
             })?
             .to_bytes();
@@ -340,12 +344,12 @@ impl Proxy {
         ))
     }
 
-    /// The answer for a client's body fault.
-    fn fault_error(&self, fault: BodyFault) -> ProxyError {
+    /// The answer for a client's body fault; `limit` is the size limit the
+    /// body had (the route's, its `body_limit` filter's or the gateway's),
+    /// which a 413 names.
+    fn fault_error(&self, fault: BodyFault, limit: u64) -> ProxyError {
         match fault {
-            BodyFault::TooLarge => ProxyError::BodyTooLarge {
-                limit: self.edge.max_body.unwrap_or(u64::MAX),
-            },
+            BodyFault::TooLarge => ProxyError::BodyTooLarge { limit },
             BodyFault::Malformed => ProxyError::BadBody("its framing is broken"),
             BodyFault::ClientGone => ProxyError::BadBody("the client closed it early"),
             BodyFault::TimedOut => ProxyError::BodyTimeout {
@@ -682,8 +686,12 @@ impl<'a> Tries<'a> {
         };
         // The exchange broke because the client's body did: not the
         // endpoint's doing.
-        if let Some(fault) = self.watch.as_ref().and_then(|w| w.fault()) {
-            return Next::Fail(proxy.fault_error(fault));
+        if let Some((fault, limit)) = self
+            .watch
+            .as_ref()
+            .and_then(|w| w.fault().map(|f| (f, w.limit())))
+        {
+            return Next::Fail(proxy.fault_error(fault, limit));
         }
         self.record(proxy, index, true);
         let error = ProxyError::UpstreamProtocol {

@@ -405,10 +405,16 @@ impl Proxy {
         let entry = matched.entry;
         if let Some(chain) = &entry.filters {
             self.route_filter(entry, chain, &mut req, peer).await?;
+            if let Some(redirect) = chain.redirect() {
+                return route_redirect(redirect, &front, &req, peer, matched.prefix_len);
+            }
         }
         let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
         if let Some(chain) = &entry.filters {
             chain.on_upstream_request(out.req.headers_mut());
+            if let Some(rule) = chain.rewrite() {
+                outgoing::rewrite(&mut out, rule, matched.prefix_len, &self.edge.path)?;
+            }
         }
         // Boxed: the send phase is most of a request's state, and a future
         // is moved (copied whole) each time it is wrapped or awaited; on the
@@ -598,6 +604,34 @@ fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
             ProxyError::Forbidden { route, consumer }
         }
     }
+}
+
+/// Phase 2, a route's `redirect` filter (after the route's other request
+/// filters, so a redirect is no way around them): the answer, with nothing
+/// sent upstream.
+fn route_redirect(
+    redirect: &portico_registry::filter::Redirect,
+    front: &edge::Front,
+    req: &Request<Incoming>,
+    peer: &Peer,
+    prefix_len: usize,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let origin = crate::filter::redirect::Origin {
+        secure: peer.secure,
+        host: front.host.as_ref(),
+        path: front.path(req),
+        prefix_len,
+        query: req.uri().query(),
+    };
+    let location = crate::filter::redirect::location(redirect, &origin).ok_or(
+        ProxyError::BadRequest("a redirect to the same host needs a Host"),
+    )?;
+    Ok(Response::builder()
+        .status(redirect.status)
+        .header(header::LOCATION, location)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Either::Right(Either::Left(Full::new(Bytes::new()))))
+        .expect("a redirect is well-formed"))
 }
 
 /// Phase 6 for a gRPC call: its status is known at the end of its body

@@ -19,6 +19,7 @@ use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
 use http::{Request, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use portico_registry::filter::Rewrite;
 use portico_registry::model::Scheme;
 use portico_registry::route::BodyLimit;
 
@@ -28,6 +29,7 @@ use crate::balance::Endpoint;
 use crate::body::ClientBody;
 use crate::error::ProxyError;
 use crate::grpc::{GRPC_TIMEOUT, GrpcKind, parse_timeout};
+use crate::path::{PathPolicy, normalize};
 use crate::pool::UpstreamBody;
 use crate::router::Matched;
 
@@ -69,6 +71,11 @@ pub(super) fn prepare(
         BodyLimit::Default => edge.max_body,
         BodyLimit::Bytes(n) => Some(n),
         BodyLimit::Unlimited => None,
+    };
+    // A route's `body_limit` filter only ever lowers the limit.
+    let limit = match matched.entry.filters.as_ref().and_then(|c| c.body_limit()) {
+        Some(max) => Some(limit.map_or(max, |l| l.min(max))),
+        None => limit,
     };
     if let Some(limit) = limit {
         // A declared length over the limit: refused before reading a byte.
@@ -231,6 +238,35 @@ fn upstream_path(uri: &Uri, path: &str, strip: Option<usize>) -> Result<PathAndQ
         out.push_str(q);
     }
     PathAndQuery::from_maybe_shared(out).map_err(|_| ProxyError::BadRequest("path"))
+}
+
+/// Phase 3, the route's `rewrite`: the path (and query, kept as received)
+/// and host the upstream receives. The new path is normalised like any
+/// request path, so what a capture brought in can never make one the edge
+/// would refuse: such a request is refused (400) instead.
+pub(super) fn rewrite(
+    out: &mut Outgoing,
+    rule: &Rewrite,
+    prefix_len: usize,
+    policy: &PathPolicy,
+) -> Result<(), ProxyError> {
+    if let Some(path_rule) = &rule.path {
+        let refused = || ProxyError::BadRequest("the rewritten path");
+        let new = crate::filter::rewrite::path(path_rule, out.path_and_query.path(), prefix_len);
+        let path = normalize(&new, policy).map_err(|_| refused())?;
+        let query = out.path_and_query.query();
+        let mut pq = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(&path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        out.path_and_query = PathAndQuery::from_maybe_shared(pq).map_err(|_| refused())?;
+    }
+    if let Some(host) = &rule.host {
+        out.host = Some(host.clone());
+    }
+    Ok(())
 }
 
 /// An HTTP/1.1 request asking to switch protocols.
