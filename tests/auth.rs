@@ -627,6 +627,17 @@ async fn a_jwt_secret_is_read_only_by_tokens_that_may_hold_keys() {
         Ok(WatchEvent::Snapshot { routes, .. }) => {
             assert_eq!(routes.len(), 1);
             assert_eq!(routes[0].filters[0].secret, None);
+            assert_eq!(routes[0].filters[0].secret_withheld, Some(true));
+            // A gateway given this copy still builds the route, with a jwt
+            // filter that refuses every token: it fails closed, and no
+            // broader route takes its requests.
+            let route = portico_registry::route::compile(&routes[0], "").unwrap();
+            match &route.filters[0] {
+                portico_registry::filter::Filter::Jwt(jwt) => {
+                    assert_eq!(jwt.keys, portico_registry::filter::JwtKeys::Withheld)
+                }
+                other => panic!("{other:?}"),
+            }
         }
         other => panic!("expected a snapshot, got {other:?}"),
     }

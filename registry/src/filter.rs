@@ -109,6 +109,11 @@ pub struct FilterSpec {
     /// jwt: the HMAC secret (HS* algorithms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// jwt: set (instead of `secret`) in a copy read by a token that may not
+    /// hold keys: the route has a secret this reader is not shown. A gateway
+    /// given such a copy refuses every token (fails closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_withheld: Option<bool>,
     /// jwt: a PEM public key (RS256, ES256 or EdDSA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key_pem: Option<String>,
@@ -210,6 +215,9 @@ pub enum JwtKeys {
     Secret(String),
     /// A PEM public key.
     PublicKeyPem(String),
+    /// A secret this reader was not shown ([`FilterSpec::secret_withheld`]):
+    /// every token is refused.
+    Withheld,
     /// A JWKS URL, fetched every `refresh`.
     Jwks {
         /// The URL (`http` or `https`).
@@ -225,6 +233,7 @@ impl std::fmt::Debug for JwtKeys {
         match self {
             JwtKeys::Secret(_) => f.write_str("Secret(<redacted>)"),
             JwtKeys::PublicKeyPem(_) => f.write_str("PublicKeyPem(..)"),
+            JwtKeys::Withheld => f.write_str("Withheld"),
             JwtKeys::Jwks { url, refresh } => f
                 .debug_struct("Jwks")
                 .field("url", url)
@@ -391,6 +400,7 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
         "jwt" => Some(&[
             "algorithms",
             "secret",
+            "secret_withheld",
             "public_key_pem",
             "jwks_url",
             "jwks_refresh",
@@ -552,7 +562,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 31] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 32] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -569,6 +579,7 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 31] {
         ("consumers", s.consumers.is_some()),
         ("algorithms", s.algorithms.is_some()),
         ("secret", s.secret.is_some()),
+        ("secret_withheld", s.secret_withheld.is_some()),
         ("public_key_pem", s.public_key_pem.is_some()),
         ("jwks_url", s.jwks_url.is_some()),
         ("jwks_refresh", s.jwks_refresh.is_some()),
@@ -804,6 +815,9 @@ fn compile_algorithms(list: Option<&[String]>) -> Result<Vec<String>, Refusal> {
 
 fn compile_jwt_keys(spec: &FilterSpec, algorithms: &[String]) -> Result<JwtKeys, Refusal> {
     let hmac = algorithms.iter().filter(|a| a.starts_with("HS")).count();
+    if spec.secret_withheld == Some(true) && spec.secret.is_none() {
+        return Ok(JwtKeys::Withheld);
+    }
     let given = [
         spec.secret.is_some(),
         spec.public_key_pem.is_some(),

@@ -286,12 +286,15 @@ pub struct HealthCheckSpec {
 
 impl RouteSpec {
     /// The route as a reader without access to key material sees it: a
-    /// `jwt` filter's HMAC `secret` left out. A gateway given that copy
-    /// cannot build the filter (no key), so the route fails closed rather
-    /// than verifying with a wrong key.
+    /// `jwt` filter's HMAC `secret` left out and marked withheld. A gateway
+    /// given that copy builds a filter that refuses every token: the route
+    /// fails closed, never falling through to a broader route nor verifying
+    /// with a wrong key.
     pub fn without_secrets(mut self) -> RouteSpec {
         for filter in &mut self.filters {
-            filter.secret = None;
+            if filter.secret.take().is_some() {
+                filter.secret_withheld = Some(true);
+            }
         }
         self
     }

@@ -100,6 +100,13 @@ impl JwtFilter {
                     Keys::Unusable
                 }
             },
+            JwtKeys::Withheld => {
+                tracing::error!(
+                    "jwt filter: the registry withheld its secret from this gateway's token \
+                     (give it a gateway token); every token refused"
+                );
+                Keys::Unusable
+            }
             JwtKeys::Jwks { url, refresh } => Keys::Jwks(Jwks::start(url, *refresh)),
         };
         JwtFilter {
