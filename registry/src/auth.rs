@@ -29,7 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::api::ApiError;
+use crate::api_error::ApiError;
 use crate::lock::ACME_CERTIFICATE_PREFIX;
 use crate::model::validate_service_name;
 

@@ -32,7 +32,9 @@
 //!   registered with one.
 //! - [`metrics`] (`server`): Prometheus metrics (`GET /metrics`): event
 //!   counters kept in the catalog, state read from the store at scrape time.
-//! - [`api`] (`server`): the REST API, the one place errors become HTTP.
+//! - [`api`] (`server`): the REST API's handlers.
+//! - [`api_error`] (`server`): [`api_error::ApiError`], the one place errors
+//!   become HTTP answers (used by `api` and by `auth`'s refusals).
 //! - [`https`] (`server`): the API served over TLS (handshakes off the
 //!   accept loop, then the same axum service).
 //! - [`auth`] (`server`): bearer tokens with roles (`admin`, `register`,
@@ -60,6 +62,8 @@ pub mod grpc_health;
 
 #[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
+pub mod api_error;
 #[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
