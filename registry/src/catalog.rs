@@ -432,18 +432,32 @@ impl Catalog {
         index: Revision,
         wait: Duration,
     ) -> Result<InstanceList, CatalogError> {
-        let current = self.store.revision().await?;
-        match self
-            .store
-            .watch(&service_prefix(service), index.min(current))
-            .await
-        {
-            Ok(mut watch) => {
-                // Either outcome (a change, or the wait running out) ends in a fresh list.
-                let _ = tokio::time::timeout(wait, watch.next()).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let current = self.store.revision().await?;
+            let mut watch = match self
+                .store
+                .watch(&service_prefix(service), index.min(current))
+                .await
+            {
+                Ok(watch) => watch,
+                // The history is gone: only a fresh list can tell.
+                Err(StoreError::Compacted { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                // A change, or the wait ran out: a fresh list either way.
+                Ok(Ok(_)) | Err(_) => break,
+                // The watch itself failed (a lost stream, a reloaded
+                // mirror): watch again from the same index rather than
+                // answer early with nothing changed.
+                Ok(Err(_)) => {
+                    tokio::time::sleep_until(
+                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+                    )
+                    .await;
+                }
             }
-            Err(StoreError::Compacted { .. }) => {}
-            Err(e) => return Err(e.into()),
         }
         self.list(service, status).await
     }
