@@ -410,10 +410,23 @@ async fn gateway_errors_are_grpc_statuses() {
             Impl::Python,
             &gw,
             json!({"kind": "unary", "method": "/test.Echo/Unary", "requests": ["wait"],
-                   "metadata": [["x-case", "busy"]], "timeout": 5}),
+                   "metadata": [["x-case", "busy"]], "timeout": 10}),
         )
         .await
     });
+    // Only once it holds the slot: a client process can take seconds to
+    // start on a loaded machine, and calls before then are rightly served.
+    eventually("the held call to take the route's only slot", || async {
+        let endpoints = get(&format!("{}/endpoints", gateway.admin_url))
+            .await
+            .json();
+        endpoints["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"] == "busy" && r["requests_in_flight"] == 1)
+    })
+    .await;
     let busy = target(&gateway);
     let mut refused = Value::Null;
     let deadline = tokio::time::Instant::now() + DEADLINE;
