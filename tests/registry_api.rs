@@ -543,11 +543,29 @@ async fn status_filter_and_blocking_query() {
         .unwrap();
     assert!(answered_index >= crev);
 
-    // With nothing changing, it answers at the wait. The index is the one
-    // the last answer carried, as a client passes it: on etcd `/readyz`
-    // reads the replica's mirror, which may not have applied `c` yet, and
-    // a watch from before `c` would (rightly) answer at once.
-    let cur = answered_index.max(revision(&registry.url).await);
+    // With nothing changing, it answers at the wait. "a" is removed
+    // `critical_grace` after it went critical, a change to this service
+    // that would (rightly) end the wait: wait for it to be gone first. The
+    // index is the one the last answer carried, as a client passes it: on
+    // etcd `/readyz` reads the replica's mirror, which may not have applied
+    // the latest change yet, and a watch from before it would answer at once.
+    let cur = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(answered_index));
+    eventually("a to be removed", || {
+        let (url, cur) = (format!("{base}/web/instances"), cur.clone());
+        async move {
+            let r = get(&url).await;
+            let index = r.headers["x-portico-index"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            cur.fetch_max(index, std::sync::atomic::Ordering::SeqCst);
+            let ids = r.json()["instances"].as_array().unwrap().clone();
+            !ids.iter().any(|i| i["id"] == "a")
+        }
+    })
+    .await;
+    let cur = cur.load(std::sync::atomic::Ordering::SeqCst);
     let start = tokio::time::Instant::now();
     let r = get(&format!("{base}/web/instances?index={cur}&wait=300ms")).await;
     assert!(start.elapsed() >= Duration::from_millis(300));
