@@ -651,6 +651,58 @@ async fn gateways_following_a_registry_order_once_and_any_answers_the_ca() {
     drop(black_hole);
 }
 
+/// TLS-ALPN-01 in a fleet: the gateway holding the lock orders, pebble
+/// validates on the OTHER gateway's TLS listener, which holds no answer
+/// and fetches it from the registry by name; the answer is withdrawn from
+/// the registry when the order ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_in_a_fleet_is_answered_by_a_gateway_that_did_not_order() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let echo = TestEcho::start("e1").await;
+    let (tls_a, tls_b) = (bind().await, bind().await);
+    // pebble validates TLS-ALPN-01 on B's TLS port only; no HTTP-01.
+    let pebble = Pebble::start(free_port(), tls_b.local_addr().unwrap().port(), 3600).await;
+    let fleet_settings = |dir: &Path| settings(&pebble, dir, ChallengeKind::TlsAlpn01);
+    let ((_sa, dir_a), (_sb, dir_b)) = (data_dir(), data_dir());
+    let a = AcmeGateway::start_following(
+        None,
+        tls_a,
+        &echo,
+        fleet_settings(&dir_a),
+        Some(&registry.url),
+    )
+    .await;
+    eventually("gateway A to hold the ACME lock", || async {
+        lock_state(&registry).await.status == 200
+    })
+    .await;
+    let b = AcmeGateway::start_following(
+        None,
+        tls_b,
+        &echo,
+        fleet_settings(&dir_b),
+        Some(&registry.url),
+    )
+    .await;
+    a.wait_orders(1, &pebble).await;
+    let client = trusting(&pebble.root().await);
+    eventually("B to serve the certificate A ordered", || async {
+        https_get(&client, b.tls_addr, NAME, "/").await.is_ok()
+    })
+    .await;
+    let status_b = b.acme_status().await;
+    assert_eq!(status_b["orders_ok"], 0, "B did not order: {status_b}");
+    assert_eq!(status_b["orders_failed"], 0, "{status_b}");
+    let answer = get(&format!(
+        "{}/v1/challenges/tls-alpn-01.{NAME}",
+        registry.url
+    ))
+    .await;
+    assert_eq!(answer.status, 404, "withdrawn once the order ended");
+    a.stop().await;
+    b.stop().await;
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

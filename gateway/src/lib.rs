@@ -206,11 +206,11 @@ impl Gateway {
             options.proxy.acme_http01 = Some(http01.clone());
         }
         let proxy = Arc::new(Proxy::new(table.clone(), &options.proxy, upstream_tls));
-        let tls = match &options.tls {
+        let mut tls = match &options.tls {
             Some(settings) => Some(ServerTls::new(settings, proxy.metrics().tls().clone())?),
             None => None,
         };
-        let acme = match (&options.acme, &tls) {
+        let acme = match (&options.acme, &mut tls) {
             (None, _) => None,
             (Some(_), None) => {
                 return Err(acme::AcmeError::Order("ACME needs an HTTPS listener".into()).into());
@@ -222,6 +222,10 @@ impl Gateway {
                     false => {
                         let client = registry_client(&options)?;
                         http01.look_up_in(client.clone());
+                        if settings.challenge == acme::ChallengeKind::TlsAlpn01 {
+                            tls.fleet_alpn =
+                                Some(Arc::new(tls::alpn::FleetAnswers::new(client.clone())));
+                        }
                         Some(acme::fleet::Fleet::new(client, settings.lock_ttl))
                     }
                 };

@@ -325,10 +325,7 @@ async fn serve_connection(
         };
         return serve_detected(io, &shared, conn).await;
     };
-    let handshake = tokio::time::timeout(
-        shared.protocols.header_read_timeout,
-        tls.acceptor.accept(io),
-    );
+    let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
     let accepted = tokio::select! {
         accepted = handshake => accepted,
         // Shutting down before the handshake finished: nothing to finish.
@@ -348,7 +345,7 @@ async fn serve_connection(
         }
     };
     let session = stream.get_ref().1;
-    if session.alpn_protocol() == Some(crate::tls::store::ACME_TLS_ALPN) {
+    if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
         // A TLS-ALPN-01 validation: the handshake was the answer, and no
         // HTTP is spoken on such a connection (RFC 8737 §3).
         return;

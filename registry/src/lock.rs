@@ -9,9 +9,11 @@
 //! wrote it may be gone too). Taking and renewing are compare-and-swap on
 //! the record's revision (see `catalog::locks`).
 //!
-//! A challenge answer is the key authorization an ACME CA fetches over
-//! HTTP-01, published by the gateway that orders so any gateway the CA
-//! reaches can answer it. It lapses the same way.
+//! A challenge answer is the key authorization an ACME CA checks (fetched
+//! over HTTP-01, or hashed into the certificate of a TLS-ALPN-01
+//! handshake), published by the gateway that orders so any gateway the CA
+//! reaches can answer it. It lapses the same way, and lapsed answers are
+//! removed when the next one is published.
 //!
 //! Always built: the SDK's calls and the registry's handlers share these
 //! types.
@@ -151,13 +153,22 @@ impl LockSpec {
 
 impl ChallengeSpec {
     /// Parses `{"key_authorization": "...", "ttl": "5m"}` for `token`: the
-    /// key authorization must be `TOKEN.THUMBPRINT` (RFC 8555 §8.1).
+    /// key authorization must be `TOKEN.THUMBPRINT` (RFC 8555 §8.1), with
+    /// the URL's token for HTTP-01. A TLS-ALPN-01 answer is stored under
+    /// the name ([`alpn_token`]), so its ACME token can only be checked
+    /// for its form.
     pub fn from_json(token: &str, body: &[u8]) -> Result<ChallengeSpec, Invalid> {
         let object = object(body, &["key_authorization", "ttl"])?;
         let key_authorization = text(&object, "key_authorization")?;
-        let thumbprint = key_authorization
-            .strip_prefix(token)
-            .and_then(|rest| rest.strip_prefix('.'));
+        let thumbprint = match token.starts_with(ALPN_TOKEN_PREFIX) {
+            true => key_authorization
+                .split_once('.')
+                .filter(|(t, _)| !t.is_empty() && t.bytes().all(is_base64url))
+                .map(|(_, rest)| rest),
+            false => key_authorization
+                .strip_prefix(token)
+                .and_then(|rest| rest.strip_prefix('.')),
+        };
         match thumbprint {
             _ if key_authorization.len() > MAX_KEY_AUTHORIZATION => {
                 return Err(refuse(
@@ -169,7 +180,7 @@ impl ChallengeSpec {
             _ => {
                 return Err(refuse(
                     "key_authorization",
-                    "must be the URL's token, '.', and a base64url thumbprint",
+                    "must be the token (the URL's, for HTTP-01), '.', and a base64url thumbprint",
                 ));
             }
         }
@@ -209,15 +220,46 @@ pub fn validate_holder(holder: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A challenge token: 1 to 256 base64url characters (RFC 8555 §8.3).
+/// A challenge token: 1 to 256 base64url characters (an HTTP-01 token,
+/// RFC 8555 §8.3), or [`ALPN_TOKEN_PREFIX`] and a DNS name (a TLS-ALPN-01
+/// answer, see [`alpn_token`]).
 pub fn validate_token(token: &str) -> Result<(), Invalid> {
-    if token.is_empty() || token.len() > MAX_TOKEN || !token.bytes().all(is_base64url) {
+    let ok = match token.strip_prefix(ALPN_TOKEN_PREFIX) {
+        Some(name) => is_dns_name(name),
+        None => !token.is_empty() && token.bytes().all(is_base64url),
+    };
+    if !ok || token.len() > MAX_TOKEN {
         return Err(refuse(
             "token",
-            format!("must be 1 to {MAX_TOKEN} base64url characters"),
+            format!(
+                "must be 1 to {MAX_TOKEN} base64url characters, or {ALPN_TOKEN_PREFIX} and a DNS name"
+            ),
         ));
     }
     Ok(())
+}
+
+/// What a TLS-ALPN-01 answer's token starts with. The CA's validation
+/// handshake names the domain (SNI), not the token, so the answer is
+/// stored under the name. A dot is never in an HTTP-01 token (base64url),
+/// so the two kinds cannot collide.
+pub const ALPN_TOKEN_PREFIX: &str = "tls-alpn-01.";
+
+/// The token a TLS-ALPN-01 answer for `name` is stored under (the name in
+/// lower case: SNI is case-insensitive).
+pub fn alpn_token(name: &str) -> String {
+    format!("{ALPN_TOKEN_PREFIX}{}", name.to_ascii_lowercase())
+}
+
+/// Labels of letters, digits and `-`, joined by single dots.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 #[cfg(test)]
@@ -264,6 +306,18 @@ mod tests {
         }
         assert!(validate_token("abc-_9").is_ok());
         assert!(validate_token("a/b").is_err());
+        assert!(
+            validate_token("a.b").is_err(),
+            "a dot only after the ALPN prefix"
+        );
+        assert!(validate_token(&alpn_token("Api.Example.COM")).is_ok());
+        assert_eq!(alpn_token("Api.Example.COM"), "tls-alpn-01.api.example.com");
+        for bad in ["", ".", "a..b", "a.", "a_b", "*.a"] {
+            assert!(
+                validate_token(&format!("{ALPN_TOKEN_PREFIX}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
         assert!(validate_lock_name("acme:a.example,b.example").is_ok());
         assert!(validate_lock_name("a/b").is_err());
     }

@@ -6,20 +6,14 @@
 //! the path, and a request for a token not published is a 404 from the
 //! gateway, never proxied.
 //!
-//! TLS-ALPN-01 (RFC 8737): a handshake on port 443 (the TLS listener)
-//! offering only ALPN `acme-tls/1` must get a self-signed certificate for
-//! the name, with the critical acmeIdentifier extension holding the
-//! SHA-256 of the key authorization. [`alpn_certificate`] makes it; the
-//! certificate store serves it ([`crate::tls::store`]).
+//! TLS-ALPN-01 (RFC 8737) is answered by the TLS listener: see
+//! [`crate::tls::alpn`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use portico_registry::client::RegistryClient;
 use tokio::sync::Semaphore;
-
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The path prefix HTTP-01 validation requests use.
 pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -70,11 +64,15 @@ impl Http01Answers {
         Some(self.look_up(token).await)
     }
 
-    /// A token from the registry: only well-formed ones, only
+    /// A token from the registry: only well-formed HTTP-01 ones (a dot
+    /// marks a TLS-ALPN-01 answer, which is not served over HTTP), only
     /// [`MAX_LOOKUPS`] at once (beyond, a 404: the CA retries).
     async fn look_up(&self, token: &str) -> Option<Arc<str>> {
         let (client, slots) = self.registry.get()?;
         portico_registry::lock::validate_token(token).ok()?;
+        if token.contains('.') {
+            return None;
+        }
         let _slot = slots.try_acquire().ok()?;
         match client.challenge(token).await {
             Ok(found) => found.map(Arc::from),
@@ -88,46 +86,6 @@ impl Http01Answers {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<str>>> {
         self.tokens.lock().expect("HTTP-01 answers poisoned")
     }
-}
-
-/// Why a TLS-ALPN-01 certificate could not be made.
-#[derive(Debug, thiserror::Error)]
-#[error("TLS-ALPN-01 certificate for {name}: {reason}")]
-pub struct AlpnCertError {
-    /// The DNS name validated.
-    pub name: String,
-    /// What failed.
-    pub reason: String,
-}
-
-/// The TLS-ALPN-01 certificate for `name`: self-signed, one DNS
-/// subjectAltName, and the acmeIdentifier extension carrying
-/// `key_authorization_sha256` (RFC 8737 §3). A fresh key each time: it
-/// proves nothing but control of the listener, and lives for one order.
-pub fn alpn_certificate(
-    name: &str,
-    key_authorization_sha256: &[u8],
-) -> Result<Arc<CertifiedKey>, AlpnCertError> {
-    let fail = |reason: String| AlpnCertError {
-        name: name.to_string(),
-        reason,
-    };
-    let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| fail(e.to_string()))?;
-    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
-        key_authorization_sha256,
-    )];
-    let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer = crate::tls::provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signer,
-    )))
 }
 
 #[cfg(test)]
@@ -153,21 +111,5 @@ mod tests {
             answers.answer("/.well-known/acme-challenge/tok").await,
             Some(None)
         );
-    }
-
-    #[test]
-    fn the_alpn_certificate_carries_the_critical_acme_identifier() {
-        let digest = [7u8; 32];
-        let key = alpn_certificate("a.example", &digest).unwrap();
-        let (_, cert) = x509_parser::parse_x509_certificate(&key.cert[0]).unwrap();
-        // id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31
-        let ext = cert
-            .extensions()
-            .iter()
-            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
-            .expect("acmeIdentifier extension");
-        assert!(ext.critical);
-        // An OCTET STRING of the 32-byte digest.
-        assert_eq!(&ext.value[2..], &digest);
     }
 }

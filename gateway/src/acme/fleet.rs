@@ -21,8 +21,9 @@
 //! - **Any gateway answers HTTP-01.** The orderer publishes each key
 //!   authorization in the registry (`/v1/challenges`) before telling the
 //!   CA it is ready; a gateway asked for a token it does not hold looks it
-//!   up there ([`super::challenge::Http01Answers`]). TLS-ALPN-01 is
-//!   answered by the ordering gateway only.
+//!   up there ([`super::challenge::Http01Answers`]). TLS-ALPN-01 the
+//!   same way, by name: a gateway whose listener is asked to validate a
+//!   name it holds no answer for fetches it ([`crate::tls::alpn`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +42,7 @@ use crate::tls::store::CertStore;
 /// Default lock TTL (`--acme-lock-ttl`): renewed every third, so a holder
 /// survives two lost renewals; a dead holder delays the order by at most this.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
-/// How long an HTTP-01 answer stays in the registry if the orderer dies
+/// How long a challenge answer stays in the registry if the orderer dies
 /// before withdrawing it: longer than any order runs.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(600);
 

@@ -5,8 +5,8 @@
 //! covers every configured name; each pending authorization is answered
 //! with the configured challenge kind, published before the server is told
 //! it is ready and withdrawn when the order ends, whatever its outcome.
-//! With a registry ([`Fleet`]), HTTP-01 answers are published there too,
-//! so any gateway the CA reaches answers, and withdrawn there as well.
+//! With a registry ([`Fleet`]), answers of either kind are published there
+//! too, so any gateway the CA reaches answers, and withdrawn there as well.
 //! The key is a fresh ECDSA P-256 key per order (instant-acme builds the
 //! CSR with rcgen), so a renewal never reuses a key.
 
@@ -18,10 +18,11 @@ use instant_acme::{
     RetryPolicy,
 };
 
-use super::challenge::{Http01Answers, alpn_certificate};
+use super::challenge::Http01Answers;
 use super::fleet::{CHALLENGE_TTL, Fleet};
 use super::state::{IssuedPem, StateDir};
 use super::{AcmeError, AcmeSettings, ChallengeKind};
+use crate::tls::alpn::alpn_certificate;
 use crate::tls::store::CertStore;
 
 /// How long an order may wait for validation, then for the certificate,
@@ -35,7 +36,7 @@ pub struct Responders {
     pub http01: Arc<Http01Answers>,
     /// TLS-ALPN-01 certificates, served by the TLS listener.
     pub store: Arc<CertStore>,
-    /// With a registry: HTTP-01 answers published there for every gateway.
+    /// With a registry: answers published there for every gateway.
     pub fleet: Option<Fleet>,
 }
 
@@ -101,14 +102,24 @@ pub async fn issue(
         answers: Vec::new(),
     };
     let result = run_order(account, settings, responders, &mut published.answers).await;
-    if let (Some(fleet), ChallengeKind::Http01) = (&responders.fleet, settings.challenge) {
-        for (_, token) in &published.answers {
-            if let Err(e) = fleet.client.delete_challenge(token).await {
-                tracing::warn!(token, error = %e, "HTTP-01 answer not withdrawn from the registry; it lapses by itself");
+    if let Some(fleet) = &responders.fleet {
+        for (name, token) in &published.answers {
+            let token = registry_token(settings.challenge, name, token);
+            if let Err(e) = fleet.client.delete_challenge(&token).await {
+                tracing::warn!(token, error = %e, "challenge answer not withdrawn from the registry; it lapses by itself");
             }
         }
     }
     result
+}
+
+/// Where the registry keeps the answer for `name` / `token`: HTTP-01 by
+/// the token the CA fetches, TLS-ALPN-01 by the name its handshake sends.
+fn registry_token(kind: ChallengeKind, name: &str, token: &str) -> String {
+    match kind {
+        ChallengeKind::Http01 => token.to_string(),
+        ChallengeKind::TlsAlpn01 => portico_registry::lock::alpn_token(name),
+    }
 }
 
 async fn run_order(
@@ -149,21 +160,20 @@ async fn run_order(
                 responders
                     .http01
                     .publish(&challenge.token, key_auth.as_str());
-                if let Some(fleet) = &responders.fleet {
-                    fleet
-                        .client
-                        .put_challenge(&challenge.token, key_auth.as_str(), CHALLENGE_TTL)
-                        .await
-                        .map_err(|e| {
-                            AcmeError::Order(format!("HTTP-01 answer to the registry: {e}"))
-                        })?;
-                }
             }
             ChallengeKind::TlsAlpn01 => {
                 let cert = alpn_certificate(&name, key_auth.digest().as_ref())
                     .map_err(|e| AcmeError::Order(e.to_string()))?;
                 responders.store.set_alpn_challenge(&name, Some(cert));
             }
+        }
+        if let Some(fleet) = &responders.fleet {
+            let token = registry_token(settings.challenge, &name, &challenge.token);
+            fleet
+                .client
+                .put_challenge(&token, key_auth.as_str(), CHALLENGE_TTL)
+                .await
+                .map_err(|e| AcmeError::Order(format!("challenge answer to the registry: {e}")))?;
         }
         challenge
             .set_ready()

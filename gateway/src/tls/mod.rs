@@ -1,5 +1,7 @@
 //! TLS on the gateway's listeners (downstream) and towards upstreams.
 //!
+//! - [`alpn`]: TLS-ALPN-01 validation handshakes, answered here or, in a
+//!   fleet, from the registry.
 //! - [`cert`]: one certificate (PEM chain and key) loaded and checked, with
 //!   the names, expiry and fingerprint operators see.
 //! - [`store`]: the certificates a listener serves, picked per handshake by
@@ -22,6 +24,7 @@
 //! docs/configuration.md, "Crypto provider": about 25% less server time
 //! per handshake than ring, measured with bench's `tls_providers`).
 
+pub mod alpn;
 pub mod cert;
 pub mod pinned;
 pub mod registry;
@@ -166,6 +169,9 @@ pub struct ServerTls {
     /// The certificate files and the bytes being served came from, for
     /// the reload watcher.
     files: Arc<(Vec<CertFiles>, watch::Contents)>,
+    /// In a fleet validating by TLS-ALPN-01: answers published in the
+    /// registry by the gateway that orders ([`alpn`]).
+    pub fleet_alpn: Option<Arc<alpn::FleetAnswers>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -191,7 +197,19 @@ impl ServerTls {
             stats,
             hsts: settings.hsts.clone(),
             files: Arc::new((settings.certs.clone(), contents)),
+            fleet_alpn: None,
         })
+    }
+
+    /// Completes a handshake on `io` (see [`alpn::accept`] for what a
+    /// fleet's listener does first).
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let store = &self.stats.store;
+        let held = |name: &str| store.has_alpn_challenge(name);
+        alpn::accept(&self.acceptor, self.fleet_alpn.as_deref(), held, io).await
     }
 
     /// A client configuration trusting exactly the certificates this
@@ -233,7 +251,7 @@ fn server_config(
     config.alpn_protocols = vec![
         b"h2".to_vec(),
         b"http/1.1".to_vec(),
-        store::ACME_TLS_ALPN.to_vec(),
+        alpn::ACME_TLS_ALPN.to_vec(),
     ];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()

@@ -106,9 +106,6 @@ struct Sources {
     registry: BTreeMap<String, Arc<LoadedCert>>,
 }
 
-/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
-
 impl CertStore {
     /// The set handshakes read now.
     pub fn current(&self) -> Arc<CertSet> {
@@ -137,6 +134,11 @@ impl CertStore {
             Some(cert) => map.insert(name, cert),
             None => map.remove(&name),
         };
+    }
+
+    /// Whether a TLS-ALPN-01 certificate for `name` is published here.
+    pub fn has_alpn_challenge(&self, name: &str) -> bool {
+        self.alpn_challenge(Some(name)).is_some()
     }
 
     fn alpn_challenge(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
@@ -216,11 +218,8 @@ pub struct StoreResolver(pub Arc<CertStore>);
 
 impl ResolvesServerCert for StoreResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(mut alpn) = hello.alpn() {
-            // RFC 8737 §3: the validation offers `acme-tls/1` alone.
-            if alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none() {
-                return self.0.alpn_challenge(hello.server_name());
-            }
+        if super::alpn::is_validation(&hello) {
+            return self.0.alpn_challenge(hello.server_name());
         }
         self.0
             .set

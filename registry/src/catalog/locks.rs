@@ -122,13 +122,16 @@ impl Catalog {
             .ok_or_else(|| not_found("lock", name))
     }
 
-    /// Publishes the answer to `token` until `now_ms` + TTL.
+    /// Publishes the answer to `token` until `now_ms` + TTL, first
+    /// removing answers that have lapsed (an orderer that died never
+    /// withdrew its own: without this they would stay stored forever).
     pub async fn put_challenge(
         &self,
         token: &str,
         spec: ChallengeSpec,
         now_ms: u64,
     ) -> Result<(Challenge, Revision), CatalogError> {
+        self.remove_lapsed_challenges(now_ms).await?;
         let challenge = Challenge {
             token: token.to_string(),
             key_authorization: spec.key_authorization,
@@ -147,6 +150,22 @@ impl Catalog {
             .and_then(|kv| serde_json::from_slice::<Challenge>(&kv.value).ok())
             .filter(|c| now_ms < c.expires_unix_ms)
             .ok_or_else(|| not_found("challenge", token))
+    }
+
+    /// Removes every answer lapsed at `now_ms`. Each removal is
+    /// conditional on the record being the one read, so an answer written
+    /// again meanwhile is never lost. Answers are few (one per name being
+    /// validated), so reading them all costs nothing that matters.
+    async fn remove_lapsed_challenges(&self, now_ms: u64) -> Result<(), CatalogError> {
+        let range = self.store().range(CHALLENGES).await?;
+        for kv in &range.kvs {
+            let lapsed = serde_json::from_slice::<Challenge>(&kv.value)
+                .map_or(true, |c| now_ms >= c.expires_unix_ms);
+            if lapsed {
+                self.store().delete_if(&kv.key, kv.mod_revision).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Withdraws the answer to `token`; `NotFound` when absent.
@@ -242,5 +261,21 @@ mod tests {
         assert!(c.challenge("t", 2_000).await.is_err());
         c.delete_challenge("t").await.unwrap();
         assert!(c.delete_challenge("t").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn publishing_an_answer_removes_the_lapsed_ones() {
+        let (_dir, c) = catalog();
+        let spec = |ttl_s| ChallengeSpec {
+            key_authorization: "t.k".into(),
+            ttl: Duration::from_secs(ttl_s),
+        };
+        c.put_challenge("old", spec(1), 1_000).await.unwrap();
+        c.put_challenge("live", spec(60), 1_000).await.unwrap();
+        // At 5 s "old" has lapsed, "live" has not.
+        c.put_challenge("new", spec(60), 5_000).await.unwrap();
+        let stored = c.store().range(CHALLENGES).await.unwrap().kvs;
+        let keys: Vec<&str> = stored.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["challenges/live", "challenges/new"]);
     }
 }
