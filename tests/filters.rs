@@ -1174,3 +1174,115 @@ async fn transform_mistakes_are_refused_naming_the_field() {
     }
     assert_eq!(get(&url).await.status, StatusCode::NOT_FOUND);
 }
+
+/// What curl saw: the response head and the body it decoded.
+/// Run off the test's runtime thread, which also serves the gateway.
+async fn curl_compressed(url: &str, accept: &str, pad: usize) -> (String, serde_json::Value) {
+    let (url, accept) = (url.to_string(), accept.to_string());
+    tokio::task::spawn_blocking(move || curl_blocking(&url, &accept, pad))
+        .await
+        .unwrap()
+}
+
+fn curl_blocking(url: &str, accept: &str, pad: usize) -> (String, serde_json::Value) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--compressed",
+            "-D",
+            "-",
+            "-o",
+            "-",
+        ])
+        .args(["-H", &format!("accept-encoding: {accept}")])
+        .args(["-H", &format!("x-pad: {}", "p".repeat(pad))])
+        .arg(url)
+        .output()
+        .expect("curl (apt-get install curl; .ci/run does)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.to_ascii_lowercase(),
+        serde_json::from_str(body).expect("decoded JSON"),
+    )
+}
+
+/// `compression`: each encoding by the client's `Accept-Encoding`, decoded
+/// by curl (which checks the stream); small responses and routes without
+/// the filter sent as they are; `Vary` on what could be compressed, even
+/// when this client's answer was not.
+#[tokio::test]
+async fn compression_encodes_by_accept_encoding_above_its_minimum() {
+    let echo = TestEcho::start("e1").await;
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "squeezed"
+path_prefix = "/z"
+upstreams = ["{0}"]
+[[route.filters]]
+type = "compression"
+min_size = 2048
+
+[[route]]
+name = "plain"
+path_prefix = "/p"
+upstreams = ["{0}"]
+"#,
+        echo.addr
+    ))
+    .await;
+    let url = format!("{}/z/doc", gw.url);
+    for (accept, expect) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("gzip;q=0.5, br;q=0.9", "br"),
+        ("gzip, br, zstd", "zstd"),
+    ] {
+        let (head, seen) = curl_compressed(&url, accept, 8192).await;
+        assert!(
+            head.contains(&format!("content-encoding: {expect}\r\n")),
+            "{accept}: {head}"
+        );
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        assert_eq!(seen["path"], "/z/doc", "{accept}");
+        assert_eq!(seen["headers"]["x-pad"].as_str().unwrap().len(), 8192);
+    }
+    // Below min_size (a known Content-Length): as it is, for everyone.
+    let (head, _) = curl_compressed(&url, "gzip", 10).await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(!head.contains("vary"), "{head}");
+    // A client that accepts none of them: as it is, but the answer varies.
+    let (head, _) = curl_compressed(&url, "identity", 8192).await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    // A route without the filter.
+    let (head, _) = curl_compressed(&format!("{}/p/doc", gw.url), "gzip", 8192).await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(!head.contains("vary"), "{head}");
+}
+
+#[tokio::test]
+async fn compression_mistakes_name_the_field() {
+    for (filter, field) in [
+        (r#"encodings = ["deflate"]"#, "filters[0].encodings"),
+        (r#"content_types = ["json"]"#, "filters[0].content_types"),
+        (r#"level = "max""#, "filters[0].level"),
+        ("max = 3", "filters[0].max"),
+    ] {
+        let file = format!(
+            "[[route]]\nname = \"r\"\npath_prefix = \"/\"\nupstreams = [\"127.0.0.1:1\"]\n[[route.filters]]\ntype = \"compression\"\n{filter}\n"
+        );
+        let err = Config::parse(&file).unwrap_err().to_string();
+        assert!(err.contains(field), "{filter}: {err}");
+    }
+}

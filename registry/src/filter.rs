@@ -12,12 +12,15 @@
 //! of ten filters is wrong. [`compile_filters`] then refuses any setting the
 //! type does not take, so the flat form is as strict as an enum.
 
+mod compress;
 mod transform;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
+
+pub use compress::{Compression, Encoding, Level};
 use serde::{Deserialize, Serialize};
 
 /// Most filters on one route.
@@ -165,6 +168,20 @@ pub struct FilterSpec {
     /// body_limit: largest request body, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<u64>,
+    /// compression: the encodings offered, preferred first (default
+    /// `["zstd", "br", "gzip"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encodings: Option<Vec<String>>,
+    /// compression: responses of a known size below this many bytes are
+    /// sent as they are (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<u64>,
+    /// compression: media types compressed (`type/subtype` or `type/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_types: Option<Vec<String>>,
+    /// compression: `fastest`, `default` or `best`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
 }
 
 /// One checked filter.
@@ -187,6 +204,8 @@ pub enum Filter {
     Redirect(Redirect),
     /// Refuse request bodies over this many bytes (413).
     BodyLimit(u64),
+    /// Compress responses by `Accept-Encoding`.
+    Compression(Compression),
 }
 
 /// A checked `jwt`.
@@ -413,6 +432,7 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
         "rewrite" => Some(&["path_prefix", "path_regex", "replacement", "host"]),
         "redirect" => Some(&["status", "scheme", "host", "path", "path_prefix"]),
         "body_limit" => Some(&["max"]),
+        "compression" => Some(&["encodings", "min_size", "content_types", "level"]),
         _ => None,
     }
 }
@@ -478,7 +498,10 @@ fn check_consumer_keys(filters: &[Filter]) -> Result<(), FilterError> {
 /// redirects or two body limits would only leave a reader guessing which wins.
 fn check_single(specs: &[FilterSpec]) -> Result<(), FilterError> {
     for (i, spec) in specs.iter().enumerate() {
-        let single = matches!(spec.kind.as_str(), "rewrite" | "redirect" | "body_limit");
+        let single = matches!(
+            spec.kind.as_str(),
+            "rewrite" | "redirect" | "body_limit" | "compression"
+        );
         if single && specs[..i].iter().any(|s| s.kind == spec.kind) {
             return Err(FilterError {
                 field: format!("filters[{i}].type"),
@@ -536,7 +559,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, compression)",
                 spec.kind
             ),
         ));
@@ -554,6 +577,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "response_headers" => compile_edits(spec).map(Filter::ResponseHeaders),
         "rewrite" => compile_rewrite(spec).map(Filter::Rewrite),
         "redirect" => compile_redirect(spec).map(Filter::Redirect),
+        "compression" => compress::compile_compression(spec).map(Filter::Compression),
         _ => match spec.max {
             Some(0) => Err(("max", "must be at least 1 byte".into())),
             Some(n) => Ok(Filter::BodyLimit(n)),
@@ -562,7 +586,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 32] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 36] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -596,6 +620,10 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 32] {
         ("scheme", s.scheme.is_some()),
         ("path", s.path.is_some()),
         ("max", s.max.is_some()),
+        ("encodings", s.encodings.is_some()),
+        ("min_size", s.min_size.is_some()),
+        ("content_types", s.content_types.is_some()),
+        ("level", s.level.is_some()),
     ]
 }
 

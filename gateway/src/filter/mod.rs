@@ -23,7 +23,9 @@
 //!    will leave (after the gateway's own forwarding headers, so a filter
 //!    can override them);
 //! 3. **response filter**: `response_headers`, on an upstream's response
-//!    (the gateway's own error answers are left as they are).
+//!    (the gateway's own error answers are left as they are), then
+//!    [`compress`] (which sees the edited headers, so a `response_headers`
+//!    filter can set the `Content-Type` it decides by).
 //!
 //! Kinds to come slot into the same three lists: an authentication filter
 //! into the first (before rate limits, so a consumer key can be counted),
@@ -32,6 +34,7 @@
 //! the same three optional phases.
 
 pub mod api_key;
+pub mod compress;
 pub mod consumers;
 pub mod headers;
 pub mod jwt;
@@ -109,6 +112,8 @@ pub struct FilterChain {
     redirect: Option<Redirect>,
     /// Phase 3: the body limit, when below the route's own.
     body_limit: Option<u64>,
+    /// Phase 5: response compression.
+    compression: Option<compress::Compressor>,
 }
 
 impl FilterChain {
@@ -126,6 +131,7 @@ impl FilterChain {
             rewrite: None,
             redirect: None,
             body_limit: None,
+            compression: None,
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
@@ -137,6 +143,7 @@ impl FilterChain {
                 Filter::Rewrite(r) => chain.rewrite = Some(r.clone()),
                 Filter::Redirect(r) => chain.redirect = Some(r.clone()),
                 Filter::BodyLimit(max) => chain.body_limit = Some(*max),
+                Filter::Compression(c) => chain.compression = Some(compress::Compressor::new(c)),
             }
         }
         Some(chain)
@@ -216,6 +223,11 @@ impl FilterChain {
     /// Phase 3: the `body_limit` filter's maximum, if it has one.
     pub fn body_limit(&self) -> Option<u64> {
         self.body_limit
+    }
+
+    /// Phase 5: the route's response compression, if it has one.
+    pub fn compression(&self) -> Option<&compress::Compressor> {
+        self.compression.as_ref()
     }
 
     /// The rate limiters, in route order (for tests and operators).

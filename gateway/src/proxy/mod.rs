@@ -56,6 +56,7 @@ use crate::acme::challenge::Http01Answers;
 use crate::body::{BodyWatch, TimedBody};
 use crate::error::ProxyError;
 use crate::filter::ConsumerStore;
+use crate::filter::compress::Compressor;
 use crate::grpc::body::{GrpcBody, Outcome};
 use crate::grpc::{Code, GrpcKind};
 use crate::health::OutlierPolicy;
@@ -72,13 +73,18 @@ pub use outgoing::strip_hop_by_hop;
 /// An upstream's response body: HTTP/1.1 from the pool, or an h2c stream.
 pub type UpstreamResponseBody = Either<PooledBody, Incoming>;
 
-/// Body of every response the gateway sends: an upstream's streamed body
-/// (with its read timeout), or a small body the gateway made itself, or a
-/// gRPC call's body (watched for its status, translated for gRPC-Web).
-pub type ProxyBody = Either<
+/// An upstream's streamed body (with its read timeout), compressed on a
+/// route with a `compression` filter.
+pub type StreamedBody = Either<
     TimedBody<UpstreamResponseBody>,
-    Either<Full<Bytes>, GrpcBody<TimedBody<UpstreamResponseBody>>>,
+    tower_http::compression::CompressionBody<TimedBody<UpstreamResponseBody>>,
 >;
+
+/// Body of every response the gateway sends: an upstream's streamed body,
+/// or a small body the gateway made itself, or a gRPC call's body (watched
+/// for its status, translated for gRPC-Web).
+pub type ProxyBody =
+    Either<StreamedBody, Either<Full<Bytes>, GrpcBody<TimedBody<UpstreamResponseBody>>>>;
 
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -409,6 +415,11 @@ impl Proxy {
                 return route_redirect(redirect, &front, &req, peer, matched.prefix_len);
             }
         }
+        // Kept for phase 5, only where it is used.
+        let accept_encoding = match entry.filters.as_ref().and_then(|c| c.compression()) {
+            Some(_) => req.headers().get(header::ACCEPT_ENCODING).cloned(),
+            None => None,
+        };
         let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
         if let Some(chain) = &entry.filters {
             chain.on_upstream_request(out.req.headers_mut());
@@ -420,7 +431,7 @@ impl Proxy {
         // is moved (copied whole) each time it is wrapped or awaited; on the
         // heap it is written once.
         let (resp, upgrade) = Box::pin(self.send(entry, out, ctx)).await?;
-        Ok(self.response_filter(resp, upgrade, entry, ctx))
+        Ok(self.response_filter(resp, upgrade, entry, ctx, accept_encoding.as_ref()))
     }
 
     /// Phase 2 (after the route is known, for a route with filters): the
@@ -466,14 +477,17 @@ impl Proxy {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         entry: &RouteEntry,
         ctx: &RequestCtx<'_>,
+        accept_encoding: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
+        let mut compress = None;
         if let Some(chain) = &entry.filters {
             chain.on_response(resp.headers_mut());
+            compress = chain.compression().map(|c| (c, accept_encoding));
         }
         let route = &entry.route;
         match ctx.grpc {
             Some(kind) => respond_grpc(resp, kind, route, ctx.version),
-            None => self.respond(resp, upgrade, route.read_timeout),
+            None => self.respond(resp, upgrade, route.read_timeout, compress),
         }
     }
 
@@ -517,12 +531,14 @@ impl Proxy {
             .expect("a redirect is well-formed"))
     }
 
-    /// Phase 5: the response on its way back.
+    /// Phase 5: the response on its way back (compressed, with
+    /// `compress`, by the client's `Accept-Encoding`).
     fn respond(
         &self,
         mut resp: Response<UpstreamResponseBody>,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
         read_timeout: Duration,
+        compress: Option<(&Compressor, Option<&HeaderValue>)>,
     ) -> Response<ProxyBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(downstream) = downstream_upgrade {
@@ -537,11 +553,17 @@ impl Proxy {
                 if let Some(proto) = proto {
                     headers.insert(header::UPGRADE, proto);
                 }
-                return resp.map(|b| Either::Left(TimedBody::new(b, read_timeout)));
+                return resp.map(|b| Either::Left(Either::Left(TimedBody::new(b, read_timeout))));
             }
         }
         strip_hop_by_hop(resp.headers_mut());
-        resp.map(|b| Either::Left(TimedBody::new(b, read_timeout)))
+        let resp = resp.map(|b| TimedBody::new(b, read_timeout));
+        match compress {
+            Some((compressor, accept)) => compressor
+                .wrap(accept, resp)
+                .map(|b| Either::Left(Either::Right(b))),
+            None => resp.map(|b| Either::Left(Either::Left(b))),
+        }
     }
 
     /// Phase 6: the headers every response carries, metrics, access log.
