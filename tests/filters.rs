@@ -1174,3 +1174,94 @@ async fn transform_mistakes_are_refused_naming_the_field() {
     }
     assert_eq!(get(&url).await.status, StatusCode::NOT_FOUND);
 }
+
+/// `ip_filter` through a real gateway: an allowed address passes, a denied
+/// one (deny wins over allow), or one outside the allow list, gets the
+/// gateway's 403 JSON before authentication runs and never reaches the
+/// upstream; behind a trusted proxy the forwarded client address is the one
+/// judged, from any other peer the header is ignored.
+#[tokio::test]
+async fn ip_filter_allows_and_denies_by_network_before_authentication() {
+    let backend = FaultyBackend::start("b").await;
+    let up = backend.addr;
+    let routes = format!(
+        r#"
+[[route]]
+name = "open"
+path_prefix = "/open"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "ip_filter"
+allow = ["10.0.0.0/8", "127.0.0.1", "::1"]
+
+[[route]]
+name = "denied"
+path_prefix = "/denied"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "api_key"
+[[route.filters]]
+type = "ip_filter"
+allow = ["127.0.0.0/8"]
+deny = ["127.0.0.1/32"]
+
+[[route]]
+name = "internal"
+path_prefix = "/internal"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "ip_filter"
+allow = ["10.0.0.0/8", "2001:db8::/32"]
+"#
+    );
+    let gw = gateway(&routes).await;
+    assert_eq!(
+        get(&format!("{}/open", gw.url)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.received(), 1);
+    for path in ["/denied", "/internal"] {
+        let r = get(&format!("{}{path}", gw.url)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(r.json()["code"], "address_refused", "{path}");
+        assert_eq!(r.headers["x-portico-error"], "address_refused");
+        assert!(
+            r.headers.get("www-authenticate").is_none(),
+            "{path}: auth ran first"
+        );
+    }
+    // A client's own X-Forwarded-For is not believed from an untrusted peer.
+    let forged = get_with(
+        &format!("{}/internal", gw.url),
+        &[("x-forwarded-for", "10.1.2.3")],
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        backend.received(),
+        1,
+        "a refused request reached the upstream"
+    );
+
+    // Behind a trusted proxy (the test client, on loopback): the forwarded
+    // address is the client's.
+    let mut options = quiet(Config::parse(&routes).unwrap());
+    options.proxy.edge.trusted_proxies = vec![
+        portico_gateway::proxy::Cidr::parse("127.0.0.1").unwrap(),
+        portico_gateway::proxy::Cidr::parse("192.168.0.0/16").unwrap(),
+    ];
+    let behind = TestGateway::start(options).await;
+    let internal = format!("{}/internal", behind.url);
+    for (xff, status) in [
+        ("10.1.2.3", StatusCode::OK),
+        ("2001:db8::7, 192.168.1.1", StatusCode::OK),
+        ("10.1.2.3, 8.8.8.8", StatusCode::FORBIDDEN),
+        ("8.8.8.8", StatusCode::FORBIDDEN),
+    ] {
+        let r = get_with(&internal, &[("x-forwarded-for", xff)]).await;
+        assert_eq!(r.status, status, "x-forwarded-for: {xff}");
+    }
+    // No header: the trusted peer itself (127.0.0.1), not in the allow list.
+    assert_eq!(get(&internal).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(backend.received(), 3);
+}

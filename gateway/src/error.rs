@@ -148,6 +148,14 @@ pub enum ProxyError {
         /// The deadline the client gave.
         timeout: std::time::Duration,
     },
+    /// A route's `ip_filter` does not allow the client's address (403).
+    #[error("route {route:?} does not allow client address {client}")]
+    AddressRefused {
+        /// The route.
+        route: String,
+        /// The client's address (the one the gateway trusts).
+        client: std::net::IpAddr,
+    },
 }
 
 impl ProxyError {
@@ -176,6 +184,7 @@ impl ProxyError {
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::BadGrpcTimeout(_) => "bad_grpc_timeout",
             ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
+            ProxyError::AddressRefused { .. } => "address_refused",
         }
     }
 
@@ -205,6 +214,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::AddressRefused { .. } => StatusCode::FORBIDDEN,
         }
     }
 

@@ -12,7 +12,10 @@
 //! of ten filters is wrong. [`compile_filters`] then refuses any setting the
 //! type does not take, so the flat form is as strict as an enum.
 
+mod access;
 mod transform;
+
+pub use access::{Cidr, IpFilter, MAX_NETWORKS};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -165,6 +168,13 @@ pub struct FilterSpec {
     /// body_limit: largest request body, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<u64>,
+    /// ip_filter: the networks allowed (CIDR or address); any other client
+    /// is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// ip_filter: the networks refused (wins over `allow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
 }
 
 /// One checked filter.
@@ -187,6 +197,8 @@ pub enum Filter {
     Redirect(Redirect),
     /// Refuse request bodies over this many bytes (413).
     BodyLimit(u64),
+    /// Answer 403 to a client address not allowed.
+    IpFilter(IpFilter),
 }
 
 /// A checked `jwt`.
@@ -413,6 +425,7 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
         "rewrite" => Some(&["path_prefix", "path_regex", "replacement", "host"]),
         "redirect" => Some(&["status", "scheme", "host", "path", "path_prefix"]),
         "body_limit" => Some(&["max"]),
+        "ip_filter" => Some(&["allow", "deny"]),
         _ => None,
     }
 }
@@ -478,7 +491,10 @@ fn check_consumer_keys(filters: &[Filter]) -> Result<(), FilterError> {
 /// redirects or two body limits would only leave a reader guessing which wins.
 fn check_single(specs: &[FilterSpec]) -> Result<(), FilterError> {
     for (i, spec) in specs.iter().enumerate() {
-        let single = matches!(spec.kind.as_str(), "rewrite" | "redirect" | "body_limit");
+        let single = matches!(
+            spec.kind.as_str(),
+            "rewrite" | "redirect" | "body_limit" | "ip_filter"
+        );
         if single && specs[..i].iter().any(|s| s.kind == spec.kind) {
             return Err(FilterError {
                 field: format!("filters[{i}].type"),
@@ -536,7 +552,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, ip_filter)",
                 spec.kind
             ),
         ));
@@ -554,6 +570,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "response_headers" => compile_edits(spec).map(Filter::ResponseHeaders),
         "rewrite" => compile_rewrite(spec).map(Filter::Rewrite),
         "redirect" => compile_redirect(spec).map(Filter::Redirect),
+        "ip_filter" => access::compile_ip_filter(spec).map(Filter::IpFilter),
         _ => match spec.max {
             Some(0) => Err(("max", "must be at least 1 byte".into())),
             Some(n) => Ok(Filter::BodyLimit(n)),
@@ -562,7 +579,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 32] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 34] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -596,6 +613,8 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 32] {
         ("scheme", s.scheme.is_some()),
         ("path", s.path.is_some()),
         ("max", s.max.is_some()),
+        ("allow", s.allow.is_some()),
+        ("deny", s.deny.is_some()),
     ]
 }
 
@@ -1107,6 +1126,23 @@ mod tests {
             (
                 r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","header":"x"}"#,
                 "route[2].filters[0].header",
+            ),
+            (r#"{"type":"ip_filter"}"#, "route[2].filters[0].allow"),
+            (
+                r#"{"type":"ip_filter","allow":["10.0.0.0/8","10.0.0.0/33"]}"#,
+                "route[2].filters[0].allow",
+            ),
+            (
+                r#"{"type":"ip_filter","deny":["::1","nope"]}"#,
+                "route[2].filters[0].deny",
+            ),
+            (
+                r#"{"type":"ip_filter","deny":[]}"#,
+                "route[2].filters[0].deny",
+            ),
+            (
+                r#"{"type":"ip_filter","allow":["::1"],"rate":1}"#,
+                "route[2].filters[0].rate",
             ),
         ] {
             assert_eq!(refusal(json), field, "{json}");

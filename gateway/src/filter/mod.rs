@@ -12,7 +12,9 @@
 //! (see the `proxy` module), in the order the route lists them within a phase:
 //!
 //! 1. **request filter** (may answer by itself, before anything is sent):
-//!    authentication first ([`api_key`]: 401 without a known key, 403 for
+//!    `ip_filter` first (a 403 for an address not allowed: the cheapest
+//!    check, so a refused client spends no authentication work), then
+//!    authentication ([`api_key`]: 401 without a known key, 403 for
 //!    a consumer not allowed; the credential removed and the consumer
 //!    named in a header; [`jwt`]: 401 without a valid token, claims copied
 //!    to headers; each authentication filter listed must pass), then [`rate_limit`] (a refusal is a 429), whatever
@@ -43,7 +45,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Uri};
-use portico_registry::filter::{ApiKey, Filter, HeaderEdits, Redirect, Rewrite};
+use portico_registry::filter::{ApiKey, Filter, HeaderEdits, IpFilter, Redirect, Rewrite};
 
 pub use consumers::ConsumerStore;
 pub use rate_limit::{Limited, RateLimiter};
@@ -73,12 +75,15 @@ pub enum Refusal {
     Auth(AuthRefusal),
     /// A rate limit refused it.
     Limited(Limited),
+    /// An `ip_filter` refused the client's address: 403.
+    AddressRefused(IpAddr),
 }
 
 /// What the request filter phase may read and edit of a request.
 #[derive(Debug)]
 pub struct RequestHead<'a> {
-    /// The client's address.
+    /// The client's address: the peer's, or the one a trusted proxy
+    /// forwarded (`crate::proxy::edge::client_ip`).
     pub client: IpAddr,
     /// The request's headers (credentials are removed from them, the
     /// consumer's name added).
@@ -109,6 +114,8 @@ pub struct FilterChain {
     redirect: Option<Redirect>,
     /// Phase 3: the body limit, when below the route's own.
     body_limit: Option<u64>,
+    /// Phase 1, before anything else: who may call, by address.
+    ip_filter: Option<IpFilter>,
 }
 
 impl FilterChain {
@@ -126,6 +133,7 @@ impl FilterChain {
             rewrite: None,
             redirect: None,
             body_limit: None,
+            ip_filter: None,
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
@@ -137,6 +145,7 @@ impl FilterChain {
                 Filter::Rewrite(r) => chain.rewrite = Some(r.clone()),
                 Filter::Redirect(r) => chain.redirect = Some(r.clone()),
                 Filter::BodyLimit(max) => chain.body_limit = Some(*max),
+                Filter::IpFilter(f) => chain.ip_filter = Some(f.clone()),
             }
         }
         Some(chain)
@@ -156,13 +165,18 @@ impl FilterChain {
             .any(|a| matches!(a, Authenticator::Jwt(j) if j.may_wait()))
     }
 
-    /// Phase 1: authentication, then rate limits; may refuse the request.
-    /// Answers the consumer identified, if any.
+    /// Phase 1: the address filter, authentication, then rate limits; may
+    /// refuse the request. Answers the consumer identified, if any.
     pub async fn on_request(
         &self,
         head: RequestHead<'_>,
         consumers: &ConsumerStore,
     ) -> Result<Option<Arc<str>>, Refusal> {
+        if let Some(filter) = &self.ip_filter {
+            if !filter.admits(head.client) {
+                return Err(Refusal::AddressRefused(head.client));
+            }
+        }
         let mut consumer = None;
         for auth in &self.auth {
             let who = match auth {

@@ -441,8 +441,9 @@ impl Proxy {
         use futures_util::FutureExt as _;
         // Taken out and put back so headers and URI can be lent together.
         let mut uri = std::mem::take(req.uri_mut());
+        let client = edge::client_ip(&self.edge, peer.addr.ip(), peer.trusted, req.headers());
         let head = crate::filter::RequestHead {
-            client: peer.addr.ip(),
+            client,
             headers: req.headers_mut(),
             uri: &mut uri,
         };
@@ -603,6 +604,7 @@ fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
         Refusal::Auth(AuthRefusal::Forbidden { consumer }) => {
             ProxyError::Forbidden { route, consumer }
         }
+        Refusal::AddressRefused(client) => ProxyError::AddressRefused { route, client },
     }
 }
 
