@@ -1265,3 +1265,113 @@ allow = ["10.0.0.0/8", "2001:db8::/32"]
     assert_eq!(get(&internal).await.status, StatusCode::FORBIDDEN);
     assert_eq!(backend.received(), 3);
 }
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// `basic_auth` with bcrypt hashes (one in `htpasswd -B`'s `$2y$` form):
+/// no or wrong credentials get 401 with the realm's challenge and never
+/// reach the upstream; the right ones pass with `Authorization` removed
+/// and the user named upstream (a client's own copy of that header
+/// dropped), and a rate limit keyed by `consumer` counts each user apart.
+#[tokio::test]
+async fn basic_auth_checks_bcrypt_passwords_and_names_the_user() {
+    let echo = TestEcho::start("e").await;
+    let backend = FaultyBackend::start("b").await;
+    // `htpasswd -B` writes `$2y$`; the algorithm is bcrypt's `$2b$`.
+    let alice = bcrypt::hash("correct horse", 5)
+        .unwrap()
+        .replacen("$2b$", "$2y$", 1);
+    let bob = bcrypt::hash("b0b:pass", 5).unwrap();
+    let users = format!(r#"users = {{ alice = "{alice}", bob = "{bob}" }}"#);
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "staff"
+path_prefix = "/staff"
+upstreams = ["{echo}"]
+[[route.filters]]
+type = "rate_limit"
+key = "consumer"
+rate = 1
+per = "1h"
+burst = 2
+[[route.filters]]
+type = "basic_auth"
+realm = "staff area"
+{users}
+
+[[route]]
+name = "counted"
+path_prefix = "/counted"
+upstreams = ["{backend}"]
+[[route.filters]]
+type = "basic_auth"
+{users}
+"#,
+        echo = echo.addr,
+        backend = backend.addr,
+    ))
+    .await;
+    let staff = format!("{}/staff", gw.url);
+    let none = get(&staff).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.json()["code"], "unauthorized");
+    assert_eq!(
+        none.headers["www-authenticate"],
+        "Basic realm=\"staff area\", charset=\"UTF-8\""
+    );
+    let wrong = basic("alice", "wrong horse");
+    let unknown = basic("carol", "correct horse");
+    for auth in [wrong.as_str(), unknown.as_str(), "Basic !!!", "Bearer x"] {
+        let r = get_with(&staff, &[("authorization", auth)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth}");
+    }
+    let right = basic("alice", "correct horse");
+    let ok = get_with(&staff, &[("authorization", &right), ("x-consumer", "root")]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let seen = &ok.json()["headers"];
+    assert_eq!(seen["x-consumer"], "alice", "{seen}");
+    assert!(
+        seen.get("authorization").is_none(),
+        "credentials went upstream: {seen}"
+    );
+    // Alice's burst of 2; the second is served from the cache.
+    assert_eq!(
+        get_with(&staff, &[("authorization", &right)]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&staff, &[("authorization", &right)]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let bob_auth = basic("bob", "b0b:pass");
+    let r = get_with(&staff, &[("authorization", &bob_auth)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["headers"]["x-consumer"], "bob");
+
+    let counted = format!("{}/counted", gw.url);
+    for auth in [wrong.as_str(), unknown.as_str()] {
+        let r = get_with(&counted, &[("authorization", auth)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(get(&counted).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        backend.received(),
+        0,
+        "a refused request reached the upstream"
+    );
+    assert_eq!(
+        get_with(&counted, &[("authorization", &right)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.received(), 1);
+}

@@ -13,7 +13,10 @@
 //! type does not take, so the flat form is as strict as an enum.
 
 mod access;
+mod auth;
 mod transform;
+
+pub use auth::{BasicAuth, DEFAULT_REALM, MAX_BASIC_USERS, MAX_BCRYPT_COST, MIN_BCRYPT_COST};
 
 pub use access::{Cidr, IpFilter, MAX_NETWORKS};
 
@@ -175,6 +178,13 @@ pub struct FilterSpec {
     /// ip_filter: the networks refused (wins over `allow`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny: Option<Vec<String>>,
+    /// basic_auth: user names and their bcrypt hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<BTreeMap<String, String>>,
+    /// basic_auth: the realm of the `WWW-Authenticate` challenge (default
+    /// `portico`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
 }
 
 /// One checked filter.
@@ -199,6 +209,8 @@ pub enum Filter {
     BodyLimit(u64),
     /// Answer 403 to a client address not allowed.
     IpFilter(IpFilter),
+    /// Answer 401 without a known user's password (HTTP Basic).
+    BasicAuth(BasicAuth),
 }
 
 /// A checked `jwt`.
@@ -426,6 +438,7 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
         "redirect" => Some(&["status", "scheme", "host", "path", "path_prefix"]),
         "body_limit" => Some(&["max"]),
         "ip_filter" => Some(&["allow", "deny"]),
+        "basic_auth" => Some(&["users", "realm", "consumer_header", "secret_withheld"]),
         _ => None,
     }
 }
@@ -465,7 +478,10 @@ pub fn compile_filters(specs: &[FilterSpec]) -> Result<Vec<Filter>, FilterError>
 
 /// Whether `filter` identifies a consumer.
 fn authenticates(filter: &Filter) -> bool {
-    matches!(filter, Filter::ApiKey(_) | Filter::Jwt(_))
+    matches!(
+        filter,
+        Filter::ApiKey(_) | Filter::Jwt(_) | Filter::BasicAuth(_)
+    )
 }
 
 /// A rate limit keyed by `consumer` needs an authentication filter on the
@@ -480,7 +496,7 @@ fn check_consumer_keys(filters: &[Filter]) -> Result<(), FilterError> {
     {
         Some(i) => Err(FilterError {
             field: format!("filters[{i}].key"),
-            reason: "\"consumer\" needs an authentication filter (api_key, jwt) on the route"
+            reason: "\"consumer\" needs an authentication filter (api_key, jwt, basic_auth) on the route"
                 .into(),
         }),
         None => Ok(()),
@@ -552,7 +568,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, ip_filter)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, ip_filter, basic_auth)",
                 spec.kind
             ),
         ));
@@ -571,6 +587,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "rewrite" => compile_rewrite(spec).map(Filter::Rewrite),
         "redirect" => compile_redirect(spec).map(Filter::Redirect),
         "ip_filter" => access::compile_ip_filter(spec).map(Filter::IpFilter),
+        "basic_auth" => auth::compile_basic_auth(spec).map(Filter::BasicAuth),
         _ => match spec.max {
             Some(0) => Err(("max", "must be at least 1 byte".into())),
             Some(n) => Ok(Filter::BodyLimit(n)),
@@ -579,7 +596,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 34] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 36] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -615,6 +632,8 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 34] {
         ("max", s.max.is_some()),
         ("allow", s.allow.is_some()),
         ("deny", s.deny.is_some()),
+        ("users", s.users.is_some()),
+        ("realm", s.realm.is_some()),
     ]
 }
 
@@ -997,6 +1016,26 @@ mod tests {
     }
 
     #[test]
+    fn basic_auth_takes_bcrypt_hashes_and_withheld_copies() {
+        let hash = "$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234";
+        let f = compile_filters(&[spec(&format!(
+            r#"{{"type":"basic_auth","users":{{"alice":"{hash}"}}}}"#
+        ))])
+        .unwrap();
+        let Filter::BasicAuth(b) = &f[0] else {
+            panic!("{f:?}")
+        };
+        assert_eq!(b.realm, DEFAULT_REALM);
+        assert_eq!(b.consumer_header, DEFAULT_CONSUMER_HEADER);
+        assert!(!format!("{b:?}").contains(hash), "Debug shows a hash");
+        let withheld = compile_filters(&[spec(
+            r#"{"type":"basic_auth","users":{"alice":""},"secret_withheld":true}"#,
+        )])
+        .unwrap();
+        assert!(matches!(&withheld[0], Filter::BasicAuth(b) if b.withheld));
+    }
+
+    #[test]
     fn refusals_name_the_field() {
         for (json, field) in [
             (
@@ -1143,6 +1182,27 @@ mod tests {
             (
                 r#"{"type":"ip_filter","allow":["::1"],"rate":1}"#,
                 "route[2].filters[0].rate",
+            ),
+            (r#"{"type":"basic_auth"}"#, "route[2].filters[0].users"),
+            (
+                r#"{"type":"basic_auth","users":{"alice":"secret"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"alice":"$apr1$abc$defghijklmnopqrstuvwx1"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"a:b":"$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"a":"$2y$04$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"a":"$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"},"realm":"a\"b"}"#,
+                "route[2].filters[0].realm",
             ),
         ] {
             assert_eq!(refusal(json), field, "{json}");

@@ -17,7 +17,9 @@
 //!    authentication ([`api_key`]: 401 without a known key, 403 for
 //!    a consumer not allowed; the credential removed and the consumer
 //!    named in a header; [`jwt`]: 401 without a valid token, claims copied
-//!    to headers; each authentication filter listed must pass), then [`rate_limit`] (a refusal is a 429), whatever
+//!    to headers; [`basic_auth`]: 401 without a listed user's password,
+//!    checked with bcrypt on the blocking pool and cached; each
+//!    authentication filter listed must pass), then [`rate_limit`] (a refusal is a 429), whatever
 //!    the order the route lists them in: a limit keyed by `consumer` needs
 //!    the consumer known, and a request refused for its credential must
 //!    not spend anyone's quota. Nothing refused reaches the upstream;
@@ -34,6 +36,7 @@
 //! the same three optional phases.
 
 pub mod api_key;
+pub mod basic_auth;
 pub mod consumers;
 pub mod headers;
 pub mod jwt;
@@ -97,6 +100,7 @@ pub struct RequestHead<'a> {
 enum Authenticator {
     ApiKey(ApiKey),
     Jwt(jwt::JwtFilter),
+    Basic(basic_auth::BasicAuthFilter),
 }
 
 /// A route's filters, built from its checked configuration.
@@ -146,6 +150,9 @@ impl FilterChain {
                 Filter::Redirect(r) => chain.redirect = Some(r.clone()),
                 Filter::BodyLimit(max) => chain.body_limit = Some(*max),
                 Filter::IpFilter(f) => chain.ip_filter = Some(f.clone()),
+                Filter::BasicAuth(b) => chain
+                    .auth
+                    .push(Authenticator::Basic(basic_auth::BasicAuthFilter::new(b))),
             }
         }
         Some(chain)
@@ -157,12 +164,15 @@ impl FilterChain {
     }
 
     /// Whether [`FilterChain::on_request`] may have to wait (for a key
-    /// set fetched over the network). When not, its future completes on its
-    /// first poll and the caller runs it in place, with no allocation.
+    /// set fetched over the network, or a bcrypt check on the blocking
+    /// pool). When not, its future completes on its first poll and the
+    /// caller runs it in place, with no allocation.
     pub fn may_wait(&self) -> bool {
-        self.auth
-            .iter()
-            .any(|a| matches!(a, Authenticator::Jwt(j) if j.may_wait()))
+        self.auth.iter().any(|a| match a {
+            Authenticator::Jwt(j) => j.may_wait(),
+            Authenticator::Basic(_) => true,
+            Authenticator::ApiKey(_) => false,
+        })
     }
 
     /// Phase 1: the address filter, authentication, then rate limits; may
@@ -184,6 +194,7 @@ impl FilterChain {
                     api_key::authenticate(config, consumers, head.headers, head.uri).map(Some)
                 }
                 Authenticator::Jwt(filter) => filter.authenticate(head.headers).await,
+                Authenticator::Basic(filter) => filter.authenticate(head.headers).await.map(Some),
             };
             consumer = who.map_err(Refusal::Auth)?.or(consumer);
         }
@@ -213,7 +224,7 @@ impl FilterChain {
     pub fn jwt_filters(&self) -> impl Iterator<Item = &jwt::JwtFilter> {
         self.auth.iter().filter_map(|a| match a {
             Authenticator::Jwt(j) => Some(j),
-            Authenticator::ApiKey(_) => None,
+            Authenticator::ApiKey(_) | Authenticator::Basic(_) => None,
         })
     }
 
