@@ -86,7 +86,7 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct RequestHead<'a> {
     /// The client's address: the peer's, or the one a trusted proxy
-    /// forwarded (`crate::proxy::edge::client_ip`).
+    /// forwarded (the proxy settles it before the chain runs).
     pub client: IpAddr,
     /// The request's headers (credentials are removed from them, the
     /// consumer's name added).
