@@ -1375,3 +1375,159 @@ type = "basic_auth"
     );
     assert_eq!(backend.received(), 1);
 }
+
+/// A real auth service for `forward_auth`: `Bearer good` is let on with
+/// identity headers, `Bearer slow` is answered too late, anything else is
+/// refused with a 401 of its own. It keeps the head of every question.
+struct AuthServer {
+    url: String,
+    asked: Arc<std::sync::Mutex<Vec<(Method, http::HeaderMap)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthServer {
+    async fn start() -> AuthServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/check", listener.local_addr().unwrap());
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        seen.lock()
+                            .unwrap()
+                            .push((req.method().clone(), req.headers().clone()));
+                        let auth = req.headers().get("authorization").cloned();
+                        async move {
+                            let resp = match auth.as_ref().and_then(|v| v.to_str().ok()) {
+                                Some("Bearer good") => http::Response::builder()
+                                    .header("x-auth-user", "alice")
+                                    .header("x-auth-role", "admin")
+                                    .header("x-not-copied", "1")
+                                    .body(http_body_util::Full::new(Bytes::new())),
+                                Some("Bearer slow") => {
+                                    // Past the route's 300 ms timeout.
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                    http::Response::builder()
+                                        .body(http_body_util::Full::new(Bytes::new()))
+                                }
+                                _ => http::Response::builder()
+                                    .status(StatusCode::UNAUTHORIZED)
+                                    .header("www-authenticate", "Bearer realm=\"auth\"")
+                                    .header("x-auth-reason", "bad token")
+                                    .body(http_body_util::Full::new(Bytes::from("go away"))),
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.unwrap())
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        AuthServer { url, asked, task }
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `forward_auth` against a real auth service: a 2xx lets the request on
+/// with the named headers copied (a client's own copies dropped), and the
+/// service saw the request's method, URI, host, proto, client and headers;
+/// a refusal is passed back as it is; a slow or unreachable service is a
+/// 503; no refused request reaches the upstream.
+#[tokio::test]
+async fn forward_auth_asks_a_real_auth_service() {
+    let auth = AuthServer::start().await;
+    let echo = TestEcho::start("e").await;
+    let backend = FaultyBackend::start("b").await;
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/check", l.local_addr().unwrap())
+    };
+    let filter = |url: &str| {
+        format!(
+            "[[route.filters]]\ntype = \"forward_auth\"\nurl = \"{url}\"\ntimeout = \"300ms\"\n\
+             copy_headers = [\"x-auth-user\", \"x-auth-role\"]\n"
+        )
+    };
+    let gw = gateway(&format!(
+        "[[route]]\nname = \"fa\"\npath_prefix = \"/fa\"\nupstreams = [\"{}\"]\n{}\
+         [[route]]\nname = \"counted\"\npath_prefix = \"/counted\"\nupstreams = [\"{}\"]\n{}\
+         [[route]]\nname = \"down\"\npath_prefix = \"/down\"\nupstreams = [\"{}\"]\n{}",
+        echo.addr,
+        filter(&auth.url),
+        backend.addr,
+        filter(&auth.url),
+        backend.addr,
+        filter(&down),
+    ))
+    .await;
+
+    let ok = get_with(
+        &format!("{}/fa/path?q=1", gw.url),
+        &[
+            ("authorization", "Bearer good"),
+            ("x-custom", "kept"),
+            ("x-auth-user", "mallory"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let seen = &ok.json()["headers"];
+    assert_eq!(seen["x-auth-user"], "alice", "{seen}");
+    assert_eq!(seen["x-auth-role"], "admin", "{seen}");
+    assert!(seen.get("x-not-copied").is_none(), "{seen}");
+    let (method, asked) = auth.asked.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(method, Method::GET);
+    assert_eq!(asked["x-forwarded-method"], "GET");
+    assert_eq!(asked["x-forwarded-uri"], "/fa/path?q=1");
+    assert_eq!(asked["x-forwarded-proto"], "http");
+    assert_eq!(asked["x-forwarded-for"], "127.0.0.1");
+    let gw_host = gw.url.trim_start_matches("http://");
+    assert_eq!(asked["x-forwarded-host"], gw_host);
+    assert_eq!(asked["x-custom"], "kept");
+    assert_eq!(asked["authorization"], "Bearer good");
+    assert!(
+        asked.get("x-auth-user").is_none(),
+        "the client's copy was sent: {asked:?}"
+    );
+
+    let counted = format!("{}/counted", gw.url);
+    let refused = get_with(&counted, &[("authorization", "Bearer bad")]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.body, Bytes::from("go away"));
+    assert_eq!(refused.headers["www-authenticate"], "Bearer realm=\"auth\"");
+    assert_eq!(refused.headers["x-auth-reason"], "bad token");
+
+    let slow = get_with(&counted, &[("authorization", "Bearer slow")]).await;
+    assert_eq!(slow.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(slow.json()["code"], "auth_unavailable");
+    let unreachable = get_with(
+        &format!("{}/down", gw.url),
+        &[("authorization", "Bearer good")],
+    )
+    .await;
+    assert_eq!(unreachable.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(unreachable.json()["code"], "auth_unavailable");
+    assert_eq!(
+        backend.received(),
+        0,
+        "a refused request reached the upstream"
+    );
+    assert_eq!(
+        get_with(&counted, &[("authorization", "Bearer good")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.received(), 1);
+}

@@ -156,6 +156,15 @@ pub enum ProxyError {
         /// The client's address (the one the gateway trusts).
         client: std::net::IpAddr,
     },
+    /// A route's `forward_auth` service could not be asked (503): nothing
+    /// is let through without its answer.
+    #[error("route {route:?}: the auth service could not be asked: {reason}")]
+    AuthUnavailable {
+        /// The route.
+        route: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl ProxyError {
@@ -185,6 +194,7 @@ impl ProxyError {
             ProxyError::BadGrpcTimeout(_) => "bad_grpc_timeout",
             ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
             ProxyError::AddressRefused { .. } => "address_refused",
+            ProxyError::AuthUnavailable { .. } => "auth_unavailable",
         }
     }
 
@@ -215,6 +225,7 @@ impl ProxyError {
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::AddressRefused { .. } => StatusCode::FORBIDDEN,
+            ProxyError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -235,7 +246,8 @@ impl ProxyError {
             | ProxyError::UpstreamTls { .. }
             // A reset or broken exchange: what a gRPC client reports when
             // its own connection breaks.
-            | ProxyError::UpstreamProtocol { .. } => Code::UNAVAILABLE,
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::AuthUnavailable { .. } => Code::UNAVAILABLE,
             ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 Code::DEADLINE_EXCEEDED
             }

@@ -16,7 +16,10 @@ mod access;
 mod auth;
 mod transform;
 
-pub use auth::{BasicAuth, DEFAULT_REALM, MAX_BASIC_USERS, MAX_BCRYPT_COST, MIN_BCRYPT_COST};
+pub use auth::{
+    BasicAuth, DEFAULT_FORWARD_AUTH_TIMEOUT, DEFAULT_REALM, ForwardAuth, MAX_BASIC_USERS,
+    MAX_BCRYPT_COST, MAX_FORWARD_AUTH_HEADERS, MAX_FORWARD_AUTH_TIMEOUT, MIN_BCRYPT_COST,
+};
 
 pub use access::{Cidr, IpFilter, MAX_NETWORKS};
 
@@ -185,6 +188,19 @@ pub struct FilterSpec {
     /// `portico`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
+    /// forward_auth: the auth service asked about each request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// forward_auth: time allowed for the auth service's answer (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// forward_auth: headers of a 2xx answer set on the upstream request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_headers: Option<Vec<String>>,
+    /// forward_auth: the request headers sent to the auth service (default:
+    /// all but hop-by-hop ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_headers: Option<Vec<String>>,
 }
 
 /// One checked filter.
@@ -211,6 +227,8 @@ pub enum Filter {
     IpFilter(IpFilter),
     /// Answer 401 without a known user's password (HTTP Basic).
     BasicAuth(BasicAuth),
+    /// Ask an auth service; anything but a 2xx is its answer to the client.
+    ForwardAuth(ForwardAuth),
 }
 
 /// A checked `jwt`.
@@ -439,6 +457,7 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
         "body_limit" => Some(&["max"]),
         "ip_filter" => Some(&["allow", "deny"]),
         "basic_auth" => Some(&["users", "realm", "consumer_header", "secret_withheld"]),
+        "forward_auth" => Some(&["url", "timeout", "copy_headers", "forward_headers"]),
         _ => None,
     }
 }
@@ -568,7 +587,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, ip_filter, basic_auth)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, ip_filter, basic_auth, forward_auth)",
                 spec.kind
             ),
         ));
@@ -588,6 +607,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "redirect" => compile_redirect(spec).map(Filter::Redirect),
         "ip_filter" => access::compile_ip_filter(spec).map(Filter::IpFilter),
         "basic_auth" => auth::compile_basic_auth(spec).map(Filter::BasicAuth),
+        "forward_auth" => auth::compile_forward_auth(spec).map(Filter::ForwardAuth),
         _ => match spec.max {
             Some(0) => Err(("max", "must be at least 1 byte".into())),
             Some(n) => Ok(Filter::BodyLimit(n)),
@@ -596,7 +616,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 36] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 40] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -634,6 +654,10 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 36] {
         ("deny", s.deny.is_some()),
         ("users", s.users.is_some()),
         ("realm", s.realm.is_some()),
+        ("url", s.url.is_some()),
+        ("timeout", s.timeout.is_some()),
+        ("copy_headers", s.copy_headers.is_some()),
+        ("forward_headers", s.forward_headers.is_some()),
     ]
 }
 
@@ -1203,6 +1227,23 @@ mod tests {
             (
                 r#"{"type":"basic_auth","users":{"a":"$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"},"realm":"a\"b"}"#,
                 "route[2].filters[0].realm",
+            ),
+            (r#"{"type":"forward_auth"}"#, "route[2].filters[0].url"),
+            (
+                r#"{"type":"forward_auth","url":"ftp://a/b"}"#,
+                "route[2].filters[0].url",
+            ),
+            (
+                r#"{"type":"forward_auth","url":"http://a/b","timeout":"2m"}"#,
+                "route[2].filters[0].timeout",
+            ),
+            (
+                r#"{"type":"forward_auth","url":"http://a/b","copy_headers":["x-ok","host"]}"#,
+                "route[2].filters[0].copy_headers",
+            ),
+            (
+                r#"{"type":"forward_auth","url":"http://a/b","forward_headers":["bad name"]}"#,
+                "route[2].filters[0].forward_headers",
             ),
         ] {
             assert_eq!(refusal(json), field, "{json}");

@@ -18,7 +18,9 @@
 //!    a consumer not allowed; the credential removed and the consumer
 //!    named in a header; [`jwt`]: 401 without a valid token, claims copied
 //!    to headers; [`basic_auth`]: 401 without a listed user's password,
-//!    checked with bcrypt on the blocking pool and cached; each
+//!    checked with bcrypt on the blocking pool and cached; [`forward_auth`]:
+//!    an auth service asked, its non-2xx answer sent to the client as it
+//!    is, 503 when it cannot be asked; each
 //!    authentication filter listed must pass), then [`rate_limit`] (a refusal is a 429), whatever
 //!    the order the route lists them in: a limit keyed by `consumer` needs
 //!    the consumer known, and a request refused for its credential must
@@ -38,6 +40,7 @@
 pub mod api_key;
 pub mod basic_auth;
 pub mod consumers;
+pub mod forward_auth;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
@@ -72,7 +75,7 @@ pub enum AuthRefusal {
 }
 
 /// Why the request filter phase refused a request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Refusal {
     /// Authentication refused it.
     Auth(AuthRefusal),
@@ -80,6 +83,11 @@ pub enum Refusal {
     Limited(Limited),
     /// An `ip_filter` refused the client's address: 403.
     AddressRefused(IpAddr),
+    /// An answer for the client made by a filter (a `forward_auth`
+    /// service's refusal), sent as it is.
+    Answer(Box<http::Response<http_body_util::Full<bytes::Bytes>>>),
+    /// A `forward_auth` service could not be asked: 503, nothing let through.
+    AuthUnavailable(String),
 }
 
 /// What the request filter phase may read and edit of a request.
@@ -93,6 +101,10 @@ pub struct RequestHead<'a> {
     pub headers: &'a mut HeaderMap,
     /// The request's URI (a credential in the query is removed from it).
     pub uri: &'a mut Uri,
+    /// The request's method.
+    pub method: &'a http::Method,
+    /// Whether the client connection is TLS.
+    pub secure: bool,
 }
 
 /// An authentication filter.
@@ -101,6 +113,7 @@ enum Authenticator {
     ApiKey(ApiKey),
     Jwt(jwt::JwtFilter),
     Basic(basic_auth::BasicAuthFilter),
+    Forward(forward_auth::ForwardAuthFilter),
 }
 
 /// A route's filters, built from its checked configuration.
@@ -153,6 +166,9 @@ impl FilterChain {
                 Filter::BasicAuth(b) => chain
                     .auth
                     .push(Authenticator::Basic(basic_auth::BasicAuthFilter::new(b))),
+                Filter::ForwardAuth(f) => chain.auth.push(Authenticator::Forward(
+                    forward_auth::ForwardAuthFilter::new(f),
+                )),
             }
         }
         Some(chain)
@@ -170,7 +186,7 @@ impl FilterChain {
     pub fn may_wait(&self) -> bool {
         self.auth.iter().any(|a| match a {
             Authenticator::Jwt(j) => j.may_wait(),
-            Authenticator::Basic(_) => true,
+            Authenticator::Basic(_) | Authenticator::Forward(_) => true,
             Authenticator::ApiKey(_) => false,
         })
     }
@@ -179,7 +195,7 @@ impl FilterChain {
     /// refuse the request. Answers the consumer identified, if any.
     pub async fn on_request(
         &self,
-        head: RequestHead<'_>,
+        mut head: RequestHead<'_>,
         consumers: &ConsumerStore,
     ) -> Result<Option<Arc<str>>, Refusal> {
         if let Some(filter) = &self.ip_filter {
@@ -195,6 +211,15 @@ impl FilterChain {
                 }
                 Authenticator::Jwt(filter) => filter.authenticate(head.headers).await,
                 Authenticator::Basic(filter) => filter.authenticate(head.headers).await.map(Some),
+                Authenticator::Forward(filter) => match filter.authorize(&mut head).await {
+                    Ok(()) => Ok(None),
+                    Err(forward_auth::Denied::Answer(a)) => {
+                        return Err(Refusal::Answer(Box::new(a)));
+                    }
+                    Err(forward_auth::Denied::Unavailable(why)) => {
+                        return Err(Refusal::AuthUnavailable(why));
+                    }
+                },
             };
             consumer = who.map_err(Refusal::Auth)?.or(consumer);
         }
@@ -224,7 +249,7 @@ impl FilterChain {
     pub fn jwt_filters(&self) -> impl Iterator<Item = &jwt::JwtFilter> {
         self.auth.iter().filter_map(|a| match a {
             Authenticator::Jwt(j) => Some(j),
-            Authenticator::ApiKey(_) | Authenticator::Basic(_) => None,
+            Authenticator::ApiKey(_) | Authenticator::Basic(_) | Authenticator::Forward(_) => None,
         })
     }
 

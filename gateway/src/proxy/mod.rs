@@ -404,7 +404,9 @@ impl Proxy {
         }
         let entry = matched.entry;
         if let Some(chain) = &entry.filters {
-            self.route_filter(entry, chain, &mut req, peer).await?;
+            if let Some(answer) = self.route_filter(entry, chain, &mut req, peer).await? {
+                return Ok(answer.map(|b| Either::Right(Either::Left(b))));
+            }
             if let Some(redirect) = chain.redirect() {
                 return route_redirect(redirect, &front, &req, peer, matched.prefix_len);
             }
@@ -430,22 +432,26 @@ impl Proxy {
     ///
     /// A chain that cannot wait (no key set to fetch) runs in place: its
     /// future completes on the first poll. One that may wait is boxed, so
-    /// its state does not grow the future of every request.
+    /// its state does not grow the future of every request. `Some`: an
+    /// answer a filter made for the client (an auth service's refusal).
     async fn route_filter(
         &self,
         entry: &RouteEntry,
         chain: &crate::filter::FilterChain,
         req: &mut Request<Incoming>,
         peer: &Peer,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<Response<Full<Bytes>>>, ProxyError> {
         use futures_util::FutureExt as _;
         // Taken out and put back so headers and URI can be lent together.
         let mut uri = std::mem::take(req.uri_mut());
         let client = edge::client_ip(&self.edge, peer.addr.ip(), peer.trusted, req.headers());
+        let method = req.method().clone();
         let head = crate::filter::RequestHead {
             client,
             headers: req.headers_mut(),
             uri: &mut uri,
+            method: &method,
+            secure: peer.secure,
         };
         let verdict = if chain.may_wait() {
             Box::pin(chain.on_request(head, &self.consumers)).await
@@ -456,7 +462,11 @@ impl Proxy {
                 .expect("a chain that may not wait completes at once")
         };
         *req.uri_mut() = uri;
-        verdict.map(drop).map_err(|refusal| refused(entry, refusal))
+        match verdict {
+            Ok(_) => Ok(None),
+            Err(crate::filter::Refusal::Answer(answer)) => Ok(Some(*answer)),
+            Err(refusal) => Err(refused(entry, refusal)),
+        }
     }
 
     /// Phase 5, whichever the protocol: the route's response filters, then
@@ -605,6 +615,8 @@ fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
             ProxyError::Forbidden { route, consumer }
         }
         Refusal::AddressRefused(client) => ProxyError::AddressRefused { route, client },
+        Refusal::AuthUnavailable(reason) => ProxyError::AuthUnavailable { route, reason },
+        Refusal::Answer(_) => unreachable!("route_filter sends a filter's answer as it is"),
     }
 }
 

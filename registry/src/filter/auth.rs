@@ -1,9 +1,13 @@
 //! Checking the authentication filters that keep their credentials on the
-//! route: `basic_auth` (bcrypt password hashes).
+//! route: `basic_auth` (bcrypt password hashes), and the one that asks a
+//! service instead: `forward_auth`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use super::{FilterSpec, Refusal, compile_consumer_header};
+use http::HeaderName;
+
+use super::{FilterSpec, Refusal, compile_consumer_header, header_name};
 
 /// Most users of one `basic_auth` filter.
 pub const MAX_BASIC_USERS: usize = 1024;
@@ -122,4 +126,78 @@ fn check_bcrypt(hash: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Default `timeout` of a `forward_auth` filter.
+pub const DEFAULT_FORWARD_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `timeout` of a `forward_auth` filter.
+pub const MAX_FORWARD_AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most names in `copy_headers` or `forward_headers`.
+pub const MAX_FORWARD_AUTH_HEADERS: usize = 64;
+
+/// A checked `forward_auth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuth {
+    /// The auth service (`http` or `https`).
+    pub url: http::Uri,
+    /// Time allowed for its whole answer.
+    pub timeout: Duration,
+    /// Headers of a 2xx answer set on the upstream request.
+    pub copy_headers: Vec<HeaderName>,
+    /// The request headers sent to the auth service; `None`: all but
+    /// hop-by-hop ones.
+    pub forward_headers: Option<Vec<HeaderName>>,
+}
+
+pub(super) fn compile_forward_auth(spec: &FilterSpec) -> Result<ForwardAuth, Refusal> {
+    let text = spec
+        .url
+        .as_deref()
+        .ok_or(("url", "is required".to_string()))?;
+    let url: http::Uri = text
+        .parse()
+        .map_err(|_| ("url", format!("{text:?} is not a URL")))?;
+    if !matches!(url.scheme_str(), Some("http") | Some("https")) || url.host().is_none() {
+        return Err(("url", format!("{text:?} is not an http(s) URL")));
+    }
+    let timeout = match &spec.timeout {
+        None => DEFAULT_FORWARD_AUTH_TIMEOUT,
+        Some(t) => {
+            let d = humantime::parse_duration(t).map_err(|e| {
+                (
+                    "timeout",
+                    format!("{e}: expected a duration such as \"5s\""),
+                )
+            })?;
+            if d < Duration::from_millis(1) || d > MAX_FORWARD_AUTH_TIMEOUT {
+                return Err(("timeout", format!("{t:?} is not within 1ms..=60s")));
+            }
+            d
+        }
+    };
+    let copy_headers = names(
+        "copy_headers",
+        spec.copy_headers.as_deref().unwrap_or_default(),
+    )?;
+    let forward_headers = spec
+        .forward_headers
+        .as_deref()
+        .map(|list| names("forward_headers", list))
+        .transpose()?;
+    Ok(ForwardAuth {
+        url,
+        timeout,
+        copy_headers,
+        forward_headers,
+    })
+}
+
+fn names(field: &'static str, list: &[String]) -> Result<Vec<HeaderName>, Refusal> {
+    if list.len() > MAX_FORWARD_AUTH_HEADERS {
+        return Err((field, format!("at most {MAX_FORWARD_AUTH_HEADERS} names")));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(j, n)| header_name(n).map_err(|r| (field, format!("[{j}] {r}"))))
+        .collect()
 }
