@@ -1531,3 +1531,170 @@ async fn forward_auth_asks_a_real_auth_service() {
     );
     assert_eq!(backend.received(), 1);
 }
+
+async fn options(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&http(), Method::OPTIONS, url, headers, Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("OPTIONS {url}: {e}"))
+}
+
+fn varies_on_origin(r: &Reply) -> bool {
+    r.headers
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("Origin"))
+}
+
+/// `cors`: preflights answered at the gateway (allowed: 204 with the allow
+/// headers; refused: 403 without any) before authentication and never
+/// upstream; other requests from an allowed origin get the origin, the
+/// credentials flag, the exposed headers and `Vary: Origin` on the
+/// upstream's answer and on the gateway's own 401; a disallowed origin gets
+/// none; a wildcard route answers `*`.
+#[tokio::test]
+async fn cors_answers_preflights_at_the_gateway_and_marks_answers() {
+    let backend = FaultyBackend::start("b").await;
+    let hash = bcrypt::hash("pw", 5).unwrap();
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "app"
+path_prefix = "/app"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "basic_auth"
+users = {{ alice = "{hash}" }}
+[[route.filters]]
+type = "cors"
+allow_origins = ["https://app.example"]
+allow_methods = ["GET", "PUT"]
+allow_headers = ["content-type", "authorization"]
+expose_headers = ["x-total"]
+allow_credentials = true
+max_age = "10m"
+
+[[route]]
+name = "public"
+path_prefix = "/public"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "cors"
+allow_origins = ["*"]
+allow_methods = ["*"]
+allow_headers = ["*"]
+"#,
+        up = backend.addr
+    ))
+    .await;
+    let app = format!("{}/app/x", gw.url);
+    let origin = ("origin", "https://app.example");
+    let pre = options(
+        &app,
+        &[
+            origin,
+            ("access-control-request-method", "PUT"),
+            (
+                "access-control-request-headers",
+                "Content-Type, Authorization",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT, "{:?}", pre.headers);
+    assert_eq!(
+        pre.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(pre.headers["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(
+        pre.headers["access-control-allow-headers"],
+        "content-type, authorization"
+    );
+    assert_eq!(pre.headers["access-control-allow-credentials"], "true");
+    assert_eq!(pre.headers["access-control-max-age"], "600");
+    assert!(varies_on_origin(&pre));
+    for headers in [
+        [
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        [origin, ("access-control-request-method", "DELETE")],
+        [origin, ("access-control-request-headers", "x-other")],
+    ] {
+        let mut all = headers.to_vec();
+        if !all
+            .iter()
+            .any(|(n, _)| *n == "access-control-request-method")
+        {
+            all.push(("access-control-request-method", "GET"));
+        }
+        let refused = options(&app, &all).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{all:?}");
+        assert_eq!(refused.json()["code"], "cors_refused");
+        assert!(
+            !refused
+                .headers
+                .keys()
+                .any(|k| k.as_str().starts_with("access-control-")),
+            "{all:?}: {:?}",
+            refused.headers
+        );
+    }
+    assert_eq!(backend.received(), 0, "a preflight reached the upstream");
+
+    let creds = basic("alice", "pw");
+    let ok = get_with(&app, &[origin, ("authorization", &creds)]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(ok.headers["access-control-allow-credentials"], "true");
+    assert_eq!(ok.headers["access-control-expose-headers"], "x-total");
+    assert!(varies_on_origin(&ok));
+    // The gateway's own refusal is readable by the page too.
+    let unauthorized = get_with(&app, &[origin]).await;
+    assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        unauthorized.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let foreign = get_with(
+        &app,
+        &[
+            ("origin", "https://evil.example"),
+            ("authorization", &creds),
+        ],
+    )
+    .await;
+    assert_eq!(foreign.status, StatusCode::OK);
+    assert!(foreign.headers.get("access-control-allow-origin").is_none());
+    // Not a preflight (no Access-Control-Request-Method): authenticated as usual.
+    assert_eq!(
+        options(&app, &[origin]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(backend.received(), 2);
+
+    let public = format!("{}/public", gw.url);
+    let any = get_with(&public, &[("origin", "https://anyone.example")]).await;
+    assert_eq!(any.headers["access-control-allow-origin"], "*");
+    assert!(!varies_on_origin(&any));
+    let pre = options(
+        &public,
+        &[
+            ("origin", "https://anyone.example"),
+            ("access-control-request-method", "PATCH"),
+            ("access-control-request-headers", "authorization, x-trace"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT);
+    assert_eq!(pre.headers["access-control-allow-origin"], "*");
+    assert_eq!(pre.headers["access-control-allow-methods"], "PATCH");
+    assert_eq!(
+        pre.headers["access-control-allow-headers"],
+        "authorization, x-trace"
+    );
+    assert_eq!(backend.received(), 3);
+}

@@ -165,6 +165,13 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// A CORS preflight the route's `cors` filter does not allow (403,
+    /// without any `Access-Control-*` header).
+    #[error("route {route:?} does not allow this cross-origin request")]
+    CorsRefused {
+        /// The route.
+        route: String,
+    },
 }
 
 impl ProxyError {
@@ -195,6 +202,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
             ProxyError::AddressRefused { .. } => "address_refused",
             ProxyError::AuthUnavailable { .. } => "auth_unavailable",
+            ProxyError::CorsRefused { .. } => "cors_refused",
         }
     }
 
@@ -226,6 +234,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::AddressRefused { .. } => StatusCode::FORBIDDEN,
             ProxyError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CorsRefused { .. } => StatusCode::FORBIDDEN,
         }
     }
 

@@ -21,7 +21,9 @@ pub use auth::{
     MAX_BCRYPT_COST, MAX_FORWARD_AUTH_HEADERS, MAX_FORWARD_AUTH_TIMEOUT, MIN_BCRYPT_COST,
 };
 
-pub use access::{Cidr, IpFilter, MAX_NETWORKS};
+pub use access::{
+    Cidr, Cors, DEFAULT_CORS_METHODS, IpFilter, MAX_CORS_ENTRIES, MAX_CORS_MAX_AGE, MAX_NETWORKS,
+};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -201,6 +203,25 @@ pub struct FilterSpec {
     /// all but hop-by-hop ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_headers: Option<Vec<String>>,
+    /// cors: the origins allowed (`https://app.example`), or `["*"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_origins: Option<Vec<String>>,
+    /// cors: the methods a preflight may ask for (default GET, HEAD, POST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_methods: Option<Vec<String>>,
+    /// cors: the request headers a preflight may ask for (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_headers: Option<Vec<String>>,
+    /// cors: the response headers a script may read (default none beyond
+    /// the safelisted ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose_headers: Option<Vec<String>>,
+    /// cors: whether credentialed requests may be read (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// cors: how long a browser may cache a preflight's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
 }
 
 /// One checked filter.
@@ -229,6 +250,9 @@ pub enum Filter {
     BasicAuth(BasicAuth),
     /// Ask an auth service; anything but a 2xx is its answer to the client.
     ForwardAuth(ForwardAuth),
+    /// Answer CORS preflights at the gateway and mark responses readable
+    /// by the allowed origins.
+    Cors(Cors),
 }
 
 /// A checked `jwt`.
@@ -458,6 +482,14 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
         "ip_filter" => Some(&["allow", "deny"]),
         "basic_auth" => Some(&["users", "realm", "consumer_header", "secret_withheld"]),
         "forward_auth" => Some(&["url", "timeout", "copy_headers", "forward_headers"]),
+        "cors" => Some(&[
+            "allow_origins",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "allow_credentials",
+            "max_age",
+        ]),
         _ => None,
     }
 }
@@ -528,7 +560,7 @@ fn check_single(specs: &[FilterSpec]) -> Result<(), FilterError> {
     for (i, spec) in specs.iter().enumerate() {
         let single = matches!(
             spec.kind.as_str(),
-            "rewrite" | "redirect" | "body_limit" | "ip_filter"
+            "rewrite" | "redirect" | "body_limit" | "ip_filter" | "cors"
         );
         if single && specs[..i].iter().any(|s| s.kind == spec.kind) {
             return Err(FilterError {
@@ -587,7 +619,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, ip_filter, basic_auth, forward_auth)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, ip_filter, basic_auth, forward_auth, cors)",
                 spec.kind
             ),
         ));
@@ -608,6 +640,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "ip_filter" => access::compile_ip_filter(spec).map(Filter::IpFilter),
         "basic_auth" => auth::compile_basic_auth(spec).map(Filter::BasicAuth),
         "forward_auth" => auth::compile_forward_auth(spec).map(Filter::ForwardAuth),
+        "cors" => access::compile_cors(spec).map(Filter::Cors),
         _ => match spec.max {
             Some(0) => Err(("max", "must be at least 1 byte".into())),
             Some(n) => Ok(Filter::BodyLimit(n)),
@@ -616,7 +649,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 40] {
+fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 46] {
     [
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
@@ -658,6 +691,12 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 40] {
         ("timeout", s.timeout.is_some()),
         ("copy_headers", s.copy_headers.is_some()),
         ("forward_headers", s.forward_headers.is_some()),
+        ("allow_origins", s.allow_origins.is_some()),
+        ("allow_methods", s.allow_methods.is_some()),
+        ("allow_headers", s.allow_headers.is_some()),
+        ("expose_headers", s.expose_headers.is_some()),
+        ("allow_credentials", s.allow_credentials.is_some()),
+        ("max_age", s.max_age.is_some()),
     ]
 }
 
@@ -1244,6 +1283,27 @@ mod tests {
             (
                 r#"{"type":"forward_auth","url":"http://a/b","forward_headers":["bad name"]}"#,
                 "route[2].filters[0].forward_headers",
+            ),
+            (r#"{"type":"cors"}"#, "route[2].filters[0].allow_origins"),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example/"]}"#,
+                "route[2].filters[0].allow_origins",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example","*"]}"#,
+                "route[2].filters[0].allow_origins",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["*"],"allow_credentials":true}"#,
+                "route[2].filters[0].allow_credentials",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example"],"allow_methods":["get"]}"#,
+                "route[2].filters[0].allow_methods",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example"],"max_age":"2d"}"#,
+                "route[2].filters[0].max_age",
             ),
         ] {
             assert_eq!(refusal(json), field, "{json}");

@@ -14,7 +14,8 @@
 //! 1. **request filter** (may answer by itself, before anything is sent):
 //!    `ip_filter` first (a 403 for an address not allowed: the cheapest
 //!    check, so a refused client spends no authentication work), then
-//!    authentication ([`api_key`]: 401 without a known key, 403 for
+//!    [`cors`] preflights (answered here, before authentication: a browser
+//!    sends them without credentials), then authentication ([`api_key`]: 401 without a known key, 403 for
 //!    a consumer not allowed; the credential removed and the consumer
 //!    named in a header; [`jwt`]: 401 without a valid token, claims copied
 //!    to headers; [`basic_auth`]: 401 without a listed user's password,
@@ -40,6 +41,7 @@
 pub mod api_key;
 pub mod basic_auth;
 pub mod consumers;
+pub mod cors;
 pub mod forward_auth;
 pub mod headers;
 pub mod jwt;
@@ -88,6 +90,9 @@ pub enum Refusal {
     Answer(Box<http::Response<http_body_util::Full<bytes::Bytes>>>),
     /// A `forward_auth` service could not be asked: 503, nothing let through.
     AuthUnavailable(String),
+    /// A CORS preflight for an origin, method or header the route's `cors`
+    /// does not allow: 403.
+    CorsRefused,
 }
 
 /// What the request filter phase may read and edit of a request.
@@ -133,6 +138,9 @@ pub struct FilterChain {
     body_limit: Option<u64>,
     /// Phase 1, before anything else: who may call, by address.
     ip_filter: Option<IpFilter>,
+    /// Phase 1, before authentication: preflights answered; and every
+    /// answer to an allowed origin marked readable.
+    cors: Option<cors::CorsFilter>,
 }
 
 impl FilterChain {
@@ -151,6 +159,7 @@ impl FilterChain {
             redirect: None,
             body_limit: None,
             ip_filter: None,
+            cors: None,
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
@@ -169,6 +178,7 @@ impl FilterChain {
                 Filter::ForwardAuth(f) => chain.auth.push(Authenticator::Forward(
                     forward_auth::ForwardAuthFilter::new(f),
                 )),
+                Filter::Cors(c) => chain.cors = Some(cors::CorsFilter::new(c)),
             }
         }
         Some(chain)
@@ -203,6 +213,14 @@ impl FilterChain {
                 return Err(Refusal::AddressRefused(head.client));
             }
         }
+        if let Some(cors) = &self.cors {
+            if cors::CorsFilter::is_preflight(head.method, head.headers) {
+                return Err(match cors.preflight(head.headers) {
+                    Some(answer) => Refusal::Answer(Box::new(answer)),
+                    None => Refusal::CorsRefused,
+                });
+            }
+        }
         let mut consumer = None;
         for auth in &self.auth {
             let who = match auth {
@@ -229,6 +247,21 @@ impl FilterChain {
                 .map_err(Refusal::Limited)?;
         }
         Ok(consumer)
+    }
+
+    /// The request's `Origin`, when the route has a `cors` filter that
+    /// allows it: every answer to the request is then marked readable
+    /// ([`FilterChain::on_cors`]).
+    pub fn cors_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        self.cors.as_ref()?.allowed_origin(headers)
+    }
+
+    /// Phase 6, on any answer (upstream's or the gateway's own) to a request
+    /// from an allowed `origin`: the CORS response headers.
+    pub fn on_cors(&self, origin: &HeaderValue, headers: &mut HeaderMap) {
+        if let Some(cors) = &self.cors {
+            cors.decorate(origin, headers);
+        }
     }
 
     /// Phase 3: edits the request about to go upstream.

@@ -231,6 +231,9 @@ struct RequestCtx<'t> {
     body: BodyState,
     /// A gRPC call, and which kind (`content-type` read once, in `begin`).
     grpc: Option<GrpcKind>,
+    /// The request's `Origin`, when the route's `cors` filter allows it:
+    /// the answer, whoever makes it, gets the CORS headers in phase 6.
+    cors_origin: Option<HeaderValue>,
 }
 
 /// What is known of the client's request body.
@@ -371,6 +374,7 @@ impl Proxy {
                 BodyState::Unread
             },
             grpc: GrpcKind::of(req.headers()),
+            cors_origin: None,
         }
     }
 
@@ -404,8 +408,17 @@ impl Proxy {
         }
         let entry = matched.entry;
         if let Some(chain) = &entry.filters {
-            if let Some(answer) = self.route_filter(entry, chain, &mut req, peer).await? {
-                return Ok(answer.map(|b| Either::Right(Either::Left(b))));
+            ctx.cors_origin = chain.cors_origin(req.headers());
+            match self.route_filter(entry, chain, &mut req, peer).await {
+                Ok(Some(answer)) => return Ok(answer.map(|b| Either::Right(Either::Left(b)))),
+                Ok(None) => {}
+                Err(e) => {
+                    if matches!(e, ProxyError::CorsRefused { .. }) {
+                        // A refused preflight carries no CORS header at all.
+                        ctx.cors_origin = None;
+                    }
+                    return Err(e);
+                }
             }
             if let Some(redirect) = chain.redirect() {
                 return route_redirect(redirect, &front, &req, peer, matched.prefix_len);
@@ -558,6 +571,11 @@ impl Proxy {
     /// Phase 6: the headers every response carries, metrics, access log.
     fn finish(&self, mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
         *resp.version_mut() = ctx.version;
+        if let (Some(origin), Some(entry)) = (&ctx.cors_origin, ctx.entry) {
+            if let Some(chain) = &entry.filters {
+                chain.on_cors(origin, resp.headers_mut());
+            }
+        }
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
         if ctx.version != Version::HTTP_2 && ctx.body.unfinished() {
@@ -616,6 +634,7 @@ fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
         }
         Refusal::AddressRefused(client) => ProxyError::AddressRefused { route, client },
         Refusal::AuthUnavailable(reason) => ProxyError::AuthUnavailable { route, reason },
+        Refusal::CorsRefused => ProxyError::CorsRefused { route },
         Refusal::Answer(_) => unreachable!("route_filter sends a filter's answer as it is"),
     }
 }

@@ -172,3 +172,144 @@ mod tests {
         assert!(!deny_only.admits("::ffff:192.168.0.1".parse().unwrap()));
     }
 }
+
+/// Most entries in one `cors` list.
+pub const MAX_CORS_ENTRIES: usize = 256;
+/// Longest `max_age` of a `cors` filter (browsers cap it lower anyway:
+/// Firefox at 24 h, Chromium at 2 h).
+pub const MAX_CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Default `allow_methods`: the CORS-safelisted methods.
+pub const DEFAULT_CORS_METHODS: [&str; 3] = ["GET", "HEAD", "POST"];
+
+/// A checked `cors`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// Origins allowed (`scheme://host[:port]`, lowercase); `None`: any (`*`).
+    pub origins: Option<Vec<String>>,
+    /// Methods a preflight may ask for; `None`: any (`*`).
+    pub methods: Option<Vec<http::Method>>,
+    /// Request headers a preflight may ask for; `None`: any (`*`).
+    pub allow_headers: Option<Vec<http::HeaderName>>,
+    /// Response headers a script may read; `None`: all (`*`).
+    pub expose_headers: Option<Vec<http::HeaderName>>,
+    /// Whether requests with credentials (cookies, `Authorization`) may be
+    /// read by the script.
+    pub credentials: bool,
+    /// How long a browser may cache a preflight's answer, in seconds.
+    pub max_age: Option<u64>,
+}
+
+/// One list: `["*"]` is `None` (any), otherwise each entry checked.
+fn wildcard_or<T>(
+    field: &'static str,
+    list: &[String],
+    check: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<Vec<T>>, Refusal> {
+    if list.is_empty() || list.len() > MAX_CORS_ENTRIES {
+        return Err((
+            field,
+            format!("give 1 to {MAX_CORS_ENTRIES} entries, or [\"*\"]"),
+        ));
+    }
+    if list.iter().any(|e| e == "*") {
+        return match list.len() {
+            1 => Ok(None),
+            _ => Err((field, "\"*\" stands alone".into())),
+        };
+    }
+    list.iter()
+        .enumerate()
+        .map(|(j, e)| check(e).map_err(|r| (field, format!("[{j}] {r}"))))
+        .collect::<Result<Vec<T>, Refusal>>()
+        .map(Some)
+}
+
+pub(super) fn compile_cors(spec: &FilterSpec) -> Result<Cors, Refusal> {
+    let origins = spec.allow_origins.as_deref().ok_or((
+        "allow_origins",
+        "is required: origins, or [\"*\"]".to_string(),
+    ))?;
+    let origins = wildcard_or("allow_origins", origins, origin)?;
+    let default_methods: Vec<String> = DEFAULT_CORS_METHODS.map(String::from).to_vec();
+    let methods = wildcard_or(
+        "allow_methods",
+        spec.allow_methods.as_deref().unwrap_or(&default_methods),
+        |m| {
+            http::Method::from_bytes(m.as_bytes())
+                .ok()
+                .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()))
+                .ok_or_else(|| format!("{m:?} is not a method (uppercase, as GET)"))
+        },
+    )?;
+    let name = |n: &str| {
+        http::HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| format!("{n:?} is not a header name"))
+    };
+    let allow_headers = match spec.allow_headers.as_deref() {
+        None => Some(Vec::new()),
+        Some(list) => wildcard_or("allow_headers", list, name)?,
+    };
+    let expose_headers = match spec.expose_headers.as_deref() {
+        None => Some(Vec::new()),
+        Some(list) => wildcard_or("expose_headers", list, name)?,
+    };
+    let credentials = spec.allow_credentials.unwrap_or(false);
+    if credentials {
+        // With credentials a browser takes `*` literally (Fetch standard,
+        // CORS protocol): an origin wildcard would never work, and
+        // reflecting any origin instead would hand every site the user's
+        // session.
+        for (field, wild) in [
+            ("allow_origins", origins.is_none()),
+            ("allow_methods", methods.is_none()),
+            ("allow_headers", allow_headers.is_none()),
+            ("expose_headers", expose_headers.is_none()),
+        ] {
+            if wild {
+                return Err((
+                    "allow_credentials",
+                    format!("does not combine with \"*\" in {field}: list them"),
+                ));
+            }
+        }
+    }
+    let max_age = match &spec.max_age {
+        None => None,
+        Some(text) => {
+            let d = humantime::parse_duration(text).map_err(|e| {
+                (
+                    "max_age",
+                    format!("{e}: expected a duration such as \"10m\""),
+                )
+            })?;
+            if d > MAX_CORS_MAX_AGE {
+                return Err(("max_age", format!("{text:?} is over 24h")));
+            }
+            Some(d.as_secs())
+        }
+    };
+    Ok(Cors {
+        origins,
+        methods,
+        allow_headers,
+        expose_headers,
+        credentials,
+        max_age,
+    })
+}
+
+/// `scheme://host[:port]`, as a browser serialises an `Origin`: http or
+/// https, no path, no trailing slash; kept lowercase.
+fn origin(text: &str) -> Result<String, String> {
+    let bad = || format!("{text:?} is not an origin (scheme://host[:port], no path)");
+    let uri: http::Uri = text.parse().map_err(|_| bad())?;
+    let shaped = matches!(uri.scheme_str(), Some("http") | Some("https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && !text.ends_with('/')
+        && uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+    if !shaped {
+        return Err(bad());
+    }
+    Ok(text.to_ascii_lowercase())
+}
