@@ -1698,3 +1698,94 @@ allow_headers = ["*"]
     );
     assert_eq!(backend.received(), 3);
 }
+
+/// Mistakes in `ip_filter`, `basic_auth`, `forward_auth` and `cors`, on
+/// `PUT /v1/routes` (422 naming the field, the revision unmoved, nothing
+/// stored) and in a route file (the key named).
+#[tokio::test]
+async fn edge_and_auth_filter_mistakes_are_refused_naming_the_field() {
+    let weak = r#"{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="#;
+    let cases = [
+        (
+            json!({"type": "ip_filter", "allow": ["10.0.0.0/8", "10.0.0.0/33"]}),
+            "filters[0].allow",
+        ),
+        (
+            json!({"type": "ip_filter", "deny": ["nope"]}),
+            "filters[0].deny",
+        ),
+        (json!({"type": "ip_filter"}), "filters[0].allow"),
+        (
+            json!({"type": "basic_auth", "users": {"alice": "plaintext"}}),
+            "filters[0].users",
+        ),
+        (
+            json!({"type": "basic_auth", "users": {"alice": weak}}),
+            "filters[0].users",
+        ),
+        (json!({"type": "basic_auth"}), "filters[0].users"),
+        (
+            json!({"type": "forward_auth", "url": "ftp://auth/check"}),
+            "filters[0].url",
+        ),
+        (
+            json!({"type": "forward_auth", "url": "http://auth/check", "timeout": "soon"}),
+            "filters[0].timeout",
+        ),
+        (
+            json!({"type": "forward_auth", "url": "http://auth/check", "copy_headers": ["content-length"]}),
+            "filters[0].copy_headers",
+        ),
+        (
+            json!({"type": "cors", "allow_origins": ["*"], "allow_credentials": true}),
+            "filters[0].allow_credentials",
+        ),
+        (
+            json!({"type": "cors", "allow_origins": ["app.example"]}),
+            "filters[0].allow_origins",
+        ),
+        (
+            json!({"type": "cors", "allow_origins": ["*"], "realm": "x"}),
+            "filters[0].realm",
+        ),
+    ];
+    let registry = TestRegistry::start(fast_leases()).await;
+    let url = format!("{}/v1/routes/r", registry.url);
+    let before = get(&format!("{}/v1/routes", registry.url)).await;
+    for (filter, field) in &cases {
+        let bad = put_json(
+            &url,
+            json!({"upstreams": ["127.0.0.1:1"], "filters": [filter]}),
+        )
+        .await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{filter}");
+        assert_eq!(bad.json()["field"], *field, "{}", bad.json());
+    }
+    let index_of = |r: &Reply| r.headers["x-portico-index"].clone();
+    let after = get(&format!("{}/v1/routes", registry.url)).await;
+    assert_eq!(
+        index_of(&before),
+        index_of(&after),
+        "a refused route moved the revision"
+    );
+    assert_eq!(get(&url).await.status, StatusCode::NOT_FOUND);
+
+    // The same checks in a route file, which names the key.
+    let file = "[[route]]\nname = \"b\"\nupstreams = [\"127.0.0.1:1\"]\n[[route.filters]]\n\
+                type = \"cors\"\nallow_origins = [\"*\"]\nallow_credentials = true\n";
+    match Config::parse(file) {
+        Err(ConfigError::Invalid { key, .. }) => {
+            assert_eq!(key, "route[0].filters[0].allow_credentials")
+        }
+        other => panic!("{other:?}"),
+    }
+    let file = "[[route]]\nname = \"b\"\nupstreams = [\"127.0.0.1:1\"]\n[[route.filters]]\n\
+                type = \"ip_filter\"\ndeny = [\"::1\", \"::1/129\"]\n";
+    match Config::parse(file) {
+        Err(ConfigError::Invalid { key, reason }) => {
+            assert_eq!(key, "route[0].filters[0].deny");
+            assert!(reason.contains("[1]"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
