@@ -121,6 +121,33 @@ enum Authenticator {
     Forward(forward_auth::ForwardAuthFilter),
 }
 
+impl Authenticator {
+    /// Checks the request; answers the consumer it identified, if any.
+    async fn run(
+        &self,
+        head: &mut RequestHead<'_>,
+        consumers: &ConsumerStore,
+    ) -> Result<Option<Arc<str>>, Refusal> {
+        let who = match self {
+            Authenticator::ApiKey(config) => {
+                api_key::authenticate(config, consumers, head.headers, head.uri).map(Some)
+            }
+            Authenticator::Jwt(filter) => filter.authenticate(head.headers).await,
+            Authenticator::Basic(filter) => filter.authenticate(head.headers).await.map(Some),
+            Authenticator::Forward(filter) => {
+                return match filter.authorize(head).await {
+                    Ok(()) => Ok(None),
+                    Err(forward_auth::Denied::Answer(a)) => Err(Refusal::Answer(Box::new(a))),
+                    Err(forward_auth::Denied::Unavailable(why)) => {
+                        Err(Refusal::AuthUnavailable(why))
+                    }
+                };
+            }
+        };
+        who.map_err(Refusal::Auth)
+    }
+}
+
 /// A route's filters, built from its checked configuration.
 #[derive(Debug)]
 pub struct FilterChain {
@@ -223,23 +250,7 @@ impl FilterChain {
         }
         let mut consumer = None;
         for auth in &self.auth {
-            let who = match auth {
-                Authenticator::ApiKey(config) => {
-                    api_key::authenticate(config, consumers, head.headers, head.uri).map(Some)
-                }
-                Authenticator::Jwt(filter) => filter.authenticate(head.headers).await,
-                Authenticator::Basic(filter) => filter.authenticate(head.headers).await.map(Some),
-                Authenticator::Forward(filter) => match filter.authorize(&mut head).await {
-                    Ok(()) => Ok(None),
-                    Err(forward_auth::Denied::Answer(a)) => {
-                        return Err(Refusal::Answer(Box::new(a)));
-                    }
-                    Err(forward_auth::Denied::Unavailable(why)) => {
-                        return Err(Refusal::AuthUnavailable(why));
-                    }
-                },
-            };
-            consumer = who.map_err(Refusal::Auth)?.or(consumer);
+            consumer = auth.run(&mut head, consumers).await?.or(consumer);
         }
         for limit in &self.limits {
             limit
