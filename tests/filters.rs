@@ -1286,3 +1286,618 @@ async fn compression_mistakes_name_the_field() {
         assert!(err.contains(field), "{filter}: {err}");
     }
 }
+
+/// `ip_filter` through a real gateway: an allowed address passes, a denied
+/// one (deny wins over allow), or one outside the allow list, gets the
+/// gateway's 403 JSON before authentication runs and never reaches the
+/// upstream; behind a trusted proxy the forwarded client address is the one
+/// judged, from any other peer the header is ignored.
+#[tokio::test]
+async fn ip_filter_allows_and_denies_by_network_before_authentication() {
+    let backend = FaultyBackend::start("b").await;
+    let up = backend.addr;
+    let routes = format!(
+        r#"
+[[route]]
+name = "open"
+path_prefix = "/open"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "ip_filter"
+allow = ["10.0.0.0/8", "127.0.0.1", "::1"]
+
+[[route]]
+name = "denied"
+path_prefix = "/denied"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "api_key"
+[[route.filters]]
+type = "ip_filter"
+allow = ["127.0.0.0/8"]
+deny = ["127.0.0.1/32"]
+
+[[route]]
+name = "internal"
+path_prefix = "/internal"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "ip_filter"
+allow = ["10.0.0.0/8", "2001:db8::/32"]
+"#
+    );
+    let gw = gateway(&routes).await;
+    assert_eq!(
+        get(&format!("{}/open", gw.url)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.received(), 1);
+    for path in ["/denied", "/internal"] {
+        let r = get(&format!("{}{path}", gw.url)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(r.json()["code"], "address_refused", "{path}");
+        assert_eq!(r.headers["x-portico-error"], "address_refused");
+        assert!(
+            r.headers.get("www-authenticate").is_none(),
+            "{path}: auth ran first"
+        );
+    }
+    // A client's own X-Forwarded-For is not believed from an untrusted peer.
+    let forged = get_with(
+        &format!("{}/internal", gw.url),
+        &[("x-forwarded-for", "10.1.2.3")],
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        backend.received(),
+        1,
+        "a refused request reached the upstream"
+    );
+
+    // Behind a trusted proxy (the test client, on loopback): the forwarded
+    // address is the client's.
+    let mut options = quiet(Config::parse(&routes).unwrap());
+    options.proxy.edge.trusted_proxies = vec![
+        portico_gateway::proxy::Cidr::parse("127.0.0.1").unwrap(),
+        portico_gateway::proxy::Cidr::parse("192.168.0.0/16").unwrap(),
+    ];
+    let behind = TestGateway::start(options).await;
+    let internal = format!("{}/internal", behind.url);
+    for (xff, status) in [
+        ("10.1.2.3", StatusCode::OK),
+        ("2001:db8::7, 192.168.1.1", StatusCode::OK),
+        ("10.1.2.3, 8.8.8.8", StatusCode::FORBIDDEN),
+        ("8.8.8.8", StatusCode::FORBIDDEN),
+    ] {
+        let r = get_with(&internal, &[("x-forwarded-for", xff)]).await;
+        assert_eq!(r.status, status, "x-forwarded-for: {xff}");
+    }
+    // No header: the trusted peer itself (127.0.0.1), not in the allow list.
+    assert_eq!(get(&internal).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(backend.received(), 3);
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// `basic_auth` with bcrypt hashes (one in `htpasswd -B`'s `$2y$` form):
+/// no or wrong credentials get 401 with the realm's challenge and never
+/// reach the upstream; the right ones pass with `Authorization` removed
+/// and the user named upstream (a client's own copy of that header
+/// dropped), and a rate limit keyed by `consumer` counts each user apart.
+#[tokio::test]
+async fn basic_auth_checks_bcrypt_passwords_and_names_the_user() {
+    let echo = TestEcho::start("e").await;
+    let backend = FaultyBackend::start("b").await;
+    // `htpasswd -B` writes `$2y$`; the algorithm is bcrypt's `$2b$`.
+    let alice = bcrypt::hash("correct horse", 5)
+        .unwrap()
+        .replacen("$2b$", "$2y$", 1);
+    let bob = bcrypt::hash("b0b:pass", 5).unwrap();
+    let users = format!(r#"users = {{ alice = "{alice}", bob = "{bob}" }}"#);
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "staff"
+path_prefix = "/staff"
+upstreams = ["{echo}"]
+[[route.filters]]
+type = "rate_limit"
+key = "consumer"
+rate = 1
+per = "1h"
+burst = 2
+[[route.filters]]
+type = "basic_auth"
+realm = "staff area"
+{users}
+
+[[route]]
+name = "counted"
+path_prefix = "/counted"
+upstreams = ["{backend}"]
+[[route.filters]]
+type = "basic_auth"
+{users}
+"#,
+        echo = echo.addr,
+        backend = backend.addr,
+    ))
+    .await;
+    let staff = format!("{}/staff", gw.url);
+    let none = get(&staff).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.json()["code"], "unauthorized");
+    assert_eq!(
+        none.headers["www-authenticate"],
+        "Basic realm=\"staff area\", charset=\"UTF-8\""
+    );
+    let wrong = basic("alice", "wrong horse");
+    let unknown = basic("carol", "correct horse");
+    for auth in [wrong.as_str(), unknown.as_str(), "Basic !!!", "Bearer x"] {
+        let r = get_with(&staff, &[("authorization", auth)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth}");
+    }
+    let right = basic("alice", "correct horse");
+    let ok = get_with(&staff, &[("authorization", &right), ("x-consumer", "root")]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let seen = &ok.json()["headers"];
+    assert_eq!(seen["x-consumer"], "alice", "{seen}");
+    assert!(
+        seen.get("authorization").is_none(),
+        "credentials went upstream: {seen}"
+    );
+    // Alice's burst of 2; the second is served from the cache.
+    assert_eq!(
+        get_with(&staff, &[("authorization", &right)]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&staff, &[("authorization", &right)]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let bob_auth = basic("bob", "b0b:pass");
+    let r = get_with(&staff, &[("authorization", &bob_auth)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["headers"]["x-consumer"], "bob");
+
+    let counted = format!("{}/counted", gw.url);
+    for auth in [wrong.as_str(), unknown.as_str()] {
+        let r = get_with(&counted, &[("authorization", auth)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(get(&counted).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        backend.received(),
+        0,
+        "a refused request reached the upstream"
+    );
+    assert_eq!(
+        get_with(&counted, &[("authorization", &right)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.received(), 1);
+}
+
+/// A real auth service for `forward_auth`: `Bearer good` is let on with
+/// identity headers, `Bearer slow` is answered too late, anything else is
+/// refused with a 401 of its own. It keeps the head of every question.
+struct AuthServer {
+    url: String,
+    asked: Arc<std::sync::Mutex<Vec<(Method, http::HeaderMap)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthServer {
+    async fn start() -> AuthServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/check", listener.local_addr().unwrap());
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        seen.lock()
+                            .unwrap()
+                            .push((req.method().clone(), req.headers().clone()));
+                        let auth = req.headers().get("authorization").cloned();
+                        async move {
+                            let resp = match auth.as_ref().and_then(|v| v.to_str().ok()) {
+                                Some("Bearer good") => http::Response::builder()
+                                    .header("x-auth-user", "alice")
+                                    .header("x-auth-role", "admin")
+                                    .header("x-not-copied", "1")
+                                    .body(http_body_util::Full::new(Bytes::new())),
+                                Some("Bearer slow") => {
+                                    // Past the route's 300 ms timeout.
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                    http::Response::builder()
+                                        .body(http_body_util::Full::new(Bytes::new()))
+                                }
+                                _ => http::Response::builder()
+                                    .status(StatusCode::UNAUTHORIZED)
+                                    .header("www-authenticate", "Bearer realm=\"auth\"")
+                                    .header("x-auth-reason", "bad token")
+                                    .body(http_body_util::Full::new(Bytes::from("go away"))),
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.unwrap())
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        AuthServer { url, asked, task }
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `forward_auth` against a real auth service: a 2xx lets the request on
+/// with the named headers copied (a client's own copies dropped), and the
+/// service saw the request's method, URI, host, proto, client and headers;
+/// a refusal is passed back as it is; a slow or unreachable service is a
+/// 503; no refused request reaches the upstream.
+#[tokio::test]
+async fn forward_auth_asks_a_real_auth_service() {
+    let auth = AuthServer::start().await;
+    let echo = TestEcho::start("e").await;
+    let backend = FaultyBackend::start("b").await;
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/check", l.local_addr().unwrap())
+    };
+    let filter = |url: &str| {
+        format!(
+            "[[route.filters]]\ntype = \"forward_auth\"\nurl = \"{url}\"\ntimeout = \"300ms\"\n\
+             copy_headers = [\"x-auth-user\", \"x-auth-role\"]\n"
+        )
+    };
+    let gw = gateway(&format!(
+        "[[route]]\nname = \"fa\"\npath_prefix = \"/fa\"\nupstreams = [\"{}\"]\n{}\
+         [[route]]\nname = \"counted\"\npath_prefix = \"/counted\"\nupstreams = [\"{}\"]\n{}\
+         [[route]]\nname = \"down\"\npath_prefix = \"/down\"\nupstreams = [\"{}\"]\n{}",
+        echo.addr,
+        filter(&auth.url),
+        backend.addr,
+        filter(&auth.url),
+        backend.addr,
+        filter(&down),
+    ))
+    .await;
+
+    let ok = get_with(
+        &format!("{}/fa/path?q=1", gw.url),
+        &[
+            ("authorization", "Bearer good"),
+            ("x-custom", "kept"),
+            ("x-auth-user", "mallory"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let seen = &ok.json()["headers"];
+    assert_eq!(seen["x-auth-user"], "alice", "{seen}");
+    assert_eq!(seen["x-auth-role"], "admin", "{seen}");
+    assert!(seen.get("x-not-copied").is_none(), "{seen}");
+    let (method, asked) = auth.asked.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(method, Method::GET);
+    assert_eq!(asked["x-forwarded-method"], "GET");
+    assert_eq!(asked["x-forwarded-uri"], "/fa/path?q=1");
+    assert_eq!(asked["x-forwarded-proto"], "http");
+    assert_eq!(asked["x-forwarded-for"], "127.0.0.1");
+    let gw_host = gw.url.trim_start_matches("http://");
+    assert_eq!(asked["x-forwarded-host"], gw_host);
+    assert_eq!(asked["x-custom"], "kept");
+    assert_eq!(asked["authorization"], "Bearer good");
+    assert!(
+        asked.get("x-auth-user").is_none(),
+        "the client's copy was sent: {asked:?}"
+    );
+
+    let counted = format!("{}/counted", gw.url);
+    let refused = get_with(&counted, &[("authorization", "Bearer bad")]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.body, Bytes::from("go away"));
+    assert_eq!(refused.headers["www-authenticate"], "Bearer realm=\"auth\"");
+    assert_eq!(refused.headers["x-auth-reason"], "bad token");
+
+    let slow = get_with(&counted, &[("authorization", "Bearer slow")]).await;
+    assert_eq!(slow.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(slow.json()["code"], "auth_unavailable");
+    let unreachable = get_with(
+        &format!("{}/down", gw.url),
+        &[("authorization", "Bearer good")],
+    )
+    .await;
+    assert_eq!(unreachable.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(unreachable.json()["code"], "auth_unavailable");
+    assert_eq!(
+        backend.received(),
+        0,
+        "a refused request reached the upstream"
+    );
+    assert_eq!(
+        get_with(&counted, &[("authorization", "Bearer good")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.received(), 1);
+}
+
+async fn options(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(&http(), Method::OPTIONS, url, headers, Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("OPTIONS {url}: {e}"))
+}
+
+fn varies_on_origin(r: &Reply) -> bool {
+    r.headers
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("Origin"))
+}
+
+/// `cors`: preflights answered at the gateway (allowed: 204 with the allow
+/// headers; refused: 403 without any) before authentication and never
+/// upstream; other requests from an allowed origin get the origin, the
+/// credentials flag, the exposed headers and `Vary: Origin` on the
+/// upstream's answer and on the gateway's own 401; a disallowed origin gets
+/// none; a wildcard route answers `*`.
+#[tokio::test]
+async fn cors_answers_preflights_at_the_gateway_and_marks_answers() {
+    let backend = FaultyBackend::start("b").await;
+    let hash = bcrypt::hash("pw", 5).unwrap();
+    let gw = gateway(&format!(
+        r#"
+[[route]]
+name = "app"
+path_prefix = "/app"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "basic_auth"
+users = {{ alice = "{hash}" }}
+[[route.filters]]
+type = "cors"
+allow_origins = ["https://app.example"]
+allow_methods = ["GET", "PUT"]
+allow_headers = ["content-type", "authorization"]
+expose_headers = ["x-total"]
+allow_credentials = true
+max_age = "10m"
+
+[[route]]
+name = "public"
+path_prefix = "/public"
+upstreams = ["{up}"]
+[[route.filters]]
+type = "cors"
+allow_origins = ["*"]
+allow_methods = ["*"]
+allow_headers = ["*"]
+"#,
+        up = backend.addr
+    ))
+    .await;
+    let app = format!("{}/app/x", gw.url);
+    let origin = ("origin", "https://app.example");
+    let pre = options(
+        &app,
+        &[
+            origin,
+            ("access-control-request-method", "PUT"),
+            (
+                "access-control-request-headers",
+                "Content-Type, Authorization",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT, "{:?}", pre.headers);
+    assert_eq!(
+        pre.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(pre.headers["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(
+        pre.headers["access-control-allow-headers"],
+        "content-type, authorization"
+    );
+    assert_eq!(pre.headers["access-control-allow-credentials"], "true");
+    assert_eq!(pre.headers["access-control-max-age"], "600");
+    assert!(varies_on_origin(&pre));
+    for headers in [
+        [
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        [origin, ("access-control-request-method", "DELETE")],
+        [origin, ("access-control-request-headers", "x-other")],
+    ] {
+        let mut all = headers.to_vec();
+        if !all
+            .iter()
+            .any(|(n, _)| *n == "access-control-request-method")
+        {
+            all.push(("access-control-request-method", "GET"));
+        }
+        let refused = options(&app, &all).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{all:?}");
+        assert_eq!(refused.json()["code"], "cors_refused");
+        assert!(
+            !refused
+                .headers
+                .keys()
+                .any(|k| k.as_str().starts_with("access-control-")),
+            "{all:?}: {:?}",
+            refused.headers
+        );
+    }
+    assert_eq!(backend.received(), 0, "a preflight reached the upstream");
+
+    let creds = basic("alice", "pw");
+    let ok = get_with(&app, &[origin, ("authorization", &creds)]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(ok.headers["access-control-allow-credentials"], "true");
+    assert_eq!(ok.headers["access-control-expose-headers"], "x-total");
+    assert!(varies_on_origin(&ok));
+    // The gateway's own refusal is readable by the page too.
+    let unauthorized = get_with(&app, &[origin]).await;
+    assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        unauthorized.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let foreign = get_with(
+        &app,
+        &[
+            ("origin", "https://evil.example"),
+            ("authorization", &creds),
+        ],
+    )
+    .await;
+    assert_eq!(foreign.status, StatusCode::OK);
+    assert!(foreign.headers.get("access-control-allow-origin").is_none());
+    // Not a preflight (no Access-Control-Request-Method): authenticated as usual.
+    assert_eq!(
+        options(&app, &[origin]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(backend.received(), 2);
+
+    let public = format!("{}/public", gw.url);
+    let any = get_with(&public, &[("origin", "https://anyone.example")]).await;
+    assert_eq!(any.headers["access-control-allow-origin"], "*");
+    assert!(!varies_on_origin(&any));
+    let pre = options(
+        &public,
+        &[
+            ("origin", "https://anyone.example"),
+            ("access-control-request-method", "PATCH"),
+            ("access-control-request-headers", "authorization, x-trace"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT);
+    assert_eq!(pre.headers["access-control-allow-origin"], "*");
+    assert_eq!(pre.headers["access-control-allow-methods"], "PATCH");
+    assert_eq!(
+        pre.headers["access-control-allow-headers"],
+        "authorization, x-trace"
+    );
+    assert_eq!(backend.received(), 3);
+}
+
+/// Mistakes in `ip_filter`, `basic_auth`, `forward_auth` and `cors`, on
+/// `PUT /v1/routes` (422 naming the field, the revision unmoved, nothing
+/// stored) and in a route file (the key named).
+#[tokio::test]
+async fn edge_and_auth_filter_mistakes_are_refused_naming_the_field() {
+    let weak = r#"{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="#;
+    let cases = [
+        (
+            json!({"type": "ip_filter", "allow": ["10.0.0.0/8", "10.0.0.0/33"]}),
+            "filters[0].allow",
+        ),
+        (
+            json!({"type": "ip_filter", "deny": ["nope"]}),
+            "filters[0].deny",
+        ),
+        (json!({"type": "ip_filter"}), "filters[0].allow"),
+        (
+            json!({"type": "basic_auth", "users": {"alice": "plaintext"}}),
+            "filters[0].users",
+        ),
+        (
+            json!({"type": "basic_auth", "users": {"alice": weak}}),
+            "filters[0].users",
+        ),
+        (json!({"type": "basic_auth"}), "filters[0].users"),
+        (
+            json!({"type": "forward_auth", "url": "ftp://auth/check"}),
+            "filters[0].url",
+        ),
+        (
+            json!({"type": "forward_auth", "url": "http://auth/check", "timeout": "soon"}),
+            "filters[0].timeout",
+        ),
+        (
+            json!({"type": "forward_auth", "url": "http://auth/check", "copy_headers": ["content-length"]}),
+            "filters[0].copy_headers",
+        ),
+        (
+            json!({"type": "cors", "allow_origins": ["*"], "allow_credentials": true}),
+            "filters[0].allow_credentials",
+        ),
+        (
+            json!({"type": "cors", "allow_origins": ["app.example"]}),
+            "filters[0].allow_origins",
+        ),
+        (
+            json!({"type": "cors", "allow_origins": ["*"], "realm": "x"}),
+            "filters[0].realm",
+        ),
+    ];
+    let registry = TestRegistry::start(fast_leases()).await;
+    let url = format!("{}/v1/routes/r", registry.url);
+    let before = get(&format!("{}/v1/routes", registry.url)).await;
+    for (filter, field) in &cases {
+        let bad = put_json(
+            &url,
+            json!({"upstreams": ["127.0.0.1:1"], "filters": [filter]}),
+        )
+        .await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{filter}");
+        assert_eq!(bad.json()["field"], *field, "{}", bad.json());
+    }
+    let index_of = |r: &Reply| r.headers["x-portico-index"].clone();
+    let after = get(&format!("{}/v1/routes", registry.url)).await;
+    assert_eq!(
+        index_of(&before),
+        index_of(&after),
+        "a refused route moved the revision"
+    );
+    assert_eq!(get(&url).await.status, StatusCode::NOT_FOUND);
+
+    // The same checks in a route file, which names the key.
+    let file = "[[route]]\nname = \"b\"\nupstreams = [\"127.0.0.1:1\"]\n[[route.filters]]\n\
+                type = \"cors\"\nallow_origins = [\"*\"]\nallow_credentials = true\n";
+    match Config::parse(file) {
+        Err(ConfigError::Invalid { key, .. }) => {
+            assert_eq!(key, "route[0].filters[0].allow_credentials")
+        }
+        other => panic!("{other:?}"),
+    }
+    let file = "[[route]]\nname = \"b\"\nupstreams = [\"127.0.0.1:1\"]\n[[route.filters]]\n\
+                type = \"ip_filter\"\ndeny = [\"::1\", \"::1/129\"]\n";
+    match Config::parse(file) {
+        Err(ConfigError::Invalid { key, reason }) => {
+            assert_eq!(key, "route[0].filters[0].deny");
+            assert!(reason.contains("[1]"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -148,6 +148,30 @@ pub enum ProxyError {
         /// The deadline the client gave.
         timeout: std::time::Duration,
     },
+    /// A route's `ip_filter` does not allow the client's address (403).
+    #[error("route {route:?} does not allow client address {client}")]
+    AddressRefused {
+        /// The route.
+        route: String,
+        /// The client's address (the one the gateway trusts).
+        client: std::net::IpAddr,
+    },
+    /// A route's `forward_auth` service could not be asked (503): nothing
+    /// is let through without its answer.
+    #[error("route {route:?}: the auth service could not be asked: {reason}")]
+    AuthUnavailable {
+        /// The route.
+        route: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A CORS preflight the route's `cors` filter does not allow (403,
+    /// without any `Access-Control-*` header).
+    #[error("route {route:?} does not allow this cross-origin request")]
+    CorsRefused {
+        /// The route.
+        route: String,
+    },
 }
 
 impl ProxyError {
@@ -176,6 +200,9 @@ impl ProxyError {
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::BadGrpcTimeout(_) => "bad_grpc_timeout",
             ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
+            ProxyError::AddressRefused { .. } => "address_refused",
+            ProxyError::AuthUnavailable { .. } => "auth_unavailable",
+            ProxyError::CorsRefused { .. } => "cors_refused",
         }
     }
 
@@ -205,6 +232,9 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::AddressRefused { .. } => StatusCode::FORBIDDEN,
+            ProxyError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CorsRefused { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -225,7 +255,8 @@ impl ProxyError {
             | ProxyError::UpstreamTls { .. }
             // A reset or broken exchange: what a gRPC client reports when
             // its own connection breaks.
-            | ProxyError::UpstreamProtocol { .. } => Code::UNAVAILABLE,
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::AuthUnavailable { .. } => Code::UNAVAILABLE,
             ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 Code::DEADLINE_EXCEEDED
             }

@@ -12,8 +12,19 @@
 //! of ten filters is wrong. [`compile_filters`] then refuses any setting the
 //! type does not take, so the flat form is as strict as an enum.
 
+mod access;
+mod auth;
 mod compress;
 mod transform;
+
+pub use auth::{
+    BasicAuth, DEFAULT_FORWARD_AUTH_TIMEOUT, DEFAULT_REALM, ForwardAuth, MAX_BASIC_USERS,
+    MAX_BCRYPT_COST, MAX_FORWARD_AUTH_HEADERS, MAX_FORWARD_AUTH_TIMEOUT, MIN_BCRYPT_COST,
+};
+
+pub use access::{
+    Cidr, Cors, DEFAULT_CORS_METHODS, IpFilter, MAX_CORS_ENTRIES, MAX_CORS_MAX_AGE, MAX_NETWORKS,
+};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -182,6 +193,52 @@ pub struct FilterSpec {
     /// compression: `fastest`, `default` or `best`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
+    /// ip_filter: the networks allowed (CIDR or address); any other client
+    /// is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// ip_filter: the networks refused (wins over `allow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
+    /// basic_auth: user names and their bcrypt hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<BTreeMap<String, String>>,
+    /// basic_auth: the realm of the `WWW-Authenticate` challenge (default
+    /// `portico`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// forward_auth: the auth service asked about each request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// forward_auth: time allowed for the auth service's answer (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// forward_auth: headers of a 2xx answer set on the upstream request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_headers: Option<Vec<String>>,
+    /// forward_auth: the request headers sent to the auth service (default:
+    /// all but hop-by-hop ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_headers: Option<Vec<String>>,
+    /// cors: the origins allowed (`https://app.example`), or `["*"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_origins: Option<Vec<String>>,
+    /// cors: the methods a preflight may ask for (default GET, HEAD, POST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_methods: Option<Vec<String>>,
+    /// cors: the request headers a preflight may ask for (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_headers: Option<Vec<String>>,
+    /// cors: the response headers a script may read (default none beyond
+    /// the safelisted ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose_headers: Option<Vec<String>>,
+    /// cors: whether credentialed requests may be read (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// cors: how long a browser may cache a preflight's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
 }
 
 /// One checked filter.
@@ -206,6 +263,15 @@ pub enum Filter {
     BodyLimit(u64),
     /// Compress responses by `Accept-Encoding`.
     Compression(Compression),
+    /// Answer 403 to a client address not allowed.
+    IpFilter(IpFilter),
+    /// Answer 401 without a known user's password (HTTP Basic).
+    BasicAuth(BasicAuth),
+    /// Ask an auth service; anything but a 2xx is its answer to the client.
+    ForwardAuth(ForwardAuth),
+    /// Answer CORS preflights at the gateway and mark responses readable
+    /// by the allowed origins.
+    Cors(Cors),
 }
 
 /// A checked `jwt`.
@@ -433,6 +499,17 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
         "redirect" => Some(&["status", "scheme", "host", "path", "path_prefix"]),
         "body_limit" => Some(&["max"]),
         "compression" => Some(&["encodings", "min_size", "content_types", "level"]),
+        "ip_filter" => Some(&["allow", "deny"]),
+        "basic_auth" => Some(&["users", "realm", "consumer_header", "secret_withheld"]),
+        "forward_auth" => Some(&["url", "timeout", "copy_headers", "forward_headers"]),
+        "cors" => Some(&[
+            "allow_origins",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "allow_credentials",
+            "max_age",
+        ]),
         _ => None,
     }
 }
@@ -472,7 +549,10 @@ pub fn compile_filters(specs: &[FilterSpec]) -> Result<Vec<Filter>, FilterError>
 
 /// Whether `filter` identifies a consumer.
 fn authenticates(filter: &Filter) -> bool {
-    matches!(filter, Filter::ApiKey(_) | Filter::Jwt(_))
+    matches!(
+        filter,
+        Filter::ApiKey(_) | Filter::Jwt(_) | Filter::BasicAuth(_)
+    )
 }
 
 /// A rate limit keyed by `consumer` needs an authentication filter on the
@@ -487,7 +567,7 @@ fn check_consumer_keys(filters: &[Filter]) -> Result<(), FilterError> {
     {
         Some(i) => Err(FilterError {
             field: format!("filters[{i}].key"),
-            reason: "\"consumer\" needs an authentication filter (api_key, jwt) on the route"
+            reason: "\"consumer\" needs an authentication filter (api_key, jwt, basic_auth) on the route"
                 .into(),
         }),
         None => Ok(()),
@@ -500,7 +580,7 @@ fn check_single(specs: &[FilterSpec]) -> Result<(), FilterError> {
     for (i, spec) in specs.iter().enumerate() {
         let single = matches!(
             spec.kind.as_str(),
-            "rewrite" | "redirect" | "body_limit" | "compression"
+            "rewrite" | "redirect" | "body_limit" | "compression" | "ip_filter" | "cors"
         );
         if single && specs[..i].iter().any(|s| s.kind == spec.kind) {
             return Err(FilterError {
@@ -559,7 +639,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, compression)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, compression, ip_filter, basic_auth, forward_auth, cors)",
                 spec.kind
             ),
         ));
@@ -578,6 +658,10 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "rewrite" => compile_rewrite(spec).map(Filter::Rewrite),
         "redirect" => compile_redirect(spec).map(Filter::Redirect),
         "compression" => compress::compile_compression(spec).map(Filter::Compression),
+        "ip_filter" => access::compile_ip_filter(spec).map(Filter::IpFilter),
+        "basic_auth" => auth::compile_basic_auth(spec).map(Filter::BasicAuth),
+        "forward_auth" => auth::compile_forward_auth(spec).map(Filter::ForwardAuth),
+        "cors" => access::compile_cors(spec).map(Filter::Cors),
         _ => match spec.max {
             Some(0) => Err(("max", "must be at least 1 byte".into())),
             Some(n) => Ok(Filter::BodyLimit(n)),
@@ -586,8 +670,10 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
     }
 }
 
-fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 36] {
-    [
+/// Every setting and whether it is given. A `Vec` rather than an array:
+/// each new setting is one line here, with no length to keep in step.
+fn given_settings(s: &FilterSpec) -> Vec<(&'static str, bool)> {
+    vec![
         ("scope", s.scope.is_some()),
         ("key", s.key.is_some()),
         ("rate", s.rate.is_some()),
@@ -624,6 +710,20 @@ fn given_settings(s: &FilterSpec) -> [(&'static str, bool); 36] {
         ("min_size", s.min_size.is_some()),
         ("content_types", s.content_types.is_some()),
         ("level", s.level.is_some()),
+        ("allow", s.allow.is_some()),
+        ("deny", s.deny.is_some()),
+        ("users", s.users.is_some()),
+        ("realm", s.realm.is_some()),
+        ("url", s.url.is_some()),
+        ("timeout", s.timeout.is_some()),
+        ("copy_headers", s.copy_headers.is_some()),
+        ("forward_headers", s.forward_headers.is_some()),
+        ("allow_origins", s.allow_origins.is_some()),
+        ("allow_methods", s.allow_methods.is_some()),
+        ("allow_headers", s.allow_headers.is_some()),
+        ("expose_headers", s.expose_headers.is_some()),
+        ("allow_credentials", s.allow_credentials.is_some()),
+        ("max_age", s.max_age.is_some()),
     ]
 }
 
@@ -1006,6 +1106,26 @@ mod tests {
     }
 
     #[test]
+    fn basic_auth_takes_bcrypt_hashes_and_withheld_copies() {
+        let hash = "$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234";
+        let f = compile_filters(&[spec(&format!(
+            r#"{{"type":"basic_auth","users":{{"alice":"{hash}"}}}}"#
+        ))])
+        .unwrap();
+        let Filter::BasicAuth(b) = &f[0] else {
+            panic!("{f:?}")
+        };
+        assert_eq!(b.realm, DEFAULT_REALM);
+        assert_eq!(b.consumer_header, DEFAULT_CONSUMER_HEADER);
+        assert!(!format!("{b:?}").contains(hash), "Debug shows a hash");
+        let withheld = compile_filters(&[spec(
+            r#"{"type":"basic_auth","users":{"alice":""},"secret_withheld":true}"#,
+        )])
+        .unwrap();
+        assert!(matches!(&withheld[0], Filter::BasicAuth(b) if b.withheld));
+    }
+
+    #[test]
     fn refusals_name_the_field() {
         for (json, field) in [
             (
@@ -1135,6 +1255,82 @@ mod tests {
             (
                 r#"{"type":"jwt","algorithms":["ES256"],"jwks_url":"http://x/k","header":"x"}"#,
                 "route[2].filters[0].header",
+            ),
+            (r#"{"type":"ip_filter"}"#, "route[2].filters[0].allow"),
+            (
+                r#"{"type":"ip_filter","allow":["10.0.0.0/8","10.0.0.0/33"]}"#,
+                "route[2].filters[0].allow",
+            ),
+            (
+                r#"{"type":"ip_filter","deny":["::1","nope"]}"#,
+                "route[2].filters[0].deny",
+            ),
+            (
+                r#"{"type":"ip_filter","deny":[]}"#,
+                "route[2].filters[0].deny",
+            ),
+            (
+                r#"{"type":"ip_filter","allow":["::1"],"rate":1}"#,
+                "route[2].filters[0].rate",
+            ),
+            (r#"{"type":"basic_auth"}"#, "route[2].filters[0].users"),
+            (
+                r#"{"type":"basic_auth","users":{"alice":"secret"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"alice":"$apr1$abc$defghijklmnopqrstuvwx1"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"a:b":"$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"a":"$2y$04$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"}}"#,
+                "route[2].filters[0].users",
+            ),
+            (
+                r#"{"type":"basic_auth","users":{"a":"$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"},"realm":"a\"b"}"#,
+                "route[2].filters[0].realm",
+            ),
+            (r#"{"type":"forward_auth"}"#, "route[2].filters[0].url"),
+            (
+                r#"{"type":"forward_auth","url":"ftp://a/b"}"#,
+                "route[2].filters[0].url",
+            ),
+            (
+                r#"{"type":"forward_auth","url":"http://a/b","timeout":"2m"}"#,
+                "route[2].filters[0].timeout",
+            ),
+            (
+                r#"{"type":"forward_auth","url":"http://a/b","copy_headers":["x-ok","host"]}"#,
+                "route[2].filters[0].copy_headers",
+            ),
+            (
+                r#"{"type":"forward_auth","url":"http://a/b","forward_headers":["bad name"]}"#,
+                "route[2].filters[0].forward_headers",
+            ),
+            (r#"{"type":"cors"}"#, "route[2].filters[0].allow_origins"),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example/"]}"#,
+                "route[2].filters[0].allow_origins",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example","*"]}"#,
+                "route[2].filters[0].allow_origins",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["*"],"allow_credentials":true}"#,
+                "route[2].filters[0].allow_credentials",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example"],"allow_methods":["get"]}"#,
+                "route[2].filters[0].allow_methods",
+            ),
+            (
+                r#"{"type":"cors","allow_origins":["https://a.example"],"max_age":"2d"}"#,
+                "route[2].filters[0].max_age",
             ),
         ] {
             assert_eq!(refusal(json), field, "{json}");

@@ -286,13 +286,20 @@ pub struct HealthCheckSpec {
 
 impl RouteSpec {
     /// The route as a reader without access to key material sees it: a
-    /// `jwt` filter's HMAC `secret` left out and marked withheld. A gateway
+    /// `jwt` filter's HMAC `secret` left out and a `basic_auth` filter's
+    /// hashes emptied, each marked withheld. A gateway
     /// given that copy builds a filter that refuses every token: the route
     /// fails closed, never falling through to a broader route nor verifying
     /// with a wrong key.
     pub fn without_secrets(mut self) -> RouteSpec {
         for filter in &mut self.filters {
             if filter.secret.take().is_some() {
+                filter.secret_withheld = Some(true);
+            }
+            // basic_auth: the names stay, the bcrypt hashes go (a hash is
+            // what an offline guesser needs).
+            if let Some(users) = &mut filter.users {
+                users.values_mut().for_each(String::clear);
                 filter.secret_withheld = Some(true);
             }
         }
@@ -1626,6 +1633,23 @@ mod tests {
 
     fn spec(json: &str) -> RouteSpec {
         RouteSpec::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_reader_without_keys_sees_no_basic_auth_hash_and_the_copy_fails_closed() {
+        let hash = "$2y$05$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234";
+        let full = spec(&format!(
+            r#"{{"name":"r","upstreams":["127.0.0.1:1"],"filters":[{{"type":"basic_auth","users":{{"alice":"{hash}"}}}}]}}"#
+        ));
+        let seen = full.without_secrets();
+        let text = serde_json::to_string(&seen).unwrap();
+        assert!(!text.contains(hash), "{text}");
+        let route = compile(&seen, "").unwrap();
+        assert!(
+            matches!(&route.filters[0], crate::filter::Filter::BasicAuth(b) if b.withheld),
+            "{:?}",
+            route.filters
+        );
     }
 
     fn refusal(json: &str) -> Invalid {

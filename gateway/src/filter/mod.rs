@@ -12,10 +12,17 @@
 //! (see the `proxy` module), in the order the route lists them within a phase:
 //!
 //! 1. **request filter** (may answer by itself, before anything is sent):
-//!    authentication first ([`api_key`]: 401 without a known key, 403 for
+//!    `ip_filter` first (a 403 for an address not allowed: the cheapest
+//!    check, so a refused client spends no authentication work), then
+//!    [`cors`] preflights (answered here, before authentication: a browser
+//!    sends them without credentials), then authentication ([`api_key`]: 401 without a known key, 403 for
 //!    a consumer not allowed; the credential removed and the consumer
 //!    named in a header; [`jwt`]: 401 without a valid token, claims copied
-//!    to headers; each authentication filter listed must pass), then [`rate_limit`] (a refusal is a 429), whatever
+//!    to headers; [`basic_auth`]: 401 without a listed user's password,
+//!    checked with bcrypt on the blocking pool and cached; [`forward_auth`]:
+//!    an auth service asked, its non-2xx answer sent to the client as it
+//!    is, 503 when it cannot be asked; each
+//!    authentication filter listed must pass), then [`rate_limit`] (a refusal is a 429), whatever
 //!    the order the route lists them in: a limit keyed by `consumer` needs
 //!    the consumer known, and a request refused for its credential must
 //!    not spend anyone's quota. Nothing refused reaches the upstream;
@@ -34,8 +41,11 @@
 //! the same three optional phases.
 
 pub mod api_key;
+pub mod basic_auth;
 pub mod compress;
 pub mod consumers;
+pub mod cors;
+pub mod forward_auth;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
@@ -46,7 +56,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Uri};
-use portico_registry::filter::{ApiKey, Filter, HeaderEdits, Redirect, Rewrite};
+use portico_registry::filter::{ApiKey, Filter, HeaderEdits, IpFilter, Redirect, Rewrite};
 
 pub use consumers::ConsumerStore;
 pub use rate_limit::{Limited, RateLimiter};
@@ -70,24 +80,39 @@ pub enum AuthRefusal {
 }
 
 /// Why the request filter phase refused a request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Refusal {
     /// Authentication refused it.
     Auth(AuthRefusal),
     /// A rate limit refused it.
     Limited(Limited),
+    /// An `ip_filter` refused the client's address: 403.
+    AddressRefused(IpAddr),
+    /// An answer for the client made by a filter (a `forward_auth`
+    /// service's refusal), sent as it is.
+    Answer(Box<http::Response<http_body_util::Full<bytes::Bytes>>>),
+    /// A `forward_auth` service could not be asked: 503, nothing let through.
+    AuthUnavailable(String),
+    /// A CORS preflight for an origin, method or header the route's `cors`
+    /// does not allow: 403.
+    CorsRefused,
 }
 
 /// What the request filter phase may read and edit of a request.
 #[derive(Debug)]
 pub struct RequestHead<'a> {
-    /// The client's address.
+    /// The client's address: the peer's, or the one a trusted proxy
+    /// forwarded (the proxy settles it before the chain runs).
     pub client: IpAddr,
     /// The request's headers (credentials are removed from them, the
     /// consumer's name added).
     pub headers: &'a mut HeaderMap,
     /// The request's URI (a credential in the query is removed from it).
     pub uri: &'a mut Uri,
+    /// The request's method.
+    pub method: &'a http::Method,
+    /// Whether the client connection is TLS.
+    pub secure: bool,
 }
 
 /// An authentication filter.
@@ -95,6 +120,35 @@ pub struct RequestHead<'a> {
 enum Authenticator {
     ApiKey(ApiKey),
     Jwt(jwt::JwtFilter),
+    Basic(basic_auth::BasicAuthFilter),
+    Forward(forward_auth::ForwardAuthFilter),
+}
+
+impl Authenticator {
+    /// Checks the request; answers the consumer it identified, if any.
+    async fn run(
+        &self,
+        head: &mut RequestHead<'_>,
+        consumers: &ConsumerStore,
+    ) -> Result<Option<Arc<str>>, Refusal> {
+        let who = match self {
+            Authenticator::ApiKey(config) => {
+                api_key::authenticate(config, consumers, head.headers, head.uri).map(Some)
+            }
+            Authenticator::Jwt(filter) => filter.authenticate(head.headers).await,
+            Authenticator::Basic(filter) => filter.authenticate(head.headers).await.map(Some),
+            Authenticator::Forward(filter) => {
+                return match filter.authorize(head).await {
+                    Ok(()) => Ok(None),
+                    Err(forward_auth::Denied::Answer(a)) => Err(Refusal::Answer(Box::new(a))),
+                    Err(forward_auth::Denied::Unavailable(why)) => {
+                        Err(Refusal::AuthUnavailable(why))
+                    }
+                };
+            }
+        };
+        who.map_err(Refusal::Auth)
+    }
 }
 
 /// A route's filters, built from its checked configuration.
@@ -114,6 +168,11 @@ pub struct FilterChain {
     body_limit: Option<u64>,
     /// Phase 5: response compression.
     compression: Option<compress::Compressor>,
+    /// Phase 1, before anything else: who may call, by address.
+    ip_filter: Option<IpFilter>,
+    /// Phase 1, before authentication: preflights answered; and every
+    /// answer to an allowed origin marked readable.
+    cors: Option<cors::CorsFilter>,
 }
 
 impl FilterChain {
@@ -132,6 +191,8 @@ impl FilterChain {
             redirect: None,
             body_limit: None,
             compression: None,
+            ip_filter: None,
+            cors: None,
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
@@ -144,6 +205,14 @@ impl FilterChain {
                 Filter::Redirect(r) => chain.redirect = Some(r.clone()),
                 Filter::BodyLimit(max) => chain.body_limit = Some(*max),
                 Filter::Compression(c) => chain.compression = Some(compress::Compressor::new(c)),
+                Filter::IpFilter(f) => chain.ip_filter = Some(f.clone()),
+                Filter::BasicAuth(b) => chain
+                    .auth
+                    .push(Authenticator::Basic(basic_auth::BasicAuthFilter::new(b))),
+                Filter::ForwardAuth(f) => chain.auth.push(Authenticator::Forward(
+                    forward_auth::ForwardAuthFilter::new(f),
+                )),
+                Filter::Cors(c) => chain.cors = Some(cors::CorsFilter::new(c)),
             }
         }
         Some(chain)
@@ -155,30 +224,40 @@ impl FilterChain {
     }
 
     /// Whether [`FilterChain::on_request`] may have to wait (for a key
-    /// set fetched over the network). When not, its future completes on its
-    /// first poll and the caller runs it in place, with no allocation.
+    /// set fetched over the network, or a bcrypt check on the blocking
+    /// pool). When not, its future completes on its first poll and the
+    /// caller runs it in place, with no allocation.
     pub fn may_wait(&self) -> bool {
-        self.auth
-            .iter()
-            .any(|a| matches!(a, Authenticator::Jwt(j) if j.may_wait()))
+        self.auth.iter().any(|a| match a {
+            Authenticator::Jwt(j) => j.may_wait(),
+            Authenticator::Basic(_) | Authenticator::Forward(_) => true,
+            Authenticator::ApiKey(_) => false,
+        })
     }
 
-    /// Phase 1: authentication, then rate limits; may refuse the request.
-    /// Answers the consumer identified, if any.
+    /// Phase 1: the address filter, authentication, then rate limits; may
+    /// refuse the request. Answers the consumer identified, if any.
     pub async fn on_request(
         &self,
-        head: RequestHead<'_>,
+        mut head: RequestHead<'_>,
         consumers: &ConsumerStore,
     ) -> Result<Option<Arc<str>>, Refusal> {
+        if let Some(filter) = &self.ip_filter {
+            if !filter.admits(head.client) {
+                return Err(Refusal::AddressRefused(head.client));
+            }
+        }
+        if let Some(cors) = &self.cors {
+            if cors::CorsFilter::is_preflight(head.method, head.headers) {
+                return Err(match cors.preflight(head.headers) {
+                    Some(answer) => Refusal::Answer(Box::new(answer)),
+                    None => Refusal::CorsRefused,
+                });
+            }
+        }
         let mut consumer = None;
         for auth in &self.auth {
-            let who = match auth {
-                Authenticator::ApiKey(config) => {
-                    api_key::authenticate(config, consumers, head.headers, head.uri).map(Some)
-                }
-                Authenticator::Jwt(filter) => filter.authenticate(head.headers).await,
-            };
-            consumer = who.map_err(Refusal::Auth)?.or(consumer);
+            consumer = auth.run(&mut head, consumers).await?.or(consumer);
         }
         for limit in &self.limits {
             limit
@@ -186,6 +265,21 @@ impl FilterChain {
                 .map_err(Refusal::Limited)?;
         }
         Ok(consumer)
+    }
+
+    /// The request's `Origin`, when the route has a `cors` filter that
+    /// allows it: every answer to the request is then marked readable
+    /// ([`FilterChain::on_cors`]).
+    pub fn cors_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        self.cors.as_ref()?.allowed_origin(headers)
+    }
+
+    /// Phase 6, on any answer (upstream's or the gateway's own) to a request
+    /// from an allowed `origin`: the CORS response headers.
+    pub fn on_cors(&self, origin: &HeaderValue, headers: &mut HeaderMap) {
+        if let Some(cors) = &self.cors {
+            cors.decorate(origin, headers);
+        }
     }
 
     /// Phase 3: edits the request about to go upstream.
@@ -206,7 +300,7 @@ impl FilterChain {
     pub fn jwt_filters(&self) -> impl Iterator<Item = &jwt::JwtFilter> {
         self.auth.iter().filter_map(|a| match a {
             Authenticator::Jwt(j) => Some(j),
-            Authenticator::ApiKey(_) => None,
+            Authenticator::ApiKey(_) | Authenticator::Basic(_) | Authenticator::Forward(_) => None,
         })
     }
 

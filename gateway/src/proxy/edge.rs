@@ -25,7 +25,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::{Method, Request};
+use http::{HeaderMap, Method, Request};
 
 use crate::error::ProxyError;
 use crate::host::{RequestHost, request_host};
@@ -63,64 +63,9 @@ impl UnderscorePolicy {
     }
 }
 
-/// An IP network (`10.0.0.0/8`, `::1/128`, or a plain address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `ADDR/LEN` or `ADDR`.
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?}: not an IP address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match len {
-            None => max,
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts as
-    /// its IPv4 address).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u128::from(u32::from(net)), self.prefix, 32)
-                    == masked(u128::from(u32::from(ip)), self.prefix, 32)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), self.prefix, 128)
-                    == masked(u128::from(ip), self.prefix, 128)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn masked(bits: u128, prefix: u8, width: u32) -> u128 {
-    let host_bits = width - u32::from(prefix);
-    if host_bits >= 128 {
-        0
-    } else {
-        bits >> host_bits
-    }
-}
+/// An IP network: the registry's type, so `--trusted-proxies` and a
+/// route's `ip_filter` read networks the same way.
+pub use portico_registry::filter::Cidr;
 
 /// What the gateway accepts at its edge.
 #[derive(Debug, Clone)]
@@ -249,25 +194,73 @@ pub(crate) fn check<B>(req: &Request<B>, policy: &EdgePolicy) -> Result<Front, P
     })
 }
 
+/// The client's address as the gateway trusts it: the peer's own, unless
+/// the peer is a trusted hop (`--trusted-proxies`); then the nearest
+/// address in `X-Forwarded-For`, read from the right, that is not a
+/// trusted hop itself (nginx's `real_ip_recursive on`). Every hop to the
+/// right of it was trusted to append truthfully; anything to its left
+/// was written by the client and is not believed. An entry that is not an
+/// address stops the walk at the last hop believed, and a list of trusted
+/// hops only answers its leftmost.
+pub fn client_ip(
+    policy: &EdgePolicy,
+    peer: IpAddr,
+    peer_trusted: bool,
+    headers: &HeaderMap,
+) -> IpAddr {
+    if !peer_trusted {
+        return peer;
+    }
+    let mut believed = peer;
+    let values = headers.get_all(&X_FORWARDED_FOR).iter().rev();
+    for entry in values.flat_map(|v| v.to_str().unwrap_or("").rsplit(',')) {
+        let Ok(addr) = entry.trim().parse::<IpAddr>() else {
+            return believed;
+        };
+        if !policy.is_trusted(addr) {
+            return addr;
+        }
+        believed = addr;
+    }
+    believed
+}
+
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn networks_contain_their_addresses() {
-        let net = Cidr::parse("10.1.0.0/16").unwrap();
-        assert!(net.contains("10.1.200.3".parse().unwrap()));
-        assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
-        let one = Cidr::parse("::1").unwrap();
-        assert!(one.contains("::1".parse().unwrap()));
-        assert!(!one.contains("::2".parse().unwrap()));
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
+    fn the_client_is_the_nearest_untrusted_forwarded_address() {
+        let policy = EdgePolicy {
+            trusted_proxies: vec![Cidr::parse("10.0.0.0/8").unwrap()],
+            ..EdgePolicy::default()
+        };
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6, 1.2.3.4".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.7".parse().unwrap());
+        assert_eq!(
+            client_ip(&policy, peer, true, &h),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
         );
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nope").is_err());
+        // From an untrusted peer, the header is not read.
+        assert_eq!(client_ip(&policy, peer, false, &h), peer);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "10.0.0.9, 10.0.0.8".parse().unwrap());
+        assert_eq!(
+            client_ip(&policy, peer, true, &h),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        h.insert(
+            "x-forwarded-for",
+            "1.1.1.1, junk, 10.0.0.8".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip(&policy, peer, true, &h),
+            "10.0.0.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&policy, peer, true, &HeaderMap::new()), peer);
     }
 }

@@ -237,6 +237,9 @@ struct RequestCtx<'t> {
     body: BodyState,
     /// A gRPC call, and which kind (`content-type` read once, in `begin`).
     grpc: Option<GrpcKind>,
+    /// The request's `Origin`, when the route's `cors` filter allows it:
+    /// the answer, whoever makes it, gets the CORS headers in phase 6.
+    cors_origin: Option<HeaderValue>,
 }
 
 /// What is known of the client's request body.
@@ -377,6 +380,7 @@ impl Proxy {
                 BodyState::Unread
             },
             grpc: GrpcKind::of(req.headers()),
+            cors_origin: None,
         }
     }
 
@@ -410,7 +414,18 @@ impl Proxy {
         }
         let entry = matched.entry;
         if let Some(chain) = &entry.filters {
-            self.route_filter(entry, chain, &mut req, peer).await?;
+            ctx.cors_origin = chain.cors_origin(req.headers());
+            match self.route_filter(entry, chain, &mut req, peer).await {
+                Ok(Some(answer)) => return Ok(answer.map(|b| Either::Right(Either::Left(b)))),
+                Ok(None) => {}
+                Err(e) => {
+                    if matches!(e, ProxyError::CorsRefused { .. }) {
+                        // A refused preflight carries no CORS header at all.
+                        ctx.cors_origin = None;
+                    }
+                    return Err(e);
+                }
+            }
             if let Some(redirect) = chain.redirect() {
                 return route_redirect(redirect, &front, &req, peer, matched.prefix_len);
             }
@@ -441,21 +456,26 @@ impl Proxy {
     ///
     /// A chain that cannot wait (no key set to fetch) runs in place: its
     /// future completes on the first poll. One that may wait is boxed, so
-    /// its state does not grow the future of every request.
+    /// its state does not grow the future of every request. `Some`: an
+    /// answer a filter made for the client (an auth service's refusal).
     async fn route_filter(
         &self,
         entry: &RouteEntry,
         chain: &crate::filter::FilterChain,
         req: &mut Request<Incoming>,
         peer: &Peer,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Option<Response<Full<Bytes>>>, ProxyError> {
         use futures_util::FutureExt as _;
         // Taken out and put back so headers and URI can be lent together.
         let mut uri = std::mem::take(req.uri_mut());
+        let client = edge::client_ip(&self.edge, peer.addr.ip(), peer.trusted, req.headers());
+        let method = req.method().clone();
         let head = crate::filter::RequestHead {
-            client: peer.addr.ip(),
+            client,
             headers: req.headers_mut(),
             uri: &mut uri,
+            method: &method,
+            secure: peer.secure,
         };
         let verdict = if chain.may_wait() {
             Box::pin(chain.on_request(head, &self.consumers)).await
@@ -466,7 +486,11 @@ impl Proxy {
                 .expect("a chain that may not wait completes at once")
         };
         *req.uri_mut() = uri;
-        verdict.map(drop).map_err(|refusal| refused(entry, refusal))
+        match verdict {
+            Ok(_) => Ok(None),
+            Err(crate::filter::Refusal::Answer(answer)) => Ok(Some(*answer)),
+            Err(refusal) => Err(refused(entry, refusal)),
+        }
     }
 
     /// Phase 5, whichever the protocol: the route's response filters, then
@@ -569,6 +593,11 @@ impl Proxy {
     /// Phase 6: the headers every response carries, metrics, access log.
     fn finish(&self, mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
         *resp.version_mut() = ctx.version;
+        if let (Some(origin), Some(entry)) = (&ctx.cors_origin, ctx.entry) {
+            if let Some(chain) = &entry.filters {
+                chain.on_cors(origin, resp.headers_mut());
+            }
+        }
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
         if ctx.version != Version::HTTP_2 && ctx.body.unfinished() {
@@ -625,6 +654,10 @@ fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
         Refusal::Auth(AuthRefusal::Forbidden { consumer }) => {
             ProxyError::Forbidden { route, consumer }
         }
+        Refusal::AddressRefused(client) => ProxyError::AddressRefused { route, client },
+        Refusal::AuthUnavailable(reason) => ProxyError::AuthUnavailable { route, reason },
+        Refusal::CorsRefused => ProxyError::CorsRefused { route },
+        Refusal::Answer(_) => unreachable!("route_filter sends a filter's answer as it is"),
     }
 }
 
