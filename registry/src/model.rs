@@ -662,6 +662,9 @@ pub enum WatchEvent {
         /// for a watcher allowed to hold key material).
         #[serde(default)]
         consumers: Vec<Consumer>,
+        /// Every live gateway record, by id.
+        #[serde(default)]
+        gateways: Vec<crate::gateway::GatewayRecord>,
     },
     /// An instance was registered or changed.
     Put {
@@ -723,6 +726,20 @@ pub enum WatchEvent {
         /// Name of the deleted consumer.
         name: String,
     },
+    /// A gateway registered or renewed its record.
+    GatewayPut {
+        /// Revision of the change.
+        revision: Revision,
+        /// The record as written.
+        gateway: Box<crate::gateway::GatewayRecord>,
+    },
+    /// A gateway record was removed (clean shutdown or lapsed lease).
+    GatewayDelete {
+        /// Revision of the change.
+        revision: Revision,
+        /// Id of the removed gateway.
+        id: String,
+    },
     /// Nothing changed: the stream is alive and current at `revision`.
     Progress {
         /// The registry's revision when this was sent.
@@ -743,6 +760,8 @@ impl WatchEvent {
             | WatchEvent::CertificateDelete { revision, .. }
             | WatchEvent::ConsumerPut { revision, .. }
             | WatchEvent::ConsumerDelete { revision, .. }
+            | WatchEvent::GatewayPut { revision, .. }
+            | WatchEvent::GatewayDelete { revision, .. }
             | WatchEvent::Progress { revision } => *revision,
         }
     }
@@ -758,6 +777,7 @@ impl WatchEvent {
                 routes,
                 certificates,
                 consumers,
+                gateways,
             } => WatchEvent::Snapshot {
                 revision,
                 instances,
@@ -773,6 +793,7 @@ impl WatchEvent {
                     .into_iter()
                     .map(Consumer::without_hashes)
                     .collect(),
+                gateways,
             },
             WatchEvent::RoutePut { revision, route } => WatchEvent::RoutePut {
                 revision,
