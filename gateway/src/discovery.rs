@@ -103,6 +103,8 @@ pub struct TableBuilder {
     /// Services without instances whose implicit route is kept, with when
     /// it goes.
     vanished: FastMap<String, Instant>,
+    /// Where cluster-scope rate limits get their share.
+    cluster: Arc<crate::cluster::Cluster>,
 }
 
 impl TableBuilder {
@@ -135,7 +137,15 @@ impl TableBuilder {
             zone: None,
             auto_route_grace: DEFAULT_AUTO_ROUTE_GRACE,
             vanished: FastMap::default(),
+            cluster: Arc::default(),
         }
+    }
+
+    /// Divides cluster-scope rate limits with the peers `cluster` knows
+    /// (without: each counts as if this gateway were alone).
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> TableBuilder {
+        self.cluster = cluster;
+        self
     }
 
     /// Keeps an implicit route for `grace` after its service's last
@@ -337,7 +347,11 @@ impl TableBuilder {
                 let names: FastSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
                 self.states.retain(|name, _| names.contains(name));
             }
-            self.chains = filter_chains(&self.effective, std::mem::take(&mut self.chains));
+            self.chains = filter_chains(
+                &self.effective,
+                std::mem::take(&mut self.chains),
+                &self.cluster,
+            );
             let mut sets = FastMap::default();
             for r in &self.effective {
                 if let Target::Static(list) = &r.target {
@@ -408,12 +422,13 @@ impl TableBuilder {
 fn filter_chains(
     routes: &[Arc<Route>],
     mut old: FastMap<Arc<str>, Arc<FilterChain>>,
+    cluster: &crate::cluster::Cluster,
 ) -> FastMap<Arc<str>, Arc<FilterChain>> {
     let mut chains = FastMap::default();
     for r in routes.iter().filter(|r| !r.filters.is_empty()) {
         let chain = match old.remove(&r.name) {
             Some(c) if c.built_from(&r.filters) => c,
-            _ => match FilterChain::build(&r.filters) {
+            _ => match FilterChain::build_in(&r.filters, &r.name, cluster) {
                 Some(c) => Arc::new(c),
                 None => continue,
             },

@@ -62,6 +62,7 @@ pub mod breaker;
 pub mod cache;
 pub mod caps;
 pub mod check;
+pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod discovery;
@@ -139,6 +140,10 @@ pub struct GatewayOptions {
     pub acme: Option<acme::AcmeSettings>,
     /// Upstream and logging settings.
     pub proxy: ProxySettings,
+    /// Register this gateway in the registry it follows (`/v1/gateways`),
+    /// which cluster-scope rate limits need; `None`: it does not register
+    /// (and divides no limit with anyone). The CLI registers by default.
+    pub announce: Option<cluster::Announce>,
 }
 
 /// A configured gateway, ready to serve.
@@ -157,6 +162,8 @@ pub struct Gateway {
     tls: Option<ServerTls>,
     /// The ACME client, when configured.
     acme: Option<acme::Acme>,
+    /// The peers and the division of cluster limits.
+    cluster: Arc<cluster::Cluster>,
 }
 
 /// Why a gateway could not be set up.
@@ -172,6 +179,9 @@ pub enum GatewayError {
     /// directory is unusable.
     #[error(transparent)]
     Acme(#[from] acme::AcmeError),
+    /// The gateway id to register under is unusable.
+    #[error("gateway id: {0}")]
+    Announce(String),
 }
 
 impl Gateway {
@@ -183,6 +193,13 @@ impl Gateway {
             registry_client(&options)?;
         }
         let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
+        if let Some(a) = &options.announce {
+            portico_registry::gateway::validate_gateway_id(&a.id)
+                .map_err(|e| GatewayError::Announce(e.reason))?;
+        }
+        let cluster = Arc::new(cluster::Cluster::new(
+            options.announce.as_ref().map_or("", |a| a.id.as_str()),
+        ));
         let mut builder = TableBuilder::new(
             options.config.routes.clone(),
             options.auto_routes,
@@ -190,6 +207,7 @@ impl Gateway {
         )
         .with_upstream_tls(upstream_tls.clone())
         .with_zone(options.zone.clone())
+        .with_cluster(cluster.clone())
         .with_auto_route_grace(
             options
                 .auto_route_grace
@@ -244,7 +262,13 @@ impl Gateway {
             config,
             tls,
             acme,
+            cluster,
         })
+    }
+
+    /// The peers this gateway knows and its cluster limits' shares.
+    pub fn cluster(&self) -> &Arc<cluster::Cluster> {
+        &self.cluster
     }
 
     /// The live table handle (for inspection).
@@ -318,6 +342,13 @@ impl Gateway {
             .clone()
             .filter(|_| client.is_some())
             .map(|dir| cache::StateCache::new(dir, self.options.registry.clone()));
+        let announcer = spawn_announcer(
+            client.as_ref(),
+            &self.options,
+            &self.cluster,
+            &self.status,
+            (&plain, &tls),
+        );
         let follower = tokio::spawn(discovery::run(
             client,
             cache,
@@ -330,10 +361,19 @@ impl Gateway {
                     .as_ref()
                     .map(|(_, t)| tls::registry::RegistryCerts::new(t.stats.store().clone())),
                 consumers: self.proxy.consumers().clone(),
+                cluster: self.cluster.clone(),
             },
         ));
         let listeners = server::Listeners { plain, tls };
         let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;
+        if let Some((task, client, id)) = announcer {
+            // Stopped before the delete, so no renewal follows it.
+            task.abort();
+            let _ = task.await;
+            if let Err(e) = client.delete_gateway(&id).await {
+                tracing::warn!(error = %e, "could not remove this gateway's record; its lease will lapse");
+            }
+        }
         follower.abort();
         if let Some(r) = cert_reloader {
             r.abort();
@@ -346,6 +386,48 @@ impl Gateway {
         }
         result
     }
+}
+
+/// Starts writing this gateway's record, when it follows a registry and
+/// registers; answers the task, and what its removal at shutdown needs.
+fn spawn_announcer(
+    client: Option<&portico_registry::client::RegistryClient>,
+    options: &GatewayOptions,
+    cluster: &Arc<cluster::Cluster>,
+    status: &Arc<DiscoveryStatus>,
+    (plain, tls): (&Option<TcpListener>, &Option<(TcpListener, ServerTls)>),
+) -> Option<(
+    tokio::task::JoinHandle<()>,
+    portico_registry::client::RegistryClient,
+    String,
+)> {
+    let (client, settings) = (client?.clone(), options.announce.clone()?);
+    let mut addresses = settings.addresses.clone();
+    if addresses.is_empty() {
+        let bound = plain.iter().chain(tls.iter().map(|(l, _)| l));
+        addresses = bound
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+    }
+    let facts = cluster::RecordFacts {
+        addresses,
+        started_at_ms: cache::unix_ms(),
+    };
+    let status = status.clone();
+    let id = settings.id.clone();
+    let task = tokio::spawn(cluster::announce(
+        client.clone(),
+        cluster.clone(),
+        settings,
+        facts,
+        move || {
+            status
+                .applied_revision
+                .load(std::sync::atomic::Ordering::Relaxed)
+        },
+    ));
+    Some((task, client, id))
 }
 
 fn registry_client(

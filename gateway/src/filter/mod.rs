@@ -43,7 +43,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Uri};
-use portico_registry::filter::{ApiKey, Filter, HeaderEdits, Redirect, Rewrite};
+use portico_registry::filter::{ApiKey, Filter, HeaderEdits, LimitScope, Redirect, Rewrite};
 
 pub use consumers::ConsumerStore;
 pub use rate_limit::{Limited, RateLimiter};
@@ -129,7 +129,10 @@ impl FilterChain {
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
-                Filter::RateLimit(c) => chain.limits.push(RateLimiter::new(c, i)),
+                Filter::RateLimit(c) => chain.limits.push(match c.scope {
+                    LimitScope::Gateway => RateLimiter::new(c, i),
+                    LimitScope::Cluster => RateLimiter::cluster(c, i),
+                }),
                 Filter::RequestHeaders(e) => chain.request_headers.push(e.clone()),
                 Filter::ResponseHeaders(e) => chain.response_headers.push(e.clone()),
                 Filter::ApiKey(a) => chain.auth.push(Authenticator::ApiKey(a.clone())),
@@ -138,6 +141,21 @@ impl FilterChain {
                 Filter::Redirect(r) => chain.redirect = Some(r.clone()),
                 Filter::BodyLimit(max) => chain.body_limit = Some(*max),
             }
+        }
+        Some(chain)
+    }
+
+    /// The chain for route `route`'s `filters`, its cluster-scope rate
+    /// limits (id `{route}/filters[{index}]`) divided with the other
+    /// gateways through `cluster`.
+    pub fn build_in(
+        filters: &[Filter],
+        route: &str,
+        cluster: &crate::cluster::Cluster,
+    ) -> Option<FilterChain> {
+        let chain = FilterChain::build(filters)?;
+        for limit in chain.limits.iter().filter(|l| l.is_cluster()) {
+            cluster.register_limit(format!("{route}/{}", limit.name()), limit.share());
         }
         Some(chain)
     }
