@@ -178,6 +178,13 @@ impl Cluster {
         self.lock().peers.len()
     }
 
+    /// This gateway's share of cluster limit `id` (`{route}/filters[N]`)
+    /// as set now; `None` for no such live limit.
+    pub fn share(&self, id: &str) -> Option<f64> {
+        let share = self.lock().limits.get(id)?.upgrade()?;
+        Some(share.get_share())
+    }
+
     /// Whether any cluster limit is live (renewals then come faster).
     pub fn has_limits(&self) -> bool {
         self.lock().limits.values().any(|w| w.strong_count() > 0)
@@ -251,9 +258,51 @@ pub struct RecordFacts {
     pub started_at_ms: u64,
 }
 
+/// The task writing this gateway's record. Dropped (the gateway's serve
+/// future cancelled, a gateway killed in a test) it stops writing, so the
+/// record lapses as a dead gateway's does.
+#[derive(Debug)]
+pub struct Announcer {
+    task: tokio::task::JoinHandle<()>,
+    client: RegistryClient,
+    id: String,
+}
+
+impl Announcer {
+    /// Starts writing the record of `settings.id` through `client`.
+    pub fn spawn(
+        client: RegistryClient,
+        cluster: Arc<Cluster>,
+        settings: Announce,
+        facts: RecordFacts,
+        applied: impl Fn() -> u64 + Send + 'static,
+    ) -> Announcer {
+        let id = settings.id.clone();
+        let task = tokio::spawn(announce(client.clone(), cluster, settings, facts, applied));
+        Announcer { task, client, id }
+    }
+
+    /// A clean shutdown: stops writing, then deletes the record so the
+    /// peers take this gateway's share back at once.
+    pub async fn leave(mut self) {
+        self.task.abort();
+        // Stopped before the delete, so no renewal lands after it.
+        let _ = (&mut self.task).await;
+        if let Err(e) = self.client.delete_gateway(&self.id).await {
+            tracing::warn!(id = %self.id, error = %e, "could not remove this gateway's record; its lease will lapse");
+        }
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Writes this gateway's record every period until aborted; see the
 /// module docs. `applied` reads the registry revision applied now.
-pub async fn announce(
+async fn announce(
     client: RegistryClient,
     cluster: Arc<Cluster>,
     settings: Announce,

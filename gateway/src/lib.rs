@@ -366,13 +366,8 @@ impl Gateway {
         ));
         let listeners = server::Listeners { plain, tls };
         let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;
-        if let Some((task, client, id)) = announcer {
-            // Stopped before the delete, so no renewal follows it.
-            task.abort();
-            let _ = task.await;
-            if let Err(e) = client.delete_gateway(&id).await {
-                tracing::warn!(error = %e, "could not remove this gateway's record; its lease will lapse");
-            }
+        if let Some(announcer) = announcer {
+            announcer.leave().await;
         }
         follower.abort();
         if let Some(r) = cert_reloader {
@@ -389,18 +384,14 @@ impl Gateway {
 }
 
 /// Starts writing this gateway's record, when it follows a registry and
-/// registers; answers the task, and what its removal at shutdown needs.
+/// registers.
 fn spawn_announcer(
     client: Option<&portico_registry::client::RegistryClient>,
     options: &GatewayOptions,
     cluster: &Arc<cluster::Cluster>,
     status: &Arc<DiscoveryStatus>,
     (plain, tls): (&Option<TcpListener>, &Option<(TcpListener, ServerTls)>),
-) -> Option<(
-    tokio::task::JoinHandle<()>,
-    portico_registry::client::RegistryClient,
-    String,
-)> {
+) -> Option<cluster::Announcer> {
     let (client, settings) = (client?.clone(), options.announce.clone()?);
     let mut addresses = settings.addresses.clone();
     if addresses.is_empty() {
@@ -415,9 +406,8 @@ fn spawn_announcer(
         started_at_ms: cache::unix_ms(),
     };
     let status = status.clone();
-    let id = settings.id.clone();
-    let task = tokio::spawn(cluster::announce(
-        client.clone(),
+    Some(cluster::Announcer::spawn(
+        client,
         cluster.clone(),
         settings,
         facts,
@@ -426,8 +416,7 @@ fn spawn_announcer(
                 .applied_revision
                 .load(std::sync::atomic::Ordering::Relaxed)
         },
-    ));
-    Some((task, client, id))
+    ))
 }
 
 fn registry_client(
