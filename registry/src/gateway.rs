@@ -141,6 +141,9 @@ impl GatewaySpec {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
             let message = message.split(" at line ").next().unwrap_or(&message);
+            if let Some(rest) = message.strip_prefix("missing field `") {
+                return refuse(rest.split('`').next().unwrap_or_default(), "is required");
+            }
             if path == "." {
                 return Invalid::malformed(format!("body is not a gateway record: {message}"));
             }
@@ -256,6 +259,7 @@ mod tests {
                 "demand.r/filters[0]",
             ),
             (r#"{"addresses":["a:1"],"version":"1","extra":1}"#, "extra"),
+            (r#"{"addresses":["a:1"]}"#, "version"),
             (
                 r#"{"addresses":["a:1"],"version":"1","applied_revision":"x"}"#,
                 "applied_revision",
