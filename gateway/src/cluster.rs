@@ -241,6 +241,9 @@ impl State {
 /// The share of a gateway with demand `mine` among peers with demand
 /// `others` (see the module docs).
 pub fn share(mine: f64, others: &[f64]) -> f64 {
+    if others.is_empty() {
+        return 1.0; // Alone: exactly the whole limit, not 0.999...
+    }
     let n = (others.len() + 1) as f64;
     let total = mine + others.iter().sum::<f64>();
     if total <= 0.0 {
