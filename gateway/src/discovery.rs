@@ -428,8 +428,16 @@ fn filter_chains(
     for r in routes.iter().filter(|r| !r.filters.is_empty()) {
         let chain = match old.remove(&r.name) {
             Some(c) if c.built_from(&r.filters) => c,
-            _ => match FilterChain::build_in(&r.filters, &r.name, cluster) {
-                Some(c) => Arc::new(c),
+            _ => match FilterChain::build(&r.filters) {
+                Some(c) => {
+                    // Its cluster-scope limits (id `{route}/filters[N]`) get
+                    // their share of the limit from now on.
+                    for limit in c.limiters().iter().filter(|l| l.is_cluster()) {
+                        cluster
+                            .register_limit(format!("{}/{}", r.name, limit.name()), limit.share());
+                    }
+                    Arc::new(c)
+                }
                 None => continue,
             },
         };

@@ -9,6 +9,8 @@
 //! - [`health`]: passive outlier detection (ejection, cap, panic mode).
 //! - [`breaker`]: per-route overload limits and per-endpoint circuit breakers.
 //! - [`check`]: active health checks of endpoints.
+//! - [`cluster`]: this gateway's record in the registry, its peers, and the
+//!   share of each cluster-scope rate limit it admits.
 //! - [`discovery`]: registry watch (instances and routes) and route-file
 //!   reloads → new table, swapped in atomically.
 //! - [`cache`]: the last applied registry state on disk, served by a

@@ -15,19 +15,15 @@
 //! Always built: the gateway sends these records and reads them back from
 //! the watch stream.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::Invalid;
+pub use crate::model::{DEFAULT_GATEWAY_TTL, GatewayRecord, GatewaySpec};
 
 /// The code of every refusal of a gateway body or id (answered 400).
 pub const INVALID_GATEWAY: &str = "invalid_gateway";
-/// Lease of a gateway record when the body names none: renewed every
-/// third of it, and a dead gateway's share of cluster limits goes back to
-/// the others within it.
-pub const DEFAULT_GATEWAY_TTL: Duration = Duration::from_secs(10);
 /// Shortest gateway lease (tests use it to see a killed gateway go).
 pub const MIN_GATEWAY_TTL: Duration = Duration::from_secs(1);
 /// Longest gateway lease.
@@ -51,38 +47,6 @@ fn refuse(field: &str, reason: impl std::fmt::Display) -> Invalid {
     }
 }
 
-/// The body of `PUT /v1/gateways/{id}`.
-///
-/// Not `deny_unknown_fields`: it is flattened into [`GatewayRecord`],
-/// which serde could then not read back; [`GatewaySpec::from_json`]
-/// refuses unknown fields itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GatewaySpec {
-    /// Where the gateway listens for clients (`ip:port` or `host:port`).
-    pub addresses: Vec<String>,
-    /// The gateway's version (`portico --version`).
-    pub version: String,
-    /// The registry revision whose changes the gateway has applied to its
-    /// routing table: compare with the registry's to see propagation lag.
-    #[serde(default)]
-    pub applied_revision: u64,
-    /// Unix milliseconds when the gateway process started.
-    #[serde(default)]
-    pub started_at_ms: u64,
-    /// The lease: the record is removed when not written again within it.
-    #[serde(with = "crate::model::duration_str", default = "default_ttl")]
-    pub ttl: Duration,
-    /// Requests per second this gateway saw lately for each cluster-scope
-    /// rate limit, by limit id (`{route}/filters[{index}]`): what the
-    /// other gateways divide the limit by.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub demand: BTreeMap<String, f64>,
-}
-
-/// Demand values are checked finite ([`GatewaySpec::validate`]), so
-/// equality is an equivalence, as watch events (which are `Eq`) need.
-impl Eq for GatewaySpec {}
-
 /// The fields of a [`GatewaySpec`] body.
 const FIELDS: &[&str] = &[
     "addresses",
@@ -92,28 +56,6 @@ const FIELDS: &[&str] = &[
     "ttl",
     "demand",
 ];
-
-fn default_ttl() -> Duration {
-    DEFAULT_GATEWAY_TTL
-}
-
-/// A gateway as stored and answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GatewayRecord {
-    /// The gateway's id (the URL's).
-    pub id: String,
-    /// What the gateway wrote.
-    #[serde(flatten)]
-    pub spec: GatewaySpec,
-    /// Unix milliseconds when the registry first saw this id (carried over
-    /// renewals; a record that lapsed and came back starts again).
-    pub registered_at_ms: u64,
-    /// Unix milliseconds of the last write (registration or renewal).
-    pub renewed_at_ms: u64,
-    /// Revision of the last write (stamped when read).
-    #[serde(default)]
-    pub revision: u64,
-}
 
 /// `GET /v1/gateways`: every live gateway, in id order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -145,21 +145,6 @@ impl FilterChain {
         Some(chain)
     }
 
-    /// The chain for route `route`'s `filters`, its cluster-scope rate
-    /// limits (id `{route}/filters[{index}]`) divided with the other
-    /// gateways through `cluster`.
-    pub fn build_in(
-        filters: &[Filter],
-        route: &str,
-        cluster: &crate::cluster::Cluster,
-    ) -> Option<FilterChain> {
-        let chain = FilterChain::build(filters)?;
-        for limit in chain.limits.iter().filter(|l| l.is_cluster()) {
-            cluster.register_limit(format!("{route}/{}", limit.name()), limit.share());
-        }
-        Some(chain)
-    }
-
     /// Whether this chain was built from `filters`.
     pub fn built_from(&self, filters: &[Filter]) -> bool {
         self.config == filters

@@ -25,7 +25,7 @@
 //!
 //! With `scope = "cluster"` the same GCRA runs on this gateway's *share*
 //! of the limit: `T` and the burst are scaled by the share that
-//! [`crate::cluster`] sets from the other gateways' records ([`LimitShare`]),
+//! the gateway's `cluster` module sets from the other gateways' records ([`LimitShare`]),
 //! and every request (admitted or not) is counted as demand for the next
 //! record. Nothing shared is asked per request.
 
@@ -166,7 +166,7 @@ impl RateLimiter {
         &self.name
     }
 
-    /// Its pace, which [`crate::cluster`] sets for a cluster limit.
+    /// Its pace, which the gateway's `cluster` module sets for a cluster limit.
     pub fn share(&self) -> &std::sync::Arc<LimitShare> {
         &self.pace
     }
