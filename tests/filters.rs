@@ -155,7 +155,7 @@ async fn a_route_file_mistake_names_the_field() {
             "route[1].filters[0].rate",
         ),
         (
-            "type = \"rate_limit\"\nrate = 5\nscope = \"cluster\"",
+            "type = \"rate_limit\"\nrate = 5\nscope = \"fleet\"",
             "route[1].filters[0].scope",
         ),
         (
