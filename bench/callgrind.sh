@@ -4,6 +4,10 @@
 #
 #   bench/callgrind.sh [ROUTE_TOML_EXTRA]
 #   ORIGINS=2 bench/callgrind.sh     # round robin over two origins
+#   HEADERS='{"authorization": "Bearer ..."}' bench/callgrind.sh ...
+#                                    # extra request headers (JSON object)
+#   BODY_KB=16 bench/callgrind.sh    # the origin answers 16 KiB of text
+#                                    # (text/plain) instead of "ok"
 #
 # Runs `portico gateway --threads 1 --no-access-log` under valgrind twice
 # (LOW and HIGH keep-alive requests from one client to one Python origin)
@@ -21,20 +25,28 @@ trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$work"/cg.*
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ORIGINS=${ORIGINS:-1}
+export HEADERS=${HEADERS:-'{}'}
+export BODY_KB=${BODY_KB:-0}
 upstreams=""
 for _ in $(seq "$ORIGINS"); do
 origin_port=$(port)
 upstreams="$upstreams\"127.0.0.1:$origin_port\", "
 python3 - "$origin_port" <<'PY' &
-import sys
+import os, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+kb = int(os.environ["BODY_KB"])
+# Text that compresses about as well as JSON does (not one repeated byte).
+words = b"portico gateway route filter upstream request response header "
+body = (words * (kb * 1024 // len(words) + 1))[: kb * 1024] if kb else b"ok"
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         self.send_response(200)
-        self.send_header("content-length", "2")
+        if kb:
+            self.send_header("content-type", "text/plain")
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"ok")
+        self.wfile.write(body)
     def log_message(self, *a):
         pass
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
@@ -56,8 +68,9 @@ run() {
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
   local pid=$!
   python3 - "$gw_port" "$n" <<'PY'
-import http.client, sys, time
+import http.client, json, os, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
+headers = {"user-agent": "bench", **json.loads(os.environ["HEADERS"])}
 deadline = time.time() + 120
 while True:
     try:
@@ -66,7 +79,7 @@ while True:
         if time.time() > deadline: raise
         time.sleep(0.2)
 for i in range(n):
-    c.request("GET", "/small", headers={"user-agent": "bench"})
+    c.request("GET", "/small", headers=headers)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY

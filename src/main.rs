@@ -398,6 +398,19 @@ struct GatewayArgs {
     /// at least half of them are in rotation.
     #[arg(long)]
     zone: Option<String>,
+    /// Do not register this gateway in the registry it follows
+    /// (`/v1/gateways`); its cluster-scope rate limits then count as if
+    /// it were the only gateway.
+    #[arg(long)]
+    no_register: bool,
+    /// The id this gateway registers under; default: the host name and
+    /// the first bound listen address (`edge-1-127.0.0.1-8080`).
+    #[arg(long)]
+    gateway_id: Option<String>,
+    /// The lease of this gateway's record (1s to 5m), renewed every third
+    /// of it (every second at most while it has cluster limits).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    gateway_ttl: Duration,
     /// Largest request body for routes that set no `max_request_body`
     /// (`32MiB`, `512k`, bytes, or `unlimited`); over it, 413.
     #[arg(long, default_value = "32MiB", value_parser = body_limit)]
@@ -687,6 +700,31 @@ impl GatewayArgs {
         out.join(" ")
     }
 
+    /// How this gateway registers, once its listeners are bound (the
+    /// default id names the bound address, not a port 0).
+    fn registration(
+        &self,
+        listeners: &GatewayListeners,
+    ) -> Option<portico_gateway::cluster::Announce> {
+        if self.no_register {
+            return None;
+        }
+        let bound = listeners
+            .plain
+            .iter()
+            .chain(listeners.tls.iter())
+            .find_map(|l| l.local_addr().ok())
+            .map_or_else(|| self.listen.to_string(), |a| a.to_string());
+        let id = self
+            .gateway_id
+            .clone()
+            .unwrap_or_else(|| portico_gateway::cluster::default_id(&bound));
+        Some(portico_gateway::cluster::Announce {
+            ttl: self.gateway_ttl,
+            ..portico_gateway::cluster::Announce::new(id)
+        })
+    }
+
     async fn admin_listener(&self) -> anyhow::Result<Option<TcpListener>> {
         if self.no_admin {
             return Ok(None);
@@ -720,6 +758,14 @@ impl GatewayArgs {
             if d.is_zero() {
                 anyhow::bail!("{flag} must be more than 0");
             }
+        }
+        use portico_registry::gateway::{MAX_GATEWAY_TTL, MIN_GATEWAY_TTL, validate_gateway_id};
+        anyhow::ensure!(
+            (MIN_GATEWAY_TTL..=MAX_GATEWAY_TTL).contains(&self.gateway_ttl),
+            "--gateway-ttl must be between 1s and 5m"
+        );
+        if let Some(id) = &self.gateway_id {
+            validate_gateway_id(id).map_err(|e| anyhow::anyhow!("--gateway-id: {}", e.reason))?;
         }
         for (flag, n) in [
             ("--max-connections", self.max_connections),
@@ -770,6 +816,7 @@ impl GatewayArgs {
                 },
                 ..ProxySettings::default()
             },
+            announce: None,
         })
     }
 }
@@ -859,6 +906,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut gw = gateway.options(Vec::new(), None, true)?;
             let control = bind(registry.control, "control").await?;
             let listeners = gateway.listeners(&mut gw).await?;
+            gw.announce = gateway.registration(&listeners);
             println!(
                 "portico up: gateway {} , registry {}://{}",
                 GatewayArgs::announce(&listeners),
@@ -893,6 +941,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             gw.cache_dir = (!no_cache).then_some(cache_dir);
             let listeners = gateway.listeners(&mut gw).await?;
+            gw.announce = gateway.registration(&listeners);
             println!("portico gateway: {}", GatewayArgs::announce(&listeners));
             run_gateway(listeners, gw, shutdown_signal()).await
         }

@@ -642,3 +642,108 @@ async fn a_jwt_secret_is_read_only_by_tokens_that_may_hold_keys() {
         other => panic!("expected a snapshot, got {other:?}"),
     }
 }
+
+const GATEWAY: &str = "gateway-secret-0123";
+
+/// Gateway records: a `gateway` token writes and deletes them (and still
+/// may not write a route), a `read` token only reads them; a bad body or
+/// id is refused naming the field and changes nothing; and a gateway
+/// following the secured registry with its token registers itself.
+#[tokio::test]
+async fn gateway_records_are_written_with_a_gateway_token_only() {
+    let mut t = tokens();
+    t.add_flag("test", &format!("gateway:{GATEWAY}")).unwrap();
+    let registry = TestRegistry::start_secured(t).await;
+    let url = format!("{}/v1/gateways/edge-1", registry.url);
+    let body = json!({"addresses": ["127.0.0.1:8080"], "version": "0.1.0", "ttl": "10s"});
+
+    let before = revision(&registry.url).await;
+    let read = authed(Method::PUT, &url, Some(READ), Some(&body)).await;
+    assert_forbidden(&read, "a read token writing a gateway record");
+    let register = authed(Method::PUT, &url, Some(REGISTER), Some(&body)).await;
+    assert_forbidden(&register, "a register token writing a gateway record");
+    for (bad, field) in [
+        (
+            json!({"addresses": ["nowhere"], "version": "0.1.0"}),
+            "addresses[0]",
+        ),
+        (
+            json!({"addresses": ["127.0.0.1:8080"], "version": "0.1.0", "ttl": "1ms"}),
+            "ttl",
+        ),
+        (json!({"addresses": ["127.0.0.1:8080"]}), "version"),
+        (
+            json!({"addresses": ["127.0.0.1:8080"], "version": "1", "color": "red"}),
+            "color",
+        ),
+    ] {
+        let r = authed(Method::PUT, &url, Some(GATEWAY), Some(&bad)).await;
+        assert!(r.status.is_client_error(), "{bad}: {}", r.status);
+        assert_eq!(r.json()["field"], field, "{bad}: {}", r.json());
+    }
+    let r = authed(
+        Method::PUT,
+        &format!("{}/v1/gateways/a%20b", registry.url),
+        Some(GATEWAY),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.json()["field"], "id", "{}", r.json());
+    assert_eq!(
+        revision(&registry.url).await,
+        before,
+        "a refusal changed something"
+    );
+
+    let ok = authed(Method::PUT, &url, Some(GATEWAY), Some(&body)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.json());
+    assert_eq!(ok.json()["id"], "edge-1");
+    let listed = authed(
+        Method::GET,
+        &format!("{}/v1/gateways", registry.url),
+        Some(READ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed.json()["gateways"][0]["id"],
+        "edge-1",
+        "{}",
+        listed.json()
+    );
+    let route = authed(
+        Method::PUT,
+        &format!("{}/v1/routes/r", registry.url),
+        Some(GATEWAY),
+        Some(&json!({"upstreams": ["127.0.0.1:9"]})),
+    )
+    .await;
+    assert_forbidden(&route, "a gateway token writing a route");
+    let gone = authed(Method::DELETE, &url, Some(READ), None).await;
+    assert_forbidden(&gone, "a read token deleting a gateway record");
+    let gone = authed(Method::DELETE, &url, Some(GATEWAY), None).await;
+    assert_eq!(gone.json()["removed"], true, "{}", gone.json());
+
+    let mut options = GatewayOptions {
+        registry: vec![registry.url.clone()],
+        registry_token: Some(GATEWAY.to_string().into()),
+        announce: Some(portico_gateway::cluster::Announce::new("follower")),
+        ..GatewayOptions::default()
+    };
+    options.proxy.access_log = false;
+    let _gw = TestGateway::start(options).await;
+    eventually(
+        "the following gateway to register with its token",
+        || async {
+            let list = authed(
+                Method::GET,
+                &format!("{}/v1/gateways", registry.url),
+                Some(READ),
+                None,
+            )
+            .await;
+            list.json()["gateways"][0]["id"] == "follower"
+        },
+    )
+    .await;
+}

@@ -155,6 +155,7 @@ fn snapshot(revision: u64, ids: &[&str]) -> WatchEvent {
         routes: Vec::new(),
         certificates: Vec::new(),
         consumers: Vec::new(),
+        gateways: Vec::new(),
     }
 }
 

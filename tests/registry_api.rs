@@ -675,3 +675,105 @@ fn http_client() -> hyper_util::client::legacy::Client<
 > {
     http()
 }
+
+/// A gateway following `registry` and registering as `id` with a lease of `ttl`.
+async fn announcing(registry: &TestRegistry, id: &str, ttl: Duration) -> TestGateway {
+    let mut options = portico_gateway::GatewayOptions {
+        registry: vec![registry.url.clone()],
+        announce: Some(portico_gateway::cluster::Announce {
+            ttl,
+            ..portico_gateway::cluster::Announce::new(id)
+        }),
+        ..Default::default()
+    };
+    options.proxy.access_log = false;
+    TestGateway::start(options).await
+}
+
+async fn gateway_list(registry: &TestRegistry) -> Vec<serde_json::Value> {
+    let list = get(&format!("{}/v1/gateways", registry.url)).await.json();
+    list["gateways"].as_array().cloned().unwrap_or_default()
+}
+
+/// `/v1/gateways` lists each started gateway with its addresses, version
+/// and applied revision; every gateway learns of the others; a clean stop
+/// deletes the record at once, a record deleted under a live gateway comes
+/// back at its next renewal, and a killed gateway's record goes when its
+/// lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_register_with_their_revision_and_leave_cleanly_or_by_lease() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let long = Duration::from_secs(10);
+    let clean = announcing(&registry, "clean", long).await;
+    let killed = announcing(&registry, "killed", Duration::from_secs(1)).await;
+    let backend = FaultyBackend::start("b").await;
+    let route = put_json(
+        &format!("{}/v1/routes/r", registry.url),
+        json!({"upstreams": [backend.addr.to_string()]}),
+    )
+    .await;
+    let revision = route.json()["revision"].as_u64().unwrap();
+    eventually(
+        "both gateways listed with the route's revision applied",
+        || async {
+            let list = gateway_list(&registry).await;
+            list.len() == 2
+                && list
+                    .iter()
+                    .all(|g| g["applied_revision"].as_u64().unwrap_or(0) >= revision)
+        },
+    )
+    .await;
+    let list = gateway_list(&registry).await;
+    let record = list.iter().find(|g| g["id"] == "clean").unwrap();
+    assert_eq!(
+        record["addresses"],
+        json!([clean.addr.to_string()]),
+        "{record}"
+    );
+    assert_eq!(record["version"], env!("CARGO_PKG_VERSION"), "{record}");
+    assert_eq!(record["ttl"], "10s", "{record}");
+    for field in ["started_at_ms", "registered_at_ms", "renewed_at_ms"] {
+        assert!(record[field].as_u64().unwrap() > 0, "{field}: {record}");
+    }
+    eventually("each gateway to know the other", || async {
+        clean.cluster.peers() == 1 && killed.cluster.peers() == 1
+    })
+    .await;
+
+    // Deleted under a live gateway (as after a lapse or a registry that
+    // lost it): the next renewal, a third of a second later, writes it again.
+    let deleted = call(
+        Method::DELETE,
+        &format!("{}/v1/gateways/killed", registry.url),
+    )
+    .await;
+    assert_eq!(deleted.json()["removed"], true, "{}", deleted.json());
+    eventually("the deleted record to come back", || async {
+        gateway_list(&registry)
+            .await
+            .iter()
+            .any(|g| g["id"] == "killed")
+    })
+    .await;
+
+    // A clean stop deletes the record before it returns: no lease to wait for.
+    clean.stop().await;
+    let ids: Vec<_> = gateway_list(&registry)
+        .await
+        .iter()
+        .map(|g| g["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("killed")]);
+    eventually("the other gateway to see it leave", || async {
+        killed.cluster.peers() == 0
+    })
+    .await;
+
+    // Killed: nothing deletes it, its 1 s lease lapses.
+    drop(killed);
+    eventually("the killed gateway's record to lapse", || async {
+        gateway_list(&registry).await.is_empty()
+    })
+    .await;
+}

@@ -56,6 +56,8 @@ impl CachedState {
             // serving its cache refuses API keys (401) until a registry
             // answers.
             consumers: Vec::new(),
+            // Not cached: a gateway cached as alive may be long dead.
+            gateways: Vec::new(),
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct TableBuilder {
     /// Services without instances whose implicit route is kept, with when
     /// it goes.
     vanished: FastMap<String, Instant>,
+    /// Where cluster-scope rate limits get their share.
+    cluster: Arc<crate::cluster::Cluster>,
 }
 
 impl TableBuilder {
@@ -135,7 +137,15 @@ impl TableBuilder {
             zone: None,
             auto_route_grace: DEFAULT_AUTO_ROUTE_GRACE,
             vanished: FastMap::default(),
+            cluster: Arc::default(),
         }
+    }
+
+    /// Divides cluster-scope rate limits with the peers `cluster` knows
+    /// (without: each counts as if this gateway were alone).
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> TableBuilder {
+        self.cluster = cluster;
+        self
     }
 
     /// Keeps an implicit route for `grace` after its service's last
@@ -337,7 +347,11 @@ impl TableBuilder {
                 let names: FastSet<&Arc<str>> = self.effective.iter().map(|r| &r.name).collect();
                 self.states.retain(|name, _| names.contains(name));
             }
-            self.chains = filter_chains(&self.effective, std::mem::take(&mut self.chains));
+            self.chains = filter_chains(
+                &self.effective,
+                std::mem::take(&mut self.chains),
+                &self.cluster,
+            );
             let mut sets = FastMap::default();
             for r in &self.effective {
                 if let Target::Static(list) = &r.target {
@@ -408,13 +422,22 @@ impl TableBuilder {
 fn filter_chains(
     routes: &[Arc<Route>],
     mut old: FastMap<Arc<str>, Arc<FilterChain>>,
+    cluster: &crate::cluster::Cluster,
 ) -> FastMap<Arc<str>, Arc<FilterChain>> {
     let mut chains = FastMap::default();
     for r in routes.iter().filter(|r| !r.filters.is_empty()) {
         let chain = match old.remove(&r.name) {
             Some(c) if c.built_from(&r.filters) => c,
             _ => match FilterChain::build(&r.filters) {
-                Some(c) => Arc::new(c),
+                Some(c) => {
+                    // Its cluster-scope limits (id `{route}/filters[N]`) get
+                    // their share of the limit from now on.
+                    for limit in c.limiters().iter().filter(|l| l.is_cluster()) {
+                        cluster
+                            .register_limit(format!("{}/{}", r.name, limit.name()), limit.share());
+                    }
+                    Arc::new(c)
+                }
                 None => continue,
             },
         };

@@ -9,6 +9,8 @@
 //! - [`health`]: passive outlier detection (ejection, cap, panic mode).
 //! - [`breaker`]: per-route overload limits and per-endpoint circuit breakers.
 //! - [`check`]: active health checks of endpoints.
+//! - [`cluster`]: this gateway's record in the registry, its peers, and the
+//!   share of each cluster-scope rate limit it admits.
 //! - [`discovery`]: registry watch (instances and routes) and route-file
 //!   reloads → new table, swapped in atomically.
 //! - [`cache`]: the last applied registry state on disk, served by a
@@ -62,6 +64,7 @@ pub mod breaker;
 pub mod cache;
 pub mod caps;
 pub mod check;
+pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod discovery;
@@ -139,6 +142,10 @@ pub struct GatewayOptions {
     pub acme: Option<acme::AcmeSettings>,
     /// Upstream and logging settings.
     pub proxy: ProxySettings,
+    /// Register this gateway in the registry it follows (`/v1/gateways`),
+    /// which cluster-scope rate limits need; `None`: it does not register
+    /// (and divides no limit with anyone). The CLI registers by default.
+    pub announce: Option<cluster::Announce>,
 }
 
 /// A configured gateway, ready to serve.
@@ -157,6 +164,8 @@ pub struct Gateway {
     tls: Option<ServerTls>,
     /// The ACME client, when configured.
     acme: Option<acme::Acme>,
+    /// The peers and the division of cluster limits.
+    cluster: Arc<cluster::Cluster>,
 }
 
 /// Why a gateway could not be set up.
@@ -172,6 +181,9 @@ pub enum GatewayError {
     /// directory is unusable.
     #[error(transparent)]
     Acme(#[from] acme::AcmeError),
+    /// The gateway id to register under is unusable.
+    #[error("gateway id: {0}")]
+    Announce(String),
 }
 
 impl Gateway {
@@ -183,6 +195,13 @@ impl Gateway {
             registry_client(&options)?;
         }
         let upstream_tls = Arc::new(UpstreamTlsConfigs::new(&options.proxy.upstream_ca)?);
+        if let Some(a) = &options.announce {
+            portico_registry::gateway::validate_gateway_id(&a.id)
+                .map_err(|e| GatewayError::Announce(e.reason))?;
+        }
+        let cluster = Arc::new(cluster::Cluster::new(
+            options.announce.as_ref().map_or("", |a| a.id.as_str()),
+        ));
         let mut builder = TableBuilder::new(
             options.config.routes.clone(),
             options.auto_routes,
@@ -190,6 +209,7 @@ impl Gateway {
         )
         .with_upstream_tls(upstream_tls.clone())
         .with_zone(options.zone.clone())
+        .with_cluster(cluster.clone())
         .with_auto_route_grace(
             options
                 .auto_route_grace
@@ -248,7 +268,13 @@ impl Gateway {
             config,
             tls,
             acme,
+            cluster,
         })
+    }
+
+    /// The peers this gateway knows and its cluster limits' shares.
+    pub fn cluster(&self) -> &Arc<cluster::Cluster> {
+        &self.cluster
     }
 
     /// The live table handle (for inspection).
@@ -322,6 +348,13 @@ impl Gateway {
             .clone()
             .filter(|_| client.is_some())
             .map(|dir| cache::StateCache::new(dir, self.options.registry.clone()));
+        let announcer = spawn_announcer(
+            client.as_ref(),
+            &self.options,
+            &self.cluster,
+            &self.status,
+            (&plain, &tls),
+        );
         let follower = tokio::spawn(discovery::run(
             client,
             cache,
@@ -334,10 +367,14 @@ impl Gateway {
                     .as_ref()
                     .map(|(_, t)| tls::registry::RegistryCerts::new(t.stats.store().clone())),
                 consumers: self.proxy.consumers().clone(),
+                cluster: self.cluster.clone(),
             },
         ));
         let listeners = server::Listeners { plain, tls };
         let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;
+        if let Some(announcer) = announcer {
+            announcer.leave().await;
+        }
         follower.abort();
         if let Some(r) = cert_reloader {
             r.abort();
@@ -350,6 +387,42 @@ impl Gateway {
         }
         result
     }
+}
+
+/// Starts writing this gateway's record, when it follows a registry and
+/// registers.
+fn spawn_announcer(
+    client: Option<&portico_registry::client::RegistryClient>,
+    options: &GatewayOptions,
+    cluster: &Arc<cluster::Cluster>,
+    status: &Arc<DiscoveryStatus>,
+    (plain, tls): (&Option<TcpListener>, &Option<(TcpListener, ServerTls)>),
+) -> Option<cluster::Announcer> {
+    let (client, settings) = (client?.clone(), options.announce.clone()?);
+    let mut addresses = settings.addresses.clone();
+    if addresses.is_empty() {
+        let bound = plain.iter().chain(tls.iter().map(|(l, _)| l));
+        addresses = bound
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+    }
+    let facts = cluster::RecordFacts {
+        addresses,
+        started_at_ms: cache::unix_ms(),
+    };
+    let status = status.clone();
+    Some(cluster::Announcer::spawn(
+        client,
+        cluster.clone(),
+        settings,
+        facts,
+        move || {
+            status
+                .applied_revision
+                .load(std::sync::atomic::Ordering::Relaxed)
+        },
+    ))
 }
 
 fn registry_client(

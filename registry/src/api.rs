@@ -99,6 +99,11 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
                 .put(put_challenge)
                 .delete(delete_challenge),
         )
+        .route("/v1/gateways", get(list_gateways))
+        .route(
+            "/v1/gateways/{id}",
+            get(get_gateway).put(put_gateway).delete(delete_gateway),
+        )
         .route("/v1/watch", get(watch_changes))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -569,6 +574,56 @@ async fn delete_challenge(
     ))
 }
 
+async fn list_gateways(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    query_pairs(raw.as_deref(), &[])?;
+    let list = app.catalog.gateways().await?;
+    Ok(json(list.revision, &list))
+}
+
+async fn get_gateway(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::gateway::validate_gateway_id(&id)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let (record, revision) = app.catalog.gateway(&id).await?;
+    Ok(json(revision, &record))
+}
+
+/// Registers or renews a gateway (a write with a fresh lease).
+async fn put_gateway(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    crate::gateway::validate_gateway_id(&id)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let body = read_json_body(&headers, body).await?;
+    let spec = crate::gateway::GatewaySpec::from_json(&body)?;
+    let record = app.catalog.put_gateway(&id, spec).await?;
+    Ok(json(record.revision, &record))
+}
+
+async fn delete_gateway(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    crate::gateway::validate_gateway_id(&id)?;
+    query_pairs(raw.as_deref(), &[])?;
+    let (removed, revision) = app.catalog.delete_gateway(&id).await?;
+    Ok(json(
+        revision,
+        &serde_json::json!({"removed": removed, "revision": revision}),
+    ))
+}
+
 #[derive(Serialize)]
 struct ServicesBody {
     revision: Revision,
@@ -699,6 +754,8 @@ impl Format {
                     WatchEvent::CertificateDelete { .. } => "certificate_delete",
                     WatchEvent::ConsumerPut { .. } => "consumer_put",
                     WatchEvent::ConsumerDelete { .. } => "consumer_delete",
+                    WatchEvent::GatewayPut { .. } => "gateway_put",
+                    WatchEvent::GatewayDelete { .. } => "gateway_delete",
                     WatchEvent::Progress { .. } => "progress",
                 };
                 // The id is where to resume. Several changes can share a

@@ -47,7 +47,8 @@ pub enum Role {
     Read,
     /// What a gateway needs: every read, and the watch stream with the
     /// certificates' PEM chains and keys, which gateways serve; the only
-    /// writes are ACME coordination ([`Need::Coordination`]).
+    /// writes are ACME coordination and gateway records
+    /// ([`Need::Coordination`]).
     Gateway,
     /// Reads, plus register, heartbeat, drain and deregister instances
     /// (of the grant's services only, when it names some).
@@ -387,8 +388,9 @@ pub enum Need<'a> {
         /// The service segment of the path, exactly as sent.
         service: &'a str,
     },
-    /// What gateways do to coordinate ACME (locks, challenge answers, and
-    /// writing the `acme-*` certificates they order): `gateway` or `admin`.
+    /// What gateways do to coordinate (ACME locks, challenge answers, the
+    /// `acme-*` certificates they order, and their own gateway records):
+    /// `gateway` or `admin`.
     Coordination,
     /// `admin` only.
     Admin,
@@ -403,6 +405,9 @@ pub enum Need<'a> {
 /// - any other `GET`/`HEAD` (lists, blocking queries, `/v1/watch`): [`Need::Read`].
 /// - any other method on `/v1/services/{service}/instances/{id}` or below it:
 ///   [`Need::Instance`].
+/// - any other method on `/v1/gateways/{id}` (a gateway's own record):
+///   [`Need::Coordination`]. A token names a role, not a gateway, so a
+///   gateway token may write any gateway's record, and nothing else new.
 /// - any other method on `/v1/locks/{name}`, `/v1/challenges/{token}` or
 ///   `/v1/certificates/acme-{name}`: [`Need::Coordination`] (a gateway
 ///   ordering an ACME certificate for the fleet writes these, and only
@@ -434,7 +439,9 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Need<'a> {
         {
             Need::Instance { service }
         }
-        (Some("v1"), Some("locks" | "challenges"), Some(name), None, _) if !name.is_empty() => {
+        (Some("v1"), Some("locks" | "challenges" | "gateways"), Some(name), None, _)
+            if !name.is_empty() =>
+        {
             Need::Coordination
         }
         (Some("v1"), Some("certificates"), Some(name), None, _)
@@ -740,6 +747,10 @@ mod tests {
         assert_eq!(c(Method::PUT, "/v1/certificates/web"), Need::Admin);
         assert_eq!(c(Method::PUT, "/v1/locks/a/b"), Need::Admin);
         assert_eq!(c(Method::GET, "/v1/locks/a"), Need::Read);
+        assert_eq!(c(Method::PUT, "/v1/gateways/edge-1"), co);
+        assert_eq!(c(Method::DELETE, "/v1/gateways/edge-1"), co);
+        assert_eq!(c(Method::PUT, "/v1/gateways"), Need::Admin);
+        assert_eq!(c(Method::GET, "/v1/gateways"), Need::Read);
     }
 
     #[test]

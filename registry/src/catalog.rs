@@ -25,10 +25,12 @@ use crate::store::{Change, KeyValue, Store, StoreError, UniquePut, Watch};
 
 mod certificates;
 mod consumers;
+mod gateways;
 mod locks;
 
 pub use certificates::{CERTIFICATES, CertificateList, certificate_key, decode_certificate};
 pub use consumers::{CONSUMERS, ConsumerList, consumer_key, decode_consumer};
+pub use gateways::{GATEWAYS, decode_gateway, gateway_key};
 pub use locks::{CHALLENGES, LOCKS};
 
 /// Key prefix of every instance.
@@ -702,6 +704,12 @@ impl Catalog {
                 .filter(|kv| kv.key.starts_with(CONSUMERS))
                 .filter_map(decode_consumer)
                 .collect(),
+            gateways: range
+                .kvs
+                .iter()
+                .filter(|kv| kv.key.starts_with(GATEWAYS))
+                .filter_map(decode_gateway)
+                .collect(),
         };
         Ok(Feed {
             snapshot: Some(snapshot),
@@ -734,7 +742,14 @@ impl Feed {
             let revision = change.revision();
             match change {
                 Change::Put(kv) => {
-                    if kv.key.starts_with(CONSUMERS) {
+                    if kv.key.starts_with(GATEWAYS) {
+                        if let Some(gateway) = decode_gateway(&kv) {
+                            return Ok(WatchEvent::GatewayPut {
+                                revision,
+                                gateway: Box::new(gateway),
+                            });
+                        }
+                    } else if kv.key.starts_with(CONSUMERS) {
                         if let Some(consumer) = decode_consumer(&kv) {
                             return Ok(WatchEvent::ConsumerPut {
                                 revision,
@@ -765,6 +780,12 @@ impl Feed {
                     }
                 }
                 Change::Delete { key, .. } => {
+                    if let Some(id) = key.strip_prefix(GATEWAYS) {
+                        return Ok(WatchEvent::GatewayDelete {
+                            revision,
+                            id: id.to_string(),
+                        });
+                    }
                     if let Some(name) = key.strip_prefix(CONSUMERS) {
                         return Ok(WatchEvent::ConsumerDelete {
                             revision,

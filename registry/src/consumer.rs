@@ -285,6 +285,7 @@ mod tests {
             routes: vec![],
             certificates: vec![],
             consumers: vec![consumer],
+            gateways: vec![],
         };
         for event in [put, snapshot] {
             let full = serde_json::to_string(&event).unwrap();

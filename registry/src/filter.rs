@@ -74,7 +74,9 @@ pub struct FilterSpec {
     /// `rate_limit`, `request_headers` or `response_headers`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// rate_limit: `gateway` (each gateway counts alone; the default).
+    /// rate_limit: `gateway` (each gateway counts alone; the default) or
+    /// `cluster` (the limit holds across all live gateways, each admitting
+    /// its share).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// rate_limit: what is counted: `client_ip` (default), `header:NAME`,
@@ -433,6 +435,19 @@ pub struct RateLimit {
     pub burst: u32,
     /// Most keys remembered.
     pub max_keys: usize,
+    /// Where it is counted.
+    pub scope: LimitScope,
+}
+
+/// Where a rate limit is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LimitScope {
+    /// On each gateway alone: N gateways admit N times the limit.
+    #[default]
+    Gateway,
+    /// Across every live gateway: each admits its share (see the
+    /// gateway's `cluster` module).
+    Cluster,
 }
 
 /// What a rate limit counts requests by.
@@ -728,16 +743,16 @@ fn given_settings(s: &FilterSpec) -> Vec<(&'static str, bool)> {
 }
 
 fn compile_rate_limit(spec: &FilterSpec) -> Result<RateLimit, Refusal> {
-    match spec.scope.as_deref() {
-        None | Some("gateway") => {}
-        Some("cluster") => {
+    let scope = match spec.scope.as_deref() {
+        None | Some("gateway") => LimitScope::Gateway,
+        Some("cluster") => LimitScope::Cluster,
+        Some(other) => {
             return Err((
                 "scope",
-                "\"cluster\" is not supported yet; \"gateway\" counts on each gateway alone".into(),
+                format!("{other:?} is not a scope (gateway, cluster)"),
             ));
         }
-        Some(other) => return Err(("scope", format!("{other:?} is not a scope (gateway)"))),
-    }
+    };
     let key = match spec.key.as_deref() {
         None | Some("client_ip") => LimitKey::ClientIp,
         Some("route") => LimitKey::Route,
@@ -794,6 +809,7 @@ fn compile_rate_limit(spec: &FilterSpec) -> Result<RateLimit, Refusal> {
         per,
         burst,
         max_keys: max_keys as usize,
+        scope,
     })
 }
 
@@ -1081,6 +1097,7 @@ mod tests {
                 per: DEFAULT_PER,
                 burst: 10,
                 max_keys: DEFAULT_MAX_KEYS as usize,
+                scope: LimitScope::Gateway,
             })]
         );
     }
@@ -1146,7 +1163,7 @@ mod tests {
                 "route[2].filters[0].key",
             ),
             (
-                r#"{"type":"rate_limit","rate":5,"scope":"cluster"}"#,
+                r#"{"type":"rate_limit","rate":5,"scope":"fleet"}"#,
                 "route[2].filters[0].scope",
             ),
             (

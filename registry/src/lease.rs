@@ -540,6 +540,11 @@ pub fn spawn_sweeper(catalog: Arc<Catalog>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             // Failures are logged, counted and reported by `sweep_once`.
             let _ = sweep_once(&catalog).await;
+            // Gateway records: deleted when lapsed, no self-preservation
+            // (see `catalog::gateways`); a failure is retried next tick.
+            if let Err(e) = catalog.sweep_gateways().await {
+                tracing::debug!(error = %e, "gateway lease sweep failed");
+            }
         }
     })
 }

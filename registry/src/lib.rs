@@ -16,6 +16,9 @@
 //! - [`consumer`]: consumers kept in the registry (who may call routes that
 //!   ask for an API key; keys stored as SHA-256 hashes, never read back).
 //!   Always built; the hashing needs feature `tls`.
+//! - [`gateway`]: gateways kept in the registry with a lease (who is
+//!   alive, what it runs, how far it applied the registry, its demand per
+//!   cluster-scope rate limit). Always built: gateways send them.
 //! - [`lock`]: locks and ACME challenge answers kept in the registry (so
 //!   one of several gateways orders a certificate, and any answers the CA).
 //!   Always built: the SDK sends them.
@@ -53,6 +56,7 @@
 pub mod certificate;
 pub mod consumer;
 pub mod filter;
+pub mod gateway;
 pub mod lock;
 pub mod model;
 pub mod route;

@@ -662,6 +662,9 @@ pub enum WatchEvent {
         /// for a watcher allowed to hold key material).
         #[serde(default)]
         consumers: Vec<Consumer>,
+        /// Every live gateway record, by id.
+        #[serde(default)]
+        gateways: Vec<GatewayRecord>,
     },
     /// An instance was registered or changed.
     Put {
@@ -723,6 +726,20 @@ pub enum WatchEvent {
         /// Name of the deleted consumer.
         name: String,
     },
+    /// A gateway registered or renewed its record.
+    GatewayPut {
+        /// Revision of the change.
+        revision: Revision,
+        /// The record as written.
+        gateway: Box<GatewayRecord>,
+    },
+    /// A gateway record was removed (clean shutdown or lapsed lease).
+    GatewayDelete {
+        /// Revision of the change.
+        revision: Revision,
+        /// Id of the removed gateway.
+        id: String,
+    },
     /// Nothing changed: the stream is alive and current at `revision`.
     Progress {
         /// The registry's revision when this was sent.
@@ -743,6 +760,8 @@ impl WatchEvent {
             | WatchEvent::CertificateDelete { revision, .. }
             | WatchEvent::ConsumerPut { revision, .. }
             | WatchEvent::ConsumerDelete { revision, .. }
+            | WatchEvent::GatewayPut { revision, .. }
+            | WatchEvent::GatewayDelete { revision, .. }
             | WatchEvent::Progress { revision } => *revision,
         }
     }
@@ -758,6 +777,7 @@ impl WatchEvent {
                 routes,
                 certificates,
                 consumers,
+                gateways,
             } => WatchEvent::Snapshot {
                 revision,
                 instances,
@@ -773,6 +793,7 @@ impl WatchEvent {
                     .into_iter()
                     .map(Consumer::without_hashes)
                     .collect(),
+                gateways,
             },
             WatchEvent::RoutePut { revision, route } => WatchEvent::RoutePut {
                 revision,
@@ -1092,6 +1113,69 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeys<'_> {
         }
         Ok(found)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Gateway records (`/v1/gateways/{id}`; checks in the `gateway` module). Here,
+// not there, because watch events carry them.
+
+/// Lease of a gateway record when the body names none: renewed every
+/// third of it, and a dead gateway's share of cluster limits goes back to
+/// the others within it.
+pub const DEFAULT_GATEWAY_TTL: Duration = Duration::from_secs(10);
+
+/// The body of `PUT /v1/gateways/{id}`.
+///
+/// Not `deny_unknown_fields`: it is flattened into [`GatewayRecord`],
+/// which serde could then not read back; [`GatewaySpec::from_json`]
+/// refuses unknown fields itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewaySpec {
+    /// Where the gateway listens for clients (`ip:port` or `host:port`).
+    pub addresses: Vec<String>,
+    /// The gateway's version (`portico --version`).
+    pub version: String,
+    /// The registry revision whose changes the gateway has applied to its
+    /// routing table: compare with the registry's to see propagation lag.
+    #[serde(default)]
+    pub applied_revision: u64,
+    /// Unix milliseconds when the gateway process started.
+    #[serde(default)]
+    pub started_at_ms: u64,
+    /// The lease: the record is removed when not written again within it.
+    #[serde(with = "duration_str", default = "default_gateway_ttl")]
+    pub ttl: Duration,
+    /// Requests per second this gateway saw lately for each cluster-scope
+    /// rate limit, by limit id (`{route}/filters[{index}]`): what the
+    /// other gateways divide the limit by.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub demand: std::collections::BTreeMap<String, f64>,
+}
+
+/// Demand values are checked finite ([`GatewaySpec::validate`]), so
+/// equality is an equivalence, as watch events (which are `Eq`) need.
+impl Eq for GatewaySpec {}
+
+fn default_gateway_ttl() -> Duration {
+    DEFAULT_GATEWAY_TTL
+}
+
+/// A gateway as stored and answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRecord {
+    /// The gateway's id (the URL's).
+    pub id: String,
+    /// What the gateway wrote.
+    #[serde(flatten)]
+    pub spec: GatewaySpec,
+    /// Unix milliseconds when the registry first saw this id (carried over
+    /// renewals; a record that lapsed and came back starts again).
+    pub registered_at_ms: u64,
+    /// Unix milliseconds of the last write (registration or renewal).
+    pub renewed_at_ms: u64,
+    /// Revision of the last write (stamped when read).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// Serde adapter for durations written as strings such as `"10s"` or `"1m 30s"`.

@@ -278,6 +278,8 @@ pub struct TestGateway {
     pub table: Arc<arc_swap::ArcSwap<portico_gateway::router::RouteTable>>,
     /// The HTTPS listener, when started with one.
     pub tls_addr: Option<SocketAddr>,
+    /// Its peers and cluster-limit shares.
+    pub cluster: Arc<portico_gateway::cluster::Cluster>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -308,6 +310,7 @@ impl TestGateway {
         let admin_task = gateway.serve_admin(admin);
         let status = gateway.status().clone();
         let table = gateway.table().clone();
+        let cluster = gateway.cluster().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             let served = gateway
@@ -325,6 +328,7 @@ impl TestGateway {
             status,
             table,
             tls_addr,
+            cluster,
             stop: Some(tx),
             task: Some(task),
         }

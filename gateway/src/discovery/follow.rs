@@ -48,6 +48,8 @@ pub struct RegistryObjects {
     pub certs: Option<RegistryCerts>,
     /// Consumers: the proxy's, for `api_key` filters.
     pub consumers: Arc<ConsumerStore>,
+    /// Gateway records: the peers cluster limits are divided with.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// The task that owns `builder`: follows the registry (when `client` is
@@ -68,6 +70,7 @@ pub async fn run(
     let mut follower = Follower::new(builder, table, status, cache).await;
     follower.applied.certs = objects.certs;
     follower.applied.consumers = objects.consumers;
+    follower.applied.cluster = objects.cluster;
     let mut config_open = true;
     loop {
         tokio::select! {
@@ -124,6 +127,8 @@ struct Applied {
     certs: Option<RegistryCerts>,
     /// Where registry consumers go (not cached either).
     consumers: Arc<ConsumerStore>,
+    /// Where gateway records go (not cached: a cached peer may be dead).
+    cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// What one burst of inputs changed.
@@ -141,15 +146,24 @@ struct Burst {
 impl Applied {
     fn apply(&mut self, event: WatchEvent, builder: &mut TableBuilder, burst: &mut Burst) {
         self.revision = event.revision();
-        burst.registry |= !matches!(event, WatchEvent::Progress { .. });
+        // Gateway records are not cached: their renewals must not cost a
+        // cache write each.
+        burst.registry |= !matches!(
+            event,
+            WatchEvent::Progress { .. }
+                | WatchEvent::GatewayPut { .. }
+                | WatchEvent::GatewayDelete { .. }
+        );
         match event {
             WatchEvent::Snapshot {
                 instances,
                 routes,
                 certificates,
                 consumers,
+                gateways,
                 ..
             } => {
+                self.cluster.set_peers(gateways);
                 if let Some(c) = &self.certs {
                     c.set(certificates);
                 }
@@ -205,6 +219,14 @@ impl Applied {
             WatchEvent::ConsumerPut { consumer, .. } => self.consumers.put(&consumer),
             WatchEvent::ConsumerDelete { name, .. } => self.consumers.remove(&name),
             WatchEvent::Progress { .. } => burst.progressed = true,
+            WatchEvent::GatewayPut { gateway, .. } => {
+                self.cluster.put_peer(*gateway);
+                burst.progressed = true;
+            }
+            WatchEvent::GatewayDelete { id, .. } => {
+                self.cluster.remove_peer(&id);
+                burst.progressed = true;
+            }
         }
     }
 

@@ -56,7 +56,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Uri};
-use portico_registry::filter::{ApiKey, Filter, HeaderEdits, IpFilter, Redirect, Rewrite};
+use portico_registry::filter::{
+    ApiKey, Filter, HeaderEdits, IpFilter, LimitScope, Redirect, Rewrite,
+};
 
 pub use consumers::ConsumerStore;
 pub use rate_limit::{Limited, RateLimiter};
@@ -196,7 +198,10 @@ impl FilterChain {
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
-                Filter::RateLimit(c) => chain.limits.push(RateLimiter::new(c, i)),
+                Filter::RateLimit(c) => chain.limits.push(match c.scope {
+                    LimitScope::Gateway => RateLimiter::new(c, i),
+                    LimitScope::Cluster => RateLimiter::cluster(c, i),
+                }),
                 Filter::RequestHeaders(e) => chain.request_headers.push(e.clone()),
                 Filter::ResponseHeaders(e) => chain.response_headers.push(e.clone()),
                 Filter::ApiKey(a) => chain.auth.push(Authenticator::ApiKey(a.clone())),

@@ -22,6 +22,12 @@
 //!   flooder, not the keys already limited, nearly nothing.
 //!
 //! A `route` key is one atomic TAT, updated by compare-and-swap: no lock.
+//!
+//! With `scope = "cluster"` the same GCRA runs on this gateway's *share*
+//! of the limit: `T` and the burst are scaled by the share that
+//! the gateway's `cluster` module sets from the other gateways' records ([`LimitShare`]),
+//! and every request (admitted or not) is counted as demand for the next
+//! record. Nothing shared is asked per request.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -32,6 +38,12 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 use portico_registry::filter::{LimitKey, RateLimit};
+
+/// TATs are nanoseconds since the limiter's epoch plus this offset, so a
+/// fresh key (TAT 0) is at rest from the first instant, whatever the
+/// tolerance, which a cluster limit changes as its share moves. 2^62 ns
+/// is about 146 years: no sum of a TAT and an interval comes near 2^64.
+const CLOCK_OFFSET: u64 = 1 << 62;
 
 /// Most shards of a keyed limiter: enough that cores rarely meet on one
 /// lock, few enough that a small `max_keys` still gives each shard room.
@@ -54,10 +66,8 @@ pub struct Limited {
 #[derive(Debug)]
 pub struct RateLimiter {
     key: LimitKey,
-    /// `T`: nanoseconds between requests at the sustained rate.
-    interval: u64,
-    /// `burst x T`: how far ahead of now a TAT may run.
-    tolerance: u64,
+    /// `T` and `burst x T` as they apply on this gateway now.
+    pace: std::sync::Arc<LimitShare>,
     /// The start of this limiter's clock (TATs are nanoseconds since).
     epoch: Instant,
     /// The TAT of a `route` key.
@@ -73,14 +83,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter for `config`, the route's filter number `index`.
     pub fn new(config: &RateLimit, index: usize) -> RateLimiter {
-        let per = u64::try_from(config.per.as_nanos()).unwrap_or(u64::MAX);
-        let interval = (per / u64::from(config.rate)).max(1);
         let shards = SHARDS.min(config.max_keys).max(1);
         let name = format!("filters[{index}]");
         RateLimiter {
             key: config.key.clone(),
-            interval,
-            tolerance: interval.saturating_mul(u64::from(config.burst)),
+            pace: std::sync::Arc::new(LimitShare::new(config)),
             epoch: Instant::now(),
             single: AtomicU64::new(0),
             shards: (0..shards).map(|_| Mutex::default()).collect(),
@@ -99,6 +106,9 @@ impl RateLimiter {
         headers: &HeaderMap,
         consumer: Option<&str>,
     ) -> Result<(), Limited> {
+        if self.pace.counting {
+            self.pace.arrivals.fetch_add(1, Ordering::Relaxed);
+        }
         let now = self.now();
         let verdict = match &self.key {
             LimitKey::Route => self.check_single(now),
@@ -118,21 +128,47 @@ impl RateLimiter {
     }
 
     fn now(&self) -> u64 {
-        // Offset by the tolerance so a TAT of 0 (a fresh key) is at rest
-        // even in the first instants of the clock.
         u64::try_from(self.epoch.elapsed().as_nanos())
             .unwrap_or(u64::MAX)
-            .saturating_add(self.tolerance)
+            .saturating_add(CLOCK_OFFSET)
     }
 
     /// The GCRA step: the new TAT, or how long to wait.
     fn step(&self, tat: u64, now: u64) -> Result<u64, u64> {
-        let next = tat.max(now) + self.interval;
-        if next - now > self.tolerance {
-            Err(next - self.tolerance - now)
+        let interval = self.pace.interval.load(Ordering::Relaxed);
+        let tolerance = self.pace.tolerance.load(Ordering::Relaxed);
+        let next = tat.max(now).saturating_add(interval);
+        if next - now > tolerance {
+            Err(next - tolerance - now)
         } else {
             Ok(next)
         }
+    }
+
+    /// A limiter counting with `scope = "cluster"`: its pace follows the
+    /// share set on the answered [`LimitShare`] (1 until set), and it
+    /// counts every request it sees as demand.
+    pub fn cluster(config: &RateLimit, index: usize) -> RateLimiter {
+        let mut limiter = RateLimiter::new(config, index);
+        let mut pace = LimitShare::new(config);
+        pace.counting = true;
+        limiter.pace = std::sync::Arc::new(pace);
+        limiter
+    }
+
+    /// Whether it counts with `scope = "cluster"`.
+    pub fn is_cluster(&self) -> bool {
+        self.pace.counting
+    }
+
+    /// Its name in the headers and in cluster limit ids (`filters[N]`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its pace, which the gateway's `cluster` module sets for a cluster limit.
+    pub fn share(&self) -> &std::sync::Arc<LimitShare> {
+        &self.pace
     }
 
     fn check_single(&self, now: u64) -> Result<(), u64> {
@@ -180,6 +216,67 @@ impl RateLimiter {
     }
 }
 
+/// The pace of a limiter on this gateway: its whole limit, or for a
+/// cluster limit its share of it (`rate x share` per `per`, a burst of
+/// `burst x share` but at least one request), and the requests it has seen
+/// since its demand was last read.
+#[derive(Debug)]
+pub struct LimitShare {
+    /// `T / share`: nanoseconds between requests at this gateway's rate.
+    interval: AtomicU64,
+    /// How far ahead of now a TAT may run: this gateway's burst times its
+    /// interval.
+    tolerance: AtomicU64,
+    /// `T` of the whole limit.
+    base_interval: u64,
+    burst: u32,
+    /// The share as last set, as `f64` bits (for operators and tests).
+    share: AtomicU64,
+    /// Requests seen since [`LimitShare::take_arrivals`] (cluster only).
+    arrivals: AtomicU64,
+    counting: bool,
+}
+
+impl LimitShare {
+    fn new(config: &RateLimit) -> LimitShare {
+        let per = u64::try_from(config.per.as_nanos()).unwrap_or(u64::MAX);
+        let interval = (per / u64::from(config.rate)).max(1);
+        LimitShare {
+            interval: AtomicU64::new(interval),
+            tolerance: AtomicU64::new(interval.saturating_mul(u64::from(config.burst))),
+            base_interval: interval,
+            burst: config.burst,
+            share: AtomicU64::new(1f64.to_bits()),
+            arrivals: AtomicU64::new(0),
+            counting: false,
+        }
+    }
+
+    /// Sets this gateway's share of the limit (clamped to `1e-6..=1`).
+    pub fn set_share(&self, share: f64) {
+        let share = share.clamp(1e-6, 1.0);
+        let interval =
+            ((self.base_interval as f64 / share).min(u64::MAX as f64 / 2.0) as u64).max(1);
+        let burst = (f64::from(self.burst) * share).max(1.0);
+        self.interval.store(interval, Ordering::Relaxed);
+        self.tolerance.store(
+            (interval as f64 * burst).min(u64::MAX as f64 / 4.0) as u64,
+            Ordering::Relaxed,
+        );
+        self.share.store(share.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The share as last set (1 for a gateway-scope limit).
+    pub fn get_share(&self) -> f64 {
+        f64::from_bits(self.share.load(Ordering::Relaxed))
+    }
+
+    /// The requests seen since the last call, and starts counting again.
+    pub fn take_arrivals(&self) -> u64 {
+        self.arrivals.swap(0, Ordering::Relaxed)
+    }
+}
+
 /// Frees a slot in a full shard: keys at rest first (forgetting them loses
 /// nothing), else the key nearest to rest.
 fn make_room(map: &mut HashMap<u64, u64>, now: u64, cap: usize) {
@@ -217,6 +314,7 @@ mod tests {
                 per: Duration::from_secs(1),
                 burst,
                 max_keys,
+                scope: Default::default(),
             },
             0,
         )
@@ -285,6 +383,7 @@ mod tests {
             per: Duration::from_millis(100),
             burst: 5,
             max_keys: 1,
+            scope: Default::default(),
         };
         assert_eq!(policy_value("p", &config), "\"p\";q=50;w=1");
     }

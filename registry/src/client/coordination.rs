@@ -140,3 +140,37 @@ impl RegistryClient {
         }
     }
 }
+
+impl RegistryClient {
+    /// Registers or renews this gateway's record (a write with a fresh
+    /// lease). A registry that lost the record (lapsed, restarted without
+    /// it) simply takes it again.
+    pub async fn put_gateway(
+        &self,
+        id: &str,
+        spec: &crate::gateway::GatewaySpec,
+    ) -> Result<crate::gateway::GatewayRecord, ClientError> {
+        let req = Some(Bytes::from(
+            serde_json::to_vec(spec).expect("gateway specs serialise"),
+        ));
+        let (status, answer) = self
+            .call(Method::PUT, &format!("/v1/gateways/{id}"), req)
+            .await?;
+        Self::expect_ok(status, &answer)
+    }
+
+    /// Removes this gateway's record (a clean shutdown); succeeds when it
+    /// is gone already.
+    pub async fn delete_gateway(&self, id: &str) -> Result<(), ClientError> {
+        let (status, answer) = self
+            .call(Method::DELETE, &format!("/v1/gateways/{id}"), None)
+            .await?;
+        Self::expect_ok::<serde_json::Value>(status, &answer).map(|_| ())
+    }
+
+    /// Every live gateway.
+    pub async fn gateways(&self) -> Result<crate::gateway::GatewayList, ClientError> {
+        let (status, answer) = self.call(Method::GET, "/v1/gateways", None).await?;
+        Self::expect_ok(status, &answer)
+    }
+}
