@@ -52,6 +52,8 @@ use crate::metrics::GatewayMetrics;
 use crate::path::PathPolicy;
 use crate::proxy::pick::{self, Pick, Turn};
 use crate::router::{Considered, Level, Mismatch, RequestView, RouteEntry, RouteTable};
+use crate::split::Chosen;
+use portico_registry::route::WeightedTarget;
 
 /// What the admin listener reads: the live table, discovery progress, the
 /// request metrics (scraped with the table's state), and the gateway's path
@@ -226,6 +228,59 @@ fn tls_json(tls: &crate::tls::TlsStats) -> Value {
 }
 
 /// Every endpoint of a route entry, as `/endpoints` and `/explain` show them.
+/// A route's target as `/explain` shows it; for a split, each target with
+/// its weight, subset and endpoints, and which one the next turn chooses.
+fn target_json(entry: &RouteEntry, chosen: Option<Chosen>, now: u64) -> Value {
+    match (&entry.route.target, &entry.split) {
+        (Target::Service(s), _) => json!({"service": s}),
+        (Target::Static(list), _) => {
+            json!({"upstreams": list.iter().map(|a| a.as_str()).collect::<Vec<_>>()})
+        }
+        (Target::Split(targets), split) => {
+            let sets = split.as_ref().map(|s| &s.targets[..]).unwrap_or_default();
+            let list: Vec<Value> = targets
+                .iter()
+                .zip(sets)
+                .map(|(t, e)| {
+                    json!({
+                        "service": t.service,
+                        "weight": t.weight,
+                        "subset": {"tags": t.subset.tags, "metadata": t.subset.metadata},
+                        "endpoints": e.endpoints.endpoints().iter().map(|e| &*e.id).collect::<Vec<_>>(),
+                        "in_rotation": e.endpoints.any_in_rotation(now),
+                    })
+                })
+                .collect();
+            json!({
+                "split": list,
+                "would_choose": chosen.map(|c| c.index),
+                "passed_over": chosen.and_then(|c| c.skipped),
+            })
+        }
+    }
+}
+
+/// The verdict of a split route: which target the turn chose (and which
+/// it passed over), then what that target's pick gives.
+fn split_verdict(targets: &[WeightedTarget], c: Chosen, verdict: &str) -> String {
+    let name = |i: usize| {
+        let t = &targets[i];
+        format!("targets[{i}] ({:?}, weight {})", t.service, t.weight)
+    };
+    match c.skipped {
+        Some(s) if s != c.index => format!(
+            "split: the next turn is {}'s, which has no endpoint in rotation, so it goes to {}: {verdict}",
+            name(s),
+            name(c.index)
+        ),
+        Some(_) => format!(
+            "split: the next turn is {}'s; no target has an endpoint in rotation: {verdict}",
+            name(c.index)
+        ),
+        None => format!("split: the next turn goes to {}: {verdict}", name(c.index)),
+    }
+}
+
 fn endpoints_json(entry: &RouteEntry, now: u64) -> Vec<Value> {
     entry
         .endpoints
@@ -574,10 +629,13 @@ fn explain(
             "verdict": verdict,
         }));
     };
-    let entry: &RouteEntry = m.entry;
-    let route = &entry.route;
+    let route_entry: &RouteEntry = m.entry;
+    let route = &route_entry.route;
     let now = now_ms();
-    let endpoints = endpoints_json(entry, now);
+    let endpoints = endpoints_json(route_entry, now);
+    // A split route: the target the next request's turn would choose
+    // (peeked, as the pick below), whose endpoints the verdict is about.
+    let (entry, chosen) = route_entry.target(false);
     let all = entry.endpoints.endpoints();
     let out = all.iter().filter(|e| e.health.is_out(now)).count();
     let open = all
@@ -593,15 +651,14 @@ fn explain(
         Pick::Endpoint(i, e) => Some((i, e)),
         Pick::Exhausted | Pick::AllOpen => None,
     };
-    let target = match &route.target {
-        Target::Service(s) => json!({"service": s}),
-        Target::Static(list) => {
-            json!({"upstreams": list.iter().map(|a| a.as_str()).collect::<Vec<_>>()})
-        }
-    };
+    let target = target_json(route_entry, chosen, now);
     let verdict = match (&route.target, all.len(), pick) {
         (Target::Service(s), 0, _) => format!(
             "503 no_healthy_upstream: route {:?} targets service {s:?}, which has no passing instance in the registry",
+            &*route.name
+        ),
+        (Target::Split(_), 0, _) => format!(
+            "503 no_healthy_upstream: none of route {:?}'s targets has a passing instance in the registry",
             &*route.name
         ),
         (_, n, None) if open == n => {
@@ -624,6 +681,10 @@ fn explain(
         (_, n, None) => {
             format!("503 no_healthy_upstream: none of the {n} endpoint(s) can be picked")
         }
+    };
+    let verdict = match (&route.target, chosen) {
+        (Target::Split(targets), Some(c)) => split_verdict(targets, c, &verdict),
+        _ => verdict,
     };
     Ok(json!({
         "table_revision": table.revision,

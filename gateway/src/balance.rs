@@ -209,6 +209,12 @@ impl EndpointSet {
         &self.endpoints
     }
 
+    /// Whether any endpoint is in rotation at `now` (not ejected, not
+    /// failing its health check): what makes a split target worth its turn.
+    pub fn any_in_rotation(&self, now: u64) -> bool {
+        self.endpoints.iter().any(|e| !e.health.is_out(now))
+    }
+
     /// The next endpoint in smooth weighted round-robin order, skipping
     /// endpoints that are out (ejected, or failed by an active health check)
     /// and those in `avoid` (indices already tried by this request). When
@@ -493,19 +499,23 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// One full cycle of nginx's smooth weighted round robin over a set's
+/// endpoints.
+fn smooth_weighted_sequence(endpoints: &[Endpoint]) -> Vec<u32> {
+    smooth_sequence(endpoints.iter().map(|e| e.weight))
+}
+
 /// One full cycle of nginx's smooth weighted round robin: each step, add every
 /// weight to its running score, pick the highest, subtract the total from it.
-fn smooth_weighted_sequence(endpoints: &[Endpoint]) -> Vec<u32> {
-    if endpoints.is_empty() {
+/// Weights are reduced by their gcd; a cycle longer than 65536 turns is
+/// scaled down (ratios kept within a fraction of a percent). Every weight
+/// must be above 0. Also orders a route's split targets.
+pub fn smooth_sequence(weights: impl Iterator<Item = u32> + Clone) -> Vec<u32> {
+    let g = weights.clone().fold(0u64, |acc, w| gcd(acc, u64::from(w)));
+    if g == 0 {
         return Vec::new();
     }
-    let g = endpoints
-        .iter()
-        .fold(0u64, |acc, e| gcd(acc, u64::from(e.weight)));
-    let mut weights: Vec<i64> = endpoints
-        .iter()
-        .map(|e| (u64::from(e.weight) / g) as i64)
-        .collect();
+    let mut weights: Vec<i64> = weights.map(|w| (u64::from(w) / g) as i64).collect();
     let mut total: i64 = weights.iter().sum();
     if total as u64 > MAX_SEQUENCE {
         let scale = MAX_SEQUENCE as f64 / total as f64;

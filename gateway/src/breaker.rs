@@ -9,7 +9,7 @@
 //! requests are in flight.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::retry::RetryBudget;
 
@@ -26,6 +26,27 @@ pub struct RouteState {
     active: AtomicU32,
     retrying: AtomicU32,
     pending: AtomicU32,
+    /// Turns taken of the route's split order (`targets`): kept here
+    /// so the order goes on across tables instead of restarting.
+    pub split_turn: AtomicUsize,
+    /// Requests seen by the route's mirror sampler, copies in flight, sent
+    /// and dropped (`mirror`; the proxy's `mirror` module).
+    pub mirror: MirrorCounters,
+}
+
+/// A route's mirroring counters; all zero on routes without `mirror`.
+#[derive(Debug, Default)]
+pub struct MirrorCounters {
+    /// Requests the sampler has seen (the share is taken by count).
+    pub seen: AtomicU64,
+    /// Copies outstanding now.
+    pub in_flight: AtomicU32,
+    /// Copies sent.
+    pub sent: AtomicU64,
+    /// Copies dropped because `max_in_flight` were outstanding.
+    pub dropped: AtomicU64,
+    /// Copies that failed (no endpoint, connection refused, timeout).
+    pub failed: AtomicU64,
 }
 
 /// A slot held for as long as a request (or retry) is in flight.

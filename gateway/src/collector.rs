@@ -140,6 +140,25 @@ impl Collector for GatewayCollector {
         }
 
         let mut e = encoder.encode_descriptor(
+            "portico_mirror_copies",
+            "Copies of requests for a route's mirror service, by route and outcome: sent (answered), failed, or dropped (max_in_flight copies were outstanding).",
+            None,
+            MetricType::Counter,
+        )?;
+        for entry in entries.iter().filter(|e| e.route.mirror.is_some()) {
+            let m = &entry.state.mirror;
+            for (outcome, n) in [
+                ("sent", &m.sent),
+                ("failed", &m.failed),
+                ("dropped", &m.dropped),
+            ] {
+                let n = n.load(std::sync::atomic::Ordering::Relaxed);
+                e.encode_family(&[("route", &*entry.route.name), ("outcome", outcome)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+
+        let mut e = encoder.encode_descriptor(
             "portico_retry_budget_tokens",
             "Retries the route's retry budget would allow now (routes with a retry policy).",
             None,

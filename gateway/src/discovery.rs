@@ -41,8 +41,11 @@ use crate::check::{Checkers, Transport};
 use crate::config::{PathMatch, Route, Target};
 use crate::filter::FilterChain;
 use crate::health::HealthRegistry;
+use crate::router::Split;
 use crate::router::{RouteEntry, RouteTable, Router};
+use crate::split::SplitOrder;
 use crate::tls::upstream::UpstreamTlsConfigs;
+use portico_registry::route::{Subset, WeightedTarget};
 
 mod follow;
 
@@ -58,6 +61,9 @@ pub const DEFAULT_AUTO_ROUTE_GRACE: Duration = Duration::from_secs(300);
 /// (foldhash) instead of SipHash keeps a change cheap with many routes.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+/// Subset endpoint sets by service and subset, each with the instance list
+/// it was built from.
+type SubsetSets = FastMap<(String, Subset), (Arc<[Instance]>, Arc<EndpointSet>)>;
 
 /// Builds routing tables from routes and discovered instances.
 ///
@@ -86,6 +92,12 @@ pub struct TableBuilder {
     /// list they were built from (reused while it is unchanged).
     static_sets: FastMap<Arc<str>, (Arc<Route>, Arc<EndpointSet>)>,
     service_sets: FastMap<String, Arc<EndpointSet>>,
+    /// Each service's routable instances, for the subsets of split routes.
+    service_instances: FastMap<String, Arc<[Instance]>>,
+    /// Endpoint sets of split-route targets with a subset, by service and
+    /// subset, with the instance list they were built from (reused while
+    /// it is the same, so a subset's round-robin turn carries on).
+    subset_sets: SubsetSets,
     empty: Arc<EndpointSet>,
     health: Arc<HealthRegistry>,
     /// Retry budget and limit counters per route name, so a rebuild neither
@@ -129,6 +141,8 @@ impl TableBuilder {
             routes_changed: true,
             static_sets: FastMap::default(),
             service_sets: FastMap::default(),
+            service_instances: FastMap::default(),
+            subset_sets: FastMap::default(),
             empty: Arc::new(EndpointSet::default()),
             health,
             states: FastMap::default(),
@@ -238,6 +252,16 @@ impl TableBuilder {
 
     /// Replaces one service's routable endpoints (rebuilt from its instances).
     pub fn set_service(&mut self, service: &str, instances: &BTreeMap<String, Instance>) {
+        let routable: Arc<[Instance]> = instances
+            .values()
+            .filter(|i| i.status.routable())
+            .cloned()
+            .collect();
+        if routable.is_empty() {
+            self.service_instances.remove(service);
+        } else {
+            self.service_instances.insert(service.to_string(), routable);
+        }
         if instances.is_empty() {
             let known = self.service_sets.contains_key(service);
             if known && self.auto_routes && !self.auto_route_grace.is_zero() {
@@ -370,35 +394,47 @@ impl TableBuilder {
             }
             self.static_sets = sets;
         }
-        let (static_sets, service_sets, empty, states, chains) = (
-            &self.static_sets,
-            &self.service_sets,
-            &self.empty,
-            &mut self.states,
-            &self.chains,
-        );
-        let implicit_from = self.implicit_from;
-        let entries = self
-            .effective
-            .iter()
-            .enumerate()
-            .map(|(i, route)| {
-                let endpoints = match &route.target {
-                    Target::Static(_) => static_sets.get(&route.name).map(|(_, set)| set),
-                    Target::Service(s) => service_sets.get(s),
+        let mut subset_sets = std::mem::take(&mut self.subset_sets);
+        let mut used_subsets = FastMap::default();
+        let mut entries = Vec::with_capacity(self.effective.len());
+        for (i, route) in self.effective.iter().enumerate() {
+            let state = self.states.entry(route.name.clone()).or_default().clone();
+            let mut entry = RouteEntry {
+                route: route.clone(),
+                endpoints: self.empty.clone(),
+                state,
+                implicit: i >= self.implicit_from,
+                filters: self.chains.get(&route.name).cloned(),
+                split: None,
+                mirror: route.mirror.as_ref().map(|m| {
+                    self.service_sets
+                        .get(&m.service)
+                        .cloned()
+                        .unwrap_or_else(|| self.empty.clone())
+                }),
+            };
+            match &route.target {
+                Target::Static(_) => {
+                    if let Some((_, set)) = self.static_sets.get(&route.name) {
+                        entry.endpoints = set.clone();
+                    }
                 }
-                .cloned()
-                .unwrap_or_else(|| empty.clone());
-                let state = states.entry(route.name.clone()).or_default().clone();
-                RouteEntry {
-                    route: route.clone(),
-                    endpoints,
-                    state,
-                    implicit: i >= implicit_from,
-                    filters: chains.get(&route.name).cloned(),
+                Target::Service(s) => {
+                    if let Some(set) = self.service_sets.get(s) {
+                        entry.endpoints = set.clone();
+                    }
                 }
-            })
-            .collect();
+                Target::Split(targets) => {
+                    let sets = targets
+                        .iter()
+                        .map(|t| self.target_set(t, &mut subset_sets, &mut used_subsets))
+                        .collect();
+                    entry = split_entry(entry, targets, sets);
+                }
+            }
+            entries.push(entry);
+        }
+        self.subset_sets = used_subsets;
         let table = RouteTable::new(self.router.clone(), entries, revision);
         let wanted = table
             .entries()
@@ -415,6 +451,81 @@ impl TableBuilder {
         self.checkers.reconcile(wanted);
         table
     }
+}
+
+impl TableBuilder {
+    /// The endpoints of one split target: the service's set when the
+    /// subset takes every instance, else the subset's own (reused from
+    /// `old` while the service's instances are the same), noted in `used`.
+    fn target_set(
+        &self,
+        target: &WeightedTarget,
+        old: &mut SubsetSets,
+        used: &mut SubsetSets,
+    ) -> Arc<EndpointSet> {
+        if target.subset.is_all() {
+            return self
+                .service_sets
+                .get(&target.service)
+                .cloned()
+                .unwrap_or_else(|| self.empty.clone());
+        }
+        let Some(instances) = self.service_instances.get(&target.service) else {
+            return self.empty.clone();
+        };
+        let key = (target.service.clone(), target.subset.clone());
+        if let Some(found) = used.get(&key) {
+            return found.1.clone();
+        }
+        let set = match old.remove(&key) {
+            Some((from, set)) if Arc::ptr_eq(&from, instances) => set,
+            _ => Arc::new(EndpointSet::with_zone(
+                instances
+                    .iter()
+                    .filter(|i| target.subset.admits(&i.spec.tags, &i.spec.meta))
+                    .filter_map(|i| Endpoint::from_instance(i, &self.health))
+                    .collect(),
+                self.zone.as_deref(),
+            )),
+        };
+        used.insert(key, (instances.clone(), set.clone()));
+        set
+    }
+}
+
+/// A split route's entry: one entry per target with the target's set,
+/// the order of their turns, and as the route's own endpoints the union
+/// of the targets' (each endpoint once), which health checks, metrics and
+/// `/explain` go through.
+fn split_entry(
+    mut entry: RouteEntry,
+    targets: &[WeightedTarget],
+    sets: Vec<Arc<EndpointSet>>,
+) -> RouteEntry {
+    let mut union: Vec<Endpoint> = Vec::new();
+    for set in &sets {
+        for e in set.endpoints() {
+            if !union.iter().any(|u| u.authority == e.authority) {
+                union.push(e.clone());
+            }
+        }
+    }
+    entry.endpoints = Arc::new(EndpointSet::new(union));
+    let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    let per_target = sets
+        .into_iter()
+        .map(|endpoints| RouteEntry {
+            endpoints,
+            split: None,
+            mirror: None,
+            ..entry.clone()
+        })
+        .collect();
+    entry.split = Some(Arc::new(Split {
+        targets: per_target,
+        order: SplitOrder::new(&weights),
+    }));
+    entry
 }
 
 /// The filter chains of `routes` (only those with filters), reusing from

@@ -17,6 +17,8 @@
 //!   gateway started while no registry answers.
 //! - [`reload`]: re-reads the route file on change and on SIGHUP.
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
+//! - [`split`]: a route's weighted split across its `targets` (smooth
+//!   weighted round robin, passing over targets with nothing in rotation).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
@@ -83,6 +85,7 @@ pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod split;
 pub mod tls;
 pub mod trace;
 pub mod tunnel;

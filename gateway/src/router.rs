@@ -50,6 +50,48 @@ pub struct RouteEntry {
     /// The route's filter chain, kept across tables while its filters stay
     /// the same; `None` (no filters, the common case) costs one branch.
     pub filters: Option<Arc<crate::filter::FilterChain>>,
+    /// A route with `targets`: one entry per target, each with the
+    /// target's own endpoints (the route, state and filters are the
+    /// route's). `endpoints` above is then the union of theirs, for
+    /// health checks, metrics and `/explain`; requests are sent through
+    /// the target a turn chooses ([`RouteEntry::target`]).
+    pub split: Option<Arc<Split>>,
+    /// A route with `mirror`: the mirror service's endpoints (empty while
+    /// it has none).
+    pub mirror: Option<Arc<EndpointSet>>,
+}
+
+/// A split route's targets and their weighted order.
+#[derive(Debug)]
+pub struct Split {
+    /// One entry per target, in the route's order.
+    pub targets: Vec<RouteEntry>,
+    /// Which target each turn goes to.
+    pub order: crate::split::SplitOrder,
+}
+
+impl RouteEntry {
+    /// The entry a request is sent through: the route itself, or for a
+    /// split route the target its next turn chooses (`take`: a request's
+    /// turn; otherwise a look that moves nothing, for `/explain`).
+    #[inline]
+    pub fn target(&self, take: bool) -> (&RouteEntry, Option<crate::split::Chosen>) {
+        let Some(split) = &self.split else {
+            return (self, None);
+        };
+        let now = crate::health::now_ms();
+        let targets = &split.targets;
+        let chosen = split.order.choose(
+            &self.state.split_turn,
+            take,
+            |i| targets[i].endpoints.any_in_rotation(now),
+            |i| !targets[i].endpoints.is_empty(),
+        );
+        match chosen {
+            Some(c) => (&targets[c.index], Some(c)),
+            None => (self, None),
+        }
+    }
 }
 
 /// What the router looks at in a request.
@@ -401,6 +443,8 @@ mod tests {
                 state: Arc::default(),
                 implicit: false,
                 filters: None,
+                split: None,
+                mirror: None,
             })
             .collect();
         RouteTable::new(router, entries, 0)

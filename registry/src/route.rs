@@ -43,6 +43,17 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 pub const MAX_PATTERN_SIZE: usize = 256 * 1024;
 /// Most header or query conditions on one route.
 pub const MAX_CONDITIONS: usize = 32;
+/// Most entries in a route's `targets`.
+pub const MAX_TARGETS: usize = 16;
+/// Largest weight of one target (weights are relative: 10000 gives a
+/// share to a hundredth of a percent).
+pub const MAX_TARGET_WEIGHT: u32 = 10_000;
+/// Most tags or metadata keys in one subset.
+pub const MAX_SUBSET_KEYS: usize = 32;
+/// Default of `mirror.max_in_flight`.
+pub const DEFAULT_MIRROR_IN_FLIGHT: u32 = 64;
+/// Largest `mirror.max_in_flight`.
+pub const MAX_MIRROR_IN_FLIGHT: u32 = 10_000;
 
 // ---------------------------------------------------------------------------
 // The written form.
@@ -133,6 +144,54 @@ pub struct RouteSpec {
     /// the request path; see [`crate::filter`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FilterSpec>,
+    /// Target: several services (or subsets of one), each with a weight;
+    /// instead of `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<TargetSpec>>,
+    /// Copy a sampled share of requests to another service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
+}
+
+/// One entry of a route's `targets` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The discovered service.
+    pub service: String,
+    /// Relative share of requests, 0..=[`MAX_TARGET_WEIGHT`]; absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Only the service's instances that carry these tags and metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<SubsetSpec>,
+}
+
+/// A subset of a service's instances as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetSpec {
+    /// Tags every instance of the subset has (all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Metadata every instance of the subset has, each key with this value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `mirror` as written: where copies of requests go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// The discovered service that gets the copies.
+    pub service: String,
+    /// Share of requests copied, 1..=100; absent: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    /// Most copies outstanding at once on one gateway; absent:
+    /// [`DEFAULT_MIRROR_IN_FLIGHT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 /// `[route.upstream_tls]` as written: TLS towards the route's upstreams.
@@ -593,6 +652,54 @@ pub enum Target {
     Service(String),
     /// A fixed list of `host:port` upstreams.
     Static(Vec<Authority>),
+    /// Several services or subsets (`targets`), each request going to one
+    /// of them by weight. Never empty; at least one weight is above 0.
+    Split(Vec<WeightedTarget>),
+}
+
+/// One target of a split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedTarget {
+    /// The discovered service.
+    pub service: String,
+    /// Relative share of requests (0: none, while the others have any).
+    pub weight: u32,
+    /// Which of the service's instances belong to the target.
+    pub subset: Subset,
+}
+
+/// A subset of a service's instances: those with every tag listed and
+/// every metadata key equal to the value given. Empty: all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Subset {
+    /// Tags required, all of them.
+    pub tags: Vec<String>,
+    /// Metadata required, each key with exactly this value.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Subset {
+    /// Whether an instance with `tags` and `meta` belongs to the subset.
+    pub fn admits(&self, tags: &[String], meta: &BTreeMap<String, String>) -> bool {
+        self.tags.iter().all(|t| tags.contains(t))
+            && self.metadata.iter().all(|(k, v)| meta.get(k) == Some(v))
+    }
+
+    /// Whether every instance belongs (no condition).
+    pub fn is_all(&self) -> bool {
+        self.tags.is_empty() && self.metadata.is_empty()
+    }
+}
+
+/// A route's request mirroring (`mirror`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// The service that gets the copies.
+    pub service: String,
+    /// Share of requests copied, 1..=100.
+    pub percent: u32,
+    /// Most copies outstanding at once; more are dropped (and counted).
+    pub max_in_flight: u32,
 }
 
 /// A route's load-balancing algorithm (`lb = "..."`).
@@ -857,6 +964,8 @@ pub struct Route {
     pub upstream_tls: Option<Arc<UpstreamTls>>,
     /// Checked filters, in the order written; empty for most routes.
     pub filters: Vec<Filter>,
+    /// Copies of a share of the requests to another service, if any.
+    pub mirror: Option<Mirror>,
 }
 
 /// A route's upstream TLS settings, checked (the gateway loads the files).
@@ -910,6 +1019,7 @@ impl Route {
             https_redirect: false,
             upstream_tls: None,
             filters: Vec::new(),
+            mirror: None,
         }
     }
 
@@ -1020,34 +1130,23 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
         });
     }
 
-    let target = match (&spec.service, &spec.upstreams) {
-        (Some(_), Some(_)) => {
+    let target = match &spec.targets {
+        Some(_) if spec.service.is_some() || spec.upstreams.is_some() => {
             return Err(bad(
-                "service",
-                "give either service or upstreams, not both".into(),
+                "targets",
+                "give either targets or service (or upstreams), not both".into(),
             ));
         }
-        (None, None) => {
-            return Err(bad(
-                "service",
-                "a route needs a target: service = \"name\" or upstreams = [\"host:port\"]".into(),
-            ));
+        Some(list) => {
+            Target::Split(compile_targets(list).map_err(|(f, r)| bad(&format!("targets{f}"), r))?)
         }
-        (Some(s), None) => {
-            validate_service_name(s).map_err(|e| bad("service", strip_field(e)))?;
-            Target::Service(s.clone())
-        }
-        (None, Some(list)) => {
-            if list.is_empty() {
-                return Err(bad("upstreams", "must list at least one host:port".into()));
-            }
-            let mut out = Vec::with_capacity(list.len());
-            for (j, u) in list.iter().enumerate() {
-                out.push(parse_upstream(u).map_err(|r| bad(&format!("upstreams[{j}]"), r))?);
-            }
-            Target::Static(out)
-        }
+        None => compile_target(spec).map_err(|(f, r)| bad(&f, r))?,
     };
+    let mirror = spec
+        .mirror
+        .as_ref()
+        .map(|m| compile_mirror(m).map_err(|(f, r)| bad(&format!("mirror.{f}"), r)))
+        .transpose()?;
 
     let timeout = match &spec.timeout {
         None => DEFAULT_ROUTE_TIMEOUT,
@@ -1208,6 +1307,124 @@ pub fn compile(spec: &RouteSpec, prefix: &str) -> Result<Route, Invalid> {
             None => None,
         },
         filters,
+        mirror,
+    })
+}
+
+/// The target of a route without `targets`: `service` or `upstreams`.
+fn compile_target(spec: &RouteSpec) -> Result<Target, (String, String)> {
+    let refuse = |f: &str, r: String| Err((f.to_string(), r));
+    match (&spec.service, &spec.upstreams) {
+        (Some(_), Some(_)) => refuse(
+            "service",
+            "give either service or upstreams, not both".into(),
+        ),
+        (None, None) => refuse(
+            "service",
+            "a route needs a target: service = \"name\", upstreams = [\"host:port\"] or targets = [{service = \"name\", weight = N}]".into(),
+        ),
+        (Some(s), None) => {
+            validate_service_name(s).map_err(|e| ("service".to_string(), strip_field(e)))?;
+            Ok(Target::Service(s.clone()))
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return refuse("upstreams", "must list at least one host:port".into());
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (j, u) in list.iter().enumerate() {
+                out.push(parse_upstream(u).map_err(|r| (format!("upstreams[{j}]"), r))?);
+            }
+            Ok(Target::Static(out))
+        }
+    }
+}
+
+/// Checks `targets`: 1..=16 entries, weights within bounds and not all 0,
+/// each service a valid name, each subset within bounds, no two entries
+/// alike. Fields are named from `[j]` on (the caller adds `targets`).
+fn compile_targets(list: &[TargetSpec]) -> Result<Vec<WeightedTarget>, (String, String)> {
+    if list.is_empty() || list.len() > MAX_TARGETS {
+        return Err((
+            String::new(),
+            format!("must list 1 to {MAX_TARGETS} targets"),
+        ));
+    }
+    let mut out: Vec<WeightedTarget> = Vec::with_capacity(list.len());
+    for (j, t) in list.iter().enumerate() {
+        let at = |f: &str| format!("[{j}].{f}");
+        validate_service_name(&t.service).map_err(|e| (at("service"), strip_field(e)))?;
+        let weight = t.weight.unwrap_or(1);
+        if weight > MAX_TARGET_WEIGHT {
+            return Err((at("weight"), format!("must be 0 to {MAX_TARGET_WEIGHT}")));
+        }
+        let subset = match &t.subset {
+            None => Subset::default(),
+            Some(s) => compile_subset(s).map_err(|(f, r)| (at(&format!("subset.{f}")), r))?,
+        };
+        if let Some(i) = out
+            .iter()
+            .position(|o| o.service == t.service && o.subset == subset)
+        {
+            return Err((
+                format!("[{j}]"),
+                format!("the same service and subset as targets[{i}]"),
+            ));
+        }
+        out.push(WeightedTarget {
+            service: t.service.clone(),
+            weight,
+            subset,
+        });
+    }
+    if out.iter().all(|t| t.weight == 0) {
+        return Err((
+            String::new(),
+            "at least one target needs a weight above 0".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Checks a subset: at most [`MAX_SUBSET_KEYS`] tags and keys, none empty.
+fn compile_subset(spec: &SubsetSpec) -> Result<Subset, (String, String)> {
+    if spec.tags.len() > MAX_SUBSET_KEYS {
+        return Err(("tags".into(), format!("at most {MAX_SUBSET_KEYS} tags")));
+    }
+    if spec.metadata.len() > MAX_SUBSET_KEYS {
+        return Err(("metadata".into(), format!("at most {MAX_SUBSET_KEYS} keys")));
+    }
+    if let Some(j) = spec.tags.iter().position(String::is_empty) {
+        return Err((format!("tags[{j}]"), "must not be empty".into()));
+    }
+    if spec.metadata.contains_key("") {
+        return Err(("metadata".into(), "keys must not be empty".into()));
+    }
+    Ok(Subset {
+        tags: spec.tags.clone(),
+        metadata: spec.metadata.clone(),
+    })
+}
+
+/// Checks `mirror`: a valid service name, `percent` 1..=100,
+/// `max_in_flight` 1..=[`MAX_MIRROR_IN_FLIGHT`].
+fn compile_mirror(spec: &MirrorSpec) -> Result<Mirror, (&'static str, String)> {
+    validate_service_name(&spec.service).map_err(|e| ("service", strip_field(e)))?;
+    let percent = spec.percent.unwrap_or(100);
+    if !(1..=100).contains(&percent) {
+        return Err(("percent", "must be 1 to 100".into()));
+    }
+    let max_in_flight = spec.max_in_flight.unwrap_or(DEFAULT_MIRROR_IN_FLIGHT);
+    if !(1..=MAX_MIRROR_IN_FLIGHT).contains(&max_in_flight) {
+        return Err((
+            "max_in_flight",
+            format!("must be 1 to {MAX_MIRROR_IN_FLIGHT}"),
+        ));
+    }
+    Ok(Mirror {
+        service: spec.service.clone(),
+        percent,
+        max_in_flight,
     })
 }
 

@@ -118,6 +118,8 @@ impl Case {
                 state: Arc::default(),
                 implicit: false,
                 filters: None,
+                split: None,
+                mirror: None,
             })
             .collect();
         RouteTable::new(router, entries, 0)

@@ -35,6 +35,7 @@
 
 mod attempt;
 pub mod edge;
+pub mod mirror;
 mod outgoing;
 pub mod pick;
 
@@ -445,7 +446,13 @@ impl Proxy {
         // Boxed: the send phase is most of a request's state, and a future
         // is moved (copied whole) each time it is wrapped or awaited; on the
         // heap it is written once.
-        let (resp, upgrade) = Box::pin(self.send(entry, out, ctx)).await?;
+        if let Some(set) = &entry.mirror {
+            self.mirror(entry, set, &out);
+        }
+        // A split route sends through the target its turn chooses (a plain
+        // route through itself: one branch).
+        let (target, _) = entry.target(true);
+        let (resp, upgrade) = Box::pin(self.send(target, out, ctx)).await?;
         Ok(self.response_filter(resp, upgrade, entry, ctx, accept_encoding.as_ref()))
     }
 
