@@ -817,6 +817,9 @@ impl GatewayArgs {
                 ..ProxySettings::default()
             },
             announce: None,
+            // Custom filters and layers are for embedders (examples/custom-filter).
+            filters: Default::default(),
+            layer: None,
         })
     }
 }

@@ -117,6 +117,8 @@ pub struct TableBuilder {
     vanished: FastMap<String, Instant>,
     /// Where cluster-scope rate limits get their share.
     cluster: Arc<crate::cluster::Cluster>,
+    /// The embedder's own filters, which routes may name.
+    custom_filters: crate::filter::custom::FilterRegistry,
 }
 
 impl TableBuilder {
@@ -152,7 +154,14 @@ impl TableBuilder {
             auto_route_grace: DEFAULT_AUTO_ROUTE_GRACE,
             vanished: FastMap::default(),
             cluster: Arc::default(),
+            custom_filters: Default::default(),
         }
+    }
+
+    /// The custom filters routes may list (`type = "custom"`).
+    pub fn with_filters(mut self, filters: crate::filter::custom::FilterRegistry) -> TableBuilder {
+        self.custom_filters = filters;
+        self
     }
 
     /// Divides cluster-scope rate limits with the peers `cluster` knows
@@ -375,6 +384,7 @@ impl TableBuilder {
                 &self.effective,
                 std::mem::take(&mut self.chains),
                 &self.cluster,
+                &self.custom_filters,
             );
             let mut sets = FastMap::default();
             for r in &self.effective {
@@ -534,13 +544,17 @@ fn filter_chains(
     routes: &[Arc<Route>],
     mut old: FastMap<Arc<str>, Arc<FilterChain>>,
     cluster: &crate::cluster::Cluster,
+    custom: &crate::filter::custom::FilterRegistry,
 ) -> FastMap<Arc<str>, Arc<FilterChain>> {
     let mut chains = FastMap::default();
     for r in routes.iter().filter(|r| !r.filters.is_empty()) {
         let chain = match old.remove(&r.name) {
             Some(c) if c.built_from(&r.filters) => c,
-            _ => match FilterChain::build(&r.filters) {
+            _ => match FilterChain::build(&r.filters, custom) {
                 Some(c) => {
+                    if let Some(why) = c.unavailable() {
+                        tracing::error!(route = %r.name, "route refuses every request (503 filter_unavailable): {why}");
+                    }
                     // Its cluster-scope limits (id `{route}/filters[N]`) get
                     // their share of the limit from now on.
                     for limit in c.limiters().iter().filter(|l| l.is_cluster()) {

@@ -172,6 +172,18 @@ pub enum ProxyError {
         /// The route.
         route: String,
     },
+    /// Something inside the gateway failed (an embedder's layer): 500.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A custom filter the route lists could not be built on this gateway
+    /// (not registered, or its settings refused): 503, nothing let through.
+    #[error("route {route:?} cannot run its filters: {reason}")]
+    FilterUnavailable {
+        /// The route.
+        route: String,
+        /// Which filter and why.
+        reason: String,
+    },
 }
 
 impl ProxyError {
@@ -203,6 +215,8 @@ impl ProxyError {
             ProxyError::AddressRefused { .. } => "address_refused",
             ProxyError::AuthUnavailable { .. } => "auth_unavailable",
             ProxyError::CorsRefused { .. } => "cors_refused",
+            ProxyError::FilterUnavailable { .. } => "filter_unavailable",
+            ProxyError::Internal(_) => "internal",
         }
     }
 
@@ -235,6 +249,8 @@ impl ProxyError {
             ProxyError::AddressRefused { .. } => StatusCode::FORBIDDEN,
             ProxyError::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::CorsRefused { .. } => StatusCode::FORBIDDEN,
+            ProxyError::FilterUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -256,7 +272,8 @@ impl ProxyError {
             // A reset or broken exchange: what a gRPC client reports when
             // its own connection breaks.
             | ProxyError::UpstreamProtocol { .. }
-            | ProxyError::AuthUnavailable { .. } => Code::UNAVAILABLE,
+            | ProxyError::AuthUnavailable { .. }
+            | ProxyError::FilterUnavailable { .. } => Code::UNAVAILABLE,
             ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 Code::DEADLINE_EXCEEDED
             }

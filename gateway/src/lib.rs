@@ -23,6 +23,8 @@
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
+//! - [`service`]: the downstream side as a `tower::Service`, and the
+//!   embedder's tower layers around it.
 //! - [`tls`]: certificates (files and registry, picked by SNI, reloaded),
 //!   the HTTPS listener's settings, and client TLS to upstreams.
 //! - [`acme`]: certificates ordered and renewed from an ACME CA, with the
@@ -39,8 +41,9 @@
 //! - [`grpc`]: what makes a request gRPC, its status codes and deadline,
 //!   gRPC-Web translation, and the response body that notes each call's
 //!   `grpc-status`.
-//! - [`filter`]: per-route filter chains (rate limits, header edits), built
-//!   once per route and run in the request path's phases.
+//! - [`filter`]: per-route filter chains (authentication, rate limits,
+//!   transforms, and the embedder's own [`Filter`]s), built once per route
+//!   and run in the request path's phases.
 //! - [`access`]: the access-log line.
 //! - [`metrics`]: the request-side counters (per-route atomics kept in the
 //!   route state, latency histograms): a leaf, importing no routing module.
@@ -85,10 +88,16 @@ pub mod reload;
 pub mod retry;
 pub mod router;
 pub mod server;
+pub mod service;
 pub mod split;
 pub mod tls;
 pub mod trace;
 pub mod tunnel;
+
+pub use filter::custom::{
+    Filter, FilterAnswer, FilterRegistry, FilterRequest, LogEntry, ResponseHead, SettingsError,
+    Stage, UpstreamRequest,
+};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -149,6 +158,13 @@ pub struct GatewayOptions {
     /// which cluster-scope rate limits need; `None`: it does not register
     /// (and divides no limit with anyone). The CLI registers by default.
     pub announce: Option<cluster::Announce>,
+    /// The embedder's own filters, by name: routes list them as
+    /// `{ type = "custom", name = NAME, settings = {...} }`.
+    pub filters: filter::custom::FilterRegistry,
+    /// tower / tower-http layers around the downstream side (each request
+    /// between hyper and the proxy); `None`: requests go to the proxy
+    /// directly.
+    pub layer: Option<service::DownstreamLayer>,
 }
 
 /// A configured gateway, ready to serve.
@@ -187,6 +203,15 @@ pub enum GatewayError {
     /// The gateway id to register under is unusable.
     #[error("gateway id: {0}")]
     Announce(String),
+    /// A route file's custom filter is not registered, or refused its
+    /// settings.
+    #[error("route {route:?}: {reason}")]
+    Filter {
+        /// The route.
+        route: String,
+        /// The field (`filters[0].settings.allowed`) and why.
+        reason: String,
+    },
 }
 
 impl Gateway {
@@ -213,11 +238,18 @@ impl Gateway {
         .with_upstream_tls(upstream_tls.clone())
         .with_zone(options.zone.clone())
         .with_cluster(cluster.clone())
+        .with_filters(options.filters.clone())
         .with_auto_route_grace(
             options
                 .auto_route_grace
                 .unwrap_or(discovery::DEFAULT_AUTO_ROUTE_GRACE),
         );
+        // A mistake in the route file stops the gateway at startup rather
+        // than leaving a route that refuses every request.
+        options
+            .filters
+            .check_routes(&options.config.routes)
+            .map_err(|(_, route, reason)| GatewayError::Filter { route, reason })?;
         let table = Arc::new(ArcSwap::from_pointee(builder.build(0)));
         // Routes from the file: their TLS files are checked (and an
         // insecure one logged) now, not at their first request.
@@ -339,6 +371,7 @@ impl Gateway {
         let reloader = self.options.config_path.clone().map(|path| {
             reload::spawn(
                 path,
+                self.options.filters.clone(),
                 self.config.clone(),
                 self.status.clone(),
                 self.options.config_poll.unwrap_or(reload::POLL_INTERVAL),
@@ -374,7 +407,14 @@ impl Gateway {
             },
         ));
         let listeners = server::Listeners { plain, tls };
-        let result = server::serve(listeners, self.proxy, self.options.server, shutdown).await;
+        let result = server::serve(
+            listeners,
+            self.proxy,
+            self.options.layer.as_ref(),
+            self.options.server,
+            shutdown,
+        )
+        .await;
         if let Some(announcer) = announcer {
             announcer.leave().await;
         }

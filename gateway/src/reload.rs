@@ -37,6 +37,7 @@ pub const SETTLE: Duration = Duration::from_millis(250);
 /// (SIGHUP only).
 pub fn spawn(
     path: PathBuf,
+    filters: crate::filter::custom::FilterRegistry,
     tx: watch::Sender<Config>,
     status: Arc<DiscoveryStatus>,
     interval: Duration,
@@ -105,7 +106,18 @@ pub fn spawn(
             settling = None;
             let first = last.is_none();
             last = Some(seen);
-            match Config::parse(&text) {
+            let checked = Config::parse(&text).and_then(|config| {
+                // Custom filters this gateway cannot build refuse the file
+                // too, as at startup.
+                filters
+                    .check_routes(&config.routes)
+                    .map(|()| config)
+                    .map_err(|(i, _, reason)| crate::config::ConfigError::Invalid {
+                        key: format!("route[{i}]"),
+                        reason: format!("route[{i}].{reason}"),
+                    })
+            });
+            match checked {
                 Ok(config) => {
                     if config.routes == tx.borrow().routes {
                         // Say so: after a refused file is fixed back, this is

@@ -158,6 +158,8 @@ impl Listeners {
 #[derive(Debug)]
 struct Shared {
     proxy: Arc<Proxy>,
+    /// The embedder's layers around the proxy, if any.
+    layered: Option<crate::service::LayeredService>,
     protocols: Protocols,
     caps: Arc<ConnectionCaps>,
     idle_timeout: Duration,
@@ -169,6 +171,7 @@ struct Shared {
 pub async fn serve(
     listeners: Listeners,
     proxy: Arc<Proxy>,
+    layer: Option<&crate::service::DownstreamLayer>,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -183,6 +186,7 @@ pub async fn serve(
         "connection caps"
     );
     let shared = Arc::new(Shared {
+        layered: layer.map(|l| l.service(proxy.clone())),
         proxy: proxy.clone(),
         protocols: Protocols::new(&settings),
         caps,
@@ -408,12 +412,12 @@ where
     serve_http(io, protocol, shared, conn).await;
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends.
+/// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends, through
+/// the embedder's layers when there are some.
 async fn serve_http<I>(io: I, protocol: Protocol, shared: &Shared, conn: Conn)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(io);
     let Conn {
         peer: downstream,
         hsts,
@@ -421,6 +425,24 @@ where
         draining,
     } = conn;
     let addr = downstream.addr;
+    let idle = IdleClock::new(shared.idle_timeout, active.clone());
+    let watch = (idle, active, draining, addr);
+    if let Some(layered) = &shared.layered {
+        let layered = layered.clone();
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(downstream.clone());
+            let hsts = hsts.clone();
+            let call = tower::ServiceExt::oneshot(layered.clone(), req);
+            async move {
+                let mut resp = call
+                    .await
+                    .unwrap_or_else(|e| crate::service::answer_error(&e));
+                add_hsts(&mut resp, hsts);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        return serve_with(io, protocol, shared, service, watch).await;
+    }
     let proxy = shared.proxy.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
@@ -431,17 +453,44 @@ where
         // hyper moves the service future.
         Box::pin(async move {
             let mut resp = proxy.handle(req, &downstream).await;
-            if let Some(hsts) = hsts {
-                // An upstream that sets its own policy keeps it.
-                resp.headers_mut()
-                    .entry(header::STRICT_TRANSPORT_SECURITY)
-                    .or_insert(hsts);
-            }
+            add_hsts(&mut resp, hsts);
             Ok::<_, std::convert::Infallible>(resp)
         })
     });
-    let idle = IdleClock::new(shared.idle_timeout, active.clone());
-    let watch = (idle, active, draining, addr);
+    serve_with(io, protocol, shared, service, watch).await;
+}
+
+/// `Strict-Transport-Security` on a response of the TLS listener; an
+/// upstream that sets its own policy keeps it.
+fn add_hsts<B>(resp: &mut http::Response<B>, hsts: Option<HeaderValue>) {
+    if let Some(hsts) = hsts {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(hsts);
+    }
+}
+
+/// Serves `service` on `io` with hyper's HTTP/1.1 or HTTP/2 server.
+async fn serve_with<I, S, B>(
+    io: I,
+    protocol: Protocol,
+    shared: &Shared,
+    service: S,
+    watch: (IdleClock, Arc<Activity>, Draining, SocketAddr),
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(io);
     if protocol == Protocol::H2c {
         let conn = shared.protocols.http2.serve_connection(io, service);
         drive(conn, |c| c.graceful_shutdown(), watch).await;

@@ -241,6 +241,14 @@ pub struct FilterSpec {
     /// cors: how long a browser may cache a preflight's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<String>,
+    /// custom: the name an embedder registered its filter under (see the
+    /// gateway's `Filter` trait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// custom: the filter's own settings, checked by the filter itself when
+    /// a gateway builds it (the registry cannot know them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
 }
 
 /// One checked filter.
@@ -274,7 +282,31 @@ pub enum Filter {
     /// Answer CORS preflights at the gateway and mark responses readable
     /// by the allowed origins.
     Cors(Cors),
+    /// A filter an embedder wrote and registered by name in its gateway.
+    Custom(Custom),
 }
+
+/// A checked `custom` filter: which filter, and its settings as written.
+///
+/// Only their shape is checked here (a name, a table of bounded size):
+/// the settings are the filter's own, checked by it when a gateway builds
+/// the route; a gateway that does not have the filter refuses the route's
+/// requests (503) rather than let them through unfiltered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Custom {
+    /// The name it was registered under.
+    pub name: String,
+    /// Its settings (a table; empty when none were written).
+    pub settings: serde_json::Value,
+    /// Set in a copy read by a token that may not see keys: the settings
+    /// were left out, and a gateway given it refuses the route's requests.
+    pub withheld: bool,
+}
+
+/// Longest name of a custom filter.
+pub const MAX_CUSTOM_NAME: usize = 64;
+/// Largest `settings` of a custom filter, as JSON.
+pub const MAX_CUSTOM_SETTINGS: usize = 64 * 1024;
 
 /// A checked `jwt`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -525,6 +557,7 @@ fn takes(kind: &str) -> Option<&'static [&'static str]> {
             "allow_credentials",
             "max_age",
         ]),
+        "custom" => Some(&["name", "settings", "secret_withheld"]),
         _ => None,
     }
 }
@@ -563,10 +596,11 @@ pub fn compile_filters(specs: &[FilterSpec]) -> Result<Vec<Filter>, FilterError>
 }
 
 /// Whether `filter` identifies a consumer.
+/// A custom filter may (its gateway checks it when building the route).
 fn authenticates(filter: &Filter) -> bool {
     matches!(
         filter,
-        Filter::ApiKey(_) | Filter::Jwt(_) | Filter::BasicAuth(_)
+        Filter::ApiKey(_) | Filter::Jwt(_) | Filter::BasicAuth(_) | Filter::Custom(_)
     )
 }
 
@@ -654,7 +688,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         return Err((
             "type",
             format!(
-                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, compression, ip_filter, basic_auth, forward_auth, cors)",
+                "{:?} is not a filter type (rate_limit, request_headers, response_headers, api_key, jwt, rewrite, redirect, body_limit, compression, ip_filter, basic_auth, forward_auth, cors, custom)",
                 spec.kind
             ),
         ));
@@ -677,6 +711,7 @@ fn compile_one(spec: &FilterSpec) -> Result<Filter, Refusal> {
         "basic_auth" => auth::compile_basic_auth(spec).map(Filter::BasicAuth),
         "forward_auth" => auth::compile_forward_auth(spec).map(Filter::ForwardAuth),
         "cors" => access::compile_cors(spec).map(Filter::Cors),
+        "custom" => compile_custom(spec).map(Filter::Custom),
         _ => match spec.max {
             Some(0) => Err(("max", "must be at least 1 byte".into())),
             Some(n) => Ok(Filter::BodyLimit(n)),
@@ -739,7 +774,40 @@ fn given_settings(s: &FilterSpec) -> Vec<(&'static str, bool)> {
         ("expose_headers", s.expose_headers.is_some()),
         ("allow_credentials", s.allow_credentials.is_some()),
         ("max_age", s.max_age.is_some()),
+        ("name", s.name.is_some()),
+        ("settings", s.settings.is_some()),
     ]
+}
+
+/// A custom filter's name and the shape of its settings.
+fn compile_custom(spec: &FilterSpec) -> Result<Custom, Refusal> {
+    let name = spec.name.as_deref().ok_or((
+        "name",
+        "is required (the name the filter was registered under)".to_string(),
+    ))?;
+    let good = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > MAX_CUSTOM_NAME || !name.chars().all(good) {
+        return Err((
+            "name",
+            format!("{name:?} is not a filter name (1 to {MAX_CUSTOM_NAME} of a-z, 0-9, _ and -)"),
+        ));
+    }
+    let settings = match &spec.settings {
+        None => serde_json::Value::Object(serde_json::Map::new()),
+        Some(v @ serde_json::Value::Object(_)) => v.clone(),
+        Some(_) => return Err(("settings", "must be a table".into())),
+    };
+    if serde_json::to_vec(&settings).map_or(usize::MAX, |v| v.len()) > MAX_CUSTOM_SETTINGS {
+        return Err((
+            "settings",
+            format!("are larger than {MAX_CUSTOM_SETTINGS} bytes"),
+        ));
+    }
+    Ok(Custom {
+        name: name.to_string(),
+        settings,
+        withheld: spec.secret_withheld == Some(true),
+    })
 }
 
 fn compile_rate_limit(spec: &FilterSpec) -> Result<RateLimit, Refusal> {
@@ -1120,6 +1188,47 @@ mod tests {
         );
         let f = compile_filters(&[spec(r#"{"type":"api_key","query":"key"}"#)]).unwrap();
         assert!(matches!(&f[0], Filter::ApiKey(a) if a.header.is_none()));
+    }
+
+    #[test]
+    fn a_custom_filter_is_named_and_its_settings_kept_as_written() {
+        let f = compile_filters(&[spec(
+            r#"{"type":"custom","name":"tenant","settings":{"allowed":["a"]}}"#,
+        )])
+        .unwrap();
+        let Filter::Custom(c) = &f[0] else {
+            panic!("{f:?}")
+        };
+        assert_eq!((c.name.as_str(), c.withheld), ("tenant", false));
+        assert_eq!(c.settings, serde_json::json!({"allowed": ["a"]}));
+        let f = compile_filters(&[spec(r#"{"type":"custom","name":"t"}"#)]).unwrap();
+        assert!(matches!(&f[0], Filter::Custom(c) if c.settings == serde_json::json!({})));
+        // It may identify a consumer, so a consumer-keyed limit beside it is taken.
+        compile_filters(&[
+            spec(r#"{"type":"rate_limit","rate":1,"key":"consumer"}"#),
+            spec(r#"{"type":"custom","name":"t"}"#),
+        ])
+        .unwrap();
+        for (json, field) in [
+            (r#"{"type":"custom"}"#, "name"),
+            (r#"{"type":"custom","name":"Tenant"}"#, "name"),
+            (r#"{"type":"custom","name":""}"#, "name"),
+            (r#"{"type":"custom","name":"t","settings":[1]}"#, "settings"),
+            (r#"{"type":"custom","name":"t","rate":1}"#, "rate"),
+            (
+                r#"{"type":"rate_limit","rate":1,"settings":{}}"#,
+                "settings",
+            ),
+        ] {
+            assert_eq!(
+                refusal(json),
+                format!("route[2].filters[0].{field}"),
+                "{json}"
+            );
+        }
+        let big = "x".repeat(MAX_CUSTOM_SETTINGS);
+        let json = format!(r#"{{"type":"custom","name":"t","settings":{{"a":"{big}"}}}}"#);
+        assert_eq!(refusal(&json), "route[2].filters[0].settings");
     }
 
     #[test]

@@ -346,7 +346,7 @@ pub struct HealthCheckSpec {
 impl RouteSpec {
     /// The route as a reader without access to key material sees it: a
     /// `jwt` filter's HMAC `secret` left out and a `basic_auth` filter's
-    /// hashes emptied, each marked withheld. A gateway
+    /// hashes emptied, a `custom` filter's settings left out, each marked withheld. A gateway
     /// given that copy builds a filter that refuses every token: the route
     /// fails closed, never falling through to a broader route nor verifying
     /// with a wrong key.
@@ -359,6 +359,11 @@ impl RouteSpec {
             // what an offline guesser needs).
             if let Some(users) = &mut filter.users {
                 users.values_mut().for_each(String::clear);
+                filter.secret_withheld = Some(true);
+            }
+            // custom: its settings are the filter's own, and may hold
+            // anything (an upstream credential): none are shown.
+            if filter.kind == "custom" && filter.settings.take().is_some() {
                 filter.secret_withheld = Some(true);
             }
         }
@@ -1864,6 +1869,22 @@ mod tests {
         let route = compile(&seen, "").unwrap();
         assert!(
             matches!(&route.filters[0], crate::filter::Filter::BasicAuth(b) if b.withheld),
+            "{:?}",
+            route.filters
+        );
+    }
+
+    #[test]
+    fn a_reader_without_keys_sees_no_custom_filter_settings_and_the_copy_fails_closed() {
+        let full = spec(
+            r#"{"name":"r","upstreams":["127.0.0.1:1"],"filters":[{"type":"custom","name":"audit","settings":{"token":"s3cret"}}]}"#,
+        );
+        let seen = full.without_secrets();
+        let text = serde_json::to_string(&seen).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        let route = compile(&seen, "").unwrap();
+        assert!(
+            matches!(&route.filters[0], crate::filter::Filter::Custom(c) if c.withheld),
             "{:?}",
             route.filters
         );

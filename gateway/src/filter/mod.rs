@@ -34,17 +34,19 @@
 //!    [`compress`] (which sees the edited headers, so a `response_headers`
 //!    filter can set the `Content-Type` it decides by).
 //!
-//! Kinds to come slot into the same three lists: an authentication filter
-//! into the first (before rate limits, so a consumer key can be counted),
-//! a traffic split or subset into the pick, which already takes the
-//! route's endpoint set; an embedder's own filter as a trait object with
-//! the same three optional phases.
+//! An embedder's own filters ([`custom`]: the public [`custom::Filter`]
+//! trait, registered by name) run in the same phases: in the first at the
+//! [`custom::Stage`] each declares (with `ip_filter`, with authentication in
+//! list order, or after the rate limits), in the second after the built-in
+//! edits and rewrite, in the third after the built-in header edits; and
+//! each is told of the request as it ends.
 
 pub mod api_key;
 pub mod basic_auth;
 pub mod compress;
 pub mod consumers;
 pub mod cors;
+pub mod custom;
 pub mod forward_auth;
 pub mod headers;
 pub mod jwt;
@@ -55,10 +57,12 @@ pub mod rewrite;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{Extensions, HeaderMap, HeaderValue, Uri};
 use portico_registry::filter::{
-    ApiKey, Filter, HeaderEdits, IpFilter, LimitScope, Redirect, Rewrite,
+    ApiKey, Filter as FilterConfig, HeaderEdits, IpFilter, LimitScope, Redirect, Rewrite,
 };
+
+use custom::{Filter, FilterRegistry, FilterRequest, Stage};
 
 pub use consumers::ConsumerStore;
 pub use rate_limit::{Limited, RateLimiter};
@@ -98,6 +102,9 @@ pub enum Refusal {
     /// A CORS preflight for an origin, method or header the route's `cors`
     /// does not allow: 403.
     CorsRefused,
+    /// A custom filter the route lists could not be built (this gateway
+    /// lacks it, or it refused its settings): 503, nothing let through.
+    Unavailable(Arc<str>),
 }
 
 /// What the request filter phase may read and edit of a request.
@@ -115,6 +122,34 @@ pub struct RequestHead<'a> {
     pub method: &'a http::Method,
     /// Whether the client connection is TLS.
     pub secure: bool,
+    /// The route's name (for custom filters).
+    pub route: &'a str,
+    /// The request's storage, kept for the later phases (custom filters).
+    pub extensions: &'a mut Extensions,
+}
+
+impl RequestHead<'_> {
+    /// Runs a custom filter's request phase on this head.
+    async fn run_custom(
+        &mut self,
+        filter: &dyn Filter,
+        consumer: &mut Option<Arc<str>>,
+    ) -> Result<(), Refusal> {
+        let mut req = FilterRequest {
+            route: self.route,
+            client: self.client,
+            secure: self.secure,
+            method: self.method,
+            uri: self.uri,
+            headers: self.headers,
+            consumer,
+            extensions: self.extensions,
+        };
+        filter
+            .on_request(&mut req)
+            .await
+            .map_err(|answer| Refusal::Answer(Box::new(answer)))
+    }
 }
 
 /// An authentication filter.
@@ -124,6 +159,8 @@ enum Authenticator {
     Jwt(jwt::JwtFilter),
     Basic(basic_auth::BasicAuthFilter),
     Forward(forward_auth::ForwardAuthFilter),
+    /// An embedder's filter at [`Stage::Authentication`].
+    Custom(Arc<dyn Filter>),
 }
 
 impl Authenticator {
@@ -132,8 +169,10 @@ impl Authenticator {
         &self,
         head: &mut RequestHead<'_>,
         consumers: &ConsumerStore,
-    ) -> Result<Option<Arc<str>>, Refusal> {
+        consumer: &mut Option<Arc<str>>,
+    ) -> Result<(), Refusal> {
         let who = match self {
+            Authenticator::Custom(filter) => return head.run_custom(&**filter, consumer).await,
             Authenticator::ApiKey(config) => {
                 api_key::authenticate(config, consumers, head.headers, head.uri).map(Some)
             }
@@ -141,7 +180,7 @@ impl Authenticator {
             Authenticator::Basic(filter) => filter.authenticate(head.headers).await.map(Some),
             Authenticator::Forward(filter) => {
                 return match filter.authorize(head).await {
-                    Ok(()) => Ok(None),
+                    Ok(()) => Ok(()),
                     Err(forward_auth::Denied::Answer(a)) => Err(Refusal::Answer(Box::new(a))),
                     Err(forward_auth::Denied::Unavailable(why)) => {
                         Err(Refusal::AuthUnavailable(why))
@@ -149,7 +188,10 @@ impl Authenticator {
                 };
             }
         };
-        who.map_err(Refusal::Auth)
+        if let Some(who) = who.map_err(Refusal::Auth)? {
+            *consumer = Some(who);
+        }
+        Ok(())
     }
 }
 
@@ -157,7 +199,7 @@ impl Authenticator {
 #[derive(Debug)]
 pub struct FilterChain {
     /// What it was built from: a rebuild reuses the chain while it is equal.
-    config: Vec<Filter>,
+    config: Vec<FilterConfig>,
     auth: Vec<Authenticator>,
     limits: Vec<RateLimiter>,
     request_headers: Vec<HeaderEdits>,
@@ -175,11 +217,21 @@ pub struct FilterChain {
     /// Phase 1, before authentication: preflights answered; and every
     /// answer to an allowed origin marked readable.
     cors: Option<cors::CorsFilter>,
+    /// Every custom filter, in route order (phases 2 to 4).
+    custom: Vec<Arc<dyn Filter>>,
+    /// Custom filters at [`Stage::Access`] and [`Stage::Request`].
+    custom_access: Vec<Arc<dyn Filter>>,
+    custom_request: Vec<Arc<dyn Filter>>,
+    /// Why the chain cannot run (a custom filter that could not be built):
+    /// every request is refused.
+    unavailable: Option<Arc<str>>,
 }
 
 impl FilterChain {
-    /// The chain for `filters`; `None` when there are none.
-    pub fn build(filters: &[Filter]) -> Option<FilterChain> {
+    /// The chain for `filters`, with the custom filters `registry` builds;
+    /// `None` when there are none. A custom filter that cannot be built
+    /// makes a chain that refuses every request ([`FilterChain::unavailable`]).
+    pub fn build(filters: &[FilterConfig], registry: &FilterRegistry) -> Option<FilterChain> {
         if filters.is_empty() {
             return None;
         }
@@ -195,37 +247,73 @@ impl FilterChain {
             compression: None,
             ip_filter: None,
             cors: None,
+            custom: Vec::new(),
+            custom_access: Vec::new(),
+            custom_request: Vec::new(),
+            unavailable: None,
         };
         for (i, f) in filters.iter().enumerate() {
             match f {
-                Filter::RateLimit(c) => chain.limits.push(match c.scope {
+                FilterConfig::Custom(c) => match registry.build(c) {
+                    Ok(filter) => chain.add_custom(filter),
+                    Err(e) => {
+                        let why = format!("filters[{i}].{}: {}", e.field, e.reason);
+                        chain.unavailable.get_or_insert(why.into());
+                    }
+                },
+                FilterConfig::RateLimit(c) => chain.limits.push(match c.scope {
                     LimitScope::Gateway => RateLimiter::new(c, i),
                     LimitScope::Cluster => RateLimiter::cluster(c, i),
                 }),
-                Filter::RequestHeaders(e) => chain.request_headers.push(e.clone()),
-                Filter::ResponseHeaders(e) => chain.response_headers.push(e.clone()),
-                Filter::ApiKey(a) => chain.auth.push(Authenticator::ApiKey(a.clone())),
-                Filter::Jwt(j) => chain.auth.push(Authenticator::Jwt(jwt::JwtFilter::new(j))),
-                Filter::Rewrite(r) => chain.rewrite = Some(r.clone()),
-                Filter::Redirect(r) => chain.redirect = Some(r.clone()),
-                Filter::BodyLimit(max) => chain.body_limit = Some(*max),
-                Filter::Compression(c) => chain.compression = Some(compress::Compressor::new(c)),
-                Filter::IpFilter(f) => chain.ip_filter = Some(f.clone()),
-                Filter::BasicAuth(b) => chain
+                FilterConfig::RequestHeaders(e) => chain.request_headers.push(e.clone()),
+                FilterConfig::ResponseHeaders(e) => chain.response_headers.push(e.clone()),
+                FilterConfig::ApiKey(a) => chain.auth.push(Authenticator::ApiKey(a.clone())),
+                FilterConfig::Jwt(j) => chain.auth.push(Authenticator::Jwt(jwt::JwtFilter::new(j))),
+                FilterConfig::Rewrite(r) => chain.rewrite = Some(r.clone()),
+                FilterConfig::Redirect(r) => chain.redirect = Some(r.clone()),
+                FilterConfig::BodyLimit(max) => chain.body_limit = Some(*max),
+                FilterConfig::Compression(c) => {
+                    chain.compression = Some(compress::Compressor::new(c))
+                }
+                FilterConfig::IpFilter(f) => chain.ip_filter = Some(f.clone()),
+                FilterConfig::BasicAuth(b) => chain
                     .auth
                     .push(Authenticator::Basic(basic_auth::BasicAuthFilter::new(b))),
-                Filter::ForwardAuth(f) => chain.auth.push(Authenticator::Forward(
+                FilterConfig::ForwardAuth(f) => chain.auth.push(Authenticator::Forward(
                     forward_auth::ForwardAuthFilter::new(f),
                 )),
-                Filter::Cors(c) => chain.cors = Some(cors::CorsFilter::new(c)),
+                FilterConfig::Cors(c) => chain.cors = Some(cors::CorsFilter::new(c)),
             }
         }
         Some(chain)
     }
 
+    /// Places a built custom filter in the phases it takes part in.
+    fn add_custom(&mut self, filter: Arc<dyn Filter>) {
+        if filter.has_request_phase() {
+            match filter.stage() {
+                Stage::Access => self.custom_access.push(filter.clone()),
+                Stage::Authentication => self.auth.push(Authenticator::Custom(filter.clone())),
+                Stage::Request => self.custom_request.push(filter.clone()),
+            }
+        }
+        self.custom.push(filter);
+    }
+
     /// Whether this chain was built from `filters`.
-    pub fn built_from(&self, filters: &[Filter]) -> bool {
+    pub fn built_from(&self, filters: &[FilterConfig]) -> bool {
         self.config == filters
+    }
+
+    /// Why this chain refuses every request, if it does: which custom
+    /// filter could not be built, and why.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.unavailable.as_deref()
+    }
+
+    /// The custom filters, in route order (phases 2 to 4 call each).
+    pub fn custom(&self) -> &[Arc<dyn Filter>] {
+        &self.custom
     }
 
     /// Whether [`FilterChain::on_request`] may have to wait (for a key
@@ -235,9 +323,10 @@ impl FilterChain {
     pub fn may_wait(&self) -> bool {
         self.auth.iter().any(|a| match a {
             Authenticator::Jwt(j) => j.may_wait(),
-            Authenticator::Basic(_) | Authenticator::Forward(_) => true,
+            Authenticator::Basic(_) | Authenticator::Forward(_) | Authenticator::Custom(_) => true,
             Authenticator::ApiKey(_) => false,
-        })
+        }) || !self.custom_access.is_empty()
+            || !self.custom_request.is_empty()
     }
 
     /// Phase 1: the address filter, authentication, then rate limits; may
@@ -247,10 +336,17 @@ impl FilterChain {
         mut head: RequestHead<'_>,
         consumers: &ConsumerStore,
     ) -> Result<Option<Arc<str>>, Refusal> {
+        if let Some(why) = &self.unavailable {
+            return Err(Refusal::Unavailable(why.clone()));
+        }
         if let Some(filter) = &self.ip_filter {
             if !filter.admits(head.client) {
                 return Err(Refusal::AddressRefused(head.client));
             }
+        }
+        let mut consumer = None;
+        for filter in &self.custom_access {
+            head.run_custom(&**filter, &mut consumer).await?;
         }
         if let Some(cors) = &self.cors {
             if cors::CorsFilter::is_preflight(head.method, head.headers) {
@@ -260,14 +356,16 @@ impl FilterChain {
                 });
             }
         }
-        let mut consumer = None;
         for auth in &self.auth {
-            consumer = auth.run(&mut head, consumers).await?.or(consumer);
+            auth.run(&mut head, consumers, &mut consumer).await?;
         }
         for limit in &self.limits {
             limit
                 .check(head.client, head.headers, consumer.as_deref())
                 .map_err(Refusal::Limited)?;
+        }
+        for filter in &self.custom_request {
+            head.run_custom(&**filter, &mut consumer).await?;
         }
         Ok(consumer)
     }
@@ -305,7 +403,10 @@ impl FilterChain {
     pub fn jwt_filters(&self) -> impl Iterator<Item = &jwt::JwtFilter> {
         self.auth.iter().filter_map(|a| match a {
             Authenticator::Jwt(j) => Some(j),
-            Authenticator::ApiKey(_) | Authenticator::Basic(_) | Authenticator::Forward(_) => None,
+            Authenticator::ApiKey(_)
+            | Authenticator::Basic(_)
+            | Authenticator::Forward(_)
+            | Authenticator::Custom(_) => None,
         })
     }
 

@@ -246,6 +246,9 @@ struct RequestCtx<'t> {
     /// The request's `Origin`, when the route's `cors` filter allows it:
     /// the answer, whoever makes it, gets the CORS headers in phase 6.
     cors_origin: Option<HeaderValue>,
+    /// What custom filters keep from phase to phase (one pointer, empty
+    /// until a filter stores something).
+    extensions: http::Extensions,
 }
 
 /// What is known of the client's request body.
@@ -387,6 +390,7 @@ impl Proxy {
             },
             grpc: GrpcKind::of(req.headers()),
             cors_origin: None,
+            extensions: http::Extensions::new(),
         }
     }
 
@@ -421,7 +425,10 @@ impl Proxy {
         let entry = matched.entry;
         if let Some(chain) = &entry.filters {
             ctx.cors_origin = chain.cors_origin(req.headers());
-            match self.route_filter(entry, chain, &mut req, peer).await {
+            match self
+                .route_filter(entry, chain, &mut req, peer, &mut ctx.extensions)
+                .await
+            {
                 Ok(Some(answer)) => return Ok(answer.map(|b| Either::Right(Either::Left(b)))),
                 Ok(None) => {}
                 Err(e) => {
@@ -446,6 +453,9 @@ impl Proxy {
             chain.on_upstream_request(out.req.headers_mut());
             if let Some(rule) = chain.rewrite() {
                 outgoing::rewrite(&mut out, rule, matched.prefix_len, &self.edge.path)?;
+            }
+            if !chain.custom().is_empty() {
+                custom_upstream_request(chain, entry, &mut out.req, &mut ctx.extensions);
             }
         }
         // Boxed: the send phase is most of a request's state, and a future
@@ -476,6 +486,7 @@ impl Proxy {
         chain: &crate::filter::FilterChain,
         req: &mut Request<Incoming>,
         peer: &Peer,
+        extensions: &mut http::Extensions,
     ) -> Result<Option<Response<Full<Bytes>>>, ProxyError> {
         use futures_util::FutureExt as _;
         // Taken out and put back so headers and URI can be lent together.
@@ -488,6 +499,8 @@ impl Proxy {
             uri: &mut uri,
             method: &method,
             secure: peer.secure,
+            route: &entry.route.name,
+            extensions,
         };
         let verdict = if chain.may_wait() {
             Box::pin(chain.on_request(head, &self.consumers)).await
@@ -512,12 +525,15 @@ impl Proxy {
         mut resp: Response<UpstreamResponseBody>,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         entry: &RouteEntry,
-        ctx: &RequestCtx<'_>,
+        ctx: &mut RequestCtx<'_>,
         accept_encoding: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
         let mut compress = None;
         if let Some(chain) = &entry.filters {
             chain.on_response(resp.headers_mut());
+            if !chain.custom().is_empty() {
+                resp = custom_response(chain, entry, resp, &mut ctx.extensions);
+            }
             compress = chain.compression().map(|c| (c, accept_encoding));
         }
         let route = &entry.route;
@@ -628,6 +644,18 @@ impl Proxy {
             None => self.metrics.no_route(),
         };
         metrics.record(resp.status(), elapsed);
+        if let Some(chain) = ctx.entry.and_then(|e| e.filters.as_ref()) {
+            if !chain.custom().is_empty() {
+                let entry = crate::filter::custom::LogEntry {
+                    route: &ctx.entry.expect("a chain comes with its route").route.name,
+                    status: resp.status(),
+                    duration: elapsed,
+                    upstream: ctx.upstream.as_deref(),
+                    extensions: &ctx.extensions,
+                };
+                chain.custom().iter().for_each(|f| f.on_log(&entry));
+            }
+        }
         if ctx.grpc.is_none() {
             if let Some((method, uri)) = &ctx.logged {
                 crate::access::emit(
@@ -651,6 +679,49 @@ impl Proxy {
 }
 
 /// The error answering a refusal of the request filter phase.
+/// Phase 3 for custom filters: the request as it will leave.
+fn custom_upstream_request<B>(
+    chain: &crate::filter::FilterChain,
+    entry: &RouteEntry,
+    req: &mut Request<B>,
+    extensions: &mut http::Extensions,
+) {
+    let method = req.method().clone();
+    // Taken out and put back so the URI and headers can be lent together.
+    let mut uri = std::mem::take(req.uri_mut());
+    let mut head = crate::filter::custom::UpstreamRequest {
+        route: &entry.route.name,
+        method: &method,
+        uri: &mut uri,
+        headers: req.headers_mut(),
+        extensions,
+    };
+    for filter in chain.custom() {
+        filter.on_upstream_request(&mut head);
+    }
+    *req.uri_mut() = uri;
+}
+
+/// Phase 5 for custom filters: an upstream's response head.
+fn custom_response<B>(
+    chain: &crate::filter::FilterChain,
+    entry: &RouteEntry,
+    resp: Response<B>,
+    extensions: &mut http::Extensions,
+) -> Response<B> {
+    let (mut parts, body) = resp.into_parts();
+    let mut head = crate::filter::custom::ResponseHead {
+        route: &entry.route.name,
+        status: &mut parts.status,
+        headers: &mut parts.headers,
+        extensions,
+    };
+    for filter in chain.custom() {
+        filter.on_response(&mut head);
+    }
+    Response::from_parts(parts, body)
+}
+
 fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
     use crate::filter::{AuthRefusal, Refusal};
     let route = entry.route.name.to_string();
@@ -669,6 +740,10 @@ fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
         Refusal::AddressRefused(client) => ProxyError::AddressRefused { route, client },
         Refusal::AuthUnavailable(reason) => ProxyError::AuthUnavailable { route, reason },
         Refusal::CorsRefused => ProxyError::CorsRefused { route },
+        Refusal::Unavailable(reason) => ProxyError::FilterUnavailable {
+            route,
+            reason: reason.to_string(),
+        },
         Refusal::Answer(_) => unreachable!("route_filter sends a filter's answer as it is"),
     }
 }
