@@ -13,7 +13,10 @@ Every run is bounded in time; all traffic stays on 127.0.0.1.
 """
 
 import argparse
+import base64
 import datetime
+import hashlib
+import hmac
 import json
 import os
 import platform
@@ -45,6 +48,7 @@ PORTS = {
     "portico-discovered": {"h1": 19402, "h2c": 19402, "grpc": 19402},
     "portico-10k-routes": {"h1": 19403, "h2c": 19403},
     "portico-features": {"h1": 19404, "h2c": 19404},
+    "portico-filters": {"h1": 19406, "h2c": 19406},
 }
 REGISTRY_PORT = 19490
 
@@ -281,6 +285,49 @@ backend be_grpc
   http-reuse always
 {grpc_servers}
 """
+
+
+# The HMAC secret of the 16-filters route's jwt filter (bench only).
+JWT_SECRET = "portico-bench-secret-of-at-least-32-bytes"
+
+
+def hs256_token(secret, lifetime_s=3600):
+    """A signed HS256 JWT for the 16-filters scenario (stdlib only)."""
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + lifetime_s}).encode())
+    signing = head + b"." + claims
+    sig = b64(hmac.new(secret.encode(), signing, hashlib.sha256).digest())
+    return (signing + b"." + sig).decode()
+
+
+def filter_routes():
+    """The 16-filters route: issue 13's measure of a policed route, jwt
+    (cached after the first request) + rate_limit (per client IP, never
+    reached) + a request and a response header edit."""
+    ups = ", ".join(f'"127.0.0.1:{p}"' for p in ORIGIN_PORTS)
+    return f'''[[route]]
+name = "main"
+upstreams = [{ups}]
+
+[[route.filters]]
+type = "jwt"
+algorithms = ["HS256"]
+secret = "{JWT_SECRET}"
+
+[[route.filters]]
+type = "rate_limit"
+rate = 1000000
+
+[[route.filters]]
+type = "request_headers"
+set = {{ "x-env" = "bench" }}
+
+[[route.filters]]
+type = "response_headers"
+set = {{ "x-served-by" = "portico" }}
+'''
 
 
 def portico_routes(n_routes):
@@ -690,7 +737,15 @@ interval = "1s"
                                              f"127.0.0.1:{PORTS['portico-features']['h1']}", "--config", feature_routes,
                                              "--no-access-log", "--no-admin"], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs.append(features)
-        for p in (PORTS["portico-discovered"]["h1"], PORTS["portico-10k-routes"]["h1"], PORTS["portico-features"]["h1"]):
+        filtered_routes = os.path.join(WORK, "routes-filters.toml")
+        with open(filtered_routes, "w") as f:
+            f.write(filter_routes())
+        filtered = Proc("portico-filters", [portico_bin, "--threads", "1", "gateway", "--listen",
+                                            f"127.0.0.1:{PORTS['portico-filters']['h1']}", "--config", filtered_routes,
+                                            "--no-access-log", "--no-admin"], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
+        procs.append(filtered)
+        for p in (PORTS["portico-discovered"]["h1"], PORTS["portico-10k-routes"]["h1"], PORTS["portico-features"]["h1"],
+                  PORTS["portico-filters"]["h1"]):
             wait_port(p)
         # The discovered gateway must have the instances before it is measured.
         deadline = time.time() + 20
@@ -757,6 +812,17 @@ interval = "1s"
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req")
             results["9-features"] = {"title": "resilience features on vs off", "runs": runs}
+        if not only or "16-filters" in only:
+            log("== 16-filters: route without filters vs jwt + rate_limit + 2 header edits (same token sent to both)")
+            runs = {"portico": [], "portico-filters": []}
+            auth = ["Authorization: Bearer " + hs256_token(JWT_SECRET)]
+            for rep in range(args.reps):
+                for name, proc in (("portico", portico), ("portico-filters", filtered)):
+                    r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[name]['h1']}/", 64, args.seconds, headers=auth))
+                    runs[name].append(r)
+                    log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req"
+                        f"  non2xx {r['non2xx']}")
+            results["16-filters"] = {"title": "filters on vs off", "runs": runs}
         if not only or "7-churn" in only:
             log("== 7-churn: discovered service, steady vs an instance registered/deregistered every 100 ms")
             runs = {"steady": [], "churn": []}
@@ -981,6 +1047,10 @@ def render(machine, results, extra):
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-features"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-features"])]
             ratios.append(f"| {sid} | features on / off | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+        elif "portico-filters" in runs:
+            pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-filters"])]
+            rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-filters"])]
+            ratios.append(f"| {sid} | filters on / off | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
         elif "churn" in runs:
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["steady"], runs["churn"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["steady"], runs["churn"])]
