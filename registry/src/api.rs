@@ -100,6 +100,7 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
                 .delete(delete_challenge),
         )
         .route("/v1/gateways", get(list_gateways))
+        .route("/v1/prometheus/targets", get(prometheus_targets))
         .route(
             "/v1/gateways/{id}",
             get(get_gateway).put(put_gateway).delete(delete_gateway),
@@ -688,6 +689,26 @@ fn parse_wait(value: &str) -> Result<Duration, ApiError> {
         return Err(Invalid::field("wait", "must be at most 10m").into());
     }
     Ok(wait)
+}
+
+/// Prometheus HTTP service discovery: every instance (or one service's) as
+/// a target group, in `http_sd_configs`' format.
+async fn prometheus_targets(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut service = None;
+    for (k, v) in query_pairs(raw.as_deref(), &["service"])? {
+        check_names(&v, None)?;
+        debug_assert_eq!(k, "service");
+        service = Some(v);
+    }
+    let (instances, revision) = app.catalog.instances(service.as_deref()).await?;
+    let groups: Vec<_> = instances
+        .iter()
+        .map(crate::prometheus::target_group)
+        .collect();
+    Ok(json(revision, &groups))
 }
 
 async fn list_instances(

@@ -403,6 +403,20 @@ impl Catalog {
         })
     }
 
+    /// Every instance of every service, or of `service` only.
+    pub async fn instances(
+        &self,
+        service: Option<&str>,
+    ) -> Result<(Vec<Instance>, Revision), CatalogError> {
+        let prefix = match service {
+            Some(s) => service_prefix(s),
+            None => INSTANCES.to_string(),
+        };
+        let range = self.store.range(&prefix).await?;
+        let instances = range.kvs.iter().filter_map(decode_instance).collect();
+        Ok((instances, range.revision))
+    }
+
     /// One service's instances, optionally only those with `status`.
     pub async fn list(
         &self,

@@ -36,6 +36,7 @@
 //! - [`metrics`] (`server`): Prometheus metrics (`GET /metrics`): event
 //!   counters kept in the catalog, state read from the store at scrape time.
 //! - [`api`] (`server`): the REST API's handlers.
+//! - [`prometheus`] (`server`): instances as Prometheus `http_sd` targets.
 //! - [`api_error`] (`server`): [`api_error::ApiError`], the one place errors
 //!   become HTTP answers (used by `api` and by `auth`'s refusals).
 //! - [`https`] (`server`): the API served over TLS (handshakes off the
@@ -80,6 +81,8 @@ pub mod https;
 pub mod lease;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod prometheus;
 #[cfg(feature = "server")]
 pub mod store;
 
