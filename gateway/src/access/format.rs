@@ -49,7 +49,41 @@ pub fn write_line(buf: &mut Vec<u8>, format: Format, fields: &Fields<'_>) {
     }
 }
 
+/// The text line without colour: what files and pipes get, so the one
+/// the request path should make cheap (constant text written in as few
+/// copies as it can be).
+fn write_plain(buf: &mut Vec<u8>, f: &Fields<'_>) {
+    let line = f.line;
+    timestamp(buf, f.now);
+    buf.extend_from_slice(b"  INFO portico::access: method=");
+    buf.extend_from_slice(line.method.as_str().as_bytes());
+    buf.extend_from_slice(b" path=");
+    buf.extend_from_slice(line.path.as_bytes());
+    buf.extend_from_slice(b" status=");
+    decimal(buf, u64::from(line.status));
+    if let Some(code) = f.grpc_status {
+        buf.extend_from_slice(b" grpc_status=");
+        quoted(buf, code);
+    }
+    buf.extend_from_slice(b" route=");
+    quoted(buf, line.route.unwrap_or("-"));
+    buf.extend_from_slice(b" upstream=");
+    quoted(buf, line.upstream.unwrap_or("-"));
+    buf.extend_from_slice(b" duration_us=");
+    decimal(buf, micros(line));
+    buf.extend_from_slice(b" request_id=");
+    quoted(buf, request_id(line));
+    buf.extend_from_slice(b" trace_id=");
+    quoted(buf, trace_id(line));
+    buf.push(b'\n');
+}
+
+/// The text line with ANSI styles as `tracing` wrote them on a terminal
+/// (the same text as [`write_plain`] once the styles are taken out).
 fn write_text(buf: &mut Vec<u8>, colour: bool, f: &Fields<'_>) {
+    if !colour {
+        return write_plain(buf, f);
+    }
     let line = f.line;
     let styled = |buf: &mut Vec<u8>, style: &[u8], text: &[u8]| {
         if colour {
@@ -163,6 +197,15 @@ pub fn decimal(buf: &mut Vec<u8>, mut n: u64) {
 /// characters a header value or a name can hold.
 fn quoted(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
+    // Names, addresses and ids almost never need escaping: one pass over
+    // all bytes (no early exit, so the compiler can do it in vector
+    // registers), then one copy.
+    let escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f;
+    if !s.bytes().fold(false, |any, b| any | escape(b)) {
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        return;
+    }
     let mut clean = 0;
     for (i, b) in s.bytes().enumerate() {
         // Empty: a control character without a short form, as `\u{..}`.
@@ -193,6 +236,13 @@ fn quoted(buf: &mut Vec<u8>, s: &str) {
 /// `s` as a JSON string (RFC 8259: quote, backslash and controls escaped).
 fn json_string(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
+    // As in `quoted`: one pass without early exit, then one copy.
+    let escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    if !s.bytes().fold(false, |any, b| any | escape(b)) {
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+        return;
+    }
     let mut clean = 0;
     for (i, b) in s.bytes().enumerate() {
         if b != b'"' && b != b'\\' && b >= 0x20 {
@@ -389,6 +439,32 @@ mod tests {
              status=200 grpc_status=\"0\" route=\"api\" upstream=\"127.0.0.1:9\" duration_us=177 \
              request_id=\"a\\\"b c\" trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"
         );
+    }
+
+    #[test]
+    fn the_coloured_line_is_the_plain_line_with_styles() {
+        let (method, id) = (Method::POST, HeaderValue::from_static("id-1"));
+        let line = sample(&method, &id);
+        for grpc_status in [None, Some("14")] {
+            let fields = Fields {
+                line: &line,
+                grpc_status,
+                now: UNIX_EPOCH,
+            };
+            let (mut plain, mut coloured) = (Vec::new(), Vec::new());
+            write_line(&mut plain, Format::Text { colour: false }, &fields);
+            write_line(&mut coloured, Format::Text { colour: true }, &fields);
+            let coloured = String::from_utf8(coloured).unwrap();
+            assert!(coloured.contains("\x1b[32m INFO\x1b[0m"), "{coloured:?}");
+            let mut stripped = String::new();
+            let mut rest = coloured.as_str();
+            while let Some(at) = rest.find('\x1b') {
+                stripped.push_str(&rest[..at]);
+                rest = &rest[at + rest[at..].find('m').unwrap() + 1..];
+            }
+            stripped.push_str(rest);
+            assert_eq!(stripped, String::from_utf8(plain).unwrap());
+        }
     }
 
     #[test]
