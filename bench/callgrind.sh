@@ -8,6 +8,10 @@
 #                                    # extra request headers (JSON object)
 #   BODY_KB=16 bench/callgrind.sh    # the origin answers 16 KiB of text
 #                                    # (text/plain) instead of "ok"
+#   ACCESS_LOG=1 bench/callgrind.sh  # the default access log on (stderr,
+#                                    # to a file), not --no-access-log;
+#                                    # callgrind counts every thread, so
+#                                    # the log's writer thread is included
 #
 # Runs `portico gateway --threads 1 --no-access-log` under valgrind twice
 # (LOW and HIGH keep-alive requests from one client to one Python origin)
@@ -60,11 +64,15 @@ upstreams = [${upstreams%, }]
 ${1:-}
 TOML
 
+log_flag=--no-access-log
+[ -n "${ACCESS_LOG:-}" ] && log_flag=""
 run() {
   local n=$1 gw_port
   gw_port=$(port)
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
-    --no-access-log --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
+  # The access log (when on) goes to stderr, that is to vg.$n with
+  # valgrind's own messages.
+  RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
+    $log_flag --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
   local pid=$!
   python3 - "$gw_port" "$n" <<'PY'
@@ -84,6 +92,9 @@ for i in range(n):
     assert r.status == 200, r.status
 PY
   kill -INT $pid; wait $pid || true
+  if [ -n "${ACCESS_LOG:-}" ]; then
+    echo "access-log lines at $n: $(grep -c 'portico::access' "$work/vg.$n")" >&2
+  fi
   callgrind_annotate "$work/cg.$n" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
 }
 low=$(run "$LOW")

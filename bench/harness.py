@@ -48,7 +48,11 @@ PORTS = {
     "portico-discovered": {"h1": 19402, "h2c": 19402, "grpc": 19402},
     "portico-10k-routes": {"h1": 19403, "h2c": 19403},
     "portico-features": {"h1": 19404, "h2c": 19404},
-    "portico-filters": {"h1": 19406, "h2c": 19406},
+    "portico-filters": {"h1": 19408, "h2c": 19408},
+    # 16-access-log: each proxy with its access log on.
+    "nginx-logged": {"h1": 19205},
+    "haproxy-logged": {"h1": 19305},
+    "portico-logged": {"h1": 19406, "admin": 19407},
 }
 REGISTRY_PORT = 19490
 
@@ -287,12 +291,12 @@ backend be_grpc
 """
 
 
-# The HMAC secret of the 16-filters route's jwt filter (bench only).
+# The HMAC secret of the 17-filters route's jwt filter (bench only).
 JWT_SECRET = "portico-bench-secret-of-at-least-32-bytes"
 
 
 def hs256_token(secret, lifetime_s=3600):
-    """A signed HS256 JWT for the 16-filters scenario (stdlib only)."""
+    """A signed HS256 JWT for the 17-filters scenario (stdlib only)."""
     def b64(data):
         return base64.urlsafe_b64encode(data).rstrip(b"=")
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
@@ -303,7 +307,7 @@ def hs256_token(secret, lifetime_s=3600):
 
 
 def filter_routes():
-    """The 16-filters route: issue 13's measure of a policed route, jwt
+    """The 17-filters route: issue 13's measure of a policed route, jwt
     (cached after the first request) + rate_limit (per client IP, never
     reached) + a request and a response header edit."""
     ups = ", ".join(f'"127.0.0.1:{p}"' for p in ORIGIN_PORTS)
@@ -328,6 +332,134 @@ set = {{ "x-env" = "bench" }}
 type = "response_headers"
 set = {{ "x-served-by" = "portico" }}
 '''
+
+
+def nginx_logged_conf():
+    """The proxy of nginx_proxy_conf's plain server, with nginx's access log
+    on: the default `combined` format to a file, buffered (64 KiB, written
+    when full or after a second)."""
+    ups = "\n".join(f"    server 127.0.0.1:{p};" for p in ORIGIN_PORTS)
+    return f"""
+worker_processes 1;
+daemon off;
+pid {WORK}/nginx-logged.pid;
+error_log {WORK}/nginx-logged.err warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log {WORK}/nginx-access.log combined buffer=64k flush=1s;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {WORK}/lbody;
+  proxy_temp_path {WORK}/ltemp;
+  fastcgi_temp_path {WORK}/lfcgi;
+  uwsgi_temp_path {WORK}/luwsgi;
+  scgi_temp_path {WORK}/lscgi;
+  upstream origins {{
+{ups}
+    keepalive 128;
+    keepalive_requests 10000000;
+  }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-logged']['h1']} backlog=4096;
+    location / {{
+      proxy_pass http://origins;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_logged_conf():
+    """haproxy_conf's plain frontend with HAProxy's HTTP log on (`option
+    httplog`), written to stdout (a file here: Proc redirects it). HAProxy
+    has no log buffer of its own: it writes each line as the request ends,
+    non-blocking, and drops lines a full pipe or slow disk cannot take. A
+    syslog sink over UDP (its classic setup) would cost a sendto(2) per
+    line just as well."""
+    servers = "\n".join(f"  server o{i} 127.0.0.1:{port}" for i, port in enumerate(ORIGIN_PORTS))
+    return f"""
+global
+  nbthread 1
+  maxconn 9500
+  log stdout format raw local0 info
+defaults
+  mode http
+  log global
+  option httplog
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy-logged']['h1']}
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+{servers}
+"""
+
+
+def access_log_scenario(args, routes, portico_bin):
+    """16-access-log: small GETs against each proxy with its access log on,
+    as shipped or as commonly tuned: nginx buffered (64 KiB), HAProxy to
+    stdout, Portico with its defaults (its stderr, redirected to a file).
+    Returns the runs and the log lines each wrote."""
+    conf = os.path.join(WORK, "nginx-logged.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_logged_conf())
+    nginx = Proc("nginx-logged", ["nginx", "-c", conf, "-p", WORK], PROXY_CORE)
+    conf = os.path.join(WORK, "haproxy-logged.cfg")
+    with open(conf, "w") as f:
+        f.write(haproxy_logged_conf())
+    haproxy = Proc("haproxy-logged", ["haproxy", "-f", conf], PROXY_CORE)
+    port = PORTS["portico-logged"]
+    portico = Proc("portico-logged", [portico_bin, "--threads", "1", "gateway", "--listen",
+                                      f"127.0.0.1:{port['h1']}", "--config", routes,
+                                      "--admin", f"127.0.0.1:{port['admin']}"],
+                   PROXY_CORE, env=dict(os.environ, RUST_LOG="info"))
+    peers = {"nginx": (nginx, "nginx-logged"), "haproxy": (haproxy, "haproxy-logged"),
+             "portico": (portico, "portico-logged")}
+    try:
+        for proc, name in peers.values():
+            wait_port(PORTS[name]["h1"])
+        time.sleep(0.5)
+        runs = {name: [] for name in peers}
+        for rep in range(args.reps):
+            for name, (proc, key) in peers.items():
+                r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[key]['h1']}/", 64, args.seconds))
+                runs[name].append(r)
+                log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req"
+                    f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
+        metrics = http("GET", f"http://127.0.0.1:{port['admin']}/metrics")[1].decode()
+        dropped = next((line.split()[1] for line in metrics.splitlines()
+                        if line.startswith("portico_access_log_dropped_total ")), None)
+    finally:
+        for proc, _ in peers.values():
+            proc.stop()
+    lines = {
+        "nginx": count_lines(os.path.join(WORK, "nginx-access.log")),
+        "haproxy": count_lines(os.path.join(WORK, "haproxy-logged.log")),
+        "portico": count_lines(os.path.join(WORK, "portico-logged.log"), "portico::access"),
+    }
+    requests = {name: sum(r["requests"] for r in rs) for name, rs in runs.items()}
+    log(f"   log lines / requests measured: {lines} / {requests}; Portico dropped {dropped}")
+    extra = {f"access_log_lines_{name}": f"{lines[name]:,} for {requests[name]:,} requests measured "
+             f"(plus warm-up)" for name in runs}
+    extra["access_log_dropped_portico"] = dropped
+    return runs, extra
+
+
+def count_lines(path, containing=None):
+    n = 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            if containing is None or containing in line:
+                n += 1
+    return n
 
 
 def portico_routes(n_routes):
@@ -793,6 +925,12 @@ interval = "1s"
                         f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
             results["10-grpc-unary"] = {"title": "unary gRPC calls (h2load, 16 x 32 streams)", "runs": runs}
 
+        if not only or "16-access-log" in only:
+            log("== 16-access-log: small GET, keep-alive, 64 conns, each proxy with its access log on")
+            runs, more = access_log_scenario(args, routes, portico_bin)
+            results["16-access-log"] = {"title": "small GET with the access log on", "runs": runs}
+            extra.update(more)
+
         # Portico-only scenarios: the route table's size, and instance churn.
         if not only or "6-routes" in only:
             log("== 6-routes: 10 routes vs 10,000 routes (Portico)")
@@ -812,8 +950,8 @@ interval = "1s"
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req")
             results["9-features"] = {"title": "resilience features on vs off", "runs": runs}
-        if not only or "16-filters" in only:
-            log("== 16-filters: route without filters vs jwt + rate_limit + 2 header edits (same token sent to both)")
+        if not only or "17-filters" in only:
+            log("== 17-filters: route without filters vs jwt + rate_limit + 2 header edits (same token sent to both)")
             runs = {"portico": [], "portico-filters": []}
             auth = ["Authorization: Bearer " + hs256_token(JWT_SECRET)]
             for rep in range(args.reps):
@@ -822,7 +960,7 @@ interval = "1s"
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req"
                         f"  non2xx {r['non2xx']}")
-            results["16-filters"] = {"title": "filters on vs off", "runs": runs}
+            results["17-filters"] = {"title": "filters on vs off", "runs": runs}
         if not only or "7-churn" in only:
             log("== 7-churn: discovered service, steady vs an instance registered/deregistered every 100 ms")
             runs = {"steady": [], "churn": []}

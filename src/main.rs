@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use portico::{GatewayListeners, RegistryOptions, run_gateway, run_registry, run_up};
 use portico_gateway::GatewayOptions;
+use portico_gateway::access::writer::{AccessLog, Destination};
 use portico_gateway::acme::{AcmeSettings, ChallengeKind};
 use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
@@ -41,6 +42,16 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+impl Command {
+    /// The gateway's flags, for the commands that run a gateway.
+    fn gateway_args(&self) -> Option<&GatewayArgs> {
+        match self {
+            Command::Up { gateway, .. } | Command::Gateway { gateway, .. } => Some(gateway),
+            _ => None,
+        }
+    }
 }
 
 // Parsed once at startup and moved into `run`: the size difference between
@@ -351,6 +362,10 @@ struct GatewayArgs {
     /// Turn off the per-request access log.
     #[arg(long)]
     no_access_log: bool,
+    /// Append access-log lines to this file instead of stderr (other log
+    /// lines stay on stderr).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_access_log")]
+    access_log: Option<PathBuf>,
     /// Give requests without a valid W3C `traceparent` header a new one, so
     /// the upstream and the access log share a trace id.
     #[arg(long)]
@@ -569,6 +584,42 @@ fn body_limit(s: &str) -> Result<BodyLimitArg, String> {
 }
 
 impl GatewayArgs {
+    /// On unless `--no-access-log`, or `RUST_LOG` leaves out
+    /// `portico::access` at `info` (as when lines went through `tracing`)
+    /// and no `--access-log FILE` asks for them.
+    fn access_log_on(&self) -> bool {
+        !self.no_access_log
+            && (self.access_log.is_some()
+                || tracing::enabled!(target: "portico::access", tracing::Level::INFO))
+    }
+
+    /// Starts the access log's writer thread (lines to stderr, or appended
+    /// to `--access-log FILE`), when the log is on.
+    fn install_access_log(&self, format: LogFormat) -> anyhow::Result<Option<AccessLog>> {
+        use portico_gateway::access::format::Format;
+        if !self.access_log_on() {
+            return Ok(None);
+        }
+        let out: Destination = match &self.access_log {
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("--access-log: opening {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stderr()),
+        };
+        let format = match format {
+            // Colour only where the lines go to a terminal.
+            LogFormat::Text => Format::Text {
+                colour: self.access_log.is_none() && colour(),
+            },
+            LogFormat::Json => Format::Json,
+        };
+        Ok(portico_gateway::access::writer::install(format, out))
+    }
+
     fn edge(&self) -> EdgePolicy {
         EdgePolicy {
             path: PathPolicy {
@@ -800,7 +851,7 @@ impl GatewayArgs {
                 ..ServerSettings::default()
             },
             proxy: ProxySettings {
-                access_log: !self.no_access_log,
+                access_log: self.access_log_on(),
                 generate_traceparent: self.generate_traceparent,
                 connect_timeout: self.connect_timeout,
                 tunnel_idle_timeout: self.tunnel_idle_timeout,
@@ -874,9 +925,16 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the {what} address {addr}"))
 }
 
+/// How long shutdown waits for the access log's last lines to be written.
+const ACCESS_LOG_CLOSE: Duration = Duration::from_secs(2);
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let access_log = match cli.command.gateway_args() {
+        Some(gateway) => gateway.install_access_log(cli.log_format)?,
+        None => None,
+    };
     // Once, before any TLS configuration is built.
     portico_gateway::tls::install_provider();
     // Before any socket: the default connection cap is derived from it.
@@ -895,11 +953,17 @@ fn main() -> anyhow::Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    runtime
+    let result = runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(cli.command))
+        .block_on(run(cli.command));
+    if let Some(log) = access_log {
+        if !log.close(ACCESS_LOG_CLOSE) {
+            tracing::warn!("the access log's last lines were not written: its output is stalled");
+        }
+    }
+    result
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -282,6 +282,14 @@ impl Collector for GatewayCollector {
                 MetricType::Counter,
             )?
             .encode_counter::<NoLabelSet, _, u64>(&caps.accept_errors(), None)?;
+        encoder
+            .encode_descriptor(
+                "portico_access_log_dropped",
+                "Access-log lines dropped rather than making requests wait: the log's writer was 1 MiB behind (a stalled pipe or a slow disk), or a write failed.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&crate::access::writer::dropped(), None)?;
         let tunnels = self.metrics.tunnels();
         encoder
             .encode_descriptor(

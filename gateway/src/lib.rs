@@ -44,7 +44,9 @@
 //! - [`filter`]: per-route filter chains (authentication, rate limits,
 //!   transforms, and the embedder's own [`Filter`]s), built once per route
 //!   and run in the request path's phases.
-//! - [`access`]: the access-log line.
+//! - [`access`]: the access-log line, formatted on the request's thread and
+//!   written in batches by a thread of its own (dropped, never waited for,
+//!   when the writer is behind).
 //! - [`metrics`]: the request-side counters (per-route atomics kept in the
 //!   route state, latency histograms): a leaf, importing no routing module.
 //! - [`collector`]: the scrape-time Prometheus collector, above everything:

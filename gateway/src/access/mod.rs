@@ -5,9 +5,23 @@
 //! the end of its body (`grpc-status` in the trailers), so its line is kept
 //! by the call's response body (the gRPC module's `GrpcBody`) and written
 //! when the call ends, with the status it ended with.
+//!
+//! - [`format`]: the line as bytes, text or JSON, formatted on the request's
+//!   thread into a reused per-thread buffer.
+//! - [`writer`]: the queue those bytes go to and the thread that writes
+//!   them in batches; lines are dropped and counted rather than making a
+//!   request wait.
+//!
+//! The `portico` binary installs the writer ([`writer::install`]). Without
+//! one (a library user, an in-process test) lines go to `tracing` as
+//! events, formatted by whatever subscriber is installed.
 
+pub mod format;
+pub mod writer;
+
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
 
@@ -74,6 +88,12 @@ pub struct LineRef<'a> {
     pub trace_id: Option<&'a [u8; 32]>,
 }
 
+thread_local! {
+    /// Each thread's line buffer, reused: formatting allocates nothing once
+    /// it has grown to the longest line.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Writes one line; `grpc` as for [`AccessLine::emit`].
 pub fn emit(line: &LineRef<'_>, grpc: Option<Option<u8>>) {
     const CODES: [&str; 17] = [
@@ -85,6 +105,23 @@ pub fn emit(line: &LineRef<'_>, grpc: Option<Option<u8>>) {
         c.and_then(|c| CODES.get(usize::from(c)).copied())
             .unwrap_or("-")
     });
+    let Some(sink) = writer::sink() else {
+        return emit_event(line, grpc_status);
+    };
+    let fields = format::Fields {
+        line,
+        grpc_status,
+        now: SystemTime::now(),
+    };
+    LINE.with_borrow_mut(|buf| {
+        buf.clear();
+        format::write_line(buf, sink.format, &fields);
+        sink.push(buf);
+    });
+}
+
+/// The line as a `tracing` event, when no writer is installed.
+fn emit_event(line: &LineRef<'_>, grpc_status: Option<&str>) {
     tracing::info!(
         target: "portico::access",
         method = %line.method,
