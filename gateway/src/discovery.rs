@@ -117,6 +117,11 @@ pub struct TableBuilder {
     vanished: FastMap<String, Instant>,
     /// Where cluster-scope rate limits get their share.
     cluster: Arc<crate::cluster::Cluster>,
+    /// A service's endpoints were replaced since the last build, so some
+    /// passive-health states may have lost their last endpoint. Pruned once
+    /// per build: a prune walks every state, and doing it per service made
+    /// a full re-list quadratic (1,000 services x 100,000 states).
+    prune_due: bool,
 }
 
 impl TableBuilder {
@@ -152,6 +157,7 @@ impl TableBuilder {
             auto_route_grace: DEFAULT_AUTO_ROUTE_GRACE,
             vanished: FastMap::default(),
             cluster: Arc::default(),
+            prune_due: false,
         }
     }
 
@@ -291,7 +297,7 @@ impl TableBuilder {
                 Arc::new(EndpointSet::with_zone(endpoints, self.zone.as_deref())),
             )
             .is_none();
-        self.health.prune();
+        self.prune_due = true;
         if fresh && self.auto_routes {
             self.routes_changed = true;
         }
@@ -435,6 +441,11 @@ impl TableBuilder {
             entries.push(entry);
         }
         self.subset_sets = used_subsets;
+        if std::mem::take(&mut self.prune_due) {
+            // States still held by the table being served survive this
+            // prune and go at a later one, as before.
+            self.health.prune();
+        }
         let table = RouteTable::new(self.router.clone(), entries, revision);
         let wanted = table
             .entries()
@@ -662,6 +673,80 @@ mod tests {
                 entry,
                 prefix_len: index.1,
             })
+    }
+
+    /// The table build a gateway does after a full re-list (issue 14):
+    /// `services` services of `per_service` instances each, every address
+    /// its own (as `bench/registry_load` registers them), auto routes on.
+    /// Returns the time the first build took, then the time one more
+    /// instance of one service took to reach a table.
+    fn relist_build(services: usize, per_service: usize) -> (Duration, Duration) {
+        let instance = |s: usize, i: usize| {
+            let n = s * per_service + i;
+            let spec = InstanceSpec::new(
+                format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255),
+                8080,
+            );
+            Instance {
+                service: format!("svc-{s}"),
+                id: format!("i{n}"),
+                spec,
+                status: Status::Passing,
+                registered_at_ms: 0,
+                status_since_ms: 0,
+                revision: 1,
+                check_failing: false,
+            }
+        };
+        let all: Vec<BTreeMap<String, Instance>> = (0..services)
+            .map(|s| {
+                (0..per_service)
+                    .map(|i| (format!("i{i}"), instance(s, i)))
+                    .collect()
+            })
+            .collect();
+        let mut b = TableBuilder::new(Vec::new(), true, Arc::default());
+        let started = std::time::Instant::now();
+        for (s, instances) in all.iter().enumerate() {
+            b.set_service(&format!("svc-{s}"), instances);
+        }
+        let table = b.build(1);
+        let first = started.elapsed();
+        assert_eq!(table.entries().len(), services);
+        let mut grown = all[0].clone();
+        grown.insert("new".into(), instance(services, 0));
+        let started = std::time::Instant::now();
+        b.set_service("svc-0", &grown);
+        let table = b.build(2);
+        let one = started.elapsed();
+        assert_eq!(
+            find(&table, "/svc-0/x").unwrap().entry.endpoints.len(),
+            per_service + 1
+        );
+        (first, one)
+    }
+
+    /// Not a timed test (nothing is asserted about time): prints the build
+    /// times at 10k, 50k and 100k instances over 1,000 services, so their
+    /// growth can be read. Run with
+    /// `cargo test --release -p portico-gateway --lib relist_build_scale -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a test: run by hand"]
+    fn relist_build_scale() {
+        for per_service in [10, 50, 100] {
+            let (first, one) = relist_build(1000, per_service);
+            println!(
+                "{} instances over 1,000 services: full re-list build {:?}, one instance more {:?}",
+                per_service * 1000,
+                first,
+                one
+            );
+        }
+    }
+
+    #[test]
+    fn a_relisted_table_routes_every_service() {
+        relist_build(20, 5);
     }
 
     #[test]
