@@ -94,7 +94,8 @@ run_count() { # instances
     done
     curl -sf "http://127.0.0.1:$gwa/status" | sed -n 's/.*"last_build_us":\([0-9]*\).*/gateway table build after a full re-list: \1 us/p'
     echo
-    "$bin/propagation" --registry "http://127.0.0.1:$r1" --gateway "http://127.0.0.1:$gw" --trials 200
+    "$bin/propagation" --registry "http://127.0.0.1:$r1" --gateway "http://127.0.0.1:$gw" \
+        --admin "http://127.0.0.1:$gwa" --trials 200
     cleanup
     pids=()
     work=$(mktemp -d /tmp/portico-etcd-bench.XXXXXX)

@@ -679,8 +679,8 @@ mod tests {
     /// `services` services of `per_service` instances each, every address
     /// its own (as `bench/registry_load` registers them), auto routes on.
     /// Returns the time the first build took, then the time one more
-    /// instance of one service took to reach a table.
-    fn relist_build(services: usize, per_service: usize) -> (Duration, Duration) {
+    /// instance of one service took to reach a table, then a new service.
+    fn relist_build(services: usize, per_service: usize) -> (Duration, Duration, Duration) {
         let instance = |s: usize, i: usize| {
             let n = s * per_service + i;
             let spec = InstanceSpec::new(
@@ -723,7 +723,17 @@ mod tests {
             find(&table, "/svc-0/x").unwrap().entry.endpoints.len(),
             per_service + 1
         );
-        (first, one)
+        // A new service (what bench/propagation registers): its implicit
+        // route makes the route list change.
+        let started = std::time::Instant::now();
+        b.set_service(
+            "new-svc",
+            &[("x".to_string(), instance(services + 1, 0))].into(),
+        );
+        let table = b.build(3);
+        let fresh = started.elapsed();
+        assert!(find(&table, "/new-svc/x").is_some());
+        (first, one, fresh)
     }
 
     /// Not a timed test (nothing is asserted about time): prints the build
@@ -734,12 +744,13 @@ mod tests {
     #[ignore = "a measurement, not a test: run by hand"]
     fn relist_build_scale() {
         for per_service in [10, 50, 100] {
-            let (first, one) = relist_build(1000, per_service);
+            let (first, one, fresh) = relist_build(1000, per_service);
             println!(
-                "{} instances over 1,000 services: full re-list build {:?}, one instance more {:?}",
+                "{} instances over 1,000 services: full re-list build {:?}, one instance more {:?}, a new service {:?}",
                 per_service * 1000,
                 first,
-                one
+                one,
+                fresh
             );
         }
     }
