@@ -37,12 +37,11 @@ pub(super) const MAX_TXN_OPS: usize = 128;
 /// Bytes of keys and values per transaction, under etcd's default
 /// `--max-request-bytes` (1.5 MiB).
 pub(super) const MAX_TXN_BYTES: usize = 1 << 20;
-/// Transactions in flight at once. A registration is acknowledged after
-/// one Raft commit, so 64 clients with 4 slots spent most of their time
-/// queued behind a busy slot (about 1,250 registrations/s with etcd at a
-/// third of a core); etcd groups concurrent proposals into one fsync, so
-/// more slots cost it little more than their slot-key writes.
-pub(super) const SLOTS: usize = 16;
+/// Transactions in flight at once. More were tried for issue 14 (16 and
+/// 32): with 64 clients each waiting for its own Raft commit, registrations
+/// did not get faster (bench/RESULTS.md), while etcd spent more CPU on
+/// smaller transactions.
+pub(super) const SLOTS: usize = 4;
 /// The outer transaction's own operations: the slot compare, its put, its get.
 const SLOT_OPS: usize = 3;
 /// Writes waiting for a transaction, beyond which submitters wait.
