@@ -118,9 +118,12 @@ pub struct TableBuilder {
     /// Where cluster-scope rate limits get their share.
     cluster: Arc<crate::cluster::Cluster>,
     /// A service's endpoints were replaced since the last build, so some
-    /// passive-health states may have lost their last endpoint. Pruned once
-    /// per build: a prune walks every state, and doing it per service made
-    /// a full re-list quadratic (1,000 services x 100,000 states).
+    /// passive-health states may have lost their last endpoint. A prune
+    /// walks every state: once per service made a full re-list quadratic
+    /// (1,000 services x 100,000 states), and once per build made every
+    /// change cost a walk of all of them. It runs when the states may
+    /// outnumber the endpoints in use ([`prune_needed`]), so unused states
+    /// are bounded and a change costs the walk only now and then.
     prune_due: bool,
 }
 
@@ -441,10 +444,19 @@ impl TableBuilder {
             entries.push(entry);
         }
         self.subset_sets = used_subsets;
-        if std::mem::take(&mut self.prune_due) {
-            // States still held by the table being served survive this
-            // prune and go at a later one, as before.
-            self.health.prune();
+        if self.prune_due {
+            let in_use = self.service_sets.values().map(|s| s.len()).sum::<usize>()
+                + self
+                    .static_sets
+                    .values()
+                    .map(|(_, s)| s.len())
+                    .sum::<usize>();
+            if prune_needed(self.health.len(), in_use) {
+                // States still held by the table being served survive this
+                // prune and go at a later one.
+                self.health.prune();
+                self.prune_due = false;
+            }
         }
         let table = RouteTable::new(self.router.clone(), entries, revision);
         let wanted = table
@@ -502,6 +514,13 @@ impl TableBuilder {
         used.insert(key, (instances.clone(), set.clone()));
         set
     }
+}
+
+/// Whether `held` passive-health states may hold many unused ones, with
+/// `in_use` endpoints in the builder's sets (subsets share their service's
+/// states): more than twice as many, plus some slack for small tables.
+fn prune_needed(held: usize, in_use: usize) -> bool {
+    held > 2 * in_use + 64
 }
 
 /// A split route's entry: one entry per target with the target's set,
@@ -758,6 +777,31 @@ mod tests {
     #[test]
     fn a_relisted_table_routes_every_service() {
         relist_build(20, 5);
+    }
+
+    #[test]
+    fn unused_health_states_are_pruned_once_they_outnumber_the_used_ones() {
+        let health: Arc<HealthRegistry> = Arc::default();
+        let mut b = TableBuilder::new(Vec::new(), true, health.clone());
+        let many: BTreeMap<String, Instance> = (0..200)
+            .map(|n| {
+                let mut i = instances(&[("x", Status::Passing)]).remove("x").unwrap();
+                i.id = format!("i{n}");
+                i.spec = InstanceSpec::new(format!("10.0.{}.{}", n / 256, n % 256), 80);
+                (i.id.clone(), i)
+            })
+            .collect();
+        b.set_service("svc", &many);
+        drop(b.build(1));
+        assert_eq!(health.len(), 200);
+        let few: BTreeMap<String, Instance> = many.into_iter().take(150).collect();
+        b.set_service("svc", &few);
+        drop(b.build(2));
+        assert_eq!(health.len(), 200, "50 unused of 200: kept for now");
+        let one: BTreeMap<String, Instance> = few.into_iter().take(1).collect();
+        b.set_service("svc", &one);
+        drop(b.build(3));
+        assert_eq!(health.len(), 1, "199 unused of 200: pruned");
     }
 
     #[test]
