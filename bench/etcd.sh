@@ -8,6 +8,8 @@
 #
 #   bench/etcd.sh                          # 10000 50000 100000, 5 s of heartbeats
 #   bench/etcd.sh --counts "100000" --seconds 8
+#   bench/etcd.sh --concurrency 256         # clients registering and heartbeating (64)
+#   BIN=/tmp/before bench/etcd.sh           # portico, registry_load, propagation from /tmp/before
 #
 # Needs etcd (Debian's etcd-server) and protoc; builds release binaries
 # with --features etcd. Everything listens on 127.0.0.1 and is stopped on
@@ -18,17 +20,24 @@ cd "$(dirname "$0")/.."
 
 counts="10000 50000 100000"
 seconds=5
+concurrency=64
 while [ $# -gt 0 ]; do
     case "$1" in
         --counts) counts="$2"; shift 2 ;;
         --seconds) seconds="$2"; shift 2 ;;
-        *) echo "usage: bench/etcd.sh [--counts \"10000 50000\"] [--seconds N]" >&2; exit 2 ;;
+        --concurrency) concurrency="$2"; shift 2 ;;
+        *) echo "usage: bench/etcd.sh [--counts \"10000 50000\"] [--seconds N] [--concurrency N]" >&2; exit 2 ;;
     esac
 done
 
-cargo build --release --features etcd -p portico --bin portico >&2
-cargo build --release -p portico-bench --bin registry_load --bin propagation >&2
-bin=target/release
+if [ -n "${BIN:-}" ]; then
+    # Binaries built elsewhere (another commit, for a before/after).
+    bin=$BIN
+else
+    cargo build --release --features etcd -p portico --bin portico >&2
+    cargo build --release -p portico-bench --bin registry_load --bin propagation >&2
+    bin=target/release
+fi
 work=$(mktemp -d /tmp/portico-etcd-bench.XXXXXX)
 pids=()
 cleanup() {
@@ -79,7 +88,7 @@ run_count() { # instances
     wait_http "http://127.0.0.1:$r2/readyz"
     local regs="http://127.0.0.1:$r1,http://127.0.0.1:$r2"
     echo "== $n instances (1,000 services), 3 etcd members, 2 replicas"
-    "$bin/registry_load" --registry "$regs" --instances "$n" --services 1000 --concurrency 64 \
+    "$bin/registry_load" --registry "$regs" --instances "$n" --services 1000 --concurrency "$concurrency" \
         --seconds "$seconds" \
         --cpu-of "etcd1=${etcd_pids[0]},etcd2=${etcd_pids[1]},etcd3=${etcd_pids[2]},replica1=$r1pid,replica2=$r2pid"
     echo "replica RSS: $(rss_mb "$r1pid") MB, $(rss_mb "$r2pid") MB"
@@ -94,7 +103,8 @@ run_count() { # instances
     done
     curl -sf "http://127.0.0.1:$gwa/status" | sed -n 's/.*"last_build_us":\([0-9]*\).*/gateway table build after a full re-list: \1 us/p'
     echo
-    "$bin/propagation" --registry "http://127.0.0.1:$r1" --gateway "http://127.0.0.1:$gw" --trials 200
+    "$bin/propagation" --registry "http://127.0.0.1:$r1" --gateway "http://127.0.0.1:$gw" \
+        --admin "http://127.0.0.1:$gwa" --trials 200
     cleanup
     pids=()
     work=$(mktemp -d /tmp/portico-etcd-bench.XXXXXX)

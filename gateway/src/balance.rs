@@ -516,6 +516,12 @@ pub fn smooth_sequence(weights: impl Iterator<Item = u32> + Clone) -> Vec<u32> {
         return Vec::new();
     }
     let mut weights: Vec<i64> = weights.map(|w| (u64::from(w) / g) as i64).collect();
+    if weights.iter().all(|&w| w == 1) {
+        // Equal weights: the loop below would pick each index once, in
+        // order (ties go to the lowest), at a cost of n steps of n each,
+        // which a service of thousands of instances feels at every change.
+        return (0..weights.len() as u32).collect();
+    }
     let mut total: i64 = weights.iter().sum();
     if total as u64 > MAX_SEQUENCE {
         let scale = MAX_SEQUENCE as f64 / total as f64;
@@ -570,6 +576,30 @@ mod tests {
     fn equal_weights_alternate() {
         let set = EndpointSet::new(vec![ep("a", 100), ep("b", 100), ep("c", 100)]);
         assert_eq!(counts(&set, 300), vec![100, 100, 100]);
+    }
+
+    #[test]
+    fn equal_weights_take_turns_in_id_order_as_the_full_loop_does() {
+        // The loop without its equal-weight shortcut, for reference.
+        let full = |n: usize| {
+            let mut current = vec![0i64; n];
+            (0..n)
+                .map(|_| {
+                    let mut best = 0;
+                    for i in 0..n {
+                        current[i] += 1;
+                        if current[i] > current[best] {
+                            best = i;
+                        }
+                    }
+                    current[best] -= n as i64;
+                    best as u32
+                })
+                .collect::<Vec<u32>>()
+        };
+        for n in [1, 2, 7, 100] {
+            assert_eq!(smooth_sequence(std::iter::repeat_n(250, n)), full(n));
+        }
     }
 
     #[test]

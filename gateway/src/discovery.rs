@@ -119,6 +119,14 @@ pub struct TableBuilder {
     cluster: Arc<crate::cluster::Cluster>,
     /// The embedder's own filters, which routes may name.
     custom_filters: crate::filter::custom::FilterRegistry,
+    /// A service's endpoints were replaced since the last build, so some
+    /// passive-health states may have lost their last endpoint. A prune
+    /// walks every state: once per service made a full re-list quadratic
+    /// (1,000 services x 100,000 states), and once per build made every
+    /// change cost a walk of all of them. It runs when the states may
+    /// outnumber the endpoints in use ([`prune_needed`]), so unused states
+    /// are bounded and a change costs the walk only now and then.
+    prune_due: bool,
 }
 
 impl TableBuilder {
@@ -155,6 +163,7 @@ impl TableBuilder {
             vanished: FastMap::default(),
             cluster: Arc::default(),
             custom_filters: Default::default(),
+            prune_due: false,
         }
     }
 
@@ -300,7 +309,7 @@ impl TableBuilder {
                 Arc::new(EndpointSet::with_zone(endpoints, self.zone.as_deref())),
             )
             .is_none();
-        self.health.prune();
+        self.prune_due = true;
         if fresh && self.auto_routes {
             self.routes_changed = true;
         }
@@ -445,6 +454,20 @@ impl TableBuilder {
             entries.push(entry);
         }
         self.subset_sets = used_subsets;
+        if self.prune_due {
+            let in_use = self.service_sets.values().map(|s| s.len()).sum::<usize>()
+                + self
+                    .static_sets
+                    .values()
+                    .map(|(_, s)| s.len())
+                    .sum::<usize>();
+            if prune_needed(self.health.len(), in_use) {
+                // States still held by the table being served survive this
+                // prune and go at a later one.
+                self.health.prune();
+                self.prune_due = false;
+            }
+        }
         let table = RouteTable::new(self.router.clone(), entries, revision);
         let wanted = table
             .entries()
@@ -501,6 +524,13 @@ impl TableBuilder {
         used.insert(key, (instances.clone(), set.clone()));
         set
     }
+}
+
+/// Whether `held` passive-health states may hold many unused ones, with
+/// `in_use` endpoints in the builder's sets (subsets share their service's
+/// states): more than twice as many, plus some slack for small tables.
+fn prune_needed(held: usize, in_use: usize) -> bool {
+    held > 2 * in_use + 64
 }
 
 /// A split route's entry: one entry per target with the target's set,
@@ -676,6 +706,116 @@ mod tests {
                 entry,
                 prefix_len: index.1,
             })
+    }
+
+    /// The table build a gateway does after a full re-list (issue 14):
+    /// `services` services of `per_service` instances each, every address
+    /// its own (as `bench/registry_load` registers them), auto routes on.
+    /// Returns the time the first build took, then the time one more
+    /// instance of one service took to reach a table, then a new service.
+    fn relist_build(services: usize, per_service: usize) -> (Duration, Duration, Duration) {
+        let instance = |s: usize, i: usize| {
+            let n = s * per_service + i;
+            let spec = InstanceSpec::new(
+                format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255),
+                8080,
+            );
+            Instance {
+                service: format!("svc-{s}"),
+                id: format!("i{n}"),
+                spec,
+                status: Status::Passing,
+                registered_at_ms: 0,
+                status_since_ms: 0,
+                revision: 1,
+                check_failing: false,
+            }
+        };
+        let all: Vec<BTreeMap<String, Instance>> = (0..services)
+            .map(|s| {
+                (0..per_service)
+                    .map(|i| (format!("i{i}"), instance(s, i)))
+                    .collect()
+            })
+            .collect();
+        let mut b = TableBuilder::new(Vec::new(), true, Arc::default());
+        let started = std::time::Instant::now();
+        for (s, instances) in all.iter().enumerate() {
+            b.set_service(&format!("svc-{s}"), instances);
+        }
+        let table = b.build(1);
+        let first = started.elapsed();
+        assert_eq!(table.entries().len(), services);
+        let mut grown = all[0].clone();
+        grown.insert("new".into(), instance(services, 0));
+        let started = std::time::Instant::now();
+        b.set_service("svc-0", &grown);
+        let table = b.build(2);
+        let one = started.elapsed();
+        assert_eq!(
+            find(&table, "/svc-0/x").unwrap().entry.endpoints.len(),
+            per_service + 1
+        );
+        // A new service (what bench/propagation registers): its implicit
+        // route makes the route list change.
+        let started = std::time::Instant::now();
+        b.set_service(
+            "new-svc",
+            &[("x".to_string(), instance(services + 1, 0))].into(),
+        );
+        let table = b.build(3);
+        let fresh = started.elapsed();
+        assert!(find(&table, "/new-svc/x").is_some());
+        (first, one, fresh)
+    }
+
+    /// Not a timed test (nothing is asserted about time): prints the build
+    /// times at 10k, 50k and 100k instances over 1,000 services, so their
+    /// growth can be read. Run with
+    /// `cargo test --release -p portico-gateway --lib relist_build_scale -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a test: run by hand"]
+    fn relist_build_scale() {
+        for per_service in [10, 50, 100] {
+            let (first, one, fresh) = relist_build(1000, per_service);
+            println!(
+                "{} instances over 1,000 services: full re-list build {:?}, one instance more {:?}, a new service {:?}",
+                per_service * 1000,
+                first,
+                one,
+                fresh
+            );
+        }
+    }
+
+    #[test]
+    fn a_relisted_table_routes_every_service() {
+        relist_build(20, 5);
+    }
+
+    #[test]
+    fn unused_health_states_are_pruned_once_they_outnumber_the_used_ones() {
+        let health: Arc<HealthRegistry> = Arc::default();
+        let mut b = TableBuilder::new(Vec::new(), true, health.clone());
+        let many: BTreeMap<String, Instance> = (0..200)
+            .map(|n| {
+                let mut i = instances(&[("x", Status::Passing)]).remove("x").unwrap();
+                i.id = format!("i{n}");
+                i.spec = InstanceSpec::new(format!("10.0.{}.{}", n / 256, n % 256), 80);
+                (i.id.clone(), i)
+            })
+            .collect();
+        b.set_service("svc", &many);
+        drop(b.build(1));
+        assert_eq!(health.len(), 200);
+        let few: BTreeMap<String, Instance> = many.into_iter().take(150).collect();
+        b.set_service("svc", &few);
+        drop(b.build(2));
+        assert_eq!(health.len(), 200, "50 unused of 200: kept for now");
+        let one: BTreeMap<String, Instance> = few.into_iter().take(1).collect();
+        b.set_service("svc", &one);
+        drop(b.build(3));
+        assert_eq!(health.len(), 1, "199 unused of 200: pruned");
     }
 
     #[test]

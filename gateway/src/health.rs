@@ -261,7 +261,8 @@ impl Drop for InFlightGuard<'_> {
 }
 
 /// Hands out one [`EndpointHealth`] per `host:port`, so state survives table
-/// rebuilds. Entries no table uses any more are pruned at each rebuild.
+/// rebuilds. Entries no table uses any more are pruned by the table builder
+/// once they may outnumber the endpoints in use.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     states: Mutex<HashMap<String, Arc<EndpointHealth>>>,
@@ -275,6 +276,19 @@ impl HealthRegistry {
             .entry(authority.to_string())
             .or_insert_with(|| Arc::new(EndpointHealth::new()))
             .clone()
+    }
+
+    /// Number of states held, used or not.
+    pub fn len(&self) -> usize {
+        self.states
+            .lock()
+            .expect("health registry lock poisoned")
+            .len()
+    }
+
+    /// Whether no state is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets endpoints that no table references.

@@ -32,6 +32,21 @@ struct Args {
     /// Give up on one trial after this long.
     #[arg(long, default_value = "10")]
     timeout_secs: u64,
+    /// The gateway's admin URL: with it, each trial also reads the
+    /// gateway's own build time (`last_build_us` of `/status`), so a slow
+    /// trial can be told apart from a slow table build.
+    #[arg(long)]
+    admin: Option<String>,
+}
+
+/// The gateway's last table build, from its admin `/status`.
+async fn last_build(http: &portico_bench::HttpClient, admin: &str) -> anyhow::Result<Duration> {
+    let (_, body) = call(http, Method::GET, &format!("{admin}/status"), None).await?;
+    let status: serde_json::Value = serde_json::from_slice(&body)?;
+    let us = status["last_build_us"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no last_build_us in the gateway's /status"))?;
+    Ok(Duration::from_micros(us))
 }
 
 #[tokio::main]
@@ -74,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let mut samples = Vec::with_capacity(args.trials);
+    let mut builds = Vec::with_capacity(args.trials);
     let run = std::process::id();
     for n in 0..args.trials {
         let service = format!("prop-{run}-{n}");
@@ -92,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
             let (status, body) = call(&http, Method::GET, &probe, None).await?;
             if status == StatusCode::OK && body == service.as_bytes() {
                 samples.push(registered.elapsed());
+                if let Some(admin) = &args.admin {
+                    builds.push(last_build(&http, admin).await?);
+                }
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "{service} never became routable");
@@ -108,5 +127,14 @@ async fn main() -> anyhow::Result<()> {
         percentile(&samples, 99.0),
         samples.last().copied().unwrap_or_default()
     );
+    if !builds.is_empty() {
+        builds.sort();
+        println!(
+            "the gateway's table build in those trials: p50 {:.2?}  p99 {:.2?}  max {:.2?}",
+            percentile(&builds, 50.0),
+            percentile(&builds, 99.0),
+            builds.last().copied().unwrap_or_default()
+        );
+    }
     Ok(())
 }

@@ -37,7 +37,10 @@ pub(super) const MAX_TXN_OPS: usize = 128;
 /// Bytes of keys and values per transaction, under etcd's default
 /// `--max-request-bytes` (1.5 MiB).
 pub(super) const MAX_TXN_BYTES: usize = 1 << 20;
-/// Transactions in flight at once.
+/// Transactions in flight at once. More were tried for issue 14 (16 and
+/// 32): with 64 clients each waiting for its own Raft commit, registrations
+/// did not get faster (bench/RESULTS.md), while etcd spent more CPU on
+/// smaller transactions.
 pub(super) const SLOTS: usize = 4;
 /// The outer transaction's own operations: the slot compare, its put, its get.
 const SLOT_OPS: usize = 3;
