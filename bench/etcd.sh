@@ -49,7 +49,7 @@ trap cleanup EXIT
 
 wait_http() { # url
     for _ in $(seq 1 300); do
-        curl -sf -o /dev/null "$1" && return 0
+        curl -sf --max-time 1 -o /dev/null "$1" && return 0
         sleep 0.1
     done
     echo "no answer from $1" >&2
@@ -76,6 +76,16 @@ run_count() { # instances
             --log-level error >"$work/$n-m$i.log" 2>&1 &
         pids+=($!)
         etcd_pids+=($!)
+    done
+    # A member that could not start (its port taken by another program)
+    # would leave the replicas waiting for a quorum: stop at once instead.
+    sleep 0.5
+    for i in 0 1 2; do
+        if ! kill -0 "${etcd_pids[$i]}" 2>/dev/null; then
+            echo "etcd member m$((i + 1)) did not start:" >&2
+            tail -3 "$work/$n-m$((i + 1)).log" >&2
+            return 1
+        fi
     done
     local r1=$((base + 10)) r2=$((base + 11)) gw=$((base + 12)) gwa=$((base + 13))
     RUST_LOG=warn "$bin/portico" registry --control "127.0.0.1:$r1" --store "etcd:$endpoints" >"$work/$n-r1.log" 2>&1 &
