@@ -411,3 +411,87 @@ fn print(ctl: &Ctl, plan: &Plan, dry_run: bool, revision: Option<u64>) {
         (_, false, None) => println!("applied: {counts}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, prefix: &str) -> RouteSpec {
+        RouteSpec {
+            name: name.into(),
+            path_prefix: Some(prefix.into()),
+            service: Some("web".into()),
+            ..RouteSpec::default()
+        }
+    }
+
+    fn file(specs: &[RouteSpec]) -> Vec<FileRoute> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(index, s)| FileRoute {
+                index,
+                spec: s.clone(),
+                compiled: compile(s, "").unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_plan_sorts_routes_and_names_changed_fields() {
+        let mut b2 = spec("b", "/b");
+        b2.strip_prefix = true;
+        let registry = vec![spec("a", "/a"), spec("b", "/b"), spec("old", "/o")];
+        let plan = Plan::new(
+            file(&[spec("a", "/a"), b2, spec("c", "/c")]),
+            registry,
+            false,
+        );
+        assert_eq!(plan.unchanged, ["a"]);
+        assert_eq!(plan.changed[0].1, ["strip_prefix"]);
+        assert_eq!(plan.added[0].spec.name, "c");
+        assert_eq!(plan.kept, ["old"]);
+        assert!(plan.removed.is_empty());
+    }
+
+    #[test]
+    fn a_match_moving_to_another_route_is_refused_or_ordered() {
+        let path = Path::new("r.toml");
+        // "new" takes the match of "old": refused while old is kept...
+        let registry = vec![spec("old", "/x")];
+        let plan = Plan::new(file(&[spec("new", "/x")]), registry.clone(), false);
+        let err = check_order(path, &plan, &registry).unwrap_err().to_string();
+        assert!(
+            err.contains("route[0] (\"new\")") && err.contains("\"old\""),
+            "{err}"
+        );
+        // ... and fine when old is removed first.
+        let plan = Plan::new(file(&[spec("new", "/x")]), registry.clone(), true);
+        check_order(path, &plan, &registry).unwrap();
+        // Two routes swapping matches cannot be written one at a time.
+        let registry = vec![spec("a", "/a"), spec("b", "/b")];
+        let plan = Plan::new(
+            file(&[spec("a", "/b"), spec("b", "/a")]),
+            registry.clone(),
+            false,
+        );
+        let err = check_order(path, &plan, &registry).unwrap_err().to_string();
+        assert!(err.contains("two steps"), "{err}");
+        // A route taking a match its own old version held is no move at all.
+        let plan = Plan::new(
+            file(&[spec("a", "/z"), spec("b", "/a")]),
+            registry.clone(),
+            false,
+        );
+        check_order(path, &plan, &registry).unwrap();
+    }
+
+    #[test]
+    fn toml_errors_are_placed_in_their_route() {
+        let text = "[[route]]\nname = \"a\"\npath = \"/a\"\n\n[[route]]\nname = \"b\"\npathprefix = \"/b\"\n";
+        assert_eq!(route_at(text, 7), "route[1] (\"b\"): ");
+        assert_eq!(route_at(text, 2), "route[0] (\"a\"): ");
+        assert_eq!(route_at("x = 1\n", 1), "");
+        assert_eq!(line_of("TOML parse error at line 7, column 1"), Some(7));
+    }
+}
