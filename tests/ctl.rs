@@ -517,3 +517,37 @@ async fn an_unreachable_registry_is_exit_1() {
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(ran.stderr.contains("unreachable"), "{ran:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_registry_with_its_ca() {
+    let ca = support::tls::TestCa::new();
+    let files = ca.write("registry", &["localhost"]);
+    let (_dir, data) = data_dir();
+    let port = free_port();
+    let _registry = ChildProcess::spawn(&[
+        "registry",
+        "--control",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--control-tls-cert",
+        files.cert.to_str().unwrap(),
+        "--control-tls-key",
+        files.key.to_str().unwrap(),
+    ]);
+    let url = format!("https://localhost:{port}");
+    let ca_path = ca.path.to_str().unwrap().to_string();
+    eventually("ctl to list services over HTTPS", || {
+        let (url, ca_path) = (url.clone(), ca_path.clone());
+        async move { ctl(&url, &["--ca", &ca_path, "services"], None).await.code == 0 }
+    })
+    .await;
+    // Without the CA the certificate is not trusted: a network error.
+    let refused = ctl(&url, &["services"], None).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("certificate"), "{refused:?}");
+    // A CA file that does not load is a usage error naming the flag.
+    let missing = ctl(&url, &["--ca", "/nonexistent/ca.pem", "services"], None).await;
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("--ca"), "{missing:?}");
+}
