@@ -19,8 +19,9 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `portico up` as a child process: registry, gateway and admin listener.
 struct Up {
-    _child: ChildProcess,
+    child: ChildProcess,
     _dir: tempfile::TempDir,
+    args: Vec<String>,
     registry: String,
     listen: String,
     admin: String,
@@ -32,7 +33,7 @@ impl Up {
         let control = format!("127.0.0.1:{}", free_port());
         let listen = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
-        let child = ChildProcess::spawn(&[
+        let args: Vec<String> = [
             "up",
             "--control",
             &control,
@@ -42,16 +43,28 @@ impl Up {
             &admin,
             "--data-dir",
             data.to_str().unwrap(),
-        ]);
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let child = ChildProcess::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let registry = format!("http://{control}");
         wait_healthy(&registry).await;
         Up {
-            _child: child,
+            child,
             _dir: dir,
+            args,
             registry,
             listen,
             admin: format!("http://{admin}"),
         }
+    }
+
+    /// `kill -9`, then the same command again (same ports, same data).
+    async fn restart(&mut self) {
+        self.child.kill9();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = ChildProcess::spawn(&args);
+        wait_healthy(&self.registry).await;
     }
 
     /// Registers `service/id` at `port` through the API.
@@ -348,11 +361,11 @@ async fn drain_and_deregister_change_the_registry_and_missing_is_exit_3() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_prints_a_registration_made_while_it_runs_and_ctrl_c_ends_it() {
+async fn watch_prints_registrations_across_a_registry_restart_and_ctrl_c_ends_it() {
     let up = Up::start().await;
     let mut child = ctl_command(&up.registry, &["watch"], None)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -387,6 +400,26 @@ async fn watch_prints_a_registration_made_while_it_runs_and_ctrl_c_ends_it() {
         .unwrap();
     // `HH:MM:SS registered ...`
     assert_eq!(line.as_bytes()[2], b':', "{line}");
+
+    // The registry restarts: the watch reconnects by itself and resumes.
+    let mut up = up;
+    up.restart().await;
+    up.register("web", "w-10", 8090).await;
+    eventually(
+        "a registration after the restart",
+        has("registered web/w-10"),
+    )
+    .await;
+    assert_eq!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("registered web/w-9"))
+            .count(),
+        1,
+        "the resumed stream repeated what was printed"
+    );
 
     let pid = child.id().unwrap().to_string();
     let kill = std::process::Command::new("kill")

@@ -8,7 +8,9 @@
 //! The stream is the SDK's [`portico_registry::client::Watcher`] on its own
 //! task: it reconnects by itself and resumes after the last revision it
 //! saw, so a registry restart shows as a "disconnected" and a "resumed"
-//! line, not a gap. Ctrl-C ends the command with exit code 0.
+//! line, not a gap; a registry that lost that history sends a snapshot,
+//! which is printed as its differences from what was seen. Ctrl-C ends the
+//! command with exit code 0.
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,6 +26,8 @@ use super::{Ctl, CtlError};
 struct Seen {
     instances: HashMap<(String, String), Status>,
     gateways: HashSet<String>,
+    /// Snapshots received: the first sets the scene, later ones are diffed.
+    snapshots: usize,
 }
 
 /// Follows `/v1/watch` from `index` (0: a snapshot first) until Ctrl-C.
@@ -47,8 +51,10 @@ pub async fn follow(ctl: &Ctl, index: u64) -> Result<(), CtlError> {
                 revision = event.revision();
                 if ctl.json() {
                     println!("{}", serde_json::to_string(&event).unwrap_or_default());
-                } else if let Some(line) = seen.describe(&event) {
-                    println!("{} {line}", clock());
+                } else {
+                    for line in seen.describe(&event) {
+                        println!("{} {line}", clock());
+                    }
                 }
             }
             changed = state.changed() => {
@@ -74,10 +80,11 @@ pub async fn follow(ctl: &Ctl, index: u64) -> Result<(), CtlError> {
 }
 
 impl Seen {
-    /// The line for one event, or `None` for one not worth a line (a
-    /// progress note, a gateway renewing its record).
-    fn describe(&mut self, event: &WatchEvent) -> Option<String> {
-        match event {
+    /// The lines for one event: none for one not worth a line (a progress
+    /// note, a gateway renewing its record), several for a snapshot that
+    /// replaces what was seen.
+    fn describe(&mut self, event: &WatchEvent) -> Vec<String> {
+        let line = match event {
             WatchEvent::Snapshot {
                 revision,
                 instances,
@@ -85,17 +92,24 @@ impl Seen {
                 gateways,
                 ..
             } => {
-                self.instances = instances
-                    .iter()
-                    .map(|i| ((i.service.clone(), i.id.clone()), i.status))
-                    .collect();
-                self.gateways = gateways.iter().map(|g| g.id.clone()).collect();
-                Some(format!(
+                let summary = format!(
                     "snapshot at revision {revision}: {} instances, {} routes, {} gateways",
                     instances.len(),
                     routes.len(),
                     gateways.len()
-                ))
+                );
+                let mut lines = vec![summary];
+                if self.snapshots > 0 {
+                    lines.extend(self.resync(instances));
+                } else {
+                    self.instances = instances
+                        .iter()
+                        .map(|i| ((i.service.clone(), i.id.clone()), i.status))
+                        .collect();
+                }
+                self.snapshots += 1;
+                self.gateways = gateways.iter().map(|g| g.id.clone()).collect();
+                return lines;
             }
             WatchEvent::Put { instance, .. } => Some(self.instance(instance)),
             WatchEvent::Delete { service, id, .. } => {
@@ -136,7 +150,33 @@ impl Seen {
                 Some(format!("gateway left {id}"))
             }
             WatchEvent::Progress { .. } => None,
+        };
+        line.into_iter().collect()
+    }
+
+    /// A snapshot after the first one (the registry restarted, or this
+    /// watcher fell behind its history): the changes it holds against what
+    /// was printed, as the lines the events would have given, so no
+    /// registration or removal goes unseen across the gap.
+    fn resync(&mut self, instances: &[Instance]) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut gone = std::mem::take(&mut self.instances);
+        for i in instances {
+            let key = (i.service.clone(), i.id.clone());
+            match gone.remove(&key) {
+                Some(before) => {
+                    self.instances.insert(key.clone(), before);
+                    if before != i.status {
+                        lines.push(self.instance(i));
+                    }
+                }
+                None => lines.push(self.instance(i)),
+            }
         }
+        for (service, id) in gone.into_keys() {
+            lines.push(format!("removed {service}/{id}"));
+        }
+        lines
     }
 
     fn instance(&mut self, i: &Instance) -> String {
