@@ -199,3 +199,62 @@ fn clock() -> String {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     stamp.get(11..19).unwrap_or(&stamp).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, status: &str) -> Instance {
+        serde_json::from_value(serde_json::json!({
+            "service": "web", "id": id, "address": "10.0.0.1", "port": 80,
+            "status": status, "registered_at_ms": 1, "status_since_ms": 1,
+        }))
+        .unwrap()
+    }
+
+    fn snapshot(revision: u64, instances: Vec<Instance>) -> WatchEvent {
+        WatchEvent::Snapshot {
+            revision,
+            instances,
+            routes: Vec::new(),
+            certificates: Vec::new(),
+            consumers: Vec::new(),
+            gateways: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_later_snapshot_prints_what_changed_across_the_gap() {
+        let mut seen = Seen::default();
+        let first = seen.describe(&snapshot(
+            3,
+            vec![instance("a", "passing"), instance("b", "passing")],
+        ));
+        assert_eq!(
+            first,
+            ["snapshot at revision 3: 2 instances, 0 routes, 0 gateways"]
+        );
+        let put = seen.describe(&WatchEvent::Put {
+            revision: 4,
+            instance: instance("a", "passing"),
+        });
+        assert_eq!(put, ["updated web/a 10.0.0.1:80 passing"]);
+        let later = seen.describe(&snapshot(
+            9,
+            vec![instance("a", "draining"), instance("c", "passing")],
+        ));
+        assert_eq!(
+            later,
+            [
+                "snapshot at revision 9: 2 instances, 0 routes, 0 gateways",
+                "status web/a 10.0.0.1:80 draining",
+                "registered web/c 10.0.0.1:80 passing",
+                "removed web/b",
+            ]
+        );
+        assert!(
+            seen.describe(&WatchEvent::Progress { revision: 9 })
+                .is_empty()
+        );
+    }
+}
