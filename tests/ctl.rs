@@ -584,3 +584,43 @@ async fn an_https_registry_with_its_ca() {
     assert_eq!(missing.code, 2, "{missing:?}");
     assert!(missing.stderr.contains("--ca"), "{missing:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_get_prints_a_file_that_applies_as_no_change() {
+    let up = Up::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = route_file(
+        &dir,
+        r#"
+[[route]]
+name = "api"
+path_prefix = "/api"
+service = "api"
+methods = ["GET"]
+headers = [{ name = "x-canary", exact = "1" }]
+
+[route.retry]
+attempts = 3
+on = ["502", "503"]
+
+[[route.filters]]
+type = "rate_limit"
+key = "client_ip"
+rate = 100
+
+[[route.filters]]
+type = "request_headers"
+set = { "x-env" = "prod" }
+"#,
+    );
+    up.ctl(&["apply", "-f", &file]).await.ok();
+    let printed = up.ctl(&["route", "get", "api"]).await.ok().stdout;
+    let back = dir.path().join("back.toml");
+    std::fs::write(&back, &printed).unwrap();
+    let again = up.ctl(&["apply", "-f", back.to_str().unwrap()]).await.ok();
+    assert!(
+        again.stdout.starts_with("no changes"),
+        "{printed}\n{}",
+        again.stdout
+    );
+}
