@@ -6,6 +6,8 @@
 //! - [`run_up`]: both in one process (`portico up`); the gateway follows the
 //!   in-process registry over its public watch API, the same path a separate
 //!   gateway takes, so there is one propagation code path to trust.
+//! - [`ctl`]: `portico ctl`, the operator's command line over the
+//!   registry's HTTP API (a client only: it links none of the above).
 //!
 //! With `--control-tls-cert`, the registry API speaks HTTPS only: the
 //! certificate is loaded and re-read on change by the gateway's TLS module
@@ -189,6 +191,7 @@ fn etcd_tls(files: &EtcdTlsFiles) -> anyhow::Result<portico_registry::store::etc
     Ok(portico_registry::store::etcd::EtcdTls { ca_pem, identity })
 }
 
+pub mod ctl;
 #[cfg(feature = "etcd")]
 mod etcd_tls_probe;
 

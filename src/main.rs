@@ -97,6 +97,9 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// The operator's command line: lists, watch, explain, drain, apply
+    /// (docs/ctl.md).
+    Ctl(portico::ctl::CtlArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -930,6 +933,9 @@ const ACCESS_LOG_CLOSE: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Ctl(args) = cli.command {
+        return ctl(args);
+    }
     init_logging(cli.log_format);
     let access_log = match cli.command.gateway_args() {
         Some(gateway) => gateway.install_access_log(cli.log_format)?,
@@ -966,6 +972,22 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// `portico ctl`: no logging (its output is the answer), one thread, and
+/// the exit code its error names (docs/ctl.md).
+fn ctl(args: portico::ctl::CtlArgs) -> anyhow::Result<()> {
+    portico_gateway::tls::install_provider();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(portico::ctl::run(args));
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code().into());
+    }
+    Ok(())
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up { registry, gateway } => {
@@ -992,6 +1014,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             run_registry(control, reg, shutdown_signal()).await
         }
+        Command::Ctl(_) => unreachable!("main runs ctl before the server runtime"),
         Command::Gateway {
             registry,
             registry_token,

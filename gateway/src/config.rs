@@ -134,26 +134,34 @@ impl Config {
     /// Parses and validates route-file text: every route on its own, then
     /// the set (unique names, no two routes matching the same requests).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let routes = file
-            .route
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| portico_registry::route::compile(spec, &format!("route[{i}].")))
-            .collect::<Result<Vec<Route>, Invalid>>()?;
-        portico_registry::route::check_unique(
-            routes
-                .iter()
-                .zip(&file.route)
-                .enumerate()
-                .map(|(i, (r, s))| (format!("route[{i}]"), r, s)),
-        )?;
+        let (_, routes) = parse_routes(text)?;
         Ok(Config {
             routes: routes.into_iter().map(Arc::new).collect(),
             digest: digest(text),
         })
     }
+}
+
+/// Parses and validates route-file text as [`Config::parse`] does, keeping
+/// each route as written beside its compiled form: `portico ctl apply`
+/// sends the written specs to the registry, so a file it accepts is one the
+/// gateway's `--config` accepts, and the other way round.
+pub fn parse_routes(text: &str) -> Result<(Vec<RouteSpec>, Vec<Route>), ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let routes = file
+        .route
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| portico_registry::route::compile(spec, &format!("route[{i}].")))
+        .collect::<Result<Vec<Route>, Invalid>>()?;
+    portico_registry::route::check_unique(
+        routes
+            .iter()
+            .zip(&file.route)
+            .enumerate()
+            .map(|(i, (r, s))| (format!("route[{i}]"), r, s)),
+    )?;
+    Ok((file.route, routes))
 }
 
 #[cfg(test)]

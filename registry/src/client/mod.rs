@@ -243,6 +243,19 @@ impl RegistryClient {
         serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// One call to any path of the API, answered with its status and body
+    /// as they came: for tools that show the registry's own answer (`portico
+    /// ctl -o json`) or map its statuses themselves. Fails over between
+    /// replicas as every call does.
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.call(method, path_and_query, body).await
+    }
+
     /// Registers (or updates) an instance once, with no background heartbeat.
     pub async fn register_once(
         &self,
