@@ -68,11 +68,11 @@ async fn an_instance_that_stops_heartbeating_stops_receiving_traffic() {
     let live = TestEcho::start("live").await;
     let dead = TestEcho::start("dead").await;
     let mut live_spec = live.spec();
-    live_spec.ttl = Duration::from_secs(2);
+    live_spec.ttl = Some(Duration::from_secs(2));
     let _live = client.register("svc", "live", live_spec).await.unwrap();
     // Registered once, never renewed: its lease lapses after 1s.
     let mut dead_spec = dead.spec();
-    dead_spec.ttl = Duration::from_secs(1);
+    dead_spec.ttl = Some(Duration::from_secs(1));
     let r = client
         .register_once("svc", "dead", &dead_spec)
         .await
@@ -175,7 +175,7 @@ async fn self_preservation_pauses_mass_expiry_but_not_a_lone_death() {
     let ids: Vec<String> = (0..10).map(|n| format!("i{n}")).collect();
     for (n, id) in ids.iter().enumerate() {
         let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", 10_000 + n as u16);
-        spec.ttl = Duration::from_secs(3);
+        spec.ttl = Some(Duration::from_secs(3));
         client.register_once("fleet", id, &spec).await.unwrap();
     }
     // Heartbeats for every live instance in one pass, so the ones taken out
@@ -281,7 +281,7 @@ async fn half_the_fleet_silent_pauses_expiry_and_less_is_expired_at_a_capped_rat
         let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", 10_000 + n as u16);
         // Long enough that on etcd (whole-second leases) the "late" marker
         // (two thirds of the lease) lapses well before the lease itself.
-        spec.ttl = Duration::from_secs(6);
+        spec.ttl = Some(Duration::from_secs(6));
         client.register_once("fleet", id, &spec).await.unwrap();
     }
     let alive = std::sync::Arc::new(tokio::sync::Mutex::new(ids.clone()));
@@ -395,6 +395,146 @@ async fn the_registry_checks_instances_registered_with_a_check() {
     checked.set_failing(false);
     eventually("a passing check to bring it back", || async {
         status("checked").await.0 == Some((Status::Passing, false))
+    })
+    .await;
+}
+
+/// Consul's model: an instance registered with a check and no `ttl` has no
+/// lease. It outlives instances that stop heartbeating, follows its check
+/// (HTTP here, TCP below), and is removed once its check has been critical
+/// for `deregister_critical_after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_a_check_and_no_ttl_lives_by_its_check() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gateway = TestGateway::following(&registry.url).await;
+    let client = registry.client();
+    let checked = FaultyBackend::start("kept").await;
+    let url = |id: &str| format!("{}/v1/services/svc/instances/{id}", registry.url);
+    let r = put_json(
+        &url("kept"),
+        serde_json::json!({
+            "address": "127.0.0.1", "port": checked.addr.port(),
+            "check": {"path": "/healthz", "interval": "100ms", "timeout": "100ms",
+                      "failures": 2, "deregister_critical_after": "1s"}
+        }),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.json()["instance"].get("ttl").is_none(), "{}", r.json());
+    // A neighbour on a 1 s lease that never heartbeats: once it has expired,
+    // a lease of any length the kept one might wrongly have had was tested.
+    let mut short = TestEcho::start("short").await.spec();
+    short.ttl = Some(Duration::from_secs(1));
+    client.register_once("svc", "short", &short).await.unwrap();
+    let status = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            let list = client.instances("svc").await.unwrap();
+            let found = list.instances.iter().find(|i| i.id == id);
+            (found.map(|i| (i.status, i.check_failing)), list.revision)
+        }
+    };
+    eventually("the neighbour without heartbeats to expire", || async {
+        status("short").await.0 == Some((Status::Critical, false))
+    })
+    .await;
+    let (kept, revision) = status("kept").await;
+    assert_eq!(kept, Some((Status::Passing, false)));
+    assert!(checked.received() > 3, "the check ran");
+    gateway.wait_revision(revision).await;
+    // The only routable instance: the gateway sends to it (it answers its name).
+    let routed = get(&format!("{}/svc/", gateway.url)).await;
+    assert_eq!(routed.body, "kept");
+    // A heartbeat is harmless: answered, no lease in the answer.
+    let beat = call(Method::PUT, &format!("{}/heartbeat", url("kept"))).await;
+    assert_eq!(beat.status, StatusCode::OK);
+    assert!(beat.json().get("ttl").is_none(), "{}", beat.json());
+
+    // Failing: critical (out of rotation), then removed after 1 s of it.
+    checked.set_failing(true);
+    eventually("the failing check to make it critical", || async {
+        status("kept").await.0 == Some((Status::Critical, true))
+    })
+    .await;
+    eventually("deregister_critical_after to remove it", || async {
+        status("kept").await.0.is_none()
+    })
+    .await;
+    // Counted once the removal's write returned (after the list saw it).
+    eventually("the removal to be counted", || async {
+        let metrics = get(&format!("{}/metrics", registry.url)).await;
+        String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .any(|l| l == "portico_registry_check_deregistrations_total 1")
+    })
+    .await;
+}
+
+/// A TCP check passes while the instance accepts connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_check_follows_whether_the_port_accepts() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let client = registry.client();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let r = put_json(
+        &format!("{}/v1/services/db/instances/db-1", registry.url),
+        serde_json::json!({
+            "address": "127.0.0.1", "port": port,
+            "check": {"tcp": true, "interval": "100ms", "timeout": "100ms", "failures": 1}
+        }),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["instance"]["check"]["tcp"], true);
+    let status = || {
+        let client = client.clone();
+        async move {
+            let list = client.instances("db").await.unwrap();
+            list.instances.first().map(|i| i.status)
+        }
+    };
+    let checks = || async {
+        let text = get(&format!("{}/metrics", registry.url)).await;
+        let text = String::from_utf8_lossy(&text.body).to_string();
+        let count = |result: &str| {
+            let name = format!("portico_registry_checks_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&name)?.parse::<u64>().ok())
+                .unwrap()
+        };
+        (count("pass"), count("fail"))
+    };
+    eventually("three passing TCP checks", || async {
+        checks().await.0 >= 3
+    })
+    .await;
+    assert_eq!(status().await, Some(Status::Passing));
+    drop(listener);
+    eventually("a refused connection to make it critical", || async {
+        status().await == Some(Status::Critical)
+    })
+    .await;
+    assert!(checks().await.1 >= 1);
+    // Nothing removes it (no deregister_critical_after): it is kept,
+    // critical, until the port accepts again.
+    let again = std::net::TcpListener::bind(("127.0.0.1", port));
+    let Ok(_again) = again else {
+        // Another process took the port meanwhile: the rest cannot be shown.
+        panic!("port {port} was taken by another process before the test could listen again");
+    };
+    eventually("an accepting port to make it passing again", || async {
+        status().await == Some(Status::Passing)
     })
     .await;
 }

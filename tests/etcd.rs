@@ -199,7 +199,7 @@ async fn compaction_while_a_gateway_is_behind_ends_in_the_exact_state() {
             .await;
     let writer = replica(&cluster).await;
     let spec = |port| InstanceSpec {
-        ttl: Duration::from_secs(3600),
+        ttl: Some(Duration::from_secs(3600)),
         ..InstanceSpec::new("127.0.0.1", port)
     };
     let c = writer.client();
@@ -248,7 +248,7 @@ async fn leases_survive_a_replica_restart_and_still_expire() {
     let client =
         portico_registry::client::RegistryClient::new(&[r1.url.as_str(), r2.url.as_str()]).unwrap();
     let spec = InstanceSpec {
-        ttl: Duration::from_secs(3),
+        ttl: Some(Duration::from_secs(3)),
         ..InstanceSpec::new("127.0.0.1", 9)
     };
     let registration = client.register("svc", "a", spec).await.unwrap();
@@ -297,7 +297,7 @@ async fn a_heartbeat_revives_a_lease_etcd_expired_during_a_pause() {
     let client = registry.client();
     let spec = InstanceSpec {
         // Whole seconds on etcd: the late marker (2 s) lapses before the lease.
-        ttl: Duration::from_secs(3),
+        ttl: Some(Duration::from_secs(3)),
         ..InstanceSpec::new("127.0.0.1", 9)
     };
     for id in ["a", "b", "c", "d"] {
@@ -428,7 +428,7 @@ async fn a_keyspace_larger_than_one_grpc_message_is_read_in_pages() {
     let big = json!({"address": "127.0.0.1", "port": 9, "ttl": "1h", "meta": meta});
     register_many(&registry.url, "big", 600, big).await;
     let dying = InstanceSpec {
-        ttl: Duration::from_secs(1),
+        ttl: Some(Duration::from_secs(1)),
         ..InstanceSpec::new("127.0.0.1", 9)
     };
     let last = registry
@@ -629,7 +629,7 @@ async fn a_failing_sweep_is_an_alarm() {
     // The lease must lapse only once etcd refuses writes, or the sweep
     // would mark it critical before (and removing it needs no room).
     let spec = InstanceSpec {
-        ttl: Duration::from_secs(5),
+        ttl: Some(Duration::from_secs(5)),
         ..InstanceSpec::new("127.0.0.1", 9)
     };
     registry

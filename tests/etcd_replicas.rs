@@ -12,6 +12,7 @@
 
 mod support;
 
+use http::StatusCode;
 use std::time::Duration;
 
 use support::etcd::{EtcdCluster, Fleet, FleetMember, RegistryProcess};
@@ -327,4 +328,78 @@ async fn the_etcd_leader_killed_under_heartbeat_load_fails_no_heartbeat() {
         0
     );
     fleet.stop().await;
+}
+
+/// The registry's own checks run once across the replicas, not once per
+/// replica: a checked instance is probed by one replica (the ranking
+/// adoption uses, over the live sessions), and when that replica dies its
+/// checks move to a survivor. An instance registered with a check and no
+/// `ttl` has no lease: the dead replica takes nothing with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_check_runs_on_one_replica_and_moves_when_it_dies() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = EtcdCluster::start(1).await;
+    let mut replicas = [
+        RegistryProcess::start(&cluster.all_endpoints(), "2s").await,
+        RegistryProcess::start(&cluster.all_endpoints(), "2s").await,
+    ];
+    let backend = FaultyBackend::start("checked").await;
+    let r = put_json(
+        &format!("{}/v1/services/svc/instances/checked", replicas[0].url),
+        serde_json::json!({"address": "127.0.0.1", "port": backend.addr.port(),
+                           "check": {"path": "/healthz", "interval": "200ms", "timeout": "200ms"}}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let checks = async |url: &str| {
+        metric(url, "portico_registry_checks_total{result=\"pass\"}").await
+            + metric(url, "portico_registry_checks_total{result=\"fail\"}").await
+    };
+    // A moment after start each replica knows the other's session; from
+    // then on one of them probes and the other's count stands still.
+    eventually("three checks", || async { backend.received() >= 3 }).await;
+    let before = [
+        checks(&replicas[0].url).await,
+        checks(&replicas[1].url).await,
+    ];
+    let got_before = backend.received();
+    eventually("10 more checks", || async {
+        backend.received() >= got_before + 10
+    })
+    .await;
+    let after = [
+        checks(&replicas[0].url).await,
+        checks(&replicas[1].url).await,
+    ];
+    let moved: Vec<usize> = (0..2).filter(|&i| after[i] > before[i]).collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one replica checks the instance: {before:?} -> {after:?}"
+    );
+    let (owner, other) = (moved[0], 1 - moved[0]);
+    assert!(
+        after[owner] - before[owner] >= 10,
+        "{before:?} -> {after:?}"
+    );
+
+    // The checking replica dies: the survivor takes the check over once
+    // the dead one's session ends.
+    replicas[owner].kill9();
+    let survivor = replicas[other].url.clone();
+    let at_kill = checks(&survivor).await;
+    eventually("the survivor to take the check over", || async {
+        checks(&survivor).await >= at_kill + 3
+    })
+    .await;
+    let v = get(&format!("{survivor}/v1/services/svc/instances"))
+        .await
+        .json();
+    assert_eq!(v["instances"][0]["status"], "passing", "{v}");
+    assert!(v["instances"][0].get("ttl").is_none(), "{v}");
 }

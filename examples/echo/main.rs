@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         client = client.with_token(token)?;
     }
     let mut spec = InstanceSpec::new(addr.ip().to_string(), addr.port());
-    spec.ttl = humantime::parse_duration(&args.ttl)?;
+    spec.ttl = Some(humantime::parse_duration(&args.ttl)?);
     let registration = client.register(&args.service, &args.id, spec).await?;
     println!(
         "echo {}/{} listening on http://{addr}",

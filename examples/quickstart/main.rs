@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let id = format!("echo-{n}");
         let mut spec = InstanceSpec::new(addr.ip().to_string(), addr.port());
-        spec.ttl = Duration::from_secs(10);
+        spec.ttl = Some(Duration::from_secs(10));
         spec.zone = Some("local".into());
         // The registry may still be binding; retry briefly. The listener is
         // already bound, so connections queue until the server below runs.

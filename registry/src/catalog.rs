@@ -106,9 +106,14 @@ pub struct RouteList {
 pub struct HeartbeatResponse {
     /// Status of the instance.
     pub status: Status,
-    /// Lease length that was renewed.
-    #[serde(with = "crate::model::duration_str")]
-    pub ttl: Duration,
+    /// Lease length that was renewed; `None` for an instance kept alive by
+    /// its check (no lease: the heartbeat renewed nothing).
+    #[serde(
+        with = "crate::model::duration_opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
     /// Registry revision (a heartbeat does not bump it).
     pub revision: Revision,
 }
@@ -271,7 +276,8 @@ impl Catalog {
         &self.metrics
     }
 
-    /// Registers or updates an instance and (re)starts its lease.
+    /// Registers or updates an instance and (re)starts its lease (or, with
+    /// a check and no ttl, removes any lease: the check keeps it).
     pub async fn register(
         &self,
         service: &str,
@@ -306,7 +312,7 @@ impl Catalog {
         };
         let revision = self
             .store
-            .put(&key, encode_instance(&instance), Some(ttl))
+            .put(&key, encode_instance(&instance), ttl)
             .await?;
         instance.revision = revision;
         Ok(RegisterResponse { instance, revision })
@@ -337,7 +343,11 @@ impl Catalog {
         if instance.status == Status::Critical && !instance.check_failing {
             return Err(not_found());
         }
-        let revision = self.store.keep_alive(&key).await?.ok_or_else(not_found)?;
+        // No lease to renew: the check keeps it; the heartbeat is harmless.
+        let revision = match instance.spec.ttl {
+            Some(_) => self.store.keep_alive(&key).await?.ok_or_else(not_found)?,
+            None => instance.revision,
+        };
         Ok(HeartbeatResponse {
             status: instance.status,
             ttl: instance.spec.ttl,

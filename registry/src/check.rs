@@ -19,8 +19,19 @@
 //! `tls_skip_verify` accepts any certificate. ALPN offers `http/1.1` to an
 //! HTTP check and `h2` to a gRPC one. A failed handshake is a failed check.
 //!
-//! With several registry replicas, each runs the same checks; the
-//! conditional writes keep that correct, at the cost of duplicated probes.
+//! A check with `tcp` passes when a connection opens (nothing is sent). An
+//! instance its check has kept `critical` for the check's
+//! `deregister_critical_after` is removed (conditionally, as a status flip).
+//! An instance registered with a check and no `ttl` has no lease: its check
+//! alone keeps it, until it is deregistered or removed that way.
+//!
+//! With several registry replicas (etcd), each follows every checked
+//! instance but probes only those assigned to it
+//! ([`crate::store::Store::assigned_here`]: rendezvous hashing over the live
+//! replica sessions), so each check runs once across the replicas; when a
+//! replica's session ends, its checks move to the survivors at their next
+//! round. Status changes are conditional writes, so a moment of differing
+//! views (a round run twice, or skipped) is harmless.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,7 +50,8 @@ use crate::catalog::{Catalog, decode_instance, encode_instance, instance_key};
 use crate::certificate::load::{CertError, provider};
 use crate::certificate::trust::{self, AnyServerCert};
 use crate::lease::unix_ms;
-use crate::model::{HttpCheck, Instance, Scheme, Status, WatchEvent};
+use crate::model::{Instance, InstanceCheck, Scheme, Status, WatchEvent};
+use crate::store::KeyValue;
 
 /// Instance metadata naming the TLS server name to verify and send as SNI
 /// (the same key gateways read).
@@ -80,7 +92,7 @@ impl CheckTls {
         })
     }
 
-    fn config(&self, check: &HttpCheck) -> Arc<ClientConfig> {
+    fn config(&self, check: &InstanceCheck) -> Arc<ClientConfig> {
         self.configs[usize::from(!check.tls_skip_verify)][usize::from(check.grpc_service.is_some())]
             .clone()
     }
@@ -164,7 +176,7 @@ pub fn spawn_checker(catalog: Arc<Catalog>, tls: CheckTls) -> JoinHandle<()> {
 }
 
 /// A running check: what it checks, where, and its task.
-type Running = (HttpCheck, Option<Target>, JoinHandle<()>);
+type Running = (InstanceCheck, Option<Target>, JoinHandle<()>);
 
 /// The check tasks; aborted with the checker, so none outlives it.
 #[derive(Default)]
@@ -217,68 +229,158 @@ async fn run(
     key: String,
     target: Option<Target>,
     tls: Arc<ClientConfig>,
-    check: HttpCheck,
+    check: InstanceCheck,
 ) {
-    let (mut passes, mut fails) = (0u32, 0u32);
+    let mut streak = Streak::default();
     loop {
         let wait = check.interval.mul_f64(0.9 + fastrand::f64() * 0.2);
         tokio::time::sleep(wait).await;
+        if !catalog.store().assigned_here(&key) {
+            // Another replica checks this one; start afresh if it comes back.
+            streak = Streak::default();
+            continue;
+        }
         let ok = match &target {
             Some(target) => tokio::time::timeout(check.timeout, probe(target, &tls, &check))
                 .await
                 .unwrap_or(false),
             None => false,
         };
-        if ok {
-            passes += 1;
-            fails = 0;
-        } else {
-            fails += 1;
-            passes = 0;
+        catalog.metrics().count_check(ok);
+        streak.record(ok);
+        // The local view (on etcd, the replica's mirror): a check round
+        // costs the store nothing unless the status changes.
+        let Ok(Some(kv)) = catalog.store().get_cached(&key).await else {
+            continue;
+        };
+        let Some(instance) = decode_instance(&kv) else {
+            continue;
+        };
+        if removed_as_critical(&catalog, &key, &kv, &instance, &check).await {
+            return;
         }
-        let Ok(Some(kv)) = catalog.store().get(&key).await else {
-            continue;
+        record(&catalog, &key, &kv, instance, &check, streak).await;
+    }
+}
+
+/// Passes or failures in a row.
+#[derive(Debug, Default, Clone, Copy)]
+struct Streak {
+    passes: u32,
+    fails: u32,
+}
+
+impl Streak {
+    fn record(&mut self, ok: bool) {
+        *self = match ok {
+            true => Streak {
+                passes: self.passes + 1,
+                fails: 0,
+            },
+            false => Streak {
+                passes: 0,
+                fails: self.fails + 1,
+            },
         };
-        let Some(mut instance) = decode_instance(&kv) else {
-            continue;
-        };
-        let flip_down = !ok
-            && fails >= check.failures
-            && matches!(instance.status, Status::Passing | Status::Warning);
-        let flip_up = ok && passes >= check.successes && instance.check_failing;
-        if !(flip_down || flip_up) {
-            continue;
+    }
+}
+
+/// Flips the instance's status when the streak says so, by a conditional
+/// write: a re-registration or drain racing the check wins.
+async fn record(
+    catalog: &Catalog,
+    key: &str,
+    kv: &KeyValue,
+    mut instance: Instance,
+    check: &InstanceCheck,
+    streak: Streak,
+) {
+    let flip_down = streak.fails >= check.failures
+        && matches!(instance.status, Status::Passing | Status::Warning);
+    let flip_up = streak.passes >= check.successes && instance.check_failing;
+    if !(flip_down || flip_up) {
+        return;
+    }
+    instance.status = if flip_down {
+        Status::Critical
+    } else {
+        Status::Passing
+    };
+    instance.check_failing = flip_down;
+    instance.status_since_ms = unix_ms();
+    match catalog
+        .store()
+        .put_if(key, encode_instance(&instance), kv.mod_revision)
+        .await
+    {
+        Ok(Some(_)) if flip_down => {
+            tracing::warn!(instance = %key, check = %describe(check), "registry check failing: instance critical");
         }
-        instance.status = if flip_down {
-            Status::Critical
-        } else {
-            Status::Passing
-        };
-        instance.check_failing = flip_down;
-        instance.status_since_ms = unix_ms();
-        match catalog
-            .store()
-            .put_if(&key, encode_instance(&instance), kv.mod_revision)
-            .await
-        {
-            Ok(Some(_)) if flip_down => {
-                tracing::warn!(instance = %key, path = %check.path, "registry check failing: instance critical");
-            }
-            Ok(Some(_)) => tracing::info!(instance = %key, "registry check passing again"),
-            Ok(None) => {} // changed meanwhile; the next round decides again
-            Err(e) => {
-                tracing::warn!(instance = %key, error = %e, "could not record a check result")
-            }
+        Ok(Some(_)) => tracing::info!(instance = %key, "registry check passing again"),
+        Ok(None) => {} // changed meanwhile; the next round decides again
+        Err(e) => {
+            tracing::warn!(instance = %key, error = %e, "could not record a check result")
         }
     }
 }
 
-/// One check on a fresh connection: an HTTP `GET path` or, with a
-/// `grpc_service`, a gRPC health check (h2c, or h2 over TLS).
-async fn probe(target: &Target, tls: &Arc<ClientConfig>, check: &HttpCheck) -> bool {
+/// Removes an instance its check has kept critical for the check's
+/// `deregister_critical_after` (what ends an instance with no lease that
+/// will never pass again). True when it was removed.
+async fn removed_as_critical(
+    catalog: &Arc<Catalog>,
+    key: &str,
+    kv: &KeyValue,
+    instance: &Instance,
+    check: &InstanceCheck,
+) -> bool {
+    let Some(after) = check.deregister_critical_after else {
+        return false;
+    };
+    let critical_for = unix_ms().saturating_sub(instance.status_since_ms);
+    if !(instance.check_failing && instance.status == Status::Critical)
+        || u128::from(critical_for) < after.as_millis()
+    {
+        return false;
+    }
+    // Its own task: the removal's event aborts this check's task (maybe
+    // before the write's answer is back), which must not lose the count.
+    let (catalog, key, revision) = (catalog.clone(), key.to_string(), kv.mod_revision);
+    let removal = tokio::spawn(async move {
+        match catalog.store().delete_if(&key, revision).await {
+            Ok(Some(_)) => {
+                catalog.metrics().count_check_removal();
+                tracing::info!(instance = %key, critical_for_ms = critical_for, "check critical past deregister_critical_after: instance removed");
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(instance = %key, error = %e, "could not remove an instance whose check stayed critical");
+                false
+            }
+        }
+    });
+    removal.await.unwrap_or(false)
+}
+
+/// How a check is named in logs: its path, gRPC service or `tcp`.
+fn describe(check: &InstanceCheck) -> &str {
+    match (&check.grpc_service, check.tcp) {
+        (Some(service), _) => service,
+        (None, true) => "tcp",
+        (None, false) => &check.path,
+    }
+}
+
+/// One check on a fresh connection: a TCP connect, an HTTP `GET path` or,
+/// with a `grpc_service`, a gRPC health check (h2c, or h2 over TLS).
+async fn probe(target: &Target, tls: &Arc<ClientConfig>, check: &InstanceCheck) -> bool {
     let Ok(tcp) = TcpStream::connect(&target.authority).await else {
         return false;
     };
+    if check.tcp {
+        return true;
+    }
     let _ = tcp.set_nodelay(true);
     let Some(name) = &target.tls else {
         return speak(TokioIo::new(tcp), "http", &target.authority, check).await;
@@ -296,7 +398,7 @@ async fn probe(target: &Target, tls: &Arc<ClientConfig>, check: &HttpCheck) -> b
 }
 
 /// The check's request over an open connection.
-async fn speak<T>(io: T, scheme: &str, authority: &str, check: &HttpCheck) -> bool
+async fn speak<T>(io: T, scheme: &str, authority: &str, check: &InstanceCheck) -> bool
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

@@ -486,7 +486,9 @@ async fn expire_capped(
     let now = tokio::time::Instant::now();
     let log = catalog.expiry_log();
     let lapsed = fresh.len();
-    fresh.retain(|(_, i)| !log.in_release_grace(now, i.spec.ttl));
+    fresh.retain(|(_, i)| {
+        !log.in_release_grace(now, i.spec.ttl.unwrap_or(crate::model::DEFAULT_TTL))
+    });
     let allowed = expiry_allowance(
         policy.expiry_cap,
         live,
@@ -600,7 +602,7 @@ mod tests {
         let catalog = Catalog::new(Arc::new(store), LeasePolicy::default());
         for i in 0..n {
             let mut spec = InstanceSpec::new("127.0.0.1", 1000 + i as u16);
-            spec.ttl = Duration::from_secs(10);
+            spec.ttl = Some(Duration::from_secs(10));
             catalog
                 .register("fleet", &format!("i{i}"), spec)
                 .await

@@ -30,6 +30,9 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[derive(Debug, Default)]
 pub struct RegistryMetrics {
     lease_expiries: AtomicU64,
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
+    check_removals: AtomicU64,
     watch_subscribers: Arc<AtomicI64>,
 }
 
@@ -42,6 +45,28 @@ impl RegistryMetrics {
     /// Leases expired since start.
     pub fn lease_expiries(&self) -> u64 {
         self.lease_expiries.load(Ordering::Relaxed)
+    }
+
+    /// Counts one check this replica ran.
+    pub fn count_check(&self, passed: bool) {
+        match passed {
+            true => &self.checks_passed,
+            false => &self.checks_failed,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one instance removed by its check's `deregister_critical_after`.
+    pub fn count_check_removal(&self) {
+        self.check_removals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Checks this replica ran since start: `(passed, failed)`.
+    pub fn checks(&self) -> (u64, u64) {
+        (
+            self.checks_passed.load(Ordering::Relaxed),
+            self.checks_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts an open `/v1/watch` stream until the guard drops (when the
@@ -82,6 +107,10 @@ pub struct Snapshot {
     pub expiry_held_back: usize,
     /// Leases expired since start.
     pub lease_expiries: u64,
+    /// Checks this replica ran since start: `(passed, failed)`.
+    pub checks: (u64, u64),
+    /// Instances removed by `deregister_critical_after` since start.
+    pub check_removals: u64,
     /// Watch streams open now.
     pub watch_subscribers: i64,
     /// Whether the store takes writes, and its failure counters.
@@ -114,6 +143,8 @@ impl Snapshot {
             self_preservation: preservation.active,
             expiry_held_back: preservation.held_back,
             lease_expiries: catalog.metrics().lease_expiries(),
+            checks: catalog.metrics().checks(),
+            check_removals: catalog.metrics().check_removals.load(Ordering::Relaxed),
             watch_subscribers: catalog.metrics().watch_subscribers(),
             store: catalog.store().write_health(),
             sweep_failures: sweeps.total,
@@ -205,7 +236,23 @@ impl Collector for Snapshot {
                 MetricType::Counter,
             )?
             .encode_counter::<NoLabelSet, _, u64>(&self.lease_expiries, None)?;
+        let mut checks = encoder.encode_descriptor(
+            "portico_registry_checks",
+            "Registry-run checks this replica sent since start, by result (each check runs on one replica).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [("pass", self.checks.0), ("fail", self.checks.1)] {
+            checks
+                .encode_family(&[("result", result)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
         let counters = [
+            (
+                "portico_registry_check_deregistrations",
+                "Instances removed because their check stayed critical for its deregister_critical_after.",
+                self.check_removals,
+            ),
             (
                 "portico_registry_sweep_failures",
                 "Lease sweeps that failed since start.",
@@ -303,6 +350,8 @@ mod tests {
             self_preservation: true,
             expiry_held_back: 2,
             lease_expiries: 3,
+            checks: (5, 6),
+            check_removals: 1,
             watch_subscribers: 1,
             store: WriteHealth {
                 refusing: Some("disk full".into()),
@@ -329,6 +378,9 @@ mod tests {
             "portico_registry_expiry_held_back 2",
             "portico_registry_revision 7",
             "portico_registry_lease_expiries_total 3",
+            "portico_registry_checks_total{result=\"pass\"} 5",
+            "portico_registry_checks_total{result=\"fail\"} 6",
+            "portico_registry_check_deregistrations_total 1",
             "portico_registry_watch_subscribers 1",
             "portico_registry_store_writable 0",
             "portico_registry_store_write_failures_total 2",

@@ -21,6 +21,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest lease a registration may ask for.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// Longest `check.deregister_critical_after`: a week.
+pub const MAX_DEREGISTER_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Weight when a registration names none.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest accepted weight; the smallest is 1.
@@ -132,23 +135,35 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
     /// Lease length: the instance must heartbeat within this or expire.
-    #[serde(with = "duration_str", default = "default_ttl")]
-    pub ttl: Duration,
-    /// An HTTP check the registry runs itself, if any.
+    /// `None`: no lease, the instance is kept alive by its `check` alone
+    /// (registered with a check and no `ttl`) until it is deregistered or
+    /// its check's `deregister_critical_after` runs out.
+    #[serde(
+        with = "duration_opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// A check the registry runs itself, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<Box<HttpCheck>>,
+    pub check: Option<Box<InstanceCheck>>,
 }
 
 /// A health check run by the registry (`"check"` at registration): `GET
-/// path` every `interval`, or with `grpc_service` a gRPC
-/// `grpc.health.v1.Health/Check` about that service; `failures` failures in
-/// a row make the instance `critical`, `successes` passes in a row make it
-/// `passing` again.
+/// path` every `interval`, with `grpc_service` a gRPC
+/// `grpc.health.v1.Health/Check` about that service, or with `tcp` a bare
+/// TCP connect; `failures` failures in a row make the instance `critical`,
+/// `successes` passes in a row make it `passing` again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HttpCheck {
+pub struct InstanceCheck {
     /// Path requested on the instance, e.g. `/healthz` (a gRPC check:
-    /// `/grpc.health.v1.Health/Check`).
+    /// `/grpc.health.v1.Health/Check`; a TCP check: empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// A TCP check: passes when a connection to the instance's address
+    /// opens within the timeout (Consul's `TCP` check), nothing is sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tcp: bool,
     /// A gRPC check: the service name asked about (`""`: the whole server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_service: Option<String>,
@@ -167,117 +182,60 @@ pub struct HttpCheck {
     /// registry has no CA for. Off unless set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_skip_verify: bool,
+    /// An instance critical because of this check for this long is removed
+    /// (Consul's `DeregisterCriticalServiceAfter`): what ends an instance
+    /// that has no lease and will never pass again. `None`: kept.
+    #[serde(
+        with = "duration_opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deregister_critical_after: Option<Duration>,
 }
 
-impl HttpCheck {
-    fn from_json(value: &serde_json::Value) -> Result<HttpCheck, Invalid> {
+impl InstanceCheck {
+    fn from_json(value: &serde_json::Value) -> Result<InstanceCheck, Invalid> {
         let serde_json::Value::Object(map) = value else {
             return Err(Invalid::field("check", "must be an object"));
         };
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 9] = [
             "path",
             "grpc_service",
+            "tcp",
             "interval",
             "timeout",
             "successes",
             "failures",
             "tls_skip_verify",
+            "deregister_critical_after",
         ];
         if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(Invalid::unknown_field(&format!("check.{unknown}")));
         }
-        let grpc_service = match map.get("grpc_service") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(
-                crate::route::check_grpc_service(s)
-                    .map_err(|r| Invalid::field("check.grpc_service", r))?,
-            ),
-            Some(_) => {
-                return Err(Invalid::field(
-                    "check.grpc_service",
-                    "must be a string (a gRPC service name, or \"\" for the whole server)",
-                ));
-            }
-        };
-        let path = match (map.get("path"), &grpc_service) {
-            (None | Some(serde_json::Value::Null), Some(_)) => {
-                crate::route::GRPC_HEALTH_PATH.to_string()
-            }
-            // As the check is written back (the method a gRPC check calls).
-            (Some(serde_json::Value::String(p)), Some(_))
-                if p == crate::route::GRPC_HEALTH_PATH =>
-            {
-                p.clone()
-            }
-            (Some(_), Some(_)) => {
-                return Err(Invalid::field(
-                    "check.path",
-                    "give path (an HTTP check) or grpc_service (a gRPC check), not both",
-                ));
-            }
-            (Some(serde_json::Value::String(p)), None)
-                if p.starts_with('/') && !p.chars().any(char::is_whitespace) =>
-            {
-                p.clone()
-            }
-            _ => {
-                return Err(Invalid::field(
-                    "check.path",
-                    "must be a path starting with '/' (or give grpc_service for a gRPC check)",
-                ));
-            }
-        };
-        let duration = |name: &str, default: Duration| -> Result<Duration, Invalid> {
-            match map.get(name) {
-                None | Some(serde_json::Value::Null) => Ok(default),
-                Some(serde_json::Value::String(s)) => {
-                    let d = humantime::parse_duration(s).map_err(|e| {
-                        Invalid::field(
-                            &format!("check.{name}"),
-                            format!("{e}: expected a duration such as \"10s\""),
-                        )
-                    })?;
-                    if !(Duration::from_millis(100)..=MAX_TTL).contains(&d) {
-                        return Err(Invalid::field(
-                            &format!("check.{name}"),
-                            "must be between 100ms and 1h",
-                        ));
-                    }
-                    Ok(d)
-                }
-                Some(_) => Err(Invalid::field(
-                    &format!("check.{name}"),
-                    "must be a duration string",
-                )),
-            }
-        };
-        let interval = duration("interval", Duration::from_secs(10))?;
-        let timeout = duration("timeout", Duration::from_secs(2))?;
+        let (path, grpc_service, tcp) = check_kind(map)?;
+        let interval = check_duration(map, "interval")?.unwrap_or(Duration::from_secs(10));
+        let timeout = check_duration(map, "timeout")?.unwrap_or(Duration::from_secs(2));
         if timeout > interval {
             return Err(Invalid::field(
                 "check.timeout",
                 "must not exceed the interval",
             ));
         }
-        let count = |name: &str, default: u32| -> Result<u32, Invalid> {
-            match map.get(name) {
-                None | Some(serde_json::Value::Null) => Ok(default),
-                Some(v) => match v.as_u64() {
-                    Some(n) if (1..=10).contains(&n) => Ok(n as u32),
-                    _ => Err(Invalid::field(
-                        &format!("check.{name}"),
-                        "must be an integer in 1..=10",
-                    )),
-                },
-            }
-        };
-        Ok(HttpCheck {
+        let deregister_critical_after = check_duration(map, "deregister_critical_after")?;
+        if deregister_critical_after.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(Invalid::field(
+                "check.deregister_critical_after",
+                "must be between 1s and 168h",
+            ));
+        }
+        Ok(InstanceCheck {
             path,
+            tcp,
             grpc_service,
             interval,
             timeout,
-            successes: count("successes", 1)?,
-            failures: count("failures", 3)?,
+            successes: check_count(map, "successes", 1)?,
+            failures: check_count(map, "failures", 3)?,
             tls_skip_verify: match map.get("tls_skip_verify") {
                 None | Some(serde_json::Value::Null) => false,
                 Some(serde_json::Value::Bool(b)) => *b,
@@ -288,16 +246,107 @@ impl HttpCheck {
                     ));
                 }
             },
+            deregister_critical_after,
         })
+    }
+}
+
+type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// Which check: `(path, grpc_service, tcp)`, exactly one kind given.
+fn check_kind(map: &JsonMap) -> Result<(String, Option<String>, bool), Invalid> {
+    let tcp = match map.get("tcp") {
+        None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => false,
+        Some(serde_json::Value::Bool(true)) => true,
+        Some(_) => return Err(Invalid::field("check.tcp", "must be true or false")),
+    };
+    let grpc_service = match map.get("grpc_service") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(
+            crate::route::check_grpc_service(s)
+                .map_err(|r| Invalid::field("check.grpc_service", r))?,
+        ),
+        Some(_) => {
+            return Err(Invalid::field(
+                "check.grpc_service",
+                "must be a string (a gRPC service name, or \"\" for the whole server)",
+            ));
+        }
+    };
+    const ONE_KIND: &str =
+        "give one of path (an HTTP check), grpc_service (a gRPC check) or tcp (a TCP check)";
+    if tcp && grpc_service.is_some() {
+        return Err(Invalid::field("check.tcp", ONE_KIND));
+    }
+    let path = match (map.get("path"), &grpc_service) {
+        (None | Some(serde_json::Value::Null), Some(_)) => {
+            crate::route::GRPC_HEALTH_PATH.to_string()
+        }
+        // As the check is written back (the method a gRPC check calls).
+        (Some(serde_json::Value::String(p)), Some(_)) if p == crate::route::GRPC_HEALTH_PATH => {
+            p.clone()
+        }
+        (None | Some(serde_json::Value::Null), None) if tcp => String::new(),
+        (Some(_), _) if tcp || grpc_service.is_some() => {
+            return Err(Invalid::field("check.path", ONE_KIND));
+        }
+        (Some(serde_json::Value::String(p)), None)
+            if p.starts_with('/') && !p.chars().any(char::is_whitespace) =>
+        {
+            p.clone()
+        }
+        _ => {
+            return Err(Invalid::field(
+                "check.path",
+                "must be a path starting with '/' (or give grpc_service for a gRPC check, or tcp: true for a TCP check)",
+            ));
+        }
+    };
+    Ok((path, grpc_service, tcp))
+}
+
+/// A check's duration field (`None` when absent): 100ms..=1h, or up to a
+/// week for `deregister_critical_after`.
+fn check_duration(map: &JsonMap, name: &str) -> Result<Option<Duration>, Invalid> {
+    let (max, says) = match name {
+        "deregister_critical_after" => (MAX_DEREGISTER_AFTER, "must be between 1s and 168h"),
+        _ => (MAX_TTL, "must be between 100ms and 1h"),
+    };
+    let field = || format!("check.{name}");
+    match map.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => {
+            let d = humantime::parse_duration(s).map_err(|e| {
+                Invalid::field(
+                    &field(),
+                    format!("{e}: expected a duration such as \"10s\""),
+                )
+            })?;
+            if !(Duration::from_millis(100)..=max).contains(&d) {
+                return Err(Invalid::field(&field(), says));
+            }
+            Ok(Some(d))
+        }
+        Some(_) => Err(Invalid::field(&field(), "must be a duration string")),
+    }
+}
+
+/// A check's count field: 1..=10.
+fn check_count(map: &JsonMap, name: &str, default: u32) -> Result<u32, Invalid> {
+    match map.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=10).contains(&n) => Ok(n as u32),
+            _ => Err(Invalid::field(
+                &format!("check.{name}"),
+                "must be an integer in 1..=10",
+            )),
+        },
     }
 }
 
 fn default_weight() -> u32 {
     DEFAULT_WEIGHT
-}
-
-fn default_ttl() -> Duration {
-    DEFAULT_TTL
 }
 
 impl InstanceSpec {
@@ -311,7 +360,7 @@ impl InstanceSpec {
             zone: None,
             tags: Vec::new(),
             meta: BTreeMap::new(),
-            ttl: DEFAULT_TTL,
+            ttl: Some(DEFAULT_TTL),
             check: None,
         }
     }
@@ -443,20 +492,21 @@ impl InstanceSpec {
             Some(_) => return Err(Invalid::field("meta", "must be an object of strings")),
         };
 
+        let check = match map.get("check") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(Box::new(InstanceCheck::from_json(v)?)),
+        };
+        // No ttl with a check: no lease, the check alone keeps the instance.
         let ttl = match map.get("ttl") {
-            None | Some(serde_json::Value::Null) => DEFAULT_TTL,
-            Some(serde_json::Value::String(s)) => parse_ttl(s)?,
+            None | Some(serde_json::Value::Null) if check.is_some() => None,
+            None | Some(serde_json::Value::Null) => Some(DEFAULT_TTL),
+            Some(serde_json::Value::String(s)) => Some(parse_ttl(s)?),
             Some(_) => {
                 return Err(Invalid::field(
                     "ttl",
                     "must be a duration string such as \"10s\"",
                 ));
             }
-        };
-
-        let check = match map.get("check") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => Some(Box::new(HttpCheck::from_json(v)?)),
         };
 
         Ok(InstanceSpec {
@@ -1180,6 +1230,28 @@ pub struct GatewayRecord {
     pub revision: u64,
 }
 
+/// [`duration_str`] for an optional duration (absent or `null`: `None`).
+pub mod duration_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes a duration in humantime's format (`None` is skipped by the field).
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads an optional duration string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// Serde adapter for durations written as strings such as `"10s"` or `"1m 30s"`.
 pub mod duration_str {
     use std::time::Duration;
@@ -1201,6 +1273,59 @@ pub mod duration_str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_without_a_ttl_means_no_lease() {
+        let kept = InstanceSpec::from_json(
+            br#"{"address":"a","port":1,"check":{"tcp":true,"deregister_critical_after":"90m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(kept.ttl, None);
+        let check = kept.check.as_ref().unwrap();
+        assert!(check.tcp && check.path.is_empty());
+        assert_eq!(
+            check.deregister_critical_after,
+            Some(Duration::from_secs(5400))
+        );
+        let json = serde_json::to_string(&kept).unwrap();
+        assert!(!json.contains("\"ttl\""), "{json}");
+        assert_eq!(InstanceSpec::from_json(json.as_bytes()).unwrap(), kept);
+        // A stored record reads back the same through serde.
+        assert_eq!(serde_json::from_str::<InstanceSpec>(&json).unwrap(), kept);
+        // With a ttl, the lease stays; without a check, the default lease.
+        let both = br#"{"address":"a","port":1,"ttl":"5s","check":{"path":"/h"}}"#;
+        assert_eq!(
+            InstanceSpec::from_json(both).unwrap().ttl,
+            Some(Duration::from_secs(5))
+        );
+        let plain = br#"{"address":"a","port":1}"#;
+        assert_eq!(
+            InstanceSpec::from_json(plain).unwrap().ttl,
+            Some(DEFAULT_TTL)
+        );
+        for (body, field) in [
+            (r#"{"tcp":true,"path":"/h"}"#, "check.path"),
+            (r#"{"tcp":true,"grpc_service":"x"}"#, "check.tcp"),
+            (r#"{"tcp":"yes"}"#, "check.tcp"),
+            (r#"{"tcp":false}"#, "check.path"),
+            (
+                r#"{"tcp":true,"deregister_critical_after":"500ms"}"#,
+                "check.deregister_critical_after",
+            ),
+            (
+                r#"{"tcp":true,"deregister_critical_after":"200h"}"#,
+                "check.deregister_critical_after",
+            ),
+            (
+                r#"{"tcp":true,"deregister_critical_after":5}"#,
+                "check.deregister_critical_after",
+            ),
+        ] {
+            let body = format!(r#"{{"address":"a","port":1,"check":{body}}}"#);
+            let e = InstanceSpec::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{body}");
+        }
+    }
 
     #[test]
     fn a_grpc_check_names_its_service_and_round_trips() {
@@ -1233,7 +1358,7 @@ mod tests {
     fn minimal_spec_gets_defaults() {
         let spec = InstanceSpec::from_json(br#"{"address":"10.0.0.1","port":8080}"#).unwrap();
         assert_eq!(spec.weight, DEFAULT_WEIGHT);
-        assert_eq!(spec.ttl, DEFAULT_TTL);
+        assert_eq!(spec.ttl, Some(DEFAULT_TTL));
         assert_eq!(spec.scheme, Scheme::Http);
     }
 

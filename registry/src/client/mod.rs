@@ -372,7 +372,9 @@ async fn heartbeat_loop(
     spec: InstanceSpec,
     mut stop: watch::Receiver<bool>,
 ) {
-    let period = spec.ttl / 3;
+    // Kept alive by its check: the registry needs nothing from it.
+    let Some(ttl) = spec.ttl else { return };
+    let period = ttl / 3;
     loop {
         let jitter = 0.9 + fastrand::f64() * 0.2;
         let wait = period.mul_f64(jitter);

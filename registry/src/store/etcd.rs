@@ -480,6 +480,10 @@ impl Store for EtcdStore {
         }
     }
 
+    fn assigned_here(&self, key: &str) -> bool {
+        self.0.leases.assigned_here(key)
+    }
+
     fn holding(&self) -> Option<Holding> {
         let (leases, batch) = (&self.0.leases, self.0.batcher.stats());
         Some(Holding {

@@ -320,6 +320,13 @@ pub trait Store: Send + Sync + 'static {
         WriteHealth::default()
     }
 
+    /// Whether this process does the work for `key` that must run once
+    /// across every process sharing the store (the registry's own checks).
+    /// Always, on a store with one process.
+    fn assigned_here(&self, _key: &str) -> bool {
+        true
+    }
+
     /// How a shared store holds leases; None on a store with one process.
     fn holding(&self) -> Option<Holding> {
         None

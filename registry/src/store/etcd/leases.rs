@@ -491,6 +491,28 @@ impl Leases {
         }
     }
 
+    /// Whether `key`'s once-across-replicas work (its registry check) falls
+    /// to this replica: the ranking adoption uses, over the live sessions
+    /// this replica sees. Never while it has no session it can vouch for (a
+    /// replica cut off from etcd leaves the work to the others). Views that
+    /// differ for a moment may run a check twice or skip a round; the
+    /// check's writes are conditional, so either is harmless.
+    pub(super) fn assigned_here(&self, key: &str) -> bool {
+        let Some(me) = self.vouched() else {
+            return false;
+        };
+        if !self.mirror.loaded() {
+            return false;
+        }
+        let sessions = self.mirror.sessions();
+        let winner = sessions
+            .keys()
+            .copied()
+            .chain([me])
+            .max_by_key(|s| rank(key, *s));
+        winner == Some(me)
+    }
+
     async fn adopt(&self, me: i64, live: &HashSet<i64>) {
         let orphans = self.mirror.orphans(live);
         let now = Instant::now();
