@@ -388,7 +388,10 @@ impl Catalog {
             let lapsed = instance.status == Status::Critical && !instance.check_failing;
             let same = instance.status == status && instance.check_failing == failing;
             if instance.status == Status::Draining || same {
-                let revision = self.store.keep_alive(&key).await?.ok_or_else(not_found)?;
+                let revision = match instance.spec.ttl {
+                    Some(_) => self.store.keep_alive(&key).await?.ok_or_else(not_found)?,
+                    None => instance.revision,
+                };
                 return Ok(HeartbeatResponse {
                     status: instance.status,
                     ttl: instance.spec.ttl,
@@ -400,12 +403,12 @@ impl Catalog {
             instance.status_since_ms = unix_ms();
             let value = encode_instance(&instance);
             let written = if lapsed {
-                Some(self.store.put(&key, value, Some(instance.spec.ttl)).await?)
+                Some(self.store.put(&key, value, instance.spec.ttl).await?)
             } else {
                 self.store.put_if(&key, value, kv.mod_revision).await?
             };
             if let Some(revision) = written {
-                if !lapsed {
+                if !lapsed && instance.spec.ttl.is_some() {
                     self.store.keep_alive(&key).await?;
                 }
                 return Ok(HeartbeatResponse {

@@ -556,7 +556,7 @@ mod tests {
             "the caller's address by default"
         );
         assert_eq!(r.spec.weight, MAX_WEIGHT, "cut to Portico's maximum");
-        assert_eq!(r.spec.ttl, Duration::from_secs(10));
+        assert_eq!(r.spec.ttl, Some(Duration::from_secs(10)));
         assert_eq!(r.spec.tags, ["a"]);
         assert_eq!(
             ok(json!({"Name": "api", "Port": 1, "Check": {"TTL": "5s"}})).id,

@@ -132,6 +132,7 @@ pub(super) struct Check<'a> {
 pub(super) fn check(i: &Instance) -> Check<'_> {
     let kind = match &i.spec.check {
         Some(c) if c.grpc_service.is_some() => "grpc",
+        Some(c) if c.tcp => "tcp",
         Some(_) => "http",
         None => "ttl",
     };
