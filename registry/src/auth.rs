@@ -838,6 +838,31 @@ mod tests {
     }
 
     #[test]
+    fn consul_writes_need_a_register_token_whatever_the_method() {
+        for (method, path) in [
+            (Method::PUT, "/v1/agent/service/register"),
+            (Method::GET, "/v1/agent/service/deregister/web-1"),
+            (Method::GET, "/v1/agent/check/pass/service:web-1"),
+            (Method::PUT, "/v1/agent/check/update/service:web-1"),
+        ] {
+            assert_eq!(
+                classify(&method, path),
+                Need::SomeInstance,
+                "{method} {path}"
+            );
+        }
+        assert_eq!(classify(&Method::GET, "/v1/agent/services"), Need::Read);
+        assert_eq!(classify(&Method::GET, "/v1/health/service/web"), Need::Read);
+        let g = |role| Grant {
+            role,
+            services: vec!["web".into()],
+        };
+        assert!(g(Role::Register).allows(&Need::SomeInstance));
+        assert!(!g(Role::Read).allows(&Need::SomeInstance));
+        assert!(!g(Role::Gateway).allows(&Need::SomeInstance));
+    }
+
+    #[test]
     fn grants_allow_by_role_and_service() {
         let g = |role, services: &[&str]| Grant {
             role,

@@ -65,7 +65,7 @@ pub const INDEX_HEADER: &str = "x-consul-index";
 const MAX_BODY: usize = 64 * 1024;
 
 /// The address a connection comes from, put in each request's extensions
-/// by [`crate::api::serve`] (a registration without `Address` defaults to
+/// by the API server (`api::serve`; a registration without `Address` defaults to
 /// it). Its own type because axum provides `SocketAddr` for its TCP
 /// listener only, and the registry also serves through TLS.
 #[derive(Debug, Clone, Copy)]

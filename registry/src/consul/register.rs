@@ -138,7 +138,7 @@ fn join(path: &str, name: &str) -> String {
     }
 }
 
-fn bad(message: String) -> ConsulError {
+fn bad(message: impl std::fmt::Display) -> ConsulError {
     ConsulError::bad_request(format!("Invalid service registration: {message}"))
 }
 
@@ -161,21 +161,19 @@ pub(super) fn translate(body: &[u8], caller: Option<IpAddr>) -> Result<Registrat
     let mut f = Fields::new("", value)?;
     let service = f
         .string("name", "Name")?
-        .ok_or_else(|| bad("Name: is required (the service's name)".into()))?;
-    validate_service_name(&service).map_err(|e| name_refused("Name", e))?;
+        .ok_or_else(|| bad("Name: is required (the service's name)"))?;
+    validate_service_name(&service).map_err(|e| name_refused("Name", &e))?;
     let id = f.string("id", "ID")?.unwrap_or_else(|| service.clone());
-    validate_instance_id(&id).map_err(|e| name_refused("ID", e))?;
+    validate_instance_id(&id).map_err(|e| name_refused("ID", &e))?;
     let address = match f.string("address", "Address")? {
         Some(a) if !a.is_empty() => a,
         _ => caller
             .map(|ip| ip.to_string())
-            .ok_or_else(|| bad("Address: is required".into()))?,
+            .ok_or_else(|| bad("Address: is required"))?,
     };
     let port = match f.take("port") {
         None => {
-            return Err(bad(
-                "Port: is required (Portico routes to Address:Port)".into()
-            ));
+            return Err(bad("Port: is required (Portico routes to Address:Port)"));
         }
         Some(p) => p,
     };
@@ -195,7 +193,7 @@ pub(super) fn translate(body: &[u8], caller: Option<IpAddr>) -> Result<Registrat
     f.finish(&IGNORED)?;
     let status = checks.apply(&mut native, instance)?;
     let body = serde_json::to_vec(&Value::Object(native)).expect("JSON serialises");
-    let spec = InstanceSpec::from_json(&body).map_err(|e| native_refused(e, &checks))?;
+    let spec = InstanceSpec::from_json(&body).map_err(|e| native_refused(&e, &checks))?;
     Ok(Registration {
         service,
         id,
@@ -205,7 +203,7 @@ pub(super) fn translate(body: &[u8], caller: Option<IpAddr>) -> Result<Registrat
 }
 
 /// A Consul name Portico cannot store: refused, never renamed.
-fn name_refused(field: &str, e: Invalid) -> ConsulError {
+fn name_refused(field: &str, e: &Invalid) -> ConsulError {
     let reason = e.reason.split_once(": ").map_or(&*e.reason, |(_, r)| r);
     bad(format!(
         "{field}: {reason} (Portico keeps service names and ids as DNS-style labels \
@@ -219,7 +217,7 @@ fn weight(value: Value) -> Result<u64, ConsulError> {
     let passing = w.uint("passing", "Passing")?.unwrap_or(1);
     w.finish(&["warning"])?;
     if passing == 0 {
-        return Err(bad("Weights.Passing: must be at least 1".into()));
+        return Err(bad("Weights.Passing: must be at least 1"));
     }
     Ok(passing.min(u64::from(MAX_WEIGHT)))
 }
@@ -250,13 +248,12 @@ fn checks(f: &mut Fields, id: &str) -> Result<Checks, ConsulError> {
                 given.push((format!("Checks[{n}]"), c));
             }
         }
-        Some(_) => return Err(bad("Checks: must be a list of checks".into())),
+        Some(_) => return Err(bad("Checks: must be a list of checks")),
     }
     if given.is_empty() {
         return Err(bad(
             "Check: a TTL, HTTP, TCP or GRPC check is required (without one Portico \
-             could not tell when the instance is gone)"
-                .into(),
+             could not tell when the instance is gone)",
         ));
     }
     let mut checks = Checks {
@@ -489,7 +486,7 @@ fn same_target(target: &str, instance: (&str, u64), field: &str) -> Result<(), C
 }
 
 /// A refusal of the native validation, named as the Consul field it came from.
-fn native_refused(e: Invalid, checks: &Checks) -> ConsulError {
+fn native_refused(e: &Invalid, checks: &Checks) -> ConsulError {
     let field = e.field.as_deref().unwrap_or("");
     let active = checks.active.as_ref().map_or("Check", |(_, p)| p.as_str());
     let ttl = checks.ttl.as_ref().map_or("Check.TTL", |(_, p)| p.as_str());
@@ -535,7 +532,7 @@ mod tests {
     use super::*;
 
     fn ok(body: Value) -> Registration {
-        translate(body.to_string().as_bytes(), Some([10, 0, 0, 7].into())).unwrap()
+        translate(body.to_string().as_bytes(), Some([10, 0, 0, 7])).unwrap()
     }
 
     fn refused(body: Value) -> String {
