@@ -77,14 +77,29 @@ async fn status_of(url: &str, service: &str, id: &str) -> Option<String> {
         .map(|(_, s)| s)
 }
 
+/// `--store` for `portico up`: a fresh etcd when the registry suites run
+/// there (`PORTICO_TEST_STORE=etcd`), kept alive by the returned handle.
+async fn store_for_up() -> (String, Option<Box<dyn std::any::Any>>) {
+    #[cfg(feature = "etcd")]
+    if support::store_under_test() == "etcd" {
+        let cluster = support::etcd::EtcdCluster::start(1).await;
+        let store = format!("etcd:{}", cluster.endpoints().join(","));
+        return (store, Some(Box::new(cluster)));
+    }
+    ("embedded".to_string(), None)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_consul_registers_passes_is_routed_lapses_and_deregisters() {
     let (_dir, data) = data_dir();
     let (gw_port, reg_port) = (free_port(), free_port());
     let listen = format!("127.0.0.1:{gw_port}");
     let control = format!("127.0.0.1:{reg_port}");
+    let (store, _etcd) = store_for_up().await;
     let _up = ChildProcess::spawn(&[
         "up",
+        "--store",
+        &store,
         "--listen",
         &listen,
         "--control",

@@ -17,6 +17,7 @@
 //! it always was; [`check_exposure`] refuses to run it that way on a
 //! non-loopback address unless asked to.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -482,15 +483,15 @@ fn is_consul(path: &str) -> bool {
 /// Consul API also `X-Consul-Token` or `?token=` (Consul's own ways; not
 /// elsewhere, so the native API keeps one way and tokens stay out of its
 /// URLs and logs).
-fn presented(req: &Request) -> Option<Vec<u8>> {
+fn presented(req: &Request) -> Option<Cow<'_, [u8]>> {
     if let Some(secret) = bearer(req.headers()) {
-        return Some(secret.to_vec());
+        return Some(Cow::Borrowed(secret));
     }
     if !is_consul(req.uri().path()) {
         return None;
     }
     if let Some(v) = req.headers().get("x-consul-token") {
-        return Some(v.as_bytes().to_vec());
+        return Some(Cow::Borrowed(v.as_bytes()));
     }
     let query = req.uri().query()?;
     let uri: axum::http::Uri = format!("/?{query}").parse().ok()?;
@@ -499,7 +500,7 @@ fn presented(req: &Request) -> Option<Vec<u8>> {
         .0
         .into_iter()
         .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_bytes())
+        .map(|(_, v)| Cow::Owned(v.into_bytes()))
 }
 
 /// A refusal on the Consul API: 403 and a line of plain text, as Consul

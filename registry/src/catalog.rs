@@ -388,10 +388,7 @@ impl Catalog {
             let lapsed = instance.status == Status::Critical && !instance.check_failing;
             let same = instance.status == status && instance.check_failing == failing;
             if instance.status == Status::Draining || same {
-                let revision = match instance.spec.ttl {
-                    Some(_) => self.store.keep_alive(&key).await?.ok_or_else(not_found)?,
-                    None => instance.revision,
-                };
+                let revision = self.renew(&key, &instance).await?.ok_or_else(not_found)?;
                 return Ok(HeartbeatResponse {
                     status: instance.status,
                     ttl: instance.spec.ttl,
@@ -408,8 +405,8 @@ impl Catalog {
                 self.store.put_if(&key, value, kv.mod_revision).await?
             };
             if let Some(revision) = written {
-                if !lapsed && instance.spec.ttl.is_some() {
-                    self.store.keep_alive(&key).await?;
+                if !lapsed {
+                    self.renew(&key, &instance).await?;
                 }
                 return Ok(HeartbeatResponse {
                     status,
@@ -423,6 +420,15 @@ impl Catalog {
         Err(CatalogError::Store(StoreError::Unavailable(
             "instance kept changing while its status was being set".into(),
         )))
+    }
+
+    /// Renews `instance`'s lease, if it has one: the store's revision, or
+    /// the instance's own when the check alone keeps it. `None`: gone.
+    async fn renew(&self, key: &str, instance: &Instance) -> Result<Option<Revision>, StoreError> {
+        match instance.spec.ttl {
+            Some(_) => self.store.keep_alive(key).await,
+            None => Ok(Some(instance.revision)),
+        }
     }
 
     /// Marks an instance `draining`: gateways stop sending it new requests

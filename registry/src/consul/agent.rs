@@ -253,8 +253,9 @@ pub(super) async fn services(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ConsulError> {
     let query = Query::parse(raw.as_deref())?;
-    wait_for_change(&app, INSTANCES, &query).await?;
+    let unchanged = wait_for_change(&app, INSTANCES, &query).await?;
     let (instances, revision) = app.catalog.instances(None).await?;
+    let revision = unchanged.unwrap_or(revision);
     let map: BTreeMap<&str, wire::AgentService<'_>> = instances
         .iter()
         .map(|i| (i.id.as_str(), wire::agent_service(i)))

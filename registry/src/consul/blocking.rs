@@ -119,29 +119,36 @@ pub(super) fn parse_bool(name: &str, value: &str) -> Result<bool, ConsulError> {
 /// when there is no index, when the index is ahead of the store (Consul
 /// resets then: the client's index is from a store that was replaced), and
 /// when the history since the index is gone (only a fresh read can tell).
+///
+/// `Some(index)` when the wait ended with nothing changed: the answer then
+/// carries the client's own index back, as Consul's does, because the
+/// store's revision also moves with writes the query does not read (other
+/// services, gateway records), and a client such as Prometheus takes a
+/// moved index for news.
 pub(super) async fn wait_for_change(
     app: &ConsulState,
     prefix: &str,
     query: &Query,
-) -> Result<(), ConsulError> {
+) -> Result<Option<Revision>, ConsulError> {
     let Some(index) = query.index.filter(|i| *i > 0) else {
-        return Ok(());
+        return Ok(None);
     };
     let store = app.catalog.store();
     let current = store.revision().await?;
     if index > consul_index(current) {
-        return Ok(());
+        return Ok(None);
     }
     let Ok(mut watch) = store.watch(prefix, index.min(current)).await else {
-        return Ok(());
+        return Ok(None);
     };
     let deadline = tokio::time::Instant::now() + query.wait();
     let mut closing = app.closing.clone();
-    tokio::select! {
-        _ = tokio::time::timeout_at(deadline, watch.next()) => {}
-        _ = closing.wait_for(|c| *c) => {}
-    }
-    Ok(())
+    let changed = tokio::select! {
+        // A change, or a failed watch: either way a fresh read and index.
+        next = tokio::time::timeout_at(deadline, watch.next()) => next.is_ok(),
+        _ = closing.wait_for(|c| *c) => false,
+    };
+    Ok((!changed).then_some(index))
 }
 
 #[cfg(test)]

@@ -24,13 +24,13 @@ async fn service_instances(
         let revision = app.catalog.store().revision().await?;
         return Ok((Vec::new(), revision));
     }
-    wait_for_change(app, &format!("{INSTANCES}{name}/"), query).await?;
+    let unchanged = wait_for_change(app, &format!("{INSTANCES}{name}/"), query).await?;
     let (mut instances, revision) = app.catalog.instances(Some(name)).await?;
     instances.retain(|i| {
         query.tags.iter().all(|t| i.spec.tags.contains(t))
             && (!query.passing || i.status == Status::Passing)
     });
-    Ok((instances, revision))
+    Ok((instances, unchanged.unwrap_or(revision)))
 }
 
 /// `GET /v1/catalog/services`: service name -> its instances' tags.
@@ -39,8 +39,9 @@ pub(super) async fn catalog_services(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ConsulError> {
     let query = Query::parse(raw.as_deref())?;
-    wait_for_change(&app, INSTANCES, &query).await?;
+    let unchanged = wait_for_change(&app, INSTANCES, &query).await?;
     let (instances, revision) = app.catalog.instances(None).await?;
+    let revision = unchanged.unwrap_or(revision);
     let mut services: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for i in &instances {
         let tags = services.entry(&i.service).or_default();
@@ -98,8 +99,9 @@ pub(super) async fn health_state(
         )));
     }
     let query = Query::parse(raw.as_deref())?;
-    wait_for_change(&app, INSTANCES, &query).await?;
+    let unchanged = wait_for_change(&app, INSTANCES, &query).await?;
     let (instances, revision) = app.catalog.instances(None).await?;
+    let revision = unchanged.unwrap_or(revision);
     let checks: Vec<_> = instances
         .iter()
         .filter(|i| state == "any" || wire::status_name(i.status) == state)

@@ -532,7 +532,7 @@ mod tests {
     use super::*;
 
     fn ok(body: Value) -> Registration {
-        translate(body.to_string().as_bytes(), Some([10, 0, 0, 7])).unwrap()
+        translate(body.to_string().as_bytes(), Some([10, 0, 0, 7].into())).unwrap()
     }
 
     fn refused(body: Value) -> String {
