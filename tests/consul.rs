@@ -269,7 +269,10 @@ async fn spring_cloud_consul_requests() {
     assert_eq!(entries[0]["Checks"][0]["Type"], "http");
     // Kept by its check alone (no lease): the check's failures show.
     let native = get(&format!("{url}/v1/services/orders/instances"), &[]).await;
-    assert!(native.json()["instances"][0].get("ttl").is_none());
+    let instance = &native.json()["instances"][0];
+    assert!(instance.get("ttl").is_none());
+    assert!(instance["check"]["deregister_critical_after"].is_string());
+    assert_eq!(instance["check"]["path"], "/actuator/health");
     backend.set_failing(true);
     eventually("the HTTP check to make orders critical", || async {
         status_of(url, "orders", &id).await.as_deref() == Some("critical")
@@ -450,6 +453,19 @@ async fn check_updates_and_native_instances() {
     assert_eq!(
         status_of(url, "api", "a1").await.as_deref(),
         Some("passing")
+    );
+    // A pass that changes nothing costs what a heartbeat costs: no write.
+    let written_at = || async {
+        let r = get(&format!("{url}/v1/services/api/instances"), &[]).await;
+        r.json()["instances"][0]["revision"].as_u64().unwrap()
+    };
+    let before = written_at().await;
+    check_verb(url, "pass", "service:a1").await;
+    check_verb(url, "pass", "service:a1:2").await;
+    assert_eq!(
+        written_at().await,
+        before,
+        "a pass of a passing check wrote"
     );
     let r = put(
         &format!("{url}/v1/agent/check/update/service:a1"),
