@@ -513,6 +513,19 @@ async fn check_updates_and_native_instances() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = put(
+        &format!("{url}/v1/agent/service/register"),
+        &[],
+        json!({"Name": "other", "ID": "a2", "Address": "127.0.0.1", "Port": 7002,
+            "Check": {"TTL": "1s"}}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "an id moved to another service"
+    );
+    assert!(text(&r).contains("ID"), "{}", text(&r));
     let r = send(
         Method::PUT,
         &format!("{url}/v1/agent/service/deregister/a2"),

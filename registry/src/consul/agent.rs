@@ -34,6 +34,7 @@ pub(super) async fn register(
     let caller = caller.map(|c| c.0.0.0.ip());
     let r = super::register::translate(&body, caller)?;
     allowed(grant, &r.service)?;
+    refuse_moved_id(&app, &r.id, &r.service).await?;
     app.catalog.register(&r.service, &r.id, r.spec).await?;
     if let Some(status) = r.status.filter(|s| *s != Status::Passing) {
         app.catalog
@@ -195,6 +196,35 @@ async fn lookup(app: &ConsulState, id: &str) -> Result<String, ConsulError> {
              API, which names the service"
         ))),
     }
+}
+
+/// Refuses an `ID` this registry knows under another service that still
+/// has it. Consul would move the id to the new name; Portico keys instances
+/// by service and id, so it would keep both, and the checks of the id could
+/// no longer tell which one they renew.
+async fn refuse_moved_id(app: &ConsulState, id: &str, service: &str) -> Result<(), ConsulError> {
+    let hint = app
+        .services_by_id
+        .lock()
+        .expect("poisoned")
+        .get(id)
+        .cloned();
+    let Some(other) = hint.filter(|s| s != service) else {
+        return Ok(());
+    };
+    if app
+        .catalog
+        .store()
+        .get_cached(&instance_key(&other, id))
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    Err(ConsulError::bad_request(format!(
+        "Invalid service registration: ID: {id:?} is registered for service {other:?}; \
+         deregister it first (Portico keys instances by service and id)"
+    )))
 }
 
 fn remember(app: &ConsulState, id: &str, service: &str) {
