@@ -117,7 +117,11 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .with_state(AppState { catalog, closing })
+        .with_state(AppState {
+            catalog: catalog.clone(),
+            closing: closing.clone(),
+        })
+        .merge(crate::consul::router(catalog, closing))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then ends watch
@@ -130,11 +134,14 @@ pub async fn serve<L>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+    crate::consul::Peer:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     let (closing_tx, closing_rx) = watch::channel(false);
     let app = crate::auth::protect(router(catalog, closing_rx), tokens);
+    // The peer address: a Consul registration without an `Address` defaults to it.
+    let app = app.into_make_service_with_connect_info::<crate::consul::Peer>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

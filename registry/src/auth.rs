@@ -17,6 +17,7 @@
 //! it always was; [`check_exposure`] refuses to run it that way on a
 //! non-loopback address unless asked to.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -108,6 +109,7 @@ impl Grant {
                 }
                 Role::Read | Role::Gateway => false,
             },
+            Need::SomeInstance => matches!(self.role, Role::Register | Role::Admin),
             Need::Coordination => matches!(self.role, Role::Gateway | Role::Admin),
             Need::Admin => self.role == Role::Admin,
         }
@@ -392,6 +394,12 @@ pub enum Need<'a> {
     /// `acme-*` certificates they order, and their own gateway records):
     /// `gateway` or `admin`.
     Coordination,
+    /// A write on an instance whose service the path does not name (the
+    /// Consul API: `/v1/agent/service/register`, `/v1/agent/check/pass/{id}`):
+    /// `register` or `admin`. The handler checks a `register` grant limited
+    /// to some services once it knows the service (the grant is handed to
+    /// it in the request's extensions).
+    SomeInstance,
     /// `admin` only.
     Admin,
 }
@@ -399,6 +407,9 @@ pub enum Need<'a> {
 /// Classifies a request. Generic on purpose: an endpoint added later falls
 /// into a class without being named here.
 ///
+/// - any method on the Consul API's writes (`/v1/agent/service/register`,
+///   `/v1/agent/service/deregister/{id}`, `/v1/agent/check/...`), which
+///   older Consul clients send as GET: [`Need::SomeInstance`].
 /// - `GET`/`HEAD` on `/healthz` or `/readyz`: [`Need::Nothing`].
 /// - `GET`/`HEAD` on `/v1/consumers` or below: [`Need::Admin`] (who may
 ///   call which routes, and their metadata, is an operator's business).
@@ -419,6 +430,12 @@ pub enum Need<'a> {
 /// equals a configured one (names are `[a-z0-9-]`), so it is refused rather
 /// than decoded.
 pub fn classify<'a>(method: &Method, path: &'a str) -> Need<'a> {
+    if path == "/v1/agent/service/register"
+        || path.starts_with("/v1/agent/service/deregister/")
+        || path.starts_with("/v1/agent/check/")
+    {
+        return Need::SomeInstance;
+    }
     if *method == Method::GET || *method == Method::HEAD {
         return match path {
             "/healthz" | "/readyz" => Need::Nothing,
@@ -454,6 +471,52 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Need<'a> {
     }
 }
 
+/// Whether `path` is on the Consul API, whose clients send their token as
+/// `X-Consul-Token` or `?token=` and read refusals as plain text.
+fn is_consul(path: &str) -> bool {
+    ["/v1/agent/", "/v1/catalog/", "/v1/health/", "/v1/status/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// The secret a request presents: `Authorization: Bearer`, and on the
+/// Consul API also `X-Consul-Token` or `?token=` (Consul's own ways; not
+/// elsewhere, so the native API keeps one way and tokens stay out of its
+/// URLs and logs).
+fn presented(req: &Request) -> Option<Cow<'_, [u8]>> {
+    if let Some(secret) = bearer(req.headers()) {
+        return Some(Cow::Borrowed(secret));
+    }
+    if !is_consul(req.uri().path()) {
+        return None;
+    }
+    if let Some(v) = req.headers().get("x-consul-token") {
+        return Some(Cow::Borrowed(v.as_bytes()));
+    }
+    let query = req.uri().query()?;
+    let uri: axum::http::Uri = format!("/?{query}").parse().ok()?;
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).ok()?;
+    pairs
+        .0
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| Cow::Owned(v.into_bytes()))
+}
+
+/// A refusal on the Consul API: 403 and a line of plain text, as Consul
+/// answers every ACL refusal (its clients read 401 as "ACLs disabled").
+fn consul_refusal(message: String) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        message,
+    )
+        .into_response()
+}
+
 /// The secret of an `Authorization: Bearer <secret>` header.
 fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
@@ -487,12 +550,23 @@ async fn authorize(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) 
     if need == Need::Nothing {
         return next.run(req).await;
     }
-    let Some(presented) = bearer(req.headers()) else {
+    let consul = is_consul(req.uri().path());
+    let Some(presented) = presented(&req) else {
         tracing::debug!(method = %req.method(), path = req.uri().path(), "refused: no bearer token");
+        if consul {
+            return consul_refusal(
+                "Permission denied: no token (send X-Consul-Token, ?token= or \
+                 Authorization: Bearer)"
+                    .into(),
+            );
+        }
         return unauthorized("missing bearer token: send Authorization: Bearer <token>");
     };
-    let Some(grant) = tokens.find(presented) else {
+    let Some(grant) = tokens.find(&presented) else {
         tracing::debug!(method = %req.method(), path = req.uri().path(), "refused: unknown token");
+        if consul {
+            return consul_refusal("ACL not found".into());
+        }
         return unauthorized("unknown token");
     };
     let keys = KeyAccess(grant.may_hold_keys());
@@ -504,9 +578,16 @@ async fn authorize(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) 
             Need::Instance { service } => {
                 format!("a register token for service {service:?} or an admin token")
             }
+            Need::SomeInstance => "a register or an admin token".to_string(),
             Need::Coordination => "a gateway or an admin token".to_string(),
             _ => "an admin token".to_string(),
         };
+        if consul {
+            return consul_refusal(format!(
+                "Permission denied: this {} token may not do this: it needs {needed}",
+                grant.role
+            ));
+        }
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -517,8 +598,12 @@ async fn authorize(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) 
         )
         .into_response();
     }
+    let hand_grant = need == Need::SomeInstance;
     let mut req = req;
     req.extensions_mut().insert(keys);
+    if hand_grant {
+        req.extensions_mut().insert(grant.clone());
+    }
     next.run(req).await
 }
 
@@ -751,6 +836,31 @@ mod tests {
         assert_eq!(c(Method::DELETE, "/v1/gateways/edge-1"), co);
         assert_eq!(c(Method::PUT, "/v1/gateways"), Need::Admin);
         assert_eq!(c(Method::GET, "/v1/gateways"), Need::Read);
+    }
+
+    #[test]
+    fn consul_writes_need_a_register_token_whatever_the_method() {
+        for (method, path) in [
+            (Method::PUT, "/v1/agent/service/register"),
+            (Method::GET, "/v1/agent/service/deregister/web-1"),
+            (Method::GET, "/v1/agent/check/pass/service:web-1"),
+            (Method::PUT, "/v1/agent/check/update/service:web-1"),
+        ] {
+            assert_eq!(
+                classify(&method, path),
+                Need::SomeInstance,
+                "{method} {path}"
+            );
+        }
+        assert_eq!(classify(&Method::GET, "/v1/agent/services"), Need::Read);
+        assert_eq!(classify(&Method::GET, "/v1/health/service/web"), Need::Read);
+        let g = |role| Grant {
+            role,
+            services: vec!["web".into()],
+        };
+        assert!(g(Role::Register).allows(&Need::SomeInstance));
+        assert!(!g(Role::Read).allows(&Need::SomeInstance));
+        assert!(!g(Role::Gateway).allows(&Need::SomeInstance));
     }
 
     #[test]

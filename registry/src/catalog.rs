@@ -355,6 +355,82 @@ impl Catalog {
         })
     }
 
+    /// A heartbeat that also carries the status the client reports (a
+    /// Consul TTL check's pass, warn or fail): renews the lease and sets
+    /// `status` (`passing`, `warning` or `critical`).
+    ///
+    /// A status the instance already has costs what a heartbeat costs (a
+    /// cached read and a lease renewal, no write). A change is one
+    /// conditional write that keeps the lease, then the renewal. A client
+    /// failing its own check is `critical` with `check_failing` set: that
+    /// flag already means "critical because a check says so, not because
+    /// the lease lapsed", which is what keeps heartbeats (and this call)
+    /// accepted and the lease running, so no second flag is needed. An
+    /// instance whose lease did lapse is written again with a fresh lease,
+    /// as a re-registration would, because a Consul client passing a lapsed
+    /// TTL check expects it back. A draining instance stays draining (an
+    /// operator's decision outranks a client's report); its lease is renewed.
+    pub async fn heartbeat_with_status(
+        &self,
+        service: &str,
+        id: &str,
+        status: Status,
+    ) -> Result<HeartbeatResponse, CatalogError> {
+        let key = instance_key(service, id);
+        let not_found = || CatalogError::NotFound {
+            kind: "instance",
+            id: format!("{service}/{id}"),
+        };
+        let failing = status == Status::Critical;
+        let mut kv = self.store.get_cached(&key).await?.ok_or_else(not_found)?;
+        for _ in 0..8 {
+            let mut instance = decode_instance(&kv).ok_or_else(not_found)?;
+            let lapsed = instance.status == Status::Critical && !instance.check_failing;
+            let same = instance.status == status && instance.check_failing == failing;
+            if instance.status == Status::Draining || same {
+                let revision = self.renew(&key, &instance).await?.ok_or_else(not_found)?;
+                return Ok(HeartbeatResponse {
+                    status: instance.status,
+                    ttl: instance.spec.ttl,
+                    revision,
+                });
+            }
+            instance.status = status;
+            instance.check_failing = failing;
+            instance.status_since_ms = unix_ms();
+            let value = encode_instance(&instance);
+            let written = if lapsed {
+                Some(self.store.put(&key, value, instance.spec.ttl).await?)
+            } else {
+                self.store.put_if(&key, value, kv.mod_revision).await?
+            };
+            if let Some(revision) = written {
+                if !lapsed {
+                    self.renew(&key, &instance).await?;
+                }
+                return Ok(HeartbeatResponse {
+                    status,
+                    ttl: instance.spec.ttl,
+                    revision,
+                });
+            }
+            // Changed meanwhile (a sweep, a check, another replica): read again.
+            kv = self.store.get(&key).await?.ok_or_else(not_found)?;
+        }
+        Err(CatalogError::Store(StoreError::Unavailable(
+            "instance kept changing while its status was being set".into(),
+        )))
+    }
+
+    /// Renews `instance`'s lease, if it has one: the store's revision, or
+    /// the instance's own when the check alone keeps it. `None`: gone.
+    async fn renew(&self, key: &str, instance: &Instance) -> Result<Option<Revision>, StoreError> {
+        match instance.spec.ttl {
+            Some(_) => self.store.keep_alive(key).await,
+            None => Ok(Some(instance.revision)),
+        }
+    }
+
     /// Marks an instance `draining`: gateways stop sending it new requests
     /// and let in-flight ones finish; its lease keeps running. Idempotent: an
     /// instance already draining is answered as it is, without a new revision.

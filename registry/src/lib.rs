@@ -36,6 +36,9 @@
 //! - [`metrics`] (`server`): Prometheus metrics (`GET /metrics`): event
 //!   counters kept in the catalog, state read from the store at scrape time.
 //! - [`api`] (`server`): the REST API's handlers.
+//! - [`consul`] (`server`): a Consul-compatible door (agent, catalog,
+//!   health, status endpoints) onto the same instances, for unmodified
+//!   Consul clients.
 //! - [`prometheus`] (`server`): instances as Prometheus `http_sd` targets.
 //! - [`api_error`] (`server`): [`api_error::ApiError`], the one place errors
 //!   become HTTP answers (used by `api` and by `auth`'s refusals).
@@ -75,6 +78,8 @@ pub mod auth;
 pub mod catalog;
 #[cfg(feature = "server")]
 pub mod check;
+#[cfg(feature = "server")]
+pub mod consul;
 #[cfg(feature = "server")]
 pub mod https;
 #[cfg(feature = "server")]

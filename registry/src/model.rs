@@ -556,8 +556,10 @@ pub struct Instance {
     /// Revision at which this instance was last written.
     #[serde(default)]
     pub revision: Revision,
-    /// Set when the status is `critical` because the registry's HTTP check
-    /// failed (not because the lease lapsed): heartbeats are still accepted.
+    /// Set when the status is `critical` because a check failed (the
+    /// registry's own check, or a Consul TTL check its client failed with
+    /// `check/fail`), not because the lease lapsed: heartbeats are still
+    /// accepted and the lease keeps running.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub check_failing: bool,
 }
