@@ -117,7 +117,11 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .with_state(AppState { catalog, closing })
+        .with_state(AppState {
+            catalog: catalog.clone(),
+            closing,
+        })
+        .merge(crate::ui::router().merge(crate::ui::explain::router(catalog)))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then ends watch

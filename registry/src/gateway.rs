@@ -55,6 +55,7 @@ const FIELDS: &[&str] = &[
     "started_at_ms",
     "ttl",
     "demand",
+    "admin",
 ];
 
 /// `GET /v1/gateways`: every live gateway, in id order.
@@ -114,6 +115,9 @@ impl GatewaySpec {
                 "version",
                 format!("must be 1 to {MAX_TEXT} visible ASCII characters"),
             ));
+        }
+        if let Some(admin) = &self.admin {
+            check_address(admin).map_err(|r| refuse("admin", r))?;
         }
         if !(MIN_GATEWAY_TTL..=MAX_GATEWAY_TTL).contains(&self.ttl) {
             return Err(refuse("ttl", "must be between 1s and 5m"));

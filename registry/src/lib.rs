@@ -43,6 +43,9 @@
 //!   accept loop, then the same axum service).
 //! - [`auth`] (`server`): bearer tokens with roles (`admin`, `register`,
 //!   `read`) and the middleware that checks them before any handler runs.
+//! - [`ui`] (`server`): the dashboard at `/ui/` (static files embedded,
+//!   served with ETags and a strict CSP) and `/v1/explain`, which relays a
+//!   gateway's `/explain` to the page.
 //! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
 //!   watch client gateways follow.
 //!
@@ -85,6 +88,8 @@ pub mod metrics;
 pub mod prometheus;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod ui;
 
 #[cfg(feature = "client")]
 pub mod client;

@@ -1200,6 +1200,10 @@ pub struct GatewaySpec {
     /// other gateways divide the limit by.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub demand: std::collections::BTreeMap<String, f64>,
+    /// The gateway's admin listener (`host:port`), when it runs one: where
+    /// the registry asks for `/explain` on the dashboard's behalf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 /// Demand values are checked finite ([`GatewaySpec::validate`]), so
