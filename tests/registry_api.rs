@@ -777,3 +777,55 @@ async fn gateways_register_with_their_revision_and_leave_cleanly_or_by_lease() {
     })
     .await;
 }
+
+/// A gateway's record carries, per route, what the route saw since the
+/// previous record: requests per second, 5xx share and p99, for the
+/// dashboard; routes without requests are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_record_reports_each_routes_load() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let gateway = announcing(&registry, "busy", Duration::from_secs(1)).await;
+    let backend = FaultyBackend::start("b").await;
+    for name in ["used", "idle"] {
+        let r = put_json(
+            &format!("{}/v1/routes/{name}", registry.url),
+            json!({"path_prefix": format!("/{name}"), "upstreams": [backend.addr.to_string()]}),
+        )
+        .await;
+        gateway
+            .wait_revision(r.json()["revision"].as_u64().unwrap())
+            .await;
+    }
+    backend.set_failing(true);
+    let http = http();
+    // Requests until a record reports them (a renewal every third of a
+    // second): the backend answers 503, so the 5xx share is above 0.
+    eventually("a record with the route's load", || async {
+        for _ in 0..10 {
+            let _ = send(
+                &http,
+                Method::GET,
+                &format!("{}/used", gateway.url),
+                &[],
+                Bytes::new(),
+            )
+            .await;
+        }
+        let list = gateway_list(&registry).await;
+        let Some(record) = list.iter().find(|g| g["id"] == "busy") else {
+            return false;
+        };
+        let load = &record["routes"]["used"];
+        load["rps"].as_f64().unwrap_or(0.0) > 0.0
+            && load["error_rate"].as_f64().unwrap_or(0.0) > 0.0
+            && load["p99_ms"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
+    let list = gateway_list(&registry).await;
+    let record = list.iter().find(|g| g["id"] == "busy").unwrap();
+    assert!(record["routes"].get("idle").is_none(), "{record}");
+    assert!(
+        record["routes"]["used"]["error_rate"].as_f64().unwrap() <= 1.0,
+        "{record}"
+    );
+}

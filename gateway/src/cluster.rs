@@ -5,7 +5,9 @@
 //! **The record.** [`announce`] writes this gateway's record every
 //! renewal period (a third of its lease, and at most [`DEMAND_PERIOD`]
 //! while it has cluster limits): its listen addresses, version, the
-//! registry revision it has applied, and its demand per cluster limit. A
+//! registry revision it has applied, its demand per cluster limit, and
+//! per route the requests per second, 5xx share and p99 since its previous
+//! record (the busiest [`MAX_ROUTE_LOADS`] routes that had requests). A
 //! failed write is retried at the next period; a registry that lost the
 //! record (lease lapsed, registry restarted) just takes it again. At a
 //! clean shutdown the record is deleted, so the peers take back its share
@@ -42,7 +44,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use portico_registry::client::RegistryClient;
-use portico_registry::gateway::{DEFAULT_GATEWAY_TTL, GatewayRecord, GatewaySpec};
+use portico_registry::gateway::{
+    DEFAULT_GATEWAY_TTL, GatewayRecord, GatewaySpec, MAX_ROUTE_LOADS, RouteLoad,
+};
+
+use crate::metrics::RouteTotals;
 
 use crate::filter::rate_limit::LimitShare;
 
@@ -256,6 +262,37 @@ pub fn share(mine: f64, others: &[f64]) -> f64 {
     (mine + DEMAND_FLOOR * total / n) / (total * (1.0 + DEMAND_FLOOR))
 }
 
+/// Each route's counters at the previous record, to report the load
+/// between two records.
+#[derive(Debug, Default)]
+struct RouteLoads {
+    before: HashMap<String, RouteTotals>,
+}
+
+impl RouteLoads {
+    /// The load of each route over `elapsed` since the last call, the
+    /// busiest [`MAX_ROUTE_LOADS`] that had requests; remembers `now`.
+    fn measure(
+        &mut self,
+        now: Vec<(String, RouteTotals)>,
+        elapsed: Duration,
+    ) -> BTreeMap<String, RouteLoad> {
+        let mut loads: Vec<(String, RouteLoad)> = now
+            .iter()
+            .filter_map(|(name, totals)| {
+                let before = self.before.get(name).copied().unwrap_or_default();
+                Some((name.clone(), totals.load_since(&before, elapsed)?))
+            })
+            .collect();
+        if loads.len() > MAX_ROUTE_LOADS {
+            loads.sort_by(|a, b| b.1.rps.total_cmp(&a.1.rps));
+            loads.truncate(MAX_ROUTE_LOADS);
+        }
+        self.before = now.into_iter().collect();
+        loads.into_iter().collect()
+    }
+}
+
 /// What the record says besides demand.
 #[derive(Debug, Clone)]
 pub struct RecordFacts {
@@ -286,9 +323,16 @@ impl Announcer {
         settings: Announce,
         facts: RecordFacts,
         applied: impl Fn() -> u64 + Send + 'static,
+        routes: impl Fn() -> Vec<(String, RouteTotals)> + Send + 'static,
     ) -> Announcer {
         let id = settings.id.clone();
-        let task = tokio::spawn(announce(client.clone(), cluster, settings, facts, applied));
+        let task = tokio::spawn(announce(
+            client.clone(),
+            cluster,
+            settings,
+            facts,
+            (applied, routes),
+        ));
         Announcer { task, client, id }
     }
 
@@ -311,19 +355,22 @@ impl Drop for Announcer {
 }
 
 /// Writes this gateway's record every period until aborted; see the
-/// module docs. `applied` reads the registry revision applied now.
+/// module docs. `applied` reads the registry revision applied now,
+/// `routes` each route's counters now.
 async fn announce(
     client: RegistryClient,
     cluster: Arc<Cluster>,
     settings: Announce,
     facts: RecordFacts,
-    applied: impl Fn() -> u64,
+    (applied, routes): (impl Fn() -> u64, impl Fn() -> Vec<(String, RouteTotals)>),
 ) {
     let mut last = tokio::time::Instant::now();
     let mut failing = false;
+    let mut loads = RouteLoads::default();
     loop {
         let now = tokio::time::Instant::now();
         let spec = GatewaySpec {
+            routes: loads.measure(routes(), now - last),
             addresses: facts.addresses.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             applied_revision: applied(),

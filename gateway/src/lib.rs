@@ -390,7 +390,7 @@ impl Gateway {
             client.as_ref(),
             &self.options,
             &self.cluster,
-            &self.status,
+            (&self.status, &self.table),
             (&plain, &tls),
         );
         let follower = tokio::spawn(discovery::run(
@@ -440,7 +440,7 @@ fn spawn_announcer(
     client: Option<&portico_registry::client::RegistryClient>,
     options: &GatewayOptions,
     cluster: &Arc<cluster::Cluster>,
-    status: &Arc<DiscoveryStatus>,
+    (status, table): (&Arc<DiscoveryStatus>, &Arc<ArcSwap<RouteTable>>),
     (plain, tls): (&Option<TcpListener>, &Option<(TcpListener, ServerTls)>),
 ) -> Option<cluster::Announcer> {
     let (client, settings) = (client?.clone(), options.announce.clone()?);
@@ -458,6 +458,7 @@ fn spawn_announcer(
         started_at_ms: cache::unix_ms(),
     };
     let status = status.clone();
+    let table = table.clone();
     Some(cluster::Announcer::spawn(
         client,
         cluster.clone(),
@@ -467,6 +468,14 @@ fn spawn_announcer(
             status
                 .applied_revision
                 .load(std::sync::atomic::Ordering::Relaxed)
+        },
+        move || {
+            let table = table.load();
+            table
+                .entries()
+                .iter()
+                .map(|e| (e.route.name.to_string(), e.state.metrics.totals()))
+                .collect()
         },
     ))
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::StatusCode;
+use portico_registry::gateway::RouteLoad;
 use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
 
 use crate::acme::AcmeStats;
@@ -108,6 +109,60 @@ impl LatencyHistogram {
     }
 }
 
+/// A route's counters at one moment; two of them a period apart give the
+/// route's load over the period ([`RouteTotals::load_since`]), which the
+/// gateway's registry record carries for the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTotals {
+    /// Responses, every class.
+    pub responses: u64,
+    /// 5xx responses.
+    pub errors: u64,
+    /// Latency histogram buckets (per bucket, not cumulative).
+    pub buckets: [u64; BOUNDS_US.len() + 1],
+}
+
+impl RouteTotals {
+    /// Requests per second, 5xx share and p99 between `before` and these
+    /// totals, `elapsed` apart; `None` when no response was counted.
+    pub fn load_since(&self, before: &RouteTotals, elapsed: Duration) -> Option<RouteLoad> {
+        let n = self.responses.checked_sub(before.responses)?;
+        if n == 0 || elapsed.is_zero() {
+            return None;
+        }
+        let errors = self.errors.saturating_sub(before.errors);
+        let buckets: Vec<u64> = (0..self.buckets.len())
+            .map(|i| self.buckets[i].saturating_sub(before.buckets[i]))
+            .collect();
+        Some(RouteLoad {
+            rps: n as f64 / elapsed.as_secs_f64(),
+            error_rate: (errors as f64 / n as f64).min(1.0),
+            p99_ms: quantile_us(&buckets, 0.99) / 1e3,
+        })
+    }
+}
+
+/// The `q` quantile of per-bucket counts over [`BOUNDS_US`], in
+/// microseconds: linear within the bucket it falls in (as Prometheus's
+/// `histogram_quantile`); the open last bucket answers the last bound.
+fn quantile_us(buckets: &[u64], q: f64) -> f64 {
+    let total: u64 = buckets.iter().sum();
+    let rank = q * total as f64;
+    let mut seen = 0.0;
+    for (i, &count) in buckets.iter().enumerate() {
+        let upper = match BOUNDS_US.get(i) {
+            Some(&b) => b as f64,
+            None => return BOUNDS_US[BOUNDS_US.len() - 1] as f64,
+        };
+        if count > 0 && seen + count as f64 >= rank {
+            let lower = i.checked_sub(1).map_or(0.0, |j| BOUNDS_US[j] as f64);
+            return lower + (upper - lower) * (rank - seen) / count as f64;
+        }
+        seen += count as f64;
+    }
+    0.0
+}
+
 /// Request metrics of one route, kept in its `RouteState` across rebuilds.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
@@ -183,6 +238,15 @@ impl RouteMetrics {
     /// gRPC calls by code, in the order of [`GRPC_LABELS`].
     pub(crate) fn grpc_by_code(&self) -> impl Iterator<Item = u64> + '_ {
         self.grpc.iter().map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// The counts a gateway's record reports from: see [`RouteTotals`].
+    pub fn totals(&self) -> RouteTotals {
+        RouteTotals {
+            responses: self.responses_by_class().sum(),
+            errors: self.responses(5),
+            buckets: std::array::from_fn(|i| self.latency.buckets[i].load(Ordering::Relaxed)),
+        }
     }
 
     /// Tries after the first, so far.
@@ -357,6 +421,48 @@ impl Drop for ConnectionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routes_load_is_the_difference_of_two_totals() {
+        let m = RouteMetrics::default();
+        let before = m.totals();
+        for i in 0..100u64 {
+            let status = if i < 10 {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::OK
+            };
+            // 99 fast requests (under 100 us), one slow (2-5 ms bucket).
+            let latency = if i == 99 {
+                Duration::from_millis(3)
+            } else {
+                Duration::from_micros(50)
+            };
+            m.record(status, latency);
+        }
+        let load = m
+            .totals()
+            .load_since(&before, Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(load.rps, 50.0);
+        assert_eq!(load.error_rate, 0.1);
+        // The 99th of 100 falls in the first bucket (0-100 us).
+        assert!(load.p99_ms > 0.0 && load.p99_ms <= 0.1, "{load:?}");
+        assert_eq!(
+            m.totals().load_since(&m.totals(), Duration::from_secs(1)),
+            None
+        );
+        let mut one = RouteTotals::default();
+        one.responses = 1;
+        one.buckets[BOUNDS_US.len()] = 1;
+        let open = one
+            .load_since(&RouteTotals::default(), Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(
+            open.p99_ms, 30_000.0,
+            "the open bucket answers the last bound"
+        );
+    }
 
     #[test]
     fn latency_lands_in_the_first_bucket_that_holds_it() {

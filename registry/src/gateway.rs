@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Invalid;
-pub use crate::model::{DEFAULT_GATEWAY_TTL, GatewayRecord, GatewaySpec};
+pub use crate::model::{DEFAULT_GATEWAY_TTL, GatewayRecord, GatewaySpec, RouteLoad};
 
 /// The code of every refusal of a gateway body or id (answered 400).
 pub const INVALID_GATEWAY: &str = "invalid_gateway";
@@ -38,6 +38,8 @@ pub const MAX_TEXT: usize = 256;
 /// (and so on every renewal's write), far above any real route table's
 /// count of cluster-scope limits.
 pub const MAX_DEMANDS: usize = 1024;
+/// Most routes a gateway reports traffic for in one record (its busiest).
+pub const MAX_ROUTE_LOADS: usize = 1024;
 
 fn refuse(field: &str, reason: impl std::fmt::Display) -> Invalid {
     Invalid {
@@ -56,6 +58,7 @@ const FIELDS: &[&str] = &[
     "ttl",
     "demand",
     "admin",
+    "routes",
 ];
 
 /// `GET /v1/gateways`: every live gateway, in id order.
@@ -139,6 +142,37 @@ impl GatewaySpec {
                 ));
             }
         }
+        self.validate_routes()
+    }
+
+    fn validate_routes(&self) -> Result<(), Invalid> {
+        if self.routes.len() > MAX_ROUTE_LOADS {
+            return Err(refuse(
+                "routes",
+                format!("at most {MAX_ROUTE_LOADS} routes"),
+            ));
+        }
+        for (name, load) in &self.routes {
+            if name.is_empty() || name.len() > MAX_TEXT {
+                return Err(refuse(
+                    "routes",
+                    format!("route names are 1 to {MAX_TEXT} bytes"),
+                ));
+            }
+            let fields = [
+                ("rps", load.rps, f64::MAX),
+                ("error_rate", load.error_rate, 1.0),
+                ("p99_ms", load.p99_ms, f64::MAX),
+            ];
+            for (field, value, max) in fields {
+                if !value.is_finite() || !(0.0..=max).contains(&value) {
+                    return Err(refuse(
+                        &format!("routes.{name}.{field}"),
+                        format!("must be a finite number from 0 to {max}"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -190,6 +224,12 @@ mod tests {
             .unwrap();
         assert_eq!(spec.ttl, DEFAULT_GATEWAY_TTL);
         assert_eq!(spec.applied_revision, 0);
+        assert_eq!(spec.admin, None);
+        let spec = GatewaySpec::from_json(
+            br#"{"addresses":["127.0.0.1:8080"],"version":"0.1.0","admin":"127.0.0.1:9180"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.admin.as_deref(), Some("127.0.0.1:9180"));
     }
 
     #[test]
@@ -205,6 +245,19 @@ mod tests {
                 "demand.r/filters[0]",
             ),
             (r#"{"addresses":["a:1"],"version":"1","extra":1}"#, "extra"),
+            (
+                r#"{"addresses":["a:1"],"version":"1","routes":{"r":{"rps":1,"error_rate":2,"p99_ms":1}}}"#,
+                "routes.r.error_rate",
+            ),
+            (
+                r#"{"addresses":["a:1"],"version":"1","routes":{"r":{"rps":-1,"error_rate":0,"p99_ms":1}}}"#,
+                "routes.r.rps",
+            ),
+            (
+                r#"{"addresses":["a:1"],"version":"1","admin":"nope"}"#,
+                "admin",
+            ),
+            (r#"{"addresses":["a:1"],"version":"1","admin":7}"#, "admin"),
             (r#"{"addresses":["a:1"]}"#, "version"),
             (
                 r#"{"addresses":["a:1"],"version":"1","applied_revision":"x"}"#,

@@ -1204,6 +1204,24 @@ pub struct GatewaySpec {
     /// the registry asks for `/explain` on the dashboard's behalf.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// What each route saw on this gateway since its previous record, by
+    /// route name (routes without requests left out): what the dashboard
+    /// shows per gateway and route, as fresh as the renewal period.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub routes: std::collections::BTreeMap<String, RouteLoad>,
+}
+
+/// One route's traffic on one gateway over one renewal period.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLoad {
+    /// Responses per second.
+    pub rps: f64,
+    /// Share of those responses that were 5xx (the gateway's own included), 0..=1.
+    pub error_rate: f64,
+    /// 99th percentile of arrival to response head, in milliseconds (from
+    /// the route's latency histogram: linear within the bucket it falls in).
+    pub p99_ms: f64,
 }
 
 /// Demand values are checked finite ([`GatewaySpec::validate`]), so
