@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refreshes the dashboard screenshots in docs/ (ui-services.png,
+# Refreshes the dashboard screenshots in docs/ (ui-services.png, ui-services-dark.png,
 # ui-routes.png, ui-gateways.png, ui-events.png, ui-explain.png): runs the
 # browser test of tests/ui.rs, which starts a real `portico up`, fills it
 # through the API and saves each view as it checks it. Needs chromium,

@@ -342,11 +342,22 @@
 
   // ---- rendering ----------------------------------------------------------
 
+  // A redraw between a button's press and release would replace the button
+  // and lose the click, so redraws wait while a pointer is down.
+  let pointerDown = false;
+  document.addEventListener('pointerdown', () => { pointerDown = true; }, true);
+  document.addEventListener('pointerup', () => { pointerDown = false; }, true);
+  document.addEventListener('pointercancel', () => { pointerDown = false; }, true);
+
   let renderPending = false;
   function scheduleRender() {
     if (renderPending) return;
     renderPending = true;
-    setTimeout(() => {
+    setTimeout(function tick() {
+      if (pointerDown) {
+        setTimeout(tick, RENDER_MS);
+        return;
+      }
       renderPending = false;
       render();
     }, RENDER_MS);
@@ -491,6 +502,16 @@
     return '-';
   }
 
+  /** What each gateway reported for route `name` with its last renewal. */
+  function routeTraffic(name) {
+    const parts = [];
+    for (const [id, g] of state.gateways) {
+      const l = (g.routes || {})[name];
+      if (l) parts.push(`${id}: ${l.rps.toFixed(1)} req/s, ${(l.error_rate * 100).toFixed(1)}% 5xx, p99 ${l.p99_ms.toFixed(1)} ms`);
+    }
+    return parts.join('\n');
+  }
+
   function renderRoutes() {
     const frag = document.createDocumentFragment();
     const names = [...state.routes.keys()].sort();
@@ -515,6 +536,7 @@
           ['mirror', r.mirror ? JSON.stringify(r.mirror) : ''],
           ['filters', filters.length ? el('div', null, ...filters) : ''],
           ['policy', policies.join('\n')],
+          ['traffic', routeTraffic(name)],
         ])));
     }
     if (!names.length) frag.append(el('p', { class: 'muted', text: 'No routes in the registry (gateways may still route by their route files and implicit /{service} routes).' }));
@@ -537,10 +559,26 @@
           ['started', timeEl(g.started_at_ms)],
           ['last renewal', timeEl(g.renewed_at_ms)],
           ['lease', g.ttl],
-        ])));
+        ]),
+        routeLoads(g)));
     }
     if (!state.gateways.size) frag.append(el('p', { class: 'muted', text: 'No live gateway has registered.' }));
     $('gateways-list').replaceChildren(frag);
+  }
+
+  /** Per route traffic a gateway reported with its last renewal. */
+  function routeLoads(g) {
+    const loads = Object.entries(g.routes || {});
+    if (!loads.length) return el('p', { class: 'muted', text: 'No requests in its last renewal period.' });
+    loads.sort((a, b) => b[1].rps - a[1].rps);
+    const fmt = (n, digits) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
+    return el('div', { class: 'table-wrap' }, el('table', { class: 'loads' },
+      el('thead', null, el('tr', null, ...['route', 'requests/s', '5xx', 'p99'].map((h) => el('th', { text: h })))),
+      el('tbody', null, ...loads.map(([name, l]) => el('tr', { 'data-route': name },
+        el('td', { class: 'mono', text: name }),
+        el('td', { text: fmt(l.rps, 1) }),
+        el('td', { class: l.error_rate > 0 ? 'status critical' : '', text: `${fmt(l.error_rate * 100, 1)}%` }),
+        el('td', { text: `${fmt(l.p99_ms, 1)} ms` }))))));
   }
 
   function renderEvents() {

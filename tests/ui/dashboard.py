@@ -103,12 +103,19 @@ class Page:
         self.until(f"tab {name} shown", lambda: self.css(f"section#{name}")[0].is_displayed())
 
     def expand(self, service):
-        head = f'.service[data-service="{service}"] > button.head'
-        self.until(f"service {service} listed", lambda: self.css(head))
-        if self.css(head)[0].get_attribute("aria-expanded") != "true":
-            self.css(head)[0].click()
-        self.until(f"service {service} expanded",
-                   lambda: self.css(f'.service[data-service="{service}"] table'))
+        """Opens a service's card. The list is redrawn as changes arrive, so
+        an element found may be gone by the click: then poll again."""
+        card = f'.service[data-service="{service}"]'
+
+        def opened():
+            head = self.css(f"{card} > button.head")
+            if not head:
+                return False
+            if head[0].get_attribute("aria-expanded") == "true":
+                return bool(self.css(f"{card} table"))
+            head[0].click()  # its handler redraws at once
+            return False
+        self.until(f"service {service} expanded", opened)
 
     def row(self, service, iid):
         rows = self.css(f'.service[data-service="{service}"] tr[data-instance="{iid}"]')
@@ -193,6 +200,13 @@ def scenario_open(page, reg, args):
     assert "lease lapsed" in page.row("batch", "job-1").text, page.row("batch", "job-1").text
     print("ok: an expiring instance turns critical (lease lapsed)")
 
+    # An instance kept by its check alone has no lease.
+    host, port = page.control.split("//")[1].split(":")
+    reg.register("cron", "cron-1", address=host, port=int(port), check={"tcp": True, "interval": "1s", "timeout": "1s"})
+    page.expand("cron")
+    page.until("cron-1 shown without a lease", lambda: "none: kept by its check" in page.row("cron", "cron-1").text)
+    print("ok: an instance kept by its check shows no lease")
+
     # Filters: by name, by tag, by status.
     page.filter("name", "we")
     page.until("name filter leaves web only", lambda: [e.get_attribute("data-service") for e in page.css(".service")] == ["web"])
@@ -203,9 +217,21 @@ def scenario_open(page, reg, args):
     page.filter("status", "critical")
     page.until("status filter: batch only", lambda: [e.get_attribute("data-service") for e in page.css(".service")] == ["batch"])
     page.filter("status", "")
-    page.until("filters cleared", lambda: len(page.css(".service")) == 3)
+    page.until("filters cleared", lambda: len(page.css(".service")) == 4)
     print("ok: filters by name, tag and status")
     shoot(page, args.screenshots, "services")
+
+    # Dark mode: light text on a dark background, statuses still coloured.
+    page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    luminance = page.js("""const rgb = (c) => c.match(/\\d+/g).slice(0, 3).map(Number);
+        const lum = (c) => { const [r, g, b] = rgb(c); return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255; };
+        const body = getComputedStyle(document.body);
+        return [lum(body.backgroundColor), lum(body.color)];""")
+    assert luminance[0] < 0.2 and luminance[1] > 0.7, f"dark mode background/text luminance {luminance}"
+    shoot(page, args.screenshots, "services-dark")
+    page.d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    print("ok: readable in dark mode")
 
     # Routes, and a change to one.
     page.tab("routes")
@@ -227,7 +253,22 @@ def scenario_open(page, reg, args):
     for want in ("applied revision", "last renewal", "version"):
         assert want in gtext, f"gateway card lacks {want!r}: {gtext!r}"
     page.until("gateway up to date", lambda: "up to date" in page.css(".gateway")[0].text)
-    print("ok: gateways with applied revision and renewal")
+    # Traffic through the gateway (its implicit /selfcheck route to the
+    # registry's own /healthz) shows in the gateway's next record.
+    reg.register("selfcheck", "registry", address=host, port=int(port), ttl="10m")
+    _, listing = reg.call("GET", "/v1/gateways")
+    front = "http://" + listing["gateways"][0]["addresses"][0]
+
+    def busy_route_shown():
+        for _ in range(5):
+            try:
+                urllib.request.urlopen(front + "/selfcheck/healthz", timeout=5).read()
+            except urllib.error.URLError:
+                pass  # the gateway may not route it yet
+        rows = page.css('.gateway tr[data-route="auto:selfcheck"]')
+        return rows and "0.0%" in rows[0].text and "ms" in rows[0].text
+    page.until("the gateway's per-route traffic", busy_route_shown)
+    print("ok: gateways with applied revision, renewal and per-route traffic")
     shoot(page, args.screenshots, "gateways")
 
     # Explain, through the registry's relay to the gateway's admin listener.
@@ -280,7 +321,7 @@ def bulk(page, reg, args):
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
         list(pool.map(one, range(BULK)))
-    want = f"53 services, {BULK + 7} instances shown"
+    want = f"55 services, {BULK + 9} instances shown"
     page.until(f"10,000 more instances counted: {want}",
                lambda: page.css("#services-summary")[0].text == want, timeout=120)
     page.expand("bulk-00")
