@@ -197,9 +197,10 @@ async fn dashboard_reconnects_when_the_registry_restarts() {
     .await;
 }
 
-/// `/v1/explain` relays the gateway's admin answer, and refuses by field.
+/// `/v1/explain` and `/v1/endpoints` relay the gateway's admin answers, and
+/// refuse by field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explain_relay_answers_for_a_live_gateway_and_names_bad_input() {
+async fn relays_answer_for_a_live_gateway_and_name_bad_input() {
     let up = Up::start(&[]).await;
     let missing = get(&format!("{}/v1/explain?path=/", up.control)).await;
     assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -230,5 +231,12 @@ async fn explain_relay_answers_for_a_live_gateway_and_names_bad_input() {
         bad.status,
         StatusCode::BAD_REQUEST,
         "the gateway's refusal is relayed"
+    );
+    let endpoints = get(&format!("{}/v1/endpoints?gateway={id}", up.control)).await;
+    assert_eq!(endpoints.status, StatusCode::OK);
+    assert!(
+        endpoints.json()["routes"].is_array(),
+        "{:?}",
+        endpoints.body
     );
 }

@@ -121,7 +121,7 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
             catalog: catalog.clone(),
             closing,
         })
-        .merge(crate::ui::router().merge(crate::ui::explain::router(catalog)))
+        .merge(crate::ui::router().merge(crate::ui::relay::router(catalog)))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then ends watch

@@ -44,8 +44,8 @@
 //! - [`auth`] (`server`): bearer tokens with roles (`admin`, `register`,
 //!   `read`) and the middleware that checks them before any handler runs.
 //! - [`ui`] (`server`): the dashboard at `/ui/` (static files embedded,
-//!   served with ETags and a strict CSP) and `/v1/explain`, which relays a
-//!   gateway's `/explain` to the page.
+//!   served with ETags and a strict CSP) and `/v1/explain` and
+//!   `/v1/endpoints`, which relay a gateway's admin answers to the page.
 //! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
 //!   watch client gateways follow.
 //!

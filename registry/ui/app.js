@@ -30,6 +30,8 @@
     services: new Map(), // service name -> Map(instance id -> instance)
     routes: new Map(), // route name -> route spec
     gateways: new Map(), // gateway id -> record
+    certificates: new Map(), // name -> summary (never a key: see docs/ui.md)
+    endpoints: new Map(), // gateway id -> { at, body } or { at, error }: asked for, not live
     revision: 0, // newest registry revision heard of
     routingRevision: 0, // newest revision of a change other than a gateway record
     lastEventId: null, // where the stream resumes (SSE id)
@@ -286,7 +288,17 @@
       case 'gateway_delete':
         state.gateways.delete(ev.id);
         return logEvent('gateway', `gateway ${ev.id} left (deleted or lease lapsed)`);
-      case 'certificate_put': case 'certificate_delete':
+      case 'certificate_put': {
+        const c = ev.certificate;
+        const had = state.certificates.has(c.name);
+        state.certificates.set(c.name, summary(c));
+        state.routingRevision = Math.max(state.routingRevision, ev.revision);
+        return logEvent('certificate', `certificate ${c.name} ${had ? 'replaced' : 'added'} (expires ${c.not_after})`);
+      }
+      case 'certificate_delete':
+        state.certificates.delete(ev.name);
+        state.routingRevision = Math.max(state.routingRevision, ev.revision);
+        return logEvent('certificate', `certificate ${ev.name} deleted`);
       case 'consumer_put': case 'consumer_delete':
         state.routingRevision = Math.max(state.routingRevision, ev.revision);
         return undefined;
@@ -299,6 +311,7 @@
     state.services.clear();
     state.routes.clear();
     state.gateways.clear();
+    state.certificates.clear();
     let routing = 0;
     for (const i of ev.instances || []) {
       putInstance(i);
@@ -306,9 +319,17 @@
     }
     for (const r of ev.routes || []) state.routes.set(r.name, r);
     for (const g of ev.gateways || []) state.gateways.set(g.id, g);
+    for (const c of ev.certificates || []) state.certificates.set(c.name, summary(c));
     state.routingRevision = routing;
     const n = (ev.instances || []).length;
     logEvent('snapshot', `snapshot at revision ${ev.revision}: ${n} instances, ${state.routes.size} routes, ${state.gateways.size} gateways`);
+  }
+
+  /** A certificate without its PEM chain and key, should the token be
+   * allowed them: the page shows and keeps only the summary. */
+  function summary(c) {
+    const { cert_pem: _chain, key_pem: _key, ...rest } = c;
+    return rest;
   }
 
   function applyPut(ev) {
@@ -365,7 +386,7 @@
 
   function render() {
     $('revision').textContent = state.revision ? `revision ${state.revision}` : '';
-    const views = { services: renderServices, routes: renderRoutes, gateways: renderGateways, events: renderEvents, explain: renderExplainGateways };
+    const views = { services: renderServices, routes: renderRoutes, gateways: renderGateways, events: renderEvents, explain: renderExplainGateways, certificates: renderCertificates };
     views[state.tab]();
   }
 
@@ -560,7 +581,8 @@
           ['last renewal', timeEl(g.renewed_at_ms)],
           ['lease', g.ttl],
         ]),
-        routeLoads(g)));
+        routeLoads(g),
+        endpointsBox(g)));
     }
     if (!state.gateways.size) frag.append(el('p', { class: 'muted', text: 'No live gateway has registered.' }));
     $('gateways-list').replaceChildren(frag);
@@ -579,6 +601,81 @@
         el('td', { text: fmt(l.rps, 1) }),
         el('td', { class: l.error_rate > 0 ? 'status critical' : '', text: `${fmt(l.error_rate * 100, 1)}%` }),
         el('td', { text: `${fmt(l.p99_ms, 1)} ms` }))))));
+  }
+
+  const DAY_MS = 86400000;
+  const EXPIRY_WARNING_DAYS = 14;
+
+  function renderCertificates() {
+    const frag = document.createDocumentFragment();
+    const rows = [...state.certificates.values()].sort((a, b) => a.not_after_unix - b.not_after_unix);
+    if (rows.length) {
+      frag.append(el('div', { class: 'table-wrap' }, el('table', { class: 'certificates' },
+        el('thead', null, el('tr', null, ...['name', 'serves', 'expires', 'left', 'SHA-256'].map((h) => el('th', { text: h })))),
+        el('tbody', null, ...rows.map((c) => {
+          const days = Math.floor((c.not_after_unix * 1000 - Date.now()) / DAY_MS);
+          const level = days < 0 ? 'critical' : days < EXPIRY_WARNING_DAYS ? 'warning' : 'passing';
+          return el('tr', { 'data-certificate': c.name },
+            el('td', { class: 'mono', text: c.name }),
+            el('td', null, ...(c.names || []).map((n) => el('span', { class: 'tag', text: n }))),
+            el('td', { text: c.not_after }),
+            el('td', { class: `status ${level}`, text: days < 0 ? 'expired' : `${days} days` }),
+            el('td', { class: 'mono', title: c.fingerprint_sha256, text: `${(c.fingerprint_sha256 || '').slice(0, 16)}…` }));
+        })))));
+    } else {
+      frag.append(el('p', { class: 'muted', text: 'No certificates in the registry (gateways may still serve their --tls-cert files).' }));
+    }
+    $('certificates-list').replaceChildren(frag);
+  }
+
+  /** The gateway's `/endpoints`, relayed by the registry, when asked for. */
+  function endpointsBox(g) {
+    const box = el('div', { class: 'endpoints' });
+    const got = state.endpoints.get(g.id);
+    box.append(el('button', {
+      type: 'button', class: 'more', disabled: !g.admin,
+      title: g.admin ? '' : 'this gateway reports no admin listener',
+      text: got ? 'refresh endpoints' : 'show endpoints',
+      onclick: () => fetchEndpoints(g.id),
+    }));
+    if (!got) return box;
+    box.append(el('span', { class: 'muted', text: ` as of ${new Date(got.at).toLocaleTimeString()}` }));
+    if (got.error) {
+      box.append(el('p', { class: 'error', text: got.error }));
+      return box;
+    }
+    for (const r of got.body.routes || []) {
+      box.append(el('h4', { text: `${r.name} (${r.lb}, ${r.requests_in_flight} in flight)` }));
+      if (!(r.endpoints || []).length) {
+        box.append(el('p', { class: 'muted', text: 'no endpoints (no routable instance)' }));
+        continue;
+      }
+      box.append(
+        el('div', { class: 'table-wrap', 'data-route': r.name }, el('table', null,
+          el('thead', null, el('tr', null, ...['endpoint', 'in rotation', 'weight', 'zone', 'in flight', 'latency', 'failures'].map((h) => el('th', { text: h })))),
+          el('tbody', null, ...(r.endpoints || []).map((p) => el('tr', { 'data-endpoint': p.address },
+            el('td', { class: 'mono', text: `${p.address}${p.id ? ` (${p.id})` : ''}` }),
+            el('td', { class: p.in_rotation === false ? 'status critical' : '', text: rotation(p) }),
+            el('td', { text: p.weight ?? '' }),
+            el('td', { text: p.zone ?? '' }),
+            el('td', { text: p.in_flight ?? '' }),
+            el('td', { text: p.latency_ewma_ms === undefined ? '' : `${p.latency_ewma_ms.toFixed(1)} ms` }),
+            el('td', { text: p.consecutive_failures ?? '' })))))));
+    }
+    return box;
+  }
+
+  async function fetchEndpoints(id) {
+    const q = new URLSearchParams({ gateway: id });
+    try {
+      const res = await api(`/v1/endpoints?${q}`);
+      const body = await res.json();
+      state.endpoints.set(id, res.ok ? { at: Date.now(), body } : { at: Date.now(), error: `${res.status}: ${body.error || 'failed'}` });
+    } catch (err) {
+      if (err instanceof AuthError) askToken(err);
+      state.endpoints.set(id, { at: Date.now(), error: String(err.message || err) });
+    }
+    render();
   }
 
   function renderEvents() {
@@ -707,6 +804,6 @@
   setInterval(pollPreservation, 10000);
 
   const initial = location.hash.slice(1);
-  showTab(['services', 'routes', 'gateways', 'events', 'explain'].includes(initial) ? initial : 'services');
+  showTab(['services', 'routes', 'gateways', 'certificates', 'events', 'explain'].includes(initial) ? initial : 'services');
   startWatch();
 })();

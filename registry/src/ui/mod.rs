@@ -6,16 +6,16 @@
 //!   asks again each load and gets a 304 while the binary is unchanged) and
 //!   a strict Content-Security-Policy ([`CSP`]): the page runs only its own
 //!   script and style files and talks only to its own origin.
-//! - [`explain`]: `GET /v1/explain?gateway=ID&...`, the registry asking a
-//!   gateway's admin listener for its `/explain` answer on the page's
-//!   behalf, since the page's CSP (and the admin listener's lack of CORS)
-//!   keeps it from calling the gateway itself.
+//! - [`relay`]: `GET /v1/explain?gateway=ID&...` and `/v1/endpoints?gateway=ID`,
+//!   the registry asking a gateway's admin listener for its `/explain` or
+//!   `/endpoints` answer on the page's behalf, since the page's CSP (and the
+//!   admin listener's lack of CORS) keeps it from calling the gateway itself.
 //!
 //! The page is static and holds no data, so [`crate::auth::classify`] lets
 //! anyone load it; every call it makes for data carries the token the user
 //! gave it and goes through the same checks as any other client's.
 
-pub mod explain;
+pub mod relay;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

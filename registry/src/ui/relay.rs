@@ -1,6 +1,10 @@
-//! `GET /v1/explain?gateway=ID&method=&host=&path=&header=...`: a gateway's
-//! `/explain` answer, fetched by the registry from the admin address the
-//! gateway wrote in its record.
+//! A gateway's admin answers, fetched by the registry from the admin address
+//! the gateway wrote in its record:
+//!
+//! - `GET /v1/explain?gateway=ID&method=&host=&path=&header=...`: its
+//!   `/explain` (which route a request would take, and why);
+//! - `GET /v1/endpoints?gateway=ID`: its `/endpoints` (per route, each
+//!   endpoint in rotation or why not).
 //!
 //! Why the registry and not the browser: the dashboard is served by the
 //! registry under a CSP that allows connections to its own origin only, and
@@ -25,16 +29,23 @@ use crate::catalog::Catalog;
 use crate::gateway::validate_gateway_id;
 use crate::model::Invalid;
 
-/// How long the whole relay (connect, ask, read) may take: `/explain`
-/// answers from memory, so longer means the gateway is not there.
+/// How long the whole relay (connect, ask, read) may take: the admin
+/// listener answers from memory, so longer means the gateway is not there.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest `/explain` answer relayed.
-pub const MAX_ANSWER: usize = 1 << 20;
+/// Largest answer relayed (`/endpoints` of a large table is the biggest).
+pub const MAX_ANSWER: usize = 8 << 20;
 
-/// The `/v1/explain` route over `catalog`.
+/// The `/v1/explain` and `/v1/endpoints` routes over `catalog`.
 pub fn router(catalog: Arc<Catalog>) -> axum::Router {
     axum::Router::new()
-        .route("/v1/explain", get(explain))
+        .route(
+            "/v1/explain",
+            get(|s: State<Arc<Catalog>>, q: RawQuery| relay(s, q, "/explain")),
+        )
+        .route(
+            "/v1/endpoints",
+            get(|s: State<Arc<Catalog>>, q: RawQuery| relay(s, q, "/endpoints")),
+        )
         .with_state(catalog)
 }
 
@@ -56,9 +67,11 @@ pub fn split_query(raw: Option<&str>) -> Result<(String, String), ApiError> {
     Ok((gateway, rest.join("&")))
 }
 
-async fn explain(
+/// Asks the gateway named in the query for `path` with the rest of the query.
+async fn relay(
     State(catalog): State<Arc<Catalog>>,
     RawQuery(raw): RawQuery,
+    path: &'static str,
 ) -> Result<Response, ApiError> {
     let (id, query) = split_query(raw.as_deref())?;
     let (record, _) = catalog.gateway(&id).await?;
@@ -71,7 +84,7 @@ async fn explain(
             ),
         ));
     };
-    let (status, body) = tokio::time::timeout(TIMEOUT, ask(&admin, &query))
+    let (status, body) = tokio::time::timeout(TIMEOUT, ask(&admin, path, &query))
         .await
         .map_err(|_| unreachable_gateway(&id, &admin, "no answer within 3s"))?
         .map_err(|e| unreachable_gateway(&id, &admin, &e))?;
@@ -94,8 +107,8 @@ fn unreachable_gateway(id: &str, admin: &str, why: &str) -> ApiError {
     )
 }
 
-/// One `GET /explain?query` on a fresh HTTP/1 connection to `admin`.
-async fn ask(admin: &str, query: &str) -> Result<(StatusCode, bytes::Bytes), String> {
+/// One `GET path?query` on a fresh HTTP/1 connection to `admin`.
+async fn ask(admin: &str, path: &str, query: &str) -> Result<(StatusCode, bytes::Bytes), String> {
     let stream = tokio::net::TcpStream::connect(admin)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -103,7 +116,11 @@ async fn ask(admin: &str, query: &str) -> Result<(StatusCode, bytes::Bytes), Str
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let conn = tokio::spawn(conn);
-    let request = Request::get(format!("/explain?{query}"))
+    let target = match query {
+        "" => path.to_string(),
+        q => format!("{path}?{q}"),
+    };
+    let request = Request::get(target)
         .header(header::HOST, admin)
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| format!("query: {e}"))?;
