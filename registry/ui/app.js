@@ -32,6 +32,7 @@
     gateways: new Map(), // gateway id -> record
     certificates: new Map(), // name -> summary (never a key: see docs/ui.md)
     endpoints: new Map(), // gateway id -> { at, body } or { at, error }: asked for, not live
+    reach: new Map(), // route name -> { ok, text }: the last shadowing check
     revision: 0, // newest registry revision heard of
     routingRevision: 0, // newest revision of a change other than a gateway record
     lastEventId: null, // where the stream resumes (SSE id)
@@ -272,11 +273,13 @@
       case 'route_put': {
         const had = state.routes.has(ev.route.name);
         state.routes.set(ev.route.name, ev.route);
+        state.reach.delete(ev.route.name); // checked against the old match
         state.routingRevision = Math.max(state.routingRevision, ev.revision);
         return logEvent('route', `route ${ev.route.name} ${had ? 'changed' : 'created'}`);
       }
       case 'route_delete':
         state.routes.delete(ev.name);
+        state.reach.delete(ev.name);
         state.routingRevision = Math.max(state.routingRevision, ev.revision);
         return logEvent('route', `route ${ev.name} deleted`);
       case 'gateway_put': {
@@ -533,6 +536,61 @@
     return parts.join('\n');
   }
 
+  function reachView(name) {
+    const r = state.reach.get(name);
+    if (!r) return '';
+    return el('span', { class: r.ok === true ? 'status passing' : r.ok === false ? 'status critical' : 'muted', text: r.text });
+  }
+
+  /** A request the route matches, for `/explain`; null when its match has a
+   * regex (no sample request can be made from it honestly). */
+  function sampleRequest(r) {
+    const ms = [...(r.headers || []), ...(r.query || [])];
+    if (r.path_regex !== undefined || ms.some((m) => m.regex !== undefined)) return null;
+    const q = new URLSearchParams();
+    q.set('method', (r.methods || ['GET'])[0]);
+    if (r.hosts && r.hosts.length) q.set('host', r.hosts[0].replace('*', 'sample'));
+    const query = (r.query || []).filter((m) => m.present !== false)
+      .map((m) => `${encodeURIComponent(m.name)}=${encodeURIComponent(m.exact ?? 'sample')}`);
+    const path = r.path ?? r.path_prefix ?? '/';
+    q.set('path', query.length ? `${path}?${query.join('&')}` : path);
+    for (const m of r.headers || []) {
+      if (m.present !== false) q.append('header', `${m.name}:${m.exact ?? 'sample'}`);
+    }
+    return q;
+  }
+
+  /** Asks a gateway's `/explain` where a request each route matches goes: a
+   * route that does not get its own sample request is shadowed by the one
+   * that does, and the gateway says why. */
+  async function checkReach(gateway) {
+    for (const [name, r] of state.routes) {
+      const q = sampleRequest(r);
+      if (!q) {
+        state.reach.set(name, { ok: null, text: 'not checked: its match has a regex' });
+        continue;
+      }
+      q.set('gateway', gateway);
+      try {
+        const res = await api(`/v1/explain?${q}`);
+        const x = await res.json();
+        if (!res.ok) {
+          state.reach.set(name, { ok: null, text: `not checked: ${res.status} ${x.error || ''}` });
+        } else if (x.route && x.route.name === name) {
+          state.reach.set(name, { ok: true, text: `reachable (on ${gateway})` });
+        } else {
+          const mine = (x.considered || []).find((c) => c.route === name);
+          const winner = x.route ? `route ${x.route.name}` : 'no route';
+          state.reach.set(name, { ok: false, text: `shadowed on ${gateway}: a request it matches goes to ${winner}${mine ? ` (${mine.result})` : ''}` });
+        }
+      } catch (err) {
+        if (err instanceof AuthError) askToken(err);
+        state.reach.set(name, { ok: null, text: `not checked: ${err.message || err}` });
+      }
+    }
+    render();
+  }
+
   function renderRoutes() {
     const frag = document.createDocumentFragment();
     const names = [...state.routes.keys()].sort();
@@ -558,8 +616,16 @@
           ['filters', filters.length ? el('div', null, ...filters) : ''],
           ['policy', policies.join('\n')],
           ['traffic', routeTraffic(name)],
+          ['reach', reachView(name)],
         ])));
     }
+    const via = [...state.gateways.values()].find((g) => g.admin);
+    const check = el('button', {
+      type: 'button', id: 'check-reach', class: 'more', disabled: !via || !names.length,
+      text: via ? `check each route is reachable (asks ${via.id})` : 'check each route is reachable (needs a gateway with an admin listener)',
+      onclick: () => checkReach(via.id),
+    });
+    frag.prepend(check);
     if (!names.length) frag.append(el('p', { class: 'muted', text: 'No routes in the registry (gateways may still route by their route files and implicit /{service} routes).' }));
     $('routes-list').replaceChildren(frag);
   }

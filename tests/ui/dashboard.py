@@ -60,6 +60,7 @@ class Registry:
     def route(self, name, spec):
         status, body = self.call("PUT", f"/v1/routes/{name}", spec)
         assert status in (200, 201), f"route {name}: {status} {body}"
+        return body["revision"]
 
 
 def browser():
@@ -117,6 +118,17 @@ class Page:
             head[0].click()  # its handler redraws at once
             return False
         self.until(f"service {service} expanded", opened)
+
+    def click_until(self, selector, what, done):
+        """Clicks a button the page may redraw under the click, until `done`."""
+        def attempt():
+            if done():
+                return True
+            found = self.css(selector)
+            if found and found[0].is_enabled():
+                found[0].click()
+            return done()
+        self.until(what, attempt)
 
     def row(self, service, iid):
         rows = self.css(f'.service[data-service="{service}"] tr[data-instance="{iid}"]')
@@ -241,11 +253,11 @@ def scenario_open(page, reg, args):
     text = page.css(card)[0].text
     for want in ("api.example.com", "GET, POST", "x-canary = 1", "service web", "rate_limit", "retry"):
         assert want in text, f"route card lacks {want!r}: {text!r}"
-    shoot(page, args.screenshots, "routes")
     reg.route("api", {"path_prefix": "/v2/api", "service": "users"})
     page.until("route change shown", lambda: "/v2/api*" in page.css(card)[0].text
                and "service users" in page.css(card)[0].text)
     print("ok: routes with match, target, filters; a change shows")
+
 
     # Gateways: the one of `portico up`.
     page.tab("gateways")
@@ -271,13 +283,26 @@ def scenario_open(page, reg, args):
     page.until("the gateway's per-route traffic", busy_route_shown)
     # Its endpoints, relayed from its admin listener: the registry itself is
     # the selfcheck endpoint, in rotation.
-    page.css(".gateway .endpoints button")[0].click()
     endpoint = f'.endpoints div[data-route="auto:selfcheck"] tr[data-endpoint="{host}:{port}"]'
-    page.until("endpoints of the gateway", lambda: page.css(endpoint))
+    page.click_until(".gateway .endpoints button", "endpoints of the gateway", lambda: page.css(endpoint))
     etext = page.css(endpoint)[0].text
     assert "yes" in etext and "registry" in etext, etext
     print("ok: gateways with applied revision, renewal, per-route traffic and endpoints")
     shoot(page, args.screenshots, "gateways")
+
+    # A route another one shadows says so, with the gateway's reason.
+    reg.route("wide", {"path": "/x", "priority": 10, "service": "web"})
+    last = reg.route("narrow", {"path": "/x", "methods": ["GET"], "service": "users"})
+    page.tab("routes")
+    page.until("routes listed", lambda: page.css('.route[data-route="narrow"]'))
+    page.until("the gateway applied the routes", lambda: any(
+        g["applied_revision"] >= last for g in reg.call("GET", "/v1/gateways")[1]["gateways"]))
+    card = lambda name: page.css(f'.route[data-route="{name}"]')[0].text
+    page.click_until("#check-reach", "narrow shadowed", lambda: "shadowed" in card("narrow"))
+    assert "route wide" in card("narrow") and "higher priority" in card("narrow"), card("narrow")
+    assert "reachable" in card("wide"), card("wide")
+    print("ok: a shadowed route says so, with the gateway's reason")
+    shoot(page, args.screenshots, "routes")
 
     # Explain, through the registry's relay to the gateway's admin listener.
     page.tab("explain")
