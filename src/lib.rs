@@ -222,9 +222,14 @@ impl GatewayListeners {
 /// an admin listener is given.
 pub async fn run_gateway(
     listeners: GatewayListeners,
-    options: GatewayOptions,
+    mut options: GatewayOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // The record names the admin listener so the registry can ask it for
+    // `/explain` on the dashboard's behalf.
+    if let (Some(announce), Some(admin)) = (options.announce.as_mut(), &listeners.admin) {
+        announce.admin = Some(admin.local_addr()?.to_string());
+    }
     let gateway = Gateway::new(options).context("gateway options")?;
     for (what, l) in [
         ("gateway", &listeners.plain),

@@ -69,6 +69,9 @@ pub struct Announce {
     pub ttl: Duration,
     /// The addresses written in the record; empty: the listeners' own.
     pub addresses: Vec<String>,
+    /// The admin listener's address written in the record (`None`: no
+    /// admin listener, or not reachable by the registry).
+    pub admin: Option<String>,
 }
 
 impl Announce {
@@ -78,6 +81,7 @@ impl Announce {
             id: id.into(),
             ttl: DEFAULT_GATEWAY_TTL,
             addresses: Vec::new(),
+            admin: None,
         }
     }
 }
@@ -296,6 +300,9 @@ pub struct RecordFacts {
     pub addresses: Vec<String>,
     /// Unix ms when the gateway started.
     pub started_at_ms: u64,
+    /// The admin listener's address, if it runs one (the dashboard's
+    /// explain box reaches it through the registry).
+    pub admin: Option<String>,
 }
 
 /// The task writing this gateway's record. Dropped (the gateway's serve
@@ -370,6 +377,7 @@ async fn announce(
             started_at_ms: facts.started_at_ms,
             ttl: settings.ttl,
             demand: cluster.measure(now - last),
+            admin: facts.admin.clone(),
         };
         last = now;
         match client.put_gateway(&settings.id, &spec).await {

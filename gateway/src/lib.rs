@@ -453,6 +453,7 @@ fn spawn_announcer(
             .collect();
     }
     let facts = cluster::RecordFacts {
+        admin: settings.admin.clone(),
         addresses,
         started_at_ms: cache::unix_ms(),
     };

@@ -452,9 +452,13 @@ mod tests {
             m.totals().load_since(&m.totals(), Duration::from_secs(1)),
             None
         );
-        let mut one = RouteTotals::default();
-        one.responses = 1;
-        one.buckets[BOUNDS_US.len()] = 1;
+        let mut buckets = [0; BOUNDS_US.len() + 1];
+        buckets[BOUNDS_US.len()] = 1;
+        let one = RouteTotals {
+            responses: 1,
+            buckets,
+            ..RouteTotals::default()
+        };
         let open = one
             .load_since(&RouteTotals::default(), Duration::from_secs(1))
             .unwrap();

@@ -121,7 +121,8 @@ pub fn router(catalog: Arc<Catalog>, closing: watch::Receiver<bool>) -> Router {
             catalog: catalog.clone(),
             closing: closing.clone(),
         })
-        .merge(crate::consul::router(catalog, closing))
+        .merge(crate::consul::router(catalog.clone(), closing))
+        .merge(crate::ui::router().merge(crate::ui::relay::router(catalog)))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then ends watch

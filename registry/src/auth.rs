@@ -410,7 +410,8 @@ pub enum Need<'a> {
 /// - any method on the Consul API's writes (`/v1/agent/service/register`,
 ///   `/v1/agent/service/deregister/{id}`, `/v1/agent/check/...`), which
 ///   older Consul clients send as GET: [`Need::SomeInstance`].
-/// - `GET`/`HEAD` on `/healthz` or `/readyz`: [`Need::Nothing`].
+/// - `GET`/`HEAD` on `/healthz` or `/readyz`, or on the dashboard's static
+///   files (`/ui`, `/ui/...`): [`Need::Nothing`].
 /// - `GET`/`HEAD` on `/v1/consumers` or below: [`Need::Admin`] (who may
 ///   call which routes, and their metadata, is an operator's business).
 /// - any other `GET`/`HEAD` (lists, blocking queries, `/v1/watch`): [`Need::Read`].
@@ -439,6 +440,9 @@ pub fn classify<'a>(method: &Method, path: &'a str) -> Need<'a> {
     if *method == Method::GET || *method == Method::HEAD {
         return match path {
             "/healthz" | "/readyz" => Need::Nothing,
+            // The dashboard's static files hold no data; its data calls
+            // carry the token like any client's.
+            p if p == "/ui" || p.starts_with("/ui/") => Need::Nothing,
             p if p == "/v1/consumers" || p.starts_with("/v1/consumers/") => Need::Admin,
             _ => Need::Read,
         };
@@ -796,6 +800,11 @@ mod tests {
         let c = |m: Method, p| classify(&m, p);
         assert_eq!(c(Method::GET, "/healthz"), Need::Nothing);
         assert_eq!(c(Method::HEAD, "/readyz"), Need::Nothing);
+        assert_eq!(c(Method::GET, "/ui/"), Need::Nothing);
+        assert_eq!(c(Method::GET, "/ui/app.js"), Need::Nothing);
+        assert_eq!(c(Method::GET, "/uix"), Need::Read);
+        assert_eq!(c(Method::GET, "/v1/explain"), Need::Read);
+        assert_eq!(c(Method::POST, "/ui/"), Need::Admin);
         assert_eq!(c(Method::POST, "/healthz"), Need::Admin);
         assert_eq!(c(Method::GET, "/v1/services"), Need::Read);
         assert_eq!(c(Method::GET, "/v1/watch"), Need::Read);

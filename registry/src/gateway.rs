@@ -57,6 +57,7 @@ const FIELDS: &[&str] = &[
     "started_at_ms",
     "ttl",
     "demand",
+    "admin",
     "routes",
 ];
 
@@ -117,6 +118,9 @@ impl GatewaySpec {
                 "version",
                 format!("must be 1 to {MAX_TEXT} visible ASCII characters"),
             ));
+        }
+        if let Some(admin) = &self.admin {
+            check_address(admin).map_err(|r| refuse("admin", r))?;
         }
         if !(MIN_GATEWAY_TTL..=MAX_GATEWAY_TTL).contains(&self.ttl) {
             return Err(refuse("ttl", "must be between 1s and 5m"));
@@ -220,6 +224,12 @@ mod tests {
             .unwrap();
         assert_eq!(spec.ttl, DEFAULT_GATEWAY_TTL);
         assert_eq!(spec.applied_revision, 0);
+        assert_eq!(spec.admin, None);
+        let spec = GatewaySpec::from_json(
+            br#"{"addresses":["127.0.0.1:8080"],"version":"0.1.0","admin":"127.0.0.1:9180"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.admin.as_deref(), Some("127.0.0.1:9180"));
     }
 
     #[test]
@@ -243,6 +253,11 @@ mod tests {
                 r#"{"addresses":["a:1"],"version":"1","routes":{"r":{"rps":-1,"error_rate":0,"p99_ms":1}}}"#,
                 "routes.r.rps",
             ),
+            (
+                r#"{"addresses":["a:1"],"version":"1","admin":"nope"}"#,
+                "admin",
+            ),
+            (r#"{"addresses":["a:1"],"version":"1","admin":7}"#, "admin"),
             (r#"{"addresses":["a:1"]}"#, "version"),
             (
                 r#"{"addresses":["a:1"],"version":"1","applied_revision":"x"}"#,

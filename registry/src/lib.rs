@@ -46,6 +46,9 @@
 //!   accept loop, then the same axum service).
 //! - [`auth`] (`server`): bearer tokens with roles (`admin`, `register`,
 //!   `read`) and the middleware that checks them before any handler runs.
+//! - [`ui`] (`server`): the dashboard at `/ui/` (static files embedded,
+//!   served with ETags and a strict CSP) and `/v1/explain` and
+//!   `/v1/endpoints`, which relay a gateway's admin answers to the page.
 //! - [`client`] (`client`): the SDK (self-registration with heartbeats) and the
 //!   watch client gateways follow.
 //!
@@ -90,6 +93,8 @@ pub mod metrics;
 pub mod prometheus;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod ui;
 
 #[cfg(feature = "client")]
 pub mod client;

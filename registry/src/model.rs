@@ -1202,6 +1202,10 @@ pub struct GatewaySpec {
     /// other gateways divide the limit by.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub demand: std::collections::BTreeMap<String, f64>,
+    /// The gateway's admin listener (`host:port`), when it runs one: where
+    /// the registry asks for `/explain` on the dashboard's behalf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     /// What each route saw on this gateway since its previous record, by
     /// route name (routes without requests left out): what the dashboard
     /// shows per gateway and route, as fresh as the renewal period.

@@ -531,11 +531,11 @@ fn native_refused(e: &Invalid, checks: &Checks) -> ConsulError {
 mod tests {
     use super::*;
 
-    fn ok(body: Value) -> Registration {
+    fn ok(body: &Value) -> Registration {
         translate(body.to_string().as_bytes(), Some([10, 0, 0, 7].into())).unwrap()
     }
 
-    fn refused(body: Value) -> String {
+    fn refused(body: &Value) -> String {
         translate(body.to_string().as_bytes(), None)
             .unwrap_err()
             .message
@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn keys_match_as_consul_matches_them() {
-        let r = ok(json!({"name": "web", "ID": "web-1", "PORT": 80,
+        let r = ok(&json!({"name": "web", "ID": "web-1", "PORT": 80,
             "Tags": ["a"], "meta": {"k": "v"}, "weights": {"Passing": 5000, "Warning": 1},
             "EnableTagOverride": true, "Connect": null,
             "check": {"ttl": "10s", "deregister_critical_service_after": "1m"}}));
@@ -556,19 +556,19 @@ mod tests {
         assert_eq!(r.spec.ttl, Some(Duration::from_secs(10)));
         assert_eq!(r.spec.tags, ["a"]);
         assert_eq!(
-            ok(json!({"Name": "api", "Port": 1, "Check": {"TTL": "5s"}})).id,
+            ok(&json!({"Name": "api", "Port": 1, "Check": {"TTL": "5s"}})).id,
             "api"
         );
     }
 
     #[test]
     fn an_http_check_probes_the_instance_itself() {
-        let r = ok(json!({"Name": "web", "Address": "127.0.0.1", "Port": 8080,
+        let r = ok(&json!({"Name": "web", "Address": "127.0.0.1", "Port": 8080,
             "Check": {"HTTP": "http://localhost:8080/actuator/health?x=1", "Interval": "10s"}}));
         let check = r.spec.check.expect("a registry-run check");
         assert_eq!(check.path, "/actuator/health?x=1");
         assert_eq!(check.interval, Duration::from_secs(10));
-        let e = refused(json!({"Name": "web", "Address": "127.0.0.1", "Port": 8080,
+        let e = refused(&json!({"Name": "web", "Address": "127.0.0.1", "Port": 8080,
             "Check": {"HTTP": "http://10.1.1.1:8080/h", "Interval": "10s"}}));
         assert!(e.contains("Check.HTTP"), "{e}");
     }
@@ -619,7 +619,7 @@ mod tests {
                 "Check.CheckID",
             ),
         ] {
-            let e = refused(body.clone());
+            let e = refused(&body);
             assert!(e.contains(field), "{body}: {e}");
         }
         assert!(
