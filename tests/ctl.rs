@@ -181,9 +181,10 @@ async fn services_and_instances_as_tables_and_json() {
         .lines()
         .find(|l| l.starts_with("web-2"))
         .unwrap();
-    for cell in ["127.0.0.1:8082", "passing", "z1", "100", "blue", "ttl 1m"] {
+    for cell in ["127.0.0.1:8082", "passing", "z1", "100", "blue", "ttl 1m ("] {
         assert!(row.contains(cell), "{cell:?} missing from {row:?}");
     }
+    assert!(row.contains("s left)"), "the lease's time left: {row:?}");
     let json = up
         .ctl(&["instances", "web", "-o", "json"])
         .await

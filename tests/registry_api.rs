@@ -829,3 +829,29 @@ async fn a_gateway_record_reports_each_routes_load() {
         "{record}"
     );
 }
+
+/// An instance list says how long each lease has left (what the dashboard
+/// and `portico ctl instances` show); an instance kept alive by its check
+/// has no lease and is not in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_list_says_how_long_each_lease_has_left() {
+    let registry = TestRegistry::start(fast_leases()).await;
+    let base = format!("{}/v1/services/svc/instances", registry.url);
+    let leased = put_json(
+        &format!("{base}/leased"),
+        json!({"address": "127.0.0.1", "port": 9000, "ttl": "30s"}),
+    )
+    .await;
+    assert_eq!(leased.status, StatusCode::OK);
+    let kept = put_json(
+        &format!("{base}/kept"),
+        json!({"address": "127.0.0.1", "port": 9001, "check": {"tcp": true, "interval": "1h"}}),
+    )
+    .await;
+    assert_eq!(kept.status, StatusCode::OK, "{}", kept.json());
+    let list = get(&base).await.json();
+    let left = &list["lease_left_ms"];
+    let ms = left["leased"].as_u64().unwrap_or_else(|| panic!("{list}"));
+    assert!(ms > 0 && ms <= 30_000, "{list}");
+    assert!(left.get("kept").is_none(), "{list}");
+}

@@ -510,17 +510,28 @@ impl Catalog {
         status: Option<Status>,
     ) -> Result<InstanceList, CatalogError> {
         let range = self.store.range(&service_prefix(service)).await?;
-        let instances = range
+        let instances: Vec<Instance> = range
             .kvs
             .iter()
             .filter_map(decode_instance)
             .filter(|i| status.is_none_or(|s| i.status == s))
+            .collect();
+        let lease_left_ms = instances
+            .iter()
+            .filter_map(|i| {
+                let left = self.store.lease_left(&instance_key(&i.service, &i.id))?;
+                Some((
+                    i.id.clone(),
+                    u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                ))
+            })
             .collect();
         Ok(InstanceList {
             service: service.to_string(),
             revision: range.revision,
             instances,
             stale_ms: range.stale_ms,
+            lease_left_ms,
         })
     }
 

@@ -890,6 +890,14 @@ pub struct InstanceList {
     /// current read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_ms: Option<u64>,
+    /// Milliseconds until each listed instance's lease lapses unless it is
+    /// renewed, by instance id, for the leases the answering registry
+    /// knows the deadline of: every lease on the embedded store; on etcd,
+    /// the leases this replica holds (a deadline lives in the memory of the
+    /// replica holding it, which is why a heartbeat costs etcd nothing).
+    /// Instances without a lease, or whose lease lapsed, are absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lease_left_ms: BTreeMap<String, u64>,
 }
 
 /// Counts of one service's instances by status, in `GET /v1/services`.

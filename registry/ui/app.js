@@ -449,6 +449,7 @@
         if (state.expanded.has(name)) state.expanded.delete(name);
         else state.expanded.add(name);
         render();
+        pollLeases();
       },
     },
     el('span', { class: 'name', text: `${open ? '▾' : '▸'} ${name}` }),
@@ -481,8 +482,37 @@
   function lease(i) {
     if (!i.ttl) return i.check ? 'none: kept by its check' : '-';
     if (i.status === 'critical' && !i.check_failing) return `ttl ${i.ttl}, lapsed ${ago(i.status_since_ms)}`;
+    const left = leaseLeft.get(`${i.service}/${i.id}`);
+    if (left) {
+      const s = Math.max(0, Math.round((left.ms - (Date.now() - left.at)) / 1000));
+      return `ttl ${i.ttl}, ${s}s left`;
+    }
     return `ttl ${i.ttl}`;
   }
+
+  // Time left on each lease ("service/id" -> {ms, at}), read every 2 s from
+  // the instance list of each expanded service: no event says it (a
+  // heartbeat changes nothing in the registry's history).
+  const leaseLeft = new Map();
+  const LEASE_POLL_MS = 2000;
+  const LEASE_POLL_SERVICES = 20;
+  async function pollLeases() {
+    if (!state.connected || state.tab !== 'services') return;
+    for (const name of [...state.expanded].slice(0, LEASE_POLL_SERVICES)) {
+      try {
+        const res = await api(`/v1/services/${encodeURIComponent(name)}/instances`);
+        if (!res.ok) continue;
+        const list = await res.json();
+        const at = Date.now();
+        for (const key of [...leaseLeft.keys()]) if (key.startsWith(`${name}/`)) leaseLeft.delete(key);
+        for (const [id, ms] of Object.entries(list.lease_left_ms || {})) leaseLeft.set(`${name}/${id}`, { ms, at });
+      } catch {
+        // The stream's banner already says when the registry is away.
+      }
+    }
+    scheduleRender();
+  }
+  setInterval(pollLeases, LEASE_POLL_MS);
 
   function instanceRow(i) {
     const why = reason(i);

@@ -65,7 +65,7 @@ pub async fn instances(ctl: &Ctl, service: &str) -> Result<(), CtlError> {
             text(&i["zone"]),
             text(&i["weight"]),
             tags.join(","),
-            keeper(i),
+            keeper(i, &list["lease_left_ms"]),
         ]);
     }
     print!("{}", table.render(ctl.colour));
@@ -104,13 +104,16 @@ fn address(i: &Value) -> String {
 }
 
 /// What keeps the instance listed: its lease (renewed by heartbeats), its
-/// registry check, or both. The API does not say when the lease was last
-/// renewed (a heartbeat writes nothing), so the lease's length is shown,
-/// not the time left.
-fn keeper(i: &Value) -> String {
+/// registry check, or both. The lease's time left is shown when the
+/// registry knows it (`left`: the list's `lease_left_ms`; on etcd, only the
+/// answering replica's own leases).
+fn keeper(i: &Value, left: &Value) -> String {
     let mut parts = Vec::new();
     if let Some(ttl) = i["ttl"].as_str() {
-        parts.push(format!("ttl {ttl}"));
+        match left[text(&i["id"])].as_u64() {
+            Some(ms) => parts.push(format!("ttl {ttl} ({}s left)", ms.div_ceil(1000))),
+            None => parts.push(format!("ttl {ttl}")),
+        }
     }
     let check = &i["check"];
     if check.is_object() {

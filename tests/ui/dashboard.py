@@ -12,6 +12,7 @@ with what was expected and what the page showed.
 """
 
 import argparse
+import re
 import concurrent.futures
 import json
 import os
@@ -199,9 +200,10 @@ def scenario_open(page, reg, args):
     row = page.read("web-1 row", lambda: page.row("web", "web-1").text)
     for want in ("127.0.0.1:8001", "eu-1a", "v2", "build=b1", "passing", "ttl 10m"):
         assert want in row, f"web-1 row lacks {want!r}: {row!r}"
+    page.until("web-1's lease time left", lambda: re.search(r"ttl 10m, \d+s left", page.row("web", "web-1").text))
     page.expand("users")
     page.until("users-2 draining", lambda: page.row("users", "users-2").get_attribute("data-status") == "draining")
-    print("ok: instances with address, zone, tags, metadata, status, lease")
+    print("ok: instances with address, zone, tags, metadata, status, lease and its time left")
 
     # A registration shows without a reload: the marker set on this document survives.
     page.js("window.__sameDocument = true")

@@ -379,6 +379,12 @@ impl Store for EmbeddedStore {
         Ok(renewed.then(|| self.read().revision))
     }
 
+    fn lease_left(&self, key: &str) -> Option<Duration> {
+        let lease = self.shared.leases.get(key)?;
+        let left = lease.deadline.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
     async fn lapsed(&self, prefix: &str) -> Result<LeaseReport, StoreError> {
         let now = Instant::now();
         let mut leased = 0;

@@ -480,6 +480,10 @@ impl Store for EtcdStore {
         }
     }
 
+    fn lease_left(&self, key: &str) -> Option<Duration> {
+        self.0.leases.left(key)
+    }
+
     fn assigned_here(&self, key: &str) -> bool {
         self.0.leases.assigned_here(key)
     }

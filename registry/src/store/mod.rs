@@ -320,6 +320,13 @@ pub trait Store: Send + Sync + 'static {
         WriteHealth::default()
     }
 
+    /// Time until `key`'s lease lapses unless renewed, when this process
+    /// knows its deadline (`None`: no lease, lapsed, or held by another
+    /// process of a shared store).
+    fn lease_left(&self, _key: &str) -> Option<Duration> {
+        None
+    }
+
     /// Whether this process does the work for `key` that must run once
     /// across every process sharing the store (the registry's own checks).
     /// Always, on a store with one process.

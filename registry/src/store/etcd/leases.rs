@@ -144,6 +144,14 @@ impl Leases {
     }
 
     /// Leases held now.
+    /// Time until a lease this replica holds lapses; `None` for one it does
+    /// not hold or that lapsed.
+    pub(super) fn left(&self, key: &str) -> Option<Duration> {
+        let held = self.held.get(key)?;
+        let left = held.deadline.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
     pub(super) fn held(&self) -> usize {
         self.held.len()
     }
