@@ -501,3 +501,88 @@ async fn an_http10_upstream_still_answers_the_client_in_http11() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("hello"), "{answer}");
 }
+
+/// A keep-alive backend written on raw sockets that counts the connections
+/// it accepts. Its answers alternate between a `Content-Length` body and a
+/// chunked one; with `close_after_answer` it closes each connection once
+/// it has answered (without saying so, as an upstream's own idle timeout
+/// does), so the gateway's pooled connection is dead when next used.
+async fn counting_backend(
+    close_after_answer: bool,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = n;
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        answered += 1;
+                        let answer: &[u8] = if answered % 2 == 0 {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nchu\r\n4\r\nnked\r\n0\r\n\r\n"
+                        };
+                        if s.write_all(answer).await.is_err() || close_after_answer {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => pending.extend_from_slice(&buf[..k]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_and_a_closed_one_is_replaced() {
+    use std::sync::atomic::Ordering;
+    for close_after_answer in [false, true] {
+        let (addr, accepted) = counting_backend(close_after_answer).await;
+        let gw = TestGateway::start(options(&format!(
+            "[[route]]\nname = \"counted\"\nupstreams = [\"{addr}\"]\n"
+        )))
+        .await;
+        for i in 0..20 {
+            let r = get(&format!("http://{}/{i}", gw.addr)).await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "request {i}, close {close_after_answer}"
+            );
+            assert!(
+                r.body == "length" || r.body == "chunked",
+                "request {i}: {:?}",
+                r.body
+            );
+        }
+        let connections = accepted.load(Ordering::SeqCst);
+        if close_after_answer {
+            assert_eq!(
+                connections, 20,
+                "one connection per request when the upstream closes each"
+            );
+        } else {
+            assert_eq!(
+                connections, 1,
+                "20 sequential requests should share one upstream connection"
+            );
+        }
+        gw.stop().await;
+    }
+}

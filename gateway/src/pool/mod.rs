@@ -7,11 +7,13 @@
 //! benchmark it was about a quarter of Portico's user-space instructions. This
 //! pool does only what a reverse proxy needs:
 //!
-//! - HTTP/1.1: a stack of idle connections per endpoint. A connection goes
-//!   back on the stack when the response body has been read to the end (the
-//!   [`PooledBody`] wrapper sees that, including for empty bodies the server
-//!   never polls) and is dropped if the body was abandoned midway, because
-//!   its state is then unknown.
+//! - HTTP/1.1: a stack of idle connections per endpoint, each a plain
+//!   object the request's own task drives ([`h1`]: no task per connection,
+//!   no hop between tasks per request). A connection goes back on the stack
+//!   when the response body has been read to the end (the [`PooledBody`]
+//!   wrapper sees that, including for empty bodies the server never polls)
+//!   and is dropped if the body was abandoned midway, because its state is
+//!   then unknown.
 //! - h2c: one multiplexed connection per endpoint, shared by clones.
 //! - A request that a reused connection could not even start (it closed
 //!   while idle) is retried once on a fresh connection: nothing was sent.
@@ -24,17 +26,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -42,6 +41,11 @@ use tokio::time::Instant;
 use crate::balance::Endpoint;
 use crate::body::ClientBody;
 use crate::tls::upstream::TlsDial;
+
+mod h1;
+
+pub use h1::PooledBody;
+use h1::{H1Conn, UpstreamIo};
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -148,7 +152,7 @@ type Key = Box<str>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -208,7 +212,7 @@ impl Pool {
     ) -> Result<Response<PooledBody>, SendError> {
         let key = endpoint.authority.as_str();
         let mut reused = true;
-        let mut sender = match self.checkout_http1(key) {
+        let mut conn = match self.checkout_http1(key) {
             Some(s) => s,
             None => {
                 reused = false;
@@ -230,22 +234,21 @@ impl Pool {
             }
         };
         loop {
-            match sender.try_send_request(req).await {
+            match conn.send(req).await {
                 Ok(resp) => {
-                    let give_back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (Arc::downgrade(self), Box::<str>::from(key), sender));
-                    return Ok(resp.map(|inner| PooledBody {
-                        inner,
-                        done: false,
-                        give_back,
-                    }));
+                    return Ok(PooledBody::wrap(
+                        resp,
+                        conn,
+                        Arc::downgrade(self),
+                        key.into(),
+                    ));
                 }
                 Err(mut e) => match e.take_message() {
                     // Never started: the idle connection had closed. Once more, fresh.
                     Some(back) if reused => {
                         reused = false;
                         match Box::pin(self.connect_http1(endpoint)).await {
-                            Ok(s) => sender = s,
+                            Ok(c) => conn = c,
                             Err(error) => {
                                 return Err(SendError::unsent(error, back));
                             }
@@ -345,17 +348,11 @@ impl Pool {
                 }
             };
             let mut failed = match sender {
-                TlsConn::H1(mut s) => match s.try_send_request(http1_form(req)).await {
+                TlsConn::H1(mut c) => match c.send(http1_form(req)).await {
                     Ok(resp) => {
-                        let give_back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
-                            .then(|| (Arc::downgrade(self), dial.key.clone(), s));
-                        return Ok(resp.map(|inner| {
-                            Either::Left(PooledBody {
-                                inner,
-                                done: false,
-                                give_back,
-                            })
-                        }));
+                        let resp =
+                            PooledBody::wrap(resp, c, Arc::downgrade(self), dial.key.clone());
+                        return Ok(resp.map(Either::Left));
                     }
                     Err(e) => e,
                 },
@@ -383,35 +380,36 @@ impl Pool {
         }
     }
 
-    fn checkout_http1(&self, key: &str) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut conns = self.lock();
-        let stack = conns.http1.get_mut(key)?;
+    /// The most recently used idle connection to `key` that is still
+    /// usable. Each one looked at is taken out of the pool, and those found
+    /// closed or stale are dropped after the lock is released.
+    fn checkout_http1(&self, key: &str) -> Option<H1Conn> {
         let now = Instant::now();
-        // Most recently used first: its peer is the least likely to have timed it out.
-        let mut i = stack.len();
-        while i > 0 {
-            i -= 1;
-            let idle = &stack[i];
-            if idle.sender.is_closed() || now.duration_since(idle.since) >= self.idle_timeout {
-                stack.remove(i);
-            } else if idle.sender.is_ready() {
-                return Some(stack.remove(i).sender);
+        let mut stale = Vec::new();
+        let found = loop {
+            // Most recently used first: its peer is the least likely to have timed it out.
+            let idle = self.lock().http1.get_mut(key).and_then(Vec::pop);
+            let Some(mut idle) = idle else { break None };
+            // Polled once here: an EOF the upstream sent while it sat idle
+            // is read now.
+            if now.duration_since(idle.since) < self.idle_timeout && idle.conn.usable() {
+                break Some(idle.conn);
             }
-            // Not ready yet (its connection task has not seen the end of the
-            // last exchange): leave it for a later checkout.
-        }
-        None
+            stale.push(idle);
+        };
+        drop(stale);
+        found
     }
 
-    fn give_back(&self, key: Box<str>, sender: http1::SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn give_back(&self, key: Box<str>, conn: H1Conn) {
+        if conn.is_closed() {
             return;
         }
         let mut conns = self.lock();
         let stack = conns.http1.entry(key).or_default();
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -447,22 +445,11 @@ impl Pool {
         Ok(stream)
     }
 
-    async fn connect_http1(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect_http1(&self, endpoint: &Endpoint) -> Result<H1Conn, UpstreamError> {
         let stream = self.connect(endpoint).await?;
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(UPSTREAM_BUFFER)
-            .handshake(TokioIo::new(stream))
+        H1Conn::handshake(UpstreamIo::Tcp(stream))
             .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))
     }
 
     async fn connect_h2c(
@@ -504,27 +491,21 @@ impl Pool {
             self.lock().h2c.insert(dial.key.clone(), sender.clone());
             return Ok(TlsConn::H2(sender));
         }
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(UPSTREAM_BUFFER)
-            .handshake(TokioIo::new(tls))
+        let conn = H1Conn::handshake(UpstreamIo::Tls(Box::new(tls)))
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream TLS connection ended with an error");
-            }
-        });
-        Ok(TlsConn::H1(sender))
+        Ok(TlsConn::H1(conn))
     }
 
     /// Drops idle connections that are closed or past the idle timeout.
+    /// Each idle HTTP/1.1 connection is polled once (nothing else polls it
+    /// while it is idle), so one the upstream closed is noticed here.
     fn prune(&self) {
         let now = Instant::now();
         let mut conns = self.lock();
         conns.http1.retain(|_, stack| {
-            stack.retain(|i| {
-                !i.sender.is_closed() && now.duration_since(i.since) < self.idle_timeout
-            });
+            stack
+                .retain_mut(|i| now.duration_since(i.since) < self.idle_timeout && i.conn.usable());
             !stack.is_empty()
         });
         conns.h2c.retain(|_, s| !s.is_closed());
@@ -538,7 +519,7 @@ impl Pool {
 
 /// An upstream connection made over TLS: ALPN chose its protocol.
 enum TlsConn {
-    H1(http1::SendRequest<UpstreamBody>),
+    H1(H1Conn),
     H2(http2::SendRequest<UpstreamBody>),
 }
 
@@ -608,73 +589,6 @@ async fn prune_loop(pool: Weak<Pool>) {
         match pool.upgrade() {
             Some(p) => p.prune(),
             None => return,
-        }
-    }
-}
-
-/// An upstream HTTP/1.1 response body that returns its connection to the
-/// pool once it has been read to the end.
-pub struct PooledBody {
-    inner: Incoming,
-    done: bool,
-    give_back: Option<(Weak<Pool>, Box<str>, http1::SendRequest<UpstreamBody>)>,
-}
-
-impl std::fmt::Debug for PooledBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-impl PooledBody {
-    fn finish(&mut self) {
-        if let Some((pool, key, sender)) = self.give_back.take() {
-            if let Some(pool) = pool.upgrade() {
-                pool.give_back(key, sender);
-            }
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                self.done = true;
-                self.finish();
-            }
-            Poll::Ready(Some(Err(_))) => {
-                // A broken body: the connection is not reusable.
-                self.give_back = None;
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // Read to the end (or empty from the start): the connection is clean.
-        if self.done || self.inner.is_end_stream() {
-            self.finish();
         }
     }
 }
