@@ -562,11 +562,53 @@ def origin_accepts():
     return total
 
 
+class Syscalls:
+    """System calls and context switches of a proxy's processes while a load
+    runs, counted by the kernel (`perf stat` on the tracepoint
+    raw_syscalls:sys_enter); None where perf is missing or not permitted."""
+
+    def __init__(self, proc):
+        self.out = os.path.join(WORK, f"perf-{proc.name}.csv")
+        self.p = None
+        if shutil.which("perf"):
+            pids = ",".join(str(p) for p in proc.pids())
+            self.p = subprocess.Popen(
+                ["perf", "stat", "-x,", "-o", self.out, "-e", "raw_syscalls:sys_enter,context-switches",
+                 "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.2)  # perf attaches before the load starts
+
+    def stop(self):
+        """(system calls, context switches) since start, or (None, None)."""
+        if self.p is None:
+            return None, None
+        self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return None, None
+        counts = {}
+        try:
+            with open(self.out) as f:
+                for line in f:
+                    parts = line.strip().split(",")
+                    if len(parts) > 2 and parts[0].isdigit():
+                        counts[parts[2]] = int(parts[0])
+        except FileNotFoundError:
+            pass
+        return counts.get("raw_syscalls:sys_enter"), counts.get("context-switches")
+
+
 def measure(proc, fn):
     accepts = origin_accepts()
+    perf = Syscalls(proc)
     before = proc.cpu_ticks()
     res = fn()
     after = proc.cpu_ticks()
+    syscalls, switches = perf.stop()
+    n = res["requests"]
+    res["syscalls_per_req"] = syscalls / n if syscalls is not None and n else None
+    res["switches_per_req"] = switches / n if switches is not None and n else None
     cpu_us = (after - before) * 1_000_000 / CLK_TCK
     res["cpu_us_per_req"] = cpu_us / res["requests"] if res["requests"] else None
     res["rss_kb"] = proc.mem_kb("VmRSS")
@@ -1153,8 +1195,9 @@ def render(machine, results, extra):
     out.append(f"Date: {machine['date']}. Command: `{machine['command']}` "
                f"({machine['reps']} interleaved repetitions of {machine['seconds']} s; medians, spread = (max-min)/median).")
     out.append("")
-    out.append("| scenario | proxy | req/s | spread | CPU-us/req | spread | p50 us | p99 us | errors+non2xx | upstream reuse | RSS after |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| scenario | proxy | req/s | spread | CPU-us/req | spread | p50 us | p99 us | errors+non2xx "
+               "| upstream reuse | syscalls/req | ctx switches/req | RSS after |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = []
     for sid, res in results.items():
         meds = {}
@@ -1167,6 +1210,8 @@ def render(machine, results, extra):
                        f"{spread(cpu):.0f}% | {fmt(median([r['p50_us'] for r in runs]), 0)} | "
                        f"{fmt(median([r['p99_us'] for r in runs]), 0)} | {bad} | "
                        f"{fmt(median([r.get('upstream_reuse_pct') for r in runs]), 2)}% | "
+                       f"{fmt(median([r.get('syscalls_per_req') for r in runs]), 2)} | "
+                       f"{fmt(median([r.get('switches_per_req') for r in runs]), 3)} | "
                        f"{fmt(max(r['rss_kb'] for r in runs) // 1024)} MB |")
         runs = res["runs"]
         if "nginx" in runs and "portico" in runs:

@@ -7,13 +7,11 @@
 //! benchmark it was about a quarter of Portico's user-space instructions. This
 //! pool does only what a reverse proxy needs:
 //!
-//! - HTTP/1.1: a stack of idle connections per endpoint, each a plain
-//!   object the request's own task drives ([`h1`]: no task per connection,
-//!   no hop between tasks per request). A connection goes back on the stack
-//!   when the response body has been read to the end (the [`PooledBody`]
-//!   wrapper sees that, including for empty bodies the server never polls)
-//!   and is dropped if the body was abandoned midway, because its state is
-//!   then unknown.
+//! - HTTP/1.1: a stack of idle connections per endpoint. A connection goes
+//!   back on the stack when the response body has been read to the end (the
+//!   [`PooledBody`] wrapper sees that, including for empty bodies the server
+//!   never polls) and is dropped if the body was abandoned midway, because
+//!   its state is then unknown.
 //! - h2c: one multiplexed connection per endpoint, shared by clones.
 //! - A request that a reused connection could not even start (it closed
 //!   while idle) is retried once on a fresh connection: nothing was sent.
@@ -26,14 +24,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -41,11 +42,6 @@ use tokio::time::Instant;
 use crate::balance::Endpoint;
 use crate::body::ClientBody;
 use crate::tls::upstream::TlsDial;
-
-mod h1;
-
-pub use h1::PooledBody;
-use h1::{H1Conn, UpstreamIo};
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -152,7 +148,7 @@ type Key = Box<str>;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Idle {
-    conn: H1Conn,
+    sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
 }
 
@@ -212,7 +208,7 @@ impl Pool {
     ) -> Result<Response<PooledBody>, SendError> {
         let key = endpoint.authority.as_str();
         let mut reused = true;
-        let mut conn = match self.checkout_http1(key) {
+        let mut sender = match self.checkout_http1(key) {
             Some(s) => s,
             None => {
                 reused = false;
@@ -234,21 +230,22 @@ impl Pool {
             }
         };
         loop {
-            match conn.send(req).await {
+            match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    return Ok(PooledBody::wrap(
-                        resp,
-                        conn,
-                        Arc::downgrade(self),
-                        key.into(),
-                    ));
+                    let give_back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| (Arc::downgrade(self), Box::<str>::from(key), sender));
+                    return Ok(resp.map(|inner| PooledBody {
+                        inner,
+                        done: false,
+                        give_back,
+                    }));
                 }
                 Err(mut e) => match e.take_message() {
                     // Never started: the idle connection had closed. Once more, fresh.
                     Some(back) if reused => {
                         reused = false;
                         match Box::pin(self.connect_http1(endpoint)).await {
-                            Ok(c) => conn = c,
+                            Ok(s) => sender = s,
                             Err(error) => {
                                 return Err(SendError::unsent(error, back));
                             }
@@ -348,11 +345,17 @@ impl Pool {
                 }
             };
             let mut failed = match sender {
-                TlsConn::H1(mut c) => match c.send(http1_form(req)).await {
+                TlsConn::H1(mut s) => match s.try_send_request(http1_form(req)).await {
                     Ok(resp) => {
-                        let resp =
-                            PooledBody::wrap(resp, c, Arc::downgrade(self), dial.key.clone());
-                        return Ok(resp.map(Either::Left));
+                        let give_back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
+                            .then(|| (Arc::downgrade(self), dial.key.clone(), s));
+                        return Ok(resp.map(|inner| {
+                            Either::Left(PooledBody {
+                                inner,
+                                done: false,
+                                give_back,
+                            })
+                        }));
                     }
                     Err(e) => e,
                 },
@@ -380,36 +383,35 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `key` that is still
-    /// usable. Each one looked at is taken out of the pool, and those found
-    /// closed or stale are dropped after the lock is released.
-    fn checkout_http1(&self, key: &str) -> Option<H1Conn> {
+    fn checkout_http1(&self, key: &str) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut conns = self.lock();
+        let stack = conns.http1.get_mut(key)?;
         let now = Instant::now();
-        let mut stale = Vec::new();
-        let found = loop {
-            // Most recently used first: its peer is the least likely to have timed it out.
-            let idle = self.lock().http1.get_mut(key).and_then(Vec::pop);
-            let Some(mut idle) = idle else { break None };
-            // Polled once here: an EOF the upstream sent while it sat idle
-            // is read now.
-            if now.duration_since(idle.since) < self.idle_timeout && idle.conn.usable() {
-                break Some(idle.conn);
+        // Most recently used first: its peer is the least likely to have timed it out.
+        let mut i = stack.len();
+        while i > 0 {
+            i -= 1;
+            let idle = &stack[i];
+            if idle.sender.is_closed() || now.duration_since(idle.since) >= self.idle_timeout {
+                stack.remove(i);
+            } else if idle.sender.is_ready() {
+                return Some(stack.remove(i).sender);
             }
-            stale.push(idle);
-        };
-        drop(stale);
-        found
+            // Not ready yet (its connection task has not seen the end of the
+            // last exchange): leave it for a later checkout.
+        }
+        None
     }
 
-    fn give_back(&self, key: Box<str>, conn: H1Conn) {
-        if conn.is_closed() {
+    fn give_back(&self, key: Box<str>, sender: http1::SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
             return;
         }
         let mut conns = self.lock();
         let stack = conns.http1.entry(key).or_default();
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(Idle {
-                conn,
+                sender,
                 since: Instant::now(),
             });
         }
@@ -445,11 +447,22 @@ impl Pool {
         Ok(stream)
     }
 
-    async fn connect_http1(&self, endpoint: &Endpoint) -> Result<H1Conn, UpstreamError> {
+    async fn connect_http1(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
         let stream = self.connect(endpoint).await?;
-        H1Conn::handshake(UpstreamIo::Tcp(stream))
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_BUFFER)
+            .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     async fn connect_h2c(
@@ -491,21 +504,27 @@ impl Pool {
             self.lock().h2c.insert(dial.key.clone(), sender.clone());
             return Ok(TlsConn::H2(sender));
         }
-        let conn = H1Conn::handshake(UpstreamIo::Tls(Box::new(tls)))
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_BUFFER)
+            .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        Ok(TlsConn::H1(conn))
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream TLS connection ended with an error");
+            }
+        });
+        Ok(TlsConn::H1(sender))
     }
 
     /// Drops idle connections that are closed or past the idle timeout.
-    /// Each idle HTTP/1.1 connection is polled once (nothing else polls it
-    /// while it is idle), so one the upstream closed is noticed here.
     fn prune(&self) {
         let now = Instant::now();
         let mut conns = self.lock();
         conns.http1.retain(|_, stack| {
-            stack
-                .retain_mut(|i| now.duration_since(i.since) < self.idle_timeout && i.conn.usable());
+            stack.retain(|i| {
+                !i.sender.is_closed() && now.duration_since(i.since) < self.idle_timeout
+            });
             !stack.is_empty()
         });
         conns.h2c.retain(|_, s| !s.is_closed());
@@ -519,7 +538,7 @@ impl Pool {
 
 /// An upstream connection made over TLS: ALPN chose its protocol.
 enum TlsConn {
-    H1(H1Conn),
+    H1(http1::SendRequest<UpstreamBody>),
     H2(http2::SendRequest<UpstreamBody>),
 }
 
@@ -589,6 +608,73 @@ async fn prune_loop(pool: Weak<Pool>) {
         match pool.upgrade() {
             Some(p) => p.prune(),
             None => return,
+        }
+    }
+}
+
+/// An upstream HTTP/1.1 response body that returns its connection to the
+/// pool once it has been read to the end.
+pub struct PooledBody {
+    inner: Incoming,
+    done: bool,
+    give_back: Option<(Weak<Pool>, Box<str>, http1::SendRequest<UpstreamBody>)>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl PooledBody {
+    fn finish(&mut self) {
+        if let Some((pool, key, sender)) = self.give_back.take() {
+            if let Some(pool) = pool.upgrade() {
+                pool.give_back(key, sender);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                self.done = true;
+                self.finish();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                // A broken body: the connection is not reusable.
+                self.give_back = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Read to the end (or empty from the start): the connection is clean.
+        if self.done || self.inner.is_end_stream() {
+            self.finish();
         }
     }
 }
