@@ -42,7 +42,7 @@ use crate::config::{PathMatch, Route, Target};
 use crate::filter::FilterChain;
 use crate::health::HealthRegistry;
 use crate::router::Split;
-use crate::router::{RouteEntry, RouteTable, Router};
+use crate::router::{RouteEntry, RouteSource, RouteTable, Router};
 use crate::split::SplitOrder;
 use crate::tls::upstream::UpstreamTlsConfigs;
 use portico_registry::route::{Subset, WeightedTarget};
@@ -422,7 +422,13 @@ impl TableBuilder {
                 route: route.clone(),
                 endpoints: self.empty.clone(),
                 state,
-                implicit: i >= self.implicit_from,
+                source: if i >= self.implicit_from {
+                    RouteSource::Implicit
+                } else if i < self.file_routes.len() {
+                    RouteSource::File
+                } else {
+                    RouteSource::Registry
+                },
                 filters: self.chains.get(&route.name).cloned(),
                 split: None,
                 mirror: route.mirror.as_ref().map(|m| {
