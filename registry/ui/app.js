@@ -695,7 +695,8 @@
     for (const r of file) box.append(routeCard(r.name, r, 'route file', []));
     if (!file.length) box.append(el('p', { class: 'muted', text: 'No routes from a route file.' }));
     const implicit = bySource('implicit');
-    box.append(el('p', { class: 'muted', text: `${bySource('registry').length} registry routes applied (listed above)` +
+    const applied = bySource('registry').length;
+    box.append(el('p', { class: 'muted', text: `${applied} registry route${applied === 1 ? '' : 's'} applied (listed above)` +
       (implicit.length ? `; implicit routes: ${implicit.map((r) => `${r.path_prefix} → ${r.service}`).join(', ')}` : '') }));
     return box;
   }
@@ -772,7 +773,7 @@
             el('td', { class: 'mono', text: c.name }),
             el('td', null, ...(c.names || []).map((n) => el('span', { class: 'tag', text: n }))),
             el('td', { text: c.not_after }),
-            el('td', { class: `status ${level}`, text: days < 0 ? 'expired' : `${days} days` }),
+            el('td', { class: `status ${level}`, text: days < 0 ? 'expired' : `${days} days${level === 'warning' ? ': renew soon' : ''}` }),
             el('td', { class: 'mono', title: c.fingerprint_sha256, text: `${(c.fingerprint_sha256 || '').slice(0, 16)}…` }));
         })))));
     } else {

@@ -94,8 +94,10 @@ def firefox():
     options.set_preference("ui.prefersReducedMotion", 1)
     # The dark-mode check flips this preference from the browser's chrome
     # context; `--allow-system-access` lets geckodriver reach that context.
+    # Its log goes to the temporary directory, not the working tree.
     service = FirefoxService(os.environ.get("GECKODRIVER", "geckodriver"),
-                             service_args=["--allow-system-access"])
+                             service_args=["--allow-system-access"],
+                             log_path=os.path.join(tempfile.gettempdir(), "portico-ui-geckodriver.log"))
     driver = webdriver.Firefox(service=service, options=options)
     driver.set_window_size(1280, 900)
     return driver
@@ -318,7 +320,7 @@ def scenario_open(page, reg, args):
                and "service users" in page.css(card)[0].text)
     print("ok: routes with match, target, filters; a change shows")
     if args.file_route:
-        file_route(page, args.file_route)
+        file_route(page, args.file_route, args.screenshots)
 
 
     # Gateways: the one of `portico up`.
@@ -401,7 +403,7 @@ def scenario_open(page, reg, args):
     left = lambda name: page.css(f'tr[data-certificate="{name}"] td.status')[0]
     assert "passing" in left("api").get_attribute("class"), left("api").get_attribute("class")
     soon = page.read("soon row", lambda: page.css('tr[data-certificate="soon"]')[0].text)
-    assert "soon.example.com" in soon and ("6 days" in soon or "7 days" in soon), soon
+    assert "soon.example.com" in soon and ("6 days" in soon or "7 days" in soon) and "renew soon" in soon, soon
     assert "warning" in left("soon").get_attribute("class"), left("soon").get_attribute("class")
     first = page.css("table.certificates tbody tr")[0].get_attribute("data-certificate")
     assert first == "soon", f"soonest expiry not first: {first}"
@@ -431,7 +433,7 @@ def scenario_open(page, reg, args):
         bulk(page, reg, args)
 
 
-def file_route(page, name):
+def file_route(page, name, screenshots):
     """The gateway's route-file route, under its gateway, marked so."""
     box = ".gateway-routes[data-gateway]"
     card = f'{box} .route[data-route="{name}"]'
@@ -441,8 +443,11 @@ def file_route(page, name):
         assert want in text, f"route-file card lacks {want!r}: {text!r}"
     assert not page.css(f'#routes-list > .route[data-route="{name}"]'), "a file route listed as a registry route"
     summary = page.read("gateway routes summary", lambda: page.css(box)[0].text)
-    assert "registry routes applied" in summary and "implicit routes:" in summary and "/web → web" in summary, summary
+    assert "registry route" in summary and "applied" in summary and "implicit routes:" in summary and "/web → web" in summary, summary
     print("ok: a gateway's route-file routes, marked route file, and its implicit routes")
+    page.js("arguments[0].scrollIntoView()", page.css(box)[0])
+    shoot(page, screenshots, "routes-gateway")
+    page.js("window.scrollTo(0, 0)")
 
 
 def bulk(page, reg, args):
