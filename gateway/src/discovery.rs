@@ -846,6 +846,11 @@ mod tests {
         );
         let m = find(&t, "/taken").unwrap();
         assert_eq!(&*m.entry.route.name, "claimed");
+        assert_eq!(m.entry.source, RouteSource::File);
+        assert_eq!(
+            find(&t, "/svc/x").unwrap().entry.source,
+            RouteSource::Implicit
+        );
 
         b.set_service("svc", &BTreeMap::new());
         let t = b.build(2);
@@ -892,6 +897,8 @@ mod tests {
         let t = b.build(1);
         let names: Vec<&str> = t.entries().iter().map(|e| &*e.route.name).collect();
         assert_eq!(names, ["file", "fine"]);
+        let sources: Vec<RouteSource> = t.entries().iter().map(|e| e.source).collect();
+        assert_eq!(sources, [RouteSource::File, RouteSource::Registry]);
         assert_eq!(&*find(&t, "/taken/x").unwrap().entry.route.name, "file");
     }
 }
