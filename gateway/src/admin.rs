@@ -18,9 +18,13 @@
 //!   ...). Built for debugging a 404 or a 503 without reading logs. With a
 //!   gRPC `content_type` (`application/grpc`, `-web`, `-web-text`) it also
 //!   says the gRPC status the call would get (`UNIMPLEMENTED`, ...).
+//! - `GET /routes`: every route of the live table with its source (`file`,
+//!   `registry`, `implicit`), match and target (see [`routes`]).
 //! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
 //!
 //! Plain hyper: a few read-only documents do not need a framework.
+
+mod routes;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -117,6 +121,7 @@ impl Admin {
         let (status, body) = match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET, "/endpoints") => (StatusCode::OK, endpoints(&table.load())),
+            (&Method::GET, "/routes") => (StatusCode::OK, routes::routes(&table.load())),
             (&Method::GET, "/status") => (
                 StatusCode::OK,
                 status_json(&table.load(), discovery, metrics),
@@ -136,7 +141,7 @@ impl Admin {
                     .body(Full::new(Bytes::from(crate::collector::render(registry))))
                     .expect("admin responses are well-formed");
             }
-            (_, "/healthz" | "/endpoints" | "/status" | "/explain" | "/metrics") => (
+            (_, "/healthz" | "/endpoints" | "/routes" | "/status" | "/explain" | "/metrics") => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed", "code": "method_not_allowed"}),
             ),

@@ -42,7 +42,7 @@ use crate::config::{PathMatch, Route, Target};
 use crate::filter::FilterChain;
 use crate::health::HealthRegistry;
 use crate::router::Split;
-use crate::router::{RouteEntry, RouteTable, Router};
+use crate::router::{RouteEntry, RouteSource, RouteTable, Router};
 use crate::split::SplitOrder;
 use crate::tls::upstream::UpstreamTlsConfigs;
 use portico_registry::route::{Subset, WeightedTarget};
@@ -422,7 +422,13 @@ impl TableBuilder {
                 route: route.clone(),
                 endpoints: self.empty.clone(),
                 state,
-                implicit: i >= self.implicit_from,
+                source: if i >= self.implicit_from {
+                    RouteSource::Implicit
+                } else if i < self.file_routes.len() {
+                    RouteSource::File
+                } else {
+                    RouteSource::Registry
+                },
                 filters: self.chains.get(&route.name).cloned(),
                 split: None,
                 mirror: route.mirror.as_ref().map(|m| {
@@ -840,6 +846,11 @@ mod tests {
         );
         let m = find(&t, "/taken").unwrap();
         assert_eq!(&*m.entry.route.name, "claimed");
+        assert_eq!(m.entry.source, RouteSource::File);
+        assert_eq!(
+            find(&t, "/svc/x").unwrap().entry.source,
+            RouteSource::Implicit
+        );
 
         b.set_service("svc", &BTreeMap::new());
         let t = b.build(2);
@@ -886,6 +897,8 @@ mod tests {
         let t = b.build(1);
         let names: Vec<&str> = t.entries().iter().map(|e| &*e.route.name).collect();
         assert_eq!(names, ["file", "fine"]);
+        let sources: Vec<RouteSource> = t.entries().iter().map(|e| e.source).collect();
+        assert_eq!(sources, [RouteSource::File, RouteSource::Registry]);
         assert_eq!(&*find(&t, "/taken/x").unwrap().entry.route.name, "file");
     }
 }

@@ -43,10 +43,11 @@ pub struct RouteEntry {
     pub endpoints: Arc<EndpointSet>,
     /// Its retry budget and limit counters, kept across tables.
     pub state: Arc<crate::breaker::RouteState>,
-    /// An implicit `/{service}` route (auto routes), not one written by
-    /// anyone: it strips its prefix from HTTP requests but never from a
-    /// gRPC call, whose server routes on the full `/{service}/{method}`.
-    pub implicit: bool,
+    /// Where the route came from. An implicit `/{service}` route (auto
+    /// routes) is written by no one: it strips its prefix from HTTP requests
+    /// but never from a gRPC call, whose server routes on the full
+    /// `/{service}/{method}`.
+    pub source: RouteSource,
     /// The route's filter chain, kept across tables while its filters stay
     /// the same; `None` (no filters, the common case) costs one branch.
     pub filters: Option<Arc<crate::filter::FilterChain>>,
@@ -59,6 +60,30 @@ pub struct RouteEntry {
     /// A route with `mirror`: the mirror service's endpoints (empty while
     /// it has none).
     pub mirror: Option<Arc<EndpointSet>>,
+}
+
+/// Who wrote a route: the admin listener's `/routes` says so, since a
+/// gateway's file routes are visible nowhere else (the registry never sees
+/// the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    /// The gateway's own route file (`--config`).
+    File,
+    /// The registry's `/v1/routes`.
+    Registry,
+    /// An implicit `/{service}` route for a discovered service.
+    Implicit,
+}
+
+impl RouteSource {
+    /// The name `/routes` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSource::File => "file",
+            RouteSource::Registry => "registry",
+            RouteSource::Implicit => "implicit",
+        }
+    }
 }
 
 /// A split route's targets and their weighted order.
@@ -441,7 +466,7 @@ mod tests {
                 route: r.clone(),
                 endpoints: Arc::new(EndpointSet::default()),
                 state: Arc::default(),
-                implicit: false,
+                source: RouteSource::File,
                 filters: None,
                 split: None,
                 mirror: None,

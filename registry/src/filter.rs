@@ -286,6 +286,29 @@ pub enum Filter {
     Custom(Custom),
 }
 
+impl Filter {
+    /// The `type` it was written with, for listings that show a filter
+    /// chain without its settings (which may hold secrets).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Filter::RateLimit(_) => "rate_limit",
+            Filter::RequestHeaders(_) => "request_headers",
+            Filter::ResponseHeaders(_) => "response_headers",
+            Filter::ApiKey(_) => "api_key",
+            Filter::Jwt(_) => "jwt",
+            Filter::Rewrite(_) => "rewrite",
+            Filter::Redirect(_) => "redirect",
+            Filter::BodyLimit(_) => "body_limit",
+            Filter::Compression(_) => "compression",
+            Filter::IpFilter(_) => "ip_filter",
+            Filter::BasicAuth(_) => "basic_auth",
+            Filter::ForwardAuth(_) => "forward_auth",
+            Filter::Cors(_) => "cors",
+            Filter::Custom(_) => "custom",
+        }
+    }
+}
+
 /// A checked `custom` filter: which filter, and its settings as written.
 ///
 /// Only their shape is checked here (a name, a table of bounded size):

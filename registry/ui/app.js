@@ -32,6 +32,8 @@
     gateways: new Map(), // gateway id -> record
     certificates: new Map(), // name -> summary (never a key: see docs/ui.md)
     endpoints: new Map(), // gateway id -> { at, body } or { at, error }: asked for, not live
+    gatewayRoutes: new Map(), // gateway id -> { at, revision, body } or { at, revision, error }
+    askingRoutes: new Set(), // gateway ids whose /v1/gateway-routes is under way
     reach: new Map(), // route name -> { ok, text }: the last shadowing check
     revision: 0, // newest registry revision heard of
     routingRevision: 0, // newest revision of a change other than a gateway record
@@ -621,33 +623,38 @@
     render();
   }
 
+  /** One route's card: its match, target, filters, policy and traffic.
+   * `badge` marks where it comes from (a gateway's route file). */
+  function routeCard(name, r, badge, extra) {
+    const path = r.path !== undefined ? `= ${r.path}` : r.path_regex !== undefined ? `~ /${r.path_regex}/` : r.path_prefix !== undefined ? `${r.path_prefix}*` : 'any';
+    const policies = Object.entries(r).filter(([k]) => !MATCH_KEYS.includes(k) && k !== 'source').map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`);
+    const filters = (r.filters || []).map((fl, n) => {
+      const { type, ...rest } = fl;
+      return el('div', { class: 'mono' }, `[${n}] ${type}`, Object.keys(rest).length ? ` ${JSON.stringify(rest)}` : '');
+    });
+    return el('div', { class: 'card route', 'data-route': name },
+      el('h3', null, name, badge ? el('span', { class: 'tag source', text: badge }) : ''),
+      kv([
+        ['hosts', (r.hosts || []).join(', ') || 'any'],
+        ['path', path],
+        ['methods', (r.methods || []).join(', ') || 'any'],
+        ['headers', (r.headers || []).map(valueMatch).join('; ')],
+        ['query', (r.query || []).map(valueMatch).join('; ')],
+        ['priority', r.priority ?? 0],
+        ['target', target(r)],
+        ['mirror', r.mirror ? JSON.stringify(r.mirror) : ''],
+        ['filters', filters.length ? el('div', null, ...filters) : ''],
+        ['policy', policies.join('\n')],
+        ['traffic', routeTraffic(name)],
+        ...extra,
+      ]));
+  }
+
   function renderRoutes() {
     const frag = document.createDocumentFragment();
     const names = [...state.routes.keys()].sort();
     for (const name of names) {
-      const r = state.routes.get(name);
-      const path = r.path !== undefined ? `= ${r.path}` : r.path_regex !== undefined ? `~ /${r.path_regex}/` : r.path_prefix !== undefined ? `${r.path_prefix}*` : 'any';
-      const policies = Object.entries(r).filter(([k]) => !MATCH_KEYS.includes(k)).map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`);
-      const filters = (r.filters || []).map((fl, n) => {
-        const { type, ...rest } = fl;
-        return el('div', { class: 'mono' }, `[${n}] ${type}`, Object.keys(rest).length ? ` ${JSON.stringify(rest)}` : '');
-      });
-      frag.append(el('div', { class: 'card route', 'data-route': name },
-        el('h3', { text: name }),
-        kv([
-          ['hosts', (r.hosts || []).join(', ') || 'any'],
-          ['path', path],
-          ['methods', (r.methods || []).join(', ') || 'any'],
-          ['headers', (r.headers || []).map(valueMatch).join('; ')],
-          ['query', (r.query || []).map(valueMatch).join('; ')],
-          ['priority', r.priority ?? 0],
-          ['target', target(r)],
-          ['mirror', r.mirror ? JSON.stringify(r.mirror) : ''],
-          ['filters', filters.length ? el('div', null, ...filters) : ''],
-          ['policy', policies.join('\n')],
-          ['traffic', routeTraffic(name)],
-          ['reach', reachView(name)],
-        ])));
+      frag.append(routeCard(name, state.routes.get(name), null, [['reach', reachView(name)]]));
     }
     const via = [...state.gateways.values()].find((g) => g.admin);
     const check = el('button', {
@@ -656,8 +663,59 @@
       onclick: () => checkReach(via.id),
     });
     frag.prepend(check);
-    if (!names.length) frag.append(el('p', { class: 'muted', text: 'No routes in the registry (gateways may still route by their route files and implicit /{service} routes).' }));
+    if (!names.length) frag.append(el('p', { class: 'muted', text: 'No routes in the registry.' }));
+    for (const id of [...state.gateways.keys()].sort()) frag.append(gatewayRoutesBox(state.gateways.get(id)));
     $('routes-list').replaceChildren(frag);
+  }
+
+  /** What one gateway routes by beyond the registry's routes: its route
+   * file's routes (as cards, marked "route file") and its implicit
+   * `/{service}` routes, from its admin `/routes` relayed by the registry.
+   * Asked again when the gateway applies a newer revision; a route file
+   * edit moves no registry revision, so "refresh" asks at once. */
+  function gatewayRoutesBox(g) {
+    const box = el('div', { class: 'gateway-routes', 'data-gateway': g.id },
+      el('h3', { text: `Gateway ${g.id}: its own routes` }));
+    if (!g.admin) {
+      box.append(el('p', { class: 'muted', text: 'This gateway reports no admin listener: its route file cannot be read.' }));
+      return box;
+    }
+    const got = state.gatewayRoutes.get(g.id);
+    if (!got || got.revision < g.applied_revision) fetchGatewayRoutes(g);
+    box.append(el('button', { type: 'button', class: 'more', text: 'refresh', onclick: () => fetchGatewayRoutes(g, true) }));
+    if (!got) return box;
+    box.append(el('span', { class: 'muted', text: ` as of ${new Date(got.at).toLocaleTimeString()}` }));
+    if (got.error) {
+      box.append(el('p', { class: 'error', text: got.error }));
+      return box;
+    }
+    const routes = got.body.routes || [];
+    const bySource = (s) => routes.filter((r) => r.source === s);
+    const file = bySource('file');
+    for (const r of file) box.append(routeCard(r.name, r, 'route file', []));
+    if (!file.length) box.append(el('p', { class: 'muted', text: 'No routes from a route file.' }));
+    const implicit = bySource('implicit');
+    const applied = bySource('registry').length;
+    box.append(el('p', { class: 'muted', text: `${applied} registry route${applied === 1 ? '' : 's'} applied (listed above)` +
+      (implicit.length ? `; implicit routes: ${implicit.map((r) => `${r.path_prefix} → ${r.service}`).join(', ')}` : '') }));
+    return box;
+  }
+
+  async function fetchGatewayRoutes(g, force) {
+    if (state.askingRoutes.has(g.id) && !force) return;
+    state.askingRoutes.add(g.id);
+    const revision = g.applied_revision;
+    try {
+      const res = await api(`/v1/gateway-routes?${new URLSearchParams({ gateway: g.id })}`);
+      const body = await res.json();
+      state.gatewayRoutes.set(g.id, res.ok ? { at: Date.now(), revision, body } : { at: Date.now(), revision, error: `${res.status}: ${body.error || 'failed'}` });
+    } catch (err) {
+      if (err instanceof AuthError) askToken(err);
+      state.gatewayRoutes.set(g.id, { at: Date.now(), revision, error: String(err.message || err) });
+    } finally {
+      state.askingRoutes.delete(g.id);
+    }
+    scheduleRender();
   }
 
   function renderGateways() {
@@ -715,7 +773,7 @@
             el('td', { class: 'mono', text: c.name }),
             el('td', null, ...(c.names || []).map((n) => el('span', { class: 'tag', text: n }))),
             el('td', { text: c.not_after }),
-            el('td', { class: `status ${level}`, text: days < 0 ? 'expired' : `${days} days` }),
+            el('td', { class: `status ${level}`, text: days < 0 ? 'expired' : `${days} days${level === 'warning' ? ': renew soon' : ''}` }),
             el('td', { class: 'mono', title: c.fingerprint_sha256, text: `${(c.fingerprint_sha256 || '').slice(0, 16)}…` }));
         })))));
     } else {

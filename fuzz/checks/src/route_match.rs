@@ -116,7 +116,7 @@ impl Case {
                 route: route.clone(),
                 endpoints: Arc::new(EndpointSet::default()),
                 state: Arc::default(),
-                implicit: false,
+                source: portico_gateway::router::RouteSource::File,
                 filters: None,
                 split: None,
                 mirror: None,

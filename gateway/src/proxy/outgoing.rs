@@ -87,7 +87,8 @@ pub(super) fn prepare(
         super::pick::hash_key(route, front.path(&req), req.headers(), peer.ip.as_bytes());
     // An implicit route never strips a gRPC call's path: its server routes
     // on the whole `/{service}/{method}`.
-    let keep_path = matched.entry.implicit && ctx.grpc.is_some();
+    let keep_path =
+        matched.entry.source == crate::router::RouteSource::Implicit && ctx.grpc.is_some();
     let strip = (route.strip_prefix && !keep_path).then_some(matched.prefix_len);
     let path_and_query = upstream_path(req.uri(), front.path(&req), strip)?;
     let host = front.host.as_ref().map(|h| h.value.clone());

@@ -6,9 +6,10 @@
 //!   asks again each load and gets a 304 while the binary is unchanged) and
 //!   a strict Content-Security-Policy ([`CSP`]): the page runs only its own
 //!   script and style files and talks only to its own origin.
-//! - [`relay`]: `GET /v1/explain?gateway=ID&...` and `/v1/endpoints?gateway=ID`,
-//!   the registry asking a gateway's admin listener for its `/explain` or
-//!   `/endpoints` answer on the page's behalf, since the page's CSP (and the
+//! - [`relay`]: `GET /v1/explain?gateway=ID&...`, `/v1/endpoints?gateway=ID`
+//!   and `/v1/gateway-routes?gateway=ID`, the registry asking a gateway's
+//!   admin listener for its `/explain`, `/endpoints` or `/routes` answer on
+//!   the page's behalf, since the page's CSP (and the
 //!   admin listener's lack of CORS) keeps it from calling the gateway itself.
 //!
 //! The page is static and holds no data, so [`crate::auth::classify`] lets

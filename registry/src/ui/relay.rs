@@ -4,7 +4,10 @@
 //! - `GET /v1/explain?gateway=ID&method=&host=&path=&header=...`: its
 //!   `/explain` (which route a request would take, and why);
 //! - `GET /v1/endpoints?gateway=ID`: its `/endpoints` (per route, each
-//!   endpoint in rotation or why not).
+//!   endpoint in rotation or why not);
+//! - `GET /v1/gateway-routes?gateway=ID`: its `/routes` (every route it
+//!   routes by, marked `file`, `registry` or `implicit`): a gateway's route
+//!   file is seen nowhere else.
 //!
 //! Why the registry and not the browser: the dashboard is served by the
 //! registry under a CSP that allows connections to its own origin only, and
@@ -35,7 +38,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest answer relayed (`/endpoints` of a large table is the biggest).
 pub const MAX_ANSWER: usize = 8 << 20;
 
-/// The `/v1/explain` and `/v1/endpoints` routes over `catalog`.
+/// The `/v1/explain`, `/v1/endpoints` and `/v1/gateway-routes` routes over
+/// `catalog`.
 pub fn router(catalog: Arc<Catalog>) -> axum::Router {
     axum::Router::new()
         .route(
@@ -45,6 +49,10 @@ pub fn router(catalog: Arc<Catalog>) -> axum::Router {
         .route(
             "/v1/endpoints",
             get(|s: State<Arc<Catalog>>, q: RawQuery| relay(s, q, "/endpoints")),
+        )
+        .route(
+            "/v1/gateway-routes",
+            get(|s: State<Arc<Catalog>>, q: RawQuery| relay(s, q, "/routes")),
         )
         .with_state(catalog)
 }
