@@ -13,7 +13,7 @@
 #                                    # callgrind counts every thread, so
 #                                    # the log's writer thread is included
 #   H2C=1 bench/callgrind.sh         # the client speaks h2c (prior knowledge):
-#                                    # h2load, one connection, STREAMS (10)
+#                                    # h2load, CONNS (1) connections x STREAMS (10)
 #                                    # concurrent streams; HEADERS unused
 #   HAPROXY=1 H2C=1 bench/callgrind.sh
 #                                    # the same load through HAProxy (one
@@ -61,6 +61,8 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
+# A backlog for CONNS x STREAMS requests in flight (socketserver's is 5).
+ThreadingHTTPServer.request_queue_size = 1024
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 done
@@ -85,7 +87,7 @@ while True:
         if time.time() > deadline: raise
         time.sleep(0.2)
 PY
-  h2load -n "$2" -c 1 -m "${STREAMS:-10}" "http://127.0.0.1:$1/small" >"$work/h2load.$2"
+  h2load -n "$2" -c "${CONNS:-1}" -m "${STREAMS:-10}" "http://127.0.0.1:$1/small" >"$work/h2load.$2"
   grep -q "status codes: $2 2xx" "$work/h2load.$2" || { cat "$work/h2load.$2" >&2; exit 1; }
 }
 
