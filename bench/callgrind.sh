@@ -88,7 +88,7 @@ while True:
         time.sleep(0.2)
 PY
   h2load -n "$2" -c "${CONNS:-1}" -m "${STREAMS:-10}" "http://127.0.0.1:$1/small" >"$work/h2load.$2"
-  grep -q "status codes: $2 2xx" "$work/h2load.$2" || { cat "$work/h2load.$2" >&2; exit 1; }
+  grep -q "status codes: $2 2xx" "$work/h2load.$2" || { cat "$work/h2load.$2" >&2; return 1; }
 }
 
 # HAProxy as the bench harness runs it, over the same origins.
@@ -136,7 +136,9 @@ run() {
   fi
   local pid=$!
   if [ -n "${H2C:-}" ]; then
-    h2c_client "$gw_port" "$n"
+    # run() is called in $(...), a subshell without the EXIT trap: stop the
+    # proxy under valgrind here when the load fails, or it outlives us.
+    h2c_client "$gw_port" "$n" || { kill $pid; wait $pid || true; exit 1; }
   else
   python3 - "$gw_port" "$n" <<'PY'
 import http.client, json, os, sys, time
