@@ -12,6 +12,14 @@
 #                                    # to a file), not --no-access-log;
 #                                    # callgrind counts every thread, so
 #                                    # the log's writer thread is included
+#   H2C=1 bench/callgrind.sh         # the client speaks h2c (prior knowledge):
+#                                    # h2load, CONNS (1) connections x STREAMS (10)
+#                                    # concurrent streams; HEADERS unused
+#   HAPROXY=1 H2C=1 bench/callgrind.sh
+#                                    # the same load through HAProxy (one
+#                                    # thread, proto h2 frontend, round robin,
+#                                    # http-reuse always) instead of Portico:
+#                                    # the side-by-side figure
 #
 # Runs `portico gateway --threads 1 --no-access-log` under valgrind twice
 # (LOW and HIGH keep-alive requests from one client to one Python origin)
@@ -53,6 +61,8 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
+# A backlog for CONNS x STREAMS requests in flight (socketserver's is 5).
+ThreadingHTTPServer.request_queue_size = 1024
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 done
@@ -64,6 +74,50 @@ upstreams = [${upstreams%, }]
 ${1:-}
 TOML
 
+# h2load over one h2c connection once the gateway listens; fails unless
+# every request got a 2xx.
+h2c_client() {
+  python3 - "$1" <<'PY'
+import socket, sys, time
+deadline = time.time() + 120
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30).close(); break
+    except OSError:
+        if time.time() > deadline: raise
+        time.sleep(0.2)
+PY
+  h2load -n "$2" -c "${CONNS:-1}" -m "${STREAMS:-10}" "http://127.0.0.1:$1/small" >"$work/h2load.$2"
+  grep -q "status codes: $2 2xx" "$work/h2load.$2" || { cat "$work/h2load.$2" >&2; return 1; }
+}
+
+# HAProxy as the bench harness runs it, over the same origins.
+haproxy_conf() {
+  local servers="" i=0
+  for u in $(echo "$upstreams" | tr -d '",'); do
+    servers="$servers  server o$i $u
+"
+    i=$((i + 1))
+  done
+  cat <<CFG
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$1 $([ -n "${H2C:-}" ] && echo "proto h2")
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+$servers
+CFG
+}
+
 log_flag=--no-access-log
 [ -n "${ACCESS_LOG:-}" ] && log_flag=""
 run() {
@@ -71,10 +125,21 @@ run() {
   gw_port=$(port)
   # The access log (when on) goes to stderr, that is to vg.$n with
   # valgrind's own messages.
+  if [ -n "${HAPROXY:-}" ]; then
+    haproxy_conf "$gw_port" >"$work/haproxy.$n.cfg"
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" haproxy -f "$work/haproxy.$n.cfg" \
+      >/dev/null 2>"$work/vg.$n" &
+  else
   RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
     $log_flag --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
+  fi
   local pid=$!
+  if [ -n "${H2C:-}" ]; then
+    # run() is called in $(...), a subshell without the EXIT trap: stop the
+    # proxy under valgrind here when the load fails, or it outlives us.
+    h2c_client "$gw_port" "$n" || { kill $pid; wait $pid || true; exit 1; }
+  else
   python3 - "$gw_port" "$n" <<'PY'
 import http.client, json, os, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
@@ -91,7 +156,11 @@ for i in range(n):
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
-  kill -INT $pid; wait $pid || true
+  fi
+  # SIGUSR1: HAProxy's soft stop (it exits, and callgrind writes its
+  # counts, once its connections are closed); Portico drains on SIGINT.
+  if [ -n "${HAPROXY:-}" ]; then kill -USR1 $pid; else kill -INT $pid; fi
+  wait $pid || true
   if [ -n "${ACCESS_LOG:-}" ]; then
     echo "access-log lines at $n: $(grep -c 'portico::access' "$work/vg.$n")" >&2
   fi

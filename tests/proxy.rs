@@ -201,6 +201,56 @@ async fn an_h2c_client_is_served_over_http1_upstream() {
     }
 }
 
+/// One h2c connection, many streams in flight at once (they run in the
+/// connection's task, not a task each): every one is answered, each with
+/// its own request id, and a shutdown while they wait on the backend
+/// lets them finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_h2c_streams_on_one_connection_finish_through_a_shutdown() {
+    const STREAMS: usize = 20;
+    let backend = FaultyBackend::start("slow").await;
+    backend.set_delay(Duration::from_millis(500));
+    let gw = TestGateway::start(options(&format!(
+        "[[route]]\nname = \"slow\"\nupstreams = [\"{}\"]\n",
+        backend.addr
+    )))
+    .await;
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let calls: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let mut sender = sender.clone();
+            let req = http::Request::get(format!("{}/s/{i}", gw.url))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            tokio::spawn(async move {
+                let resp = sender.send_request(req).await.unwrap();
+                let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, id, body)
+            })
+        })
+        .collect();
+    eventually("every stream reached the backend", || async {
+        backend.received() == STREAMS
+    })
+    .await;
+    let stopping = tokio::spawn(gw.stop());
+    let mut ids = std::collections::HashSet::new();
+    for call in calls {
+        let (status, id, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "slow");
+        assert!(ids.insert(id), "request ids are unique");
+    }
+    stopping.await.unwrap();
+}
+
 /// Sends raw bytes and reads until the peer closes or `deadline`.
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();

@@ -23,6 +23,8 @@
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
+//! - `streams`: an HTTP/2 connection's streams, run in the connection's own
+//!   task instead of a task each.
 //! - [`service`]: the downstream side as a `tower::Service`, and the
 //!   embedder's tower layers around it.
 //! - [`tls`]: certificates (files and registry, picked by SNI, reloaded),
@@ -92,6 +94,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod split;
+mod streams;
 pub mod tls;
 pub mod trace;
 pub mod tunnel;

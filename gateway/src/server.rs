@@ -4,7 +4,8 @@
 //!
 //! A cleartext connection's first bytes tell HTTP/1.1 from h2c and refuse
 //! other HTTP versions with 505 ([`crate::protocol`]); hyper's HTTP/1 or
-//! HTTP/2 server then serves it. On the TLS listener the handshake comes
+//! HTTP/2 server then serves it (HTTP/2 streams in the connection's task:
+//! [`crate::streams`]). On the TLS listener the handshake comes
 //! first (within the header read timeout, counted by outcome in
 //! [`crate::tls::TlsStats`]); ALPN `h2` goes straight to HTTP/2, anything
 //! else through the same first-bytes check. Both listeners share the
@@ -45,7 +46,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -54,6 +55,7 @@ use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
 use crate::idle::{Activity, ActivityIo, IdleClock};
 use crate::protocol::{Protocol, Rewind};
 use crate::proxy::{Peer, Proxy};
+use crate::streams::{ServeStreams, StreamExecutor};
 use crate::tls::{Handshake, ServerTls};
 
 /// Default time allowed for a client to send a complete request head.
@@ -72,7 +74,10 @@ pub const MAX_SEND_BUFFER: usize = 64 * 1024;
 #[derive(Debug)]
 struct Protocols {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    /// HTTP/2's settings; [`Protocols::http2`] gives each connection its
+    /// server, with an executor of its own ([`crate::streams`]).
+    max_header_list_size: u32,
+    max_concurrent_streams: u32,
     /// Bounds the first read too (before hyper's own clock starts).
     header_read_timeout: Duration,
 }
@@ -84,17 +89,28 @@ impl Protocols {
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_size.max(8192))
             .keep_alive(true);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_header_list_size(settings.max_header_size as u32)
-            .max_concurrent_streams(settings.max_concurrent_streams)
-            .max_send_buf_size(MAX_SEND_BUFFER)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
         Protocols {
             http1: h1,
-            http2: h2,
+            max_header_list_size: settings.max_header_size as u32,
+            max_concurrent_streams: settings.max_concurrent_streams,
             header_read_timeout: settings.header_read_timeout,
         }
+    }
+
+    /// One connection's HTTP/2 server, its streams run by `executor`.
+    ///
+    /// No keep-alive PINGs: the idle timeout already closes a connection
+    /// whose peer went away (no bytes for that long), and a PING every
+    /// 30 s kept an idle connection from ever reaching the 60 s idle
+    /// timeout. Without them hyper also skips its per-frame PING
+    /// bookkeeping (a lock per frame received).
+    fn http2(&self, executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
+        let mut h2 = http2::Builder::new(executor);
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(self.max_header_list_size)
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_send_buf_size(MAX_SEND_BUFFER);
+        h2
     }
 }
 
@@ -492,8 +508,10 @@ async fn serve_with<I, S, B>(
 {
     let io = TokioIo::new(io);
     if protocol == Protocol::H2c {
-        let conn = shared.protocols.http2.serve_connection(io, service);
-        drive(conn, |c| c.graceful_shutdown(), watch).await;
+        let executor = StreamExecutor::default();
+        let http2 = shared.protocols.http2(executor.clone());
+        let conn = ServeStreams::new(http2.serve_connection(io, service), executor);
+        drive(conn, |c| c.get_mut().conn().graceful_shutdown(), watch).await;
     } else {
         let conn = shared
             .protocols

@@ -844,6 +844,11 @@ fn respond_grpc(
     })
 }
 
+/// A fresh id, marked sensitive: not a secret, but unique to one request,
+/// so HPACK must not index it (HTTP/2 responses, h2c upstreams). Indexed,
+/// each id took a slot in the connection's header table and pushed out the
+/// entries that do repeat (`server`, `content-type`, the second's `date`),
+/// costing their bytes on later responses and an insertion every time.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
@@ -852,7 +857,9 @@ fn new_request_id() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+    let mut id = HeaderValue::from_bytes(&id).expect("hex is a valid header value");
+    id.set_sensitive(true);
+    id
 }
 #[cfg(test)]
 mod tests {
