@@ -21,6 +21,8 @@
 //!   weighted round robin, passing over targets with nothing in rotation).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
+//! - [`h1`]: a proxy-native HTTP/1.1 codec (request heads, strict body
+//!   framing), with no I/O, unit-tested and fuzzed alone.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
 //! - [`service`]: the downstream side as a `tower::Service`, and the
@@ -78,6 +80,7 @@ pub mod discovery;
 pub mod error;
 pub mod filter;
 pub mod grpc;
+pub mod h1;
 pub mod health;
 pub mod host;
 pub mod idle;
