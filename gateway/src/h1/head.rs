@@ -96,7 +96,9 @@ type Spans = Vec<((usize, usize), (usize, usize))>;
 
 /// Parses the head at the front of `buf` and takes it off (with any empty
 /// lines before it). `Ok(None)`: the head is not complete yet and still
-/// fits in `max_head` bytes; read more.
+/// fits in `max_head` bytes; read more. A head refused once complete has
+/// been taken off too: the connection answers it and closes, reading
+/// nothing further.
 pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>, HeadError> {
     let Some(found) = locate(buf, max_head)? else {
         return Ok(None);
