@@ -42,15 +42,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
+use crate::h1;
 use crate::idle::{Activity, ActivityIo, IdleClock};
 use crate::protocol::{Protocol, Rewind};
 use crate::proxy::{Peer, Proxy};
@@ -75,6 +78,8 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
     /// Bounds the first read too (before hyper's own clock starts).
     header_read_timeout: Duration,
+    /// The native HTTP/1.1 server's limits; `None`: hyper's serves HTTP/1.1.
+    native: Option<h1::server::Settings>,
 }
 
 impl Protocols {
@@ -90,10 +95,15 @@ impl Protocols {
             .max_concurrent_streams(settings.max_concurrent_streams)
             .max_send_buf_size(MAX_SEND_BUFFER)
             .keep_alive_interval(Some(Duration::from_secs(30)));
+        let native = (settings.http1 == Http1Server::Native).then(|| h1::server::Settings {
+            header_read_timeout: settings.header_read_timeout,
+            max_head: settings.max_header_size,
+        });
         Protocols {
             http1: h1,
             http2: h2,
             header_read_timeout: settings.header_read_timeout,
+            native,
         }
     }
 }
@@ -118,6 +128,19 @@ pub struct ServerSettings {
     /// Most client connections from one IP address; past it `429
     /// too_many_client_connections`. `None`: no per-IP cap.
     pub max_connections_per_ip: Option<usize>,
+    /// Which server speaks HTTP/1.1 on the gateway's listeners.
+    pub http1: Http1Server,
+}
+
+/// Which server speaks HTTP/1.1 on the gateway's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Server {
+    /// The native server ([`crate::h1::server`]): no buffer held while a
+    /// connection is idle, the request's future polled on its own task.
+    #[default]
+    Native,
+    /// hyper's HTTP/1 server, as before issue 15.
+    Hyper,
 }
 
 impl Default for ServerSettings {
@@ -130,6 +153,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 256,
             max_connections: None,
             max_connections_per_ip: None,
+            http1: Http1Server::default(),
         }
     }
 }
@@ -368,7 +392,7 @@ async fn serve_connection(
     };
     if h2 {
         // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
-        serve_http(stream, Protocol::H2c, &shared, conn).await;
+        serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
     } else {
         serve_detected(stream, &shared, conn).await;
     }
@@ -387,7 +411,7 @@ struct Conn {
 /// then serves.
 async fn serve_detected<I>(mut io: I, shared: &Shared, mut conn: Conn)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: h1::server::Io,
 {
     let first = tokio::time::timeout(
         shared.protocols.header_read_timeout,
@@ -403,20 +427,21 @@ where
         // Closed, failed, or silent for the header timeout: nothing to answer.
         _ => return,
     };
-    let mut io = Rewind::new(prefix, io);
     if protocol == Protocol::Unsupported {
+        let mut io = Rewind::new(prefix, io);
         let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
         let _ = io.shutdown().await;
         return;
     }
-    serve_http(io, protocol, shared, conn).await;
+    serve_http(io, prefix, protocol, shared, conn).await;
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends, through
-/// the embedder's layers when there are some.
-async fn serve_http<I>(io: I, protocol: Protocol, shared: &Shared, conn: Conn)
+/// Serves HTTP/1.1 or HTTP/2 on `io` (`prefix`: the bytes already read from
+/// it) until the connection ends, through the embedder's layers when there
+/// are some.
+async fn serve_http<I>(io: I, prefix: Bytes, protocol: Protocol, shared: &Shared, conn: Conn)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: h1::server::Io,
 {
     let Conn {
         peer: downstream,
@@ -429,7 +454,7 @@ where
     let watch = (idle, active, draining, addr);
     if let Some(layered) = &shared.layered {
         let layered = layered.clone();
-        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let handle = move |mut req: http::Request<RequestBody>| {
             req.extensions_mut().insert(downstream.clone());
             let hsts = hsts.clone();
             let call = tower::ServiceExt::oneshot(layered.clone(), req);
@@ -438,26 +463,26 @@ where
                     .await
                     .unwrap_or_else(|e| crate::service::answer_error(&e));
                 add_hsts(&mut resp, hsts);
-                Ok::<_, std::convert::Infallible>(resp)
+                resp
             }
-        });
-        return serve_with(io, protocol, shared, service, watch).await;
+        };
+        return serve_with(io, prefix, protocol, shared, handle, watch).await;
     }
     let proxy = shared.proxy.clone();
-    let service = service_fn(move |req| {
+    let handle = move |req: http::Request<RequestBody>| {
         let proxy = proxy.clone();
         let downstream = downstream.clone();
         let hsts = hsts.clone();
         // Boxed once, small at creation: the request's (large) state machine is
         // then built in place on the heap instead of being copied each time
-        // hyper moves the service future.
+        // the server moves the request's future.
         Box::pin(async move {
             let mut resp = proxy.handle(req, &downstream).await;
             add_hsts(&mut resp, hsts);
-            Ok::<_, std::convert::Infallible>(resp)
+            resp
         })
-    });
-    serve_with(io, protocol, shared, service, watch).await;
+    };
+    serve_with(io, prefix, protocol, shared, handle, watch).await;
 }
 
 /// `Strict-Transport-Security` on a response of the TLS listener; an
@@ -470,27 +495,43 @@ fn add_hsts<B>(resp: &mut http::Response<B>, hsts: Option<HeaderValue>) {
     }
 }
 
-/// Serves `service` on `io` with hyper's HTTP/1.1 or HTTP/2 server.
-async fn serve_with<I, S, B>(
+/// Serves `handle` on `io`: HTTP/2 with hyper's server, HTTP/1.1 with the
+/// native one ([`h1::server`]) or, when configured, hyper's.
+async fn serve_with<I, H, F, B>(
     io: I,
+    prefix: Bytes,
     protocol: Protocol,
     shared: &Shared,
-    service: S,
+    handle: H,
     watch: (IdleClock, Arc<Activity>, Draining, SocketAddr),
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    I: h1::server::Io,
+    H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
-    let io = TokioIo::new(io);
+    if protocol == Protocol::Http1 {
+        if let Some(settings) = &shared.protocols.native {
+            let (closing_tx, closing) = watch::channel(false);
+            let conn = h1::server::serve(io, prefix, settings, closing, handle);
+            drive(
+                conn,
+                move |_| {
+                    closing_tx.send_replace(true);
+                },
+                watch,
+            )
+            .await;
+            return;
+        }
+    }
+    let handle = Arc::new(handle);
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let fut = handle(req.map(RequestBody::Hyper));
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let io = TokioIo::new(Rewind::new(prefix, io));
     if protocol == Protocol::H2c {
         let conn = shared.protocols.http2.serve_connection(io, service);
         drive(conn, |c| c.graceful_shutdown(), watch).await;
@@ -508,12 +549,13 @@ async fn serve_with<I, S, B>(
 /// or when idle, and drops it (closing the socket) when it is idle because
 /// its client stopped reading, or still open an idle period after a
 /// graceful close was asked.
-async fn drive<C>(
+async fn drive<C, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     (mut idle, active, mut draining, peer): (IdleClock, Arc<Activity>, Draining, SocketAddr),
 ) where
-    C: Future<Output = Result<(), hyper::Error>>,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     tokio::pin!(conn);
     let mut shutting_down = false;
