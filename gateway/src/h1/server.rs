@@ -298,6 +298,12 @@ impl<I: Io> Conn<I> {
                 return Poll::Ready(Ok::<_, io::Error>(Some(r)));
             }
             self.poll_feed(cx, &mut feed)?;
+            // `100 Continue`, once the request reads its body.
+            if !self.out.is_empty() {
+                if let Poll::Ready(written) = self.poll_write_out(cx) {
+                    written?;
+                }
+            }
             if feed.done() && ready!(self.poll_gone(cx)) {
                 return Poll::Ready(Ok(None));
             }
