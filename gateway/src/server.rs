@@ -353,49 +353,54 @@ async fn serve_connection(
         };
         return serve_detected(io, &shared, conn).await;
     };
-    let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
-    let accepted = tokio::select! {
-        accepted = handshake => accepted,
-        // Shutting down before the handshake finished: nothing to finish.
-        _ = draining.closing.changed() => return,
-    };
-    let stream = match accepted {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tls.stats.count(Handshake::Failed, false);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    // Boxed: the handshake's state is large, and inline it would size
+    // every connection's task, cleartext ones too, for their whole life.
+    Box::pin(async move {
+        let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
+        let accepted = tokio::select! {
+            accepted = handshake => accepted,
+            // Shutting down before the handshake finished: nothing to finish.
+            _ = draining.closing.changed() => return,
+        };
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tls.stats.count(Handshake::Failed, false);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tls.stats.count(Handshake::Timeout, false);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let session = stream.get_ref().1;
+        if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validation: the handshake was the answer, and no
+            // HTTP is spoken on such a connection (RFC 8737 §3).
             return;
         }
-        Err(_) => {
-            tls.stats.count(Handshake::Timeout, false);
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
+        let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
+        tls.stats.count(outcome, resumed);
+        let mut downstream = shared.proxy.peer(peer, true);
+        downstream.client_subject = crate::tls::client_subject(session);
+        let conn = Conn {
+            peer: Arc::new(downstream),
+            hsts: tls.hsts.clone(),
+            active,
+            draining,
+        };
+        if h2 {
+            // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
+            serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
+        } else {
+            serve_detected(stream, &shared, conn).await;
         }
-    };
-    let session = stream.get_ref().1;
-    if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
-        // A TLS-ALPN-01 validation: the handshake was the answer, and no
-        // HTTP is spoken on such a connection (RFC 8737 §3).
-        return;
-    }
-    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
-    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
-    tls.stats.count(outcome, resumed);
-    let mut downstream = shared.proxy.peer(peer, true);
-    downstream.client_subject = crate::tls::client_subject(session);
-    let conn = Conn {
-        peer: Arc::new(downstream),
-        hsts: tls.hsts.clone(),
-        active,
-        draining,
-    };
-    if h2 {
-        // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
-        serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
-    } else {
-        serve_detected(stream, &shared, conn).await;
-    }
+    })
+    .await;
 }
 
 /// One connection's own state, handed from phase to phase.
@@ -526,6 +531,26 @@ async fn serve_with<I, H, F, B>(
             return;
         }
     }
+    // Boxed: hyper's connection state would otherwise size every native
+    // connection's task too.
+    Box::pin(serve_hyper(io, prefix, protocol, shared, handle, watch)).await;
+}
+
+/// Serves `handle` on `io` with hyper's HTTP/2 or HTTP/1.1 server.
+async fn serve_hyper<I, H, F, B>(
+    io: I,
+    prefix: Bytes,
+    protocol: Protocol,
+    shared: &Shared,
+    handle: H,
+    watch: (IdleClock, Arc<Activity>, Draining, SocketAddr),
+) where
+    I: h1::server::Io,
+    H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+{
     let handle = Arc::new(handle);
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let fut = handle(req.map(RequestBody::Hyper));
