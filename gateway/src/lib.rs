@@ -21,8 +21,8 @@
 //!   weighted round robin, passing over targets with nothing in rotation).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
-//! - [`h1`]: a proxy-native HTTP/1.1 codec (request heads, strict body
-//!   framing), with no I/O, unit-tested and fuzzed alone.
+//! - [`h1`]: the native HTTP/1.1 server: a strict codec (request heads, body
+//!   framing) fuzzed alone, and the connection loop the listeners run.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
 //! - [`service`]: the downstream side as a `tower::Service`, and the
@@ -59,7 +59,7 @@
 //!
 //! # The request path
 //!
-//! accept ([`server`]) → hyper h1/h2 connection → [`proxy::Proxy::handle`] →
+//! accept ([`server`]) → [`h1`] connection (hyper for h2) → [`proxy::Proxy::handle`] →
 //! load the current [`router::RouteTable`] once → host → path → method →
 //! route → [`balance::EndpointSet::pick`] → [`pool::Pool`] → stream
 //! the response back; failures become JSON errors in [`error`].

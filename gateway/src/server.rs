@@ -3,9 +3,10 @@
 //! enforce connection limits, and drain gracefully on shutdown.
 //!
 //! A cleartext connection's first bytes tell HTTP/1.1 from h2c and refuse
-//! other HTTP versions with 505 ([`crate::protocol`]); hyper's HTTP/1 or
-//! HTTP/2 server then serves it. On the TLS listener the handshake comes
-//! first (within the header read timeout, counted by outcome in
+//! other HTTP versions with 505 ([`crate::protocol`]); the native HTTP/1.1
+//! server ([`crate::h1`]) or hyper's HTTP/2 server then serves it. On the
+//! TLS listener the handshake comes first (within the header read timeout,
+//! counted by outcome in
 //! [`crate::tls::TlsStats`]); ALPN `h2` goes straight to HTTP/2, anything
 //! else through the same first-bytes check. Both listeners share the
 //! connection caps, the idle and send timeouts, and the drain; requests on
@@ -13,12 +14,13 @@
 //! `Strict-Transport-Security` on their responses.
 //!
 //! Limits and why they are where they are:
-//! - header read timeout: hyper's own, which only works with a timer set on
-//!   the builder (set here). For HTTP/1.1 hyper starts that clock whenever the
-//!   connection waits for a request head, so it also bounds how long an idle
-//!   keep-alive connection waits for its next request.
-//! - maximum head size: hyper's read buffer limit for HTTP/1.1 (a head that
-//!   does not fit is refused with 431), `max_header_list_size` for HTTP/2.
+//! - header read timeout: from the moment a connection waits for a request
+//!   head until the head is complete, so it also bounds how long an idle
+//!   keep-alive connection waits for its next request (the native HTTP/1.1
+//!   server, [`crate::h1::server`], runs it itself; hyper's HTTP/2 server
+//!   needs a timer on its builder, set here).
+//! - maximum head size: a head that does not fit is refused with 431
+//!   (`max_header_list_size` for HTTP/2).
 //! - idle timeout: no bytes in either direction for this long closes the
 //!   connection gracefully (in-flight requests still finish); see
 //!   [`crate::idle`]: the hot path pays one relaxed store per read or write.
@@ -26,9 +28,10 @@
 //!   could not proceed) is closed at once: it would never finish. So the
 //!   idle timeout is also the send timeout. A connection still open one
 //!   idle period after a graceful close was asked is closed.
-//! - buffering per connection: hyper's HTTP/1 buffers are bounded by the
-//!   head size limit (64 KiB) and its HTTP/2 send buffer per stream by
-//!   [`MAX_SEND_BUFFER`]; past them, back-pressure reaches the upstream
+//! - buffering per connection: the native HTTP/1.1 server holds no buffer
+//!   while a connection waits for a request, reads at most the head size
+//!   limit (64 KiB) for a head and one frame of body at a time; hyper's
+//!   HTTP/2 send buffer per stream is bounded by [`MAX_SEND_BUFFER`]; past them, back-pressure reaches the upstream
 //!   (whose own buffer is bounded: [`crate::pool::UPSTREAM_BUFFER`]).
 //! - connection caps, gateway-wide and per client IP, and the backoff on
 //!   accept errors: see [`crate::caps`].
