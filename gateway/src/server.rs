@@ -98,7 +98,7 @@ impl Protocols {
             .max_concurrent_streams(settings.max_concurrent_streams)
             .max_send_buf_size(MAX_SEND_BUFFER)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        let native = (settings.http1 == Http1Server::Native).then(|| h1::server::Settings {
+        let native = (settings.http1 == Http1Server::Native).then_some(h1::server::Settings {
             header_read_timeout: settings.header_read_timeout,
             max_head: settings.max_header_size,
         });

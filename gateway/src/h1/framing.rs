@@ -230,14 +230,14 @@ fn check_line(line: &[u8], whole: bool) -> Result<u64, FramingError> {
     match rest.get(ws) {
         None if whole && ws > 0 => return Err(FramingError::SizeLine("trailing whitespace")),
         None => {}
-        Some(b';') => {
+        Some(b';')
             if rest[ws..]
                 .iter()
-                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-            {
-                return Err(FramingError::SizeLine("control character in extension"));
-            }
+                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) =>
+        {
+            return Err(FramingError::SizeLine("control character in extension"));
         }
+        Some(b';') => {}
         Some(_) => return Err(FramingError::SizeLine("not a hex digit")),
     }
     let hex = std::str::from_utf8(&line[..digits]).unwrap_or("0");

@@ -32,7 +32,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header;
+use http::header::{self, HeaderName};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -291,30 +291,12 @@ impl<I: Io> Conn<I> {
         let method = head.method.clone();
         let version = head.version;
         let keep_alive = head.keep_alive;
+        let te_trailers = has_token(&head.headers, header::TE, "trailers");
         let (req, mut feed, upgrade) = request(head);
-        let mut fut = pin!(service(req));
-        let resp = poll_fn(|cx| {
-            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Ok::<_, io::Error>(Some(r)));
-            }
-            self.poll_feed(cx, &mut feed)?;
-            // `100 Continue`, once the request reads its body.
-            if !self.out.is_empty() {
-                if let Poll::Ready(written) = self.poll_write_out(cx) {
-                    written?;
-                }
-            }
-            if feed.done() && ready!(self.poll_gone(cx)) {
-                return Poll::Ready(Ok(None));
-            }
-            Poll::Pending
-        })
-        .await?;
-        let Some(resp) = resp else {
+        let Some(resp) = self.await_response(service(req), &mut feed).await? else {
             tracing::debug!("client closed the connection; request cancelled");
             return Ok(Next::Close);
         };
-        drop(fut);
         let (parts, body) = resp.into_parts();
         let upgrading = upgrade.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let framing = ResponseFraming::choose(&method, version, &parts, &body);
@@ -324,7 +306,8 @@ impl<I: Io> Conn<I> {
             && !has_token(&parts.headers, header::CONNECTION, "close")
             && !*closing.borrow();
         write_head(&mut self.out, &parts, framing, keep, version);
-        let complete = self.send_body(body, framing, &mut feed).await?;
+        let trailers = declared_trailers(&parts.headers, te_trailers);
+        let complete = self.send_body(body, framing, &trailers, &mut feed).await?;
         keep = keep && complete && feed.decoder.is_done() && !feed.broken;
         if upgrading {
             poll_fn(|cx| self.poll_write_out(cx)).await?;
@@ -336,12 +319,41 @@ impl<I: Io> Conn<I> {
         Ok(if keep { Next::KeepAlive } else { Next::Close })
     }
 
+    /// Polls the request's future until it answers, feeding its body
+    /// meanwhile. `None`: the client closed the connection first, and the
+    /// request is cancelled (its future dropped here).
+    async fn await_response<Fut: Future>(
+        &mut self,
+        fut: Fut,
+        feed: &mut Feed,
+    ) -> io::Result<Option<Fut::Output>> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Ok(Some(r)));
+            }
+            self.poll_feed(cx, feed)?;
+            // `100 Continue`, once the request reads its body.
+            if !self.out.is_empty() {
+                if let Poll::Ready(written) = self.poll_write_out(cx) {
+                    written?;
+                }
+            }
+            if feed.done() && ready!(self.poll_gone(cx)) {
+                return Poll::Ready(Ok(None));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Streams the response body; false when it ended early (the
     /// connection must close: its framing is not complete).
     async fn send_body<B>(
         &mut self,
         body: B,
         framing: ResponseFraming,
+        allowed: &[HeaderName],
         feed: &mut Feed,
     ) -> io::Result<bool>
     where
@@ -381,7 +393,15 @@ impl<I: Io> Conn<I> {
                         }
                         Err(frame) => {
                             finished = true;
-                            let trailers = frame.into_trailers().ok();
+                            let trailers = frame.into_trailers().ok().map(|t| {
+                                let mut kept = http::HeaderMap::new();
+                                for (name, value) in &t {
+                                    if allowed.contains(name) {
+                                        kept.append(name.clone(), value.clone());
+                                    }
+                                }
+                                kept
+                            });
                             if !framing.end(&mut self.out, trailers.as_ref(), sent) {
                                 return Poll::Ready(Ok(false));
                             }
@@ -470,6 +490,21 @@ impl<I: Io> Conn<I> {
             }
         }
     }
+}
+
+/// The trailer fields a response may send: only to a client that said
+/// `TE: trailers`, and only those the response declared in `Trailer` (as
+/// hyper does: a field not declared before the body cannot be expected).
+fn declared_trailers(headers: &http::HeaderMap, te_trailers: bool) -> Vec<HeaderName> {
+    if !te_trailers {
+        return Vec::new();
+    }
+    headers
+        .get_all(header::TRAILER)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+        .collect()
 }
 
 /// The request the service sees, the body feed, and the upgrade hand-over
