@@ -183,6 +183,7 @@ fn build(bytes: &Bytes, at: Located) -> Result<RequestHead, HeadError> {
         headers.append(name, value);
     }
     let body = body_framing(&headers, version)?;
+    normalize_length(&mut headers, body);
     let keep_alive = keeps_alive(&headers, version);
     let expect_continue = version == Version::HTTP_11
         && headers
@@ -231,6 +232,24 @@ pub fn body_framing(headers: &HeaderMap, version: Version) -> Result<BodyFraming
         None | Some(0) => BodyFraming::Empty,
         Some(n) => BodyFraming::Length(n),
     })
+}
+
+/// One `Content-Length` value for a length sent as a list or repeated
+/// (`3, 3`): what is forwarded names the length once, as it was read.
+fn normalize_length(headers: &mut HeaderMap, body: BodyFraming) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let single = match (values.next(), values.next()) {
+        (Some(v), None) => !v.as_bytes().contains(&b','),
+        (None, _) => true,
+        _ => false,
+    };
+    if !single {
+        let n = match body {
+            BodyFraming::Length(n) => n,
+            _ => 0,
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
 }
 
 fn field(name: &'static str) -> impl Fn(&'static str) -> HeadError {
@@ -372,6 +391,10 @@ mod tests {
         }
         let twice = ok("POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n");
         assert_eq!(twice.body, BodyFraming::Length(4));
+        let lengths: Vec<_> = twice.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["4"], "forwarded once");
+        let list = ok("POST / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n");
+        assert_eq!(list.headers["content-length"], "0");
         for cl in [
             "+5",
             "-1",
