@@ -362,6 +362,7 @@ impl<I: Io> Conn<I> {
     {
         let mut body = pin!(body);
         let mut finished = framing == ResponseFraming::None;
+        let mut complete = true;
         let mut sent: u64 = 0;
         poll_fn(|cx| {
             loop {
@@ -370,47 +371,16 @@ impl<I: Io> Conn<I> {
                     ready!(self.poll_write_out(cx))?;
                 }
                 if finished {
-                    return Poll::Ready(Ok(true));
+                    return Poll::Ready(Ok(complete));
                 }
-                let frame = match body.as_mut().poll_frame(cx) {
-                    Poll::Pending => {
-                        ready!(std::pin::Pin::new(&mut self.io).poll_flush(cx))?;
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(frame) => frame,
+                let Poll::Ready(frame) = body.as_mut().poll_frame(cx) else {
+                    ready!(std::pin::Pin::new(&mut self.io).poll_flush(cx))?;
+                    return Poll::Pending;
                 };
-                match frame {
-                    None => {
-                        finished = true;
-                        if !framing.end(&mut self.out, None, sent) {
-                            return Poll::Ready(Ok(false));
-                        }
-                    }
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => {
-                            sent += data.len() as u64;
-                            framing.data(&mut self.out, &data);
-                        }
-                        Err(frame) => {
-                            finished = true;
-                            let trailers = frame.into_trailers().ok().map(|t| {
-                                let mut kept = http::HeaderMap::new();
-                                for (name, value) in &t {
-                                    if allowed.contains(name) {
-                                        kept.append(name.clone(), value.clone());
-                                    }
-                                }
-                                kept
-                            });
-                            if !framing.end(&mut self.out, trailers.as_ref(), sent) {
-                                return Poll::Ready(Ok(false));
-                            }
-                        }
-                    },
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "response body failed; closing");
-                        return Poll::Ready(Ok(false));
-                    }
+                match put_frame(&mut self.out, framing, frame, &mut sent, allowed) {
+                    Ok(false) => {}
+                    Ok(true) => finished = true,
+                    Err(()) => (finished, complete) = (true, false),
                 }
             }
         })
@@ -492,6 +462,54 @@ impl<I: Io> Conn<I> {
     }
 }
 
+/// Puts one response frame (`None`: the end) into `out`. `Ok(true)`: the
+/// body is complete; `Err`: it broke (failed, or not the length declared),
+/// and the connection must close. Never writes past a declared length.
+fn put_frame<E: std::fmt::Display>(
+    out: &mut BytesMut,
+    framing: ResponseFraming,
+    frame: Option<Result<http_body::Frame<Bytes>, E>>,
+    sent: &mut u64,
+    allowed: &[HeaderName],
+) -> Result<bool, ()> {
+    let frame = match frame {
+        None => return framing.end(out, None, *sent).then_some(true).ok_or(()),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "response body failed; closing");
+            return Err(());
+        }
+        Some(Ok(frame)) => frame,
+    };
+    let trailers = match frame.into_data() {
+        Ok(mut data) => {
+            if let ResponseFraming::Length(n) = framing {
+                let room = usize::try_from(n - *sent).unwrap_or(usize::MAX);
+                if data.len() > room {
+                    framing.data(out, &data.split_to(room));
+                    return Err(());
+                }
+            }
+            *sent += data.len() as u64;
+            framing.data(out, &data);
+            return Ok(false);
+        }
+        Err(frame) => frame.into_trailers().ok(),
+    };
+    let kept = trailers.map(|t| {
+        let mut kept = http::HeaderMap::new();
+        for (name, value) in &t {
+            if allowed.contains(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
+    });
+    framing
+        .end(out, kept.as_ref(), *sent)
+        .then_some(true)
+        .ok_or(())
+}
+
 /// The trailer fields a response may send: only to a client that said
 /// `TE: trailers`, and only those the response declared in `Trailer` (as
 /// hyper does: a field not declared before the body cannot be expected).
@@ -545,4 +563,68 @@ fn request(
         tx
     });
     (req, feed, upgrade)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    type Framed = Option<Result<http_body::Frame<Bytes>, std::convert::Infallible>>;
+
+    fn data(s: &'static str) -> Framed {
+        Some(Ok(http_body::Frame::data(Bytes::from(s))))
+    }
+
+    #[test]
+    fn a_body_longer_than_its_length_is_cut_and_closes() {
+        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let framing = ResponseFraming::Length(3);
+        assert_eq!(
+            put_frame(&mut out, framing, data("ab"), &mut sent, &[]),
+            Ok(false)
+        );
+        assert_eq!(
+            put_frame(&mut out, framing, data("cdef"), &mut sent, &[]),
+            Err(())
+        );
+        assert_eq!(&out[..], b"abc", "nothing past the declared length");
+    }
+
+    #[test]
+    fn a_body_shorter_than_its_length_closes() {
+        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let framing = ResponseFraming::Length(3);
+        assert_eq!(
+            put_frame(&mut out, framing, data("ab"), &mut sent, &[]),
+            Ok(false)
+        );
+        assert_eq!(
+            put_frame::<std::convert::Infallible>(&mut out, framing, None, &mut sent, &[]),
+            Err(())
+        );
+    }
+
+    #[test]
+    fn only_declared_trailers_are_sent() {
+        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        t.insert("x-other", HeaderValue::from_static("1"));
+        let frame: Framed = Some(Ok(http_body::Frame::trailers(t)));
+        let allowed = [HeaderName::from_static("grpc-status")];
+        let framing = ResponseFraming::Chunked;
+        assert_eq!(
+            put_frame(&mut out, framing, frame, &mut sent, &allowed),
+            Ok(true)
+        );
+        assert_eq!(&out[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, x-a"),
+        );
+        assert_eq!(declared_trailers(&headers, true).len(), 2);
+        assert!(declared_trailers(&headers, false).is_empty());
+    }
 }
