@@ -474,7 +474,8 @@ where
                 resp
             }
         };
-        return serve_with(io, prefix, protocol, shared, handle, watch).await;
+        // Boxed: the layers' futures would otherwise size every connection.
+        return Box::pin(serve_with(io, prefix, protocol, shared, handle, watch)).await;
     }
     let proxy = shared.proxy.clone();
     let handle = move |req: http::Request<RequestBody>| {
