@@ -92,6 +92,8 @@ pub fn write_head(
     version: Version,
 ) {
     let status = parts.status;
+    // One allocation for a usual head rather than a doubling series.
+    out.reserve(256 + 48 * parts.headers.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.extend_from_slice(b" ");

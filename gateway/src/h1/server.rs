@@ -35,7 +35,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
@@ -211,21 +211,14 @@ impl<I: Io> Conn<I> {
     /// Reads more into the buffer, putting one up only once the socket has
     /// something to read. `Ok(0)`: the peer closed.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() == 0 {
-            ready!(self.io.poll_readable(cx))?;
-        }
+        // First, so a socket with nothing to read costs neither a buffer nor
+        // a read attempt (this runs on every wake-up while a request is in
+        // flight, to see the client leave).
+        ready!(self.io.poll_readable(cx))?;
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
-        let start = self.buf.len();
-        let room = self.buf.capacity() - start;
-        self.buf.resize(start + room, 0);
-        let mut rb = ReadBuf::new(&mut self.buf[start..]);
-        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, &mut rb);
-        let n = rb.filled().len();
-        self.buf.truncate(start + n);
-        ready!(polled)?;
-        Poll::Ready(Ok(n))
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Answers a refused head and closes.
