@@ -204,9 +204,9 @@ impl Body for H1Body {
 }
 
 /// The downstream request body the proxy reads, whichever server read it:
-/// none, hyper's (HTTP/2), or the native HTTP/1.1 server's. Re-exported as
-/// `crate::body::RequestBody`; it lives here so the server does not import
-/// the proxy's body module (no import cycle).
+/// none, hyper's (HTTP/2), or the native HTTP/1.1 server's. The `body`
+/// module re-exports it; it lives here so that the server does not import
+/// that module (no import cycle).
 #[derive(Debug)]
 pub enum RequestBody {
     /// No body (no framing, or `Content-Length: 0`).
