@@ -8,6 +8,8 @@
 #                                    # extra request headers (JSON object)
 #   BODY_KB=16 bench/callgrind.sh    # the origin answers 16 KiB of text
 #                                    # (text/plain) instead of "ok"
+#   GATEWAY_FLAGS='--http1-server hyper' bench/callgrind.sh
+#                                    # extra `portico gateway` flags
 #   ACCESS_LOG=1 bench/callgrind.sh  # the default access log on (stderr,
 #                                    # to a file), not --no-access-log;
 #                                    # callgrind counts every thread, so
@@ -131,7 +133,7 @@ run() {
       >/dev/null 2>"$work/vg.$n" &
   else
   RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
-    $log_flag --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
+    $log_flag ${GATEWAY_FLAGS:-} --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
   fi
   local pid=$!

@@ -849,6 +849,9 @@ def main():
                         f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log", "--no-admin",
                         "--tls-listen", f"127.0.0.1:{PORTS['portico']['tls']}",
                         "--tls-cert", f"{WORK}/tls/cert.pem:{WORK}/tls/key.pem"]
+        # PORTICO_FLAGS: extra gateway flags, e.g. `--http1-server hyper` to
+        # compare the two HTTP/1.1 servers in one binary.
+        portico_argv += os.environ.get("PORTICO_FLAGS", "").split()
         portico = Proc("portico", portico_argv, PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs += [nginx, haproxy, portico]
         for port in ORIGIN_PORTS + [PORTS["nginx"]["h1"], PORTS["haproxy"]["h1"], PORTS["portico"]["h1"]]:

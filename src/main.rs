@@ -14,7 +14,7 @@ use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
 use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
-use portico_gateway::server::ServerSettings;
+use portico_gateway::server::{Http1Server, ServerSettings};
 use portico_gateway::tls::cert::CertFiles;
 use portico_gateway::tls::{ClientAuth, TlsSettings};
 use portico_registry::auth::{Tokens, check_exposure};
@@ -36,6 +36,13 @@ struct Cli {
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--http1-server`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Http1ServerArg {
+    Native,
+    Hyper,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -398,6 +405,11 @@ struct GatewayArgs {
     /// too_many_client_connections. Default: no per-IP cap.
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// Which server speaks HTTP/1.1 on the gateway's listeners: `native`
+    /// (Portico's own, holding no buffer while a connection is idle) or
+    /// `hyper` (hyper's, as before; kept to compare and to fall back on).
+    #[arg(long, value_enum, default_value = "native")]
+    http1_server: Http1ServerArg,
     /// Close a WebSocket (upgraded) tunnel that carried no bytes either way
     /// for this long, both sides.
     #[arg(long, default_value = "60s", value_parser = duration)]
@@ -851,6 +863,10 @@ impl GatewayArgs {
                 drain_timeout: self.drain_timeout,
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
+                http1: match self.http1_server {
+                    Http1ServerArg::Native => Http1Server::Native,
+                    Http1ServerArg::Hyper => Http1Server::Hyper,
+                },
                 ..ServerSettings::default()
             },
             proxy: ProxySettings {

@@ -885,3 +885,143 @@ async fn clients_that_stop_reading_are_cut_off_and_their_memory_returned() {
     );
     drop(stalled);
 }
+
+// ---------------------------------------------------------------------------
+// Issue 15: the native HTTP/1.1 server keeps hyper's connection rules.
+
+/// Reads from `s` until `needle` has arrived (or the deadline).
+async fn read_until(s: &mut TcpStream, needle: &str) -> String {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let echo = TestEcho::start("e").await;
+    let gw = gateway(&echo_route("all", "/", &echo)).await;
+    let a = raw(
+        gw.addr,
+        b"GET /p/1 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /p/2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+          POST /p/3 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n\
+          HEAD /p/4 HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /p/5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let at = |p: &str| {
+        a.0.find(&format!("\"path\":\"{p}\""))
+            .unwrap_or_else(|| panic!("{p} not answered: {a:?}"))
+    };
+    assert!(at("/p/1") < at("/p/2") && at("/p/2") < at("/p/3"), "{a:?}");
+    assert!(at("/p/3") < at("/p/5"), "{a:?}");
+    assert_eq!(a.0.matches("HTTP/1.1 200").count(), 5, "{a:?}");
+    // The HEAD answer carried no body: the next response follows its head.
+    let head = a.0.match_indices("HTTP/1.1 200").nth(3).unwrap().0;
+    let next = a.0.match_indices("HTTP/1.1 200").nth(4).unwrap().0;
+    assert!(a.0[head..next].ends_with("\r\n\r\n"), "{a:?}");
+    assert!(a.0.contains("\"body_len\":3") && a.0.contains("\"body_len\":2"));
+    assert_eq!(
+        a.0.matches("\r\ndate: ").count(),
+        5,
+        "a Date on every response"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_keeps_alive_only_when_asked() {
+    let echo = TestEcho::start("e").await;
+    let gw = gateway(&echo_route("all", "/", &echo)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut s, "}").await;
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{first}"
+    );
+    s.write_all(b"GET /b HTTP/1.0\r\n\r\n").await.unwrap();
+    let second = read_answer(&mut s).await;
+    assert_eq!(second.status(), 200, "{second:?}");
+    assert_eq!(second.header("connection").as_deref(), Some("close"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_is_sent_only_when_the_body_is_read() {
+    let echo = TestEcho::start("e").await;
+    let routes = format!(
+        "{}[[route]]\nname = \"small\"\npath_prefix = \"/small\"\nupstreams = [\"{}\"]\nmax_request_body = \"1k\"\n",
+        echo_route("all", "/", &echo),
+        echo.addr
+    );
+    let gw = gateway(&routes).await;
+    // Read by the upstream exchange: 100 first, then the answer.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = read_until(&mut s, "\r\n\r\n").await;
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim}"
+    );
+    s.write_all(b"hello").await.unwrap();
+    let a = read_answer(&mut s).await;
+    assert_eq!(a.status(), 200, "{a:?}");
+    assert_eq!(a.json()["body_len"], 5);
+    // Refused before a byte is read: no 100.
+    let a = raw(
+        gw.addr,
+        b"PUT /small HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.status(), 413, "{a:?}");
+    assert!(!a.0.contains("100 Continue"), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_request() {
+    // A backend that takes a request, never answers, and reports when the
+    // gateway gives up on it (closes the upstream connection).
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = backend.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+            let _ = got_tx.send(());
+        }
+        while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    let gw = gateway(&format!(
+        "[[route]]\nname = \"hold\"\npath_prefix = \"/\"\nupstreams = [\"{addr}\"]\ntimeout = \"60s\"\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Once the request is at the backend, hang up.
+    tokio::time::timeout(DEADLINE, got_rx)
+        .await
+        .expect("the request never reached the backend")
+        .unwrap();
+    drop(s);
+    tokio::time::timeout(DEADLINE, closed_rx)
+        .await
+        .expect("the gateway kept the upstream request after its client left")
+        .unwrap();
+}

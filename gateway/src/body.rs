@@ -28,10 +28,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::grpc::web::TextDecoder;
+pub use crate::h1::body::{RequestBody, RequestBodyError};
 
 /// What became of a client's request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ fn fault_code(f: BodyFault) -> u8 {
 
 /// A client's request body with its size limit and read timeout.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     watch: Arc<BodyWatch>,
     limit: u64,
     received: u64,
@@ -195,7 +195,7 @@ impl std::fmt::Debug for ClientBody {
 impl ClientBody {
     /// Wraps `inner`; `limit` in bytes (`u64::MAX`: none).
     pub fn new(
-        inner: Incoming,
+        inner: RequestBody,
         limit: u64,
         read_timeout: Duration,
     ) -> (ClientBody, Arc<BodyWatch>) {
@@ -317,7 +317,7 @@ impl Body for ClientBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let fault = if e.is_incomplete_message() || e.is_canceled() {
+                let fault = if e.client_gone() {
                     BodyFault::ClientGone
                 } else {
                     BodyFault::Malformed

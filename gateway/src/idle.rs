@@ -82,6 +82,11 @@ impl<T, G> ActivityIo<T, G> {
         }
     }
 
+    /// The wrapped I/O.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
         match res {
             Poll::Ready(Ok(n)) if *n > 0 => {

@@ -21,6 +21,8 @@
 //!   weighted round robin, passing over targets with nothing in rotation).
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
 //! - [`retry`]: per-route retry policies and retry budgets.
+//! - [`h1`]: the native HTTP/1.1 server: a strict codec (request heads, body
+//!   framing) fuzzed alone, and the connection loop the listeners run.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
 //! - `streams`: an HTTP/2 connection's streams, run in the connection's own
@@ -59,7 +61,7 @@
 //!
 //! # The request path
 //!
-//! accept ([`server`]) → hyper h1/h2 connection → [`proxy::Proxy::handle`] →
+//! accept ([`server`]) → [`h1`] connection (hyper for h2) → [`proxy::Proxy::handle`] →
 //! load the current [`router::RouteTable`] once → host → path → method →
 //! route → [`balance::EndpointSet::pick`] → [`pool::Pool`] → stream
 //! the response back; failures become JSON errors in [`error`].
@@ -80,6 +82,7 @@ pub mod discovery;
 pub mod error;
 pub mod filter;
 pub mod grpc;
+pub mod h1;
 pub mod health;
 pub mod host;
 pub mod idle;

@@ -3,10 +3,11 @@
 //! enforce connection limits, and drain gracefully on shutdown.
 //!
 //! A cleartext connection's first bytes tell HTTP/1.1 from h2c and refuse
-//! other HTTP versions with 505 ([`crate::protocol`]); hyper's HTTP/1 or
-//! HTTP/2 server then serves it (HTTP/2 streams in the connection's task:
-//! [`crate::streams`]). On the TLS listener the handshake comes
-//! first (within the header read timeout, counted by outcome in
+//! other HTTP versions with 505 ([`crate::protocol`]); the native HTTP/1.1
+//! server ([`crate::h1`]) or hyper's HTTP/2 server then serves it (HTTP/2
+//! streams in the connection's task: [`crate::streams`]). On the TLS
+//! listener the handshake comes first (within the header read timeout,
+//! counted by outcome in
 //! [`crate::tls::TlsStats`]); ALPN `h2` goes straight to HTTP/2, anything
 //! else through the same first-bytes check. Both listeners share the
 //! connection caps, the idle and send timeouts, and the drain; requests on
@@ -14,12 +15,13 @@
 //! `Strict-Transport-Security` on their responses.
 //!
 //! Limits and why they are where they are:
-//! - header read timeout: hyper's own, which only works with a timer set on
-//!   the builder (set here). For HTTP/1.1 hyper starts that clock whenever the
-//!   connection waits for a request head, so it also bounds how long an idle
-//!   keep-alive connection waits for its next request.
-//! - maximum head size: hyper's read buffer limit for HTTP/1.1 (a head that
-//!   does not fit is refused with 431), `max_header_list_size` for HTTP/2.
+//! - header read timeout: from the moment a connection waits for a request
+//!   head until the head is complete, so it also bounds how long an idle
+//!   keep-alive connection waits for its next request (the native HTTP/1.1
+//!   server, [`crate::h1::server`], runs it itself; hyper's HTTP/2 server
+//!   needs a timer on its builder, set here).
+//! - maximum head size: a head that does not fit is refused with 431
+//!   (`max_header_list_size` for HTTP/2).
 //! - idle timeout: no bytes in either direction for this long closes the
 //!   connection gracefully (in-flight requests still finish); see
 //!   [`crate::idle`]: the hot path pays one relaxed store per read or write.
@@ -27,9 +29,10 @@
 //!   could not proceed) is closed at once: it would never finish. So the
 //!   idle timeout is also the send timeout. A connection still open one
 //!   idle period after a graceful close was asked is closed.
-//! - buffering per connection: hyper's HTTP/1 buffers are bounded by the
-//!   head size limit (64 KiB) and its HTTP/2 send buffer per stream by
-//!   [`MAX_SEND_BUFFER`]; past them, back-pressure reaches the upstream
+//! - buffering per connection: the native HTTP/1.1 server holds no buffer
+//!   while a connection waits for a request, reads at most the head size
+//!   limit (64 KiB) for a head and one frame of body at a time; hyper's
+//!   HTTP/2 send buffer per stream is bounded by [`MAX_SEND_BUFFER`]; past them, back-pressure reaches the upstream
 //!   (whose own buffer is bounded: [`crate::pool::UPSTREAM_BUFFER`]).
 //! - connection caps, gateway-wide and per client IP, and the backoff on
 //!   accept errors: see [`crate::caps`].
@@ -43,15 +46,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
+use crate::h1;
 use crate::idle::{Activity, ActivityIo, IdleClock};
 use crate::protocol::{Protocol, Rewind};
 use crate::proxy::{Peer, Proxy};
@@ -80,6 +86,8 @@ struct Protocols {
     max_concurrent_streams: u32,
     /// Bounds the first read too (before hyper's own clock starts).
     header_read_timeout: Duration,
+    /// The native HTTP/1.1 server's limits; `None`: hyper's serves HTTP/1.1.
+    native: Option<h1::server::Settings>,
 }
 
 impl Protocols {
@@ -89,11 +97,16 @@ impl Protocols {
             .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(settings.max_header_size.max(8192))
             .keep_alive(true);
+        let native = (settings.http1 == Http1Server::Native).then_some(h1::server::Settings {
+            header_read_timeout: settings.header_read_timeout,
+            max_head: settings.max_header_size,
+        });
         Protocols {
             http1: h1,
             max_header_list_size: settings.max_header_size as u32,
             max_concurrent_streams: settings.max_concurrent_streams,
             header_read_timeout: settings.header_read_timeout,
+            native,
         }
     }
 
@@ -134,6 +147,19 @@ pub struct ServerSettings {
     /// Most client connections from one IP address; past it `429
     /// too_many_client_connections`. `None`: no per-IP cap.
     pub max_connections_per_ip: Option<usize>,
+    /// Which server speaks HTTP/1.1 on the gateway's listeners.
+    pub http1: Http1Server,
+}
+
+/// Which server speaks HTTP/1.1 on the gateway's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Server {
+    /// The native server ([`crate::h1::server`]): no buffer held while a
+    /// connection is idle, the request's future polled on its own task.
+    #[default]
+    Native,
+    /// hyper's HTTP/1 server, as before issue 15.
+    Hyper,
 }
 
 impl Default for ServerSettings {
@@ -146,6 +172,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 256,
             max_connections: None,
             max_connections_per_ip: None,
+            http1: Http1Server::default(),
         }
     }
 }
@@ -345,49 +372,54 @@ async fn serve_connection(
         };
         return serve_detected(io, &shared, conn).await;
     };
-    let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
-    let accepted = tokio::select! {
-        accepted = handshake => accepted,
-        // Shutting down before the handshake finished: nothing to finish.
-        _ = draining.closing.changed() => return,
-    };
-    let stream = match accepted {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tls.stats.count(Handshake::Failed, false);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+    // Boxed: the handshake's state is large, and inline it would size
+    // every connection's task, cleartext ones too, for their whole life.
+    Box::pin(async move {
+        let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
+        let accepted = tokio::select! {
+            accepted = handshake => accepted,
+            // Shutting down before the handshake finished: nothing to finish.
+            _ = draining.closing.changed() => return,
+        };
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tls.stats.count(Handshake::Failed, false);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tls.stats.count(Handshake::Timeout, false);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let session = stream.get_ref().1;
+        if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validation: the handshake was the answer, and no
+            // HTTP is spoken on such a connection (RFC 8737 §3).
             return;
         }
-        Err(_) => {
-            tls.stats.count(Handshake::Timeout, false);
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
+        let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
+        tls.stats.count(outcome, resumed);
+        let mut downstream = shared.proxy.peer(peer, true);
+        downstream.client_subject = crate::tls::client_subject(session);
+        let conn = Conn {
+            peer: Arc::new(downstream),
+            hsts: tls.hsts.clone(),
+            active,
+            draining,
+        };
+        if h2 {
+            // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
+            serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
+        } else {
+            serve_detected(stream, &shared, conn).await;
         }
-    };
-    let session = stream.get_ref().1;
-    if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
-        // A TLS-ALPN-01 validation: the handshake was the answer, and no
-        // HTTP is spoken on such a connection (RFC 8737 §3).
-        return;
-    }
-    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
-    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
-    tls.stats.count(outcome, resumed);
-    let mut downstream = shared.proxy.peer(peer, true);
-    downstream.client_subject = crate::tls::client_subject(session);
-    let conn = Conn {
-        peer: Arc::new(downstream),
-        hsts: tls.hsts.clone(),
-        active,
-        draining,
-    };
-    if h2 {
-        // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
-        serve_http(stream, Protocol::H2c, &shared, conn).await;
-    } else {
-        serve_detected(stream, &shared, conn).await;
-    }
+    })
+    .await;
 }
 
 /// One connection's own state, handed from phase to phase.
@@ -403,7 +435,7 @@ struct Conn {
 /// then serves.
 async fn serve_detected<I>(mut io: I, shared: &Shared, mut conn: Conn)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: h1::server::Io,
 {
     let first = tokio::time::timeout(
         shared.protocols.header_read_timeout,
@@ -419,20 +451,21 @@ where
         // Closed, failed, or silent for the header timeout: nothing to answer.
         _ => return,
     };
-    let mut io = Rewind::new(prefix, io);
     if protocol == Protocol::Unsupported {
+        let mut io = Rewind::new(prefix, io);
         let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
         let _ = io.shutdown().await;
         return;
     }
-    serve_http(io, protocol, shared, conn).await;
+    serve_http(io, prefix, protocol, shared, conn).await;
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends, through
-/// the embedder's layers when there are some.
-async fn serve_http<I>(io: I, protocol: Protocol, shared: &Shared, conn: Conn)
+/// Serves HTTP/1.1 or HTTP/2 on `io` (`prefix`: the bytes already read from
+/// it) until the connection ends, through the embedder's layers when there
+/// are some.
+async fn serve_http<I>(io: I, prefix: Bytes, protocol: Protocol, shared: &Shared, conn: Conn)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: h1::server::Io,
 {
     let Conn {
         peer: downstream,
@@ -445,7 +478,7 @@ where
     let watch = (idle, active, draining, addr);
     if let Some(layered) = &shared.layered {
         let layered = layered.clone();
-        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let handle = move |mut req: http::Request<RequestBody>| {
             req.extensions_mut().insert(downstream.clone());
             let hsts = hsts.clone();
             let call = tower::ServiceExt::oneshot(layered.clone(), req);
@@ -454,26 +487,27 @@ where
                     .await
                     .unwrap_or_else(|e| crate::service::answer_error(&e));
                 add_hsts(&mut resp, hsts);
-                Ok::<_, std::convert::Infallible>(resp)
+                resp
             }
-        });
-        return serve_with(io, protocol, shared, service, watch).await;
+        };
+        // Boxed: the layers' futures would otherwise size every connection.
+        return Box::pin(serve_with(io, prefix, protocol, shared, handle, watch)).await;
     }
     let proxy = shared.proxy.clone();
-    let service = service_fn(move |req| {
+    let handle = move |req: http::Request<RequestBody>| {
         let proxy = proxy.clone();
         let downstream = downstream.clone();
         let hsts = hsts.clone();
         // Boxed once, small at creation: the request's (large) state machine is
         // then built in place on the heap instead of being copied each time
-        // hyper moves the service future.
+        // the server moves the request's future.
         Box::pin(async move {
             let mut resp = proxy.handle(req, &downstream).await;
             add_hsts(&mut resp, hsts);
-            Ok::<_, std::convert::Infallible>(resp)
+            resp
         })
-    });
-    serve_with(io, protocol, shared, service, watch).await;
+    };
+    serve_with(io, prefix, protocol, shared, handle, watch).await;
 }
 
 /// `Strict-Transport-Security` on a response of the TLS listener; an
@@ -486,27 +520,63 @@ fn add_hsts<B>(resp: &mut http::Response<B>, hsts: Option<HeaderValue>) {
     }
 }
 
-/// Serves `service` on `io` with hyper's HTTP/1.1 or HTTP/2 server.
-async fn serve_with<I, S, B>(
+/// Serves `handle` on `io`: HTTP/2 with hyper's server, HTTP/1.1 with the
+/// native one ([`h1::server`]) or, when configured, hyper's.
+async fn serve_with<I, H, F, B>(
     io: I,
+    prefix: Bytes,
     protocol: Protocol,
     shared: &Shared,
-    service: S,
+    handle: H,
     watch: (IdleClock, Arc<Activity>, Draining, SocketAddr),
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    I: h1::server::Io,
+    H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
-    let io = TokioIo::new(io);
+    if protocol == Protocol::Http1 {
+        if let Some(settings) = &shared.protocols.native {
+            let (closing_tx, closing) = watch::channel(false);
+            let conn = h1::server::serve(io, prefix, settings, closing, handle);
+            drive(
+                conn,
+                move |_| {
+                    closing_tx.send_replace(true);
+                },
+                watch,
+            )
+            .await;
+            return;
+        }
+    }
+    // Boxed: hyper's connection state would otherwise size every native
+    // connection's task too.
+    Box::pin(serve_hyper(io, prefix, protocol, shared, handle, watch)).await;
+}
+
+/// Serves `handle` on `io` with hyper's HTTP/2 or HTTP/1.1 server.
+async fn serve_hyper<I, H, F, B>(
+    io: I,
+    prefix: Bytes,
+    protocol: Protocol,
+    shared: &Shared,
+    handle: H,
+    watch: (IdleClock, Arc<Activity>, Draining, SocketAddr),
+) where
+    I: h1::server::Io,
+    H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
+    F: Future<Output = http::Response<B>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+{
+    let handle = Arc::new(handle);
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let fut = handle(req.map(RequestBody::Hyper));
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let io = TokioIo::new(Rewind::new(prefix, io));
     if protocol == Protocol::H2c {
         let executor = StreamExecutor::default();
         let http2 = shared.protocols.http2(executor.clone());
@@ -526,12 +596,13 @@ async fn serve_with<I, S, B>(
 /// or when idle, and drops it (closing the socket) when it is idle because
 /// its client stopped reading, or still open an idle period after a
 /// graceful close was asked.
-async fn drive<C>(
+async fn drive<C, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     (mut idle, active, mut draining, peer): (IdleClock, Arc<Activity>, Draining, SocketAddr),
 ) where
-    C: Future<Output = Result<(), hyper::Error>>,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     tokio::pin!(conn);
     let mut shutting_down = false;

@@ -18,10 +18,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
+use crate::body::RequestBody;
 use crate::error::ProxyError;
 use crate::proxy::{Peer, Proxy, ProxyBody};
 
@@ -33,7 +33,7 @@ pub type DownstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The downstream service after the embedder's layers.
 pub type LayeredService =
-    BoxCloneSyncService<Request<Incoming>, Response<DownstreamBody>, BoxError>;
+    BoxCloneSyncService<Request<RequestBody>, Response<DownstreamBody>, BoxError>;
 
 /// The proxy as a `tower::Service`: one request in, its response out; it
 /// never fails (errors are responses).
@@ -49,7 +49,7 @@ impl GatewayService {
     }
 }
 
-impl Service<Request<Incoming>> for GatewayService {
+impl Service<Request<RequestBody>> for GatewayService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -61,7 +61,7 @@ impl Service<Request<Incoming>> for GatewayService {
     /// Reads the connection from the request's `Arc<Peer>` extension (the
     /// listener's); a request without one is treated as from an
     /// untrusted, unknown cleartext peer (`0.0.0.0:0`).
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
         let proxy = self.proxy.clone();
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
         Box::pin(async move {
@@ -99,7 +99,7 @@ impl DownstreamLayer {
     pub fn new<L, S, B>(layer: L) -> DownstreamLayer
     where
         L: Layer<GatewayService, Service = S> + Send + Sync + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: http_body::Body<Data = Bytes> + Send + 'static,

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::h1::server::{PendingUpgrade, RawIo, Upgraded as NativeUpgraded};
 
 use crate::idle::{ActivityIo, IdleClock};
 
@@ -28,6 +30,51 @@ use crate::idle::{ActivityIo, IdleClock};
 /// the same as the listener's idle timeout and nginx's `proxy_read_timeout`
 /// (60 s), which WebSocket applications commonly ping within.
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client's side of an upgrade, from whichever server read its
+/// request: hyper's (which hands over the connection itself) or the native
+/// HTTP/1.1 server's (which sends it once the 101 is written).
+pub enum DownstreamUpgrade {
+    /// From hyper's server.
+    Hyper(OnUpgrade),
+    /// From the native server.
+    Native(oneshot::Receiver<NativeUpgraded>),
+}
+
+impl std::fmt::Debug for DownstreamUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DownstreamUpgrade::Hyper(_) => "DownstreamUpgrade::Hyper",
+            DownstreamUpgrade::Native(_) => "DownstreamUpgrade::Native",
+        })
+    }
+}
+
+impl DownstreamUpgrade {
+    /// Takes the client's side of the upgrade `req` asks for.
+    pub fn take<B>(req: &mut http::Request<B>) -> DownstreamUpgrade {
+        match req.extensions_mut().remove::<PendingUpgrade>() {
+            Some(pending) => match pending.take() {
+                Some(rx) => DownstreamUpgrade::Native(rx),
+                None => DownstreamUpgrade::Native(oneshot::channel().1),
+            },
+            None => DownstreamUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    async fn upgraded(self) -> Result<Box<dyn RawIo>, String> {
+        match self {
+            DownstreamUpgrade::Hyper(on) => match on.await {
+                Ok(up) => Ok(Box::new(TokioIo::new(up))),
+                Err(e) => Err(e.to_string()),
+            },
+            DownstreamUpgrade::Native(rx) => match rx.await {
+                Ok(up) => Ok(Box::new(up)),
+                Err(_) => Err("the client connection ended before the upgrade".to_string()),
+            },
+        }
+    }
+}
 
 /// Why a tunnel closed, as counted in [`TunnelStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +151,7 @@ impl Tunnels {
     /// Starts the tunnel between an upgraded client and upstream on its own
     /// task; it counts as open from now (before either upgrade completes),
     /// so a drain that starts now waits for it.
-    pub fn spawn(self: &Arc<Self>, downstream: OnUpgrade, upstream: OnUpgrade) {
+    pub fn spawn(self: &Arc<Self>, downstream: DownstreamUpgrade, upstream: OnUpgrade) {
         self.stats.open.fetch_add(1, Ordering::AcqRel);
         let open = Open(self.clone());
         tokio::spawn(async move {
@@ -137,10 +184,13 @@ impl Tunnels {
         self.closing.send_replace(true);
     }
 
-    async fn run(&self, downstream: OnUpgrade, upstream: OnUpgrade) -> Closed {
+    async fn run(&self, downstream: DownstreamUpgrade, upstream: OnUpgrade) -> Closed {
         let mut closing = self.closing.subscribe();
         let upgraded = tokio::select! {
-            pair = async { tokio::try_join!(downstream, upstream) } => pair,
+            pair = async {
+                let upstream = async { upstream.await.map_err(|e| e.to_string()) };
+                tokio::try_join!(downstream.upgraded(), upstream)
+            } => pair,
             _ = closing.wait_for(|c| *c) => return Closed::Shutdown,
         };
         let (down, up) = match upgraded {
@@ -153,7 +203,7 @@ impl Tunnels {
         // Every byte either way passes through the client side: marking it
         // is enough to see activity in both directions.
         let active = crate::idle::Activity::new();
-        let mut down = ActivityIo::new(TokioIo::new(down), active.clone());
+        let mut down = ActivityIo::new(down, active.clone());
         let mut up = TokioIo::new(up);
         let mut idle = IdleClock::new(self.idle_timeout, active);
         // Leaving the select drops both sides: both connections close.

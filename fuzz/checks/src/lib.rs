@@ -12,6 +12,9 @@
 //!
 //! - [`http1_raw`]: raw HTTP/1.1 bytes into a real gateway over TCP, with a
 //!   strict backend behind it (smuggling, Host, framing, lost responses).
+//! - [`h1_codec`]: bytes into the downstream HTTP/1.1 codec (request head
+//!   parser, chunked decoder and encoder), no sockets: framing never two
+//!   ways, the same result however the bytes are split, round trips.
 //! - [`route_match`]: generated route sets and requests into the router,
 //!   against a brute-force reading of the documented precedence.
 //! - [`path_normalize`]: paths into the gateway's normaliser: idempotent,
@@ -21,6 +24,7 @@
 //! - `panics`: counts panics in every thread, so a panic that a tokio task
 //!   swallowed still fails a check under `cargo test`.
 
+pub mod h1_codec;
 pub mod http1_raw;
 mod panics;
 pub mod path_normalize;
@@ -43,6 +47,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "http1_raw",
         check: http1_raw::check,
+    },
+    Target {
+        name: "h1_codec",
+        check: h1_codec::check,
     },
     Target {
         name: "route_match",

@@ -156,7 +156,7 @@ impl Proxy {
     ) -> Result<
         (
             Response<UpstreamResponseBody>,
-            Option<hyper::upgrade::OnUpgrade>,
+            Option<crate::tunnel::DownstreamUpgrade>,
         ),
         ProxyError,
     > {

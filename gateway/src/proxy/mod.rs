@@ -55,7 +55,7 @@ use tracing::Instrument;
 
 use crate::access::{AccessLine, LineRef};
 use crate::acme::challenge::Http01Answers;
-use crate::body::{BodyWatch, TimedBody};
+use crate::body::{BodyWatch, RequestBody, TimedBody};
 use crate::error::ProxyError;
 use crate::filter::ConsumerStore;
 use crate::filter::compress::Compressor;
@@ -327,7 +327,7 @@ impl Proxy {
     }
 
     /// Handles one downstream request; never fails (errors become responses).
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
         let mut ctx = self.begin(&mut req);
         // Loaded here, not in `proxy`, so the context can borrow the matched
         // route's state for the metrics without another refcount.
@@ -354,7 +354,7 @@ impl Proxy {
     }
 
     /// Before the phases: request id, trace id, what the log will need.
-    fn begin(&self, req: &mut Request<Incoming>) -> RequestCtx<'static> {
+    fn begin(&self, req: &mut Request<RequestBody>) -> RequestCtx<'static> {
         use http_body::Body as _;
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) => v.clone(),
@@ -398,7 +398,7 @@ impl Proxy {
     async fn proxy<'t>(
         &self,
         table: &'t RouteTable,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: &Peer,
         ctx: &mut RequestCtx<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -484,7 +484,7 @@ impl Proxy {
         &self,
         entry: &RouteEntry,
         chain: &crate::filter::FilterChain,
-        req: &mut Request<Incoming>,
+        req: &mut Request<RequestBody>,
         peer: &Peer,
         extensions: &mut http::Extensions,
     ) -> Result<Option<Response<Full<Bytes>>>, ProxyError> {
@@ -523,7 +523,7 @@ impl Proxy {
     fn response_filter(
         &self,
         mut resp: Response<UpstreamResponseBody>,
-        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        upgrade: Option<crate::tunnel::DownstreamUpgrade>,
         entry: &RouteEntry,
         ctx: &mut RequestCtx<'_>,
         accept_encoding: Option<&HeaderValue>,
@@ -549,7 +549,7 @@ impl Proxy {
     /// not one (or no ACME); a token not published is a 404.
     async fn acme_answer(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         peer: &Peer,
     ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
         let answers = self.acme_http01.as_ref()?;
@@ -572,7 +572,7 @@ impl Proxy {
     fn redirect(
         &self,
         front: &edge::Front,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let location = edge::https_location(front, req, self.https_port)?;
         Ok(Response::builder()
@@ -588,7 +588,7 @@ impl Proxy {
     fn respond(
         &self,
         mut resp: Response<UpstreamResponseBody>,
-        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        downstream_upgrade: Option<crate::tunnel::DownstreamUpgrade>,
         read_timeout: Duration,
         compress: Option<(&Compressor, Option<&HeaderValue>)>,
     ) -> Response<ProxyBody> {
@@ -754,7 +754,7 @@ fn refused(entry: &RouteEntry, refusal: crate::filter::Refusal) -> ProxyError {
 fn route_redirect(
     redirect: &portico_registry::filter::Redirect,
     front: &edge::Front,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     peer: &Peer,
     prefix_len: usize,
 ) -> Result<Response<ProxyBody>, ProxyError> {

@@ -18,7 +18,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
 use http::{Request, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use portico_registry::filter::Rewrite;
 use portico_registry::model::Scheme;
 use portico_registry::route::BodyLimit;
@@ -26,7 +25,7 @@ use portico_registry::route::BodyLimit;
 use super::edge::{EdgePolicy, Front, UnderscorePolicy};
 use super::{BodyState, Peer, RequestCtx, X_REQUEST_ID};
 use crate::balance::Endpoint;
-use crate::body::ClientBody;
+use crate::body::{ClientBody, RequestBody};
 use crate::error::ProxyError;
 use crate::grpc::{GRPC_TIMEOUT, GrpcKind, parse_timeout};
 use crate::path::{PathPolicy, normalize};
@@ -46,7 +45,7 @@ pub(super) struct Outgoing {
     /// The host routed on, sent as `Host` or `:authority`.
     pub host: Option<HeaderValue>,
     /// The client's side of an upgrade it asked for.
-    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub upgrade: Option<crate::tunnel::DownstreamUpgrade>,
     /// The request's `consistent_hash` key, on routes that balance by one.
     pub hash_key: Option<u64>,
     /// Send `te: trailers` to HTTP/2 upstreams (the client sent it, or the
@@ -58,7 +57,7 @@ pub(super) struct Outgoing {
 
 /// Phase 3: builds the upstream request from the client's.
 pub(super) fn prepare(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     front: &Front,
     matched: &Matched<'_>,
     peer: &Peer,
@@ -92,7 +91,7 @@ pub(super) fn prepare(
     let strip = (route.strip_prefix && !keep_path).then_some(matched.prefix_len);
     let path_and_query = upstream_path(req.uri(), front.path(&req), strip)?;
     let host = front.host.as_ref().map(|h| h.value.clone());
-    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = is_upgrade(&req).then(|| crate::tunnel::DownstreamUpgrade::take(&mut req));
     let grpc_timeout = match ctx.grpc {
         Some(_) => req
             .headers()

@@ -1,0 +1,164 @@
+//! `h1_codec`: bytes into the downstream HTTP/1.1 codec
+//! (`portico_gateway::h1`), the request head parser and the chunked
+//! decoder, with no sockets (fast: the fuzzer reaches deep states).
+//!
+//! The first byte chooses: bit 0 clear, the rest is a request (head, then
+//! body by the framing the head chose); set, the rest is a chunked body.
+//! The byte's upper bits give the piece size the bytes arrive in, so
+//! splitting is fuzzed too.
+//!
+//! Oracles:
+//! - nothing panics, and a decoder never asks for more bytes than exist
+//!   without reporting itself incomplete;
+//! - an accepted head is taken off the buffer exactly (what `httparse`
+//!   says its length is) and never frames a body two ways: with
+//!   `Transfer-Encoding` it has no `Content-Length` and is chunked, and a
+//!   `Content-Length` body has the one length every value names;
+//! - decoding in pieces gives the same body, trailers, error and leftover
+//!   bytes as decoding all at once (no state lost between reads);
+//! - a length body takes exactly its length, never a pipelined byte;
+//! - a decoded chunked body, encoded again with the codec's own encoder,
+//!   decodes to the same data and trailers.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use portico_gateway::h1::framing::{
+    BodyDecoder, BodyFraming, CHUNK_END, Frame, chunk_size_line, last_chunk,
+};
+use portico_gateway::h1::head;
+
+/// Largest head accepted in the check (small, to reach the limit).
+const MAX_HEAD: usize = 2048;
+
+/// What decoding one body gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Complete {
+        data: Vec<u8>,
+        trailers: Option<HeaderMap>,
+        left: usize,
+    },
+    Incomplete {
+        data: Vec<u8>,
+    },
+    Refused,
+}
+
+/// Runs one input; panics when an oracle does not hold.
+pub fn check(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(mode >> 1) + 1;
+    if mode & 1 == 1 {
+        body(BodyFraming::Chunked, rest, step);
+    } else {
+        request(rest, step);
+    }
+}
+
+fn request(bytes: &[u8], step: usize) {
+    let mut buf = BytesMut::from(bytes);
+    let parsed = head::parse(&mut buf, MAX_HEAD);
+    let h = match parsed {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            assert_eq!(buf.len(), bytes.len(), "a partial head consumed bytes");
+            return;
+        }
+        // The connection answers and closes: what is left does not matter.
+        Err(_) => return,
+    };
+    let taken = bytes.len() - buf.len();
+    let mut slots = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
+    let mut again = httparse::Request::new(&mut slots);
+    assert_eq!(
+        again.parse(bytes).ok(),
+        Some(httparse::Status::Complete(taken)),
+        "the head taken is not the head httparse finds"
+    );
+    let te = h.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let cl = h.headers.contains_key(http::header::CONTENT_LENGTH);
+    assert!(!(te && cl), "accepted both framings");
+    if te {
+        assert_eq!(h.body, BodyFraming::Chunked);
+    }
+    if let BodyFraming::Length(n) = h.body {
+        for v in h.headers.get_all(http::header::CONTENT_LENGTH) {
+            for part in v.to_str().expect("digits").split(',') {
+                assert_eq!(part.trim().parse::<u64>().ok(), Some(n));
+            }
+        }
+    }
+    body(h.body, &buf, step);
+}
+
+fn body(framing: BodyFraming, bytes: &[u8], step: usize) {
+    let whole = decode(framing, bytes, bytes.len().max(1));
+    let pieces = decode(framing, bytes, step);
+    assert_eq!(whole, pieces, "decoding in pieces of {step} differs");
+    match (framing, &whole) {
+        (BodyFraming::Length(n), Outcome::Complete { data, left, .. }) => {
+            assert_eq!(data.len() as u64, n);
+            assert_eq!(
+                *left,
+                bytes.len() - data.len(),
+                "a length body took a pipelined byte"
+            );
+        }
+        (BodyFraming::Chunked, Outcome::Complete { data, trailers, .. }) => {
+            round_trip(data, trailers.as_ref());
+        }
+        _ => {}
+    }
+}
+
+/// Decodes `bytes` arriving `step` at a time.
+fn decode(framing: BodyFraming, bytes: &[u8], step: usize) -> Outcome {
+    let mut d = BodyDecoder::new(framing);
+    let mut buf = BytesMut::new();
+    let (mut data, mut trailers, mut fed) = (Vec::new(), None, 0);
+    loop {
+        match d.decode(&mut buf) {
+            Err(_) => return Outcome::Refused,
+            Ok(Some(Frame::Data(b))) => {
+                assert!(!b.is_empty(), "an empty data frame");
+                data.extend_from_slice(&b);
+            }
+            Ok(Some(Frame::Trailers(t))) => {
+                assert!(trailers.replace(t).is_none(), "trailers twice");
+            }
+            Ok(Some(Frame::End)) => {
+                let left = buf.len() + bytes.len() - fed;
+                return Outcome::Complete {
+                    data,
+                    trailers,
+                    left,
+                };
+            }
+            Ok(None) if fed == bytes.len() => return Outcome::Incomplete { data },
+            Ok(None) => {
+                let end = (fed + step).min(bytes.len());
+                buf.extend_from_slice(&bytes[fed..end]);
+                fed = end;
+            }
+        }
+    }
+}
+
+fn round_trip(data: &[u8], trailers: Option<&HeaderMap>) {
+    let mut wire = Vec::new();
+    for piece in data.chunks(7) {
+        wire.extend_from_slice(chunk_size_line(piece.len()).as_ref());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(CHUNK_END);
+    }
+    wire.extend_from_slice(&last_chunk(trailers));
+    let again = decode(BodyFraming::Chunked, &Bytes::from(wire), 3);
+    let want = Outcome::Complete {
+        data: data.to_vec(),
+        trailers: trailers.cloned(),
+        left: 0,
+    };
+    assert_eq!(again, want, "re-encoding does not decode to the same body");
+}

@@ -1,0 +1,483 @@
+//! The request head: `httparse` finds the request line and the header
+//! fields, then [`parse`] builds an `http` head from them and decides how
+//! the body is framed and what the connection does next.
+//!
+//! Strict where a proxy must be, because a backend behind it may read the
+//! same bytes differently (request smuggling):
+//! - `Content-Length` and `Transfer-Encoding` together are refused, not
+//!   resolved: a backend that picks the other one would see a second
+//!   request in this one's body;
+//! - differing `Content-Length` values (as repeated fields or as a list)
+//!   are refused; identical repeats are one length;
+//! - `Transfer-Encoding` must end in `chunked`, once, and is refused in
+//!   HTTP/1.0, where it is not defined;
+//! - obsolete line folding, bare CR, whitespace before a colon and other
+//!   malformed lines are refused by `httparse`.
+//!
+//! What is refused says which field and why ([`HeadError`]); the server
+//! answers 431 for a head too large and 400 for the rest.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+
+use super::framing::BodyFraming;
+
+/// Most header fields in a request head (hyper's default, too).
+pub const MAX_HEADERS: usize = 100;
+
+/// A request head, parsed and checked.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The request method.
+    pub method: Method,
+    /// The request target as sent (origin, absolute, authority or asterisk form).
+    pub uri: Uri,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// The header fields, in order, names lowercased.
+    pub headers: HeaderMap,
+    /// How the body is framed.
+    pub body: BodyFraming,
+    /// The connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` (HTTP/1.1): send `100 Continue` when the body
+    /// is first read.
+    pub expect_continue: bool,
+    /// The client asks to switch protocols (`Connection: upgrade` with an
+    /// `Upgrade` field) or to tunnel (`CONNECT`).
+    pub upgrade: bool,
+}
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// The head did not fit in the limit.
+    #[error("request head larger than {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// More header fields than [`MAX_HEADERS`].
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    /// The request line or a header line is not HTTP/1.x.
+    #[error("malformed request head: {0}")]
+    Malformed(&'static str),
+    /// The request target is not a URI.
+    #[error("malformed request target")]
+    Target,
+    /// A header field is refused: which one and why.
+    #[error("header field {field}: {reason}")]
+    Field {
+        /// The field's name.
+        field: &'static str,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+}
+
+impl HeadError {
+    /// The status a refused head is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HeadError::TooLarge { .. } | HeadError::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Where each header field's name and value lie in the head's bytes:
+/// kept so the head can be split off the buffer and the values shared
+/// with it rather than copied.
+type Spans = Vec<((usize, usize), (usize, usize))>;
+
+/// Parses the head at the front of `buf` and takes it off (with any empty
+/// lines before it). `Ok(None)`: the head is not complete yet and still
+/// fits in `max_head` bytes; read more. A head refused once complete has
+/// been taken off too: the connection answers it and closes, reading
+/// nothing further.
+pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>, HeadError> {
+    let Some(found) = locate(buf, max_head)? else {
+        return Ok(None);
+    };
+    let bytes = buf.split_to(found.len).freeze();
+    build(&bytes, found).map(Some)
+}
+
+/// The request line and field positions found by `httparse`.
+struct Located {
+    len: usize,
+    method: (usize, usize),
+    target: (usize, usize),
+    minor: u8,
+    fields: Spans,
+}
+
+fn locate(buf: &[u8], max_head: usize) -> Result<Option<Located>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_head => {
+            return Err(HeadError::TooLarge { limit: max_head });
+        }
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return Err(HeadError::TooLarge { limit: max_head });
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Malformed(describe(e))),
+    };
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + s.len())
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Malformed("incomplete request line"));
+    };
+    let fields = req
+        .headers
+        .iter()
+        .map(|h| (span(h.name.as_bytes()), span(h.value)))
+        .collect();
+    Ok(Some(Located {
+        len,
+        method: span(method.as_bytes()),
+        target: span(target.as_bytes()),
+        minor,
+        fields,
+    }))
+}
+
+fn describe(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name (or obsolete line folding)",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine | httparse::Error::Status => "invalid line ending",
+        httparse::Error::Token => "invalid method",
+        httparse::Error::Version => "invalid HTTP version",
+        httparse::Error::TooManyHeaders => "too many header fields",
+    }
+}
+
+fn build(bytes: &Bytes, at: Located) -> Result<RequestHead, HeadError> {
+    let slice = |(a, b): (usize, usize)| bytes.slice(a..b);
+    let method = Method::from_bytes(&bytes[at.method.0..at.method.1])
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let uri = Uri::from_maybe_shared(slice(at.target)).map_err(|_| HeadError::Target)?;
+    let version = if at.minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(at.fields.len());
+    for (name, value) in at.fields {
+        let name = HeaderName::from_bytes(&bytes[name.0..name.1])
+            .map_err(|_| HeadError::Malformed("invalid header name"))?;
+        // Validated by httparse already (no CR, LF or NUL); this only wraps.
+        let value = HeaderValue::from_maybe_shared(slice(value))
+            .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let body = body_framing(&headers, version)?;
+    normalize_length(&mut headers, body);
+    let keep_alive = keeps_alive(&headers, version);
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = method == Method::CONNECT
+        || (version == Version::HTTP_11
+            && headers.contains_key(header::UPGRADE)
+            && has_token(&headers, header::CONNECTION, "upgrade"));
+    Ok(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    })
+}
+
+/// How the request body is framed (RFC 9112 §6.3, refusing every case a
+/// backend could read differently).
+pub fn body_framing(headers: &HeaderMap, version: Version) -> Result<BodyFraming, HeadError> {
+    let te = field("transfer-encoding");
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(te("not defined in HTTP/1.0"));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(te("sent with content-length"));
+        }
+        return chunked_last(headers).map(|()| BodyFraming::Chunked);
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part.trim_ascii())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(field("content-length")("differing values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        None | Some(0) => BodyFraming::Empty,
+        Some(n) => BodyFraming::Length(n),
+    })
+}
+
+/// One `Content-Length` value for a length sent as a list or repeated
+/// (`3, 3`): what is forwarded names the length once, as it was read.
+fn normalize_length(headers: &mut HeaderMap, body: BodyFraming) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let single = match (values.next(), values.next()) {
+        (Some(v), None) => !v.as_bytes().contains(&b','),
+        (None, _) => true,
+        _ => false,
+    };
+    if !single {
+        let n = match body {
+            BodyFraming::Length(n) => n,
+            _ => 0,
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+}
+
+fn field(name: &'static str) -> impl Fn(&'static str) -> HeadError {
+    move |reason| HeadError::Field {
+        field: name,
+        reason,
+    }
+}
+
+/// Decimal digits only (no sign, no space), at most `u64`.
+fn parse_length(digits: &[u8]) -> Result<u64, HeadError> {
+    let bad = field("content-length");
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad("not a decimal number"));
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(bad("too large"))
+    })
+}
+
+/// `chunked` is the last coding, and appears once.
+fn chunked_last(headers: &HeaderMap) -> Result<(), HeadError> {
+    let te = field("transfer-encoding");
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
+    if codings.iter().any(|c| c.is_empty()) {
+        return Err(te("empty coding"));
+    }
+    match codings.iter().position(chunked) {
+        Some(i) if i + 1 == codings.len() => Ok(()),
+        Some(_) => Err(te("chunked is not the last coding")),
+        None => Err(te("does not end in chunked")),
+    }
+}
+
+/// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
+/// closes it unless `Connection: keep-alive`.
+fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+    if has_token(headers, header::CONNECTION, "close") {
+        return false;
+    }
+    version == Version::HTTP_11 || has_token(headers, header::CONNECTION, "keep-alive")
+}
+
+/// `name` lists `token` (comma-separated, any case).
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(text: &str) -> Result<Option<RequestHead>, HeadError> {
+        let mut buf = BytesMut::from(text);
+        parse(&mut buf, 8192)
+    }
+
+    fn ok(text: &str) -> RequestHead {
+        parse_all(text).expect("accepted").expect("complete")
+    }
+
+    fn refused(text: &str) -> HeadError {
+        parse_all(text).expect_err(text)
+    }
+
+    #[test]
+    fn a_get_keeps_alive_and_has_no_body() {
+        let h = ok("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(h.method, Method::GET);
+        assert_eq!(h.uri, "/a?b");
+        assert_eq!(h.headers["host"], "x");
+        assert_eq!(h.body, BodyFraming::Empty);
+        assert!(h.keep_alive && !h.expect_continue && !h.upgrade);
+    }
+
+    #[test]
+    fn the_head_is_taken_off_the_buffer_and_the_rest_left() {
+        let mut buf = BytesMut::from("\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET");
+        let h = parse(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!(h.body, BodyFraming::Length(3));
+        assert_eq!(&buf[..], b"abcGET");
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_an_oversized_one_is_431() {
+        assert!(
+            parse_all("GET / HTTP/1.1\r\nHost: x\r\n")
+                .unwrap()
+                .is_none()
+        );
+        let mut buf = BytesMut::from(&*format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(100)));
+        let e = parse(&mut buf, 64).unwrap_err();
+        assert_eq!(e.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
+        let e = refused(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
+        assert_eq!(e, HeadError::TooManyHeaders);
+        assert_eq!(e.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn connection_rules_follow_the_version() {
+        assert!(!ok("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.1\r\nConnection: foo, CLOSE\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn expect_continue_only_in_http_1_1() {
+        assert!(ok("PUT / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
+        assert!(!ok("PUT / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    }
+
+    #[test]
+    fn upgrades_need_both_fields_or_connect() {
+        let ws = "GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert!(ok(ws).upgrade);
+        assert!(!ok("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        assert!(ok("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").upgrade);
+    }
+
+    #[test]
+    fn content_length_is_strict() {
+        for (cl, want) in [("5", 5), ("5, 5", 5), ("007", 7)] {
+            let h = ok(&format!("POST / HTTP/1.1\r\nContent-Length: {cl}\r\n\r\n"));
+            assert_eq!(h.body, BodyFraming::Length(want), "{cl}");
+        }
+        let twice = ok("POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n");
+        assert_eq!(twice.body, BodyFraming::Length(4));
+        let lengths: Vec<_> = twice.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["4"], "forwarded once");
+        let list = ok("POST / HTTP/1.1\r\nContent-Length: 0, 0\r\n\r\n");
+        assert_eq!(list.headers["content-length"], "0");
+        for cl in [
+            "+5",
+            "-1",
+            "5 5",
+            "0x5",
+            "",
+            "5,",
+            "99999999999999999999",
+            "5, 6",
+        ] {
+            let e = refused(&format!("POST / HTTP/1.1\r\nContent-Length: {cl}\r\n\r\n"));
+            assert!(
+                matches!(
+                    e,
+                    HeadError::Field {
+                        field: "content-length",
+                        ..
+                    }
+                ),
+                "{cl}: {e}"
+            );
+        }
+        let e = refused("POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(
+            e.to_string(),
+            "header field content-length: differing values"
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_is_strict() {
+        let h = ok("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Chunked);
+        for te in [
+            "Content-Length: 4\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: gzip",
+            "Transfer-Encoding: chunked, gzip",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked,",
+            "Transfer-Encoding: xchunked",
+        ] {
+            let e = refused(&format!("POST / HTTP/1.1\r\n{te}\r\n\r\n"));
+            assert!(
+                matches!(
+                    e,
+                    HeadError::Field {
+                        field: "transfer-encoding",
+                        ..
+                    }
+                ),
+                "{te}: {e}"
+            );
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        }
+        let e = refused("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            e.to_string(),
+            "header field transfer-encoding: not defined in HTTP/1.0"
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_400() {
+        for text in [
+            "GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nX : a\r\n\r\n",
+            "GET / HTTP/1.1\rX: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+            "GET  / HTTP/1.1\r\n\r\n",
+            "G(T / HTTP/1.1\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX\0: a\r\n\r\n",
+        ] {
+            let e = refused(text);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn request_target_forms() {
+        assert_eq!(ok("GET http://a/b HTTP/1.1\r\n\r\n").uri.host(), Some("a"));
+        assert_eq!(ok("OPTIONS * HTTP/1.1\r\n\r\n").uri, "*");
+        assert_eq!(ok("CONNECT a:1 HTTP/1.1\r\n\r\n").uri.port_u16(), Some(1));
+    }
+}

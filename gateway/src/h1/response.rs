@@ -1,0 +1,247 @@
+//! The response head as written by the native server, and how its body is
+//! framed: no body for HEAD, 1xx, 204 and 304; the `Content-Length` the
+//! response declares, or the body's exact length when it knows it;
+//! otherwise chunked (HTTP/1.1) or until the connection closes (HTTP/1.0).
+//!
+//! `Connection` is the server's to write: `close` when the connection will
+//! close, `keep-alive` for an HTTP/1.0 client it stays open for, the
+//! response's own value (`upgrade`) on a 101.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use http::header;
+use http::response::Parts;
+use http::{HeaderMap, Method, StatusCode, Version};
+use http_body::Body;
+
+use super::framing::{CHUNK_END, chunk_size_line, last_chunk};
+
+/// How a response body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body is sent.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 client, unknown length).
+    UntilClose,
+}
+
+impl ResponseFraming {
+    /// The framing for a response to `method` from an HTTP `version` client.
+    pub fn choose<B: Body>(method: &Method, version: Version, parts: &Parts, body: &B) -> Self {
+        let s = parts.status;
+        if method == Method::HEAD
+            || s.is_informational()
+            || s == StatusCode::NO_CONTENT
+            || s == StatusCode::NOT_MODIFIED
+        {
+            return ResponseFraming::None;
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared.or_else(|| body.size_hint().exact()) {
+            Some(n) => ResponseFraming::Length(n),
+            None if version == Version::HTTP_11 => ResponseFraming::Chunked,
+            None => ResponseFraming::UntilClose,
+        }
+    }
+
+    /// Appends one data frame.
+    pub fn data(self, out: &mut BytesMut, data: &[u8]) {
+        match self {
+            ResponseFraming::None => {}
+            ResponseFraming::Chunked => {
+                if !data.is_empty() {
+                    out.extend_from_slice(chunk_size_line(data.len()).as_ref());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(CHUNK_END);
+                }
+            }
+            _ => out.extend_from_slice(data),
+        }
+    }
+
+    /// Appends the end of the body; false when the body is short of what
+    /// was declared (the connection must close).
+    pub fn end(self, out: &mut BytesMut, trailers: Option<&HeaderMap>, sent: u64) -> bool {
+        match self {
+            ResponseFraming::Chunked => {
+                out.extend_from_slice(&last_chunk(trailers));
+                true
+            }
+            ResponseFraming::Length(n) => sent == n,
+            _ => true,
+        }
+    }
+}
+
+/// Appends the status line and header fields.
+pub fn write_head(
+    out: &mut BytesMut,
+    parts: &Parts,
+    framing: ResponseFraming,
+    keep: bool,
+    version: Version,
+) {
+    let status = parts.status;
+    // One allocation for a usual head rather than a doubling series.
+    out.reserve(256 + 48 * parts.headers.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in &parts.headers {
+        let ours = *name == header::TRANSFER_ENCODING
+            || (*name == header::CONNECTION && !upgrade)
+            || (*name == header::CONTENT_LENGTH && framing != ResponseFraming::None);
+        if ours {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        ResponseFraming::Length(n) => {
+            field(out, b"content-length", itoa(n).as_bytes());
+        }
+        ResponseFraming::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !upgrade {
+        if !keep {
+            field(out, b"connection", b"close");
+        } else if version == Version::HTTP_10 {
+            field(out, b"connection", b"keep-alive");
+        }
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        put_date(out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+thread_local! {
+    /// The `Date` field for the current second, formatted once per second
+    /// per thread rather than per response.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Appends `date: <now>\r\n`.
+fn put_date(out: &mut BytesMut) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, format!("date: {}\r\n", httpdate::fmt_http_date(now)));
+        }
+        out.extend_from_slice(d.1.as_bytes());
+    });
+}
+
+/// `date: <now>\r\n`, for the few answers written outside a response.
+pub fn date_line() -> String {
+    let mut out = BytesMut::new();
+    put_date(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full, StreamBody};
+
+    fn parts(status: u16, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn framing_follows_method_status_and_length() {
+        let full = Full::new(bytes::Bytes::from("abc"));
+        let get = Method::GET;
+        let v11 = Version::HTTP_11;
+        let choose = |m: &Method, v, p: &Parts| ResponseFraming::choose(m, v, p, &full);
+        assert_eq!(
+            choose(&get, v11, &parts(200, &[])),
+            ResponseFraming::Length(3)
+        );
+        assert_eq!(
+            choose(&Method::HEAD, v11, &parts(200, &[])),
+            ResponseFraming::None
+        );
+        for s in [101, 204, 304] {
+            assert_eq!(
+                choose(&get, v11, &parts(s, &[])),
+                ResponseFraming::None,
+                "{s}"
+            );
+        }
+        let declared = parts(200, &[("content-length", "3")]);
+        assert_eq!(choose(&get, v11, &declared), ResponseFraming::Length(3));
+        let stream = StreamBody::new(futures_util::stream::empty::<
+            Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >());
+        let unknown = |v| ResponseFraming::choose(&get, v, &parts(200, &[]), &stream);
+        assert_eq!(unknown(v11), ResponseFraming::Chunked);
+        assert_eq!(unknown(Version::HTTP_10), ResponseFraming::UntilClose);
+        let empty = Empty::<bytes::Bytes>::new();
+        let none = ResponseFraming::choose(&get, v11, &parts(200, &[]), &empty);
+        assert_eq!(none, ResponseFraming::Length(0));
+    }
+
+    #[test]
+    fn the_head_says_how_the_connection_goes_on() {
+        let mut out = BytesMut::new();
+        let p = parts(200, &[("connection", "keep-alive"), ("x-a", "1")]);
+        write_head(
+            &mut out,
+            &p,
+            ResponseFraming::Chunked,
+            false,
+            Version::HTTP_11,
+        );
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        assert!(!text.contains("keep-alive"));
+        assert!(text.contains("date: ") && text.ends_with("\r\n\r\n"));
+        let mut out = BytesMut::new();
+        write_head(
+            &mut out,
+            &parts(200, &[]),
+            ResponseFraming::Length(0),
+            true,
+            Version::HTTP_10,
+        );
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(
+            text.contains("content-length: 0\r\nconnection: keep-alive\r\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,626 @@
+//! The native HTTP/1.1 connection loop: one request at a time, in order
+//! (pipelined requests wait in the read buffer), the request's future
+//! polled on the connection's own task together with the request body's
+//! reads and the response's writes.
+//!
+//! Memory: a connection waiting for its next request holds no buffer.
+//! It waits for the socket to be readable ([`Io::poll_readable`]), then
+//! reads into a fresh buffer; when a request is done and nothing
+//! pipelined is left, the buffer is given back. (The head's and body's
+//! bytes are slices of that buffer, freed when the last one is dropped.)
+//!
+//! Rules kept from hyper's server, which the integration tests hold:
+//! - the header read timeout runs from the moment the connection waits for
+//!   a head until the head is complete, so it also bounds an idle
+//!   keep-alive wait; on expiry the connection closes without an answer;
+//! - a head over the limit is answered 431, a malformed one 400, both with
+//!   `Connection: close`;
+//! - a client that closes its connection while its request is in flight
+//!   cancels the request (its future is dropped);
+//! - `100 Continue` is sent only when the request first reads its body;
+//! - HEAD, 1xx, 204 and 304 responses carry no body; a response of unknown
+//!   length is chunked (close-delimited for HTTP/1.0 clients);
+//! - the connection stays open only at a request boundary: the request
+//!   body read to its end, the response complete, neither side asking to
+//!   close, and no graceful close asked.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+
+use super::body::RequestBody;
+use super::body::{BodySender, H1Body, H1BodyError};
+use super::framing::{BodyDecoder, BodyFraming, Frame};
+use super::head::{self, HeadError, RequestHead, has_token};
+use super::response::{ResponseFraming, write_head};
+use crate::idle::ActivityIo;
+use crate::protocol::Rewind;
+
+/// A connection's I/O, which may be able to say it is readable before a
+/// buffer is put up to read into.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when a read would find bytes (or the end). The default is
+    /// always ready: the wait then happens in the read, with a buffer.
+    fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<G: Unpin + Send + 'static> Io for ActivityIo<TcpStream, G> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().poll_read_ready(cx)
+    }
+}
+
+/// rustls keeps its own buffers: readiness of the socket says nothing
+/// about decrypted bytes waiting, so TLS waits in the read.
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for tokio_rustls::server::TlsStream<T> {}
+
+/// Any I/O a tunnel can carry.
+pub trait RawIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RawIo for T {}
+
+/// An upgraded client connection: the bytes read past the request head
+/// first, then the socket.
+pub type Upgraded = Rewind<Box<dyn RawIo>>;
+
+/// The connection's side of an upgrade, in the request's extensions: the
+/// I/O and the bytes read past the request head come through it once the
+/// 101 is written. (Extensions must be `Clone`; only one taker gets it.)
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl PendingUpgrade {
+    /// The receiver, to the first caller.
+    pub fn take(&self) -> Option<oneshot::Receiver<Upgraded>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for PendingUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingUpgrade(..)")
+    }
+}
+
+/// Limits of the native server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time allowed for a request head, from the moment it is waited for.
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes.
+    pub max_head: usize,
+}
+
+/// First read into a fresh buffer; a head larger than this grows it.
+const READ_SIZE: usize = 4096;
+
+/// One connection's state between requests.
+struct Conn<I> {
+    io: I,
+    /// Bytes read and not yet used; empty (no allocation) while idle.
+    buf: BytesMut,
+    /// Bytes to write.
+    out: BytesMut,
+}
+
+/// What became of one request.
+enum Next {
+    KeepAlive,
+    Close,
+    Upgrade(oneshot::Sender<Upgraded>),
+}
+
+/// Serves HTTP/1.1 on `io` until the connection ends: `prefix` is what was
+/// read from it already (protocol detection); `service` answers each
+/// request; `closing` set to true asks the connection to finish the
+/// request in flight and close.
+pub async fn serve<I, F, Fut, B>(
+    io: I,
+    prefix: Bytes,
+    settings: &Settings,
+    closing: watch::Receiver<bool>,
+    mut service: F,
+) -> io::Result<()>
+where
+    I: Io,
+    F: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::from(&prefix[..]),
+        out: BytesMut::new(),
+    };
+    drop(prefix);
+    loop {
+        let head = match conn.next_head(settings, &closing).await {
+            None => return Ok(()),
+            Some(Err(e)) => return conn.refuse(&e).await,
+            Some(Ok(head)) => head,
+        };
+        // Boxed, once per request: a request's state (its head, body feed
+        // and response) is large, and inline it would size the task for the
+        // connection's whole life, idle or not.
+        match Box::pin(conn.exchange(head, &mut service, &closing)).await? {
+            Next::KeepAlive => conn.rest(),
+            Next::Close => return conn.close().await,
+            Next::Upgrade(tx) => {
+                let Conn { io, buf, .. } = conn;
+                let io: Box<dyn RawIo> = Box::new(io);
+                let _ = tx.send(Rewind::new(buf.freeze(), io));
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl<I: Io> Conn<I> {
+    /// Gives the buffers back between requests when nothing is pending.
+    fn rest(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.out = BytesMut::new();
+    }
+
+    /// Waits for the next request head. `None`: the connection ends
+    /// without an answer (closed, timed out, or closing while idle).
+    async fn next_head(
+        &mut self,
+        settings: &Settings,
+        closing: &watch::Receiver<bool>,
+    ) -> Option<Result<RequestHead, HeadError>> {
+        let deadline = tokio::time::Instant::now() + settings.header_read_timeout;
+        let mut closing = closing.clone();
+        loop {
+            if !self.buf.is_empty() {
+                match head::parse(&mut self.buf, settings.max_head) {
+                    Ok(None) => {}
+                    done => return done.transpose(),
+                }
+            }
+            if *closing.borrow_and_update() && self.buf.is_empty() {
+                return None;
+            }
+            let idle = self.buf.is_empty();
+            let read = tokio::time::timeout_at(deadline, poll_fn(|cx| self.poll_fill(cx)));
+            tokio::select! {
+                read = read => match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return None,
+                },
+                _ = closing.changed(), if idle => return None,
+            }
+        }
+    }
+
+    /// Reads more into the buffer, putting one up only once the socket has
+    /// something to read. `Ok(0)`: the peer closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // First, so a socket with nothing to read costs neither a buffer nor
+        // a read attempt (this runs on every wake-up while a request is in
+        // flight, to see the client leave).
+        ready!(self.io.poll_readable(cx))?;
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Answers a refused head and closes.
+    async fn refuse(&mut self, e: &HeadError) -> io::Result<()> {
+        let status = e.status();
+        tracing::debug!(error = %e, "refused a request head");
+        let text = format!(
+            "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n{}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            super::response::date_line(),
+        );
+        self.out.extend_from_slice(text.as_bytes());
+        poll_fn(|cx| self.poll_write_out(cx)).await?;
+        self.close().await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx)).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut self.io).await
+    }
+
+    /// Writes all of `out` and flushes.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(std::pin::Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+        }
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// One request's body as the connection feeds it.
+struct Feed {
+    decoder: BodyDecoder,
+    sender: Option<BodySender>,
+    /// `100 Continue` still to send when the body is first read.
+    expect: bool,
+    /// Set when the body could not be read to its end.
+    broken: bool,
+}
+
+impl Feed {
+    fn done(&self) -> bool {
+        self.decoder.is_done() && self.sender.is_none()
+    }
+}
+
+impl<I: Io> Conn<I> {
+    /// Serves one request: its future, its body, its response.
+    async fn exchange<F, Fut, B>(
+        &mut self,
+        head: RequestHead,
+        service: &mut F,
+        closing: &watch::Receiver<bool>,
+    ) -> io::Result<Next>
+    where
+        F: FnMut(Request<RequestBody>) -> Fut,
+        Fut: Future<Output = Response<B>>,
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let method = head.method.clone();
+        let version = head.version;
+        let keep_alive = head.keep_alive;
+        let te_trailers = has_token(&head.headers, header::TE, "trailers");
+        let (req, mut feed, upgrade) = request(head);
+        let Some(resp) = self.await_response(service(req), &mut feed).await? else {
+            tracing::debug!("client closed the connection; request cancelled");
+            return Ok(Next::Close);
+        };
+        let (parts, body) = resp.into_parts();
+        let upgrading = upgrade.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let framing = ResponseFraming::choose(&method, version, &parts, &body);
+        let mut keep = keep_alive
+            && !upgrading
+            && framing != ResponseFraming::UntilClose
+            && !has_token(&parts.headers, header::CONNECTION, "close")
+            && !*closing.borrow();
+        write_head(&mut self.out, &parts, framing, keep, version);
+        let trailers = declared_trailers(&parts.headers, te_trailers);
+        let complete = self.send_body(body, framing, &trailers, &mut feed).await?;
+        keep = keep && complete && feed.decoder.is_done() && !feed.broken;
+        if upgrading {
+            poll_fn(|cx| self.poll_write_out(cx)).await?;
+            return Ok(match upgrade {
+                Some(tx) => Next::Upgrade(tx),
+                None => Next::Close,
+            });
+        }
+        Ok(if keep { Next::KeepAlive } else { Next::Close })
+    }
+
+    /// Polls the request's future until it answers, feeding its body
+    /// meanwhile. `None`: the client closed the connection first, and the
+    /// request is cancelled (its future dropped here).
+    async fn await_response<Fut: Future>(
+        &mut self,
+        fut: Fut,
+        feed: &mut Feed,
+    ) -> io::Result<Option<Fut::Output>> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Ok(Some(r)));
+            }
+            self.poll_feed(cx, feed)?;
+            // `100 Continue`, once the request reads its body.
+            if !self.out.is_empty() {
+                if let Poll::Ready(written) = self.poll_write_out(cx) {
+                    written?;
+                }
+            }
+            if feed.done() && ready!(self.poll_gone(cx)) {
+                return Poll::Ready(Ok(None));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Streams the response body; false when it ended early (the
+    /// connection must close: its framing is not complete).
+    async fn send_body<B>(
+        &mut self,
+        body: B,
+        framing: ResponseFraming,
+        allowed: &[HeaderName],
+        feed: &mut Feed,
+    ) -> io::Result<bool>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let mut body = pin!(body);
+        let mut finished = framing == ResponseFraming::None;
+        let mut complete = true;
+        let mut sent: u64 = 0;
+        poll_fn(|cx| {
+            loop {
+                self.poll_feed(cx, feed)?;
+                if !self.out.is_empty() {
+                    ready!(self.poll_write_out(cx))?;
+                }
+                if finished {
+                    return Poll::Ready(Ok(complete));
+                }
+                let Poll::Ready(frame) = body.as_mut().poll_frame(cx) else {
+                    ready!(std::pin::Pin::new(&mut self.io).poll_flush(cx))?;
+                    return Poll::Pending;
+                };
+                match put_frame(&mut self.out, framing, frame, &mut sent, allowed) {
+                    Ok(false) => {}
+                    Ok(true) => finished = true,
+                    Err(()) => (finished, complete) = (true, false),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Moves the request body along: sends `100 Continue` when it is first
+    /// wanted, reads and decodes when the request has room for a frame.
+    /// Never blocks the caller: pending here only means "woken later".
+    fn poll_feed(&mut self, cx: &mut Context<'_>, feed: &mut Feed) -> io::Result<()> {
+        loop {
+            let Some(sender) = &feed.sender else {
+                return Ok(());
+            };
+            let Poll::Ready(ready) = sender.poll_ready(cx) else {
+                return Ok(());
+            };
+            if ready.is_err() {
+                // The request dropped its body: nobody reads the rest.
+                feed.sender = None;
+                return Ok(());
+            }
+            if feed.expect {
+                if sender.poll_wanted(cx).is_pending() {
+                    return Ok(());
+                }
+                feed.expect = false;
+                self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            if feed.decoder.is_done() {
+                sender.send(Ok(None));
+                feed.sender = None;
+                return Ok(());
+            }
+            match feed.decoder.decode(&mut self.buf) {
+                Ok(Some(Frame::Data(data))) => sender.send(Ok(Some(http_body::Frame::data(data)))),
+                Ok(Some(Frame::Trailers(t))) => {
+                    sender.send(Ok(Some(http_body::Frame::trailers(t))));
+                    feed.sender = None;
+                }
+                Ok(Some(Frame::End)) => {
+                    sender.send(Ok(None));
+                    feed.sender = None;
+                }
+                Ok(None) => match self.poll_fill(cx) {
+                    Poll::Pending => return Ok(()),
+                    Poll::Ready(Ok(n)) if n > 0 => {}
+                    Poll::Ready(_) => {
+                        sender.send(Err(H1BodyError::Gone));
+                        feed.sender = None;
+                        feed.broken = true;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "malformed request body");
+                    sender.send(Err(H1BodyError::Malformed));
+                    feed.sender = None;
+                    feed.broken = true;
+                }
+            }
+        }
+    }
+
+    /// Watches for the client closing while its request is in flight:
+    /// ready with true when it did. Pipelined bytes read meanwhile stay in
+    /// the buffer (up to one read's worth; past that, reading waits).
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.buf.len() >= READ_SIZE {
+            return Poll::Pending;
+        }
+        match self.poll_fill(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
+            Poll::Ready(Ok(_)) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Puts one response frame (`None`: the end) into `out`. `Ok(true)`: the
+/// body is complete; `Err`: it broke (failed, or not the length declared),
+/// and the connection must close. Never writes past a declared length.
+fn put_frame<E: std::fmt::Display>(
+    out: &mut BytesMut,
+    framing: ResponseFraming,
+    frame: Option<Result<http_body::Frame<Bytes>, E>>,
+    sent: &mut u64,
+    allowed: &[HeaderName],
+) -> Result<bool, ()> {
+    let frame = match frame {
+        None => return framing.end(out, None, *sent).then_some(true).ok_or(()),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "response body failed; closing");
+            return Err(());
+        }
+        Some(Ok(frame)) => frame,
+    };
+    let trailers = match frame.into_data() {
+        Ok(mut data) => {
+            if let ResponseFraming::Length(n) = framing {
+                let room = usize::try_from(n - *sent).unwrap_or(usize::MAX);
+                if data.len() > room {
+                    framing.data(out, &data.split_to(room));
+                    return Err(());
+                }
+            }
+            *sent += data.len() as u64;
+            framing.data(out, &data);
+            return Ok(false);
+        }
+        Err(frame) => frame.into_trailers().ok(),
+    };
+    let kept = trailers.map(|t| {
+        let mut kept = http::HeaderMap::new();
+        for (name, value) in &t {
+            if allowed.contains(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
+    });
+    framing
+        .end(out, kept.as_ref(), *sent)
+        .then_some(true)
+        .ok_or(())
+}
+
+/// The trailer fields a response may send: only to a client that said
+/// `TE: trailers`, and only those the response declared in `Trailer` (as
+/// hyper does: a field not declared before the body cannot be expected).
+fn declared_trailers(headers: &http::HeaderMap, te_trailers: bool) -> Vec<HeaderName> {
+    if !te_trailers {
+        return Vec::new();
+    }
+    headers
+        .get_all(header::TRAILER)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+        .collect()
+}
+
+/// The request the service sees, the body feed, and the upgrade hand-over
+/// when the client asked for one.
+fn request(
+    head: RequestHead,
+) -> (
+    Request<RequestBody>,
+    Feed,
+    Option<oneshot::Sender<Upgraded>>,
+) {
+    let (body, sender) = match head.body {
+        BodyFraming::Empty => (RequestBody::Empty, None),
+        BodyFraming::Length(n) => {
+            let (b, s) = H1Body::channel(Some(n));
+            (RequestBody::H1(b), Some(s))
+        }
+        BodyFraming::Chunked => {
+            let (b, s) = H1Body::channel(None);
+            (RequestBody::H1(b), Some(s))
+        }
+    };
+    let feed = Feed {
+        decoder: BodyDecoder::new(head.body),
+        expect: head.expect_continue && sender.is_some(),
+        sender,
+        broken: false,
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head.uri;
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers;
+    let upgrade = head.upgrade.then(|| {
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingUpgrade(Arc::new(Mutex::new(Some(rx))));
+        req.extensions_mut().insert(pending);
+        tx
+    });
+    (req, feed, upgrade)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    type Framed = Option<Result<http_body::Frame<Bytes>, std::convert::Infallible>>;
+
+    fn data(s: &'static str) -> Framed {
+        Some(Ok(http_body::Frame::data(Bytes::from(s))))
+    }
+
+    #[test]
+    fn a_body_longer_than_its_length_is_cut_and_closes() {
+        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let framing = ResponseFraming::Length(3);
+        assert_eq!(
+            put_frame(&mut out, framing, data("ab"), &mut sent, &[]),
+            Ok(false)
+        );
+        assert_eq!(
+            put_frame(&mut out, framing, data("cdef"), &mut sent, &[]),
+            Err(())
+        );
+        assert_eq!(&out[..], b"abc", "nothing past the declared length");
+    }
+
+    #[test]
+    fn a_body_shorter_than_its_length_closes() {
+        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let framing = ResponseFraming::Length(3);
+        assert_eq!(
+            put_frame(&mut out, framing, data("ab"), &mut sent, &[]),
+            Ok(false)
+        );
+        assert_eq!(
+            put_frame::<std::convert::Infallible>(&mut out, framing, None, &mut sent, &[]),
+            Err(())
+        );
+    }
+
+    #[test]
+    fn only_declared_trailers_are_sent() {
+        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        t.insert("x-other", HeaderValue::from_static("1"));
+        let frame: Framed = Some(Ok(http_body::Frame::trailers(t)));
+        let allowed = [HeaderName::from_static("grpc-status")];
+        let framing = ResponseFraming::Chunked;
+        assert_eq!(
+            put_frame(&mut out, framing, frame, &mut sent, &allowed),
+            Ok(true)
+        );
+        assert_eq!(&out[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, x-a"),
+        );
+        assert_eq!(declared_trailers(&headers, true).len(), 2);
+        assert!(declared_trailers(&headers, false).is_empty());
+    }
+}
