@@ -167,7 +167,14 @@ fn build(bytes: &Bytes, at: Located) -> Result<RequestHead, HeadError> {
     let slice = |(a, b): (usize, usize)| bytes.slice(a..b);
     let method = Method::from_bytes(&bytes[at.method.0..at.method.1])
         .map_err(|_| HeadError::Malformed("invalid method"))?;
-    let uri = Uri::from_maybe_shared(slice(at.target)).map_err(|_| HeadError::Target)?;
+    let target = slice(at.target);
+    // A fragment has no place in a request target (RFC 9112 3.2), and the
+    // URI parser drops it silently: "http://a#b/x" would become a request
+    // for the empty path. Refused, as malformed.
+    if target.contains(&b'#') {
+        return Err(HeadError::Target);
+    }
+    let uri = Uri::from_maybe_shared(target).map_err(|_| HeadError::Target)?;
     let version = if at.minor == 0 {
         Version::HTTP_10
     } else {
@@ -468,6 +475,8 @@ mod tests {
             "G(T / HTTP/1.1\r\n\r\n",
             "GET /a b HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nX\0: a\r\n\r\n",
+            "GET http://a.t#st/x HTTP/1.1\r\n\r\n",
+            "GET /a#b HTTP/1.1\r\n\r\n",
         ] {
             let e = refused(text);
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{text:?}: {e}");
