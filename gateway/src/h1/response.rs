@@ -23,6 +23,12 @@ use super::framing::{CHUNK_END, chunk_size_line, last_chunk};
 pub enum ResponseFraming {
     /// No body is sent.
     None,
+    /// No body is sent, but the head says the length a GET would have
+    /// carried: a HEAD answered with a body of known length and no
+    /// `Content-Length` of its own (the gateway's own JSON errors). Without
+    /// it a client that does not remember its methods reads such an answer
+    /// as running until the connection closes.
+    Advertised(u64),
     /// Exactly this many bytes.
     Length(u64),
     /// Chunked.
@@ -35,11 +41,7 @@ impl ResponseFraming {
     /// The framing for a response to `method` from an HTTP `version` client.
     pub fn choose<B: Body>(method: &Method, version: Version, parts: &Parts, body: &B) -> Self {
         let s = parts.status;
-        if method == Method::HEAD
-            || s.is_informational()
-            || s == StatusCode::NO_CONTENT
-            || s == StatusCode::NOT_MODIFIED
-        {
+        if s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
             return ResponseFraming::None;
         }
         let declared = parts
@@ -47,6 +49,16 @@ impl ResponseFraming {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if method == Method::HEAD {
+            // A relayed HEAD answer keeps its own fields; its body is empty
+            // (hint 0), which says nothing of what GET would send.
+            let framed =
+                declared.is_some() || parts.headers.contains_key(header::TRANSFER_ENCODING);
+            return match body.size_hint().exact() {
+                Some(n) if n > 0 && !framed => ResponseFraming::Advertised(n),
+                _ => ResponseFraming::None,
+            };
+        }
         match declared.or_else(|| body.size_hint().exact()) {
             Some(n) => ResponseFraming::Length(n),
             None if version == Version::HTTP_11 => ResponseFraming::Chunked,
@@ -54,10 +66,15 @@ impl ResponseFraming {
         }
     }
 
+    /// Whether any body bytes go on the wire.
+    pub fn sends_body(self) -> bool {
+        !matches!(self, ResponseFraming::None | ResponseFraming::Advertised(_))
+    }
+
     /// Appends one data frame.
     pub fn data(self, out: &mut BytesMut, data: &[u8]) {
         match self {
-            ResponseFraming::None => {}
+            ResponseFraming::None | ResponseFraming::Advertised(_) => {}
             ResponseFraming::Chunked => {
                 if !data.is_empty() {
                     out.extend_from_slice(chunk_size_line(data.len()).as_ref());
@@ -110,7 +127,7 @@ pub fn write_head(
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        ResponseFraming::Length(n) => {
+        ResponseFraming::Length(n) | ResponseFraming::Advertised(n) => {
             field(out, b"content-length", itoa(n).as_bytes());
         }
         ResponseFraming::Chunked => field(out, b"transfer-encoding", b"chunked"),
@@ -189,10 +206,20 @@ mod tests {
             choose(&get, v11, &parts(200, &[])),
             ResponseFraming::Length(3)
         );
+        // HEAD: no body, but the length the gateway's own body would have.
         assert_eq!(
             choose(&Method::HEAD, v11, &parts(200, &[])),
-            ResponseFraming::None
+            ResponseFraming::Advertised(3)
         );
+        let relayed = parts(200, &[("transfer-encoding", "chunked")]);
+        assert_eq!(choose(&Method::HEAD, v11, &relayed), ResponseFraming::None);
+        let empty_head = ResponseFraming::choose(
+            &Method::HEAD,
+            v11,
+            &parts(200, &[]),
+            &Empty::<bytes::Bytes>::new(),
+        );
+        assert_eq!(empty_head, ResponseFraming::None);
         for s in [101, 204, 304] {
             assert_eq!(
                 choose(&get, v11, &parts(s, &[])),

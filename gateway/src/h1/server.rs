@@ -357,7 +357,7 @@ impl<I: Io> Conn<I> {
         B::Error: std::fmt::Display,
     {
         let mut body = pin!(body);
-        let mut finished = framing == ResponseFraming::None;
+        let mut finished = !framing.sends_body();
         let mut complete = true;
         let mut sent: u64 = 0;
         poll_fn(|cx| {
