@@ -42,11 +42,13 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -437,19 +439,10 @@ async fn serve_detected<I>(mut io: I, shared: &Shared, mut conn: Conn)
 where
     I: h1::server::Io,
 {
-    let first = tokio::time::timeout(
-        shared.protocols.header_read_timeout,
-        crate::protocol::detect(&mut io),
-    );
-    let detected = tokio::select! {
-        detected = first => detected,
-        // Shutting down before the first request arrived: nothing to finish.
-        _ = conn.draining.closing.changed() => return,
-    };
-    let (protocol, prefix) = match detected {
-        Ok(Ok(Some(found))) => found,
-        // Closed, failed, or silent for the header timeout: nothing to answer.
-        _ => return,
+    // Borrowed, not moved, into the detection: the detection's state then
+    // shares its place in this future with the serving's.
+    let Some((protocol, prefix)) = detect(&mut io, shared, &mut conn.draining).await else {
+        return;
     };
     if protocol == Protocol::Unsupported {
         let mut io = Rewind::new(prefix, io);
@@ -460,10 +453,41 @@ where
     serve_http(io, prefix, protocol, shared, conn).await;
 }
 
+/// The protocol and the bytes read to tell it; `None`: closed, failed,
+/// silent for the header timeout, or shutting down first (nothing to
+/// answer or finish).
+async fn detect<I>(
+    io: &mut I,
+    shared: &Shared,
+    draining: &mut Draining,
+) -> Option<(Protocol, Bytes)>
+where
+    I: h1::server::Io,
+{
+    let first = tokio::time::timeout(
+        shared.protocols.header_read_timeout,
+        crate::protocol::detect(io),
+    );
+    tokio::select! {
+        detected = first => detected.ok()?.ok()?,
+        _ = draining.closing.changed() => None,
+    }
+}
+
 /// Serves HTTP/1.1 or HTTP/2 on `io` (`prefix`: the bytes already read from
 /// it) until the connection ends, through the embedder's layers when there
 /// are some.
-async fn serve_http<I>(io: I, prefix: Bytes, protocol: Protocol, shared: &Shared, conn: Conn)
+///
+/// A plain function returning the serving future, not an `async fn`: an
+/// `async fn` level would keep its own copy of `io` and `conn` beside the
+/// future it awaits, for the connection's whole life.
+fn serve_http<I>(
+    io: I,
+    prefix: Bytes,
+    protocol: Protocol,
+    shared: &Shared,
+    conn: Conn,
+) -> impl Future<Output = ()> + Send + '_
 where
     I: h1::server::Io,
 {
@@ -491,7 +515,9 @@ where
             }
         };
         // Boxed: the layers' futures would otherwise size every connection.
-        return Box::pin(serve_with(io, prefix, protocol, shared, handle, watch)).await;
+        return Either::Left(Box::pin(serve_with(
+            io, prefix, protocol, shared, handle, watch,
+        )));
     }
     let proxy = shared.proxy.clone();
     let handle = move |req: http::Request<RequestBody>| {
@@ -507,7 +533,7 @@ where
             resp
         })
     };
-    serve_with(io, prefix, protocol, shared, handle, watch).await;
+    Either::Right(serve_with(io, prefix, protocol, shared, handle, watch))
 }
 
 /// `Strict-Transport-Security` on a response of the TLS listener; an
@@ -538,16 +564,14 @@ async fn serve_with<I, H, F, B>(
 {
     if protocol == Protocol::Http1 {
         if let Some(settings) = &shared.protocols.native {
-            let (closing_tx, closing) = watch::channel(false);
-            let conn = h1::server::serve(io, prefix, settings, closing, handle);
-            drive(
-                conn,
-                move |_| {
-                    closing_tx.send_replace(true);
-                },
-                watch,
-            )
-            .await;
+            // The connection's future is a local here and `drive` borrows
+            // it: passed by value it would be stored twice (once as the
+            // argument, once pinned), doubling what every idle connection
+            // costs.
+            let closing = AtomicBool::new(false);
+            let conn = pin!(h1::server::serve(io, prefix, settings, &closing, handle));
+            let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
+            drive(conn, graceful, watch).await;
             return;
         }
     }
@@ -581,14 +605,19 @@ async fn serve_hyper<I, H, F, B>(
         let executor = StreamExecutor::default();
         let http2 = shared.protocols.http2(executor.clone());
         let conn = ServeStreams::new(http2.serve_connection(io, service), executor);
-        drive(conn, |c| c.get_mut().conn().graceful_shutdown(), watch).await;
+        drive(
+            pin!(conn),
+            |c| c.get_mut().conn().graceful_shutdown(),
+            watch,
+        )
+        .await;
     } else {
         let conn = shared
             .protocols
             .http1
             .serve_connection(io, service)
             .with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), watch).await;
+        drive(pin!(conn), |c| c.graceful_shutdown(), watch).await;
     }
 }
 
@@ -597,14 +626,13 @@ async fn serve_hyper<I, H, F, B>(
 /// its client stopped reading, or still open an idle period after a
 /// graceful close was asked.
 async fn drive<C, E>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
     (mut idle, active, mut draining, peer): (IdleClock, Arc<Activity>, Draining, SocketAddr),
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    tokio::pin!(conn);
     let mut shutting_down = false;
     loop {
         tokio::select! {

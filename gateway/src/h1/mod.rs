@@ -18,6 +18,8 @@
 //!   for responses of unknown length.
 //! - [`response`]: the response head and its body framing.
 //! - [`body`]: the request body the proxy reads, fed by the connection.
+//! - [`pool`]: the per-thread pool the connections take their read and
+//!   write buffers from while they have work.
 //! - [`server`]: the connection loop: heads, bodies, responses, pipelined
 //!   requests in order, upgrades handed to a tunnel, no buffer held idle.
 //!
@@ -29,5 +31,6 @@
 pub mod body;
 pub mod framing;
 pub mod head;
+pub mod pool;
 pub mod response;
 pub mod server;

@@ -5,9 +5,11 @@
 //!
 //! Memory: a connection waiting for its next request holds no buffer.
 //! It waits for the socket to be readable ([`Io::poll_readable`]), then
-//! reads into a fresh buffer; when a request is done and nothing
-//! pipelined is left, the buffer is given back. (The head's and body's
-//! bytes are slices of that buffer, freed when the last one is dropped.)
+//! takes a buffer from the thread's [`pool`] and reads; when a request is
+//! done and nothing pipelined is left, its buffers go back to the pool.
+//! (The head's and body's bytes are slices of the read buffer; one still
+//! held elsewhere keeps it from the pool, and it is freed with the last.)
+//! Its one timer is the wait for a head; a graceful close is a flag.
 //!
 //! Rules kept from hyper's server, which the integration tests hold:
 //! - the header read timeout runs from the moment the connection waits for
@@ -27,6 +29,7 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -37,12 +40,13 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::body::RequestBody;
 use super::body::{BodySender, H1Body, H1BodyError};
 use super::framing::{BodyDecoder, BodyFraming, Frame};
 use super::head::{self, HeadError, RequestHead, has_token};
+use super::pool;
 use super::response::{ResponseFraming, write_head};
 use crate::idle::ActivityIo;
 use crate::protocol::Rewind;
@@ -104,7 +108,7 @@ pub struct Settings {
 }
 
 /// First read into a fresh buffer; a head larger than this grows it.
-const READ_SIZE: usize = 4096;
+const READ_SIZE: usize = pool::SIZE;
 
 /// One connection's state between requests.
 struct Conn<I> {
@@ -125,12 +129,14 @@ enum Next {
 /// Serves HTTP/1.1 on `io` until the connection ends: `prefix` is what was
 /// read from it already (protocol detection); `service` answers each
 /// request; `closing` set to true asks the connection to finish the
-/// request in flight and close.
+/// request in flight and close. (A flag, not a channel: it costs an idle
+/// connection nothing. Whoever sets it polls this future again right after,
+/// which is when an idle connection sees it and ends.)
 pub async fn serve<I, F, Fut, B>(
     io: I,
     prefix: Bytes,
     settings: &Settings,
-    closing: watch::Receiver<bool>,
+    closing: &AtomicBool,
     mut service: F,
 ) -> io::Result<()>
 where
@@ -140,14 +146,17 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
+    // The detection's buffer itself when nothing else holds it: no copy.
+    let buf = prefix
+        .try_into_mut()
+        .unwrap_or_else(|prefix| BytesMut::from(&prefix[..]));
     let mut conn = Conn {
         io,
-        buf: BytesMut::from(&prefix[..]),
+        buf,
         out: BytesMut::new(),
     };
-    drop(prefix);
     loop {
-        let head = match conn.next_head(settings, &closing).await {
+        let head = match conn.next_head(settings, closing).await {
             None => return Ok(()),
             Some(Err(e)) => return conn.refuse(&e).await,
             Some(Ok(head)) => head,
@@ -155,7 +164,7 @@ where
         // Boxed, once per request: a request's state (its head, body feed
         // and response) is large, and inline it would size the task for the
         // connection's whole life, idle or not.
-        match Box::pin(conn.exchange(head, &mut service, &closing)).await? {
+        match Box::pin(conn.exchange(head, &mut service, closing)).await? {
             Next::KeepAlive => conn.rest(),
             Next::Close => return conn.close().await,
             Next::Upgrade(tx) => {
@@ -171,10 +180,8 @@ where
 impl<I: Io> Conn<I> {
     /// Gives the buffers back between requests when nothing is pending.
     fn rest(&mut self) {
-        if self.buf.is_empty() {
-            self.buf = BytesMut::new();
-        }
-        self.out = BytesMut::new();
+        pool::give(&mut self.buf);
+        pool::give(&mut self.out);
     }
 
     /// Waits for the next request head. `None`: the connection ends
@@ -182,30 +189,33 @@ impl<I: Io> Conn<I> {
     async fn next_head(
         &mut self,
         settings: &Settings,
-        closing: &watch::Receiver<bool>,
+        closing: &AtomicBool,
     ) -> Option<Result<RequestHead, HeadError>> {
-        let deadline = tokio::time::Instant::now() + settings.header_read_timeout;
-        let mut closing = closing.clone();
-        loop {
-            if !self.buf.is_empty() {
-                match head::parse(&mut self.buf, settings.max_head) {
-                    Ok(None) => {}
-                    done => return done.transpose(),
+        let deadline = tokio::time::sleep(settings.header_read_timeout);
+        let mut deadline = pin!(deadline);
+        poll_fn(|cx| {
+            loop {
+                if !self.buf.is_empty() {
+                    match head::parse(&mut self.buf, settings.max_head) {
+                        Ok(None) => {}
+                        done => return Poll::Ready(done.transpose()),
+                    }
                 }
+                if self.buf.is_empty() && closing.load(Ordering::Acquire) {
+                    return Poll::Ready(None);
+                }
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => continue,
+                    Poll::Ready(_) => return Poll::Ready(None),
+                    Poll::Pending => {}
+                }
+                return match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                };
             }
-            if *closing.borrow_and_update() && self.buf.is_empty() {
-                return None;
-            }
-            let idle = self.buf.is_empty();
-            let read = tokio::time::timeout_at(deadline, poll_fn(|cx| self.poll_fill(cx)));
-            tokio::select! {
-                read = read => match read {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return None,
-                },
-                _ = closing.changed(), if idle => return None,
-            }
-        }
+        })
+        .await
     }
 
     /// Reads more into the buffer, putting one up only once the socket has
@@ -215,7 +225,9 @@ impl<I: Io> Conn<I> {
         // a read attempt (this runs on every wake-up while a request is in
         // flight, to see the client leave).
         ready!(self.io.poll_readable(cx))?;
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+        if self.buf.capacity() == 0 {
+            self.buf = pool::take();
+        } else if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)
@@ -276,7 +288,7 @@ impl<I: Io> Conn<I> {
         &mut self,
         head: RequestHead,
         service: &mut F,
-        closing: &watch::Receiver<bool>,
+        closing: &AtomicBool,
     ) -> io::Result<Next>
     where
         F: FnMut(Request<RequestBody>) -> Fut,
@@ -300,7 +312,10 @@ impl<I: Io> Conn<I> {
             && !upgrading
             && framing != ResponseFraming::UntilClose
             && !has_token(&parts.headers, header::CONNECTION, "close")
-            && !*closing.borrow();
+            && !closing.load(Ordering::Acquire);
+        if self.out.capacity() == 0 {
+            self.out = pool::take();
+        }
         write_head(&mut self.out, &parts, framing, keep, version);
         let trailers = declared_trailers(&parts.headers, te_trailers);
         let complete = self.send_body(body, framing, &trailers, &mut feed).await?;
