@@ -487,7 +487,7 @@ fn serve_http<I>(
     protocol: Protocol,
     shared: &Shared,
     conn: Conn,
-) -> impl Future<Output = ()> + Send + '_
+) -> impl Future<Output = ()> + '_
 where
     I: h1::server::Io,
 {
@@ -548,22 +548,27 @@ fn add_hsts<B>(resp: &mut http::Response<B>, hsts: Option<HeaderValue>) {
 
 /// Serves `handle` on `io`: HTTP/2 with hyper's server, HTTP/1.1 with the
 /// native one ([`h1::server`]) or, when configured, hyper's.
-async fn serve_with<I, H, F, B>(
+///
+/// A plain function around an `async move` block, which keeps `watch` once
+/// and borrows it in place (an `async fn` taking `mut watch` would store it
+/// twice).
+fn serve_with<I, H, F, B>(
     io: I,
     prefix: Bytes,
     protocol: Protocol,
     shared: &Shared,
     handle: H,
-    watch: (IdleClock, Arc<Activity>, Draining, SocketAddr),
-) where
+    mut watch: Watch,
+) -> impl Future<Output = ()> + '_
+where
     I: h1::server::Io,
     H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
     F: Future<Output = http::Response<B>> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
-    if protocol == Protocol::Http1 {
-        if let Some(settings) = &shared.protocols.native {
+    async move {
+        if let (Protocol::Http1, Some(settings)) = (protocol, &shared.protocols.native) {
             // The connection's future is a local here and `drive` borrows
             // it: passed by value it would be stored twice (once as the
             // argument, once pinned), doubling what every idle connection
@@ -571,13 +576,13 @@ async fn serve_with<I, H, F, B>(
             let closing = AtomicBool::new(false);
             let conn = pin!(h1::server::serve(io, prefix, settings, &closing, handle));
             let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
-            drive(conn, graceful, watch).await;
+            drive(conn, graceful, &mut watch).await;
             return;
         }
+        // Boxed: hyper's connection state would otherwise size every native
+        // connection's task too.
+        Box::pin(serve_hyper(io, prefix, protocol, shared, handle, watch)).await;
     }
-    // Boxed: hyper's connection state would otherwise size every native
-    // connection's task too.
-    Box::pin(serve_hyper(io, prefix, protocol, shared, handle, watch)).await;
 }
 
 /// Serves `handle` on `io` with hyper's HTTP/2 or HTTP/1.1 server.
@@ -587,7 +592,7 @@ async fn serve_hyper<I, H, F, B>(
     protocol: Protocol,
     shared: &Shared,
     handle: H,
-    watch: (IdleClock, Arc<Activity>, Draining, SocketAddr),
+    mut watch: Watch,
 ) where
     I: h1::server::Io,
     H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
@@ -608,7 +613,7 @@ async fn serve_hyper<I, H, F, B>(
         drive(
             pin!(conn),
             |c| c.get_mut().conn().graceful_shutdown(),
-            watch,
+            &mut watch,
         )
         .await;
     } else {
@@ -617,9 +622,13 @@ async fn serve_hyper<I, H, F, B>(
             .http1
             .serve_connection(io, service)
             .with_upgrades();
-        drive(pin!(conn), |c| c.graceful_shutdown(), watch).await;
+        drive(pin!(conn), |c| c.graceful_shutdown(), &mut watch).await;
     }
 }
+
+/// What watches a connection: its idle clock, its activity, its part in
+/// the drain, and its peer (for the log).
+type Watch = (IdleClock, Arc<Activity>, Draining, SocketAddr);
 
 /// Runs a connection to its end: asks it to finish gracefully at shutdown
 /// or when idle, and drops it (closing the socket) when it is idle because
@@ -628,7 +637,7 @@ async fn serve_hyper<I, H, F, B>(
 async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
-    (mut idle, active, mut draining, peer): (IdleClock, Arc<Activity>, Draining, SocketAddr),
+    (idle, active, draining, peer): &mut Watch,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,

@@ -132,46 +132,54 @@ enum Next {
 /// request in flight and close. (A flag, not a channel: it costs an idle
 /// connection nothing. Whoever sets it polls this future again right after,
 /// which is when an idle connection sees it and ends.)
-pub async fn serve<I, F, Fut, B>(
+///
+/// A plain function returning its future: the connection's state is built
+/// here and moved into the future once; an `async fn` would keep its
+/// arguments and the state built from them side by side for the
+/// connection's whole life.
+pub fn serve<'a, I, F, Fut, B>(
     io: I,
     prefix: Bytes,
-    settings: &Settings,
-    closing: &AtomicBool,
+    settings: &'a Settings,
+    closing: &'a AtomicBool,
     mut service: F,
-) -> io::Result<()>
+) -> impl Future<Output = io::Result<()>> + 'a
 where
     I: Io,
-    F: FnMut(Request<RequestBody>) -> Fut,
+    F: FnMut(Request<RequestBody>) -> Fut + 'a,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    // The detection's buffer itself when nothing else holds it: no copy.
-    let buf = prefix
-        .try_into_mut()
-        .unwrap_or_else(|prefix| BytesMut::from(&prefix[..]));
+    // Copied into a pooled buffer (a request's head or so), so the
+    // detection's buffer is freed now, not held for the connection's life.
+    let mut buf = pool::take();
+    buf.extend_from_slice(&prefix);
+    drop(prefix);
     let mut conn = Conn {
         io,
         buf,
         out: BytesMut::new(),
     };
-    loop {
-        let head = match conn.next_head(settings, closing).await {
-            None => return Ok(()),
-            Some(Err(e)) => return conn.refuse(&e).await,
-            Some(Ok(head)) => head,
-        };
-        // Boxed, once per request: a request's state (its head, body feed
-        // and response) is large, and inline it would size the task for the
-        // connection's whole life, idle or not.
-        match Box::pin(conn.exchange(head, &mut service, closing)).await? {
-            Next::KeepAlive => conn.rest(),
-            Next::Close => return conn.close().await,
-            Next::Upgrade(tx) => {
-                let Conn { io, buf, .. } = conn;
-                let io: Box<dyn RawIo> = Box::new(io);
-                let _ = tx.send(Rewind::new(buf.freeze(), io));
-                return Ok(());
+    async move {
+        loop {
+            let head = match conn.next_head(settings, closing).await {
+                None => return Ok(()),
+                Some(Err(e)) => return conn.refuse(&e).await,
+                Some(Ok(head)) => head,
+            };
+            // Boxed, once per request: a request's state (its head, body feed
+            // and response) is large, and inline it would size the task for the
+            // connection's whole life, idle or not.
+            match Box::pin(conn.exchange(head, &mut service, closing)).await? {
+                Next::KeepAlive => conn.rest(),
+                Next::Close => return conn.close().await,
+                Next::Upgrade(tx) => {
+                    let Conn { io, buf, .. } = conn;
+                    let io: Box<dyn RawIo> = Box::new(io);
+                    let _ = tx.send(Rewind::new(buf.freeze(), io));
+                    return Ok(());
+                }
             }
         }
     }
