@@ -552,6 +552,10 @@ fn add_hsts<B>(resp: &mut http::Response<B>, hsts: Option<HeaderValue>) {
 /// A plain function around an `async move` block, which keeps `watch` once
 /// and borrows it in place (an `async fn` taking `mut watch` would store it
 /// twice).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store `watch` twice in every connection's task"
+)]
 fn serve_with<I, H, F, B>(
     io: I,
     prefix: Bytes,
