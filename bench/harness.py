@@ -721,9 +721,41 @@ def idle_conns(port, tls, n=IDLE_N):
         if tls:
             s = ctx.wrap_socket(s, server_hostname="bench.test")
         s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
-        s.recv(4096)
+        read_response(s)
         socks.append(s)
     return socks
+
+
+def open_connections(port):
+    """Established connections to `port` on the proxy's side: the memory
+    figure only counts if every idle connection is still open."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.count("\n")
+
+
+def read_response(s):
+    """Reads one whole response with a Content-Length body. (Reading only
+    its first bytes let the next connection start while a proxy was still
+    sending the body, so a proxy could need a second upstream connection
+    for a request that was not yet over, and its memory counted it.)"""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise RuntimeError(f"connection closed mid-response: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise RuntimeError("connection closed mid-body")
+        body += chunk
 
 
 GRPC_HEADERS = ["content-type: application/grpc", "te: trailers", "grpc-timeout: 10S"]
@@ -1048,9 +1080,13 @@ interval = "1s"
                     fresh = proc = Proc(f"portico-{sid}", portico_argv, PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
                     wait_port(PORTS["portico"]["tls"])
                 before = proc.mem_kb("VmRSS")
-                socks = idle_conns(PORTS[name]["tls" if tls else "h1"], tls)
+                port = PORTS[name]["tls" if tls else "h1"]
+                socks = idle_conns(port, tls)
                 time.sleep(1)
                 after = proc.mem_kb("VmRSS")
+                still_open = open_connections(port)
+                if still_open < IDLE_N:
+                    raise RuntimeError(f"{name}: only {still_open} of {IDLE_N} idle connections still open")
                 for s in socks:
                     s.close()
                 suffix = "_tls" if tls else ""

@@ -397,6 +397,17 @@ impl<I: Io> Conn<I> {
                     return Poll::Pending;
                 };
                 match put_frame(&mut self.out, framing, frame, &mut sent, allowed) {
+                    // A body that knows it has ended (its length reached) is
+                    // not polled for its end: an upstream body learns that
+                    // only when its connection's task runs, after the
+                    // client may already have the answer and be back with
+                    // the next request, which would then find the upstream
+                    // connection still out and open another.
+                    Ok(false) if body.is_end_stream() => {
+                        let ended =
+                            put_frame::<B::Error>(&mut self.out, framing, None, &mut sent, allowed);
+                        (finished, complete) = (true, ended == Ok(true));
+                    }
                     Ok(false) => {}
                     Ok(true) => finished = true,
                     Err(()) => (finished, complete) = (true, false),
