@@ -109,6 +109,9 @@ pub struct Settings {
 
 /// First read into a fresh buffer; a head larger than this grows it.
 const READ_SIZE: usize = pool::SIZE;
+/// Response bytes gathered before a write while the body keeps coming
+/// (kept within the pool's largest buffer).
+const WRITE_SIZE: usize = 3 * pool::SIZE;
 
 /// One connection's state between requests.
 struct Conn<I> {
@@ -386,14 +389,24 @@ impl<I: Io> Conn<I> {
         poll_fn(|cx| {
             loop {
                 self.poll_feed(cx, feed)?;
-                if !self.out.is_empty() {
-                    ready!(self.poll_write_out(cx))?;
-                }
                 if finished {
+                    if !self.out.is_empty() {
+                        ready!(self.poll_write_out(cx))?;
+                    }
                     return Poll::Ready(Ok(complete));
                 }
+                // The head waits for the first data, so a head and a small
+                // body go out in one write; past WRITE_SIZE, out it goes.
+                if self.out.len() >= WRITE_SIZE {
+                    ready!(self.poll_write_out(cx))?;
+                }
                 let Poll::Ready(frame) = body.as_mut().poll_frame(cx) else {
-                    ready!(std::pin::Pin::new(&mut self.io).poll_flush(cx))?;
+                    // The body has nothing yet: what is ready goes now (a
+                    // streamed answer's head must not wait for its first
+                    // event).
+                    if !self.out.is_empty() {
+                        ready!(self.poll_write_out(cx))?;
+                    }
                     return Poll::Pending;
                 };
                 match put_frame(&mut self.out, framing, frame, &mut sent, allowed) {
