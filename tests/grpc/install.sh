@@ -16,21 +16,28 @@ fi
 
 node_dir=target/grpc-node
 if [ ! -f "$node_dir/node_modules/@grpc/grpc-js/package.json" ]; then
+    # npm as a command, or as the module a Node package ships without the
+    # command's link (NodeSource's repack); on a machine with no Node at
+    # all, Debian's nodejs and npm.
+    npm=(npm)
     if ! command -v npm >/dev/null 2>&1; then
-        # A clean machine may have no Node at all: Debian's nodejs and npm.
-        if ! command -v apt-get >/dev/null 2>&1; then
+        bundled=/usr/lib/node_modules/npm/bin/npm-cli.js
+        if [ -f "$bundled" ] && command -v node >/dev/null 2>&1; then
+            npm=(node "$bundled")
+        elif command -v apt-get >/dev/null 2>&1; then
+            sudo=""
+            if [ "$(id -u)" -ne 0 ]; then
+                sudo="sudo"
+            fi
+            $sudo apt-get -qq update >/dev/null
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends \
+                nodejs npm >/dev/null
+        else
             echo "the Node gRPC peer needs npm, and there is no apt-get to install it" >&2
             exit 1
         fi
-        sudo=""
-        if [ "$(id -u)" -ne 0 ]; then
-            sudo="sudo"
-        fi
-        $sudo apt-get -qq update >/dev/null
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends \
-            nodejs npm >/dev/null
     fi
     mkdir -p "$node_dir"
     cp tests/grpc/package.json "$node_dir/package.json"
-    (cd "$node_dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    (cd "$node_dir" && "${npm[@]}" install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
