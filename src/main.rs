@@ -13,6 +13,7 @@ use portico_gateway::acme::{AcmeSettings, ChallengeKind};
 use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
+use portico_gateway::pool::Http1Client;
 use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
 use portico_gateway::server::{Http1Server, ServerSettings};
 use portico_gateway::tls::cert::CertFiles;
@@ -41,6 +42,13 @@ struct Cli {
 /// `--http1-server`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Http1ServerArg {
+    Native,
+    Hyper,
+}
+
+/// `--http1-client`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Http1ClientArg {
     Native,
     Hyper,
 }
@@ -410,6 +418,13 @@ struct GatewayArgs {
     /// `hyper` (hyper's, as before; kept to compare and to fall back on).
     #[arg(long, value_enum, default_value = "native")]
     http1_server: Http1ServerArg,
+    /// Which client speaks HTTP/1.1 to cleartext upstreams: `native`
+    /// (Portico's own, run by the request's task, an idle connection a
+    /// socket alone) or `hyper` (a task per connection, as before; kept to
+    /// compare and to fall back on). Upgrades and `https` upstreams use
+    /// hyper's either way.
+    #[arg(long, value_enum, default_value = "native")]
+    http1_client: Http1ClientArg,
     /// Close a WebSocket (upgraded) tunnel that carried no bytes either way
     /// for this long, both sides.
     #[arg(long, default_value = "60s", value_parser = duration)]
@@ -873,6 +888,10 @@ impl GatewayArgs {
                 access_log: self.access_log_on(),
                 generate_traceparent: self.generate_traceparent,
                 connect_timeout: self.connect_timeout,
+                http1_client: match self.http1_client {
+                    Http1ClientArg::Native => Http1Client::Native,
+                    Http1ClientArg::Hyper => Http1Client::Hyper,
+                },
                 tunnel_idle_timeout: self.tunnel_idle_timeout,
                 edge: self.edge(),
                 https_redirect: self.https_redirect,

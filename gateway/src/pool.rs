@@ -41,6 +41,7 @@ use tokio::time::Instant;
 
 use crate::balance::Endpoint;
 use crate::body::ClientBody;
+use crate::h1;
 use crate::tls::upstream::TlsDial;
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
@@ -152,10 +153,28 @@ struct Idle {
     since: Instant,
 }
 
+/// An idle connection of the native client: the socket alone.
+struct IdleSocket {
+    io: TcpStream,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct Conns {
     http1: FastMap<Key, Vec<Idle>>,
+    native: FastMap<Key, Vec<IdleSocket>>,
     h2c: FastMap<Key, http2::SendRequest<UpstreamBody>>,
+}
+
+/// Which client speaks HTTP/1.1 to cleartext upstreams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Http1Client {
+    /// Portico's own ([`h1::client`]): the exchange runs in the request's
+    /// task, an idle connection is a socket alone.
+    #[default]
+    Native,
+    /// hyper's, a task per connection (kept to compare and fall back on).
+    Hyper,
 }
 
 /// The pool; cheap to share behind an `Arc`.
@@ -163,6 +182,7 @@ pub struct Pool {
     conns: Mutex<Conns>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    client: Http1Client,
 }
 
 impl std::fmt::Debug for Pool {
@@ -176,11 +196,16 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool; spawns a task that prunes idle connections until the pool is dropped.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Pool> {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        client: Http1Client,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             conns: Mutex::new(Conns::default()),
             connect_timeout,
             idle_timeout,
+            client,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(prune_loop(Arc::downgrade(&pool)));
@@ -201,6 +226,53 @@ impl Pool {
     /// connection at once; over it, the request comes back unsent with
     /// [`UpstreamError::Overloaded`].
     pub async fn send_http1(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        req: Request<UpstreamBody>,
+        pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
+        upgrade: bool,
+    ) -> Result<Response<PooledBody>, SendError> {
+        if self.client == Http1Client::Native && !upgrade {
+            self.send_native(endpoint, req, pending).await
+        } else {
+            Box::pin(self.send_hyper(endpoint, req, pending)).await
+        }
+    }
+
+    /// [`Pool::send_http1`] with the native client, for requests that ask
+    /// for no upgrade.
+    async fn send_native(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        req: Request<UpstreamBody>,
+        pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let key = endpoint.authority.as_str();
+        let io = match self.checkout_native(key) {
+            Some(io) => io,
+            None => {
+                let _waiting = match pending.map(|(c, max)| crate::breaker::acquire(c, max)) {
+                    Some(None) => return Err(SendError::unsent(UpstreamError::Overloaded, req)),
+                    other => other.flatten(),
+                };
+                match Box::pin(self.connect(endpoint)).await {
+                    Ok(io) => io,
+                    Err(error) => return Err(SendError::unsent(error, req)),
+                }
+            }
+        };
+        match h1::client::send(io, req).await {
+            Ok(resp) => Ok(resp.map(|body| PooledBody {
+                inner: Inner::Native(body),
+                done: false,
+                home: Some((Arc::downgrade(self), Box::<str>::from(key))),
+            })),
+            Err(e) => Err(SendError::sent(UpstreamError::Protocol(error_chain(&e)))),
+        }
+    }
+
+    /// [`Pool::send_http1`] with hyper's client.
+    async fn send_hyper(
         self: &Arc<Self>,
         endpoint: &Endpoint,
         mut req: Request<UpstreamBody>,
@@ -231,15 +303,7 @@ impl Pool {
         };
         loop {
             match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let give_back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (Arc::downgrade(self), Box::<str>::from(key), sender));
-                    return Ok(resp.map(|inner| PooledBody {
-                        inner,
-                        done: false,
-                        give_back,
-                    }));
-                }
+                Ok(resp) => return Ok(self.hyper_body(resp, key, sender)),
                 Err(mut e) => match e.take_message() {
                     // Never started: the idle connection had closed. Once more, fresh.
                     Some(back) if reused => {
@@ -346,17 +410,7 @@ impl Pool {
             };
             let mut failed = match sender {
                 TlsConn::H1(mut s) => match s.try_send_request(http1_form(req)).await {
-                    Ok(resp) => {
-                        let give_back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
-                            .then(|| (Arc::downgrade(self), dial.key.clone(), s));
-                        return Ok(resp.map(|inner| {
-                            Either::Left(PooledBody {
-                                inner,
-                                done: false,
-                                give_back,
-                            })
-                        }));
-                    }
+                    Ok(resp) => return Ok(self.hyper_body(resp, key, s).map(Either::Left)),
                     Err(e) => e,
                 },
                 TlsConn::H2(mut s) => match s.try_send_request(http2_form(req)).await {
@@ -380,6 +434,48 @@ impl Pool {
                     return Err(SendError::sent(error));
                 }
             }
+        }
+    }
+
+    /// A hyper response whose body hands `sender` back to the pool once
+    /// read to its end (not after a 101: the connection is then a tunnel).
+    fn hyper_body(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        key: &str,
+        sender: http1::SendRequest<UpstreamBody>,
+    ) -> Response<PooledBody> {
+        let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+        let home = keep.then(|| (Arc::downgrade(self), Box::<str>::from(key)));
+        resp.map(|body| PooledBody {
+            inner: Inner::Hyper(body, keep.then_some(sender)),
+            done: false,
+            home,
+        })
+    }
+
+    /// The most recently used idle native connection to `key` that is
+    /// still open and silent.
+    fn checkout_native(&self, key: &str) -> Option<TcpStream> {
+        let mut conns = self.lock();
+        let stack = conns.native.get_mut(key)?;
+        let now = Instant::now();
+        while let Some(idle) = stack.pop() {
+            if now.duration_since(idle.since) < self.idle_timeout && h1::client::usable(&idle.io) {
+                return Some(idle.io);
+            }
+        }
+        None
+    }
+
+    fn give_back_native(&self, key: Box<str>, io: TcpStream) {
+        let mut conns = self.lock();
+        let stack = conns.native.entry(key).or_default();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push(IdleSocket {
+                io,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -527,12 +623,20 @@ impl Pool {
             });
             !stack.is_empty()
         });
+        conns.native.retain(|_, stack| {
+            stack.retain(|i| {
+                now.duration_since(i.since) < self.idle_timeout && h1::client::usable(&i.io)
+            });
+            !stack.is_empty()
+        });
         conns.h2c.retain(|_, s| !s.is_closed());
     }
 
     /// Idle HTTP/1.1 connections currently pooled (for tests and metrics).
     pub fn idle_count(&self) -> usize {
-        self.lock().http1.values().map(Vec::len).sum()
+        let conns = self.lock();
+        conns.http1.values().map(Vec::len).sum::<usize>()
+            + conns.native.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -615,9 +719,18 @@ async fn prune_loop(pool: Weak<Pool>) {
 /// An upstream HTTP/1.1 response body that returns its connection to the
 /// pool once it has been read to the end.
 pub struct PooledBody {
-    inner: Incoming,
+    inner: Inner,
     done: bool,
-    give_back: Option<(Weak<Pool>, Box<str>, http1::SendRequest<UpstreamBody>)>,
+    /// The pool and key the connection goes back to.
+    home: Option<(Weak<Pool>, Box<str>)>,
+}
+
+/// The body as one of the two clients reads it.
+enum Inner {
+    /// hyper's, with the sender that goes back to the pool.
+    Hyper(Incoming, Option<http1::SendRequest<UpstreamBody>>),
+    /// The native client's, which holds its connection.
+    Native(h1::client::ResponseBody),
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -630,23 +743,46 @@ impl std::fmt::Debug for PooledBody {
 
 impl PooledBody {
     fn finish(&mut self) {
-        if let Some((pool, key, sender)) = self.give_back.take() {
-            if let Some(pool) = pool.upgrade() {
-                pool.give_back(key, sender);
+        let Some((pool, key)) = self.home.take() else {
+            return;
+        };
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        match &mut self.inner {
+            Inner::Hyper(_, sender) => {
+                if let Some(sender) = sender.take().filter(|s| !s.is_closed()) {
+                    pool.give_back(key, sender);
+                }
             }
+            Inner::Native(body) => {
+                if let Some(io) = body.reusable() {
+                    pool.give_back_native(key, io);
+                }
+            }
+        }
+    }
+
+    fn inner_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Hyper(body, _) => body.is_end_stream(),
+            Inner::Native(body) => body.is_end_stream(),
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = match &mut self.inner {
+            Inner::Hyper(body, _) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::Native(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        };
         match &polled {
             Poll::Ready(None) => {
                 self.done = true;
@@ -654,7 +790,7 @@ impl Body for PooledBody {
             }
             Poll::Ready(Some(Err(_))) => {
                 // A broken body: the connection is not reusable.
-                self.give_back = None;
+                self.home = None;
             }
             _ => {}
         }
@@ -662,18 +798,21 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done || self.inner_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(body, _) => body.size_hint(),
+            Inner::Native(body) => body.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // Read to the end (or empty from the start): the connection is clean.
-        if self.done || self.inner.is_end_stream() {
+        if self.done || self.inner_end_stream() {
             self.finish();
         }
     }

@@ -92,7 +92,7 @@ impl HeadError {
 /// Where each header field's name and value lie in the head's bytes:
 /// kept so the head can be split off the buffer and the values shared
 /// with it rather than copied.
-type Spans = Vec<((usize, usize), (usize, usize))>;
+pub(super) type Spans = Vec<((usize, usize), (usize, usize))>;
 
 /// Parses the head at the front of `buf` and takes it off (with any empty
 /// lines before it). `Ok(None)`: the head is not complete yet and still
@@ -104,7 +104,7 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<RequestHead>,
         return Ok(None);
     };
     let bytes = buf.split_to(found.len).freeze();
-    build(&bytes, found).map(Some)
+    build(&bytes, &found).map(Some)
 }
 
 /// The request line and field positions found by `httparse`.
@@ -152,7 +152,7 @@ fn locate(buf: &[u8], max_head: usize) -> Result<Option<Located>, HeadError> {
     }))
 }
 
-fn describe(e: httparse::Error) -> &'static str {
+pub(super) fn describe(e: httparse::Error) -> &'static str {
     match e {
         httparse::Error::HeaderName => "invalid header name (or obsolete line folding)",
         httparse::Error::HeaderValue => "invalid header value",
@@ -163,7 +163,7 @@ fn describe(e: httparse::Error) -> &'static str {
     }
 }
 
-fn build(bytes: &Bytes, at: Located) -> Result<RequestHead, HeadError> {
+fn build(bytes: &Bytes, at: &Located) -> Result<RequestHead, HeadError> {
     let slice = |(a, b): (usize, usize)| bytes.slice(a..b);
     let method = Method::from_bytes(&bytes[at.method.0..at.method.1])
         .map_err(|_| HeadError::Malformed("invalid method"))?;
@@ -180,15 +180,7 @@ fn build(bytes: &Bytes, at: Located) -> Result<RequestHead, HeadError> {
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(at.fields.len());
-    for (name, value) in at.fields {
-        let name = HeaderName::from_bytes(&bytes[name.0..name.1])
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        // Validated by httparse already (no CR, LF or NUL); this only wraps.
-        let value = HeaderValue::from_maybe_shared(slice(value))
-            .map_err(|_| HeadError::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let mut headers = header_map(bytes, &at.fields).map_err(HeadError::Malformed)?;
     let body = body_framing(&headers, version)?;
     normalize_length(&mut headers, body);
     let keep_alive = keeps_alive(&headers, version);
@@ -210,6 +202,21 @@ fn build(bytes: &Bytes, at: Located) -> Result<RequestHead, HeadError> {
         expect_continue,
         upgrade,
     })
+}
+
+/// The header fields at `fields` in `bytes`, the values sharing `bytes`
+/// (no copy). Both were validated by `httparse` already (no CR, LF or NUL);
+/// this only wraps them.
+pub(super) fn header_map(bytes: &Bytes, fields: &Spans) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for &(name, value) in fields {
+        let name =
+            HeaderName::from_bytes(&bytes[name.0..name.1]).map_err(|_| "invalid header name")?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value.0..value.1))
+            .map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// How the request body is framed (RFC 9112 §6.3, refusing every case a
@@ -280,7 +287,7 @@ fn parse_length(digits: &[u8]) -> Result<u64, HeadError> {
 }
 
 /// `chunked` is the last coding, and appears once.
-fn chunked_last(headers: &HeaderMap) -> Result<(), HeadError> {
+pub(super) fn chunked_last(headers: &HeaderMap) -> Result<(), HeadError> {
     let te = field("transfer-encoding");
     let codings: Vec<&[u8]> = headers
         .get_all(header::TRANSFER_ENCODING)
@@ -301,7 +308,7 @@ fn chunked_last(headers: &HeaderMap) -> Result<(), HeadError> {
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
 /// closes it unless `Connection: keep-alive`.
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+pub(super) fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
     if has_token(headers, header::CONNECTION, "close") {
         return false;
     }

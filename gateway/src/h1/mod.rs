@@ -29,6 +29,7 @@
 //! a slice of the same buffer (no copy).
 
 pub mod body;
+pub mod client;
 pub mod framing;
 pub mod head;
 pub mod pool;

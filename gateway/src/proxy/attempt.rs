@@ -519,7 +519,7 @@ impl<'a> Tries<'a> {
                 },
                 Scheme::Http => proxy
                     .pool
-                    .send_http1(endpoint, req, pending)
+                    .send_http1(endpoint, req, pending, upgrade)
                     .await
                     .map(|r| r.map(Either::Left)),
             }

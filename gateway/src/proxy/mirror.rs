@@ -145,7 +145,7 @@ impl Proxy {
                         .map(|r| r.map(Either::Right)),
                     (Scheme::Https, Some(dial)) => pool.send_tls(&endpoint, dial, req, None).await,
                     _ => pool
-                        .send_http1(&endpoint, req, None)
+                        .send_http1(&endpoint, req, None, false)
                         .await
                         .map(|r| r.map(Either::Left)),
                 };

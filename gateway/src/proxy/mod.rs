@@ -63,7 +63,7 @@ use crate::grpc::body::{GrpcBody, Outcome};
 use crate::grpc::{Code, GrpcKind};
 use crate::health::OutlierPolicy;
 use crate::metrics::GatewayMetrics;
-use crate::pool::{Pool, PooledBody};
+use crate::pool::{Http1Client, Pool, PooledBody};
 use crate::router::{RouteEntry, RouteTable};
 use crate::tls::upstream::UpstreamTlsConfigs;
 use crate::trace;
@@ -108,6 +108,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// How long idle upstream connections stay pooled.
     pub pool_idle_timeout: Duration,
+    /// Which client speaks HTTP/1.1 to cleartext upstreams.
+    pub http1_client: Http1Client,
     /// Passive outlier detection.
     pub outlier: OutlierPolicy,
     /// Give requests without a valid W3C `traceparent` a new one, so the
@@ -142,6 +144,7 @@ impl Default for ProxySettings {
             access_log: true,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            http1_client: Http1Client::default(),
             outlier: OutlierPolicy::default(),
             generate_traceparent: false,
             edge: EdgePolicy::default(),
@@ -286,7 +289,11 @@ impl Proxy {
         let tunnels = Tunnels::new(settings.tunnel_idle_timeout, metrics.tunnels().clone());
         Proxy {
             table,
-            pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
+            pool: Pool::new(
+                settings.connect_timeout,
+                settings.pool_idle_timeout,
+                settings.http1_client,
+            ),
             outlier: settings.outlier.clone(),
             access_log: settings.access_log,
             generate_traceparent: settings.generate_traceparent,
