@@ -232,8 +232,10 @@ where
             }
         }
         loop {
-            if let Some(head) = parse_head(&mut self.input, self.head_request)? {
-                return Poll::Ready(Ok(head));
+            if !self.input.is_empty() {
+                if let Some(head) = parse_head(&mut self.input, self.head_request)? {
+                    return Poll::Ready(Ok(head));
+                }
             }
             if ready!(poll_fill(&mut self.io, cx, &mut self.input, pool::SIZE))
                 .map_err(ClientError::Read)?
@@ -367,7 +369,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Cl
         if status.is_informational() {
             continue;
         }
-        let headers = head::header_map(&bytes, &fields).map_err(ClientError::Head)?;
+        let headers = head::header_map(&bytes, &fields, 2).map_err(ClientError::Head)?;
         let version = if minor == 0 {
             Version::HTTP_10
         } else {
@@ -551,5 +553,278 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         pool::give(&mut self.buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn head_of(text: &str, head_request: bool) -> Result<Option<Head>, ClientError> {
+        parse_head(&mut BytesMut::from(text.as_bytes()), head_request)
+    }
+
+    fn framed(text: &str) -> (Framing, bool) {
+        let head = head_of(text, false).expect("valid").expect("complete");
+        (head.framing, head.keep_alive)
+    }
+
+    #[test]
+    fn response_heads_are_framed_as_rfc_9112_says() {
+        let (f, keep) = framed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        assert!(matches!(f, Framing::Framed(BodyDecoder::Length(5))) && keep);
+        let (f, keep) = framed("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(matches!(f, Framing::Framed(BodyDecoder::Chunked(_))) && keep);
+        // Both: chunked wins, and the connection is not reused.
+        let (f, keep) =
+            framed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(matches!(f, Framing::Framed(BodyDecoder::Chunked(_))) && !keep);
+        // Another coding, or no length: until the connection closes.
+        let (f, keep) = framed("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert!(matches!(f, Framing::UntilClose) && !keep);
+        let (f, keep) = framed("HTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(f, Framing::UntilClose) && !keep);
+        // No body whatever the fields say.
+        let (f, _) = framed("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n");
+        assert!(matches!(f, Framing::Framed(BodyDecoder::Done)));
+        let head = head_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true);
+        assert!(matches!(
+            head.unwrap().unwrap().framing,
+            Framing::Framed(BodyDecoder::Done)
+        ));
+        // HTTP/1.0 closes unless it says keep-alive.
+        assert!(!framed("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").1);
+        assert!(framed("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n").1);
+        assert!(!framed("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\n").1);
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_bad_heads_refused() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"[..],
+        );
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert!(!head.headers.contains_key(header::LINK));
+        assert_eq!(&buf[..], b"ok");
+        for bad in [
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/2.0 200 OK\r\n\r\n",
+        ] {
+            assert!(head_of(bad, false).is_err(), "{bad:?} refused");
+        }
+        assert!(
+            head_of("HTTP/1.1 200 OK\r\ncontent-le", false)
+                .unwrap()
+                .is_none()
+        );
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        assert!(head_of(&huge, false).is_err());
+    }
+
+    fn request<B>(method: &str, headers: &[(&str, &str)], body: B) -> Request<B> {
+        let mut b = Request::builder().method(method).uri("/p?q=1");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(body).unwrap()
+    }
+
+    fn head_text<B: Body>(req: &Request<B>) -> String {
+        let mut out = BytesMut::new();
+        let mut r = Request::builder()
+            .method(req.method())
+            .uri(req.uri())
+            .body(())
+            .unwrap();
+        *r.headers_mut() = req.headers().clone();
+        let (p, ()) = r.into_parts();
+        put_head(&mut out, &p, encoding(&p.headers, req.body()));
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn request_bodies_are_framed_as_their_length_says() {
+        let get = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+        assert_eq!(head_text(&get), "GET /p?q=1 HTTP/1.1\r\nhost: a\r\n\r\n");
+        let post = request(
+            "POST",
+            &[("host", "a")],
+            Full::new(Bytes::from_static(b"abc")),
+        );
+        assert_eq!(
+            head_text(&post),
+            "POST /p?q=1 HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\n"
+        );
+        let declared = request(
+            "PUT",
+            &[("content-length", "3")],
+            Full::new(Bytes::from_static(b"abc")),
+        );
+        assert_eq!(
+            head_text(&declared),
+            "PUT /p?q=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\n"
+        );
+        let frames = futures_util::stream::iter([Ok::<_, std::io::Error>(BodyFrame::data(
+            Bytes::from_static(b"abc"),
+        ))]);
+        let streamed = request("POST", &[], StreamBody::new(frames));
+        assert_eq!(
+            head_text(&streamed),
+            "POST /p?q=1 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    async fn upstream() -> (TcpListener, std::net::SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    /// Reads from `s` until `needle` has arrived; returns all read.
+    async fn read_until(s: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before {needle:?}: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_in_pieces_is_read_with_trailers_and_the_connection_reused() {
+        let (l, addr) = upstream().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            for _ in 0..2 {
+                let got = read_until(&mut s, b"\r\n\r\n").await;
+                assert!(
+                    got.starts_with(b"GET /p?q=1 HTTP/1.1\r\nhost: a\r\n\r\n"),
+                    "{got:?}"
+                );
+                let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nx-sum: 5\r\n\r\n";
+                // One byte at a time: every boundary falls inside a write.
+                for b in answer {
+                    s.write_all(&[*b]).await.unwrap();
+                    s.flush().await.unwrap();
+                }
+            }
+        });
+        let mut io = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+            let resp = send(io, req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = resp.into_body();
+            let mut data = Vec::new();
+            let mut trailers = None;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.unwrap();
+                match frame.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                }
+            }
+            assert_eq!(data, b"abcde");
+            assert_eq!(trailers.unwrap()["x-sum"], "5");
+            io = body
+                .reusable()
+                .expect("a clean end leaves the connection reusable");
+        }
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_body_is_relayed_and_the_connection_not_reused() {
+        let (l, addr) = upstream().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_until(&mut s, b"\r\n\r\n").await;
+            s.write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            s
+        });
+        // A body that never ends: the answer must not wait for it.
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<BodyFrame<Bytes>, std::io::Error>>(1);
+        let body = StreamBody::new(tokio_stream_of(rx));
+        let req = request("POST", &[("content-length", "100000")], body);
+        let io = TcpStream::connect(addr).await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), send(io, req))
+            .await
+            .expect("answered while the body still waits")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let mut body = resp.into_body();
+        assert!(body.frame().await.is_none());
+        assert!(
+            body.reusable().is_none(),
+            "the upstream did not read the body"
+        );
+        drop(server.await.unwrap());
+    }
+
+    fn tokio_stream_of<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    #[tokio::test]
+    async fn a_body_until_close_ends_at_the_close_and_a_short_one_is_an_error() {
+        for (answer, whole) in [
+            (&b"HTTP/1.1 200 OK\r\n\r\nall of it"[..], true),
+            (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nshort"[..],
+                false,
+            ),
+        ] {
+            let (l, addr) = upstream().await;
+            let server = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                read_until(&mut s, b"\r\n\r\n").await;
+                s.write_all(answer).await.unwrap();
+            });
+            let io = TcpStream::connect(addr).await.unwrap();
+            let resp = send(io, request("GET", &[], Full::new(Bytes::new())))
+                .await
+                .unwrap();
+            server.await.unwrap();
+            let collected = resp.into_body().collect().await;
+            if whole {
+                assert_eq!(&collected.unwrap().to_bytes()[..], b"all of it");
+            } else {
+                let e = collected.unwrap_err();
+                assert!(matches!(e, ClientError::ClosedMidBody), "{e}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_peer_closed_is_not_usable() {
+        let (l, addr) = upstream().await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        assert!(usable(&io), "open and silent");
+        drop(s);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while usable(&io) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the close was never seen"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 }
