@@ -1,4 +1,6 @@
-//! Upstream connections: a small pool over hyper's connection-level client.
+//! Upstream connections: a small pool over Portico's own HTTP/1.1 client
+//! ([`h1::client`], for cleartext requests that ask for no upgrade) and
+//! hyper's connection-level clients (upgrades, h2c, `https`).
 //!
 //! Why not hyper-util's pooled client: on the request path it costs a pool
 //! key hash (SipHash over the authority) on checkout and again on return, a
@@ -13,8 +15,13 @@
 //!   never polls) and is dropped if the body was abandoned midway, because
 //!   its state is then unknown.
 //! - h2c: one multiplexed connection per endpoint, shared by clones.
-//! - A request that a reused connection could not even start (it closed
-//!   while idle) is retried once on a fresh connection: nothing was sent.
+//! - Native HTTP/1.1: the same stack, of sockets alone (no task, no
+//!   buffer). A socket the peer closed, or wrote to, while it was idle is
+//!   dropped at checkout (tokio's readiness says so without a system call
+//!   while nothing arrived).
+//! - A request that a reused hyper connection could not even start (it
+//!   closed while idle) is retried once on a fresh connection: nothing was
+//!   sent.
 //! - Idle connections older than the idle timeout, or closed by the peer,
 //!   are discarded at checkout and by a periodic prune.
 //!

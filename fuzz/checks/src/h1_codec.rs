@@ -1,10 +1,11 @@
-//! `h1_codec`: bytes into the downstream HTTP/1.1 codec
-//! (`portico_gateway::h1`), the request head parser and the chunked
-//! decoder, with no sockets (fast: the fuzzer reaches deep states).
+//! `h1_codec`: bytes into the HTTP/1.1 codec (`portico_gateway::h1`): the
+//! request head parser, the upstream client's response head parser and the
+//! chunked decoder, with no sockets (fast: the fuzzer reaches deep states).
 //!
-//! The first byte chooses: bit 0 clear, the rest is a request (head, then
-//! body by the framing the head chose); set, the rest is a chunked body.
-//! The byte's upper bits give the piece size the bytes arrive in, so
+//! The first byte chooses: bit 0 set, the rest is a chunked body; clear,
+//! the rest is a request (head, then body by the framing the head chose),
+//! or with bit 7 set too, a response (interim heads, the final head, then
+//! its body). Bits 1-6 give the piece size the bytes arrive in, so
 //! splitting is fuzzed too.
 //!
 //! Oracles:
@@ -18,14 +19,19 @@
 //!   bytes as decoding all at once (no state lost between reads);
 //! - a length body takes exactly its length, never a pipelined byte;
 //! - a decoded chunked body, encoded again with the codec's own encoder,
-//!   decodes to the same data and trailers.
+//!   decodes to the same data and trailers;
+//! - an accepted response head is final (not 1xx), frames its body one way
+//!   only (chunked when its `Transfer-Encoding` ends in `chunked`; a
+//!   `Content-Length` body has the one length every value names), and a
+//!   connection whose response is framed by its close, or by both fields,
+//!   is never kept.
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use portico_gateway::h1::framing::{
     BodyDecoder, BodyFraming, CHUNK_END, Frame, chunk_size_line, last_chunk,
 };
-use portico_gateway::h1::head;
+use portico_gateway::h1::{client, head};
 
 /// Largest head accepted in the check (small, to reach the limit).
 const MAX_HEAD: usize = 2048;
@@ -49,12 +55,48 @@ pub fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let step = usize::from(mode >> 1) + 1;
+    let step = usize::from((mode >> 1) & 0x3f) + 1;
     if mode & 1 == 1 {
         body(BodyFraming::Chunked, rest, step);
+    } else if mode & 0x80 != 0 {
+        response(rest, step);
     } else {
         request(rest, step);
     }
+}
+
+fn response(bytes: &[u8], step: usize) {
+    let mut buf = BytesMut::from(bytes);
+    let h = match client::parse_head(&mut buf, false) {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        // The exchange fails (502) and the connection is dropped.
+        Err(_) => return,
+    };
+    assert!(
+        !h.status.is_informational(),
+        "an interim head taken as final"
+    );
+    let te = h.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let cl = h.headers.contains_key(http::header::CONTENT_LENGTH);
+    if te && cl {
+        assert!(!h.keep_alive, "kept a connection framed two ways");
+    }
+    let Some(framing) = h.body else {
+        assert!(!h.keep_alive, "kept a connection read to its close");
+        return;
+    };
+    if te {
+        assert_eq!(framing, BodyFraming::Chunked);
+    }
+    if let BodyFraming::Length(n) = framing {
+        for v in h.headers.get_all(http::header::CONTENT_LENGTH) {
+            for part in v.to_str().expect("digits").split(',') {
+                assert_eq!(part.trim().parse::<u64>().ok(), Some(n));
+            }
+        }
+    }
+    body(framing, &buf, step);
 }
 
 fn request(bytes: &[u8], step: usize) {

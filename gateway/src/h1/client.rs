@@ -196,12 +196,18 @@ struct Exchange<B> {
 }
 
 /// A response head, parsed and framed.
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    framing: Framing,
-    keep_alive: bool,
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The final status (never 1xx).
+    pub status: StatusCode,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// The header fields, names lowercased.
+    pub headers: HeaderMap,
+    /// How the body is framed; `None`: until the connection closes.
+    pub body: Option<BodyFraming>,
+    /// The connection may carry another request after this response.
+    pub keep_alive: bool,
 }
 
 impl<B> Exchange<B>
@@ -211,7 +217,7 @@ where
 {
     /// Writes what it can of the request, then reads for the response head
     /// (also while the request is still going out).
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, ClientError>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, ClientError>> {
         loop {
             match self.poll_write(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -311,7 +317,7 @@ where
     }
 
     /// The response, its body reading on from this connection.
-    fn into_response(self, head: Head) -> Response<ResponseBody> {
+    fn into_response(self, head: ResponseHead) -> Response<ResponseBody> {
         // Answered before the whole request went out: the upstream has not
         // read (and will not read) the rest, so the connection cannot
         // carry another request.
@@ -322,7 +328,9 @@ where
         let body = ResponseBody {
             io: Some(self.io),
             buf: self.input,
-            framing: head.framing,
+            framing: head.body.map_or(Framing::UntilClose, |f| {
+                Framing::Framed(BodyDecoder::new(f))
+            }),
             keep_alive: head.keep_alive && sent,
         };
         let mut resp = Response::new(body);
@@ -353,7 +361,11 @@ fn poll_fill(
 
 /// The response head at the front of `buf`, taken off it; interim (1xx)
 /// heads before it are taken off and dropped. `Ok(None)`: read more.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ClientError> {
+/// `head_request`: the response answers a HEAD (it has no body).
+pub fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, ClientError> {
     loop {
         let Some((len, status, minor, fields)) = locate(buf)? else {
             return Ok(None);
@@ -375,16 +387,16 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Cl
         } else {
             Version::HTTP_11
         };
-        let framing = framing(&headers, status, head_request)?;
+        let body = framing(&headers, status, head_request)?;
         let keep_alive = head::keeps_alive(&headers, version)
-            && !matches!(framing, Framing::UntilClose)
+            && body.is_some()
             && !(headers.contains_key(header::TRANSFER_ENCODING)
                 && headers.contains_key(header::CONTENT_LENGTH));
-        return Ok(Some(Head {
+        return Ok(Some(ResponseHead {
             status,
             version,
             headers,
-            framing,
+            body,
             keep_alive,
         }));
     }
@@ -421,7 +433,7 @@ fn locate(buf: &[u8]) -> Result<Option<(usize, u16, u8, Spans)>, ClientError> {
     Ok(Some((len, status, minor, fields)))
 }
 
-/// How a response body is framed (RFC 9112 §6.3).
+/// How a response body is read.
 #[derive(Debug)]
 enum Framing {
     /// Delimited: a length, chunked, or none.
@@ -430,27 +442,28 @@ enum Framing {
     UntilClose,
 }
 
+/// How a response body is framed (RFC 9112 §6.3); `None`: until the
+/// connection closes.
 fn framing(
     headers: &HeaderMap,
     status: StatusCode,
     head_request: bool,
-) -> Result<Framing, ClientError> {
+) -> Result<Option<BodyFraming>, ClientError> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Framed(BodyDecoder::new(BodyFraming::Empty)));
+        return Ok(Some(BodyFraming::Empty));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // Chunked last: chunked, whatever Content-Length says (and the
         // connection closes after). Any other coding: until the close.
-        return Ok(match head::chunked_last(headers) {
-            Ok(()) => Framing::Framed(BodyDecoder::new(BodyFraming::Chunked)),
-            Err(_) => Framing::UntilClose,
-        });
+        return Ok(head::chunked_last(headers)
+            .ok()
+            .map(|()| BodyFraming::Chunked));
     }
     if !headers.contains_key(header::CONTENT_LENGTH) {
-        return Ok(Framing::UntilClose);
+        return Ok(None);
     }
     match head::body_framing(headers, Version::HTTP_11) {
-        Ok(framing) => Ok(Framing::Framed(BodyDecoder::new(framing))),
+        Ok(framing) => Ok(Some(framing)),
         Err(_) => Err(ClientError::Head("invalid or differing content-length")),
     }
 }
@@ -566,38 +579,35 @@ mod tests {
 
     use super::*;
 
-    fn head_of(text: &str, head_request: bool) -> Result<Option<Head>, ClientError> {
+    fn head_of(text: &str, head_request: bool) -> Result<Option<ResponseHead>, ClientError> {
         parse_head(&mut BytesMut::from(text.as_bytes()), head_request)
     }
 
-    fn framed(text: &str) -> (Framing, bool) {
+    fn framed(text: &str) -> (Option<BodyFraming>, bool) {
         let head = head_of(text, false).expect("valid").expect("complete");
-        (head.framing, head.keep_alive)
+        (head.body, head.keep_alive)
     }
 
     #[test]
     fn response_heads_are_framed_as_rfc_9112_says() {
         let (f, keep) = framed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
-        assert!(matches!(f, Framing::Framed(BodyDecoder::Length(5))) && keep);
+        assert!(f == Some(BodyFraming::Length(5)) && keep);
         let (f, keep) = framed("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
-        assert!(matches!(f, Framing::Framed(BodyDecoder::Chunked(_))) && keep);
+        assert!(f == Some(BodyFraming::Chunked) && keep);
         // Both: chunked wins, and the connection is not reused.
         let (f, keep) =
             framed("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n");
-        assert!(matches!(f, Framing::Framed(BodyDecoder::Chunked(_))) && !keep);
+        assert!(f == Some(BodyFraming::Chunked) && !keep);
         // Another coding, or no length: until the connection closes.
         let (f, keep) = framed("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
-        assert!(matches!(f, Framing::UntilClose) && !keep);
+        assert!(f.is_none() && !keep);
         let (f, keep) = framed("HTTP/1.1 200 OK\r\n\r\n");
-        assert!(matches!(f, Framing::UntilClose) && !keep);
+        assert!(f.is_none() && !keep);
         // No body whatever the fields say.
         let (f, _) = framed("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n");
-        assert!(matches!(f, Framing::Framed(BodyDecoder::Done)));
+        assert_eq!(f, Some(BodyFraming::Empty));
         let head = head_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true);
-        assert!(matches!(
-            head.unwrap().unwrap().framing,
-            Framing::Framed(BodyDecoder::Done)
-        ));
+        assert_eq!(head.unwrap().unwrap().body, Some(BodyFraming::Empty));
         // HTTP/1.0 closes unless it says keep-alive.
         assert!(!framed("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").1);
         assert!(framed("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n").1);
