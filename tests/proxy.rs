@@ -552,6 +552,75 @@ async fn an_http10_upstream_still_answers_the_client_in_http11() {
     assert!(answer.ends_with("hello"), "{answer}");
 }
 
+/// Answers each connection's first request with `answer`, then closes.
+async fn scripted_backend(answer: &'static [u8]) -> std::net::SocketAddr {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_interim_answers_close_delimited_bodies_and_bad_lengths() {
+    // Interim answers are read past; a body with no length runs to the close.
+    let hints = scripted_backend(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nx-up: 1\r\n\r\nall until the close",
+    )
+    .await;
+    // Two lengths: the upstream's framing is ambiguous, so the gateway refuses it.
+    let ambiguous = scripted_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+    )
+    .await;
+    let gw = TestGateway::start(options(&format!(
+        "[[route]]\nname = \"hints\"\npath_prefix = \"/hints\"\nupstreams = [\"{hints}\"]\n\
+         [[route]]\nname = \"bad\"\npath_prefix = \"/bad\"\nupstreams = [\"{ambiguous}\"]\n"
+    )))
+    .await;
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET /hints HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.contains("103"),
+        "an interim answer was relayed: {answer}"
+    );
+    assert!(answer.contains("x-up: 1"), "{answer}");
+    // Relayed chunked (its length was unknown), and whole.
+    assert!(
+        answer.contains("\r\n\r\n13\r\nall until the close\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("\r\n0\r\n\r\n"), "{answer}");
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET /bad HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"upstream_protocol\""),
+        "{answer}"
+    );
+    assert!(!answer.contains("hello"), "{answer}");
+}
+
 /// A keep-alive backend written on raw sockets that counts the connections
 /// it accepts. Its answers alternate between a `Content-Length` body and a
 /// chunked one; with `close_after_answer` it closes each connection once
