@@ -21,7 +21,8 @@
 //! - a decoded chunked body, encoded again with the codec's own encoder,
 //!   decodes to the same data and trailers;
 //! - an accepted response head is final (not 1xx), frames its body one way
-//!   only (chunked when its `Transfer-Encoding` ends in `chunked`; a
+//!   only (none for 204 and 304; otherwise chunked when its
+//!   `Transfer-Encoding` ends in `chunked`; a
 //!   `Content-Length` body has the one length every value names), and a
 //!   connection whose response is framed by its close, or by both fields,
 //!   is never kept.
@@ -86,7 +87,11 @@ fn response(bytes: &[u8], step: usize) {
         assert!(!h.keep_alive, "kept a connection read to its close");
         return;
     };
-    if te {
+    // 204 and 304 have no body, whatever their fields say.
+    let bodiless = matches!(h.status.as_u16(), 204 | 304);
+    if bodiless {
+        assert_eq!(framing, BodyFraming::Empty, "a body on a {}", h.status);
+    } else if te {
         assert_eq!(framing, BodyFraming::Chunked);
     }
     if let BodyFraming::Length(n) = framing {
