@@ -232,17 +232,20 @@ impl Pool {
     /// `pending`: a counter and limit of requests allowed to wait for a new
     /// connection at once; over it, the request comes back unsent with
     /// [`UpstreamError::Overloaded`].
-    pub async fn send_http1(
-        self: &Arc<Self>,
-        endpoint: &Endpoint,
+    ///
+    /// A plain function returning the chosen client's future, so the
+    /// caller's state holds that future alone (see [`h1::client::send`]).
+    pub fn send_http1<'a>(
+        self: &'a Arc<Self>,
+        endpoint: &'a Endpoint,
         req: Request<UpstreamBody>,
-        pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
+        pending: Option<(&'a std::sync::atomic::AtomicU32, u32)>,
         upgrade: bool,
-    ) -> Result<Response<PooledBody>, SendError> {
+    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + 'a {
         if self.client == Http1Client::Native && !upgrade {
-            self.send_native(endpoint, req, pending).await
+            futures_util::future::Either::Left(self.send_native(endpoint, req, pending))
         } else {
-            Box::pin(self.send_hyper(endpoint, req, pending)).await
+            futures_util::future::Either::Right(Box::pin(self.send_hyper(endpoint, req, pending)))
         }
     }
 

@@ -97,7 +97,15 @@ pub fn usable(io: &TcpStream) -> bool {
 
 /// Sends `req` on `io` and returns the response once its head is in; its
 /// body reads the rest from the same connection.
-pub async fn send<B>(io: TcpStream, req: Request<B>) -> Result<Response<ResponseBody>, ClientError>
+///
+/// A plain function: the request is encoded here and only the exchange's
+/// state goes into the future (an `async fn` would also keep its argument
+/// and each local beside it, and every level that awaits the future copies
+/// it whole when it is created).
+pub fn send<B>(
+    io: TcpStream,
+    req: Request<B>,
+) -> impl Future<Output = Result<Response<ResponseBody>, ClientError>>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -116,9 +124,10 @@ where
         input: BytesMut::new(),
         head_request: parts.method == Method::HEAD,
     };
-    drop(parts);
-    let head = poll_fn(|cx| ex.poll(cx)).await?;
-    Ok(ex.into_response(head))
+    async move {
+        let head = poll_fn(|cx| ex.poll(cx)).await?;
+        Ok(ex.into_response(head))
+    }
 }
 
 /// How a request body is framed: as hyper's client does, a length the
