@@ -21,7 +21,7 @@
 //!   another coding, or no length at all, runs until the connection
 //!   closes; `Content-Length` values that differ are refused (502).
 //!   Interim answers (100, 103) are read past; a 101 is refused, since
-//!   upgrades go through hyper's client (`crate::pool`).
+//!   upgrades go through hyper's client (the gateway's `pool` module).
 //! - A connection goes back to the pool only when its response was read to
 //!   its end, nothing followed it, and neither side asked to close.
 
@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 
 use super::framing::{BodyDecoder, BodyFraming, CHUNK_END, Frame, FramingError, chunk_size_line};
 use super::head::{self, MAX_HEADERS, Spans};
-use super::pool;
+use crate::h1::pool;
 
 /// Errors a request body may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -46,8 +46,8 @@ use super::body::RequestBody;
 use super::body::{BodySender, H1Body, H1BodyError};
 use super::framing::{BodyDecoder, BodyFraming, Frame};
 use super::head::{self, HeadError, RequestHead, has_token};
-use super::pool;
 use super::response::{ResponseFraming, write_head};
+use crate::h1::pool;
 use crate::idle::ActivityIo;
 use crate::protocol::Rewind;
 
