@@ -77,6 +77,9 @@ pub enum ClientError {
     /// The request body failed while it was being sent.
     #[error("request body: {0}")]
     RequestBody(BoxError),
+    /// The request body was longer or shorter than its `Content-Length`.
+    #[error("request body {0} than its content-length")]
+    Length(&'static str),
 }
 
 /// Whether an idle connection can carry a request: the peer has neither
@@ -121,6 +124,10 @@ where
         tail: b"",
         body: (!body.is_end_stream()).then_some(body),
         encoding,
+        left: match encoding {
+            Encoding::Length(_, n) => n,
+            _ => 0,
+        },
         input: BytesMut::new(),
         head_request: parts.method == Method::HEAD,
     };
@@ -200,6 +207,10 @@ struct Exchange<B> {
     /// The request body still to send.
     body: Option<B>,
     encoding: Encoding,
+    /// Bytes of a `Content-Length` body still to send: a body that yields
+    /// more, or ends short, fails the exchange rather than desynchronise
+    /// the connection (the upstream would read the excess as a request).
+    left: u64,
     input: BytesMut,
     head_request: bool,
 }
@@ -238,8 +249,8 @@ where
                 break;
             };
             match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => self.put_frame(frame),
-                Poll::Ready(None) => self.put_end(None),
+                Poll::Ready(Some(Ok(frame))) => self.put_frame(frame)?,
+                Poll::Ready(None) => self.put_end(None)?,
                 Poll::Ready(Some(Err(e))) => {
                     return Poll::Ready(Err(ClientError::RequestBody(e.into())));
                 }
@@ -293,15 +304,21 @@ where
         self.tail = &self.tail[n.min(self.tail.len())..];
     }
 
-    fn put_frame(&mut self, frame: BodyFrame<Bytes>) {
+    fn put_frame(&mut self, frame: BodyFrame<Bytes>) -> Result<(), ClientError> {
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => return self.put_end(frame.into_trailers().ok().as_ref()),
         };
         if data.is_empty() {
-            return;
+            return Ok(());
         }
         let chunked = self.encoding == Encoding::Chunked;
+        if !chunked {
+            self.left = self
+                .left
+                .checked_sub(data.len() as u64)
+                .ok_or(ClientError::Length("longer"))?;
+        }
         if chunked {
             self.out
                 .extend_from_slice(chunk_size_line(data.len()).as_ref());
@@ -315,14 +332,19 @@ where
             self.data = data;
             self.tail = if chunked { CHUNK_END } else { b"" };
         }
+        Ok(())
     }
 
-    fn put_end(&mut self, trailers: Option<&HeaderMap>) {
-        if self.encoding == Encoding::Chunked {
-            self.out
-                .extend_from_slice(&super::framing::last_chunk(trailers));
+    fn put_end(&mut self, trailers: Option<&HeaderMap>) -> Result<(), ClientError> {
+        match self.encoding {
+            Encoding::Chunked => self
+                .out
+                .extend_from_slice(&super::framing::last_chunk(trailers)),
+            _ if self.left > 0 => return Err(ClientError::Length("shorter")),
+            _ => {}
         }
         self.body = None;
+        Ok(())
     }
 
     /// The response, its body reading on from this connection.
@@ -826,6 +848,24 @@ mod tests {
             } else {
                 let e = collected.unwrap_err();
                 assert!(matches!(e, ClientError::ClosedMidBody), "{e}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_content_length_fails_the_exchange() {
+        let (l, addr) = upstream().await;
+        for (declared, body, want) in [("2", "abc", "longer"), ("5", "abc", "shorter")] {
+            let io = TcpStream::connect(addr).await.unwrap();
+            let _peer = l.accept().await.unwrap();
+            let req = request(
+                "PUT",
+                &[("content-length", declared)],
+                Full::new(Bytes::from_static(body.as_bytes())),
+            );
+            match send(io, req).await {
+                Err(ClientError::Length(got)) => assert_eq!(got, want),
+                other => panic!("{declared} declared, {body:?} sent: {other:?}"),
             }
         }
     }
