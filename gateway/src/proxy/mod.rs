@@ -465,16 +465,17 @@ impl Proxy {
                 custom_upstream_request(chain, entry, &mut out.req, &mut ctx.extensions);
             }
         }
-        // Boxed: the send phase is most of a request's state, and a future
-        // is moved (copied whole) each time it is wrapped or awaited; on the
-        // heap it is written once.
         if let Some(set) = &entry.mirror {
             self.mirror(entry, set, &out);
         }
         // A split route sends through the target its turn chooses (a plain
         // route through itself: one branch).
         let (target, _) = entry.target(true);
-        let (resp, upgrade) = Box::pin(self.send(target, out, ctx)).await?;
+        // Not boxed: the native HTTP/1.1 server boxes each request's whole
+        // exchange once already, and a second box here cost a malloc and a
+        // copy of the send phase's future per request (callgrind, LTO off:
+        // 51,858 boxed, 50,833 not; h2c 72,154 and 72,294, level).
+        let (resp, upgrade) = self.send(target, out, ctx).await?;
         Ok(self.response_filter(resp, upgrade, entry, ctx, accept_encoding.as_ref()))
     }
 
