@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 
 use super::framing::{BodyDecoder, BodyFraming, CHUNK_END, Frame, FramingError, chunk_size_line};
 use super::head::{self, MAX_HEADERS, Spans};
+use super::response::field;
 use crate::h1::pool;
 
 /// Errors a request body may fail with.
@@ -175,22 +176,15 @@ fn put_head(out: &mut BytesMut, parts: &http::request::Parts, encoding: Encoding
         if name == header::TRANSFER_ENCODING {
             continue;
         }
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match encoding {
         Encoding::Length(true, n) => {
-            put_field(out, b"content-length", HeaderValue::from(n).as_bytes());
+            field(out, b"content-length", HeaderValue::from(n).as_bytes());
         }
-        Encoding::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
+        Encoding::Chunked => field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

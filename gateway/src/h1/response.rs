@@ -146,7 +146,8 @@ pub fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+/// Appends one header field line.
+pub(super) fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
