@@ -13,6 +13,10 @@
 //! client that stopped reading its response, and is closed at once rather
 //! than asked to finish (which it never would). That makes the idle timeout
 //! the send timeout too, as nginx's `send_timeout` (60 s) is.
+//!
+//! [`LazyDeadline`] applies the same economy to a deadline set anew for
+//! each request on a connection (the header read timeout): the timer stays
+//! registered where it was and is moved only when it fires early.
 
 use std::io;
 use std::pin::Pin;
@@ -22,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 
 /// What an [`ActivityIo`] reports to its clock.
 #[derive(Debug)]
@@ -192,6 +196,52 @@ impl IdleClock {
     }
 }
 
+/// A timeout set again for each wait, each time later than the last, and
+/// rarely reached: a connection's header read timeout. Setting it is a
+/// field write; the timer under it stays registered at an earlier instant,
+/// and when that passes it moves on to the deadline then in force. A tokio
+/// timer per wait instead cost about 900 instructions per request to
+/// create, register and cancel (callgrind); this costs a wake-up per
+/// timeout period per connection.
+#[derive(Debug)]
+pub struct LazyDeadline {
+    /// Registered (once polled) at or before `deadline`.
+    timer: Pin<Box<Sleep>>,
+    deadline: Instant,
+}
+
+impl LazyDeadline {
+    /// A deadline `timeout` from now.
+    pub fn new(timeout: Duration) -> LazyDeadline {
+        let deadline = Instant::now() + timeout;
+        LazyDeadline {
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+        }
+    }
+
+    /// Sets the deadline to `timeout` from now.
+    pub fn restart(&mut self, timeout: Duration) {
+        self.deadline = Instant::now() + timeout;
+        if self.timer.deadline() > self.deadline {
+            // Never later than the deadline (a shorter timeout than before).
+            self.timer.as_mut().reset(self.deadline);
+        }
+    }
+
+    /// Ready once the deadline passed; wakes the task then.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            std::task::ready!(self.timer.as_mut().poll(cx));
+            if self.timer.deadline() >= self.deadline {
+                return Poll::Ready(());
+            }
+            // An earlier deadline's instant: wait on for this one.
+            self.timer.as_mut().reset(self.deadline);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +267,37 @@ mod tests {
             "{quiet:?}"
         );
         assert!(start.elapsed() >= Duration::from_secs(60));
+    }
+
+    /// Waits on `deadline` for at most `limit`: `true` if it expired.
+    async fn expires_within(deadline: &mut LazyDeadline, limit: Duration) -> bool {
+        tokio::select! {
+            () = std::future::poll_fn(|cx| deadline.poll_expired(cx)) => true,
+            () = tokio::time::sleep(limit) => false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lazy_deadline_fires_at_the_deadline_in_force() {
+        let timeout = Duration::from_secs(10);
+        let mut deadline = LazyDeadline::new(timeout);
+        // Waits of 6 s, each restarting the deadline: the timer registered
+        // for the first one fires inside the second wait, and must not end it.
+        for _ in 0..5 {
+            deadline.restart(timeout);
+            assert!(!expires_within(&mut deadline, Duration::from_secs(6)).await);
+        }
+        // Then a wait to the end: exactly the timeout after its restart.
+        deadline.restart(timeout);
+        let from = Instant::now();
+        assert!(expires_within(&mut deadline, Duration::from_secs(60)).await);
+        assert_eq!(from.elapsed(), timeout);
+        // A shorter timeout than the registered one is kept too.
+        deadline.restart(Duration::from_secs(30));
+        assert!(!expires_within(&mut deadline, Duration::from_secs(1)).await);
+        deadline.restart(Duration::from_secs(2));
+        let from = Instant::now();
+        assert!(expires_within(&mut deadline, Duration::from_secs(60)).await);
+        assert_eq!(from.elapsed(), Duration::from_secs(2));
     }
 }

@@ -38,7 +38,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::framing::{BodyDecoder, BodyFraming, CHUNK_END, Frame, FramingError, chunk_size_line};
-use super::head::{self, MAX_HEADERS, Spans};
+use super::head::{self, MAX_HEADERS, Seen, Spans};
 use super::response::field;
 use crate::h1::pool;
 
@@ -406,17 +406,16 @@ pub fn parse_head(
         if status.is_informational() {
             continue;
         }
-        let headers = head::header_map(&bytes, &fields, 2).map_err(ClientError::Head)?;
+        let (headers, seen) = head::header_map(&bytes, &fields, 2).map_err(ClientError::Head)?;
         let version = if minor == 0 {
             Version::HTTP_10
         } else {
             Version::HTTP_11
         };
-        let body = framing(&headers, status, head_request)?;
-        let keep_alive = head::keeps_alive(&headers, version)
+        let body = framing(&headers, seen, status, head_request)?;
+        let keep_alive = head::keeps_alive(&headers, seen, version)
             && body.is_some()
-            && !(headers.contains_key(header::TRANSFER_ENCODING)
-                && headers.contains_key(header::CONTENT_LENGTH));
+            && !(seen.has(Seen::TRANSFER_ENCODING) && seen.has(Seen::CONTENT_LENGTH));
         return Ok(Some(ResponseHead {
             status,
             version,
@@ -471,20 +470,21 @@ enum Framing {
 /// connection closes.
 fn framing(
     headers: &HeaderMap,
+    seen: Seen,
     status: StatusCode,
     head_request: bool,
 ) -> Result<Option<BodyFraming>, ClientError> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Some(BodyFraming::Empty));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.has(Seen::TRANSFER_ENCODING) {
         // Chunked last: chunked, whatever Content-Length says (and the
         // connection closes after). Any other coding: until the close.
         return Ok(head::chunked_last(headers)
             .ok()
             .map(|()| BodyFraming::Chunked));
     }
-    if !headers.contains_key(header::CONTENT_LENGTH) {
+    if !seen.has(Seen::CONTENT_LENGTH) {
         return Ok(None);
     }
     match head::body_framing(headers, Version::HTTP_11) {

@@ -47,6 +47,8 @@ pub struct RequestHead {
     /// The client asks to switch protocols (`Connection: upgrade` with an
     /// `Upgrade` field) or to tunnel (`CONNECT`).
     pub upgrade: bool,
+    /// `TE: trailers`: the client takes trailers in a chunked response.
+    pub te_trailers: bool,
 }
 
 /// Why a request head was refused.
@@ -91,8 +93,54 @@ impl HeadError {
 
 /// Where each header field's name and value lie in the head's bytes:
 /// kept so the head can be split off the buffer and the values shared
-/// with it rather than copied.
-pub(super) type Spans = Vec<((usize, usize), (usize, usize))>;
+/// with it rather than copied. On the stack for a usual head (a `Vec` cost
+/// a `malloc` and a `free` per head).
+pub(super) type Spans = smallvec::SmallVec<[((usize, usize), (usize, usize)); 12]>;
+
+/// Which of the fields that decide a message's framing and its
+/// connection's fate a head carries, noted while its map is built: one
+/// that is not there needs no lookup, and most messages carry few of them
+/// (each lookup hashes the name: about 90 instructions, callgrind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Seen(u8);
+
+impl Seen {
+    pub(super) const CONTENT_LENGTH: Seen = Seen(1);
+    pub(super) const TRANSFER_ENCODING: Seen = Seen(2);
+    pub(super) const CONNECTION: Seen = Seen(4);
+    pub(super) const EXPECT: Seen = Seen(8);
+    pub(super) const UPGRADE: Seen = Seen(16);
+    pub(super) const TE: Seen = Seen(32);
+
+    /// The head carries the field `f`.
+    pub(super) fn has(self, f: Seen) -> bool {
+        self.0 & f.0 != 0
+    }
+
+    /// The head carries a length or a transfer coding.
+    pub(super) fn frames_body(self) -> bool {
+        self.has(Seen::CONTENT_LENGTH) || self.has(Seen::TRANSFER_ENCODING)
+    }
+
+    fn note(&mut self, name: &HeaderName) {
+        let flag = if *name == header::CONTENT_LENGTH {
+            Seen::CONTENT_LENGTH
+        } else if *name == header::TRANSFER_ENCODING {
+            Seen::TRANSFER_ENCODING
+        } else if *name == header::CONNECTION {
+            Seen::CONNECTION
+        } else if *name == header::EXPECT {
+            Seen::EXPECT
+        } else if *name == header::UPGRADE {
+            Seen::UPGRADE
+        } else if *name == header::TE {
+            Seen::TE
+        } else {
+            return;
+        };
+        self.0 |= flag.0;
+    }
+}
 
 /// Parses the head at the front of `buf` and takes it off (with any empty
 /// lines before it). `Ok(None)`: the head is not complete yet and still
@@ -183,18 +231,26 @@ fn build(bytes: &Bytes, at: &Located) -> Result<RequestHead, HeadError> {
     // Room for the forwarding fields the proxy adds (`x-request-id`,
     // `x-forwarded-*`, `traceparent`): without it the map grows, and
     // reallocates, two or three times per request (callgrind).
-    let mut headers = header_map(bytes, &at.fields, 6).map_err(HeadError::Malformed)?;
-    let body = body_framing(&headers, version)?;
-    normalize_length(&mut headers, body);
-    let keep_alive = keeps_alive(&headers, version);
+    let (mut headers, seen) = header_map(bytes, &at.fields, 6).map_err(HeadError::Malformed)?;
+    let body = if seen.frames_body() {
+        let body = body_framing(&headers, version)?;
+        normalize_length(&mut headers, body);
+        body
+    } else {
+        BodyFraming::Empty
+    };
+    let keep_alive = keeps_alive(&headers, seen, version);
     let expect_continue = version == Version::HTTP_11
+        && seen.has(Seen::EXPECT)
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let upgrade = method == Method::CONNECT
         || (version == Version::HTTP_11
-            && headers.contains_key(header::UPGRADE)
+            && seen.has(Seen::UPGRADE)
+            && seen.has(Seen::CONNECTION)
             && has_token(&headers, header::CONNECTION, "upgrade"));
+    let te_trailers = seen.has(Seen::TE) && has_token(&headers, header::TE, "trailers");
     Ok(RequestHead {
         method,
         uri,
@@ -204,26 +260,68 @@ fn build(bytes: &Bytes, at: &Located) -> Result<RequestHead, HeadError> {
         keep_alive,
         expect_continue,
         upgrade,
+        te_trailers,
     })
 }
 
 /// The header fields at `fields` in `bytes`, the values sharing `bytes`
-/// (no copy). Both were validated by `httparse` already (no CR, LF or NUL);
-/// this only wraps them. `room`: fields that will be added later.
+/// (no copy), and which framing fields are among them. Both were validated
+/// by `httparse` already (no CR, LF or NUL); this only wraps them.
+/// `room`: fields that will be added later.
 pub(super) fn header_map(
     bytes: &Bytes,
     fields: &Spans,
     room: usize,
-) -> Result<HeaderMap, &'static str> {
+) -> Result<(HeaderMap, Seen), &'static str> {
     let mut headers = HeaderMap::with_capacity(fields.len() + room);
+    let mut seen = Seen::default();
     for &(name, value) in fields {
-        let name =
-            HeaderName::from_bytes(&bytes[name.0..name.1]).map_err(|_| "invalid header name")?;
+        let name = field_name(&bytes[name.0..name.1]).ok_or("invalid header name")?;
+        seen.note(&name);
         let value = HeaderValue::from_maybe_shared(bytes.slice(value.0..value.1))
             .map_err(|_| "invalid header value")?;
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, seen))
+}
+
+/// A field's name. The names most heads carry are found by their length
+/// and a case-folded compare; any other goes through
+/// `HeaderName::from_bytes` (a table pass over each byte and a lookup by
+/// length: about 150 instructions a field, callgrind).
+///
+/// Only for names `httparse` accepted (token characters): among those,
+/// only a letter ORed with 0x20 gives a lowercase letter and only `-`
+/// gives `-`, so the fold is exact.
+fn field_name(raw: &[u8]) -> Option<HeaderName> {
+    type Known = &'static [(&'static [u8], HeaderName)];
+    const N4: Known = &[(b"host", header::HOST), (b"date", header::DATE)];
+    const N6: Known = &[(b"accept", header::ACCEPT), (b"server", header::SERVER)];
+    const N10: Known = &[
+        (b"user-agent", header::USER_AGENT),
+        (b"connection", header::CONNECTION),
+    ];
+    const N12: Known = &[(b"content-type", header::CONTENT_TYPE)];
+    const N13: Known = &[(b"authorization", header::AUTHORIZATION)];
+    const N14: Known = &[(b"content-length", header::CONTENT_LENGTH)];
+    const N15: Known = &[(b"accept-encoding", header::ACCEPT_ENCODING)];
+    const N17: Known = &[(b"transfer-encoding", header::TRANSFER_ENCODING)];
+    let known = match raw.len() {
+        4 => N4,
+        6 => N6,
+        10 => N10,
+        12 => N12,
+        13 => N13,
+        14 => N14,
+        15 => N15,
+        17 => N17,
+        _ => &[],
+    };
+    let folded = |lower: &[u8]| raw.iter().zip(lower).all(|(&r, &l)| r | 0x20 == l);
+    match known.iter().find(|(lower, _)| folded(lower)) {
+        Some((_, name)) => Some(name.clone()),
+        None => HeaderName::from_bytes(raw).ok(),
+    }
 }
 
 /// How the request body is framed (RFC 9112 §6.3, refusing every case a
@@ -315,7 +413,10 @@ pub(super) fn chunked_last(headers: &HeaderMap) -> Result<(), HeadError> {
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
 /// closes it unless `Connection: keep-alive`.
-pub(super) fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+pub(super) fn keeps_alive(headers: &HeaderMap, seen: Seen, version: Version) -> bool {
+    if !seen.has(Seen::CONNECTION) {
+        return version == Version::HTTP_11;
+    }
     if has_token(headers, header::CONNECTION, "close") {
         return false;
     }
@@ -346,6 +447,28 @@ mod tests {
 
     fn refused(text: &str) -> HeadError {
         parse_all(text).expect_err(text)
+    }
+
+    #[test]
+    fn known_field_names_in_any_case_are_the_standard_names() {
+        for raw in ["host", "Host", "HOST", "hOsT"] {
+            assert_eq!(field_name(raw.as_bytes()), Some(header::HOST), "{raw}");
+        }
+        let cases = [
+            ("Content-Length", header::CONTENT_LENGTH),
+            ("TRANSFER-ENCODING", header::TRANSFER_ENCODING),
+            ("User-Agent", header::USER_AGENT),
+            ("accept-encoding", header::ACCEPT_ENCODING),
+        ];
+        for (raw, name) in cases {
+            assert_eq!(field_name(raw.as_bytes()), Some(name), "{raw}");
+        }
+        // Same length, other characters: through `HeaderName::from_bytes`.
+        for raw in ["hosu", "ho-t", "Content_Length", "x-request-id", "X-Trace"] {
+            let name = field_name(raw.as_bytes()).unwrap();
+            assert_eq!(name.as_str(), raw.to_ascii_lowercase(), "{raw}");
+        }
+        assert_eq!(field_name(b"bad name"), None);
     }
 
     #[test]

@@ -48,7 +48,7 @@ use super::framing::{BodyDecoder, BodyFraming, Frame};
 use super::head::{self, HeadError, RequestHead, has_token};
 use super::response::{ResponseFraming, write_head};
 use crate::h1::pool;
-use crate::idle::ActivityIo;
+use crate::idle::{ActivityIo, LazyDeadline};
 use crate::protocol::Rewind;
 
 /// A connection's I/O, which may be able to say it is readable before a
@@ -120,6 +120,8 @@ struct Conn<I> {
     buf: BytesMut,
     /// Bytes to write.
     out: BytesMut,
+    /// The header read timeout of the request being waited for.
+    head_deadline: LazyDeadline,
 }
 
 /// What became of one request.
@@ -163,6 +165,7 @@ where
         io,
         buf,
         out: BytesMut::new(),
+        head_deadline: LazyDeadline::new(settings.header_read_timeout),
     };
     async move {
         loop {
@@ -202,8 +205,7 @@ impl<I: Io> Conn<I> {
         settings: &Settings,
         closing: &AtomicBool,
     ) -> Option<Result<RequestHead, HeadError>> {
-        let deadline = tokio::time::sleep(settings.header_read_timeout);
-        let mut deadline = pin!(deadline);
+        self.head_deadline.restart(settings.header_read_timeout);
         poll_fn(|cx| {
             loop {
                 if !self.buf.is_empty() {
@@ -220,7 +222,7 @@ impl<I: Io> Conn<I> {
                     Poll::Ready(_) => return Poll::Ready(None),
                     Poll::Pending => {}
                 }
-                return match deadline.as_mut().poll(cx) {
+                return match self.head_deadline.poll_expired(cx) {
                     Poll::Ready(()) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 };
@@ -310,7 +312,7 @@ impl<I: Io> Conn<I> {
         let method = head.method.clone();
         let version = head.version;
         let keep_alive = head.keep_alive;
-        let te_trailers = has_token(&head.headers, header::TE, "trailers");
+        let te_trailers = head.te_trailers;
         let (req, mut feed, upgrade) = request(head);
         let Some(resp) = self.await_response(service(req), &mut feed).await? else {
             tracing::debug!("client closed the connection; request cancelled");
@@ -329,6 +331,11 @@ impl<I: Io> Conn<I> {
         }
         write_head(&mut self.out, &parts, framing, keep, version);
         let trailers = declared_trailers(&parts.headers, te_trailers);
+        // Written: dropped now, so an upstream read buffer its values share
+        // is back with its connection's sole owner when the body ends, and
+        // is pooled again rather than freed (one `malloc` and one `free`
+        // fewer per proxied request, callgrind).
+        drop(parts);
         let complete = self.send_body(body, framing, &trailers, &mut feed).await?;
         keep = keep && complete && feed.decoder.is_done() && !feed.broken;
         if upgrading {
