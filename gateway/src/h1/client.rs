@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame as BodyFrame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 
 use super::framing::{BodyDecoder, BodyFraming, CHUNK_END, Frame, FramingError, chunk_size_line};
 use super::head::{self, MAX_HEADERS, Seen, Spans};
-use super::response::field;
+use super::response::{decimal, field};
 use crate::h1::pool;
 
 /// Errors a request body may fail with.
@@ -180,7 +180,7 @@ fn put_head(out: &mut BytesMut, parts: &http::request::Parts, encoding: Encoding
     }
     match encoding {
         Encoding::Length(true, n) => {
-            field(out, b"content-length", HeaderValue::from(n).as_bytes());
+            field(out, b"content-length", decimal(n, &mut [0; 20]));
         }
         Encoding::Chunked => field(out, b"transfer-encoding", b"chunked"),
         _ => {}

@@ -128,7 +128,7 @@ pub fn write_head(
     }
     match framing {
         ResponseFraming::Length(n) | ResponseFraming::Advertised(n) => {
-            field(out, b"content-length", itoa(n).as_bytes());
+            field(out, b"content-length", decimal(n, &mut [0; 20]));
         }
         ResponseFraming::Chunked => field(out, b"transfer-encoding", b"chunked"),
         _ => {}
@@ -154,8 +154,19 @@ pub(super) fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa(n: u64) -> String {
-    n.to_string()
+/// `n` in decimal, formatted on the stack: `to_string` allocated a
+/// `String` for every response's `Content-Length`.
+pub(super) fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
 }
 
 thread_local! {
@@ -188,6 +199,13 @@ pub fn date_line() -> String {
 mod tests {
     use super::*;
     use http_body_util::{Empty, Full, StreamBody};
+
+    #[test]
+    fn decimal_lengths() {
+        for n in [0, 7, 10, 4096, 1 << 40, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 
     fn parts(status: u16, headers: &[(&str, &str)]) -> Parts {
         let mut b = http::Response::builder().status(status);
