@@ -37,6 +37,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
@@ -116,8 +117,10 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
 pub struct SendError {
     /// What went wrong.
     pub error: UpstreamError,
-    /// The untouched request, when the failure came before sending.
-    pub request: Option<Request<UpstreamBody>>,
+    /// The untouched request, when the failure came before sending. Boxed:
+    /// a failure is rare, and inline the request made every `Result` of an
+    /// exchange (and every future holding one) 330 bytes larger.
+    pub request: Option<Box<Request<UpstreamBody>>>,
 }
 
 impl SendError {
@@ -132,7 +135,7 @@ impl SendError {
     fn unsent(error: UpstreamError, request: Request<UpstreamBody>) -> SendError {
         SendError {
             error,
-            request: Some(request),
+            request: Some(Box::new(request)),
         }
     }
 }
@@ -153,6 +156,15 @@ pub const UPSTREAM_BUFFER: usize = 16 * 1024;
 pub const UPSTREAM_H2_WINDOW: u32 = 64 * 1024;
 
 type Key = Box<str>;
+
+/// The idle stack for `key`, made on first use: a key is allocated once
+/// per endpoint, not once per connection handed back.
+fn stack_for<'a, T>(map: &'a mut FastMap<Key, Vec<T>>, key: &str) -> &'a mut Vec<T> {
+    if !map.contains_key(key) {
+        map.insert(Key::from(key), Vec::new());
+    }
+    map.get_mut(key).expect("inserted above")
+}
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Idle {
@@ -242,43 +254,62 @@ impl Pool {
         pending: Option<(&'a std::sync::atomic::AtomicU32, u32)>,
         upgrade: bool,
     ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + 'a {
-        if self.client == Http1Client::Native && !upgrade {
-            futures_util::future::Either::Left(self.send_native(endpoint, req, pending))
-        } else {
-            futures_util::future::Either::Right(Box::pin(self.send_hyper(endpoint, req, pending)))
+        use futures_util::future::Either::{Left, Right};
+        if self.client != Http1Client::Native || upgrade {
+            return Right(Box::pin(self.send_hyper(endpoint, req, pending)));
+        }
+        // A pooled connection: the exchange's own future, with no `async`
+        // level around it to hold the request a second time (callgrind).
+        match self.checkout_native(endpoint.authority.as_str()) {
+            Some(io) => Left(Left(self.exchange_native(endpoint, io, req))),
+            // Connecting first: boxed, so the usual case stays small.
+            None => Left(Right(Box::pin(self.connect_native(endpoint, req, pending)))),
         }
     }
 
-    /// [`Pool::send_http1`] with the native client, for requests that ask
-    /// for no upgrade.
-    async fn send_native(
+    /// One exchange on `io` with the native client; the response's body
+    /// hands `io` back once read to its end.
+    fn exchange_native(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        io: TcpStream,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + use<> {
+        use futures_util::FutureExt as _;
+        let home = (
+            Arc::downgrade(self),
+            HomeKey::Endpoint(endpoint.authority.clone()),
+        );
+        h1::client::send(io, req).map(move |sent| match sent {
+            Ok(resp) => Ok(resp.map(|body| PooledBody {
+                inner: Inner::Native(body),
+                done: false,
+                home: Some(home),
+            })),
+            Err(e) => Err(SendError::sent(UpstreamError::Protocol(error_chain(&e)))),
+        })
+    }
+
+    /// [`Pool::send_http1`] with the native client when no idle connection
+    /// is at hand: connects (within the route's limit of requests waiting
+    /// for a connection), then sends.
+    async fn connect_native(
         self: &Arc<Self>,
         endpoint: &Endpoint,
         req: Request<UpstreamBody>,
         pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
     ) -> Result<Response<PooledBody>, SendError> {
-        let key = endpoint.authority.as_str();
-        let io = match self.checkout_native(key) {
-            Some(io) => io,
-            None => {
-                let _waiting = match pending.map(|(c, max)| crate::breaker::acquire(c, max)) {
-                    Some(None) => return Err(SendError::unsent(UpstreamError::Overloaded, req)),
-                    other => other.flatten(),
-                };
-                match Box::pin(self.connect(endpoint)).await {
-                    Ok(io) => io,
-                    Err(error) => return Err(SendError::unsent(error, req)),
-                }
-            }
+        let waiting = match pending.map(|(c, max)| crate::breaker::acquire(c, max)) {
+            Some(None) => return Err(SendError::unsent(UpstreamError::Overloaded, req)),
+            other => other.flatten(),
         };
-        match h1::client::send(io, req).await {
-            Ok(resp) => Ok(resp.map(|body| PooledBody {
-                inner: Inner::Native(body),
-                done: false,
-                home: Some((Arc::downgrade(self), Box::<str>::from(key))),
-            })),
-            Err(e) => Err(SendError::sent(UpstreamError::Protocol(error_chain(&e)))),
-        }
+        let io = match Box::pin(self.connect(endpoint)).await {
+            Ok(io) => io,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
+        // Counted while waiting for the connection only.
+        drop(waiting);
+        self.exchange_native(endpoint, io, req).await
     }
 
     /// [`Pool::send_http1`] with hyper's client.
@@ -313,7 +344,10 @@ impl Pool {
         };
         loop {
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.hyper_body(resp, key, sender)),
+                Ok(resp) => {
+                    let home = HomeKey::Endpoint(endpoint.authority.clone());
+                    return Ok(self.hyper_body(resp, home, sender));
+                }
                 Err(mut e) => match e.take_message() {
                     // Never started: the idle connection had closed. Once more, fresh.
                     Some(back) if reused => {
@@ -420,7 +454,10 @@ impl Pool {
             };
             let mut failed = match sender {
                 TlsConn::H1(mut s) => match s.try_send_request(http1_form(req)).await {
-                    Ok(resp) => return Ok(self.hyper_body(resp, key, s).map(Either::Left)),
+                    Ok(resp) => {
+                        let home = HomeKey::Tls(Box::from(key));
+                        return Ok(self.hyper_body(resp, home, s).map(Either::Left));
+                    }
                     Err(e) => e,
                 },
                 TlsConn::H2(mut s) => match s.try_send_request(http2_form(req)).await {
@@ -452,11 +489,11 @@ impl Pool {
     fn hyper_body(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        key: &str,
+        key: HomeKey,
         sender: http1::SendRequest<UpstreamBody>,
     ) -> Response<PooledBody> {
         let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-        let home = keep.then(|| (Arc::downgrade(self), Box::<str>::from(key)));
+        let home = keep.then(|| (Arc::downgrade(self), key));
         resp.map(|body| PooledBody {
             inner: Inner::Hyper(body, keep.then_some(sender)),
             done: false,
@@ -478,9 +515,9 @@ impl Pool {
         None
     }
 
-    fn give_back_native(&self, key: Box<str>, io: TcpStream) {
+    fn give_back_native(&self, key: &str, io: TcpStream) {
         let mut conns = self.lock();
-        let stack = conns.native.entry(key).or_default();
+        let stack = stack_for(&mut conns.native, key);
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(IdleSocket {
                 io,
@@ -509,12 +546,12 @@ impl Pool {
         None
     }
 
-    fn give_back(&self, key: Box<str>, sender: http1::SendRequest<UpstreamBody>) {
+    fn give_back(&self, key: &str, sender: http1::SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }
         let mut conns = self.lock();
-        let stack = conns.http1.entry(key).or_default();
+        let stack = stack_for(&mut conns.http1, key);
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(Idle {
                 sender,
@@ -731,8 +768,27 @@ async fn prune_loop(pool: Weak<Pool>) {
 pub struct PooledBody {
     inner: Inner,
     done: bool,
-    /// The pool and key the connection goes back to.
-    home: Option<(Weak<Pool>, Box<str>)>,
+    /// The pool and the key the connection goes back to.
+    home: Option<(Weak<Pool>, HomeKey)>,
+}
+
+/// A pool key as a response body keeps it until its connection goes back.
+enum HomeKey {
+    /// A cleartext endpoint's authority: shared bytes, so a response
+    /// allocates no key of its own (callgrind: a `malloc`, a copy and a
+    /// `free` per request before).
+    Endpoint(Authority),
+    /// A TLS connection's key (the endpoint with its TLS setting).
+    Tls(Box<str>),
+}
+
+impl HomeKey {
+    fn as_str(&self) -> &str {
+        match self {
+            HomeKey::Endpoint(authority) => authority.as_str(),
+            HomeKey::Tls(key) => key,
+        }
+    }
 }
 
 /// The body as one of the two clients reads it.
@@ -762,12 +818,12 @@ impl PooledBody {
         match &mut self.inner {
             Inner::Hyper(_, sender) => {
                 if let Some(sender) = sender.take().filter(|s| !s.is_closed()) {
-                    pool.give_back(key, sender);
+                    pool.give_back(key.as_str(), sender);
                 }
             }
             Inner::Native(body) => {
                 if let Some(io) = body.reusable() {
-                    pool.give_back_native(key, io);
+                    pool.give_back_native(key.as_str(), io);
                 }
             }
         }
