@@ -45,6 +45,7 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,7 +61,7 @@ use tokio::sync::{mpsc, watch};
 use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
 use crate::h1;
-use crate::idle::{Activity, ActivityIo, IdleClock};
+use crate::idle::{Activity, ActivityIo, IdleClock, WakeGate};
 use crate::protocol::{Protocol, Rewind};
 use crate::proxy::{Peer, Proxy};
 use crate::streams::{ServeStreams, StreamExecutor};
@@ -646,21 +647,44 @@ async fn drive<C, E>(
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    /// What ended a wait.
+    enum Event<T> {
+        Done(T),
+        Closing,
+        Idle,
+    }
     let mut shutting_down = false;
+    // The connection is polled on each wake-up; its watchers only when
+    // their own wakers fired.
+    let gate = WakeGate::default();
     loop {
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => {
+        let mut closing = pin!(draining.closing.changed());
+        let mut expired = pin!(idle.expired());
+        gate.open();
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Done(result));
+            }
+            gate.poll(cx, |cx| {
+                if !shutting_down && closing.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Closing);
+                }
+                expired.as_mut().poll(cx).map(|()| Event::Idle)
+            })
+        })
+        .await;
+        match event {
+            Event::Done(result) => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = draining.closing.changed(), if !shutting_down => {
+            Event::Closing => {
                 shutting_down = true;
                 graceful(conn.as_mut());
             }
-            () = idle.expired() => {
+            Event::Idle => {
                 if active.write_blocked() {
                     tracing::debug!(%peer, "closing a connection whose client stopped reading");
                     return;
