@@ -28,10 +28,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::grpc::web::TextDecoder;
 pub use crate::h1::body::{RequestBody, RequestBodyError};
+use crate::idle::LazyDeadline;
 
 /// What became of a client's request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +146,9 @@ pub struct ClientBody {
     limit: u64,
     received: u64,
     read_timeout: Duration,
-    /// Armed when the client makes the body wait; reset at each new wait.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Armed when the client makes the body wait; set again at each new
+    /// wait (a field write: see [`LazyDeadline`]).
+    timer: Option<LazyDeadline>,
     waiting: bool,
     /// A copy of what has been sent, for a retry (gRPC calls on routes that
     /// retry on gRPC statuses).
@@ -246,14 +248,13 @@ impl ClientBody {
             self.waiting = true;
             self.watch.waiting_on_client.store(true, Ordering::Release);
             self.watch.moved();
-            let at = Instant::now() + self.read_timeout;
             match &mut self.timer {
-                Some(t) => t.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                Some(t) => t.restart(self.read_timeout),
+                None => self.timer = Some(LazyDeadline::new(self.read_timeout)),
             }
         }
         let timer = self.timer.as_mut().expect("armed above");
-        timer.as_mut().poll(cx).is_ready()
+        timer.poll_expired(cx).is_ready()
     }
 
     fn progressed(&mut self) {
@@ -366,7 +367,8 @@ pub struct ReadTimeout(pub Duration);
 pub struct TimedBody<B> {
     inner: B,
     timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Set at each wait for a frame (see [`LazyDeadline`]).
+    timer: Option<LazyDeadline>,
     armed: bool,
 }
 
@@ -401,14 +403,13 @@ where
         }
         if !this.armed {
             this.armed = true;
-            let at = Instant::now() + this.timeout;
             match &mut this.timer {
-                Some(t) => t.as_mut().reset(at),
-                None => this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                Some(t) => t.restart(this.timeout),
+                None => this.timer = Some(LazyDeadline::new(this.timeout)),
             }
         }
         let timer = this.timer.as_mut().expect("armed above");
-        ready!(timer.as_mut().poll(cx));
+        ready!(timer.poll_expired(cx));
         Poll::Ready(Some(Err(Box::new(ReadTimeout(this.timeout)))))
     }
 

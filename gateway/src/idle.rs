@@ -209,9 +209,19 @@ impl IdleClock {
 /// timeout period per connection.
 #[derive(Debug)]
 pub struct LazyDeadline {
-    /// Registered (once polled) at or before `deadline`.
-    timer: Pin<Box<Sleep>>,
-    deadline: Instant,
+    /// One allocation, so an optional deadline costs a response body a
+    /// pointer (`ProxyBody` has a size guard).
+    timer: Pin<Box<Timer>>,
+}
+
+pin_project_lite::pin_project! {
+    /// `sleep` is registered (once polled) at or before `deadline`.
+    #[derive(Debug)]
+    struct Timer {
+        #[pin]
+        sleep: Sleep,
+        deadline: Instant,
+    }
 }
 
 impl LazyDeadline {
@@ -219,29 +229,33 @@ impl LazyDeadline {
     pub fn new(timeout: Duration) -> LazyDeadline {
         let deadline = Instant::now() + timeout;
         LazyDeadline {
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-            deadline,
+            timer: Box::pin(Timer {
+                sleep: tokio::time::sleep_until(deadline),
+                deadline,
+            }),
         }
     }
 
     /// Sets the deadline to `timeout` from now.
     pub fn restart(&mut self, timeout: Duration) {
-        self.deadline = Instant::now() + timeout;
-        if self.timer.deadline() > self.deadline {
+        let timer = self.timer.as_mut().project();
+        *timer.deadline = Instant::now() + timeout;
+        if timer.sleep.deadline() > *timer.deadline {
             // Never later than the deadline (a shorter timeout than before).
-            self.timer.as_mut().reset(self.deadline);
+            timer.sleep.reset(*timer.deadline);
         }
     }
 
     /// Ready once the deadline passed; wakes the task then.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut timer = self.timer.as_mut().project();
         loop {
-            std::task::ready!(self.timer.as_mut().poll(cx));
-            if self.timer.deadline() >= self.deadline {
+            std::task::ready!(timer.sleep.as_mut().poll(cx));
+            if timer.sleep.deadline() >= *timer.deadline {
                 return Poll::Ready(());
             }
             // An earlier deadline's instant: wait on for this one.
-            self.timer.as_mut().reset(self.deadline);
+            timer.sleep.as_mut().reset(*timer.deadline);
         }
     }
 }
