@@ -40,7 +40,7 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -261,7 +261,7 @@ impl Pool {
         // A pooled connection: the exchange's own future, with no `async`
         // level around it to hold the request a second time (callgrind).
         match self.checkout_native(endpoint.authority.as_str()) {
-            Some(io) => Left(Left(self.exchange_native(endpoint, io, req))),
+            Some(io) => Left(Left(self.exchange_native(endpoint, io, req, Some(pending)))),
             // Connecting first: boxed, so the usual case stays small.
             None => Left(Right(Box::pin(self.connect_native(endpoint, req, pending)))),
         }
@@ -269,24 +269,41 @@ impl Pool {
 
     /// One exchange on `io` with the native client; the response's body
     /// hands `io` back once read to its end.
-    fn exchange_native(
-        self: &Arc<Self>,
-        endpoint: &Endpoint,
+    ///
+    /// `reused` (an idle connection, with the route's limit of requests
+    /// waiting for a new one): a body-less request that the connection
+    /// ended before any answer to is sent again, once, on a new
+    /// connection. The upstream closed that idle connection before the
+    /// request reached it, and its close was not yet seen when the
+    /// connection was taken (what hyper's pool, and nginx's, do too).
+    fn exchange_native<'a>(
+        self: &'a Arc<Self>,
+        endpoint: &'a Endpoint,
         io: TcpStream,
         req: Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + use<> {
+        reused: Option<Option<(&'a std::sync::atomic::AtomicU32, u32)>>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + 'a {
         use futures_util::FutureExt as _;
+        use futures_util::future::{BoxFuture, Either as Which, ready};
         let home = (
             Arc::downgrade(self),
             HomeKey::Endpoint(endpoint.authority.clone()),
         );
-        h1::client::send(io, req).map(move |sent| match sent {
-            Ok(resp) => Ok(resp.map(|body| PooledBody {
+        h1::client::send(io, req).then(move |sent| match sent {
+            Ok(resp) => Which::Left(ready(Ok(resp.map(|body| PooledBody {
                 inner: Inner::Native(body),
                 done: false,
                 home: Some(home),
-            })),
-            Err(e) => Err(SendError::sent(UpstreamError::Protocol(error_chain(&e)))),
+            })))),
+            Err(h1::client::ClientError::Unanswered(parts)) if reused.is_some() => {
+                let req = Request::from_parts(*parts, Either::Right(Full::new(Bytes::new())));
+                let pending = reused.flatten();
+                let again: BoxFuture<'a, _> = Box::pin(self.connect_native(endpoint, req, pending));
+                Which::Right(again)
+            }
+            Err(e) => Which::Left(ready(Err(SendError::sent(UpstreamError::Protocol(
+                error_chain(&e),
+            ))))),
         })
     }
 
@@ -309,7 +326,7 @@ impl Pool {
         };
         // Counted while waiting for the connection only.
         drop(waiting);
-        self.exchange_native(endpoint, io, req).await
+        self.exchange_native(endpoint, io, req, None).await
     }
 
     /// [`Pool::send_http1`] with hyper's client.

@@ -81,6 +81,12 @@ pub enum ClientError {
     /// The request body was longer or shorter than its `Content-Length`.
     #[error("request body {0} than its content-length")]
     Length(&'static str),
+    /// The connection ended (closed or reset) before a single response
+    /// byte, and the request had no body: it may not have reached the
+    /// upstream at all (an idle connection whose close was not seen yet
+    /// when it was taken), and its head comes back to be sent again.
+    #[error("connection closed before a response")]
+    Unanswered(Box<http::request::Parts>),
 }
 
 /// Whether an idle connection can carry a request: the peer has neither
@@ -131,7 +137,11 @@ where
         },
         input: BytesMut::new(),
         head_request: parts.method == Method::HEAD,
+        replay: None,
     };
+    if encoding == Encoding::Empty {
+        ex.replay = Some(parts);
+    }
     async move {
         let head = poll_fn(|cx| ex.poll(cx)).await?;
         Ok(ex.into_response(head))
@@ -207,6 +217,9 @@ struct Exchange<B> {
     left: u64,
     input: BytesMut,
     head_request: bool,
+    /// A body-less request's head, kept until the first response byte so
+    /// the request can be sent again if the connection ends before it.
+    replay: Option<http::request::Parts>,
 }
 
 /// A response head, parsed and framed.
@@ -232,6 +245,30 @@ where
     /// Writes what it can of the request, then reads for the response head
     /// (also while the request is still going out).
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, ClientError>> {
+        match self.poll_exchange(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.unanswered(e))),
+            polled => polled,
+        }
+    }
+
+    /// `e`, or [`ClientError::Unanswered`] when the connection ended before
+    /// any response byte and the request (body-less) can go again.
+    fn unanswered(&mut self, e: ClientError) -> ClientError {
+        let ended = match &e {
+            ClientError::ClosedBeforeAnswer => true,
+            ClientError::Read(e) | ClientError::Write(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        };
+        match self.replay.take() {
+            Some(parts) if ended => ClientError::Unanswered(Box::new(parts)),
+            _ => e,
+        }
+    }
+
+    fn poll_exchange(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, ClientError>> {
         loop {
             match self.poll_write(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -263,6 +300,8 @@ where
             {
                 return Poll::Ready(Err(ClientError::ClosedBeforeAnswer));
             }
+            // A byte of an answer came: the request reached the upstream.
+            self.replay = None;
         }
     }
 
@@ -862,6 +901,38 @@ mod tests {
                 other => panic!("{declared} declared, {body:?} sent: {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_bodyless_request_on_a_closed_connection_comes_back_unanswered() {
+        let (l, addr) = upstream().await;
+        // The upstream closed the connection before the request came.
+        let io = TcpStream::connect(addr).await.unwrap();
+        drop(l.accept().await.unwrap());
+        let req = request("GET", &[("x-kept", "1")], Full::new(Bytes::new()));
+        match send(io, req).await {
+            Err(ClientError::Unanswered(parts)) => {
+                assert_eq!(parts.method, Method::GET);
+                assert_eq!(parts.headers["x-kept"], "1");
+            }
+            other => panic!("{other:?}"),
+        }
+        // With a body, or after an answer began, the error stays as it was.
+        let io = TcpStream::connect(addr).await.unwrap();
+        drop(l.accept().await.unwrap());
+        let req = request("PUT", &[], Full::new(Bytes::from_static(b"abc")));
+        let e = send(io, req).await.unwrap_err();
+        assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (mut peer, _) = l.accept().await.unwrap();
+        let answering = tokio::spawn(async move {
+            read_until(&mut peer, b"\r\n\r\n").await;
+            peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        });
+        let req = request("GET", &[], Full::new(Bytes::new()));
+        let e = send(io, req).await.unwrap_err();
+        answering.await.unwrap();
+        assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
     }
 
     #[tokio::test]
