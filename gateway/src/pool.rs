@@ -282,29 +282,20 @@ impl Pool {
         io: TcpStream,
         req: Request<UpstreamBody>,
         reused: Option<Option<(&'a std::sync::atomic::AtomicU32, u32)>>,
-    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + 'a {
-        use futures_util::FutureExt as _;
-        use futures_util::future::{BoxFuture, Either as Which, ready};
-        let home = (
-            Arc::downgrade(self),
-            HomeKey::Endpoint(endpoint.authority.clone()),
-        );
-        h1::client::send(io, req).then(move |sent| match sent {
-            Ok(resp) => Which::Left(ready(Ok(resp.map(|body| PooledBody {
-                inner: Inner::Native(body),
-                done: false,
-                home: Some(home),
-            })))),
-            Err(h1::client::ClientError::Unanswered(parts)) if reused.is_some() => {
-                let req = Request::from_parts(*parts, Either::Right(Full::new(Bytes::new())));
-                let pending = reused.flatten();
-                let again: BoxFuture<'a, _> = Box::pin(self.connect_native(endpoint, req, pending));
-                Which::Right(again)
-            }
-            Err(e) => Which::Left(ready(Err(SendError::sent(UpstreamError::Protocol(
-                error_chain(&e),
-            ))))),
-        })
+    ) -> NativeExchange<
+        'a,
+        impl Future<Output = Result<Response<h1::client::ResponseBody>, h1::client::ClientError>>
+        + Send
+        + use<>,
+    > {
+        NativeExchange::Sending {
+            send: h1::client::send(io, req),
+            home: Some((
+                Arc::downgrade(self),
+                HomeKey::Endpoint(endpoint.authority.clone()),
+            )),
+            again: reused.map(|pending| (self, endpoint, pending)),
+        }
     }
 
     /// [`Pool::send_http1`] with the native client when no idle connection
@@ -777,6 +768,68 @@ async fn prune_loop(pool: Weak<Pool>) {
             Some(p) => p.prune(),
             None => return,
         }
+    }
+}
+
+/// Where a request that a reused connection left unanswered goes again:
+/// the pool, the endpoint, the route's limit of requests waiting for a
+/// new connection.
+type Again<'a> = (
+    &'a Arc<Pool>,
+    &'a Endpoint,
+    Option<(&'a std::sync::atomic::AtomicU32, u32)>,
+);
+
+pin_project_lite::pin_project! {
+    /// [`Pool::exchange_native`]'s future: the exchange, then (rarely) the
+    /// same request on a new connection. Written out rather than as
+    /// combinators, which held a second copy of the response while it was
+    /// handed on (callgrind).
+    #[project = NativeProj]
+    enum NativeExchange<'a, F> {
+        Sending {
+            #[pin]
+            send: F,
+            home: Option<(Weak<Pool>, HomeKey)>,
+            again: Option<Again<'a>>,
+        },
+        Again {
+            again: futures_util::future::BoxFuture<'a, Result<Response<PooledBody>, SendError>>,
+        },
+    }
+}
+
+impl<F> Future for NativeExchange<'_, F>
+where
+    F: Future<Output = Result<Response<h1::client::ResponseBody>, h1::client::ClientError>>,
+{
+    type Output = Result<Response<PooledBody>, SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (pool, endpoint, pending, parts) = match self.as_mut().project() {
+            NativeProj::Again { again } => return again.as_mut().poll(cx),
+            NativeProj::Sending { send, home, again } => match std::task::ready!(send.poll(cx)) {
+                Ok(resp) => {
+                    return Poll::Ready(Ok(resp.map(|body| PooledBody {
+                        inner: Inner::Native(body),
+                        done: false,
+                        home: home.take(),
+                    })));
+                }
+                Err(h1::client::ClientError::Unanswered(parts)) if again.is_some() => {
+                    let (pool, endpoint, pending) = again.take().expect("checked");
+                    (pool, endpoint, pending, parts)
+                }
+                Err(e) => {
+                    let error = UpstreamError::Protocol(error_chain(&e));
+                    return Poll::Ready(Err(SendError::sent(error)));
+                }
+            },
+        };
+        let req = Request::from_parts(*parts, Either::Right(Full::new(Bytes::new())));
+        let again = Box::pin(pool.connect_native(endpoint, req, pending));
+        self.set(NativeExchange::Again { again });
+        self.poll(cx)
     }
 }
 
