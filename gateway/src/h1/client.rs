@@ -82,7 +82,8 @@ pub enum ClientError {
     #[error("request body {0} than its content-length")]
     Length(&'static str),
     /// The connection ended (closed or reset) before a single response
-    /// byte, and the request had no body: it may not have reached the
+    /// byte, and the request had no body and an idempotent method: it may
+    /// not have reached the
     /// upstream at all (an idle connection whose close was not seen yet
     /// when it was taken), and its head comes back to be sent again.
     #[error("connection closed before a response")]
@@ -139,7 +140,9 @@ where
         head_request: parts.method == Method::HEAD,
         replay: None,
     };
-    if encoding == Encoding::Empty {
+    // Only an idempotent method: a POST the upstream read before its
+    // connection failed must not run twice (nginx's rule too).
+    if encoding == Encoding::Empty && parts.method.is_idempotent() {
         ex.replay = Some(parts);
     }
     async move {
@@ -917,7 +920,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // With a body, or after an answer began, the error stays as it was.
+        // A POST, a body, or an answer begun: the error stays as it was.
+        let io = TcpStream::connect(addr).await.unwrap();
+        drop(l.accept().await.unwrap());
+        let req = request("POST", &[], Full::new(Bytes::new()));
+        let e = send(io, req).await.unwrap_err();
+        assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("PUT", &[], Full::new(Bytes::from_static(b"abc")));
