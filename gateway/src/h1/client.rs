@@ -83,9 +83,9 @@ pub enum ClientError {
     Length(&'static str),
     /// The connection ended (closed or reset) before a single response
     /// byte, and the request had no body and an idempotent method: it may
-    /// not have reached the
-    /// upstream at all (an idle connection whose close was not seen yet
-    /// when it was taken), and its head comes back to be sent again.
+    /// not have reached the upstream at all (an idle connection whose
+    /// close was not seen yet when it was taken), and its head comes back
+    /// to be sent again.
     #[error("connection closed before a response")]
     Unanswered(Box<http::request::Parts>),
 }
