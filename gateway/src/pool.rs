@@ -156,6 +156,7 @@ pub const UPSTREAM_BUFFER: usize = 16 * 1024;
 pub const UPSTREAM_H2_WINDOW: u32 = 64 * 1024;
 
 type Key = Box<str>;
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The idle stack for `key`, made on first use: a key is allocated once
 /// per endpoint, not once per connection handed back.
@@ -165,7 +166,6 @@ fn stack_for<'a, T>(map: &'a mut FastMap<Key, Vec<T>>, key: &str) -> &'a mut Vec
     }
     map.get_mut(key).expect("inserted above")
 }
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
@@ -271,8 +271,8 @@ impl Pool {
     /// hands `io` back once read to its end.
     ///
     /// `reused` (an idle connection, with the route's limit of requests
-    /// waiting for a new one): a body-less request that the connection
-    /// ended before any answer to is sent again, once, on a new
+    /// waiting for a new one): a body-less idempotent request that the
+    /// connection ended before any answer to is sent again, once, on a new
     /// connection. The upstream closed that idle connection before the
     /// request reached it, and its close was not yet seen when the
     /// connection was taken (what hyper's pool, and nginx's, do too).

@@ -220,8 +220,9 @@ struct Exchange<B> {
     left: u64,
     input: BytesMut,
     head_request: bool,
-    /// A body-less request's head, kept until the first response byte so
-    /// the request can be sent again if the connection ends before it.
+    /// A body-less idempotent request's head, kept until the first
+    /// response byte so the request can be sent again if the connection
+    /// ends before it.
     replay: Option<http::request::Parts>,
 }
 
@@ -255,7 +256,8 @@ where
     }
 
     /// `e`, or [`ClientError::Unanswered`] when the connection ended before
-    /// any response byte and the request (body-less) can go again.
+    /// any response byte and the request (body-less, idempotent) can go
+    /// again.
     fn unanswered(&mut self, e: ClientError) -> ClientError {
         let ended = match &e {
             ClientError::ClosedBeforeAnswer => true,
