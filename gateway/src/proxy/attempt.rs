@@ -69,6 +69,13 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// Most tries of one request, whatever the reasons.
 const MAX_TRIES: usize = 8;
 
+/// What the send phase gives back: the chosen upstream's response, and the
+/// client's side of an upgrade it asked for.
+pub(super) type Answer = (
+    Response<UpstreamResponseBody>,
+    Option<crate::tunnel::DownstreamUpgrade>,
+);
+
 /// What to do after a try.
 enum Next {
     /// Give the client this answer.
@@ -148,111 +155,106 @@ struct Tries<'a> {
 impl Proxy {
     /// Phase 4: sends `out` to the route's endpoints until one answers or
     /// nothing more may be tried, within the route's timeout.
-    pub(super) async fn send<'t>(
+    ///
+    /// A plain function (see [`Proxy::handle`]) whose future keeps `out`
+    /// once and uses its parts in place: taking it apart into new bindings
+    /// would keep them twice, and work done before the future is made costs
+    /// a copy of the whole future to its caller.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep `out` twice in every request's future"
+    )]
+    pub(super) fn send<'t>(
         &self,
         entry: &'t RouteEntry,
-        out: Outgoing,
+        mut out: Outgoing,
         ctx: &mut RequestCtx<'t>,
-    ) -> Result<
-        (
-            Response<UpstreamResponseBody>,
-            Option<crate::tunnel::DownstreamUpgrade>,
-        ),
-        ProxyError,
-    > {
-        let route = &entry.route;
-        let state = &entry.state;
-        if let Some(policy) = &route.retry {
-            state.budget.deposit(policy);
-        }
-        let upgrade = out.upgrade.is_some();
-        let method = out.req.method();
-        let grpc = ctx.grpc.is_some();
-        let retry = route.retry.as_ref().filter(|p| {
-            !upgrade && (p.non_idempotent || method.is_idempotent() || (grpc && p.on.any_grpc()))
-        });
-        let on = match retry {
-            Some(p) if grpc && !p.non_idempotent => p.on.grpc_safe(),
-            Some(p) => p.on,
-            None => RetryOn::default(),
-        };
-        // The body is read (when kept for a retry) before the route slot is
-        // taken: a slow client must not hold a slot meant for upstream work.
-        let mut req = out.req;
-        let mut tee = None;
-        let kept = match retry {
-            Some(_) if grpc && on.any_grpc() => {
-                tee = keep_copy(&mut req);
-                None
+    ) -> impl Future<Output = Result<Answer, ProxyError>> {
+        async move {
+            let route = &entry.route;
+            if let Some(policy) = &route.retry {
+                entry.state.budget.deposit(policy);
             }
-            Some(_) => {
-                let (kept, r) = self.keep_for_retry(req, ctx).await?;
-                req = r;
-                kept
+            let upgrade = out.upgrade.is_some();
+            let (retry, on) = policy_for(route, &out.req, upgrade, ctx.grpc.is_some());
+            // The body is read (when kept for a retry) before the route slot
+            // is taken: a slow client must not hold a slot meant for
+            // upstream work.
+            let mut tee = None;
+            let kept = match retry {
+                Some(_) if ctx.grpc.is_some() && on.any_grpc() => {
+                    tee = keep_copy(&mut out.req);
+                    None
+                }
+                Some(_) => {
+                    let (kept, req) = self.keep_for_retry(out.req, ctx).await?;
+                    out.req = req;
+                    kept
+                }
+                None => keep_for_reset(&out.req, entry, upgrade),
+            };
+            let _slot = match route.limits.max_requests {
+                Some(max) => {
+                    Some(
+                        entry
+                            .state
+                            .enter(max)
+                            .ok_or_else(|| ProxyError::Overloaded {
+                                route: route.name.to_string(),
+                                limit: max,
+                            })?,
+                    )
+                }
+                None => None,
+            };
+            let watch = match &ctx.body {
+                BodyState::Streaming(w) => Some(w.clone()),
+                _ => None,
+            };
+            let mut tries = Tries {
+                entry,
+                hash_key: out.hash_key,
+                load_aware: matches!(route.lb, Balance::LeastRequest | Balance::PeakEwma),
+                retry,
+                on,
+                kept,
+                tee,
+                tried: [usize::MAX; MAX_TRIES],
+                n: 0,
+                retries: 0,
+                connect_failures: 0,
+                reset_retried: false,
+                anywhere: false,
+                retry_slot: None,
+                last_answer: None,
+                last_error: None,
+                watch: watch.clone(),
+                in_flight: None,
+            };
+            // The client's deadline binds when it is shorter than the route's.
+            let grpc_timeout = out.grpc_timeout;
+            let deadline = grpc_timeout
+                .filter(|d| *d < route.timeout)
+                .map(|d| ctx.started + d);
+            let to = Destination {
+                path_and_query: &out.path_and_query,
+                host: out.host.as_ref(),
+                upgrade,
+                te_trailers: out.te_trailers,
+                // What the upstream is told it has: the call's deadline, at
+                // most the route's timeout.
+                deadline: grpc_timeout.map(|d| ctx.started + d.min(route.timeout)),
+            };
+            let result = {
+                let run = tries.run(self, out.req, to, ctx);
+                tokio::pin!(run);
+                within(run, route.timeout, watch.as_deref(), deadline).await
+            };
+            match result {
+                Some(Ok(resp)) => Ok((resp, out.upgrade)),
+                Some(Err(e)) => Err(e),
+                None => Err(self.timed_out(entry, tries.in_flight, grpc_timeout, ctx)),
             }
-            None => keep_for_reset(&req, entry, upgrade),
-        };
-        let _slot = match route.limits.max_requests {
-            Some(max) => Some(state.enter(max).ok_or_else(|| ProxyError::Overloaded {
-                route: route.name.to_string(),
-                limit: max,
-            })?),
-            None => None,
-        };
-        let watch = match &ctx.body {
-            BodyState::Streaming(w) => Some(w.clone()),
-            _ => None,
-        };
-        let mut tries = Tries {
-            entry,
-            hash_key: out.hash_key,
-            load_aware: matches!(route.lb, Balance::LeastRequest | Balance::PeakEwma),
-            retry,
-            on,
-            kept,
-            tee,
-            tried: [usize::MAX; MAX_TRIES],
-            n: 0,
-            retries: 0,
-            connect_failures: 0,
-            reset_retried: false,
-            anywhere: false,
-            retry_slot: None,
-            last_answer: None,
-            last_error: None,
-            watch: watch.clone(),
-            in_flight: None,
-        };
-        let Outgoing {
-            path_and_query,
-            host,
-            upgrade: downstream_upgrade,
-            te_trailers,
-            grpc_timeout,
-            ..
-        } = out;
-        // The client's deadline binds when it is shorter than the route's.
-        let deadline = grpc_timeout
-            .filter(|d| *d < route.timeout)
-            .map(|d| ctx.started + d);
-        let to = Destination {
-            path_and_query: &path_and_query,
-            host: host.as_ref(),
-            upgrade,
-            te_trailers,
-            // What the upstream is told it has: the call's deadline, at most
-            // the route's timeout.
-            deadline: grpc_timeout.map(|d| ctx.started + d.min(route.timeout)),
-        };
-        let result = {
-            let run = tries.run(self, req, to, ctx);
-            tokio::pin!(run);
-            within(run, route.timeout, watch.as_deref(), deadline).await
-        };
-        match result {
-            Some(Ok(resp)) => Ok((resp, downstream_upgrade)),
-            Some(Err(e)) => Err(e),
-            None => Err(self.timed_out(entry, tries.in_flight, grpc_timeout, ctx)),
         }
     }
 
@@ -359,6 +361,26 @@ impl Proxy {
     }
 }
 
+/// The route's retry policy, when it applies to this request, and the
+/// conditions it covers for it: an upgrade is never retried, and a gRPC
+/// call (a POST) without `non_idempotent` only on gRPC-safe conditions.
+fn policy_for<'r>(
+    route: &'r Route,
+    req: &Request<UpstreamBody>,
+    upgrade: bool,
+    grpc: bool,
+) -> (Option<&'r RetryPolicy>, RetryOn) {
+    let retry = route.retry.as_ref().filter(|p| {
+        !upgrade && (p.non_idempotent || req.method().is_idempotent() || (grpc && p.on.any_grpc()))
+    });
+    let on = match retry {
+        Some(p) if grpc && !p.non_idempotent => p.on.grpc_safe(),
+        Some(p) => p.on,
+        None => RetryOn::default(),
+    };
+    (retry, on)
+}
+
 /// What the default reset retry needs kept: an idempotent request with no
 /// body, on a route with another endpoint to go to. Costs one header map
 /// clone per such request.
@@ -416,58 +438,68 @@ async fn within<F: Future>(
 }
 
 impl<'a> Tries<'a> {
-    async fn run(
+    /// The tries, one after another, until one decides the answer (a plain
+    /// function: see [`Proxy::handle`]).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the request twice in every request's future"
+    )]
+    fn run(
         &mut self,
         proxy: &Proxy,
         mut req: Request<UpstreamBody>,
         to: Destination<'_>,
         ctx: &mut RequestCtx<'a>,
-    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
-        loop {
-            let (index, endpoint) = match self.pick() {
-                Pick::Endpoint(i, e) => (i, e),
-                Pick::Exhausted => return self.exhausted(ctx),
-                Pick::AllOpen => {
-                    return match self.last_answer.take() {
-                        Some(resp) => Ok(resp),
-                        None => Err(ProxyError::CircuitOpen {
-                            route: self.entry.route.name.to_string(),
-                        }),
-                    };
+    ) -> impl Future<Output = Result<Response<UpstreamResponseBody>, ProxyError>> {
+        async move {
+            loop {
+                let (index, endpoint) = match self.pick() {
+                    Pick::Endpoint(i, e) => (i, e),
+                    Pick::Exhausted => return self.exhausted(ctx),
+                    Pick::AllOpen => {
+                        return match self.last_answer.take() {
+                            Some(resp) => Ok(resp),
+                            None => Err(ProxyError::CircuitOpen {
+                                route: self.entry.route.name.to_string(),
+                            }),
+                        };
+                    }
+                };
+                ctx.upstream = Some(endpoint.id.clone());
+                if self.n < MAX_TRIES {
+                    self.tried[self.n] = index;
+                    self.n += 1;
                 }
-            };
-            ctx.upstream = Some(endpoint.id.clone());
-            if self.n < MAX_TRIES {
-                self.tried[self.n] = index;
-                self.n += 1;
+                target(
+                    &mut req,
+                    endpoint,
+                    to.path_and_query,
+                    to.host,
+                    to.te_trailers,
+                )?;
+                if let Some(deadline) = to.deadline {
+                    self.pass_deadline(&mut req, deadline, endpoint)?;
+                }
+                // Load-aware balancing needs in-flight counts and latency;
+                // round robin and friends skip the bookkeeping.
+                let _in_flight = self.load_aware.then(|| endpoint.health.begin());
+                ctx.answered_at = None;
+                let sent_at = Instant::now();
+                let result = self.send_once(proxy, endpoint, req, to.upgrade).await;
+                let next = match result {
+                    Some(Ok(resp)) => {
+                        self.judge_answer(proxy, resp, index, to.upgrade, sent_at, ctx)
+                    }
+                    Some(Err(failed)) => self.judge_failure(proxy, failed, index, endpoint),
+                    None => self.judge_timeout(proxy, index, endpoint),
+                };
+                req = match next {
+                    Next::Done(resp) => return Ok(resp),
+                    Next::Fail(e) => return Err(e),
+                    Next::Again(Some(unsent)) => unsent,
+                    Next::Again(None) => self.before_retry().await?,
+                };
             }
-            target(
-                &mut req,
-                endpoint,
-                to.path_and_query,
-                to.host,
-                to.te_trailers,
-            )?;
-            if let Some(deadline) = to.deadline {
-                self.pass_deadline(&mut req, deadline, endpoint)?;
-            }
-            // Load-aware balancing needs in-flight counts and latency;
-            // round robin and friends skip the bookkeeping.
-            let _in_flight = self.load_aware.then(|| endpoint.health.begin());
-            ctx.answered_at = None;
-            let sent_at = Instant::now();
-            let result = self.send_once(proxy, endpoint, req, to.upgrade).await;
-            let next = match result {
-                Some(Ok(resp)) => self.judge_answer(proxy, resp, index, to.upgrade, sent_at, ctx),
-                Some(Err(failed)) => self.judge_failure(proxy, failed, index, endpoint),
-                None => self.judge_timeout(proxy, index, endpoint),
-            };
-            req = match next {
-                Next::Done(resp) => return Ok(resp),
-                Next::Fail(e) => return Err(e),
-                Next::Again(Some(unsent)) => unsent,
-                Next::Again(None) => self.before_retry().await?,
-            };
         }
     }
 

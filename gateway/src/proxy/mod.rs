@@ -334,30 +334,46 @@ impl Proxy {
     }
 
     /// Handles one downstream request; never fails (errors become responses).
-    pub async fn handle(&self, mut req: Request<RequestBody>, peer: &Peer) -> Response<ProxyBody> {
-        let mut ctx = self.begin(&mut req);
-        // Loaded here, not in `proxy`, so the context can borrow the matched
-        // route's state for the metrics without another refcount.
-        let table = self.table.load_full();
-        // A span per request: free unless debug logging is on for this target.
-        let span = tracing::debug_span!(
-            "request",
-            method = %req.method(),
-            path = %req.uri().path(),
-            request_id = ctx.request_id.to_str().unwrap_or("-"),
-        );
-        let resp = match self
-            .proxy(&table, req, peer, &mut ctx)
-            .instrument(span)
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => {
-                tracing::debug!(error = %e, "request failed at the gateway");
-                e.respond(ctx.grpc).map(|b| Either::Right(Either::Left(b)))
-            }
-        };
-        self.finish(resp, ctx)
+    ///
+    /// A plain function around an `async move` block, here and in
+    /// [`Proxy::proxy`], [`Proxy::send`] and the tries' loop: an `async fn`
+    /// keeps each argument twice (as passed and as bound), and the request's
+    /// future is copied whole when it is boxed.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the request twice in every request's future"
+    )]
+    pub fn handle<'p>(
+        &'p self,
+        mut req: Request<RequestBody>,
+        peer: &'p Peer,
+    ) -> impl Future<Output = Response<ProxyBody>> + 'p {
+        async move {
+            let mut ctx = self.begin(&mut req);
+            // Loaded here, not in `proxy`, so the context can borrow the
+            // matched route's state for the metrics without another refcount.
+            let table = self.table.load_full();
+            // A span per request: free unless debug logging is on for this
+            // target.
+            let span = tracing::debug_span!(
+                "request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                request_id = ctx.request_id.to_str().unwrap_or("-"),
+            );
+            let resp = match self
+                .proxy(&table, req, peer, &mut ctx)
+                .instrument(span)
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::debug!(error = %e, "request failed at the gateway");
+                    e.respond(ctx.grpc).map(|b| Either::Right(Either::Left(b)))
+                }
+            };
+            self.finish(resp, ctx)
+        }
     }
 
     /// Before the phases: request id, trace id, what the log will need.
@@ -402,81 +418,87 @@ impl Proxy {
     }
 
     /// Phases 1 to 5.
-    async fn proxy<'t>(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the request twice in every request's future"
+    )]
+    fn proxy<'t>(
         &self,
         table: &'t RouteTable,
         mut req: Request<RequestBody>,
         peer: &Peer,
         ctx: &mut RequestCtx<'t>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let front = edge::check(&req, &self.edge)?;
-        if let Some(name) = &self.client_subject_header {
-            // Only the gateway says who the client certificate named.
-            let headers = req.headers_mut();
-            headers.remove(name);
-            if let Some(subject) = &peer.client_subject {
-                headers.insert(name.clone(), subject.clone());
-            }
-        }
-        if let Some(answer) = self.acme_answer(&req, peer).await {
-            return answer;
-        }
-        if self.https_redirect && !peer.secure {
-            return self.redirect(&front, &req);
-        }
-        let matched = table.lookup(&front.view(&req)).ok_or(ProxyError::NoRoute)?;
-        ctx.entry = Some(matched.entry);
-        if matched.entry.route.https_redirect && !peer.secure {
-            return self.redirect(&front, &req);
-        }
-        let entry = matched.entry;
-        if let Some(chain) = &entry.filters {
-            ctx.cors_origin = chain.cors_origin(req.headers());
-            match self
-                .route_filter(entry, chain, &mut req, peer, &mut ctx.extensions)
-                .await
-            {
-                Ok(Some(answer)) => return Ok(answer.map(|b| Either::Right(Either::Left(b)))),
-                Ok(None) => {}
-                Err(e) => {
-                    if matches!(e, ProxyError::CorsRefused { .. }) {
-                        // A refused preflight carries no CORS header at all.
-                        ctx.cors_origin = None;
-                    }
-                    return Err(e);
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+        async move {
+            let front = edge::check(&req, &self.edge)?;
+            if let Some(name) = &self.client_subject_header {
+                // Only the gateway says who the client certificate named.
+                let headers = req.headers_mut();
+                headers.remove(name);
+                if let Some(subject) = &peer.client_subject {
+                    headers.insert(name.clone(), subject.clone());
                 }
             }
-            if let Some(redirect) = chain.redirect() {
-                return route_redirect(redirect, &front, &req, peer, matched.prefix_len);
+            if let Some(answer) = self.acme_answer(&req, peer).await {
+                return answer;
             }
-        }
-        // Kept for phase 5, only where it is used.
-        let accept_encoding = match entry.filters.as_ref().and_then(|c| c.compression()) {
-            Some(_) => req.headers().get(header::ACCEPT_ENCODING).cloned(),
-            None => None,
-        };
-        let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
-        if let Some(chain) = &entry.filters {
-            chain.on_upstream_request(out.req.headers_mut());
-            if let Some(rule) = chain.rewrite() {
-                outgoing::rewrite(&mut out, rule, matched.prefix_len, &self.edge.path)?;
+            if self.https_redirect && !peer.secure {
+                return self.redirect(&front, &req);
             }
-            if !chain.custom().is_empty() {
-                custom_upstream_request(chain, entry, &mut out.req, &mut ctx.extensions);
+            let matched = table.lookup(&front.view(&req)).ok_or(ProxyError::NoRoute)?;
+            ctx.entry = Some(matched.entry);
+            if matched.entry.route.https_redirect && !peer.secure {
+                return self.redirect(&front, &req);
             }
+            let entry = matched.entry;
+            if let Some(chain) = &entry.filters {
+                ctx.cors_origin = chain.cors_origin(req.headers());
+                match self
+                    .route_filter(entry, chain, &mut req, peer, &mut ctx.extensions)
+                    .await
+                {
+                    Ok(Some(answer)) => return Ok(answer.map(|b| Either::Right(Either::Left(b)))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        if matches!(e, ProxyError::CorsRefused { .. }) {
+                            // A refused preflight carries no CORS header at all.
+                            ctx.cors_origin = None;
+                        }
+                        return Err(e);
+                    }
+                }
+                if let Some(redirect) = chain.redirect() {
+                    return route_redirect(redirect, &front, &req, peer, matched.prefix_len);
+                }
+            }
+            // Kept for phase 5, only where it is used.
+            let accept_encoding = match entry.filters.as_ref().and_then(|c| c.compression()) {
+                Some(_) => req.headers().get(header::ACCEPT_ENCODING).cloned(),
+                None => None,
+            };
+            let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
+            if let Some(chain) = &entry.filters {
+                chain.on_upstream_request(out.req.headers_mut());
+                if let Some(rule) = chain.rewrite() {
+                    outgoing::rewrite(&mut out, rule, matched.prefix_len, &self.edge.path)?;
+                }
+                if !chain.custom().is_empty() {
+                    custom_upstream_request(chain, entry, &mut out.req, &mut ctx.extensions);
+                }
+            }
+            if let Some(set) = &entry.mirror {
+                self.mirror(entry, set, &out);
+            }
+            // A split route sends through the target its turn chooses (a plain
+            // route through itself: one branch).
+            let (target, _) = entry.target(true);
+            // Not boxed: the native HTTP/1.1 server boxes each request's whole
+            // exchange once already, and a second box here cost a malloc and a
+            // copy of the send phase's future per request (callgrind, LTO off:
+            // 51,858 boxed, 50,833 not; h2c 72,154 and 72,294, level).
+            let (resp, upgrade) = self.send(target, out, ctx).await?;
+            Ok(self.response_filter(resp, upgrade, entry, ctx, accept_encoding.as_ref()))
         }
-        if let Some(set) = &entry.mirror {
-            self.mirror(entry, set, &out);
-        }
-        // A split route sends through the target its turn chooses (a plain
-        // route through itself: one branch).
-        let (target, _) = entry.target(true);
-        // Not boxed: the native HTTP/1.1 server boxes each request's whole
-        // exchange once already, and a second box here cost a malloc and a
-        // copy of the send phase's future per request (callgrind, LTO off:
-        // 51,858 boxed, 50,833 not; h2c 72,154 and 72,294, level).
-        let (resp, upgrade) = self.send(target, out, ctx).await?;
-        Ok(self.response_filter(resp, upgrade, entry, ctx, accept_encoding.as_ref()))
     }
 
     /// Phase 2 (after the route is known, for a route with filters): the
