@@ -373,12 +373,14 @@ pub struct TimedBody<B> {
 }
 
 impl<B> TimedBody<B> {
-    /// Wraps `inner`.
-    pub fn new(inner: B, timeout: Duration) -> TimedBody<B> {
+    /// Wraps `inner`; `timer`, when given, is reused for the read timeout
+    /// (the request's route timeout hands its timer on, so a request
+    /// registers one timer, not two: see [`crate::idle::LazyDeadline`]).
+    pub fn new(inner: B, timeout: Duration, timer: Option<LazyDeadline>) -> TimedBody<B> {
         TimedBody {
             inner,
             timeout,
-            timer: None,
+            timer,
             armed: false,
         }
     }

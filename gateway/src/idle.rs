@@ -227,7 +227,11 @@ pin_project_lite::pin_project! {
 impl LazyDeadline {
     /// A deadline `timeout` from now.
     pub fn new(timeout: Duration) -> LazyDeadline {
-        let deadline = Instant::now() + timeout;
+        LazyDeadline::at(Instant::now() + timeout)
+    }
+
+    /// A deadline at `deadline`.
+    pub fn at(deadline: Instant) -> LazyDeadline {
         LazyDeadline {
             timer: Box::pin(Timer {
                 sleep: tokio::time::sleep_until(deadline),
@@ -238,11 +242,16 @@ impl LazyDeadline {
 
     /// Sets the deadline to `timeout` from now.
     pub fn restart(&mut self, timeout: Duration) {
+        self.set(Instant::now() + timeout);
+    }
+
+    /// Sets the deadline to `deadline`, earlier or later than the last.
+    pub fn set(&mut self, deadline: Instant) {
         let timer = self.timer.as_mut().project();
-        *timer.deadline = Instant::now() + timeout;
-        if timer.sleep.deadline() > *timer.deadline {
+        *timer.deadline = deadline;
+        if timer.sleep.deadline() > deadline {
             // Never later than the deadline (a shorter timeout than before).
-            timer.sleep.reset(*timer.deadline);
+            timer.sleep.reset(deadline);
         }
     }
 

@@ -39,6 +39,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,6 +60,7 @@ use crate::config::{Balance, Route};
 use crate::error::ProxyError;
 use crate::grpc::{Code, GRPC_TIMEOUT, encode_timeout};
 use crate::health::now_ms;
+use crate::idle::LazyDeadline;
 use crate::pool::{SendError, UpstreamBody, UpstreamError};
 use crate::retry::{MAX_RETRY_BODY, RetryOn, RetryPolicy, backoff_for};
 use crate::router::RouteEntry;
@@ -245,11 +247,13 @@ impl Proxy {
                 // most the route's timeout.
                 deadline: grpc_timeout.map(|d| ctx.started + d.min(route.timeout)),
             };
+            let mut timer = ctx.timer.take();
             let result = {
                 let run = tries.run(self, out.req, to, ctx);
                 tokio::pin!(run);
-                within(run, route.timeout, watch.as_deref(), deadline).await
+                within(run, &mut timer, route.timeout, watch.as_deref(), deadline).await
             };
+            ctx.timer = timer;
             match result {
                 Some(Ok(resp)) => Ok((resp, out.upgrade)),
                 Some(Err(e)) => Err(e),
@@ -412,29 +416,44 @@ fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method,
 /// the client's bytes (the body's read timeout governs then): a slow client
 /// is not an upstream timing out. A `hard` deadline (a gRPC call's own)
 /// ends it whatever the client body does. `None` when it ran out.
-async fn within<F: Future>(
-    mut fut: Pin<&mut F>,
+///
+/// It waits on `timer` (made here when `None`), which the caller hands on
+/// to the response body's read timeout.
+fn within<'w, F: Future>(
+    mut fut: Pin<&'w mut F>,
+    timer: &'w mut Option<LazyDeadline>,
     timeout: Duration,
-    watch: Option<&BodyWatch>,
+    watch: Option<&'w BodyWatch>,
     hard: Option<Instant>,
-) -> Option<F::Output> {
-    let cap = |d: Instant| hard.map_or(d, |h| d.min(h));
-    let mut deadline = cap(Instant::now() + timeout);
-    loop {
-        if let Ok(out) = tokio::time::timeout_at(deadline, fut.as_mut()).await {
-            return Some(out);
+) -> impl Future<Output = Option<F::Output>> + 'w {
+    let cap = move |d: Instant| hard.map_or(d, |h| d.min(h));
+    let deadline = cap(Instant::now() + timeout);
+    let clock = match timer {
+        Some(clock) => {
+            clock.set(deadline);
+            clock
         }
-        let now = Instant::now();
-        if hard.is_some_and(|h| h <= now) {
-            return None;
+        None => timer.insert(LazyDeadline::at(deadline)),
+    };
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
         }
-        deadline = cap(match watch.map(|w| w.deadline(timeout)) {
-            None => return None,
-            Some(None) => now + timeout,
-            Some(Some(d)) if d > now => d,
-            Some(Some(_)) => return None,
-        });
-    }
+        loop {
+            std::task::ready!(clock.poll_expired(cx));
+            let now = Instant::now();
+            if hard.is_some_and(|h| h <= now) {
+                return Poll::Ready(None);
+            }
+            let next = match watch.map(|w| w.deadline(timeout)) {
+                None => return Poll::Ready(None),
+                Some(None) => now + timeout,
+                Some(Some(d)) if d > now => d,
+                Some(Some(_)) => return Poll::Ready(None),
+            };
+            clock.set(cap(next));
+        }
+    })
 }
 
 impl<'a> Tries<'a> {

@@ -62,6 +62,7 @@ use crate::filter::compress::Compressor;
 use crate::grpc::body::{GrpcBody, Outcome};
 use crate::grpc::{Code, GrpcKind};
 use crate::health::OutlierPolicy;
+use crate::idle::LazyDeadline;
 use crate::metrics::GatewayMetrics;
 use crate::pool::{Http1Client, Pool, PooledBody};
 use crate::router::{RouteEntry, RouteTable};
@@ -252,6 +253,9 @@ struct RequestCtx<'t> {
     /// What custom filters keep from phase to phase (one pointer, empty
     /// until a filter stores something).
     extensions: http::Extensions,
+    /// The route timeout's timer, handed on to the response body's read
+    /// timeout: one timer registered per request, not two.
+    timer: Option<LazyDeadline>,
 }
 
 /// What is known of the client's request body.
@@ -414,6 +418,7 @@ impl Proxy {
             grpc: GrpcKind::of(req.headers()),
             cors_origin: None,
             extensions: http::Extensions::new(),
+            timer: None,
         }
     }
 
@@ -567,9 +572,10 @@ impl Proxy {
             compress = chain.compression().map(|c| (c, accept_encoding));
         }
         let route = &entry.route;
+        let timer = ctx.timer.take();
         match ctx.grpc {
-            Some(kind) => respond_grpc(resp, kind, route, ctx.version),
-            None => self.respond(resp, upgrade, route.read_timeout, compress),
+            Some(kind) => respond_grpc(resp, kind, route, ctx.version, timer),
+            None => self.respond(resp, upgrade, (route.read_timeout, timer), compress),
         }
     }
 
@@ -619,7 +625,7 @@ impl Proxy {
         &self,
         mut resp: Response<UpstreamResponseBody>,
         downstream_upgrade: Option<crate::tunnel::DownstreamUpgrade>,
-        read_timeout: Duration,
+        (read_timeout, timer): (Duration, Option<LazyDeadline>),
         compress: Option<(&Compressor, Option<&HeaderValue>)>,
     ) -> Response<ProxyBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -635,11 +641,12 @@ impl Proxy {
                 if let Some(proto) = proto {
                     headers.insert(header::UPGRADE, proto);
                 }
-                return resp.map(|b| Either::Left(Either::Left(TimedBody::new(b, read_timeout))));
+                return resp
+                    .map(|b| Either::Left(Either::Left(TimedBody::new(b, read_timeout, timer))));
             }
         }
         strip_hop_by_hop(resp.headers_mut());
-        let resp = resp.map(|b| TimedBody::new(b, read_timeout));
+        let resp = resp.map(|b| TimedBody::new(b, read_timeout, timer));
         match compress {
             Some((compressor, accept)) => compressor
                 .wrap(accept, resp)
@@ -848,6 +855,7 @@ fn respond_grpc(
     kind: GrpcKind,
     route: &crate::config::Route,
     version: Version,
+    timer: Option<LazyDeadline>,
 ) -> Response<ProxyBody> {
     strip_hop_by_hop(resp.headers_mut());
     let translate = route.grpc_web && kind.is_web();
@@ -867,7 +875,7 @@ fn respond_grpc(
     let read_timeout = route.read_timeout;
     resp.map(|b| {
         Either::Right(Either::Right(GrpcBody::new(
-            TimedBody::new(b, read_timeout),
+            TimedBody::new(b, read_timeout, timer),
             mode,
             status,
         )))
