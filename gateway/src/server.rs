@@ -351,78 +351,97 @@ struct Draining {
     _alive: mpsc::Sender<()>,
 }
 
-async fn serve_connection(
+/// Serves one accepted connection: cleartext, or TLS first.
+///
+/// A plain function around an `async move` block (as [`serve_http`]): as an
+/// `async fn` it kept `tls` twice in every connection's task.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep `tls` twice in every connection's task"
+)]
+fn serve_connection(
     stream: TcpStream,
     permit: Permit,
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<ServerTls>,
     mut draining: Draining,
-) {
-    // Counted open, and holding its place under the caps, for as long as
-    // the socket is open: the guards live in the I/O, which an upgrade
-    // hands on to a tunnel. Under TLS the I/O watched for activity is the
-    // socket's, so the idle and send timeouts see every byte.
-    let guards = (shared.proxy.metrics().open_connection(), permit);
-    let active = Activity::new();
-    let io = ActivityIo::with_guard(stream, active.clone(), guards);
-    let Some(tls) = tls else {
-        let conn = Conn {
-            peer: Arc::new(shared.proxy.peer(peer, false)),
-            hsts: None,
-            active,
-            draining,
-        };
-        return serve_detected(io, &shared, conn).await;
-    };
-    // Boxed: the handshake's state is large, and inline it would size
-    // every connection's task, cleartext ones too, for their whole life.
-    Box::pin(async move {
-        let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
-        let accepted = tokio::select! {
-            accepted = handshake => accepted,
-            // Shutting down before the handshake finished: nothing to finish.
-            _ = draining.closing.changed() => return,
-        };
-        let stream = match accepted {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tls.stats.count(Handshake::Failed, false);
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
+) -> impl Future<Output = ()> {
+    async move {
+        // Counted open, and holding its place under the caps, for as long as
+        // the socket is open: the guards live in the I/O, which an upgrade
+        // hands on to a tunnel. Under TLS the I/O watched for activity is
+        // the socket's, so the idle and send timeouts see every byte.
+        let guards = (shared.proxy.metrics().open_connection(), permit);
+        let active = Activity::new();
+        let io = ActivityIo::with_guard(stream, active.clone(), guards);
+        // A match, not `let ... else`: the TLS settings bound in place
+        // would keep a place in the task while a cleartext connection is
+        // served.
+        match tls {
+            None => {
+                let conn = Conn {
+                    peer: Arc::new(shared.proxy.peer(peer, false)),
+                    hsts: None,
+                    active,
+                    draining,
+                };
+                serve_detected(io, &shared, conn).await;
             }
-            Err(_) => {
-                tls.stats.count(Handshake::Timeout, false);
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
+            // Boxed: the handshake's state is large, and inline it would
+            // size every connection's task, cleartext ones too, for their
+            // whole life.
+            Some(tls) => {
+                Box::pin(async move {
+                    let handshake =
+                        tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
+                    let accepted = tokio::select! {
+                        accepted = handshake => accepted,
+                        // Shutting down before the handshake finished: nothing to finish.
+                        _ = draining.closing.changed() => return,
+                    };
+                    let stream = match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tls.stats.count(Handshake::Failed, false);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tls.stats.count(Handshake::Timeout, false);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let session = stream.get_ref().1;
+                    if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
+                        // A TLS-ALPN-01 validation: the handshake was the answer, and no
+                        // HTTP is spoken on such a connection (RFC 8737 §3).
+                        return;
+                    }
+                    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+                    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
+                    tls.stats.count(outcome, resumed);
+                    let mut downstream = shared.proxy.peer(peer, true);
+                    downstream.client_subject = crate::tls::client_subject(session);
+                    let conn = Conn {
+                        peer: Arc::new(downstream),
+                        hsts: tls.hsts.clone(),
+                        active,
+                        draining,
+                    };
+                    if h2 {
+                        // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
+                        serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
+                    } else {
+                        serve_detected(stream, &shared, conn).await;
+                    }
+                })
+                .await
             }
-        };
-        let session = stream.get_ref().1;
-        if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
-            // A TLS-ALPN-01 validation: the handshake was the answer, and no
-            // HTTP is spoken on such a connection (RFC 8737 §3).
-            return;
         }
-        let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
-        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
-        tls.stats.count(outcome, resumed);
-        let mut downstream = shared.proxy.peer(peer, true);
-        downstream.client_subject = crate::tls::client_subject(session);
-        let conn = Conn {
-            peer: Arc::new(downstream),
-            hsts: tls.hsts.clone(),
-            active,
-            draining,
-        };
-        if h2 {
-            // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
-            serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
-        } else {
-            serve_detected(stream, &shared, conn).await;
-        }
-    })
-    .await;
+    }
 }
 
 /// One connection's own state, handed from phase to phase.
@@ -436,22 +455,33 @@ struct Conn {
 
 /// Reads the first bytes to tell HTTP/1 from h2c (505 for other versions),
 /// then serves.
-async fn serve_detected<I>(mut io: I, shared: &Shared, mut conn: Conn)
+///
+/// A plain function around an `async move` block (as [`serve_http`]): an
+/// `async fn` would keep `io` and `conn` twice in every connection's task
+/// for its whole life (168 bytes, which took the task past a size class of
+/// the allocator).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep `io` and `conn` twice in every connection's task"
+)]
+fn serve_detected<I>(mut io: I, shared: &Shared, mut conn: Conn) -> impl Future<Output = ()> + '_
 where
     I: h1::server::Io,
 {
-    // Borrowed, not moved, into the detection: the detection's state then
-    // shares its place in this future with the serving's.
-    let Some((protocol, prefix)) = detect(&mut io, shared, &mut conn.draining).await else {
-        return;
-    };
-    if protocol == Protocol::Unsupported {
-        let mut io = Rewind::new(prefix, io);
-        let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
-        let _ = io.shutdown().await;
-        return;
+    async move {
+        // Borrowed, not moved, into the detection: the detection's state
+        // then shares its place in this future with the serving's.
+        let Some((protocol, prefix)) = detect(&mut io, shared, &mut conn.draining).await else {
+            return;
+        };
+        if protocol == Protocol::Unsupported {
+            let mut io = Rewind::new(prefix, io);
+            let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
+            let _ = io.shutdown().await;
+            return;
+        }
+        serve_http(io, prefix, protocol, shared, conn).await;
     }
-    serve_http(io, prefix, protocol, shared, conn).await;
 }
 
 /// The protocol and the bytes read to tell it; `None`: closed, failed,
