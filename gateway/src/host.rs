@@ -149,24 +149,39 @@ fn split_port(authority: &str) -> Result<(&str, Option<&str>), HostError> {
             None => Err(HostError::Invalid),
         };
     }
-    Ok(match authority.split_once(':') {
-        Some((name, port)) => (name, Some(port)),
+    // A byte scan: a host is a few bytes, shorter than a searcher's set-up.
+    Ok(match authority.bytes().position(|b| b == b':') {
+        Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
         None => (authority, None),
     })
 }
 
 /// Letters, digits, `-` and `_` in non-empty labels of at most 63
 /// characters, at most 253 in all (an IPv4 address passes as such a name).
+///
+/// One pass over the bytes (every request's host goes through here;
+/// splitting on dots cost about three times as many instructions).
 fn is_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let mut label = 0;
+    for b in name.bytes() {
+        if b == b'.' {
+            if label == 0 {
+                return false;
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return false;
+            }
+        } else {
+            return false;
+        }
+    }
+    label > 0
 }
 
 #[cfg(test)]
@@ -180,6 +195,66 @@ mod tests {
         }
         let req = b.body(()).unwrap();
         request_host(&req).map(|h| h.map(|h| format!("{}|{}", h.value.to_str().unwrap(), h.name())))
+    }
+
+    /// The rule [`is_dns_name`] implements, written the plain way.
+    fn dns_name_by_labels(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    }
+
+    #[test]
+    fn the_one_pass_name_check_agrees_with_the_rule() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        let mut cases: Vec<String> = [
+            "",
+            ".",
+            "a",
+            "a.",
+            ".a",
+            "a..b",
+            "a.b",
+            "a-b_c.d9",
+            "127.0.0.1",
+            "a b",
+            "a/b",
+            "a:b",
+            "\u{e9}.example",
+            "A.EXAMPLE",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cases.push(format!("{long}.{long}"));
+        cases.push(format!("{too_long}.a"));
+        cases.push(format!("a.{too_long}"));
+        cases.push([long.as_str(); 4].join("."));
+        // 253 bytes, then 254.
+        let three = [long.as_str(); 3].join(".");
+        cases.push(format!("{three}.{}", "a".repeat(61)));
+        cases.push(format!("{three}.{}", "a".repeat(62)));
+        // Every string of up to four bytes over an alphabet with each kind
+        // of byte the rule tells apart.
+        let alphabet = ['a', 'Z', '0', '-', '_', '.', ' ', ':', '\u{e9}'];
+        let mut short = vec![String::new()];
+        for _ in 0..4 {
+            short = short
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            cases.extend(short.iter().cloned());
+        }
+        for name in &cases {
+            assert_eq!(is_dns_name(name), dns_name_by_labels(name), "{name:?}");
+        }
     }
 
     #[test]
