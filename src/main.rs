@@ -963,15 +963,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the {what} address {addr}"))
 }
 
-/// mimalloc instead of the C library's allocator. A proxied request
-/// allocates about ten blocks, two of them its futures (5 kB and 1.6 kB),
-/// which glibc serves from its slower bins: its `malloc` and `free` were
-/// 3.4% of the gateway's CPU under load (`bench/profile.sh plain`; 1.9% with
-/// mimalloc) and about 2,400 instructions per small GET
-/// (`bench/callgrind.sh`; 1,400 fewer with mimalloc).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// How long shutdown waits for the access log's last lines to be written.
 const ACCESS_LOG_CLOSE: Duration = Duration::from_secs(2);
 
