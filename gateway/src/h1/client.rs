@@ -428,6 +428,20 @@ fn poll_fill(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
+/// Room for a read of a body with `left` bytes to come: up to
+/// [`MAX_READ`], and one byte more than the rest. A read that takes the
+/// whole rest then comes back short, which tells tokio the socket is
+/// drained; a read that filled its room exactly would leave the socket
+/// marked readable, and the connection's next request would pay a system
+/// call (`usable`'s one-byte read) to learn that it is idle.
+fn room_for_the_rest(left: u64) -> usize {
+    usize::try_from(left)
+        .unwrap_or(MAX_READ)
+        .min(MAX_READ)
+        .saturating_add(1)
+        .max(1024)
+}
+
 /// The response head at the front of `buf`, taken off it; interim (1xx)
 /// heads before it are taken off and dropped. `Ok(None)`: read more.
 /// `head_request`: the response answers a HEAD (it has no body).
@@ -601,9 +615,7 @@ impl Body for ResponseBody {
                 }
                 Framing::UntilClose => {}
             }
-            let want = this.left().map_or(pool::SIZE, |n| {
-                usize::try_from(n).unwrap_or(MAX_READ).clamp(1024, MAX_READ)
-            });
+            let want = this.left().map_or(pool::SIZE, room_for_the_rest);
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -943,6 +955,40 @@ mod tests {
         let e = send(io, req).await.unwrap_err();
         answering.await.unwrap();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_leaves_the_connection_known_idle() {
+        // Head and body in one write, the body longer than the first read:
+        // the last read must come back short, so the socket is known to be
+        // drained and taking the connection again costs no system call.
+        const LEN: usize = 3 * pool::SIZE + 500;
+        let (l, addr) = upstream().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_until(&mut s, b"\r\n\r\n").await;
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+            answer.resize(answer.len() + LEN, b'x');
+            s.write_all(&answer).await.unwrap();
+            s // kept open, silent
+        });
+        let io = TcpStream::connect(addr).await.unwrap();
+        let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+        let mut body = send(io, req).await.unwrap().into_body();
+        let mut got = 0;
+        while let Some(frame) = body.frame().await {
+            got += frame.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(got, LEN);
+        let io = body.reusable().expect("read to its end");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            io.poll_read_ready(&mut cx).is_pending(),
+            "the socket is still marked readable after its body was read to the end"
+        );
+        assert!(usable(&io));
+        drop(server.await.unwrap());
     }
 
     #[tokio::test]
