@@ -17,6 +17,8 @@
 //!   decoding with limits on size lines and trailers, and chunked encoding
 //!   for responses of unknown length.
 //! - [`response`]: the response head and its body framing.
+//! - [`outbox`]: what a connection has to write, large body frames
+//!   written from where they are (no copy).
 //! - [`body`]: the request body the proxy reads, fed by the connection.
 //! - [`pool`]: the per-thread pool the connections take their read and
 //!   write buffers from while they have work.
@@ -32,6 +34,7 @@ pub mod body;
 pub mod client;
 pub mod framing;
 pub mod head;
+pub mod outbox;
 pub mod pool;
 pub mod response;
 pub mod server;

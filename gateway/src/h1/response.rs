@@ -10,13 +10,14 @@
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header;
 use http::response::Parts;
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::Body;
 
 use super::framing::{CHUNK_END, chunk_size_line, last_chunk};
+use super::outbox::Outbox;
 
 /// How a response body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,26 +73,27 @@ impl ResponseFraming {
     }
 
     /// Appends one data frame.
-    pub fn data(self, out: &mut BytesMut, data: &[u8]) {
+    pub fn data(self, out: &mut Outbox, data: Bytes) {
         match self {
             ResponseFraming::None | ResponseFraming::Advertised(_) => {}
             ResponseFraming::Chunked => {
                 if !data.is_empty() {
-                    out.extend_from_slice(chunk_size_line(data.len()).as_ref());
-                    out.extend_from_slice(data);
-                    out.extend_from_slice(CHUNK_END);
+                    let size = chunk_size_line(data.len());
+                    out.gather().extend_from_slice(size.as_ref());
+                    out.data(data);
+                    out.gather().extend_from_slice(CHUNK_END);
                 }
             }
-            _ => out.extend_from_slice(data),
+            _ => out.data(data),
         }
     }
 
     /// Appends the end of the body; false when the body is short of what
     /// was declared (the connection must close).
-    pub fn end(self, out: &mut BytesMut, trailers: Option<&HeaderMap>, sent: u64) -> bool {
+    pub fn end(self, out: &mut Outbox, trailers: Option<&HeaderMap>, sent: u64) -> bool {
         match self {
             ResponseFraming::Chunked => {
-                out.extend_from_slice(&last_chunk(trailers));
+                out.gather().extend_from_slice(&last_chunk(trailers));
                 true
             }
             ResponseFraming::Length(n) => sent == n,

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -46,6 +46,7 @@ use super::body::RequestBody;
 use super::body::{BodySender, H1Body, H1BodyError};
 use super::framing::{BodyDecoder, BodyFraming, Frame};
 use super::head::{self, HeadError, RequestHead, has_token};
+use super::outbox::Outbox;
 use super::response::{ResponseFraming, write_head};
 use crate::h1::pool;
 use crate::idle::{ActivityIo, LazyDeadline};
@@ -119,7 +120,7 @@ struct Conn<I> {
     /// Bytes read and not yet used; empty (no allocation) while idle.
     buf: BytesMut,
     /// Bytes to write.
-    out: BytesMut,
+    out: Outbox,
     /// The header read timeout of the request being waited for.
     head_deadline: LazyDeadline,
 }
@@ -164,7 +165,7 @@ where
     let mut conn = Conn {
         io,
         buf,
-        out: BytesMut::new(),
+        out: Outbox::default(),
         head_deadline: LazyDeadline::new(settings.header_read_timeout),
     };
     async move {
@@ -195,7 +196,7 @@ impl<I: Io> Conn<I> {
     /// Gives the buffers back between requests when nothing is pending.
     fn rest(&mut self) {
         pool::give(&mut self.buf);
-        pool::give(&mut self.out);
+        self.out.rest();
     }
 
     /// Waits for the next request head. `None`: the connection ends
@@ -256,7 +257,7 @@ impl<I: Io> Conn<I> {
             status.canonical_reason().unwrap_or(""),
             super::response::date_line(),
         );
-        self.out.extend_from_slice(text.as_bytes());
+        self.out.gather().extend_from_slice(text.as_bytes());
         poll_fn(|cx| self.poll_write_out(cx)).await?;
         self.close().await
     }
@@ -268,14 +269,7 @@ impl<I: Io> Conn<I> {
 
     /// Writes all of `out` and flushes.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let n = ready!(std::pin::Pin::new(&mut self.io).poll_write(cx, &self.out))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out.advance(n);
-        }
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        self.out.poll_write(&mut self.io, cx)
     }
 }
 
@@ -326,10 +320,7 @@ impl<I: Io> Conn<I> {
             && framing != ResponseFraming::UntilClose
             && !has_token(&parts.headers, header::CONNECTION, "close")
             && !closing.load(Ordering::Acquire);
-        if self.out.capacity() == 0 {
-            self.out = pool::take();
-        }
-        write_head(&mut self.out, &parts, framing, keep, version);
+        write_head(self.out.gather(), &parts, framing, keep, version);
         let trailers = declared_trailers(&parts.headers, te_trailers);
         // Written: dropped now, so an upstream read buffer its values share
         // is back with its connection's sole owner when the body ends, and
@@ -458,7 +449,9 @@ impl<I: Io> Conn<I> {
                     return Ok(());
                 }
                 feed.expect = false;
-                self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                self.out
+                    .gather()
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
             if feed.decoder.is_done() {
                 sender.send(Ok(None));
@@ -516,7 +509,7 @@ impl<I: Io> Conn<I> {
 /// body is complete; `Err`: it broke (failed, or not the length declared),
 /// and the connection must close. Never writes past a declared length.
 fn put_frame<E: std::fmt::Display>(
-    out: &mut BytesMut,
+    out: &mut Outbox,
     framing: ResponseFraming,
     frame: Option<Result<http_body::Frame<Bytes>, E>>,
     sent: &mut u64,
@@ -535,12 +528,12 @@ fn put_frame<E: std::fmt::Display>(
             if let ResponseFraming::Length(n) = framing {
                 let room = usize::try_from(n - *sent).unwrap_or(usize::MAX);
                 if data.len() > room {
-                    framing.data(out, &data.split_to(room));
+                    framing.data(out, data.split_to(room));
                     return Err(());
                 }
             }
             *sent += data.len() as u64;
-            framing.data(out, &data);
+            framing.data(out, data);
             return Ok(false);
         }
         Err(frame) => frame.into_trailers().ok(),
@@ -628,7 +621,7 @@ mod tests {
 
     #[test]
     fn a_body_longer_than_its_length_is_cut_and_closes() {
-        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let (mut out, mut sent) = (Outbox::default(), 0);
         let framing = ResponseFraming::Length(3);
         assert_eq!(
             put_frame(&mut out, framing, data("ab"), &mut sent, &[]),
@@ -638,12 +631,12 @@ mod tests {
             put_frame(&mut out, framing, data("cdef"), &mut sent, &[]),
             Err(())
         );
-        assert_eq!(&out[..], b"abc", "nothing past the declared length");
+        assert_eq!(out.to_vec(), b"abc", "nothing past the declared length");
     }
 
     #[test]
     fn a_body_shorter_than_its_length_closes() {
-        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let (mut out, mut sent) = (Outbox::default(), 0);
         let framing = ResponseFraming::Length(3);
         assert_eq!(
             put_frame(&mut out, framing, data("ab"), &mut sent, &[]),
@@ -657,7 +650,7 @@ mod tests {
 
     #[test]
     fn only_declared_trailers_are_sent() {
-        let (mut out, mut sent) = (BytesMut::new(), 0);
+        let (mut out, mut sent) = (Outbox::default(), 0);
         let mut t = http::HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("0"));
         t.insert("x-other", HeaderValue::from_static("1"));
@@ -668,7 +661,7 @@ mod tests {
             put_frame(&mut out, framing, frame, &mut sent, &allowed),
             Ok(true)
         );
-        assert_eq!(&out[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+        assert_eq!(out.to_vec(), b"0\r\ngrpc-status: 0\r\n\r\n");
         let mut headers = http::HeaderMap::new();
         headers.insert(
             header::TRAILER,
