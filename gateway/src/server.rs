@@ -555,14 +555,14 @@ where
         let proxy = proxy.clone();
         let downstream = downstream.clone();
         let hsts = hsts.clone();
-        // Boxed once, small at creation: the request's (large) state machine is
-        // then built in place on the heap instead of being copied each time
-        // the server moves the request's future.
-        Box::pin(async move {
+        // Not boxed here: the native server boxes each request's exchange
+        // once, this future inside it (one allocation per request, not
+        // two); serve_hyper boxes it for hyper.
+        async move {
             let mut resp = proxy.handle(req, &downstream).await;
             add_hsts(&mut resp, hsts);
             resp
-        })
+        }
     };
     Either::Right(serve_with(io, prefix, protocol, shared, handle, watch))
 }
@@ -637,7 +637,9 @@ async fn serve_hyper<I, H, F, B>(
 {
     let handle = Arc::new(handle);
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let fut = handle(req.map(RequestBody::Hyper));
+        // Boxed: hyper's HTTP/1.1 dispatcher keeps room for the request's
+        // future for the connection's whole life.
+        let fut = Box::pin(handle(req.map(RequestBody::Hyper)));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
     let io = TokioIo::new(Rewind::new(prefix, io));

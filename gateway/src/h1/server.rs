@@ -28,7 +28,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -308,7 +308,11 @@ impl<I: Io> Conn<I> {
         let keep_alive = head.keep_alive;
         let te_trailers = head.te_trailers;
         let (req, mut feed, upgrade) = request(head);
-        let Some(resp) = self.await_response(service(req), &mut feed).await? else {
+        // Pinned here and borrowed: passed by value to an `async fn`, the
+        // request's future (the largest part of this state) would be kept
+        // twice, as the argument and as the pinned local.
+        let fut = pin!(service(req));
+        let Some(resp) = self.await_response(fut, &mut feed).await? else {
             tracing::debug!("client closed the connection; request cancelled");
             return Ok(Next::Close);
         };
@@ -344,10 +348,9 @@ impl<I: Io> Conn<I> {
     /// request is cancelled (its future dropped here).
     async fn await_response<Fut: Future>(
         &mut self,
-        fut: Fut,
+        mut fut: Pin<&mut Fut>,
         feed: &mut Feed,
     ) -> io::Result<Option<Fut::Output>> {
-        let mut fut = pin!(fut);
         poll_fn(|cx| {
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(Some(r)));
