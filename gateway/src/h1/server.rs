@@ -175,9 +175,9 @@ where
                 Some(Err(e)) => return conn.refuse(&e).await,
                 Some(Ok(head)) => head,
             };
-            // Boxed, once per request: a request's state (its head, body feed
-            // and response) is large, and inline it would size the task for the
-            // connection's whole life, idle or not.
+            // Boxed, once per request: a request's state (its head, body feed,
+            // the service's future and the response) is large, and inline it
+            // would size the task for the connection's whole life, idle or not.
             match Box::pin(conn.exchange(head, &mut service, closing)).await? {
                 Next::KeepAlive => conn.rest(),
                 Next::Close => return conn.close().await,
