@@ -590,6 +590,19 @@ async fn a_tcp_check_follows_the_port() {
 async fn bad_registrations_are_refused_naming_the_field() {
     let registry = TestRegistry::start(fast_leases()).await;
     let url = &registry.url;
+    // On etcd, reads answer from the replica's mirror of etcd, which takes
+    // in the replica's own session key a moment after start: count from
+    // the store's revision once reads reflect it.
+    eventually("reads to reflect the store's revision", || async {
+        let store = get(&format!("{url}/readyz"), &[]).await.json()["revision"].as_u64();
+        // The index is at least 1 (Consul clients read 0 as "no index").
+        let store = store.map(|r| r.max(1));
+        store
+            == Some(index(
+                &get(&format!("{url}/v1/catalog/services"), &[]).await,
+            ))
+    })
+    .await;
     let before = index(&get(&format!("{url}/v1/catalog/services"), &[]).await);
     let ttl = json!({"TTL": "10s"});
     for (body, field) in [

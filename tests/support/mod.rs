@@ -93,6 +93,10 @@ impl TestRegistry {
             let cluster = etcd::EtcdCluster::start(1).await;
             let mut r = Self::start_on_etcd(cluster.endpoints(), "/portico/", lease).await;
             r._etcd = Some(Box::new(cluster));
+            // Ready once its etcd session is open: writing the session's key
+            // spends a revision, and a test that counts revisions (bad
+            // input "changes nothing") must not see that write land late.
+            wait_ready(&r.url).await;
             return r;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -254,11 +258,21 @@ impl Drop for TestRegistry {
 
 /// Waits for `GET {url}/healthz` to answer 200.
 pub async fn wait_healthy(url: &str) {
+    wait_ok(&format!("{url}/healthz")).await;
+}
+
+/// Waits for `GET {url}/readyz` to answer 200: the store answers and
+/// takes writes.
+pub async fn wait_ready(url: &str) {
+    wait_ok(&format!("{url}/readyz")).await;
+}
+
+/// Waits for `GET url` to answer 200.
+async fn wait_ok(url: &str) {
     let http = http();
-    let url = format!("{url}/healthz");
-    eventually(&format!("{url} to answer"), || {
+    eventually(&format!("{url} to answer 200"), || {
         let http = http.clone();
-        let url = url.clone();
+        let url = url.to_string();
         async move {
             send(&http, Method::GET, &url, &[], Bytes::new())
                 .await
