@@ -5,8 +5,8 @@
 //! (one write for a head and a small body). A data frame larger than
 //! [`COPY_LIMIT`] stays where it is (a slice of the upstream's read
 //! buffer) and is written from there with the bytes around it in one
-//! vectored write: copying a 16 KiB frame into the gathered buffer was a
-//! third of the user-space instructions of a 16 KiB response (callgrind).
+//! vectored write: copying a 16 KiB response's frames into the gathered
+//! buffer was a quarter of its user-space instructions (callgrind).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
