@@ -365,7 +365,7 @@ fn serve_connection(
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<ServerTls>,
-    mut draining: Draining,
+    draining: Draining,
 ) -> impl Future<Output = ()> {
     async move {
         // Counted open, and holding its place under the caps, for as long as
@@ -391,55 +391,71 @@ fn serve_connection(
             // Boxed: the handshake's state is large, and inline it would
             // size every connection's task, cleartext ones too, for their
             // whole life.
-            Some(tls) => {
-                Box::pin(async move {
-                    let handshake =
-                        tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
-                    let accepted = tokio::select! {
-                        accepted = handshake => accepted,
-                        // Shutting down before the handshake finished: nothing to finish.
-                        _ = draining.closing.changed() => return,
-                    };
-                    let stream = match accepted {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tls.stats.count(Handshake::Failed, false);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tls.stats.count(Handshake::Timeout, false);
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let session = stream.get_ref().1;
-                    if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
-                        // A TLS-ALPN-01 validation: the handshake was the answer, and no
-                        // HTTP is spoken on such a connection (RFC 8737 §3).
-                        return;
-                    }
-                    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
-                    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-                    let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
-                    tls.stats.count(outcome, resumed);
-                    let mut downstream = shared.proxy.peer(peer, true);
-                    downstream.client_subject = crate::tls::client_subject(session);
-                    let conn = Conn {
-                        peer: Arc::new(downstream),
-                        hsts: tls.hsts.clone(),
-                        active,
-                        draining,
-                    };
-                    if h2 {
-                        // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
-                        serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
-                    } else {
-                        serve_detected(stream, &shared, conn).await;
-                    }
-                })
-                .await
+            Some(tls) => Box::pin(serve_tls(io, tls, peer, shared, active, draining)).await,
+        }
+    }
+}
+
+/// Serves a TLS connection: the handshake (within the header read
+/// timeout), then HTTP/2 when ALPN chose it, else detection as in
+/// cleartext. A TLS-ALPN-01 validation ends after its handshake.
+///
+/// A plain function around an `async move` block, as [`serve_connection`].
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in every TLS connection's task"
+)]
+fn serve_tls(
+    io: ActivityIo<TcpStream, (crate::metrics::ConnectionGuard, Permit)>,
+    tls: ServerTls,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    active: Arc<Activity>,
+    mut draining: Draining,
+) -> impl Future<Output = ()> {
+    async move {
+        let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
+        let accepted = tokio::select! {
+            accepted = handshake => accepted,
+            // Shutting down before the handshake finished: nothing to finish.
+            _ = draining.closing.changed() => return,
+        };
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tls.stats.count(Handshake::Failed, false);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
             }
+            Err(_) => {
+                tls.stats.count(Handshake::Timeout, false);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let session = stream.get_ref().1;
+        if session.alpn_protocol() == Some(crate::tls::alpn::ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validation: the handshake was the answer, and no
+            // HTTP is spoken on such a connection (RFC 8737 §3).
+            return;
+        }
+        let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let outcome = if h2 { Handshake::H2 } else { Handshake::Http1 };
+        tls.stats.count(outcome, resumed);
+        let mut downstream = shared.proxy.peer(peer, true);
+        downstream.client_subject = crate::tls::client_subject(session);
+        let conn = Conn {
+            peer: Arc::new(downstream),
+            hsts: tls.hsts.clone(),
+            active,
+            draining,
+        };
+        if h2 {
+            // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
+            serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
+        } else {
+            serve_detected(stream, &shared, conn).await;
         }
     }
 }
@@ -458,8 +474,7 @@ struct Conn {
 ///
 /// A plain function around an `async move` block (as [`serve_http`]): an
 /// `async fn` would keep `io` and `conn` twice in every connection's task
-/// for its whole life (168 bytes, which took the task past a size class of
-/// the allocator).
+/// for its whole life (168 bytes).
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would keep `io` and `conn` twice in every connection's task"

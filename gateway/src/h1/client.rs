@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 
 use super::framing::{BodyDecoder, BodyFraming, CHUNK_END, Frame, FramingError, chunk_size_line};
 use super::head::{self, MAX_HEADERS, Seen, Spans};
+use super::outbox::COPY_LIMIT;
 use super::response::{decimal, field};
 use crate::h1::pool;
 
@@ -50,9 +51,6 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Most bytes of a response body read at once (what one slow client can
 /// make the gateway hold per upstream connection).
 const MAX_READ: usize = 16 * 1024;
-/// Body frames up to this size are copied next to their framing and sent
-/// in one write; larger ones are written from where they are.
-const COPY_LIMIT: usize = 2048;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]

@@ -18,8 +18,9 @@ use tokio::io::AsyncWrite;
 
 use super::pool;
 
-/// Data frames up to this size are copied into the gathered buffer; larger
-/// ones are written from where they are.
+/// Data frames up to this size are copied next to their framing and sent
+/// in one write; larger ones are written from where they are (here, and
+/// for request bodies in the upstream client).
 pub const COPY_LIMIT: usize = 2048;
 /// Pieces written in one vectored write at most.
 const MAX_SLICES: usize = 16;
