@@ -14,6 +14,9 @@
 #                                    # to a file), not --no-access-log;
 #                                    # callgrind counts every thread, so
 #                                    # the log's writer thread is included
+#   NEWCONN=1 bench/callgrind.sh     # a new connection per request, each
+#                                    # asking `Connection: close` (the
+#                                    # harness's 4-new-conn scenario)
 #   H2C=1 bench/callgrind.sh         # the client speaks h2c (prior knowledge):
 #                                    # h2load, CONNS (1) connections x STREAMS (10)
 #                                    # concurrent streams; HEADERS unused
@@ -153,10 +156,19 @@ while True:
     except OSError:
         if time.time() > deadline: raise
         time.sleep(0.2)
+c.close()
+if os.environ.get("NEWCONN"):
+    headers["connection"] = "close"
 for i in range(n):
+    if os.environ.get("NEWCONN") or i == 0:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     c.request("GET", "/small", headers=headers)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+    if os.environ.get("NEWCONN"):
+        # The proxy closes after its answer; wait for that before the next.
+        assert r.will_close, "the proxy kept the connection open"
+        c.close()
 PY
   fi
   # SIGUSR1: HAProxy's soft stop (it exits, and callgrind writes its

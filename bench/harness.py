@@ -90,15 +90,17 @@ class Proc:
         return out
 
     def cpu_ticks(self):
-        total = 0
+        """CPU time so far, in clock ticks: (user, kernel)."""
+        user = kernel = 0
         for pid in self.pids():
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime + stime
+                user += int(fields[11])
+                kernel += int(fields[12])
             except FileNotFoundError:
                 pass
-        return total
+        return user, kernel
 
     def mem_kb(self, key):
         total = 0
@@ -432,7 +434,7 @@ def access_log_scenario(args, routes, portico_bin):
             for name, (proc, key) in peers.items():
                 r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[key]['h1']}/", 64, args.seconds))
                 runs[name].append(r)
-                log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req"
+                log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req (user {fmt(r.get('user_us_per_req'), 2)})"
                     f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
         metrics = http("GET", f"http://127.0.0.1:{port['admin']}/metrics")[1].decode()
         dropped = next((line.split()[1] for line in metrics.splitlines()
@@ -562,6 +564,12 @@ def origin_accepts():
     return total
 
 
+# More kernel events to count per request beside the system calls, for a
+# look into where a proxy's kernel time goes (`EXTRA_EVENTS=net:net_dev_xmit,
+# sched:sched_wakeup`): printed per repetition, not kept in the results.
+EXTRA_EVENTS = [e for e in os.environ.get("EXTRA_EVENTS", "").split(",") if e]
+
+
 class Syscalls:
     """System calls and context switches of a proxy's processes while a load
     runs, counted by the kernel (`perf stat` on the tracepoint
@@ -573,8 +581,8 @@ class Syscalls:
         if shutil.which("perf"):
             pids = ",".join(str(p) for p in proc.pids())
             self.p = subprocess.Popen(
-                ["perf", "stat", "-x,", "-o", self.out, "-e", "raw_syscalls:sys_enter,context-switches",
-                 "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                ["perf", "stat", "-x,", "-o", self.out, "-e",
+                 ",".join(["raw_syscalls:sys_enter", "context-switches"] + EXTRA_EVENTS), "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.2)  # perf attaches before the load starts
 
     def stop(self):
@@ -596,6 +604,7 @@ class Syscalls:
                         counts[parts[2]] = int(parts[0])
         except FileNotFoundError:
             pass
+        self.extra = {e: counts.get(e) for e in EXTRA_EVENTS}
         return counts.get("raw_syscalls:sys_enter"), counts.get("context-switches")
 
 
@@ -609,8 +618,14 @@ def measure(proc, fn):
     n = res["requests"]
     res["syscalls_per_req"] = syscalls / n if syscalls is not None and n else None
     res["switches_per_req"] = switches / n if switches is not None and n else None
-    cpu_us = (after - before) * 1_000_000 / CLK_TCK
+    if EXTRA_EVENTS and n:
+        extra = {e: c / n for e, c in perf.extra.items() if c is not None}
+        log("     per request: " + ", ".join(f"{e} {c:.2f}" for e, c in extra.items()))
+    user_us = (after[0] - before[0]) * 1_000_000 / CLK_TCK
+    cpu_us = user_us + (after[1] - before[1]) * 1_000_000 / CLK_TCK
     res["cpu_us_per_req"] = cpu_us / res["requests"] if res["requests"] else None
+    # The user-space part: where a proxy's own code differs most.
+    res["user_us_per_req"] = user_us / res["requests"] if res["requests"] else None
     res["rss_kb"] = proc.mem_kb("VmRSS")
     after_accepts = origin_accepts()
     if accepts is not None and after_accepts is not None and res["requests"]:
@@ -979,7 +994,7 @@ interval = "1s"
                 for name, proc in peers.items():
                     r = measure(proc, make(PORTS[name]))
                     runs[name].append(r)
-                    log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req"
+                    log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req (user {fmt(r.get('user_us_per_req'), 2)})"
                         f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
             results[sid] = {"title": title, "runs": runs}
 
@@ -998,7 +1013,7 @@ interval = "1s"
                 for name, proc, port in grpc_peers:
                     r = measure(proc, lambda: grpc_unary(port, args.seconds))
                     runs[name].append(r)
-                    log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req"
+                    log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req (user {fmt(r.get('user_us_per_req'), 2)})"
                         f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
             results["10-grpc-unary"] = {"title": "unary gRPC calls (h2load, 16 x 32 streams)", "runs": runs}
 
@@ -1234,9 +1249,9 @@ def render(machine, results, extra):
     out.append(f"Date: {machine['date']}. Command: `{machine['command']}` "
                f"({machine['reps']} interleaved repetitions of {machine['seconds']} s; medians, spread = (max-min)/median).")
     out.append("")
-    out.append("| scenario | proxy | req/s | spread | CPU-us/req | spread | p50 us | p99 us | errors+non2xx "
-               "| upstream reuse | syscalls/req | ctx switches/req | RSS after |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| scenario | proxy | req/s | spread | CPU-us/req | spread | of it user | p50 us | p99 us "
+               "| errors+non2xx | upstream reuse | syscalls/req | ctx switches/req | RSS after |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = []
     for sid, res in results.items():
         meds = {}
@@ -1246,7 +1261,8 @@ def render(machine, results, extra):
             meds[name] = (median(rps), median(cpu))
             bad = sum(r["errors"] + r["non2xx"] for r in runs)
             out.append(f"| {sid} | {name} | {fmt(median(rps), 0)} | {spread(rps):.0f}% | {fmt(median(cpu), 2)} | "
-                       f"{spread(cpu):.0f}% | {fmt(median([r['p50_us'] for r in runs]), 0)} | "
+                       f"{spread(cpu):.0f}% | {fmt(median([r.get('user_us_per_req') for r in runs]), 2)} | "
+                       f"{fmt(median([r['p50_us'] for r in runs]), 0)} | "
                        f"{fmt(median([r['p99_us'] for r in runs]), 0)} | {bad} | "
                        f"{fmt(median([r.get('upstream_reuse_pct') for r in runs]), 2)}% | "
                        f"{fmt(median([r.get('syscalls_per_req') for r in runs]), 2)} | "
