@@ -60,11 +60,26 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// Ends the connection's sending side once all is written, before the
+    /// connection is dropped. The default shuts the I/O down (TLS sends its
+    /// `close_notify` there).
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(self).poll_shutdown(cx)
+    }
 }
 
 impl<G: Unpin + Send + 'static> Io for ActivityIo<TcpStream, G> {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_ref().poll_read_ready(cx)
+    }
+
+    /// Nothing: closing the socket, which follows at once, sends the same
+    /// FIN after the same queued bytes as `shutdown(2)` would, one system
+    /// call fewer per closed connection. (Unread bytes from the client make
+    /// the close a reset either way.)
+    fn poll_close(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -264,7 +279,7 @@ impl<I: Io> Conn<I> {
 
     async fn close(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_write_out(cx)).await?;
-        tokio::io::AsyncWriteExt::shutdown(&mut self.io).await
+        poll_fn(|cx| self.io.poll_close(cx)).await
     }
 
     /// Writes all of `out` and flushes.
