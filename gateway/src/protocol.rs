@@ -9,9 +9,10 @@
 //! malformed request (400). Anything else goes to hyper's HTTP/1 parser,
 //! which answers what is malformed.
 //!
-//! The bytes read are handed to hyper first through [`Rewind`], so the
-//! request is parsed from them without another read: one `read` per new
-//! connection where a detect-then-parse design makes two.
+//! The bytes read are handed on, so the request is parsed from them without
+//! another read: one `read` per new connection where a detect-then-parse
+//! design makes two. The native HTTP/1 server goes on reading into the same
+//! buffer; hyper reads them first through [`Rewind`].
 
 use std::io;
 use std::pin::Pin;
@@ -33,7 +34,7 @@ pub enum Protocol {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Read this much at most before deciding: a request line longer than this
-/// is left to hyper.
+/// is left to the HTTP/1 server, which refuses it.
 const FIRST_READ: usize = 4096;
 
 /// The response to a request in an HTTP version Portico does not speak.
@@ -44,10 +45,14 @@ connection: close\r\n\
 content-length: 97\r\n\r\n\
 {\"error\":\"this gateway speaks HTTP/1.0, HTTP/1.1 and HTTP/2\",\"code\":\"http_version_not_supported\"}";
 
-/// Reads the first bytes of `io` and decides what it speaks; returns the
-/// bytes read, to be replayed. `None`: the peer closed without a request.
-pub async fn detect<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Option<(Protocol, Bytes)>> {
-    let mut buf = BytesMut::with_capacity(FIRST_READ);
+/// Reads the first bytes of `io` into `buf` and decides what it speaks;
+/// returns the buffer, whose bytes are to be replayed. `None`: the peer
+/// closed without a request. (The caller's buffer: the native HTTP/1 server
+/// takes a pooled one and goes on using it.)
+pub async fn detect<T: AsyncRead + Unpin>(
+    io: &mut T,
+    mut buf: BytesMut,
+) -> io::Result<Option<(Protocol, BytesMut)>> {
     loop {
         if io.read_buf(&mut buf).await? == 0 {
             return Ok(None);
@@ -57,7 +62,7 @@ pub async fn detect<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Option<(Prot
             None if buf.len() >= FIRST_READ => Protocol::Http1,
             None => continue,
         };
-        return Ok(Some((decided, buf.freeze())));
+        return Ok(Some((decided, buf)));
     }
 }
 

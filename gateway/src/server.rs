@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
@@ -453,7 +453,7 @@ fn serve_tls(
         };
         if h2 {
             // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
-            serve_http(stream, Bytes::new(), Protocol::H2c, &shared, conn).await;
+            serve_http(stream, BytesMut::new(), Protocol::H2c, &shared, conn).await;
         } else {
             serve_detected(stream, &shared, conn).await;
         }
@@ -490,7 +490,7 @@ where
             return;
         };
         if protocol == Protocol::Unsupported {
-            let mut io = Rewind::new(prefix, io);
+            let mut io = Rewind::new(prefix.freeze(), io);
             let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
             let _ = io.shutdown().await;
             return;
@@ -506,13 +506,13 @@ async fn detect<I>(
     io: &mut I,
     shared: &Shared,
     draining: &mut Draining,
-) -> Option<(Protocol, Bytes)>
+) -> Option<(Protocol, BytesMut)>
 where
     I: h1::server::Io,
 {
     let first = tokio::time::timeout(
         shared.protocols.header_read_timeout,
-        crate::protocol::detect(io),
+        crate::protocol::detect(io, h1::pool::take()),
     );
     tokio::select! {
         detected = first => detected.ok()?.ok()?,
@@ -529,7 +529,7 @@ where
 /// future it awaits, for the connection's whole life.
 fn serve_http<I>(
     io: I,
-    prefix: Bytes,
+    prefix: BytesMut,
     protocol: Protocol,
     shared: &Shared,
     conn: Conn,
@@ -604,7 +604,7 @@ fn add_hsts<B>(resp: &mut http::Response<B>, hsts: Option<HeaderValue>) {
 )]
 fn serve_with<I, H, F, B>(
     io: I,
-    prefix: Bytes,
+    prefix: BytesMut,
     protocol: Protocol,
     shared: &Shared,
     handle: H,
@@ -638,7 +638,7 @@ where
 /// Serves `handle` on `io` with hyper's HTTP/2 or HTTP/1.1 server.
 async fn serve_hyper<I, H, F, B>(
     io: I,
-    prefix: Bytes,
+    prefix: BytesMut,
     protocol: Protocol,
     shared: &Shared,
     handle: H,
@@ -657,7 +657,7 @@ async fn serve_hyper<I, H, F, B>(
         let fut = Box::pin(handle(req.map(RequestBody::Hyper)));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
-    let io = TokioIo::new(Rewind::new(prefix, io));
+    let io = TokioIo::new(Rewind::new(prefix.freeze(), io));
     if protocol == Protocol::H2c {
         let executor = StreamExecutor::default();
         let http2 = shared.protocols.http2(executor.clone());

@@ -160,7 +160,7 @@ enum Next {
 /// connection's whole life.
 pub fn serve<'a, I, F, Fut, B>(
     io: I,
-    prefix: Bytes,
+    prefix: BytesMut,
     settings: &'a Settings,
     closing: &'a AtomicBool,
     mut service: F,
@@ -172,14 +172,9 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    // Copied into a pooled buffer (a request's head or so), so the
-    // detection's buffer is freed now, not held for the connection's life.
-    let mut buf = pool::take();
-    buf.extend_from_slice(&prefix);
-    drop(prefix);
     let mut conn = Conn {
         io,
-        buf,
+        buf: prefix,
         out: Outbox::default(),
         head_deadline: LazyDeadline::new(settings.header_read_timeout),
     };
