@@ -34,6 +34,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
+# PORTICO_BIN: another build of Portico to measure (bench/pgo.sh trains its
+# profile-guided build with this harness); the bench tools stay in RELEASE.
+PORTICO = os.environ.get("PORTICO_BIN") or os.path.join(RELEASE, "portico")
 PROXY_CORE = "0"
 LOAD_CORE = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -891,7 +894,7 @@ def main():
         routes = os.path.join(WORK, "routes.toml")
         with open(routes, "w") as f:
             f.write(portico_routes(10))
-        portico_bin = os.path.join(RELEASE, "portico")
+        portico_bin = PORTICO
         portico_argv = [portico_bin, "--threads", "1", "gateway", "--listen",
                         f"127.0.0.1:{PORTS['portico']['h1']}", "--config", routes, "--no-access-log", "--no-admin",
                         "--tls-listen", f"127.0.0.1:{PORTS['portico']['tls']}",
@@ -1143,7 +1146,7 @@ def registry_benchmarks(args):
     out = {}
     tool = os.path.join(RELEASE, "registry_load")
     data = os.path.join(WORK, "reg-bench")
-    reg = Proc("registry-bench", [os.path.join(RELEASE, "portico"), "--threads", "1", "registry", "--control",
+    reg = Proc("registry-bench", [PORTICO, "--threads", "1", "registry", "--control",
                                   "127.0.0.1:19491", "--data-dir", data], PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
     try:
         wait_port(19491)
@@ -1168,7 +1171,7 @@ def registry_benchmarks(args):
 
     # Registration-to-routable, with 1,000 services and 10,000 instances present.
     data = os.path.join(WORK, "up-bench")
-    up = Proc("up-bench", [os.path.join(RELEASE, "portico"), "up", "--listen", "127.0.0.1:19492", "--control",
+    up = Proc("up-bench", [PORTICO, "up", "--listen", "127.0.0.1:19492", "--control",
                            "127.0.0.1:19493", "--data-dir", data, "--no-access-log", "--no-admin"], PROXY_CORE,
               env=dict(os.environ, RUST_LOG="warn"))
     try:
@@ -1200,9 +1203,9 @@ def route_propagation_benchmark():
     # with 1,000 routes present (registry and gateways share the proxy core).
     data = os.path.join(WORK, "routes-bench")
     env = dict(os.environ, RUST_LOG="warn")
-    reg = Proc("routes-registry", [os.path.join(RELEASE, "portico"), "registry", "--control", "127.0.0.1:19494",
+    reg = Proc("routes-registry", [PORTICO, "registry", "--control", "127.0.0.1:19494",
                                    "--data-dir", data], PROXY_CORE, env=env)
-    gateways = [Proc(f"routes-gateway-{i}", [os.path.join(RELEASE, "portico"), "gateway", "--registry",
+    gateways = [Proc(f"routes-gateway-{i}", [PORTICO, "gateway", "--registry",
                                              "http://127.0.0.1:19494", "--listen", f"127.0.0.1:{19495 + i}",
                                              "--no-admin", "--no-access-log"], PROXY_CORE, env=env)
                 for i in range(3)]
