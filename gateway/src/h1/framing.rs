@@ -115,6 +115,20 @@ impl BodyDecoder {
     pub fn is_done(&self) -> bool {
         matches!(self, BodyDecoder::Done)
     }
+
+    /// How many more bytes the body is known to hold from here: what is
+    /// left of a length, or of the chunk being read (with its CRLF); 0 when
+    /// unknown (a chunk's size line is next) or done. Lets the reader size
+    /// its reads to the body rather than to a request head.
+    pub fn known_ahead(&self) -> u64 {
+        match self {
+            BodyDecoder::Length(left) => *left,
+            BodyDecoder::Chunked(ChunkedDecoder {
+                state: Chunk::Data(n),
+            }) => n.saturating_add(2),
+            _ => 0,
+        }
+    }
 }
 
 /// Where a chunked decoder is in the body.
@@ -363,6 +377,27 @@ pub fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_known_to_come_follows_the_framing() {
+        let mut d = BodyDecoder::new(BodyFraming::Length(100_000));
+        assert_eq!(d.known_ahead(), 100_000);
+        let mut buf = BytesMut::from(&[b'x'; 40_000][..]);
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Data(_)))));
+        assert_eq!(d.known_ahead(), 60_000);
+
+        let mut d = BodyDecoder::new(BodyFraming::Chunked);
+        assert_eq!(d.known_ahead(), 0, "the size line is next");
+        let mut buf = BytesMut::from(&b"10000\r\nabc"[..]);
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Data(_)))));
+        assert_eq!(
+            d.known_ahead(),
+            0x10000 - 3 + 2,
+            "the chunk's rest and its CRLF"
+        );
+
+        assert_eq!(BodyDecoder::new(BodyFraming::Empty).known_ahead(), 0);
+    }
 
     /// Decodes all of `input` fed in pieces of `step` bytes.
     fn decode(
