@@ -180,12 +180,24 @@ http {{
   fastcgi_temp_path {WORK}/fcgi-{port};
   uwsgi_temp_path {WORK}/uwsgi-{port};
   scgi_temp_path {WORK}/scgi-{port};
+  # /upload answers once the whole body is read: a `return` answers at
+  # once and drops the rest of the body, and a proxy still sending it then
+  # cannot reuse the connection (nginx failed most uploads that way). The
+  # proxy module reads the body first (into memory, 2m), then asks /stored
+  # over a kept-alive connection to itself (no new accepts to count).
+  upstream self {{ server 127.0.0.1:{port}; keepalive 4; }}
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location / {{ return 200 "ok\\n"; }}
     location = /origin_status {{ stub_status; }}
     location = /16k {{ root {WORK}/www; try_files /16k =404; }}
-    location = /upload {{ client_max_body_size 4m; client_body_buffer_size 2m; return 200 "stored\\n"; }}
+    location = /upload {{
+      client_max_body_size 4m; client_body_buffer_size 2m;
+      proxy_pass_request_body off; proxy_set_header Content-Length "";
+      proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://self/stored;
+    }}
+    location = /stored {{ return 200 "stored\\n"; }}
   }}
 }}
 """
