@@ -15,8 +15,8 @@
 # functions (futures polled through layers, hyper, tokio), and the compiler
 # cannot tell the paths every request takes from the error paths around
 # them. With the counts it inlines and lays out the taken ones together:
-# about a fifth less user-space CPU per request in the harness (figures in
-# bench/RESULTS.md, "Issue 15: seventh pass"). The plain `cargo build
+# a tenth to a third less user-space CPU per request in the harness
+# (figures in bench/RESULTS.md, "Issue 15: seventh pass"). The plain `cargo build
 # --release` stays what the README and the tests use; this is the same
 # code, compiled with more knowledge.
 #
