@@ -34,7 +34,7 @@ pub enum Protocol {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Read this much at most before deciding: a request line longer than this
-/// is left to the HTTP/1 server, which refuses it.
+/// is left to the HTTP/1 server to judge (its own limits apply).
 const FIRST_READ: usize = 4096;
 
 /// The response to a request in an HTTP version Portico does not speak.
