@@ -22,7 +22,8 @@
 #
 # A path the training does not take is compiled as rarely run, not wrongly:
 # it stays correct, and may be slower than in a plain build. Takes about
-# 25 minutes on 2 cores (two fat-LTO builds and a short harness run); needs
+# half an hour on 2 cores (two fat-LTO builds, the plain one bench/run.sh
+# makes if it is stale, and a short harness run); needs
 # what bench/run.sh needs (it installs nginx, HAProxy, wrk and h2load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
