@@ -157,8 +157,9 @@ pub(super) fn field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// `n` in decimal, formatted on the stack: `to_string` allocated a
-/// `String` for every response's `Content-Length`.
-pub(super) fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
+/// `String` for every response's `Content-Length` (and `format!` for each
+/// connection's forwarding values).
+pub(crate) fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     let mut n = n;
     loop {

@@ -236,7 +236,7 @@ fn forwarded_for(ip: std::net::IpAddr, proto: &str) -> (HeaderValue, HeaderValue
                 if i > 0 {
                     buf.put_u8(b'.');
                 }
-                put_octet(&mut buf, octet);
+                buf.put_slice(crate::h1::response::decimal(octet.into(), &mut [0; 20]));
             }
             4..buf.len()
         }
@@ -256,18 +256,6 @@ fn forwarded_for(ip: std::net::IpAddr, proto: &str) -> (HeaderValue, HeaderValue
     let valid = "an IP address is a valid header value";
     let ip = HeaderValue::from_maybe_shared(all.slice(ip_at)).expect(valid);
     (HeaderValue::from_maybe_shared(all).expect(valid), ip)
-}
-
-/// `octet` in decimal, without leading zeros.
-fn put_octet(buf: &mut bytes::BytesMut, octet: u8) {
-    use bytes::BufMut;
-    if octet >= 100 {
-        buf.put_u8(b'0' + octet / 100);
-    }
-    if octet >= 10 {
-        buf.put_u8(b'0' + octet / 10 % 10);
-    }
-    buf.put_u8(b'0' + octet % 10);
 }
 
 /// What one request carries through the phases, and what the last phase
