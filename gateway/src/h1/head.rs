@@ -17,6 +17,8 @@
 //! What is refused says which field and why ([`HeadError`]); the server
 //! answers 431 for a head too large and 400 for the rest.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
@@ -165,9 +167,13 @@ struct Located {
 }
 
 fn locate(buf: &[u8], max_head: usize) -> Result<Option<Located>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    // Uninitialised: 100 empty fields are 3.2 KB of stores per request
+    // that httparse overwrites anyway (callgrind's cache simulation counted
+    // them as a quarter of a proxied GET's L1 write misses, with the
+    // response's own).
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) if n > max_head => {
             return Err(HeadError::TooLarge { limit: max_head });
         }
