@@ -308,14 +308,10 @@ async fn accept_loop(
         // Boxed: the connection's future (about 2 kB) is then written once,
         // into its box, and tokio moves a pointer into its task and out
         // again; spawned whole it was copied five times (callgrind).
-        tokio::spawn(Box::pin(serve_connection(
-            stream,
-            permit,
-            peer,
-            shared.clone(),
-            tls.clone(),
-            draining.clone(),
-        )));
+        let (shared, tls, draining) = (shared.clone(), tls.clone(), draining.clone());
+        tokio::spawn(h1::box_in_place(move || {
+            serve_connection(stream, permit, peer, shared, tls, draining)
+        }));
     }
 }
 
@@ -394,7 +390,9 @@ fn serve_connection(
             // Boxed: the handshake's state is large, and inline it would
             // size every connection's task, cleartext ones too, for their
             // whole life.
-            Some(tls) => Box::pin(serve_tls(io, tls, peer, shared, active, draining)).await,
+            Some(tls) => {
+                h1::box_in_place(|| serve_tls(io, tls, peer, shared, active, draining)).await
+            }
         }
     }
 }
@@ -634,7 +632,7 @@ where
         }
         // Boxed: hyper's connection state would otherwise size every native
         // connection's task too.
-        Box::pin(serve_hyper(io, prefix, protocol, shared, handle, watch)).await;
+        h1::box_in_place(|| serve_hyper(io, prefix, protocol, shared, handle, watch)).await;
     }
 }
 
@@ -657,7 +655,7 @@ async fn serve_hyper<I, H, F, B>(
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         // Boxed: hyper's HTTP/1.1 dispatcher keeps room for the request's
         // future for the connection's whole life.
-        let fut = Box::pin(handle(req.map(RequestBody::Hyper)));
+        let fut = h1::box_in_place(|| handle(req.map(RequestBody::Hyper)));
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
     let io = TokioIo::new(Rewind::new(prefix.freeze(), io));

@@ -194,7 +194,9 @@ where
             // Boxed, once per request: a request's state (its head, body feed,
             // the service's future and the response) is large, and inline it
             // would size the task for the connection's whole life, idle or not.
-            match Box::pin(conn.exchange(head, &mut service, closing)).await? {
+            // Made in its box, not copied there (`box_in_place`).
+            let exchange = super::box_in_place(|| conn.exchange(head, &mut service, closing));
+            match exchange.await? {
                 Next::KeepAlive => conn.rest(),
                 Next::Close => return conn.close().await,
                 Next::Upgrade(tx) => {
