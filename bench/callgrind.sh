@@ -20,6 +20,16 @@
 #   H2C=1 bench/callgrind.sh         # the client speaks h2c (prior knowledge):
 #                                    # h2load, CONNS (1) connections x STREAMS (10)
 #                                    # concurrent streams; HEADERS unused
+#   NGINX=1 bench/callgrind.sh       # the same load through nginx (one
+#                                    # process, master off, keep-alive
+#                                    # upstream as the harness has it);
+#                                    # HTTP/1 only
+#   SIM=1 bench/callgrind.sh         # callgrind's cache and branch simulation
+#                                    # too: prints every event per request
+#                                    # (I1/D1/LL misses, mispredicted
+#                                    # branches), which these virtual
+#                                    # machines' missing hardware counters
+#                                    # cannot give
 #   HAPROXY=1 H2C=1 bench/callgrind.sh
 #                                    # the same load through HAProxy (one
 #                                    # thread, proto h2 frontend, round robin,
@@ -123,6 +133,48 @@ $servers
 CFG
 }
 
+vg_flags=()
+[ -n "${SIM:-}" ] && vg_flags=(--cache-sim=yes --branch-sim=yes)
+# nginx as the bench harness runs it (one worker, here without a master so
+# that valgrind follows the process that does the work).
+nginx_conf() {
+  local servers=""
+  for u in $(echo "$upstreams" | tr -d '",'); do
+    servers="$servers    server $u;
+"
+  done
+  cat <<CFG
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx.$2.pid;
+error_log $work/nginx.$2.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path $work/body.$2;
+  proxy_temp_path $work/proxy.$2;
+  fastcgi_temp_path $work/fcgi.$2;
+  uwsgi_temp_path $work/uwsgi.$2;
+  scgi_temp_path $work/scgi.$2;
+  upstream origins {
+$servers    keepalive 128;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen 127.0.0.1:$1;
+    location / {
+      proxy_pass http://origins;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CFG
+}
+
 log_flag=--no-access-log
 [ -n "${ACCESS_LOG:-}" ] && log_flag=""
 run() {
@@ -130,12 +182,16 @@ run() {
   gw_port=$(port)
   # The access log (when on) goes to stderr, that is to vg.$n with
   # valgrind's own messages.
-  if [ -n "${HAPROXY:-}" ]; then
+  if [ -n "${NGINX:-}" ]; then
+    nginx_conf "$gw_port" "$n" >"$work/nginx.$n.conf"
+    valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" nginx -c "$work/nginx.$n.conf" \
+      >/dev/null 2>"$work/vg.$n" &
+  elif [ -n "${HAPROXY:-}" ]; then
     haproxy_conf "$gw_port" >"$work/haproxy.$n.cfg"
-    valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" haproxy -f "$work/haproxy.$n.cfg" \
+    valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" haproxy -f "$work/haproxy.$n.cfg" \
       >/dev/null 2>"$work/vg.$n" &
   else
-  RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
+  RUST_LOG=info valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
     $log_flag ${GATEWAY_FLAGS:-} --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
   fi
@@ -173,13 +229,26 @@ PY
   fi
   # SIGUSR1: HAProxy's soft stop (it exits, and callgrind writes its
   # counts, once its connections are closed); Portico drains on SIGINT.
-  if [ -n "${HAPROXY:-}" ]; then kill -USR1 $pid; else kill -INT $pid; fi
+  # nginx stops gracefully on SIGQUIT.
+  if [ -n "${NGINX:-}" ]; then kill -QUIT $pid
+  elif [ -n "${HAPROXY:-}" ]; then kill -USR1 $pid; else kill -INT $pid; fi
   wait $pid || true
   if [ -n "${ACCESS_LOG:-}" ]; then
     echo "access-log lines at $n: $(grep -c 'portico::access' "$work/vg.$n")" >&2
   fi
-  callgrind_annotate "$work/cg.$n" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}'
+  # Every event's total, separated by spaces (only Ir without SIM).
+  awk '/^totals:/ {$1=""; print}' "$work/cg.$n"
 }
 low=$(run "$LOW")
 high=$(run "$HIGH")
-echo "instructions per request: $(( (high - low) / (HIGH - LOW) ))  (totals $low at $LOW, $high at $HIGH)"
+if [ -z "${SIM:-}" ]; then
+  echo "instructions per request: $(( (${high// /} - ${low// /}) / (HIGH - LOW) ))  (totals $low at $LOW, $high at $HIGH)"
+else
+  events=$(awk '/^events:/ {$1=""; print}' "$work/cg.$LOW")
+  python3 - "$events" "$low" "$high" "$((HIGH - LOW))" <<'PY'
+import sys
+names, low, high, n = sys.argv[1].split(), sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4])
+for name, a, b in zip(names, low, high):
+    print(f"{name:>5} per request: {(int(b) - int(a)) / n:,.1f}")
+PY
+fi
