@@ -999,10 +999,10 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?
         .block_on(run(cli.command));
-    if let Some(log) = access_log {
-        if !log.close(ACCESS_LOG_CLOSE) {
-            tracing::warn!("the access log's last lines were not written: its output is stalled");
-        }
+    if let Some(log) = access_log
+        && !log.close(ACCESS_LOG_CLOSE)
+    {
+        tracing::warn!("the access log's last lines were not written: its output is stalled");
     }
     result
 }

@@ -650,7 +650,7 @@ async fn counting_backend(
                     while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                         pending.drain(..end + 4);
                         answered += 1;
-                        let answer: &[u8] = if answered % 2 == 0 {
+                        let answer: &[u8] = if answered.is_multiple_of(2) {
                             b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength"
                         } else {
                             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nchu\r\n4\r\nnked\r\n0\r\n\r\n"

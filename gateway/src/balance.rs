@@ -312,10 +312,10 @@ impl EndpointSet {
                     }
                 }
                 let mut turns = local.set.turns(mode);
-                if let Some((j, e)) = local.set.pick_any(lb, key, &local_avoid[..m], &mut turns) {
-                    if !e.health.is_out(now) {
-                        return Some((local.to_global[j], e));
-                    }
+                if let Some((j, e)) = local.set.pick_any(lb, key, &local_avoid[..m], &mut turns)
+                    && !e.health.is_out(now)
+                {
+                    return Some((local.to_global[j], e));
                 }
             }
         }

@@ -113,10 +113,10 @@ fn to_str(v: &HeaderValue) -> Result<&str, HostError> {
 /// [`RequestHost::name`], which is).
 pub fn route_name(authority: &str) -> Result<&str, HostError> {
     let (name, port) = split_port(authority)?;
-    if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(HostError::Invalid);
-        }
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(HostError::Invalid);
     }
     let name = if let Some(v6) = name.strip_prefix('[') {
         let inner = v6.strip_suffix(']').ok_or(HostError::Invalid)?;

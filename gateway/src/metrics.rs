@@ -304,13 +304,13 @@ impl UpstreamLatencies {
     fn observe<S: EndpointIds>(&self, set: &Arc<S>, index: usize, latency: Duration) {
         {
             let current = self.resolved.load();
-            if let Some(r) = current.as_deref() {
-                if std::ptr::addr_eq(r.set.as_ptr(), Arc::as_ptr(set)) {
-                    if let Some(h) = r.histograms.get(index) {
-                        h.observe(latency);
-                    }
-                    return;
+            if let Some(r) = current.as_deref()
+                && std::ptr::addr_eq(r.set.as_ptr(), Arc::as_ptr(set))
+            {
+                if let Some(h) = r.histograms.get(index) {
+                    h.observe(latency);
                 }
+                return;
             }
         }
         let resolved = self.resolve(set);

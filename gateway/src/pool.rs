@@ -101,10 +101,9 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::get_ref)
+            && inner.downcast_ref::<rustls::Error>().is_some()
         {
-            if inner.downcast_ref::<rustls::Error>().is_some() {
-                return true;
-            }
+            return true;
         }
         current = err.source();
     }
@@ -726,10 +725,10 @@ where
 /// (the proxy prepares requests for `https` endpoints this way).
 fn http1_form(mut req: Request<UpstreamBody>) -> Request<UpstreamBody> {
     if req.version() == http::Version::HTTP_2 {
-        if let Some(authority) = req.uri().authority() {
-            if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(http::header::HOST, host);
-            }
+        if let Some(authority) = req.uri().authority()
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(http::header::HOST, host);
         }
         let path = req.uri().path_and_query().cloned();
         *req.uri_mut() = path.map_or_else(|| http::Uri::from_static("/"), http::Uri::from);

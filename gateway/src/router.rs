@@ -152,10 +152,10 @@ pub fn check(route: &Route, req: &RequestView<'_>) -> Result<(), Mismatch> {
     if !route.methods.is_empty() && !route.methods.contains(req.method) {
         return Err(Mismatch::Method);
     }
-    if let PathMatch::Regex(p) = &route.path {
-        if !p.is_match(req.path) {
-            return Err(Mismatch::PathRegex);
-        }
+    if let PathMatch::Regex(p) = &route.path
+        && !p.is_match(req.path)
+    {
+        return Err(Mismatch::PathRegex);
     }
     if let Some(n) = route.headers.iter().position(|h| !h.matches(req.headers)) {
         return Err(Mismatch::Header(n));
@@ -273,38 +273,35 @@ impl PathTable {
         let path = req.path;
         // Empty maps are skipped before hashing: most tables have no exact
         // paths, and most requests no host routes.
-        if !self.exact.is_empty() {
-            if let Some((key, ids)) = self.exact.get_key_value(path) {
-                if visit(ids, key, 0) {
-                    return best;
-                }
-            }
+        if !self.exact.is_empty()
+            && let Some((key, ids)) = self.exact.get_key_value(path)
+            && visit(ids, key, 0)
+        {
+            return best;
         }
         if self.prefix.is_empty() {
             return best;
         }
-        if let Some((key, ids)) = self.prefix.get_key_value(path) {
-            if visit(ids, key, path.len()) {
-                return best;
-            }
+        if let Some((key, ids)) = self.prefix.get_key_value(path)
+            && visit(ids, key, path.len())
+        {
+            return best;
         }
         // Walk segment boundaries from the longest: for "/a/b" try "/a/", "/a", "/".
         let bytes = path.as_bytes();
         let mut end = path.len();
         while let Some(slash) = bytes[..end].iter().rposition(|&b| b == b'/') {
-            if slash + 1 < path.len() {
-                if let Some((key, ids)) = self.prefix.get_key_value(&path[..=slash]) {
-                    if visit(ids, key, slash + 1) {
-                        return best;
-                    }
-                }
+            if slash + 1 < path.len()
+                && let Some((key, ids)) = self.prefix.get_key_value(&path[..=slash])
+                && visit(ids, key, slash + 1)
+            {
+                return best;
             }
-            if slash > 0 {
-                if let Some((key, ids)) = self.prefix.get_key_value(&path[..slash]) {
-                    if visit(ids, key, slash) {
-                        return best;
-                    }
-                }
+            if slash > 0
+                && let Some((key, ids)) = self.prefix.get_key_value(&path[..slash])
+                && visit(ids, key, slash)
+            {
+                return best;
             }
             end = slash;
         }

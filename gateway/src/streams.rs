@@ -96,10 +96,10 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if this.ended.is_none() {
-            if let Poll::Ready(outcome) = this.conn.as_mut().poll(cx) {
-                this.ended = Some(outcome);
-            }
+        if this.ended.is_none()
+            && let Poll::Ready(outcome) = this.conn.as_mut().poll(cx)
+        {
+            this.ended = Some(outcome);
         }
         this.adopt_queued();
         // Streams that answer queue their frames and wake this task, so the

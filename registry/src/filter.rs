@@ -947,17 +947,16 @@ fn compile_api_key(spec: &FilterSpec) -> Result<ApiKey, Refusal> {
         (None, Some(_)) => None,
         (None, None) => Some(HeaderName::from_static(DEFAULT_API_KEY_HEADER)),
     };
-    if let Some(q) = &spec.query {
-        if q.is_empty()
+    if let Some(q) = &spec.query
+        && (q.is_empty()
             || !q
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
-        {
-            return Err((
-                "query",
-                format!("{q:?} is not a parameter name (letters, digits, -_.~)"),
-            ));
-        }
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)))
+    {
+        return Err((
+            "query",
+            format!("{q:?} is not a parameter name (letters, digits, -_.~)"),
+        ));
     }
     let consumer_header = compile_consumer_header(spec)?;
     if header.as_ref() == Some(&consumer_header) {
@@ -996,10 +995,10 @@ fn compile_jwt(spec: &FilterSpec) -> Result<Jwt, Refusal> {
             d
         }
     };
-    if let Some(aud) = &spec.audience {
-        if aud.is_empty() || aud.iter().any(String::is_empty) {
-            return Err(("audience", "give one or more non-empty values".into()));
-        }
+    if let Some(aud) = &spec.audience
+        && (aud.is_empty() || aud.iter().any(String::is_empty))
+    {
+        return Err(("audience", "give one or more non-empty values".into()));
     }
     if spec.issuer.as_deref() == Some("") {
         return Err(("issuer", "is empty".into()));
@@ -1012,14 +1011,13 @@ fn compile_jwt(spec: &FilterSpec) -> Result<Jwt, Refusal> {
         let name = header_name(header).map_err(|r| ("claims_to_headers", r))?;
         claims_to_headers.push((claim.clone(), name));
     }
-    if let Some(c) = &spec.cookie {
-        if c.is_empty()
+    if let Some(c) = &spec.cookie
+        && (c.is_empty()
             || !c
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(("cookie", format!("{c:?} is not a cookie name")));
-        }
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        return Err(("cookie", format!("{c:?} is not a cookie name")));
     }
     Ok(Jwt {
         algorithms,

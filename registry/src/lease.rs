@@ -298,7 +298,7 @@ impl SweepHealth {
                 h.in_a_row += 1;
                 h.since_ms.get_or_insert_with(unix_ms);
                 h.error = Some(e.to_string());
-                if h.in_a_row == 1 || h.in_a_row % 60 == 0 {
+                if h.in_a_row == 1 || h.in_a_row.is_multiple_of(60) {
                     tracing::warn!(error = %e, in_a_row = h.in_a_row, "lease sweep failed: nothing expires while sweeps fail; retrying");
                 }
             }

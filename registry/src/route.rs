@@ -1452,13 +1452,13 @@ fn compile_upstream_tls(spec: &UpstreamTlsSpec) -> Result<UpstreamTls, (&'static
             }
         },
     };
-    if let Some(name) = &spec.server_name {
-        if crate::model::validate_address(name).is_err() {
-            return Err((
-                "upstream_tls.server_name",
-                "must be a DNS name or an IP address".into(),
-            ));
-        }
+    if let Some(name) = &spec.server_name
+        && crate::model::validate_address(name).is_err()
+    {
+        return Err((
+            "upstream_tls.server_name",
+            "must be a DNS name or an IP address".into(),
+        ));
     }
     Ok(UpstreamTls {
         ca,

@@ -272,10 +272,10 @@ fn check_order(file: &Path, plan: &Plan, registry: &[RouteSpec]) -> Result<(), C
                 match_field(&route.spec),
             )));
         }
-        if let Some(old) = key_of.insert(name.clone(), key.clone()) {
-            if holder.get(&old) == Some(name) {
-                holder.remove(&old);
-            }
+        if let Some(old) = key_of.insert(name.clone(), key.clone())
+            && holder.get(&old) == Some(name)
+        {
+            holder.remove(&old);
         }
         holder.insert(key, name.clone());
     }

@@ -46,10 +46,10 @@ pub fn authenticate(
     let consumer = consumers
         .lookup(key)
         .ok_or_else(|| unauthorized(config, "unknown API key"))?;
-    if let Some(allowed) = &config.consumers {
-        if !allowed.iter().any(|a| **a == *consumer) {
-            return Err(AuthRefusal::Forbidden { consumer });
-        }
+    if let Some(allowed) = &config.consumers
+        && !allowed.iter().any(|a| **a == *consumer)
+    {
+        return Err(AuthRefusal::Forbidden { consumer });
     }
     let value = HeaderValue::from_str(&consumer)
         .expect("a consumer name (the route name rule) is a valid header value");

@@ -164,10 +164,11 @@ impl JwtFilter {
         let digest = api_key_hash(token.as_bytes());
         let generation = self.generation();
         let now = unix_now();
-        if let Some(v) = self.cache.lock().expect("jwt cache poisoned").get(&digest) {
-            if v.generation == generation && now <= v.until {
-                return Ok(v.clone());
-            }
+        if let Some(v) = self.cache.lock().expect("jwt cache poisoned").get(&digest)
+            && v.generation == generation
+            && now <= v.until
+        {
+            return Ok(v.clone());
         }
         let head = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         if !self

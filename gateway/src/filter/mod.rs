@@ -339,22 +339,22 @@ impl FilterChain {
         if let Some(why) = &self.unavailable {
             return Err(Refusal::Unavailable(why.clone()));
         }
-        if let Some(filter) = &self.ip_filter {
-            if !filter.admits(head.client) {
-                return Err(Refusal::AddressRefused(head.client));
-            }
+        if let Some(filter) = &self.ip_filter
+            && !filter.admits(head.client)
+        {
+            return Err(Refusal::AddressRefused(head.client));
         }
         let mut consumer = None;
         for filter in &self.custom_access {
             head.run_custom(&**filter, &mut consumer).await?;
         }
-        if let Some(cors) = &self.cors {
-            if cors::CorsFilter::is_preflight(head.method, head.headers) {
-                return Err(match cors.preflight(head.headers) {
-                    Some(answer) => Refusal::Answer(Box::new(answer)),
-                    None => Refusal::CorsRefused,
-                });
-            }
+        if let Some(cors) = &self.cors
+            && cors::CorsFilter::is_preflight(head.method, head.headers)
+        {
+            return Err(match cors.preflight(head.headers) {
+                Some(answer) => Refusal::Answer(Box::new(answer)),
+                None => Refusal::CorsRefused,
+            });
         }
         for auth in &self.auth {
             auth.run(&mut head, consumers, &mut consumer).await?;

@@ -281,10 +281,10 @@ impl LimitShare {
 /// nothing), else the key nearest to rest.
 fn make_room(map: &mut HashMap<u64, u64>, now: u64, cap: usize) {
     map.retain(|_, tat| *tat > now);
-    if map.len() >= cap {
-        if let Some(oldest) = map.iter().min_by_key(|(_, tat)| **tat).map(|(k, _)| *k) {
-            map.remove(&oldest);
-        }
+    if map.len() >= cap
+        && let Some(oldest) = map.iter().min_by_key(|(_, tat)| **tat).map(|(k, _)| *k)
+    {
+        map.remove(&oldest);
     }
 }
 

@@ -293,10 +293,10 @@ where
             }
         }
         loop {
-            if !self.input.is_empty() {
-                if let Some(head) = parse_head(&mut self.input, self.head_request)? {
-                    return Poll::Ready(Ok(head));
-                }
+            if !self.input.is_empty()
+                && let Some(head) = parse_head(&mut self.input, self.head_request)?
+            {
+                return Poll::Ready(Ok(head));
             }
             if ready!(poll_fill(&mut self.io, cx, &mut self.input, pool::SIZE))
                 .map_err(ClientError::Read)?

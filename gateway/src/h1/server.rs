@@ -384,10 +384,10 @@ impl<I: Io> Conn<I> {
             }
             self.poll_feed(cx, feed)?;
             // `100 Continue`, once the request reads its body.
-            if !self.out.is_empty() {
-                if let Poll::Ready(written) = self.poll_write_out(cx) {
-                    written?;
-                }
+            if !self.out.is_empty()
+                && let Poll::Ready(written) = self.poll_write_out(cx)
+            {
+                written?;
             }
             if feed.done() && ready!(self.poll_gone(cx)) {
                 return Poll::Ready(Ok(None));

@@ -297,14 +297,12 @@ impl Proxy {
         set.record(index, failed, &self.outlier);
         if let (Some(policy), Some(endpoint), Some(ticket)) =
             (&route.breaker, set.endpoints().get(index), ticket)
-        {
-            if endpoint
+            && endpoint
                 .health
                 .breaker
                 .record(now_ms(), policy, ticket, failed)
-            {
-                tracing::warn!(endpoint = %endpoint.id, route = %route.name, "circuit opened");
-            }
+        {
+            tracing::warn!(endpoint = %endpoint.id, route = %route.name, "circuit opened");
         }
     }
 
@@ -868,16 +866,16 @@ impl<'a> Tries<'a> {
     /// rebuilds the request from what was kept.
     async fn before_retry(&mut self) -> Result<Request<UpstreamBody>, ProxyError> {
         let route = &self.entry.route;
-        if self.retry_slot.is_none() {
-            if let Some(max) = route.limits.max_retries {
-                match self.entry.state.retry(max) {
-                    Some(slot) => self.retry_slot = Some(slot),
-                    None => {
-                        return Err(ProxyError::Overloaded {
-                            route: route.name.to_string(),
-                            limit: max,
-                        });
-                    }
+        if self.retry_slot.is_none()
+            && let Some(max) = route.limits.max_retries
+        {
+            match self.entry.state.retry(max) {
+                Some(slot) => self.retry_slot = Some(slot),
+                None => {
+                    return Err(ProxyError::Overloaded {
+                        route: route.name.to_string(),
+                        limit: max,
+                    });
                 }
             }
         }

@@ -178,12 +178,12 @@ pub(crate) fn check<B>(req: &Request<B>, policy: &EdgePolicy) -> Result<Front, P
     }
     let host = request_host(req)?;
     let path = normalize(uri.path(), &policy.path)?;
-    if policy.underscores == UnderscorePolicy::Reject {
-        if let Some(name) = req.headers().keys().find(|k| k.as_str().contains('_')) {
-            return Err(ProxyError::HeaderName {
-                name: name.as_str().to_string(),
-            });
-        }
+    if policy.underscores == UnderscorePolicy::Reject
+        && let Some(name) = req.headers().keys().find(|k| k.as_str().contains('_'))
+    {
+        return Err(ProxyError::HeaderName {
+            name: name.as_str().to_string(),
+        });
     }
     Ok(Front {
         host,

@@ -659,22 +659,22 @@ impl Proxy {
         (read_timeout, timer): (Duration, Option<LazyDeadline>),
         compress: Option<(&Compressor, Option<&HeaderValue>)>,
     ) -> Response<ProxyBody> {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(downstream) = downstream_upgrade {
-                // Checked when the head arrived: a 101 only comes this far
-                // when the client asked for it.
-                let upstream = hyper::upgrade::on(&mut resp);
-                self.tunnels.spawn(downstream, upstream);
-                let headers = resp.headers_mut();
-                let proto = headers.get(header::UPGRADE).cloned();
-                strip_hop_by_hop(headers);
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                if let Some(proto) = proto {
-                    headers.insert(header::UPGRADE, proto);
-                }
-                return resp
-                    .map(|b| Either::Left(Either::Left(TimedBody::new(b, read_timeout, timer))));
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(downstream) = downstream_upgrade
+        {
+            // Checked when the head arrived: a 101 only comes this far
+            // when the client asked for it.
+            let upstream = hyper::upgrade::on(&mut resp);
+            self.tunnels.spawn(downstream, upstream);
+            let headers = resp.headers_mut();
+            let proto = headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(headers);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(proto) = proto {
+                headers.insert(header::UPGRADE, proto);
             }
+            return resp
+                .map(|b| Either::Left(Either::Left(TimedBody::new(b, read_timeout, timer))));
         }
         strip_hop_by_hop(resp.headers_mut());
         let resp = resp.map(|b| TimedBody::new(b, read_timeout, timer));
@@ -689,10 +689,10 @@ impl Proxy {
     /// Phase 6: the headers every response carries, metrics, access log.
     fn finish(&self, mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
         *resp.version_mut() = ctx.version;
-        if let (Some(origin), Some(entry)) = (&ctx.cors_origin, ctx.entry) {
-            if let Some(chain) = &entry.filters {
-                chain.on_cors(origin, resp.headers_mut());
-            }
+        if let (Some(origin), Some(entry)) = (&ctx.cors_origin, ctx.entry)
+            && let Some(chain) = &entry.filters
+        {
+            chain.on_cors(origin, resp.headers_mut());
         }
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -712,17 +712,17 @@ impl Proxy {
             None => self.metrics.no_route(),
         };
         metrics.record(resp.status(), elapsed);
-        if let Some(chain) = ctx.entry.and_then(|e| e.filters.as_ref()) {
-            if !chain.custom().is_empty() {
-                let entry = crate::filter::custom::LogEntry {
-                    route: &ctx.entry.expect("a chain comes with its route").route.name,
-                    status: resp.status(),
-                    duration: elapsed,
-                    upstream: ctx.upstream.as_deref(),
-                    extensions: &ctx.extensions,
-                };
-                chain.custom().iter().for_each(|f| f.on_log(&entry));
-            }
+        if let Some(chain) = ctx.entry.and_then(|e| e.filters.as_ref())
+            && !chain.custom().is_empty()
+        {
+            let entry = crate::filter::custom::LogEntry {
+                route: &ctx.entry.expect("a chain comes with its route").route.name,
+                status: resp.status(),
+                duration: elapsed,
+                upstream: ctx.upstream.as_deref(),
+                extensions: &ctx.extensions,
+            };
+            chain.custom().iter().for_each(|f| f.on_log(&entry));
         }
         if ctx.grpc.is_none() {
             if let Some((method, uri)) = &ctx.logged {

@@ -219,10 +219,11 @@ fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
 /// The path and query the upstream receives: the normalised path, with
 /// `strip` bytes of matched prefix removed, and the query as received.
 fn upstream_path(uri: &Uri, path: &str, strip: Option<usize>) -> Result<PathAndQuery, ProxyError> {
-    if strip.is_none() && path == uri.path() {
-        if let Some(pq) = uri.path_and_query() {
-            return Ok(pq.clone());
-        }
+    if strip.is_none()
+        && path == uri.path()
+        && let Some(pq) = uri.path_and_query()
+    {
+        return Ok(pq.clone());
     }
     let rest = match strip {
         Some(n) => path.get(n..).unwrap_or(""),

@@ -70,10 +70,10 @@ impl CertSet {
             if let Some(&i) = self.exact.get(&name) {
                 return Some(&self.certs[i]);
             }
-            if let Some((_, parent)) = name.split_once('.') {
-                if let Some(&i) = self.wildcard.get(parent) {
-                    return Some(&self.certs[i]);
-                }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(&i) = self.wildcard.get(parent)
+            {
+                return Some(&self.certs[i]);
             }
         }
         self.certs.first()

@@ -284,14 +284,14 @@ const CHECK_IGNORED: [&str; 6] = [
 impl Checks {
     fn add(&mut self, mut c: Fields, default_id: &str) -> Result<(), ConsulError> {
         for key in ["checkid", "id"] {
-            if let Some(given) = c.string(key, "CheckID")? {
-                if given != default_id {
-                    return Err(bad(format!(
-                        "{}: Portico names this check {default_id:?} (as Consul does by \
+            if let Some(given) = c.string(key, "CheckID")?
+                && given != default_id
+            {
+                return Err(bad(format!(
+                    "{}: Portico names this check {default_id:?} (as Consul does by \
                          default) and cannot keep another id",
-                        c.name("CheckID")
-                    )));
-                }
+                    c.name("CheckID")
+                )));
             }
         }
         if let Some(s) = c.string("status", "Status")? {
@@ -323,13 +323,13 @@ impl Checks {
         let mut native = Map::new();
         if let Some(url) = c.string("http", "HTTP")? {
             native.insert("path".into(), Value::String(url));
-            if let Some(m) = c.string("method", "Method")? {
-                if !m.eq_ignore_ascii_case("GET") {
-                    return Err(bad(format!(
-                        "{}: Portico checks with GET",
-                        c.name("Method")
-                    )));
-                }
+            if let Some(m) = c.string("method", "Method")?
+                && !m.eq_ignore_ascii_case("GET")
+            {
+                return Err(bad(format!(
+                    "{}: Portico checks with GET",
+                    c.name("Method")
+                )));
             }
         } else if let Some(target) = c.string("tcp", "TCP")? {
             native.insert("tcp".into(), Value::String(target));
