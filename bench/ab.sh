@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Two Portico builds, interleaved: CPU time per proxied small GET of each.
+#
+#   bench/ab.sh BIN_A BIN_B [REPS]      # REPS pairs (default 5)
+#   SECONDS_PER_RUN=8 CONNS=64 bench/ab.sh ...
+#
+# Each run starts the build under test (`gateway --threads 1
+# --no-access-log`, pinned to core 1) in front of one nginx origin that
+# answers "ok", warms it for 2 s with wrk (pinned to core 0), then measures
+# SECONDS_PER_RUN seconds and prints requests per second and the
+# gateway's user and system CPU microseconds per request (from
+# /proc/PID/stat). A and B alternate, so the machine's drift falls on
+# both; compare pairs, not single lines. The harness (`bench/run.sh`)
+# compares Portico with nginx and HAProxy; this compares two Portico
+# commits with each other. All traffic is on 127.0.0.1; every run is
+# bounded by wrk's duration.
+set -euo pipefail
+A=$1
+B=$2
+REPS=${3:-5}
+SECS=${SECONDS_PER_RUN:-8}
+CONNS=${CONNS:-64}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+origin=$(port)
+cat >"$work/origin.conf" <<CFG
+worker_processes 1;
+daemon off;
+pid $work/origin.pid;
+error_log $work/origin.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f;
+  uwsgi_temp_path $work/u; scgi_temp_path $work/s;
+  server { listen 127.0.0.1:$origin; location / { return 200 "ok\n"; } }
+}
+CFG
+cat >"$work/routes.toml" <<TOML
+[[route]]
+name = "all"
+path_prefix = "/"
+upstreams = ["127.0.0.1:$origin"]
+TOML
+nginx -c "$work/origin.conf" &
+
+# run LABEL BIN: one measured run.
+run() {
+  local label=$1 bin=$2 gw pid
+  gw=$(port)
+  taskset -c 1 "$bin" gateway --threads 1 --no-access-log --no-admin --listen "127.0.0.1:$gw" \
+    --config "$work/routes.toml" --config-poll-interval 0s >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$gw/" && break; sleep 0.05; done
+  curl -sf -o /dev/null "http://127.0.0.1:$gw/" || { echo "$label: the gateway did not answer" >&2; exit 1; }
+  taskset -c 0 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$gw/" >/dev/null
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$gw/")
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  if echo "$out" | grep -q "Non-2xx"; then echo "$label: errors: $out" >&2; exit 1; fi
+  python3 - "$label" "$((u1 - u0))" "$((s1 - s0))" "$(echo "$out" | awk '/requests in/ {print $1}')" \
+    "$SECS" "$(getconf CLK_TCK)" <<'PY'
+import sys
+label, u, s, n, secs, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+us = 1e6 / tck
+print(f"{label}: {n / secs:9,.0f} req/s  user {u * us / n:6.2f} us  system {s * us / n:6.2f} us  "
+      f"total {(u + s) * us / n:6.2f} us per request")
+PY
+}
+for _ in $(seq "$REPS"); do
+  run A "$A"
+  run B "$B"
+done
