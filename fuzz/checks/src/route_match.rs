@@ -327,15 +327,15 @@ impl Request {
 /// A regex route is filed under its literal prefix: any path it matches must
 /// start with that prefix, or the router never tries it there.
 fn regex_stays_under_its_prefix(route: &Route, path: &str) {
-    if let PathMatch::Regex(p) = &route.path {
-        if p.is_match(path) {
-            assert!(
-                path.starts_with(p.literal_prefix()),
-                "{:?} matches {path:?}, outside its literal prefix {:?}",
-                p.source(),
-                p.literal_prefix()
-            );
-        }
+    if let PathMatch::Regex(p) = &route.path
+        && p.is_match(path)
+    {
+        assert!(
+            path.starts_with(p.literal_prefix()),
+            "{:?} matches {path:?}, outside its literal prefix {:?}",
+            p.source(),
+            p.literal_prefix()
+        );
     }
 }
 
