@@ -3,14 +3,16 @@
 #
 #   bench/ab.sh BIN_A BIN_B [REPS]      # REPS pairs (default 5)
 #   SECONDS_PER_RUN=8 CONNS=64 bench/ab.sh ...
+#   NEWCONN=1 bench/ab.sh ...           # each request on a new connection
+#                                       # (wrk sends `Connection: close`)
 #
 # Each run starts the build under test (`gateway --threads 1
 # --no-access-log`, pinned to core 1) in front of one nginx origin that
 # answers "ok", warms it for 2 s with wrk (pinned to core 0), then measures
 # SECONDS_PER_RUN seconds and prints requests per second and the
 # gateway's user and system CPU microseconds per request (from
-# /proc/PID/stat). A and B alternate, so the machine's drift falls on
-# both; compare pairs, not single lines. The harness (`bench/run.sh`)
+# /proc/PID/stat). A and B alternate (ABBA), so the machine's drift falls
+# on both; compare pairs, not single lines. The harness (`bench/run.sh`)
 # compares Portico with nginx and HAProxy; this compares two Portico
 # commits with each other. All traffic is on 127.0.0.1; every run is
 # bounded by wrk's duration.
@@ -20,6 +22,8 @@ B=$2
 REPS=${3:-5}
 SECS=${SECONDS_PER_RUN:-8}
 CONNS=${CONNS:-64}
+wrk_args=()
+[ -n "${NEWCONN:-}" ] && wrk_args=(-H "Connection: close")
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -57,9 +61,9 @@ run() {
   pid=$!
   for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$gw/" && break; sleep 0.05; done
   curl -sf -o /dev/null "http://127.0.0.1:$gw/" || { echo "$label: the gateway did not answer" >&2; exit 1; }
-  taskset -c 0 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$gw/" >/dev/null
+  taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw/" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:$gw/")
+  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw/")
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   kill "$pid"
   wait "$pid" 2>/dev/null || true
@@ -73,7 +77,15 @@ print(f"{label}: {n / secs:9,.0f} req/s  user {u * us / n:6.2f} us  system {s * 
       f"total {(u + s) * us / n:6.2f} us per request")
 PY
 }
-for _ in $(seq "$REPS"); do
-  run A "$A"
-  run B "$B"
+# ABBA order: whichever runs second in a pair meets the first one's
+# leftovers (sockets in TIME_WAIT after NEWCONN runs, a warmer page
+# cache), so the order alternates.
+for i in $(seq "$REPS"); do
+  if [ $((i % 2)) -eq 1 ]; then
+    run A "$A"
+    run B "$B"
+  else
+    run B "$B"
+    run A "$A"
+  fi
 done
