@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -446,11 +447,11 @@ def access_log_scenario(args, routes, portico_bin):
         time.sleep(0.5)
         runs = {name: [] for name in peers}
         for rep in range(args.reps):
-            for name, (proc, key) in peers.items():
+            for name, (proc, key) in rotated(peers.items(), rep):
                 r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[key]['h1']}/", 64, args.seconds))
                 runs[name].append(r)
                 log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req (user {fmt(r.get('user_us_per_req'), 2)})"
-                    f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
+                    f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}  time_wait {r['time_wait_before']}")
         metrics = http("GET", f"http://127.0.0.1:{port['admin']}/metrics")[1].decode()
         dropped = next((line.split()[1] for line in metrics.splitlines()
                         if line.startswith("portico_access_log_dropped_total ")), None)
@@ -623,7 +624,31 @@ class Syscalls:
         return counts.get("raw_syscalls:sys_enter"), counts.get("context-switches")
 
 
+def rotated(items, rep):
+    """`items` in the order of repetition `rep`: each repetition starts one
+    place further on, so with as many repetitions as proxies each one runs
+    first, second and last once. A fixed order is not fair: a run meets
+    what the runs before it left, such as the last runs' sockets in
+    TIME_WAIT after a new-connection scenario (hundreds of thousands, which
+    made a gateway's kernel time per request 40% higher in `bench/ab.sh`),
+    and the proxy always running last always met the most."""
+    items = list(items)
+    k = rep % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def time_wait():
+    """Sockets in TIME_WAIT now (`ss -s`), logged with each run."""
+    try:
+        out = subprocess.run(["ss", "-s"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"timewait (\d+)", out)
+        return int(m.group(1)) if m else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 def measure(proc, fn):
+    tw = time_wait()
     accepts = origin_accepts()
     perf = Syscalls(proc)
     before = proc.cpu_ticks()
@@ -642,6 +667,7 @@ def measure(proc, fn):
     # The user-space part: where a proxy's own code differs most.
     res["user_us_per_req"] = user_us / res["requests"] if res["requests"] else None
     res["rss_kb"] = proc.mem_kb("VmRSS")
+    res["time_wait_before"] = tw
     after_accepts = origin_accepts()
     if accepts is not None and after_accepts is not None and res["requests"]:
         # Each status read is itself one accepted connection.
@@ -1006,11 +1032,11 @@ interval = "1s"
             log(f"== {sid}: {title}")
             runs = {name: [] for name in peers}
             for rep in range(args.reps):
-                for name, proc in peers.items():
+                for name, proc in rotated(peers.items(), rep):
                     r = measure(proc, make(PORTS[name]))
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req (user {fmt(r.get('user_us_per_req'), 2)})"
-                        f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
+                        f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}  time_wait {r['time_wait_before']}")
             results[sid] = {"title": title, "runs": runs}
 
         if not only or "10-grpc-unary" in only:
@@ -1025,11 +1051,11 @@ interval = "1s"
             for name, _, port in grpc_peers:
                 grpc_check(name, port)
             for rep in range(args.reps):
-                for name, proc, port in grpc_peers:
+                for name, proc, port in rotated(grpc_peers, rep):
                     r = measure(proc, lambda: grpc_unary(port, args.seconds))
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:8} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2):>6} CPU-us/req (user {fmt(r.get('user_us_per_req'), 2)})"
-                        f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}")
+                        f"  p99 {fmt(r['p99_us'], 0)} us  errors {r['errors']}  non2xx {r['non2xx']}  time_wait {r['time_wait_before']}")
             results["10-grpc-unary"] = {"title": "unary gRPC calls (h2load, 16 x 32 streams)", "runs": runs}
 
         if not only or "16-access-log" in only:
@@ -1043,7 +1069,7 @@ interval = "1s"
             log("== 6-routes: 10 routes vs 10,000 routes (Portico)")
             runs = {"portico": [], "portico-10k-routes": []}
             for rep in range(args.reps):
-                for name, proc in (("portico", portico), ("portico-10k-routes", big)):
+                for name, proc in rotated((("portico", portico), ("portico-10k-routes", big)), rep):
                     r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[name]['h1']}/", 64, args.seconds))
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req")
@@ -1052,7 +1078,7 @@ interval = "1s"
             log("== 9-features: default route vs least_request + retry policy + limits + breaker + health check")
             runs = {"portico": [], "portico-features": []}
             for rep in range(args.reps):
-                for name, proc in (("portico", portico), ("portico-features", features)):
+                for name, proc in rotated((("portico", portico), ("portico-features", features)), rep):
                     r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[name]['h1']}/", 64, args.seconds))
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req")
@@ -1062,7 +1088,7 @@ interval = "1s"
             runs = {"portico": [], "portico-filters": []}
             auth = ["Authorization: Bearer " + hs256_token(JWT_SECRET)]
             for rep in range(args.reps):
-                for name, proc in (("portico", portico), ("portico-filters", filtered)):
+                for name, proc in rotated((("portico", portico), ("portico-filters", filtered)), rep):
                     r = measure(proc, lambda: wrk(f"http://127.0.0.1:{PORTS[name]['h1']}/", 64, args.seconds, headers=auth))
                     runs[name].append(r)
                     log(f"   rep {rep + 1} {name:20} {r['rps']:>10,.0f} req/s  {fmt(r['cpu_us_per_req'], 2)} CPU-us/req"
