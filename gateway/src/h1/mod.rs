@@ -24,6 +24,8 @@
 //!   write buffers from while they have work.
 //! - [`server`]: the connection loop: heads, bodies, responses, pipelined
 //!   requests in order, upgrades handed to a tunnel, no buffer held idle.
+//! - `box_in_place` (here): a future boxed where it is made, for the
+//!   futures the gateway boxes per connection and per request.
 //!
 //! Bytes flow one way: a connection reads into a `BytesMut`;
 //! [`head::parse`] takes the head off its front, and the
