@@ -629,9 +629,10 @@ def rotated(items, rep):
     place further on, so with as many repetitions as proxies each one runs
     first, second and last once. A fixed order is not fair: a run meets
     what the runs before it left, such as the last runs' sockets in
-    TIME_WAIT after a new-connection scenario (hundreds of thousands, which
-    made a gateway's kernel time per request 40% higher in `bench/ab.sh`),
-    and the proxy always running last always met the most."""
+    TIME_WAIT after a new-connection scenario (as they accumulated to
+    hundreds of thousands, a gateway's kernel time per request rose by about
+    40% in `bench/ab.sh`'s runs), and the proxy always running last always
+    met the most."""
     items = list(items)
     k = rep % len(items) if items else 0
     return items[k:] + items[:k]
