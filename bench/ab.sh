@@ -29,21 +29,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 origin=$(port)
-cat >"$work/origin.conf" <<CFG
-worker_processes 1;
-daemon off;
-pid $work/origin.pid;
-error_log $work/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f;
-  uwsgi_temp_path $work/u; scgi_temp_path $work/s;
-  server { listen 127.0.0.1:$origin; location / { return 200 "ok\n"; } }
-}
-CFG
+# shellcheck source=bench/ok-origin.sh
+. "$(dirname "$0")/ok-origin.sh"
+ok_origin_conf "$work" "$origin" >"$work/origin.conf"
 cat >"$work/routes.toml" <<TOML
 [[route]]
 name = "all"

@@ -21,20 +21,9 @@ for port in 19301 19302 19303; do
         exit 1
     fi
 done
-cat >"$work/origin.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/origin.pid;
-error_log $work/origin.err warn;
-events { worker_connections 8000; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f;
-  uwsgi_temp_path $work/u; scgi_temp_path $work/s;
-  server { listen 127.0.0.1:19301; location / { return 200 "ok\n"; } }
-}
-CONF
+# shellcheck source=bench/ok-origin.sh
+. "$root/bench/ok-origin.sh"
+ok_origin_conf "$work" 19301 >"$work/origin.conf"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=bench.test -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 \
     -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
