@@ -143,6 +143,8 @@ where
     // connection failed must not run twice (nginx's rule too).
     if encoding == Encoding::Empty && parts.method.is_idempotent() {
         ex.replay = Some(parts);
+    } else {
+        pool::give_map(parts.headers);
     }
     async move {
         let head = poll_fn(|cx| ex.poll(cx)).await?;
@@ -305,7 +307,9 @@ where
                 return Poll::Ready(Err(ClientError::ClosedBeforeAnswer));
             }
             // A byte of an answer came: the request reached the upstream.
-            self.replay = None;
+            if let Some(parts) = self.replay.take() {
+                pool::give_map(parts.headers);
+            }
         }
     }
 

@@ -279,7 +279,7 @@ pub(super) fn header_map(
     fields: &Spans,
     room: usize,
 ) -> Result<(HeaderMap, Seen), &'static str> {
-    let mut headers = HeaderMap::with_capacity(fields.len() + room);
+    let mut headers = super::pool::map(fields.len() + room);
     let mut seen = Seen::default();
     for &(name, value) in fields {
         let name = field_name(&bytes[name.0..name.1]).ok_or("invalid header name")?;

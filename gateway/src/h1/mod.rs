@@ -21,7 +21,8 @@
 //!   written from where they are (no copy).
 //! - [`body`]: the request body the proxy reads, fed by the connection.
 //! - [`pool`]: the per-thread pool the connections take their read and
-//!   write buffers from while they have work.
+//!   write buffers from while they have work, and the header maps of the
+//!   heads parsed (given back once a head is written).
 //! - [`server`]: the connection loop: heads, bodies, responses, pipelined
 //!   requests in order, upgrades handed to a tunnel, no buffer held idle.
 //! - `box_in_place` (here): a future boxed where it is made, for the

@@ -1,4 +1,5 @@
-//! A per-thread pool of I/O buffers for the native server.
+//! A per-thread pool of I/O buffers and header maps for the native
+//! HTTP/1 server and client.
 //!
 //! A connection holds no buffer while it waits for its next request (that
 //! is what keeps an idle connection small), so without a pool every request
@@ -11,10 +12,20 @@
 //! response that grew its buffer past that frees it), and only `KEPT` per
 //! thread: 256 KiB per worker thread when they are of the usual size, 1 MiB
 //! at most, however many connections come and go.
+//!
+//! Header maps ([`map`], [`give_map`]): each head the native codec parses
+//! becomes a `HeaderMap`, two per proxied request. A map's entries are 104
+//! bytes each, so a map with room for the dozen fields of a usual head
+//! (1,248 bytes) is larger than glibc's per-thread cache takes (1,032
+//! bytes): each one went through `malloc`'s slow path and, under load, its
+//! consolidation of freed small chunks. A map whose head has been written
+//! out is cleared and kept here for the next head instead (`KEPT_MAPS` per
+//! thread, each of at most `LARGEST_MAP` fields' room).
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
+use http::HeaderMap;
 
 /// Capacity of a pooled buffer: one read's worth.
 pub const SIZE: usize = 4096;
@@ -23,8 +34,44 @@ const LARGEST: usize = 4 * SIZE;
 /// Buffers kept per thread.
 const KEPT: usize = 64;
 
+/// Header maps kept per thread.
+const KEPT_MAPS: usize = 32;
+/// Largest map kept, in fields it has room for (a map of 24 is 2.5 kB); a
+/// map grown past it by a head of many fields is freed.
+const LARGEST_MAP: usize = 24;
+
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for at least `fields` fields: a kept one
+/// when there is one.
+pub fn map(fields: usize) -> HeaderMap {
+    match MAPS.with(|maps| maps.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Gives `map` back once its head is written: its fields are dropped now
+/// (and with them the read buffer they were slices of is released), its
+/// room kept for the next head unless the thread keeps enough already or
+/// it grew large.
+pub fn give_map(mut map: HeaderMap) {
+    if map.capacity() > LARGEST_MAP {
+        return;
+    }
+    map.clear();
+    MAPS.with(|maps| {
+        let mut maps = maps.borrow_mut();
+        if maps.len() < KEPT_MAPS {
+            maps.push(map);
+        }
+    });
 }
 
 /// An empty buffer with room for at least [`SIZE`] bytes.
@@ -96,5 +143,28 @@ mod tests {
         let mut usual = BytesMut::with_capacity(SIZE);
         give(&mut usual);
         assert_eq!(kept(), before + 1);
+    }
+
+    fn kept_maps() -> usize {
+        MAPS.with(|maps| maps.borrow().len())
+    }
+
+    #[test]
+    fn a_map_given_back_is_cleared_and_its_values_released() {
+        let head = bytes::Bytes::from_static(b"x-one: 1");
+        let mut used = map(8);
+        let value = http::HeaderValue::from_maybe_shared(head.slice(7..)).unwrap();
+        used.insert("x-one", value);
+        let room = used.capacity();
+        let before = kept_maps();
+        give_map(used);
+        assert_eq!(kept_maps(), before + 1);
+        let again = map(4);
+        assert!(again.is_empty(), "no field of the last head is left");
+        assert_eq!(again.capacity(), room, "its room is kept");
+        let more = map(100);
+        assert!(more.capacity() >= 100, "room is made for a larger head");
+        give_map(more);
+        assert_eq!(kept_maps(), before, "a map grown past the limit is freed");
     }
 }

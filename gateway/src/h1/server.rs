@@ -353,11 +353,12 @@ impl<I: Io> Conn<I> {
             && !closing.load(Ordering::Acquire);
         write_head(self.out.gather(), &parts, framing, keep, version);
         let trailers = declared_trailers(&parts.headers, te_trailers);
-        // Written: dropped now, so an upstream read buffer its values share
-        // is back with its connection's sole owner when the body ends, and
-        // is pooled again rather than freed (one `malloc` and one `free`
-        // fewer per proxied request, callgrind).
-        drop(parts);
+        // Written: its fields dropped now, so an upstream read buffer its
+        // values share is back with its connection's sole owner when the
+        // body ends, and is pooled again rather than freed (one `malloc`
+        // and one `free` fewer per proxied request, callgrind); the map
+        // itself is kept for the next head.
+        pool::give_map(parts.headers);
         let complete = self.send_body(body, framing, &trailers, &mut feed).await?;
         keep = keep && complete && feed.decoder.is_done() && !feed.broken;
         if upgrading {
