@@ -101,13 +101,15 @@ pub fn give(buf: &mut BytesMut) {
     });
 }
 
+/// Buffers this thread keeps now.
+#[cfg(test)]
+pub(crate) fn kept() -> usize {
+    FREE.with(|free| free.borrow().len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kept() -> usize {
-        FREE.with(|free| free.borrow().len())
-    }
 
     #[test]
     fn a_buffer_given_back_is_taken_again_whole() {

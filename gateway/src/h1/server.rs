@@ -187,7 +187,10 @@ where
     async move {
         loop {
             let head = match conn.next_head(settings, closing).await {
-                None => return Ok(()),
+                None => {
+                    conn.rest();
+                    return Ok(());
+                }
                 Some(Err(e)) => return conn.refuse(&e).await,
                 Some(Ok(head)) => head,
             };
@@ -281,8 +284,13 @@ impl<I: Io> Conn<I> {
         self.close().await
     }
 
+    /// Writes what is left, gives the buffers back and closes: a
+    /// connection per request (`Connection: close`) takes its buffers from
+    /// the pool like any other, rather than allocating two 4 kB buffers
+    /// for every request.
     async fn close(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_write_out(cx)).await?;
+        self.rest();
         poll_fn(|cx| self.io.poll_close(cx)).await
     }
 
@@ -648,6 +656,40 @@ mod tests {
 
     fn data(s: &'static str) -> Framed {
         Some(Ok(http_body::Frame::data(Bytes::from(s))))
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_after_its_request_gives_its_buffers_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (io, _) = listener.accept().await.unwrap();
+        let io = ActivityIo::new(io, crate::idle::Activity::new());
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let settings = Settings {
+            header_read_timeout: Duration::from_secs(30),
+            max_head: 16 * 1024,
+        };
+        let closing = AtomicBool::new(false);
+        let before = pool::kept();
+        let service = |_req| async { Response::new(http_body_util::Full::new(Bytes::from("ok"))) };
+        serve(io, BytesMut::new(), &settings, &closing, service)
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+        assert_eq!(
+            pool::kept(),
+            before + 2,
+            "the read buffer and the write buffer are back in the pool"
+        );
     }
 
     #[test]
