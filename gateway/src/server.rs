@@ -284,6 +284,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(listener) = listener else { return };
+    nodelay_for_accepted(&listener);
     let name = if tls.is_some() {
         "gateway-tls"
     } else {
@@ -318,6 +319,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         // Boxed: the connection's future (about 2 kB) is then written once,
         // into its box, and tokio moves a pointer into its task and out
@@ -326,6 +328,16 @@ async fn accept_loop(
         tokio::spawn(h1::box_in_place(move || {
             serve_connection(stream, permit, peer, shared, tls, draining)
         }));
+    }
+}
+
+/// `TCP_NODELAY` on the listener: Linux gives an accepted socket the
+/// listener's options, so each connection has it without a `setsockopt`
+/// of its own (one system call fewer per connection; elsewhere each
+/// accepted socket still sets it).
+fn nodelay_for_accepted(listener: &TcpListener) {
+    if let Err(e) = socket2::SockRef::from(listener).set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "could not set TCP_NODELAY on the listener");
     }
 }
 
@@ -765,5 +777,24 @@ async fn drive<C, E>(
                 graceful(conn.as_mut());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the accept loop relies on instead of a `setsockopt` per
+    /// connection: an accepted socket has the listener's `TCP_NODELAY`.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        nodelay_for_accepted(&listener);
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY inherited");
     }
 }
