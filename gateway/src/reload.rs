@@ -90,7 +90,9 @@ pub fn spawn(
                 settling = None;
                 continue;
             }
-            if !signalled && last.is_some() {
+            // The first check too: a file rewritten while the watcher
+            // starts can be read empty (truncated, not yet written).
+            if !signalled {
                 match settling {
                     Some((digest, since)) if digest == seen => {
                         if since.elapsed() < SETTLE {
