@@ -340,7 +340,13 @@ where
         self.out.advance(step);
         n -= step;
         let step = n.min(self.data.len());
-        self.data.advance(step);
+        if step == self.data.len() {
+            // Let go of it now, not when the next piece comes: it is a slice
+            // of a body buffer that can be read into again once free.
+            self.data = Bytes::new();
+        } else {
+            self.data.advance(step);
+        }
         n -= step;
         self.tail = &self.tail[n.min(self.tail.len())..];
     }

@@ -128,9 +128,10 @@ const READ_SIZE: usize = pool::SIZE;
 /// Largest read while a request body is known to hold that much more: a
 /// 1 MiB upload read 4 KiB at a time took 256 reads and 256 writes upstream
 /// (strace), and 3.3 times HAProxy's CPU (bench 3-upload-1m). 64 KiB is
-/// the loopback's largest segment; the buffer is not pooled (the pool keeps
-/// up to 16 KiB), so an idle connection holds none of it.
-const BODY_READ_SIZE: usize = 64 * 1024;
+/// the loopback's largest segment. Such reads go into a body buffer
+/// ([`pool::take_body`]), given back when the request is done, so an idle
+/// connection holds none of it.
+const BODY_READ_SIZE: usize = pool::BODY_SIZE;
 /// Response bytes gathered before a write while the body keeps coming
 /// (kept within the pool's largest buffer).
 const WRITE_SIZE: usize = 3 * pool::SIZE;
@@ -140,6 +141,8 @@ struct Conn<I> {
     io: I,
     /// Bytes read and not yet used; empty (no allocation) while idle.
     buf: BytesMut,
+    /// `buf` is a body buffer ([`pool::take_body`]), not a head's.
+    body_buf: bool,
     /// Bytes to write.
     out: Outbox,
     /// The header read timeout of the request being waited for.
@@ -181,6 +184,7 @@ where
     let mut conn = Conn {
         io,
         buf: prefix,
+        body_buf: false,
         out: Outbox::default(),
         head_deadline: LazyDeadline::new(settings.header_read_timeout),
     };
@@ -216,7 +220,13 @@ where
 impl<I: Io> Conn<I> {
     /// Gives the buffers back between requests when nothing is pending.
     fn rest(&mut self) {
-        pool::give(&mut self.buf);
+        if self.body_buf {
+            pool::give_body(&mut self.buf);
+            // Still this body buffer when bytes of the next request are in it.
+            self.body_buf = !self.buf.is_empty();
+        } else {
+            pool::give(&mut self.buf);
+        }
         self.out.rest();
     }
 
@@ -261,12 +271,46 @@ impl<I: Io> Conn<I> {
         // a read attempt (this runs on every wake-up while a request is in
         // flight, to see the client leave).
         ready!(self.io.poll_readable(cx))?;
-        if self.buf.capacity() == 0 && room <= READ_SIZE {
+        // (A body buffer read to its very end has no room left either: it
+        // goes back to its own pool, in `make_room`.)
+        if self.buf.capacity() == 0 && room <= READ_SIZE && !self.body_buf {
             self.buf = pool::take();
         } else if self.buf.capacity() - self.buf.len() < room / 4 {
-            self.buf.reserve(room);
+            self.make_room(room);
         }
         tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Room for a read of `room` bytes. A large read (a body's) goes into a
+    /// body buffer: the one in use once nothing read into it is still on its
+    /// way upstream, else another from the pool; a small read after it, into
+    /// a usual buffer again. (`reserve` allocated a new 64 KiB buffer
+    /// whenever the last piece was still on its way, and each page of it was
+    /// faulted in again: see [`pool`].)
+    fn make_room(&mut self, room: usize) {
+        let large = room > READ_SIZE;
+        if (self.body_buf || !large) && self.buf.try_reclaim(room) {
+            return;
+        }
+        if !large && !self.body_buf {
+            // A head longer than a read, or pipelined bytes.
+            self.buf.reserve(room);
+            return;
+        }
+        let mut next = if large {
+            pool::take_body()
+        } else {
+            pool::take()
+        };
+        // What is not used yet: part of a chunk's size line, say.
+        next.extend_from_slice(&self.buf);
+        self.buf.clear();
+        let mut last = std::mem::replace(&mut self.buf, next);
+        if std::mem::replace(&mut self.body_buf, large) {
+            pool::give_body(&mut last);
+        } else {
+            pool::give(&mut last);
+        }
     }
 
     /// Answers a refused head and closes.
@@ -690,6 +734,102 @@ mod tests {
             before + 2,
             "the read buffer and the write buffer are back in the pool"
         );
+    }
+
+    /// Uploads of 1 MiB, each piece held until the next one comes (as an
+    /// upstream write would hold it): the pieces are read into body
+    /// buffers that come back to the pool and are taken again, not
+    /// allocated afresh for each read.
+    #[tokio::test]
+    async fn uploads_are_read_into_body_buffers_that_are_used_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const UPLOADS: usize = 8;
+        const LEN: usize = 1 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (io, _) = listener.accept().await.unwrap();
+        let io = ActivityIo::new(io, crate::idle::Activity::new());
+        let sender = tokio::spawn(async move {
+            for i in 0..UPLOADS {
+                let close = if i + 1 == UPLOADS {
+                    "connection: close\r\n"
+                } else {
+                    ""
+                };
+                let head =
+                    format!("POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: {LEN}\r\n{close}\r\n");
+                client.write_all(head.as_bytes()).await.unwrap();
+                client.write_all(&vec![b'x'; LEN]).await.unwrap();
+            }
+            let mut answers = String::new();
+            client.read_to_string(&mut answers).await.unwrap();
+            answers
+        });
+        let settings = Settings {
+            header_read_timeout: Duration::from_secs(30),
+            max_head: 16 * 1024,
+        };
+        let closing = AtomicBool::new(false);
+        let service = |req: Request<RequestBody>| async move {
+            let mut body = pin!(req.into_body());
+            let (mut len, mut held) = (0, None);
+            while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                let data = frame.unwrap().into_data().unwrap();
+                len += data.len();
+                held = Some(data);
+            }
+            drop(held);
+            Response::new(http_body_util::Full::new(Bytes::from(len.to_string())))
+        };
+        serve(io, BytesMut::new(), &settings, &closing, service)
+            .await
+            .unwrap();
+        let answers = sender.await.unwrap();
+        assert_eq!(
+            answers.matches(&format!("\r\n\r\n{LEN}")).count(),
+            UPLOADS,
+            "{answers}"
+        );
+        let kept = pool::kept_bodies();
+        assert!(kept >= 1, "the body buffers are back in the pool");
+        assert!(
+            kept <= 3,
+            "{kept} kept: taken again, not allocated for each read"
+        );
+    }
+
+    /// A body buffer read to its very end (no room left, its last piece
+    /// still on its way) goes back to the body buffers when the connection
+    /// reads a head's worth again, and is taken again once that piece is
+    /// gone.
+    #[tokio::test]
+    async fn a_body_buffer_read_to_its_end_goes_back_to_the_body_buffers() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (io, _) = listener.accept().await.unwrap();
+        let mut conn = Conn {
+            io: ActivityIo::new(io, crate::idle::Activity::new()),
+            buf: pool::take_body(),
+            body_buf: true,
+            out: Outbox::default(),
+            head_deadline: LazyDeadline::new(Duration::from_secs(30)),
+        };
+        let body_at = conn.buf.as_ptr();
+        conn.buf.resize(conn.buf.capacity(), b'x');
+        let last_piece = conn.buf.split().freeze();
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let before = pool::kept_bodies();
+        poll_fn(|cx| conn.poll_fill(cx, READ_SIZE)).await.unwrap();
+        assert_eq!(&conn.buf[..], b"GET / HTTP/1.1\r\n");
+        assert!(!conn.body_buf, "read into a usual buffer");
+        assert_eq!(pool::kept_bodies(), before + 1, "the body buffer is kept");
+        drop(last_piece);
+        assert_eq!(pool::take_body().as_ptr(), body_at, "and taken again");
     }
 
     #[test]
