@@ -5,6 +5,8 @@
 #   SECONDS_PER_RUN=8 CONNS=64 bench/ab.sh ...
 #   NEWCONN=1 bench/ab.sh ...           # each request on a new connection
 #                                       # (wrk sends `Connection: close`)
+#   UPLOAD=1 bench/ab.sh ...            # 1 MiB POSTs, 8 connections (the
+#                                       # origin answers once it read it all)
 #
 # Each run starts the build under test (`gateway --threads 1
 # --no-access-log`, pinned to core 1) in front of one nginx origin that
@@ -23,9 +25,16 @@ REPS=${3:-5}
 SECS=${SECONDS_PER_RUN:-8}
 CONNS=${CONNS:-64}
 wrk_args=()
+path=/
 [ -n "${NEWCONN:-}" ] && wrk_args=(-H "Connection: close")
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+if [ -n "${UPLOAD:-}" ]; then
+  printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n' >"$work/upload.lua"
+  wrk_args=(-s "$work/upload.lua")
+  path=/upload
+  CONNS=${CONNS_UPLOAD:-8}
+fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 origin=$(port)
@@ -49,9 +58,9 @@ run() {
   pid=$!
   for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$gw/" && break; sleep 0.05; done
   curl -sf -o /dev/null "http://127.0.0.1:$gw/" || { echo "$label: the gateway did not answer" >&2; exit 1; }
-  taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw/" >/dev/null
+  taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw$path" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw/")
+  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw$path")
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   kill "$pid"
   wait "$pid" 2>/dev/null || true

@@ -1,5 +1,6 @@
 # Sourced by bench/profile.sh and bench/ab.sh: an nginx origin that answers
-# every request with "ok" over kept-alive connections.
+# every request with "ok" over kept-alive connections, and POST /upload
+# once it has read the whole body (as the harness's origin does).
 #
 #   ok_origin_conf DIR PORT > DIR/origin.conf   # then: nginx -c DIR/origin.conf
 ok_origin_conf() {
@@ -16,7 +17,18 @@ http {
   keepalive_timeout 300s;
   client_body_temp_path $dir/b; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f;
   uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
-  server { listen 127.0.0.1:$port; location / { return 200 "ok\n"; } }
+  upstream self { server 127.0.0.1:$port; keepalive 4; }
+  server {
+    listen 127.0.0.1:$port;
+    location / { return 200 "ok\n"; }
+    location = /upload {
+      client_max_body_size 4m; client_body_buffer_size 2m;
+      proxy_pass_request_body off; proxy_set_header Content-Length "";
+      proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://self/stored;
+    }
+    location = /stored { return 200 "stored\n"; }
+  }
 }
 CONF
 }
