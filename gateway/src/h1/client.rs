@@ -879,6 +879,60 @@ mod tests {
         drop(server.await.unwrap());
     }
 
+    /// A body piece written upstream is let go of at once, not when the
+    /// next one comes: it is a slice of the client's read buffer, which the
+    /// server reads into again only once nothing shares it.
+    #[tokio::test]
+    async fn a_body_piece_is_let_go_once_written() {
+        const PIECE: usize = 8192;
+        let (l, addr) = upstream().await;
+        let (got_first, first_in) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = read_until(&mut s, b"\r\n\r\n").await;
+            let head = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let mut buf = [0u8; 4096];
+            let mut signal = Some(got_first);
+            while seen.len() < head + 2 * PIECE {
+                if seen.len() >= head + PIECE {
+                    signal.take().map(|tx| tx.send(()));
+                }
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed mid-body");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            s
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<BodyFrame<Bytes>, std::io::Error>>(1);
+        let length = (2 * PIECE).to_string();
+        let body = StreamBody::new(tokio_stream_of(rx));
+        let req = request("POST", &[("content-length", &length)], body);
+        let mut read_buf = BytesMut::with_capacity(2 * PIECE);
+        read_buf.resize(PIECE, b'x');
+        let piece = read_buf.split().freeze();
+        tx.send(Ok(BodyFrame::data(piece))).await.unwrap();
+        let io = TcpStream::connect(addr).await.unwrap();
+        let exchange = tokio::spawn(send(io, req));
+        first_in.await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !read_buf.try_reclaim(2 * PIECE) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the written piece is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.send(Ok(BodyFrame::data(Bytes::from(vec![b'y'; PIECE]))))
+            .await
+            .unwrap();
+        let resp = exchange.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        drop(server.await.unwrap());
+    }
+
     fn tokio_stream_of<T: Send + 'static>(
         mut rx: tokio::sync::mpsc::Receiver<T>,
     ) -> impl futures_util::Stream<Item = T> + Unpin {
