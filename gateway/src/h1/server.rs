@@ -702,15 +702,20 @@ mod tests {
         Some(Ok(http_body::Frame::data(Bytes::from(s))))
     }
 
-    #[tokio::test]
-    async fn a_connection_closed_after_its_request_gives_its_buffers_back() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A client socket and the server's end of it, as the server sees it.
+    async fn connected() -> (TcpStream, ActivityIo<TcpStream, ()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (io, _) = listener.accept().await.unwrap();
-        let io = ActivityIo::new(io, crate::idle::Activity::new());
+        (client, ActivityIo::new(io, crate::idle::Activity::new()))
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_after_its_request_gives_its_buffers_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, io) = connected().await;
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
             .await
@@ -745,12 +750,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const UPLOADS: usize = 8;
         const LEN: usize = 1 << 20;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (io, _) = listener.accept().await.unwrap();
-        let io = ActivityIo::new(io, crate::idle::Activity::new());
+        let (mut client, io) = connected().await;
         let sender = tokio::spawn(async move {
             for i in 0..UPLOADS {
                 let close = if i + 1 == UPLOADS {
@@ -807,13 +807,9 @@ mod tests {
     #[tokio::test]
     async fn a_body_buffer_read_to_its_end_goes_back_to_the_body_buffers() {
         use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (io, _) = listener.accept().await.unwrap();
+        let (mut client, io) = connected().await;
         let mut conn = Conn {
-            io: ActivityIo::new(io, crate::idle::Activity::new()),
+            io,
             buf: pool::take_body(),
             body_buf: true,
             out: Outbox::default(),
