@@ -33,6 +33,7 @@
 //! read into it are gone.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use bytes::BytesMut;
 use http::HeaderMap;
@@ -65,6 +66,17 @@ thread_local! {
     static BODIES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Keeps `item` in this thread's `list` unless it holds `most` already
+/// (then `item` is dropped).
+fn keep<T: 'static>(list: &'static LocalKey<RefCell<Vec<T>>>, item: T, most: usize) {
+    list.with(|list| {
+        let mut list = list.borrow_mut();
+        if list.len() < most {
+            list.push(item);
+        }
+    });
+}
+
 /// An empty header map with room for at least `fields` fields: a kept one
 /// when there is one.
 pub fn map(fields: usize) -> HeaderMap {
@@ -86,12 +98,7 @@ pub fn give_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    MAPS.with(|maps| {
-        let mut maps = maps.borrow_mut();
-        if maps.len() < KEPT_MAPS {
-            maps.push(map);
-        }
-    });
+    keep(&MAPS, map, KEPT_MAPS);
 }
 
 /// An empty buffer with room for at least [`SIZE`] bytes.
@@ -113,12 +120,7 @@ pub fn give(buf: &mut BytesMut) {
     if buf.capacity() == 0 || !buf.try_reclaim(SIZE) || buf.capacity() > LARGEST {
         return;
     }
-    FREE.with(|free| {
-        let mut free = free.borrow_mut();
-        if free.len() < KEPT {
-            free.push(buf);
-        }
-    });
+    keep(&FREE, buf, KEPT);
 }
 
 /// An empty buffer with room for [`BODY_SIZE`] bytes: a kept one whose
@@ -146,12 +148,7 @@ pub fn give_body(buf: &mut BytesMut) {
     if buf.try_reclaim(BODY_SIZE) && buf.capacity() > 2 * BODY_SIZE {
         return;
     }
-    BODIES.with(|kept| {
-        let mut kept = kept.borrow_mut();
-        if kept.len() < KEPT_BODIES {
-            kept.push(buf);
-        }
-    });
+    keep(&BODIES, buf, KEPT_BODIES);
 }
 
 /// Body buffers this thread keeps now.
