@@ -49,9 +49,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use http::header::{self, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -213,6 +213,32 @@ struct Shared {
     idle_timeout: Duration,
 }
 
+impl Shared {
+    fn new(
+        proxy: Arc<Proxy>,
+        layer: Option<&crate::service::DownstreamLayer>,
+        settings: &ServerSettings,
+    ) -> Shared {
+        let max = settings
+            .max_connections
+            .unwrap_or_else(crate::caps::derived_max_connections);
+        let stats = proxy.metrics().caps().clone();
+        let caps = ConnectionCaps::new(max, settings.max_connections_per_ip, stats);
+        tracing::info!(
+            max_connections = max,
+            max_connections_per_ip = settings.max_connections_per_ip,
+            "connection caps"
+        );
+        Shared {
+            layered: layer.map(|l| l.service(proxy.clone())),
+            proxy,
+            protocols: Protocols::new(settings),
+            caps,
+            idle_timeout: settings.idle_timeout,
+        }
+    }
+}
+
 /// Serves `proxy` on `listeners` until `shutdown` completes, then stops
 /// accepting, asks every connection to finish its in-flight requests, and
 /// waits for them up to the drain timeout.
@@ -223,23 +249,7 @@ pub async fn serve(
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let max = settings
-        .max_connections
-        .unwrap_or_else(crate::caps::derived_max_connections);
-    let stats = proxy.metrics().caps().clone();
-    let caps = ConnectionCaps::new(max, settings.max_connections_per_ip, stats);
-    tracing::info!(
-        max_connections = max,
-        max_connections_per_ip = settings.max_connections_per_ip,
-        "connection caps"
-    );
-    let shared = Arc::new(Shared {
-        layered: layer.map(|l| l.service(proxy.clone())),
-        proxy: proxy.clone(),
-        protocols: Protocols::new(&settings),
-        caps,
-        idle_timeout: settings.idle_timeout,
-    });
+    let shared = Arc::new(Shared::new(proxy.clone(), layer, &settings));
     let (closing_tx, closing_rx) = watch::channel(false);
     // Every connection task holds a clone; when all are dropped, draining is done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -321,9 +331,10 @@ async fn accept_loop(
         };
         #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
-        // Boxed: the connection's future (about 2 kB) is then written once,
-        // into its box, and tokio moves a pointer into its task and out
-        // again; spawned whole it was copied five times (callgrind).
+        // Boxed: the connection's future (under 1 kB, a size test keeps it
+        // so) is then written once, into its box, and tokio moves a pointer
+        // into its task and out again; spawned whole it was copied five
+        // times (callgrind).
         let (shared, tls, draining) = (shared.clone(), tls.clone(), draining.clone());
         tokio::spawn(h1::box_in_place(move || {
             serve_connection(stream, permit, peer, shared, tls, draining)
@@ -378,12 +389,10 @@ struct Draining {
 
 /// Serves one accepted connection: cleartext, or TLS first.
 ///
-/// A plain function around an `async move` block (as [`serve_http`]): as an
-/// `async fn` it kept `tls` twice in every connection's task.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would keep `tls` twice in every connection's task"
-)]
+/// Not an `async` block: the connection's set-up is done here, before its
+/// task starts, and each argument is moved into the future that uses it.
+/// An `async` block keeps every value it captured for its whole life, even
+/// once moved on (200 bytes of every connection's task).
 fn serve_connection(
     stream: TcpStream,
     permit: Permit,
@@ -392,34 +401,28 @@ fn serve_connection(
     tls: Option<ServerTls>,
     draining: Draining,
 ) -> impl Future<Output = ()> {
-    async move {
-        // Counted open, and holding its place under the caps, for as long as
-        // the socket is open: the guards live in the I/O, which an upgrade
-        // hands on to a tunnel. Under TLS the I/O watched for activity is
-        // the socket's, so the idle and send timeouts see every byte.
-        let guards = (shared.proxy.metrics().open_connection(), permit);
-        let active = Activity::new();
-        let io = ActivityIo::with_guard(stream, active.clone(), guards);
-        // A match, not `let ... else`: the TLS settings bound in place
-        // would keep a place in the task while a cleartext connection is
-        // served.
-        match tls {
-            None => {
-                let conn = Conn {
-                    peer: Arc::new(shared.proxy.peer(peer, false)),
-                    hsts: None,
-                    active,
-                    draining,
-                };
-                serve_detected(io, &shared, conn).await;
-            }
-            // Boxed: the handshake's state is large, and inline it would
-            // size every connection's task, cleartext ones too, for their
-            // whole life.
-            Some(tls) => {
-                h1::box_in_place(|| serve_tls(io, tls, peer, shared, active, draining)).await
-            }
+    // Counted open, and holding its place under the caps, for as long as
+    // the socket is open: the guards live in the I/O, which an upgrade
+    // hands on to a tunnel. Under TLS the I/O watched for activity is the
+    // socket's, so the idle and send timeouts see every byte.
+    let guards = (shared.proxy.metrics().open_connection(), permit);
+    let active = Activity::new();
+    let io = ActivityIo::with_guard(stream, active.clone(), guards);
+    match tls {
+        None => {
+            let conn = Conn {
+                peer: Arc::new(shared.proxy.peer(peer, false)),
+                hsts: None,
+                active,
+                draining,
+            };
+            Either::Left(serve_detected(io, shared, conn))
         }
+        // Boxed: the handshake's state is large, and inline it would size
+        // every connection's task, cleartext ones too, for their whole life.
+        Some(tls) => Either::Right(h1::box_in_place(|| {
+            serve_tls(io, tls, peer, shared, active, draining)
+        })),
     }
 }
 
@@ -480,9 +483,9 @@ fn serve_tls(
         };
         if h2 {
             // The client chose HTTP/2 by ALPN: its preface follows, no sniffing.
-            serve_http(stream, BytesMut::new(), Protocol::H2c, &shared, conn).await;
+            serve_http(stream, BytesMut::new(), Protocol::H2c, shared, conn).await;
         } else {
-            serve_detected(stream, &shared, conn).await;
+            serve_detected(stream, shared, conn).await;
         }
     }
 }
@@ -499,57 +502,79 @@ struct Conn {
 /// Reads the first bytes to tell HTTP/1 from h2c (505 for other versions),
 /// then serves.
 ///
-/// A plain function around an `async move` block (as [`serve_http`]): an
-/// `async fn` would keep `io` and `conn` twice in every connection's task
-/// for its whole life (168 bytes).
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would keep `io` and `conn` twice in every connection's task"
-)]
-fn serve_detected<I>(mut io: I, shared: &Shared, mut conn: Conn) -> impl Future<Output = ()> + '_
+/// Two phases, one after the other in the same place (`then`): the
+/// detection owns the connection's parts and hands them on to the serving.
+/// An `async` block awaiting both would keep the parts it was given beside
+/// the serving future that took them, for the connection's whole life.
+fn serve_detected<I>(io: I, shared: Arc<Shared>, conn: Conn) -> impl Future<Output = ()>
 where
     I: h1::server::Io,
 {
-    async move {
-        // Borrowed, not moved, into the detection: the detection's state
-        // then shares its place in this future with the serving's.
-        let Some((protocol, prefix)) = detect(&mut io, shared, &mut conn.draining).await else {
-            return;
-        };
-        if protocol == Protocol::Unsupported {
-            let mut io = Rewind::new(prefix.freeze(), io);
-            let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
-            let _ = io.shutdown().await;
-            return;
-        }
-        serve_http(io, prefix, protocol, shared, conn).await;
-    }
+    detect(io, shared, conn).then(|detected| match detected {
+        None => Either::Left(std::future::ready(())),
+        Some(Detected {
+            io,
+            prefix,
+            protocol: Protocol::Unsupported,
+            ..
+        }) => Either::Right(Either::Left(refuse_version(io, prefix))),
+        Some(Detected {
+            io,
+            prefix,
+            protocol,
+            shared,
+            conn,
+        }) => Either::Right(Either::Right(serve_http(
+            io, prefix, protocol, shared, conn,
+        ))),
+    })
+}
+
+/// A connection whose protocol is known: its parts, and the bytes read to
+/// tell it.
+struct Detected<I> {
+    io: I,
+    prefix: BytesMut,
+    protocol: Protocol,
+    shared: Arc<Shared>,
+    conn: Conn,
 }
 
 /// The protocol and the bytes read to tell it; `None`: closed, failed,
 /// silent for the header timeout, or shutting down first (nothing to
 /// answer or finish).
-async fn detect<I>(
-    io: &mut I,
-    shared: &Shared,
-    draining: &mut Draining,
-) -> Option<(Protocol, BytesMut)>
+async fn detect<I>(mut io: I, shared: Arc<Shared>, mut conn: Conn) -> Option<Detected<I>>
 where
     I: h1::server::Io,
 {
     let first = tokio::time::timeout(
         shared.protocols.header_read_timeout,
-        crate::protocol::detect(io, h1::pool::take()),
+        crate::protocol::detect(&mut io, h1::pool::take()),
     );
     // Detection first: a client's first bytes are most often in already,
     // and then the drain signal is never polled, so this connection never
     // registers with it and removes itself again (in a random order, half
     // of all connections did).
-    tokio::select! {
+    let detected = tokio::select! {
         biased;
-        detected = first => detected.ok()?.ok()?,
-        _ = draining.closing.changed() => None,
-    }
+        detected = first => detected.ok().and_then(Result::ok).flatten(),
+        _ = conn.draining.closing.changed() => None,
+    };
+    let (protocol, prefix) = detected?;
+    Some(Detected {
+        io,
+        prefix,
+        protocol,
+        shared,
+        conn,
+    })
+}
+
+/// Answers an HTTP version the gateway does not speak with 505 and closes.
+async fn refuse_version<I: h1::server::Io>(io: I, prefix: BytesMut) {
+    let mut io = Rewind::new(prefix.freeze(), io);
+    let _ = io.write_all(crate::protocol::VERSION_NOT_SUPPORTED).await;
+    let _ = io.shutdown().await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on `io` (`prefix`: the bytes already read from
@@ -563,9 +588,9 @@ fn serve_http<I>(
     io: I,
     prefix: BytesMut,
     protocol: Protocol,
-    shared: &Shared,
+    shared: Arc<Shared>,
     conn: Conn,
-) -> impl Future<Output = ()> + '_
+) -> impl Future<Output = ()>
 where
     I: h1::server::Io,
 {
@@ -638,10 +663,10 @@ fn serve_with<I, H, F, B>(
     io: I,
     prefix: BytesMut,
     protocol: Protocol,
-    shared: &Shared,
+    shared: Arc<Shared>,
     handle: H,
     mut watch: Watch,
-) -> impl Future<Output = ()> + '_
+) -> impl Future<Output = ()>
 where
     I: h1::server::Io,
     H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
@@ -663,7 +688,7 @@ where
         }
         // Boxed: hyper's connection state would otherwise size every native
         // connection's task too.
-        h1::box_in_place(|| serve_hyper(io, prefix, protocol, shared, handle, watch)).await;
+        h1::box_in_place(|| serve_hyper(io, prefix, protocol, &shared, handle, watch)).await;
     }
 }
 
@@ -796,5 +821,34 @@ mod tests {
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap(), "TCP_NODELAY inherited");
+    }
+
+    /// A connection's task is allocated per accepted connection and kept
+    /// while it is open: past 1,032 bytes glibc serves it on its slow path
+    /// (no per-thread cache), and every idle connection holds all of it.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let table = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::router::RouteTable::default(),
+        ));
+        let tls = Arc::new(crate::tls::upstream::UpstreamTlsConfigs::new(&[]).unwrap());
+        let proxy = Arc::new(Proxy::new(table, &Default::default(), tls));
+        let shared = Arc::new(Shared::new(proxy, None, &ServerSettings::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let permit = shared.caps.admit(peer.ip()).unwrap();
+        let (_closing, closing) = watch::channel(false);
+        let (alive, _alive) = mpsc::channel(1);
+        let draining = Draining {
+            closing,
+            _alive: alive,
+        };
+        let task = serve_connection(stream, permit, peer, shared, None, draining);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task: {size} bytes");
+        assert!(size <= 1032, "a connection's task is {size} bytes");
     }
 }

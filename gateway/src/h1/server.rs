@@ -145,8 +145,11 @@ struct Conn<I> {
     body_buf: bool,
     /// Bytes to write.
     out: Outbox,
-    /// The header read timeout of the request being waited for.
-    head_deadline: LazyDeadline,
+    /// The header read timeout of the request being waited for, made only
+    /// once a wait first finds nothing to read: the first head of most new
+    /// connections is in already, and then costs no clock read and no
+    /// timer (an allocation and two clock reads per connection before).
+    head_deadline: Option<LazyDeadline>,
 }
 
 /// What became of one request.
@@ -186,8 +189,12 @@ where
         buf: prefix,
         body_buf: false,
         out: Outbox::default(),
-        head_deadline: LazyDeadline::new(settings.header_read_timeout),
+        head_deadline: None,
     };
+    // The closing write is awaited after the loop, not in the arms that
+    // decide it: awaited there, the matched values (a refused head's result,
+    // 232 bytes) would keep their place in the connection's future for its
+    // whole life.
     async move {
         loop {
             let head = match conn.next_head(settings, closing).await {
@@ -195,7 +202,10 @@ where
                     conn.rest();
                     return Ok(());
                 }
-                Some(Err(e)) => return conn.refuse(&e).await,
+                Some(Err(e)) => {
+                    conn.refuse(&e);
+                    break;
+                }
                 Some(Ok(head)) => head,
             };
             // Boxed, once per request: a request's state (its head, body feed,
@@ -205,7 +215,7 @@ where
             let exchange = super::box_in_place(|| conn.exchange(head, &mut service, closing));
             match exchange.await? {
                 Next::KeepAlive => conn.rest(),
-                Next::Close => return conn.close().await,
+                Next::Close => break,
                 Next::Upgrade(tx) => {
                     let Conn { io, buf, .. } = conn;
                     let io: Box<dyn RawIo> = Box::new(io);
@@ -214,6 +224,7 @@ where
                 }
             }
         }
+        conn.close().await
     }
 }
 
@@ -237,7 +248,8 @@ impl<I: Io> Conn<I> {
         settings: &Settings,
         closing: &AtomicBool,
     ) -> Option<Result<RequestHead, HeadError>> {
-        self.head_deadline.restart(settings.header_read_timeout);
+        // The clock starts when the wait first finds nothing to read.
+        let mut waiting = false;
         poll_fn(|cx| {
             loop {
                 if !self.buf.is_empty() {
@@ -254,7 +266,17 @@ impl<I: Io> Conn<I> {
                     Poll::Ready(_) => return Poll::Ready(None),
                     Poll::Pending => {}
                 }
-                return match self.head_deadline.poll_expired(cx) {
+                let timeout = settings.header_read_timeout;
+                let deadline = match (waiting, &mut self.head_deadline) {
+                    (true, Some(deadline)) => deadline,
+                    (_, Some(deadline)) => {
+                        deadline.restart(timeout);
+                        deadline
+                    }
+                    (_, slot) => slot.insert(LazyDeadline::new(timeout)),
+                };
+                waiting = true;
+                return match deadline.poll_expired(cx) {
                     Poll::Ready(()) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 };
@@ -313,8 +335,8 @@ impl<I: Io> Conn<I> {
         }
     }
 
-    /// Answers a refused head and closes.
-    async fn refuse(&mut self, e: &HeadError) -> io::Result<()> {
+    /// Queues the answer to a refused head (sent by [`Conn::close`]).
+    fn refuse(&mut self, e: &HeadError) {
         let status = e.status();
         tracing::debug!(error = %e, "refused a request head");
         let text = format!(
@@ -324,8 +346,6 @@ impl<I: Io> Conn<I> {
             super::response::date_line(),
         );
         self.out.gather().extend_from_slice(text.as_bytes());
-        poll_fn(|cx| self.poll_write_out(cx)).await?;
-        self.close().await
     }
 
     /// Writes what is left, gives the buffers back and closes: a
@@ -712,6 +732,42 @@ mod tests {
         (client, ActivityIo::new(io, crate::idle::Activity::new()))
     }
 
+    /// A head that is in already is taken without a clock or a timer; a
+    /// wait that finds nothing makes one, and it bounds the wait.
+    #[tokio::test]
+    async fn the_header_timer_is_made_only_when_a_wait_finds_nothing() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, io) = connected().await;
+        let settings = Settings {
+            header_read_timeout: Duration::from_millis(200),
+            max_head: 16 * 1024,
+        };
+        let closing = AtomicBool::new(false);
+        let mut conn = Conn {
+            io,
+            buf: BytesMut::from(&b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\n"[..]),
+            body_buf: false,
+            out: Outbox::default(),
+            head_deadline: None,
+        };
+        let head = conn.next_head(&settings, &closing).await;
+        assert!(matches!(head, Some(Ok(_))), "the first head is parsed");
+        assert!(
+            conn.head_deadline.is_none(),
+            "no timer for a head in already"
+        );
+        // Half a head, then silence: the wait makes its timer and ends on it.
+        client.write_all(b"host: a\r\n").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let head = conn.next_head(&settings, &closing).await;
+        assert!(head.is_none(), "the silent client's wait ended");
+        assert!(
+            conn.head_deadline.is_some(),
+            "a timer was made for the wait"
+        );
+        assert!(started.elapsed() >= settings.header_read_timeout);
+    }
+
     #[tokio::test]
     async fn a_connection_closed_after_its_request_gives_its_buffers_back() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -813,7 +869,7 @@ mod tests {
             buf: pool::take_body(),
             body_buf: true,
             out: Outbox::default(),
-            head_deadline: LazyDeadline::new(Duration::from_secs(30)),
+            head_deadline: None,
         };
         let body_at = conn.buf.as_ptr();
         conn.buf.resize(conn.buf.capacity(), b'x');
