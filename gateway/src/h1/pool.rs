@@ -22,6 +22,14 @@
 //! out is cleared and kept here for the next head instead (`KEPT_MAPS` per
 //! thread, each of at most `LARGEST_MAP` fields' room).
 //!
+//! A buffer given back while a slice of it is still on its way (a
+//! response's header values and small body, queued by HTTP/2 until its
+//! connection writes them after the exchange gave the buffer back) is kept
+//! aside (`KEPT_SHARED` per thread, the oldest let go first) and taken
+//! again once nothing shares it: dropped instead, every HTTP/2 request
+//! freed a 4 KiB buffer and allocated another, both on glibc's slow path.
+//! Only a thread whose free list is empty looks there, at its oldest few.
+//!
 //! Body buffers ([`take_body`], [`give_body`]): a request body is read up
 //! to [`BODY_SIZE`] at a time, and each piece read goes upstream as a slice
 //! of the buffer it was read into, so the next read needs another buffer
@@ -33,6 +41,7 @@
 //! read into it are gone.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::thread::LocalKey;
 
 use bytes::BytesMut;
@@ -44,6 +53,11 @@ pub const SIZE: usize = 4096;
 const LARGEST: usize = 4 * SIZE;
 /// Buffers kept per thread.
 const KEPT: usize = 64;
+
+/// Buffers kept aside while still shared, per thread.
+const KEPT_SHARED: usize = 512;
+/// Shared buffers looked at by a `take` that finds no free one.
+const SHARED_SCAN: usize = 8;
 
 /// Capacity of a body buffer: one large read of a request body (64 KiB,
 /// the loopback's largest segment).
@@ -64,6 +78,7 @@ thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
     static BODIES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SHARED: RefCell<VecDeque<BytesMut>> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// Keeps `item` in this thread's `list` unless it holds `most` already
@@ -104,23 +119,63 @@ pub fn give_map(mut map: HeaderMap) {
 /// An empty buffer with room for at least [`SIZE`] bytes.
 pub fn take() -> BytesMut {
     FREE.with(|free| free.borrow_mut().pop())
+        .or_else(take_unshared)
         .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
 }
 
-/// Gives `buf` back when it is empty, of the usual size, and no longer
-/// shared with a slice still alive (a head's header value, say); leaves an
-/// empty, unallocated buffer in its place either way.
+/// One of the oldest buffers kept aside while shared, if nothing shares it
+/// now; those still shared go to the back.
+fn take_unshared() -> Option<BytesMut> {
+    SHARED.with(|shared| {
+        let mut shared = shared.borrow_mut();
+        for _ in 0..SHARED_SCAN.min(shared.len()) {
+            let mut buf = shared.pop_front()?;
+            // `try_reclaim` succeeds only for the sole owner: it moves the
+            // start back to the allocation's first byte.
+            if !buf.try_reclaim(SIZE) {
+                shared.push_back(buf);
+            } else if buf.capacity() <= LARGEST {
+                return Some(buf);
+            }
+        }
+        None
+    })
+}
+
+/// Gives `buf` back when it is empty and of the usual size, to be taken
+/// again at once or, while a slice of it is still alive (a head's header
+/// value, say), once that slice is gone; leaves an empty, unallocated
+/// buffer in its place either way.
 pub fn give(buf: &mut BytesMut) {
     if !buf.is_empty() {
         return;
     }
     let mut buf = std::mem::take(buf);
-    // `try_reclaim` succeeds only for the sole owner: it moves the start
-    // back to the allocation's first byte, so the whole capacity is free.
-    if buf.capacity() == 0 || !buf.try_reclaim(SIZE) || buf.capacity() > LARGEST {
+    if buf.capacity() == 0 {
         return;
     }
-    keep(&FREE, buf, KEPT);
+    // `try_reclaim` succeeds only for the sole owner: it moves the start
+    // back to the allocation's first byte, so the whole capacity is free.
+    if !buf.try_reclaim(SIZE) {
+        keep_shared(buf);
+        return;
+    }
+    if buf.capacity() <= LARGEST {
+        keep(&FREE, buf, KEPT);
+    }
+}
+
+/// Keeps a buffer that a slice still shares, letting the oldest go when
+/// the thread keeps enough. (How large it is shows only once it is
+/// reclaimed: one grown past [`LARGEST`] is let go then.)
+fn keep_shared(buf: BytesMut) {
+    SHARED.with(|shared| {
+        let mut shared = shared.borrow_mut();
+        if shared.len() == KEPT_SHARED {
+            shared.pop_front();
+        }
+        shared.push_back(buf);
+    });
 }
 
 /// An empty buffer with room for [`BODY_SIZE`] bytes: a kept one whose
@@ -188,6 +243,27 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_given_back_while_shared_is_taken_once_the_slice_is_gone() {
+        FREE.with(|free| free.borrow_mut().clear());
+        let mut buf = take();
+        let first = buf.as_ptr();
+        buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\nok");
+        let response = buf.split().freeze();
+        let before = kept_shared();
+        give(&mut buf);
+        assert_eq!(buf.capacity(), 0, "the connection holds none of it");
+        assert_eq!(kept_shared(), before + 1, "kept aside while shared");
+        let other = take();
+        assert_ne!(other.as_ptr(), first, "still shared: not taken");
+        assert_eq!(kept_shared(), before + 1);
+        drop(response);
+        let again = take();
+        assert_eq!(kept_shared(), before, "taken again once the slice is gone");
+        assert_eq!(again.as_ptr(), first, "the same allocation, from its start");
+        assert!(again.is_empty() && again.capacity() >= SIZE);
+    }
+
+    #[test]
     fn a_buffer_with_bytes_or_grown_large_is_not_pooled() {
         let mut pending = take();
         pending.extend_from_slice(b"pipelined");
@@ -232,6 +308,10 @@ mod tests {
         give_body(&mut pending);
         assert_eq!(&pending[..], b"next request", "bytes still to read stay");
         assert_eq!(kept_bodies(), before);
+    }
+
+    fn kept_shared() -> usize {
+        SHARED.with(|shared| shared.borrow().len())
     }
 
     fn kept_maps() -> usize {
