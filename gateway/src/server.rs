@@ -512,20 +512,11 @@ where
 {
     detect(io, shared, conn).then(|detected| match detected {
         None => Either::Left(std::future::ready(())),
-        Some(Detected {
-            io,
-            prefix,
-            protocol: Protocol::Unsupported,
-            ..
-        }) => Either::Right(Either::Left(refuse_version(io, prefix))),
-        Some(Detected {
-            io,
-            prefix,
-            protocol,
-            shared,
-            conn,
-        }) => Either::Right(Either::Right(serve_http(
-            io, prefix, protocol, shared, conn,
+        Some(d) if d.protocol == Protocol::Unsupported => {
+            Either::Right(Either::Left(refuse_version(d.io, d.prefix)))
+        }
+        Some(d) => Either::Right(Either::Right(serve_http(
+            d.io, d.prefix, d.protocol, d.shared, d.conn,
         ))),
     })
 }
