@@ -267,13 +267,14 @@ impl<I: Io> Conn<I> {
                     Poll::Pending => {}
                 }
                 let timeout = settings.header_read_timeout;
-                let deadline = match (waiting, &mut self.head_deadline) {
-                    (true, Some(deadline)) => deadline,
-                    (_, Some(deadline)) => {
-                        deadline.restart(timeout);
+                let deadline = match &mut self.head_deadline {
+                    Some(deadline) => {
+                        if !waiting {
+                            deadline.restart(timeout);
+                        }
                         deadline
                     }
-                    (_, slot) => slot.insert(LazyDeadline::new(timeout)),
+                    slot => slot.insert(LazyDeadline::new(timeout)),
                 };
                 waiting = true;
                 return match deadline.poll_expired(cx) {
