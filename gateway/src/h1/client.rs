@@ -516,15 +516,18 @@ fn locate(buf: &[u8]) -> Result<Option<(usize, u16, u8, Spans)>, ClientError> {
     let (Some(status), Some(minor)) = (resp.code, resp.version) else {
         return Err(ClientError::Head("incomplete status line"));
     };
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
-        (start, start + s.len())
-    };
+    // Within MAX_HEAD: every span fits.
     let fields = resp
         .headers
         .iter()
-        .map(|h| (span(h.name.as_bytes()), span(h.value)))
-        .collect();
+        .map(|h| {
+            Some((
+                head::span(buf, h.name.as_bytes())?,
+                head::span(buf, h.value)?,
+            ))
+        })
+        .collect::<Option<Spans>>()
+        .ok_or(ClientError::Head("larger than 16 KiB"))?;
     Ok(Some((len, status, minor, fields)))
 }
 
