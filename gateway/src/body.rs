@@ -367,9 +367,9 @@ pub struct ReadTimeout(pub Duration);
 pub struct TimedBody<B> {
     inner: B,
     timeout: Duration,
-    /// Set at each wait for a frame (see [`LazyDeadline`]).
+    /// Armed at each wait for a frame, disarmed when one comes (see
+    /// [`LazyDeadline::arm`]).
     timer: Option<LazyDeadline>,
-    armed: bool,
 }
 
 impl<B> TimedBody<B> {
@@ -377,11 +377,16 @@ impl<B> TimedBody<B> {
     /// (the request's route timeout hands its timer on, so a request
     /// registers one timer, not two: see [`crate::idle::LazyDeadline`]).
     pub fn new(inner: B, timeout: Duration, timer: Option<LazyDeadline>) -> TimedBody<B> {
+        // A timer handed on counts toward the route's deadline: the first
+        // wait for a frame sets its own.
+        let timer = timer.map(|mut t| {
+            t.disarm();
+            t
+        });
         TimedBody {
             inner,
             timeout,
             timer,
-            armed: false,
         }
     }
 }
@@ -400,17 +405,18 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.armed = false;
+            if let Some(t) = &mut this.timer {
+                t.disarm();
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if !this.armed {
-            this.armed = true;
-            match &mut this.timer {
-                Some(t) => t.restart(this.timeout),
-                None => this.timer = Some(LazyDeadline::new(this.timeout)),
+        let timer = match &mut this.timer {
+            Some(t) => {
+                t.arm(this.timeout);
+                t
             }
-        }
-        let timer = this.timer.as_mut().expect("armed above");
+            None => this.timer.insert(LazyDeadline::new(this.timeout)),
+        };
         ready!(timer.poll_expired(cx));
         Poll::Ready(Some(Err(Box::new(ReadTimeout(this.timeout)))))
     }
@@ -421,5 +427,61 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+    use http_body_util::{BodyExt as _, StreamBody};
+
+    type Frames = Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, String>> + Send>>;
+
+    /// `frames` frames, each `gap` after the last, then the end.
+    fn slow_body(frames: usize, gap: Duration) -> StreamBody<Frames> {
+        let stream = futures_util::stream::iter(0..frames).then(move |_| async move {
+            tokio::time::sleep(gap).await;
+            Ok(Frame::data(Bytes::from_static(b"x")))
+        });
+        StreamBody::new(Box::pin(stream) as Frames)
+    }
+
+    /// The route's timer is handed on still set to the route's deadline:
+    /// the body's first wait counts its own read timeout, not that.
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_handed_on_counts_the_read_timeout_from_the_wait() {
+        let route = LazyDeadline::new(Duration::from_secs(1));
+        let mut body = TimedBody::new(
+            slow_body(1, Duration::from_secs(3)),
+            Duration::from_secs(5),
+            Some(route),
+        );
+        let frame = body.frame().await.expect("a frame").expect("no timeout");
+        assert_eq!(frame.into_data().unwrap(), "x");
+        assert!(body.frame().await.is_none(), "the end");
+    }
+
+    /// Each wait for a frame counts afresh: frames 3 s apart never reach a
+    /// 5 s read timeout, however long the whole body takes; a gap of 6 s
+    /// does, 5 s into it.
+    #[tokio::test(start_paused = true)]
+    async fn the_read_timeout_counts_each_wait_afresh() {
+        let timeout = Duration::from_secs(5);
+        let mut body = TimedBody::new(slow_body(4, Duration::from_secs(3)), timeout, None);
+        for _ in 0..4 {
+            body.frame().await.expect("a frame").expect("no timeout");
+        }
+        assert!(body.frame().await.is_none());
+
+        let mut body = TimedBody::new(slow_body(1, Duration::from_secs(6)), timeout, None);
+        let started = Instant::now();
+        let err = body.frame().await.expect("an error").unwrap_err();
+        assert!(err.is::<ReadTimeout>(), "{err}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= timeout && waited < Duration::from_secs(6),
+            "{waited:?}"
+        );
     }
 }

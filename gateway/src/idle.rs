@@ -221,6 +221,8 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: Sleep,
         deadline: Instant,
+        // A wait is counting toward `deadline` (see `LazyDeadline::arm`).
+        armed: bool,
     }
 }
 
@@ -230,14 +232,31 @@ impl LazyDeadline {
         LazyDeadline::at(Instant::now() + timeout)
     }
 
-    /// A deadline at `deadline`.
+    /// A deadline at `deadline` (armed: counting toward it).
     pub fn at(deadline: Instant) -> LazyDeadline {
         LazyDeadline {
             timer: Box::pin(Timer {
                 sleep: tokio::time::sleep_until(deadline),
                 deadline,
+                armed: true,
             }),
         }
+    }
+
+    /// For a timeout per wait (a body's read timeout): sets the deadline to
+    /// `timeout` from now unless this wait already did. The flag lives with
+    /// the timer, not beside it, so an optional deadline with it costs its
+    /// owner a pointer and nothing more (see `ProxyBody`'s size test).
+    pub fn arm(&mut self, timeout: Duration) {
+        if !self.timer.armed {
+            self.restart(timeout);
+        }
+    }
+
+    /// The wait ended (something arrived): the next [`LazyDeadline::arm`]
+    /// sets the deadline afresh.
+    pub fn disarm(&mut self) {
+        *self.timer.as_mut().project().armed = false;
     }
 
     /// Sets the deadline to `timeout` from now.
@@ -249,6 +268,7 @@ impl LazyDeadline {
     pub fn set(&mut self, deadline: Instant) {
         let timer = self.timer.as_mut().project();
         *timer.deadline = deadline;
+        *timer.armed = true;
         if timer.sleep.deadline() > deadline {
             // Never later than the deadline (a shorter timeout than before).
             timer.sleep.reset(deadline);

@@ -37,7 +37,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
@@ -289,10 +288,7 @@ impl Pool {
     > {
         NativeExchange::Sending {
             send: h1::client::send(io, req),
-            home: Some((
-                Arc::downgrade(self),
-                HomeKey::Endpoint(endpoint.authority.clone()),
-            )),
+            home: Some((Arc::downgrade(self), endpoint.pool_key.clone())),
             again: reused.map(|pending| (self, endpoint, pending)),
         }
     }
@@ -352,7 +348,7 @@ impl Pool {
         loop {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let home = HomeKey::Endpoint(endpoint.authority.clone());
+                    let home = endpoint.pool_key.clone();
                     return Ok(self.hyper_body(resp, home, sender));
                 }
                 Err(mut e) => match e.take_message() {
@@ -462,7 +458,7 @@ impl Pool {
             let mut failed = match sender {
                 TlsConn::H1(mut s) => match s.try_send_request(http1_form(req)).await {
                     Ok(resp) => {
-                        let home = HomeKey::Tls(Box::from(key));
+                        let home = Arc::from(key);
                         return Ok(self.hyper_body(resp, home, s).map(Either::Left));
                     }
                     Err(e) => e,
@@ -496,14 +492,17 @@ impl Pool {
     fn hyper_body(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        key: HomeKey,
+        key: Arc<str>,
         sender: http1::SendRequest<UpstreamBody>,
     ) -> Response<PooledBody> {
         let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
         let home = keep.then(|| (Arc::downgrade(self), key));
         resp.map(|body| PooledBody {
-            inner: Inner::Hyper(body, keep.then_some(sender)),
-            done: false,
+            inner: Inner::Hyper {
+                body,
+                sender: keep.then_some(sender),
+                done: false,
+            },
             home,
         })
     }
@@ -789,7 +788,7 @@ pin_project_lite::pin_project! {
         Sending {
             #[pin]
             send: F,
-            home: Option<(Weak<Pool>, HomeKey)>,
+            home: Option<(Weak<Pool>, Arc<str>)>,
             again: Option<Again<'a>>,
         },
         Again {
@@ -811,7 +810,6 @@ where
                 Ok(resp) => {
                     return Poll::Ready(Ok(resp.map(|body| PooledBody {
                         inner: Inner::Native(body),
-                        done: false,
                         home: home.take(),
                     })));
                 }
@@ -834,44 +832,38 @@ where
 
 /// An upstream HTTP/1.1 response body that returns its connection to the
 /// pool once it has been read to the end.
+///
+/// Kept small (112 bytes), so that a response with it stays within 256
+/// bytes: each move of a response (returned from phase to phase, a dozen
+/// per request) is then one of `memcpy`'s short copies, about 30
+/// instructions instead of 64 (callgrind). A size test holds it there.
 pub struct PooledBody {
     inner: Inner,
-    done: bool,
-    /// The pool and the key the connection goes back to.
-    home: Option<(Weak<Pool>, HomeKey)>,
-}
-
-/// A pool key as a response body keeps it until its connection goes back.
-enum HomeKey {
-    /// A cleartext endpoint's authority: shared bytes, so a response
-    /// allocates no key of its own (callgrind: a `malloc`, a copy and a
-    /// `free` per request before).
-    Endpoint(Authority),
-    /// A TLS connection's key (the endpoint with its TLS setting).
-    Tls(Box<str>),
-}
-
-impl HomeKey {
-    fn as_str(&self) -> &str {
-        match self {
-            HomeKey::Endpoint(authority) => authority.as_str(),
-            HomeKey::Tls(key) => key,
-        }
-    }
+    /// The pool and the key the connection goes back to: a cleartext
+    /// endpoint's [`Endpoint::pool_key`] (a reference count, no allocation
+    /// per response), or a TLS connection's key.
+    home: Option<(Weak<Pool>, Arc<str>)>,
 }
 
 /// The body as one of the two clients reads it.
 enum Inner {
-    /// hyper's, with the sender that goes back to the pool.
-    Hyper(Incoming, Option<http1::SendRequest<UpstreamBody>>),
-    /// The native client's, which holds its connection.
+    /// hyper's, with the sender that goes back to the pool. `done`: it
+    /// returned its end (hyper's `is_end_stream` does not always say so
+    /// after a chunked body's last chunk).
+    Hyper {
+        body: Incoming,
+        sender: Option<http1::SendRequest<UpstreamBody>>,
+        done: bool,
+    },
+    /// The native client's, which holds its connection (and says it ended
+    /// once it has, or failed).
     Native(h1::client::ResponseBody),
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledBody")
-            .field("done", &self.done)
+            .field("ended", &self.ended())
             .finish()
     }
 }
@@ -885,22 +877,23 @@ impl PooledBody {
             return;
         };
         match &mut self.inner {
-            Inner::Hyper(_, sender) => {
+            Inner::Hyper { sender, .. } => {
                 if let Some(sender) = sender.take().filter(|s| !s.is_closed()) {
-                    pool.give_back(key.as_str(), sender);
+                    pool.give_back(&key, sender);
                 }
             }
             Inner::Native(body) => {
                 if let Some(io) = body.reusable() {
-                    pool.give_back_native(key.as_str(), io);
+                    pool.give_back_native(&key, io);
                 }
             }
         }
     }
 
-    fn inner_end_stream(&self) -> bool {
+    /// Read to its end (or empty from the start).
+    fn ended(&self) -> bool {
         match &self.inner {
-            Inner::Hyper(body, _) => body.is_end_stream(),
+            Inner::Hyper { body, done, .. } => *done || body.is_end_stream(),
             Inner::Native(body) => body.is_end_stream(),
         }
     }
@@ -915,12 +908,14 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = match &mut self.inner {
-            Inner::Hyper(body, _) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Inner::Native(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         };
         match &polled {
             Poll::Ready(None) => {
-                self.done = true;
+                if let Inner::Hyper { done, .. } = &mut self.inner {
+                    *done = true;
+                }
                 self.finish();
             }
             Poll::Ready(Some(Err(_))) => {
@@ -933,12 +928,12 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner_end_stream()
+        self.ended()
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Hyper(body, _) => body.size_hint(),
+            Inner::Hyper { body, .. } => body.size_hint(),
             Inner::Native(body) => body.size_hint(),
         }
     }
@@ -947,7 +942,7 @@ impl Body for PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // Read to the end (or empty from the start): the connection is clean.
-        if self.done || self.inner_end_stream() {
+        if self.ended() {
             self.finish();
         }
     }
