@@ -31,7 +31,7 @@ pub struct Endpoint {
     pub authority: Authority,
     /// The authority as the connection pool's key. A response body holds
     /// it until its connection goes back: a reference count, and 16 bytes
-    /// where the `Authority` is 32 (see [`crate::pool::PooledBody`]).
+    /// where the `Authority` is 32 (the pool's `PooledBody` is kept small).
     pub pool_key: Arc<str>,
     /// The socket address, when the host is an IP literal (no resolution needed).
     pub addr: Option<SocketAddr>,
