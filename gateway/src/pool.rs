@@ -833,7 +833,7 @@ where
 /// An upstream HTTP/1.1 response body that returns its connection to the
 /// pool once it has been read to the end.
 ///
-/// Kept small (112 bytes), so that a response with it stays within 256
+/// Kept small (120 bytes), so that a response with it stays within 256
 /// bytes: each move of a response (returned from phase to phase, a dozen
 /// per request) is then one of `memcpy`'s short copies, about 30
 /// instructions instead of 64 (callgrind). A size test holds it there.

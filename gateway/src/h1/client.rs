@@ -516,7 +516,8 @@ fn locate(buf: &[u8]) -> Result<Option<(usize, u16, u8, Spans)>, ClientError> {
     let (Some(status), Some(minor)) = (resp.code, resp.version) else {
         return Err(ClientError::Head("incomplete status line"));
     };
-    // Within MAX_HEAD: every span fits.
+    // Every span of a head within MAX_HEAD fits in u32; one that did not
+    // would be refused as too large all the same.
     let fields = resp
         .headers
         .iter()

@@ -113,9 +113,9 @@ pub(super) fn span(buf: &[u8], part: &[u8]) -> Option<Span> {
     Some((start, end))
 }
 
-/// The bytes `at` names in `bytes`.
-pub(super) fn at(bytes: &[u8], (start, end): Span) -> &[u8] {
-    &bytes[start as usize..end as usize]
+/// `span` as a range to index or slice the head's bytes with.
+pub(super) fn range((start, end): Span) -> std::ops::Range<usize> {
+    start as usize..end as usize
 }
 
 /// Which of the fields that decide a message's framing and its
@@ -207,17 +207,15 @@ fn locate(buf: &[u8], max_head: usize) -> Result<Option<Located>, HeadError> {
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
-    let too_large = HeadError::TooLarge { limit: max_head };
+    let too_large = || HeadError::TooLarge { limit: max_head };
     let fields = req
         .headers
         .iter()
         .map(|h| Some((span(buf, h.name.as_bytes())?, span(buf, h.value)?)))
         .collect::<Option<Spans>>()
-        .ok_or(too_large)?;
-    let (Some(method), Some(target)) = (span(buf, method.as_bytes()), span(buf, target.as_bytes()))
-    else {
-        return Err(HeadError::TooLarge { limit: max_head });
-    };
+        .ok_or_else(too_large)?;
+    let method = span(buf, method.as_bytes()).ok_or_else(too_large)?;
+    let target = span(buf, target.as_bytes()).ok_or_else(too_large)?;
     Ok(Some(Located {
         len,
         method,
@@ -239,10 +237,9 @@ pub(super) fn describe(e: httparse::Error) -> &'static str {
 }
 
 fn build(bytes: &Bytes, found: &Located) -> Result<RequestHead, HeadError> {
-    let slice = |(a, b): Span| bytes.slice(a as usize..b as usize);
-    let method = Method::from_bytes(at(bytes, found.method))
+    let method = Method::from_bytes(&bytes[range(found.method)])
         .map_err(|_| HeadError::Malformed("invalid method"))?;
-    let target = slice(found.target);
+    let target = bytes.slice(range(found.target));
     // A fragment has no place in a request target (RFC 9112 3.2), and the
     // URI parser drops it silently: "http://a#b/x" would become a request
     // for the empty path. Refused, as malformed.
@@ -303,9 +300,9 @@ pub(super) fn header_map(
     let mut headers = super::pool::map(fields.len() + room);
     let mut seen = Seen::default();
     for &(name, value) in fields {
-        let name = field_name(at(bytes, name)).ok_or("invalid header name")?;
+        let name = field_name(&bytes[range(name)]).ok_or("invalid header name")?;
         seen.note(&name);
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value.0 as usize..value.1 as usize))
+        let value = HeaderValue::from_maybe_shared(bytes.slice(range(value)))
             .map_err(|_| "invalid header value")?;
         headers.append(name, value);
     }
