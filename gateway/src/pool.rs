@@ -49,7 +49,9 @@ use tokio::time::Instant;
 use crate::balance::Endpoint;
 use crate::body::ClientBody;
 use crate::h1;
+use crate::h1::client::Field;
 use crate::tls::upstream::TlsDial;
+use portico_registry::model::Scheme;
 
 /// Most idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -245,24 +247,37 @@ impl Pool {
     ///
     /// A plain function returning the chosen client's future, so the
     /// caller's state holds that future alone (see [`h1::client::send`]).
+    ///
+    /// `extra`: fields the native client writes after the request's own;
+    /// only for a request [`Pool::writes_extra`] says it sends (hyper's
+    /// client would not see them: they belong in the map then).
     pub fn send_http1<'a>(
         self: &'a Arc<Self>,
         endpoint: &'a Endpoint,
         req: Request<UpstreamBody>,
         pending: Option<(&'a std::sync::atomic::AtomicU32, u32)>,
-        upgrade: bool,
+        (upgrade, extra): (bool, &'a [Field<'a>]),
     ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + 'a {
         use futures_util::future::Either::{Left, Right};
-        if self.client != Http1Client::Native || upgrade {
+        if !self.writes_extra(Scheme::Http, upgrade) {
+            debug_assert!(extra.is_empty(), "fields hyper's client would drop");
             return Right(Box::pin(self.send_hyper(endpoint, req, pending)));
         }
         // A pooled connection: the exchange's own future, with no `async`
         // level around it to hold the request a second time (callgrind).
+        let again = (pending, extra);
         match self.checkout_native(endpoint.authority.as_str()) {
-            Some(io) => Left(Left(self.exchange_native(endpoint, io, req, Some(pending)))),
+            Some(io) => Left(Left(self.exchange_native(endpoint, io, req, again, true))),
             // Connecting first: boxed, so the usual case stays small.
-            None => Left(Right(Box::pin(self.connect_native(endpoint, req, pending)))),
+            None => Left(Right(Box::pin(self.connect_native(endpoint, req, again)))),
         }
+    }
+
+    /// Whether a request to an endpoint of `scheme` goes through the
+    /// native HTTP/1.1 client, which writes fields kept beside the
+    /// request's map (`extra` of [`Pool::send_http1`]).
+    pub fn writes_extra(&self, scheme: Scheme, upgrade: bool) -> bool {
+        scheme == Scheme::Http && self.client == Http1Client::Native && !upgrade
     }
 
     /// One exchange on `io` with the native client; the response's body
@@ -279,7 +294,8 @@ impl Pool {
         endpoint: &'a Endpoint,
         io: TcpStream,
         req: Request<UpstreamBody>,
-        reused: Option<Option<(&'a std::sync::atomic::AtomicU32, u32)>>,
+        (pending, extra): Resend<'a>,
+        reused: bool,
     ) -> NativeExchange<
         'a,
         impl Future<Output = Result<Response<h1::client::ResponseBody>, h1::client::ClientError>>
@@ -287,9 +303,9 @@ impl Pool {
         + use<>,
     > {
         NativeExchange::Sending {
-            send: h1::client::send(io, req),
+            send: h1::client::send(io, req, extra),
             home: Some((Arc::downgrade(self), endpoint.pool_key.clone())),
-            again: reused.map(|pending| (self, endpoint, pending)),
+            again: reused.then_some((self, endpoint, (pending, extra))),
         }
     }
 
@@ -300,7 +316,7 @@ impl Pool {
         self: &Arc<Self>,
         endpoint: &Endpoint,
         req: Request<UpstreamBody>,
-        pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
+        (pending, extra): Resend<'_>,
     ) -> Result<Response<PooledBody>, SendError> {
         let waiting = match pending.map(|(c, max)| crate::breaker::acquire(c, max)) {
             Some(None) => return Err(SendError::unsent(UpstreamError::Overloaded, req)),
@@ -312,7 +328,8 @@ impl Pool {
         };
         // Counted while waiting for the connection only.
         drop(waiting);
-        self.exchange_native(endpoint, io, req, None).await
+        self.exchange_native(endpoint, io, req, (pending, extra), false)
+            .await
     }
 
     /// [`Pool::send_http1`] with hyper's client.
@@ -769,14 +786,17 @@ async fn prune_loop(pool: Weak<Pool>) {
     }
 }
 
-/// Where a request that a reused connection left unanswered goes again:
-/// the pool, the endpoint, the route's limit of requests waiting for a
-/// new connection.
-type Again<'a> = (
-    &'a Arc<Pool>,
-    &'a Endpoint,
+/// What a native exchange needs to send its request again: the route's
+/// limit of requests waiting for a new connection, and the fields written
+/// beside the request's map.
+type Resend<'a> = (
     Option<(&'a std::sync::atomic::AtomicU32, u32)>,
+    &'a [Field<'a>],
 );
+
+/// Where a request that a reused connection left unanswered goes again:
+/// the pool, the endpoint, and what [`Resend`] keeps.
+type Again<'a> = (&'a Arc<Pool>, &'a Endpoint, Resend<'a>);
 
 pin_project_lite::pin_project! {
     /// [`Pool::exchange_native`]'s future: the exchange, then (rarely) the
@@ -804,7 +824,7 @@ where
     type Output = Result<Response<PooledBody>, SendError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (pool, endpoint, pending, parts) = match self.as_mut().project() {
+        let (pool, endpoint, resend, parts) = match self.as_mut().project() {
             NativeProj::Again { again } => return again.as_mut().poll(cx),
             NativeProj::Sending { send, home, again } => match std::task::ready!(send.poll(cx)) {
                 Ok(resp) => {
@@ -814,8 +834,8 @@ where
                     })));
                 }
                 Err(h1::client::ClientError::Unanswered(parts)) if again.is_some() => {
-                    let (pool, endpoint, pending) = again.take().expect("checked");
-                    (pool, endpoint, pending, parts)
+                    let (pool, endpoint, resend) = again.take().expect("checked");
+                    (pool, endpoint, resend, parts)
                 }
                 Err(e) => {
                     let error = UpstreamError::Protocol(error_chain(&e));
@@ -824,7 +844,7 @@ where
             },
         };
         let req = Request::from_parts(*parts, Either::Right(Full::new(Bytes::new())));
-        let again = Box::pin(pool.connect_native(endpoint, req, pending));
+        let again = Box::pin(pool.connect_native(endpoint, req, resend));
         self.set(NativeExchange::Again { again });
         self.poll(cx)
     }
@@ -958,4 +978,81 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{HeaderName, HeaderValue};
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// Reads from `s` until a head's end; the head read.
+    async fn head(s: &mut TcpStream) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before a head's end: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(seen).unwrap()
+    }
+
+    /// An idle connection the upstream closes as the next request reaches
+    /// it: the request goes again on a new connection, with the fields
+    /// kept beside its map as well as its own.
+    #[tokio::test]
+    async fn a_request_an_idle_connection_left_unanswered_goes_again_with_its_added_fields() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut first, _) = l.accept().await.unwrap();
+            let mut heads = vec![head(&mut first).await];
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")
+                .await
+                .unwrap();
+            // The second request reaches a connection its upstream is
+            // closing: read, unanswered.
+            heads.push(head(&mut first).await);
+            drop(first);
+            let (mut second, _) = l.accept().await.unwrap();
+            heads.push(head(&mut second).await);
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb")
+                .await
+                .unwrap();
+            heads
+        });
+        let pool = Pool::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            Http1Client::Native,
+        );
+        let endpoint = Endpoint::from_static(
+            addr.to_string().parse().unwrap(),
+            &crate::health::HealthRegistry::default(),
+        );
+        let name = HeaderName::from_static("x-forwarded-for");
+        let value = HeaderValue::from_static("192.0.2.7");
+        let extra = [(&name, &value)];
+        for want in ["a", "b"] {
+            let req = Request::builder()
+                .uri("/p")
+                .header("host", "a")
+                .body(Either::Right(Full::new(Bytes::new())))
+                .unwrap();
+            let resp = pool
+                .send_http1(&endpoint, req, None, (false, &extra))
+                .await
+                .unwrap_or_else(|e| panic!("{:?}", e.error));
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, want);
+        }
+        let heads = upstream.await.unwrap();
+        let sent = "GET /p HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 192.0.2.7\r\n\r\n";
+        assert_eq!(heads, [sent, sent, sent]);
+    }
 }

@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame as BodyFrame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -112,10 +112,16 @@ pub fn usable(io: &TcpStream) -> bool {
 /// state goes into the future (an `async fn` would also keep its argument
 /// and each local beside it, and every level that awaits the future copies
 /// it whole when it is created).
+///
+/// `extra`: fields written after the map's own (the proxy's forwarding
+/// fields, kept out of the map to save inserting them). A request sent
+/// again after its connection ended unanswered is sent with them again by
+/// the caller, who holds them; the replay here keeps only the map.
 pub fn send<B>(
     io: TcpStream,
     req: Request<B>,
-) -> impl Future<Output = Result<Response<ResponseBody>, ClientError>>
+    extra: &[Field<'_>],
+) -> impl Future<Output = Result<Response<ResponseBody>, ClientError>> + use<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -123,7 +129,7 @@ where
     let (parts, body) = req.into_parts();
     let mut out = pool::take();
     let encoding = encoding(&parts.headers, &body);
-    put_head(&mut out, &parts, encoding);
+    put_head(&mut out, &parts, extra, encoding);
     let mut ex = Exchange {
         io,
         out,
@@ -179,8 +185,16 @@ fn encoding<B: Body>(headers: &HeaderMap, body: &B) -> Encoding {
     }
 }
 
-fn put_head(out: &mut BytesMut, parts: &http::request::Parts, encoding: Encoding) {
-    out.reserve(256 + 48 * parts.headers.len());
+/// A header field, borrowed.
+pub type Field<'a> = (&'a HeaderName, &'a HeaderValue);
+
+fn put_head(
+    out: &mut BytesMut,
+    parts: &http::request::Parts,
+    extra: &[Field<'_>],
+    encoding: Encoding,
+) {
+    out.reserve(256 + 48 * (parts.headers.len() + extra.len()));
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -190,6 +204,9 @@ fn put_head(out: &mut BytesMut, parts: &http::request::Parts, encoding: Encoding
         if name == header::TRANSFER_ENCODING {
             continue;
         }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in extra {
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match encoding {
@@ -756,7 +773,7 @@ mod tests {
             .unwrap();
         *r.headers_mut() = req.headers().clone();
         let (p, ()) = r.into_parts();
-        put_head(&mut out, &p, encoding(&p.headers, req.body()));
+        put_head(&mut out, &p, &[], encoding(&p.headers, req.body()));
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -832,7 +849,7 @@ mod tests {
         let mut io = TcpStream::connect(addr).await.unwrap();
         for _ in 0..2 {
             let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-            let resp = send(io, req).await.unwrap();
+            let resp = send(io, req, &[]).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             let mut body = resp.into_body();
             let mut data = Vec::new();
@@ -869,7 +886,7 @@ mod tests {
         let body = StreamBody::new(tokio_stream_of(rx));
         let req = request("POST", &[("content-length", "100000")], body);
         let io = TcpStream::connect(addr).await.unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(30), send(io, req))
+        let resp = tokio::time::timeout(Duration::from_secs(30), send(io, req, &[]))
             .await
             .expect("answered while the body still waits")
             .unwrap();
@@ -919,7 +936,7 @@ mod tests {
         let piece = read_buf.split().freeze();
         tx.send(Ok(BodyFrame::data(piece))).await.unwrap();
         let io = TcpStream::connect(addr).await.unwrap();
-        let exchange = tokio::spawn(send(io, req));
+        let exchange = tokio::spawn(send(io, req, &[]));
         first_in.await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !read_buf.try_reclaim(2 * PIECE) {
@@ -959,7 +976,7 @@ mod tests {
                 s.write_all(answer).await.unwrap();
             });
             let io = TcpStream::connect(addr).await.unwrap();
-            let resp = send(io, request("GET", &[], Full::new(Bytes::new())))
+            let resp = send(io, request("GET", &[], Full::new(Bytes::new())), &[])
                 .await
                 .unwrap();
             server.await.unwrap();
@@ -984,7 +1001,7 @@ mod tests {
                 &[("content-length", declared)],
                 Full::new(Bytes::from_static(body.as_bytes())),
             );
-            match send(io, req).await {
+            match send(io, req, &[]).await {
                 Err(ClientError::Length(got)) => assert_eq!(got, want),
                 other => panic!("{declared} declared, {body:?} sent: {other:?}"),
             }
@@ -998,7 +1015,7 @@ mod tests {
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("GET", &[("x-kept", "1")], Full::new(Bytes::new()));
-        match send(io, req).await {
+        match send(io, req, &[]).await {
             Err(ClientError::Unanswered(parts)) => {
                 assert_eq!(parts.method, Method::GET);
                 assert_eq!(parts.headers["x-kept"], "1");
@@ -1009,12 +1026,12 @@ mod tests {
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("POST", &[], Full::new(Bytes::new()));
-        let e = send(io, req).await.unwrap_err();
+        let e = send(io, req, &[]).await.unwrap_err();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("PUT", &[], Full::new(Bytes::from_static(b"abc")));
-        let e = send(io, req).await.unwrap_err();
+        let e = send(io, req, &[]).await.unwrap_err();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
         let io = TcpStream::connect(addr).await.unwrap();
         let (mut peer, _) = l.accept().await.unwrap();
@@ -1023,7 +1040,7 @@ mod tests {
             peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         });
         let req = request("GET", &[], Full::new(Bytes::new()));
-        let e = send(io, req).await.unwrap_err();
+        let e = send(io, req, &[]).await.unwrap_err();
         answering.await.unwrap();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
     }
@@ -1046,7 +1063,7 @@ mod tests {
         });
         let io = TcpStream::connect(addr).await.unwrap();
         let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-        let mut body = send(io, req).await.unwrap().into_body();
+        let mut body = send(io, req, &[]).await.unwrap().into_body();
         let mut got = 0;
         while let Some(frame) = body.frame().await {
             got += frame.unwrap().into_data().unwrap().len();

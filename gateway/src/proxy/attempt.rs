@@ -50,7 +50,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use portico_registry::model::Scheme;
 use tokio::time::Instant;
 
-use super::outgoing::{Outgoing, target};
+use super::outgoing::{Added, Outgoing, Pairs, target};
 use super::pick::{Pick, Turn, pick};
 use super::{BodyState, Proxy, RequestCtx, UpstreamResponseBody};
 use crate::balance::{Endpoint, EndpointSet};
@@ -59,6 +59,7 @@ use crate::breaker::{Slot, Ticket};
 use crate::config::{Balance, Route};
 use crate::error::ProxyError;
 use crate::grpc::{Code, GRPC_TIMEOUT, encode_timeout};
+use crate::h1::client::Field;
 use crate::health::now_ms;
 use crate::idle::LazyDeadline;
 use crate::pool::{SendError, UpstreamBody, UpstreamError};
@@ -116,6 +117,8 @@ struct Destination<'a> {
     te_trailers: bool,
     /// A gRPC call's deadline: each try tells the upstream what is left.
     deadline: Option<Instant>,
+    /// The fields the proxy adds, kept beside the request's map.
+    added: &'a Added,
 }
 
 /// One request's tries: what was tried, what is left, what to answer.
@@ -152,6 +155,9 @@ struct Tries<'a> {
     /// The endpoint of the try in flight, with the breaker's admission to
     /// hand back with its outcome.
     in_flight: Option<(usize, Option<Ticket>)>,
+    /// The added fields went into the request's map (for a try that was
+    /// not the native client's); later tries send them from there.
+    folded: bool,
 }
 
 impl Proxy {
@@ -232,6 +238,7 @@ impl Proxy {
                 last_error: None,
                 watch: watch.clone(),
                 in_flight: None,
+                folded: false,
             };
             // The client's deadline binds when it is shorter than the route's.
             let grpc_timeout = out.grpc_timeout;
@@ -246,6 +253,7 @@ impl Proxy {
                 // What the upstream is told it has: the call's deadline, at
                 // most the route's timeout.
                 deadline: grpc_timeout.map(|d| ctx.started + d.min(route.timeout)),
+                added: &out.added,
             };
             let mut timer = ctx.timer.take();
             let result = {
@@ -501,8 +509,10 @@ impl<'a> Tries<'a> {
                 // round robin and friends skip the bookkeeping.
                 let _in_flight = self.load_aware.then(|| endpoint.health.begin());
                 ctx.answered_at = None;
+                let pairs = self.added(proxy, &mut req, endpoint, &to);
+                let sent = (to.upgrade, pairs.as_slice());
                 let sent_at = Instant::now();
-                let result = self.send_once(proxy, endpoint, req, to.upgrade).await;
+                let result = self.send_once(proxy, endpoint, req, sent).await;
                 let next = match result {
                     Some(Ok(resp)) => {
                         self.judge_answer(proxy, resp, index, to.upgrade, sent_at, ctx)
@@ -518,6 +528,21 @@ impl<'a> Tries<'a> {
                 };
             }
         }
+    }
+
+    /// The added fields this try's client writes beside the map: all of
+    /// them for the native HTTP/1.1 client; for any other, none, as they
+    /// go into the map (once: a later try finds them there).
+    fn added<'t>(
+        &mut self,
+        proxy: &Proxy,
+        req: &mut Request<UpstreamBody>,
+        endpoint: &Endpoint,
+        to: &Destination<'t>,
+    ) -> Pairs<'t> {
+        let native = proxy.pool.writes_extra(endpoint.scheme, to.upgrade);
+        to.added
+            .for_try(native, &mut self.folded, req.headers_mut())
     }
 
     /// Tells the upstream how long it has (`grpc-timeout`): what is left of
@@ -550,19 +575,22 @@ impl<'a> Tries<'a> {
     /// as `async fn`s, each level kept the request a second time beside the
     /// future it awaited, and the whole of it was copied at each move
     /// (`-Zprint-type-sizes`: 1,672 bytes for this level before).
+    ///
+    /// `sent`: whether the client asked for an upgrade, and the fields the
+    /// native client writes beside the map ([`Tries::added`]).
     fn send_once<'f>(
         &self,
         proxy: &'f Proxy,
         endpoint: &'f Endpoint,
         req: Request<UpstreamBody>,
-        upgrade: bool,
+        sent: (bool, &'f [Field<'f>]),
     ) -> impl Future<Output = Option<Result<Response<UpstreamResponseBody>, SendError>>> + 'f
     where
         'a: 'f,
     {
         use futures_util::FutureExt as _;
         use futures_util::future::Either as Which;
-        let send = self.send_to(proxy, endpoint, req, upgrade);
+        let send = self.send_to(proxy, endpoint, req, sent);
         match self.retry.and_then(|p| p.per_try_timeout) {
             Some(limit) => Which::Left(tokio::time::timeout(limit, send).map(Result::ok)),
             None => Which::Right(send.map(Some)),
@@ -576,7 +604,7 @@ impl<'a> Tries<'a> {
         proxy: &'f Proxy,
         endpoint: &'f Endpoint,
         req: Request<UpstreamBody>,
-        upgrade: bool,
+        sent: (bool, &'f [Field<'f>]),
     ) -> impl Future<Output = Result<Response<UpstreamResponseBody>, SendError>> + 'f
     where
         'a: 'f,
@@ -585,9 +613,10 @@ impl<'a> Tries<'a> {
         use futures_util::future::{BoxFuture, Either as Which};
         let state = &self.entry.state;
         let pending = state.pending_limit(&self.entry.route.limits);
+        let upgrade = sent.0;
         let other: BoxFuture<'f, _> = match endpoint.scheme {
             Scheme::Http => {
-                let send = proxy.pool.send_http1(endpoint, req, pending, upgrade);
+                let send = proxy.pool.send_http1(endpoint, req, pending, sent);
                 return Which::Left(send.map(|r| r.map(|resp| resp.map(Either::Left))));
             }
             Scheme::H2c => Box::pin(

@@ -145,7 +145,7 @@ impl Proxy {
                         .map(|r| r.map(Either::Right)),
                     (Scheme::Https, Some(dial)) => pool.send_tls(&endpoint, dial, req, None).await,
                     _ => pool
-                        .send_http1(&endpoint, req, None, false)
+                        .send_http1(&endpoint, req, None, (false, &[]))
                         .await
                         .map(|r| r.map(Either::Left)),
                 };
@@ -175,6 +175,7 @@ fn copy_of(out: &Outgoing, set: &EndpointSet) -> Option<(Request<UpstreamBody>, 
     let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
     *req.method_mut() = out.req.method().clone();
     *req.headers_mut() = copy_headers(out.req.headers());
+    out.added.fold(req.headers_mut());
     let host = match &out.host {
         Some(h) => h.to_str().ok()?.to_string(),
         None => endpoint.authority.as_str().to_string(),

@@ -271,6 +271,9 @@ struct RequestCtx<'t> {
     /// upstream spoke (an HTTP/1.0 upstream must not turn them into 1.0).
     version: Version,
     request_id: HeaderValue,
+    /// The request id came with the request (`X-Request-Id`), so it is in
+    /// the request's headers already.
+    request_id_received: bool,
     trace_id: Option<[u8; 32]>,
     /// Method and URI as received, when the access log is on.
     logged: Option<(Method, Uri)>,
@@ -419,9 +422,9 @@ impl Proxy {
     /// Before the phases: request id, trace id, what the log will need.
     fn begin(&self, req: &mut Request<RequestBody>) -> RequestCtx<'static> {
         use http_body::Body as _;
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(v) => v.clone(),
-            None => new_request_id(),
+        let (request_id, request_id_received) = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) => (v.clone(), true),
+            None => (new_request_id(), false),
         };
         // The trace id is looked at only when generating or logging it.
         let trace_id = if self.generate_traceparent {
@@ -439,6 +442,7 @@ impl Proxy {
                 Version::HTTP_11
             },
             request_id,
+            request_id_received,
             trace_id,
             logged: self
                 .access_log
@@ -519,6 +523,9 @@ impl Proxy {
             };
             let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
             if let Some(chain) = &entry.filters {
+                // The route's filters see (and may change) every field the
+                // request leaves with.
+                std::mem::take(&mut out.added).fold_into(out.req.headers_mut());
                 chain.on_upstream_request(out.req.headers_mut());
                 if let Some(rule) = chain.rewrite() {
                     outgoing::rewrite(&mut out, rule, matched.prefix_len, &self.edge.path)?;
