@@ -50,9 +50,9 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use portico_registry::model::Scheme;
 use tokio::time::Instant;
 
-use super::outgoing::{Added, Outgoing, Pairs, target};
+use super::outgoing::{Added, Hop, Outgoing, Pairs, target};
 use super::pick::{Pick, Turn, pick};
-use super::{BodyState, Proxy, RequestCtx, UpstreamResponseBody};
+use super::{BodyState, Peer, Proxy, RequestCtx, UpstreamResponseBody};
 use crate::balance::{Endpoint, EndpointSet};
 use crate::body::{BodyFault, BodyWatch, ClientBodyError, Tee};
 use crate::breaker::{Slot, Ticket};
@@ -117,8 +117,9 @@ struct Destination<'a> {
     te_trailers: bool,
     /// A gRPC call's deadline: each try tells the upstream what is left.
     deadline: Option<Instant>,
-    /// The fields the proxy adds, kept beside the request's map.
-    added: &'a Added,
+    /// The fields the proxy adds, kept beside the request's map, and where
+    /// their values come from.
+    added: (&'a Added, Hop<'a>),
 }
 
 /// One request's tries: what was tried, what is left, what to answer.
@@ -176,6 +177,7 @@ impl Proxy {
         &self,
         entry: &'t RouteEntry,
         mut out: Outgoing,
+        peer: &Peer,
         ctx: &mut RequestCtx<'t>,
     ) -> impl Future<Output = Result<Answer, ProxyError>> {
         async move {
@@ -253,7 +255,13 @@ impl Proxy {
                 // What the upstream is told it has: the call's deadline, at
                 // most the route's timeout.
                 deadline: grpc_timeout.map(|d| ctx.started + d.min(route.timeout)),
-                added: &out.added,
+                added: (
+                    &out.added,
+                    Hop {
+                        peer,
+                        host: out.host.as_ref(),
+                    },
+                ),
             };
             let mut timer = ctx.timer.take();
             let result = {
@@ -541,8 +549,8 @@ impl<'a> Tries<'a> {
         to: &Destination<'t>,
     ) -> Pairs<'t> {
         let native = proxy.pool.writes_extra(endpoint.scheme, to.upgrade);
-        to.added
-            .for_try(native, &mut self.folded, req.headers_mut())
+        let (added, hop) = to.added;
+        added.for_try(hop, (native, &mut self.folded), req.headers_mut())
     }
 
     /// Tells the upstream how long it has (`grpc-timeout`): what is left of

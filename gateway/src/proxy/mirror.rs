@@ -38,8 +38,8 @@ use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Either, Full};
 use portico_registry::model::Scheme;
 
-use super::Proxy;
-use super::outgoing::{Outgoing, target};
+use super::outgoing::{Hop, Outgoing, target};
+use super::{Peer, Proxy};
 use crate::balance::{Endpoint, EndpointSet};
 use crate::breaker::RouteState;
 use crate::pool::UpstreamBody;
@@ -88,7 +88,13 @@ impl Drop for InFlight {
 impl Proxy {
     /// Sends a copy of `out` to the route's mirror service when the
     /// sampler says so and the in-flight bound allows; returns at once.
-    pub(super) fn mirror(&self, entry: &RouteEntry, set: &EndpointSet, out: &Outgoing) {
+    pub(super) fn mirror(
+        &self,
+        entry: &RouteEntry,
+        set: &EndpointSet,
+        out: &Outgoing,
+        peer: &Peer,
+    ) {
         use http_body::Body as _;
         let Some(mirror) = &entry.route.mirror else {
             return;
@@ -107,7 +113,7 @@ impl Proxy {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let Some(copy) = copy_of(out, set) else {
+        let Some(copy) = copy_of(out, set, peer) else {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -170,12 +176,20 @@ impl Proxy {
 
 /// The copy of `out` for one endpoint of the mirror set: method, headers,
 /// path and query, no body, the host marked `-shadow`.
-fn copy_of(out: &Outgoing, set: &EndpointSet) -> Option<(Request<UpstreamBody>, Endpoint)> {
+fn copy_of(
+    out: &Outgoing,
+    set: &EndpointSet,
+    peer: &Peer,
+) -> Option<(Request<UpstreamBody>, Endpoint)> {
     let (_, endpoint) = set.pick(&[])?;
     let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
     *req.method_mut() = out.req.method().clone();
     *req.headers_mut() = copy_headers(out.req.headers());
-    out.added.fold(req.headers_mut());
+    let hop = Hop {
+        peer,
+        host: out.host.as_ref(),
+    };
+    out.added.fold(hop, req.headers_mut());
     let host = match &out.host {
         Some(h) => h.to_str().ok()?.to_string(),
         None => endpoint.authority.as_str().to_string(),

@@ -525,7 +525,11 @@ impl Proxy {
             if let Some(chain) = &entry.filters {
                 // The route's filters see (and may change) every field the
                 // request leaves with.
-                std::mem::take(&mut out.added).fold_into(out.req.headers_mut());
+                let hop = outgoing::Hop {
+                    peer,
+                    host: out.host.as_ref(),
+                };
+                std::mem::take(&mut out.added).fold(hop, out.req.headers_mut());
                 chain.on_upstream_request(out.req.headers_mut());
                 if let Some(rule) = chain.rewrite() {
                     outgoing::rewrite(&mut out, rule, matched.prefix_len, &self.edge.path)?;
@@ -535,7 +539,7 @@ impl Proxy {
                 }
             }
             if let Some(set) = &entry.mirror {
-                self.mirror(entry, set, &out);
+                self.mirror(entry, set, &out, peer);
             }
             // A split route sends through the target its turn chooses (a plain
             // route through itself: one branch).
@@ -544,7 +548,7 @@ impl Proxy {
             // exchange once already, and a second box here cost a malloc and a
             // copy of the send phase's future per request (callgrind, LTO off:
             // 51,858 boxed, 50,833 not; h2c 72,154 and 72,294, level).
-            let (resp, upgrade) = self.send(target, out, ctx).await?;
+            let (resp, upgrade) = self.send(target, out, peer, ctx).await?;
             Ok(self.response_filter(resp, upgrade, entry, ctx, accept_encoding.as_ref()))
         }
     }

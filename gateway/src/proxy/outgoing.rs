@@ -71,16 +71,25 @@ pub(super) struct Outgoing {
 /// (callgrind). Whatever reads the request's headers or sends them another
 /// way gets them in the map first ([`Added::fold`]): a route's filters, a
 /// mirror, hyper's client and the HTTP/2 ones.
+///
+/// The forwarding values are not copied here but read from their [`Hop`]
+/// when listed: this stays small (it lives in each request's future).
 #[derive(Debug, Default)]
-pub(super) struct Added([Option<HeaderValue>; 4]);
+pub(super) struct Added {
+    /// This hop's `X-Forwarded-*` are added.
+    forwarded: bool,
+    /// The request id to add.
+    request_id: Option<HeaderValue>,
+}
 
-/// The names of [`Added`]'s fields, in its order.
-static ADDED_NAMES: [&HeaderName; 4] = [
-    &X_FORWARDED_FOR,
-    &X_FORWARDED_PROTO,
-    &X_FORWARDED_HOST,
-    &X_REQUEST_ID,
-];
+/// Where the forwarding fields' values come from: the peer, and the host
+/// routed on (`Outgoing::host` as prepared: a route with filters folds
+/// the fields in before its rewrite may change that host).
+#[derive(Clone, Copy)]
+pub(super) struct Hop<'a> {
+    pub peer: &'a Peer,
+    pub host: Option<&'a HeaderValue>,
+}
 
 /// Stands in the unused places of [`Pairs`].
 static NO_VALUE: HeaderValue = HeaderValue::from_static("");
@@ -91,29 +100,38 @@ pub(super) struct Pairs<'a> {
     len: usize,
 }
 
-impl Pairs<'_> {
+impl<'a> Pairs<'a> {
     /// No fields.
     pub fn none() -> Pairs<'static> {
         Pairs {
-            list: [(ADDED_NAMES[0], &NO_VALUE); 4],
+            list: [(&X_REQUEST_ID, &NO_VALUE); 4],
             len: 0,
         }
     }
 
-    pub fn as_slice(&self) -> &[Field<'_>] {
+    fn push(&mut self, name: &'a HeaderName, value: &'a HeaderValue) {
+        self.list[self.len] = (name, value);
+        self.len += 1;
+    }
+
+    pub fn as_slice(&self) -> &[Field<'a>] {
         &self.list[..self.len]
     }
 }
 
 impl Added {
-    /// The fields there are, in order.
-    pub fn pairs(&self) -> Pairs<'_> {
+    /// The fields, in the order they are written.
+    pub fn pairs<'a>(&'a self, hop: Hop<'a>) -> Pairs<'a> {
         let mut pairs = Pairs::none();
-        for (name, value) in ADDED_NAMES.iter().zip(&self.0) {
-            if let Some(value) = value {
-                pairs.list[pairs.len] = (name, value);
-                pairs.len += 1;
+        if self.forwarded {
+            pairs.push(&X_FORWARDED_FOR, &hop.peer.ip);
+            pairs.push(&X_FORWARDED_PROTO, &hop.peer.proto);
+            if let Some(host) = hop.host {
+                pairs.push(&X_FORWARDED_HOST, host);
             }
+        }
+        if let Some(id) = &self.request_id {
+            pairs.push(&X_REQUEST_ID, id);
         }
         pairs
     }
@@ -122,33 +140,27 @@ impl Added {
     /// native HTTP/1.1 client (`native`); none for another, which gets
     /// them in the map, once: `folded` remembers it for the later tries
     /// (which find them there, whatever their client).
-    pub fn for_try(&self, native: bool, folded: &mut bool, headers: &mut HeaderMap) -> Pairs<'_> {
+    pub fn for_try<'a>(
+        &'a self,
+        hop: Hop<'a>,
+        (native, folded): (bool, &mut bool),
+        headers: &mut HeaderMap,
+    ) -> Pairs<'a> {
         if *folded {
             return Pairs::none();
         }
         if native {
-            return self.pairs();
+            return self.pairs(hop);
         }
-        self.fold(headers);
+        self.fold(hop, headers);
         *folded = true;
         Pairs::none()
     }
 
     /// Inserts the fields into `headers` (replacing any of those names).
-    pub fn fold(&self, headers: &mut HeaderMap) {
-        for (name, value) in ADDED_NAMES.iter().zip(&self.0) {
-            if let Some(value) = value {
-                headers.insert(*name, value.clone());
-            }
-        }
-    }
-
-    /// [`Added::fold`], moving the values.
-    pub fn fold_into(self, headers: &mut HeaderMap) {
-        for (name, value) in ADDED_NAMES.iter().zip(self.0) {
-            if let Some(value) = value {
-                headers.insert(*name, value);
-            }
+    pub fn fold(&self, hop: Hop<'_>, headers: &mut HeaderMap) {
+        for &(name, value) in self.pairs(hop).as_slice() {
+            headers.insert(name, value.clone());
         }
     }
 }
@@ -215,7 +227,7 @@ pub(super) fn prepare(
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     } else {
-        added.0[3] = Some(ctx.request_id.clone());
+        added.request_id = Some(ctx.request_id.clone());
     }
     let (parts, body) = req.into_parts();
     let body = if body.is_end_stream() {
@@ -279,12 +291,10 @@ fn prepare_headers(
 /// to `X-Forwarded-For` and, when the hop uses it, `Forwarded`.
 fn forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) -> Added {
     if !peer.trusted {
-        return Added([
-            Some(peer.ip.clone()),
-            Some(peer.proto.clone()),
-            host.cloned(),
-            None,
-        ]);
+        return Added {
+            forwarded: true,
+            request_id: None,
+        };
     }
     append(headers, &X_FORWARDED_FOR, &peer.ip);
     if headers.contains_key(header::FORWARDED) {
@@ -545,8 +555,8 @@ fn strip_headers(headers: &mut HeaderMap, drop: Drop) -> bool {
         headers.remove(header::FORWARDED);
     }
     if x_forwarded {
-        for name in &ADDED_NAMES[..3] {
-            headers.remove(*name);
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            headers.remove(name);
         }
     }
     if scan {
@@ -620,7 +630,8 @@ mod tests {
         host: Option<&HeaderValue>,
     ) -> (HeaderMap, Vec<String>) {
         let (_, added) = prepare_headers(&mut h, false, UnderscorePolicy::Allow, peer, host);
-        let pairs = added.pairs();
+        let hop = Hop { peer, host };
+        let pairs = added.pairs(hop);
         let names = pairs
             .as_slice()
             .iter()
@@ -629,7 +640,7 @@ mod tests {
         for (name, _) in pairs.as_slice() {
             assert!(!h.contains_key(*name), "{name} also in the map");
         }
-        added.fold(&mut h);
+        added.fold(hop, &mut h);
         (h, names)
     }
 
@@ -691,13 +702,18 @@ mod tests {
     #[test]
     fn each_try_gets_the_added_fields_once() {
         let host = HeaderValue::from_static("a.example");
+        let peer = peer(false);
         let (_, added) = prepare_headers(
             &mut HeaderMap::new(),
             false,
             UnderscorePolicy::Allow,
-            &peer(false),
+            &peer,
             Some(&host),
         );
+        let hop = Hop {
+            peer: &peer,
+            host: Some(&host),
+        };
         for clients in [
             [true, false, true],
             [false, true, true],
@@ -705,10 +721,10 @@ mod tests {
         ] {
             let (mut headers, mut folded) = (HeaderMap::new(), false);
             for native in clients {
-                let pairs = added.for_try(native, &mut folded, &mut headers);
+                let pairs = added.for_try(hop, (native, &mut folded), &mut headers);
                 let beside: Vec<_> = pairs.as_slice().iter().map(|(n, _)| *n).collect();
-                for name in &ADDED_NAMES[..3] {
-                    let in_map = headers.get_all(*name).iter().count();
+                for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+                    let in_map = headers.get_all(name).iter().count();
                     let written = beside.iter().filter(|n| *n == name).count();
                     assert_eq!(in_map + written, 1, "{name} for {clients:?}");
                 }
