@@ -159,6 +159,9 @@ struct Tries<'a> {
     /// The added fields went into the request's map (for a try that was
     /// not the native client's); later tries send them from there.
     folded: bool,
+    /// When the route timeout started: the first try's send time too (one
+    /// clock read for both).
+    first_sent: Option<Instant>,
 }
 
 impl Proxy {
@@ -241,6 +244,7 @@ impl Proxy {
                 watch: watch.clone(),
                 in_flight: None,
                 folded: false,
+                first_sent: None,
             };
             // The client's deadline binds when it is shorter than the route's.
             let grpc_timeout = out.grpc_timeout;
@@ -264,10 +268,14 @@ impl Proxy {
                 ),
             };
             let mut timer = ctx.timer.take();
+            // One clock read starts the route timeout and times the first try.
+            let now = Instant::now();
+            tries.first_sent = Some(now);
             let result = {
                 let run = tries.run(self, out.req, to, ctx);
                 tokio::pin!(run);
-                within(run, &mut timer, route.timeout, watch.as_deref(), deadline).await
+                let timeout = (now, route.timeout);
+                within(run, &mut timer, timeout, watch.as_deref(), deadline).await
             };
             ctx.timer = timer;
             match result {
@@ -425,8 +433,8 @@ fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method,
     Some((tee, req.method().clone(), req.headers().clone()))
 }
 
-/// Awaits `fut` for `timeout`, counted from the later of now and the client
-/// body's last progress, and never running out while the gateway waits for
+/// Awaits `fut` for `timeout`, counted from the later of `from` and the
+/// client body's last progress, and never running out while the gateway waits for
 /// the client's bytes (the body's read timeout governs then): a slow client
 /// is not an upstream timing out. A `hard` deadline (a gRPC call's own)
 /// ends it whatever the client body does. `None` when it ran out.
@@ -436,12 +444,12 @@ fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method,
 fn within<'w, F: Future>(
     mut fut: Pin<&'w mut F>,
     timer: &'w mut Option<LazyDeadline>,
-    timeout: Duration,
+    (from, timeout): (Instant, Duration),
     watch: Option<&'w BodyWatch>,
     hard: Option<Instant>,
 ) -> impl Future<Output = Option<F::Output>> + 'w {
     let cap = move |d: Instant| hard.map_or(d, |h| d.min(h));
-    let deadline = cap(Instant::now() + timeout);
+    let deadline = cap(from + timeout);
     let clock = match timer {
         Some(clock) => {
             clock.set(deadline);
@@ -519,7 +527,7 @@ impl<'a> Tries<'a> {
                 ctx.answered_at = None;
                 let pairs = self.added(proxy, &mut req, endpoint, &to);
                 let sent = (to.upgrade, pairs.as_slice());
-                let sent_at = Instant::now();
+                let sent_at = self.first_sent.take().unwrap_or_else(Instant::now);
                 let result = self.send_once(proxy, endpoint, req, sent).await;
                 let next = match result {
                     Some(Ok(resp)) => {
