@@ -434,9 +434,9 @@ fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method,
 }
 
 /// Awaits `fut` for `timeout`, counted from the later of `from` and the
-/// client body's last progress, and never running out while the gateway waits for
-/// the client's bytes (the body's read timeout governs then): a slow client
-/// is not an upstream timing out. A `hard` deadline (a gRPC call's own)
+/// client body's last progress, and never running out while the gateway
+/// waits for the client's bytes (the body's read timeout governs then): a
+/// slow client is not an upstream timing out. A `hard` deadline (a gRPC call's own)
 /// ends it whatever the client body does. `None` when it ran out.
 ///
 /// It waits on `timer` (made here when `None`), which the caller hands on
