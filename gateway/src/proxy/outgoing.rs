@@ -262,10 +262,6 @@ fn prepare_headers(
     peer: &Peer,
     host: Option<&HeaderValue>,
 ) -> (bool, Added) {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Never let a request reach a backend carrying both framings.
-        headers.remove(header::CONTENT_LENGTH);
-    }
     let proto = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -274,6 +270,7 @@ fn prepare_headers(
     let drop = Drop {
         underscores: underscores == UnderscorePolicy::Drop,
         forwarded: !peer.trusted,
+        length_if_chunked: true,
     };
     let te_trailers = strip_headers(headers, drop);
     if let Some(proto) = proto {
@@ -474,6 +471,9 @@ struct Drop {
     /// `Forwarded` and `X-Forwarded-For`, `-Proto` and `-Host` (sent by an
     /// untrusted peer: this hop's own are added instead).
     forwarded: bool,
+    /// `Content-Length` beside `Transfer-Encoding`: never let a request
+    /// reach a backend carrying both framings (found in the same pass).
+    length_if_chunked: bool,
 }
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -547,6 +547,9 @@ fn strip_headers(headers: &mut HeaderMap, drop: Drop) -> bool {
     }
     if encoding {
         headers.remove(header::TRANSFER_ENCODING);
+        if drop.length_if_chunked {
+            headers.remove(header::CONTENT_LENGTH);
+        }
     }
     if upgrade {
         headers.remove(header::UPGRADE);
@@ -608,11 +611,33 @@ mod tests {
                 Drop {
                     underscores: true,
                     forwarded: true,
+                    length_if_chunked: false,
                 },
             ),
             "te: trailers seen"
         );
         assert_eq!(with_underscores.len(), 1, "{with_underscores:?}");
+    }
+
+    /// A response keeps its length whatever else it says; a request with
+    /// both framings reaches the backend with neither.
+    #[test]
+    fn a_request_loses_its_length_beside_a_transfer_encoding() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let mut response = h.clone();
+        strip_hop_by_hop(&mut response);
+        assert_eq!(response[header::CONTENT_LENGTH], "3");
+        let peer = peer(false);
+        prepare_headers(&mut h, false, UnderscorePolicy::Allow, &peer, None);
+        assert!(!h.contains_key(header::CONTENT_LENGTH), "{h:?}");
+        assert!(!h.contains_key(header::TRANSFER_ENCODING), "{h:?}");
+        assert_eq!(h["x-keep"], "1");
     }
 
     fn peer(trusted: bool) -> Peer {
