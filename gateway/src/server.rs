@@ -63,6 +63,7 @@ use tokio::sync::{mpsc, watch};
 use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
 use crate::h1;
+use crate::h1::response::Answer;
 use crate::idle::{Activity, ActivityIo, IdleClock, WakeGate};
 use crate::protocol::{Protocol, Rewind};
 use crate::proxy::{Peer, Proxy};
@@ -622,9 +623,9 @@ where
         // once, this future inside it (one allocation per request, not
         // two); serve_hyper boxes it for hyper.
         async move {
-            let mut resp = proxy.handle(req, &downstream).await;
+            let (mut resp, beside) = proxy.handle(req, &downstream).await;
             add_hsts(&mut resp, hsts);
-            resp
+            (resp, beside)
         }
     };
     Either::Right(serve_with(io, prefix, protocol, shared, handle, watch))
@@ -661,7 +662,7 @@ fn serve_with<I, H, F, B>(
 where
     I: h1::server::Io,
     H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
-    F: Future<Output = http::Response<B>> + Send + 'static,
+    F: Future<Output: Answer<Body = B> + Send> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
@@ -694,7 +695,7 @@ async fn serve_hyper<I, H, F, B>(
 ) where
     I: h1::server::Io,
     H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
-    F: Future<Output = http::Response<B>> + Send + 'static,
+    F: Future<Output: Answer<Body = B> + Send> + Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
@@ -703,7 +704,11 @@ async fn serve_hyper<I, H, F, B>(
         // Boxed: hyper's HTTP/1.1 dispatcher keeps room for the request's
         // future for the connection's whole life.
         let fut = h1::box_in_place(|| handle(req.map(RequestBody::Hyper)));
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        async move {
+            let (mut resp, beside) = fut.await.into_parts();
+            beside.fold(&mut resp);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let io = TokioIo::new(Rewind::new(prefix.freeze(), io));
     if protocol == Protocol::H2c {

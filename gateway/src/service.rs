@@ -72,7 +72,9 @@ impl Service<Request<RequestBody>> for GatewayService {
                     false,
                 )),
             };
-            Ok(proxy.handle(req, &peer).await)
+            let (mut resp, beside) = proxy.handle(req, &peer).await;
+            beside.fold(&mut resp);
+            Ok(resp)
         })
     }
 }

@@ -579,7 +579,7 @@ fn framing(
     if !seen.has(Seen::CONTENT_LENGTH) {
         return Ok(None);
     }
-    match head::body_framing(headers, Version::HTTP_11) {
+    match head::body_framing(headers, seen, Version::HTTP_11) {
         Ok(framing) => Ok(Some(framing)),
         Err(_) => Err(ClientError::Head("invalid or differing content-length")),
     }

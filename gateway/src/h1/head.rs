@@ -257,7 +257,7 @@ fn build(bytes: &Bytes, found: &Located) -> Result<RequestHead, HeadError> {
     // reallocates, two or three times per request (callgrind).
     let (mut headers, seen) = header_map(bytes, &found.fields, 6).map_err(HeadError::Malformed)?;
     let body = if seen.frames_body() {
-        let body = body_framing(&headers, version)?;
+        let body = body_framing(&headers, seen, version)?;
         normalize_length(&mut headers, body);
         body
     } else {
@@ -349,14 +349,19 @@ fn field_name(raw: &[u8]) -> Option<HeaderName> {
 }
 
 /// How the request body is framed (RFC 9112 §6.3, refusing every case a
-/// backend could read differently).
-pub fn body_framing(headers: &HeaderMap, version: Version) -> Result<BodyFraming, HeadError> {
+/// backend could read differently). `seen`: the framing fields `headers`
+/// holds, as [`header_map`] found them (no lookup for one that is absent).
+pub(super) fn body_framing(
+    headers: &HeaderMap,
+    seen: Seen,
+    version: Version,
+) -> Result<BodyFraming, HeadError> {
     let te = field("transfer-encoding");
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.has(Seen::TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
             return Err(te("not defined in HTTP/1.0"));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if seen.has(Seen::CONTENT_LENGTH) {
             return Err(te("sent with content-length"));
         }
         return chunked_last(headers).map(|()| BodyFraming::Chunked);

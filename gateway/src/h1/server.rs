@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -45,9 +45,9 @@ use tokio::sync::oneshot;
 use super::body::RequestBody;
 use super::body::{BodySender, H1Body, H1BodyError};
 use super::framing::{BodyDecoder, BodyFraming, Frame};
-use super::head::{self, HeadError, RequestHead, has_token};
+use super::head::{self, HeadError, RequestHead};
 use super::outbox::Outbox;
-use super::response::{ResponseFraming, write_head};
+use super::response::{Answer, ResponseFraming, write_head};
 use crate::h1::pool;
 use crate::idle::{ActivityIo, LazyDeadline};
 use crate::protocol::Rewind;
@@ -180,7 +180,7 @@ pub fn serve<'a, I, F, Fut, B>(
 where
     I: Io,
     F: FnMut(Request<RequestBody>) -> Fut + 'a,
-    Fut: Future<Output = Response<B>>,
+    Fut: Future<Output: Answer<Body = B>>,
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
@@ -399,7 +399,7 @@ impl<I: Io> Conn<I> {
     ) -> io::Result<Next>
     where
         F: FnMut(Request<RequestBody>) -> Fut,
-        Fut: Future<Output = Response<B>>,
+        Fut: Future<Output: Answer<Body = B>>,
         B: Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
@@ -416,15 +416,16 @@ impl<I: Io> Conn<I> {
             tracing::debug!("client closed the connection; request cancelled");
             return Ok(Next::Close);
         };
+        let (resp, beside) = resp.into_parts();
         let (parts, body) = resp.into_parts();
         let upgrading = upgrade.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let framing = ResponseFraming::choose(&method, version, &parts, &body);
-        let mut keep = keep_alive
+        let keep = keep_alive
             && !upgrading
             && framing != ResponseFraming::UntilClose
-            && !has_token(&parts.headers, header::CONNECTION, "close")
             && !closing.load(Ordering::Acquire);
-        write_head(self.out.gather(), &parts, framing, keep, version);
+        let out = self.out.gather();
+        let mut keep = write_head(out, &parts, &beside, framing, (keep, version));
         let trailers = declared_trailers(&parts.headers, te_trailers);
         // Written: its fields dropped now, so an upstream read buffer its
         // values share is back with its connection's sole owner when the
@@ -783,7 +784,8 @@ mod tests {
         };
         let closing = AtomicBool::new(false);
         let before = pool::kept();
-        let service = |_req| async { Response::new(http_body_util::Full::new(Bytes::from("ok"))) };
+        let service =
+            |_req| async { http::Response::new(http_body_util::Full::new(Bytes::from("ok"))) };
         serve(io, BytesMut::new(), &settings, &closing, service)
             .await
             .unwrap();
@@ -838,7 +840,7 @@ mod tests {
                 held = Some(data);
             }
             drop(held);
-            Response::new(http_body_util::Full::new(Bytes::from(len.to_string())))
+            http::Response::new(http_body_util::Full::new(Bytes::from(len.to_string())))
         };
         serve(io, BytesMut::new(), &settings, &closing, service)
             .await

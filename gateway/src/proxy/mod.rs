@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -103,7 +103,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::h1::response::{Beside, X_REQUEST_ID};
 
 /// Proxy tuning.
 #[derive(Debug, Clone)]
@@ -390,7 +390,7 @@ impl Proxy {
         &'p self,
         mut req: Request<RequestBody>,
         peer: &'p Peer,
-    ) -> impl Future<Output = Response<ProxyBody>> + 'p {
+    ) -> impl Future<Output = (Response<ProxyBody>, Beside)> + 'p {
         async move {
             let mut ctx = self.begin(&mut req);
             // Loaded here, not in `proxy`, so the context can borrow the
@@ -702,23 +702,23 @@ impl Proxy {
         }
     }
 
-    /// Phase 6: the headers every response carries, metrics, access log.
-    fn finish(&self, mut resp: Response<ProxyBody>, ctx: RequestCtx<'_>) -> Response<ProxyBody> {
+    /// Phase 6: the fields every response carries (beside its map),
+    /// metrics, access log.
+    fn finish(
+        &self,
+        mut resp: Response<ProxyBody>,
+        ctx: RequestCtx<'_>,
+    ) -> (Response<ProxyBody>, Beside) {
         *resp.version_mut() = ctx.version;
         if let (Some(origin), Some(entry)) = (&ctx.cors_origin, ctx.entry)
             && let Some(chain) = &entry.filters
         {
             chain.on_cors(origin, resp.headers_mut());
         }
-        resp.headers_mut()
-            .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-        if ctx.version != Version::HTTP_2 && ctx.body.unfinished() {
-            // The client's body was not read to its end, so this connection
-            // is not at a request boundary and hyper will close it: say so,
-            // or a keep-alive client loses its next request.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        // The client's body was not read to its end, so this connection is
+        // not at a request boundary and will close: say so, or a keep-alive
+        // client loses its next request.
+        let close = ctx.version != Version::HTTP_2 && ctx.body.unfinished();
         let elapsed = ctx
             .answered_at
             .unwrap_or_else(Instant::now)
@@ -756,9 +756,14 @@ impl Proxy {
                     None,
                 );
             }
-            return resp;
+            let request_id = Some(ctx.request_id);
+            return (resp, Beside { request_id, close });
         }
-        finish_grpc(resp, ctx, metrics, elapsed)
+        let request_id = Some(ctx.request_id.clone());
+        (
+            finish_grpc(resp, ctx, metrics, elapsed),
+            Beside { request_id, close },
+        )
     }
 }
 
