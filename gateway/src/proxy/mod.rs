@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -939,18 +939,35 @@ fn respond_grpc(
 /// each id took a slot in the connection's header table and pushed out the
 /// entries that do repeat (`server`, `content-type`, the second's `date`),
 /// costing their bytes on later responses and an insertion every time.
+///
+/// Written into a per-thread buffer that ids are split off (one allocation
+/// per 128 ids): an id of its own was one allocation, and the copy of it
+/// the upstream request carries made its bytes shared, a second one.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    const LEN: usize = 32;
+    thread_local! {
+        static IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
     let mut n = fastrand::u128(..);
-    let mut id = [0u8; 32];
+    let mut id = [0u8; LEN];
     for b in id.iter_mut().rev() {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    let mut id = HeaderValue::from_bytes(&id).expect("hex is a valid header value");
+    let id = IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if ids.capacity() < LEN {
+            *ids = BytesMut::with_capacity(128 * LEN);
+        }
+        ids.extend_from_slice(&id);
+        ids.split_to(LEN).freeze()
+    });
+    let mut id = HeaderValue::from_maybe_shared(id).expect("hex is a valid header value");
     id.set_sensitive(true);
     id
 }
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -968,6 +985,20 @@ mod tests {
                 assert_eq!(forwarded, want.as_str());
                 assert_eq!(bare, addr.to_string().as_str());
             }
+        }
+    }
+
+    /// Ids split off one per-thread buffer stay whole and distinct across
+    /// the buffer's refills, each 32 hex digits and sensitive.
+    #[test]
+    fn request_ids_are_distinct_hex_across_buffer_refills() {
+        let ids: Vec<_> = (0..300).map(|_| super::new_request_id()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            assert!(id.is_sensitive());
+            assert_eq!(id.len(), 32, "{id:?}");
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+            assert!(seen.insert(id.as_bytes().to_vec()), "{id:?} twice");
         }
     }
 
