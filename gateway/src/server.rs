@@ -623,9 +623,9 @@ where
         // once, this future inside it (one allocation per request, not
         // two); serve_hyper boxes it for hyper.
         async move {
-            let (mut resp, beside) = proxy.handle(req, &downstream).await;
-            add_hsts(&mut resp, hsts);
-            (resp, beside)
+            let mut answer = proxy.handle(req, &downstream).await;
+            add_hsts(&mut answer.0, hsts);
+            answer
         }
     };
     Either::Right(serve_with(io, prefix, protocol, shared, handle, watch))

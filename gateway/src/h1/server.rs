@@ -412,11 +412,16 @@ impl<I: Io> Conn<I> {
         // request's future (the largest part of this state) would be kept
         // twice, as the argument and as the pinned local.
         let fut = pin!(service(req));
-        let Some(resp) = self.await_response(fut, &mut feed).await? else {
+        // The answer is written where it stays, not passed back through
+        // the layers of `Poll`, `Result` and `Option` (each a copy of it).
+        let mut answer = None;
+        if !self.await_response(fut, &mut feed, &mut answer).await? {
             tracing::debug!("client closed the connection; request cancelled");
             return Ok(Next::Close);
-        };
-        let (resp, beside) = resp.into_parts();
+        }
+        let (resp, beside) = answer
+            .expect("an answered request has its answer")
+            .into_parts();
         let (parts, body) = resp.into_parts();
         let upgrading = upgrade.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let framing = ResponseFraming::choose(&method, version, &parts, &body);
@@ -445,17 +450,19 @@ impl<I: Io> Conn<I> {
         Ok(if keep { Next::KeepAlive } else { Next::Close })
     }
 
-    /// Polls the request's future until it answers, feeding its body
-    /// meanwhile. `None`: the client closed the connection first, and the
-    /// request is cancelled (its future dropped here).
+    /// Polls the request's future until it answers (into `answer`),
+    /// feeding its body meanwhile. False: the client closed the connection
+    /// first, and the request is cancelled (its future dropped here).
     async fn await_response<Fut: Future>(
         &mut self,
         mut fut: Pin<&mut Fut>,
         feed: &mut Feed,
-    ) -> io::Result<Option<Fut::Output>> {
+        answer: &mut Option<Fut::Output>,
+    ) -> io::Result<bool> {
         poll_fn(|cx| {
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Ok(Some(r)));
+                *answer = Some(r);
+                return Poll::Ready(Ok(true));
             }
             self.poll_feed(cx, feed)?;
             // `100 Continue`, once the request reads its body.
@@ -465,7 +472,7 @@ impl<I: Io> Conn<I> {
                 written?;
             }
             if feed.done() && ready!(self.poll_gone(cx)) {
-                return Poll::Ready(Ok(None));
+                return Poll::Ready(Ok(false));
             }
             Poll::Pending
         })
