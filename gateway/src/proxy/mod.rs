@@ -206,6 +206,9 @@ pub struct Peer {
     /// The subject of the client certificate verified on this connection
     /// (mTLS on the HTTPS listener), for `--tls-client-subject-header`.
     pub client_subject: Option<HeaderValue>,
+    /// `Strict-Transport-Security` for every response on this connection
+    /// (the TLS listener's `--hsts`); an upstream's own policy is kept.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl Peer {
@@ -222,6 +225,7 @@ impl Peer {
             secure,
             trusted: false,
             client_subject: None,
+            hsts: None,
         }
     }
 }
@@ -415,6 +419,12 @@ impl Proxy {
                     e.respond(ctx.grpc).map(|b| Either::Right(Either::Left(b)))
                 }
             };
+            let mut resp = resp;
+            if let Some(hsts) = &peer.hsts {
+                resp.headers_mut()
+                    .entry(header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert_with(|| hsts.clone());
+            }
             self.finish(resp, ctx)
         }
     }
