@@ -381,6 +381,7 @@ impl Proxy {
     }
 
     /// Handles one downstream request; never fails (errors become responses).
+    /// Every answer gets the peer's HSTS policy (an upstream's own is kept).
     ///
     /// A plain function around an `async move` block, here and in
     /// [`Proxy::proxy`], [`Proxy::send`] and the tries' loop: an `async fn`
@@ -408,7 +409,7 @@ impl Proxy {
                 path = %req.uri().path(),
                 request_id = ctx.request_id.to_str().unwrap_or("-"),
             );
-            let resp = match self
+            let mut resp = match self
                 .proxy(&table, req, peer, &mut ctx)
                 .instrument(span)
                 .await
@@ -419,7 +420,6 @@ impl Proxy {
                     e.respond(ctx.grpc).map(|b| Either::Right(Either::Left(b)))
                 }
             };
-            let mut resp = resp;
             if let Some(hsts) = &peer.hsts {
                 resp.headers_mut()
                     .entry(header::STRICT_TRANSPORT_SECURITY)
