@@ -454,11 +454,15 @@ pub(super) fn keeps_alive(headers: &HeaderMap, seen: Seen, version: Version) -> 
 
 /// `name` lists `token` (comma-separated, any case).
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    headers.get_all(name).iter().any(|v| lists(v, token))
+}
+
+/// One field's `value` lists `token` (comma-separated, any case).
+pub(super) fn lists(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]

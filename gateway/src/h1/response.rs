@@ -21,6 +21,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::Body;
 
 use super::framing::{CHUNK_END, chunk_size_line, last_chunk};
+use super::head::lists;
 use super::outbox::Outbox;
 
 /// `X-Request-Id`: every response the proxy answers carries its request's.
@@ -189,7 +190,7 @@ pub fn write_head(
     let mut dated = false;
     for (name, value) in &parts.headers {
         if *name == header::CONNECTION {
-            keep &= !listed(value, b"close");
+            keep &= !lists(value, "close");
             if !upgrade {
                 continue;
             }
@@ -226,14 +227,6 @@ pub fn write_head(
     }
     out.extend_from_slice(b"\r\n");
     keep
-}
-
-/// `value` lists `token` (comma-separated, any case).
-fn listed(value: &HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Appends one header field line.
