@@ -707,3 +707,161 @@ async fn upstream_connections_are_reused_and_a_closed_one_is_replaced() {
         gw.stop().await;
     }
 }
+
+/// A keep-alive backend that answers every request with `answer`; the
+/// count is of the connections it accepted.
+async fn keep_alive_backend(
+    answer: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = backend.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads one response with a `Content-Length` body: its head's lines and
+/// its body.
+async fn read_response(s: &mut TcpStream) -> (Vec<String>, Vec<u8>) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-head: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(seen[..end].to_vec()).unwrap();
+    let lines: Vec<String> = head.split("\r\n").map(str::to_owned).collect();
+    let length: usize = lines
+        .iter()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .expect("a content-length")
+        .parse()
+        .unwrap();
+    let mut body = seen[end + 4..].to_vec();
+    while body.len() < length {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed mid-body");
+        body.extend_from_slice(&buf[..n]);
+    }
+    (lines, body)
+}
+
+/// The lines of `head` whose field name is `name` (any case).
+fn fields<'a>(head: &'a [String], name: &str) -> Vec<&'a str> {
+    head.iter()
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
+/// An upstream's fields reach the client as it sent them (the native
+/// server relays them in one copy when no filter reads them), less the
+/// hop-by-hop ones and with the gateway's own request id; a route with a
+/// response filter and an HTTP/2 client get the same fields through the
+/// header map. The upstream connection is reused throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_fields_reach_the_client_as_sent_less_the_hop_by_hop_ones() {
+    let (backend, accepted) = keep_alive_backend(
+        b"HTTP/1.1 200 OK\r\nServer: origin/1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+          Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\
+          Keep-Alive: timeout=5\r\nX-Request-Id: theirs\r\n\r\nhello",
+    )
+    .await;
+    let gw = TestGateway::start(options(&format!(
+        "[[route]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstreams = [\"{backend}\"]\n\
+         [[route]]\nname = \"filtered\"\npath_prefix = \"/filtered\"\nupstreams = [\"{backend}\"]\n\
+         [[route.filters]]\ntype = \"response_headers\"\nset = {{ \"x-served-by\" = \"portico\" }}\n"
+    )))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for path in ["/plain", "/plain", "/filtered"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert_eq!(head[0], "HTTP/1.1 200 OK", "{head:?}");
+        assert_eq!(body, b"hello");
+        assert_eq!(fields(&head, "server"), ["origin/1"], "{head:?}");
+        assert_eq!(fields(&head, "set-cookie"), ["a=1", "b=2"], "{head:?}");
+        assert_eq!(fields(&head, "content-type"), ["text/plain"], "{head:?}");
+        assert_eq!(fields(&head, "content-length"), ["5"], "{head:?}");
+        assert_eq!(
+            fields(&head, "date").len(),
+            1,
+            "the gateway dates it: {head:?}"
+        );
+        assert!(fields(&head, "connection").is_empty(), "{head:?}");
+        assert!(fields(&head, "keep-alive").is_empty(), "{head:?}");
+        let ids = fields(&head, "x-request-id");
+        assert!(ids.len() == 1 && ids[0] != "theirs", "{head:?}");
+        let filtered = fields(&head, "x-served-by");
+        assert_eq!(filtered.len(), usize::from(path == "/filtered"), "{head:?}");
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let resp = client
+        .request(
+            http::Request::get(format!("{}/plain", gw.url))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let h = resp.headers();
+    assert_eq!(h["server"], "origin/1");
+    assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    assert!(h.get("connection").is_none() && h.get("keep-alive").is_none());
+    assert_ne!(h["x-request-id"], "theirs");
+    assert_eq!(
+        &resp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"hello"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one upstream connection carried every request"
+    );
+}

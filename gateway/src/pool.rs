@@ -250,13 +250,15 @@ impl Pool {
     ///
     /// `extra`: fields the native client writes after the request's own;
     /// only for a request [`Pool::writes_extra`] says it sends (hyper's
-    /// client would not see them: they belong in the map then).
+    /// client would not see them: they belong in the map then). `relay`:
+    /// the native client may leave the response's fields out of its map,
+    /// for the caller to take ([`PooledBody::take_relayed`]).
     pub fn send_http1<'a>(
         self: &'a Arc<Self>,
         endpoint: &'a Endpoint,
         req: Request<UpstreamBody>,
         pending: Option<(&'a std::sync::atomic::AtomicU32, u32)>,
-        (upgrade, extra): (bool, &'a [Field<'a>]),
+        (upgrade, extra, relay): (bool, &'a [Field<'a>], bool),
     ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + 'a {
         use futures_util::future::Either::{Left, Right};
         if !self.writes_extra(Scheme::Http, upgrade) {
@@ -265,7 +267,7 @@ impl Pool {
         }
         // A pooled connection: the exchange's own future, with no `async`
         // level around it to hold the request a second time (callgrind).
-        let again = (pending, extra);
+        let again = (pending, extra, relay);
         match self.checkout_native(endpoint.authority.as_str()) {
             Some(io) => Left(Left(self.exchange_native(endpoint, io, req, again, true))),
             // Connecting first: boxed, so the usual case stays small.
@@ -294,7 +296,7 @@ impl Pool {
         endpoint: &'a Endpoint,
         io: TcpStream,
         req: Request<UpstreamBody>,
-        (pending, extra): Resend<'a>,
+        (pending, extra, relay): Resend<'a>,
         reused: bool,
     ) -> NativeExchange<
         'a,
@@ -303,9 +305,9 @@ impl Pool {
         + use<>,
     > {
         NativeExchange::Sending {
-            send: h1::client::send(io, req, extra),
+            send: h1::client::send(io, req, (extra, relay)),
             home: Some((Arc::downgrade(self), endpoint.pool_key.clone())),
-            again: reused.then_some((self, endpoint, (pending, extra))),
+            again: reused.then_some((self, endpoint, (pending, extra, relay))),
         }
     }
 
@@ -316,7 +318,7 @@ impl Pool {
         self: &Arc<Self>,
         endpoint: &Endpoint,
         req: Request<UpstreamBody>,
-        (pending, extra): Resend<'_>,
+        (pending, extra, relay): Resend<'_>,
     ) -> Result<Response<PooledBody>, SendError> {
         let waiting = match pending.map(|(c, max)| crate::breaker::acquire(c, max)) {
             Some(None) => return Err(SendError::unsent(UpstreamError::Overloaded, req)),
@@ -328,7 +330,7 @@ impl Pool {
         };
         // Counted while waiting for the connection only.
         drop(waiting);
-        self.exchange_native(endpoint, io, req, (pending, extra), false)
+        self.exchange_native(endpoint, io, req, (pending, extra, relay), false)
             .await
     }
 
@@ -792,6 +794,7 @@ async fn prune_loop(pool: Weak<Pool>) {
 type Resend<'a> = (
     Option<(&'a std::sync::atomic::AtomicU32, u32)>,
     &'a [Field<'a>],
+    bool,
 );
 
 /// Where a request that a reused connection left unanswered goes again:
@@ -907,6 +910,15 @@ impl PooledBody {
                     pool.give_back_native(&key, io);
                 }
             }
+        }
+    }
+
+    /// The response's fields, when the native client relayed its head
+    /// (they are then not in the response's map).
+    pub fn take_relayed(&mut self) -> Option<h1::relay::Relayed> {
+        match &mut self.inner {
+            Inner::Native(body) => body.take_relayed(),
+            Inner::Hyper { .. } => None,
         }
     }
 
@@ -1045,7 +1057,7 @@ mod tests {
                 .body(Either::Right(Full::new(Bytes::new())))
                 .unwrap();
             let resp = pool
-                .send_http1(&endpoint, req, None, (false, &extra))
+                .send_http1(&endpoint, req, None, (false, &extra, false))
                 .await
                 .unwrap_or_else(|e| panic!("{:?}", e.error));
             let body = resp.into_body().collect().await.unwrap().to_bytes();

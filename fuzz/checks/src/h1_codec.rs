@@ -26,6 +26,10 @@
 //!   `Content-Length` body has the one length every value names), and a
 //!   connection whose response is framed by its close, or by both fields,
 //!   is never kept.
+//! - a response head relayed as it arrived (`h1::relay`) frames its body
+//!   and keeps its connection as its map would, its body's bytes follow
+//!   it alike, and its lines make the map the gateway would have passed
+//!   on (all of it less `Connection`, `Keep-Alive` and `X-Request-Id`).
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -68,12 +72,13 @@ pub fn check(data: &[u8]) {
 
 fn response(bytes: &[u8], step: usize) {
     let mut buf = BytesMut::from(bytes);
-    let h = match client::parse_head(&mut buf, false) {
+    let h = match client::parse_head(&mut buf, false, false) {
         Ok(Some(h)) => h,
         Ok(None) => return,
         // The exchange fails (502) and the connection is dropped.
         Err(_) => return,
     };
+    relayed_alike(bytes, &h, &buf);
     assert!(
         !h.status.is_informational(),
         "an interim head taken as final"
@@ -102,6 +107,37 @@ fn response(bytes: &[u8], step: usize) {
         }
     }
     body(framing, &buf, step);
+}
+
+/// The same head parsed to be relayed says what its map said (`h`, with
+/// `rest` left after it).
+fn relayed_alike(bytes: &[u8], h: &client::ResponseHead, rest: &[u8]) {
+    let mut buf = BytesMut::from(bytes);
+    let r = client::parse_head(&mut buf, false, true)
+        .expect("a head the map path takes is taken")
+        .expect("complete");
+    assert_eq!(
+        (r.status, r.body, r.keep_alive),
+        (h.status, h.body, h.keep_alive)
+    );
+    if r.held.is_empty() {
+        assert_eq!(r.headers, h.headers);
+        assert_eq!(&buf[..], rest);
+        return;
+    }
+    let relayed = r.held.relayed(&buf.split_to(r.held.len()).freeze());
+    assert_eq!(
+        &buf[..],
+        rest,
+        "the body's bytes follow a relayed head alike"
+    );
+    let mut map = HeaderMap::new();
+    relayed.into_map(&mut map);
+    let mut expected = h.headers.clone();
+    for name in ["connection", "keep-alive", "x-request-id"] {
+        expected.remove(name);
+    }
+    assert_eq!(map, expected, "relayed lines make the map passed on");
 }
 
 fn request(bytes: &[u8], step: usize) {

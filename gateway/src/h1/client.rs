@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use super::framing::{BodyDecoder, BodyFraming, CHUNK_END, Frame, FramingError, chunk_size_line};
 use super::head::{self, MAX_HEADERS, Seen, Spans};
 use super::outbox::COPY_LIMIT;
+use super::relay::{self, Held, Relayed};
 use super::response::{decimal, field};
 use crate::h1::pool;
 
@@ -117,10 +118,12 @@ pub fn usable(io: &TcpStream) -> bool {
 /// fields, kept out of the map to save inserting them). A request sent
 /// again after its connection ended unanswered is sent with them again by
 /// the caller, who holds them; the replay here keeps only the map.
+/// `relay`: the response's head may be relayed ([`parse_head`]): nothing on
+/// its way reads its fields.
 pub fn send<B>(
     io: TcpStream,
     req: Request<B>,
-    extra: &[Field<'_>],
+    (extra, relay): (&[Field<'_>], bool),
 ) -> impl Future<Output = Result<Response<ResponseBody>, ClientError>> + use<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -143,6 +146,7 @@ where
         },
         input: BytesMut::new(),
         head_request: parts.method == Method::HEAD,
+        relay,
         replay: None,
     };
     // Only an idempotent method: a POST the upstream read before its
@@ -238,6 +242,8 @@ struct Exchange<B> {
     left: u64,
     input: BytesMut,
     head_request: bool,
+    /// The response's head may be relayed ([`parse_head`]).
+    relay: bool,
     /// A body-less idempotent request's head, kept until the first
     /// response byte so the request can be sent again if the connection
     /// ends before it.
@@ -257,6 +263,9 @@ pub struct ResponseHead {
     pub body: Option<BodyFraming>,
     /// The connection may carry another request after this response.
     pub keep_alive: bool,
+    /// A relayed head: where it waits at the front of the body's buffer
+    /// (its fields are not in `headers`).
+    pub held: Held,
 }
 
 impl<B> Exchange<B>
@@ -313,7 +322,7 @@ where
         }
         loop {
             if !self.input.is_empty()
-                && let Some(head) = parse_head(&mut self.input, self.head_request)?
+                && let Some(head) = parse_head(&mut self.input, self.head_request, self.relay)?
             {
                 return Poll::Ready(Ok(head));
             }
@@ -427,6 +436,7 @@ where
                 Framing::Framed(BodyDecoder::new(f))
             }),
             keep_alive: head.keep_alive && sent,
+            held: head.held,
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
@@ -471,15 +481,18 @@ fn room_for_the_rest(left: u64) -> usize {
 /// The response head at the front of `buf`, taken off it; interim (1xx)
 /// heads before it are taken off and dropped. `Ok(None)`: read more.
 /// `head_request`: the response answers a HEAD (it has no body).
+///
+/// `relay`: a head that can be relayed ([`relay::plan`]) stays at the front
+/// of `buf`, its map empty, and [`ResponseHead::held`] says where it is.
 pub fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
+    relay: bool,
 ) -> Result<Option<ResponseHead>, ClientError> {
     loop {
         let Some((len, status, minor, fields)) = locate(buf)? else {
             return Ok(None);
         };
-        let bytes = buf.split_to(len).freeze();
         let status =
             StatusCode::from_u16(status).map_err(|_| ClientError::Head("invalid status"))?;
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -488,8 +501,25 @@ pub fn parse_head(
             ));
         }
         if status.is_informational() {
+            buf.advance(len);
             continue;
         }
+        let bodyless =
+            head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        if relay && let Some(plan) = relay::plan(buf, len, (minor, bodyless), &fields) {
+            return Ok(Some(ResponseHead {
+                status,
+                version: Version::HTTP_11,
+                headers: HeaderMap::new(),
+                body: Some(match plan.length {
+                    0 => BodyFraming::Empty,
+                    n => BodyFraming::Length(n),
+                }),
+                keep_alive: plan.keep_alive,
+                held: plan.held,
+            }));
+        }
+        let bytes = buf.split_to(len).freeze();
         let (headers, seen) = head::header_map(&bytes, &fields, 2).map_err(ClientError::Head)?;
         let version = if minor == 0 {
             Version::HTTP_10
@@ -506,6 +536,7 @@ pub fn parse_head(
             headers,
             body,
             keep_alive,
+            held: Held::default(),
         }));
     }
 }
@@ -593,12 +624,35 @@ pub struct ResponseBody {
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
+    /// A relayed head still at the front of `buf`.
+    held: Held,
 }
 
 impl ResponseBody {
+    /// The response's fields when its head was relayed, taken off the
+    /// front of the buffer (once).
+    pub fn take_relayed(&mut self) -> Option<Relayed> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let head = self.buf.split_to(self.held.len()).freeze();
+        let relayed = self.held.relayed(&head);
+        self.held = Held::default();
+        Some(relayed)
+    }
+
+    /// A relayed head nobody took is dropped before the body is read.
+    fn drop_held(&mut self) {
+        if !self.held.is_empty() {
+            self.buf.advance(self.held.len());
+            self.held = Held::default();
+        }
+    }
+
     /// The connection, once the response was read to its end with nothing
     /// after it and the connection may carry another request.
     pub fn reusable(&mut self) -> Option<TcpStream> {
+        self.drop_held();
         if !(self.keep_alive && self.is_end_stream() && self.buf.is_empty()) {
             return None;
         }
@@ -631,6 +685,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<BodyFrame<Bytes>, ClientError>>> {
         let this = self.get_mut();
+        this.drop_held();
         loop {
             match &mut this.framing {
                 Framing::Framed(decoder) => match decoder.decode(&mut this.buf) {
@@ -695,7 +750,7 @@ mod tests {
     use super::*;
 
     fn head_of(text: &str, head_request: bool) -> Result<Option<ResponseHead>, ClientError> {
-        parse_head(&mut BytesMut::from(text.as_bytes()), head_request)
+        parse_head(&mut BytesMut::from(text.as_bytes()), head_request, false)
     }
 
     fn framed(text: &str) -> (Option<BodyFraming>, bool) {
@@ -734,7 +789,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"[..],
         );
-        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        let head = parse_head(&mut buf, false, false).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::CREATED);
         assert!(!head.headers.contains_key(header::LINK));
         assert_eq!(&buf[..], b"ok");
@@ -849,7 +904,7 @@ mod tests {
         let mut io = TcpStream::connect(addr).await.unwrap();
         for _ in 0..2 {
             let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-            let resp = send(io, req, &[]).await.unwrap();
+            let resp = send(io, req, (&[], false)).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             let mut body = resp.into_body();
             let mut data = Vec::new();
@@ -886,7 +941,7 @@ mod tests {
         let body = StreamBody::new(tokio_stream_of(rx));
         let req = request("POST", &[("content-length", "100000")], body);
         let io = TcpStream::connect(addr).await.unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(30), send(io, req, &[]))
+        let resp = tokio::time::timeout(Duration::from_secs(30), send(io, req, (&[], false)))
             .await
             .expect("answered while the body still waits")
             .unwrap();
@@ -936,7 +991,7 @@ mod tests {
         let piece = read_buf.split().freeze();
         tx.send(Ok(BodyFrame::data(piece))).await.unwrap();
         let io = TcpStream::connect(addr).await.unwrap();
-        let exchange = tokio::spawn(send(io, req, &[]));
+        let exchange = tokio::spawn(send(io, req, (&[], false)));
         first_in.await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !read_buf.try_reclaim(2 * PIECE) {
@@ -976,9 +1031,13 @@ mod tests {
                 s.write_all(answer).await.unwrap();
             });
             let io = TcpStream::connect(addr).await.unwrap();
-            let resp = send(io, request("GET", &[], Full::new(Bytes::new())), &[])
-                .await
-                .unwrap();
+            let resp = send(
+                io,
+                request("GET", &[], Full::new(Bytes::new())),
+                (&[], false),
+            )
+            .await
+            .unwrap();
             server.await.unwrap();
             let collected = resp.into_body().collect().await;
             if whole {
@@ -1001,7 +1060,7 @@ mod tests {
                 &[("content-length", declared)],
                 Full::new(Bytes::from_static(body.as_bytes())),
             );
-            match send(io, req, &[]).await {
+            match send(io, req, (&[], false)).await {
                 Err(ClientError::Length(got)) => assert_eq!(got, want),
                 other => panic!("{declared} declared, {body:?} sent: {other:?}"),
             }
@@ -1015,7 +1074,7 @@ mod tests {
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("GET", &[("x-kept", "1")], Full::new(Bytes::new()));
-        match send(io, req, &[]).await {
+        match send(io, req, (&[], false)).await {
             Err(ClientError::Unanswered(parts)) => {
                 assert_eq!(parts.method, Method::GET);
                 assert_eq!(parts.headers["x-kept"], "1");
@@ -1026,12 +1085,12 @@ mod tests {
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("POST", &[], Full::new(Bytes::new()));
-        let e = send(io, req, &[]).await.unwrap_err();
+        let e = send(io, req, (&[], false)).await.unwrap_err();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("PUT", &[], Full::new(Bytes::from_static(b"abc")));
-        let e = send(io, req, &[]).await.unwrap_err();
+        let e = send(io, req, (&[], false)).await.unwrap_err();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
         let io = TcpStream::connect(addr).await.unwrap();
         let (mut peer, _) = l.accept().await.unwrap();
@@ -1040,7 +1099,7 @@ mod tests {
             peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         });
         let req = request("GET", &[], Full::new(Bytes::new()));
-        let e = send(io, req, &[]).await.unwrap_err();
+        let e = send(io, req, (&[], false)).await.unwrap_err();
         answering.await.unwrap();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
     }
@@ -1063,7 +1122,7 @@ mod tests {
         });
         let io = TcpStream::connect(addr).await.unwrap();
         let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-        let mut body = send(io, req, &[]).await.unwrap().into_body();
+        let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
         let mut got = 0;
         while let Some(frame) = body.frame().await {
             got += frame.unwrap().into_data().unwrap().len();

@@ -408,7 +408,7 @@ fn field(name: &'static str) -> impl Fn(&'static str) -> HeadError {
 }
 
 /// Decimal digits only (no sign, no space), at most `u64`.
-fn parse_length(digits: &[u8]) -> Result<u64, HeadError> {
+pub(super) fn parse_length(digits: &[u8]) -> Result<u64, HeadError> {
     let bad = field("content-length");
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(bad("not a decimal number"));
@@ -459,8 +459,12 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 
 /// One field's `value` lists `token` (comma-separated, any case).
 pub(super) fn lists(value: &HeaderValue, token: &str) -> bool {
+    lists_bytes(value.as_bytes(), token)
+}
+
+/// [`lists`] for a value not (yet) in a map.
+pub(super) fn lists_bytes(value: &[u8], token: &str) -> bool {
     value
-        .as_bytes()
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }

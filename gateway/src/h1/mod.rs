@@ -17,6 +17,8 @@
 //!   decoding with limits on size lines and trailers, and chunked encoding
 //!   for responses of unknown length.
 //! - [`response`]: the response head and its body framing.
+//! - [`relay`]: an upstream response's field lines written downstream as
+//!   they arrived, for a response nothing on the way reads.
 //! - [`outbox`]: what a connection has to write, large body frames
 //!   written from where they are (no copy).
 //! - [`body`]: the request body the proxy reads, fed by the connection.
@@ -39,6 +41,7 @@ pub mod framing;
 pub mod head;
 pub mod outbox;
 pub mod pool;
+pub mod relay;
 pub mod response;
 pub mod server;
 

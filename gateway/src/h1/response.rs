@@ -23,6 +23,7 @@ use http_body::Body;
 use super::framing::{CHUNK_END, chunk_size_line, last_chunk};
 use super::head::lists;
 use super::outbox::Outbox;
+use super::relay::Relayed;
 
 /// `X-Request-Id`: every response the proxy answers carries its request's.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -38,11 +39,18 @@ pub struct Beside {
     /// The connection closes after this response (`Connection: close`):
     /// the request's body was not read to its end.
     pub close: bool,
+    /// The upstream's fields as they arrived ([`super::relay`]), written
+    /// after the map's (which then holds none of the upstream's). They
+    /// carry the body's `Content-Length`.
+    pub fields: Option<Relayed>,
 }
 
 impl Beside {
     /// Into `resp`'s map, for a server that writes only the map (hyper's).
     pub fn fold<B>(self, resp: &mut Response<B>) {
+        if let Some(fields) = self.fields {
+            fields.into_map(resp.headers_mut());
+        }
         if let Some(id) = self.request_id {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
         }
@@ -180,7 +188,8 @@ pub fn write_head(
 ) -> bool {
     let status = parts.status;
     // One allocation for a usual head rather than a doubling series.
-    out.reserve(256 + 48 * parts.headers.len());
+    let relayed = beside.fields.as_ref();
+    out.reserve(256 + 48 * parts.headers.len() + relayed.map_or(0, |f| f.lines().len()));
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -204,10 +213,16 @@ pub fn write_head(
         dated |= *name == header::DATE;
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    if let Some(fields) = relayed {
+        out.extend_from_slice(fields.lines());
+        dated |= fields.dated();
+    }
     if let Some(id) = &beside.request_id {
         field(out, X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
     }
     match framing {
+        // Relayed fields carry the body's own length.
+        ResponseFraming::Length(_) if relayed.is_some() => {}
         ResponseFraming::Length(n) | ResponseFraming::Advertised(n) => {
             field(out, b"content-length", decimal(n, &mut [0; 20]));
         }
@@ -407,6 +422,7 @@ mod tests {
         let beside = Beside {
             request_id: Some(HeaderValue::from_static("ours")),
             close: true,
+            fields: None,
         };
         let (text, kept) = head(
             &p,

@@ -120,6 +120,9 @@ struct Destination<'a> {
     /// The fields the proxy adds, kept beside the request's map, and where
     /// their values come from.
     added: (&'a Added, Hop<'a>),
+    /// The response's fields may be relayed as they arrive (`h1::relay`):
+    /// nothing on its way reads them.
+    relay: bool,
 }
 
 /// One request's tries: what was tried, what is left, what to answer.
@@ -266,6 +269,7 @@ impl Proxy {
                         host: out.host.as_ref(),
                     },
                 ),
+                relay: relays(entry, peer, ctx, upgrade),
             };
             let mut timer = ctx.timer.take();
             // One clock read starts the route timeout and times the first try.
@@ -526,7 +530,7 @@ impl<'a> Tries<'a> {
                 let _in_flight = self.load_aware.then(|| endpoint.health.begin());
                 ctx.answered_at = None;
                 let pairs = self.added(proxy, &mut req, endpoint, &to);
-                let sent = (to.upgrade, pairs.as_slice());
+                let sent = (to.upgrade, pairs.as_slice(), to.relay);
                 let sent_at = self.first_sent.take().unwrap_or_else(Instant::now);
                 let result = self.send_once(proxy, endpoint, req, sent).await;
                 let next = match result {
@@ -599,7 +603,7 @@ impl<'a> Tries<'a> {
         proxy: &'f Proxy,
         endpoint: &'f Endpoint,
         req: Request<UpstreamBody>,
-        sent: (bool, &'f [Field<'f>]),
+        sent: (bool, &'f [Field<'f>], bool),
     ) -> impl Future<Output = Option<Result<Response<UpstreamResponseBody>, SendError>>> + 'f
     where
         'a: 'f,
@@ -620,7 +624,7 @@ impl<'a> Tries<'a> {
         proxy: &'f Proxy,
         endpoint: &'f Endpoint,
         req: Request<UpstreamBody>,
-        sent: (bool, &'f [Field<'f>]),
+        sent: (bool, &'f [Field<'f>], bool),
     ) -> impl Future<Output = Result<Response<UpstreamResponseBody>, SendError>> + 'f
     where
         'a: 'f,
@@ -935,6 +939,19 @@ impl<'a> Tries<'a> {
             .expect("a retry is only decided with a kept request")
             .rebuild())
     }
+}
+
+/// Whether a response may reach the client with its fields as they
+/// arrived (`h1::relay`): no filter, gRPC handling or HSTS policy reads or
+/// adds to them, no upgrade, and an HTTP/1.1 client (the native server
+/// writes them in one copy; hyper's HTTP/2 server would need them parsed
+/// into a map again).
+fn relays(entry: &RouteEntry, peer: &Peer, ctx: &RequestCtx<'_>, upgrade: bool) -> bool {
+    entry.filters.is_none()
+        && peer.hsts.is_none()
+        && ctx.grpc.is_none()
+        && ctx.version == http::Version::HTTP_11
+        && !upgrade
 }
 
 /// Checks a response head before it is passed on: an upgrade the client did

@@ -151,7 +151,7 @@ impl Proxy {
                         .map(|r| r.map(Either::Right)),
                     (Scheme::Https, Some(dial)) => pool.send_tls(&endpoint, dial, req, None).await,
                     _ => pool
-                        .send_http1(&endpoint, req, None, (false, &[]))
+                        .send_http1(&endpoint, req, None, (false, &[], false))
                         .await
                         .map(|r| r.map(Either::Left)),
                 };

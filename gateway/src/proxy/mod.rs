@@ -103,6 +103,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+use crate::h1::relay::Relayed;
 use crate::h1::response::{Beside, X_REQUEST_ID};
 
 /// Proxy tuning.
@@ -299,6 +300,9 @@ struct RequestCtx<'t> {
     /// The route timeout's timer, handed on to the response body's read
     /// timeout: one timer registered per request, not two.
     timer: Option<LazyDeadline>,
+    /// The upstream response's fields, relayed as they arrived (phase 5
+    /// takes them off its body, phase 6 puts them beside the map).
+    relayed: Option<Relayed>,
 }
 
 /// What is known of the client's request body.
@@ -469,6 +473,7 @@ impl Proxy {
             cors_origin: None,
             extensions: http::Extensions::new(),
             timer: None,
+            relayed: None,
         }
     }
 
@@ -620,6 +625,17 @@ impl Proxy {
         ctx: &mut RequestCtx<'_>,
         accept_encoding: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
+        if let Either::Left(body) = resp.body_mut()
+            && let Some(relayed) = body.take_relayed()
+        {
+            // Asked for only where nothing below reads the fields; a map
+            // for any other (none today) all the same.
+            if entry.filters.is_none() && ctx.grpc.is_none() && upgrade.is_none() {
+                ctx.relayed = Some(relayed);
+            } else {
+                relayed.into_map(resp.headers_mut());
+            }
+        }
         let mut compress = None;
         if let Some(chain) = &entry.filters {
             chain.on_response(resp.headers_mut());
@@ -766,13 +782,21 @@ impl Proxy {
                     None,
                 );
             }
-            let request_id = Some(ctx.request_id);
-            return (resp, Beside { request_id, close });
+            let beside = Beside {
+                request_id: Some(ctx.request_id),
+                close,
+                fields: ctx.relayed,
+            };
+            return (resp, beside);
         }
         let request_id = Some(ctx.request_id.clone());
         (
             finish_grpc(resp, ctx, metrics, elapsed),
-            Beside { request_id, close },
+            Beside {
+                request_id,
+                close,
+                fields: None,
+            },
         )
     }
 }
