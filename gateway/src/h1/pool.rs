@@ -107,9 +107,10 @@ pub fn map(fields: usize) -> HeaderMap {
 /// Gives `map` back once its head is written: its fields are dropped now
 /// (and with them the read buffer they were slices of is released), its
 /// room kept for the next head unless the thread keeps enough already or
-/// it grew large.
+/// it grew large. A map that never had room (a relayed response's) is not
+/// kept: the next head would take it and allocate all the same.
 pub fn give_map(mut map: HeaderMap) {
-    if map.capacity() > LARGEST_MAP {
+    if map.capacity() == 0 || map.capacity() > LARGEST_MAP {
         return;
     }
     map.clear();
@@ -335,5 +336,7 @@ mod tests {
         assert!(more.capacity() >= 100, "room is made for a larger head");
         give_map(more);
         assert_eq!(kept_maps(), before, "a map grown past the limit is freed");
+        give_map(HeaderMap::new());
+        assert_eq!(kept_maps(), before, "a map with no room is not kept");
     }
 }
