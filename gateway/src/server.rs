@@ -658,7 +658,7 @@ where
     I: h1::server::Io,
     H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
     F: Future<Output: Answer<Body = B> + Send> + Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
     async move {
@@ -691,7 +691,7 @@ async fn serve_hyper<I, H, F, B>(
     I: h1::server::Io,
     H: Fn(http::Request<RequestBody>) -> F + Send + 'static,
     F: Future<Output: Answer<Body = B> + Send> + Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
     let handle = Arc::new(handle);

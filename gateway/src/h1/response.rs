@@ -84,6 +84,34 @@ impl<B> Answer for (Response<B>, Beside) {
     }
 }
 
+/// What the head is written from: a response's status and fields, borrowed
+/// (from its parts, or from the response itself where it stays).
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// The response's status.
+    pub status: StatusCode,
+    /// Its header map.
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a, B> From<&'a Response<B>> for Head<'a> {
+    fn from(resp: &'a Response<B>) -> Head<'a> {
+        Head {
+            status: resp.status(),
+            headers: resp.headers(),
+        }
+    }
+}
+
+impl<'a> From<&'a Parts> for Head<'a> {
+    fn from(parts: &'a Parts) -> Head<'a> {
+        Head {
+            status: parts.status,
+            headers: &parts.headers,
+        }
+    }
+}
+
 /// How a response body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseFraming {
@@ -105,7 +133,7 @@ pub enum ResponseFraming {
 
 impl ResponseFraming {
     /// The framing for a response to `method` from an HTTP `version` client.
-    pub fn choose<B: Body>(method: &Method, version: Version, parts: &Parts, body: &B) -> Self {
+    pub fn choose<B: Body>(method: &Method, version: Version, parts: Head<'_>, body: &B) -> Self {
         let s = parts.status;
         if s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
             return ResponseFraming::None;
@@ -181,7 +209,7 @@ impl ResponseFraming {
 /// the same pass over it (no lookups).
 pub fn write_head(
     out: &mut BytesMut,
-    parts: &Parts,
+    parts: Head<'_>,
     beside: &Beside,
     framing: ResponseFraming,
     (mut keep, version): (bool, Version),
@@ -197,7 +225,7 @@ pub fn write_head(
     out.extend_from_slice(b"\r\n");
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut dated = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers {
         if *name == header::CONNECTION {
             keep &= !lists(value, "close");
             if !upgrade {
@@ -319,7 +347,7 @@ mod tests {
         let full = Full::new(bytes::Bytes::from("abc"));
         let get = Method::GET;
         let v11 = Version::HTTP_11;
-        let choose = |m: &Method, v, p: &Parts| ResponseFraming::choose(m, v, p, &full);
+        let choose = |m: &Method, v, p: &Parts| ResponseFraming::choose(m, v, p.into(), &full);
         assert_eq!(
             choose(&get, v11, &parts(200, &[])),
             ResponseFraming::Length(3)
@@ -334,7 +362,7 @@ mod tests {
         let empty_head = ResponseFraming::choose(
             &Method::HEAD,
             v11,
-            &parts(200, &[]),
+            (&parts(200, &[])).into(),
             &Empty::<bytes::Bytes>::new(),
         );
         assert_eq!(empty_head, ResponseFraming::None);
@@ -350,11 +378,11 @@ mod tests {
         let stream = StreamBody::new(futures_util::stream::empty::<
             Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
         >());
-        let unknown = |v| ResponseFraming::choose(&get, v, &parts(200, &[]), &stream);
+        let unknown = |v| ResponseFraming::choose(&get, v, (&parts(200, &[])).into(), &stream);
         assert_eq!(unknown(v11), ResponseFraming::Chunked);
         assert_eq!(unknown(Version::HTTP_10), ResponseFraming::UntilClose);
         let empty = Empty::<bytes::Bytes>::new();
-        let none = ResponseFraming::choose(&get, v11, &parts(200, &[]), &empty);
+        let none = ResponseFraming::choose(&get, v11, (&parts(200, &[])).into(), &empty);
         assert_eq!(none, ResponseFraming::Length(0));
     }
 
@@ -365,7 +393,7 @@ mod tests {
         keep: (bool, Version),
     ) -> (String, bool) {
         let mut out = BytesMut::new();
-        let kept = write_head(&mut out, p, beside, framing, keep);
+        let kept = write_head(&mut out, p.into(), beside, framing, keep);
         (String::from_utf8(out.to_vec()).unwrap(), kept)
     }
 
@@ -466,7 +494,7 @@ mod tests {
     fn a_body_s_exact_length_frames_it_whatever_the_map_declares() {
         let full = Full::new(bytes::Bytes::from("abc"));
         let p = parts(200, &[("content-length", "5")]);
-        let framing = ResponseFraming::choose(&Method::GET, Version::HTTP_11, &p, &full);
+        let framing = ResponseFraming::choose(&Method::GET, Version::HTTP_11, (&p).into(), &full);
         assert_eq!(framing, ResponseFraming::Length(3));
         let (text, _) = head(&p, &Beside::default(), framing, (true, Version::HTTP_11));
         assert!(

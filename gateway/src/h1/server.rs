@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -47,10 +47,13 @@ use super::body::{BodySender, H1Body, H1BodyError};
 use super::framing::{BodyDecoder, BodyFraming, Frame};
 use super::head::{self, HeadError, RequestHead};
 use super::outbox::Outbox;
-use super::response::{Answer, ResponseFraming, write_head};
+use super::response::{Answer, Beside, ResponseFraming, write_head};
 use crate::h1::pool;
 use crate::idle::{ActivityIo, LazyDeadline};
 use crate::protocol::Rewind;
+
+/// The body of what a service's future answers.
+type AnswerBody<Fut> = <<Fut as Future>::Output as Answer>::Body;
 
 /// A connection's I/O, which may be able to say it is readable before a
 /// buffer is put up to read into.
@@ -181,7 +184,7 @@ where
     I: Io,
     F: FnMut(Request<RequestBody>) -> Fut + 'a,
     Fut: Future<Output: Answer<Body = B>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut conn = Conn {
@@ -400,7 +403,7 @@ impl<I: Io> Conn<I> {
     where
         F: FnMut(Request<RequestBody>) -> Fut,
         Fut: Future<Output: Answer<Body = B>>,
-        B: Body<Data = Bytes>,
+        B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
         let method = head.method.clone();
@@ -413,31 +416,31 @@ impl<I: Io> Conn<I> {
         // twice, as the argument and as the pinned local.
         let fut = pin!(service(req));
         // The answer is written where it stays, not passed back through
-        // the layers of `Poll`, `Result` and `Option` (each a copy of it).
+        // the layers of `Poll`, `Result` and `Option` (each a copy of it),
+        // and used there: its head written from it, its body polled in it.
         let mut answer = None;
         if !self.await_response(fut, &mut feed, &mut answer).await? {
             tracing::debug!("client closed the connection; request cancelled");
             return Ok(Next::Close);
         }
-        let (resp, beside) = answer
-            .expect("an answered request has its answer")
-            .into_parts();
-        let (parts, body) = resp.into_parts();
-        let upgrading = upgrade.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        let framing = ResponseFraming::choose(&method, version, &parts, &body);
+        let (resp, beside) = answer.as_mut().expect("an answered request has its answer");
+        let upgrading = upgrade.is_some() && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let framing = ResponseFraming::choose(&method, version, (&*resp).into(), resp.body());
         let keep = keep_alive
             && !upgrading
             && framing != ResponseFraming::UntilClose
             && !closing.load(Ordering::Acquire);
         let out = self.out.gather();
-        let mut keep = write_head(out, &parts, &beside, framing, (keep, version));
-        let trailers = declared_trailers(&parts.headers, te_trailers);
-        // Written: its fields dropped now, so an upstream read buffer its
-        // values share is back with its connection's sole owner when the
-        // body ends, and is pooled again rather than freed (one `malloc`
-        // and one `free` fewer per proxied request, callgrind); the map
-        // itself is kept for the next head.
-        pool::give_map(parts.headers);
+        let mut keep = write_head(out, (&*resp).into(), beside, framing, (keep, version));
+        let trailers = declared_trailers(resp.headers(), te_trailers);
+        // Written: its fields (and relayed lines) dropped now, so an
+        // upstream read buffer they share is back with its connection's
+        // sole owner when the body ends, and is pooled again rather than
+        // freed (one `malloc` and one `free` fewer per proxied request,
+        // callgrind); the map itself is kept for the next head.
+        pool::give_map(std::mem::take(resp.headers_mut()));
+        beside.fields = None;
+        let body = Pin::new(resp.body_mut());
         let complete = self.send_body(body, framing, &trailers, &mut feed).await?;
         keep = keep && complete && feed.decoder.is_done() && !feed.broken;
         if upgrading {
@@ -453,15 +456,18 @@ impl<I: Io> Conn<I> {
     /// Polls the request's future until it answers (into `answer`),
     /// feeding its body meanwhile. False: the client closed the connection
     /// first, and the request is cancelled (its future dropped here).
-    async fn await_response<Fut: Future>(
+    async fn await_response<Fut>(
         &mut self,
         mut fut: Pin<&mut Fut>,
         feed: &mut Feed,
-        answer: &mut Option<Fut::Output>,
-    ) -> io::Result<bool> {
+        answer: &mut Option<(Response<AnswerBody<Fut>>, Beside)>,
+    ) -> io::Result<bool>
+    where
+        Fut: Future<Output: Answer>,
+    {
         poll_fn(|cx| {
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                *answer = Some(r);
+                *answer = Some(r.into_parts());
                 return Poll::Ready(Ok(true));
             }
             self.poll_feed(cx, feed)?;
@@ -483,7 +489,7 @@ impl<I: Io> Conn<I> {
     /// connection must close: its framing is not complete).
     async fn send_body<B>(
         &mut self,
-        body: B,
+        mut body: Pin<&mut B>,
         framing: ResponseFraming,
         allowed: &[HeaderName],
         feed: &mut Feed,
@@ -492,7 +498,6 @@ impl<I: Io> Conn<I> {
         B: Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
-        let mut body = pin!(body);
         let mut finished = !framing.sends_body();
         let mut complete = true;
         let mut sent: u64 = 0;
