@@ -172,7 +172,8 @@ enum Next {
 /// A plain function returning its future: the connection's state is built
 /// here and moved into the future once; an `async fn` would keep its
 /// arguments and the state built from them side by side for the
-/// connection's whole life.
+/// connection's whole life. The answer's body is `Unpin` because it is
+/// polled where the answer lies, not moved out and pinned again.
 pub fn serve<'a, I, F, Fut, B>(
     io: I,
     prefix: BytesMut,
