@@ -10,11 +10,11 @@
 //!
 //! Only a head the map path would pass on unchanged but for its
 //! hop-by-hop fields is relayed: HTTP/1.1, a status with a body, one
-//! `Content-Length` and no `Transfer-Encoding`, every line ending in
-//! exactly CRLF (no bare LF, no trailing whitespace), and of the fields the
-//! gateway handles itself only `Connection` (listing nothing but `close`
-//! and `keep-alive`), `Keep-Alive` and `X-Request-Id`, whose lines are cut
-//! out. Any other head gets its map, as before. The caller asks for a
+//! `Content-Length` (no leading zero) and no `Transfer-Encoding`, every
+//! line ending in exactly CRLF (no bare LF, no trailing whitespace), no
+//! `Proxy-*` field, and of the fields the gateway handles itself only
+//! `Connection` (listing nothing but `close` and `keep-alive`),
+//! `Keep-Alive` and `X-Request-Id`, whose lines are cut out. Any other head gets its map, as before. The caller asks for a
 //! relay only when nothing on the way reads the response's fields (no
 //! filters, no gRPC, no HSTS policy to add, an HTTP/1.1 client).
 
@@ -152,7 +152,13 @@ pub(super) fn plan(
                 if length.is_some() {
                     return None;
                 }
-                length = Some(head::parse_length(&buf[range(value)]).ok()?);
+                let digits = &buf[range(value)];
+                // Written as it is, so only as the map path would write it:
+                // no leading zero.
+                if digits.len() > 1 && digits[0] == b'0' {
+                    return None;
+                }
+                length = Some(head::parse_length(digits).ok()?);
             }
             Field::Connection => {
                 if !only_close_or_keep_alive(&buf[range(value)]) {
@@ -223,6 +229,11 @@ enum Field {
 
 fn classify(name: &[u8]) -> Field {
     let is = |lower: &[u8]| name.eq_ignore_ascii_case(lower);
+    // Every `Proxy-*` field is this hop's (`Proxy-Authenticate`,
+    // `Proxy-Connection`, ...): the map path strips them all.
+    if name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") {
+        return Field::Refused;
+    }
     match name.len() {
         4 if is(b"date") => Field::Date,
         14 if is(b"content-length") => Field::ContentLength,
@@ -232,7 +243,6 @@ fn classify(name: &[u8]) -> Field {
         2 if is(b"te") => Field::Refused,
         7 if is(b"trailer") || is(b"upgrade") => Field::Refused,
         17 if is(b"transfer-encoding") => Field::Refused,
-        16 if is(b"proxy-connection") => Field::Refused,
         _ => Field::Other,
     }
 }
@@ -290,6 +300,7 @@ mod tests {
         for name in ["connection", "keep-alive", "x-request-id"] {
             headers.remove(name);
         }
+        assert!(!headers.keys().any(|k| k.as_str().starts_with("proxy-")));
         headers
     }
 
@@ -348,6 +359,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntrailer: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nte: trailers\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nproxy-connection: close\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nProxy-Authenticate: Basic realm=x\r\n\r\n",
+            // A length the map path would write otherwise.
+            "HTTP/1.1 200 OK\r\ncontent-length: 002\r\n\r\n",
             // Two of a line that is cut: past what is kept of the cuts.
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: a\r\nkeep-alive: b\r\n\
              x-request-id: 1\r\nconnection: close\r\n\r\n",

@@ -438,6 +438,58 @@ mod tests {
         assert!(text.contains("connection: close\r\n"), "{text}");
     }
 
+    /// An upstream head relayed by the native client, as the proxy puts
+    /// it beside the response.
+    fn relayed(text: &str) -> Relayed {
+        let mut buf = BytesMut::from(text);
+        let head = super::super::client::parse_head(&mut buf, false, true)
+            .expect("valid")
+            .expect("complete");
+        assert!(!head.held.is_empty(), "{text:?} relayed");
+        head.held.relayed(&buf.split_to(head.held.len()).freeze())
+    }
+
+    #[test]
+    fn relayed_lines_are_written_once_with_their_own_length_and_date() {
+        let fields = relayed(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Thu, 03 Dec 2026 04:00:00 GMT\r\n\
+             Content-Length: 2\r\nConnection: keep-alive\r\nX-Request-Id: theirs\r\n\r\nok",
+        );
+        let beside = Beside {
+            request_id: Some(HeaderValue::from_static("ours")),
+            close: false,
+            fields: Some(fields),
+        };
+        let (text, kept) = head(
+            &parts(200, &[]),
+            &beside,
+            ResponseFraming::Length(2),
+            (true, Version::HTTP_11),
+        );
+        assert!(kept);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Thu, 03 Dec 2026 04:00:00 GMT\r\n\
+             Content-Length: 2\r\nx-request-id: ours\r\n\r\n"
+        );
+        // Undated lines get the gateway's date, once.
+        let beside = Beside {
+            fields: Some(relayed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")),
+            ..Beside::default()
+        };
+        let (text, _) = head(
+            &parts(200, &[]),
+            &beside,
+            ResponseFraming::Length(0),
+            (true, Version::HTTP_11),
+        );
+        assert_eq!(text.matches("date: ").count(), 1, "{text}");
+        assert_eq!(
+            text.to_ascii_lowercase().matches("content-length").count(),
+            1
+        );
+    }
+
     #[test]
     fn the_fields_beside_the_map_are_written_in_place_of_its_own() {
         let p = parts(

@@ -427,6 +427,14 @@ impl<I: Io> Conn<I> {
         let (resp, beside) = answer.as_mut().expect("an answered request has its answer");
         let upgrading = upgrade.is_some() && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let framing = ResponseFraming::choose(&method, version, (&*resp).into(), resp.body());
+        if !matches!(framing, ResponseFraming::Length(_))
+            && let Some(fields) = beside.fields.take()
+        {
+            // Relayed lines carry the `Content-Length` of a body sent by its
+            // length; framed any other way (no relay asks for it), the head
+            // is written from a map, which leaves the length out.
+            fields.into_map(resp.headers_mut());
+        }
         let keep = keep_alive
             && !upgrading
             && framing != ResponseFraming::UntilClose
