@@ -231,7 +231,7 @@ fn classify(name: &[u8]) -> Field {
     let is = |lower: &[u8]| name.eq_ignore_ascii_case(lower);
     // Every `Proxy-*` field is this hop's (`Proxy-Authenticate`,
     // `Proxy-Connection`, ...): the map path strips them all.
-    if name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") {
+    if name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-") {
         return Field::Refused;
     }
     match name.len() {
@@ -360,6 +360,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nte: trailers\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nproxy-connection: close\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nProxy-Authenticate: Basic realm=x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nproxy-: x\r\n\r\n",
             // A length the map path would write otherwise.
             "HTTP/1.1 200 OK\r\ncontent-length: 002\r\n\r\n",
             // Two of a line that is cut: past what is kept of the cuts.
