@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -555,13 +555,40 @@ impl Drop for ChildProcess {
     }
 }
 
-/// A free loopback port (bound and released; the caller binds it next).
+/// A free loopback port for a child process to bind (checked free by
+/// binding it, then released).
+///
+/// Drawn from below the kernel's ephemeral range, not from `bind(:0)`: a
+/// port from that range, once released, can be taken as the source port
+/// of any outgoing connection on the machine (the suite makes thousands)
+/// before the child binds it, and the child then fails to start. Below
+/// the range only another `free_port` can take it, and the draw is random.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let (low, high) = below_ephemeral_range();
+    for _ in 0..1000 {
+        let draw = RandomState::new().hash_one(SEQ.fetch_add(1, Ordering::Relaxed));
+        let port = low + (draw % u64::from(high - low)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The ports between 10000 and the start of the kernel's ephemeral range
+/// (`ip_local_port_range`; 32768 when it cannot be read).
+fn below_ephemeral_range() -> (u16, u16) {
+    let first = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(
+        first > 12000,
+        "ephemeral range starts at {first}: too low for free_port"
+    );
+    (10000, first)
 }
 
 pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
