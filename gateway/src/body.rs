@@ -146,9 +146,9 @@ pub struct ClientBody {
     limit: u64,
     received: u64,
     read_timeout: Duration,
-    /// Armed when the client makes the body wait; set again at each new
+    /// Set when the client makes the body wait, and again at each new
     /// wait (a field write: see [`LazyDeadline`]).
-    timer: Option<LazyDeadline>,
+    timer: LazyDeadline,
     waiting: bool,
     /// A copy of what has been sent, for a retry (gRPC calls on routes that
     /// retry on gRPC statuses).
@@ -211,7 +211,7 @@ impl ClientBody {
             limit,
             received: 0,
             read_timeout,
-            timer: None,
+            timer: LazyDeadline::default(),
             waiting: false,
             tee: None,
             text: None,
@@ -237,7 +237,7 @@ impl ClientBody {
 
     fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         self.watch.set(fault_code(fault));
-        self.timer = None;
+        self.timer = LazyDeadline::default();
         Poll::Ready(Some(Err(ClientBodyError { fault })))
     }
 
@@ -248,13 +248,9 @@ impl ClientBody {
             self.waiting = true;
             self.watch.waiting_on_client.store(true, Ordering::Release);
             self.watch.moved();
-            match &mut self.timer {
-                Some(t) => t.restart(self.read_timeout),
-                None => self.timer = Some(LazyDeadline::new(self.read_timeout)),
-            }
+            self.timer.restart(self.read_timeout);
         }
-        let timer = self.timer.as_mut().expect("armed above");
-        timer.poll_expired(cx).is_ready()
+        self.timer.poll_expired(cx).is_ready()
     }
 
     fn progressed(&mut self) {
@@ -331,7 +327,7 @@ impl Body for ClientBody {
                 }
                 this.progressed();
                 this.watch.set(ENDED);
-                this.timer = None;
+                this.timer = LazyDeadline::default();
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -368,21 +364,19 @@ pub struct TimedBody<B> {
     inner: B,
     timeout: Duration,
     /// Armed at each wait for a frame, disarmed when one comes (see
-    /// [`LazyDeadline::arm`]).
-    timer: Option<LazyDeadline>,
+    /// [`LazyDeadline::arm`]); set first at the first wait, unless handed
+    /// on.
+    timer: LazyDeadline,
 }
 
 impl<B> TimedBody<B> {
-    /// Wraps `inner`; `timer`, when given, is reused for the read timeout
+    /// Wraps `inner`; `timer`, when set, is reused for the read timeout
     /// (the request's route timeout hands its timer on, so a request
     /// registers one timer, not two: see [`crate::idle::LazyDeadline`]).
-    pub fn new(inner: B, timeout: Duration, timer: Option<LazyDeadline>) -> TimedBody<B> {
+    pub fn new(inner: B, timeout: Duration, mut timer: LazyDeadline) -> TimedBody<B> {
         // A timer handed on counts toward the route's deadline: the first
         // wait for a frame sets its own.
-        let timer = timer.map(|mut t| {
-            t.disarm();
-            t
-        });
+        timer.disarm();
         TimedBody {
             inner,
             timeout,
@@ -405,19 +399,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if let Some(t) = &mut this.timer {
-                t.disarm();
-            }
+            this.timer.disarm();
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let timer = match &mut this.timer {
-            Some(t) => {
-                t.arm(this.timeout);
-                t
-            }
-            None => this.timer.insert(LazyDeadline::new(this.timeout)),
-        };
-        ready!(timer.poll_expired(cx));
+        this.timer.arm(this.timeout);
+        ready!(this.timer.poll_expired(cx));
         Poll::Ready(Some(Err(Box::new(ReadTimeout(this.timeout)))))
     }
 
@@ -455,7 +441,7 @@ mod tests {
         let mut body = TimedBody::new(
             slow_body(1, Duration::from_secs(3)),
             Duration::from_secs(5),
-            Some(route),
+            route,
         );
         let frame = body.frame().await.expect("a frame").expect("no timeout");
         assert_eq!(frame.into_data().unwrap(), "x");
@@ -468,13 +454,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_read_timeout_counts_each_wait_afresh() {
         let timeout = Duration::from_secs(5);
-        let mut body = TimedBody::new(slow_body(4, Duration::from_secs(3)), timeout, None);
+        let mut body = TimedBody::new(
+            slow_body(4, Duration::from_secs(3)),
+            timeout,
+            LazyDeadline::default(),
+        );
         for _ in 0..4 {
             body.frame().await.expect("a frame").expect("no timeout");
         }
         assert!(body.frame().await.is_none());
 
-        let mut body = TimedBody::new(slow_body(1, Duration::from_secs(6)), timeout, None);
+        let mut body = TimedBody::new(
+            slow_body(1, Duration::from_secs(6)),
+            timeout,
+            LazyDeadline::default(),
+        );
         let started = Instant::now();
         let err = body.frame().await.expect("an error").unwrap_err();
         assert!(err.is::<ReadTimeout>(), "{err}");

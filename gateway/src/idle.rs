@@ -201,17 +201,22 @@ impl IdleClock {
 }
 
 /// A timeout set again for each wait, each time later than the last, and
-/// rarely reached: a connection's header read timeout. Setting it is a
-/// field write; the timer under it stays registered at an earlier instant,
-/// and when that passes it moves on to the deadline then in force. A tokio
-/// timer per wait instead cost about 900 instructions per request to
-/// create, register and cancel (callgrind); this costs a wake-up per
-/// timeout period per connection.
-#[derive(Debug)]
+/// rarely reached: a connection's header read timeout, a request's route
+/// timeout. Setting it is a field write; the timer under it stays
+/// registered at an earlier instant, and when that passes it moves on to
+/// the deadline then in force. A tokio timer per wait instead cost about
+/// 900 instructions per request to create, register and cancel
+/// (callgrind); this costs a wake-up per timeout period per connection.
+///
+/// A dropped deadline gives its timer, still registered, to the next one
+/// made on the same thread and runtime (see [`spare`]): a request's
+/// deadline is a few fields set, not a timer made and cancelled.
+#[derive(Debug, Default)]
 pub struct LazyDeadline {
-    /// One allocation, so an optional deadline costs a response body a
-    /// pointer (`ProxyBody` has a size guard).
-    timer: Pin<Box<Timer>>,
+    /// One allocation, made (or taken from the spares) when the deadline
+    /// is first set: a deadline costs its owner a pointer, and one never
+    /// set costs nothing more (`ProxyBody` has a size guard).
+    timer: Option<Pin<Box<Timer>>>,
 }
 
 pin_project_lite::pin_project! {
@@ -223,6 +228,9 @@ pin_project_lite::pin_project! {
         deadline: Instant,
         // A wait is counting toward `deadline` (see `LazyDeadline::arm`).
         armed: bool,
+        // The runtime whose timer wheel holds `sleep`: a spare timer is
+        // only handed to a deadline made in the same one.
+        runtime: tokio::runtime::Id,
     }
 }
 
@@ -233,22 +241,28 @@ impl LazyDeadline {
     }
 
     /// A deadline at `deadline` (armed: counting toward it).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as a tokio timer would (so does any first
+    /// setting of a deadline made with `default`).
     pub fn at(deadline: Instant) -> LazyDeadline {
-        LazyDeadline {
-            timer: Box::pin(Timer {
-                sleep: tokio::time::sleep_until(deadline),
-                deadline,
-                armed: true,
-            }),
-        }
+        let mut made = LazyDeadline::default();
+        made.set(deadline);
+        made
+    }
+
+    /// Whether the deadline was ever set (it has a timer).
+    pub fn is_set(&self) -> bool {
+        self.timer.is_some()
     }
 
     /// For a timeout per wait (a body's read timeout): sets the deadline to
     /// `timeout` from now unless this wait already did. The flag lives with
-    /// the timer, not beside it, so an optional deadline with it costs its
-    /// owner a pointer and nothing more (see `ProxyBody`'s size test).
+    /// the timer, not beside it, so a deadline with it costs its owner a
+    /// pointer and nothing more (see `ProxyBody`'s size test).
     pub fn arm(&mut self, timeout: Duration) {
-        if !self.timer.armed {
+        if !self.timer.as_ref().is_some_and(|t| t.armed) {
             self.restart(timeout);
         }
     }
@@ -256,7 +270,9 @@ impl LazyDeadline {
     /// The wait ended (something arrived): the next [`LazyDeadline::arm`]
     /// sets the deadline afresh.
     pub fn disarm(&mut self) {
-        *self.timer.as_mut().project().armed = false;
+        if let Some(timer) = &mut self.timer {
+            *timer.as_mut().project().armed = false;
+        }
     }
 
     /// Sets the deadline to `timeout` from now.
@@ -264,9 +280,13 @@ impl LazyDeadline {
         self.set(Instant::now() + timeout);
     }
 
-    /// Sets the deadline to `deadline`, earlier or later than the last.
+    /// Sets the deadline to `deadline`, earlier or later than the last, on
+    /// a spare timer of this thread's when it has none yet.
     pub fn set(&mut self, deadline: Instant) {
-        let timer = self.timer.as_mut().project();
+        let timer = self
+            .timer
+            .get_or_insert_with(|| spare::take_or_make(deadline));
+        let timer = timer.as_mut().project();
         *timer.deadline = deadline;
         *timer.armed = true;
         if timer.sleep.deadline() > deadline {
@@ -275,9 +295,13 @@ impl LazyDeadline {
         }
     }
 
-    /// Ready once the deadline passed; wakes the task then.
+    /// Ready once the deadline passed; wakes the task then. Pending for
+    /// ever on a deadline never set.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut timer = self.timer.as_mut().project();
+        let Some(timer) = &mut self.timer else {
+            return Poll::Pending;
+        };
+        let mut timer = timer.as_mut().project();
         loop {
             std::task::ready!(timer.sleep.as_mut().poll(cx));
             if timer.sleep.deadline() >= *timer.deadline {
@@ -286,6 +310,99 @@ impl LazyDeadline {
             // An earlier deadline's instant: wait on for this one.
             timer.sleep.as_mut().reset(*timer.deadline);
         }
+    }
+}
+
+impl Drop for LazyDeadline {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            spare::give(timer);
+        }
+    }
+}
+
+/// Timers of dropped deadlines, kept per thread for the next deadline.
+///
+/// A kept timer stays registered where it was and keeps the waker of the
+/// task that last waited on it: when its instant passes while it is kept,
+/// that task (or none, if it ended) is woken once for nothing. That is the
+/// price of a request not registering and cancelling a timer of its own.
+/// The timers belong to one runtime's wheel; those of another runtime on
+/// the same thread (tests make one after another) are not mixed in.
+mod spare {
+    use std::cell::RefCell;
+    use std::pin::Pin;
+
+    use tokio::time::Instant;
+
+    use super::Timer;
+
+    /// At most this many per thread: enough for the requests finishing
+    /// between two that begin on a busy thread.
+    const MOST: usize = 64;
+
+    struct Spare {
+        runtime: Option<tokio::runtime::Id>,
+        timers: Vec<Pin<Box<Timer>>>,
+    }
+
+    thread_local! {
+        static SPARE: RefCell<Spare> = const {
+            RefCell::new(Spare { runtime: None, timers: Vec::new() })
+        };
+    }
+
+    /// A kept timer of this runtime's, or a new one registered (once
+    /// polled) at `deadline`. Out of line, as `give` is: the callers are
+    /// the request's hot futures, which this would otherwise grow.
+    #[inline(never)]
+    pub(super) fn take_or_make(deadline: Instant) -> Pin<Box<Timer>> {
+        let runtime = tokio::runtime::Handle::current().id();
+        let kept = SPARE.try_with(|spare| {
+            let mut spare = spare.try_borrow_mut().ok()?;
+            if spare.runtime == Some(runtime) {
+                spare.timers.pop()
+            } else {
+                None
+            }
+        });
+        kept.ok().flatten().unwrap_or_else(|| {
+            Box::pin(Timer {
+                sleep: tokio::time::sleep_until(deadline),
+                deadline,
+                armed: true,
+                runtime,
+            })
+        })
+    }
+
+    /// Keeps `timer` for the next deadline (dropped when the thread keeps
+    /// enough, or is ending). A timer of another runtime than the kept
+    /// ones replaces them: that runtime is the one in use now.
+    #[inline(never)]
+    pub(super) fn give(timer: Pin<Box<Timer>>) {
+        let _ = SPARE.try_with(|spare| {
+            let Ok(mut spare) = spare.try_borrow_mut() else {
+                return;
+            };
+            let mut stale = Vec::new();
+            if spare.runtime != Some(timer.runtime) {
+                spare.runtime = Some(timer.runtime);
+                stale = std::mem::take(&mut spare.timers);
+            }
+            if spare.timers.len() < MOST {
+                spare.timers.push(timer);
+            }
+            // Dropped after the borrow ends.
+            drop(spare);
+            drop(stale);
+        });
+    }
+
+    /// How many timers this thread keeps (for tests).
+    #[cfg(test)]
+    pub(super) fn kept() -> usize {
+        SPARE.with(|spare| spare.borrow().timers.len())
     }
 }
 
@@ -409,6 +526,67 @@ mod tests {
         let from = Instant::now();
         assert!(expires_within(&mut deadline, Duration::from_secs(60)).await);
         assert_eq!(from.elapsed(), Duration::from_secs(2));
+    }
+
+    /// Polls `deadline` once, so its timer is registered.
+    fn register(deadline: &mut LazyDeadline) {
+        let waker = futures_util::task::noop_waker();
+        assert!(
+            deadline
+                .poll_expired(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_deadline_s_timer_serves_the_next_at_its_own_instant() {
+        let mut first = LazyDeadline::new(Duration::from_secs(30));
+        register(&mut first);
+        drop(first);
+        assert_eq!(spare::kept(), 1);
+        // Registered 30 s out; a 2 s deadline on it fires at 2 s.
+        let mut shorter = LazyDeadline::new(Duration::from_secs(2));
+        assert_eq!(spare::kept(), 0, "the kept timer was taken");
+        let from = Instant::now();
+        assert!(expires_within(&mut shorter, Duration::from_secs(60)).await);
+        assert_eq!(from.elapsed(), Duration::from_secs(2));
+        drop(shorter);
+        // Its instant has passed; a 10 s deadline on it waits the 10 s.
+        let mut longer = LazyDeadline::new(Duration::from_secs(10));
+        assert_eq!(spare::kept(), 0);
+        let from = Instant::now();
+        assert!(!expires_within(&mut longer, Duration::from_secs(9)).await);
+        assert!(expires_within(&mut longer, Duration::from_secs(60)).await);
+        assert_eq!(from.elapsed(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_timer_of_one_runtime_is_not_handed_to_another() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        runtime().block_on(async {
+            let mut deadline = LazyDeadline::new(Duration::from_secs(5));
+            register(&mut deadline);
+        });
+        // The runtime is gone; its timer is kept, and must not be used.
+        assert_eq!(spare::kept(), 1);
+        runtime().block_on(async {
+            let mut deadline = LazyDeadline::new(Duration::from_secs(5));
+            assert_eq!(spare::kept(), 1, "the other runtime's timer was taken");
+            let from = Instant::now();
+            assert!(expires_within(&mut deadline, Duration::from_secs(60)).await);
+            assert_eq!(from.elapsed(), Duration::from_secs(5));
+            drop(deadline);
+            // This runtime's timer replaces the other's.
+            assert_eq!(spare::kept(), 1);
+            let _again = LazyDeadline::new(Duration::from_secs(5));
+            assert_eq!(spare::kept(), 0);
+        });
     }
 
     #[tokio::test(start_paused = true)]

@@ -152,7 +152,7 @@ struct Conn<I> {
     /// once a wait first finds nothing to read: the first head of most new
     /// connections is in already, and then costs no clock read and no
     /// timer (an allocation and two clock reads per connection before).
-    head_deadline: Option<LazyDeadline>,
+    head_deadline: LazyDeadline,
 }
 
 /// What became of one request.
@@ -193,7 +193,7 @@ where
         buf: prefix,
         body_buf: false,
         out: Outbox::default(),
-        head_deadline: None,
+        head_deadline: LazyDeadline::default(),
     };
     // The closing write is awaited after the loop, not in the arms that
     // decide it: awaited there, the matched values (a refused head's result,
@@ -271,17 +271,11 @@ impl<I: Io> Conn<I> {
                     Poll::Pending => {}
                 }
                 let timeout = settings.header_read_timeout;
-                let deadline = match &mut self.head_deadline {
-                    Some(deadline) => {
-                        if !waiting {
-                            deadline.restart(timeout);
-                        }
-                        deadline
-                    }
-                    slot => slot.insert(LazyDeadline::new(timeout)),
-                };
+                if !waiting {
+                    self.head_deadline.restart(timeout);
+                }
                 waiting = true;
-                return match deadline.poll_expired(cx) {
+                return match self.head_deadline.poll_expired(cx) {
                     Poll::Ready(()) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 };
@@ -771,12 +765,12 @@ mod tests {
             buf: BytesMut::from(&b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\n"[..]),
             body_buf: false,
             out: Outbox::default(),
-            head_deadline: None,
+            head_deadline: LazyDeadline::default(),
         };
         let head = conn.next_head(&settings, &closing).await;
         assert!(matches!(head, Some(Ok(_))), "the first head is parsed");
         assert!(
-            conn.head_deadline.is_none(),
+            !conn.head_deadline.is_set(),
             "no timer for a head in already"
         );
         // Half a head, then silence: the wait makes its timer and ends on it.
@@ -784,10 +778,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let head = conn.next_head(&settings, &closing).await;
         assert!(head.is_none(), "the silent client's wait ended");
-        assert!(
-            conn.head_deadline.is_some(),
-            "a timer was made for the wait"
-        );
+        assert!(conn.head_deadline.is_set(), "a timer was made for the wait");
         assert!(started.elapsed() >= settings.header_read_timeout);
     }
 
@@ -893,7 +884,7 @@ mod tests {
             buf: pool::take_body(),
             body_buf: true,
             out: Outbox::default(),
-            head_deadline: None,
+            head_deadline: LazyDeadline::default(),
         };
         let body_at = conn.buf.as_ptr();
         conn.buf.resize(conn.buf.capacity(), b'x');

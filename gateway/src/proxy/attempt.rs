@@ -271,7 +271,7 @@ impl Proxy {
                 ),
                 relay: relays(entry, peer, ctx, upgrade),
             };
-            let mut timer = ctx.timer.take();
+            let mut timer = std::mem::take(&mut ctx.timer);
             // One clock read starts the route timeout and times the first try.
             let now = Instant::now();
             tries.first_sent = Some(now);
@@ -443,24 +443,19 @@ fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method,
 /// slow client is not an upstream timing out. A `hard` deadline (a gRPC call's own)
 /// ends it whatever the client body does. `None` when it ran out.
 ///
-/// It waits on `timer` (made here when `None`), which the caller hands on
-/// to the response body's read timeout.
+/// It waits on `clock` (its timer made or taken from the spares here when
+/// it has none), which the caller hands on to the response body's read
+/// timeout.
 fn within<'w, F: Future>(
     mut fut: Pin<&'w mut F>,
-    timer: &'w mut Option<LazyDeadline>,
+    clock: &'w mut LazyDeadline,
     (from, timeout): (Instant, Duration),
     watch: Option<&'w BodyWatch>,
     hard: Option<Instant>,
 ) -> impl Future<Output = Option<F::Output>> + 'w {
     let cap = move |d: Instant| hard.map_or(d, |h| d.min(h));
     let deadline = cap(from + timeout);
-    let clock = match timer {
-        Some(clock) => {
-            clock.set(deadline);
-            clock
-        }
-        None => timer.insert(LazyDeadline::at(deadline)),
-    };
+    clock.set(deadline);
     std::future::poll_fn(move |cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));

@@ -299,7 +299,7 @@ struct RequestCtx<'t> {
     extensions: http::Extensions,
     /// The route timeout's timer, handed on to the response body's read
     /// timeout: one timer registered per request, not two.
-    timer: Option<LazyDeadline>,
+    timer: LazyDeadline,
     /// The upstream response's fields, relayed as they arrived (phase 5
     /// takes them off its body, phase 6 puts them beside the map).
     relayed: Option<Relayed>,
@@ -472,7 +472,7 @@ impl Proxy {
             grpc: GrpcKind::of(req.headers()),
             cors_origin: None,
             extensions: http::Extensions::new(),
-            timer: None,
+            timer: LazyDeadline::default(),
             relayed: None,
         }
     }
@@ -645,7 +645,7 @@ impl Proxy {
             compress = chain.compression().map(|c| (c, accept_encoding));
         }
         let route = &entry.route;
-        let timer = ctx.timer.take();
+        let timer = std::mem::take(&mut ctx.timer);
         match ctx.grpc {
             Some(kind) => respond_grpc(resp, kind, route, ctx.version, timer),
             None => self.respond(resp, upgrade, (route.read_timeout, timer), compress),
@@ -698,7 +698,7 @@ impl Proxy {
         &self,
         mut resp: Response<UpstreamResponseBody>,
         downstream_upgrade: Option<crate::tunnel::DownstreamUpgrade>,
-        (read_timeout, timer): (Duration, Option<LazyDeadline>),
+        (read_timeout, timer): (Duration, LazyDeadline),
         compress: Option<(&Compressor, Option<&HeaderValue>)>,
     ) -> Response<ProxyBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -941,7 +941,7 @@ fn respond_grpc(
     kind: GrpcKind,
     route: &crate::config::Route,
     version: Version,
-    timer: Option<LazyDeadline>,
+    timer: LazyDeadline,
 ) -> Response<ProxyBody> {
     strip_hop_by_hop(resp.headers_mut());
     let translate = route.grpc_web && kind.is_web();
