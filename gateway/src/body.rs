@@ -244,7 +244,8 @@ impl ClientBody {
     /// The client made the body wait: start (or restart) the read timeout,
     /// and say whether it has run out.
     fn wait(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.waiting {
+        // Unset after a failure: a body polled again still times out.
+        if !self.waiting || !self.timer.is_set() {
             self.waiting = true;
             self.watch.waiting_on_client.store(true, Ordering::Release);
             self.watch.moved();

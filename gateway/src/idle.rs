@@ -206,7 +206,8 @@ impl IdleClock {
 /// registered at an earlier instant, and when that passes it moves on to
 /// the deadline then in force. A tokio timer per wait instead cost about
 /// 900 instructions per request to create, register and cancel
-/// (callgrind); this costs a wake-up per timeout period per connection.
+/// (callgrind); this costs a wake-up per timeout period per connection
+/// (and per kept spare, below).
 ///
 /// A dropped deadline gives its timer, still registered, to the next one
 /// made on the same thread and runtime (see [`spare`]): a request's
@@ -325,8 +326,11 @@ impl Drop for LazyDeadline {
 ///
 /// A kept timer stays registered where it was and keeps the waker of the
 /// task that last waited on it: when its instant passes while it is kept,
-/// that task (or none, if it ended) is woken once for nothing. That is the
-/// price of a request not registering and cancelling a timer of its own.
+/// that task (or none, if it ended) is woken once for nothing, and an
+/// ended task's memory (the size of its future) is held until then. That
+/// is bounded (64 timers per thread, each until at most the longest
+/// timeout configured) and is the price of a request not registering and
+/// cancelling a timer of its own.
 /// The timers belong to one runtime's wheel; those of another runtime on
 /// the same thread (tests make one after another) are not mixed in.
 mod spare {

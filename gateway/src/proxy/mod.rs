@@ -298,7 +298,8 @@ struct RequestCtx<'t> {
     /// until a filter stores something).
     extensions: http::Extensions,
     /// The route timeout's timer, handed on to the response body's read
-    /// timeout: one timer registered per request, not two.
+    /// timeout: one timer per request, not two (and that one usually a
+    /// spare kept from an earlier request: see `LazyDeadline`).
     timer: LazyDeadline,
     /// The upstream response's fields, relayed as they arrived (phase 5
     /// takes them off its body, phase 6 puts them beside the map).
