@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio::time::{Instant, Sleep};
 
 /// What an [`ActivityIo`] reports to its clock.
 #[derive(Debug)]
@@ -163,31 +163,45 @@ impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for ActivityIo<T, G> {
 }
 
 /// Says when the I/O marking `active` has been quiet for the idle timeout.
+///
+/// Its check every half timeout waits on a [`LazyDeadline`]: a new
+/// connection takes a spare timer, already registered, and gives it back
+/// when it ends. A tokio `Interval` per connection instead was allocated,
+/// registered and cancelled each time: about 800 instructions per
+/// connection (callgrind, a new connection per request).
 #[derive(Debug)]
 pub struct IdleClock {
     active: Arc<Activity>,
-    tick: Interval,
+    check: LazyDeadline,
+    half: Duration,
     quiet_ticks: u32,
 }
 
 impl IdleClock {
     /// A clock for `timeout`, starting now with the I/O counted active.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as a tokio timer would.
     pub fn new(timeout: Duration, active: Arc<Activity>) -> IdleClock {
         let half = (timeout / 2).max(Duration::from_millis(1));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         IdleClock {
             active,
-            tick,
+            check: LazyDeadline::new(half),
+            half,
             quiet_ticks: 0,
         }
     }
 
     /// Completes once two checks in a row found no bytes moved. Cancel-safe
-    /// (for `select!`): the count survives a dropped call.
+    /// (for `select!`): the count and the next check's instant survive a
+    /// dropped call.
     pub async fn expired(&mut self) {
         loop {
-            self.tick.tick().await;
+            std::future::poll_fn(|cx| self.check.poll_expired(cx)).await;
+            // The next check a half timeout from now, however late this
+            // one ran (as an interval that delays missed ticks).
+            self.check.restart(self.half);
             if self.active.moved.swap(false, Ordering::Relaxed) {
                 self.quiet_ticks = 0;
             } else {
@@ -197,6 +211,47 @@ impl IdleClock {
                 }
             }
         }
+    }
+}
+
+/// `fut`, or `None` once `timeout` passed first: `tokio::time::timeout` on
+/// a [`LazyDeadline`], set only if `fut` is not ready at its first poll.
+/// For a new connection's first bytes and its TLS handshake, where a tokio
+/// timer made and cancelled per connection cost about 600 instructions
+/// (callgrind) whenever the bytes were not in at once.
+pub fn timeout<F: Future>(timeout: Duration, fut: F) -> Timeout<F> {
+    Timeout {
+        fut,
+        deadline: LazyDeadline::default(),
+        timeout,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`timeout`]. A type, not an `async fn`: that would keep `fut`
+    /// twice (as its argument and pinned), and a TLS handshake's future is
+    /// kilobytes.
+    #[derive(Debug)]
+    pub struct Timeout<F> {
+        #[pin]
+        fut: F,
+        deadline: LazyDeadline,
+        timeout: Duration,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !this.deadline.is_set() {
+            this.deadline.restart(*this.timeout);
+        }
+        this.deadline.poll_expired(cx).map(|()| None)
     }
 }
 
@@ -591,6 +646,44 @@ mod tests {
             let _again = LazyDeadline::new(Duration::from_secs(5));
             assert_eq!(spare::kept(), 0);
         });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_ends_a_slow_future_at_its_instant_and_not_a_quick_one() {
+        // Ready at once: no timer is taken for it.
+        let mut kept = LazyDeadline::new(Duration::from_secs(30));
+        register(&mut kept);
+        drop(kept);
+        assert_eq!(spare::kept(), 1);
+        assert_eq!(timeout(Duration::from_secs(1), async { 7 }).await, Some(7));
+        assert_eq!(spare::kept(), 1, "a ready future took a timer");
+        // Done before the timeout, after a wait: its answer.
+        let quick = tokio::time::sleep(Duration::from_secs(3));
+        assert_eq!(timeout(Duration::from_secs(5), quick).await, Some(()));
+        // Not done: `None` exactly at the timeout, on the kept timer
+        // (registered 30 s out, earlier than that).
+        let from = Instant::now();
+        let slow = std::future::pending::<()>();
+        assert_eq!(timeout(Duration::from_secs(5), slow).await, None);
+        assert_eq!(from.elapsed(), Duration::from_secs(5));
+        assert_eq!(spare::kept(), 1, "the timer was given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_clock_checks_on_a_kept_timer() {
+        let mut kept = LazyDeadline::new(Duration::from_secs(3));
+        register(&mut kept);
+        drop(kept);
+        let active = Activity::new();
+        let mut clock = IdleClock::new(Duration::from_secs(10), active.clone());
+        assert_eq!(spare::kept(), 0, "the clock made a timer of its own");
+        // Its timer fires at 3 s for the earlier deadline: not a check.
+        // The checks are at 5 s (counted active when made), 10 and 15 s.
+        let from = Instant::now();
+        clock.expired().await;
+        assert_eq!(from.elapsed(), Duration::from_secs(15));
+        drop(clock);
+        assert_eq!(spare::kept(), 1);
     }
 
     #[tokio::test(start_paused = true)]

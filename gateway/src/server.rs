@@ -64,7 +64,7 @@ use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
 use crate::h1;
 use crate::h1::response::Answer;
-use crate::idle::{Activity, ActivityIo, IdleClock, WakeGate};
+use crate::idle::{self, Activity, ActivityIo, IdleClock, WakeGate};
 use crate::protocol::{Protocol, Rewind};
 use crate::proxy::{Peer, Proxy};
 use crate::streams::{ServeStreams, StreamExecutor};
@@ -444,20 +444,20 @@ fn serve_tls(
     mut draining: Draining,
 ) -> impl Future<Output = ()> {
     async move {
-        let handshake = tokio::time::timeout(shared.protocols.header_read_timeout, tls.accept(io));
+        let handshake = idle::timeout(shared.protocols.header_read_timeout, tls.accept(io));
         let accepted = tokio::select! {
             accepted = handshake => accepted,
             // Shutting down before the handshake finished: nothing to finish.
             _ = draining.closing.changed() => return,
         };
         let stream = match accepted {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
                 tls.stats.count(Handshake::Failed, false);
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
-            Err(_) => {
+            None => {
                 tls.stats.count(Handshake::Timeout, false);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return;
@@ -537,7 +537,7 @@ async fn detect<I>(mut io: I, shared: Arc<Shared>, mut conn: Conn) -> Option<Det
 where
     I: h1::server::Io,
 {
-    let first = tokio::time::timeout(
+    let first = idle::timeout(
         shared.protocols.header_read_timeout,
         crate::protocol::detect(&mut io, h1::pool::take()),
     );
@@ -547,7 +547,7 @@ where
     // of all connections did).
     let detected = tokio::select! {
         biased;
-        detected = first => detected.ok().and_then(Result::ok).flatten(),
+        detected = first => detected.and_then(Result::ok).flatten(),
         _ = conn.draining.closing.changed() => None,
     };
     let (protocol, prefix) = detected?;
