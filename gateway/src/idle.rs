@@ -200,7 +200,7 @@ impl IdleClock {
         loop {
             std::future::poll_fn(|cx| self.check.poll_expired(cx)).await;
             // The next check a half timeout from now, however late this
-            // one ran (as an interval that delays missed ticks).
+            // one ran: checks drift later, never closer together.
             self.check.restart(self.half);
             if self.active.moved.swap(false, Ordering::Relaxed) {
                 self.quiet_ticks = 0;
@@ -245,11 +245,23 @@ impl<F: Future> Future for Timeout<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
         if !this.deadline.is_set() {
             this.deadline.restart(*this.timeout);
+        }
+        if had_budget && !tokio::task::coop::has_budget_remaining() {
+            // `fut` used up the task's budget, and the timer's poll would
+            // be refused for it: as tokio's `timeout` does, the deadline is
+            // checked regardless, or a future that is always busy would
+            // never time out.
+            let deadline = &mut *this.deadline;
+            let expired = tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+                deadline.poll_expired(cx)
+            }));
+            return std::pin::pin!(expired).poll(cx).map(|()| None);
         }
         this.deadline.poll_expired(cx).map(|()| None)
     }
@@ -293,7 +305,7 @@ pin_project_lite::pin_project! {
 impl LazyDeadline {
     /// A deadline `timeout` from now.
     pub fn new(timeout: Duration) -> LazyDeadline {
-        LazyDeadline::at(Instant::now() + timeout)
+        LazyDeadline::at(from_now(timeout))
     }
 
     /// A deadline at `deadline` (armed: counting toward it).
@@ -333,7 +345,7 @@ impl LazyDeadline {
 
     /// Sets the deadline to `timeout` from now.
     pub fn restart(&mut self, timeout: Duration) {
-        self.set(Instant::now() + timeout);
+        self.set(from_now(timeout));
     }
 
     /// Sets the deadline to `deadline`, earlier or later than the last, on
@@ -367,6 +379,15 @@ impl LazyDeadline {
             timer.sleep.as_mut().reset(*timer.deadline);
         }
     }
+}
+
+/// `timeout` from now, or about 30 years for a timeout past what an
+/// `Instant` holds (a configured `300000000000y`), as tokio's `timeout`
+/// does, instead of a panic.
+fn from_now(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 impl Drop for LazyDeadline {
@@ -684,6 +705,42 @@ mod tests {
         assert_eq!(from.elapsed(), Duration::from_secs(15));
         drop(clock);
         assert_eq!(spare::kept(), 1);
+    }
+
+    /// A future that uses up its task's budget on every poll still times
+    /// out (the timer's own poll would be refused for want of budget).
+    /// Real time: with time paused, a runtime that is never idle never
+    /// moves its clock.
+    #[test]
+    fn a_timeout_ends_a_future_that_uses_up_the_budget() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let hog = async {
+                    loop {
+                        tokio::task::consume_budget().await;
+                    }
+                };
+                let _ = tx.send(timeout(Duration::from_millis(50), hog).await.is_none());
+            });
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Ok(true),
+            "still waiting 30 s after a 50 ms timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_timeout_is_far_off_not_a_panic() {
+        let mut deadline = LazyDeadline::new(Duration::MAX);
+        assert!(!expires_within(&mut deadline, Duration::from_secs(86_400)).await);
+        deadline.restart(Duration::MAX);
+        assert_eq!(timeout(Duration::MAX, async { 1 }).await, Some(1));
     }
 
     #[tokio::test(start_paused = true)]
