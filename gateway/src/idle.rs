@@ -618,12 +618,17 @@ mod tests {
         );
     }
 
+    /// Leaves this thread one spare timer, registered `timeout` from now.
+    fn keep_a_timer(timeout: Duration) {
+        let mut deadline = LazyDeadline::new(timeout);
+        register(&mut deadline);
+        drop(deadline);
+        assert_eq!(spare::kept(), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_dropped_deadline_s_timer_serves_the_next_at_its_own_instant() {
-        let mut first = LazyDeadline::new(Duration::from_secs(30));
-        register(&mut first);
-        drop(first);
-        assert_eq!(spare::kept(), 1);
+        keep_a_timer(Duration::from_secs(30));
         // Registered 30 s out; a 2 s deadline on it fires at 2 s.
         let mut shorter = LazyDeadline::new(Duration::from_secs(2));
         assert_eq!(spare::kept(), 0, "the kept timer was taken");
@@ -672,10 +677,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_timeout_ends_a_slow_future_at_its_instant_and_not_a_quick_one() {
         // Ready at once: no timer is taken for it.
-        let mut kept = LazyDeadline::new(Duration::from_secs(30));
-        register(&mut kept);
-        drop(kept);
-        assert_eq!(spare::kept(), 1);
+        keep_a_timer(Duration::from_secs(30));
         assert_eq!(timeout(Duration::from_secs(1), async { 7 }).await, Some(7));
         assert_eq!(spare::kept(), 1, "a ready future took a timer");
         // Done before the timeout, after a wait: its answer.
@@ -692,9 +694,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_clock_checks_on_a_kept_timer() {
-        let mut kept = LazyDeadline::new(Duration::from_secs(3));
-        register(&mut kept);
-        drop(kept);
+        keep_a_timer(Duration::from_secs(3));
         let active = Activity::new();
         let mut clock = IdleClock::new(Duration::from_secs(10), active.clone());
         assert_eq!(spare::kept(), 0, "the clock made a timer of its own");

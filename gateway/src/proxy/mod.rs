@@ -217,7 +217,7 @@ impl Peer {
     /// `secure`.
     pub fn new(addr: SocketAddr, secure: bool) -> Peer {
         let proto = if secure { "https" } else { "http" };
-        let (forwarded, ip) = forwarded_for_again(addr.ip(), secure);
+        let (forwarded, ip) = forwarded_for_again(addr.ip(), proto);
         Peer {
             addr,
             ip,
@@ -237,23 +237,23 @@ impl Peer {
 /// costs two reference counts instead of formatting and checking both
 /// values (about 600 instructions per connection, callgrind, a new
 /// connection per request).
-fn forwarded_for_again(ip: std::net::IpAddr, secure: bool) -> (HeaderValue, HeaderValue) {
-    type Last = Option<(std::net::IpAddr, bool, HeaderValue, HeaderValue)>;
+fn forwarded_for_again(ip: std::net::IpAddr, proto: &'static str) -> (HeaderValue, HeaderValue) {
+    type Last = Option<(std::net::IpAddr, &'static str, HeaderValue, HeaderValue)>;
     thread_local! {
         static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
     }
-    let make = || forwarded_for(ip, if secure { "https" } else { "http" });
+    let make = || forwarded_for(ip, proto);
     LAST.try_with(|last| {
         let Ok(mut last) = last.try_borrow_mut() else {
             return make();
         };
         match &*last {
-            Some((seen, tls, forwarded, bare)) if *seen == ip && *tls == secure => {
+            Some((seen, by, forwarded, bare)) if *seen == ip && *by == proto => {
                 (forwarded.clone(), bare.clone())
             }
             _ => {
                 let (forwarded, bare) = make();
-                *last = Some((ip, secure, forwarded.clone(), bare.clone()));
+                *last = Some((ip, proto, forwarded.clone(), bare.clone()));
                 (forwarded, bare)
             }
         }
