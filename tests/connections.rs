@@ -164,6 +164,46 @@ async fn shutdown_drains_tunnels_up_to_the_drain_timeout_then_closes_them() {
         .unwrap();
 }
 
+/// At shutdown a connection waiting for its next request, and one that
+/// has sent nothing yet, are closed at once: the drain signal reaches
+/// every connection, so shutdown does not wait out the drain timeout
+/// (here a minute, three times the test's own deadline) for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_and_silent_connections_without_waiting() {
+    use tokio::io::AsyncReadExt;
+    let echo = TestEcho::start("e").await;
+    let gw = TestGateway::start(capped(
+        &echo,
+        ServerSettings {
+            drain_timeout: Duration::from_secs(60),
+            ..ServerSettings::default()
+        },
+    ))
+    .await;
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(request(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    // The silent connection is accepted and waiting for its first bytes.
+    eventually("both connections to be open", || async {
+        metric(&gw, "portico_downstream_connections ")
+            .await
+            .as_deref()
+            == Some("portico_downstream_connections 2")
+    })
+    .await;
+
+    tokio::time::timeout(DEADLINE, gw.stop())
+        .await
+        .expect("shutdown not held up by idle connections");
+    for (name, conn) in [("idle", &mut idle), ("silent", &mut silent)] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(DEADLINE, conn.read(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("the {name} connection is still open"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
+    }
+}
+
 /// Sends one keep-alive GET on `s` and reads its response whole.
 async fn request(s: &mut TcpStream) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -25,6 +25,8 @@
 //!   framing) fuzzed alone, and the connection loop the listeners run.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
+//! - `drain`: the shutdown signal every connection waits on, registered
+//!   cheaply (a waker in a sharded slab).
 //! - `streams`: an HTTP/2 connection's streams, run in the connection's own
 //!   task instead of a task each.
 //! - [`service`]: the downstream side as a `tower::Service`, and the
@@ -79,6 +81,7 @@ pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod discovery;
+mod drain;
 pub mod error;
 pub mod filter;
 pub mod grpc;

@@ -62,6 +62,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
+use crate::drain::Drain;
 use crate::h1;
 use crate::h1::response::Answer;
 use crate::idle::{self, Activity, ActivityIo, IdleClock, WakeGate};
@@ -251,12 +252,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let shared = Arc::new(Shared::new(proxy.clone(), layer, &settings));
-    let (closing_tx, closing_rx) = watch::channel(false);
+    let closing = Arc::new(Drain::default());
     // Every connection task holds a clone; when all are dropped, draining is done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let (stop_tx, stop_rx) = watch::channel(false);
     let draining = Draining {
-        closing: closing_rx,
+        closing: closing.clone(),
         _alive: alive_tx,
     };
     let (tls_listener, tls) = match listeners.tls {
@@ -279,7 +280,7 @@ pub async fn serve(
     parts.push(Either::Right(tls));
     while parts.next().await.is_some() {}
     drop(parts);
-    let _ = closing_tx.send(true);
+    closing.close();
     drop(draining);
     drain(&mut alive_rx, &proxy, settings.drain_timeout).await;
     Ok(())
@@ -384,7 +385,7 @@ async fn drain(alive: &mut mpsc::Receiver<()>, proxy: &Proxy, timeout: Duration)
 /// alive (the sender) for as long as the task runs.
 #[derive(Debug, Clone)]
 struct Draining {
-    closing: watch::Receiver<bool>,
+    closing: Arc<Drain>,
     _alive: mpsc::Sender<()>,
 }
 
@@ -441,14 +442,14 @@ fn serve_tls(
     peer: SocketAddr,
     shared: Arc<Shared>,
     active: Arc<Activity>,
-    mut draining: Draining,
+    draining: Draining,
 ) -> impl Future<Output = ()> {
     async move {
         let handshake = idle::timeout(shared.protocols.header_read_timeout, tls.accept(io));
         let accepted = tokio::select! {
             accepted = handshake => accepted,
             // Shutting down before the handshake finished: nothing to finish.
-            _ = draining.closing.changed() => return,
+            () = draining.closing.closing() => return,
         };
         let stream = match accepted {
             Some(Ok(stream)) => stream,
@@ -533,7 +534,7 @@ struct Detected<I> {
 /// The protocol and the bytes read to tell it; `None`: closed, failed,
 /// silent for the header timeout, or shutting down first (nothing to
 /// answer or finish).
-async fn detect<I>(mut io: I, shared: Arc<Shared>, mut conn: Conn) -> Option<Detected<I>>
+async fn detect<I>(mut io: I, shared: Arc<Shared>, conn: Conn) -> Option<Detected<I>>
 where
     I: h1::server::Io,
 {
@@ -548,7 +549,7 @@ where
     let detected = tokio::select! {
         biased;
         detected = first => detected.and_then(Result::ok).flatten(),
-        _ = conn.draining.closing.changed() => None,
+        () = conn.draining.closing.closing() => None,
     };
     let (protocol, prefix) = detected?;
     Some(Detected {
@@ -753,7 +754,7 @@ async fn drive<C, E>(
     // their own wakers fired.
     let gate = WakeGate::default();
     loop {
-        let mut closing = pin!(draining.closing.changed());
+        let mut closing = pin!(draining.closing.closing());
         let mut expired = pin!(idle.expired());
         gate.open();
         let event = std::future::poll_fn(|cx| {
@@ -831,10 +832,9 @@ mod tests {
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let permit = shared.caps.admit(peer.ip()).unwrap();
-        let (_closing, closing) = watch::channel(false);
         let (alive, _alive) = mpsc::channel(1);
         let draining = Draining {
-            closing,
+            closing: Arc::default(),
             _alive: alive,
         };
         let task = serve_connection(stream, permit, peer, shared, None, draining);
