@@ -85,7 +85,7 @@ pub async fn run_registry(
 ) -> anyhow::Result<()> {
     let check_tls = CheckTls::new(&options.check_ca).context("--check-ca")?;
     let store = open_store(&options).await?;
-    let catalog = Arc::new(Catalog::new(store, options.lease));
+    let catalog = Arc::new(Catalog::new(store.clone(), options.lease));
     let sweeper = spawn_sweeper(catalog.clone());
     let checker = portico_registry::check::spawn_checker(catalog.clone(), check_tls);
     let addr = listener.local_addr()?;
@@ -110,6 +110,7 @@ pub async fn run_registry(
     checker.abort();
     let _ = sweeper.await;
     let _ = checker.await;
+    store.close().await;
     result.context("registry API server")
 }
 

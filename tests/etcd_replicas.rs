@@ -118,6 +118,32 @@ async fn all_passing(registry: &str, n: u64) -> Result<(), String> {
     }
 }
 
+/// A replica stopped with SIGTERM gives its etcd session back before it
+/// exits, so the others adopt its leases at once. (It was given back by a
+/// task spawned as the store was dropped, which died with the runtime: the
+/// session, and the leases it held, stayed for its whole TTL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_with_sigterm_gives_its_session_back() {
+    let cluster = EtcdCluster::start(1).await;
+    let mut replica = RegistryProcess::start(&cluster.all_endpoints(), "60s").await;
+    let sessions = b"/portico/session/";
+    assert_eq!(
+        cluster.range(sessions).await.len(),
+        1,
+        "the replica's session, before it stops"
+    );
+    let status = replica.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+    let left = cluster.range(sessions).await;
+    assert!(
+        left.is_empty(),
+        "a session outlived its replica (its TTL is a minute): {:?}",
+        left.iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect::<Vec<_>>()
+    );
+}
+
 /// `kill -9` of a replica holding 30% of 10,000 heartbeating instances:
 /// its clients that fail over at once keep working at once on the other
 /// replica, those that come back late (more than a lease length after

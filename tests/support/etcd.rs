@@ -825,6 +825,23 @@ impl RegistryProcess {
         self.child.kill9();
     }
 
+    /// SIGTERM, then waits (within the tests' deadline) for the process to
+    /// exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = std::time::Instant::now() + super::DEADLINE;
+        loop {
+            if let Some(status) = self.child.child.try_wait().expect("wait for the replica") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replica did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGSTOP: the process stops where it is, sockets open.
     pub fn pause(&self) {
         self.signal("-STOP");

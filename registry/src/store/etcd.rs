@@ -51,6 +51,8 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(10);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest [`EtcdStore::check`] waits for the mirror and the session.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a closing store waits for etcd to take its session back.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Inner {
     keys: Keys,
@@ -486,6 +488,23 @@ impl Store for EtcdStore {
 
     fn assigned_here(&self, key: &str) -> bool {
         self.0.leases.assigned_here(key)
+    }
+
+    async fn close(&self) {
+        for task in &self.0.tasks {
+            task.abort();
+        }
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.0.leases.give_back()).await {
+            Ok(Ok(())) => {
+                tracing::info!("etcd session given back: its leases go to the other replicas now")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not give the etcd session back: the other replicas adopt its leases when it lapses")
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?CLOSE_TIMEOUT, "etcd did not answer the session's release in time: the other replicas adopt its leases when it lapses")
+            }
+        }
     }
 
     fn holding(&self) -> Option<Holding> {

@@ -338,4 +338,12 @@ pub trait Store: Send + Sync + 'static {
     fn holding(&self) -> Option<Holding> {
         None
     }
+
+    /// Gives back what this process holds in a shared store, at shutdown
+    /// and awaited before the process exits: a task spawned from `Drop`
+    /// dies with the runtime. (etcd: the session, so the other replicas
+    /// adopt this one's leases at once, not a session TTL later.) The
+    /// store holds no lease afterwards. Nothing to do on a store with one
+    /// process.
+    async fn close(&self) {}
 }

@@ -579,7 +579,24 @@ impl Leases {
         }
     }
 
-    /// Gives the session back at shutdown, so the others adopt at once.
+    /// Gives the session back and forgets it and its leases, waiting for
+    /// etcd's answer: the others adopt them at once. For a store that is
+    /// closing, once the session's task is stopped (else it would open
+    /// another).
+    pub(super) async fn give_back(&self) -> Result<(), StoreError> {
+        let id = std::mem::take(&mut *self.session.write().expect("session lock poisoned")).id;
+        self.held.clear();
+        if id == 0 {
+            return Ok(());
+        }
+        self.members
+            .run(|mut c| async move { c.lease_revoke(id).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives the session back at shutdown, so the others adopt at once:
+    /// spawned, for a store dropped without [`Leases::give_back`].
     pub(super) fn revoke(&self) {
         let id = self.session_id();
         if id == 0 {
