@@ -444,29 +444,19 @@ impl Leases {
     /// leases: frozen (ticks over a second late) or without a vouched
     /// session. Runs forever; on its own task.
     pub(super) async fn run_clock(self: Arc<Self>) {
-        let mut last = Instant::now();
-        let mut refusing_since: Option<Instant> = None;
+        let mut clock = Clock::new(Instant::now());
         loop {
             tokio::time::sleep(TICK).await;
-            let now = Instant::now();
-            let gap = now - last;
-            last = now;
-            if gap > FROZEN {
-                let lost = gap - TICK;
+            let (back, frozen) = clock.tick(Instant::now(), self.vouched().is_some());
+            if let Some(lost) = frozen {
                 tracing::warn!(
                     ?lost,
                     held = self.held.len(),
                     "this replica did not run for a while; the leases it holds get that time back"
                 );
-                self.extend(lost);
             }
-            match (self.vouched().is_some(), refusing_since) {
-                (false, None) => refusing_since = Some(now),
-                (true, Some(since)) => {
-                    refusing_since = None;
-                    self.extend(now - since);
-                }
-                _ => {}
+            if !back.is_zero() {
+                self.extend(back);
             }
         }
     }
@@ -613,6 +603,48 @@ impl Leases {
     }
 }
 
+/// The freeze detector's reckoning, tick by tick (see [`Leases::run_clock`]).
+#[derive(Debug)]
+struct Clock {
+    last: Instant,
+    /// Since when this replica has had no session it can vouch for.
+    refusing_since: Option<Instant>,
+}
+
+impl Clock {
+    fn new(now: Instant) -> Clock {
+        Clock {
+            last: now,
+            refusing_since: None,
+        }
+    }
+
+    /// A tick at `now`: the time the held leases get back, and the time
+    /// lost to a freeze since the last tick, if there was one. Time
+    /// without a session comes back whole once one is vouched for again,
+    /// a freeze meanwhile included, so a freeze then is not given back on
+    /// its own as well (that counted it twice, and expiry came a freeze
+    /// late).
+    fn tick(&mut self, now: Instant, vouched: bool) -> (Duration, Option<Duration>) {
+        let gap = now.saturating_duration_since(self.last);
+        self.last = now;
+        let frozen = (gap > FROZEN).then(|| gap - TICK);
+        let back = match (vouched, self.refusing_since) {
+            (true, Some(since)) => {
+                self.refusing_since = None;
+                now - since
+            }
+            (false, Some(_)) => Duration::ZERO,
+            (false, None) => {
+                self.refusing_since = Some(now);
+                frozen.unwrap_or_default()
+            }
+            (true, None) => frozen.unwrap_or_default(),
+        };
+        (back, frozen)
+    }
+}
+
 /// One keep-alive of lease `id` on its open stream (opened on a live member
 /// when there is none); the TTL etcd answers (0: the lease is gone).
 async fn keep_alive(
@@ -697,5 +729,67 @@ impl Observer for Leases {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// Ticks every [`TICK`] from `from` for `n` ticks; the time given back.
+    fn ticks(clock: &mut Clock, from: Instant, n: u32, vouched: bool) -> (Instant, Duration) {
+        let mut at = from;
+        let mut back = Duration::ZERO;
+        for _ in 0..n {
+            at += TICK;
+            back += clock.tick(at, vouched).0;
+        }
+        (at, back)
+    }
+
+    #[test]
+    fn a_freeze_with_a_session_is_given_back_once() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(t0);
+        let (at, back) = ticks(&mut clock, t0, 10, true);
+        assert_eq!(back, Duration::ZERO, "on time: nothing to give back");
+        let (back, frozen) = clock.tick(at + 5 * S, true);
+        assert_eq!(frozen, Some(5 * S - TICK));
+        assert_eq!(back, 5 * S - TICK);
+    }
+
+    #[test]
+    fn a_freeze_without_a_session_is_given_back_once_with_that_time() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(t0);
+        // The session lapses at the first tick, stays lapsed through a
+        // 5 s freeze and a second after, then is vouched for again.
+        let lapsed = t0 + TICK;
+        assert_eq!(clock.tick(lapsed, false).0, Duration::ZERO);
+        let thawed = lapsed + 5 * S;
+        let (back, frozen) = clock.tick(thawed, false);
+        assert!(frozen.is_some());
+        assert_eq!(back, Duration::ZERO, "given back with the session");
+        let (at, back) = ticks(&mut clock, thawed, 10, false);
+        assert_eq!(back, Duration::ZERO);
+        let back = clock.tick(at + TICK, true).0;
+        assert_eq!(back, at + TICK - lapsed, "the time without a session, once");
+    }
+
+    #[test]
+    fn a_freeze_that_ends_the_session_is_given_back_then_the_time_after() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(t0);
+        // Frozen 5 s with a session, which had lapsed by the thaw; vouched
+        // for again a second later.
+        let thawed = t0 + 5 * S;
+        let (back, _) = clock.tick(thawed, false);
+        assert_eq!(back, 5 * S - TICK, "the freeze");
+        let (at, back) = ticks(&mut clock, thawed, 10, false);
+        assert_eq!(back, Duration::ZERO);
+        let back = clock.tick(at + TICK, true).0;
+        assert_eq!(back, at + TICK - thawed, "then the time without a session");
     }
 }
