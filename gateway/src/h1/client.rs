@@ -520,14 +520,15 @@ pub fn parse_head(
             }));
         }
         let bytes = buf.split_to(len).freeze();
-        let (headers, seen) = head::header_map(&bytes, &fields, 2).map_err(ClientError::Head)?;
+        let (headers, seen) =
+            head::header_map(&bytes, &fields, (2, head::Hop::Keep)).map_err(ClientError::Head)?;
         let version = if minor == 0 {
             Version::HTTP_10
         } else {
             Version::HTTP_11
         };
         let body = framing(&headers, seen, status, head_request)?;
-        let keep_alive = head::keeps_alive(&headers, seen, version)
+        let keep_alive = head::keeps_alive(seen, version)
             && body.is_some()
             && !(seen.has(Seen::TRANSFER_ENCODING) && seen.has(Seen::CONTENT_LENGTH));
         return Ok(Some(ResponseHead {

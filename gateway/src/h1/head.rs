@@ -122,6 +122,9 @@ pub(super) fn range((start, end): Span) -> std::ops::Range<usize> {
 /// connection's fate a head carries, noted while its map is built: one
 /// that is not there needs no lookup, and most messages carry few of them
 /// (each lookup hashes the name: about 90 instructions, callgrind).
+///
+/// The `Connection` fields' usual tokens are noted too (`close`,
+/// `keep-alive`), so the connection's fate is known without a lookup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Seen(u8);
 
@@ -132,6 +135,10 @@ impl Seen {
     pub(super) const EXPECT: Seen = Seen(8);
     pub(super) const UPGRADE: Seen = Seen(16);
     pub(super) const TE: Seen = Seen(32);
+    /// A `Connection` field lists `close`.
+    pub(super) const CLOSE: Seen = Seen(64);
+    /// A `Connection` field lists `keep-alive`.
+    pub(super) const KEEP_ALIVE: Seen = Seen(128);
 
     /// The head carries the field `f`.
     pub(super) fn has(self, f: Seen) -> bool {
@@ -160,6 +167,23 @@ impl Seen {
             return;
         };
         self.0 |= flag.0;
+    }
+
+    /// Notes the tokens of a `Connection` field's `value`; whether it
+    /// lists nothing but `close` and `keep-alive` (what a connection loop
+    /// acts on itself, naming no other field).
+    fn note_connection(&mut self, value: &[u8]) -> bool {
+        let mut only_ours = true;
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.0 |= Seen::CLOSE.0;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.0 |= Seen::KEEP_ALIVE.0;
+            } else if !token.is_empty() {
+                only_ours = false;
+            }
+        }
+        only_ours
     }
 }
 
@@ -255,7 +279,8 @@ fn build(bytes: &Bytes, found: &Located) -> Result<RequestHead, HeadError> {
     // Room for the forwarding fields the proxy adds (`x-request-id`,
     // `x-forwarded-*`, `traceparent`): without it the map grows, and
     // reallocates, two or three times per request (callgrind).
-    let (mut headers, seen) = header_map(bytes, &found.fields, 6).map_err(HeadError::Malformed)?;
+    let (mut headers, seen) =
+        header_map(bytes, &found.fields, (6, Hop::Consume)).map_err(HeadError::Malformed)?;
     let body = if seen.frames_body() {
         let body = body_framing(&headers, seen, version)?;
         normalize_length(&mut headers, body);
@@ -263,7 +288,7 @@ fn build(bytes: &Bytes, found: &Located) -> Result<RequestHead, HeadError> {
     } else {
         BodyFraming::Empty
     };
-    let keep_alive = keeps_alive(&headers, seen, version);
+    let keep_alive = keeps_alive(seen, version);
     let expect_continue = version == Version::HTTP_11
         && seen.has(Seen::EXPECT)
         && headers
@@ -288,6 +313,22 @@ fn build(bytes: &Bytes, found: &Located) -> Result<RequestHead, HeadError> {
     })
 }
 
+/// What [`header_map`] does with a `Connection` field that lists only
+/// `close` and `keep-alive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hop {
+    /// Noted in [`Seen`] and left out of the map: a request's. It is
+    /// hop-by-hop (RFC 9110 §7.6.1), the connection loop acts on it, and
+    /// the proxy would remove it again before forwarding; a new connection
+    /// per request carries one each (`close`), and putting it in the map,
+    /// looking it up and removing it cost about 900 instructions, callgrind
+    /// `NEWCONN=1`. A field listing any other token (`upgrade`, a field's
+    /// name) stays, for the upgrade and for the proxy to act on.
+    Consume,
+    /// Noted and kept: a response's, whose map its caller may still read.
+    Keep,
+}
+
 /// The header fields at `fields` in `bytes`, the values sharing `bytes`
 /// (no copy), and which framing fields are among them. Both were validated
 /// by `httparse` already (no CR, LF or NUL); this only wraps them.
@@ -295,13 +336,19 @@ fn build(bytes: &Bytes, found: &Located) -> Result<RequestHead, HeadError> {
 pub(super) fn header_map(
     bytes: &Bytes,
     fields: &Spans,
-    room: usize,
+    (room, hop): (usize, Hop),
 ) -> Result<(HeaderMap, Seen), &'static str> {
     let mut headers = super::pool::map(fields.len() + room);
     let mut seen = Seen::default();
     for &(name, value) in fields {
         let name = field_name(&bytes[range(name)]).ok_or("invalid header name")?;
         seen.note(&name);
+        if name == header::CONNECTION
+            && seen.note_connection(&bytes[range(value)])
+            && hop == Hop::Consume
+        {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(bytes.slice(range(value)))
             .map_err(|_| "invalid header value")?;
         headers.append(name, value);
@@ -441,15 +488,13 @@ pub(super) fn chunked_last(headers: &HeaderMap) -> Result<(), HeadError> {
 }
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
-/// closes it unless `Connection: keep-alive`.
-pub(super) fn keeps_alive(headers: &HeaderMap, seen: Seen, version: Version) -> bool {
-    if !seen.has(Seen::CONNECTION) {
-        return version == Version::HTTP_11;
-    }
-    if has_token(headers, header::CONNECTION, "close") {
+/// closes it unless `Connection: keep-alive` (the tokens as [`header_map`]
+/// noted them).
+pub(super) fn keeps_alive(seen: Seen, version: Version) -> bool {
+    if seen.has(Seen::CLOSE) {
         return false;
     }
-    version == Version::HTTP_11 || has_token(headers, header::CONNECTION, "keep-alive")
+    version == Version::HTTP_11 || seen.has(Seen::KEEP_ALIVE)
 }
 
 /// `name` lists `token` (comma-separated, any case).
@@ -557,6 +602,38 @@ mod tests {
         assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert!(!ok("GET / HTTP/1.1\r\nConnection: foo, CLOSE\r\n\r\n").keep_alive);
+    }
+
+    /// `close` and `keep-alive` are acted on by the connection and left out
+    /// of the request's map; a field listing anything else stays whole,
+    /// for the upgrade and for the proxy to drop what it names.
+    #[test]
+    fn a_connection_field_of_close_or_keep_alive_is_consumed() {
+        for (head, keep) in [
+            ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+            (
+                "GET / HTTP/1.1\r\nConnection: Keep-Alive ,, CLOSE\r\n\r\n",
+                false,
+            ),
+            (
+                "GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+        ] {
+            let h = ok(head);
+            assert_eq!(h.keep_alive, keep, "{head:?}");
+            assert!(!h.headers.contains_key("connection"), "{head:?}");
+        }
+        let named = ok("GET / HTTP/1.1\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n");
+        assert!(!named.keep_alive);
+        assert_eq!(named.headers["connection"], "close, X-Hop");
+        let ws = ok(
+            "GET / HTTP/1.1\r\nConnection: close\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(ws.upgrade && !ws.keep_alive);
+        let kept: Vec<_> = ws.headers.get_all("connection").iter().collect();
+        assert_eq!(kept, ["Upgrade"], "only the field naming more than ours");
     }
 
     #[test]
