@@ -23,8 +23,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
@@ -87,6 +87,19 @@ impl Drain {
     #[cfg(test)]
     fn waiting(&self) -> usize {
         self.shards.iter().map(|s| s.waiters().len()).sum()
+    }
+}
+
+/// Closes its signal when dropped: a server holds one, so its connections
+/// are told to finish when it ends, and also when its future is dropped
+/// before it got there (a cancelled server), as a channel's sender going
+/// away would tell them.
+#[derive(Debug)]
+pub struct CloseOnDrop(pub Arc<Drain>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -153,7 +166,6 @@ fn this_threads_shard() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test]
@@ -221,6 +233,15 @@ mod tests {
         );
         drop(first);
         assert_eq!(drain.waiting(), 0);
+    }
+
+    #[test]
+    fn a_dropped_guard_closes_its_signal() {
+        let drain = Arc::new(Drain::default());
+        let guard = CloseOnDrop(drain.clone());
+        assert!(!drain.is_closing());
+        drop(guard);
+        assert!(drain.is_closing());
     }
 
     /// Waiters registering on several threads while the signal closes: each

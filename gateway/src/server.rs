@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
-use crate::drain::Drain;
+use crate::drain::{CloseOnDrop, Drain};
 use crate::h1;
 use crate::h1::response::Answer;
 use crate::idle::{self, Activity, ActivityIo, IdleClock, WakeGate};
@@ -252,12 +252,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let shared = Arc::new(Shared::new(proxy.clone(), layer, &settings));
-    let closing = Arc::new(Drain::default());
+    // Closed at the end below, or when this future is dropped before then.
+    let closing = CloseOnDrop(Arc::new(Drain::default()));
     // Every connection task holds a clone; when all are dropped, draining is done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let (stop_tx, stop_rx) = watch::channel(false);
     let draining = Draining {
-        closing: closing.clone(),
+        closing: closing.0.clone(),
         _alive: alive_tx,
     };
     let (tls_listener, tls) = match listeners.tls {
@@ -280,7 +281,7 @@ pub async fn serve(
     parts.push(Either::Right(tls));
     while parts.next().await.is_some() {}
     drop(parts);
-    closing.close();
+    drop(closing);
     drop(draining);
     drain(&mut alive_rx, &proxy, settings.drain_timeout).await;
     Ok(())
