@@ -42,7 +42,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -50,6 +50,7 @@ use crate::balance::Endpoint;
 use crate::body::ClientBody;
 use crate::h1;
 use crate::h1::client::Field;
+use crate::streams::{ServeStreams, StreamExecutor};
 use crate::tls::upstream::TlsDial;
 use portico_registry::model::Scheme;
 
@@ -719,11 +720,19 @@ enum TlsConn {
 }
 
 /// An HTTP/2 client connection on `io` (h2c or TLS), its task spawned.
+///
+/// One task per connection: hyper runs the connection's frames, and per
+/// request a future that waits for the response (and one that sends the
+/// request's body, when it has one), on its executor. With tokio's, those
+/// were two tasks spawned per gRPC call and a chain of wake-ups between
+/// four tasks; [`StreamExecutor`] queues them for the connection's own
+/// task instead, as the HTTP/2 server does with its streams.
 async fn h2_handshake<I>(io: I) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let executor = StreamExecutor::default();
+    let (sender, conn) = http2::Builder::new(executor.clone())
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .initial_stream_window_size(UPSTREAM_H2_WINDOW)
@@ -732,7 +741,7 @@ where
         .await
         .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = ServeStreams::new(conn, executor).await {
             tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
         }
     });
@@ -1066,5 +1075,100 @@ mod tests {
         let heads = upstream.await.unwrap();
         let sent = "GET /p HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 192.0.2.7\r\n\r\n";
         assert_eq!(heads, [sent, sent, sent]);
+    }
+
+    /// An h2c origin on its own runtime and thread that holds every
+    /// request until `release` is notified, telling `arrived` of each.
+    fn holding_h2c_origin(
+        arrived: tokio::sync::mpsc::UnboundedSender<()>,
+        release: Arc<tokio::sync::Notify>,
+    ) -> std::net::SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = TcpListener::from_std(l).unwrap();
+                let (io, _) = l.accept().await.unwrap();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (arrived, release) = (arrived.clone(), release.clone());
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let released = release.notified();
+                        let _ = arrived.send(());
+                        released.await;
+                        Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(io), service)
+                        .await;
+            });
+        });
+        addr
+    }
+
+    /// Requests in flight on a shared h2c connection add no task to the
+    /// gateway's runtime: hyper's per-request futures (the wait for the
+    /// response, the body's pipe) run in the connection's own task.
+    #[tokio::test]
+    async fn h2c_requests_in_flight_run_in_their_connections_task() {
+        let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let addr = holding_h2c_origin(arrived_tx, release.clone());
+        let pool = Arc::new(Pool::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            Http1Client::Native,
+        ));
+        let endpoint = Endpoint::from_static(
+            addr.to_string().parse().unwrap(),
+            &crate::health::HealthRegistry::default(),
+        );
+        let call = |n: usize| {
+            let req = Request::builder()
+                .uri(format!("http://a/{n}"))
+                .version(http::Version::HTTP_2)
+                .body(Either::Right(Full::new(Bytes::from(n.to_string()))))
+                .unwrap();
+            let (pool, endpoint) = (pool.clone(), endpoint.clone());
+            async move {
+                let resp = pool.send_h2c(&endpoint, req).await.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        // The first call opens the connection (its task stays).
+        let first = call(0);
+        let first = async {
+            let (body, ()) = tokio::join!(first, async {
+                arrived.recv().await.unwrap();
+                release.notify_waiters();
+            });
+            body
+        };
+        assert_eq!(first.await, "0");
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let idle = metrics.num_alive_tasks();
+        const N: usize = 8;
+        let calls = futures_util::future::join_all((1..=N).map(call));
+        let (bodies, in_flight) = tokio::join!(calls, async {
+            for _ in 0..N {
+                arrived.recv().await.unwrap();
+            }
+            let in_flight = metrics.num_alive_tasks();
+            release.notify_waiters();
+            in_flight
+        });
+        let want: Vec<Bytes> = (1..=N).map(|n| Bytes::from(n.to_string())).collect();
+        assert_eq!(bodies, want);
+        assert_eq!(
+            in_flight, idle,
+            "{N} requests in flight added tasks to the runtime"
+        );
     }
 }
