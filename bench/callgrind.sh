@@ -30,6 +30,14 @@
 #                                    # branches), which these virtual
 #                                    # machines' missing hardware counters
 #                                    # cannot give
+#   GRPC=1 bench/callgrind.sh        # unary gRPC calls over h2c both sides:
+#                                    # h2load (CONNS x STREAMS, as H2C) posts
+#                                    # a 64-byte message to a Rust h2c gRPC
+#                                    # origin (target/release/grpc_origin),
+#                                    # discovered through a registry run
+#                                    # outside valgrind (the harness's
+#                                    # 10-grpc-unary); with HAPROXY=1, HAProxy
+#                                    # in proto h2 mode over the same origin
 #   HAPROXY=1 H2C=1 bench/callgrind.sh
 #                                    # the same load through HAProxy (one
 #                                    # thread, proto h2 frontend, round robin,
@@ -55,6 +63,25 @@ ORIGINS=${ORIGINS:-1}
 export HEADERS=${HEADERS:-'{}'}
 export BODY_KB=${BODY_KB:-0}
 upstreams=""
+if [ -n "${GRPC:-}" ]; then
+  # One h2c gRPC origin and a registry listing it (h2c instances are
+  # discovered, not configured); the call's body for h2load.
+  [ -x target/release/grpc_origin ] || cargo build --release -p portico-bench >&2
+  H2C=1
+  origin_port=$(port)
+  target/release/grpc_origin --listen "127.0.0.1:$origin_port" &
+  registry_port=$(port)
+  "$BIN" registry --control "127.0.0.1:$registry_port" --data-dir "$work/registry" >/dev/null 2>&1 &
+  instance="{\"address\": \"127.0.0.1\", \"port\": $origin_port, \"ttl\": \"1h\", \"scheme\": \"h2c\"}"
+  for _ in $(seq 100); do
+    curl -sf -X PUT -H 'content-type: application/json' -d "$instance" \
+      "http://127.0.0.1:$registry_port/v1/services/grpc/instances/g0" >/dev/null && break
+    sleep 0.1
+  done
+  python3 -c 'import sys; m = b"x" * 64; sys.stdout.buffer.write(b"\0" + len(m).to_bytes(4, "big") + m)' >"$work/call.bin"
+  upstreams="\"127.0.0.1:$origin_port\", "
+  ORIGINS=0
+fi
 for _ in $(seq "$ORIGINS"); do
 origin_port=$(port)
 upstreams="$upstreams\"127.0.0.1:$origin_port\", "
@@ -81,6 +108,9 @@ ThreadingHTTPServer.request_queue_size = 1024
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 PY
 done
+if [ -n "${GRPC:-}" ]; then
+  printf '[[route]]\nname = "grpc"\npath_prefix = "/bench.Echo"\nservice = "grpc"\n' >"$work/routes.toml"
+else
 cat > "$work/routes.toml" <<TOML
 [[route]]
 name = "all"
@@ -88,6 +118,7 @@ path_prefix = "/"
 upstreams = [${upstreams%, }]
 ${1:-}
 TOML
+fi
 
 # h2load over one h2c connection once the gateway listens; fails unless
 # every request got a 2xx.
@@ -102,7 +133,21 @@ while True:
         if time.time() > deadline: raise
         time.sleep(0.2)
 PY
+  if [ -n "${GRPC:-}" ]; then
+    # A gRPC error is an HTTP 200 too: one call must end in grpc-status 0
+    # (the origin's answer) before the counted ones.
+    local ok=""
+    for _ in $(seq 300); do
+      if nghttp -v -d "$work/call.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+        "http://127.0.0.1:$1/bench.Echo/Unary" 2>/dev/null | grep -q "grpc-status: 0"; then ok=1; break; fi
+      sleep 0.2
+    done
+    [ -n "$ok" ] || { echo "no gRPC call through the proxy ended with grpc-status 0" >&2; return 1; }
+    h2load -n "$2" -c "${CONNS:-1}" -m "${STREAMS:-10}" -d "$work/call.bin" -H 'content-type: application/grpc' \
+      -H 'te: trailers' -H 'grpc-timeout: 10S' "http://127.0.0.1:$1/bench.Echo/Unary" >"$work/h2load.$2"
+  else
   h2load -n "$2" -c "${CONNS:-1}" -m "${STREAMS:-10}" "http://127.0.0.1:$1/small" >"$work/h2load.$2"
+  fi
   grep -q "status codes: $2 2xx" "$work/h2load.$2" || { cat "$work/h2load.$2" >&2; return 1; }
 }
 
@@ -110,7 +155,7 @@ PY
 haproxy_conf() {
   local servers="" i=0
   for u in $(echo "$upstreams" | tr -d '",'); do
-    servers="$servers  server o$i $u
+    servers="$servers  server o$i $u${GRPC:+ proto h2}
 "
     i=$((i + 1))
   done
@@ -192,7 +237,8 @@ run() {
       >/dev/null 2>"$work/vg.$n" &
   else
   RUST_LOG=info valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
-    $log_flag ${GATEWAY_FLAGS:-} --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
+    $log_flag ${GATEWAY_FLAGS:-} ${GRPC:+--registry http://127.0.0.1:$registry_port} \
+    --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
   fi
   local pid=$!
