@@ -631,6 +631,39 @@ async fn a_write_whose_answer_was_lost_is_applied_once() {
     }
 }
 
+/// A store closed while it is still opening its session gives the session
+/// back all the same. etcd has granted the lease and written
+/// `session/{id}`, but the answer to that write has not arrived (the proxy
+/// holds every answer from that request on), so the store has no session
+/// it vouches for yet. Closing must revoke the lease anyway: a `session/`
+/// key left behind says the replica is alive, and the others would not
+/// adopt its leases for the whole session TTL (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_closed_while_opening_its_session_gives_it_back() {
+    use portico_registry::store::Store;
+    use portico_registry::store::etcd::EtcdStore;
+    use support::etcd::HoldingProxy;
+
+    let cluster = EtcdCluster::start(1).await;
+    let sessions = b"/opening/session/";
+    let proxy = HoldingProxy::holding_from(&cluster.endpoint(0), sessions).await;
+    let endpoints = vec![proxy.url.clone()];
+    let store =
+        EtcdStore::with_session_ttl(endpoints, "/opening/", Duration::from_secs(60)).unwrap();
+    eventually("etcd to hold the store's session key", || async {
+        cluster.range(sessions).await.len() == 1
+    })
+    .await;
+    let holding = store.holding().expect("the etcd store reports its session");
+    assert_eq!(holding.session, None, "the session's setup is not over");
+    store.close().await;
+    eventually(
+        "the session key to be gone with the closed store",
+        || async { cluster.range(sessions).await.is_empty() },
+    )
+    .await;
+}
+
 /// A sweep that fails is an alarm: logged, counted, and after a few in a
 /// row `/readyz` answers 503 naming it, until sweeps work again. Here etcd
 /// is full (its NOSPACE alarm refuses writes, reads go on), so marking a

@@ -709,6 +709,17 @@ pub struct HoldingProxy {
 impl HoldingProxy {
     /// Starts forwarding to `target` (`http://127.0.0.1:PORT`).
     pub async fn start(target: &str) -> HoldingProxy {
+        Self::start_with(target, None).await
+    }
+
+    /// Like [`HoldingProxy::start`], and holds by itself from the first
+    /// request whose bytes contain `trigger` (e.g. a key: gRPC sends it as
+    /// is): that request reaches the member, its answer does not.
+    pub async fn holding_from(target: &str, trigger: &[u8]) -> HoldingProxy {
+        Self::start_with(target, Some(trigger.to_vec())).await
+    }
+
+    async fn start_with(target: &str, trigger: Option<Vec<u8>>) -> HoldingProxy {
         let target = target
             .strip_prefix("http://")
             .expect("an http:// member URL")
@@ -716,13 +727,15 @@ impl HoldingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (held, watch) = tokio::sync::watch::channel(false);
+        let holder = held.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                     continue;
                 };
-                conns.spawn(forward(client, server, watch.clone()));
+                let trigger = trigger.clone().map(|t| (t, holder.clone()));
+                conns.spawn(forward(client, server, watch.clone(), trigger));
                 while conns.try_join_next().is_some() {}
             }
         });
@@ -741,17 +754,34 @@ impl Drop for HoldingProxy {
     }
 }
 
-/// Copies both ways; answers stop at the first chunk read after `held`.
+/// Copies both ways; answers stop at the first chunk read after `held`,
+/// which a request chunk containing `trigger`'s bytes sets before it is
+/// passed on.
 async fn forward(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
     mut held: tokio::sync::watch::Receiver<bool>,
+    trigger: Option<(Vec<u8>, tokio::sync::watch::Sender<bool>)>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let requests = async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if let Some((bytes, holder)) = &trigger
+                && buf[..n].windows(bytes.len()).any(|w| w == bytes.as_slice())
+            {
+                let _ = holder.send(true);
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
     };
     let answers = async move {
         let mut buf = vec![0u8; 16 * 1024];

@@ -26,8 +26,8 @@ mod members;
 mod mirror;
 mod watch;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -60,14 +60,16 @@ struct Inner {
     mirror: Arc<Mirror>,
     leases: Arc<Leases>,
     batcher: Batcher,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Taken by [`Store::close`], which waits for them to be gone.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Leaving: give the session back so the others adopt at once.
         self.leases.revoke();
-        for task in &self.tasks {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
+        for task in tasks.iter() {
             task.abort();
         }
     }
@@ -175,7 +177,7 @@ impl EtcdStore {
             mirror,
             leases,
             batcher,
-            tasks,
+            tasks: Mutex::new(tasks),
         })))
     }
 
@@ -194,6 +196,23 @@ impl EtcdStore {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(revision)
+    }
+
+    /// Aborts the store's tasks and waits (until `deadline`) until they are
+    /// gone. An abort takes effect only at the task's next await: one still
+    /// running on another worker could vouch for the session, or finish
+    /// opening one, after [`Leases::give_back`] took it.
+    async fn stop_tasks(&self, deadline: tokio::time::Instant) {
+        let tasks = std::mem::take(&mut *self.0.tasks.lock().expect("tasks lock poisoned"));
+        for task in &tasks {
+            task.abort();
+        }
+        let stopped = futures_util::future::join_all(tasks);
+        if tokio::time::timeout_at(deadline, stopped).await.is_err() {
+            tracing::warn!(
+                "the etcd store's tasks did not stop in time; giving the session back anyway"
+            );
+        }
     }
 
     async fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
@@ -491,10 +510,9 @@ impl Store for EtcdStore {
     }
 
     async fn close(&self) {
-        for task in &self.0.tasks {
-            task.abort();
-        }
-        match tokio::time::timeout(CLOSE_TIMEOUT, self.0.leases.give_back()).await {
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        self.stop_tasks(deadline).await;
+        match tokio::time::timeout_at(deadline, self.0.leases.give_back()).await {
             Ok(Ok(())) => {
                 tracing::info!("etcd session given back: its leases go to the other replicas now")
             }

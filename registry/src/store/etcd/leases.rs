@@ -22,7 +22,7 @@
 //! and its failure cases.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -83,6 +83,14 @@ pub(super) struct Leases {
     /// Names this process's batch slot keys; published with the session.
     writer: u64,
     session: RwLock<Session>,
+    /// The etcd lease of the session being opened or open, from the moment
+    /// etcd grants it (0: none). `session.id` is set only once `session/{id}`
+    /// is written and etcd has promised the lease; a close that interrupts
+    /// the setup in between must still revoke this lease, or the `session/`
+    /// key it may already carry keeps the others from adopting for a whole
+    /// TTL. Set before `session.id` and cleared after it, so a non-zero
+    /// `session.id` is always this one.
+    granted: AtomicI64,
     held: DashMap<String, Held>,
     /// Since when each orphaned record has been seen orphaned.
     orphaned: Mutex<HashMap<String, Instant>>,
@@ -120,6 +128,7 @@ impl Leases {
             session_ttl,
             writer,
             session: RwLock::new(Session::default()),
+            granted: AtomicI64::new(0),
             held: DashMap::new(),
             orphaned: Mutex::new(HashMap::new()),
             published: Mutex::new(None),
@@ -369,27 +378,9 @@ impl Leases {
     /// Opens a session, keeps it alive, and opens another when etcd says
     /// it is gone. Runs forever; on its own task.
     pub(super) async fn run_session(self: Arc<Self>) {
-        let ttl = self.session_ttl.as_secs_f64().ceil().max(1.0) as i64;
         let mut lost_one = false;
         loop {
-            let granted = self
-                .members
-                .run(|mut c| async move { c.lease_grant(ttl, None).await })
-                .await;
-            let (id, granted_ttl) = match granted {
-                Ok(g) => (g.id(), g.ttl()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "etcd: cannot open a session; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let sent = Instant::now();
-            if let Err(e) = self.put_session(id, LeaseCounts::default()).await {
-                tracing::warn!(error = %e, "etcd: cannot register the session; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
+            let (id, sent, granted_ttl) = self.open_session().await;
             self.vouch(id, sent, granted_ttl);
             if lost_one {
                 *self
@@ -407,7 +398,39 @@ impl Leases {
             self.held.clear();
             lost_one = true;
             *self.session.write().expect("session lock poisoned") = Session::default();
+            self.granted.store(0, Ordering::SeqCst);
             *self.published.lock().expect("publish lock poisoned") = None;
+        }
+    }
+
+    /// Grants a lease and writes `session/{id}` on it, retrying until both
+    /// worked: the id, when the grant was sent, and the TTL granted. The
+    /// id is in [`Leases::granted`] from the grant on, for
+    /// [`Leases::give_back`].
+    async fn open_session(&self) -> (i64, Instant, i64) {
+        let ttl = self.session_ttl.as_secs_f64().ceil().max(1.0) as i64;
+        loop {
+            let granted = self
+                .members
+                .run(|mut c| async move { c.lease_grant(ttl, None).await })
+                .await;
+            let (id, granted_ttl) = match granted {
+                Ok(g) => (g.id(), g.ttl()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd: cannot open a session; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            self.granted.store(id, Ordering::SeqCst);
+            let sent = Instant::now();
+            match self.put_session(id, LeaseCounts::default()).await {
+                Ok(()) => return (id, sent, granted_ttl),
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd: cannot register the session; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
     }
 
@@ -570,25 +593,27 @@ impl Leases {
     }
 
     /// Gives the session back and forgets it and its leases, waiting for
-    /// etcd's answer: the others adopt them at once. For a store that is
-    /// closing, once the session's task is stopped (else it would open
-    /// another).
+    /// etcd's answer: the others adopt them at once. The lease revoked is
+    /// the one granted, published or not: a close may interrupt the
+    /// session's setup after etcd wrote `session/{id}`. For a store that is
+    /// closing, once the session's task is gone (else it would open another
+    /// or vouch for this one again).
     pub(super) async fn give_back(&self) -> Result<(), StoreError> {
-        let id = std::mem::take(&mut *self.session.write().expect("session lock poisoned")).id;
+        *self.session.write().expect("session lock poisoned") = Session::default();
+        let id = self.granted.swap(0, Ordering::SeqCst);
         self.held.clear();
         if id == 0 {
             return Ok(());
         }
         self.members
-            .run(|mut c| async move { c.lease_revoke(id).await })
+            .run(|mut c| async move { revoked(c.lease_revoke(id).await) })
             .await
-            .map(|_| ())
     }
 
     /// Gives the session back at shutdown, so the others adopt at once:
     /// spawned, for a store dropped without [`Leases::give_back`].
     pub(super) fn revoke(&self) {
-        let id = self.session_id();
+        let id = self.granted.load(Ordering::SeqCst);
         if id == 0 {
             return;
         }
@@ -600,6 +625,19 @@ impl Leases {
                     .await;
             });
         }
+    }
+}
+
+/// A revoke's answer. "Requested lease not found" (gRPC NotFound) is a
+/// success: the lease is gone, most likely revoked by a first try whose
+/// answer was lost before the member-retry sent this one.
+fn revoked(
+    answer: Result<etcd_client::LeaseRevokeResponse, etcd_client::Error>,
+) -> Result<(), etcd_client::Error> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
