@@ -788,6 +788,14 @@ mod tests {
     }
 
     #[test]
+    fn a_revoke_answered_lease_not_found_is_done() {
+        let gone = tonic::Status::not_found("etcdserver: requested lease not found");
+        assert!(revoked(Err(etcd_client::Error::GRpcStatus(gone))).is_ok());
+        let refused = tonic::Status::unavailable("etcdserver: no leader");
+        assert!(revoked(Err(etcd_client::Error::GRpcStatus(refused))).is_err());
+    }
+
+    #[test]
     fn a_freeze_with_a_session_is_given_back_once() {
         let t0 = Instant::now();
         let mut clock = Clock::new(t0);
