@@ -1009,6 +1009,20 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
+    /// A pool with the gateway's usual timeouts, and `addr` as an endpoint.
+    fn pool_to(addr: std::net::SocketAddr) -> (Arc<Pool>, Endpoint) {
+        let pool = Pool::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            Http1Client::Native,
+        );
+        let endpoint = Endpoint::from_static(
+            addr.to_string().parse().unwrap(),
+            &crate::health::HealthRegistry::default(),
+        );
+        (pool, endpoint)
+    }
+
     /// Reads from `s` until a head's end; the head read.
     async fn head(s: &mut TcpStream) -> String {
         let mut seen = Vec::new();
@@ -1047,15 +1061,7 @@ mod tests {
                 .unwrap();
             heads
         });
-        let pool = Pool::new(
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            Http1Client::Native,
-        );
-        let endpoint = Endpoint::from_static(
-            addr.to_string().parse().unwrap(),
-            &crate::health::HealthRegistry::default(),
-        );
+        let (pool, endpoint) = pool_to(addr);
         let name = HeaderName::from_static("x-forwarded-for");
         let value = HeaderValue::from_static("192.0.2.7");
         let extra = [(&name, &value)];
@@ -1121,15 +1127,7 @@ mod tests {
         let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
         let release = Arc::new(tokio::sync::Notify::new());
         let addr = holding_h2c_origin(arrived_tx, release.clone());
-        let pool = Arc::new(Pool::new(
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            Http1Client::Native,
-        ));
-        let endpoint = Endpoint::from_static(
-            addr.to_string().parse().unwrap(),
-            &crate::health::HealthRegistry::default(),
-        );
+        let (pool, endpoint) = pool_to(addr);
         let call = |n: usize| {
             let req = Request::builder()
                 .uri(format!("http://a/{n}"))
