@@ -209,8 +209,9 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
     let mut text = Vec::with_capacity(9);
     crate::access::format::decimal(&mut text, u64::try_from(n).expect("at most 8 digits"));
     text.push(unit);
-    let mut value =
-        HeaderValue::from_bytes(&text).expect("digits and a unit are a valid header value");
+    // The buffer becomes the value's bytes: one allocation, no copy.
+    let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .expect("digits and a unit are a valid header value");
     value.set_sensitive(true);
     value
 }
