@@ -12,7 +12,8 @@
 //!   so a check runs on tokio's blocking pool, at
 //!   most [`VERIFYING_MAX`] at once per filter (a flood of wrong passwords
 //!   queues rather than eating every core), and a success is cached for
-//!   [`CACHE_TTL`], keyed by the SHA-256 of the whole header value: a
+//!   [`CACHE_TTL`], keyed by the fingerprint of the whole header value (a
+//!   keyed hash: [`super::fingerprint`]): a
 //!   keep-alive client pays one bcrypt per [`CACHE_TTL`], then a hash and
 //!   a map lookup. Failures are never cached (the next attempt is checked
 //!   in full). A changed route rebuilds the filter and empties its cache,
@@ -24,17 +25,16 @@
 //!   request goes upstream; the client's own copy of `consumer_header` is
 //!   always removed.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
-use portico_registry::consumer::api_key_hash;
 use portico_registry::filter::BasicAuth;
 use tokio::sync::Semaphore;
 
 use super::AuthRefusal;
+use super::fingerprint::{ByFingerprint, Fingerprint, Fingerprints};
 
 /// How long a verified credential is remembered.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
@@ -51,7 +51,8 @@ type Verified = (Arc<str>, Instant);
 pub struct BasicAuthFilter {
     config: BasicAuth,
     challenge: HeaderValue,
-    cache: Mutex<HashMap<[u8; 32], Verified>>,
+    fingerprints: Fingerprints,
+    cache: Mutex<ByFingerprint<Verified>>,
     verifying: Semaphore,
 }
 
@@ -77,6 +78,7 @@ impl BasicAuthFilter {
             config: config.clone(),
             challenge: HeaderValue::from_str(&challenge)
                 .expect("a realm is checked to be printable ASCII without quotes"),
+            fingerprints: Fingerprints::new(),
             cache: Mutex::default(),
             verifying: Semaphore::new(VERIFYING_MAX),
         }
@@ -89,8 +91,8 @@ impl BasicAuthFilter {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| self.refusal("no credentials"))?;
-        let digest = api_key_hash(value.as_bytes());
-        let user = match self.cached(&digest) {
+        let digest = self.fingerprints.of(value.as_bytes());
+        let user = match self.cached(digest) {
             Some(user) => user,
             None => {
                 let (name, password) =
@@ -113,13 +115,13 @@ impl BasicAuthFilter {
         }
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<str>> {
+    fn cached(&self, digest: Fingerprint) -> Option<Arc<str>> {
         let cache = self.cache.lock().expect("basic_auth cache poisoned");
-        let (user, at) = cache.get(digest)?;
+        let (user, at) = cache.get(&digest)?;
         (at.elapsed() < CACHE_TTL).then(|| user.clone())
     }
 
-    fn remember(&self, digest: [u8; 32], user: Arc<str>) {
+    fn remember(&self, digest: Fingerprint, user: Arc<str>) {
         let mut cache = self.cache.lock().expect("basic_auth cache poisoned");
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);

@@ -11,9 +11,10 @@
 //!   hammer the key server. Requests before the first fetch completes wait
 //!   for it. A key set that changes invalidates every cached verification,
 //!   so a key removed from the set stops working at once.
-//! - **Cache**: a verified token is remembered, keyed by its SHA-256, until
-//!   its `exp` (plus leeway), so a repeated token costs a hash and a map
-//!   lookup, not a signature check. At most [`CACHE_MAX`] tokens: a full
+//! - **Cache**: a verified token is remembered, keyed by its fingerprint
+//!   (a keyed hash: [`super::fingerprint`]), until its `exp` (plus leeway),
+//!   so a repeated token costs a hash and a map lookup, not a signature
+//!   check. At most [`CACHE_MAX`] tokens: a full
 //!   cache first drops expired entries, then everything (verifying again is
 //!   the only cost).
 //! - **Refusal**: 401 with `WWW-Authenticate: Bearer realm="portico"`, plus
@@ -34,10 +35,10 @@ use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use portico_registry::consumer::api_key_hash;
 use portico_registry::filter::{Jwt, JwtKeys};
 
 use super::AuthRefusal;
+use super::fingerprint::{ByFingerprint, Fingerprint, Fingerprints};
 
 /// Least time between two fetches of a JWKS caused by an unknown `kid`.
 pub const REFETCH_EVERY: Duration = Duration::from_secs(30);
@@ -55,7 +56,8 @@ type Client =
 pub struct JwtFilter {
     config: Jwt,
     keys: Keys,
-    cache: Mutex<HashMap<[u8; 32], Verified>>,
+    fingerprints: Fingerprints,
+    cache: Mutex<ByFingerprint<Verified>>,
 }
 
 impl std::fmt::Debug for JwtFilter {
@@ -112,6 +114,7 @@ impl JwtFilter {
         JwtFilter {
             config: config.clone(),
             keys,
+            fingerprints: Fingerprints::new(),
             cache: Mutex::default(),
         }
     }
@@ -130,11 +133,11 @@ impl JwtFilter {
         for (_, name) in &self.config.claims_to_headers {
             headers.remove(name);
         }
-        let Some(token) = self.token(headers) else {
+        let Some((token, from_bearer)) = self.token(headers) else {
             return Err(refusal(None));
         };
-        let verified = self.verified(&token).await.map_err(|r| refusal(Some(r)))?;
-        if bearer(headers).is_some() {
+        let verified = self.verified(token).await.map_err(|r| refusal(Some(r)))?;
+        if from_bearer {
             headers.remove(header::AUTHORIZATION);
         }
         for (name, value) in verified.headers.iter() {
@@ -143,9 +146,11 @@ impl JwtFilter {
         Ok(verified.subject)
     }
 
-    fn token(&self, headers: &HeaderMap) -> Option<String> {
+    /// The token, and whether it came from `Authorization: Bearer` (not
+    /// the cookie). Borrowed: nothing is copied per request.
+    fn token<'h>(&self, headers: &'h HeaderMap) -> Option<(&'h str, bool)> {
         if let Some(t) = bearer(headers) {
-            return Some(t.to_string());
+            return Some((t, true));
         }
         let name = self.config.cookie.as_deref()?;
         headers
@@ -155,13 +160,13 @@ impl JwtFilter {
             .flat_map(|v| v.split(';'))
             .find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.to_string())
+                (k == name).then_some((v, false))
             })
     }
 
     /// From the cache, or checked (and then cached).
     async fn verified(&self, token: &str) -> Result<Verified, &'static str> {
-        let digest = api_key_hash(token.as_bytes());
+        let digest = self.fingerprints.of(token.as_bytes());
         let generation = self.generation();
         let now = unix_now();
         if let Some(v) = self.cache.lock().expect("jwt cache poisoned").get(&digest)
@@ -238,7 +243,7 @@ impl JwtFilter {
         }
     }
 
-    fn remember(&self, digest: [u8; 32], verified: Verified, now: u64) {
+    fn remember(&self, digest: Fingerprint, verified: Verified, now: u64) {
         let mut cache = self.cache.lock().expect("jwt cache poisoned");
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, v| v.until >= now);

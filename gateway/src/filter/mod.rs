@@ -47,6 +47,7 @@ pub mod compress;
 pub mod consumers;
 pub mod cors;
 pub mod custom;
+pub mod fingerprint;
 pub mod forward_auth;
 pub mod headers;
 pub mod jwt;
