@@ -12,13 +12,15 @@
 //! Here a waiter is a [`Waker`] in a [`Slab`], in one of a few shards so
 //! that worker threads do not meet on one lock: registering is a lock, an
 //! insert and a waker clone; leaving is a lock and a remove. Closing sets
-//! the flag, then wakes every waker it finds (leaving them in place: each
+//! the flag, then copies each shard's wakers under its lock and wakes them
+//! after releasing it (leaving the entries in place: each
 //! waiter removes its own entry when it is dropped, so a key is never
 //! reused under a waiter that still holds it).
 //!
 //! No wake-up is lost: a waiter checks the flag again after it has
-//! registered. Either its registration took the shard's lock before
-//! [`Drain::close`] did (and is woken by it), or after (and then the lock
+//! registered. Either its registration (or a later poll's new waker) took
+//! the shard's lock before [`Drain::close`] did (and is in the copy woken),
+//! or after (and then the lock
 //! orders the flag's store before that second check).
 
 use std::future::Future;
@@ -42,7 +44,7 @@ struct Shard(Mutex<Slab<Waker>>);
 impl Shard {
     fn waiters(&self) -> std::sync::MutexGuard<'_, Slab<Waker>> {
         // A waiter list is left consistent by every operation on it (no
-        // user code runs under the lock but a waker's own `wake_by_ref`),
+        // user code runs under the lock but a waker's `clone` and `drop`),
         // so a poisoned lock's list is still good to use.
         self.0
             .lock()
@@ -63,8 +65,12 @@ impl Drain {
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
         for shard in &self.shards {
-            for (_, waker) in shard.waiters().iter() {
-                waker.wake_by_ref();
+            // Woken outside the lock: a wake may schedule a task on another
+            // thread, and connections ending meanwhile lock the shard to
+            // leave it. The entries stay for their futures to remove.
+            let wakers: Vec<Waker> = shard.waiters().iter().map(|(_, w)| w.clone()).collect();
+            for waker in wakers {
+                waker.wake();
             }
         }
     }
