@@ -1,6 +1,5 @@
 //! `api_key`: a consumer's key, from a header or a query parameter, looked
-//! up by its SHA-256 among the consumers the registry delivered (a key
-//! found before, by its fingerprint: see [`super::consumers`]).
+//! up by its SHA-256 among the consumers the registry delivered.
 //!
 //! The key is removed from the request before it goes upstream (the
 //! upstream never learns a credential it did not issue), and the
