@@ -664,6 +664,40 @@ async fn a_store_closed_while_opening_its_session_gives_it_back() {
     .await;
 }
 
+/// A session write that fails may still have been applied (its answer lost):
+/// the store revokes that lease before it grants another, so the key it may
+/// have left does not outlive the attempt. Here etcd applies the write and
+/// every answer from then on is held; before, `session/{id}` stayed for its
+/// whole TTL (60 s, beyond the test's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_write_that_failed_leaves_no_session_key() {
+    use portico_registry::store::Store;
+    use portico_registry::store::etcd::EtcdStore;
+    use support::etcd::HoldingProxy;
+
+    let cluster = EtcdCluster::start(1).await;
+    let sessions = b"/unanswered/session/";
+    let proxy = HoldingProxy::holding_from(&cluster.endpoint(0), sessions).await;
+    let store = EtcdStore::with_session_ttl(
+        vec![proxy.url.clone()],
+        "/unanswered/",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    eventually("etcd to hold the store's session key", || async {
+        cluster.range(sessions).await.len() == 1
+    })
+    .await;
+    eventually(
+        "the key of the session whose write went unanswered to be revoked",
+        || async { cluster.range(sessions).await.is_empty() },
+    )
+    .await;
+    let holding = store.holding().expect("the etcd store reports its session");
+    assert_eq!(holding.session, None, "no session was ever confirmed");
+    store.close().await;
+}
+
 /// A sweep that fails is an alarm: logged, counted, and after a few in a
 /// row `/readyz` answers 503 naming it, until sweeps work again. Here etcd
 /// is full (its NOSPACE alarm refuses writes, reads go on), so marking a

@@ -428,8 +428,30 @@ impl Leases {
                 Ok(()) => return (id, sent, granted_ttl),
                 Err(e) => {
                     tracing::warn!(error = %e, "etcd: cannot register the session; retrying");
+                    self.abandon(id).await;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+            }
+        }
+    }
+
+    /// Revokes lease `id`, whose `session/{id}` write failed: etcd may have
+    /// applied it with the answer lost, and a session key left behind would
+    /// keep the other replicas from adopting this replica's leases for a
+    /// whole TTL. A revoke that fails too leaves the lease to expire.
+    async fn abandon(&self, id: i64) {
+        let revoked = self
+            .members
+            .run(|mut c| async move { revoked(c.lease_revoke(id).await) })
+            .await;
+        match revoked {
+            Ok(()) => {
+                let _ = self
+                    .granted
+                    .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, lease = id, "etcd: cannot revoke an unregistered session's lease; it expires by itself");
             }
         }
     }
