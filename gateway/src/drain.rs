@@ -64,14 +64,13 @@ impl Drain {
     /// afterwards are ready at once. Closing twice is harmless.
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
+        let mut wakers = Vec::new();
         for shard in &self.shards {
             // Woken outside the lock: a wake may schedule a task on another
             // thread, and connections ending meanwhile lock the shard to
             // leave it. The entries stay for their futures to remove.
-            let wakers: Vec<Waker> = shard.waiters().iter().map(|(_, w)| w.clone()).collect();
-            for waker in wakers {
-                waker.wake();
-            }
+            wakers.extend(shard.waiters().iter().map(|(_, w)| w.clone()));
+            wakers.drain(..).for_each(Waker::wake);
         }
     }
 
