@@ -38,6 +38,10 @@
 #                                    # outside valgrind (the harness's
 #                                    # 10-grpc-unary); with HAPROXY=1, HAProxy
 #                                    # in proto h2 mode over the same origin
+#   FILTERS=1 bench/callgrind.sh     # the harness's policed route (17-filters):
+#                                    # its jwt, rate_limit and two header
+#                                    # filters appended to the route, and its
+#                                    # HS256 bearer token sent (HEADERS unused)
 #   HAPROXY=1 H2C=1 bench/callgrind.sh
 #                                    # the same load through HAProxy (one
 #                                    # thread, proto h2 frontend, round robin,
@@ -57,6 +61,16 @@ BIN=${BIN:-target/release/portico}
 [ -x "$BIN" ] || cargo build --release --bin portico
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$work"/cg.* "$KEEP"/ ; rm -rf "$work"' EXIT
+
+route_extra=${1:-}
+if [ -n "${FILTERS:-}" ]; then
+  # The filter tables and token of bench/harness.py's 17-filters scenario.
+  route_extra=$(python3 -c 'import sys; sys.path.insert(0, "bench"); import harness
+r = harness.filter_routes(); print(r[r.index("[[route.filters]]"):])')
+  token=$(python3 -c 'import sys; sys.path.insert(0, "bench"); import harness
+print(harness.hs256_token(harness.JWT_SECRET))')
+  HEADERS="{\"authorization\": \"Bearer $token\"}"
+fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ORIGINS=${ORIGINS:-1}
@@ -116,7 +130,7 @@ cat > "$work/routes.toml" <<TOML
 name = "all"
 path_prefix = "/"
 upstreams = [${upstreams%, }]
-${1:-}
+${route_extra}
 TOML
 fi
 
