@@ -11,8 +11,8 @@
 //! Why not SHA-256, which these caches used before: collision resistance
 //! without a key is more than a key private to one process needs, and it
 //! was the largest single cost of a policed request (callgrind: 6,466
-//! instructions per request for the harness's 132-byte token, against 594
-//! for SipHash-2-4). Why not the credential itself as the key:
+//! instructions per request for the harness's 132-byte token, against about
+//! 750 for SipHash-2-4). Why not the credential itself as the key:
 //! then the cache would hold up to `CACHE_MAX` live bearer tokens or
 //! passwords, which a core dump would carry.
 
