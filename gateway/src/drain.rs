@@ -20,8 +20,8 @@
 //! No wake-up is lost: a waiter checks the flag again after it has
 //! registered. Either its registration (or a later poll's new waker) took
 //! the shard's lock before [`Drain::close`] did (and is in the copy woken),
-//! or after (and then the lock
-//! orders the flag's store before that second check).
+//! or after (and then the lock orders the flag's store before that second
+//! check).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -91,14 +91,14 @@ impl BasicAuthFilter {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| self.refusal("no credentials"))?;
-        let digest = self.fingerprints.of(value.as_bytes());
-        let user = match self.cached(digest) {
+        let fingerprint = self.fingerprints.of(value.as_bytes());
+        let user = match self.cached(fingerprint) {
             Some(user) => user,
             None => {
                 let (name, password) =
                     credentials(value).ok_or_else(|| self.refusal("malformed credentials"))?;
                 let user = self.verify(name, password).await?;
-                self.remember(digest, user.clone());
+                self.remember(fingerprint, user.clone());
                 user
             }
         };
@@ -115,13 +115,13 @@ impl BasicAuthFilter {
         }
     }
 
-    fn cached(&self, digest: Fingerprint) -> Option<Arc<str>> {
+    fn cached(&self, fingerprint: Fingerprint) -> Option<Arc<str>> {
         let cache = self.cache.lock().expect("basic_auth cache poisoned");
-        let (user, at) = cache.get(&digest)?;
+        let (user, at) = cache.get(&fingerprint)?;
         (at.elapsed() < CACHE_TTL).then(|| user.clone())
     }
 
-    fn remember(&self, digest: Fingerprint, user: Arc<str>) {
+    fn remember(&self, fingerprint: Fingerprint, user: Arc<str>) {
         let mut cache = self.cache.lock().expect("basic_auth cache poisoned");
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -129,7 +129,7 @@ impl BasicAuthFilter {
                 cache.clear();
             }
         }
-        cache.insert(digest, (user, Instant::now()));
+        cache.insert(fingerprint, (user, Instant::now()));
     }
 
     /// The bcrypt check, on the blocking pool, within [`VERIFYING_MAX`].

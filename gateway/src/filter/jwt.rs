@@ -166,10 +166,14 @@ impl JwtFilter {
 
     /// From the cache, or checked (and then cached).
     async fn verified(&self, token: &str) -> Result<Verified, &'static str> {
-        let digest = self.fingerprints.of(token.as_bytes());
+        let fingerprint = self.fingerprints.of(token.as_bytes());
         let generation = self.generation();
         let now = unix_now();
-        if let Some(v) = self.cache.lock().expect("jwt cache poisoned").get(&digest)
+        if let Some(v) = self
+            .cache
+            .lock()
+            .expect("jwt cache poisoned")
+            .get(&fingerprint)
             && v.generation == generation
             && now <= v.until
         {
@@ -193,7 +197,7 @@ impl JwtFilter {
         .map_err(|e| reason(e.kind()))?
         .claims;
         let verified = self.admit(&claims, generation);
-        self.remember(digest, verified.clone(), now);
+        self.remember(fingerprint, verified.clone(), now);
         Ok(verified)
     }
 
@@ -243,7 +247,7 @@ impl JwtFilter {
         }
     }
 
-    fn remember(&self, digest: Fingerprint, verified: Verified, now: u64) {
+    fn remember(&self, fingerprint: Fingerprint, verified: Verified, now: u64) {
         let mut cache = self.cache.lock().expect("jwt cache poisoned");
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, v| v.until >= now);
@@ -251,7 +255,7 @@ impl JwtFilter {
                 cache.clear();
             }
         }
-        cache.insert(digest, verified);
+        cache.insert(fingerprint, verified);
     }
 
     fn generation(&self) -> u64 {
