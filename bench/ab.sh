@@ -7,6 +7,13 @@
 #                                       # (wrk sends `Connection: close`)
 #   UPLOAD=1 bench/ab.sh ...            # 1 MiB POSTs, 8 connections (the
 #                                       # origin answers once it read it all)
+#   FILTERS=1 bench/ab.sh ...           # the harness's policed route
+#                                       # (17-filters: jwt, rate_limit, two
+#                                       # header edits) and its bearer token
+#   THREADS=2 bench/ab.sh ...           # the gateway with two worker
+#                                       # threads, both cores shared with wrk
+#                                       # (two wrk threads): what several
+#                                       # workers meeting on shared state cost
 #
 # Each run starts the build under test (`gateway --threads 1
 # --no-access-log`, pinned to core 1) in front of one nginx origin that
@@ -27,6 +34,25 @@ CONNS=${CONNS:-64}
 wrk_args=()
 path=/
 [ -n "${NEWCONN:-}" ] && wrk_args=(-H "Connection: close")
+THREADS=${THREADS:-1}
+gw_cores=1
+wrk_cores=0
+if [ "$THREADS" -gt 1 ]; then
+  gw_cores=0,1
+  wrk_cores=0,1
+  wrk_args+=(-t2)
+else
+  wrk_args+=(-t1)
+fi
+route_extra=
+if [ -n "${FILTERS:-}" ]; then
+  # The filter tables and token of bench/harness.py's 17-filters scenario.
+  route_extra=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import harness
+r = harness.filter_routes(); print(r[r.index("[[route.filters]]"):])' "$(dirname "$0")")
+  token=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import harness
+print(harness.hs256_token(harness.JWT_SECRET))' "$(dirname "$0")")
+  wrk_args+=(-H "Authorization: Bearer $token")
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 if [ -n "${UPLOAD:-}" ]; then
@@ -46,6 +72,7 @@ cat >"$work/routes.toml" <<TOML
 name = "all"
 path_prefix = "/"
 upstreams = ["127.0.0.1:$origin"]
+$route_extra
 TOML
 nginx -c "$work/origin.conf" &
 
@@ -53,14 +80,15 @@ nginx -c "$work/origin.conf" &
 run() {
   local label=$1 bin=$2 gw pid
   gw=$(port)
-  taskset -c 1 "$bin" gateway --threads 1 --no-access-log --no-admin --listen "127.0.0.1:$gw" \
+  taskset -c "$gw_cores" "$bin" gateway --threads "$THREADS" --no-access-log --no-admin --listen "127.0.0.1:$gw" \
     --config "$work/routes.toml" --config-poll-interval 0s >/dev/null 2>&1 &
   pid=$!
-  for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$gw/" && break; sleep 0.05; done
-  curl -sf -o /dev/null "http://127.0.0.1:$gw/" || { echo "$label: the gateway did not answer" >&2; exit 1; }
-  taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw$path" >/dev/null
+  # Up once it answers at all (a policed route answers 401 to curl).
+  for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$gw/" && break; sleep 0.05; done
+  curl -s -o /dev/null "http://127.0.0.1:$gw/" || { echo "$label: the gateway did not answer" >&2; exit 1; }
+  taskset -c "$wrk_cores" wrk -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw$path" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw$path")
+  out=$(taskset -c "$wrk_cores" wrk -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw$path")
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   kill "$pid"
   wait "$pid" 2>/dev/null || true

@@ -9,13 +9,13 @@
 //! registered twice (detection, then serving). Callgrind put it at about
 //! 670 instructions per new connection.
 //!
-//! Here a waiter is a [`Waker`] in a [`Slab`], in one of a few shards so
-//! that worker threads do not meet on one lock: registering is a lock, an
-//! insert and a waker clone; leaving is a lock and a remove. Closing sets
-//! the flag, then copies each shard's wakers under its lock and wakes them
-//! after releasing it (leaving the entries in place: each
-//! waiter removes its own entry when it is dropped, so a key is never
-//! reused under a waiter that still holds it).
+//! Here a waiter is a [`Waker`] in a [`Slab`], in its thread's shard
+//! ([`crate::shard`]) so that worker threads do not meet on one lock:
+//! registering is a lock, an insert and a waker clone; leaving is a lock
+//! and a remove. Closing sets the flag, then copies each shard's wakers
+//! under its lock and wakes them after releasing it (leaving the entries
+//! in place: each waiter removes its own entry when it is dropped, so a
+//! key is never reused under a waiter that still holds it).
 //!
 //! No wake-up is lost: a waiter checks the flag again after it has
 //! registered. Either its registration (or a later poll's new waker) took
@@ -25,38 +25,20 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
-/// Waiter lists per signal. A thread keeps to one, picked in turn when it
-/// first waits, so up to this many threads never share a lock.
-const SHARDS: usize = 8;
-
-/// One shard of waiters, on a cache line of its own (threads lock
-/// neighbouring shards at once).
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Shard(Mutex<Slab<Waker>>);
-
-impl Shard {
-    fn waiters(&self) -> std::sync::MutexGuard<'_, Slab<Waker>> {
-        // A waiter list is left consistent by every operation on it (no
-        // user code runs under the lock but a waker's `clone` and `drop`),
-        // so a poisoned lock's list is still good to use.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
+use crate::shard::Sharded;
 
 /// Tells every waiting connection that the server is shutting down.
 #[derive(Debug, Default)]
 pub struct Drain {
     closing: AtomicBool,
-    shards: [Shard; SHARDS],
+    /// The waiters: each thread registers in its own shard.
+    waiters: Sharded<Slab<Waker>>,
 }
 
 impl Drain {
@@ -65,11 +47,12 @@ impl Drain {
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
         let mut wakers = Vec::new();
-        for shard in &self.shards {
+        for shard in self.waiters.each() {
             // Woken outside the lock: a wake may schedule a task on another
             // thread, and connections ending meanwhile lock the shard to
             // leave it. The entries stay for their futures to remove.
-            wakers.extend(shard.waiters().iter().map(|(_, w)| w.clone()));
+            wakers.extend(shard.iter().map(|(_, w)| w.clone()));
+            drop(shard);
             wakers.drain(..).for_each(Waker::wake);
         }
     }
@@ -91,7 +74,7 @@ impl Drain {
     /// Wakers registered now.
     #[cfg(test)]
     fn waiting(&self) -> usize {
-        self.shards.iter().map(|s| s.waiters().len()).sum()
+        self.waiters.each().map(|s| s.len()).sum()
     }
 }
 
@@ -127,14 +110,12 @@ impl Future for Closing<'_> {
         let this = &mut *self;
         match this.waiting {
             None => {
-                let shard = this_threads_shard();
-                let key = this.drain.shards[shard]
-                    .waiters()
-                    .insert(cx.waker().clone());
+                let shard = this.drain.waiters.index();
+                let key = this.drain.waiters.lock(shard).insert(cx.waker().clone());
                 this.waiting = Some((shard, key));
             }
             Some((shard, key)) => {
-                let mut waiters = this.drain.shards[shard].waiters();
+                let mut waiters = this.drain.waiters.lock(shard);
                 if let Some(waker) = waiters.get_mut(key)
                     && !waker.will_wake(cx.waker())
                 {
@@ -154,23 +135,15 @@ impl Future for Closing<'_> {
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
         if let Some((shard, key)) = self.waiting {
-            self.drain.shards[shard].waiters().try_remove(key);
+            self.drain.waiters.lock(shard).try_remove(key);
         }
     }
-}
-
-/// The shard this thread registers in: assigned in turn at its first wait.
-fn this_threads_shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|s| *s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     #[tokio::test]

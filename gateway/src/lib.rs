@@ -27,6 +27,8 @@
 //!   graceful drain.
 //! - `drain`: the shutdown signal every connection waits on, registered
 //!   cheaply (a waker in a sharded slab).
+//! - `shard`: state split into per-thread shards, each behind its own lock
+//!   (the drain's waiters, the authentication filters' caches): a leaf.
 //! - `streams`: an HTTP/2 connection's streams, run in the connection's own
 //!   task instead of a task each.
 //! - [`service`]: the downstream side as a `tower::Service`, and the
@@ -99,6 +101,7 @@ pub mod retry;
 pub mod router;
 pub mod server;
 pub mod service;
+mod shard;
 pub mod split;
 mod streams;
 pub mod tls;

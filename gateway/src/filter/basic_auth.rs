@@ -25,7 +25,7 @@
 //!   request goes upstream; the client's own copy of `consumer_header` is
 //!   always removed.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -34,12 +34,13 @@ use portico_registry::filter::BasicAuth;
 use tokio::sync::Semaphore;
 
 use super::AuthRefusal;
-use super::fingerprint::{ByFingerprint, Fingerprint, Fingerprints};
+use super::fingerprint::{CredentialCache, Fingerprint};
 
 /// How long a verified credential is remembered.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
-/// Most credentials remembered per filter: a full cache drops the expired
-/// ones, then everything (checking again is the only cost).
+/// Most credentials remembered per filter and worker thread: a full cache
+/// drops the expired ones, then everything (checking again is the only
+/// cost).
 pub const CACHE_MAX: usize = 10_000;
 /// Most bcrypt checks one filter runs at once.
 pub const VERIFYING_MAX: usize = 4;
@@ -51,8 +52,7 @@ type Verified = (Arc<str>, Instant);
 pub struct BasicAuthFilter {
     config: BasicAuth,
     challenge: HeaderValue,
-    fingerprints: Fingerprints,
-    cache: Mutex<ByFingerprint<Verified>>,
+    cache: CredentialCache<Verified>,
     verifying: Semaphore,
 }
 
@@ -78,8 +78,7 @@ impl BasicAuthFilter {
             config: config.clone(),
             challenge: HeaderValue::from_str(&challenge)
                 .expect("a realm is checked to be printable ASCII without quotes"),
-            fingerprints: Fingerprints::new(),
-            cache: Mutex::default(),
+            cache: CredentialCache::new(CACHE_MAX),
             verifying: Semaphore::new(VERIFYING_MAX),
         }
     }
@@ -91,7 +90,7 @@ impl BasicAuthFilter {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| self.refusal("no credentials"))?;
-        let fingerprint = self.fingerprints.of(value.as_bytes());
+        let fingerprint = self.cache.fingerprint(value.as_bytes());
         let user = match self.cached(fingerprint) {
             Some(user) => user,
             None => {
@@ -116,20 +115,14 @@ impl BasicAuthFilter {
     }
 
     fn cached(&self, fingerprint: Fingerprint) -> Option<Arc<str>> {
-        let cache = self.cache.lock().expect("basic_auth cache poisoned");
-        let (user, at) = cache.get(&fingerprint)?;
-        (at.elapsed() < CACHE_TTL).then(|| user.clone())
+        self.cache.get(fingerprint, |(user, at)| {
+            (at.elapsed() < CACHE_TTL).then(|| user.clone())
+        })
     }
 
     fn remember(&self, fingerprint: Fingerprint, user: Arc<str>) {
-        let mut cache = self.cache.lock().expect("basic_auth cache poisoned");
-        if cache.len() >= CACHE_MAX {
-            cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(fingerprint, (user, Instant::now()));
+        let live = |(_, at): &Verified| at.elapsed() < CACHE_TTL;
+        self.cache.insert(fingerprint, (user, Instant::now()), live);
     }
 
     /// The bcrypt check, on the blocking pool, within [`VERIFYING_MAX`].
@@ -209,7 +202,7 @@ mod tests {
         assert_eq!(&*f.authenticate(&mut h).await.unwrap(), "alice");
         assert!(h.get(header::AUTHORIZATION).is_none());
         assert_eq!(h["x-consumer"], "alice");
-        assert_eq!(f.cache.lock().unwrap().len(), 1);
+        assert_eq!(f.cache.len(), 1);
         let mut wrong = basic("alice:nope");
         assert!(f.authenticate(&mut wrong).await.is_err());
         assert!(
@@ -217,7 +210,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert_eq!(f.cache.lock().unwrap().len(), 1, "a failure was cached");
+        assert_eq!(f.cache.len(), 1, "a failure was cached");
     }
 
     /// The figure the docs quote: one bcrypt check against a cached one.

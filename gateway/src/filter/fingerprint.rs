@@ -1,5 +1,5 @@
-//! Fingerprints of credentials, the keys of the authentication filters'
-//! caches of verified credentials (`jwt` and `basic_auth`).
+//! The authentication filters' caches of verified credentials (`jwt` and
+//! `basic_auth`: [`CredentialCache`]), and the fingerprints that key them.
 //!
 //! A cache hit lets a request through without checking its credential, so
 //! two credentials must never share a fingerprint. The fingerprint is
@@ -15,8 +15,17 @@
 //! 750 for SipHash-2-4). Why not the credential itself as the key:
 //! then the cache would hold up to `CACHE_MAX` live bearer tokens or
 //! passwords, which a core dump would carry.
+//!
+//! A cache is split into per-thread shards ([`crate::shard`]): a worker
+//! thread looks up and remembers credentials in its own map, behind a lock
+//! no other worker takes. One map behind one lock put every worker's every
+//! policed request on the same lock and cache line. The price: a
+//! credential is verified once per worker thread that sees it rather than
+//! once, and the bound on entries holds per shard.
 
 use siphasher::sip128::SipHasher24;
+
+use crate::shard::Sharded;
 
 /// A credential's fingerprint under one filter's key.
 pub type Fingerprint = u128;
@@ -60,6 +69,76 @@ impl Default for Fingerprints {
     }
 }
 
+/// One filter's cache of verified credentials: what each fingerprint was
+/// verified as (`V`, with whatever the filter needs to judge it still
+/// good), in the calling thread's shard.
+pub struct CredentialCache<V> {
+    fingerprints: Fingerprints,
+    shards: Sharded<ByFingerprint<V>>,
+    /// Most entries per shard.
+    max: usize,
+}
+
+impl<V> CredentialCache<V> {
+    /// An empty cache of at most `max` entries per shard, under a fresh key.
+    pub fn new(max: usize) -> CredentialCache<V> {
+        CredentialCache {
+            fingerprints: Fingerprints::new(),
+            shards: Sharded::default(),
+            max,
+        }
+    }
+
+    /// The fingerprint of `credential` under this cache's key.
+    pub fn fingerprint(&self, credential: &[u8]) -> Fingerprint {
+        self.fingerprints.of(credential)
+    }
+
+    /// What `read` makes of this thread's entry for `fingerprint`: `None`
+    /// when there is none, or when `read` finds it no longer good.
+    pub fn get<R>(
+        &self,
+        fingerprint: Fingerprint,
+        read: impl FnOnce(&V) -> Option<R>,
+    ) -> Option<R> {
+        self.shards.local().get(&fingerprint).and_then(read)
+    }
+
+    /// Remembers `verified` in this thread's shard. A full shard first
+    /// drops the entries `live` refuses, then, if still full, everything
+    /// (verifying again is the only cost).
+    pub fn insert(&self, fingerprint: Fingerprint, verified: V, live: impl FnMut(&V) -> bool) {
+        let mut shard = self.shards.local();
+        if shard.len() >= self.max {
+            let mut live = live;
+            shard.retain(|_, v| live(v));
+            if shard.len() >= self.max {
+                shard.clear();
+            }
+        }
+        shard.insert(fingerprint, verified);
+    }
+
+    /// Entries remembered now, over every shard.
+    pub fn len(&self) -> usize {
+        self.shards.each().map(|s| s.len()).sum()
+    }
+
+    /// Whether no shard remembers anything.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<V> std::fmt::Debug for CredentialCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialCache")
+            .field("len", &self.len())
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +153,40 @@ mod tests {
         assert_ne!(a.of(token), a.of(b"eyJhbGciOiJIUzI1NiJ9.e30.signaturf"));
         // Length is part of the input: a prefix differs from the whole.
         assert_ne!(a.of(b"abc"), a.of(b"abc\0"));
+    }
+
+    #[test]
+    fn each_thread_remembers_in_its_own_shard_within_its_bound() {
+        let cache = CredentialCache::<u32>::new(2);
+        let token = cache.fingerprint(b"token");
+        cache.insert(token, 7, |_| true);
+        assert_eq!(cache.get(token, |v| Some(*v)), Some(7));
+        assert_eq!(cache.get(token, |_| None::<u32>), None, "refused by read");
+        // Another thread has a shard of its own: the token is unknown there
+        // until that thread verifies it, and then both hold it.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(cache.get(token, |v| Some(*v)), None);
+                cache.insert(token, 8, |_| true);
+                assert_eq!(cache.get(token, |v| Some(*v)), Some(8));
+            });
+        });
+        assert_eq!(cache.get(token, |v| Some(*v)), Some(7));
+        assert_eq!(cache.len(), 2);
+        // A full shard drops what `live` refuses first, then everything.
+        cache.insert(cache.fingerprint(b"old"), 1, |_| true);
+        cache.insert(cache.fingerprint(b"new"), 9, |v| *v != 1);
+        assert_eq!(cache.get(token, |v| Some(*v)), Some(7), "live entry kept");
+        assert_eq!(cache.get(cache.fingerprint(b"old"), |v| Some(*v)), None);
+        cache.insert(cache.fingerprint(b"newer"), 10, |_| true);
+        assert_eq!(
+            cache.get(token, |v| Some(*v)),
+            None,
+            "all dropped when all live"
+        );
+        assert_eq!(
+            cache.get(cache.fingerprint(b"newer"), |v| Some(*v)),
+            Some(10)
+        );
     }
 }

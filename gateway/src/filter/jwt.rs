@@ -38,11 +38,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portico_registry::filter::{Jwt, JwtKeys};
 
 use super::AuthRefusal;
-use super::fingerprint::{ByFingerprint, Fingerprint, Fingerprints};
+use super::fingerprint::{CredentialCache, Fingerprint};
 
 /// Least time between two fetches of a JWKS caused by an unknown `kid`.
 pub const REFETCH_EVERY: Duration = Duration::from_secs(30);
-/// Most verified tokens remembered per filter.
+/// Most verified tokens remembered per filter and worker thread.
 pub const CACHE_MAX: usize = 10_000;
 /// Largest JWKS document read.
 const JWKS_MAX_BYTES: usize = 1 << 20;
@@ -56,8 +56,7 @@ type Client =
 pub struct JwtFilter {
     config: Jwt,
     keys: Keys,
-    fingerprints: Fingerprints,
-    cache: Mutex<ByFingerprint<Verified>>,
+    cache: CredentialCache<Verified>,
 }
 
 impl std::fmt::Debug for JwtFilter {
@@ -114,8 +113,7 @@ impl JwtFilter {
         JwtFilter {
             config: config.clone(),
             keys,
-            fingerprints: Fingerprints::new(),
-            cache: Mutex::default(),
+            cache: CredentialCache::new(CACHE_MAX),
         }
     }
 
@@ -166,18 +164,12 @@ impl JwtFilter {
 
     /// From the cache, or checked (and then cached).
     async fn verified(&self, token: &str) -> Result<Verified, &'static str> {
-        let fingerprint = self.fingerprints.of(token.as_bytes());
+        let fingerprint = self.cache.fingerprint(token.as_bytes());
         let generation = self.generation();
         let now = unix_now();
-        if let Some(v) = self
-            .cache
-            .lock()
-            .expect("jwt cache poisoned")
-            .get(&fingerprint)
-            && v.generation == generation
-            && now <= v.until
-        {
-            return Ok(v.clone());
+        let good = |v: &Verified| (v.generation == generation && now <= v.until).then(|| v.clone());
+        if let Some(v) = self.cache.get(fingerprint, good) {
+            return Ok(v);
         }
         let head = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         if !self
@@ -248,14 +240,7 @@ impl JwtFilter {
     }
 
     fn remember(&self, fingerprint: Fingerprint, verified: Verified, now: u64) {
-        let mut cache = self.cache.lock().expect("jwt cache poisoned");
-        if cache.len() >= CACHE_MAX {
-            cache.retain(|_, v| v.until >= now);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(fingerprint, verified);
+        self.cache.insert(fingerprint, verified, |v| v.until >= now);
     }
 
     fn generation(&self) -> u64 {
@@ -275,7 +260,7 @@ impl JwtFilter {
 
     /// Verified tokens remembered now (for tests and operators).
     pub fn cached(&self) -> usize {
-        self.cache.lock().expect("jwt cache poisoned").len()
+        self.cache.len()
     }
 }
 
