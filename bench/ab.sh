@@ -37,12 +37,11 @@ path=/
 THREADS=${THREADS:-1}
 gw_cores=1
 wrk_cores=0
+wrk_threads=1
 if [ "$THREADS" -gt 1 ]; then
   gw_cores=0,1
   wrk_cores=0,1
-  wrk_args+=(-t2)
-else
-  wrk_args+=(-t1)
+  wrk_threads=2
 fi
 route_extra=
 if [ -n "${FILTERS:-}" ]; then
@@ -57,7 +56,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 if [ -n "${UPLOAD:-}" ]; then
   printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n' >"$work/upload.lua"
-  wrk_args=(-s "$work/upload.lua")
+  wrk_args+=(-s "$work/upload.lua")
   path=/upload
   CONNS=${CONNS_UPLOAD:-8}
 fi
@@ -86,9 +85,9 @@ run() {
   # Up once it answers at all (a policed route answers 401 to curl).
   for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$gw/" && break; sleep 0.05; done
   curl -s -o /dev/null "http://127.0.0.1:$gw/" || { echo "$label: the gateway did not answer" >&2; exit 1; }
-  taskset -c "$wrk_cores" wrk -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw$path" >/dev/null
+  taskset -c "$wrk_cores" wrk -t"$wrk_threads" -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw$path" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  out=$(taskset -c "$wrk_cores" wrk -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw$path")
+  out=$(taskset -c "$wrk_cores" wrk -t"$wrk_threads" -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw$path")
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   kill "$pid"
   wait "$pid" 2>/dev/null || true
