@@ -16,7 +16,8 @@
 #                                       # workers meeting on shared state cost
 #
 # Each run starts the build under test (`gateway --threads 1
-# --no-access-log`, pinned to core 1) in front of one nginx origin that
+# --no-access-log`, pinned to core 1; with THREADS above 1, that many
+# workers on cores 0 and 1) in front of one nginx origin that
 # answers "ok", warms it for 2 s with wrk (pinned to core 0), then measures
 # SECONDS_PER_RUN seconds and prints requests per second and the
 # gateway's user and system CPU microseconds per request (from
@@ -35,6 +36,7 @@ wrk_args=()
 path=/
 [ -n "${NEWCONN:-}" ] && wrk_args=(-H "Connection: close")
 THREADS=${THREADS:-1}
+[[ $THREADS =~ ^[1-9][0-9]*$ ]] || { echo "THREADS: a positive number, not '$THREADS'" >&2; exit 2; }
 gw_cores=1
 wrk_cores=0
 wrk_threads=1
@@ -82,9 +84,10 @@ run() {
   taskset -c "$gw_cores" "$bin" gateway --threads "$THREADS" --no-access-log --no-admin --listen "127.0.0.1:$gw" \
     --config "$work/routes.toml" --config-poll-interval 0s >/dev/null 2>&1 &
   pid=$!
-  # Up once it answers at all (a policed route answers 401 to curl).
-  for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$gw/" && break; sleep 0.05; done
-  curl -s -o /dev/null "http://127.0.0.1:$gw/" || { echo "$label: the gateway did not answer" >&2; exit 1; }
+  # Up once it proxies (a policed route answers 401 to curl, not 502).
+  up() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gw/") =~ ^(200|401)$ ]]; }
+  for _ in $(seq 200); do up && break; sleep 0.05; done
+  up || { echo "$label: the gateway did not answer" >&2; exit 1; }
   taskset -c "$wrk_cores" wrk -t"$wrk_threads" -c"$CONNS" -d2s "${wrk_args[@]}" "http://127.0.0.1:$gw$path" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   out=$(taskset -c "$wrk_cores" wrk -t"$wrk_threads" -c"$CONNS" -d"${SECS}s" "${wrk_args[@]}" "http://127.0.0.1:$gw$path")

@@ -5,8 +5,9 @@
 //! ([`Sharded::index`]) and keeps it for its life: with up to [`SHARDS`]
 //! worker threads, each has a shard of its own and its lock is never
 //! contended (an uncontended lock is two atomic operations on a line that
-//! stays in this core's cache). More threads than shards share them, which
-//! costs contention, never correctness. Each shard sits on its own cache
+//! stays in this core's cache). More threads than shards share them (and
+//! the threads that are not workers, the blocking pool's say, take turns
+//! too), which costs contention, never correctness. Each shard sits on its own cache
 //! line, since threads lock neighbouring shards at the same moment.
 //!
 //! Used by the drain signal's waiter lists and by the authentication
@@ -44,10 +45,11 @@ impl<T> Sharded<T> {
         this_threads_turn() % SHARDS
     }
 
-    /// Shard `index`, locked. Every user of this module keeps its value
-    /// consistent at each step (no user code runs under these locks that
-    /// could leave a map half changed), so a lock poisoned by a panic
-    /// elsewhere still guards a good value and is used as it is.
+    /// Shard `index`, locked. A lock poisoned by a panic under it still
+    /// guards a good value for every user of this module, so it is used as
+    /// it is: a slab or hash map is left valid by a panic in a closure or
+    /// a `drop` it runs (`retain`, `clear`), and what the users keep (a
+    /// waker, a credential already verified) is good in any subset.
     pub fn lock(&self, index: usize) -> MutexGuard<'_, T> {
         self.shards[index]
             .0

@@ -38,7 +38,7 @@ use super::fingerprint::{CredentialCache, Fingerprint};
 
 /// How long a verified credential is remembered.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
-/// Most credentials remembered per filter and worker thread: a full cache
+/// Most credentials remembered per filter and shard (`crate::shard`): a full cache
 /// drops the expired ones, then everything (checking again is the only
 /// cost).
 pub const CACHE_MAX: usize = 10_000;

@@ -14,14 +14,18 @@
 //! instructions per request for the harness's 132-byte token, against about
 //! 750 for SipHash-2-4). Why not the credential itself as the key:
 //! then the cache would hold up to `CACHE_MAX` live bearer tokens or
-//! passwords, which a core dump would carry.
+//! passwords per shard, which a core dump would carry.
 //!
 //! A cache is split into per-thread shards ([`crate::shard`]): a worker
 //! thread looks up and remembers credentials in its own map, behind a lock
-//! no other worker takes. One map behind one lock put every worker's every
-//! policed request on the same lock and cache line. The price: a
-//! credential is verified once per worker thread that sees it rather than
-//! once, and the bound on entries holds per shard.
+//! other workers rarely take (up to 8 workers have a shard each). One map
+//! behind one lock put every worker's every policed request on the same
+//! lock and cache line. The price: a credential is verified once per
+//! shard that sees it rather than once (a `basic_auth` user's bcrypt up to
+//! 8 times a minute), and the bound on entries holds per shard (8 times
+//! `CACHE_MAX` per filter in all). A task that moved to another thread
+//! while verifying remembers in that thread's shard: a later miss, no
+//! more.
 
 use siphasher::sip128::SipHasher24;
 
@@ -95,7 +99,8 @@ impl<V> CredentialCache<V> {
     }
 
     /// What `read` makes of this thread's entry for `fingerprint`: `None`
-    /// when there is none, or when `read` finds it no longer good.
+    /// when there is none, or when `read` finds it no longer good. `read`
+    /// runs under the shard's lock: it must not use this cache.
     pub fn get<R>(
         &self,
         fingerprint: Fingerprint,
@@ -106,7 +111,8 @@ impl<V> CredentialCache<V> {
 
     /// Remembers `verified` in this thread's shard. A full shard first
     /// drops the entries `live` refuses, then, if still full, everything
-    /// (verifying again is the only cost).
+    /// (verifying again is the only cost). `live` runs under the shard's
+    /// lock: it must not use this cache.
     pub fn insert(&self, fingerprint: Fingerprint, verified: V, live: impl FnMut(&V) -> bool) {
         let mut shard = self.shards.local();
         if shard.len() >= self.max {
@@ -162,15 +168,27 @@ mod tests {
         cache.insert(token, 7, |_| true);
         assert_eq!(cache.get(token, |v| Some(*v)), Some(7));
         assert_eq!(cache.get(token, |_| None::<u32>), None, "refused by read");
-        // Another thread has a shard of its own: the token is unknown there
-        // until that thread verifies it, and then both hold it.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                assert_eq!(cache.get(token, |v| Some(*v)), None);
-                cache.insert(token, 8, |_| true);
-                assert_eq!(cache.get(token, |v| Some(*v)), Some(8));
-            });
+        // Another thread with a shard of its own (the first new thread
+        // given one: threads of other tests running in this process may
+        // take turns in between): the token is unknown there until that
+        // thread verifies it, and then both hold it.
+        let mine = cache.shards.index();
+        let other = (0..64).find(|_| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    if cache.shards.index() == mine {
+                        return false;
+                    }
+                    assert_eq!(cache.get(token, |v| Some(*v)), None);
+                    cache.insert(token, 8, |_| true);
+                    assert_eq!(cache.get(token, |v| Some(*v)), Some(8));
+                    true
+                })
+                .join()
+                .unwrap()
+            })
         });
+        assert!(other.is_some(), "64 threads all given this thread's shard");
         assert_eq!(cache.get(token, |v| Some(*v)), Some(7));
         assert_eq!(cache.len(), 2);
         // A full shard drops what `live` refuses first, then everything.

@@ -42,7 +42,7 @@ use super::fingerprint::{CredentialCache, Fingerprint};
 
 /// Least time between two fetches of a JWKS caused by an unknown `kid`.
 pub const REFETCH_EVERY: Duration = Duration::from_secs(30);
-/// Most verified tokens remembered per filter and worker thread.
+/// Most verified tokens remembered per filter and shard (`crate::shard`).
 pub const CACHE_MAX: usize = 10_000;
 /// Largest JWKS document read.
 const JWKS_MAX_BYTES: usize = 1 << 20;
