@@ -42,6 +42,10 @@
 #                                    # its jwt, rate_limit and two header
 #                                    # filters appended to the route, and its
 #                                    # HS256 bearer token sent (HEADERS unused)
+#   API_KEY=1 bench/callgrind.sh     # an `api_key` filter on the route, its
+#                                    # consumer (one 32-character key) kept by
+#                                    # a registry run outside valgrind, the
+#                                    # key sent in `x-api-key` (HEADERS unused)
 #   HAPROXY=1 H2C=1 bench/callgrind.sh
 #                                    # the same load through HAProxy (one
 #                                    # thread, proto h2 frontend, round robin,
@@ -73,6 +77,22 @@ print(harness.hs256_token(harness.JWT_SECRET))')
 fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# start_registry: a registry outside valgrind on $registry_port.
+start_registry() {
+  registry_port=$(port)
+  "$BIN" registry --control "127.0.0.1:$registry_port" --data-dir "$work/registry" >/dev/null 2>&1 &
+}
+if [ -n "${API_KEY:-}" ]; then
+  start_registry
+  api_key=bench-api-key-0123456789abcdef0
+  for _ in $(seq 100); do
+    curl -sf -X PUT -H 'content-type: application/json' -d "{\"api_keys\": [\"$api_key\"]}" \
+      "http://127.0.0.1:$registry_port/v1/consumers/bench" >/dev/null && break
+    sleep 0.1
+  done
+  route_extra=$(printf '[[route.filters]]\ntype = "api_key"\nheader = "x-api-key"\n')
+  HEADERS="{\"x-api-key\": \"$api_key\"}"
+fi
 ORIGINS=${ORIGINS:-1}
 export HEADERS=${HEADERS:-'{}'}
 export BODY_KB=${BODY_KB:-0}
@@ -84,8 +104,7 @@ if [ -n "${GRPC:-}" ]; then
   H2C=1
   origin_port=$(port)
   target/release/grpc_origin --listen "127.0.0.1:$origin_port" &
-  registry_port=$(port)
-  "$BIN" registry --control "127.0.0.1:$registry_port" --data-dir "$work/registry" >/dev/null 2>&1 &
+  start_registry
   instance="{\"address\": \"127.0.0.1\", \"port\": $origin_port, \"ttl\": \"1h\", \"scheme\": \"h2c\"}"
   for _ in $(seq 100); do
     curl -sf -X PUT -H 'content-type: application/json' -d "$instance" \
@@ -251,7 +270,7 @@ run() {
       >/dev/null 2>"$work/vg.$n" &
   else
   RUST_LOG=info valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
-    $log_flag ${GATEWAY_FLAGS:-} ${GRPC:+--registry http://127.0.0.1:$registry_port} \
+    $log_flag ${GATEWAY_FLAGS:-} ${registry_port:+--registry http://127.0.0.1:$registry_port} \
     --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &
   fi
@@ -275,6 +294,15 @@ while True:
 c.close()
 if os.environ.get("NEWCONN"):
     headers["connection"] = "close"
+# The route may wait for what the registry delivers (API_KEY's consumer):
+# requests before it are answered 401 and not counted.
+while True:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/small", headers=headers)
+    r = c.getresponse(); r.read(); c.close()
+    if r.status != 401 or time.time() > deadline:
+        break
+    time.sleep(0.2)
 for i in range(n):
     if os.environ.get("NEWCONN") or i == 0:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -11,7 +11,8 @@
 //! line, since threads lock neighbouring shards at the same moment.
 //!
 //! Used by the drain signal's waiter lists and by the authentication
-//! filters' caches of verified credentials.
+//! filters' caches of verified credentials (`jwt`, `basic_auth`, and the
+//! API keys found among the consumers).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};

@@ -1,5 +1,6 @@
 //! `api_key`: a consumer's key, from a header or a query parameter, looked
-//! up by its SHA-256 among the consumers the registry delivered.
+//! up by its SHA-256 among the consumers the registry delivered (a key
+//! found is then remembered by its fingerprint: see [`ConsumerStore`]).
 //!
 //! The key is removed from the request before it goes upstream (the
 //! upstream never learns a credential it did not issue), and the

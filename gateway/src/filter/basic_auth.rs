@@ -38,9 +38,9 @@ use super::fingerprint::{CredentialCache, Fingerprint};
 
 /// How long a verified credential is remembered.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
-/// Most credentials remembered per filter and shard (`crate::shard`): a full cache
-/// drops the expired ones, then everything (checking again is the only
-/// cost).
+/// Most credentials remembered per filter and shard (`crate::shard`): a
+/// full shard drops the expired ones, then everything (checking again is
+/// the only cost).
 pub const CACHE_MAX: usize = 10_000;
 /// Most bcrypt checks one filter runs at once.
 pub const VERIFYING_MAX: usize = 4;

@@ -1,5 +1,6 @@
-//! The authentication filters' caches of verified credentials (`jwt` and
-//! `basic_auth`: [`CredentialCache`]), and the fingerprints that key them.
+//! The authentication filters' caches of verified credentials (`jwt`,
+//! `basic_auth`, and `api_key`'s keys found among the consumers:
+//! [`CredentialCache`]), and the fingerprints that key them.
 //!
 //! A cache hit lets a request through without checking its credential, so
 //! two credentials must never share a fingerprint. The fingerprint is
@@ -16,7 +17,7 @@
 //! then the cache would hold up to `CACHE_MAX` live bearer tokens or
 //! passwords per shard, which a core dump would carry.
 //!
-//! A cache is split into per-thread shards ([`crate::shard`]): a worker
+//! A cache is split into per-thread shards (`crate::shard`): a worker
 //! thread looks up and remembers credentials in its own map, behind a lock
 //! other workers rarely take (up to 8 workers have a shard each). One map
 //! behind one lock put every worker's every policed request on the same
