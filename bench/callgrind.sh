@@ -43,7 +43,7 @@
 #                                    # filters appended to the route, and its
 #                                    # HS256 bearer token sent (HEADERS unused)
 #   API_KEY=1 bench/callgrind.sh     # an `api_key` filter on the route, its
-#                                    # consumer (one 32-character key) kept by
+#                                    # consumer (one 31-character key) kept by
 #                                    # a registry run outside valgrind, the
 #                                    # key sent in `x-api-key` (HEADERS unused)
 #   HAPROXY=1 H2C=1 bench/callgrind.sh
@@ -83,13 +83,19 @@ start_registry() {
   "$BIN" registry --control "127.0.0.1:$registry_port" --data-dir "$work/registry" >/dev/null 2>&1 &
 }
 if [ -n "${API_KEY:-}" ]; then
+  if [ -n "${H2C:-}${GRPC:-}${NGINX:-}${HAPROXY:-}" ]; then
+    echo "API_KEY=1: Portico over HTTP/1 only (h2load sends no key)" >&2
+    exit 2
+  fi
   start_registry
   api_key=bench-api-key-0123456789abcdef0
+  stored=
   for _ in $(seq 100); do
     curl -sf -X PUT -H 'content-type: application/json' -d "{\"api_keys\": [\"$api_key\"]}" \
-      "http://127.0.0.1:$registry_port/v1/consumers/bench" >/dev/null && break
+      "http://127.0.0.1:$registry_port/v1/consumers/bench" >/dev/null && { stored=1; break; }
     sleep 0.1
   done
+  [ -n "$stored" ] || { echo "API_KEY=1: the registry did not take the consumer" >&2; exit 1; }
   route_extra=$(printf '[[route.filters]]\ntype = "api_key"\nheader = "x-api-key"\n')
   HEADERS="{\"x-api-key\": \"$api_key\"}"
 fi

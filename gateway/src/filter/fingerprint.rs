@@ -5,9 +5,10 @@
 //! A cache hit lets a request through without checking its credential, so
 //! two credentials must never share a fingerprint. The fingerprint is
 //! SipHash-2-4 with a 128-bit output, keyed with 16 random bytes drawn when
-//! the filter is built: a pseudorandom function, so without the key nobody
-//! can choose a credential that lands on another's fingerprint (a guess
-//! matches one of `n` cached entries with probability `n / 2^128`).
+//! the filter (or, for `api_key`, the consumer store) is built: a
+//! pseudorandom function, so without the key nobody can choose a credential
+//! that lands on another's fingerprint (a guess matches one of `n` cached
+//! entries with probability `n / 2^128`).
 //!
 //! Why not SHA-256, which these caches used before: collision resistance
 //! without a key is more than a key private to one process needs, and it
