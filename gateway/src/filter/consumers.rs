@@ -11,9 +11,8 @@
 //! generation of the index they were found in: a repeated key costs a
 //! keyed SipHash instead of SHA-256 (callgrind, `API_KEY=1
 //! bench/callgrind.sh`, a 31-character key: 37,428 -> 35,549 instructions
-//! per request). Each change of the consumers
-//! publishes a new generation, so a key removed or moved is looked up
-//! afresh at once. Keys not found are not remembered: a miss costs both
+//! per request). Each change of the consumers publishes a new generation,
+//! so a key removed or moved is looked up afresh at once. Keys not found are not remembered: a miss costs both
 //! hashes, and random keys cannot fill the cache.
 
 use std::collections::{BTreeMap, HashMap};

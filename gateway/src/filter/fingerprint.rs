@@ -115,10 +115,9 @@ impl<V> CredentialCache<V> {
     /// drops the entries `live` refuses, then, if still full, everything
     /// (verifying again is the only cost). `live` runs under the shard's
     /// lock: it must not use this cache.
-    pub fn insert(&self, fingerprint: Fingerprint, verified: V, live: impl FnMut(&V) -> bool) {
+    pub fn insert(&self, fingerprint: Fingerprint, verified: V, mut live: impl FnMut(&V) -> bool) {
         let mut shard = self.shards.local();
         if shard.len() >= self.max {
-            let mut live = live;
             shard.retain(|_, v| live(v));
             if shard.len() >= self.max {
                 shard.clear();
