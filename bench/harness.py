@@ -585,6 +585,94 @@ def origin_accepts():
 # sched:sched_wakeup`): printed per repetition, not kept in the results.
 EXTRA_EVENTS = [e for e in os.environ.get("EXTRA_EVENTS", "").split(",") if e]
 
+# KERNEL_PROFILE=1: also sample each proxy's stacks while its load runs
+# (`perf record -e cpu-clock -g`) and print where its time went, in
+# microseconds per request: user space, then the kernel by the system call
+# it ran under. Printed per repetition and kept in results.json
+# (`kernel_profile`), not in the table. Sampling at 999 Hz costs the proxy
+# little, but it is not nothing: compare proxies within one run.
+KERNEL_PROFILE = os.environ.get("KERNEL_PROFILE") == "1"
+PROFILE_HZ = 999
+
+# The system calls a sample's kernel frames ran under, by bucket.
+SYSCALL_BUCKETS = {
+    "send": ("sendto", "sendmsg", "writev", "write", "sendmmsg"),
+    "recv": ("recvfrom", "recvmsg", "readv", "read", "recvmmsg"),
+    "epoll": ("epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl"),
+    "connections": ("accept4", "accept", "connect", "close", "socket", "setsockopt",
+                    "getsockopt", "shutdown", "getsockname", "getpeername"),
+}
+
+
+def profile_buckets(frames):
+    """The bucket of one sample, from its frames (leaf first, each a
+    (symbol, dso) pair): `user`, a system call's bucket, `syscall entry
+    and exit` (the leaf is the entry or exit code itself), the harness's
+    own system-call counting, `other syscall`, or `irq and faults` (kernel
+    work under no system call)."""
+    if not frames or "kernel" not in frames[0][1]:
+        return "user"
+    kernel = [sym for sym, dso in frames if "kernel" in dso]
+    # The tracepoint the harness's own `perf stat` counts system calls on.
+    if "syscall_trace_enter" in kernel or "perf_trace_sys_enter" in kernel:
+        return "syscall counting (perf stat)"
+    if frames[0][0].startswith(("entry_SYSCALL", "do_syscall_64", "x64_sys_call",
+                                "syscall_exit", "syscall_return", "exit_to_user_mode")):
+        return "syscall entry and exit"
+    named = [sym[len("__x64_sys_"):] for sym in kernel if sym.startswith("__x64_sys_")]
+    if named:
+        for bucket, calls in SYSCALL_BUCKETS.items():
+            if named[0] in calls:
+                return bucket
+        return "other syscall"
+    if not any(sym.startswith("entry_SYSCALL") for sym in kernel):
+        return "irq and faults"
+    # Some calls' `__x64_sys_` frame is inlined away (`writev` shows as
+    # `do_writev`): the C library's wrapper names the call then.
+    wrapper = next((sym for sym, dso in frames if "kernel" not in dso), "").lower()
+    for bucket, calls in SYSCALL_BUCKETS.items():
+        if any(call in wrapper for call in calls):
+            return bucket
+    return "other syscall"
+
+
+def kernel_profile(path, requests):
+    """Microseconds per request by bucket, from `perf record`'s file."""
+    try:
+        out = subprocess.run(["perf", "script", "-i", path, "-F", "comm,ip,sym,dso"],
+                             capture_output=True, text=True, timeout=300).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    counts, frames, header = {}, [], False
+
+    def flush():
+        if not header:
+            return
+        b = profile_buckets(frames)
+        counts[b] = counts.get(b, 0) + 1
+        # Two parts of the kernel's share, whatever call they ran under:
+        # the receiving end's half of a loopback send (the softirq runs in
+        # the sender's context), and the wake-ups of the sockets' readers.
+        syms = {sym for sym, dso in frames if "kernel" in dso}
+        for part, sym in (("of it loopback delivery", "net_rx_action"),
+                          ("of it waking readers", "sock_def_readable")):
+            if sym in syms:
+                counts[part] = counts.get(part, 0) + 1
+
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            flush()
+            frames, header = [], True
+            continue
+        m = re.match(r"\s*[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$", line)
+        if m:
+            frames.append((m.group(1), m.group(2)))
+    flush()
+    per_req = 1_000_000 / PROFILE_HZ / requests
+    return {b: round(c * per_req, 2) for b, c in sorted(counts.items(), key=lambda x: -x[1])}
+
 
 class Syscalls:
     """System calls and context switches of a proxy's processes while a load
@@ -594,18 +682,37 @@ class Syscalls:
     def __init__(self, proc):
         self.out = os.path.join(WORK, f"perf-{proc.name}.csv")
         self.p = None
+        self.record = None
         if shutil.which("perf"):
             pids = ",".join(str(p) for p in proc.pids())
             self.p = subprocess.Popen(
                 ["perf", "stat", "-x,", "-o", self.out, "-e",
                  ",".join(["raw_syscalls:sys_enter", "context-switches"] + EXTRA_EVENTS), "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if KERNEL_PROFILE:
+                self.data = os.path.join(WORK, f"prof-{proc.name}.data")
+                self.record = subprocess.Popen(
+                    ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(PROFILE_HZ), "-g",
+                     "-o", self.data, "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.2)  # perf attaches before the load starts
+
+    def profile(self, requests):
+        """The sampled profile per request ([`kernel_profile`]), or None."""
+        if self.p is None or self.record is None or not requests:
+            return None
+        try:
+            self.record.wait(60)
+        except subprocess.TimeoutExpired:
+            self.record.kill()
+            return None
+        return kernel_profile(self.data, requests)
 
     def stop(self):
         """(system calls, context switches) since start, or (None, None)."""
         if self.p is None:
             return None, None
         self.p.send_signal(signal.SIGINT)
+        if self.record is not None:
+            self.record.send_signal(signal.SIGINT)
         try:
             self.p.wait(10)
         except subprocess.TimeoutExpired:
@@ -662,6 +769,11 @@ def measure(proc, fn):
     if EXTRA_EVENTS and n:
         extra = {e: c / n for e, c in perf.extra.items() if c is not None}
         log("     per request: " + ", ".join(f"{e} {c:.2f}" for e, c in extra.items()))
+    if KERNEL_PROFILE:
+        res["kernel_profile"] = perf.profile(n)
+        if res["kernel_profile"]:
+            log("     sampled us per request: " + ", ".join(
+                f"{b} {us:.2f}" for b, us in res["kernel_profile"].items()))
     user_us = (after[0] - before[0]) * 1_000_000 / CLK_TCK
     cpu_us = user_us + (after[1] - before[1]) * 1_000_000 / CLK_TCK
     res["cpu_us_per_req"] = cpu_us / res["requests"] if res["requests"] else None
