@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -248,4 +249,119 @@ async fn a_refused_http2_stream_is_retried_elsewhere() {
         refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
         "some first tries went to the refusing backend"
     );
+}
+
+/// A backend that reads each request's head and closes the connection
+/// without a byte of answer; counts the request lines it read.
+async fn hanging_up_backend() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut io, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head);
+                let line = line.lines().next().unwrap_or_default().to_string();
+                log.lock().unwrap().push(line);
+                // Dropped: closed with no answer.
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// With no retry policy, an idempotent request without a body whose new
+/// upstream connection ends before any answer goes once to another
+/// endpoint (nginx's `proxy_next_upstream error`), with either HTTP/1.1
+/// client; a POST is not sent again. The second try carries the fields the
+/// gateway adds, as the first did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_connection_ends_unanswered_goes_once_elsewhere() {
+    use portico_gateway::pool::Http1Client;
+    for client in [Http1Client::Native, Http1Client::Hyper] {
+        let (hang_up, seen, task) = hanging_up_backend().await;
+        let good = TestEcho::start("good").await;
+        let gw = TestGateway::start(GatewayOptions {
+            config: Config::parse(&format!(
+                "[[route]]\nname = \"svc\"\nupstreams = [\"{hang_up}\", \"{}\"]\n",
+                good.addr
+            ))
+            .unwrap(),
+            proxy: ProxySettings {
+                access_log: false,
+                http1_client: client,
+                outlier: OutlierPolicy {
+                    consecutive_failures: 0,
+                    ..OutlierPolicy::default()
+                },
+                ..ProxySettings::default()
+            },
+            ..GatewayOptions::default()
+        })
+        .await;
+        let http = http();
+        for i in 0..8 {
+            let url = format!("{}/get/{i}", gw.url);
+            let r = send(&http, Method::GET, &url, &[], Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{client:?} GET {i}: {:?}", r.body);
+            // Sent again with the fields the gateway adds, whichever client
+            // sent it first.
+            let echoed = &r.json()["headers"];
+            assert_eq!(
+                echoed["x-forwarded-for"], "127.0.0.1",
+                "{client:?} GET {i}: {echoed}"
+            );
+            assert!(
+                echoed.get("x-request-id").is_some(),
+                "{client:?} GET {i}: {echoed}"
+            );
+        }
+        let gets = seen.lock().unwrap().len();
+        assert!(
+            gets > 0,
+            "{client:?}: some GETs went to the hanging-up backend first"
+        );
+        let mut refused = 0;
+        for i in 0..8 {
+            let url = format!("{}/post/{i}", gw.url);
+            let r = send(&http, Method::POST, &url, &[], Bytes::new())
+                .await
+                .unwrap();
+            match r.status {
+                StatusCode::OK => {}
+                StatusCode::BAD_GATEWAY => refused += 1,
+                other => panic!("{client:?} POST {i}: {other} {:?}", r.body),
+            }
+        }
+        let posts = seen.lock().unwrap().len() - gets;
+        assert!(
+            posts > 0,
+            "{client:?}: some POSTs went to the hanging-up backend"
+        );
+        assert_eq!(
+            refused, posts,
+            "{client:?}: every such POST failed, none was sent again"
+        );
+        task.abort();
+    }
 }

@@ -928,6 +928,9 @@ impl<'a> Tries<'a> {
         if let Some(p) = self.retry {
             tokio::time::sleep(backoff_for(p, self.retries)).await;
         }
+        // The copy was made before any try folded the added fields into the
+        // map: the next try adds them again.
+        self.folded = false;
         Ok(self
             .kept
             .as_ref()
