@@ -291,8 +291,9 @@ async fn hanging_up_backend() -> (
 /// With no retry policy, an idempotent request without a body whose new
 /// upstream connection ends before any answer goes once to another
 /// endpoint (nginx's `proxy_next_upstream error`), with either HTTP/1.1
-/// client; a POST is not sent again. The second try carries the fields the
-/// gateway adds, as the first did.
+/// client; a POST is not sent again. The native client hands the request
+/// back for this; hyper's client needs a copy kept before it is sent. The
+/// second try carries the fields the gateway adds, as the first did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_whose_connection_ends_unanswered_goes_once_elsewhere() {
     use portico_gateway::pool::Http1Client;

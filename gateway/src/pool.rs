@@ -112,15 +112,20 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A failed exchange, with the request handed back when nothing of it was
-/// sent (so the caller may try another endpoint).
+/// A failed exchange, with the request handed back when it can go to
+/// another endpoint.
 #[derive(Debug)]
 pub struct SendError {
     /// What went wrong.
     pub error: UpstreamError,
-    /// The untouched request, when the failure came before sending. Boxed:
-    /// a failure is rare, and inline the request made every `Result` of an
-    /// exchange (and every future holding one) 330 bytes larger.
+    /// The request handed back. With a connect failure (or an overloaded
+    /// route), untouched: nothing of it was sent. With
+    /// [`UpstreamError::Protocol`], a body-less request with an idempotent
+    /// method that the native client sent and whose connection then ended
+    /// before any answer: it comes back as it was, so the default reset
+    /// retry needs no copy kept beforehand. Boxed: a failure is rare, and
+    /// inline the request made every `Result` of an exchange (and every
+    /// future holding one) 330 bytes larger.
     pub request: Option<Box<Request<UpstreamBody>>>,
 }
 
@@ -136,6 +141,18 @@ impl SendError {
     fn unsent(error: UpstreamError, request: Request<UpstreamBody>) -> SendError {
         SendError {
             error,
+            request: Some(Box::new(request)),
+        }
+    }
+
+    /// The native client's exchange ended before any answer, on a
+    /// connection that is not replaced here (a new one): the request's head
+    /// comes back, its (empty) body made again.
+    fn unanswered(back: Box<(http::request::Parts, h1::client::ClientError)>) -> SendError {
+        let (parts, cause) = *back;
+        let request = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        SendError {
+            error: UpstreamError::Protocol(error_chain(&cause)),
             request: Some(Box::new(request)),
         }
     }
@@ -845,17 +862,17 @@ where
                         home: home.take(),
                     })));
                 }
-                Err(h1::client::ClientError::Unanswered(parts)) if again.is_some() => {
-                    let (pool, endpoint, resend) = again.take().expect("checked");
-                    (pool, endpoint, resend, parts)
-                }
+                Err(h1::client::ClientError::Unanswered(back)) => match again.take() {
+                    Some((pool, endpoint, resend)) => (pool, endpoint, resend, back.0),
+                    None => return Poll::Ready(Err(SendError::unanswered(back))),
+                },
                 Err(e) => {
                     let error = UpstreamError::Protocol(error_chain(&e));
                     return Poll::Ready(Err(SendError::sent(error)));
                 }
             },
         };
-        let req = Request::from_parts(*parts, Either::Right(Full::new(Bytes::new())));
+        let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
         let again = Box::pin(pool.connect_native(endpoint, req, resend));
         self.set(NativeExchange::Again { again });
         self.poll(cx)

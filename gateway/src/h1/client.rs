@@ -85,9 +85,9 @@ pub enum ClientError {
     /// byte, and the request had no body and an idempotent method: it may
     /// not have reached the upstream at all (an idle connection whose
     /// close was not seen yet when it was taken), and its head comes back
-    /// to be sent again.
-    #[error("connection closed before a response")]
-    Unanswered(Box<http::request::Parts>),
+    /// to be sent again, with the error that ended the exchange.
+    #[error("{}", .0.1)]
+    Unanswered(Box<(http::request::Parts, ClientError)>),
 }
 
 /// Whether an idle connection can carry a request: the peer has neither
@@ -295,7 +295,7 @@ where
             _ => false,
         };
         match self.replay.take() {
-            Some(parts) if ended => ClientError::Unanswered(Box::new(parts)),
+            Some(parts) if ended => ClientError::Unanswered(Box::new((parts, e))),
             _ => e,
         }
     }
@@ -1076,9 +1076,20 @@ mod tests {
         drop(l.accept().await.unwrap());
         let req = request("GET", &[("x-kept", "1")], Full::new(Bytes::new()));
         match send(io, req, (&[], false)).await {
-            Err(ClientError::Unanswered(parts)) => {
+            Err(ClientError::Unanswered(back)) => {
+                let (parts, cause) = *back;
                 assert_eq!(parts.method, Method::GET);
                 assert_eq!(parts.headers["x-kept"], "1");
+                // The error names what ended the exchange.
+                assert!(
+                    matches!(
+                        cause,
+                        ClientError::ClosedBeforeAnswer
+                            | ClientError::Read(_)
+                            | ClientError::Write(_)
+                    ),
+                    "{cause:?}"
+                );
             }
             other => panic!("{other:?}"),
         }

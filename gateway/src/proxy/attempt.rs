@@ -154,6 +154,10 @@ struct Tries<'a> {
     last_answer: Option<Response<UpstreamResponseBody>>,
     /// The error of a failed try that is being tried again.
     last_error: Option<ProxyError>,
+    /// The request a client handed back after its exchange ended before
+    /// any answer, for the default reset retry (see
+    /// [`crate::pool::SendError`]).
+    resend: Option<Box<Request<UpstreamBody>>>,
     /// The client's body, when it streams: its faults are the client's.
     watch: Option<Arc<BodyWatch>>,
     /// The endpoint of the try in flight, with the breaker's admission to
@@ -207,7 +211,9 @@ impl Proxy {
                     out.req = req;
                     kept
                 }
-                None => keep_for_reset(&out.req, entry, upgrade),
+                // The default reset retry's copy is made per try, and only
+                // for a client that consumes the request ([`Tries::run`]).
+                None => None,
             };
             let _slot = match route.limits.max_requests {
                 Some(max) => {
@@ -244,6 +250,7 @@ impl Proxy {
                 retry_slot: None,
                 last_answer: None,
                 last_error: None,
+                resend: None,
                 watch: watch.clone(),
                 in_flight: None,
                 folded: false,
@@ -524,7 +531,14 @@ impl<'a> Tries<'a> {
                 // round robin and friends skip the bookkeeping.
                 let _in_flight = self.load_aware.then(|| endpoint.health.begin());
                 ctx.answered_at = None;
-                let pairs = self.added(proxy, &mut req, endpoint, &to);
+                let native = proxy.pool.writes_extra(endpoint.scheme, to.upgrade);
+                if !native && self.retry.is_none() && self.kept.is_none() {
+                    // hyper's clients consume the request: what the default
+                    // reset retry would send again is copied first. (The
+                    // native client hands such a request back itself.)
+                    self.kept = keep_for_reset(&req, self.entry, to.upgrade);
+                }
+                let pairs = self.added(native, &mut req, &to);
                 let sent = (to.upgrade, pairs.as_slice(), to.relay);
                 let sent_at = self.first_sent.take().unwrap_or_else(Instant::now);
                 let result = self.send_once(proxy, endpoint, req, sent).await;
@@ -550,12 +564,10 @@ impl<'a> Tries<'a> {
     /// go into the map (once: a later try finds them there).
     fn added<'t>(
         &mut self,
-        proxy: &Proxy,
+        native: bool,
         req: &mut Request<UpstreamBody>,
-        endpoint: &Endpoint,
         to: &Destination<'t>,
     ) -> Pairs<'t> {
-        let native = proxy.pool.writes_extra(endpoint.scheme, to.upgrade);
         let (added, hop) = to.added;
         added.for_try(hop, (native, &mut self.folded), req.headers_mut())
     }
@@ -830,10 +842,11 @@ impl<'a> Tries<'a> {
             }
             tracing::debug!(endpoint = %endpoint.id, "retrying after a broken exchange");
             self.anywhere = true;
-        } else if self.may_retry_reset() {
+        } else if self.may_retry_reset(failed.request.as_deref()) {
             tracing::debug!(endpoint = %endpoint.id, "reset before an answer: once more elsewhere");
             self.reset_retried = true;
             self.anywhere = false;
+            self.resend = failed.request;
         } else {
             return Next::Fail(error);
         }
@@ -842,12 +855,15 @@ impl<'a> Tries<'a> {
         Next::Again(None)
     }
 
-    /// The default after a reset before any answer: once, elsewhere, for an
-    /// idempotent request whose body was kept (or that has none).
-    fn may_retry_reset(&self) -> bool {
-        !self.reset_retried
-            && self.n < MAX_TRIES
-            && self.kept.as_ref().is_some_and(|k| k.method.is_idempotent())
+    /// The default after a reset before any answer: once, elsewhere (a
+    /// route with another endpoint), for an idempotent request without a
+    /// body: the one the client handed `back`, else the copy kept.
+    fn may_retry_reset(&self, back: Option<&Request<UpstreamBody>>) -> bool {
+        let idempotent = match back {
+            Some(req) => req.method().is_idempotent(),
+            None => self.kept.as_ref().is_some_and(|k| k.method.is_idempotent()),
+        };
+        idempotent && !self.reset_retried && self.n < MAX_TRIES && self.entry.endpoints.len() > 1
     }
 
     fn judge_timeout(&mut self, proxy: &Proxy, index: usize, endpoint: &Endpoint) -> Next {
@@ -928,13 +944,16 @@ impl<'a> Tries<'a> {
         if let Some(p) = self.retry {
             tokio::time::sleep(backoff_for(p, self.retries)).await;
         }
+        if let Some(req) = self.resend.take() {
+            return Ok(*req);
+        }
         // The copy was made before any try folded the added fields into the
         // map: the next try adds them again.
         self.folded = false;
         Ok(self
             .kept
             .as_ref()
-            .expect("a retry is only decided with a kept request")
+            .expect("a retry is only decided with a request handed back or kept")
             .rebuild())
     }
 }
