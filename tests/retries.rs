@@ -14,8 +14,21 @@ use portico_gateway::health::OutlierPolicy;
 use portico_gateway::proxy::ProxySettings;
 use support::*;
 
+/// Without the access log, and with outlier detection off so each try's
+/// outcome (and each retry) is seen alone.
+fn settings() -> ProxySettings {
+    ProxySettings {
+        access_log: false,
+        outlier: OutlierPolicy {
+            consecutive_failures: 0,
+            ..OutlierPolicy::default()
+        },
+        ..ProxySettings::default()
+    }
+}
+
 /// A gateway over `backends` with `retry` as the route's `[route.retry]`
-/// table; outlier detection off so retries are seen alone.
+/// table ([`settings`]).
 async fn gateway(backends: &[&FaultyBackend], retry: &str) -> TestGateway {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
     TestGateway::start(GatewayOptions {
@@ -24,14 +37,7 @@ async fn gateway(backends: &[&FaultyBackend], retry: &str) -> TestGateway {
             list.join(", ")
         ))
         .unwrap(),
-        proxy: ProxySettings {
-            access_log: false,
-            outlier: OutlierPolicy {
-                consecutive_failures: 0,
-                ..OutlierPolicy::default()
-            },
-            ..ProxySettings::default()
-        },
+        proxy: settings(),
         ..GatewayOptions::default()
     })
     .await
@@ -212,14 +218,7 @@ async fn a_refused_http2_stream_is_retried_elsewhere() {
         )
         .unwrap(),
         registry: vec![registry.url.clone()],
-        proxy: ProxySettings {
-            access_log: false,
-            outlier: OutlierPolicy {
-                consecutive_failures: 0,
-                ..OutlierPolicy::default()
-            },
-            ..ProxySettings::default()
-        },
+        proxy: settings(),
         ..GatewayOptions::default()
     })
     .await;
@@ -307,13 +306,8 @@ async fn a_get_whose_connection_ends_unanswered_goes_once_elsewhere() {
             ))
             .unwrap(),
             proxy: ProxySettings {
-                access_log: false,
                 http1_client: client,
-                outlier: OutlierPolicy {
-                    consecutive_failures: 0,
-                    ..OutlierPolicy::default()
-                },
-                ..ProxySettings::default()
+                ..settings()
             },
             ..GatewayOptions::default()
         })
