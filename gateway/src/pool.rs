@@ -278,10 +278,15 @@ impl Pool {
         pending: Option<(&'a std::sync::atomic::AtomicU32, u32)>,
         (upgrade, extra, relay): (bool, &'a [Field<'a>], bool),
     ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + 'a {
+        use futures_util::future::BoxFuture;
         use futures_util::future::Either::{Left, Right};
         if !self.writes_extra(Scheme::Http, upgrade) {
             debug_assert!(extra.is_empty(), "fields hyper's client would drop");
-            return Right(Box::pin(self.send_hyper(endpoint, req, pending)));
+            // Behind a vtable, as the connecting path below: their polls
+            // stay out of the pooled exchange's, whose stack frame they
+            // would otherwise grow on every request.
+            let hyper: BoxFuture<'a, _> = Box::pin(self.send_hyper(endpoint, req, pending));
+            return Right(hyper);
         }
         // A pooled connection: the exchange's own future, with no `async`
         // level around it to hold the request a second time (callgrind).
@@ -289,7 +294,10 @@ impl Pool {
         match self.checkout_native(endpoint.authority.as_str()) {
             Some(io) => Left(Left(self.exchange_native(endpoint, io, req, again, true))),
             // Connecting first: boxed, so the usual case stays small.
-            None => Left(Right(Box::pin(self.connect_native(endpoint, req, again)))),
+            None => {
+                let connect: BoxFuture<'a, _> = Box::pin(self.connect_native(endpoint, req, again));
+                Left(Right(connect))
+            }
         }
     }
 

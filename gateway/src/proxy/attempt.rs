@@ -39,10 +39,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
@@ -98,6 +100,7 @@ struct Kept {
 }
 
 impl Kept {
+    #[inline(never)]
     fn rebuild(&self) -> Request<UpstreamBody> {
         let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
         *req.method_mut() = self.method.clone();
@@ -299,6 +302,7 @@ impl Proxy {
 
     /// The route timeout (or a gRPC call's shorter deadline) ran out: the
     /// try in flight is abandoned and counted against its endpoint.
+    #[inline(never)]
     fn timed_out(
         &self,
         entry: &RouteEntry,
@@ -386,6 +390,7 @@ impl Proxy {
     /// The answer for a client's body fault; `limit` is the size limit the
     /// body had (the route's, its `body_limit` filter's or the gateway's),
     /// which a 413 names.
+    #[inline(never)]
     fn fault_error(&self, fault: BodyFault, limit: u64) -> ProxyError {
         match fault {
             BodyFault::TooLarge => ProxyError::BodyTooLarge { limit },
@@ -418,9 +423,26 @@ fn policy_for<'r>(
     (retry, on)
 }
 
+/// The try over h2c, boxed and out of line (see [`Tries::send_tls`]).
+#[inline(never)]
+fn send_h2c<'f>(
+    proxy: &'f Proxy,
+    endpoint: &'f Endpoint,
+    req: Request<UpstreamBody>,
+) -> BoxFuture<'f, Result<Response<UpstreamResponseBody>, SendError>> {
+    use futures_util::FutureExt as _;
+    Box::pin(
+        proxy
+            .pool
+            .send_h2c(endpoint, req)
+            .map(|r| r.map(|resp| resp.map(Either::Right))),
+    )
+}
+
 /// What the default reset retry needs kept: an idempotent request with no
 /// body, on a route with another endpoint to go to. Costs one header map
 /// clone per such request.
+#[inline(never)]
 fn keep_for_reset(req: &Request<UpstreamBody>, entry: &RouteEntry, upgrade: bool) -> Option<Kept> {
     use http_body::Body as _;
     let eligible = !upgrade
@@ -436,6 +458,7 @@ fn keep_for_reset(req: &Request<UpstreamBody>, entry: &RouteEntry, upgrade: bool
 
 /// A gRPC call's body copied as it streams (see [`Tee`]), with the head a
 /// retry sends again; `None` when the call has no body to stream.
+#[inline(never)]
 fn keep_copy(req: &mut Request<UpstreamBody>) -> Option<(Arc<Tee>, http::Method, HeaderMap)> {
     let Either::Left(body) = req.body_mut() else {
         return None;
@@ -574,6 +597,7 @@ impl<'a> Tries<'a> {
 
     /// Tells the upstream how long it has (`grpc-timeout`): what is left of
     /// the call's deadline, or the per-try timeout if that is shorter.
+    #[inline(never)]
     fn pass_deadline(
         &self,
         req: &mut Request<UpstreamBody>,
@@ -637,34 +661,44 @@ impl<'a> Tries<'a> {
         'a: 'f,
     {
         use futures_util::FutureExt as _;
-        use futures_util::future::{BoxFuture, Either as Which};
+        use futures_util::future::Either as Which;
         let state = &self.entry.state;
         let pending = state.pending_limit(&self.entry.route.limits);
         let upgrade = sent.0;
-        let other: BoxFuture<'f, _> = match endpoint.scheme {
+        let other = match endpoint.scheme {
             Scheme::Http => {
                 let send = proxy.pool.send_http1(endpoint, req, pending, sent);
                 return Which::Left(send.map(|r| r.map(|resp| resp.map(Either::Left))));
             }
-            Scheme::H2c => Box::pin(
-                proxy
-                    .pool
-                    .send_h2c(endpoint, req)
-                    .map(|r| r.map(|resp| resp.map(Either::Right))),
-            ),
-            Scheme::Https => match self.dial(proxy, endpoint, upgrade) {
-                Ok(dial) => {
-                    Box::pin(
-                        async move { proxy.pool.send_tls(endpoint, &dial, req, pending).await },
-                    )
-                }
-                Err(reason) => Box::pin(std::future::ready(Err(SendError {
-                    error: UpstreamError::Tls(reason),
-                    request: Some(Box::new(req)),
-                }))),
-            },
+            Scheme::H2c => send_h2c(proxy, endpoint, req),
+            Scheme::Https => self.send_tls(proxy, endpoint, req, (pending, upgrade)),
         };
         Which::Right(other)
+    }
+
+    /// The try over TLS, boxed. Out of line, as [`send_h2c`]: made in the
+    /// poll function of every request's tries, these futures (1.6 and 1.8
+    /// kB) took their room in its stack frame whatever the scheme.
+    #[inline(never)]
+    fn send_tls<'f>(
+        &self,
+        proxy: &'f Proxy,
+        endpoint: &'f Endpoint,
+        req: Request<UpstreamBody>,
+        (pending, upgrade): (Option<(&'f AtomicU32, u32)>, bool),
+    ) -> BoxFuture<'f, Result<Response<UpstreamResponseBody>, SendError>>
+    where
+        'a: 'f,
+    {
+        match self.dial(proxy, endpoint, upgrade) {
+            Ok(dial) => {
+                Box::pin(async move { proxy.pool.send_tls(endpoint, &dial, req, pending).await })
+            }
+            Err(reason) => Box::pin(std::future::ready(Err(SendError {
+                error: UpstreamError::Tls(reason),
+                request: Some(Box::new(req)),
+            }))),
+        }
     }
 
     /// How to reach an `https` endpoint with the route's TLS setting (an
@@ -715,6 +749,7 @@ impl<'a> Tries<'a> {
     }
 
     /// Nothing more can be tried: the last answer, else the last error.
+    #[inline(never)]
     fn exhausted(
         &mut self,
         ctx: &RequestCtx<'_>,
@@ -775,6 +810,7 @@ impl<'a> Tries<'a> {
         Next::Done(resp)
     }
 
+    #[inline(never)]
     fn judge_failure(
         &mut self,
         proxy: &Proxy,
@@ -863,6 +899,7 @@ impl<'a> Tries<'a> {
         idempotent && !self.reset_retried && self.n < MAX_TRIES && self.entry.endpoints.len() > 1
     }
 
+    #[inline(never)]
     fn judge_timeout(&mut self, proxy: &Proxy, index: usize, endpoint: &Endpoint) -> Next {
         self.record(proxy, index, true);
         let per_try = self.retry.and_then(|p| p.per_try_timeout);
@@ -882,6 +919,7 @@ impl<'a> Tries<'a> {
     /// A gRPC call answered trailers-only: keeps its request for a retry
     /// if the copy holds the whole of a unary call (one message, the body
     /// ended). True when a request is kept.
+    #[inline(never)]
     fn keep_unary(&mut self) -> bool {
         if self.kept.is_some() {
             return true;
