@@ -73,9 +73,10 @@ for _ in range(int(sys.argv[2])):
 PY
 }
 
-# Waits (bounded) until gdb has attached and written its ready file.
+# Waits (bounded: 90 s) until gdb has attached and written its ready file.
 attached() {
-  for _ in $(seq 150); do
+  # gdb reads the binary's symbols first: 10-20 s on a busy machine.
+  for _ in $(seq 900); do
     [ -e "$work/ready" ] && return 0
     sleep 0.1
   done
@@ -105,7 +106,7 @@ for _ in range(20):
 gdb.execute("detach")
 PY
 rm -f "$work/ready"
-timeout 60 gdb -q -batch -p "$gateway" -x "$work/frames.py" >"$work/frames.out" 2>&1 &
+timeout 180 gdb -q -batch -p "$gateway" -x "$work/frames.py" >"$work/frames.out" 2>&1 &
 attached && client 1
 wait $! || true
 echo "own stack frames at the request's send upstream (bytes):"
@@ -139,7 +140,7 @@ for _ in range(300):
 gdb.execute("detach")
 PY
 rm -f "$work/ready"
-timeout 40 gdb -q -batch -p "$gateway" -x "$work/lines.py" >"$work/lines.out" 2>&1 &
+timeout 180 gdb -q -batch -p "$gateway" -x "$work/lines.py" >"$work/lines.out" 2>&1 &
 gdb_pid=$!
 attached && client 6
 wait "$gdb_pid" || true
