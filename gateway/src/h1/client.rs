@@ -158,7 +158,8 @@ where
     }
     async move {
         let head = poll_fn(|cx| ex.poll(cx)).await?;
-        Ok(ex.into_response(head))
+        let sent = ex.sent();
+        Ok(into_response(ex.io, ex.input, sent, head))
     }
 }
 
@@ -420,30 +421,41 @@ where
         Ok(())
     }
 
-    /// The response, its body reading on from this connection.
-    fn into_response(self, head: ResponseHead) -> Response<ResponseBody> {
-        // Answered before the whole request went out: the upstream has not
-        // read (and will not read) the rest, so the connection cannot
-        // carry another request.
-        let sent = self.body.is_none()
-            && self.out.is_empty()
-            && self.data.is_empty()
-            && self.tail.is_empty();
-        let body = ResponseBody {
-            io: Some(self.io),
-            buf: self.input,
-            framing: head.body.map_or(Framing::UntilClose, |f| {
-                Framing::Framed(BodyDecoder::new(f))
-            }),
-            keep_alive: head.keep_alive && sent,
-            held: head.held,
-        };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = head.status;
-        *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
-        resp
+    /// The whole request went out. Answered before that, the upstream has
+    /// not read (and will not read) the rest, so the connection cannot
+    /// carry another request.
+    fn sent(&self) -> bool {
+        self.body.is_none() && self.out.is_empty() && self.data.is_empty() && self.tail.is_empty()
     }
+}
+
+/// The response to an exchange, its body reading on from the exchange's
+/// connection (`io`, and `input`: what was read past the head).
+///
+/// Given the exchange's parts, not the exchange: taken whole by value, it
+/// was copied (512 bytes) out of the request's future first. Inlined, so
+/// that the head is read where the wait for it left it.
+#[inline(always)]
+fn into_response(
+    io: TcpStream,
+    input: BytesMut,
+    sent: bool,
+    head: ResponseHead,
+) -> Response<ResponseBody> {
+    let body = ResponseBody {
+        io: Some(io),
+        buf: input,
+        framing: head.body.map_or(Framing::UntilClose, |f| {
+            Framing::Framed(BodyDecoder::new(f))
+        }),
+        keep_alive: head.keep_alive && sent,
+        held: head.held,
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    resp
 }
 
 /// Reads into `buf` once the socket is readable (a buffer is put up only
@@ -489,8 +501,13 @@ pub fn parse_head(
     head_request: bool,
     relay: bool,
 ) -> Result<Option<ResponseHead>, ClientError> {
+    // The fields' positions stay in this frame, as the request's do
+    // (`head::parse`): returned inside `locate`'s answer they were copied
+    // five times on the way out.
+    let mut fields = Spans::new();
     loop {
-        let Some((len, status, minor, fields)) = locate(buf)? else {
+        fields.clear();
+        let Some((len, status, minor)) = locate(buf, &mut fields)? else {
             return Ok(None);
         };
         let status =
@@ -542,9 +559,9 @@ pub fn parse_head(
     }
 }
 
-/// `httparse` over the front of `buf`: the head's length, status, minor
-/// version and field positions.
-fn locate(buf: &[u8]) -> Result<Option<(usize, u16, u8, Spans)>, ClientError> {
+/// `httparse` over the front of `buf`: the head's length, status and minor
+/// version, and the fields' positions pushed onto `fields` (empty on entry).
+fn locate(buf: &[u8], fields: &mut Spans) -> Result<Option<(usize, u16, u8)>, ClientError> {
     // Uninitialised, as the request's (`head::locate`): no 3.2 KB of empty
     // fields written first.
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -567,18 +584,15 @@ fn locate(buf: &[u8]) -> Result<Option<(usize, u16, u8, Spans)>, ClientError> {
     };
     // Every span of a head within MAX_HEAD fits in u32; one that did not
     // would be refused as too large all the same.
-    let fields = resp
-        .headers
-        .iter()
-        .map(|h| {
-            Some((
-                head::span(buf, h.name.as_bytes())?,
-                head::span(buf, h.value)?,
-            ))
-        })
-        .collect::<Option<Spans>>()
-        .ok_or(ClientError::Head("larger than 16 KiB"))?;
-    Ok(Some((len, status, minor, fields)))
+    for h in resp.headers.iter() {
+        let (Some(name), Some(value)) =
+            (head::span(buf, h.name.as_bytes()), head::span(buf, h.value))
+        else {
+            return Err(ClientError::Head("larger than 16 KiB"));
+        };
+        fields.push((name, value));
+    }
+    Ok(Some((len, status, minor)))
 }
 
 /// How a response body is read.
