@@ -31,31 +31,7 @@ done
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-origin_port=$(port)
-gateway_port=$(port)
-python3 - "$origin_port" <<'PY' &
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-PY
-printf '[[route]]\nname = "all"\npath_prefix = "/"\nupstreams = ["127.0.0.1:%s"]\n' "$origin_port" >"$work/routes.toml"
-"$BIN" gateway --threads 1 --no-access-log --no-admin --listen "127.0.0.1:$gateway_port" \
-  --config "$work/routes.toml" >"$work/gateway.log" 2>&1 &
-gateway=$!
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$gateway_port/" >/dev/null && break
-  sleep 0.1
-done
+. bench/one-gateway.sh
 
 cat >"$work/copies.py" <<PY
 import gdb, os
@@ -92,19 +68,7 @@ for _ in $(seq 900); do
   sleep 0.1
 done
 [ -e "$work/ready" ] || { echo "gdb did not attach" >&2; exit 1; }
-python3 - "$gateway_port" <<'PY'
-import socket, sys, time
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-for _ in range(4):
-    s.sendall(b"GET /x HTTP/1.1\r\nHost: bench\r\n\r\n")
-    d = b""
-    while not d.endswith(b"ok"):
-        chunk = s.recv(4096)
-        if not chunk:
-            raise SystemExit("the gateway closed the connection")
-        d += chunk
-    time.sleep(1.5)
-PY
+client 4 1.5
 touch "$work/done"
 curl -s "http://127.0.0.1:$gateway_port/" >/dev/null || true
 wait "$gdb_pid" || true
