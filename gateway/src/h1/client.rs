@@ -501,9 +501,7 @@ pub fn parse_head(
     head_request: bool,
     relay: bool,
 ) -> Result<Option<ResponseHead>, ClientError> {
-    // The fields' positions stay in this frame, as the request's do
-    // (`head::parse`): returned inside `locate`'s answer they were copied
-    // five times on the way out.
+    // The fields' positions stay in this frame (`head::push_spans`).
     let mut fields = Spans::new();
     loop {
         fields.clear();
@@ -584,14 +582,7 @@ fn locate(buf: &[u8], fields: &mut Spans) -> Result<Option<(usize, u16, u8)>, Cl
     };
     // Every span of a head within MAX_HEAD fits in u32; one that did not
     // would be refused as too large all the same.
-    for h in resp.headers.iter() {
-        let (Some(name), Some(value)) =
-            (head::span(buf, h.name.as_bytes()), head::span(buf, h.value))
-        else {
-            return Err(ClientError::Head("larger than 16 KiB"));
-        };
-        fields.push((name, value));
-    }
+    head::push_spans(buf, resp.headers, fields).ok_or(ClientError::Head("larger than 16 KiB"))?;
     Ok(Some((len, status, minor)))
 }
 
