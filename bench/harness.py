@@ -46,9 +46,12 @@ ORIGIN_PORTS = [19101, 19102]
 # h2c gRPC origins (target/release/grpc_origin) for 10-grpc-unary.
 GRPC_ORIGIN_PORTS = [19111, 19112]
 PORTS = {
-    "nginx": {"h1": 19201, "h2c": 19202, "grpc": 19203, "tls": 19204},
-    "haproxy": {"h1": 19301, "h2c": 19302, "grpc": 19303, "tls": 19304},
-    "portico": {"h1": 19401, "h2c": 19401, "tls": 19405},
+    # h1d: the same as h1 with the listener deferring accept until a new
+    # connection's first bytes (nginx's `deferred`, HAProxy's
+    # `defer-accept`); Portico defers by default, on its one port.
+    "nginx": {"h1": 19201, "h2c": 19202, "grpc": 19203, "tls": 19204, "h1d": 19206},
+    "haproxy": {"h1": 19301, "h2c": 19302, "grpc": 19303, "tls": 19304, "h1d": 19306},
+    "portico": {"h1": 19401, "h2c": 19401, "tls": 19405, "h1d": 19401},
     "portico-discovered": {"h1": 19402, "h2c": 19402, "grpc": 19402},
     "portico-10k-routes": {"h1": 19403, "h2c": 19403},
     "portico-features": {"h1": 19404, "h2c": 19404},
@@ -257,6 +260,7 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{p['h1']} backlog=4096;
+    listen 127.0.0.1:{p['h1d']} deferred backlog=4096;
     listen 127.0.0.1:{p['h2c']} http2 backlog=4096;
     http2_max_concurrent_streams 256;
     client_max_body_size 4m;
@@ -290,6 +294,7 @@ defaults
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:{p['h1']}
+  bind 127.0.0.1:{p['h1d']} defer-accept
   bind 127.0.0.1:{p['h2c']} proto h2
   default_backend be
 backend be
@@ -810,6 +815,10 @@ def scenarios(args):
                         lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/upload", 8, d, script=upload)),
         "4-new-conn": ("new TCP connection per request, 32 conns",
                        lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/", 32, d, headers=["Connection: close"])),
+        # The same with nginx and HAProxy tuned to defer accepting, as
+        # Portico does by default: the kernel feature alone, compared.
+        "4b-new-conn-deferred": ("new TCP connection per request, 32 conns, all three deferring accept",
+                                 lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1d']}/", 32, d, headers=["Connection: close"])),
         "5-h2c": ("h2c downstream, 16 conns x 32 streams, HTTP/1.1 upstream",
                   lambda port: lambda: h2load(f"http://127.0.0.1:{port['h2c']}/", 16, 32, d)),
         "11-tls-small-get": ("HTTPS small GET, keep-alive, 64 conns (ECDSA P-256)",

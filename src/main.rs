@@ -413,6 +413,11 @@ struct GatewayArgs {
     /// too_many_client_connections. Default: no per-IP cap.
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+    /// Take a new connection from the kernel as soon as its handshake
+    /// completes, not when its first bytes arrive (Linux's
+    /// TCP_DEFER_ACCEPT, on by default for up to --header-read-timeout).
+    #[arg(long)]
+    no_defer_accept: bool,
     /// Which server speaks HTTP/1.1 on the gateway's listeners: `native`
     /// (Portico's own, holding no buffer while a connection is idle) or
     /// `hyper` (hyper's, as before; kept to compare and to fall back on).
@@ -878,6 +883,7 @@ impl GatewayArgs {
                 drain_timeout: self.drain_timeout,
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
+                defer_accept: !self.no_defer_accept,
                 http1: match self.http1_server {
                     Http1ServerArg::Native => Http1Server::Native,
                     Http1ServerArg::Hyper => Http1Server::Hyper,

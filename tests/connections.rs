@@ -1,7 +1,9 @@
 //! Downstream connections as a whole: WebSocket tunnels counted, closed when
 //! idle and drained at shutdown; connection caps (gateway-wide and per
 //! client IP) with a clear answer past them; accept errors at the
-//! file-descriptor limit backed off and logged once per interval.
+//! file-descriptor limit backed off and logged once per interval; a
+//! client that connects and says nothing held by the kernel, not the
+//! gateway, until it speaks (`TCP_DEFER_ACCEPT`).
 
 mod support;
 
@@ -172,10 +174,13 @@ async fn shutdown_drains_tunnels_up_to_the_drain_timeout_then_closes_them() {
 async fn shutdown_closes_idle_and_silent_connections_without_waiting() {
     use tokio::io::AsyncReadExt;
     let echo = TestEcho::start("e").await;
+    // Accepted at once, silent or not (by default the kernel would hold
+    // the silent one until it speaks: the test below).
     let gw = TestGateway::start(capped(
         &echo,
         ServerSettings {
             drain_timeout: Duration::from_secs(60),
+            defer_accept: false,
             ..ServerSettings::default()
         },
     ))
@@ -202,6 +207,63 @@ async fn shutdown_closes_idle_and_silent_connections_without_waiting() {
             .unwrap_or_else(|_| panic!("the {name} connection is still open"));
         assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
     }
+}
+
+/// By default a new connection is taken from the kernel with its first
+/// bytes: one that connects and says nothing stays a pending entry of the
+/// listener's (`SYN_RECV` on the gateway's side, though the client's
+/// connect succeeded), using no descriptor, task or place under the caps;
+/// once it sends a request it is accepted and answered.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_says_nothing_is_held_by_the_kernel_until_it_speaks() {
+    let echo = TestEcho::start("e").await;
+    let gw = TestGateway::start(capped(&echo, ServerSettings::default())).await;
+    // Answered first, so the listener is set up (the option holds back the
+    // handshakes completed after it is set).
+    let mut other = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(request(&mut other).await.starts_with("HTTP/1.1 200"));
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let client = silent.local_addr().unwrap();
+    eventually("the gateway's side to be pending in the kernel", || async {
+        tcp_state(gw.addr, client).as_deref() == Some("03")
+    })
+    .await;
+    assert_eq!(
+        metric(&gw, "portico_downstream_connections ")
+            .await
+            .as_deref(),
+        Some("portico_downstream_connections 1"),
+        "only the connection that spoke was accepted"
+    );
+    assert!(request(&mut silent).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        tcp_state(gw.addr, client).as_deref(),
+        Some("01"),
+        "established once it spoke"
+    );
+}
+
+/// The state (`/proc/net/tcp`'s hex code: `01` established, `03`
+/// `SYN_RECV`) of the IPv4 socket at `local` whose peer is `remote`.
+#[cfg(target_os = "linux")]
+fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<String> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => unreachable!("the gateway listens on 127.0.0.1"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[1] == local && f[2] == remote)
+        .map(|f| f[3].to_string())
 }
 
 /// Sends one keep-alive GET on `s` and reads its response whole.
@@ -428,9 +490,14 @@ async fn at_the_descriptor_limit_accept_errors_back_off_log_rarely_and_recover()
 
     // Hold connections until accepting fails: the kernel completes the
     // handshakes the gateway can no longer accept, so connecting succeeds.
+    // Each says its first byte, or the kernel would hold it back from
+    // accepting (`TCP_DEFER_ACCEPT`).
     let mut held = Vec::new();
     for _ in 0..120 {
-        held.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        use tokio::io::AsyncWriteExt;
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        conn.write_all(b"G").await.unwrap();
+        held.push(conn);
     }
     eventually("accepting to fail", || async {
         !accept_lines(&log).is_empty()

@@ -37,6 +37,8 @@
 //!   the HTTPS listener's settings, and client TLS to upstreams.
 //! - [`acme`]: certificates ordered and renewed from an ACME CA, with the
 //!   HTTP-01 and TLS-ALPN-01 answers.
+//! - `sockopt`: `TCP_DEFER_ACCEPT` on the listeners (Linux), the one
+//!   `unsafe` call in the workspace: no maintained crate sets it.
 //! - [`caps`]: downstream connection caps (gateway-wide, per client IP)
 //!   and the backoff on accept errors at the descriptor limit.
 //! - [`idle`]: "no bytes either way for the idle timeout", for connections
@@ -102,6 +104,8 @@ pub mod router;
 pub mod server;
 pub mod service;
 mod shard;
+#[cfg(target_os = "linux")]
+mod sockopt;
 pub mod split;
 mod streams;
 pub mod tls;
