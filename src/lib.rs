@@ -14,6 +14,10 @@
 //! (`portico_gateway::tls`), the handshakes run in the registry's
 //! [`portico_registry::https`] listener.
 
+// The workspace denies `unsafe`; only the gateway allows it, in one
+// function (gateway/src/sockopt.rs).
+#![forbid(unsafe_code)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,5 +1,9 @@
 //! The `portico` command line: subcommands only; the work is in `lib.rs`.
 
+// The workspace denies `unsafe`; only the gateway allows it, in one
+// function (gateway/src/sockopt.rs).
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -415,7 +419,8 @@ struct GatewayArgs {
     max_connections_per_ip: Option<usize>,
     /// Take a new connection from the kernel as soon as its handshake
     /// completes, not when its first bytes arrive (Linux's
-    /// TCP_DEFER_ACCEPT, on by default for up to --header-read-timeout).
+    /// TCP_DEFER_ACCEPT, on by default: a silent client is held about a
+    /// second; other systems have no such option).
     #[arg(long)]
     no_defer_accept: bool,
     /// Which server speaks HTTP/1.1 on the gateway's listeners: `native`
@@ -883,7 +888,8 @@ impl GatewayArgs {
                 drain_timeout: self.drain_timeout,
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
-                defer_accept: !self.no_defer_accept,
+                defer_accept: (!self.no_defer_accept)
+                    .then_some(portico_gateway::server::DEFAULT_DEFER_ACCEPT),
                 http1: match self.http1_server {
                     Http1ServerArg::Native => Http1Server::Native,
                     Http1ServerArg::Hyper => Http1Server::Hyper,
@@ -1076,5 +1082,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("portico gateway: {}", GatewayArgs::announce(&listeners));
             run_gateway(listeners, gw, shutdown_signal()).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server settings `portico gateway ARGS` runs with.
+    fn server(args: &[&str]) -> ServerSettings {
+        let cli = Cli::try_parse_from([&["portico", "gateway"], args].concat()).unwrap();
+        let Command::Gateway { gateway, .. } = cli.command else {
+            unreachable!("parsed as gateway")
+        };
+        gateway.options(Vec::new(), None, false).unwrap().server
+    }
+
+    #[test]
+    fn listeners_defer_accept_unless_told_not_to() {
+        assert_eq!(
+            server(&[]).defer_accept,
+            Some(portico_gateway::server::DEFAULT_DEFER_ACCEPT)
+        );
+        assert_eq!(server(&["--no-defer-accept"]).defer_accept, None);
     }
 }

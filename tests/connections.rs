@@ -180,7 +180,7 @@ async fn shutdown_closes_idle_and_silent_connections_without_waiting() {
         &echo,
         ServerSettings {
             drain_timeout: Duration::from_secs(60),
-            defer_accept: false,
+            defer_accept: None,
             ..ServerSettings::default()
         },
     ))
@@ -209,16 +209,21 @@ async fn shutdown_closes_idle_and_silent_connections_without_waiting() {
     }
 }
 
-/// By default a new connection is taken from the kernel with its first
-/// bytes: one that connects and says nothing stays a pending entry of the
-/// listener's (`SYN_RECV` on the gateway's side, though the client's
-/// connect succeeded), using no descriptor, task or place under the caps;
-/// once it sends a request it is accepted and answered.
+/// A new connection is taken from the kernel with its first bytes: one
+/// that connects and says nothing stays a pending entry of the listener's
+/// (`SYN_RECV` on the gateway's side, though the client's connect
+/// succeeded), using no descriptor, task or place under the caps; once it
+/// sends a request it is accepted and answered. (A 30 s deferral, so the
+/// pending state outlasts the checks; the default is 1 s.)
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_says_nothing_is_held_by_the_kernel_until_it_speaks() {
     let echo = TestEcho::start("e").await;
-    let gw = TestGateway::start(capped(&echo, ServerSettings::default())).await;
+    let settings = ServerSettings {
+        defer_accept: Some(Duration::from_secs(30)),
+        ..ServerSettings::default()
+    };
+    let gw = TestGateway::start(capped(&echo, settings)).await;
     // Answered first, so the listener is set up (the option holds back the
     // handshakes completed after it is set).
     let mut other = TcpStream::connect(gw.addr).await.unwrap();
@@ -229,6 +234,8 @@ async fn a_client_that_says_nothing_is_held_by_the_kernel_until_it_speaks() {
         tcp_state(gw.addr, client).as_deref() == Some("03")
     })
     .await;
+    // The accept loop has had every chance to take it meanwhile.
+    assert!(request(&mut other).await.starts_with("HTTP/1.1 200"));
     assert_eq!(
         metric(&gw, "portico_downstream_connections ")
             .await
@@ -236,6 +243,7 @@ async fn a_client_that_says_nothing_is_held_by_the_kernel_until_it_speaks() {
         Some("portico_downstream_connections 1"),
         "only the connection that spoke was accepted"
     );
+    assert_eq!(tcp_state(gw.addr, client).as_deref(), Some("03"));
     assert!(request(&mut silent).await.starts_with("HTTP/1.1 200"));
     assert_eq!(
         tcp_state(gw.addr, client).as_deref(),
@@ -248,10 +256,11 @@ async fn a_client_that_says_nothing_is_held_by_the_kernel_until_it_speaks() {
 /// `SYN_RECV`) of the IPv4 socket at `local` whose peer is `remote`.
 #[cfg(target_os = "linux")]
 fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<String> {
+    // The address as the kernel's u32 in memory order, printed in hex.
     let hex = |a: SocketAddr| match a {
         SocketAddr::V4(v4) => format!(
             "{:08X}:{:04X}",
-            u32::from_le_bytes(v4.ip().octets()),
+            u32::from_ne_bytes(v4.ip().octets()),
             v4.port()
         ),
         SocketAddr::V6(_) => unreachable!("the gateway listens on 127.0.0.1"),

@@ -4,6 +4,10 @@
 //! - `src/bin/propagation.rs`: registration-to-routable latency.
 //! - `src/bin/registry_load.rs`: registrations/s and heartbeats/s.
 
+// The workspace denies `unsafe`; only the gateway allows it, in one
+// function (gateway/src/sockopt.rs).
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -25,6 +25,8 @@
 //!   framing) fuzzed alone, and the connection loop the listeners run.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
+//! - `sockopt`: `TCP_DEFER_ACCEPT` on the listeners (Linux), the one
+//!   `unsafe` call in the workspace: no maintained crate sets it.
 //! - `drain`: the shutdown signal every connection waits on, registered
 //!   cheaply (a waker in a sharded slab).
 //! - `shard`: state split into per-thread shards, each behind its own lock
@@ -37,8 +39,6 @@
 //!   the HTTPS listener's settings, and client TLS to upstreams.
 //! - [`acme`]: certificates ordered and renewed from an ACME CA, with the
 //!   HTTP-01 and TLS-ALPN-01 answers.
-//! - `sockopt`: `TCP_DEFER_ACCEPT` on the listeners (Linux), the one
-//!   `unsafe` call in the workspace: no maintained crate sets it.
 //! - [`caps`]: downstream connection caps (gateway-wide, per client IP)
 //!   and the backoff on accept errors at the descriptor limit.
 //! - [`idle`]: "no bytes either way for the idle timeout", for connections

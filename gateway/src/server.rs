@@ -79,6 +79,15 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time in-flight requests get to finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time Linux holds a new connection that says nothing before
+/// handing it over anyway (`TCP_DEFER_ACCEPT`): one second, as nginx's
+/// `deferred` and HAProxy's `defer-accept`. The kernel counts it in SYN-ACK
+/// retransmissions, so a silent client is accepted with its answer to the
+/// first one (about 1 s; 3 s if that is lost), then has the header read
+/// timeout like any connection. Longer would keep silent clients in the
+/// listen backlog and out of the per-IP cap, and gain nothing: clients
+/// that speak do so within milliseconds.
+pub const DEFAULT_DEFER_ACCEPT: Duration = Duration::from_secs(1);
 /// Most response bytes buffered per HTTP/2 stream for a client that has
 /// not taken them yet (hyper's default is 400 KiB).
 pub const MAX_SEND_BUFFER: usize = 64 * 1024;
@@ -157,11 +166,10 @@ pub struct ServerSettings {
     /// Which server speaks HTTP/1.1 on the gateway's listeners.
     pub http1: Http1Server,
     /// Have Linux queue a new connection for accepting only once its first
-    /// bytes arrive (`TCP_DEFER_ACCEPT`, for up to the header read
-    /// timeout): one wake-up per new connection instead of two, and a
-    /// client that connects and says nothing costs a kernel entry, not a
-    /// connection (the `sockopt` module).
-    pub defer_accept: bool,
+    /// bytes arrive, or this long passes (`TCP_DEFER_ACCEPT`, whole
+    /// seconds; nothing elsewhere): one wake-up per new connection instead
+    /// of two (the `sockopt` module). `None`: accepted with the handshake.
+    pub defer_accept: Option<Duration>,
 }
 
 /// Which server speaks HTTP/1.1 on the gateway's listeners.
@@ -186,7 +194,7 @@ impl Default for ServerSettings {
             max_connections: None,
             max_connections_per_ip: None,
             http1: Http1Server::default(),
-            defer_accept: true,
+            defer_accept: Some(DEFAULT_DEFER_ACCEPT),
         }
     }
 }
@@ -220,7 +228,7 @@ struct Shared {
     protocols: Protocols,
     caps: Arc<ConnectionCaps>,
     idle_timeout: Duration,
-    /// How long a listener holds a silent new connection; `None`: off.
+    /// How long the listeners defer accepting (`ServerSettings::defer_accept`).
     defer_accept: Option<Duration>,
 }
 
@@ -246,9 +254,7 @@ impl Shared {
             protocols: Protocols::new(settings),
             caps,
             idle_timeout: settings.idle_timeout,
-            defer_accept: settings
-                .defer_accept
-                .then_some(settings.header_read_timeout),
+            defer_accept: settings.defer_accept,
         }
     }
 }
@@ -310,17 +316,14 @@ async fn accept_loop(
 ) {
     let Some(listener) = listener else { return };
     nodelay_for_accepted(&listener);
-    #[cfg(target_os = "linux")]
-    if let Some(wait) = shared.defer_accept
-        && let Err(e) = crate::sockopt::set_defer_accept(&listener, wait)
-    {
-        tracing::warn!(error = %e, "could not set TCP_DEFER_ACCEPT on the listener");
-    }
     let name = if tls.is_some() {
         "gateway-tls"
     } else {
         "gateway"
     };
+    if let Some(wait) = shared.defer_accept {
+        defer_accept(&listener, name, wait);
+    }
     let mut errors = AcceptErrors::new(name, Some(shared.proxy.metrics().caps().clone()));
     // Made once, not once per connection accepted (registering a waiter
     // with the channel and removing it again each time).
@@ -371,6 +374,18 @@ fn nodelay_for_accepted(listener: &TcpListener) {
     if let Err(e) = socket2::SockRef::from(listener).set_tcp_nodelay(true) {
         tracing::warn!(error = %e, "could not set TCP_NODELAY on the listener");
     }
+}
+
+/// `TCP_DEFER_ACCEPT` on the listener (Linux; elsewhere nothing): a
+/// connection is accepted with its first bytes. A connection whose
+/// handshake completed before this call is accepted at once, as before.
+fn defer_accept(listener: &TcpListener, name: &str, wait: Duration) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = crate::sockopt::set_defer_accept(listener, wait) {
+        tracing::warn!(listener = name, error = %e, "could not set TCP_DEFER_ACCEPT");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (listener, name, wait);
 }
 
 /// Waits for connections and tunnels to finish, both within one drain

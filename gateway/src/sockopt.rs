@@ -6,22 +6,19 @@
 //! for `accept` only once its first bytes arrive (or the period runs out:
 //! the connection is then accepted as it is). A new connection then costs
 //! the gateway one wake-up instead of two (accept, then the request's
-//! bytes), and its first read finds the request instead of `EAGAIN`; a
-//! client that connects and says nothing holds a small kernel entry, not a
-//! descriptor, a task and a place under the connection caps. HTTP, TLS and
-//! h2c clients all speak first, so none of them waits on it.
+//! bytes), and its first read finds the request instead of `EAGAIN`. HTTP,
+//! TLS and h2c clients all speak first, so none of them waits on it.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 /// Asks Linux to hold `listener`'s new connections until their first bytes
-/// arrive, for up to `wait` (whole seconds, rounded up, at least one; the
-/// kernel counts it in SYN-ACK retransmissions).
+/// arrive, for at least `wait` (whole seconds, rounded up, at least one).
 #[allow(unsafe_code)]
 pub fn set_defer_accept(listener: &impl AsFd, wait: Duration) -> io::Result<()> {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let secs = libc::c_int::try_from(secs.max(1)).unwrap_or(libc::c_int::MAX);
+    let secs = wait.as_nanos().div_ceil(1_000_000_000).max(1);
+    let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
     let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("an int's size fits");
     // SAFETY: the descriptor is borrowed from a live socket for the whole
     // call, and the option value points at a `c_int` on this stack frame
@@ -44,22 +41,40 @@ pub fn set_defer_accept(listener: &impl AsFd, wait: Duration) -> io::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
+    /// The next connection `listener` (non-blocking) hands over, within a
+    /// deadline.
+    fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match listener.accept() {
+                Ok(pair) => return pair,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no connection to accept");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     /// What a new connection's task relies on: a deferred listener hands
-    /// over the connection that spoke before the one that connected first
-    /// and said nothing, and the silent one once it speaks.
+    /// over the connection that spoke, with its bytes already there to read,
+    /// before the one that connected first and said nothing; the silent one
+    /// once it speaks.
     #[test]
     fn a_connection_is_accepted_once_its_first_bytes_arrive() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         super::set_defer_accept(&listener, Duration::from_secs(30)).unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut silent = TcpStream::connect(addr).unwrap();
         let mut speaking = TcpStream::connect(addr).unwrap();
         speaking.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        let (mut first, peer) = listener.accept().unwrap();
+        let (mut first, peer) = accept(&listener);
         assert_eq!(
             peer,
             speaking.local_addr().unwrap(),
@@ -67,20 +82,12 @@ mod tests {
         );
         first.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let n = loop {
-            match first.read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "its bytes are there");
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let n = first
+            .read(&mut buf)
+            .expect("the first read finds the bytes");
         assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
         silent.write_all(b"G").unwrap();
-        let (_second, peer) = listener.accept().unwrap();
+        let (_second, peer) = accept(&listener);
         assert_eq!(peer, silent.local_addr().unwrap());
     }
 }

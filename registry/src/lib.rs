@@ -60,6 +60,10 @@
 //! store's watch → every `/v1/watch` stream → each gateway's
 //! [`client::Watcher`] → the gateway rebuilds its routing table.
 
+// The workspace denies `unsafe`; only the gateway allows it, in one
+// function (gateway/src/sockopt.rs).
+#![forbid(unsafe_code)]
+
 pub mod certificate;
 pub mod consumer;
 pub mod filter;

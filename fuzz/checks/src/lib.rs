@@ -24,6 +24,10 @@
 //! - `panics`: counts panics in every thread, so a panic that a tokio task
 //!   swallowed still fails a check under `cargo test`.
 
+// The workspace denies `unsafe`; only the gateway allows it, in one
+// function (gateway/src/sockopt.rs).
+#![forbid(unsafe_code)]
+
 pub mod h1_codec;
 pub mod http1_raw;
 mod panics;
