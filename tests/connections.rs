@@ -499,8 +499,8 @@ async fn at_the_descriptor_limit_accept_errors_back_off_log_rarely_and_recover()
 
     // Hold connections until accepting fails: the kernel completes the
     // handshakes the gateway can no longer accept, so connecting succeeds.
-    // Each says its first byte, or the kernel would hold it back from
-    // accepting (`TCP_DEFER_ACCEPT`).
+    // Each says its first byte, so it is ready to accept at once (a silent
+    // one would be held back by the kernel for a second: `TCP_DEFER_ACCEPT`).
     let mut held = Vec::new();
     for _ in 0..120 {
         use tokio::io::AsyncWriteExt;
