@@ -19,7 +19,7 @@ use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
 use portico_gateway::pool::Http1Client;
 use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
-use portico_gateway::server::{Http1Server, ServerSettings};
+use portico_gateway::server::{DEFAULT_LISTEN_BACKLOG, Http1Server, ServerSettings};
 use portico_gateway::tls::cert::CertFiles;
 use portico_gateway::tls::{ClientAuth, TlsSettings};
 use portico_registry::auth::{Tokens, check_exposure};
@@ -423,6 +423,13 @@ struct GatewayArgs {
     /// second; other systems have no such option).
     #[arg(long)]
     no_defer_accept: bool,
+    /// Connections the kernel holds for the gateway's listeners while they
+    /// wait to be accepted (and, deferred, for their first bytes); Linux
+    /// caps it at net.core.somaxconn. Beyond it a new client's SYN is
+    /// dropped or answered with a SYN cookie.
+    #[arg(long, default_value_t = DEFAULT_LISTEN_BACKLOG,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    listen_backlog: u32,
     /// Which server speaks HTTP/1.1 on the gateway's listeners: `native`
     /// (Portico's own, holding no buffer while a connection is idle) or
     /// `hyper` (hyper's, as before; kept to compare and to fall back on).
@@ -762,11 +769,11 @@ impl GatewayArgs {
     async fn listeners(&self, options: &mut GatewayOptions) -> anyhow::Result<GatewayListeners> {
         let plain = match self.no_cleartext {
             true => None,
-            false => Some(bind(self.listen, "gateway").await?),
+            false => Some(bind(self.listen, "gateway", self.listen_backlog)?),
         };
         let tls = match self.tls_listen {
             Some(addr) => {
-                let l = bind(addr, "gateway HTTPS").await?;
+                let l = bind(addr, "gateway HTTPS", self.listen_backlog)?;
                 options.proxy.https_port = Some(l.local_addr()?.port());
                 Some(l)
             }
@@ -824,7 +831,7 @@ impl GatewayArgs {
             self.admin != self.listen,
             "--admin must differ from --listen: the admin API is never served on the public listener"
         );
-        Ok(Some(bind(self.admin, "admin").await?))
+        Ok(Some(bind(self.admin, "admin", DEFAULT_LISTEN_BACKLOG)?))
     }
 
     fn options(
@@ -969,9 +976,10 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+/// A listener on `addr` (within the runtime) with room for `backlog`
+/// connections waiting to be accepted.
+fn bind(addr: SocketAddr, what: &str, backlog: u32) -> anyhow::Result<TcpListener> {
+    portico_gateway::server::listen(addr, backlog)
         .with_context(|| format!("binding the {what} address {addr}"))
 }
 
@@ -1040,7 +1048,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Up { registry, gateway } => {
             let reg = registry.options()?;
             let mut gw = gateway.options(Vec::new(), None, true)?;
-            let control = bind(registry.control, "control").await?;
+            let control = bind(registry.control, "control", DEFAULT_LISTEN_BACKLOG)?;
             let listeners = gateway.listeners(&mut gw).await?;
             gw.announce = gateway.registration(&listeners);
             println!(
@@ -1053,7 +1061,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Registry { registry } => {
             let reg = registry.options()?;
-            let control = bind(registry.control, "control").await?;
+            let control = bind(registry.control, "control", DEFAULT_LISTEN_BACKLOG)?;
             println!(
                 "portico registry: {}://{}",
                 registry.control_scheme(),
@@ -1105,5 +1113,22 @@ mod tests {
             Some(portico_gateway::server::DEFAULT_DEFER_ACCEPT)
         );
         assert_eq!(server(&["--no-defer-accept"]).defer_accept, None);
+    }
+
+    /// The backlog the gateway's listeners are bound with.
+    fn backlog(args: &[&str]) -> Result<u32, clap::Error> {
+        let cli = Cli::try_parse_from([&["portico", "gateway"], args].concat())?;
+        let Command::Gateway { gateway, .. } = cli.command else {
+            unreachable!("parsed as gateway")
+        };
+        Ok(gateway.listen_backlog)
+    }
+
+    #[test]
+    fn listeners_ask_for_a_backlog_of_4096_unless_told() {
+        assert_eq!(backlog(&[]).unwrap(), 4096);
+        assert_eq!(backlog(&["--listen-backlog", "511"]).unwrap(), 511);
+        let zero = backlog(&["--listen-backlog", "0"]).unwrap_err().to_string();
+        assert!(zero.contains("--listen-backlog"), "{zero}");
     }
 }

@@ -88,6 +88,15 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// listen backlog and out of the per-IP cap, and gain nothing: clients
 /// that speak do so within milliseconds.
 pub const DEFAULT_DEFER_ACCEPT: Duration = Duration::from_secs(1);
+/// Default length asked for a listener's backlog: the connections the
+/// kernel holds for `accept`, and (with [`DEFAULT_DEFER_ACCEPT`]) the
+/// completed handshakes waiting for their first bytes. Linux caps it at
+/// `net.core.somaxconn` (4096 since 5.4). The 128 that std and tokio ask
+/// for is filled by one burst of new connections: the kernel then drops
+/// SYNs (a client waits a second for its retransmission) or answers with
+/// SYN cookies, which skip the deferral. nginx asks for 511, HAProxy for
+/// its connection limit.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// Most response bytes buffered per HTTP/2 stream for a client that has
 /// not taken them yet (hyper's default is 400 KiB).
 pub const MAX_SEND_BUFFER: usize = 64 * 1024;
@@ -386,6 +395,22 @@ fn defer_accept(listener: &TcpListener, name: &str, wait: Duration) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (listener, name, wait);
+}
+
+/// A listener bound to `addr` with room for `backlog` connections waiting
+/// to be accepted (the kernel caps it: see [`DEFAULT_LISTEN_BACKLOG`]).
+/// `SO_REUSEADDR` is set, as std and tokio set it, so a restarted gateway
+/// binds while its old connections are in `TIME_WAIT`. Must be called
+/// within a tokio runtime.
+pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Waits for connections and tunnels to finish, both within one drain
@@ -847,6 +872,55 @@ mod tests {
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap(), "TCP_NODELAY inherited");
+    }
+
+    /// How many connections wait to be accepted on the listener at
+    /// `port` (the `LISTEN` line's receive queue in `/proc/net/tcp`).
+    #[cfg(target_os = "linux")]
+    fn accept_queue(port: u16) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let local = format!(":{port:04X}");
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f[1].ends_with(&local) && f[3] == "0A")
+            .map(|f| {
+                let (_, rx) = f[4].split_once(':').unwrap();
+                usize::from_str_radix(rx, 16).unwrap()
+            })
+            .expect("the listener is in /proc/net/tcp")
+    }
+
+    /// A burst of new connections larger than std's and tokio's backlog of
+    /// 128 all complete their handshakes and wait for `accept` in the
+    /// kernel: with 128 the queue stops at 129 and the rest of the burst
+    /// has its SYNs dropped, each client waiting a second or more for a
+    /// retransmission.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_burst_beyond_128_new_connections_waits_in_the_backlog() {
+        const BURST: usize = 300;
+        let listener = listen("127.0.0.1:0".parse().unwrap(), DEFAULT_LISTEN_BACKLOG).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..BURST)
+            .map(|_| tokio::spawn(TcpStream::connect(addr)))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut waiting = accept_queue(addr.port());
+        while waiting < BURST {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{waiting} of {BURST} connections wait to be accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waiting = accept_queue(addr.port());
+        }
+        for client in clients {
+            client.await.unwrap().unwrap();
+        }
+        let (_accepted, peer) = listener.accept().await.unwrap();
+        assert!(peer.ip().is_loopback());
     }
 
     /// A connection's task is allocated per accepted connection and kept
