@@ -88,14 +88,15 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// listen backlog and out of the per-IP cap, and gain nothing: clients
 /// that speak do so within milliseconds.
 pub const DEFAULT_DEFER_ACCEPT: Duration = Duration::from_secs(1);
-/// Default length asked for a listener's backlog: the connections the
-/// kernel holds for `accept`, and (with [`DEFAULT_DEFER_ACCEPT`]) the
-/// completed handshakes waiting for their first bytes. Linux caps it at
-/// `net.core.somaxconn` (4096 since 5.4). The 128 that std and tokio ask
-/// for is filled by one burst of new connections: the kernel then drops
-/// SYNs (a client waits a second for its retransmission) or answers with
-/// SYN cookies, which skip the deferral. nginx asks for 511, HAProxy for
-/// its connection limit.
+/// Default length asked for a listener's backlog. Linux caps two queues
+/// with it (each at most `net.core.somaxconn`, 4096 since 5.4): completed
+/// connections waiting for `accept`, and handshakes not yet done, which
+/// with [`DEFAULT_DEFER_ACCEPT`] include silent clients held for their
+/// first bytes. The 128 that std and tokio ask for is filled by one burst
+/// of new connections: with the first queue full the kernel drops SYNs (a
+/// client waits a second for its retransmission); with the second full it
+/// answers with SYN cookies, which skip the deferral (or drops, with
+/// cookies off). nginx asks for 511, HAProxy for its connection limit.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 /// Most response bytes buffered per HTTP/2 stream for a client that has
 /// not taken them yet (hyper's default is 400 KiB).
@@ -875,16 +876,17 @@ mod tests {
     }
 
     /// How many connections wait to be accepted on the listener at
-    /// `port` (the `LISTEN` line's receive queue in `/proc/net/tcp`).
+    /// 127.0.0.1:`port` (the `LISTEN` line's receive queue in
+    /// `/proc/net/tcp`).
     #[cfg(target_os = "linux")]
     fn accept_queue(port: u16) -> usize {
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let local = format!(":{port:04X}");
+        let local = format!("0100007F:{port:04X}");
         table
             .lines()
             .skip(1)
             .map(|line| line.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f[1].ends_with(&local) && f[3] == "0A")
+            .find(|f| f[1] == local && f[3] == "0A")
             .map(|f| {
                 let (_, rx) = f[4].split_once(':').unwrap();
                 usize::from_str_radix(rx, 16).unwrap()
@@ -901,6 +903,13 @@ mod tests {
     #[tokio::test]
     async fn a_burst_beyond_128_new_connections_waits_in_the_backlog() {
         const BURST: usize = 300;
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+        let somaxconn: usize = somaxconn.trim().parse().unwrap();
+        assert!(
+            somaxconn >= BURST,
+            "net.core.somaxconn is {somaxconn}: the kernel caps every backlog at it, \
+             so this host cannot tell a backlog of {DEFAULT_LISTEN_BACKLOG} from 128"
+        );
         let listener = listen("127.0.0.1:0".parse().unwrap(), DEFAULT_LISTEN_BACKLOG).unwrap();
         let addr = listener.local_addr().unwrap();
         let clients: Vec<_> = (0..BURST)
