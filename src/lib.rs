@@ -266,7 +266,8 @@ pub async fn run_gateway(
 /// `registry` option is replaced by the in-process registry's address, and,
 /// when the registry requires tokens, its token by a `gateway` token (reads,
 /// and the keys of registry certificates) minted for this run and never
-/// shown.
+/// shown. At `shutdown` the gateway drains and leaves first (its record
+/// deleted, its watch closed), then the registry stops.
 pub async fn run_up(
     control: TcpListener,
     gateway: GatewayListeners,
@@ -288,29 +289,31 @@ pub async fn run_up(
     gateway_options.registry = vec![format!("{scheme}://{control_addr}")];
     gateway_options.registry_token = (!registry_options.tokens.is_empty())
         .then(|| registry_options.tokens.mint(Role::Gateway).into());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Two signals, sent in turn: the gateway stops first, so it drains,
+    // removes its record and closes its watch while the registry still
+    // answers; then the registry.
+    let (stop_registry, registry_rx) = watch::channel(false);
+    let (stop_gateway, gateway_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let registry = tokio::spawn(run_registry(
         control,
         registry_options,
-        stopped(stop_rx.clone()),
+        stopped(registry_rx),
     ));
-    let gateway = run_gateway(gateway, gateway_options, stopped(stop_rx));
+    let gateway = run_gateway(gateway, gateway_options, stopped(gateway_rx));
     tokio::pin!(gateway);
     tokio::pin!(shutdown);
     let gateway_result = tokio::select! {
-        r = &mut gateway => {
-            // The gateway stopped on its own: bring the registry down too.
-            let _ = stop_tx.send(true);
-            r
-        }
+        // The gateway stopped on its own: bring the registry down too.
+        r = &mut gateway => r,
         () = &mut shutdown => {
-            let _ = stop_tx.send(true);
+            let _ = stop_gateway.send(true);
             gateway.await
         }
     };
+    let _ = stop_registry.send(true);
     let registry_result = registry.await.context("registry task")?;
     gateway_result.and(registry_result)
 }

@@ -500,7 +500,7 @@ struct GatewayArgs {
     #[arg(long)]
     no_merge_slashes: bool,
     /// HTTPS listener address (beside the cleartext --listen); needs
-    /// --tls-cert. ALPN offers h2 and http/1.1.
+    /// --tls-cert or --acme-directory. ALPN offers h2 and http/1.1.
     #[arg(long)]
     tls_listen: Option<SocketAddr>,
     /// A certificate for the HTTPS listener: `CERT.pem:KEY.pem` (PEM chain,

@@ -161,6 +161,78 @@ async fn portico_up_routes_to_a_service_registered_by_hand() {
     assert_eq!(r.json()["path"], "/there");
 }
 
+/// SIGTERM to `portico up` stops its gateway while its registry still
+/// answers: the gateway's record is deleted, not left for its lease to
+/// lapse, and neither side logs the other going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portico_up_stops_its_gateway_before_its_registry() {
+    let (_dir, data) = data_dir();
+    let (gw_port, reg_port) = (free_port(), free_port());
+    let (listen, control) = (
+        format!("127.0.0.1:{gw_port}"),
+        format!("127.0.0.1:{reg_port}"),
+    );
+    let data = data.to_str().unwrap();
+    let mut up = ChildProcess {
+        child: Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(["up", "--listen", &listen, "--control", &control])
+            .args([
+                "--data-dir",
+                data,
+                "--no-access-log",
+                "--admin",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portico"),
+    };
+    let reg = format!("http://{control}");
+    wait_healthy(&reg).await;
+    let gateways = format!("{reg}/v1/gateways");
+    eventually("the gateway to register", || async {
+        let list = get(&gateways).await.json();
+        list["gateways"].as_array().is_some_and(|g| g.len() == 1)
+    })
+    .await;
+    let pid = up.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(up.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    for line in [
+        "could not remove this gateway's record",
+        "registry watch disconnected",
+    ] {
+        assert!(!log.contains(line), "{line:?} logged at shutdown: {log}");
+    }
+    // The store, opened again, holds no record of the gateway.
+    let _registry = ChildProcess::spawn(&["registry", "--control", &control, "--data-dir", data]);
+    wait_healthy(&reg).await;
+    let list = get(&gateways).await.json();
+    assert_eq!(list["gateways"], json!([]), "{list}");
+}
+
 #[test]
 fn a_bad_route_file_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
