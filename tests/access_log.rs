@@ -7,8 +7,7 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, ChildStderr, Command, Stdio};
-use std::time::Duration;
+use std::process::{ChildStderr, Command, Stdio};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -21,7 +20,7 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 
 /// A `portico gateway` process routing everything to `echo`.
 struct Gateway {
-    child: Child,
+    child: ChildProcess,
     url: String,
     admin: String,
 }
@@ -54,7 +53,7 @@ impl Gateway {
             .spawn()
             .expect("spawn portico");
         let gw = Gateway {
-            child,
+            child: ChildProcess { child },
             url: format!("http://{listen}"),
             admin: format!("http://{admin}"),
         };
@@ -70,7 +69,7 @@ impl Gateway {
     /// Its stderr, read to the end on a thread of its own (so the gateway
     /// never waits on the pipe); the thread returns the text.
     fn read_stderr(&mut self) -> std::thread::JoinHandle<String> {
-        let mut stderr = self.child.stderr.take().unwrap();
+        let mut stderr = self.child.child.stderr.take().unwrap();
         std::thread::spawn(move || {
             let mut text = String::new();
             stderr.read_to_string(&mut text).unwrap();
@@ -80,21 +79,7 @@ impl Gateway {
 
     /// SIGTERM, then waits for a successful exit.
     async fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        let deadline = std::time::Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gateway did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(status.success(), "exit status {status:?}");
+        self.child.terminate().await;
     }
 
     /// `portico_access_log_dropped_total` from the admin listener.
@@ -115,13 +100,6 @@ impl Gateway {
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert_eq!(r.status, StatusCode::OK);
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -194,7 +172,7 @@ async fn a_stderr_pipe_nobody_reads_does_not_stall_requests() {
     let dir = tempfile::tempdir().unwrap();
     let mut gw = Gateway::start(&echo, dir.path(), &[], &[]).await;
     // Held open and never read: the pipe fills and the writer blocks.
-    let _unread: ChildStderr = gw.child.stderr.take().unwrap();
+    let _unread: ChildStderr = gw.child.child.stderr.take().unwrap();
     assert_eq!(gw.dropped().await, 0);
     // 2 KiB lines: 2,000 of them are more than the pipe and the writer's
     // queue hold. Each request has `send`'s own time limit: a stalled one

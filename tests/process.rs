@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -117,24 +116,33 @@ async fn registry_kill9_restart_keeps_registrations_and_gateway_serves_throughou
     assert_eq!(r.instance(), "after-restart");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn portico_up_routes_to_a_service_registered_by_hand() {
-    let (_dir, data) = data_dir();
-    let (gw_port, reg_port) = (free_port(), free_port());
-    let listen = format!("127.0.0.1:{gw_port}");
-    let control = format!("127.0.0.1:{reg_port}");
-    let _up = ChildProcess::spawn(&[
+/// A loopback address with a free port.
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// `portico up` on these addresses and data directory, without the access
+/// log, its admin listener on a port of the system's choosing.
+fn up_args<'a>(listen: &'a str, control: &'a str, data: &'a str) -> [&'a str; 10] {
+    [
         "up",
         "--listen",
-        &listen,
+        listen,
         "--control",
-        &control,
+        control,
         "--data-dir",
-        data.to_str().unwrap(),
+        data,
         "--no-access-log",
         "--admin",
         "127.0.0.1:0",
-    ]);
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portico_up_routes_to_a_service_registered_by_hand() {
+    let (_dir, data) = data_dir();
+    let (listen, control) = (free_addr(), free_addr());
+    let _up = ChildProcess::spawn(&up_args(&listen, &control, data.to_str().unwrap()));
     let reg = format!("http://{control}");
     wait_healthy(&reg).await;
     let echo = TestEcho::start("by-hand").await;
@@ -167,29 +175,9 @@ async fn portico_up_routes_to_a_service_registered_by_hand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portico_up_stops_its_gateway_before_its_registry() {
     let (_dir, data) = data_dir();
-    let (gw_port, reg_port) = (free_port(), free_port());
-    let (listen, control) = (
-        format!("127.0.0.1:{gw_port}"),
-        format!("127.0.0.1:{reg_port}"),
-    );
+    let (listen, control) = (free_addr(), free_addr());
     let data = data.to_str().unwrap();
-    let mut up = ChildProcess {
-        child: Command::new(env!("CARGO_BIN_EXE_portico"))
-            .args(["up", "--listen", &listen, "--control", &control])
-            .args([
-                "--data-dir",
-                data,
-                "--no-access-log",
-                "--admin",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn portico"),
-    };
+    let mut up = ChildProcess::spawn_logged(&up_args(&listen, &control, data), "warn");
     let reg = format!("http://{control}");
     wait_healthy(&reg).await;
     let gateways = format!("{reg}/v1/gateways");
@@ -198,28 +186,7 @@ async fn portico_up_stops_its_gateway_before_its_registry() {
         list["gateways"].as_array().is_some_and(|g| g.len() == 1)
     })
     .await;
-    let pid = up.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(s) = up.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "exit status {status:?}");
-    let mut log = String::new();
-    std::io::Read::read_to_string(up.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let log = up.terminate().await;
     for line in [
         "could not remove this gateway's record",
         "registry watch disconnected",
@@ -285,18 +252,9 @@ async fn sigterm_drains_and_exits_zero() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     // Its log goes to a pipe, as in `portico gateway > portico.log`.
-    let mut gw = ChildProcess {
-        child: Command::new(env!("CARGO_BIN_EXE_portico"))
-            .args(["gateway", "--listen", &listen, "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .env_remove("NO_COLOR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn portico"),
-    };
+    let file = file.to_str().unwrap();
+    let mut gw =
+        ChildProcess::spawn_logged(&["gateway", "--listen", &listen, "--config", file], "info");
     let url = format!("http://{listen}");
     eventually("gateway to serve", || async {
         send(&http(), Method::GET, &url, &[], Bytes::new())
@@ -304,28 +262,7 @@ async fn sigterm_drains_and_exits_zero() {
             .is_ok_and(|r| r.status == StatusCode::OK)
     })
     .await;
-    let pid = gw.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "exit status {status:?}");
-    let mut log = String::new();
-    std::io::Read::read_to_string(gw.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let log = gw.terminate().await;
     assert!(log.contains("INFO"), "{log}");
     assert!(
         !log.contains('\x1b'),

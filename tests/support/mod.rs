@@ -530,15 +530,62 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     pub fn spawn(args: &[&str]) -> ChildProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = Self::command(args, "warn")
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn portico");
         ChildProcess { child }
+    }
+
+    /// Like [`ChildProcess::spawn`], logging at `level` to a pipe the test
+    /// reads after [`ChildProcess::terminate`] (as `portico ... >
+    /// portico.log` would; `NO_COLOR` removed, so colour is off only because
+    /// the log is not a terminal).
+    pub fn spawn_logged(args: &[&str], level: &str) -> ChildProcess {
+        let child = Self::command(args, level)
+            .env_remove("NO_COLOR")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portico");
+        ChildProcess { child }
+    }
+
+    /// `portico ARGS`, logging at `level`, with no input and its output
+    /// dropped.
+    fn command(args: &[&str], level: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_portico"));
+        command
+            .args(args)
+            .env("RUST_LOG", level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// SIGTERM, then waits (within [`DEADLINE`]) for a successful exit;
+    /// returns what it wrote to stderr when that was piped
+    /// ([`ChildProcess::spawn_logged`]), else nothing.
+    pub async fn terminate(&mut self) -> String {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.unwrap().success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "exit status {status:?}");
+        let mut log = String::new();
+        if let Some(stderr) = self.child.stderr.as_mut() {
+            std::io::Read::read_to_string(stderr, &mut log).unwrap();
+        }
+        log
     }
 
     /// SIGKILL: no chance to flush or clean up.
