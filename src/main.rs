@@ -766,7 +766,7 @@ impl GatewayArgs {
 
     /// Binds the public listeners (cleartext unless turned off, HTTPS when
     /// asked) and the admin one; sets the HTTPS port redirects name.
-    async fn listeners(&self, options: &mut GatewayOptions) -> anyhow::Result<GatewayListeners> {
+    fn listeners(&self, options: &mut GatewayOptions) -> anyhow::Result<GatewayListeners> {
         let plain = match self.no_cleartext {
             true => None,
             false => Some(bind(self.listen, "gateway", self.listen_backlog)?),
@@ -782,7 +782,7 @@ impl GatewayArgs {
         Ok(GatewayListeners {
             plain,
             tls,
-            admin: self.admin_listener().await?,
+            admin: self.admin_listener()?,
         })
     }
 
@@ -823,7 +823,7 @@ impl GatewayArgs {
         })
     }
 
-    async fn admin_listener(&self) -> anyhow::Result<Option<TcpListener>> {
+    fn admin_listener(&self) -> anyhow::Result<Option<TcpListener>> {
         if self.no_admin {
             return Ok(None);
         }
@@ -1049,7 +1049,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let reg = registry.options()?;
             let mut gw = gateway.options(Vec::new(), None, true)?;
             let control = bind(registry.control, "control", DEFAULT_LISTEN_BACKLOG)?;
-            let listeners = gateway.listeners(&mut gw).await?;
+            let listeners = gateway.listeners(&mut gw)?;
             gw.announce = gateway.registration(&listeners);
             println!(
                 "portico up: gateway {} , registry {}://{}",
@@ -1085,7 +1085,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 gw.registry_tls = Some(tls);
             }
             gw.cache_dir = (!no_cache).then_some(cache_dir);
-            let listeners = gateway.listeners(&mut gw).await?;
+            let listeners = gateway.listeners(&mut gw)?;
             gw.announce = gateway.registration(&listeners);
             println!("portico gateway: {}", GatewayArgs::announce(&listeners));
             run_gateway(listeners, gw, shutdown_signal()).await
