@@ -90,6 +90,7 @@ pub mod error;
 pub mod filter;
 pub mod grpc;
 pub mod h1;
+pub mod h2;
 pub mod health;
 pub mod host;
 pub mod idle;

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Installs what the gRPC test peers (tests/grpc/peer.py, peer.js) need, when
-# missing: Python grpcio and grpcio-health-checking in a venv under
-# target/grpc-venv, Node @grpc/grpc-js under target/grpc-node. Idempotent
+# Installs what the gRPC test peers (tests/grpc/peer.py, peer.js) and the
+# HPACK peer (tests/h2/hpack_peer.py) need, when missing: Python grpcio,
+# grpcio-health-checking and hpack in a venv under target/grpc-venv, Node
+# @grpc/grpc-js under target/grpc-node. Idempotent
 # and quiet; .ci/run calls it before the tests, and so can a developer.
 # Nothing is fetched at test time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 venv=target/grpc-venv
-if ! "$venv/bin/python3" -c 'import grpc, grpc_health.v1.health' >/dev/null 2>&1; then
+if ! "$venv/bin/python3" -c 'import grpc, grpc_health.v1.health, hpack' >/dev/null 2>&1; then
     python3 -m venv "$venv"
+    # hpack: the HPACK peer of tests/hpack.rs (python-hyper's, pure Python).
     "$venv/bin/pip" install -q --disable-pip-version-check \
-        grpcio==1.85.1 grpcio-health-checking==1.85.1
+        grpcio==1.85.1 grpcio-health-checking==1.85.1 hpack==4.1.0
 fi
 
 node_dir=target/grpc-node

@@ -15,6 +15,9 @@
 //! - [`h1_codec`]: bytes into the downstream HTTP/1.1 codec (request head
 //!   parser, chunked decoder and encoder), no sockets: framing never two
 //!   ways, the same result however the bytes are split, round trips.
+//! - [`hpack`]: bytes into the HPACK decoder (and Huffman strings against
+//!   a bit-by-bit reference): tables within their limits, field sizes,
+//!   decoded fields through the encoder and back unchanged.
 //! - [`route_match`]: generated route sets and requests into the router,
 //!   against a brute-force reading of the documented precedence.
 //! - [`path_normalize`]: paths into the gateway's normaliser: idempotent,
@@ -29,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod h1_codec;
+pub mod hpack;
 pub mod http1_raw;
 mod panics;
 pub mod path_normalize;
@@ -55,6 +59,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "h1_codec",
         check: h1_codec::check,
+    },
+    Target {
+        name: "hpack",
+        check: hpack::check,
     },
     Target {
         name: "route_match",

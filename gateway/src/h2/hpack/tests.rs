@@ -1,0 +1,276 @@
+use super::*;
+
+fn hex(s: &str) -> Bytes {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Each field as `name: value` text, pseudo-headers with their colon.
+fn text(field: &Field) -> String {
+    match field {
+        Field::Pseudo(p, v) => {
+            let name = match p {
+                Pseudo::Method => ":method",
+                Pseudo::Scheme => ":scheme",
+                Pseudo::Authority => ":authority",
+                Pseudo::Path => ":path",
+                Pseudo::Protocol => ":protocol",
+                Pseudo::Status => ":status",
+            };
+            format!("{name}: {}", String::from_utf8_lossy(v.as_bytes()))
+        }
+        Field::Header(n, v) => format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())),
+        Field::Malformed => "malformed".to_owned(),
+    }
+}
+
+fn decode(decoder: &mut Decoder, block: &str) -> Result<Vec<String>, DecodeError> {
+    let mut out = Vec::new();
+    decoder.decode(&hex(block), |f, _| out.push(text(&f)))?;
+    Ok(out)
+}
+
+/// RFC 7541, C.3 and C.4: three requests on one connection, without and
+/// with Huffman coding; the same fields, and the same table sizes after
+/// each.
+#[test]
+fn decodes_the_rfc_request_examples() {
+    let plain = [
+        "828684410f7777772e6578616d706c652e636f6d",
+        "828684be58086e6f2d6361636865",
+        "828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565",
+    ];
+    let huffman = [
+        "828684418cf1e3c2e5f23a6ba0ab90f4ff",
+        "828684be5886a8eb10649cbf",
+        "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf",
+    ];
+    let expected: [&[&str]; 3] = [
+        &[
+            ":method: GET",
+            ":scheme: http",
+            ":path: /",
+            ":authority: www.example.com",
+        ],
+        &[
+            ":method: GET",
+            ":scheme: http",
+            ":path: /",
+            ":authority: www.example.com",
+            "cache-control: no-cache",
+        ],
+        &[
+            ":method: GET",
+            ":scheme: https",
+            ":path: /index.html",
+            ":authority: www.example.com",
+            "custom-key: custom-value",
+        ],
+    ];
+    for blocks in [plain, huffman] {
+        let mut decoder = Decoder::new(4096);
+        for ((block, fields), size) in blocks.iter().zip(expected).zip([57, 110, 164]) {
+            assert_eq!(decode(&mut decoder, block).unwrap(), fields);
+            assert_eq!(decoder.table_size(), size);
+        }
+    }
+}
+
+/// RFC 7541, C.6: three responses with a 256-octet table (set here by a
+/// size update in the first block), so entries are evicted; Huffman-coded.
+#[test]
+fn decodes_the_rfc_response_examples_with_eviction() {
+    let date1 = "date: Mon, 21 Oct 2013 20:13:21 GMT";
+    let location = "location: https://www.example.com";
+    let blocks = [
+        "3fe101 488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff6e919d29ad171863c78f0b97c8e9ae82ae43d3",
+        "4883640effc1c0bf",
+        "88c16196d07abe941054d444a8200595040b8166e084a62d1bffc05a839bd9ab77ad94e7821dd7f2e6c7b335dfdfcd5b3960d5af27087f3672c1ab270fb5291f9587316065c003ed4ee5b1063d5007",
+    ];
+    let expected: [&[&str]; 3] = [
+        &[":status: 302", "cache-control: private", date1, location],
+        &[":status: 307", "cache-control: private", date1, location],
+        &[
+            ":status: 200",
+            "cache-control: private",
+            "date: Mon, 21 Oct 2013 20:13:22 GMT",
+            location,
+            "content-encoding: gzip",
+            "set-cookie: foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1",
+        ],
+    ];
+    let mut decoder = Decoder::new(4096);
+    for ((block, fields), size) in blocks.iter().zip(expected).zip([222, 222, 215]) {
+        assert_eq!(decode(&mut decoder, block).unwrap(), fields);
+        assert_eq!((decoder.table_size(), decoder.table_max()), (size, 256));
+    }
+}
+
+/// RFC 7541, C.1, and the limit.
+#[test]
+fn integers() {
+    let read = |bytes: &[u8], prefix| integer(bytes, &mut 0, prefix);
+    assert_eq!(read(&[0x0a], 5), Ok(10));
+    assert_eq!(read(&[0x1f, 0x9a, 0x0a], 5), Ok(1337));
+    assert_eq!(read(&[0x2a], 8), Ok(42));
+    assert_eq!(read(&[0x1f, 0x9a], 5), Err(DecodeError::Truncated));
+    assert_eq!(
+        read(&[0x1f, 0xff, 0xff, 0xff, 0xff, 0x7f], 5),
+        Err(DecodeError::IntegerOverflow)
+    );
+    assert_eq!(
+        read(&[0x1f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01], 5),
+        Err(DecodeError::IntegerOverflow)
+    );
+    for value in [0, 14, 15, 16, 127, 128, 1337, 65_535, 1 << 20] {
+        let mut out = BytesMut::new();
+        put_integer(value, 4, 0x10, &mut out);
+        assert_eq!(out[0] & 0xf0, 0x10, "flags kept");
+        let mut at = 0;
+        assert_eq!(integer(&out, &mut at, 4), Ok(value));
+        assert_eq!(at, out.len());
+    }
+}
+
+#[test]
+fn encoding_errors_end_the_connection() {
+    let cases = [
+        ("80", DecodeError::BadIndex(0)),
+        ("be", DecodeError::BadIndex(62)),
+        ("40", DecodeError::Truncated),
+        ("4003616263", DecodeError::Truncated),
+        ("0f", DecodeError::Truncated),
+        ("4081ff0161", DecodeError::Huffman),
+        // A size update after a field.
+        ("82 20", DecodeError::SizeUpdate(0)),
+        // A size update above the announced 4096.
+        ("3fe21f", DecodeError::SizeUpdate(4097)),
+    ];
+    for (block, error) in cases {
+        assert_eq!(
+            decode(&mut Decoder::new(4096), block),
+            Err(error),
+            "{block}"
+        );
+    }
+    // Two size updates at the start are allowed (the smallest, then the new).
+    let mut decoder = Decoder::new(4096);
+    assert_eq!(
+        decode(&mut decoder, "20 3f3d 82").unwrap(),
+        [":method: GET"]
+    );
+    assert_eq!(decoder.table_max(), 92);
+}
+
+/// Malformed fields are reported as such, and still take their place in
+/// the table: a later reference to them is malformed too, and the entries
+/// after them keep their indexes.
+#[test]
+fn malformed_fields_keep_the_table_in_step() {
+    let mut decoder = Decoder::new(4096);
+    let literal = |name: &str, value: &str| {
+        let mut block = vec![0x40, name.len() as u8];
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+        block.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let cases = [
+        (literal("X-Upper", "v"), false),
+        (literal(":unknown", "v"), false),
+        (literal("bad name", "v"), false),
+        (literal("", "v"), false),
+        (literal("x-cr", "a\rb"), false),
+        (literal("x-nul", "a\0b"), false),
+        (literal("x-lead", " a"), false),
+        (literal("x-trail", "a\t"), false),
+        (literal("x-ok", "a b"), true),
+        (literal("x-obs", "caf\u{e9}"), true),
+    ];
+    for (block, ok) in &cases {
+        let fields = decode(&mut decoder, block).unwrap();
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields[0] != "malformed", *ok, "{block}: {fields:?}");
+    }
+    // Newest first: index 62 is "x-obs", 63 "x-ok", 71 "X-Upper".
+    assert_eq!(decode(&mut decoder, "bf").unwrap(), ["x-ok: a b"]);
+    assert_eq!(decode(&mut decoder, "c7").unwrap(), ["malformed"]);
+    let sizes: usize = cases
+        .iter()
+        .map(|(b, _)| b.len() / 2 - 3 + ENTRY_OVERHEAD)
+        .sum();
+    assert_eq!(decoder.table_size(), sizes);
+}
+
+#[test]
+fn never_indexed_values_stay_sensitive_and_out_of_the_table() {
+    let mut decoder = Decoder::new(4096);
+    let mut seen = Vec::new();
+    // authorization (index 23) never indexed; then x-a: b without indexing.
+    let block = hex("1f08 06 736563726574 00 03782d61 0162");
+    decoder
+        .decode(&block, |f, size| seen.push((f, size)))
+        .unwrap();
+    match &seen[..] {
+        [(Field::Header(n1, v1), s1), (Field::Header(n2, v2), s2)] => {
+            assert_eq!(
+                (n1.as_str(), v1.as_bytes(), *s1),
+                ("authorization", &b"secret"[..], 51)
+            );
+            assert!(v1.is_sensitive());
+            assert_eq!((n2.as_str(), v2.as_bytes(), *s2), ("x-a", &b"b"[..], 36));
+            assert!(!v2.is_sensitive());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(decoder.table_size(), 0);
+}
+
+/// What the encoder writes, decoded again: every field, in order, the
+/// sensitive ones never indexed, nothing added to the peer's table.
+#[test]
+fn the_encoder_round_trips_through_the_decoder() {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    headers.append("set-cookie", HeaderValue::from_static("a=1"));
+    headers.append("set-cookie", HeaderValue::from_static("b=2"));
+    let mut id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    id.set_sensitive(true);
+    headers.insert("x-request-id", id);
+    let long = "v".repeat(300);
+    headers.insert("x-long", HeaderValue::from_str(&long).unwrap());
+    let mut encoder = Encoder::default();
+    let mut decoder = Decoder::new(4096);
+    for (status, first) in [(200, "20 88"), (302, "08 03 333032"), (200, "88")] {
+        let mut block = BytesMut::new();
+        encoder.response(StatusCode::from_u16(status).unwrap(), &headers, &mut block);
+        let block = block.freeze();
+        assert!(block.starts_with(&hex(first)), "{status}: {block:x?}");
+        let mut seen = Vec::new();
+        decoder.decode(&block, |f, _| seen.push(f)).unwrap();
+        let mut expected = vec![Field::Pseudo(
+            Pseudo::Status,
+            HeaderValue::from_str(&status.to_string()).unwrap(),
+        )];
+        expected.extend(
+            headers
+                .iter()
+                .map(|(n, v)| Field::Header(n.clone(), v.clone())),
+        );
+        assert_eq!(seen, expected);
+        let sensitive: Vec<bool> = seen[1..]
+            .iter()
+            .map(|f| matches!(f, Field::Header(_, v) if v.is_sensitive()))
+            .collect();
+        assert_eq!(sensitive, [false, false, false, true, false]);
+        assert_eq!(decoder.table_size(), 0);
+    }
+    encoder.peer_table_size_changed();
+    let mut block = BytesMut::new();
+    encoder.trailers(&HeaderMap::new(), &mut block);
+    assert_eq!(&block[..], [0x20]);
+}
