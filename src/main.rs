@@ -19,7 +19,7 @@ use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
 use portico_gateway::pool::Http1Client;
 use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
-use portico_gateway::server::{DEFAULT_LISTEN_BACKLOG, Http1Server, ServerSettings};
+use portico_gateway::server::{DEFAULT_LISTEN_BACKLOG, Http1Server, Http2Server, ServerSettings};
 use portico_gateway::tls::cert::CertFiles;
 use portico_gateway::tls::{ClientAuth, TlsSettings};
 use portico_registry::auth::{Tokens, check_exposure};
@@ -46,6 +46,13 @@ struct Cli {
 /// `--http1-server`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Http1ServerArg {
+    Native,
+    Hyper,
+}
+
+/// `--http2-server`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Http2ServerArg {
     Native,
     Hyper,
 }
@@ -435,6 +442,11 @@ struct GatewayArgs {
     /// `hyper` (hyper's, as before; kept to compare and to fall back on).
     #[arg(long, value_enum, default_value = "native")]
     http1_server: Http1ServerArg,
+    /// Which server speaks HTTP/2 on the gateway's listeners: `hyper`
+    /// (hyper's, the h2 crate) or `native` (Portico's own, experimental:
+    /// for measuring, not yet the default).
+    #[arg(long, value_enum, default_value = "hyper")]
+    http2_server: Http2ServerArg,
     /// Which client speaks HTTP/1.1 to cleartext upstreams: `native`
     /// (Portico's own, run by the request's task, an idle connection a
     /// socket alone) or `hyper` (a task per connection, as before; kept to
@@ -900,6 +912,10 @@ impl GatewayArgs {
                 http1: match self.http1_server {
                     Http1ServerArg::Native => Http1Server::Native,
                     Http1ServerArg::Hyper => Http1Server::Hyper,
+                },
+                http2: match self.http2_server {
+                    Http2ServerArg::Native => Http2Server::Native,
+                    Http2ServerArg::Hyper => Http2Server::Hyper,
                 },
                 ..ServerSettings::default()
             },

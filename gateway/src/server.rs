@@ -114,6 +114,8 @@ struct Protocols {
     header_read_timeout: Duration,
     /// The native HTTP/1.1 server's limits; `None`: hyper's serves HTTP/1.1.
     native: Option<h1::server::Settings>,
+    /// The native HTTP/2 server's limits; `None`: hyper's serves HTTP/2.
+    native_h2: Option<crate::h2::server::Settings>,
 }
 
 impl Protocols {
@@ -127,8 +129,14 @@ impl Protocols {
             header_read_timeout: settings.header_read_timeout,
             max_head: settings.max_header_size,
         });
+        let native_h2 =
+            (settings.http2 == Http2Server::Native).then_some(crate::h2::server::Settings {
+                max_concurrent_streams: settings.max_concurrent_streams,
+                max_header_list_size: settings.max_header_size as u32,
+            });
         Protocols {
             http1: h1,
+            native_h2,
             max_header_list_size: settings.max_header_size as u32,
             max_concurrent_streams: settings.max_concurrent_streams,
             header_read_timeout: settings.header_read_timeout,
@@ -175,11 +183,24 @@ pub struct ServerSettings {
     pub max_connections_per_ip: Option<usize>,
     /// Which server speaks HTTP/1.1 on the gateway's listeners.
     pub http1: Http1Server,
+    /// Which server speaks HTTP/2 on the gateway's listeners.
+    pub http2: Http2Server,
     /// Have Linux queue a new connection for accepting only once its first
     /// bytes arrive, or this long passes (`TCP_DEFER_ACCEPT`, whole
     /// seconds; nothing elsewhere): one wake-up per new connection instead
     /// of two (the `sockopt` module). `None`: accepted with the handshake.
     pub defer_accept: Option<Duration>,
+}
+
+/// Which server speaks HTTP/2 on the gateway's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http2Server {
+    /// hyper's (the h2 crate).
+    #[default]
+    Hyper,
+    /// The native server ([`crate::h2::server`]): experimental, for
+    /// measuring; not the default until it has been tried further.
+    Native,
 }
 
 /// Which server speaks HTTP/1.1 on the gateway's listeners.
@@ -204,6 +225,7 @@ impl Default for ServerSettings {
             max_connections: None,
             max_connections_per_ip: None,
             http1: Http1Server::default(),
+            http2: Http2Server::default(),
             defer_accept: Some(DEFAULT_DEFER_ACCEPT),
         }
     }
@@ -732,6 +754,17 @@ where
             let conn = pin!(h1::server::serve(io, prefix, settings, &closing, handle));
             let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
             drive(conn, graceful, &mut watch).await;
+            return;
+        }
+        if let (Protocol::H2c, Some(settings)) = (protocol, &shared.protocols.native_h2) {
+            let closing = AtomicBool::new(false);
+            // Boxed: its state would otherwise size every HTTP/1.1
+            // connection's task too.
+            let mut conn = h1::box_in_place(|| {
+                crate::h2::server::serve(io, prefix, settings, &closing, handle)
+            });
+            let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
+            drive(conn.as_mut(), graceful, &mut watch).await;
             return;
         }
         // Boxed: hyper's connection state would otherwise size every native

@@ -85,6 +85,19 @@ pub fn store_under_test() -> &'static str {
     }
 }
 
+/// The HTTP/2 server the gateways under test run, when chosen:
+/// `PORTICO_TEST_HTTP2_SERVER=native` (or `hyper`); unset, each test's own
+/// setting (the default unless it says otherwise).
+pub fn http2_server_under_test() -> Option<portico_gateway::server::Http2Server> {
+    use portico_gateway::server::Http2Server;
+    match std::env::var("PORTICO_TEST_HTTP2_SERVER").as_deref() {
+        Ok("native") => Some(Http2Server::Native),
+        Ok("hyper") => Some(Http2Server::Hyper),
+        Ok(other) => panic!("PORTICO_TEST_HTTP2_SERVER={other}: native or hyper"),
+        Err(_) => None,
+    }
+}
+
 impl TestRegistry {
     /// A registry on the store under test (see [`store_under_test`]).
     pub async fn start(lease: LeasePolicy) -> TestRegistry {
@@ -310,6 +323,9 @@ impl TestGateway {
     }
 
     async fn launch(mut options: GatewayOptions, with_tls: bool) -> TestGateway {
+        if let Some(server) = http2_server_under_test() {
+            options.server.http2 = server;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = match with_tls {

@@ -15,6 +15,10 @@
 //! - [`h1_codec`]: bytes into the downstream HTTP/1.1 codec (request head
 //!   parser, chunked decoder and encoder), no sockets: framing never two
 //!   ways, the same result however the bytes are split, round trips.
+//! - [`h2_conn`]: bytes into an HTTP/2 connection's protocol state: what
+//!   it writes parses, errors are final, stream limits and event order hold.
+//! - [`h2_frame`]: bytes into the HTTP/2 frame parser: frames taken off
+//!   whole, the same in pieces, this side's writers parse back.
 //! - [`hpack`]: bytes into the HPACK decoder (and Huffman strings against
 //!   a bit-by-bit reference): tables within their limits, field sizes,
 //!   decoded fields through the encoder and back unchanged.
@@ -32,6 +36,8 @@
 #![forbid(unsafe_code)]
 
 pub mod h1_codec;
+pub mod h2_conn;
+pub mod h2_frame;
 pub mod hpack;
 pub mod http1_raw;
 mod panics;
@@ -59,6 +65,14 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "h1_codec",
         check: h1_codec::check,
+    },
+    Target {
+        name: "h2_conn",
+        check: h2_conn::check,
+    },
+    Target {
+        name: "h2_frame",
+        check: h2_frame::check,
     },
     Target {
         name: "hpack",

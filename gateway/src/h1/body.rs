@@ -215,6 +215,8 @@ pub enum RequestBody {
     Hyper(hyper::body::Incoming),
     /// Read by the native HTTP/1.1 server.
     H1(H1Body),
+    /// Read by the native HTTP/2 server.
+    H2(crate::h2::body::H2Body),
 }
 
 /// Why a [`RequestBody`] failed.
@@ -226,6 +228,9 @@ pub enum RequestBodyError {
     /// The native server's error.
     #[error(transparent)]
     H1(#[from] H1BodyError),
+    /// The native HTTP/2 server's error.
+    #[error(transparent)]
+    H2(#[from] crate::h2::body::H2BodyError),
 }
 
 impl RequestBodyError {
@@ -235,6 +240,8 @@ impl RequestBodyError {
         match self {
             RequestBodyError::Hyper(e) => e.is_incomplete_message() || e.is_canceled(),
             RequestBodyError::H1(e) => *e == H1BodyError::Gone,
+            // A reset or a closed connection: the client's doing either way.
+            RequestBodyError::H2(_) => true,
         }
     }
 }
@@ -257,6 +264,7 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -265,6 +273,7 @@ impl Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::H1(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -273,6 +282,7 @@ impl Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Hyper(b) => b.size_hint(),
             RequestBody::H1(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
         }
     }
 }

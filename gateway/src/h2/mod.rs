@@ -1,22 +1,43 @@
-//! The pieces of a proxy-native HTTP/2 server (issue 15), built as the
-//! HTTP/1.1 codec was ([`crate::h1`]): codecs with no I/O in them, unit
-//! tested and fuzzed alone (`fuzz/fuzz_targets/hpack.rs`).
+//! A proxy-native HTTP/2 server (issue 15), built as the HTTP/1.1 one was
+//! ([`crate::h1`]): codecs and the protocol state with no I/O in them,
+//! unit tested and fuzzed alone (`fuzz/` targets `hpack`, `h2_frame`,
+//! `h2_conn`), and a connection loop around them.
 //!
-//! hyper's HTTP/2 server (the h2 crate) serves the gateway's HTTP/2 today.
-//! In the h2c profile (bench/RESULTS.md) the h2 crate's connection
+//! hyper's HTTP/2 server (the h2 crate) serves the gateway's HTTP/2 by
+//! default. In the h2c profile (bench/RESULTS.md) the h2 crate's connection
 //! machinery (frames moved between queues, a stream store behind a lock,
 //! HPACK with a dynamic table and Huffman coding on both sides) is about
 //! 19,000 of the 41,000 instructions a proxied request takes, more than
-//! HAProxy's whole gap. This module is where its replacement is being
-//! built, one tested piece at a time; nothing serves traffic through it yet.
+//! HAProxy's whole gap. This module is its replacement, served with
+//! `--http2-server native` (`ServerSettings::http2`): experimental, and
+//! not the default until it has been tried further.
 //!
 //! # Module map
 //!
+//! - [`server`]: the connection loop: the socket, the protocol state and
+//!   the connection's streams in one task, responses within the client's
+//!   windows, a client's reset dropping its request's work.
+//! - [`body`]: the request body the proxy reads, fed by the connection;
+//!   what it hands on opens the client's windows again.
+//! - [`conn`]: one connection's protocol state with no I/O: the preface
+//!   and settings, stream states, field blocks into requests, both
+//!   directions' flow control, GOAWAY, and limits against floods; bytes in,
+//!   events and frames to write out.
+//! - [`frame`]: frames parsed off a read buffer and checked on their own
+//!   (sizes, streams, padding, settings' values), and written.
 //! - [`hpack`]: header blocks decoded (the whole of RFC 7541) into checked
 //!   fields, and response heads encoded without a dynamic table.
+//! - [`request`]: a request's head from its decoded fields, checked as
+//!   RFC 9113 section 8 asks (pseudo-headers, connection-specific fields,
+//!   `te`, `content-length`), made as hyper's server made it.
 //! - [`table`]: HPACK's static table and a decoder's dynamic table.
 //! - [`huffman`]: HPACK's Huffman code, decoding only.
 
+pub mod body;
+pub mod conn;
+pub mod frame;
 pub mod hpack;
 pub mod huffman;
+pub mod request;
+pub mod server;
 pub mod table;

@@ -1,0 +1,190 @@
+//! A request body read by the native HTTP/2 server ([`super::server`]).
+//!
+//! The connection's task decodes frames and hands each stream's DATA to
+//! its body through a [`Feed`]; the proxy reads an [`H2Body`], wherever it
+//! runs (the upstream side may poll it from another task). What the body
+//! hands on is reported back ([`Released`]) so the connection opens the
+//! client's window by as much: the client can only be as far ahead as one
+//! window, whatever the upstream's pace.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+/// Why a native HTTP/2 request body ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum H2BodyError {
+    /// The client reset the stream before the end of the body.
+    #[error("client reset the stream before the end of the body")]
+    Reset,
+    /// The connection ended before the end of the body.
+    #[error("client closed the connection before the end of the body")]
+    Gone,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    data: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    error: Option<H2BodyError>,
+    waker: Option<Waker>,
+    /// The body was dropped: what arrives is released at once.
+    dropped: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Body bytes the proxy took (or dropped), per stream, for the
+/// connection's task to give back to the client's windows; and that task's
+/// waker.
+#[derive(Debug, Default)]
+pub struct Released {
+    taken: Mutex<Vec<(u32, usize)>>,
+    conn: AtomicWaker,
+}
+
+impl Released {
+    fn add(&self, stream: u32, n: usize) {
+        if n > 0 {
+            lock(&self.taken).push((stream, n));
+            self.conn.wake();
+        }
+    }
+
+    /// What was taken since the last call. `cx`'s task is woken when more is.
+    pub fn take(&self, cx: &Context<'_>) -> Vec<(u32, usize)> {
+        self.conn.register(cx.waker());
+        std::mem::take(&mut *lock(&self.taken))
+    }
+}
+
+/// The proxy's end of a request body.
+#[derive(Debug)]
+pub struct H2Body {
+    state: Arc<Mutex<State>>,
+    released: Arc<Released>,
+    stream: u32,
+    /// The request's `content-length`, for the size hint.
+    length: Option<u64>,
+    done: bool,
+}
+
+/// The connection's end of a request body.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    state: Arc<Mutex<State>>,
+}
+
+/// A body and its feed, for `stream`.
+pub fn channel(stream: u32, length: Option<u64>, released: Arc<Released>) -> (H2Body, Feed) {
+    let state = Arc::new(Mutex::new(State::default()));
+    let body = H2Body {
+        state: state.clone(),
+        released,
+        stream,
+        length,
+        done: false,
+    };
+    (body, Feed { state })
+}
+
+impl Feed {
+    /// Hands on DATA; returns its length if the body is gone (to release
+    /// at once).
+    pub fn data(&self, data: Bytes, end: bool) -> Option<usize> {
+        let mut state = lock(&self.state);
+        state.ended |= end;
+        if state.dropped {
+            return Some(data.len());
+        }
+        if !data.is_empty() {
+            state.data.push_back(data);
+        }
+        wake(&mut state);
+        None
+    }
+
+    /// Hands on trailers, which end the body.
+    pub fn trailers(&self, trailers: HeaderMap) {
+        let mut state = lock(&self.state);
+        state.trailers = Some(trailers);
+        state.ended = true;
+        wake(&mut state);
+    }
+
+    /// Ends the body with an error, unless it had ended.
+    pub fn fail(&self, error: H2BodyError) {
+        let mut state = lock(&self.state);
+        if !state.ended {
+            state.error = Some(error);
+            wake(&mut state);
+        }
+    }
+}
+
+fn wake(state: &mut State) {
+    if let Some(w) = state.waker.take() {
+        w.wake();
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = H2BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H2BodyError>>> {
+        let this = self.get_mut();
+        let mut state = lock(&this.state);
+        if let Some(data) = state.data.pop_front() {
+            drop(state);
+            this.released.add(this.stream, data.len());
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = state.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if state.ended {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        if let Some(error) = state.error.take() {
+            this.done = true;
+            return Poll::Ready(Some(Err(error)));
+        }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for H2Body {
+    fn drop(&mut self) {
+        let mut state = lock(&self.state);
+        state.dropped = true;
+        let held: usize = state.data.drain(..).map(|d| d.len()).sum();
+        drop(state);
+        self.released.add(self.stream, held);
+    }
+}

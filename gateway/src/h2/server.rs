@@ -1,0 +1,414 @@
+//! The native HTTP/2 server's connection loop: the socket, the protocol
+//! state ([`super::conn`]) and the connection's streams, all in the
+//! connection's own task.
+//!
+//! Each stream is one future at a time in a `FuturesUnordered`: first the
+//! request's answer, then its response body's next frame. A frame is
+//! written within the client's windows; what does not fit waits, parked,
+//! until a WINDOW_UPDATE makes room, and only then is the body polled
+//! again (so a slow client slows the upstream). Every stream's future is
+//! abortable: a reset from the client drops the request's work at once.
+//! Reading stops while more than [`OUT_HIGH`] bytes wait to be written,
+//! so a client that sends without reading cannot grow the connection's
+//! memory.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+
+use super::body::{self, Feed, H2BodyError, Released};
+use super::conn::{Config, Conn, Event};
+use super::frame::Reason;
+use crate::h1::body::RequestBody;
+use crate::h1::response::{Answer, Beside};
+use crate::h1::server::Io;
+
+/// Bytes waiting to be written past which the connection stops reading.
+pub const OUT_HIGH: usize = 256 * 1024;
+/// Room made in the read buffer before each read.
+const READ_ROOM: usize = 16 * 1024;
+
+/// The server's limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+}
+
+/// A stream's one piece of work under way.
+enum Task<Fut, B> {
+    /// The request's answer.
+    Answer { stream: u32, fut: Pin<Box<Fut>> },
+    /// The response body's next frame.
+    Body { stream: u32, body: Option<B> },
+}
+
+/// What a [`Task`] gave.
+enum Done<B: Body> {
+    Head(u32, Response<B>, Beside),
+    Frame(u32, B, Option<Result<Frame<Bytes>, B::Error>>),
+}
+
+impl<Fut, B> Future for Task<Fut, B>
+where
+    Fut: Future<Output: Answer<Body = B>>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Output = Done<B>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done<B>> {
+        match self.get_mut() {
+            Task::Answer { stream, fut } => {
+                let (resp, beside) = ready!(fut.as_mut().poll(cx)).into_parts();
+                Poll::Ready(Done::Head(*stream, resp, beside))
+            }
+            Task::Body { stream, body } => {
+                let b = body.as_mut().expect("polled after it gave its frame");
+                let frame = ready!(Pin::new(b).poll_frame(cx));
+                Poll::Ready(Done::Frame(*stream, body.take().expect("just used"), frame))
+            }
+        }
+    }
+}
+
+/// A response body waiting for window: the rest of its frame, and whether
+/// the body ended with it.
+struct Parked<B> {
+    body: B,
+    rest: Bytes,
+}
+
+/// One connection being served.
+struct Driver<'a, I, F, Fut, B> {
+    io: I,
+    conn: Conn,
+    buf: BytesMut,
+    service: F,
+    closing: &'a AtomicBool,
+    released: Arc<Released>,
+    feeds: HashMap<u32, Feed>,
+    aborts: HashMap<u32, AbortHandle>,
+    running: FuturesUnordered<Abortable<Task<Fut, B>>>,
+    parked: HashMap<u32, Parked<B>>,
+    read_closed: bool,
+    going_away: bool,
+    failed: bool,
+}
+
+/// Serves HTTP/2 on `io` (`prefix`: bytes already read, the preface's
+/// start) with `service`, until the connection ends; with `closing` set,
+/// it finishes the streams it has and closes (GOAWAY).
+pub fn serve<'a, I, F, Fut, B>(
+    io: I,
+    prefix: BytesMut,
+    settings: &Settings,
+    closing: &'a AtomicBool,
+    service: F,
+) -> impl Future<Output = io::Result<()>> + 'a
+where
+    I: Io,
+    F: FnMut(Request<RequestBody>) -> Fut + 'a,
+    Fut: Future<Output: Answer<Body = B>> + 'a,
+    B: Body<Data = Bytes> + Unpin + 'a,
+    B::Error: std::fmt::Display,
+{
+    let config = Config {
+        max_concurrent_streams: settings.max_concurrent_streams,
+        max_header_list_size: settings.max_header_list_size,
+        ..Config::default()
+    };
+    let mut driver = Driver {
+        io,
+        conn: Conn::new(config),
+        buf: prefix,
+        service,
+        closing,
+        released: Arc::new(Released::default()),
+        feeds: HashMap::new(),
+        aborts: HashMap::new(),
+        running: FuturesUnordered::new(),
+        parked: HashMap::new(),
+        read_closed: false,
+        going_away: false,
+        failed: false,
+    };
+    std::future::poll_fn(move |cx| driver.poll(cx))
+}
+
+impl<I, F, Fut, B> Driver<'_, I, F, Fut, B>
+where
+    I: Io,
+    F: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output: Answer<Body = B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut progress = self.take_released(cx);
+            if !self.going_away && self.closing.load(Ordering::Acquire) {
+                self.going_away = true;
+                self.conn.go_away();
+            }
+            progress |= self.poll_read(cx)?;
+            while let Poll::Ready(Some(done)) = self.running.poll_next_unpin(cx) {
+                progress = true;
+                if let Ok(done) = done {
+                    self.done(done);
+                }
+            }
+            progress |= self.unpark();
+            let flushed = self.poll_write(cx)?;
+            if flushed && self.finished() {
+                return Poll::Ready(Ok(()));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Whether there is nothing left to do (all written).
+    fn finished(&self) -> bool {
+        let idle = self.running.is_empty() && self.parked.is_empty();
+        self.failed || (idle && (self.read_closed || self.conn.is_done()))
+    }
+
+    /// Gives the client back what the bodies took.
+    fn take_released(&mut self, cx: &Context<'_>) -> bool {
+        let taken = self.released.take(cx);
+        for &(stream, n) in &taken {
+            self.conn.release(stream, n);
+        }
+        !taken.is_empty()
+    }
+
+    /// Reads once, if there is room to answer; `true` if bytes came.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        if self.read_closed || self.failed || self.conn.out.len() > OUT_HIGH {
+            return Ok(false);
+        }
+        self.buf.reserve(READ_ROOM);
+        let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(false),
+        };
+        if n == 0 {
+            self.read_closed = true;
+            self.fail_bodies(H2BodyError::Gone);
+            return Ok(true);
+        }
+        if self.conn.recv(&mut self.buf).is_err() {
+            self.failed = true;
+            self.fail_bodies(H2BodyError::Gone);
+        }
+        for event in self.conn.take_events() {
+            self.event(event);
+        }
+        Ok(true)
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Request {
+                stream,
+                head,
+                end_stream,
+            } => self.start(stream, head, end_stream),
+            Event::Data {
+                stream,
+                data,
+                end_stream,
+            } => {
+                let drop_now = match self.feeds.get(&stream) {
+                    Some(feed) => feed.data(data, end_stream),
+                    None => Some(data.len()),
+                };
+                if let Some(n) = drop_now {
+                    self.conn.release(stream, n);
+                }
+                if end_stream {
+                    self.feeds.remove(&stream);
+                }
+            }
+            Event::Trailers { stream, trailers } => {
+                if let Some(feed) = self.feeds.remove(&stream) {
+                    feed.trailers(trailers);
+                }
+            }
+            Event::Reset { stream, .. } => self.forget(stream, H2BodyError::Reset),
+            Event::GoAway { .. } => {}
+        }
+    }
+
+    /// A new request: its body's feed kept, the service's answer started.
+    fn start(&mut self, stream: u32, head: super::request::Head, end_stream: bool) {
+        let body = if end_stream {
+            RequestBody::Empty
+        } else {
+            let (body, feed) = body::channel(stream, head.content_length, self.released.clone());
+            self.feeds.insert(stream, feed);
+            RequestBody::H2(body)
+        };
+        let fut = Box::pin((self.service)(Request::from_parts(head.parts, body)));
+        self.push(stream, Task::Answer { stream, fut });
+    }
+
+    fn push(&mut self, stream: u32, task: Task<Fut, B>) {
+        let (task, abort) = futures_util::future::abortable(task);
+        self.aborts.insert(stream, abort);
+        self.running.push(task);
+    }
+
+    /// The stream is gone: its work stopped, its body told.
+    fn forget(&mut self, stream: u32, why: H2BodyError) {
+        if let Some(abort) = self.aborts.remove(&stream) {
+            abort.abort();
+        }
+        self.parked.remove(&stream);
+        if let Some(feed) = self.feeds.remove(&stream) {
+            feed.fail(why);
+        }
+    }
+
+    fn fail_bodies(&mut self, why: H2BodyError) {
+        for (_, feed) in self.feeds.drain() {
+            feed.fail(why);
+        }
+    }
+
+    fn done(&mut self, done: Done<B>) {
+        match done {
+            Done::Head(stream, resp, beside) => self.head(stream, resp, beside),
+            Done::Frame(stream, body, frame) => self.frame(stream, body, frame),
+        }
+    }
+
+    fn head(&mut self, stream: u32, mut resp: Response<B>, beside: Beside) {
+        beside.fold(&mut resp);
+        let (mut parts, body) = resp.into_parts();
+        strip_connection_fields(&mut parts.headers);
+        let end = body.is_end_stream();
+        self.conn.respond(stream, parts.status, &parts.headers, end);
+        if end {
+            self.aborts.remove(&stream);
+        } else {
+            self.push(
+                stream,
+                Task::Body {
+                    stream,
+                    body: Some(body),
+                },
+            );
+        }
+    }
+
+    fn frame(&mut self, stream: u32, body: B, frame: Option<Result<Frame<Bytes>, B::Error>>) {
+        match frame {
+            None => {
+                self.conn.send_data(stream, &[], true);
+                self.aborts.remove(&stream);
+            }
+            Some(Err(e)) => {
+                tracing::debug!(stream, error = %e, "response body failed; stream reset");
+                self.conn.reset(stream, Reason::INTERNAL_ERROR);
+                self.aborts.remove(&stream);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.send(stream, body, data),
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.conn.send_trailers(stream, &trailers);
+                    }
+                    self.aborts.remove(&stream);
+                }
+            },
+        }
+    }
+
+    /// Writes what the windows allow of `data`; parks the rest.
+    fn send(&mut self, stream: u32, body: B, mut data: Bytes) {
+        let end = body.is_end_stream();
+        let sent = self.conn.send_data(stream, &data, end);
+        data.advance(sent);
+        if !data.is_empty() {
+            self.parked.insert(stream, Parked { body, rest: data });
+        } else if end {
+            self.aborts.remove(&stream);
+        } else {
+            self.push(
+                stream,
+                Task::Body {
+                    stream,
+                    body: Some(body),
+                },
+            );
+        }
+    }
+
+    /// Sends parked frames that the windows now have room for.
+    fn unpark(&mut self) -> bool {
+        let ready: Vec<u32> = self
+            .parked
+            .keys()
+            .copied()
+            .filter(|&s| self.conn.capacity(s) > 0)
+            .collect();
+        for &stream in &ready {
+            let Parked { body, rest } = self.parked.remove(&stream).expect("listed");
+            self.send(stream, body, rest);
+        }
+        !ready.is_empty()
+    }
+
+    /// Writes what the connection has to send; `true` once all of it is
+    /// written and flushed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        while !self.conn.out.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.conn.out) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.conn.out.advance(n),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(false),
+            }
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => Ok(false),
+        }
+    }
+}
+
+/// Fields HTTP/2 forbids (RFC 9113, section 8.2.2), if a response carries
+/// any (the proxy strips them from upstream responses; an embedder's layer
+/// might add one). Looked for in one pass over the names.
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    let forbidden = |name: &http::HeaderName| {
+        name == CONNECTION
+            || name == TRANSFER_ENCODING
+            || name == UPGRADE
+            || name == "keep-alive"
+            || name == "proxy-connection"
+    };
+    if headers.keys().any(forbidden) {
+        for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+            headers.remove(name);
+        }
+        headers.remove("keep-alive");
+        headers.remove("proxy-connection");
+    }
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
+}

@@ -1,0 +1,239 @@
+//! The native HTTP/2 server (`--http2-server native`, `gateway/src/h2/`)
+//! with real clients: curl and h2load (nghttp2) over h2c, and the h2
+//! crate's client for bodies larger than every window, both ways, and for
+//! a stream reset mid-upload. The HTTP/2, gRPC and TLS suites also run on
+//! it in CI (`PORTICO_TEST_HTTP2_SERVER=native`, see .ci/run).
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use portico_gateway::GatewayOptions;
+use portico_gateway::config::Config;
+use portico_gateway::proxy::ProxySettings;
+use portico_gateway::server::{Http2Server, ServerSettings};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+async fn native_gateway(upstream: SocketAddr) -> TestGateway {
+    TestGateway::start(GatewayOptions {
+        config: Config::parse(&format!(
+            "[[route]]\nname = \"up\"\nupstreams = [\"{upstream}\"]\n"
+        ))
+        .unwrap(),
+        proxy: ProxySettings {
+            access_log: false,
+            ..ProxySettings::default()
+        },
+        server: ServerSettings {
+            http2: Http2Server::Native,
+            ..ServerSettings::default()
+        },
+        ..GatewayOptions::default()
+    })
+    .await
+}
+
+fn fnv1a(data: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} is needed (.ci/run installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_and_h2load_through_the_native_server() {
+    let echo = TestEcho::start("e").await;
+    let gw = native_gateway(echo.addr).await;
+    let url = format!("{}/hello?x=1", gw.url);
+    let answer = tokio::task::spawn_blocking(move || {
+        run("curl", &["-sS", "--http2-prior-knowledge", "-D", "-", &url])
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/2 200"), "{answer}");
+    assert!(answer.contains("x-request-id: "), "{answer}");
+    assert!(answer.contains("\"path\":\"/hello\""), "{answer}");
+    let url = format!("{}/load", gw.url);
+    let report = tokio::task::spawn_blocking(move || {
+        run("h2load", &["-n", "2000", "-c", "2", "-m", "32", &url])
+    })
+    .await
+    .unwrap();
+    assert!(
+        report.contains("2000 total, 2000 started, 2000 done, 2000 succeeded"),
+        "{report}"
+    );
+    assert!(report.contains("status codes: 2000 2xx"), "{report}");
+}
+
+/// An h2c client connection to `addr`.
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Reads a response body whole, giving each piece's window back.
+async fn read_all(mut body: h2::RecvStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_larger_than_every_window_arrives_whole() {
+    let echo = TestEcho::start("e").await;
+    let gw = native_gateway(echo.addr).await;
+    let client = h2_client(gw.addr).await;
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let req = http::Request::post("http://localhost/up")
+        .header("content-length", data.len())
+        .body(())
+        .unwrap();
+    let (resp, mut send) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, false)
+        .unwrap();
+    // Sent as the gateway's windows allow: 3 MiB against 1 MiB windows.
+    let mut rest = Bytes::from(data.clone());
+    while !rest.is_empty() {
+        send.reserve_capacity(rest.len().min(64 * 1024));
+        let room = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        let piece = rest.split_to(room.min(rest.len()));
+        send.send_data(piece, rest.is_empty()).unwrap();
+    }
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = read_all(resp.into_body()).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["body_len"], data.len());
+    assert_eq!(v["body_fnv1a"], fnv1a(&data).as_str());
+}
+
+/// An upstream that answers every request with `size` bytes.
+async fn big_origin(size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from((0..size).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_larger_than_the_clients_window_arrive_whole() {
+    let size = 5 * 1024 * 1024;
+    let origin = big_origin(size).await;
+    let gw = native_gateway(origin).await;
+    let client = h2_client(gw.addr).await;
+    // Three at once on one connection: each is held to the client's 64 KiB
+    // stream window, and all share its connection window.
+    let mut pending = Vec::new();
+    for n in 0..3 {
+        let req = http::Request::get(format!("http://localhost/big/{n}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(req, true)
+            .unwrap();
+        pending.push(tokio::spawn(async move {
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            read_all(resp.into_body()).await
+        }));
+    }
+    let expected: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    for p in pending {
+        let body = p.await.unwrap();
+        assert_eq!(body.len(), size);
+        assert!(body == expected, "the body arrived intact");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_mid_upload_leaves_the_connection_serving() {
+    let echo = TestEcho::start("e").await;
+    let gw = native_gateway(echo.addr).await;
+    let client = h2_client(gw.addr).await;
+    let req = http::Request::post("http://localhost/slow")
+        .body(())
+        .unwrap();
+    let (_resp, mut send) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, false)
+        .unwrap();
+    send.send_data(Bytes::from(vec![1u8; 100_000]), false)
+        .unwrap();
+    send.send_reset(h2::Reason::CANCEL);
+    for n in 0..20 {
+        let req = http::Request::get(format!("http://localhost/after/{n}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(req, true)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v: serde_json::Value =
+            serde_json::from_slice(&read_all(resp.into_body()).await).unwrap();
+        assert_eq!(v["path"], format!("/after/{n}"));
+    }
+}
