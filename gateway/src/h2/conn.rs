@@ -26,7 +26,7 @@
 //!   block, and PINGs or SETTINGS sent while a megabyte of answers waits
 //!   unread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
@@ -135,11 +135,7 @@ struct Stream {
 /// A field block that CONTINUATION frames are still adding to.
 #[derive(Debug)]
 struct Pending {
-    stream: u32,
-    end_stream: bool,
-    /// The HEADERS frame's priority named its own stream.
-    self_dependent: bool,
-    kind: recv::BlockFor,
+    head: recv::BlockHead,
     block: BytesMut,
     continuations: u32,
 }
@@ -154,7 +150,7 @@ pub struct Conn {
     /// The client's settings that this side obeys.
     peer_window: u32,
     peer_max_frame: u32,
-    streams: HashMap<u32, Stream>,
+    streams: super::StreamMap<Stream>,
     /// The highest stream the client opened.
     last_stream: u32,
     /// Once this side sent GOAWAY: the last stream it will serve.
@@ -168,6 +164,9 @@ pub struct Conn {
     recent_resets: VecDeque<u32>,
     empty_frames: u32,
     events: Vec<Event>,
+    /// Where a header block is encoded before it is framed (kept: one
+    /// allocation per connection, not per response).
+    scratch: BytesMut,
     /// Frames to write, in order.
     pub out: BytesMut,
 }
@@ -193,7 +192,7 @@ impl Conn {
             phase: Phase::Preface,
             peer_window: DEFAULT_WINDOW,
             peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
-            streams: HashMap::new(),
+            streams: super::StreamMap::default(),
             last_stream: 0,
             goaway: None,
             pending: None,
@@ -204,6 +203,7 @@ impl Conn {
             recent_resets: VecDeque::new(),
             empty_frames: 0,
             events: Vec::new(),
+            scratch: BytesMut::new(),
             out: BytesMut::new(),
             config,
         };
@@ -326,13 +326,19 @@ impl Conn {
         std::mem::take(&mut self.events)
     }
 
+    /// The same, swapped into `into` (which must be empty): the caller's
+    /// vector and this one take turns, so neither is allocated again.
+    pub fn swap_events(&mut self, into: &mut Vec<Event>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut self.events, into);
+    }
+
     fn frame(&mut self, frame: Frame) -> Step {
         if self.phase == Phase::FirstSettings && !matches!(frame, Frame::Settings(_)) {
             return Err(conn_error(Reason::PROTOCOL_ERROR));
         }
         if let Some(pending) = &self.pending {
-            let follows =
-                matches!(frame, Frame::Continuation { stream, .. } if stream == pending.stream);
+            let follows = matches!(frame, Frame::Continuation { stream, .. } if stream == pending.head.stream());
             if !follows {
                 return Err(conn_error(Reason::PROTOCOL_ERROR));
             }

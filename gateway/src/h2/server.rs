@@ -12,7 +12,6 @@
 //! so a client that sends without reading cannot grow the connection's
 //! memory.
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -96,10 +95,13 @@ struct Driver<'a, I, F, Fut, B> {
     service: F,
     closing: &'a AtomicBool,
     released: Arc<Released>,
-    feeds: HashMap<u32, Feed>,
-    aborts: HashMap<u32, AbortHandle>,
+    feeds: super::StreamMap<Feed>,
+    aborts: super::StreamMap<AbortHandle>,
     running: FuturesUnordered<Abortable<Task<Fut, B>>>,
-    parked: HashMap<u32, Parked<B>>,
+    parked: super::StreamMap<Parked<B>>,
+    /// The events of the last read, kept to be swapped with the
+    /// connection's (no vector allocated per read).
+    events: Vec<Event>,
     read_closed: bool,
     going_away: bool,
     failed: bool,
@@ -134,10 +136,11 @@ where
         service,
         closing,
         released: Arc::new(Released::default()),
-        feeds: HashMap::new(),
-        aborts: HashMap::new(),
+        feeds: super::StreamMap::default(),
+        aborts: super::StreamMap::default(),
         running: FuturesUnordered::new(),
-        parked: HashMap::new(),
+        parked: super::StreamMap::default(),
+        events: Vec::new(),
         read_closed: false,
         going_away: false,
         failed: false,
@@ -213,9 +216,12 @@ where
             self.failed = true;
             self.fail_bodies(H2BodyError::Gone);
         }
-        for event in self.conn.take_events() {
+        let mut events = std::mem::take(&mut self.events);
+        self.conn.swap_events(&mut events);
+        for event in events.drain(..) {
             self.event(event);
         }
+        self.events = events;
         Ok(true)
     }
 

@@ -13,6 +13,22 @@ const MAX_EMPTY_FRAMES: u32 = 1000;
 /// CONTINUATION frames one field block may take.
 const MAX_CONTINUATIONS: u32 = 64;
 
+/// What a HEADERS frame said about the field block it starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BlockHead {
+    stream: u32,
+    end_stream: bool,
+    /// Its priority named its own stream.
+    self_dependent: bool,
+    kind: BlockFor,
+}
+
+impl BlockHead {
+    pub(super) fn stream(&self) -> u32 {
+        self.stream
+    }
+}
+
 /// What a field block is for, decided by its HEADERS frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BlockFor {
@@ -42,18 +58,21 @@ impl Conn {
         if kind == BlockFor::Request {
             self.last_stream = stream;
         }
-        let pending = Pending {
+        let head = BlockHead {
             stream,
             end_stream,
             self_dependent,
             kind,
-            block: BytesMut::from(&fragment[..]),
-            continuations: 0,
         };
         if end_headers {
-            return self.block(pending);
+            // The whole block in one frame: decoded where it was read.
+            return self.block(head, fragment);
         }
-        self.pending = Some(pending);
+        self.pending = Some(Pending {
+            head,
+            block: BytesMut::from(&fragment[..]),
+            continuations: 0,
+        });
         Ok(())
     }
 
@@ -89,31 +108,28 @@ impl Conn {
         if !end_headers {
             return Ok(());
         }
-        let pending = self.pending.take().expect("just used");
-        self.block(pending)
+        let Pending { head, block, .. } = self.pending.take().expect("just used");
+        self.block(head, &block.freeze())
     }
 
     /// A whole field block: decoded whatever becomes of it (the table must
     /// follow the client's), then a request, trailers, or nothing.
-    fn block(&mut self, pending: Pending) -> Step {
-        let Pending {
+    fn block(&mut self, head: BlockHead, block: &Bytes) -> Step {
+        let BlockHead {
             stream,
             end_stream,
             self_dependent,
             kind,
-            block,
-            ..
-        } = pending;
-        let block = block.freeze();
+        } = head;
         match kind {
-            BlockFor::Request => self.request(stream, &block, end_stream, self_dependent),
+            BlockFor::Request => self.request(stream, block, end_stream, self_dependent),
             // Trailers for a stream that ended while they arrived.
             BlockFor::Trailers if self.streams.contains_key(&stream) => {
-                self.trailers(stream, &block, end_stream, self_dependent)
+                self.trailers(stream, block, end_stream, self_dependent)
             }
             BlockFor::Trailers | BlockFor::Discard => self
                 .decoder
-                .decode(&block, |_, _| {})
+                .decode(block, |_, _| {})
                 .map_err(|_| conn_error(Reason::COMPRESSION_ERROR)),
         }
     }

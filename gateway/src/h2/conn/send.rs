@@ -21,12 +21,12 @@ impl Conn {
         };
         debug_assert!(s.send_open && !s.responded, "one head per stream");
         s.responded = true;
-        let mut block = BytesMut::new();
-        self.encoder.response(status, headers, &mut block);
+        self.scratch.clear();
+        self.encoder.response(status, headers, &mut self.scratch);
         frame::write_headers(
             &mut self.out,
             stream,
-            &block,
+            &self.scratch,
             end_stream,
             self.peer_max_frame,
         );
@@ -77,9 +77,15 @@ impl Conn {
         if !self.streams.contains_key(&stream) || self.phase == Phase::Failed {
             return;
         }
-        let mut block = BytesMut::new();
-        self.encoder.trailers(trailers, &mut block);
-        frame::write_headers(&mut self.out, stream, &block, true, self.peer_max_frame);
+        self.scratch.clear();
+        self.encoder.trailers(trailers, &mut self.scratch);
+        frame::write_headers(
+            &mut self.out,
+            stream,
+            &self.scratch,
+            true,
+            self.peer_max_frame,
+        );
         self.end_send(stream);
     }
 
