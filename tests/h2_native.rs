@@ -169,10 +169,36 @@ async fn big_origin(size: usize) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_larger_than_the_clients_window_arrive_whole() {
+    downloads(false).await;
+}
+
+/// The same with windows far larger than the bodies: the gateway's write
+/// buffer, not the client's windows, holds the responses back, and reading
+/// goes on once it drains (the client's requests and WINDOW_UPDATEs are
+/// still read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_to_a_client_with_huge_windows_arrive_whole() {
+    downloads(true).await;
+}
+
+async fn downloads(huge_windows: bool) {
     let size = 5 * 1024 * 1024;
     let origin = big_origin(size).await;
     let gw = native_gateway(origin).await;
-    let client = h2_client(gw.addr).await;
+    let client = match huge_windows {
+        false => h2_client(gw.addr).await,
+        true => {
+            let tcp = TcpStream::connect(gw.addr).await.unwrap();
+            let (client, conn) = h2::client::Builder::new()
+                .initial_window_size(64 * 1024 * 1024)
+                .initial_connection_window_size(256 * 1024 * 1024)
+                .handshake(tcp)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+        }
+    };
     // Three at once on one connection: each is held to the client's 64 KiB
     // stream window, and all share its connection window.
     let mut pending = Vec::new();
@@ -235,5 +261,60 @@ async fn a_stream_reset_mid_upload_leaves_the_connection_serving() {
         let v: serde_json::Value =
             serde_json::from_slice(&read_all(resp.into_body()).await).unwrap();
         assert_eq!(v["path"], format!("/after/{n}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_response_has_no_body() {
+    let echo = TestEcho::start("e").await;
+    let gw = native_gateway(echo.addr).await;
+    let client = h2_client(gw.addr).await;
+    let req = http::Request::head("http://localhost/h").body(()).unwrap();
+    let (resp, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key("date"));
+    // The stream ended with the head: no DATA frame (one would be a
+    // protocol error to the client).
+    assert!(resp.body().is_end_stream(), "HEADERS carried END_STREAM");
+    assert!(read_all(resp.into_body()).await.is_empty());
+}
+
+/// HEAD answered by the gateway itself (an upstream that refuses): its
+/// JSON error body is not sent, as the HEAD has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_answer_to_head_has_no_body() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = native_gateway(dead).await;
+    let client = h2_client(gw.addr).await;
+    for method in [http::Method::HEAD, http::Method::GET] {
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri("http://localhost/h")
+            .body(())
+            .unwrap();
+        let (resp, _) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(req, true)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        assert!(
+            resp.status().is_server_error(),
+            "{method}: {}",
+            resp.status()
+        );
+        let body = read_all(resp.into_body()).await;
+        assert_eq!(body.is_empty(), method == http::Method::HEAD, "{method}");
     }
 }

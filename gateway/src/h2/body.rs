@@ -78,8 +78,11 @@ pub struct H2Body {
     done: bool,
 }
 
-/// The connection's end of a request body.
-#[derive(Debug, Clone)]
+/// The connection's end of a request body. Dropped before the body ended
+/// (the connection gone, however), it fails the body with
+/// [`H2BodyError::Gone`], so a reader on another task is never left
+/// waiting.
+#[derive(Debug)]
 pub struct Feed {
     state: Arc<Mutex<State>>,
 }
@@ -121,13 +124,19 @@ impl Feed {
         wake(&mut state);
     }
 
-    /// Ends the body with an error, unless it had ended.
+    /// Ends the body with an error, unless it had ended or failed.
     pub fn fail(&self, error: H2BodyError) {
         let mut state = lock(&self.state);
-        if !state.ended {
+        if !state.ended && state.error.is_none() {
             state.error = Some(error);
             wake(&mut state);
         }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.fail(H2BodyError::Gone);
     }
 }
 

@@ -89,8 +89,10 @@ pub enum Event {
     },
     /// A request's trailers, which end its body.
     Trailers { stream: u32, trailers: HeaderMap },
-    /// The client reset the stream, or a stream error reset it: whatever
-    /// serves it should stop.
+    /// The client reset the stream, or a stream error reset it, or this
+    /// side finished its response before the client finished its request
+    /// (`NO_ERROR`): whatever still serves it, or reads its body, should
+    /// stop.
     Reset { stream: u32, reason: Reason },
     /// The client is going away: no new streams will come.
     GoAway { last_stream: u32, reason: Reason },

@@ -99,6 +99,8 @@ struct Driver<'a, I, F, Fut, B> {
     aborts: super::StreamMap<AbortHandle>,
     running: FuturesUnordered<Abortable<Task<Fut, B>>>,
     parked: super::StreamMap<Parked<B>>,
+    /// Streams whose request is a HEAD (their responses go without a body).
+    heads: super::StreamMap<()>,
     /// The events of the last read, kept to be swapped with the
     /// connection's (no vector allocated per read).
     events: Vec<Event>,
@@ -140,6 +142,7 @@ where
         aborts: super::StreamMap::default(),
         running: FuturesUnordered::new(),
         parked: super::StreamMap::default(),
+        heads: super::StreamMap::default(),
         events: Vec::new(),
         read_closed: false,
         going_away: false,
@@ -171,9 +174,15 @@ where
                 }
             }
             progress |= self.unpark();
+            self.take_events();
+            let paused = self.conn.out.len() > OUT_HIGH;
             let flushed = self.poll_write(cx)?;
+            // Room made while reading or sending was held back: go round
+            // again, so a read is tried (and its waker set) and parked
+            // frames go out.
+            progress |= paused && self.conn.out.len() <= OUT_HIGH;
             if flushed && self.finished() {
-                return Poll::Ready(Ok(()));
+                return self.io.poll_close(cx);
             }
             if !progress {
                 return Poll::Pending;
@@ -185,6 +194,14 @@ where
     fn finished(&self) -> bool {
         let idle = self.running.is_empty() && self.parked.is_empty();
         self.failed || (idle && (self.read_closed || self.conn.is_done()))
+    }
+
+    /// Room left in the write buffer for response bodies: frames are held
+    /// back (parked) past [`OUT_HIGH`], as past the client's windows, so a
+    /// client with large windows that does not read cannot make the
+    /// connection buffer its responses.
+    fn room(&self) -> usize {
+        OUT_HIGH.saturating_sub(self.conn.out.len())
     }
 
     /// Gives the client back what the bodies took.
@@ -208,25 +225,48 @@ where
             Poll::Pending => return Ok(false),
         };
         if n == 0 {
+            // The client is gone: as hyper's server does, every stream
+            // ends (its work dropped, its body told).
             self.read_closed = true;
-            self.fail_bodies(H2BodyError::Gone);
+            self.end_all();
             return Ok(true);
         }
         if self.conn.recv(&mut self.buf).is_err() {
             self.failed = true;
-            self.fail_bodies(H2BodyError::Gone);
         }
+        self.take_events();
+        if self.failed {
+            self.end_all();
+        }
+        Ok(true)
+    }
+
+    /// Acts on the events the connection has (reads, and streams it ended
+    /// itself while sending).
+    fn take_events(&mut self) {
         let mut events = std::mem::take(&mut self.events);
         self.conn.swap_events(&mut events);
         for event in events.drain(..) {
             self.event(event);
         }
         self.events = events;
-        Ok(true)
+    }
+
+    /// Ends every stream: work aborted, parked frames dropped, bodies told
+    /// the connection is gone.
+    fn end_all(&mut self) {
+        for (_, abort) in self.aborts.drain() {
+            abort.abort();
+        }
+        self.parked.clear();
+        self.heads.clear();
+        self.fail_bodies(H2BodyError::Gone);
     }
 
     fn event(&mut self, event: Event) {
         match event {
+            // Nothing new starts on a connection that failed.
+            Event::Request { .. } if self.failed => {}
             Event::Request {
                 stream,
                 head,
@@ -260,6 +300,9 @@ where
 
     /// A new request: its body's feed kept, the service's answer started.
     fn start(&mut self, stream: u32, head: super::request::Head, end_stream: bool) {
+        if head.parts.method == http::Method::HEAD {
+            self.heads.insert(stream, ());
+        }
         let body = if end_stream {
             RequestBody::Empty
         } else {
@@ -283,6 +326,7 @@ where
             abort.abort();
         }
         self.parked.remove(&stream);
+        self.heads.remove(&stream);
         if let Some(feed) = self.feeds.remove(&stream) {
             feed.fail(why);
         }
@@ -305,7 +349,13 @@ where
         beside.fold(&mut resp);
         let (mut parts, body) = resp.into_parts();
         strip_connection_fields(&mut parts.headers);
-        let end = body.is_end_stream();
+        // No body for HEAD, 204 and 304 (RFC 9110, 6.4.1), whatever the
+        // answer carries (the gateway's own errors have one).
+        let head = self.heads.remove(&stream).is_some();
+        let bodiless = head || matches!(parts.status.as_u16(), 204 | 304);
+        let no_length = head || parts.status.as_u16() == 304;
+        add_date_and_length(&mut parts, &body, no_length);
+        let end = bodiless || body.is_end_stream();
         self.conn.respond(stream, parts.status, &parts.headers, end);
         if end {
             self.aborts.remove(&stream);
@@ -334,7 +384,8 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => self.send(stream, body, data),
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
+                    if let Ok(mut trailers) = frame.into_trailers() {
+                        strip_connection_fields(&mut trailers);
                         self.conn.send_trailers(stream, &trailers);
                     }
                     self.aborts.remove(&stream);
@@ -343,10 +394,14 @@ where
         }
     }
 
-    /// Writes what the windows allow of `data`; parks the rest.
+    /// Writes what the windows and the write buffer allow of `data`;
+    /// parks the rest.
     fn send(&mut self, stream: u32, body: B, mut data: Bytes) {
         let end = body.is_end_stream();
-        let sent = self.conn.send_data(stream, &data, end);
+        let now = data.len().min(self.room());
+        let sent = self
+            .conn
+            .send_data(stream, &data[..now], end && now == data.len());
         data.advance(sent);
         if !data.is_empty() {
             self.parked.insert(stream, Parked { body, rest: data });
@@ -365,6 +420,9 @@ where
 
     /// Sends parked frames that the windows now have room for.
     fn unpark(&mut self) -> bool {
+        if self.room() == 0 {
+            return false;
+        }
         let ready: Vec<u32> = self
             .parked
             .keys()
@@ -396,25 +454,53 @@ where
     }
 }
 
-/// Fields HTTP/2 forbids (RFC 9113, section 8.2.2), if a response carries
-/// any (the proxy strips them from upstream responses; an embedder's layer
-/// might add one). Looked for in one pass over the names.
+/// Fields HTTP/2 forbids in a response (RFC 9113, section 8.2.2), if it
+/// carries any (the proxy strips them from upstream responses; an
+/// embedder's layer might add one): the connection-specific ones, those a
+/// `Connection` field names, and `te`. Looked for in one pass over the
+/// names first.
 fn strip_connection_fields(headers: &mut HeaderMap) {
     let forbidden = |name: &http::HeaderName| {
         name == CONNECTION
             || name == TRANSFER_ENCODING
             || name == UPGRADE
+            || name == TE
             || name == "keep-alive"
             || name == "proxy-connection"
     };
-    if headers.keys().any(forbidden) {
-        for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
-            headers.remove(name);
-        }
-        headers.remove("keep-alive");
-        headers.remove("proxy-connection");
+    if !headers.keys().any(forbidden) {
+        return;
     }
-    if headers.get(TE).is_some_and(|v| v != "trailers") {
-        headers.remove(TE);
+    let named: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, TE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// What hyper's server adds to a response that lacks them: `date`, and a
+/// `content-length` when the body's length is known (not for HEAD or 304,
+/// whose length would be the resource's).
+fn add_date_and_length<B: Body>(parts: &mut http::response::Parts, body: &B, no_length: bool) {
+    if !parts.headers.contains_key(http::header::DATE)
+        && let Ok(date) = http::HeaderValue::from_str(&crate::h1::response::date_now())
+    {
+        parts.headers.insert(http::header::DATE, date);
+    }
+    if no_length || parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        return;
+    }
+    if let Some(n) = body.size_hint().exact() {
+        parts.headers.insert(http::header::CONTENT_LENGTH, n.into());
     }
 }

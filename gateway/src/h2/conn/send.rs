@@ -140,6 +140,11 @@ impl Conn {
             frame::write_reset(&mut self.out, stream, Reason::NO_ERROR);
             self.remember_reset(stream);
             self.remove(stream);
+            // The request's body will get no more: its reader is told.
+            self.events.push(Event::Reset {
+                stream,
+                reason: Reason::NO_ERROR,
+            });
         } else {
             self.remove_if_done(stream);
         }

@@ -640,6 +640,16 @@ mod review {
         feed(&mut conn, &raw(HEADERS, END_HEADERS, 1, &post(None))).unwrap();
         feed(&mut conn, &raw(HEADERS, END_STREAM, 1, &[])).unwrap();
         conn.respond(1, StatusCode::OK, &HeaderMap::new(), true);
+        // The response ended the stream before the request did: its body's
+        // reader is told.
+        let told = conn.take_events();
+        assert!(matches!(
+            &told[..],
+            [Event::Reset {
+                stream: 1,
+                reason: Reason::NO_ERROR
+            }]
+        ));
         let events = feed(
             &mut conn,
             &raw(CONTINUATION, END_HEADERS, 1, &get("/again")),
@@ -656,6 +666,7 @@ mod review {
         feed(&mut conn, &raw(HEADERS, END_HEADERS, 1, &post(None))).unwrap();
         conn.respond(1, StatusCode::OK, &HeaderMap::new(), true);
         written(&mut conn);
+        conn.take_events();
         let trailers = raw(
             HEADERS,
             END_STREAM | END_HEADERS,
