@@ -758,6 +758,10 @@ where
         }
         if let (Protocol::H2c, Some(settings)) = (protocol, &shared.protocols.native_h2) {
             let closing = AtomicBool::new(false);
+            let handle = move |req: http::Request<Option<crate::h2::body::H2Body>>| {
+                let answer = handle(req.map(|b| b.map_or(RequestBody::Empty, RequestBody::H2)));
+                Folded { answer }
+            };
             // Boxed: its state would otherwise size every HTTP/1.1
             // connection's task too.
             let mut conn = h1::box_in_place(|| {
@@ -817,6 +821,36 @@ async fn serve_hyper<I, H, F, B>(
             .serve_connection(io, service)
             .with_upgrades();
         drive(pin!(conn), |c| c.graceful_shutdown(), &mut watch).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer future whose answer the native HTTP/2 server takes whole:
+    /// the fields beside the response folded into its map.
+    struct Folded<F> {
+        #[pin]
+        answer: F,
+    }
+}
+
+impl<F: Future<Output: Answer>> Future for Folded<F> {
+    type Output = FoldedAnswer<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        self.project().answer.poll(cx).map(FoldedAnswer)
+    }
+}
+
+/// An [`Answer`], as the native HTTP/2 server takes it.
+struct FoldedAnswer<A>(A);
+
+impl<A: Answer> crate::h2::server::Respond for FoldedAnswer<A> {
+    type Body = A::Body;
+
+    fn into_response(self) -> http::Response<A::Body> {
+        let (mut resp, beside) = self.0.into_parts();
+        beside.fold(&mut resp);
+        resp
     }
 }
 

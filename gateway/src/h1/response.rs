@@ -315,13 +315,6 @@ fn put_date(out: &mut BytesMut) {
     });
 }
 
-/// The current `Date` value (the cached line's), for a response another
-/// server writes (the native HTTP/2 server's, when one lacks it).
-pub fn date_now() -> String {
-    let line = date_line();
-    line.trim_start_matches("date: ").trim_end().to_owned()
-}
-
 /// `date: <now>\r\n`, for the few answers written outside a response.
 pub fn date_line() -> String {
     let mut out = BytesMut::new();

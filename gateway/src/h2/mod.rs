@@ -1,5 +1,5 @@
 //! A proxy-native HTTP/2 server (issue 15), built as the HTTP/1.1 one was
-//! ([`crate::h1`]): codecs and the protocol state with no I/O in them,
+//! (the `h1` module): codecs and the protocol state with no I/O in them,
 //! unit tested and fuzzed alone (`fuzz/` targets `hpack`, `h2_frame`,
 //! `h2_conn`), and a connection loop around them.
 //!

@@ -25,12 +25,10 @@ use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
 
+use super::body::H2Body;
 use super::body::{self, Feed, H2BodyError, Released};
 use super::conn::{Config, Conn, Event};
 use super::frame::Reason;
-use crate::h1::body::RequestBody;
-use crate::h1::response::{Answer, Beside};
-use crate::h1::server::Io;
 
 /// Bytes waiting to be written past which the connection stops reading.
 pub const OUT_HIGH: usize = 256 * 1024;
@@ -44,6 +42,19 @@ pub struct Settings {
     pub max_header_list_size: u32,
 }
 
+/// What a service answers: a response, made whole (the caller's own
+/// answer type is adapted to it, so this module depends on no other
+/// server's).
+pub trait Respond {
+    type Body;
+    fn into_response(self) -> Response<Self::Body>;
+}
+
+/// The connection's I/O.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> Io for T {}
+
 /// A stream's one piece of work under way.
 enum Task<Fut, B> {
     /// The request's answer.
@@ -54,13 +65,13 @@ enum Task<Fut, B> {
 
 /// What a [`Task`] gave.
 enum Done<B: Body> {
-    Head(u32, Response<B>, Beside),
+    Head(u32, Response<B>),
     Frame(u32, B, Option<Result<Frame<Bytes>, B::Error>>),
 }
 
 impl<Fut, B> Future for Task<Fut, B>
 where
-    Fut: Future<Output: Answer<Body = B>>,
+    Fut: Future<Output: Respond<Body = B>>,
     B: Body<Data = Bytes> + Unpin,
 {
     type Output = Done<B>;
@@ -68,8 +79,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done<B>> {
         match self.get_mut() {
             Task::Answer { stream, fut } => {
-                let (resp, beside) = ready!(fut.as_mut().poll(cx)).into_parts();
-                Poll::Ready(Done::Head(*stream, resp, beside))
+                let resp = ready!(fut.as_mut().poll(cx)).into_response();
+                Poll::Ready(Done::Head(*stream, resp))
             }
             Task::Body { stream, body } => {
                 let b = body.as_mut().expect("polled after it gave its frame");
@@ -121,8 +132,8 @@ pub fn serve<'a, I, F, Fut, B>(
 ) -> impl Future<Output = io::Result<()>> + 'a
 where
     I: Io,
-    F: FnMut(Request<RequestBody>) -> Fut + 'a,
-    Fut: Future<Output: Answer<Body = B>> + 'a,
+    F: FnMut(Request<Option<H2Body>>) -> Fut + 'a,
+    Fut: Future<Output: Respond<Body = B>> + 'a,
     B: Body<Data = Bytes> + Unpin + 'a,
     B::Error: std::fmt::Display,
 {
@@ -154,8 +165,8 @@ where
 impl<I, F, Fut, B> Driver<'_, I, F, Fut, B>
 where
     I: Io,
-    F: FnMut(Request<RequestBody>) -> Fut,
-    Fut: Future<Output: Answer<Body = B>>,
+    F: FnMut(Request<Option<H2Body>>) -> Fut,
+    Fut: Future<Output: Respond<Body = B>>,
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
@@ -182,7 +193,7 @@ where
             // frames go out.
             progress |= paused && self.conn.out.len() <= OUT_HIGH;
             if flushed && self.finished() {
-                return self.io.poll_close(cx);
+                return Pin::new(&mut self.io).poll_shutdown(cx);
             }
             if !progress {
                 return Poll::Pending;
@@ -304,11 +315,11 @@ where
             self.heads.insert(stream, ());
         }
         let body = if end_stream {
-            RequestBody::Empty
+            None
         } else {
             let (body, feed) = body::channel(stream, head.content_length, self.released.clone());
             self.feeds.insert(stream, feed);
-            RequestBody::H2(body)
+            Some(body)
         };
         let fut = Box::pin((self.service)(Request::from_parts(head.parts, body)));
         self.push(stream, Task::Answer { stream, fut });
@@ -340,13 +351,12 @@ where
 
     fn done(&mut self, done: Done<B>) {
         match done {
-            Done::Head(stream, resp, beside) => self.head(stream, resp, beside),
+            Done::Head(stream, resp) => self.head(stream, resp),
             Done::Frame(stream, body, frame) => self.frame(stream, body, frame),
         }
     }
 
-    fn head(&mut self, stream: u32, mut resp: Response<B>, beside: Beside) {
-        beside.fold(&mut resp);
+    fn head(&mut self, stream: u32, resp: Response<B>) {
         let (mut parts, body) = resp.into_parts();
         strip_connection_fields(&mut parts.headers);
         // No body for HEAD, 204 and 304 (RFC 9110, 6.4.1), whatever the
@@ -493,8 +503,9 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
 /// whose length would be the resource's).
 fn add_date_and_length<B: Body>(parts: &mut http::response::Parts, body: &B, no_length: bool) {
     if !parts.headers.contains_key(http::header::DATE)
-        && let Ok(date) = http::HeaderValue::from_str(&crate::h1::response::date_now())
+        && let Ok(date) = httpdate::fmt_http_date(std::time::SystemTime::now()).parse()
     {
+        // Rare (the gateway's own answers): formatted each time.
         parts.headers.insert(http::header::DATE, date);
     }
     if no_length || parts.headers.contains_key(http::header::CONTENT_LENGTH) {
