@@ -37,15 +37,6 @@ async fn native_gateway(upstream: SocketAddr) -> TestGateway {
     .await
 }
 
-fn fnv1a(data: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(cmd)
         .args(args)
@@ -91,6 +82,22 @@ async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
     client
+}
+
+/// Sends a request with no body on `client` and waits for its head.
+async fn request(
+    client: &h2::client::SendRequest<Bytes>,
+    method: http::Method,
+    path: &str,
+) -> http::Response<h2::RecvStream> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"))
+        .body(())
+        .unwrap();
+    let ready = client.clone().ready().await.unwrap();
+    let (resp, _) = ready.clone().send_request(req, true).unwrap();
+    resp.await.unwrap()
 }
 
 /// Reads a response body whole, giving each piece's window back.
@@ -203,18 +210,9 @@ async fn downloads(huge_windows: bool) {
     // stream window, and all share its connection window.
     let mut pending = Vec::new();
     for n in 0..3 {
-        let req = http::Request::get(format!("http://localhost/big/{n}"))
-            .body(())
-            .unwrap();
-        let (resp, _) = client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(req, true)
-            .unwrap();
+        let client = client.clone();
         pending.push(tokio::spawn(async move {
-            let resp = resp.await.unwrap();
+            let resp = request(&client, http::Method::GET, &format!("/big/{n}")).await;
             assert_eq!(resp.status(), StatusCode::OK);
             read_all(resp.into_body()).await
         }));
@@ -246,17 +244,7 @@ async fn a_stream_reset_mid_upload_leaves_the_connection_serving() {
         .unwrap();
     send.send_reset(h2::Reason::CANCEL);
     for n in 0..20 {
-        let req = http::Request::get(format!("http://localhost/after/{n}"))
-            .body(())
-            .unwrap();
-        let (resp, _) = client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(req, true)
-            .unwrap();
-        let resp = resp.await.unwrap();
+        let resp = request(&client, http::Method::GET, &format!("/after/{n}")).await;
         assert_eq!(resp.status(), StatusCode::OK);
         let v: serde_json::Value =
             serde_json::from_slice(&read_all(resp.into_body()).await).unwrap();

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use portico_gateway::h2::hpack::{Decoder, Encoder};
-use portico_gateway::h2::table::{Field, Pseudo};
+use portico_gateway::h2::table::Field;
 use serde_json::{Value, json};
 
 /// One field as the peer speaks it: name, value (code points 0-255 are the
@@ -135,14 +135,7 @@ fn request_blocks(rng: &mut Rng, count: usize) -> Vec<Vec<Line>> {
 fn line(field: &Field, sensitive_of: impl Fn(&HeaderValue) -> bool) -> Line {
     let (name, value) = match field {
         Field::Pseudo(p, v) => {
-            let name = match p {
-                Pseudo::Method => ":method",
-                Pseudo::Scheme => ":scheme",
-                Pseudo::Authority => ":authority",
-                Pseudo::Path => ":path",
-                Pseudo::Protocol => ":protocol",
-                Pseudo::Status => ":status",
-            };
+            let name = p.as_str();
             (name.to_owned(), v)
         }
         Field::Header(n, v) => (n.as_str().to_owned(), v),

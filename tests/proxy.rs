@@ -37,15 +37,6 @@ async fn gateway_to(echo: &TestEcho) -> TestGateway {
     .await
 }
 
-fn fnv1a(data: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
     let echo = TestEcho::start("e").await;

@@ -56,6 +56,17 @@ where
 }
 
 /// A lease policy fast enough for tests.
+/// FNV-1a of `data`, as the echo backend reports a body it read
+/// (`body_fnv1a`).
+pub fn fnv1a(data: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 pub fn fast_leases() -> LeasePolicy {
     LeasePolicy {
         sweep_interval: Duration::from_millis(100),

@@ -325,6 +325,12 @@ where
         self.push(stream, Task::Answer { stream, fut });
     }
 
+    /// Polls `body` for its next frame.
+    fn next_frame(&mut self, stream: u32, body: B) {
+        let body = Some(body);
+        self.push(stream, Task::Body { stream, body });
+    }
+
     fn push(&mut self, stream: u32, task: Task<Fut, B>) {
         let (task, abort) = futures_util::future::abortable(task);
         self.aborts.insert(stream, abort);
@@ -370,13 +376,7 @@ where
         if end {
             self.aborts.remove(&stream);
         } else {
-            self.push(
-                stream,
-                Task::Body {
-                    stream,
-                    body: Some(body),
-                },
-            );
+            self.next_frame(stream, body);
         }
     }
 
@@ -418,13 +418,7 @@ where
         } else if end {
             self.aborts.remove(&stream);
         } else {
-            self.push(
-                stream,
-                Task::Body {
-                    stream,
-                    body: Some(body),
-                },
-            );
+            self.next_frame(stream, body);
         }
     }
 

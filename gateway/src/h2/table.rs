@@ -20,6 +20,18 @@ pub enum Pseudo {
 }
 
 impl Pseudo {
+    /// Its name, colon included.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pseudo::Method => ":method",
+            Pseudo::Scheme => ":scheme",
+            Pseudo::Authority => ":authority",
+            Pseudo::Path => ":path",
+            Pseudo::Protocol => ":protocol",
+            Pseudo::Status => ":status",
+        }
+    }
+
     /// The pseudo-header `name` names, if any (`name` includes the colon).
     pub fn parse(name: &[u8]) -> Option<Pseudo> {
         Some(match name {

@@ -127,11 +127,15 @@ impl Conn {
             BlockFor::Trailers if self.streams.contains_key(&stream) => {
                 self.trailers(stream, block, end_stream, self_dependent)
             }
-            BlockFor::Trailers | BlockFor::Discard => self
-                .decoder
-                .decode(block, |_, _| {})
-                .map_err(|_| conn_error(Reason::COMPRESSION_ERROR)),
+            BlockFor::Trailers | BlockFor::Discard => self.decode(block, |_, _| {}),
         }
+    }
+
+    /// Decodes `block`: a decoding error is the connection's.
+    fn decode(&mut self, block: &Bytes, each: impl FnMut(Field, usize)) -> Step {
+        self.decoder
+            .decode(block, each)
+            .map_err(|_| conn_error(Reason::COMPRESSION_ERROR))
     }
 
     fn request(
@@ -142,9 +146,7 @@ impl Conn {
         self_dependent: bool,
     ) -> Step {
         let mut head = HeadBuilder::new(self.config.max_header_list_size as usize);
-        self.decoder
-            .decode(block, |field, size| head.field(field, size))
-            .map_err(|_| conn_error(Reason::COMPRESSION_ERROR))?;
+        self.decode(block, |field, size| head.field(field, size))?;
         if self.goaway.is_some_and(|last| stream > last) {
             // After this side's GOAWAY: ignored (the client retries it),
             // and so is what follows on it.
@@ -214,9 +216,7 @@ impl Conn {
         self_dependent: bool,
     ) -> Step {
         let mut trailers = Trailers::new(self.config.max_header_list_size as usize);
-        self.decoder
-            .decode(block, |field, size| trailers.field(field, size))
-            .map_err(|_| conn_error(Reason::COMPRESSION_ERROR))?;
+        self.decode(block, |field, size| trailers.field(field, size))?;
         let s = self.streams.get_mut(&stream).expect("known");
         if !s.recv_open {
             return Err(FrameError::Stream(stream, Reason::STREAM_CLOSED));

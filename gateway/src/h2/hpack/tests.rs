@@ -13,14 +13,7 @@ fn hex(s: &str) -> Bytes {
 fn text(field: &Field) -> String {
     match field {
         Field::Pseudo(p, v) => {
-            let name = match p {
-                Pseudo::Method => ":method",
-                Pseudo::Scheme => ":scheme",
-                Pseudo::Authority => ":authority",
-                Pseudo::Path => ":path",
-                Pseudo::Protocol => ":protocol",
-                Pseudo::Status => ":status",
-            };
+            let name = p.as_str();
             format!("{name}: {}", String::from_utf8_lossy(v.as_bytes()))
         }
         Field::Header(n, v) => format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())),
