@@ -400,12 +400,14 @@ def scenario_open(page, reg, args):
     ctext = page.read("certificate row", lambda: page.css('tr[data-certificate="api"]')[0].text)
     assert "api.example.com" in ctext and ("29 days" in ctext or "30 days" in ctext), ctext
     assert re.search(r"20\d\d", ctext), f"no expiry date in {ctext!r}"
-    left = lambda name: page.css(f'tr[data-certificate="{name}"] td.status')[0]
-    assert "passing" in left("api").get_attribute("class"), left("api").get_attribute("class")
+    # Read through page.read: the table redraws as the registry's watch
+    # reports (a row found, then replaced, is stale by the time it is read).
+    left = lambda name: page.read(f"{name} status", lambda: page.css(f'tr[data-certificate="{name}"] td.status')[0].get_attribute("class"))
+    assert "passing" in left("api"), left("api")
     soon = page.read("soon row", lambda: page.css('tr[data-certificate="soon"]')[0].text)
     assert "soon.example.com" in soon and ("6 days" in soon or "7 days" in soon) and "renew soon" in soon, soon
-    assert "warning" in left("soon").get_attribute("class"), left("soon").get_attribute("class")
-    first = page.css("table.certificates tbody tr")[0].get_attribute("data-certificate")
+    assert "warning" in left("soon"), left("soon")
+    first = page.read("first row", lambda: page.css("table.certificates tbody tr")[0].get_attribute("data-certificate"))
     assert first == "soon", f"soonest expiry not first: {first}"
     print("ok: certificates with names, expiry, days left; under 14 days warns")
     shoot(page, args.screenshots, "certificates")
