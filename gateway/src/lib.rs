@@ -438,6 +438,13 @@ impl Gateway {
             announcer.leave().await;
         }
         follower.abort();
+        // Waited for, not only told: an abort takes effect when the runtime
+        // next reaches the task, and until then its registry watch is open.
+        // `portico up` stops its registry right after this returns; a watch
+        // still open then saw the registry go and logged a disconnect (2 in
+        // 48 loaded runs of tests/process.rs). Once the follower is gone,
+        // its watch's task has been told to stop too.
+        let _ = follower.await;
         if let Some(r) = cert_reloader {
             r.abort();
         }
