@@ -306,3 +306,36 @@ async fn the_gateways_own_answer_to_head_has_no_body() {
         assert_eq!(body.is_empty(), method == http::Method::HEAD, "{method}");
     }
 }
+
+/// `Expect: 100-continue` from curl: the gateway invites the body once the
+/// proxy reads it (the upstream asked for it), and the body arrives whole.
+/// curl waits up to a minute for the invitation, so a missing `100` shows
+/// as its absence from curl's trace, not as a slow test passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_expects_100_continue_is_invited() {
+    let echo = TestEcho::start("e").await;
+    let gw = native_gateway(echo.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    let url = format!("{}/upload", gw.url);
+    let data = format!("@{}", file.display());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-v", "--http2-prior-knowledge"])
+            .args(["-H", "Expect: 100-continue", "--expect100-timeout", "60"])
+            .args(["--data-binary", &data, &url])
+            .output()
+            .expect("curl is needed (.ci/run installs it)")
+    })
+    .await
+    .unwrap();
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{trace}");
+    assert!(trace.contains("< HTTP/2 100"), "no 100 Continue: {trace}");
+    assert!(trace.contains("< HTTP/2 200"), "{trace}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["body_len"], body.len());
+    assert_eq!(v["body_fnv1a"], fnv1a(&body));
+}

@@ -5,7 +5,10 @@
 //! runs (the upstream side may poll it from another task). What the body
 //! hands on is reported back ([`Released`]) so the connection opens the
 //! client's window by as much: the client can only be as far ahead as one
-//! window, whatever the upstream's pace.
+//! window, whatever the upstream's pace. The first read of a body whose
+//! request asked for `100 Continue` is reported the same way, so the
+//! connection invites the body only once the proxy wants it (a request
+//! answered without reading its body never invites it).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -43,27 +46,54 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Body bytes the proxy took (or dropped), per stream, for the
-/// connection's task to give back to the client's windows; and that task's
-/// waker.
+/// What the bodies report to the connection's task since it last looked.
+#[derive(Debug, Default)]
+pub struct Reports {
+    /// Body bytes the proxy took (or dropped), per stream, to give back to
+    /// the client's windows.
+    pub taken: Vec<(u32, usize)>,
+    /// Streams whose body was first read with `100 Continue` owed.
+    pub continues: Vec<u32>,
+}
+
+impl Reports {
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty() && self.continues.is_empty()
+    }
+}
+
+/// The bodies' [`Reports`], shared with the connection's task, and that
+/// task's waker.
 #[derive(Debug, Default)]
 pub struct Released {
-    taken: Mutex<Vec<(u32, usize)>>,
+    reports: Mutex<Reports>,
     conn: AtomicWaker,
 }
 
 impl Released {
     fn add(&self, stream: u32, n: usize) {
         if n > 0 {
-            lock(&self.taken).push((stream, n));
+            lock(&self.reports).taken.push((stream, n));
             self.conn.wake();
         }
     }
 
-    /// What was taken since the last call. `cx`'s task is woken when more is.
-    pub fn take(&self, cx: &Context<'_>) -> Vec<(u32, usize)> {
+    fn want_continue(&self, stream: u32) {
+        lock(&self.reports).continues.push(stream);
+        self.conn.wake();
+    }
+
+    /// Swaps what was reported since the last call into `into`, which
+    /// must be empty (its vectors' room is kept for the next reports, so
+    /// nothing is allocated per call). `cx`'s task is woken when more
+    /// comes.
+    pub fn swap(&self, cx: &Context<'_>, into: &mut Reports) {
+        debug_assert!(into.is_empty());
         self.conn.register(cx.waker());
-        std::mem::take(&mut *lock(&self.taken))
+        let mut reports = lock(&self.reports);
+        if !reports.is_empty() {
+            std::mem::swap(&mut *reports, into);
+        }
     }
 }
 
@@ -75,6 +105,8 @@ pub struct H2Body {
     stream: u32,
     /// The request's `content-length`, for the size hint.
     length: Option<u64>,
+    /// The client waits for `100 Continue` before it sends the body.
+    continue_owed: bool,
     done: bool,
 }
 
@@ -87,14 +119,25 @@ pub struct Feed {
     state: Arc<Mutex<State>>,
 }
 
-/// A body and its feed, for `stream`.
-pub fn channel(stream: u32, length: Option<u64>, released: Arc<Released>) -> (H2Body, Feed) {
+/// A stream's body as its request head announced it.
+#[derive(Debug, Clone, Copy)]
+pub struct Announced {
+    pub stream: u32,
+    /// The request's `content-length`.
+    pub length: Option<u64>,
+    /// The request carries `expect: 100-continue`.
+    pub expects_continue: bool,
+}
+
+/// A body and its feed.
+pub fn channel(announced: Announced, released: Arc<Released>) -> (H2Body, Feed) {
     let state = Arc::new(Mutex::new(State::default()));
     let body = H2Body {
         state: state.clone(),
         released,
-        stream,
-        length,
+        stream: announced.stream,
+        length: announced.length,
+        continue_owed: announced.expects_continue,
         done: false,
     };
     (body, Feed { state })
@@ -156,6 +199,10 @@ impl Body for H2Body {
     ) -> Poll<Option<Result<Frame<Bytes>, H2BodyError>>> {
         let this = self.get_mut();
         let mut state = lock(&this.state);
+        if std::mem::take(&mut this.continue_owed) && state.data.is_empty() && !state.ended {
+            // First read, and the client is still waiting to be invited.
+            this.released.want_continue(this.stream);
+        }
         if let Some(data) = state.data.pop_front() {
             drop(state);
             this.released.add(this.stream, data.len());

@@ -12,6 +12,7 @@
 //! so a client that sends without reading cannot grow the connection's
 //! memory.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
 
 use super::body::H2Body;
-use super::body::{self, Feed, H2BodyError, Released};
+use super::body::{self, Announced, Feed, H2BodyError, Released, Reports};
 use super::conn::{Config, Conn, Event};
 use super::frame::Reason;
 
@@ -106,10 +107,15 @@ struct Driver<'a, I, F, Fut, B> {
     service: F,
     closing: &'a AtomicBool,
     released: Arc<Released>,
+    /// The bodies' last reports, kept to be swapped with the next ones.
+    reports: Reports,
     feeds: super::StreamMap<Feed>,
     aborts: super::StreamMap<AbortHandle>,
     running: FuturesUnordered<Abortable<Task<Fut, B>>>,
     parked: super::StreamMap<Parked<B>>,
+    /// The parked streams in the order they parked (ids of streams gone
+    /// meanwhile are passed over): window is shared out in turn.
+    parked_order: VecDeque<u32>,
     /// Streams whose request is a HEAD (their responses go without a body).
     heads: super::StreamMap<()>,
     /// The events of the last read, kept to be swapped with the
@@ -149,10 +155,12 @@ where
         service,
         closing,
         released: Arc::new(Released::default()),
+        reports: Reports::default(),
         feeds: super::StreamMap::default(),
         aborts: super::StreamMap::default(),
         running: FuturesUnordered::new(),
         parked: super::StreamMap::default(),
+        parked_order: VecDeque::new(),
         heads: super::StreamMap::default(),
         events: Vec::new(),
         read_closed: false,
@@ -215,13 +223,18 @@ where
         OUT_HIGH.saturating_sub(self.conn.out.len())
     }
 
-    /// Gives the client back what the bodies took.
+    /// Gives the client back what the bodies took, and invites the bodies
+    /// first read with `100 Continue`.
     fn take_released(&mut self, cx: &Context<'_>) -> bool {
-        let taken = self.released.take(cx);
-        for &(stream, n) in &taken {
+        self.released.swap(cx, &mut self.reports);
+        let progress = !self.reports.is_empty();
+        for (stream, n) in self.reports.taken.drain(..) {
             self.conn.release(stream, n);
         }
-        !taken.is_empty()
+        for stream in self.reports.continues.drain(..) {
+            self.conn.inform(stream, http::StatusCode::CONTINUE);
+        }
+        progress
     }
 
     /// Reads once, if there is room to answer; `true` if bytes came.
@@ -270,6 +283,7 @@ where
             abort.abort();
         }
         self.parked.clear();
+        self.parked_order.clear();
         self.heads.clear();
         self.fail_bodies(H2BodyError::Gone);
     }
@@ -317,7 +331,12 @@ where
         let body = if end_stream {
             None
         } else {
-            let (body, feed) = body::channel(stream, head.content_length, self.released.clone());
+            let announced = Announced {
+                stream,
+                length: head.content_length,
+                expects_continue: expects_continue(&head.parts.headers),
+            };
+            let (body, feed) = body::channel(announced, self.released.clone());
             self.feeds.insert(stream, feed);
             Some(body)
         };
@@ -415,6 +434,7 @@ where
         data.advance(sent);
         if !data.is_empty() {
             self.parked.insert(stream, Parked { body, rest: data });
+            self.parked_order.push_back(stream);
         } else if end {
             self.aborts.remove(&stream);
         } else {
@@ -422,22 +442,30 @@ where
         }
     }
 
-    /// Sends parked frames that the windows now have room for.
+    /// Sends parked frames that the windows now have room for, each
+    /// stream in turn from the one parked longest (a stream that parks
+    /// again goes to the back), so one large response cannot hold the
+    /// connection's window while the others wait.
     fn unpark(&mut self) -> bool {
-        if self.room() == 0 {
-            return false;
-        }
-        let ready: Vec<u32> = self
-            .parked
-            .keys()
-            .copied()
-            .filter(|&s| self.conn.capacity(s) > 0)
-            .collect();
-        for &stream in &ready {
-            let Parked { body, rest } = self.parked.remove(&stream).expect("listed");
+        let mut progress = false;
+        for _ in 0..self.parked_order.len() {
+            // Out of room for all: the rest keep their turn.
+            if self.room() == 0 || self.conn.connection_capacity() == 0 {
+                break;
+            }
+            let stream = self.parked_order.pop_front().expect("counted");
+            if !self.parked.contains_key(&stream) {
+                continue; // gone meanwhile
+            }
+            if self.conn.capacity(stream) == 0 {
+                self.parked_order.push_back(stream);
+                continue;
+            }
+            let Parked { body, rest } = self.parked.remove(&stream).expect("checked");
             self.send(stream, body, rest);
+            progress = true;
         }
-        !ready.is_empty()
+        progress
     }
 
     /// Writes what the connection has to send; `true` once all of it is
@@ -456,6 +484,14 @@ where
             Poll::Pending => Ok(false),
         }
     }
+}
+
+/// Whether the request asks for `100 Continue` before its body (RFC 9110,
+/// section 10.1.1).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Fields HTTP/2 forbids in a response (RFC 9113, section 8.2.2), if it
@@ -509,3 +545,6 @@ fn add_date_and_length<B: Body>(parts: &mut http::response::Parts, body: &B, no_
         parts.headers.insert(http::header::CONTENT_LENGTH, n.into());
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,6 +35,41 @@ impl Conn {
         }
     }
 
+    /// Writes an informational (1xx) head on `stream`, if its response has
+    /// not begun: `100 Continue` to a client that waits for it.
+    pub fn inform(&mut self, stream: u32, status: StatusCode) {
+        debug_assert!(status.is_informational());
+        if self.phase == Phase::Failed {
+            return;
+        }
+        if !self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.send_open && !s.responded)
+        {
+            return;
+        }
+        self.scratch.clear();
+        self.encoder
+            .response(status, &HeaderMap::new(), &mut self.scratch);
+        frame::write_headers(
+            &mut self.out,
+            stream,
+            &self.scratch,
+            false,
+            self.peer_max_frame,
+        );
+    }
+
+    /// How many body bytes the connection's window lets all streams send
+    /// now.
+    pub fn connection_capacity(&self) -> usize {
+        match self.phase {
+            Phase::Failed => 0,
+            _ => self.send_window.max(0) as usize,
+        }
+    }
+
     /// How many body bytes `stream` may send now (0 for a stream gone).
     pub fn capacity(&self, stream: u32) -> usize {
         match self.streams.get(&stream) {

@@ -1,0 +1,96 @@
+//! The connection loop over an in-memory pipe, a client written frame by
+//! frame: what depends on the order the loop sends in.
+
+use super::*;
+use crate::h2::frame::{self, Frame as H2Frame};
+use http_body_util::Full;
+
+/// A response as the service gives it.
+struct Answer(Response<Full<Bytes>>);
+
+impl Respond for Answer {
+    type Body = Full<Bytes>;
+    fn into_response(self) -> Response<Full<Bytes>> {
+        self.0
+    }
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A GET for `/` on `stream` (static-table indexes, a literal authority).
+fn get(dst: &mut BytesMut, stream: u32) {
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 6];
+    block.extend_from_slice(b"a.test");
+    frame::write_headers(dst, stream, &block, true, 16_384);
+}
+
+/// Two 1 MiB responses, each one body frame, to a client whose stream
+/// windows hold them whole but whose connection window opens 16 KiB at a
+/// time: the window goes to each stream in turn, so the first response
+/// to end finds the other more than half sent.
+#[tokio::test]
+async fn a_narrow_connection_window_is_shared_in_turn() {
+    const SIZE: usize = 1024 * 1024;
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    static CLOSING: AtomicBool = AtomicBool::new(false);
+    let settings = Settings {
+        max_concurrent_streams: 16,
+        max_header_list_size: 16_384,
+    };
+    let service = |_req| async {
+        let body = Full::new(Bytes::from(vec![7u8; SIZE]));
+        Answer(Response::new(body))
+    };
+    tokio::spawn(serve(server, BytesMut::new(), &settings, &CLOSING, service));
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let mut out = BytesMut::from(PREFACE);
+    frame::Settings {
+        initial_window_size: Some(16 * 1024 * 1024),
+        ..Default::default()
+    }
+    .write(&mut out);
+    get(&mut out, 1);
+    get(&mut out, 3);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    wr.write_all(&out).await.unwrap();
+
+    let mut got = [0usize; 2];
+    let mut unacked = 0;
+    let mut buf = BytesMut::new();
+    let mut first_end = None;
+    while got != [SIZE; 2] {
+        let frame = loop {
+            if let Some(f) = frame::parse(&mut buf, 16_384).unwrap() {
+                break f;
+            }
+            assert!(rd.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+        };
+        let H2Frame::Data {
+            stream,
+            data,
+            end_stream,
+            ..
+        } = frame
+        else {
+            continue;
+        };
+        let i = (stream / 2) as usize;
+        got[i] += data.len();
+        if end_stream && first_end.is_none() {
+            first_end = Some((i, got[1 - i]));
+        }
+        unacked += data.len();
+        if unacked >= 16 * 1024 {
+            let mut wu = BytesMut::new();
+            frame::write_window_update(&mut wu, 0, unacked as u32);
+            wr.write_all(&wu).await.unwrap();
+            unacked = 0;
+        }
+    }
+    let (first, other) = first_end.expect("both ended");
+    assert!(
+        other >= SIZE / 2,
+        "the other stream had {other} of {SIZE} bytes when stream {} ended",
+        2 * first + 1
+    );
+}
