@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,9 @@ enum Task<Fut, B> {
 enum Done<B: Body> {
     Head(u32, Response<B>),
     Frame(u32, B, Option<Result<Frame<Bytes>, B::Error>>),
+    /// The work panicked: the stream is reset alone, as a task's panic
+    /// would drop only that task (hyper's server runs each stream as one).
+    Panicked(u32),
 }
 
 impl<Fut, B> Future for Task<Fut, B>
@@ -78,7 +82,24 @@ where
     type Output = Done<B>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done<B>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        let stream = match this {
+            Task::Answer { stream, .. } | Task::Body { stream, .. } => *stream,
+        };
+        // The work is dropped after a panic (never polled again), so what
+        // it left half-done is never seen.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.poll_work(cx)));
+        polled.unwrap_or(Poll::Ready(Done::Panicked(stream)))
+    }
+}
+
+impl<Fut, B> Task<Fut, B>
+where
+    Fut: Future<Output: Respond<Body = B>>,
+    B: Body<Data = Bytes> + Unpin,
+{
+    fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Done<B>> {
+        match self {
             Task::Answer { stream, fut } => {
                 let resp = ready!(fut.as_mut().poll(cx)).into_response();
                 Poll::Ready(Done::Head(*stream, resp))
@@ -378,6 +399,11 @@ where
         match done {
             Done::Head(stream, resp) => self.head(stream, resp),
             Done::Frame(stream, body, frame) => self.frame(stream, body, frame),
+            Done::Panicked(stream) => {
+                tracing::error!(stream, "an HTTP/2 stream panicked; it was reset alone");
+                self.conn.reset(stream, Reason::INTERNAL_ERROR);
+                self.aborts.remove(&stream);
+            }
         }
     }
 

@@ -94,3 +94,53 @@ async fn a_narrow_connection_window_is_shared_in_turn() {
         2 * first + 1
     );
 }
+
+/// A stream whose work panics is reset alone: the connection goes on, and
+/// a request after it is answered.
+#[tokio::test]
+async fn a_stream_that_panics_is_reset_alone() {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    static CLOSING: AtomicBool = AtomicBool::new(false);
+    let settings = Settings {
+        max_concurrent_streams: 16,
+        max_header_list_size: 16_384,
+    };
+    let mut n = 0;
+    let service = move |_req| {
+        n += 1;
+        let first = n == 1;
+        async move {
+            assert!(!first, "the first request's work panics");
+            Answer(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    };
+    tokio::spawn(serve(server, BytesMut::new(), &settings, &CLOSING, service));
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let mut out = BytesMut::from(PREFACE);
+    frame::Settings::default().write(&mut out);
+    get(&mut out, 1);
+    get(&mut out, 3);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    wr.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let (mut reset, mut answered) = (None, false);
+    while reset.is_none() || !answered {
+        let frame = loop {
+            if let Some(f) = frame::parse(&mut buf, 16_384).unwrap() {
+                break f;
+            }
+            assert!(rd.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+        };
+        match frame {
+            H2Frame::Reset { stream, reason } => reset = Some((stream, reason)),
+            H2Frame::Data {
+                stream: 3,
+                end_stream: true,
+                ..
+            } => answered = true,
+            H2Frame::GoAway { reason, .. } => panic!("the connection ended: {reason:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(reset, Some((1, Reason::INTERNAL_ERROR)));
+}
