@@ -442,10 +442,10 @@ struct GatewayArgs {
     /// `hyper` (hyper's, as before; kept to compare and to fall back on).
     #[arg(long, value_enum, default_value = "native")]
     http1_server: Http1ServerArg,
-    /// Which server speaks HTTP/2 on the gateway's listeners: `hyper`
-    /// (hyper's, the h2 crate) or `native` (Portico's own, experimental:
-    /// for measuring, not yet the default).
-    #[arg(long, value_enum, default_value = "hyper")]
+    /// Which server speaks HTTP/2 on the gateway's listeners: `native`
+    /// (Portico's own) or `hyper` (hyper's, the h2 crate, as before; kept
+    /// to compare and to fall back on).
+    #[arg(long, value_enum, default_value = "native")]
     http2_server: Http2ServerArg,
     /// Which client speaks HTTP/1.1 to cleartext upstreams: `native`
     /// (Portico's own, run by the request's task, an idle connection a

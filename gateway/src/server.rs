@@ -195,12 +195,13 @@ pub struct ServerSettings {
 /// Which server speaks HTTP/2 on the gateway's listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Http2Server {
-    /// hyper's (the h2 crate).
+    /// The native server ([`crate::h2::server`]): the connection's streams
+    /// in its own task, HPACK without a dynamic table on the way out.
     #[default]
-    Hyper,
-    /// The native server ([`crate::h2::server`]): experimental, for
-    /// measuring; not the default until it has been tried further.
     Native,
+    /// hyper's (the h2 crate), as before issue 15: kept to compare and to
+    /// fall back on.
+    Hyper,
 }
 
 /// Which server speaks HTTP/1.1 on the gateway's listeners.

@@ -164,6 +164,8 @@ pub struct Conn {
     resets_left: u32,
     /// Streams this side reset lately (see `recv::RECENT_RESETS`).
     recent_resets: VecDeque<u32>,
+    /// Streams that ended lately, however (as many as `recent_resets`).
+    recent_closed: VecDeque<u32>,
     empty_frames: u32,
     events: Vec<Event>,
     /// Where a header block is encoded before it is framed (kept: one
@@ -203,6 +205,7 @@ impl Conn {
             send_window: i64::from(DEFAULT_WINDOW),
             resets_left: config.reset_budget,
             recent_resets: VecDeque::new(),
+            recent_closed: VecDeque::new(),
             empty_frames: 0,
             events: Vec::new(),
             scratch: BytesMut::new(),

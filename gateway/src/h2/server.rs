@@ -188,6 +188,11 @@ where
         going_away: false,
         failed: false,
     };
+    // Frames that came with the preface (a request sent in the same
+    // write): taken now, not when the client next sends something.
+    if !driver.buf.is_empty() {
+        driver.recv();
+    }
     std::future::poll_fn(move |cx| driver.poll(cx))
 }
 
@@ -214,7 +219,8 @@ where
                 }
             }
             progress |= self.unpark();
-            self.take_events();
+            // Events start work (requests) that must be polled once.
+            progress |= self.take_events();
             let paused = self.conn.out.len() > OUT_HIGH;
             let flushed = self.poll_write(cx)?;
             // Room made while reading or sending was held back: go round
@@ -276,9 +282,7 @@ where
             self.end_all();
             return Ok(true);
         }
-        if self.conn.recv(&mut self.buf).is_err() {
-            self.failed = true;
-        }
+        self.recv();
         self.take_events();
         if self.failed {
             self.end_all();
@@ -286,15 +290,24 @@ where
         Ok(true)
     }
 
+    /// Hands the read buffer to the protocol state.
+    fn recv(&mut self) {
+        if self.conn.recv(&mut self.buf).is_err() {
+            self.failed = true;
+        }
+    }
+
     /// Acts on the events the connection has (reads, and streams it ended
-    /// itself while sending).
-    fn take_events(&mut self) {
+    /// itself while sending); `true` if there were any.
+    fn take_events(&mut self) -> bool {
         let mut events = std::mem::take(&mut self.events);
         self.conn.swap_events(&mut events);
+        let any = !events.is_empty();
         for event in events.drain(..) {
             self.event(event);
         }
         self.events = events;
+        any
     }
 
     /// Ends every stream: work aborted, parked frames dropped, bodies told

@@ -88,7 +88,15 @@ impl Conn {
             Ok(BlockFor::Request)
         } else if self.recent_resets.contains(&stream) {
             Ok(BlockFor::Discard)
+        } else if self.recent_closed.contains(&stream) {
+            // A stream that closed lately (section 5.1: STREAM_CLOSED, a
+            // connection error after END_STREAM; after the client's own
+            // RST_STREAM a stream error would do, but the connection
+            // error spares decoding a block nobody wants).
+            Err(conn_error(Reason::STREAM_CLOSED))
         } else {
+            // An identifier the client skipped, or one long closed: not
+            // one it may use (section 5.1.1).
             Err(conn_error(Reason::PROTOCOL_ERROR))
         }
     }
@@ -349,6 +357,14 @@ impl Conn {
             self.recv_window += i64::from(self.released);
             self.released = 0;
         }
+    }
+
+    /// Remembers a stream that ended, for [`Conn::block_for`].
+    pub(super) fn remember_closed(&mut self, stream: u32) {
+        if self.recent_closed.len() == RECENT_RESETS {
+            self.recent_closed.pop_front();
+        }
+        self.recent_closed.push_back(stream);
     }
 
     pub(super) fn remember_reset(&mut self, stream: u32) {

@@ -202,6 +202,7 @@ impl Conn {
         match self.streams.remove(&stream) {
             Some(s) => {
                 self.give_back(s.outstanding);
+                self.remember_closed(stream);
                 true
             }
             None => false,

@@ -777,3 +777,23 @@ mod review {
         );
     }
 }
+
+/// HEADERS on a stream that ended is STREAM_CLOSED (section 5.1), on one
+/// the client skipped PROTOCOL_ERROR (section 5.1.1).
+#[test]
+fn headers_on_a_closed_stream_is_stream_closed() {
+    let mut conn = open(Config::default());
+    let mut input = raw(HEADERS, END_STREAM | END_HEADERS, 1, &get("/"));
+    input.extend(raw(HEADERS, END_STREAM | END_HEADERS, 5, &get("/")));
+    feed(&mut conn, &input).unwrap();
+    conn.respond(1, StatusCode::OK, &HeaderMap::new(), true);
+    let again = raw(HEADERS, END_STREAM | END_HEADERS, 1, &get("/"));
+    assert_eq!(feed(&mut conn, &again).err(), Some(Reason::STREAM_CLOSED));
+    let mut conn = open(Config::default());
+    feed(&mut conn, &input).unwrap();
+    let skipped = raw(HEADERS, END_STREAM | END_HEADERS, 3, &get("/"));
+    assert_eq!(
+        feed(&mut conn, &skipped).err(),
+        Some(Reason::PROTOCOL_ERROR)
+    );
+}

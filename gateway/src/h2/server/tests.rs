@@ -144,3 +144,41 @@ async fn a_stream_that_panics_is_reset_alone() {
     }
     assert_eq!(reset, Some((1, Reason::INTERNAL_ERROR)));
 }
+
+/// A request that came in the same read as the preface (the listener's
+/// sniff read it all) is answered with nothing more from the client.
+#[tokio::test]
+async fn a_request_read_with_the_preface_is_answered() {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    static CLOSING: AtomicBool = AtomicBool::new(false);
+    let settings = Settings {
+        max_concurrent_streams: 16,
+        max_header_list_size: 16_384,
+    };
+    let service = |_req| async { Answer(Response::new(Full::new(Bytes::from_static(b"ok")))) };
+    let mut prefix = BytesMut::from(PREFACE);
+    frame::Settings::default().write(&mut prefix);
+    get(&mut prefix, 1);
+    tokio::spawn(serve(server, prefix, &settings, &CLOSING, service));
+    let (mut rd, _wr) = tokio::io::split(client);
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = loop {
+            if let Some(f) = frame::parse(&mut buf, 16_384).unwrap() {
+                break f;
+            }
+            use tokio::io::AsyncReadExt;
+            assert!(rd.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+        };
+        if let H2Frame::Data {
+            stream: 1,
+            data,
+            end_stream: true,
+            ..
+        } = frame
+        {
+            assert_eq!(&data[..], b"ok");
+            break;
+        }
+    }
+}
