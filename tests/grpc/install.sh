@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Installs what the gRPC test peers (tests/grpc/peer.py, peer.js) and the
-# HPACK peer (tests/h2/hpack_peer.py) need, when missing: Python grpcio,
-# grpcio-health-checking and hpack in a venv under target/grpc-venv, Node
-# @grpc/grpc-js under target/grpc-node. Idempotent
+# Installs what the gRPC test peers (tests/grpc/peer.py, peer.js), the
+# HPACK peer (tests/h2/hpack_peer.py) and the HTTP/2 conformance client
+# (tests/h2/conformance.py) need, when missing: Python grpcio,
+# grpcio-health-checking, hpack and hyperframe in a venv under
+# target/grpc-venv, Node @grpc/grpc-js under target/grpc-node. Idempotent
 # and quiet; .ci/run calls it before the tests, and so can a developer.
 # Nothing is fetched at test time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 venv=target/grpc-venv
-if ! "$venv/bin/python3" -c 'import grpc, grpc_health.v1.health, hpack' >/dev/null 2>&1; then
+if ! "$venv/bin/python3" -c 'import grpc, grpc_health.v1.health, hpack, hyperframe' >/dev/null 2>&1; then
     python3 -m venv "$venv"
-    # hpack: the HPACK peer of tests/hpack.rs (python-hyper's, pure Python).
+    # hpack: the HPACK peer of tests/hpack.rs (python-hyper's, pure Python);
+    # hyperframe (python-hyper's frame codec) with hpack: the raw HTTP/2
+    # client of tests/h2_conformance.rs.
     "$venv/bin/pip" install -q --disable-pip-version-check \
-        grpcio==1.85.1 grpcio-health-checking==1.85.1 hpack==4.1.0
+        grpcio==1.85.1 grpcio-health-checking==1.85.1 hpack==4.1.0 hyperframe==6.1.0
 fi
 
 node_dir=target/grpc-node

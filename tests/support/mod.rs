@@ -333,10 +333,20 @@ impl TestGateway {
         Self::launch(options, true).await
     }
 
+    /// A gateway on the HTTP/2 server `options` name, whatever
+    /// `PORTICO_TEST_HTTP2_SERVER` says: for a test of one server by name.
+    pub async fn start_own_http2(options: GatewayOptions) -> TestGateway {
+        Self::launch_as(options, false).await
+    }
+
     async fn launch(mut options: GatewayOptions, with_tls: bool) -> TestGateway {
         if let Some(server) = http2_server_under_test() {
             options.server.http2 = server;
         }
+        Self::launch_as(options, with_tls).await
+    }
+
+    async fn launch_as(mut options: GatewayOptions, with_tls: bool) -> TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = match with_tls {
