@@ -43,6 +43,11 @@ pub const DEFAULT_WINDOW: u32 = 65_535;
 /// Bytes waiting to be written past which a PING or SETTINGS is taken for
 /// a flood (`ENHANCE_YOUR_CALM`).
 const MAX_BACKLOG: usize = 1 << 20;
+/// The highest stream identifier there can be: the first GOAWAY of a
+/// graceful close names it.
+const MAX_STREAM: u32 = (1 << 31) - 1;
+/// The payload of the PING that follows that first GOAWAY.
+const DRAIN_PING: [u8; 8] = *b"portico.";
 
 /// This side's settings and limits.
 #[derive(Debug, Clone)]
@@ -157,6 +162,9 @@ pub struct Conn {
     last_stream: u32,
     /// Once this side sent GOAWAY: the last stream it will serve.
     goaway: Option<u32>,
+    /// The first of the two GOAWAYs of a graceful close went out with a
+    /// PING; the second, naming the last stream, waits for its ACK.
+    drain_ping: bool,
     pending: Option<Pending>,
     recv_window: i64,
     released: u32,
@@ -199,6 +207,7 @@ impl Conn {
             streams: super::StreamMap::default(),
             last_stream: 0,
             goaway: None,
+            drain_ping: false,
             pending: None,
             recv_window: i64::from(DEFAULT_WINDOW),
             released: 0,
@@ -319,7 +328,9 @@ impl Conn {
     /// stream is never above one an earlier GOAWAY named (section 6.8).
     fn fail(&mut self, reason: Reason) -> Reason {
         if self.phase != Phase::Failed {
-            let last = self.goaway.unwrap_or(self.last_stream);
+            let last = self
+                .goaway
+                .map_or(self.last_stream, |g| g.min(self.last_stream));
             frame::write_goaway(&mut self.out, last, reason);
             self.phase = Phase::Failed;
         }
@@ -355,6 +366,8 @@ impl Conn {
                 if !ack {
                     self.check_backlog()?;
                     frame::write_ping_ack(&mut self.out, payload);
+                } else if payload == DRAIN_PING {
+                    self.finish_go_away();
                 }
                 Ok(())
             }

@@ -483,6 +483,12 @@ pub fn write_settings_ack(dst: &mut BytesMut) {
     write_head(dst, 0, kind::SETTINGS, flags::ACK, 0);
 }
 
+/// A PING this side sends (the client must answer it).
+pub fn write_ping(dst: &mut BytesMut, payload: [u8; 8]) {
+    write_head(dst, 8, kind::PING, 0, 0);
+    dst.extend_from_slice(&payload);
+}
+
 pub fn write_ping_ack(dst: &mut BytesMut, payload: [u8; 8]) {
     write_head(dst, 8, kind::PING, flags::ACK, 0);
     dst.extend_from_slice(&payload);

@@ -221,12 +221,13 @@ where
             progress |= self.unpark();
             // Events start work (requests) that must be polled once.
             progress |= self.take_events();
-            let paused = self.conn.out.len() > OUT_HIGH;
+            // Reading pauses past OUT_HIGH, and parked frames wait at it.
+            let full = self.conn.out.len() >= OUT_HIGH;
             let flushed = self.poll_write(cx)?;
             // Room made while reading or sending was held back: go round
             // again, so a read is tried (and its waker set) and parked
             // frames go out.
-            progress |= paused && self.conn.out.len() <= OUT_HIGH;
+            progress |= full && self.conn.out.len() < OUT_HIGH;
             if flushed && self.finished() {
                 return Pin::new(&mut self.io).poll_shutdown(cx);
             }
@@ -374,8 +375,23 @@ where
             self.feeds.insert(stream, feed);
             Some(body)
         };
-        let fut = Box::pin((self.service)(Request::from_parts(head.parts, body)));
-        self.push(stream, Task::Answer { stream, fut });
+        let req = Request::from_parts(head.parts, body);
+        // The service's own call, like its future's polls, may panic (an
+        // embedder's layer): that stream is reset alone. (A panic while a
+        // stream's work is dropped is not caught: it ends the connection.)
+        match std::panic::catch_unwind(AssertUnwindSafe(|| (self.service)(req))) {
+            Ok(fut) => {
+                let fut = Box::pin(fut);
+                self.push(stream, Task::Answer { stream, fut });
+            }
+            Err(_) => self.panicked(stream),
+        }
+    }
+
+    fn panicked(&mut self, stream: u32) {
+        tracing::error!(stream, "an HTTP/2 stream panicked; it was reset alone");
+        self.conn.reset(stream, Reason::INTERNAL_ERROR);
+        self.aborts.remove(&stream);
     }
 
     /// Polls `body` for its next frame.
@@ -395,7 +411,12 @@ where
         if let Some(abort) = self.aborts.remove(&stream) {
             abort.abort();
         }
-        self.parked.remove(&stream);
+        if self.parked.remove(&stream).is_some() {
+            // Not left for `unpark` to pass over: it may not run for long
+            // (a connection window held at 0), and a client resetting
+            // streams would grow the queue meanwhile.
+            self.parked_order.retain(|&s| s != stream);
+        }
         self.heads.remove(&stream);
         if let Some(feed) = self.feeds.remove(&stream) {
             feed.fail(why);
@@ -412,11 +433,7 @@ where
         match done {
             Done::Head(stream, resp) => self.head(stream, resp),
             Done::Frame(stream, body, frame) => self.frame(stream, body, frame),
-            Done::Panicked(stream) => {
-                tracing::error!(stream, "an HTTP/2 stream panicked; it was reset alone");
-                self.conn.reset(stream, Reason::INTERNAL_ERROR);
-                self.aborts.remove(&stream);
-            }
+            Done::Panicked(stream) => self.panicked(stream),
         }
     }
 

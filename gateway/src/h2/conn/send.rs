@@ -137,12 +137,28 @@ impl Conn {
         }
     }
 
-    /// Starts a graceful close: GOAWAY naming the last stream opened, which
-    /// is still served; streams the client opens after it are ignored.
+    /// Starts a graceful close, in two steps (RFC 9113, section 6.8): a
+    /// GOAWAY naming the highest stream there could be, with a PING; once
+    /// the PING comes back, every request the client sent before it read
+    /// the first GOAWAY has arrived, and a second GOAWAY names the last
+    /// stream opened. Those are still served; streams the client opens
+    /// after it are ignored (the client may retry them elsewhere). A
+    /// single GOAWAY would refuse requests already on the wire.
     pub fn go_away(&mut self) {
         if self.goaway.is_none() && self.phase != Phase::Failed {
+            frame::write_goaway(&mut self.out, MAX_STREAM, Reason::NO_ERROR);
+            frame::write_ping(&mut self.out, DRAIN_PING);
+            self.goaway = Some(MAX_STREAM);
+            self.drain_ping = true;
+        }
+    }
+
+    /// The second GOAWAY of a graceful close, when its PING came back.
+    pub(super) fn finish_go_away(&mut self) {
+        if self.drain_ping && self.phase != Phase::Failed {
             frame::write_goaway(&mut self.out, self.last_stream, Reason::NO_ERROR);
             self.goaway = Some(self.last_stream);
+            self.drain_ping = false;
         }
     }
 
@@ -150,7 +166,7 @@ impl Conn {
     /// this side went away and every stream it still served has ended.
     pub fn is_done(&self) -> bool {
         let drained = self.streams.is_empty() && self.pending.is_none();
-        self.phase == Phase::Failed || (self.goaway.is_some() && drained)
+        self.phase == Phase::Failed || (self.goaway.is_some() && !self.drain_ping && drained)
     }
 
     /// Streams open or half closed.

@@ -517,23 +517,46 @@ fn going_away_serves_what_was_open() {
     )
     .unwrap();
     conn.go_away();
-    assert!(matches!(
-        &written(&mut conn)[..],
-        [Frame::GoAway {
-            last_stream: 1,
-            reason: Reason::NO_ERROR
-        }]
-    ));
-    assert!(!conn.is_done());
-    // A stream opened after it is not served.
+    let payload = match &written(&mut conn)[..] {
+        [
+            Frame::GoAway {
+                last_stream: 0x7fff_ffff,
+                reason: Reason::NO_ERROR,
+            },
+            Frame::Ping {
+                ack: false,
+                payload,
+            },
+        ] => *payload,
+        other => panic!("{other:?}"),
+    };
+    // Sent before the client read the first GOAWAY: still served.
     let events = feed(
         &mut conn,
         &raw(HEADERS, END_STREAM | END_HEADERS, 3, &get("/")),
     )
     .unwrap();
-    assert!(events.is_empty());
+    assert_eq!(events.len(), 1);
     conn.respond(1, StatusCode::NO_CONTENT, &HeaderMap::new(), true);
+    conn.respond(3, StatusCode::NO_CONTENT, &HeaderMap::new(), true);
+    assert!(!conn.is_done(), "the second GOAWAY waits for the PING");
+    feed(&mut conn, &raw(PING, 0x1, 0, &payload)).unwrap();
+    let lasts: Vec<u32> = written(&mut conn)
+        .iter()
+        .filter_map(|f| match f {
+            Frame::GoAway { last_stream, .. } => Some(*last_stream),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lasts, [3]);
     assert!(conn.is_done());
+    // A stream opened after it is not served.
+    let events = feed(
+        &mut conn,
+        &raw(HEADERS, END_STREAM | END_HEADERS, 5, &get("/")),
+    )
+    .unwrap();
+    assert!(events.is_empty());
 }
 
 #[test]
@@ -747,6 +770,12 @@ mod review {
             &raw(HEADERS, END_STREAM | END_HEADERS, 3, &get("/")),
         )
         .unwrap();
+        feed(&mut conn, &raw(PING, 0x1, 0, b"portico.")).unwrap();
+        feed(
+            &mut conn,
+            &raw(HEADERS, END_STREAM | END_HEADERS, 5, &get("/")),
+        )
+        .unwrap();
         assert!(feed(&mut conn, &raw(DATA, 0, 0, b"x")).is_err());
         let lasts: Vec<u32> = written(&mut conn)
             .iter()
@@ -755,7 +784,7 @@ mod review {
                 _ => None,
             })
             .collect();
-        assert_eq!(lasts, [1, 1]);
+        assert_eq!(lasts, [0x7fff_ffff, 3, 3]);
     }
 
     #[test]

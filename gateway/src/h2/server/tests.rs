@@ -98,13 +98,7 @@ async fn a_narrow_connection_window_is_shared_in_turn() {
 /// A stream whose work panics is reset alone: the connection goes on, and
 /// a request after it is answered.
 #[tokio::test]
-async fn a_stream_that_panics_is_reset_alone() {
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    static CLOSING: AtomicBool = AtomicBool::new(false);
-    let settings = Settings {
-        max_concurrent_streams: 16,
-        max_header_list_size: 16_384,
-    };
+async fn a_stream_whose_work_panics_is_reset_alone() {
     let mut n = 0;
     let service = move |_req| {
         n += 1;
@@ -114,7 +108,35 @@ async fn a_stream_that_panics_is_reset_alone() {
             Answer(Response::new(Full::new(Bytes::from_static(b"ok"))))
         }
     };
-    tokio::spawn(serve(server, BytesMut::new(), &settings, &CLOSING, service));
+    first_reset_second_answered(service).await;
+}
+
+/// The same when the service panics as it is called.
+#[tokio::test]
+async fn a_service_that_panics_when_called_resets_that_stream_alone() {
+    let mut n = 0;
+    let service = move |_req| {
+        n += 1;
+        assert!(n > 1, "the first call panics");
+        async { Answer(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+    };
+    first_reset_second_answered(service).await;
+}
+
+/// Sends two GETs: the first must be reset INTERNAL_ERROR, the second
+/// answered, the connection kept.
+async fn first_reset_second_answered<F, Fut>(service: F)
+where
+    F: FnMut(Request<Option<H2Body>>) -> Fut + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    static CLOSING: AtomicBool = AtomicBool::new(false);
+    let settings = Settings {
+        max_concurrent_streams: 16,
+        max_header_list_size: 16_384,
+    };
+    tokio::spawn(async move { serve(server, BytesMut::new(), &settings, &CLOSING, service).await });
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut out = BytesMut::from(PREFACE);
     frame::Settings::default().write(&mut out);
