@@ -99,6 +99,17 @@ fn resets(frames: &[Frame]) -> Vec<(u32, Reason)> {
         .collect()
 }
 
+/// The last streams the GOAWAYs among `frames` named, in order.
+fn goaway_lasts(frames: &[Frame]) -> Vec<u32> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::GoAway { last_stream, .. } => Some(*last_stream),
+            _ => None,
+        })
+        .collect()
+}
+
 fn goaway(frames: &[Frame]) -> Option<Reason> {
     frames.iter().find_map(|f| match f {
         Frame::GoAway { reason, .. } => Some(*reason),
@@ -541,14 +552,7 @@ fn going_away_serves_what_was_open() {
     conn.respond(3, StatusCode::NO_CONTENT, &HeaderMap::new(), true);
     assert!(!conn.is_done(), "the second GOAWAY waits for the PING");
     feed(&mut conn, &raw(PING, 0x1, 0, &payload)).unwrap();
-    let lasts: Vec<u32> = written(&mut conn)
-        .iter()
-        .filter_map(|f| match f {
-            Frame::GoAway { last_stream, .. } => Some(*last_stream),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(lasts, [3]);
+    assert_eq!(goaway_lasts(&written(&mut conn)), [3]);
     assert!(conn.is_done());
     // A stream opened after it is not served.
     let events = feed(
@@ -777,14 +781,7 @@ mod review {
         )
         .unwrap();
         assert!(feed(&mut conn, &raw(DATA, 0, 0, b"x")).is_err());
-        let lasts: Vec<u32> = written(&mut conn)
-            .iter()
-            .filter_map(|f| match f {
-                Frame::GoAway { last_stream, .. } => Some(*last_stream),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(lasts, [0x7fff_ffff, 3, 3]);
+        assert_eq!(goaway_lasts(&written(&mut conn)), [0x7fff_ffff, 3, 3]);
     }
 
     #[test]
