@@ -24,6 +24,7 @@ tests/h2_conformance.rs runs it against Portico's two HTTP/2 servers.
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import re
 import socket
@@ -145,7 +146,23 @@ class Conn:
 
     # -- writing --
 
+    @contextlib.contextmanager
+    def corked(self):
+        """Frames sent inside go out in one write at the end, so the server
+        reads them together: a late frame then cannot lose a race with the
+        response (a server that answers first may read it only after its
+        response has ended the stream)."""
+        self.cork = []
+        try:
+            yield
+        finally:
+            chunks, self.cork = self.cork, None
+            self.send(*chunks)
+
     def send(self, *chunks):
+        if getattr(self, "cork", None) is not None:
+            self.cork.extend(chunks)
+            return
         try:
             self.sock.sendall(b"".join(chunks))
         except OSError as e:
@@ -640,16 +657,18 @@ def _(ctx):
 @case("5.1/5", "half-closed (remote): DATA", "stream error STREAM_CLOSED")
 def _(ctx):
     c = Conn(ctx)
-    c.request(1)
-    c.data(1, b"late")
+    with c.corked():
+        c.request(1)
+        c.data(1, b"late")
     return stream_error(c, 1, "STREAM_CLOSED")
 
 
 @case("5.1/6", "half-closed (remote): HEADERS", "stream error STREAM_CLOSED")
 def _(ctx):
     c = Conn(ctx)
-    c.request(1)
-    c.headers(1, [("x-late", "1")], end_stream=True)
+    with c.corked():
+        c.request(1)
+        c.headers(1, [("x-late", "1")], end_stream=True)
     return stream_error(c, 1, "STREAM_CLOSED")
 
 
@@ -815,8 +834,9 @@ def _(ctx):
 @case("6.1/2", "DATA on a stream neither open nor half-closed (local)", "stream error STREAM_CLOSED")
 def _(ctx):
     c = Conn(ctx)
-    c.request(1)
-    c.data(1, b"half-closed remote", end_stream=True)
+    with c.corked():
+        c.request(1)
+        c.data(1, b"half-closed remote", end_stream=True)
     return stream_error(c, 1, "STREAM_CLOSED")
 
 

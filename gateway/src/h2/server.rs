@@ -34,6 +34,9 @@ use super::frame::Reason;
 
 /// Bytes waiting to be written past which the connection stops reading.
 pub const OUT_HIGH: usize = 256 * 1024;
+/// Response bodies polled in place per round before the rest wait in the
+/// connection's queue of work.
+const FRESH_POLLS: usize = 64;
 /// Room made in the read buffer before each read.
 const READ_ROOM: usize = 16 * 1024;
 
@@ -137,6 +140,10 @@ struct Driver<'a, I, F, Fut, B> {
     /// The parked streams in the order they parked (ids of streams gone
     /// meanwhile are passed over): window is shared out in turn.
     parked_order: VecDeque<u32>,
+    /// Response bodies whose next frame is wanted: polled in place first
+    /// ([`Driver::poll_fresh`]); only one with nothing ready goes into
+    /// `running`, which costs an abort handle and a queue node.
+    fresh: Vec<(u32, B)>,
     /// Streams whose request is a HEAD (their responses go without a body).
     heads: super::StreamMap<()>,
     /// The events of the last read, kept to be swapped with the
@@ -183,6 +190,7 @@ where
         parked: super::StreamMap::default(),
         parked_order: VecDeque::new(),
         heads: super::StreamMap::default(),
+        fresh: Vec::new(),
         events: Vec::new(),
         read_closed: false,
         going_away: false,
@@ -218,6 +226,7 @@ where
                     self.done(done);
                 }
             }
+            self.poll_fresh(cx);
             progress |= self.unpark();
             // Events start work (requests) that must be polled once.
             progress |= self.take_events();
@@ -228,6 +237,8 @@ where
             // again, so a read is tried (and its waker set) and parked
             // frames go out.
             progress |= full && self.conn.out.len() < OUT_HIGH;
+            // Bodies wanted by the sends above are polled next round.
+            progress |= !self.fresh.is_empty();
             if flushed && self.finished() {
                 return Pin::new(&mut self.io).poll_shutdown(cx);
             }
@@ -239,7 +250,7 @@ where
 
     /// Whether there is nothing left to do (all written).
     fn finished(&self) -> bool {
-        let idle = self.running.is_empty() && self.parked.is_empty();
+        let idle = self.running.is_empty() && self.parked.is_empty() && self.fresh.is_empty();
         self.failed || (idle && (self.read_closed || self.conn.is_done()))
     }
 
@@ -319,6 +330,7 @@ where
         }
         self.parked.clear();
         self.parked_order.clear();
+        self.fresh.clear();
         self.heads.clear();
         self.fail_bodies(H2BodyError::Gone);
     }
@@ -379,11 +391,11 @@ where
         // The service's own call, like its future's polls, may panic (an
         // embedder's layer): that stream is reset alone. (A panic while a
         // stream's work is dropped is not caught: it ends the connection.)
-        match std::panic::catch_unwind(AssertUnwindSafe(|| (self.service)(req))) {
-            Ok(fut) => {
-                let fut = Box::pin(fut);
-                self.push(stream, Task::Answer { stream, fut });
-            }
+        // Boxed where it is made: the request's future is large, and
+        // `Box::pin` would copy it whole from the stack.
+        let make = || crate::h1::box_in_place(|| (self.service)(req));
+        match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+            Ok(fut) => self.push(stream, Task::Answer { stream, fut }),
             Err(_) => self.panicked(stream),
         }
     }
@@ -394,10 +406,39 @@ where
         self.aborts.remove(&stream);
     }
 
-    /// Polls `body` for its next frame.
+    /// Wants `body`'s next frame.
     fn next_frame(&mut self, stream: u32, body: B) {
-        let body = Some(body);
-        self.push(stream, Task::Body { stream, body });
+        self.fresh.push((stream, body));
+    }
+
+    /// Polls the bodies whose next frame is wanted, in place: a frame
+    /// ready now (a small response's whole body, usually) is sent without
+    /// the body going through `running`; a body with nothing ready goes
+    /// there, to be woken. Past a budget of polls the rest go there too,
+    /// so a body that never stops being ready cannot hold the connection.
+    fn poll_fresh(&mut self, cx: &mut Context<'_>) {
+        let mut budget = FRESH_POLLS;
+        while let Some((stream, mut body)) = self.fresh.pop() {
+            if !self.aborts.contains_key(&stream) {
+                continue; // the stream went meanwhile
+            }
+            if budget == 0 {
+                let body = Some(body);
+                self.push(stream, Task::Body { stream, body });
+                continue;
+            }
+            budget -= 1;
+            let polled =
+                std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll_frame(cx)));
+            match polled {
+                Ok(Poll::Ready(frame)) => self.frame(stream, body, frame),
+                Ok(Poll::Pending) => {
+                    let body = Some(body);
+                    self.push(stream, Task::Body { stream, body });
+                }
+                Err(_) => self.panicked(stream),
+            }
+        }
     }
 
     fn push(&mut self, stream: u32, task: Task<Fut, B>) {
