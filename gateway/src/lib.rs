@@ -43,6 +43,7 @@
 //!   and the backoff on accept errors at the descriptor limit.
 //! - [`idle`]: "no bytes either way for the idle timeout", for connections
 //!   and tunnels.
+//! - `inplace`: futures boxed where they are made (no copy off the stack).
 //! - [`tunnel`]: upgraded connections (WebSocket): counted, closed when
 //!   idle, drained at shutdown.
 //! - [`trace`]: W3C `traceparent` checks and, when asked, generation.
@@ -94,6 +95,7 @@ pub mod h2;
 pub mod health;
 pub mod host;
 pub mod idle;
+mod inplace;
 pub mod metrics;
 pub mod path;
 pub mod pool;

@@ -393,7 +393,7 @@ async fn accept_loop(
         // into its task and out again; spawned whole it was copied five
         // times (callgrind).
         let (shared, tls, draining) = (shared.clone(), tls.clone(), draining.clone());
-        tokio::spawn(h1::box_in_place(move || {
+        tokio::spawn(crate::inplace::box_in_place(move || {
             serve_connection(stream, permit, peer, shared, tls, draining)
         }));
     }
@@ -504,7 +504,7 @@ fn serve_connection(
         }
         // Boxed: the handshake's state is large, and inline it would size
         // every connection's task, cleartext ones too, for their whole life.
-        Some(tls) => Either::Right(h1::box_in_place(|| {
+        Some(tls) => Either::Right(crate::inplace::box_in_place(|| {
             serve_tls(io, tls, peer, shared, active, draining)
         })),
     }
@@ -765,7 +765,7 @@ where
             };
             // Boxed: its state would otherwise size every HTTP/1.1
             // connection's task too.
-            let mut conn = h1::box_in_place(|| {
+            let mut conn = crate::inplace::box_in_place(|| {
                 crate::h2::server::serve(io, prefix, settings, &closing, handle)
             });
             let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
@@ -774,7 +774,8 @@ where
         }
         // Boxed: hyper's connection state would otherwise size every native
         // connection's task too.
-        h1::box_in_place(|| serve_hyper(io, prefix, protocol, &shared, handle, watch)).await;
+        crate::inplace::box_in_place(|| serve_hyper(io, prefix, protocol, &shared, handle, watch))
+            .await;
     }
 }
 
@@ -797,7 +798,7 @@ async fn serve_hyper<I, H, F, B>(
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         // Boxed: hyper's HTTP/1.1 dispatcher keeps room for the request's
         // future for the connection's whole life.
-        let fut = h1::box_in_place(|| handle(req.map(RequestBody::Hyper)));
+        let fut = crate::inplace::box_in_place(|| handle(req.map(RequestBody::Hyper)));
         async move {
             let (mut resp, beside) = fut.await.into_parts();
             beside.fold(&mut resp);

@@ -27,8 +27,6 @@
 //!   heads parsed (given back once a head is written).
 //! - [`server`]: the connection loop: heads, bodies, responses, pipelined
 //!   requests in order, upgrades handed to a tunnel, no buffer held idle.
-//! - `box_in_place` (here): a future boxed where it is made, for the
-//!   futures the gateway boxes per connection and per request.
 //!
 //! Bytes flow one way: a connection reads into a `BytesMut`;
 //! [`head::parse`] takes the head off its front, and the
@@ -44,18 +42,3 @@ pub mod pool;
 pub mod relay;
 pub mod response;
 pub mod server;
-
-use std::pin::Pin;
-
-/// A future boxed where it is made: the box is allocated first and `make`'s
-/// future is written into it. `Box::pin(fut)` makes the future on the stack
-/// first and then copies all of it into the box, however little of it is
-/// set yet: for a request's exchange (6.5 kB) that copy was the largest
-/// single `memcpy` of a proxied GET, and most of its cache misses
-/// (callgrind's cache simulation). With the box allocated first, the
-/// compiler has the future's constructor write into the box itself.
-#[inline(always)]
-pub(crate) fn box_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    let slot = Box::new_uninit();
-    Box::into_pin(Box::write(slot, make()))
-}

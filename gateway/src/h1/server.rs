@@ -216,7 +216,8 @@ where
             // the service's future and the response) is large, and inline it
             // would size the task for the connection's whole life, idle or not.
             // Made in its box, not copied there (`box_in_place`).
-            let exchange = super::box_in_place(|| conn.exchange(head, &mut service, closing));
+            let exchange =
+                crate::inplace::box_in_place(|| conn.exchange(head, &mut service, closing));
             match exchange.await? {
                 Next::KeepAlive => conn.rest(),
                 Next::Close => break,

@@ -393,7 +393,7 @@ where
         // stream's work is dropped is not caught: it ends the connection.)
         // Boxed where it is made: the request's future is large, and
         // `Box::pin` would copy it whole from the stack.
-        let make = || crate::h1::box_in_place(|| (self.service)(req));
+        let make = || crate::inplace::box_in_place(|| (self.service)(req));
         match std::panic::catch_unwind(AssertUnwindSafe(make)) {
             Ok(fut) => self.push(stream, Task::Answer { stream, fut }),
             Err(_) => self.panicked(stream),
