@@ -21,9 +21,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use portico_gateway::GatewayOptions;
-use portico_gateway::config::Config;
-use portico_gateway::proxy::ProxySettings;
 use portico_gateway::server::{Http2Server, ServerSettings};
 use serde_json::Value;
 use support::*;
@@ -104,23 +101,12 @@ const HYPER_KNOWN: &[(&str, &str)] = &[
 const MAX_STREAMS: u32 = 8;
 
 async fn gateway(server: Http2Server, upstream: SocketAddr) -> TestGateway {
-    TestGateway::start_own_http2(GatewayOptions {
-        config: Config::parse(&format!(
-            "[[route]]\nname = \"up\"\nupstreams = [\"{upstream}\"]\n"
-        ))
-        .unwrap(),
-        proxy: ProxySettings {
-            access_log: false,
-            ..ProxySettings::default()
-        },
-        server: ServerSettings {
-            http2: server,
-            max_concurrent_streams: MAX_STREAMS,
-            ..ServerSettings::default()
-        },
-        ..GatewayOptions::default()
-    })
-    .await
+    let settings = ServerSettings {
+        http2: server,
+        max_concurrent_streams: MAX_STREAMS,
+        ..ServerSettings::default()
+    };
+    TestGateway::to_upstream_on(upstream, settings).await
 }
 
 /// One case's line.

@@ -12,30 +12,16 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use portico_gateway::GatewayOptions;
-use portico_gateway::config::Config;
-use portico_gateway::proxy::ProxySettings;
 use portico_gateway::server::{Http2Server, ServerSettings};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 
 async fn native_gateway(upstream: SocketAddr) -> TestGateway {
-    TestGateway::start_own_http2(GatewayOptions {
-        config: Config::parse(&format!(
-            "[[route]]\nname = \"up\"\nupstreams = [\"{upstream}\"]\n"
-        ))
-        .unwrap(),
-        proxy: ProxySettings {
-            access_log: false,
-            ..ProxySettings::default()
-        },
-        server: ServerSettings {
-            http2: Http2Server::Native,
-            ..ServerSettings::default()
-        },
-        ..GatewayOptions::default()
-    })
-    .await
+    let settings = ServerSettings {
+        http2: Http2Server::Native,
+        ..ServerSettings::default()
+    };
+    TestGateway::to_upstream_on(upstream, settings).await
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {

@@ -333,6 +333,26 @@ impl TestGateway {
         Self::launch(options, true).await
     }
 
+    /// A gateway with one route ("up") to `upstream`, no access log, and
+    /// `server`'s settings, HTTP/2 server included (whatever
+    /// `PORTICO_TEST_HTTP2_SERVER` says): for the HTTP/2 servers' own tests.
+    pub async fn to_upstream_on(
+        upstream: SocketAddr,
+        server: portico_gateway::server::ServerSettings,
+    ) -> TestGateway {
+        let route = format!("[[route]]\nname = \"up\"\nupstreams = [\"{upstream}\"]\n");
+        Self::start_own_http2(GatewayOptions {
+            config: portico_gateway::config::Config::parse(&route).unwrap(),
+            proxy: portico_gateway::proxy::ProxySettings {
+                access_log: false,
+                ..Default::default()
+            },
+            server,
+            ..GatewayOptions::default()
+        })
+        .await
+    }
+
     /// A gateway on the HTTP/2 server `options` name, whatever
     /// `PORTICO_TEST_HTTP2_SERVER` says: for a test of one server by name.
     pub async fn start_own_http2(options: GatewayOptions) -> TestGateway {
