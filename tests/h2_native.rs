@@ -244,14 +244,7 @@ async fn a_head_response_has_no_body() {
     let echo = TestEcho::start("e").await;
     let gw = native_gateway(echo.addr).await;
     let client = h2_client(gw.addr).await;
-    let req = http::Request::head("http://localhost/h").body(()).unwrap();
-    let (resp, _) = client
-        .ready()
-        .await
-        .unwrap()
-        .send_request(req, true)
-        .unwrap();
-    let resp = resp.await.unwrap();
+    let resp = request(&client, http::Method::HEAD, "/h").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().contains_key("date"));
     // The stream ended with the head: no DATA frame (one would be a
@@ -271,19 +264,7 @@ async fn the_gateways_own_answer_to_head_has_no_body() {
     let gw = native_gateway(dead).await;
     let client = h2_client(gw.addr).await;
     for method in [http::Method::HEAD, http::Method::GET] {
-        let req = http::Request::builder()
-            .method(method.clone())
-            .uri("http://localhost/h")
-            .body(())
-            .unwrap();
-        let (resp, _) = client
-            .clone()
-            .ready()
-            .await
-            .unwrap()
-            .send_request(req, true)
-            .unwrap();
-        let resp = resp.await.unwrap();
+        let resp = request(&client, method.clone(), "/h").await;
         assert!(
             resp.status().is_server_error(),
             "{method}: {}",

@@ -137,8 +137,8 @@ struct Driver<'a, I, F, Fut, B> {
     aborts: super::StreamMap<AbortHandle>,
     running: FuturesUnordered<Abortable<Task<Fut, B>>>,
     parked: super::StreamMap<Parked<B>>,
-    /// The parked streams in the order they parked (ids of streams gone
-    /// meanwhile are passed over): window is shared out in turn.
+    /// The parked streams in the order they parked (a stream that goes
+    /// leaves it, in `forget`): window is shared out in turn.
     parked_order: VecDeque<u32>,
     /// Response bodies whose next frame is wanted: polled in place first
     /// ([`Driver::poll_fresh`]); only one with nothing ready goes into
@@ -423,8 +423,7 @@ where
                 continue; // the stream went meanwhile
             }
             if budget == 0 {
-                let body = Some(body);
-                self.push(stream, Task::Body { stream, body });
+                self.queue_body(stream, body);
                 continue;
             }
             budget -= 1;
@@ -432,13 +431,16 @@ where
                 std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll_frame(cx)));
             match polled {
                 Ok(Poll::Ready(frame)) => self.frame(stream, body, frame),
-                Ok(Poll::Pending) => {
-                    let body = Some(body);
-                    self.push(stream, Task::Body { stream, body });
-                }
+                Ok(Poll::Pending) => self.queue_body(stream, body),
                 Err(_) => self.panicked(stream),
             }
         }
+    }
+
+    /// Leaves `body` to be woken when its next frame is ready.
+    fn queue_body(&mut self, stream: u32, body: B) {
+        let body = Some(body);
+        self.push(stream, Task::Body { stream, body });
     }
 
     fn push(&mut self, stream: u32, task: Task<Fut, B>) {
@@ -551,14 +553,11 @@ where
                 break;
             }
             let stream = self.parked_order.pop_front().expect("counted");
-            if !self.parked.contains_key(&stream) {
-                continue; // gone meanwhile
-            }
             if self.conn.capacity(stream) == 0 {
                 self.parked_order.push_back(stream);
                 continue;
             }
-            let Parked { body, rest } = self.parked.remove(&stream).expect("checked");
+            let Parked { body, rest } = self.parked.remove(&stream).expect("parked in order");
             self.send(stream, body, rest);
             progress = true;
         }
