@@ -580,6 +580,13 @@ pub async fn put_json(url: &str, body: serde_json::Value) -> Reply {
     .unwrap_or_else(|e| panic!("PUT {url}: {e}"))
 }
 
+/// The log filter of a child process whose stderr the test shows: `warn`,
+/// or `PORTICO_TEST_CHILD_LOG` (a `RUST_LOG` filter) to see more of a
+/// failing run, e.g. `portico_registry::store=info,warn`.
+fn child_log_level() -> String {
+    std::env::var("PORTICO_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// The `portico` binary as a child process, killed on drop.
 pub struct ChildProcess {
     pub child: Child,
@@ -587,7 +594,7 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     pub fn spawn(args: &[&str]) -> ChildProcess {
-        let child = Self::command(args, "warn")
+        let child = Self::command(args, &child_log_level())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn portico");
