@@ -501,10 +501,10 @@ impl Leases {
         }
     }
 
-    /// Says how close a keep-alive answered late or after failures came to the end
-    /// of what the session was vouched for (negative: heartbeats were
-    /// refused meanwhile), so an operator can size `--etcd-session-ttl`
-    /// against the elections their etcd goes through.
+    /// Says how close a keep-alive answered late or after failures came to
+    /// the end of what the session was vouched for, so an operator can size
+    /// `--etcd-session-ttl` against the elections their etcd goes through.
+    /// A warning when it came too late: heartbeats were refused meanwhile.
     fn log_recovered(&self, id: i64) {
         let until = self
             .session
@@ -518,11 +518,19 @@ impl Leases {
         } else {
             -((now - until).as_millis() as i64)
         };
-        tracing::info!(
-            session = id,
-            margin_ms,
-            "etcd session keep-alive answered late or after failures"
-        );
+        if margin_ms < 0 {
+            tracing::warn!(
+                session = id,
+                margin_ms,
+                "etcd session keep-alive answered after the session's promise ran out: heartbeats were refused meanwhile (a longer --etcd-session-ttl rides out longer etcd elections)"
+            );
+        } else {
+            tracing::info!(
+                session = id,
+                margin_ms,
+                "etcd session keep-alive answered late or after failures"
+            );
+        }
     }
 
     /// Moves every deadline forward while this replica could not act on
