@@ -55,6 +55,9 @@ const ADOPTING: usize = 256;
 /// renewal on the etcd leader (no Raft write), so one a second per replica
 /// costs etcd nothing that shows.
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(1);
+/// A keep-alive answered later than this logs how much of the session's
+/// promise was left ([`Leases::log_recovered`]).
+const KEEP_ALIVE_LATE: Duration = Duration::from_millis(500);
 
 /// One lease this replica holds.
 #[derive(Debug, Clone, Copy)]
@@ -482,7 +485,7 @@ impl Leases {
             let sent = Instant::now();
             match keep_alive(&self.members, id, &mut stream).await {
                 Ok(ttl) if ttl > 0 => {
-                    let slow = sent.elapsed() > Duration::from_millis(500);
+                    let slow = sent.elapsed() > KEEP_ALIVE_LATE;
                     if std::mem::take(&mut failing) || slow {
                         self.log_recovered(id);
                     }
