@@ -17,7 +17,7 @@ use portico_gateway::acme::{AcmeSettings, ChallengeKind};
 use portico_gateway::config::Config;
 use portico_gateway::health::OutlierPolicy;
 use portico_gateway::path::{PathPolicy, SlashPolicy};
-use portico_gateway::pool::Http1Client;
+use portico_gateway::pool::{Http1Client, Http2Client};
 use portico_gateway::proxy::{Cidr, EdgePolicy, ProxySettings, UnderscorePolicy};
 use portico_gateway::server::{DEFAULT_LISTEN_BACKLOG, Http1Server, Http2Server, ServerSettings};
 use portico_gateway::tls::cert::CertFiles;
@@ -60,6 +60,13 @@ enum Http2ServerArg {
 /// `--http1-client`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Http1ClientArg {
+    Native,
+    Hyper,
+}
+
+/// `--http2-client`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Http2ClientArg {
     Native,
     Hyper,
 }
@@ -454,6 +461,12 @@ struct GatewayArgs {
     /// hyper's either way.
     #[arg(long, value_enum, default_value = "native")]
     http1_client: Http1ClientArg,
+    /// Which client speaks HTTP/2 to upstreams (h2c, and `https` where ALPN
+    /// chooses HTTP/2): `native` (Portico's own, HPACK without a dynamic
+    /// table or Huffman coding, no task per request) or `hyper` (the h2
+    /// crate, as before; kept to compare and to fall back on).
+    #[arg(long, value_enum, default_value = "native")]
+    http2_client: Http2ClientArg,
     /// Close a WebSocket (upgraded) tunnel that carried no bytes either way
     /// for this long, both sides.
     #[arg(long, default_value = "60s", value_parser = duration)]
@@ -926,6 +939,10 @@ impl GatewayArgs {
                 http1_client: match self.http1_client {
                     Http1ClientArg::Native => Http1Client::Native,
                     Http1ClientArg::Hyper => Http1Client::Hyper,
+                },
+                http2_client: match self.http2_client {
+                    Http2ClientArg::Native => Http2Client::Native,
+                    Http2ClientArg::Hyper => Http2Client::Hyper,
                 },
                 tunnel_idle_timeout: self.tunnel_idle_timeout,
                 edge: self.edge(),

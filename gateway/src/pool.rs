@@ -14,7 +14,10 @@
 //!   [`PooledBody`] wrapper sees that, including for empty bodies the server
 //!   never polls) and is dropped if the body was abandoned midway, because
 //!   its state is then unknown.
-//! - h2c: one multiplexed connection per endpoint, shared by clones.
+//! - HTTP/2 (h2c, or `https` where ALPN chose it): one multiplexed
+//!   connection per endpoint, shared by clones of its handle; Portico's own
+//!   client ([`crate::h2::client`]) by default, hyper's as a choice
+//!   ([`Http2Client`]).
 //! - Native HTTP/1.1: the same stack, of sockets alone (no task, no
 //!   buffer). A socket the peer closed, or wrote to, while it was idle is
 //!   dropped at checkout (tokio's readiness says so without a system call
@@ -200,7 +203,77 @@ struct IdleSocket {
 struct Conns {
     http1: FastMap<Key, Vec<Idle>>,
     native: FastMap<Key, Vec<IdleSocket>>,
-    h2c: FastMap<Key, http2::SendRequest<UpstreamBody>>,
+    h2c: FastMap<Key, H2Sender>,
+}
+
+/// Which client speaks HTTP/2 to upstreams (h2c, and `https` where ALPN
+/// chooses it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Http2Client {
+    /// Portico's own ([`crate::h2::client`]).
+    #[default]
+    Native,
+    /// hyper's (the h2 crate), kept to compare and fall back on.
+    Hyper,
+}
+
+/// An upstream HTTP/2 response's body, from whichever client read it.
+pub type H2ResponseBody = Either<crate::h2::body::H2Body, Incoming>;
+
+/// A shared HTTP/2 upstream connection's handle.
+#[derive(Clone)]
+enum H2Sender {
+    Native(crate::h2::client::SendRequest<UpstreamBody>),
+    Hyper(http2::SendRequest<UpstreamBody>),
+}
+
+/// A failed HTTP/2 exchange: why, and the request if it never went out.
+type H2Failure = (UpstreamError, Option<Request<UpstreamBody>>);
+
+impl H2Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            H2Sender::Native(s) => s.is_closed(),
+            H2Sender::Hyper(s) => s.is_closed(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<H2ResponseBody>, H2Failure> {
+        use crate::h2::client::ClientError;
+        match self {
+            H2Sender::Native(s) => match s.send(req).await {
+                Ok(resp) => Ok(resp.map(Either::Left)),
+                Err(failure) => {
+                    let error = match &failure.error {
+                        ClientError::Refused(_) => {
+                            UpstreamError::Refused(failure.error.to_string())
+                        }
+                        ClientError::Io(e) if is_tls_error(&**e) => {
+                            UpstreamError::Tls(error_chain(&**e))
+                        }
+                        other => UpstreamError::Protocol(other.to_string()),
+                    };
+                    Err((error, failure.request))
+                }
+            },
+            H2Sender::Hyper(s) => match s.try_send_request(req).await {
+                Ok(resp) => Ok(resp.map(Either::Right)),
+                Err(mut e) => {
+                    let error = if is_refused_stream(e.error()) {
+                        UpstreamError::Refused(error_chain(e.error()))
+                    } else if is_tls_error(e.error()) {
+                        UpstreamError::Tls(error_chain(e.error()))
+                    } else {
+                        UpstreamError::Protocol(error_chain(e.error()))
+                    };
+                    Err((error, e.take_message()))
+                }
+            },
+        }
+    }
 }
 
 /// Which client speaks HTTP/1.1 to cleartext upstreams.
@@ -220,6 +293,7 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     client: Http1Client,
+    http2: Http2Client,
 }
 
 impl std::fmt::Debug for Pool {
@@ -236,13 +310,14 @@ impl Pool {
     pub fn new(
         connect_timeout: Duration,
         idle_timeout: Duration,
-        client: Http1Client,
+        (client, http2): (Http1Client, Http2Client),
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             conns: Mutex::new(Conns::default()),
             connect_timeout,
             idle_timeout,
             client,
+            http2,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(prune_loop(Arc::downgrade(&pool)));
@@ -423,7 +498,7 @@ impl Pool {
         self: &Arc<Self>,
         endpoint: &Endpoint,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<H2ResponseBody>, SendError> {
         let key = endpoint.authority.as_str();
         let shared = {
             let conns = self.lock();
@@ -440,28 +515,19 @@ impl Pool {
             },
         };
         loop {
-            match sender.try_send_request(req).await {
+            match sender.send(req).await {
                 Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => {
-                        reused = false;
-                        match Box::pin(self.connect_h2c(endpoint)).await {
-                            Ok(s) => sender = s,
-                            Err(error) => {
-                                return Err(SendError::unsent(error, back));
-                            }
+                Err((_, Some(back))) if reused => {
+                    reused = false;
+                    match Box::pin(self.connect_h2c(endpoint)).await {
+                        Ok(s) => sender = s,
+                        Err(error) => {
+                            return Err(SendError::unsent(error, back));
                         }
-                        req = back;
                     }
-                    _ => {
-                        let error = if is_refused_stream(e.error()) {
-                            UpstreamError::Refused(error_chain(e.error()))
-                        } else {
-                            UpstreamError::Protocol(error_chain(e.error()))
-                        };
-                        return Err(SendError::sent(error));
-                    }
-                },
+                    req = back;
+                }
+                Err((error, _)) => return Err(SendError::sent(error)),
             }
         }
     }
@@ -476,7 +542,7 @@ impl Pool {
         dial: &TlsDial,
         mut req: Request<UpstreamBody>,
         pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
-    ) -> Result<Response<Either<PooledBody, Incoming>>, SendError> {
+    ) -> Result<Response<Either<PooledBody, H2ResponseBody>>, SendError> {
         let key = &*dial.key;
         let shared = self.lock().h2c.get(key).filter(|s| !s.is_closed()).cloned();
         let mut conn = match shared {
@@ -500,34 +566,32 @@ impl Pool {
                     }
                 }
             };
-            let mut failed = match sender {
+            let (error, back) = match sender {
                 TlsConn::H1(mut s) => match s.try_send_request(http1_form(req)).await {
                     Ok(resp) => {
                         let home = Arc::from(key);
                         return Ok(self.hyper_body(resp, home, s).map(Either::Left));
                     }
-                    Err(e) => e,
+                    Err(mut e) => {
+                        let error = if is_tls_error(e.error()) {
+                            UpstreamError::Tls(error_chain(e.error()))
+                        } else {
+                            UpstreamError::Protocol(error_chain(e.error()))
+                        };
+                        (error, e.take_message())
+                    }
                 },
-                TlsConn::H2(mut s) => match s.try_send_request(http2_form(req)).await {
+                TlsConn::H2(mut s) => match s.send(http2_form(req)).await {
                     Ok(resp) => return Ok(resp.map(Either::Right)),
-                    Err(e) => e,
+                    Err(failed) => failed,
                 },
             };
-            match failed.take_message() {
+            match back {
                 Some(back) if reused => {
                     reused = false;
                     req = back;
                 }
-                _ => {
-                    let error = if is_refused_stream(failed.error()) {
-                        UpstreamError::Refused(error_chain(failed.error()))
-                    } else if is_tls_error(failed.error()) {
-                        UpstreamError::Tls(error_chain(failed.error()))
-                    } else {
-                        UpstreamError::Protocol(error_chain(failed.error()))
-                    };
-                    return Err(SendError::sent(error));
-                }
+                _ => return Err(SendError::sent(error)),
             }
         }
     }
@@ -659,12 +723,9 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_h2c(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect_h2c(&self, endpoint: &Endpoint) -> Result<H2Sender, UpstreamError> {
         let stream = self.connect(endpoint).await?;
-        let sender = h2_handshake(stream).await?;
+        let sender = self.h2_handshake(stream).await?;
         self.lock()
             .h2c
             .insert(endpoint.authority.as_str().into(), sender.clone());
@@ -694,7 +755,7 @@ impl Pool {
         })?
         .map_err(|e| UpstreamError::Tls(error_chain(&e)))?;
         if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
-            let sender = h2_handshake(tls).await?;
+            let sender = self.h2_handshake(tls).await?;
             self.lock().h2c.insert(dial.key.clone(), sender.clone());
             return Ok(TlsConn::H2(sender));
         }
@@ -709,6 +770,25 @@ impl Pool {
             }
         });
         Ok(TlsConn::H1(sender))
+    }
+
+    /// An HTTP/2 connection on `io` with the pool's client, its task
+    /// spawned.
+    async fn h2_handshake<I>(&self, io: I) -> Result<H2Sender, UpstreamError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match self.http2 {
+            Http2Client::Native => {
+                let config = crate::h2::client_conn::Config {
+                    stream_window: UPSTREAM_H2_WINDOW,
+                    connection_window: 16 * UPSTREAM_H2_WINDOW,
+                    ..Default::default()
+                };
+                Ok(H2Sender::Native(crate::h2::client::connect(io, config)))
+            }
+            Http2Client::Hyper => hyper_h2_handshake(io).await.map(H2Sender::Hyper),
+        }
     }
 
     /// Drops idle connections that are closed or past the idle timeout.
@@ -741,10 +821,10 @@ impl Pool {
 /// An upstream connection made over TLS: ALPN chose its protocol.
 enum TlsConn {
     H1(http1::SendRequest<UpstreamBody>),
-    H2(http2::SendRequest<UpstreamBody>),
+    H2(H2Sender),
 }
 
-/// An HTTP/2 client connection on `io` (h2c or TLS), its task spawned.
+/// A hyper HTTP/2 client connection on `io` (h2c or TLS), its task spawned.
 ///
 /// One task per connection: hyper runs the connection's frames, and per
 /// request a future that waits for the response (and one that sends the
@@ -752,7 +832,7 @@ enum TlsConn {
 /// were two tasks spawned per gRPC call and a chain of wake-ups between
 /// four tasks; [`StreamExecutor`] queues them for the connection's own
 /// task instead, as the HTTP/2 server does with its streams.
-async fn h2_handshake<I>(io: I) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError>
+async fn hyper_h2_handshake<I>(io: I) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -1039,7 +1119,7 @@ mod tests {
         let pool = Pool::new(
             Duration::from_secs(5),
             Duration::from_secs(60),
-            Http1Client::Native,
+            (Http1Client::Native, Http2Client::Native),
         );
         let endpoint = Endpoint::from_static(
             addr.to_string().parse().unwrap(),
@@ -1145,14 +1225,25 @@ mod tests {
     }
 
     /// Requests in flight on a shared h2c connection add no task to the
-    /// gateway's runtime: hyper's per-request futures (the wait for the
-    /// response, the body's pipe) run in the connection's own task.
+    /// gateway's runtime, with either client: their request bodies are
+    /// sent, and their responses waited for, by the connection's own task.
     #[tokio::test]
     async fn h2c_requests_in_flight_run_in_their_connections_task() {
+        for client in [Http2Client::Native, Http2Client::Hyper] {
+            h2c_requests_in_flight_add_no_task(client).await;
+        }
+    }
+
+    async fn h2c_requests_in_flight_add_no_task(client: Http2Client) {
         let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
         let release = Arc::new(tokio::sync::Notify::new());
         let addr = holding_h2c_origin(arrived_tx, release.clone());
-        let (pool, endpoint) = pool_to(addr);
+        let (_, endpoint) = pool_to(addr);
+        let pool = Pool::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            (Http1Client::Native, client),
+        );
         let call = |n: usize| {
             let req = Request::builder()
                 .uri(format!("http://a/{n}"))
@@ -1191,7 +1282,7 @@ mod tests {
         assert_eq!(bodies, want);
         assert_eq!(
             in_flight, idle,
-            "{N} requests in flight added tasks to the runtime"
+            "{client:?}: {N} requests in flight added tasks to the runtime"
         );
     }
 }

@@ -109,6 +109,19 @@ pub fn http2_server_under_test() -> Option<portico_gateway::server::Http2Server>
     }
 }
 
+/// The HTTP/2 client the gateways under test speak to upstreams with,
+/// when chosen: `PORTICO_TEST_HTTP2_CLIENT=native` (or `hyper`); unset,
+/// each test's own setting.
+pub fn http2_client_under_test() -> Option<portico_gateway::pool::Http2Client> {
+    use portico_gateway::pool::Http2Client;
+    match std::env::var("PORTICO_TEST_HTTP2_CLIENT").as_deref() {
+        Ok("native") => Some(Http2Client::Native),
+        Ok("hyper") => Some(Http2Client::Hyper),
+        Ok(other) => panic!("PORTICO_TEST_HTTP2_CLIENT={other}: native or hyper"),
+        Err(_) => None,
+    }
+}
+
 impl TestRegistry {
     /// A registry on the store under test (see [`store_under_test`]).
     pub async fn start(lease: LeasePolicy) -> TestRegistry {
@@ -362,6 +375,9 @@ impl TestGateway {
     async fn launch(mut options: GatewayOptions, with_tls: bool) -> TestGateway {
         if let Some(server) = http2_server_under_test() {
             options.server.http2 = server;
+        }
+        if let Some(client) = http2_client_under_test() {
+            options.proxy.http2_client = client;
         }
         Self::launch_as(options, with_tls).await
     }

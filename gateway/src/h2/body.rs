@@ -1,4 +1,6 @@
-//! A request body read by the native HTTP/2 server ([`super::server`]).
+//! A body that a native HTTP/2 connection receives: a request body on the
+//! server ([`super::server`]), a response body on the client
+//! ([`super::client`]).
 //!
 //! The connection's task decodes frames and hands each stream's DATA to
 //! its body through a [`Feed`]; the proxy reads an [`H2Body`], wherever it
@@ -8,7 +10,9 @@
 //! window, whatever the upstream's pace. The first read of a body whose
 //! request asked for `100 Continue` is reported the same way, so the
 //! connection invites the body only once the proxy wants it (a request
-//! answered without reading its body never invites it).
+//! answered without reading its body never invites it). A response body
+//! dropped before its end is reported too ([`Reports::cancelled`]): the
+//! client resets its stream, so the upstream stops the work no one reads.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,6 +33,13 @@ pub enum H2BodyError {
     /// The connection ended before the end of the body.
     #[error("client closed the connection before the end of the body")]
     Gone,
+    /// The upstream reset the stream before the end of the response body
+    /// (its error code).
+    #[error("upstream reset the stream before the end of the body (HTTP/2 error code {0})")]
+    UpstreamReset(u32),
+    /// The upstream connection ended before the end of the response body.
+    #[error("upstream connection closed before the end of the body")]
+    UpstreamGone,
 }
 
 #[derive(Debug, Default)]
@@ -54,11 +65,14 @@ pub struct Reports {
     pub taken: Vec<(u32, usize)>,
     /// Streams whose body was first read with `100 Continue` owed.
     pub continues: Vec<u32>,
+    /// Streams whose response body (client side) was dropped before its
+    /// end, or whose response was no longer awaited: to reset.
+    pub cancelled: Vec<u32>,
 }
 
 impl Reports {
     pub fn is_empty(&self) -> bool {
-        self.taken.is_empty() && self.continues.is_empty()
+        self.taken.is_empty() && self.continues.is_empty() && self.cancelled.is_empty()
     }
 }
 
@@ -76,6 +90,12 @@ impl Released {
             lock(&self.reports).taken.push((stream, n));
             self.conn.wake();
         }
+    }
+
+    /// `stream`'s reader is gone before its end: the connection resets it.
+    pub fn cancel(&self, stream: u32) {
+        lock(&self.reports).cancelled.push(stream);
+        self.conn.wake();
     }
 
     fn want_continue(&self, stream: u32) {
@@ -107,6 +127,9 @@ pub struct H2Body {
     length: Option<u64>,
     /// The client waits for `100 Continue` before it sends the body.
     continue_owed: bool,
+    /// Dropped before its end, the body has its stream reset (a response
+    /// body: the client side's).
+    cancel_on_drop: bool,
     done: bool,
 }
 
@@ -127,6 +150,8 @@ pub struct Announced {
     pub length: Option<u64>,
     /// The request carries `expect: 100-continue`.
     pub expects_continue: bool,
+    /// Dropped before its end, the body has its stream reset.
+    pub cancel_on_drop: bool,
 }
 
 /// A body and its feed.
@@ -138,6 +163,7 @@ pub fn channel(announced: Announced, released: Arc<Released>) -> (H2Body, Feed) 
         stream: announced.stream,
         length: announced.length,
         continue_owed: announced.expects_continue,
+        cancel_on_drop: announced.cancel_on_drop,
         done: false,
     };
     (body, Feed { state })
@@ -240,7 +266,11 @@ impl Drop for H2Body {
         let mut state = lock(&self.state);
         state.dropped = true;
         let held: usize = state.data.drain(..).map(|d| d.len()).sum();
+        let unfinished = !state.ended && state.error.is_none();
         drop(state);
         self.released.add(self.stream, held);
+        if self.cancel_on_drop && unfinished {
+            self.released.cancel(self.stream);
+        }
     }
 }

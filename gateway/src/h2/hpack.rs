@@ -1,5 +1,5 @@
-//! HPACK (RFC 7541): a header block into fields, and a response's fields
-//! into a header block.
+//! HPACK (RFC 7541): a header block into fields, and a response's (or,
+//! for the client side, a request's) fields into a header block.
 //!
 //! The decoder is complete: every representation, Huffman-coded strings,
 //! the dynamic table and its size updates. Its fields come out checked
@@ -305,6 +305,31 @@ impl Encoder {
         fields(headers, dst);
     }
 
+    /// A request head (the client side's): the pseudo-headers, then
+    /// `headers`. `authority` is left out when `None` (the `host` field
+    /// then names the target, section 8.3.1).
+    pub fn request(&mut self, target: &Target<'_>, headers: &HeaderMap, dst: &mut BytesMut) {
+        self.start(dst);
+        match target.method {
+            "GET" => dst.put_u8(0x82),
+            "POST" => dst.put_u8(0x83),
+            other => literal_pseudo(2, other.as_bytes(), dst),
+        }
+        match target.scheme {
+            "http" => dst.put_u8(0x86),
+            "https" => dst.put_u8(0x87),
+            other => literal_pseudo(6, other.as_bytes(), dst),
+        }
+        if let Some(authority) = target.authority {
+            literal_pseudo(1, authority.as_bytes(), dst);
+        }
+        match target.path {
+            "/" => dst.put_u8(0x84),
+            other => literal_pseudo(4, other.as_bytes(), dst),
+        }
+        fields(headers, dst);
+    }
+
     /// A trailer block.
     pub fn trailers(&mut self, headers: &HeaderMap, dst: &mut BytesMut) {
         self.start(dst);
@@ -318,6 +343,22 @@ impl Encoder {
             self.clear_table = false;
         }
     }
+}
+
+/// A request's pseudo-headers, as [`Encoder::request`] writes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    pub authority: Option<&'a str>,
+    pub path: &'a str,
+}
+
+/// A pseudo-header as a literal without indexing, its name the static
+/// table's entry at `name_index`.
+fn literal_pseudo(name_index: usize, value: &[u8], dst: &mut BytesMut) {
+    put_integer(name_index, 4, 0x00, dst);
+    put_string(value, dst);
 }
 
 /// Each field as a literal never added to a table: "without indexing", or

@@ -18,8 +18,15 @@
 //! - [`server`]: the connection loop: the socket, the protocol state and
 //!   the connection's streams in one task, responses within the client's
 //!   windows, a client's reset dropping its request's work.
-//! - [`body`]: the request body the proxy reads, fed by the connection;
-//!   what it hands on opens the client's windows again.
+//! - [`client`]: the client side's connection loop, for upstreams: a
+//!   handle requests go through, the connection's task with its streams'
+//!   request bodies, a response no longer awaited reset.
+//! - [`client_conn`]: the client side's protocol state with no I/O:
+//!   streams opened within the upstream's limit, responses and trailers
+//!   checked, both windows, the upstream's GOAWAY.
+//! - [`body`]: a body the connection receives (a request body on the
+//!   server, a response body on the client), fed by the connection; what
+//!   it hands on opens the peer's windows again.
 //! - [`conn`]: one connection's protocol state with no I/O: the preface
 //!   and settings, stream states, field blocks into requests, both
 //!   directions' flow control, GOAWAY, and limits against floods; bytes in,
@@ -31,6 +38,8 @@
 //! - [`request`]: a request's head from its decoded fields, checked as
 //!   RFC 9113 section 8 asks (pseudo-headers, connection-specific fields,
 //!   `te`, `content-length`), made as hyper's server made it.
+//! - [`response`]: a response's head (or trailers) from its decoded
+//!   fields, checked as section 8 asks of a client.
 //! - [`table`]: HPACK's static table and a decoder's dynamic table.
 //! - [`huffman`]: HPACK's Huffman code, decoding only.
 
@@ -40,10 +49,13 @@
 type StreamMap<V> = std::collections::HashMap<u32, V, foldhash::fast::RandomState>;
 
 pub mod body;
+pub mod client;
+pub mod client_conn;
 pub mod conn;
 pub mod frame;
 pub mod hpack;
 pub mod huffman;
 pub mod request;
+pub mod response;
 pub mod server;
 pub mod table;

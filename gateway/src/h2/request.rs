@@ -213,7 +213,7 @@ fn check_regular(name: &HeaderName, value: &HeaderValue) -> Result<(), &'static 
 }
 
 /// The one length every `content-length` field gives.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         let raw = value.as_bytes();

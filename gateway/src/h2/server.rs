@@ -273,6 +273,8 @@ where
         for stream in self.reports.continues.drain(..) {
             self.conn.inform(stream, http::StatusCode::CONTINUE);
         }
+        // Request bodies never ask for their stream to be reset.
+        self.reports.cancelled.clear();
         progress
     }
 
@@ -382,6 +384,7 @@ where
                 stream,
                 length: head.content_length,
                 expects_continue: expects_continue(&head.parts.headers),
+                cancel_on_drop: false,
             };
             let (body, feed) = body::channel(announced, self.released.clone());
             self.feeds.insert(stream, feed);

@@ -49,7 +49,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -64,7 +63,7 @@ use crate::grpc::{Code, GrpcKind};
 use crate::health::OutlierPolicy;
 use crate::idle::LazyDeadline;
 use crate::metrics::GatewayMetrics;
-use crate::pool::{Http1Client, Pool, PooledBody};
+use crate::pool::{H2ResponseBody, Http1Client, Http2Client, Pool, PooledBody};
 use crate::router::{RouteEntry, RouteTable};
 use crate::tls::upstream::UpstreamTlsConfigs;
 use crate::trace;
@@ -73,8 +72,9 @@ use crate::tunnel::Tunnels;
 pub use edge::{Cidr, EdgePolicy, UnderscorePolicy};
 pub use outgoing::strip_hop_by_hop;
 
-/// An upstream's response body: HTTP/1.1 from the pool, or an h2c stream.
-pub type UpstreamResponseBody = Either<PooledBody, Incoming>;
+/// An upstream's response body: HTTP/1.1 from the pool, or an HTTP/2
+/// stream's.
+pub type UpstreamResponseBody = Either<PooledBody, H2ResponseBody>;
 
 /// An upstream's streamed body (with its read timeout), compressed on a
 /// route with a `compression` filter. The compressed one is boxed: its
@@ -117,6 +117,8 @@ pub struct ProxySettings {
     pub pool_idle_timeout: Duration,
     /// Which client speaks HTTP/1.1 to cleartext upstreams.
     pub http1_client: Http1Client,
+    /// Which client speaks HTTP/2 to upstreams.
+    pub http2_client: Http2Client,
     /// Passive outlier detection.
     pub outlier: OutlierPolicy,
     /// Give requests without a valid W3C `traceparent` a new one, so the
@@ -152,6 +154,7 @@ impl Default for ProxySettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             http1_client: Http1Client::default(),
+            http2_client: Http2Client::default(),
             outlier: OutlierPolicy::default(),
             generate_traceparent: false,
             edge: EdgePolicy::default(),
@@ -374,7 +377,7 @@ impl Proxy {
             pool: Pool::new(
                 settings.connect_timeout,
                 settings.pool_idle_timeout,
-                settings.http1_client,
+                (settings.http1_client, settings.http2_client),
             ),
             outlier: settings.outlier.clone(),
             access_log: settings.access_log,

@@ -1,0 +1,241 @@
+//! The client against a real HTTP/2 server (hyper's, the h2 crate) on a
+//! loopback socket.
+
+use super::*;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+type TestBody = http_body_util::Either<Full<Bytes>, StreamBody<BodyStream>>;
+type BodyStream = futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, io::Error>>;
+
+/// What the server saw: each request's path, and each service future that
+/// was dropped before it answered (the client reset the stream).
+#[derive(Debug)]
+enum Seen {
+    Request(String),
+    Dropped(String),
+}
+
+/// Drops with its path reported, unless disarmed.
+struct Guard(Option<(String, mpsc::UnboundedSender<Seen>)>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some((path, tx)) = self.0.take() {
+            let _ = tx.send(Seen::Dropped(path));
+        }
+    }
+}
+
+/// An h2c server: `/echo` answers with the request body (and a trailer),
+/// `/hang` never answers, `/big` answers 1 MiB; each request is reported.
+async fn server(max_streams: u32) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (io, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let tx = tx.clone();
+                async move { answer(req, tx).await }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(max_streams)
+                    .serve_connection(TokioIo::new(io), service),
+            );
+        }
+    });
+    (addr, rx)
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    tx: mpsc::UnboundedSender<Seen>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let path = req.uri().path().to_owned();
+    let _ = tx.send(Seen::Request(path.clone()));
+    let mut guard = Guard(Some((path.clone(), tx)));
+    let resp = match path.as_str() {
+        "/hang" => std::future::pending().await,
+        "/big" => Response::new(Full::new(Bytes::from(vec![b'b'; 1 << 20]))),
+        _ => {
+            let authority = req.uri().authority().map(|a| a.to_string());
+            let body = req.into_body().collect().await?.to_bytes();
+            let mut resp = Response::new(Full::new(body));
+            let authority = authority.unwrap_or_default();
+            resp.headers_mut()
+                .insert("x-authority", authority.parse().unwrap());
+            resp
+        }
+    };
+    guard.0 = None;
+    Ok(resp)
+}
+
+async fn connect_to(addr: std::net::SocketAddr) -> SendRequest<TestBody> {
+    let io = TcpStream::connect(addr).await.unwrap();
+    connect(io, Config::default())
+}
+
+fn request(path: &str, body: TestBody) -> Request<TestBody> {
+    Request::builder()
+        .method("POST")
+        .uri(format!("http://origin.test{path}"))
+        .body(body)
+        .unwrap()
+}
+
+fn full(bytes: impl Into<Bytes>) -> TestBody {
+    http_body_util::Either::Left(Full::new(bytes.into()))
+}
+
+/// Waits for what the server reports next, within a deadline.
+async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the server reports within 10 s")
+        .expect("the server is running")
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_the_connection_and_bodies_pass_the_windows() {
+    let (addr, _seen) = server(4).await;
+    let client = connect_to(addr).await;
+    // Bodies over the server's 64 KiB initial windows, more streams at
+    // once than it allows: windows and the stream limit are both waited on.
+    let calls = (0..12u8).map(|n| {
+        let client = client.clone();
+        async move {
+            let sent = Bytes::from(vec![n; 200_000 + usize::from(n)]);
+            let resp = client.send(request("/echo", full(sent.clone()))).await;
+            let resp = resp.unwrap_or_else(|f| panic!("call {n}: {:?}", f.error));
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["x-authority"], "origin.test");
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(got, sent, "call {n}");
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn a_large_response_is_read_through_the_windows_this_side_gives() {
+    let (addr, _seen) = server(4).await;
+    let client = connect_to(addr).await;
+    let resp = client
+        .send(request("/big", full("")))
+        .await
+        .map_err(|f| f.error)
+        .unwrap();
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got.len(), 1 << 20);
+}
+
+#[tokio::test]
+async fn a_response_no_longer_awaited_has_its_stream_reset() {
+    let (addr, mut seen) = server(4).await;
+    let client = connect_to(addr).await;
+    let call = client.send(request("/hang", full("")));
+    // The request reaches the server; then its future is dropped.
+    let mut call = Box::pin(call);
+    tokio::select! {
+        _ = &mut call => panic!("a hanging request answered"),
+        seen = next_seen(&mut seen) => assert!(matches!(seen, Seen::Request(ref p) if p == "/hang")),
+    }
+    drop(call);
+    assert!(matches!(next_seen(&mut seen).await, Seen::Dropped(ref p) if p == "/hang"));
+    // The connection goes on.
+    let resp = client
+        .send(request("/echo", full("after")))
+        .await
+        .map_err(|f| f.error)
+        .unwrap();
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, "after");
+}
+
+#[tokio::test]
+async fn a_streamed_request_body_that_fails_resets_its_stream() {
+    let (addr, mut seen) = server(4).await;
+    let client = connect_to(addr).await;
+    let frames: Vec<Result<Frame<Bytes>, io::Error>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"part"))),
+        Err(io::Error::other("client went away")),
+    ];
+    let stream: BodyStream = Box::pin(futures_util::stream::iter(frames));
+    let body = http_body_util::Either::Right(StreamBody::new(stream));
+    let failure = client.send(request("/echo", body)).await.unwrap_err();
+    assert!(
+        matches!(&failure.error, ClientError::RequestBody(why) if why.contains("client went away")),
+        "{:?}",
+        failure.error
+    );
+    assert!(matches!(next_seen(&mut seen).await, Seen::Request(_)));
+    assert!(matches!(next_seen(&mut seen).await, Seen::Dropped(_)));
+}
+
+#[tokio::test]
+async fn requests_fail_when_the_upstream_closes_and_unsent_ones_come_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = connect_to(addr).await;
+    let (mut io, _) = listener.accept().await.unwrap();
+    // Read the client's preface and first request, then close.
+    let call = client.send(request("/echo", full("x")));
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"/ech") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut io, &mut buf)
+            .await
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(io);
+    let failure = call.await.unwrap_err();
+    assert!(failure.request.is_none(), "sent: not given back");
+    assert!(matches!(
+        failure.error,
+        ClientError::Gone(_) | ClientError::Io(_)
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !client.is_closed() {
+        assert!(tokio::time::Instant::now() < deadline, "never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let failure = client.send(request("/echo", full("y"))).await.unwrap_err();
+    assert!(matches!(failure.error, ClientError::Closed));
+    assert!(failure.request.is_some(), "never sent: given back");
+}
+
+#[tokio::test]
+async fn a_response_body_dropped_midway_resets_its_stream() {
+    let (addr, _seen) = server(4).await;
+    let client = connect_to(addr).await;
+    let resp = client
+        .send(request("/big", full("")))
+        .await
+        .map_err(|f| f.error)
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    drop(body);
+    // The stream is reset: the connection serves the next at once, and
+    // the big body's unread bytes no longer hold its window.
+    for n in 0..4 {
+        let resp = client
+            .send(request("/big", full("")))
+            .await
+            .map_err(|f| f.error)
+            .unwrap();
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), 1 << 20, "call {n}");
+    }
+}
