@@ -17,6 +17,9 @@
 //!   ways, the same result however the bytes are split, round trips.
 //! - [`h2_conn`]: bytes into an HTTP/2 connection's protocol state: what
 //!   it writes parses, errors are final, stream limits and event order hold.
+//! - [`h2_client`]: an upstream's bytes into the client side's HTTP/2
+//!   protocol state: what it writes parses, errors are final, events only
+//!   for streams it opened, in order.
 //! - [`h2_frame`]: bytes into the HTTP/2 frame parser: frames taken off
 //!   whole, the same in pieces, this side's writers parse back.
 //! - [`hpack`]: bytes into the HPACK decoder (and Huffman strings against
@@ -36,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod h1_codec;
+pub mod h2_client;
 pub mod h2_conn;
 pub mod h2_frame;
 pub mod hpack;
@@ -69,6 +73,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "h2_conn",
         check: h2_conn::check,
+    },
+    Target {
+        name: "h2_client",
+        check: h2_client::check,
     },
     Target {
         name: "h2_frame",

@@ -496,7 +496,7 @@ impl ClientConn {
                 end_stream,
                 end_headers,
                 ..
-            } => self.headers(stream, fragment, end_stream, end_headers),
+            } => self.headers(stream, &fragment, end_stream, end_headers),
             Frame::Continuation {
                 fragment,
                 end_headers,
@@ -589,13 +589,13 @@ impl ClientConn {
         }
     }
 
-    fn headers(&mut self, stream: u32, fragment: Bytes, end_stream: bool, end: bool) -> Step {
+    fn headers(&mut self, stream: u32, fragment: &Bytes, end_stream: bool, end: bool) -> Step {
         self.check_not_idle(stream)?;
         if end {
-            return self.block(stream, end_stream, &fragment);
+            return self.block(stream, end_stream, fragment);
         }
         let mut block = BytesMut::with_capacity(fragment.len() * 2);
-        block.extend_from_slice(&fragment);
+        block.extend_from_slice(fragment);
         self.pending = Some(Pending {
             stream,
             end_stream,
@@ -607,7 +607,10 @@ impl ClientConn {
 
     fn continuation(&mut self, fragment: &[u8], end_headers: bool) -> Step {
         let limit = 2 * self.config.max_header_list_size as usize;
-        let pending = self.pending.as_mut().expect("checked in frame()");
+        // CONTINUATION with no field block under way (section 6.10).
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(conn_error(Reason::PROTOCOL_ERROR));
+        };
         pending.continuations += 1;
         if pending.continuations > MAX_CONTINUATIONS || pending.block.len() + fragment.len() > limit
         {
@@ -642,7 +645,7 @@ impl ClientConn {
         if s.answered {
             return self.trailers(stream, end_stream, builder);
         }
-        let head = builder
+        let mut head = builder
             .finish()
             .map_err(|_| stream_error(stream, Reason::PROTOCOL_ERROR))?;
         let status = head.parts.status.as_u16();
@@ -657,6 +660,7 @@ impl ClientConn {
         // A HEAD's, a 204's or a 304's length names no body here.
         let bodiless = s.head_request || status == 204 || status == 304;
         s.content_length = head.content_length.filter(|_| !bodiless);
+        head.content_length = s.content_length;
         if end_stream && s.content_length.is_some_and(|n| n > 0) {
             return Err(stream_error(stream, Reason::PROTOCOL_ERROR));
         }
