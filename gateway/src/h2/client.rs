@@ -135,6 +135,9 @@ struct Call<B> {
 
 impl<B> Drop for Call<B> {
     fn drop(&mut self) {
+        if self.req.is_none() && lock(&self.slot.state).done {
+            return; // answered (the usual case): nothing to make
+        }
         let error = match self.req {
             Some(_) => ClientError::Closed,
             None => ClientError::Gone("the connection's task ended".into()),
