@@ -1089,9 +1089,11 @@ def main():
         with open(disc_routes, "w") as f:
             f.write('[[route]]\nname = "origin"\nservice = "origin"\n\n'
                     '[[route]]\nname = "grpc"\npath_prefix = "/bench.Echo"\nservice = "grpc"\n')
+        # PORTICO_FLAGS here too: this gateway carries the gRPC scenario.
         discovered = Proc("portico-discovered", [portico_bin, "--threads", "1", "gateway", "--listen",
                                                  f"127.0.0.1:{PORTS['portico-discovered']['h1']}", "--config", disc_routes,
-                                                 "--registry", registry_url, "--no-access-log", "--no-admin"],
+                                                 "--registry", registry_url, "--no-access-log", "--no-admin"]
+                          + os.environ.get("PORTICO_FLAGS", "").split(),
                           PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
         procs.append(discovered)
         big_routes = os.path.join(WORK, "routes-10k.toml")

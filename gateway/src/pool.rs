@@ -1190,6 +1190,97 @@ mod tests {
 
     /// An h2c origin on its own runtime and thread that holds every
     /// request until `release` is notified, telling `arrived` of each.
+    /// An h2c origin whose connections stay until `close` is notified,
+    /// then go: with a graceful GOAWAY (`graceful`), or closed outright.
+    /// Each closed connection is reported on the channel returned.
+    async fn closing_h2c_origin(
+        graceful: bool,
+        close: Arc<tokio::sync::Notify>,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = l.accept().await.unwrap();
+                let (closed_tx, close) = (closed_tx.clone(), close.clone());
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                });
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(io), service);
+                    let mut conn = Box::pin(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        () = close.notified() => {
+                            if graceful {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.as_mut().await;
+                            }
+                        }
+                    }
+                    // Not graceful: dropped here, closed.
+                    drop(conn);
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        (addr, closed)
+    }
+
+    /// An h2c connection that the upstream closed, with a GOAWAY or
+    /// without, is replaced: every request is answered on a new one, with
+    /// either client.
+    #[tokio::test]
+    async fn an_h2c_connection_the_upstream_closed_is_replaced() {
+        for client in [Http2Client::Native, Http2Client::Hyper] {
+            for graceful in [true, false] {
+                let close = Arc::new(tokio::sync::Notify::new());
+                let (addr, mut closed) = closing_h2c_origin(graceful, close.clone()).await;
+                let (_, endpoint) = pool_to(addr);
+                let pool = Pool::new(
+                    Duration::from_secs(5),
+                    Duration::from_secs(60),
+                    (Http1Client::Native, client),
+                );
+                for n in 0..5 {
+                    let req = Request::builder()
+                        .uri(format!("http://a/{n}"))
+                        .version(http::Version::HTTP_2)
+                        .body(Either::Right(Full::new(Bytes::from(n.to_string()))))
+                        .unwrap();
+                    let what = format!("{client:?}, graceful {graceful}, request {n}");
+                    let resp = match pool.send_h2c(&endpoint, req).await {
+                        Ok(resp) => resp,
+                        Err(e) => panic!("{what}: {}", e.error),
+                    };
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(body, n.to_string(), "{what}");
+                    // The origin closes that connection, and the pool sees
+                    // it (a request sent before the close is read
+                    // would fail with either client: whether the upstream
+                    // processed it cannot be known).
+                    close.notify_one();
+                    let wait = tokio::time::timeout(Duration::from_secs(10), closed.recv());
+                    assert!(matches!(wait.await, Ok(Some(()))), "{what}: not closed");
+                    let key = endpoint.authority.as_str();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while pool.lock().h2c.get(key).is_some_and(|s| !s.is_closed()) {
+                        assert!(Instant::now() < deadline, "{what}: never seen closed");
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        }
+    }
+
     fn holding_h2c_origin(
         arrived: tokio::sync::mpsc::UnboundedSender<()>,
         release: Arc<tokio::sync::Notify>,

@@ -373,8 +373,10 @@ where
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut progress = self.take_reports(cx);
-            progress |= self.take_calls(cx);
+            // Read first: a close or GOAWAY already here is known before
+            // new requests go out (they then come back unsent).
             progress |= self.poll_read(cx)?;
+            progress |= self.take_calls(cx);
             while let Poll::Ready(Some(polled)) = self.running.poll_next_unpin(cx) {
                 progress = true;
                 if let Ok((stream, body, frame)) = polled {
