@@ -785,7 +785,10 @@ impl Pool {
                     connection_window: 16 * UPSTREAM_H2_WINDOW,
                     ..Default::default()
                 };
-                Ok(H2Sender::Native(crate::h2::client::connect(io, config)))
+                let keep_alive = crate::h2::client::KEEP_ALIVE;
+                Ok(H2Sender::Native(crate::h2::client::connect(
+                    io, config, keep_alive,
+                )))
             }
             Http2Client::Hyper => hyper_h2_handshake(io).await.map(H2Sender::Hyper),
         }

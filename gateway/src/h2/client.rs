@@ -286,7 +286,9 @@ impl<B: Body<Data = Bytes> + Unpin> Future for NextFrame<B> {
 
 /// Starts HTTP/2 on `io` (its preface and settings written at once) and
 /// spawns the connection's task; returns the handle to send through.
-pub fn connect<I, B>(io: I, config: Config) -> SendRequest<B>
+/// `keep_alive`: how long streams may wait with nothing read before a
+/// PING ([`KEEP_ALIVE`] for upstreams).
+pub fn connect<I, B>(io: I, config: Config, keep_alive: Duration) -> SendRequest<B>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -312,7 +314,7 @@ where
         parked_order: VecDeque::new(),
         fresh: Vec::new(),
         events: Vec::new(),
-        keep_alive: tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE),
+        keep_alive: tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive),
         read_lately: false,
         ended: None,
     };

@@ -79,7 +79,7 @@ async fn answer(
 
 async fn connect_to(addr: std::net::SocketAddr) -> SendRequest<TestBody> {
     let io = TcpStream::connect(addr).await.unwrap();
-    connect(io, Config::default())
+    connect(io, Config::default(), KEEP_ALIVE)
 }
 
 fn request(path: &str, body: TestBody) -> Request<TestBody> {
@@ -238,4 +238,38 @@ async fn a_response_body_dropped_midway_resets_its_stream() {
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), 1 << 20, "call {n}");
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_answering_is_found_dead_by_its_pings() {
+    // A server that sends its SETTINGS and then reads without ever
+    // answering anything, PINGs included.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut io, _) = listener.accept().await.unwrap();
+        let mut settings = BytesMut::new();
+        super::super::frame::Settings::default().write(&mut settings);
+        tokio::io::AsyncWriteExt::write_all(&mut io, &settings)
+            .await
+            .unwrap();
+        let mut sink = vec![0u8; 4096];
+        while tokio::io::AsyncReadExt::read(&mut io, &mut sink)
+            .await
+            .unwrap_or(0)
+            > 0
+        {}
+    });
+    let io = TcpStream::connect(addr).await.unwrap();
+    let client: SendRequest<TestBody> = connect(io, Config::default(), Duration::from_millis(50));
+    let call = client.send(request("/echo", full("x")));
+    let outcome = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the dead connection is given up within 10 s");
+    let failure = outcome.unwrap_err();
+    let ClientError::Io(e) = &failure.error else {
+        panic!("{:?}", failure.error);
+    };
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    assert!(client.is_closed());
 }
