@@ -19,10 +19,14 @@
 //! - [`proxy`]: the request path (match, pick, rewrite headers, stream).
 //! - [`split`]: a route's weighted split across its `targets` (smooth
 //!   weighted round robin, passing over targets with nothing in rotation).
-//! - [`pool`]: upstream connections (HTTP/1.1 stacks, shared h2c).
+//! - [`pool`]: upstream connections (HTTP/1.1 stacks, one shared HTTP/2
+//!   connection per h2c endpoint).
 //! - [`retry`]: per-route retry policies and retry budgets.
 //! - [`h1`]: the native HTTP/1.1 server: a strict codec (request heads, body
 //!   framing) fuzzed alone, and the connection loop the listeners run.
+//! - [`h2`]: the native HTTP/2 server and the native HTTP/2 client for
+//!   upstreams: protocol states with no I/O (fuzzed alone), HPACK, and a
+//!   connection loop for each side.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
 //! - `sockopt`: `TCP_DEFER_ACCEPT` on the listeners (Linux), the one
@@ -68,7 +72,7 @@
 //!
 //! # The request path
 //!
-//! accept ([`server`]) → [`h1`] connection (hyper for h2) → [`proxy::Proxy::handle`] →
+//! accept ([`server`]) → [`h1`] or [`h2`] connection → [`proxy::Proxy::handle`] →
 //! load the current [`router::RouteTable`] once → host → path → method →
 //! route → [`balance::EndpointSet::pick`] → [`pool::Pool`] → stream
 //! the response back; failures become JSON errors in [`error`].
