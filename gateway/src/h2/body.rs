@@ -208,6 +208,25 @@ impl Feed {
     }
 }
 
+/// Hands `stream`'s DATA to its body's feed in `feeds` (which keeps a
+/// feed until its body ends); returns the bytes to give back to the peer
+/// at once, those of a body no one reads.
+pub fn deliver(
+    feeds: &mut super::StreamMap<Feed>,
+    stream: u32,
+    data: Bytes,
+    end: bool,
+) -> Option<usize> {
+    let drop_now = match feeds.get(&stream) {
+        Some(feed) => feed.data(data, end),
+        None => Some(data.len()),
+    };
+    if end {
+        feeds.remove(&stream);
+    }
+    drop_now
+}
+
 impl Drop for Feed {
     fn drop(&mut self) {
         self.fail(H2BodyError::Gone);

@@ -39,15 +39,13 @@ use super::body::{self, Announced, Feed, H2Body, H2BodyError, Released, Reports}
 use super::client_conn::{ClientConn, Config, Event};
 use super::frame::Reason;
 use super::hpack::Target;
-use super::server::OUT_HIGH;
+use super::io::OUT_HIGH;
 
 /// How long a connection with streams open may read nothing before it
 /// sends a PING; a second interval without its answer ends it.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Request bodies polled in place per round before the rest wait.
 const FRESH_POLLS: usize = 64;
-/// Room made in the read buffer before each read.
-const READ_ROOM: usize = 16 * 1024;
 
 /// Why a request got no response.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -491,11 +489,8 @@ where
         if self.ended.is_some() || self.conn.out.len() > OUT_HIGH {
             return Ok(false);
         }
-        self.buf.reserve(READ_ROOM);
-        let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return Ok(false),
+        let Some(n) = super::io::poll_read_some(&mut self.io, cx, &mut self.buf)? else {
+            return Ok(false);
         };
         if n == 0 {
             self.ended = Some("the upstream closed the connection".into());
@@ -532,15 +527,8 @@ where
                 data,
                 end_stream,
             } => {
-                let drop_now = match self.feeds.get(&stream) {
-                    Some(feed) => feed.data(data, end_stream),
-                    None => Some(data.len()),
-                };
-                if let Some(n) = drop_now {
+                if let Some(n) = body::deliver(&mut self.feeds, stream, data, end_stream) {
                     self.conn.release(stream, n);
-                }
-                if end_stream {
-                    self.feeds.remove(&stream);
                 }
             }
             Event::Trailers { stream, trailers } => {
@@ -733,18 +721,7 @@ where
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        while !self.conn.out.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.conn.out) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => self.conn.out.advance(n),
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(false),
-            }
-        }
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(result) => result.map(|()| true),
-            Poll::Pending => Ok(false),
-        }
+        super::io::poll_write_all(&mut self.io, cx, &mut self.conn.out)
     }
 
     /// The connection is over: every request still waiting learns why

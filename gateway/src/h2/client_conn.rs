@@ -293,16 +293,14 @@ impl ClientConn {
         s.send_window -= take as i64;
         self.send_window -= take as i64;
         let finish = end_stream && take == data.len();
-        let mut chunks = data[..take].chunks(self.peer_max_frame as usize).peekable();
-        while let Some(chunk) = chunks.next() {
-            let last = finish && chunks.peek().is_none();
-            frame::write_data_head(&mut self.out, stream, chunk.len(), last);
-            self.out.extend_from_slice(chunk);
-        }
+        frame::write_data(
+            &mut self.out,
+            stream,
+            &data[..take],
+            finish,
+            self.peer_max_frame,
+        );
         if finish {
-            if take == 0 {
-                frame::write_data_head(&mut self.out, stream, 0, true);
-            }
             self.end_send(stream);
         }
         take

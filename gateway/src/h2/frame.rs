@@ -479,6 +479,30 @@ pub fn write_data_head(dst: &mut BytesMut, stream: u32, len: usize, end_stream: 
     write_head(dst, len, kind::DATA, flags, stream);
 }
 
+/// `data` as DATA frames of at most `max_frame_size` octets (the peer's);
+/// with `end_stream`, the last one ends the stream (an empty `data` is one
+/// empty frame that ends it).
+pub fn write_data(
+    dst: &mut BytesMut,
+    stream: u32,
+    data: &[u8],
+    end_stream: bool,
+    max_frame_size: u32,
+) {
+    if data.is_empty() {
+        if end_stream {
+            write_data_head(dst, stream, 0, true);
+        }
+        return;
+    }
+    let mut chunks = data.chunks(max_frame_size as usize).peekable();
+    while let Some(chunk) = chunks.next() {
+        let last = end_stream && chunks.peek().is_none();
+        write_data_head(dst, stream, chunk.len(), last);
+        dst.extend_from_slice(chunk);
+    }
+}
+
 pub fn write_settings_ack(dst: &mut BytesMut) {
     write_head(dst, 0, kind::SETTINGS, flags::ACK, 0);
 }

@@ -40,6 +40,8 @@
 //!   `te`, `content-length`), made as hyper's server made it.
 //! - [`response`]: a response's head (or trailers) from its decoded
 //!   fields, checked as section 8 asks of a client.
+//! - [`io`]: the socket side both connection loops share: reads, writes,
+//!   and how much may wait unwritten before reading pauses.
 //! - [`table`]: HPACK's static table and a decoder's dynamic table.
 //! - [`huffman`]: HPACK's Huffman code, decoding only.
 
@@ -55,6 +57,7 @@ pub mod conn;
 pub mod frame;
 pub mod hpack;
 pub mod huffman;
+pub mod io;
 pub mod request;
 pub mod response;
 pub mod server;

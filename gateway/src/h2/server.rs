@@ -32,13 +32,10 @@ use super::body::{self, Announced, Feed, H2BodyError, Released, Reports};
 use super::conn::{Config, Conn, Event};
 use super::frame::Reason;
 
-/// Bytes waiting to be written past which the connection stops reading.
-pub const OUT_HIGH: usize = 256 * 1024;
+pub use super::io::OUT_HIGH;
 /// Response bodies polled in place per round before the rest wait in the
 /// connection's queue of work.
 const FRESH_POLLS: usize = 64;
-/// Room made in the read buffer before each read.
-const READ_ROOM: usize = 16 * 1024;
 
 /// The server's limits.
 #[derive(Debug, Clone)]
@@ -283,11 +280,8 @@ where
         if self.read_closed || self.failed || self.conn.out.len() > OUT_HIGH {
             return Ok(false);
         }
-        self.buf.reserve(READ_ROOM);
-        let n = match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return Ok(false),
+        let Some(n) = super::io::poll_read_some(&mut self.io, cx, &mut self.buf)? else {
+            return Ok(false);
         };
         if n == 0 {
             // The client is gone: as hyper's server does, every stream
@@ -351,15 +345,8 @@ where
                 data,
                 end_stream,
             } => {
-                let drop_now = match self.feeds.get(&stream) {
-                    Some(feed) => feed.data(data, end_stream),
-                    None => Some(data.len()),
-                };
-                if let Some(n) = drop_now {
+                if let Some(n) = body::deliver(&mut self.feeds, stream, data, end_stream) {
                     self.conn.release(stream, n);
-                }
-                if end_stream {
-                    self.feeds.remove(&stream);
                 }
             }
             Event::Trailers { stream, trailers } => {
@@ -570,18 +557,7 @@ where
     /// Writes what the connection has to send; `true` once all of it is
     /// written and flushed.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        while !self.conn.out.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.conn.out) {
-                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => self.conn.out.advance(n),
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => return Ok(false),
-            }
-        }
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(result) => result.map(|()| true),
-            Poll::Pending => Ok(false),
-        }
+        super::io::poll_write_all(&mut self.io, cx, &mut self.conn.out)
     }
 }
 
