@@ -93,10 +93,9 @@ struct SlotState<B> {
     waker: Option<Waker>,
     /// The stream the request went out on (0 until it did).
     stream: u32,
-    /// The outcome is in (or the future went): nothing more is left.
+    /// The outcome is in, or the future went (before its stream opened,
+    /// only the latter can be): nothing more is left.
     done: bool,
-    /// The request's future was dropped.
-    cancelled: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,7 +191,6 @@ impl<B> SendRequest<B> {
                 waker: None,
                 stream: 0,
                 done: false,
-                cancelled: false,
             }),
         });
         let call = Call {
@@ -243,7 +241,6 @@ impl<B> Drop for ResponseFuture<B> {
             return;
         }
         let mut state = lock(&self.slot.state);
-        state.cancelled = true;
         state.done = true;
         let stream = state.stream;
         let outcome = state.outcome.take();
@@ -380,6 +377,7 @@ where
             while let Poll::Ready(Some(polled)) = self.running.poll_next_unpin(cx) {
                 progress = true;
                 if let Ok((stream, body, frame)) = polled {
+                    self.aborts.remove(&stream);
                     self.frame(stream, body, frame);
                 }
             }
@@ -426,10 +424,13 @@ where
             self.conn.release(stream, n);
         }
         self.reports.continues.clear();
-        for stream in std::mem::take(&mut self.reports.cancelled) {
+        // Taken out to act on, then put back empty: its room is kept.
+        let mut cancelled = std::mem::take(&mut self.reports.cancelled);
+        for stream in cancelled.drain(..) {
             self.forget(stream);
             self.conn.cancel(stream, Reason::CANCEL);
         }
+        self.reports.cancelled = cancelled;
         progress
     }
 
@@ -454,7 +455,8 @@ where
             return; // dropped: `Closed`, with the request back
         }
         let mut state = lock(&call.slot.state);
-        if state.cancelled {
+        if state.done {
+            // The future went before the stream opened.
             drop(state);
             call.req = None;
             return;
@@ -629,7 +631,6 @@ where
 
     /// A request body's next frame.
     fn frame(&mut self, stream: u32, body: B, frame: Option<Result<Frame<Bytes>, B::Error>>) {
-        self.aborts.remove(&stream);
         match frame {
             None => {
                 self.conn.send_data(stream, &[], true);

@@ -94,6 +94,12 @@ fn full(bytes: impl Into<Bytes>) -> TestBody {
     http_body_util::Either::Left(Full::new(bytes.into()))
 }
 
+/// A call for the 1 MiB answer, answered.
+async fn big(client: &SendRequest<TestBody>) -> Response<H2Body> {
+    let resp = client.send(request("/big", full(""))).await;
+    resp.map_err(|f| f.error).unwrap()
+}
+
 /// Waits for what the server reports next, within a deadline.
 async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -128,11 +134,7 @@ async fn concurrent_requests_share_the_connection_and_bodies_pass_the_windows() 
 async fn a_large_response_is_read_through_the_windows_this_side_gives() {
     let (addr, _seen) = server(4).await;
     let client = connect_to(addr).await;
-    let resp = client
-        .send(request("/big", full("")))
-        .await
-        .map_err(|f| f.error)
-        .unwrap();
+    let resp = big(&client).await;
     let got = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(got.len(), 1 << 20);
 }
@@ -218,11 +220,7 @@ async fn requests_fail_when_the_upstream_closes_and_unsent_ones_come_back() {
 async fn a_response_body_dropped_midway_resets_its_stream() {
     let (addr, _seen) = server(4).await;
     let client = connect_to(addr).await;
-    let resp = client
-        .send(request("/big", full("")))
-        .await
-        .map_err(|f| f.error)
-        .unwrap();
+    let resp = big(&client).await;
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
@@ -230,11 +228,7 @@ async fn a_response_body_dropped_midway_resets_its_stream() {
     // The stream is reset: the connection serves the next at once, and
     // the big body's unread bytes no longer hold its window.
     for n in 0..4 {
-        let resp = client
-            .send(request("/big", full("")))
-            .await
-            .map_err(|f| f.error)
-            .unwrap();
+        let resp = big(&client).await;
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), 1 << 20, "call {n}");
     }

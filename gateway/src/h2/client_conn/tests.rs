@@ -8,6 +8,17 @@ const GET: Target<'static> = Target {
     path: "/",
 };
 
+fn map(fields: &[(&str, &str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (n, v) in fields {
+        headers.append(
+            http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    headers
+}
+
 /// The server's side of the wire, written by hand.
 #[derive(Default)]
 struct Server {
@@ -22,13 +33,7 @@ impl Server {
     }
 
     fn head(&mut self, stream: u32, status: u16, fields: &[(&str, &str)], end: bool) -> &mut Self {
-        let mut headers = HeaderMap::new();
-        for (n, v) in fields {
-            headers.append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
+        let headers = map(fields);
         let mut block = BytesMut::new();
         let status = StatusCode::from_u16(status).unwrap();
         self.encoder.response(status, &headers, &mut block);
@@ -37,13 +42,7 @@ impl Server {
     }
 
     fn trailers(&mut self, stream: u32, fields: &[(&str, &str)], end: bool) -> &mut Self {
-        let mut headers = HeaderMap::new();
-        for (n, v) in fields {
-            headers.append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
+        let headers = map(fields);
         let mut block = BytesMut::new();
         self.encoder.trailers(&headers, &mut block);
         frame::write_headers(&mut self.wire, stream, &block, end, 16_384);
