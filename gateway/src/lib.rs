@@ -22,6 +22,8 @@
 //! - [`pool`]: upstream connections (HTTP/1.1 stacks, one shared HTTP/2
 //!   connection per h2c endpoint).
 //! - [`retry`]: per-route retry policies and retry budgets.
+//! - [`buffers`]: the per-thread pool of I/O buffers and header maps both
+//!   native codecs take from while a connection has work.
 //! - [`h1`]: the native HTTP/1.1 server: a strict codec (request heads, body
 //!   framing) fuzzed alone, and the connection loop the listeners run.
 //! - [`h2`]: the native HTTP/2 server and the native HTTP/2 client for
@@ -83,6 +85,7 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod breaker;
+pub mod buffers;
 pub mod cache;
 pub mod caps;
 pub mod check;

@@ -623,7 +623,7 @@ where
 {
     let first = idle::timeout(
         shared.protocols.header_read_timeout,
-        crate::protocol::detect(&mut io, h1::pool::take()),
+        crate::protocol::detect(&mut io, crate::buffers::take()),
     );
     // Detection first: a client's first bytes are most often in already,
     // and then the drain signal is never polled, so this connection never

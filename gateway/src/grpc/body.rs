@@ -47,7 +47,9 @@ pub struct GrpcBody<B> {
     mode: Mode,
     /// The status seen so far: in the head (trailers-only) or the trailers.
     status: Option<Code>,
-    outcome: Option<Box<Outcome>>,
+    /// Inline: the body itself is boxed once per call (the proxy's
+    /// `ProxyBody`), and a box of its own cost an allocation more.
+    outcome: Option<Outcome>,
     /// A frame made here (the trailers frame, the last base64 text), sent
     /// before anything else is read.
     pending: Option<Bytes>,
@@ -75,7 +77,7 @@ impl<B> GrpcBody<B> {
 
     /// What to record when the call ends.
     pub fn set_outcome(&mut self, outcome: Outcome) {
-        self.outcome = Some(Box::new(outcome));
+        self.outcome = Some(outcome);
     }
 
     /// The call ended (or was abandoned): record it, once.

@@ -43,7 +43,7 @@ use super::head::{self, MAX_HEADERS, Seen, Spans};
 use super::outbox::COPY_LIMIT;
 use super::relay::{self, Held, Relayed};
 use super::response::{decimal, field};
-use crate::h1::pool;
+use crate::buffers;
 
 /// Errors a request body may fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -130,7 +130,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let mut out = pool::take();
+    let mut out = buffers::take();
     let encoding = encoding(&parts.headers, &body);
     put_head(&mut out, &parts, extra, encoding);
     let mut ex = Exchange {
@@ -154,7 +154,7 @@ where
     if encoding == Encoding::Empty && parts.method.is_idempotent() {
         ex.replay = Some(parts);
     } else {
-        pool::give_map(parts.headers);
+        buffers::give_map(parts.headers);
     }
     async move {
         let head = poll_fn(|cx| ex.poll(cx)).await?;
@@ -309,7 +309,7 @@ where
                 Poll::Pending => break,
             }
             let Some(body) = self.body.as_mut() else {
-                pool::give(&mut self.out);
+                buffers::give(&mut self.out);
                 break;
             };
             match Pin::new(body).poll_frame(cx) {
@@ -327,7 +327,7 @@ where
             {
                 return Poll::Ready(Ok(head));
             }
-            if ready!(poll_fill(&mut self.io, cx, &mut self.input, pool::SIZE))
+            if ready!(poll_fill(&mut self.io, cx, &mut self.input, buffers::SIZE))
                 .map_err(ClientError::Read)?
                 == 0
             {
@@ -335,7 +335,7 @@ where
             }
             // A byte of an answer came: the request reached the upstream.
             if let Some(parts) = self.replay.take() {
-                pool::give_map(parts.headers);
+                buffers::give_map(parts.headers);
             }
         }
     }
@@ -468,7 +468,7 @@ fn poll_fill(
 ) -> Poll<io::Result<usize>> {
     ready!(io.poll_read_ready(cx))?;
     if buf.capacity() == 0 {
-        *buf = pool::take();
+        *buf = buffers::take();
     }
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
@@ -662,7 +662,7 @@ impl ResponseBody {
         if !(self.keep_alive && self.is_end_stream() && self.buf.is_empty()) {
             return None;
         }
-        pool::give(&mut self.buf);
+        buffers::give(&mut self.buf);
         self.io.take()
     }
 
@@ -710,7 +710,7 @@ impl Body for ResponseBody {
                 }
                 Framing::UntilClose => {}
             }
-            let want = this.left().map_or(pool::SIZE, room_for_the_rest);
+            let want = this.left().map_or(buffers::SIZE, room_for_the_rest);
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -741,7 +741,7 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        pool::give(&mut self.buf);
+        buffers::give(&mut self.buf);
     }
 }
 
@@ -1126,7 +1126,7 @@ mod tests {
         // Head and body in one write, the body longer than the first read:
         // the last read must come back short, so the socket is known to be
         // drained and taking the connection again costs no system call.
-        const LEN: usize = 3 * pool::SIZE + 500;
+        const LEN: usize = 3 * buffers::SIZE + 500;
         let (l, addr) = upstream().await;
         let server = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();

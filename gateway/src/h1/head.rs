@@ -351,7 +351,7 @@ pub(super) fn header_map(
     fields: &Spans,
     (room, hop): (usize, Hop),
 ) -> Result<(HeaderMap, Seen), &'static str> {
-    let mut headers = super::pool::map(fields.len() + room);
+    let mut headers = crate::buffers::map(fields.len() + room);
     let mut seen = Seen::default();
     for &(name, value) in fields {
         let name = field_name(&bytes[range(name)]).ok_or("invalid header name")?;

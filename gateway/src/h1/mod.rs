@@ -22,9 +22,8 @@
 //! - [`outbox`]: what a connection has to write, large body frames
 //!   written from where they are (no copy).
 //! - [`body`]: the request body the proxy reads, fed by the connection.
-//! - [`pool`]: the per-thread pool the connections take their read and
-//!   write buffers from while they have work, and the header maps of the
-//!   heads parsed (given back once a head is written).
+//! - Buffers and header maps come from [`crate::buffers`], the per-thread
+//!   pool the HTTP/2 codec shares, while a connection has work.
 //! - [`server`]: the connection loop: heads, bodies, responses, pipelined
 //!   requests in order, upgrades handed to a tunnel, no buffer held idle.
 //!
@@ -38,7 +37,6 @@ pub mod client;
 pub mod framing;
 pub mod head;
 pub mod outbox;
-pub mod pool;
 pub mod relay;
 pub mod response;
 pub mod server;

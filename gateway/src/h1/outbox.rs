@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
-use super::pool;
+use crate::buffers;
 
 /// Data frames up to this size are copied next to their framing and sent
 /// in one write; larger ones are written from where they are (here, and
@@ -38,7 +38,7 @@ impl Outbox {
     /// frame put before them. Taken from the pool when there is none.
     pub fn gather(&mut self) -> &mut BytesMut {
         if self.gathered.capacity() == 0 {
-            self.gathered = pool::take();
+            self.gathered = buffers::take();
         }
         &mut self.gathered
     }
@@ -121,7 +121,7 @@ impl Outbox {
     /// Gives the gathered buffer back to the pool when all is written
     /// (between requests: an idle connection holds no buffer).
     pub fn rest(&mut self) {
-        pool::give(&mut self.gathered);
+        buffers::give(&mut self.gathered);
     }
 }
 

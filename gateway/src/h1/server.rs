@@ -48,7 +48,7 @@ use super::framing::{BodyDecoder, BodyFraming, Frame};
 use super::head::{self, HeadError, RequestHead};
 use super::outbox::Outbox;
 use super::response::{Answer, Beside, ResponseFraming, write_head};
-use crate::h1::pool;
+use crate::buffers;
 use crate::idle::{ActivityIo, LazyDeadline};
 use crate::protocol::Rewind;
 
@@ -127,24 +127,24 @@ pub struct Settings {
 }
 
 /// First read into a fresh buffer; a head larger than this grows it.
-const READ_SIZE: usize = pool::SIZE;
+const READ_SIZE: usize = buffers::SIZE;
 /// Largest read while a request body is known to hold that much more: a
 /// 1 MiB upload read 4 KiB at a time took 256 reads and 256 writes upstream
 /// (strace), and 3.3 times HAProxy's CPU (bench 3-upload-1m). 64 KiB is
 /// the loopback's largest segment. Such reads go into a body buffer
-/// ([`pool::take_body`]), given back when the request is done, so an idle
+/// ([`buffers::take_body`]), given back when the request is done, so an idle
 /// connection holds none of it.
-const BODY_READ_SIZE: usize = pool::BODY_SIZE;
+const BODY_READ_SIZE: usize = buffers::BODY_SIZE;
 /// Response bytes gathered before a write while the body keeps coming
 /// (kept within the pool's largest buffer).
-const WRITE_SIZE: usize = 3 * pool::SIZE;
+const WRITE_SIZE: usize = 3 * buffers::SIZE;
 
 /// One connection's state between requests.
 struct Conn<I> {
     io: I,
     /// Bytes read and not yet used; empty (no allocation) while idle.
     buf: BytesMut,
-    /// `buf` is a body buffer ([`pool::take_body`]), not a head's.
+    /// `buf` is a body buffer ([`buffers::take_body`]), not a head's.
     body_buf: bool,
     /// Bytes to write.
     out: Outbox,
@@ -237,11 +237,11 @@ impl<I: Io> Conn<I> {
     /// Gives the buffers back between requests when nothing is pending.
     fn rest(&mut self) {
         if self.body_buf {
-            pool::give_body(&mut self.buf);
+            buffers::give_body(&mut self.buf);
             // Still this body buffer when bytes of the next request are in it.
             self.body_buf = !self.buf.is_empty();
         } else {
-            pool::give(&mut self.buf);
+            buffers::give(&mut self.buf);
         }
         self.out.rest();
     }
@@ -296,7 +296,7 @@ impl<I: Io> Conn<I> {
         // (A body buffer read to its very end has no room left either: it
         // goes back to its own pool, in `make_room`.)
         if self.buf.capacity() == 0 && room <= READ_SIZE && !self.body_buf {
-            self.buf = pool::take();
+            self.buf = buffers::take();
         } else if self.buf.capacity() - self.buf.len() < room / 4 {
             self.make_room(room);
         }
@@ -320,18 +320,18 @@ impl<I: Io> Conn<I> {
             return;
         }
         let mut next = if large {
-            pool::take_body()
+            buffers::take_body()
         } else {
-            pool::take()
+            buffers::take()
         };
         // What is not used yet: part of a chunk's size line, say.
         next.extend_from_slice(&self.buf);
         self.buf.clear();
         let mut last = std::mem::replace(&mut self.buf, next);
         if std::mem::replace(&mut self.body_buf, large) {
-            pool::give_body(&mut last);
+            buffers::give_body(&mut last);
         } else {
-            pool::give(&mut last);
+            buffers::give(&mut last);
         }
     }
 
@@ -442,7 +442,7 @@ impl<I: Io> Conn<I> {
         // sole owner when the body ends, and is pooled again rather than
         // freed (one `malloc` and one `free` fewer per proxied request,
         // callgrind); the map itself is kept for the next head.
-        pool::give_map(std::mem::take(resp.headers_mut()));
+        buffers::give_map(std::mem::take(resp.headers_mut()));
         beside.fields = None;
         let body = Pin::new(resp.body_mut());
         let complete = self.send_body(body, framing, &trailers, &mut feed).await?;
@@ -796,7 +796,7 @@ mod tests {
             max_head: 16 * 1024,
         };
         let closing = AtomicBool::new(false);
-        let before = pool::kept();
+        let before = buffers::kept();
         let service =
             |_req| async { http::Response::new(http_body_util::Full::new(Bytes::from("ok"))) };
         serve(io, BytesMut::new(), &settings, &closing, service)
@@ -807,7 +807,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
         assert_eq!(
-            pool::kept(),
+            buffers::kept(),
             before + 2,
             "the read buffer and the write buffer are back in the pool"
         );
@@ -864,7 +864,7 @@ mod tests {
             UPLOADS,
             "{answers}"
         );
-        let kept = pool::kept_bodies();
+        let kept = buffers::kept_bodies();
         assert!(kept >= 1, "the body buffers are back in the pool");
         assert!(
             kept <= 3,
@@ -882,7 +882,7 @@ mod tests {
         let (mut client, io) = connected().await;
         let mut conn = Conn {
             io,
-            buf: pool::take_body(),
+            buf: buffers::take_body(),
             body_buf: true,
             out: Outbox::default(),
             head_deadline: LazyDeadline::default(),
@@ -891,13 +891,17 @@ mod tests {
         conn.buf.resize(conn.buf.capacity(), b'x');
         let last_piece = conn.buf.split().freeze();
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let before = pool::kept_bodies();
+        let before = buffers::kept_bodies();
         poll_fn(|cx| conn.poll_fill(cx, READ_SIZE)).await.unwrap();
         assert_eq!(&conn.buf[..], b"GET / HTTP/1.1\r\n");
         assert!(!conn.body_buf, "read into a usual buffer");
-        assert_eq!(pool::kept_bodies(), before + 1, "the body buffer is kept");
+        assert_eq!(
+            buffers::kept_bodies(),
+            before + 1,
+            "the body buffer is kept"
+        );
         drop(last_piece);
-        assert_eq!(pool::take_body().as_ptr(), body_at, "and taken again");
+        assert_eq!(buffers::take_body().as_ptr(), body_at, "and taken again");
     }
 
     #[test]

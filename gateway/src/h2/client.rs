@@ -479,6 +479,9 @@ where
         };
         let end_stream = body.is_end_stream();
         let stream = self.conn.open(&target, &parts.headers, end_stream);
+        // Encoded: the map's room serves the next head decoded on this
+        // thread (a response's here, a request's in the server).
+        crate::buffers::give_map(parts.headers);
         state.stream = stream;
         drop(state);
         self.replies.insert(stream, call);
@@ -656,6 +659,7 @@ where
                     if let Ok(mut trailers) = frame.into_trailers() {
                         strip_connection_fields(&mut trailers);
                         self.conn.send_trailers(stream, &trailers);
+                        crate::buffers::give_map(trailers);
                     } else {
                         self.fresh.push((stream, body));
                     }

@@ -58,7 +58,9 @@ impl HeadBuilder {
             scheme: None,
             authority: None,
             path: None,
-            headers: HeaderMap::new(),
+            // A kept map: no allocation, and room for the fields the
+            // proxy adds before forwarding.
+            headers: crate::buffers::map(crate::buffers::HEAD_ROOM),
             size: 0,
             max_size,
             regular_seen: false,

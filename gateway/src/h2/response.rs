@@ -47,7 +47,7 @@ impl HeadBuilder {
     pub fn new(max_size: usize) -> HeadBuilder {
         HeadBuilder {
             status: None,
-            headers: HeaderMap::new(),
+            headers: crate::buffers::map(crate::buffers::HEAD_ROOM),
             size: 0,
             max_size,
             regular_seen: false,

@@ -481,6 +481,9 @@ where
         add_date_and_length(&mut parts, &body, no_length);
         let end = bodiless || body.is_end_stream();
         self.conn.respond(stream, parts.status, &parts.headers, end);
+        // Encoded: the map's room serves the next head decoded on this
+        // thread (a request's here, a response's in the client).
+        crate::buffers::give_map(parts.headers);
         if end {
             self.aborts.remove(&stream);
         } else {
@@ -505,6 +508,7 @@ where
                     if let Ok(mut trailers) = frame.into_trailers() {
                         strip_connection_fields(&mut trailers);
                         self.conn.send_trailers(stream, &trailers);
+                        crate::buffers::give_map(trailers);
                     }
                     self.aborts.remove(&stream);
                 }

@@ -1,5 +1,6 @@
 //! A per-thread pool of I/O buffers and header maps for the native
-//! HTTP/1 server and client.
+//! HTTP/1 server and client, and of header maps for the native HTTP/2
+//! server and client.
 //!
 //! A connection holds no buffer while it waits for its next request (that
 //! is what keeps an idle connection small), so without a pool every request
@@ -13,14 +14,18 @@
 //! thread: 256 KiB per worker thread when they are of the usual size, 1 MiB
 //! at most, however many connections come and go.
 //!
-//! Header maps ([`map`], [`give_map`]): each head the native codec parses
-//! becomes a `HeaderMap`, two per proxied request. A map's entries are 104
-//! bytes each, so a map with room for the dozen fields of a usual head
-//! (1,248 bytes) is larger than glibc's per-thread cache takes (1,032
-//! bytes): each one went through `malloc`'s slow path and, under load, its
-//! consolidation of freed small chunks. A map whose head has been written
-//! out is cleared and kept here for the next head instead (`KEPT_MAPS` per
-//! thread, each of at most `LARGEST_MAP` fields' room).
+//! Header maps ([`map`], [`give_map`]): each head the native codecs parse
+//! or decode becomes a `HeaderMap`, two per proxied request (three for a
+//! gRPC call: its trailers). A map's entries are 104 bytes each, so a map
+//! with room for the dozen fields of a usual head (1,248 bytes) is larger
+//! than glibc's per-thread cache takes (1,032 bytes): each one went through
+//! `malloc`'s slow path and, under load, its consolidation of freed small
+//! chunks. A map whose head has been written out (or encoded, for HTTP/2)
+//! is cleared and kept here for the next head instead (`KEPT_MAPS` per
+//! thread, each of at most `LARGEST_MAP` fields' room). The HTTP/2 server
+//! gives back the response maps it encodes and takes maps for the requests
+//! it decodes; its client does the reverse, so a thread proxying gRPC
+//! calls keeps reusing the same few maps.
 //!
 //! A buffer given back while a slice of it is still on its way (a
 //! response's header values and small body, queued by HTTP/2 until its
@@ -69,7 +74,12 @@ pub const BODY_SIZE: usize = 64 * 1024;
 const KEPT_BODIES: usize = 32;
 
 /// Header maps kept per thread.
-const KEPT_MAPS: usize = 32;
+const KEPT_MAPS: usize = 1024;
+/// Room an HTTP/2 head's map is given: its fields are decoded one by one,
+/// their number unknown until the end, and a usual request's dozen (with
+/// the fields the proxy adds) then fit without growing. A kept map that
+/// served a small head (trailers) grows to it once, not on every reuse.
+pub const HEAD_ROOM: usize = 12;
 /// Largest map kept, in fields it has room for (a map of 24 is 2.5 kB); a
 /// map grown past it by a head of many fields is freed.
 const LARGEST_MAP: usize = 24;
