@@ -326,3 +326,43 @@ impl Drop for H2Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Context;
+
+    use futures_util::task::noop_waker_ref;
+
+    use super::*;
+
+    fn announced(stream: u32, cancel_on_drop: bool) -> Announced {
+        Announced {
+            stream,
+            length: Some(5),
+            expects_continue: true,
+            cancel_on_drop,
+        }
+    }
+
+    fn reports(released: &Released) -> Reports {
+        let mut into = Reports::default();
+        released.swap(&Context::from_waker(noop_waker_ref()), &mut into);
+        into
+    }
+
+    #[test]
+    fn a_fed_body_dropped_before_its_end_is_reset_and_its_bytes_given_back() {
+        let released = Arc::new(Released::default());
+        let (body, feed) = channel(announced(9, true), released.clone());
+        assert_eq!(feed.data(Bytes::from_static(b"abc"), false), None);
+        drop(body);
+        let got = reports(&released);
+        assert_eq!(got.taken, vec![(9, 3)]);
+        assert_eq!(got.cancelled, vec![9]);
+        assert_eq!(
+            feed.data(Bytes::from_static(b"de"), true),
+            Some(2),
+            "released at once"
+        );
+    }
+}

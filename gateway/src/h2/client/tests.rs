@@ -29,8 +29,10 @@ impl Drop for Guard {
     }
 }
 
-/// An h2c server: `/echo` answers with the request body (and a trailer),
-/// `/hang` never answers, `/big` answers 1 MiB; each request is reported.
+/// An h2c server: `/echo` answers with the request body, `/hang` never
+/// answers, `/big` answers 1 MiB, `/relay` answers each part of the request
+/// body as it comes and ends with a trailer counting its bytes; each request is
+/// reported.
 async fn server(max_streams: u32) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -56,17 +58,18 @@ async fn server(max_streams: u32) -> (std::net::SocketAddr, mpsc::UnboundedRecei
 async fn answer(
     req: Request<Incoming>,
     tx: mpsc::UnboundedSender<Seen>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+) -> Result<Response<TestBody>, hyper::Error> {
     let path = req.uri().path().to_owned();
     let _ = tx.send(Seen::Request(path.clone()));
     let mut guard = Guard(Some((path.clone(), tx)));
     let resp = match path.as_str() {
         "/hang" => std::future::pending().await,
-        "/big" => Response::new(Full::new(Bytes::from(vec![b'b'; 1 << 20]))),
+        "/big" => Response::new(full(vec![b'b'; 1 << 20])),
+        "/relay" => Response::new(relayed(req.into_body())),
         _ => {
             let authority = req.uri().authority().map(|a| a.to_string());
             let body = req.into_body().collect().await?.to_bytes();
-            let mut resp = Response::new(Full::new(body));
+            let mut resp = Response::new(full(body));
             let authority = authority.unwrap_or_default();
             resp.headers_mut()
                 .insert("x-authority", authority.parse().unwrap());
@@ -75,6 +78,27 @@ async fn answer(
     };
     guard.0 = None;
     Ok(resp)
+}
+
+/// The request body's parts as they come, then a trailer with their bytes.
+fn relayed(body: Incoming) -> TestBody {
+    let start = Some((body.into_data_stream(), 0u32));
+    let frames = futures_util::stream::unfold(start, |state| async move {
+        let (mut parts, n) = state?;
+        Some(match parts.next().await {
+            Some(Ok(part)) => {
+                let n = n + part.len() as u32;
+                (Ok(Frame::data(part)), Some((parts, n)))
+            }
+            Some(Err(e)) => (Err(io::Error::other(e)), None),
+            None => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-bytes", n.into());
+                (Ok(Frame::trailers(trailers)), None)
+            }
+        })
+    });
+    http_body_util::Either::Right(StreamBody::new(Box::pin(frames)))
 }
 
 async fn connect_to(addr: std::net::SocketAddr) -> SendRequest<TestBody> {
@@ -266,4 +290,45 @@ async fn an_upstream_that_stops_answering_is_found_dead_by_its_pings() {
     };
     assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     assert!(client.is_closed());
+}
+
+/// A response whose head, message and trailers come in one read (a unary
+/// call's) and one whose parts come one at a time give the same frames.
+#[tokio::test]
+async fn a_response_read_whole_and_one_read_in_parts_give_the_same_frames() {
+    let (addr, _seen) = server(100).await;
+    let client = connect_to(addr).await;
+
+    // The request body is all there, so the answer is made all at once.
+    let resp = client.send(request("/relay", full("abc"))).await;
+    let body = resp.map_err(|f| f.error).unwrap().into_body();
+    let collected = body.collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-bytes"], "3");
+    assert_eq!(&collected.to_bytes()[..], b"abc");
+
+    // Each part is sent once the one before came back.
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Frame<Bytes>, io::Error>>();
+    let parts = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|part| (part, rx))
+    });
+    let streamed = http_body_util::Either::Right(StreamBody::new(Box::pin(parts) as BodyStream));
+    tx.send(Ok(Frame::data(Bytes::from_static(b"one"))))
+        .unwrap();
+    let resp = client.send(request("/relay", streamed)).await;
+    let mut body = resp.map_err(|f| f.error).unwrap().into_body();
+    let data = |frame: Option<Result<Frame<Bytes>, H2BodyError>>| {
+        frame
+            .expect("a frame")
+            .expect("no error")
+            .into_data()
+            .expect("data")
+    };
+    assert_eq!(&data(body.frame().await)[..], b"one");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"two"))))
+        .unwrap();
+    assert_eq!(&data(body.frame().await)[..], b"two");
+    drop(tx);
+    let last = body.frame().await.expect("the trailers").unwrap();
+    assert_eq!(last.into_trailers().unwrap()["x-bytes"], "6");
+    assert!(body.frame().await.is_none());
 }

@@ -204,3 +204,77 @@ async fn a_request_read_with_the_preface_is_answered() {
         }
     }
 }
+
+/// A POST for `/` on `stream` (static-table indexes, a literal authority),
+/// asking for `100 Continue` when `expect` is set.
+fn post(dst: &mut BytesMut, stream: u32, expect: bool) {
+    let mut block = vec![0x83, 0x86, 0x84, 0x41, 6];
+    block.extend_from_slice(b"a.test");
+    if expect {
+        block.extend_from_slice(b"\x00\x06expect\x0c100-continue");
+    }
+    frame::write_headers(dst, stream, &block, false, 16_384);
+}
+
+/// The next frame the client reads.
+async fn next_frame(rd: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut BytesMut) -> H2Frame {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(f) = frame::parse(buf, 16_384).unwrap() {
+            return f;
+        }
+        assert!(rd.read_buf(buf).await.unwrap() > 0, "closed early");
+    }
+}
+
+/// A request body that came whole with its head (one write) and one that
+/// came after its head (the client waiting for `100 Continue` first) reach
+/// the service alike; only the second is invited.
+#[tokio::test]
+async fn a_body_read_with_its_head_and_one_read_after_it_are_alike() {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    static CLOSING: AtomicBool = AtomicBool::new(false);
+    let settings = Settings {
+        max_concurrent_streams: 16,
+        max_header_list_size: 16_384,
+    };
+    let service = |req: Request<Option<H2Body>>| async move {
+        let body = req.into_body().expect("a body");
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        Answer(Response::new(Full::new(bytes)))
+    };
+    tokio::spawn(serve(server, BytesMut::new(), &settings, &CLOSING, service));
+    let (mut rd, mut wr) = tokio::io::split(client);
+    use tokio::io::AsyncWriteExt;
+    let mut out = BytesMut::from(PREFACE);
+    frame::Settings::default().write(&mut out);
+    post(&mut out, 1, false);
+    frame::write_data(&mut out, 1, b"whole", true, 16_384);
+    post(&mut out, 3, true);
+    wr.write_all(&out).await.unwrap();
+
+    let mut buf = BytesMut::new();
+    let mut answers = [None, None];
+    let mut continued = false;
+    while answers.iter().any(Option::is_none) {
+        match next_frame(&mut rd, &mut buf).await {
+            H2Frame::Headers { stream: 3, .. } if !continued => {
+                continued = true;
+                let mut body = BytesMut::new();
+                frame::write_data(&mut body, 3, b"after", true, 16_384);
+                wr.write_all(&body).await.unwrap();
+            }
+            H2Frame::Headers { stream: 1, .. } => {}
+            H2Frame::Data { stream, data, .. } => answers[(stream / 2) as usize] = Some(data),
+            H2Frame::Reset { stream, reason } => panic!("stream {stream} reset: {reason:?}"),
+            H2Frame::GoAway { reason, .. } => panic!("the connection ended: {reason:?}"),
+            _ => {}
+        }
+    }
+    assert!(continued, "the body not yet sent was invited");
+    assert_eq!(answers[0].as_deref(), Some(&b"whole"[..]));
+    assert_eq!(answers[1].as_deref(), Some(&b"after"[..]));
+}
