@@ -83,7 +83,10 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<RequestHost>, HostErro
             if v == Version::HTTP_11 && h.is_none() {
                 return Err(HostError::Missing);
             }
-            HeaderValue::from_str(a).map_err(|_| HostError::Invalid)?
+            // Shared from the start: the proxy clones it into the fields it
+            // adds (`buffers::shared_copy`).
+            let copy = crate::buffers::shared_copy(a.as_bytes());
+            HeaderValue::from_maybe_shared(copy).map_err(|_| HostError::Invalid)?
         }
         (_, None, Some(h)) => h.clone(),
         (Version::HTTP_11, None, None) => return Err(HostError::Missing),

@@ -207,18 +207,16 @@ pub fn encode_timeout(d: Duration) -> HeaderValue {
         .find(|(n, _)| *n <= MAX)
         .unwrap_or(((u128::from(d.as_secs() / 3600)).min(MAX), b'H'));
     let n = u64::try_from(n).expect("at most 8 digits");
-    // Exactly the value's length: a buffer with room to spare becomes
-    // `Bytes` through a second allocation (its shared header), one whose
-    // length is its capacity through none (callgrind: 2 -> 1 `malloc`
-    // per proxied gRPC call).
-    let digits = n.checked_ilog10().map_or(1, |d| d as usize + 1);
-    let mut text = Vec::with_capacity(digits + 1);
-    crate::access::format::decimal(&mut text, n);
-    text.push(unit);
-    debug_assert_eq!(text.len(), text.capacity());
-    // The buffer becomes the value's bytes: one allocation, no copy.
-    let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-        .expect("digits and a unit are a valid header value");
+    // Cut from the thread's chunk of small copies (`buffers::shared_copy`):
+    // a vector of its own was an allocation per proxied gRPC call.
+    let mut scratch = [0u8; 20];
+    let digits = crate::h1::response::decimal(n, &mut scratch);
+    let mut text = [0u8; 21];
+    text[..digits.len()].copy_from_slice(digits);
+    text[digits.len()] = unit;
+    let bytes = crate::buffers::shared_copy(&text[..=digits.len()]);
+    let mut value =
+        HeaderValue::from_maybe_shared(bytes).expect("digits and a unit are a valid header value");
     value.set_sensitive(true);
     value
 }

@@ -23,6 +23,8 @@
 //! `SETTINGS_HEADER_TABLE_SIZE`, by setting its table's size to 0, which a
 //! decoder that lowered its limit waits for.
 
+use std::cell::RefCell;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
@@ -259,10 +261,26 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
     if !huffman {
         return Ok(raw);
     }
-    let mut out = Vec::new();
-    huffman::decode(&raw, &mut out).map_err(|_| DecodeError::Huffman)?;
-    Ok(Bytes::from(out))
+    // Decoded into a per-thread scratch vector, then copied out shared
+    // (`buffers::shared_copy`): a vector of its own was an allocation per
+    // string, and another at its first clone.
+    thread_local! {
+        static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    DECODED.with_borrow_mut(|out| {
+        out.clear();
+        let decoded = huffman::decode(&raw, out).map_err(|_| DecodeError::Huffman);
+        let copy = decoded.map(|()| crate::buffers::shared_copy(out));
+        if out.capacity() > SCRATCH_KEPT {
+            *out = Vec::new();
+        }
+        copy
+    })
 }
+
+/// Room the Huffman scratch vector keeps between strings; one grown past
+/// it by a long value is freed.
+const SCRATCH_KEPT: usize = 4096;
 
 /// Encodes one connection's header blocks; no dynamic table (see the
 /// module's comment).

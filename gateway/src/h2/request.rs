@@ -10,7 +10,6 @@
 //! in a header map as they arrived (`cookie` crumbs not joined, `host` kept
 //! beside `:authority`; the proxy's own checks compare them).
 
-use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
@@ -171,7 +170,7 @@ fn authority_of(method: &Method, value: &HeaderValue) -> Result<Authority, &'sta
     if value.as_bytes().contains(&b'@') {
         return Err(":authority with user information");
     }
-    let bytes = Bytes::copy_from_slice(value.as_bytes());
+    let bytes = crate::buffers::shared_copy(value.as_bytes());
     let authority = Authority::from_maybe_shared(bytes).map_err(|_| "an invalid :authority")?;
     if method == Method::CONNECT && authority.port().is_none() {
         return Err("CONNECT to an authority without a port");
@@ -190,7 +189,8 @@ fn path_and_query(method: &Method, path: &HeaderValue) -> Result<PathAndQuery, &
     if raw.contains(&b'#') {
         return Err("a :path with a fragment");
     }
-    PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(raw)).map_err(|_| "an invalid :path")
+    PathAndQuery::from_maybe_shared(crate::buffers::shared_copy(raw))
+        .map_err(|_| "an invalid :path")
 }
 
 /// Whether a regular field is allowed in a request's fields or trailers.

@@ -441,8 +441,11 @@ pub(super) fn target(
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(UriScheme::HTTP);
             parts.authority = Some(
-                host.and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                    .unwrap_or_else(|| endpoint.authority.clone()),
+                host.and_then(|h| {
+                    let copy = crate::buffers::shared_copy(h.as_bytes());
+                    Authority::from_maybe_shared(copy).ok()
+                })
+                .unwrap_or_else(|| endpoint.authority.clone()),
             );
             parts.path_and_query = Some(path_and_query.clone());
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
