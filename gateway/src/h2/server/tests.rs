@@ -17,6 +17,12 @@ impl Respond for Answer {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The loop's settings in these tests.
+const SETTINGS: Settings = Settings {
+    max_concurrent_streams: 16,
+    max_header_list_size: 16_384,
+};
+
 /// A GET for `/` on `stream` (static-table indexes, a literal authority).
 fn get(dst: &mut BytesMut, stream: u32) {
     let mut block = vec![0x82, 0x86, 0x84, 0x41, 6];
@@ -33,15 +39,11 @@ async fn a_narrow_connection_window_is_shared_in_turn() {
     const SIZE: usize = 1024 * 1024;
     let (client, server) = tokio::io::duplex(64 * 1024);
     static CLOSING: AtomicBool = AtomicBool::new(false);
-    let settings = Settings {
-        max_concurrent_streams: 16,
-        max_header_list_size: 16_384,
-    };
     let service = |_req| async {
         let body = Full::new(Bytes::from(vec![7u8; SIZE]));
         Answer(Response::new(body))
     };
-    tokio::spawn(serve(server, BytesMut::new(), &settings, &CLOSING, service));
+    tokio::spawn(serve(server, BytesMut::new(), &SETTINGS, &CLOSING, service));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut out = BytesMut::from(PREFACE);
     frame::Settings {
@@ -132,11 +134,7 @@ where
 {
     let (client, server) = tokio::io::duplex(64 * 1024);
     static CLOSING: AtomicBool = AtomicBool::new(false);
-    let settings = Settings {
-        max_concurrent_streams: 16,
-        max_header_list_size: 16_384,
-    };
-    tokio::spawn(async move { serve(server, BytesMut::new(), &settings, &CLOSING, service).await });
+    tokio::spawn(async move { serve(server, BytesMut::new(), &SETTINGS, &CLOSING, service).await });
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut out = BytesMut::from(PREFACE);
     frame::Settings::default().write(&mut out);
@@ -173,15 +171,11 @@ where
 async fn a_request_read_with_the_preface_is_answered() {
     let (client, server) = tokio::io::duplex(64 * 1024);
     static CLOSING: AtomicBool = AtomicBool::new(false);
-    let settings = Settings {
-        max_concurrent_streams: 16,
-        max_header_list_size: 16_384,
-    };
     let service = |_req| async { Answer(Response::new(Full::new(Bytes::from_static(b"ok")))) };
     let mut prefix = BytesMut::from(PREFACE);
     frame::Settings::default().write(&mut prefix);
     get(&mut prefix, 1);
-    tokio::spawn(serve(server, prefix, &settings, &CLOSING, service));
+    tokio::spawn(serve(server, prefix, &SETTINGS, &CLOSING, service));
     let (mut rd, _wr) = tokio::io::split(client);
     let mut buf = BytesMut::new();
     loop {
@@ -234,10 +228,6 @@ async fn next_frame(rd: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut Byte
 async fn a_body_read_with_its_head_and_one_read_after_it_are_alike() {
     let (client, server) = tokio::io::duplex(64 * 1024);
     static CLOSING: AtomicBool = AtomicBool::new(false);
-    let settings = Settings {
-        max_concurrent_streams: 16,
-        max_header_list_size: 16_384,
-    };
     let service = |req: Request<Option<H2Body>>| async move {
         let body = req.into_body().expect("a body");
         let bytes = http_body_util::BodyExt::collect(body)
@@ -246,7 +236,7 @@ async fn a_body_read_with_its_head_and_one_read_after_it_are_alike() {
             .to_bytes();
         Answer(Response::new(Full::new(bytes)))
     };
-    tokio::spawn(serve(server, BytesMut::new(), &settings, &CLOSING, service));
+    tokio::spawn(serve(server, BytesMut::new(), &SETTINGS, &CLOSING, service));
     let (mut rd, mut wr) = tokio::io::split(client);
     use tokio::io::AsyncWriteExt;
     let mut out = BytesMut::from(PREFACE);
