@@ -35,11 +35,13 @@
 //! freed a 4 KiB buffer and allocated another, both on glibc's slow path.
 //! Only a thread whose free list is empty looks there, at its oldest few.
 //!
-//! Small copies ([`shared_copy`]): a request's `:path` and `:authority`
-//! and a Huffman-decoded field value are copied out of the HTTP/2 frame
-//! they came in. Each copy made with `Bytes::copy_from_slice` was an
-//! allocation, and its first clone (the proxy clones the path it forwards)
-//! a second one, to make the vector shared: five per proxied gRPC call in
+//! Small copies ([`shared_copy`]): an HTTP/2 request's `:path` and
+//! `:authority` and its Huffman-decoded field values are copied out of the
+//! frame they came in, and the `Host` value made from `:authority` and the
+//! `grpc-timeout` sent upstream are made per request. Each one made with
+//! `Bytes::copy_from_slice` (or from a vector) was an allocation, and its
+//! first clone (the proxy clones the path and host it forwards) a second
+//! one, to make the vector shared: nine per proxied gRPC call in
 //! callgrind. They are cut from a per-thread chunk instead, shared from
 //! the start: an allocation per `COPIES_CHUNK` bytes of copies, and a
 //! clone costs a reference count. A chunk is freed once every copy cut
