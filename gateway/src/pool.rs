@@ -256,7 +256,7 @@ impl H2Sender {
                         }
                         other => UpstreamError::Protocol(other.to_string()),
                     };
-                    Err((error, failure.request))
+                    Err((error, failure.request.map(|r| *r)))
                 }
             },
             H2Sender::Hyper(s) => match s.try_send_request(req).await {

@@ -75,10 +75,15 @@ pub enum ClientError {
 
 /// A request that got no response, and the request itself when it was
 /// never sent (so it can go over another connection).
+///
+/// The request is boxed: every response moves through the same `Result`
+/// (into its slot, out of the future, through the pool's layers), and an
+/// unboxed request (about 250 bytes) would make each of those copies that
+/// much longer for a failure that is rare.
 #[derive(Debug)]
 pub struct SendFailure<B> {
     pub error: ClientError,
-    pub request: Option<Request<B>>,
+    pub request: Option<Box<Request<B>>>,
 }
 
 /// Where a request's outcome is left for its task.
@@ -122,25 +127,52 @@ impl<B> Slot<B> {
     }
 }
 
-/// A request on its way to (or through) the connection's task. Dropped
-/// before its outcome is in (the task ended, however), it leaves one: the
-/// request back if it was not sent, so no caller is left waiting.
+/// A request on its way to the connection's task. Dropped before its
+/// stream opened (the connection closed, or its task ended), it leaves the
+/// request back in its slot, unsent, so no caller is left waiting.
 struct Call<B> {
     req: Option<Request<B>>,
-    slot: Arc<Slot<B>>,
+    /// `None` once the stream opened and the slot went to [`Awaited`].
+    slot: Option<Arc<Slot<B>>>,
+}
+
+impl<B> Call<B> {
+    /// The stream opened (the request taken out): what is left to wait for.
+    fn awaited(mut self) -> Awaited<B> {
+        Awaited(self.slot.take().expect("a call not yet started"))
+    }
 }
 
 impl<B> Drop for Call<B> {
     fn drop(&mut self) {
-        if self.req.is_none() && lock(&self.slot.state).done {
-            return; // answered (the usual case): nothing to make
-        }
-        let error = match self.req {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let request = self.req.take().map(Box::new);
+        let error = match request {
             Some(_) => ClientError::Closed,
             None => ClientError::Gone("the connection's task ended".into()),
         };
-        let request = self.req.take();
-        self.slot.complete(Err(SendFailure { error, request }));
+        slot.complete(Err(SendFailure { error, request }));
+    }
+}
+
+/// A request whose stream is open, its response head not yet in. Kept
+/// apart from [`Call`] (a slot, not a request's room): the connection holds
+/// one per stream in flight. Dropped before its outcome is in (the task
+/// ended, however), it leaves one, so no caller is left waiting.
+struct Awaited<B>(Arc<Slot<B>>);
+
+impl<B> Drop for Awaited<B> {
+    fn drop(&mut self) {
+        if lock(&self.0.state).done {
+            return; // answered (the usual case): nothing to make
+        }
+        let error = ClientError::Gone("the connection's task ended".into());
+        self.0.complete(Err(SendFailure {
+            error,
+            request: None,
+        }));
     }
 }
 
@@ -195,7 +227,7 @@ impl<B> SendRequest<B> {
         });
         let call = Call {
             req: Some(req),
-            slot: slot.clone(),
+            slot: Some(slot.clone()),
         };
         // A closed channel drops the call, which leaves its outcome.
         let _ = self.calls.send(call);
@@ -333,7 +365,7 @@ struct Driver<I, B: Body> {
     /// Requests over the upstream's limit of concurrent streams.
     waiting: VecDeque<Call<B>>,
     /// Streams whose response head has not come.
-    replies: super::StreamMap<Call<B>>,
+    replies: super::StreamMap<Awaited<B>>,
     /// Streams whose response body is being read.
     feeds: super::StreamMap<Feed>,
     /// Streams whose request body is being sent.
@@ -439,7 +471,13 @@ where
         let mut progress = false;
         while let Poll::Ready(Some(call)) = self.calls.poll_recv(cx) {
             progress = true;
-            self.waiting.push_back(call);
+            // Started at once when none wait before it: a call is moved
+            // whole at each step, and most never need the queue.
+            if self.waiting.is_empty() && (self.conn.can_open() || self.conn.is_closed()) {
+                self.start(call);
+            } else {
+                self.waiting.push_back(call);
+            }
         }
         while !self.waiting.is_empty() && (self.conn.can_open() || self.conn.is_closed()) {
             let call = self.waiting.pop_front().expect("not empty");
@@ -454,11 +492,12 @@ where
         if self.conn.is_closed() || self.ended.is_some() {
             return; // dropped: `Closed`, with the request back
         }
-        let mut state = lock(&call.slot.state);
+        let slot = call.slot.as_ref().expect("a call not yet started");
+        let mut state = lock(&slot.state);
         if state.done {
             // The future went before the stream opened.
             drop(state);
-            call.req = None;
+            call.slot = None;
             return;
         }
         let req = call.req.take().expect("a call not yet started");
@@ -484,7 +523,7 @@ where
         crate::buffers::give_map(parts.headers);
         state.stream = stream;
         drop(state);
-        self.replies.insert(stream, call);
+        self.replies.insert(stream, call.awaited());
         if !end_stream {
             self.fresh.push((stream, body));
         }
@@ -546,16 +585,15 @@ where
                 reason,
                 refused,
             } => {
-                if let Some(mut call) = self.replies.remove(&stream) {
+                if let Some(awaited) = self.replies.remove(&stream) {
                     let error = match refused {
                         true => ClientError::Refused(reason.0),
                         false => ClientError::Reset(reason.0),
                     };
-                    call.slot.complete(Err(SendFailure {
+                    awaited.0.complete(Err(SendFailure {
                         error,
                         request: None,
                     }));
-                    call.req = None;
                 }
                 if let Some(feed) = self.feeds.remove(&stream) {
                     feed.fail(H2BodyError::UpstreamReset(reason.0));
@@ -581,7 +619,7 @@ where
         }
         let resp = Response::from_parts(head.parts, body);
         match self.replies.remove(&stream) {
-            Some(call) => call.slot.complete(Ok(resp)),
+            Some(awaited) => awaited.0.complete(Ok(resp)),
             // Its future went: dropping the response resets the stream.
             None => drop(resp),
         }
@@ -600,9 +638,8 @@ where
 
     /// A stream the caller gave up on: nothing more is delivered to it.
     fn forget(&mut self, stream: u32) {
-        if let Some(mut call) = self.replies.remove(&stream) {
-            call.req = None;
-            lock(&call.slot.state).done = true;
+        if let Some(awaited) = self.replies.remove(&stream) {
+            lock(&awaited.0.state).done = true;
         }
         self.feeds.remove(&stream);
         self.stop_body(stream);
@@ -642,9 +679,8 @@ where
                 tracing::debug!(stream, error = %e, "request body failed; upstream stream reset");
                 let why = e.to_string();
                 self.conn.cancel(stream, Reason::CANCEL);
-                if let Some(mut call) = self.replies.remove(&stream) {
-                    call.req = None;
-                    call.slot.complete(Err(SendFailure {
+                if let Some(awaited) = self.replies.remove(&stream) {
+                    awaited.0.complete(Err(SendFailure {
                         error: ClientError::RequestBody(why),
                         request: None,
                     }));
@@ -739,9 +775,8 @@ where
             drop(call); // `Closed`, the request back
         }
         self.waiting.clear();
-        for (_, mut call) in self.replies.drain() {
-            call.req = None;
-            call.slot.complete(Err(SendFailure {
+        for (_, awaited) in self.replies.drain() {
+            awaited.0.complete(Err(SendFailure {
                 error: why.clone(),
                 request: None,
             }));

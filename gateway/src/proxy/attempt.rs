@@ -431,12 +431,13 @@ fn send_h2c<'f>(
     req: Request<UpstreamBody>,
 ) -> BoxFuture<'f, Result<Response<UpstreamResponseBody>, SendError>> {
     use futures_util::FutureExt as _;
-    Box::pin(
+    // Made in its box (about 1.5 kB), not copied there.
+    crate::inplace::box_in_place(|| {
         proxy
             .pool
             .send_h2c(endpoint, req)
-            .map(|r| r.map(|resp| resp.map(Either::Right))),
-    )
+            .map(|r| r.map(|resp| resp.map(Either::Right)))
+    })
 }
 
 /// What the default reset retry needs kept: an idempotent request with no
