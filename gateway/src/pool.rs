@@ -61,7 +61,7 @@ use portico_registry::model::Scheme;
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
 /// Why an upstream exchange failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// No TCP connection could be made (nothing was sent).
     #[error("connect: {0}")]
@@ -204,7 +204,16 @@ struct Conns {
     http1: FastMap<Key, Vec<Idle>>,
     native: FastMap<Key, Vec<IdleSocket>>,
     h2c: FastMap<Key, H2Sender>,
+    /// h2c connections being made: the requests that find none to share
+    /// wait for the one on its way, rather than each making its own (a
+    /// burst of first requests would otherwise open a connection apiece).
+    h2c_connecting: FastMap<Key, Connecting>,
 }
+
+/// An h2c connection on its way, shared by every request waiting for it.
+type Connecting = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<H2Sender, UpstreamError>>,
+>;
 
 /// Which client speaks HTTP/2 to upstreams (h2c, and `https` where ALPN
 /// chooses it).
@@ -235,6 +244,15 @@ impl H2Sender {
         match self {
             H2Sender::Native(s) => s.is_closed(),
             H2Sender::Hyper(s) => s.is_closed(),
+        }
+    }
+
+    /// Whether `other` is a handle to the same connection (hyper's handles
+    /// cannot tell: they are then told apart by being closed).
+    fn same_connection(&self, other: &H2Sender) -> bool {
+        match (self, other) {
+            (H2Sender::Native(a), H2Sender::Native(b)) => a.same_connection(b),
+            _ => false,
         }
     }
 
@@ -507,7 +525,7 @@ impl Pool {
         let mut reused = shared.is_some();
         let mut sender = match shared {
             Some(s) => s,
-            None => match Box::pin(self.connect_h2c(endpoint)).await {
+            None => match self.shared_h2c(endpoint).await {
                 Ok(s) => s,
                 Err(error) => {
                     return Err(SendError::unsent(error, req));
@@ -519,7 +537,10 @@ impl Pool {
                 Ok(resp) => return Ok(resp),
                 Err((_, Some(back))) if reused => {
                     reused = false;
-                    match Box::pin(self.connect_h2c(endpoint)).await {
+                    // Closed before the request went out: the requests it
+                    // turned back share one new connection.
+                    self.forget_h2c(key, &sender);
+                    match self.shared_h2c(endpoint).await {
                         Ok(s) => sender = s,
                         Err(error) => {
                             return Err(SendError::unsent(error, back));
@@ -721,6 +742,47 @@ impl Pool {
             }
         });
         Ok(sender)
+    }
+
+    /// Takes `sender` out of the pool, if it is still the one kept for `key`.
+    fn forget_h2c(&self, key: &str, sender: &H2Sender) {
+        let mut conns = self.lock();
+        if conns
+            .h2c
+            .get(key)
+            .is_some_and(|s| s.same_connection(sender))
+        {
+            conns.h2c.remove(key);
+        }
+    }
+
+    /// The endpoint's h2c connection: the open one, else the one on its
+    /// way, else a new one (made once, however many requests wait for it).
+    fn shared_h2c(self: &Arc<Self>, endpoint: &Endpoint) -> Connecting {
+        use futures_util::FutureExt as _;
+        let key = endpoint.authority.as_str();
+        let mut conns = self.lock();
+        if let Some(open) = conns.h2c.get(key).filter(|s| !s.is_closed()) {
+            let open: Result<H2Sender, UpstreamError> = Ok(open.clone());
+            return futures_util::future::ready(open).boxed().shared();
+        }
+        if let Some(connecting) = conns.h2c_connecting.get(key) {
+            return connecting.clone();
+        }
+        let (pool, endpoint) = (self.clone(), endpoint.clone());
+        let connecting = async move {
+            let made = pool.connect_h2c(&endpoint).await;
+            // Made or failed: the next request that finds no connection
+            // tries again.
+            pool.lock()
+                .h2c_connecting
+                .remove(endpoint.authority.as_str());
+            made
+        }
+        .boxed()
+        .shared();
+        conns.h2c_connecting.insert(key.into(), connecting.clone());
+        connecting
     }
 
     async fn connect_h2c(&self, endpoint: &Endpoint) -> Result<H2Sender, UpstreamError> {
@@ -1281,6 +1343,80 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// An h2c origin that echoes each request's body, counting the
+    /// connections it accepts.
+    async fn counting_h2c_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = l.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(io), service),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// A burst of first requests to an h2c endpoint opens one connection,
+    /// which all of them share, with either client; so does a burst after
+    /// that connection closed.
+    #[tokio::test]
+    async fn a_burst_of_first_h2c_requests_opens_one_connection() {
+        for client in [Http2Client::Native, Http2Client::Hyper] {
+            let (addr, accepted) = counting_h2c_origin().await;
+            let (_, endpoint) = pool_to(addr);
+            let pool = Pool::new(
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+                (Http1Client::Native, client),
+            );
+            let burst = |round: usize| {
+                futures_util::future::join_all((0..32).map(|n| {
+                    let req = Request::builder()
+                        .uri(format!("http://a/{n}"))
+                        .version(http::Version::HTTP_2)
+                        .body(Either::Right(Full::new(Bytes::from(format!(
+                            "{round}-{n}"
+                        )))))
+                        .unwrap();
+                    let (pool, endpoint) = (pool.clone(), endpoint.clone());
+                    async move {
+                        let resp = pool.send_h2c(&endpoint, req).await;
+                        let resp = resp.unwrap_or_else(|e| panic!("{client:?}: {}", e.error));
+                        let body = resp.into_body().collect().await.unwrap().to_bytes();
+                        assert_eq!(body, format!("{round}-{n}"), "{client:?}");
+                    }
+                }))
+            };
+            burst(0).await;
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{client:?}"
+            );
+            burst(1).await;
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{client:?}: reused"
+            );
+            assert!(
+                pool.lock().h2c_connecting.is_empty(),
+                "{client:?}: nothing left on its way"
+            );
         }
     }
 

@@ -209,6 +209,11 @@ impl<B> std::fmt::Debug for SendRequest<B> {
 }
 
 impl<B> SendRequest<B> {
+    /// Whether `other` is a handle to the same connection.
+    pub fn same_connection(&self, other: &SendRequest<B>) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Whether no new request can go out on this connection.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire) || self.calls.is_closed()
