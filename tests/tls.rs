@@ -612,6 +612,75 @@ async fn http2_requests_reach_an_https_upstream_over_h2() {
     assert_eq!(status["tls"]["handshakes"]["http/1.1"], 0, "{status}");
 }
 
+/// `n` gRPC-shaped HTTP/2 requests at once, over one connection to
+/// `url`; the statuses they got.
+async fn burst_of_h2_requests(url: &str, n: usize) -> Vec<u16> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let calls = (0..n).map(|_| {
+        let req = http::Request::post(url)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+            .unwrap();
+        let client = client.clone();
+        async move { client.request(req).await.unwrap().status().as_u16() }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_requests_to_an_https_upstream_shares_one_handshake() {
+    let ca = TestCa::new();
+    let echo = TestEcho::start("e").await;
+    let registry = TestRegistry::start(fast_leases()).await;
+    let (upstream, rev) = https_upstream(&ca, &echo, &registry).await;
+    let gw = TestGateway::start(following(&registry, "", vec![ca.path.clone()])).await;
+    gw.wait_revision(rev).await;
+    // 32 requests reach the gateway together, none finding a connection:
+    // they wait for the one on its way (it opened one apiece).
+    let url = format!("{}/svc/pkg.Service/Method", gw.url);
+    assert_eq!(burst_of_h2_requests(&url, 32).await, [200; 32]);
+    let status = admin_json(&upstream, "/status").await;
+    assert_eq!(status["tls"]["handshakes"]["h2"], 1, "{status}");
+    assert_eq!(status["tls"]["handshakes"]["http/1.1"], 0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_to_an_http1_https_upstream_each_get_a_connection() {
+    // ALPN chooses HTTP/1.1 here: the first burst waits for one handshake,
+    // then each request has a connection of its own; later ones do not wait.
+    let ca = TestCa::new();
+    let upstream = support::tls::MtlsServer::start(&ca, "mtls.example.com").await;
+    let registry = TestRegistry::start(fast_leases()).await;
+    let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", upstream.addr.port());
+    spec.scheme = portico_registry::model::Scheme::Https;
+    spec.meta
+        .insert("tls_server_name".into(), "mtls.example.com".into());
+    let rev = registry
+        .client()
+        .register_once("svc", "mtls-1", &spec)
+        .await
+        .unwrap()
+        .revision;
+    let client = ca.write_client("gateway");
+    let routes = format!(
+        "[[route]]\nname = \"with-cert\"\npath_prefix = \"/with-cert\"\nservice = \"svc\"\n\
+         [route.upstream_tls]\nclient_cert = \"{}:{}\"\n",
+        client.cert.display(),
+        client.key.display()
+    );
+    let gw = TestGateway::start(following(&registry, &routes, vec![ca.path.clone()])).await;
+    gw.wait_revision(rev).await;
+    let url = format!("{}/with-cert/x", gw.url);
+    for _ in 0..2 {
+        assert_eq!(burst_of_h2_requests(&url, 16).await, [200; 16]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_presents_its_client_certificate_to_an_mtls_upstream() {
     let ca = TestCa::new();

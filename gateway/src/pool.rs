@@ -208,11 +208,26 @@ struct Conns {
     /// wait for the one on its way, rather than each making its own (a
     /// burst of first requests would otherwise open a connection apiece).
     h2c_connecting: FastMap<Key, Connecting>,
+    /// The same for `https` endpoints whose protocol is not known to be
+    /// HTTP/1.1: a burst of first requests shares one handshake, and if
+    /// ALPN chose HTTP/2, one connection.
+    tls_connecting: FastMap<Key, TlsConnecting>,
+    /// `https` keys whose last handshake chose HTTP/1.1: their requests
+    /// each make their own connection when none is idle, as HTTP/1.1
+    /// needs, without waiting for another's.
+    tls_http1: std::collections::HashSet<Key, foldhash::fast::RandomState>,
 }
 
 /// An h2c connection on its way, shared by every request waiting for it.
 type Connecting = futures_util::future::Shared<
     futures_util::future::BoxFuture<'static, Result<H2Sender, UpstreamError>>,
+>;
+
+/// A TLS connection on its way: an HTTP/2 one to share, or `None` when
+/// ALPN chose HTTP/1.1 (the connection then waits in the idle pool for
+/// one of the requests that waited).
+type TlsConnecting = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<Option<H2Sender>, UpstreamError>>,
 >;
 
 /// Which client speaks HTTP/2 to upstreams (h2c, and `https` where ALPN
@@ -581,7 +596,7 @@ impl Pool {
                         }
                         other => other.flatten(),
                     };
-                    match Box::pin(self.connect_tls(endpoint, dial)).await {
+                    match Box::pin(self.tls_connection(endpoint, dial)).await {
                         Ok(c) => c,
                         Err(error) => return Err(SendError::unsent(error, req)),
                     }
@@ -615,6 +630,62 @@ impl Pool {
                 _ => return Err(SendError::sent(error)),
             }
         }
+    }
+
+    /// A connection to an `https` endpoint for a request that found none to
+    /// use: one shared by a burst, unless the endpoint is known to speak
+    /// HTTP/1.1.
+    async fn tls_connection(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        dial: &TlsDial,
+    ) -> Result<TlsConn, UpstreamError> {
+        if !self.lock().tls_http1.contains(&dial.key) {
+            if let Some(h2) = self.shared_tls(endpoint, dial).await? {
+                return Ok(TlsConn::H2(h2));
+            }
+            // HTTP/1.1: the connection made is idle for one waiter; the
+            // others make their own.
+            if let Some(idle) = self.checkout_http1(&dial.key) {
+                return Ok(TlsConn::H1(idle));
+            }
+        }
+        self.connect_tls(endpoint, dial).await
+    }
+
+    /// The TLS connection on its way to `dial`'s key, or a new one.
+    fn shared_tls(self: &Arc<Self>, endpoint: &Endpoint, dial: &TlsDial) -> TlsConnecting {
+        use futures_util::FutureExt as _;
+        let mut conns = self.lock();
+        if let Some(connecting) = conns.tls_connecting.get(&dial.key) {
+            return connecting.clone();
+        }
+        let key = dial.key.clone();
+        let (pool, endpoint, dial) = (self.clone(), endpoint.clone(), dial.clone());
+        let connecting = async move {
+            let made = pool.connect_tls(&endpoint, &dial).await;
+            pool.lock().tls_connecting.remove(&dial.key);
+            match made? {
+                TlsConn::H2(sender) => Ok(Some(sender)),
+                TlsConn::H1(sender) => {
+                    pool.give_back(&dial.key, sender);
+                    Ok(None)
+                }
+            }
+        }
+        .boxed()
+        .shared();
+        conns.tls_connecting.insert(key, connecting.clone());
+        connecting
+    }
+
+    /// Keeps whether `key`'s last handshake chose HTTP/2.
+    fn remember_alpn(&self, key: &str, h2: bool) {
+        let mut conns = self.lock();
+        match h2 {
+            true => conns.tls_http1.remove(key),
+            false => conns.tls_http1.insert(key.into()),
+        };
     }
 
     /// A hyper response whose body hands `sender` back to the pool once
@@ -816,7 +887,9 @@ impl Pool {
             ))
         })?
         .map_err(|e| UpstreamError::Tls(error_chain(&e)))?;
-        if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        self.remember_alpn(&dial.key, h2);
+        if h2 {
             let sender = self.h2_handshake(tls).await?;
             self.lock().h2c.insert(dial.key.clone(), sender.clone());
             return Ok(TlsConn::H2(sender));

@@ -48,7 +48,7 @@ pub struct ClientTls {
 }
 
 /// Where and how one TLS connection is made.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TlsDial {
     /// The pool key: setting, offered protocols and authority.
     pub key: Box<str>,
