@@ -203,7 +203,10 @@ struct IdleSocket {
 struct Conns {
     http1: FastMap<Key, Vec<Idle>>,
     native: FastMap<Key, Vec<IdleSocket>>,
-    h2c: FastMap<Key, H2Sender>,
+    /// HTTP/2 connections (h2c, and `https` where ALPN chose h2) per key:
+    /// one, and more while every one is at the upstream's limit of
+    /// concurrent streams (see [`Conns::h2_for`]).
+    h2c: FastMap<Key, Vec<H2Sender>>,
     /// h2c connections being made: the requests that find none to share
     /// wait for the one on its way, rather than each making its own (a
     /// burst of first requests would otherwise open a connection apiece).
@@ -216,6 +219,41 @@ struct Conns {
     /// each make their own connection when none is idle, as HTTP/1.1
     /// needs, without waiting for another's.
     tls_http1: std::collections::HashSet<Key, foldhash::fast::RandomState>,
+}
+
+/// Most HTTP/2 connections kept per key: past this many, all at the
+/// upstream's stream limit, requests wait on the least loaded one (its
+/// client queues them until a stream ends) rather than open another.
+const MAX_H2_PER_KEY: usize = 8;
+
+impl Conns {
+    /// An open HTTP/2 connection for `key` with room for a stream; the
+    /// least loaded one when all are full and there are already
+    /// [`MAX_H2_PER_KEY`]; `None` when there is none, or all are full and
+    /// another may be opened. Closed connections are dropped on the way.
+    fn h2_for(&mut self, key: &str) -> Option<H2Sender> {
+        let list = self.h2c.get_mut(key)?;
+        list.retain(|s| !s.is_closed());
+        if let Some(room) = list.iter().find(|s| s.has_room()) {
+            return Some(room.clone());
+        }
+        if list.len() < MAX_H2_PER_KEY {
+            return None;
+        }
+        list.iter().min_by_key(|s| s.load()).cloned()
+    }
+
+    /// Keeps a new connection for `key`. Until its own SETTINGS come, it
+    /// is taken to allow what the key's other connections were allowed
+    /// (one server): requests waiting for it then spread over as many
+    /// connections as the limit needs rather than all queue on it.
+    fn add_h2(&mut self, key: &str, sender: H2Sender) {
+        let list = stack_for(&mut self.h2c, key);
+        if let Some(limit) = list.iter().filter_map(H2Sender::known_limit).min() {
+            sender.assume_limit(limit);
+        }
+        list.push(sender);
+    }
 }
 
 /// An h2c connection on its way, shared by every request waiting for it.
@@ -259,6 +297,35 @@ impl H2Sender {
         match self {
             H2Sender::Native(s) => s.is_closed(),
             H2Sender::Hyper(s) => s.is_closed(),
+        }
+    }
+
+    /// Room for another stream within the upstream's limit (hyper's client
+    /// does not say: one connection per key, its client queueing past it).
+    fn has_room(&self) -> bool {
+        match self {
+            H2Sender::Native(s) => s.has_room(),
+            H2Sender::Hyper(_) => true,
+        }
+    }
+
+    fn load(&self) -> usize {
+        match self {
+            H2Sender::Native(s) => s.load(),
+            H2Sender::Hyper(_) => 0,
+        }
+    }
+
+    fn known_limit(&self) -> Option<usize> {
+        match self {
+            H2Sender::Native(s) => s.stream_limit(),
+            H2Sender::Hyper(_) => None,
+        }
+    }
+
+    fn assume_limit(&self, limit: usize) {
+        if let H2Sender::Native(s) = self {
+            s.assume_stream_limit(limit);
         }
     }
 
@@ -533,14 +600,11 @@ impl Pool {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<H2ResponseBody>, SendError> {
         let key = endpoint.authority.as_str();
-        let shared = {
-            let conns = self.lock();
-            conns.h2c.get(key).filter(|s| !s.is_closed()).cloned()
-        };
+        let shared = self.lock().h2_for(key);
         let mut reused = shared.is_some();
         let mut sender = match shared {
             Some(s) => s,
-            None => match self.shared_h2c(endpoint).await {
+            None => match self.h2c_with_room(endpoint).await {
                 Ok(s) => s,
                 Err(error) => {
                     return Err(SendError::unsent(error, req));
@@ -555,7 +619,7 @@ impl Pool {
                     // Closed before the request went out: the requests it
                     // turned back share one new connection.
                     self.forget_h2c(key, &sender);
-                    match self.shared_h2c(endpoint).await {
+                    match self.h2c_with_room(endpoint).await {
                         Ok(s) => sender = s,
                         Err(error) => {
                             return Err(SendError::unsent(error, back));
@@ -580,7 +644,7 @@ impl Pool {
         pending: Option<(&std::sync::atomic::AtomicU32, u32)>,
     ) -> Result<Response<Either<PooledBody, H2ResponseBody>>, SendError> {
         let key = &*dial.key;
-        let shared = self.lock().h2c.get(key).filter(|s| !s.is_closed()).cloned();
+        let shared = self.lock().h2_for(key);
         let mut conn = match shared {
             Some(s) => Some(TlsConn::H2(s)),
             None => self.checkout_http1(key).map(TlsConn::H1),
@@ -641,8 +705,20 @@ impl Pool {
         dial: &TlsDial,
     ) -> Result<TlsConn, UpstreamError> {
         if !self.lock().tls_http1.contains(&dial.key) {
-            if let Some(h2) = self.shared_tls(endpoint, dial).await? {
-                return Ok(TlsConn::H2(h2));
+            // As for h2c: another, while those that waited with this
+            // request took all of the new connection's streams.
+            for _ in 0..MAX_H2_PER_KEY {
+                match self.shared_tls(endpoint, dial).await? {
+                    Some(h2) if h2.has_room() => return Ok(TlsConn::H2(h2)),
+                    // Full: one with room (or, at the most kept, the least
+                    // loaded), else another made.
+                    Some(_) => {
+                        if let Some(open) = self.lock().h2_for(&dial.key) {
+                            return Ok(TlsConn::H2(open));
+                        }
+                    }
+                    None => break,
+                }
             }
             // HTTP/1.1: the connection made is idle for one waiter; the
             // others make their own.
@@ -815,16 +891,28 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Takes `sender` out of the pool, if it is still the one kept for `key`.
+    /// Takes `sender` out of the pool, if it is still kept for `key`.
     fn forget_h2c(&self, key: &str, sender: &H2Sender) {
-        let mut conns = self.lock();
-        if conns
-            .h2c
-            .get(key)
-            .is_some_and(|s| s.same_connection(sender))
-        {
-            conns.h2c.remove(key);
+        if let Some(list) = self.lock().h2c.get_mut(key) {
+            list.retain(|s| !s.same_connection(sender));
         }
+    }
+
+    /// A connection for a request that found none with room: the one being
+    /// made, unless the requests that waited for it with this one took all
+    /// its streams, then another (at most [`MAX_H2_PER_KEY`] tries).
+    async fn h2c_with_room(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+    ) -> Result<H2Sender, UpstreamError> {
+        let mut got = self.shared_h2c(endpoint).await?;
+        for _ in 1..MAX_H2_PER_KEY {
+            if got.has_room() {
+                break;
+            }
+            got = self.shared_h2c(endpoint).await?;
+        }
+        Ok(got)
     }
 
     /// The endpoint's h2c connection: the open one, else the one on its
@@ -833,8 +921,8 @@ impl Pool {
         use futures_util::FutureExt as _;
         let key = endpoint.authority.as_str();
         let mut conns = self.lock();
-        if let Some(open) = conns.h2c.get(key).filter(|s| !s.is_closed()) {
-            let open: Result<H2Sender, UpstreamError> = Ok(open.clone());
+        if let Some(open) = conns.h2_for(key) {
+            let open: Result<H2Sender, UpstreamError> = Ok(open);
             return futures_util::future::ready(open).boxed().shared();
         }
         if let Some(connecting) = conns.h2c_connecting.get(key) {
@@ -860,8 +948,7 @@ impl Pool {
         let stream = self.connect(endpoint).await?;
         let sender = self.h2_handshake(stream).await?;
         self.lock()
-            .h2c
-            .insert(endpoint.authority.as_str().into(), sender.clone());
+            .add_h2(endpoint.authority.as_str(), sender.clone());
         Ok(sender)
     }
 
@@ -891,7 +978,7 @@ impl Pool {
         self.remember_alpn(&dial.key, h2);
         if h2 {
             let sender = self.h2_handshake(tls).await?;
-            self.lock().h2c.insert(dial.key.clone(), sender.clone());
+            self.lock().add_h2(&dial.key, sender.clone());
             return Ok(TlsConn::H2(sender));
         }
         let (sender, conn) = http1::Builder::new()
@@ -945,7 +1032,10 @@ impl Pool {
             });
             !stack.is_empty()
         });
-        conns.h2c.retain(|_, s| !s.is_closed());
+        conns.h2c.retain(|_, list| {
+            list.retain(|s| !s.is_closed());
+            !list.is_empty()
+        });
     }
 
     /// Idle HTTP/1.1 connections currently pooled (for tests and metrics).
@@ -1410,7 +1500,13 @@ mod tests {
                     assert!(matches!(wait.await, Ok(Some(()))), "{what}: not closed");
                     let key = endpoint.authority.as_str();
                     let deadline = Instant::now() + Duration::from_secs(10);
-                    while pool.lock().h2c.get(key).is_some_and(|s| !s.is_closed()) {
+                    let open = |p: &Pool| {
+                        p.lock()
+                            .h2c
+                            .get(key)
+                            .is_some_and(|l| l.iter().any(|s| !s.is_closed()))
+                    };
+                    while open(&pool) {
                         assert!(Instant::now() < deadline, "{what}: never seen closed");
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -1489,6 +1585,100 @@ mod tests {
             assert!(
                 pool.lock().h2c_connecting.is_empty(),
                 "{client:?}: nothing left on its way"
+            );
+        }
+    }
+
+    /// An h2c origin that allows `limit` concurrent streams per connection
+    /// and holds every request until `release` is notified, telling
+    /// `arrived` of each; counts the connections it accepts.
+    async fn limited_h2c_origin(
+        limit: u32,
+        arrived: tokio::sync::mpsc::UnboundedSender<()>,
+        release: Arc<tokio::sync::Notify>,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = l.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (arrived, release) = (arrived.clone(), release.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (arrived, release) = (arrived.clone(), release.clone());
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let released = release.notified();
+                        let _ = arrived.send(());
+                        released.await;
+                        Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .max_concurrent_streams(limit)
+                        .serve_connection(TokioIo::new(io), service),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Requests past an h2c upstream's limit of concurrent streams go over
+    /// more connections (the native client; hyper's queues them on one),
+    /// and later requests reuse those connections.
+    #[tokio::test]
+    async fn requests_past_an_h2c_upstreams_stream_limit_open_more_connections() {
+        let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (addr, accepted) = limited_h2c_origin(2, arrived_tx, release.clone()).await;
+        let (_, endpoint) = pool_to(addr);
+        let pool = Pool::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            (Http1Client::Native, Http2Client::Native),
+        );
+        let call = |n: usize| {
+            let req = Request::builder()
+                .uri(format!("http://a/{n}"))
+                .version(http::Version::HTTP_2)
+                .body(Either::Right(Full::new(Bytes::from(n.to_string()))))
+                .unwrap();
+            let (pool, endpoint) = (pool.clone(), endpoint.clone());
+            async move {
+                let resp = pool.send_h2c(&endpoint, req).await.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        // The first opens the connection and learns its limit.
+        let (body, ()) = tokio::join!(call(0), async {
+            arrived.recv().await.unwrap();
+            release.notify_waiters();
+        });
+        assert_eq!(body, "0");
+        for round in 0..2 {
+            // Six at once, two streams a connection: all six reach the
+            // origin before any is answered.
+            let calls = futures_util::future::join_all((1..=6).map(call));
+            let (bodies, ()) = tokio::join!(calls, async {
+                for _ in 0..6 {
+                    let got = tokio::time::timeout(Duration::from_secs(10), arrived.recv()).await;
+                    assert!(
+                        matches!(got, Ok(Some(()))),
+                        "round {round}: not all in flight"
+                    );
+                }
+                release.notify_waiters();
+            });
+            let want: Vec<Bytes> = (1..=6).map(|n| Bytes::from(n.to_string())).collect();
+            assert_eq!(bodies, want);
+            // Three connections carry them, the second round as the first.
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                3,
+                "round {round}"
             );
         }
     }

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -177,10 +177,26 @@ impl<B> Drop for Awaited<B> {
 }
 
 /// What the handles and the connection's task share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// No new request may go out here (closed, failed, or gone away).
     closed: AtomicBool,
+    /// Requests in flight: streams open and calls waiting for one. Counted
+    /// up by each send, set exactly by the connection's task as it runs.
+    load: AtomicUsize,
+    /// The upstream's limit of concurrent streams (`usize::MAX` until its
+    /// SETTINGS name one, as HTTP/2 has it).
+    limit: AtomicUsize,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            closed: AtomicBool::new(false),
+            load: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 /// A handle to one upstream HTTP/2 connection; clones share it.
@@ -209,6 +225,32 @@ impl<B> std::fmt::Debug for SendRequest<B> {
 }
 
 impl<B> SendRequest<B> {
+    /// Whether the connection has room for another stream within the
+    /// upstream's limit (a request sent past it waits for a stream to end).
+    pub fn has_room(&self) -> bool {
+        self.shared.load.load(Ordering::Relaxed) < self.shared.limit.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight on the connection.
+    pub fn load(&self) -> usize {
+        self.shared.load.load(Ordering::Relaxed)
+    }
+
+    /// The upstream's limit of concurrent streams, once known (or assumed).
+    pub fn stream_limit(&self) -> Option<usize> {
+        Some(self.shared.limit.load(Ordering::Relaxed)).filter(|&l| l != usize::MAX)
+    }
+
+    /// Takes the limit to be `limit` until the upstream's SETTINGS say.
+    pub fn assume_stream_limit(&self, limit: usize) {
+        let _ = self.shared.limit.compare_exchange(
+            usize::MAX,
+            limit,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Whether `other` is a handle to the same connection.
     pub fn same_connection(&self, other: &SendRequest<B>) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -234,6 +276,7 @@ impl<B> SendRequest<B> {
             req: Some(req),
             slot: Some(slot.clone()),
         };
+        self.shared.load.fetch_add(1, Ordering::Relaxed);
         // A closed channel drops the call, which leaves its outcome.
         let _ = self.calls.send(call);
         ResponseFuture {
@@ -433,8 +476,18 @@ where
                 return Pin::new(&mut self.io).poll_shutdown(cx);
             }
             if !progress {
+                self.publish();
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// Tells the handles how loaded the connection is, and its limit.
+    fn publish(&self) {
+        let load = self.conn.open_streams() + self.waiting.len();
+        self.shared.load.store(load, Ordering::Relaxed);
+        if let Some(limit) = self.conn.peer_stream_limit() {
+            self.shared.limit.store(limit as usize, Ordering::Relaxed);
         }
     }
 

@@ -224,6 +224,12 @@ impl ClientConn {
         self.streams.len()
     }
 
+    /// The server's limit of concurrent streams, once its SETTINGS came
+    /// (`u32::MAX` when they named none).
+    pub fn peer_stream_limit(&self) -> Option<u32> {
+        (self.phase != Phase::Preface).then_some(self.peer_max_streams)
+    }
+
     /// Opens a stream with the request head `target` and `headers` (which
     /// must hold no connection-specific field); `end_stream` when it has
     /// no body. Only when [`ClientConn::can_open`].
