@@ -649,12 +649,13 @@ async fn a_burst_of_first_requests_to_an_https_upstream_shares_one_handshake() {
     assert_eq!(status["tls"]["handshakes"]["http/1.1"], 0, "{status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_requests_to_an_http1_https_upstream_each_get_a_connection() {
-    // ALPN chooses HTTP/1.1 here: the first burst waits for one handshake,
-    // then each request has a connection of its own; later ones do not wait.
-    let ca = TestCa::new();
-    let upstream = support::tls::MtlsServer::start(&ca, "mtls.example.com").await;
+/// A gateway whose route `with-cert` presents a client certificate to an
+/// mTLS upstream registered as `svc`'s one `https` instance (its other
+/// routes, `/svc`, present none); the registry is kept with it.
+async fn gateway_to_mtls_upstream(
+    ca: &TestCa,
+    upstream: &support::tls::MtlsServer,
+) -> (TestRegistry, TestGateway) {
     let registry = TestRegistry::start(fast_leases()).await;
     let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", upstream.addr.port());
     spec.scheme = portico_registry::model::Scheme::Https;
@@ -675,6 +676,16 @@ async fn a_burst_of_requests_to_an_http1_https_upstream_each_get_a_connection() 
     );
     let gw = TestGateway::start(following(&registry, &routes, vec![ca.path.clone()])).await;
     gw.wait_revision(rev).await;
+    (registry, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_to_an_http1_https_upstream_each_get_a_connection() {
+    // ALPN chooses HTTP/1.1 here: the first burst waits for one handshake,
+    // then each request has a connection of its own; later ones do not wait.
+    let ca = TestCa::new();
+    let upstream = support::tls::MtlsServer::start(&ca, "mtls.example.com").await;
+    let (_registry, gw) = gateway_to_mtls_upstream(&ca, &upstream).await;
     let url = format!("{}/with-cert/x", gw.url);
     for _ in 0..2 {
         assert_eq!(burst_of_h2_requests(&url, 16).await, [200; 16]);
@@ -685,32 +696,7 @@ async fn a_burst_of_requests_to_an_http1_https_upstream_each_get_a_connection() 
 async fn a_route_presents_its_client_certificate_to_an_mtls_upstream() {
     let ca = TestCa::new();
     let upstream = support::tls::MtlsServer::start(&ca, "mtls.example.com").await;
-    let registry = TestRegistry::start(fast_leases()).await;
-    let mut spec = portico_registry::model::InstanceSpec::new("127.0.0.1", upstream.addr.port());
-    spec.scheme = portico_registry::model::Scheme::Https;
-    spec.meta
-        .insert("tls_server_name".into(), "mtls.example.com".into());
-    let rev = registry
-        .client()
-        .register_once("svc", "mtls-1", &spec)
-        .await
-        .unwrap()
-        .revision;
-    let client = ca.write_client("gateway");
-    let routes = format!(
-        r#"
-[[route]]
-name = "with-cert"
-path_prefix = "/with-cert"
-service = "svc"
-[route.upstream_tls]
-client_cert = "{}:{}"
-"#,
-        client.cert.display(),
-        client.key.display()
-    );
-    let gw = TestGateway::start(following(&registry, &routes, vec![ca.path.clone()])).await;
-    gw.wait_revision(rev).await;
+    let (_registry, gw) = gateway_to_mtls_upstream(&ca, &upstream).await;
     let ok = get(&format!("{}/with-cert/x", gw.url)).await;
     assert_eq!(ok.status, 200, "{:?}", ok.body);
     assert_eq!(&ok.body[..], b"client certificate verified");

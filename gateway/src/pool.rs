@@ -1589,6 +1589,25 @@ mod tests {
         }
     }
 
+    /// A request for `/n` over HTTP/2 with the body `n`, through `pool` to
+    /// `endpoint`: its response's body.
+    fn h2c_call(
+        pool: &Arc<Pool>,
+        endpoint: &Endpoint,
+        n: usize,
+    ) -> impl Future<Output = Bytes> + use<> {
+        let req = Request::builder()
+            .uri(format!("http://a/{n}"))
+            .version(http::Version::HTTP_2)
+            .body(Either::Right(Full::new(Bytes::from(n.to_string()))))
+            .unwrap();
+        let (pool, endpoint) = (pool.clone(), endpoint.clone());
+        async move {
+            let resp = pool.send_h2c(&endpoint, req).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        }
+    }
+
     /// An h2c origin that allows `limit` concurrent streams per connection
     /// and holds every request until `release` is notified, telling
     /// `arrived` of each; counts the connections it accepts.
@@ -1640,18 +1659,7 @@ mod tests {
             Duration::from_secs(60),
             (Http1Client::Native, Http2Client::Native),
         );
-        let call = |n: usize| {
-            let req = Request::builder()
-                .uri(format!("http://a/{n}"))
-                .version(http::Version::HTTP_2)
-                .body(Either::Right(Full::new(Bytes::from(n.to_string()))))
-                .unwrap();
-            let (pool, endpoint) = (pool.clone(), endpoint.clone());
-            async move {
-                let resp = pool.send_h2c(&endpoint, req).await.unwrap();
-                resp.into_body().collect().await.unwrap().to_bytes()
-            }
-        };
+        let call = |n: usize| h2c_call(&pool, &endpoint, n);
         // The first opens the connection and learns its limit.
         let (body, ()) = tokio::join!(call(0), async {
             arrived.recv().await.unwrap();
@@ -1737,18 +1745,7 @@ mod tests {
             Duration::from_secs(60),
             (Http1Client::Native, client),
         );
-        let call = |n: usize| {
-            let req = Request::builder()
-                .uri(format!("http://a/{n}"))
-                .version(http::Version::HTTP_2)
-                .body(Either::Right(Full::new(Bytes::from(n.to_string()))))
-                .unwrap();
-            let (pool, endpoint) = (pool.clone(), endpoint.clone());
-            async move {
-                let resp = pool.send_h2c(&endpoint, req).await.unwrap();
-                resp.into_body().collect().await.unwrap().to_bytes()
-            }
-        };
+        let call = |n: usize| h2c_call(&pool, &endpoint, n);
         // The first call opens the connection (its task stays).
         let first = call(0);
         let first = async {
