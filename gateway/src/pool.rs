@@ -1515,9 +1515,21 @@ mod tests {
         }
     }
 
+    /// Tells a test of each request its origin holds, and is notified to
+    /// let them all go.
+    type Hold = (
+        tokio::sync::mpsc::UnboundedSender<()>,
+        Arc<tokio::sync::Notify>,
+    );
+
     /// An h2c origin that echoes each request's body, counting the
-    /// connections it accepts.
-    async fn counting_h2c_origin() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    /// connections it accepts. With `limit`, it allows that many concurrent
+    /// streams per connection; with `hold`, it tells of each request and
+    /// holds it until released.
+    async fn counting_h2c_origin(
+        limit: Option<u32>,
+        hold: Option<Hold>,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1526,14 +1538,25 @@ mod tests {
             loop {
                 let (io, _) = l.accept().await.unwrap();
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let body = req.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                let hold = hold.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let hold = hold.clone();
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        if let Some((arrived, release)) = hold {
+                            let released = release.notified();
+                            let _ = arrived.send(());
+                            released.await;
+                        }
+                        Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                    }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(TokioIo::new(io), service),
-                );
+                let mut server =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                if let Some(limit) = limit {
+                    server.max_concurrent_streams(limit);
+                }
+                tokio::spawn(server.serve_connection(TokioIo::new(io), service));
             }
         });
         (addr, accepted)
@@ -1545,7 +1568,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_first_h2c_requests_opens_one_connection() {
         for client in [Http2Client::Native, Http2Client::Hyper] {
-            let (addr, accepted) = counting_h2c_origin().await;
+            let (addr, accepted) = counting_h2c_origin(None, None).await;
             let (_, endpoint) = pool_to(addr);
             let pool = Pool::new(
                 Duration::from_secs(5),
@@ -1608,43 +1631,6 @@ mod tests {
         }
     }
 
-    /// An h2c origin that allows `limit` concurrent streams per connection
-    /// and holds every request until `release` is notified, telling
-    /// `arrived` of each; counts the connections it accepts.
-    async fn limited_h2c_origin(
-        limit: u32,
-        arrived: tokio::sync::mpsc::UnboundedSender<()>,
-        release: Arc<tokio::sync::Notify>,
-    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (io, _) = l.accept().await.unwrap();
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (arrived, release) = (arrived.clone(), release.clone());
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (arrived, release) = (arrived.clone(), release.clone());
-                    async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let released = release.notified();
-                        let _ = arrived.send(());
-                        released.await;
-                        Ok::<_, hyper::Error>(Response::new(Full::new(body)))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .max_concurrent_streams(limit)
-                        .serve_connection(TokioIo::new(io), service),
-                );
-            }
-        });
-        (addr, accepted)
-    }
-
     /// Requests past an h2c upstream's limit of concurrent streams go over
     /// more connections (the native client; hyper's queues them on one),
     /// and later requests reuse those connections.
@@ -1652,7 +1638,8 @@ mod tests {
     async fn requests_past_an_h2c_upstreams_stream_limit_open_more_connections() {
         let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
         let release = Arc::new(tokio::sync::Notify::new());
-        let (addr, accepted) = limited_h2c_origin(2, arrived_tx, release.clone()).await;
+        let (addr, accepted) =
+            counting_h2c_origin(Some(2), Some((arrived_tx, release.clone()))).await;
         let (_, endpoint) = pool_to(addr);
         let pool = Pool::new(
             Duration::from_secs(5),
