@@ -97,7 +97,11 @@ impl<G: Unpin + Send + 'static> Io for ActivityIo<TcpStream, G> {
 /// (it stopped once a record gave plaintext) or drained to "would block",
 /// which clears tokio's readiness; so the socket's readiness is the
 /// signal, and a partial record waits for the rest of it.
-impl<G: Unpin + Send + 'static> Io for tokio_rustls::server::TlsStream<ActivityIo<TcpStream, G>> {
+///
+/// Boxed, as the gateway serves it (see `serve_tls` in the server module).
+impl<G: Unpin + Send + 'static> Io
+    for Box<tokio_rustls::server::TlsStream<ActivityIo<TcpStream, G>>>
+{
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (io, session) = self.get_ref();
         if !session.wants_read() {
@@ -835,7 +839,7 @@ mod tests {
     /// self-signed certificate.
     async fn tls_connected() -> (
         tokio_rustls::client::TlsStream<TcpStream>,
-        tokio_rustls::server::TlsStream<ActivityIo<TcpStream, ()>>,
+        Box<tokio_rustls::server::TlsStream<ActivityIo<TcpStream, ()>>>,
     ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()])
@@ -865,7 +869,7 @@ mod tests {
         let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
         let connect = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, client_io);
         let (server, client) = tokio::join!(accept, connect);
-        (client.unwrap(), server.unwrap())
+        (client.unwrap(), Box::new(server.unwrap()))
     }
 
     /// An idle TLS connection, like a cleartext one, waits for its next
