@@ -29,6 +29,9 @@
 //! - [`h2`]: the native HTTP/2 server and the native HTTP/2 client for
 //!   upstreams: protocol states with no I/O (fuzzed alone), HPACK, and a
 //!   connection loop for each side.
+//! - [`conn_io`]: a downstream connection's I/O as both native servers read
+//!   it: readable before a buffer is put up (so an idle connection holds
+//!   none), cleartext and TLS.
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
 //! - `sockopt`: `TCP_DEFER_ACCEPT` on the listeners (Linux), the one
@@ -92,6 +95,7 @@ pub mod check;
 pub mod cluster;
 pub mod collector;
 pub mod config;
+pub mod conn_io;
 pub mod discovery;
 mod drain;
 pub mod error;

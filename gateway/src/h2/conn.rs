@@ -349,6 +349,15 @@ impl Conn {
         std::mem::swap(&mut self.events, into);
     }
 
+    /// Lets go of the room kept for events when none waits: an idle
+    /// connection's (248 bytes an event; the next frame that gives one
+    /// makes it again).
+    pub fn shed_event_room(&mut self) {
+        if self.events.is_empty() {
+            self.events = Vec::new();
+        }
+    }
+
     fn frame(&mut self, frame: Frame) -> Step {
         if self.phase == Phase::FirstSettings && !matches!(frame, Frame::Settings(_)) {
             return Err(conn_error(Reason::PROTOCOL_ERROR));

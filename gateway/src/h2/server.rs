@@ -52,10 +52,7 @@ pub trait Respond {
     fn into_response(self) -> Response<Self::Body>;
 }
 
-/// The connection's I/O.
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static {}
-
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static> Io for T {}
+pub use crate::conn_io::Io;
 
 /// A stream's one piece of work under way.
 enum Task<Fut, B> {
@@ -276,9 +273,33 @@ where
     }
 
     /// Reads once, if there is room to answer; `true` if bytes came.
+    ///
+    /// A connection with no request running and no part of a frame held
+    /// waits for the socket before it reads, and gives its buffer back to
+    /// the thread's pool meanwhile, so an idle HTTP/2 connection holds none
+    /// (it held 16 KiB: bench/RESULTS.md, thirty-fifth pass). A busy one
+    /// keeps its buffer and reads at once (no readiness check of its own).
+    ///
+    /// (`events` is empty here: [`Driver::take_events`] drains it.)
     fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         if self.read_closed || self.failed || self.conn.out.len() > OUT_HIGH {
             return Ok(false);
+        }
+        if self.buf.is_empty() && self.running.is_empty() {
+            match self.io.poll_readable(cx) {
+                Poll::Ready(ready) => ready?,
+                Poll::Pending => {
+                    crate::buffers::give(&mut self.buf);
+                    // Its events vectors too (two, taking turns: 1 kB each
+                    // once a read has given four events).
+                    self.events = Vec::new();
+                    self.conn.shed_event_room();
+                    return Ok(false);
+                }
+            }
+        }
+        if self.buf.capacity() == 0 {
+            self.buf = crate::buffers::take();
         }
         let Some(n) = super::io::poll_read_some(&mut self.io, cx, &mut self.buf)? else {
             return Ok(false);

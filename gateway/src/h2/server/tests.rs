@@ -268,3 +268,50 @@ async fn a_body_read_with_its_head_and_one_read_after_it_are_alike() {
     assert_eq!(answers[0].as_deref(), Some(&b"whole"[..]));
     assert_eq!(answers[1].as_deref(), Some(&b"after"[..]));
 }
+
+/// A connection over TCP with no request running gives its read buffer
+/// back to the thread's pool while it waits for the next frame, and takes
+/// one again for the next request (bench/RESULTS.md, thirty-fifth pass:
+/// an idle HTTP/2 connection held 16 KiB).
+#[tokio::test]
+async fn an_idle_connection_holds_no_read_buffer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (io, _) = listener.accept().await.unwrap();
+    let io = crate::idle::ActivityIo::new(io, crate::idle::Activity::new());
+    static CLOSING: AtomicBool = AtomicBool::new(false);
+    let service = |_req| async { Answer(Response::new(Full::new(Bytes::from("ok")))) };
+    let before = crate::buffers::kept();
+    tokio::spawn(serve(io, BytesMut::new(), &SETTINGS, &CLOSING, service));
+    let mut out = BytesMut::from(PREFACE);
+    frame::Settings::default().write(&mut out);
+    let mut buf = BytesMut::new();
+    for stream in [1, 3] {
+        get(&mut out, stream);
+        client.write_all(&out).await.unwrap();
+        out.clear();
+        // The response's end, then the wait: the read buffer is back.
+        loop {
+            match frame::parse(&mut buf, 16_384).unwrap() {
+                Some(H2Frame::Data {
+                    end_stream: true, ..
+                }) => break,
+                Some(_) => continue,
+                None => assert!(client.read_buf(&mut buf).await.unwrap() > 0, "closed early"),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::buffers::kept() != before + 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stream {stream}: {} buffers kept while idle, {} expected",
+                crate::buffers::kept(),
+                before + 1
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
