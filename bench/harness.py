@@ -79,12 +79,20 @@ def raise_nofile():
 class Proc:
     def __init__(self, name, argv, core, cwd=None, env=None):
         self.name = name
+        self.start = (argv, core, cwd, env)
         self.log = open(os.path.join(WORK, f"{name}.log"), "w")
         full = ["taskset", "-c", core] + argv
         self.p = subprocess.Popen(
             full, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
             env=env, preexec_fn=raise_nofile, start_new_session=True,
         )
+
+    def again(self, name):
+        """Stops this process and starts a fresh one with the same command
+        (its output logged under `name`)."""
+        self.stop()
+        argv, core, cwd, env = self.start
+        return Proc(name, argv, core, cwd=cwd, env=env)
 
     def pids(self):
         """The process and its children (nginx workers)."""
@@ -886,9 +894,11 @@ def s_time(port, seconds, resume):
 IDLE_N = 8_000
 
 
-def idle_conns(port, tls, n=IDLE_N):
+def idle_conns(port, kind, n=IDLE_N):
     """Opens n connections that each carry one request and then stay idle;
-    returns the sockets (the caller measures memory, then closes them)."""
+    returns the sockets (the caller measures memory, then closes them).
+    `kind`: "h1" (cleartext HTTP/1.1), "tls" (HTTP/1.1 over TLS) or "h2c"
+    (HTTP/2 with prior knowledge)."""
     import ssl
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -896,12 +906,43 @@ def idle_conns(port, tls, n=IDLE_N):
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        if tls:
+        if kind == "tls":
             s = ctx.wrap_socket(s, server_hostname="bench.test")
-        s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
-        read_response(s)
+        if kind == "h2c":
+            h2c_get(s)
+        else:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
+            read_response(s)
         socks.append(s)
     return socks
+
+
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2c_get(s):
+    """Sends the HTTP/2 preface, empty SETTINGS and one GET for / on stream 1
+    (static-table indexes, a literal authority), acknowledges the server's
+    SETTINGS, and reads frames until the response's last one."""
+    get = bytes([0x82, 0x86, 0x84, 0x41, 1]) + b"b"
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, 5, 1, get))
+    data = b""
+    while True:
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"connection closed mid-response: {data!r}")
+            data += chunk
+        length, kind, flags = int.from_bytes(data[:3], "big"), data[3], data[4]
+        stream = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        data = data[9 + length:]
+        if kind == 4 and not flags & 1:
+            s.sendall(h2_frame(4, 1, 0))
+        if kind == 7:
+            raise RuntimeError("GOAWAY before the response")
+        if stream == 1 and kind in (0, 1) and flags & 1:
+            return
 
 
 def open_connections(port):
@@ -1238,30 +1279,33 @@ interval = "1s"
                         f"  non2xx {r['non2xx']}  errors {r['errors']}")
             results["7-churn"] = {"title": "instance churn every 100 ms", "runs": runs}
 
-        # Peaks before the idle-connection step, which restarts Portico.
+        # Peaks before the idle-connection step, which restarts each proxy.
         for name, proc in list(peers.items()) + [("portico-discovered", discovered), ("portico-10k-routes", big)]:
             extra[f"{name}_peak_rss_kb"] = proc.mem_kb("VmHWM")
 
         # Idle connections: each has carried one request (so it sits in
         # keep-alive; the upstream side needs only one pooled connection, so
         # the figure is the downstream cost), then the proxy's RSS is read.
-        for sid, tls in (("8-idle-conns", False), ("15-idle-tls", True)):
+        idle_kinds = (("8-idle-conns", "h1", "cleartext HTTP/1.1"), ("15-idle-tls", "tls", "HTTP/1.1 over TLS"),
+                      ("18-idle-h2c", "h2c", "h2c (prior knowledge)"))
+        for sid, conn_kind, kind in idle_kinds:
             if only and sid not in only:
                 continue
-            kind = "TLS" if tls else "cleartext"
             log(f"== {sid}: {IDLE_N:,} idle {kind} keep-alive connections, each proxy in turn")
             for name, proc in peers.items():
-                fresh = None
+                # A fresh process, each proxy: memory freed by an earlier
+                # scenario's connections stays in the allocator and would
+                # be reused, hiding what the connections cost.
                 if name == "portico":
-                    # A fresh process: memory freed by an earlier scenario's
-                    # connections stays in the allocator and would be reused,
-                    # hiding what the connections cost.
                     portico.stop()
                     fresh = proc = Proc(f"portico-{sid}", portico_argv, PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
-                    wait_port(PORTS["portico"]["tls"])
+                else:
+                    fresh = proc = proc.again(f"{name}-{sid}")
+                wait_port(PORTS[name][conn_kind])
+                time.sleep(0.5)
                 before = proc.mem_kb("VmRSS")
-                port = PORTS[name]["tls" if tls else "h1"]
-                socks = idle_conns(port, tls)
+                port = PORTS[name][conn_kind]
+                socks = idle_conns(port, conn_kind)
                 time.sleep(1)
                 after = proc.mem_kb("VmRSS")
                 still_open = open_connections(port)
@@ -1269,11 +1313,10 @@ interval = "1s"
                     raise RuntimeError(f"{name}: only {still_open} of {IDLE_N} idle connections still open")
                 for s in socks:
                     s.close()
-                suffix = "_tls" if tls else ""
+                suffix = {"h1": "", "tls": "_tls", "h2c": "_h2c"}[conn_kind]
                 extra[f"{name}_idle_{IDLE_N}{suffix}_added_kb"] = after - before
                 log(f"   {name:8} RSS {before} kB -> {after} kB ({(after - before) / IDLE_N:.1f} kB per connection)")
-                if fresh:
-                    fresh.stop()
+                fresh.stop()
                 time.sleep(1)  # let the proxy close its side before the next one
 
         if not args.skip_registry:
