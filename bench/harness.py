@@ -897,18 +897,22 @@ IDLE_N = 8_000
 def idle_conns(port, kind, n=IDLE_N):
     """Opens n connections that each carry one request and then stay idle;
     returns the sockets (the caller measures memory, then closes them).
-    `kind`: "h1" (cleartext HTTP/1.1), "tls" (HTTP/1.1 over TLS) or "h2c"
-    (HTTP/2 with prior knowledge)."""
+    `kind`: "h1" (cleartext HTTP/1.1), "tls" (HTTP/1.1 over TLS), "h2c"
+    (HTTP/2 with prior knowledge) or "h2tls" (HTTP/2 over TLS, by ALPN)."""
     import ssl
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if kind == "h2tls":
+        ctx.set_alpn_protocols(["h2"])
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        if kind == "tls":
+        if kind in ("tls", "h2tls"):
             s = ctx.wrap_socket(s, server_hostname="bench.test")
-        if kind == "h2c":
+        if kind == "h2tls" and s.selected_alpn_protocol() != "h2":
+            raise RuntimeError(f"ALPN chose {s.selected_alpn_protocol()}, not h2")
+        if kind in ("h2c", "h2tls"):
             h2c_get(s)
         else:
             s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
@@ -922,7 +926,7 @@ def h2_frame(kind, flags, stream, payload=b""):
 
 
 def h2c_get(s):
-    """Sends the HTTP/2 preface, empty SETTINGS and one GET for / on stream 1
+    """On an HTTP/2 connection (h2c, or TLS with h2 chosen): sends the preface, empty SETTINGS and one GET for / on stream 1
     (static-table indexes, a literal authority), acknowledges the server's
     SETTINGS, and reads frames until the response's last one."""
     get = bytes([0x82, 0x86, 0x84, 0x41, 1]) + b"b"
@@ -1287,7 +1291,7 @@ interval = "1s"
         # keep-alive; the upstream side needs only one pooled connection, so
         # the figure is the downstream cost), then the proxy's RSS is read.
         idle_kinds = (("8-idle-conns", "h1", "cleartext HTTP/1.1"), ("15-idle-tls", "tls", "HTTP/1.1 over TLS"),
-                      ("18-idle-h2c", "h2c", "h2c (prior knowledge)"))
+                      ("18-idle-h2c", "h2c", "h2c (prior knowledge)"), ("19-idle-h2-tls", "h2tls", "HTTP/2 over TLS"))
         for sid, conn_kind, kind in idle_kinds:
             if only and sid not in only:
                 continue
@@ -1301,10 +1305,10 @@ interval = "1s"
                     fresh = proc = Proc(f"portico-{sid}", portico_argv, PROXY_CORE, env=dict(os.environ, RUST_LOG="warn"))
                 else:
                     fresh = proc = proc.again(f"{name}-{sid}")
-                wait_port(PORTS[name][conn_kind])
+                port = PORTS[name]["tls" if conn_kind == "h2tls" else conn_kind]
+                wait_port(port)
                 time.sleep(0.5)
                 before = proc.mem_kb("VmRSS")
-                port = PORTS[name][conn_kind]
                 socks = idle_conns(port, conn_kind)
                 time.sleep(1)
                 after = proc.mem_kb("VmRSS")
@@ -1313,7 +1317,7 @@ interval = "1s"
                     raise RuntimeError(f"{name}: only {still_open} of {IDLE_N} idle connections still open")
                 for s in socks:
                     s.close()
-                suffix = {"h1": "", "tls": "_tls", "h2c": "_h2c"}[conn_kind]
+                suffix = {"h1": "", "tls": "_tls", "h2c": "_h2c", "h2tls": "_h2_tls"}[conn_kind]
                 extra[f"{name}_idle_{IDLE_N}{suffix}_added_kb"] = after - before
                 log(f"   {name:8} RSS {before} kB -> {after} kB ({(after - before) / IDLE_N:.1f} kB per connection)")
                 fresh.stop()
