@@ -894,7 +894,7 @@ def s_time(port, seconds, resume):
 IDLE_N = 8_000
 
 
-def idle_conns(port, kind, n=IDLE_N):
+def idle_conns(port, kind, n=IDLE_N, path="/"):
     """Opens n connections that each carry one request and then stay idle;
     returns the sockets (the caller measures memory, then closes them).
     `kind`: "h1" (cleartext HTTP/1.1), "tls" (HTTP/1.1 over TLS), "h2c"
@@ -913,7 +913,7 @@ def idle_conns(port, kind, n=IDLE_N):
         if kind == "h2tls" and s.selected_alpn_protocol() != "h2":
             raise RuntimeError(f"ALPN chose {s.selected_alpn_protocol()}, not h2")
         if kind in ("h2c", "h2tls"):
-            h2c_get(s)
+            h2c_get(s, path)
         else:
             s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
             read_response(s)
@@ -925,11 +925,13 @@ def h2_frame(kind, flags, stream, payload=b""):
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
 
-def h2c_get(s):
-    """On an HTTP/2 connection (h2c, or TLS with h2 chosen): sends the preface, empty SETTINGS and one GET for / on stream 1
-    (static-table indexes, a literal authority), acknowledges the server's
-    SETTINGS, and reads frames until the response's last one."""
-    get = bytes([0x82, 0x86, 0x84, 0x41, 1]) + b"b"
+def h2c_get(s, path="/"):
+    """On an HTTP/2 connection (h2c, or TLS with h2 chosen): sends the
+    preface, empty SETTINGS and one GET for `path` on stream 1 (static-table
+    indexes, a literal path and authority), acknowledges the server's
+    SETTINGS, and reads frames until the response's last one (at most the
+    default window, 64 KiB)."""
+    get = bytes([0x82, 0x86, 0x44, len(path)]) + path.encode() + bytes([0x41, 1]) + b"b"
     s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, 5, 1, get))
     data = b""
     while True:
@@ -1291,7 +1293,8 @@ interval = "1s"
         # keep-alive; the upstream side needs only one pooled connection, so
         # the figure is the downstream cost), then the proxy's RSS is read.
         idle_kinds = (("8-idle-conns", "h1", "cleartext HTTP/1.1"), ("15-idle-tls", "tls", "HTTP/1.1 over TLS"),
-                      ("18-idle-h2c", "h2c", "h2c (prior knowledge)"), ("19-idle-h2-tls", "h2tls", "HTTP/2 over TLS"))
+                      ("18-idle-h2c", "h2c", "h2c (prior knowledge)"), ("19-idle-h2-tls", "h2tls", "HTTP/2 over TLS"),
+                      ("20-idle-h2c-16k", "h2c", "h2c, each after a 16 KiB response,"))
         for sid, conn_kind, kind in idle_kinds:
             if only and sid not in only:
                 continue
@@ -1309,7 +1312,7 @@ interval = "1s"
                 wait_port(port)
                 time.sleep(0.5)
                 before = proc.mem_kb("VmRSS")
-                socks = idle_conns(port, conn_kind)
+                socks = idle_conns(port, conn_kind, path="/16k" if sid.endswith("-16k") else "/")
                 time.sleep(1)
                 after = proc.mem_kb("VmRSS")
                 still_open = open_connections(port)
@@ -1318,6 +1321,7 @@ interval = "1s"
                 for s in socks:
                     s.close()
                 suffix = {"h1": "", "tls": "_tls", "h2c": "_h2c", "h2tls": "_h2_tls"}[conn_kind]
+                suffix += "_16k" if sid.endswith("-16k") else ""
                 extra[f"{name}_idle_{IDLE_N}{suffix}_added_kb"] = after - before
                 log(f"   {name:8} RSS {before} kB -> {after} kB ({(after - before) / IDLE_N:.1f} kB per connection)")
                 fresh.stop()

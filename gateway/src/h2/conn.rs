@@ -349,12 +349,17 @@ impl Conn {
         std::mem::swap(&mut self.events, into);
     }
 
-    /// Lets go of the room kept for events when none waits: an idle
-    /// connection's (248 bytes an event; the next frame that gives one
-    /// makes it again).
-    pub fn shed_event_room(&mut self) {
+    /// Lets go of what the connection keeps for work when none waits (an
+    /// idle connection's; the next frame makes it again): the room for
+    /// events, 248 bytes an event, and the write buffer, which a burst of
+    /// responses grows up to where the server stops reading (256 KiB) and
+    /// which otherwise keeps that size for the connection's life.
+    pub fn shed_idle_room(&mut self) {
         if self.events.is_empty() {
             self.events = Vec::new();
+        }
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
         }
     }
 

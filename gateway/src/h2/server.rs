@@ -291,9 +291,10 @@ where
                 Poll::Pending => {
                     crate::buffers::give(&mut self.buf);
                     // Its events vectors too (two, taking turns: 1 kB each
-                    // once a read has given four events).
+                    // once a read has given four events), and its write
+                    // buffer once empty.
                     self.events = Vec::new();
-                    self.conn.shed_event_room();
+                    self.conn.shed_idle_room();
                     return Ok(false);
                 }
             }

@@ -823,3 +823,28 @@ fn headers_on_a_closed_stream_is_stream_closed() {
         Some(Reason::PROTOCOL_ERROR)
     );
 }
+
+/// An idle connection lets go of its write buffer, however large a burst
+/// of responses grew it, and of its room for events; bytes still to write,
+/// or events still to take, keep theirs.
+#[test]
+fn an_idle_connection_sheds_its_write_buffer_and_event_room() {
+    let mut conn = open(Config::default());
+    let mut buf = BytesMut::from(&raw(HEADERS, END_STREAM | END_HEADERS, 1, &get("/"))[..]);
+    conn.recv(&mut buf).unwrap();
+    conn.out.extend_from_slice(&[0; 256 * 1024]);
+    conn.shed_idle_room();
+    assert!(conn.out.capacity() >= 256 * 1024, "bytes to write keep it");
+    assert!(
+        conn.events.capacity() > 0,
+        "an event to take keeps its room"
+    );
+    let mut taken = Vec::new();
+    conn.swap_events(&mut taken);
+    assert_eq!(taken.len(), 1, "the request");
+    // Written out, the events taken: nothing is kept.
+    conn.out.clear();
+    conn.shed_idle_room();
+    assert_eq!(conn.out.capacity(), 0);
+    assert_eq!(conn.events.capacity(), 0);
+}
