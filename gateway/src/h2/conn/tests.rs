@@ -1,5 +1,5 @@
 use super::*;
-use bytes::BufMut;
+use bytes::{Buf, BufMut};
 
 /// A frame as a client writes it.
 fn raw(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -824,9 +824,9 @@ fn headers_on_a_closed_stream_is_stream_closed() {
     );
 }
 
-/// An idle connection lets go of its write buffer, however large a burst
-/// of responses grew it, and of its room for events; bytes still to write,
-/// or events still to take, keep theirs.
+/// An idle connection lets go of a write buffer a burst of large responses
+/// grew, and of its room for events; bytes still to write, or events still
+/// to take, keep theirs.
 #[test]
 fn an_idle_connection_sheds_its_write_buffer_and_event_room() {
     let mut conn = open(Config::default());
@@ -847,4 +847,17 @@ fn an_idle_connection_sheds_its_write_buffer_and_event_room() {
     conn.shed_idle_room();
     assert_eq!(conn.out.capacity(), 0);
     assert_eq!(conn.events.capacity(), 0);
+    // A buffer of a usual burst's size is kept for the next one.
+    conn.out.reserve(IDLE_OUT_KEPT / 2);
+    conn.shed_idle_room();
+    assert!(conn.out.capacity() >= IDLE_OUT_KEPT / 2);
+    // One grown by a 16 KiB response is not, written out (its start then
+    // at its end, where only the tail counts as capacity) or not.
+    conn.out.extend_from_slice(&[0; 16 * 1024 + 9]);
+    conn.out.advance(16 * 1024 + 9);
+    conn.shed_idle_room();
+    assert_eq!(conn.out.capacity(), 0);
+    conn.out.reserve(16 * 1024 + 9);
+    conn.shed_idle_room();
+    assert_eq!(conn.out.capacity(), 0);
 }
