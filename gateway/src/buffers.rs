@@ -271,6 +271,12 @@ pub(crate) fn kept() -> usize {
     FREE.with(|free| free.borrow().len())
 }
 
+/// Buffers this thread keeps now, free or still shared by a slice.
+#[cfg(test)]
+pub(crate) fn kept_any() -> usize {
+    kept() + SHARED.with(|shared| shared.borrow().len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,9 @@
-//! A downstream connection's I/O as the native servers (HTTP/1.1 and
-//! HTTP/2) read it: one that may say it is readable before a buffer is put
-//! up to read into, so that a connection waiting for its next request (or,
-//! for HTTP/2, its next frame) holds no read buffer. That is most of what
-//! an idle connection costs: bench/RESULTS.md measures it per idle
-//! connection, cleartext and TLS, HTTP/1.1 and HTTP/2.
+//! A connection's I/O as the native servers (HTTP/1.1 and HTTP/2) and the
+//! native HTTP/2 client read it: one that may say it is readable before a
+//! buffer is put up to read into, so that a connection waiting for its next
+//! request (or, for HTTP/2, its next frame) holds no read buffer. That is
+//! most of what an idle connection costs: bench/RESULTS.md measures it per
+//! idle connection, cleartext and TLS, HTTP/1.1 and HTTP/2.
 
 use std::io;
 use std::task::{Context, Poll};
@@ -66,6 +66,25 @@ impl<G: Unpin + Send + 'static> Io
             return Poll::Ready(Ok(()));
         }
         io.get_ref().poll_read_ready(cx)
+    }
+}
+
+/// An upstream connection over TCP (the HTTP/2 client's, h2c).
+impl Io for TcpStream {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+/// An upstream connection over TLS (the HTTP/2 client's, `https`): as the
+/// server's side above.
+impl Io for tokio_rustls::client::TlsStream<TcpStream> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (io, session) = self.get_ref();
+        if !session.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        io.poll_read_ready(cx)
     }
 }
 

@@ -998,7 +998,7 @@ impl Pool {
     /// spawned.
     async fn h2_handshake<I>(&self, io: I) -> Result<H2Sender, UpstreamError>
     where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        I: crate::conn_io::Io,
     {
         match self.http2 {
             Http2Client::Native => {

@@ -365,7 +365,7 @@ impl<B: Body<Data = Bytes> + Unpin> Future for NextFrame<B> {
 /// PING ([`KEEP_ALIVE`] for upstreams).
 pub fn connect<I, B>(io: I, config: Config, keep_alive: Duration) -> SendRequest<B>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: crate::conn_io::Io,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
@@ -431,7 +431,7 @@ struct Driver<I, B: Body> {
 
 impl<I, B> Driver<I, B>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    I: crate::conn_io::Io,
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
@@ -497,12 +497,19 @@ where
         if self.ended.is_some() {
             return true;
         }
-        let idle = self.replies.is_empty()
+        self.idle() && (self.conn.is_closed() || self.calls.is_closed())
+    }
+
+    /// No request in any state: none waiting, sending, or answered only in
+    /// part.
+    fn idle(&self) -> bool {
+        self.replies.is_empty()
             && self.feeds.is_empty()
             && self.aborts.is_empty()
             && self.waiting.is_empty()
-            && self.conn.open_streams() == 0;
-        idle && (self.conn.is_closed() || self.calls.is_closed())
+            && self.fresh.is_empty()
+            && self.parked.is_empty()
+            && self.conn.open_streams() == 0
     }
 
     /// Acts on what the readers of responses reported: bytes taken give
@@ -587,9 +594,31 @@ where
         }
     }
 
+    /// Reads once, if there is room for what the answer needs; `true` if
+    /// bytes came.
+    ///
+    /// A connection with no stream and no part of a frame held waits for
+    /// the socket before it reads, and meanwhile gives its read buffer back
+    /// to the thread's pool and lets go of its room for events and a large
+    /// write buffer, as the server's connections do: a pooled connection
+    /// between bursts holds none of them.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         if self.ended.is_some() || self.conn.out.len() > OUT_HIGH {
             return Ok(false);
+        }
+        if self.buf.is_empty() && self.idle() {
+            match self.io.poll_readable(cx) {
+                Poll::Ready(ready) => ready?,
+                Poll::Pending => {
+                    crate::buffers::give(&mut self.buf);
+                    self.events = Vec::new();
+                    self.conn.shed_idle_room();
+                    return Ok(false);
+                }
+            }
+        }
+        if self.buf.capacity() == 0 {
+            self.buf = crate::buffers::take();
         }
         let Some(n) = super::io::poll_read_some(&mut self.io, cx, &mut self.buf)? else {
             return Ok(false);

@@ -392,6 +392,17 @@ impl ClientConn {
         self.pending = None;
     }
 
+    /// Lets go of what the connection keeps for work while it has none (no
+    /// stream open; the next request makes it again): the room for events,
+    /// and a write buffer grown past [`super::io::IDLE_OUT_KEPT`] by a
+    /// burst of request bodies.
+    pub fn shed_idle_room(&mut self) {
+        if self.events.is_empty() {
+            self.events = Vec::new();
+        }
+        super::io::shed_written(&mut self.out);
+    }
+
     /// The events the frames read so far gave, swapped into `into` (which
     /// must be empty).
     pub fn swap_events(&mut self, into: &mut Vec<Event>) {

@@ -147,14 +147,6 @@ struct Pending {
     continuations: u32,
 }
 
-/// Write buffer an idle connection keeps (up to 16 KiB): room for a burst
-/// of small responses (32 answers of a few bytes each, or 32 unary gRPC
-/// calls' frames), so a connection that goes idle between such bursts
-/// does not grow its buffer again, reallocation by reallocation, for each
-/// one. A larger one, grown by a large response (a 16 KiB body is copied
-/// in with its frame's head), is let go of.
-pub const IDLE_OUT_KEPT: usize = 16 * 1024;
-
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Conn {
@@ -359,19 +351,13 @@ impl Conn {
 
     /// Lets go of what the connection keeps for work when none waits (an
     /// idle connection's; the next frame makes it again): the room for
-    /// events, 248 bytes an event, and a write buffer past
-    /// [`IDLE_OUT_KEPT`]. A burst of responses grows the write buffer up
-    /// to where the server stops reading (256 KiB), and it kept that size
-    /// for the connection's life.
+    /// events, 248 bytes an event, and a write buffer grown past
+    /// [`super::io::IDLE_OUT_KEPT`] by a burst of responses.
     pub fn shed_idle_room(&mut self) {
         if self.events.is_empty() {
             self.events = Vec::new();
         }
-        // Its whole allocation, not `capacity()`: written out, the buffer's
-        // start has moved to its end, and only the tail counts there.
-        if self.out.is_empty() && self.out.try_reclaim(IDLE_OUT_KEPT + 1) {
-            self.out = BytesMut::new();
-        }
+        super::io::shed_written(&mut self.out);
     }
 
     fn frame(&mut self, frame: Frame) -> Step {

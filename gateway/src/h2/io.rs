@@ -16,6 +16,28 @@ pub const OUT_HIGH: usize = 256 * 1024;
 /// Room made in the read buffer before each read.
 const READ_ROOM: usize = 16 * 1024;
 
+/// Write buffer an idle connection keeps (up to 16 KiB): room for a burst
+/// of small frames (32 answers of a few bytes each, or 32 unary gRPC
+/// calls' frames), so a connection that goes idle between such bursts
+/// does not grow its buffer again, reallocation by reallocation, for each
+/// one. A larger one, grown by a large body (a 16 KiB body is copied in
+/// with its frame's head), is let go of.
+pub const IDLE_OUT_KEPT: usize = 16 * 1024;
+
+/// Lets go of an idle connection's write buffer once it is written out, if
+/// its allocation is past [`IDLE_OUT_KEPT`]. A burst grows it up to where
+/// the connection stops reading ([`OUT_HIGH`]), and it kept that size for
+/// the connection's life.
+///
+/// Its whole allocation counts, not `capacity()`: written out, the
+/// buffer's start has moved to its end, and only the tail counts there
+/// (`try_reclaim` tells the allocation).
+pub fn shed_written(out: &mut BytesMut) {
+    if out.is_empty() && out.try_reclaim(IDLE_OUT_KEPT + 1) {
+        *out = BytesMut::new();
+    }
+}
+
 /// Reads once into `buf`: the bytes read (0 at the peer's end), or `None`
 /// when nothing is ready.
 pub fn poll_read_some<I: AsyncRead + Unpin>(

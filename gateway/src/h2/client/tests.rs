@@ -332,3 +332,32 @@ async fn a_response_read_whole_and_one_read_in_parts_give_the_same_frames() {
     assert_eq!(last.into_trailers().unwrap()["x-bytes"], "6");
     assert!(body.frame().await.is_none());
 }
+
+/// A connection with no request in flight gives its read buffer back to
+/// the thread's pool while it waits, and takes one again for the next
+/// request: a pooled upstream connection between bursts holds none
+/// (bench/RESULTS.md, thirty-sixth pass). Each request's 200 kB body and
+/// its echo go through the buffers on the way.
+#[tokio::test]
+async fn an_idle_connection_holds_no_read_buffer() {
+    let (addr, _seen) = server(100).await;
+    let before = crate::buffers::kept_any();
+    let client = connect_to(addr).await;
+    for round in 0..3 {
+        let resp = client.send(request("/echo", full(vec![b'x'; 200_000])));
+        let resp = resp.await.map_err(|f| f.error).unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 200_000);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while crate::buffers::kept_any() != before + 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {} buffers kept while idle, {} expected",
+                crate::buffers::kept_any(),
+                before + 1
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(!client.is_closed(), "the connection stays open while idle");
+}

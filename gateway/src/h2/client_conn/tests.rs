@@ -412,3 +412,21 @@ fn one_stream_goes_before_the_servers_settings_then_its_limit_holds() {
     conn.open(&GET, &HeaderMap::new(), true);
     assert!(!conn.can_open(), "two open, two allowed");
 }
+
+/// A connection with no stream lets go of a write buffer that a burst of
+/// request bodies grew, once it is written out, and keeps one of a usual
+/// burst's size (the server's connections do the same: `conn`'s tests).
+#[test]
+fn an_idle_connection_sheds_a_grown_write_buffer() {
+    use crate::h2::io::IDLE_OUT_KEPT;
+    let mut conn = ClientConn::new(Config::default());
+    conn.out.extend_from_slice(&[0; 256 * 1024]);
+    conn.shed_idle_room();
+    assert!(conn.out.len() > 256 * 1024, "bytes still to write keep it");
+    conn.out.clear();
+    conn.shed_idle_room();
+    assert_eq!(conn.out.capacity(), 0);
+    conn.out.reserve(IDLE_OUT_KEPT / 2);
+    conn.shed_idle_room();
+    assert!(conn.out.capacity() >= IDLE_OUT_KEPT / 2);
+}

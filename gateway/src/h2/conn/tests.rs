@@ -1,4 +1,5 @@
 use super::*;
+use crate::h2::io::IDLE_OUT_KEPT;
 use bytes::{Buf, BufMut};
 
 /// A frame as a client writes it.
