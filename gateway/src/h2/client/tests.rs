@@ -361,3 +361,44 @@ async fn an_idle_connection_holds_no_read_buffer() {
     }
     assert!(!client.is_closed(), "the connection stays open while idle");
 }
+
+/// A connection idle at its keep-alive interval lets go of its room (the
+/// write buffer a 200 kB request body grew, its events'): the letting go
+/// itself is `client_conn`'s test; this shows the connection's task does
+/// it while idle, and only then.
+#[tokio::test]
+async fn an_idle_connection_lets_go_of_its_room_at_the_interval() {
+    let (addr, _seen) = server(100).await;
+    let io = TcpStream::connect(addr).await.unwrap();
+    let client: SendRequest<TestBody> = connect(io, Config::default(), Duration::from_millis(50));
+    let hang = client.send(request("/hang", full("")));
+    let hang = tokio::spawn(hang);
+    // Intervals pass with a stream open: nothing is let go of.
+    let ticks = || client.shared.ticks.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ticks() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} intervals passed",
+            ticks()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        client.shared.shed.load(Ordering::Relaxed),
+        0,
+        "shed while busy"
+    );
+    hang.abort();
+    let resp = client.send(request("/echo", full(vec![b'x'; 200_000])));
+    let body = resp.await.map_err(|f| f.error).unwrap().into_body();
+    assert_eq!(body.collect().await.unwrap().to_bytes().len(), 200_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.shared.shed.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never let go while idle"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
