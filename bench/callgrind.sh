@@ -76,6 +76,7 @@ print(harness.hs256_token(harness.JWT_SECRET))')
   HEADERS="{\"authorization\": \"Bearer $token\"}"
 fi
 
+. bench/register.sh
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # start_registry: a registry outside valgrind on $registry_port.
 start_registry() {
@@ -111,12 +112,7 @@ if [ -n "${GRPC:-}" ]; then
   origin_port=$(port)
   target/release/grpc_origin --listen "127.0.0.1:$origin_port" &
   start_registry
-  instance="{\"address\": \"127.0.0.1\", \"port\": $origin_port, \"ttl\": \"1h\", \"scheme\": \"h2c\"}"
-  for _ in $(seq 100); do
-    curl -sf -X PUT -H 'content-type: application/json' -d "$instance" \
-      "http://127.0.0.1:$registry_port/v1/services/grpc/instances/g0" >/dev/null && break
-    sleep 0.1
-  done
+  register_instance "$registry_port" grpc g0 "$origin_port" h2c
   python3 -c 'import sys; m = b"x" * 64; sys.stdout.buffer.write(b"\0" + len(m).to_bytes(4, "big") + m)' >"$work/call.bin"
   upstreams="\"127.0.0.1:$origin_port\", "
   ORIGINS=0

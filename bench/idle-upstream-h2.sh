@@ -36,6 +36,7 @@ if [ -z "${RSS:-}" ]; then
 fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/register.sh
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 registry=$(port)
@@ -44,12 +45,7 @@ gateway=$(port)
 for i in $(seq "$N"); do
   origin=$(port)
   target/release/grpc_origin --listen "127.0.0.1:$origin" &
-  instance="{\"address\": \"127.0.0.1\", \"port\": $origin, \"ttl\": \"1h\", \"scheme\": \"h2c\"}"
-  for _ in $(seq 100); do
-    curl -sf -X PUT -H 'content-type: application/json' -d "$instance" \
-      "http://127.0.0.1:$registry/v1/services/grpc/instances/g$i" >/dev/null && break
-    sleep 0.1
-  done
+  register_instance "$registry" grpc "g$i" "$origin" h2c
 done
 printf '[[route]]\nname = "grpc"\npath_prefix = "/bench.Echo"\nservice = "grpc"\n' >"$work/routes.toml"
 "${vg[@]}" "$BIN" gateway --threads 1 --no-access-log --no-admin --registry "http://127.0.0.1:$registry" \
