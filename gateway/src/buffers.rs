@@ -277,6 +277,22 @@ pub(crate) fn kept_any() -> usize {
     kept() + SHARED.with(|shared| shared.borrow().len())
 }
 
+/// Waits (10 s at most) until `count` (one of the counts above) reads
+/// `want`: a connection's task gives its buffer back on a later turn than
+/// the one that ended its work. `what` names the wait in the failure.
+#[cfg(test)]
+pub(crate) async fn until_kept(count: fn() -> usize, want: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count() != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} buffers kept while idle, {want} expected",
+            count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,11 +62,21 @@ impl<G: Unpin + Send + 'static> Io
 {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (io, session) = self.get_ref();
-        if !session.wants_read() {
-            return Poll::Ready(Ok(()));
-        }
-        io.get_ref().poll_read_ready(cx)
+        tls_readable(session.wants_read(), io.get_ref(), cx)
     }
+}
+
+/// A TLS stream's readiness: at once when rustls holds bytes for a read
+/// (`wants_read` false), else the socket's (see the server's impl above).
+fn tls_readable(
+    wants_read: bool,
+    socket: &TcpStream,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    if !wants_read {
+        return Poll::Ready(Ok(()));
+    }
+    socket.poll_read_ready(cx)
 }
 
 /// An upstream connection over TCP (the HTTP/2 client's, h2c).
@@ -81,10 +91,7 @@ impl Io for TcpStream {
 impl Io for tokio_rustls::client::TlsStream<TcpStream> {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (io, session) = self.get_ref();
-        if !session.wants_read() {
-            return Poll::Ready(Ok(()));
-        }
-        io.poll_read_ready(cx)
+        tls_readable(session.wants_read(), io, cx)
     }
 }
 

@@ -852,16 +852,8 @@ mod tests {
                 got.extend_from_slice(&answer[..n]);
             }
             // Answered: the connection gives its buffers back and waits.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while buffers::kept() != before + 2 {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "round {round}: {} buffers kept, {} expected while idle",
-                    buffers::kept(),
-                    before + 2
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let what = format!("round {round}");
+            buffers::until_kept(buffers::kept, before + 2, &what).await;
         }
         drop(client);
         server.await.unwrap().unwrap();

@@ -348,16 +348,8 @@ async fn an_idle_connection_holds_no_read_buffer() {
         let resp = resp.await.map_err(|f| f.error).unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 200_000);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while crate::buffers::kept_any() != before + 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "round {round}: {} buffers kept while idle, {} expected",
-                crate::buffers::kept_any(),
-                before + 1
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("round {round}");
+        crate::buffers::until_kept(crate::buffers::kept_any, before + 1, &what).await;
     }
     assert!(!client.is_closed(), "the connection stays open while idle");
 }

@@ -303,15 +303,7 @@ async fn an_idle_connection_holds_no_read_buffer() {
                 None => assert!(client.read_buf(&mut buf).await.unwrap() > 0, "closed early"),
             }
         }
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while crate::buffers::kept() != before + 1 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stream {stream}: {} buffers kept while idle, {} expected",
-                crate::buffers::kept(),
-                before + 1
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let what = format!("stream {stream}");
+        crate::buffers::until_kept(crate::buffers::kept, before + 1, &what).await;
     }
 }
