@@ -289,8 +289,10 @@ enum H2Sender {
     Hyper(http2::SendRequest<UpstreamBody>),
 }
 
-/// A failed HTTP/2 exchange: why, and the request if it never went out.
-type H2Failure = (UpstreamError, Option<Request<UpstreamBody>>);
+/// A failed HTTP/2 exchange: why, and the request if it never went out
+/// (boxed, as the native client hands it back: the failure is rare, and
+/// it is what the try's outcome is sized by).
+type H2Failure = (UpstreamError, Option<Box<Request<UpstreamBody>>>);
 
 impl H2Sender {
     fn is_closed(&self) -> bool {
@@ -338,42 +340,57 @@ impl H2Sender {
         }
     }
 
-    async fn send(
+    /// Sends `req` on this connection. The native client takes the request
+    /// at once and the future only waits for its answer (tens of bytes),
+    /// so the try's future does not keep the request a second time; hyper's
+    /// (the fallback) is boxed, so its larger future does not size every
+    /// native try.
+    fn send(
         &mut self,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<H2ResponseBody>, H2Failure> {
-        use crate::h2::client::ClientError;
+    ) -> impl Future<Output = Result<Response<H2ResponseBody>, H2Failure>> + use<> {
+        use futures_util::FutureExt as _;
+        use futures_util::future::Either as Which;
         match self {
-            H2Sender::Native(s) => match s.send(req).await {
+            H2Sender::Native(s) => Which::Left(s.send(req).map(|answer| match answer {
                 Ok(resp) => Ok(resp.map(Either::Left)),
-                Err(failure) => {
-                    let error = match &failure.error {
-                        ClientError::Refused(_) => {
-                            UpstreamError::Refused(failure.error.to_string())
-                        }
-                        ClientError::Io(e) if is_tls_error(&**e) => {
-                            UpstreamError::Tls(error_chain(&**e))
-                        }
-                        other => UpstreamError::Protocol(other.to_string()),
-                    };
-                    Err((error, failure.request.map(|r| *r)))
-                }
-            },
-            H2Sender::Hyper(s) => match s.try_send_request(req).await {
-                Ok(resp) => Ok(resp.map(Either::Right)),
-                Err(mut e) => {
-                    let error = if is_refused_stream(e.error()) {
-                        UpstreamError::Refused(error_chain(e.error()))
-                    } else if is_tls_error(e.error()) {
-                        UpstreamError::Tls(error_chain(e.error()))
-                    } else {
-                        UpstreamError::Protocol(error_chain(e.error()))
-                    };
-                    Err((error, e.take_message()))
-                }
-            },
+                Err(failure) => Err(native_failure(failure)),
+            })),
+            H2Sender::Hyper(s) => {
+                let sent = s.try_send_request(req);
+                Which::Right(Box::pin(async move {
+                    match sent.await {
+                        Ok(resp) => Ok(resp.map(Either::Right)),
+                        Err(e) => Err(hyper_failure(e)),
+                    }
+                }))
+            }
         }
     }
+}
+
+/// A native HTTP/2 try's failure as the pool tells it: the error's kind,
+/// and the request if it never left.
+fn native_failure(failure: crate::h2::client::SendFailure<UpstreamBody>) -> H2Failure {
+    use crate::h2::client::ClientError;
+    let error = match &failure.error {
+        ClientError::Refused(_) => UpstreamError::Refused(failure.error.to_string()),
+        ClientError::Io(e) if is_tls_error(&**e) => UpstreamError::Tls(error_chain(&**e)),
+        other => UpstreamError::Protocol(other.to_string()),
+    };
+    (error, failure.request)
+}
+
+/// A hyper HTTP/2 try's failure, as [`native_failure`].
+fn hyper_failure(mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>) -> H2Failure {
+    let error = if is_refused_stream(e.error()) {
+        UpstreamError::Refused(error_chain(e.error()))
+    } else if is_tls_error(e.error()) {
+        UpstreamError::Tls(error_chain(e.error()))
+    } else {
+        UpstreamError::Protocol(error_chain(e.error()))
+    };
+    (error, e.take_message().map(Box::new))
 }
 
 /// Which client speaks HTTP/1.1 to cleartext upstreams.
@@ -594,40 +611,46 @@ impl Pool {
     }
 
     /// Sends `req` to `endpoint` over h2c, sharing one connection per endpoint.
-    pub async fn send_h2c(
-        self: &Arc<Self>,
-        endpoint: &Endpoint,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the request twice in every h2c try's future"
+    )]
+    pub fn send_h2c<'s>(
+        self: &'s Arc<Self>,
+        endpoint: &'s Endpoint,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<H2ResponseBody>, SendError> {
-        let key = endpoint.authority.as_str();
-        let shared = self.lock().h2_for(key);
-        let mut reused = shared.is_some();
-        let mut sender = match shared {
-            Some(s) => s,
-            None => match self.h2c_with_room(endpoint).await {
-                Ok(s) => s,
-                Err(error) => {
-                    return Err(SendError::unsent(error, req));
-                }
-            },
-        };
-        loop {
-            match sender.send(req).await {
-                Ok(resp) => return Ok(resp),
-                Err((_, Some(back))) if reused => {
-                    reused = false;
-                    // Closed before the request went out: the requests it
-                    // turned back share one new connection.
-                    self.forget_h2c(key, &sender);
-                    match self.h2c_with_room(endpoint).await {
-                        Ok(s) => sender = s,
-                        Err(error) => {
-                            return Err(SendError::unsent(error, back));
-                        }
-                    }
-                    req = back;
-                }
-                Err((error, _)) => return Err(SendError::sent(error)),
+    ) -> impl Future<Output = Result<Response<H2ResponseBody>, SendError>> + 's {
+        // What the future keeps across its waits is the request (once) and
+        // the connection's handle: a request turned back goes into the
+        // request's own place before the next wait. Under 1,032 bytes, the
+        // try's box comes from glibc's per-thread cache; with the request
+        // kept twice and the turned-back request and the send's outcome
+        // beside them, it was 1,552 and did not.
+        async move {
+            let key = endpoint.authority.as_str();
+            let shared = self.lock().h2_for(key);
+            let mut reused = shared.is_some();
+            let mut sender = match shared {
+                Some(s) => s,
+                None => match self.h2c_with_room(endpoint).await {
+                    Ok(s) => s,
+                    Err(error) => return Err(SendError::unsent(error, req)),
+                },
+            };
+            loop {
+                req = match sender.send(req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err((_, Some(back))) if reused => *back,
+                    Err((error, _)) => return Err(SendError::sent(error)),
+                };
+                // Closed before the request went out: the requests it
+                // turned back share one new connection.
+                reused = false;
+                self.forget_h2c(key, &sender);
+                sender = match self.h2c_with_room(endpoint).await {
+                    Ok(s) => s,
+                    Err(error) => return Err(SendError::unsent(error, req)),
+                };
             }
         }
     }
@@ -683,7 +706,7 @@ impl Pool {
                 },
                 TlsConn::H2(mut s) => match s.send(http2_form(req)).await {
                     Ok(resp) => return Ok(resp.map(Either::Right)),
-                    Err(failed) => failed,
+                    Err((error, back)) => (error, back.map(|b| *b)),
                 },
             };
             match back {
