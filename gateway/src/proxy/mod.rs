@@ -591,9 +591,10 @@ impl Proxy {
             // exchange once already, and a second box here cost a malloc and a
             // copy of the send phase's future per request (callgrind, LTO off:
             // 51,858 boxed, 50,833 not; h2c 72,154 and 72,294, level).
-            // Made in a block of its own: `out`, moved into it, then ends
-            // before the await, where it kept its place (528 bytes) in every
-            // request's future beside the send phase's own copy.
+            // The outgoing request is made in a block whose value is the send
+            // phase's future, so its local ends before the await. Declared
+            // beside the await, it kept its place (528 bytes) in every
+            // request's future next to the send phase's own copy.
             let sending = {
                 let mut out = outgoing::prepare(req, &front, &matched, peer, &self.edge, ctx)?;
                 if let Some(chain) = &entry.filters {
