@@ -95,6 +95,12 @@ impl<T, G> ActivityIo<T, G> {
         &self.inner
     }
 
+    /// The wrapped I/O, mutably (bytes moved through it directly are not
+    /// marked).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
         match res {
             Poll::Ready(Ok(n)) if *n > 0 => {

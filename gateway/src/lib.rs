@@ -31,11 +31,13 @@
 //!   connection loop for each side.
 //! - [`conn_io`]: a downstream connection's I/O as both native servers read
 //!   it: readable before a buffer is put up (so an idle connection holds
-//!   none), cleartext and TLS.
+//!   none), cleartext and TLS; accepted out of tokio's event loop, which it
+//!   joins only when it must wait (`LazyTcp`).
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
-//! - `sockopt`: `TCP_DEFER_ACCEPT` on the listeners (Linux), the one
-//!   `unsafe` call in the workspace: no maintained crate sets it.
+//! - `sockopt`: the workspace's two `unsafe` calls, on the listeners
+//!   (Linux): `TCP_DEFER_ACCEPT`, which no maintained crate sets, and a
+//!   listener's registration as a tokio `AsyncFd`.
 //! - `drain`: the shutdown signal every connection waits on, registered
 //!   cheaply (a waker in a sharded slab).
 //! - `shard`: state split into per-thread shards, each behind its own lock

@@ -57,11 +57,12 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::RequestBody;
 use crate::caps::{AcceptErrors, ConnectionCaps, Permit};
+use crate::conn_io::LazyTcp;
 use crate::drain::{CloseOnDrop, Drain};
 use crate::h1;
 use crate::h1::response::Answer;
@@ -357,6 +358,13 @@ async fn accept_loop(
     if let Some(wait) = shared.defer_accept {
         defer_accept(&listener, name, wait);
     }
+    let listener = match crate::conn_io::Acceptor::new(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(listener = name, error = %e, "could not take over the listener");
+            return;
+        }
+    };
     let mut errors = AcceptErrors::new(name, Some(shared.proxy.metrics().caps().clone()));
     // Made once, not once per connection accepted (registering a waiter
     // with the channel and removing it again each time).
@@ -382,7 +390,10 @@ async fn accept_loop(
         let permit = match shared.caps.admit(peer.ip()) {
             Ok(permit) => permit,
             Err(why) => {
-                shared.caps.refuse(stream, why);
+                // Answered on a task of its own, in the event loop.
+                if let Ok(stream) = stream.into_tokio() {
+                    shared.caps.refuse(stream, why);
+                }
                 continue;
             }
         };
@@ -479,7 +490,7 @@ struct Draining {
 /// An `async` block keeps every value it captured for its whole life, even
 /// once moved on (200 bytes of every connection's task).
 fn serve_connection(
-    stream: TcpStream,
+    stream: LazyTcp,
     permit: Permit,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -529,7 +540,7 @@ fn serve_connection(
     reason = "an async fn would keep its arguments twice in every TLS connection's task"
 )]
 fn serve_tls(
-    io: ActivityIo<TcpStream, (crate::metrics::ConnectionGuard, Permit)>,
+    io: ActivityIo<LazyTcp, (crate::metrics::ConnectionGuard, Permit)>,
     tls: ServerTls,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -565,9 +576,7 @@ fn serve_tls(
 
 /// A TLS connection's stream once its handshake is done.
 type Handshaken = Box<
-    tokio_rustls::server::TlsStream<
-        ActivityIo<TcpStream, (crate::metrics::ConnectionGuard, Permit)>,
-    >,
+    tokio_rustls::server::TlsStream<ActivityIo<LazyTcp, (crate::metrics::ConnectionGuard, Permit)>>,
 >;
 
 /// The serving of a TLS connection whose handshake is done: HTTP/2 when
@@ -969,6 +978,7 @@ async fn drive<C, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     /// What the accept loop relies on instead of a `setsockopt` per
     /// connection: an accepted socket has the listener's `TCP_NODELAY`.
@@ -1046,7 +1056,7 @@ mod tests {
     async fn one_connection() -> (
         Arc<Shared>,
         TcpStream,
-        TcpStream,
+        LazyTcp,
         SocketAddr,
         Permit,
         Draining,
@@ -1061,7 +1071,8 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
+        let acceptor = crate::conn_io::Acceptor::new(listener).unwrap();
+        let (stream, peer) = acceptor.accept().await.unwrap();
         let permit = shared.caps.admit(peer.ip()).unwrap();
         let (alive, _) = mpsc::channel(1);
         let draining = Draining {

@@ -1,6 +1,14 @@
-//! `TCP_DEFER_ACCEPT` on a listener, the one socket option the gateway sets
-//! that neither `socket2` nor `rustix` offers (std's is unstable), and so the
-//! one `unsafe` call in the workspace: a `setsockopt` of one `c_int`.
+//! The workspace's two `unsafe` calls, both on a listener's socket:
+//!
+//! - `TCP_DEFER_ACCEPT`, the one socket option the gateway sets that
+//!   neither `socket2` nor `rustix` offers (std's is unstable): a
+//!   `setsockopt` of one `c_int`;
+//! - the listener's registration with tokio's event loop as an `AsyncFd`
+//!   ([`async_listener`]), which tokio marks `unsafe` because it cannot
+//!   check that the descriptor stays open while registered. tokio's own
+//!   `TcpListener` registers each accepted connection at once; accepting
+//!   through `mio` under an `AsyncFd` leaves a connection out of the event
+//!   loop until it must wait (`conn_io::LazyTcp`).
 //!
 //! With it Linux completes a client's handshake but queues the connection
 //! for `accept` only once its first bytes arrive (or the period runs out:
@@ -37,6 +45,22 @@ pub fn set_defer_accept(listener: &impl AsFd, wait: Duration) -> io::Result<()> 
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// `listener`, registered with the current tokio runtime's event loop
+/// for readability. Must be called within a tokio runtime.
+#[allow(unsafe_code)]
+pub fn async_listener(
+    listener: mio::net::TcpListener,
+) -> io::Result<tokio::io::unix::AsyncFd<mio::net::TcpListener>> {
+    // SAFETY: the `AsyncFd` owns the listener, which owns its descriptor:
+    // nothing else can close or replace it while it is registered, and the
+    // `AsyncFd` removes it from the event loop before dropping the
+    // listener (which closes it).
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+    };
+    registered.map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -101,6 +101,10 @@ const READ_SIZE: usize = buffers::SIZE;
 /// ([`buffers::take_body`]), given back when the request is done, so an idle
 /// connection holds none of it.
 const BODY_READ_SIZE: usize = buffers::BODY_SIZE;
+/// How long a request is in flight before the server watches its client
+/// for leaving, when that would first put the connection into the event
+/// loop (see [`Conn::poll_gone`]).
+const GONE_GRACE: Duration = Duration::from_millis(10);
 /// Response bytes gathered before a write while the body keeps coming
 /// (kept within the pool's largest buffer).
 const WRITE_SIZE: usize = 3 * buffers::SIZE;
@@ -581,6 +585,17 @@ impl<I: Io> Conn<I> {
         if self.buf.len() >= READ_SIZE {
             return Poll::Pending;
         }
+        if !self.io.polled() {
+            // Watching would put the connection into the event loop (two
+            // system calls, see `conn_io::LazyTcp`), and most answers come
+            // well within GONE_GRACE: a slower one starts the watch then.
+            // The head's timer is free: a connection still out of the
+            // event loop never waited for its head.
+            if !self.head_deadline.is_set() {
+                self.head_deadline.restart(GONE_GRACE);
+            }
+            ready!(self.head_deadline.poll_expired(cx));
+        }
         match self.poll_fill(cx, READ_SIZE) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(true),
@@ -698,6 +713,7 @@ fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn_io::LazyTcp;
     use crate::idle::ActivityIo;
     use http::HeaderValue;
     use tokio::net::TcpStream;
@@ -709,12 +725,15 @@ mod tests {
     }
 
     /// A client socket and the server's end of it, as the server sees it.
-    async fn connected() -> (TcpStream, ActivityIo<TcpStream, ()>) {
+    /// (Accepted as the gateway's listeners accept: out of the event loop
+    /// until the server's end first waits.)
+    async fn connected() -> (TcpStream, ActivityIo<LazyTcp, ()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (io, _) = listener.accept().await.unwrap();
+        let acceptor = crate::conn_io::Acceptor::new(listener).unwrap();
+        let (io, _) = acceptor.accept().await.unwrap();
         (client, ActivityIo::new(io, crate::idle::Activity::new()))
     }
 
@@ -786,7 +805,7 @@ mod tests {
     /// self-signed certificate.
     async fn tls_connected() -> (
         tokio_rustls::client::TlsStream<TcpStream>,
-        Box<tokio_rustls::server::TlsStream<ActivityIo<TcpStream, ()>>>,
+        Box<tokio_rustls::server::TlsStream<ActivityIo<LazyTcp, ()>>>,
     ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()])
