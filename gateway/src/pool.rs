@@ -1315,6 +1315,13 @@ impl Body for PooledBody {
                 }
                 self.finish();
             }
+            // The last bytes read: the connection goes back to the pool now,
+            // not once they are written on. The client has them as soon as
+            // they are, and its next request, on a connection served by
+            // another thread, found this one still out and opened another.
+            Poll::Ready(Some(Ok(_))) if matches!(self.inner, Inner::Native(_)) && self.ended() => {
+                self.finish();
+            }
             Poll::Ready(Some(Err(_))) => {
                 // A broken body: the connection is not reusable.
                 self.home = None;

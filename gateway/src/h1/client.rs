@@ -656,13 +656,14 @@ impl ResponseBody {
     }
 
     /// The connection, once the response was read to its end with nothing
-    /// after it and the connection may carry another request.
+    /// after it and the connection may carry another request. The read
+    /// buffer stays until the body is dropped (and is pooled then): the
+    /// last frame may still share it.
     pub fn reusable(&mut self) -> Option<TcpStream> {
         self.drop_held();
         if !(self.keep_alive && self.is_end_stream() && self.buf.is_empty()) {
             return None;
         }
-        buffers::give(&mut self.buf);
         self.io.take()
     }
 
