@@ -10,12 +10,13 @@
 //!   through `mio` under an `AsyncFd` leaves a connection out of the event
 //!   loop until it must wait (`conn_io::LazyTcp`).
 //!
-//! With it Linux completes a client's handshake but queues the connection
-//! for `accept` only once its first bytes arrive (or the period runs out:
-//! the connection is then accepted as it is). A new connection then costs
-//! the gateway one wake-up instead of two (accept, then the request's
-//! bytes), and its first read finds the request instead of `EAGAIN`. HTTP,
-//! TLS and h2c clients all speak first, so none of them waits on it.
+//! With `TCP_DEFER_ACCEPT` Linux completes a client's handshake but queues
+//! the connection for `accept` only once its first bytes arrive (or the
+//! period runs out: the connection is then accepted as it is). A new
+//! connection then costs the gateway one wake-up instead of two (accept,
+//! then the request's bytes), and its first read finds the request instead
+//! of `EAGAIN`. HTTP, TLS and h2c clients all speak first, so none of them
+//! waits on it.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
