@@ -106,20 +106,18 @@ impl LazyTcp {
         }
     }
 
-    /// Once per connection at most, out of the I/O calls' way.
+    /// Registers a socket not yet polled (`registered` calls it only
+    /// then): once per connection at most, out of the I/O calls' way.
     #[inline(never)]
     fn register(&mut self) -> io::Result<()> {
-        match std::mem::replace(&mut self.0, Lazy::Failed) {
-            Lazy::Unpolled(stream) => self.0 = Lazy::Polled(TcpStream::from_std(stream.into())?),
-            Lazy::Polled(stream) => self.0 = Lazy::Polled(stream),
-            Lazy::Failed => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "the connection could not join the event loop",
-                ));
-            }
+        if let Lazy::Unpolled(stream) = std::mem::replace(&mut self.0, Lazy::Failed) {
+            self.0 = Lazy::Polled(TcpStream::from_std(stream.into())?);
+            return Ok(());
         }
-        Ok(())
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the connection could not join the event loop",
+        ))
     }
 
     /// The tokio stream, registered.
