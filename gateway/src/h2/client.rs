@@ -28,8 +28,6 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::{AbortHandle, Abortable};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
@@ -40,6 +38,7 @@ use super::client_conn::{ClientConn, Config, Event};
 use super::frame::Reason;
 use super::hpack::Target;
 use super::io::OUT_HIGH;
+use super::tasks::Tasks;
 
 /// How long a connection with streams open may read nothing before it
 /// sends a PING; a second interval without its answer ends it.
@@ -393,8 +392,7 @@ where
         waiting: VecDeque::new(),
         replies: super::StreamMap::default(),
         feeds: super::StreamMap::default(),
-        aborts: super::StreamMap::default(),
-        running: FuturesUnordered::new(),
+        running: Tasks::default(),
         parked: super::StreamMap::default(),
         parked_order: VecDeque::new(),
         fresh: Vec::new(),
@@ -427,8 +425,7 @@ struct Driver<I, B: Body> {
     /// Streams whose response body is being read.
     feeds: super::StreamMap<Feed>,
     /// Streams whose request body is being sent.
-    aborts: super::StreamMap<AbortHandle>,
-    running: FuturesUnordered<Abortable<NextFrame<B>>>,
+    running: Tasks<NextFrame<B>>,
     parked: super::StreamMap<Parked<B>>,
     parked_order: VecDeque<u32>,
     fresh: Vec<(u32, B)>,
@@ -464,12 +461,11 @@ where
             // new requests go out (they then come back unsent).
             progress |= self.poll_read(cx)?;
             progress |= self.take_calls(cx);
-            while let Poll::Ready(Some(polled)) = self.running.poll_next_unpin(cx) {
+            self.running.start_pass(cx);
+            while let Some((stream, body, frame)) = self.running.next_done() {
                 progress = true;
-                if let Ok((stream, body, frame)) = polled {
-                    self.aborts.remove(&stream);
-                    self.frame(stream, body, frame);
-                }
+                self.running.end(stream);
+                self.frame(stream, body, frame);
             }
             self.poll_fresh(cx);
             progress |= self.unpark();
@@ -515,7 +511,7 @@ where
     fn idle(&self) -> bool {
         self.replies.is_empty()
             && self.feeds.is_empty()
-            && self.aborts.is_empty()
+            && self.running.is_idle()
             && self.waiting.is_empty()
             && self.fresh.is_empty()
             && self.parked.is_empty()
@@ -722,9 +718,7 @@ where
 
     /// The stream's request body is no longer sent.
     fn stop_body(&mut self, stream: u32) {
-        if let Some(abort) = self.aborts.remove(&stream) {
-            abort.abort();
-        }
+        self.running.end(stream);
         if self.parked.remove(&stream).is_some() {
             self.parked_order.retain(|&s| s != stream);
         }
@@ -756,12 +750,8 @@ where
     }
 
     fn queue_body(&mut self, stream: u32, body: B) {
-        let (task, abort) = futures_util::future::abortable(NextFrame {
-            stream,
-            body: Some(body),
-        });
-        self.aborts.insert(stream, abort);
-        self.running.push(task);
+        let body = Some(body);
+        self.running.push(stream, NextFrame { stream, body });
     }
 
     /// A request body's next frame.
@@ -857,6 +847,7 @@ where
             self.shared.ticks.fetch_add(1, Ordering::Relaxed);
             if self.idle() {
                 self.events = Vec::new();
+                self.running.shed();
                 self.conn.shed_idle_room();
                 #[cfg(test)]
                 self.shared.shed.fetch_add(1, Ordering::Relaxed);
@@ -895,9 +886,7 @@ where
         for (_, feed) in self.feeds.drain() {
             feed.fail(H2BodyError::UpstreamGone);
         }
-        for (_, abort) in self.aborts.drain() {
-            abort.abort();
-        }
+        self.running.end_all();
         self.parked.clear();
         self.fresh.clear();
     }

@@ -24,6 +24,10 @@
 //! - [`client_conn`]: the client side's protocol state with no I/O:
 //!   streams opened within the upstream's limit, responses and trailers
 //!   checked, both windows, the upstream's GOAWAY.
+//! - [`tasks`]: the streams' work of a connection (the server's answers
+//!   and response bodies, the client's request bodies): each piece polled
+//!   when its own waker fires, dropped at once when its stream ends, in
+//!   slots kept for the next streams (no allocation per piece of work).
 //! - [`body`]: a body the connection receives (a request body on the
 //!   server, a response body on the client), fed by the connection; what
 //!   it hands on opens the peer's windows again.
@@ -62,3 +66,4 @@ pub mod request;
 pub mod response;
 pub mod server;
 pub mod table;
+mod tasks;

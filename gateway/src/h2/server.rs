@@ -2,12 +2,12 @@
 //! state ([`super::conn`]) and the connection's streams, all in the
 //! connection's own task.
 //!
-//! Each stream is one future at a time in a `FuturesUnordered`: first the
-//! request's answer, then its response body's next frame. A frame is
-//! written within the client's windows; what does not fit waits, parked,
-//! until a WINDOW_UPDATE makes room, and only then is the body polled
-//! again (so a slow client slows the upstream). Every stream's future is
-//! abortable: a reset from the client drops the request's work at once.
+//! Each stream is one future at a time in the connection's [`Tasks`]:
+//! first the request's answer, then its response body's next frame. A
+//! frame is written within the client's windows; what does not fit waits,
+//! parked, until a WINDOW_UPDATE makes room, and only then is the body
+//! polled again (so a slow client slows the upstream). A reset from the
+//! client drops its stream's work at once.
 //! Reading stops while more than [`OUT_HIGH`] bytes wait to be written,
 //! so a client that sends without reading cannot grow the connection's
 //! memory.
@@ -21,8 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::{AbortHandle, Abortable};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
@@ -31,6 +29,7 @@ use super::body::H2Body;
 use super::body::{self, Announced, Feed, H2BodyError, Released, Reports};
 use super::conn::{Config, Conn, Event};
 use super::frame::Reason;
+use super::tasks::Tasks;
 
 pub use super::io::OUT_HIGH;
 /// Response bodies polled in place per round before the rest wait in the
@@ -128,15 +127,15 @@ struct Driver<'a, I, F, Fut, B> {
     /// The bodies' last reports, kept to be swapped with the next ones.
     reports: Reports,
     feeds: super::StreamMap<Feed>,
-    aborts: super::StreamMap<AbortHandle>,
-    running: FuturesUnordered<Abortable<Task<Fut, B>>>,
+    /// The open streams, and the work of those that have some under way.
+    running: Tasks<Task<Fut, B>>,
     parked: super::StreamMap<Parked<B>>,
     /// The parked streams in the order they parked (a stream that goes
     /// leaves it, in `forget`): window is shared out in turn.
     parked_order: VecDeque<u32>,
     /// Response bodies whose next frame is wanted: polled in place first
     /// ([`Driver::poll_fresh`]); only one with nothing ready goes into
-    /// `running`, which costs an abort handle and a queue node.
+    /// `running`, to be polled when woken.
     fresh: Vec<(u32, B)>,
     /// Streams whose request is a HEAD (their responses go without a body).
     heads: super::StreamMap<()>,
@@ -179,8 +178,7 @@ where
         released: Arc::new(Released::default()),
         reports: Reports::default(),
         feeds: super::StreamMap::default(),
-        aborts: super::StreamMap::default(),
-        running: FuturesUnordered::new(),
+        running: Tasks::default(),
         parked: super::StreamMap::default(),
         parked_order: VecDeque::new(),
         heads: super::StreamMap::default(),
@@ -214,11 +212,10 @@ where
                 self.conn.go_away();
             }
             progress |= self.poll_read(cx)?;
-            while let Poll::Ready(Some(done)) = self.running.poll_next_unpin(cx) {
+            self.running.start_pass(cx);
+            while let Some(done) = self.running.next_done() {
                 progress = true;
-                if let Ok(done) = done {
-                    self.done(done);
-                }
+                self.done(done);
             }
             self.poll_fresh(cx);
             progress |= self.unpark();
@@ -244,7 +241,7 @@ where
 
     /// Whether there is nothing left to do (all written).
     fn finished(&self) -> bool {
-        let idle = self.running.is_empty() && self.parked.is_empty() && self.fresh.is_empty();
+        let idle = self.running.is_idle() && self.parked.is_empty() && self.fresh.is_empty();
         self.failed || (idle && (self.read_closed || self.conn.is_done()))
     }
 
@@ -285,7 +282,7 @@ where
         if self.read_closed || self.failed || self.conn.out.len() > OUT_HIGH {
             return Ok(false);
         }
-        if self.buf.is_empty() && self.running.is_empty() {
+        if self.buf.is_empty() && self.running.is_idle() {
             match self.io.poll_readable(cx) {
                 Poll::Ready(ready) => ready?,
                 Poll::Pending => {
@@ -294,6 +291,7 @@ where
                     // once a read has given four events), and its write
                     // buffer once empty.
                     self.events = Vec::new();
+                    self.running.shed();
                     self.conn.shed_idle_room();
                     return Ok(false);
                 }
@@ -343,9 +341,7 @@ where
     /// Ends every stream: work aborted, parked frames dropped, bodies told
     /// the connection is gone.
     fn end_all(&mut self) {
-        for (_, abort) in self.aborts.drain() {
-            abort.abort();
-        }
+        self.running.end_all();
         self.parked.clear();
         self.parked_order.clear();
         self.fresh.clear();
@@ -415,7 +411,7 @@ where
     fn panicked(&mut self, stream: u32) {
         tracing::error!(stream, "an HTTP/2 stream panicked; it was reset alone");
         self.conn.reset(stream, Reason::INTERNAL_ERROR);
-        self.aborts.remove(&stream);
+        self.running.end(stream);
     }
 
     /// Wants `body`'s next frame.
@@ -431,7 +427,7 @@ where
     fn poll_fresh(&mut self, cx: &mut Context<'_>) {
         let mut budget = FRESH_POLLS;
         while let Some((stream, mut body)) = self.fresh.pop() {
-            if !self.aborts.contains_key(&stream) {
+            if !self.running.is_open(stream) {
                 continue; // the stream went meanwhile
             }
             if budget == 0 {
@@ -456,16 +452,12 @@ where
     }
 
     fn push(&mut self, stream: u32, task: Task<Fut, B>) {
-        let (task, abort) = futures_util::future::abortable(task);
-        self.aborts.insert(stream, abort);
-        self.running.push(task);
+        self.running.push(stream, task);
     }
 
     /// The stream is gone: its work stopped, its body told.
     fn forget(&mut self, stream: u32, why: H2BodyError) {
-        if let Some(abort) = self.aborts.remove(&stream) {
-            abort.abort();
-        }
+        self.running.end(stream);
         if self.parked.remove(&stream).is_some() {
             // Not left for `unpark` to pass over: it may not run for long
             // (a connection window held at 0), and a client resetting
@@ -507,7 +499,7 @@ where
         // thread (a request's here, a response's in the client).
         crate::buffers::give_map(parts.headers);
         if end {
-            self.aborts.remove(&stream);
+            self.running.end(stream);
         } else {
             self.next_frame(stream, body);
         }
@@ -517,12 +509,12 @@ where
         match frame {
             None => {
                 self.conn.send_data(stream, &[], true);
-                self.aborts.remove(&stream);
+                self.running.end(stream);
             }
             Some(Err(e)) => {
                 tracing::debug!(stream, error = %e, "response body failed; stream reset");
                 self.conn.reset(stream, Reason::INTERNAL_ERROR);
-                self.aborts.remove(&stream);
+                self.running.end(stream);
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => self.send(stream, body, data),
@@ -532,7 +524,7 @@ where
                         self.conn.send_trailers(stream, &trailers);
                         crate::buffers::give_map(trailers);
                     }
-                    self.aborts.remove(&stream);
+                    self.running.end(stream);
                 }
             },
         }
@@ -551,7 +543,7 @@ where
             self.parked.insert(stream, Parked { body, rest: data });
             self.parked_order.push_back(stream);
         } else if end {
-            self.aborts.remove(&stream);
+            self.running.end(stream);
         } else {
             self.next_frame(stream, body);
         }

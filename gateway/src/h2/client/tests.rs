@@ -2,6 +2,7 @@
 //! loopback socket.
 
 use super::*;
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};

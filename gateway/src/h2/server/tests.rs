@@ -307,3 +307,86 @@ async fn an_idle_connection_holds_no_read_buffer() {
         crate::buffers::until_kept(crate::buffers::kept, before + 1, &what).await;
     }
 }
+
+/// A client's reset drops its stream's work at once (the proxy's upstream
+/// request with it), while the work of the connection's other streams
+/// goes on and is answered.
+#[tokio::test]
+async fn a_reset_stream_drops_its_work_at_once_and_others_go_on() {
+    /// Counts the works dropped.
+    struct Guard(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let count = Arc::clone(&dropped);
+    let service = move |req: Request<Option<H2Body>>| {
+        let guard = Guard(Arc::clone(&count));
+        let mut released = released.clone();
+        // Stream 1 waits for ever; stream 3 until the test lets it go.
+        let forever = req.uri().path() == "/";
+        async move {
+            let _guard = guard;
+            if forever {
+                std::future::pending::<()>().await;
+            }
+            released.wait_for(|go| *go).await.unwrap();
+            Answer(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    };
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    static CLOSING: AtomicBool = AtomicBool::new(false);
+    tokio::spawn(async move { serve(server, BytesMut::new(), &SETTINGS, &CLOSING, service).await });
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let mut out = BytesMut::from(PREFACE);
+    frame::Settings::default().write(&mut out);
+    get(&mut out, 1);
+    // A GET for /index.html (static index 5) on stream 3.
+    let mut block = vec![0x82, 0x86, 0x85, 0x41, 6];
+    block.extend_from_slice(b"a.test");
+    frame::write_headers(&mut out, 3, &block, true, 16_384);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    wr.write_all(&out).await.unwrap();
+    out.clear();
+    frame::write_reset(&mut out, 1, Reason::CANCEL);
+    wr.write_all(&out).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dropped.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream 1's work was not dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "only the reset stream's work"
+    );
+    release.send(true).unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = loop {
+            if let Some(f) = frame::parse(&mut buf, 16_384).unwrap() {
+                break f;
+            }
+            assert!(rd.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+        };
+        match frame {
+            H2Frame::Data {
+                stream: 3,
+                end_stream: true,
+                ..
+            } => break,
+            H2Frame::Data { stream: 1, .. } | H2Frame::Headers { stream: 1, .. } => {
+                panic!("the reset stream was answered")
+            }
+            H2Frame::GoAway { reason, .. } => panic!("the connection ended: {reason:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+}
