@@ -735,9 +735,15 @@ where
     }
 
     fn poll_fresh(&mut self, cx: &mut Context<'_>) {
-        let mut budget = FRESH_POLLS;
+        let (mut budget, mut over_budget) = (FRESH_POLLS, false);
         while let Some((stream, mut body)) = self.fresh.pop() {
             if budget == 0 {
+                // Never polled, so nothing would wake it: the connection's
+                // task goes round again (after the thread's other tasks)
+                // and polls it from the set then.
+                if !std::mem::replace(&mut over_budget, true) {
+                    cx.waker().wake_by_ref();
+                }
                 self.queue_body(stream, body);
                 continue;
             }

@@ -338,7 +338,7 @@ where
         any
     }
 
-    /// Ends every stream: work aborted, parked frames dropped, bodies told
+    /// Ends every stream: work dropped, parked frames dropped, bodies told
     /// the connection is gone.
     fn end_all(&mut self) {
         self.running.end_all();
@@ -425,12 +425,18 @@ where
     /// there, to be woken. Past a budget of polls the rest go there too,
     /// so a body that never stops being ready cannot hold the connection.
     fn poll_fresh(&mut self, cx: &mut Context<'_>) {
-        let mut budget = FRESH_POLLS;
+        let (mut budget, mut over_budget) = (FRESH_POLLS, false);
         while let Some((stream, mut body)) = self.fresh.pop() {
             if !self.running.is_open(stream) {
                 continue; // the stream went meanwhile
             }
             if budget == 0 {
+                // Never polled, so nothing would wake it: the connection's
+                // task goes round again (after the thread's other tasks)
+                // and polls it from the set then.
+                if !std::mem::replace(&mut over_budget, true) {
+                    cx.waker().wake_by_ref();
+                }
                 self.queue_body(stream, body);
                 continue;
             }

@@ -126,14 +126,19 @@ impl<T: Future + Unpin> Tasks<T> {
         };
         let slot = &mut self.slots[index];
         slot.stream = stream;
+        if !slot.wake.queued.swap(true, Ordering::AcqRel) {
+            self.due.push_back(index);
+        }
         self.work[index] = Some(work);
         self.working += 1;
         if let Some(old) = self.streams.insert(stream, index) {
-            // A stream's earlier work is done before more is pushed.
+            // A stream's earlier work is done before more is pushed; were
+            // it not, it is dropped here rather than left in a slot that
+            // nothing could end.
             debug_assert_eq!(old, NO_SLOT, "stream {stream} had work running");
-        }
-        if !slot.wake.queued.swap(true, Ordering::AcqRel) {
-            self.due.push_back(index);
+            if old != NO_SLOT {
+                self.drop_work(old);
+            }
         }
     }
 
@@ -177,7 +182,7 @@ impl<T: Future + Unpin> Tasks<T> {
             // Cleared before the poll, so a wake during it queues again;
             // and cleared with no work to poll too, or the slot's next work
             // would find it set and never be queued.
-            slot.wake.queued.store(false, Ordering::Release);
+            slot.wake.queued.swap(false, Ordering::AcqRel);
             let Some(work) = self.work.get_mut(index) else {
                 continue;
             };
