@@ -125,9 +125,11 @@ async fn a_service_that_panics_when_called_resets_that_stream_alone() {
     first_reset_second_answered(service).await;
 }
 
-/// Sends two GETs: the first must be reset INTERNAL_ERROR, the second
-/// answered, the connection kept.
-async fn first_reset_second_answered<F, Fut>(service: F)
+type Pipe = tokio::io::DuplexStream;
+
+/// Serves `service` on one end of an in-memory pipe; the client's halves
+/// of the other.
+fn serve_pipe<F, Fut>(service: F) -> (tokio::io::ReadHalf<Pipe>, tokio::io::WriteHalf<Pipe>)
 where
     F: FnMut(Request<Option<H2Body>>) -> Fut + Send + 'static,
     Fut: Future<Output = Answer> + Send + 'static,
@@ -135,7 +137,17 @@ where
     let (client, server) = tokio::io::duplex(64 * 1024);
     static CLOSING: AtomicBool = AtomicBool::new(false);
     tokio::spawn(async move { serve(server, BytesMut::new(), &SETTINGS, &CLOSING, service).await });
-    let (mut rd, mut wr) = tokio::io::split(client);
+    tokio::io::split(client)
+}
+
+/// Sends two GETs: the first must be reset INTERNAL_ERROR, the second
+/// answered, the connection kept.
+async fn first_reset_second_answered<F, Fut>(service: F)
+where
+    F: FnMut(Request<Option<H2Body>>) -> Fut + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    let (mut rd, mut wr) = serve_pipe(service);
     let mut out = BytesMut::from(PREFACE);
     frame::Settings::default().write(&mut out);
     get(&mut out, 1);
@@ -337,10 +349,7 @@ async fn a_reset_stream_drops_its_work_at_once_and_others_go_on() {
             Answer(Response::new(Full::new(Bytes::from_static(b"ok"))))
         }
     };
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    static CLOSING: AtomicBool = AtomicBool::new(false);
-    tokio::spawn(async move { serve(server, BytesMut::new(), &SETTINGS, &CLOSING, service).await });
-    let (mut rd, mut wr) = tokio::io::split(client);
+    let (mut rd, mut wr) = serve_pipe(service);
     let mut out = BytesMut::from(PREFACE);
     frame::Settings::default().write(&mut out);
     get(&mut out, 1);
@@ -348,7 +357,7 @@ async fn a_reset_stream_drops_its_work_at_once_and_others_go_on() {
     let mut block = vec![0x82, 0x86, 0x85, 0x41, 6];
     block.extend_from_slice(b"a.test");
     frame::write_headers(&mut out, 3, &block, true, 16_384);
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     wr.write_all(&out).await.unwrap();
     out.clear();
     frame::write_reset(&mut out, 1, Reason::CANCEL);
@@ -369,13 +378,7 @@ async fn a_reset_stream_drops_its_work_at_once_and_others_go_on() {
     release.send(true).unwrap();
     let mut buf = BytesMut::new();
     loop {
-        let frame = loop {
-            if let Some(f) = frame::parse(&mut buf, 16_384).unwrap() {
-                break f;
-            }
-            assert!(rd.read_buf(&mut buf).await.unwrap() > 0, "closed early");
-        };
-        match frame {
+        match next_frame(&mut rd, &mut buf).await {
             H2Frame::Data {
                 stream: 3,
                 end_stream: true,
