@@ -431,7 +431,7 @@ fn send_h2c<'f>(
     req: Request<UpstreamBody>,
 ) -> BoxFuture<'f, Result<Response<UpstreamResponseBody>, SendError>> {
     use futures_util::FutureExt as _;
-    // Made in its box (about 1.5 kB), not copied there.
+    // Made in its box, not copied there.
     crate::inplace::box_in_place(|| {
         proxy
             .pool
@@ -565,7 +565,24 @@ impl<'a> Tries<'a> {
                 let pairs = self.added(native, &mut req, &to);
                 let sent = (to.upgrade, pairs.as_slice(), to.relay);
                 let sent_at = self.first_sent.take().unwrap_or_else(Instant::now);
-                let result = self.send_once(proxy, endpoint, req, sent).await;
+                // The boxed tries (h2c, TLS) are awaited apart from the
+                // inline HTTP/1.1 one: one future for all was the size of
+                // the HTTP/1.1 exchange, and each h2c try copied all of it
+                // into the request's future (about 11 write misses a unary
+                // gRPC call, callgrind's cache simulation). Now an h2c try
+                // copies the box's pointer.
+                let result = match endpoint.scheme {
+                    Scheme::Http => {
+                        let send = self.send_http1(proxy, endpoint, req, sent);
+                        self.send_once(send).await
+                    }
+                    Scheme::H2c => self.send_once(send_h2c(proxy, endpoint, req)).await,
+                    Scheme::Https => {
+                        let pending = self.entry.state.pending_limit(&self.entry.route.limits);
+                        let send = self.send_tls(proxy, endpoint, req, (pending, to.upgrade));
+                        self.send_once(send).await
+                    }
+                };
                 let next = match result {
                     Some(Ok(resp)) => {
                         self.judge_answer(proxy, resp, index, to.upgrade, sent_at, ctx)
@@ -623,35 +640,28 @@ impl<'a> Tries<'a> {
 
     /// One try, bounded by the policy's per-try timeout (`None`: it ran out).
     ///
-    /// Plain functions returning their futures, here and in [`Tries::send_to`]:
-    /// as `async fn`s, each level kept the request a second time beside the
-    /// future it awaited, and the whole of it was copied at each move
-    /// (`-Zprint-type-sizes`: 1,672 bytes for this level before).
-    ///
-    /// `sent`: whether the client asked for an upgrade, and the fields the
-    /// native client writes beside the map ([`Tries::added`]).
-    fn send_once<'f>(
-        &self,
-        proxy: &'f Proxy,
-        endpoint: &'f Endpoint,
-        req: Request<UpstreamBody>,
-        sent: (bool, &'f [Field<'f>], bool),
-    ) -> impl Future<Output = Option<Result<Response<UpstreamResponseBody>, SendError>>> + 'f
+    /// Plain functions returning their futures, here and in
+    /// [`Tries::send_http1`]: as `async fn`s, each level kept the request a
+    /// second time beside the future it awaited, and the whole of it was
+    /// copied at each move (`-Zprint-type-sizes`: 1,672 bytes for this level
+    /// before).
+    fn send_once<'f, F>(&self, send: F) -> impl Future<Output = Option<F::Output>> + 'f
     where
-        'a: 'f,
+        F: Future + 'f,
     {
         use futures_util::FutureExt as _;
         use futures_util::future::Either as Which;
-        let send = self.send_to(proxy, endpoint, req, sent);
         match self.retry.and_then(|p| p.per_try_timeout) {
             Some(limit) => Which::Left(tokio::time::timeout(limit, send).map(Result::ok)),
             None => Which::Right(send.map(Some)),
         }
     }
 
-    /// The try's exchange with `endpoint`, by its scheme: cleartext
-    /// HTTP/1.1 inline (the usual case), h2c and `https` boxed.
-    fn send_to<'f>(
+    /// The try's exchange with a cleartext HTTP/1.1 `endpoint` (the usual
+    /// case), inline in the request's future. `sent`: whether the client
+    /// asked for an upgrade, and the fields the native client writes beside
+    /// the map ([`Tries::added`]).
+    fn send_http1<'f>(
         &self,
         proxy: &'f Proxy,
         endpoint: &'f Endpoint,
@@ -662,19 +672,9 @@ impl<'a> Tries<'a> {
         'a: 'f,
     {
         use futures_util::FutureExt as _;
-        use futures_util::future::Either as Which;
-        let state = &self.entry.state;
-        let pending = state.pending_limit(&self.entry.route.limits);
-        let upgrade = sent.0;
-        let other = match endpoint.scheme {
-            Scheme::Http => {
-                let send = proxy.pool.send_http1(endpoint, req, pending, sent);
-                return Which::Left(send.map(|r| r.map(|resp| resp.map(Either::Left))));
-            }
-            Scheme::H2c => send_h2c(proxy, endpoint, req),
-            Scheme::Https => self.send_tls(proxy, endpoint, req, (pending, upgrade)),
-        };
-        Which::Right(other)
+        let pending = self.entry.state.pending_limit(&self.entry.route.limits);
+        let send = proxy.pool.send_http1(endpoint, req, pending, sent);
+        send.map(|r| r.map(|resp| resp.map(Either::Left)))
     }
 
     /// The try over TLS, boxed. Out of line, as [`send_h2c`]: made in the
