@@ -271,7 +271,9 @@ run() {
     valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" haproxy -f "$work/haproxy.$n.cfg" \
       >/dev/null 2>"$work/vg.$n" &
   else
-  RUST_LOG=info valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
+  # As shipped: the gateway starts itself again with this set (src/main.rs,
+  # allocator_cache), which valgrind would not follow.
+  GLIBC_TUNABLES=glibc.malloc.tcache_count=512 RUST_LOG=info valgrind --tool=callgrind "${vg_flags[@]}" --callgrind-out-file="$work/cg.$n" "$BIN" gateway --threads 1 \
     $log_flag ${GATEWAY_FLAGS:-} ${registry_port:+--registry http://127.0.0.1:$registry_port} \
     --no-admin --listen "127.0.0.1:$gw_port" --config "$work/routes.toml" \
     --config-poll-interval 0s >/dev/null 2>"$work/vg.$n" &

@@ -342,3 +342,51 @@ async fn sighup_reloads_the_route_file_and_a_bad_file_keeps_the_old_routes() {
     .await;
     assert_eq!(get(&format!("{url}/two")).await.status, StatusCode::OK);
 }
+
+/// `portico gateway` starts itself again, once, with glibc's per-thread
+/// allocation cache raised (docs/configuration.md), keeping the tunables it
+/// was given; a `GLIBC_TUNABLES` that sets the cache itself is left alone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_raises_glibcs_allocation_cache_once() {
+    let cases = [
+        (None, true),
+        (Some("glibc.malloc.mxfast=64"), true),
+        (Some("glibc.malloc.tcache_count=7"), false),
+    ];
+    for (preset, again) in cases {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_portico"));
+        command
+            .args(["gateway", "--listen", &listen, "--no-admin"])
+            .env("RUST_LOG", "warn")
+            .env_remove("GLIBC_TUNABLES")
+            .env_remove("PORTICO_ALLOCATOR_CACHE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Some(tunables) = preset {
+            command.env("GLIBC_TUNABLES", tunables);
+        }
+        let mut gateway = ChildProcess {
+            child: command.spawn().expect("spawn portico"),
+        };
+        // It binds only once started again, so an answer means it was.
+        let url = format!("http://{listen}/");
+        eventually("the gateway to answer", || async {
+            send(&http(), Method::GET, &url, &[], Bytes::new())
+                .await
+                .is_ok()
+        })
+        .await;
+        // The environment it was started with (glibc may have cut the
+        // tunables' string at each `:` in place, so look for each part).
+        let environ = std::fs::read(format!("/proc/{}/environ", gateway.child.id())).unwrap();
+        let has = |s: &str| environ.windows(s.len()).any(|w| w == s.as_bytes());
+        assert_eq!(has("PORTICO_ALLOCATOR_CACHE=1"), again, "{preset:?}");
+        assert_eq!(has("glibc.malloc.tcache_count=512"), again, "{preset:?}");
+        if let Some(tunables) = preset {
+            assert!(has(tunables), "{preset:?}: its own tunables lost");
+        }
+        gateway.terminate().await;
+    }
+}
