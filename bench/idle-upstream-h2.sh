@@ -48,7 +48,10 @@ for i in $(seq "$N"); do
   register_instance "$registry" grpc "g$i" "$origin" h2c
 done
 printf '[[route]]\nname = "grpc"\npath_prefix = "/bench.Echo"\nservice = "grpc"\n' >"$work/routes.toml"
-"${vg[@]}" "$BIN" gateway --threads 1 --no-access-log --no-admin --registry "http://127.0.0.1:$registry" \
+# Not started again with glibc's cache raised (src/main.rs,
+# allocator_cache): valgrind would not follow the exec, and massif
+# replaces the allocator anyway.
+PORTICO_ALLOCATOR_CACHE=1 "${vg[@]}" "$BIN" gateway --threads 1 --no-access-log --no-admin --registry "http://127.0.0.1:$registry" \
   --listen "127.0.0.1:$gateway" --config "$work/routes.toml" --config-poll-interval 0s >/dev/null 2>"$work/gateway.err" &
 pid=$!
 message() { python3 -c "import sys; m = b'x' * $1; sys.stdout.buffer.write(b'\0' + len(m).to_bytes(4, 'big') + m)"; }

@@ -1070,21 +1070,21 @@ const TCACHE_COUNT: u32 = 512;
 /// Starts the program again with glibc's per-thread cache of freed blocks
 /// raised to [`TCACHE_COUNT`] blocks a size, unless `GLIBC_TUNABLES`
 /// already sets it (glibc reads it only when a process starts; nothing
-/// can change it later). The process keeps its id, arguments and files;
-/// its environment gains `PORTICO_ALLOCATOR_CACHE=1`, so it is started
-/// again at most once.
+/// can change it later). The process keeps its id, name, arguments and
+/// files; its environment gains `PORTICO_ALLOCATOR_CACHE=1`, so it is
+/// started again at most once (and not at all when that is set, to any
+/// value, beforehand: for tools that do not follow an `exec`, such as
+/// valgrind).
 ///
 /// Why: an HTTP/2 connection's burst (32 unary gRPC calls at once) makes
 /// 32 blocks of each size a call needs before any is freed. Past the
 /// cache's 7, glibc's slower bins served them: unary gRPC took 3-4% less
-/// CPU a call with 512 (`bench/ab.sh`, two sets of 8 pairs; small GETs
+/// CPU a call with 512 (`bench/ab.sh`, three sets of 8 pairs; small GETs
 /// level), bench/RESULTS.md, fortieth pass. The cache holds only freed
 /// blocks of up to 1,032 bytes.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn allocator_cache() {
     use std::os::unix::process::CommandExt as _;
-    // Once: the started-again process has the marker, whatever glibc did
-    // to the variable it parsed.
     const MARKER: &str = "PORTICO_ALLOCATOR_CACHE";
     let mut tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
     let set = tunables
@@ -1093,19 +1093,37 @@ fn allocator_cache() {
     if set || std::env::var_os(MARKER).is_some() {
         return;
     }
+    // The program's own path, so the process keeps its name (started as
+    // `/proc/self/exe` it would be called `exe`); and only when that path
+    // is this program's: started through the dynamic loader, it is the
+    // loader's, and a file replaced since the start reads as deleted.
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.starts_with("ld-") || name.starts_with("ld.so") || !exe.is_file() {
+        return;
+    }
     if !tunables.is_empty() {
         tunables.push(":");
     }
     tunables.push(format!("glibc.malloc.tcache_count={TCACHE_COUNT}"));
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
-    let failed = std::process::Command::new("/proc/self/exe")
+    let failed = std::process::Command::new(&exe)
         .arg0(arg0)
         .args(args)
         .env("GLIBC_TUNABLES", tunables)
         .env(MARKER, "1")
         .exec();
-    eprintln!("portico: glibc's allocation cache left at its default: {failed}");
+    // Before trying, `exec` reset the signal mask and SIGPIPE to their
+    // defaults, and a failed one leaves them so: running on, a peer's
+    // reset would kill the process. So it stops, naming the way round.
+    eprintln!(
+        "portico: could not start again with glibc's allocation cache raised \
+         ({failed}); set {MARKER}=1 to run without it"
+    );
+    std::process::exit(1);
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -345,7 +345,8 @@ async fn sighup_reloads_the_route_file_and_a_bad_file_keeps_the_old_routes() {
 
 /// `portico gateway` starts itself again, once, with glibc's per-thread
 /// allocation cache raised (docs/configuration.md), keeping the tunables it
-/// was given; a `GLIBC_TUNABLES` that sets the cache itself is left alone.
+/// was given and its name; a `GLIBC_TUNABLES` that sets the cache itself is
+/// left alone.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_raises_glibcs_allocation_cache_once() {
@@ -387,6 +388,9 @@ async fn the_gateway_raises_glibcs_allocation_cache_once() {
         if let Some(tunables) = preset {
             assert!(has(tunables), "{preset:?}: its own tunables lost");
         }
+        // Its name too (`ps`, `pkill portico`): started again by its path.
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", gateway.child.id())).unwrap();
+        assert_eq!(comm.trim(), "portico", "{preset:?}");
         gateway.terminate().await;
     }
 }

@@ -641,10 +641,10 @@ impl<'a> Tries<'a> {
     /// One try, bounded by the policy's per-try timeout (`None`: it ran out).
     ///
     /// Plain functions returning their futures, here and in
-    /// [`Tries::send_http1`]: as `async fn`s, each level kept the request a
-    /// second time beside the future it awaited, and the whole of it was
-    /// copied at each move (`-Zprint-type-sizes`: 1,672 bytes for this level
-    /// before).
+    /// [`Tries::send_http1`]: as `async fn`s, each level kept its argument (the
+    /// request, then the try's future) a second time beside the future it
+    /// awaited, and the whole of it was copied at each move
+    /// (`-Zprint-type-sizes`: 1,672 bytes for this level before).
     fn send_once<'f, F>(&self, send: F) -> impl Future<Output = Option<F::Output>> + 'f
     where
         F: Future + 'f,
