@@ -96,8 +96,9 @@ pub struct Settings {
 const READ_SIZE: usize = buffers::SIZE;
 /// Largest read while a request body is known to hold that much more: a
 /// 1 MiB upload read 4 KiB at a time took 256 reads and 256 writes upstream
-/// (strace), and 3.3 times HAProxy's CPU (bench 3-upload-1m). 64 KiB is
-/// the loopback's largest segment. Such reads go into a body buffer
+/// (strace), and 3.3 times HAProxy's CPU (bench 3-upload-1m). 63 KiB
+/// fits one loopback segment ([`buffers::BODY_SIZE`] says why that
+/// matters). Such reads go into a body buffer
 /// ([`buffers::take_body`]), given back when the request is done, so an idle
 /// connection holds none of it.
 const BODY_READ_SIZE: usize = buffers::BODY_SIZE;
@@ -276,7 +277,7 @@ impl<I: Io> Conn<I> {
     /// Room for a read of `room` bytes. A large read (a body's) goes into a
     /// body buffer: the one in use once nothing read into it is still on its
     /// way upstream, else another from the pool; a small read after it, into
-    /// a usual buffer again. (`reserve` allocated a new 64 KiB buffer
+    /// a usual buffer again. (`reserve` allocated a new body-sized buffer
     /// whenever the last piece was still on its way, and each page of it was
     /// faulted in again: see [`pool`].)
     fn make_room(&mut self, room: usize) {
