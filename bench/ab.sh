@@ -7,6 +7,8 @@
 #                                       # (wrk sends `Connection: close`)
 #   UPLOAD=1 bench/ab.sh ...            # 1 MiB POSTs, 8 connections (the
 #                                       # origin answers once it read it all)
+#   BIG=1 bench/ab.sh ...               # GETs of a 16 KiB response (the
+#                                       # harness's 2-16k)
 #   FILTERS=1 bench/ab.sh ...           # the harness's policed route
 #                                       # (17-filters: jwt, rate_limit, two
 #                                       # header edits) and its bearer token
@@ -63,6 +65,7 @@ print(harness.hs256_token(harness.JWT_SECRET))' "$(dirname "$0")")
 fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+[ -n "${BIG:-}" ] && path=/16k
 if [ -n "${UPLOAD:-}" ]; then
   printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n' >"$work/upload.lua"
   wrk_args+=(-s "$work/upload.lua")

@@ -1,10 +1,14 @@
 # Sourced by bench/profile.sh and bench/ab.sh: an nginx origin that answers
-# every request with "ok" over kept-alive connections, and POST /upload
-# once it has read the whole body (as the harness's origin does).
+# every request with "ok" over kept-alive connections, GET /16k with 16 KiB
+# (the file DIR/www/16k, made here), and POST /upload once it has read the
+# whole body (as the harness's origin does).
 #
 #   ok_origin_conf DIR PORT > DIR/origin.conf   # then: nginx -c DIR/origin.conf
 ok_origin_conf() {
   local dir=$1 port=$2
+  mkdir -p "$dir/www"
+  chmod 755 "$dir" # nginx's workers run unprivileged
+  head -c 16384 /dev/zero | tr '\0' x >"$dir/www/16k"
   cat <<CONF
 worker_processes 1;
 daemon off;
@@ -21,6 +25,7 @@ http {
   server {
     listen 127.0.0.1:$port;
     location / { return 200 "ok\n"; }
+    location = /16k { root $dir/www; try_files /16k =404; }
     location = /upload {
       client_max_body_size 4m; client_body_buffer_size 2m;
       proxy_pass_request_body off; proxy_set_header Content-Length "";
