@@ -117,6 +117,12 @@ struct Conn<I> {
     buf: BytesMut,
     /// `buf` is a body buffer ([`buffers::take_body`]), not a head's.
     body_buf: bool,
+    /// The client sends faster than one read takes: the last read filled
+    /// all the room it had, and none since brought less than a head's
+    /// read. Only then is a body read into a body buffer; a body trickled
+    /// in small writes stays in a usual one, so a slow upload holds 4 KiB
+    /// while it lasts, not 63 (see [`Conn::body_room`]).
+    reads_fill: bool,
     /// Bytes to write.
     out: Outbox,
     /// The header read timeout of the request being waited for, made only
@@ -163,6 +169,7 @@ where
         io,
         buf: prefix,
         body_buf: false,
+        reads_fill: false,
         out: Outbox::default(),
         head_deadline: LazyDeadline::default(),
     };
@@ -265,24 +272,62 @@ impl<I: Io> Conn<I> {
         // flight, to see the client leave).
         ready!(self.io.poll_readable(cx))?;
         // (A body buffer read to its very end has no room left either: it
-        // goes back to its own pool, in `make_room`.)
-        if self.buf.capacity() == 0 && room <= READ_SIZE && !self.body_buf {
+        // goes back to its own pool, in `make_room`; so does one that reads
+        // no longer fill, however much room it has left.)
+        let small = room <= READ_SIZE;
+        if self.buf.capacity() == 0 && small && !self.body_buf {
             self.buf = buffers::take();
-        } else if self.buf.capacity() - self.buf.len() < room / 4 {
+        } else if self.buf.capacity() - self.buf.len() < room / 4
+            || (self.body_buf && small && !self.reads_fill)
+        {
             self.make_room(room);
         }
-        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf)
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            std::pin::Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == spare {
+            self.reads_fill = true;
+        } else if n < READ_SIZE {
+            self.reads_fill = false;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// The room for the next read of a request body: as much as the body
+    /// holds yet ([`body_read_size`]) while the client's bytes fill the
+    /// reads, else a head's read. A slow client's body (say, a few bytes a
+    /// second on each of thousands of connections, to tie the gateway's
+    /// memory up) is then read 4 KiB at a time into the usual buffers; a
+    /// fast one takes a body buffer from its second read on, or its first
+    /// when the head's read came full (most uploads: the body follows the
+    /// head in the same write).
+    fn body_room(&self, decoder: &BodyDecoder) -> usize {
+        if self.reads_fill {
+            body_read_size(decoder)
+        } else {
+            READ_SIZE
+        }
     }
 
     /// Room for a read of `room` bytes. A large read (a body's) goes into a
     /// body buffer: the one in use once nothing read into it is still on its
     /// way upstream, else another from the pool; a small read after it, into
-    /// a usual buffer again. (`reserve` allocated a new body-sized buffer
-    /// whenever the last piece was still on its way, and each page of it was
-    /// faulted in again: see [`pool`].)
+    /// a usual buffer again, unless the reads still fill (a body's last
+    /// bytes, or the next pipelined head, read into the same body buffer).
+    /// (`reserve` allocated a new body-sized buffer whenever the last piece
+    /// was still on its way, and each page of it was faulted in again: see
+    /// [`pool`].)
     fn make_room(&mut self, room: usize) {
         let large = room > READ_SIZE;
-        if (self.body_buf || !large) && self.buf.try_reclaim(room) {
+        let stays = if self.body_buf {
+            large || self.reads_fill
+        } else {
+            !large
+        };
+        if stays && self.buf.try_reclaim(room) {
             return;
         }
         if !large && !self.body_buf {
@@ -560,7 +605,7 @@ impl<I: Io> Conn<I> {
                     sender.send(Ok(None));
                     feed.sender = None;
                 }
-                Ok(None) => match self.poll_fill(cx, body_read_size(&feed.decoder)) {
+                Ok(None) => match self.poll_fill(cx, self.body_room(&feed.decoder)) {
                     Poll::Pending => return Ok(()),
                     Poll::Ready(Ok(n)) if n > 0 => {}
                     Poll::Ready(_) => {
@@ -753,6 +798,7 @@ mod tests {
             io,
             buf: BytesMut::from(&b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\n"[..]),
             body_buf: false,
+            reads_fill: false,
             out: Outbox::default(),
             head_deadline: LazyDeadline::default(),
         };
@@ -950,6 +996,7 @@ mod tests {
             io,
             buf: buffers::take_body(),
             body_buf: true,
+            reads_fill: false,
             out: Outbox::default(),
             head_deadline: LazyDeadline::default(),
         };
@@ -968,6 +1015,56 @@ mod tests {
         );
         drop(last_piece);
         assert_eq!(buffers::take_body().as_ptr(), body_at, "and taken again");
+    }
+
+    /// Writes `len` bytes from `client` and reads them all on `conn` with a
+    /// body's room, dropping each read (as its piece, sent upstream, is).
+    async fn body_bytes(
+        client: &mut TcpStream,
+        conn: &mut Conn<ActivityIo<LazyTcp, ()>>,
+        decoder: &BodyDecoder,
+        len: usize,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        client.write_all(&vec![b'x'; len]).await.unwrap();
+        let mut read = 0;
+        while read < len {
+            read += poll_fn(|cx| conn.poll_fill(cx, conn.body_room(decoder)))
+                .await
+                .unwrap();
+            drop(conn.buf.split());
+        }
+    }
+
+    /// A body trickled in small writes (a slow client) is read into a usual
+    /// buffer; the read after one that filled its room takes a body buffer,
+    /// and a read that brings less than a head's worth sends the body back
+    /// to a usual buffer.
+    #[tokio::test]
+    async fn only_a_body_that_fills_its_reads_takes_a_body_buffer() {
+        let (mut client, io) = connected().await;
+        let mut conn = Conn {
+            io,
+            buf: BytesMut::new(),
+            body_buf: false,
+            reads_fill: false,
+            out: Outbox::default(),
+            head_deadline: LazyDeadline::default(),
+        };
+        let decoder = BodyDecoder::new(BodyFraming::Length(1 << 20));
+        body_bytes(&mut client, &mut conn, &decoder, 100).await;
+        assert!(
+            !conn.body_buf && !conn.reads_fill,
+            "a trickle: a usual buffer"
+        );
+        body_bytes(&mut client, &mut conn, &decoder, 20_000).await;
+        assert!(conn.body_buf, "the reads filled: a body buffer");
+        body_bytes(&mut client, &mut conn, &decoder, 100).await;
+        assert!(!conn.reads_fill, "a read of less than a head's worth");
+        let kept = buffers::kept_bodies();
+        body_bytes(&mut client, &mut conn, &decoder, 100).await;
+        assert!(!conn.body_buf, "back to a usual buffer");
+        assert_eq!(buffers::kept_bodies(), kept + 1, "the body buffer kept");
     }
 
     #[test]
