@@ -78,14 +78,14 @@ const SHARED_SCAN: usize = 8;
 
 /// Capacity of a body buffer: one large read of a request body, and so
 /// the largest piece written upstream at once. 63 KiB, not 64: a TCP
-/// segment over the loopback carries at most 65,483 bytes (its 64 KiB MTU
-/// less the IP and TCP headers and timestamps), so each 64 KiB write went
-/// as a full segment and a 53-byte one, and a 1 MiB upload cost the
-/// gateway twice the CPU (bench/ab.sh UPLOAD=1: 600-650 us against
-/// 275-330 at 63 KiB). A NIC's segmentation offload has the same 64 KiB
-/// bound by default.
-/// Smaller pieces fit as well but take more system calls (16 KiB: 1.4
-/// times the CPU of 63 KiB).
+/// segment over the loopback carries at most 65,483 bytes (an IPv4
+/// packet's 65,535 less the IP header and the TCP header with its
+/// timestamps), so each 64 KiB write went as a full segment and a 53-byte
+/// one, and a 1 MiB upload to an upstream on the same machine cost the
+/// gateway twice the CPU (bench/ab.sh UPLOAD=1: 600-650 us against 275-330
+/// at 63 KiB). Smaller pieces fit as well but take more system calls
+/// (16 KiB: 1.4 times the CPU of 63 KiB). Over a network the segments are
+/// far smaller than either, and the size makes no such difference.
 pub const BODY_SIZE: usize = 63 * 1024;
 /// Body buffers kept per thread, idle or still shared with a piece of a
 /// body on its way upstream: enough for ten uploads at once on one

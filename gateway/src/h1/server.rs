@@ -118,10 +118,12 @@ struct Conn<I> {
     /// `buf` is a body buffer ([`buffers::take_body`]), not a head's.
     body_buf: bool,
     /// The client sends faster than one read takes: the last read filled
-    /// all the room it had, and none since brought less than a head's
-    /// read. Only then is a body read into a body buffer; a body trickled
-    /// in small writes stays in a usual one, so a slow upload holds 4 KiB
-    /// while it lasts, not 63 (see [`Conn::body_room`]).
+    /// all the room it had (a head's read's worth at least), and none
+    /// since brought less than a head's read. Only then is a body read
+    /// into a body buffer; a body trickled in small writes stays in a
+    /// usual one (see [`Conn::body_room`]). Either way, a body buffer is
+    /// given back whenever the connection waits for its client's bytes
+    /// ([`Conn::shed_body_buf`]).
     reads_fill: bool,
     /// Bytes to write.
     out: Outbox,
@@ -165,11 +167,13 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    // The first read (protocol detection's) came full: more is likely in.
+    let reads_fill = prefix.len() >= READ_SIZE && prefix.len() == prefix.capacity();
     let mut conn = Conn {
         io,
         buf: prefix,
         body_buf: false,
-        reads_fill: false,
+        reads_fill,
         out: Outbox::default(),
         head_deadline: LazyDeadline::default(),
     };
@@ -265,12 +269,16 @@ impl<I: Io> Conn<I> {
 
     /// Reads more into the buffer, with room for `room` bytes (less when a
     /// quarter of it is free already), putting one up only once the socket
-    /// has something to read. `Ok(0)`: the peer closed.
+    /// has something to read. `Ok(0)`: the peer closed. Pending: a body
+    /// buffer is given back meanwhile ([`Conn::shed_body_buf`]).
     fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
         // First, so a socket with nothing to read costs neither a buffer nor
         // a read attempt (this runs on every wake-up while a request is in
         // flight, to see the client leave).
-        ready!(self.io.poll_readable(cx))?;
+        if self.io.poll_readable(cx)?.is_pending() {
+            self.shed_body_buf();
+            return Poll::Pending;
+        }
         // (A body buffer read to its very end has no room left either: it
         // goes back to its own pool, in `make_room`; so does one that reads
         // no longer fill, however much room it has left.)
@@ -283,17 +291,43 @@ impl<I: Io> Conn<I> {
             self.make_room(room);
         }
         let spare = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            std::pin::Pin::new(&mut self.io),
-            cx,
-            &mut self.buf
-        ))?;
-        if n == spare {
+        let read =
+            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.io), cx, &mut self.buf);
+        let Poll::Ready(n) = read else {
+            self.shed_body_buf();
+            return Poll::Pending;
+        };
+        let n = n?;
+        if n == spare && spare >= READ_SIZE {
             self.reads_fill = true;
         } else if n < READ_SIZE {
             self.reads_fill = false;
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// Gives the body buffer back while the connection waits for its
+    /// client's next bytes; what is unread in it (part of a chunk's size
+    /// line, a pipelined head) moves to a usual buffer. A body buffer is
+    /// held only while there is reading to do: a client that sends a burst
+    /// and waits (a slow upload, or one out to tie the gateway's memory up)
+    /// holds none meanwhile. The pieces read into it that are still on
+    /// their way upstream keep it from being taken again until they are
+    /// gone ([`buffers::give_body`]).
+    fn shed_body_buf(&mut self) {
+        if !self.body_buf || self.buf.len() > READ_SIZE {
+            return;
+        }
+        if !self.buf.is_empty() {
+            let mut next = buffers::take();
+            next.extend_from_slice(&self.buf);
+            self.buf.clear();
+            let mut last = std::mem::replace(&mut self.buf, next);
+            buffers::give_body(&mut last);
+        } else {
+            buffers::give_body(&mut self.buf);
+        }
+        self.body_buf = false;
     }
 
     /// The room for the next read of a request body: as much as the body
@@ -1018,30 +1052,38 @@ mod tests {
     }
 
     /// Writes `len` bytes from `client` and reads them all on `conn` with a
-    /// body's room, dropping each read (as its piece, sent upstream, is).
+    /// body's room, dropping each read (as its piece, sent upstream, is):
+    /// whether any of them went into a body buffer.
     async fn body_bytes(
         client: &mut TcpStream,
         conn: &mut Conn<ActivityIo<LazyTcp, ()>>,
         decoder: &BodyDecoder,
         len: usize,
-    ) {
+    ) -> bool {
         use tokio::io::AsyncWriteExt;
         client.write_all(&vec![b'x'; len]).await.unwrap();
-        let mut read = 0;
+        let (mut read, mut body_buf) = (0, false);
         while read < len {
             read += poll_fn(|cx| conn.poll_fill(cx, conn.body_room(decoder)))
                 .await
                 .unwrap();
+            body_buf |= conn.body_buf;
             drop(conn.buf.split());
         }
+        body_buf
     }
 
-    /// A body trickled in small writes (a slow client) is read into a usual
-    /// buffer; the read after one that filled its room takes a body buffer,
-    /// and a read that brings less than a head's worth sends the body back
-    /// to a usual buffer.
+    /// Polls `conn` for more of the body once: whether it waits.
+    async fn waits(conn: &mut Conn<ActivityIo<LazyTcp, ()>>, decoder: &BodyDecoder) -> bool {
+        poll_fn(|cx| Poll::Ready(conn.poll_fill(cx, conn.body_room(decoder)).is_pending())).await
+    }
+
+    /// A body trickled in small writes (a slow client) is read into usual
+    /// buffers; the read after one that filled its room takes a body
+    /// buffer; a wait for more gives it back; and a read that brings less
+    /// than a head's worth sends the body back to usual buffers.
     #[tokio::test]
-    async fn only_a_body_that_fills_its_reads_takes_a_body_buffer() {
+    async fn a_body_buffer_is_taken_only_while_the_client_fills_the_reads() {
         let (mut client, io) = connected().await;
         let mut conn = Conn {
             io,
@@ -1052,19 +1094,23 @@ mod tests {
             head_deadline: LazyDeadline::default(),
         };
         let decoder = BodyDecoder::new(BodyFraming::Length(1 << 20));
-        body_bytes(&mut client, &mut conn, &decoder, 100).await;
+        let (client, conn, decoder) = (&mut client, &mut conn, &decoder);
+        assert!(!body_bytes(client, conn, decoder, 100).await, "a trickle");
         assert!(
-            !conn.body_buf && !conn.reads_fill,
-            "a trickle: a usual buffer"
+            body_bytes(client, conn, decoder, 20_000).await,
+            "a write that fills the read: a body buffer for the next"
         );
-        body_bytes(&mut client, &mut conn, &decoder, 20_000).await;
-        assert!(conn.body_buf, "the reads filled: a body buffer");
-        body_bytes(&mut client, &mut conn, &decoder, 100).await;
-        assert!(!conn.reads_fill, "a read of less than a head's worth");
         let kept = buffers::kept_bodies();
-        body_bytes(&mut client, &mut conn, &decoder, 100).await;
-        assert!(!conn.body_buf, "back to a usual buffer");
-        assert_eq!(buffers::kept_bodies(), kept + 1, "the body buffer kept");
+        assert!(waits(conn, decoder).await && !conn.body_buf, "given back");
+        assert_eq!(buffers::kept_bodies(), kept + 1, "to the pool");
+        body_bytes(client, conn, decoder, 100).await;
+        assert!(!conn.reads_fill, "a read of less than a head's worth");
+        assert!(!body_bytes(client, conn, decoder, 100).await, "a trickle");
+        // Bursts of a head's read each, between waits: never held waiting.
+        for _ in 0..3 {
+            body_bytes(client, conn, decoder, READ_SIZE).await;
+            assert!(waits(conn, decoder).await && !conn.body_buf);
+        }
     }
 
     #[test]
