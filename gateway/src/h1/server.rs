@@ -318,16 +318,13 @@ impl<I: Io> Conn<I> {
         if !self.body_buf || self.buf.len() > READ_SIZE {
             return;
         }
-        if !self.buf.is_empty() {
-            let mut next = buffers::take();
-            next.extend_from_slice(&self.buf);
-            self.buf.clear();
-            let mut last = std::mem::replace(&mut self.buf, next);
-            buffers::give_body(&mut last);
-        } else {
+        if self.buf.is_empty() {
+            // No usual buffer either until bytes come.
             buffers::give_body(&mut self.buf);
+            self.body_buf = false;
+        } else {
+            self.move_to(false);
         }
-        self.body_buf = false;
     }
 
     /// The room for the next read of a request body: as much as the body
@@ -369,16 +366,22 @@ impl<I: Io> Conn<I> {
             self.buf.reserve(room);
             return;
         }
-        let mut next = if large {
+        self.move_to(large);
+    }
+
+    /// Reads on into a fresh buffer from the pool (a body buffer when
+    /// `body`), with what is unread moved there (part of a chunk's size
+    /// line, say), and gives the one in use back to its own pool.
+    fn move_to(&mut self, body: bool) {
+        let mut next = if body {
             buffers::take_body()
         } else {
             buffers::take()
         };
-        // What is not used yet: part of a chunk's size line, say.
         next.extend_from_slice(&self.buf);
         self.buf.clear();
         let mut last = std::mem::replace(&mut self.buf, next);
-        if std::mem::replace(&mut self.body_buf, large) {
+        if std::mem::replace(&mut self.body_buf, body) {
             buffers::give_body(&mut last);
         } else {
             buffers::give(&mut last);
@@ -807,6 +810,18 @@ mod tests {
     /// A client socket and the server's end of it, as the server sees it.
     /// (Accepted as the gateway's listeners accept: out of the event loop
     /// until the server's end first waits.)
+    /// A connection's state over `io`, reading on into `buf`.
+    fn conn_with<I>(io: I, buf: BytesMut, body_buf: bool) -> Conn<I> {
+        Conn {
+            io,
+            buf,
+            body_buf,
+            reads_fill: false,
+            out: Outbox::default(),
+            head_deadline: LazyDeadline::default(),
+        }
+    }
+
     async fn connected() -> (TcpStream, ActivityIo<LazyTcp, ()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
@@ -828,14 +843,8 @@ mod tests {
             max_head: 16 * 1024,
         };
         let closing = AtomicBool::new(false);
-        let mut conn = Conn {
-            io,
-            buf: BytesMut::from(&b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\n"[..]),
-            body_buf: false,
-            reads_fill: false,
-            out: Outbox::default(),
-            head_deadline: LazyDeadline::default(),
-        };
+        let head = &b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\n"[..];
+        let mut conn = conn_with(io, BytesMut::from(head), false);
         let head = conn.next_head(&settings, &closing).await;
         assert!(matches!(head, Some(Ok(_))), "the first head is parsed");
         assert!(
@@ -1026,14 +1035,7 @@ mod tests {
     async fn a_body_buffer_read_to_its_end_goes_back_to_the_body_buffers() {
         use tokio::io::AsyncWriteExt;
         let (mut client, io) = connected().await;
-        let mut conn = Conn {
-            io,
-            buf: buffers::take_body(),
-            body_buf: true,
-            reads_fill: false,
-            out: Outbox::default(),
-            head_deadline: LazyDeadline::default(),
-        };
+        let mut conn = conn_with(io, buffers::take_body(), true);
         let body_at = conn.buf.as_ptr();
         conn.buf.resize(conn.buf.capacity(), b'x');
         let last_piece = conn.buf.split().freeze();
@@ -1085,14 +1087,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_buffer_is_taken_only_while_the_client_fills_the_reads() {
         let (mut client, io) = connected().await;
-        let mut conn = Conn {
-            io,
-            buf: BytesMut::new(),
-            body_buf: false,
-            reads_fill: false,
-            out: Outbox::default(),
-            head_deadline: LazyDeadline::default(),
-        };
+        let mut conn = conn_with(io, BytesMut::new(), false);
         let decoder = BodyDecoder::new(BodyFraming::Length(1 << 20));
         let (client, conn, decoder) = (&mut client, &mut conn, &decoder);
         assert!(!body_bytes(client, conn, decoder, 100).await, "a trickle");
