@@ -51,8 +51,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Largest response head.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most bytes of a response body read at once (what one slow client can
-/// make the gateway hold per upstream connection).
-const MAX_READ: usize = 16 * 1024;
+/// make the gateway hold per upstream connection): a relay buffer's room
+/// less the byte that shows a read drained the socket.
+const MAX_READ: usize = buffers::RELAY_SIZE - 1;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -450,6 +451,7 @@ fn into_response(
         }),
         keep_alive: head.keep_alive && sent,
         held: head.held,
+        relay: false,
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
@@ -632,6 +634,8 @@ pub struct ResponseBody {
     keep_alive: bool,
     /// A relayed head still at the front of `buf`.
     held: Held,
+    /// `buf` is a relay buffer ([`buffers::take_relay`]), not a head's.
+    relay: bool,
 }
 
 impl ResponseBody {
@@ -715,6 +719,15 @@ impl Body for ResponseBody {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
+            if want > buffers::SIZE && this.buf.is_empty() && this.buf.capacity() < want {
+                // As in `poll_fill`: a buffer is put up once bytes wait.
+                if let Err(e) = ready!(io.poll_read_ready(cx)) {
+                    return this.fail(ClientError::Read(e));
+                }
+                give_back(&mut this.buf, this.relay);
+                this.buf = buffers::take_relay();
+                this.relay = true;
+            }
             match ready!(poll_fill(io, cx, &mut this.buf, want)) {
                 Ok(0) if matches!(this.framing, Framing::UntilClose) => {
                     this.io = None;
@@ -742,7 +755,17 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        buffers::give(&mut self.buf);
+        give_back(&mut self.buf, self.relay);
+    }
+}
+
+/// Gives `buf` back to the pool it came from: a relay buffer
+/// ([`buffers::take_relay`]) or a usual one.
+fn give_back(buf: &mut BytesMut, relay: bool) {
+    if relay {
+        buffers::give_relay(buf);
+    } else {
+        buffers::give(buf);
     }
 }
 
@@ -1153,6 +1176,60 @@ mod tests {
             "the socket is still marked readable after its body was read to the end"
         );
         assert!(usable(&io));
+        drop(server.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_its_first_read_goes_through_one_kept_relay_buffer() {
+        // 40 KiB after the head, twice on one connection, each piece
+        // dropped once read (as a client's write does): the head's read
+        // brings the start of a body in a usual buffer, and every later
+        // read goes into one relay buffer, taken again from the pool.
+        const LEN: usize = 40 * 1024;
+        let (l, addr) = upstream().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            for _ in 0..2 {
+                read_until(&mut s, b"\r\n\r\n").await;
+                let mut answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+                answer.resize(answer.len() + LEN, b'x');
+                s.write_all(&answer).await.unwrap();
+            }
+            s
+        });
+        let kept = buffers::kept_relays();
+        let mut io = TcpStream::connect(addr).await.unwrap();
+        let mut relay: Option<std::ops::Range<usize>> = None;
+        for round in 0..2 {
+            let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+            let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
+            let (mut got, mut pieces) = (0, 0);
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                assert!(
+                    data.len() <= buffers::RELAY_SIZE,
+                    "a piece of {} bytes",
+                    data.len()
+                );
+                got += data.len();
+                pieces += 1;
+                if pieces == 1 {
+                    continue; // read with the head
+                }
+                let at = data.as_ptr() as usize;
+                let room = relay.get_or_insert(at..at + buffers::RELAY_SIZE);
+                assert!(
+                    room.contains(&at) && room.contains(&(at + data.len() - 1)),
+                    "round {round}: a piece outside the relay buffer"
+                );
+            }
+            assert_eq!(got, LEN);
+            assert!(pieces >= 4, "at least three relay reads: {pieces} pieces");
+            io = body.reusable().expect("read to its end");
+            drop(body);
+            assert_eq!(buffers::kept_relays(), kept + 1, "round {round}");
+        }
         drop(server.await.unwrap());
     }
 
