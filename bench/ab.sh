@@ -9,6 +9,8 @@
 #                                       # origin answers once it read it all)
 #   BIG=1 bench/ab.sh ...               # GETs of a 16 KiB response (the
 #                                       # harness's 2-16k)
+#   CHUNKED=1 bench/ab.sh ...           # the same 16 KiB as a chunked
+#                                       # body (no length)
 #   FILTERS=1 bench/ab.sh ...           # the harness's policed route
 #                                       # (17-filters: jwt, rate_limit, two
 #                                       # header edits) and its bearer token
@@ -66,6 +68,7 @@ fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 [ -n "${BIG:-}" ] && path=/16k
+[ -n "${CHUNKED:-}" ] && path=/16k-chunked
 if [ -n "${UPLOAD:-}" ]; then
   printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 1048576)\n' >"$work/upload.lua"
   wrk_args+=(-s "$work/upload.lua")

@@ -1,7 +1,10 @@
 # Sourced by bench/profile.sh and bench/ab.sh: an nginx origin that answers
 # every request with "ok" over kept-alive connections, GET /16k with 16 KiB
-# (the file DIR/www/16k, made here), and POST /upload once it has read the
-# whole body (as the harness's origin does).
+# (the file DIR/www/16k, made here), GET /16k-chunked with the same 16 KiB
+# as one chunk of a chunked body (a body filter, adding an empty answer
+# after it, drops the length, as an application's streamed answer has
+# none), and POST /upload once it has read the whole body (as the
+# harness's origin does).
 #
 #   ok_origin_conf DIR PORT > DIR/origin.conf   # then: nginx -c DIR/origin.conf
 ok_origin_conf() {
@@ -26,6 +29,11 @@ http {
     listen 127.0.0.1:$port;
     location / { return 200 "ok\n"; }
     location = /16k { root $dir/www; try_files /16k =404; }
+    location = /16k-chunked {
+      root $dir/www; try_files /16k =404;
+      addition_types *; add_after_body /empty;
+    }
+    location = /empty { return 200 ""; }
     location = /upload {
       client_max_body_size 4m; client_body_buffer_size 2m;
       proxy_pass_request_body off; proxy_set_header Content-Length "";

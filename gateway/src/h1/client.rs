@@ -719,16 +719,7 @@ impl Body for ResponseBody {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            if want > buffers::SIZE && this.buf.is_empty() && this.buf.capacity() < want {
-                // As in `poll_fill`: a buffer is put up once bytes wait.
-                if let Err(e) = ready!(io.poll_read_ready(cx)) {
-                    return this.fail(ClientError::Read(e));
-                }
-                give_back(&mut this.buf, this.relay);
-                this.buf = buffers::take_relay();
-                this.relay = true;
-            }
-            match ready!(poll_fill(io, cx, &mut this.buf, want)) {
+            match ready!(poll_read_body(io, cx, &mut this.buf, &mut this.relay, want)) {
                 Ok(0) if matches!(this.framing, Framing::UntilClose) => {
                     this.io = None;
                     this.framing = Framing::Framed(BodyDecoder::Done);
@@ -757,6 +748,45 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         give_back(&mut self.buf, self.relay);
     }
+}
+
+/// Reads more of a response body into `buf`, with room for at least
+/// `want` bytes: into what is left of the buffer when that is enough,
+/// else into a relay buffer ([`buffers::take_relay`]), with any bytes
+/// not yet used (a chunk's size line cut short) moved there. While no
+/// bytes wait, an empty buffer goes back to its pool: a response that
+/// streams slowly (server-sent events, a long poll) holds none between
+/// its pieces, where it held what was left of its last buffer, pinning
+/// all of it.
+fn poll_read_body(
+    io: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    relay: &mut bool,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    if io.poll_read_ready(cx)?.is_pending() {
+        if buf.is_empty() {
+            give_back(buf, *relay);
+            *relay = false;
+        }
+        return Poll::Pending;
+    }
+    if buf.capacity() - buf.len() < want {
+        // The old buffer goes back first, so that one whose pieces are
+        // gone is taken again.
+        let unused = (!buf.is_empty()).then(|| buf.split().freeze());
+        give_back(buf, *relay);
+        *buf = buffers::take_relay();
+        *relay = true;
+        if let Some(unused) = unused {
+            buf.extend_from_slice(&unused);
+        }
+        // Room past the unused bytes (trailers can be as long as a relay
+        // buffer): a read with none would look like the end.
+        buf.reserve(want);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 /// Gives `buf` back to the pool it came from: a relay buffer
@@ -1230,6 +1260,73 @@ mod tests {
             drop(body);
             assert_eq!(buffers::kept_relays(), kept + 1, "round {round}");
         }
+        drop(server.await.unwrap());
+    }
+
+    /// Polls `body` until it is pending, dropping what it gives: the
+    /// bytes of data it gave.
+    fn drain_ready(body: &mut ResponseBody) -> usize {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut got = 0;
+        loop {
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Ready(Some(frame)) => got += frame.unwrap().into_data().unwrap().len(),
+                Poll::Ready(None) => panic!("the body ended"),
+                Poll::Pending => return got,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_waiting_for_its_next_piece_holds_no_buffer() {
+        // A chunked answer that pauses twice (as server-sent events do):
+        // after a piece that came with the head (a usual buffer), and
+        // after a 10,000-byte one (a relay buffer). Each wait gives the
+        // buffer back to its pool.
+        const BIG: usize = 10_000;
+        let (l, addr) = upstream().await;
+        let (go, mut next) = tokio::sync::mpsc::channel::<()>(1);
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_until(&mut s, b"\r\n\r\n").await;
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+            s.write_all(head.as_bytes()).await.unwrap();
+            next.recv().await.unwrap();
+            let mut big = format!("{BIG:x}\r\n").into_bytes();
+            big.resize(big.len() + BIG, b'x');
+            big.extend_from_slice(b"\r\n");
+            s.write_all(&big).await.unwrap();
+            next.recv().await.unwrap();
+            s.write_all(b"0\r\n\r\n").await.unwrap();
+            s
+        });
+        let io = TcpStream::connect(addr).await.unwrap();
+        let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+        let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
+        let (kept, relays) = (buffers::kept(), buffers::kept_relays());
+        assert_eq!(drain_ready(&mut body), 5);
+        assert_eq!(buffers::kept(), kept + 1, "the head's buffer, given back");
+        go.send(()).await.unwrap();
+        let mut got = 0;
+        while got < BIG {
+            got += body
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap()
+                .len();
+        }
+        assert_eq!(got + drain_ready(&mut body), BIG);
+        assert_eq!(
+            buffers::kept_relays(),
+            relays + 1,
+            "the relay buffer, given back"
+        );
+        go.send(()).await.unwrap();
+        assert!(body.frame().await.is_none(), "the end");
+        assert!(body.reusable().is_some());
         drop(server.await.unwrap());
     }
 
