@@ -1,10 +1,10 @@
 # Sourced by bench/profile.sh and bench/ab.sh: an nginx origin that answers
 # every request with "ok" over kept-alive connections, GET /16k with 16 KiB
 # (the file DIR/www/16k, made here), GET /16k-chunked with the same 16 KiB
-# as one chunk of a chunked body (a body filter, adding an empty answer
-# after it, drops the length, as an application's streamed answer has
-# none), and POST /upload once it has read the whole body (as the
-# harness's origin does).
+# as one chunk of a chunked body (the addition filter, adding an empty
+# answer after it, drops the length, as an application's streamed answer
+# has none; Debian's nginx has the module), and POST /upload once it has
+# read the whole body (as the harness's origin does).
 #
 #   ok_origin_conf DIR PORT > DIR/origin.conf   # then: nginx -c DIR/origin.conf
 ok_origin_conf() {

@@ -81,6 +81,9 @@ def main():
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     first = int(sys.argv[3]) if len(sys.argv) > 3 else 8192
     seconds = float(os.environ.get("STREAM_SECONDS", "6"))
+    if first < 1 or seconds < 1:
+        sys.exit("FIRST must be at least 1 byte (an empty chunk ends the body), "
+                 "STREAM_SECONDS at least 1")
     sb.check_machine(n)
     origin = Origin(first)
     procs, conns = [], []
@@ -108,7 +111,7 @@ def main():
             sb.wait_for("every stream", lambda: len(origin.writers) == n, seconds=60)
             samples = []
             end = time.monotonic() + seconds
-            while time.monotonic() < end:
+            while time.monotonic() < end or not samples:
                 time.sleep(0.3)
                 if end - time.monotonic() < 2:
                     samples.append((sb.rss_kb(gw), sb.heap_in_use(gw, log_path)))

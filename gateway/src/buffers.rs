@@ -261,7 +261,7 @@ fn keep_shared(buf: BytesMut) {
 /// An empty buffer with room for [`BODY_SIZE`] bytes: a kept one whose
 /// pieces are all gone, when there is one.
 pub fn take_body() -> BytesMut {
-    take_sized(&BODIES, BODY_SIZE)
+    take_sized(&BODIES, BODY_SIZE, 2 * BODY_SIZE)
 }
 
 /// Keeps a buffer from [`take_body`] when it is empty, even while pieces
@@ -269,46 +269,57 @@ pub fn take_body() -> BytesMut {
 /// gone); leaves an empty, unallocated buffer in its place either way. One
 /// that grew past twice [`BODY_SIZE`] is freed.
 pub fn give_body(buf: &mut BytesMut) {
-    give_sized(&BODIES, buf, BODY_SIZE, KEPT_BODIES);
+    give_sized(&BODIES, buf, 2 * BODY_SIZE, KEPT_BODIES);
 }
 
 /// An empty buffer with room for [`RELAY_SIZE`] bytes, for one read of a
 /// response body: a kept one whose pieces are all gone, when there is one.
 pub fn take_relay() -> BytesMut {
-    take_sized(&RELAYS, RELAY_SIZE)
+    take_sized(&RELAYS, RELAY_SIZE, RELAY_SIZE)
 }
 
 /// Keeps a buffer from [`take_relay`] as [`give_body`] keeps a body
-/// buffer: while its pieces are on their way to the client too.
+/// buffer: while its pieces are on their way to the client too. One grown
+/// past [`RELAY_SIZE`] (by trailers moved into it) is freed.
 pub fn give_relay(buf: &mut BytesMut) {
     give_sized(&RELAYS, buf, RELAY_SIZE, KEPT_RELAYS);
 }
 
-/// A buffer of `size` from `list` that no piece shares any more, or a new
-/// one.
-fn take_sized(list: &'static LocalKey<RefCell<Vec<BytesMut>>>, size: usize) -> BytesMut {
+/// A buffer of `size` from `list` that no piece shares any more (one
+/// found grown past `largest` is freed), or a new one.
+fn take_sized(
+    list: &'static LocalKey<RefCell<Vec<BytesMut>>>,
+    size: usize,
+    largest: usize,
+) -> BytesMut {
     list.with(|kept| {
         let mut kept = kept.borrow_mut();
         // `try_reclaim` succeeds only once no piece shares the buffer.
-        let free = kept.iter_mut().position(|buf| buf.try_reclaim(size))?;
-        Some(kept.swap_remove(free))
+        while let Some(free) = kept.iter_mut().position(|buf| buf.try_reclaim(size)) {
+            let buf = kept.swap_remove(free);
+            if buf.capacity() <= largest {
+                return Some(buf);
+            }
+        }
+        None
     })
     .unwrap_or_else(|| BytesMut::with_capacity(size))
 }
 
 /// Keeps `buf` in `list` (at most `most`) when it is empty, shared or not;
-/// one that grew past twice `size` is freed.
+/// one whose allocation is past `largest` is freed (one still shared, once
+/// [`take_sized`] finds it so).
 fn give_sized(
     list: &'static LocalKey<RefCell<Vec<BytesMut>>>,
     buf: &mut BytesMut,
-    size: usize,
+    largest: usize,
     most: usize,
 ) {
     if !buf.is_empty() {
         return;
     }
     let mut buf = std::mem::take(buf);
-    if buf.try_reclaim(size) && buf.capacity() > 2 * size {
+    if buf.try_reclaim(1) && buf.capacity() > largest {
         return;
     }
     keep(list, buf, most);

@@ -50,9 +50,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest response head.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// Most bytes of a response body read at once (what one slow client can
-/// make the gateway hold per upstream connection): a relay buffer's room
-/// less the byte that shows a read drained the socket.
+/// Most of a response body's rest that a read makes room for, less the
+/// byte that shows the read drained the socket: a relay buffer's room. (A
+/// read takes all the room there is, so up to that byte more; it bounds
+/// what one slow client can make the gateway hold per piece.)
 const MAX_READ: usize = buffers::RELAY_SIZE - 1;
 
 /// Why an exchange failed.
@@ -751,13 +752,14 @@ impl Drop for ResponseBody {
 }
 
 /// Reads more of a response body into `buf`, with room for at least
-/// `want` bytes: into what is left of the buffer when that is enough,
-/// else into a relay buffer ([`buffers::take_relay`]), with any bytes
-/// not yet used (a chunk's size line cut short) moved there. While no
-/// bytes wait, an empty buffer goes back to its pool: a response that
-/// streams slowly (server-sent events, a long poll) holds none between
-/// its pieces, where it held what was left of its last buffer, pinning
-/// all of it.
+/// `want` bytes: into what is left of the buffer when that is enough (or
+/// into all of a relay buffer again, once no piece read into it is still
+/// on its way), else into a relay buffer ([`buffers::take_relay`]), with
+/// any bytes not yet used (a chunk's size line cut short, trailers) moved
+/// there. While no bytes wait, an empty buffer goes back to its pool: a
+/// response that streams slowly (server-sent events, a long poll) holds
+/// none between its pieces, where it held what was left of its last
+/// buffer, pinning all of it.
 fn poll_read_body(
     io: &mut TcpStream,
     cx: &mut Context<'_>,
@@ -766,13 +768,10 @@ fn poll_read_body(
     want: usize,
 ) -> Poll<io::Result<usize>> {
     if io.poll_read_ready(cx)?.is_pending() {
-        if buf.is_empty() {
-            give_back(buf, *relay);
-            *relay = false;
-        }
+        shed(buf, relay);
         return Poll::Pending;
     }
-    if buf.capacity() - buf.len() < want {
+    if buf.capacity() - buf.len() < want && !(*relay && buf.try_reclaim(want)) {
         // The old buffer goes back first, so that one whose pieces are
         // gone is taken again.
         let unused = (!buf.is_empty()).then(|| buf.split().freeze());
@@ -781,12 +780,27 @@ fn poll_read_body(
         *relay = true;
         if let Some(unused) = unused {
             buf.extend_from_slice(&unused);
+            // A whole read's room past them: trailers can fill most of a
+            // relay buffer. (One grown so is freed when given back.)
+            buf.reserve(want);
         }
-        // Room past the unused bytes (trailers can be as long as a relay
-        // buffer): a read with none would look like the end.
-        buf.reserve(want);
     }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+    let read = tokio_util::io::poll_read_buf(Pin::new(io), cx, buf);
+    if read.is_pending() {
+        // Readiness was stale (a read that filled its room leaves the
+        // socket marked readable): the body waits all the same.
+        shed(buf, relay);
+    }
+    read
+}
+
+/// While a body waits for more: its buffer, if empty, goes back to its
+/// pool.
+fn shed(buf: &mut BytesMut, relay: &mut bool) {
+    if buf.is_empty() {
+        give_back(buf, *relay);
+        *relay = false;
+    }
 }
 
 /// Gives `buf` back to the pool it came from: a relay buffer
@@ -1306,6 +1320,7 @@ mod tests {
         let (kept, relays) = (buffers::kept(), buffers::kept_relays());
         assert_eq!(drain_ready(&mut body), 5);
         assert_eq!(buffers::kept(), kept + 1, "the head's buffer, given back");
+        assert_eq!(body.buf.capacity(), 0, "and none held");
         go.send(()).await.unwrap();
         let mut got = 0;
         while got < BIG {
@@ -1324,8 +1339,73 @@ mod tests {
             relays + 1,
             "the relay buffer, given back"
         );
+        assert!(body.buf.capacity() == 0 && !body.relay, "and none held");
         go.send(()).await.unwrap();
         assert!(body.frame().await.is_none(), "the end");
+        assert!(body.reusable().is_some());
+        drop(server.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_size_line_cut_by_a_wait_and_long_trailers_come_through_whole() {
+        // A 16 KiB chunk, then the next chunk's size line cut in two by a
+        // wait, then 8 KiB and 60 trailer fields (12.7 KiB), every piece
+        // kept (as a slow client's writes keep them): bytes not yet used
+        // move to a new buffer, and a read past them still has room.
+        let fields: Vec<(String, String)> = (0..60)
+            .map(|i| {
+                (
+                    format!("x-t{i}"),
+                    format!("{i}").repeat(200)[..200].to_string(),
+                )
+            })
+            .collect();
+        let trailers: String = fields
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
+        let (l, addr) = upstream().await;
+        let (go, mut next) = tokio::sync::mpsc::channel::<()>(1);
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            read_until(&mut s, b"\r\n\r\n").await;
+            let mut first =
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4000\r\n".to_vec();
+            first.resize(first.len() + 0x4000, b'a');
+            first.extend_from_slice(b"\r\n20");
+            s.write_all(&first).await.unwrap();
+            next.recv().await.unwrap();
+            let mut rest = b"00\r\n".to_vec();
+            rest.resize(rest.len() + 0x2000, b'b');
+            rest.extend_from_slice(format!("\r\n0\r\n{trailers}\r\n").as_bytes());
+            s.write_all(&rest).await.unwrap();
+            s
+        });
+        let io = TcpStream::connect(addr).await.unwrap();
+        let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+        let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
+        let mut pieces = Vec::new();
+        while pieces.iter().map(Bytes::len).sum::<usize>() < 0x4000 {
+            pieces.push(body.frame().await.unwrap().unwrap().into_data().unwrap());
+        }
+        assert_eq!(drain_ready(&mut body), 0, "waits on the size line");
+        go.send(()).await.unwrap();
+        let mut got_trailers = None;
+        while let Some(frame) = body.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(piece) => pieces.push(piece),
+                Err(frame) => got_trailers = Some(frame.into_trailers().unwrap()),
+            }
+        }
+        let data = pieces.concat();
+        assert_eq!(data.len(), 0x6000);
+        assert!(data[..0x4000].iter().all(|&b| b == b'a'));
+        assert!(data[0x4000..].iter().all(|&b| b == b'b'));
+        let got = got_trailers.expect("trailers");
+        assert_eq!(got.len(), fields.len());
+        for (n, v) in &fields {
+            assert_eq!(got.get(n.as_str()).unwrap(), v.as_str(), "{n}");
+        }
         assert!(body.reusable().is_some());
         drop(server.await.unwrap());
     }
