@@ -203,6 +203,14 @@ http {{
     location / {{ return 200 "ok\\n"; }}
     location = /origin_status {{ stub_status; }}
     location = /16k {{ root {WORK}/www; try_files /16k =404; }}
+    # The same 16 KiB without a length, as one chunk: the addition filter
+    # (an empty answer added after it) drops the length, as an
+    # application's streamed answer has none.
+    location = /16k-chunked {{
+      root {WORK}/www; try_files /16k =404;
+      addition_types *; add_after_body /empty;
+    }}
+    location = /empty {{ return 200 ""; }}
     location = /upload {{
       client_max_body_size 4m; client_body_buffer_size 2m;
       proxy_pass_request_body off; proxy_set_header Content-Length "";
@@ -819,6 +827,8 @@ def scenarios(args):
                           lambda port: lambda: h2load(f"http://127.0.0.1:{port['h1']}/", 40, 1, d, h1=True, rps=args.rate // 40)),
         "2-16k": ("16 KiB response, keep-alive, 64 conns",
                   lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/16k", 64, d)),
+        "2b-16k-chunked": ("16 KiB chunked response (no length), keep-alive, 64 conns",
+                           lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/16k-chunked", 64, d)),
         "3-upload-1m": ("1 MiB request body upstream, 8 conns",
                         lambda port: lambda: wrk(f"http://127.0.0.1:{port['h1']}/upload", 8, d, script=upload)),
         "4-new-conn": ("new TCP connection per request, 32 conns",
