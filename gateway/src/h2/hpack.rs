@@ -182,8 +182,12 @@ impl Decoder {
         let size = name_len + raw.len() + ENTRY_OVERHEAD;
         if indexing == Indexing::Incremental {
             // Owned, not a slice of the block: an entry can outlive the
-            // frame by hours, and would keep all of it.
-            let owned = Bytes::copy_from_slice(&raw);
+            // frame by hours, and would keep all of it. A known value is
+            // static already ([`string`]).
+            let owned = match table::known_value(&raw) {
+                Some(known) => Bytes::from_static(known),
+                None => Bytes::copy_from_slice(&raw),
+            };
             let field = field(name, owned, false);
             self.table.insert(Entry {
                 field: field.clone(),
@@ -200,6 +204,9 @@ impl Decoder {
 fn parse_name(raw: &[u8]) -> Name {
     if raw.first() == Some(&b':') {
         return Pseudo::parse(raw).map_or(Name::Malformed, Name::Pseudo);
+    }
+    if let Some(known) = table::known_name(raw) {
+        return Name::Header(known.clone());
     }
     HeaderName::from_lowercase(raw).map_or(Name::Malformed, Name::Header)
 }
@@ -250,17 +257,22 @@ fn integer(block: &[u8], at: &mut usize, prefix: u8) -> Result<usize, DecodeErro
 }
 
 /// A string literal (section 5.2): a slice of `block`, or its Huffman
-/// decoding.
+/// decoding; one of gRPC's fixed values comes out static
+/// (`table::known_value`): no reference to the block to count, and no
+/// copy of a decoded string.
 fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
     let huffman = *block.get(*at).ok_or(DecodeError::Truncated)? & 0x80 != 0;
     let len = integer(block, at, 7)?;
     let end = at.checked_add(len).filter(|&end| end <= block.len());
     let end = end.ok_or(DecodeError::Truncated)?;
-    let raw = block.slice(*at..end);
-    *at = end;
+    let start = std::mem::replace(at, end);
     if !huffman {
-        return Ok(raw);
+        return Ok(match table::known_value(&block[start..end]) {
+            Some(known) => Bytes::from_static(known),
+            None => block.slice(start..end),
+        });
     }
+    let raw = &block[start..end];
     // Decoded into a per-thread scratch vector, then copied out shared
     // (`buffers::shared_copy`): a vector of its own was an allocation per
     // string, and another at its first clone.
@@ -269,8 +281,11 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
     }
     DECODED.with_borrow_mut(|out| {
         out.clear();
-        let decoded = huffman::decode(&raw, out).map_err(|_| DecodeError::Huffman);
-        let copy = decoded.map(|()| crate::buffers::shared_copy(out));
+        let decoded = huffman::decode(raw, out).map_err(|_| DecodeError::Huffman);
+        let copy = decoded.map(|()| match table::known_value(out) {
+            Some(known) => Bytes::from_static(known),
+            None => crate::buffers::shared_copy(out),
+        });
         if out.capacity() > SCRATCH_KEPT {
             *out = Vec::new();
         }

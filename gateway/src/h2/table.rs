@@ -1,7 +1,9 @@
 //! HPACK's two tables (RFC 7541, section 2.3): the static one and a
 //! decoder's dynamic one, both holding fields already checked, so a field
 //! the peer refers to by index costs two reference-count increments, not a
-//! parse.
+//! parse; none for the static table's fields, and none for gRPC's fixed
+//! names and values ([`known_name`], [`known_value`]), which the decoder
+//! keeps static wherever they come from.
 
 use std::collections::VecDeque;
 
@@ -246,6 +248,81 @@ pub fn static_name_index(name: &HeaderName) -> Option<usize> {
     })
 }
 
+/// The custom names gRPC (and a proxy in front) put on every call, as
+/// static names: a field decoded with one of them holds no reference
+/// count, where a name made from the block's octets holds one that every
+/// clone out of the dynamic table increments and every drop decrements
+/// (two atomic operations per field and call).
+pub(crate) fn known_name(raw: &[u8]) -> Option<&'static HeaderName> {
+    static NAMES: [HeaderName; 11] = [
+        HeaderName::from_static("grpc-status"),
+        HeaderName::from_static("grpc-message"),
+        HeaderName::from_static("grpc-timeout"),
+        HeaderName::from_static("grpc-encoding"),
+        HeaderName::from_static("grpc-accept-encoding"),
+        HeaderName::from_static("grpc-status-details-bin"),
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderName::from_static("x-forwarded-host"),
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("traceparent"),
+    ];
+    let at = match raw {
+        b"grpc-status" => 0,
+        b"grpc-message" => 1,
+        b"grpc-timeout" => 2,
+        b"grpc-encoding" => 3,
+        b"grpc-accept-encoding" => 4,
+        b"grpc-status-details-bin" => 5,
+        b"x-forwarded-for" => 6,
+        b"x-forwarded-proto" => 7,
+        b"x-forwarded-host" => 8,
+        b"x-request-id" => 9,
+        b"traceparent" => 10,
+        _ => return None,
+    };
+    Some(&NAMES[at])
+}
+
+/// The values gRPC puts on every call (its content types, `te:
+/// trailers`, the OK status, the compression names), as static octets,
+/// for the reason [`known_name`] gives. A `match`: the compiler switches
+/// on the length, then compares.
+pub(crate) fn known_value(raw: &[u8]) -> Option<&'static [u8]> {
+    const KNOWN: [&str; 13] = [
+        "application/grpc",
+        "application/grpc+proto",
+        "application/grpc+json",
+        "trailers",
+        "0",
+        "identity",
+        "gzip",
+        "deflate",
+        "identity,deflate,gzip",
+        "identity, deflate, gzip",
+        "deflate,gzip",
+        "http",
+        "https",
+    ];
+    let at = match raw {
+        b"application/grpc" => 0,
+        b"application/grpc+proto" => 1,
+        b"application/grpc+json" => 2,
+        b"trailers" => 3,
+        b"0" => 4,
+        b"identity" => 5,
+        b"gzip" => 6,
+        b"deflate" => 7,
+        b"identity,deflate,gzip" => 8,
+        b"identity, deflate, gzip" => 9,
+        b"deflate,gzip" => 10,
+        b"http" => 11,
+        b"https" => 12,
+        _ => return None,
+    };
+    Some(KNOWN[at].as_bytes())
+}
+
 /// A decoder's dynamic table: newest entry first.
 #[derive(Debug)]
 pub(crate) struct Dynamic {
@@ -325,6 +402,38 @@ mod tests {
             let name = HeaderName::from_static(name);
             assert_eq!(static_name_index(&name), Some(at + 1), "{name}");
         }
+    }
+
+    #[test]
+    fn known_names_and_values_are_the_octets_they_stand_for() {
+        for name in [
+            "grpc-status",
+            "grpc-message",
+            "grpc-timeout",
+            "grpc-encoding",
+            "grpc-accept-encoding",
+            "grpc-status-details-bin",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-request-id",
+            "traceparent",
+        ] {
+            assert_eq!(known_name(name.as_bytes()).map(|n| n.as_str()), Some(name));
+        }
+        assert_eq!(known_name(b"grpc-statu"), None);
+        assert_eq!(known_name(b"content-type"), None);
+        for value in [
+            "application/grpc",
+            "trailers",
+            "0",
+            "identity, deflate, gzip",
+            "https",
+        ] {
+            assert_eq!(known_value(value.as_bytes()), Some(value.as_bytes()));
+        }
+        assert_eq!(known_value(b"application/grpc+protobuf"), None);
+        assert_eq!(known_value(b"Trailers"), None);
     }
 
     #[test]

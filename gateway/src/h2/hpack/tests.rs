@@ -304,3 +304,55 @@ fn request_heads_round_trip_through_the_decoder() {
         assert_eq!(out, want);
     }
 }
+
+/// gRPC's fixed names and values come out of the decoder static, Huffman
+/// coded or not, and so do the table entries made of them: no field of
+/// theirs holds a reference count on the block, or on a copy, that each
+/// later call would increment and decrement.
+#[test]
+fn grpcs_fixed_fields_decode_to_static_octets() {
+    // content-type: application/grpc, grpc-status: 0, te: trailers, each
+    // with incremental indexing; Huffman coded, then sent as they are.
+    let huffman = "5f8b1d75d0620d263d4c4d656440889acac8b21234da8f81074082497f864d833505b11f";
+    let plain = "5f106170706c69636174696f6e2f67727063400b677270632d73746174757301304002746508747261696c657273";
+    // The three again, by their dynamic indexes (64, 63, 62: newest first).
+    let indexed = "c0bfbe";
+    let is_static = |field: &Field| match field {
+        Field::Header(name, value) => {
+            let known = table::known_value(value.as_bytes()).expect("a known value");
+            let name_static = match table::known_name(name.as_str().as_bytes()) {
+                Some(known) => std::ptr::eq(known.as_str().as_ptr(), name.as_str().as_ptr()),
+                None => true, // content-type and te: the http crate's own
+            };
+            std::ptr::eq(known.as_ptr(), value.as_bytes().as_ptr()) && name_static
+        }
+        other => panic!("{other:?}"),
+    };
+    for block in [huffman, plain] {
+        let mut decoder = Decoder::new(4096);
+        for block in [block, indexed] {
+            let mut fields = Vec::new();
+            decoder.decode(&hex(block), |f, _| fields.push(f)).unwrap();
+            let names: Vec<String> = fields.iter().map(text).collect();
+            assert_eq!(
+                names,
+                [
+                    "content-type: application/grpc",
+                    "grpc-status: 0",
+                    "te: trailers"
+                ]
+            );
+            assert!(fields.iter().all(is_static), "{block}");
+        }
+    }
+    // A value that is not one of them is the block's (or a copy).
+    let mut decoder = Decoder::new(4096);
+    let block = hex("5f0a746578742f706c61696e");
+    let mut fields = Vec::new();
+    decoder.decode(&block, |f, _| fields.push(f)).unwrap();
+    assert_eq!(
+        fields.iter().map(text).collect::<Vec<_>>(),
+        ["content-type: text/plain"]
+    );
+    assert!(table::known_value(b"text/plain").is_none());
+}
