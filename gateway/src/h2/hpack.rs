@@ -273,13 +273,16 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
         });
     }
     let raw = &block[start..end];
+    if let Some(again) = LAST_DECODED.with_borrow(|last| last.get(raw)) {
+        return Ok(again);
+    }
     // Decoded into a per-thread scratch vector, then copied out shared
     // (`buffers::shared_copy`): a vector of its own was an allocation per
     // string, and another at its first clone.
     thread_local! {
         static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    DECODED.with_borrow_mut(|out| {
+    let decoded = DECODED.with_borrow_mut(|out| {
         out.clear();
         let decoded = huffman::decode(raw, out).map_err(|_| DecodeError::Huffman);
         let copy = decoded.map(|()| match table::known_value(out) {
@@ -290,12 +293,49 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
             *out = Vec::new();
         }
         copy
-    })
+    })?;
+    LAST_DECODED.with_borrow_mut(|last| last.set(raw, &decoded));
+    Ok(decoded)
 }
 
 /// Room the Huffman scratch vector keeps between strings; one grown past
 /// it by a long value is freed.
 const SCRATCH_KEPT: usize = 4096;
+
+/// The last short Huffman-coded string this thread decoded: its octets as
+/// sent, and what they decode to. nghttp2's encoder (h2load, curl, and the
+/// proxies built on it) never adds `:path` to its table, so a client that
+/// calls one method sends the same coded path with every request; the
+/// Huffman pass was about 1,100 instructions of a unary gRPC call.
+/// Decoding is a function of the octets, so an equal string decodes to
+/// the same (shared) value.
+#[derive(Default)]
+struct LastDecoded {
+    coded: Vec<u8>,
+    decoded: Option<Bytes>,
+}
+
+/// The longest string [`LastDecoded`] keeps (a path, a method's name).
+const LAST_DECODED_MAX: usize = 128;
+
+thread_local! {
+    static LAST_DECODED: RefCell<LastDecoded> = RefCell::new(LastDecoded::default());
+}
+
+impl LastDecoded {
+    fn get(&self, coded: &[u8]) -> Option<Bytes> {
+        let decoded = self.decoded.as_ref()?;
+        (self.coded == coded).then(|| decoded.clone())
+    }
+
+    fn set(&mut self, coded: &[u8], decoded: &Bytes) {
+        if coded.len() <= LAST_DECODED_MAX {
+            self.coded.clear();
+            self.coded.extend_from_slice(coded);
+            self.decoded = Some(decoded.clone());
+        }
+    }
+}
 
 /// Encodes one connection's header blocks; no dynamic table (see the
 /// module's comment).

@@ -356,3 +356,33 @@ fn grpcs_fixed_fields_decode_to_static_octets() {
     );
     assert!(table::known_value(b"text/plain").is_none());
 }
+
+/// The same Huffman-coded string twice (nghttp2 sends `:path` so, never
+/// indexed): the second is the first's value again, not decoded anew; a
+/// different string is decoded.
+#[test]
+fn a_repeated_huffman_string_is_decoded_once() {
+    // :path (index 4) without indexing, "/bench.Echo/Unary" Huffman coded.
+    let coded = "048d 6232d449d7c049cec70a8767af";
+    let path = |decoder: &mut Decoder, block: &str| {
+        let mut fields = Vec::new();
+        decoder.decode(&hex(block), |f, _| fields.push(f)).unwrap();
+        match fields.pop() {
+            Some(Field::Pseudo(Pseudo::Path, value)) => value,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut decoder = Decoder::new(4096);
+    let first = path(&mut decoder, coded);
+    assert_eq!(first.as_bytes(), b"/bench.Echo/Unary");
+    let again = path(&mut Decoder::new(4096), coded);
+    assert_eq!(again, first);
+    assert!(std::ptr::eq(
+        again.as_bytes().as_ptr(),
+        first.as_bytes().as_ptr()
+    ));
+    // "/index.htmlx" coded: another string, decoded.
+    let other = path(&mut decoder, "0489 60d5485f2bce9a68f3");
+    assert_eq!(other.as_bytes(), b"/index.htmlx".as_slice());
+    assert_eq!(path(&mut decoder, coded), first);
+}
