@@ -45,7 +45,8 @@
 //! callgrind. They are cut from a per-thread chunk instead, shared from
 //! the start: an allocation per `COPIES_CHUNK` bytes of copies, and a
 //! clone costs a reference count. A chunk is freed once every copy cut
-//! from it is gone.
+//! from it is gone (an HTTP/2 connection's last Huffman-decoded string,
+//! kept while it is busy, holds one).
 //!
 //! Body buffers ([`take_body`], [`give_body`]): a request body is read up
 //! to [`BODY_SIZE`] at a time, and each piece read goes upstream as a slice

@@ -186,6 +186,7 @@ impl Feed {
     /// at once).
     pub fn data(&self, data: Bytes, end: bool) -> Option<usize> {
         let mut state = lock(&self.state);
+        debug_assert!(!state.ended, "DATA after its body's end");
         state.ended |= end;
         if state.dropped {
             return Some(data.len());
@@ -329,7 +330,11 @@ impl Body for H2Body {
 impl Drop for H2Body {
     fn drop(&mut self) {
         if self.drained {
-            // Nothing held, nothing to reset, and no more DATA to release.
+            // Nothing held and nothing to reset. And no more DATA can come
+            // to release: the connections drop a body's `Feed` at its
+            // END_STREAM and at its trailers (`deliver`, and the server's
+            // and client's trailers), which `Feed::data` asserts in debug
+            // builds.
             return;
         }
         let mut state = lock(&self.state);
@@ -372,6 +377,19 @@ mod tests {
         Pin::new(body).poll_frame(&mut Context::from_waker(noop_waker_ref()))
     }
 
+    /// Runs `f` on another thread while this one holds `state`'s lock:
+    /// its answer comes only if it did not take the lock.
+    fn without_the_lock<T: Send + 'static>(
+        state: &Arc<Mutex<State>>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let _held = lock(state);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("an answer without the body's lock")
+    }
+
     #[test]
     fn a_body_read_to_its_end_answers_after_without_its_lock() {
         let released = Arc::new(Released::default());
@@ -380,13 +398,18 @@ mod tests {
         feed.data(Bytes::from_static(b"de"), true);
         assert!(!body.is_end_stream());
         assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
-        assert!(!body.drained, "a part is left");
-        assert!(!body.is_end_stream());
+        assert!(!body.is_end_stream(), "a part is left");
         assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(_)))));
-        assert!(body.drained, "the last part, and the end, were seen");
-        assert!(body.is_end_stream());
-        assert!(matches!(poll(&mut body), Poll::Ready(None)));
-        drop(body);
+        // The last part, and the end, were seen: the body answers, polls
+        // and drops without the lock (the test holds it meanwhile).
+        let state = body.state.clone();
+        let (ended, next) = without_the_lock(&state, move || {
+            let answers = (body.is_end_stream(), poll(&mut body).map(|f| f.is_none()));
+            drop(body);
+            answers
+        });
+        assert!(ended);
+        assert_eq!(next, Poll::Ready(true));
         let got = reports(&released);
         assert_eq!(got.taken, vec![(3, 3), (3, 2)]);
         assert!(got.cancelled.is_empty(), "an ended body is not reset");
@@ -396,14 +419,11 @@ mod tests {
         feed.data(Bytes::from_static(b"abcde"), false);
         feed.trailers(HeaderMap::new());
         assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(f))) if f.is_data()));
-        assert!(
-            !body.drained && !body.is_end_stream(),
-            "the trailers are left"
-        );
+        assert!(!body.is_end_stream(), "the trailers are left");
         assert!(matches!(poll(&mut body), Poll::Ready(Some(Ok(f))) if f.is_trailers()));
-        assert!(body.drained && body.is_end_stream());
-        assert!(matches!(poll(&mut body), Poll::Ready(None)));
-        drop(body);
+        let state = body.state.clone();
+        let ended = without_the_lock(&state, move || body.is_end_stream());
+        assert!(ended);
         assert!(reports(&released).cancelled.is_empty());
     }
 

@@ -394,12 +394,13 @@ impl ClientConn {
 
     /// Lets go of what the connection keeps for work while it has none (no
     /// stream open; the next request makes it again): the room for events,
-    /// and a write buffer grown past [`super::io::IDLE_OUT_KEPT`] by a
-    /// burst of request bodies.
+    /// the decoder's last Huffman-decoded string, and a write buffer grown
+    /// past [`super::io::IDLE_OUT_KEPT`] by a burst of request bodies.
     pub fn shed_idle_room(&mut self) {
         if self.events.is_empty() {
             self.events = Vec::new();
         }
+        self.decoder.forget_last();
         super::io::shed_written(&mut self.out);
     }
 

@@ -351,12 +351,14 @@ impl Conn {
 
     /// Lets go of what the connection keeps for work when none waits (an
     /// idle connection's; the next frame makes it again): the room for
-    /// events, 248 bytes an event, and a write buffer grown past
-    /// [`super::io::IDLE_OUT_KEPT`] by a burst of responses.
+    /// events, 248 bytes an event, the decoder's last Huffman-decoded
+    /// string, and a write buffer grown past [`super::io::IDLE_OUT_KEPT`]
+    /// by a burst of responses.
     pub fn shed_idle_room(&mut self) {
         if self.events.is_empty() {
             self.events = Vec::new();
         }
+        self.decoder.forget_last();
         super::io::shed_written(&mut self.out);
     }
 

@@ -68,6 +68,8 @@ pub struct Decoder {
     /// The most this side allows the table (its
     /// `SETTINGS_HEADER_TABLE_SIZE`).
     limit: usize,
+    /// The last short Huffman-coded string decoded, with its value.
+    last: LastDecoded,
 }
 
 /// How a literal field is to be kept.
@@ -89,12 +91,14 @@ impl Decoder {
         Decoder {
             table: Dynamic::new(limit),
             limit,
+            last: LastDecoded::default(),
         }
     }
 
     /// Decodes `block`, handing each field to `each` with its size as
     /// `SETTINGS_MAX_HEADER_LIST_SIZE` counts it (name and value octets as
-    /// sent, plus 32). Strings sent as they are stay slices of `block`.
+    /// sent, plus 32). Strings sent as they are stay slices of `block`,
+    /// but for gRPC's fixed values, which come out static ([`string`]).
     pub fn decode(
         &mut self,
         block: &Bytes,
@@ -121,6 +125,11 @@ impl Decoder {
             each(field, size);
         }
         Ok(())
+    }
+
+    /// Lets go of the last decoded string (an idle connection's room).
+    pub fn forget_last(&mut self) {
+        self.last = LastDecoded::default();
     }
 
     /// The table's size as HPACK counts it (for tests and checks).
@@ -170,7 +179,7 @@ impl Decoder {
     ) -> Result<(Field, usize), DecodeError> {
         let (name, name_len) = match integer(block, at, prefix)? {
             0 => {
-                let raw = string(block, at)?;
+                let raw = string(block, at, Some(&mut self.last))?;
                 (parse_name(&raw), raw.len())
             }
             index => {
@@ -178,7 +187,10 @@ impl Decoder {
                 (field.name(), name_len)
             }
         };
-        let raw = string(block, at)?;
+        // A never-indexed value (a credential, say) is not remembered
+        // past its block, nor compared with what is ([`LastDecoded`]).
+        let last = (indexing != Indexing::Never).then_some(&mut self.last);
+        let raw = string(block, at, last)?;
         let size = name_len + raw.len() + ENTRY_OVERHEAD;
         if indexing == Indexing::Incremental {
             // Owned, not a slice of the block: an entry can outlive the
@@ -259,8 +271,14 @@ fn integer(block: &[u8], at: &mut usize, prefix: u8) -> Result<usize, DecodeErro
 /// A string literal (section 5.2): a slice of `block`, or its Huffman
 /// decoding; one of gRPC's fixed values comes out static
 /// (`table::known_value`): no reference to the block to count, and no
-/// copy of a decoded string.
-fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
+/// copy of a decoded string. A short Huffman-coded string the same as
+/// `last` is its value again, and one decoded becomes `last`
+/// ([`LastDecoded`]).
+fn string(
+    block: &Bytes,
+    at: &mut usize,
+    mut last: Option<&mut LastDecoded>,
+) -> Result<Bytes, DecodeError> {
     let huffman = *block.get(*at).ok_or(DecodeError::Truncated)? & 0x80 != 0;
     let len = integer(block, at, 7)?;
     let end = at.checked_add(len).filter(|&end| end <= block.len());
@@ -273,7 +291,7 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
         });
     }
     let raw = &block[start..end];
-    if let Some(again) = LAST_DECODED.with_borrow(|last| last.get(raw)) {
+    if let Some(again) = last.as_deref().and_then(|last| last.get(raw)) {
         return Ok(again);
     }
     // Decoded into a per-thread scratch vector, then copied out shared
@@ -294,7 +312,9 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
         }
         copy
     })?;
-    LAST_DECODED.with_borrow_mut(|last| last.set(raw, &decoded));
+    if let Some(last) = last.as_mut() {
+        last.set(raw, &decoded);
+    }
     Ok(decoded)
 }
 
@@ -302,14 +322,20 @@ fn string(block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
 /// it by a long value is freed.
 const SCRATCH_KEPT: usize = 4096;
 
-/// The last short Huffman-coded string this thread decoded: its octets as
-/// sent, and what they decode to. nghttp2's encoder (h2load, curl, and the
-/// proxies built on it) never adds `:path` to its table, so a client that
-/// calls one method sends the same coded path with every request; the
-/// Huffman pass was about 1,100 instructions of a unary gRPC call.
-/// Decoding is a function of the octets, so an equal string decodes to
-/// the same (shared) value.
-#[derive(Default)]
+/// The last short Huffman-coded string a connection's decoder decoded:
+/// its octets as sent, and what they decode to. nghttp2's encoder (h2load,
+/// curl, and the proxies built on it) sends `:path` as a literal without
+/// indexing, so a client that calls one method sends the same coded path
+/// with every request; the Huffman pass was about 1,100 instructions of a
+/// unary gRPC call. Decoding is a function of the octets, so an equal
+/// string decodes to the same (shared) value.
+///
+/// Per connection, as the dynamic table is: nothing one client sent is
+/// compared with what another sends. Never-indexed values are neither
+/// kept nor compared. An idle connection lets it go
+/// ([`Decoder::forget_last`]): the value holds its `buffers::shared_copy`
+/// chunk.
+#[derive(Debug, Default)]
 struct LastDecoded {
     coded: Vec<u8>,
     decoded: Option<Bytes>,
@@ -317,10 +343,6 @@ struct LastDecoded {
 
 /// The longest string [`LastDecoded`] keeps (a path, a method's name).
 const LAST_DECODED_MAX: usize = 128;
-
-thread_local! {
-    static LAST_DECODED: RefCell<LastDecoded> = RefCell::new(LastDecoded::default());
-}
 
 impl LastDecoded {
     fn get(&self, coded: &[u8]) -> Option<Bytes> {

@@ -289,7 +289,7 @@ pub(crate) fn known_name(raw: &[u8]) -> Option<&'static HeaderName> {
 /// for the reason [`known_name`] gives. A `match`: the compiler switches
 /// on the length, then compares.
 pub(crate) fn known_value(raw: &[u8]) -> Option<&'static [u8]> {
-    const KNOWN: [&str; 13] = [
+    static KNOWN: [&str; 13] = [
         "application/grpc",
         "application/grpc+proto",
         "application/grpc+json",

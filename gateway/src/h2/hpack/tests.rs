@@ -345,7 +345,8 @@ fn grpcs_fixed_fields_decode_to_static_octets() {
             assert!(fields.iter().all(is_static), "{block}");
         }
     }
-    // A value that is not one of them is the block's (or a copy).
+    // Another value: its table entry is a copy, not a slice of the block
+    // (which it would keep), and not static.
     let mut decoder = Decoder::new(4096);
     let block = hex("5f0a746578742f706c61696e");
     let mut fields = Vec::new();
@@ -354,16 +355,29 @@ fn grpcs_fixed_fields_decode_to_static_octets() {
         fields.iter().map(text).collect::<Vec<_>>(),
         ["content-type: text/plain"]
     );
-    assert!(table::known_value(b"text/plain").is_none());
+    let Some(Field::Header(_, entry)) = decoder.table.get(0).map(|e| &e.field) else {
+        panic!("no entry");
+    };
+    let at = entry.as_bytes().as_ptr() as usize;
+    let within = block.as_ptr() as usize..block.as_ptr() as usize + block.len();
+    assert!(!within.contains(&at), "the entry is a slice of the block");
+    assert_eq!(entry.as_bytes(), b"text/plain");
 }
 
-/// The same Huffman-coded string twice (nghttp2 sends `:path` so, never
-/// indexed): the second is the first's value again, not decoded anew; a
-/// different string is decoded.
+/// The same Huffman-coded string twice on a connection (nghttp2 sends
+/// `:path` so, a literal without indexing): the second is the first's
+/// value again, not decoded anew; a different string is decoded; a
+/// never-indexed one is neither compared nor kept; another connection, or
+/// this one once idle, decodes its own.
 #[test]
 fn a_repeated_huffman_string_is_decoded_once() {
-    // :path (index 4) without indexing, "/bench.Echo/Unary" Huffman coded.
-    let coded = "048d 6232d449d7c049cec70a8767af";
+    // :path (index 4) without indexing, "/bench.Echo/Unary" Huffman coded;
+    // never indexed (0x14); and "/index.htmlx" without indexing.
+    let (coded, never, other) = (
+        "048d 6232d449d7c049cec70a8767af",
+        "148d 6232d449d7c049cec70a8767af",
+        "0489 60d5485f2bce9a68f3",
+    );
     let path = |decoder: &mut Decoder, block: &str| {
         let mut fields = Vec::new();
         decoder.decode(&hex(block), |f, _| fields.push(f)).unwrap();
@@ -372,17 +386,23 @@ fn a_repeated_huffman_string_is_decoded_once() {
             other => panic!("{other:?}"),
         }
     };
+    let same = |a: &HeaderValue, b: &HeaderValue| std::ptr::eq(a.as_bytes(), b.as_bytes());
     let mut decoder = Decoder::new(4096);
     let first = path(&mut decoder, coded);
     assert_eq!(first.as_bytes(), b"/bench.Echo/Unary");
-    let again = path(&mut Decoder::new(4096), coded);
-    assert_eq!(again, first);
-    assert!(std::ptr::eq(
-        again.as_bytes().as_ptr(),
-        first.as_bytes().as_ptr()
-    ));
-    // "/index.htmlx" coded: another string, decoded.
-    let other = path(&mut decoder, "0489 60d5485f2bce9a68f3");
-    assert_eq!(other.as_bytes(), b"/index.htmlx".as_slice());
-    assert_eq!(path(&mut decoder, coded), first);
+    assert!(same(&path(&mut decoder, coded), &first), "decoded again");
+    // Never indexed: decoded, not the kept value, and not kept.
+    let secret = path(&mut decoder, never);
+    assert_eq!(secret, first);
+    assert!(!same(&secret, &first));
+    assert!(same(&path(&mut decoder, coded), &first));
+    let mut elsewhere = Decoder::new(4096);
+    let theirs = path(&mut elsewhere, coded);
+    assert_eq!(theirs, first);
+    assert!(!same(&theirs, &first), "shared between connections");
+    let next = path(&mut decoder, other);
+    assert_eq!(next.as_bytes(), b"/index.htmlx".as_slice());
+    assert!(same(&path(&mut decoder, other), &next));
+    decoder.forget_last();
+    assert!(!same(&path(&mut decoder, other), &next), "kept while idle");
 }
