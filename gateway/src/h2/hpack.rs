@@ -196,10 +196,7 @@ impl Decoder {
             // Owned, not a slice of the block: an entry can outlive the
             // frame by hours, and would keep all of it. A known value is
             // static already ([`string`]).
-            let owned = match table::known_value(&raw) {
-                Some(known) => Bytes::from_static(known),
-                None => Bytes::copy_from_slice(&raw),
-            };
+            let owned = known_or(&raw, || Bytes::copy_from_slice(&raw));
             let field = field(name, owned, false);
             self.table.insert(Entry {
                 field: field.clone(),
@@ -285,10 +282,7 @@ fn string(
     let end = end.ok_or(DecodeError::Truncated)?;
     let start = std::mem::replace(at, end);
     if !huffman {
-        return Ok(match table::known_value(&block[start..end]) {
-            Some(known) => Bytes::from_static(known),
-            None => block.slice(start..end),
-        });
+        return Ok(known_or(&block[start..end], || block.slice(start..end)));
     }
     let raw = &block[start..end];
     if let Some(again) = last.as_deref().and_then(|last| last.get(raw)) {
@@ -303,10 +297,7 @@ fn string(
     let decoded = DECODED.with_borrow_mut(|out| {
         out.clear();
         let decoded = huffman::decode(raw, out).map_err(|_| DecodeError::Huffman);
-        let copy = decoded.map(|()| match table::known_value(out) {
-            Some(known) => Bytes::from_static(known),
-            None => crate::buffers::shared_copy(out),
-        });
+        let copy = decoded.map(|()| known_or(out, || crate::buffers::shared_copy(out)));
         if out.capacity() > SCRATCH_KEPT {
             *out = Vec::new();
         }
@@ -316,6 +307,12 @@ fn string(
         last.set(raw, &decoded);
     }
     Ok(decoded)
+}
+
+/// `raw` as its known static octets ([`table::known_value`]), or else
+/// `otherwise`'s bytes.
+fn known_or(raw: &[u8], otherwise: impl FnOnce() -> Bytes) -> Bytes {
+    table::known_value(raw).map_or_else(otherwise, Bytes::from_static)
 }
 
 /// Room the Huffman scratch vector keeps between strings; one grown past
