@@ -1519,6 +1519,13 @@ impl AuthServer {
                                     .header("x-auth-role", "admin")
                                     .header("x-not-copied", "1")
                                     .body(http_body_util::Full::new(Bytes::new())),
+                                Some("Bearer late") => {
+                                    // Within the filter's timeout, past the
+                                    // route's (the route timeout test).
+                                    tokio::time::sleep(Duration::from_millis(600)).await;
+                                    http::Response::builder()
+                                        .body(http_body_util::Full::new(Bytes::new()))
+                                }
                                 Some("Bearer slow") => {
                                     // Past the route's 300 ms timeout.
                                     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1549,6 +1556,36 @@ impl Drop for AuthServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The route timeout bounds the upstream, not the filters before it: an
+/// auth service that takes longer than the route's timeout to say yes
+/// (within its own) lets the request through to an upstream that answers
+/// at once. (The route timeout may start from the request's own clock
+/// reading only while nothing has waited since: the auth question waited.)
+#[tokio::test]
+async fn the_route_timeout_starts_after_a_filter_that_waited() {
+    let auth = AuthServer::start().await;
+    let echo = TestEcho::start("e").await;
+    let gw = gateway(&format!(
+        "[[route]]\nname = \"fa\"\npath_prefix = \"/fa\"\ntimeout = \"300ms\"\n\
+         upstreams = [\"{}\"]\n[[route.filters]]\ntype = \"forward_auth\"\n\
+         url = \"{}\"\ntimeout = \"5s\"\n",
+        echo.addr, auth.url,
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let late = get_with(
+        &format!("{}/fa/x", gw.url),
+        &[("authorization", "Bearer late")],
+    )
+    .await;
+    assert_eq!(late.status, StatusCode::OK, "{:?}", late.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the auth service's wait was not in the request"
+    );
+    assert_eq!(auth.asked.lock().unwrap().len(), 1);
 }
 
 /// `forward_auth` against a real auth service: a 2xx lets the request on

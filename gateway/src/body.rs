@@ -66,23 +66,13 @@ pub struct BodyWatch {
     /// Whether the body is waiting for the client's bytes (as opposed to
     /// waiting for the upstream to take what it has).
     waiting_on_client: AtomicBool,
+    /// The request's clock reading that the body's progress is counted
+    /// from (see [`ClientBody::new`]).
     base: Instant,
     /// Nanoseconds after `base` of the body's last progress.
     moved_ns: AtomicU64,
     /// The size limit the body was given, for the 413 to name.
     limit: u64,
-}
-
-impl Default for BodyWatch {
-    fn default() -> Self {
-        BodyWatch {
-            state: AtomicU8::new(STREAMING),
-            waiting_on_client: AtomicBool::new(false),
-            base: Instant::now(),
-            moved_ns: AtomicU64::new(0),
-            limit: u64::MAX,
-        }
-    }
 }
 
 impl BodyWatch {
@@ -115,7 +105,9 @@ impl BodyWatch {
     }
 
     fn moved(&self) {
-        let ns = self.base.elapsed().as_nanos() as u64;
+        let ns = crate::clock::now()
+            .saturating_duration_since(self.base)
+            .as_nanos() as u64;
         self.moved_ns.store(ns, Ordering::Release);
     }
 
@@ -195,15 +187,21 @@ impl std::fmt::Debug for ClientBody {
 }
 
 impl ClientBody {
-    /// Wraps `inner`; `limit` in bytes (`u64::MAX`: none).
+    /// Wraps `inner`; `limit` in bytes (`u64::MAX`: none). `since`: when
+    /// the request's upstream deadline starts, if the body never moves (a
+    /// reading the caller has already taken: the clock is read about six
+    /// times a request, at some 20 ns each, and this one was its own).
     pub fn new(
         inner: RequestBody,
-        limit: u64,
-        read_timeout: Duration,
+        (limit, read_timeout): (u64, Duration),
+        since: Instant,
     ) -> (ClientBody, Arc<BodyWatch>) {
         let watch = Arc::new(BodyWatch {
+            state: AtomicU8::new(STREAMING),
+            waiting_on_client: AtomicBool::new(false),
+            base: since,
+            moved_ns: AtomicU64::new(0),
             limit,
-            ..BodyWatch::default()
         });
         let body = ClientBody {
             inner,

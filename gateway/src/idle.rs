@@ -391,7 +391,7 @@ impl LazyDeadline {
 /// `Instant` holds (a configured `300000000000y`), as tokio's `timeout`
 /// does, instead of a panic.
 fn from_now(timeout: Duration) -> Instant {
-    let now = Instant::now();
+    let now = crate::clock::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }

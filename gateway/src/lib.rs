@@ -52,6 +52,8 @@
 //!   HTTP-01 and TLS-ALPN-01 answers.
 //! - [`caps`]: downstream connection caps (gateway-wide, per client IP)
 //!   and the backoff on accept errors at the descriptor limit.
+//! - [`clock`]: one clock reading per poll of a connection's task, shared by
+//!   the request work that poll does.
 //! - [`idle`]: "no bytes either way for the idle timeout", for connections
 //!   and tunnels.
 //! - `inplace`: futures boxed where they are made (no copy off the stack).
@@ -94,6 +96,7 @@ pub mod buffers;
 pub mod cache;
 pub mod caps;
 pub mod check;
+pub mod clock;
 pub mod cluster;
 pub mod collector;
 pub mod config;

@@ -453,7 +453,9 @@ impl Pool {
     ///
     /// `pending`: a counter and limit of requests allowed to wait for a new
     /// connection at once; over it, the request comes back unsent with
-    /// [`UpstreamError::Overloaded`].
+    /// [`UpstreamError::Overloaded`]. `now`: a clock reading of the try's
+    /// start, which the idle connections' age is judged by (one clock read
+    /// fewer per request).
     ///
     /// A plain function returning the chosen client's future, so the
     /// caller's state holds that future alone (see [`h1::client::send`]).
@@ -467,7 +469,7 @@ impl Pool {
         self: &'a Arc<Self>,
         endpoint: &'a Endpoint,
         req: Request<UpstreamBody>,
-        pending: Option<(&'a std::sync::atomic::AtomicU32, u32)>,
+        (pending, now): (Option<(&'a std::sync::atomic::AtomicU32, u32)>, Instant),
         (upgrade, extra, relay): (bool, &'a [Field<'a>], bool),
     ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + 'a {
         use futures_util::future::BoxFuture;
@@ -483,7 +485,7 @@ impl Pool {
         // A pooled connection: the exchange's own future, with no `async`
         // level around it to hold the request a second time (callgrind).
         let again = (pending, extra, relay);
-        match self.checkout_native(endpoint.authority.as_str()) {
+        match self.checkout_native(endpoint.authority.as_str(), now) {
             Some(io) => Left(Left(self.exchange_native(endpoint, io, req, again, true))),
             // Connecting first: boxed, so the usual case stays small.
             None => {
@@ -809,10 +811,9 @@ impl Pool {
 
     /// The most recently used idle native connection to `key` that is
     /// still open and silent.
-    fn checkout_native(&self, key: &str) -> Option<TcpStream> {
+    fn checkout_native(&self, key: &str, now: Instant) -> Option<TcpStream> {
         let mut conns = self.lock();
         let stack = conns.native.get_mut(key)?;
-        let now = Instant::now();
         while let Some(idle) = stack.pop() {
             if now.duration_since(idle.since) < self.idle_timeout && h1::client::usable(&idle.io) {
                 return Some(idle.io);
@@ -827,7 +828,7 @@ impl Pool {
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(IdleSocket {
                 io,
-                since: Instant::now(),
+                since: crate::clock::now(),
             });
         }
     }
@@ -1435,7 +1436,12 @@ mod tests {
                 .body(Either::Right(Full::new(Bytes::new())))
                 .unwrap();
             let resp = pool
-                .send_http1(&endpoint, req, None, (false, &extra, false))
+                .send_http1(
+                    &endpoint,
+                    req,
+                    (None, Instant::now()),
+                    (false, &extra, false),
+                )
                 .await
                 .unwrap_or_else(|e| panic!("{:?}", e.error));
             let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -404,9 +404,10 @@ async fn accept_loop(
         // into its task and out again; spawned whole it was copied five
         // times (callgrind).
         let (shared, tls, draining) = (shared.clone(), tls.clone(), draining.clone());
-        tokio::spawn(crate::inplace::box_in_place(move || {
-            serve_connection(stream, permit, peer, shared, tls, draining)
-        }));
+        // Each poll of the connection shares one clock reading (`clock`).
+        tokio::spawn(crate::clock::Turns::new(crate::inplace::box_in_place(
+            move || serve_connection(stream, permit, peer, shared, tls, draining),
+        )));
     }
 }
 

@@ -282,8 +282,9 @@ impl Proxy {
                 relay: relays(entry, peer, ctx, upgrade),
             };
             let mut timer = std::mem::take(&mut ctx.timer);
-            // One clock read starts the route timeout and times the first try.
-            let now = Instant::now();
+            // One clock reading (the request's own, if nothing has waited
+            // since) starts the route timeout and times the first try.
+            let now = ctx.now();
             tries.first_sent = Some(now);
             let result = {
                 let run = tries.run(self, out.req, to, ctx);
@@ -548,8 +549,11 @@ impl<'a> Tries<'a> {
                     to.host,
                     to.te_trailers,
                 )?;
+                // The try's start: what is left of a deadline, the pool's
+                // idle check and the upstream's latency count from it.
+                let sent_at = self.first_sent.take().unwrap_or_else(crate::clock::now);
                 if let Some(deadline) = to.deadline {
-                    self.pass_deadline(&mut req, deadline, endpoint)?;
+                    self.pass_deadline(&mut req, deadline, (endpoint, sent_at))?;
                 }
                 // Load-aware balancing needs in-flight counts and latency;
                 // round robin and friends skip the bookkeeping.
@@ -564,7 +568,6 @@ impl<'a> Tries<'a> {
                 }
                 let pairs = self.added(native, &mut req, &to);
                 let sent = (to.upgrade, pairs.as_slice(), to.relay);
-                let sent_at = self.first_sent.take().unwrap_or_else(Instant::now);
                 // The boxed tries (h2c, TLS) are awaited apart from the
                 // inline HTTP/1.1 one: one future for all was the size of
                 // the HTTP/1.1 exchange, and each h2c try copied all of it
@@ -573,7 +576,7 @@ impl<'a> Tries<'a> {
                 // copies the box's pointer.
                 let result = match endpoint.scheme {
                     Scheme::Http => {
-                        let send = self.send_http1(proxy, endpoint, req, sent);
+                        let send = self.send_http1(proxy, endpoint, req, sent, sent_at);
                         self.send_once(send).await
                     }
                     Scheme::H2c => self.send_once(send_h2c(proxy, endpoint, req)).await,
@@ -620,9 +623,9 @@ impl<'a> Tries<'a> {
         &self,
         req: &mut Request<UpstreamBody>,
         deadline: Instant,
-        endpoint: &Endpoint,
+        (endpoint, now): (&Endpoint, Instant),
     ) -> Result<(), ProxyError> {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             return Err(ProxyError::DeadlineExceeded {
                 endpoint: endpoint.id.to_string(),
@@ -667,13 +670,14 @@ impl<'a> Tries<'a> {
         endpoint: &'f Endpoint,
         req: Request<UpstreamBody>,
         sent: (bool, &'f [Field<'f>], bool),
+        now: Instant,
     ) -> impl Future<Output = Result<Response<UpstreamResponseBody>, SendError>> + 'f
     where
         'a: 'f,
     {
         use futures_util::FutureExt as _;
         let pending = self.entry.state.pending_limit(&self.entry.route.limits);
-        let send = proxy.pool.send_http1(endpoint, req, pending, sent);
+        let send = proxy.pool.send_http1(endpoint, req, (pending, now), sent);
         send.map(|r| r.map(|resp| resp.map(Either::Left)))
     }
 
@@ -780,7 +784,7 @@ impl<'a> Tries<'a> {
         let entry: &'a RouteEntry = self.entry;
         let set = &entry.endpoints;
         let endpoint = &set.endpoints()[index];
-        let answered_at = Instant::now();
+        let answered_at = crate::clock::now();
         ctx.answered_at = Some(answered_at);
         let took = answered_at.saturating_duration_since(sent_at);
         if self.load_aware {

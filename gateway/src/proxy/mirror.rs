@@ -31,6 +31,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -151,7 +152,7 @@ impl Proxy {
                         .map(|r| r.map(Either::Right)),
                     (Scheme::Https, Some(dial)) => pool.send_tls(&endpoint, dial, req, None).await,
                     _ => pool
-                        .send_http1(&endpoint, req, None, (false, &[], false))
+                        .send_http1(&endpoint, req, (None, Instant::now()), (false, &[], false))
                         .await
                         .map(|r| r.map(Either::Left)),
                 };

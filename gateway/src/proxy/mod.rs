@@ -305,6 +305,11 @@ fn forwarded_for(ip: std::net::IpAddr, proto: &str) -> (HeaderValue, HeaderValue
 /// (metrics and the access log) needs to know of the others.
 struct RequestCtx<'t> {
     started: Instant,
+    /// A route filter may have waited (for an auth service, a key set)
+    /// since `started`: see [`RequestCtx::now`]. (A body read whole for a
+    /// retry needs no flag: the route timeout counts from its last byte,
+    /// which its watch records.)
+    waited: bool,
     /// The client's protocol: responses are answered in it whatever the
     /// upstream spoke (an HTTP/1.0 upstream must not turn them into 1.0).
     version: Version,
@@ -348,6 +353,22 @@ enum BodyState {
     Unread,
     /// It is streaming upstream.
     Streaming(Arc<BodyWatch>),
+}
+
+impl RequestCtx<'_> {
+    /// The time now, for the route timeout's start and the request body's
+    /// first deadline: the request's own start while no phase has waited
+    /// since. Until then only this request's work has run, within the same
+    /// poll (a few microseconds at most), so the reading is as good as a
+    /// new one and saves one of the clock reads a request makes (about
+    /// 20 ns each here).
+    fn now(&self) -> Instant {
+        if self.waited {
+            Instant::now()
+        } else {
+            self.started
+        }
+    }
 }
 
 impl BodyState {
@@ -500,7 +521,8 @@ impl Proxy {
             None
         };
         RequestCtx {
-            started: Instant::now(),
+            started: crate::clock::now(),
+            waited: false,
             version: if req.version() == Version::HTTP_2 {
                 Version::HTTP_2
             } else {
@@ -550,6 +572,7 @@ impl Proxy {
                     headers.insert(name.clone(), subject.clone());
                 }
             }
+            // Waits only for a challenge's path, which it answers.
             if let Some(answer) = self.acme_answer(&req, peer).await {
                 return answer;
             }
@@ -564,6 +587,7 @@ impl Proxy {
             let entry = matched.entry;
             if let Some(chain) = &entry.filters {
                 ctx.cors_origin = chain.cors_origin(req.headers());
+                ctx.waited |= chain.may_wait();
                 match self
                     .route_filter(entry, chain, &mut req, peer, &mut ctx.extensions)
                     .await
@@ -830,7 +854,7 @@ impl Proxy {
         let close = ctx.version != Version::HTTP_2 && ctx.body.unfinished();
         let elapsed = ctx
             .answered_at
-            .unwrap_or_else(Instant::now)
+            .unwrap_or_else(crate::clock::now)
             .saturating_duration_since(ctx.started);
         let metrics = match ctx.entry {
             Some(entry) => &entry.state.metrics,

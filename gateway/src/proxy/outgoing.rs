@@ -233,8 +233,11 @@ pub(super) fn prepare(
     let body = if body.is_end_stream() {
         Either::Right(Full::new(Bytes::new()))
     } else {
-        let (mut body, watch) =
-            ClientBody::new(body, limit.unwrap_or(u64::MAX), edge.body_read_timeout);
+        let (mut body, watch) = ClientBody::new(
+            body,
+            (limit.unwrap_or(u64::MAX), edge.body_read_timeout),
+            ctx.now(),
+        );
         if web == Some(GrpcKind::WebText) {
             body.decode_web_text();
         }
