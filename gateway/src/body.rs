@@ -187,13 +187,13 @@ impl std::fmt::Debug for ClientBody {
 }
 
 impl ClientBody {
-    /// Wraps `inner`; `limit` in bytes (`u64::MAX`: none). `since`: when
-    /// the request's upstream deadline starts, if the body never moves (a
-    /// reading the caller has already taken: the clock is read about six
-    /// times a request, at some 20 ns each, and this one was its own).
+    /// Wraps `inner`; `limit` in bytes (`u64::MAX`: none). `since`: the
+    /// reading the body's progress counts from (the caller's, usually the
+    /// request's start: one clock read fewer).
     pub fn new(
         inner: RequestBody,
-        (limit, read_timeout): (u64, Duration),
+        limit: u64,
+        read_timeout: Duration,
         since: Instant,
     ) -> (ClientBody, Arc<BodyWatch>) {
         let watch = Arc::new(BodyWatch {

@@ -1,21 +1,26 @@
-//! One clock reading per wake-up of a connection's task.
+//! One clock reading per wake-up of a connection's task, for deadlines.
 //!
-//! A proxied request reads the monotonic clock for its start, its
-//! answer's arrival, its connection's return to the pool and the wait
-//! for the next request's head: about 20 ns a read here (`Instant::now`
-//! through the vDSO), six reads a small GET before this module, a
-//! percent of the gateway's CPU a request. nginx reads the clock once
-//! per turn of its event loop for every connection the turn serves; this
-//! is narrower: the readings [`now`] gives within one poll of one
-//! connection's task (a [`Turns`]) are the first one's. A poll of a
-//! connection is the work its wake-up found (parse, route, write; a few
-//! microseconds, longer for an HTTP/2 connection serving many streams at
-//! once), so the reading is that much early at most, for deadlines of
-//! seconds and latencies the poll's own work is part of.
+//! A proxied request read the monotonic clock six times (a small GET):
+//! its start, the route timeout's, the pool's idle check, its answer's
+//! arrival, its connection's return to the pool and the wait for the next
+//! request's head. A read costs about 20 ns here (`Instant::now` through
+//! the vDSO): a percent of the gateway's CPU a request. nginx reads the
+//! clock once per turn of its event loop for every connection the turn
+//! serves; this is narrower. Within one poll of one connection's task (a
+//! [`Turns`]), [`now`] gives the poll's last reading, made by [`fresh`] or
+//! by the poll's first [`now`].
 //!
-//! Outside a [`Turns`] (other tasks, tests, the blocking pool) [`now`]
-//! reads the clock every time. A panic in a poll leaves nothing cached
-//! behind: the turn's guard puts the thread's state back as it unwinds.
+//! A poll is the work one wake-up found: a few microseconds for an
+//! HTTP/1.1 connection, and up to milliseconds for an HTTP/2 connection
+//! serving hundreds of streams at once. So [`now`] may be that much early,
+//! which suits deadlines of seconds (they fall that much sooner) and an
+//! idle connection's age. A latency's two ends (a request's start, its
+//! answer's arrival) take [`fresh`] readings: on an HTTP/2 connection a
+//! call may start and be answered within one poll, and would read zero.
+//!
+//! Outside a [`Turns`] (other tasks, tests, the blocking pool) both read
+//! the clock every time. A panic in a poll leaves nothing cached behind:
+//! the turn's guard puts the thread's state back as it unwinds.
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -36,7 +41,20 @@ thread_local! {
     static TURN: Cell<Turn> = const { Cell::new(Turn::Outside) };
 }
 
-/// The time now: within a connection's poll, the poll's first reading.
+/// A new reading, which the rest of the poll's [`now`]s then share: for
+/// the ends of a latency.
+pub fn fresh() -> Instant {
+    let at = Instant::now();
+    TURN.with(|turn| {
+        if !matches!(turn.get(), Turn::Outside) {
+            turn.set(Turn::Read(at));
+        }
+    });
+    at
+}
+
+/// The time now, for deadlines: within a connection's poll, the poll's
+/// last reading (see the module's doc).
 pub fn now() -> Instant {
     TURN.with(|turn| match turn.get() {
         Turn::Read(at) => at,
@@ -133,6 +151,30 @@ mod tests {
             next_poll > first,
             "the next poll kept the last one's reading"
         );
+    }
+
+    #[test]
+    fn a_fresh_reading_is_new_and_the_polls_later_readings_share_it() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut turn = std::pin::pin!(Turns::new(async {
+            let first = now();
+            after(first);
+            let renewed = fresh();
+            (first, renewed, now())
+        }));
+        let Poll::Ready((first, renewed, later)) = turn.as_mut().poll(&mut cx) else {
+            panic!("the turn did not finish in one poll");
+        };
+        assert!(renewed > first, "a fresh reading was the poll's cached one");
+        assert_eq!(
+            later, renewed,
+            "the poll's later reading was not the fresh one"
+        );
+        let outside = fresh();
+        assert!(outside > renewed);
+        after(outside);
+        assert!(now() > outside, "a fresh reading outside a turn was kept");
     }
 
     #[test]

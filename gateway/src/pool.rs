@@ -815,7 +815,8 @@ impl Pool {
         let mut conns = self.lock();
         let stack = conns.native.get_mut(key)?;
         while let Some(idle) = stack.pop() {
-            if now.duration_since(idle.since) < self.idle_timeout && h1::client::usable(&idle.io) {
+            let idle_for = now.saturating_duration_since(idle.since);
+            if idle_for < self.idle_timeout && h1::client::usable(&idle.io) {
                 return Some(idle.io);
             }
         }

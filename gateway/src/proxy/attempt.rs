@@ -211,6 +211,9 @@ impl Proxy {
                     None
                 }
                 Some(_) => {
+                    // Read at the client's pace, and the body's watch is
+                    // gone after it: the route timeout starts after.
+                    ctx.waited = true;
                     let (kept, req) = self.keep_for_retry(out.req, ctx).await?;
                     out.req = req;
                     kept
@@ -784,7 +787,7 @@ impl<'a> Tries<'a> {
         let entry: &'a RouteEntry = self.entry;
         let set = &entry.endpoints;
         let endpoint = &set.endpoints()[index];
-        let answered_at = crate::clock::now();
+        let answered_at = crate::clock::fresh();
         ctx.answered_at = Some(answered_at);
         let took = answered_at.saturating_duration_since(sent_at);
         if self.load_aware {

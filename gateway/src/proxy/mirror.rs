@@ -31,7 +31,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -152,7 +151,12 @@ impl Proxy {
                         .map(|r| r.map(Either::Right)),
                     (Scheme::Https, Some(dial)) => pool.send_tls(&endpoint, dial, req, None).await,
                     _ => pool
-                        .send_http1(&endpoint, req, (None, Instant::now()), (false, &[], false))
+                        .send_http1(
+                            &endpoint,
+                            req,
+                            (None, crate::clock::now()),
+                            (false, &[], false),
+                        )
                         .await
                         .map(|r| r.map(Either::Left)),
                 };

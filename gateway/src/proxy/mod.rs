@@ -305,10 +305,9 @@ fn forwarded_for(ip: std::net::IpAddr, proto: &str) -> (HeaderValue, HeaderValue
 /// (metrics and the access log) needs to know of the others.
 struct RequestCtx<'t> {
     started: Instant,
-    /// A route filter may have waited (for an auth service, a key set)
-    /// since `started`: see [`RequestCtx::now`]. (A body read whole for a
-    /// retry needs no flag: the route timeout counts from its last byte,
-    /// which its watch records.)
+    /// A phase may have waited since `started` (a route filter for an auth
+    /// service or a key set, a body read whole for a retry): see
+    /// [`RequestCtx::now`].
     waited: bool,
     /// The client's protocol: responses are answered in it whatever the
     /// upstream spoke (an HTTP/1.0 upstream must not turn them into 1.0).
@@ -364,7 +363,7 @@ impl RequestCtx<'_> {
     /// 20 ns each here).
     fn now(&self) -> Instant {
         if self.waited {
-            Instant::now()
+            crate::clock::now()
         } else {
             self.started
         }
@@ -521,7 +520,7 @@ impl Proxy {
             None
         };
         RequestCtx {
-            started: crate::clock::now(),
+            started: crate::clock::fresh(),
             waited: false,
             version: if req.version() == Version::HTTP_2 {
                 Version::HTTP_2
@@ -854,7 +853,7 @@ impl Proxy {
         let close = ctx.version != Version::HTTP_2 && ctx.body.unfinished();
         let elapsed = ctx
             .answered_at
-            .unwrap_or_else(crate::clock::now)
+            .unwrap_or_else(crate::clock::fresh)
             .saturating_duration_since(ctx.started);
         let metrics = match ctx.entry {
             Some(entry) => &entry.state.metrics,

@@ -233,11 +233,8 @@ pub(super) fn prepare(
     let body = if body.is_end_stream() {
         Either::Right(Full::new(Bytes::new()))
     } else {
-        let (mut body, watch) = ClientBody::new(
-            body,
-            (limit.unwrap_or(u64::MAX), edge.body_read_timeout),
-            ctx.now(),
-        );
+        let limit = limit.unwrap_or(u64::MAX);
+        let (mut body, watch) = ClientBody::new(body, limit, edge.body_read_timeout, ctx.now());
         if web == Some(GrpcKind::WebText) {
             body.decode_web_text();
         }
