@@ -18,6 +18,9 @@
 //! answer's arrival) take [`fresh`] readings: on an HTTP/2 connection a
 //! call may start and be answered within one poll, and would read zero.
 //!
+//! Each accepted connection's task is a [`Turns`], and so is each upstream
+//! HTTP/2 connection's (it reads the request bodies it sends).
+//!
 //! Outside a [`Turns`] (other tasks, tests, the blocking pool) both read
 //! the clock every time. A panic in a poll leaves nothing cached behind:
 //! the turn's guard puts the thread's state back as it unwinds.

@@ -401,7 +401,9 @@ where
         read_lately: false,
         ended: None,
     };
-    tokio::spawn(driver.run());
+    // Its polls share a clock reading, as a downstream connection's do
+    // (`clock`): the request bodies it reads mark their progress with it.
+    tokio::spawn(crate::clock::Turns::new(driver.run()));
     SendRequest {
         calls: tx,
         shared,
