@@ -156,41 +156,43 @@ mod tests {
         );
     }
 
+    /// `fut`'s output after one poll, for futures that end in one.
+    fn poll_once<F: Future>(fut: F) -> F::Output {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(fut).poll(&mut cx) {
+            Poll::Ready(out) => out,
+            Poll::Pending => panic!("the turn did not finish in one poll"),
+        }
+    }
+
     #[test]
     fn a_fresh_reading_is_new_and_the_polls_later_readings_share_it() {
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut turn = std::pin::pin!(Turns::new(async {
+        let (first, renewed, later) = poll_once(Turns::new(async {
             let first = now();
             after(first);
             let renewed = fresh();
             (first, renewed, now())
         }));
-        let Poll::Ready((first, renewed, later)) = turn.as_mut().poll(&mut cx) else {
-            panic!("the turn did not finish in one poll");
-        };
         assert!(renewed > first, "a fresh reading was the poll's cached one");
         assert_eq!(
             later, renewed,
             "the poll's later reading was not the fresh one"
         );
+        after(renewed);
         let outside = fresh();
-        assert!(outside > renewed);
+        assert!(outside > renewed, "a fresh reading outside a turn was old");
         after(outside);
         assert!(now() > outside, "a fresh reading outside a turn was kept");
     }
 
     #[test]
     fn a_turn_leaves_nothing_behind_even_when_its_poll_panics() {
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut turn = std::pin::pin!(Turns::new(async {
-            let _ = now();
-            panic!("in the poll");
-        }));
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = turn.as_mut().poll(&mut cx);
-        }));
+        let unwound = std::panic::catch_unwind(|| {
+            poll_once(Turns::new(async {
+                let _ = now();
+                panic!("in the poll");
+            }))
+        });
         assert!(unwound.is_err());
         let first = now();
         after(first);
@@ -199,18 +201,12 @@ mod tests {
 
     #[test]
     fn a_turn_inside_another_leaves_the_outer_reading_as_it_was() {
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut outer = std::pin::pin!(Turns::new(async {
+        let (first, inner, last) = poll_once(Turns::new(async {
             let first = now();
             after(first);
-            let inner = std::pin::pin!(Turns::new(async { now() }));
-            let inner = inner.await;
+            let inner = Turns::new(async { now() }).await;
             (first, inner, now())
         }));
-        let Poll::Ready((first, inner, last)) = outer.as_mut().poll(&mut cx) else {
-            panic!("the turns did not finish in one poll");
-        };
         assert!(inner > first, "the inner turn did not read for itself");
         assert_eq!(
             last, first,
