@@ -554,7 +554,7 @@ impl<'a> Tries<'a> {
                 )?;
                 // The try's start: what is left of a deadline, the pool's
                 // idle check and the upstream's latency count from it.
-                let sent_at = self.first_sent.take().unwrap_or_else(crate::clock::now);
+                let sent_at = self.first_sent.take().unwrap_or_else(crate::clock::fresh);
                 if let Some(deadline) = to.deadline {
                     self.pass_deadline(&mut req, deadline, (endpoint, sent_at))?;
                 }

@@ -355,15 +355,17 @@ enum BodyState {
 }
 
 impl RequestCtx<'_> {
-    /// The time now, for the route timeout's start and the request body's
-    /// first deadline: the request's own start while no phase has waited
-    /// since. Until then only this request's work has run, within the same
-    /// poll (a few microseconds at most), so the reading is as good as a
-    /// new one and saves one of the clock reads a request makes (about
-    /// 20 ns each here).
+    /// The time now, for the route timeout's start, the first try's (an
+    /// upstream latency's start) and the request body's first deadline:
+    /// the request's own start while no phase has waited since. Until then
+    /// only this request's work has run, within the same poll (a few
+    /// microseconds at most), so the reading is as good as a new one and
+    /// saves one of the clock reads a request makes (about 20 ns each
+    /// here). After a wait, a fresh reading: a poll's cached one may be
+    /// milliseconds old on an HTTP/2 connection (`clock`).
     fn now(&self) -> Instant {
         if self.waited {
-            crate::clock::now()
+            crate::clock::fresh()
         } else {
             self.started
         }
