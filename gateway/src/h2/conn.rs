@@ -147,6 +147,36 @@ struct Pending {
     continuations: u32,
 }
 
+/// How many events the connection's vectors make room for at once.
+#[derive(Debug, Default)]
+struct EventsRoom {
+    /// The most events one read gave in the last busy period.
+    last: usize,
+    /// The most one read gave in this one, so far.
+    now: usize,
+}
+
+impl EventsRoom {
+    /// No vector is made larger than this at once (62 kB).
+    const MOST: usize = 256;
+
+    fn seen(&mut self, events: usize) {
+        self.now = self.now.max(events);
+    }
+
+    /// A busy period ended: the next one expects as many events as it had.
+    fn period_ended(&mut self) {
+        if self.now > 0 {
+            self.last = self.now.min(Self::MOST);
+            self.now = 0;
+        }
+    }
+
+    fn hint(&self) -> usize {
+        self.last.max(self.now).clamp(4, Self::MOST)
+    }
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Conn {
@@ -176,6 +206,10 @@ pub struct Conn {
     recent_closed: VecDeque<u32>,
     empty_frames: u32,
     events: Vec<Event>,
+    /// The room the events get when they come again after the connection
+    /// let go of it ([`Conn::shed_idle_room`]), and the most events one
+    /// read gave since then: see [`Conn::push_event`].
+    events_room: EventsRoom,
     /// Where a header block is encoded before it is framed (kept: one
     /// allocation per connection, not per response).
     scratch: BytesMut,
@@ -217,6 +251,7 @@ impl Conn {
             recent_closed: VecDeque::new(),
             empty_frames: 0,
             events: Vec::new(),
+            events_room: EventsRoom::default(),
             scratch: BytesMut::new(),
             out: BytesMut::new(),
             config,
@@ -346,6 +381,7 @@ impl Conn {
     /// vector and this one take turns, so neither is allocated again.
     pub fn swap_events(&mut self, into: &mut Vec<Event>) {
         debug_assert!(into.is_empty());
+        self.events_room.seen(self.events.len());
         std::mem::swap(&mut self.events, into);
     }
 
@@ -358,8 +394,22 @@ impl Conn {
         if self.events.is_empty() {
             self.events = Vec::new();
         }
+        self.events_room.period_ended();
         self.decoder.forget_last();
         super::io::shed_written(&mut self.out);
+    }
+
+    /// Adds an event. Vectors without room (the first event since the
+    /// connection let go of it while idle) get room for as many as one read
+    /// gave in the last busy period at once: under load, a connection goes
+    /// idle between its client's bursts, and growing the two vectors
+    /// again from 4 events each time cost about 0.9% of a unary gRPC
+    /// call's CPU (`_int_malloc` under `realloc`: events are 248 bytes).
+    fn push_event(&mut self, event: Event) {
+        if self.events.capacity() == 0 {
+            self.events.reserve_exact(self.events_room.hint());
+        }
+        self.events.push(event);
     }
 
     fn frame(&mut self, frame: Frame) -> Step {
@@ -388,7 +438,7 @@ impl Conn {
                 last_stream,
                 reason,
             } => {
-                self.events.push(Event::GoAway {
+                self.push_event(Event::GoAway {
                     last_stream,
                     reason,
                 });
@@ -485,7 +535,7 @@ impl Conn {
         }
         self.spend_reset()?;
         self.remove(stream);
-        self.events.push(Event::Reset { stream, reason });
+        self.push_event(Event::Reset { stream, reason });
         Ok(())
     }
 }

@@ -195,7 +195,7 @@ impl Conn {
                 received: 0,
             },
         );
-        self.events.push(Event::Request {
+        self.push_event(Event::Request {
             stream,
             head,
             end_stream,
@@ -235,7 +235,7 @@ impl Conn {
             return Err(FrameError::Stream(stream, Reason::PROTOCOL_ERROR));
         };
         s.recv_open = false;
-        self.events.push(Event::Trailers {
+        self.push_event(Event::Trailers {
             stream,
             trailers: map,
         });
@@ -284,7 +284,7 @@ impl Conn {
         // The padding is nobody's to take: given back at once.
         let padding = flow_len - data.len() as u32;
         s.outstanding += data.len() as u32;
-        self.events.push(Event::Data {
+        self.push_event(Event::Data {
             stream,
             data,
             end_stream,

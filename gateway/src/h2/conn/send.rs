@@ -131,7 +131,7 @@ impl Conn {
         frame::write_reset(&mut self.out, stream, reason);
         self.remember_reset(stream);
         if self.remove(stream) {
-            self.events.push(Event::Reset { stream, reason });
+            self.push_event(Event::Reset { stream, reason });
         }
     }
 
@@ -190,7 +190,7 @@ impl Conn {
             self.remember_reset(stream);
             self.remove(stream);
             // The request's body will get no more: its reader is told.
-            self.events.push(Event::Reset {
+            self.push_event(Event::Reset {
                 stream,
                 reason: Reason::NO_ERROR,
             });

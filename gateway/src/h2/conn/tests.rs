@@ -862,3 +862,33 @@ fn an_idle_connection_sheds_its_write_buffer_and_event_room() {
     conn.shed_idle_room();
     assert_eq!(conn.out.capacity(), 0);
 }
+
+/// After an idle spell the events get room at once for as many as one read
+/// gave in the last busy period, not four to grow from; a quieter period
+/// then sets the room it gets next.
+#[test]
+fn events_come_back_with_the_last_busy_periods_room() {
+    let mut conn = open(Config::default());
+    let mut next = 1;
+    let mut read = |conn: &mut Conn, n: u32| {
+        let mut bytes = Vec::new();
+        for _ in 0..n {
+            bytes.extend(raw(HEADERS, END_STREAM | END_HEADERS, next, &get("/")));
+            next += 2;
+        }
+        conn.recv(&mut BytesMut::from(&bytes[..])).unwrap();
+        assert_eq!(conn.events.len(), n as usize);
+        let room = conn.events.capacity();
+        // Taken by the driver, which leaves an empty vector in its place.
+        conn.swap_events(&mut Vec::new());
+        room
+    };
+    read(&mut conn, 40);
+    conn.shed_idle_room();
+    assert_eq!(read(&mut conn, 3), 40, "room for the last period's read");
+    assert_eq!(read(&mut conn, 2), 40, "and again within the period");
+    conn.shed_idle_room();
+    // That period's reads gave at most 3 events: room for 4 (what a vector
+    // starts with).
+    assert_eq!(read(&mut conn, 1), 4);
+}
