@@ -1,4 +1,5 @@
-//! The workspace's two `unsafe` calls, both on a listener's socket:
+//! Two of the workspace's three `unsafe` calls, both on a listener's socket
+//! (the third empties a box for reuse: `inplace::Recycled`):
 //!
 //! - `TCP_DEFER_ACCEPT`, the one socket option the gateway sets that
 //!   neither `socket2` nor `rustix` offers (std's is unstable): a

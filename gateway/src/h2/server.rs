@@ -56,7 +56,10 @@ pub use crate::conn_io::Io;
 /// A stream's one piece of work under way.
 enum Task<Fut, B> {
     /// The request's answer.
-    Answer { stream: u32, fut: Pin<Box<Fut>> },
+    Answer {
+        stream: u32,
+        fut: crate::inplace::Recycled<Fut>,
+    },
     /// The response body's next frame.
     Body { stream: u32, body: Option<B> },
 }
@@ -72,7 +75,7 @@ enum Done<B: Body> {
 
 impl<Fut, B> Future for Task<Fut, B>
 where
-    Fut: Future<Output: Respond<Body = B>>,
+    Fut: Future<Output: Respond<Body = B>> + 'static,
     B: Body<Data = Bytes> + Unpin,
 {
     type Output = Done<B>;
@@ -91,13 +94,13 @@ where
 
 impl<Fut, B> Task<Fut, B>
 where
-    Fut: Future<Output: Respond<Body = B>>,
+    Fut: Future<Output: Respond<Body = B>> + 'static,
     B: Body<Data = Bytes> + Unpin,
 {
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Done<B>> {
         match self {
             Task::Answer { stream, fut } => {
-                let resp = ready!(fut.as_mut().poll(cx)).into_response();
+                let resp = ready!(Pin::new(fut).poll(cx)).into_response();
                 Poll::Ready(Done::Head(*stream, resp))
             }
             Task::Body { stream, body } => {
@@ -160,7 +163,7 @@ pub fn serve<'a, I, F, Fut, B>(
 where
     I: Io,
     F: FnMut(Request<Option<H2Body>>) -> Fut + 'a,
-    Fut: Future<Output: Respond<Body = B>> + 'a,
+    Fut: Future<Output: Respond<Body = B>> + 'static,
     B: Body<Data = Bytes> + Unpin + 'a,
     B::Error: std::fmt::Display,
 {
@@ -200,7 +203,7 @@ impl<I, F, Fut, B> Driver<'_, I, F, Fut, B>
 where
     I: Io,
     F: FnMut(Request<Option<H2Body>>) -> Fut,
-    Fut: Future<Output: Respond<Body = B>>,
+    Fut: Future<Output: Respond<Body = B>> + 'static,
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
@@ -400,8 +403,9 @@ where
         // embedder's layer): that stream is reset alone. (A panic while a
         // stream's work is dropped is not caught: it ends the connection.)
         // Boxed where it is made: the request's future is large, and
-        // `Box::pin` would copy it whole from the stack.
-        let make = || crate::inplace::box_in_place(|| (self.service)(req));
+        // `Box::pin` would copy it whole from the stack. The box is one an
+        // earlier stream left on this thread, when there is one.
+        let make = || crate::inplace::recycled(|| (self.service)(req));
         match std::panic::catch_unwind(AssertUnwindSafe(make)) {
             Ok(fut) => self.push(stream, Task::Answer { stream, fut }),
             Err(_) => self.panicked(stream),
