@@ -93,6 +93,11 @@ struct Slot<B> {
 
 #[derive(Debug)]
 struct SlotState<B> {
+    /// The request, until its stream opens. It waits here, not in the
+    /// [`Call`] the connection's task is sent: the call is then a pointer,
+    /// where a request (344 bytes) was copied whole at each of the
+    /// channel's steps (into its queue, out, into the task's hands).
+    request: Option<Request<B>>,
     outcome: Option<Result<Response<H2Body>, SendFailure<B>>>,
     waker: Option<Waker>,
     /// The stream the request went out on (0 until it did).
@@ -126,11 +131,11 @@ impl<B> Slot<B> {
     }
 }
 
-/// A request on its way to the connection's task. Dropped before its
-/// stream opened (the connection closed, or its task ended), it leaves the
-/// request back in its slot, unsent, so no caller is left waiting.
+/// A request on its way to the connection's task (the request itself
+/// waits in its slot). Dropped before its stream opened (the connection
+/// closed, or its task ended), it leaves the request back in its slot's
+/// outcome, unsent, so no caller is left waiting.
 struct Call<B> {
-    req: Option<Request<B>>,
     /// `None` once the stream opened and the slot went to [`Awaited`].
     slot: Option<Arc<Slot<B>>>,
 }
@@ -147,7 +152,7 @@ impl<B> Drop for Call<B> {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        let request = self.req.take().map(Box::new);
+        let request = lock(&slot.state).request.take().map(Box::new);
         let error = match request {
             Some(_) => ClientError::Closed,
             None => ClientError::Gone("the connection's task ended".into()),
@@ -275,6 +280,7 @@ impl<B> SendRequest<B> {
     pub fn send(&self, req: Request<B>) -> ResponseFuture<B> {
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState {
+                request: Some(req),
                 outcome: None,
                 waker: None,
                 stream: 0,
@@ -282,7 +288,6 @@ impl<B> SendRequest<B> {
             }),
         });
         let call = Call {
-            req: Some(req),
             slot: Some(slot.clone()),
         };
         self.shared.load.fetch_add(1, Ordering::Relaxed);
@@ -333,10 +338,12 @@ impl<B> Drop for ResponseFuture<B> {
         state.done = true;
         let stream = state.stream;
         let outcome = state.outcome.take();
+        let unsent = state.request.take();
         drop(state);
         // A response that came meanwhile is dropped here: its body resets
-        // the stream. One still to come: the connection resets it.
-        drop(outcome);
+        // the stream. One still to come: the connection resets it. A
+        // request not yet sent goes now, with its body.
+        drop((outcome, unsent));
         if stream != 0 {
             self.released.cancel(stream);
         }
@@ -544,8 +551,8 @@ where
         let mut progress = false;
         while let Poll::Ready(Some(call)) = self.calls.poll_recv(cx) {
             progress = true;
-            // Started at once when none wait before it: a call is moved
-            // whole at each step, and most never need the queue.
+            // Started at once when none wait before it: most never need
+            // the queue.
             if self.waiting.is_empty() && (self.conn.can_open() || self.conn.is_closed()) {
                 self.start(call);
             } else {
@@ -568,12 +575,13 @@ where
         let slot = call.slot.as_ref().expect("a call not yet started");
         let mut state = lock(&slot.state);
         if state.done {
-            // The future went before the stream opened.
+            // The future went before the stream opened (and took the
+            // request with it).
             drop(state);
             call.slot = None;
             return;
         }
-        let req = call.req.take().expect("a call not yet started");
+        let req = state.request.take().expect("a call not yet started");
         let (mut parts, body) = req.into_parts();
         // HTTP/2 carries the target host as `:authority` (section
         // 8.3.1): the URI's, else the `host` field's, taken out.
