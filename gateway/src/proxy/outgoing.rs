@@ -437,16 +437,21 @@ pub(super) fn target(
             }
         }
         Scheme::H2c => {
-            // HTTP/2 carries the host in :authority and no Host header.
-            let mut parts = http::uri::Parts::default();
+            // HTTP/2 carries the host in :authority and no Host header. An
+            // HTTP/2 client's own :authority, when it is the host routed on
+            // (the usual case), is kept as it is, not copied again.
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(UriScheme::HTTP);
-            parts.authority = Some(
-                host.and_then(|h| {
-                    let copy = crate::buffers::shared_copy(h.as_bytes());
-                    Authority::from_maybe_shared(copy).ok()
-                })
-                .unwrap_or_else(|| endpoint.authority.clone()),
-            );
+            parts.authority = match (parts.authority.take(), host) {
+                (Some(own), Some(h)) if own.as_str().as_bytes() == h.as_bytes() => Some(own),
+                _ => Some(
+                    host.and_then(|h| {
+                        let copy = crate::buffers::shared_copy(h.as_bytes());
+                        Authority::from_maybe_shared(copy).ok()
+                    })
+                    .unwrap_or_else(|| endpoint.authority.clone()),
+                ),
+            };
             parts.path_and_query = Some(path_and_query.clone());
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
             *req.version_mut() = Version::HTTP_2;
@@ -773,5 +778,35 @@ mod tests {
         assert_eq!(upstream_path(&uri, "/echo/", Some(6)).unwrap(), "/");
         let uri: Uri = "/a/../b?q".parse().unwrap();
         assert_eq!(upstream_path(&uri, "/b", None).unwrap(), "/b?q");
+    }
+
+    /// An h2c try carries the host routed on as `:authority`, and no Host:
+    /// an HTTP/2 client's own `:authority` when it is that host (kept as it
+    /// is), the host routed on when the client's differs or it sent Host
+    /// alone (HTTP/1.1), the endpoint's own when it named none.
+    #[test]
+    fn an_h2c_try_carries_the_host_routed_on_as_its_authority() {
+        let health = crate::health::HealthRegistry::default();
+        let mut endpoint = Endpoint::from_static("127.0.0.1:9".parse().unwrap(), &health);
+        endpoint.scheme = Scheme::H2c;
+        let pq = PathAndQuery::from_static("/svc/Call?x=1");
+        let host = HeaderValue::from_static("a.test");
+        let cases = [
+            ("http://a.test/svc/Call", Some(&host), "a.test"),
+            ("https://b.test/svc/Call", Some(&host), "a.test"),
+            ("/svc/Call", Some(&host), "a.test"),
+            ("/svc/Call", None, "127.0.0.1:9"),
+        ];
+        for (uri, host, want) in cases {
+            let mut req = Request::builder()
+                .uri(uri)
+                .header(header::HOST, "a.test")
+                .body(Either::Right(Full::new(Bytes::new())))
+                .unwrap();
+            target(&mut req, &endpoint, &pq, host, false).unwrap();
+            assert_eq!(req.uri(), &*format!("http://{want}/svc/Call?x=1"), "{uri}");
+            assert_eq!(req.headers().get(header::HOST), None, "{uri}");
+            assert_eq!(req.version(), Version::HTTP_2);
+        }
     }
 }
