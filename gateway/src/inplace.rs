@@ -105,6 +105,12 @@ mod spares {
         static SPARES: RefCell<Spares> = RefCell::default();
     }
 
+    /// What keeping one box counts for: its room and its place in the list
+    /// (so that even boxes of nothing are kept in bounded numbers).
+    pub(super) const fn cost<F>() -> usize {
+        size_of::<F>() + size_of::<Box<dyn Any>>()
+    }
+
     pub(super) fn take<F: 'static>() -> Option<Box<MaybeUninit<F>>> {
         SPARES
             .try_with(|spares| {
@@ -113,7 +119,7 @@ mod spares {
                     .boxes
                     .iter()
                     .rposition(|s| s.is::<MaybeUninit<F>>())?;
-                spares.bytes -= size_of::<F>();
+                spares.bytes -= cost::<F>();
                 spares.boxes.swap_remove(at).downcast().ok()
             })
             .ok()
@@ -125,8 +131,8 @@ mod spares {
     pub(super) fn give<F: 'static>(room: Box<MaybeUninit<F>>) {
         let _ = SPARES.try_with(|spares| {
             let mut spares = spares.borrow_mut();
-            if spares.bytes + size_of::<F>() <= MOST {
-                spares.bytes += size_of::<F>();
+            if spares.bytes + cost::<F>() <= MOST {
+                spares.bytes += cost::<F>();
                 spares.boxes.push(room);
             }
         });
@@ -195,13 +201,33 @@ mod tests {
     #[test]
     fn a_thread_keeps_at_most_its_fill() {
         const SIZE: usize = 64 * 1024;
-        let fill = spares::MOST / (SIZE + 8);
+        let fill = spares::MOST / spares::cost::<Counted<SIZE>>();
         let drops = Arc::new(AtomicUsize::new(0));
         let many: Vec<_> = (0..fill + 5)
             .map(|_| recycled(|| Counted::<SIZE>(drops.clone(), [0; SIZE])))
             .collect();
         drop(many);
         assert_eq!(drops.load(Ordering::Relaxed), fill + 5);
+        assert_eq!(spares::count(), fill);
+    }
+
+    /// Futures of no size cost no room, but each kept box still counts: a
+    /// thread keeps them in bounded numbers.
+    #[test]
+    fn boxes_of_nothing_are_kept_in_bounded_numbers() {
+        struct Nothing;
+        impl Future for Nothing {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                Poll::Ready(())
+            }
+        }
+        let fill = spares::MOST / spares::cost::<Nothing>();
+        drop(
+            (0..fill + 5)
+                .map(|_| recycled(|| Nothing))
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(spares::count(), fill);
     }
 }

@@ -35,7 +35,7 @@
 //!   joins only when it must wait (`LazyTcp`).
 //! - [`server`]: the listeners (cleartext and HTTPS), connection limits and
 //!   graceful drain.
-//! - `sockopt`: two of the workspace's three `unsafe` calls, on the listeners
+//! - `sockopt`: two of the gateway's three `unsafe` calls, on the listeners
 //!   (Linux): `TCP_DEFER_ACCEPT`, which no maintained crate sets, and a
 //!   listener's registration as a tokio `AsyncFd`.
 //! - `drain`: the shutdown signal every connection waits on, registered
@@ -58,7 +58,7 @@
 //!   and tunnels.
 //! - `inplace`: futures boxed where they are made (no copy off the stack),
 //!   and HTTP/2 exchanges' boxes kept per thread for the next stream (the
-//!   workspace's third `unsafe` block).
+//!   gateway's third `unsafe` block).
 //! - [`tunnel`]: upgraded connections (WebSocket): counted, closed when
 //!   idle, drained at shutdown.
 //! - [`trace`]: W3C `traceparent` checks and, when asked, generation.

@@ -1,4 +1,4 @@
-//! Two of the workspace's three `unsafe` calls, both on a listener's socket
+//! Two of the gateway's three `unsafe` calls, both on a listener's socket
 //! (the third empties a box for reuse: `inplace::Recycled`):
 //!
 //! - `TCP_DEFER_ACCEPT`, the one socket option the gateway sets that

@@ -152,7 +152,12 @@ impl<B> Drop for Call<B> {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        let request = lock(&slot.state).request.take().map(Box::new);
+        let mut state = lock(&slot.state);
+        if state.done {
+            return; // the future went, and took its request with it
+        }
+        let request = state.request.take().map(Box::new);
+        drop(state);
         let error = match request {
             Some(_) => ClientError::Closed,
             None => ClientError::Gone("the connection's task ended".into()),

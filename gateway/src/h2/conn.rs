@@ -157,8 +157,11 @@ struct EventsRoom {
 }
 
 impl EventsRoom {
-    /// No vector is made larger than this at once (62 kB).
-    const MOST: usize = 256;
+    /// No vector is made larger than this at once (31 kB): room for a burst
+    /// of 32 unary gRPC calls (a HEADERS and a DATA event each) twice over.
+    /// A read of hundreds of small frames does not make every later wake-up
+    /// of the connection reserve for hundreds.
+    const MOST: usize = 128;
 
     fn seen(&mut self, events: usize) {
         self.now = self.now.max(events);

@@ -75,7 +75,7 @@ enum Done<B: Body> {
 
 impl<Fut, B> Future for Task<Fut, B>
 where
-    Fut: Future<Output: Respond<Body = B>> + 'static,
+    Fut: Future<Output: Respond<Body = B>>,
     B: Body<Data = Bytes> + Unpin,
 {
     type Output = Done<B>;
@@ -94,7 +94,7 @@ where
 
 impl<Fut, B> Task<Fut, B>
 where
-    Fut: Future<Output: Respond<Body = B>> + 'static,
+    Fut: Future<Output: Respond<Body = B>>,
     B: Body<Data = Bytes> + Unpin,
 {
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Done<B>> {
@@ -290,9 +290,10 @@ where
                 Poll::Ready(ready) => ready?,
                 Poll::Pending => {
                     crate::buffers::give(&mut self.buf);
-                    // Its events vectors too (two, taking turns: 1 kB each
-                    // once a read has given four events), and its write
-                    // buffer once empty.
+                    // Its events vectors too (two, taking turns: each
+                    // made again with room for as many events as a read
+                    // gave in this busy period, `Conn::push_event`), and
+                    // its write buffer once empty.
                     self.events = Vec::new();
                     self.running.shed();
                     self.conn.shed_idle_room();

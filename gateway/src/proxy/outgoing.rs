@@ -453,6 +453,7 @@ pub(super) fn target(
                 ),
             };
             parts.path_and_query = Some(path_and_query.clone());
+            // Scheme, authority and path all set: `from_parts` cannot fail.
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("uri"))?;
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(header::HOST);
@@ -794,6 +795,7 @@ mod tests {
         let cases = [
             ("http://a.test/svc/Call", Some(&host), "a.test"),
             ("https://b.test/svc/Call", Some(&host), "a.test"),
+            ("http://A.test/svc/Call", Some(&host), "a.test"),
             ("/svc/Call", Some(&host), "a.test"),
             ("/svc/Call", None, "127.0.0.1:9"),
         ];
@@ -803,10 +805,13 @@ mod tests {
                 .header(header::HOST, "a.test")
                 .body(Either::Right(Full::new(Bytes::new())))
                 .unwrap();
-            target(&mut req, &endpoint, &pq, host, false).unwrap();
-            assert_eq!(req.uri(), &*format!("http://{want}/svc/Call?x=1"), "{uri}");
-            assert_eq!(req.headers().get(header::HOST), None, "{uri}");
-            assert_eq!(req.version(), Version::HTTP_2);
+            // A retry points the same request again.
+            for _ in 0..2 {
+                target(&mut req, &endpoint, &pq, host, false).unwrap();
+                assert_eq!(req.uri(), &*format!("http://{want}/svc/Call?x=1"), "{uri}");
+                assert_eq!(req.headers().get(header::HOST), None, "{uri}");
+                assert_eq!(req.version(), Version::HTTP_2);
+            }
         }
     }
 }
