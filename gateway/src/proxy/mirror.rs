@@ -205,7 +205,7 @@ fn copy_of(
         endpoint,
         &out.path_and_query,
         Some(&shadow),
-        false,
+        out.te_trailers,
     )
     .ok()?;
     Some((req, endpoint.clone()))

@@ -11,8 +11,8 @@
 //! `TE` is hop-by-hop and goes like the others, with one exception: HTTP/2
 //! allows exactly `te: trailers` (RFC 9113 §8.2.2), and gRPC servers built
 //! on gRPC's C core refuse a call without it, so a request that carried it
-//! gets it again when (and only when) it is sent to an HTTP/2 upstream
-//! ([`target`]). A gRPC-Web call translated here gets it too: its client
+//! has it when (and only when) it is sent to an HTTP/2 upstream
+//! ([`target`]; a lone `te: trailers` is left in place until then). A gRPC-Web call translated here gets it too: its client
 //! spoke HTTP/1.1 and could not send it.
 
 use std::time::Duration;
@@ -271,6 +271,7 @@ fn prepare_headers(
         underscores: underscores == UnderscorePolicy::Drop,
         forwarded: !peer.trusted,
         length_if_chunked: true,
+        lone_te: true,
     };
     let te_trailers = strip_headers(headers, drop);
     if let Some(proto) = proto {
@@ -409,8 +410,12 @@ pub(super) fn target(
         // The same request may go to an HTTP/1.1 endpoint after an HTTP/2
         // one refused its connection.
         if endpoint.scheme == Scheme::H2c {
-            req.headers_mut()
-                .insert(header::TE, HeaderValue::from_static("trailers"));
+            // Usually still there as the client sent it (see
+            // `strip_headers`).
+            if !lone_trailers(req.headers().get_all(header::TE).iter()) {
+                req.headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         } else {
             req.headers_mut().remove(header::TE);
         }
@@ -483,13 +488,32 @@ struct Drop {
     /// `Content-Length` beside `Transfer-Encoding`: never let a request
     /// reach a backend carrying both framings (found in the same pass).
     length_if_chunked: bool,
+    /// A lone `te: trailers` (a request's: [`target`] keeps it for an
+    /// HTTP/2 upstream and takes it out for an HTTP/1.1 one).
+    lone_te: bool,
+}
+
+/// Whether `TE` names `trailers`, and whether it is exactly one
+/// `te: trailers` (what HTTP/2 allows).
+fn te_fields(headers: &HeaderMap) -> (bool, bool) {
+    let all = headers.get_all(header::TE);
+    let named = all.iter().any(|v| has_token(v, "trailers"));
+    (named, lone_trailers(all.iter()))
+}
+
+fn lone_trailers<'a>(mut values: impl Iterator<Item = &'a HeaderValue>) -> bool {
+    matches!((values.next(), values.next()),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// [`strip_hop_by_hop`], and what `drop` names. True when `TE` (now gone)
-/// named `trailers`: looked at only when there is a `TE`, so other requests
-/// pay nothing for it.
+/// [`strip_hop_by_hop`], and what `drop` names. True when `TE` named
+/// `trailers`: looked at only when there is a `TE`, so other requests pay
+/// nothing for it. A request's lone `te: trailers`, as gRPC clients send
+/// it, is left in place when `drop` says so, for [`target`]: it keeps the
+/// field for an HTTP/2 upstream (saving a removal and an insertion a call)
+/// and takes it out for an HTTP/1.1 one.
 fn strip_headers(headers: &mut HeaderMap, drop: Drop) -> bool {
     let (mut connection, mut keep_alive, mut te, mut trailer, mut encoding, mut upgrade) =
         (false, false, false, false, false, false);
@@ -540,15 +564,15 @@ fn strip_headers(headers: &mut HeaderMap, drop: Drop) -> bool {
         }
         headers.remove(header::CONNECTION);
     }
-    let te_trailers = te
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .any(|v| has_token(v, "trailers"));
+    let (te_trailers, keep_te) = if te {
+        te_fields(headers)
+    } else {
+        (false, false)
+    };
     if keep_alive {
         headers.remove(&KEEP_ALIVE);
     }
-    if te {
+    if te && !(keep_te && drop.lone_te) {
         headers.remove(header::TE);
     }
     if trailer {
@@ -621,11 +645,14 @@ mod tests {
                     underscores: true,
                     forwarded: true,
                     length_if_chunked: false,
+                    lone_te: true,
                 },
             ),
             "te: trailers seen"
         );
-        assert_eq!(with_underscores.len(), 1, "{with_underscores:?}");
+        // Left for `target` to keep or take out by the upstream's protocol.
+        assert_eq!(with_underscores.len(), 2, "{with_underscores:?}");
+        assert!(with_underscores.contains_key(header::TE));
     }
 
     /// A response keeps its length whatever else it says; a request with
@@ -811,6 +838,51 @@ mod tests {
                 assert_eq!(req.uri(), &*format!("http://{want}/svc/Call?x=1"), "{uri}");
                 assert_eq!(req.headers().get(header::HOST), None, "{uri}");
                 assert_eq!(req.version(), Version::HTTP_2);
+            }
+        }
+    }
+
+    /// `te: trailers` reaches an HTTP/2 upstream exactly once and an
+    /// HTTP/1.1 one never, whatever else the client's `TE` said, try after
+    /// try on the same request (a retry may change protocol).
+    #[test]
+    fn te_trailers_goes_to_http2_upstreams_alone_and_to_http1_ones_not_at_all() {
+        let health = crate::health::HealthRegistry::default();
+        let mut h2c = Endpoint::from_static("127.0.0.1:9".parse().unwrap(), &health);
+        h2c.scheme = Scheme::H2c;
+        let h1 = Endpoint::from_static("127.0.0.1:9".parse().unwrap(), &health);
+        let pq = PathAndQuery::from_static("/svc/Call");
+        let drop = Drop {
+            underscores: false,
+            forwarded: true,
+            length_if_chunked: true,
+            lone_te: true,
+        };
+        let sent: [&[&str]; 5] = [
+            &["trailers"],
+            &["Trailers"],
+            &["trailers, deflate"],
+            &["trailers", "trailers"],
+            &["deflate"],
+        ];
+        for te in sent {
+            let mut req = Request::builder().uri("/svc/Call");
+            for v in te {
+                req = req.header(header::TE, *v);
+            }
+            let mut req = req.body(Either::Right(Full::new(Bytes::new()))).unwrap();
+            let te_trailers = strip_headers(req.headers_mut(), drop);
+            assert_eq!(te_trailers, te != ["deflate"], "{te:?}");
+            for endpoint in [&h2c, &h1, &h2c, &h2c, &h1] {
+                target(&mut req, endpoint, &pq, None, te_trailers).unwrap();
+                let got: Vec<_> = req.headers().get_all(header::TE).iter().collect();
+                match (endpoint.scheme, te_trailers) {
+                    (Scheme::H2c, true) => {
+                        assert_eq!(got.len(), 1, "{te:?}");
+                        assert!(got[0].as_bytes().eq_ignore_ascii_case(b"trailers"));
+                    }
+                    _ => assert!(got.is_empty(), "{te:?} to {:?}: {got:?}", endpoint.scheme),
+                }
             }
         }
     }

@@ -395,3 +395,42 @@ async fn an_idle_connection_lets_go_of_its_room_at_the_interval() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// What HTTP/2 forbids in a request goes, and nothing else: `te` stays
+/// only as exactly `trailers`.
+#[test]
+fn a_request_loses_the_fields_http2_forbids_and_no_others() {
+    let map = |fields: &[(&'static str, &'static str)]| {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(*n, http::HeaderValue::from_static(v));
+        }
+        h
+    };
+    let names = |h: &HeaderMap| {
+        let mut n: Vec<_> = h.iter().map(|(n, v)| format!("{n}: {v:?}")).collect();
+        n.sort();
+        n
+    };
+    let kept = [("te", "trailers"), ("x-ok", "1")];
+    let mut h = map(&kept);
+    super::strip_connection_fields(&mut h);
+    assert_eq!(names(&h), names(&map(&kept)));
+    let mut h = map(&[
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("te", "trailers"),
+        ("x-ok", "1"),
+    ]);
+    super::strip_connection_fields(&mut h);
+    assert_eq!(names(&h), names(&map(&kept)));
+    for te in [&[("te", "gzip")][..], &[("te", "trailers"), ("te", "gzip")]] {
+        let mut h = map(te);
+        h.append("x-ok", http::HeaderValue::from_static("1"));
+        super::strip_connection_fields(&mut h);
+        assert_eq!(names(&h), names(&map(&[("x-ok", "1")])), "{te:?}");
+    }
+}
