@@ -727,6 +727,27 @@ async fn trailer_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()
                             .headers()
                             .get("te")
                             .map(|v| v.to_str().unwrap().to_string());
+                        // Every value of the fields the gateway adds, as
+                        // hyper's HPACK decoder read them.
+                        let seen: Vec<String> = [
+                            "x-forwarded-for",
+                            "x-forwarded-proto",
+                            "x-forwarded-host",
+                            "x-request-id",
+                            "te",
+                        ]
+                        .iter()
+                        .map(|name| {
+                            let values: Vec<&str> = req
+                                .headers()
+                                .get_all(*name)
+                                .iter()
+                                .map(|v| v.to_str().unwrap())
+                                .collect();
+                            format!("{name}={}", values.join("|"))
+                        })
+                        .collect();
+                        let seen = seen.join(";");
                         let body = req.into_body().collect().await.unwrap();
                         let got = body
                             .trailers()
@@ -747,6 +768,7 @@ async fn trailer_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()
                             .header("content-type", "application/grpc")
                             .header("x-got", got)
                             .header("x-te", te.unwrap_or_else(|| "none".into()))
+                            .header("x-seen", seen)
                             .body(http_body_util::StreamBody::new(futures_util::stream::iter(
                                 frames,
                             )))
@@ -791,6 +813,17 @@ async fn http1_chunked_trailers_and_an_h2_upstream() {
     // The client's chunked trailers reach the HTTP/2 upstream, with te: trailers.
     assert!(text.contains("x-got: from-client"), "{text}");
     assert!(text.contains("x-te: trailers"), "{text}");
+    // The forwarding fields and the request id, each once (the native
+    // HTTP/2 client sends them encoded after the request's own fields).
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let seen = format!(
+        "x-seen: x-forwarded-for=127.0.0.1;x-forwarded-proto=http;x-forwarded-host=gw;\
+         x-request-id={id};te=trailers\r\n"
+    );
+    assert!(text.contains(&seen), "{seen} in {text}");
     // The call's status reaches an HTTP/1.1 client that said
     // `te: trailers`, in the chunked trailer section: the gateway declares
     // the gRPC status fields in `Trailer`, which hyper's HTTP/1.1 encoder

@@ -197,6 +197,38 @@ pub fn shared_copy(src: &[u8]) -> Bytes {
         .unwrap_or_else(|_| Bytes::copy_from_slice(src))
 }
 
+/// Bytes written by `write` (at most `most` of them), shared from the
+/// start as [`shared_copy`]'s: written straight into this thread's chunk
+/// of small copies when they fit.
+pub fn shared_written(most: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let own = |write: &mut dyn FnMut(&mut BytesMut)| {
+        let mut own = BytesMut::with_capacity(most);
+        write(&mut own);
+        own.freeze()
+    };
+    let mut write = Some(write);
+    let mut once = |dst: &mut BytesMut| {
+        if let Some(write) = write.take() {
+            write(dst);
+        }
+    };
+    if most > LARGEST_SHARED_COPY {
+        return own(&mut once);
+    }
+    let cut = |chunk: &RefCell<BytesMut>| {
+        let mut chunk = chunk.borrow_mut();
+        if chunk.capacity() < most {
+            *chunk = BytesMut::with_capacity(COPIES_CHUNK);
+        }
+        once(&mut chunk);
+        chunk.split().freeze()
+    };
+    match COPIES.try_with(cut) {
+        Ok(bytes) => bytes,
+        Err(_) => own(&mut once),
+    }
+}
+
 /// An empty buffer with room for at least [`SIZE`] bytes.
 pub fn take() -> BytesMut {
     FREE.with(|free| free.borrow_mut().pop())
@@ -369,6 +401,21 @@ pub(crate) async fn until_kept(count: fn() -> usize, want: usize, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is written comes back whole, small (from the thread's chunk,
+    /// beside earlier copies that stay as they were) or large (its own).
+    #[test]
+    fn written_bytes_come_back_as_written_whatever_their_size() {
+        let before = shared_copy(b"before");
+        let small = shared_written(16, |dst| dst.extend_from_slice(b"small"));
+        let large = vec![b'x'; LARGEST_SHARED_COPY * 3];
+        let big = shared_written(large.len(), |dst| dst.extend_from_slice(&large));
+        let after = shared_copy(b"after");
+        assert_eq!(&before[..], b"before");
+        assert_eq!(&small[..], b"small");
+        assert_eq!(&big[..], &large[..]);
+        assert_eq!(&after[..], b"after");
+    }
 
     #[test]
     fn a_buffer_given_back_is_taken_again_whole() {

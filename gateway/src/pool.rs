@@ -340,23 +340,29 @@ impl H2Sender {
         }
     }
 
-    /// Sends `req` on this connection. The native client takes the request
-    /// at once and the future only waits for its answer (tens of bytes),
-    /// so the try's future does not keep the request a second time; hyper's
-    /// (the fallback) is boxed, so its larger future does not size every
-    /// native try.
+    /// Sends `req` on this connection, with `extra` fields after its own
+    /// (encoded: [`crate::h2::client::SendRequest::send_with`]; only the
+    /// native client takes them, see [`Pool::encodes_extra`]). The native
+    /// client takes the request at once and the future only waits for its
+    /// answer (tens of bytes), so the try's future does not keep the
+    /// request a second time; hyper's (the fallback) is boxed, so its
+    /// larger future does not size every native try.
     fn send(
         &mut self,
         req: Request<UpstreamBody>,
+        extra: Bytes,
     ) -> impl Future<Output = Result<Response<H2ResponseBody>, H2Failure>> + use<> {
         use futures_util::FutureExt as _;
         use futures_util::future::Either as Which;
         match self {
-            H2Sender::Native(s) => Which::Left(s.send(req).map(|answer| match answer {
-                Ok(resp) => Ok(resp.map(Either::Left)),
-                Err(failure) => Err(native_failure(failure)),
-            })),
+            H2Sender::Native(s) => {
+                Which::Left(s.send_with(req, extra).map(|answer| match answer {
+                    Ok(resp) => Ok(resp.map(Either::Left)),
+                    Err(failure) => Err(native_failure(failure)),
+                }))
+            }
             H2Sender::Hyper(s) => {
+                debug_assert!(extra.is_empty(), "hyper's client takes no encoded fields");
                 let sent = s.try_send_request(req);
                 Which::Right(Box::pin(async move {
                     match sent.await {
@@ -502,6 +508,13 @@ impl Pool {
         scheme == Scheme::Http && self.client == Http1Client::Native && !upgrade
     }
 
+    /// Whether a try to `scheme` takes the proxy's added fields apart from
+    /// the request's map, encoded for HTTP/2 ([`Pool::send_h2c`]'s
+    /// `extra`): h2c with the native HTTP/2 client.
+    pub fn encodes_extra(&self, scheme: Scheme, upgrade: bool) -> bool {
+        scheme == Scheme::H2c && self.http2 == Http2Client::Native && !upgrade
+    }
+
     /// One exchange on `io` with the native client; the response's body
     /// hands `io` back once read to its end.
     ///
@@ -621,6 +634,7 @@ impl Pool {
         self: &'s Arc<Self>,
         endpoint: &'s Endpoint,
         mut req: Request<UpstreamBody>,
+        extra: Bytes,
     ) -> impl Future<Output = Result<Response<H2ResponseBody>, SendError>> + 's {
         // What the future keeps across its waits is the request (once) and
         // the connection's handle: a request turned back goes into the
@@ -640,7 +654,7 @@ impl Pool {
                 },
             };
             loop {
-                req = match sender.send(req).await {
+                req = match sender.send(req, extra.clone()).await {
                     Ok(resp) => return Ok(resp),
                     Err((_, Some(back))) if reused => *back,
                     Err((error, _)) => return Err(SendError::sent(error)),
@@ -706,7 +720,7 @@ impl Pool {
                         (error, e.take_message())
                     }
                 },
-                TlsConn::H2(mut s) => match s.send(http2_form(req)).await {
+                TlsConn::H2(mut s) => match s.send(http2_form(req), Bytes::new()).await {
                     Ok(resp) => return Ok(resp.map(Either::Right)),
                     Err((error, back)) => (error, back.map(|b| *b)),
                 },
@@ -1522,7 +1536,7 @@ mod tests {
                         .body(Either::Right(Full::new(Bytes::from(n.to_string()))))
                         .unwrap();
                     let what = format!("{client:?}, graceful {graceful}, request {n}");
-                    let resp = match pool.send_h2c(&endpoint, req).await {
+                    let resp = match pool.send_h2c(&endpoint, req, Bytes::new()).await {
                         Ok(resp) => resp,
                         Err(e) => panic!("{what}: {}", e.error),
                     };
@@ -1623,7 +1637,7 @@ mod tests {
                         .unwrap();
                     let (pool, endpoint) = (pool.clone(), endpoint.clone());
                     async move {
-                        let resp = pool.send_h2c(&endpoint, req).await;
+                        let resp = pool.send_h2c(&endpoint, req, Bytes::new()).await;
                         let resp = resp.unwrap_or_else(|e| panic!("{client:?}: {}", e.error));
                         let body = resp.into_body().collect().await.unwrap().to_bytes();
                         assert_eq!(body, format!("{round}-{n}"), "{client:?}");
@@ -1663,7 +1677,7 @@ mod tests {
             .unwrap();
         let (pool, endpoint) = (pool.clone(), endpoint.clone());
         async move {
-            let resp = pool.send_h2c(&endpoint, req).await.unwrap();
+            let resp = pool.send_h2c(&endpoint, req, Bytes::new()).await.unwrap();
             resp.into_body().collect().await.unwrap().to_bytes()
         }
     }

@@ -98,6 +98,9 @@ struct SlotState<B> {
     /// where a request (344 bytes) was copied whole at each of the
     /// channel's steps (into its queue, out, into the task's hands).
     request: Option<Request<B>>,
+    /// Fields to send after the request's own, encoded
+    /// ([`SendRequest::send_with`]).
+    extra: Bytes,
     outcome: Option<Result<Response<H2Body>, SendFailure<B>>>,
     waker: Option<Waker>,
     /// The stream the request went out on (0 until it did).
@@ -283,9 +286,19 @@ impl<B> SendRequest<B> {
     /// Sends `req` (its URI absolute, or its target host in `host`); the
     /// response comes with its body to read.
     pub fn send(&self, req: Request<B>) -> ResponseFuture<B> {
+        self.send_with(req, Bytes::new())
+    }
+
+    /// [`SendRequest::send`], with `extra` fields after the request's own:
+    /// encoded by [`super::hpack::literal_fields`], so that the caller need
+    /// not insert them into the request's map (the proxy's forwarding
+    /// fields: four insertions, each hashing a custom name, cost more than
+    /// encoding them apart).
+    pub fn send_with(&self, req: Request<B>, extra: Bytes) -> ResponseFuture<B> {
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState {
                 request: Some(req),
+                extra,
                 outcome: None,
                 waker: None,
                 stream: 0,
@@ -587,6 +600,7 @@ where
             return;
         }
         let req = state.request.take().expect("a call not yet started");
+        let extra = std::mem::take(&mut state.extra);
         let (mut parts, body) = req.into_parts();
         // HTTP/2 carries the target host as `:authority` (section
         // 8.3.1): the URI's, else the `host` field's, taken out.
@@ -603,7 +617,9 @@ where
             path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         };
         let end_stream = body.is_end_stream();
-        let stream = self.conn.open(&target, &parts.headers, end_stream);
+        let stream = self
+            .conn
+            .open(&target, (&parts.headers, &extra), end_stream);
         // Encoded: the map's room serves the next head decoded on this
         // thread (a response's here, a request's in the server).
         crate::buffers::give_map(parts.headers);

@@ -231,9 +231,16 @@ impl ClientConn {
     }
 
     /// Opens a stream with the request head `target` and `headers` (which
-    /// must hold no connection-specific field); `end_stream` when it has
-    /// no body. Only when [`ClientConn::can_open`].
-    pub fn open(&mut self, target: &Target<'_>, headers: &HeaderMap, end_stream: bool) -> u32 {
+    /// must hold no connection-specific field), then `extra`: more fields
+    /// already encoded as literals that touch no table
+    /// ([`super::hpack::literal_fields`]); `end_stream` when it has no
+    /// body. Only when [`ClientConn::can_open`].
+    pub fn open(
+        &mut self,
+        target: &Target<'_>,
+        (headers, extra): (&HeaderMap, &[u8]),
+        end_stream: bool,
+    ) -> u32 {
         debug_assert!(self.can_open());
         let stream = self.next_stream;
         self.next_stream += 2;
@@ -254,6 +261,7 @@ impl ClientConn {
         );
         self.scratch.clear();
         self.encoder.request(target, headers, &mut self.scratch);
+        self.scratch.extend_from_slice(extra);
         frame::write_headers(
             &mut self.out,
             stream,

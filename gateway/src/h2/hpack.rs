@@ -456,7 +456,17 @@ fn literal_pseudo(name_index: usize, value: &[u8], dst: &mut BytesMut) {
 /// Each field as a literal never added to a table: "without indexing", or
 /// "never indexed" for a sensitive value.
 fn fields(headers: &HeaderMap, dst: &mut BytesMut) {
-    for (name, value) in headers {
+    literal_fields(headers, dst);
+}
+
+/// `fields` as [`Encoder`] writes a map's, with no table involved: bytes
+/// that can be made away from the connection, ahead of time, and added to
+/// a block after the map's own ([`crate::h2::client::SendRequest::send_with`]).
+pub fn literal_fields<'a>(
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    dst: &mut BytesMut,
+) {
+    for (name, value) in fields {
         let flags = if value.is_sensitive() { 0x10 } else { 0x00 };
         match table::static_name_index(name) {
             Some(index) => put_integer(index, 4, flags, dst),

@@ -433,13 +433,14 @@ fn send_h2c<'f>(
     proxy: &'f Proxy,
     endpoint: &'f Endpoint,
     req: Request<UpstreamBody>,
+    extra: Bytes,
 ) -> BoxFuture<'f, Result<Response<UpstreamResponseBody>, SendError>> {
     use futures_util::FutureExt as _;
     // Made in its box, not copied there.
     crate::inplace::box_in_place(|| {
         proxy
             .pool
-            .send_h2c(endpoint, req)
+            .send_h2c(endpoint, req, extra)
             .map(|r| r.map(|resp| resp.map(Either::Right)))
     })
 }
@@ -569,7 +570,11 @@ impl<'a> Tries<'a> {
                     // native client hands such a request back itself.)
                     self.kept = keep_for_reset(&req, self.entry, to.upgrade);
                 }
-                let pairs = self.added(native, &mut req, &to);
+                // The added fields go beside the map, not into it, for the
+                // native clients: HTTP/1.1 writes them after the map's,
+                // HTTP/2 takes them encoded.
+                let beside = native || proxy.pool.encodes_extra(endpoint.scheme, to.upgrade);
+                let pairs = self.added(beside, &mut req, &to);
                 let sent = (to.upgrade, pairs.as_slice(), to.relay);
                 // The boxed tries (h2c, TLS) are awaited apart from the
                 // inline HTTP/1.1 one: one future for all was the size of
@@ -582,7 +587,10 @@ impl<'a> Tries<'a> {
                         let send = self.send_http1(proxy, endpoint, req, sent, sent_at);
                         self.send_once(send).await
                     }
-                    Scheme::H2c => self.send_once(send_h2c(proxy, endpoint, req)).await,
+                    Scheme::H2c => {
+                        let extra = pairs.hpack();
+                        self.send_once(send_h2c(proxy, endpoint, req, extra)).await
+                    }
                     Scheme::Https => {
                         let pending = self.entry.state.pending_limit(&self.entry.route.limits);
                         let send = self.send_tls(proxy, endpoint, req, (pending, to.upgrade));
@@ -607,16 +615,17 @@ impl<'a> Tries<'a> {
     }
 
     /// The added fields this try's client writes beside the map: all of
-    /// them for the native HTTP/1.1 client; for any other, none, as they
-    /// go into the map (once: a later try finds them there).
+    /// them for the native HTTP/1.1 client and the native HTTP/2 one over
+    /// h2c (`beside`); for any other, none, as they go into the map (once:
+    /// a later try finds them there).
     fn added<'t>(
         &mut self,
-        native: bool,
+        beside: bool,
         req: &mut Request<UpstreamBody>,
         to: &Destination<'t>,
     ) -> Pairs<'t> {
         let (added, hop) = to.added;
-        added.for_try(hop, (native, &mut self.folded), req.headers_mut())
+        added.for_try(hop, (beside, &mut self.folded), req.headers_mut())
     }
 
     /// Tells the upstream how long it has (`grpc-timeout`): what is left of

@@ -146,7 +146,7 @@ impl Proxy {
             let send = async {
                 let resp = match (&endpoint.scheme, &dial) {
                     (Scheme::H2c, _) => pool
-                        .send_h2c(&endpoint, req)
+                        .send_h2c(&endpoint, req, Bytes::new())
                         .await
                         .map(|r| r.map(Either::Right)),
                     (Scheme::Https, Some(dial)) => pool.send_tls(&endpoint, dial, req, None).await,

@@ -105,7 +105,7 @@ fn the_preface_settings_and_window_go_first() {
 #[test]
 fn a_request_and_its_response_round_trip() {
     let mut conn = open_conn(Settings::default());
-    let stream = conn.open(&GET, &HeaderMap::new(), true);
+    let stream = conn.open(&GET, (&HeaderMap::new(), &[]), true);
     assert_eq!(stream, 1);
     assert!(matches!(
         written(&mut conn)[..],
@@ -141,7 +141,11 @@ fn a_request_and_its_response_round_trip() {
     assert_eq!(head.content_length, Some(5));
     assert_eq!(data, "hello");
     assert_eq!(conn.open_streams(), 0);
-    assert_eq!(conn.open(&GET, &HeaderMap::new(), true), 3, "ids rise, odd");
+    assert_eq!(
+        conn.open(&GET, (&HeaderMap::new(), &[]), true),
+        3,
+        "ids rise, odd"
+    );
 }
 
 #[test]
@@ -156,7 +160,7 @@ fn a_server_must_begin_with_settings() {
 #[test]
 fn informational_heads_are_passed_over_and_trailers_end_the_body() {
     let mut conn = open_conn(Settings::default());
-    conn.open(&GET, &HeaderMap::new(), true);
+    conn.open(&GET, (&HeaderMap::new(), &[]), true);
     let mut server = Server::default();
     server
         .head(1, 100, &[], false)
@@ -203,7 +207,7 @@ fn broken_responses_reset_their_stream_alone() {
     ];
     for (what, respond) in cases {
         let mut conn = open_conn(Settings::default());
-        conn.open(&GET, &HeaderMap::new(), true);
+        conn.open(&GET, (&HeaderMap::new(), &[]), true);
         let mut server = Server::default();
         respond(&mut server);
         conn.recv(&mut server.wire).unwrap();
@@ -235,7 +239,7 @@ fn broken_responses_reset_their_stream_alone() {
 fn a_goaway_refuses_the_streams_above_its_last() {
     let mut conn = open_conn(Settings::default());
     for _ in 0..3 {
-        conn.open(&GET, &HeaderMap::new(), true);
+        conn.open(&GET, (&HeaderMap::new(), &[]), true);
     }
     let mut wire = BytesMut::new();
     frame::write_goaway(&mut wire, 1, Reason::NO_ERROR);
@@ -270,7 +274,7 @@ fn the_servers_stream_limit_and_windows_are_obeyed() {
         initial_window_size: Some(10),
         ..Settings::default()
     });
-    let stream = conn.open(&GET, &HeaderMap::new(), false);
+    let stream = conn.open(&GET, (&HeaderMap::new(), &[]), false);
     assert!(!conn.can_open(), "one stream allowed");
     conn.out.clear();
     assert_eq!(conn.send_data(stream, b"0123456789abcdef", true), 10);
@@ -306,7 +310,7 @@ fn taken_bytes_open_the_servers_window_again() {
     let mut server = Server::default();
     server.settings(Settings::default());
     conn.recv(&mut server.wire).unwrap();
-    conn.open(&GET, &HeaderMap::new(), true);
+    conn.open(&GET, (&HeaderMap::new(), &[]), true);
     conn.out.clear();
     let chunk = vec![b'x'; 16_000];
     server.head(1, 200, &[], false);
@@ -328,7 +332,7 @@ fn taken_bytes_open_the_servers_window_again() {
     }));
     // Past the window: the stream's error.
     let mut conn = open_conn(Settings::default());
-    conn.open(&GET, &HeaderMap::new(), true);
+    conn.open(&GET, (&HeaderMap::new(), &[]), true);
     let mut server = Server::default();
     server.head(1, 200, &[], false);
     for _ in 0..70 {
@@ -348,7 +352,7 @@ fn taken_bytes_open_the_servers_window_again() {
 fn frames_on_streams_this_side_never_opened_end_the_connection() {
     for stream in [2, 7] {
         let mut conn = open_conn(Settings::default());
-        conn.open(&GET, &HeaderMap::new(), true);
+        conn.open(&GET, (&HeaderMap::new(), &[]), true);
         let mut server = Server::default();
         server.head(stream, 200, &[], true);
         assert_eq!(
@@ -362,7 +366,7 @@ fn frames_on_streams_this_side_never_opened_end_the_connection() {
 #[test]
 fn a_continuation_flood_ends_the_connection() {
     let mut conn = open_conn(Settings::default());
-    conn.open(&GET, &HeaderMap::new(), true);
+    conn.open(&GET, (&HeaderMap::new(), &[]), true);
     let mut wire = BytesMut::new();
     // HEADERS without END_HEADERS, then CONTINUATION frames of one octet.
     let mut block = BytesMut::new();
@@ -378,7 +382,7 @@ fn a_continuation_flood_ends_the_connection() {
 #[test]
 fn a_cancelled_stream_is_reset_and_its_late_frames_ignored() {
     let mut conn = open_conn(Settings::default());
-    conn.open(&GET, &HeaderMap::new(), true);
+    conn.open(&GET, (&HeaderMap::new(), &[]), true);
     conn.out.clear();
     conn.cancel(1, Reason::CANCEL);
     assert_eq!(
@@ -400,7 +404,7 @@ fn a_cancelled_stream_is_reset_and_its_late_frames_ignored() {
 fn one_stream_goes_before_the_servers_settings_then_its_limit_holds() {
     let mut conn = ClientConn::new(Config::default());
     assert!(conn.can_open());
-    conn.open(&GET, &HeaderMap::new(), true);
+    conn.open(&GET, (&HeaderMap::new(), &[]), true);
     assert!(!conn.can_open(), "the server's limit is not known yet");
     let mut server = Server::default();
     server.settings(Settings {
@@ -409,7 +413,7 @@ fn one_stream_goes_before_the_servers_settings_then_its_limit_holds() {
     });
     conn.recv(&mut server.wire).unwrap();
     assert!(conn.can_open());
-    conn.open(&GET, &HeaderMap::new(), true);
+    conn.open(&GET, (&HeaderMap::new(), &[]), true);
     assert!(!conn.can_open(), "two open, two allowed");
 }
 
