@@ -10,7 +10,7 @@
 //! in a header map as they arrived (`cookie` crumbs not joined, `host` kept
 //! beside `:authority`; the proxy's own checks compare them).
 
-use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 
@@ -32,6 +32,9 @@ pub struct Head {
     /// The `content-length` every such field gave, if any: the stream's
     /// DATA must add up to it (section 8.1.1).
     pub content_length: Option<u64>,
+    /// The (first) `expect` field asks for `100 Continue` (RFC 9110,
+    /// section 10.1.1).
+    pub expects_continue: bool,
 }
 
 /// Collects a request's fields as the decoder gives them.
@@ -47,6 +50,10 @@ pub struct HeadBuilder {
     max_size: usize,
     regular_seen: bool,
     malformed: Option<&'static str>,
+    /// Read as the fields come: a lookup in the map afterwards hashes
+    /// the name again.
+    length: Length,
+    expect: Option<bool>,
 }
 
 impl HeadBuilder {
@@ -64,6 +71,8 @@ impl HeadBuilder {
             max_size,
             regular_seen: false,
             malformed: None,
+            length: Length::default(),
+            expect: None,
         }
     }
 
@@ -103,6 +112,11 @@ impl HeadBuilder {
             Field::Header(name, value) => {
                 self.regular_seen = true;
                 check_regular(&name, &value)?;
+                if name == CONTENT_LENGTH {
+                    self.length.add(&value);
+                } else if name == EXPECT && self.expect.is_none() {
+                    self.expect = Some(value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                }
                 // Past the most names a map holds: over any sane limit too.
                 if self.headers.try_append(name, value).is_err() {
                     self.size = usize::MAX;
@@ -151,7 +165,7 @@ impl HeadBuilder {
             None => {}
         }
         let uri = Uri::from_parts(uri).map_err(|_| "an invalid URI")?;
-        let content_length = content_length(&self.headers)?;
+        let content_length = self.length.get()?;
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = method;
         parts.uri = uri;
@@ -160,6 +174,7 @@ impl HeadBuilder {
         Ok(Head {
             parts,
             content_length,
+            expects_continue: self.expect.unwrap_or(false),
         })
     }
 }
@@ -199,38 +214,62 @@ pub(crate) fn allowed(name: &HeaderName, value: &HeaderValue) -> bool {
 }
 
 /// Connection-specific fields, and `te` other than `trailers` (8.2.2).
+/// The name's text is looked at once (comparing a name with a string
+/// spells the name out for each comparison).
 fn check_regular(name: &HeaderName, value: &HeaderValue) -> Result<(), &'static str> {
+    if name == TE {
+        return match value.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            true => Ok(()),
+            false => Err("te other than trailers"),
+        };
+    }
     let specific = name == CONNECTION
         || name == TRANSFER_ENCODING
         || name == UPGRADE
-        || name == "keep-alive"
-        || name == "proxy-connection";
-    if specific {
-        return Err("a connection-specific field");
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection");
+    match specific {
+        true => Err("a connection-specific field"),
+        false => Ok(()),
     }
-    if name == TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers") {
-        return Err("te other than trailers");
-    }
-    Ok(())
 }
 
-/// The one length every `content-length` field gives.
-pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
+/// The one length every `content-length` field of a section gives, read
+/// field by field as they are decoded.
+#[derive(Debug, Default)]
+pub(crate) struct Length {
+    value: Option<u64>,
+    /// The first fault, which stands.
+    fault: Option<&'static str>,
+}
+
+impl Length {
+    /// One more `content-length` field.
+    pub fn add(&mut self, value: &HeaderValue) {
+        if self.fault.is_some() {
+            return;
+        }
         let raw = value.as_bytes();
         let valid = !raw.is_empty() && raw.len() <= 19 && raw.iter().all(u8::is_ascii_digit);
-        let n: u64 = match valid {
+        let n: Option<u64> = match valid {
             true => std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()),
             false => None,
+        };
+        match n {
+            None => self.fault = Some("an invalid content-length"),
+            Some(n) if self.value.is_some_and(|l| l != n) => {
+                self.fault = Some("content-length fields that differ");
+            }
+            Some(n) => self.value = Some(n),
         }
-        .ok_or("an invalid content-length")?;
-        if length.is_some_and(|l| l != n) {
-            return Err("content-length fields that differ");
-        }
-        length = Some(n);
     }
-    Ok(length)
+
+    /// The length, if any field gave one, or the first fault.
+    pub fn get(&self) -> Result<Option<u64>, &'static str> {
+        match self.fault {
+            Some(fault) => Err(fault),
+            None => Ok(self.value),
+        }
+    }
 }
 
 #[cfg(test)]

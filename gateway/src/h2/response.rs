@@ -7,9 +7,10 @@
 //! did with hyper's client. The same builder reads trailers (no
 //! pseudo-header allowed there).
 
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
-use super::request::{allowed, content_length};
+use super::request::{Length, allowed};
 use super::table::{Field, Pseudo};
 
 /// A checked response head.
@@ -40,6 +41,8 @@ pub struct HeadBuilder {
     max_size: usize,
     regular_seen: bool,
     malformed: Option<&'static str>,
+    /// Read as the fields come (see the request's builder).
+    length: Length,
 }
 
 impl HeadBuilder {
@@ -52,6 +55,7 @@ impl HeadBuilder {
             max_size,
             regular_seen: false,
             malformed: None,
+            length: Length::default(),
         }
     }
 
@@ -84,6 +88,9 @@ impl HeadBuilder {
                 if !allowed(&name, &value) {
                     return Err("a connection-specific field");
                 }
+                if name == CONTENT_LENGTH {
+                    self.length.add(&value);
+                }
                 if self.headers.try_append(name, value).is_err() {
                     self.size = usize::MAX;
                 }
@@ -106,7 +113,7 @@ impl HeadBuilder {
         }
         let status = self.status.ok_or(Refusal::Malformed("no :status"))?;
         let status = parse_status(&status).ok_or(Refusal::Malformed("an invalid :status"))?;
-        let content_length = content_length(&self.headers).map_err(Refusal::Malformed)?;
+        let content_length = self.length.get().map_err(Refusal::Malformed)?;
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = status;
         parts.version = Version::HTTP_2;

@@ -392,7 +392,7 @@ where
             let announced = Announced {
                 stream,
                 length: head.content_length,
-                expects_continue: expects_continue(&head.parts.headers),
+                expects_continue: head.expects_continue,
                 cancel_on_drop: false,
             };
             let (body, feed) = body::channel(announced, self.released.clone());
@@ -497,13 +497,12 @@ where
 
     fn head(&mut self, stream: u32, resp: Response<B>) {
         let (mut parts, body) = resp.into_parts();
-        strip_connection_fields(&mut parts.headers);
         // No body for HEAD, 204 and 304 (RFC 9110, 6.4.1), whatever the
         // answer carries (the gateway's own errors have one).
         let head = self.heads.remove(&stream).is_some();
         let bodiless = head || matches!(parts.status.as_u16(), 204 | 304);
         let no_length = head || parts.status.as_u16() == 304;
-        add_date_and_length(&mut parts, &body, no_length);
+        ready_head(&mut parts, &body, no_length);
         let end = bodiless || body.is_end_stream();
         self.conn.respond(stream, parts.status, &parts.headers, end);
         // Encoded: the map's room serves the next head decoded on this
@@ -590,31 +589,47 @@ where
     }
 }
 
-/// Whether the request asks for `100 Continue` before its body (RFC 9110,
-/// section 10.1.1).
-fn expects_continue(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+/// What one pass over a response's names finds: a lookup by name for
+/// each costs a hash of the name, and a response has a few fields.
+#[derive(Debug, Default)]
+struct Found {
+    /// A field HTTP/2 forbids in a response (RFC 9113, section 8.2.2):
+    /// the proxy strips them from upstream responses, but an embedder's
+    /// layer might add one.
+    forbidden: bool,
+    date: bool,
+    length: bool,
 }
 
-/// Fields HTTP/2 forbids in a response (RFC 9113, section 8.2.2), if it
-/// carries any (the proxy strips them from upstream responses; an
-/// embedder's layer might add one): the connection-specific ones, those a
-/// `Connection` field names, and `te`. Looked for in one pass over the
-/// names first.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    let forbidden = |name: &http::HeaderName| {
-        name == CONNECTION
+fn look(headers: &HeaderMap) -> Found {
+    let mut found = Found::default();
+    for name in headers.keys() {
+        if name == http::header::DATE {
+            found.date = true;
+        } else if name == http::header::CONTENT_LENGTH {
+            found.length = true;
+        } else if name == CONNECTION
             || name == TRANSFER_ENCODING
             || name == UPGRADE
             || name == TE
-            || name == "keep-alive"
-            || name == "proxy-connection"
-    };
-    if !headers.keys().any(forbidden) {
-        return;
+            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+        {
+            found.forbidden = true;
+        }
     }
+    found
+}
+
+/// Fields HTTP/2 forbids in a response, if it carries any ([`look`]).
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    if look(headers).forbidden {
+        remove_connection_fields(headers);
+    }
+}
+
+/// The connection-specific fields, those a `Connection` field names, and
+/// `te`.
+fn remove_connection_fields(headers: &mut HeaderMap) {
     let named: Vec<String> = headers
         .get_all(CONNECTION)
         .iter()
@@ -632,17 +647,34 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// A response head as it goes out: without what HTTP/2 forbids, with what
+/// [`add_date_and_length`] adds. One pass over the names finds both.
+fn ready_head<B: Body>(parts: &mut http::response::Parts, body: &B, no_length: bool) {
+    let mut found = look(&parts.headers);
+    if found.forbidden {
+        remove_connection_fields(&mut parts.headers);
+        // A `Connection` field may have named `date` or the length.
+        found = look(&parts.headers);
+    }
+    add_date_and_length(parts, body, no_length, &found);
+}
+
 /// What hyper's server adds to a response that lacks them: `date`, and a
 /// `content-length` when the body's length is known (not for HEAD or 304,
 /// whose length would be the resource's).
-fn add_date_and_length<B: Body>(parts: &mut http::response::Parts, body: &B, no_length: bool) {
-    if !parts.headers.contains_key(http::header::DATE)
+fn add_date_and_length<B: Body>(
+    parts: &mut http::response::Parts,
+    body: &B,
+    no_length: bool,
+    found: &Found,
+) {
+    if !found.date
         && let Ok(date) = httpdate::fmt_http_date(std::time::SystemTime::now()).parse()
     {
         // Rare (the gateway's own answers): formatted each time.
         parts.headers.insert(http::header::DATE, date);
     }
-    if no_length || parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+    if no_length || found.length {
         return;
     }
     if let Some(n) = body.size_hint().exact() {

@@ -189,3 +189,20 @@ fn review_findings_on_the_target() {
     }
     assert_eq!(builder.finish().unwrap_err(), Refusal::TooLarge);
 }
+
+/// `expect: 100-continue` is read from the first `expect` field, in any
+/// case; another expectation, or none, asks for nothing.
+#[test]
+fn the_first_expect_field_says_whether_to_continue() {
+    let with = |values: &[&'static str]| {
+        let mut fields = get("/");
+        fields.push(header("content-length", "3"));
+        fields.extend(values.iter().map(|v| header("expect", v)));
+        head(fields).unwrap().expects_continue
+    };
+    assert!(with(&["100-continue"]));
+    assert!(with(&["100-Continue"]));
+    assert!(with(&["100-continue", "something"]));
+    assert!(!with(&["something", "100-continue"]));
+    assert!(!with(&[]));
+}

@@ -393,3 +393,50 @@ async fn a_reset_stream_drops_its_work_at_once_and_others_go_on() {
     }
     assert_eq!(dropped.load(Ordering::SeqCst), 2);
 }
+
+/// A response head as the server sends it: what HTTP/2 forbids goes (and
+/// what a `Connection` field names), `date` is added when missing, and a
+/// length when the body's is known and the head has none, even when a
+/// `Connection` field named the one it had.
+#[test]
+fn a_response_loses_what_http2_forbids_and_gets_a_date_and_length() {
+    let answer = |fields: &[(&'static str, &'static str)]| {
+        let mut resp = http::Response::new(Full::new(Bytes::from_static(b"abc")));
+        for (n, v) in fields {
+            resp.headers_mut()
+                .append(*n, http::HeaderValue::from_static(v));
+        }
+        let (mut parts, body) = resp.into_parts();
+        ready_head(&mut parts, &body, false);
+        parts.headers
+    };
+    let plain = answer(&[("content-type", "text/plain")]);
+    assert_eq!(plain["content-length"], "3");
+    assert!(plain.contains_key("date"));
+    let own = answer(&[
+        ("date", "Sun, 06 Dec 2026 00:00:00 GMT"),
+        ("content-length", "3"),
+    ]);
+    assert_eq!(own["date"], "Sun, 06 Dec 2026 00:00:00 GMT");
+    assert_eq!(own.get_all("content-length").iter().count(), 1);
+    let named = answer(&[
+        ("connection", "content-length, x-hop"),
+        ("content-length", "99"),
+        ("x-hop", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "close"),
+        ("te", "trailers"),
+        ("x-kept", "1"),
+    ]);
+    assert_eq!(named["content-length"], "3", "{named:?}");
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+    ] {
+        assert!(!named.contains_key(gone), "{gone}: {named:?}");
+    }
+    assert_eq!(named["x-kept"], "1");
+}
