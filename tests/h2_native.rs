@@ -307,3 +307,58 @@ async fn a_client_that_expects_100_continue_is_invited() {
     assert_eq!(v["body_len"], body.len());
     assert_eq!(v["body_fnv1a"], fnv1a(&body));
 }
+
+/// An HTTP/1.1 upstream that answers every request with its own
+/// `x-request-id` and, in `x-got-id`, the one it was sent.
+async fn upstream_with_its_own_request_id() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                        let got = req.headers().get("x-request-id").cloned();
+                        async move {
+                            let mut resp =
+                                http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                            resp.headers_mut()
+                                .insert("x-request-id", "from-upstream".parse().unwrap());
+                            if let Some(got) = got {
+                                resp.headers_mut().insert("x-got-id", got);
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 client gets one `x-request-id`, the gateway's (the one the
+/// upstream was sent), in place of the upstream's own: the native server
+/// writes it after the response's other fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_gets_the_gateways_request_id_alone() {
+    let upstream = upstream_with_its_own_request_id().await;
+    let gw = native_gateway(upstream).await;
+    let client = h2_client(gw.addr).await;
+    for n in 0..3 {
+        let resp = request(&client, http::Method::GET, &format!("/id/{n}")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let ids: Vec<_> = resp.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{:?}", resp.headers());
+        assert_ne!(ids[0], "from-upstream");
+        assert_eq!(
+            Some(ids[0]),
+            resp.headers().get("x-got-id"),
+            "{:?}",
+            resp.headers()
+        );
+        assert_eq!(read_all(resp.into_body()).await, b"ok");
+    }
+}

@@ -899,10 +899,15 @@ struct FoldedAnswer<A>(A);
 impl<A: Answer> crate::h2::server::Respond for FoldedAnswer<A> {
     type Body = A::Body;
 
-    fn into_response(self) -> http::Response<A::Body> {
-        let (mut resp, beside) = self.0.into_parts();
+    fn into_parts(self) -> (http::Response<A::Body>, Option<crate::h2::server::Named>) {
+        let (mut resp, mut beside) = self.0.into_parts();
+        // The request id is written after the map's fields, not inserted.
+        let named = beside
+            .request_id
+            .take()
+            .map(|id| (&crate::h1::response::X_REQUEST_ID, id));
         beside.fold(&mut resp);
-        resp
+        (resp, named)
     }
 }
 

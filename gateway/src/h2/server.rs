@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 
 use super::body::H2Body;
@@ -48,8 +48,14 @@ pub struct Settings {
 /// server's).
 pub trait Respond {
     type Body;
-    fn into_response(self) -> Response<Self::Body>;
+    /// The response, and a field to send after its map's, in place of
+    /// any of that name there: the proxy's `x-request-id`, written rather
+    /// than inserted (an insertion hashes the name and probes the map).
+    fn into_parts(self) -> (Response<Self::Body>, Option<Named>);
 }
+
+/// A field as [`Respond::into_parts`] gives it beside a response.
+pub type Named = (&'static HeaderName, HeaderValue);
 
 pub use crate::conn_io::Io;
 
@@ -66,7 +72,7 @@ enum Task<Fut, B> {
 
 /// What a [`Task`] gave.
 enum Done<B: Body> {
-    Head(u32, Response<B>),
+    Head(u32, Response<B>, Option<Named>),
     Frame(u32, B, Option<Result<Frame<Bytes>, B::Error>>),
     /// The work panicked: the stream is reset alone, as a task's panic
     /// would drop only that task (hyper's server runs each stream as one).
@@ -100,8 +106,8 @@ where
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<Done<B>> {
         match self {
             Task::Answer { stream, fut } => {
-                let resp = ready!(Pin::new(fut).poll(cx)).into_response();
-                Poll::Ready(Done::Head(*stream, resp))
+                let (resp, named) = ready!(Pin::new(fut).poll(cx)).into_parts();
+                Poll::Ready(Done::Head(*stream, resp, named))
             }
             Task::Body { stream, body } => {
                 let b = body.as_mut().expect("polled after it gave its frame");
@@ -489,22 +495,24 @@ where
 
     fn done(&mut self, done: Done<B>) {
         match done {
-            Done::Head(stream, resp) => self.head(stream, resp),
+            Done::Head(stream, resp, named) => self.head(stream, resp, named.as_ref()),
             Done::Frame(stream, body, frame) => self.frame(stream, body, frame),
             Done::Panicked(stream) => self.panicked(stream),
         }
     }
 
-    fn head(&mut self, stream: u32, resp: Response<B>) {
+    fn head(&mut self, stream: u32, resp: Response<B>, named: Option<&Named>) {
         let (mut parts, body) = resp.into_parts();
         // No body for HEAD, 204 and 304 (RFC 9110, 6.4.1), whatever the
         // answer carries (the gateway's own errors have one).
         let head = self.heads.remove(&stream).is_some();
         let bodiless = head || matches!(parts.status.as_u16(), 204 | 304);
         let no_length = head || parts.status.as_u16() == 304;
-        ready_head(&mut parts, &body, no_length);
+        ready_head(&mut parts, &body, (no_length, named.map(|n| n.0)));
         let end = bodiless || body.is_end_stream();
-        self.conn.respond(stream, parts.status, &parts.headers, end);
+        let named = named.map(|(n, v)| (*n, v));
+        self.conn
+            .respond(stream, parts.status, (&parts.headers, named), end);
         // Encoded: the map's room serves the next head decoded on this
         // thread (a request's here, a response's in the client).
         crate::buffers::give_map(parts.headers);
@@ -599,12 +607,16 @@ struct Found {
     forbidden: bool,
     date: bool,
     length: bool,
+    /// A field of the name given, which one beside the map replaces.
+    beside: bool,
 }
 
-fn look(headers: &HeaderMap) -> Found {
+fn look(headers: &HeaderMap, beside: Option<&HeaderName>) -> Found {
     let mut found = Found::default();
     for name in headers.keys() {
-        if name == http::header::DATE {
+        if Some(name) == beside {
+            found.beside = true;
+        } else if name == http::header::DATE {
             found.date = true;
         } else if name == http::header::CONTENT_LENGTH {
             found.length = true;
@@ -622,7 +634,7 @@ fn look(headers: &HeaderMap) -> Found {
 
 /// Fields HTTP/2 forbids in a response, if it carries any ([`look`]).
 fn strip_connection_fields(headers: &mut HeaderMap) {
-    if look(headers).forbidden {
+    if look(headers, None).forbidden {
         remove_connection_fields(headers);
     }
 }
@@ -649,12 +661,20 @@ fn remove_connection_fields(headers: &mut HeaderMap) {
 
 /// A response head as it goes out: without what HTTP/2 forbids, with what
 /// [`add_date_and_length`] adds. One pass over the names finds both.
-fn ready_head<B: Body>(parts: &mut http::response::Parts, body: &B, no_length: bool) {
-    let mut found = look(&parts.headers);
+/// A field `beside` the map takes the place of any of its name there.
+fn ready_head<B: Body>(
+    parts: &mut http::response::Parts,
+    body: &B,
+    (no_length, beside): (bool, Option<&HeaderName>),
+) {
+    let mut found = look(&parts.headers, beside);
     if found.forbidden {
         remove_connection_fields(&mut parts.headers);
         // A `Connection` field may have named `date` or the length.
-        found = look(&parts.headers);
+        found = look(&parts.headers, beside);
+    }
+    if found.beside {
+        parts.headers.remove(beside.expect("found"));
     }
     add_date_and_length(parts, body, no_length, &found);
 }

@@ -4,13 +4,14 @@
 use super::*;
 
 impl Conn {
-    /// Writes `stream`'s response head; `end_stream` when it has no body.
-    /// A stream reset meanwhile is passed over.
+    /// Writes `stream`'s response head, a field `beside` its map after the
+    /// map's own; `end_stream` when it has no body. A stream reset
+    /// meanwhile is passed over.
     pub fn respond(
         &mut self,
         stream: u32,
         status: StatusCode,
-        headers: &HeaderMap,
+        (headers, beside): (&HeaderMap, Option<(&http::HeaderName, &http::HeaderValue)>),
         end_stream: bool,
     ) {
         if self.phase == Phase::Failed {
@@ -23,6 +24,7 @@ impl Conn {
         s.responded = true;
         self.scratch.clear();
         self.encoder.response(status, headers, &mut self.scratch);
+        super::super::hpack::literal_fields(beside, &mut self.scratch);
         frame::write_headers(
             &mut self.out,
             stream,

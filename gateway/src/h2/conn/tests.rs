@@ -176,7 +176,7 @@ fn a_get_and_its_response() {
     assert_eq!(head.parts.uri, "http://a.test/x");
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "text/plain".parse().unwrap());
-    conn.respond(1, StatusCode::OK, &headers, false);
+    conn.respond(1, StatusCode::OK, (&headers, None), false);
     assert_eq!(conn.send_data(1, b"ok", true), 2);
     let frames = written(&mut conn);
     let [
@@ -480,7 +480,7 @@ fn rapid_resets_end_the_connection() {
             &raw(HEADERS, END_STREAM | END_HEADERS, stream, &get("/")),
         )
         .unwrap();
-        conn.respond(stream, StatusCode::OK, &HeaderMap::new(), true);
+        conn.respond(stream, StatusCode::OK, (&HeaderMap::new(), None), true);
     }
     assert_eq!(conn.open_streams(), 0);
 }
@@ -494,7 +494,7 @@ fn sending_stays_within_the_clients_windows() {
     input.extend(raw(HEADERS, END_STREAM | END_HEADERS, 1, &get("/")));
     feed(&mut conn, &input).unwrap();
     written(&mut conn);
-    conn.respond(1, StatusCode::OK, &HeaderMap::new(), false);
+    conn.respond(1, StatusCode::OK, (&HeaderMap::new(), None), false);
     assert_eq!(conn.capacity(1), 10);
     assert_eq!(conn.send_data(1, b"0123456789abcdef", true), 10);
     assert_eq!(conn.capacity(1), 0);
@@ -549,8 +549,8 @@ fn going_away_serves_what_was_open() {
     )
     .unwrap();
     assert_eq!(events.len(), 1);
-    conn.respond(1, StatusCode::NO_CONTENT, &HeaderMap::new(), true);
-    conn.respond(3, StatusCode::NO_CONTENT, &HeaderMap::new(), true);
+    conn.respond(1, StatusCode::NO_CONTENT, (&HeaderMap::new(), None), true);
+    conn.respond(3, StatusCode::NO_CONTENT, (&HeaderMap::new(), None), true);
     assert!(!conn.is_done(), "the second GOAWAY waits for the PING");
     feed(&mut conn, &raw(PING, 0x1, 0, &payload)).unwrap();
     assert_eq!(goaway_lasts(&written(&mut conn)), [3]);
@@ -572,7 +572,7 @@ fn data_on_a_stream_after_it_closed() {
         &raw(HEADERS, END_STREAM | END_HEADERS, 1, &get("/")),
     )
     .unwrap();
-    conn.respond(1, StatusCode::OK, &HeaderMap::new(), true);
+    conn.respond(1, StatusCode::OK, (&HeaderMap::new(), None), true);
     written(&mut conn);
     feed(&mut conn, &raw(DATA, 0, 1, b"x")).unwrap();
     assert_eq!(resets(&written(&mut conn)), [(1, Reason::STREAM_CLOSED)]);
@@ -667,7 +667,7 @@ mod review {
         let mut conn = open(Config::default());
         feed(&mut conn, &raw(HEADERS, END_HEADERS, 1, &post(None))).unwrap();
         feed(&mut conn, &raw(HEADERS, END_STREAM, 1, &[])).unwrap();
-        conn.respond(1, StatusCode::OK, &HeaderMap::new(), true);
+        conn.respond(1, StatusCode::OK, (&HeaderMap::new(), None), true);
         // The response ended the stream before the request did: its body's
         // reader is told.
         let told = conn.take_events();
@@ -692,7 +692,7 @@ mod review {
     fn trailers_for_a_reset_stream_are_ignored() {
         let mut conn = open(Config::default());
         feed(&mut conn, &raw(HEADERS, END_HEADERS, 1, &post(None))).unwrap();
-        conn.respond(1, StatusCode::OK, &HeaderMap::new(), true);
+        conn.respond(1, StatusCode::OK, (&HeaderMap::new(), None), true);
         written(&mut conn);
         conn.take_events();
         let trailers = raw(
@@ -813,7 +813,7 @@ fn headers_on_a_closed_stream_is_stream_closed() {
     let mut input = raw(HEADERS, END_STREAM | END_HEADERS, 1, &get("/"));
     input.extend(raw(HEADERS, END_STREAM | END_HEADERS, 5, &get("/")));
     feed(&mut conn, &input).unwrap();
-    conn.respond(1, StatusCode::OK, &HeaderMap::new(), true);
+    conn.respond(1, StatusCode::OK, (&HeaderMap::new(), None), true);
     let again = raw(HEADERS, END_STREAM | END_HEADERS, 1, &get("/"));
     assert_eq!(feed(&mut conn, &again).err(), Some(Reason::STREAM_CLOSED));
     let mut conn = open(Config::default());

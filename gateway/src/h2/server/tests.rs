@@ -10,8 +10,8 @@ struct Answer(Response<Full<Bytes>>);
 
 impl Respond for Answer {
     type Body = Full<Bytes>;
-    fn into_response(self) -> Response<Full<Bytes>> {
-        self.0
+    fn into_parts(self) -> (Response<Full<Bytes>>, Option<Named>) {
+        (self.0, None)
     }
 }
 
@@ -407,7 +407,7 @@ fn a_response_loses_what_http2_forbids_and_gets_a_date_and_length() {
                 .append(*n, http::HeaderValue::from_static(v));
         }
         let (mut parts, body) = resp.into_parts();
-        ready_head(&mut parts, &body, false);
+        ready_head(&mut parts, &body, (false, None));
         parts.headers
     };
     let plain = answer(&[("content-type", "text/plain")]);
