@@ -878,7 +878,8 @@ async fn serve_hyper<I, H, F, B>(
 
 pin_project_lite::pin_project! {
     /// An answer future whose answer the native HTTP/2 server takes whole:
-    /// the fields beside the response folded into its map.
+    /// the fields beside the response folded into its map, but for the
+    /// request id, which the server writes after the map's fields.
     struct Folded<F> {
         #[pin]
         answer: F,

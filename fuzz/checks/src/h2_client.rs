@@ -96,7 +96,7 @@ impl Run {
             if !self.conn.can_open() {
                 return;
             }
-            let stream = self.conn.open(&GET, &HeaderMap::new(), !self.bodies);
+            let stream = self.conn.open(&GET, (&HeaderMap::new(), &[]), !self.bodies);
             assert!(stream % 2 == 1, "an even stream opened");
             assert!(self.streams.insert(stream, Seen::Opened).is_none());
         }

@@ -120,7 +120,7 @@ impl Run {
                 }
                 if self.answer {
                     self.conn
-                        .respond(stream, StatusCode::OK, &HeaderMap::new(), false);
+                        .respond(stream, StatusCode::OK, (&HeaderMap::new(), None), false);
                     self.conn.send_data(stream, b"abc", true);
                 }
             }

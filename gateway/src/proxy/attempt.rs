@@ -565,9 +565,11 @@ impl<'a> Tries<'a> {
                 ctx.answered_at = None;
                 let native = proxy.pool.writes_extra(endpoint.scheme, to.upgrade);
                 if !native && self.retry.is_none() && self.kept.is_none() {
-                    // hyper's clients consume the request: what the default
+                    // hyper's clients, and the native HTTP/2 one once its
+                    // stream opened, consume the request: what the default
                     // reset retry would send again is copied first. (The
-                    // native client hands such a request back itself.)
+                    // native HTTP/1.1 client hands such a request back
+                    // itself.)
                     self.kept = keep_for_reset(&req, self.entry, to.upgrade);
                 }
                 // The added fields go beside the map, not into it, for the

@@ -200,6 +200,8 @@ fn copy_of(
         None => endpoint.authority.as_str().to_string(),
     };
     let shadow = HeaderValue::from_str(&shadow_host(&host)).ok()?;
+    // `te: trailers` as the request's own try gets it: to an h2c shadow
+    // only (the copy's headers may hold a lone one, left for `target`).
     target(
         &mut req,
         endpoint,

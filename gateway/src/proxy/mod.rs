@@ -657,6 +657,9 @@ impl Proxy {
             host: out.host.as_ref(),
         };
         std::mem::take(&mut out.added).fold(hop, out.req.headers_mut());
+        // Hop-by-hop, as the filters have always seen it: a lone
+        // `te: trailers` left for an h2c try is put back by `target`.
+        out.req.headers_mut().remove(header::TE);
         chain.on_upstream_request(out.req.headers_mut());
         if let Some(rule) = chain.rewrite() {
             outgoing::rewrite(out, rule, prefix_len, &self.edge.path)?;

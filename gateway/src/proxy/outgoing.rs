@@ -6,14 +6,19 @@
 //!
 //! The fields the proxy adds to every request are kept beside its map
 //! ([`Added`]) until it is sent: the native HTTP/1.1 client writes them
-//! after the map's own, and everything else folds them into the map.
+//! after the map's own, the native HTTP/2 client over h2c sends them
+//! encoded after the map's ([`Pairs::hpack`]), and everything else folds
+//! them into the map.
 //!
 //! `TE` is hop-by-hop and goes like the others, with one exception: HTTP/2
 //! allows exactly `te: trailers` (RFC 9113 §8.2.2), and gRPC servers built
 //! on gRPC's C core refuse a call without it, so a request that carried it
 //! has it when (and only when) it is sent to an HTTP/2 upstream
-//! ([`target`]; a lone `te: trailers` is left in place until then). A gRPC-Web call translated here gets it too: its client
-//! spoke HTTP/1.1 and could not send it.
+//! ([`target`]). A lone `te: trailers`, in lowercase, is left in the map
+//! until then (a route's filters do not see it: it is taken out before
+//! them). A gRPC-Web call translated here gets it too: its client spoke
+//! HTTP/1.1 and could not send it. A mirrored copy sent to an h2c shadow
+//! gets it as the request's own try would.
 
 use std::time::Duration;
 
@@ -522,9 +527,10 @@ fn te_fields(headers: &HeaderMap) -> (bool, bool) {
     (named, lone_trailers(all.iter()))
 }
 
+/// Exactly one `te`, exactly `trailers`: in lowercase, as HTTP/2 servers
+/// built on the h2 crate compare it (hyper's client drops any other).
 fn lone_trailers<'a>(mut values: impl Iterator<Item = &'a HeaderValue>) -> bool {
-    matches!((values.next(), values.next()),
-        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    matches!((values.next(), values.next()), (Some(v), None) if v == "trailers")
 }
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -562,6 +568,13 @@ fn strip_headers(headers: &mut HeaderMap, drop: Drop) -> bool {
             x_forwarded |= drop.forwarded && n.starts_with(b"x-forwarded-");
         }
     }
+    // Before the fields `Connection` names go: an HTTP/1.1 client sends
+    // `Connection: TE` with its `TE` (RFC 9110, 10.1.4).
+    let (te_trailers, keep_te) = if te {
+        te_fields(headers)
+    } else {
+        (false, false)
+    };
     if connection {
         // Tokens other than the usual ones name extra headers to drop.
         let mut named: Vec<HeaderName> = Vec::new();
@@ -585,11 +598,6 @@ fn strip_headers(headers: &mut HeaderMap, drop: Drop) -> bool {
         }
         headers.remove(header::CONNECTION);
     }
-    let (te_trailers, keep_te) = if te {
-        te_fields(headers)
-    } else {
-        (false, false)
-    };
     if keep_alive {
         headers.remove(&KEEP_ALIVE);
     }
@@ -879,31 +887,37 @@ mod tests {
             length_if_chunked: true,
             lone_te: true,
         };
-        let sent: [&[&str]; 5] = [
-            &["trailers"],
-            &["Trailers"],
-            &["trailers, deflate"],
-            &["trailers", "trailers"],
-            &["deflate"],
+        let sent: [&[(&str, &str)]; 6] = [
+            &[("te", "trailers")],
+            &[("te", "Trailers")],
+            &[("te", "trailers, deflate")],
+            &[("te", "trailers"), ("te", "trailers")],
+            // As RFC 9110 asks of an HTTP/1.1 client.
+            &[("connection", "te"), ("te", "trailers")],
+            &[("te", "deflate")],
         ];
-        for te in sent {
+        for fields in sent {
             let mut req = Request::builder().uri("/svc/Call");
-            for v in te {
-                req = req.header(header::TE, *v);
+            for (n, v) in fields {
+                req = req.header(*n, *v);
             }
             let mut req = req.body(Either::Right(Full::new(Bytes::new()))).unwrap();
             let te_trailers = strip_headers(req.headers_mut(), drop);
-            assert_eq!(te_trailers, te != ["deflate"], "{te:?}");
+            assert_eq!(te_trailers, fields != [("te", "deflate")], "{fields:?}");
             for endpoint in [&h2c, &h1, &h2c, &h2c, &h1] {
                 target(&mut req, endpoint, &pq, None, te_trailers).unwrap();
                 let got: Vec<_> = req.headers().get_all(header::TE).iter().collect();
                 match (endpoint.scheme, te_trailers) {
-                    (Scheme::H2c, true) => {
-                        assert_eq!(got.len(), 1, "{te:?}");
-                        assert!(got[0].as_bytes().eq_ignore_ascii_case(b"trailers"));
-                    }
-                    _ => assert!(got.is_empty(), "{te:?} to {:?}: {got:?}", endpoint.scheme),
+                    // Exactly `trailers`, in lowercase: h2-based servers
+                    // compare it byte for byte.
+                    (Scheme::H2c, true) => assert_eq!(got, ["trailers"], "{fields:?}"),
+                    _ => assert!(
+                        got.is_empty(),
+                        "{fields:?} to {:?}: {got:?}",
+                        endpoint.scheme
+                    ),
                 }
+                assert!(!req.headers().contains_key(header::CONNECTION));
             }
         }
     }

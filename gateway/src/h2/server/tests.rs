@@ -439,4 +439,14 @@ fn a_response_loses_what_http2_forbids_and_gets_a_date_and_length() {
         assert!(!named.contains_key(gone), "{gone}: {named:?}");
     }
     assert_eq!(named["x-kept"], "1");
+    // A field sent beside the map takes the place of those of its name.
+    let id = http::HeaderName::from_static("x-request-id");
+    let mut resp = http::Response::new(Full::new(Bytes::new()));
+    for v in ["upstream-1", "upstream-2"] {
+        resp.headers_mut()
+            .append(&id, http::HeaderValue::from_static(v));
+    }
+    let (mut parts, body) = resp.into_parts();
+    ready_head(&mut parts, &body, (false, Some(&id)));
+    assert!(!parts.headers.contains_key(&id), "{:?}", parts.headers);
 }
