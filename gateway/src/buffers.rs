@@ -181,52 +181,31 @@ pub fn give_map(mut map: HeaderMap) {
 /// A copy of `src`, shared from the start (see the module doc): cut from
 /// this thread's chunk of small copies when it is small.
 pub fn shared_copy(src: &[u8]) -> Bytes {
-    if src.len() > LARGEST_SHARED_COPY {
-        return Bytes::copy_from_slice(src);
-    }
-    let cut = |chunk: &RefCell<BytesMut>| {
-        let mut chunk = chunk.borrow_mut();
-        if chunk.capacity() < src.len() {
-            *chunk = BytesMut::with_capacity(COPIES_CHUNK);
-        }
-        chunk.extend_from_slice(src);
-        chunk.split().freeze()
-    };
-    COPIES
-        .try_with(cut)
-        .unwrap_or_else(|_| Bytes::copy_from_slice(src))
+    shared_written(src.len(), |dst| dst.extend_from_slice(src))
 }
 
 /// Bytes written by `write` (at most `most` of them), shared from the
 /// start as [`shared_copy`]'s: written straight into this thread's chunk
-/// of small copies when they fit.
+/// of small copies when they fit, else into a buffer of their own.
 pub fn shared_written(most: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let own = |write: &mut dyn FnMut(&mut BytesMut)| {
-        let mut own = BytesMut::with_capacity(most);
-        write(&mut own);
-        own.freeze()
-    };
     let mut write = Some(write);
-    let mut once = |dst: &mut BytesMut| {
-        if let Some(write) = write.take() {
-            write(dst);
+    if most <= LARGEST_SHARED_COPY {
+        let cut = COPIES.try_with(|chunk| {
+            let mut chunk = chunk.borrow_mut();
+            if chunk.capacity() < most {
+                *chunk = BytesMut::with_capacity(COPIES_CHUNK);
+            }
+            (write.take().expect("written once"))(&mut chunk);
+            chunk.split().freeze()
+        });
+        if let Ok(bytes) = cut {
+            return bytes;
         }
-    };
-    if most > LARGEST_SHARED_COPY {
-        return own(&mut once);
     }
-    let cut = |chunk: &RefCell<BytesMut>| {
-        let mut chunk = chunk.borrow_mut();
-        if chunk.capacity() < most {
-            *chunk = BytesMut::with_capacity(COPIES_CHUNK);
-        }
-        once(&mut chunk);
-        chunk.split().freeze()
-    };
-    match COPIES.try_with(cut) {
-        Ok(bytes) => bytes,
-        Err(_) => own(&mut once),
-    }
+    // Large, or the thread's chunk is gone (the thread is ending).
+    let mut own = BytesMut::with_capacity(most);
+    (write.take().expect("not written yet"))(&mut own);
+    own.freeze()
 }
 
 /// An empty buffer with room for at least [`SIZE`] bytes.
