@@ -936,12 +936,8 @@ where
 /// the pass.
 fn strip_connection_fields(headers: &mut HeaderMap) {
     let forbidden = |(name, value): (&HeaderName, &HeaderValue)| {
-        name == CONNECTION
-            || name == TRANSFER_ENCODING
-            || name == UPGRADE
-            || (name == TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers"))
-            || name == "keep-alive"
-            || name == "proxy-connection"
+        (name == TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            || super::request::connection_specific(name)
     };
     if !headers.iter().any(forbidden) {
         return;

@@ -223,14 +223,20 @@ fn check_regular(name: &HeaderName, value: &HeaderValue) -> Result<(), &'static 
             false => Err("te other than trailers"),
         };
     }
-    let specific = name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || matches!(name.as_str(), "keep-alive" | "proxy-connection");
-    match specific {
+    match connection_specific(name) {
         true => Err("a connection-specific field"),
         false => Ok(()),
     }
+}
+
+/// The connection-specific fields HTTP/2 forbids in any message (section
+/// 8.2.2), `te` aside (allowed in a request as `trailers`). Compared as
+/// known names first; the others' text once.
+pub(crate) fn connection_specific(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 /// The one length every `content-length` field of a section gives, read

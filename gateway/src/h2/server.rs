@@ -620,12 +620,7 @@ fn look(headers: &HeaderMap, beside: Option<&HeaderName>) -> Found {
             found.date = true;
         } else if name == http::header::CONTENT_LENGTH {
             found.length = true;
-        } else if name == CONNECTION
-            || name == TRANSFER_ENCODING
-            || name == UPGRADE
-            || name == TE
-            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
-        {
+        } else if name == TE || super::request::connection_specific(name) {
             found.forbidden = true;
         }
     }
