@@ -354,9 +354,13 @@ fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
 /// The path and query the upstream receives: the normalised path, with
 /// `strip` bytes of matched prefix removed, and the query as received.
 fn upstream_path(uri: &Uri, path: &str, strip: Option<usize>) -> Result<PathAndQuery, ProxyError> {
+    // An absolute-form target with a query and no path
+    // (`http://host?q`) has the path `/` but `?q` as its path and query:
+    // that one is built, with its `/`.
     if strip.is_none()
         && path == uri.path()
         && let Some(pq) = uri.path_and_query()
+        && !pq.as_str().starts_with('?')
     {
         return Ok(pq.clone());
     }
@@ -835,6 +839,9 @@ mod tests {
         assert_eq!(upstream_path(&uri, "/echo/", Some(6)).unwrap(), "/");
         let uri: Uri = "/a/../b?q".parse().unwrap();
         assert_eq!(upstream_path(&uri, "/b", None).unwrap(), "/b?q");
+        // No path before the query (found by the http1_raw fuzz target).
+        let uri: Uri = "http://c.test?t/x".parse().unwrap();
+        assert_eq!(upstream_path(&uri, "/", None).unwrap(), "/?t/x");
     }
 
     /// An h2c try carries the host routed on as `:authority`, and no Host:
