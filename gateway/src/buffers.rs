@@ -59,10 +59,10 @@
 //! read into it are gone.
 //!
 //! Relay buffers ([`take_relay`], [`give_relay`]): the same for response
-//! bodies, read up to [`RELAY_SIZE`] at a time past the read that brought
-//! their head, each piece written to the client as a slice of the buffer
-//! it was read into, and given back whenever the body waits for more.
-//! `KEPT_RELAYS` per thread (512 KiB at most).
+//! bodies, read up to [`RELAY_SIZE`] at a time (with their head, when it is
+//! relayed as it came), each piece written to the client as a slice of the
+//! buffer it was read into, and given back whenever the body waits for
+//! more. `KEPT_RELAYS` per thread (1 MiB at most).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -101,15 +101,22 @@ pub const BODY_SIZE: usize = 63 * 1024;
 const KEPT_BODIES: usize = 32;
 
 /// Capacity of a relay buffer ([`take_relay`]): one read of a response
-/// body, 16 KiB and the byte more that shows a read took all that was
+/// body, 32 KiB and the byte more that shows a read took all that was
 /// waiting (`h1::client`'s `room_for_the_rest`). Each read after a
-/// response's head (which comes in a usual buffer) went into a buffer
-/// allocated for it, on glibc's slow path, and freed once written: 0.3 us
-/// of a 16 KiB response's 5.2 us of user time (perf, 2-16k); a chunked
-/// body was read 4 KiB at a time, an allocation each.
-pub const RELAY_SIZE: usize = 16 * 1024 + 1;
+/// response's head went into a buffer allocated for it, on glibc's slow
+/// path, and freed once written: 0.3 us of a 16 KiB response's 5.2 us of
+/// user time (perf, 2-16k); a chunked body was read 4 KiB at a time, an
+/// allocation each.
+///
+/// 32 KiB, not 16: a head the proxy relays as it came is read into one of
+/// these too, and a 16 KiB body then comes with its head in one read, not
+/// a 4 KiB read and a second for the rest (two `recvfrom` a response, not
+/// three with the client's request: 3% less CPU, `BIG=1 bench/ab.sh`).
+/// Larger bodies take half the reads; a slow client can make the gateway
+/// hold up to this much per piece on its way.
+pub const RELAY_SIZE: usize = 32 * 1024 + 1;
 /// Relay buffers kept per thread, idle or still shared with a piece on its
-/// way to a client: 512 KiB at most.
+/// way to a client: 1 MiB at most.
 const KEPT_RELAYS: usize = 32;
 
 /// Header maps kept per thread: an HTTP/2 connection's read can bring

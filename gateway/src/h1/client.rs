@@ -161,7 +161,7 @@ where
     async move {
         let head = poll_fn(|cx| ex.poll(cx)).await?;
         let sent = ex.sent();
-        Ok(into_response(ex.io, ex.input, sent, head))
+        Ok(into_response(ex.io, ex.input, (sent, ex.relay), head))
     }
 }
 
@@ -245,7 +245,10 @@ struct Exchange<B> {
     left: u64,
     input: BytesMut,
     head_request: bool,
-    /// The response's head may be relayed ([`parse_head`]).
+    /// The response's head may be relayed ([`parse_head`]); `input` is
+    /// then a relay buffer ([`buffers::take_relay`]), so that a body that
+    /// is not large comes with its head in one read, and the head goes to
+    /// the client in front of it from the same buffer.
     relay: bool,
     /// A body-less idempotent request's head, kept until the first
     /// response byte so the request can be sent again if the connection
@@ -329,7 +332,7 @@ where
             {
                 return Poll::Ready(Ok(head));
             }
-            if ready!(poll_fill(&mut self.io, cx, &mut self.input, buffers::SIZE))
+            if ready!(poll_fill(&mut self.io, cx, &mut self.input, self.relay))
                 .map_err(ClientError::Read)?
                 == 0
             {
@@ -441,7 +444,7 @@ where
 fn into_response(
     io: TcpStream,
     input: BytesMut,
-    sent: bool,
+    (sent, relay): (bool, bool),
     head: ResponseHead,
 ) -> Response<ResponseBody> {
     let body = ResponseBody {
@@ -452,7 +455,7 @@ fn into_response(
         }),
         keep_alive: head.keep_alive && sent,
         held: head.held,
-        relay: false,
+        relay,
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
@@ -462,19 +465,24 @@ fn into_response(
 }
 
 /// Reads into `buf` once the socket is readable (a buffer is put up only
-/// then), with at least `want` bytes of room. `Ok(0)`: the peer closed.
+/// then: a relay buffer when `relay`, else a usual one), with at least
+/// [`buffers::SIZE`] bytes of room. `Ok(0)`: the peer closed.
 fn poll_fill(
     io: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
-    want: usize,
+    relay: bool,
 ) -> Poll<io::Result<usize>> {
     ready!(io.poll_read_ready(cx))?;
     if buf.capacity() == 0 {
-        *buf = buffers::take();
+        *buf = if relay {
+            buffers::take_relay()
+        } else {
+            buffers::take()
+        };
     }
-    if buf.capacity() - buf.len() < want {
-        buf.reserve(want);
+    if buf.capacity() - buf.len() < buffers::SIZE {
+        buf.reserve(buffers::SIZE);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
@@ -635,7 +643,7 @@ pub struct ResponseBody {
     keep_alive: bool,
     /// A relayed head still at the front of `buf`.
     held: Held,
-    /// `buf` is a relay buffer ([`buffers::take_relay`]), not a head's.
+    /// `buf` is a relay buffer ([`buffers::take_relay`]), not a usual one.
     relay: bool,
 }
 
@@ -1225,11 +1233,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_past_its_first_read_goes_through_one_kept_relay_buffer() {
-        // 40 KiB after the head, twice on one connection, each piece
+        // 80 KiB after the head, twice on one connection, each piece
         // dropped once read (as a client's write does): the head's read
-        // brings the start of a body in a usual buffer, and every later
-        // read goes into one relay buffer, taken again from the pool.
-        const LEN: usize = 40 * 1024;
+        // (of a head not relayed) brings the start of a body in a usual
+        // buffer, and every later read goes into one relay buffer, taken
+        // again from the pool.
+        const LEN: usize = 80 * 1024;
         let (l, addr) = upstream().await;
         let server = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
@@ -1274,6 +1283,42 @@ mod tests {
             drop(body);
             assert_eq!(buffers::kept_relays(), kept + 1, "round {round}");
         }
+        drop(server.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_relayed_head_comes_with_a_body_past_a_usual_buffer_in_one_read() {
+        // The whole answer waits in the socket before the request is sent
+        // (the upstream writes it on accept), so what one read takes
+        // depends on its room alone: a head to relay is read into a relay
+        // buffer, and a 12 KiB body comes with it, where a usual buffer
+        // took 4 KiB and left the rest to three more reads.
+        const LEN: usize = 12 * 1024;
+        let (l, addr) = upstream().await;
+        let (written, ready) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+            answer.resize(answer.len() + LEN, b'x');
+            s.write_all(&answer).await.unwrap();
+            written.send(()).unwrap();
+            read_until(&mut s, b"\r\n\r\n").await;
+            s
+        });
+        let io = TcpStream::connect(addr).await.unwrap();
+        ready.await.unwrap();
+        let relays = buffers::kept_relays();
+        let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+        let mut body = send(io, req, (&[], true)).await.unwrap().into_body();
+        let head = body.take_relayed().expect("a head to relay");
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), LEN, "the whole body with the head's read");
+        drop(first);
+        assert!(body.frame().await.is_none());
+        assert!(body.reusable().is_some());
+        drop((body, head));
+        assert_eq!(buffers::kept_relays(), relays + 1, "a relay buffer, back");
         drop(server.await.unwrap());
     }
 
