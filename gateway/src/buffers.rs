@@ -59,10 +59,11 @@
 //! read into it are gone.
 //!
 //! Relay buffers ([`take_relay`], [`give_relay`]): the same for response
-//! bodies, read up to [`RELAY_SIZE`] at a time (with their head, when it is
-//! relayed as it came), each piece written to the client as a slice of the
-//! buffer it was read into, and given back whenever the body waits for
-//! more. `KEPT_RELAYS` per thread (1 MiB at most).
+//! bodies, read up to [`RELAY_SIZE`] at a time (with their head, on an
+//! upstream connection whose last response was larger than a usual
+//! buffer), each piece written to the client as a slice of the buffer it
+//! was read into, and given back whenever the body waits for more.
+//! `KEPT_RELAYS` per thread (1 MiB at most).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -108,12 +109,14 @@ const KEPT_BODIES: usize = 32;
 /// user time (perf, 2-16k); a chunked body was read 4 KiB at a time, an
 /// allocation each.
 ///
-/// 32 KiB, not 16: a head the proxy relays as it came is read into one of
-/// these too, and a 16 KiB body then comes with its head in one read, not
-/// a 4 KiB read and a second for the rest (two `recvfrom` a response, not
-/// three with the client's request: 3% less CPU, `BIG=1 bench/ab.sh`).
-/// Larger bodies take half the reads; a slow client can make the gateway
-/// hold up to this much per piece on its way.
+/// 32 KiB, not 16: on a connection whose last response was large, a
+/// response's head is read into one of these too, and a 16 KiB body then
+/// comes with its head in one read, not a 4 KiB read and a second for the
+/// rest. A proxied 16 KiB GET then takes two `recvfrom` (the client's
+/// request, the whole response), not three: 3% less CPU (`BIG=1
+/// bench/ab.sh`). Larger bodies take half the reads; a client that stops
+/// reading can make the gateway hold up to this much per piece on its
+/// way.
 pub const RELAY_SIZE: usize = 32 * 1024 + 1;
 /// Relay buffers kept per thread, idle or still shared with a piece on its
 /// way to a client: 1 MiB at most.
@@ -327,7 +330,9 @@ fn take_sized(
 
 /// Keeps `buf` in `list` (at most `most`) when it is empty, shared or not;
 /// one whose allocation is past `largest` is freed (one still shared, once
-/// [`take_sized`] finds it so).
+/// [`take_sized`] finds it so). Never given one that was not allocated:
+/// with no room (a full buffer whose bytes were all split off has none
+/// either) it would be kept, and never taken again.
 fn give_sized(
     list: &'static LocalKey<RefCell<Vec<BytesMut>>>,
     buf: &mut BytesMut,

@@ -166,8 +166,9 @@ impl SendError {
 /// so the request can be retried).
 pub type UpstreamBody = http_body_util::Either<ClientBody, http_body_util::Full<Bytes>>;
 
-/// Largest upstream HTTP/1.1 read buffer: how much of a response the
-/// gateway reads from an upstream at once. hyper's default (about 400 KiB)
+/// Largest upstream HTTP/1.1 read buffer of hyper's client: how much of a
+/// response it reads from an upstream at once (the native client's bound
+/// is [`crate::buffers::RELAY_SIZE`], 32 KiB). hyper's default (about 400 KiB)
 /// let each client that reads slowly pin that much, twice over (the buffer
 /// and the chunk queued for the client); nginx reads in 4-8 KiB buffers.
 /// Past what is buffered, back-pressure reaches the upstream.
@@ -193,10 +194,13 @@ struct Idle {
     since: Instant,
 }
 
-/// An idle connection of the native client: the socket alone.
+/// An idle connection of the native client: the socket alone, and
+/// whether its last response was large (the next head is read with room
+/// for a large body: [`h1::client::send`]).
 struct IdleSocket {
     io: TcpStream,
     since: Instant,
+    large: bool,
 }
 
 #[derive(Default)]
@@ -515,8 +519,9 @@ impl Pool {
         scheme == Scheme::H2c && self.http2 == Http2Client::Native && !upgrade
     }
 
-    /// One exchange on `io` with the native client; the response's body
-    /// hands `io` back once read to its end.
+    /// One exchange on `io` with the native client (`large`: its last
+    /// response was large, a new connection's is taken as not); the
+    /// response's body hands `io` back once read to its end.
     ///
     /// `reused` (an idle connection, with the route's limit of requests
     /// waiting for a new one): a body-less idempotent request that the
@@ -527,7 +532,7 @@ impl Pool {
     fn exchange_native<'a>(
         self: &'a Arc<Self>,
         endpoint: &'a Endpoint,
-        io: TcpStream,
+        (io, large): (TcpStream, bool),
         req: Request<UpstreamBody>,
         (pending, extra, relay): Resend<'a>,
         reused: bool,
@@ -538,7 +543,7 @@ impl Pool {
         + use<>,
     > {
         NativeExchange::Sending {
-            send: h1::client::send(io, req, (extra, relay)),
+            send: h1::client::send(io, req, (extra, relay, large)),
             home: Some((Arc::downgrade(self), endpoint.pool_key.clone())),
             again: reused.then_some((self, endpoint, (pending, extra, relay))),
         }
@@ -563,7 +568,7 @@ impl Pool {
         };
         // Counted while waiting for the connection only.
         drop(waiting);
-        self.exchange_native(endpoint, io, req, (pending, extra, relay), false)
+        self.exchange_native(endpoint, (io, false), req, (pending, extra, relay), false)
             .await
     }
 
@@ -824,26 +829,28 @@ impl Pool {
     }
 
     /// The most recently used idle native connection to `key` that is
-    /// still open and silent.
-    fn checkout_native(&self, key: &str, now: Instant) -> Option<TcpStream> {
+    /// still open and silent,
+    /// and whether its last response was large.
+    fn checkout_native(&self, key: &str, now: Instant) -> Option<(TcpStream, bool)> {
         let mut conns = self.lock();
         let stack = conns.native.get_mut(key)?;
         while let Some(idle) = stack.pop() {
             let idle_for = now.saturating_duration_since(idle.since);
             if idle_for < self.idle_timeout && h1::client::usable(&idle.io) {
-                return Some(idle.io);
+                return Some((idle.io, idle.large));
             }
         }
         None
     }
 
-    fn give_back_native(&self, key: &str, io: TcpStream) {
+    fn give_back_native(&self, key: &str, (io, large): (TcpStream, bool)) {
         let mut conns = self.lock();
         let stack = stack_for(&mut conns.native, key);
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(IdleSocket {
                 io,
                 since: crate::clock::now(),
+                large,
             });
         }
     }
@@ -1287,8 +1294,8 @@ impl PooledBody {
                 }
             }
             Inner::Native(body) => {
-                if let Some(io) = body.reusable() {
-                    pool.give_back_native(&key, io);
+                if let Some(idle) = body.reusable() {
+                    pool.give_back_native(&key, idle);
                 }
             }
         }

@@ -33,7 +33,8 @@
 //!   while a connection waits for a request, reads at most the head size
 //!   limit (64 KiB) for a head and one frame of body at a time; hyper's
 //!   HTTP/2 send buffer per stream is bounded by [`MAX_SEND_BUFFER`]; past them, back-pressure reaches the upstream
-//!   (whose own buffer is bounded: [`crate::pool::UPSTREAM_BUFFER`]).
+//!   (whose own read is bounded: [`crate::buffers::RELAY_SIZE`] for the
+//!   native client, [`crate::pool::UPSTREAM_BUFFER`] for hyper's).
 //! - connection caps, gateway-wide and per client IP, and the backoff on
 //!   accept errors: see [`crate::caps`].
 //! - drain: at shutdown, connections and tunnels ([`crate::tunnel`]) get

@@ -121,11 +121,16 @@ pub fn usable(io: &TcpStream) -> bool {
 /// again after its connection ended unanswered is sent with them again by
 /// the caller, who holds them; the replay here keeps only the map.
 /// `relay`: the response's head may be relayed ([`parse_head`]): nothing on
-/// its way reads its fields.
+/// its way reads its fields. `large`: the connection's last response was
+/// larger than a usual buffer ([`ResponseBody::reusable`]), so this one's
+/// head is read with a relay buffer's room, and a body of up to about
+/// 32 KiB comes with it in one read (a 4 KiB read and a second for the
+/// rest, else). Small answers keep the usual 4 KiB buffer: one that waits
+/// on a client that stopped reading pins no more than that.
 pub fn send<B>(
     io: TcpStream,
     req: Request<B>,
-    (extra, relay): (&[Field<'_>], bool),
+    (extra, relay, large): (&[Field<'_>], bool, bool),
 ) -> impl Future<Output = Result<Response<ResponseBody>, ClientError>> + use<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -147,6 +152,8 @@ where
             _ => 0,
         },
         input: BytesMut::new(),
+        large,
+        got: 0,
         head_request: parts.method == Method::HEAD,
         relay,
         replay: None,
@@ -159,9 +166,19 @@ where
         buffers::give_map(parts.headers);
     }
     async move {
-        let head = poll_fn(|cx| ex.poll(cx)).await?;
+        let head = match poll_fn(|cx| ex.poll(cx)).await {
+            Ok(head) => head,
+            Err(e) => {
+                // Read into (a stale connection's replay), or not taken.
+                if ex.input.capacity() != 0 {
+                    give_back(&mut ex.input, ex.large);
+                }
+                return Err(e);
+            }
+        };
         let sent = ex.sent();
-        Ok(into_response(ex.io, ex.input, (sent, ex.relay), head))
+        let large = (ex.large, ex.got > buffers::SIZE);
+        Ok(into_response(ex.io, ex.input, (sent, large), head))
     }
 }
 
@@ -244,11 +261,14 @@ struct Exchange<B> {
     /// the connection (the upstream would read the excess as a request).
     left: u64,
     input: BytesMut,
+    /// `input` is a relay buffer ([`buffers::take_relay`]), not a usual
+    /// one: the connection's last response was large.
+    large: bool,
+    /// Bytes read so far: past a usual buffer's room, the response is
+    /// large.
+    got: usize,
     head_request: bool,
-    /// The response's head may be relayed ([`parse_head`]); `input` is
-    /// then a relay buffer ([`buffers::take_relay`]), so that a body that
-    /// is not large comes with its head in one read, and the head goes to
-    /// the client in front of it from the same buffer.
+    /// The response's head may be relayed ([`parse_head`]).
     relay: bool,
     /// A body-less idempotent request's head, kept until the first
     /// response byte so the request can be sent again if the connection
@@ -332,12 +352,12 @@ where
             {
                 return Poll::Ready(Ok(head));
             }
-            if ready!(poll_fill(&mut self.io, cx, &mut self.input, self.relay))
-                .map_err(ClientError::Read)?
-                == 0
-            {
+            let n = ready!(poll_fill(&mut self.io, cx, &mut self.input, self.large))
+                .map_err(ClientError::Read)?;
+            if n == 0 {
                 return Poll::Ready(Err(ClientError::ClosedBeforeAnswer));
             }
+            self.got += n;
             // A byte of an answer came: the request reached the upstream.
             if let Some(parts) = self.replay.take() {
                 buffers::give_map(parts.headers);
@@ -439,12 +459,14 @@ where
 ///
 /// Given the exchange's parts, not the exchange: taken whole by value, it
 /// was copied (512 bytes) out of the request's future first. Inlined, so
-/// that the head is read where the wait for it left it.
+/// that the head is read where the wait for it left it. `relay`: `input`
+/// is a relay buffer; `large`: the response already filled more than a
+/// usual buffer.
 #[inline(always)]
 fn into_response(
     io: TcpStream,
     input: BytesMut,
-    (sent, relay): (bool, bool),
+    (sent, (relay, large)): (bool, (bool, bool)),
     head: ResponseHead,
 ) -> Response<ResponseBody> {
     let body = ResponseBody {
@@ -456,6 +478,7 @@ fn into_response(
         keep_alive: head.keep_alive && sent,
         held: head.held,
         relay,
+        large,
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
@@ -465,17 +488,17 @@ fn into_response(
 }
 
 /// Reads into `buf` once the socket is readable (a buffer is put up only
-/// then: a relay buffer when `relay`, else a usual one), with at least
+/// then: a relay buffer when `large`, else a usual one), with at least
 /// [`buffers::SIZE`] bytes of room. `Ok(0)`: the peer closed.
 fn poll_fill(
     io: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
-    relay: bool,
+    large: bool,
 ) -> Poll<io::Result<usize>> {
     ready!(io.poll_read_ready(cx))?;
     if buf.capacity() == 0 {
-        *buf = if relay {
+        *buf = if large {
             buffers::take_relay()
         } else {
             buffers::take()
@@ -645,6 +668,9 @@ pub struct ResponseBody {
     held: Held,
     /// `buf` is a relay buffer ([`buffers::take_relay`]), not a usual one.
     relay: bool,
+    /// The response did not fit a usual buffer: it filled one, or more of
+    /// it was read after the head's read.
+    large: bool,
 }
 
 impl ResponseBody {
@@ -669,15 +695,16 @@ impl ResponseBody {
     }
 
     /// The connection, once the response was read to its end with nothing
-    /// after it and the connection may carry another request. The read
-    /// buffer stays until the body is dropped (and is pooled then): the
-    /// last frame may still share it.
-    pub fn reusable(&mut self) -> Option<TcpStream> {
+    /// after it and the connection may carry another request, and whether
+    /// the response was large (for [`send`]'s `large` on its next
+    /// exchange). The read buffer stays until the body is dropped (and is
+    /// pooled then): the last frame may still share it.
+    pub fn reusable(&mut self) -> Option<(TcpStream, bool)> {
         self.drop_held();
         if !(self.keep_alive && self.is_end_stream() && self.buf.is_empty()) {
             return None;
         }
-        self.io.take()
+        Some((self.io.take()?, self.large))
     }
 
     fn left(&self) -> Option<u64> {
@@ -728,6 +755,7 @@ impl Body for ResponseBody {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
+            this.large = true;
             match ready!(poll_read_body(io, cx, &mut this.buf, &mut this.relay, want)) {
                 Ok(0) if matches!(this.framing, Framing::UntilClose) => {
                     this.io = None;
@@ -788,8 +816,9 @@ fn poll_read_body(
         *relay = true;
         if let Some(unused) = unused {
             buf.extend_from_slice(&unused);
-            // A whole read's room past them: trailers can fill most of a
-            // relay buffer. (One grown so is freed when given back.)
+            // A whole read's room past them: trailers can take up to
+            // 16 KiB, half a relay buffer. (One grown so is freed when
+            // given back.)
             buf.reserve(want);
         }
     }
@@ -986,7 +1015,7 @@ mod tests {
         let mut io = TcpStream::connect(addr).await.unwrap();
         for _ in 0..2 {
             let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-            let resp = send(io, req, (&[], false)).await.unwrap();
+            let resp = send(io, req, (&[], false, false)).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             let mut body = resp.into_body();
             let mut data = Vec::new();
@@ -1002,7 +1031,8 @@ mod tests {
             assert_eq!(trailers.unwrap()["x-sum"], "5");
             io = body
                 .reusable()
-                .expect("a clean end leaves the connection reusable");
+                .expect("a clean end leaves the connection reusable")
+                .0;
         }
         server.await.unwrap();
     }
@@ -1023,10 +1053,11 @@ mod tests {
         let body = StreamBody::new(tokio_stream_of(rx));
         let req = request("POST", &[("content-length", "100000")], body);
         let io = TcpStream::connect(addr).await.unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(30), send(io, req, (&[], false)))
-            .await
-            .expect("answered while the body still waits")
-            .unwrap();
+        let resp =
+            tokio::time::timeout(Duration::from_secs(30), send(io, req, (&[], false, false)))
+                .await
+                .expect("answered while the body still waits")
+                .unwrap();
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let mut body = resp.into_body();
         assert!(body.frame().await.is_none());
@@ -1073,7 +1104,7 @@ mod tests {
         let piece = read_buf.split().freeze();
         tx.send(Ok(BodyFrame::data(piece))).await.unwrap();
         let io = TcpStream::connect(addr).await.unwrap();
-        let exchange = tokio::spawn(send(io, req, (&[], false)));
+        let exchange = tokio::spawn(send(io, req, (&[], false, false)));
         first_in.await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !read_buf.try_reclaim(2 * PIECE) {
@@ -1116,7 +1147,7 @@ mod tests {
             let resp = send(
                 io,
                 request("GET", &[], Full::new(Bytes::new())),
-                (&[], false),
+                (&[], false, false),
             )
             .await
             .unwrap();
@@ -1142,7 +1173,7 @@ mod tests {
                 &[("content-length", declared)],
                 Full::new(Bytes::from_static(body.as_bytes())),
             );
-            match send(io, req, (&[], false)).await {
+            match send(io, req, (&[], false, false)).await {
                 Err(ClientError::Length(got)) => assert_eq!(got, want),
                 other => panic!("{declared} declared, {body:?} sent: {other:?}"),
             }
@@ -1156,7 +1187,7 @@ mod tests {
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("GET", &[("x-kept", "1")], Full::new(Bytes::new()));
-        match send(io, req, (&[], false)).await {
+        match send(io, req, (&[], false, false)).await {
             Err(ClientError::Unanswered(back)) => {
                 let (parts, cause) = *back;
                 assert_eq!(parts.method, Method::GET);
@@ -1178,12 +1209,12 @@ mod tests {
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("POST", &[], Full::new(Bytes::new()));
-        let e = send(io, req, (&[], false)).await.unwrap_err();
+        let e = send(io, req, (&[], false, false)).await.unwrap_err();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
         let io = TcpStream::connect(addr).await.unwrap();
         drop(l.accept().await.unwrap());
         let req = request("PUT", &[], Full::new(Bytes::from_static(b"abc")));
-        let e = send(io, req, (&[], false)).await.unwrap_err();
+        let e = send(io, req, (&[], false, false)).await.unwrap_err();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
         let io = TcpStream::connect(addr).await.unwrap();
         let (mut peer, _) = l.accept().await.unwrap();
@@ -1192,7 +1223,7 @@ mod tests {
             peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         });
         let req = request("GET", &[], Full::new(Bytes::new()));
-        let e = send(io, req, (&[], false)).await.unwrap_err();
+        let e = send(io, req, (&[], false, false)).await.unwrap_err();
         answering.await.unwrap();
         assert!(!matches!(e, ClientError::Unanswered(_)), "{e:?}");
     }
@@ -1215,13 +1246,16 @@ mod tests {
         });
         let io = TcpStream::connect(addr).await.unwrap();
         let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-        let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
+        let mut body = send(io, req, (&[], false, false))
+            .await
+            .unwrap()
+            .into_body();
         let mut got = 0;
         while let Some(frame) = body.frame().await {
             got += frame.unwrap().into_data().unwrap().len();
         }
         assert_eq!(got, LEN);
-        let io = body.reusable().expect("read to its end");
+        let (io, _) = body.reusable().expect("read to its end");
         let mut cx = Context::from_waker(Waker::noop());
         assert!(
             io.poll_read_ready(&mut cx).is_pending(),
@@ -1256,7 +1290,10 @@ mod tests {
         let mut relay: Option<std::ops::Range<usize>> = None;
         for round in 0..2 {
             let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-            let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
+            let mut body = send(io, req, (&[], false, false))
+                .await
+                .unwrap()
+                .into_body();
             let (mut got, mut pieces) = (0, 0);
             while let Some(frame) = body.frame().await {
                 let data = frame.unwrap().into_data().unwrap();
@@ -1279,46 +1316,101 @@ mod tests {
             }
             assert_eq!(got, LEN);
             assert!(pieces >= 4, "at least three relay reads: {pieces} pieces");
-            io = body.reusable().expect("read to its end");
+            io = body.reusable().expect("read to its end").0;
             drop(body);
             assert_eq!(buffers::kept_relays(), kept + 1, "round {round}");
         }
         drop(server.await.unwrap());
     }
 
+    /// Reads `body` to its end: its data frames' lengths.
+    async fn pieces(body: &mut ResponseBody) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        while let Some(frame) = body.frame().await {
+            lengths.push(frame.unwrap().into_data().unwrap().len());
+        }
+        lengths
+    }
+
     #[tokio::test]
-    async fn a_relayed_head_comes_with_a_body_past_a_usual_buffer_in_one_read() {
-        // The whole answer waits in the socket before the request is sent
-        // (the upstream writes it on accept), so what one read takes
-        // depends on its room alone: a head to relay is read into a relay
-        // buffer, and a 12 KiB body comes with it, where a usual buffer
-        // took 4 KiB and left the rest to three more reads.
-        const LEN: usize = 12 * 1024;
-        let (l, addr) = upstream().await;
-        let (written, ready) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
+    async fn a_large_connections_next_head_is_read_with_room_for_a_16_kib_body() {
+        // Three answers on one connection: 16 KiB, "ok", 16 KiB. The first
+        // waits whole in the socket before its request is sent (the
+        // upstream writes it on accept), so what one read takes depends
+        // on its room alone.
+        const LEN: usize = 16 * 1024;
+        let big = || {
             let mut answer =
                 format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
             answer.resize(answer.len() + LEN, b'x');
-            s.write_all(&answer).await.unwrap();
-            written.send(()).unwrap();
+            answer
+        };
+        let total = big().len();
+        let (l, addr) = upstream().await;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(&big()).await.unwrap();
+            // The first two requests (the second can come in the same
+            // read: the first answer was there before the first request).
+            let mut seen = Vec::new();
+            while seen.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2 {
+                seen.extend(read_until(&mut s, b"\r\n\r\n").await);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
             read_until(&mut s, b"\r\n\r\n").await;
+            s.write_all(&big()).await.unwrap();
             s
         });
         let io = TcpStream::connect(addr).await.unwrap();
-        ready.await.unwrap();
+        let mut peeked = vec![0; total + 1];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while io.peek(&mut peeked).await.unwrap() < total {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first answer, whole in the socket");
         let relays = buffers::kept_relays();
-        let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-        let mut body = send(io, req, (&[], true)).await.unwrap().into_body();
-        let head = body.take_relayed().expect("a head to relay");
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(first.len(), LEN, "the whole body with the head's read");
-        drop(first);
-        assert!(body.frame().await.is_none());
-        assert!(body.reusable().is_some());
-        drop((body, head));
+        // Sent as on a connection whose last answer was large: its head's
+        // read takes the whole body.
+        let get = || request("GET", &[("host", "a")], Full::new(Bytes::new()));
+        let mut body = send(io, get(), (&[], true, true))
+            .await
+            .unwrap()
+            .into_body();
+        assert!(body.take_relayed().is_some(), "a head to relay");
+        assert_eq!(
+            pieces(&mut body).await,
+            [LEN],
+            "the body with its head's read"
+        );
+        let (io, large) = body.reusable().expect("read to its end");
+        assert!(large, "16 KiB is large");
+        drop(body);
         assert_eq!(buffers::kept_relays(), relays + 1, "a relay buffer, back");
+        // A small answer read into a relay buffer: not large.
+        let mut body = send(io, get(), (&[], true, true))
+            .await
+            .unwrap()
+            .into_body();
+        assert_eq!(pieces(&mut body).await, [2]);
+        let (io, large) = body.reusable().unwrap();
+        assert!(!large, "two bytes are not large");
+        // Read with a usual buffer's room: 4 KiB with the head, the rest
+        // after, and the answer is large.
+        let mut body = send(io, get(), (&[], true, false))
+            .await
+            .unwrap()
+            .into_body();
+        let got = pieces(&mut body).await;
+        assert!(got[0] < buffers::SIZE, "a usual buffer's room: {got:?}");
+        assert_eq!(got.iter().sum::<usize>(), LEN);
+        assert!(
+            body.reusable().unwrap().1,
+            "16 KiB past a usual buffer is large"
+        );
         drop(server.await.unwrap());
     }
 
@@ -1361,7 +1453,10 @@ mod tests {
         });
         let io = TcpStream::connect(addr).await.unwrap();
         let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-        let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
+        let mut body = send(io, req, (&[], false, false))
+            .await
+            .unwrap()
+            .into_body();
         let (kept, relays) = (buffers::kept(), buffers::kept_relays());
         assert_eq!(drain_ready(&mut body), 5);
         assert_eq!(buffers::kept(), kept + 1, "the head's buffer, given back");
@@ -1428,7 +1523,10 @@ mod tests {
         });
         let io = TcpStream::connect(addr).await.unwrap();
         let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
-        let mut body = send(io, req, (&[], false)).await.unwrap().into_body();
+        let mut body = send(io, req, (&[], false, false))
+            .await
+            .unwrap()
+            .into_body();
         let mut pieces = Vec::new();
         while pieces.iter().map(Bytes::len).sum::<usize>() < 0x4000 {
             pieces.push(body.frame().await.unwrap().unwrap().into_data().unwrap());

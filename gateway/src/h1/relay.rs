@@ -26,14 +26,15 @@ use super::head::{self, MAX_HEADERS, Span, Spans, range};
 
 /// Where a relayed head lies at the front of a response body's buffer:
 /// its length, where its field lines start, and whether they hold a
-/// `Date`. Six bytes, so a response body keeps its size (it fits in its
-/// padding).
+/// `Date`. Four bytes, so a response body keeps its size (it fits in its
+/// padding, beside three flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Held {
     /// The head's length, final CRLF included; 0: nothing held.
     len: u16,
-    /// Where its (kept) field lines start: past the status line.
-    fields_at: u16,
+    /// Where its (kept) field lines start: past the status line. A status
+    /// line of 256 bytes or more (a long reason phrase) is not relayed.
+    fields_at: u8,
     dated: bool,
 }
 
@@ -184,7 +185,7 @@ pub(super) fn plan(
     Some(Plan {
         held: Held {
             len: u16::try_from(kept_end).ok()?,
-            fields_at: u16::try_from(fields_at).ok()?,
+            fields_at: u8::try_from(fields_at).ok()?,
             dated,
         },
         length,
@@ -367,6 +368,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nproxy-: x\r\n\r\n",
             // A length the map path would write otherwise.
             "HTTP/1.1 200 OK\r\ncontent-length: 002\r\n\r\n",
+            // A status line past what `Held` notes (256 bytes).
+            &format!(
+                "HTTP/1.1 200 {}\r\ncontent-length: 2\r\n\r\n",
+                "O".repeat(243)
+            ),
             // Two of a line that is cut: past what is kept of the cuts.
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: a\r\nkeep-alive: b\r\n\
              x-request-id: 1\r\nconnection: close\r\n\r\n",
