@@ -122,11 +122,12 @@ pub fn usable(io: &TcpStream) -> bool {
 /// the caller, who holds them; the replay here keeps only the map.
 /// `relay`: the response's head may be relayed ([`parse_head`]): nothing on
 /// its way reads its fields. `large`: the connection's last response was
-/// larger than a usual buffer ([`ResponseBody::reusable`]), so this one's
-/// head is read with a relay buffer's room, and a body of up to about
-/// 32 KiB comes with it in one read (a 4 KiB read and a second for the
-/// rest, else). Small answers keep the usual 4 KiB buffer: one that waits
-/// on a client that stopped reading pins no more than that.
+/// at least a usual buffer's size ([`ResponseBody::reusable`]), so this
+/// one's head is read with a relay buffer's room, and a body of up to
+/// about 32 KiB comes with it in one read (a 4 KiB read and a second for
+/// the rest, else). An upstream whose answers are small keeps the usual
+/// 4 KiB buffer for their heads: a small answer that came with its head
+/// and waits on a client that stopped reading pins no more than that.
 pub fn send<B>(
     io: TcpStream,
     req: Request<B>,
@@ -169,7 +170,8 @@ where
         let head = match poll_fn(|cx| ex.poll(cx)).await {
             Ok(head) => head,
             Err(e) => {
-                // Read into (a stale connection's replay), or not taken.
+                // Given back if one was taken (a pooled connection the
+                // upstream had closed reads its end into one).
                 if ex.input.capacity() != 0 {
                     give_back(&mut ex.input, ex.large);
                 }
@@ -177,8 +179,14 @@ where
             }
         };
         let sent = ex.sent();
-        let large = (ex.large, ex.got > buffers::SIZE);
-        Ok(into_response(ex.io, ex.input, (sent, large), head))
+        let large = ex.got >= buffers::SIZE
+            || matches!(head.body, Some(BodyFraming::Length(n)) if n >= buffers::SIZE as u64);
+        Ok(into_response(
+            ex.io,
+            ex.input,
+            (sent, (ex.large, large)),
+            head,
+        ))
     }
 }
 
@@ -264,8 +272,8 @@ struct Exchange<B> {
     /// `input` is a relay buffer ([`buffers::take_relay`]), not a usual
     /// one: the connection's last response was large.
     large: bool,
-    /// Bytes read so far: past a usual buffer's room, the response is
-    /// large.
+    /// Bytes read for the head (and what came with it): a usual buffer's
+    /// worth makes the response large.
     got: usize,
     head_request: bool,
     /// The response's head may be relayed ([`parse_head`]).
@@ -460,8 +468,7 @@ where
 /// Given the exchange's parts, not the exchange: taken whole by value, it
 /// was copied (512 bytes) out of the request's future first. Inlined, so
 /// that the head is read where the wait for it left it. `relay`: `input`
-/// is a relay buffer; `large`: the response already filled more than a
-/// usual buffer.
+/// is a relay buffer; `large`: the response is (see [`ResponseBody`]).
 #[inline(always)]
 fn into_response(
     io: TcpStream,
@@ -668,8 +675,11 @@ pub struct ResponseBody {
     held: Held,
     /// `buf` is a relay buffer ([`buffers::take_relay`]), not a usual one.
     relay: bool,
-    /// The response did not fit a usual buffer: it filled one, or more of
-    /// it was read after the head's read.
+    /// The response is at least a usual buffer's size: the read that
+    /// brought its head brought that much, or its length says its body
+    /// alone is. Decided by bytes, not by reads: a small answer whose body
+    /// came in a second write is not large. (A chunked one is only when
+    /// its head's read was: its size shows only as it is read.)
     large: bool,
 }
 
@@ -755,7 +765,6 @@ impl Body for ResponseBody {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            this.large = true;
             match ready!(poll_read_body(io, cx, &mut this.buf, &mut this.relay, want)) {
                 Ok(0) if matches!(this.framing, Framing::UntilClose) => {
                     this.io = None;
@@ -1356,9 +1365,13 @@ mod tests {
             while seen.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2 {
                 seen.extend(read_until(&mut s, b"\r\n\r\n").await);
             }
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            // Its body in a write of its own: a second read, not a large
+            // answer.
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
                 .await
                 .unwrap();
+            s.flush().await.unwrap();
+            s.write_all(b"ok").await.unwrap();
             read_until(&mut s, b"\r\n\r\n").await;
             s.write_all(&big()).await.unwrap();
             s
@@ -1390,7 +1403,7 @@ mod tests {
         assert!(large, "16 KiB is large");
         drop(body);
         assert_eq!(buffers::kept_relays(), relays + 1, "a relay buffer, back");
-        // A small answer read into a relay buffer: not large.
+        // A small answer (its head read into a relay buffer): not large.
         let mut body = send(io, get(), (&[], true, true))
             .await
             .unwrap()

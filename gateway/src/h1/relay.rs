@@ -117,7 +117,8 @@ pub(super) struct Plan {
 
 /// Whether the head of `len` bytes at the front of `buf` (`fields`: its
 /// field positions) can be relayed; if so, the lines the gateway writes
-/// itself are cut out of it in place, and the head stays in `buf`.
+/// itself are cut out of it in place, and the head stays in `buf`; if
+/// not, `buf` is as it was (the map path parses it next).
 /// `minor`: its HTTP/1.x minor version; `bodyless`: the status or the
 /// request's method says there is no body.
 pub(super) fn plan(
@@ -180,12 +181,17 @@ pub(super) fn plan(
         return None;
     }
     let length = length?;
-    let fields_at = fields[0].0.0 as usize;
+    // Checked before anything is cut: past here, the buffer changes.
+    let fields_at = u8::try_from(fields[0].0.0).ok()?;
+    if len > usize::from(u16::MAX) {
+        return None;
+    }
     let kept_end = cut(buf, len, &cuts[..n_cuts]);
     Some(Plan {
         held: Held {
-            len: u16::try_from(kept_end).ok()?,
-            fields_at: u8::try_from(fields_at).ok()?,
+            // No longer than the head, which fits.
+            len: kept_end as u16,
+            fields_at,
             dated,
         },
         length,
@@ -368,9 +374,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nproxy-: x\r\n\r\n",
             // A length the map path would write otherwise.
             "HTTP/1.1 200 OK\r\ncontent-length: 002\r\n\r\n",
-            // A status line past what `Held` notes (256 bytes).
+            // A status line past what `Held` notes (256 bytes), with a
+            // line that would be cut and a body shorter than that line.
             &format!(
-                "HTTP/1.1 200 {}\r\ncontent-length: 2\r\n\r\n",
+                "HTTP/1.1 200 {}\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok",
                 "O".repeat(243)
             ),
             // Two of a line that is cut: past what is kept of the cuts.
