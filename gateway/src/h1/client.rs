@@ -761,11 +761,16 @@ impl Body for ResponseBody {
                 }
                 Framing::UntilClose => {}
             }
-            let want = this.left().map_or(buffers::SIZE, room_for_the_rest);
+            let left = this.left();
+            let want = left.map_or(buffers::SIZE, room_for_the_rest);
+            // A rest known to fit a usual buffer is read into one: a client
+            // that stops reading it then pins 4 KiB, not a relay buffer.
+            let usual = left.is_some() && want <= buffers::SIZE;
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(poll_read_body(io, cx, &mut this.buf, &mut this.relay, want)) {
+            let read = poll_read_body(io, cx, (&mut this.buf, &mut this.relay), (want, usual));
+            match ready!(read) {
                 Ok(0) if matches!(this.framing, Framing::UntilClose) => {
                     this.io = None;
                     this.framing = Framing::Framed(BodyDecoder::Done);
@@ -799,18 +804,18 @@ impl Drop for ResponseBody {
 /// Reads more of a response body into `buf`, with room for at least
 /// `want` bytes: into what is left of the buffer when that is enough (or
 /// into all of a relay buffer again, once no piece read into it is still
-/// on its way), else into a relay buffer ([`buffers::take_relay`]), with
-/// any bytes not yet used (a chunk's size line cut short, trailers) moved
-/// there. While no bytes wait, an empty buffer goes back to its pool: a
-/// response that streams slowly (server-sent events, a long poll) holds
-/// none between its pieces, where it held what was left of its last
-/// buffer, pinning all of it.
+/// on its way), else into a relay buffer ([`buffers::take_relay`]), or a
+/// usual one when `usual` (the rest is known to fit one), with any bytes
+/// not yet used (a chunk's size line cut short, trailers) moved there.
+/// `relay`: `buf` is a relay buffer. While no bytes wait, an empty buffer
+/// goes back to its pool: a response that streams slowly (server-sent
+/// events, a long poll) holds none between its pieces, where it held what
+/// was left of its last buffer, pinning all of it.
 fn poll_read_body(
     io: &mut TcpStream,
     cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-    relay: &mut bool,
-    want: usize,
+    (buf, relay): (&mut BytesMut, &mut bool),
+    (want, usual): (usize, bool),
 ) -> Poll<io::Result<usize>> {
     if io.poll_read_ready(cx)?.is_pending() {
         shed(buf, relay);
@@ -821,8 +826,12 @@ fn poll_read_body(
         // gone is taken again.
         let unused = (!buf.is_empty()).then(|| buf.split().freeze());
         give_back(buf, *relay);
-        *buf = buffers::take_relay();
-        *relay = true;
+        *buf = if usual {
+            buffers::take()
+        } else {
+            buffers::take_relay()
+        };
+        *relay = !usual;
         if let Some(unused) = unused {
             buf.extend_from_slice(&unused);
             // A whole read's room past them: trailers can take up to
@@ -1328,6 +1337,46 @@ mod tests {
             io = body.reusable().expect("read to its end").0;
             drop(body);
             assert_eq!(buffers::kept_relays(), kept + 1, "round {round}");
+        }
+        drop(server.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_after_its_head_takes_a_relay_buffer_only_when_large() {
+        // Each body comes in a write of its own, sent only once the body's
+        // first poll found nothing: 100 bytes are read into a usual
+        // buffer, 8 KiB into a relay buffer.
+        let lens = [100, 8192];
+        let (l, addr) = upstream().await;
+        let (go, mut gone) = tokio::sync::mpsc::channel::<()>(1);
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            for len in lens {
+                read_until(&mut s, b"\r\n\r\n").await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                s.write_all(head.as_bytes()).await.unwrap();
+                gone.recv().await.unwrap();
+                s.write_all(&vec![b'x'; len]).await.unwrap();
+            }
+            s
+        });
+        let kept = buffers::kept_relays();
+        let mut io = TcpStream::connect(addr).await.unwrap();
+        for (len, relays) in lens.into_iter().zip([kept, kept + 1]) {
+            let req = request("GET", &[("host", "a")], Full::new(Bytes::new()));
+            let mut body = send(io, req, (&[], false, false))
+                .await
+                .unwrap()
+                .into_body();
+            let waiting = std::future::poll_fn(|cx| {
+                Poll::Ready(Pin::new(&mut body).poll_frame(cx).is_pending())
+            });
+            assert!(waiting.await, "the body's bytes are not sent yet");
+            go.send(()).await.unwrap();
+            assert_eq!(pieces(&mut body).await.iter().sum::<usize>(), len);
+            io = body.reusable().expect("read to its end").0;
+            drop(body);
+            assert_eq!(buffers::kept_relays(), relays, "a body of {len}");
         }
         drop(server.await.unwrap());
     }
