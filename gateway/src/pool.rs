@@ -1474,6 +1474,60 @@ mod tests {
         assert_eq!(heads, [sent, sent, sent]);
     }
 
+    /// The hint that a connection's last response was large goes back to
+    /// the pool with the socket and comes out with it: after a 16 KiB
+    /// answer, the next head (a 2-byte answer's) is read into a relay
+    /// buffer, the one the 16 KiB body went through; after that small
+    /// answer, the next is read into a usual buffer again.
+    #[tokio::test]
+    async fn a_pooled_connections_last_large_answer_sizes_its_next_heads_read() {
+        const LEN: usize = 16 * 1024;
+        let bodies = [LEN, 2, 2];
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            for len in bodies {
+                head(&mut s).await;
+                let mut answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").into_bytes();
+                answer.resize(answer.len() + len, b'x');
+                s.write_all(&answer).await.unwrap();
+            }
+        });
+        let (pool, endpoint) = pool_to(addr);
+        // Where each answer's pieces lay.
+        let mut at = Vec::new();
+        for len in bodies {
+            let req = Request::builder()
+                .uri("/p")
+                .header("host", "a")
+                .body(Either::Right(Full::new(Bytes::new())))
+                .unwrap();
+            let resp = pool
+                .send_http1(&endpoint, req, (None, Instant::now()), (false, &[], false))
+                .await
+                .unwrap_or_else(|e| panic!("{:?}", e.error));
+            let mut body = resp.into_body();
+            let (mut got, mut pieces) = (0, Vec::new());
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                got += data.len();
+                pieces.push(data.as_ptr() as usize);
+            }
+            assert_eq!(got, len);
+            at.push(pieces);
+        }
+        upstream.await.unwrap();
+        // The 16 KiB body's pieces past the head's read are in a relay
+        // buffer; the first 2-byte body lies in the same one, taken again.
+        let relay = at[0][1];
+        let inside = |p: usize| (relay..relay + crate::buffers::RELAY_SIZE).contains(&p);
+        assert!(at[0][1..].iter().all(|&p| inside(p)), "{at:?}");
+        assert!(inside(at[1][0]), "after a large answer: {at:?}");
+        assert!(!inside(at[2][0]), "after a small answer: {at:?}");
+    }
+
     /// An h2c origin on its own runtime and thread that holds every
     /// request until `release` is notified, telling `arrived` of each.
     /// An h2c origin whose connections stay until `close` is notified,
