@@ -1468,6 +1468,18 @@ def version(argv):
     return (r.stdout + r.stderr).strip()
 
 
+def p99_pairs(ours, theirs):
+    """Portico's p99 over a peer's, paired run by run: the median, the
+    least and most, and in how many repetitions Portico's was no higher.
+    A p99 moves with the machine from one repetition to the next; the
+    spread says whether a difference in the medians is more than that."""
+    pairs = [a["p99_us"] / b["p99_us"] for a, b in zip(ours, theirs) if a.get("p99_us") and b.get("p99_us")]
+    if not pairs:
+        return "-"
+    return (f"{median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f}; "
+            f"{sum(p <= 1 for p in pairs)} of {len(pairs)})")
+
+
 def render(machine, results, extra):
     out = []
     out.append(f"Machine: {machine['nproc']} cores, {machine['cpu']}, kernel {machine['kernel']}; "
@@ -1502,28 +1514,30 @@ def render(machine, results, extra):
                          for p in ({"portico": a, peer: b} for a, b in zip(runs["portico"], runs[peer]))
                          if p["portico"]["cpu_us_per_req"] and p[peer]["cpu_us_per_req"]]
                 rps_pairs = [a["rps"] / b["rps"] for a, b in zip(runs["portico"], runs[peer]) if b["rps"]]
-                ratios.append(f"| {sid} | Portico / {peer} | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+                ratios.append(f"| {sid} | Portico / {peer} | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} "
+                              f"| {p99_pairs(runs['portico'], runs[peer])} |")
         elif "portico-10k-routes" in runs:
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-10k-routes"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-10k-routes"])]
-            ratios.append(f"| {sid} | 10,000 routes / 10 routes | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+            ratios.append(f"| {sid} | 10,000 routes / 10 routes | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} | - |")
         elif "portico-features" in runs:
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-features"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-features"])]
-            ratios.append(f"| {sid} | features on / off | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+            ratios.append(f"| {sid} | features on / off | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} | - |")
         elif "portico-filters" in runs:
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["portico"], runs["portico-filters"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["portico"], runs["portico-filters"])]
-            ratios.append(f"| {sid} | filters on / off | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+            ratios.append(f"| {sid} | filters on / off | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} | - |")
         elif "churn" in runs:
             pairs = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(runs["steady"], runs["churn"])]
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["steady"], runs["churn"])]
-            ratios.append(f"| {sid} | churn / steady | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} |")
+            ratios.append(f"| {sid} | churn / steady | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} | - |")
     out.append("")
     out.append("Ratios (median of run-by-run pairs; above 1 means Portico is ahead):")
     out.append("")
-    out.append("| scenario | ratio | req/s | requests per core (1/CPU-us) |")
-    out.append("|---|---|---:|---:|")
+    out.append("| scenario | ratio | req/s | requests per core (1/CPU-us) "
+               "| p99, Portico's over the peer's (least-most; repetitions lower or equal) |")
+    out.append("|---|---|---:|---:|---:|")
     out += ratios
     out.append("")
     out.append("Other figures:")
