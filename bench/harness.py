@@ -1472,12 +1472,13 @@ def p99_pairs(ours, theirs):
     """Portico's p99 over a peer's, paired run by run: the median, the
     least and most, and in how many repetitions Portico's was no higher.
     A p99 moves with the machine from one repetition to the next; the
-    spread says whether a difference in the medians is more than that."""
+    spread says whether a difference in the medians is more than that.
+    A pair counts as no higher as it is shown, to two places.)"""
     pairs = [a["p99_us"] / b["p99_us"] for a, b in zip(ours, theirs) if a.get("p99_us") and b.get("p99_us")]
     if not pairs:
         return "-"
     return (f"{median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f}; "
-            f"{sum(p <= 1 for p in pairs)} of {len(pairs)})")
+            f"{sum(round(p, 2) <= 1 for p in pairs)} of {len(pairs)})")
 
 
 def render(machine, results, extra):
@@ -1533,7 +1534,8 @@ def render(machine, results, extra):
             rps_pairs = [b["rps"] / a["rps"] for a, b in zip(runs["steady"], runs["churn"])]
             ratios.append(f"| {sid} | churn / steady | {fmt(median(rps_pairs), 2)} | {fmt(median(pairs), 2)} | - |")
     out.append("")
-    out.append("Ratios (median of run-by-run pairs; above 1 means Portico is ahead):")
+    out.append("Ratios (median of run-by-run pairs; above 1 means Portico is ahead, "
+               "but for the p99 column, where below 1 means Portico's is lower):")
     out.append("")
     out.append("| scenario | ratio | req/s | requests per core (1/CPU-us) "
                "| p99, Portico's over the peer's (least-most; repetitions lower or equal) |")
