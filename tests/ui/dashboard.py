@@ -24,7 +24,9 @@ import re
 import concurrent.futures
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -87,6 +89,31 @@ def chromium():
     return driver
 
 
+def port_outside_ephemeral_range():
+    """A free loopback port below the kernel's ephemeral range.
+
+    Otherwise Firefox's WebDriver BiDi port comes from the ephemeral range
+    (bound and released) and stays unbound until Firefox starts. In that
+    gap Firefox's own Marionette listener (port 0), an outgoing
+    connection's source port, or a server bound to port 0 can take it:
+    Firefox then fails to start its remote agent and closes the session
+    mid-test (seen once in CI: NS_ERROR_SOCKET_ADDRESS_IN_USE in the
+    geckodriver log). Below the range only another random draw like this
+    one (the suite's `free_port`, tests/support/mod.rs) can take it.
+    """
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for _ in range(100):
+        port = random.randrange(10_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in 10000-{low - 1}")
+
+
 def firefox():
     options = webdriver.FirefoxOptions()
     options.binary_location = os.environ.get("FIREFOX", "/usr/bin/firefox-esr")
@@ -98,6 +125,13 @@ def firefox():
     service = FirefoxService(os.environ.get("GECKODRIVER", "geckodriver"),
                              service_args=["--allow-system-access"],
                              log_path=os.path.join(tempfile.gettempdir(), "portico-ui-geckodriver.log"))
+    # Selenium adds `--websocket-port` with a port from the ephemeral range
+    # (bound and released); geckodriver takes the flag once, so replace it.
+    args = service.service_args
+    if "--websocket-port" in args:
+        args[args.index("--websocket-port") + 1] = str(port_outside_ephemeral_range())
+    else:
+        args += ["--websocket-port", str(port_outside_ephemeral_range())]
     driver = webdriver.Firefox(service=service, options=options)
     driver.set_window_size(1280, 900)
     return driver
